@@ -1,0 +1,179 @@
+package dev.distillery.kernels;
+
+import java.lang.foreign.MemorySegment;
+
+/**
+ * The compute contract every backend implements (CPU now, CUDA later).
+ *
+ * <p>Conventions, for every method:
+ * <ul>
+ *   <li>Buffers are {@link MemorySegment}s positioned at element 0 of the argument, fp32 unless
+ *       said otherwise, row-major and contiguous; token and target ids are int32.</li>
+ *   <li>Shapes are given in the comment of each method ({@code inp is (N, C)}), sizes as ints.</li>
+ *   <li>Forward kernels overwrite their outputs. Backward kernels <em>accumulate</em> into input
+ *       gradients ({@code +=}); the caller zeroes gradients once per step.</li>
+ *   <li>Kernels know buffers and sizes, never autograd or tensors.</li>
+ * </ul>
+ * Every kernel has a float64 twin in {@code kernels.reference.ReferenceKernels}; the math and the
+ * derivations of the backward passes are in {@code docs/KERNELS.md}.
+ */
+public interface Kernels extends AutoCloseable {
+
+    /** Short human name: "cpu (OpenBLAS, 2 threads)". */
+    String describe();
+
+    // ---------------------------------------------------------------- GEMM
+
+    /**
+     * Row-major GEMM: {@code C = alpha * op(A) * op(B) + beta * C}.
+     * op(A) is (m, k), op(B) is (k, n), C is (m, n); lda/ldb/ldc are row strides in elements
+     * of the matrices as stored (so A stored (k, m) when transA).
+     */
+    void gemm(boolean transA, boolean transB, int m, int n, int k,
+              float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
+              float beta, MemorySegment c, int ldc);
+
+    /**
+     * {@code batch} independent GEMMs; matrix i of A starts {@code i * strideA} elements after
+     * {@code a} (likewise B and C).
+     */
+    void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k,
+                            float alpha, MemorySegment a, int lda, long strideA,
+                            MemorySegment b, int ldb, long strideB,
+                            float beta, MemorySegment c, int ldc, long strideC, int batch);
+
+    // ---------------------------------------------------------------- linear (GPT-2 Conv1D layout)
+
+    /**
+     * {@code out = inp · weight + bias}. inp is (n, c), weight is (c, oc) (Hugging Face GPT-2's
+     * Conv1D layout), bias is (oc) or null, out is (n, oc).
+     */
+    default void linearForward(MemorySegment out, MemorySegment inp, MemorySegment weight, MemorySegment bias,
+                               int n, int c, int oc) {
+        if (bias != null) {
+            broadcastRows(out, bias, n, oc);
+        }
+        gemm(false, false, n, oc, c, 1f, inp, c, weight, oc, bias == null ? 0f : 1f, out, oc);
+    }
+
+    /**
+     * Backward of {@link #linearForward}: {@code dinp += dout · weightᵀ}, {@code dweight += inpᵀ · dout},
+     * {@code dbias += Σ_rows dout}. Any of dinp, dbias may be null (not needed).
+     */
+    default void linearBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias,
+                                MemorySegment dout, MemorySegment inp, MemorySegment weight,
+                                int n, int c, int oc) {
+        if (dinp != null) {
+            gemm(false, true, n, c, oc, 1f, dout, oc, weight, oc, 1f, dinp, c);
+        }
+        gemm(true, false, c, oc, n, 1f, inp, c, dout, oc, 1f, dweight, oc);
+        if (dbias != null) {
+            sumRows(dbias, dout, n, oc);
+        }
+    }
+
+    /** {@code out[r, :] = row} for every r. out is (n, c), row is (c). */
+    void broadcastRows(MemorySegment out, MemorySegment row, int n, int c);
+
+    /** {@code acc[:] += Σ_r x[r, :]}. x is (n, c), acc is (c). */
+    void sumRows(MemorySegment acc, MemorySegment x, int n, int c);
+
+    // ---------------------------------------------------------------- embedding
+
+    /**
+     * {@code out[b,t,:] = wte[tokens[b,t], :] + wpe[t, :]}. tokens is int32 (b, t) with ids in
+     * [0, vocab), wte is (vocab, c), wpe is (≥ t, c), out is (b, t, c).
+     *
+     * @throws IllegalArgumentException naming the position when a token id is out of range
+     */
+    void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment wte, MemorySegment wpe,
+                          int b, int t, int c, int vocab);
+
+    /** {@code dwte[tokens[b,t]] += dout[b,t]}, {@code dwpe[t] += Σ_b dout[b,t]}. */
+    void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens,
+                           int b, int t, int c);
+
+    // ---------------------------------------------------------------- layernorm
+
+    /**
+     * Per row: {@code out = (inp - mean) * rstd * weight + bias}, eps 1e-5. inp, out are (n, c);
+     * weight, bias (c); mean, rstd (n) are saved for the backward.
+     */
+    void layerNormForward(MemorySegment out, MemorySegment mean, MemorySegment rstd,
+                          MemorySegment inp, MemorySegment weight, MemorySegment bias, int n, int c);
+
+    /** Accumulates dinp (n, c), dweight (c), dbias (c). See docs/KERNELS.md#layernorm. */
+    void layerNormBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias,
+                           MemorySegment dout, MemorySegment inp, MemorySegment weight,
+                           MemorySegment mean, MemorySegment rstd, int n, int c);
+
+    // ---------------------------------------------------------------- GELU (GPT-2 tanh form)
+
+    /** {@code out = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))}, elementwise over n. */
+    void geluForward(MemorySegment out, MemorySegment inp, long n);
+
+    /** {@code dinp += gelu'(inp) * dout}. */
+    void geluBackward(MemorySegment dinp, MemorySegment inp, MemorySegment dout, long n);
+
+    // ---------------------------------------------------------------- causal self-attention
+
+    /**
+     * Multi-head causal attention. qkv is (b, t, 3c) holding q, k, v side by side, each split into
+     * nh heads of hs = c / nh; out is (b, t, c); att is (b, nh, t, t) and receives the softmax
+     * probabilities (zero above the diagonal), saved for the backward. Scale 1/√hs.
+     */
+    void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh);
+
+    /**
+     * Accumulates dqkv (b, t, 3c). datt is (b, nh, t, t) scratch the kernel overwrites; att and
+     * qkv are the forward's.
+     */
+    void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout,
+                           MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh);
+
+    // ---------------------------------------------------------------- residual
+
+    /** {@code out = a + b}, elementwise over n. */
+    void residualForward(MemorySegment out, MemorySegment a, MemorySegment b, long n);
+
+    /** {@code dst += src}, elementwise over n: the residual's backward into each input. */
+    void accumulate(MemorySegment dst, MemorySegment src, long n);
+
+    // ---------------------------------------------------------------- fused softmax cross-entropy
+
+    /**
+     * Fused classifier, one pass per row (llm.c's): {@code losses[r] = -log softmax(logits[r])[targets[r]]},
+     * and, when {@code writeGradient}, the gradient {@code gradScale * (softmax - onehot)} is
+     * written <em>in place over</em> logits (so no separate (n, v) buffer exists).
+     * Rows whose target equals {@code ignoreIndex} get loss 0 and gradient 0.
+     * logits is (n, v), targets int32 (n), losses (n).
+     *
+     * @return the number of rows whose target is not ignoreIndex
+     * @throws IllegalArgumentException naming the row when a target is outside [0, v) and not ignoreIndex
+     */
+    int softmaxCrossEntropy(MemorySegment losses, MemorySegment logits, MemorySegment targets,
+                            int n, int v, int ignoreIndex, boolean writeGradient, float gradScale);
+
+    // ---------------------------------------------------------------- optimizer
+
+    /**
+     * AdamW with decoupled weight decay and bias correction, step ≥ 1, over n elements:
+     * {@code m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²;
+     * p -= lr (m̂ / (√v̂ + eps) + weightDecay p)}.
+     */
+    void adamW(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, long n,
+               float lr, float beta1, float beta2, float eps, float weightDecay, int step);
+
+    /** {@code Σ x²} over n elements, accumulated in float64 (global gradient norm). */
+    double sumOfSquares(MemorySegment x, long n);
+
+    /** {@code x *= s} over n elements (gradient clipping). */
+    void scale(MemorySegment x, float s, long n);
+
+    /** {@code x[:] = value} over n fp32 elements. */
+    void fill(MemorySegment x, float value, long n);
+
+    /** Releases threads and native resources; the kernels must not be used afterwards. */
+    @Override
+    void close();
+}

@@ -1,0 +1,379 @@
+package dev.distillery.kernels.conformance;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.SplittableRandom;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.reference.ReferenceKernels;
+
+/**
+ * Runs every kernel of a {@link Kernels} implementation on fresh random inputs and compares it
+ * with {@link ReferenceKernels} in float64. One suite serves the unit tests and
+ * {@code trainer.jar selftest}, so both hold a backend to the same checks.
+ *
+ * <p>Forward outputs are poisoned with NaN before the kernel runs, so an unwritten element
+ * fails the check. Backward outputs start from random values, so a kernel that overwrites instead
+ * of accumulating fails too. Sizes include 1, primes and lengths that are not multiples of any
+ * vector width.
+ *
+ * <p>Error measure: max |actual − reference| over all outputs, divided by max(|reference|, 1e-6)
+ * (the error relative to the output's scale, which is what float32 can promise).
+ */
+public final class KernelConformance {
+
+    /** One kernel at one size. */
+    public record Result(String kernel, String size, double maxRelError, double tolerance, double millis) {
+        public boolean passed() {
+            return maxRelError <= tolerance; // false for NaN
+        }
+    }
+
+    /** Shapes of one suite run; {@link #standard()} for tests and selftest, {@link #quick()} for smoke runs. */
+    public record Sizes(int[][] gemm, int[][] rows, int[][] attention, int[] elementwise, int[][] classifier) {
+        public static Sizes standard() {
+            return new Sizes(
+                    new int[][]{{1, 1, 1}, {7, 13, 5}, {17, 31, 67}, {64, 48, 129}},
+                    new int[][]{{1, 1}, {3, 7}, {13, 67}, {31, 384}},
+                    new int[][]{{1, 1, 1, 1}, {2, 5, 12, 3}, {3, 17, 20, 4}, {2, 31, 96, 3}},
+                    new int[]{1, 7, 131, 70001},
+                    new int[][]{{1, 1}, {3, 11}, {5, 1009}, {4, 50257}});
+        }
+
+        public static Sizes quick() {
+            return new Sizes(new int[][]{{7, 13, 5}}, new int[][]{{13, 67}}, new int[][]{{2, 5, 12, 3}},
+                    new int[]{131}, new int[][]{{5, 1009}});
+        }
+    }
+
+    private static final double TOL = 5e-5;
+    private static final double TOL_LOOSE = 2e-4;
+
+    private final Kernels kernels;
+    private final SplittableRandom rng;
+    private final List<Result> results = new ArrayList<>();
+
+    private KernelConformance(Kernels kernels, long seed) {
+        this.kernels = kernels;
+        this.rng = new SplittableRandom(seed);
+    }
+
+    /** Runs every check at every size and returns one result each, in a stable order. */
+    public static List<Result> run(Kernels kernels, long seed, Sizes sizes) {
+        KernelConformance c = new KernelConformance(kernels, seed);
+        for (int[] s : sizes.gemm()) {
+            for (int variant = 0; variant < 4; variant++) c.gemm(variant / 2 == 1, variant % 2 == 1, s[0], s[1], s[2]);
+            c.gemmStridedBatched(s[0], s[1], s[2], 3);
+            c.linear(s[0], s[2], s[1]);
+        }
+        for (int[] s : sizes.rows()) {
+            c.embedding(s[0], s[1]);
+            c.layerNorm(s[0] * s[1], s[1]);
+            c.sumRows(s[0], s[1]);
+        }
+        for (int n : sizes.elementwise()) {
+            c.gelu(n);
+            c.residual(n);
+            c.adamW(n);
+            c.reductions(n);
+        }
+        for (int[] s : sizes.attention()) c.attention(s[0], s[1], s[2], s[3]);
+        for (int[] s : sizes.classifier()) c.softmaxCrossEntropy(s[0], s[1]);
+        return List.copyOf(c.results);
+    }
+
+    // ---------------------------------------------------------------- checks
+
+    private void gemm(boolean transA, boolean transB, int m, int n, int k) {
+        try (Arena arena = Arena.ofShared()) {
+            int lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 1, ldc = n + 2;
+            double[] a = randn((transA ? k : m) * lda), b = randn((transB ? n : k) * ldb), c = randn(m * ldc);
+            double alpha = 0.75, beta = 0.5;
+            MemorySegment sc = copy(arena, c);
+            long t0 = System.nanoTime();
+            kernels.gemm(transA, transB, m, n, k, (float) alpha, copy(arena, a), lda, copy(arena, b), ldb, (float) beta, sc, ldc);
+            double ms = millis(t0);
+            ReferenceKernels.gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            record("gemm" + (transA ? "T" : "N") + (transB ? "T" : "N"), m + "x" + n + "x" + k, error(c, sc), TOL, ms);
+        }
+    }
+
+    private void gemmStridedBatched(int m, int n, int k, int batch) {
+        try (Arena arena = Arena.ofShared()) {
+            long sa = (long) m * k + 5, sb = (long) k * n + 3, scs = (long) m * n + 7;
+            double[] a = randn((int) (sa * batch)), b = randn((int) (sb * batch)), c = new double[(int) (scs * batch)];
+            MemorySegment outC = poisoned(arena, c.length);
+            // Only the matrices are written; the gaps between them keep their poison, so compare matrices.
+            long t0 = System.nanoTime();
+            kernels.gemmStridedBatched(false, true, m, n, k, 1f, copy(arena, a), k, sa, copy(arena, b), k, sb,
+                    0f, outC, n, scs, batch);
+            double ms = millis(t0);
+            double worst = 0;
+            for (int i = 0; i < batch; i++) {
+                double[] ci = new double[m * n];
+                ReferenceKernels.gemm(false, true, m, n, k, 1, slice(a, (int) (sa * i), m * k), k,
+                        slice(b, (int) (sb * i), n * k), k, 0, ci, n);
+                worst = Math.max(worst, error(ci, outC.asSlice(4 * scs * i, 4L * m * n)));
+            }
+            record("gemmStridedBatched", batch + "x" + m + "x" + n + "x" + k, worst, TOL, ms);
+        }
+    }
+
+    private void linear(int n, int c, int oc) {
+        try (Arena arena = Arena.ofShared()) {
+            double[] inp = randn(n * c), w = randn(c * oc), bias = randn(oc), dout = randn(n * oc);
+            double[] out = new double[n * oc];
+            MemorySegment sOut = poisoned(arena, out.length), sInp = copy(arena, inp), sW = copy(arena, w), sB = copy(arena, bias);
+            long t0 = System.nanoTime();
+            kernels.linearForward(sOut, sInp, sW, sB, n, c, oc);
+            double ms = millis(t0);
+            ReferenceKernels.linearForward(out, inp, w, bias, n, c, oc);
+            record("linearForward", n + "x" + c + "->" + oc, error(out, sOut), TOL, ms);
+
+            double[] dinp = randn(n * c), dw = randn(c * oc), db = randn(oc);
+            MemorySegment sDinp = copy(arena, dinp), sDw = copy(arena, dw), sDb = copy(arena, db);
+            t0 = System.nanoTime();
+            kernels.linearBackward(sDinp, sDw, sDb, copy(arena, dout), sInp, sW, n, c, oc);
+            ms = millis(t0);
+            ReferenceKernels.linearBackward(dinp, dw, db, dout, inp, w, n, c, oc);
+            record("linearBackward", n + "x" + c + "->" + oc,
+                    Math.max(error(dinp, sDinp), Math.max(error(dw, sDw), error(db, sDb))), TOL, ms);
+        }
+    }
+
+    private void sumRows(int n, int c) {
+        try (Arena arena = Arena.ofShared()) {
+            double[] x = randn(n * c), acc = randn(c);
+            MemorySegment sAcc = copy(arena, acc);
+            long t0 = System.nanoTime();
+            kernels.sumRows(sAcc, copy(arena, x), n, c);
+            double ms = millis(t0);
+            for (int r = 0; r < n; r++) for (int j = 0; j < c; j++) acc[j] += x[r * c + j];
+            record("sumRows", n + "x" + c, error(acc, sAcc), TOL, ms);
+        }
+    }
+
+    private void embedding(int rows, int c) {
+        int t = Math.max(1, rows / 2 + 1), b = Math.max(1, rows / t), vocab = 2 * rows + 3;
+        try (Arena arena = Arena.ofShared()) {
+            int[] tokens = new int[b * t];
+            for (int i = 0; i < tokens.length; i++) tokens[i] = rng.nextInt(vocab);
+            tokens[0] = tokens.length > 1 ? tokens[tokens.length - 1] : tokens[0]; // a repeated id exercises the scatter-add
+            double[] wte = randn(vocab * c), wpe = randn(t * c), out = new double[b * t * c], dout = randn(b * t * c);
+            MemorySegment sTok = ints(arena, tokens), sOut = poisoned(arena, out.length);
+            long t0 = System.nanoTime();
+            kernels.embeddingForward(sOut, sTok, copy(arena, wte), copy(arena, wpe), b, t, c, vocab);
+            double ms = millis(t0);
+            ReferenceKernels.embeddingForward(out, tokens, wte, wpe, b, t, c);
+            record("embeddingForward", b + "x" + t + "x" + c, error(out, sOut), TOL, ms);
+
+            double[] dwte = randn(vocab * c), dwpe = randn(t * c);
+            MemorySegment sDwte = copy(arena, dwte), sDwpe = copy(arena, dwpe);
+            t0 = System.nanoTime();
+            kernels.embeddingBackward(sDwte, sDwpe, copy(arena, dout), sTok, b, t, c);
+            ms = millis(t0);
+            ReferenceKernels.embeddingBackward(dwte, dwpe, dout, tokens, b, t, c);
+            record("embeddingBackward", b + "x" + t + "x" + c, Math.max(error(dwte, sDwte), error(dwpe, sDwpe)), TOL, ms);
+        }
+    }
+
+    private void layerNorm(int n, int c) {
+        try (Arena arena = Arena.ofShared()) {
+            double[] inp = randn(n * c), w = randn(c), b = randn(c), dout = randn(n * c);
+            for (int i = 0; i < inp.length; i++) inp[i] = 3 * inp[i] + 1.5; // an offset mean exercises the centring
+            double[] out = new double[n * c], mean = new double[n], rstd = new double[n];
+            MemorySegment sOut = poisoned(arena, out.length), sMean = poisoned(arena, n), sRstd = poisoned(arena, n);
+            MemorySegment sInp = copy(arena, inp), sW = copy(arena, w);
+            long t0 = System.nanoTime();
+            kernels.layerNormForward(sOut, sMean, sRstd, sInp, sW, copy(arena, b), n, c);
+            double ms = millis(t0);
+            ReferenceKernels.layerNormForward(out, mean, rstd, inp, w, b, n, c);
+            record("layerNormForward", n + "x" + c,
+                    Math.max(error(out, sOut), Math.max(error(mean, sMean), error(rstd, sRstd))), TOL, ms);
+
+            double[] dinp = randn(n * c), dw = randn(c), db = randn(c);
+            MemorySegment sDinp = copy(arena, dinp), sDw = copy(arena, dw), sDb = copy(arena, db);
+            t0 = System.nanoTime();
+            kernels.layerNormBackward(sDinp, sDw, sDb, copy(arena, dout), sInp, sW, sMean, sRstd, n, c);
+            ms = millis(t0);
+            ReferenceKernels.layerNormBackward(dinp, dw, db, dout, inp, w, mean, rstd, n, c);
+            record("layerNormBackward", n + "x" + c,
+                    Math.max(error(dinp, sDinp), Math.max(error(dw, sDw), error(db, sDb))), TOL_LOOSE, ms);
+        }
+    }
+
+    private void gelu(int n) {
+        try (Arena arena = Arena.ofShared()) {
+            double[] inp = randn(n), out = new double[n], dout = randn(n), dinp = randn(n);
+            for (int i = 0; i < n; i++) inp[i] *= 3;
+            MemorySegment sOut = poisoned(arena, n), sInp = copy(arena, inp), sDinp = copy(arena, dinp);
+            long t0 = System.nanoTime();
+            kernels.geluForward(sOut, sInp, n);
+            double ms = millis(t0);
+            ReferenceKernels.geluForward(out, inp, n);
+            record("geluForward", String.valueOf(n), error(out, sOut), TOL, ms);
+            t0 = System.nanoTime();
+            kernels.geluBackward(sDinp, sInp, copy(arena, dout), n);
+            ms = millis(t0);
+            ReferenceKernels.geluBackward(dinp, inp, dout, n);
+            record("geluBackward", String.valueOf(n), error(dinp, sDinp), TOL, ms);
+        }
+    }
+
+    private void residual(int n) {
+        try (Arena arena = Arena.ofShared()) {
+            double[] a = randn(n), b = randn(n), out = new double[n], dst = randn(n);
+            MemorySegment sOut = poisoned(arena, n), sDst = copy(arena, dst), sA = copy(arena, a);
+            long t0 = System.nanoTime();
+            kernels.residualForward(sOut, sA, copy(arena, b), n);
+            double ms = millis(t0);
+            for (int i = 0; i < n; i++) out[i] = a[i] + b[i];
+            record("residualForward", String.valueOf(n), error(out, sOut), TOL, ms);
+            t0 = System.nanoTime();
+            kernels.accumulate(sDst, sA, n);
+            ms = millis(t0);
+            for (int i = 0; i < n; i++) dst[i] += a[i];
+            record("accumulate", String.valueOf(n), error(dst, sDst), TOL, ms);
+        }
+    }
+
+    private void adamW(int n) {
+        try (Arena arena = Arena.ofShared()) {
+            double[] p = randn(n), g = randn(n), m = randn(n), v = randn(n);
+            for (int i = 0; i < n; i++) {
+                v[i] = Math.abs(v[i]);
+                m[i] *= 0.1;
+            }
+            MemorySegment sp = copy(arena, p), sm = copy(arena, m), sv = copy(arena, v);
+            long t0 = System.nanoTime();
+            kernels.adamW(sp, copy(arena, g), sm, sv, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
+            double ms = millis(t0);
+            ReferenceKernels.adamW(p, g, m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1, 7);
+            record("adamW", String.valueOf(n), Math.max(error(p, sp), Math.max(error(m, sm), error(v, sv))), TOL, ms);
+        }
+    }
+
+    private void reductions(int n) {
+        try (Arena arena = Arena.ofShared()) {
+            double[] x = randn(n);
+            MemorySegment sx = copy(arena, x);
+            long t0 = System.nanoTime();
+            double sq = kernels.sumOfSquares(sx, n);
+            double ms = millis(t0);
+            double ref = ReferenceKernels.sumOfSquares(x);
+            record("sumOfSquares", String.valueOf(n), Math.abs(sq - ref) / Math.max(ref, 1e-6), TOL, ms);
+            t0 = System.nanoTime();
+            kernels.scale(sx, 0.37f, n);
+            ms = millis(t0);
+            for (int i = 0; i < n; i++) x[i] *= 0.37f;
+            record("scale", String.valueOf(n), error(x, sx), TOL, ms);
+            MemorySegment filled = poisoned(arena, n);
+            t0 = System.nanoTime();
+            kernels.fill(filled, 2.5f, n);
+            ms = millis(t0);
+            double[] expect = new double[n];
+            java.util.Arrays.fill(expect, 2.5);
+            record("fill", String.valueOf(n), error(expect, filled), TOL, ms);
+        }
+    }
+
+    private void attention(int b, int t, int c, int nh) {
+        try (Arena arena = Arena.ofShared()) {
+            double[] qkv = randn(b * t * 3 * c), out = new double[b * t * c], att = new double[b * nh * t * t];
+            double[] dout = randn(b * t * c), dqkv = randn(qkv.length);
+            MemorySegment sOut = poisoned(arena, out.length), sAtt = poisoned(arena, att.length), sQkv = copy(arena, qkv);
+            long t0 = System.nanoTime();
+            kernels.attentionForward(sOut, sAtt, sQkv, b, t, c, nh);
+            double ms = millis(t0);
+            ReferenceKernels.attentionForward(out, att, qkv, b, t, c, nh);
+            String size = b + "x" + t + "x" + c + "/" + nh;
+            record("attentionForward", size, Math.max(error(out, sOut), error(att, sAtt)), TOL, ms);
+            MemorySegment sDqkv = copy(arena, dqkv);
+            t0 = System.nanoTime();
+            kernels.attentionBackward(sDqkv, poisoned(arena, att.length), copy(arena, dout), sQkv, sAtt, b, t, c, nh);
+            ms = millis(t0);
+            ReferenceKernels.attentionBackward(dqkv, dout, qkv, att, b, t, c, nh);
+            record("attentionBackward", size, error(dqkv, sDqkv), TOL_LOOSE, ms);
+        }
+    }
+
+    private void softmaxCrossEntropy(int n, int v) {
+        try (Arena arena = Arena.ofShared()) {
+            double[] logits = randn(n * v);
+            for (int i = 0; i < logits.length; i++) logits[i] *= 4;
+            int[] targets = new int[n];
+            for (int i = 0; i < n; i++) targets[i] = rng.nextInt(v);
+            if (n > 2) targets[1] = -100; // an ignored row
+            int valid = 0;
+            for (int target : targets) if (target != -100) valid++;
+            double scale = valid == 0 ? 0 : 1.0 / valid;
+            double[] dlogits = new double[n * v];
+            double[] losses = ReferenceKernels.softmaxCrossEntropy(logits, targets, n, v, -100, dlogits, scale);
+            MemorySegment sLogits = copy(arena, logits), sLosses = poisoned(arena, n);
+            long t0 = System.nanoTime();
+            int counted = kernels.softmaxCrossEntropy(sLosses, sLogits, ints(arena, targets), n, v, -100, true, (float) scale);
+            double ms = millis(t0);
+            double err = Math.max(error(losses, sLosses), error(dlogits, sLogits));
+            if (counted != valid) err = Double.POSITIVE_INFINITY;
+            record("softmaxCrossEntropy", n + "x" + v, err, TOL, ms);
+        }
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    private void record(String kernel, String size, double error, double tolerance, double ms) {
+        results.add(new Result(kernel, size, error, tolerance, ms));
+    }
+
+    private static double millis(long t0) {
+        return (System.nanoTime() - t0) / 1e6;
+    }
+
+    private double[] randn(int n) {
+        double[] x = new double[n];
+        for (int i = 0; i < n; i++) {
+            // Box–Muller, float-representable so both sides start from identical inputs
+            double u = 1 - rng.nextDouble(), w = rng.nextDouble();
+            x[i] = (float) (Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * w));
+        }
+        return x;
+    }
+
+    private static double[] slice(double[] x, int from, int length) {
+        return java.util.Arrays.copyOfRange(x, from, from + length);
+    }
+
+    private static MemorySegment copy(Arena arena, double[] x) {
+        MemorySegment s = arena.allocate(4L * Math.max(1, x.length), 64);
+        for (int i = 0; i < x.length; i++) s.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) x[i]);
+        return s;
+    }
+
+    private static MemorySegment ints(Arena arena, int[] x) {
+        MemorySegment s = arena.allocate(4L * Math.max(1, x.length), 64);
+        for (int i = 0; i < x.length; i++) s.setAtIndex(ValueLayout.JAVA_INT, i, x[i]);
+        return s;
+    }
+
+    private static MemorySegment poisoned(Arena arena, long n) {
+        MemorySegment s = arena.allocate(4L * Math.max(1, n), 64);
+        for (long i = 0; i < n; i++) s.setAtIndex(ValueLayout.JAVA_FLOAT, i, Float.NaN);
+        return s;
+    }
+
+    /** Max abs difference relative to the reference's largest magnitude; NaN anywhere gives NaN. */
+    private static double error(double[] expected, MemorySegment actual) {
+        double maxDiff = 0, scale = 1e-6;
+        for (int i = 0; i < expected.length; i++) {
+            double a = actual.getAtIndex(ValueLayout.JAVA_FLOAT, i);
+            double d = Math.abs(a - expected[i]);
+            if (Double.isNaN(d)) return Double.NaN;
+            maxDiff = Math.max(maxDiff, d);
+            scale = Math.max(scale, Math.abs(expected[i]));
+        }
+        return maxDiff / scale;
+    }
+}

@@ -1,0 +1,516 @@
+package dev.distillery.kernels.cpu;
+
+import static dev.distillery.kernels.cpu.VectorOps.I32;
+import static dev.distillery.kernels.cpu.VectorOps.LANES;
+import static dev.distillery.kernels.cpu.VectorOps.SPECIES;
+import static dev.distillery.kernels.cpu.VectorOps.get;
+import static dev.distillery.kernels.cpu.VectorOps.load;
+import static dev.distillery.kernels.cpu.VectorOps.set;
+import static dev.distillery.kernels.cpu.VectorOps.store;
+
+import java.lang.foreign.MemorySegment;
+
+import dev.distillery.bindings.OpenBlasLibrary;
+import dev.distillery.kernels.Kernels;
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorOperators;
+
+/**
+ * The CPU implementation of {@link Kernels}: GEMM through CBLAS (or the Vector-API fallback),
+ * everything else as Vector-API loops with rows split over a fixed {@link WorkerPool}.
+ * Reductions across rows (layernorm's dweight, the gradient norm) are summed per chunk and the
+ * chunks combined in order, so a run is bit-reproducible for a given thread count.
+ *
+ * <p>Not thread-safe: one caller at a time (the trainer's step loop); the parallelism is inside.
+ */
+public final class CpuKernels implements Kernels {
+
+    /** Elements per task below which elementwise work stays on one thread. */
+    private static final int ELEMENTWISE_GRAIN = 1 << 14;
+    private static final float LAYERNORM_EPS = 1e-5f;
+    private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
+
+    private final WorkerPool pool;
+    private final Gemm gemm;
+    /** Per-chunk scratch for row reductions, grown on demand, reused across calls. */
+    private float[][] partials = new float[0][];
+
+    /** Threads from {@code distillery.threads} (default: available processors), GEMM from {@code distillery.gemm}. */
+    public CpuKernels() {
+        this(Integer.getInteger("distillery.threads", Runtime.getRuntime().availableProcessors()),
+                gemmChoice(System.getProperty("distillery.gemm", "auto")));
+    }
+
+    /**
+     * @param threads  size of the worker pool (and of OpenBLAS' own pool)
+     * @param gemmName "auto" (BLAS when it loads, else Vector API), "blas" (required) or "vector"
+     */
+    public CpuKernels(int threads, String gemmName) {
+        this(threads, gemmChoice(gemmName));
+    }
+
+    private CpuKernels(int threads, Gemm.Choice choice) {
+        this.pool = new WorkerPool(threads);
+        this.gemm = switch (choice) {
+            case BLAS -> new BlasGemm(threads);
+            case VECTOR -> new VectorGemm(pool);
+            case AUTO -> OpenBlasLibrary.probe().loaded() ? new BlasGemm(threads) : new VectorGemm(pool);
+        };
+    }
+
+    private static Gemm.Choice gemmChoice(String name) {
+        return switch (name.trim().toLowerCase(java.util.Locale.ROOT)) {
+            case "auto" -> Gemm.Choice.AUTO;
+            case "blas" -> Gemm.Choice.BLAS;
+            case "vector" -> Gemm.Choice.VECTOR;
+            default -> throw new IllegalArgumentException(
+                    "distillery.gemm must be auto, blas or vector, got '" + name + "'");
+        };
+    }
+
+    @Override
+    public String describe() {
+        return "cpu (" + gemm.describe() + ", " + pool.threads() + " threads, " + SPECIES.vectorBitSize() + "-bit vectors)";
+    }
+
+    public int threads() {
+        return pool.threads();
+    }
+
+    @Override
+    public void close() {
+        gemm.close();
+        pool.close();
+    }
+
+    // ---------------------------------------------------------------- GEMM
+
+    @Override
+    public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha,
+                     MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    }
+
+    @Override
+    public void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha,
+                                   MemorySegment a, int lda, long strideA, MemorySegment b, int ldb, long strideB,
+                                   float beta, MemorySegment c, int ldc, long strideC, int batch) {
+        for (int i = 0; i < batch; i++) {
+            gemm.sgemm(transA, transB, m, n, k, alpha,
+                    a.asSlice(4 * strideA * i), lda, b.asSlice(4 * strideB * i), ldb,
+                    beta, c.asSlice(4 * strideC * i), ldc);
+        }
+    }
+
+    @Override
+    public void broadcastRows(MemorySegment out, MemorySegment row, int n, int c) {
+        pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
+            for (int r = start; r < end; r++) {
+                MemorySegment.copy(row, 0, out, (long) r * c * 4, (long) c * 4);
+            }
+        });
+    }
+
+    @Override
+    public void sumRows(MemorySegment acc, MemorySegment x, int n, int c) {
+        int chunks = pool.chunks(n, grainRows(c));
+        float[][] part = partials(chunks, c);
+        pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
+            float[] p = part[chunk];
+            java.util.Arrays.fill(p, 0, c, 0f);
+            for (int r = start; r < end; r++) {
+                long o = (long) r * c;
+                for (int j = 0; j < c; j++) p[j] += get(x, o + j);
+            }
+        });
+        addPartials(acc, part, chunks, 0, c);
+    }
+
+    // ---------------------------------------------------------------- embedding
+
+    @Override
+    public void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment wte, MemorySegment wpe,
+                                 int b, int t, int c, int vocab) {
+        pool.forEachChunk(b * t, grainRows(c), (chunk, start, end) -> {
+            for (int row = start; row < end; row++) {
+                int token = tokens.getAtIndex(I32, row);
+                if (token < 0 || token >= vocab) {
+                    throw new IllegalArgumentException("token id " + token + " at position " + row
+                            + " (batch " + row / t + ", time " + row % t + ") is outside the vocabulary [0, " + vocab + ")");
+                }
+                long o = (long) row * c, we = (long) token * c, pe = (long) (row % t) * c;
+                int i = 0;
+                for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
+                    store(load(wte, we + i).add(load(wpe, pe + i)), out, o + i);
+                }
+                for (; i < c; i++) set(out, o + i, get(wte, we + i) + get(wpe, pe + i));
+            }
+        });
+    }
+
+    @Override
+    public void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens,
+                                  int b, int t, int c) {
+        // Scatter-add: two rows may share a token, so rows are visited serially (cheap: (b t c) adds).
+        for (int row = 0; row < b * t; row++) {
+            int token = tokens.getAtIndex(I32, row);
+            long o = (long) row * c;
+            VectorOps.add(dout, o, dwte, (long) token * c, c);
+            VectorOps.add(dout, o, dwpe, (long) (row % t) * c, c);
+        }
+    }
+
+    // ---------------------------------------------------------------- layernorm
+
+    @Override
+    public void layerNormForward(MemorySegment out, MemorySegment mean, MemorySegment rstd,
+                                 MemorySegment inp, MemorySegment weight, MemorySegment bias, int n, int c) {
+        pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
+            for (int r = start; r < end; r++) {
+                long o = (long) r * c;
+                float mu = VectorOps.sum(inp, o, c) / c;
+                float var = 0f;
+                int i = 0;
+                if (c >= LANES) {
+                    FloatVector acc = FloatVector.zero(SPECIES);
+                    for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
+                        FloatVector d = load(inp, o + i).sub(mu);
+                        acc = d.fma(d, acc);
+                    }
+                    var = acc.reduceLanes(VectorOperators.ADD);
+                }
+                for (; i < c; i++) {
+                    float d = get(inp, o + i) - mu;
+                    var += d * d;
+                }
+                float rs = (float) (1.0 / Math.sqrt(var / c + LAYERNORM_EPS));
+                set(mean, r, mu);
+                set(rstd, r, rs);
+                i = 0;
+                for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
+                    FloatVector y = load(inp, o + i).sub(mu).mul(rs).fma(load(weight, i), load(bias, i));
+                    store(y, out, o + i);
+                }
+                for (; i < c; i++) set(out, o + i, (get(inp, o + i) - mu) * rs * get(weight, i) + get(bias, i));
+            }
+        });
+    }
+
+    @Override
+    public void layerNormBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias,
+                                  MemorySegment dout, MemorySegment inp, MemorySegment weight,
+                                  MemorySegment mean, MemorySegment rstd, int n, int c) {
+        int chunks = pool.chunks(n, grainRows(c));
+        float[][] part = partials(chunks, 2 * c);
+        pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
+            float[] p = part[chunk]; // [0, c): dweight, [c, 2c): dbias
+            java.util.Arrays.fill(p, 0, 2 * c, 0f);
+            for (int r = start; r < end; r++) {
+                long o = (long) r * c;
+                float mu = get(mean, r), rs = get(rstd, r);
+                // dnorm = dout * w; two means over the row, see docs/KERNELS.md#layernorm
+                float sumDnorm = 0f, sumDnormNorm = 0f;
+                for (int i = 0; i < c; i++) {
+                    float norm = (get(inp, o + i) - mu) * rs;
+                    float g = get(dout, o + i);
+                    float dnorm = g * get(weight, i);
+                    sumDnorm += dnorm;
+                    sumDnormNorm += dnorm * norm;
+                    p[i] += norm * g;
+                    p[c + i] += g;
+                }
+                float meanDnorm = sumDnorm / c, meanDnormNorm = sumDnormNorm / c;
+                int i = 0;
+                for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
+                    FloatVector norm = load(inp, o + i).sub(mu).mul(rs);
+                    FloatVector dnorm = load(dout, o + i).mul(load(weight, i));
+                    FloatVector d = dnorm.sub(meanDnorm).sub(norm.mul(meanDnormNorm)).mul(rs);
+                    store(load(dinp, o + i).add(d), dinp, o + i);
+                }
+                for (; i < c; i++) {
+                    float norm = (get(inp, o + i) - mu) * rs;
+                    float dnorm = get(dout, o + i) * get(weight, i);
+                    set(dinp, o + i, get(dinp, o + i) + (dnorm - meanDnorm - norm * meanDnormNorm) * rs);
+                }
+            }
+        });
+        addPartials(dweight, part, chunks, 0, c);
+        addPartials(dbias, part, chunks, c, c);
+    }
+
+    // ---------------------------------------------------------------- GELU
+
+    // 0.5 x (1 + tanh u) is computed as x · σ(2u): the same function without the cancellation
+    // of 1 + tanh u for negative x. See docs/KERNELS.md#gelu.
+
+    @Override
+    public void geluForward(MemorySegment out, MemorySegment inp, long n) {
+        elementwise(n, (start, end) -> {
+            long i = start;
+            for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
+                FloatVector x = load(inp, i);
+                FloatVector sig = geluSigmoid(x);
+                store(x.mul(sig), out, i);
+            }
+            for (; i < end; i++) {
+                float x = get(inp, i);
+                set(out, i, x * geluSigmoid(x));
+            }
+        });
+    }
+
+    @Override
+    public void geluBackward(MemorySegment dinp, MemorySegment inp, MemorySegment dout, long n) {
+        // gelu'(x) = s + 2 x s (1 - s) u', s = σ(2u), u' = √(2/π) (1 + 3·0.044715 x²)
+        elementwise(n, (start, end) -> {
+            long i = start;
+            for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
+                FloatVector x = load(inp, i);
+                FloatVector s = geluSigmoid(x);
+                FloatVector du = x.mul(x).mul(3f * 0.044715f).add(1f).mul(GELU_SCALE);
+                FloatVector grad = s.add(x.mul(2f).mul(s).mul(s.neg().add(1f)).mul(du));
+                store(grad.fma(load(dout, i), load(dinp, i)), dinp, i);
+            }
+            for (; i < end; i++) {
+                float x = get(inp, i);
+                float s = geluSigmoid(x);
+                float grad = s + 2f * x * s * (1f - s) * GELU_SCALE * (1f + 3f * 0.044715f * x * x);
+                set(dinp, i, get(dinp, i) + grad * get(dout, i));
+            }
+        });
+    }
+
+    /** σ(2u) with u = √(2/π) (x + 0.044715 x³). */
+    private static FloatVector geluSigmoid(FloatVector x) {
+        FloatVector u2 = x.mul(x).mul(0.044715f).add(1f).mul(x).mul(-2f * GELU_SCALE);
+        FloatVector one = FloatVector.broadcast(SPECIES, 1f);
+        return one.div(u2.lanewise(VectorOperators.EXP).add(1f));
+    }
+
+    private static float geluSigmoid(float x) {
+        return (float) (1.0 / (1.0 + Math.exp(-2.0 * GELU_SCALE * (x + 0.044715 * x * x * x))));
+    }
+
+    // ---------------------------------------------------------------- attention
+
+    @Override
+    public void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
+        int hs = headSize(c, nh);
+        float scale = (float) (1.0 / Math.sqrt(hs));
+        long c3 = 3L * c;
+        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+            for (int bh = start; bh < end; bh++) {
+                int bb = bh / nh, h = bh % nh;
+                long base = (long) bb * t * c3 + (long) h * hs;
+                for (int i = 0; i < t; i++) {
+                    long q = base + i * c3, arow = ((long) bh * t + i) * t;
+                    float mx = Float.NEGATIVE_INFINITY;
+                    for (int j = 0; j <= i; j++) {
+                        float s = scale * VectorOps.dot(qkv, q, qkv, base + j * c3 + c, hs);
+                        set(att, arow + j, s);
+                        mx = Math.max(mx, s);
+                    }
+                    float sum = VectorOps.expSum(att, arow, i + 1, mx, att, arow);
+                    VectorOps.scale(att, arow, i + 1, 1f / sum);
+                    VectorOps.fill(att, arow + i + 1, t - i - 1, 0f);
+                    long o = ((long) bb * t + i) * c + (long) h * hs;
+                    VectorOps.fill(out, o, hs, 0f);
+                    for (int j = 0; j <= i; j++) {
+                        VectorOps.axpy(get(att, arow + j), qkv, base + j * c3 + 2L * c, out, o, hs);
+                    }
+                }
+            }
+        });
+    }
+
+    @Override
+    public void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout,
+                                  MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh) {
+        int hs = headSize(c, nh);
+        float scale = (float) (1.0 / Math.sqrt(hs));
+        long c3 = 3L * c;
+        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+            for (int bh = start; bh < end; bh++) {
+                int bb = bh / nh, h = bh % nh;
+                long base = (long) bb * t * c3 + (long) h * hs;
+                for (int i = 0; i < t; i++) {
+                    long q = base + i * c3, arow = ((long) bh * t + i) * t;
+                    long o = ((long) bb * t + i) * c + (long) h * hs;
+                    // datt_ij = dout_i · v_j ; dv_j += att_ij dout_i
+                    for (int j = 0; j <= i; j++) {
+                        long v = base + j * c3 + 2L * c;
+                        set(datt, arow + j, VectorOps.dot(dout, o, qkv, v, hs));
+                        VectorOps.axpy(get(att, arow + j), dout, o, dqkv, v, hs);
+                    }
+                    // softmax backward: dpre_ij = att_ij (datt_ij - Σ_l att_il datt_il)
+                    float dotAll = VectorOps.dot(att, arow, datt, arow, i + 1);
+                    for (int j = 0; j <= i; j++) {
+                        float dpre = scale * get(att, arow + j) * (get(datt, arow + j) - dotAll);
+                        long k = base + j * c3 + c;
+                        VectorOps.axpy(dpre, qkv, k, dqkv, q, hs);
+                        VectorOps.axpy(dpre, qkv, q, dqkv, k, hs);
+                    }
+                    VectorOps.fill(datt, arow + i + 1, t - i - 1, 0f);
+                }
+            }
+        });
+    }
+
+    private static int headSize(int c, int nh) {
+        if (nh <= 0 || c % nh != 0) {
+            throw new IllegalArgumentException("channels " + c + " are not divisible by heads " + nh);
+        }
+        return c / nh;
+    }
+
+    // ---------------------------------------------------------------- residual
+
+    @Override
+    public void residualForward(MemorySegment out, MemorySegment a, MemorySegment b, long n) {
+        elementwise(n, (start, end) -> {
+            long i = start;
+            for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
+                store(load(a, i).add(load(b, i)), out, i);
+            }
+            for (; i < end; i++) set(out, i, get(a, i) + get(b, i));
+        });
+    }
+
+    @Override
+    public void accumulate(MemorySegment dst, MemorySegment src, long n) {
+        elementwise(n, (start, end) -> VectorOps.add(src, start, dst, start, (int) (end - start)));
+    }
+
+    // ---------------------------------------------------------------- fused softmax cross-entropy
+
+    @Override
+    public int softmaxCrossEntropy(MemorySegment losses, MemorySegment logits, MemorySegment targets,
+                                   int n, int v, int ignoreIndex, boolean writeGradient, float gradScale) {
+        int chunks = pool.chunks(n, 1);
+        int[] valid = new int[chunks];
+        pool.forEachChunk(n, 1, (chunk, start, end) -> {
+            for (int r = start; r < end; r++) {
+                int target = targets.getAtIndex(I32, r);
+                long o = (long) r * v;
+                if (target == ignoreIndex) {
+                    set(losses, r, 0f);
+                    if (writeGradient) VectorOps.fill(logits, o, v, 0f);
+                    continue;
+                }
+                if (target < 0 || target >= v) {
+                    throw new IllegalArgumentException("target " + target + " at row " + r
+                            + " is outside [0, " + v + ") and is not the ignore index " + ignoreIndex);
+                }
+                valid[chunk]++;
+                float mx = VectorOps.max(logits, o, v);
+                float xTarget = get(logits, o + target);
+                // With writeGradient the exponentials overwrite the logits; they are scaled below.
+                float sum = VectorOps.expSum(logits, o, v, mx, writeGradient ? logits : null, o);
+                set(losses, r, (float) (Math.log(sum) + mx - xTarget));
+                if (writeGradient) {
+                    VectorOps.scale(logits, o, v, gradScale / sum);
+                    set(logits, o + target, get(logits, o + target) - gradScale);
+                }
+            }
+        });
+        int total = 0;
+        for (int count : valid) total += count;
+        return total;
+    }
+
+    // ---------------------------------------------------------------- optimizer and gradient norm
+
+    @Override
+    public void adamW(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, long n,
+                      float lr, float beta1, float beta2, float eps, float weightDecay, int step) {
+        if (step < 1) throw new IllegalArgumentException("AdamW step must be >= 1, got " + step);
+        float c1 = (float) (1.0 / (1.0 - Math.pow(beta1, step)));
+        float c2 = (float) (1.0 / (1.0 - Math.pow(beta2, step)));
+        float ob1 = 1f - beta1, ob2 = 1f - beta2;
+        elementwise(n, (start, end) -> {
+            long i = start;
+            for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
+                FloatVector g = load(grads, i), p = load(params, i);
+                FloatVector mv = load(m, i).mul(beta1).add(g.mul(ob1));
+                FloatVector vv = load(v, i).mul(beta2).add(g.mul(g).mul(ob2));
+                store(mv, m, i);
+                store(vv, v, i);
+                FloatVector update = mv.mul(c1).div(vv.mul(c2).sqrt().add(eps)).add(p.mul(weightDecay));
+                store(p.sub(update.mul(lr)), params, i);
+            }
+            for (; i < end; i++) {
+                float g = get(grads, i), p = get(params, i);
+                float mv = beta1 * get(m, i) + ob1 * g;
+                float vv = beta2 * get(v, i) + ob2 * g * g;
+                set(m, i, mv);
+                set(v, i, vv);
+                set(params, i, p - lr * (mv * c1 / ((float) Math.sqrt(vv * c2) + eps) + weightDecay * p));
+            }
+        });
+    }
+
+    @Override
+    public double sumOfSquares(MemorySegment x, long n) {
+        int blocks = blockCount(n);
+        int chunks = pool.chunks(blocks, 1);
+        double[] part = new double[chunks];
+        pool.forEachChunk(blocks, 1, (chunk, start, end) -> {
+            long from = (long) start * ELEMENTWISE_GRAIN, to = Math.min(n, (long) end * ELEMENTWISE_GRAIN);
+            part[chunk] = VectorOps.sumOfSquares(x, from, (int) (to - from));
+        });
+        double total = 0;
+        for (double p : part) total += p;
+        return total;
+    }
+
+    @Override
+    public void scale(MemorySegment x, float s, long n) {
+        elementwise(n, (start, end) -> VectorOps.scale(x, start, (int) (end - start), s));
+    }
+
+    @Override
+    public void fill(MemorySegment x, float value, long n) {
+        elementwise(n, (start, end) -> VectorOps.fill(x, start, (int) (end - start), value));
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    @FunctionalInterface
+    private interface RangeBody {
+        void run(long start, long end);
+    }
+
+    private static int blockCount(long n) {
+        return Math.toIntExact((n + ELEMENTWISE_GRAIN - 1) / ELEMENTWISE_GRAIN);
+    }
+
+    /** Splits [0, n) into blocks of ELEMENTWISE_GRAIN and the blocks over the pool. */
+    private void elementwise(long n, RangeBody body) {
+        if (n <= 0) return;
+        pool.forEachChunk(blockCount(n), 1, (chunk, start, end) ->
+                body.run((long) start * ELEMENTWISE_GRAIN, Math.min(n, (long) end * ELEMENTWISE_GRAIN)));
+    }
+
+    /** Minimum rows per chunk so that a chunk holds about ELEMENTWISE_GRAIN / 4 elements. */
+    private static int grainRows(int c) {
+        return Math.max(1, (ELEMENTWISE_GRAIN / 4) / Math.max(1, c));
+    }
+
+    private float[][] partials(int chunks, int size) {
+        if (partials.length < chunks || partials[0].length < size) {
+            float[][] grown = new float[Math.max(chunks, partials.length)][];
+            for (int i = 0; i < grown.length; i++) grown[i] = new float[Math.max(size, partials.length > 0 ? partials[0].length : 0)];
+            partials = grown;
+        }
+        return partials;
+    }
+
+    /** acc[j] += Σ_chunk part[chunk][offset + j], chunks combined in order. */
+    private static void addPartials(MemorySegment acc, float[][] part, int chunks, int offset, int c) {
+        for (int j = 0; j < c; j++) {
+            float s = get(acc, j);
+            for (int ch = 0; ch < chunks; ch++) s += part[ch][offset + j];
+            set(acc, j, s);
+        }
+    }
+}

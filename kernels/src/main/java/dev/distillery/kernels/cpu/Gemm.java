@@ -1,0 +1,21 @@
+package dev.distillery.kernels.cpu;
+
+import java.lang.foreign.MemorySegment;
+
+/** A row-major SGEMM backend of {@link CpuKernels}: CBLAS (OpenBLAS) or the Vector-API fallback. */
+sealed interface Gemm extends AutoCloseable permits BlasGemm, VectorGemm {
+
+    /** Which GEMM the CPU kernels use; {@code distillery.gemm=auto|blas|vector}. */
+    enum Choice { AUTO, BLAS, VECTOR }
+
+    String describe();
+
+    /** C(m,n) = alpha op(A)(m,k) op(B)(k,n) + beta C, row-major; see {@code Kernels.gemm}. */
+    void sgemm(boolean transA, boolean transB, int m, int n, int k,
+               float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
+               float beta, MemorySegment c, int ldc);
+
+    @Override
+    default void close() {
+    }
+}

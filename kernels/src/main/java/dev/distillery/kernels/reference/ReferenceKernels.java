@@ -1,0 +1,245 @@
+package dev.distillery.kernels.reference;
+
+/**
+ * The float64 reference of every kernel in {@code Kernels}: plain loops over {@code double[]},
+ * written for obviousness, never speed. Tests and {@code selftest} hold every backend to it; its
+ * own backward passes are checked against central finite differences of its forward passes.
+ * Shapes and semantics are exactly those of the {@code Kernels} method of the same name
+ * (backward methods accumulate).
+ */
+public final class ReferenceKernels {
+
+    public static final double LAYERNORM_EPS = 1e-5;
+    private static final double GELU_SCALE = Math.sqrt(2.0 / Math.PI);
+
+    private ReferenceKernels() {
+    }
+
+    /** C(m,n) = alpha op(A) op(B) + beta C, row-major with leading dimensions. */
+    public static void gemm(boolean transA, boolean transB, int m, int n, int k, double alpha,
+                            double[] a, int lda, double[] b, int ldb, double beta, double[] c, int ldc) {
+        for (int i = 0; i < m; i++) {
+            for (int j = 0; j < n; j++) {
+                double s = 0;
+                for (int p = 0; p < k; p++) {
+                    double av = transA ? a[p * lda + i] : a[i * lda + p];
+                    double bv = transB ? b[j * ldb + p] : b[p * ldb + j];
+                    s += av * bv;
+                }
+                c[i * ldc + j] = alpha * s + (beta == 0 ? 0 : beta * c[i * ldc + j]);
+            }
+        }
+    }
+
+    /** out(n,oc) = inp(n,c) · weight(c,oc) + bias(oc); bias may be null. */
+    public static void linearForward(double[] out, double[] inp, double[] weight, double[] bias, int n, int c, int oc) {
+        for (int r = 0; r < n; r++) {
+            for (int o = 0; o < oc; o++) {
+                double s = bias == null ? 0 : bias[o];
+                for (int i = 0; i < c; i++) s += inp[r * c + i] * weight[i * oc + o];
+                out[r * oc + o] = s;
+            }
+        }
+    }
+
+    public static void linearBackward(double[] dinp, double[] dweight, double[] dbias, double[] dout,
+                                      double[] inp, double[] weight, int n, int c, int oc) {
+        for (int r = 0; r < n; r++) {
+            for (int o = 0; o < oc; o++) {
+                double g = dout[r * oc + o];
+                if (dbias != null) dbias[o] += g;
+                for (int i = 0; i < c; i++) {
+                    dinp[r * c + i] += g * weight[i * oc + o];
+                    dweight[i * oc + o] += g * inp[r * c + i];
+                }
+            }
+        }
+    }
+
+    public static void embeddingForward(double[] out, int[] tokens, double[] wte, double[] wpe, int b, int t, int c) {
+        for (int row = 0; row < b * t; row++) {
+            for (int i = 0; i < c; i++) out[row * c + i] = wte[tokens[row] * c + i] + wpe[(row % t) * c + i];
+        }
+    }
+
+    public static void embeddingBackward(double[] dwte, double[] dwpe, double[] dout, int[] tokens, int b, int t, int c) {
+        for (int row = 0; row < b * t; row++) {
+            for (int i = 0; i < c; i++) {
+                dwte[tokens[row] * c + i] += dout[row * c + i];
+                dwpe[(row % t) * c + i] += dout[row * c + i];
+            }
+        }
+    }
+
+    public static void layerNormForward(double[] out, double[] mean, double[] rstd, double[] inp,
+                                        double[] weight, double[] bias, int n, int c) {
+        for (int r = 0; r < n; r++) {
+            double mu = 0;
+            for (int i = 0; i < c; i++) mu += inp[r * c + i];
+            mu /= c;
+            double var = 0;
+            for (int i = 0; i < c; i++) var += (inp[r * c + i] - mu) * (inp[r * c + i] - mu);
+            double rs = 1 / Math.sqrt(var / c + LAYERNORM_EPS);
+            mean[r] = mu;
+            rstd[r] = rs;
+            for (int i = 0; i < c; i++) out[r * c + i] = (inp[r * c + i] - mu) * rs * weight[i] + bias[i];
+        }
+    }
+
+    public static void layerNormBackward(double[] dinp, double[] dweight, double[] dbias, double[] dout,
+                                         double[] inp, double[] weight, double[] mean, double[] rstd, int n, int c) {
+        for (int r = 0; r < n; r++) {
+            double meanDnorm = 0, meanDnormNorm = 0;
+            for (int i = 0; i < c; i++) {
+                double norm = (inp[r * c + i] - mean[r]) * rstd[r];
+                double dnorm = dout[r * c + i] * weight[i];
+                meanDnorm += dnorm;
+                meanDnormNorm += dnorm * norm;
+                dweight[i] += norm * dout[r * c + i];
+                dbias[i] += dout[r * c + i];
+            }
+            meanDnorm /= c;
+            meanDnormNorm /= c;
+            for (int i = 0; i < c; i++) {
+                double norm = (inp[r * c + i] - mean[r]) * rstd[r];
+                double dnorm = dout[r * c + i] * weight[i];
+                dinp[r * c + i] += (dnorm - meanDnorm - norm * meanDnormNorm) * rstd[r];
+            }
+        }
+    }
+
+    public static double gelu(double x) {
+        return 0.5 * x * (1 + Math.tanh(GELU_SCALE * (x + 0.044715 * x * x * x)));
+    }
+
+    public static double geluGrad(double x) {
+        double th = Math.tanh(GELU_SCALE * (x + 0.044715 * x * x * x));
+        return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * GELU_SCALE * (1 + 3 * 0.044715 * x * x);
+    }
+
+    public static void geluForward(double[] out, double[] inp, int n) {
+        for (int i = 0; i < n; i++) out[i] = gelu(inp[i]);
+    }
+
+    public static void geluBackward(double[] dinp, double[] inp, double[] dout, int n) {
+        for (int i = 0; i < n; i++) dinp[i] += geluGrad(inp[i]) * dout[i];
+    }
+
+    /** out (b,t,c), att (b,nh,t,t) probabilities, qkv (b,t,3c). */
+    public static void attentionForward(double[] out, double[] att, double[] qkv, int b, int t, int c, int nh) {
+        int hs = c / nh;
+        double scale = 1 / Math.sqrt(hs);
+        for (int bb = 0; bb < b; bb++) {
+            for (int h = 0; h < nh; h++) {
+                for (int i = 0; i < t; i++) {
+                    int q = (bb * t + i) * 3 * c + h * hs;
+                    int arow = ((bb * nh + h) * t + i) * t;
+                    double mx = Double.NEGATIVE_INFINITY;
+                    for (int j = 0; j <= i; j++) {
+                        int k = (bb * t + j) * 3 * c + c + h * hs;
+                        double s = 0;
+                        for (int d = 0; d < hs; d++) s += qkv[q + d] * qkv[k + d];
+                        att[arow + j] = s * scale;
+                        mx = Math.max(mx, s * scale);
+                    }
+                    double sum = 0;
+                    for (int j = 0; j <= i; j++) {
+                        att[arow + j] = Math.exp(att[arow + j] - mx);
+                        sum += att[arow + j];
+                    }
+                    for (int j = 0; j < t; j++) att[arow + j] = j <= i ? att[arow + j] / sum : 0;
+                    for (int d = 0; d < hs; d++) {
+                        double s = 0;
+                        for (int j = 0; j <= i; j++) s += att[arow + j] * qkv[(bb * t + j) * 3 * c + 2 * c + h * hs + d];
+                        out[(bb * t + i) * c + h * hs + d] = s;
+                    }
+                }
+            }
+        }
+    }
+
+    public static void attentionBackward(double[] dqkv, double[] dout, double[] qkv, double[] att,
+                                         int b, int t, int c, int nh) {
+        int hs = c / nh;
+        double scale = 1 / Math.sqrt(hs);
+        double[] datt = new double[t];
+        for (int bb = 0; bb < b; bb++) {
+            for (int h = 0; h < nh; h++) {
+                for (int i = 0; i < t; i++) {
+                    int q = (bb * t + i) * 3 * c + h * hs;
+                    int o = (bb * t + i) * c + h * hs;
+                    int arow = ((bb * nh + h) * t + i) * t;
+                    for (int j = 0; j <= i; j++) {
+                        int v = (bb * t + j) * 3 * c + 2 * c + h * hs;
+                        double s = 0;
+                        for (int d = 0; d < hs; d++) {
+                            s += dout[o + d] * qkv[v + d];
+                            dqkv[v + d] += att[arow + j] * dout[o + d];
+                        }
+                        datt[j] = s;
+                    }
+                    double dotAll = 0;
+                    for (int j = 0; j <= i; j++) dotAll += att[arow + j] * datt[j];
+                    for (int j = 0; j <= i; j++) {
+                        double dpre = scale * att[arow + j] * (datt[j] - dotAll);
+                        int k = (bb * t + j) * 3 * c + c + h * hs;
+                        for (int d = 0; d < hs; d++) {
+                            dqkv[q + d] += dpre * qkv[k + d];
+                            dqkv[k + d] += dpre * qkv[q + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /**
+     * Softmax cross-entropy per row; returns per-row losses and writes {@code gradScale (softmax - onehot)}
+     * into dlogits when it is non-null (ignored rows: loss 0, gradient 0).
+     */
+    public static double[] softmaxCrossEntropy(double[] logits, int[] targets, int n, int v, int ignoreIndex,
+                                               double[] dlogits, double gradScale) {
+        double[] losses = new double[n];
+        for (int r = 0; r < n; r++) {
+            if (targets[r] == ignoreIndex) {
+                if (dlogits != null) java.util.Arrays.fill(dlogits, r * v, (r + 1) * v, 0);
+                continue;
+            }
+            double lse = logSumExp(logits, r * v, v);
+            losses[r] = lse - logits[r * v + targets[r]];
+            if (dlogits != null) {
+                for (int i = 0; i < v; i++) {
+                    dlogits[r * v + i] = gradScale * (Math.exp(logits[r * v + i] - lse) - (i == targets[r] ? 1 : 0));
+                }
+            }
+        }
+        return losses;
+    }
+
+    /** log Σ exp(x[o + i]), i < n, shifted by the max. */
+    public static double logSumExp(double[] x, int o, int n) {
+        double mx = Double.NEGATIVE_INFINITY;
+        for (int i = 0; i < n; i++) mx = Math.max(mx, x[o + i]);
+        if (mx == Double.NEGATIVE_INFINITY) return mx;
+        double s = 0;
+        for (int i = 0; i < n; i++) s += Math.exp(x[o + i] - mx);
+        return mx + Math.log(s);
+    }
+
+    public static void adamW(double[] params, double[] grads, double[] m, double[] v, double lr, double beta1,
+                             double beta2, double eps, double weightDecay, int step) {
+        for (int i = 0; i < params.length; i++) {
+            m[i] = beta1 * m[i] + (1 - beta1) * grads[i];
+            v[i] = beta2 * v[i] + (1 - beta2) * grads[i] * grads[i];
+            double mhat = m[i] / (1 - Math.pow(beta1, step));
+            double vhat = v[i] / (1 - Math.pow(beta2, step));
+            params[i] -= lr * (mhat / (Math.sqrt(vhat) + eps) + weightDecay * params[i]);
+        }
+    }
+
+    public static double sumOfSquares(double[] x) {
+        double s = 0;
+        for (double value : x) s += value * value;
+        return s;
+    }
+}
