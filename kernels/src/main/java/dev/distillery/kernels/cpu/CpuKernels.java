@@ -177,7 +177,7 @@ public final class CpuKernels implements Kernels {
                         FloatVector d = load(inp, o + i).sub(mu);
                         acc = d.fma(d, acc);
                     }
-                    var = acc.reduceLanes(VectorOperators.ADD);
+                    var = VectorOps.sumLanes(acc);
                 }
                 for (; i < c; i++) {
                     float d = get(inp, o + i) - mu;
@@ -284,11 +284,12 @@ public final class CpuKernels implements Kernels {
     private static FloatVector geluSigmoid(FloatVector x) {
         FloatVector u2 = x.mul(x).mul(0.044715f).add(1f).mul(x).mul(-2f * GELU_SCALE);
         FloatVector one = FloatVector.broadcast(SPECIES, 1f);
-        return one.div(u2.lanewise(VectorOperators.EXP).add(1f));
+        return one.div(VectorOps.exp(u2).add(1f));
     }
 
     private static float geluSigmoid(float x) {
-        return (float) (1.0 / (1.0 + Math.exp(-2.0 * GELU_SCALE * (x + 0.044715 * x * x * x))));
+        float u2 = (x * x * 0.044715f + 1f) * x * (-2f * GELU_SCALE);
+        return 1f / (VectorOps.exp(u2) + 1f);
     }
 
     // ---------------------------------------------------------------- attention

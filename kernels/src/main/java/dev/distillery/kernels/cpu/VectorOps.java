@@ -5,12 +5,21 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.IntVector;
+import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorSpecies;
 
 /**
  * The Vector-API loops the CPU kernels share: dot, axpy, max, exp-and-sum, scale. Offsets and
  * lengths are in fp32 elements. Every loop has a scalar tail, so any length works.
+ *
+ * <p>Determinism: results must not depend on whether the JIT has compiled a loop yet. The
+ * Vector API's transcendental ops ({@code EXP}, {@code TANH}) give different bits interpreted
+ * (a per-lane {@code Math} call) and compiled (SVML), and a compiled {@code reduceLanes(ADD)} may
+ * add lanes in a different order than the interpreter. So this class uses neither: {@link #exp}
+ * is a polynomial made of IEEE add/mul/fma (exact in every tier), with a scalar twin that gives
+ * the same bits, and {@link #sumLanes} adds the lanes in a fixed order.
  */
 final class VectorOps {
 
@@ -21,6 +30,65 @@ final class VectorOps {
     static final ValueLayout.OfInt I32 = ValueLayout.JAVA_INT_UNALIGNED;
 
     private VectorOps() {
+    }
+
+    // exp(x) = 2^n · p(r), x = n ln2 + r, |r| ≤ ln2/2; Cephes' expf polynomial (≤ 2 ulp).
+    /** Above this 2^n would need n = 128; such inputs give +inf (callers pass x - max ≤ 0). */
+    private static final float EXP_HI = 88.0f;
+    private static final float EXP_LO = -87.3365447505531f; // below: exp underflows to 0
+    private static final float LOG2E = 1.44269504088896341f;
+    private static final float LN2_HI = 0.693359375f;
+    private static final float LN2_LO = -2.12194440e-4f;
+    private static final float ROUND = 12582912f; // 1.5 · 2^23: adding it rounds to an integer
+    private static final float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f,
+            P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
+
+    /** exp of every lane; 0 below -87.34, +inf above 88, NaN stays NaN. Same bits as {@link #exp(float)}. */
+    static FloatVector exp(FloatVector x) {
+        VectorMask<Float> under = x.lt(EXP_LO);
+        VectorMask<Float> over = x.compare(VectorOperators.GT, EXP_HI);
+        FloatVector xc = x.max(EXP_LO).min(EXP_HI);
+        FloatVector t = xc.mul(LOG2E).add(ROUND);
+        FloatVector n = t.sub(ROUND);
+        FloatVector r = n.mul(-LN2_HI).add(xc);
+        r = n.mul(-LN2_LO).add(r);
+        FloatVector p = r.mul(P0).add(P1);
+        p = p.mul(r).add(P2);
+        p = p.mul(r).add(P3);
+        p = p.mul(r).add(P4);
+        p = p.mul(r).add(P5);
+        FloatVector y = p.mul(r.mul(r)).add(r).add(1f);
+        IntVector bits = ((IntVector) t.reinterpretAsInts()).sub(0x4B400000 - 127).lanewise(VectorOperators.LSHL, 23);
+        FloatVector scale = (FloatVector) bits.reinterpretAsFloats();
+        FloatVector result = y.mul(scale);
+        return result.blend(0f, under).blend(Float.POSITIVE_INFINITY, over);
+    }
+
+    /** The scalar twin of {@link #exp(FloatVector)}: identical operations, identical bits. */
+    static float exp(float x) {
+        if (x < EXP_LO) return 0f;
+        if (x > EXP_HI) return Float.POSITIVE_INFINITY;
+        if (x != x) return x;
+        float t = x * LOG2E + ROUND;
+        float n = t - ROUND;
+        float r = n * -LN2_HI + x;
+        r = n * -LN2_LO + r;
+        float p = r * P0 + P1;
+        p = p * r + P2;
+        p = p * r + P3;
+        p = p * r + P4;
+        p = p * r + P5;
+        float y = p * (r * r) + r + 1f;
+        float scale = Float.intBitsToFloat((Float.floatToRawIntBits(t) - (0x4B400000 - 127)) << 23);
+        return y * scale;
+    }
+
+    /** Σ of the lanes, added in lane order (a fixed order, unlike a compiled reduceLanes(ADD)). */
+    static float sumLanes(FloatVector v) {
+        float[] lanes = v.toArray();
+        float s = 0f;
+        for (float lane : lanes) s += lane;
+        return s;
     }
 
     static FloatVector load(MemorySegment s, long index) {
@@ -48,7 +116,7 @@ final class VectorOps {
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
                 acc = load(a, ao + i).fma(load(b, bo + i), acc);
             }
-            sum = acc.reduceLanes(VectorOperators.ADD);
+            sum = sumLanes(acc);
         }
         for (; i < n; i++) {
             sum += get(a, ao + i) * get(b, bo + i);
@@ -128,7 +196,7 @@ final class VectorOps {
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
                 acc = acc.add(load(x, o + i));
             }
-            sum = acc.reduceLanes(VectorOperators.ADD);
+            sum = sumLanes(acc);
         }
         for (; i < n; i++) {
             sum += get(x, o + i);
@@ -147,14 +215,14 @@ final class VectorOps {
         if (n >= LANES) {
             FloatVector acc = FloatVector.zero(SPECIES);
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-                FloatVector e = load(x, o + i).sub(vs).lanewise(VectorOperators.EXP);
+                FloatVector e = exp(load(x, o + i).sub(vs));
                 if (out != null) store(e, out, oo + i);
                 acc = acc.add(e);
             }
-            sum = acc.reduceLanes(VectorOperators.ADD);
+            sum = sumLanes(acc);
         }
         for (; i < n; i++) {
-            float e = (float) Math.exp(get(x, o + i) - shift);
+            float e = exp(get(x, o + i) - shift);
             if (out != null) set(out, oo + i, e);
             sum += e;
         }

@@ -1,0 +1,45 @@
+package dev.distillery.kernels.cpu;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.SplittableRandom;
+
+import org.junit.jupiter.api.Test;
+
+import jdk.incubator.vector.FloatVector;
+
+class VectorOpsTest {
+
+    @Test
+    void expIsWithinTwoUlpOfFloat64AndVectorMatchesScalarBitForBit() {
+        SplittableRandom rng = new SplittableRandom();
+        float[] x = new float[VectorOps.LANES];
+        double worstUlps = 0;
+        for (int round = 0; round < 20_000; round++) {
+            for (int i = 0; i < x.length; i++) x[i] = (float) rng.nextDouble(-87.3, 88.0);
+            float[] v = VectorOps.exp(FloatVector.fromArray(VectorOps.SPECIES, x, 0)).toArray();
+            for (int i = 0; i < x.length; i++) {
+                float s = VectorOps.exp(x[i]);
+                assertEquals(Float.floatToRawIntBits(s), Float.floatToRawIntBits(v[i]), "x = " + x[i]);
+                worstUlps = Math.max(worstUlps, Math.abs(s - Math.exp(x[i])) / Math.ulp((float) Math.exp(x[i])));
+            }
+        }
+        assertTrue(worstUlps <= 2.0, "worst error " + worstUlps + " ulp");
+    }
+
+    @Test
+    void expEdgeCases() {
+        assertEquals(0f, VectorOps.exp(Float.NEGATIVE_INFINITY));
+        assertEquals(0f, VectorOps.exp(-100f));
+        assertEquals(1f, VectorOps.exp(0f));
+        assertEquals(Float.POSITIVE_INFINITY, VectorOps.exp(Float.POSITIVE_INFINITY));
+        assertTrue(Float.isNaN(VectorOps.exp(Float.NaN)));
+        float[] special = new float[VectorOps.LANES];
+        special[0] = Float.NEGATIVE_INFINITY;
+        if (special.length > 1) special[1] = Float.NaN;
+        float[] v = VectorOps.exp(FloatVector.fromArray(VectorOps.SPECIES, special, 0)).toArray();
+        assertEquals(0f, v[0]);
+        if (v.length > 1) assertTrue(Float.isNaN(v[1]));
+    }
+}

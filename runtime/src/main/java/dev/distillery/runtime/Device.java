@@ -1,0 +1,6 @@
+package dev.distillery.runtime;
+
+/** Where a tensor's storage lives. */
+public enum Device {
+    CPU, CUDA
+}

@@ -1,0 +1,103 @@
+package dev.distillery.runtime;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+
+/**
+ * One native block for a step's activations and their gradients, bump-allocated during the step
+ * and {@link #reset()} after it (llm.c's design): nothing is allocated in a steady training loop.
+ *
+ * <p>The block's size is learnt, not guessed: when a step needs more than the block holds, the
+ * overflow is served from a side arena and the high-water mark is recorded; the next
+ * {@link #reset()} frees the side arena and replaces the block with one of the high-water size.
+ * From the second step of a fixed-shape loop on, every allocation is a pointer bump.
+ *
+ * <p>Segments handed out are 64-byte aligned and invalid after the next {@code reset()}.
+ */
+public final class Workspace implements AutoCloseable {
+
+    private static final long ALIGN = 64;
+
+    private Arena blockArena;
+    private MemorySegment block;
+    private long offset;
+    private Arena overflowArena;
+    private long overflowBytes;
+    private long highWater;
+    private int growths;
+
+    public Workspace(long initialBytes) {
+        allocateBlock(Math.max(ALIGN, initialBytes));
+    }
+
+    private void allocateBlock(long bytes) {
+        blockArena = Arena.ofShared();
+        block = blockArena.allocate(bytes, ALIGN);
+    }
+
+    /** A 64-byte-aligned region of at least {@code bytes}; contents are undefined. */
+    public MemorySegment allocate(long bytes) {
+        long size = Math.max(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);
+        if (overflowArena == null && offset + size <= block.byteSize()) {
+            MemorySegment s = block.asSlice(offset, bytes);
+            offset += size;
+            highWater = Math.max(highWater, offset);
+            return s;
+        }
+        // Past the block: serve from the side arena, remember how much the step really needed.
+        if (overflowArena == null) overflowArena = Arena.ofShared();
+        overflowBytes += size;
+        highWater = Math.max(highWater, offset + overflowBytes);
+        return overflowArena.allocate(Math.max(1, bytes), ALIGN);
+    }
+
+    /** An uninitialised fp32 tensor. */
+    public Tensor tensor(String name, int... shape) {
+        return tensor(name, DType.F32, shape);
+    }
+
+    public Tensor tensor(String name, DType dtype, int... shape) {
+        return new Tensor(name, shape, dtype, Device.CPU, allocate(Tensor.numel(shape) * dtype.bytes()), false);
+    }
+
+    /** A zero-filled fp32 tensor (gradients start here). */
+    public Tensor zeros(String name, int... shape) {
+        Tensor t = tensor(name, shape);
+        t.data().fill((byte) 0);
+        return t;
+    }
+
+    /** Frees everything handed out since the last reset; grows the block if the step overflowed. */
+    public void reset() {
+        if (overflowArena != null) {
+            overflowArena.close();
+            overflowArena = null;
+            overflowBytes = 0;
+            blockArena.close();
+            allocateBlock(highWater);
+            growths++;
+        }
+        offset = 0;
+    }
+
+    /** Bytes of the current block. */
+    public long capacity() {
+        return block.byteSize();
+    }
+
+    /** Most bytes any step has needed so far. */
+    public long highWater() {
+        return highWater;
+    }
+
+    /** How many times the block was replaced by a larger one. */
+    public int growths() {
+        return growths;
+    }
+
+    @Override
+    public void close() {
+        if (overflowArena != null) overflowArena.close();
+        blockArena.close();
+    }
+}

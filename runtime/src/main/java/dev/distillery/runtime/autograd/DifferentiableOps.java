@@ -1,0 +1,225 @@
+package dev.distillery.runtime.autograd;
+
+import java.lang.foreign.ValueLayout;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.DType;
+import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.Workspace;
+
+/**
+ * The ops a GPT-style model is made of. Each one runs its forward kernel into a tensor from the
+ * {@link Workspace} and, when an input needs a gradient, records its backward kernel on the
+ * {@link Tape}. Activation gradients are allocated (zeroed) in the workspace the first time a
+ * backward writes them; parameter gradients already live in the parameter store. Backward
+ * kernels accumulate, so a tensor used twice (the residual stream) sums its gradients.
+ *
+ * <p>Activations are 2-D (rows = batch × time, columns = channels); ops that need the batch and
+ * time split (embedding, attention) take them as arguments.
+ */
+public final class DifferentiableOps {
+
+    /** The target id that masks a row out of the cross-entropy. */
+    public static final int IGNORE_INDEX = -100;
+
+    private final Kernels kernels;
+    private final Workspace workspace;
+    private final Tape tape;
+
+    public DifferentiableOps(Kernels kernels, Workspace workspace, Tape tape) {
+        this.kernels = kernels;
+        this.workspace = workspace;
+        this.tape = tape;
+    }
+
+    public Kernels kernels() {
+        return kernels;
+    }
+
+    public Workspace workspace() {
+        return workspace;
+    }
+
+    public Tape tape() {
+        return tape;
+    }
+
+    private boolean tracks(Tensor... inputs) {
+        if (!tape.enabled()) return false;
+        for (Tensor t : inputs) {
+            if (t != null && t.requiresGrad()) return true;
+        }
+        return false;
+    }
+
+    private Tensor output(String name, boolean requiresGrad, int... shape) {
+        Tensor t = workspace.tensor(name, shape);
+        return requiresGrad ? new Tensor(name, shape, DType.F32, t.device(), t.data(), true) : t;
+    }
+
+    /** The gradient buffer of t, zero-allocated on first use; null when t needs no gradient. */
+    private java.lang.foreign.MemorySegment grad(Tensor t) {
+        if (t == null || !t.requiresGrad()) return null;
+        if (t.grad() == null) {
+            Tensor g = workspace.tensor(t.name() + ".grad", t.shape());
+            kernels.fill(g.data(), 0f, g.numel());
+            t.setGrad(g);
+        }
+        return t.grad().data();
+    }
+
+    /** tokens int32 (b, t); wte (vocab, c); wpe (maxT, c) → (b·t, c). */
+    public Tensor embedding(Tensor tokens, Tensor wte, Tensor wpe, int b, int t) {
+        int c = wte.dim(1), vocab = wte.dim(0);
+        if (t > wpe.dim(0)) {
+            throw new IllegalArgumentException("sequence length " + t + " exceeds the model's context " + wpe.dim(0));
+        }
+        boolean track = tracks(wte, wpe);
+        Tensor out = output("embedding", track, b * t, c);
+        kernels.embeddingForward(out.data(), tokens.data(), wte.data(), wpe.data(), b, t, c, vocab);
+        if (track) {
+            tape.record(() -> {
+                if (out.grad() != null) {
+                    kernels.embeddingBackward(grad(wte), grad(wpe), out.grad().data(), tokens.data(), b, t, c);
+                }
+            });
+        }
+        return out;
+    }
+
+    /** x (n, c), weight (c), bias (c) → (n, c). */
+    public Tensor layerNorm(Tensor x, Tensor weight, Tensor bias) {
+        int n = x.dim(0), c = x.dim(1);
+        boolean track = tracks(x, weight, bias);
+        Tensor out = output("layernorm", track, n, c);
+        Tensor mean = workspace.tensor("layernorm.mean", n);
+        Tensor rstd = workspace.tensor("layernorm.rstd", n);
+        kernels.layerNormForward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(), bias.data(), n, c);
+        if (track) {
+            tape.record(() -> {
+                if (out.grad() != null) {
+                    kernels.layerNormBackward(grad(x), grad(weight), grad(bias), out.grad().data(), x.data(),
+                            weight.data(), mean.data(), rstd.data(), n, c);
+                }
+            });
+        }
+        return out;
+    }
+
+    /** x (n, c) · weight (c, oc) + bias (oc) → (n, oc); bias may be null. */
+    public Tensor linear(Tensor x, Tensor weight, Tensor bias) {
+        int n = x.dim(0), c = x.dim(1), oc = weight.dim(1);
+        if (weight.dim(0) != c) {
+            throw new IllegalArgumentException("linear " + weight.name() + ": input has " + c + " columns, weight has " + weight.dim(0) + " rows");
+        }
+        boolean track = tracks(x, weight, bias);
+        Tensor out = output("linear", track, n, oc);
+        kernels.linearForward(out.data(), x.data(), weight.data(), bias == null ? null : bias.data(), n, c, oc);
+        if (track) {
+            tape.record(() -> {
+                if (out.grad() != null) {
+                    kernels.linearBackward(grad(x), grad(weight), bias == null ? null : grad(bias),
+                            out.grad().data(), x.data(), weight.data(), n, c, oc);
+                }
+            });
+        }
+        return out;
+    }
+
+    /** x (n, c) · weightᵀ where weight is (v, c) → (n, v): the tied LM head. */
+    public Tensor matmulTransposed(Tensor x, Tensor weight) {
+        int n = x.dim(0), c = x.dim(1), v = weight.dim(0);
+        boolean track = tracks(x, weight);
+        Tensor out = output("logits", track, n, v);
+        kernels.gemm(false, true, n, v, c, 1f, x.data(), c, weight.data(), c, 0f, out.data(), v);
+        if (track) {
+            tape.record(() -> {
+                if (out.grad() == null) return;
+                var dout = out.grad().data();
+                var dx = grad(x);
+                if (dx != null) kernels.gemm(false, false, n, c, v, 1f, dout, v, weight.data(), c, 1f, dx, c);
+                var dw = grad(weight);
+                if (dw != null) kernels.gemm(true, false, v, c, n, 1f, dout, v, x.data(), c, 1f, dw, c);
+            });
+        }
+        return out;
+    }
+
+    /** Causal multi-head attention: qkv (b·t, 3c) → (b·t, c). */
+    public Tensor attention(Tensor qkv, int b, int t, int heads) {
+        int c = qkv.dim(1) / 3;
+        boolean track = tracks(qkv);
+        Tensor out = output("attention", track, b * t, c);
+        Tensor att = workspace.tensor("attention.probs", b, heads, t, t);
+        kernels.attentionForward(out.data(), att.data(), qkv.data(), b, t, c, heads);
+        if (track) {
+            tape.record(() -> {
+                if (out.grad() != null) {
+                    Tensor scratch = workspace.tensor("attention.dprobs", b, heads, t, t);
+                    kernels.attentionBackward(grad(qkv), scratch.data(), out.grad().data(), qkv.data(), att.data(), b, t, c, heads);
+                }
+            });
+        }
+        return out;
+    }
+
+    public Tensor gelu(Tensor x) {
+        boolean track = tracks(x);
+        Tensor out = output("gelu", track, x.shape());
+        kernels.geluForward(out.data(), x.data(), x.numel());
+        if (track) {
+            tape.record(() -> {
+                if (out.grad() != null) kernels.geluBackward(grad(x), x.data(), out.grad().data(), x.numel());
+            });
+        }
+        return out;
+    }
+
+    /** The residual connection a + b. */
+    public Tensor add(Tensor a, Tensor b) {
+        if (a.numel() != b.numel()) throw new IllegalArgumentException("add: " + a + " and " + b + " differ in size");
+        boolean track = tracks(a, b);
+        Tensor out = output("residual", track, a.shape());
+        kernels.residualForward(out.data(), a.data(), b.data(), a.numel());
+        if (track) {
+            tape.record(() -> {
+                if (out.grad() == null) return;
+                var da = grad(a);
+                if (da != null) kernels.accumulate(da, out.grad().data(), a.numel());
+                var db = grad(b);
+                if (db != null) kernels.accumulate(db, out.grad().data(), b.numel());
+            });
+        }
+        return out;
+    }
+
+    /** The mean cross-entropy over non-ignored rows and how many rows counted. */
+    public record Loss(double mean, int rows) {
+    }
+
+    /**
+     * Mean softmax cross-entropy of logits (n, v) against int32 targets (n), rows with target
+     * {@link #IGNORE_INDEX} excluded. With the tape enabled the fused kernel writes
+     * {@code gradScale · d(mean)/d(logits)} over the logits in place and they become the logits'
+     * gradient: this must be the last op of the forward (the loss is the root of the graph).
+     *
+     * @param gradScale extra factor on the gradient (1, or 1/k for gradient accumulation over k micro-batches)
+     */
+    public Loss crossEntropy(Tensor logits, Tensor targets, float gradScale) {
+        int n = logits.dim(0), v = logits.dim(1);
+        int valid = 0;
+        for (int r = 0; r < n; r++) {
+            if (targets.data().getAtIndex(ValueLayout.JAVA_INT, r) != IGNORE_INDEX) valid++;
+        }
+        boolean writeGradient = tracks(logits);
+        float scale = valid == 0 ? 0f : gradScale / valid;
+        Tensor losses = workspace.tensor("losses", n);
+        kernels.softmaxCrossEntropy(losses.data(), logits.data(), targets.data(), n, v, IGNORE_INDEX, writeGradient, scale);
+        double sum = 0;
+        for (int r = 0; r < n; r++) sum += losses.getFloat(r);
+        if (writeGradient) {
+            logits.setGrad(new Tensor("logits.grad", logits.shape(), DType.F32, logits.device(), logits.data(), false));
+        }
+        return new Loss(valid == 0 ? 0 : sum / valid, valid);
+    }
+}

@@ -1,0 +1,108 @@
+package dev.distillery.runtime.io;
+
+import java.io.IOException;
+import java.lang.foreign.MemorySegment;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
+import java.nio.file.AtomicMoveNotSupportedException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+import com.fasterxml.jackson.databind.ObjectMapper;
+
+import dev.distillery.runtime.DType;
+
+/**
+ * Writes safetensors files crash-safely: the bytes go to a temporary name in the same folder,
+ * are fsync'd, and the file is renamed over the target (then the folder is fsync'd), so a
+ * reader sees either the old file or the whole new one, never a torn one.
+ */
+public final class SafetensorsWriter {
+
+    /** One tensor to write: its raw bytes must hold exactly dtype × shape. */
+    public record Item(String name, DType dtype, int[] shape, MemorySegment bytes) {
+    }
+
+    private static final ObjectMapper JSON = new ObjectMapper();
+
+    private SafetensorsWriter() {
+    }
+
+    public static void write(Path target, List<Item> items, Map<String, String> metadata) throws IOException {
+        Map<String, Object> header = new LinkedHashMap<>();
+        if (metadata != null && !metadata.isEmpty()) header.put("__metadata__", new LinkedHashMap<>(metadata));
+        long offset = 0;
+        for (Item item : items) {
+            if (item.name().equals("__metadata__") || header.containsKey(item.name())) {
+                throw new IllegalArgumentException(target + ": tensor name '" + item.name() + "' is reserved or repeated");
+            }
+            long n = 1;
+            for (int d : item.shape()) n *= d;
+            long bytes = n * item.dtype().bytes();
+            if (item.bytes().byteSize() < bytes) {
+                throw new IllegalArgumentException(target + ": tensor '" + item.name() + "' needs " + bytes
+                        + " bytes, its segment has " + item.bytes().byteSize());
+            }
+            Map<String, Object> entry = new LinkedHashMap<>();
+            entry.put("dtype", item.dtype().safetensorsName());
+            entry.put("shape", item.shape());
+            entry.put("data_offsets", new long[]{offset, offset + bytes});
+            header.put(item.name(), entry);
+            offset += bytes;
+        }
+        byte[] json = JSON.writeValueAsBytes(header);
+        // Pad with spaces so the byte buffer starts 8-byte aligned (the spec allows trailing whitespace).
+        int padded = (json.length + 7) / 8 * 8;
+        ByteBuffer head = ByteBuffer.allocate(8 + padded).order(ByteOrder.LITTLE_ENDIAN);
+        head.putLong(padded).put(json);
+        while (head.hasRemaining()) head.put((byte) ' ');
+        head.flip();
+
+        Path dir = target.toAbsolutePath().getParent();
+        Files.createDirectories(dir);
+        Path tmp = Files.createTempFile(dir, "." + target.getFileName() + ".", ".tmp");
+        try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.WRITE, StandardOpenOption.TRUNCATE_EXISTING)) {
+            writeFully(ch, head);
+            for (Item item : items) {
+                long n = 1;
+                for (int d : item.shape()) n *= d;
+                long bytes = n * item.dtype().bytes();
+                long done = 0;
+                while (done < bytes) {
+                    int chunk = (int) Math.min(bytes - done, 1 << 26);
+                    writeFully(ch, item.bytes().asSlice(done, chunk).asByteBuffer());
+                    done += chunk;
+                }
+            }
+            ch.force(true);
+        } catch (IOException | RuntimeException e) {
+            Files.deleteIfExists(tmp);
+            throw e;
+        }
+        moveAtomically(tmp, target);
+    }
+
+    private static void writeFully(FileChannel ch, ByteBuffer buf) throws IOException {
+        while (buf.hasRemaining()) ch.write(buf);
+    }
+
+    /** Renames tmp over target and fsyncs the folder so the rename itself is durable. */
+    public static void moveAtomically(Path tmp, Path target) throws IOException {
+        try {
+            Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+        } catch (AtomicMoveNotSupportedException e) {
+            Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING);
+        }
+        try (FileChannel dirChannel = FileChannel.open(target.toAbsolutePath().getParent(), StandardOpenOption.READ)) {
+            dirChannel.force(true);
+        } catch (IOException ignoredOnPlatformsWithoutDirectoryFsync) {
+            // Linux supports it; a filesystem that refuses it gives no stronger guarantee we could ask for.
+        }
+    }
+}

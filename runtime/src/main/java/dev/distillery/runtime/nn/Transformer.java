@@ -1,0 +1,97 @@
+package dev.distillery.runtime.nn;
+
+import dev.distillery.runtime.ParameterStore;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.autograd.DifferentiableOps;
+
+/**
+ * The GPT-2 student: learned token and position embeddings, pre-LN blocks (causal self-attention,
+ * then a 4× GELU MLP, each inside a residual), a final layernorm and an LM head tied to the token
+ * embedding. Parameter names and layouts are Hugging Face GPT-2's ({@code h.0.attn.c_attn.weight}
+ * is (c, 3c), Conv1D style), so a checkpoint opens in {@code transformers} as it is.
+ */
+public final class Transformer implements AutoCloseable {
+
+    private final TransformerConfig config;
+    private final ParameterStore params;
+
+    public Transformer(TransformerConfig config) {
+        this.config = config;
+        int c = config.channels(), v = config.vocabSize();
+        ParameterStore.Builder b = ParameterStore.builder()
+                .add("wte.weight", v, c)
+                .add("wpe.weight", config.contextLength(), c);
+        for (int l = 0; l < config.layers(); l++) {
+            String p = "h." + l + ".";
+            b.add(p + "ln_1.weight", c).add(p + "ln_1.bias", c)
+                    .add(p + "attn.c_attn.weight", c, 3 * c).add(p + "attn.c_attn.bias", 3 * c)
+                    .add(p + "attn.c_proj.weight", c, c).add(p + "attn.c_proj.bias", c)
+                    .add(p + "ln_2.weight", c).add(p + "ln_2.bias", c)
+                    .add(p + "mlp.c_fc.weight", c, 4 * c).add(p + "mlp.c_fc.bias", 4 * c)
+                    .add(p + "mlp.c_proj.weight", 4 * c, c).add(p + "mlp.c_proj.bias", c);
+        }
+        b.add("ln_f.weight", c).add("ln_f.bias", c);
+        this.params = b.build();
+    }
+
+    public TransformerConfig config() {
+        return config;
+    }
+
+    public ParameterStore parameters() {
+        return params;
+    }
+
+    /**
+     * GPT-2's initialisation: weights N(0, 0.02), the residual projections (attn.c_proj, mlp.c_proj)
+     * N(0, 0.02/√(2·layers)), biases 0, layernorm weights 1. Draws in declaration order from one
+     * seeded {@link Rng}, so a seed fixes the model bit for bit.
+     */
+    public void initialize(long seed) {
+        Rng rng = new Rng(seed);
+        double residualStd = 0.02 / Math.sqrt(2.0 * config.layers());
+        for (Tensor t : params.parameters()) {
+            String name = t.name();
+            long n = t.numel();
+            if (name.contains("ln_") && name.endsWith(".weight")) {
+                for (long i = 0; i < n; i++) t.setFloat(i, 1f);
+            } else if (name.endsWith(".bias")) {
+                for (long i = 0; i < n; i++) t.setFloat(i, 0f);
+            } else {
+                double std = name.endsWith("c_proj.weight") ? residualStd : 0.02;
+                for (long i = 0; i < n; i++) t.setFloat(i, (float) (std * rng.nextGaussian()));
+            }
+        }
+    }
+
+    /**
+     * Logits (b·t, vocab) for int32 tokens (b, t), t ≤ contextLength. Every op is recorded on the
+     * tape of {@code ops} when it is enabled.
+     */
+    public Tensor forward(DifferentiableOps ops, Tensor tokens, int b, int t) {
+        int nh = config.heads();
+        Tensor x = ops.embedding(tokens, p("wte.weight"), p("wpe.weight"), b, t);
+        for (int l = 0; l < config.layers(); l++) {
+            String pre = "h." + l + ".";
+            Tensor h = ops.layerNorm(x, p(pre + "ln_1.weight"), p(pre + "ln_1.bias"));
+            Tensor qkv = ops.linear(h, p(pre + "attn.c_attn.weight"), p(pre + "attn.c_attn.bias"));
+            Tensor a = ops.attention(qkv, b, t, nh);
+            x = ops.add(x, ops.linear(a, p(pre + "attn.c_proj.weight"), p(pre + "attn.c_proj.bias")));
+            h = ops.layerNorm(x, p(pre + "ln_2.weight"), p(pre + "ln_2.bias"));
+            h = ops.gelu(ops.linear(h, p(pre + "mlp.c_fc.weight"), p(pre + "mlp.c_fc.bias")));
+            x = ops.add(x, ops.linear(h, p(pre + "mlp.c_proj.weight"), p(pre + "mlp.c_proj.bias")));
+        }
+        x = ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias"));
+        return ops.matmulTransposed(x, p("wte.weight"));
+    }
+
+    private Tensor p(String name) {
+        return params.get(name);
+    }
+
+    @Override
+    public void close() {
+        params.close();
+    }
+}

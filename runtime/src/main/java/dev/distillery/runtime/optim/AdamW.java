@@ -1,0 +1,82 @@
+package dev.distillery.runtime.optim;
+
+import java.lang.foreign.MemorySegment;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.ParameterStore;
+import dev.distillery.runtime.Tensor;
+
+/**
+ * AdamW (decoupled weight decay, bias correction) over a {@link ParameterStore}. The moments live
+ * in two persistent blocks with the store's layout. Weight decay applies to matrices (rank ≥ 2:
+ * embeddings and linear weights) and not to biases or layernorm parameters, as in GPT-2 training.
+ */
+public final class AdamW {
+
+    public record Config(double beta1, double beta2, double eps, double weightDecay) {
+        public Config {
+            if (beta1 < 0 || beta1 >= 1) throw new IllegalArgumentException("beta1 must be in [0, 1), got " + beta1);
+            if (beta2 < 0 || beta2 >= 1) throw new IllegalArgumentException("beta2 must be in [0, 1), got " + beta2);
+            if (!(eps > 0)) throw new IllegalArgumentException("eps must be positive, got " + eps);
+            if (weightDecay < 0) throw new IllegalArgumentException("weightDecay must be >= 0, got " + weightDecay);
+        }
+
+        /** GPT-2 / llm.c defaults: β = (0.9, 0.95), eps 1e-8, decay 0.1. */
+        public static Config defaults() {
+            return new Config(0.9, 0.95, 1e-8, 0.1);
+        }
+    }
+
+    private final ParameterStore store;
+    private final Kernels kernels;
+    private final Config config;
+    private final MemorySegment m;
+    private final MemorySegment v;
+    private int step;
+
+    public AdamW(ParameterStore store, Kernels kernels, Config config) {
+        this.store = store;
+        this.kernels = kernels;
+        this.config = config;
+        this.m = store.allocateLikeBlock();
+        this.v = store.allocateLikeBlock();
+    }
+
+    public int step() {
+        return step;
+    }
+
+    /** For resuming from a checkpoint. */
+    public void setStep(int step) {
+        this.step = step;
+    }
+
+    public MemorySegment firstMoments() {
+        return m;
+    }
+
+    public MemorySegment secondMoments() {
+        return v;
+    }
+
+    /** ‖g‖₂ over every gradient; when above {@code maxNorm} (> 0) scales the gradients down to it. */
+    public double clipGradNorm(double maxNorm) {
+        double norm = Math.sqrt(kernels.sumOfSquares(store.gradBlock(), store.blockElements()));
+        if (maxNorm > 0 && norm > maxNorm) {
+            kernels.scale(store.gradBlock(), (float) (maxNorm / (norm + 1e-6)), store.blockElements());
+        }
+        return norm;
+    }
+
+    /** One update of every parameter at learning rate lr. */
+    public void update(double lr) {
+        step++;
+        for (var slot : store.layout().values()) {
+            Tensor p = store.get(slot.name());
+            long bytes = 4 * slot.offset(), len = 4 * slot.numel();
+            float decay = p.rank() >= 2 ? (float) config.weightDecay() : 0f;
+            kernels.adamW(p.data(), p.grad().data(), m.asSlice(bytes, len), v.asSlice(bytes, len), slot.numel(),
+                    (float) lr, (float) config.beta1(), (float) config.beta2(), (float) config.eps(), decay, step);
+        }
+    }
+}

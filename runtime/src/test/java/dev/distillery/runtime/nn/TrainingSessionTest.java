@@ -1,0 +1,94 @@
+package dev.distillery.runtime.nn;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+
+import org.junit.jupiter.api.Test;
+
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.optim.AdamW;
+import dev.distillery.runtime.optim.LearningRateSchedule;
+
+class TrainingSessionTest {
+
+    private static void fillBatch(TrainingSession s, long seed, int vocab, int n) {
+        Rng rng = new Rng(seed);
+        int[] seq = new int[n + 1];
+        for (int i = 0; i <= n; i++) seq[i] = rng.nextInt(vocab);
+        for (int i = 0; i < n; i++) {
+            s.tokens().setAtIndex(ValueLayout.JAVA_INT, i, seq[i]);
+            s.targets().setAtIndex(ValueLayout.JAVA_INT, i, seq[i + 1]);
+        }
+    }
+
+    @Test
+    void studentOverfitsOneFixedBatch() {
+        TransformerConfig cfg = new TransformerConfig(37, 16, 2, 32, 4);
+        int b = 4, t = 16, maxSteps = 300;
+        try (CpuKernels kernels = new CpuKernels(2, "auto");
+             Transformer model = new Transformer(cfg);
+             TrainingSession s = new TrainingSession(model, kernels, new AdamW.Config(0.9, 0.95, 1e-8, 0.0),
+                     new LearningRateSchedule(1e-2, 1e-3, 10, maxSteps), 1.0, b, t)) {
+            model.initialize(7);
+            fillBatch(s, 3, cfg.vocabSize(), b * t);
+            double first = s.evaluate();
+            assertEquals(Math.log(cfg.vocabSize()), first, 0.2, "a fresh model predicts about uniformly");
+            double loss = s.step().loss();
+            long capacity = s.workspace().capacity();
+            int step = 1;
+            while (loss >= 0.05 && step < maxSteps) {
+                loss = s.step().loss();
+                step++;
+            }
+            assertTrue(s.evaluate() < 0.05, "loss " + loss + " after " + step + " steps");
+            assertEquals(capacity, s.workspace().capacity(), "the workspace may grow only during the first step");
+        }
+    }
+
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"blas", "vector"})
+    void twoSeededRunsGiveBitIdenticalParametersAfterTwentySteps(String gemm) {
+        MemorySegment[] finals = new MemorySegment[2];
+        TransformerConfig cfg = new TransformerConfig(53, 12, 2, 24, 3);
+        for (int run = 0; run < 2; run++) {
+            try (CpuKernels kernels = new CpuKernels(2, gemm);
+                 Transformer model = new Transformer(cfg);
+                 TrainingSession s = new TrainingSession(model, kernels, AdamW.Config.defaults(),
+                         new LearningRateSchedule(3e-3, 3e-4, 5, 20), 1.0, 3, 12)) {
+                model.initialize(11);
+                for (int step = 0; step < 20; step++) {
+                    fillBatch(s, 100 + step, cfg.vocabSize(), 36);
+                    s.step();
+                }
+                finals[run] = MemorySegment.ofArray(model.parameters().paramBlock().toArray(ValueLayout.JAVA_BYTE));
+            }
+        }
+        long at = finals[0].mismatch(finals[1]);
+        assertEquals(-1, at, "parameters differ between two seeded runs at byte " + at + ": "
+                + (at < 0 ? "" : finals[0].get(ValueLayout.JAVA_FLOAT_UNALIGNED, at & ~3) + " vs " + finals[1].get(ValueLayout.JAVA_FLOAT_UNALIGNED, at & ~3)));
+    }
+
+    @Test
+    void sequenceLongerThanContextIsRejected() {
+        try (CpuKernels kernels = new CpuKernels(1, "vector"); Transformer model = new Transformer(new TransformerConfig(5, 4, 1, 4, 1))) {
+            var e = assertThrows(IllegalArgumentException.class, () -> new TrainingSession(model, kernels,
+                    AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 1, 1, 5));
+            assertTrue(e.getMessage().contains("exceeds the model's context 4"));
+        }
+    }
+
+    @Test
+    void scheduleWarmsUpThenDecaysByCosine() {
+        LearningRateSchedule s = new LearningRateSchedule(1.0, 0.1, 10, 110);
+        assertEquals(0.1, s.at(1), 1e-12);
+        assertEquals(1.0, s.at(10), 1e-12);
+        assertEquals(0.55, s.at(60), 1e-12);
+        assertEquals(0.1, s.at(110), 1e-12);
+        assertEquals(0.1, s.at(500), 1e-12);
+    }
+}

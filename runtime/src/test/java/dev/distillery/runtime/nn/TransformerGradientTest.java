@@ -1,0 +1,107 @@
+package dev.distillery.runtime.nn;
+
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+
+import org.junit.jupiter.api.Test;
+
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.runtime.DType;
+import dev.distillery.runtime.Device;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.Workspace;
+import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.autograd.Tape;
+
+/**
+ * Backpropagation through the whole student (tiny config: vocab 37, ctx 7, 2 layers, d 12,
+ * 3 heads) against central finite differences of the loss. The kernels are fp32, so each check
+ * uses a direction along which the derivative is large compared with fp32 rounding of the loss:
+ * for every parameter tensor, its largest-gradient element and the sign(g) direction over it.
+ */
+class TransformerGradientTest {
+
+    private static final TransformerConfig TINY = new TransformerConfig(37, 7, 2, 12, 3);
+    private static final int B = 2, T = 7;
+
+    @Test
+    void everyParameterGradientMatchesFiniteDifferences() {
+        try (CpuKernels kernels = new CpuKernels(2, "blas");
+             Transformer model = new Transformer(TINY);
+             Workspace ws = new Workspace(1 << 16);
+             Arena arena = Arena.ofShared()) {
+            Rng rng = new Rng(42);
+            // Weights of order 0.3 instead of GPT-2's 0.02, so gradients stand well above fp32 noise.
+            for (Tensor p : model.parameters().parameters()) {
+                boolean lnWeight = p.name().contains("ln_") && p.name().endsWith(".weight");
+                for (long i = 0; i < p.numel(); i++) p.setFloat(i, (float) ((lnWeight ? 1 : 0) + 0.3 * rng.nextGaussian()));
+            }
+            MemorySegment tok = arena.allocate(4L * B * T), tgt = arena.allocate(4L * B * T);
+            for (int i = 0; i < B * T; i++) {
+                tok.setAtIndex(ValueLayout.JAVA_INT, i, rng.nextInt(TINY.vocabSize()));
+                tgt.setAtIndex(ValueLayout.JAVA_INT, i, i == 3 ? DifferentiableOps.IGNORE_INDEX : rng.nextInt(TINY.vocabSize()));
+            }
+            tok.setAtIndex(ValueLayout.JAVA_INT, 5, tok.getAtIndex(ValueLayout.JAVA_INT, 1)); // a repeated token
+            Tensor tokens = new Tensor("tokens", new int[]{B, T}, DType.I32, Device.CPU, tok, false);
+            Tensor targets = new Tensor("targets", new int[]{B * T}, DType.I32, Device.CPU, tgt, false);
+            Tape tape = new Tape();
+            DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape);
+
+            model.parameters().zeroGrad(kernels);
+            ws.reset();
+            ops.crossEntropy(model.forward(ops, tokens, B, T), targets, 1f);
+            tape.backward();
+
+            StringBuilder failures = new StringBuilder();
+            int checks = 0;
+            for (Tensor p : model.parameters().parameters()) {
+                float[] g = p.grad().toFloatArray();
+                int best = 0;
+                for (int i = 1; i < g.length; i++) if (Math.abs(g[i]) > Math.abs(g[best])) best = i;
+                float[] single = new float[g.length];
+                single[best] = 1f;
+                float[] signs = new float[g.length];
+                double expectSigns = 0;
+                for (int i = 0; i < g.length; i++) {
+                    signs[i] = (float) (Math.signum(g[i]) / Math.sqrt(g.length));
+                    expectSigns += signs[i] * g[i];
+                }
+                checks += check(p, single, g[best], model, ops, tokens, targets, "max element", failures);
+                checks += check(p, signs, expectSigns, model, ops, tokens, targets, "sign direction", failures);
+            }
+            assertTrue(failures.isEmpty(), failures.toString());
+            assertTrue(checks == 2 * model.parameters().parameters().size());
+        }
+    }
+
+    /** Compares the directional derivative along u with the central difference of the loss. */
+    private static int check(Tensor p, float[] u, double analytic, Transformer model, DifferentiableOps ops,
+                             Tensor tokens, Tensor targets, String what, StringBuilder failures) {
+        float[] saved = p.toFloatArray();
+        double eps = 1e-2;
+        double plus = lossAt(p, saved, u, eps, model, ops, tokens, targets);
+        double minus = lossAt(p, saved, u, -eps, model, ops, tokens, targets);
+        for (int i = 0; i < saved.length; i++) p.setFloat(i, saved[i]);
+        double numeric = (plus - minus) / (2 * eps);
+        double err = Math.abs(numeric - analytic) / Math.max(Math.abs(numeric), 1e-3);
+        if (err > 2e-2) {
+            failures.append(p.name()).append(' ').append(what).append(": backprop ").append(analytic)
+                    .append(", finite difference ").append(numeric).append('\n');
+        }
+        return 1;
+    }
+
+    private static double lossAt(Tensor p, float[] saved, float[] u, double eps, Transformer model,
+                                 DifferentiableOps ops, Tensor tokens, Tensor targets) {
+        for (int i = 0; i < saved.length; i++) p.setFloat(i, (float) (saved[i] + eps * u[i]));
+        ops.tape().setEnabled(false);
+        ops.workspace().reset();
+        double loss = ops.crossEntropy(model.forward(ops, tokens, B, T), targets, 1f).mean();
+        ops.tape().setEnabled(true);
+        return loss;
+    }
+}
