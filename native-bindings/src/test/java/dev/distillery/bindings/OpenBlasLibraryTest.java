@@ -17,6 +17,8 @@ class OpenBlasLibraryTest {
     void bundledLibraryLoadsAndEveryBoundSymbolResolves() {
         OpenBlasLibrary.Probe probe = OpenBlasLibrary.require();
         assertTrue(probe.loaded(), probe.describe());
+        assertEquals("bundled", probe.source(), "surefire sets distillery.openblas=bundled for this module");
+        assertTrue(probe.path().contains("openblas-0.3.30"), "cache folder keyed by version: " + probe.path());
         // Touch every generated binding: each call resolves its symbol and runs it.
         Cblas.openblas_set_num_threads(1);
         assertEquals(1, Cblas.openblas_get_num_threads());
@@ -39,6 +41,17 @@ class OpenBlasLibraryTest {
             assertEquals(5f, c.getAtIndex(ValueLayout.JAVA_FLOAT, 0));
             assertTrue(Cblas.cblas_sgemm_batch$address().address() != 0);
         }
+    }
+
+    @Test
+    void anUnloadablePathIsReportedWithWhatWasTried() {
+        OpenBlasLibrary.Probe missing = OpenBlasLibrary.load("/nonexistent/libopenblas.so.0");
+        assertTrue(!missing.loaded());
+        assertTrue(missing.describe().contains("/nonexistent/libopenblas.so.0"), missing.describe());
+        OpenBlasLibrary.Probe relative = OpenBlasLibrary.load("openblas");
+        assertTrue(!relative.loaded() && relative.describe().contains("neither auto|bundled|system|none"), relative.describe());
+        OpenBlasLibrary.Probe none = OpenBlasLibrary.load("none");
+        assertTrue(!none.loaded() && none.describe().contains("distillery.openblas=none"), none.describe());
     }
 
     @Test

@@ -13,9 +13,10 @@ final class BlasGemm implements Gemm {
 
     private final String description;
 
-    BlasGemm(int threads) {
+    BlasGemm() {
         OpenBlasLibrary.Probe probe = OpenBlasLibrary.require();
-        Cblas.openblas_set_num_threads(threads);
+        // Each call runs on its caller's thread; CpuKernels does the splitting (see Gemm).
+        Cblas.openblas_set_num_threads(1);
         String core = Cblas.openblas_get_corename().reinterpret(64).getString(0);
         this.description = "OpenBLAS " + core + " (" + probe.source() + ")";
     }

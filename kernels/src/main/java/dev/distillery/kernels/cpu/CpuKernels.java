@@ -4,9 +4,8 @@ import static dev.distillery.kernels.cpu.VectorOps.I32;
 import static dev.distillery.kernels.cpu.VectorOps.LANES;
 import static dev.distillery.kernels.cpu.VectorOps.SPECIES;
 import static dev.distillery.kernels.cpu.VectorOps.get;
-import static dev.distillery.kernels.cpu.VectorOps.load;
+import static dev.distillery.kernels.cpu.VectorOps.ORDER;
 import static dev.distillery.kernels.cpu.VectorOps.set;
-import static dev.distillery.kernels.cpu.VectorOps.store;
 
 import java.lang.foreign.MemorySegment;
 
@@ -52,9 +51,9 @@ public final class CpuKernels implements Kernels {
     private CpuKernels(int threads, Gemm.Choice choice) {
         this.pool = new WorkerPool(threads);
         this.gemm = switch (choice) {
-            case BLAS -> new BlasGemm(threads);
-            case VECTOR -> new VectorGemm(pool);
-            case AUTO -> OpenBlasLibrary.probe().loaded() ? new BlasGemm(threads) : new VectorGemm(pool);
+            case BLAS -> new BlasGemm();
+            case VECTOR -> new VectorGemm();
+            case AUTO -> OpenBlasLibrary.probe().loaded() ? new BlasGemm() : new VectorGemm();
         };
     }
 
@@ -85,21 +84,42 @@ public final class CpuKernels implements Kernels {
 
     // ---------------------------------------------------------------- GEMM
 
+    /** Below this many multiply-adds a GEMM is not worth splitting over the pool. */
+    private static final long GEMM_SPLIT_WORK = 1L << 18;
+
+    /**
+     * Splits C into row blocks (or column blocks when C is short and wide) over the pool; each
+     * block is one single-threaded backend call. Blocks depend only on the shape and the thread
+     * count, so results are reproducible.
+     */
     @Override
     public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha,
                      MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
-        gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        if (m == 0 || n == 0) return;
+        if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
+            gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        } else if (m >= n || m >= 32 * pool.threads()) {
+            pool.forEachChunk(m, 8, (chunk, r0, r1) -> gemm.sgemm(transA, transB, r1 - r0, n, k, alpha,
+                    a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda, b, ldb,
+                    beta, c.asSlice(4L * r0 * ldc), ldc));
+        } else {
+            pool.forEachChunk(n, 16, (chunk, c0, c1) -> gemm.sgemm(transA, transB, m, c1 - c0, k, alpha,
+                    a, lda, b.asSlice(4L * (transB ? (long) c0 * ldb : c0)), ldb,
+                    beta, c.asSlice(4L * c0), ldc));
+        }
     }
 
     @Override
     public void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha,
                                    MemorySegment a, int lda, long strideA, MemorySegment b, int ldb, long strideB,
                                    float beta, MemorySegment c, int ldc, long strideC, int batch) {
-        for (int i = 0; i < batch; i++) {
-            gemm.sgemm(transA, transB, m, n, k, alpha,
-                    a.asSlice(4 * strideA * i), lda, b.asSlice(4 * strideB * i), ldb,
-                    beta, c.asSlice(4 * strideC * i), ldc);
-        }
+        pool.forEachChunk(batch, 1, (chunk, start, end) -> {
+            for (int i = start; i < end; i++) {
+                gemm.sgemm(transA, transB, m, n, k, alpha,
+                        a.asSlice(4 * strideA * i), lda, b.asSlice(4 * strideB * i), ldb,
+                        beta, c.asSlice(4 * strideC * i), ldc);
+            }
+        });
     }
 
     @Override
@@ -116,12 +136,9 @@ public final class CpuKernels implements Kernels {
         int chunks = pool.chunks(n, grainRows(c));
         float[][] part = partials(chunks, c);
         pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
-            float[] p = part[chunk];
-            java.util.Arrays.fill(p, 0, c, 0f);
-            for (int r = start; r < end; r++) {
-                long o = (long) r * c;
-                for (int j = 0; j < c; j++) p[j] += get(x, o + j);
-            }
+            MemorySegment p = MemorySegment.ofArray(part[chunk]);
+            VectorOps.fill(p, 0, c, 0f);
+            for (int r = start; r < end; r++) VectorOps.add(x, (long) r * c, p, 0, c);
         });
         addPartials(acc, part, chunks, 0, c);
     }
@@ -141,7 +158,7 @@ public final class CpuKernels implements Kernels {
                 long o = (long) row * c, we = (long) token * c, pe = (long) (row % t) * c;
                 int i = 0;
                 for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
-                    store(load(wte, we + i).add(load(wpe, pe + i)), out, o + i);
+                    FloatVector.fromMemorySegment(SPECIES, wte, (we + i) * 4L, ORDER).add(FloatVector.fromMemorySegment(SPECIES, wpe, (pe + i) * 4L, ORDER)).intoMemorySegment(out, (o + i) * 4L, ORDER);
                 }
                 for (; i < c; i++) set(out, o + i, get(wte, we + i) + get(wpe, pe + i));
             }
@@ -174,7 +191,7 @@ public final class CpuKernels implements Kernels {
                 if (c >= LANES) {
                     FloatVector acc = FloatVector.zero(SPECIES);
                     for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
-                        FloatVector d = load(inp, o + i).sub(mu);
+                        FloatVector d = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).sub(mu);
                         acc = d.fma(d, acc);
                     }
                     var = VectorOps.sumLanes(acc);
@@ -188,8 +205,8 @@ public final class CpuKernels implements Kernels {
                 set(rstd, r, rs);
                 i = 0;
                 for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
-                    FloatVector y = load(inp, o + i).sub(mu).mul(rs).fma(load(weight, i), load(bias, i));
-                    store(y, out, o + i);
+                    FloatVector y = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).sub(mu).mul(rs).fma(FloatVector.fromMemorySegment(SPECIES, weight, (i) * 4L, ORDER), FloatVector.fromMemorySegment(SPECIES, bias, (i) * 4L, ORDER));
+                    y.intoMemorySegment(out, (o + i) * 4L, ORDER);
                 }
                 for (; i < c; i++) set(out, o + i, (get(inp, o + i) - mu) * rs * get(weight, i) + get(bias, i));
             }
@@ -222,10 +239,10 @@ public final class CpuKernels implements Kernels {
                 float meanDnorm = sumDnorm / c, meanDnormNorm = sumDnormNorm / c;
                 int i = 0;
                 for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
-                    FloatVector norm = load(inp, o + i).sub(mu).mul(rs);
-                    FloatVector dnorm = load(dout, o + i).mul(load(weight, i));
+                    FloatVector norm = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).sub(mu).mul(rs);
+                    FloatVector dnorm = FloatVector.fromMemorySegment(SPECIES, dout, (o + i) * 4L, ORDER).mul(FloatVector.fromMemorySegment(SPECIES, weight, (i) * 4L, ORDER));
                     FloatVector d = dnorm.sub(meanDnorm).sub(norm.mul(meanDnormNorm)).mul(rs);
-                    store(load(dinp, o + i).add(d), dinp, o + i);
+                    FloatVector.fromMemorySegment(SPECIES, dinp, (o + i) * 4L, ORDER).add(d).intoMemorySegment(dinp, (o + i) * 4L, ORDER);
                 }
                 for (; i < c; i++) {
                     float norm = (get(inp, o + i) - mu) * rs;
@@ -248,9 +265,9 @@ public final class CpuKernels implements Kernels {
         elementwise(n, (start, end) -> {
             long i = start;
             for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
-                FloatVector x = load(inp, i);
+                FloatVector x = FloatVector.fromMemorySegment(SPECIES, inp, (i) * 4L, ORDER);
                 FloatVector sig = geluSigmoid(x);
-                store(x.mul(sig), out, i);
+                x.mul(sig).intoMemorySegment(out, (i) * 4L, ORDER);
             }
             for (; i < end; i++) {
                 float x = get(inp, i);
@@ -265,11 +282,11 @@ public final class CpuKernels implements Kernels {
         elementwise(n, (start, end) -> {
             long i = start;
             for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
-                FloatVector x = load(inp, i);
+                FloatVector x = FloatVector.fromMemorySegment(SPECIES, inp, (i) * 4L, ORDER);
                 FloatVector s = geluSigmoid(x);
                 FloatVector du = x.mul(x).mul(3f * 0.044715f).add(1f).mul(GELU_SCALE);
                 FloatVector grad = s.add(x.mul(2f).mul(s).mul(s.neg().add(1f)).mul(du));
-                store(grad.fma(load(dout, i), load(dinp, i)), dinp, i);
+                grad.fma(FloatVector.fromMemorySegment(SPECIES, dout, (i) * 4L, ORDER), FloatVector.fromMemorySegment(SPECIES, dinp, (i) * 4L, ORDER)).intoMemorySegment(dinp, (i) * 4L, ORDER);
             }
             for (; i < end; i++) {
                 float x = get(inp, i);
@@ -294,32 +311,33 @@ public final class CpuKernels implements Kernels {
 
     // ---------------------------------------------------------------- attention
 
+    // Per (batch, head), on one pool thread each, with single-threaded GEMMs: q, k, v of a head
+    // are (t, hs) matrices inside qkv with row stride 3c. The products are computed whole and
+    // the causal mask applied to the probabilities (zero above the diagonal), which costs twice
+    // the causal FLOPs but runs at BLAS speed. See docs/KERNELS.md#attention.
+
     @Override
     public void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
         int hs = headSize(c, nh);
         float scale = (float) (1.0 / Math.sqrt(hs));
-        long c3 = 3L * c;
+        int c3 = 3 * c;
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
-                long base = (long) bb * t * c3 + (long) h * hs;
+                long q = (long) bb * t * c3 + (long) h * hs, probs = (long) bh * t * t;
+                MemorySegment attBh = att.asSlice(4 * probs);
+                // att = scale · q kᵀ (t, t)
+                gemm.sgemm(false, true, t, t, hs, scale, qkv.asSlice(4 * q), c3, qkv.asSlice(4 * (q + c)), c3, 0f, attBh, t);
                 for (int i = 0; i < t; i++) {
-                    long q = base + i * c3, arow = ((long) bh * t + i) * t;
-                    float mx = Float.NEGATIVE_INFINITY;
-                    for (int j = 0; j <= i; j++) {
-                        float s = scale * VectorOps.dot(qkv, q, qkv, base + j * c3 + c, hs);
-                        set(att, arow + j, s);
-                        mx = Math.max(mx, s);
-                    }
-                    float sum = VectorOps.expSum(att, arow, i + 1, mx, att, arow);
-                    VectorOps.scale(att, arow, i + 1, 1f / sum);
-                    VectorOps.fill(att, arow + i + 1, t - i - 1, 0f);
-                    long o = ((long) bb * t + i) * c + (long) h * hs;
-                    VectorOps.fill(out, o, hs, 0f);
-                    for (int j = 0; j <= i; j++) {
-                        VectorOps.axpy(get(att, arow + j), qkv, base + j * c3 + 2L * c, out, o, hs);
-                    }
+                    long row = (long) i * t;
+                    float mx = VectorOps.max(attBh, row, i + 1);
+                    float sum = VectorOps.expSum(attBh, row, i + 1, mx, attBh, row);
+                    VectorOps.scale(attBh, row, i + 1, 1f / sum);
+                    VectorOps.fill(attBh, row + i + 1, t - i - 1, 0f);
                 }
+                // out_h = att · v (t, hs), rows of stride c
+                gemm.sgemm(false, false, t, hs, t, 1f, attBh, t, qkv.asSlice(4 * (q + 2L * c)), c3,
+                        0f, out.asSlice(4 * ((long) bb * t * c + (long) h * hs)), c);
             }
         });
     }
@@ -329,30 +347,25 @@ public final class CpuKernels implements Kernels {
                                   MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh) {
         int hs = headSize(c, nh);
         float scale = (float) (1.0 / Math.sqrt(hs));
-        long c3 = 3L * c;
+        int c3 = 3 * c;
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
-                long base = (long) bb * t * c3 + (long) h * hs;
+                long q = (long) bb * t * c3 + (long) h * hs, probs = (long) bh * t * t;
+                MemorySegment attBh = att.asSlice(4 * probs), dattBh = datt.asSlice(4 * probs);
+                MemorySegment doutH = dout.asSlice(4 * ((long) bb * t * c + (long) h * hs));
+                // dv += attᵀ · dout ; datt = dout · vᵀ
+                gemm.sgemm(true, false, t, hs, t, 1f, attBh, t, doutH, c, 1f, dqkv.asSlice(4 * (q + 2L * c)), c3);
+                gemm.sgemm(false, true, t, t, hs, 1f, doutH, c, qkv.asSlice(4 * (q + 2L * c)), c3, 0f, dattBh, t);
+                // softmax backward, with the 1/√hs of the scores folded in: dpre = scale · att ⊙ (datt − Σ att·datt)
                 for (int i = 0; i < t; i++) {
-                    long q = base + i * c3, arow = ((long) bh * t + i) * t;
-                    long o = ((long) bb * t + i) * c + (long) h * hs;
-                    // datt_ij = dout_i · v_j ; dv_j += att_ij dout_i
-                    for (int j = 0; j <= i; j++) {
-                        long v = base + j * c3 + 2L * c;
-                        set(datt, arow + j, VectorOps.dot(dout, o, qkv, v, hs));
-                        VectorOps.axpy(get(att, arow + j), dout, o, dqkv, v, hs);
-                    }
-                    // softmax backward: dpre_ij = att_ij (datt_ij - Σ_l att_il datt_il)
-                    float dotAll = VectorOps.dot(att, arow, datt, arow, i + 1);
-                    for (int j = 0; j <= i; j++) {
-                        float dpre = scale * get(att, arow + j) * (get(datt, arow + j) - dotAll);
-                        long k = base + j * c3 + c;
-                        VectorOps.axpy(dpre, qkv, k, dqkv, q, hs);
-                        VectorOps.axpy(dpre, qkv, q, dqkv, k, hs);
-                    }
-                    VectorOps.fill(datt, arow + i + 1, t - i - 1, 0f);
+                    long row = (long) i * t;
+                    VectorOps.softmaxBackward(attBh, dattBh, row, i + 1, scale);
+                    VectorOps.fill(dattBh, row + i + 1, t - i - 1, 0f);
                 }
+                // dq += dpre · k ; dk += dpreᵀ · q
+                gemm.sgemm(false, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * (q + c)), c3, 1f, dqkv.asSlice(4 * q), c3);
+                gemm.sgemm(true, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * q), c3, 1f, dqkv.asSlice(4 * (q + c)), c3);
             }
         });
     }
@@ -371,7 +384,7 @@ public final class CpuKernels implements Kernels {
         elementwise(n, (start, end) -> {
             long i = start;
             for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
-                store(load(a, i).add(load(b, i)), out, i);
+                FloatVector.fromMemorySegment(SPECIES, a, (i) * 4L, ORDER).add(FloatVector.fromMemorySegment(SPECIES, b, (i) * 4L, ORDER)).intoMemorySegment(out, (i) * 4L, ORDER);
             }
             for (; i < end; i++) set(out, i, get(a, i) + get(b, i));
         });
@@ -431,13 +444,13 @@ public final class CpuKernels implements Kernels {
         elementwise(n, (start, end) -> {
             long i = start;
             for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
-                FloatVector g = load(grads, i), p = load(params, i);
-                FloatVector mv = load(m, i).mul(beta1).add(g.mul(ob1));
-                FloatVector vv = load(v, i).mul(beta2).add(g.mul(g).mul(ob2));
-                store(mv, m, i);
-                store(vv, v, i);
+                FloatVector g = FloatVector.fromMemorySegment(SPECIES, grads, (i) * 4L, ORDER), p = FloatVector.fromMemorySegment(SPECIES, params, (i) * 4L, ORDER);
+                FloatVector mv = FloatVector.fromMemorySegment(SPECIES, m, (i) * 4L, ORDER).mul(beta1).add(g.mul(ob1));
+                FloatVector vv = FloatVector.fromMemorySegment(SPECIES, v, (i) * 4L, ORDER).mul(beta2).add(g.mul(g).mul(ob2));
+                mv.intoMemorySegment(m, (i) * 4L, ORDER);
+                vv.intoMemorySegment(v, (i) * 4L, ORDER);
                 FloatVector update = mv.mul(c1).div(vv.mul(c2).sqrt().add(eps)).add(p.mul(weightDecay));
-                store(p.sub(update.mul(lr)), params, i);
+                p.sub(update.mul(lr)).intoMemorySegment(params, (i) * 4L, ORDER);
             }
             for (; i < end; i++) {
                 float g = get(grads, i), p = get(params, i);

@@ -2,7 +2,13 @@ package dev.distillery.kernels.cpu;
 
 import java.lang.foreign.MemorySegment;
 
-/** A row-major SGEMM backend of {@link CpuKernels}: CBLAS (OpenBLAS) or the Vector-API fallback. */
+/**
+ * A row-major SGEMM backend of {@link CpuKernels}: CBLAS (OpenBLAS) or the Vector-API fallback.
+ * Both run single-threaded per call; {@link CpuKernels} splits a large GEMM into row (or column)
+ * blocks over its own pool, and calls {@link #sgemm} directly from inside parallel loops
+ * (attention's per-head products). OpenBLAS' own threads are never used: on a 2-core machine its
+ * spinning workers competed with ours for the cores.
+ */
 sealed interface Gemm extends AutoCloseable permits BlasGemm, VectorGemm {
 
     /** Which GEMM the CPU kernels use; {@code distillery.gemm=auto|blas|vector}. */
@@ -10,7 +16,7 @@ sealed interface Gemm extends AutoCloseable permits BlasGemm, VectorGemm {
 
     String describe();
 
-    /** C(m,n) = alpha op(A)(m,k) op(B)(k,n) + beta C, row-major; see {@code Kernels.gemm}. */
+    /** C(m,n) = alpha op(A)(m,k) op(B)(k,n) + beta C, row-major, on the calling thread. */
     void sgemm(boolean transA, boolean transB, int m, int n, int k,
                float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
                float beta, MemorySegment c, int ldc);

@@ -3,9 +3,8 @@ package dev.distillery.kernels.cpu;
 import static dev.distillery.kernels.cpu.VectorOps.LANES;
 import static dev.distillery.kernels.cpu.VectorOps.SPECIES;
 import static dev.distillery.kernels.cpu.VectorOps.get;
-import static dev.distillery.kernels.cpu.VectorOps.load;
+import static dev.distillery.kernels.cpu.VectorOps.ORDER;
 import static dev.distillery.kernels.cpu.VectorOps.set;
-import static dev.distillery.kernels.cpu.VectorOps.store;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -13,21 +12,16 @@ import java.lang.foreign.MemorySegment;
 import jdk.incubator.vector.FloatVector;
 
 /**
- * Pure Vector-API SGEMM, used when no BLAS loads (or {@code distillery.gemm=vector}). Rows of C
- * are split over the pool. Without transB each row of C is built as Σ_p a(i,p)·B[p,:], four
+ * Pure Vector-API SGEMM, used when no BLAS loads (or {@code distillery.gemm=vector}). Without transB each row of C is built as Σ_p a(i,p)·B[p,:], four
  * rows at a time so every B vector loaded feeds four FMAs; with transB each element is a dot
  * product of two contiguous rows (a column of Aᵀ is gathered into a per-chunk buffer first).
  */
 final class VectorGemm implements Gemm {
 
     private static final int ROW_BLOCK = 4;
-    private final WorkerPool pool;
     private final Arena scratchArena = Arena.ofShared();
-    private MemorySegment[] packedRows = new MemorySegment[0];
-
-    VectorGemm(WorkerPool pool) {
-        this.pool = pool;
-    }
+    /** One gather buffer per calling thread, for Aᵀ columns when both operands are transposed. */
+    private final ThreadLocal<MemorySegment> pack = new ThreadLocal<>();
 
     @Override
     public String describe() {
@@ -40,24 +34,21 @@ final class VectorGemm implements Gemm {
                       float beta, MemorySegment c, int ldc) {
         if (m == 0 || n == 0) return;
         if (transB) {
-            MemorySegment[] packs = transA ? packBuffers(k) : null;
-            pool.forEachChunk(m, 1, (chunk, start, end) ->
-                    rowsDot(transA, start, end, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                            packs == null ? null : packs[chunk]));
+            rowsDot(transA, 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, transA ? packBuffer(k) : null);
         } else {
-            pool.forEachChunk(m, ROW_BLOCK, (chunk, start, end) ->
-                    rowsAxpy(transA, start, end, n, k, alpha, a, lda, b, ldb, beta, c, ldc));
+            rowsAxpy(transA, 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         }
     }
 
-    /** One gather buffer of k floats per chunk, grown when a larger k arrives. */
-    private synchronized MemorySegment[] packBuffers(int k) {
-        int chunks = pool.threads();
-        if (packedRows.length < chunks || packedRows[0].byteSize() < 4L * k) {
-            packedRows = new MemorySegment[chunks];
-            for (int i = 0; i < chunks; i++) packedRows[i] = scratchArena.allocate(4L * Math.max(k, 1), 64);
+    private MemorySegment packBuffer(int k) {
+        MemorySegment p = pack.get();
+        if (p == null || p.byteSize() < 4L * k) {
+            synchronized (scratchArena) {
+                p = scratchArena.allocate(4L * Math.max(k, 1), 64);
+            }
+            pack.set(p);
         }
-        return packedRows;
+        return p;
     }
 
     @Override
@@ -84,18 +75,18 @@ final class VectorGemm implements Gemm {
             long c0 = (long) i * ldc, c1 = c0 + ldc, c2 = c1 + ldc, c3 = c2 + ldc;
             int j = 0;
             for (int bound = SPECIES.loopBound(n); j < bound; j += LANES) {
-                FloatVector acc0 = load(c, c0 + j), acc1 = load(c, c1 + j), acc2 = load(c, c2 + j), acc3 = load(c, c3 + j);
+                FloatVector acc0 = FloatVector.fromMemorySegment(SPECIES, c, (c0 + j) * 4L, ORDER), acc1 = FloatVector.fromMemorySegment(SPECIES, c, (c1 + j) * 4L, ORDER), acc2 = FloatVector.fromMemorySegment(SPECIES, c, (c2 + j) * 4L, ORDER), acc3 = FloatVector.fromMemorySegment(SPECIES, c, (c3 + j) * 4L, ORDER);
                 for (int p = 0; p < k; p++) {
-                    FloatVector bv = load(b, (long) p * ldb + j);
+                    FloatVector bv = FloatVector.fromMemorySegment(SPECIES, b, ((long) p * ldb + j) * 4L, ORDER);
                     acc0 = bv.fma(FloatVector.broadcast(SPECIES, alpha * aAt(transA, a, lda, i, p)), acc0);
                     acc1 = bv.fma(FloatVector.broadcast(SPECIES, alpha * aAt(transA, a, lda, i + 1, p)), acc1);
                     acc2 = bv.fma(FloatVector.broadcast(SPECIES, alpha * aAt(transA, a, lda, i + 2, p)), acc2);
                     acc3 = bv.fma(FloatVector.broadcast(SPECIES, alpha * aAt(transA, a, lda, i + 3, p)), acc3);
                 }
-                store(acc0, c, c0 + j);
-                store(acc1, c, c1 + j);
-                store(acc2, c, c2 + j);
-                store(acc3, c, c3 + j);
+                acc0.intoMemorySegment(c, (c0 + j) * 4L, ORDER);
+                acc1.intoMemorySegment(c, (c1 + j) * 4L, ORDER);
+                acc2.intoMemorySegment(c, (c2 + j) * 4L, ORDER);
+                acc3.intoMemorySegment(c, (c3 + j) * 4L, ORDER);
             }
             for (; j < n; j++) {
                 for (int r = 0; r < ROW_BLOCK; r++) {

@@ -14,6 +14,10 @@ import jdk.incubator.vector.VectorSpecies;
  * The Vector-API loops the CPU kernels share: dot, axpy, max, exp-and-sum, scale. Offsets and
  * lengths are in fp32 elements. Every loop has a scalar tail, so any length works.
  *
+ * <p>Hot loops call {@code FloatVector.fromMemorySegment}/{@code intoMemorySegment} directly
+ * rather than through small wrappers: the JDK's methods are force-inlined, ours are not, and once
+ * C2's node budget for a method is spent a wrapper that is not inlined boxes every vector.
+ *
  * <p>Determinism: results must not depend on whether the JIT has compiled a loop yet. The
  * Vector API's transcendental ops ({@code EXP}, {@code TANH}) give different bits interpreted
  * (a per-lane {@code Math} call) and compiled (SVML), and a compiled {@code reduceLanes(ADD)} may
@@ -91,14 +95,6 @@ final class VectorOps {
         return s;
     }
 
-    static FloatVector load(MemorySegment s, long index) {
-        return FloatVector.fromMemorySegment(SPECIES, s, index * 4, ORDER);
-    }
-
-    static void store(FloatVector v, MemorySegment s, long index) {
-        v.intoMemorySegment(s, index * 4, ORDER);
-    }
-
     static float get(MemorySegment s, long index) {
         return s.getAtIndex(F32, index);
     }
@@ -114,7 +110,7 @@ final class VectorOps {
         if (n >= LANES) {
             FloatVector acc = FloatVector.zero(SPECIES);
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-                acc = load(a, ao + i).fma(load(b, bo + i), acc);
+                acc = FloatVector.fromMemorySegment(SPECIES, a, (ao + i) * 4L, ORDER).fma(FloatVector.fromMemorySegment(SPECIES, b, (bo + i) * 4L, ORDER), acc);
             }
             sum = sumLanes(acc);
         }
@@ -129,7 +125,7 @@ final class VectorOps {
         int i = 0;
         FloatVector va = FloatVector.broadcast(SPECIES, alpha);
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-            store(load(x, xo + i).fma(va, load(y, yo + i)), y, yo + i);
+            FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).fma(va, FloatVector.fromMemorySegment(SPECIES, y, (yo + i) * 4L, ORDER)).intoMemorySegment(y, (yo + i) * 4L, ORDER);
         }
         for (; i < n; i++) {
             set(y, yo + i, get(y, yo + i) + alpha * get(x, xo + i));
@@ -140,7 +136,7 @@ final class VectorOps {
     static void add(MemorySegment x, long xo, MemorySegment y, long yo, int n) {
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-            store(load(x, xo + i).add(load(y, yo + i)), y, yo + i);
+            FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).add(FloatVector.fromMemorySegment(SPECIES, y, (yo + i) * 4L, ORDER)).intoMemorySegment(y, (yo + i) * 4L, ORDER);
         }
         for (; i < n; i++) {
             set(y, yo + i, get(y, yo + i) + get(x, xo + i));
@@ -151,7 +147,7 @@ final class VectorOps {
     static void scale(MemorySegment x, long o, int n, float s) {
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-            store(load(x, o + i).mul(s), x, o + i);
+            FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER).mul(s).intoMemorySegment(x, (o + i) * 4L, ORDER);
         }
         for (; i < n; i++) {
             set(x, o + i, get(x, o + i) * s);
@@ -163,7 +159,7 @@ final class VectorOps {
         int i = 0;
         FloatVector v = FloatVector.broadcast(SPECIES, value);
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-            store(v, x, o + i);
+            v.intoMemorySegment(x, (o + i) * 4L, ORDER);
         }
         for (; i < n; i++) {
             set(x, o + i, value);
@@ -177,7 +173,7 @@ final class VectorOps {
         if (n >= LANES) {
             FloatVector acc = FloatVector.broadcast(SPECIES, Float.NEGATIVE_INFINITY);
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-                acc = acc.max(load(x, o + i));
+                acc = acc.max(FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER));
             }
             m = acc.reduceLanes(VectorOperators.MAX);
         }
@@ -194,7 +190,7 @@ final class VectorOps {
         if (n >= LANES) {
             FloatVector acc = FloatVector.zero(SPECIES);
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-                acc = acc.add(load(x, o + i));
+                acc = acc.add(FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER));
             }
             sum = sumLanes(acc);
         }
@@ -215,8 +211,8 @@ final class VectorOps {
         if (n >= LANES) {
             FloatVector acc = FloatVector.zero(SPECIES);
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-                FloatVector e = exp(load(x, o + i).sub(vs));
-                if (out != null) store(e, out, oo + i);
+                FloatVector e = exp(FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER).sub(vs));
+                if (out != null) e.intoMemorySegment(out, (oo + i) * 4L, ORDER);
                 acc = acc.add(e);
             }
             sum = sumLanes(acc);
@@ -227,6 +223,23 @@ final class VectorOps {
             sum += e;
         }
         return sum;
+    }
+
+    /**
+     * Softmax backward over one row, in place: {@code g[i] = scale · p[i] (g[i] − Σ_j p[j] g[j])},
+     * i < n, at offset o of both p (probabilities) and g (upstream gradient).
+     */
+    static void softmaxBackward(MemorySegment p, MemorySegment g, long o, int n, float scale) {
+        float dotAll = dot(p, o, g, o, n);
+        int i = 0;
+        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+            FloatVector pv = FloatVector.fromMemorySegment(SPECIES, p, (o + i) * 4L, ORDER);
+            FloatVector gv = FloatVector.fromMemorySegment(SPECIES, g, (o + i) * 4L, ORDER);
+            gv.sub(dotAll).mul(pv).mul(scale).intoMemorySegment(g, (o + i) * 4L, ORDER);
+        }
+        for (; i < n; i++) {
+            set(g, o + i, (get(g, o + i) - dotAll) * get(p, o + i) * scale);
+        }
     }
 
     /** Σ x², accumulated per vector block in fp32 and across blocks in float64. */

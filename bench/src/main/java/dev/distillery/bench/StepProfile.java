@@ -1,0 +1,66 @@
+package dev.distillery.bench;
+
+import java.lang.foreign.ValueLayout;
+import java.util.Comparator;
+import java.util.Locale;
+import java.util.Map;
+
+import dev.distillery.kernels.TimedKernels;
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.nn.TrainingSession;
+import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.optim.AdamW;
+import dev.distillery.runtime.optim.LearningRateSchedule;
+
+/**
+ * Where a training step's time goes, kernel by kernel: runs warm-up steps, then times each kernel
+ * over the measured steps through {@link TimedKernels}.
+ *
+ * <pre>java --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED \
+ *     -cp bench/target/benchmarks.jar dev.distillery.bench.StepProfile B 2 [steps] [gemm] [warm-up steps]</pre>
+ */
+public final class StepProfile {
+
+    private StepProfile() {
+    }
+
+    public static void main(String[] args) {
+        StudentConfigs c = StudentConfigs.valueOf(args.length > 0 ? args[0] : "A");
+        int threads = args.length > 1 ? Integer.parseInt(args[1]) : 2;
+        int steps = args.length > 2 ? Integer.parseInt(args[2]) : 5;
+        String gemm = args.length > 3 ? args[3] : "auto";
+        int warmup = args.length > 4 ? Integer.parseInt(args[4]) : 10;
+        try (TimedKernels kernels = new TimedKernels(new CpuKernels(threads, gemm));
+             Transformer model = new Transformer(c.model)) {
+            model.initialize(1);
+            int t = c.model.contextLength();
+            try (TrainingSession s = new TrainingSession(model, kernels, AdamW.Config.defaults(),
+                    new LearningRateSchedule(3e-4, 3e-5, 10, 1_000_000), 1.0, c.batch, t)) {
+                Rng rng = new Rng(2);
+                for (int i = 0; i < c.batch * t; i++) {
+                    s.tokens().setAtIndex(ValueLayout.JAVA_INT, i, rng.nextInt(c.model.vocabSize()));
+                    s.targets().setAtIndex(ValueLayout.JAVA_INT, i, rng.nextInt(c.model.vocabSize()));
+                }
+                for (int i = 0; i < warmup; i++) s.step();
+                kernels.reset();
+                long t0 = System.nanoTime();
+                for (int i = 0; i < steps; i++) s.step();
+                double stepMs = (System.nanoTime() - t0) / 1e6 / steps;
+                System.out.printf(Locale.ROOT, "config %s, %s, %d steps: %.1f ms/step, %.0f tokens/s%n",
+                        c, kernels.describe(), steps, stepMs, c.tokensPerStep() / stepMs * 1000);
+                System.out.printf(Locale.ROOT, "%-22s %10s %8s %8s%n", "kernel", "ms/step", "share", "calls");
+                double accounted = 0;
+                for (Map.Entry<String, TimedKernels.Timing> e : kernels.timings().entrySet().stream()
+                        .sorted(Comparator.comparingLong(e -> -e.getValue().nanos())).toList()) {
+                    double ms = e.getValue().nanos() / 1e6 / steps;
+                    accounted += ms;
+                    System.out.printf(Locale.ROOT, "%-22s %10.2f %7.1f%% %8d%n", e.getKey(), ms, 100 * ms / stepMs,
+                            e.getValue().calls() / steps);
+                }
+                System.out.printf(Locale.ROOT, "%-22s %10.2f %7.1f%%%n", "(outside kernels)", stepMs - accounted,
+                        100 * (stepMs - accounted) / stepMs);
+            }
+        }
+    }
+}

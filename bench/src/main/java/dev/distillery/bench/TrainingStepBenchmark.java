@@ -1,0 +1,81 @@
+package dev.distillery.bench;
+
+import java.lang.foreign.ValueLayout;
+import java.util.concurrent.TimeUnit;
+
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
+
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.nn.TrainingSession;
+import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.optim.AdamW;
+import dev.distillery.runtime.optim.LearningRateSchedule;
+
+/**
+ * One full training step of the student (forward, fused cross-entropy, backward, gradient
+ * clipping, AdamW) on random tokens: time per step; tokens/s = batch · ctx / time.
+ * Config A: 8 × 128 = 1,024 tokens a step; config B: 8 × 256 = 2,048.
+ */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.MILLISECONDS)
+@Fork(value = 1, jvmArgsAppend = {"--add-modules=jdk.incubator.vector", "--enable-native-access=ALL-UNNAMED", "-Xmx8g"})
+@Warmup(iterations = 3, time = 5)
+@Measurement(iterations = 5, time = 10)
+public class TrainingStepBenchmark {
+
+    @Param({"A", "B"})
+    public String config;
+
+    @Param({"2"})
+    public int threads;
+
+    /** auto = OpenBLAS when it loads; vector = the pure Vector-API GEMM. */
+    @Param({"auto"})
+    public String gemm;
+
+    private CpuKernels kernels;
+    private Transformer model;
+    private TrainingSession session;
+
+    @Setup(Level.Trial)
+    public void setUp() {
+        StudentConfigs c = StudentConfigs.valueOf(config);
+        kernels = new CpuKernels(threads, gemm);
+        model = new Transformer(c.model);
+        model.initialize(1);
+        int t = c.model.contextLength();
+        session = new TrainingSession(model, kernels, AdamW.Config.defaults(),
+                new LearningRateSchedule(3e-4, 3e-5, 10, 1_000_000), 1.0, c.batch, t);
+        Rng rng = new Rng(2);
+        for (int i = 0; i < c.batch * t; i++) {
+            session.tokens().setAtIndex(ValueLayout.JAVA_INT, i, rng.nextInt(c.model.vocabSize()));
+            session.targets().setAtIndex(ValueLayout.JAVA_INT, i, rng.nextInt(c.model.vocabSize()));
+        }
+    }
+
+    @Benchmark
+    public double step() {
+        return session.step().loss();
+    }
+
+    @TearDown(Level.Trial)
+    public void tearDown() {
+        session.close();
+        model.close();
+        kernels.close();
+    }
+}

@@ -1,0 +1,77 @@
+package dev.distillery.trainer.cli;
+
+import java.io.PrintWriter;
+
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+
+/** {@code java -jar trainer.jar <command>}: the Distillery command line. */
+@Command(name = "trainer.jar",
+        mixinStandardHelpOptions = true,
+        versionProvider = Main.Version.class,
+        description = {
+                "Distillery: knowledge distillation for the JVM.",
+                "Trains a small GPT-style student to imitate a teacher's stored output distributions.",
+                ""},
+        subcommands = {SelftestCommand.class, CommandLine.HelpCommand.class},
+        footer = {"", "Run 'java -jar trainer.jar <command> --help' for a command's options.",
+                "Set DISTILLERY_DEBUG=1 to see stack traces."})
+public final class Main implements Runnable {
+
+    /** Exit status: a check failed (selftest) or the command failed. */
+    public static final int EXIT_FAILED = 1;
+    /** Exit status: bad command-line arguments. */
+    public static final int EXIT_USAGE = 2;
+    /** Exit status: the requested device is not available here. */
+    public static final int EXIT_NO_DEVICE = 3;
+
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Override
+    public void run() {
+        spec.commandLine().usage(spec.commandLine().getOut());
+    }
+
+    public static void main(String[] args) {
+        System.exit(execute(args, new PrintWriter(System.out, true), new PrintWriter(System.err, true)));
+    }
+
+    /** Runs the command line with the given streams and returns the exit status (tests call this). */
+    public static int execute(String[] args, PrintWriter out, PrintWriter err) {
+        CommandLine cli = new CommandLine(new Main());
+        cli.setOut(out);
+        cli.setErr(err);
+        cli.setParameterExceptionHandler((ex, ignored) -> {
+            // One clear line, not the whole usage text.
+            ex.getCommandLine().getErr().println("error: " + ex.getMessage()
+                    + " (see 'java -jar trainer.jar " + commandPath(ex.getCommandLine()) + "--help')");
+            return EXIT_USAGE;
+        });
+        cli.setExecutionExceptionHandler((ex, commandLine, parseResult) -> {
+            commandLine.getErr().println("error: " + describe(ex));
+            if (System.getenv("DISTILLERY_DEBUG") != null) ex.printStackTrace(commandLine.getErr());
+            return EXIT_FAILED;
+        });
+        return cli.execute(args);
+    }
+
+    private static String commandPath(CommandLine cl) {
+        StringBuilder sb = new StringBuilder();
+        for (CommandLine c = cl; c != null && c.getParent() != null; c = c.getParent()) sb.insert(0, c.getCommandName() + " ");
+        return sb.toString();
+    }
+
+    private static String describe(Throwable t) {
+        String message = t.getMessage();
+        return message == null || message.isBlank() ? t.getClass().getSimpleName() : message;
+    }
+
+    static final class Version implements CommandLine.IVersionProvider {
+        @Override
+        public String[] getVersion() {
+            String v = Main.class.getPackage().getImplementationVersion();
+            return new String[]{"Distillery " + (v == null ? "(development build)" : v) + ", Java " + Runtime.version()};
+        }
+    }
+}
