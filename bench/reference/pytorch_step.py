@@ -1,0 +1,91 @@
+#!/usr/bin/python3
+"""The PyTorch side of the training-step comparison in the README.
+
+The same GPT-2 student as Distillery's Transformer (learned positions, pre-LN blocks, 4x GELU
+MLP with the tanh approximation, tied LM head), one full step: forward, cross-entropy, backward,
+clip to 1.0, AdamW. Prints the median step time over the measured steps.
+
+    python3 bench/reference/pytorch_step.py A 2        # config, threads
+
+Not used by any test: it is the baseline, run by hand beside `StepProfile`/JMH.
+"""
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CONFIGS = {  # vocab, ctx, layers, d, heads, batch
+    "A": (4096, 128, 4, 256, 4, 8),
+    "B": (32000, 256, 6, 384, 6, 8),
+}
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(d)
+        self.c_attn = nn.Linear(d, 3 * d)
+        self.c_proj = nn.Linear(d, d)
+        self.ln_2 = nn.LayerNorm(d)
+        self.c_fc = nn.Linear(d, 4 * d)
+        self.mlp_proj = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / (k.shape[-1] ** 0.5)
+        mask = torch.ones(t, t, dtype=torch.bool).tril()
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.c_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab, ctx, layers, d, heads):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.wpe = nn.Embedding(ctx, d)
+        self.h = nn.ModuleList(Block(d, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x) @ self.wte.weight.t()
+
+
+def main():
+    name = sys.argv[1] if len(sys.argv) > 1 else "A"
+    threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 10
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    vocab, ctx, layers, d, heads, batch = CONFIGS[name]
+    model = GPT(vocab, ctx, layers, d, heads)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    x = torch.randint(0, vocab, (batch, ctx))
+    y = torch.randint(0, vocab, (batch, ctx))
+    times = []
+    for i in range(3 + steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x).view(-1, vocab), y.view(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    ms = statistics.median(times) * 1000
+    print(f"pytorch {torch.__version__} config {name}, {threads} threads: median {ms:.1f} ms/step, "
+          f"{batch * ctx / ms * 1000:.0f} tokens/s (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})")
+
+
+if __name__ == "__main__":
+    main()
