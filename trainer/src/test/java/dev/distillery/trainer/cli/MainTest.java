@@ -1,0 +1,59 @@
+package dev.distillery.trainer.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.PrintWriter;
+import java.io.StringWriter;
+
+import org.junit.jupiter.api.Test;
+
+class MainTest {
+
+    private record Run(int status, String out, String err) {
+    }
+
+    private static Run run(String... args) {
+        StringWriter out = new StringWriter(), err = new StringWriter();
+        int status = Main.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
+        return new Run(status, out.toString(), err.toString());
+    }
+
+    @Test
+    void selftestQuickPassesAndPrintsTheTable() {
+        Run r = run("selftest", "--quick", "--threads", "2", "--seed", "5");
+        assertEquals(0, r.status(), r.out() + r.err());
+        assertTrue(r.out().contains("softmaxCrossEntropy"), r.out());
+        assertTrue(r.out().contains("0 failed"), r.out());
+        assertTrue(r.out().contains("seed: 5"), r.out());
+    }
+
+    @Test
+    void unknownOptionIsOneLineAndExitTwo() {
+        Run r = run("selftest", "--bogus");
+        assertEquals(Main.EXIT_USAGE, r.status());
+        assertEquals(1, r.err().strip().lines().count(), r.err());
+        assertTrue(r.err().contains("--bogus") && r.err().contains("selftest --help"), r.err());
+    }
+
+    @Test
+    void badEnumValueNamesTheChoices() {
+        Run r = run("selftest", "--device", "tpu");
+        assertEquals(Main.EXIT_USAGE, r.status());
+        assertTrue(r.err().contains("auto, cpu, cuda"), r.err());
+    }
+
+    @Test
+    void cudaWithoutBackendExitsWithTheNoDeviceCode() {
+        Run r = run("selftest", "--device", "cuda");
+        assertEquals(Main.EXIT_NO_DEVICE, r.status());
+        assertTrue(r.err().contains("no CUDA backend"), r.err());
+    }
+
+    @Test
+    void helpListsTheCommands() {
+        Run r = run("--help");
+        assertEquals(0, r.status());
+        assertTrue(r.out().contains("selftest"), r.out());
+    }
+}
