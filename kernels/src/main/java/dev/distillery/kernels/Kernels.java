@@ -2,6 +2,10 @@ package dev.distillery.kernels;
 
 import java.lang.foreign.MemorySegment;
 
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.TeacherTargets;
+
 /**
  * The compute contract every backend implements (CPU now, CUDA later).
  *
@@ -153,6 +157,28 @@ public interface Kernels extends AutoCloseable {
      */
     int softmaxCrossEntropy(MemorySegment losses, MemorySegment logits, MemorySegment targets,
                             int n, int v, int ignoreIndex, boolean writeGradient, float gradScale);
+
+    // ---------------------------------------------------------------- fused distillation loss
+
+    /**
+     * The fused distillation loss over n token rows, one pass structure per row (see
+     * docs/KERNELS.md#distillation-losses): per row
+     * {@code total = alpha · CE(softmax(s), label) + (1 − alpha) · [T²] · D(p_T ‖ q_T)}.
+     *
+     * @param student       student logits (n, vocab), fp32
+     * @param grad          where {@code gradScale · d(Σ_rows total)/ds} goes: null for none, the
+     *                      student segment itself for in place, or another (n, vocab) buffer
+     * @param teacher       dense, top-k or sampled targets; teacher vocabulary ≤ vocab
+     * @param labels        int32 (n) hard labels, or null (then alpha must be 0); a label equal to
+     *                      the ignore index masks its row out (loss 0, gradient 0)
+     * @param rowCe         (n) fp32 per-row CE, or null
+     * @param rowDivergence (n) fp32 per-row divergence (T²-scaled when on), or null
+     * @return the sums over the rows that counted
+     * @throws IllegalArgumentException naming the row, the id or the option on bad input
+     */
+    DistillSums distillLoss(MemorySegment student, MemorySegment grad, TeacherTargets teacher, MemorySegment labels,
+                            MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab,
+                            DistillOptions options, float gradScale);
 
     // ---------------------------------------------------------------- optimizer
 

@@ -4,6 +4,10 @@ import java.lang.foreign.MemorySegment;
 import java.util.LinkedHashMap;
 import java.util.Map;
 
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.TeacherTargets;
+
 /**
  * A {@link Kernels} decorator that adds up wall time and calls per kernel, to see which kernels
  * dominate a training step ({@code bench}'s {@code StepProfile}, a trainer's profile report).
@@ -182,6 +186,16 @@ public final class TimedKernels implements Kernels {
         long t0 = begin();
         int r = inner.softmaxCrossEntropy(losses, logits, targets, n, v, ignoreIndex, writeGradient, gradScale);
         end("softmaxCrossEntropy", t0);
+        return r;
+    }
+
+    @Override
+    public DistillSums distillLoss(MemorySegment student, MemorySegment grad, TeacherTargets teacher, MemorySegment labels,
+                                   MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab,
+                                   DistillOptions options, float gradScale) {
+        long t0 = begin();
+        DistillSums r = inner.distillLoss(student, grad, teacher, labels, rowCe, rowDivergence, n, vocab, options, gradScale);
+        end("distillLoss", t0);
         return r;
     }
 

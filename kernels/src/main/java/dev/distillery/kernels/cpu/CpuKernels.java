@@ -11,6 +11,9 @@ import java.lang.foreign.MemorySegment;
 
 import dev.distillery.bindings.OpenBlasLibrary;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.TeacherTargets;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.VectorOperators;
 
@@ -31,6 +34,7 @@ public final class CpuKernels implements Kernels {
 
     private final WorkerPool pool;
     private final Gemm gemm;
+    private final FusedDistillLoss distillLoss;
     /** Per-chunk scratch for row reductions, grown on demand, reused across calls. */
     private float[][] partials = new float[0][];
 
@@ -50,6 +54,7 @@ public final class CpuKernels implements Kernels {
 
     private CpuKernels(int threads, Gemm.Choice choice) {
         this.pool = new WorkerPool(threads);
+        this.distillLoss = new FusedDistillLoss(pool);
         this.gemm = switch (choice) {
             case BLAS -> new BlasGemm();
             case VECTOR -> new VectorGemm();
@@ -430,6 +435,15 @@ public final class CpuKernels implements Kernels {
         int total = 0;
         for (int count : valid) total += count;
         return total;
+    }
+
+    // ---------------------------------------------------------------- fused distillation loss
+
+    @Override
+    public DistillSums distillLoss(MemorySegment student, MemorySegment grad, TeacherTargets teacher, MemorySegment labels,
+                                   MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab,
+                                   DistillOptions options, float gradScale) {
+        return distillLoss.run(student, grad, teacher, labels, rowCe, rowDivergence, n, vocab, options, gradScale);
     }
 
     // ---------------------------------------------------------------- optimizer and gradient norm

@@ -87,6 +87,71 @@ final class VectorOps {
         return y * scale;
     }
 
+    // log(x) = e ln2 + log(m), x = m 2^e, m in [√½, √2); Cephes' logf polynomial (≤ 2 ulp).
+    private static final float SQRT_HALF = 0.707106781186547524f;
+    private static final float L0 = 7.0376836292e-2f, L1 = -1.1514610310e-1f, L2 = 1.1676998740e-1f,
+            L3 = -1.2420140846e-1f, L4 = 1.4249322787e-1f, L5 = -1.6668057665e-1f, L6 = 2.0000714765e-1f,
+            L7 = -2.4999993993e-1f, L8 = 3.3333331174e-1f;
+
+    /**
+     * Natural log of every lane: −inf for 0 and subnormals, NaN for negatives and NaN, +inf for +inf.
+     * Same bits as {@link #log(float)}.
+     */
+    static FloatVector log(FloatVector x) {
+        VectorMask<Float> tiny = x.lt(Float.MIN_NORMAL);
+        VectorMask<Float> bad = x.lt(0f).or(x.test(VectorOperators.IS_NAN));
+        VectorMask<Float> inf = x.eq(Float.POSITIVE_INFINITY);
+        IntVector bits = (IntVector) x.max(Float.MIN_NORMAL).reinterpretAsInts();
+        IntVector exponent = bits.lanewise(VectorOperators.LSHR, 23).sub(126);
+        FloatVector mant = (FloatVector) bits.and(0x007FFFFF).or(0x3F000000).reinterpretAsFloats(); // [0.5, 1)
+        VectorMask<Float> small = mant.lt(SQRT_HALF);
+        FloatVector e = (FloatVector) exponent.convert(VectorOperators.I2F, 0);
+        e = e.sub(1f, small);
+        FloatVector f = mant.add(mant, small).sub(1f);
+        FloatVector z = f.mul(f);
+        FloatVector y = f.mul(L0).add(L1);
+        y = y.mul(f).add(L2);
+        y = y.mul(f).add(L3);
+        y = y.mul(f).add(L4);
+        y = y.mul(f).add(L5);
+        y = y.mul(f).add(L6);
+        y = y.mul(f).add(L7);
+        y = y.mul(f).add(L8);
+        y = y.mul(f).mul(z);
+        y = e.mul(LN2_LO).add(y);
+        y = z.mul(-0.5f).add(y);
+        FloatVector r = f.add(y).add(e.mul(LN2_HI));
+        return r.blend(Float.NEGATIVE_INFINITY, tiny).blend(Float.POSITIVE_INFINITY, inf).blend(Float.NaN, bad);
+    }
+
+    /** The scalar twin of {@link #log(FloatVector)}. */
+    static float log(float x) {
+        if (x != x || x < 0f) return Float.NaN;
+        if (x < Float.MIN_NORMAL) return Float.NEGATIVE_INFINITY;
+        if (x == Float.POSITIVE_INFINITY) return x;
+        int bits = Float.floatToRawIntBits(x);
+        float e = (bits >>> 23) - 126;
+        float mant = Float.intBitsToFloat((bits & 0x007FFFFF) | 0x3F000000);
+        if (mant < SQRT_HALF) {
+            e = e - 1f;
+            mant = mant + mant;
+        }
+        float f = mant - 1f;
+        float z = f * f;
+        float y = f * L0 + L1;
+        y = y * f + L2;
+        y = y * f + L3;
+        y = y * f + L4;
+        y = y * f + L5;
+        y = y * f + L6;
+        y = y * f + L7;
+        y = y * f + L8;
+        y = y * f * z;
+        y = e * LN2_LO + y;
+        y = z * -0.5f + y;
+        return f + y + e * LN2_HI;
+    }
+
     /** Σ of the lanes, added in lane order (a fixed order, unlike a compiled reduceLanes(ADD)). */
     static float sumLanes(FloatVector v) {
         float[] lanes = v.toArray();

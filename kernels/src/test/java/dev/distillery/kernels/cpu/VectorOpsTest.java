@@ -29,6 +29,40 @@ class VectorOpsTest {
     }
 
     @Test
+    void logIsWithinTwoUlpOfFloat64AndVectorMatchesScalarBitForBit() {
+        SplittableRandom rng = new SplittableRandom();
+        float[] x = new float[VectorOps.LANES];
+        double worstUlps = 0;
+        for (int round = 0; round < 20_000; round++) {
+            for (int i = 0; i < x.length; i++) x[i] = (float) Math.exp(rng.nextDouble(-87, 88));
+            float[] v = VectorOps.log(FloatVector.fromArray(VectorOps.SPECIES, x, 0)).toArray();
+            for (int i = 0; i < x.length; i++) {
+                float s = VectorOps.log(x[i]);
+                assertEquals(Float.floatToRawIntBits(s), Float.floatToRawIntBits(v[i]), "x = " + x[i]);
+                double ref = Math.log(x[i]);
+                worstUlps = Math.max(worstUlps, Math.abs(s - ref) / Math.ulp((float) ref));
+            }
+        }
+        assertTrue(worstUlps <= 2.0, "worst error " + worstUlps + " ulp");
+        assertEquals(Float.NEGATIVE_INFINITY, VectorOps.log(0f));
+        assertEquals(0f, VectorOps.log(1f));
+        assertTrue(Float.isNaN(VectorOps.log(-1f)));
+        assertEquals(Float.POSITIVE_INFINITY, VectorOps.log(Float.POSITIVE_INFINITY));
+        float[] special = new float[VectorOps.LANES];
+        special[0] = 0f;
+        if (special.length > 2) {
+            special[1] = -2f;
+            special[2] = Float.POSITIVE_INFINITY;
+        }
+        float[] v = VectorOps.log(FloatVector.fromArray(VectorOps.SPECIES, special, 0)).toArray();
+        assertEquals(Float.NEGATIVE_INFINITY, v[0]);
+        if (v.length > 2) {
+            assertTrue(Float.isNaN(v[1]));
+            assertEquals(Float.POSITIVE_INFINITY, v[2]);
+        }
+    }
+
+    @Test
     void expEdgeCases() {
         assertEquals(0f, VectorOps.exp(Float.NEGATIVE_INFINITY));
         assertEquals(0f, VectorOps.exp(-100f));

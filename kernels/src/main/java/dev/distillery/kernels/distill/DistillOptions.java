@@ -1,0 +1,70 @@
+package dev.distillery.kernels.distill;
+
+/**
+ * Options of the fused distillation loss.
+ *
+ * @param temperature           T &gt; 0 for both softmaxes of the divergence
+ * @param alpha                 weight of the hard-label cross-entropy (at T = 1), in [0, 1];
+ *                              the divergence gets 1 − alpha
+ * @param divergence            forward KL, reverse KL or JSD(β)
+ * @param scaleByTemperatureSquared multiply the divergence by T² (Hinton; DistillKit and ModelOpt
+ *                              do, Liger and TRL do not). Default on.
+ * @param topKMode              how a top-k teacher's missing mass is treated
+ * @param sparseTemperature     what to do when T differs from the temperature a sparse shard was
+ *                              written at
+ * @param ignoreIndex           a label equal to this masks its whole row out (default −100)
+ */
+public record DistillOptions(float temperature, float alpha, Divergence divergence, boolean scaleByTemperatureSquared,
+                             TopKMode topKMode, SparseTemperature sparseTemperature, int ignoreIndex) {
+
+    /** Top-k teachers: keep the mass outside the top-k as one tail bucket, or renormalize over the top-k (DistillKit). */
+    public enum TopKMode { TAIL_BUCKET, RENORMALIZE }
+
+    /**
+     * Sparse teachers at another temperature than the shard's. REQUIRE_MATCH (default) makes it an
+     * error. RESCALE_TOPK (top-k only) keeps the tail mass the shard implies at its own temperature
+     * and redistributes the rest over the top-k as softmax(t/T): an approximation, chosen explicitly.
+     */
+    public enum SparseTemperature { REQUIRE_MATCH, RESCALE_TOPK }
+
+    public DistillOptions {
+        if (!(temperature > 0) || Float.isInfinite(temperature)) {
+            throw new IllegalArgumentException("temperature must be a positive number, got " + temperature);
+        }
+        if (!(alpha >= 0 && alpha <= 1)) throw new IllegalArgumentException("alpha must be in [0, 1], got " + alpha);
+        if (divergence == null) throw new IllegalArgumentException("divergence is required");
+        if (topKMode == null || sparseTemperature == null) throw new IllegalArgumentException("topKMode and sparseTemperature are required");
+    }
+
+    /** Forward KL at temperature T, mixed with the hard-label CE by alpha, T² scaling on, tail bucket, ignore −100. */
+    public static DistillOptions of(float temperature, float alpha) {
+        return new DistillOptions(temperature, alpha, Divergence.forwardKl(), true, TopKMode.TAIL_BUCKET,
+                SparseTemperature.REQUIRE_MATCH, -100);
+    }
+
+    public DistillOptions withDivergence(Divergence d) {
+        return new DistillOptions(temperature, alpha, d, scaleByTemperatureSquared, topKMode, sparseTemperature, ignoreIndex);
+    }
+
+    public DistillOptions withTemperatureSquared(boolean on) {
+        return new DistillOptions(temperature, alpha, divergence, on, topKMode, sparseTemperature, ignoreIndex);
+    }
+
+    public DistillOptions withTopKMode(TopKMode mode) {
+        return new DistillOptions(temperature, alpha, divergence, scaleByTemperatureSquared, mode, sparseTemperature, ignoreIndex);
+    }
+
+    public DistillOptions withSparseTemperature(SparseTemperature policy) {
+        return new DistillOptions(temperature, alpha, divergence, scaleByTemperatureSquared, topKMode, policy, ignoreIndex);
+    }
+
+    /** The factor on (q − target) in dL/ds: T with T² scaling (T² · 1/T), else 1/T. */
+    public float gradientTemperatureFactor() {
+        return scaleByTemperatureSquared ? temperature : 1f / temperature;
+    }
+
+    /** The factor on the divergence value: T² or 1. */
+    public float divergenceScale() {
+        return scaleByTemperatureSquared ? temperature * temperature : 1f;
+    }
+}

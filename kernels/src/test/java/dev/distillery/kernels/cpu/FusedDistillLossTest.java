@@ -1,0 +1,380 @@
+package dev.distillery.kernels.cpu;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Comparator;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.IntStream;
+
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.kernels.reference.ReferenceDistillLoss;
+
+/**
+ * The fused distillation loss against the float64 reference ({@link ReferenceDistillLoss}) on
+ * fresh random inputs, for every divergence × teacher kind × logit type × option combination,
+ * with poisoned outputs; plus the properties the issue names (top-k with k = V equals dense, the
+ * sampled estimator converges to the dense gradient, stability, clear errors).
+ */
+class FusedDistillLossTest {
+
+    private static CpuKernels kernels;
+    private final SplittableRandom rng = new SplittableRandom();
+
+    @BeforeAll
+    static void start() {
+        kernels = new CpuKernels(2, "auto");
+    }
+
+    @AfterAll
+    static void stop() {
+        kernels.close();
+    }
+
+    /** One problem: student logits, a dense teacher in float64, labels. */
+    private record Problem(int n, int v, int vt, double[] student, double[] teacher, int[] labels) {
+    }
+
+    private Problem problem(int n, int v, int vt, double scale, boolean ignoreOne) {
+        double[] s = new double[n * v], t = new double[n * vt];
+        for (int i = 0; i < s.length; i++) s[i] = (float) (scale * rng.nextGaussian());
+        for (int i = 0; i < t.length; i++) t[i] = (float) (scale * 1.5 * rng.nextGaussian());
+        int[] labels = new int[n];
+        for (int r = 0; r < n; r++) labels[r] = rng.nextInt(v);
+        if (ignoreOne && n > 2) labels[1] = -100;
+        return new Problem(n, v, vt, s, t, labels);
+    }
+
+    private static MemorySegment floats(Arena arena, double[] x) {
+        MemorySegment m = arena.allocate(4L * Math.max(1, x.length), 64);
+        for (int i = 0; i < x.length; i++) m.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) x[i]);
+        return m;
+    }
+
+    private static MemorySegment ints(Arena arena, int[] x) {
+        MemorySegment m = arena.allocate(4L * Math.max(1, x.length), 64);
+        for (int i = 0; i < x.length; i++) m.setAtIndex(ValueLayout.JAVA_INT, i, x[i]);
+        return m;
+    }
+
+    private static MemorySegment poisoned(Arena arena, long n) {
+        MemorySegment m = arena.allocate(4L * Math.max(1, n), 64);
+        for (long i = 0; i < n; i++) m.setAtIndex(ValueLayout.JAVA_FLOAT, i, Float.NaN);
+        return m;
+    }
+
+    /** The dense teacher stored as {@code type}; {@code rounded} receives the stored values. */
+    private static MemorySegment typed(Arena arena, double[] t, LogitType type, double[] rounded) {
+        MemorySegment m = arena.allocate((long) type.bytes() * Math.max(1, t.length), 64);
+        for (int i = 0; i < t.length; i++) {
+            type.write(m, i, (float) t[i]);
+            rounded[i] = type.read(m, i);
+        }
+        return m;
+    }
+
+    /** The teacher's top-k per row, in shuffled order, as both kernel and reference targets. */
+    private record TopKPair(TeacherTargets.TopK kernel, ReferenceDistillLoss.TopK reference) {
+    }
+
+    private TopKPair topK(Arena arena, Problem p, double[] teacher, int k, LogitType type, float shardT) {
+        int[] ids = new int[p.n() * k];
+        double[] logits = new double[p.n() * k], lse = new double[p.n()];
+        for (int r = 0; r < p.n(); r++) {
+            int row = r;
+            Integer[] order = IntStream.range(0, p.vt()).boxed()
+                    .sorted(Comparator.comparingDouble(j -> -teacher[row * p.vt() + j])).toArray(Integer[]::new);
+            List<Integer> top = new ArrayList<>(Arrays.asList(order).subList(0, k));
+            java.util.Collections.shuffle(top, new java.util.Random(rng.nextLong()));
+            for (int i = 0; i < k; i++) ids[r * k + i] = top.get(i);
+            double mx = Double.NEGATIVE_INFINITY, sum = 0;
+            for (int j = 0; j < p.vt(); j++) mx = Math.max(mx, teacher[r * p.vt() + j] / shardT);
+            for (int j = 0; j < p.vt(); j++) sum += Math.exp(teacher[r * p.vt() + j] / shardT - mx);
+            lse[r] = (float) (mx + Math.log(sum));
+        }
+        MemorySegment lg = arena.allocate((long) type.bytes() * logits.length, 64);
+        for (int i = 0; i < ids.length; i++) {
+            type.write(lg, i, (float) teacher[(i / k) * p.vt() + ids[i]]);
+            logits[i] = type.read(lg, i);
+        }
+        return new TopKPair(new TeacherTargets.TopK(ints(arena, ids), lg, type, floats(arena, lse), k, p.vt(), shardT),
+                new ReferenceDistillLoss.TopK(ids, logits, lse, k, p.vt(), shardT));
+    }
+
+    /** Runs kernel and reference and returns the worst relative error over CE, divergence and gradient. */
+    private double compare(Arena arena, Problem p, TeacherTargets kt, ReferenceDistillLoss.Teacher rt,
+                           DistillOptions o, boolean inPlace, boolean withLabels) {
+        float gradScale = 1f / p.n();
+        ReferenceDistillLoss.Result ref = ReferenceDistillLoss.compute(p.student(), rt, withLabels ? p.labels() : null,
+                p.n(), p.v(), o, gradScale);
+        MemorySegment s = floats(arena, p.student());
+        MemorySegment g = inPlace ? s : poisoned(arena, (long) p.n() * p.v());
+        MemorySegment ce = poisoned(arena, p.n()), div = poisoned(arena, p.n());
+        DistillSums sums = kernels.distillLoss(s, g, kt, withLabels ? ints(arena, p.labels()) : null, ce, div,
+                p.n(), p.v(), o, gradScale);
+        assertEquals(ref.rows(), sums.rows());
+        double err = Math.max(error(ref.grad(), g), Math.max(error(ref.ce(), ce), error(ref.divergence(), div)));
+        return Math.max(err, Math.abs(sums.total() - ref.total()) / Math.max(1e-3, Math.abs(ref.total())));
+    }
+
+    private static double error(double[] expected, MemorySegment actual) {
+        double diff = 0, scale = 1e-3; // below this magnitude an output is fp32 rounding noise
+        for (int i = 0; i < expected.length; i++) {
+            double a = actual.getAtIndex(ValueLayout.JAVA_FLOAT, i);
+            double d = Math.abs(a - expected[i]);
+            if (Double.isNaN(d)) return Double.NaN;
+            diff = Math.max(diff, d);
+            scale = Math.max(scale, Math.abs(expected[i]));
+        }
+        return diff / scale;
+    }
+
+    private static final Divergence[] DIVERGENCES = {Divergence.forwardKl(), Divergence.reverseKl(), Divergence.jsd(0.3)};
+
+    @Test
+    void everyCombinationMatchesFloat64ReferenceOnAwkwardVocabularies() {
+        List<String> failures = new ArrayList<>();
+        int checks = 0;
+        for (int v : new int[]{1, 7, 1009}) {
+            for (int pad : new int[]{0, 3}) {
+                try (Arena arena = Arena.ofShared()) {
+                    Problem p = problem(5, v + pad, v, 2.0, true);
+                    for (Divergence d : DIVERGENCES) {
+                        for (float t : new float[]{1f, 2.5f}) {
+                            for (float alpha : new float[]{0f, 0.3f}) {
+                                for (boolean t2 : new boolean[]{true, false}) {
+                                    DistillOptions o = DistillOptions.of(t, alpha).withDivergence(d).withTemperatureSquared(t2);
+                                    String what = "V=" + v + "+" + pad + " " + d + " T=" + t + " alpha=" + alpha + " T2=" + t2;
+                                    for (LogitType type : LogitType.values()) {
+                                        double[] rounded = new double[p.teacher().length];
+                                        MemorySegment tl = typed(arena, p.teacher(), type, rounded);
+                                        double e = compare(arena, p, new TeacherTargets.Dense(tl, type, v),
+                                                new ReferenceDistillLoss.Dense(rounded, v), o, type == LogitType.BF16, alpha > 0);
+                                        checks++;
+                                        if (!(e < 2e-4)) failures.add(what + " dense " + type + ": " + e);
+                                    }
+                                    for (DistillOptions.TopKMode mode : DistillOptions.TopKMode.values()) {
+                                        int k = Math.min(4, v);
+                                        TopKPair tk = topK(arena, p, p.teacher(), k, LogitType.F16, t);
+                                        double e = compare(arena, p, tk.kernel(), tk.reference(), o.withTopKMode(mode), true, alpha > 0);
+                                        checks++;
+                                        if (!(e < 2e-4)) failures.add(what + " top-" + k + " " + mode + ": " + e);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assertTrue(failures.isEmpty(), failures.size() + " of " + checks + " failed:\n" + String.join("\n", failures));
+    }
+
+    @Test
+    void largeVocabulariesMatchFloat64Reference() {
+        for (int v : new int[]{50257, 128256}) {
+            try (Arena arena = Arena.ofShared()) {
+                Problem p = problem(2, v, v, 3.0, false);
+                double[] rounded = new double[p.teacher().length];
+                MemorySegment bf16 = typed(arena, p.teacher(), LogitType.BF16, rounded);
+                DistillOptions o = DistillOptions.of(2f, 0.5f);
+                double e = compare(arena, p, new TeacherTargets.Dense(bf16, LogitType.BF16, v),
+                        new ReferenceDistillLoss.Dense(rounded, v), o, true, true);
+                assertTrue(e < 2e-4, "dense bf16 V=" + v + ": " + e);
+                e = compare(arena, p, new TeacherTargets.Dense(bf16, LogitType.BF16, v),
+                        new ReferenceDistillLoss.Dense(rounded, v), o.withDivergence(Divergence.jsd(0.5)), false, true);
+                assertTrue(e < 2e-4, "JSD V=" + v + ": " + e);
+                TopKPair tk = topK(arena, p, p.teacher(), 64, LogitType.F32, 2f);
+                e = compare(arena, p, tk.kernel(), tk.reference(), o, true, true);
+                assertTrue(e < 2e-4, "top-64 V=" + v + ": " + e);
+            }
+        }
+    }
+
+    @Test
+    void sampledTargetsMatchFloat64Reference() {
+        try (Arena arena = Arena.ofShared()) {
+            Problem p = problem(4, 1013, 1009, 2.0, true);
+            int samples = 24;
+            int[] ids = new int[p.n() * samples];
+            double[] w = new double[ids.length];
+            for (int i = 0; i < ids.length; i++) {
+                ids[i] = rng.nextInt(1009);
+                w[i] = (float) (rng.nextDouble() / samples * 2);
+            }
+            ids[1] = ids[0]; // a repeated id
+            DistillOptions o = DistillOptions.of(1.5f, 0.2f);
+            double e = compare(arena, p, new TeacherTargets.Sampled(ints(arena, ids), floats(arena, w), samples, 1009, 1.5f),
+                    new ReferenceDistillLoss.Sampled(ids, w, samples, 1009), o, true, true);
+            assertTrue(e < 2e-4, "sampled: " + e);
+        }
+    }
+
+    @Test
+    void topKWithKEqualToVocabularyEqualsDense() {
+        try (Arena arena = Arena.ofShared()) {
+            int v = 211;
+            Problem p = problem(3, v, v, 2.0, false);
+            for (Divergence d : DIVERGENCES) {
+                DistillOptions o = DistillOptions.of(2f, 0.25f).withDivergence(d);
+                MemorySegment dense = floats(arena, p.teacher());
+                MemorySegment g1 = poisoned(arena, (long) p.n() * v), g2 = poisoned(arena, (long) p.n() * v);
+                MemorySegment labels = ints(arena, p.labels());
+                DistillSums a = kernels.distillLoss(floats(arena, p.student()), g1, new TeacherTargets.Dense(dense, LogitType.F32, v),
+                        labels, null, null, p.n(), v, o, 1f);
+                TopKPair tk = topK(arena, p, p.teacher(), v, LogitType.F32, 2f);
+                DistillSums b = kernels.distillLoss(floats(arena, p.student()), g2, tk.kernel(), labels, null, null, p.n(), v, o, 1f);
+                assertEquals(a.total(), b.total(), 1e-4 * Math.max(1, Math.abs(a.total())), d.toString());
+                double[] ga = new double[p.n() * v];
+                for (int i = 0; i < ga.length; i++) ga[i] = g1.getAtIndex(ValueLayout.JAVA_FLOAT, i);
+                assertTrue(error(ga, g2) < 1e-4, d + ": gradients differ by " + error(ga, g2));
+            }
+        }
+    }
+
+    @Test
+    void sampledGradientConvergesToDenseGradientWithinFiveSigma() {
+        // Every row holds the same student and teacher; each draws its own S samples from p (weights 1/S).
+        int v = 37, rows = 4000, samples = 16;
+        float t = 1.5f;
+        SplittableRandom seeded = new SplittableRandom(20251122);
+        double[] s1 = new double[v], t1 = new double[v];
+        for (int j = 0; j < v; j++) {
+            s1[j] = (float) seeded.nextGaussian();
+            t1[j] = (float) (2 * seeded.nextGaussian());
+        }
+        double[] p = ReferenceDistillLoss.softmax(t1, t);
+        double[] cdf = new double[v];
+        for (int j = 0; j < v; j++) cdf[j] = (j == 0 ? 0 : cdf[j - 1]) + p[j];
+        try (Arena arena = Arena.ofShared()) {
+            double[] student = new double[rows * v], teacher = new double[rows * v];
+            int[] ids = new int[rows * samples];
+            double[] w = new double[rows * samples];
+            for (int r = 0; r < rows; r++) {
+                System.arraycopy(s1, 0, student, r * v, v);
+                System.arraycopy(t1, 0, teacher, r * v, v);
+                for (int i = 0; i < samples; i++) {
+                    double u = seeded.nextDouble() * cdf[v - 1];
+                    int j = 0;
+                    while (j < v - 1 && cdf[j] < u) j++;
+                    ids[r * samples + i] = j;
+                    w[r * samples + i] = 1.0 / samples;
+                }
+            }
+            DistillOptions o = DistillOptions.of(t, 0f);
+            MemorySegment gs = poisoned(arena, (long) rows * v), gd = poisoned(arena, (long) rows * v);
+            kernels.distillLoss(floats(arena, student), gs, new TeacherTargets.Sampled(ints(arena, ids), floats(arena, w), samples, v, t),
+                    null, null, null, rows, v, o, 1f);
+            kernels.distillLoss(floats(arena, student), gd, new TeacherTargets.Dense(floats(arena, teacher), LogitType.F32, v),
+                    null, null, null, rows, v, o, 1f);
+            float cq = o.gradientTemperatureFactor();
+            for (int j = 0; j < v; j++) {
+                double mean = 0;
+                for (int r = 0; r < rows; r++) mean += gs.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * v + j);
+                mean /= rows;
+                double dense = gd.getAtIndex(ValueLayout.JAVA_FLOAT, j);
+                // gradient = cq (q − p̂); p̂_j is a mean of S·rows Bernoulli(p_j) draws
+                double sigma = cq * Math.sqrt(p[j] * (1 - p[j]) / ((double) samples * rows));
+                assertTrue(Math.abs(mean - dense) <= 5 * sigma + 1e-6,
+                        "column " + j + ": sampled mean " + mean + ", dense " + dense + ", 5σ = " + 5 * sigma);
+            }
+        }
+    }
+
+    @Test
+    void stableForHugeLogitsInfiniteTeacherEntriesAndEqualRows() {
+        try (Arena arena = Arena.ofShared()) {
+            int v = 301, n = 3;
+            double[] s = new double[n * v], t = new double[n * v];
+            for (int j = 0; j < v; j++) {
+                s[j] = j % 2 == 0 ? 1e4 : -1e4;
+                t[j] = j % 3 == 0 ? -1e4 : 1e4;
+                s[v + j] = 3;                                               // all equal
+                t[v + j] = 3;
+                s[2 * v + j] = rng.nextGaussian();
+                t[2 * v + j] = j % 5 == 0 ? Double.NEGATIVE_INFINITY : rng.nextGaussian(); // −inf teacher entries
+            }
+            Problem p = new Problem(n, v, v, s, t, new int[]{0, 1, 2});
+            for (Divergence d : DIVERGENCES) {
+                DistillOptions o = DistillOptions.of(2f, 0.5f).withDivergence(d);
+                double e = compare(arena, p, new TeacherTargets.Dense(floats(arena, t), LogitType.F32, v),
+                        new ReferenceDistillLoss.Dense(t, v), o, true, true);
+                assertTrue(e < 2e-4, d + ": " + e);
+            }
+        }
+    }
+
+    @Test
+    void vocabularyOf262144StaysFinite() {
+        try (Arena arena = Arena.ofShared()) {
+            int v = 262_144;
+            Problem p = problem(1, v, v, 10.0, false);
+            double[] rounded = new double[v];
+            MemorySegment bf16 = typed(arena, p.teacher(), LogitType.BF16, rounded);
+            double e = compare(arena, p, new TeacherTargets.Dense(bf16, LogitType.BF16, v),
+                    new ReferenceDistillLoss.Dense(rounded, v), DistillOptions.of(1f, 0.5f), true, true);
+            assertTrue(e < 2e-4, "V=262144: " + e);
+        }
+    }
+
+    @Test
+    void badInputsGetClearErrors() {
+        try (Arena arena = Arena.ofShared()) {
+            MemorySegment s = arena.allocate(4L * 2 * 5), t = arena.allocate(4L * 2 * 6), labels = ints(arena, new int[]{0, 1});
+            var dense6 = new TeacherTargets.Dense(t, LogitType.F32, 6);
+            var e = assertThrows(IllegalArgumentException.class,
+                    () -> kernels.distillLoss(s, s, dense6, labels, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
+            assertTrue(e.getMessage().contains("student vocabulary 5") && e.getMessage().contains("teacher's 6"), e.getMessage());
+
+            e = assertThrows(IllegalArgumentException.class, () -> new TeacherTargets.TopK(s, s, LogitType.F32, s, 7, 5, 1f));
+            assertTrue(e.getMessage().contains("k = 7"), e.getMessage());
+            e = assertThrows(IllegalArgumentException.class, () -> DistillOptions.of(-1f, 0.5f));
+            assertTrue(e.getMessage().contains("temperature"), e.getMessage());
+            e = assertThrows(IllegalArgumentException.class, () -> DistillOptions.of(0f, 0.5f));
+            assertTrue(e.getMessage().contains("temperature"), e.getMessage());
+            e = assertThrows(IllegalArgumentException.class, () -> DistillOptions.of(1f, 1.5f));
+            assertTrue(e.getMessage().contains("alpha"), e.getMessage());
+            e = assertThrows(IllegalArgumentException.class, () -> Divergence.jsd(1.0));
+            assertTrue(e.getMessage().contains("beta"), e.getMessage());
+
+            var dense5 = new TeacherTargets.Dense(t, LogitType.F32, 5);
+            e = assertThrows(IllegalArgumentException.class,
+                    () -> kernels.distillLoss(s, s, dense5, null, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
+            assertTrue(e.getMessage().contains("no labels"), e.getMessage());
+
+            MemorySegment ids = ints(arena, new int[]{0, 3, 1, 1}), lse = floats(arena, new double[]{1, 1});
+            var dup = new TeacherTargets.TopK(ids, t, LogitType.F32, lse, 2, 5, 1f);
+            e = assertThrows(IllegalArgumentException.class,
+                    () -> kernels.distillLoss(s, s, dup, labels, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
+            assertTrue(e.getMessage().contains("appears twice in row 1"), e.getMessage());
+
+            var other = new TeacherTargets.TopK(ints(arena, new int[]{0, 1, 2, 3}), t, LogitType.F32, lse, 2, 5, 2f);
+            e = assertThrows(IllegalArgumentException.class,
+                    () -> kernels.distillLoss(s, s, other, labels, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
+            assertTrue(e.getMessage().contains("RESCALE_TOPK"), e.getMessage());
+
+            var sampled = new TeacherTargets.Sampled(ints(arena, new int[]{0, 9}), floats(arena, new double[]{1, 1}), 1, 5, 1f);
+            e = assertThrows(IllegalArgumentException.class, () -> kernels.distillLoss(s, s, sampled, labels, null, null, 2, 5,
+                    DistillOptions.of(1f, 0.5f).withDivergence(Divergence.reverseKl()), 1f));
+            assertTrue(e.getMessage().contains("forward KL only"), e.getMessage());
+            e = assertThrows(IllegalArgumentException.class, () -> kernels.distillLoss(s, s, sampled, labels, null, null, 2, 5,
+                    DistillOptions.of(1f, 0.5f), 1f));
+            assertTrue(e.getMessage().contains("sampled id 9 at row 1"), e.getMessage());
+        }
+    }
+}
