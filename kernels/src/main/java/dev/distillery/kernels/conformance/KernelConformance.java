@@ -8,6 +8,12 @@ import java.util.List;
 import java.util.SplittableRandom;
 
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.kernels.reference.ReferenceDistillLoss;
 import dev.distillery.kernels.reference.ReferenceKernels;
 
 /**
@@ -81,7 +87,10 @@ public final class KernelConformance {
             c.reductions(n);
         }
         for (int[] s : sizes.attention()) c.attention(s[0], s[1], s[2], s[3]);
-        for (int[] s : sizes.classifier()) c.softmaxCrossEntropy(s[0], s[1]);
+        for (int[] s : sizes.classifier()) {
+            c.softmaxCrossEntropy(s[0], s[1]);
+            c.distillLoss(s[0], s[1]);
+        }
         return List.copyOf(c.results);
     }
 
@@ -320,6 +329,87 @@ public final class KernelConformance {
             if (counted != valid) err = Double.POSITIVE_INFINITY;
             record("softmaxCrossEntropy", n + "x" + v, err, TOL, ms);
         }
+    }
+
+    /**
+     * The fused distillation loss against ReferenceDistillLoss: dense bf16 teacher with forward KL
+     * and a hard label, dense fp16 with JSD(0.5), top-k (tail bucket) with reverse KL, sampled with
+     * forward KL. The student vocabulary is the teacher's plus 3 padding columns.
+     */
+    private void distillLoss(int n, int vt) {
+        int v = vt + 3, k = Math.min(8, vt), samples = 16;
+        try (Arena arena = Arena.ofShared()) {
+            double[] s = randn(n * v), t = randn(n * vt);
+            for (int i = 0; i < t.length; i++) t[i] *= 3;
+            int[] labels = new int[n];
+            for (int r = 0; r < n; r++) labels[r] = rng.nextInt(v);
+            if (n > 2) labels[1] = -100;
+            DistillOptions base = DistillOptions.of(2f, 0.3f);
+            String size = n + "x" + v;
+            for (LogitType type : new LogitType[]{LogitType.BF16, LogitType.F16}) {
+                MemorySegment tl = arena.allocate((long) type.bytes() * t.length, 64);
+                double[] rounded = new double[t.length];
+                for (int i = 0; i < t.length; i++) {
+                    type.write(tl, i, (float) t[i]);
+                    rounded[i] = type.read(tl, i);
+                }
+                DistillOptions o = type == LogitType.BF16 ? base : base.withDivergence(Divergence.jsd(0.5));
+                distillCheck(arena, "distill dense " + type + (type == LogitType.BF16 ? " fkl" : " jsd"), size, s, labels,
+                        new TeacherTargets.Dense(tl, type, vt), new ReferenceDistillLoss.Dense(rounded, vt), n, v, o);
+            }
+            int[] ids = new int[n * k];
+            double[] topLogits = new double[n * k], lse = new double[n];
+            for (int r = 0; r < n; r++) {
+                int row = r;
+                int[] order = java.util.stream.IntStream.range(0, vt).boxed()
+                        .sorted((x, y) -> Double.compare(t[row * vt + y], t[row * vt + x])).mapToInt(Integer::intValue).toArray();
+                double mx = Double.NEGATIVE_INFINITY, sum = 0;
+                for (int j = 0; j < vt; j++) mx = Math.max(mx, t[r * vt + j] / 2);
+                for (int j = 0; j < vt; j++) sum += Math.exp(t[r * vt + j] / 2 - mx);
+                lse[r] = (float) (mx + Math.log(sum));
+                for (int i = 0; i < k; i++) {
+                    ids[r * k + i] = order[i];
+                    topLogits[r * k + i] = t[r * vt + order[i]];
+                }
+            }
+            distillCheck(arena, "distill top-" + k + " rkl", size, s, labels,
+                    new TeacherTargets.TopK(ints(arena, ids), copy(arena, topLogits), LogitType.F32, copy(arena, lse), k, vt, 2f),
+                    new ReferenceDistillLoss.TopK(ids, topLogits, lse, k, vt, 2.0), n, v, base.withDivergence(Divergence.reverseKl()));
+            int[] sIds = new int[n * samples];
+            double[] w = new double[n * samples];
+            for (int i = 0; i < sIds.length; i++) {
+                sIds[i] = rng.nextInt(vt);
+                w[i] = (float) (1.0 / samples);
+            }
+            distillCheck(arena, "distill sampled fkl", size, s, labels,
+                    new TeacherTargets.Sampled(ints(arena, sIds), copy(arena, w), samples, vt, 2f),
+                    new ReferenceDistillLoss.Sampled(sIds, w, samples, vt), n, v, base);
+        }
+    }
+
+    private void distillCheck(Arena arena, String kernel, String size, double[] s, int[] labels, TeacherTargets teacher,
+                              ReferenceDistillLoss.Teacher reference, int n, int v, DistillOptions o) {
+        MemorySegment student = copy(arena, s), ce = poisoned(arena, n), div = poisoned(arena, n);
+        long t0 = System.nanoTime();
+        DistillSums sums = kernels.distillLoss(student, student, teacher, ints(arena, labels), ce, div, n, v, o, 1f / n);
+        double ms = millis(t0);
+        ReferenceDistillLoss.Result ref = ReferenceDistillLoss.compute(s, reference, labels, n, v, o, 1.0 / n);
+        double err = Math.max(errorFloored(ref.grad(), student), Math.max(errorFloored(ref.ce(), ce), errorFloored(ref.divergence(), div)));
+        err = Math.max(err, Math.abs(sums.total() - ref.total()) / Math.max(1e-3, Math.abs(ref.total())));
+        if (sums.rows() != ref.rows()) err = Double.POSITIVE_INFINITY;
+        record(kernel, size, err, TOL_LOOSE, ms);
+    }
+
+    /** Like {@link #error} with the scale floored at 1e-3: smaller outputs are fp32 rounding noise of a sum to 1. */
+    private static double errorFloored(double[] expected, MemorySegment actual) {
+        double maxDiff = 0, scale = 1e-3;
+        for (int i = 0; i < expected.length; i++) {
+            double d = Math.abs(actual.getAtIndex(ValueLayout.JAVA_FLOAT, i) - expected[i]);
+            if (Double.isNaN(d)) return Double.NaN;
+            maxDiff = Math.max(maxDiff, d);
+            scale = Math.max(scale, Math.abs(expected[i]));
+        }
+        return maxDiff / scale;
     }
 
     // ---------------------------------------------------------------- helpers

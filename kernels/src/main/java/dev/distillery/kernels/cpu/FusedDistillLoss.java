@@ -53,7 +53,7 @@ final class FusedDistillLoss {
         final float[] teacher = new float[BLOCK];
         int[] marks = new int[0];
         int markRow;
-        float[] q = new float[0], lq = new float[0], p = new float[0];
+        float[] q = new float[0], lq = new float[0], p = new float[0], lp = new float[0];
     }
 
     /** Per-row constants of the student after pass A. */
@@ -421,6 +421,7 @@ final class FusedDistillLoss {
             sc.q = new float[k];
             sc.lq = new float[k];
             sc.p = new float[k];
+            sc.lp = new float[k];
         }
         if (marks && sc.marks.length < v) {
             sc.marks = new int[v];
@@ -457,7 +458,7 @@ final class FusedDistillLoss {
             float logit = t.type().read(t.logits(), base + i);
             sc.p[i] = logit; // logits for now, probabilities below
             maxT = Math.max(maxT, logit);
-            tailAtShard -= Math.exp(logit / t.shardTemperature() - lse);
+            tailAtShard -= Math.exp(logit / (double) t.shardTemperature() - lse);
         }
         tailAtShard = Math.max(0, tailAtShard);
         boolean sameT = t.shardTemperature() == o.temperature();
@@ -466,13 +467,17 @@ final class FusedDistillLoss {
             for (int i = 0; i < k; i++) renormZ += Math.exp((sc.p[i] - maxT) * invT);
         }
         boolean hasTail = k < v;
-        double pTail = renormalize || !hasTail ? 0 : tailAtShard;
+        // The teacher's tail is its mass outside the top-k within its own vocabulary: none when
+        // renormalizing or when k covers that vocabulary (student padding columns hold no teacher mass).
+        double pTail = renormalize || k == t.vocab() ? 0 : tailAtShard;
+        double logRenormZ = Math.log(renormZ), logKept = Math.log(1 - tailAtShard);
         for (int i = 0; i < k; i++) {
-            double p;
-            if (renormalize) p = Math.exp((sc.p[i] - maxT) * invT) / renormZ;
-            else if (sameT) p = Math.exp(sc.p[i] * (double) invT - lse);
-            else p = (1 - tailAtShard) * Math.exp((sc.p[i] - maxT) * invT) / renormZ;
-            sc.p[i] = (float) p;
+            double lp;  // log p, in float64 from the stored logit (log of a rounded p would lose digits near p = 1)
+            if (renormalize) lp = (sc.p[i] - maxT) * (double) invT - logRenormZ;
+            else if (sameT) lp = sc.p[i] * (double) invT - lse;
+            else lp = logKept + (sc.p[i] - maxT) * (double) invT - logRenormZ;
+            sc.lp[i] = (float) lp;
+            sc.p[i] = (float) Math.exp(lp);
         }
         double qTail = hasTail ? Math.max(0, 1 - sumQ) : 0;
         // per-category value and the gradient weight of the tail category ("w"), then fix-ups
@@ -481,7 +486,7 @@ final class FusedDistillLoss {
         switch (o.divergence()) {
             case Divergence.ForwardKl ignored -> {
                 for (int i = 0; i < k; i++) {
-                    if (sc.p[i] > 0) value += sc.p[i] * (Math.log(sc.p[i]) - sc.lq[i]);
+                    if (sc.p[i] > 0) value += sc.p[i] * ((double) sc.lp[i] - sc.lq[i]);
                 }
                 double rho = qTail > 0 ? pTail / qTail : 0;
                 if (pTail > 0) value += pTail * (Math.log(pTail) - Math.log(Math.max(qTail, Float.MIN_NORMAL)));
@@ -495,7 +500,7 @@ final class FusedDistillLoss {
                 double[] l = new double[k];
                 double rkl = 0;
                 for (int i = 0; i < k; i++) {
-                    l[i] = sc.lq[i] - Math.max(sc.p[i] > 0 ? Math.log(sc.p[i]) : LOG_FLOOR, LOG_FLOOR);
+                    l[i] = sc.lq[i] - Math.max(sc.lp[i], LOG_FLOOR);
                     if (sc.q[i] > 0) rkl += sc.q[i] * l[i];
                 }
                 double lTail = qTail > 0 ? Math.log(qTail) - Math.max(pTail > 0 ? Math.log(pTail) : LOG_FLOOR, LOG_FLOOR) : 0;
@@ -510,7 +515,7 @@ final class FusedDistillLoss {
                 double sumQg = 0;
                 for (int i = 0; i < k; i++) {
                     double m = b * sc.p[i] + (1 - b) * sc.q[i];
-                    if (sc.p[i] > 0) value += b * sc.p[i] * Math.log(sc.p[i] / m);
+                    if (sc.p[i] > 0) value += b * sc.p[i] * (sc.lp[i] - Math.log(m));
                     if (sc.q[i] > 0) {
                         gc[i] = (1 - b) * Math.log(sc.q[i] / m);
                         value += sc.q[i] * gc[i];

@@ -92,7 +92,8 @@ public final class ReferenceDistillLoss {
                         else if (sameT) logP[i] = topLogits[i] / t - k.logsumexp()[r];
                         else logP[i] = Math.log(1 - tailAtShard) + renorm[i];
                     }
-                    logP[kk] = renormalize || kk == v ? Double.NEGATIVE_INFINITY : Math.log(tailAtShard);
+                    // no teacher tail when renormalizing or when the top-k lists the teacher's whole vocabulary
+                    logP[kk] = renormalize || kk == k.vocab() ? Double.NEGATIVE_INFINITY : Math.log(tailAtShard);
                 }
                 case Sampled sm -> {
                     // p̂_j = Σ_s w_s [id_s = j]; the reported divergence is the cross-entropy −Σ p̂ log q
