@@ -193,6 +193,43 @@ public final class DifferentiableOps {
         return out;
     }
 
+    /** How the per-row distillation losses are reduced. */
+    public enum Reduction { MEAN, SUM }
+
+    /** The reduced distillation loss and its parts. */
+    public record DistillLoss(double total, double ce, double divergence, int rows) {
+    }
+
+    /**
+     * The LM head (hidden · weightᵀ, weight = the tied token embedding (vocab, d)) and the fused
+     * distillation loss, chunked so that no more than {@code chunkRows} rows of logits exist at a
+     * time. Like {@link #crossEntropy} this is the root of the graph: with the tape enabled it
+     * writes the gradients of hidden and weight during the call.
+     *
+     * @param labels int32 (n) hard labels or null (alpha must then be 0)
+     */
+    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, dev.distillery.kernels.distill.TeacherTargets teacher,
+                                        Tensor labels, dev.distillery.kernels.distill.DistillOptions options,
+                                        Reduction reduction, int chunkRows) {
+        int n = hidden.dim(0), d = hidden.dim(1), v = weight.dim(0);
+        int valid = n;
+        if (labels != null) {
+            valid = 0;
+            for (int r = 0; r < n; r++) {
+                if (labels.data().getAtIndex(ValueLayout.JAVA_INT, r) != options.ignoreIndex()) valid++;
+            }
+        }
+        float scale = reduction == Reduction.SUM ? 1f : valid == 0 ? 0f : 1f / valid;
+        boolean backward = tracks(hidden, weight);
+        int chunk = Math.min(chunkRows, Math.max(1, n));
+        Tensor logits = workspace.tensor("logits.chunk", chunk, v);
+        var sums = dev.distillery.runtime.distill.ChunkedLinearDistillLoss.run(kernels, hidden.data(), weight.data(),
+                backward ? grad(hidden) : null, backward ? grad(weight) : null, teacher,
+                labels == null ? null : labels.data(), n, d, v, options, scale, chunk, logits.data());
+        double norm = reduction == Reduction.SUM ? 1 : valid == 0 ? 0 : 1.0 / valid;
+        return new DistillLoss(sums.total() * norm, sums.ce() * norm, sums.divergence() * norm, sums.rows());
+    }
+
     /** The mean cross-entropy over non-ignored rows and how many rows counted. */
     public record Loss(double mean, int rows) {
     }

@@ -70,6 +70,15 @@ public final class Transformer implements AutoCloseable {
      * tape of {@code ops} when it is enabled.
      */
     public Tensor forward(DifferentiableOps ops, Tensor tokens, int b, int t) {
+        return ops.matmulTransposed(hidden(ops, tokens, b, t), p("wte.weight"));
+    }
+
+    /**
+     * The final-layernorm output (b·t, channels), before the LM head: the input of the chunked
+     * LM head + distillation loss ({@link DifferentiableOps#distillationLoss}), whose weight is
+     * {@link #lmHeadWeight()}.
+     */
+    public Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t) {
         int nh = config.heads();
         Tensor x = ops.embedding(tokens, p("wte.weight"), p("wpe.weight"), b, t);
         for (int l = 0; l < config.layers(); l++) {
@@ -82,8 +91,12 @@ public final class Transformer implements AutoCloseable {
             h = ops.gelu(ops.linear(h, p(pre + "mlp.c_fc.weight"), p(pre + "mlp.c_fc.bias")));
             x = ops.add(x, ops.linear(h, p(pre + "mlp.c_proj.weight"), p(pre + "mlp.c_proj.bias")));
         }
-        x = ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias"));
-        return ops.matmulTransposed(x, p("wte.weight"));
+        return ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias"));
+    }
+
+    /** The LM head's weight (vocab, channels): the token embedding, tied. */
+    public Tensor lmHeadWeight() {
+        return p("wte.weight");
     }
 
     private Tensor p(String name) {
