@@ -1,0 +1,325 @@
+// Fused distillation loss, the CUDA twin of kernels/cpu/FusedDistillLoss.java.
+//
+// Covered here: dense teachers (fp32, fp16, bf16) with forward KL, reverse KL and JSD, and
+// sampled teachers (forward KL). Top-k teachers are not in this file yet: their listed-column
+// fix-up must read q_i before an in-place gradient overwrites s, which needs a per-row staging
+// buffer the launch path (CUDA backend issue) will own.
+//
+// One thread block per token row. Same contract as Kernels.distillLoss: student logits s (n, V)
+// fp32; teacher dense logits (n, Vt) fp32/fp16/bf16, or top-k ids/logits + logsumexp, or sampled
+// ids + weights; optional int32 labels (ignore_index masks a row); writes
+// grad_scale * d(sum_rows total)/ds into g (g may equal s: in place), per-row CE and divergence.
+// The math and its derivation are in docs/KERNELS.md#distillation-losses.
+//
+//   pass A: online (max, sum exp) for softmax(s/T) and softmax(s), and for softmax(t/T)
+//   pass B: forward KL value and gradient in one sweep; reverse KL / JSD sums
+//   pass C: reverse KL / JSD gradient (they need a row-wide sum first)
+//
+// Loads are float4 when the row is 16-byte aligned (V % 4 == 0), scalar otherwise. Reductions:
+// warp shuffles, then one float per warp in shared memory.
+// Launch: grid = n, block = 256 (any multiple of 32 up to 1024), no dynamic shared memory.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math_constants.h>
+#include <stdint.h>
+
+#ifndef DISTILL_LAUNCH
+#define DISTILL_LAUNCH __global__
+#endif
+
+namespace distill {
+
+constexpr float LOG_FLOOR = -87.336544750553102f;  // log(FLT_MIN): reverse KL's charge for zero teacher mass
+constexpr int MAX_WARPS = 32;
+
+enum Divergence : int { FORWARD_KL = 0, REVERSE_KL = 1, JSD = 2 };
+
+struct Params {
+    float temperature;        // T > 0
+    float alpha;              // weight of the hard-label CE
+    int divergence;           // Divergence
+    float beta;               // JSD beta in (0, 1)
+    float divergence_scale;   // T^2 or 1
+    float grad_t_factor;      // T (with T^2 scaling) or 1/T
+    float grad_scale;         // factor on d(sum total)/ds
+    int ignore_index;
+};
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// ------------------------------------------------------------------ reductions
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block; every thread gets the result. `scratch` holds MAX_WARPS floats.
+__device__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous reduction
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.f;
+    return warp_sum(v);
+}
+
+__device__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : -CUDART_INF_F;
+    return warp_max(v);
+}
+
+// Online softmax state: running max m and d = sum exp((x - m) * scale).
+struct Online {
+    float m, d;
+};
+
+__device__ __forceinline__ Online online_add(Online a, float x, float scale) {
+    if (x > a.m) {
+        a.d = a.d * __expf((a.m - x) * scale) + 1.f;
+        a.m = x;
+    } else if (x != -CUDART_INF_F) {
+        a.d += __expf((x - a.m) * scale);
+    }
+    return a;
+}
+
+__device__ __forceinline__ Online online_merge(Online a, Online b, float scale) {
+    if (b.m == -CUDART_INF_F) return a;
+    if (a.m == -CUDART_INF_F) return b;
+    float m = fmaxf(a.m, b.m);
+    return {m, a.d * __expf((a.m - m) * scale) + b.d * __expf((b.m - m) * scale)};
+}
+
+__device__ Online block_online(Online v, float scale, float* scratch_m, float* scratch_d) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    for (int o = 16; o > 0; o >>= 1) {
+        Online other = {__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.d, o)};
+        v = online_merge(v, other, scale);
+    }
+    __syncthreads();
+    if (lane == 0) {
+        scratch_m[warp] = v.m;
+        scratch_d[warp] = v.d;
+    }
+    __syncthreads();
+    v = lane < warps ? Online{scratch_m[lane], scratch_d[lane]} : Online{-CUDART_INF_F, 0.f};
+    for (int o = 16; o > 0; o >>= 1) {
+        Online other = {__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.d, o)};
+        v = online_merge(v, other, scale);
+    }
+    return v;
+}
+
+// Student row statistics after pass A.
+struct Student {
+    float max, log_zt, log_z1;  // max s; log sum exp((s-max)/T); log sum exp(s-max)
+};
+
+__device__ Student student_pass(const float* s, int V, float inv_t, float* sm, float* sd) {
+    Online at = {-CUDART_INF_F, 0.f}, a1 = {-CUDART_INF_F, 0.f};
+    if ((V & 3) == 0 && (reinterpret_cast<uintptr_t>(s) & 15) == 0) {
+        const float4* s4 = reinterpret_cast<const float4*>(s);
+        for (int i = threadIdx.x; i < (V >> 2); i += blockDim.x) {
+            float4 x = s4[i];
+            at = online_add(at, x.x, inv_t); at = online_add(at, x.y, inv_t);
+            at = online_add(at, x.z, inv_t); at = online_add(at, x.w, inv_t);
+            a1 = online_add(a1, x.x, 1.f); a1 = online_add(a1, x.y, 1.f);
+            a1 = online_add(a1, x.z, 1.f); a1 = online_add(a1, x.w, 1.f);
+        }
+    } else {
+        for (int i = threadIdx.x; i < V; i += blockDim.x) {
+            at = online_add(at, s[i], inv_t);
+            a1 = online_add(a1, s[i], 1.f);
+        }
+    }
+    at = block_online(at, inv_t, sm, sd);
+    a1 = block_online(a1, 1.f, sm, sd);
+    return {at.m, logf(at.d), logf(a1.d)};
+}
+
+template <typename TT>
+__device__ Online teacher_pass(const TT* t, int Vt, float inv_t, float* sm, float* sd) {
+    Online a = {-CUDART_INF_F, 0.f};
+    for (int i = threadIdx.x; i < Vt; i += blockDim.x) a = online_add(a, to_float(t[i]), inv_t);
+    return block_online(a, inv_t, sm, sd);
+}
+
+// Writes the per-row outputs and the hard-label correction; thread 0 only.
+__device__ void finish_row(float* g, int label, float ce, float div, float* row_ce, float* row_div, int row,
+                           const Params& p, float c1) {
+    if (threadIdx.x != 0) return;
+    if (row_ce) row_ce[row] = ce;
+    if (row_div) row_div[row] = div * p.divergence_scale;
+    if (g && label >= 0) g[label] -= c1;
+}
+
+// ------------------------------------------------------------------ dense teacher
+
+template <typename TT>
+__device__ void dense_row(const float* s, float* g, const TT* t, int label, float* row_ce, float* row_div,
+                          int row, int V, int Vt, const Params& p) {
+    __shared__ float sm[MAX_WARPS], sd[MAX_WARPS], red[MAX_WARPS];
+    const float inv_t = 1.f / p.temperature;
+    const float c1 = p.grad_scale * p.alpha;
+    const float cq = p.grad_scale * (1.f - p.alpha) * p.grad_t_factor;
+
+    Student st = student_pass(s, V, inv_t, sm, sd);
+    float ce = label >= 0 ? st.max + st.log_z1 - s[label] : 0.f;  // read before any gradient is written
+    Online te = teacher_pass(t, Vt, inv_t, sm, sd);
+    const float lzp = logf(te.d);
+    __syncthreads();  // every thread has read s[label] before g (maybe == s) changes
+
+    // pass B
+    float acc = 0.f, acc2 = 0.f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float sv = s[j];
+        float lq = (sv - st.max) * inv_t - st.log_zt;
+        float q = __expf(lq);
+        float lp = j < Vt ? (to_float(t[j]) - te.m) * inv_t - lzp : -CUDART_INF_F;
+        float pv = j < Vt ? __expf(lp) : 0.f;
+        if (p.divergence == FORWARD_KL) {
+            if (pv > 0.f) acc += pv * (lp - lq);
+            if (g) g[j] = (c1 != 0.f ? __expf(sv - st.max - st.log_z1) * c1 : 0.f) + (q - pv) * cq;
+        } else if (p.divergence == REVERSE_KL) {
+            if (q > 0.f) acc += q * (lq - fmaxf(lp, LOG_FLOOR));
+        } else {
+            float lm = logf(p.beta * pv + (1.f - p.beta) * q);
+            float gq = (lq - lm) * (1.f - p.beta);
+            if (pv > 0.f) acc += p.beta * pv * (lp - lm);
+            if (q > 0.f) { acc += q * gq; acc2 += q * gq; }
+        }
+    }
+    float value = block_sum(acc, red);
+    float sum_qg = p.divergence == JSD ? block_sum(acc2, red) : 0.f;
+
+    // pass C (reverse KL, JSD): every thread read s[j] for its own j only, so in place is safe
+    if (g && p.divergence != FORWARD_KL) {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) {
+            float sv = s[j];
+            float lq = (sv - st.max) * inv_t - st.log_zt;
+            float q = __expf(lq);
+            float lp = j < Vt ? (to_float(t[j]) - te.m) * inv_t - lzp : -CUDART_INF_F;
+            float w;
+            if (p.divergence == REVERSE_KL) {
+                w = lq - fmaxf(lp, LOG_FLOOR) - value;
+            } else {
+                float pv = j < Vt ? __expf(lp) : 0.f;
+                float gq = q > 0.f ? (lq - logf(p.beta * pv + (1.f - p.beta) * q)) * (1.f - p.beta) : 0.f;
+                w = gq - sum_qg;
+            }
+            g[j] = (c1 != 0.f ? __expf(sv - st.max - st.log_z1) * c1 : 0.f) + q * w * cq;
+        }
+    }
+    __syncthreads();  // all gradient writes of the row happen before thread 0 fixes the label column
+    finish_row(g, label, ce, value, row_ce, row_div, row, p, c1);
+}
+
+template <typename TT>
+__device__ void dense_entry(const float* s, float* g, const TT* t, const int* labels, float* row_ce,
+                            float* row_div, int n, int V, int Vt, const Params& p) {
+    const int row = blockIdx.x;
+    if (row >= n) return;
+    const int label = labels ? labels[row] : -1;
+    const float* srow = s + (size_t)row * V;
+    float* grow = g ? g + (size_t)row * V : nullptr;
+    if (labels && label == p.ignore_index) {
+        if (grow) for (int j = threadIdx.x; j < V; j += blockDim.x) grow[j] = 0.f;
+        if (threadIdx.x == 0) {
+            if (row_ce) row_ce[row] = 0.f;
+            if (row_div) row_div[row] = 0.f;
+        }
+        return;
+    }
+    dense_row(srow, grow, t + (size_t)row * Vt, label, row_ce, row_div, row, V, Vt, p);
+}
+
+// ------------------------------------------------------------------ sampled teacher (forward KL)
+
+// p_hat_j = sum_s w_s [id_s = j]; divergence reported as the cross-entropy -sum p_hat log q;
+// dL/ds_j = (1/T)(q_j sum(w) - p_hat_j), scaled like the CPU kernel.
+__device__ void sampled_entry(const float* s, float* g, const int* ids, const float* weights, const int* labels,
+                              float* row_ce, float* row_div, int n, int V, int samples, const Params& p) {
+    __shared__ float sm[MAX_WARPS], sd[MAX_WARPS], red[MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= n) return;
+    const int label = labels ? labels[row] : -1;
+    const float* srow = s + (size_t)row * V;
+    float* grow = g ? g + (size_t)row * V : nullptr;
+    if (labels && label == p.ignore_index) {
+        if (grow) for (int j = threadIdx.x; j < V; j += blockDim.x) grow[j] = 0.f;
+        if (threadIdx.x == 0) {
+            if (row_ce) row_ce[row] = 0.f;
+            if (row_div) row_div[row] = 0.f;
+        }
+        return;
+    }
+    const float inv_t = 1.f / p.temperature;
+    const float c1 = p.grad_scale * p.alpha;
+    const float cq = p.grad_scale * (1.f - p.alpha) * p.grad_t_factor;
+    Student st = student_pass(srow, V, inv_t, sm, sd);
+    float ce = label >= 0 ? st.max + st.log_z1 - srow[label] : 0.f;
+    const int* rid = ids + (size_t)row * samples;
+    const float* rw = weights + (size_t)row * samples;
+    float wsum = 0.f, xent = 0.f;
+    for (int i = threadIdx.x; i < samples; i += blockDim.x) {
+        float lq = (srow[rid[i]] - st.max) * inv_t - st.log_zt;
+        wsum += rw[i];
+        xent -= rw[i] * lq;
+    }
+    wsum = block_sum(wsum, red);
+    xent = block_sum(xent, red);  // every s value needed is read before the barrier inside block_sum
+    if (grow) {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) {
+            float x = srow[j] - st.max;
+            grow[j] = (c1 != 0.f ? __expf(x - st.log_z1) * c1 : 0.f) + __expf(x * inv_t - st.log_zt) * cq * wsum;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {  // repeated ids accumulate; one thread keeps it race-free
+            for (int i = 0; i < samples; i++) grow[rid[i]] -= cq * rw[i];
+        }
+        __syncthreads();
+    }
+    finish_row(grow, label, ce, xent, row_ce, row_div, row, p, c1);
+}
+
+}  // namespace distill
+
+// C entry points for cuModuleGetFunction; one per teacher layout.
+extern "C" {
+
+DISTILL_LAUNCH void distill_dense_f32(const float* s, float* g, const float* t, const int* labels, float* row_ce,
+                                      float* row_div, int n, int V, int Vt, distill::Params p) {
+    distill::dense_entry(s, g, t, labels, row_ce, row_div, n, V, Vt, p);
+}
+
+DISTILL_LAUNCH void distill_dense_f16(const float* s, float* g, const __half* t, const int* labels, float* row_ce,
+                                      float* row_div, int n, int V, int Vt, distill::Params p) {
+    distill::dense_entry(s, g, t, labels, row_ce, row_div, n, V, Vt, p);
+}
+
+DISTILL_LAUNCH void distill_dense_bf16(const float* s, float* g, const __nv_bfloat16* t, const int* labels,
+                                       float* row_ce, float* row_div, int n, int V, int Vt, distill::Params p) {
+    distill::dense_entry(s, g, t, labels, row_ce, row_div, n, V, Vt, p);
+}
+
+DISTILL_LAUNCH void distill_sampled(const float* s, float* g, const int* ids, const float* weights, const int* labels,
+                                    float* row_ce, float* row_div, int n, int V, int samples, distill::Params p) {
+    distill::sampled_entry(s, g, ids, weights, labels, row_ce, row_div, n, V, samples, p);
+}
+
+}  // extern "C"
