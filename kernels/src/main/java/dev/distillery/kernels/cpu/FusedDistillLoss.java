@@ -16,7 +16,10 @@ import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.TeacherTargets;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.IntVector;
+import jdk.incubator.vector.ShortVector;
 import jdk.incubator.vector.VectorMask;
+import jdk.incubator.vector.VectorSpecies;
 import jdk.incubator.vector.VectorOperators;
 
 /**
@@ -38,6 +41,20 @@ import jdk.incubator.vector.VectorOperators;
 final class FusedDistillLoss {
 
     static final int BLOCK = 2048;
+    private static final java.lang.foreign.ValueLayout.OfShort SHORT = java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED;
+    /** Shorts at half the float width (so one short vector widens to one float vector) and ints at full width. */
+    private static final VectorSpecies<Short> HALF_SPECIES = switch (SPECIES.vectorBitSize()) {
+        case 512 -> ShortVector.SPECIES_256;
+        case 256 -> ShortVector.SPECIES_128;
+        default -> ShortVector.SPECIES_64;
+    };
+    private static final VectorSpecies<Integer> INT_SPECIES = switch (SPECIES.vectorBitSize()) {
+        case 512 -> IntVector.SPECIES_512;
+        case 256 -> IntVector.SPECIES_256;
+        default -> IntVector.SPECIES_128;
+    };
+    /** Per-thread staging for fp16 teacher logits. */
+    private static final ThreadLocal<short[]> RAW = ThreadLocal.withInitial(() -> new short[BLOCK]);
     /** log of fp32's smallest normal: reverse KL charges zero teacher mass at this log-probability. */
     private static final float LOG_FLOOR = (float) Math.log(Float.MIN_NORMAL);
 
@@ -51,6 +68,8 @@ final class FusedDistillLoss {
     /** Per-thread buffers. */
     private static final class Scratch {
         final float[] teacher = new float[BLOCK];
+        /** Per-block q, p, softmax(s) (or log m for JSD): filled by one-exp loops, combined by a loop with none. */
+        final float[] qb = new float[BLOCK], pb = new float[BLOCK], sb = new float[BLOCK], lb = new float[BLOCK];
         int[] marks = new int[0];
         int markRow;
         float[] q = new float[0], lq = new float[0], p = new float[0], lp = new float[0];
@@ -165,32 +184,60 @@ final class FusedDistillLoss {
                 }
                 m = bm;
             }
-            FloatVector accT = FloatVector.zero(SPECIES), acc1 = FloatVector.zero(SPECIES);
-            int i = 0;
-            for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                FloatVector x = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(m);
-                acc1 = acc1.add(VectorOps.exp(x));
-                accT = accT.add(VectorOps.exp(x.mul(invT)));
+            int power = integerTemperature(invT);
+            if (power > 0) {
+                float[] sums = VectorOps.expSumAndPower(s, o, len, m, invT, power);
+                zt += sums[0];
+                z1 += sums[1];
+            } else {
+                zt += VectorOps.expSumAffine(s, o, len, m, invT);
+                z1 += VectorOps.expSumAffine(s, o, len, m, 1f);
             }
-            float sT = VectorOps.sumLanes(accT), s1 = VectorOps.sumLanes(acc1);
-            for (; i < len; i++) {
-                float x = get(s, o + i) - m;
-                s1 += VectorOps.exp(x);
-                sT += VectorOps.exp(x * invT);
-            }
-            zt += sT;
-            z1 += s1;
         }
         return new Student(m, (float) Math.log(zt), (float) Math.log(z1));
+    }
+
+    /**
+     * T when the temperature is a small integer (1..8), else 0. Then softmax(s) = e^T / Z1 with
+     * e = exp((s − max)/T) already computed for softmax(s/T): one exp per element serves both.
+     */
+    static int integerTemperature(float invT) {
+        float t = 1f / invT;
+        return t == Math.rint(t) && t >= 1 && t <= 8 && invT == 1f / t ? (int) t : 0;
+    }
+
+    /** sc.sb = softmax(s) for one block, from sc.qb = softmax(s/T) when T is an integer, else by its own exp. */
+    private static void hardLabelSoftmax(MemorySegment s, long o, int len, float ms, float invT, float lzq, float lz1, Scratch sc) {
+        int power = integerTemperature(invT);
+        if (power > 0) {
+            // e = q · Z_T ≤ 1, softmax(s) = e^T / Z_1
+            VectorOps.powerScaled(sc.qb, len, (float) Math.exp(lzq), power, (float) Math.exp(-lz1), sc.sb);
+        } else {
+            VectorOps.expAffine(s, o, len, ms, 1f, lz1, sc.sb);
+        }
     }
 
     /** Loads teacher columns [j0, j0 + len) of a dense row into buf as fp32; columns ≥ vt get −inf. */
     private static void loadTeacher(TeacherTargets.Dense d, long to, int j0, int len, float[] buf) {
         int real = Math.max(0, Math.min(len, d.vocab() - j0));
+        MemorySegment t = d.logits();
+        long base = to + j0;
         switch (d.type()) {
-            case F32 -> MemorySegment.copy(d.logits(), F32, (to + j0) * 4L, buf, 0, real);
-            case F16, BF16 -> {
-                for (int i = 0; i < real; i++) buf[i] = d.type().read(d.logits(), to + j0 + i);
+            case F32 -> MemorySegment.copy(t, F32, base * 4L, buf, 0, real);
+            case BF16 -> {
+                // bf16 is the top half of an fp32: widen 16-bit lanes to 32 and shift them up
+                int i = 0;
+                for (int bound = SPECIES.loopBound(real); i < bound; i += LANES) {
+                    ShortVector h = ShortVector.fromMemorySegment(HALF_SPECIES, t, (base + i) * 2L, ORDER);
+                    ((IntVector) h.convertShape(VectorOperators.S2I, INT_SPECIES, 0)).lanewise(VectorOperators.LSHL, 16)
+                            .reinterpretAsFloats().intoArray(buf, i);
+                }
+                for (; i < real; i++) buf[i] = Float.intBitsToFloat(t.getAtIndex(SHORT, base + i) << 16);
+            }
+            case F16 -> {
+                short[] raw = RAW.get();
+                MemorySegment.copy(t, SHORT, base * 2L, raw, 0, real);
+                for (int i = 0; i < real; i++) buf[i] = Float.float16ToFloat(raw[i]);
             }
         }
         if (real < len) Arrays.fill(buf, real, len, Float.NEGATIVE_INFINITY);
@@ -208,30 +255,22 @@ final class FusedDistillLoss {
         for (int j0 = 0; j0 < d.vocab(); j0 += BLOCK) {
             int len = Math.min(BLOCK, d.vocab() - j0);
             loadTeacher(d, to, j0, len, tb);
-            float bm = Float.NEGATIVE_INFINITY;
-            for (int i = 0; i < len; i++) bm = Math.max(bm, tb[i]);
+            float bm = VectorOps.max(tb, len);
             if (bm > mt) {
                 if (mt != Float.NEGATIVE_INFINITY) zt *= Math.exp((mt - bm) * (double) invT);
                 mt = bm;
             }
             if (mt == Float.NEGATIVE_INFINITY) continue;
-            FloatVector acc = FloatVector.zero(SPECIES);
-            int i = 0;
-            for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                acc = acc.add(VectorOps.exp(FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT)));
-            }
-            float sum = VectorOps.sumLanes(acc);
-            for (; i < len; i++) sum += VectorOps.exp((tb[i] - mt) * invT);
-            zt += sum;
+            zt += VectorOps.expSumAffine(tb, len, mt, invT);
         }
         if (mt == Float.NEGATIVE_INFINITY || Float.isNaN(mt) || mt == Float.POSITIVE_INFINITY) {
             throw new IllegalArgumentException("teacher row " + r + " has no finite maximum logit (max = " + mt + ")");
         }
         RowMath m = new RowMath(st.max(), st.logZt(), st.logZ1(), mt, (float) Math.log(zt), invT, c1, cq);
         return switch (o.divergence()) {
-            case Divergence.ForwardKl ignored -> m.forwardKl(s, so, g, d, to, v, tb);
-            case Divergence.ReverseKl ignored -> m.reverseKl(s, so, g, d, to, v, tb);
-            case Divergence.Jsd jsd -> m.jsd(s, so, g, d, to, v, tb, (float) jsd.beta());
+            case Divergence.ForwardKl ignored -> m.forwardKl(s, so, g, d, to, v, sc);
+            case Divergence.ReverseKl ignored -> m.reverseKl(s, so, g, d, to, v, sc);
+            case Divergence.Jsd jsd -> m.jsd(s, so, g, d, to, v, sc, (float) jsd.beta());
         };
     }
 
@@ -241,62 +280,57 @@ final class FusedDistillLoss {
      */
     private record RowMath(float ms, float lzq, float lz1, float mt, float lzp, float invT, float c1, float cq) {
 
-        float forwardKl(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, float[] tb) {
+        /** Fills sc.qb = q, sc.pb = p and (when the CE term is on) sc.sb = softmax(s) for one block. */
+        private void block(MemorySegment s, long o, int len, Scratch sc) {
+            VectorOps.expAffine(s, o, len, ms, invT, lzq, sc.qb);
+            VectorOps.expAffine(sc.teacher, len, mt, invT, lzp, sc.pb);
+            if (c1 != 0f) hardLabelSoftmax(s, o, len, ms, invT, lzq, lz1, sc);
+        }
+
+        /** Writes g = c1 · softmax(s) + cq · q · w, with w from wOf, for one block. */
+        private FloatVector ce(FloatVector gv, Scratch sc, int i) {
+            return c1 != 0f ? FloatVector.fromArray(SPECIES, sc.sb, i).mul(c1).add(gv) : gv;
+        }
+
+        float forwardKl(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, Scratch sc) {
             double kl = 0;
+            float[] tb = sc.teacher, qb = sc.qb, pb = sc.pb, sb = sc.sb;
             for (int j0 = 0; j0 < v; j0 += BLOCK) {
                 int len = Math.min(BLOCK, v - j0);
                 loadTeacher(d, to, j0, len, tb);
                 long o = so + j0;
+                block(s, o, len, sc);
                 FloatVector acc = FloatVector.zero(SPECIES);
                 int i = 0;
                 for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
                     FloatVector sv = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER);
                     FloatVector lq = sv.sub(ms).mul(invT).sub(lzq);
                     FloatVector lp = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT).sub(lzp);
-                    FloatVector q = VectorOps.exp(lq), p = VectorOps.exp(lp);
-                    VectorMask<Float> some = p.compare(VectorOperators.GT, 0f);
-                    acc = acc.add(p.mul(lp.sub(lq)), some);
-                    if (g != null) {
-                        FloatVector gv = q.sub(p).mul(cq);
-                        if (c1 != 0f) gv = VectorOps.exp(sv.sub(ms).sub(lz1)).mul(c1).add(gv);
-                        gv.intoMemorySegment(g, (o + i) * 4L, ORDER);
-                    }
+                    FloatVector q = FloatVector.fromArray(SPECIES, qb, i), p = FloatVector.fromArray(SPECIES, pb, i);
+                    acc = acc.add(p.mul(lp.sub(lq)).blend(0f, p.compare(VectorOperators.LE, 0f)));
+                    if (g != null) ce(q.sub(p).mul(cq), sc, i).intoMemorySegment(g, (o + i) * 4L, ORDER);
                 }
                 float sum = VectorOps.sumLanes(acc);
                 for (; i < len; i++) {
-                    float sv = get(s, o + i);
-                    float lq = (sv - ms) * invT - lzq, lp = (tb[i] - mt) * invT - lzp;
-                    float q = VectorOps.exp(lq), p = VectorOps.exp(lp);
-                    if (p > 0f) sum += p * (lp - lq);
-                    if (g != null) set(g, o + i, (c1 != 0f ? VectorOps.exp(sv - ms - lz1) * c1 : 0f) + (q - p) * cq);
+                    float lq = (get(s, o + i) - ms) * invT - lzq, lp = (tb[i] - mt) * invT - lzp;
+                    if (pb[i] > 0f) sum += pb[i] * (lp - lq);
+                    if (g != null) set(g, o + i, (c1 != 0f ? sb[i] * c1 : 0f) + (qb[i] - pb[i]) * cq);
                 }
                 kl += sum;
             }
             return (float) kl;
         }
 
-        float reverseKl(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, float[] tb) {
+        float reverseKl(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, Scratch sc) {
             // pass B: RKL = Σ q (lq − max(lp, floor))
             double rkl = 0;
+            float[] tb = sc.teacher, qb = sc.qb;
             for (int j0 = 0; j0 < v; j0 += BLOCK) {
                 int len = Math.min(BLOCK, v - j0);
                 loadTeacher(d, to, j0, len, tb);
                 long o = so + j0;
-                FloatVector acc = FloatVector.zero(SPECIES);
-                int i = 0;
-                for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                    FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzq);
-                    FloatVector lp = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT).sub(lzp).max(LOG_FLOOR);
-                    FloatVector q = VectorOps.exp(lq);
-                    acc = acc.add(q.mul(lq.sub(lp)), q.compare(VectorOperators.GT, 0f));
-                }
-                float sum = VectorOps.sumLanes(acc);
-                for (; i < len; i++) {
-                    float lq = (get(s, o + i) - ms) * invT - lzq, lp = Math.max((tb[i] - mt) * invT - lzp, LOG_FLOOR);
-                    float q = VectorOps.exp(lq);
-                    if (q > 0f) sum += q * (lq - lp);
-                }
-                rkl += sum;
+                VectorOps.expAffine(s, o, len, ms, invT, lzq, qb);
+                rkl += rklBlock(s, o, len, tb, qb, 0f, null, sc);
             }
             if (g == null) return (float) rkl;
             // pass C: dL/ds = cq · q (lq − lp − RKL) + CE
@@ -305,56 +339,68 @@ final class FusedDistillLoss {
                 int len = Math.min(BLOCK, v - j0);
                 loadTeacher(d, to, j0, len, tb);
                 long o = so + j0;
-                int i = 0;
-                for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                    FloatVector sv = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER);
-                    FloatVector lq = sv.sub(ms).mul(invT).sub(lzq);
-                    FloatVector lp = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT).sub(lzp).max(LOG_FLOOR);
-                    FloatVector q = VectorOps.exp(lq);
-                    FloatVector gv = q.mul(lq.sub(lp).sub(total)).mul(cq);
-                    if (c1 != 0f) gv = VectorOps.exp(sv.sub(ms).sub(lz1)).mul(c1).add(gv);
-                    gv.intoMemorySegment(g, (o + i) * 4L, ORDER);
-                }
-                for (; i < len; i++) {
-                    float sv = get(s, o + i);
-                    float lq = (sv - ms) * invT - lzq, lp = Math.max((tb[i] - mt) * invT - lzp, LOG_FLOOR);
-                    float q = VectorOps.exp(lq);
-                    set(g, o + i, (c1 != 0f ? VectorOps.exp(sv - ms - lz1) * c1 : 0f) + q * (lq - lp - total) * cq);
-                }
+                VectorOps.expAffine(s, o, len, ms, invT, lzq, qb);
+                if (c1 != 0f) hardLabelSoftmax(s, o, len, ms, invT, lzq, lz1, sc);
+                rklBlock(s, o, len, tb, qb, total, g, sc);
             }
             return total;
         }
 
-        float jsd(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, float[] tb, float beta) {
+        /** Σ q (lq − lp) over a block; with g, writes cq · q (lq − lp − total) + CE instead of summing. */
+        private float rklBlock(MemorySegment s, long o, int len, float[] tb, float[] qb, float total, MemorySegment g, Scratch sc) {
+            FloatVector acc = FloatVector.zero(SPECIES);
+            int i = 0;
+            for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+                FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzq);
+                FloatVector lp = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT).sub(lzp).max(LOG_FLOOR);
+                FloatVector q = FloatVector.fromArray(SPECIES, qb, i);
+                if (g == null) acc = acc.add(q.mul(lq.sub(lp)).blend(0f, q.compare(VectorOperators.LE, 0f)));
+                else ce(q.mul(lq.sub(lp).sub(total)).mul(cq), sc, i).intoMemorySegment(g, (o + i) * 4L, ORDER);
+            }
+            float sum = VectorOps.sumLanes(acc);
+            for (; i < len; i++) {
+                float lq = (get(s, o + i) - ms) * invT - lzq, lp = Math.max((tb[i] - mt) * invT - lzp, LOG_FLOOR);
+                if (g == null) {
+                    if (qb[i] > 0f) sum += qb[i] * (lq - lp);
+                } else {
+                    set(g, o + i, (c1 != 0f ? sc.sb[i] * c1 : 0f) + qb[i] * (lq - lp - total) * cq);
+                }
+            }
+            return sum;
+        }
+
+        float jsd(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, Scratch sc, float beta) {
             // pass B: JSD and S = Σ q · (1−β) log(q/m), m = β p + (1−β) q
             double value = 0, sumQg = 0;
             float ob = 1f - beta;
+            float[] tb = sc.teacher, qb = sc.qb, pb = sc.pb, lm = sc.lb;
             for (int j0 = 0; j0 < v; j0 += BLOCK) {
                 int len = Math.min(BLOCK, v - j0);
                 loadTeacher(d, to, j0, len, tb);
                 long o = so + j0;
+                VectorOps.expAffine(s, o, len, ms, invT, lzq, qb);
+                VectorOps.expAffine(tb, len, mt, invT, lzp, pb);
+                VectorOps.logMix(pb, beta, qb, ob, len, lm);
                 FloatVector accV = FloatVector.zero(SPECIES), accS = FloatVector.zero(SPECIES);
                 int i = 0;
                 for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
                     FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzq);
                     FloatVector lp = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT).sub(lzp);
-                    FloatVector q = VectorOps.exp(lq), p = VectorOps.exp(lp);
-                    FloatVector lm = VectorOps.log(p.mul(beta).add(q.mul(ob)));
-                    VectorMask<Float> hasP = p.compare(VectorOperators.GT, 0f), hasQ = q.compare(VectorOperators.GT, 0f);
-                    FloatVector gq = lq.sub(lm).mul(ob);
-                    accV = accV.add(p.mul(lp.sub(lm)).mul(beta), hasP).add(q.mul(gq), hasQ);
-                    accS = accS.add(q.mul(gq), hasQ);
+                    FloatVector q = FloatVector.fromArray(SPECIES, qb, i), p = FloatVector.fromArray(SPECIES, pb, i);
+                    FloatVector lmv = FloatVector.fromArray(SPECIES, lm, i);
+                    VectorMask<Float> noQ = q.compare(VectorOperators.LE, 0f);
+                    FloatVector qg = q.mul(lq.sub(lmv).mul(ob)).blend(0f, noQ);
+                    accV = accV.add(p.mul(lp.sub(lmv)).mul(beta).blend(0f, p.compare(VectorOperators.LE, 0f))).add(qg);
+                    accS = accS.add(qg);
                 }
                 float sv = VectorOps.sumLanes(accV), ss = VectorOps.sumLanes(accS);
                 for (; i < len; i++) {
                     float lq = (get(s, o + i) - ms) * invT - lzq, lp = (tb[i] - mt) * invT - lzp;
-                    float q = VectorOps.exp(lq), p = VectorOps.exp(lp);
-                    float lm = VectorOps.log(p * beta + q * ob);
-                    float gq = (lq - lm) * ob;
-                    if (p > 0f) sv += p * (lp - lm) * beta;
-                    if (q > 0f) {
-                        sv += q * gq;
-                        ss += q * gq;
+                    float gq = (lq - lm[i]) * ob;
+                    if (pb[i] > 0f) sv += pb[i] * (lp - lm[i]) * beta;
+                    if (qb[i] > 0f) {
+                        sv += qb[i] * gq;
+                        ss += qb[i] * gq;
                     }
                 }
                 value += sv;
@@ -367,24 +413,21 @@ final class FusedDistillLoss {
                 int len = Math.min(BLOCK, v - j0);
                 loadTeacher(d, to, j0, len, tb);
                 long o = so + j0;
+                VectorOps.expAffine(s, o, len, ms, invT, lzq, qb);
+                VectorOps.expAffine(tb, len, mt, invT, lzp, pb);
+                VectorOps.logMix(pb, beta, qb, ob, len, lm);
+                if (c1 != 0f) hardLabelSoftmax(s, o, len, ms, invT, lzq, lz1, sc);
                 int i = 0;
                 for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                    FloatVector sv = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER);
-                    FloatVector lq = sv.sub(ms).mul(invT).sub(lzq);
-                    FloatVector lp = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT).sub(lzp);
-                    FloatVector q = VectorOps.exp(lq), p = VectorOps.exp(lp);
-                    FloatVector lm = VectorOps.log(p.mul(beta).add(q.mul(ob)));
-                    FloatVector gq = lq.sub(lm).mul(ob).blend(0f, q.compare(VectorOperators.LE, 0f));
-                    FloatVector gv = q.mul(gq.sub(sq)).mul(cq);
-                    if (c1 != 0f) gv = VectorOps.exp(sv.sub(ms).sub(lz1)).mul(c1).add(gv);
-                    gv.intoMemorySegment(g, (o + i) * 4L, ORDER);
+                    FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzq);
+                    FloatVector q = FloatVector.fromArray(SPECIES, qb, i);
+                    FloatVector gq = lq.sub(FloatVector.fromArray(SPECIES, lm, i)).mul(ob).blend(0f, q.compare(VectorOperators.LE, 0f));
+                    ce(q.mul(gq.sub(sq)).mul(cq), sc, i).intoMemorySegment(g, (o + i) * 4L, ORDER);
                 }
                 for (; i < len; i++) {
-                    float sv = get(s, o + i);
-                    float lq = (sv - ms) * invT - lzq, lp = (tb[i] - mt) * invT - lzp;
-                    float q = VectorOps.exp(lq), p = VectorOps.exp(lp);
-                    float gq = q > 0f ? (lq - VectorOps.log(p * beta + q * ob)) * ob : 0f;
-                    set(g, o + i, (c1 != 0f ? VectorOps.exp(sv - ms - lz1) * c1 : 0f) + q * (gq - sq) * cq);
+                    float lq = (get(s, o + i) - ms) * invT - lzq;
+                    float gq = qb[i] > 0f ? (lq - lm[i]) * ob : 0f;
+                    set(g, o + i, (c1 != 0f ? sc.sb[i] * c1 : 0f) + qb[i] * (gq - sq) * cq);
                 }
             }
             return (float) value;
@@ -398,21 +441,19 @@ final class FusedDistillLoss {
      * no sparse entry lists); the listed columns are fixed up by the caller.
      */
     private static void sharedGradient(MemorySegment s, long so, MemorySegment g, int v, Student st, float invT,
-                                       float c1, float cqw) {
+                                       float c1, float cqw, Scratch sc) {
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
+            VectorOps.expAffine(s, o, len, st.max(), invT, st.logZt(), sc.qb);
+            if (c1 != 0f) hardLabelSoftmax(s, o, len, st.max(), invT, st.logZt(), st.logZ1(), sc);
             int i = 0;
             for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                FloatVector x = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(st.max());
-                FloatVector gv = VectorOps.exp(x.mul(invT).sub(st.logZt())).mul(cqw);
-                if (c1 != 0f) gv = VectorOps.exp(x.sub(st.logZ1())).mul(c1).add(gv);
+                FloatVector gv = FloatVector.fromArray(SPECIES, sc.qb, i).mul(cqw);
+                if (c1 != 0f) gv = FloatVector.fromArray(SPECIES, sc.sb, i).mul(c1).add(gv);
                 gv.intoMemorySegment(g, (o + i) * 4L, ORDER);
             }
-            for (; i < len; i++) {
-                float x = get(s, o + i) - st.max();
-                set(g, o + i, (c1 != 0f ? VectorOps.exp(x - st.logZ1()) * c1 : 0f) + VectorOps.exp(x * invT - st.logZt()) * cqw);
-            }
+            for (; i < len; i++) set(g, o + i, (c1 != 0f ? sc.sb[i] * c1 : 0f) + sc.qb[i] * cqw);
         }
     }
 
@@ -470,12 +511,12 @@ final class FusedDistillLoss {
         // The teacher's tail is its mass outside the top-k within its own vocabulary: none when
         // renormalizing or when k covers that vocabulary (student padding columns hold no teacher mass).
         double pTail = renormalize || k == t.vocab() ? 0 : tailAtShard;
-        double logRenormZ = Math.log(renormZ), logKept = Math.log(1 - tailAtShard);
+        double logRenormZ = Math.log(renormZ), logKept = Math.log(1 - tailAtShard), invTd = 1.0 / o.temperature();
         for (int i = 0; i < k; i++) {
             double lp;  // log p, in float64 from the stored logit (log of a rounded p would lose digits near p = 1)
-            if (renormalize) lp = (sc.p[i] - maxT) * (double) invT - logRenormZ;
-            else if (sameT) lp = sc.p[i] * (double) invT - lse;
-            else lp = logKept + (sc.p[i] - maxT) * (double) invT - logRenormZ;
+            if (renormalize) lp = (sc.p[i] - maxT) * invTd - logRenormZ;
+            else if (sameT) lp = sc.p[i] * invTd - lse;
+            else lp = logKept + (sc.p[i] - maxT) * invTd - logRenormZ;
             sc.lp[i] = (float) lp;
             sc.p[i] = (float) Math.exp(lp);
         }
@@ -534,7 +575,7 @@ final class FusedDistillLoss {
             }
         }
         if (g != null) {
-            sharedGradient(s, so, g, v, st, invT, c1, (float) (cq * wTail));
+            sharedGradient(s, so, g, v, st, invT, c1, (float) (cq * wTail), sc);
             for (int i = 0; i < k; i++) {
                 long idx = so + t.ids().getAtIndex(I32, base + i);
                 double fix = o.divergence() instanceof Divergence.ForwardKl
@@ -568,7 +609,7 @@ final class FusedDistillLoss {
         }
         // H(p̂, q) = −Σ p̂ log q; dH/ds_j = (1/T)(q_j Σw − p̂_j)
         if (g != null) {
-            sharedGradient(s, so, g, v, st, invT, c1, (float) (cq * weightSum));
+            sharedGradient(s, so, g, v, st, invT, c1, (float) (cq * weightSum), sc);
             for (int i = 0; i < n; i++) {
                 long idx = so + t.ids().getAtIndex(I32, base + i);
                 set(g, idx, get(g, idx) - cq * get(t.weights(), base + i));

@@ -7,6 +7,7 @@ import java.nio.ByteOrder;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.VectorMask;
+import jdk.incubator.vector.VectorShape;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorSpecies;
 
@@ -27,7 +28,12 @@ import jdk.incubator.vector.VectorSpecies;
  */
 final class VectorOps {
 
-    static final VectorSpecies<Float> SPECIES = FloatVector.SPECIES_PREFERRED;
+    /** The machine's preferred vector width, or {@code -Ddistillery.vectorBits=128|256|512}. */
+    static final VectorSpecies<Float> SPECIES = species(Integer.getInteger("distillery.vectorBits", 0));
+
+    private static VectorSpecies<Float> species(int bits) {
+        return bits == 0 ? FloatVector.SPECIES_PREFERRED : VectorSpecies.of(float.class, VectorShape.forBitSize(bits));
+    }
     static final int LANES = SPECIES.length();
     static final ByteOrder ORDER = ByteOrder.nativeOrder();
     static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
@@ -37,7 +43,7 @@ final class VectorOps {
     }
 
     // exp(x) = 2^n · p(r), x = n ln2 + r, |r| ≤ ln2/2; Cephes' expf polynomial (≤ 2 ulp).
-    /** Above this 2^n would need n = 128; such inputs give +inf (callers pass x - max ≤ 0). */
+    /** Inputs are clamped here (2^n with n ≤ 127); callers pass x − max ≤ 0. */
     private static final float EXP_HI = 88.0f;
     private static final float EXP_LO = -87.3365447505531f; // below: exp underflows to 0
     private static final float LOG2E = 1.44269504088896341f;
@@ -46,45 +52,49 @@ final class VectorOps {
     private static final float ROUND = 12582912f; // 1.5 · 2^23: adding it rounds to an integer
     private static final float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f,
             P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
+    private static final FloatVector LOG2E_V = FloatVector.broadcast(SPECIES, LOG2E), ROUND_V = FloatVector.broadcast(SPECIES, ROUND),
+            NEG_LN2_HI_V = FloatVector.broadcast(SPECIES, -LN2_HI), NEG_LN2_LO_V = FloatVector.broadcast(SPECIES, -LN2_LO),
+            P0_V = FloatVector.broadcast(SPECIES, P0), P1_V = FloatVector.broadcast(SPECIES, P1), P2_V = FloatVector.broadcast(SPECIES, P2),
+            P3_V = FloatVector.broadcast(SPECIES, P3), P4_V = FloatVector.broadcast(SPECIES, P4), P5_V = FloatVector.broadcast(SPECIES, P5);
 
-    /** exp of every lane; 0 below -87.34, +inf above 88, NaN stays NaN. Same bits as {@link #exp(float)}. */
+    /**
+     * exp of every lane; 0 below −87.34 (so exp(−inf) = 0 exactly), exp(88) above 88, NaN stays
+     * NaN. Fused multiply-adds throughout: exact in every JIT tier, and half the instructions of
+     * separate multiplies and adds. Same bits as {@link #exp(float)}.
+     */
     static FloatVector exp(FloatVector x) {
         VectorMask<Float> under = x.lt(EXP_LO);
-        VectorMask<Float> over = x.compare(VectorOperators.GT, EXP_HI);
         FloatVector xc = x.max(EXP_LO).min(EXP_HI);
-        FloatVector t = xc.mul(LOG2E).add(ROUND);
+        FloatVector t = xc.fma(LOG2E_V, ROUND_V);
         FloatVector n = t.sub(ROUND);
-        FloatVector r = n.mul(-LN2_HI).add(xc);
-        r = n.mul(-LN2_LO).add(r);
-        FloatVector p = r.mul(P0).add(P1);
-        p = p.mul(r).add(P2);
-        p = p.mul(r).add(P3);
-        p = p.mul(r).add(P4);
-        p = p.mul(r).add(P5);
-        FloatVector y = p.mul(r.mul(r)).add(r).add(1f);
+        FloatVector r = n.fma(NEG_LN2_HI_V, xc);
+        r = n.fma(NEG_LN2_LO_V, r);
+        FloatVector p = r.fma(P0_V, P1_V);
+        p = p.fma(r, P2_V);
+        p = p.fma(r, P3_V);
+        p = p.fma(r, P4_V);
+        p = p.fma(r, P5_V);
+        FloatVector y = p.fma(r.mul(r), r).add(1f);
         IntVector bits = ((IntVector) t.reinterpretAsInts()).sub(0x4B400000 - 127).lanewise(VectorOperators.LSHL, 23);
-        FloatVector scale = (FloatVector) bits.reinterpretAsFloats();
-        FloatVector result = y.mul(scale);
-        return result.blend(0f, under).blend(Float.POSITIVE_INFINITY, over);
+        return y.mul((FloatVector) bits.reinterpretAsFloats()).blend(0f, under);
     }
 
     /** The scalar twin of {@link #exp(FloatVector)}: identical operations, identical bits. */
     static float exp(float x) {
         if (x < EXP_LO) return 0f;
-        if (x > EXP_HI) return Float.POSITIVE_INFINITY;
         if (x != x) return x;
-        float t = x * LOG2E + ROUND;
+        float xc = Math.min(x, EXP_HI);
+        float t = Math.fma(xc, LOG2E, ROUND);
         float n = t - ROUND;
-        float r = n * -LN2_HI + x;
-        r = n * -LN2_LO + r;
-        float p = r * P0 + P1;
-        p = p * r + P2;
-        p = p * r + P3;
-        p = p * r + P4;
-        p = p * r + P5;
-        float y = p * (r * r) + r + 1f;
-        float scale = Float.intBitsToFloat((Float.floatToRawIntBits(t) - (0x4B400000 - 127)) << 23);
-        return y * scale;
+        float r = Math.fma(n, -LN2_HI, xc);
+        r = Math.fma(n, -LN2_LO, r);
+        float p = Math.fma(r, P0, P1);
+        p = Math.fma(p, r, P2);
+        p = Math.fma(p, r, P3);
+        p = Math.fma(p, r, P4);
+        p = Math.fma(p, r, P5);
+        float y = Math.fma(p, r * r, r) + 1f;
+        return y * Float.intBitsToFloat((Float.floatToRawIntBits(t) - (0x4B400000 - 127)) << 23);
     }
 
     // log(x) = e ln2 + log(m), x = m 2^e, m in [√½, √2); Cephes' logf polynomial (≤ 2 ulp).
@@ -231,16 +241,20 @@ final class VectorOps {
         }
     }
 
-    /** max of x[o + i], i < n (n ≥ 1); -inf entries are fine. */
+    /** max of x[o + i], i < n (n ≥ 1); -inf entries are fine. Two accumulators hide the latency of a Java-semantics max. */
     static float max(MemorySegment x, long o, int n) {
         int i = 0;
         float m = Float.NEGATIVE_INFINITY;
         if (n >= LANES) {
-            FloatVector acc = FloatVector.broadcast(SPECIES, Float.NEGATIVE_INFINITY);
+            FloatVector acc = FloatVector.broadcast(SPECIES, Float.NEGATIVE_INFINITY), acc2 = acc;
+            for (int bound = n - 2 * LANES; i <= bound; i += 2 * LANES) {
+                acc = acc.max(FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER));
+                acc2 = acc2.max(FloatVector.fromMemorySegment(SPECIES, x, (o + i + LANES) * 4L, ORDER));
+            }
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
                 acc = acc.max(FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER));
             }
-            m = acc.reduceLanes(VectorOperators.MAX);
+            m = acc.max(acc2).reduceLanes(VectorOperators.MAX);
         }
         for (; i < n; i++) {
             m = Math.max(m, get(x, o + i));
@@ -305,6 +319,125 @@ final class VectorOps {
         for (; i < n; i++) {
             set(g, o + i, (get(g, o + i) - dotAll) * get(p, o + i) * scale);
         }
+    }
+
+    /**
+     * out[i] = exp((x[xo + i] − sub) · mul − sub2), i &lt; n, x a memory segment. One exp per loop:
+     * a loop with several inlined exps exceeds C2's node budget and boxes its vectors.
+     */
+    static void expAffine(MemorySegment x, long xo, int n, float sub, float mul, float sub2, float[] out) {
+        int i = 0;
+        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+            FloatVector v = FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul).sub(sub2);
+            exp(v).intoArray(out, i);
+        }
+        for (; i < n; i++) out[i] = exp((get(x, xo + i) - sub) * mul - sub2);
+    }
+
+    /** out[i] = exp((x[i] − sub) · mul − sub2), i &lt; n, x an array. */
+    static void expAffine(float[] x, int n, float sub, float mul, float sub2, float[] out) {
+        int i = 0;
+        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+            exp(FloatVector.fromArray(SPECIES, x, i).sub(sub).mul(mul).sub(sub2)).intoArray(out, i);
+        }
+        for (; i < n; i++) out[i] = exp((x[i] - sub) * mul - sub2);
+    }
+
+    /** Σ exp((x[xo + i] − sub) · mul), i &lt; n (fp32 lanes, added in lane order). */
+    static float expSumAffine(MemorySegment x, long xo, int n, float sub, float mul) {
+        int i = 0;
+        float sum = 0f;
+        if (n >= LANES) {
+            FloatVector acc = FloatVector.zero(SPECIES);
+            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+                acc = acc.add(exp(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul)));
+            }
+            sum = sumLanes(acc);
+        }
+        for (; i < n; i++) sum += exp((get(x, xo + i) - sub) * mul);
+        return sum;
+    }
+
+    /** Σ exp((x[i] − sub) · mul), i &lt; n, x an array. */
+    static float expSumAffine(float[] x, int n, float sub, float mul) {
+        int i = 0;
+        float sum = 0f;
+        if (n >= LANES) {
+            FloatVector acc = FloatVector.zero(SPECIES);
+            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+                acc = acc.add(exp(FloatVector.fromArray(SPECIES, x, i).sub(sub).mul(mul)));
+            }
+            sum = sumLanes(acc);
+        }
+        for (; i < n; i++) sum += exp((x[i] - sub) * mul);
+        return sum;
+    }
+
+    /**
+     * One exp, two sums: with e = exp((x − sub) · mul), returns {Σ e, Σ e^power} over
+     * x[xo + i], i &lt; n. For an integer temperature T (mul = 1/T, power = T) these are the
+     * normalizers of softmax(x/T) and softmax(x), so the hard-label CE costs no second exp.
+     */
+    static float[] expSumAndPower(MemorySegment x, long xo, int n, float sub, float mul, int power) {
+        int i = 0;
+        float s1 = 0f, sp = 0f;
+        if (n >= LANES) {
+            FloatVector acc = FloatVector.zero(SPECIES), accP = FloatVector.zero(SPECIES);
+            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+                FloatVector e = exp(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
+                FloatVector ep = e;
+                for (int k = 1; k < power; k++) ep = ep.mul(e);
+                acc = acc.add(e);
+                accP = accP.add(ep);
+            }
+            s1 = sumLanes(acc);
+            sp = sumLanes(accP);
+        }
+        for (; i < n; i++) {
+            float e = exp((get(x, xo + i) - sub) * mul), ep = e;
+            for (int k = 1; k < power; k++) ep *= e;
+            s1 += e;
+            sp += ep;
+        }
+        return new float[]{s1, sp};
+    }
+
+    /** out[i] = (x[i] · a)^power · b, i &lt; n: softmax(s) from softmax(s/T) for an integer T. */
+    static void powerScaled(float[] x, int n, float a, int power, float b, float[] out) {
+        int i = 0;
+        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+            FloatVector e = FloatVector.fromArray(SPECIES, x, i).mul(a), ep = e;
+            for (int k = 1; k < power; k++) ep = ep.mul(e);
+            ep.mul(b).intoArray(out, i);
+        }
+        for (; i < n; i++) {
+            float e = x[i] * a, ep = e;
+            for (int k = 1; k < power; k++) ep *= e;
+            out[i] = ep * b;
+        }
+    }
+
+    /** out[i] = log(a · x[i] + b · y[i]), i &lt; n. */
+    static void logMix(float[] x, float a, float[] y, float b, int n, float[] out) {
+        int i = 0;
+        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+            FloatVector m = FloatVector.fromArray(SPECIES, x, i).mul(a).add(FloatVector.fromArray(SPECIES, y, i).mul(b));
+            log(m).intoArray(out, i);
+        }
+        for (; i < n; i++) out[i] = log(x[i] * a + y[i] * b);
+    }
+
+    /** max of x[i], i &lt; n (n ≥ 1), x an array. */
+    static float max(float[] x, int n) {
+        int i = 0;
+        float m = Float.NEGATIVE_INFINITY;
+        if (n >= LANES) {
+            FloatVector acc = FloatVector.broadcast(SPECIES, Float.NEGATIVE_INFINITY);
+            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) acc = acc.max(FloatVector.fromArray(SPECIES, x, i));
+            m = acc.reduceLanes(VectorOperators.MAX);
+        }
+        for (; i < n; i++) m = Math.max(m, x[i]);
+        return m;
     }
 
     /** Σ x², accumulated per vector block in fp32 and across blocks in float64. */
