@@ -71,6 +71,10 @@ final class FusedDistillLoss {
         /** Per-block q, p, softmax(s) (or log m for JSD): filled by one-exp loops, combined by a loop with none. */
         final float[] qb = new float[BLOCK], pb = new float[BLOCK], sb = new float[BLOCK], lb = new float[BLOCK];
         int[] marks = new int[0];
+        /** Running student max used for each block of pass A (when pass A stores e in the gradient buffer). */
+        float[] blockMax = new float[0];
+        /** Student logits at the listed ids of a sparse row, read before pass A may overwrite them. */
+        float[] listed = new float[0];
         int markRow;
         float[] q = new float[0], lq = new float[0], p = new float[0], lp = new float[0];
     }
@@ -154,14 +158,21 @@ final class FusedDistillLoss {
                     + ") and is not the ignore index " + o.ignoreIndex());
         }
         float invT = 1f / o.temperature();
-        Student st = studentPass(s, so, v, invT);
-        float ce = label >= 0 ? st.max() + st.logZ1() - get(s, so + label) : 0f;
+        float sLabel = label >= 0 ? get(s, so + label) : 0f;
+        // Sparse teachers with a gradient: pass A leaves e = exp((s − block max)/T) in the gradient
+        // buffer, so the gradient pass needs no exp (possible when softmax(s) for the CE term can
+        // be had from e, i.e. alpha = 0 or an integer T).
+        boolean sparse = !(teacher instanceof TeacherTargets.Dense);
+        boolean storeE = sparse && g != null && (o.alpha() == 0f || integerTemperature(invT) > 0);
+        if (sparse) readListed(r, s, so, teacher, sc);
+        Student st = studentPass(s, so, v, invT, storeE ? g : null, sc);
+        float ce = label >= 0 ? st.max() + st.logZ1() - sLabel : 0f;
         float c1 = gradScale * o.alpha();                                  // on softmax(s) − onehot
         float cq = gradScale * (1 - o.alpha()) * o.gradientTemperatureFactor(); // on the divergence's (q − target)
         float div = switch (teacher) {
             case TeacherTargets.Dense d -> dense(r, s, so, g, d, v, st, invT, o, c1, cq, sc);
-            case TeacherTargets.TopK k -> topK(r, s, so, g, k, v, st, invT, o, c1, cq, sc);
-            case TeacherTargets.Sampled sm -> sampled(r, s, so, g, sm, v, st, invT, c1, cq, sc);
+            case TeacherTargets.TopK k -> topK(r, s, so, g, k, v, st, invT, o, c1, cq, storeE, sc);
+            case TeacherTargets.Sampled sm -> sampled(r, s, so, g, sm, v, st, invT, c1, cq, storeE, sc);
         };
         if (g != null && label >= 0) set(g, so + label, get(g, so + label) - c1);
         return new float[]{ce, div * o.divergenceScale()};
@@ -169,10 +180,16 @@ final class FusedDistillLoss {
 
     // ---------------------------------------------------------------- pass A
 
-    /** Online max and Σexp for softmax(s/T) and softmax(s) over one student row. */
-    private static Student studentPass(MemorySegment s, long so, int v, float invT) {
+    /**
+     * Online max and Σexp for softmax(s/T) and softmax(s) over one student row. With eOut, also
+     * writes e = exp((s − m_b)/T) for every column, m_b the running max used for its block
+     * (recorded in sc.blockMax): the gradient pass rescales instead of recomputing the exp.
+     */
+    private static Student studentPass(MemorySegment s, long so, int v, float invT, MemorySegment eOut, Scratch sc) {
         float m = Float.NEGATIVE_INFINITY;
         double zt = 0, z1 = 0;
+        int power = integerTemperature(invT);
+        if (eOut != null && sc.blockMax.length < (v + BLOCK - 1) / BLOCK) sc.blockMax = new float[(v + BLOCK - 1) / BLOCK];
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
@@ -184,15 +201,18 @@ final class FusedDistillLoss {
                 }
                 m = bm;
             }
-            int power = integerTemperature(invT);
-            if (power > 0) {
-                float[] sums = VectorOps.expSumAndPower(s, o, len, m, invT, power);
-                zt += sums[0];
-                z1 += sums[1];
+            if (power == 0) z1 += VectorOps.expSumAffine(s, o, len, m, 1f); // before e may overwrite s
+            float[] sums;
+            if (eOut != null) {
+                sc.blockMax[j0 / BLOCK] = m;
+                sums = VectorOps.expSumAndPowerStore(s, o, len, m, invT, Math.max(power, 1), eOut, o);
+            } else if (power > 0) {
+                sums = VectorOps.expSumAndPower(s, o, len, m, invT, power);
             } else {
-                zt += VectorOps.expSumAffine(s, o, len, m, invT);
-                z1 += VectorOps.expSumAffine(s, o, len, m, 1f);
+                sums = new float[]{VectorOps.expSumAffine(s, o, len, m, invT), 0f};
             }
+            zt += sums[0];
+            if (power > 0) z1 += sums[1];
         }
         return new Student(m, (float) Math.log(zt), (float) Math.log(z1));
     }
@@ -441,11 +461,18 @@ final class FusedDistillLoss {
      * no sparse entry lists); the listed columns are fixed up by the caller.
      */
     private static void sharedGradient(MemorySegment s, long so, MemorySegment g, int v, Student st, float invT,
-                                       float c1, float cqw, Scratch sc) {
+                                       float c1, float cqw, boolean storedE, Scratch sc) {
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
-            VectorOps.expAffine(s, o, len, st.max(), invT, st.logZt(), sc.qb);
+            if (storedE) {
+                // q = e · exp((m_b − m)/T − log Z_T), e left in g by pass A
+                float f = (float) Math.exp((sc.blockMax[j0 / BLOCK] - st.max()) * (double) invT - st.logZt());
+                MemorySegment.copy(g, F32, o * 4L, sc.qb, 0, len);
+                VectorOps.scaleArray(sc.qb, len, f);
+            } else {
+                VectorOps.expAffine(s, o, len, st.max(), invT, st.logZt(), sc.qb);
+            }
             if (c1 != 0f) hardLabelSoftmax(s, o, len, st.max(), invT, st.logZt(), st.logZ1(), sc);
             int i = 0;
             for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
@@ -454,6 +481,28 @@ final class FusedDistillLoss {
                 gv.intoMemorySegment(g, (o + i) * 4L, ORDER);
             }
             for (; i < len; i++) set(g, o + i, (c1 != 0f ? sc.sb[i] * c1 : 0f) + sc.qb[i] * cqw);
+        }
+    }
+
+    /** Copies the student logits at a sparse row's listed ids into sc.listed (pass A may overwrite them), checking each id. */
+    private static void readListed(int r, MemorySegment s, long so, TeacherTargets teacher, Scratch sc) {
+        MemorySegment ids;
+        int k, vocab;
+        String what;
+        switch (teacher) {
+            case TeacherTargets.TopK t -> { ids = t.ids(); k = t.k(); vocab = t.vocab(); what = "top-k id "; }
+            case TeacherTargets.Sampled t -> { ids = t.ids(); k = t.samples(); vocab = t.vocab(); what = "sampled id "; }
+            case TeacherTargets.Dense d -> { return; }
+        }
+        if (sc.listed.length < k) sc.listed = new float[k];
+        long base = (long) r * k;
+        for (int i = 0; i < k; i++) {
+            int id = ids.getAtIndex(I32, base + i);
+            if (id < 0 || id >= vocab) {
+                throw new IllegalArgumentException(what + id + " at row " + r + ", entry " + i
+                        + " is outside the teacher vocabulary [0, " + vocab + ")");
+            }
+            sc.listed[i] = get(s, so + id);
         }
     }
 
@@ -471,7 +520,7 @@ final class FusedDistillLoss {
     }
 
     private static float topK(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.TopK t, int v,
-                              Student st, float invT, DistillOptions o, float c1, float cq, Scratch sc) {
+                              Student st, float invT, DistillOptions o, float c1, float cq, boolean storeE, Scratch sc) {
         int k = t.k();
         ensure(sc, k, v, true);
         int mark = ++sc.markRow; // marks[j] == mark ⇔ j listed in this row (no clearing between rows)
@@ -484,15 +533,11 @@ final class FusedDistillLoss {
         double lse = get(t.logsumexp(), r), sumQ = 0, tailAtShard = 1, maxT = Double.NEGATIVE_INFINITY;
         for (int i = 0; i < k; i++) {
             int id = t.ids().getAtIndex(I32, base + i);
-            if (id < 0 || id >= t.vocab()) {
-                throw new IllegalArgumentException("top-k id " + id + " at row " + r + ", entry " + i
-                        + " is outside the teacher vocabulary [0, " + t.vocab() + ")");
-            }
             if (sc.marks[id] == mark) {
                 throw new IllegalArgumentException("top-k id " + id + " appears twice in row " + r);
             }
             sc.marks[id] = mark;
-            float lq = (get(s, so + id) - st.max()) * invT - st.logZt();
+            float lq = (sc.listed[i] - st.max()) * invT - st.logZt();
             sc.lq[i] = lq;
             sc.q[i] = VectorOps.exp(lq);
             sumQ += sc.q[i];
@@ -575,7 +620,7 @@ final class FusedDistillLoss {
             }
         }
         if (g != null) {
-            sharedGradient(s, so, g, v, st, invT, c1, (float) (cq * wTail), sc);
+            sharedGradient(s, so, g, v, st, invT, c1, (float) (cq * wTail), storeE, sc);
             for (int i = 0; i < k; i++) {
                 long idx = so + t.ids().getAtIndex(I32, base + i);
                 double fix = o.divergence() instanceof Divergence.ForwardKl
@@ -588,7 +633,7 @@ final class FusedDistillLoss {
     }
 
     private static float sampled(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Sampled t, int v,
-                                 Student st, float invT, float c1, float cq, Scratch sc) {
+                                 Student st, float invT, float c1, float cq, boolean storeE, Scratch sc) {
         int n = t.samples();
         ensure(sc, n, v, false);
         long base = (long) r * n;
@@ -596,20 +641,16 @@ final class FusedDistillLoss {
         for (int i = 0; i < n; i++) {
             int id = t.ids().getAtIndex(I32, base + i);
             float w = get(t.weights(), base + i);
-            if (id < 0 || id >= t.vocab()) {
-                throw new IllegalArgumentException("sampled id " + id + " at row " + r + ", sample " + i
-                        + " is outside the teacher vocabulary [0, " + t.vocab() + ")");
-            }
             if (!(w >= 0) || Float.isInfinite(w)) {
                 throw new IllegalArgumentException("sampled weight " + w + " at row " + r + ", sample " + i + " is not a finite non-negative number");
             }
-            float lq = (get(s, so + id) - st.max()) * invT - st.logZt();
+            float lq = (sc.listed[i] - st.max()) * invT - st.logZt();
             crossEntropy -= w * (double) lq;
             weightSum += w;
         }
         // H(p̂, q) = −Σ p̂ log q; dH/ds_j = (1/T)(q_j Σw − p̂_j)
         if (g != null) {
-            sharedGradient(s, so, g, v, st, invT, c1, (float) (cq * weightSum), sc);
+            sharedGradient(s, so, g, v, st, invT, c1, (float) (cq * weightSum), storeE, sc);
             for (int i = 0; i < n; i++) {
                 long idx = so + t.ids().getAtIndex(I32, base + i);
                 set(g, idx, get(g, idx) - cq * get(t.weights(), base + i));

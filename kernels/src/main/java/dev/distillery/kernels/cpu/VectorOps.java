@@ -402,6 +402,37 @@ final class VectorOps {
         return new float[]{s1, sp};
     }
 
+    /**
+     * Like {@link #expSumAndPower}, and also writes e to out[oo + i] (out may alias x: each
+     * element is read before it is written).
+     */
+    static float[] expSumAndPowerStore(MemorySegment x, long xo, int n, float sub, float mul, int power,
+                                       MemorySegment out, long oo) {
+        int i = 0;
+        float s1 = 0f, sp = 0f;
+        if (n >= LANES) {
+            FloatVector acc = FloatVector.zero(SPECIES), accP = FloatVector.zero(SPECIES);
+            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+                FloatVector e = exp(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
+                e.intoMemorySegment(out, (oo + i) * 4L, ORDER);
+                FloatVector ep = e;
+                for (int k = 1; k < power; k++) ep = ep.mul(e);
+                acc = acc.add(e);
+                accP = accP.add(ep);
+            }
+            s1 = sumLanes(acc);
+            sp = sumLanes(accP);
+        }
+        for (; i < n; i++) {
+            float e = exp((get(x, xo + i) - sub) * mul), ep = e;
+            set(out, oo + i, e);
+            for (int k = 1; k < power; k++) ep *= e;
+            s1 += e;
+            sp += ep;
+        }
+        return new float[]{s1, sp};
+    }
+
     /** out[i] = (x[i] · a)^power · b, i &lt; n: softmax(s) from softmax(s/T) for an integer T. */
     static void powerScaled(float[] x, int n, float a, int power, float b, float[] out) {
         int i = 0;
@@ -415,6 +446,15 @@ final class VectorOps {
             for (int k = 1; k < power; k++) ep *= e;
             out[i] = ep * b;
         }
+    }
+
+    /** x[i] *= f, i &lt; n, x an array. */
+    static void scaleArray(float[] x, int n, float f) {
+        int i = 0;
+        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+            FloatVector.fromArray(SPECIES, x, i).mul(f).intoArray(x, i);
+        }
+        for (; i < n; i++) x[i] *= f;
     }
 
     /** out[i] = log(a · x[i] + b · y[i]), i &lt; n. */
