@@ -168,6 +168,18 @@ __device__ void finish_row(float* g, int label, float ce, float div, float* row_
     if (g && label >= 0) g[label] -= c1;
 }
 
+// A row whose label is the ignore index: zero gradient, zero losses. Returns whether it was one.
+__device__ bool masked_row(const int* labels, int label, float* grow, float* row_ce, float* row_div, int row, int V,
+                           const Params& p) {
+    if (!labels || label != p.ignore_index) return false;
+    if (grow) for (int j = threadIdx.x; j < V; j += blockDim.x) grow[j] = 0.f;
+    if (threadIdx.x == 0) {
+        if (row_ce) row_ce[row] = 0.f;
+        if (row_div) row_div[row] = 0.f;
+    }
+    return true;
+}
+
 // ------------------------------------------------------------------ dense teacher
 
 template <typename TT>
@@ -237,14 +249,7 @@ __device__ void dense_entry(const float* s, float* g, const TT* t, const int* la
     const int label = labels ? labels[row] : -1;
     const float* srow = s + (size_t)row * V;
     float* grow = g ? g + (size_t)row * V : nullptr;
-    if (labels && label == p.ignore_index) {
-        if (grow) for (int j = threadIdx.x; j < V; j += blockDim.x) grow[j] = 0.f;
-        if (threadIdx.x == 0) {
-            if (row_ce) row_ce[row] = 0.f;
-            if (row_div) row_div[row] = 0.f;
-        }
-        return;
-    }
+    if (masked_row(labels, label, grow, row_ce, row_div, row, V, p)) return;
     dense_row(srow, grow, t + (size_t)row * Vt, label, row_ce, row_div, row, V, Vt, p);
 }
 
@@ -260,14 +265,7 @@ __device__ void sampled_entry(const float* s, float* g, const int* ids, const fl
     const int label = labels ? labels[row] : -1;
     const float* srow = s + (size_t)row * V;
     float* grow = g ? g + (size_t)row * V : nullptr;
-    if (labels && label == p.ignore_index) {
-        if (grow) for (int j = threadIdx.x; j < V; j += blockDim.x) grow[j] = 0.f;
-        if (threadIdx.x == 0) {
-            if (row_ce) row_ce[row] = 0.f;
-            if (row_div) row_div[row] = 0.f;
-        }
-        return;
-    }
+    if (masked_row(labels, label, grow, row_ce, row_div, row, V, p)) return;
     const float inv_t = 1.f / p.temperature;
     const float c1 = p.grad_scale * p.alpha;
     const float cq = p.grad_scale * (1.f - p.alpha) * p.grad_t_factor;

@@ -101,12 +101,12 @@ public final class KernelConformance {
             int lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 1, ldc = n + 2;
             double[] a = randn((transA ? k : m) * lda), b = randn((transB ? n : k) * ldb), c = randn(m * ldc);
             double alpha = 0.75, beta = 0.5;
-            MemorySegment sc = copy(arena, c);
+            MemorySegment sc = Buffers.floats(arena, c);
             long t0 = System.nanoTime();
-            kernels.gemm(transA, transB, m, n, k, (float) alpha, copy(arena, a), lda, copy(arena, b), ldb, (float) beta, sc, ldc);
+            kernels.gemm(transA, transB, m, n, k, (float) alpha, Buffers.floats(arena, a), lda, Buffers.floats(arena, b), ldb, (float) beta, sc, ldc);
             double ms = millis(t0);
             ReferenceKernels.gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-            record("gemm" + (transA ? "T" : "N") + (transB ? "T" : "N"), m + "x" + n + "x" + k, error(c, sc), TOL, ms);
+            record("gemm" + (transA ? "T" : "N") + (transB ? "T" : "N"), m + "x" + n + "x" + k, Buffers.relativeError(c, sc, 1e-6), TOL, ms);
         }
     }
 
@@ -114,10 +114,10 @@ public final class KernelConformance {
         try (Arena arena = Arena.ofShared()) {
             long sa = (long) m * k + 5, sb = (long) k * n + 3, scs = (long) m * n + 7;
             double[] a = randn((int) (sa * batch)), b = randn((int) (sb * batch)), c = new double[(int) (scs * batch)];
-            MemorySegment outC = poisoned(arena, c.length);
+            MemorySegment outC = Buffers.poisoned(arena, c.length);
             // Only the matrices are written; the gaps between them keep their poison, so compare matrices.
             long t0 = System.nanoTime();
-            kernels.gemmStridedBatched(false, true, m, n, k, 1f, copy(arena, a), k, sa, copy(arena, b), k, sb,
+            kernels.gemmStridedBatched(false, true, m, n, k, 1f, Buffers.floats(arena, a), k, sa, Buffers.floats(arena, b), k, sb,
                     0f, outC, n, scs, batch);
             double ms = millis(t0);
             double worst = 0;
@@ -125,7 +125,7 @@ public final class KernelConformance {
                 double[] ci = new double[m * n];
                 ReferenceKernels.gemm(false, true, m, n, k, 1, slice(a, (int) (sa * i), m * k), k,
                         slice(b, (int) (sb * i), n * k), k, 0, ci, n);
-                worst = Math.max(worst, error(ci, outC.asSlice(4 * scs * i, 4L * m * n)));
+                worst = Math.max(worst, Buffers.relativeError(ci, outC.asSlice(4 * scs * i, 4L * m * n), 1e-6));
             }
             record("gemmStridedBatched", batch + "x" + m + "x" + n + "x" + k, worst, TOL, ms);
         }
@@ -135,33 +135,33 @@ public final class KernelConformance {
         try (Arena arena = Arena.ofShared()) {
             double[] inp = randn(n * c), w = randn(c * oc), bias = randn(oc), dout = randn(n * oc);
             double[] out = new double[n * oc];
-            MemorySegment sOut = poisoned(arena, out.length), sInp = copy(arena, inp), sW = copy(arena, w), sB = copy(arena, bias);
+            MemorySegment sOut = Buffers.poisoned(arena, out.length), sInp = Buffers.floats(arena, inp), sW = Buffers.floats(arena, w), sB = Buffers.floats(arena, bias);
             long t0 = System.nanoTime();
             kernels.linearForward(sOut, sInp, sW, sB, n, c, oc);
             double ms = millis(t0);
             ReferenceKernels.linearForward(out, inp, w, bias, n, c, oc);
-            record("linearForward", n + "x" + c + "->" + oc, error(out, sOut), TOL, ms);
+            record("linearForward", n + "x" + c + "->" + oc, Buffers.relativeError(out, sOut, 1e-6), TOL, ms);
 
             double[] dinp = randn(n * c), dw = randn(c * oc), db = randn(oc);
-            MemorySegment sDinp = copy(arena, dinp), sDw = copy(arena, dw), sDb = copy(arena, db);
+            MemorySegment sDinp = Buffers.floats(arena, dinp), sDw = Buffers.floats(arena, dw), sDb = Buffers.floats(arena, db);
             t0 = System.nanoTime();
-            kernels.linearBackward(sDinp, sDw, sDb, copy(arena, dout), sInp, sW, n, c, oc);
+            kernels.linearBackward(sDinp, sDw, sDb, Buffers.floats(arena, dout), sInp, sW, n, c, oc);
             ms = millis(t0);
             ReferenceKernels.linearBackward(dinp, dw, db, dout, inp, w, n, c, oc);
             record("linearBackward", n + "x" + c + "->" + oc,
-                    Math.max(error(dinp, sDinp), Math.max(error(dw, sDw), error(db, sDb))), TOL, ms);
+                    Math.max(Buffers.relativeError(dinp, sDinp, 1e-6), Math.max(Buffers.relativeError(dw, sDw, 1e-6), Buffers.relativeError(db, sDb, 1e-6))), TOL, ms);
         }
     }
 
     private void sumRows(int n, int c) {
         try (Arena arena = Arena.ofShared()) {
             double[] x = randn(n * c), acc = randn(c);
-            MemorySegment sAcc = copy(arena, acc);
+            MemorySegment sAcc = Buffers.floats(arena, acc);
             long t0 = System.nanoTime();
-            kernels.sumRows(sAcc, copy(arena, x), n, c);
+            kernels.sumRows(sAcc, Buffers.floats(arena, x), n, c);
             double ms = millis(t0);
             for (int r = 0; r < n; r++) for (int j = 0; j < c; j++) acc[j] += x[r * c + j];
-            record("sumRows", n + "x" + c, error(acc, sAcc), TOL, ms);
+            record("sumRows", n + "x" + c, Buffers.relativeError(acc, sAcc, 1e-6), TOL, ms);
         }
     }
 
@@ -172,20 +172,20 @@ public final class KernelConformance {
             for (int i = 0; i < tokens.length; i++) tokens[i] = rng.nextInt(vocab);
             tokens[0] = tokens.length > 1 ? tokens[tokens.length - 1] : tokens[0]; // a repeated id exercises the scatter-add
             double[] wte = randn(vocab * c), wpe = randn(t * c), out = new double[b * t * c], dout = randn(b * t * c);
-            MemorySegment sTok = ints(arena, tokens), sOut = poisoned(arena, out.length);
+            MemorySegment sTok = Buffers.ints(arena, tokens), sOut = Buffers.poisoned(arena, out.length);
             long t0 = System.nanoTime();
-            kernels.embeddingForward(sOut, sTok, copy(arena, wte), copy(arena, wpe), b, t, c, vocab);
+            kernels.embeddingForward(sOut, sTok, Buffers.floats(arena, wte), Buffers.floats(arena, wpe), b, t, c, vocab);
             double ms = millis(t0);
             ReferenceKernels.embeddingForward(out, tokens, wte, wpe, b, t, c);
-            record("embeddingForward", b + "x" + t + "x" + c, error(out, sOut), TOL, ms);
+            record("embeddingForward", b + "x" + t + "x" + c, Buffers.relativeError(out, sOut, 1e-6), TOL, ms);
 
             double[] dwte = randn(vocab * c), dwpe = randn(t * c);
-            MemorySegment sDwte = copy(arena, dwte), sDwpe = copy(arena, dwpe);
+            MemorySegment sDwte = Buffers.floats(arena, dwte), sDwpe = Buffers.floats(arena, dwpe);
             t0 = System.nanoTime();
-            kernels.embeddingBackward(sDwte, sDwpe, copy(arena, dout), sTok, b, t, c);
+            kernels.embeddingBackward(sDwte, sDwpe, Buffers.floats(arena, dout), sTok, b, t, c);
             ms = millis(t0);
             ReferenceKernels.embeddingBackward(dwte, dwpe, dout, tokens, b, t, c);
-            record("embeddingBackward", b + "x" + t + "x" + c, Math.max(error(dwte, sDwte), error(dwpe, sDwpe)), TOL, ms);
+            record("embeddingBackward", b + "x" + t + "x" + c, Math.max(Buffers.relativeError(dwte, sDwte, 1e-6), Buffers.relativeError(dwpe, sDwpe, 1e-6)), TOL, ms);
         }
     }
 
@@ -194,23 +194,23 @@ public final class KernelConformance {
             double[] inp = randn(n * c), w = randn(c), b = randn(c), dout = randn(n * c);
             for (int i = 0; i < inp.length; i++) inp[i] = 3 * inp[i] + 1.5; // an offset mean exercises the centring
             double[] out = new double[n * c], mean = new double[n], rstd = new double[n];
-            MemorySegment sOut = poisoned(arena, out.length), sMean = poisoned(arena, n), sRstd = poisoned(arena, n);
-            MemorySegment sInp = copy(arena, inp), sW = copy(arena, w);
+            MemorySegment sOut = Buffers.poisoned(arena, out.length), sMean = Buffers.poisoned(arena, n), sRstd = Buffers.poisoned(arena, n);
+            MemorySegment sInp = Buffers.floats(arena, inp), sW = Buffers.floats(arena, w);
             long t0 = System.nanoTime();
-            kernels.layerNormForward(sOut, sMean, sRstd, sInp, sW, copy(arena, b), n, c);
+            kernels.layerNormForward(sOut, sMean, sRstd, sInp, sW, Buffers.floats(arena, b), n, c);
             double ms = millis(t0);
             ReferenceKernels.layerNormForward(out, mean, rstd, inp, w, b, n, c);
             record("layerNormForward", n + "x" + c,
-                    Math.max(error(out, sOut), Math.max(error(mean, sMean), error(rstd, sRstd))), TOL, ms);
+                    Math.max(Buffers.relativeError(out, sOut, 1e-6), Math.max(Buffers.relativeError(mean, sMean, 1e-6), Buffers.relativeError(rstd, sRstd, 1e-6))), TOL, ms);
 
             double[] dinp = randn(n * c), dw = randn(c), db = randn(c);
-            MemorySegment sDinp = copy(arena, dinp), sDw = copy(arena, dw), sDb = copy(arena, db);
+            MemorySegment sDinp = Buffers.floats(arena, dinp), sDw = Buffers.floats(arena, dw), sDb = Buffers.floats(arena, db);
             t0 = System.nanoTime();
-            kernels.layerNormBackward(sDinp, sDw, sDb, copy(arena, dout), sInp, sW, sMean, sRstd, n, c);
+            kernels.layerNormBackward(sDinp, sDw, sDb, Buffers.floats(arena, dout), sInp, sW, sMean, sRstd, n, c);
             ms = millis(t0);
             ReferenceKernels.layerNormBackward(dinp, dw, db, dout, inp, w, mean, rstd, n, c);
             record("layerNormBackward", n + "x" + c,
-                    Math.max(error(dinp, sDinp), Math.max(error(dw, sDw), error(db, sDb))), TOL_LOOSE, ms);
+                    Math.max(Buffers.relativeError(dinp, sDinp, 1e-6), Math.max(Buffers.relativeError(dw, sDw, 1e-6), Buffers.relativeError(db, sDb, 1e-6))), TOL_LOOSE, ms);
         }
     }
 
@@ -218,34 +218,34 @@ public final class KernelConformance {
         try (Arena arena = Arena.ofShared()) {
             double[] inp = randn(n), out = new double[n], dout = randn(n), dinp = randn(n);
             for (int i = 0; i < n; i++) inp[i] *= 3;
-            MemorySegment sOut = poisoned(arena, n), sInp = copy(arena, inp), sDinp = copy(arena, dinp);
+            MemorySegment sOut = Buffers.poisoned(arena, n), sInp = Buffers.floats(arena, inp), sDinp = Buffers.floats(arena, dinp);
             long t0 = System.nanoTime();
             kernels.geluForward(sOut, sInp, n);
             double ms = millis(t0);
             ReferenceKernels.geluForward(out, inp, n);
-            record("geluForward", String.valueOf(n), error(out, sOut), TOL, ms);
+            record("geluForward", String.valueOf(n), Buffers.relativeError(out, sOut, 1e-6), TOL, ms);
             t0 = System.nanoTime();
-            kernels.geluBackward(sDinp, sInp, copy(arena, dout), n);
+            kernels.geluBackward(sDinp, sInp, Buffers.floats(arena, dout), n);
             ms = millis(t0);
             ReferenceKernels.geluBackward(dinp, inp, dout, n);
-            record("geluBackward", String.valueOf(n), error(dinp, sDinp), TOL, ms);
+            record("geluBackward", String.valueOf(n), Buffers.relativeError(dinp, sDinp, 1e-6), TOL, ms);
         }
     }
 
     private void residual(int n) {
         try (Arena arena = Arena.ofShared()) {
             double[] a = randn(n), b = randn(n), out = new double[n], dst = randn(n);
-            MemorySegment sOut = poisoned(arena, n), sDst = copy(arena, dst), sA = copy(arena, a);
+            MemorySegment sOut = Buffers.poisoned(arena, n), sDst = Buffers.floats(arena, dst), sA = Buffers.floats(arena, a);
             long t0 = System.nanoTime();
-            kernels.residualForward(sOut, sA, copy(arena, b), n);
+            kernels.residualForward(sOut, sA, Buffers.floats(arena, b), n);
             double ms = millis(t0);
             for (int i = 0; i < n; i++) out[i] = a[i] + b[i];
-            record("residualForward", String.valueOf(n), error(out, sOut), TOL, ms);
+            record("residualForward", String.valueOf(n), Buffers.relativeError(out, sOut, 1e-6), TOL, ms);
             t0 = System.nanoTime();
             kernels.accumulate(sDst, sA, n);
             ms = millis(t0);
             for (int i = 0; i < n; i++) dst[i] += a[i];
-            record("accumulate", String.valueOf(n), error(dst, sDst), TOL, ms);
+            record("accumulate", String.valueOf(n), Buffers.relativeError(dst, sDst, 1e-6), TOL, ms);
         }
     }
 
@@ -256,19 +256,19 @@ public final class KernelConformance {
                 v[i] = Math.abs(v[i]);
                 m[i] *= 0.1;
             }
-            MemorySegment sp = copy(arena, p), sm = copy(arena, m), sv = copy(arena, v);
+            MemorySegment sp = Buffers.floats(arena, p), sm = Buffers.floats(arena, m), sv = Buffers.floats(arena, v);
             long t0 = System.nanoTime();
-            kernels.adamW(sp, copy(arena, g), sm, sv, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
+            kernels.adamW(sp, Buffers.floats(arena, g), sm, sv, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
             double ms = millis(t0);
             ReferenceKernels.adamW(p, g, m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1, 7);
-            record("adamW", String.valueOf(n), Math.max(error(p, sp), Math.max(error(m, sm), error(v, sv))), TOL, ms);
+            record("adamW", String.valueOf(n), Math.max(Buffers.relativeError(p, sp, 1e-6), Math.max(Buffers.relativeError(m, sm, 1e-6), Buffers.relativeError(v, sv, 1e-6))), TOL, ms);
         }
     }
 
     private void reductions(int n) {
         try (Arena arena = Arena.ofShared()) {
             double[] x = randn(n);
-            MemorySegment sx = copy(arena, x);
+            MemorySegment sx = Buffers.floats(arena, x);
             long t0 = System.nanoTime();
             double sq = kernels.sumOfSquares(sx, n);
             double ms = millis(t0);
@@ -278,14 +278,14 @@ public final class KernelConformance {
             kernels.scale(sx, 0.37f, n);
             ms = millis(t0);
             for (int i = 0; i < n; i++) x[i] *= 0.37f;
-            record("scale", String.valueOf(n), error(x, sx), TOL, ms);
-            MemorySegment filled = poisoned(arena, n);
+            record("scale", String.valueOf(n), Buffers.relativeError(x, sx, 1e-6), TOL, ms);
+            MemorySegment filled = Buffers.poisoned(arena, n);
             t0 = System.nanoTime();
             kernels.fill(filled, 2.5f, n);
             ms = millis(t0);
             double[] expect = new double[n];
             java.util.Arrays.fill(expect, 2.5);
-            record("fill", String.valueOf(n), error(expect, filled), TOL, ms);
+            record("fill", String.valueOf(n), Buffers.relativeError(expect, filled, 1e-6), TOL, ms);
         }
     }
 
@@ -293,19 +293,19 @@ public final class KernelConformance {
         try (Arena arena = Arena.ofShared()) {
             double[] qkv = randn(b * t * 3 * c), out = new double[b * t * c], att = new double[b * nh * t * t];
             double[] dout = randn(b * t * c), dqkv = randn(qkv.length);
-            MemorySegment sOut = poisoned(arena, out.length), sAtt = poisoned(arena, att.length), sQkv = copy(arena, qkv);
+            MemorySegment sOut = Buffers.poisoned(arena, out.length), sAtt = Buffers.poisoned(arena, att.length), sQkv = Buffers.floats(arena, qkv);
             long t0 = System.nanoTime();
             kernels.attentionForward(sOut, sAtt, sQkv, b, t, c, nh);
             double ms = millis(t0);
             ReferenceKernels.attentionForward(out, att, qkv, b, t, c, nh);
             String size = b + "x" + t + "x" + c + "/" + nh;
-            record("attentionForward", size, Math.max(error(out, sOut), error(att, sAtt)), TOL, ms);
-            MemorySegment sDqkv = copy(arena, dqkv);
+            record("attentionForward", size, Math.max(Buffers.relativeError(out, sOut, 1e-6), Buffers.relativeError(att, sAtt, 1e-6)), TOL, ms);
+            MemorySegment sDqkv = Buffers.floats(arena, dqkv);
             t0 = System.nanoTime();
-            kernels.attentionBackward(sDqkv, poisoned(arena, att.length), copy(arena, dout), sQkv, sAtt, b, t, c, nh);
+            kernels.attentionBackward(sDqkv, Buffers.poisoned(arena, att.length), Buffers.floats(arena, dout), sQkv, sAtt, b, t, c, nh);
             ms = millis(t0);
             ReferenceKernels.attentionBackward(dqkv, dout, qkv, att, b, t, c, nh);
-            record("attentionBackward", size, error(dqkv, sDqkv), TOL_LOOSE, ms);
+            record("attentionBackward", size, Buffers.relativeError(dqkv, sDqkv, 1e-6), TOL_LOOSE, ms);
         }
     }
 
@@ -321,11 +321,11 @@ public final class KernelConformance {
             double scale = valid == 0 ? 0 : 1.0 / valid;
             double[] dlogits = new double[n * v];
             double[] losses = ReferenceKernels.softmaxCrossEntropy(logits, targets, n, v, -100, dlogits, scale);
-            MemorySegment sLogits = copy(arena, logits), sLosses = poisoned(arena, n);
+            MemorySegment sLogits = Buffers.floats(arena, logits), sLosses = Buffers.poisoned(arena, n);
             long t0 = System.nanoTime();
-            int counted = kernels.softmaxCrossEntropy(sLosses, sLogits, ints(arena, targets), n, v, -100, true, (float) scale);
+            int counted = kernels.softmaxCrossEntropy(sLosses, sLogits, Buffers.ints(arena, targets), n, v, -100, true, (float) scale);
             double ms = millis(t0);
-            double err = Math.max(error(losses, sLosses), error(dlogits, sLogits));
+            double err = Math.max(Buffers.relativeError(losses, sLosses, 1e-6), Buffers.relativeError(dlogits, sLogits, 1e-6));
             if (counted != valid) err = Double.POSITIVE_INFINITY;
             record("softmaxCrossEntropy", n + "x" + v, err, TOL, ms);
         }
@@ -373,7 +373,7 @@ public final class KernelConformance {
                 }
             }
             distillCheck(arena, "distill top-" + k + " rkl", size, s, labels,
-                    new TeacherTargets.TopK(ints(arena, ids), copy(arena, topLogits), LogitType.F32, copy(arena, lse), k, vt, 2f),
+                    new TeacherTargets.TopK(Buffers.ints(arena, ids), Buffers.floats(arena, topLogits), LogitType.F32, Buffers.floats(arena, lse), k, vt, 2f),
                     new ReferenceDistillLoss.TopK(ids, topLogits, lse, k, vt, 2.0), n, v, base.withDivergence(Divergence.reverseKl()));
             int[] sIds = new int[n * samples];
             double[] w = new double[n * samples];
@@ -382,35 +382,24 @@ public final class KernelConformance {
                 w[i] = (float) (1.0 / samples);
             }
             distillCheck(arena, "distill sampled fkl", size, s, labels,
-                    new TeacherTargets.Sampled(ints(arena, sIds), copy(arena, w), samples, vt, 2f),
+                    new TeacherTargets.Sampled(Buffers.ints(arena, sIds), Buffers.floats(arena, w), samples, vt, 2f),
                     new ReferenceDistillLoss.Sampled(sIds, w, samples, vt), n, v, base);
         }
     }
 
     private void distillCheck(Arena arena, String kernel, String size, double[] s, int[] labels, TeacherTargets teacher,
                               ReferenceDistillLoss.Teacher reference, int n, int v, DistillOptions o) {
-        MemorySegment student = copy(arena, s), ce = poisoned(arena, n), div = poisoned(arena, n);
+        MemorySegment student = Buffers.floats(arena, s), ce = Buffers.poisoned(arena, n), div = Buffers.poisoned(arena, n);
         long t0 = System.nanoTime();
-        DistillSums sums = kernels.distillLoss(student, student, teacher, ints(arena, labels), ce, div, n, v, o, 1f / n);
+        DistillSums sums = kernels.distillLoss(student, student, teacher, Buffers.ints(arena, labels), ce, div, n, v, o, 1f / n);
         double ms = millis(t0);
         ReferenceDistillLoss.Result ref = ReferenceDistillLoss.compute(s, reference, labels, n, v, o, 1.0 / n);
-        double err = Math.max(errorFloored(ref.grad(), student), Math.max(errorFloored(ref.ce(), ce), errorFloored(ref.divergence(), div)));
+        double err = Math.max(Buffers.relativeError(ref.grad(), student, 1e-3), Math.max(Buffers.relativeError(ref.ce(), ce, 1e-3), Buffers.relativeError(ref.divergence(), div, 1e-3)));
         err = Math.max(err, Math.abs(sums.total() - ref.total()) / Math.max(1e-3, Math.abs(ref.total())));
         if (sums.rows() != ref.rows()) err = Double.POSITIVE_INFINITY;
         record(kernel, size, err, TOL_LOOSE, ms);
     }
 
-    /** Like {@link #error} with the scale floored at 1e-3: smaller outputs are fp32 rounding noise of a sum to 1. */
-    private static double errorFloored(double[] expected, MemorySegment actual) {
-        double maxDiff = 0, scale = 1e-3;
-        for (int i = 0; i < expected.length; i++) {
-            double d = Math.abs(actual.getAtIndex(ValueLayout.JAVA_FLOAT, i) - expected[i]);
-            if (Double.isNaN(d)) return Double.NaN;
-            maxDiff = Math.max(maxDiff, d);
-            scale = Math.max(scale, Math.abs(expected[i]));
-        }
-        return maxDiff / scale;
-    }
 
     // ---------------------------------------------------------------- helpers
 
@@ -436,34 +425,7 @@ public final class KernelConformance {
         return java.util.Arrays.copyOfRange(x, from, from + length);
     }
 
-    private static MemorySegment copy(Arena arena, double[] x) {
-        MemorySegment s = arena.allocate(4L * Math.max(1, x.length), 64);
-        for (int i = 0; i < x.length; i++) s.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) x[i]);
-        return s;
-    }
 
-    private static MemorySegment ints(Arena arena, int[] x) {
-        MemorySegment s = arena.allocate(4L * Math.max(1, x.length), 64);
-        for (int i = 0; i < x.length; i++) s.setAtIndex(ValueLayout.JAVA_INT, i, x[i]);
-        return s;
-    }
 
-    private static MemorySegment poisoned(Arena arena, long n) {
-        MemorySegment s = arena.allocate(4L * Math.max(1, n), 64);
-        for (long i = 0; i < n; i++) s.setAtIndex(ValueLayout.JAVA_FLOAT, i, Float.NaN);
-        return s;
-    }
 
-    /** Max abs difference relative to the reference's largest magnitude; NaN anywhere gives NaN. */
-    private static double error(double[] expected, MemorySegment actual) {
-        double maxDiff = 0, scale = 1e-6;
-        for (int i = 0; i < expected.length; i++) {
-            double a = actual.getAtIndex(ValueLayout.JAVA_FLOAT, i);
-            double d = Math.abs(a - expected[i]);
-            if (Double.isNaN(d)) return Double.NaN;
-            maxDiff = Math.max(maxDiff, d);
-            scale = Math.max(scale, Math.abs(expected[i]));
-        }
-        return maxDiff / scale;
-    }
 }

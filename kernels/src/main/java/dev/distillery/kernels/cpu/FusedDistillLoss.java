@@ -205,9 +205,9 @@ final class FusedDistillLoss {
             float[] sums;
             if (eOut != null) {
                 sc.blockMax[j0 / BLOCK] = m;
-                sums = VectorOps.expSumAndPowerStore(s, o, len, m, invT, Math.max(power, 1), eOut, o);
+                sums = VectorOps.expSumAndPower(s, o, len, m, invT, Math.max(power, 1), eOut, o);
             } else if (power > 0) {
-                sums = VectorOps.expSumAndPower(s, o, len, m, invT, power);
+                sums = VectorOps.expSumAndPower(s, o, len, m, invT, power, null, 0);
             } else {
                 sums = new float[]{VectorOps.expSumAffine(s, o, len, m, invT), 0f};
             }

@@ -377,14 +377,18 @@ final class VectorOps {
      * One exp, two sums: with e = exp((x − sub) · mul), returns {Σ e, Σ e^power} over
      * x[xo + i], i &lt; n. For an integer temperature T (mul = 1/T, power = T) these are the
      * normalizers of softmax(x/T) and softmax(x), so the hard-label CE costs no second exp.
+     * When {@code out} is non-null, also writes e to out[oo + i] (out may alias x: each element
+     * is read before it is written).
      */
-    static float[] expSumAndPower(MemorySegment x, long xo, int n, float sub, float mul, int power) {
+    static float[] expSumAndPower(MemorySegment x, long xo, int n, float sub, float mul, int power,
+                                  MemorySegment out, long oo) {
         int i = 0;
         float s1 = 0f, sp = 0f;
         if (n >= LANES) {
             FloatVector acc = FloatVector.zero(SPECIES), accP = FloatVector.zero(SPECIES);
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
                 FloatVector e = exp(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
+                if (out != null) e.intoMemorySegment(out, (oo + i) * 4L, ORDER);
                 FloatVector ep = e;
                 for (int k = 1; k < power; k++) ep = ep.mul(e);
                 acc = acc.add(e);
@@ -395,37 +399,7 @@ final class VectorOps {
         }
         for (; i < n; i++) {
             float e = exp((get(x, xo + i) - sub) * mul), ep = e;
-            for (int k = 1; k < power; k++) ep *= e;
-            s1 += e;
-            sp += ep;
-        }
-        return new float[]{s1, sp};
-    }
-
-    /**
-     * Like {@link #expSumAndPower}, and also writes e to out[oo + i] (out may alias x: each
-     * element is read before it is written).
-     */
-    static float[] expSumAndPowerStore(MemorySegment x, long xo, int n, float sub, float mul, int power,
-                                       MemorySegment out, long oo) {
-        int i = 0;
-        float s1 = 0f, sp = 0f;
-        if (n >= LANES) {
-            FloatVector acc = FloatVector.zero(SPECIES), accP = FloatVector.zero(SPECIES);
-            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-                FloatVector e = exp(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
-                e.intoMemorySegment(out, (oo + i) * 4L, ORDER);
-                FloatVector ep = e;
-                for (int k = 1; k < power; k++) ep = ep.mul(e);
-                acc = acc.add(e);
-                accP = accP.add(ep);
-            }
-            s1 = sumLanes(acc);
-            sp = sumLanes(accP);
-        }
-        for (; i < n; i++) {
-            float e = exp((get(x, xo + i) - sub) * mul), ep = e;
-            set(out, oo + i, e);
+            if (out != null) set(out, oo + i, e);
             for (int k = 1; k < power; k++) ep *= e;
             s1 += e;
             sp += ep;

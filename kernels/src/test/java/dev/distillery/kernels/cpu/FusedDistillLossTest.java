@@ -18,6 +18,7 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.kernels.conformance.Buffers;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.Divergence;
@@ -60,23 +61,8 @@ class FusedDistillLossTest {
         return new Problem(n, v, vt, s, t, labels);
     }
 
-    private static MemorySegment floats(Arena arena, double[] x) {
-        MemorySegment m = arena.allocate(4L * Math.max(1, x.length), 64);
-        for (int i = 0; i < x.length; i++) m.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) x[i]);
-        return m;
-    }
 
-    private static MemorySegment ints(Arena arena, int[] x) {
-        MemorySegment m = arena.allocate(4L * Math.max(1, x.length), 64);
-        for (int i = 0; i < x.length; i++) m.setAtIndex(ValueLayout.JAVA_INT, i, x[i]);
-        return m;
-    }
 
-    private static MemorySegment poisoned(Arena arena, long n) {
-        MemorySegment m = arena.allocate(4L * Math.max(1, n), 64);
-        for (long i = 0; i < n; i++) m.setAtIndex(ValueLayout.JAVA_FLOAT, i, Float.NaN);
-        return m;
-    }
 
     /** The dense teacher stored as {@code type}; {@code rounded} receives the stored values. */
     private static MemorySegment typed(Arena arena, double[] t, LogitType type, double[] rounded) {
@@ -112,7 +98,7 @@ class FusedDistillLossTest {
             type.write(lg, i, (float) teacher[(i / k) * p.vt() + ids[i]]);
             logits[i] = type.read(lg, i);
         }
-        return new TopKPair(new TeacherTargets.TopK(ints(arena, ids), lg, type, floats(arena, lse), k, p.vt(), shardT),
+        return new TopKPair(new TeacherTargets.TopK(Buffers.ints(arena, ids), lg, type, Buffers.floats(arena, lse), k, p.vt(), shardT),
                 new ReferenceDistillLoss.TopK(ids, logits, lse, k, p.vt(), shardT));
     }
 
@@ -122,27 +108,17 @@ class FusedDistillLossTest {
         float gradScale = 1f / p.n();
         ReferenceDistillLoss.Result ref = ReferenceDistillLoss.compute(p.student(), rt, withLabels ? p.labels() : null,
                 p.n(), p.v(), o, gradScale);
-        MemorySegment s = floats(arena, p.student());
-        MemorySegment g = inPlace ? s : poisoned(arena, (long) p.n() * p.v());
-        MemorySegment ce = poisoned(arena, p.n()), div = poisoned(arena, p.n());
-        DistillSums sums = kernels.distillLoss(s, g, kt, withLabels ? ints(arena, p.labels()) : null, ce, div,
+        MemorySegment s = Buffers.floats(arena, p.student());
+        MemorySegment g = inPlace ? s : Buffers.poisoned(arena, (long) p.n() * p.v());
+        MemorySegment ce = Buffers.poisoned(arena, p.n()), div = Buffers.poisoned(arena, p.n());
+        DistillSums sums = kernels.distillLoss(s, g, kt, withLabels ? Buffers.ints(arena, p.labels()) : null, ce, div,
                 p.n(), p.v(), o, gradScale);
         assertEquals(ref.rows(), sums.rows());
-        double err = Math.max(error(ref.grad(), g), Math.max(error(ref.ce(), ce), error(ref.divergence(), div)));
+        double err = Math.max(Buffers.relativeError(ref.grad(), g, 1e-3),
+                Math.max(Buffers.relativeError(ref.ce(), ce, 1e-3), Buffers.relativeError(ref.divergence(), div, 1e-3)));
         return Math.max(err, Math.abs(sums.total() - ref.total()) / Math.max(1e-3, Math.abs(ref.total())));
     }
 
-    private static double error(double[] expected, MemorySegment actual) {
-        double diff = 0, scale = 1e-3; // below this magnitude an output is fp32 rounding noise
-        for (int i = 0; i < expected.length; i++) {
-            double a = actual.getAtIndex(ValueLayout.JAVA_FLOAT, i);
-            double d = Math.abs(a - expected[i]);
-            if (Double.isNaN(d)) return Double.NaN;
-            diff = Math.max(diff, d);
-            scale = Math.max(scale, Math.abs(expected[i]));
-        }
-        return diff / scale;
-    }
 
     private static final Divergence[] DIVERGENCES = {Divergence.forwardKl(), Divergence.reverseKl(), Divergence.jsd(0.3)};
 
@@ -219,7 +195,7 @@ class FusedDistillLossTest {
             }
             ids[1] = ids[0]; // a repeated id
             DistillOptions o = DistillOptions.of(1.5f, 0.2f);
-            double e = compare(arena, p, new TeacherTargets.Sampled(ints(arena, ids), floats(arena, w), samples, 1009, 1.5f),
+            double e = compare(arena, p, new TeacherTargets.Sampled(Buffers.ints(arena, ids), Buffers.floats(arena, w), samples, 1009, 1.5f),
                     new ReferenceDistillLoss.Sampled(ids, w, samples, 1009), o, true, true);
             assertTrue(e < 2e-4, "sampled: " + e);
         }
@@ -232,17 +208,17 @@ class FusedDistillLossTest {
             Problem p = problem(3, v, v, 2.0, false);
             for (Divergence d : DIVERGENCES) {
                 DistillOptions o = DistillOptions.of(2f, 0.25f).withDivergence(d);
-                MemorySegment dense = floats(arena, p.teacher());
-                MemorySegment g1 = poisoned(arena, (long) p.n() * v), g2 = poisoned(arena, (long) p.n() * v);
-                MemorySegment labels = ints(arena, p.labels());
-                DistillSums a = kernels.distillLoss(floats(arena, p.student()), g1, new TeacherTargets.Dense(dense, LogitType.F32, v),
+                MemorySegment dense = Buffers.floats(arena, p.teacher());
+                MemorySegment g1 = Buffers.poisoned(arena, (long) p.n() * v), g2 = Buffers.poisoned(arena, (long) p.n() * v);
+                MemorySegment labels = Buffers.ints(arena, p.labels());
+                DistillSums a = kernels.distillLoss(Buffers.floats(arena, p.student()), g1, new TeacherTargets.Dense(dense, LogitType.F32, v),
                         labels, null, null, p.n(), v, o, 1f);
                 TopKPair tk = topK(arena, p, p.teacher(), v, LogitType.F32, 2f);
-                DistillSums b = kernels.distillLoss(floats(arena, p.student()), g2, tk.kernel(), labels, null, null, p.n(), v, o, 1f);
+                DistillSums b = kernels.distillLoss(Buffers.floats(arena, p.student()), g2, tk.kernel(), labels, null, null, p.n(), v, o, 1f);
                 assertEquals(a.total(), b.total(), 1e-4 * Math.max(1, Math.abs(a.total())), d.toString());
                 double[] ga = new double[p.n() * v];
                 for (int i = 0; i < ga.length; i++) ga[i] = g1.getAtIndex(ValueLayout.JAVA_FLOAT, i);
-                assertTrue(error(ga, g2) < 1e-4, d + ": gradients differ by " + error(ga, g2));
+                assertTrue(Buffers.relativeError(ga, g2, 1e-3) < 1e-4, d + ": gradients differ by " + Buffers.relativeError(ga, g2, 1e-3));
             }
         }
     }
@@ -277,10 +253,10 @@ class FusedDistillLossTest {
                 }
             }
             DistillOptions o = DistillOptions.of(t, 0f);
-            MemorySegment gs = poisoned(arena, (long) rows * v), gd = poisoned(arena, (long) rows * v);
-            kernels.distillLoss(floats(arena, student), gs, new TeacherTargets.Sampled(ints(arena, ids), floats(arena, w), samples, v, t),
+            MemorySegment gs = Buffers.poisoned(arena, (long) rows * v), gd = Buffers.poisoned(arena, (long) rows * v);
+            kernels.distillLoss(Buffers.floats(arena, student), gs, new TeacherTargets.Sampled(Buffers.ints(arena, ids), Buffers.floats(arena, w), samples, v, t),
                     null, null, null, rows, v, o, 1f);
-            kernels.distillLoss(floats(arena, student), gd, new TeacherTargets.Dense(floats(arena, teacher), LogitType.F32, v),
+            kernels.distillLoss(Buffers.floats(arena, student), gd, new TeacherTargets.Dense(Buffers.floats(arena, teacher), LogitType.F32, v),
                     null, null, null, rows, v, o, 1f);
             float cq = o.gradientTemperatureFactor();
             for (int j = 0; j < v; j++) {
@@ -312,7 +288,7 @@ class FusedDistillLossTest {
             Problem p = new Problem(n, v, v, s, t, new int[]{0, 1, 2});
             for (Divergence d : DIVERGENCES) {
                 DistillOptions o = DistillOptions.of(2f, 0.5f).withDivergence(d);
-                double e = compare(arena, p, new TeacherTargets.Dense(floats(arena, t), LogitType.F32, v),
+                double e = compare(arena, p, new TeacherTargets.Dense(Buffers.floats(arena, t), LogitType.F32, v),
                         new ReferenceDistillLoss.Dense(t, v), o, true, true);
                 assertTrue(e < 2e-4, d + ": " + e);
             }
@@ -335,7 +311,7 @@ class FusedDistillLossTest {
     @Test
     void badInputsGetClearErrors() {
         try (Arena arena = Arena.ofShared()) {
-            MemorySegment s = arena.allocate(4L * 2 * 5), t = arena.allocate(4L * 2 * 6), labels = ints(arena, new int[]{0, 1});
+            MemorySegment s = arena.allocate(4L * 2 * 5), t = arena.allocate(4L * 2 * 6), labels = Buffers.ints(arena, new int[]{0, 1});
             var dense6 = new TeacherTargets.Dense(t, LogitType.F32, 6);
             var e = assertThrows(IllegalArgumentException.class,
                     () -> kernels.distillLoss(s, s, dense6, labels, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
@@ -357,18 +333,18 @@ class FusedDistillLossTest {
                     () -> kernels.distillLoss(s, s, dense5, null, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
             assertTrue(e.getMessage().contains("no labels"), e.getMessage());
 
-            MemorySegment ids = ints(arena, new int[]{0, 3, 1, 1}), lse = floats(arena, new double[]{1, 1});
+            MemorySegment ids = Buffers.ints(arena, new int[]{0, 3, 1, 1}), lse = Buffers.floats(arena, new double[]{1, 1});
             var dup = new TeacherTargets.TopK(ids, t, LogitType.F32, lse, 2, 5, 1f);
             e = assertThrows(IllegalArgumentException.class,
                     () -> kernels.distillLoss(s, s, dup, labels, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
             assertTrue(e.getMessage().contains("appears twice in row 1"), e.getMessage());
 
-            var other = new TeacherTargets.TopK(ints(arena, new int[]{0, 1, 2, 3}), t, LogitType.F32, lse, 2, 5, 2f);
+            var other = new TeacherTargets.TopK(Buffers.ints(arena, new int[]{0, 1, 2, 3}), t, LogitType.F32, lse, 2, 5, 2f);
             e = assertThrows(IllegalArgumentException.class,
                     () -> kernels.distillLoss(s, s, other, labels, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
             assertTrue(e.getMessage().contains("RESCALE_TOPK"), e.getMessage());
 
-            var sampled = new TeacherTargets.Sampled(ints(arena, new int[]{0, 9}), floats(arena, new double[]{1, 1}), 1, 5, 1f);
+            var sampled = new TeacherTargets.Sampled(Buffers.ints(arena, new int[]{0, 9}), Buffers.floats(arena, new double[]{1, 1}), 1, 5, 1f);
             e = assertThrows(IllegalArgumentException.class, () -> kernels.distillLoss(s, s, sampled, labels, null, null, 2, 5,
                     DistillOptions.of(1f, 0.5f).withDivergence(Divergence.reverseKl()), 1f));
             assertTrue(e.getMessage().contains("forward KL only"), e.getMessage());
