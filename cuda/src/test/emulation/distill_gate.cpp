@@ -1,0 +1,102 @@
+// Runs the CUDA distillation kernels under the CPU emulation (cuda_emu.h) on inputs written by
+// the Java gate test, checks the 0x7F red zones around every buffer, and writes the outputs.
+//
+//   distill_gate <in.bin> <out.bin>
+//
+// in.bin, little-endian: int32 kind (0 dense, 1 sampled), dtype (0 f32, 1 f16, 2 bf16), n, V, Vt,
+// samples, divergence, has_labels, in_place, block; float32 temperature, alpha, beta,
+// divergence_scale, grad_t_factor, grad_scale; int32 ignore_index; then s (n·V f32), the teacher
+// (dense: n·Vt of dtype; sampled: ids n·samples int32 then weights n·samples f32), labels (n int32).
+// out.bin: g (n·V f32), row_ce (n f32), row_div (n f32).
+#include "cuda_emu.h"
+#include "../../main/cuda/distill_loss.cu"
+
+#include <fstream>
+#include <memory>
+#include <string>
+
+namespace {
+
+constexpr size_t RED = 64;
+constexpr unsigned char RED_BYTE = 0x7F;  // finite as floats (no NaN to hide behind max-comparisons)
+
+struct Guarded {
+    std::vector<unsigned char> raw;
+    size_t bytes;
+    explicit Guarded(size_t n) : raw(n + 2 * RED + 64, RED_BYTE), bytes(n) {}
+    unsigned char* data() {  // 64-byte aligned, RED bytes of guard before
+        uintptr_t p = reinterpret_cast<uintptr_t>(raw.data()) + RED;
+        return reinterpret_cast<unsigned char*>((p + 63) & ~uintptr_t(63));
+    }
+    bool intact() {
+        unsigned char* d = data();
+        for (size_t i = 1; i <= RED; i++) if (d[-(long)i] != RED_BYTE) return false;
+        for (size_t i = 0; i < RED; i++) if (d[bytes + i] != RED_BYTE) return false;
+        return true;
+    }
+};
+
+template <typename T>
+void read(std::ifstream& in, T* dst, size_t count) {
+    in.read(reinterpret_cast<char*>(dst), sizeof(T) * count);
+    if (!in) emu::fail("input file is shorter than its header says");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 3) emu::fail("usage: distill_gate <in.bin> <out.bin>");
+    std::ifstream in(argv[1], std::ios::binary);
+    int32_t h[10];
+    read(in, h, 10);
+    const int kind = h[0], dtype = h[1], n = h[2], V = h[3], Vt = h[4], samples = h[5], divergence = h[6],
+              has_labels = h[7], in_place = h[8], block = h[9];
+    float f[6];
+    read(in, f, 6);
+    int32_t ignore;
+    read(in, &ignore, 1);
+    distill::Params p{f[0], f[1], divergence, f[2], f[3], f[4], f[5], ignore};
+
+    Guarded s(4ull * n * V), g(4ull * n * V), ce(4ull * n), div(4ull * n), labels(4ull * n);
+    read(in, reinterpret_cast<float*>(s.data()), (size_t)n * V);
+    const int elem = dtype == 0 ? 4 : 2;
+    Guarded teacher(kind == 0 ? (size_t)elem * n * Vt : 4ull * n * samples), weights(4ull * n * samples);
+    if (kind == 0) {
+        read(in, reinterpret_cast<char*>(teacher.data()), (size_t)elem * n * Vt);
+    } else {
+        read(in, reinterpret_cast<int32_t*>(teacher.data()), (size_t)n * samples);
+        read(in, reinterpret_cast<float*>(weights.data()), (size_t)n * samples);
+    }
+    read(in, reinterpret_cast<int32_t*>(labels.data()), (size_t)n);
+
+    float* sp = reinterpret_cast<float*>(s.data());
+    float* gp = in_place ? sp : reinterpret_cast<float*>(g.data());
+    const int* lp = has_labels ? reinterpret_cast<const int*>(labels.data()) : nullptr;
+    float* cep = reinterpret_cast<float*>(ce.data());
+    float* dvp = reinterpret_cast<float*>(div.data());
+    emu::launch(n, block, [&] {
+        if (kind == 1) {
+            distill_sampled(sp, gp, reinterpret_cast<const int*>(teacher.data()),
+                            reinterpret_cast<const float*>(weights.data()), lp, cep, dvp, n, V, samples, p);
+        } else if (dtype == 0) {
+            distill_dense_f32(sp, gp, reinterpret_cast<const float*>(teacher.data()), lp, cep, dvp, n, V, Vt, p);
+        } else if (dtype == 1) {
+            distill_dense_f16(sp, gp, reinterpret_cast<const __half*>(teacher.data()), lp, cep, dvp, n, V, Vt, p);
+        } else {
+            distill_dense_bf16(sp, gp, reinterpret_cast<const __nv_bfloat16*>(teacher.data()), lp, cep, dvp, n, V, Vt, p);
+        }
+    });
+    const char* names[] = {"student", "gradient", "row_ce", "row_div", "labels", "teacher", "weights"};
+    Guarded* all[] = {&s, &g, &ce, &div, &labels, &teacher, &weights};
+    for (int i = 0; i < 7; i++) {
+        if (!all[i]->intact()) {
+            std::fprintf(stderr, "cuda-emu: red zone around %s overwritten\n", names[i]);
+            return 4;
+        }
+    }
+    std::ofstream out(argv[2], std::ios::binary);
+    out.write(reinterpret_cast<const char*>(gp), 4ull * n * V);
+    out.write(reinterpret_cast<const char*>(cep), 4ull * n);
+    out.write(reinterpret_cast<const char*>(dvp), 4ull * n);
+    return out ? 0 : 5;
+}

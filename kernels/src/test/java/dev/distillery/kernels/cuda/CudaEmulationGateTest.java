@@ -1,0 +1,171 @@
+package dev.distillery.kernels.cuda;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.concurrent.TimeUnit;
+
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+
+import dev.distillery.kernels.conformance.Buffers;
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherTargets;
+
+/**
+ * The CUDA gate without a GPU: compiles {@code cuda/src/main/cuda/distill_loss.cu} with g++
+ * against the CPU emulation in {@code cuda/src/test/emulation} (each CUDA thread an OS thread,
+ * block barriers with a deadlock watchdog, warp shuffles), runs it on fresh random inputs and
+ * holds its outputs to the Java CPU kernel's (which the float64 reference holds in turn). The
+ * harness also fails when a kernel writes into the 0x7F red zones around any buffer.
+ */
+class CudaEmulationGateTest {
+
+    private static Path work;
+    private static Path binary;
+    private static CpuKernels kernels;
+    private final SplittableRandom rng = new SplittableRandom();
+
+    @BeforeAll
+    static void compile() throws Exception {
+        Path gpp = Path.of("/usr/bin/g++");
+        Assumptions.assumeTrue(Files.isExecutable(gpp), "g++ not found at /usr/bin/g++: the CUDA emulation gate needs it");
+        Path root = Path.of("").toAbsolutePath().getParent();
+        Path emulation = root.resolve("cuda/src/test/emulation");
+        work = Files.createTempDirectory("distillery-cuda-gate");
+        binary = work.resolve("distill_gate");
+        Process p = new ProcessBuilder(gpp.toString(), "-std=c++20", "-O1", "-pthread", "-x", "c++",
+                "-I", emulation.resolve("include").toString(), emulation.resolve("distill_gate.cpp").toString(),
+                "-o", binary.toString()).redirectErrorStream(true).start();
+        String log = new String(p.getInputStream().readAllBytes());
+        assertTrue(p.waitFor(180, TimeUnit.SECONDS) && p.exitValue() == 0, "g++ failed:\n" + log);
+        kernels = new CpuKernels(2, "auto");
+    }
+
+    @AfterAll
+    static void cleanUp() throws IOException {
+        if (kernels != null) kernels.close();
+        if (work != null) {
+            try (var files = Files.list(work)) {
+                for (Path f : files.toList()) Files.deleteIfExists(f);
+            }
+            Files.deleteIfExists(work);
+        }
+    }
+
+    private record Case(String name, int kind, LogitType type, Divergence divergence, int n, int v, int vt,
+                        boolean inPlace, boolean labels, float temperature, float alpha) {
+    }
+
+    @Test
+    void cudaLossKernelsMatchTheJavaKernelUnderEmulation() throws Exception {
+        List<Case> cases = new ArrayList<>();
+        Divergence[] divs = {Divergence.forwardKl(), Divergence.reverseKl(), Divergence.jsd(0.4)};
+        for (int[] shape : new int[][]{{1, 1}, {37, 37}, {1009, 1005}, {1024, 1024}}) {
+            for (Divergence d : divs) {
+                for (LogitType t : LogitType.values()) {
+                    boolean inPlace = t != LogitType.F16;
+                    cases.add(new Case("dense " + t + " " + d + " V=" + shape[0] + "/" + shape[1], 0, t, d, 3,
+                            shape[0], shape[1], inPlace, true, 2f, 0.3f));
+                }
+            }
+            cases.add(new Case("sampled V=" + shape[0], 1, LogitType.F32, divs[0], 3, shape[0], shape[1], true, true, 1.5f, 0.2f));
+        }
+        cases.add(new Case("dense no labels", 0, LogitType.F32, divs[0], 2, 211, 211, false, false, 1f, 0f));
+        List<String> failures = new ArrayList<>();
+        for (Case c : cases) {
+            String problem = run(c);
+            if (problem != null) failures.add(c.name() + ": " + problem);
+        }
+        assertTrue(failures.isEmpty(), failures.size() + " of " + cases.size() + " cases failed:\n" + String.join("\n", failures));
+    }
+
+    /** Runs one case on both sides; null when they agree, else what differs. */
+    private String run(Case c) throws Exception {
+        int n = c.n(), v = c.v(), vt = c.vt(), samples = 12;
+        double[] s = new double[n * v];
+        for (int i = 0; i < s.length; i++) s[i] = (float) (2 * rng.nextGaussian());
+        double[] t = new double[n * vt];
+        for (int i = 0; i < t.length; i++) t[i] = 3 * rng.nextGaussian();
+        int[] labels = new int[n];
+        for (int r = 0; r < n; r++) labels[r] = rng.nextInt(v);
+        if (n > 2) labels[1] = -100;
+        int[] ids = new int[n * samples];
+        double[] weights = new double[n * samples];
+        for (int i = 0; i < ids.length; i++) {
+            ids[i] = rng.nextInt(vt);
+            weights[i] = (float) (rng.nextDouble() / samples);
+        }
+        DistillOptions o = DistillOptions.of(c.temperature(), c.alpha()).withDivergence(c.divergence());
+        float gradScale = 1f / n;
+
+        try (Arena arena = Arena.ofShared()) {
+            MemorySegment teacherSeg = arena.allocate((long) c.type().bytes() * Math.max(1, t.length), 64);
+            for (int i = 0; i < t.length; i++) c.type().write(teacherSeg, i, (float) t[i]);
+            // Java side
+            MemorySegment student = Buffers.floats(arena, s), grad = Buffers.poisoned(arena, (long) n * v);
+            MemorySegment ce = Buffers.poisoned(arena, n), div = Buffers.poisoned(arena, n);
+            TeacherTargets teacher = c.kind() == 0 ? new TeacherTargets.Dense(teacherSeg, c.type(), vt)
+                    : new TeacherTargets.Sampled(Buffers.ints(arena, ids), Buffers.floats(arena, weights), samples, vt, c.temperature());
+            kernels.distillLoss(student, grad, teacher, c.labels() ? Buffers.ints(arena, labels) : null, ce, div, n, v, o, gradScale);
+
+            // CUDA side under emulation
+            ByteBuffer in = ByteBuffer.allocate(64 + 4 * (n * v + n) + (int) teacherSeg.byteSize() + 8 * ids.length)
+                    .order(ByteOrder.LITTLE_ENDIAN);
+            int dtype = switch (c.type()) { case F32 -> 0; case F16 -> 1; case BF16 -> 2; };
+            int divergence = switch (c.divergence()) {
+                case Divergence.ForwardKl f -> 0;
+                case Divergence.ReverseKl r -> 1;
+                case Divergence.Jsd j -> 2;
+            };
+            float beta = c.divergence() instanceof Divergence.Jsd j ? (float) j.beta() : 0f;
+            in.putInt(c.kind()).putInt(dtype).putInt(n).putInt(v).putInt(vt).putInt(samples).putInt(divergence)
+                    .putInt(c.labels() ? 1 : 0).putInt(c.inPlace() ? 1 : 0).putInt(64);
+            in.putFloat(c.temperature()).putFloat(c.alpha()).putFloat(beta).putFloat(o.divergenceScale())
+                    .putFloat(o.gradientTemperatureFactor()).putFloat(gradScale).putInt(o.ignoreIndex());
+            for (double x : s) in.putFloat((float) x);
+            if (c.kind() == 0) {
+                in.put(teacherSeg.asByteBuffer());
+            } else {
+                for (int id : ids) in.putInt(id);
+                for (double w : weights) in.putFloat((float) w);
+            }
+            for (int l : labels) in.putInt(l);
+            Path inFile = work.resolve("in.bin"), outFile = work.resolve("out.bin");
+            Files.write(inFile, java.util.Arrays.copyOf(in.array(), in.position()));
+            Files.deleteIfExists(outFile);
+            Process p = new ProcessBuilder(binary.toString(), inFile.toString(), outFile.toString()).redirectErrorStream(true).start();
+            String log = new String(p.getInputStream().readAllBytes());
+            if (!p.waitFor(120, TimeUnit.SECONDS)) {
+                p.destroyForcibly();
+                return "emulation timed out";
+            }
+            if (p.exitValue() != 0) return "emulation exited " + p.exitValue() + ": " + log.strip();
+            ByteBuffer out = ByteBuffer.wrap(Files.readAllBytes(outFile)).order(ByteOrder.LITTLE_ENDIAN);
+            assertEquals(4L * (n * v + 2L * n), out.capacity(), "output size");
+            double[] gCuda = new double[n * v], ceCuda = new double[n], divCuda = new double[n];
+            for (int i = 0; i < gCuda.length; i++) gCuda[i] = out.getFloat();
+            for (int i = 0; i < n; i++) ceCuda[i] = out.getFloat();
+            for (int i = 0; i < n; i++) divCuda[i] = out.getFloat();
+            double err = Math.max(Buffers.relativeError(gCuda, grad, 1e-3),
+                    Math.max(Buffers.relativeError(ceCuda, ce, 1e-3), Buffers.relativeError(divCuda, div, 1e-3)));
+            return err < 2e-4 ? null : "max relative difference " + err;
+        }
+    }
+}
