@@ -1,9 +1,9 @@
 // Fused distillation loss, the CUDA twin of kernels/cpu/FusedDistillLoss.java.
 //
-// Covered here: dense teachers (fp32, fp16, bf16) with forward KL, reverse KL and JSD, and
-// sampled teachers (forward KL). Top-k teachers are not in this file yet: their listed-column
-// fix-up must read q_i before an in-place gradient overwrites s, which needs a per-row staging
-// buffer the launch path (CUDA backend issue) will own.
+// Covered: dense teachers (fp32, fp16, bf16) and top-k teachers (fp32, fp16, bf16 logits; tail
+// bucket, renormalized or rescaled) with forward KL, reverse KL and JSD; sampled teachers
+// (forward KL). Top-k rows read their k student logits into shared memory before any gradient
+// is written (k <= MAX_TOPK); ids in a row must be distinct (the host checks).
 //
 // One thread block per token row. Same contract as Kernels.distillLoss: student logits s (n, V)
 // fp32; teacher dense logits (n, Vt) fp32/fp16/bf16, or top-k ids/logits + logsumexp, or sampled
@@ -32,6 +32,7 @@ namespace distill {
 
 constexpr float LOG_FLOOR = -87.336544750553102f;  // log(FLT_MIN): reverse KL's charge for zero teacher mass
 constexpr int MAX_WARPS = 32;
+constexpr int MAX_TOPK = 1024;
 
 enum Divergence : int { FORWARD_KL = 0, REVERSE_KL = 1, JSD = 2 };
 
@@ -295,6 +296,115 @@ __device__ void sampled_entry(const float* s, float* g, const int* ids, const fl
     finish_row(grow, label, ce, xent, row_ce, row_div, row, p, c1);
 }
 
+// ------------------------------------------------------------------ top-k teacher
+
+// ids, logits (n, k) and the teacher's logsumexp (n) of logits / shard_t; mode 0 = tail bucket,
+// 1 = renormalize, 2 = rescale (tail mass kept from the shard temperature). Thread 0 does the k
+// listed entries in float64 (as the CPU kernel does); the block writes the gradient every
+// unlisted column shares; thread 0 then fixes up the listed columns.
+template <typename TT>
+__device__ void topk_entry(const float* s, float* g, const int* ids, const TT* logits, const float* lse_all,
+                           const int* labels, float* row_ce, float* row_div, int n, int V, int Vt, int k,
+                           float shard_t, int mode, const Params& p) {
+    __shared__ float sm[MAX_WARPS], sd[MAX_WARPS];
+    __shared__ float listed_s[MAX_TOPK], fix[MAX_TOPK];
+    __shared__ float shared_w_tail, shared_value;
+    const int row = blockIdx.x;
+    if (row >= n) return;
+    const int label = labels ? labels[row] : -1;
+    const float* srow = s + (size_t)row * V;
+    float* grow = g ? g + (size_t)row * V : nullptr;
+    if (masked_row(labels, label, grow, row_ce, row_div, row, V, p)) return;
+    const float inv_t = 1.f / p.temperature;
+    const float c1 = p.grad_scale * p.alpha;
+    const float cq = p.grad_scale * (1.f - p.alpha) * p.grad_t_factor;
+    const int* rid = ids + (size_t)row * k;
+    const TT* rl = logits + (size_t)row * k;
+    for (int i = threadIdx.x; i < k; i += blockDim.x) listed_s[i] = srow[rid[i]];
+    Student st = student_pass(srow, V, inv_t, sm, sd);  // its barriers also publish listed_s
+    float ce = label >= 0 ? st.max + st.log_z1 - srow[label] : 0.f;
+    if (threadIdx.x == 0) {
+        const double lse = lse_all[row], inv_td = 1.0 / p.temperature;
+        double max_t = -CUDART_INF, tail_shard = 1, renorm_z = 0, sum_q = 0;
+        for (int i = 0; i < k; i++) {
+            double lg = to_float(rl[i]);
+            max_t = fmax(max_t, lg);
+            tail_shard -= exp(lg / (double)shard_t - lse);
+            sum_q += exp((double)((listed_s[i] - st.max) * inv_t - st.log_zt));
+        }
+        tail_shard = fmax(0.0, tail_shard);
+        for (int i = 0; i < k; i++) renorm_z += exp((to_float(rl[i]) - max_t) * inv_td);
+        const bool same_t = shard_t == p.temperature;
+        const double p_tail = (mode == 1 || k == Vt) ? 0.0 : tail_shard;
+        const double q_tail = k < V ? fmax(0.0, 1.0 - sum_q) : 0.0;
+        // first sweep over the listed entries: the value and the row-wide terms
+        double value = 0, sum_p = p_tail, agg = 0;
+        for (int i = 0; i < k; i++) {
+            double lg = to_float(rl[i]);
+            double lp = mode == 1 ? (lg - max_t) * inv_td - log(renorm_z)
+                      : same_t ? lg * inv_td - lse
+                      : log(1 - tail_shard) + (lg - max_t) * inv_td - log(renorm_z);
+            double pv = exp(lp);
+            double lq = (double)((listed_s[i] - st.max) * inv_t - st.log_zt), q = exp(lq);
+            sum_p += pv;
+            if (p.divergence == FORWARD_KL) {
+                if (pv > 0) value += pv * (lp - lq);
+            } else if (p.divergence == REVERSE_KL) {
+                if (q > 0) value += q * (lq - fmax(lp, (double)LOG_FLOOR));
+            } else {
+                double m = p.beta * pv + (1 - p.beta) * q;
+                if (pv > 0) value += p.beta * pv * (lp - log(m));
+                if (q > 0) { double gq = (1 - p.beta) * log(q / m); value += q * gq; agg += q * gq; }
+            }
+            fix[i] = (float)lp;  // kept for the second sweep
+        }
+        double w_tail;
+        if (p.divergence == FORWARD_KL) {
+            if (p_tail > 0) value += p_tail * (log(p_tail) - log(fmax(q_tail, 1.1754943508222875e-38)));
+            w_tail = sum_p - (q_tail > 0 ? p_tail / q_tail : 0.0);
+        } else if (p.divergence == REVERSE_KL) {
+            double l_tail = q_tail > 0 ? log(q_tail) - fmax(p_tail > 0 ? log(p_tail) : (double)LOG_FLOOR, (double)LOG_FLOOR) : 0;
+            value += q_tail * l_tail;
+            w_tail = l_tail - value;
+        } else {
+            double m_tail = p.beta * p_tail + (1 - p.beta) * q_tail, g_tail = 0;
+            if (p_tail > 0) value += p.beta * p_tail * log(p_tail / m_tail);
+            if (q_tail > 0) { g_tail = (1 - p.beta) * log(q_tail / m_tail); value += q_tail * g_tail; agg += q_tail * g_tail; }
+            w_tail = g_tail - agg;
+        }
+        // second sweep: the correction each listed column needs on top of q · w_tail
+        for (int i = 0; i < k; i++) {
+            double lp = fix[i], pv = exp(lp);
+            double lq = (double)((listed_s[i] - st.max) * inv_t - st.log_zt), q = exp(lq);
+            double f;
+            if (p.divergence == FORWARD_KL) {
+                f = cq * (q * sum_p - pv - q * w_tail);
+            } else if (p.divergence == REVERSE_KL) {
+                f = cq * q * ((lq - fmax(lp, (double)LOG_FLOOR) - value) - w_tail);
+            } else {
+                double m = p.beta * pv + (1 - p.beta) * q;
+                double gq = q > 0 ? (1 - p.beta) * log(q / m) : 0;
+                f = cq * q * ((gq - agg) - w_tail);
+            }
+            fix[i] = (float)f;
+        }
+        shared_w_tail = (float)w_tail;
+        shared_value = (float)value;
+    }
+    __syncthreads();
+    if (grow) {
+        const float cqw = cq * shared_w_tail;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) {
+            float x = srow[j] - st.max;
+            grow[j] = (c1 != 0.f ? __expf(x - st.log_z1) * c1 : 0.f) + __expf(x * inv_t - st.log_zt) * cqw;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) for (int i = 0; i < k; i++) grow[rid[i]] += fix[i];
+        __syncthreads();
+    }
+    finish_row(grow, label, ce, shared_value, row_ce, row_div, row, p, c1);
+}
+
 }  // namespace distill
 
 // C entry points for cuModuleGetFunction; one per teacher layout.
@@ -313,6 +423,24 @@ DISTILL_LAUNCH void distill_dense_f16(const float* s, float* g, const __half* t,
 DISTILL_LAUNCH void distill_dense_bf16(const float* s, float* g, const __nv_bfloat16* t, const int* labels,
                                        float* row_ce, float* row_div, int n, int V, int Vt, distill::Params p) {
     distill::dense_entry(s, g, t, labels, row_ce, row_div, n, V, Vt, p);
+}
+
+DISTILL_LAUNCH void distill_topk_f32(const float* s, float* g, const int* ids, const float* logits, const float* lse,
+                                     const int* labels, float* row_ce, float* row_div, int n, int V, int Vt, int k,
+                                     float shard_t, int mode, distill::Params p) {
+    distill::topk_entry(s, g, ids, logits, lse, labels, row_ce, row_div, n, V, Vt, k, shard_t, mode, p);
+}
+
+DISTILL_LAUNCH void distill_topk_f16(const float* s, float* g, const int* ids, const __half* logits, const float* lse,
+                                     const int* labels, float* row_ce, float* row_div, int n, int V, int Vt, int k,
+                                     float shard_t, int mode, distill::Params p) {
+    distill::topk_entry(s, g, ids, logits, lse, labels, row_ce, row_div, n, V, Vt, k, shard_t, mode, p);
+}
+
+DISTILL_LAUNCH void distill_topk_bf16(const float* s, float* g, const int* ids, const __nv_bfloat16* logits,
+                                      const float* lse, const int* labels, float* row_ce, float* row_div, int n, int V,
+                                      int Vt, int k, float shard_t, int mode, distill::Params p) {
+    distill::topk_entry(s, g, ids, logits, lse, labels, row_ce, row_div, n, V, Vt, k, shard_t, mode, p);
 }
 
 DISTILL_LAUNCH void distill_sampled(const float* s, float* g, const int* ids, const float* weights, const int* labels,

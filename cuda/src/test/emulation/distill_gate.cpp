@@ -3,10 +3,11 @@
 //
 //   distill_gate <in.bin> <out.bin>
 //
-// in.bin, little-endian: int32 kind (0 dense, 1 sampled), dtype (0 f32, 1 f16, 2 bf16), n, V, Vt,
-// samples, divergence, has_labels, in_place, block; float32 temperature, alpha, beta,
-// divergence_scale, grad_t_factor, grad_scale; int32 ignore_index; then s (n·V f32), the teacher
-// (dense: n·Vt of dtype; sampled: ids n·samples int32 then weights n·samples f32), labels (n int32).
+// in.bin, little-endian: int32 kind (0 dense, 1 sampled, 2 top-k), dtype (0 f32, 1 f16, 2 bf16), n,
+// V, Vt, samples (or k), divergence, has_labels, in_place, block; float32 temperature, alpha, beta,
+// divergence_scale, grad_t_factor, grad_scale; int32 ignore_index; float32 shard_t; int32 topk mode;
+// then s (n·V f32), the teacher (dense: n·Vt of dtype; sampled: ids n·samples int32, weights
+// n·samples f32; top-k: ids n·k int32, logits n·k of dtype, logsumexp n f32), labels (n int32).
 // out.bin: g (n·V f32), row_ce (n f32), row_div (n f32).
 #include "cuda_emu.h"
 #include "../../main/cuda/distill_loss.cu"
@@ -53,16 +54,24 @@ int main(int argc, char** argv) {
               has_labels = h[7], in_place = h[8], block = h[9];
     float f[6];
     read(in, f, 6);
-    int32_t ignore;
+    int32_t ignore, mode;
+    float shard_t;
     read(in, &ignore, 1);
+    read(in, &shard_t, 1);
+    read(in, &mode, 1);
     distill::Params p{f[0], f[1], divergence, f[2], f[3], f[4], f[5], ignore};
 
     Guarded s(4ull * n * V), g(4ull * n * V), ce(4ull * n), div(4ull * n), labels(4ull * n);
     read(in, reinterpret_cast<float*>(s.data()), (size_t)n * V);
     const int elem = dtype == 0 ? 4 : 2;
-    Guarded teacher(kind == 0 ? (size_t)elem * n * Vt : 4ull * n * samples), weights(4ull * n * samples);
+    Guarded teacher(kind == 0 ? (size_t)elem * n * Vt : 4ull * n * samples), weights(4ull * n * samples),
+        top_logits(kind == 2 ? (size_t)elem * n * samples : 4), lse(4ull * n);
     if (kind == 0) {
         read(in, reinterpret_cast<char*>(teacher.data()), (size_t)elem * n * Vt);
+    } else if (kind == 2) {
+        read(in, reinterpret_cast<int32_t*>(teacher.data()), (size_t)n * samples);
+        read(in, reinterpret_cast<char*>(top_logits.data()), (size_t)elem * n * samples);
+        read(in, reinterpret_cast<float*>(lse.data()), (size_t)n);
     } else {
         read(in, reinterpret_cast<int32_t*>(teacher.data()), (size_t)n * samples);
         read(in, reinterpret_cast<float*>(weights.data()), (size_t)n * samples);
@@ -75,7 +84,18 @@ int main(int argc, char** argv) {
     float* cep = reinterpret_cast<float*>(ce.data());
     float* dvp = reinterpret_cast<float*>(div.data());
     emu::launch(n, block, [&] {
-        if (kind == 1) {
+        const int* ids = reinterpret_cast<const int*>(teacher.data());
+        const float* lsep = reinterpret_cast<const float*>(lse.data());
+        if (kind == 2 && dtype == 0) {
+            distill_topk_f32(sp, gp, ids, reinterpret_cast<const float*>(top_logits.data()), lsep, lp, cep, dvp, n, V, Vt,
+                             samples, shard_t, mode, p);
+        } else if (kind == 2 && dtype == 1) {
+            distill_topk_f16(sp, gp, ids, reinterpret_cast<const __half*>(top_logits.data()), lsep, lp, cep, dvp, n, V, Vt,
+                             samples, shard_t, mode, p);
+        } else if (kind == 2) {
+            distill_topk_bf16(sp, gp, ids, reinterpret_cast<const __nv_bfloat16*>(top_logits.data()), lsep, lp, cep, dvp, n,
+                              V, Vt, samples, shard_t, mode, p);
+        } else if (kind == 1) {
             distill_sampled(sp, gp, reinterpret_cast<const int*>(teacher.data()),
                             reinterpret_cast<const float*>(weights.data()), lp, cep, dvp, n, V, samples, p);
         } else if (dtype == 0) {
@@ -86,9 +106,10 @@ int main(int argc, char** argv) {
             distill_dense_bf16(sp, gp, reinterpret_cast<const __nv_bfloat16*>(teacher.data()), lp, cep, dvp, n, V, Vt, p);
         }
     });
-    const char* names[] = {"student", "gradient", "row_ce", "row_div", "labels", "teacher", "weights"};
-    Guarded* all[] = {&s, &g, &ce, &div, &labels, &teacher, &weights};
-    for (int i = 0; i < 7; i++) {
+    const char* names[] = {"student", "gradient", "row_ce", "row_div", "labels", "teacher", "weights", "top-k logits",
+                           "logsumexp"};
+    Guarded* all[] = {&s, &g, &ce, &div, &labels, &teacher, &weights, &top_logits, &lse};
+    for (int i = 0; i < 9; i++) {
         if (!all[i]->intact()) {
             std::fprintf(stderr, "cuda-emu: red zone around %s overwritten\n", names[i]);
             return 4;
