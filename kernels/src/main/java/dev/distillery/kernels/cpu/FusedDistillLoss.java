@@ -600,12 +600,15 @@ final class FusedDistillLoss {
                 double[] gc = new double[k];
                 double sumQg = 0;
                 for (int i = 0; i < k; i++) {
-                    double m = b * sc.p[i] + (1 - b) * sc.q[i];
-                    if (sc.p[i] > 0) value += b * sc.p[i] * (sc.lp[i] - Math.log(m));
-                    if (sc.q[i] > 0) {
-                        gc[i] = (1 - b) * Math.log(sc.q[i] / m);
-                        value += sc.q[i] * gc[i];
-                        sumQg += sc.q[i] * gc[i];
+                    // float64 p and q from their logs: log(q/m) is small when q ≈ p, and fp32 p, q would
+                    // leave it with few correct digits
+                    double pi = Math.exp(sc.lp[i]), qi = Math.exp(sc.lq[i]);
+                    double m = b * pi + (1 - b) * qi;
+                    if (pi > 0) value += b * pi * (sc.lp[i] - Math.log(m));
+                    if (qi > 0) {
+                        gc[i] = (1 - b) * (sc.lq[i] - Math.log(m));
+                        value += qi * gc[i];
+                        sumQg += qi * gc[i];
                     }
                 }
                 double mTail = b * pTail + (1 - b) * qTail, gTail = 0;
