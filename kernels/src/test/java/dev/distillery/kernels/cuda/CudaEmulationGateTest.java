@@ -38,24 +38,33 @@ import dev.distillery.kernels.distill.TeacherTargets;
 class CudaEmulationGateTest {
 
     private static Path work;
+    private static Path emulation;
+    private static Path gpp;
     private static Path binary;
     private static CpuKernels kernels;
     private final SplittableRandom rng = new SplittableRandom();
 
     @BeforeAll
     static void compile() throws Exception {
-        Path gpp = Path.of("/usr/bin/g++");
+        gpp = Path.of("/usr/bin/g++");
         Assumptions.assumeTrue(Files.isExecutable(gpp), "g++ not found at /usr/bin/g++: the CUDA emulation gate needs it");
-        Path root = Path.of("").toAbsolutePath().getParent();
-        Path emulation = root.resolve("cuda/src/test/emulation");
+        emulation = Path.of("").toAbsolutePath().getParent().resolve("cuda/src/test/emulation");
         work = Files.createTempDirectory("distillery-cuda-gate");
-        binary = work.resolve("distill_gate");
-        Process p = new ProcessBuilder(gpp.toString(), "-std=c++20", "-O1", "-pthread", "-x", "c++",
-                "-I", emulation.resolve("include").toString(), emulation.resolve("distill_gate.cpp").toString(),
-                "-o", binary.toString()).redirectErrorStream(true).start();
-        String log = new String(p.getInputStream().readAllBytes());
-        assertTrue(p.waitFor(180, TimeUnit.SECONDS) && p.exitValue() == 0, "g++ failed:\n" + log);
+        binary = build("distill_gate", "-O1");
         kernels = new CpuKernels(2, "auto");
+    }
+
+    /** Compiles the gate harness (with the .cu it includes) with the given extra flags. */
+    private static Path build(String name, String... flags) throws Exception {
+        Path out = work.resolve(name);
+        List<String> cmd = new ArrayList<>(List.of(gpp.toString(), "-std=c++20", "-g", "-pthread"));
+        cmd.addAll(List.of(flags));
+        cmd.addAll(List.of("-x", "c++", "-I", emulation.resolve("include").toString(),
+                emulation.resolve("distill_gate.cpp").toString(), "-o", out.toString()));
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+        String log = new String(p.getInputStream().readAllBytes());
+        assertTrue(p.waitFor(300, TimeUnit.SECONDS) && p.exitValue() == 0, "g++ " + String.join(" ", flags) + " failed:\n" + log);
+        return out;
     }
 
     @AfterAll
@@ -77,11 +86,10 @@ class CudaEmulationGateTest {
         }
     }
 
-    @Test
-    void cudaLossKernelsMatchTheJavaKernelUnderEmulation() throws Exception {
+    private static List<Case> cases(int[][] shapes) {
         List<Case> cases = new ArrayList<>();
         Divergence[] divs = {Divergence.forwardKl(), Divergence.reverseKl(), Divergence.jsd(0.4)};
-        for (int[] shape : new int[][]{{1, 1}, {37, 37}, {1009, 1005}, {1024, 1024}}) {
+        for (int[] shape : shapes) {
             for (Divergence d : divs) {
                 for (LogitType t : LogitType.values()) {
                     boolean inPlace = t != LogitType.F16;
@@ -99,16 +107,37 @@ class CudaEmulationGateTest {
             }
         }
         cases.add(new Case("dense no labels", 0, LogitType.F32, divs[0], 2, 211, 211, false, false, 1f, 0f));
+        return cases;
+    }
+
+    private void runAll(Path gate, List<Case> cases) throws Exception {
         List<String> failures = new ArrayList<>();
         for (Case c : cases) {
-            String problem = run(c);
+            String problem = run(gate, c);
             if (problem != null) failures.add(c.name() + ": " + problem);
         }
         assertTrue(failures.isEmpty(), failures.size() + " of " + cases.size() + " cases failed:\n" + String.join("\n", failures));
     }
 
+    @Test
+    void cudaLossKernelsMatchTheJavaKernelUnderEmulation() throws Exception {
+        runAll(binary, cases(new int[][]{{1, 1}, {37, 37}, {1009, 1005}, {1024, 1024}}));
+    }
+
+    @Test
+    void cudaLossKernelsAreCleanUnderAddressAndUndefinedBehaviourSanitizers() throws Exception {
+        Path asan = build("distill_gate_asan", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined");
+        runAll(asan, cases(new int[][]{{1, 1}, {37, 33}, {1009, 1005}}));
+    }
+
+    @Test
+    void cudaLossKernelsAreCleanUnderThreadSanitizerOnSmallSizes() throws Exception {
+        Path tsan = build("distill_gate_tsan", "-O1", "-fsanitize=thread");
+        runAll(tsan, cases(new int[][]{{1, 1}, {37, 33}}));
+    }
+
     /** Runs one case on both sides; null when they agree, else what differs. */
-    private String run(Case c) throws Exception {
+    private String run(Path gate, Case c) throws Exception {
         int n = c.n(), v = c.v(), vt = c.vt(), samples = c.kind() == 2 ? Math.min(8, vt) : 12;
         double[] s = new double[n * v];
         for (int i = 0; i < s.length; i++) s[i] = (float) (2 * rng.nextGaussian());
@@ -186,7 +215,7 @@ class CudaEmulationGateTest {
             Path inFile = work.resolve("in.bin"), outFile = work.resolve("out.bin");
             Files.write(inFile, java.util.Arrays.copyOf(in.array(), in.position()));
             Files.deleteIfExists(outFile);
-            Process p = new ProcessBuilder(binary.toString(), inFile.toString(), outFile.toString()).redirectErrorStream(true).start();
+            Process p = new ProcessBuilder(gate.toString(), inFile.toString(), outFile.toString()).redirectErrorStream(true).start();
             String log = new String(p.getInputStream().readAllBytes());
             if (!p.waitFor(120, TimeUnit.SECONDS)) {
                 p.destroyForcibly();
