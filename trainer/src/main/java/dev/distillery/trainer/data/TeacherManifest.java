@@ -1,0 +1,81 @@
+package dev.distillery.trainer.data;
+
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.List;
+
+import com.fasterxml.jackson.databind.DeserializationFeature;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.PropertyNamingStrategies;
+import com.fasterxml.jackson.databind.exc.UnrecognizedPropertyException;
+import com.fasterxml.jackson.databind.json.JsonMapper;
+
+/**
+ * {@code manifest.json} of a teacher shard directory (docs/FORMATS.md#teacher-shards). Keys are
+ * snake_case; an unknown key is an error that names it.
+ *
+ * @param formatVersion 1
+ * @param vocabSize     teacher vocabulary
+ * @param seqLen        tokens per sequence
+ * @param targets       dense, topk or sampled
+ * @param k             top-k size, or samples per position; 0 for dense
+ * @param dtype         f32, f16 or bf16: the dense or top-k logits
+ * @param temperature   the temperature the top-k logsumexp or the samples were taken at
+ * @param tokenizer     the tokenizer's id (informational)
+ * @param teacher       the teacher's name (informational)
+ * @param shards        the shard files in order
+ */
+public record TeacherManifest(int formatVersion, int vocabSize, int seqLen, String targets, int k, String dtype,
+                              double temperature, String tokenizer, String teacher, List<Shard> shards) {
+
+    /** One shard: its file (relative to the manifest), how many sequences it holds, its SHA-256 (hex). */
+    public record Shard(String file, int sequences, String sha256) {
+    }
+
+    private static final ObjectMapper JSON = JsonMapper.builder()
+            .propertyNamingStrategy(PropertyNamingStrategies.SNAKE_CASE)
+            .enable(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES)
+            .enable(DeserializationFeature.FAIL_ON_NULL_FOR_PRIMITIVES)
+            .build();
+
+    /** Reads and checks {@code manifest.json}; every problem names the file and the key. */
+    public static TeacherManifest read(Path file) throws IOException {
+        TeacherManifest m;
+        try {
+            m = JSON.readValue(file.toFile(), TeacherManifest.class);
+        } catch (UnrecognizedPropertyException e) {
+            throw new IOException(file + ": unknown key '" + e.getPropertyName() + "' (known: " + e.getKnownPropertyIds() + ")", e);
+        } catch (com.fasterxml.jackson.core.JacksonException e) {
+            throw new IOException(file + ": " + e.getOriginalMessage(), e);
+        }
+        m.check(file);
+        return m;
+    }
+
+    public void write(Path file) throws IOException {
+        JSON.writerWithDefaultPrettyPrinter().writeValue(file.toFile(), this);
+    }
+
+    private void check(Path file) throws IOException {
+        require(file, formatVersion == 1, "format_version", "must be 1, got " + formatVersion);
+        require(file, vocabSize > 0, "vocab_size", "must be positive, got " + vocabSize);
+        require(file, seqLen > 0, "seq_len", "must be positive, got " + seqLen);
+        require(file, targets != null && List.of("dense", "topk", "sampled").contains(targets), "targets",
+                "must be dense, topk or sampled, got " + targets);
+        require(file, targets.equals("dense") || (k > 0 && k <= vocabSize), "k",
+                "must be in [1, vocab_size = " + vocabSize + "] for " + targets + ", got " + k);
+        require(file, targets.equals("sampled") || (dtype != null && List.of("f32", "f16", "bf16").contains(dtype)), "dtype",
+                "must be f32, f16 or bf16, got " + dtype);
+        require(file, temperature > 0, "temperature", "must be positive, got " + temperature);
+        require(file, shards != null && !shards.isEmpty(), "shards", "must list at least one shard");
+        for (int i = 0; i < shards.size(); i++) {
+            Shard s = shards.get(i);
+            require(file, s != null && s.file() != null && !s.file().isBlank(), "shards[" + i + "].file", "is missing");
+            require(file, s.sequences() > 0, "shards[" + i + "].sequences", "must be positive, got " + s.sequences());
+        }
+    }
+
+    private static void require(Path file, boolean ok, String key, String problem) throws IOException {
+        if (!ok) throw new IOException(file + ": '" + key + "' " + problem);
+    }
+}

@@ -1,0 +1,144 @@
+package dev.distillery.trainer.data;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+
+import dev.distillery.runtime.io.SafetensorsWriter;
+
+/**
+ * llm.c's token files, memory-mapped: a header of 256 little-endian int32 — magic, version,
+ * token count — then the tokens. Two layouts exist:
+ * <ul>
+ *   <li>magic 20240520, version 1: uint16 tokens (GPT-2 vocabularies);</li>
+ *   <li>magic 20240801, version 7: uint32 tokens (larger vocabularies, llm.c's LLaMA-3 files).</li>
+ * </ul>
+ * Every problem names the file and the offset.
+ */
+public final class TokenFile implements AutoCloseable {
+
+    public static final int HEADER_INTS = 256;
+    public static final int HEADER_BYTES = HEADER_INTS * 4;
+    public static final int MAGIC_U16 = 20240520, VERSION_U16 = 1;
+    public static final int MAGIC_U32 = 20240801, VERSION_U32 = 7;
+
+    private final Path path;
+    private final Arena arena;
+    private final MemorySegment tokens;
+    private final int width;
+    private final long count;
+
+    private TokenFile(Path path, Arena arena, MemorySegment tokens, int width, long count) {
+        this.path = path;
+        this.arena = arena;
+        this.tokens = tokens;
+        this.width = width;
+        this.count = count;
+    }
+
+    /** Opens and validates {@code path}; the tokens stay mapped until {@link #close()}. */
+    public static TokenFile open(Path path) throws IOException {
+        try (FileChannel ch = FileChannel.open(path, StandardOpenOption.READ)) {
+            long size = ch.size();
+            if (size < HEADER_BYTES) {
+                throw new IOException(path + ": " + size + " bytes, shorter than the " + HEADER_BYTES + "-byte header");
+            }
+            ByteBuffer h = ByteBuffer.allocate(12).order(ByteOrder.LITTLE_ENDIAN);
+            while (h.hasRemaining()) {
+                if (ch.read(h, h.position()) < 0) throw new IOException(path + ": unexpected end of file in the header");
+            }
+            h.flip();
+            int magic = h.getInt(), version = h.getInt();
+            long count = Integer.toUnsignedLong(h.getInt());
+            int width;
+            if (magic == MAGIC_U16 && version == VERSION_U16) width = 2;
+            else if (magic == MAGIC_U32 && version == VERSION_U32) width = 4;
+            else {
+                throw new IOException(path + ": magic " + magic + " / version " + version + " at offset 0 is not an llm.c token file ("
+                        + MAGIC_U16 + "/" + VERSION_U16 + " for uint16 tokens, " + MAGIC_U32 + "/" + VERSION_U32 + " for uint32)");
+            }
+            long expected = HEADER_BYTES + count * width;
+            if (size != expected) {
+                throw new IOException(path + ": header at offset 8 says " + count + " tokens of " + width + " bytes ("
+                        + expected + " bytes in all) but the file has " + size + " bytes");
+            }
+            Arena arena = Arena.ofShared();
+            try {
+                return new TokenFile(path, arena, ch.map(FileChannel.MapMode.READ_ONLY, HEADER_BYTES, count * width, arena), width, count);
+            } catch (IOException | RuntimeException e) {
+                arena.close();
+                throw e;
+            }
+        }
+    }
+
+    /** Writes tokens crash-safely (temporary name, fsync, rename), uint16 when every id fits, else uint32. */
+    public static void write(Path path, int[] tokens) throws IOException {
+        int max = 0;
+        for (int i = 0; i < tokens.length; i++) {
+            if (tokens[i] < 0) throw new IllegalArgumentException("token " + tokens[i] + " at position " + i + " is negative");
+            max = Math.max(max, tokens[i]);
+        }
+        int width = max <= 0xFFFF ? 2 : 4;
+        ByteBuffer b = ByteBuffer.allocate(HEADER_BYTES + tokens.length * width).order(ByteOrder.LITTLE_ENDIAN);
+        b.putInt(width == 2 ? MAGIC_U16 : MAGIC_U32).putInt(width == 2 ? VERSION_U16 : VERSION_U32).putInt(tokens.length);
+        b.position(HEADER_BYTES);
+        for (int t : tokens) {
+            if (width == 2) b.putShort((short) t);
+            else b.putInt(t);
+        }
+        Path dir = path.toAbsolutePath().getParent();
+        Files.createDirectories(dir);
+        Path tmp = Files.createTempFile(dir, "." + path.getFileName() + ".", ".tmp");
+        try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.WRITE)) {
+            b.flip();
+            while (b.hasRemaining()) ch.write(b);
+            ch.force(true);
+        } catch (IOException | RuntimeException e) {
+            Files.deleteIfExists(tmp);
+            throw e;
+        }
+        SafetensorsWriter.moveAtomically(tmp, path);
+    }
+
+    public Path path() {
+        return path;
+    }
+
+    public long size() {
+        return count;
+    }
+
+    /** Bytes per token: 2 or 4. */
+    public int tokenWidth() {
+        return width;
+    }
+
+    public int get(long index) {
+        if (index < 0 || index >= count) {
+            throw new IndexOutOfBoundsException(path + ": token " + index + " of " + count);
+        }
+        return width == 2 ? Short.toUnsignedInt(tokens.getAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, index))
+                : tokens.getAtIndex(ValueLayout.JAVA_INT_UNALIGNED, index);
+    }
+
+    /** Copies tokens [from, from + n) into dst[0, n) as int32. */
+    public void read(long from, int n, int[] dst) {
+        if (from < 0 || from + n > count) {
+            throw new IndexOutOfBoundsException(path + ": tokens [" + from + ", " + (from + n) + ") of " + count);
+        }
+        for (int i = 0; i < n; i++) dst[i] = get(from + i);
+    }
+
+    @Override
+    public void close() {
+        arena.close();
+    }
+}

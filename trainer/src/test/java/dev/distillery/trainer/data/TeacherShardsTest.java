@@ -1,0 +1,158 @@
+package dev.distillery.trainer.data;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.MessageDigest;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.Map;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.runtime.DType;
+import dev.distillery.runtime.io.SafetensorsWriter;
+
+class TeacherShardsTest {
+
+    @TempDir
+    Path dir;
+
+    private static final int V = 11, T = 5, K = 3;
+
+    /** Writes one shard of the given kind with s sequences; value(seq, pos, j) fills the logits. */
+    private Path shard(Arena arena, String name, String targets, int s, int offset) throws IOException {
+        MemorySegment ids = arena.allocate(4L * s * T);
+        for (int i = 0; i < s * T; i++) ids.setAtIndex(ValueLayout.JAVA_INT, i, (offset + i) % V);
+        List<SafetensorsWriter.Item> items = new ArrayList<>();
+        items.add(new SafetensorsWriter.Item("input_ids", DType.I32, new int[]{s, T}, ids));
+        switch (targets) {
+            case "dense" -> {
+                MemorySegment lg = arena.allocate(2L * s * T * V);
+                for (int i = 0; i < s * T * V; i++) LogitType.BF16.write(lg, i, (offset * 100 + i) % 7 - 3);
+                items.add(new SafetensorsWriter.Item("logits", DType.BF16, new int[]{s, T, V}, lg));
+            }
+            case "topk" -> {
+                MemorySegment tid = arena.allocate(4L * s * T * K), tl = arena.allocate(2L * s * T * K), lse = arena.allocate(4L * s * T);
+                for (int i = 0; i < s * T * K; i++) {
+                    tid.setAtIndex(ValueLayout.JAVA_INT, i, i % K);
+                    LogitType.BF16.write(tl, i, 2 - i % K);
+                }
+                for (int i = 0; i < s * T; i++) lse.setAtIndex(ValueLayout.JAVA_FLOAT, i, 3f);
+                items.add(new SafetensorsWriter.Item("topk_ids", DType.I32, new int[]{s, T, K}, tid));
+                items.add(new SafetensorsWriter.Item("topk_logits", DType.BF16, new int[]{s, T, K}, tl));
+                items.add(new SafetensorsWriter.Item("logsumexp", DType.F32, new int[]{s, T}, lse));
+            }
+            default -> {
+                MemorySegment sid = arena.allocate(4L * s * T * K), w = arena.allocate(4L * s * T * K);
+                for (int i = 0; i < s * T * K; i++) {
+                    sid.setAtIndex(ValueLayout.JAVA_INT, i, (i * 5) % V);
+                    w.setAtIndex(ValueLayout.JAVA_FLOAT, i, 1f / K);
+                }
+                items.add(new SafetensorsWriter.Item("sampled_ids", DType.I32, new int[]{s, T, K}, sid));
+                items.add(new SafetensorsWriter.Item("sampled_weights", DType.F32, new int[]{s, T, K}, w));
+            }
+        }
+        Path p = dir.resolve(name);
+        SafetensorsWriter.write(p, items, Map.of("teacher", "test"));
+        return p;
+    }
+
+    private static String sha256(Path p) throws Exception {
+        return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(Files.readAllBytes(p)));
+    }
+
+    private void manifest(String targets, List<TeacherManifest.Shard> shards) throws IOException {
+        new TeacherManifest(1, V, T, targets, targets.equals("dense") ? 0 : K, "bf16", 2.0, "test-bpe", "tiny", shards)
+                .write(dir.resolve("manifest.json"));
+    }
+
+    @Test
+    void everyTargetKindOpensValidatesAndFeedsTheLossKernel() throws Exception {
+        for (String targets : new String[]{"dense", "topk", "sampled"}) {
+            try (Arena arena = Arena.ofShared(); CpuKernels kernels = new CpuKernels(1, "vector")) {
+                Path a = shard(arena, targets + "-0.safetensors", targets, 2, 0);
+                Path b = shard(arena, targets + "-1.safetensors", targets, 3, 1000);
+                manifest(targets, List.of(new TeacherManifest.Shard(a.getFileName().toString(), 2, sha256(a)),
+                        new TeacherManifest.Shard(b.getFileName().toString(), 3, sha256(b))));
+                try (TeacherShards shards = TeacherShards.open(dir, true)) {
+                    assertEquals(5, shards.sequences());
+                    TeacherShards.Sequence third = shards.sequence(2); // first sequence of the second shard
+                    assertEquals(1000 % V, third.inputIds().getAtIndex(ValueLayout.JAVA_INT_UNALIGNED, 0));
+                    MemorySegment student = arena.allocate(4L * T * V);
+                    var sums = kernels.distillLoss(student, student, third.targets(), null, null, null, T, V,
+                            DistillOptions.of(2f, 0f), 1f / T);
+                    assertEquals(T, sums.rows());
+                    assertTrue(Double.isFinite(sums.total()), targets + ": " + sums);
+                    if (third.targets() instanceof TeacherTargets.Dense d) {
+                        assertEquals(LogitType.BF16.read(d.logits(), 0), (1000 * 100) % 7 - 3, 0f);
+                    }
+                }
+            }
+        }
+    }
+
+    @Test
+    void badDirectoriesAreRejectedNamingFileKeyAndTensor() throws Exception {
+        try (Arena arena = Arena.ofShared()) {
+            Path a = shard(arena, "s.safetensors", "dense", 2, 0);
+            // checksum mismatch
+            manifest("dense", List.of(new TeacherManifest.Shard("s.safetensors", 2, "00".repeat(32))));
+            var e = assertThrows(IOException.class, () -> TeacherShards.open(dir, true).close());
+            assertTrue(e.getMessage().contains("s.safetensors") && e.getMessage().contains("sha256"), e.getMessage());
+            // sequence count that does not match the tensors
+            manifest("dense", List.of(new TeacherManifest.Shard("s.safetensors", 3, sha256(a))));
+            e = assertThrows(IOException.class, () -> TeacherShards.open(dir, false).close());
+            assertTrue(e.getMessage().contains("'input_ids'") && e.getMessage().contains("[3, 5]"), e.getMessage());
+            // targets the shard does not hold
+            manifest("topk", List.of(new TeacherManifest.Shard("s.safetensors", 2, sha256(a))));
+            e = assertThrows(IOException.class, () -> TeacherShards.open(dir, false).close());
+            assertTrue(e.getMessage().contains("missing tensor 'topk_ids'"), e.getMessage());
+            // a missing file
+            manifest("dense", List.of(new TeacherManifest.Shard("nope.safetensors", 2, sha256(a))));
+            e = assertThrows(IOException.class, () -> TeacherShards.open(dir, false).close());
+            assertTrue(e.getMessage().contains("nope.safetensors") && e.getMessage().contains("missing"), e.getMessage());
+            // a truncated shard
+            byte[] bytes = Files.readAllBytes(a);
+            Files.write(dir.resolve("cut.safetensors"), java.util.Arrays.copyOf(bytes, bytes.length - 7));
+            manifest("dense", List.of(new TeacherManifest.Shard("cut.safetensors", 2, "")));
+            e = assertThrows(IOException.class, () -> TeacherShards.open(dir, false).close());
+            assertTrue(e.getMessage().contains("cut.safetensors"), e.getMessage());
+        }
+    }
+
+    @Test
+    void manifestErrorsNameTheKey() throws IOException {
+        Path m = dir.resolve("manifest.json");
+        Files.writeString(m, "{\"format_version\": 1, \"vocab_size\": 5, \"seq_len\": 4, \"targets\": \"dense\", \"k\": 0, "
+                + "\"dtype\": \"bf16\", \"temperature\": 1.0, \"tokenizer\": \"t\", \"teacher\": \"x\", \"shards\": [], \"colour\": 1}");
+        var e = assertThrows(IOException.class, () -> TeacherManifest.read(m));
+        assertTrue(e.getMessage().contains("unknown key 'colour'"), e.getMessage());
+        Files.writeString(m, "{\"format_version\": 1, \"vocab_size\": 5, \"seq_len\": 4, \"targets\": \"logits\", \"k\": 0, "
+                + "\"dtype\": \"bf16\", \"temperature\": 1.0, \"tokenizer\": \"t\", \"teacher\": \"x\", "
+                + "\"shards\": [{\"file\": \"a\", \"sequences\": 1, \"sha256\": \"\"}]}");
+        e = assertThrows(IOException.class, () -> TeacherManifest.read(m));
+        assertTrue(e.getMessage().contains("'targets'"), e.getMessage());
+        Files.writeString(m, "{\"format_version\": 1, \"vocab_size\": 5, \"seq_len\": 4, \"targets\": \"topk\", \"k\": 9, "
+                + "\"dtype\": \"bf16\", \"temperature\": 1.0, \"tokenizer\": \"t\", \"teacher\": \"x\", "
+                + "\"shards\": [{\"file\": \"a\", \"sequences\": 1, \"sha256\": \"\"}]}");
+        e = assertThrows(IOException.class, () -> TeacherManifest.read(m));
+        assertTrue(e.getMessage().contains("'k'"), e.getMessage());
+        Files.writeString(m, "{ not json");
+        e = assertThrows(IOException.class, () -> TeacherManifest.read(m));
+        assertTrue(e.getMessage().contains("manifest.json"), e.getMessage());
+    }
+}
