@@ -1,6 +1,5 @@
 package dev.distillery.kernels.cuda;
 
-import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
@@ -110,10 +109,10 @@ class CudaEmulationGateTest {
         return cases;
     }
 
-    private void runAll(Path gate, List<Case> cases) throws Exception {
+    private void runAll(Path gate, List<Case> cases, boolean isolation) throws Exception {
         List<String> failures = new ArrayList<>();
         for (Case c : cases) {
-            String problem = run(gate, c);
+            String problem = run(gate, c, isolation);
             if (problem != null) failures.add(c.name() + ": " + problem);
         }
         assertTrue(failures.isEmpty(), failures.size() + " of " + cases.size() + " cases failed:\n" + String.join("\n", failures));
@@ -121,23 +120,44 @@ class CudaEmulationGateTest {
 
     @Test
     void cudaLossKernelsMatchTheJavaKernelUnderEmulation() throws Exception {
-        runAll(binary, cases(new int[][]{{1, 1}, {37, 37}, {1009, 1005}, {1024, 1024}}));
+        runAll(binary, cases(new int[][]{{1, 1}, {37, 37}, {1009, 1005}, {1024, 1024}}), true);
     }
 
     @Test
     void cudaLossKernelsAreCleanUnderAddressAndUndefinedBehaviourSanitizers() throws Exception {
         Path asan = build("distill_gate_asan", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined");
-        runAll(asan, cases(new int[][]{{1, 1}, {37, 33}, {1009, 1005}}));
+        runAll(asan, cases(new int[][]{{1, 1}, {37, 33}, {1009, 1005}}), false);
     }
 
     @Test
     void cudaLossKernelsAreCleanUnderThreadSanitizerOnSmallSizes() throws Exception {
         Path tsan = build("distill_gate_tsan", "-O1", "-fsanitize=thread");
-        runAll(tsan, cases(new int[][]{{1, 1}, {37, 33}}));
+        runAll(tsan, cases(new int[][]{{1, 1}, {37, 33}}), false);
+    }
+
+    /** Bytes of the in.bin header before the student logits (see distill_gate.cpp). */
+    private static final int HEADER_BYTES = 10 * 4 + 6 * 4 + 4 + 4 + 4;
+
+    /** Writes input, runs the gate binary, reads its outputs into outs; null on success, else what went wrong. */
+    private String emulate(Path gate, byte[] input, float[] outs) throws Exception {
+        Path inFile = work.resolve("in.bin"), outFile = work.resolve("out.bin");
+        Files.write(inFile, input);
+        Files.deleteIfExists(outFile);
+        Process p = new ProcessBuilder(gate.toString(), inFile.toString(), outFile.toString()).redirectErrorStream(true).start();
+        String log = new String(p.getInputStream().readAllBytes());
+        if (!p.waitFor(120, TimeUnit.SECONDS)) {
+            p.destroyForcibly();
+            return "emulation timed out";
+        }
+        if (p.exitValue() != 0) return "emulation exited " + p.exitValue() + ": " + log.strip();
+        ByteBuffer out = ByteBuffer.wrap(Files.readAllBytes(outFile)).order(ByteOrder.LITTLE_ENDIAN);
+        if (out.capacity() != 4L * outs.length) return "output has " + out.capacity() + " bytes, expected " + 4L * outs.length;
+        for (int i = 0; i < outs.length; i++) outs[i] = out.getFloat();
+        return null;
     }
 
     /** Runs one case on both sides; null when they agree, else what differs. */
-    private String run(Path gate, Case c) throws Exception {
+    private String run(Path gate, Case c, boolean isolation) throws Exception {
         int n = c.n(), v = c.v(), vt = c.vt(), samples = c.kind() == 2 ? Math.min(8, vt) : 12;
         double[] s = new double[n * v];
         for (int i = 0; i < s.length; i++) s[i] = (float) (2 * rng.nextGaussian());
@@ -212,22 +232,32 @@ class CudaEmulationGateTest {
                 for (double w : weights) in.putFloat((float) w);
             }
             for (int l : labels) in.putInt(l);
-            Path inFile = work.resolve("in.bin"), outFile = work.resolve("out.bin");
-            Files.write(inFile, java.util.Arrays.copyOf(in.array(), in.position()));
-            Files.deleteIfExists(outFile);
-            Process p = new ProcessBuilder(gate.toString(), inFile.toString(), outFile.toString()).redirectErrorStream(true).start();
-            String log = new String(p.getInputStream().readAllBytes());
-            if (!p.waitFor(120, TimeUnit.SECONDS)) {
-                p.destroyForcibly();
-                return "emulation timed out";
-            }
-            if (p.exitValue() != 0) return "emulation exited " + p.exitValue() + ": " + log.strip();
-            ByteBuffer out = ByteBuffer.wrap(Files.readAllBytes(outFile)).order(ByteOrder.LITTLE_ENDIAN);
-            assertEquals(4L * (n * v + 2L * n), out.capacity(), "output size");
+            byte[] input = java.util.Arrays.copyOf(in.array(), in.position());
+            float[] outs = new float[n * v + 2 * n];
+            String problem = emulate(gate, input, outs);
+            if (problem != null) return problem;
             double[] gCuda = new double[n * v], ceCuda = new double[n], divCuda = new double[n];
-            for (int i = 0; i < gCuda.length; i++) gCuda[i] = out.getFloat();
-            for (int i = 0; i < n; i++) ceCuda[i] = out.getFloat();
-            for (int i = 0; i < n; i++) divCuda[i] = out.getFloat();
+            for (int i = 0; i < gCuda.length; i++) gCuda[i] = outs[i];
+            for (int i = 0; i < n; i++) ceCuda[i] = outs[n * v + i];
+            for (int i = 0; i < n; i++) divCuda[i] = outs[n * v + n + i];
+            if (isolation) {
+                // Row isolation: perturb row 0 of the student; rows 1.. must come out bit for bit the same.
+                ByteBuffer changed = ByteBuffer.wrap(input.clone()).order(ByteOrder.LITTLE_ENDIAN);
+                for (int j = 0; j < v; j++) changed.putFloat(HEADER_BYTES + 4 * j, changed.getFloat(HEADER_BYTES + 4 * j) + 1.5f);
+                float[] outs2 = new float[outs.length];
+                problem = emulate(gate, changed.array(), outs2);
+                if (problem != null) return "row isolation run: " + problem;
+                for (int r = 1; r < n; r++) {
+                    for (int j = 0; j < v; j++) {
+                        if (Float.floatToRawIntBits(outs[r * v + j]) != Float.floatToRawIntBits(outs2[r * v + j])) {
+                            return "changing row 0 changed the gradient of row " + r + " at column " + j;
+                        }
+                    }
+                    if (outs[n * v + r] != outs2[n * v + r] || outs[n * v + n + r] != outs2[n * v + n + r]) {
+                        return "changing row 0 changed the losses of row " + r;
+                    }
+                }
+            }
             double err = Math.max(Buffers.relativeError(gCuda, grad, 1e-3),
                     Math.max(Buffers.relativeError(ceCuda, ce, 1e-3), Buffers.relativeError(divCuda, div, 1e-3)));
             return err < 5e-4 ? null : "max relative difference " + err; // libm expf vs our polynomial, float vs double sums
