@@ -155,4 +155,50 @@ class TeacherShardsTest {
         e = assertThrows(IOException.class, () -> TeacherManifest.read(m));
         assertTrue(e.getMessage().contains("manifest.json"), e.getMessage());
     }
+
+    @Test
+    void batchStreamVisitsEverySequenceOncePerEpochInASeededOrderAndResumesExactly() throws Exception {
+        try (Arena arena = Arena.ofShared()) {
+            Path a = shard(arena, "t-0.safetensors", "topk", 4, 0);
+            Path b = shard(arena, "t-1.safetensors", "topk", 3, 500);
+            manifest("topk", List.of(new TeacherManifest.Shard("t-0.safetensors", 4, sha256(a)),
+                    new TeacherManifest.Shard("t-1.safetensors", 3, sha256(b))));
+            try (TeacherShards shards = TeacherShards.open(dir, false)) {
+                List<int[]> seen = new ArrayList<>();
+                try (TeacherBatchStream stream = new TeacherBatchStream(shards, 2, 42, 2, 0, 0)) {
+                    assertEquals(3, stream.batchesPerEpoch()); // 7 sequences, batches of 2, last one dropped
+                    java.util.Set<Integer> epoch0 = new java.util.HashSet<>();
+                    for (int i = 0; i < 6; i++) {
+                        TeacherBatchStream.Batch batch = stream.next();
+                        assertEquals(i / 3, batch.epoch());
+                        assertEquals(i % 3, batch.index());
+                        for (int j = 0; j < 2; j++) {
+                            int seq = batch.sequences()[j];
+                            if (i < 3) assertTrue(epoch0.add(seq), "sequence " + seq + " twice in epoch 0");
+                            TeacherShards.Sequence view = shards.sequence(seq);
+                            // the batch holds a contiguous copy of each sequence's ids and targets
+                            assertEquals(-1, view.inputIds().mismatch(batch.inputIds().asSlice(4L * j * T, 4L * T)));
+                            var tk = (TeacherTargets.TopK) batch.targets();
+                            var src = (TeacherTargets.TopK) view.targets();
+                            assertEquals(-1, src.ids().asSlice(0, 4L * T * K).mismatch(tk.ids().asSlice(4L * j * T * K, 4L * T * K)));
+                        }
+                        seen.add(batch.sequences().clone());
+                        stream.release(batch);
+                    }
+                    assertEquals(6, epoch0.size());
+                    assertTrue(stream.waitNanos() >= 0);
+                }
+                assertTrue(!java.util.Arrays.equals(seen.get(0), seen.get(3)) || !java.util.Arrays.equals(seen.get(1), seen.get(4)),
+                        "epochs 0 and 1 should be shuffled differently");
+                // resuming at (epoch 1, batch 1) yields what the uninterrupted stream yielded there
+                try (TeacherBatchStream resumed = new TeacherBatchStream(shards, 2, 42, 1, 1, 1)) {
+                    TeacherBatchStream.Batch batch = resumed.next();
+                    assertEquals(1, batch.epoch());
+                    assertEquals(1, batch.index());
+                    assertTrue(java.util.Arrays.equals(seen.get(4), batch.sequences()));
+                    resumed.release(batch);
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,200 @@
+package dev.distillery.trainer.data;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.BlockingQueue;
+import java.util.concurrent.atomic.AtomicReference;
+
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.runtime.Rng;
+
+/**
+ * Batches of teacher sequences in a seeded random order, prepared by a background thread.
+ *
+ * <p>Each epoch is a permutation of all sequences across shards, drawn from {@code Rng(seed +
+ * epoch)}, cut into batches of {@code batch} sequences (a last partial batch is dropped). The
+ * prefetcher copies a batch's input ids and teacher targets into one of {@code depth} reusable
+ * slots, so a batch's B·T target rows are contiguous (what the chunked loss wants) and nothing is
+ * allocated after construction. The consumer takes a batch with {@link #next()}, uses it, and
+ * gives the slot back with {@link #release(Batch)}; time spent blocked in {@code next()} is
+ * counted ({@link #waitNanos()}) so the trainer can report the fraction of step time lost to data.
+ * A position (epoch, batch) can be resumed exactly.
+ */
+public final class TeacherBatchStream implements AutoCloseable {
+
+    /** One prepared batch; valid until {@link #release(Batch)}. */
+    public record Batch(int epoch, int index, MemorySegment inputIds, TeacherTargets targets, int[] sequences, Slot slot) {
+    }
+
+    /** A reusable set of buffers for one batch. */
+    public static final class Slot {
+        private final MemorySegment ids;
+        private final MemorySegment a;   // dense logits | top-k ids | sampled ids
+        private final MemorySegment b;   // top-k logits | sampled weights
+        private final MemorySegment c;   // top-k logsumexp
+
+        private Slot(Arena arena, long idsBytes, long aBytes, long bBytes, long cBytes) {
+            ids = arena.allocate(Math.max(1, idsBytes), 64);
+            a = arena.allocate(Math.max(1, aBytes), 64);
+            b = arena.allocate(Math.max(1, bBytes), 64);
+            c = arena.allocate(Math.max(1, cBytes), 64);
+        }
+    }
+
+    private final TeacherShards shards;
+    private final int batch;
+    private final long seed;
+    private final int batchesPerEpoch;
+    private final Arena arena = Arena.ofShared();
+    private final BlockingQueue<Slot> free;
+    private final BlockingQueue<Batch> ready;
+    private final AtomicReference<Throwable> failure = new AtomicReference<>();
+    private final Thread producer;
+    private final LogitType type;
+    private long waitNanos;
+
+    /**
+     * @param startEpoch first epoch to produce (0 for a fresh run)
+     * @param startBatch first batch within it (to resume)
+     */
+    public TeacherBatchStream(TeacherShards shards, int batch, long seed, int depth, int startEpoch, int startBatch) {
+        if (batch < 1 || batch > shards.sequences()) {
+            throw new IllegalArgumentException("batch " + batch + " must be in [1, " + shards.sequences() + " sequences]");
+        }
+        if (depth < 1) throw new IllegalArgumentException("prefetch depth must be >= 1, got " + depth);
+        this.shards = shards;
+        this.batch = batch;
+        this.seed = seed;
+        this.batchesPerEpoch = shards.sequences() / batch;
+        if (startBatch < 0 || startBatch >= batchesPerEpoch) {
+            throw new IllegalArgumentException("start batch " + startBatch + " must be in [0, " + batchesPerEpoch + ")");
+        }
+        TeacherManifest m = shards.manifest();
+        this.type = switch (m.dtype() == null ? "f32" : m.dtype()) {
+            case "f16" -> LogitType.F16;
+            case "bf16" -> LogitType.BF16;
+            default -> LogitType.F32;
+        };
+        long rows = (long) batch * m.seqLen();
+        long aBytes, bBytes = 0, cBytes = 0;
+        switch (m.targets()) {
+            case "dense" -> aBytes = rows * m.vocabSize() * type.bytes();
+            case "topk" -> {
+                aBytes = rows * m.k() * 4;
+                bBytes = rows * m.k() * type.bytes();
+                cBytes = rows * 4;
+            }
+            default -> {
+                aBytes = rows * m.k() * 4;
+                bBytes = rows * m.k() * 4;
+            }
+        }
+        this.free = new ArrayBlockingQueue<>(depth);
+        this.ready = new ArrayBlockingQueue<>(depth);
+        for (int i = 0; i < depth; i++) free.add(new Slot(arena, rows * 4, aBytes, bBytes, cBytes));
+        this.producer = Thread.ofPlatform().daemon().name("distillery-prefetch").start(() -> produce(startEpoch, startBatch));
+    }
+
+    public int batchesPerEpoch() {
+        return batchesPerEpoch;
+    }
+
+    /** The sequence order of an epoch: a permutation of [0, sequences) from Rng(seed + epoch). */
+    public int[] order(int epoch) {
+        int n = shards.sequences();
+        int[] p = new int[n];
+        for (int i = 0; i < n; i++) p[i] = i;
+        Rng rng = new Rng(seed + epoch);
+        for (int i = n - 1; i > 0; i--) {
+            int j = rng.nextInt(i + 1);
+            int t = p[i];
+            p[i] = p[j];
+            p[j] = t;
+        }
+        return p;
+    }
+
+    private void produce(int epoch, int first) {
+        try {
+            for (int e = epoch; ; e++) {
+                int[] order = order(e);
+                for (int bIdx = e == epoch ? first : 0; bIdx < batchesPerEpoch; bIdx++) {
+                    Slot slot = free.take();
+                    int[] seqs = java.util.Arrays.copyOfRange(order, bIdx * batch, (bIdx + 1) * batch);
+                    ready.put(fill(slot, e, bIdx, seqs));
+                }
+            }
+        } catch (InterruptedException stop) {
+            Thread.currentThread().interrupt();
+        } catch (Throwable t) {
+            failure.set(t);
+        }
+    }
+
+    private Batch fill(Slot slot, int epoch, int index, int[] seqs) {
+        TeacherManifest m = shards.manifest();
+        int t = m.seqLen(), v = m.vocabSize(), k = m.k();
+        for (int i = 0; i < seqs.length; i++) {
+            TeacherShards.Sequence s = shards.sequence(seqs[i]);
+            MemorySegment.copy(s.inputIds(), 0, slot.ids, 4L * i * t, 4L * t);
+            switch (s.targets()) {
+                case TeacherTargets.Dense d -> copy(d.logits(), slot.a, i, (long) t * v * type.bytes());
+                case TeacherTargets.TopK tk -> {
+                    copy(tk.ids(), slot.a, i, 4L * t * k);
+                    copy(tk.logits(), slot.b, i, (long) t * k * type.bytes());
+                    copy(tk.logsumexp(), slot.c, i, 4L * t);
+                }
+                case TeacherTargets.Sampled sm -> {
+                    copy(sm.ids(), slot.a, i, 4L * t * k);
+                    copy(sm.weights(), slot.b, i, 4L * t * k);
+                }
+            }
+        }
+        float temperature = (float) m.temperature();
+        TeacherTargets targets = switch (m.targets()) {
+            case "dense" -> new TeacherTargets.Dense(slot.a, type, v);
+            case "topk" -> new TeacherTargets.TopK(slot.a, slot.b, type, slot.c, k, v, temperature);
+            default -> new TeacherTargets.Sampled(slot.a, slot.b, k, v, temperature);
+        };
+        return new Batch(epoch, index, slot.ids, targets, seqs, slot);
+    }
+
+    private static void copy(MemorySegment src, MemorySegment dst, int i, long bytes) {
+        MemorySegment.copy(src, 0, dst, i * bytes, bytes);
+    }
+
+    /** The next batch, blocking until the prefetcher has it; rethrows a prefetcher failure. */
+    public Batch next() throws InterruptedException {
+        long t0 = System.nanoTime();
+        Batch b;
+        while ((b = ready.poll(50, java.util.concurrent.TimeUnit.MILLISECONDS)) == null) {
+            Throwable t = failure.get();
+            if (t != null) throw new IllegalStateException("teacher prefetcher failed: " + t.getMessage(), t);
+        }
+        waitNanos += System.nanoTime() - t0;
+        return b;
+    }
+
+    /** Gives a batch's buffers back to the prefetcher; the batch must not be used afterwards. */
+    public void release(Batch b) {
+        free.add(b.slot());
+    }
+
+    /** Total time {@link #next()} spent waiting for data. */
+    public long waitNanos() {
+        return waitNanos;
+    }
+
+    @Override
+    public void close() {
+        producer.interrupt();
+        try {
+            producer.join(10_000);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        arena.close();
+    }
+}
