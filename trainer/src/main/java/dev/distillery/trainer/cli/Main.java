@@ -13,7 +13,7 @@ import picocli.CommandLine.Command;
                 "Distillery: knowledge distillation for the JVM.",
                 "Trains a small GPT-style student to imitate a teacher's stored output distributions.",
                 ""},
-        subcommands = {SelftestCommand.class, CommandLine.HelpCommand.class},
+        subcommands = {SelftestCommand.class, InspectCommand.class, CommandLine.HelpCommand.class},
         footer = {"", "Run 'java -jar trainer.jar <command> --help' for a command's options.",
                 "Set DISTILLERY_DEBUG=1 to see stack traces."})
 public final class Main implements Runnable {

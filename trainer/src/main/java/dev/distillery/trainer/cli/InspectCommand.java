@@ -1,0 +1,85 @@
+package dev.distillery.trainer.cli;
+
+import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.Locale;
+import java.util.Map;
+import java.util.concurrent.Callable;
+
+import dev.distillery.runtime.io.SafetensorsFile;
+import dev.distillery.trainer.data.TeacherManifest;
+import dev.distillery.trainer.data.TeacherShards;
+import dev.distillery.trainer.data.TokenFile;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Parameters;
+
+/** Prints what a file holds: a safetensors header, a teacher shard directory, or a token file. */
+@Command(name = "inspect",
+        mixinStandardHelpOptions = true,
+        description = {
+                "Shows what a file holds, after validating it:",
+                "  a .safetensors file: every tensor's dtype, shape and byte range, and the metadata;",
+                "  a teacher shard directory (with manifest.json): the manifest and each shard's tensors;",
+                "  an llm.c token file (.bin): layout, token count and the first tokens."})
+public final class InspectCommand implements Callable<Integer> {
+
+    @Parameters(paramLabel = "PATH", description = "A .safetensors file, a teacher shard directory or a .bin token file.")
+    Path path;
+
+    @CommandLine.Option(names = "--verify", description = "For a shard directory: check every shard's SHA-256 against the manifest.")
+    boolean verify;
+
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Override
+    public Integer call() throws Exception {
+        PrintWriter out = spec.commandLine().getOut();
+        if (Files.isDirectory(path)) {
+            if (!Files.exists(path.resolve("manifest.json"))) {
+                throw new IllegalArgumentException(path + ": a directory without manifest.json is not a teacher shard directory");
+            }
+            try (TeacherShards shards = TeacherShards.open(path, verify)) {
+                TeacherManifest m = shards.manifest();
+                out.printf(Locale.ROOT, "teacher shards %s: %d sequences of %d tokens, vocab %d, targets %s%s, dtype %s, temperature %s%n",
+                        path, shards.sequences(), m.seqLen(), m.vocabSize(), m.targets(),
+                        m.targets().equals("dense") ? "" : " (k " + m.k() + ")", m.dtype(), m.temperature());
+                out.printf(Locale.ROOT, "teacher %s, tokenizer %s%s%n", m.teacher(), m.tokenizer(), verify ? ", checksums verified" : "");
+                for (TeacherManifest.Shard s : m.shards()) {
+                    try (SafetensorsFile st = SafetensorsFile.open(path.resolve(s.file()))) {
+                        out.printf(Locale.ROOT, "%n%s (%d sequences)%n", s.file(), s.sequences());
+                        tensors(out, st);
+                    }
+                }
+            }
+        } else if (path.toString().endsWith(".bin")) {
+            try (TokenFile f = TokenFile.open(path)) {
+                int n = (int) Math.min(16, f.size());
+                int[] first = new int[n];
+                f.read(0, n, first);
+                out.printf(Locale.ROOT, "token file %s: %d tokens, uint%d%n", path, f.size(), 8 * f.tokenWidth());
+                out.println("first tokens: " + Arrays.toString(first));
+            }
+        } else {
+            try (SafetensorsFile st = SafetensorsFile.open(path)) {
+                out.printf(Locale.ROOT, "safetensors %s: %d tensors, header %d bytes%n", path, st.entries().size(), st.headerBytes());
+                tensors(out, st);
+            }
+        }
+        return 0;
+    }
+
+    private static void tensors(PrintWriter out, SafetensorsFile st) {
+        String format = "  %-32s %-5s %-20s %14s %14s%n";
+        out.printf(Locale.ROOT, format, "tensor", "dtype", "shape", "begin", "bytes");
+        for (SafetensorsFile.Entry e : st.entries().values()) {
+            out.printf(Locale.ROOT, format, e.name(), e.dtype().safetensorsName(), Arrays.toString(e.shape()), e.begin(), e.byteSize());
+        }
+        for (Map.Entry<String, String> kv : st.metadata().entrySet()) {
+            out.printf(Locale.ROOT, "  metadata %s = %s%n", kv.getKey(), kv.getValue());
+        }
+    }
+}
