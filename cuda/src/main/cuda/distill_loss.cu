@@ -181,6 +181,24 @@ __device__ bool masked_row(const int* labels, int label, float* grow, float* row
     return true;
 }
 
+// The row this block handles, with its label and its student and gradient rows.
+struct Row {
+    int index, label;
+    const float* s;
+    float* g;
+};
+
+// Fills r for this block; false when the block has no row or its row is masked out (handled).
+__device__ bool begin_row(Row& r, const float* s, float* g, const int* labels, float* row_ce, float* row_div, int n,
+                          int V, const Params& p) {
+    r.index = blockIdx.x;
+    if (r.index >= n) return false;
+    r.label = labels ? labels[r.index] : -1;
+    r.s = s + (size_t)r.index * V;
+    r.g = g ? g + (size_t)r.index * V : nullptr;
+    return !masked_row(labels, r.label, r.g, row_ce, row_div, r.index, V, p);
+}
+
 // ------------------------------------------------------------------ dense teacher
 
 template <typename TT>
@@ -245,12 +263,11 @@ __device__ void dense_row(const float* s, float* g, const TT* t, int label, floa
 template <typename TT>
 __device__ void dense_entry(const float* s, float* g, const TT* t, const int* labels, float* row_ce,
                             float* row_div, int n, int V, int Vt, const Params& p) {
-    const int row = blockIdx.x;
-    if (row >= n) return;
-    const int label = labels ? labels[row] : -1;
-    const float* srow = s + (size_t)row * V;
-    float* grow = g ? g + (size_t)row * V : nullptr;
-    if (masked_row(labels, label, grow, row_ce, row_div, row, V, p)) return;
+    Row here;
+    if (!begin_row(here, s, g, labels, row_ce, row_div, n, V, p)) return;
+    const int row = here.index, label = here.label;
+    const float* srow = here.s;
+    float* grow = here.g;
     dense_row(srow, grow, t + (size_t)row * Vt, label, row_ce, row_div, row, V, Vt, p);
 }
 
@@ -261,12 +278,11 @@ __device__ void dense_entry(const float* s, float* g, const TT* t, const int* la
 __device__ void sampled_entry(const float* s, float* g, const int* ids, const float* weights, const int* labels,
                               float* row_ce, float* row_div, int n, int V, int samples, const Params& p) {
     __shared__ float sm[MAX_WARPS], sd[MAX_WARPS], red[MAX_WARPS];
-    const int row = blockIdx.x;
-    if (row >= n) return;
-    const int label = labels ? labels[row] : -1;
-    const float* srow = s + (size_t)row * V;
-    float* grow = g ? g + (size_t)row * V : nullptr;
-    if (masked_row(labels, label, grow, row_ce, row_div, row, V, p)) return;
+    Row here;
+    if (!begin_row(here, s, g, labels, row_ce, row_div, n, V, p)) return;
+    const int row = here.index, label = here.label;
+    const float* srow = here.s;
+    float* grow = here.g;
     const float inv_t = 1.f / p.temperature;
     const float c1 = p.grad_scale * p.alpha;
     const float cq = p.grad_scale * (1.f - p.alpha) * p.grad_t_factor;
@@ -309,12 +325,11 @@ __device__ void topk_entry(const float* s, float* g, const int* ids, const TT* l
     __shared__ float sm[MAX_WARPS], sd[MAX_WARPS];
     __shared__ float listed_s[MAX_TOPK], fix[MAX_TOPK];
     __shared__ float shared_w_tail, shared_value;
-    const int row = blockIdx.x;
-    if (row >= n) return;
-    const int label = labels ? labels[row] : -1;
-    const float* srow = s + (size_t)row * V;
-    float* grow = g ? g + (size_t)row * V : nullptr;
-    if (masked_row(labels, label, grow, row_ce, row_div, row, V, p)) return;
+    Row here;
+    if (!begin_row(here, s, g, labels, row_ce, row_div, n, V, p)) return;
+    const int row = here.index, label = here.label;
+    const float* srow = here.s;
+    float* grow = here.g;
     const float inv_t = 1.f / p.temperature;
     const float c1 = p.grad_scale * p.alpha;
     const float cq = p.grad_scale * (1.f - p.alpha) * p.grad_t_factor;

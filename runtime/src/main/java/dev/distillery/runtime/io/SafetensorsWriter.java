@@ -4,12 +4,7 @@ import java.io.IOException;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.channels.FileChannel;
-import java.nio.file.AtomicMoveNotSupportedException;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
-import java.nio.file.StandardOpenOption;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -18,11 +13,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 
 import dev.distillery.runtime.DType;
 
-/**
- * Writes safetensors files crash-safely: the bytes go to a temporary name in the same folder,
- * are fsync'd, and the file is renamed over the target (then the folder is fsync'd), so a
- * reader sees either the old file or the whole new one, never a torn one.
- */
+/** Writes safetensors files, crash-safely through {@link AtomicFileWriter}. */
 public final class SafetensorsWriter {
 
     /** One tensor to write: its raw bytes must hold exactly dtype × shape. */
@@ -64,11 +55,8 @@ public final class SafetensorsWriter {
         while (head.hasRemaining()) head.put((byte) ' ');
         head.flip();
 
-        Path dir = target.toAbsolutePath().getParent();
-        Files.createDirectories(dir);
-        Path tmp = Files.createTempFile(dir, "." + target.getFileName() + ".", ".tmp");
-        try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.WRITE, StandardOpenOption.TRUNCATE_EXISTING)) {
-            writeFully(ch, head);
+        AtomicFileWriter.write(target, ch -> {
+            AtomicFileWriter.writeFully(ch, head);
             for (Item item : items) {
                 long n = 1;
                 for (int d : item.shape()) n *= d;
@@ -76,33 +64,10 @@ public final class SafetensorsWriter {
                 long done = 0;
                 while (done < bytes) {
                     int chunk = (int) Math.min(bytes - done, 1 << 26);
-                    writeFully(ch, item.bytes().asSlice(done, chunk).asByteBuffer());
+                    AtomicFileWriter.writeFully(ch, item.bytes().asSlice(done, chunk).asByteBuffer());
                     done += chunk;
                 }
             }
-            ch.force(true);
-        } catch (IOException | RuntimeException e) {
-            Files.deleteIfExists(tmp);
-            throw e;
-        }
-        moveAtomically(tmp, target);
-    }
-
-    private static void writeFully(FileChannel ch, ByteBuffer buf) throws IOException {
-        while (buf.hasRemaining()) ch.write(buf);
-    }
-
-    /** Renames tmp over target and fsyncs the folder so the rename itself is durable. */
-    public static void moveAtomically(Path tmp, Path target) throws IOException {
-        try {
-            Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
-        } catch (AtomicMoveNotSupportedException e) {
-            Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING);
-        }
-        try (FileChannel dirChannel = FileChannel.open(target.toAbsolutePath().getParent(), StandardOpenOption.READ)) {
-            dirChannel.force(true);
-        } catch (IOException ignoredOnPlatformsWithoutDirectoryFsync) {
-            // Linux supports it; a filesystem that refuses it gives no stronger guarantee we could ask for.
-        }
+        });
     }
 }

@@ -7,11 +7,10 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 
-import dev.distillery.runtime.io.SafetensorsWriter;
+import dev.distillery.runtime.io.AtomicFileWriter;
 
 /**
  * llm.c's token files, memory-mapped: a header of 256 little-endian int32 — magic, version,
@@ -94,18 +93,8 @@ public final class TokenFile implements AutoCloseable {
             if (width == 2) b.putShort((short) t);
             else b.putInt(t);
         }
-        Path dir = path.toAbsolutePath().getParent();
-        Files.createDirectories(dir);
-        Path tmp = Files.createTempFile(dir, "." + path.getFileName() + ".", ".tmp");
-        try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.WRITE)) {
-            b.flip();
-            while (b.hasRemaining()) ch.write(b);
-            ch.force(true);
-        } catch (IOException | RuntimeException e) {
-            Files.deleteIfExists(tmp);
-            throw e;
-        }
-        SafetensorsWriter.moveAtomically(tmp, path);
+        b.flip();
+        AtomicFileWriter.write(path, ch -> AtomicFileWriter.writeFully(ch, b));
     }
 
     public Path path() {
