@@ -14,11 +14,31 @@ public sealed interface TeacherTargets {
     /** The same targets for rows [from, to). */
     TeacherTargets rows(int from, int to);
 
+    /**
+     * The teacher's most likely token in {@code row} (ties: the smaller id among dense logits, the
+     * first listed among sparse ones). For sampled targets, the id with the largest summed weight.
+     */
+    int top1(int row);
+
     /** Dense logits (n, vocab) in fp32, fp16 or bf16, read by the kernel with no conversion pass. */
     record Dense(MemorySegment logits, LogitType type, int vocab) implements TeacherTargets {
         @Override
         public TeacherTargets rows(int from, int to) {
             return new Dense(logits.asSlice((long) from * vocab * type.bytes()), type, vocab);
+        }
+
+        @Override
+        public int top1(int row) {
+            int best = 0;
+            float max = Float.NEGATIVE_INFINITY;
+            for (int j = 0; j < vocab; j++) {
+                float x = type.read(logits, (long) row * vocab + j);
+                if (x > max) {
+                    max = x;
+                    best = j;
+                }
+            }
+            return best;
         }
     }
 
@@ -38,6 +58,20 @@ public sealed interface TeacherTargets {
             return new TopK(ids.asSlice(4L * from * k), logits.asSlice((long) from * k * type.bytes()),
                     type, logsumexp.asSlice(4L * from), k, vocab, shardTemperature);
         }
+
+        @Override
+        public int top1(int row) {
+            int best = 0;
+            float max = Float.NEGATIVE_INFINITY;
+            for (int j = 0; j < k; j++) {
+                float x = type.read(logits, (long) row * k + j);
+                if (x > max) {
+                    max = x;
+                    best = j;
+                }
+            }
+            return ids.getAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, (long) row * k + best);
+        }
     }
 
     /**
@@ -56,6 +90,26 @@ public sealed interface TeacherTargets {
         public TeacherTargets rows(int from, int to) {
             return new Sampled(ids.asSlice(4L * from * samples), weights.asSlice(4L * from * samples),
                     samples, vocab, shardTemperature);
+        }
+
+        @Override
+        public int top1(int row) {
+            int best = -1;
+            double max = Double.NEGATIVE_INFINITY;
+            for (int i = 0; i < samples; i++) {
+                int id = ids.getAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, (long) row * samples + i);
+                double w = 0;
+                for (int j = 0; j < samples; j++) {
+                    if (ids.getAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, (long) row * samples + j) == id) {
+                        w += weights.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, (long) row * samples + j);
+                    }
+                }
+                if (w > max) {
+                    max = w;
+                    best = id;
+                }
+            }
+            return best;
         }
     }
 }

@@ -211,6 +211,17 @@ public final class DifferentiableOps {
     public DistillLoss distillationLoss(Tensor hidden, Tensor weight, dev.distillery.kernels.distill.TeacherTargets teacher,
                                         Tensor labels, dev.distillery.kernels.distill.DistillOptions options,
                                         Reduction reduction, int chunkRows) {
+        return distillationLoss(hidden, weight, teacher, labels, options, reduction, chunkRows, 1f);
+    }
+
+    /**
+     * As {@link #distillationLoss(Tensor, Tensor, dev.distillery.kernels.distill.TeacherTargets, Tensor,
+     * dev.distillery.kernels.distill.DistillOptions, Reduction, int)} with an extra factor on the
+     * gradient (1/k for gradient accumulation over k micro-batches); the returned loss is unscaled.
+     */
+    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, dev.distillery.kernels.distill.TeacherTargets teacher,
+                                        Tensor labels, dev.distillery.kernels.distill.DistillOptions options,
+                                        Reduction reduction, int chunkRows, float gradScale) {
         int n = hidden.dim(0), d = hidden.dim(1), v = weight.dim(0);
         int valid = n;
         if (labels != null) {
@@ -219,7 +230,7 @@ public final class DifferentiableOps {
                 if (labels.data().getAtIndex(ValueLayout.JAVA_INT, r) != options.ignoreIndex()) valid++;
             }
         }
-        float scale = reduction == Reduction.SUM ? 1f : valid == 0 ? 0f : 1f / valid;
+        float scale = gradScale * (reduction == Reduction.SUM ? 1f : valid == 0 ? 0f : 1f / valid);
         boolean backward = tracks(hidden, weight);
         int chunk = Math.min(chunkRows, Math.max(1, n));
         Tensor logits = workspace.tensor("logits.chunk", chunk, v);

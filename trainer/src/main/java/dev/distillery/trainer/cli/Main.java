@@ -13,7 +13,8 @@ import picocli.CommandLine.Command;
                 "Distillery: knowledge distillation for the JVM.",
                 "Trains a small GPT-style student to imitate a teacher's stored output distributions.",
                 ""},
-        subcommands = {SelftestCommand.class, InspectCommand.class, CommandLine.HelpCommand.class},
+        subcommands = {DemoCommand.class, DistillCommand.class, TeacherCommand.class, TokenizeCommand.class, GenerateCommand.class,
+                EvalCommand.class, InspectCommand.class, SelftestCommand.class, CommandLine.HelpCommand.class},
         footer = {"", "Run 'java -jar trainer.jar <command> --help' for a command's options.",
                 "Set DISTILLERY_DEBUG=1 to see stack traces."})
 public final class Main implements Runnable {
@@ -50,6 +51,7 @@ public final class Main implements Runnable {
         });
         cli.setExecutionExceptionHandler((ex, commandLine, parseResult) -> {
             commandLine.getErr().println("error: " + describe(ex));
+            if (ex instanceof DeviceOptions.UnavailableException) return EXIT_NO_DEVICE;
             if (System.getenv("DISTILLERY_DEBUG") != null) ex.printStackTrace(commandLine.getErr());
             return EXIT_FAILED;
         });

@@ -52,8 +52,11 @@ public record TeacherManifest(int formatVersion, int vocabSize, int seqLen, Stri
         return m;
     }
 
+    /** Writes the manifest crash-safely (temporary name, fsync, rename). */
     public void write(Path file) throws IOException {
-        JSON.writerWithDefaultPrettyPrinter().writeValue(file.toFile(), this);
+        byte[] json = JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(this);
+        dev.distillery.runtime.io.AtomicFileWriter.write(file,
+                ch -> dev.distillery.runtime.io.AtomicFileWriter.writeFully(ch, java.nio.ByteBuffer.wrap(json)));
     }
 
     private void check(Path file) throws IOException {

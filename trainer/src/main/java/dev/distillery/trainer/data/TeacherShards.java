@@ -64,6 +64,14 @@ public final class TeacherShards implements AutoCloseable {
 
     private static void verify(Path file, String expected) throws IOException {
         if (expected == null || expected.isBlank()) throw new IOException(file + ": the manifest gives no sha256 to verify against");
+        String actual = sha256(file);
+        if (!actual.equalsIgnoreCase(expected)) {
+            throw new IOException(file + ": sha256 is " + actual + ", the manifest says " + expected);
+        }
+    }
+
+    /** The file's SHA-256 as lower-case hex, streamed. */
+    public static String sha256(Path file) throws IOException {
         MessageDigest md;
         try {
             md = MessageDigest.getInstance("SHA-256");
@@ -73,10 +81,7 @@ public final class TeacherShards implements AutoCloseable {
         try (InputStream in = new DigestInputStream(Files.newInputStream(file), md)) {
             in.transferTo(java.io.OutputStream.nullOutputStream());
         }
-        String actual = HexFormat.of().formatHex(md.digest());
-        if (!actual.equalsIgnoreCase(expected)) {
-            throw new IOException(file + ": sha256 is " + actual + ", the manifest says " + expected);
-        }
+        return HexFormat.of().formatHex(md.digest());
     }
 
     private static void validate(SafetensorsFile st, TeacherManifest m, TeacherManifest.Shard shard) throws IOException {

@@ -1,0 +1,94 @@
+package dev.distillery.runtime.nn;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.ValueLayout;
+import java.util.Arrays;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.DType;
+import dev.distillery.runtime.Device;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.Workspace;
+import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.autograd.Tape;
+
+/**
+ * Autoregressive sampling with temperature and top-k. Each new token re-runs the model over the
+ * last {@code contextLength} tokens (no KV cache: simple and exact, O(t²) per token, which is
+ * what the small students of this project can afford).
+ */
+public final class TextGenerator implements AutoCloseable {
+
+    private final Transformer model;
+    private final Workspace workspace = new Workspace(1 << 20);
+    private final Tape tape = new Tape();
+    private final DifferentiableOps ops;
+    private final Arena arena = Arena.ofShared();
+    private final Tensor tokens;
+
+    public TextGenerator(Transformer model, Kernels kernels) {
+        this.model = model;
+        this.ops = new DifferentiableOps(kernels, workspace, tape);
+        tape.setEnabled(false);
+        int ctx = model.config().contextLength();
+        this.tokens = new Tensor("tokens", new int[]{1, ctx}, DType.I32, Device.CPU, arena.allocate(4L * ctx, 64), false);
+    }
+
+    /**
+     * {@code prompt} followed by {@code count} sampled tokens.
+     *
+     * @param temperature 0 = greedy, else softmax(logits / temperature)
+     * @param topK        sample among the k most likely tokens only (0 = the whole vocabulary)
+     */
+    public int[] generate(int[] prompt, int count, double temperature, int topK, Rng rng) {
+        if (prompt.length == 0) throw new IllegalArgumentException("the prompt must hold at least one token");
+        if (temperature < 0) throw new IllegalArgumentException("temperature must be >= 0, got " + temperature);
+        int v = model.config().vocabSize(), ctx = model.config().contextLength();
+        int[] seq = Arrays.copyOf(prompt, prompt.length + count);
+        double[] p = new double[v];
+        Integer[] order = new Integer[v];
+        for (int n = prompt.length; n < seq.length; n++) {
+            int t = Math.min(n, ctx), from = n - t;
+            for (int i = 0; i < t; i++) {
+                if (seq[from + i] < 0 || seq[from + i] >= v) throw new IllegalArgumentException("token id " + seq[from + i] + " is outside the vocabulary of " + v);
+                tokens.data().setAtIndex(ValueLayout.JAVA_INT, i, seq[from + i]);
+            }
+            workspace.reset();
+            tape.clear();
+            Tensor logits = model.forward(ops, tokens, 1, t);
+            long last = (long) (t - 1) * v;
+            if (temperature == 0) {
+                int best = 0;
+                for (int j = 1; j < v; j++) if (logits.getFloat(last + j) > logits.getFloat(last + best)) best = j;
+                seq[n] = best;
+                continue;
+            }
+            double max = Double.NEGATIVE_INFINITY;
+            for (int j = 0; j < v; j++) max = Math.max(max, logits.getFloat(last + j));
+            for (int j = 0; j < v; j++) p[j] = Math.exp((logits.getFloat(last + j) - max) / temperature);
+            if (topK > 0 && topK < v) {
+                for (int j = 0; j < v; j++) order[j] = j;
+                Arrays.sort(order, (a, b) -> Double.compare(p[b], p[a]));
+                for (int j = topK; j < v; j++) p[order[j]] = 0;
+            }
+            double sum = 0;
+            for (int j = 0; j < v; j++) sum += p[j];
+            double u = rng.nextDouble() * sum, c = 0;
+            int pick = 0;
+            for (int j = 0; j < v; j++) {
+                c += p[j];
+                if (p[j] > 0) pick = j;
+                if (u < c) break;
+            }
+            seq[n] = pick;
+        }
+        return seq;
+    }
+
+    @Override
+    public void close() {
+        workspace.close();
+        arena.close();
+    }
+}

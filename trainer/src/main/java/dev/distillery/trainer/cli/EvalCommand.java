@@ -1,0 +1,70 @@
+package dev.distillery.trainer.cli;
+
+import java.io.PrintWriter;
+import java.nio.file.Path;
+import java.util.concurrent.Callable;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.nn.TrainingSession;
+import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.optim.AdamW;
+import dev.distillery.runtime.optim.LearningRateSchedule;
+import dev.distillery.trainer.data.TeacherShards;
+import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.distill.DistillRun;
+import dev.distillery.trainer.teacher.LanguageModelTraining;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Option;
+
+/** {@code eval}: held-out perplexity of a checkpoint, and its KL and agreement with a teacher. */
+@Command(name = "eval", mixinStandardHelpOptions = true,
+        description = {"Evaluates a checkpoint: perplexity on a token file (--tokens), and/or perplexity, KL to the",
+                "teacher and top-1 agreement on held-out teacher shards (--teacher-shards)."})
+public final class EvalCommand implements Callable<Integer> {
+
+    @Option(names = "--model", required = true, description = "Checkpoint folder.")
+    Path model;
+    @Option(names = "--tokens", description = "Held-out token file.")
+    Path tokens;
+    @Option(names = "--teacher-shards", description = "Held-out teacher shard directory.")
+    Path shards;
+    @Option(names = "--batch", defaultValue = "8", description = "Sequences per batch (default: ${DEFAULT-VALUE}).")
+    int batch;
+    @Option(names = "--batches", defaultValue = "64", description = "At most this many batches (default: ${DEFAULT-VALUE}).")
+    int batches;
+    @Mixin
+    DeviceOptions device;
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Override
+    public Integer call() throws Exception {
+        PrintWriter out = spec.commandLine().getOut();
+        if (tokens == null && shards == null) throw new CommandLine.ParameterException(spec.commandLine(), "give --tokens, --teacher-shards or both");
+        try (Kernels kernels = device.open(0, out); Transformer m = ModelFiles.read(model)) {
+            if (tokens != null) {
+                int t = m.config().contextLength();
+                try (TokenFile val = TokenFile.open(tokens);
+                     TrainingSession s = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0, batch, t)) {
+                    double ce = LanguageModelTraining.validationLoss(s, val, batch, t, batches);
+                    out.printf("%s: cross-entropy %.4f, perplexity %.3f%n", tokens, ce, Math.exp(ce));
+                }
+            }
+            if (shards != null) {
+                try (TeacherShards ts = TeacherShards.open(shards, true);
+                     TrainingSession s = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0,
+                             batch, ts.manifest().seqLen())) {
+                    DistillRun.Evaluation e = DistillRun.evaluate(s, ts, shards, batch, batches,
+                            ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, m.config().vocabSize()), 0);
+                    out.printf("%s: perplexity %.3f, KL to teacher %.4f, top-1 agreement %.1f%% (%,d positions)%n", shards,
+                            e.perplexity(), e.kl(), 100 * e.agreement(), e.rows());
+                }
+            }
+            return 0;
+        }
+    }
+}

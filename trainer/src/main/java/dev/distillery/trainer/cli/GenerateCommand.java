@@ -1,0 +1,76 @@
+package dev.distillery.trainer.cli;
+
+import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.concurrent.Callable;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.nn.TextGenerator;
+import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.tokenizer.BytePairTokenizer;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Option;
+
+/** {@code generate}: sample text from a checkpoint, or write a sequence-level KD dataset. */
+@Command(name = "generate", mixinStandardHelpOptions = true,
+        description = {"Samples text from a checkpoint (temperature, top-k) and reports tokens/s.",
+                "With --kd-out, writes the model's generations as a token file: a sequence-level KD dataset",
+                "(train a student on it with 'teacher train --tokens' to use the teacher's generations as hard labels)."})
+public final class GenerateCommand implements Callable<Integer> {
+
+    @Option(names = "--model", required = true, description = "Checkpoint folder (config.json, model.safetensors, tokenizer.json).")
+    Path model;
+    @Option(names = "--prompt", defaultValue = "", description = "Text to continue (default: start from the end-of-text token).")
+    String prompt;
+    @Option(names = "--tokens", defaultValue = "100", description = "Tokens to generate per sample (default: ${DEFAULT-VALUE}).")
+    int count;
+    @Option(names = "--temperature", defaultValue = "0.8", description = "Sampling temperature, 0 = greedy (default: ${DEFAULT-VALUE}).")
+    double temperature;
+    @Option(names = "--top-k", defaultValue = "40", description = "Sample among the k most likely tokens, 0 = all (default: ${DEFAULT-VALUE}).")
+    int topK;
+    @Option(names = "--seed", defaultValue = "1234", description = "Sampling seed (default: ${DEFAULT-VALUE}).")
+    long seed;
+    @Option(names = "--kd-out", description = "Write this many --kd-samples generations to this token file instead of printing.")
+    Path kdOut;
+    @Option(names = "--kd-samples", defaultValue = "64", description = "Generations in the KD dataset (default: ${DEFAULT-VALUE}).")
+    int kdSamples;
+    @Mixin
+    DeviceOptions device;
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Override
+    public Integer call() throws Exception {
+        PrintWriter out = spec.commandLine().getOut();
+        if (count < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--tokens must be >= 1, got " + count);
+        Path tokFile = model.resolve("tokenizer.json");
+        if (!Files.isRegularFile(tokFile)) throw new java.io.IOException(model + ": no tokenizer.json (generate needs the checkpoint's tokenizer)");
+        BytePairTokenizer tok = BytePairTokenizer.load(tokFile);
+        try (Kernels kernels = device.open(0, out); Transformer m = ModelFiles.read(model); TextGenerator gen = new TextGenerator(m, kernels)) {
+            int[] start = prompt.isEmpty() ? new int[]{tok.endOfText()} : tok.encode(prompt);
+            Rng rng = new Rng(seed);
+            if (kdOut == null) {
+                long t0 = System.nanoTime();
+                int[] seq = gen.generate(start, count, temperature, topK, rng);
+                double seconds = (System.nanoTime() - t0) / 1e9;
+                out.println(tok.decode(seq, prompt.isEmpty() ? 1 : 0, seq.length));
+                out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", count, seconds, count / seconds);
+                return 0;
+            }
+            java.util.List<Integer> all = new java.util.ArrayList<>();
+            for (int i = 0; i < kdSamples; i++) {
+                int[] seq = gen.generate(start, count, temperature, topK, rng);
+                for (int x : seq) all.add(x);
+            }
+            TokenFile.write(kdOut, all.stream().mapToInt(Integer::intValue).toArray());
+            out.printf("wrote %d generations (%,d tokens) to %s%n", kdSamples, all.size(), kdOut);
+            return 0;
+        }
+    }
+}

@@ -1,0 +1,214 @@
+package dev.distillery.trainer.distill;
+
+import java.io.IOException;
+import java.nio.file.Path;
+
+import com.fasterxml.jackson.annotation.JsonInclude;
+import com.fasterxml.jackson.databind.DeserializationFeature;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.PropertyNamingStrategies;
+import com.fasterxml.jackson.databind.exc.UnrecognizedPropertyException;
+import com.fasterxml.jackson.databind.json.JsonMapper;
+
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.runtime.autograd.DifferentiableOps;
+
+/**
+ * {@code distill --config run.json} (docs/CONFIG.md). Keys are snake_case; an unknown key is an
+ * error that names it with its path; every absent key takes the default documented here. Paths
+ * are relative to the working directory.
+ *
+ * @param teacher         teacher shard directory to train on (required)
+ * @param evalTeacher     held-out teacher shard directory for evaluation (optional)
+ * @param out             run folder: metrics.jsonl, curves.png, checkpoints/ (default "runs/distill")
+ * @param tokenizer       tokenizer.json copied into every checkpoint (optional)
+ * @param initFrom        a checkpoint folder to start the student from (optional; else a fresh GPT-2 init)
+ * @param student         the student's architecture (ignored with init_from)
+ * @param steps           optimizer steps (default 1000)
+ * @param batchSize       sequences per micro-batch (default 8)
+ * @param gradAccum       micro-batches per optimizer step (default 1)
+ * @param lr              peak learning rate (default 1e-3) after warmup_steps (default 0), cosine to min_lr (default lr/10)
+ * @param weightDecay     AdamW decoupled weight decay on matrices (default 0.1)
+ * @param gradClip        global gradient-norm clip, 0 = off (default 1.0)
+ * @param evalEvery       steps between evaluations, 0 = only at the end (default 0)
+ * @param evalBatches     batches per evaluation (default 8)
+ * @param checkpointEvery steps between checkpoints, 0 = only at the end (default 0)
+ * @param keepCheckpoints checkpoints kept (default 3)
+ * @param seed            model init and data order (default 1234)
+ * @param threads         CPU threads, 0 = all cores (default 0)
+ * @param prefetch        batches prepared ahead (default 2)
+ * @param verifyChecksums stream every shard through SHA-256 before the first step (default true)
+ */
+@JsonInclude(JsonInclude.Include.ALWAYS)
+public record DistillConfig(String teacher, String evalTeacher, String out, String tokenizer, String initFrom,
+                            Student student, Integer steps, Integer batchSize, Integer gradAccum,
+                            Double lr, Double minLr, Integer warmupSteps, Double weightDecay, Double beta1, Double beta2,
+                            Double gradClip, Loss loss, Integer evalEvery, Integer evalBatches, Integer checkpointEvery,
+                            Integer keepCheckpoints, Long seed, Integer threads, Integer prefetch, Boolean verifyChecksums) {
+
+    /**
+     * The student; vocab_size defaults to the teacher's (larger is allowed: padding columns).
+     * Defaults: 2 layers, 128 channels, 4 heads, context = the shards' sequence length.
+     */
+    public record Student(Integer layers, Integer channels, Integer heads, Integer context, Integer vocabSize) {
+        public Student {
+            layers = layers == null ? 2 : layers;
+            channels = channels == null ? 128 : channels;
+            heads = heads == null ? 4 : heads;
+        }
+    }
+
+    /**
+     * The loss (docs/KERNELS.md): temperature (default 1), alpha = weight of the hard-label CE
+     * (default 0.5), divergence forward_kl | reverse_kl | jsd (jsd_beta, default 0.5),
+     * temperature_squared (default true), topk tail | renormalize (default tail),
+     * sparse_temperature require_match | rescale_topk (default require_match), reduction mean | sum
+     * (default mean), chunk_rows of the fused LM head + loss (default: 32 MiB of logits).
+     */
+    public record Loss(Double temperature, Double alpha, String divergence, Double jsdBeta, Boolean temperatureSquared,
+                       String topk, String sparseTemperature, String reduction, Integer chunkRows) {
+        public Loss {
+            temperature = temperature == null ? 1.0 : temperature;
+            alpha = alpha == null ? 0.5 : alpha;
+            divergence = divergence == null ? "forward_kl" : divergence;
+            jsdBeta = jsdBeta == null ? 0.5 : jsdBeta;
+            temperatureSquared = temperatureSquared == null || temperatureSquared;
+            topk = topk == null ? "tail" : topk;
+            sparseTemperature = sparseTemperature == null ? "require_match" : sparseTemperature;
+            reduction = reduction == null ? "mean" : reduction;
+            chunkRows = chunkRows == null ? 0 : chunkRows;
+        }
+
+        public DistillOptions options() {
+            Divergence d = switch (divergence) {
+                case "forward_kl" -> Divergence.forwardKl();
+                case "reverse_kl" -> Divergence.reverseKl();
+                case "jsd" -> Divergence.jsd(jsdBeta);
+                default -> throw new IllegalArgumentException("'loss.divergence' must be forward_kl, reverse_kl or jsd, got " + divergence);
+            };
+            DistillOptions.TopKMode mode = switch (topk) {
+                case "tail" -> DistillOptions.TopKMode.TAIL_BUCKET;
+                case "renormalize" -> DistillOptions.TopKMode.RENORMALIZE;
+                default -> throw new IllegalArgumentException("'loss.topk' must be tail or renormalize, got " + topk);
+            };
+            DistillOptions.SparseTemperature st = switch (sparseTemperature) {
+                case "require_match" -> DistillOptions.SparseTemperature.REQUIRE_MATCH;
+                case "rescale_topk" -> DistillOptions.SparseTemperature.RESCALE_TOPK;
+                default -> throw new IllegalArgumentException("'loss.sparse_temperature' must be require_match or rescale_topk, got " + sparseTemperature);
+            };
+            try {
+                return new DistillOptions(temperature.floatValue(), alpha.floatValue(), d, temperatureSquared, mode, st,
+                        DifferentiableOps.IGNORE_INDEX);
+            } catch (IllegalArgumentException e) {
+                throw new IllegalArgumentException("'loss': " + e.getMessage(), e);
+            }
+        }
+
+        public DifferentiableOps.Reduction reductionMode() {
+            return switch (reduction) {
+                case "mean" -> DifferentiableOps.Reduction.MEAN;
+                case "sum" -> DifferentiableOps.Reduction.SUM;
+                default -> throw new IllegalArgumentException("'loss.reduction' must be mean or sum, got " + reduction);
+            };
+        }
+    }
+
+    public DistillConfig {
+        out = out == null ? "runs/distill" : out;
+        student = student == null ? new Student(null, null, null, null, null) : student;
+        steps = steps == null ? 1000 : steps;
+        batchSize = batchSize == null ? 8 : batchSize;
+        gradAccum = gradAccum == null ? 1 : gradAccum;
+        lr = lr == null ? 1e-3 : lr;
+        minLr = minLr == null ? lr / 10 : minLr;
+        warmupSteps = warmupSteps == null ? 0 : warmupSteps;
+        weightDecay = weightDecay == null ? 0.1 : weightDecay;
+        beta1 = beta1 == null ? 0.9 : beta1;
+        beta2 = beta2 == null ? 0.95 : beta2;
+        gradClip = gradClip == null ? 1.0 : gradClip;
+        loss = loss == null ? new Loss(null, null, null, null, null, null, null, null, null) : loss;
+        evalEvery = evalEvery == null ? 0 : evalEvery;
+        evalBatches = evalBatches == null ? 8 : evalBatches;
+        checkpointEvery = checkpointEvery == null ? 0 : checkpointEvery;
+        keepCheckpoints = keepCheckpoints == null ? 3 : keepCheckpoints;
+        seed = seed == null ? 1234L : seed;
+        threads = threads == null ? 0 : threads;
+        prefetch = prefetch == null ? 2 : prefetch;
+        verifyChecksums = verifyChecksums == null || verifyChecksums;
+    }
+
+    /** This config with another step count (the schedule's length changes with it). */
+    public DistillConfig withSteps(int n) {
+        return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, n, batchSize, gradAccum, lr, minLr, warmupSteps,
+                weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
+                prefetch, verifyChecksums);
+    }
+
+    /** Checks what can be checked without opening the data; problems name the key. */
+    public void validate() {
+        require(teacher != null && !teacher.isBlank(), "teacher", "is required (a teacher shard directory)");
+        require(steps >= 1, "steps", "must be >= 1, got " + steps);
+        require(batchSize >= 1, "batch_size", "must be >= 1, got " + batchSize);
+        require(gradAccum >= 1, "grad_accum", "must be >= 1, got " + gradAccum);
+        require(lr > 0, "lr", "must be positive, got " + lr);
+        require(minLr >= 0 && minLr <= lr, "min_lr", "must be in [0, lr], got " + minLr);
+        require(warmupSteps >= 0, "warmup_steps", "must be >= 0, got " + warmupSteps);
+        require(gradClip >= 0, "grad_clip", "must be >= 0, got " + gradClip);
+        require(evalEvery >= 0, "eval_every", "must be >= 0, got " + evalEvery);
+        require(evalBatches >= 1, "eval_batches", "must be >= 1, got " + evalBatches);
+        require(checkpointEvery >= 0, "checkpoint_every", "must be >= 0, got " + checkpointEvery);
+        require(keepCheckpoints >= 1, "keep_checkpoints", "must be >= 1, got " + keepCheckpoints);
+        require(threads >= 0, "threads", "must be >= 0, got " + threads);
+        require(prefetch >= 1, "prefetch", "must be >= 1, got " + prefetch);
+        require(loss.chunkRows() >= 0, "loss.chunk_rows", "must be >= 0, got " + loss.chunkRows());
+        loss.options();
+        loss.reductionMode();
+    }
+
+    private static void require(boolean ok, String key, String problem) {
+        if (!ok) throw new IllegalArgumentException("'" + key + "' " + problem);
+    }
+
+    static final ObjectMapper JSON = JsonMapper.builder()
+            .propertyNamingStrategy(PropertyNamingStrategies.SNAKE_CASE)
+            .enable(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES)
+            .build();
+
+    /** Reads and validates a config file; every problem names the file and the key. */
+    public static DistillConfig read(Path file) throws IOException {
+        DistillConfig c;
+        try {
+            c = JSON.readValue(file.toFile(), DistillConfig.class);
+        } catch (UnrecognizedPropertyException e) {
+            StringBuilder path = new StringBuilder();
+            for (var ref : e.getPath()) {
+                if (ref.getFieldName() != null) path.append(path.isEmpty() ? "" : ".").append(ref.getFieldName());
+            }
+            throw new IOException(file + ": unknown key '" + path + "' (known here: " + e.getKnownPropertyIds() + ")", e);
+        } catch (java.io.FileNotFoundException | java.nio.file.NoSuchFileException e) {
+            throw new IOException(file + ": no such config file", e);
+        } catch (com.fasterxml.jackson.core.JacksonException e) {
+            throw new IOException(file + ": " + e.getOriginalMessage() + " (at " + e.getLocation() + ")", e);
+        }
+        try {
+            c.validate();
+        } catch (IllegalArgumentException e) {
+            throw new IOException(file + ": " + e.getMessage(), e);
+        }
+        return c;
+    }
+
+    /** The config as JSON, every default written out (stored with each checkpoint). */
+    public String toJson() {
+        try {
+            return JSON.writerWithDefaultPrettyPrinter().writeValueAsString(this);
+        } catch (com.fasterxml.jackson.core.JsonProcessingException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    public static DistillConfig fromJson(String json) throws IOException {
+        return JSON.readValue(json, DistillConfig.class);
+    }
+}

@@ -1,0 +1,315 @@
+package dev.distillery.trainer.distill;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Optional;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.nn.TrainingSession;
+import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.optim.AdamW;
+import dev.distillery.runtime.optim.LearningRateSchedule;
+import dev.distillery.trainer.checkpoint.CheckpointStore;
+import dev.distillery.trainer.data.TeacherBatchStream;
+import dev.distillery.trainer.data.TeacherShards;
+import dev.distillery.trainer.report.Curves;
+import dev.distillery.trainer.report.MetricsLog;
+import dev.distillery.trainer.report.Progress;
+
+/**
+ * The distillation loop: teacher batches streamed from shards, the student's chunked LM head +
+ * fused distillation loss, gradient accumulation, clipping, AdamW on a warmup + cosine schedule,
+ * held-out evaluation, crash-safe checkpoints, exact resume, and a NaN/Inf guard that stops
+ * before a bad update so the last checkpoint stays good.
+ *
+ * <p>Resume is exact on the CPU: the checkpoint holds the parameters, both AdamW moments and its
+ * step, and the data position (epoch, batch); the data order is a function of the seed and the
+ * kernels are bit-reproducible, so an interrupted and resumed run ends bit-identical to an
+ * uninterrupted one (tested).
+ */
+public final class DistillRun {
+
+    /** One evaluation on held-out shards. */
+    public record Evaluation(int step, double ce, double perplexity, double kl, double agreement, long rows) {
+    }
+
+    /** How a run ended. */
+    public record Result(int step, Path outDir, Path lastCheckpoint, Evaluation lastEval, double tokensPerSecond,
+                         double dataWaitFraction, long parameters) {
+    }
+
+    /** The run stopped on purpose (non-finite loss); the message says why and where the last good checkpoint is. */
+    public static final class StoppedException extends IOException {
+        public StoppedException(String message, Throwable cause) {
+            super(message, cause);
+        }
+    }
+
+    private DistillRun() {
+    }
+
+    public static Result run(DistillConfig cfg, Kernels kernels, boolean resume, PrintWriter out, PrintWriter err) throws IOException {
+        return run(cfg, kernels, resume, 0, out, err);
+    }
+
+    /**
+     * @param stopAfter stop (with a checkpoint) once this step is done, though the schedule runs to
+     *                  {@code steps}: one way to split a run over jobs with time limits; 0 = run to the end
+     */
+    public static Result run(DistillConfig cfg, Kernels kernels, boolean resume, int stopAfter, PrintWriter out, PrintWriter err) throws IOException {
+        Path outDir = Path.of(cfg.out());
+        DistillOptions options = cfg.loss().options();
+        DifferentiableOps.Reduction reduction = cfg.loss().reductionMode();
+        try (TeacherShards shards = TeacherShards.open(Path.of(cfg.teacher()), cfg.verifyChecksums());
+             TeacherShards evalShards = cfg.evalTeacher() == null ? null : TeacherShards.open(Path.of(cfg.evalTeacher()), cfg.verifyChecksums())) {
+            int seqLen = shards.manifest().seqLen(), teacherVocab = shards.manifest().vocabSize();
+            if (evalShards != null && (evalShards.manifest().vocabSize() != teacherVocab || evalShards.manifest().seqLen() != seqLen)) {
+                throw new IOException(cfg.evalTeacher() + ": vocab_size " + evalShards.manifest().vocabSize() + " and seq_len "
+                        + evalShards.manifest().seqLen() + " must equal the training shards' " + teacherVocab + " and " + seqLen
+                        + " (" + cfg.teacher() + ")");
+            }
+            int batchesPerEpoch = shards.sequences() / cfg.batchSize();
+            if (batchesPerEpoch < 1) {
+                throw new IOException(cfg.teacher() + ": 'batch_size' " + cfg.batchSize() + " exceeds the " + shards.sequences() + " sequences in the shards");
+            }
+            CheckpointStore store = CheckpointStore.open(outDir.resolve("checkpoints"));
+            Optional<CheckpointStore.Checkpoint> from = store.latest();
+            if (from.isPresent() && !resume) {
+                throw new IOException(store.root() + " already holds checkpoints (latest: step " + from.get().step()
+                        + "); pass --resume to continue that run, or choose another 'out'");
+            }
+            if (resume && from.isEmpty()) out.println("resume: no checkpoint in " + store.root() + " yet; starting fresh");
+
+            Transformer model = from.isPresent() ? ModelFiles.read(from.get().dir())
+                    : cfg.initFrom() != null ? ModelFiles.read(Path.of(cfg.initFrom())) : newStudent(cfg, teacherVocab, seqLen);
+            try {
+                TransformerConfig mc = model.config();
+                if (mc.vocabSize() < teacherVocab) {
+                    throw new IOException("the student's vocabulary " + mc.vocabSize() + " is smaller than the teacher's " + teacherVocab
+                            + " (" + cfg.teacher() + "); a larger student vocabulary is allowed");
+                }
+                if (mc.contextLength() < seqLen) {
+                    throw new IOException("the student's context " + mc.contextLength() + " is shorter than the shards' seq_len " + seqLen);
+                }
+                int chunkRows = cfg.loss().chunkRows() > 0 ? cfg.loss().chunkRows()
+                        : ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, mc.vocabSize());
+                AdamW.Config adam = new AdamW.Config(cfg.beta1(), cfg.beta2(), 1e-8, cfg.weightDecay());
+                LearningRateSchedule schedule = new LearningRateSchedule(cfg.lr(), cfg.minLr(), cfg.warmupSteps(), cfg.steps());
+                try (TrainingSession session = new TrainingSession(model, kernels, adam, schedule, cfg.gradClip(), cfg.batchSize(), seqLen)) {
+                    int epoch = 0, batchIndex = 0;
+                    Path lastCheckpoint = null;
+                    if (from.isPresent()) {
+                        Map<String, String> meta = ModelFiles.readOptimizer(from.get().dir().resolve("trainer_state.safetensors"),
+                                session.optimizer(), model.parameters().blockElements());
+                        epoch = intMeta(from.get().dir(), meta, "data.epoch");
+                        batchIndex = intMeta(from.get().dir(), meta, "data.batch");
+                        lastCheckpoint = from.get().dir();
+                        out.println("resumed from " + from.get().dir() + " at step " + session.optimizer().step());
+                    }
+                    return loop(cfg, kernels, session, shards, evalShards, store, options, reduction, chunkRows, epoch, batchIndex,
+                            lastCheckpoint, stopAfter > 0 ? Math.min(stopAfter, cfg.steps()) : cfg.steps(), outDir, out, err);
+                }
+            } finally {
+                model.close();
+            }
+        }
+    }
+
+    private static Transformer newStudent(DistillConfig cfg, int teacherVocab, int seqLen) {
+        DistillConfig.Student s = cfg.student();
+        TransformerConfig c;
+        try {
+            c = new TransformerConfig(s.vocabSize() == null ? teacherVocab : s.vocabSize(), s.context() == null ? seqLen : s.context(),
+                    s.layers(), s.channels(), s.heads());
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("'student': " + e.getMessage(), e);
+        }
+        Transformer model = new Transformer(c);
+        model.initialize(cfg.seed());
+        return model;
+    }
+
+    private static int intMeta(Path dir, Map<String, String> meta, String key) throws IOException {
+        try {
+            return Integer.parseInt(meta.get(key));
+        } catch (NumberFormatException e) {
+            throw new IOException(dir.resolve("trainer_state.safetensors") + ": metadata '" + key + "' must be an integer, got " + meta.get(key));
+        }
+    }
+
+    private static Result loop(DistillConfig cfg, Kernels kernels, TrainingSession session, TeacherShards shards, TeacherShards evalShards,
+                               CheckpointStore store, DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows,
+                               int epoch, int batchIndex, Path lastCheckpoint, int endStep, Path outDir, PrintWriter out, PrintWriter err) throws IOException {
+        int startStep = session.optimizer().step();
+        Transformer model = session.model();
+        long tokensPerStep = (long) cfg.batchSize() * shards.manifest().seqLen() * cfg.gradAccum();
+        out.printf("student: %d layers, %d channels, %d heads, vocab %d, context %d: %,d parameters%n", model.config().layers(),
+                model.config().channels(), model.config().heads(), model.config().vocabSize(), model.config().contextLength(),
+                model.parameters().parameterCount());
+        out.printf("teacher: %s (%s, %d sequences of %d, vocab %d); loss: T %.3g, alpha %.3g, %s%s%n", cfg.teacher(),
+                shards.manifest().targets(), shards.sequences(), shards.manifest().seqLen(), shards.manifest().vocabSize(),
+                options.temperature(), options.alpha(), cfg.loss().divergence(), options.scaleByTemperatureSquared() ? ", T^2 on" : "");
+        if (evalShards == null) out.println("no 'eval_teacher' given: no held-out evaluation");
+        out.flush();
+
+        Evaluation lastEval = null;
+        double tokensPerSecond = 0, waitFraction = 0;
+        long loopStart = System.nanoTime(), waitStart;
+        try (MetricsLog metrics = MetricsLog.open(outDir.resolve("metrics.jsonl"), startStep > 0 ? startStep : -1);
+             TeacherBatchStream stream = new TeacherBatchStream(shards, cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex)) {
+            waitStart = stream.waitNanos();
+            Progress progress = new Progress(err, "distill", startStep, cfg.steps(), 5000);
+            for (int step = startStep + 1; step <= endStep; step++) {
+                long t0 = System.nanoTime(), w0 = stream.waitNanos();
+                String stopNote = ". Stopped; the last good checkpoint is "
+                        + (lastCheckpoint == null ? "none (no checkpoint was written yet)" : lastCheckpoint + " (continue with --resume)");
+                double loss = 0, ce = 0, div = 0;
+                TrainingSession.StepResult r;
+                try {
+                    session.beginStep();
+                    for (int a = 0; a < cfg.gradAccum(); a++) {
+                        TeacherBatchStream.Batch batch;
+                        try {
+                            batch = stream.next();
+                        } catch (InterruptedException e) {
+                            Thread.currentThread().interrupt();
+                            throw new IOException("interrupted while waiting for teacher batches", e);
+                        }
+                        try {
+                            session.setSequences(batch.inputIds());
+                        } catch (IllegalArgumentException e) {
+                            throw new IOException(cfg.teacher() + ": sequences " + java.util.Arrays.toString(batch.sequences()) + ": " + e.getMessage(), e);
+                        }
+                        DifferentiableOps.DistillLoss l = session.backwardDistill(batch.targets(), options, reduction, chunkRows, 1f / cfg.gradAccum());
+                        loss += l.total() / cfg.gradAccum();
+                        ce += l.ce() / cfg.gradAccum();
+                        div += l.divergence() / cfg.gradAccum();
+                        epoch = batch.epoch();
+                        batchIndex = batch.index() + 1;
+                        if (batchIndex == stream.batchesPerEpoch()) {
+                            epoch++;
+                            batchIndex = 0;
+                        }
+                        stream.release(batch);
+                    }
+                    r = session.finishStep(loss);
+                } catch (TrainingSession.NonFiniteException e) {
+                    throw new StoppedException(e.getMessage() + stopNote, e);
+                } catch (IllegalArgumentException | ArithmeticException e) {
+                    throw new StoppedException("step " + step + ": " + e.getMessage() + stopNote, e);
+                }
+                long t1 = System.nanoTime();
+                double stepSeconds = (t1 - t0) / 1e9;
+                double stepWait = (stream.waitNanos() - w0) / 1e9;
+                tokensPerSecond = tokensPerStep * (step - startStep) / ((t1 - loopStart) / 1e9);
+                waitFraction = (stream.waitNanos() - waitStart) / (double) (t1 - loopStart);
+                Map<String, Object> rec = new LinkedHashMap<>();
+                rec.put("kind", "train");
+                rec.put("step", step);
+                rec.put("loss", loss);
+                rec.put("ce", ce);
+                rec.put("divergence", div);
+                rec.put("lr", r.lr());
+                rec.put("grad_norm", r.gradNorm());
+                rec.put("tokens", tokensPerStep * step);
+                rec.put("step_ms", stepSeconds * 1e3);
+                rec.put("tokens_per_s", tokensPerStep / stepSeconds);
+                rec.put("data_wait_fraction", stepWait / stepSeconds);
+                metrics.write(rec);
+                progress.update(step, String.format("loss %.4f | %,.0f tok/s | data wait %.1f%%", loss, tokensPerSecond, 100 * waitFraction));
+
+                boolean last = step == cfg.steps();
+                if (evalShards != null && (last || (cfg.evalEvery() > 0 && step % cfg.evalEvery() == 0))) {
+                    lastEval = evaluate(session, evalShards, Path.of(cfg.evalTeacher()), cfg.batchSize(), cfg.evalBatches(), chunkRows, step);
+                    Map<String, Object> ev = new LinkedHashMap<>();
+                    ev.put("kind", "eval");
+                    ev.put("step", step);
+                    ev.put("ce", lastEval.ce());
+                    ev.put("perplexity", lastEval.perplexity());
+                    ev.put("kl", lastEval.kl());
+                    ev.put("agreement", lastEval.agreement());
+                    ev.put("rows", lastEval.rows());
+                    metrics.write(ev);
+                    err.printf("eval @ step %d: ce %.4f, perplexity %.3f, KL to teacher %.4f, top-1 agreement %.1f%%%n", step,
+                            lastEval.ce(), lastEval.perplexity(), lastEval.kl(), 100 * lastEval.agreement());
+                    err.flush();
+                }
+                if (last || step == endStep || (cfg.checkpointEvery() > 0 && step % cfg.checkpointEvery() == 0)) {
+                    lastCheckpoint = saveCheckpoint(store, session, cfg, step, epoch, batchIndex);
+                    store.prune(cfg.keepCheckpoints());
+                    writeCurves(outDir, metrics.records());
+                }
+            }
+            if (startStep >= cfg.steps()) out.println("nothing to do: the checkpoint is at step " + startStep + " of " + cfg.steps());
+            int reached = Math.max(startStep, endStep);
+            out.printf("%s: step %d of %d, %,.0f tokens/s, %.2f%% of the time waiting for data; checkpoint %s; metrics %s%n",
+                    reached < cfg.steps() ? "stopped (--stop-after)" : "done", reached, cfg.steps(), tokensPerSecond, 100 * waitFraction, lastCheckpoint, metrics.file());
+            return new Result(reached, outDir, lastCheckpoint, lastEval, tokensPerSecond, waitFraction,
+                    model.parameters().parameterCount());
+        }
+    }
+
+    /** Held-out CE (perplexity), forward KL to the teacher at its shard temperature (T = 1 for dense), top-1 agreement. */
+    public static Evaluation evaluate(TrainingSession session, TeacherShards evalShards, Path where, int batchSize, int maxBatches,
+                                      int chunkRows, int step) throws IOException {
+        boolean dense = evalShards.manifest().targets().equals("dense");
+        float t = dense ? 1f : (float) evalShards.manifest().temperature();
+        DistillOptions klOptions = new DistillOptions(t, 0f, Divergence.forwardKl(), false, DistillOptions.TopKMode.TAIL_BUCKET,
+                DistillOptions.SparseTemperature.REQUIRE_MATCH, DifferentiableOps.IGNORE_INDEX);
+        int batches = Math.min(maxBatches, evalShards.sequences() / batchSize);
+        if (batches < 1) {
+            throw new IOException(where + ": batch size " + batchSize + " exceeds its " + evalShards.sequences() + " sequences");
+        }
+        TrainingSession.EvalSums sums = TrainingSession.EvalSums.zero();
+        try (TeacherBatchStream stream = new TeacherBatchStream(evalShards, batchSize, 0L, 1, 0, 0)) {
+            for (int i = 0; i < batches; i++) {
+                TeacherBatchStream.Batch b = stream.next();
+                session.setSequences(b.inputIds());
+                int rows = batchSize * evalShards.manifest().seqLen();
+                int[] top1 = new int[rows];
+                for (int r = 0; r < rows; r++) top1[r] = b.targets().top1(r);
+                sums = sums.plus(session.evaluateDistill(b.targets(), top1, klOptions, chunkRows));
+                stream.release(b);
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted during evaluation", e);
+        }
+        double ce = sums.ce() / Math.max(1, sums.ceRows());
+        return new Evaluation(step, ce, Math.exp(ce), sums.divergence() / Math.max(1, sums.rows()),
+                (double) sums.agree() / Math.max(1, sums.rows()), sums.rows());
+    }
+
+    static Path saveCheckpoint(CheckpointStore store, TrainingSession session, DistillConfig cfg, int step, int epoch, int batch) throws IOException {
+        return store.save(step, dir -> {
+            ModelFiles.write(dir, session.model());
+            if (cfg.tokenizer() != null) Files.copy(Path.of(cfg.tokenizer()), dir.resolve("tokenizer.json"), StandardCopyOption.REPLACE_EXISTING);
+            Map<String, String> meta = new LinkedHashMap<>();
+            meta.put("kind", "distill");
+            meta.put("step", Integer.toString(step));
+            meta.put("data.epoch", Integer.toString(epoch));
+            meta.put("data.batch", Integer.toString(batch));
+            meta.put("config", cfg.toJson());
+            ModelFiles.writeOptimizer(dir.resolve("trainer_state.safetensors"), session.optimizer(),
+                    session.model().parameters().blockElements(), meta);
+        }).dir();
+    }
+
+    static void writeCurves(Path outDir, List<Map<String, Object>> records) throws IOException {
+        Curves.write(outDir.resolve("curves.png"), "distill",
+                List.of(Curves.Series.of("loss", records, "train", "loss"), Curves.Series.of("hard-label CE", records, "train", "ce")),
+                List.of(Curves.Series.of("held-out perplexity", records, "eval", "perplexity")));
+    }
+}

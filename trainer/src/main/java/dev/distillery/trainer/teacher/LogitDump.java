@@ -1,0 +1,211 @@
+package dev.distillery.trainer.teacher;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.runtime.DType;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.io.SafetensorsWriter;
+import dev.distillery.runtime.nn.TrainingSession;
+import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.optim.AdamW;
+import dev.distillery.runtime.optim.LearningRateSchedule;
+import dev.distillery.trainer.data.TeacherManifest;
+import dev.distillery.trainer.data.TeacherShards;
+import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.report.Progress;
+
+/**
+ * {@code teacher dump-logits}: runs a teacher over a token file cut into non-overlapping
+ * sequences and writes a teacher shard directory (docs/FORMATS.md): dense logits (f32/f16/bf16),
+ * top-k (ids, logits, and the full-vocabulary logsumexp at the shard temperature) or sampled
+ * targets (k ids drawn from softmax(t/T) with replacement, weight 1/k each: an unbiased estimate
+ * of p). Shards are written crash-safe, the manifest (with every shard's SHA-256) last.
+ */
+public final class LogitDump {
+
+    public enum Kind { dense, topk, sampled }
+
+    /**
+     * @param seqLen            tokens per sequence (≤ the teacher's context)
+     * @param sequencesPerShard sequences per shard file
+     * @param k                 top-k size or samples per position (ignored for dense)
+     * @param dtype             f32, f16 or bf16 for dense and top-k logits
+     * @param temperature       the shard temperature (top-k logsumexp, sampling)
+     * @param maxSequences      at most this many sequences (0 = all)
+     */
+    public record Options(Path teacher, Path tokens, Path out, Kind kind, int k, String dtype, double temperature,
+                          int seqLen, int sequencesPerShard, int batch, int maxSequences, long seed, String tokenizerId) {
+    }
+
+    private LogitDump() {
+    }
+
+    public static TeacherManifest run(Options o, Kernels kernels, PrintWriter out, PrintWriter err) throws IOException {
+        LogitType type = switch (o.dtype()) {
+            case "f32" -> LogitType.F32;
+            case "f16" -> LogitType.F16;
+            case "bf16" -> LogitType.BF16;
+            default -> throw new IllegalArgumentException("--dtype must be f32, f16 or bf16, got " + o.dtype());
+        };
+        if (!(o.temperature() > 0)) throw new IllegalArgumentException("--temperature must be positive, got " + o.temperature());
+        try (Transformer model = ModelFiles.read(o.teacher()); TokenFile tokens = TokenFile.open(o.tokens())) {
+            int v = model.config().vocabSize();
+            int t = o.seqLen() > 0 ? o.seqLen() : model.config().contextLength();
+            if (t > model.config().contextLength()) throw new IllegalArgumentException("--seq-len " + t + " exceeds the teacher's context " + model.config().contextLength());
+            if (o.kind() != Kind.dense && (o.k() < 1 || o.k() > v)) throw new IllegalArgumentException("--k must be in [1, " + v + "], got " + o.k());
+            int k = o.kind() == Kind.dense ? 0 : o.k();
+            long available = tokens.size() / t;
+            int total = (int) Math.min(o.maxSequences() > 0 ? o.maxSequences() : Integer.MAX_VALUE, available);
+            if (total < 1) throw new IOException(o.tokens() + ": " + tokens.size() + " tokens, fewer than one sequence of " + t);
+            int batch = Math.min(o.batch(), total);
+            Files.createDirectories(o.out());
+            Rng rng = new Rng(o.seed());
+            List<TeacherManifest.Shard> shards = new ArrayList<>();
+            Progress progress = new Progress(err, "dump-logits", 0, total, 5000);
+            try (TrainingSession session = new TrainingSession(model, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3),
+                    0, batch, t)) {
+                int[] window = new int[t];
+                double[] p = new double[v];
+                int done = 0;
+                for (int shardIndex = 0; done < total; shardIndex++) {
+                    int s = Math.min(o.sequencesPerShard(), total - done);
+                    try (Arena arena = Arena.ofShared()) {
+                        long rows = (long) s * t;
+                        MemorySegment ids = arena.allocate(4 * rows, 64);
+                        MemorySegment a = arena.allocate(Math.max(1, switch (o.kind()) {
+                            case dense -> rows * v * type.bytes();
+                            case topk, sampled -> rows * k * 4;
+                        }), 64);
+                        MemorySegment b = arena.allocate(Math.max(1, switch (o.kind()) {
+                            case dense -> 0;
+                            case topk -> rows * k * type.bytes();
+                            case sampled -> rows * k * 4;
+                        }), 64);
+                        MemorySegment lse = arena.allocate(Math.max(1, 4 * rows), 64);
+                        MemorySegment batchIds = arena.allocate(4L * batch * t, 64);
+                        for (int s0 = 0; s0 < s; s0 += batch) {
+                            int n = Math.min(batch, s - s0);
+                            for (int i = 0; i < batch; i++) {
+                                tokens.read((long) (done + s0 + Math.min(i, n - 1)) * t, t, window);
+                                for (int j = 0; j < t; j++) batchIds.setAtIndex(ValueLayout.JAVA_INT, (long) i * t + j, window[j]);
+                            }
+                            MemorySegment.copy(batchIds, 0, ids, 4L * s0 * t, 4L * n * t);
+                            session.setSequences(batchIds);
+                            MemorySegment logits = session.forwardLogits();
+                            for (long r = 0; r < (long) n * t; r++) {
+                                long row = (long) s0 * t + r;
+                                switch (o.kind()) {
+                                    case dense -> {
+                                        for (int j = 0; j < v; j++) type.write(a, row * v + j, logits.getAtIndex(ValueLayout.JAVA_FLOAT, r * v + j));
+                                    }
+                                    case topk -> topK(logits, r * v, v, k, o.temperature(), a, b, type, lse, row);
+                                    case sampled -> sample(logits, r * v, v, k, o.temperature(), a, b, row, p, rng);
+                                }
+                            }
+                            progress.update(done + s0 + n, String.format("shard %d", shardIndex));
+                        }
+                        String file = String.format("shard-%05d.safetensors", shardIndex);
+                        List<SafetensorsWriter.Item> items = new ArrayList<>();
+                        items.add(new SafetensorsWriter.Item("input_ids", DType.I32, new int[]{s, t}, ids));
+                        DType logitDType = switch (type) {
+                            case F32 -> DType.F32;
+                            case F16 -> DType.F16;
+                            case BF16 -> DType.BF16;
+                        };
+                        switch (o.kind()) {
+                            case dense -> items.add(new SafetensorsWriter.Item("logits", logitDType, new int[]{s, t, v}, a));
+                            case topk -> {
+                                items.add(new SafetensorsWriter.Item("topk_ids", DType.I32, new int[]{s, t, k}, a));
+                                items.add(new SafetensorsWriter.Item("topk_logits", logitDType, new int[]{s, t, k}, b));
+                                items.add(new SafetensorsWriter.Item("logsumexp", DType.F32, new int[]{s, t}, lse));
+                            }
+                            case sampled -> {
+                                items.add(new SafetensorsWriter.Item("sampled_ids", DType.I32, new int[]{s, t, k}, a));
+                                items.add(new SafetensorsWriter.Item("sampled_weights", DType.F32, new int[]{s, t, k}, b));
+                            }
+                        }
+                        Path path = o.out().resolve(file);
+                        SafetensorsWriter.write(path, items, Map.of("teacher", o.teacher().toString()));
+                        shards.add(new TeacherManifest.Shard(file, s, TeacherShards.sha256(path)));
+                    }
+                    done += s;
+                }
+            }
+            TeacherManifest m = new TeacherManifest(1, v, t, o.kind().name(), k, o.kind() == Kind.sampled ? null : o.dtype(),
+                    o.temperature(), o.tokenizerId(), o.teacher().toString(), shards);
+            m.write(o.out().resolve("manifest.json"));
+            out.printf("wrote %d sequences of %d tokens (%s%s) in %d shard(s) to %s%n", total, t, o.kind(),
+                    k > 0 ? ", k = " + k : "", shards.size(), o.out());
+            out.flush();
+            return m;
+        }
+    }
+
+    /** The k largest logits of one row (descending), and log Σ exp(logit/T) over the whole row. */
+    private static void topK(MemorySegment logits, long at, int v, int k, double temperature, MemorySegment ids, MemorySegment vals,
+                             LogitType type, MemorySegment lse, long row) {
+        int[] bestId = new int[k];
+        float[] best = new float[k];
+        java.util.Arrays.fill(best, Float.NEGATIVE_INFINITY);
+        java.util.Arrays.fill(bestId, -1);
+        float max = Float.NEGATIVE_INFINITY;
+        for (int j = 0; j < v; j++) {
+            float x = logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + j);
+            max = Math.max(max, x);
+            if (x > best[k - 1] || bestId[k - 1] < 0) {
+                int i = k - 1;
+                while (i > 0 && (bestId[i - 1] < 0 || x > best[i - 1])) {
+                    best[i] = best[i - 1];
+                    bestId[i] = bestId[i - 1];
+                    i--;
+                }
+                best[i] = x;
+                bestId[i] = j;
+            }
+        }
+        double sum = 0;
+        for (int j = 0; j < v; j++) sum += Math.exp((logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + j) - max) / temperature);
+        for (int i = 0; i < k; i++) {
+            ids.setAtIndex(ValueLayout.JAVA_INT, row * k + i, bestId[i]);
+            type.write(vals, row * k + i, best[i]);
+        }
+        lse.setAtIndex(ValueLayout.JAVA_FLOAT, row, (float) (max / temperature + Math.log(sum)));
+    }
+
+    /** k draws from softmax(logit/T) with replacement, weight 1/k each. */
+    private static void sample(MemorySegment logits, long at, int v, int k, double temperature, MemorySegment ids, MemorySegment weights,
+                               long row, double[] p, Rng rng) {
+        double max = Double.NEGATIVE_INFINITY;
+        for (int j = 0; j < v; j++) max = Math.max(max, logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + j));
+        double sum = 0;
+        for (int j = 0; j < v; j++) {
+            p[j] = Math.exp((logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + j) - max) / temperature);
+            sum += p[j];
+        }
+        for (int i = 0; i < k; i++) {
+            double u = rng.nextDouble() * sum, c = 0;
+            int pick = v - 1;
+            for (int j = 0; j < v; j++) {
+                c += p[j];
+                if (u < c) {
+                    pick = j;
+                    break;
+                }
+            }
+            ids.setAtIndex(ValueLayout.JAVA_INT, row * k + i, pick);
+            weights.setAtIndex(ValueLayout.JAVA_FLOAT, row * k + i, 1f / k);
+        }
+    }
+}

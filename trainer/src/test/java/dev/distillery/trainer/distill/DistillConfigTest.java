@@ -1,0 +1,59 @@
+package dev.distillery.trainer.distill;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.Divergence;
+
+class DistillConfigTest {
+
+    private static String message(Path dir, String json) throws IOException {
+        Path f = dir.resolve("run.json");
+        Files.writeString(f, json);
+        return assertThrows(IOException.class, () -> DistillConfig.read(f)).getMessage();
+    }
+
+    @Test
+    void unknownKeysAreNamedWithTheirPath(@TempDir Path dir) throws IOException {
+        String top = message(dir, "{\"teacher\": \"t\", \"stpes\": 10}");
+        assertTrue(top.contains("unknown key 'stpes'") && top.contains("run.json"), top);
+        String nested = message(dir, "{\"teacher\": \"t\", \"loss\": {\"temprature\": 2}}");
+        assertTrue(nested.contains("unknown key 'loss.temprature'"), nested);
+    }
+
+    @Test
+    void badValuesNameTheKey(@TempDir Path dir) throws IOException {
+        assertTrue(message(dir, "{}").contains("'teacher' is required"));
+        assertTrue(message(dir, "{\"teacher\": \"t\", \"steps\": 0}").contains("'steps' must be >= 1"));
+        assertTrue(message(dir, "{\"teacher\": \"t\", \"loss\": {\"alpha\": 1.5}}").contains("alpha must be in [0, 1]"));
+        assertTrue(message(dir, "{\"teacher\": \"t\", \"loss\": {\"temperature\": -1}}").contains("temperature"));
+        assertTrue(message(dir, "{\"teacher\": \"t\", \"loss\": {\"divergence\": \"kl\"}}").contains("'loss.divergence'"));
+        assertTrue(message(dir, "{\"teacher\": \"t\", \"steps\": \"many\"}").contains("run.json"));
+    }
+
+    @Test
+    void absentKeysTakeTheDocumentedDefaults(@TempDir Path dir) throws IOException {
+        Path f = dir.resolve("run.json");
+        Files.writeString(f, "{\"teacher\": \"shards\", \"loss\": {\"divergence\": \"jsd\", \"jsd_beta\": 0.25, \"temperature\": 2}}");
+        DistillConfig c = DistillConfig.read(f);
+        assertEquals(1000, c.steps());
+        assertEquals(8, c.batchSize());
+        assertEquals(1e-4, c.minLr(), 1e-12);
+        DistillOptions o = c.loss().options();
+        assertEquals(new Divergence.Jsd(0.25), o.divergence());
+        assertEquals(2f, o.temperature());
+        assertEquals(0.5f, o.alpha());
+        assertTrue(o.scaleByTemperatureSquared());
+        assertEquals(DistillOptions.TopKMode.TAIL_BUCKET, o.topKMode());
+        assertEquals(c, DistillConfig.fromJson(c.toJson()), "the stored config reads back equal");
+    }
+}

@@ -1,0 +1,208 @@
+package dev.distillery.trainer.distill;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Map;
+
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.runtime.DType;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.io.SafetensorsWriter;
+import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.trainer.data.TeacherManifest;
+import dev.distillery.trainer.data.TeacherShards;
+import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.teacher.LogitDump;
+
+/**
+ * The distillation loop end to end on tiny shards written by {@link LogitDump} from a seeded
+ * random teacher: KL to the teacher falls, resume is bit-identical, a non-finite loss stops the
+ * run with the last checkpoint intact.
+ */
+class DistillRunTest {
+
+    static final int VOCAB = 61, SEQ = 12;
+    static Kernels kernels;
+    static Path data;
+
+    @BeforeAll
+    static void writeTeacherShards(@TempDir Path tmp) throws IOException {
+        kernels = new CpuKernels(2, "auto");
+        data = tmp;
+        // Token stream with structure a teacher can express: mostly a fixed successor per token.
+        Rng rng = new Rng(7);
+        int[] tokens = new int[SEQ * 96];
+        tokens[0] = 1;
+        for (int i = 1; i < tokens.length; i++) tokens[i] = rng.nextDouble() < 0.8 ? (tokens[i - 1] * 7 + 3) % VOCAB : rng.nextInt(VOCAB);
+        TokenFile.write(tmp.resolve("tokens.bin"), tokens);
+        try (Transformer teacher = new Transformer(new TransformerConfig(VOCAB, SEQ, 1, 16, 2))) {
+            teacher.initialize(99);
+            // Sharpen the random teacher so its distribution is far from uniform.
+            var wte = teacher.parameters().get("wte.weight");
+            for (long i = 0; i < wte.numel(); i++) wte.setFloat(i, wte.getFloat(i) * 40);
+            ModelFiles.write(tmp.resolve("teacher"), teacher);
+        }
+        PrintWriter quiet = new PrintWriter(new StringWriter());
+        LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("dense"), LogitDump.Kind.dense,
+                0, "f32", 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
+        LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("topk"), LogitDump.Kind.topk,
+                8, "bf16", 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
+        LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("sampled"), LogitDump.Kind.sampled,
+                16, "f32", 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
+    }
+
+    @AfterAll
+    static void close() {
+        kernels.close();
+    }
+
+    static DistillConfig config(Path out, String shards, int steps, int checkpointEvery, double alpha) {
+        return new DistillConfig(data.resolve(shards).toString(), data.resolve("dense").toString(), out.toString(), null, null,
+                new DistillConfig.Student(1, 16, 2, SEQ, VOCAB + 3), steps, 4, 2, 1e-2, 1e-3, 2, 0.0, null, null, 1.0,
+                new DistillConfig.Loss(1.0, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 4, checkpointEvery, 10, 5L, 0, 2, true);
+    }
+
+    static DistillRun.Result run(DistillConfig c, boolean resume) throws IOException {
+        return run(c, resume, 0);
+    }
+
+    static DistillRun.Result run(DistillConfig c, boolean resume, int stopAfter) throws IOException {
+        PrintWriter quiet = new PrintWriter(new StringWriter());
+        return DistillRun.run(c, kernels, resume, stopAfter, quiet, quiet);
+    }
+
+    @Test
+    void dumpedShardsAreValidAndHoldTheTeachersTopK() throws IOException {
+        try (TeacherShards dense = TeacherShards.open(data.resolve("dense"), true);
+             TeacherShards topk = TeacherShards.open(data.resolve("topk"), true)) {
+            assertEquals(96, dense.sequences());
+            assertEquals(3, dense.manifest().shards().size(), "40 + 40 + 16 sequences");
+            for (int s : new int[]{0, 41, 95}) {
+                for (int r = 0; r < SEQ; r++) {
+                    assertEquals(dense.sequence(s).targets().top1(r), topk.sequence(s).targets().top1(r), "sequence " + s + ", row " + r);
+                }
+            }
+        }
+    }
+
+    @Test
+    void distillationLowersKlToTheTeacherForEveryTargetKind(@TempDir Path out) throws IOException {
+        for (String kind : List.of("dense", "topk", "sampled")) {
+            DistillRun.Result before = run(config(out.resolve(kind + "0"), kind, 1, 0, 0.2), false);
+            DistillRun.Result after = run(config(out.resolve(kind), kind, 60, 0, 0.2), false);
+            assertTrue(after.lastEval().kl() < 0.5 * before.lastEval().kl(),
+                    kind + ": KL " + before.lastEval().kl() + " -> " + after.lastEval().kl());
+            assertTrue(after.lastEval().agreement() > before.lastEval().agreement(), kind + ": agreement");
+        }
+    }
+
+    @Test
+    void resumedRunEndsBitIdenticalToAnUninterruptedOne(@TempDir Path out) throws IOException {
+        DistillRun.Result whole = run(config(out.resolve("whole"), "topk", 14, 0, 0.5), false);
+        // Interrupted: the same run stopped after step 7 (checkpoints at 3, 6, 7), then resumed to 14.
+        assertEquals(7, run(config(out.resolve("split"), "topk", 14, 3, 0.5), false, 7).step());
+        IOException refused = assertThrows(IOException.class, () -> run(config(out.resolve("split"), "topk", 14, 3, 0.5), false));
+        assertTrue(refused.getMessage().contains("--resume"), refused.getMessage());
+        DistillRun.Result resumed = run(config(out.resolve("split"), "topk", 14, 3, 0.5), true);
+        assertEquals(14, resumed.step());
+        byte[] a = Files.readAllBytes(whole.lastCheckpoint().resolve("model.safetensors"));
+        byte[] b = Files.readAllBytes(resumed.lastCheckpoint().resolve("model.safetensors"));
+        assertArrayEquals(a, b, "parameters after resume differ from the uninterrupted run");
+        assertArrayEquals(momentsOf(whole), momentsOf(resumed));
+        long trainLines = Files.readAllLines(out.resolve("split/metrics.jsonl")).stream().filter(l -> l.contains("\"train\"")).count();
+        assertEquals(14, trainLines, "metrics.jsonl reads as one run");
+        assertTrue(Files.isRegularFile(out.resolve("split/curves.png")));
+    }
+
+    private static float[] momentsOf(DistillRun.Result r) throws IOException {
+        try (var st = dev.distillery.runtime.io.SafetensorsFile.open(r.lastCheckpoint().resolve("trainer_state.safetensors"))) {
+            return st.tensor("adam.v").toFloatArray();
+        }
+    }
+
+    @Test
+    void aNonFiniteLossStopsTheRunAndKeepsTheLastGoodCheckpoint(@TempDir Path out) throws IOException {
+        // Copy the dense shards, then poison one teacher logit of one sequence with NaN.
+        Path bad = out.resolve("bad");
+        Files.createDirectories(bad);
+        TeacherManifest m;
+        try (TeacherShards good = TeacherShards.open(data.resolve("dense"), false); Arena arena = Arena.ofConfined()) {
+            m = good.manifest();
+            int s = good.sequences();
+            MemorySegment ids = arena.allocate(4L * s * SEQ), logits = arena.allocate(4L * s * SEQ * VOCAB);
+            for (int i = 0; i < s; i++) {
+                var seq = good.sequence(i);
+                MemorySegment.copy(seq.inputIds(), 0, ids, 4L * i * SEQ, 4L * SEQ);
+                MemorySegment.copy(((dev.distillery.kernels.distill.TeacherTargets.Dense) seq.targets()).logits(), 0, logits,
+                        4L * i * SEQ * VOCAB, 4L * SEQ * VOCAB);
+            }
+            for (int i = 0; i < s; i++) logits.setAtIndex(ValueLayout.JAVA_FLOAT, (long) i * SEQ * VOCAB + 5, Float.NaN);
+            SafetensorsWriter.write(bad.resolve("shard.safetensors"), List.of(
+                    new SafetensorsWriter.Item("input_ids", DType.I32, new int[]{s, SEQ}, ids),
+                    new SafetensorsWriter.Item("logits", DType.F32, new int[]{s, SEQ, VOCAB}, logits)), Map.of());
+            new TeacherManifest(1, VOCAB, SEQ, "dense", 0, "f32", 1.0, "t", "t",
+                    List.of(new TeacherManifest.Shard("shard.safetensors", s, TeacherShards.sha256(bad.resolve("shard.safetensors")))))
+                    .write(bad.resolve("manifest.json"));
+        }
+        // Train on good shards with a checkpoint at step 2, then continue on the poisoned ones.
+        Path run = out.resolve("run");
+        DistillConfig good = config(run, "dense", 4, 2, 0.5).withSteps(2);
+        run(good, false);
+        byte[] before = Files.readAllBytes(run.resolve("checkpoints/step-00000002/model.safetensors"));
+        DistillConfig poisoned = new DistillConfig(bad.toString(), null, run.toString(), null, null, good.student(), 4, 4, 1,
+                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true);
+        IOException e = assertThrows(IOException.class, () -> run(poisoned, true));
+        assertTrue(e.getMessage().contains("step 3") && e.getMessage().contains("no finite maximum logit")
+                && e.getMessage().contains("step-00000002"), e.getMessage());
+        assertArrayEquals(before, Files.readAllBytes(run.resolve("checkpoints/step-00000002/model.safetensors")));
+        assertEquals(2, dev.distillery.trainer.checkpoint.CheckpointStore.open(run.resolve("checkpoints")).latest().orElseThrow().step());
+    }
+
+    @Test
+    void aDivergingRunStopsBeforeTheBadUpdate(@TempDir Path out) throws IOException {
+        Path run = out.resolve("run");
+        DistillConfig c = config(run, "dense", 30, 1, 0.5);
+        DistillConfig exploding = new DistillConfig(c.teacher(), null, c.out(), null, null, c.student(), 30, 4, 1, 1e30, 1e30, 0, 0.0,
+                null, null, 0.0, c.loss(), 0, 4, 1, 100, 5L, 0, 2, true);
+        IOException e = assertThrows(IOException.class, () -> run(exploding, false));
+        assertTrue(e.getMessage().contains("not finite") && e.getMessage().contains("Stopped; the last good checkpoint is"), e.getMessage());
+        var store = dev.distillery.trainer.checkpoint.CheckpointStore.open(run.resolve("checkpoints"));
+        var last = store.latest().orElseThrow();
+        try (Transformer m = ModelFiles.read(last.dir())) {
+            for (var t : m.parameters().parameters()) {
+                for (long i = 0; i < t.numel(); i++) assertTrue(Float.isFinite(t.getFloat(i)), "last checkpoint " + last.dir() + " holds " + t.name());
+            }
+        }
+    }
+
+    @Test
+    void mismatchedShapesAreRefusedBeforeTheFirstStep(@TempDir Path out) {
+        DistillConfig c = config(out, "dense", 2, 0, 0.5);
+        DistillConfig small = new DistillConfig(c.teacher(), null, c.out(), null, null, new DistillConfig.Student(1, 16, 2, SEQ, VOCAB - 1),
+                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true);
+        assertTrue(assertThrows(IOException.class, () -> run(small, false)).getMessage().contains("smaller than the teacher's " + VOCAB));
+        DistillConfig shortContext = new DistillConfig(c.teacher(), null, c.out(), null, null, new DistillConfig.Student(1, 16, 2, SEQ - 1, null),
+                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true);
+        assertTrue(assertThrows(IOException.class, () -> run(shortContext, false)).getMessage().contains("shorter than the shards' seq_len"));
+    }
+}
