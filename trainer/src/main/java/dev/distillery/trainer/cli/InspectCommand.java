@@ -8,7 +8,9 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.Callable;
 
+import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.SafetensorsFile;
+import dev.distillery.runtime.nn.TransformerConfig;
 import dev.distillery.trainer.data.TeacherManifest;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
@@ -23,10 +25,11 @@ import picocli.CommandLine.Parameters;
                 "Shows what a file holds, after validating it:",
                 "  a .safetensors file: every tensor's dtype, shape and byte range, and the metadata;",
                 "  a teacher shard directory (with manifest.json): the manifest and each shard's tensors;",
+                "  a checkpoint folder (config.json + model.safetensors): the architecture, tensors and trainer state;",
                 "  an llm.c token file (.bin): layout, token count and the first tokens."})
 public final class InspectCommand implements Callable<Integer> {
 
-    @Parameters(paramLabel = "PATH", description = "A .safetensors file, a teacher shard directory or a .bin token file.")
+    @Parameters(paramLabel = "PATH", description = "A .safetensors file, a teacher shard directory, a checkpoint folder or a .bin token file.")
     Path path;
 
     @CommandLine.Option(names = "--verify", description = "For a shard directory: check every shard's SHA-256 against the manifest.")
@@ -38,9 +41,24 @@ public final class InspectCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut();
-        if (Files.isDirectory(path)) {
+        if (Files.isDirectory(path) && Files.exists(path.resolve(ModelFiles.CONFIG))) {
+            TransformerConfig c = ModelFiles.readConfig(path.resolve(ModelFiles.CONFIG));
+            out.printf(Locale.ROOT, "checkpoint %s: GPT-2, %d layers, %d channels, %d heads, vocab %d, context %d: %,d parameters%n",
+                    path, c.layers(), c.channels(), c.heads(), c.vocabSize(), c.contextLength(), c.parameterCount());
+            out.println("tokenizer.json: " + (Files.exists(path.resolve("tokenizer.json")) ? "present" : "absent"));
+            for (String f : new String[]{ModelFiles.MODEL, "trainer_state.safetensors"}) {
+                if (!Files.exists(path.resolve(f))) {
+                    out.printf("%n%s: absent%n", f);
+                    continue;
+                }
+                try (SafetensorsFile st = SafetensorsFile.open(path.resolve(f))) {
+                    out.printf(Locale.ROOT, "%n%s (%d tensors)%n", f, st.entries().size());
+                    tensors(out, st);
+                }
+            }
+        } else if (Files.isDirectory(path)) {
             if (!Files.exists(path.resolve("manifest.json"))) {
-                throw new IllegalArgumentException(path + ": a directory without manifest.json is not a teacher shard directory");
+                throw new IllegalArgumentException(path + ": a directory with neither manifest.json (teacher shards) nor config.json (checkpoint)");
             }
             try (TeacherShards shards = TeacherShards.open(path, verify)) {
                 TeacherManifest m = shards.manifest();

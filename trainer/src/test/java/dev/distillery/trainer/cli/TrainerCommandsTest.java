@@ -1,0 +1,91 @@
+package dev.distillery.trainer.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+/** The trainer's commands at the command line: help, one-line errors, exit codes. */
+class TrainerCommandsTest {
+
+    private record Run(int status, String out, String err) {
+    }
+
+    private static Run run(String... args) {
+        StringWriter out = new StringWriter(), err = new StringWriter();
+        int status = Main.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
+        return new Run(status, out.toString(), err.toString());
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = {"demo", "distill", "teacher", "teacher train", "teacher dump-logits", "tokenize", "generate", "eval", "inspect"})
+    void everyCommandHasHelp(String command) {
+        String[] args = (command + " --help").split(" ");
+        Run r = run(args);
+        assertEquals(0, r.status(), r.err());
+        assertTrue(r.out().contains("Usage:") && r.out().length() > 200, r.out());
+    }
+
+    @Test
+    void distillWithoutConfigIsAUsageError() {
+        Run r = run("distill");
+        assertEquals(Main.EXIT_USAGE, r.status());
+        assertEquals(1, r.err().strip().lines().count(), r.err());
+        assertTrue(r.err().contains("--config"), r.err());
+    }
+
+    @Test
+    void configProblemsAreOneLineNamingFileAndKey(@TempDir Path dir) throws IOException {
+        Run missing = run("distill", "--config", dir.resolve("nope.json").toString());
+        assertEquals(Main.EXIT_FAILED, missing.status());
+        assertTrue(missing.err().contains("nope.json") && missing.err().contains("no such config file"), missing.err());
+        Path cfg = dir.resolve("run.json");
+        Files.writeString(cfg, "{\"teacher\": \"x\", \"batch\": 3}");
+        Run unknown = run("distill", "--config", cfg.toString());
+        assertEquals(Main.EXIT_FAILED, unknown.status());
+        assertEquals(1, unknown.err().strip().lines().count(), unknown.err());
+        assertTrue(unknown.err().contains("unknown key 'batch'") && unknown.err().contains("batch_size"), unknown.err());
+        Files.writeString(cfg, "{\"teacher\": \"" + dir.resolve("no-shards") + "\"}");
+        Run noShards = run("distill", "--config", cfg.toString(), "--device", "cpu", "--threads", "1");
+        assertEquals(Main.EXIT_FAILED, noShards.status());
+        assertTrue(noShards.err().contains("manifest.json"), noShards.err());
+    }
+
+    @Test
+    void cudaIsRefusedWithTheNoDeviceCode(@TempDir Path dir) throws IOException {
+        Path cfg = dir.resolve("run.json");
+        Files.writeString(cfg, "{\"teacher\": \"x\"}");
+        Run r = run("distill", "--config", cfg.toString(), "--device", "cuda");
+        assertEquals(Main.EXIT_NO_DEVICE, r.status());
+        assertTrue(r.err().contains("no CUDA backend"), r.err());
+    }
+
+    @Test
+    void demoRefusesToClearAFolderItDidNotMake(@TempDir Path dir) throws IOException {
+        Files.writeString(dir.resolve("precious.txt"), "keep me");
+        Run r = run("demo", "--quick", "--work", dir.toString(), "--device", "cpu", "--threads", "1");
+        assertEquals(Main.EXIT_FAILED, r.status());
+        assertTrue(r.err().contains("not a demo folder"), r.err());
+        assertTrue(Files.exists(dir.resolve("precious.txt")));
+    }
+
+    @Test
+    void tokenizeWritesTokenizerAndTokenFiles(@TempDir Path dir) throws IOException {
+        Path corpus = dir.resolve("corpus.txt");
+        Files.writeString(corpus, "We the People of the United States, in Order to form a more perfect Union.\n".repeat(40));
+        Run r = run("tokenize", "--corpus", corpus.toString(), "--vocab", "300", "--out", dir.resolve("tok").toString());
+        assertEquals(0, r.status(), r.err());
+        for (String f : new String[]{"tokenizer.json", "train.bin", "val.bin"}) assertTrue(Files.isRegularFile(dir.resolve("tok").resolve(f)), f);
+        Run bad = run("tokenize", "--corpus", corpus.toString(), "--vocab", "300", "--val-fraction", "2", "--out", dir.toString());
+        assertEquals(Main.EXIT_USAGE, bad.status());
+    }
+}
