@@ -2,6 +2,7 @@ package dev.distillery.trainer.cli;
 
 import java.io.PrintWriter;
 
+import dev.distillery.bindings.CudaDevices;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.cpu.CpuKernels;
 import picocli.CommandLine.Option;
@@ -23,16 +24,23 @@ public final class DeviceOptions {
     @Option(names = "--threads", description = "CPU worker threads (default: every core).")
     Integer threads;
 
+    /** Why CUDA is not used: no driver / no device (the probe's reason), or a device but no CUDA backend yet. */
+    public static String cudaStatus() {
+        CudaDevices.Probe p = CudaDevices.probe();
+        return p.available()
+                ? "found " + p.devices().getFirst().describe() + ", but this build of Distillery has no CUDA backend yet"
+                : p.reason() + "; and this build of Distillery has no CUDA backend yet";
+    }
+
     /** Kernels for the chosen device; {@code configThreads} (0 = unset) applies when --threads is absent. */
     public Kernels open(int configThreads, PrintWriter out) {
-        if (device == DeviceChoice.cuda) {
-            throw new UnavailableException("--device cuda: this build of Distillery has no CUDA backend yet; use --device cpu");
-        }
+        String why = cudaStatus();
+        if (device == DeviceChoice.cuda) throw new UnavailableException("--device cuda: " + why + "; use --device cpu");
         int n = threads != null ? threads : configThreads > 0 ? configThreads
                 : Integer.getInteger("distillery.threads", Runtime.getRuntime().availableProcessors());
         if (n < 1) throw new IllegalArgumentException("--threads must be >= 1, got " + n);
         Kernels k = new CpuKernels(n, "auto");
-        out.println("device: cpu" + (device == DeviceChoice.auto ? " (auto: no CUDA backend in this build)" : "") + "; " + k.describe());
+        out.println("device: cpu" + (device == DeviceChoice.auto ? " (auto: " + why + ")" : "") + "; " + k.describe());
         out.flush();
         return k;
     }

@@ -50,14 +50,14 @@ public final class SelftestCommand implements Callable<Integer> {
         PrintWriter out = spec.commandLine().getOut();
         PrintWriter err = spec.commandLine().getErr();
         if (device == DeviceChoice.cuda) {
-            err.println("error: --device cuda: this build of Distillery has no CUDA backend yet; use --device cpu");
+            err.println("error: --device cuda: " + DeviceOptions.cudaStatus() + "; use --device cpu");
             return Main.EXIT_NO_DEVICE;
         }
         long usedSeed = seed != null ? seed : System.nanoTime();
         int nThreads = threads != null ? threads : Integer.getInteger("distillery.threads", Runtime.getRuntime().availableProcessors());
         if (nThreads < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--threads must be >= 1, got " + nThreads);
         try (Kernels kernels = new CpuKernels(nThreads, gemm)) {
-            if (device == DeviceChoice.auto) out.println("device: cpu (auto: no CUDA backend in this build)");
+            if (device == DeviceChoice.auto) out.println("device: cpu (auto: " + DeviceOptions.cudaStatus() + ")");
             out.println("backend: " + kernels.describe());
             out.println("blas: " + OpenBlasLibrary.probe().describe());
             out.println("seed: " + usedSeed);
