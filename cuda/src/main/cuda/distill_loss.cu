@@ -24,6 +24,8 @@
 #include <math_constants.h>
 #include <stdint.h>
 
+#include "block_reduce.cuh"
+
 #ifndef DISTILL_LAUNCH
 #define DISTILL_LAUNCH __global__
 #endif
@@ -31,7 +33,7 @@
 namespace distill {
 
 constexpr float LOG_FLOOR = -87.336544750553102f;  // log(FLT_MIN): reverse KL's charge for zero teacher mass
-constexpr int MAX_WARPS = 32;
+using blockreduce::MAX_WARPS;
 constexpr int MAX_TOPK = 1024;
 
 enum Divergence : int { FORWARD_KL = 0, REVERSE_KL = 1, JSD = 2 };
@@ -53,36 +55,10 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162f
 
 // ------------------------------------------------------------------ reductions
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// Sum over the block; every thread gets the result. `scratch` holds MAX_WARPS floats.
-__device__ float block_sum(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
-    __syncthreads();  // scratch may still be read by a previous reduction
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : 0.f;
-    return warp_sum(v);
-}
-
-__device__ float block_max(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : -CUDART_INF_F;
-    return warp_max(v);
-}
+using blockreduce::block_max;
+using blockreduce::block_sum;
+using blockreduce::warp_max;
+using blockreduce::warp_sum;
 
 // Online softmax state: running max m and d = sum exp((x - m) * scale).
 struct Online {

@@ -1,0 +1,268 @@
+// The transformer ops of the Kernels contract on the GPU: the CUDA twins of kernels/cpu/CpuKernels
+// (embedding, layernorm, GELU, residual, bias rows, fused softmax cross-entropy, AdamW, gradient
+// norm, scale, fill) and the causal-softmax pieces of attention (its GEMMs go through cuBLAS).
+// Same layouts and the same math as the Java kernels; the derivations are in docs/KERNELS.md.
+//
+// Determinism: no atomics. Reductions over rows that several threads would race on (the
+// embedding's dwte/dwpe, layernorm's dweight/dbias, bias sums) run one thread per column over the
+// rows in order, so every run gives the same bits. Backward kernels accumulate (+=).
+//
+// Launch shapes (the host side picks them; the emulation gate uses the same):
+//   elementwise / per-column kernels: any grid, any block (grid-stride loops);
+//   row kernels (layernorm, softmax CE, attention softmax): grid = rows, block = a multiple of 32 ≤ 1024.
+
+#include <math_constants.h>
+#include <stdint.h>
+
+#include "block_reduce.cuh"
+
+#ifndef DISTILL_LAUNCH
+#define DISTILL_LAUNCH __global__
+#endif
+
+namespace ops {
+
+using blockreduce::block_max;
+using blockreduce::block_sum;
+using blockreduce::MAX_WARPS;
+
+__device__ __forceinline__ long first_index() { return (long)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ long stride() { return (long)gridDim.x * blockDim.x; }
+
+constexpr float GELU_SCALE = 0.7978845608028654f;  // sqrt(2 / pi)
+
+}  // namespace ops
+
+extern "C" {
+
+// out[b,t,:] = wte[tokens[b,t], :] + wpe[t, :]. The host has checked every id is in [0, vocab).
+DISTILL_LAUNCH void ops_embedding_forward(float* out, const int* tokens, const float* wte, const float* wpe, int B, int T,
+                                          int C) {
+    const long total = (long)B * T * C;
+    for (long i = ops::first_index(); i < total; i += ops::stride()) {
+        const long bt = i / C;
+        const int c = (int)(i % C), t = (int)(bt % T);
+        out[i] = wte[(long)tokens[bt] * C + c] + wpe[(long)t * C + c];
+    }
+}
+
+// dwte[tokens[b,t]] += dout[b,t]; dwpe[t] += sum_b dout[b,t]. One thread per channel, positions in order.
+DISTILL_LAUNCH void ops_embedding_backward(float* dwte, float* dwpe, const float* dout, const int* tokens, int B, int T,
+                                           int C) {
+    for (long c = ops::first_index(); c < C; c += ops::stride()) {
+        for (int t = 0; t < T; t++) {
+            float acc = 0.f;
+            for (int b = 0; b < B; b++) {
+                const long bt = (long)b * T + t;
+                const float d = dout[bt * C + c];
+                dwte[(long)tokens[bt] * C + c] += d;
+                acc += d;
+            }
+            dwpe[(long)t * C + c] += acc;
+        }
+    }
+}
+
+// One block per row: out = (x - mean) * rstd * weight + bias, eps 1e-5; mean, rstd saved.
+DISTILL_LAUNCH void ops_layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                                          const float* bias, int N, int C) {
+    __shared__ float scratch[ops::MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= N) return;
+    const float* x = inp + (long)row * C;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[i];
+    const float m = ops::block_sum(s, scratch) / C;
+    float v = 0.f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        const float d = x[i] - m;
+        v += d * d;
+    }
+    const float r = 1.f / sqrtf(ops::block_sum(v, scratch) / C + 1e-5f);
+    float* o = out + (long)row * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = (x[i] - m) * r * weight[i] + bias[i];
+    if (threadIdx.x == 0) {
+        mean[row] = m;
+        rstd[row] = r;
+    }
+}
+
+// One block per row: dinp += rstd * (g - mean(g) - norm * mean(g * norm)), g = dout * weight.
+DISTILL_LAUNCH void ops_layernorm_backward_input(float* dinp, const float* dout, const float* inp, const float* weight,
+                                                 const float* mean, const float* rstd, int N, int C) {
+    __shared__ float scratch[ops::MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= N) return;
+    const float* x = inp + (long)row * C;
+    const float* d = dout + (long)row * C;
+    const float m = mean[row], r = rstd[row];
+    float sg = 0.f, sgn = 0.f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        const float g = d[i] * weight[i];
+        sg += g;
+        sgn += g * (x[i] - m) * r;
+    }
+    const float mg = ops::block_sum(sg, scratch) / C;
+    const float mgn = ops::block_sum(sgn, scratch) / C;
+    float* di = dinp + (long)row * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        const float norm = (x[i] - m) * r;
+        di[i] += r * (d[i] * weight[i] - mg - norm * mgn);
+    }
+}
+
+// dweight[c] += sum_r dout[r,c] * norm[r,c]; dbias[c] += sum_r dout[r,c]. One thread per channel.
+DISTILL_LAUNCH void ops_layernorm_backward_params(float* dweight, float* dbias, const float* dout, const float* inp,
+                                                  const float* mean, const float* rstd, int N, int C) {
+    for (long c = ops::first_index(); c < C; c += ops::stride()) {
+        float dw = 0.f, db = 0.f;
+        for (int r = 0; r < N; r++) {
+            const float d = dout[(long)r * C + c];
+            dw += d * (inp[(long)r * C + c] - mean[r]) * rstd[r];
+            db += d;
+        }
+        dweight[c] += dw;
+        dbias[c] += db;
+    }
+}
+
+// GPT-2's tanh GELU and its derivative.
+DISTILL_LAUNCH void ops_gelu_forward(float* out, const float* inp, long n) {
+    for (long i = ops::first_index(); i < n; i += ops::stride()) {
+        const float x = inp[i];
+        out[i] = 0.5f * x * (1.f + tanhf(ops::GELU_SCALE * (x + 0.044715f * x * x * x)));
+    }
+}
+
+DISTILL_LAUNCH void ops_gelu_backward(float* dinp, const float* inp, const float* dout, long n) {
+    for (long i = ops::first_index(); i < n; i += ops::stride()) {
+        const float x = inp[i];
+        const float u = ops::GELU_SCALE * (x + 0.044715f * x * x * x);
+        const float th = tanhf(u);
+        const float sech2 = 1.f - th * th;
+        const float grad = 0.5f * (1.f + th) + 0.5f * x * sech2 * ops::GELU_SCALE * (1.f + 3.f * 0.044715f * x * x);
+        dinp[i] += grad * dout[i];
+    }
+}
+
+DISTILL_LAUNCH void ops_residual_forward(float* out, const float* a, const float* b, long n) {
+    for (long i = ops::first_index(); i < n; i += ops::stride()) out[i] = a[i] + b[i];
+}
+
+DISTILL_LAUNCH void ops_accumulate(float* dst, const float* src, long n) {
+    for (long i = ops::first_index(); i < n; i += ops::stride()) dst[i] += src[i];
+}
+
+DISTILL_LAUNCH void ops_scale(float* x, float factor, long n) {
+    for (long i = ops::first_index(); i < n; i += ops::stride()) x[i] *= factor;
+}
+
+DISTILL_LAUNCH void ops_fill(float* x, float value, long n) {
+    for (long i = ops::first_index(); i < n; i += ops::stride()) x[i] = value;
+}
+
+// out[r, :] = row for every r.
+DISTILL_LAUNCH void ops_broadcast_rows(float* out, const float* row, int n, int c) {
+    const long total = (long)n * c;
+    for (long i = ops::first_index(); i < total; i += ops::stride()) out[i] = row[i % c];
+}
+
+// acc[:] += sum_r x[r, :]. One thread per column, rows in order.
+DISTILL_LAUNCH void ops_sum_rows(float* acc, const float* x, int n, int c) {
+    for (long j = ops::first_index(); j < c; j += ops::stride()) {
+        float s = 0.f;
+        for (int r = 0; r < n; r++) s += x[(long)r * c + j];
+        acc[j] += s;
+    }
+}
+
+// One block per row: losses[r] = logsumexp(logits[r]) - logits[r][target]; with write_grad the
+// gradient grad_scale * (softmax - onehot) replaces the logits. Rows with target == ignore get
+// loss 0 and gradient 0. The host has checked every other target is in [0, V).
+DISTILL_LAUNCH void ops_softmax_cross_entropy(float* losses, float* logits, const int* targets, int N, int V,
+                                              int ignore_index, int write_grad, float grad_scale) {
+    __shared__ float scratch[ops::MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= N) return;
+    float* x = logits + (long)row * V;
+    const int target = targets[row];
+    if (target == ignore_index) {
+        if (threadIdx.x == 0) losses[row] = 0.f;
+        if (write_grad) for (int i = threadIdx.x; i < V; i += blockDim.x) x[i] = 0.f;
+        return;
+    }
+    float m = -CUDART_INF_F;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, x[i]);
+    m = ops::block_max(m, scratch);
+    float s = 0.f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(x[i] - m);
+    const float log_z = m + logf(ops::block_sum(s, scratch));
+    const float xt = x[target];
+    __syncthreads();  // every thread has read x[target] before any gradient overwrites it
+    if (threadIdx.x == 0) losses[row] = log_z - xt;
+    if (write_grad) {
+        for (int i = threadIdx.x; i < V; i += blockDim.x) {
+            x[i] = grad_scale * (expf(x[i] - log_z) - (i == target ? 1.f : 0.f));
+        }
+    }
+}
+
+// AdamW with decoupled weight decay and bias correction (step >= 1), elementwise.
+DISTILL_LAUNCH void ops_adamw(float* params, const float* grads, float* m, float* v, long n, float lr, float beta1,
+                              float beta2, float eps, float weight_decay, int step) {
+    const float c1 = 1.f - powf(beta1, (float)step), c2 = 1.f - powf(beta2, (float)step);
+    for (long i = ops::first_index(); i < n; i += ops::stride()) {
+        const float g = grads[i];
+        const float mi = beta1 * m[i] + (1.f - beta1) * g;
+        const float vi = beta2 * v[i] + (1.f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        params[i] -= lr * ((mi / c1) / (sqrtf(vi / c2) + eps) + weight_decay * params[i]);
+    }
+}
+
+// partials[block] = sum of x^2 over the block's grid-stride slice; the host adds the partials
+// (in double) for the global gradient norm. Fixed grid and block: the same bits every run.
+DISTILL_LAUNCH void ops_sum_of_squares(float* partials, const float* x, long n) {
+    __shared__ float scratch[ops::MAX_WARPS];
+    float s = 0.f;
+    for (long i = ops::first_index(); i < n; i += ops::stride()) s += x[i] * x[i];
+    s = ops::block_sum(s, scratch);
+    if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+// Causal softmax of attention scores, one block per (b·nh, t) row of T: att[j] = softmax_j(scale ·
+// preatt[j]) for j <= t, 0 above the diagonal. preatt and att are (B·NH, T, T).
+DISTILL_LAUNCH void ops_attention_softmax_forward(float* att, const float* preatt, int rows, int T, float scale) {
+    __shared__ float scratch[ops::MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= rows) return;
+    const int t = row % T;
+    const float* p = preatt + (long)row * T;
+    float* a = att + (long)row * T;
+    float m = -CUDART_INF_F;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) m = fmaxf(m, scale * p[j]);
+    m = ops::block_max(m, scratch);
+    float s = 0.f;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) s += expf(scale * p[j] - m);
+    const float inv = 1.f / ops::block_sum(s, scratch);
+    for (int j = threadIdx.x; j < T; j += blockDim.x) a[j] = j <= t ? expf(scale * p[j] - m) * inv : 0.f;
+}
+
+// Its backward: dpreatt[j] = scale · att[j] · (datt[j] - sum_k att[k] datt[k]) (overwrites dpreatt).
+DISTILL_LAUNCH void ops_attention_softmax_backward(float* dpreatt, const float* datt, const float* att, int rows, int T,
+                                                   float scale) {
+    __shared__ float scratch[ops::MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= rows) return;
+    const int t = row % T;
+    const float* a = att + (long)row * T;
+    const float* d = datt + (long)row * T;
+    float s = 0.f;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) s += a[j] * d[j];
+    const float dot = ops::block_sum(s, scratch);
+    float* out = dpreatt + (long)row * T;
+    for (int j = threadIdx.x; j < T; j += blockDim.x) out[j] = j <= t ? scale * a[j] * (d[j] - dot) : 0.f;
+}
+
+}  // extern "C"
