@@ -28,7 +28,8 @@ public final class DeviceOptions {
     public static String cudaStatus() {
         CudaDevices.Probe p = CudaDevices.probe();
         return p.available()
-                ? "found " + p.devices().getFirst().describe() + ", but this build of Distillery has no CUDA backend yet"
+                ? "found " + p.devices().getFirst().describe() + ", but Distillery's CUDA training backend is not written yet"
+                        + " (selftest --device cuda checks the CUDA kernels there)"
                 : p.reason() + "; and this build of Distillery has no CUDA backend yet";
     }
 

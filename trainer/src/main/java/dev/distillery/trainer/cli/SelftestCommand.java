@@ -5,10 +5,13 @@ import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
 
+import dev.distillery.bindings.CudaDevices;
 import dev.distillery.bindings.OpenBlasLibrary;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.conformance.KernelConformance;
 import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.cuda.CudaConformance;
+import dev.distillery.kernels.cuda.CudaDevice;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -50,8 +53,26 @@ public final class SelftestCommand implements Callable<Integer> {
         PrintWriter out = spec.commandLine().getOut();
         PrintWriter err = spec.commandLine().getErr();
         if (device == DeviceChoice.cuda) {
-            err.println("error: --device cuda: " + DeviceOptions.cudaStatus() + "; use --device cpu");
-            return Main.EXIT_NO_DEVICE;
+            CudaDevices.Probe probe = CudaDevices.probe();
+            if (!probe.available()) {
+                err.println("error: --device cuda: " + probe.reason() + "; use --device cpu");
+                return Main.EXIT_NO_DEVICE;
+            }
+            long cudaSeed = seed != null ? seed : System.nanoTime();
+            int n = threads != null ? threads : Runtime.getRuntime().availableProcessors();
+            try (CudaDevice gpu = CudaDevice.open(0, false); Kernels cpu = new CpuKernels(n, gemm)) {
+                out.println("device: " + gpu.describe());
+                out.println("reference: " + cpu.describe());
+                out.println("seed: " + cudaSeed);
+                out.println();
+                List<KernelConformance.Result> results = CudaConformance.run(gpu, cpu, cudaSeed, quick);
+                printTable(out, results);
+                long failed = results.stream().filter(r -> !r.passed()).count();
+                out.println();
+                out.printf(Locale.ROOT, "%d CUDA checks against the CPU kernels, %d passed, %d failed%n", results.size(),
+                        results.size() - failed, failed);
+                return failed == 0 ? 0 : Main.EXIT_FAILED;
+            }
         }
         long usedSeed = seed != null ? seed : System.nanoTime();
         int nThreads = threads != null ? threads : Integer.getInteger("distillery.threads", Runtime.getRuntime().availableProcessors());

@@ -46,8 +46,10 @@ class MainTest {
     @Test
     void cudaWithoutBackendExitsWithTheNoDeviceCode() {
         Run r = run("selftest", "--device", "cuda");
+        org.junit.jupiter.api.Assumptions.assumeFalse(dev.distillery.bindings.CudaDevices.probe().available(), "this machine has a CUDA device");
         assertEquals(Main.EXIT_NO_DEVICE, r.status());
-        assertTrue(r.err().contains("no CUDA backend"), r.err());
+        assertEquals(1, r.err().strip().lines().count(), r.err());
+        assertTrue(r.err().contains("libcuda.so.1") || r.err().contains("0 devices") || r.err().contains("cuInit"), r.err());
     }
 
     @Test

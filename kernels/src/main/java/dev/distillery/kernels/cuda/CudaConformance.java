@@ -1,0 +1,374 @@
+package dev.distillery.kernels.cuda;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.SplittableRandom;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.conformance.KernelConformance;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherTargets;
+
+/**
+ * {@code selftest --device cuda}: every CUDA kernel of the fatbin and the cuBLAS GEMMs on fresh
+ * random inputs at awkward sizes, against the CPU kernels on the same inputs. Outputs are
+ * poisoned (NaN) on the device before each launch and accumulating gradients start from random
+ * values, as in the CPU suite. Error = max |gpu − cpu| / max(|cpu|, 1% of the output's scale).
+ */
+public final class CudaConformance {
+
+    private static final double TOL = 1e-4;        // fp32 kernels vs fp32 kernels
+    private static final double TOL_GEMM = 1e-3;   // cuBLAS may use another summation order (TF32 off)
+
+    private final CudaDevice gpu;
+    private final Kernels cpu;
+    private final SplittableRandom rng;
+    private final Arena arena = Arena.ofShared();
+    private final List<Long> allocations = new ArrayList<>();
+    private final List<KernelConformance.Result> results = new ArrayList<>();
+
+    private CudaConformance(CudaDevice gpu, Kernels cpu, long seed) {
+        this.gpu = gpu;
+        this.cpu = cpu;
+        this.rng = new SplittableRandom(seed);
+    }
+
+    /** Runs every check; {@code quick} runs one size per kernel. */
+    public static List<KernelConformance.Result> run(CudaDevice gpu, Kernels cpu, long seed, boolean quick) {
+        CudaConformance c = new CudaConformance(gpu, cpu, seed);
+        try {
+            c.all(quick);
+            return List.copyOf(c.results);
+        } finally {
+            for (long p : c.allocations) gpu.free(p);
+            c.arena.close();
+        }
+    }
+
+    private void all(boolean quick) {
+        int[][] gemm = quick ? new int[][]{{7, 13, 5}} : new int[][]{{1, 1, 1}, {7, 13, 5}, {65, 129, 67}, {512, 768, 384}};
+        int[][] rows = quick ? new int[][]{{13, 67}} : new int[][]{{1, 1}, {3, 7}, {13, 67}, {31, 384}, {7, 4097}};
+        int[] lengths = quick ? new int[]{131} : new int[]{1, 7, 131, 70001};
+        int[][] classifier = quick ? new int[][]{{5, 1009}} : new int[][]{{1, 1}, {3, 11}, {5, 1009}, {4, 50257}};
+        for (int[] s : gemm) gemms(s[0], s[1], s[2]);
+        for (int n : lengths) elementwise(n);
+        for (int[] s : rows) rowKernels(s[0], s[1]);
+        for (int[] s : rows) embedding(Math.max(1, s[0] / 3), 3, s[1], 17);
+        for (int[] s : classifier) classifier(s[0], s[1]);
+        for (int[] s : classifier) distill(s[0], s[1]);
+    }
+
+    // ------------------------------------------------------------------ buffers
+
+    private float[] random(int n, double scale) {
+        float[] a = new float[n];
+        for (int i = 0; i < n; i++) a[i] = (float) ((rng.nextDouble() * 2 - 1) * scale);
+        return a;
+    }
+
+    private MemorySegment host(float[] x) {
+        MemorySegment s = arena.allocate(4L * Math.max(1, x.length), 64);
+        MemorySegment.copy(x, 0, s, ValueLayout.JAVA_FLOAT, 0, x.length);
+        return s;
+    }
+
+    private MemorySegment host(int[] x) {
+        MemorySegment s = arena.allocate(4L * Math.max(1, x.length), 64);
+        MemorySegment.copy(x, 0, s, ValueLayout.JAVA_INT, 0, x.length);
+        return s;
+    }
+
+    /** A device copy of a host segment. */
+    private CudaDevice.Ptr device(MemorySegment h) {
+        long p = gpu.alloc(h.byteSize());
+        allocations.add(p);
+        gpu.upload(p, h, h.byteSize());
+        return new CudaDevice.Ptr(p);
+    }
+
+    /** A device buffer of n floats, all NaN. */
+    private CudaDevice.Ptr poisoned(long n) {
+        long p = gpu.alloc(4 * Math.max(1, n));
+        allocations.add(p);
+        gpu.launch("ops_fill", grid(n), 256, new CudaDevice.Ptr(p), Float.NaN, n);
+        return new CudaDevice.Ptr(p);
+    }
+
+    private float[] download(CudaDevice.Ptr p, int n) {
+        MemorySegment h = arena.allocate(4L * Math.max(1, n), 64);
+        gpu.download(h, p.address(), 4L * n);
+        float[] x = new float[n];
+        MemorySegment.copy(h, ValueLayout.JAVA_FLOAT, 0, x, 0, n);
+        return x;
+    }
+
+    private static float[] floats(MemorySegment s, int n) {
+        float[] x = new float[n];
+        MemorySegment.copy(s, ValueLayout.JAVA_FLOAT, 0, x, 0, n);
+        return x;
+    }
+
+    private static int grid(long n) {
+        return (int) Math.max(1, Math.min(4096, (n + 255) / 256));
+    }
+
+    private static double error(float[] expected, float[] actual) {
+        double scale = 0, worst = 0;
+        for (float e : expected) scale = Math.max(scale, Math.abs(e));
+        for (int i = 0; i < expected.length; i++) {
+            double err = Math.abs(expected[i] - actual[i]) / Math.max(1e-30, Math.max(Math.abs(expected[i]), 1e-2 * scale));
+            if (!(err <= worst)) worst = Double.isNaN(err) ? Double.NaN : Math.max(worst, err);
+            if (Double.isNaN(worst)) return worst;
+        }
+        return worst;
+    }
+
+    private void record(String kernel, String size, float[] expected, float[] actual, double tol, long t0) {
+        gpu.synchronize();
+        results.add(new KernelConformance.Result(kernel, size, error(expected, actual), tol, (System.nanoTime() - t0) / 1e6));
+    }
+
+    // ------------------------------------------------------------------ checks
+
+    private void gemms(int m, int n, int k) {
+        for (boolean[] t : new boolean[][]{{false, false}, {false, true}, {true, false}}) {
+            boolean ta = t[0], tb = t[1];
+            float[] a = random(m * k, 1), b = random(k * n, 1), c0 = random(m * n, 1);
+            int lda = ta ? m : k, ldb = tb ? k : n;
+            MemorySegment hc = host(c0);
+            cpu.gemm(ta, tb, m, n, k, 0.75f, host(a), lda, host(b), ldb, 0.5f, hc, n);
+            CudaDevice.Ptr da = device(host(a)), db = device(host(b)), dc = device(host(c0));
+            long t0 = System.nanoTime();
+            gpu.gemm(ta, tb, m, n, k, 0.75f, da.address(), lda, db.address(), ldb, 0.5f, dc.address(), n);
+            record("gemm" + (ta ? "T" : "N") + (tb ? "T" : "N"), m + "x" + n + "x" + k, floats(hc, m * n), download(dc, m * n), TOL_GEMM, t0);
+        }
+        int batch = 3;
+        float[] a = random(batch * m * k, 1), b = random(batch * k * n, 1);
+        MemorySegment hc = host(new float[batch * m * n]);
+        cpu.gemmStridedBatched(false, true, m, n, k, 1f, host(a), k, (long) m * k, host(b), k, (long) n * k, 0f, hc, n, (long) m * n, batch);
+        CudaDevice.Ptr da = device(host(a)), db = device(host(b)), dc = poisoned((long) batch * m * n);
+        long t0 = System.nanoTime();
+        gpu.gemmStridedBatched(false, true, m, n, k, 1f, da.address(), k, (long) m * k, db.address(), k, (long) n * k, 0f,
+                dc.address(), n, (long) m * n, batch);
+        record("gemmStridedBatched", batch + "x" + m + "x" + n + "x" + k, floats(hc, batch * m * n), download(dc, batch * m * n), TOL_GEMM, t0);
+    }
+
+    private void elementwise(int n) {
+        String size = Integer.toString(n);
+        float[] x = random(n, 3), y = random(n, 1), acc = random(n, 1);
+        MemorySegment out = host(new float[n]);
+        cpu.geluForward(out, host(x), n);
+        CudaDevice.Ptr dx = device(host(x)), dy = device(host(y)), dout = poisoned(n);
+        long t0 = System.nanoTime();
+        gpu.launch("ops_gelu_forward", grid(n), 256, dout, dx, (long) n);
+        record("geluForward", size, floats(out, n), download(dout, n), TOL, t0);
+
+        MemorySegment g = host(acc);
+        cpu.geluBackward(g, host(x), host(y), n);
+        CudaDevice.Ptr dg = device(host(acc));
+        t0 = System.nanoTime();
+        gpu.launch("ops_gelu_backward", grid(n), 256, dg, dx, dy, (long) n);
+        record("geluBackward", size, floats(g, n), download(dg, n), TOL, t0);
+
+        MemorySegment r = host(new float[n]);
+        cpu.residualForward(r, host(x), host(y), n);
+        CudaDevice.Ptr dr = poisoned(n);
+        t0 = System.nanoTime();
+        gpu.launch("ops_residual_forward", grid(n), 256, dr, dx, dy, (long) n);
+        record("residualForward", size, floats(r, n), download(dr, n), TOL, t0);
+
+        double expected = cpu.sumOfSquares(host(x), n);
+        int blocks = grid(n);
+        CudaDevice.Ptr partials = poisoned(blocks);
+        t0 = System.nanoTime();
+        gpu.launch("ops_sum_of_squares", blocks, 256, partials, dx, (long) n);
+        double total = 0;
+        for (float p : download(partials, blocks)) total += p;
+        record("sumOfSquares", size, new float[]{(float) expected}, new float[]{(float) total}, TOL, t0);
+
+        float[] p = random(n, 1), m = random(n, 0.1), v = random(n, 0.01);
+        for (int i = 0; i < n; i++) v[i] = Math.abs(v[i]);
+        MemorySegment hp = host(p), hm = host(m), hv = host(v);
+        cpu.adamW(hp, host(y), hm, hv, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+        CudaDevice.Ptr dp = device(host(p)), dm = device(host(m)), dv = device(host(v));
+        t0 = System.nanoTime();
+        gpu.launch("ops_adamw", grid(n), 256, dp, dy, dm, dv, (long) n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+        record("adamW", size, floats(hp, n), download(dp, n), TOL, t0);
+    }
+
+    private void rowKernels(int rows, int c) {
+        String size = rows + "x" + c;
+        int n = rows * c;
+        float[] x = random(n, 2), w = random(c, 1), b = random(c, 1), dout = random(n, 1);
+        MemorySegment out = host(new float[n]), mean = host(new float[rows]), rstd = host(new float[rows]);
+        cpu.layerNormForward(out, mean, rstd, host(x), host(w), host(b), rows, c);
+        CudaDevice.Ptr dx = device(host(x)), dw = device(host(w)), db = device(host(b));
+        CudaDevice.Ptr dOut = poisoned(n), dMean = poisoned(rows), dRstd = poisoned(rows);
+        long t0 = System.nanoTime();
+        gpu.launch("ops_layernorm_forward", rows, 256, dOut, dMean, dRstd, dx, dw, db, rows, c);
+        record("layerNormForward", size, floats(out, n), download(dOut, n), TOL, t0);
+
+        float[] dx0 = random(n, 1), dw0 = random(c, 1), db0 = random(c, 1);
+        MemorySegment hdx = host(dx0), hdw = host(dw0), hdb = host(db0);
+        cpu.layerNormBackward(hdx, hdw, hdb, host(dout), host(x), host(w), mean, rstd, rows, c);
+        CudaDevice.Ptr gx = device(host(dx0)), gw = device(host(dw0)), gb = device(host(db0)), gdout = device(host(dout));
+        t0 = System.nanoTime();
+        gpu.launch("ops_layernorm_backward_input", rows, 256, gx, gdout, dx, dw, dMean, dRstd, rows, c);
+        gpu.launch("ops_layernorm_backward_params", grid(c), 256, gw, gb, gdout, dx, dMean, dRstd, rows, c);
+        record("layerNormBackward", size, floats(hdx, n), download(gx, n), TOL, t0);
+        record("layerNormBackward.dweight", size, floats(hdw, c), download(gw, c), TOL, t0);
+
+        MemorySegment sr = host(db0);
+        cpu.sumRows(sr, host(dout), rows, c);
+        CudaDevice.Ptr dsr = device(host(db0));
+        t0 = System.nanoTime();
+        gpu.launch("ops_sum_rows", grid(c), 256, dsr, gdout, rows, c);
+        record("sumRows", size, floats(sr, c), download(dsr, c), TOL, t0);
+
+        // Causal attention softmax over rows of length c (rows = b·nh·t with t = c), against float64.
+        int t = Math.min(c, 64), r = Math.max(1, rows) * t;
+        float scale = 0.3f;
+        float[] pre = random(r * t, 4), datt = random(r * t, 1), expected = new float[r * t];
+        for (int row = 0; row < r; row++) {
+            int q = row % t;
+            double max = Double.NEGATIVE_INFINITY, sum = 0;
+            for (int j = 0; j <= q; j++) max = Math.max(max, scale * (double) pre[row * t + j]);
+            for (int j = 0; j <= q; j++) sum += Math.exp(scale * (double) pre[row * t + j] - max);
+            for (int j = 0; j <= q; j++) expected[row * t + j] = (float) (Math.exp(scale * (double) pre[row * t + j] - max) / sum);
+        }
+        CudaDevice.Ptr dpre = device(host(pre)), datt0 = poisoned((long) r * t);
+        t0 = System.nanoTime();
+        gpu.launch("ops_attention_softmax_forward", r, 128, datt0, dpre, r, t, scale);
+        float[] att = download(datt0, r * t);
+        record("attentionSoftmax", r + "x" + t, expected, att, TOL, t0);
+        float[] expectedD = new float[r * t];
+        for (int row = 0; row < r; row++) {
+            int q = row % t;
+            double dot = 0;
+            for (int j = 0; j <= q; j++) dot += (double) att[row * t + j] * datt[row * t + j];
+            for (int j = 0; j <= q; j++) expectedD[row * t + j] = (float) (scale * att[row * t + j] * (datt[row * t + j] - dot));
+        }
+        CudaDevice.Ptr dd = device(host(datt)), dpreGrad = poisoned((long) r * t);
+        t0 = System.nanoTime();
+        gpu.launch("ops_attention_softmax_backward", r, 128, dpreGrad, dd, datt0, r, t, scale);
+        record("attentionSoftmaxBackward", r + "x" + t, expectedD, download(dpreGrad, r * t), TOL, t0);
+    }
+
+    private void embedding(int b, int t, int c, int vocab) {
+        int[] tokens = new int[b * t];
+        for (int i = 0; i < tokens.length; i++) tokens[i] = rng.nextInt(vocab);
+        float[] wte = random(vocab * c, 1), wpe = random(t * c, 1), dout = random(b * t * c, 1), dwte0 = random(vocab * c, 1),
+                dwpe0 = random(t * c, 1);
+        MemorySegment out = host(new float[b * t * c]);
+        cpu.embeddingForward(out, host(tokens), host(wte), host(wpe), b, t, c, vocab);
+        CudaDevice.Ptr dtok = device(host(tokens)), dwte = device(host(wte)), dwpe = device(host(wpe)), dOut = poisoned((long) b * t * c);
+        long t0 = System.nanoTime();
+        gpu.launch("ops_embedding_forward", grid((long) b * t * c), 256, dOut, dtok, dwte, dwpe, b, t, c);
+        record("embeddingForward", b + "x" + t + "x" + c, floats(out, b * t * c), download(dOut, b * t * c), TOL, t0);
+        MemorySegment gte = host(dwte0), gpe = host(dwpe0);
+        cpu.embeddingBackward(gte, gpe, host(dout), host(tokens), b, t, c);
+        CudaDevice.Ptr ggte = device(host(dwte0)), ggpe = device(host(dwpe0)), gdout = device(host(dout));
+        t0 = System.nanoTime();
+        gpu.launch("ops_embedding_backward", grid(c), 256, ggte, ggpe, gdout, dtok, b, t, c);
+        record("embeddingBackward", b + "x" + t + "x" + c, floats(gte, vocab * c), download(ggte, vocab * c), TOL, t0);
+    }
+
+    private void classifier(int n, int v) {
+        float[] logits = random(n * v, 5);
+        int[] targets = new int[n];
+        for (int r = 0; r < n; r++) targets[r] = rng.nextInt(v);
+        if (n > 2) targets[1] = -100;
+        MemorySegment hl = host(logits), losses = host(new float[n]);
+        cpu.softmaxCrossEntropy(losses, hl, host(targets), n, v, -100, true, 0.5f);
+        CudaDevice.Ptr dl = device(host(logits)), dt = device(host(targets)), dloss = poisoned(n);
+        long t0 = System.nanoTime();
+        gpu.launch("ops_softmax_cross_entropy", n, 256, dloss, dl, dt, n, v, -100, 1, 0.5f);
+        record("softmaxCrossEntropy", n + "x" + v, floats(losses, n), download(dloss, n), TOL, t0);
+        record("softmaxCrossEntropy.dlogits", n + "x" + v, floats(hl, n * v), download(dl, n * v), TOL, t0);
+    }
+
+    /** The fused distillation loss: dense bf16 forward KL, top-k f32 tail bucket, sampled. */
+    private void distill(int n, int v) {
+        float[] s = random(n * v, 4), t = random(n * v, 4);
+        int[] labels = new int[n];
+        for (int r = 0; r < n; r++) labels[r] = rng.nextInt(v);
+        DistillOptions o = DistillOptions.of(2f, 0.5f).withDivergence(Divergence.forwardKl());
+        MemorySegment params = params(o, 1f);
+
+        MemorySegment tb = arena.allocate(2L * n * v, 64);
+        for (int i = 0; i < n * v; i++) LogitType.BF16.write(tb, i, t[i]);
+        MemorySegment hs = host(s), rowCe = host(new float[n]), rowDiv = host(new float[n]);
+        cpu.distillLoss(hs, hs, new TeacherTargets.Dense(tb, LogitType.BF16, v), host(labels), rowCe, rowDiv, n, v, o, 1f);
+        CudaDevice.Ptr ds = device(host(s)), dtb = device(tb), dl = device(host(labels)), dce = poisoned(n), ddiv = poisoned(n);
+        long t0 = System.nanoTime();
+        gpu.launch("distill_dense_bf16", n, 256, ds, ds, dtb, dl, dce, ddiv, n, v, v, params);
+        record("distillDense.bf16", n + "x" + v, floats(hs, n * v), download(ds, n * v), TOL, t0);
+        record("distillDense.divergence", n + "x" + v, floats(rowDiv, n), download(ddiv, n), TOL, t0);
+
+        int k = Math.min(v, 64);
+        int[] ids = new int[n * k];
+        float[] topLogits = new float[n * k], lse = new float[n];
+        for (int r = 0; r < n; r++) {
+            // the k largest teacher logits of the row, and the row's logsumexp at T = 2
+            Integer[] order = new Integer[v];
+            for (int j = 0; j < v; j++) order[j] = j;
+            final int row = r;
+            java.util.Arrays.sort(order, (a, b) -> Float.compare(t[row * v + b], t[row * v + a]));
+            double max = t[r * v + order[0]], sum = 0;
+            for (int j = 0; j < v; j++) sum += Math.exp((t[r * v + j] - max) / 2.0);
+            lse[r] = (float) (max / 2.0 + Math.log(sum));
+            for (int i = 0; i < k; i++) {
+                ids[r * k + i] = order[i];
+                topLogits[r * k + i] = t[r * v + order[i]];
+            }
+        }
+        MemorySegment hs2 = host(s);
+        cpu.distillLoss(hs2, hs2, new TeacherTargets.TopK(host(ids), host(topLogits), LogitType.F32, host(lse), k, v, 2f),
+                host(labels), null, null, n, v, o, 1f);
+        CudaDevice.Ptr ds2 = device(host(s)), dids = device(host(ids)), dtop = device(host(topLogits)), dlse = device(host(lse));
+        CudaDevice.Ptr ce2 = poisoned(n), div2 = poisoned(n);
+        t0 = System.nanoTime();
+        gpu.launch("distill_topk_f32", n, 256, ds2, ds2, dids, dtop, dlse, dl, ce2, div2, n, v, v, k, 2f, 0, params);
+        record("distillTopK.f32", n + "x" + v + " k" + k, floats(hs2, n * v), download(ds2, n * v), TOL, t0);
+
+        int samples = 16;
+        int[] sids = new int[n * samples];
+        float[] weights = new float[n * samples];
+        for (int i = 0; i < sids.length; i++) {
+            sids[i] = rng.nextInt(v);
+            weights[i] = 1f / samples;
+        }
+        MemorySegment hs3 = host(s);
+        cpu.distillLoss(hs3, hs3, new TeacherTargets.Sampled(host(sids), host(weights), samples, v, 2f), host(labels), null, null, n, v, o, 1f);
+        CudaDevice.Ptr ds3 = device(host(s)), dsid = device(host(sids)), dwt = device(host(weights));
+        CudaDevice.Ptr ce3 = poisoned(n), div3 = poisoned(n);
+        t0 = System.nanoTime();
+        gpu.launch("distill_sampled", n, 256, ds3, ds3, dsid, dwt, dl, ce3, div3, n, v, samples, params);
+        record("distillSampled", n + "x" + v + " s" + samples, floats(hs3, n * v), download(ds3, n * v), TOL, t0);
+    }
+
+    /** distill::Params, C layout: float T, alpha; int divergence; float beta, divergence_scale, grad_t_factor, grad_scale; int ignore. */
+    private MemorySegment params(DistillOptions o, float gradScale) {
+        MemorySegment p = arena.allocate(32, 16);
+        int divergence = switch (o.divergence()) {
+            case Divergence.ForwardKl f -> 0;
+            case Divergence.ReverseKl r -> 1;
+            case Divergence.Jsd j -> 2;
+        };
+        float beta = o.divergence() instanceof Divergence.Jsd j ? (float) j.beta() : 0.5f;
+        p.set(ValueLayout.JAVA_FLOAT, 0, o.temperature());
+        p.set(ValueLayout.JAVA_FLOAT, 4, o.alpha());
+        p.set(ValueLayout.JAVA_INT, 8, divergence);
+        p.set(ValueLayout.JAVA_FLOAT, 12, beta);
+        p.set(ValueLayout.JAVA_FLOAT, 16, o.divergenceScale());
+        p.set(ValueLayout.JAVA_FLOAT, 20, o.gradientTemperatureFactor());
+        p.set(ValueLayout.JAVA_FLOAT, 24, gradScale);
+        p.set(ValueLayout.JAVA_INT, 28, o.ignoreIndex());
+        return p;
+    }
+}

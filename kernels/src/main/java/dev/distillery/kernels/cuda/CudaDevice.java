@@ -1,0 +1,214 @@
+package dev.distillery.kernels.cuda;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.HashMap;
+import java.util.Map;
+
+import dev.distillery.bindings.CudaCalls;
+import dev.distillery.bindings.CudaDevices;
+import dev.distillery.bindings.CudaLibraries;
+import dev.distillery.bindings.cublas.Cublas;
+import dev.distillery.bindings.cuda.CudaDriver;
+
+/**
+ * One GPU for Distillery's kernels, through the driver API: the device's primary context, the
+ * fatbin loaded from the jar resource {@code dev/distillery/cuda/distillery.fatbin}, a compute
+ * stream and a copy stream, and a cuBLAS handle on the compute stream. Device memory is handed
+ * out as raw addresses ({@code CUdeviceptr}); nothing on the host ever dereferences them.
+ *
+ * <p>Status: this launch path is what {@code selftest --device cuda} and the {@code gpu}-tagged
+ * tests use. It has not yet run on a GPU from this project's machines (none has one); every call
+ * is checked, so a mistake surfaces as a {@link dev.distillery.bindings.CudaException} naming the
+ * call, not as silent garbage.
+ */
+public final class CudaDevice implements AutoCloseable {
+
+    public static final String FATBIN = "/dev/distillery/cuda/distillery.fatbin";
+
+    /** A device pointer kernel argument (distinct from a 64-bit integer argument). */
+    public record Ptr(long address) {
+    }
+
+    private final Arena arena = Arena.ofShared();
+    private final int ordinal;
+    private final int device;
+    private final CudaDevices.Device info;
+    private final MemorySegment context;
+    private final MemorySegment module;
+    private final MemorySegment stream;
+    private final MemorySegment copyStream;
+    private final MemorySegment cublas;
+    private final Map<String, MemorySegment> functions = new HashMap<>();
+    private boolean closed;
+
+    private CudaDevice(int ordinal, boolean tf32) {
+        this.ordinal = ordinal;
+        CudaDevices.Probe probe = CudaDevices.probe();
+        if (!probe.available()) throw new IllegalStateException("no CUDA device: " + probe.reason());
+        if (ordinal < 0 || ordinal >= probe.devices().size()) {
+            throw new IllegalArgumentException("CUDA device " + ordinal + " does not exist (" + probe.devices().size() + " found)");
+        }
+        this.info = probe.devices().get(ordinal);
+        CudaLibraries.Probe blas = CudaLibraries.cublas();
+        if (!blas.loaded()) throw new IllegalStateException("cuBLAS " + blas.describe());
+        byte[] image = fatbin();
+
+        MemorySegment i32 = arena.allocate(ValueLayout.JAVA_INT);
+        CudaCalls.driver(CudaDriver.cuDeviceGet(i32, ordinal), "cuDeviceGet(" + ordinal + ")");
+        this.device = i32.get(ValueLayout.JAVA_INT, 0);
+        MemorySegment ptr = arena.allocate(ValueLayout.ADDRESS);
+        CudaCalls.driver(CudaDriver.cuDevicePrimaryCtxRetain(ptr, device), "cuDevicePrimaryCtxRetain(" + ordinal + ")");
+        this.context = ptr.get(ValueLayout.ADDRESS, 0);
+        CudaCalls.driver(CudaDriver.cuCtxSetCurrent(context), "cuCtxSetCurrent");
+        MemorySegment img = arena.allocate(image.length + 1L, 64);
+        MemorySegment.copy(image, 0, img, ValueLayout.JAVA_BYTE, 0, image.length);
+        CudaCalls.driver(CudaDriver.cuModuleLoadData(ptr, img), "cuModuleLoadData(distillery.fatbin, " + image.length + " bytes)");
+        this.module = ptr.get(ValueLayout.ADDRESS, 0);
+        CudaCalls.driver(CudaDriver.cuStreamCreate(ptr, CudaDriver.CU_STREAM_NON_BLOCKING()), "cuStreamCreate(compute)");
+        this.stream = ptr.get(ValueLayout.ADDRESS, 0);
+        CudaCalls.driver(CudaDriver.cuStreamCreate(ptr, CudaDriver.CU_STREAM_NON_BLOCKING()), "cuStreamCreate(copy)");
+        this.copyStream = ptr.get(ValueLayout.ADDRESS, 0);
+        CudaCalls.cublas(Cublas.cublasCreate_v2(ptr), "cublasCreate");
+        this.cublas = ptr.get(ValueLayout.ADDRESS, 0);
+        CudaCalls.cublas(Cublas.cublasSetStream_v2(cublas, stream), "cublasSetStream");
+        CudaCalls.cublas(Cublas.cublasSetMathMode(cublas, tf32 ? Cublas.CUBLAS_TF32_TENSOR_OP_MATH() : Cublas.CUBLAS_DEFAULT_MATH()),
+                "cublasSetMathMode(" + (tf32 ? "TF32" : "default") + ")");
+    }
+
+    /** Opens device {@code ordinal}; {@code tf32} lets cuBLAS use TF32 tensor cores for fp32 GEMM. */
+    public static CudaDevice open(int ordinal, boolean tf32) {
+        return new CudaDevice(ordinal, tf32);
+    }
+
+    /** The kernels image; absent when the jar was built without nvcc. */
+    public static byte[] fatbin() {
+        try (InputStream in = CudaDevice.class.getResourceAsStream(FATBIN)) {
+            if (in == null) {
+                throw new IllegalStateException("this jar has no CUDA kernels (" + FATBIN + " is missing: it was built without nvcc)");
+            }
+            return in.readAllBytes();
+        } catch (IOException e) {
+            throw new IllegalStateException("cannot read " + FATBIN + ": " + e.getMessage(), e);
+        }
+    }
+
+    public String describe() {
+        return "cuda:" + ordinal + " " + info.describe();
+    }
+
+    public long alloc(long bytes) {
+        MemorySegment p = arena.allocate(ValueLayout.JAVA_LONG);
+        CudaCalls.driver(CudaDriver.cuMemAlloc_v2(p, Math.max(4, bytes)), "cuMemAlloc(" + bytes + " bytes)");
+        return p.get(ValueLayout.JAVA_LONG, 0);
+    }
+
+    public void free(long address) {
+        CudaCalls.driver(CudaDriver.cuMemFree_v2(address), "cuMemFree");
+    }
+
+    /** Host → device, ordered after the compute stream's work (synchronous). */
+    public void upload(long dst, MemorySegment src, long bytes) {
+        synchronize();
+        CudaCalls.driver(CudaDriver.cuMemcpyHtoD_v2(dst, src, bytes), "cuMemcpyHtoD(" + bytes + " bytes)");
+    }
+
+    /** Device → host, after the compute stream's work (synchronous). */
+    public void download(MemorySegment dst, long src, long bytes) {
+        synchronize();
+        CudaCalls.driver(CudaDriver.cuMemcpyDtoH_v2(dst, src, bytes), "cuMemcpyDtoH(" + bytes + " bytes)");
+    }
+
+    /** Host (pinned for overlap) → device on the copy stream; the caller orders it with {@link #synchronizeCopies()}. */
+    public void uploadAsync(long dst, MemorySegment src, long bytes) {
+        CudaCalls.driver(CudaDriver.cuMemcpyHtoDAsync_v2(dst, src, bytes, copyStream), "cuMemcpyHtoDAsync(" + bytes + " bytes)");
+    }
+
+    public void synchronizeCopies() {
+        CudaCalls.driver(CudaDriver.cuStreamSynchronize(copyStream), "cuStreamSynchronize(copy)");
+    }
+
+    public void synchronize() {
+        CudaCalls.driver(CudaDriver.cuStreamSynchronize(stream), "cuStreamSynchronize(compute)");
+    }
+
+    private MemorySegment function(String name) {
+        return functions.computeIfAbsent(name, n -> {
+            MemorySegment p = arena.allocate(ValueLayout.ADDRESS);
+            CudaCalls.driver(CudaDriver.cuModuleGetFunction(p, module, arena.allocateFrom(n)), "cuModuleGetFunction(" + n + ")");
+            return p.get(ValueLayout.ADDRESS, 0);
+        });
+    }
+
+    /**
+     * Launches {@code kernel} on the compute stream with a 1-D grid. Arguments: {@link Ptr} for a
+     * device pointer, Integer (int), Long (64-bit: size_t / long), Float, or a MemorySegment holding
+     * a struct passed by value (its bytes, C layout).
+     */
+    public void launch(String kernel, int grid, int block, Object... args) {
+        try (Arena call = Arena.ofConfined()) {
+            MemorySegment params = call.allocate(ValueLayout.ADDRESS, Math.max(1, args.length));
+            for (int i = 0; i < args.length; i++) {
+                MemorySegment v = switch (args[i]) {
+                    case Ptr p -> call.allocateFrom(ValueLayout.JAVA_LONG, p.address());
+                    case Integer x -> call.allocateFrom(ValueLayout.JAVA_INT, x);
+                    case Long x -> call.allocateFrom(ValueLayout.JAVA_LONG, x);
+                    case Float x -> call.allocateFrom(ValueLayout.JAVA_FLOAT, x);
+                    case MemorySegment s -> {
+                        MemorySegment copy = call.allocate(s.byteSize(), 16);
+                        copy.copyFrom(s);
+                        yield copy;
+                    }
+                    default -> throw new IllegalArgumentException(kernel + ": argument " + i + " has unsupported type " + args[i].getClass());
+                };
+                params.setAtIndex(ValueLayout.ADDRESS, i, v);
+            }
+            CudaCalls.driver(CudaDriver.cuLaunchKernel(function(kernel), grid, 1, 1, block, 1, 1, 0, stream, params, MemorySegment.NULL),
+                    "cuLaunchKernel(" + kernel + ", grid " + grid + ", block " + block + ")");
+        }
+    }
+
+    /**
+     * Row-major {@code C = alpha op(A) op(B) + beta C} (the {@code Kernels.gemm} contract) through
+     * column-major cuBLAS: C^T = op(B)^T op(A)^T, so the operands and m/n swap, the strides stay.
+     */
+    public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
+                     float beta, long c, int ldc) {
+        try (Arena call = Arena.ofConfined()) {
+            CudaCalls.cublas(Cublas.cublasSgemm_v2(cublas, op(transB), op(transA), n, m, k, call.allocateFrom(ValueLayout.JAVA_FLOAT, alpha),
+                    MemorySegment.ofAddress(b), ldb, MemorySegment.ofAddress(a), lda, call.allocateFrom(ValueLayout.JAVA_FLOAT, beta),
+                    MemorySegment.ofAddress(c), ldc), "cublasSgemm(" + m + "x" + n + "x" + k + ")");
+        }
+    }
+
+    /** {@link #gemm} over {@code batch} matrices at fixed element strides. */
+    public void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
+                                   long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
+        try (Arena call = Arena.ofConfined()) {
+            CudaCalls.cublas(Cublas.cublasSgemmStridedBatched(cublas, op(transB), op(transA), n, m, k,
+                    call.allocateFrom(ValueLayout.JAVA_FLOAT, alpha), MemorySegment.ofAddress(b), ldb, strideB,
+                    MemorySegment.ofAddress(a), lda, strideA, call.allocateFrom(ValueLayout.JAVA_FLOAT, beta),
+                    MemorySegment.ofAddress(c), ldc, strideC, batch), "cublasSgemmStridedBatched(" + batch + " x " + m + "x" + n + "x" + k + ")");
+        }
+    }
+
+    private static int op(boolean trans) {
+        return trans ? Cublas.CUBLAS_OP_T() : Cublas.CUBLAS_OP_N();
+    }
+
+    @Override
+    public void close() {
+        if (closed) return;
+        closed = true;
+        CudaCalls.driver(CudaDriver.cuCtxSynchronize(), "cuCtxSynchronize");
+        CudaCalls.cublas(Cublas.cublasDestroy_v2(cublas), "cublasDestroy");
+        CudaCalls.driver(CudaDriver.cuStreamDestroy_v2(stream), "cuStreamDestroy(compute)");
+        CudaCalls.driver(CudaDriver.cuStreamDestroy_v2(copyStream), "cuStreamDestroy(copy)");
+        CudaCalls.driver(CudaDriver.cuModuleUnload(module), "cuModuleUnload");
+        CudaCalls.driver(CudaDriver.cuDevicePrimaryCtxRelease_v2(device), "cuDevicePrimaryCtxRelease");
+        arena.close();
+    }
+}
