@@ -63,8 +63,10 @@ public final class TeacherCommand implements Runnable {
         int checkpointEvery;
         @Option(names = "--seed", defaultValue = "1234", description = "Init and data seed (default: ${DEFAULT-VALUE}).")
         long seed;
-        @Option(names = "--resume", description = "Continue from the latest checkpoint in <out>/checkpoints.")
+        @Option(names = "--resume", description = "Continue from the latest checkpoint in <out>/checkpoints (exactly).")
         boolean resume;
+        @Option(names = "--stop-after", defaultValue = "0", description = "Stop with a checkpoint after this step; continue later with --resume.")
+        int stopAfter;
         @Mixin
         DeviceOptions device;
         @CommandLine.Spec
@@ -77,7 +79,7 @@ public final class TeacherCommand implements Runnable {
             var options = new LanguageModelTraining.Options(tokens, val, out, tokenizer, model, batch, steps, lr, lr / 10, warmup,
                     0.1, 1.0, evalEvery, 16, checkpointEvery, seed);
             try (Kernels k = device.open(0, o)) {
-                LanguageModelTraining.run(options, k, resume, o, e);
+                LanguageModelTraining.run(options, k, resume, stopAfter, o, e);
             }
             return 0;
         }

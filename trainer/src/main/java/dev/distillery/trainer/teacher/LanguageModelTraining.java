@@ -55,6 +55,11 @@ public final class LanguageModelTraining {
     }
 
     public static Result run(Options o, Kernels kernels, boolean resume, PrintWriter out, PrintWriter err) throws IOException {
+        return run(o, kernels, resume, 0, out, err);
+    }
+
+    /** @param stopAfter stop with a checkpoint after this step (the schedule still spans all steps); 0 = run to the end */
+    public static Result run(Options o, Kernels kernels, boolean resume, int stopAfter, PrintWriter out, PrintWriter err) throws IOException {
         int t = o.model().contextLength();
         try (TokenFile train = TokenFile.open(o.tokens());
              TokenFile val = o.validation() == null ? null : TokenFile.open(o.validation())) {
@@ -95,7 +100,8 @@ public final class LanguageModelTraining {
                 long t0 = System.nanoTime();
                 try (MetricsLog metrics = MetricsLog.open(o.out().resolve("metrics.jsonl"), start > 0 ? start : -1)) {
                     Progress progress = new Progress(err, "train", start, o.steps(), 5000);
-                    for (int step = start + 1; step <= o.steps(); step++) {
+                    int end = stopAfter > 0 ? Math.min(stopAfter, o.steps()) : o.steps();
+                    for (int step = start + 1; step <= end; step++) {
                         long s0 = System.nanoTime();
                         for (int b = 0; b < o.batch(); b++) {
                             long offset = (long) (rng.nextDouble() * (train.size() - t));
@@ -132,7 +138,7 @@ public final class LanguageModelTraining {
                             err.printf("eval @ step %d: held-out perplexity %.3f%n", step, valPpl);
                             err.flush();
                         }
-                        if (last || (o.checkpointEvery() > 0 && step % o.checkpointEvery() == 0)) {
+                        if (last || step == end || (o.checkpointEvery() > 0 && step % o.checkpointEvery() == 0)) {
                             long rngState = rng.state();
                             int at = step;
                             lastCheckpoint = store.save(step, dir -> {

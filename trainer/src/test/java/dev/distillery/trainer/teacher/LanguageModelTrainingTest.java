@@ -1,0 +1,84 @@
+package dev.distillery.trainer.teacher;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.trainer.cli.Main;
+import dev.distillery.trainer.corpus.Corpus;
+import dev.distillery.trainer.tokenizer.CorpusTokenization;
+
+/** teacher train, its resume, and the commands that read its checkpoints (eval, generate). */
+class LanguageModelTrainingTest {
+
+    static CpuKernels kernels;
+    static CorpusTokenization.Result data;
+
+    @BeforeAll
+    static void tokenize(@TempDir Path dir) throws IOException {
+        kernels = new CpuKernels(2, "auto");
+        data = CorpusTokenization.run(new Corpus("slice", Corpus.bundled().text().substring(0, 40_000)), 300, 0.1, dir.resolve("data"));
+    }
+
+    @AfterAll
+    static void close() {
+        kernels.close();
+    }
+
+    static LanguageModelTraining.Options options(Path out, int steps) {
+        return new LanguageModelTraining.Options(data.train(), data.val(), out, data.tokenizerFile(), new TransformerConfig(300, 16, 1, 32, 2),
+                4, steps, 3e-3, 3e-4, 2, 0.1, 1.0, 0, 4, 5, 9);
+    }
+
+    static LanguageModelTraining.Result run(LanguageModelTraining.Options o, boolean resume, int stopAfter) throws IOException {
+        PrintWriter quiet = new PrintWriter(new StringWriter());
+        return LanguageModelTraining.run(o, kernels, resume, stopAfter, quiet, quiet);
+    }
+
+    @Test
+    void trainingLowersHeldOutPerplexityAndResumesExactly(@TempDir Path dir) throws IOException {
+        LanguageModelTraining.Result whole = run(options(dir.resolve("whole"), 12), false, 0);
+        assertTrue(whole.validationPerplexity() < 300, "held-out perplexity " + whole.validationPerplexity() + " vs uniform 300");
+        run(options(dir.resolve("split"), 12), false, 7);
+        LanguageModelTraining.Result resumed = run(options(dir.resolve("split"), 12), true, 0);
+        assertArrayEquals(Files.readAllBytes(whole.checkpoint().resolve("model.safetensors")),
+                Files.readAllBytes(resumed.checkpoint().resolve("model.safetensors")), "resumed teacher differs");
+        assertEquals(whole.validationPerplexity(), resumed.validationPerplexity());
+        assertTrue(Files.isRegularFile(whole.checkpoint().resolve("tokenizer.json")));
+    }
+
+    @Test
+    void evalAndGenerateReadTheCheckpoint(@TempDir Path dir) throws IOException {
+        Path ckpt = run(options(dir.resolve("t"), 3), false, 0).checkpoint();
+        StringWriter out = new StringWriter(), err = new StringWriter();
+        int status = Main.execute(new String[]{"eval", "--model", ckpt.toString(), "--tokens", data.val().toString(), "--batch", "2",
+                "--device", "cpu", "--threads", "2"}, new PrintWriter(out, true), new PrintWriter(err, true));
+        assertEquals(0, status, err.toString());
+        assertTrue(out.toString().contains("perplexity"), out.toString());
+        out.getBuffer().setLength(0);
+        status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--prompt", "Mr. Speaker", "--tokens", "12", "--device",
+                "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
+        assertEquals(0, status, err.toString());
+        assertTrue(out.toString().startsWith("device: cpu") && out.toString().contains("Mr. Speaker") && out.toString().contains("tokens/s"), out.toString());
+        Path kd = dir.resolve("kd.bin");
+        status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--tokens", "10", "--kd-out", kd.toString(), "--kd-samples",
+                "3", "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
+        assertEquals(0, status, err.toString());
+        try (var f = dev.distillery.trainer.data.TokenFile.open(kd)) {
+            assertEquals(3 * 11, f.size(), "3 generations of the end-of-text token + 10 tokens");
+        }
+    }
+}
