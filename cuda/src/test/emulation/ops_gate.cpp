@@ -8,40 +8,15 @@
 // the op's sizes), int32 nf, float32 floats[nf], int32 nb, then nb buffers: int32 type (0 f32,
 // 1 i32), int64 count, count × 4 bytes. out.bin: the nb buffers' bytes, in order.
 #include "cuda_emu.h"
+#include "gate_io.h"
 #include "../../main/cuda/transformer_ops.cu"
 
 #include <fstream>
 #include <memory>
 #include <vector>
 
-namespace {
-
-constexpr size_t RED = 64;
-constexpr unsigned char RED_BYTE = 0x7F;
-
-struct Guarded {
-    std::vector<unsigned char> raw;
-    size_t bytes;
-    explicit Guarded(size_t n) : raw(n + 2 * RED + 64, RED_BYTE), bytes(n) {}
-    unsigned char* data() {
-        uintptr_t p = reinterpret_cast<uintptr_t>(raw.data()) + RED;
-        return reinterpret_cast<unsigned char*>((p + 63) & ~uintptr_t(63));
-    }
-    bool intact() {
-        unsigned char* d = data();
-        for (size_t i = 1; i <= RED; i++) if (d[-(long)i] != RED_BYTE) return false;
-        for (size_t i = 0; i < RED; i++) if (d[bytes + i] != RED_BYTE) return false;
-        return true;
-    }
-};
-
-template <typename T>
-void read(std::ifstream& in, T* dst, size_t count) {
-    in.read(reinterpret_cast<char*>(dst), sizeof(T) * count);
-    if (!in) emu::fail("input file is shorter than its header says");
-}
-
-}  // namespace
+using gate::Guarded;
+using gate::read;
 
 int main(int argc, char** argv) {
     if (argc != 3) emu::fail("usage: ops_gate <in.bin> <out.bin>");

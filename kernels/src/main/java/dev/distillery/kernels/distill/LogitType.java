@@ -26,6 +26,20 @@ public enum LogitType {
         };
     }
 
+    /** The index (from 0) of the largest of the n elements at {@code offset}; the first on ties, 0 when all are NaN. */
+    public int argmax(MemorySegment s, long offset, int n) {
+        int best = 0;
+        float max = Float.NEGATIVE_INFINITY;
+        for (int j = 0; j < n; j++) {
+            float x = read(s, offset + j);
+            if (x > max) {
+                max = x;
+                best = j;
+            }
+        }
+        return best;
+    }
+
     /** Rounds v to this type and stores it (used by tests and writers; F16/BF16 round to nearest even). */
     public void write(MemorySegment s, long index, float v) {
         switch (this) {

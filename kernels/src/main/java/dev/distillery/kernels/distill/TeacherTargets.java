@@ -29,16 +29,7 @@ public sealed interface TeacherTargets {
 
         @Override
         public int top1(int row) {
-            int best = 0;
-            float max = Float.NEGATIVE_INFINITY;
-            for (int j = 0; j < vocab; j++) {
-                float x = type.read(logits, (long) row * vocab + j);
-                if (x > max) {
-                    max = x;
-                    best = j;
-                }
-            }
-            return best;
+            return type.argmax(logits, (long) row * vocab, vocab);
         }
     }
 
@@ -61,16 +52,7 @@ public sealed interface TeacherTargets {
 
         @Override
         public int top1(int row) {
-            int best = 0;
-            float max = Float.NEGATIVE_INFINITY;
-            for (int j = 0; j < k; j++) {
-                float x = type.read(logits, (long) row * k + j);
-                if (x > max) {
-                    max = x;
-                    best = j;
-                }
-            }
-            return ids.getAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, (long) row * k + best);
+            return ids.getAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, (long) row * k + type.argmax(logits, (long) row * k, k));
         }
     }
 

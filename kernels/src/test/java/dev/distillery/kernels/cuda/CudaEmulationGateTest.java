@@ -16,7 +16,6 @@ import java.util.SplittableRandom;
 import java.util.concurrent.TimeUnit;
 
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
@@ -37,44 +36,29 @@ import dev.distillery.kernels.distill.TeacherTargets;
 class CudaEmulationGateTest {
 
     private static Path work;
-    private static Path emulation;
-    private static Path gpp;
     private static Path binary;
     private static CpuKernels kernels;
     private final SplittableRandom rng = new SplittableRandom();
 
+    private static EmulationBuild gcc;
+
     @BeforeAll
     static void compile() throws Exception {
-        gpp = Path.of("/usr/bin/g++");
-        Assumptions.assumeTrue(Files.isExecutable(gpp), "g++ not found at /usr/bin/g++: the CUDA emulation gate needs it");
-        emulation = Path.of("").toAbsolutePath().getParent().resolve("cuda/src/test/emulation");
-        work = Files.createTempDirectory("distillery-cuda-gate");
+        gcc = new EmulationBuild("distillery-cuda-gate");
+        work = gcc.work();
         binary = build("distill_gate", "-O1");
         kernels = new CpuKernels(2, "auto");
     }
 
     /** Compiles the gate harness (with the .cu it includes) with the given extra flags. */
     private static Path build(String name, String... flags) throws Exception {
-        Path out = work.resolve(name);
-        List<String> cmd = new ArrayList<>(List.of(gpp.toString(), "-std=c++20", "-g", "-pthread"));
-        cmd.addAll(List.of(flags));
-        cmd.addAll(List.of("-x", "c++", "-I", emulation.resolve("include").toString(),
-                emulation.resolve("distill_gate.cpp").toString(), "-o", out.toString()));
-        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
-        String log = new String(p.getInputStream().readAllBytes());
-        assertTrue(p.waitFor(300, TimeUnit.SECONDS) && p.exitValue() == 0, "g++ " + String.join(" ", flags) + " failed:\n" + log);
-        return out;
+        return gcc.build("distill_gate.cpp", name, flags);
     }
 
     @AfterAll
     static void cleanUp() throws IOException {
         if (kernels != null) kernels.close();
-        if (work != null) {
-            try (var files = Files.list(work)) {
-                for (Path f : files.toList()) Files.deleteIfExists(f);
-            }
-            Files.deleteIfExists(work);
-        }
+        if (gcc != null) gcc.close();
     }
 
     private record Case(String name, int kind, LogitType type, Divergence divergence, int n, int v, int vt,

@@ -18,7 +18,6 @@ import java.util.SplittableRandom;
 import java.util.concurrent.TimeUnit;
 
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
@@ -36,38 +35,21 @@ class CudaOpsEmulationTest {
     private static CpuKernels cpu;
     private final SplittableRandom rng = new SplittableRandom();
 
+    private static EmulationBuild gcc;
+
     @BeforeAll
     static void compile() throws Exception {
-        Path gpp = Path.of("/usr/bin/g++");
-        Assumptions.assumeTrue(Files.isExecutable(gpp), "g++ not found at /usr/bin/g++: the CUDA emulation gate needs it");
-        Path emulation = Path.of("").toAbsolutePath().getParent().resolve("cuda/src/test/emulation");
-        work = Files.createTempDirectory("distillery-ops-gate");
-        gate = build(gpp, emulation, "ops_gate", "-O1");
-        asan = build(gpp, emulation, "ops_gate_asan", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined");
+        gcc = new EmulationBuild("distillery-ops-gate");
+        work = gcc.work();
+        gate = gcc.build("ops_gate.cpp", "ops_gate", "-O1");
+        asan = gcc.build("ops_gate.cpp", "ops_gate_asan", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined");
         cpu = new CpuKernels(2, "auto");
-    }
-
-    private static Path build(Path gpp, Path emulation, String name, String... flags) throws Exception {
-        Path out = work.resolve(name);
-        List<String> cmd = new ArrayList<>(List.of(gpp.toString(), "-std=c++20", "-g", "-pthread"));
-        cmd.addAll(List.of(flags));
-        cmd.addAll(List.of("-x", "c++", "-I", emulation.resolve("include").toString(), emulation.resolve("ops_gate.cpp").toString(),
-                "-o", out.toString()));
-        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
-        String log = new String(p.getInputStream().readAllBytes());
-        assertTrue(p.waitFor(300, TimeUnit.SECONDS) && p.exitValue() == 0, "g++ failed:\n" + log);
-        return out;
     }
 
     @AfterAll
     static void cleanUp() throws IOException {
         if (cpu != null) cpu.close();
-        if (work != null) {
-            try (var files = Files.list(work)) {
-                for (Path f : files.toList()) Files.deleteIfExists(f);
-            }
-            Files.deleteIfExists(work);
-        }
+        if (gcc != null) gcc.close();
     }
 
     // ------------------------------------------------------------------ the wire format

@@ -249,7 +249,7 @@ public final class TrainingSession implements AutoCloseable {
                         model.lmHeadWeight().data(), d, 0f, logits.data(), v);
                 long agree = 0;
                 for (int r = 0; r < rows; r++) {
-                    if (argmax(logits.data(), (long) r * v, v) == teacherTop1[r0 + r]) agree++;
+                    if (dev.distillery.kernels.distill.LogitType.F32.argmax(logits.data(), (long) r * v, v) == teacherTop1[r0 + r]) agree++;
                 }
                 // Divergence over every row (labels of 0 keep them all), CE over the labelled rows only.
                 kernels.distillLoss(logits.data(), null, teacher.rows(r0, r0 + rows), noLabels, null, rowDiv, rows, v, klOnly, 1f);
@@ -270,19 +270,6 @@ public final class TrainingSession implements AutoCloseable {
         } finally {
             tape.setEnabled(true);
         }
-    }
-
-    private static int argmax(MemorySegment s, long offset, int v) {
-        int best = 0;
-        float max = Float.NEGATIVE_INFINITY;
-        for (int j = 0; j < v; j++) {
-            float x = s.getAtIndex(ValueLayout.JAVA_FLOAT, offset + j);
-            if (x > max) {
-                max = x;
-                best = j;
-            }
-        }
-        return best;
     }
 
     @Override

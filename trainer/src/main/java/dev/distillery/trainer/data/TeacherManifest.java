@@ -4,11 +4,6 @@ import java.io.IOException;
 import java.nio.file.Path;
 import java.util.List;
 
-import com.fasterxml.jackson.databind.DeserializationFeature;
-import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.PropertyNamingStrategies;
-import com.fasterxml.jackson.databind.exc.UnrecognizedPropertyException;
-import com.fasterxml.jackson.databind.json.JsonMapper;
 
 /**
  * {@code manifest.json} of a teacher shard directory (docs/FORMATS.md#teacher-shards). Keys are
@@ -32,29 +27,16 @@ public record TeacherManifest(int formatVersion, int vocabSize, int seqLen, Stri
     public record Shard(String file, int sequences, String sha256) {
     }
 
-    private static final ObjectMapper JSON = JsonMapper.builder()
-            .propertyNamingStrategy(PropertyNamingStrategies.SNAKE_CASE)
-            .enable(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES)
-            .enable(DeserializationFeature.FAIL_ON_NULL_FOR_PRIMITIVES)
-            .build();
-
     /** Reads and checks {@code manifest.json}; every problem names the file and the key. */
     public static TeacherManifest read(Path file) throws IOException {
-        TeacherManifest m;
-        try {
-            m = JSON.readValue(file.toFile(), TeacherManifest.class);
-        } catch (UnrecognizedPropertyException e) {
-            throw new IOException(file + ": unknown key '" + e.getPropertyName() + "' (known: " + e.getKnownPropertyIds() + ")", e);
-        } catch (com.fasterxml.jackson.core.JacksonException e) {
-            throw new IOException(file + ": " + e.getOriginalMessage(), e);
-        }
+        TeacherManifest m = StrictJson.read(file, TeacherManifest.class);
         m.check(file);
         return m;
     }
 
     /** Writes the manifest crash-safely (temporary name, fsync, rename). */
     public void write(Path file) throws IOException {
-        byte[] json = JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(this);
+        byte[] json = StrictJson.MAPPER.writerWithDefaultPrettyPrinter().writeValueAsBytes(this);
         dev.distillery.runtime.io.AtomicFileWriter.write(file,
                 ch -> dev.distillery.runtime.io.AtomicFileWriter.writeFully(ch, java.nio.ByteBuffer.wrap(json)));
     }

@@ -4,15 +4,11 @@ import java.io.IOException;
 import java.nio.file.Path;
 
 import com.fasterxml.jackson.annotation.JsonInclude;
-import com.fasterxml.jackson.databind.DeserializationFeature;
-import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.PropertyNamingStrategies;
-import com.fasterxml.jackson.databind.exc.UnrecognizedPropertyException;
-import com.fasterxml.jackson.databind.json.JsonMapper;
 
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.trainer.data.StrictJson;
 
 /**
  * {@code distill --config run.json} (docs/CONFIG.md). Keys are snake_case; an unknown key is an
@@ -170,27 +166,10 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         if (!ok) throw new IllegalArgumentException("'" + key + "' " + problem);
     }
 
-    static final ObjectMapper JSON = JsonMapper.builder()
-            .propertyNamingStrategy(PropertyNamingStrategies.SNAKE_CASE)
-            .enable(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES)
-            .build();
-
     /** Reads and validates a config file; every problem names the file and the key. */
     public static DistillConfig read(Path file) throws IOException {
-        DistillConfig c;
-        try {
-            c = JSON.readValue(file.toFile(), DistillConfig.class);
-        } catch (UnrecognizedPropertyException e) {
-            StringBuilder path = new StringBuilder();
-            for (var ref : e.getPath()) {
-                if (ref.getFieldName() != null) path.append(path.isEmpty() ? "" : ".").append(ref.getFieldName());
-            }
-            throw new IOException(file + ": unknown key '" + path + "' (known here: " + e.getKnownPropertyIds() + ")", e);
-        } catch (java.io.FileNotFoundException | java.nio.file.NoSuchFileException e) {
-            throw new IOException(file + ": no such config file", e);
-        } catch (com.fasterxml.jackson.core.JacksonException e) {
-            throw new IOException(file + ": " + e.getOriginalMessage() + " (at " + e.getLocation() + ")", e);
-        }
+        if (!java.nio.file.Files.exists(file)) throw new IOException(file + ": no such config file");
+        DistillConfig c = StrictJson.read(file, DistillConfig.class);
         try {
             c.validate();
         } catch (IllegalArgumentException e) {
@@ -202,13 +181,13 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
     /** The config as JSON, every default written out (stored with each checkpoint). */
     public String toJson() {
         try {
-            return JSON.writerWithDefaultPrettyPrinter().writeValueAsString(this);
+            return StrictJson.MAPPER.writerWithDefaultPrettyPrinter().writeValueAsString(this);
         } catch (com.fasterxml.jackson.core.JsonProcessingException e) {
             throw new IllegalStateException(e);
         }
     }
 
     public static DistillConfig fromJson(String json) throws IOException {
-        return JSON.readValue(json, DistillConfig.class);
+        return StrictJson.MAPPER.readValue(json, DistillConfig.class);
     }
 }
