@@ -95,6 +95,7 @@ public final class LogitDump {
                         }), 64);
                         MemorySegment lse = arena.allocate(Math.max(1, 4 * rows), 64);
                         MemorySegment batchIds = arena.allocate(4L * batch * t, 64);
+                        MemorySegment rowTargets = arena.allocate(4L * batch * t, 64), rowLoss = arena.allocate(4L * batch * t, 64);
                         for (int s0 = 0; s0 < s; s0 += batch) {
                             int n = Math.min(batch, s - s0);
                             for (int i = 0; i < batch; i++) {
@@ -104,13 +105,26 @@ public final class LogitDump {
                             MemorySegment.copy(batchIds, 0, ids, 4L * s0 * t, 4L * n * t);
                             session.setSequences(batchIds);
                             MemorySegment logits = session.forwardLogits();
-                            for (long r = 0; r < (long) n * t; r++) {
+                            if (o.kind() == Kind.topk) {
+                                // log Σ exp(t/T) per row through the fused softmax CE kernel: with the
+                                // logits scaled by 1/T and any target, loss + logit[target] = logsumexp.
+                                for (long r = 0; r < (long) n * t; r++) topK(logits, r * v, v, k, a, b, type, (long) s0 * t + r);
+                                int batchRows = n * t;
+                                kernels.scale(logits, (float) (1 / o.temperature()), (long) batchRows * v);
+                                for (int r = 0; r < batchRows; r++) rowTargets.setAtIndex(ValueLayout.JAVA_INT, r, 0);
+                                kernels.softmaxCrossEntropy(rowLoss, logits, rowTargets, batchRows, v, -100, false, 0f);
+                                for (int r = 0; r < batchRows; r++) {
+                                    lse.setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLoss.getAtIndex(ValueLayout.JAVA_FLOAT, r)
+                                            + logits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * v));
+                                }
+                            }
+                            for (long r = 0; o.kind() != Kind.topk && r < (long) n * t; r++) {
                                 long row = (long) s0 * t + r;
                                 switch (o.kind()) {
                                     case dense -> {
                                         for (int j = 0; j < v; j++) type.write(a, row * v + j, logits.getAtIndex(ValueLayout.JAVA_FLOAT, r * v + j));
                                     }
-                                    case topk -> topK(logits, r * v, v, k, o.temperature(), a, b, type, lse, row);
+                                    case topk -> throw new AssertionError("handled above");
                                     case sampled -> sample(logits, r * v, v, k, o.temperature(), a, b, row, p, rng);
                                 }
                             }
@@ -153,17 +167,14 @@ public final class LogitDump {
         }
     }
 
-    /** The k largest logits of one row (descending), and log Σ exp(logit/T) over the whole row. */
-    private static void topK(MemorySegment logits, long at, int v, int k, double temperature, MemorySegment ids, MemorySegment vals,
-                             LogitType type, MemorySegment lse, long row) {
+    /** The k largest logits of one row, in descending order, into ids and vals at {@code row}. */
+    private static void topK(MemorySegment logits, long at, int v, int k, MemorySegment ids, MemorySegment vals, LogitType type, long row) {
         int[] bestId = new int[k];
         float[] best = new float[k];
         java.util.Arrays.fill(best, Float.NEGATIVE_INFINITY);
         java.util.Arrays.fill(bestId, -1);
-        float max = Float.NEGATIVE_INFINITY;
         for (int j = 0; j < v; j++) {
             float x = logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + j);
-            max = Math.max(max, x);
             if (x > best[k - 1] || bestId[k - 1] < 0) {
                 int i = k - 1;
                 while (i > 0 && (bestId[i - 1] < 0 || x > best[i - 1])) {
@@ -175,13 +186,10 @@ public final class LogitDump {
                 bestId[i] = j;
             }
         }
-        double sum = 0;
-        for (int j = 0; j < v; j++) sum += Math.exp((logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + j) - max) / temperature);
         for (int i = 0; i < k; i++) {
             ids.setAtIndex(ValueLayout.JAVA_INT, row * k + i, bestId[i]);
             type.write(vals, row * k + i, best[i]);
         }
-        lse.setAtIndex(ValueLayout.JAVA_FLOAT, row, (float) (max / temperature + Math.log(sum)));
     }
 
     /** k draws from softmax(logit/T) with replacement, weight 1/k each. */

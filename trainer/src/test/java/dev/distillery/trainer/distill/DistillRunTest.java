@@ -98,8 +98,18 @@ class DistillRunTest {
             assertEquals(96, dense.sequences());
             assertEquals(3, dense.manifest().shards().size(), "40 + 40 + 16 sequences");
             for (int s : new int[]{0, 41, 95}) {
+                var d = (dev.distillery.kernels.distill.TeacherTargets.Dense) dense.sequence(s).targets();
+                var t = (dev.distillery.kernels.distill.TeacherTargets.TopK) topk.sequence(s).targets();
                 for (int r = 0; r < SEQ; r++) {
-                    assertEquals(dense.sequence(s).targets().top1(r), topk.sequence(s).targets().top1(r), "sequence " + s + ", row " + r);
+                    assertEquals(d.top1(r), t.top1(r), "sequence " + s + ", row " + r);
+                    double max = Double.NEGATIVE_INFINITY, sum = 0;
+                    for (int j = 0; j < VOCAB; j++) max = Math.max(max, d.type().read(d.logits(), (long) r * VOCAB + j));
+                    for (int j = 0; j < VOCAB; j++) sum += Math.exp(d.type().read(d.logits(), (long) r * VOCAB + j) - max);
+                    assertEquals(max + Math.log(sum), t.logsumexp().getAtIndex(ValueLayout.JAVA_FLOAT, r), 1e-4 * Math.max(1, Math.abs(max)),
+                            "logsumexp of sequence " + s + ", row " + r);
+                    for (int i = 1; i < 8; i++) {
+                        assertTrue(t.type().read(t.logits(), (long) r * 8 + i - 1) >= t.type().read(t.logits(), (long) r * 8 + i), "descending");
+                    }
                 }
             }
         }
