@@ -85,7 +85,7 @@ final class FusedDistillLoss {
 
     DistillSums run(MemorySegment s, MemorySegment g, TeacherTargets teacher, MemorySegment labels,
                     MemorySegment rowCe, MemorySegment rowDiv, int n, int v, DistillOptions o, float gradScale) {
-        validate(teacher, labels, v, o);
+        o.check(teacher, labels != null, v);
         int chunks = pool.chunks(n, 1);
         if (scratch.length < chunks) {
             Scratch[] grown = Arrays.copyOf(scratch, chunks);
@@ -110,38 +110,6 @@ final class FusedDistillLoss {
         DistillSums total = DistillSums.zero();
         for (double[] a : sums) total = total.plus(new DistillSums(a[0], a[1], a[2], (int) a[3]));
         return total;
-    }
-
-    private static void validate(TeacherTargets teacher, MemorySegment labels, int v, DistillOptions o) {
-        if (v < teacher.vocab()) {
-            throw new IllegalArgumentException("student vocabulary " + v + " is smaller than the teacher's " + teacher.vocab()
-                    + " (a larger student vocabulary is allowed: its extra columns get zero teacher mass)");
-        }
-        if (labels == null && o.alpha() > 0) {
-            throw new IllegalArgumentException("alpha = " + o.alpha() + " weights a hard-label loss, but no labels were given");
-        }
-        switch (teacher) {
-            case TeacherTargets.Sampled sm -> {
-                if (!(o.divergence() instanceof Divergence.ForwardKl)) {
-                    throw new IllegalArgumentException("sampled teacher targets support forward KL only (they estimate p, "
-                            + "which reverse KL and JSD need everywhere); got " + o.divergence());
-                }
-                if (sm.shardTemperature() != o.temperature()) {
-                    throw new IllegalArgumentException("sampled targets were drawn at temperature " + sm.shardTemperature()
-                            + " and cannot be reweighted to temperature " + o.temperature());
-                }
-            }
-            case TeacherTargets.TopK k -> {
-                if (k.shardTemperature() != o.temperature() && o.topKMode() == DistillOptions.TopKMode.TAIL_BUCKET
-                        && o.sparseTemperature() == DistillOptions.SparseTemperature.REQUIRE_MATCH) {
-                    throw new IllegalArgumentException("top-k shard logsumexp is at temperature " + k.shardTemperature()
-                            + " but the loss runs at " + o.temperature() + "; choose sparseTemperature=RESCALE_TOPK "
-                            + "(keeps the shard's tail mass) or topKMode=RENORMALIZE explicitly");
-                }
-            }
-            case TeacherTargets.Dense d -> {
-            }
-        }
     }
 
     /** Loss and gradient of row r; returns {ce, divergence}, or null when the row is masked out. */

@@ -84,22 +84,22 @@ public final class CudaConformance {
     }
 
     /** A device copy of a host segment. */
-    private CudaDevice.Ptr device(MemorySegment h) {
+    private CudaBackend.Ptr device(MemorySegment h) {
         long p = gpu.alloc(h.byteSize());
         allocations.add(p);
         gpu.upload(p, h, h.byteSize());
-        return new CudaDevice.Ptr(p);
+        return new CudaBackend.Ptr(p);
     }
 
     /** A device buffer of n floats, all NaN. */
-    private CudaDevice.Ptr poisoned(long n) {
+    private CudaBackend.Ptr poisoned(long n) {
         long p = gpu.alloc(4 * Math.max(1, n));
         allocations.add(p);
-        gpu.launch("ops_fill", grid(n), 256, new CudaDevice.Ptr(p), Float.NaN, n);
-        return new CudaDevice.Ptr(p);
+        gpu.launch("ops_fill", grid(n), 256, new CudaBackend.Ptr(p), Float.NaN, n);
+        return new CudaBackend.Ptr(p);
     }
 
-    private float[] download(CudaDevice.Ptr p, int n) {
+    private float[] download(CudaBackend.Ptr p, int n) {
         MemorySegment h = arena.allocate(4L * Math.max(1, n), 64);
         gpu.download(h, p.address(), 4L * n);
         float[] x = new float[n];
@@ -142,18 +142,18 @@ public final class CudaConformance {
             int lda = ta ? m : k, ldb = tb ? k : n;
             MemorySegment hc = host(c0);
             cpu.gemm(ta, tb, m, n, k, 0.75f, host(a), lda, host(b), ldb, 0.5f, hc, n);
-            CudaDevice.Ptr da = device(host(a)), db = device(host(b)), dc = device(host(c0));
+            CudaBackend.Ptr da = device(host(a)), db = device(host(b)), dc = device(host(c0));
             long t0 = System.nanoTime();
-            gpu.gemm(ta, tb, m, n, k, 0.75f, da.address(), lda, db.address(), ldb, 0.5f, dc.address(), n);
+            CudaKernels.rowMajorGemm(gpu, ta, tb, m, n, k, 0.75f, da.address(), lda, 0, db.address(), ldb, 0, 0.5f, dc.address(), n, 0, 1);
             record("gemm" + (ta ? "T" : "N") + (tb ? "T" : "N"), m + "x" + n + "x" + k, floats(hc, m * n), download(dc, m * n), TOL_GEMM, t0);
         }
         int batch = 3;
         float[] a = random(batch * m * k, 1), b = random(batch * k * n, 1);
         MemorySegment hc = host(new float[batch * m * n]);
         cpu.gemmStridedBatched(false, true, m, n, k, 1f, host(a), k, (long) m * k, host(b), k, (long) n * k, 0f, hc, n, (long) m * n, batch);
-        CudaDevice.Ptr da = device(host(a)), db = device(host(b)), dc = poisoned((long) batch * m * n);
+        CudaBackend.Ptr da = device(host(a)), db = device(host(b)), dc = poisoned((long) batch * m * n);
         long t0 = System.nanoTime();
-        gpu.gemmStridedBatched(false, true, m, n, k, 1f, da.address(), k, (long) m * k, db.address(), k, (long) n * k, 0f,
+        CudaKernels.rowMajorGemm(gpu, false, true, m, n, k, 1f, da.address(), k, (long) m * k, db.address(), k, (long) n * k, 0f,
                 dc.address(), n, (long) m * n, batch);
         record("gemmStridedBatched", batch + "x" + m + "x" + n + "x" + k, floats(hc, batch * m * n), download(dc, batch * m * n), TOL_GEMM, t0);
     }
@@ -163,28 +163,28 @@ public final class CudaConformance {
         float[] x = random(n, 3), y = random(n, 1), acc = random(n, 1);
         MemorySegment out = host(new float[n]);
         cpu.geluForward(out, host(x), n);
-        CudaDevice.Ptr dx = device(host(x)), dy = device(host(y)), dout = poisoned(n);
+        CudaBackend.Ptr dx = device(host(x)), dy = device(host(y)), dout = poisoned(n);
         long t0 = System.nanoTime();
         gpu.launch("ops_gelu_forward", grid(n), 256, dout, dx, (long) n);
         record("geluForward", size, floats(out, n), download(dout, n), TOL, t0);
 
         MemorySegment g = host(acc);
         cpu.geluBackward(g, host(x), host(y), n);
-        CudaDevice.Ptr dg = device(host(acc));
+        CudaBackend.Ptr dg = device(host(acc));
         t0 = System.nanoTime();
         gpu.launch("ops_gelu_backward", grid(n), 256, dg, dx, dy, (long) n);
         record("geluBackward", size, floats(g, n), download(dg, n), TOL, t0);
 
         MemorySegment r = host(new float[n]);
         cpu.residualForward(r, host(x), host(y), n);
-        CudaDevice.Ptr dr = poisoned(n);
+        CudaBackend.Ptr dr = poisoned(n);
         t0 = System.nanoTime();
         gpu.launch("ops_residual_forward", grid(n), 256, dr, dx, dy, (long) n);
         record("residualForward", size, floats(r, n), download(dr, n), TOL, t0);
 
         double expected = cpu.sumOfSquares(host(x), n);
         int blocks = grid(n);
-        CudaDevice.Ptr partials = poisoned(blocks);
+        CudaBackend.Ptr partials = poisoned(blocks);
         t0 = System.nanoTime();
         gpu.launch("ops_sum_of_squares", blocks, 256, partials, dx, (long) n);
         double total = 0;
@@ -195,7 +195,7 @@ public final class CudaConformance {
         for (int i = 0; i < n; i++) v[i] = Math.abs(v[i]);
         MemorySegment hp = host(p), hm = host(m), hv = host(v);
         cpu.adamW(hp, host(y), hm, hv, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
-        CudaDevice.Ptr dp = device(host(p)), dm = device(host(m)), dv = device(host(v));
+        CudaBackend.Ptr dp = device(host(p)), dm = device(host(m)), dv = device(host(v));
         t0 = System.nanoTime();
         gpu.launch("ops_adamw", grid(n), 256, dp, dy, dm, dv, (long) n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
         record("adamW", size, floats(hp, n), download(dp, n), TOL, t0);
@@ -207,8 +207,8 @@ public final class CudaConformance {
         float[] x = random(n, 2), w = random(c, 1), b = random(c, 1), dout = random(n, 1);
         MemorySegment out = host(new float[n]), mean = host(new float[rows]), rstd = host(new float[rows]);
         cpu.layerNormForward(out, mean, rstd, host(x), host(w), host(b), rows, c);
-        CudaDevice.Ptr dx = device(host(x)), dw = device(host(w)), db = device(host(b));
-        CudaDevice.Ptr dOut = poisoned(n), dMean = poisoned(rows), dRstd = poisoned(rows);
+        CudaBackend.Ptr dx = device(host(x)), dw = device(host(w)), db = device(host(b));
+        CudaBackend.Ptr dOut = poisoned(n), dMean = poisoned(rows), dRstd = poisoned(rows);
         long t0 = System.nanoTime();
         gpu.launch("ops_layernorm_forward", rows, 256, dOut, dMean, dRstd, dx, dw, db, rows, c);
         record("layerNormForward", size, floats(out, n), download(dOut, n), TOL, t0);
@@ -216,7 +216,7 @@ public final class CudaConformance {
         float[] dx0 = random(n, 1), dw0 = random(c, 1), db0 = random(c, 1);
         MemorySegment hdx = host(dx0), hdw = host(dw0), hdb = host(db0);
         cpu.layerNormBackward(hdx, hdw, hdb, host(dout), host(x), host(w), mean, rstd, rows, c);
-        CudaDevice.Ptr gx = device(host(dx0)), gw = device(host(dw0)), gb = device(host(db0)), gdout = device(host(dout));
+        CudaBackend.Ptr gx = device(host(dx0)), gw = device(host(dw0)), gb = device(host(db0)), gdout = device(host(dout));
         t0 = System.nanoTime();
         gpu.launch("ops_layernorm_backward_input", rows, 256, gx, gdout, dx, dw, dMean, dRstd, rows, c);
         gpu.launch("ops_layernorm_backward_params", grid(c), 256, gw, gb, gdout, dx, dMean, dRstd, rows, c);
@@ -225,7 +225,7 @@ public final class CudaConformance {
 
         MemorySegment sr = host(db0);
         cpu.sumRows(sr, host(dout), rows, c);
-        CudaDevice.Ptr dsr = device(host(db0));
+        CudaBackend.Ptr dsr = device(host(db0));
         t0 = System.nanoTime();
         gpu.launch("ops_sum_rows", grid(c), 256, dsr, gdout, rows, c);
         record("sumRows", size, floats(sr, c), download(dsr, c), TOL, t0);
@@ -241,7 +241,7 @@ public final class CudaConformance {
             for (int j = 0; j <= q; j++) sum += Math.exp(scale * (double) pre[row * t + j] - max);
             for (int j = 0; j <= q; j++) expected[row * t + j] = (float) (Math.exp(scale * (double) pre[row * t + j] - max) / sum);
         }
-        CudaDevice.Ptr dpre = device(host(pre)), datt0 = poisoned((long) r * t);
+        CudaBackend.Ptr dpre = device(host(pre)), datt0 = poisoned((long) r * t);
         t0 = System.nanoTime();
         gpu.launch("ops_attention_softmax_forward", r, 128, datt0, dpre, r, t, scale);
         float[] att = download(datt0, r * t);
@@ -253,7 +253,7 @@ public final class CudaConformance {
             for (int j = 0; j <= q; j++) dot += (double) att[row * t + j] * datt[row * t + j];
             for (int j = 0; j <= q; j++) expectedD[row * t + j] = (float) (scale * att[row * t + j] * (datt[row * t + j] - dot));
         }
-        CudaDevice.Ptr dd = device(host(datt)), dpreGrad = poisoned((long) r * t);
+        CudaBackend.Ptr dd = device(host(datt)), dpreGrad = poisoned((long) r * t);
         t0 = System.nanoTime();
         gpu.launch("ops_attention_softmax_backward", r, 128, dpreGrad, dd, datt0, r, t, scale);
         record("attentionSoftmaxBackward", r + "x" + t, expectedD, download(dpreGrad, r * t), TOL, t0);
@@ -266,13 +266,13 @@ public final class CudaConformance {
                 dwpe0 = random(t * c, 1);
         MemorySegment out = host(new float[b * t * c]);
         cpu.embeddingForward(out, host(tokens), host(wte), host(wpe), b, t, c, vocab);
-        CudaDevice.Ptr dtok = device(host(tokens)), dwte = device(host(wte)), dwpe = device(host(wpe)), dOut = poisoned((long) b * t * c);
+        CudaBackend.Ptr dtok = device(host(tokens)), dwte = device(host(wte)), dwpe = device(host(wpe)), dOut = poisoned((long) b * t * c);
         long t0 = System.nanoTime();
         gpu.launch("ops_embedding_forward", grid((long) b * t * c), 256, dOut, dtok, dwte, dwpe, b, t, c);
         record("embeddingForward", b + "x" + t + "x" + c, floats(out, b * t * c), download(dOut, b * t * c), TOL, t0);
         MemorySegment gte = host(dwte0), gpe = host(dwpe0);
         cpu.embeddingBackward(gte, gpe, host(dout), host(tokens), b, t, c);
-        CudaDevice.Ptr ggte = device(host(dwte0)), ggpe = device(host(dwpe0)), gdout = device(host(dout));
+        CudaBackend.Ptr ggte = device(host(dwte0)), ggpe = device(host(dwpe0)), gdout = device(host(dout));
         t0 = System.nanoTime();
         gpu.launch("ops_embedding_backward", grid(c), 256, ggte, ggpe, gdout, dtok, b, t, c);
         record("embeddingBackward", b + "x" + t + "x" + c, floats(gte, vocab * c), download(ggte, vocab * c), TOL, t0);
@@ -285,7 +285,7 @@ public final class CudaConformance {
         if (n > 2) targets[1] = -100;
         MemorySegment hl = host(logits), losses = host(new float[n]);
         cpu.softmaxCrossEntropy(losses, hl, host(targets), n, v, -100, true, 0.5f);
-        CudaDevice.Ptr dl = device(host(logits)), dt = device(host(targets)), dloss = poisoned(n);
+        CudaBackend.Ptr dl = device(host(logits)), dt = device(host(targets)), dloss = poisoned(n);
         long t0 = System.nanoTime();
         gpu.launch("ops_softmax_cross_entropy", n, 256, dloss, dl, dt, n, v, -100, 1, 0.5f);
         record("softmaxCrossEntropy", n + "x" + v, floats(losses, n), download(dloss, n), TOL, t0);
@@ -304,7 +304,7 @@ public final class CudaConformance {
         for (int i = 0; i < n * v; i++) LogitType.BF16.write(tb, i, t[i]);
         MemorySegment hs = host(s), rowCe = host(new float[n]), rowDiv = host(new float[n]);
         cpu.distillLoss(hs, hs, new TeacherTargets.Dense(tb, LogitType.BF16, v), host(labels), rowCe, rowDiv, n, v, o, 1f);
-        CudaDevice.Ptr ds = device(host(s)), dtb = device(tb), dl = device(host(labels)), dce = poisoned(n), ddiv = poisoned(n);
+        CudaBackend.Ptr ds = device(host(s)), dtb = device(tb), dl = device(host(labels)), dce = poisoned(n), ddiv = poisoned(n);
         long t0 = System.nanoTime();
         gpu.launch("distill_dense_bf16", n, 256, ds, ds, dtb, dl, dce, ddiv, n, v, v, params);
         record("distillDense.bf16", n + "x" + v, floats(hs, n * v), download(ds, n * v), TOL, t0);
@@ -330,8 +330,8 @@ public final class CudaConformance {
         MemorySegment hs2 = host(s);
         cpu.distillLoss(hs2, hs2, new TeacherTargets.TopK(host(ids), host(topLogits), LogitType.F32, host(lse), k, v, 2f),
                 host(labels), null, null, n, v, o, 1f);
-        CudaDevice.Ptr ds2 = device(host(s)), dids = device(host(ids)), dtop = device(host(topLogits)), dlse = device(host(lse));
-        CudaDevice.Ptr ce2 = poisoned(n), div2 = poisoned(n);
+        CudaBackend.Ptr ds2 = device(host(s)), dids = device(host(ids)), dtop = device(host(topLogits)), dlse = device(host(lse));
+        CudaBackend.Ptr ce2 = poisoned(n), div2 = poisoned(n);
         t0 = System.nanoTime();
         gpu.launch("distill_topk_f32", n, 256, ds2, ds2, dids, dtop, dlse, dl, ce2, div2, n, v, v, k, 2f, 0, params);
         record("distillTopK.f32", n + "x" + v + " k" + k, floats(hs2, n * v), download(ds2, n * v), TOL, t0);
@@ -345,30 +345,14 @@ public final class CudaConformance {
         }
         MemorySegment hs3 = host(s);
         cpu.distillLoss(hs3, hs3, new TeacherTargets.Sampled(host(sids), host(weights), samples, v, 2f), host(labels), null, null, n, v, o, 1f);
-        CudaDevice.Ptr ds3 = device(host(s)), dsid = device(host(sids)), dwt = device(host(weights));
-        CudaDevice.Ptr ce3 = poisoned(n), div3 = poisoned(n);
+        CudaBackend.Ptr ds3 = device(host(s)), dsid = device(host(sids)), dwt = device(host(weights));
+        CudaBackend.Ptr ce3 = poisoned(n), div3 = poisoned(n);
         t0 = System.nanoTime();
         gpu.launch("distill_sampled", n, 256, ds3, ds3, dsid, dwt, dl, ce3, div3, n, v, samples, params);
         record("distillSampled", n + "x" + v + " s" + samples, floats(hs3, n * v), download(ds3, n * v), TOL, t0);
     }
 
-    /** distill::Params, C layout: float T, alpha; int divergence; float beta, divergence_scale, grad_t_factor, grad_scale; int ignore. */
     private MemorySegment params(DistillOptions o, float gradScale) {
-        MemorySegment p = arena.allocate(32, 16);
-        int divergence = switch (o.divergence()) {
-            case Divergence.ForwardKl f -> 0;
-            case Divergence.ReverseKl r -> 1;
-            case Divergence.Jsd j -> 2;
-        };
-        float beta = o.divergence() instanceof Divergence.Jsd j ? (float) j.beta() : 0.5f;
-        p.set(ValueLayout.JAVA_FLOAT, 0, o.temperature());
-        p.set(ValueLayout.JAVA_FLOAT, 4, o.alpha());
-        p.set(ValueLayout.JAVA_INT, 8, divergence);
-        p.set(ValueLayout.JAVA_FLOAT, 12, beta);
-        p.set(ValueLayout.JAVA_FLOAT, 16, o.divergenceScale());
-        p.set(ValueLayout.JAVA_FLOAT, 20, o.gradientTemperatureFactor());
-        p.set(ValueLayout.JAVA_FLOAT, 24, gradScale);
-        p.set(ValueLayout.JAVA_INT, 28, o.ignoreIndex());
-        return p;
+        return CudaKernels.distillParams(arena, o, gradScale);
     }
 }

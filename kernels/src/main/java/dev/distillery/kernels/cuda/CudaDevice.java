@@ -25,13 +25,9 @@ import dev.distillery.bindings.cuda.CudaDriver;
  * is checked, so a mistake surfaces as a {@link dev.distillery.bindings.CudaException} naming the
  * call, not as silent garbage.
  */
-public final class CudaDevice implements AutoCloseable {
+public final class CudaDevice implements CudaBackend {
 
     public static final String FATBIN = "/dev/distillery/cuda/distillery.fatbin";
-
-    /** A device pointer kernel argument (distinct from a 64-bit integer argument). */
-    public record Ptr(long address) {
-    }
 
     private final Arena arena = Arena.ofShared();
     private final int ordinal;
@@ -96,27 +92,32 @@ public final class CudaDevice implements AutoCloseable {
         }
     }
 
+    @Override
     public String describe() {
         return "cuda:" + ordinal + " " + info.describe();
     }
 
+    @Override
     public long alloc(long bytes) {
         MemorySegment p = arena.allocate(ValueLayout.JAVA_LONG);
         CudaCalls.driver(CudaDriver.cuMemAlloc_v2(p, Math.max(4, bytes)), "cuMemAlloc(" + bytes + " bytes)");
         return p.get(ValueLayout.JAVA_LONG, 0);
     }
 
+    @Override
     public void free(long address) {
         CudaCalls.driver(CudaDriver.cuMemFree_v2(address), "cuMemFree");
     }
 
     /** Host → device, ordered after the compute stream's work (synchronous). */
+    @Override
     public void upload(long dst, MemorySegment src, long bytes) {
         synchronize();
         CudaCalls.driver(CudaDriver.cuMemcpyHtoD_v2(dst, src, bytes), "cuMemcpyHtoD(" + bytes + " bytes)");
     }
 
     /** Device → host, after the compute stream's work (synchronous). */
+    @Override
     public void download(MemorySegment dst, long src, long bytes) {
         synchronize();
         CudaCalls.driver(CudaDriver.cuMemcpyDtoH_v2(dst, src, bytes), "cuMemcpyDtoH(" + bytes + " bytes)");
@@ -131,6 +132,7 @@ public final class CudaDevice implements AutoCloseable {
         CudaCalls.driver(CudaDriver.cuStreamSynchronize(copyStream), "cuStreamSynchronize(copy)");
     }
 
+    @Override
     public void synchronize() {
         CudaCalls.driver(CudaDriver.cuStreamSynchronize(stream), "cuStreamSynchronize(compute)");
     }
@@ -143,54 +145,32 @@ public final class CudaDevice implements AutoCloseable {
         });
     }
 
-    /**
-     * Launches {@code kernel} on the compute stream with a 1-D grid. Arguments: {@link Ptr} for a
-     * device pointer, Integer (int), Long (64-bit: size_t / long), Float, or a MemorySegment holding
-     * a struct passed by value (its bytes, C layout).
-     */
+    @Override
     public void launch(String kernel, int grid, int block, Object... args) {
         try (Arena call = Arena.ofConfined()) {
-            MemorySegment params = call.allocate(ValueLayout.ADDRESS, Math.max(1, args.length));
-            for (int i = 0; i < args.length; i++) {
-                MemorySegment v = switch (args[i]) {
-                    case Ptr p -> call.allocateFrom(ValueLayout.JAVA_LONG, p.address());
-                    case Integer x -> call.allocateFrom(ValueLayout.JAVA_INT, x);
-                    case Long x -> call.allocateFrom(ValueLayout.JAVA_LONG, x);
-                    case Float x -> call.allocateFrom(ValueLayout.JAVA_FLOAT, x);
-                    case MemorySegment s -> {
-                        MemorySegment copy = call.allocate(s.byteSize(), 16);
-                        copy.copyFrom(s);
-                        yield copy;
-                    }
-                    default -> throw new IllegalArgumentException(kernel + ": argument " + i + " has unsupported type " + args[i].getClass());
-                };
-                params.setAtIndex(ValueLayout.ADDRESS, i, v);
-            }
+            MemorySegment params = CudaBackend.marshal(call, kernel, args);
             CudaCalls.driver(CudaDriver.cuLaunchKernel(function(kernel), grid, 1, 1, block, 1, 1, 0, stream, params, MemorySegment.NULL),
                     "cuLaunchKernel(" + kernel + ", grid " + grid + ", block " + block + ")");
         }
     }
 
-    /**
-     * Row-major {@code C = alpha op(A) op(B) + beta C} (the {@code Kernels.gemm} contract) through
-     * column-major cuBLAS: C^T = op(B)^T op(A)^T, so the operands and m/n swap, the strides stay.
-     */
-    public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
-                     float beta, long c, int ldc) {
+    @Override
+    public void sgemm(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
+                      float beta, long c, int ldc) {
         try (Arena call = Arena.ofConfined()) {
-            CudaCalls.cublas(Cublas.cublasSgemm_v2(cublas, op(transB), op(transA), n, m, k, call.allocateFrom(ValueLayout.JAVA_FLOAT, alpha),
-                    MemorySegment.ofAddress(b), ldb, MemorySegment.ofAddress(a), lda, call.allocateFrom(ValueLayout.JAVA_FLOAT, beta),
+            CudaCalls.cublas(Cublas.cublasSgemm_v2(cublas, op(transA), op(transB), m, n, k, call.allocateFrom(ValueLayout.JAVA_FLOAT, alpha),
+                    MemorySegment.ofAddress(a), lda, MemorySegment.ofAddress(b), ldb, call.allocateFrom(ValueLayout.JAVA_FLOAT, beta),
                     MemorySegment.ofAddress(c), ldc), "cublasSgemm(" + m + "x" + n + "x" + k + ")");
         }
     }
 
-    /** {@link #gemm} over {@code batch} matrices at fixed element strides. */
-    public void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
-                                   long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
+    @Override
+    public void sgemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
+                                    long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
         try (Arena call = Arena.ofConfined()) {
-            CudaCalls.cublas(Cublas.cublasSgemmStridedBatched(cublas, op(transB), op(transA), n, m, k,
-                    call.allocateFrom(ValueLayout.JAVA_FLOAT, alpha), MemorySegment.ofAddress(b), ldb, strideB,
-                    MemorySegment.ofAddress(a), lda, strideA, call.allocateFrom(ValueLayout.JAVA_FLOAT, beta),
+            CudaCalls.cublas(Cublas.cublasSgemmStridedBatched(cublas, op(transA), op(transB), m, n, k,
+                    call.allocateFrom(ValueLayout.JAVA_FLOAT, alpha), MemorySegment.ofAddress(a), lda, strideA,
+                    MemorySegment.ofAddress(b), ldb, strideB, call.allocateFrom(ValueLayout.JAVA_FLOAT, beta),
                     MemorySegment.ofAddress(c), ldc, strideC, batch), "cublasSgemmStridedBatched(" + batch + " x " + m + "x" + n + "x" + k + ")");
         }
     }

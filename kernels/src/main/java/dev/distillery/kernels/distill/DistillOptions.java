@@ -58,6 +58,42 @@ public record DistillOptions(float temperature, float alpha, Divergence divergen
         return new DistillOptions(temperature, alpha, divergence, scaleByTemperatureSquared, topKMode, policy, ignoreIndex);
     }
 
+    /**
+     * Checks these options against a teacher and a student vocabulary (every backend calls this
+     * before its kernel): sizes, labels for alpha &gt; 0, and what sparse targets support.
+     */
+    public void check(TeacherTargets teacher, boolean hasLabels, int v) {
+        if (v < teacher.vocab()) {
+            throw new IllegalArgumentException("student vocabulary " + v + " is smaller than the teacher's " + teacher.vocab()
+                    + " (a larger student vocabulary is allowed: its extra columns get zero teacher mass)");
+        }
+        if (!hasLabels && alpha > 0) {
+            throw new IllegalArgumentException("alpha = " + alpha + " weights a hard-label loss, but no labels were given");
+        }
+        switch (teacher) {
+            case TeacherTargets.Sampled sm -> {
+                if (!(divergence instanceof Divergence.ForwardKl)) {
+                    throw new IllegalArgumentException("sampled teacher targets support forward KL only (they estimate p, "
+                            + "which reverse KL and JSD need everywhere); got " + divergence);
+                }
+                if (sm.shardTemperature() != temperature) {
+                    throw new IllegalArgumentException("sampled targets were drawn at temperature " + sm.shardTemperature()
+                            + " and cannot be reweighted to temperature " + temperature);
+                }
+            }
+            case TeacherTargets.TopK k -> {
+                if (k.shardTemperature() != temperature && topKMode == DistillOptions.TopKMode.TAIL_BUCKET
+                        && sparseTemperature == DistillOptions.SparseTemperature.REQUIRE_MATCH) {
+                    throw new IllegalArgumentException("top-k shard logsumexp is at temperature " + k.shardTemperature()
+                            + " but the loss runs at " + temperature + "; choose sparseTemperature=RESCALE_TOPK "
+                            + "(keeps the shard's tail mass) or topKMode=RENORMALIZE explicitly");
+                }
+            }
+            case TeacherTargets.Dense d -> {
+            }
+        }
+        }
+
     /** The factor on (q − target) in dL/ds: T with T² scaling (T² · 1/T), else 1/T. */
     public float gradientTemperatureFactor() {
         return scaleByTemperatureSquared ? temperature : 1f / temperature;

@@ -1,0 +1,372 @@
+package dev.distillery.kernels.cuda;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherTargets;
+
+/**
+ * The {@link Kernels} contract on a GPU: every op is a kernel of the fatbin
+ * ({@code cuda/src/main/cuda}) or a cuBLAS GEMM, launched through a {@link CudaBackend}.
+ *
+ * <p>Buffers are <em>device</em> memory: each {@code MemorySegment} argument carries a device
+ * address ({@link #allocate(long)} makes them), which is never dereferenced on the host. The few
+ * values the contract returns or validates on the host (token ids, targets and labels to check,
+ * per-row losses to sum, gradient-norm partials) are copied back explicitly.
+ *
+ * <p>Attention is composed like the CPU's: per batch element, strided-batched GEMMs over the heads
+ * straight on the (b, t, 3c) qkv layout (no permute copies), and the causal softmax kernels.
+ *
+ * <p>Status: passes the same {@code KernelConformance} suite as {@code CpuKernels} under the CPU
+ * emulation of the backend (tests); never yet run on a GPU, and the runtime does not yet allocate
+ * its tensors through it (docs/DESIGN-NOTES.md), so training cannot select it.
+ */
+public final class CudaKernels implements Kernels {
+
+    private final CudaBackend gpu;
+    private long scratch;
+    private long scratchBytes;
+
+    public CudaKernels(CudaBackend gpu) {
+        this.gpu = gpu;
+    }
+
+    @Override
+    public String describe() {
+        return "cuda (" + gpu.describe() + ")";
+    }
+
+    /** Device memory of {@code bytes}, as a segment whose address is the device pointer (never read it on the host). */
+    public MemorySegment allocate(long bytes) {
+        return MemorySegment.ofAddress(gpu.alloc(bytes)).reinterpret(bytes);
+    }
+
+    public void free(MemorySegment deviceSegment) {
+        gpu.free(deviceSegment.address());
+    }
+
+    public void upload(MemorySegment device, MemorySegment hostSrc, long bytes) {
+        gpu.upload(device.address(), hostSrc, bytes);
+    }
+
+    public void download(MemorySegment hostDst, MemorySegment device, long bytes) {
+        gpu.download(hostDst, device.address(), bytes);
+    }
+
+    private static CudaBackend.Ptr p(MemorySegment s) {
+        return new CudaBackend.Ptr(s == null ? 0L : s.address());
+    }
+
+    private static CudaBackend.Ptr p(long address) {
+        return new CudaBackend.Ptr(address);
+    }
+
+    private int grid(long n) {
+        return (int) Math.max(1, Math.min(gpu.maxGrid(), (n + gpu.block() - 1) / gpu.block()));
+    }
+
+    /** Device scratch of at least {@code bytes}, reused across calls (grown when needed). */
+    private long scratch(long bytes) {
+        if (bytes > scratchBytes) {
+            if (scratch != 0) gpu.free(scratch);
+            scratch = gpu.alloc(bytes);
+            scratchBytes = bytes;
+        }
+        return scratch;
+    }
+
+    private int[] ints(MemorySegment device, long offsetElements, int n) {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment h = a.allocate(4L * Math.max(1, n), 64);
+            gpu.download(h, device.address() + 4 * offsetElements, 4L * n);
+            return h.toArray(ValueLayout.JAVA_INT);
+        }
+    }
+
+    private float[] floats(long device, int n) {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment h = a.allocate(4L * Math.max(1, n), 64);
+            gpu.download(h, device, 4L * n);
+            return h.asSlice(0, 4L * n).toArray(ValueLayout.JAVA_FLOAT);
+        }
+    }
+
+    // ---------------------------------------------------------------- GEMM
+
+    /**
+     * Row-major (the {@link Kernels#gemm} contract) through column-major cuBLAS: C^T = op(B)^T op(A)^T,
+     * so the operands and m/n swap while the strides stay. Batched when {@code batch} &gt; 1.
+     */
+    static void rowMajorGemm(CudaBackend gpu, boolean transA, boolean transB, int m, int n, int k, float alpha,
+                             long a, int lda, long strideA, long b, int ldb, long strideB, float beta, long c, int ldc,
+                             long strideC, int batch) {
+        if (batch == 1) gpu.sgemm(transB, transA, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc);
+        else gpu.sgemmStridedBatched(transB, transA, n, m, k, alpha, b, ldb, strideB, a, lda, strideA, beta, c, ldc, strideC, batch);
+    }
+
+    @Override
+    public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda,
+                     MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        if (m == 0 || n == 0) return;
+        rowMajorGemm(gpu, transA, transB, m, n, k, alpha, a.address(), lda, 0, b.address(), ldb, 0, beta, c.address(), ldc, 0, 1);
+    }
+
+    @Override
+    public void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda,
+                                   long strideA, MemorySegment b, int ldb, long strideB, float beta, MemorySegment c, int ldc,
+                                   long strideC, int batch) {
+        if (m == 0 || n == 0 || batch == 0) return;
+        rowMajorGemm(gpu, transA, transB, m, n, k, alpha, a.address(), lda, strideA, b.address(), ldb, strideB, beta, c.address(),
+                ldc, strideC, batch);
+    }
+
+    // ---------------------------------------------------------------- rows, embedding, layernorm, GELU, residual
+
+    @Override
+    public void broadcastRows(MemorySegment out, MemorySegment row, int n, int c) {
+        gpu.launch("ops_broadcast_rows", grid((long) n * c), gpu.block(), p(out), p(row), n, c);
+    }
+
+    @Override
+    public void sumRows(MemorySegment acc, MemorySegment x, int n, int c) {
+        gpu.launch("ops_sum_rows", grid(c), gpu.block(), p(acc), p(x), n, c);
+    }
+
+    @Override
+    public void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment wte, MemorySegment wpe, int b, int t, int c,
+                                 int vocab) {
+        int[] ids = ints(tokens, 0, b * t);
+        for (int row = 0; row < ids.length; row++) {
+            if (ids[row] < 0 || ids[row] >= vocab) {
+                throw new IllegalArgumentException("token id " + ids[row] + " at position " + row + " (batch " + row / t + ", time "
+                        + row % t + ") is outside the vocabulary [0, " + vocab + ")");
+            }
+        }
+        gpu.launch("ops_embedding_forward", grid((long) b * t * c), gpu.block(), p(out), p(tokens), p(wte), p(wpe), b, t, c);
+    }
+
+    @Override
+    public void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens, int b, int t, int c) {
+        gpu.launch("ops_embedding_backward", grid(c), gpu.block(), p(dwte), p(dwpe), p(dout), p(tokens), b, t, c);
+    }
+
+    @Override
+    public void layerNormForward(MemorySegment out, MemorySegment mean, MemorySegment rstd, MemorySegment inp, MemorySegment weight,
+                                 MemorySegment bias, int n, int c) {
+        if (n == 0) return;
+        gpu.launch("ops_layernorm_forward", n, gpu.block(), p(out), p(mean), p(rstd), p(inp), p(weight), p(bias), n, c);
+    }
+
+    @Override
+    public void layerNormBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias, MemorySegment dout, MemorySegment inp,
+                                  MemorySegment weight, MemorySegment mean, MemorySegment rstd, int n, int c) {
+        if (n == 0) return;
+        if (dinp != null) {
+            gpu.launch("ops_layernorm_backward_input", n, gpu.block(), p(dinp), p(dout), p(inp), p(weight), p(mean), p(rstd), n, c);
+        }
+        if (dweight != null && dbias != null) {
+            gpu.launch("ops_layernorm_backward_params", grid(c), gpu.block(), p(dweight), p(dbias), p(dout), p(inp), p(mean), p(rstd), n, c);
+        }
+    }
+
+    @Override
+    public void geluForward(MemorySegment out, MemorySegment inp, long n) {
+        gpu.launch("ops_gelu_forward", grid(n), gpu.block(), p(out), p(inp), n);
+    }
+
+    @Override
+    public void geluBackward(MemorySegment dinp, MemorySegment inp, MemorySegment dout, long n) {
+        gpu.launch("ops_gelu_backward", grid(n), gpu.block(), p(dinp), p(inp), p(dout), n);
+    }
+
+    @Override
+    public void residualForward(MemorySegment out, MemorySegment a, MemorySegment b, long n) {
+        gpu.launch("ops_residual_forward", grid(n), gpu.block(), p(out), p(a), p(b), n);
+    }
+
+    @Override
+    public void accumulate(MemorySegment dst, MemorySegment src, long n) {
+        gpu.launch("ops_accumulate", grid(n), gpu.block(), p(dst), p(src), n);
+    }
+
+    // ---------------------------------------------------------------- attention
+
+    @Override
+    public void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
+        int hs = c / nh;
+        long tt = (long) t * t;
+        for (int bi = 0; bi < b; bi++) {
+            long q = qkv.address() + 4L * bi * t * 3 * c, a = att.address() + 4L * bi * nh * tt;
+            // preatt[h] (t, t) = Q_h · K_hᵀ, heads hs columns apart in the (t, 3c) rows
+            rowMajorGemm(gpu, false, true, t, t, hs, 1f, q, 3 * c, hs, q + 4L * c, 3 * c, hs, 0f, a, t, tt, nh);
+        }
+        gpu.launch("ops_attention_softmax_forward", b * nh * t, gpu.block(), p(att), p(att), b * nh * t, t, (float) (1 / Math.sqrt(hs)));
+        for (int bi = 0; bi < b; bi++) {
+            long q = qkv.address() + 4L * bi * t * 3 * c, a = att.address() + 4L * bi * nh * tt;
+            // out[:, h·hs:(h+1)·hs] = att[h] · V_h
+            rowMajorGemm(gpu, false, false, t, hs, t, 1f, a, t, tt, q + 8L * c, 3 * c, hs, 0f, out.address() + 4L * bi * t * c, c, hs,
+                    nh);
+        }
+    }
+
+    @Override
+    public void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout, MemorySegment qkv, MemorySegment att,
+                                  int b, int t, int c, int nh) {
+        int hs = c / nh;
+        long tt = (long) t * t;
+        for (int bi = 0; bi < b; bi++) {
+            long q = qkv.address() + 4L * bi * t * 3 * c, dq = dqkv.address() + 4L * bi * t * 3 * c;
+            long a = att.address() + 4L * bi * nh * tt, da = datt.address() + 4L * bi * nh * tt, dO = dout.address() + 4L * bi * t * c;
+            // datt[h] = dout_h · V_hᵀ;  dV_h += att[h]ᵀ · dout_h
+            rowMajorGemm(gpu, false, true, t, t, hs, 1f, dO, c, hs, q + 8L * c, 3 * c, hs, 0f, da, t, tt, nh);
+            rowMajorGemm(gpu, true, false, t, hs, t, 1f, a, t, tt, dO, c, hs, 1f, dq + 8L * c, 3 * c, hs, nh);
+        }
+        // datt becomes d(preatt), the 1/√hs scale included
+        gpu.launch("ops_attention_softmax_backward", b * nh * t, gpu.block(), p(datt), p(datt), p(att), b * nh * t, t,
+                (float) (1 / Math.sqrt(hs)));
+        for (int bi = 0; bi < b; bi++) {
+            long q = qkv.address() + 4L * bi * t * 3 * c, dq = dqkv.address() + 4L * bi * t * 3 * c;
+            long da = datt.address() + 4L * bi * nh * tt;
+            // dQ_h += dpre[h] · K_h;  dK_h += dpre[h]ᵀ · Q_h
+            rowMajorGemm(gpu, false, false, t, hs, t, 1f, da, t, tt, q + 4L * c, 3 * c, hs, 1f, dq, 3 * c, hs, nh);
+            rowMajorGemm(gpu, true, false, t, hs, t, 1f, da, t, tt, q, 3 * c, hs, 1f, dq + 4L * c, 3 * c, hs, nh);
+        }
+    }
+
+    // ---------------------------------------------------------------- classifier and distillation
+
+    @Override
+    public int softmaxCrossEntropy(MemorySegment losses, MemorySegment logits, MemorySegment targets, int n, int v, int ignoreIndex,
+                                   boolean writeGradient, float gradScale) {
+        int[] t = ints(targets, 0, n);
+        int valid = 0;
+        for (int r = 0; r < n; r++) {
+            if (t[r] == ignoreIndex) continue;
+            if (t[r] < 0 || t[r] >= v) {
+                throw new IllegalArgumentException("target " + t[r] + " at row " + r + " is outside [0, " + v + ") and is not the ignore index "
+                        + ignoreIndex);
+            }
+            valid++;
+        }
+        if (n > 0) {
+            gpu.launch("ops_softmax_cross_entropy", n, gpu.block(), p(losses), p(logits), p(targets), n, v, ignoreIndex,
+                    writeGradient ? 1 : 0, gradScale);
+        }
+        return valid;
+    }
+
+    @Override
+    public DistillSums distillLoss(MemorySegment student, MemorySegment grad, TeacherTargets teacher, MemorySegment labels,
+                                   MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab, DistillOptions options,
+                                   float gradScale) {
+        options.check(teacher, labels != null, vocab);
+        int[] lab = labels == null ? null : ints(labels, 0, n);
+        if (lab != null) {
+            for (int r = 0; r < n; r++) {
+                if (lab[r] != options.ignoreIndex() && (lab[r] < 0 || lab[r] >= vocab)) {
+                    throw new IllegalArgumentException("label " + lab[r] + " at row " + r + " is outside [0, " + vocab
+                            + ") and is not the ignore index " + options.ignoreIndex());
+                }
+            }
+        }
+        if (n == 0) return DistillSums.zero();
+        long rows = scratch(8L * n);
+        long ce = rowCe != null ? rowCe.address() : rows, div = rowDivergence != null ? rowDivergence.address() : rows + 4L * n;
+        int block = gpu.block();
+        try (Arena call = Arena.ofConfined()) {
+            MemorySegment params = distillParams(call, options, gradScale);
+            switch (teacher) {
+                case TeacherTargets.Dense d -> gpu.launch("distill_dense_" + suffix(d.type()), n, block, p(student), p(grad),
+                        p(d.logits()), p(labels), p(ce), p(div), n, vocab, d.vocab(), params);
+                case TeacherTargets.TopK k -> {
+                    // 0 tail bucket, 1 renormalize, 2 rescale (the shard's tail mass kept at another temperature)
+                    int mode = options.topKMode() == DistillOptions.TopKMode.RENORMALIZE ? 1
+                            : k.shardTemperature() != options.temperature() ? 2 : 0;
+                    gpu.launch("distill_topk_" + suffix(k.type()), n, block, p(student), p(grad), p(k.ids()), p(k.logits()),
+                            p(k.logsumexp()), p(labels), p(ce), p(div), n, vocab, k.vocab(), k.k(), k.shardTemperature(), mode, params);
+                }
+                case TeacherTargets.Sampled sm -> gpu.launch("distill_sampled", n, block, p(student), p(grad), p(sm.ids()),
+                        p(sm.weights()), p(labels), p(ce), p(div), n, vocab, sm.samples(), params);
+            }
+        }
+        float[] ces = floats(ce, n), divs = floats(div, n);
+        double total = 0, ceSum = 0, divSum = 0;
+        int counted = 0;
+        for (int r = 0; r < n; r++) {
+            if (lab != null && lab[r] == options.ignoreIndex()) continue;
+            total += options.alpha() * ces[r] + (1 - options.alpha()) * (double) divs[r];
+            ceSum += ces[r];
+            divSum += divs[r];
+            counted++;
+        }
+        return new DistillSums(total, ceSum, divSum, counted);
+    }
+
+    private static String suffix(LogitType type) {
+        return switch (type) {
+            case F32 -> "f32";
+            case F16 -> "f16";
+            case BF16 -> "bf16";
+        };
+    }
+
+    /** distill::Params in C layout: float T, alpha; int divergence; float beta, divergence_scale, grad_t_factor, grad_scale; int ignore. */
+    static MemorySegment distillParams(Arena arena, DistillOptions o, float gradScale) {
+        MemorySegment p = arena.allocate(32, 16);
+        int divergence = switch (o.divergence()) {
+            case Divergence.ForwardKl f -> 0;
+            case Divergence.ReverseKl r -> 1;
+            case Divergence.Jsd j -> 2;
+        };
+        p.set(ValueLayout.JAVA_FLOAT, 0, o.temperature());
+        p.set(ValueLayout.JAVA_FLOAT, 4, o.alpha());
+        p.set(ValueLayout.JAVA_INT, 8, divergence);
+        p.set(ValueLayout.JAVA_FLOAT, 12, o.divergence() instanceof Divergence.Jsd j ? (float) j.beta() : 0f);
+        p.set(ValueLayout.JAVA_FLOAT, 16, o.divergenceScale());
+        p.set(ValueLayout.JAVA_FLOAT, 20, o.gradientTemperatureFactor());
+        p.set(ValueLayout.JAVA_FLOAT, 24, gradScale);
+        p.set(ValueLayout.JAVA_INT, 28, o.ignoreIndex());
+        return p;
+    }
+
+    // ---------------------------------------------------------------- optimizer and reductions
+
+    @Override
+    public void adamW(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, long n, float lr, float beta1,
+                      float beta2, float eps, float weightDecay, int step) {
+        gpu.launch("ops_adamw", grid(n), gpu.block(), p(params), p(grads), p(m), p(v), n, lr, beta1, beta2, eps, weightDecay, step);
+    }
+
+    @Override
+    public double sumOfSquares(MemorySegment x, long n) {
+        if (n == 0) return 0;
+        int blocks = grid(n);
+        long partials = scratch(4L * blocks);
+        gpu.launch("ops_sum_of_squares", blocks, gpu.block(), p(partials), p(x), n);
+        double sum = 0;
+        for (float f : floats(partials, blocks)) sum += f;
+        return sum;
+    }
+
+    @Override
+    public void scale(MemorySegment x, float s, long n) {
+        gpu.launch("ops_scale", grid(n), gpu.block(), p(x), s, n);
+    }
+
+    @Override
+    public void fill(MemorySegment x, float value, long n) {
+        gpu.launch("ops_fill", grid(n), gpu.block(), p(x), value, n);
+    }
+
+    @Override
+    public void close() {
+        if (scratch != 0) gpu.free(scratch);
+        scratch = 0;
+    }
+}
