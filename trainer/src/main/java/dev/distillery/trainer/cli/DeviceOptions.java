@@ -28,9 +28,9 @@ public final class DeviceOptions {
     public static String cudaStatus() {
         CudaDevices.Probe p = CudaDevices.probe();
         return p.available()
-                ? "found " + p.devices().getFirst().describe() + ", but Distillery's CUDA training backend is not written yet"
+                ? "found " + p.devices().getFirst().describe() + ", but training on CUDA is not wired up yet"
                         + " (selftest --device cuda checks the CUDA kernels there)"
-                : p.reason() + "; and this build of Distillery has no CUDA backend yet";
+                : p.reason() + "; and training on CUDA is not wired up yet";
     }
 
     /** Kernels for the chosen device; {@code configThreads} (0 = unset) applies when --threads is absent. */
