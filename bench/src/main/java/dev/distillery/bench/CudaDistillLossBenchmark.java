@@ -1,0 +1,132 @@
+package dev.distillery.bench;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.SplittableRandom;
+import java.util.concurrent.TimeUnit;
+
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
+
+import dev.distillery.bindings.CudaDevices;
+import dev.distillery.kernels.cuda.CudaDevice;
+import dev.distillery.kernels.cuda.CudaKernels;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherTargets;
+
+/**
+ * The CUDA variant of {@link DistillLossBenchmark}: the same loss (forward KL, T = 2, alpha = 0.5,
+ * loss + gradient in place) on device buffers through {@link CudaKernels}, timed with the stream
+ * synchronized after each call, and a device-to-device copy of the same traffic as the bandwidth
+ * yardstick (GB/s = traffic / time). Needs a CUDA device; elsewhere setup fails saying why.
+ *
+ * <pre>java -jar bench/target/benchmarks.jar CudaDistillLossBenchmark</pre>
+ */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.MILLISECONDS)
+@Fork(value = 1, jvmArgsAppend = {"--add-modules=jdk.incubator.vector", "--enable-native-access=ALL-UNNAMED"})
+@Warmup(iterations = 3, time = 1)
+@Measurement(iterations = 5, time = 1)
+public class CudaDistillLossBenchmark {
+
+    @Param({"2048x32000", "4096x50257", "1024x128256"})
+    public String shape;
+
+    @Param({"dense-bf16", "top64"})
+    public String teacher;
+
+    private static final int K = 64;
+
+    private CudaDevice gpu;
+    private CudaKernels kernels;
+    private MemorySegment student, labels, teacherLogits, ids, topLogits, lse, copyDst;
+    private TeacherTargets targets;
+    private DistillOptions options;
+    private int n, v;
+    private long trafficBytes;
+
+    @Setup(Level.Trial)
+    public void setUp() {
+        CudaDevices.Probe probe = CudaDevices.probe();
+        if (!probe.available()) throw new IllegalStateException("CudaDistillLossBenchmark needs a CUDA device: " + probe.reason());
+        String[] nv = shape.split("x");
+        n = Integer.parseInt(nv[0]);
+        v = Integer.parseInt(nv[1]);
+        gpu = CudaDevice.open(0, false);
+        kernels = new CudaKernels(gpu);
+        options = DistillOptions.of(2f, 0.5f);
+        SplittableRandom rng = new SplittableRandom(1);
+        long elems = (long) n * v;
+        try (Arena host = Arena.ofConfined()) {
+            MemorySegment s = host.allocate(4 * elems, 64);
+            for (long i = 0; i < elems; i++) s.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) (3 * rng.nextGaussian()));
+            student = kernels.allocate(4 * elems);
+            kernels.upload(student, s, 4 * elems);
+            MemorySegment l = host.allocate(4L * n, 64);
+            for (int r = 0; r < n; r++) l.setAtIndex(ValueLayout.JAVA_INT, r, rng.nextInt(v));
+            labels = kernels.allocate(4L * n);
+            kernels.upload(labels, l, 4L * n);
+            if (teacher.equals("dense-bf16")) {
+                MemorySegment t = host.allocate(2 * elems, 64);
+                for (long i = 0; i < elems; i++) LogitType.BF16.write(t, i, (float) (4 * rng.nextGaussian()));
+                teacherLogits = kernels.allocate(2 * elems);
+                kernels.upload(teacherLogits, t, 2 * elems);
+                targets = new TeacherTargets.Dense(teacherLogits, LogitType.BF16, v);
+                trafficBytes = elems * (4 + 2 + 4);
+            } else {
+                MemorySegment hi = host.allocate(4L * n * K, 64), hl = host.allocate(4L * n * K, 64), hs = host.allocate(4L * n, 64);
+                for (int r = 0; r < n; r++) {
+                    int[] pick = rng.ints(0, v).distinct().limit(K).toArray();
+                    for (int i = 0; i < K; i++) {
+                        hi.setAtIndex(ValueLayout.JAVA_INT, (long) r * K + i, pick[i]);
+                        hl.setAtIndex(ValueLayout.JAVA_FLOAT, (long) r * K + i, (float) (4 * rng.nextGaussian() + 8));
+                    }
+                    hs.setAtIndex(ValueLayout.JAVA_FLOAT, r, 6f);
+                }
+                ids = kernels.allocate(4L * n * K);
+                topLogits = kernels.allocate(4L * n * K);
+                lse = kernels.allocate(4L * n);
+                kernels.upload(ids, hi, 4L * n * K);
+                kernels.upload(topLogits, hl, 4L * n * K);
+                kernels.upload(lse, hs, 4L * n);
+                targets = new TeacherTargets.TopK(ids, topLogits, LogitType.F32, lse, K, v, 2f);
+                trafficBytes = elems * 8 + (long) n * K * 8;
+            }
+            copyDst = kernels.allocate(trafficBytes / 2);
+        }
+    }
+
+    @Benchmark
+    public double fused() {
+        double total = kernels.distillLoss(student, student, targets, labels, null, null, n, v, options, 1f / n).total();
+        gpu.synchronize();
+        return total;
+    }
+
+    /** Copy bandwidth on the same device: trafficBytes moved (half read, half written). */
+    @Benchmark
+    public void deviceCopyOfTheSameTraffic() {
+        kernels.accumulate(copyDst, student, Math.min(trafficBytes / 8, (long) n * v));
+        gpu.synchronize();
+    }
+
+    @TearDown(Level.Trial)
+    public void tearDown() {
+        if (kernels != null) kernels.close();
+        if (gpu != null) gpu.close();
+    }
+}
