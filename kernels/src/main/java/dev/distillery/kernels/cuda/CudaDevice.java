@@ -123,6 +123,12 @@ public final class CudaDevice implements CudaBackend {
         CudaCalls.driver(CudaDriver.cuMemcpyDtoH_v2(dst, src, bytes), "cuMemcpyDtoH(" + bytes + " bytes)");
     }
 
+    /** Device → device (synchronous), e.g. the copy-bandwidth yardstick of the benchmarks. */
+    public void copyDeviceToDevice(long dst, long src, long bytes) {
+        synchronize();
+        CudaCalls.driver(CudaDriver.cuMemcpyDtoD_v2(dst, src, bytes), "cuMemcpyDtoD(" + bytes + " bytes)");
+    }
+
     /** Host (pinned for overlap) → device on the copy stream; the caller orders it with {@link #synchronizeCopies()}. */
     public void uploadAsync(long dst, MemorySegment src, long bytes) {
         CudaCalls.driver(CudaDriver.cuMemcpyHtoDAsync_v2(dst, src, bytes, copyStream), "cuMemcpyHtoDAsync(" + bytes + " bytes)");
