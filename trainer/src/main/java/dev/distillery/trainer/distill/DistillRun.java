@@ -117,6 +117,7 @@ public final class DistillRun {
                         batchIndex = intMeta(from.get().dir(), meta, "data.batch");
                         lastCheckpoint = from.get().dir();
                         out.println("resumed from " + from.get().dir() + " at step " + session.optimizer().step());
+                        for (String change : changes(meta.get("config"), cfg)) out.println("resume: note: " + change);
                     }
                     return loop(cfg, kernels, session, shards, evalShards, store, options, reduction, chunkRows, epoch, batchIndex,
                             lastCheckpoint, stopAfter > 0 ? Math.min(stopAfter, cfg.steps()) : cfg.steps(), outDir, out, err);
@@ -139,6 +140,34 @@ public final class DistillRun {
         Transformer model = new Transformer(c);
         model.initialize(cfg.seed());
         return model;
+    }
+
+    /**
+     * What differs between the config a checkpoint was written with and the one resuming it (a
+     * changed schedule or loss is allowed, but never silent; the student comes from the checkpoint).
+     */
+    static java.util.List<String> changes(String storedJson, DistillConfig now) throws IOException {
+        if (storedJson == null) return java.util.List.of("the checkpoint stores no config to compare with");
+        com.fasterxml.jackson.databind.JsonNode before = dev.distillery.trainer.data.StrictJson.MAPPER.readTree(storedJson);
+        com.fasterxml.jackson.databind.JsonNode after = dev.distillery.trainer.data.StrictJson.MAPPER.readTree(now.toJson());
+        java.util.List<String> out = new java.util.ArrayList<>();
+        diff("", before, after, out);
+        return out;
+    }
+
+    private static void diff(String path, com.fasterxml.jackson.databind.JsonNode a, com.fasterxml.jackson.databind.JsonNode b,
+                             java.util.List<String> out) {
+        if (a.isObject() && b.isObject()) {
+            java.util.Set<String> keys = new java.util.TreeSet<>();
+            a.fieldNames().forEachRemaining(keys::add);
+            b.fieldNames().forEachRemaining(keys::add);
+            for (String k : keys) {
+                diff(path.isEmpty() ? k : path + "." + k, a.path(k), b.path(k), out);
+            }
+        } else if (!a.equals(b)) {
+            out.add("'" + path + "' was " + a + " when the checkpoint was written, is " + b + " now"
+                    + (path.startsWith("student") ? " (ignored: the student comes from the checkpoint)" : ""));
+        }
     }
 
     private static int intMeta(Path dir, Map<String, String> meta, String key) throws IOException {

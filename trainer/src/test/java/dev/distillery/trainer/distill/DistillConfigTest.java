@@ -41,6 +41,26 @@ class DistillConfigTest {
     }
 
     @Test
+    void resumingWithAnotherConfigSaysWhatChanged() throws IOException {
+        DistillConfig a = DistillConfig.fromJson("{\"teacher\": \"t\", \"lr\": 0.001, \"loss\": {\"alpha\": 0.5}}");
+        DistillConfig b = DistillConfig.fromJson("{\"teacher\": \"t\", \"lr\": 0.002, \"loss\": {\"alpha\": 0.5}, \"student\": {\"layers\": 4}}");
+        assertEquals(java.util.List.of(), DistillRun.changes(a.toJson(), a));
+        var changes = DistillRun.changes(a.toJson(), b);
+        assertTrue(changes.stream().anyMatch(c -> c.startsWith("'lr' was 0.001") && c.endsWith("is 0.002 now")), changes.toString());
+        assertTrue(changes.stream().anyMatch(c -> c.startsWith("'min_lr'")), "min_lr follows lr by default: " + changes);
+        assertTrue(changes.stream().anyMatch(c -> c.startsWith("'student.layers'") && c.contains("ignored")), changes.toString());
+    }
+
+    /** The example in docs/examples is a valid config. */
+    @Test
+    void theDocumentedExampleConfigReads() throws IOException {
+        Path example = Path.of("").toAbsolutePath().getParent().resolve("docs/examples/distill-demo.json");
+        DistillConfig c = DistillConfig.read(example);
+        assertEquals("runs/demo/shards/train", c.teacher());
+        assertTrue(c.loss().options().alpha() > 0);
+    }
+
+    @Test
     void absentKeysTakeTheDocumentedDefaults(@TempDir Path dir) throws IOException {
         Path f = dir.resolve("run.json");
         Files.writeString(f, "{\"teacher\": \"shards\", \"loss\": {\"divergence\": \"jsd\", \"jsd_beta\": 0.25, \"temperature\": 2}}");
