@@ -74,7 +74,7 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public String describe() {
-        return "cpu (" + gemm.describe() + ", " + pool.threads() + " threads, " + SPECIES.vectorBitSize() + "-bit vectors)";
+        return "cpu (" + gemm.describe() + ", " + pool.threads() + (pool.threads() == 1 ? " thread, " : " threads, ") + SPECIES.vectorBitSize() + "-bit vectors)";
     }
 
     public int threads() {
