@@ -27,11 +27,12 @@ import dev.distillery.kernels.cpu.CpuKernels;
  * The transformer ops of {@code cuda/src/main/cuda/transformer_ops.cu} under the CPU emulation
  * (a thread per CUDA thread, barriers with a watchdog, red zones), held to the Java kernels on the
  * same inputs at awkward sizes, with outputs poisoned (NaN) and accumulating gradients pre-filled
- * with random values; then the same cases under AddressSanitizer + UBSan.
+ * with random values; then the same cases under AddressSanitizer + UBSan, and the small ones under
+ * ThreadSanitizer (a missing __syncthreads between reductions shows up there as a data race).
  */
 class CudaOpsEmulationTest {
 
-    private static Path work, gate, asan;
+    private static Path work, gate, asan, tsan;
     private static CpuKernels cpu;
     private final SplittableRandom rng = new SplittableRandom();
 
@@ -43,6 +44,7 @@ class CudaOpsEmulationTest {
         work = gcc.work();
         gate = gcc.build("ops_gate.cpp", "ops_gate", "-O1");
         asan = gcc.build("ops_gate.cpp", "ops_gate_asan", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined");
+        tsan = gcc.build("ops_gate.cpp", "ops_gate_tsan", "-O1", "-fsanitize=thread");
         cpu = new CpuKernels(2, "auto");
     }
 
@@ -158,8 +160,9 @@ class CudaOpsEmulationTest {
 
     @Test
     void elementwiseOpsMatchTheJavaKernels() throws Exception {
-        for (Path bin : List.of(gate, asan)) {
+        for (Path bin : List.of(gate, asan, tsan)) {
             for (int n : LENGTHS) {
+                if (bin == tsan && n > 33) continue; // ThreadSanitizer: small sizes only
                 int[] launch = {3, 64, n};
                 float[] x = random(n, 3), y = random(n, 1), d = random(n, 1), acc = random(n, 1);
                 try (Arena a = Arena.ofShared()) {
@@ -203,9 +206,10 @@ class CudaOpsEmulationTest {
 
     @Test
     void rowOpsMatchTheJavaKernels() throws Exception {
-        for (Path bin : List.of(gate, asan)) {
+        for (Path bin : List.of(gate, asan, tsan)) {
             for (int[] shape : ROWS) {
                 int rows = shape[0], c = shape[1], n = rows * c;
+                if (bin == tsan && n > 300) continue; // ThreadSanitizer: small sizes only
                 String at = " at " + rows + "x" + c;
                 float[] x = random(n, 2), w = random(c, 1), bias = random(c, 1), dout = random(n, 1);
                 try (Arena a = Arena.ofShared()) {
