@@ -53,6 +53,7 @@ public class CudaDistillLossBenchmark {
 
     private CudaDevice gpu;
     private CudaKernels kernels;
+    private Arena device;
     private MemorySegment student, labels, teacherLogits, ids, topLogits, lse, copyDst;
     private TeacherTargets targets;
     private DistillOptions options;
@@ -68,23 +69,24 @@ public class CudaDistillLossBenchmark {
         v = Integer.parseInt(nv[1]);
         gpu = CudaDevice.open(0, false);
         kernels = new CudaKernels(gpu);
+        device = Arena.ofShared();
         options = DistillOptions.of(2f, 0.5f);
         SplittableRandom rng = new SplittableRandom(1);
         long elems = (long) n * v;
         try (Arena host = Arena.ofConfined()) {
             MemorySegment s = host.allocate(4 * elems, 64);
             for (long i = 0; i < elems; i++) s.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) (3 * rng.nextGaussian()));
-            student = kernels.allocate(4 * elems);
-            kernels.upload(student, s, 4 * elems);
+            student = kernels.allocate(device, 4 * elems);
+            kernels.copyFromHost(student, s, 4 * elems);
             MemorySegment l = host.allocate(4L * n, 64);
             for (int r = 0; r < n; r++) l.setAtIndex(ValueLayout.JAVA_INT, r, rng.nextInt(v));
-            labels = kernels.allocate(4L * n);
-            kernels.upload(labels, l, 4L * n);
+            labels = kernels.allocate(device, 4L * n);
+            kernels.copyFromHost(labels, l, 4L * n);
             if (teacher.equals("dense-bf16")) {
                 MemorySegment t = host.allocate(2 * elems, 64);
                 for (long i = 0; i < elems; i++) LogitType.BF16.write(t, i, (float) (4 * rng.nextGaussian()));
-                teacherLogits = kernels.allocate(2 * elems);
-                kernels.upload(teacherLogits, t, 2 * elems);
+                teacherLogits = kernels.allocate(device, 2 * elems);
+                kernels.copyFromHost(teacherLogits, t, 2 * elems);
                 targets = new TeacherTargets.Dense(teacherLogits, LogitType.BF16, v);
                 trafficBytes = elems * (4 + 2 + 4);
             } else {
@@ -97,16 +99,16 @@ public class CudaDistillLossBenchmark {
                     }
                     hs.setAtIndex(ValueLayout.JAVA_FLOAT, r, 6f);
                 }
-                ids = kernels.allocate(4L * n * K);
-                topLogits = kernels.allocate(4L * n * K);
-                lse = kernels.allocate(4L * n);
-                kernels.upload(ids, hi, 4L * n * K);
-                kernels.upload(topLogits, hl, 4L * n * K);
-                kernels.upload(lse, hs, 4L * n);
+                ids = kernels.allocate(device, 4L * n * K);
+                topLogits = kernels.allocate(device, 4L * n * K);
+                lse = kernels.allocate(device, 4L * n);
+                kernels.copyFromHost(ids, hi, 4L * n * K);
+                kernels.copyFromHost(topLogits, hl, 4L * n * K);
+                kernels.copyFromHost(lse, hs, 4L * n);
                 targets = new TeacherTargets.TopK(ids, topLogits, LogitType.F32, lse, K, v, 2f);
                 trafficBytes = elems * 8 + (long) n * K * 8;
             }
-            copyDst = kernels.allocate(trafficBytes / 2);
+            copyDst = kernels.allocate(device, trafficBytes / 2);
         }
     }
 
@@ -126,6 +128,7 @@ public class CudaDistillLossBenchmark {
 
     @TearDown(Level.Trial)
     public void tearDown() {
+        if (device != null) device.close();
         if (kernels != null) kernels.close();
         if (gpu != null) gpu.close();
     }

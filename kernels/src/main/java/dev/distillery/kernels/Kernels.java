@@ -1,5 +1,6 @@
 package dev.distillery.kernels;
 
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 
 import dev.distillery.kernels.distill.DistillOptions;
@@ -25,6 +26,56 @@ public interface Kernels extends AutoCloseable {
 
     /** Short human name: "cpu (OpenBLAS, 2 threads)". */
     String describe();
+
+    // ---------------------------------------------------------------- memory
+
+    /**
+     * Whether the host may read and write this backend's buffers directly. True for the CPU; false
+     * for CUDA, whose buffers carry device addresses that must never be dereferenced on the host
+     * (use the copies below).
+     */
+    boolean hostAccessible();
+
+    /**
+     * A buffer of {@code bytes} for this backend's kernels: 64-byte aligned, contents undefined,
+     * freed when {@code owner} closes (the owner must close before this backend does).
+     */
+    MemorySegment allocate(Arena owner, long bytes);
+
+    /**
+     * Host memory of {@code bytes} that {@link #copyFromHostAsync} reads fastest (page-locked on
+     * CUDA), 64-byte aligned, freed when {@code owner} closes.
+     */
+    MemorySegment allocateStaging(Arena owner, long bytes);
+
+    /** {@code bytes} from host memory into a buffer of this backend, ordered after the kernels already issued. */
+    void copyFromHost(MemorySegment dst, MemorySegment hostSrc, long bytes);
+
+    /** {@code bytes} from a buffer of this backend into host memory, once the kernels already issued have finished. */
+    void copyToHost(MemorySegment hostDst, MemorySegment src, long bytes);
+
+    /**
+     * Starts copying {@code bytes} of staging memory ({@link #allocateStaging}) into a buffer of
+     * this backend, overlapping the kernels in flight. Kernels issued after the next
+     * {@link #joinCopies()} see the data; {@code hostSrc} must stay unchanged until a later
+     * {@link #copyToHost} or {@link #sumOfSquares} has returned (both wait for the work before them).
+     * Synchronous where the backend has no copy engine.
+     */
+    void copyFromHostAsync(MemorySegment dst, MemorySegment hostSrc, long bytes);
+
+    /** Makes every kernel issued from now on wait for the {@link #copyFromHostAsync} copies started so far. */
+    void joinCopies();
+
+    /**
+     * {@code src} readable on the host: {@code src} itself where {@link #hostAccessible()}, else a
+     * copy of its first {@code bytes} in {@code scratch}.
+     */
+    default MemorySegment hostView(MemorySegment src, long bytes, Arena scratch) {
+        if (hostAccessible()) return src.asSlice(0, bytes);
+        MemorySegment copy = scratch.allocate(Math.max(1, bytes), 64).asSlice(0, bytes);
+        copyToHost(copy, src, bytes);
+        return copy;
+    }
 
     // ---------------------------------------------------------------- GEMM
 

@@ -1,5 +1,6 @@
 package dev.distillery.kernels;
 
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -55,6 +56,47 @@ public final class TimedKernels implements Kernels {
     @Override
     public String describe() {
         return inner.describe() + " (timed)";
+    }
+
+    @Override
+    public boolean hostAccessible() {
+        return inner.hostAccessible();
+    }
+
+    @Override
+    public MemorySegment allocate(Arena owner, long bytes) {
+        return inner.allocate(owner, bytes);
+    }
+
+    @Override
+    public MemorySegment allocateStaging(Arena owner, long bytes) {
+        return inner.allocateStaging(owner, bytes);
+    }
+
+    @Override
+    public void copyFromHost(MemorySegment dst, MemorySegment hostSrc, long bytes) {
+        long t0 = begin();
+        inner.copyFromHost(dst, hostSrc, bytes);
+        end("copyFromHost", t0);
+    }
+
+    @Override
+    public void copyToHost(MemorySegment hostDst, MemorySegment src, long bytes) {
+        long t0 = begin();
+        inner.copyToHost(hostDst, src, bytes);
+        end("copyToHost", t0);
+    }
+
+    @Override
+    public void copyFromHostAsync(MemorySegment dst, MemorySegment hostSrc, long bytes) {
+        long t0 = begin();
+        inner.copyFromHostAsync(dst, hostSrc, bytes);
+        end("copyFromHostAsync", t0);
+    }
+
+    @Override
+    public void joinCopies() {
+        inner.joinCopies();
     }
 
     @Override

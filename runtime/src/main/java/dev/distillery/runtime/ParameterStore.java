@@ -2,17 +2,23 @@ package dev.distillery.runtime;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
+import dev.distillery.kernels.Kernels;
+
 /**
  * Every parameter of a model in one persistent native block, their gradients in a second block of
  * the same layout (optimizer moments use the same layout again). Each tensor starts on a 64-byte
  * boundary; the padding between tensors is zero in every block, so whole-block kernels (gradient
  * norm, zeroing) see only real values.
+ *
+ * <p>The blocks live where the kernels compute; {@link #read} and {@link #write} move values
+ * between them and the host (initialisation, checkpoints, tests).
  */
 public final class ParameterStore implements AutoCloseable {
 
@@ -23,24 +29,25 @@ public final class ParameterStore implements AutoCloseable {
     private static final long ALIGN_ELEMENTS = 16; // 64 bytes of fp32
 
     private final Arena arena = Arena.ofShared();
+    private final Kernels kernels;
     private final Map<String, Slot> slots;
     private final Map<String, Tensor> params = new LinkedHashMap<>();
     private final long totalElements;
     private final MemorySegment paramBlock;
     private final MemorySegment gradBlock;
 
-    private ParameterStore(List<Slot> layout, long totalElements) {
+    private ParameterStore(Kernels kernels, List<Slot> layout, long totalElements) {
+        this.kernels = kernels;
         Map<String, Slot> bySlot = new LinkedHashMap<>();
         for (Slot s : layout) bySlot.put(s.name(), s);
         this.slots = Collections.unmodifiableMap(bySlot);
         this.totalElements = totalElements;
-        this.paramBlock = arena.allocate(4 * Math.max(1, totalElements), 64);
-        this.gradBlock = arena.allocate(4 * Math.max(1, totalElements), 64);
-        paramBlock.fill((byte) 0);
-        gradBlock.fill((byte) 0);
+        this.paramBlock = allocateLikeBlock();
+        this.gradBlock = allocateLikeBlock();
+        Device device = Device.of(kernels);
         for (Slot s : layout) {
-            Tensor p = new Tensor(s.name(), s.shape(), DType.F32, Device.CPU, slice(paramBlock, s), true);
-            p.setGrad(new Tensor(s.name() + ".grad", s.shape(), DType.F32, Device.CPU, slice(gradBlock, s), false));
+            Tensor p = new Tensor(s.name(), s.shape(), DType.F32, device, slice(paramBlock, s), true);
+            p.setGrad(new Tensor(s.name() + ".grad", s.shape(), DType.F32, device, slice(gradBlock, s), false));
             params.put(s.name(), p);
         }
     }
@@ -64,8 +71,9 @@ public final class ParameterStore implements AutoCloseable {
             return this;
         }
 
-        public ParameterStore build() {
-            return new ParameterStore(List.copyOf(layout), next);
+        /** Allocates the blocks where {@code kernels} compute, zero-filled. */
+        public ParameterStore build(Kernels kernels) {
+            return new ParameterStore(kernels, List.copyOf(layout), next);
         }
     }
 
@@ -111,14 +119,41 @@ public final class ParameterStore implements AutoCloseable {
 
     /** A new zeroed block with this store's layout (optimizer moments), owned by this store. */
     public MemorySegment allocateLikeBlock() {
-        MemorySegment s = arena.allocate(4 * Math.max(1, totalElements), 64);
-        s.fill((byte) 0);
+        MemorySegment s = kernels.allocate(arena, 4 * Math.max(1, totalElements));
+        kernels.fill(s, 0f, Math.max(1, totalElements));
         return s;
     }
 
+    /** The kernels whose memory holds the blocks. */
+    public Kernels kernels() {
+        return kernels;
+    }
+
     /** Zeroes every gradient with one whole-block kernel call (gradients accumulate during backward). */
-    public void zeroGrad(dev.distillery.kernels.Kernels kernels) {
+    public void zeroGrad() {
         kernels.fill(gradBlock, 0f, totalElements);
+    }
+
+    /** A copy of an fp32 tensor of this store's memory (a parameter or its gradient) on the host. */
+    public float[] read(Tensor t) {
+        try (Arena host = Arena.ofConfined()) {
+            return kernels.hostView(t.data(), t.byteSize(), host).toArray(ValueLayout.JAVA_FLOAT);
+        }
+    }
+
+    /** Sets an fp32 tensor of this store's memory from {@code values} (exactly its element count). */
+    public void write(Tensor t, float[] values) {
+        if (values.length != t.numel()) {
+            throw new IllegalArgumentException(t.name() + " has " + t.numel() + " elements, got " + values.length + " values");
+        }
+        try (Arena host = Arena.ofConfined()) {
+            write(t, host.allocateFrom(ValueLayout.JAVA_FLOAT, values));
+        }
+    }
+
+    /** Sets a tensor of this store's memory from {@code t.byteSize()} bytes of host memory. */
+    public void write(Tensor t, MemorySegment host) {
+        kernels.copyFromHost(t.data(), host, t.byteSize());
     }
 
     @Override

@@ -3,6 +3,8 @@ package dev.distillery.runtime;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 
+import dev.distillery.kernels.Kernels;
+
 /**
  * One native block for a step's activations and their gradients, bump-allocated during the step
  * and {@link #reset()} after it (llm.c's design): nothing is allocated in a steady training loop.
@@ -12,12 +14,15 @@ import java.lang.foreign.MemorySegment;
  * {@link #reset()} frees the side arena and replaces the block with one of the high-water size.
  * From the second step of a fixed-shape loop on, every allocation is a pointer bump.
  *
- * <p>Segments handed out are 64-byte aligned and invalid after the next {@code reset()}.
+ * <p>The block lives where the kernels compute (host memory on the CPU, one device allocation on
+ * CUDA). Segments handed out are 64-byte aligned and invalid after the next {@code reset()}.
  */
 public final class Workspace implements AutoCloseable {
 
     private static final long ALIGN = 64;
 
+    private final Kernels kernels;
+    private final Device device;
     private Arena blockArena;
     private MemorySegment block;
     private long offset;
@@ -26,13 +31,15 @@ public final class Workspace implements AutoCloseable {
     private long highWater;
     private int growths;
 
-    public Workspace(long initialBytes) {
+    public Workspace(Kernels kernels, long initialBytes) {
+        this.kernels = kernels;
+        this.device = Device.of(kernels);
         allocateBlock(Math.max(ALIGN, initialBytes));
     }
 
     private void allocateBlock(long bytes) {
         blockArena = Arena.ofShared();
-        block = blockArena.allocate(bytes, ALIGN);
+        block = kernels.allocate(blockArena, bytes);
     }
 
     /** A 64-byte-aligned region of at least {@code bytes}; contents are undefined. */
@@ -48,7 +55,7 @@ public final class Workspace implements AutoCloseable {
         if (overflowArena == null) overflowArena = Arena.ofShared();
         overflowBytes += size;
         highWater = Math.max(highWater, offset + overflowBytes);
-        return overflowArena.allocate(Math.max(1, bytes), ALIGN);
+        return kernels.allocate(overflowArena, Math.max(1, bytes)).asSlice(0, bytes);
     }
 
     /** An uninitialised fp32 tensor. */
@@ -57,13 +64,13 @@ public final class Workspace implements AutoCloseable {
     }
 
     public Tensor tensor(String name, DType dtype, int... shape) {
-        return new Tensor(name, shape, dtype, Device.CPU, allocate(Tensor.numel(shape) * dtype.bytes()), false);
+        return new Tensor(name, shape, dtype, device, allocate(Tensor.numel(shape) * dtype.bytes()), false);
     }
 
     /** A zero-filled fp32 tensor (gradients start here). */
     public Tensor zeros(String name, int... shape) {
         Tensor t = tensor(name, shape);
-        t.data().fill((byte) 0);
+        kernels.fill(t.data(), 0f, t.numel());
         return t;
     }
 

@@ -9,7 +9,7 @@ class WorkspaceTest {
 
     @Test
     void overflowingStepGrowsTheBlockOnceThenBumpsOnly() {
-        try (Workspace ws = new Workspace(100)) {
+        try (var kernels = new dev.distillery.kernels.cpu.CpuKernels(1, "vector"); Workspace ws = new Workspace(kernels, 100)) {
             for (int step = 0; step < 3; step++) {
                 for (int i = 0; i < 5; i++) {
                     var s = ws.allocate(1000 + i);
@@ -26,7 +26,7 @@ class WorkspaceTest {
 
     @Test
     void zerosAreZero() {
-        try (Workspace ws = new Workspace(1 << 12)) {
+        try (var kernels = new dev.distillery.kernels.cpu.CpuKernels(1, "vector"); Workspace ws = new Workspace(kernels, 1 << 12)) {
             Tensor t = ws.zeros("g", 3, 5);
             for (int i = 0; i < 15; i++) assertEquals(0f, t.getFloat(i));
         }

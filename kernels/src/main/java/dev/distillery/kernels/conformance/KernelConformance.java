@@ -98,26 +98,28 @@ public final class KernelConformance {
 
     private void gemm(boolean transA, boolean transB, int m, int n, int k) {
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             int lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 1, ldc = n + 2;
             double[] a = randn((transA ? k : m) * lda), b = randn((transB ? n : k) * ldb), c = randn(m * ldc);
             double alpha = 0.75, beta = 0.5;
-            MemorySegment sc = Buffers.floats(arena, c);
+            MemorySegment sc = buf.floats(c);
             long t0 = System.nanoTime();
-            kernels.gemm(transA, transB, m, n, k, (float) alpha, Buffers.floats(arena, a), lda, Buffers.floats(arena, b), ldb, (float) beta, sc, ldc);
+            kernels.gemm(transA, transB, m, n, k, (float) alpha, buf.floats(a), lda, buf.floats(b), ldb, (float) beta, sc, ldc);
             double ms = millis(t0);
             ReferenceKernels.gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-            record("gemm" + (transA ? "T" : "N") + (transB ? "T" : "N"), m + "x" + n + "x" + k, Buffers.relativeError(c, sc, 1e-6), TOL, ms);
+            record("gemm" + (transA ? "T" : "N") + (transB ? "T" : "N"), m + "x" + n + "x" + k, buf.relativeError(c, sc, 1e-6), TOL, ms);
         }
     }
 
     private void gemmStridedBatched(int m, int n, int k, int batch) {
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             long sa = (long) m * k + 5, sb = (long) k * n + 3, scs = (long) m * n + 7;
             double[] a = randn((int) (sa * batch)), b = randn((int) (sb * batch)), c = new double[(int) (scs * batch)];
-            MemorySegment outC = Buffers.poisoned(arena, c.length);
+            MemorySegment outC = buf.poisoned(c.length);
             // Only the matrices are written; the gaps between them keep their poison, so compare matrices.
             long t0 = System.nanoTime();
-            kernels.gemmStridedBatched(false, true, m, n, k, 1f, Buffers.floats(arena, a), k, sa, Buffers.floats(arena, b), k, sb,
+            kernels.gemmStridedBatched(false, true, m, n, k, 1f, buf.floats(a), k, sa, buf.floats(b), k, sb,
                     0f, outC, n, scs, batch);
             double ms = millis(t0);
             double worst = 0;
@@ -125,7 +127,7 @@ public final class KernelConformance {
                 double[] ci = new double[m * n];
                 ReferenceKernels.gemm(false, true, m, n, k, 1, slice(a, (int) (sa * i), m * k), k,
                         slice(b, (int) (sb * i), n * k), k, 0, ci, n);
-                worst = Math.max(worst, Buffers.relativeError(ci, outC.asSlice(4 * scs * i, 4L * m * n), 1e-6));
+                worst = Math.max(worst, buf.relativeError(ci, outC.asSlice(4 * scs * i, 4L * m * n), 1e-6));
             }
             record("gemmStridedBatched", batch + "x" + m + "x" + n + "x" + k, worst, TOL, ms);
         }
@@ -133,142 +135,150 @@ public final class KernelConformance {
 
     private void linear(int n, int c, int oc) {
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             double[] inp = randn(n * c), w = randn(c * oc), bias = randn(oc), dout = randn(n * oc);
             double[] out = new double[n * oc];
-            MemorySegment sOut = Buffers.poisoned(arena, out.length), sInp = Buffers.floats(arena, inp), sW = Buffers.floats(arena, w), sB = Buffers.floats(arena, bias);
+            MemorySegment sOut = buf.poisoned(out.length), sInp = buf.floats(inp), sW = buf.floats(w), sB = buf.floats(bias);
             long t0 = System.nanoTime();
             kernels.linearForward(sOut, sInp, sW, sB, n, c, oc);
             double ms = millis(t0);
             ReferenceKernels.linearForward(out, inp, w, bias, n, c, oc);
-            record("linearForward", n + "x" + c + "->" + oc, Buffers.relativeError(out, sOut, 1e-6), TOL, ms);
+            record("linearForward", n + "x" + c + "->" + oc, buf.relativeError(out, sOut, 1e-6), TOL, ms);
 
             double[] dinp = randn(n * c), dw = randn(c * oc), db = randn(oc);
-            MemorySegment sDinp = Buffers.floats(arena, dinp), sDw = Buffers.floats(arena, dw), sDb = Buffers.floats(arena, db);
+            MemorySegment sDinp = buf.floats(dinp), sDw = buf.floats(dw), sDb = buf.floats(db);
             t0 = System.nanoTime();
-            kernels.linearBackward(sDinp, sDw, sDb, Buffers.floats(arena, dout), sInp, sW, n, c, oc);
+            kernels.linearBackward(sDinp, sDw, sDb, buf.floats(dout), sInp, sW, n, c, oc);
             ms = millis(t0);
             ReferenceKernels.linearBackward(dinp, dw, db, dout, inp, w, n, c, oc);
             record("linearBackward", n + "x" + c + "->" + oc,
-                    Math.max(Buffers.relativeError(dinp, sDinp, 1e-6), Math.max(Buffers.relativeError(dw, sDw, 1e-6), Buffers.relativeError(db, sDb, 1e-6))), TOL, ms);
+                    Math.max(buf.relativeError(dinp, sDinp, 1e-6), Math.max(buf.relativeError(dw, sDw, 1e-6), buf.relativeError(db, sDb, 1e-6))), TOL, ms);
         }
     }
 
     private void sumRows(int n, int c) {
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             double[] x = randn(n * c), acc = randn(c);
-            MemorySegment sAcc = Buffers.floats(arena, acc);
+            MemorySegment sAcc = buf.floats(acc);
             long t0 = System.nanoTime();
-            kernels.sumRows(sAcc, Buffers.floats(arena, x), n, c);
+            kernels.sumRows(sAcc, buf.floats(x), n, c);
             double ms = millis(t0);
             for (int r = 0; r < n; r++) for (int j = 0; j < c; j++) acc[j] += x[r * c + j];
-            record("sumRows", n + "x" + c, Buffers.relativeError(acc, sAcc, 1e-6), TOL, ms);
+            record("sumRows", n + "x" + c, buf.relativeError(acc, sAcc, 1e-6), TOL, ms);
         }
     }
 
     private void embedding(int rows, int c) {
         int t = Math.max(1, rows / 2 + 1), b = Math.max(1, rows / t), vocab = 2 * rows + 3;
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             int[] tokens = new int[b * t];
             for (int i = 0; i < tokens.length; i++) tokens[i] = rng.nextInt(vocab);
             tokens[0] = tokens.length > 1 ? tokens[tokens.length - 1] : tokens[0]; // a repeated id exercises the scatter-add
             double[] wte = randn(vocab * c), wpe = randn(t * c), out = new double[b * t * c], dout = randn(b * t * c);
-            MemorySegment sTok = Buffers.ints(arena, tokens), sOut = Buffers.poisoned(arena, out.length);
+            MemorySegment sTok = buf.ints(tokens), sOut = buf.poisoned(out.length);
             long t0 = System.nanoTime();
-            kernels.embeddingForward(sOut, sTok, Buffers.floats(arena, wte), Buffers.floats(arena, wpe), b, t, c, vocab);
+            kernels.embeddingForward(sOut, sTok, buf.floats(wte), buf.floats(wpe), b, t, c, vocab);
             double ms = millis(t0);
             ReferenceKernels.embeddingForward(out, tokens, wte, wpe, b, t, c);
-            record("embeddingForward", b + "x" + t + "x" + c, Buffers.relativeError(out, sOut, 1e-6), TOL, ms);
+            record("embeddingForward", b + "x" + t + "x" + c, buf.relativeError(out, sOut, 1e-6), TOL, ms);
 
             double[] dwte = randn(vocab * c), dwpe = randn(t * c);
-            MemorySegment sDwte = Buffers.floats(arena, dwte), sDwpe = Buffers.floats(arena, dwpe);
+            MemorySegment sDwte = buf.floats(dwte), sDwpe = buf.floats(dwpe);
             t0 = System.nanoTime();
-            kernels.embeddingBackward(sDwte, sDwpe, Buffers.floats(arena, dout), sTok, b, t, c);
+            kernels.embeddingBackward(sDwte, sDwpe, buf.floats(dout), sTok, b, t, c);
             ms = millis(t0);
             ReferenceKernels.embeddingBackward(dwte, dwpe, dout, tokens, b, t, c);
-            record("embeddingBackward", b + "x" + t + "x" + c, Math.max(Buffers.relativeError(dwte, sDwte, 1e-6), Buffers.relativeError(dwpe, sDwpe, 1e-6)), TOL, ms);
+            record("embeddingBackward", b + "x" + t + "x" + c, Math.max(buf.relativeError(dwte, sDwte, 1e-6), buf.relativeError(dwpe, sDwpe, 1e-6)), TOL, ms);
         }
     }
 
     private void layerNorm(int n, int c) {
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             double[] inp = randn(n * c), w = randn(c), b = randn(c), dout = randn(n * c);
             for (int i = 0; i < inp.length; i++) inp[i] = 3 * inp[i] + 1.5; // an offset mean exercises the centring
             double[] out = new double[n * c], mean = new double[n], rstd = new double[n];
-            MemorySegment sOut = Buffers.poisoned(arena, out.length), sMean = Buffers.poisoned(arena, n), sRstd = Buffers.poisoned(arena, n);
-            MemorySegment sInp = Buffers.floats(arena, inp), sW = Buffers.floats(arena, w);
+            MemorySegment sOut = buf.poisoned(out.length), sMean = buf.poisoned(n), sRstd = buf.poisoned(n);
+            MemorySegment sInp = buf.floats(inp), sW = buf.floats(w);
             long t0 = System.nanoTime();
-            kernels.layerNormForward(sOut, sMean, sRstd, sInp, sW, Buffers.floats(arena, b), n, c);
+            kernels.layerNormForward(sOut, sMean, sRstd, sInp, sW, buf.floats(b), n, c);
             double ms = millis(t0);
             ReferenceKernels.layerNormForward(out, mean, rstd, inp, w, b, n, c);
             record("layerNormForward", n + "x" + c,
-                    Math.max(Buffers.relativeError(out, sOut, 1e-6), Math.max(Buffers.relativeError(mean, sMean, 1e-6), Buffers.relativeError(rstd, sRstd, 1e-6))), TOL, ms);
+                    Math.max(buf.relativeError(out, sOut, 1e-6), Math.max(buf.relativeError(mean, sMean, 1e-6), buf.relativeError(rstd, sRstd, 1e-6))), TOL, ms);
 
             double[] dinp = randn(n * c), dw = randn(c), db = randn(c);
-            MemorySegment sDinp = Buffers.floats(arena, dinp), sDw = Buffers.floats(arena, dw), sDb = Buffers.floats(arena, db);
+            MemorySegment sDinp = buf.floats(dinp), sDw = buf.floats(dw), sDb = buf.floats(db);
             t0 = System.nanoTime();
-            kernels.layerNormBackward(sDinp, sDw, sDb, Buffers.floats(arena, dout), sInp, sW, sMean, sRstd, n, c);
+            kernels.layerNormBackward(sDinp, sDw, sDb, buf.floats(dout), sInp, sW, sMean, sRstd, n, c);
             ms = millis(t0);
             ReferenceKernels.layerNormBackward(dinp, dw, db, dout, inp, w, mean, rstd, n, c);
             record("layerNormBackward", n + "x" + c,
-                    Math.max(Buffers.relativeError(dinp, sDinp, 1e-6), Math.max(Buffers.relativeError(dw, sDw, 1e-6), Buffers.relativeError(db, sDb, 1e-6))), TOL_LOOSE, ms);
+                    Math.max(buf.relativeError(dinp, sDinp, 1e-6), Math.max(buf.relativeError(dw, sDw, 1e-6), buf.relativeError(db, sDb, 1e-6))), TOL_LOOSE, ms);
         }
     }
 
     private void gelu(int n) {
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             double[] inp = randn(n), out = new double[n], dout = randn(n), dinp = randn(n);
             for (int i = 0; i < n; i++) inp[i] *= 3;
-            MemorySegment sOut = Buffers.poisoned(arena, n), sInp = Buffers.floats(arena, inp), sDinp = Buffers.floats(arena, dinp);
+            MemorySegment sOut = buf.poisoned(n), sInp = buf.floats(inp), sDinp = buf.floats(dinp);
             long t0 = System.nanoTime();
             kernels.geluForward(sOut, sInp, n);
             double ms = millis(t0);
             ReferenceKernels.geluForward(out, inp, n);
-            record("geluForward", String.valueOf(n), Buffers.relativeError(out, sOut, 1e-6), TOL, ms);
+            record("geluForward", String.valueOf(n), buf.relativeError(out, sOut, 1e-6), TOL, ms);
             t0 = System.nanoTime();
-            kernels.geluBackward(sDinp, sInp, Buffers.floats(arena, dout), n);
+            kernels.geluBackward(sDinp, sInp, buf.floats(dout), n);
             ms = millis(t0);
             ReferenceKernels.geluBackward(dinp, inp, dout, n);
-            record("geluBackward", String.valueOf(n), Buffers.relativeError(dinp, sDinp, 1e-6), TOL, ms);
+            record("geluBackward", String.valueOf(n), buf.relativeError(dinp, sDinp, 1e-6), TOL, ms);
         }
     }
 
     private void residual(int n) {
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             double[] a = randn(n), b = randn(n), out = new double[n], dst = randn(n);
-            MemorySegment sOut = Buffers.poisoned(arena, n), sDst = Buffers.floats(arena, dst), sA = Buffers.floats(arena, a);
+            MemorySegment sOut = buf.poisoned(n), sDst = buf.floats(dst), sA = buf.floats(a);
             long t0 = System.nanoTime();
-            kernels.residualForward(sOut, sA, Buffers.floats(arena, b), n);
+            kernels.residualForward(sOut, sA, buf.floats(b), n);
             double ms = millis(t0);
             for (int i = 0; i < n; i++) out[i] = a[i] + b[i];
-            record("residualForward", String.valueOf(n), Buffers.relativeError(out, sOut, 1e-6), TOL, ms);
+            record("residualForward", String.valueOf(n), buf.relativeError(out, sOut, 1e-6), TOL, ms);
             t0 = System.nanoTime();
             kernels.accumulate(sDst, sA, n);
             ms = millis(t0);
             for (int i = 0; i < n; i++) dst[i] += a[i];
-            record("accumulate", String.valueOf(n), Buffers.relativeError(dst, sDst, 1e-6), TOL, ms);
+            record("accumulate", String.valueOf(n), buf.relativeError(dst, sDst, 1e-6), TOL, ms);
         }
     }
 
     private void adamW(int n) {
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             double[] p = randn(n), g = randn(n), m = randn(n), v = randn(n);
             for (int i = 0; i < n; i++) {
                 v[i] = Math.abs(v[i]);
                 m[i] *= 0.1;
             }
-            MemorySegment sp = Buffers.floats(arena, p), sm = Buffers.floats(arena, m), sv = Buffers.floats(arena, v);
+            MemorySegment sp = buf.floats(p), sm = buf.floats(m), sv = buf.floats(v);
             long t0 = System.nanoTime();
-            kernels.adamW(sp, Buffers.floats(arena, g), sm, sv, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
+            kernels.adamW(sp, buf.floats(g), sm, sv, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
             double ms = millis(t0);
             ReferenceKernels.adamW(p, g, m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1, 7);
-            record("adamW", String.valueOf(n), Math.max(Buffers.relativeError(p, sp, 1e-6), Math.max(Buffers.relativeError(m, sm, 1e-6), Buffers.relativeError(v, sv, 1e-6))), TOL, ms);
+            record("adamW", String.valueOf(n), Math.max(buf.relativeError(p, sp, 1e-6), Math.max(buf.relativeError(m, sm, 1e-6), buf.relativeError(v, sv, 1e-6))), TOL, ms);
         }
     }
 
     private void reductions(int n) {
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             double[] x = randn(n);
-            MemorySegment sx = Buffers.floats(arena, x);
+            MemorySegment sx = buf.floats(x);
             long t0 = System.nanoTime();
             double sq = kernels.sumOfSquares(sx, n);
             double ms = millis(t0);
@@ -278,39 +288,41 @@ public final class KernelConformance {
             kernels.scale(sx, 0.37f, n);
             ms = millis(t0);
             for (int i = 0; i < n; i++) x[i] *= 0.37f;
-            record("scale", String.valueOf(n), Buffers.relativeError(x, sx, 1e-6), TOL, ms);
-            MemorySegment filled = Buffers.poisoned(arena, n);
+            record("scale", String.valueOf(n), buf.relativeError(x, sx, 1e-6), TOL, ms);
+            MemorySegment filled = buf.poisoned(n);
             t0 = System.nanoTime();
             kernels.fill(filled, 2.5f, n);
             ms = millis(t0);
             double[] expect = new double[n];
             java.util.Arrays.fill(expect, 2.5);
-            record("fill", String.valueOf(n), Buffers.relativeError(expect, filled, 1e-6), TOL, ms);
+            record("fill", String.valueOf(n), buf.relativeError(expect, filled, 1e-6), TOL, ms);
         }
     }
 
     private void attention(int b, int t, int c, int nh) {
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             double[] qkv = randn(b * t * 3 * c), out = new double[b * t * c], att = new double[b * nh * t * t];
             double[] dout = randn(b * t * c), dqkv = randn(qkv.length);
-            MemorySegment sOut = Buffers.poisoned(arena, out.length), sAtt = Buffers.poisoned(arena, att.length), sQkv = Buffers.floats(arena, qkv);
+            MemorySegment sOut = buf.poisoned(out.length), sAtt = buf.poisoned(att.length), sQkv = buf.floats(qkv);
             long t0 = System.nanoTime();
             kernels.attentionForward(sOut, sAtt, sQkv, b, t, c, nh);
             double ms = millis(t0);
             ReferenceKernels.attentionForward(out, att, qkv, b, t, c, nh);
             String size = b + "x" + t + "x" + c + "/" + nh;
-            record("attentionForward", size, Math.max(Buffers.relativeError(out, sOut, 1e-6), Buffers.relativeError(att, sAtt, 1e-6)), TOL, ms);
-            MemorySegment sDqkv = Buffers.floats(arena, dqkv);
+            record("attentionForward", size, Math.max(buf.relativeError(out, sOut, 1e-6), buf.relativeError(att, sAtt, 1e-6)), TOL, ms);
+            MemorySegment sDqkv = buf.floats(dqkv);
             t0 = System.nanoTime();
-            kernels.attentionBackward(sDqkv, Buffers.poisoned(arena, att.length), Buffers.floats(arena, dout), sQkv, sAtt, b, t, c, nh);
+            kernels.attentionBackward(sDqkv, buf.poisoned(att.length), buf.floats(dout), sQkv, sAtt, b, t, c, nh);
             ms = millis(t0);
             ReferenceKernels.attentionBackward(dqkv, dout, qkv, att, b, t, c, nh);
-            record("attentionBackward", size, Buffers.relativeError(dqkv, sDqkv, 1e-6), TOL_LOOSE, ms);
+            record("attentionBackward", size, buf.relativeError(dqkv, sDqkv, 1e-6), TOL_LOOSE, ms);
         }
     }
 
     private void softmaxCrossEntropy(int n, int v) {
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             double[] logits = randn(n * v);
             for (int i = 0; i < logits.length; i++) logits[i] *= 4;
             int[] targets = new int[n];
@@ -321,11 +333,11 @@ public final class KernelConformance {
             double scale = valid == 0 ? 0 : 1.0 / valid;
             double[] dlogits = new double[n * v];
             double[] losses = ReferenceKernels.softmaxCrossEntropy(logits, targets, n, v, -100, dlogits, scale);
-            MemorySegment sLogits = Buffers.floats(arena, logits), sLosses = Buffers.poisoned(arena, n);
+            MemorySegment sLogits = buf.floats(logits), sLosses = buf.poisoned(n);
             long t0 = System.nanoTime();
-            int counted = kernels.softmaxCrossEntropy(sLosses, sLogits, Buffers.ints(arena, targets), n, v, -100, true, (float) scale);
+            int counted = kernels.softmaxCrossEntropy(sLosses, sLogits, buf.ints(targets), n, v, -100, true, (float) scale);
             double ms = millis(t0);
-            double err = Math.max(Buffers.relativeError(losses, sLosses, 1e-6), Buffers.relativeError(dlogits, sLogits, 1e-6));
+            double err = Math.max(buf.relativeError(losses, sLosses, 1e-6), buf.relativeError(dlogits, sLogits, 1e-6));
             if (counted != valid) err = Double.POSITIVE_INFINITY;
             record("softmaxCrossEntropy", n + "x" + v, err, TOL, ms);
         }
@@ -339,6 +351,7 @@ public final class KernelConformance {
     private void distillLoss(int n, int vt) {
         int v = vt + 3, k = Math.min(8, vt), samples = 16;
         try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
             double[] s = randn(n * v), t = randn(n * vt);
             for (int i = 0; i < t.length; i++) t[i] *= 3;
             int[] labels = new int[n];
@@ -354,8 +367,8 @@ public final class KernelConformance {
                     rounded[i] = type.read(tl, i);
                 }
                 DistillOptions o = type == LogitType.BF16 ? base : base.withDivergence(Divergence.jsd(0.5));
-                distillCheck(arena, "distill dense " + type + (type == LogitType.BF16 ? " fkl" : " jsd"), size, s, labels,
-                        new TeacherTargets.Dense(tl, type, vt), new ReferenceDistillLoss.Dense(rounded, vt), n, v, o);
+                distillCheck(buf, "distill dense " + type + (type == LogitType.BF16 ? " fkl" : " jsd"), size, s, labels,
+                        new TeacherTargets.Dense(buf.place(tl), type, vt), new ReferenceDistillLoss.Dense(rounded, vt), n, v, o);
             }
             int[] ids = new int[n * k];
             double[] topLogits = new double[n * k], lse = new double[n];
@@ -372,8 +385,8 @@ public final class KernelConformance {
                     topLogits[r * k + i] = t[r * vt + order[i]];
                 }
             }
-            distillCheck(arena, "distill top-" + k + " rkl", size, s, labels,
-                    new TeacherTargets.TopK(Buffers.ints(arena, ids), Buffers.floats(arena, topLogits), LogitType.F32, Buffers.floats(arena, lse), k, vt, 2f),
+            distillCheck(buf, "distill top-" + k + " rkl", size, s, labels,
+                    new TeacherTargets.TopK(buf.ints(ids), buf.floats(topLogits), LogitType.F32, buf.floats(lse), k, vt, 2f),
                     new ReferenceDistillLoss.TopK(ids, topLogits, lse, k, vt, 2.0), n, v, base.withDivergence(Divergence.reverseKl()));
             int[] sIds = new int[n * samples];
             double[] w = new double[n * samples];
@@ -381,20 +394,20 @@ public final class KernelConformance {
                 sIds[i] = rng.nextInt(vt);
                 w[i] = (float) (1.0 / samples);
             }
-            distillCheck(arena, "distill sampled fkl", size, s, labels,
-                    new TeacherTargets.Sampled(Buffers.ints(arena, sIds), Buffers.floats(arena, w), samples, vt, 2f),
+            distillCheck(buf, "distill sampled fkl", size, s, labels,
+                    new TeacherTargets.Sampled(buf.ints(sIds), buf.floats(w), samples, vt, 2f),
                     new ReferenceDistillLoss.Sampled(sIds, w, samples, vt), n, v, base);
         }
     }
 
-    private void distillCheck(Arena arena, String kernel, String size, double[] s, int[] labels, TeacherTargets teacher,
+    private void distillCheck(KernelBuffers buf, String kernel, String size, double[] s, int[] labels, TeacherTargets teacher,
                               ReferenceDistillLoss.Teacher reference, int n, int v, DistillOptions o) {
-        MemorySegment student = Buffers.floats(arena, s), ce = Buffers.poisoned(arena, n), div = Buffers.poisoned(arena, n);
+        MemorySegment student = buf.floats(s), ce = buf.poisoned(n), div = buf.poisoned(n);
         long t0 = System.nanoTime();
-        DistillSums sums = kernels.distillLoss(student, student, teacher, Buffers.ints(arena, labels), ce, div, n, v, o, 1f / n);
+        DistillSums sums = kernels.distillLoss(student, student, teacher, buf.ints(labels), ce, div, n, v, o, 1f / n);
         double ms = millis(t0);
         ReferenceDistillLoss.Result ref = ReferenceDistillLoss.compute(s, reference, labels, n, v, o, 1.0 / n);
-        double err = Math.max(Buffers.relativeError(ref.grad(), student, 1e-3), Math.max(Buffers.relativeError(ref.ce(), ce, 1e-3), Buffers.relativeError(ref.divergence(), div, 1e-3)));
+        double err = Math.max(buf.relativeError(ref.grad(), student, 1e-3), Math.max(buf.relativeError(ref.ce(), ce, 1e-3), buf.relativeError(ref.divergence(), div, 1e-3)));
         err = Math.max(err, Math.abs(sums.total() - ref.total()) / Math.max(1e-3, Math.abs(ref.total())));
         if (sums.rows() != ref.rows()) err = Double.POSITIVE_INFINITY;
         record(kernel, size, err, TOL_LOOSE, ms);

@@ -7,6 +7,7 @@ import static dev.distillery.kernels.cpu.VectorOps.get;
 import static dev.distillery.kernels.cpu.VectorOps.ORDER;
 import static dev.distillery.kernels.cpu.VectorOps.set;
 
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 
 import dev.distillery.bindings.OpenBlasLibrary;
@@ -79,6 +80,42 @@ public final class CpuKernels implements Kernels {
 
     public int threads() {
         return pool.threads();
+    }
+
+    // ---------------------------------------------------------------- memory: plain host memory
+
+    @Override
+    public boolean hostAccessible() {
+        return true;
+    }
+
+    @Override
+    public MemorySegment allocate(Arena owner, long bytes) {
+        return owner.allocate(Math.max(1, bytes), 64).asSlice(0, bytes);
+    }
+
+    @Override
+    public MemorySegment allocateStaging(Arena owner, long bytes) {
+        return allocate(owner, bytes);
+    }
+
+    @Override
+    public void copyFromHost(MemorySegment dst, MemorySegment hostSrc, long bytes) {
+        MemorySegment.copy(hostSrc, 0, dst, 0, bytes);
+    }
+
+    @Override
+    public void copyToHost(MemorySegment hostDst, MemorySegment src, long bytes) {
+        MemorySegment.copy(src, 0, hostDst, 0, bytes);
+    }
+
+    @Override
+    public void copyFromHostAsync(MemorySegment dst, MemorySegment hostSrc, long bytes) {
+        copyFromHost(dst, hostSrc, bytes);
+    }
+
+    @Override
+    public void joinCopies() {
     }
 
     @Override

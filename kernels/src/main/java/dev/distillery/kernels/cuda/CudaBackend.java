@@ -25,6 +25,17 @@ public interface CudaBackend extends AutoCloseable {
 
     void download(MemorySegment dst, long src, long bytes);
 
+    /** Page-locked host memory of {@code bytes} (the source of {@link #uploadAsync}). */
+    MemorySegment allocHost(long bytes);
+
+    void freeHost(MemorySegment host);
+
+    /** Host (page-locked) → device on the copy stream, overlapping the compute stream's work. */
+    void uploadAsync(long dst, MemorySegment src, long bytes);
+
+    /** Makes the compute stream's later work wait for the copy stream's work issued so far. */
+    void joinCopies();
+
     /**
      * Launches {@code kernel} with a 1-D grid. Arguments: {@link Ptr} (device pointer), Integer,
      * Long (64-bit), Float, or a MemorySegment holding a struct passed by value.

@@ -37,6 +37,7 @@ public final class CudaDevice implements CudaBackend {
     private final MemorySegment module;
     private final MemorySegment stream;
     private final MemorySegment copyStream;
+    private final MemorySegment copiesDone;
     private final MemorySegment cublas;
     private final Map<String, MemorySegment> functions = new HashMap<>();
     private boolean closed;
@@ -68,6 +69,8 @@ public final class CudaDevice implements CudaBackend {
         this.stream = ptr.get(ValueLayout.ADDRESS, 0);
         CudaCalls.driver(CudaDriver.cuStreamCreate(ptr, CudaDriver.CU_STREAM_NON_BLOCKING()), "cuStreamCreate(copy)");
         this.copyStream = ptr.get(ValueLayout.ADDRESS, 0);
+        CudaCalls.driver(CudaDriver.cuEventCreate(ptr, CudaDriver.CU_EVENT_DEFAULT()), "cuEventCreate(copies done)");
+        this.copiesDone = ptr.get(ValueLayout.ADDRESS, 0);
         CudaCalls.cublas(Cublas.cublasCreate_v2(ptr), "cublasCreate");
         this.cublas = ptr.get(ValueLayout.ADDRESS, 0);
         CudaCalls.cublas(Cublas.cublasSetStream_v2(cublas, stream), "cublasSetStream");
@@ -129,13 +132,27 @@ public final class CudaDevice implements CudaBackend {
         CudaCalls.driver(CudaDriver.cuMemcpyDtoD_v2(dst, src, bytes), "cuMemcpyDtoD(" + bytes + " bytes)");
     }
 
-    /** Host (pinned for overlap) → device on the copy stream; the caller orders it with {@link #synchronizeCopies()}. */
+    @Override
+    public MemorySegment allocHost(long bytes) {
+        MemorySegment p = arena.allocate(ValueLayout.ADDRESS);
+        CudaCalls.driver(CudaDriver.cuMemAllocHost_v2(p, Math.max(4, bytes)), "cuMemAllocHost(" + bytes + " bytes)");
+        return p.get(ValueLayout.ADDRESS, 0).reinterpret(bytes);
+    }
+
+    @Override
+    public void freeHost(MemorySegment host) {
+        CudaCalls.driver(CudaDriver.cuMemFreeHost(host), "cuMemFreeHost");
+    }
+
+    @Override
     public void uploadAsync(long dst, MemorySegment src, long bytes) {
         CudaCalls.driver(CudaDriver.cuMemcpyHtoDAsync_v2(dst, src, bytes, copyStream), "cuMemcpyHtoDAsync(" + bytes + " bytes)");
     }
 
-    public void synchronizeCopies() {
-        CudaCalls.driver(CudaDriver.cuStreamSynchronize(copyStream), "cuStreamSynchronize(copy)");
+    @Override
+    public void joinCopies() {
+        CudaCalls.driver(CudaDriver.cuEventRecord(copiesDone, copyStream), "cuEventRecord(copy stream)");
+        CudaCalls.driver(CudaDriver.cuStreamWaitEvent(stream, copiesDone, 0), "cuStreamWaitEvent(compute on copies)");
     }
 
     @Override
@@ -193,6 +210,7 @@ public final class CudaDevice implements CudaBackend {
         CudaCalls.cublas(Cublas.cublasDestroy_v2(cublas), "cublasDestroy");
         CudaCalls.driver(CudaDriver.cuStreamDestroy_v2(stream), "cuStreamDestroy(compute)");
         CudaCalls.driver(CudaDriver.cuStreamDestroy_v2(copyStream), "cuStreamDestroy(copy)");
+        CudaCalls.driver(CudaDriver.cuEventDestroy_v2(copiesDone), "cuEventDestroy(copies done)");
         CudaCalls.driver(CudaDriver.cuModuleUnload(module), "cuModuleUnload");
         CudaCalls.driver(CudaDriver.cuDevicePrimaryCtxRelease_v2(device), "cuDevicePrimaryCtxRelease");
         arena.close();

@@ -23,15 +23,16 @@ import dev.distillery.kernels.distill.TeacherTargets;
  * <p>Attention is composed like the CPU's: per batch element, strided-batched GEMMs over the heads
  * straight on the (b, t, 3c) qkv layout (no permute copies), and the causal softmax kernels.
  *
- * <p>Status: passes the same {@code KernelConformance} suite as {@code CpuKernels} under the CPU
- * emulation of the backend (tests); never yet run on a GPU, and the runtime does not yet allocate
- * its tensors through it (docs/DESIGN-NOTES.md), so training cannot select it.
+ * <p>Status: passes the same {@code KernelConformance} suite as {@code CpuKernels}, and trains the
+ * student like {@code CpuKernels} does, under the CPU emulation of the backend (tests); never yet
+ * run on a GPU from this project's machines.
  */
 public final class CudaKernels implements Kernels {
 
     private final CudaBackend gpu;
     private long scratch;
     private long scratchBytes;
+    private boolean closed;
 
     public CudaKernels(CudaBackend gpu) {
         this.gpu = gpu;
@@ -42,21 +43,53 @@ public final class CudaKernels implements Kernels {
         return "cuda (" + gpu.describe() + ")";
     }
 
-    /** Device memory of {@code bytes}, as a segment whose address is the device pointer (never read it on the host). */
-    public MemorySegment allocate(long bytes) {
-        return MemorySegment.ofAddress(gpu.alloc(bytes)).reinterpret(bytes);
+    // ---------------------------------------------------------------- memory
+
+    @Override
+    public boolean hostAccessible() {
+        return false;
     }
 
-    public void free(MemorySegment deviceSegment) {
-        gpu.free(deviceSegment.address());
+    /**
+     * Device memory: a segment whose address is the device pointer, sized but never to be read on
+     * the host; {@code cuMemFree} runs when {@code owner} closes (skipped once these kernels are
+     * closed: the context's teardown has released it).
+     */
+    @Override
+    public MemorySegment allocate(Arena owner, long bytes) {
+        long address = gpu.alloc(bytes);
+        return MemorySegment.ofAddress(address).reinterpret(bytes, owner, s -> {
+            if (!closed) gpu.free(address);
+        });
     }
 
-    public void upload(MemorySegment device, MemorySegment hostSrc, long bytes) {
-        gpu.upload(device.address(), hostSrc, bytes);
+    /** Page-locked host memory ({@code cuMemAllocHost}), freed when {@code owner} closes. */
+    @Override
+    public MemorySegment allocateStaging(Arena owner, long bytes) {
+        MemorySegment host = gpu.allocHost(bytes);
+        return host.reinterpret(bytes, owner, s -> {
+            if (!closed) gpu.freeHost(host);
+        });
     }
 
-    public void download(MemorySegment hostDst, MemorySegment device, long bytes) {
-        gpu.download(hostDst, device.address(), bytes);
+    @Override
+    public void copyFromHost(MemorySegment dst, MemorySegment hostSrc, long bytes) {
+        if (bytes > 0) gpu.upload(dst.address(), hostSrc, bytes);
+    }
+
+    @Override
+    public void copyToHost(MemorySegment hostDst, MemorySegment src, long bytes) {
+        if (bytes > 0) gpu.download(hostDst, src.address(), bytes);
+    }
+
+    @Override
+    public void copyFromHostAsync(MemorySegment dst, MemorySegment hostSrc, long bytes) {
+        if (bytes > 0) gpu.uploadAsync(dst.address(), hostSrc, bytes);
+    }
+
+    @Override
+    public void joinCopies() {
+        gpu.joinCopies();
     }
 
     private static CudaBackend.Ptr p(MemorySegment s) {
@@ -366,7 +399,9 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public void close() {
+        if (closed) return;
         if (scratch != 0) gpu.free(scratch);
         scratch = 0;
+        closed = true;
     }
 }

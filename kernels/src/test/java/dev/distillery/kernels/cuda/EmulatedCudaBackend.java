@@ -14,9 +14,18 @@ import java.util.Map;
 /**
  * {@link CudaBackend} on the CPU: the fatbin's kernels compiled with the emulation header into a
  * shared library ({@code emu_device.cpp}), launched by name through FFM with the same argument
- * marshalling as the real device; "device" memory is host memory, so a test can read it directly.
+ * marshalling as the real device.
+ *
+ * <p>"Device" memory is host memory handed out at an address moved by {@link #DEVICE_OFFSET} into
+ * the non-canonical range of x86-64: like a real device pointer it works in launches, GEMMs and
+ * copies (which translate it back), and a host dereference of it faults instead of silently
+ * reading the right bytes. Code that passes under this backend therefore never reads device
+ * memory on the host.
  */
-final class EmulatedCudaBackend implements CudaBackend {
+public final class EmulatedCudaBackend implements CudaBackend {
+
+    /** Added to a host address to make the emulated device pointer (bit 62: far outside any user address). */
+    static final long DEVICE_OFFSET = 1L << 62;
 
     private final Arena arena = Arena.ofShared();
     private final Map<Long, MemorySegment> live = new HashMap<>();
@@ -24,7 +33,7 @@ final class EmulatedCudaBackend implements CudaBackend {
     private final MethodHandle sgemm;
     private int launches;
 
-    EmulatedCudaBackend(Path library) {
+    public EmulatedCudaBackend(Path library) {
         SymbolLookup lib = SymbolLookup.libraryLookup(library, arena);
         Linker linker = Linker.nativeLinker();
         launch = linker.downcallHandle(lib.findOrThrow("emu_launch"), FunctionDescriptor.of(ValueLayout.JAVA_INT,
@@ -36,7 +45,7 @@ final class EmulatedCudaBackend implements CudaBackend {
                 ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT, ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT));
     }
 
-    int launches() {
+    public int launches() {
         return launches;
     }
 
@@ -49,29 +58,60 @@ final class EmulatedCudaBackend implements CudaBackend {
     public long alloc(long bytes) {
         MemorySegment s = arena.allocate(Math.max(4, bytes), 256);
         live.put(s.address(), s);
-        return s.address();
+        return s.address() + DEVICE_OFFSET;
     }
 
     @Override
     public void free(long address) {
-        if (live.remove(address) == null) throw new IllegalStateException("free of " + address + ": not allocated here (or freed twice)");
+        if (live.remove(host(address)) == null) throw new IllegalStateException("free of " + address + ": not allocated here (or freed twice)");
+    }
+
+    /** The host address behind an emulated device pointer; fails on anything else (a host pointer passed as a device one). */
+    private static long host(long device) {
+        if (device == 0) return 0;
+        if ((device & DEVICE_OFFSET) == 0) {
+            throw new IllegalArgumentException("0x" + Long.toHexString(device) + " is not a device pointer (host memory passed to the device?)");
+        }
+        return device - DEVICE_OFFSET;
     }
 
     @Override
     public void upload(long dst, MemorySegment src, long bytes) {
-        MemorySegment.copy(src, 0, MemorySegment.ofAddress(dst).reinterpret(bytes), 0, bytes);
+        MemorySegment.copy(src, 0, MemorySegment.ofAddress(host(dst)).reinterpret(bytes), 0, bytes);
     }
 
     @Override
     public void download(MemorySegment dst, long src, long bytes) {
-        MemorySegment.copy(MemorySegment.ofAddress(src).reinterpret(bytes), 0, dst, 0, bytes);
+        if ((dst.address() & DEVICE_OFFSET) != 0) throw new IllegalArgumentException("download into a device pointer");
+        MemorySegment.copy(MemorySegment.ofAddress(host(src)).reinterpret(bytes), 0, dst, 0, bytes);
+    }
+
+    @Override
+    public MemorySegment allocHost(long bytes) {
+        return Arena.global().allocate(Math.max(4, bytes), 4096).asSlice(0, bytes);
+    }
+
+    @Override
+    public void freeHost(MemorySegment host) {
+        // global arena: the emulation keeps its few staging blocks for the life of the test JVM
+    }
+
+    @Override
+    public void uploadAsync(long dst, MemorySegment src, long bytes) {
+        upload(dst, src, bytes);
+    }
+
+    @Override
+    public void joinCopies() {
     }
 
     @Override
     public void launch(String kernel, int grid, int block, Object... args) {
         launches++;
         try (Arena call = Arena.ofConfined()) {
-            int status = (int) launch.invokeExact(call.allocateFrom(kernel), grid, block, CudaBackend.marshal(call, kernel, args));
+            Object[] hostArgs = args.clone();
+            for (int i = 0; i < hostArgs.length; i++) if (hostArgs[i] instanceof Ptr p) hostArgs[i] = new Ptr(host(p.address()));
+            int status = (int) launch.invokeExact(call.allocateFrom(kernel), grid, block, CudaBackend.marshal(call, kernel, hostArgs));
             if (status != 0) throw new IllegalArgumentException("the emulated device has no kernel named " + kernel);
         } catch (RuntimeException | Error e) {
             throw e;
@@ -90,7 +130,8 @@ final class EmulatedCudaBackend implements CudaBackend {
     public void sgemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
                                     long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
         try {
-            sgemm.invokeExact(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, batch);
+            sgemm.invokeExact(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, host(a), lda, strideA, host(b), ldb, strideB, beta, host(c), ldc,
+                    strideC, batch);
         } catch (Throwable t) {
             throw new IllegalStateException(t);
         }

@@ -12,24 +12,24 @@ import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Assumptions;
 
 /** Compiles an emulation gate ({@code cuda/src/test/emulation/*.cpp}) with g++ into a temporary folder. */
-final class EmulationBuild implements AutoCloseable {
+public final class EmulationBuild implements AutoCloseable {
 
     private final Path gpp = Path.of("/usr/bin/g++");
     private final Path emulation = Path.of("").toAbsolutePath().getParent().resolve("cuda/src/test/emulation");
     private final Path work;
 
     /** Skips the calling test class (saying why) where g++ is missing. */
-    EmulationBuild(String prefix) throws IOException {
+    public EmulationBuild(String prefix) throws IOException {
         Assumptions.assumeTrue(Files.isExecutable(gpp), "g++ not found at /usr/bin/g++: the CUDA emulation gate needs it");
         work = Files.createTempDirectory(prefix);
     }
 
-    Path work() {
+    public Path work() {
         return work;
     }
 
     /** g++ -std=c++20 {@code flags} {@code source} → {@code name}; fails the test with the compiler's output. */
-    Path build(String source, String name, String... flags) throws Exception {
+    public Path build(String source, String name, String... flags) throws Exception {
         Path out = work.resolve(name);
         List<String> cmd = new ArrayList<>(List.of(gpp.toString(), "-std=c++20", "-g", "-pthread"));
         cmd.addAll(List.of(flags));

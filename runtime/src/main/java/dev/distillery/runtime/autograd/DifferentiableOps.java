@@ -1,5 +1,7 @@
 package dev.distillery.runtime.autograd;
 
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
 import dev.distillery.kernels.Kernels;
@@ -223,13 +225,7 @@ public final class DifferentiableOps {
                                         Tensor labels, dev.distillery.kernels.distill.DistillOptions options,
                                         Reduction reduction, int chunkRows, float gradScale) {
         int n = hidden.dim(0), d = hidden.dim(1), v = weight.dim(0);
-        int valid = n;
-        if (labels != null) {
-            valid = 0;
-            for (int r = 0; r < n; r++) {
-                if (labels.data().getAtIndex(ValueLayout.JAVA_INT, r) != options.ignoreIndex()) valid++;
-            }
-        }
+        int valid = labels == null ? n : countNot(labels, n, options.ignoreIndex());
         float scale = gradScale * (reduction == Reduction.SUM ? 1f : valid == 0 ? 0f : 1f / valid);
         boolean backward = tracks(hidden, weight);
         int chunk = Math.min(chunkRows, Math.max(1, n));
@@ -255,19 +251,29 @@ public final class DifferentiableOps {
      */
     public Loss crossEntropy(Tensor logits, Tensor targets, float gradScale) {
         int n = logits.dim(0), v = logits.dim(1);
-        int valid = 0;
-        for (int r = 0; r < n; r++) {
-            if (targets.data().getAtIndex(ValueLayout.JAVA_INT, r) != IGNORE_INDEX) valid++;
-        }
+        int valid = countNot(targets, n, IGNORE_INDEX);
         boolean writeGradient = tracks(logits);
         float scale = valid == 0 ? 0f : gradScale / valid;
         Tensor losses = workspace.tensor("losses", n);
         kernels.softmaxCrossEntropy(losses.data(), logits.data(), targets.data(), n, v, IGNORE_INDEX, writeGradient, scale);
         double sum = 0;
-        for (int r = 0; r < n; r++) sum += losses.getFloat(r);
+        try (Arena host = Arena.ofConfined()) {
+            MemorySegment l = kernels.hostView(losses.data(), 4L * n, host);
+            for (int r = 0; r < n; r++) sum += l.getAtIndex(ValueLayout.JAVA_FLOAT, r);
+        }
         if (writeGradient) {
             logits.setGrad(new Tensor("logits.grad", logits.shape(), DType.F32, logits.device(), logits.data(), false));
         }
         return new Loss(valid == 0 ? 0 : sum / valid, valid);
+    }
+
+    /** How many of the first n int32 ids of a kernel buffer differ from {@code ignore} (read on the host). */
+    private int countNot(Tensor ids, int n, int ignore) {
+        try (Arena host = Arena.ofConfined()) {
+            MemorySegment h = kernels.hostView(ids.data(), 4L * n, host);
+            int count = 0;
+            for (int r = 0; r < n; r++) if (h.getAtIndex(ValueLayout.JAVA_INT, r) != ignore) count++;
+            return count;
+        }
     }
 }

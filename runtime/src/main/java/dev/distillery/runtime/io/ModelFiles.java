@@ -1,7 +1,7 @@
 package dev.distillery.runtime.io;
 
 import java.io.IOException;
-import java.lang.foreign.MemorySegment;
+import java.lang.foreign.Arena;
 import java.nio.ByteBuffer;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -13,6 +13,7 @@ import java.util.Map;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 
+import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.DType;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.nn.Transformer;
@@ -38,11 +39,14 @@ public final class ModelFiles {
 
     /** Writes {@code dir/model.safetensors} and {@code dir/config.json}. */
     public static void write(Path dir, Transformer model) throws IOException {
-        List<SafetensorsWriter.Item> items = new ArrayList<>();
-        for (Tensor t : model.parameters().parameters()) {
-            items.add(new SafetensorsWriter.Item(t.name(), DType.F32, t.shape(), t.data()));
+        Kernels kernels = model.parameters().kernels();
+        try (Arena host = Arena.ofConfined()) {
+            List<SafetensorsWriter.Item> items = new ArrayList<>();
+            for (Tensor t : model.parameters().parameters()) {
+                items.add(new SafetensorsWriter.Item(t.name(), DType.F32, t.shape(), kernels.hostView(t.data(), t.byteSize(), host)));
+            }
+            SafetensorsWriter.write(dir.resolve(MODEL), items, Map.of("format", "pt"));
         }
-        SafetensorsWriter.write(dir.resolve(MODEL), items, Map.of("format", "pt"));
         writeConfig(dir.resolve(CONFIG), model.config());
     }
 
@@ -94,10 +98,10 @@ public final class ModelFiles {
         return n.intValue();
     }
 
-    /** A new model from {@code dir} (config.json + model.safetensors); the caller closes it. */
-    public static Transformer read(Path dir) throws IOException {
+    /** A new model from {@code dir} (config.json + model.safetensors) in the memory of {@code kernels}; the caller closes it. */
+    public static Transformer read(Path dir, Kernels kernels) throws IOException {
         TransformerConfig config = readConfig(dir.resolve(CONFIG));
-        Transformer model = new Transformer(config);
+        Transformer model = new Transformer(config, kernels);
         try {
             readParameters(dir.resolve(MODEL), model);
         } catch (IOException | RuntimeException e) {
@@ -117,7 +121,7 @@ public final class ModelFiles {
                     throw new SafetensorsFormatException(file, "tensor '" + t.name() + "' at buffer offset " + e.begin() + " is "
                             + e.dtype() + " " + Arrays.toString(e.shape()) + ", the model needs F32 " + Arrays.toString(t.shape()));
                 }
-                MemorySegment.copy(st.bytes(t.name()), 0, t.data(), 0, t.byteSize());
+                model.parameters().write(t, st.bytes(t.name()));
             }
         }
     }
@@ -127,9 +131,13 @@ public final class ModelFiles {
         Map<String, String> meta = new LinkedHashMap<>(metadata);
         meta.put("adam.step", Integer.toString(optimizer.step()));
         int n = Math.toIntExact(elements);
-        SafetensorsWriter.write(file, List.of(
-                new SafetensorsWriter.Item("adam.m", DType.F32, new int[]{n}, optimizer.firstMoments()),
-                new SafetensorsWriter.Item("adam.v", DType.F32, new int[]{n}, optimizer.secondMoments())), meta);
+        Kernels kernels = optimizer.kernels();
+        try (Arena host = Arena.ofConfined()) {
+            SafetensorsWriter.write(file, List.of(
+                    new SafetensorsWriter.Item("adam.m", DType.F32, new int[]{n}, kernels.hostView(optimizer.firstMoments(), 4 * elements, host)),
+                    new SafetensorsWriter.Item("adam.v", DType.F32, new int[]{n}, kernels.hostView(optimizer.secondMoments(), 4 * elements, host))),
+                    meta);
+        }
     }
 
     /** Restores AdamW's moments and step from {@code file}; returns the file's metadata. */
@@ -143,8 +151,8 @@ public final class ModelFiles {
                             + ", the model's optimizer needs F32 [" + elements + "]");
                 }
             }
-            MemorySegment.copy(st.bytes("adam.m"), 0, optimizer.firstMoments(), 0, 4 * elements);
-            MemorySegment.copy(st.bytes("adam.v"), 0, optimizer.secondMoments(), 0, 4 * elements);
+            optimizer.kernels().copyFromHost(optimizer.firstMoments(), st.bytes("adam.m"), 4 * elements);
+            optimizer.kernels().copyFromHost(optimizer.secondMoments(), st.bytes("adam.v"), 4 * elements);
             String step = st.metadata().get("adam.step");
             try {
                 optimizer.setStep(Integer.parseInt(step));

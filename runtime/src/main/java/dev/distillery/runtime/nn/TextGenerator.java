@@ -1,6 +1,7 @@
 package dev.distillery.runtime.nn;
 
 import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 
@@ -21,18 +22,25 @@ import dev.distillery.runtime.autograd.Tape;
 public final class TextGenerator implements AutoCloseable {
 
     private final Transformer model;
-    private final Workspace workspace = new Workspace(1 << 20);
+    private final Kernels kernels;
+    private final Workspace workspace;
     private final Tape tape = new Tape();
     private final DifferentiableOps ops;
     private final Arena arena = Arena.ofShared();
     private final Tensor tokens;
+    private final MemorySegment hostTokens;
+    private final MemorySegment hostRow;
 
     public TextGenerator(Transformer model, Kernels kernels) {
         this.model = model;
+        this.kernels = kernels;
+        this.workspace = new Workspace(kernels, 1 << 20);
         this.ops = new DifferentiableOps(kernels, workspace, tape);
         tape.setEnabled(false);
         int ctx = model.config().contextLength();
-        this.tokens = new Tensor("tokens", new int[]{1, ctx}, DType.I32, Device.CPU, arena.allocate(4L * ctx, 64), false);
+        this.tokens = new Tensor("tokens", new int[]{1, ctx}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4L * ctx), false);
+        this.hostTokens = arena.allocate(4L * ctx, 64);
+        this.hostRow = arena.allocate(4L * model.config().vocabSize(), 64);
     }
 
     /**
@@ -52,21 +60,23 @@ public final class TextGenerator implements AutoCloseable {
             int t = Math.min(n, ctx), from = n - t;
             for (int i = 0; i < t; i++) {
                 if (seq[from + i] < 0 || seq[from + i] >= v) throw new IllegalArgumentException("token id " + seq[from + i] + " is outside the vocabulary of " + v);
-                tokens.data().setAtIndex(ValueLayout.JAVA_INT, i, seq[from + i]);
+                hostTokens.setAtIndex(ValueLayout.JAVA_INT, i, seq[from + i]);
             }
+            kernels.copyFromHost(tokens.data(), hostTokens, 4L * t);
             workspace.reset();
             tape.clear();
             Tensor logits = model.forward(ops, tokens, 1, t);
-            long last = (long) (t - 1) * v;
+            // the last position's logits (vocab) on the host
+            kernels.copyToHost(hostRow, logits.data().asSlice(4L * (t - 1) * v, 4L * v), 4L * v);
             if (temperature == 0) {
                 int best = 0;
-                for (int j = 1; j < v; j++) if (logits.getFloat(last + j) > logits.getFloat(last + best)) best = j;
+                for (int j = 1; j < v; j++) if (logit(j) > logit(best)) best = j;
                 seq[n] = best;
                 continue;
             }
             double max = Double.NEGATIVE_INFINITY;
-            for (int j = 0; j < v; j++) max = Math.max(max, logits.getFloat(last + j));
-            for (int j = 0; j < v; j++) p[j] = Math.exp((logits.getFloat(last + j) - max) / temperature);
+            for (int j = 0; j < v; j++) max = Math.max(max, logit(j));
+            for (int j = 0; j < v; j++) p[j] = Math.exp((logit(j) - max) / temperature);
             if (topK > 0 && topK < v) {
                 for (int j = 0; j < v; j++) order[j] = j;
                 Arrays.sort(order, (a, b) -> Double.compare(p[b], p[a]));
@@ -84,6 +94,10 @@ public final class TextGenerator implements AutoCloseable {
             seq[n] = pick;
         }
         return seq;
+    }
+
+    private float logit(int j) {
+        return hostRow.getAtIndex(ValueLayout.JAVA_FLOAT, j);
     }
 
     @Override

@@ -1,5 +1,6 @@
 package dev.distillery.runtime.nn;
 
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
@@ -12,6 +13,7 @@ import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
 import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.autograd.Tape;
+import dev.distillery.runtime.distill.TeacherStaging;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 
@@ -19,6 +21,11 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
  * One model, its optimizer, a workspace and a tape: the training step (forward, fused loss,
  * backward, clipping, AdamW) and evaluation on a fixed (batch, time) shape. Token and target
  * batches live in persistent buffers, so a steady loop allocates no native memory.
+ *
+ * <p>Everything lives where the model's kernels compute. Inputs are written on the host and
+ * copied over ({@link #setSequences}, {@link #setWindows}); teacher targets go through a
+ * {@link TeacherStaging}; what the caller reads back (losses, logits, sums) comes through the
+ * kernels' copies, so the same code trains on the CPU and on a GPU.
  */
 public final class TrainingSession implements AutoCloseable {
 
@@ -33,28 +40,42 @@ public final class TrainingSession implements AutoCloseable {
     private final double maxGradNorm;
     private final int batch;
     private final int time;
-    private final Workspace workspace = new Workspace(1 << 20);
+    private final Workspace workspace;
     private final Tape tape = new Tape();
     private final DifferentiableOps ops;
-    private final java.lang.foreign.Arena ioArena = java.lang.foreign.Arena.ofShared();
+    private final Arena ioArena = Arena.ofShared();
     private final Tensor tokens;
     private final Tensor targets;
+    private final MemorySegment hostTokens;
+    private final MemorySegment hostTargets;
+    private final TeacherStaging teacherStaging;
+    private MemorySegment hostLogits;
+    private Tensor lastLogits;
 
     public TrainingSession(Transformer model, Kernels kernels, AdamW.Config adam, LearningRateSchedule schedule,
                            double maxGradNorm, int batch, int time) {
         if (time > model.config().contextLength()) {
             throw new IllegalArgumentException("sequence length " + time + " exceeds the model's context " + model.config().contextLength());
         }
+        if (model.parameters().kernels() != kernels) {
+            throw new IllegalArgumentException("the model's parameters live in the memory of " + model.parameters().kernels().describe()
+                    + ", not of " + kernels.describe());
+        }
         this.model = model;
         this.kernels = kernels;
+        this.workspace = new Workspace(kernels, 1 << 20);
         this.optimizer = new AdamW(model.parameters(), kernels, adam);
         this.schedule = schedule;
         this.maxGradNorm = maxGradNorm;
         this.batch = batch;
         this.time = time;
         this.ops = new DifferentiableOps(kernels, workspace, tape);
-        this.tokens = new Tensor("tokens", new int[]{batch, time}, DType.I32, Device.CPU, ioArena.allocate(4L * batch * time, 64), false);
-        this.targets = new Tensor("targets", new int[]{batch * time}, DType.I32, Device.CPU, ioArena.allocate(4L * batch * time, 64), false);
+        Device device = Device.of(kernels);
+        this.tokens = new Tensor("tokens", new int[]{batch, time}, DType.I32, device, kernels.allocate(ioArena, 4L * batch * time), false);
+        this.targets = new Tensor("targets", new int[]{batch * time}, DType.I32, device, kernels.allocate(ioArena, 4L * batch * time), false);
+        this.hostTokens = ioArena.allocate(4L * batch * time, 64);
+        this.hostTargets = ioArena.allocate(4L * batch * time, 64);
+        this.teacherStaging = new TeacherStaging(kernels);
     }
 
     public Transformer model() {
@@ -69,14 +90,29 @@ public final class TrainingSession implements AutoCloseable {
         return workspace;
     }
 
-    /** The (batch, time) int32 input buffer; fill it before {@link #step()} or {@link #evaluate()}. */
-    public MemorySegment tokens() {
-        return tokens.data();
+    /**
+     * Sets the inputs from host int32 buffers: tokens (batch, time) and targets (batch · time),
+     * where -100 masks a position. Ids are checked against the vocabulary (a target may be -100).
+     *
+     * @throws IllegalArgumentException naming the position of the first id out of range
+     */
+    public void setInputs(MemorySegment tokenIds, MemorySegment targetIds) {
+        int vocab = model.config().vocabSize();
+        for (long i = 0; i < (long) batch * time; i++) {
+            int id = tokenIds.getAtIndex(ValueLayout.JAVA_INT, i), target = targetIds.getAtIndex(ValueLayout.JAVA_INT, i);
+            if (id < 0 || id >= vocab) throw new IllegalArgumentException("token id " + id + " at position " + i + " is outside the vocabulary of " + vocab);
+            if (target != DifferentiableOps.IGNORE_INDEX && (target < 0 || target >= vocab)) {
+                throw new IllegalArgumentException("target id " + target + " at position " + i + " is outside the vocabulary of " + vocab);
+            }
+        }
+        MemorySegment.copy(tokenIds, 0, hostTokens, 0, hostTokens.byteSize());
+        MemorySegment.copy(targetIds, 0, hostTargets, 0, hostTargets.byteSize());
+        uploadInputs();
     }
 
-    /** The (batch · time) int32 target buffer; -100 masks a position. */
-    public MemorySegment targets() {
-        return targets.data();
+    private void uploadInputs() {
+        kernels.copyFromHost(tokens.data(), hostTokens, hostTokens.byteSize());
+        kernels.copyFromHost(targets.data(), hostTargets, hostTargets.byteSize());
     }
 
     /**
@@ -95,11 +131,12 @@ public final class TrainingSession implements AutoCloseable {
                     throw new IllegalArgumentException("token id " + id + " at batch row " + b + ", position " + t
                             + " is outside the model's vocabulary of " + vocab);
                 }
-                tokens.data().setAtIndex(ValueLayout.JAVA_INT, i, id);
-                if (t > 0) targets.data().setAtIndex(ValueLayout.JAVA_INT, i - 1, id);
+                hostTokens.setAtIndex(ValueLayout.JAVA_INT, i, id);
+                if (t > 0) hostTargets.setAtIndex(ValueLayout.JAVA_INT, i - 1, id);
             }
-            targets.data().setAtIndex(ValueLayout.JAVA_INT, (long) b * time + time - 1, DifferentiableOps.IGNORE_INDEX);
+            hostTargets.setAtIndex(ValueLayout.JAVA_INT, (long) b * time + time - 1, DifferentiableOps.IGNORE_INDEX);
         }
+        uploadInputs();
     }
 
     /**
@@ -118,19 +155,57 @@ public final class TrainingSession implements AutoCloseable {
                     throw new IllegalArgumentException("token id " + id + " in window " + b + ", position " + t
                             + " is outside the model's vocabulary of " + vocab);
                 }
-                if (t < time) tokens.data().setAtIndex(ValueLayout.JAVA_INT, (long) b * time + t, id);
-                if (t > 0) targets.data().setAtIndex(ValueLayout.JAVA_INT, (long) b * time + t - 1, id);
+                if (t < time) hostTokens.setAtIndex(ValueLayout.JAVA_INT, (long) b * time + t, id);
+                if (t > 0) hostTargets.setAtIndex(ValueLayout.JAVA_INT, (long) b * time + t - 1, id);
             }
         }
+        uploadInputs();
     }
 
-    /** Logits (batch·time, vocab) of the token buffer, no tape; valid until the next call on this session. */
+    /**
+     * Logits (batch·time, vocab) of the token buffer, no tape, readable on the host (copied back
+     * from a device); valid until the next call on this session.
+     */
     public MemorySegment forwardLogits() {
         resetGraph(false);
         try {
-            return model.forward(ops, tokens, batch, time).data();
+            lastLogits = model.forward(ops, tokens, batch, time);
         } finally {
             tape.setEnabled(true);
+        }
+        if (kernels.hostAccessible()) return lastLogits.data();
+        if (hostLogits == null) hostLogits = ioArena.allocate(lastLogits.byteSize(), 64);
+        kernels.copyToHost(hostLogits, lastLogits.data(), lastLogits.byteSize());
+        return hostLogits;
+    }
+
+    /**
+     * Per row of the last {@link #forwardLogits()}: {@code log Σ_j exp(logit_j / temperature)},
+     * computed by the fused softmax cross-entropy kernel where the logits live (with the logits
+     * scaled by 1/T and target 0, loss + logit_0 / T is the logsumexp). Overwrites those logits:
+     * read what else you need from them first.
+     */
+    public float[] logsumexpOfLastLogits(double temperature) {
+        if (lastLogits == null) throw new IllegalStateException("call forwardLogits() first");
+        int n = batch * time, v = model.config().vocabSize();
+        float s = (float) (1 / temperature);
+        float[] first = new float[n];
+        try (Arena host = Arena.ofConfined()) {
+            for (int r = 0; r < n; r++) {
+                first[r] = kernels.hostAccessible() ? lastLogits.data().getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * v)
+                        : hostLogits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * v);
+            }
+            kernels.scale(lastLogits.data(), s, (long) n * v);
+            MemorySegment zeros = workspace.tensor("lse.targets", DType.I32, n).data();
+            kernels.fill(zeros, 0f, n); // int 0 and float 0 share their bits
+            MemorySegment losses = workspace.tensor("lse.losses", n).data();
+            kernels.softmaxCrossEntropy(losses, lastLogits.data(), zeros, n, v, DifferentiableOps.IGNORE_INDEX, false, 0f);
+            MemorySegment l = kernels.hostView(losses, 4L * n, host);
+            float[] lse = new float[n];
+            for (int r = 0; r < n; r++) lse[r] = l.getAtIndex(ValueLayout.JAVA_FLOAT, r) + first[r] * s;
+            return lse;
+        } finally {
+            lastLogits = null;
         }
     }
 
@@ -143,7 +218,7 @@ public final class TrainingSession implements AutoCloseable {
 
     /** Zeroes the parameter gradients: the start of one optimizer step of one or more micro-batches. */
     public void beginStep() {
-        model.parameters().zeroGrad(kernels);
+        model.parameters().zeroGrad();
     }
 
     /**
@@ -166,8 +241,10 @@ public final class TrainingSession implements AutoCloseable {
     public DifferentiableOps.DistillLoss backwardDistill(TeacherTargets teacher, DistillOptions options,
                                                          DifferentiableOps.Reduction reduction, int chunkRows, float gradScale) {
         resetGraph(true);
+        TeacherTargets staged = teacherStaging.stage(teacher, batch * time);
         Tensor hidden = model.hidden(ops, tokens, batch, time);
-        DifferentiableOps.DistillLoss loss = ops.distillationLoss(hidden, model.lmHeadWeight(), teacher, targets, options,
+        kernels.joinCopies();
+        DifferentiableOps.DistillLoss loss = ops.distillationLoss(hidden, model.lmHeadWeight(), staged, targets, options,
                 reduction, chunkRows, gradScale);
         tape.backward();
         return loss;
@@ -232,39 +309,52 @@ public final class TrainingSession implements AutoCloseable {
     public EvalSums evaluateDistill(TeacherTargets teacher, int[] teacherTop1, DistillOptions options, int chunkRows) {
         resetGraph(false);
         try {
-            Tensor hidden = model.hidden(ops, tokens, batch, time);
             int n = batch * time, d = model.config().channels(), v = model.config().vocabSize();
+            TeacherTargets staged = teacherStaging.stage(teacher, n);
+            Tensor hidden = model.hidden(ops, tokens, batch, time);
+            kernels.joinCopies();
             int chunk = Math.max(1, Math.min(chunkRows, n));
             Tensor logits = workspace.tensor("eval.logits", chunk, v);
             MemorySegment rowCe = workspace.tensor("eval.ce", chunk).data();
             MemorySegment rowDiv = workspace.tensor("eval.div", chunk).data();
             MemorySegment noLabels = workspace.tensor("eval.nolabels", DType.I32, chunk).data();
-            for (int i = 0; i < chunk; i++) noLabels.setAtIndex(ValueLayout.JAVA_INT, i, 0);
+            kernels.fill(noLabels, 0f, chunk); // labels of 0 (int 0 and float 0 share their bits)
             DistillOptions klOnly = new DistillOptions(options.temperature(), 0f, options.divergence(), options.scaleByTemperatureSquared(),
                     options.topKMode(), options.sparseTemperature(), options.ignoreIndex());
             EvalSums sums = EvalSums.zero();
-            for (int r0 = 0; r0 < n; r0 += chunk) {
-                int rows = Math.min(chunk, n - r0);
-                kernels.gemm(false, true, rows, v, d, 1f, hidden.data().asSlice(4L * r0 * d), d,
-                        model.lmHeadWeight().data(), d, 0f, logits.data(), v);
-                long agree = 0;
-                for (int r = 0; r < rows; r++) {
-                    if (dev.distillery.kernels.distill.LogitType.F32.argmax(logits.data(), (long) r * v, v) == teacherTop1[r0 + r]) agree++;
-                }
-                // Divergence over every row (labels of 0 keep them all), CE over the labelled rows only.
-                kernels.distillLoss(logits.data(), null, teacher.rows(r0, r0 + rows), noLabels, null, rowDiv, rows, v, klOnly, 1f);
-                kernels.distillLoss(logits.data(), null, teacher.rows(r0, r0 + rows), targets.data().asSlice(4L * r0), rowCe, null,
-                        rows, v, klOnly, 1f);
-                double ce = 0, div = 0;
-                long ceRows = 0;
-                for (int r = 0; r < rows; r++) {
-                    div += rowDiv.getAtIndex(ValueLayout.JAVA_FLOAT, r);
-                    if (targets.data().getAtIndex(ValueLayout.JAVA_INT, r0 + r) != options.ignoreIndex()) {
-                        ce += rowCe.getAtIndex(ValueLayout.JAVA_FLOAT, r);
-                        ceRows++;
+            try (Arena host = Arena.ofConfined()) {
+                MemorySegment hostChunk = kernels.hostAccessible() ? null : host.allocate(logits.byteSize(), 64);
+                MemorySegment hostCe = host.allocate(4L * chunk, 64), hostDiv = host.allocate(4L * chunk, 64);
+                for (int r0 = 0; r0 < n; r0 += chunk) {
+                    int rows = Math.min(chunk, n - r0);
+                    kernels.gemm(false, true, rows, v, d, 1f, hidden.data().asSlice(4L * r0 * d), d,
+                            model.lmHeadWeight().data(), d, 0f, logits.data(), v);
+                    MemorySegment hostLogitRows = logits.data();
+                    if (hostChunk != null) {
+                        kernels.copyToHost(hostChunk, logits.data(), 4L * rows * v);
+                        hostLogitRows = hostChunk;
                     }
+                    long agree = 0;
+                    for (int r = 0; r < rows; r++) {
+                        if (dev.distillery.kernels.distill.LogitType.F32.argmax(hostLogitRows, (long) r * v, v) == teacherTop1[r0 + r]) agree++;
+                    }
+                    // Divergence over every row (labels of 0 keep them all), CE over the labelled rows only.
+                    kernels.distillLoss(logits.data(), null, staged.rows(r0, r0 + rows), noLabels, null, rowDiv, rows, v, klOnly, 1f);
+                    kernels.distillLoss(logits.data(), null, staged.rows(r0, r0 + rows), targets.data().asSlice(4L * r0), rowCe, null,
+                            rows, v, klOnly, 1f);
+                    kernels.copyToHost(hostCe, rowCe, 4L * rows);
+                    kernels.copyToHost(hostDiv, rowDiv, 4L * rows);
+                    double ce = 0, div = 0;
+                    long ceRows = 0;
+                    for (int r = 0; r < rows; r++) {
+                        div += hostDiv.getAtIndex(ValueLayout.JAVA_FLOAT, r);
+                        if (hostTargets.getAtIndex(ValueLayout.JAVA_INT, r0 + r) != options.ignoreIndex()) {
+                            ce += hostCe.getAtIndex(ValueLayout.JAVA_FLOAT, r);
+                            ceRows++;
+                        }
+                    }
+                    sums = sums.plus(new EvalSums(ce, div, agree, rows, ceRows));
                 }
-                sums = sums.plus(new EvalSums(ce, div, agree, rows, ceRows));
             }
             return sums;
         } finally {
@@ -274,6 +364,7 @@ public final class TrainingSession implements AutoCloseable {
 
     @Override
     public void close() {
+        teacherStaging.close();
         workspace.close();
         ioArena.close();
     }

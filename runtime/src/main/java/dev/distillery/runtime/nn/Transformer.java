@@ -1,5 +1,6 @@
 package dev.distillery.runtime.nn;
 
+import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.ParameterStore;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.Tensor;
@@ -16,7 +17,8 @@ public final class Transformer implements AutoCloseable {
     private final TransformerConfig config;
     private final ParameterStore params;
 
-    public Transformer(TransformerConfig config) {
+    /** The model's parameters, zero-filled, in the memory of {@code kernels} (call {@link #initialize} or load them). */
+    public Transformer(TransformerConfig config, Kernels kernels) {
         this.config = config;
         int c = config.channels(), v = config.vocabSize();
         ParameterStore.Builder b = ParameterStore.builder()
@@ -32,7 +34,7 @@ public final class Transformer implements AutoCloseable {
                     .add(p + "mlp.c_proj.weight", 4 * c, c).add(p + "mlp.c_proj.bias", c);
         }
         b.add("ln_f.weight", c).add("ln_f.bias", c);
-        this.params = b.build();
+        this.params = b.build(kernels);
     }
 
     public TransformerConfig config() {
@@ -53,15 +55,14 @@ public final class Transformer implements AutoCloseable {
         double residualStd = 0.02 / Math.sqrt(2.0 * config.layers());
         for (Tensor t : params.parameters()) {
             String name = t.name();
-            long n = t.numel();
+            float[] values = new float[Math.toIntExact(t.numel())];
             if (name.contains("ln_") && name.endsWith(".weight")) {
-                for (long i = 0; i < n; i++) t.setFloat(i, 1f);
-            } else if (name.endsWith(".bias")) {
-                for (long i = 0; i < n; i++) t.setFloat(i, 0f);
-            } else {
+                java.util.Arrays.fill(values, 1f);
+            } else if (!name.endsWith(".bias")) {
                 double std = name.endsWith("c_proj.weight") ? residualStd : 0.02;
-                for (long i = 0; i < n; i++) t.setFloat(i, (float) (std * rng.nextGaussian()));
+                for (int i = 0; i < values.length; i++) values[i] = (float) (std * rng.nextGaussian());
             }
+            params.write(t, values);
         }
     }
 

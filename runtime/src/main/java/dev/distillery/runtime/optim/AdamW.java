@@ -51,10 +51,17 @@ public final class AdamW {
         this.step = step;
     }
 
+    /** The kernels whose memory holds the moments. */
+    public Kernels kernels() {
+        return kernels;
+    }
+
+    /** m, in the kernels' memory (read it through {@link Kernels#hostView}). */
     public MemorySegment firstMoments() {
         return m;
     }
 
+    /** v, in the kernels' memory. */
     public MemorySegment secondMoments() {
         return v;
     }

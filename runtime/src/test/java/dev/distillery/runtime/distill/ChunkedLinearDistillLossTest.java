@@ -48,10 +48,10 @@ class ChunkedLinearDistillLossTest {
 
     /** Loss and a copy of every parameter gradient after one forward + backward with the given chunk size. */
     private static double[] lossAndGradients(CpuKernels kernels, Transformer model, Inputs in, DistillOptions o, int chunk) {
-        try (Workspace ws = new Workspace(1 << 16)) {
+        try (Workspace ws = new Workspace(kernels, 1 << 16)) {
             Tape tape = new Tape();
             DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape);
-            model.parameters().zeroGrad(kernels);
+            model.parameters().zeroGrad();
             Tensor hidden = model.hidden(ops, in.tokens(), B, T);
             var loss = ops.distillationLoss(hidden, model.lmHeadWeight(), in.teacher(), in.labels(), o,
                     DifferentiableOps.Reduction.MEAN, chunk);
@@ -67,7 +67,7 @@ class ChunkedLinearDistillLossTest {
 
     @Test
     void chunkedPathEqualsTheWholeLogitsPath() {
-        try (CpuKernels kernels = new CpuKernels(2, "auto"); Transformer model = new Transformer(CFG); Arena arena = Arena.ofShared()) {
+        try (CpuKernels kernels = new CpuKernels(2, "auto"); Transformer model = new Transformer(CFG, kernels); Arena arena = Arena.ofShared()) {
             model.initialize(3);
             Inputs in = inputs(arena, 9);
             for (Divergence d : new Divergence[]{Divergence.forwardKl(), Divergence.jsd(0.5)}) {
@@ -89,8 +89,8 @@ class ChunkedLinearDistillLossTest {
 
     @Test
     void distillingTowardsAFixedTeacherLowersTheDivergence() {
-        try (CpuKernels kernels = new CpuKernels(2, "auto"); Transformer model = new Transformer(CFG);
-             Arena arena = Arena.ofShared(); Workspace ws = new Workspace(1 << 16)) {
+        try (CpuKernels kernels = new CpuKernels(2, "auto"); Transformer model = new Transformer(CFG, kernels);
+             Arena arena = Arena.ofShared(); Workspace ws = new Workspace(kernels, 1 << 16)) {
             model.initialize(5);
             Inputs in = inputs(arena, 11);
             DistillOptions o = DistillOptions.of(2f, 0f);
@@ -100,7 +100,7 @@ class ChunkedLinearDistillLossTest {
             double first = Double.NaN, last = Double.NaN;
             for (int step = 0; step < 100; step++) {
                 ws.reset();
-                model.parameters().zeroGrad(kernels);
+                model.parameters().zeroGrad();
                 var loss = ops.distillationLoss(model.hidden(ops, in.tokens(), B, T), model.lmHeadWeight(), in.teacher(),
                         null, o, DifferentiableOps.Reduction.MEAN, 7);
                 tape.backward();

@@ -23,10 +23,22 @@ import dev.distillery.runtime.optim.AdamW;
 
 class ModelFilesTest {
 
+    private static CpuKernels k;
+
+    @org.junit.jupiter.api.BeforeAll
+    static void kernels() {
+        k = new CpuKernels(1, "auto");
+    }
+
+    @org.junit.jupiter.api.AfterAll
+    static void close() {
+        k.close();
+    }
+
     @Test
     void modelAndOptimizerRoundTripBitForBit(@TempDir Path dir) throws IOException {
         TransformerConfig c = new TransformerConfig(37, 11, 2, 12, 3);
-        try (Transformer m = new Transformer(c); CpuKernels k = new CpuKernels(1, "auto")) {
+        try (Transformer m = new Transformer(c, k)) {
             m.initialize(3);
             ModelFiles.write(dir, m);
             AdamW adam = new AdamW(m.parameters(), k, AdamW.Config.defaults());
@@ -39,7 +51,7 @@ class ModelFilesTest {
             ModelFiles.writeOptimizer(dir.resolve("state.safetensors"), adam, n, Map.of("data.epoch", "2"));
 
             assertEquals(c, ModelFiles.readConfig(dir.resolve("config.json")));
-            try (Transformer back = ModelFiles.read(dir)) {
+            try (Transformer back = ModelFiles.read(dir, k)) {
                 for (Tensor t : m.parameters().parameters()) {
                     assertArrayEquals(t.toFloatArray(), back.parameters().get(t.name()).toFloatArray(), t.name());
                 }
@@ -62,13 +74,13 @@ class ModelFilesTest {
 
     @Test
     void aMismatchedTensorIsNamedWithItsShapes(@TempDir Path dir) throws IOException {
-        try (Transformer m = new Transformer(new TransformerConfig(37, 11, 1, 12, 3))) {
+        try (Transformer m = new Transformer(new TransformerConfig(37, 11, 1, 12, 3), k)) {
             ModelFiles.write(dir, m);
         }
         // Same config, but a model file whose ln_f.bias has the wrong shape.
         try (java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
             Path bad = dir.resolve("model.safetensors");
-            try (Transformer m = new Transformer(new TransformerConfig(37, 11, 1, 12, 3))) {
+            try (Transformer m = new Transformer(new TransformerConfig(37, 11, 1, 12, 3), k)) {
                 List<SafetensorsWriter.Item> items = new java.util.ArrayList<>();
                 for (Tensor t : m.parameters().parameters()) {
                     int[] shape = t.name().equals("ln_f.bias") ? new int[]{6} : t.shape();
@@ -77,10 +89,10 @@ class ModelFilesTest {
                 SafetensorsWriter.write(bad, items, Map.of());
             }
         }
-        IOException e = assertThrows(IOException.class, () -> ModelFiles.read(dir));
+        IOException e = assertThrows(IOException.class, () -> ModelFiles.read(dir, k));
         assertTrue(e.getMessage().contains("ln_f.bias") && e.getMessage().contains("[12]") && e.getMessage().contains("[6]"), e.getMessage());
         Files.writeString(dir.resolve("config.json"), "{\"vocab_size\": 37, \"n_positions\": 11, \"n_layer\": 1, \"n_embd\": 12}");
-        IOException missing = assertThrows(IOException.class, () -> ModelFiles.read(dir));
+        IOException missing = assertThrows(IOException.class, () -> ModelFiles.read(dir, k));
         assertTrue(missing.getMessage().contains("'n_head'"), missing.getMessage());
     }
 }

@@ -20,9 +20,13 @@ class TrainingSessionTest {
         Rng rng = new Rng(seed);
         int[] seq = new int[n + 1];
         for (int i = 0; i <= n; i++) seq[i] = rng.nextInt(vocab);
-        for (int i = 0; i < n; i++) {
-            s.tokens().setAtIndex(ValueLayout.JAVA_INT, i, seq[i]);
-            s.targets().setAtIndex(ValueLayout.JAVA_INT, i, seq[i + 1]);
+        try (java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
+            MemorySegment tokens = a.allocate(4L * n), targets = a.allocate(4L * n);
+            for (int i = 0; i < n; i++) {
+                tokens.setAtIndex(ValueLayout.JAVA_INT, i, seq[i]);
+                targets.setAtIndex(ValueLayout.JAVA_INT, i, seq[i + 1]);
+            }
+            s.setInputs(tokens, targets);
         }
     }
 
@@ -31,7 +35,7 @@ class TrainingSessionTest {
         TransformerConfig cfg = new TransformerConfig(37, 16, 2, 32, 4);
         int b = 4, t = 16, maxSteps = 300;
         try (CpuKernels kernels = new CpuKernels(2, "auto");
-             Transformer model = new Transformer(cfg);
+             Transformer model = new Transformer(cfg, kernels);
              TrainingSession s = new TrainingSession(model, kernels, new AdamW.Config(0.9, 0.95, 1e-8, 0.0),
                      new LearningRateSchedule(1e-2, 1e-3, 10, maxSteps), 1.0, b, t)) {
             model.initialize(7);
@@ -57,7 +61,7 @@ class TrainingSessionTest {
         TransformerConfig cfg = new TransformerConfig(53, 12, 2, 24, 3);
         for (int run = 0; run < 2; run++) {
             try (CpuKernels kernels = new CpuKernels(2, gemm);
-                 Transformer model = new Transformer(cfg);
+                 Transformer model = new Transformer(cfg, kernels);
                  TrainingSession s = new TrainingSession(model, kernels, AdamW.Config.defaults(),
                          new LearningRateSchedule(3e-3, 3e-4, 5, 20), 1.0, 3, 12)) {
                 model.initialize(11);
@@ -75,7 +79,7 @@ class TrainingSessionTest {
 
     @Test
     void sequenceLongerThanContextIsRejected() {
-        try (CpuKernels kernels = new CpuKernels(1, "vector"); Transformer model = new Transformer(new TransformerConfig(5, 4, 1, 4, 1))) {
+        try (CpuKernels kernels = new CpuKernels(1, "vector"); Transformer model = new Transformer(new TransformerConfig(5, 4, 1, 4, 1), kernels)) {
             var e = assertThrows(IllegalArgumentException.class, () -> new TrainingSession(model, kernels,
                     AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 1, 1, 5));
             assertTrue(e.getMessage().contains("exceeds the model's context 4"));

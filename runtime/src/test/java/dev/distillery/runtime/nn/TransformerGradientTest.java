@@ -31,8 +31,8 @@ class TransformerGradientTest {
     @Test
     void everyParameterGradientMatchesFiniteDifferences() {
         try (CpuKernels kernels = new CpuKernels(2, "blas");
-             Transformer model = new Transformer(TINY);
-             Workspace ws = new Workspace(1 << 16);
+             Transformer model = new Transformer(TINY, kernels);
+             Workspace ws = new Workspace(kernels, 1 << 16);
              Arena arena = Arena.ofShared()) {
             Rng rng = new Rng(42);
             // Weights of order 0.3 instead of GPT-2's 0.02, so gradients stand well above fp32 noise.
@@ -51,7 +51,7 @@ class TransformerGradientTest {
             Tape tape = new Tape();
             DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape);
 
-            model.parameters().zeroGrad(kernels);
+            model.parameters().zeroGrad();
             ws.reset();
             ops.crossEntropy(model.forward(ops, tokens, B, T), targets, 1f);
             tape.backward();
