@@ -1,6 +1,5 @@
 package dev.distillery.bench;
 
-import java.lang.foreign.ValueLayout;
 import java.util.Comparator;
 import java.util.Locale;
 import java.util.Map;
@@ -32,16 +31,15 @@ public final class StepProfile {
         String gemm = args.length > 3 ? args[3] : "auto";
         int warmup = args.length > 4 ? Integer.parseInt(args[4]) : 10;
         try (TimedKernels kernels = new TimedKernels(new CpuKernels(threads, gemm));
-             Transformer model = new Transformer(c.model)) {
+             Transformer model = new Transformer(c.model, kernels)) {
             model.initialize(1);
             int t = c.model.contextLength();
             try (TrainingSession s = new TrainingSession(model, kernels, AdamW.Config.defaults(),
                     new LearningRateSchedule(3e-4, 3e-5, 10, 1_000_000), 1.0, c.batch, t)) {
                 Rng rng = new Rng(2);
-                for (int i = 0; i < c.batch * t; i++) {
-                    s.tokens().setAtIndex(ValueLayout.JAVA_INT, i, rng.nextInt(c.model.vocabSize()));
-                    s.targets().setAtIndex(ValueLayout.JAVA_INT, i, rng.nextInt(c.model.vocabSize()));
-                }
+                int[] windows = new int[c.batch * (t + 1)];
+                for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(c.model.vocabSize());
+                s.setWindows(windows);
                 for (int i = 0; i < warmup; i++) s.step();
                 kernels.reset();
                 long t0 = System.nanoTime();

@@ -1,6 +1,5 @@
 package dev.distillery.bench;
 
-import java.lang.foreign.ValueLayout;
 import java.util.concurrent.TimeUnit;
 
 import org.openjdk.jmh.annotations.Benchmark;
@@ -55,16 +54,15 @@ public class TrainingStepBenchmark {
     public void setUp() {
         StudentConfigs c = StudentConfigs.valueOf(config);
         kernels = new CpuKernels(threads, gemm);
-        model = new Transformer(c.model);
+        model = new Transformer(c.model, kernels);
         model.initialize(1);
         int t = c.model.contextLength();
         session = new TrainingSession(model, kernels, AdamW.Config.defaults(),
                 new LearningRateSchedule(3e-4, 3e-5, 10, 1_000_000), 1.0, c.batch, t);
         Rng rng = new Rng(2);
-        for (int i = 0; i < c.batch * t; i++) {
-            session.tokens().setAtIndex(ValueLayout.JAVA_INT, i, rng.nextInt(c.model.vocabSize()));
-            session.targets().setAtIndex(ValueLayout.JAVA_INT, i, rng.nextInt(c.model.vocabSize()));
-        }
+        int[] windows = new int[c.batch * (t + 1)];
+        for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(c.model.vocabSize());
+        session.setWindows(windows);
     }
 
     @Benchmark

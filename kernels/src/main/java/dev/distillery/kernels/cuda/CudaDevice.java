@@ -41,6 +41,7 @@ public final class CudaDevice implements CudaBackend {
     private final MemorySegment cublas;
     private final Map<String, MemorySegment> functions = new HashMap<>();
     private boolean closed;
+    private volatile Thread boundThread;
 
     private CudaDevice(int ordinal, boolean tf32) {
         this.ordinal = ordinal;
@@ -61,6 +62,7 @@ public final class CudaDevice implements CudaBackend {
         CudaCalls.driver(CudaDriver.cuDevicePrimaryCtxRetain(ptr, device), "cuDevicePrimaryCtxRetain(" + ordinal + ")");
         this.context = ptr.get(ValueLayout.ADDRESS, 0);
         CudaCalls.driver(CudaDriver.cuCtxSetCurrent(context), "cuCtxSetCurrent");
+        this.boundThread = Thread.currentThread();
         MemorySegment img = arena.allocate(image.length + 1L, 64);
         MemorySegment.copy(image, 0, img, ValueLayout.JAVA_BYTE, 0, image.length);
         CudaCalls.driver(CudaDriver.cuModuleLoadData(ptr, img), "cuModuleLoadData(distillery.fatbin, " + image.length + " bytes)");
@@ -95,6 +97,18 @@ public final class CudaDevice implements CudaBackend {
         }
     }
 
+    /**
+     * Makes the context current on the calling thread (a driver-API context is per thread): the
+     * trainer's main thread, an arena's cleanup on another thread, a JMH worker.
+     */
+    private void bind() {
+        Thread t = Thread.currentThread();
+        if (t != boundThread) {
+            CudaCalls.driver(CudaDriver.cuCtxSetCurrent(context), "cuCtxSetCurrent(" + t.getName() + ")");
+            boundThread = t;
+        }
+    }
+
     @Override
     public String describe() {
         return "cuda:" + ordinal + " " + info.describe();
@@ -102,6 +116,7 @@ public final class CudaDevice implements CudaBackend {
 
     @Override
     public long alloc(long bytes) {
+        bind();
         MemorySegment p = arena.allocate(ValueLayout.JAVA_LONG);
         CudaCalls.driver(CudaDriver.cuMemAlloc_v2(p, Math.max(4, bytes)), "cuMemAlloc(" + bytes + " bytes)");
         return p.get(ValueLayout.JAVA_LONG, 0);
@@ -109,12 +124,14 @@ public final class CudaDevice implements CudaBackend {
 
     @Override
     public void free(long address) {
+        bind();
         CudaCalls.driver(CudaDriver.cuMemFree_v2(address), "cuMemFree");
     }
 
     /** Host → device, ordered after the compute stream's work (synchronous). */
     @Override
     public void upload(long dst, MemorySegment src, long bytes) {
+        bind();
         synchronize();
         CudaCalls.driver(CudaDriver.cuMemcpyHtoD_v2(dst, src, bytes), "cuMemcpyHtoD(" + bytes + " bytes)");
     }
@@ -122,18 +139,21 @@ public final class CudaDevice implements CudaBackend {
     /** Device → host, after the compute stream's work (synchronous). */
     @Override
     public void download(MemorySegment dst, long src, long bytes) {
+        bind();
         synchronize();
         CudaCalls.driver(CudaDriver.cuMemcpyDtoH_v2(dst, src, bytes), "cuMemcpyDtoH(" + bytes + " bytes)");
     }
 
     /** Device → device (synchronous), e.g. the copy-bandwidth yardstick of the benchmarks. */
     public void copyDeviceToDevice(long dst, long src, long bytes) {
+        bind();
         synchronize();
         CudaCalls.driver(CudaDriver.cuMemcpyDtoD_v2(dst, src, bytes), "cuMemcpyDtoD(" + bytes + " bytes)");
     }
 
     @Override
     public MemorySegment allocHost(long bytes) {
+        bind();
         MemorySegment p = arena.allocate(ValueLayout.ADDRESS);
         CudaCalls.driver(CudaDriver.cuMemAllocHost_v2(p, Math.max(4, bytes)), "cuMemAllocHost(" + bytes + " bytes)");
         return p.get(ValueLayout.ADDRESS, 0).reinterpret(bytes);
@@ -141,22 +161,26 @@ public final class CudaDevice implements CudaBackend {
 
     @Override
     public void freeHost(MemorySegment host) {
+        bind();
         CudaCalls.driver(CudaDriver.cuMemFreeHost(host), "cuMemFreeHost");
     }
 
     @Override
     public void uploadAsync(long dst, MemorySegment src, long bytes) {
+        bind();
         CudaCalls.driver(CudaDriver.cuMemcpyHtoDAsync_v2(dst, src, bytes, copyStream), "cuMemcpyHtoDAsync(" + bytes + " bytes)");
     }
 
     @Override
     public void joinCopies() {
+        bind();
         CudaCalls.driver(CudaDriver.cuEventRecord(copiesDone, copyStream), "cuEventRecord(copy stream)");
         CudaCalls.driver(CudaDriver.cuStreamWaitEvent(stream, copiesDone, 0), "cuStreamWaitEvent(compute on copies)");
     }
 
     @Override
     public void synchronize() {
+        bind();
         CudaCalls.driver(CudaDriver.cuStreamSynchronize(stream), "cuStreamSynchronize(compute)");
     }
 
@@ -170,6 +194,7 @@ public final class CudaDevice implements CudaBackend {
 
     @Override
     public void launch(String kernel, int grid, int block, Object... args) {
+        bind();
         try (Arena call = Arena.ofConfined()) {
             MemorySegment params = CudaBackend.marshal(call, kernel, args);
             CudaCalls.driver(CudaDriver.cuLaunchKernel(function(kernel), grid, 1, 1, block, 1, 1, 0, stream, params, MemorySegment.NULL),
@@ -180,6 +205,7 @@ public final class CudaDevice implements CudaBackend {
     @Override
     public void sgemm(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
                       float beta, long c, int ldc) {
+        bind();
         try (Arena call = Arena.ofConfined()) {
             CudaCalls.cublas(Cublas.cublasSgemm_v2(cublas, op(transA), op(transB), m, n, k, call.allocateFrom(ValueLayout.JAVA_FLOAT, alpha),
                     MemorySegment.ofAddress(a), lda, MemorySegment.ofAddress(b), ldb, call.allocateFrom(ValueLayout.JAVA_FLOAT, beta),
@@ -190,6 +216,7 @@ public final class CudaDevice implements CudaBackend {
     @Override
     public void sgemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
                                     long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
+        bind();
         try (Arena call = Arena.ofConfined()) {
             CudaCalls.cublas(Cublas.cublasSgemmStridedBatched(cublas, op(transA), op(transB), m, n, k,
                     call.allocateFrom(ValueLayout.JAVA_FLOAT, alpha), MemorySegment.ofAddress(a), lda, strideA,
@@ -206,6 +233,7 @@ public final class CudaDevice implements CudaBackend {
     public void close() {
         if (closed) return;
         closed = true;
+        bind();
         CudaCalls.driver(CudaDriver.cuCtxSynchronize(), "cuCtxSynchronize");
         CudaCalls.cublas(Cublas.cublasDestroy_v2(cublas), "cublasDestroy");
         CudaCalls.driver(CudaDriver.cuStreamDestroy_v2(stream), "cuStreamDestroy(compute)");

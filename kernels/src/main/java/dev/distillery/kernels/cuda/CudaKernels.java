@@ -30,12 +30,24 @@ import dev.distillery.kernels.distill.TeacherTargets;
 public final class CudaKernels implements Kernels {
 
     private final CudaBackend gpu;
+    private final boolean ownsBackend;
     private long scratch;
     private long scratchBytes;
     private boolean closed;
 
+    /** Kernels on {@code gpu}, which the caller keeps and closes after these kernels. */
     public CudaKernels(CudaBackend gpu) {
+        this(gpu, false);
+    }
+
+    private CudaKernels(CudaBackend gpu, boolean ownsBackend) {
         this.gpu = gpu;
+        this.ownsBackend = ownsBackend;
+    }
+
+    /** Kernels on CUDA device {@code ordinal} ({@link CudaDevice#open}); closing them closes the device. */
+    public static CudaKernels open(int ordinal, boolean tf32) {
+        return new CudaKernels(CudaDevice.open(ordinal, tf32), true);
     }
 
     @Override
@@ -403,5 +415,6 @@ public final class CudaKernels implements Kernels {
         if (scratch != 0) gpu.free(scratch);
         scratch = 0;
         closed = true;
+        if (ownsBackend) gpu.close();
     }
 }

@@ -25,7 +25,7 @@ class CudaKernelsEmulationTest {
     @BeforeAll
     static void compile() throws Exception {
         gcc = new EmulationBuild("distillery-emu-device");
-        library = gcc.build("emu_device.cpp", "libdistillery_emu.so", "-O2", "-shared", "-fPIC");
+        library = gcc.build("emu_device.cpp", "libdistillery_emu.so", "-O2", "-DEMU_FIBERS", "-U_FORTIFY_SOURCE", "-shared", "-fPIC");
     }
 
     @AfterAll

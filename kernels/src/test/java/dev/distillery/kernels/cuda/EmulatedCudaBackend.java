@@ -141,7 +141,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
     public void synchronize() {
     }
 
-    /** Emulated threads are OS threads: small blocks and grids keep a launch cheap (grid-stride loops stay correct). */
+    /** Small blocks (two warps, so the cross-warp reductions run) and grids keep a launch cheap; grid-stride loops stay correct. */
     @Override
     public int block() {
         return 64;

@@ -236,7 +236,9 @@ public final class TrainingSession implements AutoCloseable {
     /**
      * One micro-batch of distillation: forward to the hidden states, the chunked LM head + fused
      * distillation loss against {@code teacher} (batch·time rows) with the target buffer as hard
-     * labels, backward with {@code gradScale}; gradients accumulate.
+     * labels, backward with {@code gradScale}; gradients accumulate. The teacher's buffers are
+     * copied to the device (where there is one) while the forward pass runs; once this returns
+     * they are no longer read, so the caller may refill them.
      */
     public DifferentiableOps.DistillLoss backwardDistill(TeacherTargets teacher, DistillOptions options,
                                                          DifferentiableOps.Reduction reduction, int chunkRows, float gradScale) {

@@ -45,7 +45,7 @@ public final class EvalCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut();
         if (tokens == null && shards == null) throw new CommandLine.ParameterException(spec.commandLine(), "give --tokens, --teacher-shards or both");
-        try (Kernels kernels = device.open(0, out); Transformer m = ModelFiles.read(model)) {
+        try (Kernels kernels = device.open(0, out); Transformer m = ModelFiles.read(model, kernels)) {
             if (tokens != null) {
                 int t = m.config().contextLength();
                 try (TokenFile val = TokenFile.open(tokens);

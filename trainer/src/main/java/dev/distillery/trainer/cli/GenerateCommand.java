@@ -52,7 +52,7 @@ public final class GenerateCommand implements Callable<Integer> {
         Path tokFile = model.resolve("tokenizer.json");
         if (!Files.isRegularFile(tokFile)) throw new java.io.IOException(model + ": no tokenizer.json (generate needs the checkpoint's tokenizer)");
         BytePairTokenizer tok = BytePairTokenizer.load(tokFile);
-        try (Kernels kernels = device.open(0, out); Transformer m = ModelFiles.read(model); TextGenerator gen = new TextGenerator(m, kernels)) {
+        try (Kernels kernels = device.open(0, out); Transformer m = ModelFiles.read(model, kernels); TextGenerator gen = new TextGenerator(m, kernels)) {
             int[] start = prompt.isEmpty() ? new int[]{tok.endOfText()} : tok.encode(prompt);
             Rng rng = new Rng(seed);
             if (kdOut == null) {

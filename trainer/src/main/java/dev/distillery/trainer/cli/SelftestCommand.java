@@ -12,6 +12,7 @@ import dev.distillery.kernels.conformance.KernelConformance;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.cuda.CudaConformance;
 import dev.distillery.kernels.cuda.CudaDevice;
+import dev.distillery.kernels.cuda.CudaKernels;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -69,8 +70,19 @@ public final class SelftestCommand implements Callable<Integer> {
                 printTable(out, results);
                 long failed = results.stream().filter(r -> !r.passed()).count();
                 out.println();
-                out.printf(Locale.ROOT, "%d CUDA checks against the CPU kernels, %d passed, %d failed%n", results.size(),
+                out.printf(Locale.ROOT, "%d CUDA kernel checks against the CPU kernels, %d passed, %d failed%n", results.size(),
                         results.size() - failed, failed);
+                out.println();
+                out.println("CudaKernels (the whole Kernels contract, with its copies) against the float64 reference:");
+                try (CudaKernels contract = new CudaKernels(gpu)) {
+                    List<KernelConformance.Result> whole = KernelConformance.run(contract, cudaSeed,
+                            quick ? KernelConformance.Sizes.quick() : KernelConformance.Sizes.standard());
+                    printTable(out, whole);
+                    long wholeFailed = whole.stream().filter(r -> !r.passed()).count();
+                    out.println();
+                    out.printf(Locale.ROOT, "%d contract checks, %d passed, %d failed%n", whole.size(), whole.size() - wholeFailed, wholeFailed);
+                    failed += wholeFailed;
+                }
                 return failed == 0 ? 0 : Main.EXIT_FAILED;
             }
         }
@@ -78,7 +90,10 @@ public final class SelftestCommand implements Callable<Integer> {
         int nThreads = threads != null ? threads : Integer.getInteger("distillery.threads", Runtime.getRuntime().availableProcessors());
         if (nThreads < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--threads must be >= 1, got " + nThreads);
         try (Kernels kernels = new CpuKernels(nThreads, gemm)) {
-            if (device == DeviceChoice.auto) out.println("device: cpu (auto: " + DeviceOptions.cudaStatus() + ")");
+            if (device == DeviceChoice.auto) {
+                String why = DeviceOptions.cudaUnavailableReason();
+                out.println("device: cpu (auto: " + (why != null ? why : "a CUDA device is here: selftest --device cuda checks it") + ")");
+            }
             out.println("backend: " + kernels.describe());
             out.println("blas: " + OpenBlasLibrary.probe().describe());
             out.println("seed: " + usedSeed);

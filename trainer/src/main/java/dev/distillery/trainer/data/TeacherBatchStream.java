@@ -35,12 +35,24 @@ public final class TeacherBatchStream implements AutoCloseable {
         private final MemorySegment b;   // top-k logits | sampled weights
         private final MemorySegment c;   // top-k logsumexp
 
-        private Slot(Arena arena, long idsBytes, long aBytes, long bBytes, long cBytes) {
-            ids = arena.allocate(Math.max(1, idsBytes), 64);
-            a = arena.allocate(Math.max(1, aBytes), 64);
-            b = arena.allocate(Math.max(1, bBytes), 64);
-            c = arena.allocate(Math.max(1, cBytes), 64);
+        private Slot(Arena arena, HostMemory memory, long idsBytes, long aBytes, long bBytes, long cBytes) {
+            ids = memory.allocate(arena, Math.max(1, idsBytes));
+            a = memory.allocate(arena, Math.max(1, aBytes));
+            b = memory.allocate(arena, Math.max(1, bBytes));
+            c = memory.allocate(arena, Math.max(1, cBytes));
         }
+    }
+
+    /**
+     * Where slots come from: plain host memory, or the kernels' staging memory
+     * ({@code Kernels::allocateStaging}: page-locked on CUDA, so the copies to the device overlap
+     * compute). 64-byte aligned, freed with the arena.
+     */
+    @FunctionalInterface
+    public interface HostMemory {
+        MemorySegment allocate(Arena arena, long bytes);
+
+        HostMemory PLAIN = (arena, bytes) -> arena.allocate(bytes, 64);
     }
 
     private final TeacherShards shards;
@@ -60,6 +72,11 @@ public final class TeacherBatchStream implements AutoCloseable {
      * @param startBatch first batch within it (to resume)
      */
     public TeacherBatchStream(TeacherShards shards, int batch, long seed, int depth, int startEpoch, int startBatch) {
+        this(shards, batch, seed, depth, startEpoch, startBatch, HostMemory.PLAIN);
+    }
+
+    /** As above, with the slots in {@code memory}. */
+    public TeacherBatchStream(TeacherShards shards, int batch, long seed, int depth, int startEpoch, int startBatch, HostMemory memory) {
         if (batch < 1 || batch > shards.sequences()) {
             throw new IllegalArgumentException("batch " + batch + " must be in [1, " + shards.sequences() + " sequences]");
         }
@@ -93,7 +110,7 @@ public final class TeacherBatchStream implements AutoCloseable {
         }
         this.free = new ArrayBlockingQueue<>(depth);
         this.ready = new ArrayBlockingQueue<>(depth);
-        for (int i = 0; i < depth; i++) free.add(new Slot(arena, rows * 4, aBytes, bBytes, cBytes));
+        for (int i = 0; i < depth; i++) free.add(new Slot(arena, memory, rows * 4, aBytes, bBytes, cBytes));
         this.producer = Thread.ofPlatform().daemon().name("distillery-prefetch").start(() -> produce(startEpoch, startBatch));
     }
 

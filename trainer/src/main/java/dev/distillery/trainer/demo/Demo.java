@@ -157,7 +157,7 @@ public final class Demo {
     }
 
     private static Row row(String name, Path checkpoint, Path valShards, Settings s, Kernels kernels) throws IOException {
-        try (Transformer m = ModelFiles.read(checkpoint); TeacherShards shards = TeacherShards.open(valShards, false);
+        try (Transformer m = ModelFiles.read(checkpoint, kernels); TeacherShards shards = TeacherShards.open(valShards, false);
              TrainingSession session = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0,
                      s.batch(), shards.manifest().seqLen())) {
             DistillRun.Evaluation e = DistillRun.evaluate(session, shards, valShards, s.batch(), Integer.MAX_VALUE,

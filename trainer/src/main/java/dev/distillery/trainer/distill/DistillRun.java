@@ -92,8 +92,8 @@ public final class DistillRun {
             }
             if (resume && from.isEmpty()) out.println("resume: no checkpoint in " + store.root() + " yet; starting fresh");
 
-            Transformer model = from.isPresent() ? ModelFiles.read(from.get().dir())
-                    : cfg.initFrom() != null ? ModelFiles.read(Path.of(cfg.initFrom())) : newStudent(cfg, teacherVocab, seqLen);
+            Transformer model = from.isPresent() ? ModelFiles.read(from.get().dir(), kernels)
+                    : cfg.initFrom() != null ? ModelFiles.read(Path.of(cfg.initFrom()), kernels) : newStudent(cfg, teacherVocab, seqLen, kernels);
             try {
                 TransformerConfig mc = model.config();
                 if (mc.vocabSize() < teacherVocab) {
@@ -128,7 +128,7 @@ public final class DistillRun {
         }
     }
 
-    private static Transformer newStudent(DistillConfig cfg, int teacherVocab, int seqLen) {
+    private static Transformer newStudent(DistillConfig cfg, int teacherVocab, int seqLen, Kernels kernels) {
         DistillConfig.Student s = cfg.student();
         TransformerConfig c;
         try {
@@ -137,7 +137,7 @@ public final class DistillRun {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("'student': " + e.getMessage(), e);
         }
-        Transformer model = new Transformer(c);
+        Transformer model = new Transformer(c, kernels);
         model.initialize(cfg.seed());
         return model;
     }
@@ -197,7 +197,8 @@ public final class DistillRun {
         double tokensPerSecond = 0, waitFraction = 0;
         long loopStart = System.nanoTime(), waitStart;
         try (MetricsLog metrics = MetricsLog.open(outDir.resolve("metrics.jsonl"), startStep > 0 ? startStep : -1);
-             TeacherBatchStream stream = new TeacherBatchStream(shards, cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex)) {
+             TeacherBatchStream stream = new TeacherBatchStream(shards, cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex,
+                     kernels::allocateStaging)) {
             waitStart = stream.waitNanos();
             Progress progress = new Progress(err, "distill", startStep, cfg.steps(), 5000);
             for (int step = startStep + 1; step <= endStep; step++) {

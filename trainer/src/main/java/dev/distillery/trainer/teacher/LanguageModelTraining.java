@@ -72,9 +72,9 @@ public final class LanguageModelTraining {
             }
             Transformer model;
             if (from.isPresent()) {
-                model = ModelFiles.read(from.get().dir());
+                model = ModelFiles.read(from.get().dir(), kernels);
             } else {
-                model = new Transformer(o.model());
+                model = new Transformer(o.model(), kernels);
                 model.initialize(o.seed());
             }
             try (model;

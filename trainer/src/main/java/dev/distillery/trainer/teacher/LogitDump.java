@@ -60,7 +60,7 @@ public final class LogitDump {
             default -> throw new IllegalArgumentException("--dtype must be f32, f16 or bf16, got " + o.dtype());
         };
         if (!(o.temperature() > 0)) throw new IllegalArgumentException("--temperature must be positive, got " + o.temperature());
-        try (Transformer model = ModelFiles.read(o.teacher()); TokenFile tokens = TokenFile.open(o.tokens())) {
+        try (Transformer model = ModelFiles.read(o.teacher(), kernels); TokenFile tokens = TokenFile.open(o.tokens())) {
             int v = model.config().vocabSize();
             int t = o.seqLen() > 0 ? o.seqLen() : model.config().contextLength();
             if (t > model.config().contextLength()) throw new IllegalArgumentException("--seq-len " + t + " exceeds the teacher's context " + model.config().contextLength());
@@ -95,7 +95,6 @@ public final class LogitDump {
                         }), 64);
                         MemorySegment lse = arena.allocate(Math.max(1, 4 * rows), 64);
                         MemorySegment batchIds = arena.allocate(4L * batch * t, 64);
-                        MemorySegment rowTargets = arena.allocate(4L * batch * t, 64), rowLoss = arena.allocate(4L * batch * t, 64);
                         for (int s0 = 0; s0 < s; s0 += batch) {
                             int n = Math.min(batch, s - s0);
                             for (int i = 0; i < batch; i++) {
@@ -106,17 +105,10 @@ public final class LogitDump {
                             session.setSequences(batchIds);
                             MemorySegment logits = session.forwardLogits();
                             if (o.kind() == Kind.topk) {
-                                // log Σ exp(t/T) per row through the fused softmax CE kernel: with the
-                                // logits scaled by 1/T and any target, loss + logit[target] = logsumexp.
                                 for (long r = 0; r < (long) n * t; r++) topK(logits, r * v, v, k, a, b, type, (long) s0 * t + r);
-                                int batchRows = n * t;
-                                kernels.scale(logits, (float) (1 / o.temperature()), (long) batchRows * v);
-                                for (int r = 0; r < batchRows; r++) rowTargets.setAtIndex(ValueLayout.JAVA_INT, r, 0);
-                                kernels.softmaxCrossEntropy(rowLoss, logits, rowTargets, batchRows, v, -100, false, 0f);
-                                for (int r = 0; r < batchRows; r++) {
-                                    lse.setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLoss.getAtIndex(ValueLayout.JAVA_FLOAT, r)
-                                            + logits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * v));
-                                }
+                                // the full-vocabulary log Σ exp(logit / T) of each row, where the logits live
+                                float[] rowLse = session.logsumexpOfLastLogits(o.temperature());
+                                for (int r = 0; r < n * t; r++) lse.setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLse[r]);
                             }
                             for (long r = 0; o.kind() != Kind.topk && r < (long) n * t; r++) {
                                 long row = (long) s0 * t + r;

@@ -80,7 +80,7 @@ class CheckpointStoreTest {
             CheckpointStore.Checkpoint latest = store.latest().orElseThrow();
             assertTrue(latest.step() > lastSeen);
             for (CheckpointStore.Checkpoint c : store.list()) {
-                try (Transformer m = ModelFiles.read(c.dir())) {
+                try (var k = new dev.distillery.kernels.cpu.CpuKernels(1, "vector"); Transformer m = ModelFiles.read(c.dir(), k)) {
                     for (Tensor t : m.parameters().parameters()) {
                         for (long i = 0; i < t.numel(); i++) {
                             if (t.getFloat(i) != c.step()) {

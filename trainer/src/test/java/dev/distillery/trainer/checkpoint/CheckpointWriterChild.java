@@ -17,7 +17,8 @@ public final class CheckpointWriterChild {
     public static void main(String[] args) throws Exception {
         CheckpointStore store = CheckpointStore.open(Path.of(args[0]));
         int step = store.latest().map(CheckpointStore.Checkpoint::step).orElse(0);
-        try (Transformer model = new Transformer(new TransformerConfig(97, 16, 2, 32, 4))) {
+        try (var kernels = new dev.distillery.kernels.cpu.CpuKernels(1, "vector");
+             Transformer model = new Transformer(new TransformerConfig(97, 16, 2, 32, 4), kernels)) {
             while (true) {
                 step++;
                 for (Tensor t : model.parameters().parameters()) {

@@ -61,12 +61,15 @@ class TrainerCommandsTest {
     }
 
     @Test
-    void cudaIsRefusedWithTheNoDeviceCode(@TempDir Path dir) throws IOException {
+    void cudaWithoutADeviceIsRefusedWithTheNoDeviceCodeAndTheReason(@TempDir Path dir) throws IOException {
+        String why = DeviceOptions.cudaUnavailableReason();
+        org.junit.jupiter.api.Assumptions.assumeTrue(why != null, "this machine can run CUDA");
         Path cfg = dir.resolve("run.json");
         Files.writeString(cfg, "{\"teacher\": \"x\"}");
         Run r = run("distill", "--config", cfg.toString(), "--device", "cuda");
         assertEquals(Main.EXIT_NO_DEVICE, r.status());
-        assertTrue(r.err().contains("--device cuda") && r.err().contains("not wired up yet"), r.err());
+        assertTrue(r.err().contains("--device cuda") && r.err().contains(why) && r.err().contains("use --device cpu"), r.err());
+        assertEquals(1, r.err().strip().lines().count(), r.err());
     }
 
     @Test

@@ -55,7 +55,7 @@ class DistillRunTest {
         tokens[0] = 1;
         for (int i = 1; i < tokens.length; i++) tokens[i] = rng.nextDouble() < 0.8 ? (tokens[i - 1] * 7 + 3) % VOCAB : rng.nextInt(VOCAB);
         TokenFile.write(tmp.resolve("tokens.bin"), tokens);
-        try (Transformer teacher = new Transformer(new TransformerConfig(VOCAB, SEQ, 1, 16, 2))) {
+        try (Transformer teacher = new Transformer(new TransformerConfig(VOCAB, SEQ, 1, 16, 2), kernels)) {
             teacher.initialize(99);
             // Sharpen the random teacher so its distribution is far from uniform.
             var wte = teacher.parameters().get("wte.weight");
@@ -87,8 +87,52 @@ class DistillRunTest {
     }
 
     static DistillRun.Result run(DistillConfig c, boolean resume, int stopAfter) throws IOException {
+        return run(c, resume, stopAfter, kernels);
+    }
+
+    static DistillRun.Result run(DistillConfig c, boolean resume, int stopAfter, Kernels on) throws IOException {
         PrintWriter quiet = new PrintWriter(new StringWriter());
-        return DistillRun.run(c, kernels, resume, stopAfter, quiet, quiet);
+        return DistillRun.run(c, on, resume, stopAfter, quiet, quiet);
+    }
+
+    /**
+     * The whole loop on {@code CudaKernels} over the CPU emulation of the device (parameters,
+     * moments, activations and staged teacher batches in "device" memory that the host cannot
+     * read): it tracks the CPU run of the same config, and a checkpoint written on the CPU
+     * resumes on the device (and the other way round works by the same files).
+     */
+    @Test
+    void theLoopRunsOnTheEmulatedCudaDeviceAndTracksTheCpu(@TempDir Path out) throws Exception {
+        try (var gcc = new dev.distillery.kernels.cuda.EmulationBuild("distillery-emu-trainer")) {
+            Path library = gcc.build("emu_device.cpp", "libdistillery_emu.so", "-O2", "-DEMU_FIBERS", "-U_FORTIFY_SOURCE", "-shared", "-fPIC");
+            DistillRun.Result cpu = run(config(out.resolve("cpu"), "topk", 8, 4, 0.5), false);
+            DistillRun.Result split;
+            try (var device = new dev.distillery.kernels.cuda.EmulatedCudaBackend(library);
+                 var cuda = new dev.distillery.kernels.cuda.CudaKernels(device)) {
+                DistillRun.Result gpu = run(config(out.resolve("cuda"), "topk", 8, 4, 0.5), false, 0, cuda);
+                assertEquals(cpu.step(), gpu.step());
+                assertEquals(cpu.lastEval().kl(), gpu.lastEval().kl(), 1e-3 * cpu.lastEval().kl(), "held-out KL after 8 steps");
+                assertEquals(cpu.lastEval().ce(), gpu.lastEval().ce(), 1e-3 * cpu.lastEval().ce(), "held-out CE after 8 steps");
+                assertEquals(cpu.lastEval().agreement(), gpu.lastEval().agreement(), 0.02, "top-1 agreement");
+                assertTrue(device.launches() > 1000, device.launches() + " kernels ran on the emulated device");
+
+                // CPU for 4 steps, then the device from that checkpoint to step 8.
+                run(config(out.resolve("split"), "topk", 8, 4, 0.5), false, 4);
+                split = run(config(out.resolve("split"), "topk", 8, 4, 0.5), true, 0, cuda);
+            }
+            assertEquals(8, split.step());
+            try (Transformer a = ModelFiles.read(cpu.lastCheckpoint(), kernels); Transformer b = ModelFiles.read(split.lastCheckpoint(), kernels)) {
+                for (var t : a.parameters().parameters()) {
+                    float[] x = t.toFloatArray(), y = b.parameters().get(t.name()).toFloatArray();
+                    double diff = 0, scale = 1e-3;
+                    for (int i = 0; i < x.length; i++) {
+                        diff = Math.max(diff, Math.abs(x[i] - y[i]));
+                        scale = Math.max(scale, Math.abs(x[i]));
+                    }
+                    assertTrue(diff <= 1e-3 * scale, t.name() + ": CPU-then-device run differs from the CPU run by " + diff);
+                }
+            }
+        }
     }
 
     @Test
@@ -198,7 +242,7 @@ class DistillRunTest {
         assertTrue(e.getMessage().contains("not finite") && e.getMessage().contains("Stopped; the last good checkpoint is"), e.getMessage());
         var store = dev.distillery.trainer.checkpoint.CheckpointStore.open(run.resolve("checkpoints"));
         var last = store.latest().orElseThrow();
-        try (Transformer m = ModelFiles.read(last.dir())) {
+        try (Transformer m = ModelFiles.read(last.dir(), kernels)) {
             for (var t : m.parameters().parameters()) {
                 for (long i = 0; i < t.numel(); i++) assertTrue(Float.isFinite(t.getFloat(i)), "last checkpoint " + last.dir() + " holds " + t.name());
             }

@@ -1,0 +1,173 @@
+package dev.distillery.runtime.nn;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Path;
+import java.util.Arrays;
+
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.cuda.CudaKernels;
+import dev.distillery.kernels.cuda.EmulatedCudaBackend;
+import dev.distillery.kernels.cuda.EmulationBuild;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.runtime.Device;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.optim.AdamW;
+import dev.distillery.runtime.optim.LearningRateSchedule;
+
+/**
+ * The runtime on CUDA: a {@link TrainingSession} whose parameters, moments, workspace, inputs and
+ * teacher targets live in the memory of {@link CudaKernels} on the CPU emulation of the device
+ * (whose device pointers fault if the host dereferences them), trained side by side with the same
+ * session on {@link CpuKernels}. Both start from the same seed and see the same batches; the
+ * losses, gradient norms, parameters, evaluation sums, logits and generated tokens must agree to
+ * float32 accuracy, and a checkpoint written from device memory must read back on the CPU.
+ */
+class TrainingOnEmulatedCudaTest {
+
+    private static final TransformerConfig CFG = new TransformerConfig(37, 7, 2, 12, 3);
+    private static final int B = 2, T = 7, N = B * T, K = 5;
+
+    private static EmulationBuild gcc;
+    private static Path library;
+
+    @BeforeAll
+    static void compile() throws Exception {
+        gcc = new EmulationBuild("distillery-emu-runtime");
+        library = gcc.build("emu_device.cpp", "libdistillery_emu.so", "-O2", "-DEMU_FIBERS", "-U_FORTIFY_SOURCE", "-shared", "-fPIC");
+    }
+
+    @AfterAll
+    static void cleanUp() throws Exception {
+        if (gcc != null) gcc.close();
+    }
+
+    /** Everything one side of the comparison produced. */
+    private record Trace(double[] losses, double[] norms, float[] wte, float[] lnf, TrainingSession.EvalSums eval,
+                         float[] logits, float[] lse, int[] generated) {
+    }
+
+    private static Trace train(Kernels kernels, Path checkpoint) throws IOException {
+        Rng data = new Rng(11);
+        try (Arena host = Arena.ofShared();
+             Transformer model = new Transformer(CFG, kernels);
+             TrainingSession s = new TrainingSession(model, kernels, AdamW.Config.defaults(), new LearningRateSchedule(1e-2, 1e-3, 1, 4),
+                     1.0, B, T)) {
+            assertEquals(Device.of(kernels), model.lmHeadWeight().device());
+            model.initialize(5);
+            // A dense bf16 teacher and a top-k teacher over the same random logits, in host memory (what a shard gives).
+            MemorySegment dense = host.allocate(2L * N * CFG.vocabSize(), 64);
+            MemorySegment ids = host.allocate(4L * N * K, 64), top = host.allocate(4L * N * K, 64), lse = host.allocate(4L * N, 64);
+            for (int r = 0; r < N; r++) {
+                double[] t = new double[CFG.vocabSize()];
+                double max = Double.NEGATIVE_INFINITY, sum = 0;
+                for (int j = 0; j < t.length; j++) {
+                    long at = (long) r * t.length + j;
+                    LogitType.BF16.write(dense, at, (float) (3 * data.nextGaussian()));
+                    t[j] = LogitType.BF16.read(dense, at);
+                    max = Math.max(max, t[j] / 2);
+                }
+                for (double x : t) sum += Math.exp(x / 2 - max);
+                lse.setAtIndex(ValueLayout.JAVA_FLOAT, r, (float) (max + Math.log(sum)));
+                Integer[] order = new Integer[t.length];
+                for (int j = 0; j < t.length; j++) order[j] = j;
+                Arrays.sort(order, (x, y) -> Double.compare(t[y], t[x]));
+                for (int i = 0; i < K; i++) {
+                    ids.setAtIndex(ValueLayout.JAVA_INT, (long) r * K + i, order[i]);
+                    top.setAtIndex(ValueLayout.JAVA_FLOAT, (long) r * K + i, (float) t[order[i]]);
+                }
+            }
+            TeacherTargets denseTeacher = new TeacherTargets.Dense(dense, LogitType.BF16, CFG.vocabSize());
+            TeacherTargets topK = new TeacherTargets.TopK(ids, top, LogitType.F32, lse, K, CFG.vocabSize(), 2f);
+            DistillOptions options = DistillOptions.of(2f, 0.3f);
+            int steps = 4;
+            double[] losses = new double[steps], norms = new double[steps];
+            for (int step = 0; step < steps; step++) {
+                int[] windows = new int[B * (T + 1)];
+                for (int i = 0; i < windows.length; i++) windows[i] = data.nextInt(CFG.vocabSize());
+                s.setWindows(windows);
+                s.beginStep();
+                // two micro-batches: a dense and a top-k one (with JSD), gradients accumulating at 1/2 each
+                double loss = s.backwardDistill(denseTeacher, options, DifferentiableOps.Reduction.MEAN, 5, 0.5f).total();
+                loss += s.backwardDistill(topK, options.withDivergence(Divergence.jsd(0.5)), DifferentiableOps.Reduction.MEAN, 4, 0.5f).total();
+                if (step == steps - 1) loss += s.backwardCrossEntropy(0.5f);
+                TrainingSession.StepResult r = s.finishStep(loss / 2);
+                losses[step] = r.loss();
+                norms[step] = r.gradNorm();
+            }
+            int[] top1 = new int[N];
+            for (int r = 0; r < N; r++) top1[r] = denseTeacher.top1(r);
+            TrainingSession.EvalSums eval = s.evaluateDistill(denseTeacher, top1, options, 3);
+            float[] logits = s.forwardLogits().asSlice(0, 4L * N * CFG.vocabSize()).toArray(ValueLayout.JAVA_FLOAT);
+            float[] rowLse = s.logsumexpOfLastLogits(1.5);
+            ModelFiles.write(checkpoint, model);
+            int[] generated;
+            try (TextGenerator g = new TextGenerator(model, kernels)) {
+                generated = g.generate(new int[]{3, 1, 4}, 6, 0, 0, new Rng(1));
+            }
+            return new Trace(losses, norms, model.parameters().read(model.lmHeadWeight()),
+                    model.parameters().read(model.parameters().get("ln_f.weight")), eval, logits, rowLse, generated);
+        }
+    }
+
+    private static void assertClose(float[] expected, float[] actual, double tolerance, String what) {
+        assertEquals(expected.length, actual.length, what);
+        double scale = 1e-3, diff = 0;
+        for (int i = 0; i < expected.length; i++) {
+            scale = Math.max(scale, Math.abs(expected[i]));
+            diff = Math.max(diff, Math.abs(expected[i] - actual[i]));
+        }
+        assertTrue(diff <= tolerance * scale, what + ": max difference " + diff + " at scale " + scale);
+    }
+
+    @Test
+    void distillationOnTheEmulatedDeviceMatchesTheCpuStepForStep(@TempDir Path dir) throws IOException {
+        Trace cpu, gpu;
+        int launches;
+        try (CpuKernels kernels = new CpuKernels(2, "blas")) {
+            cpu = train(kernels, dir.resolve("cpu"));
+        }
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device)) {
+            gpu = train(kernels, dir.resolve("cuda"));
+            launches = device.launches();
+        }
+        assertTrue(launches > 300, "the emulated device ran " + launches + " kernels");
+        for (int i = 0; i < cpu.losses().length; i++) {
+            assertEquals(cpu.losses()[i], gpu.losses()[i], 1e-4 * Math.abs(cpu.losses()[i]), "loss of step " + (i + 1));
+            assertEquals(cpu.norms()[i], gpu.norms()[i], 1e-3 * cpu.norms()[i], "gradient norm of step " + (i + 1));
+        }
+        assertTrue(cpu.losses()[2] < cpu.losses()[0], "the distillation loss fell: " + Arrays.toString(cpu.losses()));
+        assertClose(cpu.wte(), gpu.wte(), 1e-3, "wte after 4 steps");
+        assertClose(cpu.lnf(), gpu.lnf(), 1e-3, "ln_f.weight after 4 steps");
+        assertEquals(cpu.eval().agree(), gpu.eval().agree(), "top-1 agreements");
+        assertEquals(cpu.eval().rows(), gpu.eval().rows());
+        assertEquals(cpu.eval().ceRows(), gpu.eval().ceRows());
+        assertEquals(cpu.eval().ce(), gpu.eval().ce(), 1e-3 * Math.abs(cpu.eval().ce()), "evaluation CE");
+        assertEquals(cpu.eval().divergence(), gpu.eval().divergence(), 1e-3 * Math.abs(cpu.eval().divergence()), "evaluation KL");
+        assertClose(cpu.logits(), gpu.logits(), 1e-3, "forwardLogits");
+        assertClose(cpu.lse(), gpu.lse(), 1e-4, "logsumexp at T = 1.5");
+        assertArrayEquals(cpu.generated(), gpu.generated(), "greedy tokens");
+
+        // The checkpoint written from device memory holds the device's parameters and opens on the CPU.
+        try (CpuKernels kernels = new CpuKernels(1, "vector"); Transformer back = ModelFiles.read(dir.resolve("cuda"), kernels)) {
+            assertArrayEquals(gpu.wte(), back.parameters().read(back.lmHeadWeight()), "wte read back from the CUDA run's checkpoint");
+        }
+    }
+}
