@@ -16,7 +16,10 @@ import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
 
+import dev.distillery.bindings.CudaDevices;
+import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.cuda.CudaKernels;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.Transformer;
@@ -27,6 +30,8 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
  * One full training step of the student (forward, fused cross-entropy, backward, gradient
  * clipping, AdamW) on random tokens: time per step; tokens/s = batch · ctx / time.
  * Config A: 8 × 128 = 1,024 tokens a step; config B: 8 × 256 = 2,048.
+ * {@code -p device=cuda} runs the same step on GPU 0 through {@code CudaKernels} (the step ends
+ * with the gradient norm copied back, so the time includes all of its GPU work).
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
@@ -46,14 +51,26 @@ public class TrainingStepBenchmark {
     @Param({"auto"})
     public String gemm;
 
-    private CpuKernels kernels;
+    /** cpu, or cuda (GPU 0, fp32 GEMMs; needs a driver and a device). */
+    @Param({"cpu"})
+    public String device;
+
+    private Kernels kernels;
     private Transformer model;
     private TrainingSession session;
 
     @Setup(Level.Trial)
     public void setUp() {
         StudentConfigs c = StudentConfigs.valueOf(config);
-        kernels = new CpuKernels(threads, gemm);
+        kernels = switch (device) {
+            case "cpu" -> new CpuKernels(threads, gemm);
+            case "cuda" -> {
+                CudaDevices.Probe probe = CudaDevices.probe();
+                if (!probe.available()) throw new IllegalStateException("device=cuda needs a CUDA device: " + probe.reason());
+                yield CudaKernels.open(0, false);
+            }
+            default -> throw new IllegalArgumentException("device must be cpu or cuda, got " + device);
+        };
         model = new Transformer(c.model, kernels);
         model.initialize(1);
         int t = c.model.contextLength();

@@ -77,6 +77,22 @@ final class FusedDistillLoss {
         float[] listed = new float[0];
         int markRow;
         float[] q = new float[0], lq = new float[0], p = new float[0], lp = new float[0];
+        /**
+         * Dense forward KL: e_s = exp((s − m_b)/T) and e_t = exp((t − mt_b)/T) of the whole row from
+         * pass A (m_b the running max used for block b: sc.blockMax and teacherBlockMax), so pass B
+         * rescales them instead of computing two more exps per element. Off-heap for e_s because
+         * the Vector API stores only to native (or byte[]) segments.
+         */
+        MemorySegment eS = MemorySegment.NULL;
+        float[] eT = new float[0];
+        /** Dense forward KL: the teacher row as fp32 (widened once, in pass A), −inf in padding columns. */
+        float[] tRow = new float[0];
+        float[] teacherBlockMax = new float[0];
+
+        MemorySegment eS(int v) {
+            if (eS.byteSize() < 4L * v) eS = java.lang.foreign.Arena.ofAuto().allocate(4L * v, 64);
+            return eS;
+        }
     }
 
     /** Per-row constants of the student after pass A. */
@@ -133,7 +149,8 @@ final class FusedDistillLoss {
         boolean sparse = !(teacher instanceof TeacherTargets.Dense);
         boolean storeE = sparse && g != null && (o.alpha() == 0f || integerTemperature(invT) > 0);
         if (sparse) readListed(r, s, so, teacher, sc);
-        Student st = studentPass(s, so, v, invT, storeE ? g : null, sc);
+        boolean denseKl = !sparse && o.divergence() instanceof Divergence.ForwardKl;
+        Student st = denseKl ? studentPass(s, so, v, invT, sc.eS(v), 0, sc) : studentPass(s, so, v, invT, storeE ? g : null, so, sc);
         float ce = label >= 0 ? st.max() + st.logZ1() - sLabel : 0f;
         float c1 = gradScale * o.alpha();                                  // on softmax(s) − onehot
         float cq = gradScale * (1 - o.alpha()) * o.gradientTemperatureFactor(); // on the divergence's (q − target)
@@ -150,10 +167,10 @@ final class FusedDistillLoss {
 
     /**
      * Online max and Σexp for softmax(s/T) and softmax(s) over one student row. With eOut, also
-     * writes e = exp((s − m_b)/T) for every column, m_b the running max used for its block
-     * (recorded in sc.blockMax): the gradient pass rescales instead of recomputing the exp.
+     * writes e = exp((s − m_b)/T) for column j at eOut[eBase + j], m_b the running max used for
+     * its block (recorded in sc.blockMax): the gradient pass rescales instead of recomputing the exp.
      */
-    private static Student studentPass(MemorySegment s, long so, int v, float invT, MemorySegment eOut, Scratch sc) {
+    private static Student studentPass(MemorySegment s, long so, int v, float invT, MemorySegment eOut, long eBase, Scratch sc) {
         float m = Float.NEGATIVE_INFINITY;
         double zt = 0, z1 = 0;
         int power = integerTemperature(invT);
@@ -173,7 +190,7 @@ final class FusedDistillLoss {
             float[] sums;
             if (eOut != null) {
                 sc.blockMax[j0 / BLOCK] = m;
-                sums = VectorOps.expSumAndPower(s, o, len, m, invT, Math.max(power, 1), eOut, o);
+                sums = VectorOps.expSumAndPower(s, o, len, m, invT, Math.max(power, 1), eOut, eBase + j0);
             } else if (power > 0) {
                 sums = VectorOps.expSumAndPower(s, o, len, m, invT, power, null, 0);
             } else {
@@ -237,26 +254,35 @@ final class FusedDistillLoss {
                                Student st, float invT, DistillOptions o, float c1, float cq, Scratch sc) {
         long to = (long) r * d.vocab();
         float[] tb = sc.teacher;
-        // pass A for the teacher: online max and Σ exp((t − max)/T) over its own vocabulary
+        // pass A for the teacher: online max and Σ exp((t − max)/T) over its own vocabulary; for
+        // forward KL, e_t is kept for pass B (sc.eT, with the running max of each block)
+        boolean keep = o.divergence() instanceof Divergence.ForwardKl;
+        int blocks = (d.vocab() + BLOCK - 1) / BLOCK;
+        if (keep && sc.eT.length < d.vocab()) sc.eT = new float[d.vocab()];
+        if (keep && sc.tRow.length < v) sc.tRow = new float[v];
+        if (keep && sc.teacherBlockMax.length < blocks) sc.teacherBlockMax = new float[blocks];
         float mt = Float.NEGATIVE_INFINITY;
         double zt = 0;
         for (int j0 = 0; j0 < d.vocab(); j0 += BLOCK) {
             int len = Math.min(BLOCK, d.vocab() - j0);
             loadTeacher(d, to, j0, len, tb);
+            if (keep) System.arraycopy(tb, 0, sc.tRow, j0, len);
             float bm = VectorOps.max(tb, len);
             if (bm > mt) {
                 if (mt != Float.NEGATIVE_INFINITY) zt *= Math.exp((mt - bm) * (double) invT);
                 mt = bm;
             }
+            if (keep) sc.teacherBlockMax[j0 / BLOCK] = mt;
             if (mt == Float.NEGATIVE_INFINITY) continue;
-            zt += VectorOps.expSumAffine(tb, len, mt, invT);
+            zt += keep ? VectorOps.expSumStore(tb, len, mt, invT, sc.eT, j0) : VectorOps.expSumAffine(tb, len, mt, invT);
         }
         if (mt == Float.NEGATIVE_INFINITY || Float.isNaN(mt) || mt == Float.POSITIVE_INFINITY) {
             throw new IllegalArgumentException("teacher row " + r + " has no finite maximum logit (max = " + mt + ")");
         }
+        if (keep) Arrays.fill(sc.tRow, d.vocab(), v, Float.NEGATIVE_INFINITY); // student padding columns
         RowMath m = new RowMath(st.max(), st.logZt(), st.logZ1(), mt, (float) Math.log(zt), invT, c1, cq);
         return switch (o.divergence()) {
-            case Divergence.ForwardKl ignored -> m.forwardKl(s, so, g, d, to, v, sc);
+            case Divergence.ForwardKl ignored -> m.forwardKl(s, so, g, d, to, v, sc);  // from the e's of pass A
             case Divergence.ReverseKl ignored -> m.reverseKl(s, so, g, d, to, v, sc);
             case Divergence.Jsd jsd -> m.jsd(s, so, g, d, to, v, sc, (float) jsd.beta());
         };
@@ -268,10 +294,18 @@ final class FusedDistillLoss {
      */
     private record RowMath(float ms, float lzq, float lz1, float mt, float lzp, float invT, float c1, float cq) {
 
-        /** Fills sc.qb = q, sc.pb = p and (when the CE term is on) sc.sb = softmax(s) for one block. */
-        private void block(MemorySegment s, long o, int len, Scratch sc) {
-            VectorOps.expAffine(s, o, len, ms, invT, lzq, sc.qb);
-            VectorOps.expAffine(sc.teacher, len, mt, invT, lzp, sc.pb);
+        /**
+         * Forward KL's block: sc.qb = q and sc.pb = p rescaled from pass A's stored e_s, e_t (no
+         * exp), sc.sb = softmax(s) when the CE term is on. Teacher columns ≥ its vocabulary get p = 0.
+         */
+        private void storedBlock(MemorySegment s, long o, int j0, int len, int vt, Scratch sc) {
+            int b = j0 / BLOCK;
+            VectorOps.scaledCopy(sc.eS, j0, len, (float) Math.exp((sc.blockMax[b] - ms) * (double) invT - lzq), sc.qb);
+            int real = Math.max(0, Math.min(len, vt - j0));
+            if (real > 0) {
+                VectorOps.scaledCopy(sc.eT, j0, real, (float) Math.exp((sc.teacherBlockMax[b] - mt) * (double) invT - lzp), sc.pb);
+            }
+            Arrays.fill(sc.pb, real, len, 0f);
             if (c1 != 0f) hardLabelSoftmax(s, o, len, ms, invT, lzq, lz1, sc);
         }
 
@@ -282,25 +316,24 @@ final class FusedDistillLoss {
 
         float forwardKl(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, Scratch sc) {
             double kl = 0;
-            float[] tb = sc.teacher, qb = sc.qb, pb = sc.pb, sb = sc.sb;
+            float[] tr = sc.tRow, qb = sc.qb, pb = sc.pb, sb = sc.sb;  // tr: the teacher row widened in pass A
             for (int j0 = 0; j0 < v; j0 += BLOCK) {
                 int len = Math.min(BLOCK, v - j0);
-                loadTeacher(d, to, j0, len, tb);
                 long o = so + j0;
-                block(s, o, len, sc);
+                storedBlock(s, o, j0, len, d.vocab(), sc);
                 FloatVector acc = FloatVector.zero(SPECIES);
                 int i = 0;
                 for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
                     FloatVector sv = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER);
                     FloatVector lq = sv.sub(ms).mul(invT).sub(lzq);
-                    FloatVector lp = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT).sub(lzp);
+                    FloatVector lp = FloatVector.fromArray(SPECIES, tr, j0 + i).sub(mt).mul(invT).sub(lzp);
                     FloatVector q = FloatVector.fromArray(SPECIES, qb, i), p = FloatVector.fromArray(SPECIES, pb, i);
                     acc = acc.add(p.mul(lp.sub(lq)).blend(0f, p.compare(VectorOperators.LE, 0f)));
                     if (g != null) ce(q.sub(p).mul(cq), sc, i).intoMemorySegment(g, (o + i) * 4L, ORDER);
                 }
                 float sum = VectorOps.sumLanes(acc);
                 for (; i < len; i++) {
-                    float lq = (get(s, o + i) - ms) * invT - lzq, lp = (tb[i] - mt) * invT - lzp;
+                    float lq = (get(s, o + i) - ms) * invT - lzq, lp = (tr[j0 + i] - mt) * invT - lzp;
                     if (pb[i] > 0f) sum += pb[i] * (lp - lq);
                     if (g != null) set(g, o + i, (c1 != 0f ? sb[i] * c1 : 0f) + (qb[i] - pb[i]) * cq);
                 }

@@ -128,27 +128,37 @@ public final class CudaDevice implements CudaBackend {
         CudaCalls.driver(CudaDriver.cuMemFree_v2(address), "cuMemFree");
     }
 
-    /** Host → device, ordered after the compute stream's work (synchronous). */
+    /**
+     * Host → device on the compute stream, then a wait for it: ordered after the kernels already
+     * issued, finished before later ones start and before {@code src} may change. (The
+     * synchronous cuMemcpyHtoD would run on the legacy default stream, which does not order with
+     * our non-blocking streams, and from pageable memory may return before its DMA lands.)
+     */
     @Override
     public void upload(long dst, MemorySegment src, long bytes) {
         bind();
+        CudaCalls.driver(CudaDriver.cuMemcpyHtoDAsync_v2(dst, src, bytes, stream), "cuMemcpyHtoDAsync(" + bytes + " bytes, compute stream)");
         synchronize();
-        CudaCalls.driver(CudaDriver.cuMemcpyHtoD_v2(dst, src, bytes), "cuMemcpyHtoD(" + bytes + " bytes)");
     }
 
-    /** Device → host, after the compute stream's work (synchronous). */
+    /** Device → host on the compute stream (after the kernels already issued), then a wait for it. */
     @Override
     public void download(MemorySegment dst, long src, long bytes) {
         bind();
+        CudaCalls.driver(CudaDriver.cuMemcpyDtoHAsync_v2(dst, src, bytes, stream), "cuMemcpyDtoHAsync(" + bytes + " bytes, compute stream)");
         synchronize();
-        CudaCalls.driver(CudaDriver.cuMemcpyDtoH_v2(dst, src, bytes), "cuMemcpyDtoH(" + bytes + " bytes)");
     }
 
-    /** Device → device (synchronous), e.g. the copy-bandwidth yardstick of the benchmarks. */
+    /**
+     * Device → device after the compute stream's work, finished on return (the copy-bandwidth
+     * yardstick of the benchmarks). cuMemcpyDtoD may return before a device-to-device copy ends,
+     * hence the context-wide wait.
+     */
     public void copyDeviceToDevice(long dst, long src, long bytes) {
         bind();
         synchronize();
         CudaCalls.driver(CudaDriver.cuMemcpyDtoD_v2(dst, src, bytes), "cuMemcpyDtoD(" + bytes + " bytes)");
+        CudaCalls.driver(CudaDriver.cuCtxSynchronize(), "cuCtxSynchronize");
     }
 
     @Override

@@ -14,7 +14,9 @@ import dev.distillery.kernels.distill.TeacherTargets;
  * copied with {@link Kernels#copyFromHostAsync} into a persistent device buffer, so the copy
  * overlaps whatever the caller issues next (the student's forward pass); the caller then calls
  * {@link Kernels#joinCopies()} before the loss reads the targets. The device buffers grow to the
- * largest batch seen and are then reused: a steady loop allocates nothing.
+ * largest batch seen and are then reused: a steady loop allocates nothing. Reuse is safe because
+ * the loss's per-row sums come back to the host through a copy that waits for the compute
+ * stream, so no kernel still reads a buffer when the next {@link #stage} overwrites it.
  */
 public final class TeacherStaging implements AutoCloseable {
 
