@@ -67,21 +67,12 @@ public final class SelftestCommand implements Callable<Integer> {
                 out.println("seed: " + cudaSeed);
                 out.println();
                 List<KernelConformance.Result> results = CudaConformance.run(gpu, cpu, cudaSeed, quick);
-                printTable(out, results);
-                long failed = results.stream().filter(r -> !r.passed()).count();
-                out.println();
-                out.printf(Locale.ROOT, "%d CUDA kernel checks against the CPU kernels, %d passed, %d failed%n", results.size(),
-                        results.size() - failed, failed);
+                long failed = report(out, results, "CUDA kernel checks against the CPU kernels");
                 out.println();
                 out.println("CudaKernels (the whole Kernels contract, with its copies) against the float64 reference:");
                 try (CudaKernels contract = new CudaKernels(gpu)) {
-                    List<KernelConformance.Result> whole = KernelConformance.run(contract, cudaSeed,
-                            quick ? KernelConformance.Sizes.quick() : KernelConformance.Sizes.standard());
-                    printTable(out, whole);
-                    long wholeFailed = whole.stream().filter(r -> !r.passed()).count();
-                    out.println();
-                    out.printf(Locale.ROOT, "%d contract checks, %d passed, %d failed%n", whole.size(), whole.size() - wholeFailed, wholeFailed);
-                    failed += wholeFailed;
+                    failed += report(out, KernelConformance.run(contract, cudaSeed,
+                            quick ? KernelConformance.Sizes.quick() : KernelConformance.Sizes.standard()), "contract checks");
                 }
                 return failed == 0 ? 0 : Main.EXIT_FAILED;
             }
@@ -100,12 +91,17 @@ public final class SelftestCommand implements Callable<Integer> {
             out.println();
             List<KernelConformance.Result> results = KernelConformance.run(kernels, usedSeed,
                     quick ? KernelConformance.Sizes.quick() : KernelConformance.Sizes.standard());
-            printTable(out, results);
-            long failed = results.stream().filter(r -> !r.passed()).count();
-            out.println();
-            out.printf(Locale.ROOT, "%d checks, %d passed, %d failed%n", results.size(), results.size() - failed, failed);
-            return failed == 0 ? 0 : Main.EXIT_FAILED;
+            return report(out, results, "checks") == 0 ? 0 : Main.EXIT_FAILED;
         }
+    }
+
+    /** The table and a "N what, P passed, F failed" line; returns F. */
+    private long report(PrintWriter out, List<KernelConformance.Result> results, String what) {
+        printTable(out, results);
+        long failed = results.stream().filter(r -> !r.passed()).count();
+        out.println();
+        out.printf(Locale.ROOT, "%d %s, %d passed, %d failed%n", results.size(), what, results.size() - failed, failed);
+        return failed;
     }
 
     private void printTable(PrintWriter out, List<KernelConformance.Result> results) {
