@@ -61,11 +61,19 @@ class CudaEmulationGateTest {
         if (gcc != null) gcc.close();
     }
 
+    /** shardTemperature ≠ temperature on a top-k case runs the rescaled tail (CUDA mode 2, RESCALE_TOPK). */
     private record Case(String name, int kind, LogitType type, Divergence divergence, int n, int v, int vt,
-                        boolean inPlace, boolean labels, float temperature, float alpha, DistillOptions.TopKMode mode) {
+                        boolean inPlace, boolean labels, float temperature, float alpha, DistillOptions.TopKMode mode,
+                        float shardTemperature) {
         Case(String name, int kind, LogitType type, Divergence divergence, int n, int v, int vt,
              boolean inPlace, boolean labels, float temperature, float alpha) {
-            this(name, kind, type, divergence, n, v, vt, inPlace, labels, temperature, alpha, DistillOptions.TopKMode.TAIL_BUCKET);
+            this(name, kind, type, divergence, n, v, vt, inPlace, labels, temperature, alpha, DistillOptions.TopKMode.TAIL_BUCKET,
+                    temperature);
+        }
+
+        Case(String name, int kind, LogitType type, Divergence divergence, int n, int v, int vt,
+             boolean inPlace, boolean labels, float temperature, float alpha, DistillOptions.TopKMode mode) {
+            this(name, kind, type, divergence, n, v, vt, inPlace, labels, temperature, alpha, mode, temperature);
         }
     }
 
@@ -87,6 +95,9 @@ class CudaEmulationGateTest {
                     cases.add(new Case("top-k " + t + " " + mode + " " + d + " V=" + shape[0] + "/" + shape[1], 2, t, d, 3,
                             shape[0], shape[1], mode == DistillOptions.TopKMode.TAIL_BUCKET, true, 2f, 0.3f, mode));
                 }
+                // a shard dumped at T = 1.5 trained at T = 2: the tail mass rescaled (RESCALE_TOPK)
+                cases.add(new Case("top-k F16 rescaled tail " + d + " V=" + shape[0] + "/" + shape[1], 2, LogitType.F16, d, 3,
+                        shape[0], shape[1], true, true, 2f, 0.3f, DistillOptions.TopKMode.TAIL_BUCKET, 1.5f));
             }
         }
         cases.add(new Case("dense no labels", 0, LogitType.F32, divs[0], 2, 211, 211, false, false, 1f, 0f));
@@ -163,13 +174,14 @@ class CudaEmulationGateTest {
                 int[] order = java.util.stream.IntStream.range(0, vt).boxed()
                         .sorted((x, y) -> Double.compare(t[row * vt + y], t[row * vt + x])).mapToInt(Integer::intValue).toArray();
                 double mx = Double.NEGATIVE_INFINITY, sum = 0;
-                for (int j = 0; j < vt; j++) mx = Math.max(mx, t[r * vt + j] / c.temperature());
-                for (int j = 0; j < vt; j++) sum += Math.exp(t[r * vt + j] / c.temperature() - mx);
+                for (int j = 0; j < vt; j++) mx = Math.max(mx, t[r * vt + j] / c.shardTemperature());
+                for (int j = 0; j < vt; j++) sum += Math.exp(t[r * vt + j] / c.shardTemperature() - mx);
                 lse[r] = (float) (mx + Math.log(sum));
                 for (int i = 0; i < samples; i++) ids[r * samples + i] = order[i];
             }
         }
         DistillOptions o = DistillOptions.of(c.temperature(), c.alpha()).withDivergence(c.divergence()).withTopKMode(c.mode());
+        if (c.shardTemperature() != c.temperature()) o = o.withSparseTemperature(DistillOptions.SparseTemperature.RESCALE_TOPK);
         float gradScale = 1f / n;
 
         try (Arena arena = Arena.ofShared()) {
@@ -184,7 +196,7 @@ class CudaEmulationGateTest {
                 case 0 -> new TeacherTargets.Dense(teacherSeg, c.type(), vt);
                 case 1 -> new TeacherTargets.Sampled(Buffers.ints(arena, ids), Buffers.floats(arena, weights), samples, vt, c.temperature());
                 default -> new TeacherTargets.TopK(Buffers.ints(arena, ids), topLogits, c.type(), Buffers.floats(arena, lse),
-                        samples, vt, c.temperature());
+                        samples, vt, c.shardTemperature());
             };
             kernels.distillLoss(student, grad, teacher, c.labels() ? Buffers.ints(arena, labels) : null, ce, div, n, v, o, gradScale);
 
@@ -203,7 +215,9 @@ class CudaEmulationGateTest {
                     .putInt(c.labels() ? 1 : 0).putInt(c.inPlace() ? 1 : 0).putInt(64);
             in.putFloat(c.temperature()).putFloat(c.alpha()).putFloat(beta).putFloat(o.divergenceScale())
                     .putFloat(o.gradientTemperatureFactor()).putFloat(gradScale).putInt(o.ignoreIndex())
-                    .putFloat(c.temperature()).putInt(c.mode().ordinal());
+                    .putFloat(c.shardTemperature())
+                    // the kernel's top-k mode, chosen as CudaKernels chooses it: 0 tail bucket, 1 renormalize, 2 rescaled tail
+                    .putInt(c.mode() == DistillOptions.TopKMode.RENORMALIZE ? 1 : c.shardTemperature() != c.temperature() ? 2 : 0);
             for (double x : s) in.putFloat((float) x);
             if (c.kind() == 0) {
                 in.put(teacherSeg.asByteBuffer());
