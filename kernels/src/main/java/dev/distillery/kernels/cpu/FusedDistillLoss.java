@@ -84,7 +84,7 @@ final class FusedDistillLoss {
          * the Vector API stores only to native (or byte[]) segments.
          */
         MemorySegment eS = MemorySegment.NULL;
-        float[] eT = new float[0];
+        float[] eT = new float[0];   // 0 past the teacher's vocabulary
         /** Dense forward KL: the teacher row as fp32 (widened once, in pass A), −inf in padding columns. */
         float[] tRow = new float[0];
         float[] teacherBlockMax = new float[0];
@@ -258,7 +258,7 @@ final class FusedDistillLoss {
         // forward KL, e_t is kept for pass B (sc.eT, with the running max of each block)
         boolean keep = o.divergence() instanceof Divergence.ForwardKl;
         int blocks = (d.vocab() + BLOCK - 1) / BLOCK;
-        if (keep && sc.eT.length < d.vocab()) sc.eT = new float[d.vocab()];
+        if (keep && sc.eT.length < v) sc.eT = new float[v];
         if (keep && sc.tRow.length < v) sc.tRow = new float[v];
         if (keep && sc.teacherBlockMax.length < blocks) sc.teacherBlockMax = new float[blocks];
         float mt = Float.NEGATIVE_INFINITY;
@@ -279,7 +279,10 @@ final class FusedDistillLoss {
         if (mt == Float.NEGATIVE_INFINITY || Float.isNaN(mt) || mt == Float.POSITIVE_INFINITY) {
             throw new IllegalArgumentException("teacher row " + r + " has no finite maximum logit (max = " + mt + ")");
         }
-        if (keep) Arrays.fill(sc.tRow, d.vocab(), v, Float.NEGATIVE_INFINITY); // student padding columns
+        if (keep) {
+            Arrays.fill(sc.tRow, d.vocab(), v, Float.NEGATIVE_INFINITY); // student padding columns: no teacher mass
+            Arrays.fill(sc.eT, d.vocab(), v, 0f);
+        }
         RowMath m = new RowMath(st.max(), st.logZt(), st.logZ1(), mt, (float) Math.log(zt), invT, c1, cq);
         return switch (o.divergence()) {
             case Divergence.ForwardKl ignored -> m.forwardKl(s, so, g, d, to, v, sc);  // from the e's of pass A
@@ -294,19 +297,14 @@ final class FusedDistillLoss {
      */
     private record RowMath(float ms, float lzq, float lz1, float mt, float lzp, float invT, float c1, float cq) {
 
-        /**
-         * Forward KL's block: sc.qb = q and sc.pb = p rescaled from pass A's stored e_s, e_t (no
-         * exp), sc.sb = softmax(s) when the CE term is on. Teacher columns ≥ its vocabulary get p = 0.
-         */
-        private void storedBlock(MemorySegment s, long o, int j0, int len, int vt, Scratch sc) {
-            int b = j0 / BLOCK;
-            VectorOps.scaledCopy(sc.eS, j0, len, (float) Math.exp((sc.blockMax[b] - ms) * (double) invT - lzq), sc.qb);
-            int real = Math.max(0, Math.min(len, vt - j0));
-            if (real > 0) {
-                VectorOps.scaledCopy(sc.eT, j0, real, (float) Math.exp((sc.teacherBlockMax[b] - mt) * (double) invT - lzp), sc.pb);
-            }
-            Arrays.fill(sc.pb, real, len, 0f);
-            if (c1 != 0f) hardLabelSoftmax(s, o, len, ms, invT, lzq, lz1, sc);
+        /** q = e_s · this for block b: the running max pass A used there, brought to the row's. */
+        private float qFactor(int b, Scratch sc) {
+            return (float) Math.exp((sc.blockMax[b] - ms) * (double) invT - lzq);
+        }
+
+        /** p = e_t · this for the block at j0 (0 past the teacher's vocabulary: e_t is 0 there). */
+        private float pFactor(int j0, int vt, Scratch sc) {
+            return j0 >= vt ? 0f : (float) Math.exp((sc.teacherBlockMax[j0 / BLOCK] - mt) * (double) invT - lzp);
         }
 
         /** Writes g = c1 · softmax(s) + cq · q · w, with w from wOf, for one block. */
@@ -314,28 +312,59 @@ final class FusedDistillLoss {
             return c1 != 0f ? FloatVector.fromArray(SPECIES, sc.sb, i).mul(c1).add(gv) : gv;
         }
 
+        /**
+         * Pass B from pass A's stored rows, no exp: q and p rescaled in registers, the loss and
+         * g = cq (q − p) + c1 softmax(s). For an integer T, softmax(s) = (q Z_T)^T / Z_1 in registers
+         * too; otherwise it takes one exp per element into sc.sb.
+         */
         float forwardKl(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, Scratch sc) {
             double kl = 0;
-            float[] tr = sc.tRow, qb = sc.qb, pb = sc.pb, sb = sc.sb;  // tr: the teacher row widened in pass A
+            float[] tr = sc.tRow, et = sc.eT, sb = sc.sb;  // the teacher row widened in pass A, its e_t
+            MemorySegment es = sc.eS;
+            int power = c1 != 0f ? integerTemperature(invT) : 0;
+            boolean ceFromQ = power > 0, ceFromSb = c1 != 0f && power == 0;
+            float a = (float) Math.exp(lzq), b = (float) Math.exp(-lz1); // softmax(s) = (q a)^T b
             for (int j0 = 0; j0 < v; j0 += BLOCK) {
                 int len = Math.min(BLOCK, v - j0);
                 long o = so + j0;
-                storedBlock(s, o, j0, len, d.vocab(), sc);
+                float fq = qFactor(j0 / BLOCK, sc), fp = pFactor(j0, d.vocab(), sc);
+                if (ceFromSb && g != null) hardLabelSoftmax(s, o, len, ms, invT, lzq, lz1, sc);
                 FloatVector acc = FloatVector.zero(SPECIES);
                 int i = 0;
                 for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                    FloatVector sv = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER);
-                    FloatVector lq = sv.sub(ms).mul(invT).sub(lzq);
+                    FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzq);
                     FloatVector lp = FloatVector.fromArray(SPECIES, tr, j0 + i).sub(mt).mul(invT).sub(lzp);
-                    FloatVector q = FloatVector.fromArray(SPECIES, qb, i), p = FloatVector.fromArray(SPECIES, pb, i);
+                    FloatVector q = FloatVector.fromMemorySegment(SPECIES, es, (j0 + i) * 4L, ORDER).mul(fq);
+                    FloatVector p = FloatVector.fromArray(SPECIES, et, j0 + i).mul(fp);
                     acc = acc.add(p.mul(lp.sub(lq)).blend(0f, p.compare(VectorOperators.LE, 0f)));
-                    if (g != null) ce(q.sub(p).mul(cq), sc, i).intoMemorySegment(g, (o + i) * 4L, ORDER);
+                    if (g != null) {
+                        FloatVector gv = q.sub(p).mul(cq);
+                        if (ceFromQ) {
+                            FloatVector e = q.mul(a), ep = e;
+                            for (int k = 1; k < power; k++) ep = ep.mul(e);
+                            gv = ep.mul(b * c1).add(gv);
+                        } else if (ceFromSb) {
+                            gv = FloatVector.fromArray(SPECIES, sb, i).mul(c1).add(gv);
+                        }
+                        gv.intoMemorySegment(g, (o + i) * 4L, ORDER);
+                    }
                 }
                 float sum = VectorOps.sumLanes(acc);
                 for (; i < len; i++) {
                     float lq = (get(s, o + i) - ms) * invT - lzq, lp = (tr[j0 + i] - mt) * invT - lzp;
-                    if (pb[i] > 0f) sum += pb[i] * (lp - lq);
-                    if (g != null) set(g, o + i, (c1 != 0f ? sb[i] * c1 : 0f) + (qb[i] - pb[i]) * cq);
+                    float q = get(es, j0 + i) * fq, p = et[j0 + i] * fp;
+                    if (p > 0f) sum += p * (lp - lq);
+                    if (g != null) {
+                        float ce = 0f;
+                        if (ceFromQ) {
+                            float e = q * a, ep = e;
+                            for (int k = 1; k < power; k++) ep *= e;
+                            ce = ep * (b * c1);
+                        } else if (ceFromSb) {
+                            ce = sb[i] * c1;
+                        }
+                        set(g, o + i, ce + (q - p) * cq);
+                    }
                 }
                 kl += sum;
             }

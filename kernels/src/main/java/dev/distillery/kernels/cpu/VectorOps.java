@@ -385,24 +385,6 @@ final class VectorOps {
         return sum;
     }
 
-    /** out[i] = x[xo + i] · f, i &lt; n, x a memory segment. */
-    static void scaledCopy(MemorySegment x, long xo, int n, float f, float[] out) {
-        int i = 0;
-        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-            FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).mul(f).intoArray(out, i);
-        }
-        for (; i < n; i++) out[i] = get(x, xo + i) * f;
-    }
-
-    /** out[i] = x[xo + i] · f, i &lt; n, x an array. */
-    static void scaledCopy(float[] x, int xo, int n, float f, float[] out) {
-        int i = 0;
-        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-            FloatVector.fromArray(SPECIES, x, xo + i).mul(f).intoArray(out, i);
-        }
-        for (; i < n; i++) out[i] = x[xo + i] * f;
-    }
-
     /** Σ exp((x[i] − sub) · mul), i &lt; n, x an array. */
     static float expSumAffine(float[] x, int n, float sub, float mul) {
         int i = 0;
