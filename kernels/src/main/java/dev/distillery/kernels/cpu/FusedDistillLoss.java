@@ -9,11 +9,13 @@ import static dev.distillery.kernels.cpu.VectorOps.get;
 import static dev.distillery.kernels.cpu.VectorOps.set;
 
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.LogitType;
 import dev.distillery.kernels.distill.TeacherTargets;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
@@ -78,16 +80,15 @@ final class FusedDistillLoss {
         int markRow;
         float[] q = new float[0], lq = new float[0], p = new float[0], lp = new float[0];
         /**
-         * Dense forward KL: e_s = exp((s − m_b)/T) and e_t = exp((t − mt_b)/T) of the whole row from
-         * pass A (m_b the running max used for block b: sc.blockMax and teacherBlockMax), so pass B
-         * rescales them instead of computing two more exps per element. Off-heap for e_s because
-         * the Vector API stores only to native (or byte[]) segments.
+         * Dense forward KL (see denseForwardKl): e_t of the row (0 where t = −inf and past the
+         * teacher's vocabulary), and e_s in a scratch row when pass B needs s itself (the CE at a
+         * non-integer T). Off-heap for e_s: the Vector API stores only to native (or byte[]) segments.
          */
         MemorySegment eS = MemorySegment.NULL;
-        float[] eT = new float[0];   // 0 past the teacher's vocabulary
-        /** Dense forward KL: the teacher row as fp32 (widened once, in pass A), −inf in padding columns. */
-        float[] tRow = new float[0];
-        float[] teacherBlockMax = new float[0];
+        float[] eT = new float[0];
+        /** End of this thread's rows (the next row's lines are fetched during this one's pass A), and what the fetches read. */
+        int rowEnd;
+        long fetched;
 
         MemorySegment eS(int v) {
             if (eS.byteSize() < 4L * v) eS = java.lang.foreign.Arena.ofAuto().allocate(4L * v, 64);
@@ -111,6 +112,7 @@ final class FusedDistillLoss {
         double[][] sums = new double[chunks][4];
         pool.forEachChunk(n, 1, (chunk, start, end) -> {
             Scratch sc = scratch[chunk];
+            sc.rowEnd = end;
             double[] acc = sums[chunk];
             for (int r = start; r < end; r++) {
                 float[] ceDiv = row(r, s, g, teacher, labels, v, o, gradScale, sc);
@@ -149,11 +151,15 @@ final class FusedDistillLoss {
         boolean sparse = !(teacher instanceof TeacherTargets.Dense);
         boolean storeE = sparse && g != null && (o.alpha() == 0f || integerTemperature(invT) > 0);
         if (sparse) readListed(r, s, so, teacher, sc);
-        boolean denseKl = !sparse && o.divergence() instanceof Divergence.ForwardKl;
-        Student st = denseKl ? studentPass(s, so, v, invT, sc.eS(v), 0, sc) : studentPass(s, so, v, invT, storeE ? g : null, so, sc);
-        float ce = label >= 0 ? st.max() + st.logZ1() - sLabel : 0f;
         float c1 = gradScale * o.alpha();                                  // on softmax(s) − onehot
         float cq = gradScale * (1 - o.alpha()) * o.gradientTemperatureFactor(); // on the divergence's (q − target)
+        if (teacher instanceof TeacherTargets.Dense d && o.divergence() instanceof Divergence.ForwardKl) {
+            float[] ceKl = denseForwardKl(r, s, so, g, d, v, invT, c1, cq, sc);
+            if (g != null && label >= 0) set(g, so + label, get(g, so + label) - c1);
+            return new float[]{label >= 0 ? ceKl[0] - sLabel : 0f, ceKl[1] * o.divergenceScale()};
+        }
+        Student st = studentPass(s, so, v, invT, storeE ? g : null, so, sc);
+        float ce = label >= 0 ? st.max() + st.logZ1() - sLabel : 0f;
         float div = switch (teacher) {
             case TeacherTargets.Dense d -> dense(r, s, so, g, d, v, st, invT, o, c1, cq, sc);
             case TeacherTargets.TopK k -> topK(r, s, so, g, k, v, st, invT, o, c1, cq, storeE, sc);
@@ -254,41 +260,222 @@ final class FusedDistillLoss {
                                Student st, float invT, DistillOptions o, float c1, float cq, Scratch sc) {
         long to = (long) r * d.vocab();
         float[] tb = sc.teacher;
-        // pass A for the teacher: online max and Σ exp((t − max)/T) over its own vocabulary; for
-        // forward KL, e_t is kept for pass B (sc.eT, with the running max of each block)
-        boolean keep = o.divergence() instanceof Divergence.ForwardKl;
-        int blocks = (d.vocab() + BLOCK - 1) / BLOCK;
-        if (keep && sc.eT.length < v) sc.eT = new float[v];
-        if (keep && sc.tRow.length < v) sc.tRow = new float[v];
-        if (keep && sc.teacherBlockMax.length < blocks) sc.teacherBlockMax = new float[blocks];
+        // pass A for the teacher: online max and Σ exp((t − max)/T) over its own vocabulary
         float mt = Float.NEGATIVE_INFINITY;
         double zt = 0;
         for (int j0 = 0; j0 < d.vocab(); j0 += BLOCK) {
             int len = Math.min(BLOCK, d.vocab() - j0);
             loadTeacher(d, to, j0, len, tb);
-            if (keep) System.arraycopy(tb, 0, sc.tRow, j0, len);
             float bm = VectorOps.max(tb, len);
             if (bm > mt) {
                 if (mt != Float.NEGATIVE_INFINITY) zt *= Math.exp((mt - bm) * (double) invT);
                 mt = bm;
             }
-            if (keep) sc.teacherBlockMax[j0 / BLOCK] = mt;
             if (mt == Float.NEGATIVE_INFINITY) continue;
-            zt += keep ? VectorOps.expSumStore(tb, len, mt, invT, sc.eT, j0) : VectorOps.expSumAffine(tb, len, mt, invT);
+            zt += VectorOps.expSumAffine(tb, len, mt, invT);
         }
-        if (mt == Float.NEGATIVE_INFINITY || Float.isNaN(mt) || mt == Float.POSITIVE_INFINITY) {
-            throw new IllegalArgumentException("teacher row " + r + " has no finite maximum logit (max = " + mt + ")");
-        }
-        if (keep) {
-            Arrays.fill(sc.tRow, d.vocab(), v, Float.NEGATIVE_INFINITY); // student padding columns: no teacher mass
-            Arrays.fill(sc.eT, d.vocab(), v, 0f);
-        }
+        checkTeacherMax(r, mt);
         RowMath m = new RowMath(st.max(), st.logZt(), st.logZ1(), mt, (float) Math.log(zt), invT, c1, cq);
         return switch (o.divergence()) {
-            case Divergence.ForwardKl ignored -> m.forwardKl(s, so, g, d, to, v, sc);  // from the e's of pass A
+            case Divergence.ForwardKl ignored -> throw new AssertionError("dense forward KL has its own path");
             case Divergence.ReverseKl ignored -> m.reverseKl(s, so, g, d, to, v, sc);
             case Divergence.Jsd jsd -> m.jsd(s, so, g, d, to, v, sc, (float) jsd.beta());
         };
+    }
+
+    private static void checkTeacherMax(int r, float mt) {
+        if (mt == Float.NEGATIVE_INFINITY || Float.isNaN(mt) || mt == Float.POSITIVE_INFINITY) {
+            throw new IllegalArgumentException("teacher row " + r + " has no finite maximum logit (max = " + mt + ")");
+        }
+    }
+
+    // ---------------------------------------------------------------- dense teacher, forward KL
+
+    /**
+     * Dense teacher, forward KL.
+     *
+     * <p>Pass 0 streams the row of s and of t from memory once, for their maxima only: a
+     * bandwidth-bound pass that leaves both rows in L2, where the rest of the work happens. (A
+     * running-max pass A that fetches each block just before computing on it leaves the memory
+     * system idle while it computes: measured slower at every size.) Pass A, block by block: one
+     * loop computes e_s = exp((s − m_s)/T) and e_t = exp((t − m_t)/T), their sums, Σ e_s^T for the
+     * hard-label CE (integer T), and Σ e_t ((t − m_t) − (s − m_s)), which is the loss:
+     * KL = Σ p (lp − lq) = (1/T) Σ e_t d / Z_t − log Z_t + log Z_s, so no logarithm per element
+     * and no pass re-reads s or t for it. e_s goes to the gradient buffer (over s when in place; a
+     * scratch row when pass B needs s for the CE at a non-integer T), e_t to a per-thread row.
+     * Pass B scales them: q, p and softmax(s) = (q Z_s)^T / Z_1 in registers,
+     * g = cq (q − p) + c1 softmax(s).
+     *
+     * <p>Working set per thread in L2: the row of s (or g), the teacher row and the e_t row:
+     * 10V bytes with a bf16 teacher, within a 2 MB L2 up to V ≈ 200k.
+     *
+     * @return {m_s + log Z_1 (the CE before − s[label]), KL}
+     */
+    private static float[] denseForwardKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
+                                          int v, float invT, float c1, float cq, Scratch sc) {
+        int vt = d.vocab();
+        long to = (long) r * vt;
+        float ms = VectorOps.max(s, so, v), mt = teacherMax(d, to, vt, sc.teacher);
+        // a student row without a finite max (a diverged model) gives a NaN loss, as on the other
+        // paths: the trainer's guard reports it and stops before the update
+        checkTeacherMax(r, mt);
+        // byte offsets of the next row of this thread (this row when it is the last): pass A
+        // touches its lines so that they arrive while this row computes
+        int next = r + 1 < sc.rowEnd ? r + 1 : r;
+        long nextS = (long) next * v * 4L, nextT = (long) next * vt * 2L;
+        int power = integerTemperature(invT);
+        boolean grad = g != null;
+        // Pass B's CE term: from e_s^2 in registers when T = 2 (or when there is none, alpha = 0);
+        // otherwise from a per-block softmax(s) (for a non-integer T that needs s, so e_s then goes
+        // to scratch instead of over s).
+        boolean squareCe = c1 == 0f || power == 2, sForCe = grad && !squareCe && power == 0;
+        MemorySegment eOut = grad && !sForCe ? g : sc.eS(v);   // where e_s is left for pass B
+        long eBase = eOut == g ? so : 0;
+        if (sc.eT.length < v) sc.eT = new float[v];
+        float[] tb = sc.teacher, eT = sc.eT;
+        double zs = 0, zsq = 0, z1 = 0, zt = 0, acc = 0;       // acc = Σ e_t ((t − mt) − (s − ms))
+        for (int j0 = 0; j0 < v; j0 += BLOCK) {
+            int len = Math.min(BLOCK, v - j0);
+            long o = so + j0;
+            if (j0 < vt) {
+                loadTeacher(d, to, j0, len, tb);       // −inf past the teacher's vocabulary
+            } else {
+                Arrays.fill(tb, 0, len, Float.NEGATIVE_INFINITY);
+            }
+            if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f); // before e_s may replace s
+            int fetchT = Math.min(j0, vt - LANES * 2);   // whole lines of the next teacher row, inside its vocabulary
+            float[] sums = fklBlock(s, o, len, ms, invT, eOut, eBase + j0, tb, mt, eT, j0,
+                    nextS + j0 * 4L, d.logits(), nextT + Math.max(0, fetchT) * 2L);
+            zs += sums[0];
+            zsq += sums[1];
+            zt += sums[2];
+            acc += sums[3];
+            sc.fetched += (long) sums[4];
+        }
+        if (power == 1) z1 = zs;
+        if (power == 2) z1 = zsq;                      // e_s^2 = exp(s − ms)
+        double lzs = Math.log(zs), lz1 = Math.log(z1), lzt = Math.log(zt);
+        double kl = invT * acc / zt - lzt + lzs;
+        if (grad) {
+            // pass B: g = cq (q − p) + c1 softmax(s), from e_s (in g or scratch) and e_t
+            float fq = (float) (1 / zs), fp = (float) (1 / zt), c1z = (float) (c1 / z1);
+            float[] sb = sc.sb;
+            for (int j0 = 0; j0 < v; j0 += BLOCK) {
+                int len = Math.min(BLOCK, v - j0);
+                if (squareCe) {
+                    fklGradient(eOut, eBase + j0, eT, j0, len, fq, fp, cq, c1z, null, 0f, g, so + j0);
+                } else {
+                    if (sForCe) {
+                        VectorOps.expAffine(s, so + j0, len, ms, 1f, (float) lz1, sb);
+                    } else {
+                        VectorOps.powerScaled(eOut, eBase + j0, len, power, 1 / (float) z1, sb);
+                    }
+                    fklGradient(eOut, eBase + j0, eT, j0, len, fq, fp, cq, 0f, sb, c1, g, so + j0);
+                }
+            }
+        }
+        return new float[]{(float) (ms + lz1), (float) kl};
+    }
+
+    /**
+     * Pass B over one block: g = cq (e_s fq − e_t fp) + c1z e_s² + c1 sb (sb null: no such term).
+     * No branch inside the vector loop: C2 boxes vectors that meet at a join in a loop (measured:
+     * 3 GB/s of garbage, a third of the kernel's time).
+     */
+    private static void fklGradient(MemorySegment es, long eo, float[] eT, int j0, int len, float fq, float fp, float cq,
+                                    float c1z, float[] sb, float c1, MemorySegment g, long go) {
+        int i = 0;
+        if (sb == null) {
+            for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+                FloatVector e = FloatVector.fromMemorySegment(SPECIES, es, (eo + i) * 4L, ORDER);
+                FloatVector gv = e.mul(fq).sub(FloatVector.fromArray(SPECIES, eT, j0 + i).mul(fp)).mul(cq);
+                e.mul(e).mul(c1z).add(gv).intoMemorySegment(g, (go + i) * 4L, ORDER);
+            }
+        } else {
+            for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+                FloatVector e = FloatVector.fromMemorySegment(SPECIES, es, (eo + i) * 4L, ORDER);
+                FloatVector gv = e.mul(fq).sub(FloatVector.fromArray(SPECIES, eT, j0 + i).mul(fp)).mul(cq);
+                FloatVector.fromArray(SPECIES, sb, i).mul(c1).add(gv).intoMemorySegment(g, (go + i) * 4L, ORDER);
+            }
+        }
+        for (; i < len; i++) {
+            float e = get(es, eo + i), gi = (e * fq - eT[j0 + i] * fp) * cq;
+            set(g, go + i, sb == null ? e * e * c1z + gi : sb[i] * c1 + gi);
+        }
+    }
+
+    /** Max of a dense teacher row (bf16 widened in registers; other types through buf). */
+    private static float teacherMax(TeacherTargets.Dense d, long to, int vt, float[] buf) {
+        if (d.type() != LogitType.BF16) {
+            float m = Float.NEGATIVE_INFINITY;
+            for (int j0 = 0; j0 < vt; j0 += BLOCK) {
+                int len = Math.min(BLOCK, vt - j0);
+                loadTeacher(d, to, j0, len, buf);
+                m = Math.max(m, VectorOps.max(buf, len));
+            }
+            return m;
+        }
+        MemorySegment t = d.logits();
+        int i = 0;
+        float m = Float.NEGATIVE_INFINITY;
+        if (vt >= LANES) {
+            FloatVector m0 = FloatVector.broadcast(SPECIES, m), m1 = m0, m2 = m0, m3 = m0;
+            for (int bound = SPECIES.loopBound(vt) - 4 * LANES; i <= bound; i += 4 * LANES) {
+                m0 = m0.max(widen(t, to + i));
+                m1 = m1.max(widen(t, to + i + LANES));
+                m2 = m2.max(widen(t, to + i + 2 * LANES));
+                m3 = m3.max(widen(t, to + i + 3 * LANES));
+            }
+            for (int bound = SPECIES.loopBound(vt); i < bound; i += LANES) m0 = m0.max(widen(t, to + i));
+            m = m0.max(m1).max(m2.max(m3)).reduceLanes(VectorOperators.MAX);
+        }
+        for (; i < vt; i++) m = Math.max(m, Float.intBitsToFloat(t.getAtIndex(SHORT, to + i) << 16));
+        return m;
+    }
+
+    /**
+     * Pass A's loop over one block: e_s = exp((s − ms)/T) to eOut and e_t = exp((t − mt)/T) from
+     * tb to eT. Returns {Σ e_s, Σ e_s², Σ e_t, Σ e_t ((t − mt) − (s − ms))}, terms with e_t = 0
+     * left out of the last (they may be 0 · ∞). Branch-free loop body (see fklGradient).
+     */
+    private static float[] fklBlock(MemorySegment s, long o, int len, float ms, float invT,
+                                    MemorySegment eOut, long eo, float[] tb, float mt, float[] eT, int j0,
+                                    long fetchS, MemorySegment t, long fetchT) {
+        FloatVector zs = FloatVector.zero(SPECIES), zsq = zs, zt = zs, acc = zs;
+        int i = 0, fetched = 0;
+        long fetchEndS = s.byteSize() - 1, fetchEndT = t.byteSize() - 1;
+        for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+            // one line of the next student row and half a line of its teacher row per iteration
+            fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetchS + i * 4L, fetchEndS))
+                    + t.get(ValueLayout.JAVA_BYTE, Math.min(fetchT + i * 2L, fetchEndT));
+            FloatVector ds = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms);
+            FloatVector dt = FloatVector.fromArray(SPECIES, tb, i).sub(mt);
+            FloatVector es = VectorOps.exp(ds.mul(invT)), et = VectorOps.exp(dt.mul(invT));
+            zs = zs.add(es);
+            zsq = zsq.add(es.mul(es));
+            zt = zt.add(et);
+            acc = acc.add(et.mul(dt.sub(ds)).blend(0f, et.compare(VectorOperators.LE, 0f)));
+            es.intoMemorySegment(eOut, (eo + i) * 4L, ORDER);
+            et.intoArray(eT, j0 + i);
+        }
+        float szs = VectorOps.sumLanes(zs), szsq = VectorOps.sumLanes(zsq), szt = VectorOps.sumLanes(zt), sacc = VectorOps.sumLanes(acc);
+        for (; i < len; i++) {
+            float ds = get(s, o + i) - ms, dt = tb[i] - mt, es = VectorOps.exp(ds * invT), et = VectorOps.exp(dt * invT);
+            szs += es;
+            szsq += es * es;
+            szt += et;
+            if (et > 0f) sacc += et * (dt - ds);
+            set(eOut, eo + i, es);
+            eT[j0 + i] = et;
+        }
+        return new float[]{szs, szsq, szt, sacc, fetched};
+    }
+
+    /** LANES bf16 values at element index e, as fp32 (bf16 is the top half of an fp32). */
+    private static FloatVector widen(MemorySegment t, long e) {
+        ShortVector h = ShortVector.fromMemorySegment(HALF_SPECIES, t, e * 2L, ORDER);
+        return ((IntVector) h.convertShape(VectorOperators.S2I, INT_SPECIES, 0)).lanewise(VectorOperators.LSHL, 16)
+                .reinterpretAsFloats();
     }
 
     /**
@@ -297,78 +484,9 @@ final class FusedDistillLoss {
      */
     private record RowMath(float ms, float lzq, float lz1, float mt, float lzp, float invT, float c1, float cq) {
 
-        /** q = e_s · this for block b: the running max pass A used there, brought to the row's. */
-        private float qFactor(int b, Scratch sc) {
-            return (float) Math.exp((sc.blockMax[b] - ms) * (double) invT - lzq);
-        }
-
-        /** p = e_t · this for the block at j0 (0 past the teacher's vocabulary: e_t is 0 there). */
-        private float pFactor(int j0, int vt, Scratch sc) {
-            return j0 >= vt ? 0f : (float) Math.exp((sc.teacherBlockMax[j0 / BLOCK] - mt) * (double) invT - lzp);
-        }
-
-        /** Writes g = c1 · softmax(s) + cq · q · w, with w from wOf, for one block. */
+        /** gv + c1 · softmax(s) (sc.sb) for lanes [i, i + LANES) of a block. */
         private FloatVector ce(FloatVector gv, Scratch sc, int i) {
             return c1 != 0f ? FloatVector.fromArray(SPECIES, sc.sb, i).mul(c1).add(gv) : gv;
-        }
-
-        /**
-         * Pass B from pass A's stored rows, no exp: q and p rescaled in registers, the loss and
-         * g = cq (q − p) + c1 softmax(s). For an integer T, softmax(s) = (q Z_T)^T / Z_1 in registers
-         * too; otherwise it takes one exp per element into sc.sb.
-         */
-        float forwardKl(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, Scratch sc) {
-            double kl = 0;
-            float[] tr = sc.tRow, et = sc.eT, sb = sc.sb;  // the teacher row widened in pass A, its e_t
-            MemorySegment es = sc.eS;
-            int power = c1 != 0f ? integerTemperature(invT) : 0;
-            boolean ceFromQ = power > 0, ceFromSb = c1 != 0f && power == 0;
-            float a = (float) Math.exp(lzq), b = (float) Math.exp(-lz1); // softmax(s) = (q a)^T b
-            for (int j0 = 0; j0 < v; j0 += BLOCK) {
-                int len = Math.min(BLOCK, v - j0);
-                long o = so + j0;
-                float fq = qFactor(j0 / BLOCK, sc), fp = pFactor(j0, d.vocab(), sc);
-                if (ceFromSb && g != null) hardLabelSoftmax(s, o, len, ms, invT, lzq, lz1, sc);
-                FloatVector acc = FloatVector.zero(SPECIES);
-                int i = 0;
-                for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                    FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzq);
-                    FloatVector lp = FloatVector.fromArray(SPECIES, tr, j0 + i).sub(mt).mul(invT).sub(lzp);
-                    FloatVector q = FloatVector.fromMemorySegment(SPECIES, es, (j0 + i) * 4L, ORDER).mul(fq);
-                    FloatVector p = FloatVector.fromArray(SPECIES, et, j0 + i).mul(fp);
-                    acc = acc.add(p.mul(lp.sub(lq)).blend(0f, p.compare(VectorOperators.LE, 0f)));
-                    if (g != null) {
-                        FloatVector gv = q.sub(p).mul(cq);
-                        if (ceFromQ) {
-                            FloatVector e = q.mul(a), ep = e;
-                            for (int k = 1; k < power; k++) ep = ep.mul(e);
-                            gv = ep.mul(b * c1).add(gv);
-                        } else if (ceFromSb) {
-                            gv = FloatVector.fromArray(SPECIES, sb, i).mul(c1).add(gv);
-                        }
-                        gv.intoMemorySegment(g, (o + i) * 4L, ORDER);
-                    }
-                }
-                float sum = VectorOps.sumLanes(acc);
-                for (; i < len; i++) {
-                    float lq = (get(s, o + i) - ms) * invT - lzq, lp = (tr[j0 + i] - mt) * invT - lzp;
-                    float q = get(es, j0 + i) * fq, p = et[j0 + i] * fp;
-                    if (p > 0f) sum += p * (lp - lq);
-                    if (g != null) {
-                        float ce = 0f;
-                        if (ceFromQ) {
-                            float e = q * a, ep = e;
-                            for (int k = 1; k < power; k++) ep *= e;
-                            ce = ep * (b * c1);
-                        } else if (ceFromSb) {
-                            ce = sb[i] * c1;
-                        }
-                        set(g, o + i, ce + (q - p) * cq);
-                    }
-                }
-                kl += sum;
-            }
-            return (float) kl;
         }
 
         float reverseKl(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, Scratch sc) {

@@ -131,7 +131,7 @@ class FusedDistillLossTest {
                 try (Arena arena = Arena.ofShared()) {
                     Problem p = problem(5, v + pad, v, 2.0, true);
                     for (Divergence d : DIVERGENCES) {
-                        for (float t : new float[]{1f, 2.5f}) {
+                        for (float t : new float[]{1f, 2f, 2.5f, 3f}) {   // each path of the hard-label softmax
                             for (float alpha : new float[]{0f, 0.3f}) {
                                 for (boolean t2 : new boolean[]{true, false}) {
                                     DistillOptions o = DistillOptions.of(t, alpha).withDivergence(d).withTemperatureSquared(t2);
@@ -178,6 +178,42 @@ class FusedDistillLossTest {
                 TopKPair tk = topK(arena, p, p.teacher(), 64, LogitType.F32, 2f);
                 e = compare(arena, p, tk.kernel(), tk.reference(), o, true, true);
                 assertTrue(e < 2e-4, "top-64 V=" + v + ": " + e);
+            }
+        }
+    }
+
+    /**
+     * A student vocabulary over several column blocks whose teacher ends inside the second and
+     * whose third block is all padding; and the loss-only call (no gradient buffer, as evaluation
+     * makes it) gives the same per-row terms, bit for bit, as the call that writes the gradient.
+     */
+    @Test
+    void multiBlockPaddingAndLossOnlyCalls() {
+        int v = 2 * FusedDistillLoss.BLOCK + 904, vt = FusedDistillLoss.BLOCK + 52;
+        try (Arena arena = Arena.ofShared()) {
+            Problem p = problem(5, v, vt, 3.0, true);
+            double[] rounded = new double[p.teacher().length];
+            MemorySegment bf16 = typed(arena, p.teacher(), LogitType.BF16, rounded);
+            TeacherTargets.Dense kt = new TeacherTargets.Dense(bf16, LogitType.BF16, vt);
+            for (Divergence d : DIVERGENCES) {
+                for (float t : new float[]{2f, 2.5f, 3f}) {
+                    DistillOptions o = DistillOptions.of(t, 0.3f).withDivergence(d);
+                    for (boolean inPlace : new boolean[]{true, false}) {
+                        double e = compare(arena, p, kt, new ReferenceDistillLoss.Dense(rounded, vt), o, inPlace, true);
+                        assertTrue(e < 2e-4, d + " T=" + t + " in place " + inPlace + ": " + e);
+                    }
+                    MemorySegment labels = Buffers.ints(arena, p.labels());
+                    MemorySegment ce1 = Buffers.poisoned(arena, p.n()), div1 = Buffers.poisoned(arena, p.n());
+                    MemorySegment ce2 = Buffers.poisoned(arena, p.n()), div2 = Buffers.poisoned(arena, p.n());
+                    DistillSums withGrad = kernels.distillLoss(Buffers.floats(arena, p.student()), Buffers.poisoned(arena, (long) p.n() * v),
+                            kt, labels, ce1, div1, p.n(), v, o, 1f);
+                    DistillSums lossOnly = kernels.distillLoss(Buffers.floats(arena, p.student()), null, kt, labels, ce2, div2, p.n(), v, o, 1f);
+                    assertEquals(withGrad, lossOnly, d + " T=" + t);
+                    for (int r = 0; r < p.n(); r++) {
+                        assertEquals(ce1.getAtIndex(ValueLayout.JAVA_FLOAT, r), ce2.getAtIndex(ValueLayout.JAVA_FLOAT, r));
+                        assertEquals(div1.getAtIndex(ValueLayout.JAVA_FLOAT, r), div2.getAtIndex(ValueLayout.JAVA_FLOAT, r));
+                    }
+                }
             }
         }
     }
