@@ -1,0 +1,87 @@
+package dev.distillery.bench;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.SplittableRandom;
+import java.util.concurrent.TimeUnit;
+
+import dev.distillery.kernels.cpu.CpuKernels;
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
+
+/**
+ * The CPU kernels' GEMM (OpenBLAS, or the Vector-API fallback with {@code -p gemm=vector}) on the
+ * training step's shapes and on a large square, at the step's thread count: what the GEMM-bound
+ * step can hope for on this machine. GFLOP/s = 2mnk / time. Shapes are {@code m x n x k:ops},
+ * ops the transposes as in {@code Kernels.gemm}: the LM head's logits (h · Wᵀ, config B), the
+ * MLP's first linear (config B), and 2048³.
+ */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.MILLISECONDS)
+@Fork(value = 1, jvmArgsAppend = {"--add-modules=jdk.incubator.vector", "--enable-native-access=ALL-UNNAMED"})
+@Warmup(iterations = 2, time = 2)
+@Measurement(iterations = 5, time = 2)
+public class GemmBenchmark {
+
+    @Param({"2048x32000x384:NT", "2048x1536x384:NN", "2048x2048x2048:NN"})
+    public String shape;
+
+    @Param({"2"})
+    public int threads;
+
+    @Param({"auto"})
+    public String gemm;
+
+    private int m, n, k;
+    private boolean transB;
+    private Arena arena;
+    private CpuKernels kernels;
+    private MemorySegment a, b, c;
+
+    @Setup(Level.Trial)
+    public void setUp() {
+        String[] parts = shape.split(":");
+        String[] mnk = parts[0].split("x");
+        m = Integer.parseInt(mnk[0]);
+        n = Integer.parseInt(mnk[1]);
+        k = Integer.parseInt(mnk[2]);
+        transB = parts[1].charAt(1) == 'T';
+        arena = Arena.ofShared();
+        kernels = new CpuKernels(threads, gemm);
+        a = random(arena, (long) m * k, 1);
+        b = random(arena, (long) k * n, 2);
+        c = arena.allocate(4L * m * n, 64);
+    }
+
+    private static MemorySegment random(Arena arena, long count, long seed) {
+        MemorySegment s = arena.allocate(4 * count, 64);
+        SplittableRandom rng = new SplittableRandom(seed);
+        for (long i = 0; i < count; i++) s.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) rng.nextGaussian());
+        return s;
+    }
+
+    @Benchmark
+    public MemorySegment gemm() {
+        kernels.gemm(false, transB, m, n, k, 1f, a, k, b, transB ? k : n, 0f, c, n);
+        return c;
+    }
+
+    @TearDown(Level.Trial)
+    public void tearDown() {
+        kernels.close();
+        arena.close();
+    }
+}
