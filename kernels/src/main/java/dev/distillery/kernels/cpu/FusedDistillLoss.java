@@ -646,8 +646,42 @@ final class FusedDistillLoss {
      * Writes dL/ds_j = c1 · softmax(s)_j + cq · q_j · w for every column (the gradient of a column
      * no sparse entry lists); the listed columns are fixed up by the caller.
      */
+    /**
+     * sharedGradient when pass A left e in g and the CE term is e-squared (T = 2) or absent: one
+     * loop, in place, g = q cqw + c2 q² with q = e f_b, c2 = c1 Z_T² / Z_1 (softmax(s) =
+     * (q Z_T)² / Z_1 at T = 2; c2 = 0 without a hard label). It also touches the lines of this
+     * thread's next student row, so that row's pass A finds it in L2 (see denseForwardKl).
+     */
+    private static void squaredGradient(MemorySegment s, long so, MemorySegment g, int v, Student st, float invT,
+                                        float c1, float cqw, Scratch sc) {
+        float c2 = c1 == 0f ? 0f : (float) (c1 * Math.exp(2.0 * st.logZt() - st.logZ1()));
+        long row = so / v, next = row + 1 < sc.rowEnd ? row + 1 : row;
+        long fetch = next * v * 4L, fetchEnd = s.byteSize() - 1;
+        int fetched = 0;
+        for (int j0 = 0; j0 < v; j0 += BLOCK) {
+            int len = Math.min(BLOCK, v - j0);
+            long o = so + j0;
+            float f = (float) Math.exp((sc.blockMax[j0 / BLOCK] - st.max()) * (double) invT - st.logZt());
+            int i = 0;
+            for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+                fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetch + (j0 + i) * 4L, fetchEnd));
+                FloatVector q = FloatVector.fromMemorySegment(SPECIES, g, (o + i) * 4L, ORDER).mul(f);
+                q.mul(q).mul(c2).add(q.mul(cqw)).intoMemorySegment(g, (o + i) * 4L, ORDER);
+            }
+            for (; i < len; i++) {
+                float q = get(g, o + i) * f;
+                set(g, o + i, q * q * c2 + q * cqw);
+            }
+        }
+        sc.fetched += fetched;
+    }
+
     private static void sharedGradient(MemorySegment s, long so, MemorySegment g, int v, Student st, float invT,
                                        float c1, float cqw, boolean storedE, Scratch sc) {
+        if (storedE && (c1 == 0f || integerTemperature(invT) == 2)) {
+            squaredGradient(s, so, g, v, st, invT, c1, cqw, sc);
+            return;
+        }
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
