@@ -295,16 +295,16 @@ final class FusedDistillLoss {
      * Dense teacher, forward KL.
      *
      * <p>Pass 0 streams the row of s and of t from memory once, for their maxima only: a
-     * bandwidth-bound pass that leaves both rows in L2, where the rest of the work happens. (A
-     * running-max pass A that fetches each block just before computing on it leaves the memory
-     * system idle while it computes: measured slower at every size.) Pass A, block by block: one
-     * loop computes e_s = exp((s − m_s)/T) and e_t = exp((t − m_t)/T), their sums, Σ e_s^T for the
-     * hard-label CE (integer T), and Σ e_t ((t − m_t) − (s − m_s)), which is the loss:
+     * bandwidth-bound pass that leaves both rows in L2, where the rest of the work happens; pass A
+     * of the previous row has touched their lines already. Pass A, block by block: one loop
+     * computes e_s = exp((s − m_s)/T) and e_t = exp((t − m_t)/T), their sums, Σ e_s² (the
+     * hard-label normalizer Z_1 at T = 2; T = 1 uses Z_s, other T one more exp per element), and
+     * Σ e_t ((t − m_t) − (s − m_s)), which is the loss:
      * KL = Σ p (lp − lq) = (1/T) Σ e_t d / Z_t − log Z_t + log Z_s, so no logarithm per element
      * and no pass re-reads s or t for it. e_s goes to the gradient buffer (over s when in place; a
      * scratch row when pass B needs s for the CE at a non-integer T), e_t to a per-thread row.
-     * Pass B scales them: q, p and softmax(s) = (q Z_s)^T / Z_1 in registers,
-     * g = cq (q − p) + c1 softmax(s).
+     * Pass B scales them: q = e_s / Z_s, p = e_t / Z_t and (at T = 2) softmax(s) = e_s² / Z_1 in
+     * registers, g = cq (q − p) + c1 softmax(s).
      *
      * <p>Working set per thread in L2: the row of s (or g), the teacher row and the e_t row:
      * 10V bytes with a bf16 teacher, within a 2 MB L2 up to V ≈ 200k.

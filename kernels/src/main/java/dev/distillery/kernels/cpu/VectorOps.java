@@ -374,27 +374,6 @@ final class VectorOps {
         return sum;
     }
 
-    /** Σ exp((x[i] − sub) · mul), i &lt; n, x an array; each exp also goes to out[oo + i]. */
-    static float expSumStore(float[] x, int n, float sub, float mul, float[] out, int oo) {
-        int i = 0;
-        float sum = 0f;
-        if (n >= LANES) {
-            FloatVector acc = FloatVector.zero(SPECIES);
-            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-                FloatVector e = exp(FloatVector.fromArray(SPECIES, x, i).sub(sub).mul(mul));
-                e.intoArray(out, oo + i);
-                acc = acc.add(e);
-            }
-            sum = sumLanes(acc);
-        }
-        for (; i < n; i++) {
-            float e = exp((x[i] - sub) * mul);
-            out[oo + i] = e;
-            sum += e;
-        }
-        return sum;
-    }
-
     /** Σ exp((x[i] − sub) · mul), i &lt; n, x an array. */
     static float expSumAffine(float[] x, int n, float sub, float mul) {
         int i = 0;
