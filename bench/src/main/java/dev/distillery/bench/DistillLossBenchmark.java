@@ -23,6 +23,7 @@ import org.openjdk.jmh.annotations.Warmup;
 
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.LogitType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
@@ -52,6 +53,10 @@ public class DistillLossBenchmark {
     @Param({"2"})
     public int threads;
 
+    /** forward-kl (the figures), reverse-kl or jsd (beta 0.5): {@code -p divergence=jsd}. */
+    @Param({"forward-kl"})
+    public String divergence;
+
     private static final float T = 2f, ALPHA = 0.5f;
     private static final int K = 64;
 
@@ -62,6 +67,7 @@ public class DistillLossBenchmark {
     private int[] labels, ids;
     private float[] topLogits, lse;
     private TeacherTargets targets;
+    private DistillOptions options;
 
     @Setup(Level.Trial)
     public void setUp() {
@@ -70,6 +76,12 @@ public class DistillLossBenchmark {
         v = Integer.parseInt(nv[1]);
         arena = Arena.ofShared();
         kernels = new CpuKernels(threads, "auto");
+        options = DistillOptions.of(T, ALPHA).withDivergence(switch (divergence) {
+            case "forward-kl" -> Divergence.forwardKl();
+            case "reverse-kl" -> Divergence.reverseKl();
+            case "jsd" -> Divergence.jsd(0.5);
+            default -> throw new IllegalArgumentException("divergence " + divergence + ": forward-kl, reverse-kl or jsd");
+        });
         long elems = (long) n * v;
         student = arena.allocate(4 * elems, 64);
         studentCopy = arena.allocate(4 * elems, 64);
@@ -120,11 +132,14 @@ public class DistillLossBenchmark {
     @Benchmark
     public double fused() {
         return kernels.distillLoss(student, student, targets, labelsSeg, null, null, n, v,
-                DistillOptions.of(T, ALPHA), 1f / n).total();
+                options, 1f / n).total();
     }
 
     @Benchmark
     public double unfused() {
+        if (!divergence.equals("forward-kl")) {
+            throw new UnsupportedOperationException("the unfused composition is forward KL only; run '\\.fused' for " + divergence);
+        }
         if (teacher.equals("dense-bf16")) {
             return UnfusedDistillLoss.dense(student, teacherLogits, LogitType.BF16, labels, student, logq, logp, p, logq1,
                     n, v, T, ALPHA);
