@@ -105,7 +105,8 @@ public final class SelftestCommand implements Callable<Integer> {
     }
 
     private void printTable(PrintWriter out, List<KernelConformance.Result> results) {
-        String format = "%-20s %-18s %14s %10s %10s  %s%n";
+        int width = Math.max(20, results.stream().mapToInt(r -> r.kernel().length()).max().orElse(0));
+        String format = "%-" + width + "s %-18s %14s %10s %10s  %s%n";
         out.printf(Locale.ROOT, format, "kernel", "size", "max rel error", "tolerance", "ms", "result");
         for (KernelConformance.Result r : results) {
             if (failuresOnly && r.passed()) continue;
