@@ -153,8 +153,10 @@ final class FusedDistillLoss {
         if (sparse) readListed(r, s, so, teacher, sc);
         float c1 = gradScale * o.alpha();                                  // on softmax(s) − onehot
         float cq = gradScale * (1 - o.alpha()) * o.gradientTemperatureFactor(); // on the divergence's (q − target)
-        if (teacher instanceof TeacherTargets.Dense d && o.divergence() instanceof Divergence.ForwardKl) {
-            float[] ceKl = denseForwardKl(r, s, so, g, d, v, invT, c1, cq, sc);
+        if (teacher instanceof TeacherTargets.Dense d && !(o.divergence() instanceof Divergence.Jsd)) {
+            float[] ceKl = o.divergence() instanceof Divergence.ForwardKl
+                    ? denseForwardKl(r, s, so, g, d, v, invT, c1, cq, sc)
+                    : denseReverseKl(r, s, so, g, d, v, invT, c1, cq, sc);
             if (g != null && label >= 0) set(g, so + label, get(g, so + label) - c1);
             return new float[]{label >= 0 ? ceKl[0] - sLabel : 0f, ceKl[1] * o.divergenceScale()};
         }
@@ -278,7 +280,7 @@ final class FusedDistillLoss {
         RowMath m = new RowMath(st.max(), st.logZt(), st.logZ1(), mt, (float) Math.log(zt), invT, c1, cq);
         return switch (o.divergence()) {
             case Divergence.ForwardKl ignored -> throw new AssertionError("dense forward KL has its own path");
-            case Divergence.ReverseKl ignored -> m.reverseKl(s, so, g, d, to, v, sc);
+            case Divergence.ReverseKl ignored -> throw new AssertionError("dense reverse KL has its own path");
             case Divergence.Jsd jsd -> m.jsd(s, so, g, d, to, v, sc, (float) jsd.beta());
         };
     }
@@ -404,6 +406,141 @@ final class FusedDistillLoss {
         }
     }
 
+    // ---------------------------------------------------------------- dense teacher, reverse KL
+
+    /**
+     * Dense teacher, reverse KL, on denseForwardKl's plan: pass 0 for the maxima (fetching the
+     * next row meanwhile), pass A computes e_s = exp((s − m_s)/T) and e_t's sum in one loop and
+     * keeps e_s (scratch row: s must survive for log q) and (t − m_t)/T (a per-thread row), pass B
+     * sums RKL = Σ q (lq − max(lp, floor)) and pass C writes cq q (lq − lp − RKL) + c1 softmax(s)
+     * from those rows with no exp and no teacher read: 2 exps per element instead of 4.
+     *
+     * @return {m_s + log Z_1 (the CE before − s[label]), RKL}
+     */
+    private static float[] denseReverseKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
+                                          int v, float invT, float c1, float cq, Scratch sc) {
+        int vt = d.vocab();
+        long to = (long) r * vt;
+        float ms = VectorOps.max(s, so, v), mt = teacherMax(d, to, vt, sc.teacher);
+        checkTeacherMax(r, mt);
+        int next = r + 1 < sc.rowEnd ? r + 1 : r;
+        long nextS = (long) next * v * 4L, nextT = (long) next * vt * 2L;
+        int power = integerTemperature(invT);
+        MemorySegment eS = sc.eS(v);
+        if (sc.eT.length < v) sc.eT = new float[v];
+        float[] tb = sc.teacher, tScaled = sc.eT;   // the row of (t − m_t)/T
+        double zs = 0, zsq = 0, z1 = 0, zt = 0;
+        for (int j0 = 0; j0 < v; j0 += BLOCK) {
+            int len = Math.min(BLOCK, v - j0);
+            long o = so + j0;
+            if (j0 < vt) {
+                loadTeacher(d, to, j0, len, tb);
+            } else {
+                Arrays.fill(tb, 0, len, Float.NEGATIVE_INFINITY);
+            }
+            if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
+            int fetchT = Math.min(j0, vt - LANES * 2);
+            float[] sums = rklPassA(s, o, len, ms, invT, eS, j0, tb, mt, tScaled,
+                    nextS + j0 * 4L, d.logits(), nextT + Math.max(0, fetchT) * 2L);
+            zs += sums[0];
+            zsq += sums[1];
+            zt += sums[2];
+            sc.fetched += (long) sums[3];
+        }
+        if (power == 1) z1 = zs;
+        if (power == 2) z1 = zsq;
+        float lzs = (float) Math.log(zs), lzt = (float) Math.log(zt), fq = (float) (1 / zs);
+        double rkl = 0;
+        for (int j0 = 0; j0 < v; j0 += BLOCK) {
+            rkl += rklBlock(s, so + j0, Math.min(BLOCK, v - j0), ms, invT, lzs, lzt, eS, j0, fq, tScaled, 0f, 0f, null, null, 0f);
+        }
+        if (g != null) {
+            float[] sb = sc.sb;
+            if (c1 == 0f) Arrays.fill(sb, 0f);
+            for (int j0 = 0; j0 < v; j0 += BLOCK) {
+                int len = Math.min(BLOCK, v - j0);
+                long o = so + j0;
+                if (c1 != 0f) {
+                    if (power == 0) {
+                        VectorOps.expAffine(s, o, len, ms, 1f, (float) Math.log(z1), sb);
+                    } else {
+                        VectorOps.powerScaled(eS, j0, len, power, (float) (1 / z1), sb);
+                    }
+                }
+                rklBlock(s, o, len, ms, invT, lzs, lzt, eS, j0, fq, tScaled, (float) rkl, cq, g, sb, c1);
+            }
+        }
+        return new float[]{(float) (ms + Math.log(z1)), (float) rkl};
+    }
+
+    /** Pass A of denseReverseKl over one block: {Σ e_s, Σ e_s², Σ e_t, fetched}; e_s to eS, (t − mt)/T to tScaled. */
+    private static float[] rklPassA(MemorySegment s, long o, int len, float ms, float invT, MemorySegment eS, int j0,
+                                    float[] tb, float mt, float[] tScaled, long fetchS, MemorySegment t, long fetchT) {
+        FloatVector zs = FloatVector.zero(SPECIES), zsq = zs, zt = zs;
+        int i = 0, fetched = 0;
+        long fetchEndS = s.byteSize() - 1, fetchEndT = t.byteSize() - 1;
+        for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+            fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetchS + i * 4L, fetchEndS))
+                    + t.get(ValueLayout.JAVA_BYTE, Math.min(fetchT + i * 2L, fetchEndT));
+            FloatVector es = VectorOps.exp(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT));
+            FloatVector dt = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT);
+            zs = zs.add(es);
+            zsq = zsq.add(es.mul(es));
+            zt = zt.add(VectorOps.exp(dt));
+            es.intoMemorySegment(eS, (j0 + i) * 4L, ORDER);
+            dt.intoArray(tScaled, j0 + i);
+        }
+        float szs = VectorOps.sumLanes(zs), szsq = VectorOps.sumLanes(zsq), szt = VectorOps.sumLanes(zt);
+        for (; i < len; i++) {
+            float es = VectorOps.exp((get(s, o + i) - ms) * invT), dt = (tb[i] - mt) * invT;
+            szs += es;
+            szsq += es * es;
+            szt += VectorOps.exp(dt);
+            set(eS, j0 + i, es);
+            tScaled[j0 + i] = dt;
+        }
+        return new float[]{szs, szsq, szt, fetched};
+    }
+
+    /**
+     * Passes B and C of denseReverseKl over one block, with q = e_s fq, lq = (s − ms)/T − lzs and
+     * lp = max((t − mt)/T − lzt, floor): without g, returns Σ q (lq − lp) (terms with q = 0 left
+     * out); with g, writes cq q (lq − lp − rkl) + c1 sb and returns 0. Two loops, no branch in
+     * either (see fklGradient).
+     */
+    private static float rklBlock(MemorySegment s, long o, int len, float ms, float invT, float lzs, float lzt,
+                                  MemorySegment eS, int j0, float fq, float[] tScaled, float rkl, float cq,
+                                  MemorySegment g, float[] sb, float c1) {
+        int i = 0, bound = SPECIES.loopBound(len);
+        if (g == null) {
+            FloatVector acc = FloatVector.zero(SPECIES);
+            for (; i < bound; i += LANES) {
+                FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzs);
+                FloatVector lp = FloatVector.fromArray(SPECIES, tScaled, j0 + i).sub(lzt).max(LOG_FLOOR);
+                FloatVector q = FloatVector.fromMemorySegment(SPECIES, eS, (j0 + i) * 4L, ORDER).mul(fq);
+                acc = acc.add(q.mul(lq.sub(lp)).blend(0f, q.compare(VectorOperators.LE, 0f)));
+            }
+            float sum = VectorOps.sumLanes(acc);
+            for (; i < len; i++) {
+                float q = get(eS, j0 + i) * fq;
+                if (q > 0f) sum += q * (((get(s, o + i) - ms) * invT - lzs) - Math.max(tScaled[j0 + i] - lzt, LOG_FLOOR));
+            }
+            return sum;
+        }
+        for (; i < bound; i += LANES) {
+            FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzs);
+            FloatVector lp = FloatVector.fromArray(SPECIES, tScaled, j0 + i).sub(lzt).max(LOG_FLOOR);
+            FloatVector q = FloatVector.fromMemorySegment(SPECIES, eS, (j0 + i) * 4L, ORDER).mul(fq);
+            FloatVector gq = q.mul(lq.sub(lp).sub(rkl)).mul(cq).blend(0f, q.compare(VectorOperators.LE, 0f));
+            FloatVector.fromArray(SPECIES, sb, i).mul(c1).add(gq).intoMemorySegment(g, (o + i) * 4L, ORDER);
+        }
+        for (; i < len; i++) {
+            float q = get(eS, j0 + i) * fq, lq = (get(s, o + i) - ms) * invT - lzs, lp = Math.max(tScaled[j0 + i] - lzt, LOG_FLOOR);
+            set(g, o + i, sb[i] * c1 + (q > 0f ? q * (lq - lp - rkl) * cq : 0f));
+        }
+        return 0f;
+    }
+
     /** Max of a dense teacher row (bf16 widened in registers; other types through buf). */
     private static float teacherMax(TeacherTargets.Dense d, long to, int vt, float[] buf) {
         if (d.type() != LogitType.BF16) {
@@ -496,64 +633,6 @@ final class FusedDistillLoss {
         /** Before a gradient pass without a hard-label term: sb = 0, so ce adds 0 · 0. */
         private void zeroCe(Scratch sc) {
             if (c1 == 0f) Arrays.fill(sc.sb, 0f);
-        }
-
-        float reverseKl(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, Scratch sc) {
-            // pass B: RKL = Σ q (lq − max(lp, floor))
-            double rkl = 0;
-            float[] tb = sc.teacher, qb = sc.qb;
-            for (int j0 = 0; j0 < v; j0 += BLOCK) {
-                int len = Math.min(BLOCK, v - j0);
-                loadTeacher(d, to, j0, len, tb);
-                long o = so + j0;
-                VectorOps.expAffine(s, o, len, ms, invT, lzq, qb);
-                rkl += rklBlock(s, o, len, tb, qb, 0f, null, sc);
-            }
-            if (g == null) return (float) rkl;
-            // pass C: dL/ds = cq · q (lq − lp − RKL) + CE
-            float total = (float) rkl;
-            zeroCe(sc);
-            for (int j0 = 0; j0 < v; j0 += BLOCK) {
-                int len = Math.min(BLOCK, v - j0);
-                loadTeacher(d, to, j0, len, tb);
-                long o = so + j0;
-                VectorOps.expAffine(s, o, len, ms, invT, lzq, qb);
-                if (c1 != 0f) hardLabelSoftmax(s, o, len, ms, invT, lzq, lz1, sc);
-                rklBlock(s, o, len, tb, qb, total, g, sc);
-            }
-            return total;
-        }
-
-        /** Σ q (lq − lp) over a block; with g, writes cq · q (lq − lp − total) + CE instead of summing. */
-        private float rklBlock(MemorySegment s, long o, int len, float[] tb, float[] qb, float total, MemorySegment g, Scratch sc) {
-            FloatVector acc = FloatVector.zero(SPECIES);
-            int i = 0;
-            int bound = SPECIES.loopBound(len);
-            if (g == null) {   // two loops, not a branch inside one (see ce)
-                for (; i < bound; i += LANES) {
-                    FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzq);
-                    FloatVector lp = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT).sub(lzp).max(LOG_FLOOR);
-                    FloatVector q = FloatVector.fromArray(SPECIES, qb, i);
-                    acc = acc.add(q.mul(lq.sub(lp)).blend(0f, q.compare(VectorOperators.LE, 0f)));
-                }
-            } else {
-                for (; i < bound; i += LANES) {
-                    FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzq);
-                    FloatVector lp = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT).sub(lzp).max(LOG_FLOOR);
-                    FloatVector q = FloatVector.fromArray(SPECIES, qb, i);
-                    ce(q.mul(lq.sub(lp).sub(total)).mul(cq), sc, i).intoMemorySegment(g, (o + i) * 4L, ORDER);
-                }
-            }
-            float sum = VectorOps.sumLanes(acc);
-            for (; i < len; i++) {
-                float lq = (get(s, o + i) - ms) * invT - lzq, lp = Math.max((tb[i] - mt) * invT - lzp, LOG_FLOOR);
-                if (g == null) {
-                    if (qb[i] > 0f) sum += qb[i] * (lq - lp);
-                } else {
-                    set(g, o + i, (c1 != 0f ? sc.sb[i] * c1 : 0f) + qb[i] * (lq - lp - total) * cq);
-                }
-            }
-            return sum;
         }
 
         float jsd(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, Scratch sc, float beta) {
