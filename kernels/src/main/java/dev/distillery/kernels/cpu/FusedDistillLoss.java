@@ -294,6 +294,34 @@ final class FusedDistillLoss {
     // ---------------------------------------------------------------- dense teacher, forward KL
 
     /**
+     * Pass 0 of a dense row: the student's and the teacher's maxima (reading both rows from
+     * memory once; a student row without a finite max, a diverged model, gives a NaN loss as on
+     * the other paths, which the trainer's guard reports), and where the lines of this thread's
+     * next row are (this row when it is the last), which pass A touches so they arrive while
+     * this row computes.
+     */
+    private record DenseRow(long to, int vt, float ms, float mt, long nextS, long nextT) {
+
+        static DenseRow start(int r, MemorySegment s, long so, TeacherTargets.Dense d, int v, Scratch sc) {
+            int vt = d.vocab(), next = r + 1 < sc.rowEnd ? r + 1 : r;
+            long to = (long) r * vt;
+            float mt = teacherMax(d, to, vt, sc.teacher);
+            checkTeacherMax(r, mt);
+            return new DenseRow(to, vt, VectorOps.max(s, so, v), mt, (long) next * v * 4L, (long) next * vt * 2L);
+        }
+
+        /** Byte offset of the next student row's column j0. */
+        long fetchS(int j0) {
+            return nextS + j0 * 4L;
+        }
+
+        /** Byte offset of the next teacher row's column j0, kept inside its vocabulary. */
+        long fetchT(int j0) {
+            return nextT + Math.max(0, Math.min(j0, vt - LANES * 2)) * 2L;
+        }
+    }
+
+    /**
      * Dense teacher, forward KL.
      *
      * <p>Pass 0 streams the row of s and of t from memory once, for their maxima only: a
@@ -315,16 +343,8 @@ final class FusedDistillLoss {
      */
     private static float[] denseForwardKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
                                           int v, float invT, float c1, float cq, Scratch sc) {
-        int vt = d.vocab();
-        long to = (long) r * vt;
-        float ms = VectorOps.max(s, so, v), mt = teacherMax(d, to, vt, sc.teacher);
-        // a student row without a finite max (a diverged model) gives a NaN loss, as on the other
-        // paths: the trainer's guard reports it and stops before the update
-        checkTeacherMax(r, mt);
-        // byte offsets of the next row of this thread (this row when it is the last): pass A
-        // touches its lines so that they arrive while this row computes
-        int next = r + 1 < sc.rowEnd ? r + 1 : r;
-        long nextS = (long) next * v * 4L, nextT = (long) next * vt * 2L;
+        DenseRow row = DenseRow.start(r, s, so, d, v, sc);
+        float ms = row.ms(), mt = row.mt();
         int power = integerTemperature(invT);
         boolean grad = g != null;
         // Pass B's CE term: from e_s^2 in registers when T = 2 (or when there is none, alpha = 0);
@@ -339,15 +359,10 @@ final class FusedDistillLoss {
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
-            if (j0 < vt) {
-                loadTeacher(d, to, j0, len, tb);       // −inf past the teacher's vocabulary
-            } else {
-                Arrays.fill(tb, 0, len, Float.NEGATIVE_INFINITY);
-            }
+            loadTeacher(d, row.to(), j0, len, tb);       // −inf past the teacher's vocabulary
             if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f); // before e_s may replace s
-            int fetchT = Math.min(j0, vt - LANES * 2);   // whole lines of the next teacher row, inside its vocabulary
             float[] sums = fklBlock(s, o, len, ms, invT, eOut, eBase + j0, tb, mt, eT, j0,
-                    nextS + j0 * 4L, d.logits(), nextT + Math.max(0, fetchT) * 2L);
+                    row.fetchS(j0), d.logits(), row.fetchT(j0));
             zs += sums[0];
             zsq += sums[1];
             zt += sums[2];
@@ -419,12 +434,8 @@ final class FusedDistillLoss {
      */
     private static float[] denseReverseKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
                                           int v, float invT, float c1, float cq, Scratch sc) {
-        int vt = d.vocab();
-        long to = (long) r * vt;
-        float ms = VectorOps.max(s, so, v), mt = teacherMax(d, to, vt, sc.teacher);
-        checkTeacherMax(r, mt);
-        int next = r + 1 < sc.rowEnd ? r + 1 : r;
-        long nextS = (long) next * v * 4L, nextT = (long) next * vt * 2L;
+        DenseRow row = DenseRow.start(r, s, so, d, v, sc);
+        float ms = row.ms(), mt = row.mt();
         int power = integerTemperature(invT);
         MemorySegment eS = sc.eS(v);
         if (sc.eT.length < v) sc.eT = new float[v];
@@ -433,15 +444,10 @@ final class FusedDistillLoss {
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
-            if (j0 < vt) {
-                loadTeacher(d, to, j0, len, tb);
-            } else {
-                Arrays.fill(tb, 0, len, Float.NEGATIVE_INFINITY);
-            }
+            loadTeacher(d, row.to(), j0, len, tb);
             if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
-            int fetchT = Math.min(j0, vt - LANES * 2);
             float[] sums = rklPassA(s, o, len, ms, invT, eS, j0, tb, mt, tScaled,
-                    nextS + j0 * 4L, d.logits(), nextT + Math.max(0, fetchT) * 2L);
+                    row.fetchS(j0), d.logits(), row.fetchT(j0));
             zs += sums[0];
             zsq += sums[1];
             zt += sums[2];
