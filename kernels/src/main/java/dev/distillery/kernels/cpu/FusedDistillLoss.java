@@ -75,24 +75,27 @@ final class FusedDistillLoss {
         int[] marks = new int[0];
         /** Running student max used for each block of pass A (when pass A stores e in the gradient buffer). */
         float[] blockMax = new float[0];
-        /** Student logits at the listed ids of a sparse row, read before pass A may overwrite them. */
+        /** Student logits at the listed ids of a sparse row, read before an in-place gradient overwrites them. */
         float[] listed = new float[0];
         int markRow;
         float[] q = new float[0], lq = new float[0], p = new float[0], lp = new float[0];
         /**
-         * Dense forward KL (see denseForwardKl): e_t of the row (0 where t = −inf and past the
-         * teacher's vocabulary), and e_s in a scratch row when pass B needs s itself (the CE at a
-         * non-integer T). Off-heap for e_s: the Vector API stores only to native (or byte[]) segments.
+         * Dense rows (see denseForwardKl): e_s and e_t (or (t − m_t)/T) of the row, and one block
+         * of the gradient before it is copied to the caller's buffer. Java arrays, not segments:
+         * C2 hoists a loop's segment checks only when the loop stores to no segment (see
+         * docs/KERNELS.md#stores).
          */
-        MemorySegment eS = MemorySegment.NULL;
-        float[] eT = new float[0];
+        float[] eS = new float[0], eT = new float[0];
+        final float[] gb = new float[BLOCK];
         /** End of this thread's rows (the next row's lines are fetched during this one's pass A), and what the fetches read. */
         int rowEnd;
         long fetched;
 
-        MemorySegment eS(int v) {
-            if (eS.byteSize() < 4L * v) eS = java.lang.foreign.Arena.ofAuto().allocate(4L * v, 64);
-            return eS;
+        void rows(int v) {
+            if (eS.length < v) {
+                eS = new float[v];
+                eT = new float[v];
+            }
         }
     }
 
@@ -145,11 +148,10 @@ final class FusedDistillLoss {
         }
         float invT = 1f / o.temperature();
         float sLabel = label >= 0 ? get(s, so + label) : 0f;
-        // Sparse teachers with a gradient: pass A leaves e = exp((s − block max)/T) in the gradient
-        // buffer, so the gradient pass needs no exp (possible when softmax(s) for the CE term can
-        // be had from e, i.e. alpha = 0 or an integer T).
+        // Sparse teachers with a gradient: pass A leaves e = exp((s − block max)/T) in a per-thread
+        // row, so the gradient pass needs no exp for q.
         boolean sparse = !(teacher instanceof TeacherTargets.Dense);
-        boolean storeE = sparse && g != null && (o.alpha() == 0f || integerTemperature(invT) > 0);
+        boolean storeE = sparse && g != null;
         if (sparse) readListed(r, s, so, teacher, sc);
         float c1 = gradScale * o.alpha();                                  // on softmax(s) − onehot
         float cq = gradScale * (1 - o.alpha()) * o.gradientTemperatureFactor(); // on the divergence's (q − target)
@@ -160,7 +162,8 @@ final class FusedDistillLoss {
             if (g != null && label >= 0) set(g, so + label, get(g, so + label) - c1);
             return new float[]{label >= 0 ? ceKl[0] - sLabel : 0f, ceKl[1] * o.divergenceScale()};
         }
-        Student st = studentPass(s, so, v, invT, storeE ? g : null, so, sc);
+        if (storeE) sc.rows(v);
+        Student st = studentPass(s, so, v, invT, storeE ? sc.eS : null, sc);
         float ce = label >= 0 ? st.max() + st.logZ1() - sLabel : 0f;
         float div = switch (teacher) {
             case TeacherTargets.Dense d -> dense(r, s, so, g, d, v, st, invT, o, c1, cq, sc);
@@ -175,10 +178,10 @@ final class FusedDistillLoss {
 
     /**
      * Online max and Σexp for softmax(s/T) and softmax(s) over one student row. With eOut, also
-     * writes e = exp((s − m_b)/T) for column j at eOut[eBase + j], m_b the running max used for
-     * its block (recorded in sc.blockMax): the gradient pass rescales instead of recomputing the exp.
+     * writes e = exp((s − m_b)/T) for column j at eOut[j], m_b the running max used for its block
+     * (recorded in sc.blockMax): the gradient pass rescales instead of recomputing the exp.
      */
-    private static Student studentPass(MemorySegment s, long so, int v, float invT, MemorySegment eOut, long eBase, Scratch sc) {
+    private static Student studentPass(MemorySegment s, long so, int v, float invT, float[] eOut, Scratch sc) {
         float m = Float.NEGATIVE_INFINITY;
         double zt = 0, z1 = 0;
         int power = integerTemperature(invT);
@@ -194,11 +197,11 @@ final class FusedDistillLoss {
                 }
                 m = bm;
             }
-            if (power == 0) z1 += VectorOps.expSumAffine(s, o, len, m, 1f); // before e may overwrite s
+            if (power == 0) z1 += VectorOps.expSumAffine(s, o, len, m, 1f);
             float[] sums;
             if (eOut != null) {
                 sc.blockMax[j0 / BLOCK] = m;
-                sums = VectorOps.expSumAndPower(s, o, len, m, invT, Math.max(power, 1), eOut, eBase + j0);
+                sums = VectorOps.expSumAndPower(s, o, len, m, invT, Math.max(power, 1), eOut, j0);
             } else if (power > 0) {
                 sums = VectorOps.expSumAndPower(s, o, len, m, invT, power, null, 0);
             } else {
@@ -291,6 +294,17 @@ final class FusedDistillLoss {
         }
     }
 
+    /**
+     * After pass A of a dense row: a NaN teacher sum means a NaN logit (the maxima skip NaN), an
+     * error that names the row and the first such column.
+     */
+    private static void checkTeacherSum(int r, double zt, TeacherTargets.Dense d, long to) {
+        if (!Double.isNaN(zt)) return;
+        int column = 0;
+        while (column < d.vocab() && !Float.isNaN(d.type().read(d.logits(), to + column))) column++;
+        throw new IllegalArgumentException("teacher row " + r + " has a NaN logit at column " + column);
+    }
+
     // ---------------------------------------------------------------- dense teacher, forward KL
 
     /**
@@ -307,7 +321,7 @@ final class FusedDistillLoss {
             long to = (long) r * vt;
             float mt = teacherMax(d, to, vt, sc.teacher);
             checkTeacherMax(r, mt);
-            return new DenseRow(to, vt, VectorOps.max(s, so, v), mt, (long) next * v * 4L, (long) next * vt * 2L);
+            return new DenseRow(to, vt, VectorOps.maxSkippingNaN(s, so, v), mt, (long) next * v * 4L, (long) next * vt * 2L);
         }
 
         /** Byte offset of the next student row's column j0. */
@@ -331,13 +345,17 @@ final class FusedDistillLoss {
      * hard-label normalizer Z_1 at T = 2; T = 1 uses Z_s, other T one more exp per element), and
      * Σ e_t ((t − m_t) − (s − m_s)), which is the loss:
      * KL = Σ p (lp − lq) = (1/T) Σ e_t d / Z_t − log Z_t + log Z_s, so no logarithm per element
-     * and no pass re-reads s or t for it. e_s goes to the gradient buffer (over s when in place; a
-     * scratch row when pass B needs s for the CE at a non-integer T), e_t to a per-thread row.
-     * Pass B scales them: q = e_s / Z_s, p = e_t / Z_t and (at T = 2) softmax(s) = e_s² / Z_1 in
-     * registers, g = cq (q − p) + c1 softmax(s).
+     * and no pass re-reads s or t for it. e_s and e_t go to per-thread rows (Java arrays: a loop
+     * that stores to a MemorySegment keeps its segment checks inside the loop, see
+     * docs/KERNELS.md#stores). Pass B scales them: q = e_s / Z_s, p = e_t / Z_t and (at T = 2)
+     * softmax(s) = e_s² / Z_1 in registers, g = cq (q − p) + c1 softmax(s), block by block into
+     * a buffer that one bulk copy moves to the gradient.
      *
-     * <p>Working set per thread in L2: the row of s (or g), the teacher row and the e_t row:
-     * 10V bytes with a bf16 teacher, within a 2 MB L2 up to V ≈ 200k.
+     * <p>Zig-zag: pass A walks the blocks last to first and pass B first to last, so each pass
+     * starts on the lines the previous one touched last. Working set per thread: the rows of s
+     * (or g), t, e_s and e_t, 14V bytes with a bf16 teacher (1.8 MB at V = 128,256, about a 2 MB
+     * L2), plus the next row's lines; with LRU eviction and a working set near the cache's size,
+     * a pass in the same order as the last one misses on every line, in the reverse order on few.
      *
      * @return {m_s + log Z_1 (the CE before − s[label]), KL}
      */
@@ -346,78 +364,76 @@ final class FusedDistillLoss {
         DenseRow row = DenseRow.start(r, s, so, d, v, sc);
         float ms = row.ms(), mt = row.mt();
         int power = integerTemperature(invT);
-        boolean grad = g != null;
-        // Pass B's CE term: from e_s^2 in registers when T = 2 (or when there is none, alpha = 0);
-        // otherwise from a per-block softmax(s) (for a non-integer T that needs s, so e_s then goes
-        // to scratch instead of over s).
-        boolean squareCe = c1 == 0f || power == 2, sForCe = grad && !squareCe && power == 0;
-        MemorySegment eOut = grad && !sForCe ? g : sc.eS(v);   // where e_s is left for pass B
-        long eBase = eOut == g ? so : 0;
-        if (sc.eT.length < v) sc.eT = new float[v];
-        float[] tb = sc.teacher, eT = sc.eT;
+        sc.rows(v);
+        float[] tb = sc.teacher, eS = sc.eS, eT = sc.eT;
         double zs = 0, zsq = 0, z1 = 0, zt = 0, acc = 0;       // acc = Σ e_t ((t − mt) − (s − ms))
-        for (int j0 = 0; j0 < v; j0 += BLOCK) {
+        int nb = (v + BLOCK - 1) / BLOCK;
+        for (int bi = 0; bi < nb; bi++) {
+            int j0 = (nb - 1 - bi) * BLOCK;   // last block first: see "zig-zag" above
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
             loadTeacher(d, row.to(), j0, len, tb);       // −inf past the teacher's vocabulary
-            if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f); // before e_s may replace s
-            float[] sums = fklBlock(s, o, len, ms, invT, eOut, eBase + j0, tb, mt, eT, j0,
-                    row.fetchS(j0), d.logits(), row.fetchT(j0));
+            if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
+            float[] sums = fklBlock(s, o, len, ms, invT, eS, tb, mt, eT, j0, row.fetchS(j0), d.logits(), row.fetchT(j0));
             zs += sums[0];
             zsq += sums[1];
             zt += sums[2];
             acc += sums[3];
             sc.fetched += (long) sums[4];
         }
+        checkTeacherSum(r, zt, d, row.to());
         if (power == 1) z1 = zs;
         if (power == 2) z1 = zsq;                      // e_s^2 = exp(s − ms)
         double lzs = Math.log(zs), lz1 = Math.log(z1), lzt = Math.log(zt);
         double kl = invT * acc / zt - lzt + lzs;
-        if (grad) {
-            // pass B: g = cq (q − p) + c1 softmax(s), from e_s (in g or scratch) and e_t
+        if (g != null) {
+            // pass B: g = cq (q − p) + c1 softmax(s), from the e_s and e_t rows: the CE term from
+            // e_s² in registers at T = 2 (or none, alpha = 0), else a per-block softmax(s)
             float fq = (float) (1 / zs), fp = (float) (1 / zt), c1z = (float) (c1 / z1);
-            float[] sb = sc.sb;
+            boolean squareCe = c1 == 0f || power == 2;
+            float[] sb = sc.sb, gb = sc.gb;
             for (int j0 = 0; j0 < v; j0 += BLOCK) {
                 int len = Math.min(BLOCK, v - j0);
                 if (squareCe) {
-                    fklGradient(eOut, eBase + j0, eT, j0, len, fq, fp, cq, c1z, null, 0f, g, so + j0);
+                    fklGradient(eS, eT, j0, len, fq, fp, cq, c1z, null, 0f, gb);
                 } else {
-                    if (sForCe) {
+                    if (power == 0) {
                         VectorOps.expAffine(s, so + j0, len, ms, 1f, (float) lz1, sb);
                     } else {
-                        VectorOps.powerScaled(eOut, eBase + j0, len, power, 1 / (float) z1, sb);
+                        VectorOps.powerScaled(eS, j0, len, power, 1 / (float) z1, sb);
                     }
-                    fklGradient(eOut, eBase + j0, eT, j0, len, fq, fp, cq, 0f, sb, c1, g, so + j0);
+                    fklGradient(eS, eT, j0, len, fq, fp, cq, 0f, sb, c1, gb);
                 }
+                MemorySegment.copy(gb, 0, g, F32, (so + j0) * 4L, len);
             }
         }
         return new float[]{(float) (ms + lz1), (float) kl};
     }
 
     /**
-     * Pass B over one block: g = cq (e_s fq − e_t fp) + c1z e_s² + c1 sb (sb null: no such term).
+     * Pass B over one block: gb = cq (e_s fq − e_t fp) + c1z e_s² + c1 sb (sb null: no such term).
      * No branch inside the vector loop: C2 boxes vectors that meet at a join in a loop (measured:
      * 3 GB/s of garbage, a third of the kernel's time).
      */
-    private static void fklGradient(MemorySegment es, long eo, float[] eT, int j0, int len, float fq, float fp, float cq,
-                                    float c1z, float[] sb, float c1, MemorySegment g, long go) {
+    private static void fklGradient(float[] eS, float[] eT, int j0, int len, float fq, float fp, float cq,
+                                    float c1z, float[] sb, float c1, float[] gb) {
         int i = 0;
         if (sb == null) {
             for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                FloatVector e = FloatVector.fromMemorySegment(SPECIES, es, (eo + i) * 4L, ORDER);
+                FloatVector e = FloatVector.fromArray(SPECIES, eS, j0 + i);
                 FloatVector gv = e.mul(fq).sub(FloatVector.fromArray(SPECIES, eT, j0 + i).mul(fp)).mul(cq);
-                e.mul(e).mul(c1z).add(gv).intoMemorySegment(g, (go + i) * 4L, ORDER);
+                e.mul(e).mul(c1z).add(gv).intoArray(gb, i);
             }
         } else {
             for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                FloatVector e = FloatVector.fromMemorySegment(SPECIES, es, (eo + i) * 4L, ORDER);
+                FloatVector e = FloatVector.fromArray(SPECIES, eS, j0 + i);
                 FloatVector gv = e.mul(fq).sub(FloatVector.fromArray(SPECIES, eT, j0 + i).mul(fp)).mul(cq);
-                FloatVector.fromArray(SPECIES, sb, i).mul(c1).add(gv).intoMemorySegment(g, (go + i) * 4L, ORDER);
+                FloatVector.fromArray(SPECIES, sb, i).mul(c1).add(gv).intoArray(gb, i);
             }
         }
         for (; i < len; i++) {
-            float e = get(es, eo + i), gi = (e * fq - eT[j0 + i] * fp) * cq;
-            set(g, go + i, sb == null ? e * e * c1z + gi : sb[i] * c1 + gi);
+            float e = eS[j0 + i], gi = (e * fq - eT[j0 + i] * fp) * cq;
+            gb[i] = sb == null ? e * e * c1z + gi : sb[i] * c1 + gi;
         }
     }
 
@@ -437,11 +453,12 @@ final class FusedDistillLoss {
         DenseRow row = DenseRow.start(r, s, so, d, v, sc);
         float ms = row.ms(), mt = row.mt();
         int power = integerTemperature(invT);
-        MemorySegment eS = sc.eS(v);
-        if (sc.eT.length < v) sc.eT = new float[v];
-        float[] tb = sc.teacher, tScaled = sc.eT;   // the row of (t − m_t)/T
+        sc.rows(v);
+        float[] tb = sc.teacher, eS = sc.eS, tScaled = sc.eT;   // tScaled: the row of (t − m_t)/T
         double zs = 0, zsq = 0, z1 = 0, zt = 0;
-        for (int j0 = 0; j0 < v; j0 += BLOCK) {
+        int nb = (v + BLOCK - 1) / BLOCK;
+        for (int bi = 0; bi < nb; bi++) {
+            int j0 = (nb - 1 - bi) * BLOCK;   // zig-zag, as in denseForwardKl: A backwards, B forwards, C backwards
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
             loadTeacher(d, row.to(), j0, len, tb);
@@ -453,6 +470,7 @@ final class FusedDistillLoss {
             zt += sums[2];
             sc.fetched += (long) sums[3];
         }
+        checkTeacherSum(r, zt, d, row.to());
         if (power == 1) z1 = zs;
         if (power == 2) z1 = zsq;
         float lzs = (float) Math.log(zs), lzt = (float) Math.log(zt), fq = (float) (1 / zs);
@@ -461,9 +479,10 @@ final class FusedDistillLoss {
             rkl += rklBlock(s, so + j0, Math.min(BLOCK, v - j0), ms, invT, lzs, lzt, eS, j0, fq, tScaled, 0f, 0f, null, null, 0f);
         }
         if (g != null) {
-            float[] sb = sc.sb;
+            float[] sb = sc.sb, gb = sc.gb;
             if (c1 == 0f) Arrays.fill(sb, 0f);
-            for (int j0 = 0; j0 < v; j0 += BLOCK) {
+            for (int bi = 0; bi < nb; bi++) {
+                int j0 = (nb - 1 - bi) * BLOCK;
                 int len = Math.min(BLOCK, v - j0);
                 long o = so + j0;
                 if (c1 != 0f) {
@@ -473,14 +492,15 @@ final class FusedDistillLoss {
                         VectorOps.powerScaled(eS, j0, len, power, (float) (1 / z1), sb);
                     }
                 }
-                rklBlock(s, o, len, ms, invT, lzs, lzt, eS, j0, fq, tScaled, (float) rkl, cq, g, sb, c1);
+                rklBlock(s, o, len, ms, invT, lzs, lzt, eS, j0, fq, tScaled, (float) rkl, cq, gb, sb, c1);
+                MemorySegment.copy(gb, 0, g, F32, o * 4L, len);
             }
         }
         return new float[]{(float) (ms + Math.log(z1)), (float) rkl};
     }
 
     /** Pass A of denseReverseKl over one block: {Σ e_s, Σ e_s², Σ e_t, fetched}; e_s to eS, (t − mt)/T to tScaled. */
-    private static float[] rklPassA(MemorySegment s, long o, int len, float ms, float invT, MemorySegment eS, int j0,
+    private static float[] rklPassA(MemorySegment s, long o, int len, float ms, float invT, float[] eS, int j0,
                                     float[] tb, float mt, float[] tScaled, long fetchS, MemorySegment t, long fetchT) {
         FloatVector zs = FloatVector.zero(SPECIES), zsq = zs, zt = zs;
         int i = 0, fetched = 0;
@@ -491,18 +511,18 @@ final class FusedDistillLoss {
             FloatVector es = VectorOps.exp(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT));
             FloatVector dt = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT);
             zs = zs.add(es);
-            zsq = zsq.add(es.mul(es));
+            zsq = es.fma(es, zsq);
             zt = zt.add(VectorOps.exp(dt));
-            es.intoMemorySegment(eS, (j0 + i) * 4L, ORDER);
+            es.intoArray(eS, j0 + i);
             dt.intoArray(tScaled, j0 + i);
         }
         float szs = VectorOps.sumLanes(zs), szsq = VectorOps.sumLanes(zsq), szt = VectorOps.sumLanes(zt);
         for (; i < len; i++) {
             float es = VectorOps.exp((get(s, o + i) - ms) * invT), dt = (tb[i] - mt) * invT;
             szs += es;
-            szsq += es * es;
+            szsq = Math.fma(es, es, szsq);
             szt += VectorOps.exp(dt);
-            set(eS, j0 + i, es);
+            eS[j0 + i] = es;
             tScaled[j0 + i] = dt;
         }
         return new float[]{szs, szsq, szt, fetched};
@@ -510,51 +530,60 @@ final class FusedDistillLoss {
 
     /**
      * Passes B and C of denseReverseKl over one block, with q = e_s fq, lq = (s − ms)/T − lzs and
-     * lp = max((t − mt)/T − lzt, floor): without g, returns Σ q (lq − lp) (terms with q = 0 left
-     * out); with g, writes cq q (lq − lp − rkl) + c1 sb and returns 0. Two loops, no branch in
-     * either (see fklGradient).
+     * lp = max((t − mt)/T − lzt, floor): without gb, returns Σ q (lq − lp) (terms with q = 0 left
+     * out); with gb, writes cq q (lq − lp − rkl) + c1 sb to it and returns 0. Two loops, no branch
+     * in either (see fklGradient).
      */
     private static float rklBlock(MemorySegment s, long o, int len, float ms, float invT, float lzs, float lzt,
-                                  MemorySegment eS, int j0, float fq, float[] tScaled, float rkl, float cq,
-                                  MemorySegment g, float[] sb, float c1) {
+                                  float[] eS, int j0, float fq, float[] tScaled, float rkl, float cq,
+                                  float[] gb, float[] sb, float c1) {
         int i = 0, bound = SPECIES.loopBound(len);
-        if (g == null) {
+        if (gb == null) {
             FloatVector acc = FloatVector.zero(SPECIES);
             for (; i < bound; i += LANES) {
                 FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzs);
-                FloatVector lp = FloatVector.fromArray(SPECIES, tScaled, j0 + i).sub(lzt).max(LOG_FLOOR);
-                FloatVector q = FloatVector.fromMemorySegment(SPECIES, eS, (j0 + i) * 4L, ORDER).mul(fq);
+                FloatVector lp = floor(FloatVector.fromArray(SPECIES, tScaled, j0 + i).sub(lzt));
+                FloatVector q = FloatVector.fromArray(SPECIES, eS, j0 + i).mul(fq);
                 acc = acc.add(q.mul(lq.sub(lp)).blend(0f, q.compare(VectorOperators.LE, 0f)));
             }
             float sum = VectorOps.sumLanes(acc);
             for (; i < len; i++) {
-                float q = get(eS, j0 + i) * fq;
+                float q = eS[j0 + i] * fq;
                 if (q > 0f) sum += q * (((get(s, o + i) - ms) * invT - lzs) - Math.max(tScaled[j0 + i] - lzt, LOG_FLOOR));
             }
             return sum;
         }
         for (; i < bound; i += LANES) {
             FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzs);
-            FloatVector lp = FloatVector.fromArray(SPECIES, tScaled, j0 + i).sub(lzt).max(LOG_FLOOR);
-            FloatVector q = FloatVector.fromMemorySegment(SPECIES, eS, (j0 + i) * 4L, ORDER).mul(fq);
+            FloatVector lp = floor(FloatVector.fromArray(SPECIES, tScaled, j0 + i).sub(lzt));
+            FloatVector q = FloatVector.fromArray(SPECIES, eS, j0 + i).mul(fq);
             FloatVector gq = q.mul(lq.sub(lp).sub(rkl)).mul(cq).blend(0f, q.compare(VectorOperators.LE, 0f));
-            FloatVector.fromArray(SPECIES, sb, i).mul(c1).add(gq).intoMemorySegment(g, (o + i) * 4L, ORDER);
+            FloatVector.fromArray(SPECIES, sb, i).mul(c1).add(gq).intoArray(gb, i);
         }
         for (; i < len; i++) {
-            float q = get(eS, j0 + i) * fq, lq = (get(s, o + i) - ms) * invT - lzs, lp = Math.max(tScaled[j0 + i] - lzt, LOG_FLOOR);
-            set(g, o + i, sb[i] * c1 + (q > 0f ? q * (lq - lp - rkl) * cq : 0f));
+            float q = eS[j0 + i] * fq, lq = (get(s, o + i) - ms) * invT - lzs, lp = Math.max(tScaled[j0 + i] - lzt, LOG_FLOOR);
+            gb[i] = sb[i] * c1 + (q > 0f ? q * (lq - lp - rkl) * cq : 0f);
         }
         return 0f;
     }
 
-    /** Max of a dense teacher row (bf16 widened in registers; other types through buf). */
+    /** max(x, LOG_FLOOR) by a compare and a blend (a Java-semantics max is six instructions); NaN stays NaN. */
+    private static FloatVector floor(FloatVector x) {
+        return x.blend(LOG_FLOOR, x.lt(LOG_FLOOR));
+    }
+
+    /**
+     * Max of the non-NaN logits of a dense teacher row (bf16 widened in registers; other types
+     * through buf), −inf when there are none; see VectorOps.maxSkippingNaN. A NaN logit makes
+     * the row's sums NaN, a NaN loss the trainer's guard reports.
+     */
     private static float teacherMax(TeacherTargets.Dense d, long to, int vt, float[] buf) {
         if (d.type() != LogitType.BF16) {
             float m = Float.NEGATIVE_INFINITY;
             for (int j0 = 0; j0 < vt; j0 += BLOCK) {
                 int len = Math.min(BLOCK, vt - j0);
                 loadTeacher(d, to, j0, len, buf);
-                m = Math.max(m, VectorOps.max(buf, len));
+                m = VectorOps.greater(m, VectorOps.maxSkippingNaN(buf, len));
             }
             return m;
         }
@@ -562,28 +591,30 @@ final class FusedDistillLoss {
         int i = 0;
         float m = Float.NEGATIVE_INFINITY;
         if (vt >= LANES) {
-            FloatVector m0 = FloatVector.broadcast(SPECIES, m), m1 = m0, m2 = m0, m3 = m0;
-            for (int bound = SPECIES.loopBound(vt) - 4 * LANES; i <= bound; i += 4 * LANES) {
-                m0 = m0.max(widen(t, to + i));
-                m1 = m1.max(widen(t, to + i + LANES));
-                m2 = m2.max(widen(t, to + i + 2 * LANES));
-                m3 = m3.max(widen(t, to + i + 3 * LANES));
+            FloatVector m0 = FloatVector.broadcast(SPECIES, m), m1 = m0;
+            for (int bound = SPECIES.loopBound(vt) - 2 * LANES; i <= bound; i += 2 * LANES) {
+                FloatVector x0 = widen(t, to + i), x1 = widen(t, to + i + LANES);
+                m0 = m0.blend(x0, x0.compare(VectorOperators.GT, m0));
+                m1 = m1.blend(x1, x1.compare(VectorOperators.GT, m1));
             }
-            for (int bound = SPECIES.loopBound(vt); i < bound; i += LANES) m0 = m0.max(widen(t, to + i));
-            m = m0.max(m1).max(m2.max(m3)).reduceLanes(VectorOperators.MAX);
+            for (int bound = SPECIES.loopBound(vt); i < bound; i += LANES) {
+                FloatVector x0 = widen(t, to + i);
+                m0 = m0.blend(x0, x0.compare(VectorOperators.GT, m0));
+            }
+            m0 = m0.blend(m1, m1.compare(VectorOperators.GT, m0));
+            for (int l = 0; l < LANES; l++) m = VectorOps.greater(m, m0.lane(l));
         }
-        for (; i < vt; i++) m = Math.max(m, Float.intBitsToFloat(t.getAtIndex(SHORT, to + i) << 16));
+        for (; i < vt; i++) m = VectorOps.greater(m, Float.intBitsToFloat(t.getAtIndex(SHORT, to + i) << 16));
         return m;
     }
 
     /**
-     * Pass A's loop over one block: e_s = exp((s − ms)/T) to eOut and e_t = exp((t − mt)/T) from
-     * tb to eT. Returns {Σ e_s, Σ e_s², Σ e_t, Σ e_t ((t − mt) − (s − ms))}, terms with e_t = 0
-     * left out of the last (they may be 0 · ∞). Branch-free loop body (see fklGradient).
+     * Pass A's loop over one block: e_s = exp((s − ms)/T) to eS and e_t = exp((t − mt)/T) from tb
+     * to eT (both at j0). Returns {Σ e_s, Σ e_s², Σ e_t, Σ e_t ((t − mt) − (s − ms))}, terms with
+     * e_t = 0 left out of the last (they may be 0 · ∞). Branch-free loop body (see fklGradient).
      */
-    private static float[] fklBlock(MemorySegment s, long o, int len, float ms, float invT,
-                                    MemorySegment eOut, long eo, float[] tb, float mt, float[] eT, int j0,
-                                    long fetchS, MemorySegment t, long fetchT) {
+    private static float[] fklBlock(MemorySegment s, long o, int len, float ms, float invT, float[] eS,
+                                    float[] tb, float mt, float[] eT, int j0, long fetchS, MemorySegment t, long fetchT) {
         FloatVector zs = FloatVector.zero(SPECIES), zsq = zs, zt = zs, acc = zs;
         int i = 0, fetched = 0;
         long fetchEndS = s.byteSize() - 1, fetchEndT = t.byteSize() - 1;
@@ -595,20 +626,20 @@ final class FusedDistillLoss {
             FloatVector dt = FloatVector.fromArray(SPECIES, tb, i).sub(mt);
             FloatVector es = VectorOps.exp(ds.mul(invT)), et = VectorOps.exp(dt.mul(invT));
             zs = zs.add(es);
-            zsq = zsq.add(es.mul(es));
+            zsq = es.fma(es, zsq);
             zt = zt.add(et);
-            acc = acc.add(et.mul(dt.sub(ds)).blend(0f, et.compare(VectorOperators.LE, 0f)));
-            es.intoMemorySegment(eOut, (eo + i) * 4L, ORDER);
+            acc = dt.sub(ds).blend(0f, et.compare(VectorOperators.LE, 0f)).fma(et, acc);
+            es.intoArray(eS, j0 + i);
             et.intoArray(eT, j0 + i);
         }
         float szs = VectorOps.sumLanes(zs), szsq = VectorOps.sumLanes(zsq), szt = VectorOps.sumLanes(zt), sacc = VectorOps.sumLanes(acc);
         for (; i < len; i++) {
             float ds = get(s, o + i) - ms, dt = tb[i] - mt, es = VectorOps.exp(ds * invT), et = VectorOps.exp(dt * invT);
             szs += es;
-            szsq += es * es;
+            szsq = Math.fma(es, es, szsq);
             szt += et;
-            if (et > 0f) sacc += et * (dt - ds);
-            set(eOut, eo + i, es);
+            if (et > 0f) sacc = Math.fma(dt - ds, et, sacc);
+            eS[j0 + i] = es;
             eT[j0 + i] = et;
         }
         return new float[]{szs, szsq, szt, sacc, fetched};
@@ -669,7 +700,8 @@ final class FusedDistillLoss {
                 VectorOps.expAffine(tb, len, mt, invT, lzp, pb);
                 VectorOps.logMix(pb, beta, qb, ob, len, lm);
                 if (c1 != 0f) hardLabelSoftmax(s, o, len, ms, invT, lzq, lz1, sc);
-                jsdBlockGradient(s, o, len, qb, lm, ob, sq, g, sc);
+                jsdBlockGradient(s, o, len, qb, lm, ob, sq, sc);
+                MemorySegment.copy(sc.gb, 0, g, F32, o * 4L, len);
             }
             return (float) value;
         }
@@ -707,20 +739,20 @@ final class FusedDistillLoss {
             return new float[]{sv, ss};
         }
 
-        /** Pass C of JSD over one block: g = cq · q ((1−β) log(q/m) − S) + CE (see jsdBlockSums). */
-        private void jsdBlockGradient(MemorySegment s, long o, int len, float[] qb, float[] lm, float ob, float sq,
-                                      MemorySegment g, Scratch sc) {
+        /** Pass C of JSD over one block into sc.gb: g = cq · q ((1−β) log(q/m) − S) + CE (see jsdBlockSums). */
+        private void jsdBlockGradient(MemorySegment s, long o, int len, float[] qb, float[] lm, float ob, float sq, Scratch sc) {
+            float[] gb = sc.gb;
             int i = 0;
             for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
                 FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzq);
                 FloatVector q = FloatVector.fromArray(SPECIES, qb, i);
                 FloatVector gq = lq.sub(FloatVector.fromArray(SPECIES, lm, i)).mul(ob).blend(0f, q.compare(VectorOperators.LE, 0f));
-                ce(q.mul(gq.sub(sq)).mul(cq), sc, i).intoMemorySegment(g, (o + i) * 4L, ORDER);
+                ce(q.mul(gq.sub(sq)).mul(cq), sc, i).intoArray(gb, i);
             }
             for (; i < len; i++) {
                 float lq = (get(s, o + i) - ms) * invT - lzq;
                 float gq = qb[i] > 0f ? (lq - lm[i]) * ob : 0f;
-                set(g, o + i, sc.sb[i] * c1 + qb[i] * (gq - sq) * cq);
+                gb[i] = sc.sb[i] * c1 + qb[i] * (gq - sq) * cq;
             }
         }
     }
@@ -728,52 +760,56 @@ final class FusedDistillLoss {
     // ---------------------------------------------------------------- sparse teachers
 
     /**
-     * Writes dL/ds_j = c1 · softmax(s)_j + cq · q_j · w for every column (the gradient of a column
-     * no sparse entry lists); the listed columns are fixed up by the caller.
-     */
-    /**
-     * sharedGradient when pass A left e in g and the CE term is e-squared (T = 2) or absent: one
-     * loop, in place, g = q cqw + c2 q² with q = e f_b, c2 = c1 Z_T² / Z_1 (softmax(s) =
-     * (q Z_T)² / Z_1 at T = 2; c2 = 0 without a hard label). It also touches the lines of this
-     * thread's next student row, so that row's pass A finds it in L2 (see denseForwardKl).
+     * sharedGradient when pass A left e in sc.eS and the CE term is e-squared (T = 2) or absent:
+     * one loop, g = q cqw + c2 q² with q = e f_b, c2 = c1 Z_T² / Z_1 (softmax(s) = (q Z_T)² / Z_1
+     * at T = 2; c2 = 0 without a hard label), block by block through sc.gb. It also touches the
+     * lines of this thread's next student row, so that row's pass A finds it in L2 (see
+     * denseForwardKl).
      */
     private static void squaredGradient(MemorySegment s, long so, MemorySegment g, int v, Student st, float invT,
                                         float c1, float cqw, Scratch sc) {
         float c2 = c1 == 0f ? 0f : (float) (c1 * Math.exp(2.0 * st.logZt() - st.logZ1()));
         long row = so / v, next = row + 1 < sc.rowEnd ? row + 1 : row;
         long fetch = next * v * 4L, fetchEnd = s.byteSize() - 1;
+        float[] e = sc.eS, gb = sc.gb;
         int fetched = 0;
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
-            long o = so + j0;
             float f = (float) Math.exp((sc.blockMax[j0 / BLOCK] - st.max()) * (double) invT - st.logZt());
             int i = 0;
             for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
                 fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetch + (j0 + i) * 4L, fetchEnd));
-                FloatVector q = FloatVector.fromMemorySegment(SPECIES, g, (o + i) * 4L, ORDER).mul(f);
-                q.mul(q).mul(c2).add(q.mul(cqw)).intoMemorySegment(g, (o + i) * 4L, ORDER);
+                FloatVector q = FloatVector.fromArray(SPECIES, e, j0 + i).mul(f);
+                q.mul(q).mul(c2).add(q.mul(cqw)).intoArray(gb, i);
             }
             for (; i < len; i++) {
-                float q = get(g, o + i) * f;
-                set(g, o + i, q * q * c2 + q * cqw);
+                float q = e[j0 + i] * f;
+                gb[i] = q * q * c2 + q * cqw;
             }
+            MemorySegment.copy(gb, 0, g, F32, (so + j0) * 4L, len);
         }
         sc.fetched += fetched;
     }
 
+    /**
+     * Writes dL/ds_j = c1 · softmax(s)_j + cq · q_j · w for every column (the gradient of a column
+     * no sparse entry lists); the listed columns are fixed up by the caller.
+     */
     private static void sharedGradient(MemorySegment s, long so, MemorySegment g, int v, Student st, float invT,
                                        float c1, float cqw, boolean storedE, Scratch sc) {
         if (storedE && (c1 == 0f || integerTemperature(invT) == 2)) {
             squaredGradient(s, so, g, v, st, invT, c1, cqw, sc);
             return;
         }
+        float[] gb = sc.gb;
+        if (c1 == 0f) Arrays.fill(sc.sb, 0f);
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
             if (storedE) {
-                // q = e · exp((m_b − m)/T − log Z_T), e left in g by pass A
+                // q = e · exp((m_b − m)/T − log Z_T), e left in sc.eS by pass A
                 float f = (float) Math.exp((sc.blockMax[j0 / BLOCK] - st.max()) * (double) invT - st.logZt());
-                MemorySegment.copy(g, F32, o * 4L, sc.qb, 0, len);
+                System.arraycopy(sc.eS, j0, sc.qb, 0, len);
                 VectorOps.scaleArray(sc.qb, len, f);
             } else {
                 VectorOps.expAffine(s, o, len, st.max(), invT, st.logZt(), sc.qb);
@@ -782,14 +818,14 @@ final class FusedDistillLoss {
             int i = 0;
             for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
                 FloatVector gv = FloatVector.fromArray(SPECIES, sc.qb, i).mul(cqw);
-                if (c1 != 0f) gv = FloatVector.fromArray(SPECIES, sc.sb, i).mul(c1).add(gv);
-                gv.intoMemorySegment(g, (o + i) * 4L, ORDER);
+                FloatVector.fromArray(SPECIES, sc.sb, i).mul(c1).add(gv).intoArray(gb, i);
             }
-            for (; i < len; i++) set(g, o + i, (c1 != 0f ? sc.sb[i] * c1 : 0f) + sc.qb[i] * cqw);
+            for (; i < len; i++) gb[i] = sc.sb[i] * c1 + sc.qb[i] * cqw;
+            MemorySegment.copy(gb, 0, g, F32, o * 4L, len);
         }
     }
 
-    /** Copies the student logits at a sparse row's listed ids into sc.listed (pass A may overwrite them), checking each id. */
+    /** Copies the student logits at a sparse row's listed ids into sc.listed (an in-place gradient overwrites them), checking each id. */
     private static void readListed(int r, MemorySegment s, long so, TeacherTargets teacher, Scratch sc) {
         MemorySegment ids;
         int k, vocab;

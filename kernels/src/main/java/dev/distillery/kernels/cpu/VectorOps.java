@@ -52,10 +52,6 @@ final class VectorOps {
     private static final float ROUND = 12582912f; // 1.5 · 2^23: adding it rounds to an integer
     private static final float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f,
             P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
-    private static final FloatVector LOG2E_V = FloatVector.broadcast(SPECIES, LOG2E), ROUND_V = FloatVector.broadcast(SPECIES, ROUND),
-            NEG_LN2_HI_V = FloatVector.broadcast(SPECIES, -LN2_HI), NEG_LN2_LO_V = FloatVector.broadcast(SPECIES, -LN2_LO),
-            P0_V = FloatVector.broadcast(SPECIES, P0), P1_V = FloatVector.broadcast(SPECIES, P1), P2_V = FloatVector.broadcast(SPECIES, P2),
-            P3_V = FloatVector.broadcast(SPECIES, P3), P4_V = FloatVector.broadcast(SPECIES, P4), P5_V = FloatVector.broadcast(SPECIES, P5);
 
     /**
      * exp of every lane; 0 below −87.34 (so exp(−inf) = 0 exactly), exp(88) above 88, NaN stays
@@ -63,17 +59,26 @@ final class VectorOps {
      * separate multiplies and adds. Same bits as {@link #exp(float)}.
      */
     static FloatVector exp(FloatVector x) {
+        // Constants are broadcast here, not read from static final FloatVector fields: a field's
+        // lanes live in a Java array that C2 reloads on every iteration of a loop that stores to
+        // memory (it cannot prove the store misses that array); a broadcast constant is hoisted
+        // into a register. Not through a helper either: at this depth of inlining a helper call
+        // was not inlined, and every vector it returned was boxed.
+        // Clamped by a compare and a blend, not min/max: a Java-semantics max (NaN and −0.0 rules)
+        // is six instructions on AVX-512, and the clamp's max and min were a third of this
+        // function. No lower clamp: lanes below EXP_LO (−inf too) compute garbage that the last
+        // blend replaces by 0. Same bits as before; NaN compares false and stays NaN.
         VectorMask<Float> under = x.lt(EXP_LO);
-        FloatVector xc = x.max(EXP_LO).min(EXP_HI);
-        FloatVector t = xc.fma(LOG2E_V, ROUND_V);
+        FloatVector xc = x.blend(FloatVector.broadcast(SPECIES, EXP_HI), x.compare(VectorOperators.GT, EXP_HI));
+        FloatVector t = xc.fma(LOG2E, ROUND);
         FloatVector n = t.sub(ROUND);
-        FloatVector r = n.fma(NEG_LN2_HI_V, xc);
-        r = n.fma(NEG_LN2_LO_V, r);
-        FloatVector p = r.fma(P0_V, P1_V);
-        p = p.fma(r, P2_V);
-        p = p.fma(r, P3_V);
-        p = p.fma(r, P4_V);
-        p = p.fma(r, P5_V);
+        FloatVector r = n.fma(FloatVector.broadcast(SPECIES, -LN2_HI), xc);
+        r = n.fma(FloatVector.broadcast(SPECIES, -LN2_LO), r);
+        FloatVector p = r.fma(P0, P1);
+        p = p.fma(r, FloatVector.broadcast(SPECIES, P2));
+        p = p.fma(r, FloatVector.broadcast(SPECIES, P3));
+        p = p.fma(r, FloatVector.broadcast(SPECIES, P4));
+        p = p.fma(r, FloatVector.broadcast(SPECIES, P5));
         FloatVector y = p.fma(r.mul(r), r).add(1f);
         IntVector bits = ((IntVector) t.reinterpretAsInts()).sub(0x4B400000 - 127).lanewise(VectorOperators.LSHL, 23);
         return y.mul((FloatVector) bits.reinterpretAsFloats()).blend(0f, under);
@@ -116,12 +121,12 @@ final class VectorOps {
 
     /**
      * log of the lanes that are normal, positive and finite (others give garbage, which log
-     * blends away). A method of its own because C2 inlines a hot method only up to 325 bytes of
+     * blends away; no max() to keep them in range: a Java-semantics max is six instructions). A method of its own because C2 inlines a hot method only up to 325 bytes of
      * bytecode (FreqInlineSize): log in one piece was 327, was never inlined, and every call
      * boxed its argument and result (the dense JSD row ran at 9 ns per element instead of 4).
      */
     private static FloatVector logNormal(FloatVector x) {
-        IntVector bits = (IntVector) x.max(Float.MIN_NORMAL).reinterpretAsInts();
+        IntVector bits = (IntVector) x.reinterpretAsInts();
         IntVector exponent = bits.lanewise(VectorOperators.LSHR, 23).sub(126);
         FloatVector mant = (FloatVector) bits.and(0x007FFFFF).or(0x3F000000).reinterpretAsFloats(); // [0.5, 1)
         VectorMask<Float> small = mant.lt(SQRT_HALF);
@@ -278,6 +283,54 @@ final class VectorOps {
         return m;
     }
 
+    /**
+     * max of the non-NaN x[o + i], i &lt; n (−inf when there are none). By a compare and a blend
+     * per vector, where a Java-semantics max is six instructions: for passes that only need the
+     * max as a shift, because a NaN in the row makes their sums NaN anyway.
+     */
+    static float maxSkippingNaN(MemorySegment x, long o, int n) {
+        int i = 0;
+        float m = Float.NEGATIVE_INFINITY;
+        if (n >= LANES) {
+            FloatVector a0 = FloatVector.broadcast(SPECIES, Float.NEGATIVE_INFINITY), a1 = a0;
+            for (int bound = n - 2 * LANES; i <= bound; i += 2 * LANES) {
+                FloatVector x0 = FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER);
+                FloatVector x1 = FloatVector.fromMemorySegment(SPECIES, x, (o + i + LANES) * 4L, ORDER);
+                a0 = a0.blend(x0, x0.compare(VectorOperators.GT, a0));
+                a1 = a1.blend(x1, x1.compare(VectorOperators.GT, a1));
+            }
+            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+                FloatVector x0 = FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER);
+                a0 = a0.blend(x0, x0.compare(VectorOperators.GT, a0));
+            }
+            a0 = a0.blend(a1, a1.compare(VectorOperators.GT, a0));
+            for (int l = 0; l < LANES; l++) m = greater(m, a0.lane(l));
+        }
+        for (; i < n; i++) m = greater(m, get(x, o + i));
+        return m;
+    }
+
+    /** maxSkippingNaN over x[i], i &lt; n, x an array. */
+    static float maxSkippingNaN(float[] x, int n) {
+        int i = 0;
+        float m = Float.NEGATIVE_INFINITY;
+        if (n >= LANES) {
+            FloatVector a0 = FloatVector.broadcast(SPECIES, Float.NEGATIVE_INFINITY);
+            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+                FloatVector x0 = FloatVector.fromArray(SPECIES, x, i);
+                a0 = a0.blend(x0, x0.compare(VectorOperators.GT, a0));
+            }
+            for (int l = 0; l < LANES; l++) m = greater(m, a0.lane(l));
+        }
+        for (; i < n; i++) m = greater(m, x[i]);
+        return m;
+    }
+
+    /** b when b &gt; a, else a: NaN never wins. */
+    static float greater(float a, float b) {
+        return b > a ? b : a;
+    }
+
     /** Σ x[o + i], i < n, accumulated in fp32 lanes. */
     static float sum(MemorySegment x, long o, int n) {
         int i = 0;
@@ -393,28 +446,35 @@ final class VectorOps {
      * One exp, two sums: with e = exp((x − sub) · mul), returns {Σ e, Σ e^power} over
      * x[xo + i], i &lt; n. For an integer temperature T (mul = 1/T, power = T) these are the
      * normalizers of softmax(x/T) and softmax(x), so the hard-label CE costs no second exp.
-     * When {@code out} is non-null, also writes e to out[oo + i] (out may alias x: each element
-     * is read before it is written).
+     * When {@code out} is non-null, also writes e to out[oo + i].
      */
     static float[] expSumAndPower(MemorySegment x, long xo, int n, float sub, float mul, int power,
-                                  MemorySegment out, long oo) {
+                                  float[] out, int oo) {
         int i = 0;
         float s1 = 0f, sp = 0f;
         if (n >= LANES) {
             FloatVector acc = FloatVector.zero(SPECIES), accP = FloatVector.zero(SPECIES);
-            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-                FloatVector e = exp(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
-                if (out != null) e.intoMemorySegment(out, (oo + i) * 4L, ORDER);
-                FloatVector ep = power(e, power);
-                acc = acc.add(e);
-                accP = accP.add(ep);
+            int bound = SPECIES.loopBound(n);
+            if (out != null) {
+                for (; i < bound; i += LANES) {
+                    FloatVector e = exp(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
+                    e.intoArray(out, oo + i);
+                    acc = acc.add(e);
+                    accP = accP.add(power(e, power));
+                }
+            } else {
+                for (; i < bound; i += LANES) {
+                    FloatVector e = exp(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
+                    acc = acc.add(e);
+                    accP = accP.add(power(e, power));
+                }
             }
             s1 = sumLanes(acc);
             sp = sumLanes(accP);
         }
         for (; i < n; i++) {
             float e = exp((get(x, xo + i) - sub) * mul), ep = power(e, power);
-            if (out != null) set(out, oo + i, e);
+            if (out != null) out[oo + i] = e;
             s1 += e;
             sp += ep;
         }
@@ -470,12 +530,12 @@ final class VectorOps {
     }
 
     /** out[i] = x[xo + i]^power · b, i &lt; n. */
-    static void powerScaled(MemorySegment x, long xo, int n, int power, float b, float[] out) {
+    static void powerScaled(float[] x, int xo, int n, int power, float b, float[] out) {
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-            power(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER), power).mul(b).intoArray(out, i);
+            power(FloatVector.fromArray(SPECIES, x, xo + i), power).mul(b).intoArray(out, i);
         }
-        for (; i < n; i++) out[i] = power(get(x, xo + i), power) * b;
+        for (; i < n; i++) out[i] = power(x[xo + i], power) * b;
     }
 
     /** x[i] *= f, i &lt; n, x an array. */

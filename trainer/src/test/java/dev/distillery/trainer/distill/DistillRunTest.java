@@ -226,7 +226,7 @@ class DistillRunTest {
         DistillConfig poisoned = new DistillConfig(bad.toString(), null, run.toString(), null, null, good.student(), 4, 4, 1,
                 1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true);
         IOException e = assertThrows(IOException.class, () -> run(poisoned, true));
-        assertTrue(e.getMessage().contains("step 3") && e.getMessage().contains("no finite maximum logit")
+        assertTrue(e.getMessage().contains("step 3") && e.getMessage().contains("has a NaN logit at column 5")
                 && e.getMessage().contains("step-00000002"), e.getMessage());
         assertArrayEquals(before, Files.readAllBytes(run.resolve("checkpoints/step-00000002/model.safetensors")));
         assertEquals(2, dev.distillery.trainer.checkpoint.CheckpointStore.open(run.resolve("checkpoints")).latest().orElseThrow().step());
