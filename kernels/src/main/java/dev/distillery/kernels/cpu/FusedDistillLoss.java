@@ -508,11 +508,11 @@ final class FusedDistillLoss {
         for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
             fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetchS + i * 4L, fetchEndS))
                     + t.get(ValueLayout.JAVA_BYTE, Math.min(fetchT + i * 2L, fetchEndT));
-            FloatVector es = VectorOps.exp(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT));
+            FloatVector es = VectorOps.expNonPositive(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT));
             FloatVector dt = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT);
             zs = zs.add(es);
             zsq = es.fma(es, zsq);
-            zt = zt.add(VectorOps.exp(dt));
+            zt = zt.add(VectorOps.expNonPositive(dt));
             es.intoArray(eS, j0 + i);
             dt.intoArray(tScaled, j0 + i);
         }
@@ -624,7 +624,7 @@ final class FusedDistillLoss {
                     + t.get(ValueLayout.JAVA_BYTE, Math.min(fetchT + i * 2L, fetchEndT));
             FloatVector ds = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms);
             FloatVector dt = FloatVector.fromArray(SPECIES, tb, i).sub(mt);
-            FloatVector es = VectorOps.exp(ds.mul(invT)), et = VectorOps.exp(dt.mul(invT));
+            FloatVector es = VectorOps.expNonPositive(ds.mul(invT)), et = VectorOps.expNonPositive(dt.mul(invT));
             zs = zs.add(es);
             zsq = es.fma(es, zsq);
             zt = zt.add(et);

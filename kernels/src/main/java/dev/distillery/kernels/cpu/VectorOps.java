@@ -84,6 +84,26 @@ final class VectorOps {
         return y.mul((FloatVector) bits.reinterpretAsFloats()).blend(0f, under);
     }
 
+    /**
+     * exp of lanes that are ≤ 0 or NaN (x − max, a shifted logit): {@link #exp(FloatVector)}
+     * without its upper clamp, two instructions fewer, the same bits on those lanes.
+     */
+    static FloatVector expNonPositive(FloatVector x) {
+        VectorMask<Float> under = x.lt(EXP_LO);
+        FloatVector t = x.fma(LOG2E, ROUND);
+        FloatVector n = t.sub(ROUND);
+        FloatVector r = n.fma(FloatVector.broadcast(SPECIES, -LN2_HI), x);
+        r = n.fma(FloatVector.broadcast(SPECIES, -LN2_LO), r);
+        FloatVector p = r.fma(P0, P1);
+        p = p.fma(r, FloatVector.broadcast(SPECIES, P2));
+        p = p.fma(r, FloatVector.broadcast(SPECIES, P3));
+        p = p.fma(r, FloatVector.broadcast(SPECIES, P4));
+        p = p.fma(r, FloatVector.broadcast(SPECIES, P5));
+        FloatVector y = p.fma(r.mul(r), r).add(1f);
+        IntVector bits = ((IntVector) t.reinterpretAsInts()).sub(0x4B400000 - 127).lanewise(VectorOperators.LSHL, 23);
+        return y.mul((FloatVector) bits.reinterpretAsFloats()).blend(0f, under);
+    }
+
     /** The scalar twin of {@link #exp(FloatVector)}: identical operations, identical bits. */
     static float exp(float x) {
         if (x < EXP_LO) return 0f;
