@@ -37,8 +37,10 @@ import jdk.incubator.vector.VectorOperators;
  * tail bucket), and the k listed columns are fixed up afterwards.
  *
  * <p>Teacher logits are converted to fp32 block by block into a per-thread buffer of BLOCK floats
- * (fp16/bf16 are never converted as a whole). Extra memory: O(threads × BLOCK) plus a
- * per-thread int[vocab] of marks for top-k rows. See docs/KERNELS.md#distillation-losses.
+ * (fp16/bf16 are never converted as a whole). Hot loops store only to Java arrays; gradient
+ * blocks reach the caller's segment by bulk copy (docs/KERNELS.md#stores-constants-and-max).
+ * Extra memory: O(threads × V): per-thread rows of e_s and e_t (dense and, for e_s, sparse rows)
+ * and an int[vocab] of marks for top-k rows. See docs/KERNELS.md#distillation-losses.
  */
 final class FusedDistillLoss {
 
@@ -83,7 +85,7 @@ final class FusedDistillLoss {
          * Dense rows (see denseForwardKl): e_s and e_t (or (t − m_t)/T) of the row, and one block
          * of the gradient before it is copied to the caller's buffer. Java arrays, not segments:
          * C2 hoists a loop's segment checks only when the loop stores to no segment (see
-         * docs/KERNELS.md#stores).
+         * docs/KERNELS.md#stores-constants-and-max).
          */
         float[] eS = new float[0], eT = new float[0];
         final float[] gb = new float[BLOCK];
@@ -189,7 +191,7 @@ final class FusedDistillLoss {
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
-            float bm = VectorOps.max(s, o, len);
+            float bm = VectorOps.maxSkippingNaN(s, o, len);
             if (bm > m) {
                 if (m != Float.NEGATIVE_INFINITY) {
                     zt *= Math.exp((m - bm) * (double) invT);
@@ -347,7 +349,7 @@ final class FusedDistillLoss {
      * KL = Σ p (lp − lq) = (1/T) Σ e_t d / Z_t − log Z_t + log Z_s, so no logarithm per element
      * and no pass re-reads s or t for it. e_s and e_t go to per-thread rows (Java arrays: a loop
      * that stores to a MemorySegment keeps its segment checks inside the loop, see
-     * docs/KERNELS.md#stores). Pass B scales them: q = e_s / Z_s, p = e_t / Z_t and (at T = 2)
+     * docs/KERNELS.md#stores-constants-and-max). Pass B scales them: q = e_s / Z_s, p = e_t / Z_t and (at T = 2)
      * softmax(s) = e_s² / Z_1 in registers, g = cq (q − p) + c1 softmax(s), block by block into
      * a buffer that one bulk copy moves to the gradient.
      *
@@ -366,7 +368,7 @@ final class FusedDistillLoss {
         int power = integerTemperature(invT);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, eT = sc.eT;
-        double zs = 0, zsq = 0, z1 = 0, zt = 0, acc = 0;       // acc = Σ e_t ((t − mt) − (s − ms))
+        double zs = 0, zsq = 0, z1 = 0, zt = 0, acc = 0;       // acc = Σ e_t ((t − mt) − (s − ms))/T
         int nb = (v + BLOCK - 1) / BLOCK;
         for (int bi = 0; bi < nb; bi++) {
             int j0 = (nb - 1 - bi) * BLOCK;   // last block first: see "zig-zag" above
@@ -385,24 +387,24 @@ final class FusedDistillLoss {
         if (power == 1) z1 = zs;
         if (power == 2) z1 = zsq;                      // e_s^2 = exp(s − ms)
         double lzs = Math.log(zs), lz1 = Math.log(z1), lzt = Math.log(zt);
-        double kl = invT * acc / zt - lzt + lzs;
+        double kl = acc / zt - lzt + lzs;
         if (g != null) {
             // pass B: g = cq (q − p) + c1 softmax(s), from the e_s and e_t rows: the CE term from
             // e_s² in registers at T = 2 (or none, alpha = 0), else a per-block softmax(s)
-            float fq = (float) (1 / zs), fp = (float) (1 / zt), c1z = (float) (c1 / z1);
+            float a = (float) (cq / zs), b = (float) (cq / zt), c1z = (float) (c1 / z1);
             boolean squareCe = c1 == 0f || power == 2;
             float[] sb = sc.sb, gb = sc.gb;
             for (int j0 = 0; j0 < v; j0 += BLOCK) {
                 int len = Math.min(BLOCK, v - j0);
                 if (squareCe) {
-                    fklGradient(eS, eT, j0, len, fq, fp, cq, c1z, null, 0f, gb);
+                    fklGradient(eS, eT, j0, len, a, b, c1z, null, 0f, gb);
                 } else {
                     if (power == 0) {
                         VectorOps.expAffine(s, so + j0, len, ms, 1f, (float) lz1, sb);
                     } else {
                         VectorOps.powerScaled(eS, j0, len, power, 1 / (float) z1, sb);
                     }
-                    fklGradient(eS, eT, j0, len, fq, fp, cq, 0f, sb, c1, gb);
+                    fklGradient(eS, eT, j0, len, a, b, 0f, sb, c1, gb);
                 }
                 MemorySegment.copy(gb, 0, g, F32, (so + j0) * 4L, len);
             }
@@ -411,29 +413,30 @@ final class FusedDistillLoss {
     }
 
     /**
-     * Pass B over one block: gb = cq (e_s fq − e_t fp) + c1z e_s² + c1 sb (sb null: no such term).
-     * No branch inside the vector loop: C2 boxes vectors that meet at a join in a loop (measured:
-     * 3 GB/s of garbage, a third of the kernel's time).
+     * Pass B over one block: gb = a e_s − b e_t + c1z e_s² + c1 sb (sb null: no such term), a =
+     * cq/Z_s, b = cq/Z_t: three fused operations per vector. No branch inside the vector loop: C2
+     * boxes vectors that meet at a join in a loop (measured: 3 GB/s of garbage, a third of the
+     * kernel's time).
      */
-    private static void fklGradient(float[] eS, float[] eT, int j0, int len, float fq, float fp, float cq,
+    private static void fklGradient(float[] eS, float[] eT, int j0, int len, float a, float b,
                                     float c1z, float[] sb, float c1, float[] gb) {
         int i = 0;
         if (sb == null) {
             for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
                 FloatVector e = FloatVector.fromArray(SPECIES, eS, j0 + i);
-                FloatVector gv = e.mul(fq).sub(FloatVector.fromArray(SPECIES, eT, j0 + i).mul(fp)).mul(cq);
-                e.mul(e).mul(c1z).add(gv).intoArray(gb, i);
+                e.fma(e.fma(c1z, a), FloatVector.fromArray(SPECIES, eT, j0 + i).mul(-b)).intoArray(gb, i);
             }
         } else {
             for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+                FloatVector c = FloatVector.fromArray(SPECIES, eT, j0 + i).fma(-b, 0f);
                 FloatVector e = FloatVector.fromArray(SPECIES, eS, j0 + i);
-                FloatVector gv = e.mul(fq).sub(FloatVector.fromArray(SPECIES, eT, j0 + i).mul(fp)).mul(cq);
-                FloatVector.fromArray(SPECIES, sb, i).mul(c1).add(gv).intoArray(gb, i);
+                e.fma(FloatVector.broadcast(SPECIES, a), FloatVector.fromArray(SPECIES, sb, i).fma(FloatVector.broadcast(SPECIES, c1), c)).intoArray(gb, i);
             }
         }
         for (; i < len; i++) {
-            float e = eS[j0 + i], gi = (e * fq - eT[j0 + i] * fp) * cq;
-            gb[i] = sb == null ? e * e * c1z + gi : sb[i] * c1 + gi;
+            float e = eS[j0 + i];
+            gb[i] = sb == null ? Math.fma(e, Math.fma(e, c1z, a), eT[j0 + i] * -b)
+                    : Math.fma(e, a, Math.fma(sb[i], c1, eT[j0 + i] * -b));
         }
     }
 
@@ -609,9 +612,13 @@ final class FusedDistillLoss {
     }
 
     /**
-     * Pass A's loop over one block: e_s = exp((s − ms)/T) to eS and e_t = exp((t − mt)/T) from tb
-     * to eT (both at j0). Returns {Σ e_s, Σ e_s², Σ e_t, Σ e_t ((t − mt) − (s − ms))}, terms with
-     * e_t = 0 left out of the last (they may be 0 · ∞). Branch-free loop body (see fklGradient).
+     * Pass A's loop over one block: with x_s = (s − ms)/T and x_t = (t − mt)/T, e_s = exp(x_s) to
+     * eS and e_t = exp(x_t) from tb to eT (both at j0). Returns {Σ e_s, Σ e_s², Σ e_t,
+     * Σ e_t (x_t − x_s), fetched}, terms with x_t below exp's underflow (e_t = 0) left out of the
+     * fourth (they may be 0 · ∞). The subtraction comes before the scaling, not fused with it
+     * (s·(1/T) − ms/T): the rounded ms/T would shift every x_s by up to an ulp of it, which
+     * cancels in the math but left a one-column row's KL at 4e-7 instead of 0. Branch-free loop
+     * body (see fklGradient).
      */
     private static float[] fklBlock(MemorySegment s, long o, int len, float ms, float invT, float[] eS,
                                     float[] tb, float mt, float[] eT, int j0, long fetchS, MemorySegment t, long fetchT) {
@@ -622,23 +629,24 @@ final class FusedDistillLoss {
             // one line of the next student row and half a line of its teacher row per iteration
             fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetchS + i * 4L, fetchEndS))
                     + t.get(ValueLayout.JAVA_BYTE, Math.min(fetchT + i * 2L, fetchEndT));
-            FloatVector ds = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms);
-            FloatVector dt = FloatVector.fromArray(SPECIES, tb, i).sub(mt);
-            FloatVector es = VectorOps.expNonPositive(ds.mul(invT)), et = VectorOps.expNonPositive(dt.mul(invT));
+            FloatVector xs = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT);
+            FloatVector xt = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT);
+            FloatVector es = VectorOps.expNonPositive(xs), et = VectorOps.expNonPositive(xt);
             zs = zs.add(es);
             zsq = es.fma(es, zsq);
             zt = zt.add(et);
-            acc = dt.sub(ds).blend(0f, et.compare(VectorOperators.LE, 0f)).fma(et, acc);
+            acc = xt.sub(xs).blend(0f, xt.lt(VectorOps.EXP_LO)).fma(et, acc);
             es.intoArray(eS, j0 + i);
             et.intoArray(eT, j0 + i);
         }
         float szs = VectorOps.sumLanes(zs), szsq = VectorOps.sumLanes(zsq), szt = VectorOps.sumLanes(zt), sacc = VectorOps.sumLanes(acc);
         for (; i < len; i++) {
-            float ds = get(s, o + i) - ms, dt = tb[i] - mt, es = VectorOps.exp(ds * invT), et = VectorOps.exp(dt * invT);
+            float xs = (get(s, o + i) - ms) * invT, xt = (tb[i] - mt) * invT;
+            float es = VectorOps.exp(xs), et = VectorOps.exp(xt);
             szs += es;
             szsq = Math.fma(es, es, szsq);
             szt += et;
-            if (et > 0f) sacc = Math.fma(dt - ds, et, sacc);
+            if (xt >= VectorOps.EXP_LO) sacc = Math.fma(xt - xs, et, sacc);
             eS[j0 + i] = es;
             eT[j0 + i] = et;
         }

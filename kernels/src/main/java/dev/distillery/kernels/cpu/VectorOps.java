@@ -45,7 +45,7 @@ final class VectorOps {
     // exp(x) = 2^n · p(r), x = n ln2 + r, |r| ≤ ln2/2; Cephes' expf polynomial (≤ 2 ulp).
     /** Inputs are clamped here (2^n with n ≤ 127); callers pass x − max ≤ 0. */
     private static final float EXP_HI = 88.0f;
-    private static final float EXP_LO = -87.3365447505531f; // below: exp underflows to 0
+    static final float EXP_LO = -87.3365447505531f; // below: exp underflows to 0
     private static final float LOG2E = 1.44269504088896341f;
     private static final float LN2_HI = 0.693359375f;
     private static final float LN2_LO = -2.12194440e-4f;
@@ -410,6 +410,12 @@ final class VectorOps {
         }
     }
 
+    /*
+     * The affine exp helpers below serve shifted logits: (x − sub) · mul − sub2 ≤ 0 with sub the
+     * row's (or block's) max, mul = 1/T > 0 and sub2 a log-normalizer ≥ 0, so they use
+     * expNonPositive.
+     */
+
     /**
      * out[i] = exp((x[xo + i] − sub) · mul − sub2), i &lt; n, x a memory segment. One exp per loop:
      * a loop with several inlined exps exceeds C2's node budget and boxes its vectors.
@@ -418,7 +424,7 @@ final class VectorOps {
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
             FloatVector v = FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul).sub(sub2);
-            exp(v).intoArray(out, i);
+            expNonPositive(v).intoArray(out, i);
         }
         for (; i < n; i++) out[i] = exp((get(x, xo + i) - sub) * mul - sub2);
     }
@@ -427,7 +433,7 @@ final class VectorOps {
     static void expAffine(float[] x, int n, float sub, float mul, float sub2, float[] out) {
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-            exp(FloatVector.fromArray(SPECIES, x, i).sub(sub).mul(mul).sub(sub2)).intoArray(out, i);
+            expNonPositive(FloatVector.fromArray(SPECIES, x, i).sub(sub).mul(mul).sub(sub2)).intoArray(out, i);
         }
         for (; i < n; i++) out[i] = exp((x[i] - sub) * mul - sub2);
     }
@@ -439,7 +445,7 @@ final class VectorOps {
         if (n >= LANES) {
             FloatVector acc = FloatVector.zero(SPECIES);
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-                acc = acc.add(exp(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul)));
+                acc = acc.add(expNonPositive(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul)));
             }
             sum = sumLanes(acc);
         }
@@ -454,7 +460,7 @@ final class VectorOps {
         if (n >= LANES) {
             FloatVector acc = FloatVector.zero(SPECIES);
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-                acc = acc.add(exp(FloatVector.fromArray(SPECIES, x, i).sub(sub).mul(mul)));
+                acc = acc.add(expNonPositive(FloatVector.fromArray(SPECIES, x, i).sub(sub).mul(mul)));
             }
             sum = sumLanes(acc);
         }
@@ -477,14 +483,14 @@ final class VectorOps {
             int bound = SPECIES.loopBound(n);
             if (out != null) {
                 for (; i < bound; i += LANES) {
-                    FloatVector e = exp(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
+                    FloatVector e = expNonPositive(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
                     e.intoArray(out, oo + i);
                     acc = acc.add(e);
                     accP = accP.add(power(e, power));
                 }
             } else {
                 for (; i < bound; i += LANES) {
-                    FloatVector e = exp(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
+                    FloatVector e = expNonPositive(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
                     acc = acc.add(e);
                     accP = accP.add(power(e, power));
                 }
