@@ -326,14 +326,28 @@ final class FusedDistillLoss {
             return new DenseRow(to, vt, VectorOps.maxSkippingNaN(s, so, v), mt, (long) next * v * 4L, (long) next * vt * 2L);
         }
 
-        /** Byte offset of the next student row's column j0. */
-        long fetchS(int j0) {
-            return nextS + j0 * 4L;
+        /**
+         * Byte offset in the next student row where the touches of this row's bi-th block of
+         * pass A start: blocks touch the next row in the order pass A visits them (pass A runs
+         * backwards; the touches still run forwards), a line per 16 columns.
+         */
+        long fetchS(int bi) {
+            return nextS + (long) bi * BLOCK * 4L;
         }
 
-        /** Byte offset of the next teacher row's column j0, kept inside its vocabulary. */
-        long fetchT(int j0) {
-            return nextT + Math.max(0, Math.min(j0, vt - LANES * 2)) * 2L;
+        /** The last line of the next student row: touches stop there. */
+        long fetchEndS(int v) {
+            return nextS + v * 4L - 1;
+        }
+
+        /** As fetchS, in the next teacher row (half a line per 16 columns). */
+        long fetchT(int bi) {
+            return nextT + (long) bi * BLOCK * 2L;
+        }
+
+        /** The last byte of the next teacher row. */
+        long fetchEndT() {
+            return nextT + vt * 2L - 1;
         }
     }
 
@@ -376,7 +390,8 @@ final class FusedDistillLoss {
             long o = so + j0;
             loadTeacher(d, row.to(), j0, len, tb);       // −inf past the teacher's vocabulary
             if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
-            float[] sums = fklBlock(s, o, len, ms, invT, eS, tb, mt, eT, j0, row.fetchS(j0), d.logits(), row.fetchT(j0));
+            float[] sums = fklBlock(s, o, len, ms, invT, eS, tb, mt, eT, j0, row.fetchS(bi), row.fetchEndS(v),
+                    d.logits(), row.fetchT(bi), row.fetchEndT());
             zs += sums[0];
             zsq += sums[1];
             zt += sums[2];
@@ -467,7 +482,7 @@ final class FusedDistillLoss {
             loadTeacher(d, row.to(), j0, len, tb);
             if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
             float[] sums = rklPassA(s, o, len, ms, invT, eS, j0, tb, mt, tScaled,
-                    row.fetchS(j0), d.logits(), row.fetchT(j0));
+                    row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT());
             zs += sums[0];
             zsq += sums[1];
             zt += sums[2];
@@ -504,10 +519,10 @@ final class FusedDistillLoss {
 
     /** Pass A of denseReverseKl over one block: {Σ e_s, Σ e_s², Σ e_t, fetched}; e_s to eS, (t − mt)/T to tScaled. */
     private static float[] rklPassA(MemorySegment s, long o, int len, float ms, float invT, float[] eS, int j0,
-                                    float[] tb, float mt, float[] tScaled, long fetchS, MemorySegment t, long fetchT) {
+                                    float[] tb, float mt, float[] tScaled, long fetchS, long fetchEndS,
+                                    MemorySegment t, long fetchT, long fetchEndT) {
         FloatVector zs = FloatVector.zero(SPECIES), zsq = zs, zt = zs;
         int i = 0, fetched = 0;
-        long fetchEndS = s.byteSize() - 1, fetchEndT = t.byteSize() - 1;
         for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
             fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetchS + i * 4L, fetchEndS))
                     + t.get(ValueLayout.JAVA_BYTE, Math.min(fetchT + i * 2L, fetchEndT));
@@ -621,10 +636,10 @@ final class FusedDistillLoss {
      * body (see fklGradient).
      */
     private static float[] fklBlock(MemorySegment s, long o, int len, float ms, float invT, float[] eS,
-                                    float[] tb, float mt, float[] eT, int j0, long fetchS, MemorySegment t, long fetchT) {
+                                    float[] tb, float mt, float[] eT, int j0, long fetchS, long fetchEndS,
+                                    MemorySegment t, long fetchT, long fetchEndT) {
         FloatVector zs = FloatVector.zero(SPECIES), zsq = zs, zt = zs, acc = zs;
         int i = 0, fetched = 0;
-        long fetchEndS = s.byteSize() - 1, fetchEndT = t.byteSize() - 1;
         for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
             // one line of the next student row and half a line of its teacher row per iteration
             fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetchS + i * 4L, fetchEndS))
