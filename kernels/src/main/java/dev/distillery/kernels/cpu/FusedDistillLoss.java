@@ -361,17 +361,21 @@ final class FusedDistillLoss {
      * hard-label normalizer Z_1 at T = 2; T = 1 uses Z_s, other T one more exp per element), and
      * Σ e_t ((t − m_t) − (s − m_s)), which is the loss:
      * KL = Σ p (lp − lq) = (1/T) Σ e_t d / Z_t − log Z_t + log Z_s, so no logarithm per element
-     * and no pass re-reads s or t for it. e_s and e_t go to per-thread rows (Java arrays: a loop
-     * that stores to a MemorySegment keeps its segment checks inside the loop, see
-     * docs/KERNELS.md#stores-constants-and-max). Pass B scales them: q = e_s / Z_s, p = e_t / Z_t and (at T = 2)
-     * softmax(s) = e_s² / Z_1 in registers, g = cq (q − p) + c1 softmax(s), block by block into
-     * a buffer that one bulk copy moves to the gradient.
+     * and no pass re-reads s or t for it. e_t goes to a per-thread row (a Java array: a loop that
+     * stores to a MemorySegment keeps its segment checks inside the loop, see
+     * docs/KERNELS.md#stores-constants-and-max); e_s to an L1 block that one bulk copy moves over
+     * the gradient block it will become (over s, which pass A has just consumed, when in place),
+     * or, when pass B needs s or a power of e_s (the CE at T ≠ 2), to a per-thread row. Pass B
+     * scales them: q = e_s / Z_s, p = e_t / Z_t and (at T = 2) softmax(s) = e_s² / Z_1 in
+     * registers, g = cq (q − p) + c1 softmax(s), block by block into a buffer that one bulk copy
+     * moves to the gradient.
      *
      * <p>Zig-zag: pass A walks the blocks last to first and pass B first to last, so each pass
      * starts on the lines the previous one touched last. Working set per thread: the rows of s
-     * (or g), t, e_s and e_t, 14V bytes with a bf16 teacher (1.8 MB at V = 128,256, about a 2 MB
-     * L2), plus the next row's lines; with LRU eviction and a working set near the cache's size,
-     * a pass in the same order as the last one misses on every line, in the reverse order on few.
+     * (= g in place), t and e_t, 10V bytes with a bf16 teacher (14V with an e_s row), plus the
+     * next row's lines; at V = 128,256 that is about the 2 MB L2, and with LRU eviction a pass in
+     * the same order as the last one misses on every line of a working set a little larger than
+     * the cache, in the reverse order on few.
      *
      * @return {m_s + log Z_1 (the CE before − s[label]), KL}
      */
@@ -382,6 +386,10 @@ final class FusedDistillLoss {
         int power = integerTemperature(invT);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, eT = sc.eT;
+        boolean squareCe = c1 == 0f || power == 2;
+        // e_s over the gradient block it becomes (s when in place, already consumed by pass A):
+        // 4V bytes less working set than an e_s row, when pass B needs neither s nor a power of e_s
+        boolean eInG = g != null && squareCe;
         double zs = 0, zsq = 0, z1 = 0, zt = 0, acc = 0;       // acc = Σ e_t ((t − mt) − (s − ms))/T
         int nb = (v + BLOCK - 1) / BLOCK;
         for (int bi = 0; bi < nb; bi++) {
@@ -390,8 +398,9 @@ final class FusedDistillLoss {
             long o = so + j0;
             loadTeacher(d, row.to(), j0, len, tb);       // −inf past the teacher's vocabulary
             if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
-            float[] sums = fklBlock(s, o, len, ms, invT, eS, tb, mt, eT, j0, row.fetchS(bi), row.fetchEndS(v),
-                    d.logits(), row.fetchT(bi), row.fetchEndT());
+            float[] sums = fklBlock(s, o, len, ms, invT, eInG ? sc.gb : eS, eInG ? 0 : j0, tb, mt, eT, j0,
+                    row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT());
+            if (eInG) MemorySegment.copy(sc.gb, 0, g, F32, o * 4L, len);
             zs += sums[0];
             zsq += sums[1];
             zt += sums[2];
@@ -407,11 +416,12 @@ final class FusedDistillLoss {
             // pass B: g = cq (q − p) + c1 softmax(s), from the e_s and e_t rows: the CE term from
             // e_s² in registers at T = 2 (or none, alpha = 0), else a per-block softmax(s)
             float a = (float) (cq / zs), b = (float) (cq / zt), c1z = (float) (c1 / z1);
-            boolean squareCe = c1 == 0f || power == 2;
             float[] sb = sc.sb, gb = sc.gb;
             for (int j0 = 0; j0 < v; j0 += BLOCK) {
                 int len = Math.min(BLOCK, v - j0);
-                if (squareCe) {
+                if (eInG) {
+                    fklGradientFromG(g, so + j0, eT, j0, len, a, b, c1z, gb);
+                } else if (squareCe) {
                     fklGradient(eS, eT, j0, len, a, b, c1z, null, 0f, gb);
                 } else {
                     if (power == 0) {
@@ -452,6 +462,20 @@ final class FusedDistillLoss {
             float e = eS[j0 + i];
             gb[i] = sb == null ? Math.fma(e, Math.fma(e, c1z, a), eT[j0 + i] * -b)
                     : Math.fma(e, a, Math.fma(sb[i], c1, eT[j0 + i] * -b));
+        }
+    }
+
+    /** fklGradient's squared-CE loop with e_s read from the gradient buffer (where pass A left it). */
+    private static void fklGradientFromG(MemorySegment g, long go, float[] eT, int j0, int len, float a, float b,
+                                         float c1z, float[] gb) {
+        int i = 0;
+        for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+            FloatVector e = FloatVector.fromMemorySegment(SPECIES, g, (go + i) * 4L, ORDER);
+            e.fma(e.fma(c1z, a), FloatVector.fromArray(SPECIES, eT, j0 + i).mul(-b)).intoArray(gb, i);
+        }
+        for (; i < len; i++) {
+            float e = get(g, go + i);
+            gb[i] = Math.fma(e, Math.fma(e, c1z, a), eT[j0 + i] * -b);
         }
     }
 
@@ -635,7 +659,7 @@ final class FusedDistillLoss {
      * cancels in the math but left a one-column row's KL at 4e-7 instead of 0. Branch-free loop
      * body (see fklGradient).
      */
-    private static float[] fklBlock(MemorySegment s, long o, int len, float ms, float invT, float[] eS,
+    private static float[] fklBlock(MemorySegment s, long o, int len, float ms, float invT, float[] eS, int eso,
                                     float[] tb, float mt, float[] eT, int j0, long fetchS, long fetchEndS,
                                     MemorySegment t, long fetchT, long fetchEndT) {
         FloatVector zs = FloatVector.zero(SPECIES), zsq = zs, zt = zs, acc = zs;
@@ -651,7 +675,7 @@ final class FusedDistillLoss {
             zsq = es.fma(es, zsq);
             zt = zt.add(et);
             acc = xt.sub(xs).blend(0f, xt.lt(VectorOps.EXP_LO)).fma(et, acc);
-            es.intoArray(eS, j0 + i);
+            es.intoArray(eS, eso + i);
             et.intoArray(eT, j0 + i);
         }
         float szs = VectorOps.sumLanes(zs), szsq = VectorOps.sumLanes(zsq), szt = VectorOps.sumLanes(zt), sacc = VectorOps.sumLanes(acc);
@@ -662,7 +686,7 @@ final class FusedDistillLoss {
             szsq = Math.fma(es, es, szsq);
             szt += et;
             if (xt >= VectorOps.EXP_LO) sacc = Math.fma(xt - xs, et, sacc);
-            eS[j0 + i] = es;
+            eS[eso + i] = es;
             eT[j0 + i] = et;
         }
         return new float[]{szs, szsq, szt, sacc, fetched};
