@@ -59,34 +59,21 @@ final class VectorOps {
      * separate multiplies and adds. Same bits as {@link #exp(float)}.
      */
     static FloatVector exp(FloatVector x) {
-        // Constants are broadcast here, not read from static final FloatVector fields: a field's
-        // lanes live in a Java array that C2 reloads on every iteration of a loop that stores to
-        // memory (it cannot prove the store misses that array); a broadcast constant is hoisted
-        // into a register. Not through a helper either: at this depth of inlining a helper call
-        // was not inlined, and every vector it returned was boxed.
         // Clamped by a compare and a blend, not min/max: a Java-semantics max (NaN and −0.0 rules)
         // is six instructions on AVX-512, and the clamp's max and min were a third of this
         // function. No lower clamp: lanes below EXP_LO (−inf too) compute garbage that the last
-        // blend replaces by 0. Same bits as before; NaN compares false and stays NaN.
-        VectorMask<Float> under = x.lt(EXP_LO);
-        FloatVector xc = x.blend(FloatVector.broadcast(SPECIES, EXP_HI), x.compare(VectorOperators.GT, EXP_HI));
-        FloatVector t = xc.fma(LOG2E, ROUND);
-        FloatVector n = t.sub(ROUND);
-        FloatVector r = n.fma(FloatVector.broadcast(SPECIES, -LN2_HI), xc);
-        r = n.fma(FloatVector.broadcast(SPECIES, -LN2_LO), r);
-        FloatVector p = r.fma(P0, P1);
-        p = p.fma(r, FloatVector.broadcast(SPECIES, P2));
-        p = p.fma(r, FloatVector.broadcast(SPECIES, P3));
-        p = p.fma(r, FloatVector.broadcast(SPECIES, P4));
-        p = p.fma(r, FloatVector.broadcast(SPECIES, P5));
-        FloatVector y = p.fma(r.mul(r), r).add(1f);
-        IntVector bits = ((IntVector) t.reinterpretAsInts()).sub(0x4B400000 - 127).lanewise(VectorOperators.LSHL, 23);
-        return y.mul((FloatVector) bits.reinterpretAsFloats()).blend(0f, under);
+        // blend of expNonPositive replaces by 0. NaN compares false and stays NaN.
+        return expNonPositive(x.blend(FloatVector.broadcast(SPECIES, EXP_HI), x.compare(VectorOperators.GT, EXP_HI)));
     }
 
     /**
-     * exp of lanes that are ≤ 0 or NaN (x − max, a shifted logit): {@link #exp(FloatVector)}
-     * without its upper clamp, two instructions fewer, the same bits on those lanes.
+     * exp of lanes that are at most 88 or NaN (x − max, a shifted logit, is ≤ 0):
+     * {@link #exp(FloatVector)} without its upper clamp, two instructions fewer, the same bits on
+     * those lanes. Constants are broadcast here, not read from static final FloatVector fields:
+     * a field's lanes live in a Java array that C2 reloads on every iteration of a loop that
+     * stores to memory (it cannot prove the store misses that array); a broadcast constant is
+     * hoisted into a register. Not through a helper either: at this depth of inlining a helper
+     * call was not inlined, and every vector it returned was boxed.
      */
     static FloatVector expNonPositive(FloatVector x) {
         VectorMask<Float> under = x.lt(EXP_LO);
