@@ -386,10 +386,9 @@ final class FusedDistillLoss {
         int power = integerTemperature(invT);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, eT = sc.eT;
-        boolean squareCe = c1 == 0f || power == 2;
         // e_s over the gradient block it becomes (s when in place, already consumed by pass A):
         // 4V bytes less working set than an e_s row, when pass B needs neither s nor a power of e_s
-        boolean eInG = g != null && squareCe;
+        boolean eInG = g != null && (c1 == 0f || power == 2);
         double zs = 0, zsq = 0, z1 = 0, zt = 0, acc = 0;       // acc = Σ e_t ((t − mt) − (s − ms))/T
         int nb = (v + BLOCK - 1) / BLOCK;
         for (int bi = 0; bi < nb; bi++) {
@@ -419,17 +418,15 @@ final class FusedDistillLoss {
             float[] sb = sc.sb, gb = sc.gb;
             for (int j0 = 0; j0 < v; j0 += BLOCK) {
                 int len = Math.min(BLOCK, v - j0);
-                if (eInG) {
+                if (eInG) {   // every squared-CE row with a gradient
                     fklGradientFromG(g, so + j0, eT, j0, len, a, b, c1z, gb);
-                } else if (squareCe) {
-                    fklGradient(eS, eT, j0, len, a, b, c1z, null, 0f, gb);
                 } else {
                     if (power == 0) {
                         VectorOps.expAffine(s, so + j0, len, ms, 1f, (float) lz1, sb);
                     } else {
                         VectorOps.powerScaled(eS, j0, len, power, 1 / (float) z1, sb);
                     }
-                    fklGradient(eS, eT, j0, len, a, b, 0f, sb, c1, gb);
+                    fklGradient(eS, eT, j0, len, a, b, sb, c1, gb);
                 }
                 MemorySegment.copy(gb, 0, g, F32, (so + j0) * 4L, len);
             }
@@ -438,34 +435,25 @@ final class FusedDistillLoss {
     }
 
     /**
-     * Pass B over one block: gb = a e_s − b e_t + c1z e_s² + c1 sb (sb null: no such term), a =
-     * cq/Z_s, b = cq/Z_t: three fused operations per vector. No branch inside the vector loop: C2
-     * boxes vectors that meet at a join in a loop (measured: 3 GB/s of garbage, a third of the
-     * kernel's time).
+     * Pass B over one block, CE term from a per-block softmax(s): gb = a e_s − b e_t + c1 sb, a =
+     * cq/Z_s, b = cq/Z_t. No branch inside the vector loop: C2 boxes vectors that meet at a join
+     * in a loop (measured: 3 GB/s of garbage, a third of the kernel's time).
      */
     private static void fklGradient(float[] eS, float[] eT, int j0, int len, float a, float b,
-                                    float c1z, float[] sb, float c1, float[] gb) {
+                                    float[] sb, float c1, float[] gb) {
         int i = 0;
-        if (sb == null) {
-            for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                FloatVector e = FloatVector.fromArray(SPECIES, eS, j0 + i);
-                e.fma(e.fma(c1z, a), FloatVector.fromArray(SPECIES, eT, j0 + i).mul(-b)).intoArray(gb, i);
-            }
-        } else {
-            for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                FloatVector c = FloatVector.fromArray(SPECIES, eT, j0 + i).fma(-b, 0f);
-                FloatVector e = FloatVector.fromArray(SPECIES, eS, j0 + i);
-                e.fma(FloatVector.broadcast(SPECIES, a), FloatVector.fromArray(SPECIES, sb, i).fma(FloatVector.broadcast(SPECIES, c1), c)).intoArray(gb, i);
-            }
+        for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+            FloatVector c = FloatVector.fromArray(SPECIES, sb, i).fma(FloatVector.broadcast(SPECIES, c1),
+                    FloatVector.fromArray(SPECIES, eT, j0 + i).fma(-b, 0f));
+            FloatVector.fromArray(SPECIES, eS, j0 + i).fma(FloatVector.broadcast(SPECIES, a), c).intoArray(gb, i);
         }
-        for (; i < len; i++) {
-            float e = eS[j0 + i];
-            gb[i] = sb == null ? Math.fma(e, Math.fma(e, c1z, a), eT[j0 + i] * -b)
-                    : Math.fma(e, a, Math.fma(sb[i], c1, eT[j0 + i] * -b));
-        }
+        for (; i < len; i++) gb[i] = Math.fma(eS[j0 + i], a, Math.fma(sb[i], c1, eT[j0 + i] * -b));
     }
 
-    /** fklGradient's squared-CE loop with e_s read from the gradient buffer (where pass A left it). */
+    /**
+     * Pass B over one block with e_s read from the gradient buffer, where pass A left it (T = 2
+     * or no hard label): gb = e_s (c1z e_s + a) − b e_t, three fused operations per vector.
+     */
     private static void fklGradientFromG(MemorySegment g, long go, float[] eT, int j0, int len, float a, float b,
                                          float c1z, float[] gb) {
         int i = 0;
