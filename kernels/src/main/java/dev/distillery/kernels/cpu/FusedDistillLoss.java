@@ -72,8 +72,8 @@ final class FusedDistillLoss {
     /** Per-thread buffers. */
     private static final class Scratch {
         final float[] teacher = new float[BLOCK];
-        /** Per-block q, p, softmax(s) (or log m for JSD): filled by one-exp loops, combined by a loop with none. */
-        final float[] qb = new float[BLOCK], pb = new float[BLOCK], sb = new float[BLOCK], lb = new float[BLOCK];
+        /** Per-block q and softmax(s): filled by one-exp loops, combined by a loop with none. */
+        final float[] qb = new float[BLOCK], sb = new float[BLOCK];
         int[] marks = new int[0];
         /** Running student max used for each block of pass A (when pass A stores e in the gradient buffer). */
         float[] blockMax = new float[0];
@@ -157,10 +157,12 @@ final class FusedDistillLoss {
         if (sparse) readListed(r, s, so, teacher, sc);
         float c1 = gradScale * o.alpha();                                  // on softmax(s) − onehot
         float cq = gradScale * (1 - o.alpha()) * o.gradientTemperatureFactor(); // on the divergence's (q − target)
-        if (teacher instanceof TeacherTargets.Dense d && !(o.divergence() instanceof Divergence.Jsd)) {
-            float[] ceKl = o.divergence() instanceof Divergence.ForwardKl
-                    ? denseForwardKl(r, s, so, g, d, v, invT, c1, cq, sc)
-                    : denseReverseKl(r, s, so, g, d, v, invT, c1, cq, sc);
+        if (teacher instanceof TeacherTargets.Dense d) {
+            float[] ceKl = switch (o.divergence()) {
+                case Divergence.ForwardKl ignored -> denseForwardKl(r, s, so, g, d, v, invT, c1, cq, sc);
+                case Divergence.ReverseKl ignored -> denseReverseKl(r, s, so, g, d, v, invT, c1, cq, sc);
+                case Divergence.Jsd jsd -> denseJsd(r, s, so, g, d, v, invT, (float) jsd.beta(), c1, cq, sc);
+            };
             if (g != null && label >= 0) set(g, so + label, get(g, so + label) - c1);
             return new float[]{label >= 0 ? ceKl[0] - sLabel : 0f, ceKl[1] * o.divergenceScale()};
         }
@@ -168,7 +170,7 @@ final class FusedDistillLoss {
         Student st = studentPass(s, so, v, invT, storeE ? sc.eS : null, sc);
         float ce = label >= 0 ? st.max() + st.logZ1() - sLabel : 0f;
         float div = switch (teacher) {
-            case TeacherTargets.Dense d -> dense(r, s, so, g, d, v, st, invT, o, c1, cq, sc);
+            case TeacherTargets.Dense d -> throw new AssertionError("dense teachers have their own paths");
             case TeacherTargets.TopK k -> topK(r, s, so, g, k, v, st, invT, o, c1, cq, storeE, sc);
             case TeacherTargets.Sampled sm -> sampled(r, s, so, g, sm, v, st, invT, c1, cq, storeE, sc);
         };
@@ -262,33 +264,6 @@ final class FusedDistillLoss {
     }
 
     // ---------------------------------------------------------------- dense teacher
-
-    private static float dense(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v,
-                               Student st, float invT, DistillOptions o, float c1, float cq, Scratch sc) {
-        long to = (long) r * d.vocab();
-        float[] tb = sc.teacher;
-        // pass A for the teacher: online max and Σ exp((t − max)/T) over its own vocabulary
-        float mt = Float.NEGATIVE_INFINITY;
-        double zt = 0;
-        for (int j0 = 0; j0 < d.vocab(); j0 += BLOCK) {
-            int len = Math.min(BLOCK, d.vocab() - j0);
-            loadTeacher(d, to, j0, len, tb);
-            float bm = VectorOps.max(tb, len);
-            if (bm > mt) {
-                if (mt != Float.NEGATIVE_INFINITY) zt *= Math.exp((mt - bm) * (double) invT);
-                mt = bm;
-            }
-            if (mt == Float.NEGATIVE_INFINITY) continue;
-            zt += VectorOps.expSumAffine(tb, len, mt, invT);
-        }
-        checkTeacherMax(r, mt);
-        RowMath m = new RowMath(st.max(), st.logZt(), st.logZ1(), mt, (float) Math.log(zt), invT, c1, cq);
-        return switch (o.divergence()) {
-            case Divergence.ForwardKl ignored -> throw new AssertionError("dense forward KL has its own path");
-            case Divergence.ReverseKl ignored -> throw new AssertionError("dense reverse KL has its own path");
-            case Divergence.Jsd jsd -> m.jsd(s, so, g, d, to, v, sc, (float) jsd.beta());
-        };
-    }
 
     private static void checkTeacherMax(int r, float mt) {
         if (mt == Float.NEGATIVE_INFINITY || Float.isNaN(mt) || mt == Float.POSITIVE_INFINITY) {
@@ -597,6 +572,140 @@ final class FusedDistillLoss {
         return 0f;
     }
 
+    // ---------------------------------------------------------------- dense teacher, JSD
+
+    /** 2^64 and its log: log m = log(2^64 m) − 64 ln 2 keeps a subnormal mixture m out of log's −inf. */
+    private static final float MIX_SCALE = 0x1p64f, LOG_MIX_SCALE = (float) (64 * Math.log(2));
+
+    /**
+     * Dense teacher, generalized JSD(β) = β KL(p‖m) + (1−β) KL(q‖m), m = β p + (1−β) q, on
+     * denseForwardKl's plan. Pass 0: the maxima (fetching the next row meanwhile). Pass A
+     * (backwards): fklBlock's loop, e_s and e_t to per-thread rows and their sums. Pass B
+     * (forwards): from those rows and one log per element, JSD = Σ β p (lp − lm) + Σ q g_q with
+     * g_q = (1−β)(lq − lm), and S = Σ q g_q; g_q overwrites e_t, no longer needed. Pass C
+     * (backwards): dL/ds = cq q (g_q − S) + c1 softmax(s), from the rows only. Two exps and one
+     * log per element, where the path before this one took five exps and two logs (and boxed
+     * vectors: its loops were inlined past C2's node budget).
+     *
+     * @return {m_s + log Z_1 (the CE before − s[label]), JSD}
+     */
+    private static float[] denseJsd(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
+                                    int v, float invT, float beta, float c1, float cq, Scratch sc) {
+        DenseRow row = DenseRow.start(r, s, so, d, v, sc);
+        float ms = row.ms(), mt = row.mt();
+        int power = integerTemperature(invT);
+        sc.rows(v);
+        float[] tb = sc.teacher, eS = sc.eS, eT = sc.eT;
+        double zs = 0, zsq = 0, z1 = 0, zt = 0;
+        int nb = (v + BLOCK - 1) / BLOCK;
+        for (int bi = 0; bi < nb; bi++) {
+            int j0 = (nb - 1 - bi) * BLOCK;   // zig-zag: A backwards, B forwards, C backwards
+            int len = Math.min(BLOCK, v - j0);
+            long o = so + j0;
+            loadTeacher(d, row.to(), j0, len, tb);
+            if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
+            float[] sums = fklBlock(s, o, len, ms, invT, eS, j0, tb, mt, eT, j0,
+                    row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT());
+            zs += sums[0];
+            zsq += sums[1];
+            zt += sums[2];
+            sc.fetched += (long) sums[4];
+        }
+        checkTeacherSum(r, zt, d, row.to());
+        if (power == 1) z1 = zs;
+        if (power == 2) z1 = zsq;
+        float lzs = (float) Math.log(zs), lzt = (float) Math.log(zt), fs = (float) (1 / zs), ft = (float) (1 / zt);
+        double value = 0, sumQg = 0;
+        for (int j0 = 0; j0 < v; j0 += BLOCK) {
+            int len = Math.min(BLOCK, v - j0);
+            loadTeacher(d, row.to(), j0, len, tb);
+            float[] sums = jsdBlock(s, so + j0, len, ms, invT, lzs, tb, mt, lzt, eS, eT, j0, fs, ft, beta);
+            value += sums[0];
+            sumQg += sums[1];
+        }
+        if (g != null) {
+            float a = cq * fs, sq = (float) sumQg;
+            float[] sb = sc.sb, gb = sc.gb;
+            boolean squared = c1 == 0f || power == 2;   // softmax(s) = e_s² / Z_1 in registers (or no CE)
+            for (int bi = 0; bi < nb; bi++) {
+                int j0 = (nb - 1 - bi) * BLOCK;
+                int len = Math.min(BLOCK, v - j0);
+                long o = so + j0;
+                if (squared) {
+                    jsdGradientSquared(eS, eT, j0, len, a, sq, (float) (c1 / z1), gb);
+                } else {
+                    if (power == 0) {
+                        VectorOps.expAffine(s, o, len, ms, 1f, (float) Math.log(z1), sb);
+                    } else {
+                        VectorOps.powerScaled(eS, j0, len, power, (float) (1 / z1), sb);
+                    }
+                    jsdGradient(eS, eT, j0, len, a, sq, sb, c1, gb);
+                }
+                MemorySegment.copy(gb, 0, g, F32, o * 4L, len);
+            }
+        }
+        return new float[]{(float) (ms + Math.log(z1)), (float) value};
+    }
+
+    /**
+     * Pass B of denseJsd over one block, q = e_s fs, p = e_t ft, lq = (s − ms)/T − lzs, lp =
+     * (t − mt)/T − lzt, lm = log m: returns {Σ β p (lp − lm) + Σ q g_q, Σ q g_q}, g_q = (1−β)(lq − lm),
+     * terms with p = 0 or q = 0 left out, and writes g_q (0 where q = 0) over e_t. m is mixed at
+     * 2^64 times its size (see MIX_SCALE): e_s fs can be subnormal, which log takes for 0.
+     */
+    private static float[] jsdBlock(MemorySegment s, long o, int len, float ms, float invT, float lzs, float[] tb,
+                                    float mt, float lzt, float[] eS, float[] eT, int j0, float fs, float ft, float beta) {
+        float ob = 1f - beta, cp = beta * ft * MIX_SCALE, cqm = ob * fs * MIX_SCALE;
+        FloatVector accV = FloatVector.zero(SPECIES), accS = accV;
+        int i = 0;
+        for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+            FloatVector es = FloatVector.fromArray(SPECIES, eS, j0 + i), et = FloatVector.fromArray(SPECIES, eT, j0 + i);
+            FloatVector lm = VectorOps.log(es.fma(FloatVector.broadcast(SPECIES, cqm), et.mul(cp))).sub(LOG_MIX_SCALE);
+            FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzs);
+            FloatVector lp = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT).sub(lzt);
+            FloatVector q = es.mul(fs), p = et.mul(ft);
+            FloatVector gq = lq.sub(lm).mul(ob).blend(0f, q.compare(VectorOperators.LE, 0f));
+            accS = q.fma(gq, accS);
+            accV = p.mul(beta).mul(lp.sub(lm)).blend(0f, p.compare(VectorOperators.LE, 0f)).add(accV);
+            gq.intoArray(eT, j0 + i);
+        }
+        float sv = VectorOps.sumLanes(accV), ss = VectorOps.sumLanes(accS);
+        for (; i < len; i++) {
+            float es = eS[j0 + i], et = eT[j0 + i];
+            float lm = VectorOps.log(Math.fma(es, cqm, et * cp)) - LOG_MIX_SCALE;
+            float lq = (get(s, o + i) - ms) * invT - lzs, lp = (tb[i] - mt) * invT - lzt;
+            float q = es * fs, p = et * ft;
+            float gq = q > 0f ? (lq - lm) * ob : 0f;
+            ss = Math.fma(q, gq, ss);
+            if (p > 0f) sv += p * beta * (lp - lm);
+            eT[j0 + i] = gq;
+        }
+        return new float[]{sv + ss, ss};
+    }
+
+    /** Pass C of denseJsd over one block into gb: g = e_s a (g_q − S) + c1 sb, a = cq fs, g_q in gq. */
+    private static void jsdGradient(float[] eS, float[] gq, int j0, int len, float a, float sq, float[] sb, float c1, float[] gb) {
+        int i = 0;
+        for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+            FloatVector w = FloatVector.fromArray(SPECIES, gq, j0 + i).sub(sq).mul(a);
+            FloatVector.fromArray(SPECIES, eS, j0 + i).fma(w, FloatVector.fromArray(SPECIES, sb, i).mul(c1)).intoArray(gb, i);
+        }
+        for (; i < len; i++) gb[i] = Math.fma(eS[j0 + i], (gq[j0 + i] - sq) * a, sb[i] * c1);
+    }
+
+    /** Pass C of denseJsd when softmax(s) = e_s² / Z_1 (T = 2) or there is no CE (c1z = 0): g = e_s (c1z e_s + a (g_q − S)). */
+    private static void jsdGradientSquared(float[] eS, float[] gq, int j0, int len, float a, float sq, float c1z, float[] gb) {
+        int i = 0;
+        for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+            FloatVector e = FloatVector.fromArray(SPECIES, eS, j0 + i);
+            e.fma(FloatVector.broadcast(SPECIES, c1z), FloatVector.fromArray(SPECIES, gq, j0 + i).sub(sq).mul(a)).mul(e).intoArray(gb, i);
+        }
+        for (; i < len; i++) {
+            float e = eS[j0 + i];
+            gb[i] = Math.fma(e, c1z, (gq[j0 + i] - sq) * a) * e;
+        }
+    }
+
     /** max(x, LOG_FLOOR) by a compare and a blend (a Java-semantics max is six instructions); NaN stays NaN. */
     private static FloatVector floor(FloatVector x) {
         return x.blend(LOG_FLOOR, x.lt(LOG_FLOOR));
@@ -685,111 +794,6 @@ final class FusedDistillLoss {
         ShortVector h = ShortVector.fromMemorySegment(HALF_SPECIES, t, e * 2L, ORDER);
         return ((IntVector) h.convertShape(VectorOperators.S2I, INT_SPECIES, 0)).lanewise(VectorOperators.LSHL, 16)
                 .reinterpretAsFloats();
-    }
-
-    /**
-     * Row constants and the vectorized dense passes. lq = (s − ms)/T − log Zq, lp = (t − mt)/T − log Zp,
-     * sm1 = exp(s − ms − log Z1) is softmax(s) for the hard-label CE.
-     */
-    private record RowMath(float ms, float lzq, float lz1, float mt, float lzp, float invT, float c1, float cq) {
-
-        /**
-         * gv + c1 · softmax(s) (sc.sb) for lanes [i, i + LANES) of a block. No branch: a vector
-         * chosen by a condition inside a loop is boxed by C2 (8 ns per element on the JSD row);
-         * with c1 = 0, sb holds zeros (zeroCe).
-         */
-        private FloatVector ce(FloatVector gv, Scratch sc, int i) {
-            return FloatVector.fromArray(SPECIES, sc.sb, i).mul(c1).add(gv);
-        }
-
-        /** Before a gradient pass without a hard-label term: sb = 0, so ce adds 0 · 0. */
-        private void zeroCe(Scratch sc) {
-            if (c1 == 0f) Arrays.fill(sc.sb, 0f);
-        }
-
-        float jsd(MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, long to, int v, Scratch sc, float beta) {
-            // pass B: JSD and S = Σ q · (1−β) log(q/m), m = β p + (1−β) q
-            double value = 0, sumQg = 0;
-            float ob = 1f - beta;
-            float[] tb = sc.teacher, qb = sc.qb, pb = sc.pb, lm = sc.lb;
-            for (int j0 = 0; j0 < v; j0 += BLOCK) {
-                int len = Math.min(BLOCK, v - j0);
-                loadTeacher(d, to, j0, len, tb);
-                long o = so + j0;
-                VectorOps.expAffine(s, o, len, ms, invT, lzq, qb);
-                VectorOps.expAffine(tb, len, mt, invT, lzp, pb);
-                VectorOps.logMix(pb, beta, qb, ob, len, lm);
-                float[] sums = jsdBlockSums(s, o, len, tb, qb, pb, lm, beta);
-                value += sums[0];
-                sumQg += sums[1];
-            }
-            if (g == null) return (float) value;
-            // pass C: dL/ds = cq · q ((1−β) log(q/m) − S) + CE
-            float sq = (float) sumQg;
-            zeroCe(sc);
-            for (int j0 = 0; j0 < v; j0 += BLOCK) {
-                int len = Math.min(BLOCK, v - j0);
-                loadTeacher(d, to, j0, len, tb);
-                long o = so + j0;
-                VectorOps.expAffine(s, o, len, ms, invT, lzq, qb);
-                VectorOps.expAffine(tb, len, mt, invT, lzp, pb);
-                VectorOps.logMix(pb, beta, qb, ob, len, lm);
-                if (c1 != 0f) hardLabelSoftmax(s, o, len, ms, invT, lzq, lz1, sc);
-                jsdBlockGradient(s, o, len, qb, lm, ob, sq, sc);
-                MemorySegment.copy(sc.gb, 0, g, F32, o * 4L, len);
-            }
-            return (float) value;
-        }
-
-        /**
-         * Pass B of JSD over one block: {Σ β p (lp − lm) + Σ q g, Σ q g}, g = (1−β)(lq − lm). Its own
-         * method so that C2 compiles the loop on its own: inlined into jsd, with log and two
-         * exps, it outgrew C2's inlining budget, vectors were boxed and the row took 10 ns per
-         * element instead of 3.
-         */
-        private float[] jsdBlockSums(MemorySegment s, long o, int len, float[] tb, float[] qb, float[] pb, float[] lm, float beta) {
-            float ob = 1f - beta;
-            FloatVector accV = FloatVector.zero(SPECIES), accS = FloatVector.zero(SPECIES);
-            int i = 0;
-            for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzq);
-                FloatVector lp = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT).sub(lzp);
-                FloatVector q = FloatVector.fromArray(SPECIES, qb, i), p = FloatVector.fromArray(SPECIES, pb, i);
-                FloatVector lmv = FloatVector.fromArray(SPECIES, lm, i);
-                VectorMask<Float> noQ = q.compare(VectorOperators.LE, 0f);
-                FloatVector qg = q.mul(lq.sub(lmv).mul(ob)).blend(0f, noQ);
-                accV = accV.add(p.mul(lp.sub(lmv)).mul(beta).blend(0f, p.compare(VectorOperators.LE, 0f))).add(qg);
-                accS = accS.add(qg);
-            }
-            float sv = VectorOps.sumLanes(accV), ss = VectorOps.sumLanes(accS);
-            for (; i < len; i++) {
-                float lq = (get(s, o + i) - ms) * invT - lzq, lp = (tb[i] - mt) * invT - lzp;
-                float gq = (lq - lm[i]) * ob;
-                if (pb[i] > 0f) sv += pb[i] * (lp - lm[i]) * beta;
-                if (qb[i] > 0f) {
-                    sv += qb[i] * gq;
-                    ss += qb[i] * gq;
-                }
-            }
-            return new float[]{sv, ss};
-        }
-
-        /** Pass C of JSD over one block into sc.gb: g = cq · q ((1−β) log(q/m) − S) + CE (see jsdBlockSums). */
-        private void jsdBlockGradient(MemorySegment s, long o, int len, float[] qb, float[] lm, float ob, float sq, Scratch sc) {
-            float[] gb = sc.gb;
-            int i = 0;
-            for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzq);
-                FloatVector q = FloatVector.fromArray(SPECIES, qb, i);
-                FloatVector gq = lq.sub(FloatVector.fromArray(SPECIES, lm, i)).mul(ob).blend(0f, q.compare(VectorOperators.LE, 0f));
-                ce(q.mul(gq.sub(sq)).mul(cq), sc, i).intoArray(gb, i);
-            }
-            for (; i < len; i++) {
-                float lq = (get(s, o + i) - ms) * invT - lzq;
-                float gq = qb[i] > 0f ? (lq - lm[i]) * ob : 0f;
-                gb[i] = sc.sb[i] * c1 + qb[i] * (gq - sq) * cq;
-            }
-        }
     }
 
     // ---------------------------------------------------------------- sparse teachers

@@ -416,15 +416,6 @@ final class VectorOps {
         for (; i < n; i++) out[i] = exp((get(x, xo + i) - sub) * mul - sub2);
     }
 
-    /** out[i] = exp((x[i] − sub) · mul − sub2), i &lt; n, x an array. */
-    static void expAffine(float[] x, int n, float sub, float mul, float sub2, float[] out) {
-        int i = 0;
-        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-            expNonPositive(FloatVector.fromArray(SPECIES, x, i).sub(sub).mul(mul).sub(sub2)).intoArray(out, i);
-        }
-        for (; i < n; i++) out[i] = exp((x[i] - sub) * mul - sub2);
-    }
-
     /** Σ exp((x[xo + i] − sub) · mul), i &lt; n (fp32 lanes, added in lane order). */
     static float expSumAffine(MemorySegment x, long xo, int n, float sub, float mul) {
         int i = 0;
@@ -558,16 +549,6 @@ final class VectorOps {
             FloatVector.fromArray(SPECIES, x, i).mul(f).intoArray(x, i);
         }
         for (; i < n; i++) x[i] *= f;
-    }
-
-    /** out[i] = log(a · x[i] + b · y[i]), i &lt; n. */
-    static void logMix(float[] x, float a, float[] y, float b, int n, float[] out) {
-        int i = 0;
-        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-            FloatVector m = FloatVector.fromArray(SPECIES, x, i).mul(a).add(FloatVector.fromArray(SPECIES, y, i).mul(b));
-            log(m).intoArray(out, i);
-        }
-        for (; i < n; i++) out[i] = log(x[i] * a + y[i] * b);
     }
 
     /** max of x[i], i &lt; n (n ≥ 1), x an array. */

@@ -311,9 +311,13 @@ class FusedDistillLossTest {
     @Test
     void stableForHugeLogitsInfiniteTeacherEntriesAndEqualRows() {
         try (Arena arena = Arena.ofShared()) {
-            int v = 301, n = 3;
+            int v = 301, n = 4;
             double[] s = new double[n * v], t = new double[n * v];
             for (int j = 0; j < v; j++) {
+                // 200 columns at the max, the rest 85 T below it: q and p there are subnormal
+                // (e^-85 / 200 < 2^-126), which a log of their mixture must not take for 0
+                s[3 * v + j] = j < 200 ? 0 : -170;
+                t[3 * v + j] = j < 200 ? 0 : -170;
                 s[j] = j % 2 == 0 ? 1e4 : -1e4;
                 t[j] = j % 3 == 0 ? -1e4 : 1e4;
                 s[v + j] = 3;                                               // all equal
@@ -321,7 +325,7 @@ class FusedDistillLossTest {
                 s[2 * v + j] = rng.nextGaussian();
                 t[2 * v + j] = j % 5 == 0 ? Double.NEGATIVE_INFINITY : rng.nextGaussian(); // −inf teacher entries
             }
-            Problem p = new Problem(n, v, v, s, t, new int[]{0, 1, 2});
+            Problem p = new Problem(n, v, v, s, t, new int[]{0, 1, 2, 250});
             for (Divergence d : DIVERGENCES) {
                 DistillOptions o = DistillOptions.of(2f, 0.5f).withDivergence(d);
                 double e = compare(arena, p, new TeacherTargets.Dense(Buffers.floats(arena, t), LogitType.F32, v),
