@@ -190,6 +190,7 @@ final class FusedDistillLoss {
         double zt = 0, z1 = 0;
         int power = integerTemperature(invT);
         if (eOut != null && sc.blockMax.length < (v + BLOCK - 1) / BLOCK) sc.blockMax = new float[(v + BLOCK - 1) / BLOCK];
+        long row = so / v, nextS = (row + 1 < sc.rowEnd ? row + 1 : row) * v * 4L, fetchEnd = nextS + v * 4L - 1;
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
@@ -205,9 +206,10 @@ final class FusedDistillLoss {
             float[] sums;
             if (eOut != null) {
                 sc.blockMax[j0 / BLOCK] = m;
-                sums = VectorOps.expSumAndPower(s, o, len, m, invT, Math.max(power, 1), eOut, j0);
+                sums = sparseBlock(s, o, len, m, invT, Math.max(power, 1), eOut, j0, nextS + j0 * 4L, fetchEnd);
+                sc.fetched += (long) sums[2];
             } else if (power > 0) {
-                sums = VectorOps.expSumAndPower(s, o, len, m, invT, power, null, 0);
+                sums = VectorOps.expSumAndPower(s, o, len, m, invT, power);
             } else {
                 sums = new float[]{VectorOps.expSumAffine(s, o, len, m, invT), 0f};
             }
@@ -215,6 +217,34 @@ final class FusedDistillLoss {
             if (power > 0) z1 += sums[1];
         }
         return new Student(m, (float) Math.log(zt), (float) Math.log(z1));
+    }
+
+    /**
+     * Pass A of a sparse row with a gradient, over one block: e = exp((s − m)/T) to out[oo + i],
+     * returns {Σ e, Σ e^power, fetched}. Each iteration also touches one line of this thread's
+     * next student row (as denseForwardKl's pass A does), so that row arrives while this one
+     * computes its exps: in the gradient pass, with four operations per vector, the touches
+     * stalled it.
+     */
+    private static float[] sparseBlock(MemorySegment s, long o, int len, float m, float invT, int power,
+                                       float[] out, int oo, long fetch, long fetchEnd) {
+        FloatVector acc = FloatVector.zero(SPECIES), accP = acc;
+        int i = 0, fetched = 0;
+        for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+            fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetch + i * 4L, fetchEnd));
+            FloatVector e = VectorOps.expNonPositive(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(m).mul(invT));
+            e.intoArray(out, oo + i);
+            acc = acc.add(e);
+            accP = accP.add(VectorOps.power(e, power));
+        }
+        float s1 = VectorOps.sumLanes(acc), sp = VectorOps.sumLanes(accP);
+        for (; i < len; i++) {
+            float e = VectorOps.exp((get(s, o + i) - m) * invT);
+            out[oo + i] = e;
+            s1 += e;
+            sp += VectorOps.power(e, power);
+        }
+        return new float[]{s1, sp, fetched};
     }
 
     /**
@@ -801,23 +831,19 @@ final class FusedDistillLoss {
     /**
      * sharedGradient when pass A left e in sc.eS and the CE term is e-squared (T = 2) or absent:
      * one loop, g = q cqw + c2 q² with q = e f_b, c2 = c1 Z_T² / Z_1 (softmax(s) = (q Z_T)² / Z_1
-     * at T = 2; c2 = 0 without a hard label), block by block through sc.gb. It also touches the
-     * lines of this thread's next student row, so that row's pass A finds it in L2 (see
-     * denseForwardKl).
+     * at T = 2; c2 = 0 without a hard label), block by block through sc.gb, last block first
+     * (pass A ended on it; the zig-zag of denseForwardKl). The next row's lines were touched in
+     * pass A (sparseBlock).
      */
-    private static void squaredGradient(MemorySegment s, long so, MemorySegment g, int v, Student st, float invT,
+    private static void squaredGradient(long so, MemorySegment g, int v, Student st, float invT,
                                         float c1, float cqw, Scratch sc) {
         float c2 = c1 == 0f ? 0f : (float) (c1 * Math.exp(2.0 * st.logZt() - st.logZ1()));
-        long row = so / v, next = row + 1 < sc.rowEnd ? row + 1 : row;
-        long fetch = next * v * 4L, fetchEnd = s.byteSize() - 1;
         float[] e = sc.eS, gb = sc.gb;
-        int fetched = 0;
-        for (int j0 = 0; j0 < v; j0 += BLOCK) {
+        for (int j0 = (v - 1) / BLOCK * BLOCK; j0 >= 0; j0 -= BLOCK) {   // last block first: pass A ended there
             int len = Math.min(BLOCK, v - j0);
             float f = (float) Math.exp((sc.blockMax[j0 / BLOCK] - st.max()) * (double) invT - st.logZt());
             int i = 0;
             for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetch + (j0 + i) * 4L, fetchEnd));
                 FloatVector q = FloatVector.fromArray(SPECIES, e, j0 + i).mul(f);
                 q.mul(q).mul(c2).add(q.mul(cqw)).intoArray(gb, i);
             }
@@ -827,7 +853,6 @@ final class FusedDistillLoss {
             }
             MemorySegment.copy(gb, 0, g, F32, (so + j0) * 4L, len);
         }
-        sc.fetched += fetched;
     }
 
     /**
@@ -837,7 +862,7 @@ final class FusedDistillLoss {
     private static void sharedGradient(MemorySegment s, long so, MemorySegment g, int v, Student st, float invT,
                                        float c1, float cqw, boolean storedE, Scratch sc) {
         if (storedE && (c1 == 0f || integerTemperature(invT) == 2)) {
-            squaredGradient(s, so, g, v, st, invT, c1, cqw, sc);
+            squaredGradient(so, g, v, st, invT, c1, cqw, sc);
             return;
         }
         float[] gb = sc.gb;

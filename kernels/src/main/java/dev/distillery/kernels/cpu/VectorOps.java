@@ -450,37 +450,24 @@ final class VectorOps {
      * One exp, two sums: with e = exp((x − sub) · mul), returns {Σ e, Σ e^power} over
      * x[xo + i], i &lt; n. For an integer temperature T (mul = 1/T, power = T) these are the
      * normalizers of softmax(x/T) and softmax(x), so the hard-label CE costs no second exp.
-     * When {@code out} is non-null, also writes e to out[oo + i].
      */
-    static float[] expSumAndPower(MemorySegment x, long xo, int n, float sub, float mul, int power,
-                                  float[] out, int oo) {
+    static float[] expSumAndPower(MemorySegment x, long xo, int n, float sub, float mul, int power) {
         int i = 0;
         float s1 = 0f, sp = 0f;
         if (n >= LANES) {
             FloatVector acc = FloatVector.zero(SPECIES), accP = FloatVector.zero(SPECIES);
-            int bound = SPECIES.loopBound(n);
-            if (out != null) {
-                for (; i < bound; i += LANES) {
-                    FloatVector e = expNonPositive(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
-                    e.intoArray(out, oo + i);
-                    acc = acc.add(e);
-                    accP = accP.add(power(e, power));
-                }
-            } else {
-                for (; i < bound; i += LANES) {
-                    FloatVector e = expNonPositive(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
-                    acc = acc.add(e);
-                    accP = accP.add(power(e, power));
-                }
+            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+                FloatVector e = expNonPositive(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul));
+                acc = acc.add(e);
+                accP = accP.add(power(e, power));
             }
             s1 = sumLanes(acc);
             sp = sumLanes(accP);
         }
         for (; i < n; i++) {
-            float e = exp((get(x, xo + i) - sub) * mul), ep = power(e, power);
-            if (out != null) out[oo + i] = e;
+            float e = exp((get(x, xo + i) - sub) * mul);
             s1 += e;
-            sp += ep;
+            sp += power(e, power);
         }
         return new float[]{s1, sp};
     }
