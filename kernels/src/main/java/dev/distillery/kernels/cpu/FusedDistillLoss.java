@@ -11,6 +11,7 @@ import static dev.distillery.kernels.cpu.VectorOps.set;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
+import java.util.concurrent.atomic.AtomicInteger;
 
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
@@ -45,6 +46,14 @@ import jdk.incubator.vector.VectorOperators;
 final class FusedDistillLoss {
 
     static final int BLOCK = 2048;
+    /**
+     * Rows per unit of work a thread claims (see run): up to 16, and at least 64 units when there
+     * are 64 rows, so that a thread holding one unit ahead never leaves another idle. A function
+     * of n alone: the sums are the same for any thread count.
+     */
+    static int batchRows(int n) {
+        return Math.max(1, Math.min(16, n / 64));
+    }
     private static final java.lang.foreign.ValueLayout.OfShort SHORT = java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED;
     /** Shorts at half the float width (so one short vector widens to one float vector) and ints at full width. */
     private static final VectorSpecies<Short> HALF_SPECIES = switch (SPECIES.vectorBitSize()) {
@@ -89,8 +98,11 @@ final class FusedDistillLoss {
          */
         float[] eS = new float[0], eT = new float[0];
         final float[] gb = new float[BLOCK];
-        /** End of this thread's rows (the next row's lines are fetched during this one's pass A), and what the fetches read. */
-        int rowEnd;
+        /**
+         * The row this thread takes after the current one (its lines are fetched during the
+         * current row's pass A; the current row itself when there is none), and what the fetches read.
+         */
+        int nextRow;
         long fetched;
 
         void rows(int v) {
@@ -108,26 +120,35 @@ final class FusedDistillLoss {
     DistillSums run(MemorySegment s, MemorySegment g, TeacherTargets teacher, MemorySegment labels,
                     MemorySegment rowCe, MemorySegment rowDiv, int n, int v, DistillOptions o, float gradScale) {
         o.check(teacher, labels != null, v);
-        int chunks = pool.chunks(n, 1);
-        if (scratch.length < chunks) {
-            Scratch[] grown = Arrays.copyOf(scratch, chunks);
-            for (int i = scratch.length; i < chunks; i++) grown[i] = new Scratch();
+        int batch = batchRows(n), batches = (n + batch - 1) / batch, threads = Math.min(pool.threads(), batches);
+        if (scratch.length < threads) {
+            Scratch[] grown = Arrays.copyOf(scratch, threads);
+            for (int i = scratch.length; i < threads; i++) grown[i] = new Scratch();
             scratch = grown;
         }
-        double[][] sums = new double[chunks][4];
-        pool.forEachChunk(n, 1, (chunk, start, end) -> {
+        // Batches of rows are claimed as threads come free: on this shared machine one
+        // vCPU often runs 10-25% slower than the other, and equal fixed halves waited for it.
+        // Sums are kept per batch and added in batch order: the same bits for any thread count.
+        double[][] sums = new double[batches][4];
+        AtomicInteger claims = new AtomicInteger();
+        pool.forEachChunk(threads, 1, (chunk, ignoredStart, ignoredEnd) -> {
             Scratch sc = scratch[chunk];
-            sc.rowEnd = end;
-            double[] acc = sums[chunk];
-            for (int r = start; r < end; r++) {
-                float[] ceDiv = row(r, s, g, teacher, labels, v, o, gradScale, sc);
-                if (rowCe != null) set(rowCe, r, ceDiv == null ? 0f : ceDiv[0]);
-                if (rowDiv != null) set(rowDiv, r, ceDiv == null ? 0f : ceDiv[1]);
-                if (ceDiv == null) continue;
-                acc[0] += o.alpha() * ceDiv[0] + (1 - o.alpha()) * (double) ceDiv[1];
-                acc[1] += ceDiv[0];
-                acc[2] += ceDiv[1];
-                acc[3]++;
+            // claim one batch ahead, so that the last row of a batch can fetch the next batch's first
+            for (int b = claims.getAndIncrement(), next; b < batches; b = next) {
+                next = claims.getAndIncrement();
+                int start = b * batch, end = Math.min(n, start + batch);
+                double[] acc = sums[b];
+                for (int r = start; r < end; r++) {
+                    sc.nextRow = r + 1 < end ? r + 1 : next < batches ? next * batch : r;
+                    float[] ceDiv = row(r, s, g, teacher, labels, v, o, gradScale, sc);
+                    if (rowCe != null) set(rowCe, r, ceDiv == null ? 0f : ceDiv[0]);
+                    if (rowDiv != null) set(rowDiv, r, ceDiv == null ? 0f : ceDiv[1]);
+                    if (ceDiv == null) continue;
+                    acc[0] += o.alpha() * ceDiv[0] + (1 - o.alpha()) * (double) ceDiv[1];
+                    acc[1] += ceDiv[0];
+                    acc[2] += ceDiv[1];
+                    acc[3]++;
+                }
             }
         });
         DistillSums total = DistillSums.zero();
@@ -190,7 +211,7 @@ final class FusedDistillLoss {
         double zt = 0, z1 = 0;
         int power = integerTemperature(invT);
         if (eOut != null && sc.blockMax.length < (v + BLOCK - 1) / BLOCK) sc.blockMax = new float[(v + BLOCK - 1) / BLOCK];
-        long row = so / v, nextS = (row + 1 < sc.rowEnd ? row + 1 : row) * v * 4L, fetchEnd = nextS + v * 4L - 1;
+        long nextS = (long) sc.nextRow * v * 4L, fetchEnd = nextS + v * 4L - 1;
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
@@ -318,13 +339,14 @@ final class FusedDistillLoss {
      * Pass 0 of a dense row: the student's and the teacher's maxima (reading both rows from
      * memory once; a student row without a finite max, a diverged model, gives a NaN loss as on
      * the other paths, which the trainer's guard reports), and where the lines of this thread's
-     * next row are (this row when it is the last), which pass A touches so they arrive while
-     * this row computes.
+     * next row are (Scratch.nextRow: the next of its batch, or the first of the batch it claimed
+     * next; this row when there is none), which pass A touches so they arrive while this row
+     * computes.
      */
     private record DenseRow(long to, int vt, float ms, float mt, long nextS, long nextT) {
 
         static DenseRow start(int r, MemorySegment s, long so, TeacherTargets.Dense d, int v, Scratch sc) {
-            int vt = d.vocab(), next = r + 1 < sc.rowEnd ? r + 1 : r;
+            int vt = d.vocab(), next = sc.nextRow;
             long to = (long) r * vt;
             float mt = teacherMax(d, to, vt, sc.teacher);
             checkTeacherMax(r, mt);

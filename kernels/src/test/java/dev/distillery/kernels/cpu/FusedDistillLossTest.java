@@ -1,5 +1,6 @@
 package dev.distillery.kernels.cpu;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -345,6 +346,49 @@ class FusedDistillLossTest {
             double e = compare(arena, p, new TeacherTargets.Dense(bf16, LogitType.BF16, v),
                     new ReferenceDistillLoss.Dense(rounded, v), DistillOptions.of(1f, 0.5f), true, true);
             assertTrue(e < 2e-4, "V=262144: " + e);
+        }
+    }
+
+    /**
+     * Threads claim batches of rows as they come free (FusedDistillLoss.run); per-batch sums
+     * added in batch order give the same bits for 1, 2 and 3 threads, every row is done (poisoned
+     * gradients and row terms would show a skipped one), and a row count that leaves a short last
+     * batch (197 rows, batches of 3) works like one that fits.
+     */
+    @Test
+    void everyThreadCountGivesTheSameBits() {
+        int v = 1009;
+        for (int n : new int[]{1, 5, 197}) {
+            try (Arena arena = Arena.ofShared()) {
+                Problem p = problem(n, v, v, 2.0, true);
+                double[] rounded = new double[p.teacher().length];
+                TeacherTargets dense = new TeacherTargets.Dense(typed(arena, p.teacher(), LogitType.BF16, rounded), LogitType.BF16, v);
+                TopKPair tk = topK(arena, p, p.teacher(), 8, LogitType.F32, 2f);
+                for (TeacherTargets teacher : new TeacherTargets[]{dense, tk.kernel()}) {
+                    float[][] first = null;
+                    DistillSums firstSums = null;
+                    for (int threads : new int[]{1, 2, 3}) {
+                        try (CpuKernels k = new CpuKernels(threads, "auto")) {
+                            MemorySegment s = Buffers.floats(arena, p.student()), g = Buffers.poisoned(arena, (long) n * v);
+                            MemorySegment ce = Buffers.poisoned(arena, n), div = Buffers.poisoned(arena, n);
+                            DistillSums sums = k.distillLoss(s, g, teacher, Buffers.ints(arena, p.labels()), ce, div, n, v,
+                                    DistillOptions.of(2f, 0.5f), 1f / n);
+                            float[][] out = {g.toArray(ValueLayout.JAVA_FLOAT), ce.toArray(ValueLayout.JAVA_FLOAT), div.toArray(ValueLayout.JAVA_FLOAT)};
+                            for (float[] a : out) {
+                                for (int i = 0; i < a.length; i++) assertTrue(Float.isFinite(a[i]), "n=" + n + " threads=" + threads + ": element " + i + " unwritten or not finite");
+                            }
+                            if (first == null) {
+                                first = out;
+                                firstSums = sums;
+                            } else {
+                                assertEquals(firstSums, sums, "n=" + n + " " + threads + " threads");
+                                for (int i = 0; i < 3; i++) assertArrayEquals(first[i], out[i], "n=" + n + " " + threads + " threads, output " + i);
+                            }
+                        }
+                    }
+                    assertEquals(n - (n > 2 ? 1 : 0), firstSums.rows());
+                }
+            }
         }
     }
 
