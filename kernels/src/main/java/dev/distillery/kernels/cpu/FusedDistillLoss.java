@@ -376,6 +376,44 @@ final class FusedDistillLoss {
         long fetchEndT() {
             return nextT + vt * 2L - 1;
         }
+
+        /**
+         * Pass A of a dense row, last block first (see denseForwardKl's zig-zag): per block, the
+         * teacher block widened into sc.teacher (−inf past the teacher's vocabulary), Σ exp(s − m_s)
+         * by its own exp when T is not 1 or 2, then the path's loop over the block. Returns
+         * {Z_s, Z_1, Z_t, Σ e_t (x_t − x_s)}, after a NaN in Z_t has been reported by row and column.
+         */
+        double[] passA(int r, MemorySegment s, long so, TeacherTargets.Dense d, int v, int power, Scratch sc, PassABlock block) {
+            double zs = 0, zsq = 0, z1 = 0, zt = 0, acc = 0;
+            int nb = (v + BLOCK - 1) / BLOCK;
+            for (int bi = 0; bi < nb; bi++) {
+                int j0 = (nb - 1 - bi) * BLOCK;
+                int len = Math.min(BLOCK, v - j0);
+                long o = so + j0;
+                loadTeacher(d, to, j0, len, sc.teacher);
+                if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
+                float[] sums = block.run(bi, j0, len, o);
+                zs += sums[0];
+                zsq += sums[1];
+                zt += sums[2];
+                acc += sums[3];
+                sc.fetched += (long) sums[4];
+            }
+            checkTeacherSum(r, zt, d, to);
+            if (power == 1) z1 = zs;
+            if (power == 2) z1 = zsq;                      // e_s^2 = exp(s − ms)
+            return new double[]{zs, z1, zt, acc};
+        }
+    }
+
+    /**
+     * One block of a dense pass A (columns [j0, j0 + len), student at element o, bi-th in pass A's
+     * order): returns {Σ e_s, Σ e_s², Σ e_t, Σ e_t (x_t − x_s) or 0, fetched}. Called once per
+     * 2,048 columns, not per element.
+     */
+    @FunctionalInterface
+    private interface PassABlock {
+        float[] run(int bi, int j0, int len, long o);
     }
 
     /**
@@ -416,26 +454,13 @@ final class FusedDistillLoss {
         // e_s over the gradient block it becomes (s when in place, already consumed by pass A):
         // 4V bytes less working set than an e_s row, when pass B needs neither s nor a power of e_s
         boolean eInG = g != null && (c1 == 0f || power == 2);
-        double zs = 0, zsq = 0, z1 = 0, zt = 0, acc = 0;       // acc = Σ e_t ((t − mt) − (s − ms))/T
-        int nb = (v + BLOCK - 1) / BLOCK;
-        for (int bi = 0; bi < nb; bi++) {
-            int j0 = (nb - 1 - bi) * BLOCK;   // last block first: see "zig-zag" above
-            int len = Math.min(BLOCK, v - j0);
-            long o = so + j0;
-            loadTeacher(d, row.to(), j0, len, tb);       // −inf past the teacher's vocabulary
-            if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
+        double[] z = row.passA(r, s, so, d, v, power, sc, (bi, j0, len, o) -> {
             float[] sums = fklBlock(s, o, len, ms, invT, eInG ? sc.gb : eS, eInG ? 0 : j0, tb, mt, eT, j0,
                     row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT());
             if (eInG) MemorySegment.copy(sc.gb, 0, g, F32, o * 4L, len);
-            zs += sums[0];
-            zsq += sums[1];
-            zt += sums[2];
-            acc += sums[3];
-            sc.fetched += (long) sums[4];
-        }
-        checkTeacherSum(r, zt, d, row.to());
-        if (power == 1) z1 = zs;
-        if (power == 2) z1 = zsq;                      // e_s^2 = exp(s − ms)
+            return sums;
+        });
+        double zs = z[0], z1 = z[1], zt = z[2], acc = z[3];   // acc = Σ e_t ((t − mt) − (s − ms))/T
         double lzs = Math.log(zs), lz1 = Math.log(z1), lzt = Math.log(zt);
         double kl = acc / zt - lzt + lzs;
         if (g != null) {
@@ -512,24 +537,11 @@ final class FusedDistillLoss {
         int power = integerTemperature(invT);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, tScaled = sc.eT;   // tScaled: the row of (t − m_t)/T
-        double zs = 0, zsq = 0, z1 = 0, zt = 0;
+        // zig-zag, as in denseForwardKl: A backwards, B forwards, C backwards
+        double[] z = row.passA(r, s, so, d, v, power, sc, (bi, j0, len, o) -> rklPassA(s, o, len, ms, invT, eS, j0, tb, mt,
+                tScaled, row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT()));
+        double zs = z[0], z1 = z[1], zt = z[2];
         int nb = (v + BLOCK - 1) / BLOCK;
-        for (int bi = 0; bi < nb; bi++) {
-            int j0 = (nb - 1 - bi) * BLOCK;   // zig-zag, as in denseForwardKl: A backwards, B forwards, C backwards
-            int len = Math.min(BLOCK, v - j0);
-            long o = so + j0;
-            loadTeacher(d, row.to(), j0, len, tb);
-            if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
-            float[] sums = rklPassA(s, o, len, ms, invT, eS, j0, tb, mt, tScaled,
-                    row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT());
-            zs += sums[0];
-            zsq += sums[1];
-            zt += sums[2];
-            sc.fetched += (long) sums[3];
-        }
-        checkTeacherSum(r, zt, d, row.to());
-        if (power == 1) z1 = zs;
-        if (power == 2) z1 = zsq;
         float lzs = (float) Math.log(zs), lzt = (float) Math.log(zt), fq = (float) (1 / zs);
         double rkl = 0;
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
@@ -556,7 +568,7 @@ final class FusedDistillLoss {
         return new float[]{(float) (ms + Math.log(z1)), (float) rkl};
     }
 
-    /** Pass A of denseReverseKl over one block: {Σ e_s, Σ e_s², Σ e_t, fetched}; e_s to eS, (t − mt)/T to tScaled. */
+    /** Pass A of denseReverseKl over one block: {Σ e_s, Σ e_s², Σ e_t, 0, fetched}; e_s to eS, (t − mt)/T to tScaled. */
     private static float[] rklPassA(MemorySegment s, long o, int len, float ms, float invT, float[] eS, int j0,
                                     float[] tb, float mt, float[] tScaled, long fetchS, long fetchEndS,
                                     MemorySegment t, long fetchT, long fetchEndT) {
@@ -582,7 +594,7 @@ final class FusedDistillLoss {
             eS[j0 + i] = es;
             tScaled[j0 + i] = dt;
         }
-        return new float[]{szs, szsq, szt, fetched};
+        return new float[]{szs, szsq, szt, 0f, fetched};
     }
 
     /**
@@ -648,24 +660,11 @@ final class FusedDistillLoss {
         int power = integerTemperature(invT);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, eT = sc.eT;
-        double zs = 0, zsq = 0, z1 = 0, zt = 0;
+        // zig-zag: A backwards, B forwards, C backwards
+        double[] z = row.passA(r, s, so, d, v, power, sc, (bi, j0, len, o) -> fklBlock(s, o, len, ms, invT, eS, j0, tb, mt, eT, j0,
+                row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT()));
+        double zs = z[0], z1 = z[1], zt = z[2];
         int nb = (v + BLOCK - 1) / BLOCK;
-        for (int bi = 0; bi < nb; bi++) {
-            int j0 = (nb - 1 - bi) * BLOCK;   // zig-zag: A backwards, B forwards, C backwards
-            int len = Math.min(BLOCK, v - j0);
-            long o = so + j0;
-            loadTeacher(d, row.to(), j0, len, tb);
-            if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
-            float[] sums = fklBlock(s, o, len, ms, invT, eS, j0, tb, mt, eT, j0,
-                    row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT());
-            zs += sums[0];
-            zsq += sums[1];
-            zt += sums[2];
-            sc.fetched += (long) sums[4];
-        }
-        checkTeacherSum(r, zt, d, row.to());
-        if (power == 1) z1 = zs;
-        if (power == 2) z1 = zsq;
         float lzs = (float) Math.log(zs), lzt = (float) Math.log(zt), fs = (float) (1 / zs), ft = (float) (1 / zt);
         double value = 0, sumQg = 0;
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
