@@ -431,21 +431,6 @@ final class VectorOps {
         return sum;
     }
 
-    /** Σ exp((x[i] − sub) · mul), i &lt; n, x an array. */
-    static float expSumAffine(float[] x, int n, float sub, float mul) {
-        int i = 0;
-        float sum = 0f;
-        if (n >= LANES) {
-            FloatVector acc = FloatVector.zero(SPECIES);
-            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
-                acc = acc.add(expNonPositive(FloatVector.fromArray(SPECIES, x, i).sub(sub).mul(mul)));
-            }
-            sum = sumLanes(acc);
-        }
-        for (; i < n; i++) sum += exp((x[i] - sub) * mul);
-        return sum;
-    }
-
     /**
      * One exp, two sums: with e = exp((x − sub) · mul), returns {Σ e, Σ e^power} over
      * x[xo + i], i &lt; n. For an integer temperature T (mul = 1/T, power = T) these are the
@@ -536,26 +521,6 @@ final class VectorOps {
             FloatVector.fromArray(SPECIES, x, i).mul(f).intoArray(x, i);
         }
         for (; i < n; i++) x[i] *= f;
-    }
-
-    /** max of x[i], i &lt; n (n ≥ 1), x an array. */
-    static float max(float[] x, int n) {
-        int i = 0;
-        float m = Float.NEGATIVE_INFINITY;
-        if (n >= LANES) {
-            // four accumulators, as in max(MemorySegment, ...)
-            FloatVector a0 = FloatVector.broadcast(SPECIES, Float.NEGATIVE_INFINITY), a1 = a0, a2 = a0, a3 = a0;
-            for (int bound = n - 4 * LANES; i <= bound; i += 4 * LANES) {
-                a0 = a0.max(FloatVector.fromArray(SPECIES, x, i));
-                a1 = a1.max(FloatVector.fromArray(SPECIES, x, i + LANES));
-                a2 = a2.max(FloatVector.fromArray(SPECIES, x, i + 2 * LANES));
-                a3 = a3.max(FloatVector.fromArray(SPECIES, x, i + 3 * LANES));
-            }
-            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) a0 = a0.max(FloatVector.fromArray(SPECIES, x, i));
-            m = a0.max(a1).max(a2.max(a3)).reduceLanes(VectorOperators.MAX);
-        }
-        for (; i < n; i++) m = Math.max(m, x[i]);
-        return m;
     }
 
     /** Σ x², accumulated per vector block in fp32 and across blocks in float64. */
