@@ -77,4 +77,49 @@ class VectorOpsTest {
         assertEquals(0f, v[0]);
         if (v.length > 1) assertTrue(Float.isNaN(v[1]));
     }
+
+    @Test
+    void exp2IsWithinOneUlpOfFloat64AndVectorMatchesScalarBitForBit() {
+        SplittableRandom rng = new SplittableRandom();
+        float[] x = new float[VectorOps.LANES];
+        double worstUlps = 0;
+        for (int round = 0; round < 20_000; round++) {
+            // a third of the rounds near the underflow edge, where 2^n meets p's exponent bits
+            double lo = -126.0, hi = round % 3 == 0 ? -124.0 : 0.0;
+            for (int i = 0; i < x.length; i++) x[i] = (float) rng.nextDouble(lo, hi);
+            float[] v = VectorOps.exp2NonPositive(FloatVector.fromArray(VectorOps.SPECIES, x, 0)).toArray();
+            for (int i = 0; i < x.length; i++) {
+                float s = VectorOps.exp2(x[i]);
+                assertEquals(Float.floatToRawIntBits(s), Float.floatToRawIntBits(v[i]), "x = " + x[i]);
+                double ref = Math.pow(2, x[i]);
+                worstUlps = Math.max(worstUlps, Math.abs(s - ref) / Math.ulp((float) ref));
+            }
+        }
+        assertTrue(worstUlps <= 1.0, "worst error " + worstUlps + " ulp");
+    }
+
+    @Test
+    void exp2EdgeCases() {
+        assertEquals(1f, VectorOps.exp2(0f));
+        assertEquals(1f, VectorOps.exp2(-0f));
+        assertEquals(0.5f, VectorOps.exp2(-1f));
+        assertEquals(0x1p-126f, VectorOps.exp2(-126f), "the least normal float, exactly");
+        assertEquals(0f, VectorOps.exp2(Math.nextDown(-126f)));
+        assertEquals(0f, VectorOps.exp2(-1000f));
+        assertEquals(0f, VectorOps.exp2(Float.NEGATIVE_INFINITY));
+        assertTrue(Float.isNaN(VectorOps.exp2(Float.NaN)));
+        float[] special = new float[VectorOps.LANES];
+        special[0] = Float.NEGATIVE_INFINITY;
+        if (special.length > 2) {
+            special[1] = Float.NaN;
+            special[2] = -126f;
+        }
+        float[] v = VectorOps.exp2NonPositive(FloatVector.fromArray(VectorOps.SPECIES, special, 0)).toArray();
+        assertEquals(0f, v[0]);
+        assertEquals(1f, v[v.length - 1]);
+        if (v.length > 2) {
+            assertTrue(Float.isNaN(v[1]));
+            assertEquals(0x1p-126f, v[2]);
+        }
+    }
 }
