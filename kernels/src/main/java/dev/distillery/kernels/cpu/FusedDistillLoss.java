@@ -542,8 +542,9 @@ final class FusedDistillLoss {
         int power = integerTemperature(invT);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, tScaled = sc.eT;   // tScaled: the row of (t − m_t)/T
+        float scale2 = invT * VectorOps.LOG2E;
         // zig-zag, as in denseForwardKl: A backwards, B forwards, C backwards
-        double[] z = row.passA(r, s, so, d, v, power, sc, (bi, j0, len, o) -> rklPassA(s, o, len, ms, invT, eS, j0, tb, mt,
+        double[] z = row.passA(r, s, so, d, v, power, sc, (bi, j0, len, o) -> rklPassA(s, o, len, ms, invT, scale2, eS, j0, tb, mt,
                 tScaled, row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT()));
         double zs = z[0], z1 = z[1], zt = z[2];
         int nb = (v + BLOCK - 1) / BLOCK;
@@ -573,8 +574,12 @@ final class FusedDistillLoss {
         return new float[]{(float) (ms + Math.log(z1)), (float) rkl};
     }
 
-    /** Pass A of denseReverseKl over one block: {Σ e_s, Σ e_s², Σ e_t, 0, fetched}; e_s to eS, (t − mt)/T to tScaled. */
-    private static float[] rklPassA(MemorySegment s, long o, int len, float ms, float invT, float[] eS, int j0,
+    /**
+     * Pass A of denseReverseKl over one block: {Σ e_s, Σ e_s², Σ e_t, 0, fetched}; e_s to eS, (t − mt)/T
+     * to tScaled. Both exps in base 2 (see fklBlock): e_s from (s − ms) scale2, e_t from
+     * ((t − mt)/T) log2(e), since tScaled keeps natural units for pass B's log p.
+     */
+    private static float[] rklPassA(MemorySegment s, long o, int len, float ms, float invT, float scale2, float[] eS, int j0,
                                     float[] tb, float mt, float[] tScaled, long fetchS, long fetchEndS,
                                     MemorySegment t, long fetchT, long fetchEndT) {
         FloatVector zs = FloatVector.zero(SPECIES), zsq = zs, zt = zs;
@@ -582,20 +587,20 @@ final class FusedDistillLoss {
         for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
             fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetchS + i * 4L, fetchEndS))
                     + t.get(ValueLayout.JAVA_BYTE, Math.min(fetchT + i * 2L, fetchEndT));
-            FloatVector es = VectorOps.expNonPositive(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT));
+            FloatVector es = VectorOps.exp2NonPositive(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(scale2));
             FloatVector dt = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT);
             zs = zs.add(es);
             zsq = es.fma(es, zsq);
-            zt = zt.add(VectorOps.expNonPositive(dt));
+            zt = zt.add(VectorOps.exp2NonPositive(dt.mul(VectorOps.LOG2E)));
             es.intoArray(eS, j0 + i);
             dt.intoArray(tScaled, j0 + i);
         }
         float szs = VectorOps.sumLanes(zs), szsq = VectorOps.sumLanes(zsq), szt = VectorOps.sumLanes(zt);
         for (; i < len; i++) {
-            float es = VectorOps.exp((get(s, o + i) - ms) * invT), dt = (tb[i] - mt) * invT;
+            float es = VectorOps.exp2((get(s, o + i) - ms) * scale2), dt = (tb[i] - mt) * invT;
             szs += es;
             szsq = Math.fma(es, es, szsq);
-            szt += VectorOps.exp(dt);
+            szt += VectorOps.exp2(dt * VectorOps.LOG2E);
             eS[j0 + i] = es;
             tScaled[j0 + i] = dt;
         }
