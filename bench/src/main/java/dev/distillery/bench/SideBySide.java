@@ -1,0 +1,183 @@
+package dev.distillery.bench;
+
+import java.io.IOException;
+import java.lang.reflect.InvocationTargetException;
+import java.lang.reflect.Method;
+import java.net.URL;
+import java.net.URLClassLoader;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+
+/**
+ * Two or more builds of the fused loss in one JVM, called alternately: each jar (a kernels jar, or
+ * the benchmarks.jar of another commit) gets a class loader of its own with
+ * {@link DistillLossBenchmark} and its inputs, and the calls go A B B A A B ... so that a drift in
+ * the machine's speed (this project's machines are shared; it drifts by 1.5× within the hour)
+ * falls on every build alike. Separate JMH runs of two jars cannot tell apart differences under
+ * about 15% here; alternated calls in one JVM resolve a few percent.
+ *
+ * <pre>
+ * java --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED \
+ *      -cp bench/target/benchmarks.jar dev.distillery.bench.SideBySide \
+ *      --shape 2048x32000 --teacher dense-bf16 old-kernels.jar kernels/target/distillery-kernels-*.jar
+ * </pre>
+ *
+ * Prints, per jar, the min, median and mean of the calls after the first quarter (warm-up), the
+ * median in ns per element and in GB/s of floor traffic, and the loss of the last call (the
+ * builds should agree to float accuracy). Each jar's inputs are generated from the same seed.
+ */
+public final class SideBySide {
+
+    private SideBySide() {
+    }
+
+    public static void main(String[] args) throws Exception {
+        String shape = "2048x32000", teacher = "dense-bf16", divergence = "forward-kl";
+        int threads = 2, calls = 40;
+        List<Path> jars = new ArrayList<>();
+        for (int i = 0; i < args.length; i++) {
+            String a = args[i];
+            switch (a) {
+                case "-h", "--help" -> {
+                    System.out.println(usage());
+                    return;
+                }
+                case "--shape" -> shape = value(args, ++i, a);
+                case "--teacher" -> teacher = value(args, ++i, a);
+                case "--divergence" -> divergence = value(args, ++i, a);
+                case "--threads" -> threads = positive(value(args, ++i, a), a);
+                case "--calls" -> calls = positive(value(args, ++i, a), a);
+                default -> {
+                    if (a.startsWith("-")) fail("unknown option " + a);
+                    Path jar = Path.of(a);
+                    if (!Files.isRegularFile(jar)) fail("no such jar: " + jar.toAbsolutePath());
+                    jars.add(jar);
+                }
+            }
+        }
+        if (jars.size() < 2) fail("give two or more jars to compare (" + jars.size() + " given)");
+        if (calls < 4) fail("--calls must be at least 4 (the first quarter is warm-up)");
+        Path self = Path.of(SideBySide.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+
+        int m = jars.size();
+        Build[] builds = new Build[m];
+        for (int j = 0; j < m; j++) {
+            System.out.printf("setting up %s (%s, %s, %s, %d threads)%n", jars.get(j), shape, teacher, divergence, threads);
+            builds[j] = new Build(jars.get(j), self, shape, teacher, divergence, threads);
+        }
+        double[][] ms = new double[m][calls];
+        double[] loss = new double[m];
+        for (int c = 0; c < calls; c++) {
+            for (int k = 0; k < m; k++) {
+                int j = c % 2 == 0 ? k : m - 1 - k;   // A B, then B A: neither always goes first
+                builds[j].restore();
+                long t0 = System.nanoTime();
+                loss[j] = builds[j].call();
+                ms[j][c] = (System.nanoTime() - t0) / 1e6;
+            }
+            if ((c + 1) % 10 == 0) System.out.printf("  %d of %d calls each%n", c + 1, calls);
+        }
+        String[] nv = shape.split("x");
+        long elems = Long.parseLong(nv[0]) * Long.parseLong(nv[1]);
+        double floorBytes = teacher.equals("dense-bf16") ? 10.0 * elems : 8.0 * elems + Long.parseLong(nv[0]) * 64 * 8;
+        for (int j = 0; j < m; j++) {
+            double[] x = Arrays.copyOfRange(ms[j], calls / 4, calls);
+            Arrays.sort(x);
+            double median = x[x.length / 2], mean = Arrays.stream(x).average().orElseThrow();
+            System.out.printf("%-48s min %8.2f  median %8.2f  mean %8.2f ms   %.3f ns/element  %.1f GB/s  loss %.6f%n",
+                    jars.get(j), x[0], median, mean, median * 1e6 / elems, floorBytes / (median * 1e6), loss[j]);
+        }
+        for (Build b : builds) b.close();
+    }
+
+    /** One build: DistillLossBenchmark loaded from jar first, then from this benchmarks.jar. */
+    private static final class Build implements AutoCloseable {
+        private final URLClassLoader loader;
+        private final Object bench;
+        private final Method restore, fused, tearDown;
+
+        Build(Path jar, Path self, String shape, String teacher, String divergence, int threads) throws Exception {
+            loader = new URLClassLoader(new URL[]{jar.toUri().toURL(), self.toUri().toURL()}, ClassLoader.getPlatformClassLoader());
+            Class<?> c = loader.loadClass(DistillLossBenchmark.class.getName());
+            bench = c.getConstructor().newInstance();
+            c.getField("shape").set(bench, shape);
+            c.getField("teacher").set(bench, teacher);
+            c.getField("threads").setInt(bench, threads);
+            try {
+                c.getField("divergence").set(bench, divergence);
+            } catch (NoSuchFieldException e) {
+                if (!divergence.equals("forward-kl")) throw new IllegalArgumentException(jar + " predates --divergence");
+            }
+            restore = c.getMethod("restoreStudent");
+            fused = c.getMethod("fused");
+            tearDown = c.getMethod("tearDown");
+            invoke(c.getMethod("setUp"));
+        }
+
+        void restore() throws Exception {
+            invoke(restore);
+        }
+
+        double call() throws Exception {
+            return (double) invoke(fused);
+        }
+
+        private Object invoke(Method method) throws Exception {
+            try {
+                return method.invoke(bench);
+            } catch (InvocationTargetException e) {
+                throw e.getCause() instanceof Exception ex ? ex : e;
+            }
+        }
+
+        @Override
+        public void close() throws Exception {
+            invoke(tearDown);
+            try {
+                loader.close();
+            } catch (IOException ignored) {
+                // the loader's jar handles go with the JVM
+            }
+        }
+    }
+
+    private static String value(String[] args, int i, String option) {
+        if (i >= args.length) fail(option + " needs a value");
+        return args[i];
+    }
+
+    private static int positive(String s, String option) {
+        try {
+            int v = Integer.parseInt(s);
+            if (v > 0) return v;
+        } catch (NumberFormatException ignored) {
+            // reported below
+        }
+        fail(option + " must be a positive integer, not '" + s + "'");
+        return 0;
+    }
+
+    private static void fail(String message) {
+        System.err.println("SideBySide: " + message + "\n\n" + usage());
+        System.exit(2);
+    }
+
+    private static String usage() {
+        return """
+                usage: java --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED \\
+                            -cp bench/target/benchmarks.jar dev.distillery.bench.SideBySide [options] A.jar B.jar [C.jar ...]
+
+                Calls the fused loss of each build alternately in one JVM (DistillLossBenchmark's inputs,
+                loss and gradient in place) and prints min / median / mean ms per build.
+                  --shape NxV          2048x32000 (default), 4096x50257, 1024x128256, or any
+                  --teacher KIND       dense-bf16 (default) or top64
+                  --divergence D       forward-kl (default), reverse-kl or jsd
+                  --threads N          kernel threads (default 2)
+                  --calls N            calls per build (default 40; the first quarter is warm-up)
+                A jar is a distillery-kernels jar or the benchmarks.jar of another commit. Each build holds
+                its own inputs: at 4096x50257 about 6 GB per build.""";
+    }
+}
