@@ -815,8 +815,8 @@ final class FusedDistillLoss {
      * to eT (both at j0). Returns {Σ e_s, Σ e_s², Σ e_t, Σ e_t (x_t − x_s), fetched}, the fourth in
      * base-2 units (times ln 2 it is Σ e_t ((t − mt) − (s − ms))/T), terms with x_t below exp2's
      * underflow (e_t = 0) left out of it (they may be 0 · ∞). log2(e) rides in the scale the loop
-     * multiplies by anyway, so exp2 needs no range reduction: 13 vector operations instead of exp's
-     * 17, a fifth of the loop. The subtraction comes before the scaling, not fused with it
+     * multiplies by anyway, so exp2 needs no range reduction: 14 vector operations instead of exp's
+     * 17. The subtraction comes before the scaling, not fused with it
      * (s·k − ms·k): the rounded ms·k would shift every x_s by up to an ulp of it, which cancels in
      * the math but left a one-column row's KL at 4e-7 instead of 0. Branch-free loop body (see
      * fklGradient).

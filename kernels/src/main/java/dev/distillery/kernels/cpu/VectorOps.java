@@ -120,11 +120,11 @@ final class VectorOps {
 
     /**
      * 2^x of lanes that are at most 0 or NaN, 0 below {@link #EXP2_LO} (−inf too): exp in base 2,
-     * for a caller that has folded log2(e) into its scale. 13 vector operations against
-     * {@link #expNonPositive}'s 17: no Cody–Waite reduction (r = x − n is exact), a shorter
-     * polynomial, and 2^n added to p's exponent bits as an integer instead of multiplied (p ≥ 1
-     * whenever n = −126, the only n where p · 2^n could leave the normal range, since x ≥ −126
-     * rounds to n = −126 only with r ≥ 0). Same bits as {@link #exp2(float)}.
+     * for a caller that has folded log2(e) into its scale. 14 vector operations against
+     * {@link #expNonPositive}'s 17: no Cody–Waite reduction (r = x − n is exact) and a shorter
+     * polynomial. 2^n is multiplied in, not added to p's exponent bits as an integer (one
+     * operation fewer): a NaN with payload bits in its low mantissa would carry them into the
+     * exponent that way and come out a number. Same bits as {@link #exp2(float)}.
      */
     static FloatVector exp2NonPositive(FloatVector x) {
         VectorMask<Float> under = x.lt(EXP2_LO);
@@ -136,9 +136,9 @@ final class VectorOps {
         p = p.fma(r, FloatVector.broadcast(SPECIES, E2));
         p = p.fma(r, FloatVector.broadcast(SPECIES, E1));
         p = p.fma(r, FloatVector.broadcast(SPECIES, 1f));
-        // t's low bits hold n (t = 1.5 · 2^23 + n); shifted by 23 they are n in the exponent field
-        IntVector scaled = ((IntVector) p.reinterpretAsInts()).add(((IntVector) t.reinterpretAsInts()).lanewise(VectorOperators.LSHL, 23));
-        return ((FloatVector) scaled.reinterpretAsFloats()).blend(0f, under);
+        // t's low bits hold n (t = 1.5 · 2^23 + n): 2^n's bits are (n + 127) << 23
+        IntVector bits = ((IntVector) t.reinterpretAsInts()).sub(0x4B400000 - 127).lanewise(VectorOperators.LSHL, 23);
+        return p.mul((FloatVector) bits.reinterpretAsFloats()).blend(0f, under);
     }
 
     /** The scalar twin of {@link #exp2NonPositive}: identical operations, identical bits. */
@@ -153,7 +153,7 @@ final class VectorOps {
         p = Math.fma(p, r, E2);
         p = Math.fma(p, r, E1);
         p = Math.fma(p, r, 1f);
-        return Float.intBitsToFloat(Float.floatToRawIntBits(p) + (Float.floatToRawIntBits(t) << 23));
+        return p * Float.intBitsToFloat((Float.floatToRawIntBits(t) - (0x4B400000 - 127)) << 23);
     }
 
     // log(x) = e ln2 + log(m), x = m 2^e, m in [√½, √2); Cephes' logf polynomial (≤ 2 ulp).

@@ -108,7 +108,14 @@ class VectorOpsTest {
         assertEquals(0f, VectorOps.exp2(-1000f));
         assertEquals(0f, VectorOps.exp2(Float.NEGATIVE_INFINITY));
         assertTrue(Float.isNaN(VectorOps.exp2(Float.NaN)));
+        // NaNs with payload bits (from data, not arithmetic) stay NaN, in every lane position
         float[] special = new float[VectorOps.LANES];
+        for (int i = 0; i < special.length; i++) special[i] = Float.intBitsToFloat(0x7FC00000 | (i * 37 + 1));
+        for (float x : VectorOps.exp2NonPositive(FloatVector.fromArray(VectorOps.SPECIES, special, 0)).toArray()) {
+            assertTrue(Float.isNaN(x), "a NaN with a payload came out " + x);
+        }
+        assertTrue(Float.isNaN(VectorOps.exp2(Float.intBitsToFloat(0x7FC001FF))));
+        special = new float[VectorOps.LANES];
         special[0] = Float.NEGATIVE_INFINITY;
         if (special.length > 2) {
             special[1] = Float.NaN;
