@@ -336,6 +336,43 @@ class FusedDistillLossTest {
         }
     }
 
+    /**
+     * A NaN in the input is reported, not hidden: a teacher NaN is an error naming its row and
+     * column, a student NaN (a diverged model) makes the loss NaN for the trainer's guard. The NaNs
+     * carry payload bits, as NaNs read from data can (arithmetic makes only the default NaN), in
+     * a vector lane and in the scalar tail (V = 67 = 4 · 16 + 3).
+     */
+    @Test
+    void nanLogitsAreReportedNotHidden() {
+        float payloadNaN = Float.intBitsToFloat(0x7FC00123);
+        try (Arena arena = Arena.ofShared()) {
+            int n = 3, v = 67;
+            for (int column : new int[]{40, 66}) {
+                Problem p = problem(n, v, v, 2.0, false);
+                MemorySegment t = Buffers.floats(arena, p.teacher());
+                t.setAtIndex(ValueLayout.JAVA_FLOAT, v + column, payloadNaN);
+                for (Divergence d : DIVERGENCES) {
+                    MemorySegment s = Buffers.floats(arena, p.student());
+                    var e = assertThrows(IllegalArgumentException.class, () -> kernels.distillLoss(s, s,
+                            new TeacherTargets.Dense(t, LogitType.F32, v), Buffers.ints(arena, p.labels()), null, null, n, v,
+                            DistillOptions.of(2f, 0.5f).withDivergence(d), 1f / n));
+                    assertTrue(e.getMessage().contains("teacher row 1 has a NaN logit at column " + column), d + ": " + e.getMessage());
+                }
+                MemorySegment clean = Buffers.floats(arena, p.teacher());
+                TopKPair top = topK(arena, p, p.teacher(), 8, LogitType.F32, 2f);
+                for (Divergence d : DIVERGENCES) {
+                    for (TeacherTargets teacher : new TeacherTargets[]{new TeacherTargets.Dense(clean, LogitType.F32, v), top.kernel()}) {
+                        MemorySegment s = Buffers.floats(arena, p.student());
+                        s.setAtIndex(ValueLayout.JAVA_FLOAT, 2L * v + column, payloadNaN);
+                        DistillSums sums = kernels.distillLoss(s, s, teacher, Buffers.ints(arena, p.labels()), null, null, n, v,
+                                DistillOptions.of(2f, 0.5f).withDivergence(d), 1f / n);
+                        assertTrue(Double.isNaN(sums.total()), d + ", " + teacher.getClass().getSimpleName() + ": loss " + sums.total());
+                    }
+                }
+            }
+        }
+    }
+
     @Test
     void vocabularyOf262144StaysFinite() {
         try (Arena arena = Arena.ofShared()) {
