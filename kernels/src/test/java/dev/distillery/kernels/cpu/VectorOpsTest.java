@@ -4,6 +4,9 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.util.SplittableRandom;
+import java.util.function.DoubleUnaryOperator;
+import java.util.function.IntFunction;
+import java.util.function.UnaryOperator;
 
 import org.junit.jupiter.api.Test;
 
@@ -11,38 +14,50 @@ import jdk.incubator.vector.FloatVector;
 
 class VectorOpsTest {
 
-    @Test
-    void expIsWithinTwoUlpOfFloat64AndVectorMatchesScalarBitForBit() {
-        SplittableRandom rng = new SplittableRandom();
+    /**
+     * 20,000 vectors of inputs drawn by {@code input} (round number given): asserts that every lane
+     * of {@code vector} has the bits of {@code scalar}, and returns the worst error of {@code scalar}
+     * against the float64 {@code reference}, in ulps of the reference rounded to float.
+     */
+    private static double worstUlpsWithTwinBits(UnaryOperator<FloatVector> vector, DoubleUnaryOperator scalar,
+                                                DoubleUnaryOperator reference, IntFunction<Float> input) {
         float[] x = new float[VectorOps.LANES];
         double worstUlps = 0;
         for (int round = 0; round < 20_000; round++) {
-            for (int i = 0; i < x.length; i++) x[i] = (float) rng.nextDouble(-87.3, 88.0);
-            float[] v = VectorOps.exp(FloatVector.fromArray(VectorOps.SPECIES, x, 0)).toArray();
+            for (int i = 0; i < x.length; i++) x[i] = input.apply(round);
+            float[] v = vector.apply(FloatVector.fromArray(VectorOps.SPECIES, x, 0)).toArray();
             for (int i = 0; i < x.length; i++) {
-                float s = VectorOps.exp(x[i]);
+                float s = (float) scalar.applyAsDouble(x[i]);
                 assertEquals(Float.floatToRawIntBits(s), Float.floatToRawIntBits(v[i]), "x = " + x[i]);
-                worstUlps = Math.max(worstUlps, Math.abs(s - Math.exp(x[i])) / Math.ulp((float) Math.exp(x[i])));
+                double ref = reference.applyAsDouble(x[i]);
+                worstUlps = Math.max(worstUlps, Math.abs(s - ref) / Math.ulp((float) ref));
             }
         }
+        return worstUlps;
+    }
+
+    @Test
+    void expIsWithinTwoUlpOfFloat64AndVectorMatchesScalarBitForBit() {
+        SplittableRandom rng = new SplittableRandom();
+        double worstUlps = worstUlpsWithTwinBits(VectorOps::exp, x -> VectorOps.exp((float) x), Math::exp,
+                round -> (float) rng.nextDouble(-87.3, 88.0));
         assertTrue(worstUlps <= 2.0, "worst error " + worstUlps + " ulp");
+    }
+
+    @Test
+    void exp2IsWithinOneUlpOfFloat64AndVectorMatchesScalarBitForBit() {
+        SplittableRandom rng = new SplittableRandom();
+        // a third of the rounds near the underflow edge, where 2^n meets the least normal exponent
+        double worstUlps = worstUlpsWithTwinBits(VectorOps::exp2NonPositive, x -> VectorOps.exp2((float) x), x -> Math.pow(2, x),
+                round -> (float) rng.nextDouble(-126.0, round % 3 == 0 ? -124.0 : 0.0));
+        assertTrue(worstUlps <= 1.0, "worst error " + worstUlps + " ulp");
     }
 
     @Test
     void logIsWithinTwoUlpOfFloat64AndVectorMatchesScalarBitForBit() {
         SplittableRandom rng = new SplittableRandom();
-        float[] x = new float[VectorOps.LANES];
-        double worstUlps = 0;
-        for (int round = 0; round < 20_000; round++) {
-            for (int i = 0; i < x.length; i++) x[i] = (float) Math.exp(rng.nextDouble(-87, 88));
-            float[] v = VectorOps.log(FloatVector.fromArray(VectorOps.SPECIES, x, 0)).toArray();
-            for (int i = 0; i < x.length; i++) {
-                float s = VectorOps.log(x[i]);
-                assertEquals(Float.floatToRawIntBits(s), Float.floatToRawIntBits(v[i]), "x = " + x[i]);
-                double ref = Math.log(x[i]);
-                worstUlps = Math.max(worstUlps, Math.abs(s - ref) / Math.ulp((float) ref));
-            }
-        }
+        double worstUlps = worstUlpsWithTwinBits(VectorOps::log, x -> VectorOps.log((float) x), Math::log,
+                round -> (float) Math.exp(rng.nextDouble(-87, 88)));
         assertTrue(worstUlps <= 2.0, "worst error " + worstUlps + " ulp");
         assertEquals(Float.NEGATIVE_INFINITY, VectorOps.log(0f));
         assertEquals(0f, VectorOps.log(1f));
@@ -76,26 +91,6 @@ class VectorOpsTest {
         float[] v = VectorOps.exp(FloatVector.fromArray(VectorOps.SPECIES, special, 0)).toArray();
         assertEquals(0f, v[0]);
         if (v.length > 1) assertTrue(Float.isNaN(v[1]));
-    }
-
-    @Test
-    void exp2IsWithinOneUlpOfFloat64AndVectorMatchesScalarBitForBit() {
-        SplittableRandom rng = new SplittableRandom();
-        float[] x = new float[VectorOps.LANES];
-        double worstUlps = 0;
-        for (int round = 0; round < 20_000; round++) {
-            // a third of the rounds near the underflow edge, where 2^n meets p's exponent bits
-            double lo = -126.0, hi = round % 3 == 0 ? -124.0 : 0.0;
-            for (int i = 0; i < x.length; i++) x[i] = (float) rng.nextDouble(lo, hi);
-            float[] v = VectorOps.exp2NonPositive(FloatVector.fromArray(VectorOps.SPECIES, x, 0)).toArray();
-            for (int i = 0; i < x.length; i++) {
-                float s = VectorOps.exp2(x[i]);
-                assertEquals(Float.floatToRawIntBits(s), Float.floatToRawIntBits(v[i]), "x = " + x[i]);
-                double ref = Math.pow(2, x[i]);
-                worstUlps = Math.max(worstUlps, Math.abs(s - ref) / Math.ulp((float) ref));
-            }
-        }
-        assertTrue(worstUlps <= 1.0, "worst error " + worstUlps + " ulp");
     }
 
     @Test
