@@ -26,8 +26,8 @@ import java.util.List;
  * </pre>
  *
  * Prints, per jar, the min, median and mean of the calls after the first quarter (warm-up), the
- * median in ns per element and in GB/s of floor traffic, and the loss of the last call (the
- * builds should agree to float accuracy). Each jar's inputs are generated from the same seed.
+ * median as a fraction of the first jar's, in ns per element and in GB/s of floor traffic, and
+ * the loss of the last call (the builds should agree to float accuracy). Each jar's inputs are generated from the same seed.
  */
 public final class SideBySide {
 
@@ -83,12 +83,14 @@ public final class SideBySide {
         String[] nv = shape.split("x");
         long elems = Long.parseLong(nv[0]) * Long.parseLong(nv[1]);
         double floorBytes = teacher.equals("dense-bf16") ? 10.0 * elems : 8.0 * elems + Long.parseLong(nv[0]) * 64 * 8;
+        double firstMedian = 0;
         for (int j = 0; j < m; j++) {
             double[] x = Arrays.copyOfRange(ms[j], calls / 4, calls);
             Arrays.sort(x);
             double median = x[x.length / 2], mean = Arrays.stream(x).average().orElseThrow();
-            System.out.printf("%-48s min %8.2f  median %8.2f  mean %8.2f ms   %.3f ns/element  %.1f GB/s  loss %.6f%n",
-                    jars.get(j), x[0], median, mean, median * 1e6 / elems, floorBytes / (median * 1e6), loss[j]);
+            if (j == 0) firstMedian = median;
+            System.out.printf("%-48s min %8.2f  median %8.2f  mean %8.2f ms  (median %.3f of the first's)   %.3f ns/element  %.1f GB/s  loss %.6f%n",
+                    jars.get(j), x[0], median, mean, median / firstMedian, median * 1e6 / elems, floorBytes / (median * 1e6), loss[j]);
         }
         for (Build b : builds) b.close();
     }
