@@ -382,7 +382,8 @@ final class FusedDistillLoss {
          * Pass A of a dense row, last block first (see denseForwardKl's zig-zag): per block, the
          * teacher block widened into sc.teacher (−inf past the teacher's vocabulary), Σ exp(s − m_s)
          * by its own exp when T is not 1 or 2, then the path's loop over the block. Returns
-         * {Z_s, Z_1, Z_t, Σ e_t (x_t − x_s)}, after a NaN in Z_t has been reported by row and column.
+         * {Z_s, Z_1, Z_t, Σ e_t (x_t − x_s)} (the fourth in the block loop's units: base 2 for
+         * fklBlock), after a NaN in Z_t has been reported by row and column.
          */
         double[] passA(int r, MemorySegment s, long so, TeacherTargets.Dense d, int v, int power, Scratch sc, PassABlock block) {
             double zs = 0, zsq = 0, z1 = 0, zt = 0, acc = 0;
@@ -409,7 +410,7 @@ final class FusedDistillLoss {
 
     /**
      * One block of a dense pass A (columns [j0, j0 + len), student at element o, bi-th in pass A's
-     * order): returns {Σ e_s, Σ e_s², Σ e_t, Σ e_t (x_t − x_s) or 0, fetched}. Called once per
+     * order): returns {Σ e_s, Σ e_s², Σ e_t, Σ e_t (x_t − x_s) (base 2) or 0, fetched}. Called once per
      * 2,048 columns, not per element.
      */
     @FunctionalInterface
