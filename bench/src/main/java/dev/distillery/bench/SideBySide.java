@@ -27,7 +27,9 @@ import java.util.List;
  *
  * Prints, per jar, the min, median and mean of the calls after the first quarter (warm-up), the
  * median as a fraction of the first jar's, in ns per element and in GB/s of floor traffic, and
- * the loss of the last call (the builds should agree to float accuracy). Each jar's inputs are generated from the same seed.
+ * the loss of the last call (the builds should agree to float accuracy); then, per jar after the
+ * first, the median and quartiles of its per-round ratio to the first jar's call (the two ran
+ * back to back, so the ratio carries less of the machine's drift than a ratio of medians). Each jar's inputs are generated from the same seed.
  */
 public final class SideBySide {
 
@@ -91,6 +93,15 @@ public final class SideBySide {
             if (j == 0) firstMedian = median;
             System.out.printf("%-48s min %8.2f  median %8.2f  mean %8.2f ms  (median %.3f of the first's)   %.3f ns/element  %.1f GB/s  loss %.6f%n",
                     jars.get(j), x[0], median, mean, median / firstMedian, median * 1e6 / elems, floorBytes / (median * 1e6), loss[j]);
+        }
+        // the machine's speed drifts over seconds; a call and the first build's call of the same
+        // round ran within milliseconds of each other, so their ratio carries less of the drift
+        for (int j = 1; j < m; j++) {
+            double[] r = new double[calls - calls / 4];
+            for (int c = calls / 4; c < calls; c++) r[c - calls / 4] = ms[j][c] / ms[0][c];
+            Arrays.sort(r);
+            System.out.printf("%-48s per-round ratio to the first's: median %.3f, quartiles %.3f to %.3f%n",
+                    jars.get(j), r[r.length / 2], r[r.length / 4], r[r.length * 3 / 4]);
         }
         for (Build b : builds) b.close();
     }
@@ -173,7 +184,8 @@ public final class SideBySide {
                             -cp bench/target/benchmarks.jar dev.distillery.bench.SideBySide [options] A.jar B.jar [C.jar ...]
 
                 Calls the fused loss of each build alternately in one JVM (DistillLossBenchmark's inputs,
-                loss and gradient in place) and prints min / median / mean ms per build.
+                loss and gradient in place) and prints min / median / mean ms per build, and each
+                build's per-round ratio to the first's (median and quartiles).
                   --shape NxV          2048x32000 (default), 4096x50257, 1024x128256, or any
                   --teacher KIND       dense-bf16 (default) or top64
                   --divergence D       forward-kl (default), reverse-kl or jsd
