@@ -70,7 +70,6 @@ final class FusedDistillLoss {
     private static final ThreadLocal<short[]> RAW = ThreadLocal.withInitial(() -> new short[BLOCK]);
     /** log of fp32's smallest normal: reverse KL charges zero teacher mass at this log-probability. */
     private static final float LOG_FLOOR = (float) Math.log(Float.MIN_NORMAL);
-    private static final double LN2 = Math.log(2);
 
     private final WorkerPool pool;
     private Scratch[] scratch = new Scratch[0];
@@ -105,6 +104,8 @@ final class FusedDistillLoss {
          */
         int nextRow;
         long fetched;
+        /** Blocks of dense rows that raised the lazy maxima (DenseRow.passA). */
+        long raises;
 
         void rows(int v) {
             if (eS.length < v) {
@@ -112,6 +113,13 @@ final class FusedDistillLoss {
                 eT = new float[v];
             }
         }
+    }
+
+    /** Blocks of dense rows that raised their lazy maxima (DenseRow) in this instance's calls so far. */
+    long raises() {
+        long sum = 0;
+        for (Scratch sc : scratch) sum += sc.raises;
+        return sum;
     }
 
     /** Per-row constants of the student after pass A. */
@@ -254,14 +262,14 @@ final class FusedDistillLoss {
         int i = 0, fetched = 0;
         for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
             fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetch + i * 4L, fetchEnd));
-            FloatVector e = VectorOps.exp2NonPositive(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(m).mul(scale2));
+            FloatVector e = VectorOps.exp2(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(m), scale2);
             e.intoArray(out, oo + i);
             acc = acc.add(e);
             accP = accP.add(VectorOps.power(e, power));
         }
         float s1 = VectorOps.sumLanes(acc), sp = VectorOps.sumLanes(accP);
         for (; i < len; i++) {
-            float e = VectorOps.exp2((get(s, o + i) - m) * scale2);
+            float e = VectorOps.exp2(get(s, o + i) - m, scale2);
             out[oo + i] = e;
             s1 += e;
             sp += VectorOps.power(e, power);
@@ -294,6 +302,12 @@ final class FusedDistillLoss {
         int real = Math.max(0, Math.min(len, d.vocab() - j0));
         MemorySegment t = d.logits();
         long base = to + j0;
+        // a block wholly past the teacher's vocabulary: base can lie past the segment's end (the
+        // last rows), where even an empty copy is out of bounds
+        if (real == 0) {
+            Arrays.fill(buf, 0, len, Float.NEGATIVE_INFINITY);
+            return;
+        }
         switch (d.type()) {
             case F32 -> MemorySegment.copy(t, F32, base * 4L, buf, 0, real);
             case BF16 -> {
@@ -324,34 +338,70 @@ final class FusedDistillLoss {
     }
 
     /**
-     * After pass A of a dense row: a NaN teacher sum means a NaN logit (the maxima skip NaN), an
-     * error that names the row and the first such column.
+     * After pass A of a dense row: a NaN teacher sum means a NaN logit (the maxima skip NaN) or a
+     * +inf one outside the block the maxima started from (2^(+inf − m) is NaN), an error that
+     * names the row, the first such column and its value.
      */
     private static void checkTeacherSum(int r, double zt, TeacherTargets.Dense d, long to) {
         if (!Double.isNaN(zt)) return;
         int column = 0;
-        while (column < d.vocab() && !Float.isNaN(d.type().read(d.logits(), to + column))) column++;
-        throw new IllegalArgumentException("teacher row " + r + " has a NaN logit at column " + column);
+        float x = 0f;
+        while (column < d.vocab() && !Float.isNaN(x = d.type().read(d.logits(), to + column)) && x != Float.POSITIVE_INFINITY) column++;
+        throw new IllegalArgumentException("teacher row " + r + (Float.isNaN(x) ? " has a NaN logit" : " has an infinite logit (+inf)")
+                + " at column " + column);
     }
 
     // ---------------------------------------------------------------- dense teacher, forward KL
 
+    /** A block's sums above this (2^56) mean its exps ran against maxima far below its own: DenseRow.passA. */
+    private static final float RAISE = 0x1p56f;
+
     /**
-     * Pass 0 of a dense row: the student's and the teacher's maxima (reading both rows from
-     * memory once; a student row without a finite max, a diverged model, gives a NaN loss as on
-     * the other paths, which the trainer's guard reports), and where the lines of this thread's
-     * next row are (Scratch.nextRow: the next of its batch, or the first of the batch it claimed
-     * next; this row when there is none), which pass A touches so they arrive while this row
-     * computes.
+     * A dense row's maxima and where the lines of this thread's next row are (Scratch.nextRow: the
+     * next of its batch, or the first of the batch it claimed next; this row when there is none),
+     * which pass A touches so they arrive while this row computes.
+     *
+     * <p>The maxima are lazy. Exps need a shift at or near the row's maximum, not the maximum
+     * itself: a row's sums and loss are the same for any shift, up to rounding, as long as no exp
+     * overflows or every one underflows. So no pass reads the whole row for its maxima: they
+     * start as the exact maxima of the block pass A visits first (the last; the whole row's when
+     * that block has none that is finite), which are at most the row's, so no exp underflows for
+     * want of a larger one. A block whose exps land far above them (a block sum over
+     * {@link #RAISE}: exps up to 2^56, whose squares, sums and products with the logits stay finite
+     * in fp32; `VectorOps.exp2` gives +inf, not garbage, past 2^127) raises them to its own
+     * maxima, and what pass A has done so far is rescaled (the path's rows by
+     * {@link Rescale}, the sums here) before the block runs again. With real logits a row rarely
+     * spreads that far (56 octaves: 77 logits at T = 2, 39 at T = 1), and then it costs one block
+     * again and a rescale of the blocks before. Dropping the pass that read both rows for their
+     * maxima (6 of the row's ~52 vector operations per 16 elements) measured 0.88–1.03 of the
+     * time at 2048 × 32000 in one JVM, about 0.93 on average (docs/KERNELS.md#passes-and-memory). A student row without
+     * a finite maximum, a diverged model, gives a NaN loss as on the other paths, which the
+     * trainer's guard reports.
      */
-    private record DenseRow(long to, int vt, float ms, float mt, long nextS, long nextT) {
+    private static final class DenseRow {
+        final long to, nextS, nextT;
+        final int vt;
+        /** The running maxima: every exp of pass A so far is shifted by these. */
+        float ms, mt;
+
+        private DenseRow(long to, int vt, float ms, float mt, long nextS, long nextT) {
+            this.to = to;
+            this.vt = vt;
+            this.ms = ms;
+            this.mt = mt;
+            this.nextS = nextS;
+            this.nextT = nextT;
+        }
 
         static DenseRow start(int r, MemorySegment s, long so, TeacherTargets.Dense d, int v, Scratch sc) {
-            int vt = d.vocab(), next = sc.nextRow;
+            int vt = d.vocab(), next = sc.nextRow, first = (v - 1) / BLOCK * BLOCK;   // pass A's first block
             long to = (long) r * vt;
-            float mt = teacherMax(d, to, vt, sc.teacher);
+            float ms = VectorOps.maxSkippingNaN(s, so + first, v - first);
+            if (!Float.isFinite(ms)) ms = VectorOps.maxSkippingNaN(s, so, v);
+            float mt = first < vt ? teacherMax(d, to + first, vt - first, sc.teacher) : Float.NEGATIVE_INFINITY;
+            if (!Float.isFinite(mt)) mt = teacherMax(d, to, vt, sc.teacher);
             checkTeacherMax(r, mt);
-            return new DenseRow(to, vt, VectorOps.maxSkippingNaN(s, so, v), mt, (long) next * v * 4L, (long) next * vt * 2L);
+            return new DenseRow(to, vt, ms, mt, (long) next * v * 4L, (long) next * vt * 2L);
         }
 
         /**
@@ -381,22 +431,47 @@ final class FusedDistillLoss {
         /**
          * Pass A of a dense row, last block first (see denseForwardKl's zig-zag): per block, the
          * teacher block widened into sc.teacher (−inf past the teacher's vocabulary), Σ exp(s − m_s)
-         * by its own exp when T is not 1 or 2, then the path's loop over the block. Returns
-         * {Z_s, Z_1, Z_t, Σ e_t (x_t − x_s)} (the fourth in the block loop's units: base 2 for
-         * fklBlock), after a NaN in Z_t has been reported by row and column.
+         * by its own exp when T is not 1 or 2, then the path's loop over the block, against the
+         * running maxima; a block over {@link #RAISE} raises them (see the class comment) and runs
+         * again. Returns {Z_s, Z_1, Z_t, Σ e_t (d_t − d_s)} at the final maxima (ms, mt; d = logit −
+         * max, or 0 for a path without the fourth), after a NaN in Z_t has been reported by row and
+         * column.
          */
-        double[] passA(int r, MemorySegment s, long so, TeacherTargets.Dense d, int v, int power, Scratch sc, PassABlock block) {
+        double[] passA(int r, MemorySegment s, long so, TeacherTargets.Dense d, int v, float invT, int power, Scratch sc,
+                       PassABlock block, Rescale rescale) {
             double zs = 0, zsq = 0, z1 = 0, zt = 0, acc = 0;
+            boolean ownZ1 = power != 1 && power != 2;
             int nb = (v + BLOCK - 1) / BLOCK;
             for (int bi = 0; bi < nb; bi++) {
                 int j0 = (nb - 1 - bi) * BLOCK;
                 int len = Math.min(BLOCK, v - j0);
                 long o = so + j0;
                 loadTeacher(d, to, j0, len, sc.teacher);
-                if (power != 1 && power != 2) z1 += VectorOps.expSumAffine(s, o, len, ms, 1f);
-                float[] sums = block.run(bi, j0, len, o);
+                float z1b = ownZ1 ? VectorOps.expSumAffine(s, o, len, ms, 1f) : 0f;
+                float[] sums = z1b > RAISE ? null : block.run(bi, j0, len, o, ms, mt);
+                if (sums == null || overflowed(sums)) {
+                    float ms2 = VectorOps.greater(ms, VectorOps.maxSkippingNaN(s, o, len));
+                    float mt2 = VectorOps.greater(mt, VectorOps.maxSkippingNaN(sc.teacher, len));
+                    checkTeacherMax(r, mt2);
+                    // raising ms by dms and mt by dmt: e_s by fs = exp(−dms/T), e_t by ft, and
+                    // Σ e_t (d_t − d_s) to ft (Σ e_t (d_t − d_s) + (dms − dmt) Σ e_t)
+                    double dms = (double) ms2 - ms, dmt = (double) mt2 - mt;
+                    double fs = Math.exp(-dms * invT), ft = Math.exp(-dmt * invT);
+                    acc = ft * (acc + (dms - dmt) * zt);
+                    zs *= fs;
+                    zsq *= fs * fs;
+                    zt *= ft;
+                    z1 *= Math.exp((double) ms - ms2);
+                    rescale.run(j0 + len, v, (float) fs, (float) ft, (float) dms, (float) dmt);
+                    sc.raises++;
+                    ms = ms2;
+                    mt = mt2;
+                    z1b = ownZ1 ? VectorOps.expSumAffine(s, o, len, ms, 1f) : 0f;
+                    sums = block.run(bi, j0, len, o, ms, mt);
+                }
                 zs += sums[0];
                 zsq += sums[1];
+                z1 += z1b;
                 zt += sums[2];
                 acc += sums[3];
                 sc.fetched += (long) sums[4];
@@ -409,22 +484,52 @@ final class FusedDistillLoss {
     }
 
     /**
+     * Whether a block's sums ({Σ e_s, Σ e_s², Σ e_t, ...}) are over {@link #RAISE}: then pass A
+     * raises the maxima and runs the block again (DenseRow.passA), and the block must have left
+     * the student row as it was.
+     */
+    private static boolean overflowed(float[] sums) {
+        return sums[0] > RAISE || sums[2] > RAISE;
+    }
+
+    /**
+     * A path's rows of pass A over columns [from, to), the blocks done before a raise of the
+     * maxima by dms and dmt (DenseRow): e_s scaled by fs = exp(−dms/T), e_t by ft = exp(−dmt/T)
+     * (or (t − m_t)/T lowered by dmt/T).
+     */
+    @FunctionalInterface
+    private interface Rescale {
+        void run(int from, int to, float fs, float ft, float dms, float dmt);
+    }
+
+    /** Rescale for rows of e_s and e_t. */
+    private static Rescale scaling(float[] eS, float[] eT) {
+        return (from, to, fs, ft, dms, dmt) -> {
+            for (int j = from; j < to; j++) {
+                eS[j] *= fs;
+                eT[j] *= ft;
+            }
+        };
+    }
+
+    /**
      * One block of a dense pass A (columns [j0, j0 + len), student at element o, bi-th in pass A's
-     * order): returns {Σ e_s, Σ e_s², Σ e_t, Σ e_t (x_t − x_s) (base 2) or 0, fetched}. Called once per
-     * 2,048 columns, not per element.
+     * order) against the maxima ms and mt: returns {Σ e_s, Σ e_s², Σ e_t, Σ e_t (d_t − d_s) or 0,
+     * fetched} (d = logit − max), and leaves the student row as it was when they are
+     * {@link #overflowed}.
+     * Called once per 2,048 columns, not per element.
      */
     @FunctionalInterface
     private interface PassABlock {
-        float[] run(int bi, int j0, int len, long o);
+        float[] run(int bi, int j0, int len, long o, float ms, float mt);
     }
 
     /**
      * Dense teacher, forward KL.
      *
-     * <p>Pass 0 streams the row of s and of t from memory once, for their maxima only: a
-     * bandwidth-bound pass that leaves both rows in L2, where the rest of the work happens; pass A
-     * of the previous row has touched their lines already. Pass A, block by block: one loop
-     * computes e_s = exp((s − m_s)/T) and e_t = exp((t − m_t)/T), their sums, Σ e_s² (the
+     * <p>No pass reads the rows for their maxima: m_s and m_t are DenseRow's lazy ones, and pass A
+     * of the previous row has touched the lines of this one, so it works from L2. Pass A, block
+     * by block: one loop computes e_s = exp((s − m_s)/T) and e_t = exp((t − m_t)/T), their sums, Σ e_s² (the
      * hard-label normalizer Z_1 at T = 2; T = 1 uses Z_s, other T one more exp per element), and
      * Σ e_t ((t − m_t) − (s − m_s)), which is the loss:
      * KL = Σ p (lp − lq) = (1/T) Σ e_t d / Z_t − log Z_t + log Z_s, so no logarithm per element
@@ -449,21 +554,27 @@ final class FusedDistillLoss {
     private static float[] denseForwardKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
                                           int v, float invT, float c1, float cq, Scratch sc) {
         DenseRow row = DenseRow.start(r, s, so, d, v, sc);
-        float ms = row.ms(), mt = row.mt();
         int power = integerTemperature(invT);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, eT = sc.eT;
-        float scale2 = invT * VectorOps.LOG2E;   // pass A works in base 2 (fklBlock)
+        float scale2 = invT * VectorOps.LOG2E;   // exp(d/T) = 2^(d scale2): VectorOps.exp2
         // e_s over the gradient block it becomes (s when in place, already consumed by pass A):
         // 4V bytes less working set than an e_s row, when pass B needs neither s nor a power of e_s
         boolean eInG = g != null && (c1 == 0f || power == 2);
-        double[] z = row.passA(r, s, so, d, v, power, sc, (bi, j0, len, o) -> {
+        Rescale rescale = !eInG ? scaling(eS, eT) : (from, to, fs, ft, dms, dmt) -> {
+            for (int j = from; j < to; j++) {
+                set(g, so + j, get(g, so + j) * fs);
+                eT[j] *= ft;
+            }
+        };
+        double[] z = row.passA(r, s, so, d, v, invT, power, sc, (bi, j0, len, o, ms, mt) -> {
             float[] sums = fklBlock(s, o, len, ms, scale2, eInG ? sc.gb : eS, eInG ? 0 : j0, tb, mt, eT, j0,
                     row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT());
-            if (eInG) MemorySegment.copy(sc.gb, 0, g, F32, o * 4L, len);
+            if (eInG && !overflowed(sums)) MemorySegment.copy(sc.gb, 0, g, F32, o * 4L, len);   // s is still needed otherwise
             return sums;
-        });
-        double zs = z[0], z1 = z[1], zt = z[2], acc = z[3] * LN2;   // acc = Σ e_t ((t − mt) − (s − ms))/T
+        }, rescale);
+        float ms = row.ms;
+        double zs = z[0], z1 = z[1], zt = z[2], acc = z[3] * invT;   // acc = Σ e_t ((t − mt) − (s − ms))/T
         double lzs = Math.log(zs), lz1 = Math.log(z1), lzt = Math.log(zt);
         double kl = acc / zt - lzt + lzs;
         if (g != null) {
@@ -528,7 +639,7 @@ final class FusedDistillLoss {
     // ---------------------------------------------------------------- dense teacher, reverse KL
 
     /**
-     * Dense teacher, reverse KL, on denseForwardKl's plan: pass 0 for the maxima (fetching the
+     * Dense teacher, reverse KL, on denseForwardKl's plan: DenseRow's lazy maxima (fetching the
      * next row meanwhile), pass A computes e_s = exp((s − m_s)/T) and e_t's sum in one loop and
      * keeps e_s (scratch row: s must survive for log q) and (t − m_t)/T (a per-thread row), pass B
      * sums RKL = Σ q (lq − max(lp, floor)) and pass C writes cq q (lq − lp − RKL) + c1 softmax(s)
@@ -539,14 +650,20 @@ final class FusedDistillLoss {
     private static float[] denseReverseKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
                                           int v, float invT, float c1, float cq, Scratch sc) {
         DenseRow row = DenseRow.start(r, s, so, d, v, sc);
-        float ms = row.ms(), mt = row.mt();
         int power = integerTemperature(invT);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, tScaled = sc.eT;   // tScaled: the row of (t − m_t)/T
         float scale2 = invT * VectorOps.LOG2E;
         // zig-zag, as in denseForwardKl: A backwards, B forwards, C backwards
-        double[] z = row.passA(r, s, so, d, v, power, sc, (bi, j0, len, o) -> rklPassA(s, o, len, ms, invT, scale2, eS, j0, tb, mt,
-                tScaled, row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT()));
+        double[] z = row.passA(r, s, so, d, v, invT, power, sc, (bi, j0, len, o, ms, mt) -> rklPassA(s, o, len, ms, invT, scale2,
+                eS, j0, tb, mt, tScaled, row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT()),
+                (from, to, fs, ft, dms, dmt) -> {
+                    for (int j = from; j < to; j++) {
+                        eS[j] *= fs;
+                        tScaled[j] -= dmt * invT;
+                    }
+                });
+        float ms = row.ms;
         double zs = z[0], z1 = z[1], zt = z[2];
         int nb = (v + BLOCK - 1) / BLOCK;
         float lzs = (float) Math.log(zs), lzt = (float) Math.log(zt), fq = (float) (1 / zs);
@@ -588,20 +705,20 @@ final class FusedDistillLoss {
         for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
             fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetchS + i * 4L, fetchEndS))
                     + t.get(ValueLayout.JAVA_BYTE, Math.min(fetchT + i * 2L, fetchEndT));
-            FloatVector es = VectorOps.exp2NonPositive(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(scale2));
+            FloatVector es = VectorOps.exp2(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms), scale2);
             FloatVector dt = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(invT);
             zs = zs.add(es);
             zsq = es.fma(es, zsq);
-            zt = zt.add(VectorOps.exp2NonPositive(dt.mul(VectorOps.LOG2E)));
+            zt = zt.add(VectorOps.exp2(dt, VectorOps.LOG2E));
             es.intoArray(eS, j0 + i);
             dt.intoArray(tScaled, j0 + i);
         }
         float szs = VectorOps.sumLanes(zs), szsq = VectorOps.sumLanes(zsq), szt = VectorOps.sumLanes(zt);
         for (; i < len; i++) {
-            float es = VectorOps.exp2((get(s, o + i) - ms) * scale2), dt = (tb[i] - mt) * invT;
+            float es = VectorOps.exp2(get(s, o + i) - ms, scale2), dt = (tb[i] - mt) * invT;
             szs += es;
             szsq = Math.fma(es, es, szsq);
-            szt += VectorOps.exp2(dt * VectorOps.LOG2E);
+            szt += VectorOps.exp2(dt, VectorOps.LOG2E);
             eS[j0 + i] = es;
             tScaled[j0 + i] = dt;
         }
@@ -654,7 +771,7 @@ final class FusedDistillLoss {
 
     /**
      * Dense teacher, generalized JSD(β) = β KL(p‖m) + (1−β) KL(q‖m), m = β p + (1−β) q, on
-     * denseForwardKl's plan. Pass 0: the maxima (fetching the next row meanwhile). Pass A
+     * denseForwardKl's plan. DenseRow's lazy maxima (fetching the next row meanwhile). Pass A
      * (backwards): fklBlock's loop, e_s and e_t to per-thread rows and their sums. Pass B
      * (forwards): from those rows and one log per element, JSD = Σ β p (lp − lm) + Σ q g_q with
      * g_q = (1−β)(lq − lm), and S = Σ q g_q; g_q overwrites e_t, no longer needed. Pass C
@@ -667,21 +784,21 @@ final class FusedDistillLoss {
     private static float[] denseJsd(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
                                     int v, float invT, float beta, float c1, float cq, Scratch sc) {
         DenseRow row = DenseRow.start(r, s, so, d, v, sc);
-        float ms = row.ms(), mt = row.mt();
         int power = integerTemperature(invT);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, eT = sc.eT;
-        float scale2 = invT * VectorOps.LOG2E;   // pass A works in base 2 (fklBlock)
+        float scale2 = invT * VectorOps.LOG2E;   // exp(d/T) = 2^(d scale2): VectorOps.exp2
         // zig-zag: A backwards, B forwards, C backwards
-        double[] z = row.passA(r, s, so, d, v, power, sc, (bi, j0, len, o) -> fklBlock(s, o, len, ms, scale2, eS, j0, tb, mt, eT, j0,
-                row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT()));
+        double[] z = row.passA(r, s, so, d, v, invT, power, sc, (bi, j0, len, o, ms, mt) -> fklBlock(s, o, len, ms, scale2, eS, j0,
+                tb, mt, eT, j0, row.fetchS(bi), row.fetchEndS(v), d.logits(), row.fetchT(bi), row.fetchEndT()), scaling(eS, eT));
+        float ms = row.ms, mt = row.mt;
         double zs = z[0], z1 = z[1], zt = z[2];
         int nb = (v + BLOCK - 1) / BLOCK;
         float lzs = (float) Math.log(zs), lzt = (float) Math.log(zt), fs = (float) (1 / zs), ft = (float) (1 / zt);
         double value = 0, sumQg = 0;
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
-            loadTeacher(d, row.to(), j0, len, tb);
+            loadTeacher(d, row.to, j0, len, tb);
             float[] sums = jsdBlock(s, so + j0, len, ms, invT, lzs, tb, mt, lzt, eS, eT, j0, fs, ft, beta);
             value += sums[0];
             sumQg += sums[1];
@@ -811,44 +928,42 @@ final class FusedDistillLoss {
     }
 
     /**
-     * Pass A's loop over one block, in base 2: with x_s = (s − ms) k and x_t = (t − mt) k, k =
-     * log2(e)/T (the caller's scale2), e_s = 2^x_s = exp((s − ms)/T) to eS and e_t = 2^x_t from tb
-     * to eT (both at j0). Returns {Σ e_s, Σ e_s², Σ e_t, Σ e_t (x_t − x_s), fetched}, the fourth in
-     * base-2 units (times ln 2 it is Σ e_t ((t − mt) − (s − ms))/T), terms with x_t below exp2's
-     * underflow (e_t = 0) left out of it (they may be 0 · ∞). log2(e) rides in the scale the loop
-     * multiplies by anyway, so exp2 needs no range reduction: 14 vector operations instead of exp's
-     * 17. The subtraction comes before the scaling, not fused with it
-     * (s·k − ms·k): the rounded ms·k would shift every x_s by up to an ulp of it, which cancels in
-     * the math but left a one-column row's KL at 4e-7 instead of 0. Branch-free loop body (see
-     * fklGradient).
+     * Pass A's loop over one block: with d_s = s − ms and d_t = t − mt (t from tb), e_s =
+     * exp(d_s/T) = 2^(d_s k) to eS and e_t = 2^(d_t k) to eT (both at j0), k = log2(e)/T (the
+     * caller's scale2, folded into VectorOps.exp2's reduction). Returns {Σ e_s, Σ e_s², Σ e_t,
+     * Σ e_t (d_t − d_s), fetched}, terms whose e_t underflows to 0 left out of the fourth (they
+     * may be 0 · ∞). Each d is one exact-or-rounded subtraction; no d k is rounded (see exp2), and
+     * at the maxima d = 0, so a one-column row's KL comes out 0, not an ulp of ms·k. Branch-free
+     * loop body (see fklGradient).
      */
     private static float[] fklBlock(MemorySegment s, long o, int len, float ms, float scale2, float[] eS, int eso,
                                     float[] tb, float mt, float[] eT, int j0, long fetchS, long fetchEndS,
                                     MemorySegment t, long fetchT, long fetchEndT) {
         FloatVector zs = FloatVector.zero(SPECIES), zsq = zs, zt = zs, acc = zs;
+        float lo = VectorOps.EXP2_LO / scale2;   // exp2's underflow: e_t = 0 below
         int i = 0, fetched = 0;
         for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
             // one line of the next student row and half a line of its teacher row per iteration
             fetched += s.get(ValueLayout.JAVA_BYTE, Math.min(fetchS + i * 4L, fetchEndS))
                     + t.get(ValueLayout.JAVA_BYTE, Math.min(fetchT + i * 2L, fetchEndT));
-            FloatVector xs = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(scale2);
-            FloatVector xt = FloatVector.fromArray(SPECIES, tb, i).sub(mt).mul(scale2);
-            FloatVector es = VectorOps.exp2NonPositive(xs), et = VectorOps.exp2NonPositive(xt);
+            FloatVector ds = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms);
+            FloatVector dt = FloatVector.fromArray(SPECIES, tb, i).sub(mt);
+            FloatVector es = VectorOps.exp2(ds, scale2), et = VectorOps.exp2(dt, scale2);
             zs = zs.add(es);
             zsq = es.fma(es, zsq);
             zt = zt.add(et);
-            acc = xt.sub(xs).blend(0f, xt.lt(VectorOps.EXP2_LO)).fma(et, acc);
+            acc = dt.sub(ds).blend(0f, dt.lt(lo)).fma(et, acc);
             es.intoArray(eS, eso + i);
             et.intoArray(eT, j0 + i);
         }
         float szs = VectorOps.sumLanes(zs), szsq = VectorOps.sumLanes(zsq), szt = VectorOps.sumLanes(zt), sacc = VectorOps.sumLanes(acc);
         for (; i < len; i++) {
-            float xs = (get(s, o + i) - ms) * scale2, xt = (tb[i] - mt) * scale2;
-            float es = VectorOps.exp2(xs), et = VectorOps.exp2(xt);
+            float ds = get(s, o + i) - ms, dt = tb[i] - mt;
+            float es = VectorOps.exp2(ds, scale2), et = VectorOps.exp2(dt, scale2);
             szs += es;
             szsq = Math.fma(es, es, szsq);
             szt += et;
-            if (xt >= VectorOps.EXP2_LO) sacc = Math.fma(xt - xs, et, sacc);
+            if (dt >= lo) sacc = Math.fma(dt - ds, et, sacc);
             eS[eso + i] = es;
             eT[j0 + i] = et;
         }

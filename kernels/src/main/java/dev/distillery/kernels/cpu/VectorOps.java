@@ -46,7 +46,7 @@ final class VectorOps {
     /** Inputs are clamped here (2^n with n ≤ 127); callers pass x − max ≤ 0. */
     private static final float EXP_HI = 88.0f;
     static final float EXP_LO = -87.3365447505531f; // below: exp underflows to 0
-    /** log2(e), rounded; a caller of exp2NonPositive folds it into its scale (1/T · LOG2E) once. */
+    /** log2(e), rounded; a caller of exp2 folds it into its scale (1/T · LOG2E) once. */
     static final float LOG2E = 1.44269504088896341f;
     private static final float LN2_HI = 0.693359375f;
     private static final float LN2_LO = -2.12194440e-4f;
@@ -110,50 +110,60 @@ final class VectorOps {
         return y * Float.intBitsToFloat((Float.floatToRawIntBits(t) - (0x4B400000 - 127)) << 23);
     }
 
-    // 2^x = 2^n · p(r), n = round(x), r = x − n exact, |r| ≤ 1/2; p a degree-6 polynomial fitted
-    // for the least maximum relative error on [−1/2, 1/2] (2e-9 with exact coefficients; ≤ 0.94
-    // ulp in float, fma Horner, checked on 2·10^6 points against Math.pow).
+    // 2^x = 2^n · p(r), n = round(x), r = x − n, |r| ≤ 1/2; p a degree-6 polynomial fitted for
+    // the least maximum relative error on [−1/2, 1/2] (2e-9 with exact coefficients; ≤ 0.94 ulp
+    // in float for an exact r, fma Horner, checked on 2·10^6 points against Math.pow).
     /** Below this 2^x is 0 (2^−126 is the least normal float). */
     static final float EXP2_LO = -126f;
     private static final float E1 = 6.9314718246e-01f, E2 = 2.4022647738e-01f, E3 = 5.5503323674e-02f,
             E4 = 9.6184369177e-03f, E5 = 1.3398875017e-03f, E6 = 1.5353361960e-04f;
 
+    /** The exponent field of +inf: 2^(dk) saturates there from dk = 127.5 on (n rounds to 128). */
+    private static final int EXP2_FIELD_MAX = 255;
+
     /**
-     * 2^x of lanes that are at most 0 or NaN, 0 below {@link #EXP2_LO} (−inf too): exp in base 2,
-     * for a caller that has folded log2(e) into its scale. 14 vector operations against
-     * {@link #expNonPositive}'s 17: no Cody–Waite reduction (r = x − n is exact) and a shorter
-     * polynomial. 2^n is multiplied in, not added to p's exponent bits as an integer (one
-     * operation fewer): a NaN with payload bits in its low mantissa would carry them into the
-     * exponent that way and come out a number. Same bits as {@link #exp2(float)}.
+     * 2^(d k), k &gt; 0: exp((s − m)/T) for d = s − m and k = log2(e)/T, the scale folded into the
+     * reduction. n = round(d k) and r = d k − n each come from one fused multiply-add of the exact
+     * product (no d k is rounded on its own: that rounding alone is worth 2^−24 |d k| of relative
+     * error, 40 ulp at d k = −100), and r needs no Cody–Waite split; a degree-6 polynomial
+     * fitted for 2^r on [−½, ½]. 15 vector operations after the subtraction, against 17 for
+     * {@link #exp} after its multiply. 0 where d &lt; −126/k (−inf too; 2^(d k) stays a normal
+     * float), +inf for finite d from d k = 127.5 on, NaN for NaN (and +inf). The exponent field
+     * n + 127 is capped at 255 (one integer min), so lanes far above the caller's shift come out
+     * +inf, which a sum shows, and never wrap into garbage: the fused loss's pass A runs against
+     * maxima that may lie below the row's (FusedDistillLoss.DenseRow) and relies on it. 2^n is
+     * multiplied in, not added to p's exponent bits as an integer (one operation fewer): a NaN
+     * with payload bits in its low mantissa would carry them into the exponent that way and
+     * come out a number. Same bits as {@link #exp2(float, float)}.
      */
-    static FloatVector exp2NonPositive(FloatVector x) {
-        VectorMask<Float> under = x.lt(EXP2_LO);
-        FloatVector t = x.add(ROUND);
-        FloatVector r = x.sub(t.sub(ROUND));
+    static FloatVector exp2(FloatVector d, float k) {
+        VectorMask<Float> under = d.lt(EXP2_LO / k);
+        FloatVector t = d.fma(k, ROUND);                                   // 1.5 · 2^23 + n
+        FloatVector r = d.fma(FloatVector.broadcast(SPECIES, k), FloatVector.broadcast(SPECIES, ROUND).sub(t));
         FloatVector p = r.fma(FloatVector.broadcast(SPECIES, E6), FloatVector.broadcast(SPECIES, E5));
         p = p.fma(r, FloatVector.broadcast(SPECIES, E4));
         p = p.fma(r, FloatVector.broadcast(SPECIES, E3));
         p = p.fma(r, FloatVector.broadcast(SPECIES, E2));
         p = p.fma(r, FloatVector.broadcast(SPECIES, E1));
         p = p.fma(r, FloatVector.broadcast(SPECIES, 1f));
-        // t's low bits hold n (t = 1.5 · 2^23 + n): 2^n's bits are (n + 127) << 23
-        IntVector bits = ((IntVector) t.reinterpretAsInts()).sub(0x4B400000 - 127).lanewise(VectorOperators.LSHL, 23);
-        return p.mul((FloatVector) bits.reinterpretAsFloats()).blend(0f, under);
+        // t's low bits hold n: 2^n's bits are (n + 127) << 23
+        IntVector field = ((IntVector) t.reinterpretAsInts()).sub(0x4B400000 - 127).min(EXP2_FIELD_MAX);
+        return p.mul((FloatVector) field.lanewise(VectorOperators.LSHL, 23).reinterpretAsFloats()).blend(0f, under);
     }
 
-    /** The scalar twin of {@link #exp2NonPositive}: identical operations, identical bits. */
-    static float exp2(float x) {
-        if (x < EXP2_LO) return 0f;
-        if (x != x) return x;
-        float t = x + ROUND;
-        float r = x - (t - ROUND);
+    /** The scalar twin of {@link #exp2(FloatVector, float)}: identical operations, identical bits. */
+    static float exp2(float d, float k) {
+        if (d < EXP2_LO / k) return 0f;
+        if (d != d) return d;
+        float t = Math.fma(d, k, ROUND);
+        float r = Math.fma(d, k, ROUND - t);
         float p = Math.fma(r, E6, E5);
         p = Math.fma(p, r, E4);
         p = Math.fma(p, r, E3);
         p = Math.fma(p, r, E2);
         p = Math.fma(p, r, E1);
         p = Math.fma(p, r, 1f);
-        return p * Float.intBitsToFloat((Float.floatToRawIntBits(t) - (0x4B400000 - 127)) << 23);
+        return p * Float.intBitsToFloat(Math.min(Float.floatToRawIntBits(t) - (0x4B400000 - 127), EXP2_FIELD_MAX) << 23);
     }
 
     // log(x) = e ln2 + log(m), x = m 2^e, m in [√½, √2); Cephes' logf polynomial (≤ 2 ulp).

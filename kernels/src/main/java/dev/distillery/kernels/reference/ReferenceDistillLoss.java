@@ -134,7 +134,8 @@ public final class ReferenceDistillLoss {
                         value += Math.exp(logQ[c]) * l[c];
                         sumQdQ += Math.exp(logQ[c]) * (l[c] + 1);
                     }
-                    for (int j = 0; j < v; j++) qdQ[j] = Math.exp(lq[j]) * (l[cat[j]] + 1);
+                    // q log q → 0 as q → 0: a −inf student logit adds nothing (not 0 · −inf)
+                    for (int j = 0; j < v; j++) qdQ[j] = lq[j] == Double.NEGATIVE_INFINITY ? 0 : Math.exp(lq[j]) * (l[cat[j]] + 1);
                 }
                 case Divergence.Jsd jsd -> {
                     double b = jsd.beta();

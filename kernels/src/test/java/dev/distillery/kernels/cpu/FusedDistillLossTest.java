@@ -103,8 +103,20 @@ class FusedDistillLossTest {
                 new ReferenceDistillLoss.TopK(ids, logits, lse, k, p.vt(), shardT));
     }
 
+    /** Kernels.distillLoss's signature: the kernels' entry or FusedDistillLoss.run. */
+    @FunctionalInterface
+    private interface LossCall {
+        DistillSums run(MemorySegment s, MemorySegment g, TeacherTargets teacher, MemorySegment labels, MemorySegment ce,
+                        MemorySegment div, int n, int v, DistillOptions o, float gradScale);
+    }
+
     /** Runs kernel and reference and returns the worst relative error over CE, divergence and gradient. */
     private double compare(Arena arena, Problem p, TeacherTargets kt, ReferenceDistillLoss.Teacher rt,
+                           DistillOptions o, boolean inPlace, boolean withLabels) {
+        return compare(kernels::distillLoss, arena, p, kt, rt, o, inPlace, withLabels);
+    }
+
+    private double compare(LossCall loss, Arena arena, Problem p, TeacherTargets kt, ReferenceDistillLoss.Teacher rt,
                            DistillOptions o, boolean inPlace, boolean withLabels) {
         float gradScale = 1f / p.n();
         ReferenceDistillLoss.Result ref = ReferenceDistillLoss.compute(p.student(), rt, withLabels ? p.labels() : null,
@@ -112,7 +124,7 @@ class FusedDistillLossTest {
         MemorySegment s = Buffers.floats(arena, p.student());
         MemorySegment g = inPlace ? s : Buffers.poisoned(arena, (long) p.n() * p.v());
         MemorySegment ce = Buffers.poisoned(arena, p.n()), div = Buffers.poisoned(arena, p.n());
-        DistillSums sums = kernels.distillLoss(s, g, kt, withLabels ? Buffers.ints(arena, p.labels()) : null, ce, div,
+        DistillSums sums = loss.run(s, g, kt, withLabels ? Buffers.ints(arena, p.labels()) : null, ce, div,
                 p.n(), p.v(), o, gradScale);
         assertEquals(ref.rows(), sums.rows());
         double err = Math.max(Buffers.relativeError(ref.grad(), g, 1e-3),
@@ -334,6 +346,63 @@ class FusedDistillLossTest {
                 assertTrue(e < 2e-4, d + ": " + e);
             }
         }
+    }
+
+    /**
+     * Dense rows' maxima are lazy (FusedDistillLoss.DenseRow): the exact maxima of the block pass
+     * A visits first (the last), raised when a block's exps land far above them. Rows built so
+     * that they are: through the student (row 0, first block), the teacher (row 1, middle block)
+     * or both in turn (row 2), and through Σ exp(s − m) alone (row 4 at T = 3 and 2.5, where the
+     * CE's normalizer has its own exp, 60 logits up: 2^29 per exp at T = 3, far under the sums'
+     * limit, e^60 in the CE's); a row whose last block has no finite maximum (row 3: student and
+     * teacher −inf there) and a teacher vocabulary that ends before the last block (all padding:
+     * the teacher's maxima come from its whole row). Against the
+     * float64 reference for every divergence, in place and not, at five temperatures; the raises
+     * are counted, so the test fails if these rows stop exercising them.
+     */
+    @Test
+    void lazyMaximaRaisedByAFarBlockMatchFloat64Reference() {
+        int block = FusedDistillLoss.BLOCK, v = 2 * block + 37, n = 5;
+        try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(2)) {
+            FusedDistillLoss fused = new FusedDistillLoss(pool);
+            for (int vt : new int[]{v, block + 5}) {
+                Problem p = problem(n, v, vt, 2.0, false);
+                double[] s = p.student(), t = p.teacher();
+                lift(s, 0, v, 0, block, 300);
+                lift(t, 1, vt, block, 2 * block, 300);
+                lift(s, 2, v, block, 2 * block, 200);
+                lift(s, 2, v, 0, block, 100);
+                lift(t, 2, vt, 0, block, 5000);
+                lift(s, 3, v, 2 * block, v, Double.NEGATIVE_INFINITY);
+                lift(t, 3, vt, 2 * block, vt, Double.NEGATIVE_INFINITY);
+                lift(s, 4, v, 0, block, 60);
+                p.labels()[3] = 5;
+                TeacherTargets.Dense kt = new TeacherTargets.Dense(Buffers.floats(arena, t), LogitType.F32, vt);
+                for (float temperature : new float[]{0.5f, 1f, 2f, 2.5f, 3f}) {
+                    for (Divergence d : DIVERGENCES) {
+                        for (boolean inPlace : new boolean[]{true, false}) {
+                            long before = fused.raises();
+                            DistillOptions o = DistillOptions.of(temperature, 0.5f).withDivergence(d);
+                            double e = compare(fused::run, arena, p, kt, new ReferenceDistillLoss.Dense(t, vt), o, inPlace, true);
+                            String what = "vt " + vt + ", T " + temperature + ", " + d + (inPlace ? ", in place" : "");
+                            assertTrue(e < 2e-4, what + ": " + e);
+                            // rows 0 and 2 (student), and with the full teacher vocabulary rows 1 and 2
+                            // (teacher; else the teacher's maxima come from its whole row, exactly)
+                            int expected = vt == v ? 4 : 2;
+                            assertTrue(fused.raises() - before >= expected, what + ": " + (fused.raises() - before) + " raises");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /**
+     * a[row · width + j] += by for j in [from, min(to, width)), rounded to fp32 as the kernel reads
+     * them; by = −inf sets them to −inf.
+     */
+    private static void lift(double[] a, int row, int width, int from, int to, double by) {
+        for (int j = from; j < Math.min(to, width); j++) a[row * width + j] = (float) (a[row * width + j] + by);
     }
 
     /**
