@@ -30,6 +30,8 @@ import java.util.List;
  * the loss of the last call (the builds should agree to float accuracy); then, per jar after the
  * first, the median and quartiles of its per-round ratio to the first jar's call (the two ran
  * back to back, so the ratio carries less of the machine's drift than a ratio of medians). Each jar's inputs are generated from the same seed.
+ * With {@code --copy}, each round also copies 1 GiB (MemoryBandwidthBenchmark's copy) and each
+ * build's floor GB/s is reported as a fraction of the same round's copy GB/s.
  */
 public final class SideBySide {
 
@@ -39,6 +41,7 @@ public final class SideBySide {
     public static void main(String[] args) throws Exception {
         String shape = "2048x32000", teacher = "dense-bf16", divergence = "forward-kl";
         int threads = 2, calls = 40;
+        boolean copy = false;
         List<Path> jars = new ArrayList<>();
         for (int i = 0; i < args.length; i++) {
             String a = args[i];
@@ -52,6 +55,7 @@ public final class SideBySide {
                 case "--divergence" -> divergence = value(args, ++i, a);
                 case "--threads" -> threads = positive(value(args, ++i, a), a);
                 case "--calls" -> calls = positive(value(args, ++i, a), a);
+                case "--copy" -> copy = true;
                 default -> {
                     if (a.startsWith("-")) fail("unknown option " + a);
                     Path jar = Path.of(a);
@@ -60,7 +64,7 @@ public final class SideBySide {
                 }
             }
         }
-        if (jars.size() < 2) fail("give two or more jars to compare (" + jars.size() + " given)");
+        if (jars.size() < (copy ? 1 : 2)) fail("give two or more jars to compare, or one with --copy (" + jars.size() + " given)");
         if (calls < 4) fail("--calls must be at least 4 (the first quarter is warm-up)");
         Path self = Path.of(SideBySide.class.getProtectionDomain().getCodeSource().getLocation().toURI());
 
@@ -72,7 +76,10 @@ public final class SideBySide {
         }
         double[][] ms = new double[m][calls];
         double[] loss = new double[m];
+        Copy copier = copy ? new Copy(threads) : null;
+        double[] copyGbs = new double[calls];
         for (int c = 0; c < calls; c++) {
+            if (copier != null) copyGbs[c] = copier.gbPerSecond();
             for (int k = 0; k < m; k++) {
                 int j = c % 2 == 0 ? k : m - 1 - k;   // A B, then B A: neither always goes first
                 builds[j].restore();
@@ -103,7 +110,46 @@ public final class SideBySide {
             System.out.printf("%-48s per-round ratio to the first's: median %.3f, quartiles %.3f to %.3f%n",
                     jars.get(j), r[r.length / 2], r[r.length / 4], r[r.length * 3 / 4]);
         }
+        if (copier != null) {
+            // the issue's bar: floor traffic at half the machine's copy bandwidth or more; the
+            // copy ran in the same round as the calls, so the ratio carries little of the drift
+            double[] x = Arrays.copyOfRange(copyGbs, calls / 4, calls);
+            Arrays.sort(x);
+            System.out.printf("%-48s median %.1f GB/s, quartiles %.1f to %.1f (%s, %d threads, bytes read + written)%n",
+                    "copy", x[x.length / 2], x[x.length / 4], x[x.length * 3 / 4], Copy.SIZE, threads);
+            for (int j = 0; j < m; j++) {
+                double[] r = new double[calls - calls / 4];
+                for (int c = calls / 4; c < calls; c++) r[c - calls / 4] = floorBytes / (ms[j][c] * 1e6) / copyGbs[c];
+                Arrays.sort(r);
+                System.out.printf("%-48s floor GB/s over the same round's copy GB/s: median %.3f, quartiles %.3f to %.3f%n",
+                        jars.get(j), r[r.length / 2], r[r.length / 4], r[r.length * 3 / 4]);
+            }
+            copier.close();
+        }
         for (Build b : builds) b.close();
+    }
+
+    /** MemoryBandwidthBenchmark's copy, 1 GiB into another, split over the kernel's thread count. */
+    private static final class Copy implements AutoCloseable {
+        static final String SIZE = "1 GiB -> 1 GiB";
+        private final MemoryBandwidthBenchmark bench = new MemoryBandwidthBenchmark();
+
+        Copy(int threads) {
+            bench.threads = threads;
+            bench.setUp();
+        }
+
+        /** One copy: 2 GiB moved (read + written), in GB/s. */
+        double gbPerSecond() throws InterruptedException {
+            long t0 = System.nanoTime();
+            bench.copy();
+            return 2.0 * (1L << 30) / (System.nanoTime() - t0);
+        }
+
+        @Override
+        public void close() {
+            bench.tearDown();
+        }
     }
 
     /** One build: DistillLossBenchmark loaded from jar first, then from this benchmarks.jar. */
@@ -181,7 +227,7 @@ public final class SideBySide {
     private static String usage() {
         return """
                 usage: java --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED \\
-                            -cp bench/target/benchmarks.jar dev.distillery.bench.SideBySide [options] A.jar B.jar [C.jar ...]
+                            -cp bench/target/benchmarks.jar dev.distillery.bench.SideBySide [options] A.jar [B.jar ...]
 
                 Calls the fused loss of each build alternately in one JVM (DistillLossBenchmark's inputs,
                 loss and gradient in place) and prints min / median / mean ms per build, and each
@@ -191,6 +237,9 @@ public final class SideBySide {
                   --divergence D       forward-kl (default), reverse-kl or jsd
                   --threads N          kernel threads (default 2)
                   --calls N            calls per build (default 40; the first quarter is warm-up)
+                  --copy               also copy 1 GiB into another (MemoryBandwidthBenchmark's copy, at
+                                       --threads) once a round, and print each build's floor GB/s as a
+                                       fraction of that round's copy GB/s (the issue's bar is 0.5)
                 A jar is a distillery-kernels jar or the benchmarks.jar of another commit. Each build holds
                 its own inputs: at 4096x50257 about 6 GB per build.""";
     }
