@@ -31,7 +31,7 @@ import org.openjdk.jmh.annotations.Warmup;
 @Measurement(iterations = 5, time = 2)
 public class MemoryBandwidthBenchmark {
 
-    private static final long BYTES = 1L << 30;
+    static final long BYTES = 1L << 30;
 
     @Param({"1", "2"})
     public int threads;

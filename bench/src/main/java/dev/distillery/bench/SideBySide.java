@@ -143,7 +143,7 @@ public final class SideBySide {
         double gbPerSecond() throws InterruptedException {
             long t0 = System.nanoTime();
             bench.copy();
-            return 2.0 * (1L << 30) / (System.nanoTime() - t0);
+            return 2.0 * MemoryBandwidthBenchmark.BYTES / (System.nanoTime() - t0);
         }
 
         @Override
