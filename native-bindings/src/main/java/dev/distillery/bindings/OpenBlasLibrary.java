@@ -3,14 +3,9 @@ package dev.distillery.bindings;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.UncheckedIOException;
-import java.nio.file.AtomicMoveNotSupportedException;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
-import java.security.MessageDigest;
-import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
-import java.util.HexFormat;
 import java.util.List;
 import java.util.Properties;
 
@@ -173,39 +168,13 @@ public final class OpenBlasLibrary {
     /** Extracts the bundled libraries once into a folder keyed by version and content hash. */
     private static Path extract(ClassLoader loader) throws IOException {
         byte[] blas = readResource(loader, RESOURCE_DIR + "libopenblas.so.0");
-        String key = bundledVersion(loader) + "-" + sha256(blas).substring(0, 16);
-        Path dir = cacheRoot().resolve("openblas-" + key);
-        Files.createDirectories(dir);
+        String key = bundledVersion(loader) + "-" + NativeResources.sha256(blas).substring(0, 16);
+        Path dir = NativeResources.cacheRoot().resolve("openblas-" + key);
         for (String name : BUNDLED_FILES) {
-            Path target = dir.resolve(name);
-            if (Files.exists(target)) {
-                continue;
-            }
-            byte[] bytes = name.equals("libopenblas.so.0") ? blas : readResourceOrNull(loader, RESOURCE_DIR + name);
-            if (bytes == null) {
-                continue;
-            }
-            // Write to a private name, then rename: concurrent JVMs (test forks) never see a half file.
-            Path tmp = Files.createTempFile(dir, name, ".part");
-            Files.write(tmp, bytes);
-            try {
-                Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE);
-            } catch (AtomicMoveNotSupportedException e) {
-                Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING);
-            } catch (IOException e) {
-                Files.deleteIfExists(tmp);
-                if (!Files.exists(target)) throw e;
-            }
+            byte[] bytes = name.equals("libopenblas.so.0") ? blas : NativeResources.readOrNull(loader, RESOURCE_DIR + name);
+            if (bytes != null) NativeResources.writeOnce(dir.resolve(name), bytes);
         }
         return dir;
-    }
-
-    static Path cacheRoot() {
-        String explicit = System.getProperty("distillery.cache");
-        if (explicit != null && !explicit.isBlank()) return Path.of(explicit);
-        String xdg = System.getenv("XDG_CACHE_HOME");
-        if (xdg != null && !xdg.isBlank()) return Path.of(xdg, "distillery");
-        return Path.of(System.getProperty("user.home"), ".cache", "distillery");
     }
 
     private static String bundledVersion(ClassLoader loader) throws IOException {
@@ -218,22 +187,8 @@ public final class OpenBlasLibrary {
     }
 
     private static byte[] readResource(ClassLoader loader, String name) throws IOException {
-        byte[] bytes = readResourceOrNull(loader, name);
+        byte[] bytes = NativeResources.readOrNull(loader, name);
         if (bytes == null) throw new IOException("resource " + name + " vanished from the class path");
         return bytes;
-    }
-
-    private static byte[] readResourceOrNull(ClassLoader loader, String name) throws IOException {
-        try (InputStream in = loader.getResourceAsStream(name)) {
-            return in == null ? null : in.readAllBytes();
-        }
-    }
-
-    private static String sha256(byte[] bytes) {
-        try {
-            return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(bytes));
-        } catch (NoSuchAlgorithmException e) {
-            throw new IllegalStateException("SHA-256 is missing from this JDK", e);
-        }
     }
 }

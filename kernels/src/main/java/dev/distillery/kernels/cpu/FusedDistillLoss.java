@@ -8,9 +8,11 @@ import static dev.distillery.kernels.cpu.VectorOps.SPECIES;
 import static dev.distillery.kernels.cpu.VectorOps.get;
 import static dev.distillery.kernels.cpu.VectorOps.set;
 
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
+import java.util.Objects;
 import java.util.concurrent.atomic.AtomicInteger;
 
 import dev.distillery.kernels.distill.DistillOptions;
@@ -104,13 +106,23 @@ final class FusedDistillLoss {
          */
         int nextRow;
         long fetched;
-        /** Blocks of dense rows that raised the lazy maxima (DenseRow.passA). */
-        long raises;
+        /** Blocks of dense rows that raised the lazy maxima (DenseRow.passA), and rows run by NativeRows. */
+        long raises, nativeRows;
+        /** NativeRows' e_t row and its four outputs: native memory, freed with this Scratch. */
+        MemorySegment nativeET = MemorySegment.NULL, nativeOut = MemorySegment.NULL;
 
         void rows(int v) {
             if (eS.length < v) {
                 eS = new float[v];
                 eT = new float[v];
+            }
+        }
+
+        void nativeRows(int v) {
+            if (nativeET.byteSize() < 4L * v) {
+                Arena arena = Arena.ofAuto();
+                nativeET = arena.allocate(4L * v, 64);
+                nativeOut = arena.allocate(4 * 8, 8);
             }
         }
     }
@@ -119,6 +131,13 @@ final class FusedDistillLoss {
     long raises() {
         long sum = 0;
         for (Scratch sc : scratch) sum += sc.raises;
+        return sum;
+    }
+
+    /** Rows run by NativeRows in this instance's calls so far. */
+    long nativeRows() {
+        long sum = 0;
+        for (Scratch sc : scratch) sum += sc.nativeRows;
         return sum;
     }
 
@@ -553,8 +572,13 @@ final class FusedDistillLoss {
      */
     private static float[] denseForwardKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
                                           int v, float invT, float c1, float cq, Scratch sc) {
-        DenseRow row = DenseRow.start(r, s, so, d, v, sc);
         int power = integerTemperature(invT);
+        if (g != null && (power == 2 || power == 1 && c1 == 0f) && NativeRows.active() && d.vocab() == v
+                && d.type() != LogitType.F16 && s.isNative() && g.isNative() && d.logits().isNative()) {
+            float[] ceKl = nativeForwardKl(r, s, so, g, d, v, invT, power, c1, cq, sc);
+            if (ceKl != null) return ceKl;
+        }
+        DenseRow row = DenseRow.start(r, s, so, d, v, sc);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, eT = sc.eT;
         float scale2 = invT * VectorOps.LOG2E;   // exp(d/T) = 2^(d scale2): VectorOps.exp2
@@ -598,6 +622,49 @@ final class FusedDistillLoss {
             }
         }
         return new float[]{(float) (ms + lz1), (float) kl};
+    }
+
+    /**
+     * denseForwardKl's eInG rows (the gradient over e_s in the gradient row: T = 2, or T = 1 with no
+     * hard-label term) in C (NativeRows, src/main/c/distill_cpu.c): the same passes and arithmetic,
+     * with prefetches of the next row instead of touches. Returns null, having written nothing,
+     * for a row without finite maxima (the Java path then takes it); teacher errors are named here.
+     */
+    private static float[] nativeForwardKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
+                                           int v, float invT, int power, float c1, float cq, Scratch sc) {
+        sc.nativeRows(v);
+        MemorySegment t = d.logits();
+        boolean bf16 = d.type() == LogitType.BF16;
+        long tBytes = bf16 ? 2L : 4L, next = sc.nextRow, to = (long) r * v * tBytes;
+        // checked here, once per row: the C code reads and writes within these ranges only
+        Objects.checkFromIndexSize(so * 4L, 4L * v, s.byteSize());
+        Objects.checkFromIndexSize(so * 4L, 4L * v, g.byteSize());
+        Objects.checkFromIndexSize(to, v * tBytes, t.byteSize());
+        Objects.checkFromIndexSize(next * v * 4L, 4L * v, s.byteSize());
+        Objects.checkFromIndexSize(next * v * tBytes, v * tBytes, t.byteSize());
+        int code = NativeRows.forwardKlRow(s.address() + so * 4L, g.address() + so * 4L, t.address() + to, bf16, v,
+                invT, power, c1, cq, s.address() + next * v * 4L, 4L * v, t.address() + next * v * tBytes, v * tBytes,
+                sc.nativeET, sc.nativeOut);
+        MemorySegment out = sc.nativeOut;
+        switch (code) {
+            case NativeRows.OK -> {
+                sc.nativeRows++;
+                sc.raises += (long) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 2);
+                return new float[]{(float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 0), (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 1)};
+            }
+            case NativeRows.NOT_FINITE -> {
+                return null;
+            }
+            case NativeRows.TEACHER_NAN -> {
+                checkTeacherSum(r, Double.NaN, d, (long) r * v);
+                throw new AssertionError("teacher row " + r + ": NaN sum without a NaN or +inf logit");
+            }
+            case NativeRows.TEACHER_MAX -> {
+                checkTeacherMax(r, (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 3));
+                throw new AssertionError("teacher row " + r + ": a finite maximum reported as not finite");
+            }
+            default -> throw new IllegalStateException("distillery_fkl_row returned " + code + " for row " + r);
+        }
     }
 
     /**

@@ -1,0 +1,139 @@
+package dev.distillery.kernels.cpu;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.SplittableRandom;
+
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Test;
+
+import dev.distillery.kernels.conformance.Buffers;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherTargets;
+
+/**
+ * The native dense forward-KL rows ({@link NativeRows}, src/main/c/distill_cpu.c) against the Java
+ * rows they replace, row for row, on fresh random inputs of awkward widths, both teacher types,
+ * both cases they take (T = 2 with a hard label, T = 1 without), in place and not, with rows
+ * that raise the lazy maxima; FusedDistillLossTest holds both against the float64 reference.
+ */
+class NativeRowsTest {
+
+    private final SplittableRandom rng = new SplittableRandom();
+
+    @AfterEach
+    void nativeRowsBack() {
+        NativeRows.enable(true);
+    }
+
+    /** This project's machines build the library and have AVX-512: the rows must be on here. */
+    @Test
+    void loadedWhereTheBuildHasThem() {
+        boolean built = NativeRows.class.getClassLoader().getResource(NativeRows.RESOURCE) != null;
+        assumeTrue(built, "no C compiler at build time: " + NativeRows.status());
+        assumeTrue(!NativeRows.status().contains("lacks AVX-512"), NativeRows.status());
+        assertTrue(NativeRows.active(), NativeRows.status());
+        assertTrue(NativeRows.status().startsWith("on: "), NativeRows.status());
+    }
+
+    @Test
+    void nativeRowsMatchTheJavaRows() {
+        assumeTrue(NativeRows.active(), NativeRows.status());
+        int block = FusedDistillLoss.BLOCK;
+        try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(2)) {
+            FusedDistillLoss fused = new FusedDistillLoss(pool);
+            for (int v : new int[]{1, 7, 16, 17, 97, block - 1, block, block + 1, 2 * block + 37, 4099}) {
+                for (LogitType type : new LogitType[]{LogitType.BF16, LogitType.F32}) {
+                    for (boolean labelled : new boolean[]{true, false}) {
+                        for (boolean inPlace : new boolean[]{true, false}) {
+                            int n = 5;
+                            float[] s = new float[n * v], t = new float[n * v];
+                            for (int i = 0; i < s.length; i++) {
+                                s[i] = (float) (3 * rng.nextGaussian());
+                                t[i] = (float) (4 * rng.nextGaussian());
+                            }
+                            if (v > block) {   // rows that raise the lazy maxima: pass A starts on the last block
+                                for (int j = 0; j < block; j++) {
+                                    s[j] += 300;            // row 0: the student
+                                    t[v + j] += 300;        // row 1: the teacher
+                                    s[2 * v + j] += 100;    // row 2: both
+                                    t[2 * v + j] += 200;
+                                }
+                            }
+                            String what = "V " + v + " " + type + (labelled ? ", T 2 with labels" : ", T 1 without") + (inPlace ? ", in place" : "");
+                            DistillOptions o = labelled ? DistillOptions.of(2f, 0.5f) : DistillOptions.of(1f, 0f);
+                            long before = fused.nativeRows();
+                            float[][] nat = run(fused, arena, s, t, type, n, v, o, labelled, inPlace);
+                            assertEquals(n, fused.nativeRows() - before, what + ": rows run natively");
+                            NativeRows.enable(false);
+                            float[][] java = run(fused, arena, s, t, type, n, v, o, labelled, inPlace);
+                            NativeRows.enable(true);
+                            for (int k = 0; k < 3; k++) {
+                                double err = relative(java[k], nat[k]);
+                                assertTrue(err < 2e-5, what + ": " + new String[]{"gradient", "CE", "KL"}[k] + " off by " + err);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /** A NaN teacher logit is named by row and column on the native path too; a NaN student row gives a NaN loss. */
+    @Test
+    void nanLogitsAreReported() {
+        assumeTrue(NativeRows.active(), NativeRows.status());
+        int v = 300, n = 3;
+        try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(1)) {
+            FusedDistillLoss fused = new FusedDistillLoss(pool);
+            float[] s = new float[n * v], t = new float[n * v];
+            for (int i = 0; i < s.length; i++) {
+                s[i] = (float) rng.nextGaussian();
+                t[i] = (float) rng.nextGaussian();
+            }
+            t[v + 17] = Float.NaN;
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> run(fused, arena, s, t, LogitType.BF16, n, v, DistillOptions.of(2f, 0.5f), true, true));
+            assertTrue(e.getMessage().contains("teacher row 1 has a NaN logit at column 17"), e.getMessage());
+            t[v + 17] = 0f;
+            s[2 * v + 5] = Float.NaN;
+            float[][] out = run(fused, arena, s, t, LogitType.BF16, n, v, DistillOptions.of(2f, 0.5f), true, true);
+            assertTrue(Float.isNaN(out[2][2]), "KL of the NaN row: " + out[2][2]);
+            assertFalse(Float.isNaN(out[2][0]), "KL of a clean row: " + out[2][0]);
+        }
+    }
+
+    /** {gradient, per-row CE, per-row KL}, outputs poisoned first. */
+    private static float[][] run(FusedDistillLoss fused, Arena arena, float[] s, float[] t, LogitType type, int n, int v,
+                                 DistillOptions o, boolean labelled, boolean inPlace) {
+        MemorySegment st = arena.allocateFrom(ValueLayout.JAVA_FLOAT, s);
+        MemorySegment tt = arena.allocate((long) type.bytes() * t.length, 64);
+        for (int i = 0; i < t.length; i++) type.write(tt, i, t[i]);
+        MemorySegment g = inPlace ? st : Buffers.poisoned(arena, (long) n * v);
+        MemorySegment ce = Buffers.poisoned(arena, n), kl = Buffers.poisoned(arena, n);
+        int[] labels = new int[n];
+        for (int r = 0; r < n; r++) labels[r] = (r * 7919) % v;
+        DistillSums sums = fused.run(st, g, new TeacherTargets.Dense(tt, type, v), labelled ? Buffers.ints(arena, labels) : null,
+                ce, kl, n, v, o, 1f / n);
+        assertEquals(n, sums.rows());
+        return new float[][]{g.toArray(ValueLayout.JAVA_FLOAT), ce.toArray(ValueLayout.JAVA_FLOAT), kl.toArray(ValueLayout.JAVA_FLOAT)};
+    }
+
+    private static double relative(float[] expected, float[] actual) {
+        double num = 0, den = 0;
+        for (int i = 0; i < expected.length; i++) {
+            num = Math.max(num, Math.abs((double) expected[i] - actual[i]));
+            den = Math.max(den, Math.abs((double) expected[i]));
+        }
+        return num / Math.max(den, 1e-30);
+    }
+}
