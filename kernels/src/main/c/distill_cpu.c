@@ -100,30 +100,17 @@ static float teacher_max(const void *t, int bf, long from, int n) {
     return m;
 }
 
-/* The teacher block as fp32 (loadTeacher). */
-static KERNEL void load_teacher(const void *t, int bf, long from, int len, float *tb) {
-    if (!bf) {
-        memcpy(tb, (const float *) t + from, (size_t) len * 4);
-        return;
-    }
-    const uint16_t *h = (const uint16_t *) t + from;
-    int i = 0;
-    for (; i + LANES <= len; i += LANES) {
-        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *) (h + i)));
-        _mm512_storeu_ps(tb + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
-    }
-    for (; i < len; i++) tb[i] = bf16(h[i]);
-}
-
 /*
  * fklBlock: e_s = 2^((s - ms) k) to es, e_t = 2^((t - mt) k) to et, sums {sum e_s, sum e_s^2,
  * sum e_t, sum e_t ((t - mt) - (s - ms))}, terms whose e_t underflows left out of the fourth.
  * Prefetches one line of the next student row and half a line of its teacher row per 16 columns,
  * from ps / pt, never past ps_end / pt_end.
  */
-static KERNEL void fkl_block(const float *s, int len, float ms, float k, float *es_out, const float *tb, float mt,
-                             float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
-                             int pt_step, float *sums) {
+static inline __attribute__((always_inline)) KERNEL void fkl_block_t(const float *s, int len, float ms, float k,
+        float *es_out, const void *tv, int bf, float mt, float *et_out, const char *ps, const char *ps_end,
+        const char *pt, const char *pt_end, int pt_step, float *sums) {
+    const uint16_t *th = (const uint16_t *) tv;
+    const float *tf = (const float *) tv;
     __m512 zs = _mm512_setzero_ps(), zsq = zs, zt = zs, acc = zs;
     __m512 MS = _mm512_set1_ps(ms), MT = _mm512_set1_ps(mt);
     float lo = EXP2_LO / k;
@@ -134,7 +121,10 @@ static KERNEL void fkl_block(const float *s, int len, float ms, float k, float *
         _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
         _mm_prefetch(b < pt_end ? b : pt_end, _MM_HINT_T0);
         __m512 ds = _mm512_sub_ps(_mm512_loadu_ps(s + i), MS);
-        __m512 dt = _mm512_sub_ps(_mm512_loadu_ps(tb + i), MT);
+        __m512 tt = bf ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                             _mm256_loadu_si256((const __m256i *) (th + i))), 16))
+                       : _mm512_loadu_ps(tf + i);
+        __m512 dt = _mm512_sub_ps(tt, MT);
         __m512 es = exp2v(ds, k), et = exp2v(dt, k);
         zs = _mm512_add_ps(zs, es);
         zsq = _mm512_fmadd_ps(es, es, zsq);
@@ -147,7 +137,7 @@ static KERNEL void fkl_block(const float *s, int len, float ms, float k, float *
     float szs = _mm512_reduce_add_ps(zs), szsq = _mm512_reduce_add_ps(zsq), szt = _mm512_reduce_add_ps(zt),
           sacc = _mm512_reduce_add_ps(acc);
     for (; i < len; i++) {
-        float ds = s[i] - ms, dt = tb[i] - mt;
+        float ds = s[i] - ms, dt = (bf ? bf16(th[i]) : tf[i]) - mt;
         float es = exp2s(ds, k), et = exp2s(dt, k);
         szs += es;
         szsq = fmaf(es, es, szsq);
@@ -160,6 +150,18 @@ static KERNEL void fkl_block(const float *s, int len, float ms, float k, float *
     sums[1] = szsq;
     sums[2] = szt;
     sums[3] = sacc;
+}
+
+static KERNEL void fkl_block_bf16(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
+                                  float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
+                                  float *sums) {
+    fkl_block_t(s, len, ms, k, es_out, t, 1, mt, et_out, ps, ps_end, pt, pt_end, 2, sums);
+}
+
+static KERNEL void fkl_block_f32(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
+                                 float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
+                                 float *sums) {
+    fkl_block_t(s, len, ms, k, es_out, t, 0, mt, et_out, ps, ps_end, pt, pt_end, 4, sums);
 }
 
 /*
@@ -184,7 +186,6 @@ KERNEL int distillery_fkl_row(const float *s, float *g, const void *t, int teach
     if (!isfinite(ms) || !isfinite(mt)) return ROW_NOT_FINITE;
 
     float k = inv_t * LOG2E;
-    float tb[BLOCK] __attribute__((aligned(64)));
     float gb[BLOCK] __attribute__((aligned(64)));
     float sums[4];
     double zs = 0, zsq = 0, zt = 0, acc = 0, raises = 0;
@@ -193,12 +194,14 @@ KERNEL int distillery_fkl_row(const float *s, float *g, const void *t, int teach
     for (int bi = 0; bi < nb; bi++) {
         int j0 = (nb - 1 - bi) * BLOCK, len = v - j0 < BLOCK ? v - j0 : BLOCK;
         const char *ps = next_s + (long) bi * BLOCK * 4, *pt = next_t + (long) bi * BLOCK * pt_step;
-        load_teacher(t, teacher_bf16, j0, len, tb);
-        fkl_block(s + j0, len, ms, k, gb, tb, mt, e_t + j0, ps, ps_end, pt, pt_end, pt_step, sums);
+        const void *tj = (const char *) t + (long) j0 * pt_step;
+        void (*block)(const float *, int, float, float, float *, const void *, float, float *, const char *,
+                      const char *, const char *, const char *, float *) = teacher_bf16 ? fkl_block_bf16 : fkl_block_f32;
+        block(s + j0, len, ms, k, gb, tj, mt, e_t + j0, ps, ps_end, pt, pt_end, sums);
         if (sums[0] > RAISE || sums[2] > RAISE) {
             /* DenseRow.passA: raise the maxima to the block's, rescale what is done, run again */
             float ms2 = greater(ms, max_skipping_nan(s + j0, len));
-            float mt2 = greater(mt, max_skipping_nan(tb, len));
+            float mt2 = greater(mt, teacher_max(t, teacher_bf16, j0, len));
             if (isnan(mt2) || isinf(mt2)) {
                 out[3] = mt2;
                 return ROW_TEACHER_MAX;
@@ -217,7 +220,7 @@ KERNEL int distillery_fkl_row(const float *s, float *g, const void *t, int teach
             raises++;
             ms = ms2;
             mt = mt2;
-            fkl_block(s + j0, len, ms, k, gb, tb, mt, e_t + j0, ps, ps_end, pt, pt_end, pt_step, sums);
+            block(s + j0, len, ms, k, gb, tj, mt, e_t + j0, ps, ps_end, pt, pt_end, sums);
         }
         if (!(sums[0] > RAISE || sums[2] > RAISE)) memcpy(g + j0, gb, (size_t) len * 4);
         zs += sums[0];
