@@ -1,6 +1,6 @@
 /*
  * Dense forward-KL rows of the fused distillation loss on the CPU, in C: the plan of
- * FusedDistillLoss.denseForwardKl (docs/KERNELS.md#passes-and-memory) for its commonest case, the
+ * FusedDistillLoss.denseForwardKl (docs/KERNELS.md#the-native-row) for its commonest case, the
  * gradient over the e_s that pass A leaves in the gradient row (T = 2, or no hard label at T = 1),
  * with an fp32 or bf16 teacher as wide as the student. Why C: the same plan in C runs in 0.70-0.80
  * of the Java kernel's time here (C2 copies every Horner constant before its fma, keeps the
