@@ -75,7 +75,8 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public String describe() {
-        return "cpu (" + gemm.describe() + ", " + pool.threads() + (pool.threads() == 1 ? " thread, " : " threads, ") + SPECIES.vectorBitSize() + "-bit vectors)";
+        return "cpu (" + gemm.describe() + ", " + pool.threads() + (pool.threads() == 1 ? " thread, " : " threads, ") + SPECIES.vectorBitSize()
+                + "-bit vectors, " + (NativeRows.active() ? "native loss rows" : "loss rows in Java: native ones " + NativeRows.status()) + ")";
     }
 
     public int threads() {

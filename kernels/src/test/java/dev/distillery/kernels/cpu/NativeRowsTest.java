@@ -43,6 +43,9 @@ class NativeRowsTest {
         assumeTrue(!NativeRows.status().contains("lacks AVX-512"), NativeRows.status());
         assertTrue(NativeRows.active(), NativeRows.status());
         assertTrue(NativeRows.status().startsWith("on: "), NativeRows.status());
+        try (CpuKernels kernels = new CpuKernels(1, "auto")) {
+            assertTrue(kernels.describe().contains("native loss rows"), kernels.describe());
+        }
     }
 
     @Test
