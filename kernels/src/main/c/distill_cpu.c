@@ -34,7 +34,7 @@ static const float E1 = 6.9314718246e-01f, E2 = 2.4022647738e-01f, E3 = 5.550332
 /* Return codes of distillery_fkl_row. */
 enum { ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3 };
 
-int distillery_cpu_abi(void) { return 1; }
+int distillery_cpu_abi(void) { return 2; }
 
 int distillery_cpu_supported(void) {
     __builtin_cpu_init();
@@ -82,9 +82,18 @@ static inline KERNEL float exp2s(float d, float k) {
     return p * from_bits((uint32_t) field << 23);
 }
 
-static float max_skipping_nan(const float *x, int n) {
-    float m = -INFINITY;
-    for (int i = 0; i < n; i++) m = greater(m, x[i]);
+/* VectorOps.maxSkippingNaN: a lane takes x only where x > it, so NaN never wins. */
+static KERNEL float max_skipping_nan(const float *x, int n) {
+    __m512 a = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        __m512 y = _mm512_loadu_ps(x + i);
+        a = _mm512_mask_mov_ps(a, _mm512_cmp_ps_mask(y, a, _CMP_GT_OQ), y);
+    }
+    float lanes[LANES], m = -INFINITY;
+    _mm512_storeu_ps(lanes, a);
+    for (int l = 0; l < LANES; l++) m = greater(m, lanes[l]);
+    for (; i < n; i++) m = greater(m, x[i]);
     return m;
 }
 
@@ -244,4 +253,77 @@ KERNEL int distillery_fkl_row(const float *s, float *g, const void *t, int teach
     out[1] = kl;
     out[2] = raises;
     return ROW_OK;
+}
+
+/*
+ * Sparse teachers (top-k, sampled), pass A of the student row (FusedDistillLoss.studentPass with
+ * e kept): per block, its max folded into the running one (the sums so far rescaled), then
+ * e = 2^((s - m) k) to e with m that running max (recorded in block_max), sum e and sum e^power
+ * (power 1 or 2: the CE's normalizer at T = 1 or 2). Prefetches the next row's line per 16
+ * columns. out = {m, log Z_T, log Z_1}.
+ */
+KERNEL void distillery_student_row(const float *s, int v, float inv_t, int power, float *e, float *block_max,
+                                   const char *next_s, long next_s_bytes, double *out) {
+    float m = -INFINITY, k = inv_t * LOG2E;
+    double zt = 0, z1 = 0;
+    const char *ps_end = next_s + next_s_bytes - 1;
+    for (int j0 = 0; j0 < v; j0 += BLOCK) {
+        int len = v - j0 < BLOCK ? v - j0 : BLOCK;
+        float bm = max_skipping_nan(s + j0, len);
+        if (bm > m) {
+            if (m != -INFINITY) {
+                zt *= exp((m - bm) * (double) inv_t);
+                z1 *= exp(m - (double) bm);
+            }
+            m = bm;
+        }
+        block_max[j0 / BLOCK] = m;
+        __m512 acc = _mm512_setzero_ps(), accp = acc, M = _mm512_set1_ps(m);
+        const char *ps = next_s + (long) j0 * 4;
+        int i = 0;
+        for (; i + LANES <= len; i += LANES) {
+            const char *a = ps + (long) i * 4;
+            _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
+            __m512 x = exp2v(_mm512_sub_ps(_mm512_loadu_ps(s + j0 + i), M), k);
+            _mm512_storeu_ps(e + j0 + i, x);
+            acc = _mm512_add_ps(acc, x);
+            accp = _mm512_add_ps(accp, power == 2 ? _mm512_mul_ps(x, x) : x);
+        }
+        float s1 = _mm512_reduce_add_ps(acc), sp = _mm512_reduce_add_ps(accp);
+        for (; i < len; i++) {
+            float x = exp2s(s[j0 + i] - m, k);
+            e[j0 + i] = x;
+            s1 += x;
+            sp += power == 2 ? x * x : x;
+        }
+        zt += s1;
+        z1 += sp;
+    }
+    out[0] = m;
+    out[1] = log(zt);
+    out[2] = log(z1);
+}
+
+/*
+ * FusedDistillLoss.squaredGradient: g = q cqw + c2 q^2 with q = e f_b, f_b = exp((m_b - m)/T -
+ * log Z_T), c2 = c1 Z_T^2 / Z_1 (0 without a hard label), last block first.
+ */
+KERNEL void distillery_squared_gradient(float *g, const float *e, const float *block_max, int v, float m, float inv_t,
+                                        float log_zt, float log_z1, float c1, float cqw) {
+    float c2 = c1 == 0.f ? 0.f : (float) (c1 * exp(2.0 * log_zt - log_z1));
+    __m512 C2 = _mm512_set1_ps(c2), W = _mm512_set1_ps(cqw);
+    for (int j0 = (v - 1) / BLOCK * BLOCK; j0 >= 0; j0 -= BLOCK) {
+        int len = v - j0 < BLOCK ? v - j0 : BLOCK;
+        float f = (float) exp((block_max[j0 / BLOCK] - m) * (double) inv_t - log_zt);
+        __m512 F = _mm512_set1_ps(f);
+        int i = 0;
+        for (; i + LANES <= len; i += LANES) {
+            __m512 q = _mm512_mul_ps(_mm512_loadu_ps(e + j0 + i), F);
+            _mm512_storeu_ps(g + j0 + i, _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(q, q), C2), _mm512_mul_ps(q, W)));
+        }
+        for (; i < len; i++) {
+            float q = e[j0 + i] * f;
+            g[j0 + i] = q * q * c2 + q * cqw;
+        }
+    }
 }

@@ -108,8 +108,12 @@ final class FusedDistillLoss {
         long fetched;
         /** Blocks of dense rows that raised the lazy maxima (DenseRow.passA), and rows run by NativeRows. */
         long raises, nativeRows;
-        /** NativeRows' e_t row and its four outputs: native memory, freed with this Scratch. */
-        MemorySegment nativeET = MemorySegment.NULL, nativeOut = MemorySegment.NULL;
+        /**
+         * NativeRows' e_t (dense) or e (sparse) row, a sparse row's block maxima and the outputs:
+         * native memory, freed with this Scratch; eNative: this sparse row's e is there, not in eS.
+         */
+        MemorySegment nativeET = MemorySegment.NULL, nativeBlockMax = MemorySegment.NULL, nativeOut = MemorySegment.NULL;
+        boolean eNative;
 
         void rows(int v) {
             if (eS.length < v) {
@@ -122,6 +126,7 @@ final class FusedDistillLoss {
             if (nativeET.byteSize() < 4L * v) {
                 Arena arena = Arena.ofAuto();
                 nativeET = arena.allocate(4L * v, 64);
+                nativeBlockMax = arena.allocate(4L * ((v + BLOCK - 1) / BLOCK), 64);
                 nativeOut = arena.allocate(4 * 8, 8);
             }
         }
@@ -216,7 +221,10 @@ final class FusedDistillLoss {
             return new float[]{label >= 0 ? ceKl[0] - sLabel : 0f, ceKl[1] * o.divergenceScale()};
         }
         if (storeE) sc.rows(v);
-        Student st = studentPass(s, so, v, invT, storeE ? sc.eS : null, sc);
+        int power = integerTemperature(invT);
+        // the native rows take pass A and the unlisted columns' gradient when that is e-squared (sharedGradient)
+        sc.eNative = storeE && (power == 2 || power == 1 && c1 == 0f) && NativeRows.active() && s.isNative() && g.isNative();
+        Student st = sc.eNative ? nativeStudentPass(s, so, v, invT, power, sc) : studentPass(s, so, v, invT, storeE ? sc.eS : null, sc);
         float ce = label >= 0 ? st.max() + st.logZ1() - sLabel : 0f;
         float div = switch (teacher) {
             case TeacherTargets.Dense d -> throw new AssertionError("dense teachers have their own paths");
@@ -266,6 +274,23 @@ final class FusedDistillLoss {
             if (power > 0) z1 += sums[1];
         }
         return new Student(m, (float) Math.log(zt), (float) Math.log(z1));
+    }
+
+    /**
+     * studentPass with e kept, in C (NativeRows): e and the block maxima go to native scratch, where
+     * sharedGradient's e-squared case reads them. Same arithmetic; prefetches instead of touches.
+     */
+    private static Student nativeStudentPass(MemorySegment s, long so, int v, float invT, int power, Scratch sc) {
+        sc.nativeRows(v);
+        long next = sc.nextRow;
+        Objects.checkFromIndexSize(so * 4L, 4L * v, s.byteSize());
+        Objects.checkFromIndexSize(next * v * 4L, 4L * v, s.byteSize());
+        NativeRows.studentRow(s.address() + so * 4L, v, invT, power, sc.nativeET, sc.nativeBlockMax,
+                s.address() + next * v * 4L, 4L * v, sc.nativeOut);
+        sc.nativeRows++;
+        MemorySegment out = sc.nativeOut;
+        return new Student((float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 0), (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 1),
+                (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 2));
     }
 
     /**
@@ -1080,7 +1105,13 @@ final class FusedDistillLoss {
     private static void sharedGradient(MemorySegment s, long so, MemorySegment g, int v, Student st, float invT,
                                        float c1, float cqw, boolean storedE, Scratch sc) {
         if (storedE && (c1 == 0f || integerTemperature(invT) == 2)) {
-            squaredGradient(so, g, v, st, invT, c1, cqw, sc);
+            if (sc.eNative) {
+                Objects.checkFromIndexSize(so * 4L, 4L * v, g.byteSize());
+                NativeRows.squaredGradient(g.address() + so * 4L, sc.nativeET, sc.nativeBlockMax, v, st.max(), invT,
+                        st.logZt(), st.logZ1(), c1, cqw);
+            } else {
+                squaredGradient(so, g, v, st, invT, c1, cqw, sc);
+            }
             return;
         }
         float[] gb = sc.gb;

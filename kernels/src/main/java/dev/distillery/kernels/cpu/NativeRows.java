@@ -15,10 +15,12 @@ import dev.distillery.bindings.NativeResources;
 
 /**
  * The native rows of the fused distillation loss (kernels/src/main/c/distill_cpu.c, built into the
- * jar by kernels/build-native.sh when a C compiler is there): the dense forward-KL row whose
- * gradient is formed over the e_s pass A leaves in the gradient row, in C with prefetches of the
- * next row (docs/KERNELS.md#the-native-row). FusedDistillLoss calls it for such rows when it is
- * available and enabled; every other row, and every error message, stays in Java.
+ * jar by kernels/build-native.sh when a C compiler is there), in C with prefetches of the next
+ * row (docs/KERNELS.md#the-native-row): the dense forward-KL row whose gradient is formed over the
+ * e_s pass A leaves in the gradient row, and a sparse teacher's passes over the whole student row
+ * (pass A and the gradient of the columns no entry lists) when that gradient is e-squared.
+ * FusedDistillLoss calls them for such rows when they are available and enabled; every other row,
+ * the sparse entries, and every error message stay in Java.
  *
  * <p>{@code -Ddistillery.nativeLoss=auto} (default) uses it on Linux x86-64 CPUs with AVX-512
  * (F, BW, DQ) and FMA; {@code off} never. {@link #status()} says which and why.
@@ -29,13 +31,13 @@ final class NativeRows {
     /** distillery_fkl_row's return codes. */
     static final int OK = 0, NOT_FINITE = 1, TEACHER_NAN = 2, TEACHER_MAX = 3;
 
-    private static final MethodHandle ROW;
+    private static final MethodHandle ROW, STUDENT, SQUARED;
     private static final String STATUS;
     /** Tests run the Java rows too: they turn this off around a run. */
     private static volatile boolean enabled = true;
 
     static {
-        MethodHandle row = null;
+        MethodHandle row = null, student = null, squared = null;
         String status;
         try {
             String choice = System.getProperty("distillery.nativeLoss", "auto").trim().toLowerCase(Locale.ROOT);
@@ -58,8 +60,8 @@ final class NativeRows {
                             FunctionDescriptor.of(ValueLayout.JAVA_INT)).invokeExact();
                     int supported = (int) linker.downcallHandle(lookup.findOrThrow("distillery_cpu_supported"),
                             FunctionDescriptor.of(ValueLayout.JAVA_INT)).invokeExact();
-                    if (abi != 1) {
-                        status = "not available: " + lib + " has interface version " + abi + ", this code wants 1";
+                    if (abi != 2) {
+                        status = "not available: " + lib + " has interface version " + abi + ", this code wants 2";
                     } else if (supported == 0) {
                         status = "not available: this CPU lacks AVX-512 F/BW/DQ or FMA";
                     } else {
@@ -70,6 +72,12 @@ final class NativeRows {
                                         ValueLayout.JAVA_FLOAT, ValueLayout.JAVA_INT, ValueLayout.JAVA_FLOAT, ValueLayout.JAVA_FLOAT,
                                         p, p, p, p, p, p),
                                 Linker.Option.critical(false));
+                        ValueLayout.OfInt i = ValueLayout.JAVA_INT;
+                        ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;
+                        student = linker.downcallHandle(lookup.findOrThrow("distillery_student_row"),
+                                FunctionDescriptor.ofVoid(p, i, f, i, p, p, p, p, p), Linker.Option.critical(false));
+                        squared = linker.downcallHandle(lookup.findOrThrow("distillery_squared_gradient"),
+                                FunctionDescriptor.ofVoid(p, p, p, i, f, f, f, f, f, f), Linker.Option.critical(false));
                         status = "on: " + lib;
                     }
                 }
@@ -80,6 +88,8 @@ final class NativeRows {
             throw new ExceptionInInitializerError(e);
         }
         ROW = row;
+        STUDENT = student;
+        SQUARED = squared;
         STATUS = status;
     }
 
@@ -99,6 +109,29 @@ final class NativeRows {
     /** For tests: run the Java rows (false) or the native ones where they apply (true). */
     static void enable(boolean on) {
         enabled = on;
+    }
+
+    /**
+     * distillery_student_row (a sparse teacher's pass A over the student row): e and blockMax
+     * scratch (v and ceil(v / BLOCK) floats), out {m, log Z_T, log Z_1}.
+     */
+    static void studentRow(long s, int v, float invT, int power, MemorySegment e, MemorySegment blockMax,
+                           long nextS, long nextSBytes, MemorySegment out) {
+        try {
+            STUDENT.invokeExact(s, v, invT, power, e.address(), blockMax.address(), nextS, nextSBytes, out.address());
+        } catch (Throwable t) {
+            throw new IllegalStateException("distillery_student_row failed", t);
+        }
+    }
+
+    /** distillery_squared_gradient: the gradient of every column of a sparse row from studentRow's e. */
+    static void squaredGradient(long g, MemorySegment e, MemorySegment blockMax, int v, float m, float invT, float logZt,
+                                float logZ1, float c1, float cqw) {
+        try {
+            SQUARED.invokeExact(g, e.address(), blockMax.address(), v, m, invT, logZt, logZ1, c1, cqw);
+        } catch (Throwable t) {
+            throw new IllegalStateException("distillery_squared_gradient failed", t);
+        }
     }
 
     /**

@@ -21,10 +21,11 @@ import dev.distillery.kernels.distill.LogitType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
- * The native dense forward-KL rows ({@link NativeRows}, src/main/c/distill_cpu.c) against the Java
- * rows they replace, row for row, on fresh random inputs of awkward widths, both teacher types,
- * both cases they take (T = 2 with a hard label, T = 1 without), in place and not, with rows
- * that raise the lazy maxima; FusedDistillLossTest holds both against the float64 reference.
+ * The native rows ({@link NativeRows}, src/main/c/distill_cpu.c) against the Java rows they
+ * replace, row for row, on fresh random inputs of awkward widths: dense forward KL with both
+ * teacher types and rows that raise the lazy maxima, top-k and sampled teachers with a later block
+ * raising the student's running max; both cases they take (T = 2 with a hard label, T = 1
+ * without), in place and not. FusedDistillLossTest holds both against the float64 reference.
  */
 class NativeRowsTest {
 
@@ -91,6 +92,60 @@ class NativeRowsTest {
         }
     }
 
+    /** Top-k and sampled rows: the student's passes run natively, the listed entries in Java. */
+    @Test
+    void sparseRowsMatchTheJavaRows() {
+        assumeTrue(NativeRows.active(), NativeRows.status());
+        int block = FusedDistillLoss.BLOCK;
+        try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(2)) {
+            FusedDistillLoss fused = new FusedDistillLoss(pool);
+            for (int v : new int[]{1, 7, 17, 97, block - 1, block + 1, 2 * block + 37, 4099}) {
+                for (boolean labelled : new boolean[]{true, false}) {
+                    for (boolean sampled : new boolean[]{false, true}) {
+                        for (boolean inPlace : new boolean[]{true, false}) {
+                            int n = 4, k = Math.min(5, v);
+                            float temperature = labelled ? 2f : 1f;
+                            float[] s = new float[n * v];
+                            for (int i = 0; i < s.length; i++) s[i] = (float) (3 * rng.nextGaussian());
+                            if (v > block) for (int j = block; j < v; j++) s[j] += 40;   // a later block with a larger max
+                            int[] ids = new int[n * k];
+                            float[] values = new float[n * k], lse = new float[n];
+                            for (int r = 0; r < n; r++) {
+                                int[] pick = rng.ints(0, v).distinct().limit(k).toArray();
+                                double z = 0;
+                                for (int i = 0; i < k; i++) {
+                                    ids[r * k + i] = pick[i];
+                                    values[r * k + i] = sampled ? 1 + rng.nextInt(3) : (float) (2 * rng.nextGaussian());
+                                    z += Math.exp(values[r * k + i] / temperature);
+                                }
+                                lse[r] = (float) Math.log(z) + 1f;   // leaves mass for the tail bucket
+                            }
+                            TeacherTargets targets = sampled
+                                    ? new TeacherTargets.Sampled(arena.allocateFrom(ValueLayout.JAVA_INT, ids),
+                                            arena.allocateFrom(ValueLayout.JAVA_FLOAT, values), k, v, temperature)
+                                    : new TeacherTargets.TopK(arena.allocateFrom(ValueLayout.JAVA_INT, ids),
+                                            arena.allocateFrom(ValueLayout.JAVA_FLOAT, values), LogitType.F32,
+                                            arena.allocateFrom(ValueLayout.JAVA_FLOAT, lse), k, v, temperature);
+                            String what = "V " + v + (sampled ? " sampled" : " top-" + k) + (labelled ? ", T 2 with labels" : ", T 1 without")
+                                    + (inPlace ? ", in place" : "");
+                            DistillOptions o = DistillOptions.of(temperature, labelled ? 0.5f : 0f);
+                            long before = fused.nativeRows();
+                            float[][] nat = run(fused, arena, s, targets, n, v, o, labelled, inPlace);
+                            assertEquals(n, fused.nativeRows() - before, what + ": rows run natively");
+                            NativeRows.enable(false);
+                            float[][] java = run(fused, arena, s, targets, n, v, o, labelled, inPlace);
+                            NativeRows.enable(true);
+                            for (int c = 0; c < 3; c++) {
+                                double err = relative(java[c], nat[c]);
+                                assertTrue(err < 2e-5, what + ": " + new String[]{"gradient", "CE", "divergence"}[c] + " off by " + err);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /** A NaN teacher logit is named by row and column on the native path too; a NaN student row gives a NaN loss. */
     @Test
     void nanLogitsAreReported() {
@@ -115,17 +170,23 @@ class NativeRowsTest {
         }
     }
 
-    /** {gradient, per-row CE, per-row KL}, outputs poisoned first. */
+    /** {gradient, per-row CE, per-row KL} for a dense teacher t stored as type, outputs poisoned first. */
     private static float[][] run(FusedDistillLoss fused, Arena arena, float[] s, float[] t, LogitType type, int n, int v,
                                  DistillOptions o, boolean labelled, boolean inPlace) {
-        MemorySegment st = arena.allocateFrom(ValueLayout.JAVA_FLOAT, s);
         MemorySegment tt = arena.allocate((long) type.bytes() * t.length, 64);
         for (int i = 0; i < t.length; i++) type.write(tt, i, t[i]);
+        return run(fused, arena, s, new TeacherTargets.Dense(tt, type, v), n, v, o, labelled, inPlace);
+    }
+
+    /** {gradient, per-row CE, per-row divergence}, outputs poisoned first. */
+    private static float[][] run(FusedDistillLoss fused, Arena arena, float[] s, TeacherTargets teacher, int n, int v,
+                                 DistillOptions o, boolean labelled, boolean inPlace) {
+        MemorySegment st = arena.allocateFrom(ValueLayout.JAVA_FLOAT, s);
         MemorySegment g = inPlace ? st : Buffers.poisoned(arena, (long) n * v);
         MemorySegment ce = Buffers.poisoned(arena, n), kl = Buffers.poisoned(arena, n);
         int[] labels = new int[n];
         for (int r = 0; r < n; r++) labels[r] = (r * 7919) % v;
-        DistillSums sums = fused.run(st, g, new TeacherTargets.Dense(tt, type, v), labelled ? Buffers.ints(arena, labels) : null,
+        DistillSums sums = fused.run(st, g, teacher, labelled ? Buffers.ints(arena, labels) : null,
                 ce, kl, n, v, o, 1f / n);
         assertEquals(n, sums.rows());
         return new float[][]{g.toArray(ValueLayout.JAVA_FLOAT), ce.toArray(ValueLayout.JAVA_FLOAT), kl.toArray(ValueLayout.JAVA_FLOAT)};
