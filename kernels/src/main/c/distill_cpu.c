@@ -1,16 +1,19 @@
 /*
- * Dense forward-KL rows of the fused distillation loss on the CPU, in C: the plan of
+ * The commonest rows of the fused distillation loss on the CPU, in C. Dense forward KL: the plan of
  * FusedDistillLoss.denseForwardKl (docs/KERNELS.md#the-native-row) for its commonest case, the
  * gradient over the e_s that pass A leaves in the gradient row (T = 2, or no hard label at T = 1),
- * with an fp32 or bf16 teacher as wide as the student. Why C: the same plan in C runs in 0.70-0.80
- * of the Java kernel's time here (C2 copies every Horner constant before its fma, keeps the
- * touches' limits on the stack, and cannot issue a prefetch), and prefetch instructions fetch the
- * next row without holding up retirement as the Java kernel's demand-load touches do.
+ * with an fp32 or bf16 teacher as wide as the student. Sparse teachers (top-k, sampled): the two
+ * passes over the student row (studentPass, squaredGradient) when that gradient is e-squared.
+ * Why C: the same plan in C runs in 0.70-0.80 of the Java kernel's time here (C2 copies every
+ * Horner constant before its fma, keeps the touches' limits on the stack, and cannot issue a
+ * prefetch), and prefetch instructions fetch the next row without holding up retirement as the
+ * Java kernel's demand-load touches do.
  *
  * Same arithmetic as the Java kernel, operation for operation: VectorOps.exp2's polynomial and
  * range reduction, the lazy maxima raised past RAISE, pass A last block first, pass B first block
- * first. FusedDistillLoss calls distillery_fkl_row once per row (an FFM downcall) and keeps every
- * other case, and every error message, in Java.
+ * first. FusedDistillLoss calls distillery_fkl_row once per dense row, distillery_student_row and
+ * distillery_squared_gradient once each per sparse row (FFM downcalls), and keeps every other
+ * case, the sparse entries and every error message in Java.
  *
  * Built by kernels/build-native.sh (gcc, no -march: the kernel functions carry their own target
  * attribute and distillery_cpu_supported() says whether this CPU can run them).
