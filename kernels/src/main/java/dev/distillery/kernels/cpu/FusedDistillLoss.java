@@ -122,7 +122,7 @@ final class FusedDistillLoss {
             }
         }
 
-        void nativeRows(int v) {
+        void nativeScratch(int v) {
             if (nativeET.byteSize() < 4L * v) {
                 Arena arena = Arena.ofAuto();
                 nativeET = arena.allocate(4L * v, 64);
@@ -281,7 +281,7 @@ final class FusedDistillLoss {
      * sharedGradient's e-squared case reads them. Same arithmetic; prefetches instead of touches.
      */
     private static Student nativeStudentPass(MemorySegment s, long so, int v, float invT, int power, Scratch sc) {
-        sc.nativeRows(v);
+        sc.nativeScratch(v);
         long next = sc.nextRow;
         Objects.checkFromIndexSize(so * 4L, 4L * v, s.byteSize());
         Objects.checkFromIndexSize(next * v * 4L, 4L * v, s.byteSize());
@@ -657,7 +657,7 @@ final class FusedDistillLoss {
      */
     private static float[] nativeForwardKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
                                            int v, float invT, int power, float c1, float cq, Scratch sc) {
-        sc.nativeRows(v);
+        sc.nativeScratch(v);
         MemorySegment t = d.logits();
         boolean bf16 = d.type() == LogitType.BF16;
         long tBytes = bf16 ? 2L : 4L, next = sc.nextRow, to = (long) r * v * tBytes;
