@@ -10,6 +10,7 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.SplittableRandom;
+import java.util.function.Supplier;
 
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
@@ -75,16 +76,10 @@ class NativeRowsTest {
                             }
                             String what = "V " + v + " " + type + (labelled ? ", T 2 with labels" : ", T 1 without") + (inPlace ? ", in place" : "");
                             DistillOptions o = labelled ? DistillOptions.of(2f, 0.5f) : DistillOptions.of(1f, 0f);
-                            long before = fused.nativeRows();
-                            float[][] nat = run(fused, arena, s, t, type, n, v, o, labelled, inPlace);
-                            assertEquals(n, fused.nativeRows() - before, what + ": rows run natively");
-                            NativeRows.enable(false);
-                            float[][] java = run(fused, arena, s, t, type, n, v, o, labelled, inPlace);
-                            NativeRows.enable(true);
-                            for (int k = 0; k < 3; k++) {
-                                double err = relative(java[k], nat[k]);
-                                assertTrue(err < 2e-5, what + ": " + new String[]{"gradient", "CE", "KL"}[k] + " off by " + err);
-                            }
+                            MemorySegment tt = arena.allocate((long) type.bytes() * t.length, 64);
+                            for (int i = 0; i < t.length; i++) type.write(tt, i, t[i]);
+                            assertNativeMatchesJava(fused, what, n, () -> run(fused, arena, s,
+                                    new TeacherTargets.Dense(tt, type, v), n, v, o, labelled, inPlace));
                         }
                     }
                 }
@@ -129,16 +124,7 @@ class NativeRowsTest {
                             String what = "V " + v + (sampled ? " sampled" : " top-" + k) + (labelled ? ", T 2 with labels" : ", T 1 without")
                                     + (inPlace ? ", in place" : "");
                             DistillOptions o = DistillOptions.of(temperature, labelled ? 0.5f : 0f);
-                            long before = fused.nativeRows();
-                            float[][] nat = run(fused, arena, s, targets, n, v, o, labelled, inPlace);
-                            assertEquals(n, fused.nativeRows() - before, what + ": rows run natively");
-                            NativeRows.enable(false);
-                            float[][] java = run(fused, arena, s, targets, n, v, o, labelled, inPlace);
-                            NativeRows.enable(true);
-                            for (int c = 0; c < 3; c++) {
-                                double err = relative(java[c], nat[c]);
-                                assertTrue(err < 2e-5, what + ": " + new String[]{"gradient", "CE", "divergence"}[c] + " off by " + err);
-                            }
+                            assertNativeMatchesJava(fused, what, n, () -> run(fused, arena, s, targets, n, v, o, labelled, inPlace));
                         }
                     }
                 }
@@ -167,6 +153,20 @@ class NativeRowsTest {
             float[][] out = run(fused, arena, s, t, LogitType.BF16, n, v, DistillOptions.of(2f, 0.5f), true, true);
             assertTrue(Float.isNaN(out[2][2]), "KL of the NaN row: " + out[2][2]);
             assertFalse(Float.isNaN(out[2][0]), "KL of a clean row: " + out[2][0]);
+        }
+    }
+
+    /** Runs call with the native rows (all n of them native) and without: gradient, CE and divergence agree. */
+    private static void assertNativeMatchesJava(FusedDistillLoss fused, String what, int n, Supplier<float[][]> call) {
+        long before = fused.nativeRows();
+        float[][] nat = call.get();
+        assertEquals(n, fused.nativeRows() - before, what + ": rows run natively");
+        NativeRows.enable(false);
+        float[][] java = call.get();
+        NativeRows.enable(true);
+        for (int c = 0; c < 3; c++) {
+            double err = relative(java[c], nat[c]);
+            assertTrue(err < 2e-5, what + ": " + new String[]{"gradient", "CE", "divergence"}[c] + " off by " + err);
         }
     }
 
