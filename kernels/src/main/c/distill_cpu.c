@@ -203,12 +203,12 @@ KERNEL int distillery_fkl_row(const float *s, float *g, const void *t, int teach
     double zs = 0, zsq = 0, zt = 0, acc = 0, raises = 0;
     int pt_step = teacher_bf16 ? 2 : 4;
     const char *ps_end = next_s + next_s_bytes - 1, *pt_end = next_t + next_t_bytes - 1;
+    void (*block)(const float *, int, float, float, float *, const void *, float, float *, const char *, const char *,
+                  const char *, const char *, float *) = teacher_bf16 ? fkl_block_bf16 : fkl_block_f32;
     for (int bi = 0; bi < nb; bi++) {
         int j0 = (nb - 1 - bi) * BLOCK, len = v - j0 < BLOCK ? v - j0 : BLOCK;
         const char *ps = next_s + (long) bi * BLOCK * 4, *pt = next_t + (long) bi * BLOCK * pt_step;
         const void *tj = (const char *) t + (long) j0 * pt_step;
-        void (*block)(const float *, int, float, float, float *, const void *, float, float *, const char *,
-                      const char *, const char *, const char *, float *) = teacher_bf16 ? fkl_block_bf16 : fkl_block_f32;
         block(s + j0, len, ms, k, gb, tj, mt, e_t + j0, ps, ps_end, pt, pt_end, sums);
         if (sums[0] > RAISE || sums[2] > RAISE) {
             /* DenseRow.passA: raise the maxima to the block's, rescale what is done, run again */
