@@ -12,6 +12,7 @@ import java.lang.foreign.MemorySegment;
 
 import dev.distillery.bindings.OpenBlasLibrary;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.cpu.distill.FusedDistillLoss;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.TeacherTargets;
@@ -76,7 +77,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public String describe() {
         return "cpu (" + gemm.describe() + ", " + pool.threads() + (pool.threads() == 1 ? " thread, " : " threads, ") + SPECIES.vectorBitSize()
-                + "-bit vectors, " + (NativeRows.active() ? "native loss rows" : "loss rows in Java: native ones " + NativeRows.status()) + ")";
+                + "-bit vectors, " + FusedDistillLoss.rowsDescription() + ")";
     }
 
     public int threads() {

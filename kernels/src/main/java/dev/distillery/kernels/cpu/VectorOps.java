@@ -26,18 +26,18 @@ import jdk.incubator.vector.VectorSpecies;
  * is a polynomial made of IEEE add/mul/fma (exact in every tier), with a scalar twin that gives
  * the same bits, and {@link #sumLanes} adds the lanes in a fixed order.
  */
-final class VectorOps {
+public final class VectorOps {
 
     /** The machine's preferred vector width, or {@code -Ddistillery.vectorBits=128|256|512}. */
-    static final VectorSpecies<Float> SPECIES = species(Integer.getInteger("distillery.vectorBits", 0));
+    public static final VectorSpecies<Float> SPECIES = species(Integer.getInteger("distillery.vectorBits", 0));
 
     private static VectorSpecies<Float> species(int bits) {
         return bits == 0 ? FloatVector.SPECIES_PREFERRED : VectorSpecies.of(float.class, VectorShape.forBitSize(bits));
     }
-    static final int LANES = SPECIES.length();
-    static final ByteOrder ORDER = ByteOrder.nativeOrder();
-    static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
-    static final ValueLayout.OfInt I32 = ValueLayout.JAVA_INT_UNALIGNED;
+    public static final int LANES = SPECIES.length();
+    public static final ByteOrder ORDER = ByteOrder.nativeOrder();
+    public static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    public static final ValueLayout.OfInt I32 = ValueLayout.JAVA_INT_UNALIGNED;
 
     private VectorOps() {
     }
@@ -45,12 +45,12 @@ final class VectorOps {
     // exp(x) = 2^n · p(r), x = n ln2 + r, |r| ≤ ln2/2; Cephes' expf polynomial (≤ 2 ulp).
     /** Inputs are clamped here (2^n with n ≤ 127); callers pass x − max ≤ 0. */
     private static final float EXP_HI = 88.0f;
-    static final float EXP_LO = -87.3365447505531f; // below: exp underflows to 0
+    public static final float EXP_LO = -87.3365447505531f; // below: exp underflows to 0
     /** log2(e), rounded; a caller of exp2 folds it into its scale (1/T · LOG2E) once. */
-    static final float LOG2E = 1.44269504088896341f;
+    public static final float LOG2E = 1.44269504088896341f;
     private static final float LN2_HI = 0.693359375f;
     private static final float LN2_LO = -2.12194440e-4f;
-    private static final float ROUND = 12582912f; // 1.5 · 2^23: adding it rounds to an integer
+    public static final float ROUND = 12582912f; // 1.5 · 2^23: adding it rounds to an integer
     private static final float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f,
             P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
 
@@ -59,7 +59,7 @@ final class VectorOps {
      * NaN. Fused multiply-adds throughout: exact in every JIT tier, and half the instructions of
      * separate multiplies and adds. Same bits as {@link #exp(float)}.
      */
-    static FloatVector exp(FloatVector x) {
+    public static FloatVector exp(FloatVector x) {
         // Clamped by a compare and a blend, not min/max: a Java-semantics max (NaN and −0.0 rules)
         // is six instructions on AVX-512, and the clamp's max and min were a third of this
         // function. No lower clamp: lanes below EXP_LO (−inf too) compute garbage that the last
@@ -76,7 +76,7 @@ final class VectorOps {
      * hoisted into a register. Not through a helper either: at this depth of inlining a helper
      * call was not inlined, and every vector it returned was boxed.
      */
-    static FloatVector expNonPositive(FloatVector x) {
+    public static FloatVector expNonPositive(FloatVector x) {
         VectorMask<Float> under = x.lt(EXP_LO);
         FloatVector t = x.fma(LOG2E, ROUND);
         FloatVector n = t.sub(ROUND);
@@ -93,7 +93,7 @@ final class VectorOps {
     }
 
     /** The scalar twin of {@link #exp(FloatVector)}: identical operations, identical bits. */
-    static float exp(float x) {
+    public static float exp(float x) {
         if (x < EXP_LO) return 0f;
         if (x != x) return x;
         float xc = Math.min(x, EXP_HI);
@@ -114,12 +114,12 @@ final class VectorOps {
     // the least maximum relative error on [−1/2, 1/2] (2e-9 with exact coefficients; ≤ 0.94 ulp
     // in float for an exact r, fma Horner, checked on 2·10^6 points against Math.pow).
     /** Below this 2^x is 0 (2^−126 is the least normal float). */
-    static final float EXP2_LO = -126f;
-    private static final float E1 = 6.9314718246e-01f, E2 = 2.4022647738e-01f, E3 = 5.5503323674e-02f,
+    public static final float EXP2_LO = -126f;
+    public static final float E1 = 6.9314718246e-01f, E2 = 2.4022647738e-01f, E3 = 5.5503323674e-02f,
             E4 = 9.6184369177e-03f, E5 = 1.3398875017e-03f, E6 = 1.5353361960e-04f;
 
     /** The exponent field of +inf: 2^(dk) saturates there from dk = 127.5 on (n rounds to 128). */
-    private static final int EXP2_FIELD_MAX = 255;
+    public static final int EXP2_FIELD_MAX = 255;
 
     /**
      * 2^(d k), k &gt; 0: exp((s − m)/T) for d = s − m and k = log2(e)/T, the scale folded into the
@@ -131,12 +131,12 @@ final class VectorOps {
      * float), +inf for finite d from d k = 127.5 on, NaN for NaN (and +inf). The exponent field
      * n + 127 is capped at 255 (one integer min), so lanes far above the caller's shift come out
      * +inf, which a sum shows, and never wrap into garbage: the fused loss's pass A runs against
-     * maxima that may lie below the row's (FusedDistillLoss.DenseRow) and relies on it. 2^n is
+     * maxima that may lie below the row's (kernels.cpu.distill.DenseRow) and relies on it. 2^n is
      * multiplied in, not added to p's exponent bits as an integer (one operation fewer): a NaN
      * with payload bits in its low mantissa would carry them into the exponent that way and
      * come out a number. Same bits as {@link #exp2(float, float)}.
      */
-    static FloatVector exp2(FloatVector d, float k) {
+    public static FloatVector exp2(FloatVector d, float k) {
         VectorMask<Float> under = d.lt(EXP2_LO / k);
         FloatVector t = d.fma(k, ROUND);                                   // 1.5 · 2^23 + n
         FloatVector r = d.fma(FloatVector.broadcast(SPECIES, k), FloatVector.broadcast(SPECIES, ROUND).sub(t));
@@ -152,7 +152,7 @@ final class VectorOps {
     }
 
     /** The scalar twin of {@link #exp2(FloatVector, float)}: identical operations, identical bits. */
-    static float exp2(float d, float k) {
+    public static float exp2(float d, float k) {
         if (d < EXP2_LO / k) return 0f;
         if (d != d) return d;
         float t = Math.fma(d, k, ROUND);
@@ -176,7 +176,7 @@ final class VectorOps {
      * Natural log of every lane: −inf for 0 and subnormals, NaN for negatives and NaN, +inf for +inf.
      * Same bits as {@link #log(float)}.
      */
-    static FloatVector log(FloatVector x) {
+    public static FloatVector log(FloatVector x) {
         VectorMask<Float> tiny = x.lt(Float.MIN_NORMAL);
         VectorMask<Float> bad = x.lt(0f).or(x.compare(VectorOperators.NE, x)); // NaN ≠ NaN
         VectorMask<Float> inf = x.eq(Float.POSITIVE_INFINITY);
@@ -214,7 +214,7 @@ final class VectorOps {
     }
 
     /** The scalar twin of {@link #log(FloatVector)}. */
-    static float log(float x) {
+    public static float log(float x) {
         if (x != x || x < 0f) return Float.NaN;
         if (x < Float.MIN_NORMAL) return Float.NEGATIVE_INFINITY;
         if (x == Float.POSITIVE_INFINITY) return x;
@@ -242,23 +242,23 @@ final class VectorOps {
     }
 
     /** Σ of the lanes, added in lane order (a fixed order, unlike a compiled reduceLanes(ADD)). */
-    static float sumLanes(FloatVector v) {
+    public static float sumLanes(FloatVector v) {
         float[] lanes = v.toArray();
         float s = 0f;
         for (float lane : lanes) s += lane;
         return s;
     }
 
-    static float get(MemorySegment s, long index) {
+    public static float get(MemorySegment s, long index) {
         return s.getAtIndex(F32, index);
     }
 
-    static void set(MemorySegment s, long index, float value) {
+    public static void set(MemorySegment s, long index, float value) {
         s.setAtIndex(F32, index, value);
     }
 
     /** Σ a[ao + i] * b[bo + i], i < n. */
-    static float dot(MemorySegment a, long ao, MemorySegment b, long bo, int n) {
+    public static float dot(MemorySegment a, long ao, MemorySegment b, long bo, int n) {
         int i = 0;
         float sum = 0f;
         if (n >= LANES) {
@@ -275,7 +275,7 @@ final class VectorOps {
     }
 
     /** y[yo + i] += alpha * x[xo + i], i < n. */
-    static void axpy(float alpha, MemorySegment x, long xo, MemorySegment y, long yo, int n) {
+    public static void axpy(float alpha, MemorySegment x, long xo, MemorySegment y, long yo, int n) {
         int i = 0;
         FloatVector va = FloatVector.broadcast(SPECIES, alpha);
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
@@ -287,7 +287,7 @@ final class VectorOps {
     }
 
     /** y[yo + i] += x[xo + i], i < n. */
-    static void add(MemorySegment x, long xo, MemorySegment y, long yo, int n) {
+    public static void add(MemorySegment x, long xo, MemorySegment y, long yo, int n) {
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
             FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).add(FloatVector.fromMemorySegment(SPECIES, y, (yo + i) * 4L, ORDER)).intoMemorySegment(y, (yo + i) * 4L, ORDER);
@@ -298,7 +298,7 @@ final class VectorOps {
     }
 
     /** x[o + i] *= s, i < n. */
-    static void scale(MemorySegment x, long o, int n, float s) {
+    public static void scale(MemorySegment x, long o, int n, float s) {
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
             FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER).mul(s).intoMemorySegment(x, (o + i) * 4L, ORDER);
@@ -309,7 +309,7 @@ final class VectorOps {
     }
 
     /** x[o + i] = value, i < n. */
-    static void fill(MemorySegment x, long o, int n, float value) {
+    public static void fill(MemorySegment x, long o, int n, float value) {
         int i = 0;
         FloatVector v = FloatVector.broadcast(SPECIES, value);
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
@@ -325,7 +325,7 @@ final class VectorOps {
      * rules) is a multi-instruction sequence with a long latency, so four independent
      * accumulators keep the loop throughput-bound instead of latency-bound (4× faster than one).
      */
-    static float max(MemorySegment x, long o, int n) {
+    public static float max(MemorySegment x, long o, int n) {
         int i = 0;
         float m = Float.NEGATIVE_INFINITY;
         if (n >= LANES) {
@@ -352,7 +352,7 @@ final class VectorOps {
      * per vector, where a Java-semantics max is six instructions: for passes that only need the
      * max as a shift, because a NaN in the row makes their sums NaN anyway.
      */
-    static float maxSkippingNaN(MemorySegment x, long o, int n) {
+    public static float maxSkippingNaN(MemorySegment x, long o, int n) {
         int i = 0;
         float m = Float.NEGATIVE_INFINITY;
         if (n >= LANES) {
@@ -375,7 +375,7 @@ final class VectorOps {
     }
 
     /** maxSkippingNaN over x[i], i &lt; n, x an array. */
-    static float maxSkippingNaN(float[] x, int n) {
+    public static float maxSkippingNaN(float[] x, int n) {
         int i = 0;
         float m = Float.NEGATIVE_INFINITY;
         if (n >= LANES) {
@@ -391,12 +391,12 @@ final class VectorOps {
     }
 
     /** b when b &gt; a, else a: NaN never wins. */
-    static float greater(float a, float b) {
+    public static float greater(float a, float b) {
         return b > a ? b : a;
     }
 
     /** Σ x[o + i], i < n, accumulated in fp32 lanes. */
-    static float sum(MemorySegment x, long o, int n) {
+    public static float sum(MemorySegment x, long o, int n) {
         int i = 0;
         float sum = 0f;
         if (n >= LANES) {
@@ -416,7 +416,7 @@ final class VectorOps {
      * Σ exp(x[o + i] - shift), i < n. When {@code out} is non-null, also writes
      * {@code out[oo + i] = exp(x[o + i] - shift)} (out may alias x).
      */
-    static float expSum(MemorySegment x, long o, int n, float shift, MemorySegment out, long oo) {
+    public static float expSum(MemorySegment x, long o, int n, float shift, MemorySegment out, long oo) {
         int i = 0;
         float sum = 0f;
         FloatVector vs = FloatVector.broadcast(SPECIES, shift);
@@ -441,7 +441,7 @@ final class VectorOps {
      * Softmax backward over one row, in place: {@code g[i] = scale · p[i] (g[i] − Σ_j p[j] g[j])},
      * i < n, at offset o of both p (probabilities) and g (upstream gradient).
      */
-    static void softmaxBackward(MemorySegment p, MemorySegment g, long o, int n, float scale) {
+    public static void softmaxBackward(MemorySegment p, MemorySegment g, long o, int n, float scale) {
         float dotAll = dot(p, o, g, o, n);
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
@@ -464,7 +464,7 @@ final class VectorOps {
      * out[i] = exp((x[xo + i] − sub) · mul − sub2), i &lt; n, x a memory segment. One exp per loop:
      * a loop with several inlined exps exceeds C2's node budget and boxes its vectors.
      */
-    static void expAffine(MemorySegment x, long xo, int n, float sub, float mul, float sub2, float[] out) {
+    public static void expAffine(MemorySegment x, long xo, int n, float sub, float mul, float sub2, float[] out) {
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
             FloatVector v = FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER).sub(sub).mul(mul).sub(sub2);
@@ -474,7 +474,7 @@ final class VectorOps {
     }
 
     /** Σ exp((x[xo + i] − sub) · mul), i &lt; n (fp32 lanes, added in lane order). */
-    static float expSumAffine(MemorySegment x, long xo, int n, float sub, float mul) {
+    public static float expSumAffine(MemorySegment x, long xo, int n, float sub, float mul) {
         int i = 0;
         float sum = 0f;
         if (n >= LANES) {
@@ -493,7 +493,7 @@ final class VectorOps {
      * x[xo + i], i &lt; n. For an integer temperature T (mul = 1/T, power = T) these are the
      * normalizers of softmax(x/T) and softmax(x), so the hard-label CE costs no second exp.
      */
-    static float[] expSumAndPower(MemorySegment x, long xo, int n, float sub, float mul, int power) {
+    public static float[] expSumAndPower(MemorySegment x, long xo, int n, float sub, float mul, int power) {
         int i = 0;
         float s1 = 0f, sp = 0f;
         if (n >= LANES) {
@@ -519,7 +519,7 @@ final class VectorOps {
      * through its back edge makes C2 box it on every iteration (measured: 3 GB/s of garbage and
      * 1.5× the time of the whole distillation kernel).
      */
-    static FloatVector power(FloatVector x, int n) {
+    public static FloatVector power(FloatVector x, int n) {
         FloatVector x2 = x.mul(x);
         return switch (n) {
             case 1 -> x;
@@ -535,7 +535,7 @@ final class VectorOps {
     }
 
     /** The scalar twin of {@link #power(FloatVector, int)}: the same multiplications, the same bits. */
-    static float power(float x, int n) {
+    public static float power(float x, int n) {
         float x2 = x * x;
         return switch (n) {
             case 1 -> x;
@@ -551,7 +551,7 @@ final class VectorOps {
     }
 
     /** out[i] = (x[i] · a)^power · b, i &lt; n: softmax(s) from softmax(s/T) for an integer T. */
-    static void powerScaled(float[] x, int n, float a, int power, float b, float[] out) {
+    public static void powerScaled(float[] x, int n, float a, int power, float b, float[] out) {
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
             FloatVector ep = power(FloatVector.fromArray(SPECIES, x, i).mul(a), power);
@@ -563,7 +563,7 @@ final class VectorOps {
     }
 
     /** out[i] = x[xo + i]^power · b, i &lt; n. */
-    static void powerScaled(float[] x, int xo, int n, int power, float b, float[] out) {
+    public static void powerScaled(float[] x, int xo, int n, int power, float b, float[] out) {
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
             power(FloatVector.fromArray(SPECIES, x, xo + i), power).mul(b).intoArray(out, i);
@@ -572,7 +572,7 @@ final class VectorOps {
     }
 
     /** x[i] *= f, i &lt; n, x an array. */
-    static void scaleArray(float[] x, int n, float f) {
+    public static void scaleArray(float[] x, int n, float f) {
         int i = 0;
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
             FloatVector.fromArray(SPECIES, x, i).mul(f).intoArray(x, i);
@@ -581,7 +581,7 @@ final class VectorOps {
     }
 
     /** Σ x², accumulated per vector block in fp32 and across blocks in float64. */
-    static double sumOfSquares(MemorySegment x, long o, int n) {
+    public static double sumOfSquares(MemorySegment x, long o, int n) {
         double total = 0;
         int i = 0;
         final int block = 1024;

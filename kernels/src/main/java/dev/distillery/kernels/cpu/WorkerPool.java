@@ -10,10 +10,10 @@ import java.util.concurrent.Future;
  * on the caller and the others on workers, and waits for all. Chunk boundaries depend only on the
  * range and the thread count, so per-chunk partial sums combined in chunk order are deterministic.
  */
-final class WorkerPool implements AutoCloseable {
+public final class WorkerPool implements AutoCloseable {
 
     @FunctionalInterface
-    interface ChunkBody {
+    public interface ChunkBody {
         /** Processes rows [start, end) as chunk number {@code chunk}. */
         void run(int chunk, int start, int end);
     }
@@ -21,7 +21,7 @@ final class WorkerPool implements AutoCloseable {
     private final int threads;
     private final ExecutorService workers;
 
-    WorkerPool(int threads) {
+    public WorkerPool(int threads) {
         if (threads < 1) throw new IllegalArgumentException("threads must be >= 1, got " + threads);
         this.threads = threads;
         this.workers = threads == 1 ? null : Executors.newFixedThreadPool(threads - 1, r -> {
@@ -31,17 +31,17 @@ final class WorkerPool implements AutoCloseable {
         });
     }
 
-    int threads() {
+    public int threads() {
         return threads;
     }
 
     /** Number of chunks {@link #forEachChunk} uses for a range of n with at least minPerChunk rows each. */
-    int chunks(int n, int minPerChunk) {
+    public int chunks(int n, int minPerChunk) {
         return Math.max(1, Math.min(threads, n / Math.max(1, minPerChunk)));
     }
 
     /** Splits [0, n) into {@code chunks(n, minPerChunk)} pieces and runs them in parallel. */
-    void forEachChunk(int n, int minPerChunk, ChunkBody body) {
+    public void forEachChunk(int n, int minPerChunk, ChunkBody body) {
         int chunks = chunks(n, minPerChunk);
         if (chunks == 1) {
             body.run(0, 0, n);

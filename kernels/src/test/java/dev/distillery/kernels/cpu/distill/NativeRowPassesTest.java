@@ -1,4 +1,4 @@
-package dev.distillery.kernels.cpu;
+package dev.distillery.kernels.cpu.distill;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -15,6 +15,9 @@ import java.util.function.Supplier;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.cpu.WorkerPool;
+import dev.distillery.bindings.DistilleryCpu;
 import dev.distillery.kernels.conformance.Buffers;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
@@ -22,29 +25,29 @@ import dev.distillery.kernels.distill.LogitType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
- * The native rows ({@link NativeRows}, src/main/c/distill_cpu.c) against the Java rows they
+ * The native rows ({@link NativeRowPasses}, cpu/src/main/c/distill_cpu.c) against the Java rows they
  * replace, row for row, on fresh random inputs of awkward widths: dense forward KL with both
  * teacher types and rows that raise the lazy maxima, top-k and sampled teachers with a later block
  * raising the student's running max; both cases they take (T = 2 with a hard label, T = 1
  * without), in place and not. FusedDistillLossTest holds both against the float64 reference.
  */
-class NativeRowsTest {
+class NativeRowPassesTest {
 
     private final SplittableRandom rng = new SplittableRandom();
 
     @AfterEach
     void nativeRowsBack() {
-        NativeRows.enable(true);
+        NativeRowPasses.enable(true);
     }
 
     /** This project's machines build the library and have AVX-512: the rows must be on here. */
     @Test
     void loadedWhereTheBuildHasThem() {
-        boolean built = NativeRows.class.getClassLoader().getResource(NativeRows.RESOURCE) != null;
-        assumeTrue(built, "no C compiler at build time: " + NativeRows.status());
-        assumeTrue(!NativeRows.status().contains("lacks AVX-512"), NativeRows.status());
-        assertTrue(NativeRows.active(), NativeRows.status());
-        assertTrue(NativeRows.status().startsWith("on: "), NativeRows.status());
+        boolean built = DistilleryCpu.class.getClassLoader().getResource(DistilleryCpu.RESOURCE) != null;
+        assumeTrue(built, "no C compiler at build time: " + DistilleryCpu.status());
+        assumeTrue(!DistilleryCpu.status().contains("lacks AVX-512"), DistilleryCpu.status());
+        assertTrue(NativeRowPasses.active(), DistilleryCpu.status());
+        assertTrue(DistilleryCpu.status().startsWith("on: "), DistilleryCpu.status());
         try (CpuKernels kernels = new CpuKernels(1, "auto")) {
             assertTrue(kernels.describe().contains("native loss rows"), kernels.describe());
         }
@@ -52,7 +55,7 @@ class NativeRowsTest {
 
     @Test
     void nativeRowsMatchTheJavaRows() {
-        assumeTrue(NativeRows.active(), NativeRows.status());
+        assumeTrue(NativeRowPasses.active(), DistilleryCpu.status());
         int block = FusedDistillLoss.BLOCK;
         try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(2)) {
             FusedDistillLoss fused = new FusedDistillLoss(pool);
@@ -90,7 +93,7 @@ class NativeRowsTest {
     /** Top-k and sampled rows: the student's passes run natively, the listed entries in Java. */
     @Test
     void sparseRowsMatchTheJavaRows() {
-        assumeTrue(NativeRows.active(), NativeRows.status());
+        assumeTrue(NativeRowPasses.active(), DistilleryCpu.status());
         int block = FusedDistillLoss.BLOCK;
         try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(2)) {
             FusedDistillLoss fused = new FusedDistillLoss(pool);
@@ -135,7 +138,7 @@ class NativeRowsTest {
     /** A NaN teacher logit is named by row and column on the native path too; a NaN student row gives a NaN loss. */
     @Test
     void nanLogitsAreReported() {
-        assumeTrue(NativeRows.active(), NativeRows.status());
+        assumeTrue(NativeRowPasses.active(), DistilleryCpu.status());
         int v = 300, n = 3;
         try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(1)) {
             FusedDistillLoss fused = new FusedDistillLoss(pool);
@@ -161,9 +164,9 @@ class NativeRowsTest {
         long before = fused.nativeRows();
         float[][] nat = call.get();
         assertEquals(n, fused.nativeRows() - before, what + ": rows run natively");
-        NativeRows.enable(false);
+        NativeRowPasses.enable(false);
         float[][] java = call.get();
-        NativeRows.enable(true);
+        NativeRowPasses.enable(true);
         for (int c = 0; c < 3; c++) {
             double err = relative(java[c], nat[c]);
             assertTrue(err < 2e-5, what + ": " + new String[]{"gradient", "CE", "divergence"}[c] + " off by " + err);

@@ -1,4 +1,4 @@
-package dev.distillery.kernels.cpu;
+package dev.distillery.kernels.cpu.distill;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -19,6 +19,8 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.cpu.WorkerPool;
 import dev.distillery.kernels.conformance.Buffers;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
@@ -349,7 +351,7 @@ class FusedDistillLossTest {
     }
 
     /**
-     * Dense rows' maxima are lazy (FusedDistillLoss.DenseRow): the exact maxima of the block pass
+     * Dense rows' maxima are lazy (DenseRow): the exact maxima of the block pass
      * A visits first (the last), raised when a block's exps land far above them. Rows built so
      * that they are: through the student (row 0, first block), the teacher (row 1, middle block)
      * or both in turn (row 2), and through Σ exp(s − m) alone (row 4 at T = 3 and 2.5, where the

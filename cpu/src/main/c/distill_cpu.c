@@ -1,43 +1,51 @@
 /*
- * The commonest rows of the fused distillation loss on the CPU, in C. Dense forward KL: the plan of
- * FusedDistillLoss.denseForwardKl (docs/KERNELS.md#the-native-row) for its commonest case, the
- * gradient over the e_s that pass A leaves in the gradient row (T = 2, or no hard label at T = 1),
- * with an fp32 or bf16 teacher as wide as the student. Sparse teachers (top-k, sampled): the two
- * passes over the student row (studentPass, squaredGradient) when that gradient is e-squared.
- * Why C: the same plan in C runs in 0.70-0.80 of the Java kernel's time here (C2 copies every
- * Horner constant before its fma, keeps the touches' limits on the stack, and cannot issue a
- * prefetch), and prefetch instructions fetch the next row without holding up retirement as the
- * Java kernel's demand-load touches do.
+ * The native rows of the fused distillation loss: the passes of its commonest rows in C, the same
+ * plan and arithmetic as the Java rows (kernels/src/main/java/dev/distillery/kernels/cpu/distill),
+ * operation for operation, with prefetches of the next row (docs/KERNELS.md#the-native-row). Each
+ * function is named after its Java twin:
  *
- * Same arithmetic as the Java kernel, operation for operation: VectorOps.exp2's polynomial and
- * range reduction, the lazy maxima raised past RAISE, pass A last block first, pass B first block
- * first. FusedDistillLoss calls distillery_fkl_row once per dense row, distillery_student_row and
- * distillery_squared_gradient once each per sparse row (FFM downcalls), and keeps every other
- * case, the sparse entries and every error message in Java.
+ *   distillery_dense_forward_kl_row   DenseForwardKl.row, the rows whose gradient is formed over the
+ *                                     e_s pass A leaves in the gradient row (T = 2, or T = 1 without a
+ *                                     hard label), fp32 or bf16 teacher as wide as the student:
+ *                                     DenseRow.passA (lazy maxima, last block first) + pass B
+ *     pass_a_block                    DenseForwardKl.passABlock
+ *     pass_b_in_g                     DenseForwardKl.passBInG
+ *     teacher_max                     TeacherBlocks.max
+ *   distillery_student_pass           StudentPass.run with e kept (top-k and sampled rows)
+ *   distillery_squared_gradient       SparseRows.squaredGradient
+ *   exp2v, exp2s                      VectorOps.exp2 (vector and scalar)
+ *   max_skipping_nan                  VectorOps.maxSkippingNaN
  *
- * Built by kernels/build-native.sh (gcc, no -march: the kernel functions carry their own target
- * attribute and distillery_cpu_supported() says whether this CPU can run them).
+ * The Java side (kernels.cpu.distill.NativeRowPasses, through dev.distillery.bindings.DistilleryCpu)
+ * calls a function once per row and keeps every other case, the sparse entries and every error
+ * message: the C code returns a code and Java names the row and column.
+ *
+ * Built by cpu/build-native.sh (no -march: the kernel functions carry their own target attribute
+ * and distillery_cpu_supported() says whether this CPU can run them).
  */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#define BLOCK 2048
 #define LANES 16
 #define KERNEL __attribute__((target("avx512f,avx512bw,avx512dq,fma")))
 
-static const float RAISE = 0x1p56f;
-static const float LOG2E = 1.44269504088896341f;
-static const float ROUND = 12582912.f; /* 1.5 * 2^23 */
-static const float EXP2_LO = -126.f;
-static const float E1 = 6.9314718246e-01f, E2 = 2.4022647738e-01f, E3 = 5.5503323674e-02f,
+/* Shared with the Java rows; SharedConstantsTest checks every value against its Java twin. */
+#define BLOCK 2048                                  /* FusedDistillLoss.BLOCK */
+static const float RAISE = 0x1p56f;                 /* DenseRow.RAISE */
+static const float LOG2E = 1.44269504088896341f;    /* VectorOps.LOG2E */
+static const float ROUND = 12582912.f;              /* VectorOps.ROUND, 1.5 * 2^23 */
+static const float EXP2_LO = -126.f;                /* VectorOps.EXP2_LO */
+static const float E1 = 6.9314718246e-01f, E2 = 2.4022647738e-01f, E3 = 5.5503323674e-02f,   /* VectorOps.E1..E6 */
                    E4 = 9.6184369177e-03f, E5 = 1.3398875017e-03f, E6 = 1.5353361960e-04f;
+#define EXP2_FIELD_MAX 255                          /* VectorOps.EXP2_FIELD_MAX */
 
-/* Return codes of distillery_fkl_row. */
+/* Return codes of distillery_dense_forward_kl_row (NativeRowPasses names them). */
 enum { ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3 };
 
-int distillery_cpu_abi(void) { return 2; }
+/* The interface version DistilleryCpu expects. */
+int distillery_cpu_abi(void) { return 3; }
 
 int distillery_cpu_supported(void) {
     __builtin_cpu_init();
@@ -63,7 +71,7 @@ static inline KERNEL __m512 exp2v(__m512 d, float k) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(E1));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
     __m512i field = _mm512_min_epi32(_mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B400000 - 127)),
-                                     _mm512_set1_epi32(255));
+                                     _mm512_set1_epi32(EXP2_FIELD_MAX));
     __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(field, 23));
     return _mm512_mask_blend_ps(under, _mm512_mul_ps(p, scale), _mm512_setzero_ps());
 }
@@ -81,7 +89,7 @@ static inline KERNEL float exp2s(float d, float k) {
     p = fmaf(p, r, E1);
     p = fmaf(p, r, 1.f);
     int32_t field = (int32_t) bits(t) - (0x4B400000 - 127);
-    if (field > 255) field = 255;
+    if (field > EXP2_FIELD_MAX) field = EXP2_FIELD_MAX;
     return p * from_bits((uint32_t) field << 23);
 }
 
@@ -113,12 +121,12 @@ static float teacher_max(const void *t, int bf, long from, int n) {
 }
 
 /*
- * fklBlock: e_s = 2^((s - ms) k) to es, e_t = 2^((t - mt) k) to et, sums {sum e_s, sum e_s^2,
+ * DenseForwardKl.passABlock: e_s = 2^((s - ms) k) to es, e_t = 2^((t - mt) k) to et, sums {sum e_s, sum e_s^2,
  * sum e_t, sum e_t ((t - mt) - (s - ms))}, terms whose e_t underflows left out of the fourth.
  * Prefetches one line of the next student row and half a line of its teacher row per 16 columns,
  * from ps / pt, never past ps_end / pt_end.
  */
-static inline __attribute__((always_inline)) KERNEL void fkl_block_t(const float *s, int len, float ms, float k,
+static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const float *s, int len, float ms, float k,
         float *es_out, const void *tv, int bf, float mt, float *et_out, const char *ps, const char *ps_end,
         const char *pt, const char *pt_end, int pt_step, float *sums) {
     const uint16_t *th = (const uint16_t *) tv;
@@ -164,32 +172,46 @@ static inline __attribute__((always_inline)) KERNEL void fkl_block_t(const float
     sums[3] = sacc;
 }
 
-static KERNEL void fkl_block_bf16(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
-                                  float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
-                                  float *sums) {
-    fkl_block_t(s, len, ms, k, es_out, t, 1, mt, et_out, ps, ps_end, pt, pt_end, 2, sums);
+static KERNEL void pass_a_block_bf16(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
+                                     float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
+                                     float *sums) {
+    pass_a_block_t(s, len, ms, k, es_out, t, 1, mt, et_out, ps, ps_end, pt, pt_end, 2, sums);
 }
 
-static KERNEL void fkl_block_f32(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
-                                 float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
-                                 float *sums) {
-    fkl_block_t(s, len, ms, k, es_out, t, 0, mt, et_out, ps, ps_end, pt, pt_end, 4, sums);
+static KERNEL void pass_a_block_f32(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
+                                    float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
+                                    float *sums) {
+    pass_a_block_t(s, len, ms, k, es_out, t, 0, mt, et_out, ps, ps_end, pt, pt_end, 4, sums);
 }
 
 /*
- * One row: s (student logits, v), g (gradient row, may be s), t (teacher logits of this row,
+ * DenseForwardKl.passBInG over a whole row: g = e_s (c1z e_s + a) - b e_t, over the e_s pass A
+ * left in g.
+ */
+static inline KERNEL void pass_b_in_g(float *g, const float *e_t, int v, float a, float b, float c1z) {
+    __m512 A = _mm512_set1_ps(a), NB = _mm512_set1_ps(-b), C = _mm512_set1_ps(c1z);
+    int i = 0;
+    for (; i + LANES <= v; i += LANES) {
+        __m512 e = _mm512_loadu_ps(g + i);
+        _mm512_storeu_ps(g + i, _mm512_fmadd_ps(e, _mm512_fmadd_ps(e, C, A), _mm512_mul_ps(_mm512_loadu_ps(e_t + i), NB)));
+    }
+    for (; i < v; i++) g[i] = fmaf(g[i], fmaf(g[i], c1z, a), e_t[i] * -b);
+}
+
+/*
+ * DenseForwardKl.row for one row: s (student logits, v), g (gradient row, may be s), t (teacher logits of this row,
  * v, bf16 when teacher_bf16 else fp32), power 1 or 2 (the CE's normalizer is sum e_s or sum e_s^2;
  * power 1 only without a hard label term, c1 = 0), next_s / next_t the next row's lines to
  * prefetch (next_s_bytes / next_t_bytes long), e_t a scratch row of v floats. out = {m_s + log Z_1,
  * KL, raises, the teacher maximum when ROW_TEACHER_MAX}.
  *
- * ROW_NOT_FINITE: a row without finite maxima; nothing was written (the Java kernel takes it).
+ * ROW_NOT_FINITE: a row without finite maxima; nothing was written (the Java rows take it).
  * ROW_TEACHER_NAN: the teacher sum came out NaN (a NaN or +inf logit; the caller names it).
  * ROW_TEACHER_MAX: a raise found a teacher maximum of +inf.
  */
-KERNEL int distillery_fkl_row(const float *s, float *g, const void *t, int teacher_bf16, int v, float inv_t, int power,
-                              float c1, float cq, const char *next_s, long next_s_bytes, const char *next_t,
-                              long next_t_bytes, float *e_t, double *out) {
+KERNEL int distillery_dense_forward_kl_row(const float *s, float *g, const void *t, int teacher_bf16, int v, float inv_t,
+                                           int power, float c1, float cq, const char *next_s, long next_s_bytes,
+                                           const char *next_t, long next_t_bytes, float *e_t, double *out) {
     int first = (v - 1) / BLOCK * BLOCK, nb = (v + BLOCK - 1) / BLOCK;
     float ms = max_skipping_nan(s + first, v - first);
     if (!isfinite(ms)) ms = max_skipping_nan(s, v);
@@ -204,7 +226,7 @@ KERNEL int distillery_fkl_row(const float *s, float *g, const void *t, int teach
     int pt_step = teacher_bf16 ? 2 : 4;
     const char *ps_end = next_s + next_s_bytes - 1, *pt_end = next_t + next_t_bytes - 1;
     void (*block)(const float *, int, float, float, float *, const void *, float, float *, const char *, const char *,
-                  const char *, const char *, float *) = teacher_bf16 ? fkl_block_bf16 : fkl_block_f32;
+                  const char *, const char *, float *) = teacher_bf16 ? pass_a_block_bf16 : pass_a_block_f32;
     for (int bi = 0; bi < nb; bi++) {
         int j0 = (nb - 1 - bi) * BLOCK, len = v - j0 < BLOCK ? v - j0 : BLOCK;
         const char *ps = next_s + (long) bi * BLOCK * 4, *pt = next_t + (long) bi * BLOCK * pt_step;
@@ -244,14 +266,7 @@ KERNEL int distillery_fkl_row(const float *s, float *g, const void *t, int teach
     double z1 = power == 1 ? zs : zsq;
     double kl = acc * inv_t / zt - log(zt) + log(zs);
     /* pass B: g = e_s (c1 e_s / Z_1 + cq / Z_s) - cq e_t / Z_t */
-    float a = (float) (cq / zs), b = (float) (cq / zt), c1z = (float) (c1 / z1);
-    __m512 A = _mm512_set1_ps(a), NB = _mm512_set1_ps(-b), C = _mm512_set1_ps(c1z);
-    int i = 0;
-    for (; i + LANES <= v; i += LANES) {
-        __m512 e = _mm512_loadu_ps(g + i);
-        _mm512_storeu_ps(g + i, _mm512_fmadd_ps(e, _mm512_fmadd_ps(e, C, A), _mm512_mul_ps(_mm512_loadu_ps(e_t + i), NB)));
-    }
-    for (; i < v; i++) g[i] = fmaf(g[i], fmaf(g[i], c1z, a), e_t[i] * -b);
+    pass_b_in_g(g, e_t, v, (float) (cq / zs), (float) (cq / zt), (float) (c1 / z1));
     out[0] = ms + log(z1);
     out[1] = kl;
     out[2] = raises;
@@ -259,14 +274,13 @@ KERNEL int distillery_fkl_row(const float *s, float *g, const void *t, int teach
 }
 
 /*
- * Sparse teachers (top-k, sampled), pass A of the student row (FusedDistillLoss.studentPass with
- * e kept): per block, its max folded into the running one (the sums so far rescaled), then
+ * StudentPass.run with e kept, for top-k and sampled rows: per block, its max folded into the running one (the sums so far rescaled), then
  * e = 2^((s - m) k) to e with m that running max (recorded in block_max), sum e and sum e^power
  * (power 1 or 2: the CE's normalizer at T = 1 or 2). Prefetches the next row's line per 16
  * columns. out = {m, log Z_T, log Z_1}.
  */
-KERNEL void distillery_student_row(const float *s, int v, float inv_t, int power, float *e, float *block_max,
-                                   const char *next_s, long next_s_bytes, double *out) {
+KERNEL void distillery_student_pass(const float *s, int v, float inv_t, int power, float *e, float *block_max,
+                                    const char *next_s, long next_s_bytes, double *out) {
     float m = -INFINITY, k = inv_t * LOG2E;
     double zt = 0, z1 = 0;
     const char *ps_end = next_s + next_s_bytes - 1;
@@ -308,7 +322,7 @@ KERNEL void distillery_student_row(const float *s, int v, float inv_t, int power
 }
 
 /*
- * FusedDistillLoss.squaredGradient: g = q cqw + c2 q^2 with q = e f_b, f_b = exp((m_b - m)/T -
+ * SparseRows.squaredGradient: g = q cqw + c2 q^2 with q = e f_b, f_b = exp((m_b - m)/T -
  * log Z_T), c2 = c1 Z_T^2 / Z_1 (0 without a hard label), last block first.
  */
 KERNEL void distillery_squared_gradient(float *g, const float *e, const float *block_max, int v, float m, float inv_t,

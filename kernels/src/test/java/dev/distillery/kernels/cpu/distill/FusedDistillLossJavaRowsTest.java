@@ -1,10 +1,10 @@
-package dev.distillery.kernels.cpu;
+package dev.distillery.kernels.cpu.distill;
 
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 
 /**
- * {@link FusedDistillLossTest} again with {@link NativeRows} turned off: where the native rows are
+ * {@link FusedDistillLossTest} again with {@link NativeRowPasses} turned off: where the native rows are
  * available they take the commonest dense rows, and the parent suite alone would leave the Java
  * path of those rows untested.
  */
@@ -12,11 +12,11 @@ class FusedDistillLossJavaRowsTest extends FusedDistillLossTest {
 
     @BeforeAll
     static void javaRowsOnly() {
-        NativeRows.enable(false);
+        NativeRowPasses.enable(false);
     }
 
     @AfterAll
     static void nativeRowsAgain() {
-        NativeRows.enable(true);
+        NativeRowPasses.enable(true);
     }
 }

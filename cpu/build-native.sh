@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Compiles src/main/c/distill_cpu.c (the native rows of the fused distillation loss,
+# docs/KERNELS.md#the-native-row) into the resource
+# dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so. Without a C compiler, or off Linux
+# x86-64, it says so in one line and succeeds: the Java rows then run every row. Run by Maven
+# (cpu/pom.xml).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="$here/target/classes/dev/distillery/cpu/linux-x86_64"
+if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
+  echo "cpu: not Linux x86-64 ($(uname -s)-$(uname -m)); no native loss rows, the Java rows run them all"
+  exit 0
+fi
+cc="${CC:-}"
+if [ -z "$cc" ]; then
+  for c in gcc cc clang; do
+    if command -v "$c" >/dev/null 2>&1; then cc="$(command -v "$c")"; break; fi
+  done
+fi
+if [ -z "$cc" ]; then
+  echo "cpu: no C compiler (set CC or install gcc); no native loss rows, the Java rows run them all"
+  exit 0
+fi
+mkdir -p "$out"
+# -ffp-contract=off: a multiply and an add stay two operations, as in the Java rows; the fused
+# ones are written out. No -march: the kernels carry target attributes, checked at load time.
+"$cc" -O2 -std=gnu11 -ffp-contract=off -fPIC -shared -Wall -Wextra -Werror \
+  -o "$out/libdistillery_cpu.so" "$here/src/main/c/distill_cpu.c" -lm
+echo "cpu: libdistillery_cpu.so ($(stat -c %s "$out/libdistillery_cpu.so") bytes) with $("$cc" --version | head -n 1)"

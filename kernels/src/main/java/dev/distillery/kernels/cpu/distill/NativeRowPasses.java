@@ -1,0 +1,93 @@
+package dev.distillery.kernels.cpu.distill;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Objects;
+
+import dev.distillery.bindings.DistilleryCpu;
+import dev.distillery.kernels.cpu.distill.StudentPass.Student;
+import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherTargets;
+
+/**
+ * The C twins of the rows' passes ({@code cpu/src/main/c/distill_cpu.c} through
+ * {@link DistilleryCpu}), where the library loaded and this CPU runs it. Every range the C code
+ * reads or writes is checked here, once per row; its return codes become the Java rows' errors.
+ */
+final class NativeRowPasses implements RowPasses {
+
+    static final NativeRowPasses INSTANCE = new NativeRowPasses();
+    /** Tests run the Java rows too: they turn this off around a run. */
+    private static volatile boolean enabled = true;
+
+    private NativeRowPasses() {
+    }
+
+    /** Whether rows go to the C passes now. */
+    static boolean active() {
+        return enabled && DistilleryCpu.available();
+    }
+
+    /** For tests: run the Java rows (false) or the C ones where they apply (true). */
+    static void enable(boolean on) {
+        enabled = on;
+    }
+
+    @Override
+    public float[] denseForwardKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
+                                  int power, float c1, float cq, RowScratch sc) {
+        sc.nativeRows(v);
+        MemorySegment t = d.logits();
+        boolean bf16 = d.type() == LogitType.BF16;
+        long tBytes = bf16 ? 2L : 4L, next = sc.nextRow, to = (long) r * v * tBytes;
+        Objects.checkFromIndexSize(so * 4L, 4L * v, s.byteSize());
+        Objects.checkFromIndexSize(so * 4L, 4L * v, g.byteSize());
+        Objects.checkFromIndexSize(to, v * tBytes, t.byteSize());
+        Objects.checkFromIndexSize(next * v * 4L, 4L * v, s.byteSize());
+        Objects.checkFromIndexSize(next * v * tBytes, v * tBytes, t.byteSize());
+        int code = DistilleryCpu.denseForwardKlRow(s.address() + so * 4L, g.address() + so * 4L, t.address() + to, bf16, v,
+                invT, power, c1, cq, s.address() + next * v * 4L, 4L * v, t.address() + next * v * tBytes, v * tBytes,
+                sc.nativeE.address(), sc.nativeOut.address());
+        MemorySegment out = sc.nativeOut;
+        switch (code) {
+            case DistilleryCpu.ROW_OK -> {
+                sc.nativeRows++;
+                sc.raises += (long) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 2);
+                return new float[]{(float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 0), (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 1)};
+            }
+            case DistilleryCpu.ROW_NOT_FINITE -> {
+                return null;
+            }
+            case DistilleryCpu.ROW_TEACHER_NAN -> {
+                TeacherBlocks.checkSum(r, Double.NaN, d, (long) r * v);
+                throw new AssertionError("teacher row " + r + ": NaN sum without a NaN or +inf logit");
+            }
+            case DistilleryCpu.ROW_TEACHER_MAX -> {
+                TeacherBlocks.checkMax(r, (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 3));
+                throw new AssertionError("teacher row " + r + ": a finite maximum reported as not finite");
+            }
+            default -> throw new IllegalStateException("distillery_dense_forward_kl_row returned " + code + " for row " + r);
+        }
+    }
+
+    @Override
+    public Student studentPass(MemorySegment s, long so, int v, float invT, int power, RowScratch sc) {
+        sc.nativeRows(v);
+        long next = sc.nextRow;
+        Objects.checkFromIndexSize(so * 4L, 4L * v, s.byteSize());
+        Objects.checkFromIndexSize(next * v * 4L, 4L * v, s.byteSize());
+        DistilleryCpu.studentPass(s.address() + so * 4L, v, invT, power, sc.nativeE.address(), sc.nativeBlockMax.address(),
+                s.address() + next * v * 4L, 4L * v, sc.nativeOut.address());
+        sc.nativeRows++;
+        MemorySegment out = sc.nativeOut;
+        return new Student((float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 0), (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 1),
+                (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 2));
+    }
+
+    @Override
+    public void squaredGradient(long so, MemorySegment g, int v, Student st, float invT, float c1, float cqw, RowScratch sc) {
+        Objects.checkFromIndexSize(so * 4L, 4L * v, g.byteSize());
+        DistilleryCpu.squaredGradient(g.address() + so * 4L, sc.nativeE.address(), sc.nativeBlockMax.address(), v, st.max(), invT,
+                st.logZt(), st.logZ1(), c1, cqw);
+    }
+}

@@ -1,0 +1,72 @@
+package dev.distillery.kernels.cpu.distill;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+
+/**
+ * One pool thread's buffers for the fused loss, reused across rows and calls. Java arrays, not
+ * segments: a Vector-API loop that stores to a segment keeps its bounds checks inside the loop
+ * (docs/KERNELS.md#stores-constants-and-max). Extra memory: O(V) per thread.
+ */
+final class RowScratch {
+
+    /** One block of teacher logits widened to fp32 ({@link TeacherBlocks#load}). */
+    final float[] teacher = new float[FusedDistillLoss.BLOCK];
+    /** Per-block q and softmax(s): filled by one-exp loops, combined by a loop with none. */
+    final float[] qb = new float[FusedDistillLoss.BLOCK], sb = new float[FusedDistillLoss.BLOCK];
+    /** One block of the gradient before it is copied to the caller's buffer. */
+    final float[] gb = new float[FusedDistillLoss.BLOCK];
+    /** Dense rows: e_s and e_t (or (t − m_t)/T) of the whole row; sparse rows: e in eS. */
+    float[] eS = new float[0], eT = new float[0];
+    /** The running student max used for each block of a sparse row's pass A (StudentPass with e kept). */
+    float[] blockMax = new float[0];
+    /** Student logits at a sparse row's listed ids, read before an in-place gradient overwrites them. */
+    float[] listed = new float[0];
+    /** A top-k row's listed entries: q, log q, p, log p. */
+    float[] q = new float[0], lq = new float[0], p = new float[0], lp = new float[0];
+    /** marks[j] == markRow ⇔ column j is listed in the current top-k row (no clearing between rows). */
+    int[] marks = new int[0];
+    int markRow;
+    /**
+     * The row this thread takes after the current one (its lines are fetched during the current
+     * row's pass A; the current row itself when there is none), and what the fetches read.
+     */
+    int nextRow;
+    long fetched;
+    /** Blocks of dense rows that raised the lazy maxima ({@link DenseRow}), and rows whose passes ran in C. */
+    long raises, nativeRows;
+    /** Which implementation runs this row's passes ({@link RowPasses}). */
+    RowPasses passes = RowPasses.JAVA;
+    /** The C passes' e row (e_t for a dense row, e for a sparse one), block maxima and outputs; freed with this scratch. */
+    MemorySegment nativeE = MemorySegment.NULL, nativeBlockMax = MemorySegment.NULL, nativeOut = MemorySegment.NULL;
+
+    void rows(int v) {
+        if (eS.length < v) {
+            eS = new float[v];
+            eT = new float[v];
+        }
+    }
+
+    void nativeRows(int v) {
+        if (nativeE.byteSize() < 4L * v) {
+            Arena arena = Arena.ofAuto();
+            nativeE = arena.allocate(4L * v, 64);
+            nativeBlockMax = arena.allocate(4L * ((v + FusedDistillLoss.BLOCK - 1) / FusedDistillLoss.BLOCK), 64);
+            nativeOut = arena.allocate(4 * 8, 8);
+        }
+    }
+
+    /** Room for a sparse row of k entries (and marks over v columns for top-k). */
+    void sparse(int k, int v, boolean marksToo) {
+        if (q.length < k) {
+            q = new float[k];
+            lq = new float[k];
+            p = new float[k];
+            lp = new float[k];
+        }
+        if (marksToo && marks.length < v) {
+            marks = new int[v];
+            markRow = 0;
+        }
+    }
+}

@@ -1,0 +1,68 @@
+package dev.distillery.kernels.cpu.distill;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+import org.junit.jupiter.api.Test;
+
+import dev.distillery.bindings.DistilleryCpu;
+import dev.distillery.kernels.cpu.VectorOps;
+
+/**
+ * The constants the C rows (cpu/src/main/c/distill_cpu.c) share with the Java rows, read from the
+ * C source and held to their Java twins bit for bit: a polynomial coefficient edited on one side
+ * only would make the two rows disagree in the last bits, which NativeRowPassesTest's tolerance
+ * would not catch.
+ */
+class SharedConstantsTest {
+
+    private static final Path SOURCE = Path.of("").toAbsolutePath().getParent().resolve("cpu/src/main/c/distill_cpu.c");
+
+    @Test
+    void cConstantsEqualTheirJavaTwins() throws IOException {
+        String c = Files.readString(SOURCE);
+        Map<String, Number> java = new LinkedHashMap<>();
+        java.put("BLOCK", FusedDistillLoss.BLOCK);
+        java.put("EXP2_FIELD_MAX", VectorOps.EXP2_FIELD_MAX);
+        java.put("RAISE", DenseRow.RAISE);
+        java.put("LOG2E", VectorOps.LOG2E);
+        java.put("ROUND", VectorOps.ROUND);
+        java.put("EXP2_LO", VectorOps.EXP2_LO);
+        java.put("E1", VectorOps.E1);
+        java.put("E2", VectorOps.E2);
+        java.put("E3", VectorOps.E3);
+        java.put("E4", VectorOps.E4);
+        java.put("E5", VectorOps.E5);
+        java.put("E6", VectorOps.E6);
+        for (Map.Entry<String, Number> e : java.entrySet()) {
+            String name = e.getKey();
+            if (e.getValue() instanceof Integer expected) {
+                Matcher m = Pattern.compile("#define " + name + " (\\d+)").matcher(c);
+                assertTrue(m.find(), "no #define " + name + " in " + SOURCE);
+                assertEquals(expected.intValue(), Integer.parseInt(m.group(1)), name);
+            } else {
+                Matcher m = Pattern.compile("\\b" + name + " = ([-+0-9a-fA-FxXpP.]+)f").matcher(c);
+                assertTrue(m.find(), "no float constant " + name + " in " + SOURCE);
+                float cValue = Float.parseFloat(m.group(1));
+                assertEquals(Float.floatToRawIntBits(e.getValue().floatValue()), Float.floatToRawIntBits(cValue),
+                        name + ": C " + m.group(1) + " vs Java " + e.getValue());
+            }
+        }
+    }
+
+    /** The interface version the binding expects is the one the C file exports. */
+    @Test
+    void abiVersionMatchesTheBinding() throws IOException {
+        Matcher m = Pattern.compile("int distillery_cpu_abi\\(void\\) \\{ return (\\d+); }").matcher(Files.readString(SOURCE));
+        assertTrue(m.find(), "no distillery_cpu_abi in " + SOURCE);
+        assertEquals(DistilleryCpu.ABI, Integer.parseInt(m.group(1)));
+    }
+}

@@ -1,0 +1,133 @@
+package dev.distillery.bindings;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.FunctionDescriptor;
+import java.lang.foreign.Linker;
+import java.lang.foreign.SymbolLookup;
+import java.lang.foreign.ValueLayout;
+import java.lang.invoke.MethodHandle;
+import java.nio.file.Path;
+import java.util.Locale;
+
+/**
+ * FFM binding of {@code libdistillery_cpu.so}, the native rows of the fused distillation loss
+ * ({@code cpu/src/main/c/distill_cpu.c}, built into the {@code distillery-cpu} jar when a C
+ * compiler was there). One static method per exported function, named after it; pointers go as
+ * raw addresses of the caller's native segments, alive for the call (critical downcalls: no
+ * thread-state transition, the functions neither block nor call back).
+ *
+ * <p>{@code -Ddistillery.nativeLoss=auto} (default) loads it on Linux x86-64 CPUs with AVX-512
+ * (F, BW, DQ) and FMA; {@code off} never. {@link #status()} says which and why.
+ */
+public final class DistilleryCpu {
+
+    public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
+    /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
+    public static final int ABI = 3;
+    /** {@link #denseForwardKlRow}'s return codes. */
+    public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
+
+    private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT;
+    private static final String STATUS;
+
+    static {
+        MethodHandle row = null, student = null, squared = null;
+        String status;
+        try {
+            String choice = System.getProperty("distillery.nativeLoss", "auto").trim().toLowerCase(Locale.ROOT);
+            if (choice.equals("off")) {
+                status = "off (-Ddistillery.nativeLoss=off)";
+            } else if (!choice.equals("auto")) {
+                throw new IllegalArgumentException("-Ddistillery.nativeLoss=" + choice + ": auto or off");
+            } else if (!System.getProperty("os.name", "").startsWith("Linux")
+                    || !System.getProperty("os.arch", "").equals("amd64")) {
+                status = "not available: built for Linux x86-64 only (this is " + System.getProperty("os.name")
+                        + " " + System.getProperty("os.arch") + ")";
+            } else {
+                Path lib = NativeResources.extract(DistilleryCpu.class.getClassLoader(), RESOURCE, "cpu-kernels");
+                if (lib == null) {
+                    status = "not available: this build has no " + RESOURCE + " (no C compiler when it was built)";
+                } else {
+                    SymbolLookup lookup = SymbolLookup.libraryLookup(lib, Arena.global());
+                    Linker linker = Linker.nativeLinker();
+                    int abi = (int) linker.downcallHandle(lookup.findOrThrow("distillery_cpu_abi"),
+                            FunctionDescriptor.of(ValueLayout.JAVA_INT)).invokeExact();
+                    int supported = (int) linker.downcallHandle(lookup.findOrThrow("distillery_cpu_supported"),
+                            FunctionDescriptor.of(ValueLayout.JAVA_INT)).invokeExact();
+                    if (abi != ABI) {
+                        status = "not available: " + lib + " has interface version " + abi + ", this code wants " + ABI;
+                    } else if (supported == 0) {
+                        status = "not available: this CPU lacks AVX-512 F/BW/DQ or FMA";
+                    } else {
+                        ValueLayout.OfLong p = ValueLayout.JAVA_LONG;
+                        ValueLayout.OfInt i = ValueLayout.JAVA_INT;
+                        ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;
+                        Linker.Option critical = Linker.Option.critical(false);
+                        row = linker.downcallHandle(lookup.findOrThrow("distillery_dense_forward_kl_row"),
+                                FunctionDescriptor.of(i, p, p, p, i, i, f, i, f, f, p, p, p, p, p, p), critical);
+                        student = linker.downcallHandle(lookup.findOrThrow("distillery_student_pass"),
+                                FunctionDescriptor.ofVoid(p, i, f, i, p, p, p, p, p), critical);
+                        squared = linker.downcallHandle(lookup.findOrThrow("distillery_squared_gradient"),
+                                FunctionDescriptor.ofVoid(p, p, p, i, f, f, f, f, f, f), critical);
+                        status = "on: " + lib;
+                    }
+                }
+            }
+        } catch (IOException | RuntimeException e) {
+            status = "not available: " + e.getMessage();
+        } catch (Throwable e) {
+            throw new ExceptionInInitializerError(e);
+        }
+        DENSE_FORWARD_KL_ROW = row;
+        STUDENT_PASS = student;
+        SQUARED_GRADIENT = squared;
+        STATUS = status;
+    }
+
+    private DistilleryCpu() {
+    }
+
+    /** Whether the library is loaded and this CPU runs it. */
+    public static boolean available() {
+        return DENSE_FORWARD_KL_ROW != null;
+    }
+
+    /** "on: &lt;library&gt;", "off (...)" or "not available: &lt;why&gt;". */
+    public static String status() {
+        return STATUS;
+    }
+
+    /**
+     * {@code distillery_dense_forward_kl_row}: s, g, t (this row's), next s and next t (bytes to
+     * prefetch), eT a scratch row of v floats, out 4 doubles; returns a ROW_ code.
+     */
+    public static int denseForwardKlRow(long s, long g, long t, boolean bf16, int v, float invT, int power, float c1, float cq,
+                                        long nextS, long nextSBytes, long nextT, long nextTBytes, long eT, long out) {
+        try {
+            return (int) DENSE_FORWARD_KL_ROW.invokeExact(s, g, t, bf16 ? 1 : 0, v, invT, power, c1, cq, nextS, nextSBytes,
+                    nextT, nextTBytes, eT, out);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_dense_forward_kl_row failed", e);
+        }
+    }
+
+    /** {@code distillery_student_pass}: e and blockMax scratch (v and ceil(v / 2048) floats), out {m, log Z_T, log Z_1}. */
+    public static void studentPass(long s, int v, float invT, int power, long e, long blockMax, long nextS, long nextSBytes, long out) {
+        try {
+            STUDENT_PASS.invokeExact(s, v, invT, power, e, blockMax, nextS, nextSBytes, out);
+        } catch (Throwable t) {
+            throw new IllegalStateException("distillery_student_pass failed", t);
+        }
+    }
+
+    /** {@code distillery_squared_gradient}: the gradient of every column of a sparse row from studentPass's e. */
+    public static void squaredGradient(long g, long e, long blockMax, int v, float m, float invT, float logZt, float logZ1,
+                                       float c1, float cqw) {
+        try {
+            SQUARED_GRADIENT.invokeExact(g, e, blockMax, v, m, invT, logZt, logZ1, c1, cqw);
+        } catch (Throwable t) {
+            throw new IllegalStateException("distillery_squared_gradient failed", t);
+        }
+    }
+}
