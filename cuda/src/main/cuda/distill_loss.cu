@@ -1,4 +1,11 @@
-// Fused distillation loss, the CUDA twin of kernels/cpu/FusedDistillLoss.java.
+// Fused distillation loss, the CUDA twin of the Java rows in kernels/.../kernels/cpu/distill and of
+// kernels/.../reference/ReferenceDistillLoss.java. The same pieces carry the same names:
+//
+//   student_pass     StudentPass.run (pass A over the student: max, log Z_T, log Z_1), struct Student
+//   dense_row        DenseForwardKl / DenseReverseKl / DenseJsd .row; ReferenceDistillLoss.denseRow
+//   topk_row         TopKRows.row; ReferenceDistillLoss.topKRow
+//   sampled_row      SampledRows.row; ReferenceDistillLoss.sampledRow
+//   shared gradient  SparseRows.sharedGradient (the loop every unlisted column of a sparse row shares)
 //
 // Covered: dense teachers (fp32, fp16, bf16) and top-k teachers (fp32, fp16, bf16 logits; tail
 // bucket, renormalized or rescaled) with forward KL, reverse KL and JSD; sampled teachers
@@ -175,15 +182,33 @@ __device__ bool begin_row(Row& r, const float* s, float* g, const int* labels, f
     return !masked_row(labels, r.label, r.g, row_ce, row_div, r.index, V, p);
 }
 
+// The factors of a row's gradient (FusedDistillLoss.row): c1 on softmax(s) - onehot, cq on the
+// divergence's (q - target).
+struct Coefficients {
+    float inv_t, c1, cq;
+};
+
+__device__ __forceinline__ Coefficients coefficients(const Params& p) {
+    return {1.f / p.temperature, p.grad_scale * p.alpha, p.grad_scale * (1.f - p.alpha) * p.grad_t_factor};
+}
+
+// SparseRows.sharedGradient: g_j = c1 softmax(s)_j + cqw q_j for every column of a sparse row; the
+// caller then fixes up the listed columns.
+__device__ void shared_gradient(const float* s, float* g, int V, const Student& st, const Coefficients& k, float cqw) {
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float x = s[j] - st.max;
+        g[j] = (k.c1 != 0.f ? __expf(x - st.log_z1) * k.c1 : 0.f) + __expf(x * k.inv_t - st.log_zt) * cqw;
+    }
+}
+
 // ------------------------------------------------------------------ dense teacher
 
 template <typename TT>
 __device__ void dense_row(const float* s, float* g, const TT* t, int label, float* row_ce, float* row_div,
                           int row, int V, int Vt, const Params& p) {
     __shared__ float sm[MAX_WARPS], sd[MAX_WARPS], red[MAX_WARPS];
-    const float inv_t = 1.f / p.temperature;
-    const float c1 = p.grad_scale * p.alpha;
-    const float cq = p.grad_scale * (1.f - p.alpha) * p.grad_t_factor;
+    const Coefficients k = coefficients(p);
+    const float inv_t = k.inv_t, c1 = k.c1, cq = k.cq;
 
     Student st = student_pass(s, V, inv_t, sm, sd);
     float ce = label >= 0 ? st.max + st.log_z1 - s[label] : 0.f;  // read before any gradient is written
@@ -251,17 +276,16 @@ __device__ void dense_entry(const float* s, float* g, const TT* t, const int* la
 
 // p_hat_j = sum_s w_s [id_s = j]; divergence reported as the cross-entropy -sum p_hat log q;
 // dL/ds_j = (1/T)(q_j sum(w) - p_hat_j), scaled like the CPU kernel.
-__device__ void sampled_entry(const float* s, float* g, const int* ids, const float* weights, const int* labels,
-                              float* row_ce, float* row_div, int n, int V, int samples, const Params& p) {
+__device__ void sampled_row(const float* s, float* g, const int* ids, const float* weights, const int* labels,
+                            float* row_ce, float* row_div, int n, int V, int samples, const Params& p) {
     __shared__ float sm[MAX_WARPS], sd[MAX_WARPS], red[MAX_WARPS];
     Row here;
     if (!begin_row(here, s, g, labels, row_ce, row_div, n, V, p)) return;
     const int row = here.index, label = here.label;
     const float* srow = here.s;
     float* grow = here.g;
-    const float inv_t = 1.f / p.temperature;
-    const float c1 = p.grad_scale * p.alpha;
-    const float cq = p.grad_scale * (1.f - p.alpha) * p.grad_t_factor;
+    const Coefficients k = coefficients(p);
+    const float inv_t = k.inv_t, c1 = k.c1, cq = k.cq;
     Student st = student_pass(srow, V, inv_t, sm, sd);
     float ce = label >= 0 ? st.max + st.log_z1 - srow[label] : 0.f;
     const int* rid = ids + (size_t)row * samples;
@@ -275,10 +299,7 @@ __device__ void sampled_entry(const float* s, float* g, const int* ids, const fl
     wsum = block_sum(wsum, red);
     xent = block_sum(xent, red);  // every s value needed is read before the barrier inside block_sum
     if (grow) {
-        for (int j = threadIdx.x; j < V; j += blockDim.x) {
-            float x = srow[j] - st.max;
-            grow[j] = (c1 != 0.f ? __expf(x - st.log_z1) * c1 : 0.f) + __expf(x * inv_t - st.log_zt) * cq * wsum;
-        }
+        shared_gradient(srow, grow, V, st, k, cq * wsum);
         __syncthreads();
         if (threadIdx.x == 0) {  // repeated ids accumulate; one thread keeps it race-free
             for (int i = 0; i < samples; i++) grow[rid[i]] -= cq * rw[i];
@@ -295,9 +316,9 @@ __device__ void sampled_entry(const float* s, float* g, const int* ids, const fl
 // listed entries in float64 (as the CPU kernel does); the block writes the gradient every
 // unlisted column shares; thread 0 then fixes up the listed columns.
 template <typename TT>
-__device__ void topk_entry(const float* s, float* g, const int* ids, const TT* logits, const float* lse_all,
-                           const int* labels, float* row_ce, float* row_div, int n, int V, int Vt, int k,
-                           float shard_t, int mode, const Params& p) {
+__device__ void topk_row(const float* s, float* g, const int* ids, const TT* logits, const float* lse_all,
+                         const int* labels, float* row_ce, float* row_div, int n, int V, int Vt, int k,
+                         float shard_t, int mode, const Params& p) {
     __shared__ float sm[MAX_WARPS], sd[MAX_WARPS];
     __shared__ float listed_s[MAX_TOPK], fix[MAX_TOPK];
     __shared__ float shared_w_tail, shared_value;
@@ -306,9 +327,8 @@ __device__ void topk_entry(const float* s, float* g, const int* ids, const TT* l
     const int row = here.index, label = here.label;
     const float* srow = here.s;
     float* grow = here.g;
-    const float inv_t = 1.f / p.temperature;
-    const float c1 = p.grad_scale * p.alpha;
-    const float cq = p.grad_scale * (1.f - p.alpha) * p.grad_t_factor;
+    const Coefficients co = coefficients(p);
+    const float inv_t = co.inv_t, c1 = co.c1, cq = co.cq;
     const int* rid = ids + (size_t)row * k;
     const TT* rl = logits + (size_t)row * k;
     for (int i = threadIdx.x; i < k; i += blockDim.x) listed_s[i] = srow[rid[i]];
@@ -384,11 +404,7 @@ __device__ void topk_entry(const float* s, float* g, const int* ids, const TT* l
     }
     __syncthreads();
     if (grow) {
-        const float cqw = cq * shared_w_tail;
-        for (int j = threadIdx.x; j < V; j += blockDim.x) {
-            float x = srow[j] - st.max;
-            grow[j] = (c1 != 0.f ? __expf(x - st.log_z1) * c1 : 0.f) + __expf(x * inv_t - st.log_zt) * cqw;
-        }
+        shared_gradient(srow, grow, V, st, co, cq * shared_w_tail);
         __syncthreads();
         if (threadIdx.x == 0) for (int i = 0; i < k; i++) grow[rid[i]] += fix[i];
         __syncthreads();
@@ -419,24 +435,24 @@ DISTILL_LAUNCH void distill_dense_bf16(const float* s, float* g, const __nv_bflo
 DISTILL_LAUNCH void distill_topk_f32(const float* s, float* g, const int* ids, const float* logits, const float* lse,
                                      const int* labels, float* row_ce, float* row_div, int n, int V, int Vt, int k,
                                      float shard_t, int mode, distill::Params p) {
-    distill::topk_entry(s, g, ids, logits, lse, labels, row_ce, row_div, n, V, Vt, k, shard_t, mode, p);
+    distill::topk_row(s, g, ids, logits, lse, labels, row_ce, row_div, n, V, Vt, k, shard_t, mode, p);
 }
 
 DISTILL_LAUNCH void distill_topk_f16(const float* s, float* g, const int* ids, const __half* logits, const float* lse,
                                      const int* labels, float* row_ce, float* row_div, int n, int V, int Vt, int k,
                                      float shard_t, int mode, distill::Params p) {
-    distill::topk_entry(s, g, ids, logits, lse, labels, row_ce, row_div, n, V, Vt, k, shard_t, mode, p);
+    distill::topk_row(s, g, ids, logits, lse, labels, row_ce, row_div, n, V, Vt, k, shard_t, mode, p);
 }
 
 DISTILL_LAUNCH void distill_topk_bf16(const float* s, float* g, const int* ids, const __nv_bfloat16* logits,
                                       const float* lse, const int* labels, float* row_ce, float* row_div, int n, int V,
                                       int Vt, int k, float shard_t, int mode, distill::Params p) {
-    distill::topk_entry(s, g, ids, logits, lse, labels, row_ce, row_div, n, V, Vt, k, shard_t, mode, p);
+    distill::topk_row(s, g, ids, logits, lse, labels, row_ce, row_div, n, V, Vt, k, shard_t, mode, p);
 }
 
 DISTILL_LAUNCH void distill_sampled(const float* s, float* g, const int* ids, const float* weights, const int* labels,
                                     float* row_ce, float* row_div, int n, int V, int samples, distill::Params p) {
-    distill::sampled_entry(s, g, ids, weights, labels, row_ce, row_div, n, V, samples, p);
+    distill::sampled_row(s, g, ids, weights, labels, row_ce, row_div, n, V, samples, p);
 }
 
 }  // extern "C"

@@ -24,7 +24,7 @@ import dev.distillery.bindings.CudaDevices;
 import dev.distillery.kernels.cuda.CudaDevice;
 import dev.distillery.kernels.cuda.CudaKernels;
 import dev.distillery.kernels.distill.DistillOptions;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -84,10 +84,10 @@ public class CudaDistillLossBenchmark {
             kernels.copyFromHost(labels, l, 4L * n);
             if (teacher.equals("dense-bf16")) {
                 MemorySegment t = host.allocate(2 * elems, 64);
-                for (long i = 0; i < elems; i++) LogitType.BF16.write(t, i, (float) (4 * rng.nextGaussian()));
+                for (long i = 0; i < elems; i++) DType.BF16.write(t, i, (float) (4 * rng.nextGaussian()));
                 teacherLogits = kernels.allocate(device, 2 * elems);
                 kernels.copyFromHost(teacherLogits, t, 2 * elems);
-                targets = new TeacherTargets.Dense(teacherLogits, LogitType.BF16, v);
+                targets = new TeacherTargets.Dense(teacherLogits, DType.BF16, v);
                 trafficBytes = elems * (4 + 2 + 4);
             } else {
                 MemorySegment hi = host.allocate(4L * n * K, 64), hl = host.allocate(4L * n * K, 64), hs = host.allocate(4L * n, 64);
@@ -105,7 +105,7 @@ public class CudaDistillLossBenchmark {
                 kernels.copyFromHost(ids, hi, 4L * n * K);
                 kernels.copyFromHost(topLogits, hl, 4L * n * K);
                 kernels.copyFromHost(lse, hs, 4L * n);
-                targets = new TeacherTargets.TopK(ids, topLogits, LogitType.F32, lse, K, v, 2f);
+                targets = new TeacherTargets.TopK(ids, topLogits, DType.F32, lse, K, v, 2f);
                 trafficBytes = elems * 8 + (long) n * K * 8;
             }
             copyDst = kernels.allocate(device, trafficBytes / 2);

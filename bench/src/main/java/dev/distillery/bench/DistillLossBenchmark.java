@@ -24,7 +24,7 @@ import org.openjdk.jmh.annotations.Warmup;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -98,9 +98,9 @@ public class DistillLossBenchmark {
             teacherLogits = arena.allocate(2 * elems, 64);
             IntStream.range(0, n).parallel().forEach(r -> {
                 SplittableRandom rr = new SplittableRandom(seed * 31 + r);
-                for (int j = 0; j < v; j++) LogitType.BF16.write(teacherLogits, (long) r * v + j, (float) (4 * rr.nextGaussian()));
+                for (int j = 0; j < v; j++) DType.BF16.write(teacherLogits, (long) r * v + j, (float) (4 * rr.nextGaussian()));
             });
-            targets = new TeacherTargets.Dense(teacherLogits, LogitType.BF16, v);
+            targets = new TeacherTargets.Dense(teacherLogits, DType.BF16, v);
             logp = arena.allocate(4 * elems, 64);
             p = arena.allocate(4 * elems, 64);
         } else {
@@ -116,7 +116,7 @@ public class DistillLossBenchmark {
                 lse[r] = 8f / T + (float) Math.log(v); // a plausible full-vocabulary logsumexp; leaves a tail
             }
             targets = new TeacherTargets.TopK(arena.allocateFrom(ValueLayout.JAVA_INT, ids),
-                    arena.allocateFrom(ValueLayout.JAVA_FLOAT, topLogits), LogitType.F32,
+                    arena.allocateFrom(ValueLayout.JAVA_FLOAT, topLogits), DType.F32,
                     arena.allocateFrom(ValueLayout.JAVA_FLOAT, lse), K, v, T);
         }
         logq = arena.allocate(4 * elems, 64);
@@ -141,7 +141,7 @@ public class DistillLossBenchmark {
             throw new UnsupportedOperationException("the unfused composition is forward KL only; run '\\.fused' for " + divergence);
         }
         if (teacher.equals("dense-bf16")) {
-            return UnfusedDistillLoss.dense(student, teacherLogits, LogitType.BF16, labels, student, logq, logp, p, logq1,
+            return UnfusedDistillLoss.dense(student, teacherLogits, DType.BF16, labels, student, logq, logp, p, logq1,
                     n, v, T, ALPHA);
         }
         return UnfusedDistillLoss.topK(student, ids, topLogits, lse, K, labels, student, logq, logq1, n, v, T, ALPHA);

@@ -4,7 +4,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.stream.IntStream;
 
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 
 /**
  * The baseline for the fused loss benchmark: the same forward-KL distillation loss (T² scaling,
@@ -21,7 +21,7 @@ public final class UnfusedDistillLoss {
     }
 
     /** log_softmax(x[r] / t) into out[r] for every row; x is fp32 or a typed teacher. */
-    static void logSoftmax(MemorySegment x, LogitType type, MemorySegment out, int n, int v, float t) {
+    static void logSoftmax(MemorySegment x, DType type, MemorySegment out, int n, int v, float t) {
         IntStream.range(0, n).parallel().forEach(r -> {
             long o = (long) r * v;
             float mx = Float.NEGATIVE_INFINITY;
@@ -45,10 +45,10 @@ public final class UnfusedDistillLoss {
      * Dense teacher: returns the mean loss and writes dL/ds into grad.
      * Buffers logq, logp, p are (n, v) fp32 scratch.
      */
-    public static double dense(MemorySegment s, MemorySegment teacher, LogitType type, int[] labels, MemorySegment grad,
+    public static double dense(MemorySegment s, MemorySegment teacher, DType type, int[] labels, MemorySegment grad,
                                MemorySegment logq, MemorySegment logp, MemorySegment p, MemorySegment logq1,
                                int n, int v, float t, float alpha) {
-        logSoftmax(s, LogitType.F32, logq, n, v, t);        // pass 1
+        logSoftmax(s, DType.F32, logq, n, v, t);        // pass 1
         logSoftmax(teacher, type, logp, n, v, t);           // pass 2
         exp(logp, p, n, v);                                 // pass 3
         double kl = IntStream.range(0, n).parallel().mapToDouble(r -> { // pass 4
@@ -60,7 +60,7 @@ public final class UnfusedDistillLoss {
             }
             return sum;
         }).sum();
-        logSoftmax(s, LogitType.F32, logq1, n, v, 1f);     // pass 5: the hard-label CE
+        logSoftmax(s, DType.F32, logq1, n, v, 1f);     // pass 5: the hard-label CE
         double ce = 0;
         for (int r = 0; r < n; r++) ce -= logq1.getAtIndex(F, (long) r * v + labels[r]);
         float scale = 1f / n;
@@ -82,8 +82,8 @@ public final class UnfusedDistillLoss {
      */
     public static double topK(MemorySegment s, int[] ids, float[] logits, float[] lse, int k, int[] labels,
                               MemorySegment grad, MemorySegment logq, MemorySegment logq1, int n, int v, float t, float alpha) {
-        logSoftmax(s, LogitType.F32, logq, n, v, t);
-        logSoftmax(s, LogitType.F32, logq1, n, v, 1f);
+        logSoftmax(s, DType.F32, logq, n, v, t);
+        logSoftmax(s, DType.F32, logq1, n, v, 1f);
         double[] rowLoss = new double[n];
         double[] rho = new double[n];
         IntStream.range(0, n).parallel().forEach(r -> {

@@ -9,6 +9,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 
 /**

@@ -4,6 +4,8 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 
+import dev.distillery.kernels.DType;
+
 /**
  * A view of row-major, contiguous storage: shape, dtype and device over a {@link MemorySegment}
  * that someone else owns (a {@link Workspace}, a {@link ParameterStore}, a mapped file).

@@ -3,6 +3,7 @@ package dev.distillery.runtime;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 
 /**

@@ -11,7 +11,7 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.kernels.reference.ReferenceDistillLoss;
 import dev.distillery.kernels.reference.ReferenceKernels;
@@ -373,15 +373,15 @@ public final class KernelConformance {
             if (n > 2) labels[1] = -100;
             DistillOptions base = DistillOptions.of(2f, 0.3f);
             String size = n + "x" + v;
-            for (LogitType type : new LogitType[]{LogitType.BF16, LogitType.F16}) {
+            for (DType type : new DType[]{DType.BF16, DType.F16}) {
                 MemorySegment tl = arena.allocate((long) type.bytes() * t.length, 64);
                 double[] rounded = new double[t.length];
                 for (int i = 0; i < t.length; i++) {
                     type.write(tl, i, (float) t[i]);
                     rounded[i] = type.read(tl, i);
                 }
-                DistillOptions o = type == LogitType.BF16 ? base : base.withDivergence(Divergence.jsd(0.5));
-                distillCheck(buf, "distill dense " + type + (type == LogitType.BF16 ? " fkl" : " jsd"), size, s, labels,
+                DistillOptions o = type == DType.BF16 ? base : base.withDivergence(Divergence.jsd(0.5));
+                distillCheck(buf, "distill dense " + type + (type == DType.BF16 ? " fkl" : " jsd"), size, s, labels,
                         new TeacherTargets.Dense(buf.place(tl), type, vt), new ReferenceDistillLoss.Dense(rounded, vt), n, v, o);
             }
             int[] ids = new int[n * k];
@@ -400,7 +400,7 @@ public final class KernelConformance {
                 }
             }
             distillCheck(buf, "distill top-" + k + " rkl", size, s, labels,
-                    new TeacherTargets.TopK(buf.ints(ids), buf.floats(topLogits), LogitType.F32, buf.floats(lse), k, vt, 2f),
+                    new TeacherTargets.TopK(buf.ints(ids), buf.floats(topLogits), DType.F32, buf.floats(lse), k, vt, 2f),
                     new ReferenceDistillLoss.TopK(ids, topLogits, lse, k, vt, 2.0), n, v, base.withDivergence(Divergence.reverseKl()));
             int[] sIds = new int[n * samples];
             double[] w = new double[n * samples];

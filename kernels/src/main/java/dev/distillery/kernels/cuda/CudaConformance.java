@@ -11,7 +11,7 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.conformance.KernelConformance;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -301,9 +301,9 @@ public final class CudaConformance {
         MemorySegment params = params(o, 1f);
 
         MemorySegment tb = arena.allocate(2L * n * v, 64);
-        for (int i = 0; i < n * v; i++) LogitType.BF16.write(tb, i, t[i]);
+        for (int i = 0; i < n * v; i++) DType.BF16.write(tb, i, t[i]);
         MemorySegment hs = host(s), rowCe = host(new float[n]), rowDiv = host(new float[n]);
-        cpu.distillLoss(hs, hs, new TeacherTargets.Dense(tb, LogitType.BF16, v), host(labels), rowCe, rowDiv, n, v, o, 1f);
+        cpu.distillLoss(hs, hs, new TeacherTargets.Dense(tb, DType.BF16, v), host(labels), rowCe, rowDiv, n, v, o, 1f);
         CudaBackend.Ptr ds = device(host(s)), dtb = device(tb), dl = device(host(labels)), dce = poisoned(n), ddiv = poisoned(n);
         long t0 = System.nanoTime();
         gpu.launch("distill_dense_bf16", n, 256, ds, ds, dtb, dl, dce, ddiv, n, v, v, params);
@@ -328,7 +328,7 @@ public final class CudaConformance {
             }
         }
         MemorySegment hs2 = host(s);
-        cpu.distillLoss(hs2, hs2, new TeacherTargets.TopK(host(ids), host(topLogits), LogitType.F32, host(lse), k, v, 2f),
+        cpu.distillLoss(hs2, hs2, new TeacherTargets.TopK(host(ids), host(topLogits), DType.F32, host(lse), k, v, 2f),
                 host(labels), null, null, n, v, o, 1f);
         CudaBackend.Ptr ds2 = device(host(s)), dids = device(host(ids)), dtop = device(host(topLogits)), dlse = device(host(lse));
         CudaBackend.Ptr ce2 = poisoned(n), div2 = poisoned(n);

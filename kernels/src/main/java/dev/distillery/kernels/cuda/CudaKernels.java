@@ -8,7 +8,7 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -353,11 +353,12 @@ public final class CudaKernels implements Kernels {
         return new DistillSums(total, ceSum, divSum, counted);
     }
 
-    private static String suffix(LogitType type) {
+    private static String suffix(DType type) {
         return switch (type) {
             case F32 -> "f32";
             case F16 -> "f16";
             case BF16 -> "bf16";
+            default -> throw new IllegalArgumentException("no CUDA loss kernel reads " + type + " teacher logits");
         };
     }
 

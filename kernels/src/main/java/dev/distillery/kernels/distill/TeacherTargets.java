@@ -1,18 +1,38 @@
 package dev.distillery.kernels.distill;
 
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.List;
+
+import dev.distillery.kernels.DType;
 
 /**
  * What the teacher says about each of n token rows, as stored in a shard. Buffers are positioned
- * at row 0; {@link #rows(int, int)} gives the targets of a sub-range (for chunked losses).
+ * at row 0; {@link #rows(int, int)} gives the targets of a sub-range (for chunked losses), and
+ * {@link #layout()} describes them without the memory.
  */
 public sealed interface TeacherTargets {
+
+    /** The kinds of teacher targets. */
+    enum Kind { DENSE, TOP_K, SAMPLED }
 
     /** Teacher vocabulary size V_t; the student's may be larger (padding columns), never smaller. */
     int vocab();
 
+    /** The kind, types and sizes of these targets. */
+    TeacherLayout layout();
+
+    /** The buffers, in the order of {@link TeacherLayout#bufferTypes()}, each positioned at row 0. */
+    List<MemorySegment> buffers();
+
     /** The same targets for rows [from, to). */
-    TeacherTargets rows(int from, int to);
+    default TeacherTargets rows(int from, int to) {
+        TeacherLayout layout = layout();
+        List<MemorySegment> buffers = buffers(), sliced = new ArrayList<>(buffers.size());
+        for (int i = 0; i < buffers.size(); i++) sliced.add(buffers.get(i).asSlice(from * layout.bytesPerRow(i)));
+        return layout.over(sliced);
+    }
 
     /**
      * The teacher's most likely token in {@code row} (ties: the smaller id among dense logits, the
@@ -21,10 +41,19 @@ public sealed interface TeacherTargets {
     int top1(int row);
 
     /** Dense logits (n, vocab) in fp32, fp16 or bf16, read by the kernel with no conversion pass. */
-    record Dense(MemorySegment logits, LogitType type, int vocab) implements TeacherTargets {
+    record Dense(MemorySegment logits, DType type, int vocab) implements TeacherTargets {
+        public Dense {
+            if (!type.isFloat16Or32()) throw new IllegalArgumentException("dense teacher logits must be F32, F16 or BF16, got " + type);
+        }
+
         @Override
-        public TeacherTargets rows(int from, int to) {
-            return new Dense(logits.asSlice((long) from * vocab * type.bytes()), type, vocab);
+        public TeacherLayout layout() {
+            return TeacherLayout.dense(type, vocab);
+        }
+
+        @Override
+        public List<MemorySegment> buffers() {
+            return List.of(logits);
         }
 
         @Override
@@ -37,22 +66,27 @@ public sealed interface TeacherTargets {
      * Top-k: int32 ids (n, k), their logits (n, k) and the teacher's full-vocabulary
      * logsumexp (n, fp32) of logits / {@code shardTemperature}. Ids in a row must be distinct.
      */
-    record TopK(MemorySegment ids, MemorySegment logits, LogitType type, MemorySegment logsumexp,
+    record TopK(MemorySegment ids, MemorySegment logits, DType type, MemorySegment logsumexp,
                 int k, int vocab, float shardTemperature) implements TeacherTargets {
         public TopK {
             if (k < 1 || k > vocab) throw new IllegalArgumentException("top-k k = " + k + " must be in [1, vocab = " + vocab + "]");
+            if (!type.isFloat16Or32()) throw new IllegalArgumentException("top-k teacher logits must be F32, F16 or BF16, got " + type);
             if (!(shardTemperature > 0)) throw new IllegalArgumentException("shard temperature must be > 0, got " + shardTemperature);
         }
 
         @Override
-        public TeacherTargets rows(int from, int to) {
-            return new TopK(ids.asSlice(4L * from * k), logits.asSlice((long) from * k * type.bytes()),
-                    type, logsumexp.asSlice(4L * from), k, vocab, shardTemperature);
+        public TeacherLayout layout() {
+            return new TeacherLayout(Kind.TOP_K, type, vocab, k, shardTemperature);
+        }
+
+        @Override
+        public List<MemorySegment> buffers() {
+            return List.of(ids, logits, logsumexp);
         }
 
         @Override
         public int top1(int row) {
-            return ids.getAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, (long) row * k + type.argmax(logits, (long) row * k, k));
+            return ids.getAtIndex(ValueLayout.JAVA_INT, (long) row * k + type.argmax(logits, (long) row * k, k));
         }
     }
 
@@ -69,9 +103,13 @@ public sealed interface TeacherTargets {
         }
 
         @Override
-        public TeacherTargets rows(int from, int to) {
-            return new Sampled(ids.asSlice(4L * from * samples), weights.asSlice(4L * from * samples),
-                    samples, vocab, shardTemperature);
+        public TeacherLayout layout() {
+            return new TeacherLayout(Kind.SAMPLED, DType.F32, vocab, samples, shardTemperature);
+        }
+
+        @Override
+        public List<MemorySegment> buffers() {
+            return List.of(ids, weights);
         }
 
         @Override
@@ -79,11 +117,11 @@ public sealed interface TeacherTargets {
             int best = -1;
             double max = Double.NEGATIVE_INFINITY;
             for (int i = 0; i < samples; i++) {
-                int id = ids.getAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, (long) row * samples + i);
+                int id = ids.getAtIndex(ValueLayout.JAVA_INT, (long) row * samples + i);
                 double w = 0;
                 for (int j = 0; j < samples; j++) {
-                    if (ids.getAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, (long) row * samples + j) == id) {
-                        w += weights.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, (long) row * samples + j);
+                    if (ids.getAtIndex(ValueLayout.JAVA_INT, (long) row * samples + j) == id) {
+                        w += weights.getAtIndex(ValueLayout.JAVA_FLOAT, (long) row * samples + j);
                     }
                 }
                 if (w > max) {

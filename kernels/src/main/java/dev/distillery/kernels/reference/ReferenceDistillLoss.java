@@ -8,7 +8,9 @@ import dev.distillery.kernels.distill.Divergence;
  * teacher distribution over categories (every vocabulary entry, or the top-k entries plus a tail
  * bucket, or the sampled estimate), build the student's over the same categories, evaluate the
  * divergence, and differentiate it through q = softmax(s/T) with the chain rule
- * dL/ds_j = (1/T) q_j (∂L/∂Q_{c(j)} − Σ_c Q_c ∂L/∂Q_c). Nothing is fused or streamed.
+ * dL/ds_j = (1/T) q_j (∂L/∂Q_{c(j)} − Σ_c Q_c ∂L/∂Q_c). Nothing is fused or streamed. One method
+ * per teacher kind ({@code denseRow}, {@code topKRow}, {@code sampledRow}), named like the rows of
+ * kernels.cpu.distill and cuda/src/main/cuda/distill_loss.cu.
  */
 public final class ReferenceDistillLoss {
 
@@ -61,50 +63,15 @@ public final class ReferenceDistillLoss {
                 ce[r] = -l1[labels[r]];
                 for (int j = 0; j < v; j++) dCe[j] = Math.exp(l1[j]) - (j == labels[r] ? 1 : 0);
             }
-            // categories: cat[j] = category of vocabulary entry j; log P and P per category
+            // categories: cat[j] = category of vocabulary entry j; log P per category
             int[] cat = new int[v];
-            double[] logP;
-            boolean crossEntropyOnly = false;
-            switch (teacher) {
-                case Dense d -> {
-                    double[] tl = new double[v];
-                    for (int j = 0; j < v; j++) tl[j] = j < d.vocab() ? d.logits()[r * d.vocab() + j] : Double.NEGATIVE_INFINITY;
-                    logP = logSoftmax(tl, t);
-                    for (int j = 0; j < v; j++) cat[j] = j;
-                }
-                case TopK k -> {
-                    int kk = k.k();
-                    logP = new double[kk + 1];
-                    java.util.Arrays.fill(cat, kk);
-                    double[] topLogits = new double[kk];
-                    for (int i = 0; i < kk; i++) {
-                        cat[k.ids()[r * kk + i]] = i;
-                        topLogits[i] = k.logits()[r * kk + i];
-                    }
-                    double tailAtShard = 1;
-                    for (int i = 0; i < kk; i++) tailAtShard -= Math.exp(topLogits[i] / k.shardTemperature() - k.logsumexp()[r]);
-                    tailAtShard = Math.max(0, tailAtShard);
-                    double[] renorm = logSoftmax(topLogits, t);
-                    boolean renormalize = o.topKMode() == DistillOptions.TopKMode.RENORMALIZE;
-                    boolean sameT = t == k.shardTemperature();
-                    for (int i = 0; i < kk; i++) {
-                        if (renormalize) logP[i] = renorm[i];
-                        else if (sameT) logP[i] = topLogits[i] / t - k.logsumexp()[r];
-                        else logP[i] = Math.log(1 - tailAtShard) + renorm[i];
-                    }
-                    // no teacher tail when renormalizing or when the top-k lists the teacher's whole vocabulary
-                    logP[kk] = renormalize || kk == k.vocab() ? Double.NEGATIVE_INFINITY : Math.log(tailAtShard);
-                }
-                case Sampled sm -> {
-                    // p̂_j = Σ_s w_s [id_s = j]; the reported divergence is the cross-entropy −Σ p̂ log q
-                    double[] pHat = new double[v];
-                    for (int i = 0; i < sm.samples(); i++) pHat[sm.ids()[r * sm.samples() + i]] += sm.weights()[r * sm.samples() + i];
-                    logP = new double[v];
-                    for (int j = 0; j < v; j++) logP[j] = Math.log(pHat[j]);
-                    for (int j = 0; j < v; j++) cat[j] = j;
-                    crossEntropyOnly = true;
-                }
-            }
+            Categories teacherRow = switch (teacher) {
+                case Dense d -> denseRow(d, r, v, t, cat);
+                case TopK k -> topKRow(k, r, t, o, cat);
+                case Sampled sm -> sampledRow(sm, r, v, cat);
+            };
+            double[] logP = teacherRow.logP();
+            boolean crossEntropyOnly = teacherRow.crossEntropyOnly();
             int cats = logP.length;
             double[] logQ = new double[cats];
             java.util.Arrays.fill(logQ, Double.NEGATIVE_INFINITY);
@@ -162,6 +129,55 @@ public final class ReferenceDistillLoss {
             total += alpha * ce[r] + (1 - alpha) * div[r];
         }
         return new Result(ce, div, grad, total, rows);
+    }
+
+    /** A teacher row as categories: log P per category; crossEntropyOnly for sampled rows (the value is −Σ p̂ log q). */
+    private record Categories(double[] logP, boolean crossEntropyOnly) {
+    }
+
+    /** Dense teacher: every vocabulary entry its own category, log P = log softmax(t/T), −inf past the teacher's vocabulary. */
+    private static Categories denseRow(Dense d, int r, int v, double t, int[] cat) {
+        double[] tl = new double[v];
+        for (int j = 0; j < v; j++) tl[j] = j < d.vocab() ? d.logits()[r * d.vocab() + j] : Double.NEGATIVE_INFINITY;
+        double[] logP = logSoftmax(tl, t);
+        for (int j = 0; j < v; j++) cat[j] = j;
+        return new Categories(logP, false);
+    }
+
+    /** Top-k teacher: the k listed ids and one tail category holding the teacher's mass outside them. */
+    private static Categories topKRow(TopK k, int r, double t, DistillOptions o, int[] cat) {
+        int kk = k.k();
+        double[] logP = new double[kk + 1];
+        java.util.Arrays.fill(cat, kk);
+        double[] topLogits = new double[kk];
+        for (int i = 0; i < kk; i++) {
+            cat[k.ids()[r * kk + i]] = i;
+            topLogits[i] = k.logits()[r * kk + i];
+        }
+        double tailAtShard = 1;
+        for (int i = 0; i < kk; i++) tailAtShard -= Math.exp(topLogits[i] / k.shardTemperature() - k.logsumexp()[r]);
+        tailAtShard = Math.max(0, tailAtShard);
+        double[] renorm = logSoftmax(topLogits, t);
+        boolean renormalize = o.topKMode() == DistillOptions.TopKMode.RENORMALIZE;
+        boolean sameT = t == k.shardTemperature();
+        for (int i = 0; i < kk; i++) {
+            if (renormalize) logP[i] = renorm[i];
+            else if (sameT) logP[i] = topLogits[i] / t - k.logsumexp()[r];
+            else logP[i] = Math.log(1 - tailAtShard) + renorm[i];
+        }
+        // no teacher tail when renormalizing or when the top-k lists the teacher's whole vocabulary
+        logP[kk] = renormalize || kk == k.vocab() ? Double.NEGATIVE_INFINITY : Math.log(tailAtShard);
+        return new Categories(logP, false);
+    }
+
+    /** Sampled teacher: p̂_j = Σ_s w_s [id_s = j] per vocabulary entry; the reported divergence is the cross-entropy −Σ p̂ log q. */
+    private static Categories sampledRow(Sampled sm, int r, int v, int[] cat) {
+        double[] pHat = new double[v];
+        for (int i = 0; i < sm.samples(); i++) pHat[sm.ids()[r * sm.samples() + i]] += sm.weights()[r * sm.samples() + i];
+        double[] logP = new double[v];
+        for (int j = 0; j < v; j++) logP[j] = Math.log(pHat[j]);
+        for (int j = 0; j < v; j++) cat[j] = j;
+        return new Categories(logP, true);
     }
 
     /** log softmax(x / t) in float64; -inf entries get -inf. */

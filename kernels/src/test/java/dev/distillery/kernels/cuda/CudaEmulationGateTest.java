@@ -23,7 +23,7 @@ import dev.distillery.kernels.conformance.Buffers;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -62,16 +62,16 @@ class CudaEmulationGateTest {
     }
 
     /** shardTemperature ≠ temperature on a top-k case runs the rescaled tail (CUDA mode 2, RESCALE_TOPK). */
-    private record Case(String name, int kind, LogitType type, Divergence divergence, int n, int v, int vt,
+    private record Case(String name, int kind, DType type, Divergence divergence, int n, int v, int vt,
                         boolean inPlace, boolean labels, float temperature, float alpha, DistillOptions.TopKMode mode,
                         float shardTemperature) {
-        Case(String name, int kind, LogitType type, Divergence divergence, int n, int v, int vt,
+        Case(String name, int kind, DType type, Divergence divergence, int n, int v, int vt,
              boolean inPlace, boolean labels, float temperature, float alpha) {
             this(name, kind, type, divergence, n, v, vt, inPlace, labels, temperature, alpha, DistillOptions.TopKMode.TAIL_BUCKET,
                     temperature);
         }
 
-        Case(String name, int kind, LogitType type, Divergence divergence, int n, int v, int vt,
+        Case(String name, int kind, DType type, Divergence divergence, int n, int v, int vt,
              boolean inPlace, boolean labels, float temperature, float alpha, DistillOptions.TopKMode mode) {
             this(name, kind, type, divergence, n, v, vt, inPlace, labels, temperature, alpha, mode, temperature);
         }
@@ -82,25 +82,25 @@ class CudaEmulationGateTest {
         Divergence[] divs = {Divergence.forwardKl(), Divergence.reverseKl(), Divergence.jsd(0.4)};
         for (int[] shape : shapes) {
             for (Divergence d : divs) {
-                for (LogitType t : LogitType.values()) {
-                    boolean inPlace = t != LogitType.F16;
+                for (DType t : DType.values()) {
+                    boolean inPlace = t != DType.F16;
                     cases.add(new Case("dense " + t + " " + d + " V=" + shape[0] + "/" + shape[1], 0, t, d, 3,
                             shape[0], shape[1], inPlace, true, 2f, 0.3f));
                 }
             }
-            cases.add(new Case("sampled V=" + shape[0], 1, LogitType.F32, divs[0], 3, shape[0], shape[1], true, true, 1.5f, 0.2f));
+            cases.add(new Case("sampled V=" + shape[0], 1, DType.F32, divs[0], 3, shape[0], shape[1], true, true, 1.5f, 0.2f));
             for (Divergence d : divs) {
                 for (DistillOptions.TopKMode mode : DistillOptions.TopKMode.values()) {
-                    LogitType t = mode == DistillOptions.TopKMode.TAIL_BUCKET ? LogitType.BF16 : LogitType.F32;
+                    DType t = mode == DistillOptions.TopKMode.TAIL_BUCKET ? DType.BF16 : DType.F32;
                     cases.add(new Case("top-k " + t + " " + mode + " " + d + " V=" + shape[0] + "/" + shape[1], 2, t, d, 3,
                             shape[0], shape[1], mode == DistillOptions.TopKMode.TAIL_BUCKET, true, 2f, 0.3f, mode));
                 }
                 // a shard dumped at T = 1.5 trained at T = 2: the tail mass rescaled (RESCALE_TOPK)
-                cases.add(new Case("top-k F16 rescaled tail " + d + " V=" + shape[0] + "/" + shape[1], 2, LogitType.F16, d, 3,
+                cases.add(new Case("top-k F16 rescaled tail " + d + " V=" + shape[0] + "/" + shape[1], 2, DType.F16, d, 3,
                         shape[0], shape[1], true, true, 2f, 0.3f, DistillOptions.TopKMode.TAIL_BUCKET, 1.5f));
             }
         }
-        cases.add(new Case("dense no labels", 0, LogitType.F32, divs[0], 2, 211, 211, false, false, 1f, 0f));
+        cases.add(new Case("dense no labels", 0, DType.F32, divs[0], 2, 211, 211, false, false, 1f, 0f));
         return cases;
     }
 
@@ -204,7 +204,7 @@ class CudaEmulationGateTest {
             ByteBuffer in = ByteBuffer.allocate(80 + 4 * (n * v + 2 * n) + (int) teacherSeg.byteSize() + 8 * ids.length
                             + (int) topLogits.byteSize())
                     .order(ByteOrder.LITTLE_ENDIAN);
-            int dtype = switch (c.type()) { case F32 -> 0; case F16 -> 1; case BF16 -> 2; };
+            int dtype = switch (c.type()) { case F32 -> 0; case F16 -> 1; case BF16 -> 2; default -> throw new AssertionError(c.type()); };
             int divergence = switch (c.divergence()) {
                 case Divergence.ForwardKl f -> 0;
                 case Divergence.ReverseKl r -> 1;

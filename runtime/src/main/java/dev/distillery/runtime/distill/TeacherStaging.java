@@ -2,8 +2,11 @@ package dev.distillery.runtime.distill;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.List;
 
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -21,7 +24,7 @@ import dev.distillery.kernels.distill.TeacherTargets;
 public final class TeacherStaging implements AutoCloseable {
 
     private final Kernels kernels;
-    private final Buffer[] buffers = {new Buffer(), new Buffer(), new Buffer()};
+    private final List<Buffer> buffers = new ArrayList<>();
 
     public TeacherStaging(Kernels kernels) {
         this.kernels = kernels;
@@ -52,17 +55,13 @@ public final class TeacherStaging implements AutoCloseable {
     /** {@code host}'s first {@code rows} rows where the kernels read; on a device, valid until the next call. */
     public TeacherTargets stage(TeacherTargets host, int rows) {
         if (kernels.hostAccessible()) return host;
-        return switch (host) {
-            case TeacherTargets.Dense d -> new TeacherTargets.Dense(
-                    buffers[0].upload(d.logits(), (long) rows * d.vocab() * d.type().bytes()), d.type(), d.vocab());
-            case TeacherTargets.TopK k -> new TeacherTargets.TopK(
-                    buffers[0].upload(k.ids(), 4L * rows * k.k()),
-                    buffers[1].upload(k.logits(), (long) rows * k.k() * k.type().bytes()), k.type(),
-                    buffers[2].upload(k.logsumexp(), 4L * rows), k.k(), k.vocab(), k.shardTemperature());
-            case TeacherTargets.Sampled s -> new TeacherTargets.Sampled(
-                    buffers[0].upload(s.ids(), 4L * rows * s.samples()),
-                    buffers[1].upload(s.weights(), 4L * rows * s.samples()), s.samples(), s.vocab(), s.shardTemperature());
-        };
+        TeacherLayout layout = host.layout();
+        List<MemorySegment> from = host.buffers(), staged = new ArrayList<>(from.size());
+        for (int i = 0; i < from.size(); i++) {
+            if (buffers.size() == i) buffers.add(new Buffer());
+            staged.add(buffers.get(i).upload(from.get(i), rows * layout.bytesPerRow(i)));
+        }
+        return layout.over(staged);
     }
 
     @Override

@@ -14,7 +14,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 
 import dev.distillery.kernels.Kernels;
-import dev.distillery.runtime.DType;
+import dev.distillery.kernels.DType;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.nn.Transformer;
 import dev.distillery.runtime.nn.TransformerConfig;

@@ -23,7 +23,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.json.JsonMapper;
 
-import dev.distillery.runtime.DType;
+import dev.distillery.kernels.DType;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Tensor;
 

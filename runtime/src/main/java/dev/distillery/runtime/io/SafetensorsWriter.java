@@ -11,7 +11,7 @@ import java.util.Map;
 
 import com.fasterxml.jackson.databind.ObjectMapper;
 
-import dev.distillery.runtime.DType;
+import dev.distillery.kernels.DType;
 
 /** Writes safetensors files, crash-safely through {@link AtomicFileWriter}. */
 public final class SafetensorsWriter {

@@ -7,7 +7,7 @@ import java.lang.foreign.ValueLayout;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
-import dev.distillery.runtime.DType;
+import dev.distillery.kernels.DType;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
@@ -338,7 +338,7 @@ public final class TrainingSession implements AutoCloseable {
                     }
                     long agree = 0;
                     for (int r = 0; r < rows; r++) {
-                        if (dev.distillery.kernels.distill.LogitType.F32.argmax(hostLogitRows, (long) r * v, v) == teacherTop1[r0 + r]) agree++;
+                        if (dev.distillery.kernels.DType.F32.argmax(hostLogitRows, (long) r * v, v) == teacherTop1[r0 + r]) agree++;
                     }
                     // Divergence over every row (labels of 0 keep them all), CE over the labelled rows only.
                     kernels.distillLoss(logits.data(), null, staged.rows(r0, r0 + rows), noLabels, null, rowDiv, rows, v, klOnly, 1f);

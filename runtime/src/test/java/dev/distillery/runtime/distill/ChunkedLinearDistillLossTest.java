@@ -12,9 +12,8 @@ import org.junit.jupiter.api.Test;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
-import dev.distillery.runtime.DType;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.Tensor;
@@ -40,10 +39,10 @@ class ChunkedLinearDistillLossTest {
             tok.setAtIndex(ValueLayout.JAVA_INT, i, rng.nextInt(CFG.vocabSize()));
             lab.setAtIndex(ValueLayout.JAVA_INT, i, i == 5 ? -100 : rng.nextInt(VT));
         }
-        for (int i = 0; i < N * VT; i++) LogitType.BF16.write(t, i, (float) (3 * rng.nextGaussian()));
+        for (int i = 0; i < N * VT; i++) DType.BF16.write(t, i, (float) (3 * rng.nextGaussian()));
         return new Inputs(new Tensor("tokens", new int[]{B, T}, DType.I32, Device.CPU, tok, false),
                 new Tensor("labels", new int[]{N}, DType.I32, Device.CPU, lab, false),
-                new TeacherTargets.Dense(t, LogitType.BF16, VT));
+                new TeacherTargets.Dense(t, DType.BF16, VT));
     }
 
     /** Loss and a copy of every parameter gradient after one forward + backward with the given chunk size. */

@@ -20,7 +20,7 @@ import java.util.Map;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
-import dev.distillery.runtime.DType;
+import dev.distillery.kernels.DType;
 import dev.distillery.runtime.Tensor;
 
 class SafetensorsTest {

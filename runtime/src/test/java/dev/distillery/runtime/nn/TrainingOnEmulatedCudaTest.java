@@ -23,7 +23,7 @@ import dev.distillery.kernels.cuda.EmulatedCudaBackend;
 import dev.distillery.kernels.cuda.EmulationBuild;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Rng;
@@ -80,8 +80,8 @@ class TrainingOnEmulatedCudaTest {
                 double max = Double.NEGATIVE_INFINITY, sum = 0;
                 for (int j = 0; j < t.length; j++) {
                     long at = (long) r * t.length + j;
-                    LogitType.BF16.write(dense, at, (float) (3 * data.nextGaussian()));
-                    t[j] = LogitType.BF16.read(dense, at);
+                    DType.BF16.write(dense, at, (float) (3 * data.nextGaussian()));
+                    t[j] = DType.BF16.read(dense, at);
                     max = Math.max(max, t[j] / 2);
                 }
                 for (double x : t) sum += Math.exp(x / 2 - max);
@@ -94,8 +94,8 @@ class TrainingOnEmulatedCudaTest {
                     top.setAtIndex(ValueLayout.JAVA_FLOAT, (long) r * K + i, (float) t[order[i]]);
                 }
             }
-            TeacherTargets denseTeacher = new TeacherTargets.Dense(dense, LogitType.BF16, CFG.vocabSize());
-            TeacherTargets topK = new TeacherTargets.TopK(ids, top, LogitType.F32, lse, K, CFG.vocabSize(), 2f);
+            TeacherTargets denseTeacher = new TeacherTargets.Dense(dense, DType.BF16, CFG.vocabSize());
+            TeacherTargets topK = new TeacherTargets.TopK(ids, top, DType.F32, lse, K, CFG.vocabSize(), 2f);
             DistillOptions options = DistillOptions.of(2f, 0.3f);
             int steps = 4;
             double[] losses = new double[steps], norms = new double[steps];

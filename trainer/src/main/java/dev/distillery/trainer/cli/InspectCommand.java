@@ -8,6 +8,7 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.Callable;
 
+import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.SafetensorsFile;
 import dev.distillery.runtime.nn.TransformerConfig;
@@ -64,7 +65,7 @@ public final class InspectCommand implements Callable<Integer> {
                 TeacherManifest m = shards.manifest();
                 out.printf(Locale.ROOT, "teacher shards %s: %d sequences of %d tokens, vocab %d, targets %s%s, dtype %s, temperature %s%n",
                         path, shards.sequences(), m.seqLen(), m.vocabSize(), m.targets(),
-                        m.targets().equals("dense") ? "" : " (k " + m.k() + ")", m.dtype(), m.temperature());
+                        shards.layout().kind() == TeacherTargets.Kind.DENSE ? "" : " (k " + m.k() + ")", m.dtype(), m.temperature());
                 out.printf(Locale.ROOT, "teacher %s, tokenizer %s%s%n", m.teacher(), m.tokenizer(), verify ? ", checksums verified" : "");
                 for (TeacherManifest.Shard s : m.shards()) {
                     try (SafetensorsFile st = SafetensorsFile.open(path.resolve(s.file()))) {

@@ -2,11 +2,13 @@ package dev.distillery.trainer.data;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.atomic.AtomicReference;
 
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
 
@@ -28,18 +30,14 @@ public final class TeacherBatchStream implements AutoCloseable {
     public record Batch(int epoch, int index, MemorySegment inputIds, TeacherTargets targets, int[] sequences, Slot slot) {
     }
 
-    /** A reusable set of buffers for one batch. */
+    /** A reusable set of buffers for one batch: its input ids and one buffer per buffer of the teacher layout. */
     public static final class Slot {
         private final MemorySegment ids;
-        private final MemorySegment a;   // dense logits | top-k ids | sampled ids
-        private final MemorySegment b;   // top-k logits | sampled weights
-        private final MemorySegment c;   // top-k logsumexp
+        private final List<MemorySegment> targets = new ArrayList<>();
 
-        private Slot(Arena arena, HostMemory memory, long idsBytes, long aBytes, long bBytes, long cBytes) {
-            ids = memory.allocate(arena, Math.max(1, idsBytes));
-            a = memory.allocate(arena, Math.max(1, aBytes));
-            b = memory.allocate(arena, Math.max(1, bBytes));
-            c = memory.allocate(arena, Math.max(1, cBytes));
+        private Slot(Arena arena, HostMemory memory, long rows, TeacherLayout layout) {
+            ids = memory.allocate(arena, Math.max(1, rows * 4));
+            for (int i = 0; i < layout.bufferTypes().size(); i++) targets.add(memory.allocate(arena, Math.max(1, rows * layout.bytesPerRow(i))));
         }
     }
 
@@ -64,7 +62,7 @@ public final class TeacherBatchStream implements AutoCloseable {
     private final BlockingQueue<Batch> ready;
     private final AtomicReference<Throwable> failure = new AtomicReference<>();
     private final Thread producer;
-    private final LogitType type;
+    private final TeacherLayout layout;
     private long waitNanos;
 
     /**
@@ -88,29 +86,11 @@ public final class TeacherBatchStream implements AutoCloseable {
         if (startBatch < 0 || startBatch >= batchesPerEpoch) {
             throw new IllegalArgumentException("start batch " + startBatch + " must be in [0, " + batchesPerEpoch + ")");
         }
-        TeacherManifest m = shards.manifest();
-        this.type = switch (m.dtype() == null ? "f32" : m.dtype()) {
-            case "f16" -> LogitType.F16;
-            case "bf16" -> LogitType.BF16;
-            default -> LogitType.F32;
-        };
-        long rows = (long) batch * m.seqLen();
-        long aBytes, bBytes = 0, cBytes = 0;
-        switch (m.targets()) {
-            case "dense" -> aBytes = rows * m.vocabSize() * type.bytes();
-            case "topk" -> {
-                aBytes = rows * m.k() * 4;
-                bBytes = rows * m.k() * type.bytes();
-                cBytes = rows * 4;
-            }
-            default -> {
-                aBytes = rows * m.k() * 4;
-                bBytes = rows * m.k() * 4;
-            }
-        }
+        this.layout = shards.layout();
+        long rows = (long) batch * shards.manifest().seqLen();
         this.free = new ArrayBlockingQueue<>(depth);
         this.ready = new ArrayBlockingQueue<>(depth);
-        for (int i = 0; i < depth; i++) free.add(new Slot(arena, memory, rows * 4, aBytes, bBytes, cBytes));
+        for (int i = 0; i < depth; i++) free.add(new Slot(arena, memory, rows, layout));
         this.producer = Thread.ofPlatform().daemon().name("distillery-prefetch").start(() -> produce(startEpoch, startBatch));
     }
 
@@ -151,31 +131,14 @@ public final class TeacherBatchStream implements AutoCloseable {
     }
 
     private Batch fill(Slot slot, int epoch, int index, int[] seqs) {
-        TeacherManifest m = shards.manifest();
-        int t = m.seqLen(), v = m.vocabSize(), k = m.k();
+        int t = shards.manifest().seqLen();
         for (int i = 0; i < seqs.length; i++) {
             TeacherShards.Sequence s = shards.sequence(seqs[i]);
             MemorySegment.copy(s.inputIds(), 0, slot.ids, 4L * i * t, 4L * t);
-            switch (s.targets()) {
-                case TeacherTargets.Dense d -> copy(d.logits(), slot.a, i, (long) t * v * type.bytes());
-                case TeacherTargets.TopK tk -> {
-                    copy(tk.ids(), slot.a, i, 4L * t * k);
-                    copy(tk.logits(), slot.b, i, (long) t * k * type.bytes());
-                    copy(tk.logsumexp(), slot.c, i, 4L * t);
-                }
-                case TeacherTargets.Sampled sm -> {
-                    copy(sm.ids(), slot.a, i, 4L * t * k);
-                    copy(sm.weights(), slot.b, i, 4L * t * k);
-                }
-            }
+            List<MemorySegment> from = s.targets().buffers();
+            for (int b = 0; b < from.size(); b++) copy(from.get(b), slot.targets.get(b), i, t * layout.bytesPerRow(b));
         }
-        float temperature = (float) m.temperature();
-        TeacherTargets targets = switch (m.targets()) {
-            case "dense" -> new TeacherTargets.Dense(slot.a, type, v);
-            case "topk" -> new TeacherTargets.TopK(slot.a, slot.b, type, slot.c, k, v, temperature);
-            default -> new TeacherTargets.Sampled(slot.a, slot.b, k, v, temperature);
-        };
-        return new Batch(epoch, index, slot.ids, targets, seqs, slot);
+        return new Batch(epoch, index, slot.ids, layout.over(slot.targets), seqs, slot);
     }
 
     private static void copy(MemorySegment src, MemorySegment dst, int i, long bytes) {

@@ -4,6 +4,8 @@ import java.io.IOException;
 import java.nio.file.Path;
 import java.util.List;
 
+import dev.distillery.kernels.distill.TeacherTargets;
+
 
 /**
  * {@code manifest.json} of a teacher shard directory (docs/FORMATS.md#teacher-shards). Keys are
@@ -45,12 +47,21 @@ public record TeacherManifest(int formatVersion, int vocabSize, int seqLen, Stri
         require(file, formatVersion == 1, "format_version", "must be 1, got " + formatVersion);
         require(file, vocabSize > 0, "vocab_size", "must be positive, got " + vocabSize);
         require(file, seqLen > 0, "seq_len", "must be positive, got " + seqLen);
-        require(file, targets != null && List.of("dense", "topk", "sampled").contains(targets), "targets",
-                "must be dense, topk or sampled, got " + targets);
-        require(file, targets.equals("dense") || (k > 0 && k <= vocabSize), "k",
+        TeacherTargets.Kind kind;
+        try {
+            kind = TeacherShardFormat.kind(targets);
+        } catch (IllegalArgumentException e) {
+            throw new IOException(file + ": 'targets' " + e.getMessage(), e);
+        }
+        require(file, kind == TeacherTargets.Kind.DENSE || (k > 0 && k <= vocabSize), "k",
                 "must be in [1, vocab_size = " + vocabSize + "] for " + targets + ", got " + k);
-        require(file, targets.equals("sampled") || (dtype != null && List.of("f32", "f16", "bf16").contains(dtype)), "dtype",
-                "must be f32, f16 or bf16, got " + dtype);
+        if (kind != TeacherTargets.Kind.SAMPLED) {
+            try {
+                TeacherShardFormat.logitType(dtype);
+            } catch (IllegalArgumentException e) {
+                throw new IOException(file + ": 'dtype' " + e.getMessage(), e);
+            }
+        }
         require(file, temperature > 0, "temperature", "must be positive, got " + temperature);
         require(file, shards != null && !shards.isEmpty(), "shards", "must list at least one shard");
         for (int i = 0; i < shards.size(); i++) {

@@ -13,9 +13,9 @@ import java.util.Arrays;
 import java.util.HexFormat;
 import java.util.List;
 
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
+import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
-import dev.distillery.runtime.DType;
 import dev.distillery.runtime.io.SafetensorsFile;
 
 /**
@@ -30,12 +30,16 @@ public final class TeacherShards implements AutoCloseable {
     }
 
     private final TeacherManifest manifest;
+    private final TeacherLayout layout;
+    private final List<TeacherShardFormat.Tensor> tensors;
     private final List<SafetensorsFile> files;
     private final int[] firstSequence;
     private final int total;
 
     private TeacherShards(TeacherManifest manifest, List<SafetensorsFile> files) {
         this.manifest = manifest;
+        this.layout = TeacherShardFormat.layout(manifest);
+        this.tensors = TeacherShardFormat.tensors(layout.kind());
         this.files = files;
         this.firstSequence = new int[files.size() + 1];
         for (int i = 0; i < files.size(); i++) firstSequence[i + 1] = firstSequence[i] + manifest.shards().get(i).sequences();
@@ -85,24 +89,12 @@ public final class TeacherShards implements AutoCloseable {
     }
 
     private static void validate(SafetensorsFile st, TeacherManifest m, TeacherManifest.Shard shard) throws IOException {
-        int s = shard.sequences(), t = m.seqLen(), v = m.vocabSize(), k = m.k();
+        int s = shard.sequences(), t = m.seqLen();
         expect(st, "input_ids", DType.I32, s, t);
-        DType logitType = switch (m.dtype() == null ? "f32" : m.dtype()) {
-            case "f16" -> DType.F16;
-            case "bf16" -> DType.BF16;
-            default -> DType.F32;
-        };
-        switch (m.targets()) {
-            case "dense" -> expect(st, "logits", logitType, s, t, v);
-            case "topk" -> {
-                expect(st, "topk_ids", DType.I32, s, t, k);
-                expect(st, "topk_logits", logitType, s, t, k);
-                expect(st, "logsumexp", DType.F32, s, t);
-            }
-            default -> {
-                expect(st, "sampled_ids", DType.I32, s, t, k);
-                expect(st, "sampled_weights", DType.F32, s, t, k);
-            }
+        TeacherLayout layout = TeacherShardFormat.layout(m);
+        List<TeacherShardFormat.Tensor> tensors = TeacherShardFormat.tensors(layout.kind());
+        for (int i = 0; i < tensors.size(); i++) {
+            expect(st, tensors.get(i).name(), layout.bufferTypes().get(i), TeacherShardFormat.shape(layout, i, s, t));
         }
     }
 
@@ -119,6 +111,11 @@ public final class TeacherShards implements AutoCloseable {
         return manifest;
     }
 
+    /** The targets' kind, types and sizes, parsed from the manifest once. */
+    public TeacherLayout layout() {
+        return layout;
+    }
+
     /** Sequences over all shards. */
     public int sequences() {
         return total;
@@ -132,22 +129,11 @@ public final class TeacherShards implements AutoCloseable {
         while (firstSequence[shard + 1] <= index) shard++;
         int local = index - firstSequence[shard];
         SafetensorsFile st = files.get(shard);
-        int t = manifest.seqLen(), v = manifest.vocabSize(), k = manifest.k();
+        int t = manifest.seqLen();
         MemorySegment ids = st.bytes("input_ids").asSlice(4L * local * t, 4L * t);
-        LogitType type = switch (manifest.dtype() == null ? "f32" : manifest.dtype()) {
-            case "f16" -> LogitType.F16;
-            case "bf16" -> LogitType.BF16;
-            default -> LogitType.F32;
-        };
-        float temperature = (float) manifest.temperature();
-        TeacherTargets targets = switch (manifest.targets()) {
-            case "dense" -> new TeacherTargets.Dense(st.bytes("logits").asSlice((long) local * t * v * type.bytes()), type, v);
-            case "topk" -> new TeacherTargets.TopK(st.bytes("topk_ids").asSlice(4L * local * t * k),
-                    st.bytes("topk_logits").asSlice((long) local * t * k * type.bytes()), type,
-                    st.bytes("logsumexp").asSlice(4L * local * t), k, v, temperature);
-            default -> new TeacherTargets.Sampled(st.bytes("sampled_ids").asSlice(4L * local * t * k),
-                    st.bytes("sampled_weights").asSlice(4L * local * t * k), k, v, temperature);
-        };
+        List<MemorySegment> buffers = new ArrayList<>(tensors.size());
+        for (int i = 0; i < tensors.size(); i++) buffers.add(st.bytes(tensors.get(i).name()).asSlice(local * t * layout.bytesPerRow(i)));
+        TeacherTargets targets = layout.over(buffers);
         return new Sequence(ids, targets);
     }
 

@@ -11,7 +11,9 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
 import dev.distillery.runtime.io.AtomicFileWriter;
@@ -85,9 +87,9 @@ public final class Demo {
         out.printf("== 3/6 dump the teacher's top-%d logits (with the full logsumexp) for the training and held-out text%n", s.topK());
         out.flush();
         Path trainShards = work.resolve("shards/train"), valShards = work.resolve("shards/val");
-        LogitDump.run(new LogitDump.Options(teacher.checkpoint(), data.train(), trainShards, LogitDump.Kind.topk, s.topK(), "bf16",
+        LogitDump.run(new LogitDump.Options(teacher.checkpoint(), data.train(), trainShards, TeacherTargets.Kind.TOP_K, s.topK(), DType.BF16,
                 s.temperature(), s.context(), 2048, s.batch(), 0, seed, "distillery-bpe-" + s.vocab()), kernels, out, err);
-        LogitDump.run(new LogitDump.Options(teacher.checkpoint(), data.val(), valShards, LogitDump.Kind.topk, s.topK(), "bf16",
+        LogitDump.run(new LogitDump.Options(teacher.checkpoint(), data.val(), valShards, TeacherTargets.Kind.TOP_K, s.topK(), DType.BF16,
                 s.temperature(), s.context(), 2048, s.batch(), 0, seed, "distillery-bpe-" + s.vocab()), kernels, out, err);
         out.printf("   (%s)%n", elapsed(t0));
 

@@ -13,6 +13,7 @@ import java.util.Optional;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
 import dev.distillery.runtime.io.ModelFiles;
@@ -294,7 +295,7 @@ public final class DistillRun {
     /** Held-out CE (perplexity), forward KL to the teacher at its shard temperature (T = 1 for dense), top-1 agreement. */
     public static Evaluation evaluate(TrainingSession session, TeacherShards evalShards, Path where, int batchSize, int maxBatches,
                                       int chunkRows, int step) throws IOException {
-        boolean dense = evalShards.manifest().targets().equals("dense");
+        boolean dense = evalShards.layout().kind() == TeacherTargets.Kind.DENSE;
         float t = dense ? 1f : (float) evalShards.manifest().temperature();
         DistillOptions klOptions = new DistillOptions(t, 0f, Divergence.forwardKl(), false, DistillOptions.TopKMode.TAIL_BUCKET,
                 DistillOptions.SparseTemperature.REQUIRE_MATCH, DifferentiableOps.IGNORE_INDEX);

@@ -12,8 +12,9 @@ import java.util.List;
 import java.util.Map;
 
 import dev.distillery.kernels.Kernels;
-import dev.distillery.kernels.distill.LogitType;
-import dev.distillery.runtime.DType;
+import dev.distillery.kernels.distill.TeacherLayout;
+import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.kernels.DType;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.SafetensorsWriter;
@@ -22,6 +23,7 @@ import dev.distillery.runtime.nn.Transformer;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.data.TeacherManifest;
+import dev.distillery.trainer.data.TeacherShardFormat;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
 import dev.distillery.trainer.report.Progress;
@@ -35,17 +37,15 @@ import dev.distillery.trainer.report.Progress;
  */
 public final class LogitDump {
 
-    public enum Kind { dense, topk, sampled }
-
     /**
      * @param seqLen            tokens per sequence (≤ the teacher's context)
      * @param sequencesPerShard sequences per shard file
      * @param k                 top-k size or samples per position (ignored for dense)
-     * @param dtype             f32, f16 or bf16 for dense and top-k logits
+     * @param dtype             F32, F16 or BF16 for dense and top-k logits
      * @param temperature       the shard temperature (top-k logsumexp, sampling)
      * @param maxSequences      at most this many sequences (0 = all)
      */
-    public record Options(Path teacher, Path tokens, Path out, Kind kind, int k, String dtype, double temperature,
+    public record Options(Path teacher, Path tokens, Path out, TeacherTargets.Kind kind, int k, DType dtype, double temperature,
                           int seqLen, int sequencesPerShard, int batch, int maxSequences, long seed, String tokenizerId) {
     }
 
@@ -53,19 +53,18 @@ public final class LogitDump {
     }
 
     public static TeacherManifest run(Options o, Kernels kernels, PrintWriter out, PrintWriter err) throws IOException {
-        LogitType type = switch (o.dtype()) {
-            case "f32" -> LogitType.F32;
-            case "f16" -> LogitType.F16;
-            case "bf16" -> LogitType.BF16;
-            default -> throw new IllegalArgumentException("--dtype must be f32, f16 or bf16, got " + o.dtype());
-        };
+        if (!o.dtype().isFloat16Or32()) throw new IllegalArgumentException("--dtype must be f32, f16 or bf16, got " + o.dtype());
         if (!(o.temperature() > 0)) throw new IllegalArgumentException("--temperature must be positive, got " + o.temperature());
         try (Transformer model = ModelFiles.read(o.teacher(), kernels); TokenFile tokens = TokenFile.open(o.tokens())) {
             int v = model.config().vocabSize();
             int t = o.seqLen() > 0 ? o.seqLen() : model.config().contextLength();
             if (t > model.config().contextLength()) throw new IllegalArgumentException("--seq-len " + t + " exceeds the teacher's context " + model.config().contextLength());
-            if (o.kind() != Kind.dense && (o.k() < 1 || o.k() > v)) throw new IllegalArgumentException("--k must be in [1, " + v + "], got " + o.k());
-            int k = o.kind() == Kind.dense ? 0 : o.k();
+            boolean dense = o.kind() == TeacherTargets.Kind.DENSE;
+            if (!dense && (o.k() < 1 || o.k() > v)) throw new IllegalArgumentException("--k must be in [1, " + v + "], got " + o.k());
+            int k = dense ? 0 : o.k();
+            TeacherLayout layout = dense ? TeacherLayout.dense(o.dtype(), v)
+                    : new TeacherLayout(o.kind(), o.kind() == TeacherTargets.Kind.SAMPLED ? DType.F32 : o.dtype(), v, k, (float) o.temperature());
+            List<TeacherShardFormat.Tensor> tensors = TeacherShardFormat.tensors(o.kind());
             long available = tokens.size() / t;
             int total = (int) Math.min(o.maxSequences() > 0 ? o.maxSequences() : Integer.MAX_VALUE, available);
             if (total < 1) throw new IOException(o.tokens() + ": " + tokens.size() + " tokens, fewer than one sequence of " + t);
@@ -84,16 +83,8 @@ public final class LogitDump {
                     try (Arena arena = Arena.ofShared()) {
                         long rows = (long) s * t;
                         MemorySegment ids = arena.allocate(4 * rows, 64);
-                        MemorySegment a = arena.allocate(Math.max(1, switch (o.kind()) {
-                            case dense -> rows * v * type.bytes();
-                            case topk, sampled -> rows * k * 4;
-                        }), 64);
-                        MemorySegment b = arena.allocate(Math.max(1, switch (o.kind()) {
-                            case dense -> 0;
-                            case topk -> rows * k * type.bytes();
-                            case sampled -> rows * k * 4;
-                        }), 64);
-                        MemorySegment lse = arena.allocate(Math.max(1, 4 * rows), 64);
+                        List<MemorySegment> buffers = new ArrayList<>();
+                        for (int i = 0; i < tensors.size(); i++) buffers.add(arena.allocate(Math.max(1, rows * layout.bytesPerRow(i)), 64));
                         MemorySegment batchIds = arena.allocate(4L * batch * t, 64);
                         for (int s0 = 0; s0 < s; s0 += batch) {
                             int n = Math.min(batch, s - s0);
@@ -104,20 +95,27 @@ public final class LogitDump {
                             MemorySegment.copy(batchIds, 0, ids, 4L * s0 * t, 4L * n * t);
                             session.setSequences(batchIds);
                             MemorySegment logits = session.forwardLogits();
-                            if (o.kind() == Kind.topk) {
-                                for (long r = 0; r < (long) n * t; r++) topK(logits, r * v, v, k, a, b, type, (long) s0 * t + r);
-                                // the full-vocabulary log Σ exp(logit / T) of each row, where the logits live
-                                float[] rowLse = session.logsumexpOfLastLogits(o.temperature());
-                                for (int r = 0; r < n * t; r++) lse.setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLse[r]);
-                            }
-                            for (long r = 0; o.kind() != Kind.topk && r < (long) n * t; r++) {
-                                long row = (long) s0 * t + r;
-                                switch (o.kind()) {
-                                    case dense -> {
-                                        for (int j = 0; j < v; j++) type.write(a, row * v + j, logits.getAtIndex(ValueLayout.JAVA_FLOAT, r * v + j));
+                            switch (o.kind()) {
+                                case DENSE -> {
+                                    for (long r = 0; r < (long) n * t; r++) {
+                                        long row = (long) s0 * t + r;
+                                        for (int j = 0; j < v; j++) {
+                                            o.dtype().write(buffers.get(0), row * v + j, logits.getAtIndex(ValueLayout.JAVA_FLOAT, r * v + j));
+                                        }
                                     }
-                                    case topk -> throw new AssertionError("handled above");
-                                    case sampled -> sample(logits, r * v, v, k, o.temperature(), a, b, row, p, rng);
+                                }
+                                case TOP_K -> {
+                                    for (long r = 0; r < (long) n * t; r++) {
+                                        topK(logits, r * v, v, k, buffers.get(0), buffers.get(1), o.dtype(), (long) s0 * t + r);
+                                    }
+                                    // the full-vocabulary log Σ exp(logit / T) of each row, where the logits live
+                                    float[] rowLse = session.logsumexpOfLastLogits(o.temperature());
+                                    for (int r = 0; r < n * t; r++) buffers.get(2).setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLse[r]);
+                                }
+                                case SAMPLED -> {
+                                    for (long r = 0; r < (long) n * t; r++) {
+                                        sample(logits, r * v, v, k, o.temperature(), buffers.get(0), buffers.get(1), (long) s0 * t + r, p, rng);
+                                    }
                                 }
                             }
                             progress.update(done + s0 + n, String.format("shard %d", shardIndex));
@@ -125,22 +123,9 @@ public final class LogitDump {
                         String file = String.format("shard-%05d.safetensors", shardIndex);
                         List<SafetensorsWriter.Item> items = new ArrayList<>();
                         items.add(new SafetensorsWriter.Item("input_ids", DType.I32, new int[]{s, t}, ids));
-                        DType logitDType = switch (type) {
-                            case F32 -> DType.F32;
-                            case F16 -> DType.F16;
-                            case BF16 -> DType.BF16;
-                        };
-                        switch (o.kind()) {
-                            case dense -> items.add(new SafetensorsWriter.Item("logits", logitDType, new int[]{s, t, v}, a));
-                            case topk -> {
-                                items.add(new SafetensorsWriter.Item("topk_ids", DType.I32, new int[]{s, t, k}, a));
-                                items.add(new SafetensorsWriter.Item("topk_logits", logitDType, new int[]{s, t, k}, b));
-                                items.add(new SafetensorsWriter.Item("logsumexp", DType.F32, new int[]{s, t}, lse));
-                            }
-                            case sampled -> {
-                                items.add(new SafetensorsWriter.Item("sampled_ids", DType.I32, new int[]{s, t, k}, a));
-                                items.add(new SafetensorsWriter.Item("sampled_weights", DType.F32, new int[]{s, t, k}, b));
-                            }
+                        for (int i = 0; i < tensors.size(); i++) {
+                            items.add(new SafetensorsWriter.Item(tensors.get(i).name(), layout.bufferTypes().get(i),
+                                    TeacherShardFormat.shape(layout, i, s, t), buffers.get(i)));
                         }
                         Path path = o.out().resolve(file);
                         SafetensorsWriter.write(path, items, Map.of("teacher", o.teacher().toString()));
@@ -149,10 +134,11 @@ public final class LogitDump {
                     done += s;
                 }
             }
-            TeacherManifest m = new TeacherManifest(1, v, t, o.kind().name(), k, o.kind() == Kind.sampled ? null : o.dtype(),
+            TeacherManifest m = new TeacherManifest(1, v, t, TeacherShardFormat.name(o.kind()), k,
+                    o.kind() == TeacherTargets.Kind.SAMPLED ? null : TeacherShardFormat.name(o.dtype()),
                     o.temperature(), o.tokenizerId(), o.teacher().toString(), shards);
             m.write(o.out().resolve("manifest.json"));
-            out.printf("wrote %d sequences of %d tokens (%s%s) in %d shard(s) to %s%n", total, t, o.kind(),
+            out.printf("wrote %d sequences of %d tokens (%s%s) in %d shard(s) to %s%n", total, t, TeacherShardFormat.name(o.kind()),
                     k > 0 ? ", k = " + k : "", shards.size(), o.out());
             out.flush();
             return m;
@@ -160,7 +146,7 @@ public final class LogitDump {
     }
 
     /** The k largest logits of one row, in descending order, into ids and vals at {@code row}. */
-    private static void topK(MemorySegment logits, long at, int v, int k, MemorySegment ids, MemorySegment vals, LogitType type, long row) {
+    private static void topK(MemorySegment logits, long at, int v, int k, MemorySegment ids, MemorySegment vals, DType type, long row) {
         int[] bestId = new int[k];
         float[] best = new float[k];
         java.util.Arrays.fill(best, Float.NEGATIVE_INFINITY);

@@ -21,9 +21,8 @@ import org.junit.jupiter.api.io.TempDir;
 
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.DistillOptions;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
-import dev.distillery.runtime.DType;
 import dev.distillery.runtime.io.SafetensorsWriter;
 
 class TeacherShardsTest {
@@ -42,14 +41,14 @@ class TeacherShardsTest {
         switch (targets) {
             case "dense" -> {
                 MemorySegment lg = arena.allocate(2L * s * T * V);
-                for (int i = 0; i < s * T * V; i++) LogitType.BF16.write(lg, i, (offset * 100 + i) % 7 - 3);
+                for (int i = 0; i < s * T * V; i++) DType.BF16.write(lg, i, (offset * 100 + i) % 7 - 3);
                 items.add(new SafetensorsWriter.Item("logits", DType.BF16, new int[]{s, T, V}, lg));
             }
             case "topk" -> {
                 MemorySegment tid = arena.allocate(4L * s * T * K), tl = arena.allocate(2L * s * T * K), lse = arena.allocate(4L * s * T);
                 for (int i = 0; i < s * T * K; i++) {
                     tid.setAtIndex(ValueLayout.JAVA_INT, i, i % K);
-                    LogitType.BF16.write(tl, i, 2 - i % K);
+                    DType.BF16.write(tl, i, 2 - i % K);
                 }
                 for (int i = 0; i < s * T; i++) lse.setAtIndex(ValueLayout.JAVA_FLOAT, i, 3f);
                 items.add(new SafetensorsWriter.Item("topk_ids", DType.I32, new int[]{s, T, K}, tid));
@@ -98,7 +97,7 @@ class TeacherShardsTest {
                     assertEquals(T, sums.rows());
                     assertTrue(Double.isFinite(sums.total()), targets + ": " + sums);
                     if (third.targets() instanceof TeacherTargets.Dense d) {
-                        assertEquals(LogitType.BF16.read(d.logits(), 0), (1000 * 100) % 7 - 3, 0f);
+                        assertEquals(DType.BF16.read(d.logits(), 0), (1000 * 100) % 7 - 3, 0f);
                     }
                 }
             }

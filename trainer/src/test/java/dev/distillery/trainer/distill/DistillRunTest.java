@@ -23,7 +23,8 @@ import org.junit.jupiter.api.io.TempDir;
 
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.cpu.CpuKernels;
-import dev.distillery.runtime.DType;
+import dev.distillery.kernels.DType;
+import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.SafetensorsWriter;
@@ -63,12 +64,12 @@ class DistillRunTest {
             ModelFiles.write(tmp.resolve("teacher"), teacher);
         }
         PrintWriter quiet = new PrintWriter(new StringWriter());
-        LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("dense"), LogitDump.Kind.dense,
-                0, "f32", 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
-        LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("topk"), LogitDump.Kind.topk,
-                8, "bf16", 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
-        LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("sampled"), LogitDump.Kind.sampled,
-                16, "f32", 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
+        LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("dense"), TeacherTargets.Kind.DENSE,
+                0, DType.F32, 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
+        LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("topk"), TeacherTargets.Kind.TOP_K,
+                8, DType.BF16, 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
+        LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("sampled"), TeacherTargets.Kind.SAMPLED,
+                16, DType.F32, 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
     }
 
     @AfterAll

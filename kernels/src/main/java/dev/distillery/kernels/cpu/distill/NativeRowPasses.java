@@ -6,7 +6,7 @@ import java.util.Objects;
 
 import dev.distillery.bindings.DistilleryCpu;
 import dev.distillery.kernels.cpu.distill.StudentPass.Student;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -38,7 +38,7 @@ final class NativeRowPasses implements RowPasses {
                                   int power, float c1, float cq, RowScratch sc) {
         sc.nativeRows(v);
         MemorySegment t = d.logits();
-        boolean bf16 = d.type() == LogitType.BF16;
+        boolean bf16 = d.type() == DType.BF16;
         long tBytes = bf16 ? 2L : 4L, next = sc.nextRow, to = (long) r * v * tBytes;
         Objects.checkFromIndexSize(so * 4L, 4L * v, s.byteSize());
         Objects.checkFromIndexSize(so * 4L, 4L * v, g.byteSize());

@@ -3,7 +3,7 @@ package dev.distillery.kernels.cpu.distill;
 import java.lang.foreign.MemorySegment;
 
 import dev.distillery.kernels.cpu.distill.StudentPass.Student;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -18,7 +18,7 @@ sealed interface RowPasses permits RowPasses.Java, NativeRowPasses {
 
     /** The passes for a dense forward-KL row whose gradient is formed over e_s. */
     static RowPasses forDense(MemorySegment s, MemorySegment g, TeacherTargets.Dense d, int v) {
-        return NativeRowPasses.active() && d.vocab() == v && d.type() != LogitType.F16 && s.isNative() && g.isNative()
+        return NativeRowPasses.active() && d.vocab() == v && d.type() != DType.F16 && s.isNative() && g.isNative()
                 && d.logits().isNative() ? NativeRowPasses.INSTANCE : JAVA;
     }
 

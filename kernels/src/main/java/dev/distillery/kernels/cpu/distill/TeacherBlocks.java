@@ -10,7 +10,7 @@ import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 
 import dev.distillery.kernels.cpu.VectorOps;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
@@ -84,7 +84,7 @@ final class TeacherBlocks {
      * VectorOps.maxSkippingNaN.
      */
     static float max(TeacherTargets.Dense d, long to, int vt, float[] buf) {
-        if (d.type() != LogitType.BF16) {
+        if (d.type() != DType.BF16) {
             float m = Float.NEGATIVE_INFINITY;
             for (int j0 = 0; j0 < vt; j0 += FusedDistillLoss.BLOCK) {
                 int len = Math.min(FusedDistillLoss.BLOCK, vt - j0);

@@ -25,7 +25,7 @@ import dev.distillery.kernels.conformance.Buffers;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.kernels.reference.ReferenceDistillLoss;
 
@@ -68,7 +68,7 @@ class FusedDistillLossTest {
 
 
     /** The dense teacher stored as {@code type}; {@code rounded} receives the stored values. */
-    private static MemorySegment typed(Arena arena, double[] t, LogitType type, double[] rounded) {
+    private static MemorySegment typed(Arena arena, double[] t, DType type, double[] rounded) {
         MemorySegment m = arena.allocate((long) type.bytes() * Math.max(1, t.length), 64);
         for (int i = 0; i < t.length; i++) {
             type.write(m, i, (float) t[i]);
@@ -81,7 +81,7 @@ class FusedDistillLossTest {
     private record TopKPair(TeacherTargets.TopK kernel, ReferenceDistillLoss.TopK reference) {
     }
 
-    private TopKPair topK(Arena arena, Problem p, double[] teacher, int k, LogitType type, float shardT) {
+    private TopKPair topK(Arena arena, Problem p, double[] teacher, int k, DType type, float shardT) {
         int[] ids = new int[p.n() * k];
         double[] logits = new double[p.n() * k], lse = new double[p.n()];
         for (int r = 0; r < p.n(); r++) {
@@ -151,17 +151,17 @@ class FusedDistillLossTest {
                                 for (boolean t2 : new boolean[]{true, false}) {
                                     DistillOptions o = DistillOptions.of(t, alpha).withDivergence(d).withTemperatureSquared(t2);
                                     String what = "V=" + v + "+" + pad + " " + d + " T=" + t + " alpha=" + alpha + " T2=" + t2;
-                                    for (LogitType type : LogitType.values()) {
+                                    for (DType type : DType.values()) {
                                         double[] rounded = new double[p.teacher().length];
                                         MemorySegment tl = typed(arena, p.teacher(), type, rounded);
                                         double e = compare(arena, p, new TeacherTargets.Dense(tl, type, v),
-                                                new ReferenceDistillLoss.Dense(rounded, v), o, type == LogitType.BF16, alpha > 0);
+                                                new ReferenceDistillLoss.Dense(rounded, v), o, type == DType.BF16, alpha > 0);
                                         checks++;
                                         if (!(e < 2e-4)) failures.add(what + " dense " + type + ": " + e);
                                     }
                                     for (DistillOptions.TopKMode mode : DistillOptions.TopKMode.values()) {
                                         int k = Math.min(4, v);
-                                        TopKPair tk = topK(arena, p, p.teacher(), k, LogitType.F16, t);
+                                        TopKPair tk = topK(arena, p, p.teacher(), k, DType.F16, t);
                                         double e = compare(arena, p, tk.kernel(), tk.reference(), o.withTopKMode(mode), true, alpha > 0);
                                         checks++;
                                         if (!(e < 2e-4)) failures.add(what + " top-" + k + " " + mode + ": " + e);
@@ -182,15 +182,15 @@ class FusedDistillLossTest {
             try (Arena arena = Arena.ofShared()) {
                 Problem p = problem(2, v, v, 3.0, false);
                 double[] rounded = new double[p.teacher().length];
-                MemorySegment bf16 = typed(arena, p.teacher(), LogitType.BF16, rounded);
+                MemorySegment bf16 = typed(arena, p.teacher(), DType.BF16, rounded);
                 DistillOptions o = DistillOptions.of(2f, 0.5f);
-                double e = compare(arena, p, new TeacherTargets.Dense(bf16, LogitType.BF16, v),
+                double e = compare(arena, p, new TeacherTargets.Dense(bf16, DType.BF16, v),
                         new ReferenceDistillLoss.Dense(rounded, v), o, true, true);
                 assertTrue(e < 2e-4, "dense bf16 V=" + v + ": " + e);
-                e = compare(arena, p, new TeacherTargets.Dense(bf16, LogitType.BF16, v),
+                e = compare(arena, p, new TeacherTargets.Dense(bf16, DType.BF16, v),
                         new ReferenceDistillLoss.Dense(rounded, v), o.withDivergence(Divergence.jsd(0.5)), false, true);
                 assertTrue(e < 2e-4, "JSD V=" + v + ": " + e);
-                TopKPair tk = topK(arena, p, p.teacher(), 64, LogitType.F32, 2f);
+                TopKPair tk = topK(arena, p, p.teacher(), 64, DType.F32, 2f);
                 e = compare(arena, p, tk.kernel(), tk.reference(), o, true, true);
                 assertTrue(e < 2e-4, "top-64 V=" + v + ": " + e);
             }
@@ -208,8 +208,8 @@ class FusedDistillLossTest {
         try (Arena arena = Arena.ofShared()) {
             Problem p = problem(5, v, vt, 3.0, true);
             double[] rounded = new double[p.teacher().length];
-            MemorySegment bf16 = typed(arena, p.teacher(), LogitType.BF16, rounded);
-            TeacherTargets.Dense kt = new TeacherTargets.Dense(bf16, LogitType.BF16, vt);
+            MemorySegment bf16 = typed(arena, p.teacher(), DType.BF16, rounded);
+            TeacherTargets.Dense kt = new TeacherTargets.Dense(bf16, DType.BF16, vt);
             for (Divergence d : DIVERGENCES) {
                 for (float t : new float[]{2f, 2.5f, 3f}) {
                     DistillOptions o = DistillOptions.of(t, 0.3f).withDivergence(d);
@@ -262,9 +262,9 @@ class FusedDistillLossTest {
                 MemorySegment dense = Buffers.floats(arena, p.teacher());
                 MemorySegment g1 = Buffers.poisoned(arena, (long) p.n() * v), g2 = Buffers.poisoned(arena, (long) p.n() * v);
                 MemorySegment labels = Buffers.ints(arena, p.labels());
-                DistillSums a = kernels.distillLoss(Buffers.floats(arena, p.student()), g1, new TeacherTargets.Dense(dense, LogitType.F32, v),
+                DistillSums a = kernels.distillLoss(Buffers.floats(arena, p.student()), g1, new TeacherTargets.Dense(dense, DType.F32, v),
                         labels, null, null, p.n(), v, o, 1f);
-                TopKPair tk = topK(arena, p, p.teacher(), v, LogitType.F32, 2f);
+                TopKPair tk = topK(arena, p, p.teacher(), v, DType.F32, 2f);
                 DistillSums b = kernels.distillLoss(Buffers.floats(arena, p.student()), g2, tk.kernel(), labels, null, null, p.n(), v, o, 1f);
                 assertEquals(a.total(), b.total(), 1e-4 * Math.max(1, Math.abs(a.total())), d.toString());
                 double[] ga = new double[p.n() * v];
@@ -307,7 +307,7 @@ class FusedDistillLossTest {
             MemorySegment gs = Buffers.poisoned(arena, (long) rows * v), gd = Buffers.poisoned(arena, (long) rows * v);
             kernels.distillLoss(Buffers.floats(arena, student), gs, new TeacherTargets.Sampled(Buffers.ints(arena, ids), Buffers.floats(arena, w), samples, v, t),
                     null, null, null, rows, v, o, 1f);
-            kernels.distillLoss(Buffers.floats(arena, student), gd, new TeacherTargets.Dense(Buffers.floats(arena, teacher), LogitType.F32, v),
+            kernels.distillLoss(Buffers.floats(arena, student), gd, new TeacherTargets.Dense(Buffers.floats(arena, teacher), DType.F32, v),
                     null, null, null, rows, v, o, 1f);
             float cq = o.gradientTemperatureFactor();
             for (int j = 0; j < v; j++) {
@@ -343,7 +343,7 @@ class FusedDistillLossTest {
             Problem p = new Problem(n, v, v, s, t, new int[]{0, 1, 2, 250});
             for (Divergence d : DIVERGENCES) {
                 DistillOptions o = DistillOptions.of(2f, 0.5f).withDivergence(d);
-                double e = compare(arena, p, new TeacherTargets.Dense(Buffers.floats(arena, t), LogitType.F32, v),
+                double e = compare(arena, p, new TeacherTargets.Dense(Buffers.floats(arena, t), DType.F32, v),
                         new ReferenceDistillLoss.Dense(t, v), o, true, true);
                 assertTrue(e < 2e-4, d + ": " + e);
             }
@@ -379,7 +379,7 @@ class FusedDistillLossTest {
                 lift(t, 3, vt, 2 * block, vt, Double.NEGATIVE_INFINITY);
                 lift(s, 4, v, 0, block, 60);
                 p.labels()[3] = 5;
-                TeacherTargets.Dense kt = new TeacherTargets.Dense(Buffers.floats(arena, t), LogitType.F32, vt);
+                TeacherTargets.Dense kt = new TeacherTargets.Dense(Buffers.floats(arena, t), DType.F32, vt);
                 for (float temperature : new float[]{0.5f, 1f, 2f, 2.5f, 3f}) {
                     for (Divergence d : DIVERGENCES) {
                         for (boolean inPlace : new boolean[]{true, false}) {
@@ -425,14 +425,14 @@ class FusedDistillLossTest {
                 for (Divergence d : DIVERGENCES) {
                     MemorySegment s = Buffers.floats(arena, p.student());
                     var e = assertThrows(IllegalArgumentException.class, () -> kernels.distillLoss(s, s,
-                            new TeacherTargets.Dense(t, LogitType.F32, v), Buffers.ints(arena, p.labels()), null, null, n, v,
+                            new TeacherTargets.Dense(t, DType.F32, v), Buffers.ints(arena, p.labels()), null, null, n, v,
                             DistillOptions.of(2f, 0.5f).withDivergence(d), 1f / n));
                     assertTrue(e.getMessage().contains("teacher row 1 has a NaN logit at column " + column), d + ": " + e.getMessage());
                 }
                 MemorySegment clean = Buffers.floats(arena, p.teacher());
-                TopKPair top = topK(arena, p, p.teacher(), 8, LogitType.F32, 2f);
+                TopKPair top = topK(arena, p, p.teacher(), 8, DType.F32, 2f);
                 for (Divergence d : DIVERGENCES) {
-                    for (TeacherTargets teacher : new TeacherTargets[]{new TeacherTargets.Dense(clean, LogitType.F32, v), top.kernel()}) {
+                    for (TeacherTargets teacher : new TeacherTargets[]{new TeacherTargets.Dense(clean, DType.F32, v), top.kernel()}) {
                         MemorySegment s = Buffers.floats(arena, p.student());
                         s.setAtIndex(ValueLayout.JAVA_FLOAT, 2L * v + column, payloadNaN);
                         DistillSums sums = kernels.distillLoss(s, s, teacher, Buffers.ints(arena, p.labels()), null, null, n, v,
@@ -450,8 +450,8 @@ class FusedDistillLossTest {
             int v = 262_144;
             Problem p = problem(1, v, v, 10.0, false);
             double[] rounded = new double[v];
-            MemorySegment bf16 = typed(arena, p.teacher(), LogitType.BF16, rounded);
-            double e = compare(arena, p, new TeacherTargets.Dense(bf16, LogitType.BF16, v),
+            MemorySegment bf16 = typed(arena, p.teacher(), DType.BF16, rounded);
+            double e = compare(arena, p, new TeacherTargets.Dense(bf16, DType.BF16, v),
                     new ReferenceDistillLoss.Dense(rounded, v), DistillOptions.of(1f, 0.5f), true, true);
             assertTrue(e < 2e-4, "V=262144: " + e);
         }
@@ -470,8 +470,8 @@ class FusedDistillLossTest {
             try (Arena arena = Arena.ofShared()) {
                 Problem p = problem(n, v, v, 2.0, true);
                 double[] rounded = new double[p.teacher().length];
-                TeacherTargets dense = new TeacherTargets.Dense(typed(arena, p.teacher(), LogitType.BF16, rounded), LogitType.BF16, v);
-                TopKPair tk = topK(arena, p, p.teacher(), 8, LogitType.F32, 2f);
+                TeacherTargets dense = new TeacherTargets.Dense(typed(arena, p.teacher(), DType.BF16, rounded), DType.BF16, v);
+                TopKPair tk = topK(arena, p, p.teacher(), 8, DType.F32, 2f);
                 for (TeacherTargets teacher : new TeacherTargets[]{dense, tk.kernel()}) {
                     float[][] first = null;
                     DistillSums firstSums = null;
@@ -504,12 +504,12 @@ class FusedDistillLossTest {
     void badInputsGetClearErrors() {
         try (Arena arena = Arena.ofShared()) {
             MemorySegment s = arena.allocate(4L * 2 * 5), t = arena.allocate(4L * 2 * 6), labels = Buffers.ints(arena, new int[]{0, 1});
-            var dense6 = new TeacherTargets.Dense(t, LogitType.F32, 6);
+            var dense6 = new TeacherTargets.Dense(t, DType.F32, 6);
             var e = assertThrows(IllegalArgumentException.class,
                     () -> kernels.distillLoss(s, s, dense6, labels, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
             assertTrue(e.getMessage().contains("student vocabulary 5") && e.getMessage().contains("teacher's 6"), e.getMessage());
 
-            e = assertThrows(IllegalArgumentException.class, () -> new TeacherTargets.TopK(s, s, LogitType.F32, s, 7, 5, 1f));
+            e = assertThrows(IllegalArgumentException.class, () -> new TeacherTargets.TopK(s, s, DType.F32, s, 7, 5, 1f));
             assertTrue(e.getMessage().contains("k = 7"), e.getMessage());
             e = assertThrows(IllegalArgumentException.class, () -> DistillOptions.of(-1f, 0.5f));
             assertTrue(e.getMessage().contains("temperature"), e.getMessage());
@@ -520,18 +520,18 @@ class FusedDistillLossTest {
             e = assertThrows(IllegalArgumentException.class, () -> Divergence.jsd(1.0));
             assertTrue(e.getMessage().contains("beta"), e.getMessage());
 
-            var dense5 = new TeacherTargets.Dense(t, LogitType.F32, 5);
+            var dense5 = new TeacherTargets.Dense(t, DType.F32, 5);
             e = assertThrows(IllegalArgumentException.class,
                     () -> kernels.distillLoss(s, s, dense5, null, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
             assertTrue(e.getMessage().contains("no labels"), e.getMessage());
 
             MemorySegment ids = Buffers.ints(arena, new int[]{0, 3, 1, 1}), lse = Buffers.floats(arena, new double[]{1, 1});
-            var dup = new TeacherTargets.TopK(ids, t, LogitType.F32, lse, 2, 5, 1f);
+            var dup = new TeacherTargets.TopK(ids, t, DType.F32, lse, 2, 5, 1f);
             e = assertThrows(IllegalArgumentException.class,
                     () -> kernels.distillLoss(s, s, dup, labels, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
             assertTrue(e.getMessage().contains("appears twice in row 1"), e.getMessage());
 
-            var other = new TeacherTargets.TopK(Buffers.ints(arena, new int[]{0, 1, 2, 3}), t, LogitType.F32, lse, 2, 5, 2f);
+            var other = new TeacherTargets.TopK(Buffers.ints(arena, new int[]{0, 1, 2, 3}), t, DType.F32, lse, 2, 5, 2f);
             e = assertThrows(IllegalArgumentException.class,
                     () -> kernels.distillLoss(s, s, other, labels, null, null, 2, 5, DistillOptions.of(1f, 0.5f), 1f));
             assertTrue(e.getMessage().contains("RESCALE_TOPK"), e.getMessage());

@@ -21,7 +21,7 @@ import dev.distillery.bindings.DistilleryCpu;
 import dev.distillery.kernels.conformance.Buffers;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
-import dev.distillery.kernels.distill.LogitType;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -60,7 +60,7 @@ class NativeRowPassesTest {
         try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(2)) {
             FusedDistillLoss fused = new FusedDistillLoss(pool);
             for (int v : new int[]{1, 7, 16, 17, 97, block - 1, block, block + 1, 2 * block + 37, 4099}) {
-                for (LogitType type : new LogitType[]{LogitType.BF16, LogitType.F32}) {
+                for (DType type : new DType[]{DType.BF16, DType.F32}) {
                     for (boolean labelled : new boolean[]{true, false}) {
                         for (boolean inPlace : new boolean[]{true, false}) {
                             int n = 5;
@@ -122,7 +122,7 @@ class NativeRowPassesTest {
                                     ? new TeacherTargets.Sampled(arena.allocateFrom(ValueLayout.JAVA_INT, ids),
                                             arena.allocateFrom(ValueLayout.JAVA_FLOAT, values), k, v, temperature)
                                     : new TeacherTargets.TopK(arena.allocateFrom(ValueLayout.JAVA_INT, ids),
-                                            arena.allocateFrom(ValueLayout.JAVA_FLOAT, values), LogitType.F32,
+                                            arena.allocateFrom(ValueLayout.JAVA_FLOAT, values), DType.F32,
                                             arena.allocateFrom(ValueLayout.JAVA_FLOAT, lse), k, v, temperature);
                             String what = "V " + v + (sampled ? " sampled" : " top-" + k) + (labelled ? ", T 2 with labels" : ", T 1 without")
                                     + (inPlace ? ", in place" : "");
@@ -149,11 +149,11 @@ class NativeRowPassesTest {
             }
             t[v + 17] = Float.NaN;
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
-                    () -> run(fused, arena, s, t, LogitType.BF16, n, v, DistillOptions.of(2f, 0.5f), true, true));
+                    () -> run(fused, arena, s, t, DType.BF16, n, v, DistillOptions.of(2f, 0.5f), true, true));
             assertTrue(e.getMessage().contains("teacher row 1 has a NaN logit at column 17"), e.getMessage());
             t[v + 17] = 0f;
             s[2 * v + 5] = Float.NaN;
-            float[][] out = run(fused, arena, s, t, LogitType.BF16, n, v, DistillOptions.of(2f, 0.5f), true, true);
+            float[][] out = run(fused, arena, s, t, DType.BF16, n, v, DistillOptions.of(2f, 0.5f), true, true);
             assertTrue(Float.isNaN(out[2][2]), "KL of the NaN row: " + out[2][2]);
             assertFalse(Float.isNaN(out[2][0]), "KL of a clean row: " + out[2][0]);
         }
@@ -174,7 +174,7 @@ class NativeRowPassesTest {
     }
 
     /** {gradient, per-row CE, per-row KL} for a dense teacher t stored as type, outputs poisoned first. */
-    private static float[][] run(FusedDistillLoss fused, Arena arena, float[] s, float[] t, LogitType type, int n, int v,
+    private static float[][] run(FusedDistillLoss fused, Arena arena, float[] s, float[] t, DType type, int n, int v,
                                  DistillOptions o, boolean labelled, boolean inPlace) {
         MemorySegment tt = arena.allocate((long) type.bytes() * t.length, 64);
         for (int i = 0; i < t.length; i++) type.write(tt, i, t[i]);
