@@ -39,4 +39,28 @@ __device__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
+// (value, index) of the largest value, the smallest index on ties (NaN never wins); every thread
+// gets the index. `values` and `indices` hold MAX_WARPS entries each.
+__device__ __forceinline__ void better(float& v, int& i, float ov, int oi) {
+    if (ov > v || (ov == v && oi < i)) {
+        v = ov;
+        i = oi;
+    }
+}
+
+__device__ int block_argmax(float v, int i, float* values, int* indices) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    for (int o = 16; o > 0; o >>= 1) better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
+    __syncthreads();
+    if (lane == 0) {
+        values[warp] = v;
+        indices[warp] = i;
+    }
+    __syncthreads();
+    v = lane < warps ? values[lane] : -CUDART_INF_F;
+    i = lane < warps ? indices[lane] : 0x7fffffff;
+    for (int o = 16; o > 0; o >>= 1) better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
+    return i;
+}
+
 }  // namespace blockreduce

@@ -1,6 +1,7 @@
 // The transformer ops of the Kernels contract on the GPU: the CUDA twins of kernels/cpu/CpuKernels
-// (embedding, layernorm, GELU, residual, bias rows, fused softmax cross-entropy, AdamW, gradient
-// norm, scale, fill) and the causal-softmax pieces of attention (its GEMMs go through cuBLAS).
+// (embedding, layernorm, GELU, residual, bias rows, fused softmax cross-entropy, logsumexp and
+// argmax of rows, AdamW, gradient norm, scale, fill) and the causal-softmax pieces of attention
+// (its GEMMs go through cuBLAS). Every entry point is listed in kernels.def.
 // Same layouts and the same math as the Java kernels; the derivations are in docs/KERNELS.md.
 //
 // Determinism: no atomics. Reductions over rows that several threads would race on (the
@@ -22,6 +23,7 @@
 
 namespace ops {
 
+using blockreduce::block_argmax;
 using blockreduce::block_max;
 using blockreduce::block_sum;
 using blockreduce::MAX_WARPS;
@@ -205,6 +207,41 @@ DISTILL_LAUNCH void ops_softmax_cross_entropy(float* losses, float* logits, cons
             x[i] = grad_scale * (expf(x[i] - log_z) - (i == target ? 1.f : 0.f));
         }
     }
+}
+
+// One block per row: out[r] = log sum_j exp(scale x[r][j]) (scale > 0), x unchanged.
+DISTILL_LAUNCH void ops_logsumexp_rows(float* out, const float* x, int N, int V, float scale) {
+    __shared__ float scratch[ops::MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= N) return;
+    const float* xr = x + (long)row * V;
+    float m = -CUDART_INF_F;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, xr[i] * scale);
+    m = ops::block_max(m, scratch);
+    float s = 0.f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(xr[i] * scale - m);
+    s = ops::block_sum(s, scratch);
+    if (threadIdx.x == 0) out[row] = m + logf(s);
+}
+
+// One block per row: out[r] = the index of the largest x[r][j], the smallest such index on ties;
+// NaN never wins; 0 when no entry beats -inf (all -inf or NaN).
+DISTILL_LAUNCH void ops_argmax_rows(int* out, const float* x, int N, int V) {
+    __shared__ float values[ops::MAX_WARPS];
+    __shared__ int indices[ops::MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= N) return;
+    const float* xr = x + (long)row * V;
+    float best = -CUDART_INF_F;
+    int at = V;  // none yet
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        if (xr[i] > best) {
+            best = xr[i];
+            at = i;
+        }
+    }
+    at = ops::block_argmax(best, at, values, indices);
+    if (threadIdx.x == 0) out[row] = at == V ? 0 : at;
 }
 
 // AdamW with decoupled weight decay and bias correction (step >= 1), elementwise.

@@ -261,6 +261,16 @@ inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
     return emu::shuffle_slots[warp * 32 + (lane ^ lane_mask)];
 }
 
+// The int form: the same exchange, the bits carried in the float slots.
+inline int __shfl_xor_sync(unsigned mask, int v, int lane_mask) {
+    float bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    float r = __shfl_xor_sync(mask, bits, lane_mask);
+    int out;
+    std::memcpy(&out, &r, sizeof out);
+    return out;
+}
+
 inline float __expf(float x) { return std::exp(x); }
 
 struct alignas(16) float4 {

@@ -20,18 +20,18 @@ import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
 
-import dev.distillery.bindings.CudaDevices;
-import dev.distillery.kernels.cuda.CudaDevice;
-import dev.distillery.kernels.cuda.CudaKernels;
+import dev.distillery.kernels.Backend;
+import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
  * The CUDA variant of {@link DistillLossBenchmark}: the same loss (forward KL, T = 2, alpha = 0.5,
- * loss + gradient in place) on device buffers through {@link CudaKernels}, timed with the stream
+ * loss + gradient in place) on device buffers through {@code CudaKernels}, timed with the stream
  * synchronized after each call, and a device-to-device copy of the same traffic as the bandwidth
- * yardstick (GB/s = traffic / time). Needs a CUDA device; elsewhere setup fails saying why.
+ * yardstick (GB/s = traffic / time). Needs a CUDA device; elsewhere setup fails saying what is missing.
  *
  * <pre>java -jar bench/target/benchmarks.jar CudaDistillLossBenchmark</pre>
  */
@@ -51,8 +51,7 @@ public class CudaDistillLossBenchmark {
 
     private static final int K = 64;
 
-    private CudaDevice gpu;
-    private CudaKernels kernels;
+    private Kernels kernels;
     private Arena device;
     private MemorySegment student, labels, teacherLogits, ids, topLogits, lse, copyDst;
     private TeacherTargets targets;
@@ -62,13 +61,10 @@ public class CudaDistillLossBenchmark {
 
     @Setup(Level.Trial)
     public void setUp() {
-        CudaDevices.Probe probe = CudaDevices.probe();
-        if (!probe.available()) throw new IllegalStateException("CudaDistillLossBenchmark needs a CUDA device: " + probe.reason());
         String[] nv = shape.split("x");
         n = Integer.parseInt(nv[0]);
         v = Integer.parseInt(nv[1]);
-        gpu = CudaDevice.open(0, false);
-        kernels = new CudaKernels(gpu);
+        kernels = Backends.open(new Backends.Request(Backend.CUDA, 1, "auto", false));
         device = Arena.ofShared();
         options = DistillOptions.of(2f, 0.5f);
         SplittableRandom rng = new SplittableRandom(1);
@@ -115,21 +111,19 @@ public class CudaDistillLossBenchmark {
     @Benchmark
     public double fused() {
         double total = kernels.distillLoss(student, student, targets, labels, null, null, n, v, options, 1f / n).total();
-        gpu.synchronize();
+        kernels.synchronize();
         return total;
     }
 
     /** Copy bandwidth on the same device: trafficBytes moved (trafficBytes / 2 read, trafficBytes / 2 written). */
     @Benchmark
     public void deviceCopyOfTheSameTraffic() {
-        gpu.copyDeviceToDevice(copyDst.address(), student.address(), Math.min(trafficBytes / 2, 4L * n * v));
-        gpu.synchronize();
+        kernels.copy(copyDst, student, Math.min(trafficBytes / 2, 4L * n * v));
     }
 
     @TearDown(Level.Trial)
     public void tearDown() {
         if (device != null) device.close();
         if (kernels != null) kernels.close();
-        if (gpu != null) gpu.close();
     }
 }

@@ -21,7 +21,8 @@ import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
 
-import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.DType;
@@ -62,7 +63,7 @@ public class DistillLossBenchmark {
 
     private int n, v;
     private Arena arena;
-    private CpuKernels kernels;
+    private Kernels kernels;
     private MemorySegment student, studentCopy, teacherLogits, labelsSeg, logq, logp, p, logq1;
     private int[] labels, ids;
     private float[] topLogits, lse;
@@ -75,7 +76,7 @@ public class DistillLossBenchmark {
         n = Integer.parseInt(nv[0]);
         v = Integer.parseInt(nv[1]);
         arena = Arena.ofShared();
-        kernels = new CpuKernels(threads, "auto");
+        kernels = Backends.open(Backends.Request.cpu(threads, "auto"));
         options = DistillOptions.of(T, ALPHA).withDivergence(switch (divergence) {
             case "forward-kl" -> Divergence.forwardKl();
             case "reverse-kl" -> Divergence.reverseKl();

@@ -6,7 +6,6 @@ import java.lang.foreign.ValueLayout;
 import java.util.SplittableRandom;
 import java.util.concurrent.TimeUnit;
 
-import dev.distillery.kernels.cpu.CpuKernels;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
 import org.openjdk.jmh.annotations.Fork;
@@ -20,6 +19,9 @@ import org.openjdk.jmh.annotations.Setup;
 import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
+
+import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.Kernels;
 
 /**
  * The CPU kernels' GEMM (OpenBLAS, or the Vector-API fallback with {@code -p gemm=vector}) on the
@@ -48,7 +50,7 @@ public class GemmBenchmark {
     private int m, n, k;
     private boolean transB;
     private Arena arena;
-    private CpuKernels kernels;
+    private Kernels kernels;
     private MemorySegment a, b, c;
 
     @Setup(Level.Trial)
@@ -60,7 +62,7 @@ public class GemmBenchmark {
         k = Integer.parseInt(mnk[2]);
         transB = parts[1].charAt(1) == 'T';
         arena = Arena.ofShared();
-        kernels = new CpuKernels(threads, gemm);
+        kernels = Backends.open(Backends.Request.cpu(threads, gemm));
         a = random(arena, (long) m * k, 1);
         b = random(arena, (long) k * n, 2);
         c = arena.allocate(4L * m * n, 64);

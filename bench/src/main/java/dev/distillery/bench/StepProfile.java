@@ -4,8 +4,7 @@ import java.util.Comparator;
 import java.util.Locale;
 import java.util.Map;
 
-import dev.distillery.kernels.TimedKernels;
-import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.Backends;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.Transformer;
@@ -30,7 +29,7 @@ public final class StepProfile {
         int steps = args.length > 2 ? Integer.parseInt(args[2]) : 5;
         String gemm = args.length > 3 ? args[3] : "auto";
         int warmup = args.length > 4 ? Integer.parseInt(args[4]) : 10;
-        try (TimedKernels kernels = new TimedKernels(new CpuKernels(threads, gemm));
+        try (TimedKernels kernels = new TimedKernels(Backends.open(Backends.Request.cpu(threads, gemm)));
              Transformer model = new Transformer(c.model, kernels)) {
             model.initialize(1);
             int t = c.model.contextLength();
@@ -39,7 +38,7 @@ public final class StepProfile {
                 Rng rng = new Rng(2);
                 int[] windows = new int[c.batch * (t + 1)];
                 for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(c.model.vocabSize());
-                s.setWindows(windows);
+                s.inputs().setWindows(windows);
                 for (int i = 0; i < warmup; i++) s.step();
                 kernels.reset();
                 long t0 = System.nanoTime();

@@ -16,10 +16,9 @@ import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
 
-import dev.distillery.bindings.CudaDevices;
+import dev.distillery.kernels.Backend;
+import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.Kernels;
-import dev.distillery.kernels.cpu.CpuKernels;
-import dev.distillery.kernels.cuda.CudaKernels;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.Transformer;
@@ -51,7 +50,7 @@ public class TrainingStepBenchmark {
     @Param({"auto"})
     public String gemm;
 
-    /** cpu, or cuda (GPU 0, fp32 GEMMs; needs a driver and a device). */
+    /** cpu, or cuda (GPU 0, fp32 GEMMs; needs a driver and a device), or auto. */
     @Param({"cpu"})
     public String device;
 
@@ -62,15 +61,7 @@ public class TrainingStepBenchmark {
     @Setup(Level.Trial)
     public void setUp() {
         StudentConfigs c = StudentConfigs.valueOf(config);
-        kernels = switch (device) {
-            case "cpu" -> new CpuKernels(threads, gemm);
-            case "cuda" -> {
-                CudaDevices.Probe probe = CudaDevices.probe();
-                if (!probe.available()) throw new IllegalStateException("device=cuda needs a CUDA device: " + probe.reason());
-                yield CudaKernels.open(0, false);
-            }
-            default -> throw new IllegalArgumentException("device must be cpu or cuda, got " + device);
-        };
+        kernels = Backends.open(new Backends.Request(Backend.parse(device), threads, gemm, false));
         model = new Transformer(c.model, kernels);
         model.initialize(1);
         int t = c.model.contextLength();
@@ -79,7 +70,7 @@ public class TrainingStepBenchmark {
         Rng rng = new Rng(2);
         int[] windows = new int[c.batch * (t + 1)];
         for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(c.model.vocabSize());
-        session.setWindows(windows);
+        session.inputs().setWindows(windows);
     }
 
     @Benchmark

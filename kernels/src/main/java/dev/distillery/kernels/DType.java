@@ -40,8 +40,13 @@ public enum DType {
     }
 
     /** F32, F16 and BF16: the types teacher logits may be stored in, which {@link #read} and {@link #write} take. */
-    public boolean isFloat16Or32() {
+    public boolean isLogitType() {
         return this == F32 || this == F16 || this == BF16;
+    }
+
+    /** The logit types: F32, F16, BF16. */
+    public static DType[] logitTypes() {
+        return new DType[]{F32, F16, BF16};
     }
 
     /** Element {@code index} of {@code s} as fp32 (F32, F16 and BF16). */

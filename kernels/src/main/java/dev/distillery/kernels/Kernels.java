@@ -8,7 +8,8 @@ import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
- * The compute contract every backend implements (CPU now, CUDA later).
+ * The compute contract every backend implements: {@code CpuKernels} and {@code CudaKernels}, chosen
+ * by {@link Backends#open}.
  *
  * <p>Conventions, for every method:
  * <ul>
@@ -65,6 +66,12 @@ public interface Kernels extends AutoCloseable {
 
     /** Makes every kernel issued from now on wait for the {@link #copyFromHostAsync} copies started so far. */
     void joinCopies();
+
+    /** {@code bytes} from one buffer of this backend to another, finished on return. */
+    void copy(MemorySegment dst, MemorySegment src, long bytes);
+
+    /** Returns once every kernel and copy issued so far has finished (at once on the CPU, whose kernels return finished). */
+    void synchronize();
 
     /**
      * {@code src} readable on the host: {@code src} itself where {@link #hostAccessible()}, else a
@@ -208,6 +215,20 @@ public interface Kernels extends AutoCloseable {
      */
     int softmaxCrossEntropy(MemorySegment losses, MemorySegment logits, MemorySegment targets,
                             int n, int v, int ignoreIndex, boolean writeGradient, float gradScale);
+
+    // ---------------------------------------------------------------- rows of logits
+
+    /**
+     * Per row: {@code out[r] = log Σ_j exp(scale · x[r, j])} (the full-vocabulary logsumexp of
+     * logits at temperature 1/scale). x is (n, v), not modified; out is (n); scale &gt; 0.
+     */
+    void logsumexpRows(MemorySegment out, MemorySegment x, int n, int v, float scale);
+
+    /**
+     * Per row: the index of the largest {@code x[r, j]}, the first on ties; NaN never wins; 0
+     * when no entry is above −inf. x is (n, v), out int32 (n).
+     */
+    void argmaxRows(MemorySegment out, MemorySegment x, int n, int v);
 
     // ---------------------------------------------------------------- fused distillation loss
 

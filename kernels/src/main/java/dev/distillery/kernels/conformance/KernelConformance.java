@@ -91,6 +91,8 @@ public final class KernelConformance {
             c.softmaxCrossEntropy(s[0], s[1]);
             c.distillLoss(s[0], s[1]);
         }
+        // after every other check, so those keep the inputs a seed has always given them
+        for (int[] s : sizes.classifier()) c.logitRows(s[0], s[1]);
         return List.copyOf(c.results);
     }
 
@@ -354,6 +356,43 @@ public final class KernelConformance {
             double err = Math.max(buf.relativeError(losses, sLosses, 1e-6), buf.relativeError(dlogits, sLogits, 1e-6));
             if (counted != valid) err = Double.POSITIVE_INFINITY;
             record("softmaxCrossEntropy", n + "x" + v, err, TOL, ms);
+        }
+    }
+
+    /**
+     * logsumexpRows at T = 1.5 and argmaxRows, on logits with a tie (the first index wins), a NaN
+     * (never wins) and a row of −inf (index 0) where there are rows for them.
+     */
+    private void logitRows(int n, int v) {
+        try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
+            double[] logits = randn(n * v);
+            for (int i = 0; i < logits.length; i++) logits[i] *= 4;
+            float scale = (float) (1 / 1.5);
+            MemorySegment sLogits = buf.floats(logits), sLse = buf.poisoned(n);
+            long t0 = System.nanoTime();
+            kernels.logsumexpRows(sLse, sLogits, n, v, scale);
+            double ms = millis(t0);
+            double[] rounded = new double[logits.length];
+            for (int i = 0; i < logits.length; i++) rounded[i] = (float) logits[i];
+            record("logsumexpRows", n + "x" + v, buf.relativeError(ReferenceKernels.logsumexpRows(rounded, n, v, scale), sLse, 1e-6),
+                    TOL, ms);
+
+            if (v > 2 && n > 2) {
+                rounded[v + v - 1] = rounded[v + 1] = 100;                  // row 1: a tie
+                rounded[2 * v] = Double.NaN;                                // row 2: a NaN first
+            }
+            if (n > 3) java.util.Arrays.fill(rounded, 3 * v, 4 * v, Double.NEGATIVE_INFINITY);
+            MemorySegment sIds = buf.ints(new int[n]);
+            kernels.fill(sIds, Float.NaN, n);   // poison: no int id has NaN's bits
+            t0 = System.nanoTime();
+            kernels.argmaxRows(sIds, buf.floats(rounded), n, v);
+            ms = millis(t0);
+            int[] expected = ReferenceKernels.argmaxRows(rounded, n, v);
+            MemorySegment got = kernels.hostView(sIds, 4L * n, arena);
+            int wrong = 0;
+            for (int r = 0; r < n; r++) if (got.getAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, r) != expected[r]) wrong++;
+            record("argmaxRows", n + "x" + v, (double) wrong / n, 0, ms);   // the share of rows with another index
         }
     }
 

@@ -11,6 +11,7 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 
 import dev.distillery.bindings.OpenBlasLibrary;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.cpu.distill.FusedDistillLoss;
 import dev.distillery.kernels.distill.DistillOptions;
@@ -118,6 +119,15 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void joinCopies() {
+    }
+
+    @Override
+    public void copy(MemorySegment dst, MemorySegment src, long bytes) {
+        MemorySegment.copy(src, 0, dst, 0, bytes);
+    }
+
+    @Override
+    public void synchronize() {
     }
 
     @Override
@@ -474,6 +484,27 @@ public final class CpuKernels implements Kernels {
         int total = 0;
         for (int count : valid) total += count;
         return total;
+    }
+
+    // ---------------------------------------------------------------- rows of logits
+
+    @Override
+    public void logsumexpRows(MemorySegment out, MemorySegment x, int n, int v, float scale) {
+        if (!(scale > 0)) throw new IllegalArgumentException("logsumexp scale must be positive, got " + scale);
+        pool.forEachChunk(n, 1, (chunk, start, end) -> {
+            for (int r = start; r < end; r++) {
+                long o = (long) r * v;
+                float mx = VectorOps.max(x, o, v) * scale;   // = max of scale · x: rounding is monotonic, scale > 0
+                set(out, r, (float) (Math.log(VectorOps.expSumScaled(x, o, v, scale, mx)) + mx));
+            }
+        });
+    }
+
+    @Override
+    public void argmaxRows(MemorySegment out, MemorySegment x, int n, int v) {
+        pool.forEachChunk(n, 1, (chunk, start, end) -> {
+            for (int r = start; r < end; r++) out.setAtIndex(I32, r, DType.F32.argmax(x, (long) r * v, v));
+        });
     }
 
     // ---------------------------------------------------------------- fused distillation loss

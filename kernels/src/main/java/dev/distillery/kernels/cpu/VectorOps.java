@@ -437,6 +437,21 @@ public final class VectorOps {
         return sum;
     }
 
+    /** Σ exp(scale · x[o + i] − shift), i &lt; n: a row's logsumexp at temperature 1/scale, with shift its scaled max. */
+    public static float expSumScaled(MemorySegment x, long o, int n, float scale, float shift) {
+        int i = 0;
+        float sum = 0f;
+        if (n >= LANES) {
+            FloatVector acc = FloatVector.zero(SPECIES);
+            for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+                acc = acc.add(exp(FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER).mul(scale).sub(shift)));
+            }
+            sum = sumLanes(acc);
+        }
+        for (; i < n; i++) sum += exp(get(x, o + i) * scale - shift);
+        return sum;
+    }
+
     /**
      * Softmax backward over one row, in place: {@code g[i] = scale · p[i] (g[i] − Σ_j p[j] g[j])},
      * i < n, at offset o of both p (probabilities) and g (upstream gradient).

@@ -25,6 +25,9 @@ public interface CudaBackend extends AutoCloseable {
 
     void download(MemorySegment dst, long src, long bytes);
 
+    /** Device → device after the work already issued, finished on return. */
+    void copyDeviceToDevice(long dst, long src, long bytes);
+
     /** Page-locked host memory of {@code bytes} (the source of {@link #uploadAsync}). */
     MemorySegment allocHost(long bytes);
 
@@ -37,10 +40,11 @@ public interface CudaBackend extends AutoCloseable {
     void joinCopies();
 
     /**
-     * Launches {@code kernel} with a 1-D grid. Arguments: {@link Ptr} (device pointer), Integer,
-     * Long (64-bit), Float, or a MemorySegment holding a struct passed by value.
+     * Launches {@code kernel} with a 1-D grid. Arguments, as {@link CudaKernel#signature()} says:
+     * {@link Ptr} (device pointer), Integer, Long (64-bit), Float, or a MemorySegment holding a
+     * struct passed by value.
      */
-    void launch(String kernel, int grid, int block, Object... args);
+    void launch(CudaKernel kernel, int grid, int block, Object... args);
 
     /** Column-major {@code C = alpha op(A) op(B) + beta C} (cublasSgemm's contract; C is not read when beta = 0). */
     void sgemm(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
@@ -65,8 +69,12 @@ public interface CudaBackend extends AutoCloseable {
     @Override
     void close();
 
-    /** The {@code void** kernelParams} array of a launch: one pointer per argument, to a copy of its value. */
-    static MemorySegment marshal(Arena arena, String kernel, Object... args) {
+    /**
+     * The {@code void** kernelParams} array of a launch: one pointer per argument, to a copy of its
+     * value, after {@link CudaKernel#check} of the arguments.
+     */
+    static MemorySegment marshal(Arena arena, CudaKernel kernel, Object... args) {
+        kernel.check(args);
         MemorySegment params = arena.allocate(ValueLayout.ADDRESS, Math.max(1, args.length));
         for (int i = 0; i < args.length; i++) {
             MemorySegment v = switch (args[i]) {

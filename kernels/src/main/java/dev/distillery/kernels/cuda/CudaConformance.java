@@ -61,6 +61,7 @@ public final class CudaConformance {
         for (int[] s : rows) embedding(Math.max(1, s[0] / 3), 3, s[1], 17);
         for (int[] s : classifier) classifier(s[0], s[1]);
         for (int[] s : classifier) distill(s[0], s[1]);
+        for (int[] s : classifier) logitRows(s[0], s[1]);
     }
 
     // ------------------------------------------------------------------ buffers
@@ -95,7 +96,7 @@ public final class CudaConformance {
     private CudaBackend.Ptr poisoned(long n) {
         long p = gpu.alloc(4 * Math.max(1, n));
         allocations.add(p);
-        gpu.launch("ops_fill", grid(n), 256, new CudaBackend.Ptr(p), Float.NaN, n);
+        gpu.launch(CudaKernel.OPS_FILL, grid(n), 256, new CudaBackend.Ptr(p), Float.NaN, n);
         return new CudaBackend.Ptr(p);
     }
 
@@ -165,28 +166,28 @@ public final class CudaConformance {
         cpu.geluForward(out, host(x), n);
         CudaBackend.Ptr dx = device(host(x)), dy = device(host(y)), dout = poisoned(n);
         long t0 = System.nanoTime();
-        gpu.launch("ops_gelu_forward", grid(n), 256, dout, dx, (long) n);
+        gpu.launch(CudaKernel.OPS_GELU_FORWARD, grid(n), 256, dout, dx, (long) n);
         record("geluForward", size, floats(out, n), download(dout, n), TOL, t0);
 
         MemorySegment g = host(acc);
         cpu.geluBackward(g, host(x), host(y), n);
         CudaBackend.Ptr dg = device(host(acc));
         t0 = System.nanoTime();
-        gpu.launch("ops_gelu_backward", grid(n), 256, dg, dx, dy, (long) n);
+        gpu.launch(CudaKernel.OPS_GELU_BACKWARD, grid(n), 256, dg, dx, dy, (long) n);
         record("geluBackward", size, floats(g, n), download(dg, n), TOL, t0);
 
         MemorySegment r = host(new float[n]);
         cpu.residualForward(r, host(x), host(y), n);
         CudaBackend.Ptr dr = poisoned(n);
         t0 = System.nanoTime();
-        gpu.launch("ops_residual_forward", grid(n), 256, dr, dx, dy, (long) n);
+        gpu.launch(CudaKernel.OPS_RESIDUAL_FORWARD, grid(n), 256, dr, dx, dy, (long) n);
         record("residualForward", size, floats(r, n), download(dr, n), TOL, t0);
 
         double expected = cpu.sumOfSquares(host(x), n);
         int blocks = grid(n);
         CudaBackend.Ptr partials = poisoned(blocks);
         t0 = System.nanoTime();
-        gpu.launch("ops_sum_of_squares", blocks, 256, partials, dx, (long) n);
+        gpu.launch(CudaKernel.OPS_SUM_OF_SQUARES, blocks, 256, partials, dx, (long) n);
         double total = 0;
         for (float p : download(partials, blocks)) total += p;
         record("sumOfSquares", size, new float[]{(float) expected}, new float[]{(float) total}, TOL, t0);
@@ -197,7 +198,7 @@ public final class CudaConformance {
         cpu.adamW(hp, host(y), hm, hv, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
         CudaBackend.Ptr dp = device(host(p)), dm = device(host(m)), dv = device(host(v));
         t0 = System.nanoTime();
-        gpu.launch("ops_adamw", grid(n), 256, dp, dy, dm, dv, (long) n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+        gpu.launch(CudaKernel.OPS_ADAMW, grid(n), 256, dp, dy, dm, dv, (long) n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
         record("adamW", size, floats(hp, n), download(dp, n), TOL, t0);
     }
 
@@ -210,7 +211,7 @@ public final class CudaConformance {
         CudaBackend.Ptr dx = device(host(x)), dw = device(host(w)), db = device(host(b));
         CudaBackend.Ptr dOut = poisoned(n), dMean = poisoned(rows), dRstd = poisoned(rows);
         long t0 = System.nanoTime();
-        gpu.launch("ops_layernorm_forward", rows, 256, dOut, dMean, dRstd, dx, dw, db, rows, c);
+        gpu.launch(CudaKernel.OPS_LAYERNORM_FORWARD, rows, 256, dOut, dMean, dRstd, dx, dw, db, rows, c);
         record("layerNormForward", size, floats(out, n), download(dOut, n), TOL, t0);
 
         float[] dx0 = random(n, 1), dw0 = random(c, 1), db0 = random(c, 1);
@@ -218,8 +219,8 @@ public final class CudaConformance {
         cpu.layerNormBackward(hdx, hdw, hdb, host(dout), host(x), host(w), mean, rstd, rows, c);
         CudaBackend.Ptr gx = device(host(dx0)), gw = device(host(dw0)), gb = device(host(db0)), gdout = device(host(dout));
         t0 = System.nanoTime();
-        gpu.launch("ops_layernorm_backward_input", rows, 256, gx, gdout, dx, dw, dMean, dRstd, rows, c);
-        gpu.launch("ops_layernorm_backward_params", grid(c), 256, gw, gb, gdout, dx, dMean, dRstd, rows, c);
+        gpu.launch(CudaKernel.OPS_LAYERNORM_BACKWARD_INPUT, rows, 256, gx, gdout, dx, dw, dMean, dRstd, rows, c);
+        gpu.launch(CudaKernel.OPS_LAYERNORM_BACKWARD_PARAMS, grid(c), 256, gw, gb, gdout, dx, dMean, dRstd, rows, c);
         record("layerNormBackward", size, floats(hdx, n), download(gx, n), TOL, t0);
         record("layerNormBackward.dweight", size, floats(hdw, c), download(gw, c), TOL, t0);
 
@@ -227,7 +228,7 @@ public final class CudaConformance {
         cpu.sumRows(sr, host(dout), rows, c);
         CudaBackend.Ptr dsr = device(host(db0));
         t0 = System.nanoTime();
-        gpu.launch("ops_sum_rows", grid(c), 256, dsr, gdout, rows, c);
+        gpu.launch(CudaKernel.OPS_SUM_ROWS, grid(c), 256, dsr, gdout, rows, c);
         record("sumRows", size, floats(sr, c), download(dsr, c), TOL, t0);
 
         // Causal attention softmax over rows of length c (rows = b·nh·t with t = c), against float64.
@@ -243,7 +244,7 @@ public final class CudaConformance {
         }
         CudaBackend.Ptr dpre = device(host(pre)), datt0 = poisoned((long) r * t);
         t0 = System.nanoTime();
-        gpu.launch("ops_attention_softmax_forward", r, 128, datt0, dpre, r, t, scale);
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, r, 128, datt0, dpre, r, t, scale);
         float[] att = download(datt0, r * t);
         record("attentionSoftmax", r + "x" + t, expected, att, TOL, t0);
         float[] expectedD = new float[r * t];
@@ -255,7 +256,7 @@ public final class CudaConformance {
         }
         CudaBackend.Ptr dd = device(host(datt)), dpreGrad = poisoned((long) r * t);
         t0 = System.nanoTime();
-        gpu.launch("ops_attention_softmax_backward", r, 128, dpreGrad, dd, datt0, r, t, scale);
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, r, 128, dpreGrad, dd, datt0, r, t, scale);
         record("attentionSoftmaxBackward", r + "x" + t, expectedD, download(dpreGrad, r * t), TOL, t0);
     }
 
@@ -268,13 +269,13 @@ public final class CudaConformance {
         cpu.embeddingForward(out, host(tokens), host(wte), host(wpe), b, t, c, vocab);
         CudaBackend.Ptr dtok = device(host(tokens)), dwte = device(host(wte)), dwpe = device(host(wpe)), dOut = poisoned((long) b * t * c);
         long t0 = System.nanoTime();
-        gpu.launch("ops_embedding_forward", grid((long) b * t * c), 256, dOut, dtok, dwte, dwpe, b, t, c);
+        gpu.launch(CudaKernel.OPS_EMBEDDING_FORWARD, grid((long) b * t * c), 256, dOut, dtok, dwte, dwpe, b, t, c);
         record("embeddingForward", b + "x" + t + "x" + c, floats(out, b * t * c), download(dOut, b * t * c), TOL, t0);
         MemorySegment gte = host(dwte0), gpe = host(dwpe0);
         cpu.embeddingBackward(gte, gpe, host(dout), host(tokens), b, t, c);
         CudaBackend.Ptr ggte = device(host(dwte0)), ggpe = device(host(dwpe0)), gdout = device(host(dout));
         t0 = System.nanoTime();
-        gpu.launch("ops_embedding_backward", grid(c), 256, ggte, ggpe, gdout, dtok, b, t, c);
+        gpu.launch(CudaKernel.OPS_EMBEDDING_BACKWARD, grid(c), 256, ggte, ggpe, gdout, dtok, b, t, c);
         record("embeddingBackward", b + "x" + t + "x" + c, floats(gte, vocab * c), download(ggte, vocab * c), TOL, t0);
     }
 
@@ -287,9 +288,32 @@ public final class CudaConformance {
         cpu.softmaxCrossEntropy(losses, hl, host(targets), n, v, -100, true, 0.5f);
         CudaBackend.Ptr dl = device(host(logits)), dt = device(host(targets)), dloss = poisoned(n);
         long t0 = System.nanoTime();
-        gpu.launch("ops_softmax_cross_entropy", n, 256, dloss, dl, dt, n, v, -100, 1, 0.5f);
+        gpu.launch(CudaKernel.OPS_SOFTMAX_CROSS_ENTROPY, n, 256, dloss, dl, dt, n, v, -100, 1, 0.5f);
         record("softmaxCrossEntropy", n + "x" + v, floats(losses, n), download(dloss, n), TOL, t0);
         record("softmaxCrossEntropy.dlogits", n + "x" + v, floats(hl, n * v), download(dl, n * v), TOL, t0);
+    }
+
+    /** logsumexpRows at T = 1.5 and argmaxRows, against the CPU kernels. */
+    private void logitRows(int n, int v) {
+        float[] logits = random(n * v, 5);
+        float scale = (float) (1 / 1.5);
+        MemorySegment hl = host(logits), lse = host(new float[n]), ids = host(new int[n]);
+        cpu.logsumexpRows(lse, hl, n, v, scale);
+        cpu.argmaxRows(ids, hl, n, v);
+        CudaBackend.Ptr dl = device(hl), dlse = poisoned(n), dids = poisoned(n);
+        long t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_LOGSUMEXP_ROWS, n, 256, dlse, dl, n, v, scale);
+        record("logsumexpRows", n + "x" + v, floats(lse, n), download(dlse, n), TOL, t0);
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_ARGMAX_ROWS, n, 256, dids, dl, n, v);
+        float[] expected = new float[n], actual = new float[n];
+        MemorySegment got = arena.allocate(4L * n, 64);
+        gpu.download(got, dids.address(), 4L * n);
+        for (int r = 0; r < n; r++) {
+            expected[r] = ids.getAtIndex(ValueLayout.JAVA_INT, r);
+            actual[r] = got.getAtIndex(ValueLayout.JAVA_INT, r);
+        }
+        record("argmaxRows", n + "x" + v, expected, actual, 0, t0);
     }
 
     /** The fused distillation loss: dense bf16 forward KL, top-k f32 tail bucket, sampled. */
@@ -306,7 +330,7 @@ public final class CudaConformance {
         cpu.distillLoss(hs, hs, new TeacherTargets.Dense(tb, DType.BF16, v), host(labels), rowCe, rowDiv, n, v, o, 1f);
         CudaBackend.Ptr ds = device(host(s)), dtb = device(tb), dl = device(host(labels)), dce = poisoned(n), ddiv = poisoned(n);
         long t0 = System.nanoTime();
-        gpu.launch("distill_dense_bf16", n, 256, ds, ds, dtb, dl, dce, ddiv, n, v, v, params);
+        gpu.launch(CudaKernel.DISTILL_DENSE_BF16, n, 256, ds, ds, dtb, dl, dce, ddiv, n, v, v, params);
         record("distillDense.bf16", n + "x" + v, floats(hs, n * v), download(ds, n * v), TOL, t0);
         record("distillDense.divergence", n + "x" + v, floats(rowDiv, n), download(ddiv, n), TOL, t0);
 
@@ -333,7 +357,7 @@ public final class CudaConformance {
         CudaBackend.Ptr ds2 = device(host(s)), dids = device(host(ids)), dtop = device(host(topLogits)), dlse = device(host(lse));
         CudaBackend.Ptr ce2 = poisoned(n), div2 = poisoned(n);
         t0 = System.nanoTime();
-        gpu.launch("distill_topk_f32", n, 256, ds2, ds2, dids, dtop, dlse, dl, ce2, div2, n, v, v, k, 2f, 0, params);
+        gpu.launch(CudaKernel.DISTILL_TOPK_F32, n, 256, ds2, ds2, dids, dtop, dlse, dl, ce2, div2, n, v, v, k, 2f, 0, params);
         record("distillTopK.f32", n + "x" + v + " k" + k, floats(hs2, n * v), download(ds2, n * v), TOL, t0);
 
         int samples = 16;
@@ -348,7 +372,7 @@ public final class CudaConformance {
         CudaBackend.Ptr ds3 = device(host(s)), dsid = device(host(sids)), dwt = device(host(weights));
         CudaBackend.Ptr ce3 = poisoned(n), div3 = poisoned(n);
         t0 = System.nanoTime();
-        gpu.launch("distill_sampled", n, 256, ds3, ds3, dsid, dwt, dl, ce3, div3, n, v, samples, params);
+        gpu.launch(CudaKernel.DISTILL_SAMPLED, n, 256, ds3, ds3, dsid, dwt, dl, ce3, div3, n, v, samples, params);
         record("distillSampled", n + "x" + v + " s" + samples, floats(hs3, n * v), download(ds3, n * v), TOL, t0);
     }
 

@@ -5,7 +5,7 @@ import java.io.InputStream;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
-import java.util.HashMap;
+import java.util.EnumMap;
 import java.util.Map;
 
 import dev.distillery.bindings.CudaCalls;
@@ -39,7 +39,7 @@ public final class CudaDevice implements CudaBackend {
     private final MemorySegment copyStream;
     private final MemorySegment copiesDone;
     private final MemorySegment cublas;
-    private final Map<String, MemorySegment> functions = new HashMap<>();
+    private final Map<CudaKernel, MemorySegment> functions = new EnumMap<>(CudaKernel.class);
     private boolean closed;
     private volatile Thread boundThread;
 
@@ -154,6 +154,7 @@ public final class CudaDevice implements CudaBackend {
      * yardstick of the benchmarks). cuMemcpyDtoD may return before a device-to-device copy ends,
      * hence the context-wide wait.
      */
+    @Override
     public void copyDeviceToDevice(long dst, long src, long bytes) {
         bind();
         synchronize();
@@ -194,21 +195,21 @@ public final class CudaDevice implements CudaBackend {
         CudaCalls.driver(CudaDriver.cuStreamSynchronize(stream), "cuStreamSynchronize(compute)");
     }
 
-    private MemorySegment function(String name) {
-        return functions.computeIfAbsent(name, n -> {
+    private MemorySegment function(CudaKernel kernel) {
+        return functions.computeIfAbsent(kernel, k -> {
             MemorySegment p = arena.allocate(ValueLayout.ADDRESS);
-            CudaCalls.driver(CudaDriver.cuModuleGetFunction(p, module, arena.allocateFrom(n)), "cuModuleGetFunction(" + n + ")");
+            CudaCalls.driver(CudaDriver.cuModuleGetFunction(p, module, arena.allocateFrom(k.symbol())), "cuModuleGetFunction(" + k.symbol() + ")");
             return p.get(ValueLayout.ADDRESS, 0);
         });
     }
 
     @Override
-    public void launch(String kernel, int grid, int block, Object... args) {
+    public void launch(CudaKernel kernel, int grid, int block, Object... args) {
         bind();
         try (Arena call = Arena.ofConfined()) {
             MemorySegment params = CudaBackend.marshal(call, kernel, args);
             CudaCalls.driver(CudaDriver.cuLaunchKernel(function(kernel), grid, 1, 1, block, 1, 1, 0, stream, params, MemorySegment.NULL),
-                    "cuLaunchKernel(" + kernel + ", grid " + grid + ", block " + block + ")");
+                    "cuLaunchKernel(" + kernel.symbol() + ", grid " + grid + ", block " + block + ")");
         }
     }
 

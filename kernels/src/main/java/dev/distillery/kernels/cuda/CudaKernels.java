@@ -104,6 +104,16 @@ public final class CudaKernels implements Kernels {
         gpu.joinCopies();
     }
 
+    @Override
+    public void copy(MemorySegment dst, MemorySegment src, long bytes) {
+        if (bytes > 0) gpu.copyDeviceToDevice(dst.address(), src.address(), bytes);
+    }
+
+    @Override
+    public void synchronize() {
+        gpu.synchronize();
+    }
+
     private static CudaBackend.Ptr p(MemorySegment s) {
         return new CudaBackend.Ptr(s == null ? 0L : s.address());
     }
@@ -175,12 +185,12 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public void broadcastRows(MemorySegment out, MemorySegment row, int n, int c) {
-        gpu.launch("ops_broadcast_rows", grid((long) n * c), gpu.block(), p(out), p(row), n, c);
+        gpu.launch(CudaKernel.OPS_BROADCAST_ROWS, grid((long) n * c), gpu.block(), p(out), p(row), n, c);
     }
 
     @Override
     public void sumRows(MemorySegment acc, MemorySegment x, int n, int c) {
-        gpu.launch("ops_sum_rows", grid(c), gpu.block(), p(acc), p(x), n, c);
+        gpu.launch(CudaKernel.OPS_SUM_ROWS, grid(c), gpu.block(), p(acc), p(x), n, c);
     }
 
     @Override
@@ -193,19 +203,19 @@ public final class CudaKernels implements Kernels {
                         + row % t + ") is outside the vocabulary [0, " + vocab + ")");
             }
         }
-        gpu.launch("ops_embedding_forward", grid((long) b * t * c), gpu.block(), p(out), p(tokens), p(wte), p(wpe), b, t, c);
+        gpu.launch(CudaKernel.OPS_EMBEDDING_FORWARD, grid((long) b * t * c), gpu.block(), p(out), p(tokens), p(wte), p(wpe), b, t, c);
     }
 
     @Override
     public void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens, int b, int t, int c) {
-        gpu.launch("ops_embedding_backward", grid(c), gpu.block(), p(dwte), p(dwpe), p(dout), p(tokens), b, t, c);
+        gpu.launch(CudaKernel.OPS_EMBEDDING_BACKWARD, grid(c), gpu.block(), p(dwte), p(dwpe), p(dout), p(tokens), b, t, c);
     }
 
     @Override
     public void layerNormForward(MemorySegment out, MemorySegment mean, MemorySegment rstd, MemorySegment inp, MemorySegment weight,
                                  MemorySegment bias, int n, int c) {
         if (n == 0) return;
-        gpu.launch("ops_layernorm_forward", n, gpu.block(), p(out), p(mean), p(rstd), p(inp), p(weight), p(bias), n, c);
+        gpu.launch(CudaKernel.OPS_LAYERNORM_FORWARD, n, gpu.block(), p(out), p(mean), p(rstd), p(inp), p(weight), p(bias), n, c);
     }
 
     @Override
@@ -213,31 +223,31 @@ public final class CudaKernels implements Kernels {
                                   MemorySegment weight, MemorySegment mean, MemorySegment rstd, int n, int c) {
         if (n == 0) return;
         if (dinp != null) {
-            gpu.launch("ops_layernorm_backward_input", n, gpu.block(), p(dinp), p(dout), p(inp), p(weight), p(mean), p(rstd), n, c);
+            gpu.launch(CudaKernel.OPS_LAYERNORM_BACKWARD_INPUT, n, gpu.block(), p(dinp), p(dout), p(inp), p(weight), p(mean), p(rstd), n, c);
         }
         if (dweight != null && dbias != null) {
-            gpu.launch("ops_layernorm_backward_params", grid(c), gpu.block(), p(dweight), p(dbias), p(dout), p(inp), p(mean), p(rstd), n, c);
+            gpu.launch(CudaKernel.OPS_LAYERNORM_BACKWARD_PARAMS, grid(c), gpu.block(), p(dweight), p(dbias), p(dout), p(inp), p(mean), p(rstd), n, c);
         }
     }
 
     @Override
     public void geluForward(MemorySegment out, MemorySegment inp, long n) {
-        gpu.launch("ops_gelu_forward", grid(n), gpu.block(), p(out), p(inp), n);
+        gpu.launch(CudaKernel.OPS_GELU_FORWARD, grid(n), gpu.block(), p(out), p(inp), n);
     }
 
     @Override
     public void geluBackward(MemorySegment dinp, MemorySegment inp, MemorySegment dout, long n) {
-        gpu.launch("ops_gelu_backward", grid(n), gpu.block(), p(dinp), p(inp), p(dout), n);
+        gpu.launch(CudaKernel.OPS_GELU_BACKWARD, grid(n), gpu.block(), p(dinp), p(inp), p(dout), n);
     }
 
     @Override
     public void residualForward(MemorySegment out, MemorySegment a, MemorySegment b, long n) {
-        gpu.launch("ops_residual_forward", grid(n), gpu.block(), p(out), p(a), p(b), n);
+        gpu.launch(CudaKernel.OPS_RESIDUAL_FORWARD, grid(n), gpu.block(), p(out), p(a), p(b), n);
     }
 
     @Override
     public void accumulate(MemorySegment dst, MemorySegment src, long n) {
-        gpu.launch("ops_accumulate", grid(n), gpu.block(), p(dst), p(src), n);
+        gpu.launch(CudaKernel.OPS_ACCUMULATE, grid(n), gpu.block(), p(dst), p(src), n);
     }
 
     // ---------------------------------------------------------------- attention
@@ -251,7 +261,7 @@ public final class CudaKernels implements Kernels {
             // preatt[h] (t, t) = Q_h · K_hᵀ, heads hs columns apart in the (t, 3c) rows
             rowMajorGemm(gpu, false, true, t, t, hs, 1f, q, 3 * c, hs, q + 4L * c, 3 * c, hs, 0f, a, t, tt, nh);
         }
-        gpu.launch("ops_attention_softmax_forward", b * nh * t, gpu.block(), p(att), p(att), b * nh * t, t, (float) (1 / Math.sqrt(hs)));
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, b * nh * t, gpu.block(), p(att), p(att), b * nh * t, t, (float) (1 / Math.sqrt(hs)));
         for (int bi = 0; bi < b; bi++) {
             long q = qkv.address() + 4L * bi * t * 3 * c, a = att.address() + 4L * bi * nh * tt;
             // out[:, h·hs:(h+1)·hs] = att[h] · V_h
@@ -273,7 +283,7 @@ public final class CudaKernels implements Kernels {
             rowMajorGemm(gpu, true, false, t, hs, t, 1f, a, t, tt, dO, c, hs, 1f, dq + 8L * c, 3 * c, hs, nh);
         }
         // datt becomes d(preatt), the 1/√hs scale included
-        gpu.launch("ops_attention_softmax_backward", b * nh * t, gpu.block(), p(datt), p(datt), p(att), b * nh * t, t,
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, b * nh * t, gpu.block(), p(datt), p(datt), p(att), b * nh * t, t,
                 (float) (1 / Math.sqrt(hs)));
         for (int bi = 0; bi < b; bi++) {
             long q = qkv.address() + 4L * bi * t * 3 * c, dq = dqkv.address() + 4L * bi * t * 3 * c;
@@ -300,10 +310,21 @@ public final class CudaKernels implements Kernels {
             valid++;
         }
         if (n > 0) {
-            gpu.launch("ops_softmax_cross_entropy", n, gpu.block(), p(losses), p(logits), p(targets), n, v, ignoreIndex,
+            gpu.launch(CudaKernel.OPS_SOFTMAX_CROSS_ENTROPY, n, gpu.block(), p(losses), p(logits), p(targets), n, v, ignoreIndex,
                     writeGradient ? 1 : 0, gradScale);
         }
         return valid;
+    }
+
+    @Override
+    public void logsumexpRows(MemorySegment out, MemorySegment x, int n, int v, float scale) {
+        if (!(scale > 0)) throw new IllegalArgumentException("logsumexp scale must be positive, got " + scale);
+        if (n > 0) gpu.launch(CudaKernel.OPS_LOGSUMEXP_ROWS, n, gpu.block(), p(out), p(x), n, v, scale);
+    }
+
+    @Override
+    public void argmaxRows(MemorySegment out, MemorySegment x, int n, int v) {
+        if (n > 0) gpu.launch(CudaKernel.OPS_ARGMAX_ROWS, n, gpu.block(), p(out), p(x), n, v);
     }
 
     @Override
@@ -327,16 +348,16 @@ public final class CudaKernels implements Kernels {
         try (Arena call = Arena.ofConfined()) {
             MemorySegment params = distillParams(call, options, gradScale);
             switch (teacher) {
-                case TeacherTargets.Dense d -> gpu.launch("distill_dense_" + suffix(d.type()), n, block, p(student), p(grad),
+                case TeacherTargets.Dense d -> gpu.launch(denseKernel(d.type()), n, block, p(student), p(grad),
                         p(d.logits()), p(labels), p(ce), p(div), n, vocab, d.vocab(), params);
                 case TeacherTargets.TopK k -> {
                     // 0 tail bucket, 1 renormalize, 2 rescale (the shard's tail mass kept at another temperature)
                     int mode = options.topKMode() == DistillOptions.TopKMode.RENORMALIZE ? 1
                             : k.shardTemperature() != options.temperature() ? 2 : 0;
-                    gpu.launch("distill_topk_" + suffix(k.type()), n, block, p(student), p(grad), p(k.ids()), p(k.logits()),
+                    gpu.launch(topKKernel(k.type()), n, block, p(student), p(grad), p(k.ids()), p(k.logits()),
                             p(k.logsumexp()), p(labels), p(ce), p(div), n, vocab, k.vocab(), k.k(), k.shardTemperature(), mode, params);
                 }
-                case TeacherTargets.Sampled sm -> gpu.launch("distill_sampled", n, block, p(student), p(grad), p(sm.ids()),
+                case TeacherTargets.Sampled sm -> gpu.launch(CudaKernel.DISTILL_SAMPLED, n, block, p(student), p(grad), p(sm.ids()),
                         p(sm.weights()), p(labels), p(ce), p(div), n, vocab, sm.samples(), params);
             }
         }
@@ -353,11 +374,22 @@ public final class CudaKernels implements Kernels {
         return new DistillSums(total, ceSum, divSum, counted);
     }
 
-    private static String suffix(DType type) {
+    /** The dense row kernel for a teacher logit type. */
+    private static CudaKernel denseKernel(DType type) {
         return switch (type) {
-            case F32 -> "f32";
-            case F16 -> "f16";
-            case BF16 -> "bf16";
+            case F32 -> CudaKernel.DISTILL_DENSE_F32;
+            case F16 -> CudaKernel.DISTILL_DENSE_F16;
+            case BF16 -> CudaKernel.DISTILL_DENSE_BF16;
+            default -> throw new IllegalArgumentException("no CUDA loss kernel reads " + type + " teacher logits");
+        };
+    }
+
+    /** The top-k row kernel for a teacher logit type. */
+    private static CudaKernel topKKernel(DType type) {
+        return switch (type) {
+            case F32 -> CudaKernel.DISTILL_TOPK_F32;
+            case F16 -> CudaKernel.DISTILL_TOPK_F16;
+            case BF16 -> CudaKernel.DISTILL_TOPK_BF16;
             default -> throw new IllegalArgumentException("no CUDA loss kernel reads " + type + " teacher logits");
         };
     }
@@ -386,7 +418,7 @@ public final class CudaKernels implements Kernels {
     @Override
     public void adamW(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, long n, float lr, float beta1,
                       float beta2, float eps, float weightDecay, int step) {
-        gpu.launch("ops_adamw", grid(n), gpu.block(), p(params), p(grads), p(m), p(v), n, lr, beta1, beta2, eps, weightDecay, step);
+        gpu.launch(CudaKernel.OPS_ADAMW, grid(n), gpu.block(), p(params), p(grads), p(m), p(v), n, lr, beta1, beta2, eps, weightDecay, step);
     }
 
     @Override
@@ -394,7 +426,7 @@ public final class CudaKernels implements Kernels {
         if (n == 0) return 0;
         int blocks = grid(n);
         long partials = scratch(4L * blocks);
-        gpu.launch("ops_sum_of_squares", blocks, gpu.block(), p(partials), p(x), n);
+        gpu.launch(CudaKernel.OPS_SUM_OF_SQUARES, blocks, gpu.block(), p(partials), p(x), n);
         double sum = 0;
         for (float f : floats(partials, blocks)) sum += f;
         return sum;
@@ -402,12 +434,12 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public void scale(MemorySegment x, float s, long n) {
-        gpu.launch("ops_scale", grid(n), gpu.block(), p(x), s, n);
+        gpu.launch(CudaKernel.OPS_SCALE, grid(n), gpu.block(), p(x), s, n);
     }
 
     @Override
     public void fill(MemorySegment x, float value, long n) {
-        gpu.launch("ops_fill", grid(n), gpu.block(), p(x), value, n);
+        gpu.launch(CudaKernel.OPS_FILL, grid(n), gpu.block(), p(x), value, n);
     }
 
     @Override

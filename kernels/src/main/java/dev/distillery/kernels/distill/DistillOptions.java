@@ -42,6 +42,10 @@ public record DistillOptions(float temperature, float alpha, Divergence divergen
                 SparseTemperature.REQUIRE_MATCH, -100);
     }
 
+    public DistillOptions withAlpha(float a) {
+        return new DistillOptions(temperature, a, divergence, scaleByTemperatureSquared, topKMode, sparseTemperature, ignoreIndex);
+    }
+
     public DistillOptions withDivergence(Divergence d) {
         return new DistillOptions(temperature, alpha, d, scaleByTemperatureSquared, topKMode, sparseTemperature, ignoreIndex);
     }
@@ -92,7 +96,7 @@ public record DistillOptions(float temperature, float alpha, Divergence divergen
             case TeacherTargets.Dense d -> {
             }
         }
-        }
+    }
 
     /** The factor on (q − target) in dL/ds: T with T² scaling (T² · 1/T), else 1/T. */
     public float gradientTemperatureFactor() {

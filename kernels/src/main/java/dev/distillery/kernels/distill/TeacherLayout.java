@@ -24,7 +24,7 @@ public record TeacherLayout(TeacherTargets.Kind kind, DType logitType, int vocab
 
     public TeacherLayout {
         if (kind == null || logitType == null) throw new IllegalArgumentException("kind and logit type are required");
-        if (!logitType.isFloat16Or32()) throw new IllegalArgumentException("teacher logits must be F32, F16 or BF16, got " + logitType);
+        if (!logitType.isLogitType()) throw new IllegalArgumentException("teacher logits must be F32, F16 or BF16, got " + logitType);
         if (vocab < 1) throw new IllegalArgumentException("teacher vocabulary must be >= 1, got " + vocab);
         if (kind != TeacherTargets.Kind.DENSE && (k < 1 || !(shardTemperature > 0))) {
             throw new IllegalArgumentException(kind + " targets need k >= 1 and a positive shard temperature, got k = " + k

@@ -43,7 +43,7 @@ public sealed interface TeacherTargets {
     /** Dense logits (n, vocab) in fp32, fp16 or bf16, read by the kernel with no conversion pass. */
     record Dense(MemorySegment logits, DType type, int vocab) implements TeacherTargets {
         public Dense {
-            if (!type.isFloat16Or32()) throw new IllegalArgumentException("dense teacher logits must be F32, F16 or BF16, got " + type);
+            if (!type.isLogitType()) throw new IllegalArgumentException("dense teacher logits must be F32, F16 or BF16, got " + type);
         }
 
         @Override
@@ -70,7 +70,7 @@ public sealed interface TeacherTargets {
                 int k, int vocab, float shardTemperature) implements TeacherTargets {
         public TopK {
             if (k < 1 || k > vocab) throw new IllegalArgumentException("top-k k = " + k + " must be in [1, vocab = " + vocab + "]");
-            if (!type.isFloat16Or32()) throw new IllegalArgumentException("top-k teacher logits must be F32, F16 or BF16, got " + type);
+            if (!type.isLogitType()) throw new IllegalArgumentException("top-k teacher logits must be F32, F16 or BF16, got " + type);
             if (!(shardTemperature > 0)) throw new IllegalArgumentException("shard temperature must be > 0, got " + shardTemperature);
         }
 

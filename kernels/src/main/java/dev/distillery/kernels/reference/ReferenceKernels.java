@@ -216,6 +216,31 @@ public final class ReferenceKernels {
         return losses;
     }
 
+    /** Per row: log Σ_j exp(scale · x[r, j]). The twin of {@code Kernels.logsumexpRows}. */
+    public static double[] logsumexpRows(double[] x, int n, int v, double scale) {
+        double[] out = new double[n], row = new double[v];
+        for (int r = 0; r < n; r++) {
+            for (int j = 0; j < v; j++) row[j] = scale * x[r * v + j];
+            out[r] = logSumExp(row, 0, v);
+        }
+        return out;
+    }
+
+    /** Per row: the first index of the largest x[r, j]; NaN never wins; 0 when none is above −inf. The twin of {@code Kernels.argmaxRows}. */
+    public static int[] argmaxRows(double[] x, int n, int v) {
+        int[] out = new int[n];
+        for (int r = 0; r < n; r++) {
+            double best = Double.NEGATIVE_INFINITY;
+            for (int j = 0; j < v; j++) {
+                if (x[r * v + j] > best) {
+                    best = x[r * v + j];
+                    out[r] = j;
+                }
+            }
+        }
+        return out;
+    }
+
     /** log Σ exp(x[o + i]), i < n, shifted by the max. */
     public static double logSumExp(double[] x, int o, int n) {
         double mx = Double.NEGATIVE_INFINITY;

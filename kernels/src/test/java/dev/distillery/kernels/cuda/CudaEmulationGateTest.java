@@ -6,14 +6,10 @@ import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.SplittableRandom;
-import java.util.concurrent.TimeUnit;
 
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -27,8 +23,9 @@ import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
- * The CUDA gate without a GPU: compiles {@code cuda/src/main/cuda/distill_loss.cu} with g++
- * against the CPU emulation in {@code cuda/src/test/emulation} (each CUDA thread an OS thread,
+ * The CUDA gate without a GPU: compiles the registry's kernels ({@code kernel_gate.cpp}, which
+ * includes {@code cuda/src/main/cuda/distill_loss.cu}) with g++ against the CPU emulation in
+ * {@code cuda/src/test/emulation} (each CUDA thread an OS thread,
  * block barriers with a deadlock watchdog, warp shuffles), runs it on fresh random inputs and
  * holds its outputs to the Java CPU kernel's (which the float64 reference holds in turn). The
  * harness also fails when a kernel writes into the 0x7F red zones around any buffer.
@@ -46,13 +43,13 @@ class CudaEmulationGateTest {
     static void compile() throws Exception {
         gcc = new EmulationBuild("distillery-cuda-gate");
         work = gcc.work();
-        binary = build("distill_gate", "-O1");
+        binary = build("kernel_gate", "-O1");
         kernels = new CpuKernels(2, "auto");
     }
 
     /** Compiles the gate harness (with the .cu it includes) with the given extra flags. */
     private static Path build(String name, String... flags) throws Exception {
-        return gcc.build("distill_gate.cpp", name, flags);
+        return gcc.build("kernel_gate.cpp", name, flags);
     }
 
     @AfterAll
@@ -82,7 +79,7 @@ class CudaEmulationGateTest {
         Divergence[] divs = {Divergence.forwardKl(), Divergence.reverseKl(), Divergence.jsd(0.4)};
         for (int[] shape : shapes) {
             for (Divergence d : divs) {
-                for (DType t : DType.values()) {
+                for (DType t : DType.logitTypes()) {
                     boolean inPlace = t != DType.F16;
                     cases.add(new Case("dense " + t + " " + d + " V=" + shape[0] + "/" + shape[1], 0, t, d, 3,
                             shape[0], shape[1], inPlace, true, 2f, 0.3f));
@@ -120,35 +117,26 @@ class CudaEmulationGateTest {
 
     @Test
     void cudaLossKernelsAreCleanUnderAddressAndUndefinedBehaviourSanitizers() throws Exception {
-        Path asan = build("distill_gate_asan", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined");
+        Path asan = build("kernel_gate_asan", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined");
         runAll(asan, cases(new int[][]{{1, 1}, {37, 33}, {1009, 1005}}), false);
     }
 
     @Test
     void cudaLossKernelsAreCleanUnderThreadSanitizerOnSmallSizes() throws Exception {
-        Path tsan = build("distill_gate_tsan", "-O1", "-fsanitize=thread");
+        Path tsan = build("kernel_gate_tsan", "-O1", "-fsanitize=thread");
         runAll(tsan, cases(new int[][]{{1, 1}, {37, 33}}), false);
     }
 
-    /** Bytes of the in.bin header before the student logits (see distill_gate.cpp). */
-    private static final int HEADER_BYTES = 10 * 4 + 6 * 4 + 4 + 4 + 4;
+    private static float[] nan(int n) {
+        float[] a = new float[n];
+        java.util.Arrays.fill(a, Float.NaN);
+        return a;
+    }
 
-    /** Writes input, runs the gate binary, reads its outputs into outs; null on success, else what went wrong. */
-    private String emulate(Path gate, byte[] input, float[] outs) throws Exception {
-        Path inFile = work.resolve("in.bin"), outFile = work.resolve("out.bin");
-        Files.write(inFile, input);
-        Files.deleteIfExists(outFile);
-        Process p = new ProcessBuilder(gate.toString(), inFile.toString(), outFile.toString()).redirectErrorStream(true).start();
-        String log = new String(p.getInputStream().readAllBytes());
-        if (!p.waitFor(120, TimeUnit.SECONDS)) {
-            p.destroyForcibly();
-            return "emulation timed out";
-        }
-        if (p.exitValue() != 0) return "emulation exited " + p.exitValue() + ": " + log.strip();
-        ByteBuffer out = ByteBuffer.wrap(Files.readAllBytes(outFile)).order(ByteOrder.LITTLE_ENDIAN);
-        if (out.capacity() != 4L * outs.length) return "output has " + out.capacity() + " bytes, expected " + 4L * outs.length;
-        for (int i = 0; i < outs.length; i++) outs[i] = out.getFloat();
-        return null;
+    private static float[] floats(double[] x) {
+        float[] a = new float[x.length];
+        for (int i = 0; i < x.length; i++) a[i] = (float) x[i];
+        return a;
     }
 
     /** Runs one case on both sides; null when they agree, else what differs. */
@@ -200,58 +188,64 @@ class CudaEmulationGateTest {
             };
             kernels.distillLoss(student, grad, teacher, c.labels() ? Buffers.ints(arena, labels) : null, ce, div, n, v, o, gradScale);
 
-            // CUDA side under emulation
-            ByteBuffer in = ByteBuffer.allocate(80 + 4 * (n * v + 2 * n) + (int) teacherSeg.byteSize() + 8 * ids.length
-                            + (int) topLogits.byteSize())
-                    .order(ByteOrder.LITTLE_ENDIAN);
-            int dtype = switch (c.type()) { case F32 -> 0; case F16 -> 1; case BF16 -> 2; default -> throw new AssertionError(c.type()); };
-            int divergence = switch (c.divergence()) {
-                case Divergence.ForwardKl f -> 0;
-                case Divergence.ReverseKl r -> 1;
-                case Divergence.Jsd j -> 2;
+            // CUDA side under emulation: the kernel CudaKernels would launch, with its arguments
+            float[] sf = new float[n * v];
+            for (int i = 0; i < sf.length; i++) sf[i] = (float) s[i];
+            CudaKernel kernel = switch (c.kind()) {
+                case 0 -> switch (c.type()) {
+                    case F32 -> CudaKernel.DISTILL_DENSE_F32;
+                    case F16 -> CudaKernel.DISTILL_DENSE_F16;
+                    default -> CudaKernel.DISTILL_DENSE_BF16;
+                };
+                case 1 -> CudaKernel.DISTILL_SAMPLED;
+                default -> switch (c.type()) {
+                    case F32 -> CudaKernel.DISTILL_TOPK_F32;
+                    case F16 -> CudaKernel.DISTILL_TOPK_F16;
+                    default -> CudaKernel.DISTILL_TOPK_BF16;
+                };
             };
-            float beta = c.divergence() instanceof Divergence.Jsd j ? (float) j.beta() : 0f;
-            in.putInt(c.kind()).putInt(dtype).putInt(n).putInt(v).putInt(vt).putInt(samples).putInt(divergence)
-                    .putInt(c.labels() ? 1 : 0).putInt(c.inPlace() ? 1 : 0).putInt(64);
-            in.putFloat(c.temperature()).putFloat(c.alpha()).putFloat(beta).putFloat(o.divergenceScale())
-                    .putFloat(o.gradientTemperatureFactor()).putFloat(gradScale).putInt(o.ignoreIndex())
-                    .putFloat(c.shardTemperature())
-                    // the kernel's top-k mode, chosen as CudaKernels chooses it: 0 tail bucket, 1 renormalize, 2 rescaled tail
-                    .putInt(c.mode() == DistillOptions.TopKMode.RENORMALIZE ? 1 : c.shardTemperature() != c.temperature() ? 2 : 0);
-            for (double x : s) in.putFloat((float) x);
-            if (c.kind() == 0) {
-                in.put(teacherSeg.asByteBuffer());
-            } else if (c.kind() == 2) {
-                for (int id : ids) in.putInt(id);
-                in.put(topLogits.asByteBuffer());
-                for (double l : lse) in.putFloat((float) l);
-            } else {
-                for (int id : ids) in.putInt(id);
-                for (double w : weights) in.putFloat((float) w);
+            GateCall call = new GateCall(kernel, n, 64).floats(sf);
+            if (c.inPlace()) call.alias(0);
+            else call.floats(nan(n * v));
+            int ceArg;
+            switch (c.kind()) {
+                case 0 -> call.bytes(teacherSeg);
+                case 1 -> call.ints(ids).floats(floats(weights));
+                default -> call.ints(ids).bytes(topLogits).floats(floats(lse));
             }
-            for (int l : labels) in.putInt(l);
-            byte[] input = java.util.Arrays.copyOf(in.array(), in.position());
-            float[] outs = new float[n * v + 2 * n];
-            String problem = emulate(gate, input, outs);
-            if (problem != null) return problem;
+            if (c.labels()) call.ints(labels);
+            else call.nullPointer();
+            ceArg = c.kind() == 0 ? 4 : c.kind() == 1 ? 5 : 6;
+            call.floats(nan(n)).floats(nan(n)).i32(n).i32(v);
+            switch (c.kind()) {
+                case 0 -> call.i32(vt);
+                case 1 -> call.i32(samples);
+                // the kernel's top-k mode, chosen as CudaKernels chooses it: 0 tail bucket, 1 renormalize, 2 rescaled tail
+                default -> call.i32(vt).i32(samples).f32(c.shardTemperature())
+                        .i32(c.mode() == DistillOptions.TopKMode.RENORMALIZE ? 1 : c.shardTemperature() != c.temperature() ? 2 : 0);
+            }
+            call.struct(CudaKernels.distillParams(arena, o, gradScale));
+            GateCall.Outcome out = call.run(gate, work);
+            if (out.problem() != null) return out.problem();
+            float[] gOut = out.floats(c.inPlace() ? 0 : 1), ceOut = out.floats(ceArg), divOut = out.floats(ceArg + 1);
             double[] gCuda = new double[n * v], ceCuda = new double[n], divCuda = new double[n];
-            for (int i = 0; i < gCuda.length; i++) gCuda[i] = outs[i];
-            for (int i = 0; i < n; i++) ceCuda[i] = outs[n * v + i];
-            for (int i = 0; i < n; i++) divCuda[i] = outs[n * v + n + i];
+            for (int i = 0; i < gCuda.length; i++) gCuda[i] = gOut[i];
+            for (int i = 0; i < n; i++) ceCuda[i] = ceOut[i];
+            for (int i = 0; i < n; i++) divCuda[i] = divOut[i];
             if (isolation) {
                 // Row isolation: perturb row 0 of the student; rows 1.. must come out bit for bit the same.
-                ByteBuffer changed = ByteBuffer.wrap(input.clone()).order(ByteOrder.LITTLE_ENDIAN);
-                for (int j = 0; j < v; j++) changed.putFloat(HEADER_BYTES + 4 * j, changed.getFloat(HEADER_BYTES + 4 * j) + 1.5f);
-                float[] outs2 = new float[outs.length];
-                problem = emulate(gate, changed.array(), outs2);
-                if (problem != null) return "row isolation run: " + problem;
+                float[] changed = sf.clone();
+                for (int j = 0; j < v; j++) changed[j] += 1.5f;
+                GateCall.Outcome out2 = call.withFloats(0, changed).run(gate, work);
+                if (out2.problem() != null) return "row isolation run: " + out2.problem();
+                float[] g2 = out2.floats(c.inPlace() ? 0 : 1), ce2 = out2.floats(ceArg), div2 = out2.floats(ceArg + 1);
                 for (int r = 1; r < n; r++) {
                     for (int j = 0; j < v; j++) {
-                        if (Float.floatToRawIntBits(outs[r * v + j]) != Float.floatToRawIntBits(outs2[r * v + j])) {
+                        if (Float.floatToRawIntBits(gOut[r * v + j]) != Float.floatToRawIntBits(g2[r * v + j])) {
                             return "changing row 0 changed the gradient of row " + r + " at column " + j;
                         }
                     }
-                    if (outs[n * v + r] != outs2[n * v + r] || outs[n * v + n + r] != outs2[n * v + n + r]) {
+                    if (ceOut[r] != ce2[r] || divOut[r] != div2[r]) {
                         return "changing row 0 changed the losses of row " + r;
                     }
                 }

@@ -1,21 +1,15 @@
 package dev.distillery.kernels.cuda;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.ArrayList;
 import java.util.List;
 import java.util.SplittableRandom;
-import java.util.concurrent.TimeUnit;
 
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -25,6 +19,7 @@ import dev.distillery.kernels.cpu.CpuKernels;
 
 /**
  * The transformer ops of {@code cuda/src/main/cuda/transformer_ops.cu} under the CPU emulation
+ * gate ({@code kernel_gate.cpp}, every kernel of the registry by name)
  * (a thread per CUDA thread, barriers with a watchdog, red zones), held to the Java kernels on the
  * same inputs at awkward sizes, with outputs poisoned (NaN) and accumulating gradients pre-filled
  * with random values; then the same cases under AddressSanitizer + UBSan, and the small ones under
@@ -42,9 +37,9 @@ class CudaOpsEmulationTest {
     static void compile() throws Exception {
         gcc = new EmulationBuild("distillery-ops-gate");
         work = gcc.work();
-        gate = gcc.build("ops_gate.cpp", "ops_gate", "-O1");
-        asan = gcc.build("ops_gate.cpp", "ops_gate_asan", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined");
-        tsan = gcc.build("ops_gate.cpp", "ops_gate_tsan", "-O1", "-fsanitize=thread");
+        gate = gcc.build("kernel_gate.cpp", "kernel_gate", "-O1");
+        asan = gcc.build("kernel_gate.cpp", "kernel_gate_asan", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined");
+        tsan = gcc.build("kernel_gate.cpp", "kernel_gate_tsan", "-O1", "-fsanitize=thread");
         cpu = new CpuKernels(2, "auto");
     }
 
@@ -54,56 +49,9 @@ class CudaOpsEmulationTest {
         if (gcc != null) gcc.close();
     }
 
-    // ------------------------------------------------------------------ the wire format
-
-    /** One buffer: f32 or i32 values. */
-    private record Buf(boolean ints, float[] f, int[] i) {
-        static Buf of(float[] f) {
-            return new Buf(false, f.clone(), null);
-        }
-
-        static Buf of(int[] i) {
-            return new Buf(true, null, i.clone());
-        }
-
-        int count() {
-            return ints ? i.length : f.length;
-        }
-    }
-
-    /** Runs op under the emulation; returns every buffer after the kernel, in order. */
-    private static List<float[]> emulate(Path binary, int op, int[] ints, float[] floats, Buf... bufs) throws Exception {
-        ByteArrayOutputStream bytes = new ByteArrayOutputStream();
-        ByteBuffer b = ByteBuffer.allocate(1 << 16).order(ByteOrder.LITTLE_ENDIAN);
-        b.putInt(op).putInt(ints.length);
-        for (int x : ints) b.putInt(x);
-        b.putInt(floats.length);
-        for (float x : floats) b.putFloat(x);
-        b.putInt(bufs.length);
-        bytes.write(b.array(), 0, b.position());
-        for (Buf buf : bufs) {
-            ByteBuffer h = ByteBuffer.allocate(12 + 4 * buf.count()).order(ByteOrder.LITTLE_ENDIAN);
-            h.putInt(buf.ints() ? 1 : 0).putLong(buf.count());
-            for (int k = 0; k < buf.count(); k++) {
-                if (buf.ints()) h.putInt(buf.i()[k]);
-                else h.putFloat(buf.f()[k]);
-            }
-            bytes.write(h.array(), 0, h.position());
-        }
-        Path in = work.resolve("ops-in.bin"), out = work.resolve("ops-out.bin");
-        Files.write(in, bytes.toByteArray());
-        Process p = new ProcessBuilder(binary.toString(), in.toString(), out.toString()).redirectErrorStream(true).start();
-        String log = new String(p.getInputStream().readAllBytes());
-        assertTrue(p.waitFor(120, TimeUnit.SECONDS), "the gate hung");
-        assertEquals(0, p.exitValue(), "op " + op + " under emulation failed:\n" + log);
-        ByteBuffer r = ByteBuffer.wrap(Files.readAllBytes(out)).order(ByteOrder.LITTLE_ENDIAN);
-        List<float[]> result = new ArrayList<>();
-        for (Buf buf : bufs) {
-            float[] v = new float[buf.count()];
-            for (int k = 0; k < v.length; k++) v[k] = buf.ints() ? r.getInt() : r.getFloat();
-            result.add(v);
-        }
-        return result;
+    /** One launch of {@code kernel} for a gate binary. */
+    private static GateCall call(CudaKernel kernel, int grid, int block) {
+        return new GateCall(kernel, grid, block);
     }
 
     // ------------------------------------------------------------------ helpers
@@ -163,28 +111,29 @@ class CudaOpsEmulationTest {
         for (Path bin : List.of(gate, asan, tsan)) {
             for (int n : LENGTHS) {
                 if (bin == tsan && n > 33) continue; // ThreadSanitizer: small sizes only
-                int[] launch = {3, 64, n};
                 float[] x = random(n, 3), y = random(n, 1), d = random(n, 1), acc = random(n, 1);
                 try (Arena a = Arena.ofShared()) {
                     MemorySegment out = seg(a, nan(n));
                     cpu.geluForward(out, seg(a, x), n);
-                    close("gelu n=" + n, arr(out, n), emulate(bin, 4, launch, new float[0], Buf.of(nan(n)), Buf.of(x)).get(0), 1e-4);
+                    close("gelu n=" + n, arr(out, n), call(CudaKernel.OPS_GELU_FORWARD, 3, 64).floats(nan(n)).floats(x).i64(n).runOrFail(bin, work).floats(0), 1e-4);
                     MemorySegment dx = seg(a, acc);
                     cpu.geluBackward(dx, seg(a, x), seg(a, d), n);
-                    close("gelu backward n=" + n, arr(dx, n), emulate(bin, 5, launch, new float[0], Buf.of(acc), Buf.of(x), Buf.of(d)).get(0), 1e-4);
+                    close("gelu backward n=" + n, arr(dx, n), call(CudaKernel.OPS_GELU_BACKWARD, 3, 64).floats(acc).floats(x).floats(d).i64(n)
+                            .runOrFail(bin, work).floats(0), 1e-4);
                     MemorySegment r = seg(a, nan(n));
                     cpu.residualForward(r, seg(a, x), seg(a, y), n);
-                    close("residual n=" + n, arr(r, n), emulate(bin, 6, launch, new float[0], Buf.of(nan(n)), Buf.of(x), Buf.of(y)).get(0), 0);
+                    close("residual n=" + n, arr(r, n), call(CudaKernel.OPS_RESIDUAL_FORWARD, 3, 64).floats(nan(n)).floats(x).floats(y).i64(n)
+                            .runOrFail(bin, work).floats(0), 0);
                     MemorySegment s = seg(a, acc);
                     cpu.accumulate(s, seg(a, x), n);
-                    close("accumulate n=" + n, arr(s, n), emulate(bin, 7, launch, new float[0], Buf.of(acc), Buf.of(x)).get(0), 0);
+                    close("accumulate n=" + n, arr(s, n), call(CudaKernel.OPS_ACCUMULATE, 3, 64).floats(acc).floats(x).i64(n).runOrFail(bin, work).floats(0), 0);
                     MemorySegment sc = seg(a, x);
                     cpu.scale(sc, 0.37f, n);
-                    close("scale n=" + n, arr(sc, n), emulate(bin, 15, launch, new float[]{0.37f}, Buf.of(x)).get(0), 0);
-                    float[] filled = emulate(bin, 16, launch, new float[]{-2.5f}, Buf.of(nan(n))).get(0);
+                    close("scale n=" + n, arr(sc, n), call(CudaKernel.OPS_SCALE, 3, 64).floats(x).f32(0.37f).i64(n).runOrFail(bin, work).floats(0), 0);
+                    float[] filled = call(CudaKernel.OPS_FILL, 3, 64).floats(nan(n)).f32(-2.5f).i64(n).runOrFail(bin, work).floats(0);
                     for (float v : filled) assertEquals(-2.5f, v);
                     // Sum of squares: per-block partials, added on the host.
-                    float[] partials = emulate(bin, 12, launch, new float[0], Buf.of(nan(3)), Buf.of(x)).get(0);
+                    float[] partials = call(CudaKernel.OPS_SUM_OF_SQUARES, 3, 64).floats(nan(3)).floats(x).i64(n).runOrFail(bin, work).floats(0);
                     double total = 0;
                     for (float p : partials) total += p;
                     double expected = cpu.sumOfSquares(seg(a, x), n);
@@ -194,11 +143,11 @@ class CudaOpsEmulationTest {
                     for (int i = 0; i < n; i++) v[i] = Math.abs(v[i]);
                     MemorySegment ps = seg(a, p), ms = seg(a, m), vs = seg(a, v);
                     cpu.adamW(ps, seg(a, g), ms, vs, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
-                    List<float[]> o = emulate(bin, 11, new int[]{3, 64, n, 3}, new float[]{1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f},
-                            Buf.of(p), Buf.of(g), Buf.of(m), Buf.of(v));
-                    close("adamW params n=" + n, arr(ps, n), o.get(0), 1e-4);
-                    close("adamW m n=" + n, arr(ms, n), o.get(2), 1e-5);
-                    close("adamW v n=" + n, arr(vs, n), o.get(3), 1e-5);
+                    GateCall.Outcome o = call(CudaKernel.OPS_ADAMW, 3, 64).floats(p).floats(g).floats(m).floats(v).i64(n)
+                            .f32(1e-2f).f32(0.9f).f32(0.95f).f32(1e-8f).f32(0.1f).i32(3).runOrFail(bin, work);
+                    close("adamW params n=" + n, arr(ps, n), o.floats(0), 1e-4);
+                    close("adamW m n=" + n, arr(ms, n), o.floats(2), 1e-5);
+                    close("adamW v n=" + n, arr(vs, n), o.floats(3), 1e-5);
                 }
             }
         }
@@ -216,28 +165,30 @@ class CudaOpsEmulationTest {
                     // layernorm forward
                     MemorySegment out = seg(a, nan(n)), mean = seg(a, nan(rows)), rstd = seg(a, nan(rows));
                     cpu.layerNormForward(out, mean, rstd, seg(a, x), seg(a, w), seg(a, bias), rows, c);
-                    List<float[]> o = emulate(bin, 2, new int[]{rows, 64, rows, c}, new float[0], Buf.of(nan(n)), Buf.of(nan(rows)),
-                            Buf.of(nan(rows)), Buf.of(x), Buf.of(w), Buf.of(bias));
-                    close("layernorm" + at, arr(out, n), o.get(0), 2e-4);
-                    close("layernorm rstd" + at, arr(rstd, rows), o.get(2), 1e-4);
+                    GateCall.Outcome o = call(CudaKernel.OPS_LAYERNORM_FORWARD, rows, 64).floats(nan(n)).floats(nan(rows)).floats(nan(rows))
+                            .floats(x).floats(w).floats(bias).i32(rows).i32(c).runOrFail(bin, work);
+                    close("layernorm" + at, arr(out, n), o.floats(0), 2e-4);
+                    close("layernorm rstd" + at, arr(rstd, rows), o.floats(2), 1e-4);
                     // layernorm backward (accumulating into random prefills)
                     float[] dx0 = random(n, 1), dw0 = random(c, 1), db0 = random(c, 1);
                     MemorySegment dx = seg(a, dx0), dw = seg(a, dw0), db = seg(a, db0);
                     cpu.layerNormBackward(dx, dw, db, seg(a, dout), seg(a, x), seg(a, w), mean, rstd, rows, c);
-                    o = emulate(bin, 3, new int[]{2, 64, rows, c}, new float[0], Buf.of(dx0), Buf.of(dw0), Buf.of(db0), Buf.of(dout),
-                            Buf.of(x), Buf.of(w), Buf.of(arr(mean, rows)), Buf.of(arr(rstd, rows)));
-                    close("layernorm dinp" + at, arr(dx, n), o.get(0), 2e-4);
-                    close("layernorm dweight" + at, arr(dw, c), o.get(1), 2e-4);
-                    close("layernorm dbias" + at, arr(db, c), o.get(2), 2e-4);
+                    o = call(CudaKernel.OPS_LAYERNORM_BACKWARD_INPUT, rows, 64).floats(dx0).floats(dout).floats(x).floats(w)
+                            .floats(arr(mean, rows)).floats(arr(rstd, rows)).i32(rows).i32(c).runOrFail(bin, work);
+                    close("layernorm dinp" + at, arr(dx, n), o.floats(0), 2e-4);
+                    o = call(CudaKernel.OPS_LAYERNORM_BACKWARD_PARAMS, 2, 64).floats(dw0).floats(db0).floats(dout).floats(x)
+                            .floats(arr(mean, rows)).floats(arr(rstd, rows)).i32(rows).i32(c).runOrFail(bin, work);
+                    close("layernorm dweight" + at, arr(dw, c), o.floats(0), 2e-4);
+                    close("layernorm dbias" + at, arr(db, c), o.floats(1), 2e-4);
                     // bias rows
                     MemorySegment br = seg(a, nan(n));
                     cpu.broadcastRows(br, seg(a, bias), rows, c);
-                    close("broadcastRows" + at, arr(br, n), emulate(bin, 8, new int[]{2, 64, rows, c}, new float[0], Buf.of(nan(n)),
-                            Buf.of(bias)).get(0), 0);
+                    close("broadcastRows" + at, arr(br, n), call(CudaKernel.OPS_BROADCAST_ROWS, 2, 64).floats(nan(n))
+                            .floats(bias).i32(rows).i32(c).runOrFail(bin, work).floats(0), 0);
                     MemorySegment sr = seg(a, db0);
                     cpu.sumRows(sr, seg(a, dout), rows, c);
-                    close("sumRows" + at, arr(sr, c), emulate(bin, 9, new int[]{2, 64, rows, c}, new float[0], Buf.of(db0),
-                            Buf.of(dout)).get(0), 1e-5);
+                    close("sumRows" + at, arr(sr, c), call(CudaKernel.OPS_SUM_ROWS, 2, 64).floats(db0)
+                            .floats(dout).i32(rows).i32(c).runOrFail(bin, work).floats(0), 1e-5);
                     // fused softmax cross-entropy, gradient in place; one ignored row when there are several
                     float[] logits = random(n, 5);
                     int[] targets = new int[rows];
@@ -245,10 +196,21 @@ class CudaOpsEmulationTest {
                     if (rows > 2) targets[1] = -100;
                     MemorySegment ls = seg(a, logits), losses = seg(a, nan(rows));
                     cpu.softmaxCrossEntropy(losses, ls, seg(a, targets), rows, c, -100, true, 0.25f);
-                    o = emulate(bin, 10, new int[]{rows, 64, rows, c, -100, 1}, new float[]{0.25f}, Buf.of(nan(rows)), Buf.of(logits),
-                            Buf.of(targets));
-                    close("softmaxCE losses" + at, arr(losses, rows), o.get(0), 1e-5);
-                    close("softmaxCE dlogits" + at, arr(ls, n), o.get(1), 1e-4);
+                    o = call(CudaKernel.OPS_SOFTMAX_CROSS_ENTROPY, rows, 64).floats(nan(rows)).floats(logits).ints(targets)
+                            .i32(rows).i32(c).i32(-100).i32(1).f32(0.25f).runOrFail(bin, work);
+                    close("softmaxCE losses" + at, arr(losses, rows), o.floats(0), 1e-5);
+                    close("softmaxCE dlogits" + at, arr(ls, n), o.floats(1), 1e-4);
+                    // logsumexp and argmax of rows, the logits left as they were
+                    float scale = 1 / 1.5f;
+                    MemorySegment lse = seg(a, nan(rows)), ids = seg(a, new int[rows]);
+                    cpu.logsumexpRows(lse, seg(a, logits), rows, c, scale);
+                    cpu.argmaxRows(ids, seg(a, logits), rows, c);
+                    o = call(CudaKernel.OPS_LOGSUMEXP_ROWS, rows, 64).floats(nan(rows)).floats(logits).i32(rows).i32(c).f32(scale)
+                            .runOrFail(bin, work);
+                    close("logsumexpRows" + at, arr(lse, rows), o.floats(0), 1e-5);
+                    assertArrayEquals(logits, o.floats(1), "logsumexpRows left the logits" + at);
+                    o = call(CudaKernel.OPS_ARGMAX_ROWS, rows, 64).ints(new int[rows]).floats(logits).i32(rows).i32(c).runOrFail(bin, work);
+                    assertArrayEquals(ids.toArray(ValueLayout.JAVA_INT), o.ints(0), "argmaxRows" + at);
                 }
             }
         }
@@ -266,14 +228,14 @@ class CudaOpsEmulationTest {
             try (Arena a = Arena.ofShared()) {
                 MemorySegment out = seg(a, nan(b * t * c));
                 cpu.embeddingForward(out, seg(a, tokens), seg(a, wte), seg(a, wpe), b, t, c, vocab);
-                close("embedding", arr(out, b * t * c), emulate(gate, 0, new int[]{2, 64, b, t, c}, new float[0], Buf.of(nan(b * t * c)),
-                        Buf.of(tokens), Buf.of(wte), Buf.of(wpe)).get(0), 0);
+                close("embedding", arr(out, b * t * c), call(CudaKernel.OPS_EMBEDDING_FORWARD, 2, 64).floats(nan(b * t * c))
+                        .ints(tokens).floats(wte).floats(wpe).i32(b).i32(t).i32(c).runOrFail(gate, work).floats(0), 0);
                 MemorySegment dwte = seg(a, dwte0), dwpe = seg(a, dwpe0);
                 cpu.embeddingBackward(dwte, dwpe, seg(a, dout), seg(a, tokens), b, t, c);
-                List<float[]> o = emulate(asan, 1, new int[]{2, 64, b, t, c}, new float[0], Buf.of(dwte0), Buf.of(dwpe0), Buf.of(dout),
-                        Buf.of(tokens));
-                close("embedding dwte", arr(dwte, vocab * c), o.get(0), 1e-5);
-                close("embedding dwpe", arr(dwpe, t * c), o.get(1), 1e-5);
+                GateCall.Outcome o = call(CudaKernel.OPS_EMBEDDING_BACKWARD, 2, 64).floats(dwte0).floats(dwpe0).floats(dout).ints(tokens)
+                        .i32(b).i32(t).i32(c).runOrFail(asan, work);
+                close("embedding dwte", arr(dwte, vocab * c), o.floats(0), 1e-5);
+                close("embedding dwpe", arr(dwpe, t * c), o.floats(1), 1e-5);
             }
         }
     }
@@ -285,10 +247,10 @@ class CudaOpsEmulationTest {
             int rows = s[0] * s[1], t = s[1];
             float scale = 0.3f;
             float[] pre = random(rows * t, 4), datt = random(rows * t, 1);
-            List<float[]> o = emulate(asan, 13, new int[]{rows, 64, rows, t}, new float[]{scale}, Buf.of(nan(rows * t)), Buf.of(pre));
-            float[] att = o.get(0);
-            float[] d = emulate(gate, 14, new int[]{rows, 64, rows, t}, new float[]{scale}, Buf.of(nan(rows * t)), Buf.of(datt),
-                    Buf.of(att)).get(0);
+            float[] att = call(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, rows, 64).floats(nan(rows * t)).floats(pre).i32(rows).i32(t)
+                    .f32(scale).runOrFail(asan, work).floats(0);
+            float[] d = call(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, rows, 64).floats(nan(rows * t)).floats(datt).floats(att)
+                    .i32(rows).i32(t).f32(scale).runOrFail(gate, work).floats(0);
             float[] expAtt = new float[rows * t], expD = new float[rows * t];
             for (int r = 0; r < rows; r++) {
                 int q = r % t;

@@ -8,7 +8,9 @@ import java.lang.foreign.SymbolLookup;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandle;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
 
 /**
@@ -31,6 +33,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
     private final Map<Long, MemorySegment> live = new HashMap<>();
     private final MethodHandle launch;
     private final MethodHandle sgemm;
+    private final MethodHandle signature, count, name;
     private int launches;
 
     public EmulatedCudaBackend(Path library) {
@@ -38,11 +41,38 @@ public final class EmulatedCudaBackend implements CudaBackend {
         Linker linker = Linker.nativeLinker();
         launch = linker.downcallHandle(lib.findOrThrow("emu_launch"), FunctionDescriptor.of(ValueLayout.JAVA_INT,
                 ValueLayout.ADDRESS, ValueLayout.JAVA_INT, ValueLayout.JAVA_INT, ValueLayout.ADDRESS));
+        signature = linker.downcallHandle(lib.findOrThrow("emu_signature"), FunctionDescriptor.of(ValueLayout.JAVA_INT,
+                ValueLayout.ADDRESS, ValueLayout.ADDRESS, ValueLayout.JAVA_INT));
+        count = linker.downcallHandle(lib.findOrThrow("emu_kernel_count"), FunctionDescriptor.of(ValueLayout.JAVA_INT));
+        name = linker.downcallHandle(lib.findOrThrow("emu_kernel_name"), FunctionDescriptor.of(ValueLayout.ADDRESS, ValueLayout.JAVA_INT));
         sgemm = linker.downcallHandle(lib.findOrThrow("emu_sgemm_strided"), FunctionDescriptor.ofVoid(
                 ValueLayout.JAVA_INT, ValueLayout.JAVA_INT, ValueLayout.JAVA_INT, ValueLayout.JAVA_INT, ValueLayout.JAVA_INT,
                 ValueLayout.JAVA_FLOAT, ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT, ValueLayout.JAVA_LONG,
                 ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT, ValueLayout.JAVA_LONG, ValueLayout.JAVA_FLOAT,
                 ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT, ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT));
+    }
+
+    /** The kernels of the emulated library's registry (kernels.def), by name. */
+    public List<String> registry() {
+        try {
+            int n = (int) count.invokeExact();
+            List<String> names = new ArrayList<>(n);
+            for (int i = 0; i < n; i++) names.add(((MemorySegment) name.invokeExact(i)).reinterpret(256).getString(0));
+            return names;
+        } catch (Throwable t) {
+            throw new IllegalStateException(t);
+        }
+    }
+
+    /** The argument kinds of a kernel as its C++ signature gives them (p, i, l, f, s), or null for an unknown name. */
+    public String signature(String kernel) {
+        try (Arena call = Arena.ofConfined()) {
+            MemorySegment out = call.allocate(64);
+            int status = (int) signature.invokeExact(call.allocateFrom(kernel), out, 64);
+            return status == 0 ? out.getString(0) : null;
+        } catch (Throwable t) {
+            throw new IllegalStateException(t);
+        }
     }
 
     public int launches() {
@@ -87,6 +117,11 @@ public final class EmulatedCudaBackend implements CudaBackend {
     }
 
     @Override
+    public void copyDeviceToDevice(long dst, long src, long bytes) {
+        MemorySegment.copy(MemorySegment.ofAddress(host(src)).reinterpret(bytes), 0, MemorySegment.ofAddress(host(dst)).reinterpret(bytes), 0, bytes);
+    }
+
+    @Override
     public MemorySegment allocHost(long bytes) {
         return Arena.global().allocate(Math.max(4, bytes), 4096).asSlice(0, bytes);
     }
@@ -106,13 +141,13 @@ public final class EmulatedCudaBackend implements CudaBackend {
     }
 
     @Override
-    public void launch(String kernel, int grid, int block, Object... args) {
+    public void launch(CudaKernel kernel, int grid, int block, Object... args) {
         launches++;
         try (Arena call = Arena.ofConfined()) {
             Object[] hostArgs = args.clone();
             for (int i = 0; i < hostArgs.length; i++) if (hostArgs[i] instanceof Ptr p) hostArgs[i] = new Ptr(host(p.address()));
-            int status = (int) launch.invokeExact(call.allocateFrom(kernel), grid, block, CudaBackend.marshal(call, kernel, hostArgs));
-            if (status != 0) throw new IllegalArgumentException("the emulated device has no kernel named " + kernel);
+            int status = (int) launch.invokeExact(call.allocateFrom(kernel.symbol()), grid, block, CudaBackend.marshal(call, kernel, hostArgs));
+            if (status != 0) throw new IllegalArgumentException("the emulated device has no kernel named " + kernel.symbol());
         } catch (RuntimeException | Error e) {
             throw e;
         } catch (Throwable t) {

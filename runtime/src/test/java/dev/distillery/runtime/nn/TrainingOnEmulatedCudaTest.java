@@ -60,7 +60,7 @@ class TrainingOnEmulatedCudaTest {
     }
 
     /** Everything one side of the comparison produced. */
-    private record Trace(double[] losses, double[] norms, float[] wte, float[] lnf, TrainingSession.EvalSums eval,
+    private record Trace(double[] losses, double[] norms, float[] wte, float[] lnf, Evaluator.Sums eval,
                          float[] logits, float[] lse, int[] generated) {
     }
 
@@ -102,7 +102,7 @@ class TrainingOnEmulatedCudaTest {
             for (int step = 0; step < steps; step++) {
                 int[] windows = new int[B * (T + 1)];
                 for (int i = 0; i < windows.length; i++) windows[i] = data.nextInt(CFG.vocabSize());
-                s.setWindows(windows);
+                s.inputs().setWindows(windows);
                 s.beginStep();
                 // two micro-batches: a dense and a top-k one (with JSD), gradients accumulating at 1/2 each
                 double loss = s.backwardDistill(denseTeacher, options, DifferentiableOps.Reduction.MEAN, 5, 0.5f).total();
@@ -114,9 +114,9 @@ class TrainingOnEmulatedCudaTest {
             }
             int[] top1 = new int[N];
             for (int r = 0; r < N; r++) top1[r] = denseTeacher.top1(r);
-            TrainingSession.EvalSums eval = s.evaluateDistill(denseTeacher, top1, options, 3);
-            float[] logits = s.forwardLogits().asSlice(0, 4L * N * CFG.vocabSize()).toArray(ValueLayout.JAVA_FLOAT);
-            float[] rowLse = s.logsumexpOfLastLogits(1.5);
+            Evaluator.Sums eval = s.evaluator().distill(denseTeacher, top1, options, 3);
+            float[] logits = s.evaluator().logits().asSlice(0, 4L * N * CFG.vocabSize()).toArray(ValueLayout.JAVA_FLOAT);
+            float[] rowLse = s.evaluator().logsumexpOfLastLogits(1.5);
             ModelFiles.write(checkpoint, model);
             int[] generated;
             try (TextGenerator g = new TextGenerator(model, kernels)) {

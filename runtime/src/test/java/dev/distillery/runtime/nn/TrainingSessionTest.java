@@ -26,7 +26,7 @@ class TrainingSessionTest {
                 tokens.setAtIndex(ValueLayout.JAVA_INT, i, seq[i]);
                 targets.setAtIndex(ValueLayout.JAVA_INT, i, seq[i + 1]);
             }
-            s.setInputs(tokens, targets);
+            s.inputs().setInputs(tokens, targets);
         }
     }
 
@@ -40,7 +40,7 @@ class TrainingSessionTest {
                      new LearningRateSchedule(1e-2, 1e-3, 10, maxSteps), 1.0, b, t)) {
             model.initialize(7);
             fillBatch(s, 3, cfg.vocabSize(), b * t);
-            double first = s.evaluate();
+            double first = s.evaluator().crossEntropy();
             assertEquals(Math.log(cfg.vocabSize()), first, 0.2, "a fresh model predicts about uniformly");
             double loss = s.step().loss();
             long capacity = s.workspace().capacity();
@@ -49,7 +49,7 @@ class TrainingSessionTest {
                 loss = s.step().loss();
                 step++;
             }
-            assertTrue(s.evaluate() < 0.05, "loss " + loss + " after " + step + " steps");
+            assertTrue(s.evaluator().crossEntropy() < 0.05, "loss " + loss + " after " + step + " steps");
             assertEquals(capacity, s.workspace().capacity(), "the workspace may grow only during the first step");
         }
     }

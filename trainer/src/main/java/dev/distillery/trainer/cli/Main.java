@@ -2,6 +2,7 @@ package dev.distillery.trainer.cli;
 
 import java.io.PrintWriter;
 
+import dev.distillery.kernels.Backends;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 
@@ -51,7 +52,7 @@ public final class Main implements Runnable {
         });
         cli.setExecutionExceptionHandler((ex, commandLine, parseResult) -> {
             commandLine.getErr().println("error: " + describe(ex));
-            if (ex instanceof DeviceOptions.UnavailableException) return EXIT_NO_DEVICE;
+            if (ex instanceof Backends.UnavailableException) return EXIT_NO_DEVICE;
             if (System.getenv("DISTILLERY_DEBUG") != null) ex.printStackTrace(commandLine.getErr());
             return EXIT_FAILED;
         });

@@ -5,14 +5,10 @@ import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
 
-import dev.distillery.bindings.CudaDevices;
-import dev.distillery.bindings.OpenBlasLibrary;
-import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Backend;
+import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.conformance.KernelConformance;
-import dev.distillery.kernels.cpu.CpuKernels;
-import dev.distillery.kernels.cuda.CudaConformance;
-import dev.distillery.kernels.cuda.CudaDevice;
-import dev.distillery.kernels.cuda.CudaKernels;
+import dev.distillery.kernels.conformance.Selftest;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -26,9 +22,9 @@ import picocli.CommandLine.Option;
                 "tolerance, time and PASS/FAIL; exits 0 only if every check passes."})
 public final class SelftestCommand implements Callable<Integer> {
 
-    @Option(names = "--device", defaultValue = "auto",
+    @Option(names = "--device", defaultValue = "auto", converter = DeviceOptions.BackendConverter.class,
             description = "auto, cpu or cuda (default: ${DEFAULT-VALUE}). auto uses CUDA when a driver and a device are found.")
-    DeviceChoice device;
+    Backend device;
 
     @Option(names = "--threads", description = "CPU worker threads (default: the number of cores, ${sys:distillery.threads:-all}).")
     Integer threads;
@@ -52,56 +48,24 @@ public final class SelftestCommand implements Callable<Integer> {
     @Override
     public Integer call() {
         PrintWriter out = spec.commandLine().getOut();
-        PrintWriter err = spec.commandLine().getErr();
-        if (device == DeviceChoice.cuda) {
-            CudaDevices.Probe probe = CudaDevices.probe();
-            if (!probe.available()) {
-                err.println("error: --device cuda: " + probe.reason() + "; use --device cpu");
-                return Main.EXIT_NO_DEVICE;
-            }
-            long cudaSeed = seed != null ? seed : System.nanoTime();
-            int n = threads != null ? threads : Runtime.getRuntime().availableProcessors();
-            try (CudaDevice gpu = CudaDevice.open(0, false); Kernels cpu = new CpuKernels(n, gemm)) {
-                out.println("device: " + gpu.describe());
-                out.println("reference: " + cpu.describe());
-                out.println("seed: " + cudaSeed);
-                out.println();
-                List<KernelConformance.Result> results = CudaConformance.run(gpu, cpu, cudaSeed, quick);
-                long failed = report(out, results, "CUDA kernel checks against the CPU kernels");
-                out.println();
-                out.println("CudaKernels (the whole Kernels contract, with its copies) against the float64 reference:");
-                try (CudaKernels contract = new CudaKernels(gpu)) {
-                    failed += report(out, KernelConformance.run(contract, cudaSeed,
-                            quick ? KernelConformance.Sizes.quick() : KernelConformance.Sizes.standard()), "contract checks");
-                }
-                return failed == 0 ? 0 : Main.EXIT_FAILED;
-            }
-        }
         long usedSeed = seed != null ? seed : System.nanoTime();
-        int nThreads = threads != null ? threads : Integer.getInteger("distillery.threads", Runtime.getRuntime().availableProcessors());
+        int nThreads = threads != null ? threads : Backends.defaultThreads();
         if (nThreads < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--threads must be >= 1, got " + nThreads);
-        try (Kernels kernels = new CpuKernels(nThreads, gemm)) {
-            if (device == DeviceChoice.auto) {
-                String why = DeviceOptions.cudaUnavailableReason();
-                out.println("device: cpu (auto: " + (why != null ? why : "a CUDA device is here: selftest --device cuda checks it") + ")");
-            }
-            out.println("backend: " + kernels.describe());
-            out.println("blas: " + OpenBlasLibrary.probe().describe());
-            out.println("seed: " + usedSeed);
-            out.println();
-            List<KernelConformance.Result> results = KernelConformance.run(kernels, usedSeed,
-                    quick ? KernelConformance.Sizes.quick() : KernelConformance.Sizes.standard());
-            return report(out, results, "checks") == 0 ? 0 : Main.EXIT_FAILED;
-        }
-    }
-
-    /** The table and a "N what, P passed, F failed" line; returns F. */
-    private long report(PrintWriter out, List<KernelConformance.Result> results, String what) {
-        printTable(out, results);
-        long failed = results.stream().filter(r -> !r.passed()).count();
+        Selftest.Report report = Selftest.run(device, nThreads, gemm, usedSeed, quick);
+        report.header().forEach(out::println);
         out.println();
-        out.printf(Locale.ROOT, "%d %s, %d passed, %d failed%n", results.size(), what, results.size() - failed, failed);
-        return failed;
+        boolean first = true;
+        for (Selftest.Section section : report.sections()) {
+            if (!first) out.println();
+            if (section.title() != null) out.println(section.title());
+            printTable(out, section.results());
+            out.println();
+            long failed = section.failed();
+            out.printf(Locale.ROOT, "%d %s, %d passed, %d failed%n", section.results().size(), section.what(),
+                    section.results().size() - failed, failed);
+            first = false;
+        }
+        return report.failed() == 0 ? 0 : Main.EXIT_FAILED;
     }
 
     private void printTable(PrintWriter out, List<KernelConformance.Result> results) {

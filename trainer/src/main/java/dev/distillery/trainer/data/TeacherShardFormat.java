@@ -49,7 +49,7 @@ public final class TeacherShardFormat {
 
     /** @throws IllegalArgumentException naming the accepted names */
     public static DType logitType(String name) {
-        for (DType d : new DType[]{DType.F32, DType.F16, DType.BF16}) {
+        for (DType d : DType.logitTypes()) {
             if (name(d).equals(name)) return d;
         }
         throw new IllegalArgumentException("must be f32, f16 or bf16, got " + name);

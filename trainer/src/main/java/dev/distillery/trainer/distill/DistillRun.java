@@ -12,11 +12,11 @@ import java.util.Optional;
 
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
-import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
 import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.nn.Evaluator;
 import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.Transformer;
 import dev.distillery.runtime.nn.TransformerConfig;
@@ -219,7 +219,7 @@ public final class DistillRun {
                             throw new IOException("interrupted while waiting for teacher batches", e);
                         }
                         try {
-                            session.setSequences(batch.inputIds());
+                            session.inputs().setSequences(batch.inputIds());
                         } catch (IllegalArgumentException e) {
                             throw new IOException(cfg.teacher() + ": sequences " + java.util.Arrays.toString(batch.sequences()) + ": " + e.getMessage(), e);
                         }
@@ -297,21 +297,20 @@ public final class DistillRun {
                                       int chunkRows, int step) throws IOException {
         boolean dense = evalShards.layout().kind() == TeacherTargets.Kind.DENSE;
         float t = dense ? 1f : (float) evalShards.manifest().temperature();
-        DistillOptions klOptions = new DistillOptions(t, 0f, Divergence.forwardKl(), false, DistillOptions.TopKMode.TAIL_BUCKET,
-                DistillOptions.SparseTemperature.REQUIRE_MATCH, DifferentiableOps.IGNORE_INDEX);
+        DistillOptions klOptions = DistillOptions.of(t, 0f).withTemperatureSquared(false);   // forward KL, tail bucket, ignore -100
         int batches = Math.min(maxBatches, evalShards.sequences() / batchSize);
         if (batches < 1) {
             throw new IOException(where + ": batch size " + batchSize + " exceeds its " + evalShards.sequences() + " sequences");
         }
-        TrainingSession.EvalSums sums = TrainingSession.EvalSums.zero();
+        Evaluator.Sums sums = Evaluator.Sums.zero();
         try (TeacherBatchStream stream = new TeacherBatchStream(evalShards, batchSize, 0L, 1, 0, 0)) {
             for (int i = 0; i < batches; i++) {
                 TeacherBatchStream.Batch b = stream.next();
-                session.setSequences(b.inputIds());
+                session.inputs().setSequences(b.inputIds());
                 int rows = batchSize * evalShards.manifest().seqLen();
                 int[] top1 = new int[rows];
                 for (int r = 0; r < rows; r++) top1[r] = b.targets().top1(r);
-                sums = sums.plus(session.evaluateDistill(b.targets(), top1, klOptions, chunkRows));
+                sums = sums.plus(session.evaluator().distill(b.targets(), top1, klOptions, chunkRows));
                 stream.release(b);
             }
         } catch (InterruptedException e) {

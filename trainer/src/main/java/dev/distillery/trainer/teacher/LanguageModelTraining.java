@@ -108,7 +108,7 @@ public final class LanguageModelTraining {
                             train.read(offset, t + 1, one);
                             System.arraycopy(one, 0, windows, b * (t + 1), t + 1);
                         }
-                        session.setWindows(windows);
+                        session.inputs().setWindows(windows);
                         TrainingSession.StepResult r;
                         try {
                             r = session.step();
@@ -178,8 +178,8 @@ public final class LanguageModelTraining {
                 val.read((long) (i * batch + b) * t, t + 1, one);
                 System.arraycopy(one, 0, windows, b * (t + 1), t + 1);
             }
-            session.setWindows(windows);
-            sum += session.evaluate();
+            session.inputs().setWindows(windows);
+            sum += session.evaluator().crossEntropy();
         }
         return sum / batches;
     }

@@ -53,7 +53,7 @@ public final class LogitDump {
     }
 
     public static TeacherManifest run(Options o, Kernels kernels, PrintWriter out, PrintWriter err) throws IOException {
-        if (!o.dtype().isFloat16Or32()) throw new IllegalArgumentException("--dtype must be f32, f16 or bf16, got " + o.dtype());
+        if (!o.dtype().isLogitType()) throw new IllegalArgumentException("--dtype must be f32, f16 or bf16, got " + o.dtype());
         if (!(o.temperature() > 0)) throw new IllegalArgumentException("--temperature must be positive, got " + o.temperature());
         try (Transformer model = ModelFiles.read(o.teacher(), kernels); TokenFile tokens = TokenFile.open(o.tokens())) {
             int v = model.config().vocabSize();
@@ -93,8 +93,8 @@ public final class LogitDump {
                                 for (int j = 0; j < t; j++) batchIds.setAtIndex(ValueLayout.JAVA_INT, (long) i * t + j, window[j]);
                             }
                             MemorySegment.copy(batchIds, 0, ids, 4L * s0 * t, 4L * n * t);
-                            session.setSequences(batchIds);
-                            MemorySegment logits = session.forwardLogits();
+                            session.inputs().setSequences(batchIds);
+                            MemorySegment logits = session.evaluator().logits();
                             switch (o.kind()) {
                                 case DENSE -> {
                                     for (long r = 0; r < (long) n * t; r++) {
@@ -109,7 +109,7 @@ public final class LogitDump {
                                         topK(logits, r * v, v, k, buffers.get(0), buffers.get(1), o.dtype(), (long) s0 * t + r);
                                     }
                                     // the full-vocabulary log Σ exp(logit / T) of each row, where the logits live
-                                    float[] rowLse = session.logsumexpOfLastLogits(o.temperature());
+                                    float[] rowLse = session.evaluator().logsumexpOfLastLogits(o.temperature());
                                     for (int r = 0; r < n * t; r++) buffers.get(2).setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLse[r]);
                                 }
                                 case SAMPLED -> {

@@ -14,6 +14,8 @@ import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 
+import dev.distillery.kernels.Backends;
+
 /** The trainer's commands at the command line: help, one-line errors, exit codes. */
 class TrainerCommandsTest {
 
@@ -62,7 +64,7 @@ class TrainerCommandsTest {
 
     @Test
     void cudaWithoutADeviceIsRefusedWithTheNoDeviceCodeAndTheReason(@TempDir Path dir) throws IOException {
-        String why = DeviceOptions.cudaUnavailableReason();
+        String why = Backends.cudaUnavailableReason();
         org.junit.jupiter.api.Assumptions.assumeTrue(why != null, "this machine can run CUDA");
         Path cfg = dir.resolve("run.json");
         Files.writeString(cfg, "{\"teacher\": \"x\"}");

@@ -1,18 +1,20 @@
-package dev.distillery.kernels;
+package dev.distillery.bench;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.LinkedHashMap;
 import java.util.Map;
+import java.util.function.Supplier;
 
+import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
  * A {@link Kernels} decorator that adds up wall time and calls per kernel, to see which kernels
- * dominate a training step ({@code bench}'s {@code StepProfile}, a trainer's profile report).
- * Composite kernels (linear) are timed as themselves and not again as the GEMMs inside them.
+ * dominate a training step ({@link StepProfile}). Composite kernels (linear) are timed as
+ * themselves and not again as the GEMMs inside them. Memory and copies pass through untimed.
  */
 public final class TimedKernels implements Kernels {
 
@@ -39,18 +41,26 @@ public final class TimedKernels implements Kernels {
         totals.clear();
     }
 
-    private long begin() {
+    private <T> T time(String kernel, Supplier<T> call) {
         depth++;
-        return System.nanoTime();
+        long t0 = System.nanoTime();
+        try {
+            return call.get();
+        } finally {
+            long dt = System.nanoTime() - t0;
+            if (--depth == 0) {
+                long[] acc = totals.computeIfAbsent(kernel, k -> new long[2]);
+                acc[0] += dt;
+                acc[1]++;
+            }
+        }
     }
 
-    private void end(String kernel, long t0) {
-        long dt = System.nanoTime() - t0;
-        if (--depth == 0) {
-            long[] acc = totals.computeIfAbsent(kernel, k -> new long[2]);
-            acc[0] += dt;
-            acc[1]++;
-        }
+    private void time(String kernel, Runnable call) {
+        time(kernel, () -> {
+            call.run();
+            return null;
+        });
     }
 
     @Override
@@ -75,23 +85,17 @@ public final class TimedKernels implements Kernels {
 
     @Override
     public void copyFromHost(MemorySegment dst, MemorySegment hostSrc, long bytes) {
-        long t0 = begin();
-        inner.copyFromHost(dst, hostSrc, bytes);
-        end("copyFromHost", t0);
+        time("copyFromHost", () -> inner.copyFromHost(dst, hostSrc, bytes));
     }
 
     @Override
     public void copyToHost(MemorySegment hostDst, MemorySegment src, long bytes) {
-        long t0 = begin();
-        inner.copyToHost(hostDst, src, bytes);
-        end("copyToHost", t0);
+        time("copyToHost", () -> inner.copyToHost(hostDst, src, bytes));
     }
 
     @Override
     public void copyFromHostAsync(MemorySegment dst, MemorySegment hostSrc, long bytes) {
-        long t0 = begin();
-        inner.copyFromHostAsync(dst, hostSrc, bytes);
-        end("copyFromHostAsync", t0);
+        time("copyFromHostAsync", () -> inner.copyFromHostAsync(dst, hostSrc, bytes));
     }
 
     @Override
@@ -100,175 +104,151 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public void copy(MemorySegment dst, MemorySegment src, long bytes) {
+        time("copy", () -> inner.copy(dst, src, bytes));
+    }
+
+    @Override
+    public void synchronize() {
+        time("synchronize", inner::synchronize);
+    }
+
+    @Override
     public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda,
                      MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
-        long t0 = begin();
-        inner.gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        end("gemm", t0);
+        time("gemm", () -> inner.gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc));
     }
 
     @Override
     public void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a,
                                    int lda, long strideA, MemorySegment b, int ldb, long strideB, float beta,
                                    MemorySegment c, int ldc, long strideC, int batch) {
-        long t0 = begin();
-        inner.gemmStridedBatched(transA, transB, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, batch);
-        end("gemmStridedBatched", t0);
+        time("gemmStridedBatched", () -> inner.gemmStridedBatched(transA, transB, m, n, k, alpha, a, lda, strideA, b, ldb, strideB,
+                beta, c, ldc, strideC, batch));
     }
 
     @Override
     public void linearForward(MemorySegment out, MemorySegment inp, MemorySegment weight, MemorySegment bias,
                               int n, int c, int oc) {
-        long t0 = begin();
-        inner.linearForward(out, inp, weight, bias, n, c, oc);
-        end("linearForward", t0);
+        time("linearForward", () -> inner.linearForward(out, inp, weight, bias, n, c, oc));
     }
 
     @Override
     public void linearBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
                                MemorySegment inp, MemorySegment weight, int n, int c, int oc) {
-        long t0 = begin();
-        inner.linearBackward(dinp, dweight, dbias, dout, inp, weight, n, c, oc);
-        end("linearBackward", t0);
+        time("linearBackward", () -> inner.linearBackward(dinp, dweight, dbias, dout, inp, weight, n, c, oc));
     }
 
     @Override
     public void broadcastRows(MemorySegment out, MemorySegment row, int n, int c) {
-        long t0 = begin();
-        inner.broadcastRows(out, row, n, c);
-        end("broadcastRows", t0);
+        time("broadcastRows", () -> inner.broadcastRows(out, row, n, c));
     }
 
     @Override
     public void sumRows(MemorySegment acc, MemorySegment x, int n, int c) {
-        long t0 = begin();
-        inner.sumRows(acc, x, n, c);
-        end("sumRows", t0);
+        time("sumRows", () -> inner.sumRows(acc, x, n, c));
     }
 
     @Override
     public void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment wte, MemorySegment wpe,
                                  int b, int t, int c, int vocab) {
-        long t0 = begin();
-        inner.embeddingForward(out, tokens, wte, wpe, b, t, c, vocab);
-        end("embeddingForward", t0);
+        time("embeddingForward", () -> inner.embeddingForward(out, tokens, wte, wpe, b, t, c, vocab));
     }
 
     @Override
     public void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens,
                                   int b, int t, int c) {
-        long t0 = begin();
-        inner.embeddingBackward(dwte, dwpe, dout, tokens, b, t, c);
-        end("embeddingBackward", t0);
+        time("embeddingBackward", () -> inner.embeddingBackward(dwte, dwpe, dout, tokens, b, t, c));
     }
 
     @Override
     public void layerNormForward(MemorySegment out, MemorySegment mean, MemorySegment rstd, MemorySegment inp,
                                  MemorySegment weight, MemorySegment bias, int n, int c) {
-        long t0 = begin();
-        inner.layerNormForward(out, mean, rstd, inp, weight, bias, n, c);
-        end("layerNormForward", t0);
+        time("layerNormForward", () -> inner.layerNormForward(out, mean, rstd, inp, weight, bias, n, c));
     }
 
     @Override
     public void layerNormBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
                                   MemorySegment inp, MemorySegment weight, MemorySegment mean, MemorySegment rstd,
                                   int n, int c) {
-        long t0 = begin();
-        inner.layerNormBackward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c);
-        end("layerNormBackward", t0);
+        time("layerNormBackward", () -> inner.layerNormBackward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c));
     }
 
     @Override
     public void geluForward(MemorySegment out, MemorySegment inp, long n) {
-        long t0 = begin();
-        inner.geluForward(out, inp, n);
-        end("geluForward", t0);
+        time("geluForward", () -> inner.geluForward(out, inp, n));
     }
 
     @Override
     public void geluBackward(MemorySegment dinp, MemorySegment inp, MemorySegment dout, long n) {
-        long t0 = begin();
-        inner.geluBackward(dinp, inp, dout, n);
-        end("geluBackward", t0);
+        time("geluBackward", () -> inner.geluBackward(dinp, inp, dout, n));
     }
 
     @Override
     public void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
-        long t0 = begin();
-        inner.attentionForward(out, att, qkv, b, t, c, nh);
-        end("attentionForward", t0);
+        time("attentionForward", () -> inner.attentionForward(out, att, qkv, b, t, c, nh));
     }
 
     @Override
     public void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout, MemorySegment qkv,
                                   MemorySegment att, int b, int t, int c, int nh) {
-        long t0 = begin();
-        inner.attentionBackward(dqkv, datt, dout, qkv, att, b, t, c, nh);
-        end("attentionBackward", t0);
+        time("attentionBackward", () -> inner.attentionBackward(dqkv, datt, dout, qkv, att, b, t, c, nh));
     }
 
     @Override
     public void residualForward(MemorySegment out, MemorySegment a, MemorySegment b, long n) {
-        long t0 = begin();
-        inner.residualForward(out, a, b, n);
-        end("residualForward", t0);
+        time("residualForward", () -> inner.residualForward(out, a, b, n));
     }
 
     @Override
     public void accumulate(MemorySegment dst, MemorySegment src, long n) {
-        long t0 = begin();
-        inner.accumulate(dst, src, n);
-        end("accumulate", t0);
+        time("accumulate", () -> inner.accumulate(dst, src, n));
     }
 
     @Override
     public int softmaxCrossEntropy(MemorySegment losses, MemorySegment logits, MemorySegment targets, int n, int v,
                                    int ignoreIndex, boolean writeGradient, float gradScale) {
-        long t0 = begin();
-        int r = inner.softmaxCrossEntropy(losses, logits, targets, n, v, ignoreIndex, writeGradient, gradScale);
-        end("softmaxCrossEntropy", t0);
-        return r;
+        return time("softmaxCrossEntropy", () -> inner.softmaxCrossEntropy(losses, logits, targets, n, v, ignoreIndex, writeGradient,
+                gradScale));
+    }
+
+    @Override
+    public void logsumexpRows(MemorySegment out, MemorySegment x, int n, int v, float scale) {
+        time("logsumexpRows", () -> inner.logsumexpRows(out, x, n, v, scale));
+    }
+
+    @Override
+    public void argmaxRows(MemorySegment out, MemorySegment x, int n, int v) {
+        time("argmaxRows", () -> inner.argmaxRows(out, x, n, v));
     }
 
     @Override
     public DistillSums distillLoss(MemorySegment student, MemorySegment grad, TeacherTargets teacher, MemorySegment labels,
                                    MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab,
                                    DistillOptions options, float gradScale) {
-        long t0 = begin();
-        DistillSums r = inner.distillLoss(student, grad, teacher, labels, rowCe, rowDivergence, n, vocab, options, gradScale);
-        end("distillLoss", t0);
-        return r;
+        return time("distillLoss", () -> inner.distillLoss(student, grad, teacher, labels, rowCe, rowDivergence, n, vocab, options,
+                gradScale));
     }
 
     @Override
     public void adamW(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, long n, float lr,
                       float beta1, float beta2, float eps, float weightDecay, int step) {
-        long t0 = begin();
-        inner.adamW(params, grads, m, v, n, lr, beta1, beta2, eps, weightDecay, step);
-        end("adamW", t0);
+        time("adamW", () -> inner.adamW(params, grads, m, v, n, lr, beta1, beta2, eps, weightDecay, step));
     }
 
     @Override
     public double sumOfSquares(MemorySegment x, long n) {
-        long t0 = begin();
-        double r = inner.sumOfSquares(x, n);
-        end("sumOfSquares", t0);
-        return r;
+        return time("sumOfSquares", () -> inner.sumOfSquares(x, n));
     }
 
     @Override
     public void scale(MemorySegment x, float s, long n) {
-        long t0 = begin();
-        inner.scale(x, s, n);
-        end("scale", t0);
+        time("scale", () -> inner.scale(x, s, n));
     }
 
     @Override
     public void fill(MemorySegment x, float value, long n) {
-        long t0 = begin();
-        inner.fill(x, value, n);
-        end("fill", t0);
+        time("fill", () -> inner.fill(x, value, n));
     }
 
     @Override

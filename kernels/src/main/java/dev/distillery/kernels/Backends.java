@@ -1,0 +1,95 @@
+package dev.distillery.kernels;
+
+import java.util.function.Consumer;
+
+import dev.distillery.bindings.CudaDevices;
+import dev.distillery.bindings.CudaLibraries;
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.cuda.CudaDevice;
+import dev.distillery.kernels.cuda.CudaKernels;
+
+/**
+ * The one place that picks a backend: probes the CUDA driver, device, cuBLAS and the jar's CUDA
+ * kernels, falls back to the CPU for {@code auto}, and says which it chose and why. Commands and
+ * benchmarks hold only their flags and call {@link #open}.
+ */
+public final class Backends {
+
+    /**
+     * What a command asks for.
+     *
+     * @param threads CPU worker threads (at least 1)
+     * @param gemm    CPU GEMM: auto (OpenBLAS when it loads), blas or vector
+     * @param tf32    on CUDA, let cuBLAS use TF32 tensor cores for fp32 GEMMs
+     */
+    public record Request(Backend backend, int threads, String gemm, boolean tf32) {
+        public Request {
+            if (backend == null) throw new IllegalArgumentException("a backend is required");
+            if (threads < 1) throw new IllegalArgumentException("--threads must be >= 1, got " + threads);
+        }
+
+        /** The CPU with {@code threads} workers and the given GEMM. */
+        public static Request cpu(int threads, String gemm) {
+            return new Request(Backend.CPU, threads, gemm, false);
+        }
+    }
+
+    /** The backend asked for cannot run here; the message names what is missing. */
+    public static final class UnavailableException extends RuntimeException {
+        public UnavailableException(String message) {
+            super(message);
+        }
+    }
+
+    private Backends() {
+    }
+
+    /** Every core, or {@code -Ddistillery.threads}. */
+    public static int defaultThreads() {
+        return Integer.getInteger("distillery.threads", Runtime.getRuntime().availableProcessors());
+    }
+
+    /** Why CUDA cannot be used here (no driver or device, no cuBLAS, a jar built without nvcc), or null when it can. */
+    public static String cudaUnavailableReason() {
+        CudaDevices.Probe p = CudaDevices.probe();
+        if (!p.available()) return p.reason();
+        CudaLibraries.Probe blas = CudaLibraries.cublas();
+        if (!blas.loaded()) return "found " + p.devices().getFirst().describe() + ", but cuBLAS " + blas.describe();
+        if (CudaDevice.class.getResource(CudaDevice.FATBIN) == null) {
+            return "found " + p.devices().getFirst().describe() + ", but this jar was built without nvcc and holds no CUDA kernels";
+        }
+        return null;
+    }
+
+    /**
+     * Kernels for the request, and a line on {@code say} naming the device picked and, for auto,
+     * why: "device: cuda (auto); ..." or "device: cpu (auto: no CUDA driver ...); cpu (...)".
+     *
+     * @throws UnavailableException for CUDA where it cannot be used (the reason is named)
+     */
+    public static Kernels open(Request r, Consumer<String> say) {
+        String why = null;
+        if (r.backend() != Backend.CPU) {
+            why = cudaUnavailableReason();
+            if (why == null) {
+                try {
+                    Kernels k = CudaKernels.open(0, r.tf32());
+                    say.accept("device: cuda" + (r.backend() == Backend.AUTO ? " (auto)" : "") + "; " + k.describe()
+                            + (r.tf32() ? ", TF32 GEMMs" : ""));
+                    return k;
+                } catch (RuntimeException e) {
+                    why = "opening the CUDA device failed: " + e.getMessage();
+                }
+            }
+            if (r.backend() == Backend.CUDA) throw new UnavailableException("--device cuda: " + why + "; use --device cpu");
+        }
+        Kernels k = new CpuKernels(r.threads(), r.gemm());
+        say.accept("device: cpu" + (why != null ? " (auto: " + why + ")" : "") + "; " + k.describe());
+        return k;
+    }
+
+    /** {@link #open} without the line: for benchmarks and tests. */
+    public static Kernels open(Request r) {
+        return open(r, line -> { });
+    }
+}

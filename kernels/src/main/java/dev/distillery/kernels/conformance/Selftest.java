@@ -1,0 +1,75 @@
+package dev.distillery.kernels.conformance;
+
+import java.util.ArrayList;
+import java.util.List;
+
+import dev.distillery.bindings.OpenBlasLibrary;
+import dev.distillery.kernels.Backend;
+import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.cuda.CudaConformance;
+import dev.distillery.kernels.cuda.CudaDevice;
+import dev.distillery.kernels.cuda.CudaKernels;
+
+/**
+ * {@code selftest}: every kernel of a backend on fresh random inputs against a reference. The CPU
+ * against float64 ({@link KernelConformance}); CUDA kernel by kernel against the CPU kernels
+ * ({@link CudaConformance}), then {@link CudaKernels}, the whole contract with its copies, against
+ * float64. The caller prints the report.
+ */
+public final class Selftest {
+
+    /** One table: an optional title line before it, and the noun of its summary line ("12 checks, ..."). */
+    public record Section(String title, String what, List<KernelConformance.Result> results) {
+        public long failed() {
+            return results.stream().filter(r -> !r.passed()).count();
+        }
+    }
+
+    /** Lines that say what ran where, then the tables. */
+    public record Report(List<String> header, List<Section> sections) {
+        public long failed() {
+            return sections.stream().mapToLong(Section::failed).sum();
+        }
+    }
+
+    private Selftest() {
+    }
+
+    /**
+     * Runs the checks of {@code backend}: AUTO and CPU check the CPU kernels (AUTO says whether a
+     * CUDA device is here to check), CUDA checks device 0.
+     *
+     * @throws Backends.UnavailableException for CUDA where it cannot be used
+     */
+    public static Report run(Backend backend, int threads, String gemm, long seed, boolean quick) {
+        KernelConformance.Sizes sizes = quick ? KernelConformance.Sizes.quick() : KernelConformance.Sizes.standard();
+        List<String> header = new ArrayList<>();
+        if (backend == Backend.CUDA) {
+            String why = Backends.cudaUnavailableReason();
+            if (why != null) throw new Backends.UnavailableException("--device cuda: " + why + "; use --device cpu");
+            try (CudaDevice gpu = CudaDevice.open(0, false); Kernels cpu = new CpuKernels(threads, gemm)) {
+                header.add("device: " + gpu.describe());
+                header.add("reference: " + cpu.describe());
+                header.add("seed: " + seed);
+                Section kernels = new Section(null, "CUDA kernel checks against the CPU kernels", CudaConformance.run(gpu, cpu, seed, quick));
+                try (CudaKernels contract = new CudaKernels(gpu)) {
+                    Section whole = new Section("CudaKernels (the whole Kernels contract, with its copies) against the float64 reference:",
+                            "contract checks", KernelConformance.run(contract, seed, sizes));
+                    return new Report(header, List.of(kernels, whole));
+                }
+            }
+        }
+        try (Kernels kernels = new CpuKernels(threads, gemm)) {
+            if (backend == Backend.AUTO) {
+                String why = Backends.cudaUnavailableReason();
+                header.add("device: cpu (auto: " + (why != null ? why : "a CUDA device is here: selftest --device cuda checks it") + ")");
+            }
+            header.add("backend: " + kernels.describe());
+            header.add("blas: " + OpenBlasLibrary.probe().describe());
+            header.add("seed: " + seed);
+            return new Report(header, List.of(new Section(null, "checks", KernelConformance.run(kernels, seed, sizes))));
+        }
+    }
+}

@@ -1,0 +1,148 @@
+package dev.distillery.runtime.nn;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+
+import dev.distillery.kernels.DType;
+import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.distill.TeacherStaging;
+
+/**
+ * A session's model run forward only, on its current inputs: held-out cross-entropy, the
+ * divergence to a teacher with top-1 agreement, and the logits with their logsumexp (for dumping
+ * teacher targets). Everything is computed where the kernels live; what comes back to the host is
+ * per-row numbers. Gradients and parameters are never touched.
+ */
+public final class Evaluator {
+
+    /** Sums over the evaluated rows: hard-label CE, divergence to the teacher, top-1 agreements. */
+    public record Sums(double ce, double divergence, long agree, long rows, long ceRows) {
+        public Sums plus(Sums o) {
+            return new Sums(ce + o.ce, divergence + o.divergence, agree + o.agree, rows + o.rows, ceRows + o.ceRows);
+        }
+
+        public static Sums zero() {
+            return new Sums(0, 0, 0, 0, 0);
+        }
+    }
+
+    private final Transformer model;
+    private final Kernels kernels;
+    private final Graph graph;
+    private final ModelInputs inputs;
+    private final TeacherStaging staging;
+    private final int batch, time;
+    private final Arena hostArena = Arena.ofShared();
+    private MemorySegment hostLogits;
+    private Tensor lastLogits;
+
+    Evaluator(Transformer model, Kernels kernels, Graph graph, ModelInputs inputs, TeacherStaging staging, int batch, int time) {
+        this.model = model;
+        this.kernels = kernels;
+        this.graph = graph;
+        this.inputs = inputs;
+        this.staging = staging;
+        this.batch = batch;
+        this.time = time;
+    }
+
+    /** Mean cross-entropy of the current inputs. */
+    public double crossEntropy() {
+        graph.reset(false);
+        try {
+            Tensor logits = model.forward(graph.ops, inputs.tokens(), batch, time);
+            return graph.ops.crossEntropy(logits, inputs.targets(), 1f).mean();
+        } finally {
+            graph.recordAgain();
+        }
+    }
+
+    /**
+     * The current inputs against {@code teacher} (batch·time rows), in chunks of logits: the CE on
+     * the targets (rows whose target is the ignore index count for the divergence and agreement
+     * only), the divergence of {@code options} (alpha is ignored), and how many rows' student argmax
+     * equals {@code teacherTop1[row]}. One loss call and one argmax per chunk.
+     */
+    public Sums distill(TeacherTargets teacher, int[] teacherTop1, DistillOptions options, int chunkRows) {
+        graph.reset(false);
+        try {
+            int n = batch * time, d = model.config().channels(), v = model.config().vocabSize();
+            TeacherTargets staged = staging.stage(teacher, n);
+            Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
+            kernels.joinCopies();
+            int chunk = Math.max(1, Math.min(chunkRows, n));
+            Tensor logits = graph.workspace.tensor("eval.logits", chunk, v);
+            MemorySegment rowCe = graph.workspace.tensor("eval.ce", chunk).data();
+            MemorySegment rowDiv = graph.workspace.tensor("eval.div", chunk).data();
+            MemorySegment top1 = graph.workspace.tensor("eval.top1", DType.I32, chunk).data();
+            MemorySegment labels = inputs.evaluationLabels();
+            DistillOptions divergenceOnly = options.withAlpha(0f);
+            Sums sums = Sums.zero();
+            try (Arena host = Arena.ofConfined()) {
+                MemorySegment hostCe = host.allocate(4L * chunk, 64), hostDiv = host.allocate(4L * chunk, 64);
+                MemorySegment hostTop1 = host.allocate(4L * chunk, 64);
+                for (int r0 = 0; r0 < n; r0 += chunk) {
+                    int rows = Math.min(chunk, n - r0);
+                    kernels.gemm(false, true, rows, v, d, 1f, hidden.data().asSlice(4L * r0 * d), d,
+                            model.lmHeadWeight().data(), d, 0f, logits.data(), v);
+                    kernels.argmaxRows(top1, logits.data(), rows, v);
+                    kernels.distillLoss(logits.data(), null, staged.rows(r0, r0 + rows), labels.asSlice(4L * r0), rowCe, rowDiv,
+                            rows, v, divergenceOnly, 1f);
+                    kernels.copyToHost(hostCe, rowCe, 4L * rows);
+                    kernels.copyToHost(hostDiv, rowDiv, 4L * rows);
+                    kernels.copyToHost(hostTop1, top1, 4L * rows);
+                    double ce = 0, div = 0;
+                    long ceRows = 0, agree = 0;
+                    for (int r = 0; r < rows; r++) {
+                        div += hostDiv.getAtIndex(ValueLayout.JAVA_FLOAT, r);
+                        if (inputs.target(r0 + r) != options.ignoreIndex()) {
+                            ce += hostCe.getAtIndex(ValueLayout.JAVA_FLOAT, r);
+                            ceRows++;
+                        }
+                        if (hostTop1.getAtIndex(ValueLayout.JAVA_INT, r) == teacherTop1[r0 + r]) agree++;
+                    }
+                    sums = sums.plus(new Sums(ce, div, agree, rows, ceRows));
+                }
+            }
+            return sums;
+        } finally {
+            graph.recordAgain();
+        }
+    }
+
+    /**
+     * Logits (batch·time, vocab) of the current tokens, readable on the host (copied back from a
+     * device); valid until the next call on this session.
+     */
+    public MemorySegment logits() {
+        graph.reset(false);
+        try {
+            lastLogits = model.forward(graph.ops, inputs.tokens(), batch, time);
+        } finally {
+            graph.recordAgain();
+        }
+        if (kernels.hostAccessible()) return lastLogits.data();
+        if (hostLogits == null) hostLogits = hostArena.allocate(lastLogits.byteSize(), 64);
+        kernels.copyToHost(hostLogits, lastLogits.data(), lastLogits.byteSize());
+        return hostLogits;
+    }
+
+    /** Per row of the last {@link #logits()}: {@code log Σ_j exp(logit_j / temperature)}, computed where the logits live. */
+    public float[] logsumexpOfLastLogits(double temperature) {
+        if (lastLogits == null) throw new IllegalStateException("call logits() first");
+        int n = batch * time, v = model.config().vocabSize();
+        MemorySegment lse = graph.workspace.tensor("lse", n).data();
+        kernels.logsumexpRows(lse, lastLogits.data(), n, v, (float) (1 / temperature));
+        try (Arena host = Arena.ofConfined()) {
+            return kernels.hostView(lse, 4L * n, host).toArray(ValueLayout.JAVA_FLOAT);
+        }
+    }
+
+    void close() {
+        hostArena.close();
+    }
+}

@@ -1,0 +1,150 @@
+package dev.distillery.runtime.nn;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+
+import dev.distillery.kernels.DType;
+import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.Device;
+import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.autograd.DifferentiableOps;
+
+/**
+ * The token and target buffers of one (batch, time) shape: written on the host, checked against
+ * the vocabulary, and copied to where the kernels compute. Persistent, so a steady loop allocates
+ * no native memory.
+ */
+public final class ModelInputs implements AutoCloseable {
+
+    private final Kernels kernels;
+    private final int batch, time, vocab;
+    private final Arena arena = Arena.ofShared();
+    private final Tensor tokens, targets;
+    private final MemorySegment hostTokens, hostTargets;
+    /** The targets with every ignored position given label 0, for evaluation; rebuilt after new inputs. */
+    private final MemorySegment evalLabels, hostEvalLabels;
+    private boolean evalLabelsCurrent;
+
+    ModelInputs(Kernels kernels, int batch, int time, int vocab) {
+        this.kernels = kernels;
+        this.batch = batch;
+        this.time = time;
+        this.vocab = vocab;
+        Device device = Device.of(kernels);
+        long bytes = 4L * batch * time;
+        this.tokens = new Tensor("tokens", new int[]{batch, time}, DType.I32, device, kernels.allocate(arena, bytes), false);
+        this.targets = new Tensor("targets", new int[]{batch * time}, DType.I32, device, kernels.allocate(arena, bytes), false);
+        this.evalLabels = kernels.allocate(arena, bytes);
+        this.hostTokens = arena.allocate(bytes, 64);
+        this.hostTargets = arena.allocate(bytes, 64);
+        this.hostEvalLabels = arena.allocate(bytes, 64);
+    }
+
+    /** Token ids (batch, time), where the kernels read them. */
+    public Tensor tokens() {
+        return tokens;
+    }
+
+    /** Target ids (batch · time), where the kernels read them; -100 masks a position. */
+    public Tensor targets() {
+        return targets;
+    }
+
+    /** The target of position i, from the host copy. */
+    public int target(long i) {
+        return hostTargets.getAtIndex(ValueLayout.JAVA_INT, i);
+    }
+
+    /**
+     * The targets with every ignored position given label 0, where the kernels read them: one
+     * loss call then gives the divergence of every row and the CE of every row, of which the
+     * caller keeps the labelled rows'.
+     */
+    MemorySegment evaluationLabels() {
+        if (!evalLabelsCurrent) {
+            for (long i = 0; i < (long) batch * time; i++) {
+                int t = target(i);
+                hostEvalLabels.setAtIndex(ValueLayout.JAVA_INT, i, t == DifferentiableOps.IGNORE_INDEX ? 0 : t);
+            }
+            kernels.copyFromHost(evalLabels, hostEvalLabels, hostEvalLabels.byteSize());
+            evalLabelsCurrent = true;
+        }
+        return evalLabels;
+    }
+
+    /**
+     * Sets the inputs from host int32 buffers: tokens (batch, time) and targets (batch · time),
+     * where -100 masks a position. Ids are checked against the vocabulary (a target may be -100).
+     *
+     * @throws IllegalArgumentException naming the position of the first id out of range
+     */
+    public void setInputs(MemorySegment tokenIds, MemorySegment targetIds) {
+        for (long i = 0; i < (long) batch * time; i++) {
+            int id = tokenIds.getAtIndex(ValueLayout.JAVA_INT, i), target = targetIds.getAtIndex(ValueLayout.JAVA_INT, i);
+            if (id < 0 || id >= vocab) throw new IllegalArgumentException("token id " + id + " at position " + i + " is outside the vocabulary of " + vocab);
+            if (target != DifferentiableOps.IGNORE_INDEX && (target < 0 || target >= vocab)) {
+                throw new IllegalArgumentException("target id " + target + " at position " + i + " is outside the vocabulary of " + vocab);
+            }
+        }
+        MemorySegment.copy(tokenIds, 0, hostTokens, 0, hostTokens.byteSize());
+        MemorySegment.copy(targetIds, 0, hostTargets, 0, hostTargets.byteSize());
+        upload();
+    }
+
+    /**
+     * Fills the buffers from int32 ids (batch, time): tokens = ids, targets = the next id in the
+     * same sequence, the last position of each sequence ignored (its next token is unknown).
+     *
+     * @throws IllegalArgumentException naming the position when an id is outside the vocabulary
+     */
+    public void setSequences(MemorySegment ids) {
+        for (int b = 0; b < batch; b++) {
+            for (int t = 0; t < time; t++) {
+                long i = (long) b * time + t;
+                int id = ids.getAtIndex(ValueLayout.JAVA_INT, i);
+                if (id < 0 || id >= vocab) {
+                    throw new IllegalArgumentException("token id " + id + " at batch row " + b + ", position " + t
+                            + " is outside the model's vocabulary of " + vocab);
+                }
+                hostTokens.setAtIndex(ValueLayout.JAVA_INT, i, id);
+                if (t > 0) hostTargets.setAtIndex(ValueLayout.JAVA_INT, i - 1, id);
+            }
+            hostTargets.setAtIndex(ValueLayout.JAVA_INT, (long) b * time + time - 1, DifferentiableOps.IGNORE_INDEX);
+        }
+        upload();
+    }
+
+    /**
+     * Fills the buffers from {@code batch} windows of {@code time + 1} token ids each
+     * (row-major): tokens = window[0, time), targets = window[1, time].
+     */
+    public void setWindows(int[] windows) {
+        if (windows.length != batch * (time + 1)) {
+            throw new IllegalArgumentException("expected " + batch + " windows of " + (time + 1) + " ids, got " + windows.length + " ids");
+        }
+        for (int b = 0; b < batch; b++) {
+            for (int t = 0; t <= time; t++) {
+                int id = windows[b * (time + 1) + t];
+                if (id < 0 || id >= vocab) {
+                    throw new IllegalArgumentException("token id " + id + " in window " + b + ", position " + t
+                            + " is outside the model's vocabulary of " + vocab);
+                }
+                if (t < time) hostTokens.setAtIndex(ValueLayout.JAVA_INT, (long) b * time + t, id);
+                if (t > 0) hostTargets.setAtIndex(ValueLayout.JAVA_INT, (long) b * time + t - 1, id);
+            }
+        }
+        upload();
+    }
+
+    private void upload() {
+        kernels.copyFromHost(tokens.data(), hostTokens, hostTokens.byteSize());
+        kernels.copyFromHost(targets.data(), hostTargets, hostTargets.byteSize());
+        evalLabelsCurrent = false;
+    }
+
+    @Override
+    public void close() {
+        arena.close();
+    }
+}
