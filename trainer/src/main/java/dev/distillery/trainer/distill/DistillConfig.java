@@ -2,8 +2,13 @@ package dev.distillery.trainer.distill;
 
 import java.io.IOException;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Set;
+import java.util.TreeSet;
 
 import com.fasterxml.jackson.annotation.JsonInclude;
+import com.fasterxml.jackson.databind.JsonNode;
 
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
@@ -189,5 +194,30 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
 
     public static DistillConfig fromJson(String json) throws IOException {
         return StrictJson.MAPPER.readValue(json, DistillConfig.class);
+    }
+
+    /**
+     * What differs between the config a checkpoint was written with ({@code storedJson}) and this
+     * one: a changed schedule or loss is allowed on resume, but never silent; the student comes
+     * from the checkpoint.
+     */
+    public List<String> changesSince(String storedJson) throws IOException {
+        if (storedJson == null) return List.of("the checkpoint stores no config to compare with");
+        JsonNode before = StrictJson.MAPPER.readTree(storedJson), after = StrictJson.MAPPER.readTree(toJson());
+        List<String> out = new ArrayList<>();
+        diff("", before, after, out);
+        return out;
+    }
+
+    private static void diff(String path, JsonNode a, JsonNode b, List<String> out) {
+        if (a.isObject() && b.isObject()) {
+            Set<String> keys = new TreeSet<>();
+            a.fieldNames().forEachRemaining(keys::add);
+            b.fieldNames().forEachRemaining(keys::add);
+            for (String k : keys) diff(path.isEmpty() ? k : path + "." + k, a.path(k), b.path(k), out);
+        } else if (!a.equals(b)) {
+            out.add("'" + path + "' was " + a + " when the checkpoint was written, is " + b + " now"
+                    + (path.startsWith("student") ? " (ignored: the student comes from the checkpoint)" : ""));
+        }
     }
 }

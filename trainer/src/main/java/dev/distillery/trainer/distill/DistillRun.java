@@ -2,9 +2,7 @@ package dev.distillery.trainer.distill;
 
 import java.io.IOException;
 import java.io.PrintWriter;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -25,9 +23,8 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
 import dev.distillery.trainer.data.TeacherBatchStream;
 import dev.distillery.trainer.data.TeacherShards;
+import dev.distillery.trainer.loop.TrainingLoop;
 import dev.distillery.trainer.report.Curves;
-import dev.distillery.trainer.report.MetricsLog;
-import dev.distillery.trainer.report.Progress;
 
 /**
  * The distillation loop: teacher batches streamed from shards, the student's chunked LM head +
@@ -49,13 +46,6 @@ public final class DistillRun {
     /** How a run ended. */
     public record Result(int step, Path outDir, Path lastCheckpoint, Evaluation lastEval, double tokensPerSecond,
                          double dataWaitFraction, long parameters) {
-    }
-
-    /** The run stopped on purpose (non-finite loss); the message says why and where the last good checkpoint is. */
-    public static final class StoppedException extends IOException {
-        public StoppedException(String message, Throwable cause) {
-            super(message, cause);
-        }
     }
 
     private DistillRun() {
@@ -86,12 +76,7 @@ public final class DistillRun {
                 throw new IOException(cfg.teacher() + ": 'batch_size' " + cfg.batchSize() + " exceeds the " + shards.sequences() + " sequences in the shards");
             }
             CheckpointStore store = CheckpointStore.open(outDir.resolve("checkpoints"));
-            Optional<CheckpointStore.Checkpoint> from = store.latest();
-            if (from.isPresent() && !resume) {
-                throw new IOException(store.root() + " already holds checkpoints (latest: step " + from.get().step()
-                        + "); pass --resume to continue that run, or choose another 'out'");
-            }
-            if (resume && from.isEmpty()) out.println("resume: no checkpoint in " + store.root() + " yet; starting fresh");
+            Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, resume, "'out'", out);
 
             Transformer model = from.isPresent() ? ModelFiles.read(from.get().dir(), kernels)
                     : cfg.initFrom() != null ? ModelFiles.read(Path.of(cfg.initFrom()), kernels) : newStudent(cfg, teacherVocab, seqLen, kernels);
@@ -112,16 +97,14 @@ public final class DistillRun {
                     int epoch = 0, batchIndex = 0;
                     Path lastCheckpoint = null;
                     if (from.isPresent()) {
-                        Map<String, String> meta = ModelFiles.readOptimizer(from.get().dir().resolve("trainer_state.safetensors"),
-                                session.optimizer(), model.parameters().blockElements());
-                        epoch = intMeta(from.get().dir(), meta, "data.epoch");
-                        batchIndex = intMeta(from.get().dir(), meta, "data.batch");
+                        Map<String, String> meta = TrainingLoop.restore(session, from.get(), out);
+                        epoch = TrainingLoop.intMeta(from.get().dir(), meta, "data.epoch");
+                        batchIndex = TrainingLoop.intMeta(from.get().dir(), meta, "data.batch");
                         lastCheckpoint = from.get().dir();
-                        out.println("resumed from " + from.get().dir() + " at step " + session.optimizer().step());
-                        for (String change : changes(meta.get("config"), cfg)) out.println("resume: note: " + change);
+                        for (String change : cfg.changesSince(meta.get("config"))) out.println("resume: note: " + change);
                     }
                     return loop(cfg, kernels, session, shards, evalShards, store, options, reduction, chunkRows, epoch, batchIndex,
-                            lastCheckpoint, stopAfter > 0 ? Math.min(stopAfter, cfg.steps()) : cfg.steps(), outDir, out, err);
+                            lastCheckpoint, stopAfter, outDir, out, err);
                 }
             } finally {
                 model.close();
@@ -143,48 +126,11 @@ public final class DistillRun {
         return model;
     }
 
-    /**
-     * What differs between the config a checkpoint was written with and the one resuming it (a
-     * changed schedule or loss is allowed, but never silent; the student comes from the checkpoint).
-     */
-    static java.util.List<String> changes(String storedJson, DistillConfig now) throws IOException {
-        if (storedJson == null) return java.util.List.of("the checkpoint stores no config to compare with");
-        com.fasterxml.jackson.databind.JsonNode before = dev.distillery.trainer.data.StrictJson.MAPPER.readTree(storedJson);
-        com.fasterxml.jackson.databind.JsonNode after = dev.distillery.trainer.data.StrictJson.MAPPER.readTree(now.toJson());
-        java.util.List<String> out = new java.util.ArrayList<>();
-        diff("", before, after, out);
-        return out;
-    }
-
-    private static void diff(String path, com.fasterxml.jackson.databind.JsonNode a, com.fasterxml.jackson.databind.JsonNode b,
-                             java.util.List<String> out) {
-        if (a.isObject() && b.isObject()) {
-            java.util.Set<String> keys = new java.util.TreeSet<>();
-            a.fieldNames().forEachRemaining(keys::add);
-            b.fieldNames().forEachRemaining(keys::add);
-            for (String k : keys) {
-                diff(path.isEmpty() ? k : path + "." + k, a.path(k), b.path(k), out);
-            }
-        } else if (!a.equals(b)) {
-            out.add("'" + path + "' was " + a + " when the checkpoint was written, is " + b + " now"
-                    + (path.startsWith("student") ? " (ignored: the student comes from the checkpoint)" : ""));
-        }
-    }
-
-    private static int intMeta(Path dir, Map<String, String> meta, String key) throws IOException {
-        try {
-            return Integer.parseInt(meta.get(key));
-        } catch (NumberFormatException e) {
-            throw new IOException(dir.resolve("trainer_state.safetensors") + ": metadata '" + key + "' must be an integer, got " + meta.get(key));
-        }
-    }
-
     private static Result loop(DistillConfig cfg, Kernels kernels, TrainingSession session, TeacherShards shards, TeacherShards evalShards,
                                CheckpointStore store, DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows,
-                               int epoch, int batchIndex, Path lastCheckpoint, int endStep, Path outDir, PrintWriter out, PrintWriter err) throws IOException {
+                               int epoch, int batchIndex, Path lastCheckpoint, int stopAfter, Path outDir, PrintWriter out, PrintWriter err) throws IOException {
         int startStep = session.optimizer().step();
         Transformer model = session.model();
-        long tokensPerStep = (long) cfg.batchSize() * shards.manifest().seqLen() * cfg.gradAccum();
         out.printf("student: %d layers, %d channels, %d heads, vocab %d, context %d: %,d parameters%n", model.config().layers(),
                 model.config().channels(), model.config().heads(), model.config().vocabSize(), model.config().contextLength(),
                 model.parameters().parameterCount());
@@ -193,102 +139,139 @@ public final class DistillRun {
                 options.temperature(), options.alpha(), cfg.loss().divergence(), options.scaleByTemperatureSquared() ? ", T^2 on" : "");
         if (evalShards == null) out.println("no 'eval_teacher' given: no held-out evaluation");
         out.flush();
-
-        Evaluation lastEval = null;
-        double tokensPerSecond = 0, waitFraction = 0;
-        long loopStart = System.nanoTime(), waitStart;
-        try (MetricsLog metrics = MetricsLog.open(outDir.resolve("metrics.jsonl"), startStep > 0 ? startStep : -1);
-             TeacherBatchStream stream = new TeacherBatchStream(shards, cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex,
-                     kernels::allocateStaging)) {
-            waitStart = stream.waitNanos();
-            Progress progress = new Progress(err, "distill", startStep, cfg.steps(), 5000);
-            for (int step = startStep + 1; step <= endStep; step++) {
-                long t0 = System.nanoTime(), w0 = stream.waitNanos();
-                String stopNote = ". Stopped; the last good checkpoint is "
-                        + (lastCheckpoint == null ? "none (no checkpoint was written yet)" : lastCheckpoint + " (continue with --resume)");
-                double loss = 0, ce = 0, div = 0;
-                TrainingSession.StepResult r;
-                try {
-                    session.beginStep();
-                    for (int a = 0; a < cfg.gradAccum(); a++) {
-                        TeacherBatchStream.Batch batch;
-                        try {
-                            batch = stream.next();
-                        } catch (InterruptedException e) {
-                            Thread.currentThread().interrupt();
-                            throw new IOException("interrupted while waiting for teacher batches", e);
-                        }
-                        try {
-                            session.inputs().setSequences(batch.inputIds());
-                        } catch (IllegalArgumentException e) {
-                            throw new IOException(cfg.teacher() + ": sequences " + java.util.Arrays.toString(batch.sequences()) + ": " + e.getMessage(), e);
-                        }
-                        DifferentiableOps.DistillLoss l = session.backwardDistill(batch.targets(), options, reduction, chunkRows, 1f / cfg.gradAccum());
-                        loss += l.total() / cfg.gradAccum();
-                        ce += l.ce() / cfg.gradAccum();
-                        div += l.divergence() / cfg.gradAccum();
-                        epoch = batch.epoch();
-                        batchIndex = batch.index() + 1;
-                        if (batchIndex == stream.batchesPerEpoch()) {
-                            epoch++;
-                            batchIndex = 0;
-                        }
-                        stream.release(batch);
-                    }
-                    r = session.finishStep(loss);
-                } catch (TrainingSession.NonFiniteException e) {
-                    throw new StoppedException(e.getMessage() + stopNote, e);
-                } catch (IllegalArgumentException | ArithmeticException e) {
-                    throw new StoppedException("step " + step + ": " + e.getMessage() + stopNote, e);
-                }
-                long t1 = System.nanoTime();
-                double stepSeconds = (t1 - t0) / 1e9;
-                double stepWait = (stream.waitNanos() - w0) / 1e9;
-                tokensPerSecond = tokensPerStep * (step - startStep) / ((t1 - loopStart) / 1e9);
-                waitFraction = (stream.waitNanos() - waitStart) / (double) (t1 - loopStart);
-                Map<String, Object> rec = new LinkedHashMap<>();
-                rec.put("kind", "train");
-                rec.put("step", step);
-                rec.put("loss", loss);
-                rec.put("ce", ce);
-                rec.put("divergence", div);
-                rec.put("lr", r.lr());
-                rec.put("grad_norm", r.gradNorm());
-                rec.put("tokens", tokensPerStep * step);
-                rec.put("step_ms", stepSeconds * 1e3);
-                rec.put("tokens_per_s", tokensPerStep / stepSeconds);
-                rec.put("data_wait_fraction", stepWait / stepSeconds);
-                metrics.write(rec);
-                progress.update(step, String.format("loss %.4f | %,.0f tok/s | data wait %.1f%%", loss, tokensPerSecond, 100 * waitFraction));
-
-                boolean last = step == cfg.steps();
-                if (evalShards != null && (last || (cfg.evalEvery() > 0 && step % cfg.evalEvery() == 0))) {
-                    lastEval = evaluate(session, evalShards, Path.of(cfg.evalTeacher()), cfg.batchSize(), cfg.evalBatches(), chunkRows, step);
-                    Map<String, Object> ev = new LinkedHashMap<>();
-                    ev.put("kind", "eval");
-                    ev.put("step", step);
-                    ev.put("ce", lastEval.ce());
-                    ev.put("perplexity", lastEval.perplexity());
-                    ev.put("kl", lastEval.kl());
-                    ev.put("agreement", lastEval.agreement());
-                    ev.put("rows", lastEval.rows());
-                    metrics.write(ev);
-                    err.printf("eval @ step %d: ce %.4f, perplexity %.3f, KL to teacher %.4f, top-1 agreement %.1f%%%n", step,
-                            lastEval.ce(), lastEval.perplexity(), lastEval.kl(), 100 * lastEval.agreement());
-                    err.flush();
-                }
-                if (last || step == endStep || (cfg.checkpointEvery() > 0 && step % cfg.checkpointEvery() == 0)) {
-                    lastCheckpoint = saveCheckpoint(store, session, cfg, step, epoch, batchIndex);
-                    store.prune(cfg.keepCheckpoints());
-                    writeCurves(outDir, metrics.records());
-                }
-            }
+        try (TeacherBatchStream stream = new TeacherBatchStream(shards, cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex,
+                kernels::allocateStaging)) {
+            Steps steps = new Steps(cfg, session, stream, shards.manifest().seqLen(), evalShards, options, reduction, chunkRows, epoch,
+                    batchIndex, err);
+            TrainingLoop.Outcome o = TrainingLoop.run(session, store, steps, new TrainingLoop.Settings("distill", "distill", cfg.steps(),
+                    stopAfter, cfg.evalEvery(), cfg.checkpointEvery(), cfg.keepCheckpoints(), outDir,
+                    cfg.tokenizer() == null ? null : Path.of(cfg.tokenizer())), lastCheckpoint, err);
             if (startStep >= cfg.steps()) out.println("nothing to do: the checkpoint is at step " + startStep + " of " + cfg.steps());
-            int reached = Math.max(startStep, endStep);
             out.printf("%s: step %d of %d, %,.0f tokens/s, %.2f%% of the time waiting for data; checkpoint %s; metrics %s%n",
-                    reached < cfg.steps() ? "stopped (--stop-after)" : "done", reached, cfg.steps(), tokensPerSecond, 100 * waitFraction, lastCheckpoint, metrics.file());
-            return new Result(reached, outDir, lastCheckpoint, lastEval, tokensPerSecond, waitFraction,
+                    o.step() < cfg.steps() ? "stopped (--stop-after)" : "done", o.step(), cfg.steps(), steps.tokensPerSecond,
+                    100 * steps.waitFraction, o.lastCheckpoint(), o.metrics());
+            return new Result(o.step(), outDir, o.lastCheckpoint(), steps.lastEval, steps.tokensPerSecond, steps.waitFraction,
                     model.parameters().parameterCount());
+        }
+    }
+
+    /** The distillation's steps in the shared loop: teacher batches, gradient accumulation, held-out evaluation, the data position. */
+    private static final class Steps implements TrainingLoop.Task {
+        private final DistillConfig cfg;
+        private final TrainingSession session;
+        private final TeacherBatchStream stream;
+        private final TeacherShards evalShards;
+        private final DistillOptions options;
+        private final DifferentiableOps.Reduction reduction;
+        private final int chunkRows, startStep;
+        private final long tokensPerStep, loopStart, waitStart;
+        private final PrintWriter err;
+        private int epoch, batchIndex;
+        double tokensPerSecond, waitFraction;
+        Evaluation lastEval;
+
+        Steps(DistillConfig cfg, TrainingSession session, TeacherBatchStream stream, int seqLen, TeacherShards evalShards,
+              DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows, int epoch, int batchIndex, PrintWriter err) {
+            this.cfg = cfg;
+            this.session = session;
+            this.stream = stream;
+            this.evalShards = evalShards;
+            this.options = options;
+            this.reduction = reduction;
+            this.chunkRows = chunkRows;
+            this.epoch = epoch;
+            this.batchIndex = batchIndex;
+            this.err = err;
+            this.startStep = session.optimizer().step();
+            this.tokensPerStep = (long) cfg.batchSize() * seqLen * cfg.gradAccum();
+            this.loopStart = System.nanoTime();
+            this.waitStart = stream.waitNanos();
+        }
+
+        @Override
+        public Map<String, Object> step(int step) throws IOException {
+            long t0 = System.nanoTime(), w0 = stream.waitNanos();
+            double loss = 0, ce = 0, div = 0;
+            session.beginStep();
+            for (int a = 0; a < cfg.gradAccum(); a++) {
+                TeacherBatchStream.Batch batch;
+                try {
+                    batch = stream.next();
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new IOException("interrupted while waiting for teacher batches", e);
+                }
+                try {
+                    session.inputs().setSequences(batch.inputIds());
+                } catch (IllegalArgumentException e) {
+                    throw new IOException(cfg.teacher() + ": sequences " + java.util.Arrays.toString(batch.sequences()) + ": " + e.getMessage(), e);
+                }
+                DifferentiableOps.DistillLoss l = session.backwardDistill(batch.targets(), options, reduction, chunkRows, 1f / cfg.gradAccum());
+                loss += l.total() / cfg.gradAccum();
+                ce += l.ce() / cfg.gradAccum();
+                div += l.divergence() / cfg.gradAccum();
+                epoch = batch.epoch();
+                batchIndex = batch.index() + 1;
+                if (batchIndex == stream.batchesPerEpoch()) {
+                    epoch++;
+                    batchIndex = 0;
+                }
+                stream.release(batch);
+            }
+            TrainingSession.StepResult r = session.finishStep(loss);
+            long t1 = System.nanoTime();
+            double stepSeconds = (t1 - t0) / 1e9;
+            double stepWait = (stream.waitNanos() - w0) / 1e9;
+            tokensPerSecond = tokensPerStep * (step - startStep) / ((t1 - loopStart) / 1e9);
+            waitFraction = (stream.waitNanos() - waitStart) / (double) (t1 - loopStart);
+            Map<String, Object> rec = new LinkedHashMap<>();
+            rec.put("loss", loss);
+            rec.put("ce", ce);
+            rec.put("divergence", div);
+            rec.put("lr", r.lr());
+            rec.put("grad_norm", r.gradNorm());
+            rec.put("tokens", tokensPerStep * step);
+            rec.put("step_ms", stepSeconds * 1e3);
+            rec.put("tokens_per_s", tokensPerStep / stepSeconds);
+            rec.put("data_wait_fraction", stepWait / stepSeconds);
+            return rec;
+        }
+
+        @Override
+        public String progress(Map<String, Object> record) {
+            return String.format("loss %.4f | %,.0f tok/s | data wait %.1f%%", (double) record.get("loss"), tokensPerSecond, 100 * waitFraction);
+        }
+
+        @Override
+        public Map<String, Object> evaluate(int step) throws IOException {
+            if (evalShards == null) return null;
+            lastEval = DistillRun.evaluate(session, evalShards, Path.of(cfg.evalTeacher()), cfg.batchSize(), cfg.evalBatches(), chunkRows, step);
+            Map<String, Object> ev = new LinkedHashMap<>();
+            ev.put("ce", lastEval.ce());
+            ev.put("perplexity", lastEval.perplexity());
+            ev.put("kl", lastEval.kl());
+            ev.put("agreement", lastEval.agreement());
+            ev.put("rows", lastEval.rows());
+            err.printf("eval @ step %d: ce %.4f, perplexity %.3f, KL to teacher %.4f, top-1 agreement %.1f%%%n", step,
+                    lastEval.ce(), lastEval.perplexity(), lastEval.kl(), 100 * lastEval.agreement());
+            err.flush();
+            return ev;
+        }
+
+        @Override
+        public Map<String, String> checkpointMeta(int step) {
+            Map<String, String> meta = new LinkedHashMap<>();
+            meta.put("data.epoch", Integer.toString(epoch));
+            meta.put("data.batch", Integer.toString(batchIndex));
+            meta.put("config", cfg.toJson());
+            return meta;
+        }
+
+        @Override
+        public void curves(Path outDir, List<Map<String, Object>> records) throws IOException {
+            Curves.write(outDir.resolve("curves.png"), "distill",
+                    List.of(Curves.Series.of("loss", records, "train", "loss"), Curves.Series.of("hard-label CE", records, "train", "ce")),
+                    List.of(Curves.Series.of("held-out perplexity", records, "eval", "perplexity")));
         }
     }
 
@@ -320,26 +303,5 @@ public final class DistillRun {
         double ce = sums.ce() / Math.max(1, sums.ceRows());
         return new Evaluation(step, ce, Math.exp(ce), sums.divergence() / Math.max(1, sums.rows()),
                 (double) sums.agree() / Math.max(1, sums.rows()), sums.rows());
-    }
-
-    static Path saveCheckpoint(CheckpointStore store, TrainingSession session, DistillConfig cfg, int step, int epoch, int batch) throws IOException {
-        return store.save(step, dir -> {
-            ModelFiles.write(dir, session.model());
-            if (cfg.tokenizer() != null) Files.copy(Path.of(cfg.tokenizer()), dir.resolve("tokenizer.json"), StandardCopyOption.REPLACE_EXISTING);
-            Map<String, String> meta = new LinkedHashMap<>();
-            meta.put("kind", "distill");
-            meta.put("step", Integer.toString(step));
-            meta.put("data.epoch", Integer.toString(epoch));
-            meta.put("data.batch", Integer.toString(batch));
-            meta.put("config", cfg.toJson());
-            ModelFiles.writeOptimizer(dir.resolve("trainer_state.safetensors"), session.optimizer(),
-                    session.model().parameters().blockElements(), meta);
-        }).dir();
-    }
-
-    static void writeCurves(Path outDir, List<Map<String, Object>> records) throws IOException {
-        Curves.write(outDir.resolve("curves.png"), "distill",
-                List.of(Curves.Series.of("loss", records, "train", "loss"), Curves.Series.of("hard-label CE", records, "train", "ce")),
-                List.of(Curves.Series.of("held-out perplexity", records, "eval", "perplexity")));
     }
 }

@@ -2,9 +2,7 @@ package dev.distillery.trainer.teacher;
 
 import java.io.IOException;
 import java.io.PrintWriter;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -20,9 +18,8 @@ import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
 import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.loop.TrainingLoop;
 import dev.distillery.trainer.report.Curves;
-import dev.distillery.trainer.report.MetricsLog;
-import dev.distillery.trainer.report.Progress;
 
 /**
  * Plain next-token (cross-entropy) training of a GPT-2 model on an llm.c token file: how
@@ -65,11 +62,7 @@ public final class LanguageModelTraining {
              TokenFile val = o.validation() == null ? null : TokenFile.open(o.validation())) {
             if (train.size() < t + 1) throw new IOException(o.tokens() + ": " + train.size() + " tokens, fewer than one window of " + (t + 1));
             CheckpointStore store = CheckpointStore.open(o.out().resolve("checkpoints"));
-            Optional<CheckpointStore.Checkpoint> from = store.latest();
-            if (from.isPresent() && !resume) {
-                throw new IOException(store.root() + " already holds checkpoints (latest: step " + from.get().step()
-                        + "); pass --resume to continue, or choose another --out");
-            }
+            Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, resume, "--out", out);
             Transformer model;
             if (from.isPresent()) {
                 model = ModelFiles.read(from.get().dir(), kernels);
@@ -83,85 +76,96 @@ public final class LanguageModelTraining {
                 Rng rng = new Rng(o.seed() ^ 0x5DEECE66DL);
                 Path lastCheckpoint = null;
                 if (from.isPresent()) {
-                    Map<String, String> meta = ModelFiles.readOptimizer(from.get().dir().resolve("trainer_state.safetensors"),
-                            session.optimizer(), model.parameters().blockElements());
+                    Map<String, String> meta = TrainingLoop.restore(session, from.get(), out);
                     rng.setState(Long.parseLong(meta.get("data.rng")));
                     lastCheckpoint = from.get().dir();
-                    out.println("resumed from " + lastCheckpoint + " at step " + session.optimizer().step());
                 }
-                int start = session.optimizer().step();
                 out.printf("model: %d layers, %d channels, %d heads, vocab %d, context %d: %,d parameters; %,d training tokens%n",
                         o.model().layers(), o.model().channels(), o.model().heads(), o.model().vocabSize(), t,
                         model.parameters().parameterCount(), train.size());
                 out.flush();
-                int[] windows = new int[o.batch() * (t + 1)];
-                int[] one = new int[t + 1];
-                double valPpl = Double.NaN, tokPerS = 0;
-                long t0 = System.nanoTime();
-                try (MetricsLog metrics = MetricsLog.open(o.out().resolve("metrics.jsonl"), start > 0 ? start : -1)) {
-                    Progress progress = new Progress(err, "train", start, o.steps(), 5000);
-                    int end = stopAfter > 0 ? Math.min(stopAfter, o.steps()) : o.steps();
-                    for (int step = start + 1; step <= end; step++) {
-                        long s0 = System.nanoTime();
-                        for (int b = 0; b < o.batch(); b++) {
-                            long offset = (long) (rng.nextDouble() * (train.size() - t));
-                            train.read(offset, t + 1, one);
-                            System.arraycopy(one, 0, windows, b * (t + 1), t + 1);
-                        }
-                        session.inputs().setWindows(windows);
-                        TrainingSession.StepResult r;
-                        try {
-                            r = session.step();
-                        } catch (TrainingSession.NonFiniteException e) {
-                            throw new IOException(e.getMessage() + ". Stopped; the last good checkpoint is "
-                                    + (lastCheckpoint == null ? "none" : lastCheckpoint + " (continue with --resume)"), e);
-                        }
-                        double seconds = (System.nanoTime() - s0) / 1e9;
-                        tokPerS = (double) o.batch() * t * (step - start) / ((System.nanoTime() - t0) / 1e9);
-                        Map<String, Object> rec = new LinkedHashMap<>();
-                        rec.put("kind", "train");
-                        rec.put("step", step);
-                        rec.put("loss", r.loss());
-                        rec.put("lr", r.lr());
-                        rec.put("grad_norm", r.gradNorm());
-                        rec.put("tokens_per_s", o.batch() * t / seconds);
-                        metrics.write(rec);
-                        progress.update(step, String.format("loss %.4f | %,.0f tok/s", r.loss(), tokPerS));
-                        boolean last = step == o.steps();
-                        if (val != null && (last || (o.evalEvery() > 0 && step % o.evalEvery() == 0))) {
-                            valPpl = Math.exp(validationLoss(session, val, o.batch(), t, o.evalBatches()));
-                            Map<String, Object> ev = new LinkedHashMap<>();
-                            ev.put("kind", "eval");
-                            ev.put("step", step);
-                            ev.put("perplexity", valPpl);
-                            metrics.write(ev);
-                            err.printf("eval @ step %d: held-out perplexity %.3f%n", step, valPpl);
-                            err.flush();
-                        }
-                        if (last || step == end || (o.checkpointEvery() > 0 && step % o.checkpointEvery() == 0)) {
-                            long rngState = rng.state();
-                            int at = step;
-                            lastCheckpoint = store.save(step, dir -> {
-                                ModelFiles.write(dir, model);
-                                if (o.tokenizer() != null) Files.copy(o.tokenizer(), dir.resolve("tokenizer.json"), StandardCopyOption.REPLACE_EXISTING);
-                                Map<String, String> meta = new LinkedHashMap<>();
-                                meta.put("kind", "lm");
-                                meta.put("step", Integer.toString(at));
-                                meta.put("data.rng", Long.toString(rngState));
-                                ModelFiles.writeOptimizer(dir.resolve("trainer_state.safetensors"), session.optimizer(),
-                                        model.parameters().blockElements(), meta);
-                            }).dir();
-                            store.prune(3);
-                            Curves.write(o.out().resolve("curves.png"), "teacher",
-                                    List.of(Curves.Series.of("loss", metrics.records(), "train", "loss")),
-                                    List.of(Curves.Series.of("held-out perplexity", metrics.records(), "eval", "perplexity")));
-                        }
-                    }
-                }
-                if (lastCheckpoint == null) lastCheckpoint = from.map(CheckpointStore.Checkpoint::dir).orElse(null);
-                out.printf("done: checkpoint %s%s%n", lastCheckpoint, Double.isNaN(valPpl) ? "" : String.format(", held-out perplexity %.3f", valPpl));
-                return new Result(lastCheckpoint, valPpl, tokPerS);
+                Steps steps = new Steps(o, session, train, val, rng, err);
+                TrainingLoop.Outcome outcome = TrainingLoop.run(session, store, steps, new TrainingLoop.Settings("lm", "train", o.steps(),
+                        stopAfter, o.evalEvery(), o.checkpointEvery(), 3, o.out(), o.tokenizer()), lastCheckpoint, err);
+                Path checkpoint = outcome.lastCheckpoint() != null ? outcome.lastCheckpoint() : from.map(CheckpointStore.Checkpoint::dir).orElse(null);
+                out.printf("done: checkpoint %s%s%n", checkpoint,
+                        Double.isNaN(steps.validationPerplexity) ? "" : String.format(", held-out perplexity %.3f", steps.validationPerplexity));
+                return new Result(checkpoint, steps.validationPerplexity, steps.tokensPerSecond);
             }
+        }
+    }
+
+    /** Next-token training's steps in the shared loop: windows at seeded offsets, held-out perplexity, the sampler's state. */
+    private static final class Steps implements TrainingLoop.Task {
+        private final Options o;
+        private final TrainingSession session;
+        private final TokenFile train, val;
+        private final Rng rng;
+        private final PrintWriter err;
+        private final int t, startStep;
+        private final int[] windows, one;
+        private final long loopStart = System.nanoTime();
+        double validationPerplexity = Double.NaN, tokensPerSecond;
+
+        Steps(Options o, TrainingSession session, TokenFile train, TokenFile val, Rng rng, PrintWriter err) {
+            this.o = o;
+            this.session = session;
+            this.train = train;
+            this.val = val;
+            this.rng = rng;
+            this.err = err;
+            this.t = o.model().contextLength();
+            this.startStep = session.optimizer().step();
+            this.windows = new int[o.batch() * (t + 1)];
+            this.one = new int[t + 1];
+        }
+
+        @Override
+        public Map<String, Object> step(int step) throws IOException {
+            long s0 = System.nanoTime();
+            for (int b = 0; b < o.batch(); b++) {
+                long offset = (long) (rng.nextDouble() * (train.size() - t));
+                train.read(offset, t + 1, one);
+                System.arraycopy(one, 0, windows, b * (t + 1), t + 1);
+            }
+            session.inputs().setWindows(windows);
+            TrainingSession.StepResult r = session.step();
+            double seconds = (System.nanoTime() - s0) / 1e9;
+            tokensPerSecond = (double) o.batch() * t * (step - startStep) / ((System.nanoTime() - loopStart) / 1e9);
+            Map<String, Object> rec = new LinkedHashMap<>();
+            rec.put("loss", r.loss());
+            rec.put("lr", r.lr());
+            rec.put("grad_norm", r.gradNorm());
+            rec.put("tokens_per_s", o.batch() * t / seconds);
+            return rec;
+        }
+
+        @Override
+        public String progress(Map<String, Object> record) {
+            return String.format("loss %.4f | %,.0f tok/s", (double) record.get("loss"), tokensPerSecond);
+        }
+
+        @Override
+        public Map<String, Object> evaluate(int step) throws IOException {
+            if (val == null) return null;
+            validationPerplexity = Math.exp(validationLoss(session, val, o.batch(), t, o.evalBatches()));
+            err.printf("eval @ step %d: held-out perplexity %.3f%n", step, validationPerplexity);
+            err.flush();
+            Map<String, Object> ev = new LinkedHashMap<>();
+            ev.put("perplexity", validationPerplexity);
+            return ev;
+        }
+
+        @Override
+        public Map<String, String> checkpointMeta(int step) {
+            return Map.of("data.rng", Long.toString(rng.state()));
+        }
+
+        @Override
+        public void curves(Path outDir, List<Map<String, Object>> records) throws IOException {
+            Curves.write(outDir.resolve("curves.png"), "teacher",
+                    List.of(Curves.Series.of("loss", records, "train", "loss")),
+                    List.of(Curves.Series.of("held-out perplexity", records, "eval", "perplexity")));
         }
     }
 

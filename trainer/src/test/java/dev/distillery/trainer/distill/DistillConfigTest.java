@@ -44,8 +44,8 @@ class DistillConfigTest {
     void resumingWithAnotherConfigSaysWhatChanged() throws IOException {
         DistillConfig a = DistillConfig.fromJson("{\"teacher\": \"t\", \"lr\": 0.001, \"loss\": {\"alpha\": 0.5}}");
         DistillConfig b = DistillConfig.fromJson("{\"teacher\": \"t\", \"lr\": 0.002, \"loss\": {\"alpha\": 0.5}, \"student\": {\"layers\": 4}}");
-        assertEquals(java.util.List.of(), DistillRun.changes(a.toJson(), a));
-        var changes = DistillRun.changes(a.toJson(), b);
+        assertEquals(java.util.List.of(), a.changesSince(a.toJson()));
+        var changes = b.changesSince(a.toJson());
         assertTrue(changes.stream().anyMatch(c -> c.startsWith("'lr' was 0.001") && c.endsWith("is 0.002 now")), changes.toString());
         assertTrue(changes.stream().anyMatch(c -> c.startsWith("'min_lr'")), "min_lr follows lr by default: " + changes);
         assertTrue(changes.stream().anyMatch(c -> c.startsWith("'student.layers'") && c.contains("ignored")), changes.toString());

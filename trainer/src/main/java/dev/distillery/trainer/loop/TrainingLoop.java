@@ -1,0 +1,174 @@
+package dev.distillery.trainer.loop;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Optional;
+
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.nn.TrainingSession;
+import dev.distillery.trainer.checkpoint.CheckpointStore;
+import dev.distillery.trainer.report.MetricsLog;
+import dev.distillery.trainer.report.Progress;
+
+/**
+ * The training loop that {@code distill} and {@code teacher train} share: resume from the latest
+ * checkpoint (or refuse to overwrite one), the steps from the optimizer's next to the end, the
+ * NaN/Inf guard that stops before a bad update and names the last good checkpoint, the metrics
+ * file, held-out evaluation at intervals and at the end, crash-safe checkpoints (pruned) with their
+ * curves, and progress. What differs, the data and the loss of a step, its evaluation and the
+ * data position a checkpoint keeps, is a {@link Task}.
+ */
+public final class TrainingLoop {
+
+    /** The run stopped on purpose (a non-finite loss or bad data); the message says why and where the last good checkpoint is. */
+    public static final class StoppedException extends IOException {
+        public StoppedException(String message, Throwable cause) {
+            super(message, cause);
+        }
+    }
+
+    /** What one kind of training does in the loop. */
+    public interface Task {
+        /**
+         * One optimizer step: its micro-batches through the session and {@code finishStep}.
+         * Returns the train record's fields after "kind" and "step" (the loss first).
+         */
+        Map<String, Object> step(int step) throws IOException;
+
+        /** The progress line's detail after a step. */
+        String progress(Map<String, Object> record);
+
+        /** A held-out evaluation: the eval record's fields after "kind" and "step", or null where there is none. */
+        Map<String, Object> evaluate(int step) throws IOException;
+
+        /** The checkpoint metadata beyond "kind" and "step": the data position, the config. */
+        Map<String, String> checkpointMeta(int step);
+
+        /** Writes the run's curves from the metrics so far. */
+        void curves(Path outDir, List<Map<String, Object>> records) throws IOException;
+    }
+
+    /**
+     * @param kind            the checkpoints' "kind" metadata: distill or lm
+     * @param label           the progress line's label
+     * @param steps           the schedule's steps
+     * @param stopAfter       stop (with a checkpoint) after this step; 0 = run to the end
+     * @param evalEvery       steps between evaluations, 0 = only at the end
+     * @param checkpointEvery steps between checkpoints, 0 = only at the end
+     * @param keep            checkpoints kept
+     * @param tokenizer       copied into every checkpoint as tokenizer.json, or null
+     */
+    public record Settings(String kind, String label, int steps, int stopAfter, int evalEvery, int checkpointEvery, int keep,
+                           Path outDir, Path tokenizer) {
+        int endStep() {
+            return stopAfter > 0 ? Math.min(stopAfter, steps) : steps;
+        }
+    }
+
+    /** How the loop ended: the step reached, the last checkpoint, the last eval record (or null). */
+    public record Outcome(int step, Path lastCheckpoint, Map<String, Object> lastEval, Path metrics) {
+    }
+
+    private TrainingLoop() {
+    }
+
+    /**
+     * The checkpoint a run continues from: the latest in {@code store} with {@code resume}, none
+     * without one; a store that holds checkpoints without {@code resume} is refused (never overwritten).
+     */
+    public static Optional<CheckpointStore.Checkpoint> resumeFrom(CheckpointStore store, boolean resume, String outOption, PrintWriter out)
+            throws IOException {
+        Optional<CheckpointStore.Checkpoint> from = store.latest();
+        if (from.isPresent() && !resume) {
+            throw new IOException(store.root() + " already holds checkpoints (latest: step " + from.get().step()
+                    + "); pass --resume to continue that run, or choose another " + outOption);
+        }
+        if (resume && from.isEmpty()) out.println("resume: no checkpoint in " + store.root() + " yet; starting fresh");
+        return from;
+    }
+
+    /** Restores the optimizer of {@code session} from {@code from} and returns the checkpoint's metadata. */
+    public static Map<String, String> restore(TrainingSession session, CheckpointStore.Checkpoint from, PrintWriter out) throws IOException {
+        Map<String, String> meta = ModelFiles.readOptimizer(from.dir().resolve("trainer_state.safetensors"), session.optimizer(),
+                session.model().parameters().blockElements());
+        out.println("resumed from " + from.dir() + " at step " + session.optimizer().step());
+        return meta;
+    }
+
+    /** A checkpoint metadata value that must be an integer, or an error naming the file and the key. */
+    public static int intMeta(Path dir, Map<String, String> meta, String key) throws IOException {
+        try {
+            return Integer.parseInt(meta.get(key));
+        } catch (NumberFormatException e) {
+            throw new IOException(dir.resolve("trainer_state.safetensors") + ": metadata '" + key + "' must be an integer, got " + meta.get(key));
+        }
+    }
+
+    /** Runs the steps after the session's optimizer step through {@code s.endStep()}. */
+    public static Outcome run(TrainingSession session, CheckpointStore store, Task task, Settings s, Path lastCheckpoint,
+                              PrintWriter err) throws IOException {
+        int startStep = session.optimizer().step(), endStep = s.endStep();
+        Map<String, Object> lastEval = null;
+        try (MetricsLog metrics = MetricsLog.open(s.outDir().resolve("metrics.jsonl"), startStep > 0 ? startStep : -1)) {
+            Progress progress = new Progress(err, s.label(), startStep, s.steps(), 5000);
+            for (int step = startStep + 1; step <= endStep; step++) {
+                Map<String, Object> fields;
+                try {
+                    fields = task.step(step);
+                } catch (TrainingSession.NonFiniteException e) {
+                    throw new StoppedException(e.getMessage() + stopNote(lastCheckpoint), e);
+                } catch (IllegalArgumentException | ArithmeticException e) {
+                    throw new StoppedException("step " + step + ": " + e.getMessage() + stopNote(lastCheckpoint), e);
+                }
+                metrics.write(record("train", step, fields));
+                progress.update(step, task.progress(fields));
+                boolean last = step == s.steps();
+                if (last || (s.evalEvery() > 0 && step % s.evalEvery() == 0)) {
+                    Map<String, Object> eval = task.evaluate(step);
+                    if (eval != null) {
+                        lastEval = eval;
+                        metrics.write(record("eval", step, eval));
+                    }
+                }
+                if (last || step == endStep || (s.checkpointEvery() > 0 && step % s.checkpointEvery() == 0)) {
+                    lastCheckpoint = save(store, session, task, s, step);
+                    store.prune(s.keep());
+                    task.curves(s.outDir(), metrics.records());
+                }
+            }
+            return new Outcome(Math.max(startStep, endStep), lastCheckpoint, lastEval, metrics.file());
+        }
+    }
+
+    private static String stopNote(Path lastCheckpoint) {
+        return ". Stopped; the last good checkpoint is "
+                + (lastCheckpoint == null ? "none (no checkpoint was written yet)" : lastCheckpoint + " (continue with --resume)");
+    }
+
+    private static Map<String, Object> record(String kind, int step, Map<String, Object> fields) {
+        Map<String, Object> rec = new LinkedHashMap<>();
+        rec.put("kind", kind);
+        rec.put("step", step);
+        rec.putAll(fields);
+        return rec;
+    }
+
+    private static Path save(CheckpointStore store, TrainingSession session, Task task, Settings s, int step) throws IOException {
+        return store.save(step, dir -> {
+            ModelFiles.write(dir, session.model());
+            if (s.tokenizer() != null) Files.copy(s.tokenizer(), dir.resolve("tokenizer.json"), StandardCopyOption.REPLACE_EXISTING);
+            Map<String, String> meta = new LinkedHashMap<>();
+            meta.put("kind", s.kind());
+            meta.put("step", Integer.toString(step));
+            meta.putAll(task.checkpointMeta(step));
+            ModelFiles.writeOptimizer(dir.resolve("trainer_state.safetensors"), session.optimizer(),
+                    session.model().parameters().blockElements(), meta);
+        }).dir();
+    }
+}
