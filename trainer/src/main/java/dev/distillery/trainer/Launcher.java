@@ -1,6 +1,10 @@
 package dev.distillery.trainer;
 
 import java.io.File;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.nio.charset.StandardCharsets;
 import java.lang.management.ManagementFactory;
 import java.lang.reflect.Method;
 import java.util.ArrayList;
@@ -11,11 +15,14 @@ import java.util.List;
  * is wrong. On Java 25 it checks that the incubator Vector API module is resolved; when it is
  * not (a plain {@code java -jar}), it relaunches the same JVM binary with
  * {@code --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED} plus the JVM
- * options it was given, and exits with the child's status.
+ * options it was given, and exits with the child's status. The child's standard error passes
+ * through, less the one line the JVM prints for every incubator module ("WARNING: Using incubator
+ * modules: ..."), which no option turns off and which says nothing to a user of this jar.
  */
 public final class Launcher {
 
     static final String MAIN = "dev.distillery.trainer.cli.Main";
+    static final String INCUBATOR_WARNING = "WARNING: Using incubator modules: jdk.incubator.vector";
     private static final int REQUIRED = 25;
 
     private Launcher() {
@@ -67,14 +74,59 @@ public final class Launcher {
         command.add(System.getProperty("java.class.path"));
         command.add(MAIN);
         for (String a : args) command.add(a);
-        ProcessBuilder pb = new ProcessBuilder(command).inheritIO();
+        ProcessBuilder pb = new ProcessBuilder(command).redirectInput(ProcessBuilder.Redirect.INHERIT)
+                .redirectOutput(ProcessBuilder.Redirect.INHERIT);
         final Process child = pb.start();
+        Thread errors = new Thread(new Runnable() {
+            @Override
+            public void run() {
+                forwardWithoutWarning(child.getErrorStream(), System.err);
+            }
+        }, "distillery-stderr");
+        errors.setDaemon(true);
+        errors.start();
         Runtime.getRuntime().addShutdownHook(new Thread(new Runnable() {
             @Override
             public void run() {
                 child.destroy();
             }
         }));
-        return child.waitFor();
+        int status = child.waitFor();
+        errors.join(2000);
+        return status;
+    }
+
+    /**
+     * Copies {@code in} to {@code out} as it arrives, except a first line equal to
+     * {@link #INCUBATOR_WARNING}: bytes are held back only while they could still be that line.
+     */
+    static void forwardWithoutWarning(InputStream in, OutputStream out) {
+        byte[] warning = (INCUBATOR_WARNING + "\n").getBytes(StandardCharsets.US_ASCII);
+        byte[] buf = new byte[8192];
+        int matched = 0;
+        boolean passing = false;
+        try {
+            for (int n; (n = in.read(buf)) > 0; ) {
+                int from = 0;
+                if (!passing) {
+                    while (from < n && matched < warning.length && buf[from] == warning[matched]) {
+                        from++;
+                        matched++;
+                    }
+                    if (matched == warning.length) {
+                        passing = true;                      // the warning, whole: dropped
+                    } else if (from < n) {
+                        out.write(warning, 0, matched);      // not the warning: what was held back goes out
+                        passing = true;
+                    }
+                }
+                if (passing && from < n) out.write(buf, from, n - from);
+                out.flush();
+            }
+            if (!passing) out.write(warning, 0, matched);
+            out.flush();
+        } catch (IOException e) {
+            // the child's error stream closed under us: nothing more to forward
+        }
     }
 }
