@@ -348,16 +348,16 @@ public final class CudaKernels implements Kernels {
         try (Arena call = Arena.ofConfined()) {
             MemorySegment params = distillParams(call, options, gradScale);
             switch (teacher) {
-                case TeacherTargets.Dense d -> gpu.launch(denseKernel(d.type()), n, block, p(student), p(grad),
+                case TeacherTargets.Dense d -> gpu.launch(lossKernel(d), n, block, p(student), p(grad),
                         p(d.logits()), p(labels), p(ce), p(div), n, vocab, d.vocab(), params);
                 case TeacherTargets.TopK k -> {
                     // 0 tail bucket, 1 renormalize, 2 rescale (the shard's tail mass kept at another temperature)
                     int mode = options.topKMode() == DistillOptions.TopKMode.RENORMALIZE ? 1
                             : k.shardTemperature() != options.temperature() ? 2 : 0;
-                    gpu.launch(topKKernel(k.type()), n, block, p(student), p(grad), p(k.ids()), p(k.logits()),
+                    gpu.launch(lossKernel(k), n, block, p(student), p(grad), p(k.ids()), p(k.logits()),
                             p(k.logsumexp()), p(labels), p(ce), p(div), n, vocab, k.vocab(), k.k(), k.shardTemperature(), mode, params);
                 }
-                case TeacherTargets.Sampled sm -> gpu.launch(CudaKernel.DISTILL_SAMPLED, n, block, p(student), p(grad), p(sm.ids()),
+                case TeacherTargets.Sampled sm -> gpu.launch(lossKernel(sm), n, block, p(student), p(grad), p(sm.ids()),
                         p(sm.weights()), p(labels), p(ce), p(div), n, vocab, sm.samples(), params);
             }
         }
@@ -374,22 +374,20 @@ public final class CudaKernels implements Kernels {
         return new DistillSums(total, ceSum, divSum, counted);
     }
 
-    /** The dense row kernel for a teacher logit type. */
-    private static CudaKernel denseKernel(DType type) {
-        return switch (type) {
-            case F32 -> CudaKernel.DISTILL_DENSE_F32;
-            case F16 -> CudaKernel.DISTILL_DENSE_F16;
-            case BF16 -> CudaKernel.DISTILL_DENSE_BF16;
-            default -> throw new IllegalArgumentException("no CUDA loss kernel reads " + type + " teacher logits");
+    /** The loss kernel for a teacher: one per teacher kind and logit type. */
+    static CudaKernel lossKernel(TeacherTargets teacher) {
+        return switch (teacher) {
+            case TeacherTargets.Dense d -> byType(d.type(), CudaKernel.DISTILL_DENSE_F32, CudaKernel.DISTILL_DENSE_F16, CudaKernel.DISTILL_DENSE_BF16);
+            case TeacherTargets.TopK k -> byType(k.type(), CudaKernel.DISTILL_TOPK_F32, CudaKernel.DISTILL_TOPK_F16, CudaKernel.DISTILL_TOPK_BF16);
+            case TeacherTargets.Sampled s -> CudaKernel.DISTILL_SAMPLED;
         };
     }
 
-    /** The top-k row kernel for a teacher logit type. */
-    private static CudaKernel topKKernel(DType type) {
+    private static CudaKernel byType(DType type, CudaKernel f32, CudaKernel f16, CudaKernel bf16) {
         return switch (type) {
-            case F32 -> CudaKernel.DISTILL_TOPK_F32;
-            case F16 -> CudaKernel.DISTILL_TOPK_F16;
-            case BF16 -> CudaKernel.DISTILL_TOPK_BF16;
+            case F32 -> f32;
+            case F16 -> f16;
+            case BF16 -> bf16;
             default -> throw new IllegalArgumentException("no CUDA loss kernel reads " + type + " teacher logits");
         };
     }

@@ -191,19 +191,7 @@ class CudaEmulationGateTest {
             // CUDA side under emulation: the kernel CudaKernels would launch, with its arguments
             float[] sf = new float[n * v];
             for (int i = 0; i < sf.length; i++) sf[i] = (float) s[i];
-            CudaKernel kernel = switch (c.kind()) {
-                case 0 -> switch (c.type()) {
-                    case F32 -> CudaKernel.DISTILL_DENSE_F32;
-                    case F16 -> CudaKernel.DISTILL_DENSE_F16;
-                    default -> CudaKernel.DISTILL_DENSE_BF16;
-                };
-                case 1 -> CudaKernel.DISTILL_SAMPLED;
-                default -> switch (c.type()) {
-                    case F32 -> CudaKernel.DISTILL_TOPK_F32;
-                    case F16 -> CudaKernel.DISTILL_TOPK_F16;
-                    default -> CudaKernel.DISTILL_TOPK_BF16;
-                };
-            };
+            CudaKernel kernel = CudaKernels.lossKernel(teacher);
             GateCall call = new GateCall(kernel, n, 64).floats(sf);
             if (c.inPlace()) call.alias(0);
             else call.floats(nan(n * v));

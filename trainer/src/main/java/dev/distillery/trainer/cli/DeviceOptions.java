@@ -5,13 +5,12 @@ import java.io.PrintWriter;
 import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.Kernels;
-import picocli.CommandLine;
 import picocli.CommandLine.Option;
 
 /** {@code --device}, {@code --threads} and {@code --tf32}, shared by every command that runs kernels. */
 public final class DeviceOptions {
 
-    @Option(names = "--device", defaultValue = "auto", converter = BackendConverter.class,
+    @Option(names = "--device", defaultValue = "auto",
             description = "auto, cpu or cuda (default: ${DEFAULT-VALUE}). auto uses CUDA when a driver and a device are found, and says which it chose.")
     Backend device = Backend.AUTO;
 
@@ -33,17 +32,5 @@ public final class DeviceOptions {
         Kernels k = Backends.open(new Backends.Request(device, n, "auto", tf32), out::println);
         out.flush();
         return k;
-    }
-
-    /** --device: auto, cpu or cuda. */
-    static final class BackendConverter implements CommandLine.ITypeConverter<Backend> {
-        @Override
-        public Backend convert(String value) {
-            try {
-                return Backend.parse(value);
-            } catch (IllegalArgumentException e) {
-                throw new CommandLine.TypeConversionException(e.getMessage());
-            }
-        }
     }
 }

@@ -1,8 +1,13 @@
 package dev.distillery.trainer.cli;
 
 import java.io.PrintWriter;
+import java.util.function.Function;
 
+import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.DType;
+import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.trainer.data.TeacherShardFormat;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 
@@ -42,6 +47,10 @@ public final class Main implements Runnable {
     /** Runs the command line with the given streams and returns the exit status (tests call this). */
     public static int execute(String[] args, PrintWriter out, PrintWriter err) {
         CommandLine cli = new CommandLine(new Main());
+        // the closed sets of the flags, parsed here once, each with the names its users type
+        cli.registerConverter(Backend.class, converter(Backend::parse));
+        cli.registerConverter(TeacherTargets.Kind.class, converter(TeacherShardFormat::kind));
+        cli.registerConverter(DType.class, converter(TeacherShardFormat::logitType));
         cli.setOut(out);
         cli.setErr(err);
         cli.setParameterExceptionHandler((ex, ignored) -> {
@@ -57,6 +66,17 @@ public final class Main implements Runnable {
             return EXIT_FAILED;
         });
         return cli.execute(args);
+    }
+
+    /** A flag's parser as a converter whose error message is the parser's own. */
+    private static <T> CommandLine.ITypeConverter<T> converter(Function<String, T> parse) {
+        return value -> {
+            try {
+                return parse.apply(value);
+            } catch (IllegalArgumentException e) {
+                throw new CommandLine.TypeConversionException(e.getMessage());
+            }
+        };
     }
 
     private static String commandPath(CommandLine cl) {

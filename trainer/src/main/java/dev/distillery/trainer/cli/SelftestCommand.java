@@ -22,7 +22,7 @@ import picocli.CommandLine.Option;
                 "tolerance, time and PASS/FAIL; exits 0 only if every check passes."})
 public final class SelftestCommand implements Callable<Integer> {
 
-    @Option(names = "--device", defaultValue = "auto", converter = DeviceOptions.BackendConverter.class,
+    @Option(names = "--device", defaultValue = "auto",
             description = "auto, cpu or cuda (default: ${DEFAULT-VALUE}). auto uses CUDA when a driver and a device are found.")
     Backend device;
 

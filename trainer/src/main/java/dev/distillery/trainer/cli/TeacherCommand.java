@@ -9,7 +9,6 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.nn.TransformerConfig;
 import dev.distillery.trainer.teacher.LanguageModelTraining;
-import dev.distillery.trainer.data.TeacherShardFormat;
 import dev.distillery.trainer.teacher.LogitDump;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -98,12 +97,12 @@ public final class TeacherCommand implements Runnable {
         Path tokens;
         @Option(names = "--out", required = true, description = "Shard directory to write.")
         Path out;
-        @Option(names = "--targets", defaultValue = "topk", converter = KindConverter.class,
+        @Option(names = "--targets", defaultValue = "topk",
                 description = "dense, topk or sampled (default: ${DEFAULT-VALUE}).")
         TeacherTargets.Kind kind;
         @Option(names = "--k", defaultValue = "64", description = "Top-k size or samples per position (default: ${DEFAULT-VALUE}).")
         int k;
-        @Option(names = "--dtype", defaultValue = "bf16", converter = LogitTypeConverter.class,
+        @Option(names = "--dtype", defaultValue = "bf16",
                 description = "f32, f16 or bf16 logits (default: ${DEFAULT-VALUE}).")
         DType dtype;
         @Option(names = "--temperature", defaultValue = "1.0", description = "Shard temperature for the logsumexp and sampling (default: ${DEFAULT-VALUE}).")
@@ -134,30 +133,6 @@ public final class TeacherCommand implements Runnable {
                         tokenizerId), kernels, o, e);
             }
             return 0;
-        }
-    }
-
-    /** --targets: the shard format's names of the kinds, parsed once here. */
-    static final class KindConverter implements CommandLine.ITypeConverter<TeacherTargets.Kind> {
-        @Override
-        public TeacherTargets.Kind convert(String value) {
-            try {
-                return TeacherShardFormat.kind(value);
-            } catch (IllegalArgumentException e) {
-                throw new CommandLine.TypeConversionException(e.getMessage());
-            }
-        }
-    }
-
-    /** --dtype: f32, f16 or bf16, parsed once here. */
-    static final class LogitTypeConverter implements CommandLine.ITypeConverter<DType> {
-        @Override
-        public DType convert(String value) {
-            try {
-                return TeacherShardFormat.logitType(value);
-            } catch (IllegalArgumentException e) {
-                throw new CommandLine.TypeConversionException(e.getMessage());
-            }
         }
     }
 }
