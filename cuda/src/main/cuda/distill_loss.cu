@@ -164,11 +164,22 @@ __device__ bool masked_row(const int* labels, int label, float* grow, float* row
     return true;
 }
 
-// The row this block handles, with its label and its student and gradient rows.
+// The factors of a row's gradient (FusedDistillLoss.row): c1 on softmax(s) - onehot, cq on the
+// divergence's (q - target).
+struct Coefficients {
+    float inv_t, c1, cq;
+};
+
+__device__ __forceinline__ Coefficients coefficients(const Params& p) {
+    return {1.f / p.temperature, p.grad_scale * p.alpha, p.grad_scale * (1.f - p.alpha) * p.grad_t_factor};
+}
+
+// The row this block handles, with its label, its student and gradient rows and its coefficients.
 struct Row {
     int index, label;
     const float* s;
     float* g;
+    Coefficients k;
 };
 
 // Fills r for this block; false when the block has no row or its row is masked out (handled).
@@ -179,17 +190,8 @@ __device__ bool begin_row(Row& r, const float* s, float* g, const int* labels, f
     r.label = labels ? labels[r.index] : -1;
     r.s = s + (size_t)r.index * V;
     r.g = g ? g + (size_t)r.index * V : nullptr;
+    r.k = coefficients(p);
     return !masked_row(labels, r.label, r.g, row_ce, row_div, r.index, V, p);
-}
-
-// The factors of a row's gradient (FusedDistillLoss.row): c1 on softmax(s) - onehot, cq on the
-// divergence's (q - target).
-struct Coefficients {
-    float inv_t, c1, cq;
-};
-
-__device__ __forceinline__ Coefficients coefficients(const Params& p) {
-    return {1.f / p.temperature, p.grad_scale * p.alpha, p.grad_scale * (1.f - p.alpha) * p.grad_t_factor};
 }
 
 // SparseRows.sharedGradient: g_j = c1 softmax(s)_j + cqw q_j for every column of a sparse row; the
@@ -284,29 +286,28 @@ __device__ void sampled_row(const float* s, float* g, const int* ids, const floa
     const int row = here.index, label = here.label;
     const float* srow = here.s;
     float* grow = here.g;
-    const Coefficients k = coefficients(p);
-    const float inv_t = k.inv_t, c1 = k.c1, cq = k.cq;
-    Student st = student_pass(srow, V, inv_t, sm, sd);
+    const Coefficients k = here.k;
+    Student st = student_pass(srow, V, k.inv_t, sm, sd);
     float ce = label >= 0 ? st.max + st.log_z1 - srow[label] : 0.f;
     const int* rid = ids + (size_t)row * samples;
     const float* rw = weights + (size_t)row * samples;
     float wsum = 0.f, xent = 0.f;
     for (int i = threadIdx.x; i < samples; i += blockDim.x) {
-        float lq = (srow[rid[i]] - st.max) * inv_t - st.log_zt;
+        float lq = (srow[rid[i]] - st.max) * k.inv_t - st.log_zt;
         wsum += rw[i];
         xent -= rw[i] * lq;
     }
     wsum = block_sum(wsum, red);
     xent = block_sum(xent, red);  // every s value needed is read before the barrier inside block_sum
     if (grow) {
-        shared_gradient(srow, grow, V, st, k, cq * wsum);
+        shared_gradient(srow, grow, V, st, k, k.cq * wsum);
         __syncthreads();
         if (threadIdx.x == 0) {  // repeated ids accumulate; one thread keeps it race-free
-            for (int i = 0; i < samples; i++) grow[rid[i]] -= cq * rw[i];
+            for (int i = 0; i < samples; i++) grow[rid[i]] -= k.cq * rw[i];
         }
         __syncthreads();
     }
-    finish_row(grow, label, ce, xent, row_ce, row_div, row, p, c1);
+    finish_row(grow, label, ce, xent, row_ce, row_div, row, p, k.c1);
 }
 
 // ------------------------------------------------------------------ top-k teacher
@@ -327,8 +328,7 @@ __device__ void topk_row(const float* s, float* g, const int* ids, const TT* log
     const int row = here.index, label = here.label;
     const float* srow = here.s;
     float* grow = here.g;
-    const Coefficients co = coefficients(p);
-    const float inv_t = co.inv_t, c1 = co.c1, cq = co.cq;
+    const float inv_t = here.k.inv_t, c1 = here.k.c1, cq = here.k.cq;
     const int* rid = ids + (size_t)row * k;
     const TT* rl = logits + (size_t)row * k;
     for (int i = threadIdx.x; i < k; i += blockDim.x) listed_s[i] = srow[rid[i]];
@@ -404,7 +404,7 @@ __device__ void topk_row(const float* s, float* g, const int* ids, const TT* log
     }
     __syncthreads();
     if (grow) {
-        shared_gradient(srow, grow, V, st, co, cq * shared_w_tail);
+        shared_gradient(srow, grow, V, st, here.k, cq * shared_w_tail);
         __syncthreads();
         if (threadIdx.x == 0) for (int i = 0; i < k; i++) grow[rid[i]] += fix[i];
         __syncthreads();

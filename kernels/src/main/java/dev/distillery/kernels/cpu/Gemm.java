@@ -6,8 +6,8 @@ import java.lang.foreign.MemorySegment;
  * A row-major SGEMM backend of {@link CpuKernels}: CBLAS (OpenBLAS) or the Vector-API fallback.
  * Both run single-threaded per call; {@link CpuKernels} splits a large GEMM into row (or column)
  * blocks over its own pool, and calls {@link #sgemm} directly from inside parallel loops
- * (attention's per-head products). OpenBLAS' own threads are never used: on a 2-core machine its
- * spinning workers competed with ours for the cores.
+ * (attention's per-head products). OpenBLAS' own threads are never used: their spinning workers
+ * compete with ours for the cores (docs/KERNELS.md#gemm-and-threads).
  */
 sealed interface Gemm extends AutoCloseable permits BlasGemm, VectorGemm {
 

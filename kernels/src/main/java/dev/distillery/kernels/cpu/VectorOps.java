@@ -185,9 +185,10 @@ public final class VectorOps {
 
     /**
      * log of the lanes that are normal, positive and finite (others give garbage, which log
-     * blends away; no max() to keep them in range: a Java-semantics max is six instructions). A method of its own because C2 inlines a hot method only up to 325 bytes of
-     * bytecode (FreqInlineSize): log in one piece was 327, was never inlined, and every call
-     * boxed its argument and result (the dense JSD row ran at 9 ns per element instead of 4).
+     * blends away; no max() to keep them in range: a Java-semantics max is six instructions). A
+     * method of its own because C2 inlines a hot method only up to 325 bytes of bytecode
+     * (FreqInlineSize): log in one piece was 327, was never inlined, and every call boxed its
+     * argument and result (docs/KERNELS.md#vector-api-loops-and-the-jit).
      */
     private static FloatVector logNormal(FloatVector x) {
         IntVector bits = (IntVector) x.reinterpretAsInts();
@@ -323,7 +324,7 @@ public final class VectorOps {
     /**
      * max of x[o + i], i < n (n ≥ 1); -inf entries are fine. A Java-semantics max (NaN and −0.0
      * rules) is a multi-instruction sequence with a long latency, so four independent
-     * accumulators keep the loop throughput-bound instead of latency-bound (4× faster than one).
+     * accumulators keep the loop throughput-bound instead of latency-bound.
      */
     public static float max(MemorySegment x, long o, int n) {
         int i = 0;
@@ -531,8 +532,7 @@ public final class VectorOps {
 
     /**
      * x^n for 1 ≤ n ≤ 8 (an integer temperature), without a loop: a loop carrying a vector
-     * through its back edge makes C2 box it on every iteration (measured: 3 GB/s of garbage and
-     * 1.5× the time of the whole distillation kernel).
+     * through its back edge makes C2 box it on every iteration (docs/KERNELS.md#vector-api-loops-and-the-jit).
      */
     public static FloatVector power(FloatVector x, int n) {
         FloatVector x2 = x.mul(x);

@@ -30,18 +30,10 @@ class SharedConstantsTest {
     void cConstantsEqualTheirJavaTwins() throws IOException {
         String c = Files.readString(SOURCE);
         Map<String, Number> java = new LinkedHashMap<>();
-        java.put("BLOCK", FusedDistillLoss.BLOCK);
-        java.put("EXP2_FIELD_MAX", VectorOps.EXP2_FIELD_MAX);
-        java.put("RAISE", DenseRow.RAISE);
-        java.put("LOG2E", VectorOps.LOG2E);
-        java.put("ROUND", VectorOps.ROUND);
-        java.put("EXP2_LO", VectorOps.EXP2_LO);
-        java.put("E1", VectorOps.E1);
-        java.put("E2", VectorOps.E2);
-        java.put("E3", VectorOps.E3);
-        java.put("E4", VectorOps.E4);
-        java.put("E5", VectorOps.E5);
-        java.put("E6", VectorOps.E6);
+        Object[][] pairs = {{"BLOCK", FusedDistillLoss.BLOCK}, {"EXP2_FIELD_MAX", VectorOps.EXP2_FIELD_MAX}, {"RAISE", DenseRow.RAISE},
+                {"LOG2E", VectorOps.LOG2E}, {"ROUND", VectorOps.ROUND}, {"EXP2_LO", VectorOps.EXP2_LO}, {"E1", VectorOps.E1},
+                {"E2", VectorOps.E2}, {"E3", VectorOps.E3}, {"E4", VectorOps.E4}, {"E5", VectorOps.E5}, {"E6", VectorOps.E6}};
+        for (Object[] p : pairs) java.put((String) p[0], (Number) p[1]);
         for (Map.Entry<String, Number> e : java.entrySet()) {
             String name = e.getKey();
             if (e.getValue() instanceof Integer expected) {
