@@ -22,9 +22,9 @@ import org.openjdk.jmh.annotations.Warmup;
 
 import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**

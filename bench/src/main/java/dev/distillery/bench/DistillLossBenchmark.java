@@ -22,10 +22,10 @@ import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
 
 import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**

@@ -18,7 +18,6 @@ import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.TeacherTargets;
 import jdk.incubator.vector.FloatVector;
-import jdk.incubator.vector.VectorOperators;
 
 /**
  * The CPU implementation of {@link Kernels}: GEMM through CBLAS (or the Vector-API fallback),

@@ -4,8 +4,8 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
-import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
 

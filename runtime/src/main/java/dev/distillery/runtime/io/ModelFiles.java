@@ -13,8 +13,8 @@ import java.util.Map;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 
-import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.nn.Transformer;
 import dev.distillery.runtime.nn.TransformerConfig;

@@ -5,8 +5,8 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 
-import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.Tensor;

@@ -9,10 +9,10 @@ import java.lang.foreign.ValueLayout;
 
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Rng;

@@ -14,8 +14,8 @@ import java.util.Map;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
-import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.nn.Transformer;
 import dev.distillery.runtime.nn.TransformerConfig;

@@ -16,6 +16,7 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.cuda.CudaKernels;
@@ -23,7 +24,6 @@ import dev.distillery.kernels.cuda.EmulatedCudaBackend;
 import dev.distillery.kernels.cuda.EmulationBuild;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Rng;

@@ -8,8 +8,8 @@ import java.lang.foreign.ValueLayout;
 
 import org.junit.jupiter.api.Test;
 
-import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.Tensor;

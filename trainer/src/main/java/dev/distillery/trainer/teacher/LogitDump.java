@@ -11,10 +11,10 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
-import dev.distillery.kernels.DType;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.SafetensorsWriter;

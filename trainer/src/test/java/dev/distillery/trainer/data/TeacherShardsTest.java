@@ -19,9 +19,9 @@ import java.util.Map;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.DistillOptions;
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.io.SafetensorsWriter;
 

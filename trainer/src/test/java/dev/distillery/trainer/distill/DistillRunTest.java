@@ -21,9 +21,9 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.cpu.CpuKernels;
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.io.ModelFiles;

@@ -5,8 +5,8 @@ import java.lang.foreign.ValueLayout;
 import java.util.Objects;
 
 import dev.distillery.bindings.DistilleryCpu;
-import dev.distillery.kernels.cpu.distill.StudentPass.Student;
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.cpu.distill.StudentPass.Student;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**

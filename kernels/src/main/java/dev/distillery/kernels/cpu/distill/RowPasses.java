@@ -2,8 +2,8 @@ package dev.distillery.kernels.cpu.distill;
 
 import java.lang.foreign.MemorySegment;
 
-import dev.distillery.kernels.cpu.distill.StudentPass.Student;
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.cpu.distill.StudentPass.Student;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**

@@ -9,8 +9,8 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 
-import dev.distillery.kernels.cpu.VectorOps;
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.cpu.VectorOps;
 import dev.distillery.kernels.distill.TeacherTargets;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;

@@ -19,13 +19,13 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.kernels.DType;
+import dev.distillery.kernels.conformance.Buffers;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.cpu.WorkerPool;
-import dev.distillery.kernels.conformance.Buffers;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.Divergence;
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.kernels.reference.ReferenceDistillLoss;
 

@@ -15,13 +15,13 @@ import java.util.function.Supplier;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.bindings.DistilleryCpu;
+import dev.distillery.kernels.DType;
+import dev.distillery.kernels.conformance.Buffers;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.cpu.WorkerPool;
-import dev.distillery.bindings.DistilleryCpu;
-import dev.distillery.kernels.conformance.Buffers;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
