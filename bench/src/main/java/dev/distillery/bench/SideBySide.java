@@ -111,7 +111,7 @@ public final class SideBySide {
                     jars.get(j), r[r.length / 2], r[r.length / 4], r[r.length * 3 / 4]);
         }
         if (copier != null) {
-            // the issue's bar: floor traffic at half the machine's copy bandwidth or more; the
+            // the bandwidth bar: floor traffic at half the machine's copy bandwidth or more; the
             // copy ran in the same round as the calls, so the ratio carries little of the drift
             double[] x = Arrays.copyOfRange(copyGbs, calls / 4, calls);
             Arrays.sort(x);
@@ -239,7 +239,7 @@ public final class SideBySide {
                   --calls N            calls per build (default 40; the first quarter is warm-up)
                   --copy               also copy 1 GiB into another (MemoryBandwidthBenchmark's copy, at
                                        --threads) once a round, and print each build's floor GB/s as a
-                                       fraction of that round's copy GB/s (the issue's bar is 0.5)
+                                       fraction of that round's copy GB/s (the bar is 0.5)
                 A jar is a distillery-kernels jar or the benchmarks.jar of another commit. Each build holds
                 its own inputs: at 4096x50257 about 6 GB per build.""";
     }

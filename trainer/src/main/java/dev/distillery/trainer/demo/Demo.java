@@ -53,7 +53,7 @@ public final class Demo {
                     2, 96, 4, 400, 3e-3, 32, 0.5, 1.0, 16);
         }
 
-        /** The sizes (teacher 6 layers × 384, student 2 × 128); about 40 minutes on 2 cores. */
+        /** The full sizes (teacher 6 layers × 384, student 2 × 128); about 40 minutes on 2 cores. */
         public static Settings full() {
             return new Settings(2048, 128, 16, new TransformerConfig(2048, 128, 6, 384, 6), 1000, 1e-3,
                     2, 128, 4, 1500, 2e-3, 64, 0.5, 1.0, 32);

@@ -32,7 +32,7 @@ import dev.distillery.kernels.reference.ReferenceDistillLoss;
 /**
  * The fused distillation loss against the float64 reference ({@link ReferenceDistillLoss}) on
  * fresh random inputs, for every divergence × teacher kind × logit type × option combination,
- * with poisoned outputs; plus the properties the issue names (top-k with k = V equals dense, the
+ * with poisoned outputs; plus the loss's properties (top-k with k = V equals dense, the
  * sampled estimator converges to the dense gradient, stability, clear errors).
  */
 class FusedDistillLossTest {
