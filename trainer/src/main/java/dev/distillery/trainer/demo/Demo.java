@@ -28,6 +28,7 @@ import dev.distillery.trainer.corpus.Corpus;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.distill.DistillConfig;
 import dev.distillery.trainer.distill.DistillRun;
+import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.report.Curves;
 import dev.distillery.trainer.report.MetricsLog;
 import dev.distillery.trainer.teacher.LanguageModelTraining;
@@ -69,7 +70,14 @@ public final class Demo {
 
     public static List<Row> run(Settings s, Corpus corpus, Path work, long seed, Kernels kernels, PrintWriter out, PrintWriter err) throws IOException {
         long t0 = System.nanoTime();
-        prepare(work);
+        try (FolderLock lock = FolderLock.acquire(work, "--work")) {
+            prepare(work);
+            return stages(s, corpus, work, seed, kernels, out, err, t0);
+        }
+    }
+
+    private static List<Row> stages(Settings s, Corpus corpus, Path work, long seed, Kernels kernels, PrintWriter out, PrintWriter err,
+                                    long t0) throws IOException {
         out.printf("== 1/6 tokenize: %s (%,d characters), byte-level BPE to %d tokens%n", corpus.name(), corpus.text().length(), s.vocab());
         out.flush();
         CorpusTokenization.Result data = CorpusTokenization.run(corpus, s.vocab(), 0.1, work.resolve("data"));
@@ -88,9 +96,9 @@ public final class Demo {
         out.flush();
         Path trainShards = work.resolve("shards/train"), valShards = work.resolve("shards/val");
         LogitDump.run(new LogitDump.Options(teacher.checkpoint(), data.train(), trainShards, TeacherTargets.Kind.TOP_K, s.topK(), DType.BF16,
-                s.temperature(), s.context(), 2048, s.batch(), 0, seed, "distillery-bpe-" + s.vocab()), kernels, out, err);
+                s.temperature(), s.context(), 2048, s.batch(), 0, seed, "distillery-bpe-" + s.vocab(), false), kernels, out, err);
         LogitDump.run(new LogitDump.Options(teacher.checkpoint(), data.val(), valShards, TeacherTargets.Kind.TOP_K, s.topK(), DType.BF16,
-                s.temperature(), s.context(), 2048, s.batch(), 0, seed, "distillery-bpe-" + s.vocab()), kernels, out, err);
+                s.temperature(), s.context(), 2048, s.batch(), 0, seed, "distillery-bpe-" + s.vocab(), false), kernels, out, err);
         out.printf("   (%s)%n", elapsed(t0));
 
         out.printf("== 4/6 distil the student (%d layers x %d channels): alpha %.2f, T %.1f, forward KL with a tail bucket, %d steps%n",
@@ -135,15 +143,14 @@ public final class Demo {
     /** An empty or earlier demo folder is (re)used; anything else is refused rather than overwritten. */
     private static void prepare(Path work) throws IOException {
         if (Files.isDirectory(work)) {
-            boolean empty;
-            try (var s = Files.list(work)) {
-                empty = s.findAny().isEmpty();
-            }
-            if (!empty && !Files.exists(work.resolve(MARKER))) {
+            if (FolderLock.holdsFiles(work) && !Files.exists(work.resolve(MARKER))) {
                 throw new IOException(work + " exists and is not a demo folder (no " + MARKER + "); choose another --work");
             }
+            Path lockFile = work.resolve(FolderLock.FILE);
             try (var s = Files.walk(work)) {
-                for (Path p : s.sorted(java.util.Comparator.reverseOrder()).toList()) if (!p.equals(work)) Files.delete(p);
+                for (Path p : s.sorted(java.util.Comparator.reverseOrder()).toList()) {
+                    if (!p.equals(work) && !p.equals(lockFile)) Files.delete(p);
+                }
             }
         }
         Files.createDirectories(work);

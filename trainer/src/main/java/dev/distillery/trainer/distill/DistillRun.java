@@ -23,6 +23,7 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
 import dev.distillery.trainer.data.TeacherBatchStream;
 import dev.distillery.trainer.data.TeacherShards;
+import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.loop.TrainingLoop;
 import dev.distillery.trainer.report.Curves;
 
@@ -63,7 +64,8 @@ public final class DistillRun {
         Path outDir = Path.of(cfg.out());
         DistillOptions options = cfg.loss().options();
         DifferentiableOps.Reduction reduction = cfg.loss().reductionMode();
-        try (TeacherShards shards = TeacherShards.open(Path.of(cfg.teacher()), cfg.verifyChecksums());
+        try (FolderLock lock = FolderLock.acquire(outDir, "'out'");
+             TeacherShards shards = TeacherShards.open(Path.of(cfg.teacher()), cfg.verifyChecksums());
              TeacherShards evalShards = cfg.evalTeacher() == null ? null : TeacherShards.open(Path.of(cfg.evalTeacher()), cfg.verifyChecksums())) {
             int seqLen = shards.manifest().seqLen(), teacherVocab = shards.manifest().vocabSize();
             if (evalShards != null && (evalShards.manifest().vocabSize() != teacherVocab || evalShards.manifest().seqLen() != seqLen)) {
@@ -76,7 +78,7 @@ public final class DistillRun {
                 throw new IOException(cfg.teacher() + ": 'batch_size' " + cfg.batchSize() + " exceeds the " + shards.sequences() + " sequences in the shards");
             }
             CheckpointStore store = CheckpointStore.open(outDir.resolve("checkpoints"));
-            Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, resume, "'out'", out);
+            Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, outDir, resume, "'out'");
 
             Transformer model = from.isPresent() ? ModelFiles.read(from.get().dir(), kernels)
                     : cfg.initFrom() != null ? ModelFiles.read(Path.of(cfg.initFrom()), kernels) : newStudent(cfg, teacherVocab, seqLen, kernels);

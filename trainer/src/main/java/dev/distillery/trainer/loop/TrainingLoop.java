@@ -13,6 +13,7 @@ import java.util.Optional;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
+import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.report.MetricsLog;
 import dev.distillery.trainer.report.Progress;
 
@@ -79,18 +80,50 @@ public final class TrainingLoop {
     }
 
     /**
-     * The checkpoint a run continues from: the latest in {@code store} with {@code resume}, none
-     * without one; a store that holds checkpoints without {@code resume} is refused (never overwritten).
+     * The checkpoint a run continues from: with {@code resume}, the latest in {@code store}, which
+     * must exist; without, none, and {@code outDir} must hold no earlier run (its checkpoints,
+     * metrics or curves are never overwritten).
+     *
+     * @param outOption what the user names the folder by ({@code --out}, {@code 'out'})
      */
-    public static Optional<CheckpointStore.Checkpoint> resumeFrom(CheckpointStore store, boolean resume, String outOption, PrintWriter out)
+    public static Optional<CheckpointStore.Checkpoint> resumeFrom(CheckpointStore store, Path outDir, boolean resume, String outOption)
             throws IOException {
         Optional<CheckpointStore.Checkpoint> from = store.latest();
-        if (from.isPresent() && !resume) {
+        if (resume) {
+            if (from.isEmpty()) {
+                throw new IOException("--resume: " + store.root() + " holds no checkpoint to resume from; run without --resume to start"
+                        + " a new run" + (earlierFiles(outDir).isEmpty() ? "" : " in another " + outOption));
+            }
+            return from;
+        }
+        if (from.isPresent()) {
             throw new IOException(store.root() + " already holds checkpoints (latest: step " + from.get().step()
                     + "); pass --resume to continue that run, or choose another " + outOption);
         }
-        if (resume && from.isEmpty()) out.println("resume: no checkpoint in " + store.root() + " yet; starting fresh");
+        List<String> earlier = earlierFiles(outDir);
+        if (!earlier.isEmpty()) {
+            throw new IOException(outDir + " already holds a run's files (" + String.join(", ", earlier)
+                    + ") but no checkpoint to resume from; choose another " + outOption + ", or remove them");
+        }
         return from;
+    }
+
+    /** What a folder holds besides its lock file and an empty checkpoints folder. */
+    private static List<String> earlierFiles(Path outDir) throws IOException {
+        if (!Files.isDirectory(outDir)) return List.of();
+        try (var entries = Files.list(outDir)) {
+            return entries.filter(p -> !p.getFileName().toString().equals(FolderLock.FILE))
+                    .filter(p -> !(p.getFileName().toString().equals("checkpoints") && isEmptyFolder(p)))
+                    .map(p -> p.getFileName().toString()).sorted().toList();
+        }
+    }
+
+    private static boolean isEmptyFolder(Path p) {
+        try (var entries = Files.list(p)) {
+            return entries.findAny().isEmpty();
+        } catch (IOException e) {
+            return false;
+        }
     }
 
     /** Restores the optimizer of {@code session} from {@code from} and returns the checkpoint's metadata. */

@@ -18,6 +18,7 @@ import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
 import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.loop.TrainingLoop;
 import dev.distillery.trainer.report.Curves;
 
@@ -58,11 +59,12 @@ public final class LanguageModelTraining {
     /** @param stopAfter stop with a checkpoint after this step (the schedule still spans all steps); 0 = run to the end */
     public static Result run(Options o, Kernels kernels, boolean resume, int stopAfter, PrintWriter out, PrintWriter err) throws IOException {
         int t = o.model().contextLength();
-        try (TokenFile train = TokenFile.open(o.tokens());
+        try (FolderLock lock = FolderLock.acquire(o.out(), "--out");
+             TokenFile train = TokenFile.open(o.tokens());
              TokenFile val = o.validation() == null ? null : TokenFile.open(o.validation())) {
             if (train.size() < t + 1) throw new IOException(o.tokens() + ": " + train.size() + " tokens, fewer than one window of " + (t + 1));
             CheckpointStore store = CheckpointStore.open(o.out().resolve("checkpoints"));
-            Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, resume, "--out", out);
+            Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, o.out(), resume, "--out");
             Transformer model;
             if (from.isPresent()) {
                 model = ModelFiles.read(from.get().dir(), kernels);

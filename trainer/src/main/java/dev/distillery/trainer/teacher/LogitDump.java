@@ -26,6 +26,7 @@ import dev.distillery.trainer.data.TeacherManifest;
 import dev.distillery.trainer.data.TeacherShardFormat;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.report.Progress;
 
 /**
@@ -44,9 +45,11 @@ public final class LogitDump {
      * @param dtype             F32, F16 or BF16 for dense and top-k logits
      * @param temperature       the shard temperature (top-k logsumexp, sampling)
      * @param maxSequences      at most this many sequences (0 = all)
+     * @param overwrite         replace the shards of a non-empty {@code out} (refused otherwise)
      */
     public record Options(Path teacher, Path tokens, Path out, TeacherTargets.Kind kind, int k, DType dtype, double temperature,
-                          int seqLen, int sequencesPerShard, int batch, int maxSequences, long seed, String tokenizerId) {
+                          int seqLen, int sequencesPerShard, int batch, int maxSequences, long seed, String tokenizerId,
+                          boolean overwrite) {
     }
 
     private LogitDump() {
@@ -55,7 +58,12 @@ public final class LogitDump {
     public static TeacherManifest run(Options o, Kernels kernels, PrintWriter out, PrintWriter err) throws IOException {
         if (!o.dtype().isLogitType()) throw new IllegalArgumentException("--dtype must be f32, f16 or bf16, got " + o.dtype());
         if (!(o.temperature() > 0)) throw new IllegalArgumentException("--temperature must be positive, got " + o.temperature());
-        try (Transformer model = ModelFiles.read(o.teacher(), kernels); TokenFile tokens = TokenFile.open(o.tokens())) {
+        if (FolderLock.holdsFiles(o.out()) && !o.overwrite()) {
+            throw new IOException(o.out() + " already holds files; pass --overwrite to replace the shards there, or choose another --out");
+        }
+        try (FolderLock lock = FolderLock.acquire(o.out(), "--out");
+             Transformer model = ModelFiles.read(o.teacher(), kernels); TokenFile tokens = TokenFile.open(o.tokens())) {
+            if (o.overwrite()) removeShards(o.out());
             int v = model.config().vocabSize();
             int t = o.seqLen() > 0 ? o.seqLen() : model.config().contextLength();
             if (t > model.config().contextLength()) throw new IllegalArgumentException("--seq-len " + t + " exceeds the teacher's context " + model.config().contextLength());
@@ -142,6 +150,17 @@ public final class LogitDump {
                     k > 0 ? ", k = " + k : "", shards.size(), o.out());
             out.flush();
             return m;
+        }
+    }
+
+    /**
+     * Removes a shard directory's manifest (first: a directory without one is no shard set, so a
+     * dump that stops half way never leaves an old manifest over new shards) and its shard files.
+     */
+    private static void removeShards(Path out) throws IOException {
+        Files.deleteIfExists(out.resolve("manifest.json"));
+        try (var entries = Files.list(out)) {
+            for (Path p : entries.filter(p -> p.getFileName().toString().matches("shard-\\d+\\.safetensors")).toList()) Files.delete(p);
         }
     }
 

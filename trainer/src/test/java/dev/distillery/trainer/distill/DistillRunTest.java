@@ -65,11 +65,11 @@ class DistillRunTest {
         }
         PrintWriter quiet = new PrintWriter(new StringWriter());
         LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("dense"), TeacherTargets.Kind.DENSE,
-                0, DType.F32, 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
+                0, DType.F32, 1.0, SEQ, 40, 8, 0, 1, "test", false), kernels, quiet, quiet);
         LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("topk"), TeacherTargets.Kind.TOP_K,
-                8, DType.BF16, 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
+                8, DType.BF16, 1.0, SEQ, 40, 8, 0, 1, "test", false), kernels, quiet, quiet);
         LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("sampled"), TeacherTargets.Kind.SAMPLED,
-                16, DType.F32, 1.0, SEQ, 40, 8, 0, 1, "test"), kernels, quiet, quiet);
+                16, DType.F32, 1.0, SEQ, 40, 8, 0, 1, "test", false), kernels, quiet, quiet);
     }
 
     @AfterAll
@@ -259,5 +259,64 @@ class DistillRunTest {
         DistillConfig shortContext = new DistillConfig(c.teacher(), null, c.out(), null, null, new DistillConfig.Student(1, 16, 2, SEQ - 1, null),
                 2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true);
         assertTrue(assertThrows(IOException.class, () -> run(shortContext, false)).getMessage().contains("shorter than the shards' seq_len"));
+    }
+
+    /** Two runs started together on one folder: exactly one runs; the other is refused in one line. */
+    @Test
+    void twoRunsOnOneFolderRunOnce(@TempDir Path out) throws Exception {
+        DistillConfig c = config(out.resolve("run"), "topk", 6, 0, 0.5);
+        java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newFixedThreadPool(2);
+        java.util.concurrent.CountDownLatch start = new java.util.concurrent.CountDownLatch(1);
+        java.util.concurrent.Callable<String> job = () -> {
+            start.await();
+            try {
+                run(c, false);
+                return "ran";
+            } catch (IOException e) {
+                return e.getMessage();
+            }
+        };
+        try {
+            var a = pool.submit(job);
+            var b = pool.submit(job);
+            start.countDown();
+            List<String> results = List.of(a.get(), b.get());
+            assertEquals(1, results.stream().filter("ran"::equals).count(), results.toString());
+            String refusal = results.stream().filter(r -> !r.equals("ran")).findFirst().orElseThrow();
+            assertTrue(refusal.contains("being written by another Distillery process") || refusal.contains("already holds"), refusal);
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+
+    @Test
+    void aFreshRunIntoAUsedFolderAndAResumeWithoutACheckpointAreRefused(@TempDir Path out) throws IOException {
+        Path dir = out.resolve("run");
+        Files.createDirectories(dir);
+        String earlier = "{\"kind\":\"train\",\"step\":1,\"loss\":4.1}\n";   // a run that stopped before its first checkpoint
+        Files.writeString(dir.resolve("metrics.jsonl"), earlier);
+        IOException fresh = assertThrows(IOException.class, () -> run(config(dir, "topk", 2, 0, 0.5), false));
+        assertTrue(fresh.getMessage().contains("metrics.jsonl") && fresh.getMessage().contains("choose another 'out'"), fresh.getMessage());
+        assertEquals(earlier, Files.readString(dir.resolve("metrics.jsonl")), "the earlier run's metrics are untouched");
+        IOException resume = assertThrows(IOException.class, () -> run(config(out.resolve("new"), "topk", 2, 0, 0.5), true));
+        assertTrue(resume.getMessage().startsWith("--resume: ") && resume.getMessage().contains("no checkpoint to resume from"),
+                resume.getMessage());
+    }
+
+    @Test
+    void dumpLogitsRefusesAFolderThatHoldsFilesUnlessAskedToOverwrite(@TempDir Path out) throws IOException {
+        Path shards = out.resolve("shards");
+        PrintWriter quiet = new PrintWriter(new StringWriter());
+        java.util.function.Function<Boolean, LogitDump.Options> options = overwrite -> new LogitDump.Options(data.resolve("teacher"),
+                data.resolve("tokens.bin"), shards, TeacherTargets.Kind.TOP_K, 4, DType.BF16, 1.0, SEQ, 40, 8, 0, 1, "test", overwrite);
+        LogitDump.run(options.apply(false), kernels, quiet, quiet);
+        byte[] manifest = Files.readAllBytes(shards.resolve("manifest.json"));
+        IOException e = assertThrows(IOException.class, () -> LogitDump.run(options.apply(false), kernels, quiet, quiet));
+        assertTrue(e.getMessage().contains("already holds files") && e.getMessage().contains("--overwrite"), e.getMessage());
+        assertArrayEquals(manifest, Files.readAllBytes(shards.resolve("manifest.json")), "the shards are untouched");
+        LogitDump.run(options.apply(true), kernels, quiet, quiet);
+        try (TeacherShards replaced = TeacherShards.open(shards, true)) {
+            assertEquals(96, replaced.sequences(), "every sequence of the token file, in shards that verify");
+        }
     }
 }
