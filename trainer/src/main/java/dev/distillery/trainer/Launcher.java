@@ -1,28 +1,18 @@
 package dev.distillery.trainer;
 
-import java.io.File;
-import java.io.IOException;
-import java.io.InputStream;
-import java.io.OutputStream;
-import java.nio.charset.StandardCharsets;
-import java.lang.management.ManagementFactory;
 import java.lang.reflect.Method;
-import java.util.ArrayList;
-import java.util.List;
 
 /**
  * The jar's entry point, compiled for Java 8 so that any JVM can run it far enough to say what
- * is wrong. On Java 25 it checks that the incubator Vector API module is resolved; when it is
- * not (a plain {@code java -jar}), it relaunches the same JVM binary with
- * {@code --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED} plus the JVM
- * options it was given, and exits with the child's status. The child's standard error passes
- * through, less the one line the JVM prints for every incubator module ("WARNING: Using incubator
- * modules: ..."), which no option turns off and which says nothing to a user of this jar.
+ * is wrong. On Java 25 it checks that the incubator Vector API module is resolved: when it is, it
+ * runs the command line ({@link #MAIN}); when it is not (a plain {@code java -jar}), it hands over
+ * to {@link #CHILD}, which relaunches the JVM with the flags the engine needs and exits with the
+ * child's status. Both are reached by name: they are compiled for Java 25.
  */
 public final class Launcher {
 
     static final String MAIN = "dev.distillery.trainer.cli.Main";
-    static final String INCUBATOR_WARNING = "WARNING: Using incubator modules: jdk.incubator.vector";
+    static final String CHILD = "dev.distillery.trainer.cli.ChildJvm";
     private static final int REQUIRED = 25;
 
     private Launcher() {
@@ -37,12 +27,12 @@ public final class Launcher {
             System.exit(2);
         }
         if (vectorModuleResolved()) {
-            Class<?> main = Class.forName(MAIN);
-            Method entry = main.getMethod("main", String[].class);
+            Method entry = Class.forName(MAIN).getMethod("main", String[].class);
             entry.invoke(null, (Object) args);
             return;
         }
-        System.exit(relaunch(args));
+        Method relaunch = Class.forName(CHILD).getMethod("run", String[].class);
+        System.exit((Integer) relaunch.invoke(null, (Object) args));
     }
 
     static int featureVersion(String spec) {
@@ -58,75 +48,6 @@ public final class Launcher {
             return true;
         } catch (ClassNotFoundException e) {
             return false;
-        }
-    }
-
-    private static int relaunch(String[] args) throws Exception {
-        String java = System.getProperty("java.home") + File.separator + "bin" + File.separator + "java";
-        List<String> command = new ArrayList<String>();
-        command.add(java);
-        command.add("--add-modules=jdk.incubator.vector");
-        command.add("--enable-native-access=ALL-UNNAMED");
-        for (String option : ManagementFactory.getRuntimeMXBean().getInputArguments()) {
-            if (!option.startsWith("-agentlib:jdwp")) command.add(option);
-        }
-        command.add("-cp");
-        command.add(System.getProperty("java.class.path"));
-        command.add(MAIN);
-        for (String a : args) command.add(a);
-        ProcessBuilder pb = new ProcessBuilder(command).redirectInput(ProcessBuilder.Redirect.INHERIT)
-                .redirectOutput(ProcessBuilder.Redirect.INHERIT);
-        final Process child = pb.start();
-        Thread errors = new Thread(new Runnable() {
-            @Override
-            public void run() {
-                forwardWithoutWarning(child.getErrorStream(), System.err);
-            }
-        }, "distillery-stderr");
-        errors.setDaemon(true);
-        errors.start();
-        Runtime.getRuntime().addShutdownHook(new Thread(new Runnable() {
-            @Override
-            public void run() {
-                child.destroy();
-            }
-        }));
-        int status = child.waitFor();
-        errors.join(2000);
-        return status;
-    }
-
-    /**
-     * Copies {@code in} to {@code out} as it arrives, except a first line equal to
-     * {@link #INCUBATOR_WARNING}: bytes are held back only while they could still be that line.
-     */
-    static void forwardWithoutWarning(InputStream in, OutputStream out) {
-        byte[] warning = (INCUBATOR_WARNING + "\n").getBytes(StandardCharsets.US_ASCII);
-        byte[] buf = new byte[8192];
-        int matched = 0;
-        boolean passing = false;
-        try {
-            for (int n; (n = in.read(buf)) > 0; ) {
-                int from = 0;
-                if (!passing) {
-                    while (from < n && matched < warning.length && buf[from] == warning[matched]) {
-                        from++;
-                        matched++;
-                    }
-                    if (matched == warning.length) {
-                        passing = true;                      // the warning, whole: dropped
-                    } else if (from < n) {
-                        out.write(warning, 0, matched);      // not the warning: what was held back goes out
-                        passing = true;
-                    }
-                }
-                if (passing && from < n) out.write(buf, from, n - from);
-                out.flush();
-            }
-            if (!passing) out.write(warning, 0, matched);
-            out.flush();
-        } catch (IOException e) {
-            // the child's error stream closed under us: nothing more to forward
         }
     }
 }

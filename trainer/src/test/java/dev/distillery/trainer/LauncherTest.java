@@ -2,12 +2,6 @@ package dev.distillery.trainer;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
-import java.io.ByteArrayInputStream;
-import java.io.ByteArrayOutputStream;
-import java.io.IOException;
-import java.io.InputStream;
-import java.nio.charset.StandardCharsets;
-
 import org.junit.jupiter.api.Test;
 
 class LauncherTest {
@@ -18,37 +12,5 @@ class LauncherTest {
         assertEquals(17, Launcher.featureVersion("17"));
         assertEquals(25, Launcher.featureVersion("25"));
         assertEquals(0, Launcher.featureVersion("x"));
-    }
-
-    /** The child's stderr arrives in whatever pieces the pipe gives: here one byte at a time, the worst case for the matching. */
-    private static String forward(String childStderr) {
-        byte[] bytes = childStderr.getBytes(StandardCharsets.UTF_8);
-        InputStream trickle = new InputStream() {
-            private final ByteArrayInputStream in = new ByteArrayInputStream(bytes);
-
-            @Override
-            public int read() {
-                return in.read();
-            }
-
-            @Override
-            public int read(byte[] b, int off, int len) throws IOException {
-                return in.read(b, off, Math.min(len, 1));
-            }
-        };
-        ByteArrayOutputStream out = new ByteArrayOutputStream();
-        Launcher.forwardWithoutWarning(trickle, out);
-        return out.toString(StandardCharsets.UTF_8);
-    }
-
-    @Test
-    void theIncubatorWarningLineIsDroppedAndEverythingElsePassesThrough() {
-        String warning = Launcher.INCUBATOR_WARNING + "\n";
-        assertEquals("device: cpu\nstep 1\r", forward(warning + "device: cpu\nstep 1\r"));
-        assertEquals("", forward(warning));
-        // a first line that only starts like the warning, or comes later, is the child's own and stays
-        assertEquals("WARNING: Using something else\n", forward("WARNING: Using something else\n"));
-        assertEquals("error: x\n" + warning, forward("error: x\n" + warning));
-        assertEquals("WARNING: Using incubator", forward("WARNING: Using incubator"));
     }
 }

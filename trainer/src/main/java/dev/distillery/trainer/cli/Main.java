@@ -8,6 +8,8 @@ import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.trainer.data.TeacherShardFormat;
+import dev.distillery.trainer.loop.StopRequests;
+import dev.distillery.trainer.loop.TrainingLoop;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 
@@ -41,6 +43,7 @@ public final class Main implements Runnable {
     }
 
     public static void main(String[] args) {
+        StopRequests.install(Long.getLong(ChildJvm.LAUNCHER_PID, 0));
         System.exit(execute(args, new PrintWriter(System.out, true), new PrintWriter(System.err, true)));
     }
 
@@ -62,6 +65,7 @@ public final class Main implements Runnable {
         cli.setExecutionExceptionHandler((ex, commandLine, parseResult) -> {
             commandLine.getErr().println("error: " + describe(ex));
             if (ex instanceof Backends.UnavailableException) return EXIT_NO_DEVICE;
+            if (ex instanceof TrainingLoop.StoppedBySignalException) return StopRequests.EXIT_STOPPED;
             if (System.getenv("DISTILLERY_DEBUG") != null) ex.printStackTrace(commandLine.getErr());
             return EXIT_FAILED;
         });

@@ -61,7 +61,7 @@ public final class TeacherCommand implements Runnable {
         int warmup;
         @Option(names = "--eval-every", defaultValue = "0", description = "Steps between evaluations, 0 = at the end (default: ${DEFAULT-VALUE}).")
         int evalEvery;
-        @Option(names = "--checkpoint-every", defaultValue = "0", description = "Steps between checkpoints, 0 = at the end (default: ${DEFAULT-VALUE}).")
+        @Option(names = "--checkpoint-every", defaultValue = "500", description = "Steps between checkpoints, 0 = at the end only (default: ${DEFAULT-VALUE}).")
         int checkpointEvery;
         @Option(names = "--seed", defaultValue = "1234", description = "Init and data seed (default: ${DEFAULT-VALUE}).")
         long seed;

@@ -34,7 +34,7 @@ import dev.distillery.trainer.data.StrictJson;
  * @param gradClip        global gradient-norm clip, 0 = off (default 1.0)
  * @param evalEvery       steps between evaluations, 0 = only at the end (default 0)
  * @param evalBatches     batches per evaluation (default 8)
- * @param checkpointEvery steps between checkpoints, 0 = only at the end (default 0)
+ * @param checkpointEvery steps between checkpoints, 0 = only at the end (default 500; a stop by signal also checkpoints)
  * @param keepCheckpoints checkpoints kept (default 3)
  * @param seed            model init and data order (default 1234)
  * @param threads         CPU threads, 0 = all cores (default 0)
@@ -131,7 +131,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         loss = loss == null ? new Loss(null, null, null, null, null, null, null, null, null) : loss;
         evalEvery = evalEvery == null ? 0 : evalEvery;
         evalBatches = evalBatches == null ? 8 : evalBatches;
-        checkpointEvery = checkpointEvery == null ? 0 : checkpointEvery;
+        checkpointEvery = checkpointEvery == null ? 500 : checkpointEvery;
         keepCheckpoints = keepCheckpoints == null ? 3 : keepCheckpoints;
         seed = seed == null ? 1234L : seed;
         threads = threads == null ? 0 : threads;

@@ -34,6 +34,13 @@ public final class TrainingLoop {
         }
     }
 
+    /** The run stopped between steps on a signal (or its launcher's end), after writing a checkpoint; the message says where. */
+    public static final class StoppedBySignalException extends IOException {
+        public StoppedBySignalException(String message) {
+            super(message);
+        }
+    }
+
     /** What one kind of training does in the loop. */
     public interface Task {
         /**
@@ -143,11 +150,15 @@ public final class TrainingLoop {
         }
     }
 
-    /** Runs the steps after the session's optimizer step through {@code s.endStep()}. */
+    /**
+     * Runs the steps after the session's optimizer step through {@code s.endStep()}. A stop request
+     * ({@link StopRequests}) ends the loop after the step in progress, with a checkpoint.
+     */
     public static Outcome run(TrainingSession session, CheckpointStore store, Task task, Settings s, Path lastCheckpoint,
                               PrintWriter err) throws IOException {
         int startStep = session.optimizer().step(), endStep = s.endStep();
         Map<String, Object> lastEval = null;
+        StopRequests.loopRunning(true);
         try (MetricsLog metrics = MetricsLog.open(s.outDir().resolve("metrics.jsonl"), startStep > 0 ? startStep : -1)) {
             Progress progress = new Progress(err, s.label(), startStep, s.steps(), 5000);
             for (int step = startStep + 1; step <= endStep; step++) {
@@ -161,21 +172,27 @@ public final class TrainingLoop {
                 }
                 metrics.write(record("train", step, fields));
                 progress.update(step, task.progress(fields));
-                boolean last = step == s.steps();
-                if (last || (s.evalEvery() > 0 && step % s.evalEvery() == 0)) {
+                boolean last = step == s.steps(), stop = StopRequests.requested() != null;
+                if (!stop && (last || (s.evalEvery() > 0 && step % s.evalEvery() == 0))) {
                     Map<String, Object> eval = task.evaluate(step);
                     if (eval != null) {
                         lastEval = eval;
                         metrics.write(record("eval", step, eval));
                     }
                 }
-                if (last || step == endStep || (s.checkpointEvery() > 0 && step % s.checkpointEvery() == 0)) {
+                if (stop || last || step == endStep || (s.checkpointEvery() > 0 && step % s.checkpointEvery() == 0)) {
                     lastCheckpoint = save(store, session, task, s, step);
                     store.prune(s.keep());
                     task.curves(s.outDir(), metrics.records());
                 }
+                if (stop && step < s.steps()) {
+                    throw new StoppedBySignalException("stopped by " + StopRequests.requested() + " after step " + step + " of " + s.steps()
+                            + "; checkpoint " + lastCheckpoint + "; continue with the same command and --resume");
+                }
             }
             return new Outcome(Math.max(startStep, endStep), lastCheckpoint, lastEval, metrics.file());
+        } finally {
+            StopRequests.loopRunning(false);
         }
     }
 

@@ -1,0 +1,96 @@
+package dev.distillery.trainer.cli;
+
+import java.io.File;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.lang.management.ManagementFactory;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
+
+import sun.misc.Signal;
+
+/**
+ * A plain {@code java -jar trainer.jar} relaunched as a child JVM with
+ * {@code --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED} and the JVM options
+ * this one was given; this process waits and exits with the child's status. Between the two:
+ * <ul>
+ *   <li>SIGTERM is passed on to the child (which finishes its step and checkpoints, see
+ *       {@code StopRequests}); SIGINT is not, because a terminal's Ctrl-C reaches the child
+ *       already (both are in the terminal's process group);</li>
+ *   <li>the child is told this process's PID and stops when this process ends, however it ends;</li>
+ *   <li>the child's standard error passes through, less the one line the JVM prints for every
+ *       incubator module ("WARNING: Using incubator modules: ..."), which no option turns off.</li>
+ * </ul>
+ */
+public final class ChildJvm {
+
+    static final String INCUBATOR_WARNING = "WARNING: Using incubator modules: jdk.incubator.vector";
+    /** The system property that tells the child its launcher's PID. */
+    public static final String LAUNCHER_PID = "distillery.launcherPid";
+
+    private ChildJvm() {
+    }
+
+    /** Runs the command line in a child JVM and returns its exit status. */
+    public static int run(String[] args) throws Exception {
+        String java = System.getProperty("java.home") + File.separator + "bin" + File.separator + "java";
+        List<String> command = new ArrayList<>();
+        command.add(java);
+        command.add("--add-modules=jdk.incubator.vector");
+        command.add("--enable-native-access=ALL-UNNAMED");
+        for (String option : ManagementFactory.getRuntimeMXBean().getInputArguments()) {
+            if (!option.startsWith("-agentlib:jdwp")) command.add(option);
+        }
+        command.add("-D" + LAUNCHER_PID + "=" + ProcessHandle.current().pid());
+        command.add("-cp");
+        command.add(System.getProperty("java.class.path"));
+        command.add(Main.class.getName());
+        command.addAll(List.of(args));
+        Process child = new ProcessBuilder(command).redirectInput(ProcessBuilder.Redirect.INHERIT)
+                .redirectOutput(ProcessBuilder.Redirect.INHERIT).start();
+        // SIGTERM through the handle: Process.destroy() would also close the child's streams, and its last words with them
+        Signal.handle(new Signal("TERM"), s -> child.toHandle().destroy());
+        Signal.handle(new Signal("INT"), s -> { });
+        Thread errors = Thread.ofPlatform().daemon().name("distillery-stderr")
+                .start(() -> forwardWithoutWarning(child.getErrorStream(), System.err));
+        int status = child.waitFor();
+        errors.join(2000);
+        return status;
+    }
+
+    /**
+     * Copies {@code in} to {@code out} as it arrives, except a first line equal to
+     * {@link #INCUBATOR_WARNING}: bytes are held back only while they could still be that line.
+     */
+    static void forwardWithoutWarning(InputStream in, OutputStream out) {
+        byte[] warning = (INCUBATOR_WARNING + "\n").getBytes(StandardCharsets.US_ASCII);
+        byte[] buf = new byte[8192];
+        int matched = 0;
+        boolean passing = false;
+        try {
+            for (int n; (n = in.read(buf)) > 0; ) {
+                int from = 0;
+                if (!passing) {
+                    while (from < n && matched < warning.length && buf[from] == warning[matched]) {
+                        from++;
+                        matched++;
+                    }
+                    if (matched == warning.length) {
+                        passing = true;                      // the warning, whole: dropped
+                    } else if (from < n) {
+                        out.write(warning, 0, matched);      // not the warning: what was held back goes out
+                        passing = true;
+                    }
+                }
+                if (passing && from < n) out.write(buf, from, n - from);
+                out.flush();
+            }
+            if (!passing) out.write(warning, 0, matched);
+            out.flush();
+        } catch (IOException e) {
+            // the child's error stream closed under us: nothing more to forward
+        }
+    }
+}
