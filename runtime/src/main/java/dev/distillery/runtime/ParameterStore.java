@@ -5,9 +5,11 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
 import java.util.Collections;
+import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
@@ -60,12 +62,11 @@ public final class ParameterStore implements AutoCloseable {
     /** Declares the parameters in order, then {@link #build()} allocates them together. */
     public static final class Builder {
         private final List<Slot> layout = new ArrayList<>();
+        private final Set<String> names = new HashSet<>();
         private long next;
 
         public Builder add(String name, int... shape) {
-            for (Slot s : layout) {
-                if (s.name().equals(name)) throw new IllegalArgumentException("parameter " + name + " declared twice");
-            }
+            if (!names.add(name)) throw new IllegalArgumentException("parameter " + name + " declared twice");
             long n = Tensor.numel(shape);
             layout.add(new Slot(name, shape.clone(), next, n));
             next += (n + ALIGN_ELEMENTS - 1) / ALIGN_ELEMENTS * ALIGN_ELEMENTS;

@@ -94,7 +94,9 @@ public final class ModelFiles {
 
     private static int intKey(Path file, JsonNode root, String key) throws IOException {
         JsonNode n = root.get(key);
-        if (n == null || !n.canConvertToInt()) throw new IOException(file + ": '" + key + "' must be an integer, got " + n);
+        if (n == null || !n.isIntegralNumber() || !n.canConvertToInt()) {
+            throw new IOException(file + ": '" + key + "' must be an integer, got " + n);
+        }
         return n.intValue();
     }
 

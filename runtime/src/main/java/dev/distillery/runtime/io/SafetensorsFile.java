@@ -6,10 +6,13 @@ import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Collections;
 import java.util.Comparator;
 import java.util.Iterator;
@@ -84,7 +87,13 @@ public final class SafetensorsFile implements AutoCloseable {
             }
             ByteBuffer headerBuf = ByteBuffer.allocate((int) headerLen);
             readFully(ch, headerBuf, 8);
-            String header = new String(headerBuf.array(), StandardCharsets.UTF_8);
+            String header;
+            try {
+                header = StandardCharsets.UTF_8.newDecoder().onMalformedInput(CodingErrorAction.REPORT)
+                        .onUnmappableCharacter(CodingErrorAction.REPORT).decode(ByteBuffer.wrap(headerBuf.array())).toString();
+            } catch (CharacterCodingException e) {
+                throw new SafetensorsFormatException(path, "header is not valid UTF-8 (tensor names and metadata must be)");
+            }
             long dataStart = 8 + headerLen;
             long dataLen = fileSize - dataStart;
 
@@ -178,10 +187,16 @@ public final class SafetensorsFile implements AutoCloseable {
         }
         long begin = offsets.get(0).longValue(), end = offsets.get(1).longValue();
         if (end < begin) throw new SafetensorsFormatException(path, where + "data_offsets end " + end + " is before begin " + begin);
-        long expected = Tensor.numel(shape) * dtype.bytes();
+        long expected;
+        try {
+            expected = Math.multiplyExact(Tensor.numel(shape), dtype.bytes());
+        } catch (IllegalArgumentException | ArithmeticException e) {
+            throw new SafetensorsFormatException(path, where + dtype.safetensorsName() + " " + Arrays.toString(shape)
+                    + " would need more than 2^63 bytes");
+        }
         if (end - begin != expected) {
             throw new SafetensorsFormatException(path, where + "data_offsets [" + begin + ", " + end + ") hold " + (end - begin)
-                    + " bytes but " + dtype.safetensorsName() + " " + java.util.Arrays.toString(shape) + " needs " + expected);
+                    + " bytes but " + dtype.safetensorsName() + " " + Arrays.toString(shape) + " needs " + expected);
         }
         return new Entry(name, dtype, shape, begin, end);
     }

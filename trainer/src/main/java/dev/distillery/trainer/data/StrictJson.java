@@ -1,11 +1,18 @@
 package dev.distillery.trainer.data;
 
+import java.io.FileNotFoundException;
 import java.io.IOException;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 
+import com.fasterxml.jackson.core.JacksonException;
 import com.fasterxml.jackson.databind.DeserializationFeature;
+import com.fasterxml.jackson.databind.JsonMappingException;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.PropertyNamingStrategies;
+import com.fasterxml.jackson.databind.cfg.CoercionAction;
+import com.fasterxml.jackson.databind.cfg.CoercionInputShape;
+import com.fasterxml.jackson.databind.exc.MismatchedInputException;
 import com.fasterxml.jackson.databind.exc.UnrecognizedPropertyException;
 import com.fasterxml.jackson.databind.json.JsonMapper;
 
@@ -20,6 +27,10 @@ public final class StrictJson {
             .propertyNamingStrategy(PropertyNamingStrategies.SNAKE_CASE)
             .enable(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES)
             .enable(DeserializationFeature.FAIL_ON_NULL_FOR_PRIMITIVES)
+            .enable(DeserializationFeature.FAIL_ON_TRAILING_TOKENS)             // nothing after the JSON
+            .disable(DeserializationFeature.ACCEPT_FLOAT_AS_INT)               // steps: 2.7 is an error, not 2
+            .withCoercionConfigDefaults(c -> c.setCoercion(CoercionInputShape.String, CoercionAction.Fail)   // "0.003" is not a number
+                    .setCoercion(CoercionInputShape.Boolean, CoercionAction.Fail))
             .build();
 
     private StrictJson() {
@@ -29,16 +40,37 @@ public final class StrictJson {
         try {
             return MAPPER.readValue(file.toFile(), type);
         } catch (UnrecognizedPropertyException e) {
-            StringBuilder path = new StringBuilder();
-            for (var ref : e.getPath()) {
-                if (ref.getFieldName() != null) path.append(path.isEmpty() ? "" : ".").append(ref.getFieldName());
-            }
-            throw new IOException(file + ": unknown key '" + path + "' (known here: " + e.getKnownPropertyIds() + ")", e);
-        } catch (java.io.FileNotFoundException | java.nio.file.NoSuchFileException e) {
+            throw new IOException(file + ": unknown key '" + path(e) + "' (known here: " + e.getKnownPropertyIds() + ")", e);
+        } catch (FileNotFoundException | NoSuchFileException e) {
             throw new IOException(file + ": no such file", e);
-        } catch (com.fasterxml.jackson.core.JacksonException e) {
+        } catch (MismatchedInputException e) {
+            String key = path(e);
+            throw new IOException(file + ": " + (key.isEmpty() ? "" : "'" + key + "' ") + valueProblem(e) + " (at line "
+                    + (e.getLocation() == null ? "?" : e.getLocation().getLineNr()) + ")", e);
+        } catch (JacksonException e) {
             throw new IOException(file + ": " + e.getOriginalMessage() + " (at line " + (e.getLocation() == null ? "?" : e.getLocation().getLineNr())
                     + ")", e);
         }
+    }
+
+    /** The key a problem is at, as the user wrote it: {@code loss.temperature}, {@code shards[2].file}. */
+    private static String path(JsonMappingException e) {
+        StringBuilder path = new StringBuilder();
+        for (var ref : e.getPath()) {
+            if (ref.getFieldName() != null) path.append(path.isEmpty() ? "" : ".").append(ref.getFieldName());
+            else if (ref.getIndex() >= 0) path.append('[').append(ref.getIndex()).append(']');
+        }
+        return path.toString();
+    }
+
+    /** What is wrong with a value, in the file's terms (a JSON type), not Java's. */
+    private static String valueProblem(MismatchedInputException e) {
+        Class<?> target = e.getTargetType();
+        String want = target == null ? "another value" : target == int.class || target == Integer.class || target == long.class
+                || target == Long.class ? "an integer" : target == double.class || target == Double.class || target == float.class
+                || target == Float.class ? "a number" : target == boolean.class || target == Boolean.class ? "true or false"
+                : target == String.class ? "a string" : "an object of the documented keys";
+        if (e.getMessage() != null && e.getMessage().startsWith("Trailing token")) return "the JSON ends, but more text follows it";
+        return "must be " + want;
     }
 }

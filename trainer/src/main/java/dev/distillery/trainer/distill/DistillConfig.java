@@ -13,6 +13,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.nn.TransformerConfig;
 import dev.distillery.trainer.data.StrictJson;
 
 /**
@@ -149,6 +150,9 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
     /** Checks what can be checked without opening the data; problems name the key. */
     public void validate() {
         require(teacher != null && !teacher.isBlank(), "teacher", "is required (a teacher shard directory)");
+        require(out != null && !out.isBlank(), "out", "must name a folder, got \"" + out + "\"");
+        require(evalTeacher == null || !evalTeacher.isBlank(), "eval_teacher", "must name a shard directory or be left out, got \"\"");
+        require(tokenizer == null || !tokenizer.isBlank(), "tokenizer", "must name a tokenizer.json or be left out, got \"\"");
         require(steps >= 1, "steps", "must be >= 1, got " + steps);
         require(batchSize >= 1, "batch_size", "must be >= 1, got " + batchSize);
         require(gradAccum >= 1, "grad_accum", "must be >= 1, got " + gradAccum);
@@ -165,6 +169,17 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         require(loss.chunkRows() >= 0, "loss.chunk_rows", "must be >= 0, got " + loss.chunkRows());
         loss.options();
         loss.reductionMode();
+        // the student's sizes, bounded before anything is allocated (the rest once the shards give vocabulary and context)
+        require(student.layers() >= 1 && student.layers() <= TransformerConfig.MAX_LAYERS, "student.layers",
+                "must be in [1, " + TransformerConfig.MAX_LAYERS + "], got " + student.layers());
+        require(student.channels() >= 1 && student.channels() <= TransformerConfig.MAX_CHANNELS, "student.channels",
+                "must be in [1, " + TransformerConfig.MAX_CHANNELS + "], got " + student.channels());
+        require(student.heads() >= 1 && student.channels() % student.heads() == 0, "student.heads",
+                "must divide student.channels (" + student.channels() + "), got " + student.heads());
+        require(student.context() == null || student.context() >= 1 && student.context() <= TransformerConfig.MAX_CONTEXT,
+                "student.context", "must be in [1, " + TransformerConfig.MAX_CONTEXT + "], got " + student.context());
+        require(student.vocabSize() == null || student.vocabSize() >= 1 && student.vocabSize() <= TransformerConfig.MAX_VOCAB,
+                "student.vocab_size", "must be in [1, " + TransformerConfig.MAX_VOCAB + "], got " + student.vocabSize());
     }
 
     private static void require(boolean ok, String key, String problem) {

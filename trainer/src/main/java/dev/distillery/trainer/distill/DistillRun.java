@@ -2,6 +2,7 @@ package dev.distillery.trainer.distill;
 
 import java.io.IOException;
 import java.io.PrintWriter;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -64,9 +65,12 @@ public final class DistillRun {
         Path outDir = Path.of(cfg.out());
         DistillOptions options = cfg.loss().options();
         DifferentiableOps.Reduction reduction = cfg.loss().reductionMode();
-        try (FolderLock lock = FolderLock.acquire(outDir, "'out'");
-             TeacherShards shards = TeacherShards.open(Path.of(cfg.teacher()), cfg.verifyChecksums());
-             TeacherShards evalShards = cfg.evalTeacher() == null ? null : TeacherShards.open(Path.of(cfg.evalTeacher()), cfg.verifyChecksums())) {
+        requireReadable(cfg.tokenizer(), "tokenizer");   // before step 1, not at the first checkpoint
+        requireReadable(cfg.initFrom(), "init_from");
+        // the teacher's shards are opened before the run folder is made: bad input writes nothing
+        try (TeacherShards shards = TeacherShards.open(Path.of(cfg.teacher()), cfg.verifyChecksums());
+             TeacherShards evalShards = cfg.evalTeacher() == null ? null : TeacherShards.open(Path.of(cfg.evalTeacher()), cfg.verifyChecksums());
+             FolderLock lock = FolderLock.acquire(outDir, "'out'")) {
             int seqLen = shards.manifest().seqLen(), teacherVocab = shards.manifest().vocabSize();
             if (evalShards != null && (evalShards.manifest().vocabSize() != teacherVocab || evalShards.manifest().seqLen() != seqLen)) {
                 throw new IOException(cfg.evalTeacher() + ": vocab_size " + evalShards.manifest().vocabSize() + " and seq_len "
@@ -111,6 +115,12 @@ public final class DistillRun {
             } finally {
                 model.close();
             }
+        }
+    }
+
+    private static void requireReadable(String path, String key) throws IOException {
+        if (path != null && !Files.isReadable(Path.of(path))) {
+            throw new IOException("'" + key + "' " + path + ": no such file or folder, or not readable");
         }
     }
 

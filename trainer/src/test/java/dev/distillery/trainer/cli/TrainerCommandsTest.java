@@ -1,6 +1,7 @@
 package dev.distillery.trainer.cli;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
@@ -56,10 +57,11 @@ class TrainerCommandsTest {
         assertEquals(Main.EXIT_FAILED, unknown.status());
         assertEquals(1, unknown.err().strip().lines().count(), unknown.err());
         assertTrue(unknown.err().contains("unknown key 'batch'") && unknown.err().contains("batch_size"), unknown.err());
-        Files.writeString(cfg, "{\"teacher\": \"" + dir.resolve("no-shards") + "\"}");
+        Files.writeString(cfg, "{\"teacher\": \"" + dir.resolve("no-shards") + "\", \"out\": \"" + dir.resolve("out") + "\"}");
         Run noShards = run("distill", "--config", cfg.toString(), "--device", "cpu", "--threads", "1");
         assertEquals(Main.EXIT_FAILED, noShards.status());
         assertTrue(noShards.err().contains("manifest.json"), noShards.err());
+        assertFalse(Files.exists(dir.resolve("out")), "bad input makes no run folder");
     }
 
     @Test
