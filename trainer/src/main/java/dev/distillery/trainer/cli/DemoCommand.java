@@ -37,7 +37,7 @@ public final class DemoCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
-        Corpus c = corpus == null ? Corpus.bundled() : Corpus.load(corpus);
+        Corpus c = corpus == null ? Corpus.bundled() : Corpus.load(corpus, spec.commandLine().getErr());
         try (Kernels kernels = device.open(0, out)) {
             var rows = Demo.run(quick ? Demo.Settings.quick() : Demo.Settings.full(), c, work, seed, kernels, out, err);
             return rows.get(1).perplexity() < rows.get(2).perplexity() ? 0 : Main.EXIT_FAILED;

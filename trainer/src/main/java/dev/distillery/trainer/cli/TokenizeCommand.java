@@ -31,7 +31,7 @@ public final class TokenizeCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         PrintWriter o = spec.commandLine().getOut();
         if (!(valFraction > 0 && valFraction < 1)) throw new CommandLine.ParameterException(spec.commandLine(), "--val-fraction must be in (0, 1), got " + valFraction);
-        Corpus c = corpus == null ? Corpus.bundled() : Corpus.load(corpus);
+        Corpus c = corpus == null ? Corpus.bundled() : Corpus.load(corpus, spec.commandLine().getErr());
         CorpusTokenization.Result r = CorpusTokenization.run(c, vocab, valFraction, out);
         o.printf("corpus %s: %,d characters -> %,d train + %,d held-out tokens (vocab %d) in %s%n", c.name(), c.text().length(),
                 r.trainTokens(), r.valTokens(), r.tokenizer().vocabSize(), out);

