@@ -35,8 +35,11 @@ public sealed interface TeacherTargets {
     }
 
     /**
-     * The teacher's most likely token in {@code row} (ties: the smaller id among dense logits, the
-     * first listed among sparse ones). For sampled targets, the id with the largest summed weight.
+     * The teacher's most likely token in {@code row}: the largest logit (for sampled targets, the
+     * largest summed weight). Ties: among dense logits and sampled weights, the smaller id (as the
+     * student's {@code Kernels.argmaxRows} breaks them); among top-k logits, the one listed first,
+     * because writers list the top-k in descending order of the unrounded logits, so a tie made by
+     * rounding to bf16 is settled by the teacher's own ranking.
      */
     int top1(int row);
 
@@ -124,7 +127,7 @@ public sealed interface TeacherTargets {
                         w += weights.getAtIndex(ValueLayout.JAVA_FLOAT, (long) row * samples + j);
                     }
                 }
-                if (w > max) {
+                if (w > max || (w == max && id < best)) {
                     max = w;
                     best = id;
                 }

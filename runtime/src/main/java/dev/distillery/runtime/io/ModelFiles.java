@@ -2,6 +2,8 @@ package dev.distillery.runtime.io;
 
 import java.io.IOException;
 import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.ByteBuffer;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -113,7 +115,11 @@ public final class ModelFiles {
         return model;
     }
 
-    /** Copies every parameter of {@code model} from {@code file}; names, dtypes and shapes must match exactly. */
+    /**
+     * Copies every parameter of {@code model} from {@code file}; names, dtypes and shapes must
+     * match exactly, and every weight must be finite (a NaN would otherwise surface as a NaN
+     * perplexity, or a NaN loss some steps into a run, with nothing naming the weight).
+     */
     public static void readParameters(Path file, Transformer model) throws IOException {
         try (SafetensorsFile st = SafetensorsFile.open(file)) {
             for (Tensor t : model.parameters().parameters()) {
@@ -123,7 +129,16 @@ public final class ModelFiles {
                     throw new SafetensorsFormatException(file, "tensor '" + t.name() + "' at buffer offset " + e.begin() + " is "
                             + e.dtype() + " " + Arrays.toString(e.shape()) + ", the model needs F32 " + Arrays.toString(t.shape()));
                 }
-                model.parameters().write(t, st.bytes(t.name()));
+                MemorySegment bytes = st.bytes(t.name());
+                long n = bytes.byteSize() / 4;
+                for (long i = 0; i < n; i++) {
+                    float x = bytes.get(ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i);
+                    if (!Float.isFinite(x)) {
+                        throw new SafetensorsFormatException(file, "tensor '" + t.name() + "' element " + i + " is " + x
+                                + "; a checkpoint's weights must be finite");
+                    }
+                }
+                model.parameters().write(t, bytes);
             }
         }
     }

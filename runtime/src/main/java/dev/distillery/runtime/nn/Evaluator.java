@@ -19,14 +19,17 @@ import dev.distillery.runtime.distill.TeacherStaging;
  */
 public final class Evaluator {
 
-    /** Sums over the evaluated rows: hard-label CE, divergence to the teacher, top-1 agreements. */
-    public record Sums(double ce, double divergence, long agree, long rows, long ceRows) {
+    /**
+     * Sums over the evaluated rows, which are the rows training's loss counts (those with a
+     * target): hard-label CE, divergence to the teacher, top-1 agreements.
+     */
+    public record Sums(double ce, double divergence, long agree, long rows) {
         public Sums plus(Sums o) {
-            return new Sums(ce + o.ce, divergence + o.divergence, agree + o.agree, rows + o.rows, ceRows + o.ceRows);
+            return new Sums(ce + o.ce, divergence + o.divergence, agree + o.agree, rows + o.rows);
         }
 
         public static Sums zero() {
-            return new Sums(0, 0, 0, 0, 0);
+            return new Sums(0, 0, 0, 0);
         }
     }
 
@@ -62,10 +65,10 @@ public final class Evaluator {
     }
 
     /**
-     * The current inputs against {@code teacher} (batch·time rows), in chunks of logits: the CE on
-     * the targets (rows whose target is the ignore index count for the divergence and agreement
-     * only), the divergence of {@code options} (alpha is ignored), and how many rows' student argmax
-     * equals {@code teacherTop1[row]}. One loss call and one argmax per chunk.
+     * The current inputs against {@code teacher} (batch·time rows), in chunks of logits, over the
+     * rows training's loss counts (a row whose target is the ignore index counts for nothing): the
+     * CE on the targets, the divergence of {@code options} (alpha is ignored), and how many rows'
+     * student argmax equals {@code teacherTop1[row]}. One loss call and one argmax per chunk.
      */
     public Sums distill(TeacherTargets teacher, int[] teacherTop1, DistillOptions options, int chunkRows) {
         graph.reset(false);
@@ -79,7 +82,7 @@ public final class Evaluator {
             MemorySegment rowCe = graph.workspace.tensor("eval.ce", chunk).data();
             MemorySegment rowDiv = graph.workspace.tensor("eval.div", chunk).data();
             MemorySegment top1 = graph.workspace.tensor("eval.top1", DType.I32, chunk).data();
-            MemorySegment labels = inputs.evaluationLabels();
+            MemorySegment labels = inputs.targets().data();
             DistillOptions divergenceOnly = options.withAlpha(0f);
             Sums sums = Sums.zero();
             try (Arena host = Arena.ofConfined()) {
@@ -96,16 +99,15 @@ public final class Evaluator {
                     kernels.copyToHost(hostDiv, rowDiv, 4L * rows);
                     kernels.copyToHost(hostTop1, top1, 4L * rows);
                     double ce = 0, div = 0;
-                    long ceRows = 0, agree = 0;
+                    long counted = 0, agree = 0;
                     for (int r = 0; r < rows; r++) {
+                        if (inputs.target(r0 + r) == options.ignoreIndex()) continue;
+                        ce += hostCe.getAtIndex(ValueLayout.JAVA_FLOAT, r);
                         div += hostDiv.getAtIndex(ValueLayout.JAVA_FLOAT, r);
-                        if (inputs.target(r0 + r) != options.ignoreIndex()) {
-                            ce += hostCe.getAtIndex(ValueLayout.JAVA_FLOAT, r);
-                            ceRows++;
-                        }
                         if (hostTop1.getAtIndex(ValueLayout.JAVA_INT, r) == teacherTop1[r0 + r]) agree++;
+                        counted++;
                     }
-                    sums = sums.plus(new Sums(ce, div, agree, rows, ceRows));
+                    sums = sums.plus(new Sums(ce, div, agree, counted));
                 }
             }
             return sums;

@@ -22,9 +22,6 @@ public final class ModelInputs implements AutoCloseable {
     private final Arena arena = Arena.ofShared();
     private final Tensor tokens, targets;
     private final MemorySegment hostTokens, hostTargets;
-    /** The targets with every ignored position given label 0, for evaluation; rebuilt after new inputs. */
-    private final MemorySegment evalLabels, hostEvalLabels;
-    private boolean evalLabelsCurrent;
 
     ModelInputs(Kernels kernels, int batch, int time, int vocab) {
         this.kernels = kernels;
@@ -35,10 +32,8 @@ public final class ModelInputs implements AutoCloseable {
         long bytes = 4L * batch * time;
         this.tokens = new Tensor("tokens", new int[]{batch, time}, DType.I32, device, kernels.allocate(arena, bytes), false);
         this.targets = new Tensor("targets", new int[]{batch * time}, DType.I32, device, kernels.allocate(arena, bytes), false);
-        this.evalLabels = kernels.allocate(arena, bytes);
         this.hostTokens = arena.allocate(bytes, 64);
         this.hostTargets = arena.allocate(bytes, 64);
-        this.hostEvalLabels = arena.allocate(bytes, 64);
     }
 
     /** Token ids (batch, time), where the kernels read them. */
@@ -54,23 +49,6 @@ public final class ModelInputs implements AutoCloseable {
     /** The target of position i, from the host copy. */
     public int target(long i) {
         return hostTargets.getAtIndex(ValueLayout.JAVA_INT, i);
-    }
-
-    /**
-     * The targets with every ignored position given label 0, where the kernels read them: one
-     * loss call then gives the divergence of every row and the CE of every row, of which the
-     * caller keeps the labelled rows'.
-     */
-    MemorySegment evaluationLabels() {
-        if (!evalLabelsCurrent) {
-            for (long i = 0; i < (long) batch * time; i++) {
-                int t = target(i);
-                hostEvalLabels.setAtIndex(ValueLayout.JAVA_INT, i, t == DifferentiableOps.IGNORE_INDEX ? 0 : t);
-            }
-            kernels.copyFromHost(evalLabels, hostEvalLabels, hostEvalLabels.byteSize());
-            evalLabelsCurrent = true;
-        }
-        return evalLabels;
     }
 
     /**
@@ -99,6 +77,16 @@ public final class ModelInputs implements AutoCloseable {
      * @throws IllegalArgumentException naming the position when an id is outside the vocabulary
      */
     public void setSequences(MemorySegment ids) {
+        setSequences(ids, batch);
+    }
+
+    /**
+     * As {@link #setSequences(MemorySegment)}, with only the first {@code valid} sequences
+     * labelled: the others (padding of a last, partial batch) have every target ignored, so they
+     * count for nothing in any loss or evaluation.
+     */
+    public void setSequences(MemorySegment ids, int valid) {
+        if (valid < 1 || valid > batch) throw new IllegalArgumentException("valid sequences " + valid + " must be in [1, " + batch + "]");
         for (int b = 0; b < batch; b++) {
             for (int t = 0; t < time; t++) {
                 long i = (long) b * time + t;
@@ -111,6 +99,9 @@ public final class ModelInputs implements AutoCloseable {
                 if (t > 0) hostTargets.setAtIndex(ValueLayout.JAVA_INT, i - 1, id);
             }
             hostTargets.setAtIndex(ValueLayout.JAVA_INT, (long) b * time + time - 1, DifferentiableOps.IGNORE_INDEX);
+            if (b >= valid) {
+                for (int t = 0; t < time; t++) hostTargets.setAtIndex(ValueLayout.JAVA_INT, (long) b * time + t, DifferentiableOps.IGNORE_INDEX);
+            }
         }
         upload();
     }
@@ -140,7 +131,6 @@ public final class ModelInputs implements AutoCloseable {
     private void upload() {
         kernels.copyFromHost(tokens.data(), hostTokens, hostTokens.byteSize());
         kernels.copyFromHost(targets.data(), hostTargets, hostTargets.byteSize());
-        evalLabelsCurrent = false;
     }
 
     @Override

@@ -2,6 +2,8 @@ package dev.distillery.trainer.cli;
 
 import java.io.PrintWriter;
 import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
 import java.util.concurrent.Callable;
 
 import dev.distillery.kernels.Kernels;
@@ -11,6 +13,7 @@ import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.Transformer;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
+import dev.distillery.trainer.data.StrictJson;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
 import dev.distillery.trainer.distill.DistillRun;
@@ -34,8 +37,11 @@ public final class EvalCommand implements Callable<Integer> {
     Path shards;
     @Option(names = "--batch", defaultValue = "8", description = "Sequences per batch (default: ${DEFAULT-VALUE}).")
     int batch;
-    @Option(names = "--batches", defaultValue = "64", description = "At most this many batches (default: ${DEFAULT-VALUE}).")
+    @Option(names = "--batches", defaultValue = "0",
+            description = "At most this many batches, 0 = every held-out sequence (default: ${DEFAULT-VALUE}).")
     int batches;
+    @Option(names = "--json", description = "Print one JSON object per input, at full precision.")
+    boolean json;
     @Mixin
     DeviceOptions device;
     @CommandLine.Spec
@@ -50,21 +56,47 @@ public final class EvalCommand implements Callable<Integer> {
                 int t = m.config().contextLength();
                 try (TokenFile val = TokenFile.open(tokens);
                      TrainingSession s = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0, batch, t)) {
-                    double ce = LanguageModelTraining.validationLoss(s, val, batch, t, batches);
-                    out.printf("%s: cross-entropy %.4f, perplexity %.3f%n", tokens, ce, Math.exp(ce));
+                    double ce = LanguageModelTraining.validationLoss(s, val, batch, t, batches > 0 ? batches : Integer.MAX_VALUE);
+                    requireFinite(ce, "cross-entropy on " + tokens);
+                    if (json) {
+                        out.println(StrictJson.MAPPER.writeValueAsString(Map.of("tokens", tokens.toString(), "cross_entropy", ce, "perplexity", Math.exp(ce))));
+                    } else {
+                        out.printf("%s: cross-entropy %.6f, perplexity %.4f%n", tokens, ce, Math.exp(ce));
+                    }
                 }
             }
             if (shards != null) {
                 try (TeacherShards ts = TeacherShards.open(shards, true);
                      TrainingSession s = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0,
                              batch, ts.manifest().seqLen())) {
-                    DistillRun.Evaluation e = DistillRun.evaluate(s, ts, shards, batch, batches,
+                    DistillRun.Evaluation e = DistillRun.evaluate(s, ts, batch, batches > 0 ? batches : Integer.MAX_VALUE,
                             ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, m.config().vocabSize()), 0);
-                    out.printf("%s: perplexity %.3f, KL to teacher %.4f, top-1 agreement %.1f%% (%,d positions)%n", shards,
-                            e.perplexity(), e.kl(), 100 * e.agreement(), e.rows());
+                    requireFinite(e.ce(), "cross-entropy on " + shards);
+                    requireFinite(e.kl(), "divergence to the teacher on " + shards);
+                    String divergence = DistillRun.divergenceName(ts.layout().kind());
+                    if (json) {
+                        Map<String, Object> o = new LinkedHashMap<>();
+                        o.put("teacher_shards", shards.toString());
+                        o.put("cross_entropy", e.ce());
+                        o.put("perplexity", e.perplexity());
+                        o.put(DistillRun.divergenceKey(ts.layout().kind()), e.kl());
+                        o.put("top1_agreement", e.agreement());
+                        o.put("positions", e.rows());
+                        out.println(StrictJson.MAPPER.writeValueAsString(o));
+                    } else {
+                        out.printf("%s: perplexity %.4f, %s %.6f, top-1 agreement %.2f%% (%,d positions)%n", shards,
+                                e.perplexity(), divergence, e.kl(), 100 * e.agreement(), e.rows());
+                    }
                 }
             }
             return 0;
+        }
+    }
+
+    /** NaN or infinity is an answer no one can use: an error naming what was measured, not a number printed with exit 0. */
+    private static void requireFinite(double x, String what) {
+        if (!Double.isFinite(x)) {
+            throw new IllegalStateException(what + " is " + x + ": the checkpoint or the data holds non-finite values");
         }
     }
 }

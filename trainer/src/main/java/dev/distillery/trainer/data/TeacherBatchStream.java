@@ -3,6 +3,7 @@ package dev.distillery.trainer.data;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.BlockingQueue;
@@ -23,11 +24,18 @@ import dev.distillery.runtime.Rng;
  * gives the slot back with {@link #release(Batch)}; time spent blocked in {@code next()} is
  * counted ({@link #waitNanos()}) so the trainer can report the fraction of step time lost to data.
  * A position (epoch, batch) can be resumed exactly.
+ *
+ * <p>{@link #onePass} is the evaluation form: one permutation (of {@code Rng(seed)}) in batches
+ * that cover every sequence once, the last batch padded with repeats of its last sequence that
+ * {@link Batch#valid()} tells the consumer to ignore; then the stream ends.
  */
 public final class TeacherBatchStream implements AutoCloseable {
 
-    /** One prepared batch; valid until {@link #release(Batch)}. */
-    public record Batch(int epoch, int index, MemorySegment inputIds, TeacherTargets targets, int[] sequences, Slot slot) {
+    /**
+     * One prepared batch; valid until {@link #release(Batch)}. Its first {@code valid} sequences
+     * are real; the rest (only in the last batch of a {@link #onePass} stream) are padding.
+     */
+    public record Batch(int epoch, int index, MemorySegment inputIds, TeacherTargets targets, int[] sequences, int valid, Slot slot) {
     }
 
     /** A reusable set of buffers for one batch: its input ids and one buffer per buffer of the teacher layout. */
@@ -57,6 +65,7 @@ public final class TeacherBatchStream implements AutoCloseable {
     private final int batch;
     private final long seed;
     private final int batchesPerEpoch;
+    private final boolean onePass;
     private final Arena arena = Arena.ofShared();
     private final BlockingQueue<Slot> free;
     private final BlockingQueue<Batch> ready;
@@ -75,14 +84,25 @@ public final class TeacherBatchStream implements AutoCloseable {
 
     /** As above, with the slots in {@code memory}. */
     public TeacherBatchStream(TeacherShards shards, int batch, long seed, int depth, int startEpoch, int startBatch, HostMemory memory) {
-        if (batch < 1 || batch > shards.sequences()) {
+        this(shards, batch, seed, depth, startEpoch, startBatch, memory, false);
+    }
+
+    /** Every sequence once, in {@code ceil(sequences / batch)} batches (the last padded), then the end. */
+    public static TeacherBatchStream onePass(TeacherShards shards, int batch, long seed) {
+        return new TeacherBatchStream(shards, batch, seed, 1, 0, 0, HostMemory.PLAIN, true);
+    }
+
+    private TeacherBatchStream(TeacherShards shards, int batch, long seed, int depth, int startEpoch, int startBatch, HostMemory memory,
+                               boolean onePass) {
+        if (batch < 1 || (!onePass && batch > shards.sequences())) {
             throw new IllegalArgumentException("batch " + batch + " must be in [1, " + shards.sequences() + " sequences]");
         }
         if (depth < 1) throw new IllegalArgumentException("prefetch depth must be >= 1, got " + depth);
         this.shards = shards;
         this.batch = batch;
         this.seed = seed;
-        this.batchesPerEpoch = shards.sequences() / batch;
+        this.onePass = onePass;
+        this.batchesPerEpoch = onePass ? (shards.sequences() + batch - 1) / batch : shards.sequences() / batch;
         if (startBatch < 0 || startBatch >= batchesPerEpoch) {
             throw new IllegalArgumentException("start batch " + startBatch + " must be in [0, " + batchesPerEpoch + ")");
         }
@@ -115,12 +135,13 @@ public final class TeacherBatchStream implements AutoCloseable {
 
     private void produce(int epoch, int first) {
         try {
-            for (int e = epoch; ; e++) {
+            for (int e = epoch; e == epoch || !onePass; e++) {
                 int[] order = order(e);
                 for (int bIdx = e == epoch ? first : 0; bIdx < batchesPerEpoch; bIdx++) {
                     Slot slot = free.take();
-                    int[] seqs = java.util.Arrays.copyOfRange(order, bIdx * batch, (bIdx + 1) * batch);
-                    ready.put(fill(slot, e, bIdx, seqs));
+                    int valid = Math.min(batch, order.length - bIdx * batch);
+                    int[] seqs = Arrays.copyOfRange(order, bIdx * batch, bIdx * batch + valid);
+                    ready.put(fill(slot, e, bIdx, seqs, valid));
                 }
             }
         } catch (InterruptedException stop) {
@@ -130,15 +151,15 @@ public final class TeacherBatchStream implements AutoCloseable {
         }
     }
 
-    private Batch fill(Slot slot, int epoch, int index, int[] seqs) {
+    private Batch fill(Slot slot, int epoch, int index, int[] seqs, int valid) {
         int t = shards.manifest().seqLen();
-        for (int i = 0; i < seqs.length; i++) {
-            TeacherShards.Sequence s = shards.sequence(seqs[i]);
+        for (int i = 0; i < batch; i++) {
+            TeacherShards.Sequence s = shards.sequence(seqs[Math.min(i, valid - 1)]);
             MemorySegment.copy(s.inputIds(), 0, slot.ids, 4L * i * t, 4L * t);
             List<MemorySegment> from = s.targets().buffers();
             for (int b = 0; b < from.size(); b++) copy(from.get(b), slot.targets.get(b), i, t * layout.bytesPerRow(b));
         }
-        return new Batch(epoch, index, slot.ids, layout.over(slot.targets), seqs, slot);
+        return new Batch(epoch, index, slot.ids, layout.over(slot.targets), seqs, valid, slot);
     }
 
     private static void copy(MemorySegment src, MemorySegment dst, int i, long bytes) {

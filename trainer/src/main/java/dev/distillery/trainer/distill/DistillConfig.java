@@ -34,7 +34,7 @@ import dev.distillery.trainer.data.StrictJson;
  * @param weightDecay     AdamW decoupled weight decay on matrices (default 0.1)
  * @param gradClip        global gradient-norm clip, 0 = off (default 1.0)
  * @param evalEvery       steps between evaluations, 0 = only at the end (default 0)
- * @param evalBatches     batches per evaluation (default 8)
+ * @param evalBatches     batches per evaluation, 0 = every held-out sequence (default 8)
  * @param checkpointEvery steps between checkpoints, 0 = only at the end (default 500; a stop by signal also checkpoints)
  * @param keepCheckpoints checkpoints kept (default 3)
  * @param seed            model init and data order (default 1234)
@@ -161,7 +161,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         require(warmupSteps >= 0, "warmup_steps", "must be >= 0, got " + warmupSteps);
         require(gradClip >= 0, "grad_clip", "must be >= 0, got " + gradClip);
         require(evalEvery >= 0, "eval_every", "must be >= 0, got " + evalEvery);
-        require(evalBatches >= 1, "eval_batches", "must be >= 1, got " + evalBatches);
+        require(evalBatches >= 0, "eval_batches", "must be >= 0 (0 = every held-out sequence), got " + evalBatches);
         require(checkpointEvery >= 0, "checkpoint_every", "must be >= 0, got " + checkpointEvery);
         require(keepCheckpoints >= 1, "keep_checkpoints", "must be >= 1, got " + keepCheckpoints);
         require(threads >= 0, "threads", "must be >= 0, got " + threads);

@@ -77,6 +77,12 @@ public final class DistillRun {
                         + evalShards.manifest().seqLen() + " must equal the training shards' " + teacherVocab + " and " + seqLen
                         + " (" + cfg.teacher() + ")");
             }
+            if (cfg.loss().alpha() == 0 && shards.layout().kind() == TeacherTargets.Kind.TOP_K) {
+                err.println("warning: alpha 0 on top-k shards: nothing but the tail bucket constrains the student outside the teacher's "
+                        + "top-" + shards.manifest().k() + ", and the reported KL over top-k + tail can understate the true KL many times; "
+                        + "a small alpha (0.1) or dense shards avoid both");
+                err.flush();
+            }
             int batchesPerEpoch = shards.sequences() / cfg.batchSize();
             if (batchesPerEpoch < 1) {
                 throw new IOException(cfg.teacher() + ": 'batch_size' " + cfg.batchSize() + " exceeds the " + shards.sequences() + " sequences in the shards");
@@ -257,15 +263,16 @@ public final class DistillRun {
         @Override
         public Map<String, Object> evaluate(int step) throws IOException {
             if (evalShards == null) return null;
-            lastEval = DistillRun.evaluate(session, evalShards, Path.of(cfg.evalTeacher()), cfg.batchSize(), cfg.evalBatches(), chunkRows, step);
+            lastEval = DistillRun.evaluate(session, evalShards, cfg.batchSize(), cfg.evalBatches() > 0 ? cfg.evalBatches() : Integer.MAX_VALUE,
+                    chunkRows, step);
             Map<String, Object> ev = new LinkedHashMap<>();
             ev.put("ce", lastEval.ce());
             ev.put("perplexity", lastEval.perplexity());
-            ev.put("kl", lastEval.kl());
+            ev.put(divergenceKey(evalShards.layout().kind()), lastEval.kl());
             ev.put("agreement", lastEval.agreement());
             ev.put("rows", lastEval.rows());
-            err.printf("eval @ step %d: ce %.4f, perplexity %.3f, KL to teacher %.4f, top-1 agreement %.1f%%%n", step,
-                    lastEval.ce(), lastEval.perplexity(), lastEval.kl(), 100 * lastEval.agreement());
+            err.printf("eval @ step %d: ce %.4f, perplexity %.3f, %s %.4f, top-1 agreement %.1f%%%n", step,
+                    lastEval.ce(), lastEval.perplexity(), divergenceName(evalShards.layout().kind()), lastEval.kl(), 100 * lastEval.agreement());
             err.flush();
             return ev;
         }
@@ -287,21 +294,47 @@ public final class DistillRun {
         }
     }
 
-    /** Held-out CE (perplexity), forward KL to the teacher at its shard temperature (T = 1 for dense), top-1 agreement. */
-    public static Evaluation evaluate(TrainingSession session, TeacherShards evalShards, Path where, int batchSize, int maxBatches,
+    /**
+     * What {@link Evaluation#kl()} measures on shards of {@code kind}, in words: the true KL only
+     * for dense shards. Top-k shards give the KL between the teacher's top-k plus one tail bucket
+     * and the student's mass on the same ids plus the rest, a lower bound on the true KL (merging
+     * categories never raises a KL); sampled shards give the cross-entropy to the teacher's
+     * samples, which is the KL plus the teacher's entropy, and that entropy is not in the shards.
+     */
+    public static String divergenceName(TeacherTargets.Kind kind) {
+        return switch (kind) {
+            case DENSE -> "KL to teacher";
+            case TOP_K -> "KL to teacher over top-k + tail (a lower bound on the KL)";
+            case SAMPLED -> "cross-entropy to teacher samples (not a KL)";
+        };
+    }
+
+    /** The key {@link #divergenceName} goes by in JSON: {@code kl}, {@code kl_topk_tail} or {@code ce_to_samples}. */
+    public static String divergenceKey(TeacherTargets.Kind kind) {
+        return switch (kind) {
+            case DENSE -> "kl";
+            case TOP_K -> "kl_topk_tail";
+            case SAMPLED -> "ce_to_samples";
+        };
+    }
+
+    /**
+     * Held-out CE (perplexity), forward KL to the teacher at its shard temperature (T = 1 for
+     * dense) and top-1 agreement, over the rows training's loss counts (every position but each
+     * sequence's last). {@code maxBatches} batches of a seed-0 permutation; when that covers the
+     * shards, every sequence counts once (the last batch is padded and the padding ignored).
+     */
+    public static Evaluation evaluate(TrainingSession session, TeacherShards evalShards, int batchSize, int maxBatches,
                                       int chunkRows, int step) throws IOException {
         boolean dense = evalShards.layout().kind() == TeacherTargets.Kind.DENSE;
         float t = dense ? 1f : (float) evalShards.manifest().temperature();
         DistillOptions klOptions = DistillOptions.of(t, 0f).withTemperatureSquared(false);   // forward KL, tail bucket, ignore -100
-        int batches = Math.min(maxBatches, evalShards.sequences() / batchSize);
-        if (batches < 1) {
-            throw new IOException(where + ": batch size " + batchSize + " exceeds its " + evalShards.sequences() + " sequences");
-        }
         Evaluator.Sums sums = Evaluator.Sums.zero();
-        try (TeacherBatchStream stream = new TeacherBatchStream(evalShards, batchSize, 0L, 1, 0, 0)) {
+        try (TeacherBatchStream stream = TeacherBatchStream.onePass(evalShards, batchSize, 0L)) {
+            int batches = Math.min(maxBatches, stream.batchesPerEpoch());
             for (int i = 0; i < batches; i++) {
                 TeacherBatchStream.Batch b = stream.next();
-                session.inputs().setSequences(b.inputIds());
+                session.inputs().setSequences(b.inputIds(), b.valid());
                 int rows = batchSize * evalShards.manifest().seqLen();
                 int[] top1 = new int[rows];
                 for (int r = 0; r < rows; r++) top1[r] = b.targets().top1(r);
@@ -312,7 +345,7 @@ public final class DistillRun {
             Thread.currentThread().interrupt();
             throw new IOException("interrupted during evaluation", e);
         }
-        double ce = sums.ce() / Math.max(1, sums.ceRows());
+        double ce = sums.ce() / Math.max(1, sums.rows());
         return new Evaluation(step, ce, Math.exp(ce), sums.divergence() / Math.max(1, sums.rows()),
                 (double) sums.agree() / Math.max(1, sums.rows()), sums.rows());
     }

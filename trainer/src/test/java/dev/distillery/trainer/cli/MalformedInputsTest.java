@@ -18,6 +18,12 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.trainer.data.TokenFile;
+
 /**
  * Malformed input, as a user writes it by mistake: each case ends with a non-zero status and one
  * line naming the file and the key or tensor, with no stack trace, no hang and no allocation of
@@ -99,5 +105,20 @@ class MalformedInputsTest {
         refused(run("inspect", overflow.toString()), "bad.safetensors", "tensor 'w'", "more than 2^63 bytes");
         byte[] header = "{\"w\u00ff\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [0, 0]}}".getBytes(StandardCharsets.ISO_8859_1);
         refused(run("inspect", safetensors(dir, header).toString()), "bad.safetensors", "not valid UTF-8");
+    }
+
+    @Test
+    void aCheckpointWithANonFiniteWeightIsNamedNotEvaluatedToNaN(@TempDir Path dir) throws IOException {
+        Path model = dir.resolve("model");
+        try (var kernels = new CpuKernels(1, "auto");
+             var m = new Transformer(new TransformerConfig(16, 8, 1, 8, 2), kernels)) {
+            m.initialize(1);
+            m.parameters().get("h.0.mlp.c_fc.weight").setFloat(5, Float.NaN);
+            ModelFiles.write(model, m);
+        }
+        Path tokens = dir.resolve("val.bin");
+        TokenFile.write(tokens, new int[64]);
+        refused(run("eval", "--model", model.toString(), "--tokens", tokens.toString(), "--device", "cpu", "--threads", "1"),
+                "model.safetensors", "tensor 'h.0.mlp.c_fc.weight' element 5 is NaN");
     }
 }

@@ -1,5 +1,6 @@
 package dev.distillery.trainer.data;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -198,6 +199,59 @@ class TeacherShardsTest {
                     resumed.release(batch);
                 }
             }
+        }
+    }
+
+    @Test
+    void aOnePassStreamCoversEverySequenceOnceAndMarksThePaddingOfItsLastBatch() throws Exception {
+        try (Arena arena = Arena.ofShared()) {
+            Path a = shard(arena, "t-0.safetensors", "topk", 4, 0);
+            Path b = shard(arena, "t-1.safetensors", "topk", 3, 500);
+            manifest("topk", List.of(new TeacherManifest.Shard("t-0.safetensors", 4, sha256(a)),
+                    new TeacherManifest.Shard("t-1.safetensors", 3, sha256(b))));
+            try (TeacherShards shards = TeacherShards.open(dir, false);
+                 TeacherBatchStream stream = TeacherBatchStream.onePass(shards, 3, 0L)) {
+                assertEquals(3, stream.batchesPerEpoch()); // 7 sequences in batches of 3: 3 + 3 + 1
+                java.util.Set<Integer> seen = new java.util.HashSet<>();
+                int[] valid = new int[3];
+                for (int i = 0; i < 3; i++) {
+                    TeacherBatchStream.Batch batch = stream.next();
+                    valid[i] = batch.valid();
+                    for (int j = 0; j < batch.valid(); j++) assertTrue(seen.add(batch.sequences()[j]), "sequence twice");
+                    if (i == 2) {   // the padding repeats the last real sequence
+                        int last = batch.sequences()[0];
+                        for (int j = 1; j < 3; j++) {
+                            assertEquals(-1, shards.sequence(last).inputIds().mismatch(batch.inputIds().asSlice(4L * j * T, 4L * T)));
+                        }
+                    }
+                    stream.release(batch);
+                }
+                assertArrayEquals(new int[]{3, 3, 1}, valid);
+                assertEquals(7, seen.size());
+            }
+            // a batch larger than the shards is one padded batch
+            try (TeacherShards shards = TeacherShards.open(dir, false);
+                 TeacherBatchStream stream = TeacherBatchStream.onePass(shards, 10, 0L)) {
+                assertEquals(1, stream.batchesPerEpoch());
+                assertEquals(7, stream.next().valid());
+            }
+        }
+    }
+
+    @Test
+    void topOneTiesGoToTheFirstListedTopKIdAndTheSmallerSampledId() {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment ids = arena.allocate(4L * 3), logits = arena.allocate(4L * 3), lse = arena.allocate(4);
+            int[] listed = {9, 4, 7};
+            float[] values = {2f, 2f, 1f};
+            for (int i = 0; i < 3; i++) {
+                ids.setAtIndex(ValueLayout.JAVA_INT, i, listed[i]);
+                logits.setAtIndex(ValueLayout.JAVA_FLOAT, i, values[i]);
+            }
+            assertEquals(9, new TeacherTargets.TopK(ids, logits, DType.F32, lse, 3, 10, 1f).top1(0));   // the writer ranked 9 first
+            MemorySegment weights = arena.allocate(4L * 3);
+            for (int i = 0; i < 3; i++) weights.setAtIndex(ValueLayout.JAVA_FLOAT, i, values[i]);
+            assertEquals(4, new TeacherTargets.Sampled(ids, weights, 3, 10, 1f).top1(0));
         }
     }
 }
