@@ -1,6 +1,7 @@
 package dev.distillery.trainer.cli;
 
 import java.io.PrintWriter;
+import java.io.Writer;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -42,6 +43,8 @@ public final class EvalCommand implements Callable<Integer> {
     int batches;
     @Option(names = "--json", description = "Print one JSON object per input, at full precision.")
     boolean json;
+    @Option(names = "--skip-value-check", description = "Do not check every teacher value before evaluating (the check reads the shards once).")
+    boolean skipValueCheck;
     @Mixin
     DeviceOptions device;
     @CommandLine.Spec
@@ -54,7 +57,7 @@ public final class EvalCommand implements Callable<Integer> {
         try (Kernels kernels = device.open(0, out); Transformer m = ModelFiles.read(model, kernels)) {
             if (tokens != null) {
                 int t = m.config().contextLength();
-                try (TokenFile val = TokenFile.open(tokens);
+                try (TokenFile val = TokenFile.open(tokens, m.config().vocabSize(), "the model's");
                      TrainingSession s = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0, batch, t)) {
                     double ce = LanguageModelTraining.validationLoss(s, val, batch, t, batches > 0 ? batches : Integer.MAX_VALUE);
                     requireFinite(ce, "cross-entropy on " + tokens);
@@ -69,6 +72,8 @@ public final class EvalCommand implements Callable<Integer> {
                 try (TeacherShards ts = TeacherShards.open(shards, true);
                      TrainingSession s = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0,
                              batch, ts.manifest().seqLen())) {
+                    if (!skipValueCheck) DistillRun.checkValues(ts, shards.toString(), json ? new PrintWriter(Writer.nullWriter()) : out,
+                            spec.commandLine().getErr());
                     DistillRun.Evaluation e = DistillRun.evaluate(s, ts, batch, batches > 0 ? batches : Integer.MAX_VALUE,
                             ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, m.config().vocabSize()), 0);
                     requireFinite(e.ce(), "cross-entropy on " + shards);

@@ -15,6 +15,7 @@ import dev.distillery.runtime.nn.TransformerConfig;
 import dev.distillery.trainer.data.TeacherManifest;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.distill.DistillRun;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Parameters;
@@ -33,7 +34,8 @@ public final class InspectCommand implements Callable<Integer> {
     @Parameters(paramLabel = "PATH", description = "A .safetensors file, a teacher shard directory, a checkpoint folder or a .bin token file.")
     Path path;
 
-    @CommandLine.Option(names = "--verify", description = "For a shard directory: check every shard's SHA-256 against the manifest.")
+    @CommandLine.Option(names = "--verify", description = {"For a shard directory: check every shard's SHA-256 against the manifest and every",
+            "teacher value (finite, ids in range and distinct, top-k mass at most 1, sampled weights summing to 1)."})
     boolean verify;
 
     @CommandLine.Spec
@@ -67,6 +69,7 @@ public final class InspectCommand implements Callable<Integer> {
                         path, shards.sequences(), m.seqLen(), m.vocabSize(), m.targets(),
                         shards.layout().kind() == TeacherTargets.Kind.DENSE ? "" : " (k " + m.k() + ")", m.dtype(), m.temperature());
                 out.printf(Locale.ROOT, "teacher %s, tokenizer %s%s%n", m.teacher(), m.tokenizer(), verify ? ", checksums verified" : "");
+                if (verify) DistillRun.checkValues(shards, path.toString(), out, spec.commandLine().getErr());
                 for (TeacherManifest.Shard s : m.shards()) {
                     try (SafetensorsFile st = SafetensorsFile.open(path.resolve(s.file()))) {
                         out.printf(Locale.ROOT, "%n%s (%d sequences)%n", s.file(), s.sequences());

@@ -124,9 +124,7 @@ public final class TeacherShards implements AutoCloseable {
     /** Views of sequence {@code index} (0 ≤ index < sequences()). */
     public Sequence sequence(int index) {
         if (index < 0 || index >= total) throw new IndexOutOfBoundsException("sequence " + index + " of " + total);
-        int shard = Arrays.binarySearch(firstSequence, index);
-        shard = shard >= 0 ? shard : -shard - 2;
-        while (firstSequence[shard + 1] <= index) shard++;
+        int shard = shardOf(index);
         int local = index - firstSequence[shard];
         SafetensorsFile st = files.get(shard);
         int t = manifest.seqLen();
@@ -135,6 +133,24 @@ public final class TeacherShards implements AutoCloseable {
         for (int i = 0; i < tensors.size(); i++) buffers.add(st.bytes(tensors.get(i).name()).asSlice(local * t * layout.bytesPerRow(i)));
         TeacherTargets targets = layout.over(buffers);
         return new Sequence(ids, targets);
+    }
+
+    /** Where sequence {@code index}, position {@code position} is, in the user's terms: the shard file, the sequence in it, the position. */
+    public String where(int index, int position) {
+        int shard = shardOf(index);
+        return files.get(shard).path() + ", sequence " + (index - firstSequence[shard]) + ", position " + position;
+    }
+
+    /** The bytes of the first {@code sequences} sequences' ids and targets. */
+    public long bytesOfSequences(int sequences) {
+        return (4 + layout.bytesPerRow()) * manifest.seqLen() * sequences;
+    }
+
+    private int shardOf(int index) {
+        int shard = Arrays.binarySearch(firstSequence, index);
+        shard = shard >= 0 ? shard : -shard - 2;
+        while (firstSequence[shard + 1] <= index) shard++;
+        return shard;
     }
 
     @Override

@@ -78,6 +78,18 @@ public final class TokenFile implements AutoCloseable {
         }
     }
 
+    /** {@link #open(Path)} and {@link #requireBelow}: a file whose every id is in {@code whose} vocabulary of {@code vocab}. */
+    public static TokenFile open(Path path, int vocab, String whose) throws IOException {
+        TokenFile f = open(path);
+        try {
+            f.requireBelow(vocab, whose);
+            return f;
+        } catch (IOException | RuntimeException e) {
+            f.close();
+            throw e;
+        }
+    }
+
     /** Writes tokens crash-safely (temporary name, fsync, rename), uint16 when every id fits, else uint32. */
     public static void write(Path path, int[] tokens) throws IOException {
         int max = 0;
@@ -116,6 +128,24 @@ public final class TokenFile implements AutoCloseable {
         }
         return width == 2 ? Short.toUnsignedInt(tokens.getAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, index))
                 : tokens.getAtIndex(ValueLayout.JAVA_INT_UNALIGNED, index);
+    }
+
+    /**
+     * Checks every id against a vocabulary in one pass before any work starts, so an id out of
+     * range is named with its place, not found hours in.
+     *
+     * @param whose whose vocabulary, for the message ("the teacher's")
+     * @throws IOException naming the file, the token's index and its id (uint32 ids as unsigned)
+     */
+    public void requireBelow(int vocab, String whose) throws IOException {
+        for (long i = 0; i < count; i++) {
+            long id = width == 2 ? Short.toUnsignedInt(tokens.getAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, i))
+                    : Integer.toUnsignedLong(tokens.getAtIndex(ValueLayout.JAVA_INT_UNALIGNED, i));
+            if (id >= vocab) {
+                throw new IOException(path + ": token " + i + " (byte offset " + (HEADER_BYTES + i * width) + ") is id " + id
+                        + ", outside " + whose + " vocabulary of " + vocab);
+            }
+        }
     }
 
     /** Copies tokens [from, from + n) into dst[0, n) as int32. */

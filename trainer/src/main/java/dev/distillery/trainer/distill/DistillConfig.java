@@ -12,6 +12,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.nn.TransformerConfig;
 import dev.distillery.trainer.data.StrictJson;
@@ -41,13 +42,15 @@ import dev.distillery.trainer.data.StrictJson;
  * @param threads         CPU threads, 0 = all cores (default 0)
  * @param prefetch        batches prepared ahead (default 2)
  * @param verifyChecksums stream every shard through SHA-256 before the first step (default true)
+ * @param checkValues     check every teacher value before the first step ({@code ShardValues}; default true)
  */
 @JsonInclude(JsonInclude.Include.ALWAYS)
 public record DistillConfig(String teacher, String evalTeacher, String out, String tokenizer, String initFrom,
                             Student student, Integer steps, Integer batchSize, Integer gradAccum,
                             Double lr, Double minLr, Integer warmupSteps, Double weightDecay, Double beta1, Double beta2,
                             Double gradClip, Loss loss, Integer evalEvery, Integer evalBatches, Integer checkpointEvery,
-                            Integer keepCheckpoints, Long seed, Integer threads, Integer prefetch, Boolean verifyChecksums) {
+                            Integer keepCheckpoints, Long seed, Integer threads, Integer prefetch, Boolean verifyChecksums,
+                            Boolean checkValues) {
 
     /**
      * The student; vocab_size defaults to the teacher's (larger is allowed: padding columns).
@@ -107,6 +110,37 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
             }
         }
 
+        /**
+         * Whether this loss can train on shards of {@code layout}, said in the config's keys
+         * (the kernels say it in their own terms, and only at step 1).
+         *
+         * @throws IllegalArgumentException naming the keys to change, and {@code manifest}
+         */
+        public void requireCompatible(TeacherLayout layout, Path manifest) {
+            double shardT = layout.shardTemperature();
+            switch (layout.kind()) {
+                case SAMPLED -> {
+                    if (!divergence.equals("forward_kl")) {
+                        throw new IllegalArgumentException("'loss.divergence' is " + divergence + ", but sampled shards (" + manifest
+                                + ") estimate the teacher only where it was sampled, which forward_kl alone needs; use forward_kl");
+                    }
+                    if (temperature != shardT) {
+                        throw new IllegalArgumentException("'loss.temperature' is " + temperature + ", but the sampled shards were drawn at "
+                                + shardT + " (" + manifest + ") and samples cannot be reweighted; set 'loss.temperature' to " + shardT);
+                    }
+                }
+                case TOP_K -> {
+                    if (temperature != shardT && topk.equals("tail") && sparseTemperature.equals("require_match")) {
+                        throw new IllegalArgumentException("'loss.temperature' is " + temperature + ", but the top-k shards' logsumexp is at "
+                                + shardT + " (" + manifest + "); set 'loss.temperature' to " + shardT + ", or 'loss.sparse_temperature': "
+                                + "\"rescale_topk\" (keeps the shards' tail mass, an approximation), or 'loss.topk': \"renormalize\"");
+                    }
+                }
+                case DENSE -> {
+                }
+            }
+        }
+
         public DifferentiableOps.Reduction reductionMode() {
             return switch (reduction) {
                 case "mean" -> DifferentiableOps.Reduction.MEAN;
@@ -138,13 +172,14 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         threads = threads == null ? 0 : threads;
         prefetch = prefetch == null ? 2 : prefetch;
         verifyChecksums = verifyChecksums == null || verifyChecksums;
+        checkValues = checkValues == null || checkValues;
     }
 
     /** This config with another step count (the schedule's length changes with it). */
     public DistillConfig withSteps(int n) {
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, n, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
-                prefetch, verifyChecksums);
+                prefetch, verifyChecksums, checkValues);
     }
 
     /** Checks what can be checked without opening the data; problems name the key. */

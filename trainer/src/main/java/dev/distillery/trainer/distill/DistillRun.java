@@ -23,6 +23,7 @@ import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
 import dev.distillery.trainer.data.TeacherBatchStream;
+import dev.distillery.trainer.data.ShardValues;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.loop.TrainingLoop;
@@ -67,26 +68,11 @@ public final class DistillRun {
         DifferentiableOps.Reduction reduction = cfg.loss().reductionMode();
         requireReadable(cfg.tokenizer(), "tokenizer");   // before step 1, not at the first checkpoint
         requireReadable(cfg.initFrom(), "init_from");
-        // the teacher's shards are opened before the run folder is made: bad input writes nothing
+        // every input is opened and checked before the run folder is made: bad input writes nothing
         try (TeacherShards shards = TeacherShards.open(Path.of(cfg.teacher()), cfg.verifyChecksums());
              TeacherShards evalShards = cfg.evalTeacher() == null ? null : TeacherShards.open(Path.of(cfg.evalTeacher()), cfg.verifyChecksums());
-             FolderLock lock = FolderLock.acquire(outDir, "'out'")) {
+             FolderLock lock = checkInputsThenLock(cfg, shards, evalShards, outDir, out, err)) {
             int seqLen = shards.manifest().seqLen(), teacherVocab = shards.manifest().vocabSize();
-            if (evalShards != null && (evalShards.manifest().vocabSize() != teacherVocab || evalShards.manifest().seqLen() != seqLen)) {
-                throw new IOException(cfg.evalTeacher() + ": vocab_size " + evalShards.manifest().vocabSize() + " and seq_len "
-                        + evalShards.manifest().seqLen() + " must equal the training shards' " + teacherVocab + " and " + seqLen
-                        + " (" + cfg.teacher() + ")");
-            }
-            if (cfg.loss().alpha() == 0 && shards.layout().kind() == TeacherTargets.Kind.TOP_K) {
-                err.println("warning: alpha 0 on top-k shards: nothing but the tail bucket constrains the student outside the teacher's "
-                        + "top-" + shards.manifest().k() + ", and the reported KL over top-k + tail can understate the true KL many times; "
-                        + "a small alpha (0.1) or dense shards avoid both");
-                err.flush();
-            }
-            int batchesPerEpoch = shards.sequences() / cfg.batchSize();
-            if (batchesPerEpoch < 1) {
-                throw new IOException(cfg.teacher() + ": 'batch_size' " + cfg.batchSize() + " exceeds the " + shards.sequences() + " sequences in the shards");
-            }
             CheckpointStore store = CheckpointStore.open(outDir.resolve("checkpoints"));
             Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, outDir, resume, "'out'");
 
@@ -122,6 +108,43 @@ public final class DistillRun {
                 model.close();
             }
         }
+    }
+
+    /** The checks of the shards against each other, the loss and their values; then the run folder's lock. */
+    private static FolderLock checkInputsThenLock(DistillConfig cfg, TeacherShards shards, TeacherShards evalShards, Path outDir,
+                                                  PrintWriter out, PrintWriter err) throws IOException {
+        int seqLen = shards.manifest().seqLen(), teacherVocab = shards.manifest().vocabSize();
+        if (evalShards != null && (evalShards.manifest().vocabSize() != teacherVocab || evalShards.manifest().seqLen() != seqLen)) {
+            throw new IOException(cfg.evalTeacher() + ": vocab_size " + evalShards.manifest().vocabSize() + " and seq_len "
+                    + evalShards.manifest().seqLen() + " must equal the training shards' " + teacherVocab + " and " + seqLen
+                    + " (" + cfg.teacher() + ")");
+        }
+        cfg.loss().requireCompatible(shards.layout(), Path.of(cfg.teacher(), "manifest.json"));
+        if (shards.sequences() < cfg.batchSize()) {
+            throw new IOException(cfg.teacher() + ": 'batch_size' " + cfg.batchSize() + " exceeds the " + shards.sequences() + " sequences in the shards");
+        }
+        if (cfg.checkValues()) {
+            checkValues(shards, cfg.teacher(), out, err);
+            if (evalShards != null) checkValues(evalShards, cfg.evalTeacher(), out, err);
+        }
+        if (cfg.loss().alpha() == 0 && shards.layout().kind() == TeacherTargets.Kind.TOP_K) {
+            err.println("warning: alpha 0 on top-k shards: nothing but the tail bucket constrains the student outside the teacher's "
+                    + "top-" + shards.manifest().k() + ", and the reported KL over top-k + tail can understate the true KL many times; "
+                    + "a small alpha (0.1) or dense shards avoid both");
+            err.flush();
+        }
+        return FolderLock.acquire(outDir, "'out'");
+    }
+
+    /** {@link ShardValues#check} with a line saying what it covered, and its warning if any. */
+    public static void checkValues(TeacherShards shards, String dir, PrintWriter out, PrintWriter err) throws IOException {
+        ShardValues.Summary s = ShardValues.check(shards, Runtime.getRuntime().availableProcessors(), err);
+        out.printf("checked every teacher value of %s: %,d positions, %.1f MB in %.2f s%n", dir, s.rows(),
+                shards.bytesOfSequences(shards.sequences()) / 1e6, s.seconds());
+        String warning = ShardValues.warning(s, shards.layout(), dir);
+        if (warning != null) err.println("warning: " + warning);
+        out.flush();
+        err.flush();
     }
 
     private static void requireReadable(String path, String key) throws IOException {

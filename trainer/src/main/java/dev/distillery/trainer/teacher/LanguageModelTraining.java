@@ -59,8 +59,9 @@ public final class LanguageModelTraining {
     /** @param stopAfter stop with a checkpoint after this step (the schedule still spans all steps); 0 = run to the end */
     public static Result run(Options o, Kernels kernels, boolean resume, int stopAfter, PrintWriter out, PrintWriter err) throws IOException {
         int t = o.model().contextLength();
-        try (TokenFile train = TokenFile.open(o.tokens());    // inputs before the folder: bad input writes nothing
-             TokenFile val = o.validation() == null ? null : TokenFile.open(o.validation());
+        int v = o.model().vocabSize();
+        try (TokenFile train = TokenFile.open(o.tokens(), v, "the model's");    // inputs before the folder: bad input writes nothing
+             TokenFile val = o.validation() == null ? null : TokenFile.open(o.validation(), v, "the model's");
              FolderLock lock = FolderLock.acquire(o.out(), "--out")) {
             if (train.size() < t + 1) throw new IOException(o.tokens() + ": " + train.size() + " tokens, fewer than one window of " + (t + 1));
             CheckpointStore store = CheckpointStore.open(o.out().resolve("checkpoints"));

@@ -61,7 +61,8 @@ public final class LogitDump {
         if (FolderLock.holdsFiles(o.out()) && !o.overwrite()) {
             throw new IOException(o.out() + " already holds files; pass --overwrite to replace the shards there, or choose another --out");
         }
-        try (Transformer model = ModelFiles.read(o.teacher(), kernels); TokenFile tokens = TokenFile.open(o.tokens());
+        try (Transformer model = ModelFiles.read(o.teacher(), kernels);
+             TokenFile tokens = TokenFile.open(o.tokens(), model.config().vocabSize(), "the teacher's");
              FolderLock lock = FolderLock.acquire(o.out(), "--out")) {    // inputs before the folder: bad input writes nothing
             if (o.overwrite()) removeShards(o.out());
             int v = model.config().vocabSize();

@@ -121,4 +121,23 @@ class MalformedInputsTest {
         refused(run("eval", "--model", model.toString(), "--tokens", tokens.toString(), "--device", "cpu", "--threads", "1"),
                 "model.safetensors", "tensor 'h.0.mlp.c_fc.weight' element 5 is NaN");
     }
+
+    @Test
+    void tokenIdsOutsideTheVocabularyAreNamedBeforeAnythingIsWritten(@TempDir Path dir) throws IOException {
+        Path model = dir.resolve("teacher");
+        try (var kernels = new CpuKernels(1, "auto"); var m = new Transformer(new TransformerConfig(16, 8, 1, 8, 2), kernels)) {
+            m.initialize(1);
+            ModelFiles.write(model, m);
+        }
+        int[] ids = new int[40];
+        ids[33] = 70_000;   // a uint32 file, as a tokenizer with a larger vocabulary writes
+        Path tokens = dir.resolve("tokens.bin");
+        TokenFile.write(tokens, ids);
+        refused(run("teacher", "dump-logits", "--teacher", model.toString(), "--tokens", tokens.toString(), "--out",
+                dir.resolve("shards").toString(), "--device", "cpu", "--threads", "1"),
+                "tokens.bin: token 33 (byte offset 1156) is id 70000, outside the teacher's vocabulary of 16");
+        assertFalse(Files.exists(dir.resolve("shards")), "nothing was written");
+        refused(run("eval", "--model", model.toString(), "--tokens", tokens.toString(), "--device", "cpu", "--threads", "1"),
+                "token 33", "outside the model's vocabulary of 16");
+    }
 }
