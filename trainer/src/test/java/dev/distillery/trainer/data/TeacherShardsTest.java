@@ -156,13 +156,18 @@ class TeacherShardsTest {
         assertTrue(e.getMessage().contains("manifest.json"), e.getMessage());
     }
 
+    /** Top-k shards of 4 and 3 sequences with their manifest. */
+    private void sevenTopKSequencesInTwoShards(Arena arena) throws Exception {
+        Path a = shard(arena, "t-0.safetensors", "topk", 4, 0);
+        Path b = shard(arena, "t-1.safetensors", "topk", 3, 500);
+        manifest("topk", List.of(new TeacherManifest.Shard("t-0.safetensors", 4, sha256(a)),
+                new TeacherManifest.Shard("t-1.safetensors", 3, sha256(b))));
+    }
+
     @Test
     void batchStreamVisitsEverySequenceOncePerEpochInASeededOrderAndResumesExactly() throws Exception {
         try (Arena arena = Arena.ofShared()) {
-            Path a = shard(arena, "t-0.safetensors", "topk", 4, 0);
-            Path b = shard(arena, "t-1.safetensors", "topk", 3, 500);
-            manifest("topk", List.of(new TeacherManifest.Shard("t-0.safetensors", 4, sha256(a)),
-                    new TeacherManifest.Shard("t-1.safetensors", 3, sha256(b))));
+            sevenTopKSequencesInTwoShards(arena);
             try (TeacherShards shards = TeacherShards.open(dir, false)) {
                 List<int[]> seen = new ArrayList<>();
                 try (TeacherBatchStream stream = new TeacherBatchStream(shards, 2, 42, 2, 0, 0)) {
@@ -205,10 +210,7 @@ class TeacherShardsTest {
     @Test
     void aOnePassStreamCoversEverySequenceOnceAndMarksThePaddingOfItsLastBatch() throws Exception {
         try (Arena arena = Arena.ofShared()) {
-            Path a = shard(arena, "t-0.safetensors", "topk", 4, 0);
-            Path b = shard(arena, "t-1.safetensors", "topk", 3, 500);
-            manifest("topk", List.of(new TeacherManifest.Shard("t-0.safetensors", 4, sha256(a)),
-                    new TeacherManifest.Shard("t-1.safetensors", 3, sha256(b))));
+            sevenTopKSequencesInTwoShards(arena);
             try (TeacherShards shards = TeacherShards.open(dir, false);
                  TeacherBatchStream stream = TeacherBatchStream.onePass(shards, 3, 0L)) {
                 assertEquals(3, stream.batchesPerEpoch()); // 7 sequences in batches of 3: 3 + 3 + 1
