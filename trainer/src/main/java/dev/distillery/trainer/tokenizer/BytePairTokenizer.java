@@ -33,9 +33,12 @@ public final class BytePairTokenizer {
 
     public static final String END_OF_TEXT = "<|endoftext|>";
 
-    /** GPT-2's pre-tokenization pattern. */
+    /**
+     * GPT-2's pre-tokenization pattern, with {@code \\s} as Hugging Face {@code tokenizers} runs it:
+     * every Unicode White_Space character (NBSP, U+3000, U+2003...), not Java's ASCII default.
+     */
     private static final Pattern PIECES = Pattern.compile(
-            "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+");
+            "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", Pattern.UNICODE_CHARACTER_CLASS);
 
     private static final char[] BYTE_TO_CHAR = new char[256];
     private static final Map<Character, Integer> CHAR_TO_BYTE = new HashMap<>();
@@ -91,8 +94,9 @@ public final class BytePairTokenizer {
     public static BytePairTokenizer train(String text, int vocabSize) {
         if (vocabSize < 257) throw new IllegalArgumentException("vocab size must be >= 257 (256 bytes + end of text), got " + vocabSize);
         Map<String, Integer> pieceCounts = new HashMap<>();
-        Matcher m = PIECES.matcher(text);
-        while (m.find()) pieceCounts.merge(m.group(), 1, Integer::sum);
+        for (String segment : text.split(Pattern.quote(END_OF_TEXT), -1)) {   // the special token is no text to learn from
+            for (String piece : pieces(segment)) pieceCounts.merge(piece, 1, Integer::sum);
+        }
         List<String> pieces = new ArrayList<>(pieceCounts.keySet());
         pieces.sort(null);
         int[][] words = new int[pieces.size()][];
@@ -177,15 +181,32 @@ public final class BytePairTokenizer {
         return n == word.length ? word : Arrays.copyOf(out, n);
     }
 
-    /** Token ids of {@code text} (the end-of-text string in text is plain text, not the special token). */
+    /** The pre-tokenizer's pieces of {@code text}, as Hugging Face's ByteLevel splits it. */
+    static List<String> pieces(String text) {
+        List<String> out = new ArrayList<>();
+        Matcher m = PIECES.matcher(text);
+        while (m.find()) out.add(m.group());
+        return out;
+    }
+
+    /**
+     * Token ids of {@code text}. A literal {@value #END_OF_TEXT} in it is the special token, as in
+     * Hugging Face {@code tokenizers} (added tokens are split out before pre-tokenization).
+     */
     public int[] encode(String text) {
         List<int[]> parts = new ArrayList<>();
         int total = 0;
-        Matcher m = PIECES.matcher(text);
-        while (m.find()) {
-            int[] ids = cache.computeIfAbsent(m.group(), this::encodePiece);
-            parts.add(ids);
-            total += ids.length;
+        String[] segments = text.split(Pattern.quote(END_OF_TEXT), -1);
+        for (int i = 0; i < segments.length; i++) {
+            if (i > 0) {
+                parts.add(new int[]{endOfText});
+                total++;
+            }
+            for (String piece : pieces(segments[i])) {
+                int[] ids = cache.computeIfAbsent(piece, this::encodePiece);
+                parts.add(ids);
+                total += ids.length;
+            }
         }
         int[] out = new int[total];
         int at = 0;
@@ -232,7 +253,8 @@ public final class BytePairTokenizer {
         return decode(ids, 0, ids.length);
     }
 
-    private static String spell(byte[] bytes) {
+    /** Bytes in GPT-2's printable byte alphabet, as tokenizer.json spells tokens. */
+    static String spell(byte[] bytes) {
         StringBuilder sb = new StringBuilder(bytes.length);
         for (byte x : bytes) sb.append(BYTE_TO_CHAR[x & 0xff]);
         return sb.toString();
