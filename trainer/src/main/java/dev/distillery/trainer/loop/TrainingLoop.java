@@ -176,18 +176,23 @@ public final class TrainingLoop {
                 } catch (IllegalArgumentException | ArithmeticException e) {
                     throw new StoppedException("step " + step + ": " + e.getMessage() + stopNote(lastCheckpoint), e);
                 }
-                metrics.write(record("train", step, fields));
+                write(metrics, record("train", step, fields), step, lastCheckpoint);
                 progress.update(step, task.progress(fields));
                 boolean last = step == s.steps(), stop = StopRequests.requested() != null;
                 if (!stop && (last || (s.evalEvery() > 0 && step % s.evalEvery() == 0))) {
                     Map<String, Object> eval = task.evaluate(step);
                     if (eval != null) {
                         lastEval = eval;
-                        metrics.write(record("eval", step, eval));
+                        write(metrics, record("eval", step, eval), step, lastCheckpoint);
                     }
                 }
                 if (stop || last || step == endStep || (s.checkpointEvery() > 0 && step % s.checkpointEvery() == 0)) {
-                    lastCheckpoint = save(store, session, task, s, step);
+                    try {
+                        lastCheckpoint = save(store, session, task, s, step);
+                    } catch (IOException e) {
+                        throw new StoppedException("step " + step + ": writing its checkpoint under " + store.root() + " failed: "
+                                + e.getMessage() + stopNote(lastCheckpoint), e);
+                    }
                     store.prune(s.keep());
                     task.curves(s.outDir(), metrics.records());
                 }
@@ -199,6 +204,15 @@ public final class TrainingLoop {
             return new Outcome(Math.max(startStep, endStep), lastCheckpoint, lastEval, metrics.file());
         } finally {
             StopRequests.loopRunning(false);
+        }
+    }
+
+    /** A metrics record, or an error that names the file, the step and the last good checkpoint (a full disk says none of them). */
+    private static void write(MetricsLog metrics, Map<String, Object> record, int step, Path lastCheckpoint) throws StoppedException {
+        try {
+            metrics.write(record);
+        } catch (IOException e) {
+            throw new StoppedException("step " + step + ": writing " + metrics.file() + " failed: " + e.getMessage() + stopNote(lastCheckpoint), e);
         }
     }
 
