@@ -42,7 +42,7 @@ public final class DistillCommand implements Callable<Integer> {
             DistillRun.Result r = DistillRun.run(cfg, kernels, resume, stopAfter, out, err);
             if (r.lastEval() != null) {
                 out.printf("held-out: perplexity %.3f, KL to teacher %.4f, top-1 agreement %.1f%%%n",
-                        r.lastEval().perplexity(), r.lastEval().kl(), 100 * r.lastEval().agreement());
+                        r.lastEval().perplexity(), r.lastEval().divergence(), 100 * r.lastEval().agreement());
             }
             return 0;
         }

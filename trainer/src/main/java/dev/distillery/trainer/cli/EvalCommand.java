@@ -77,20 +77,19 @@ public final class EvalCommand implements Callable<Integer> {
                     DistillRun.Evaluation e = DistillRun.evaluate(s, ts, batch, batches > 0 ? batches : Integer.MAX_VALUE,
                             ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, m.config().vocabSize()), 0);
                     requireFinite(e.ce(), "cross-entropy on " + shards);
-                    requireFinite(e.kl(), "divergence to the teacher on " + shards);
-                    String divergence = DistillRun.divergenceName(ts.layout().kind());
+                    requireFinite(e.divergence(), "divergence to the teacher on " + shards);
                     if (json) {
                         Map<String, Object> o = new LinkedHashMap<>();
                         o.put("teacher_shards", shards.toString());
                         o.put("cross_entropy", e.ce());
                         o.put("perplexity", e.perplexity());
-                        o.put(DistillRun.divergenceKey(ts.layout().kind()), e.kl());
+                        o.put(e.divergenceKey(), e.divergence());
                         o.put("top1_agreement", e.agreement());
                         o.put("positions", e.rows());
                         out.println(StrictJson.MAPPER.writeValueAsString(o));
                     } else {
                         out.printf("%s: perplexity %.4f, %s %.6f, top-1 agreement %.2f%% (%,d positions)%n", shards,
-                                e.perplexity(), divergence, e.kl(), 100 * e.agreement(), e.rows());
+                                e.perplexity(), e.divergenceName(), e.divergence(), 100 * e.agreement(), e.rows());
                     }
                 }
             }

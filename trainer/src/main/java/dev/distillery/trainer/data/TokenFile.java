@@ -139,8 +139,7 @@ public final class TokenFile implements AutoCloseable {
      */
     public void requireBelow(int vocab, String whose) throws IOException {
         for (long i = 0; i < count; i++) {
-            long id = width == 2 ? Short.toUnsignedInt(tokens.getAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, i))
-                    : Integer.toUnsignedLong(tokens.getAtIndex(ValueLayout.JAVA_INT_UNALIGNED, i));
+            long id = Integer.toUnsignedLong(get(i));
             if (id >= vocab) {
                 throw new IOException(path + ": token " + i + " (byte offset " + (HEADER_BYTES + i * width) + ") is id " + id
                         + ", outside " + whose + " vocabulary of " + vocab);

@@ -179,7 +179,7 @@ public final class Demo {
                 gen.generate(new int[]{0}, n, 1.0, 0, new Rng(2));
                 tps = n / ((System.nanoTime() - t0) / 1e9);
             }
-            return new Row(name, m.parameters().parameterCount(), Files.size(checkpoint.resolve(ModelFiles.MODEL)), e.perplexity(), e.kl(),
+            return new Row(name, m.parameters().parameterCount(), Files.size(checkpoint.resolve(ModelFiles.MODEL)), e.perplexity(), e.divergence(),
                     e.agreement(), tps);
         }
     }

@@ -22,8 +22,8 @@ import dev.distillery.runtime.nn.TransformerConfig;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
-import dev.distillery.trainer.data.TeacherBatchStream;
 import dev.distillery.trainer.data.ShardValues;
+import dev.distillery.trainer.data.TeacherBatchStream;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.loop.TrainingLoop;
@@ -42,8 +42,36 @@ import dev.distillery.trainer.report.Curves;
  */
 public final class DistillRun {
 
-    /** One evaluation on held-out shards. */
-    public record Evaluation(int step, double ce, double perplexity, double kl, double agreement, long rows) {
+    /**
+     * One evaluation on held-out shards of {@code teacherKind}; {@code divergence} is the forward
+     * KL the shards allow, named by {@link #divergenceName()}.
+     */
+    public record Evaluation(int step, double ce, double perplexity, double divergence, double agreement, long rows,
+                             TeacherTargets.Kind teacherKind) {
+
+        /**
+         * What {@code divergence} measures, in words: the true KL only for dense shards. Top-k
+         * shards give the KL between the teacher's top-k plus one tail bucket and the student's
+         * mass on the same ids plus the rest, a lower bound on the true KL (merging categories
+         * never raises a KL); sampled shards give the cross-entropy to the teacher's samples,
+         * which is the KL plus the teacher's entropy, and that entropy is not in the shards.
+         */
+        public String divergenceName() {
+            return switch (teacherKind) {
+                case DENSE -> "KL to teacher";
+                case TOP_K -> "KL to teacher over top-k + tail (a lower bound on the KL)";
+                case SAMPLED -> "cross-entropy to teacher samples (not a KL)";
+            };
+        }
+
+        /** The key {@link #divergenceName()} goes by in JSON: {@code kl}, {@code kl_topk_tail} or {@code ce_to_samples}. */
+        public String divergenceKey() {
+            return switch (teacherKind) {
+                case DENSE -> "kl";
+                case TOP_K -> "kl_topk_tail";
+                case SAMPLED -> "ce_to_samples";
+            };
+        }
     }
 
     /** How a run ended. */
@@ -291,11 +319,11 @@ public final class DistillRun {
             Map<String, Object> ev = new LinkedHashMap<>();
             ev.put("ce", lastEval.ce());
             ev.put("perplexity", lastEval.perplexity());
-            ev.put(divergenceKey(evalShards.layout().kind()), lastEval.kl());
+            ev.put(lastEval.divergenceKey(), lastEval.divergence());
             ev.put("agreement", lastEval.agreement());
             ev.put("rows", lastEval.rows());
             err.printf("eval @ step %d: ce %.4f, perplexity %.3f, %s %.4f, top-1 agreement %.1f%%%n", step,
-                    lastEval.ce(), lastEval.perplexity(), divergenceName(evalShards.layout().kind()), lastEval.kl(), 100 * lastEval.agreement());
+                    lastEval.ce(), lastEval.perplexity(), lastEval.divergenceName(), lastEval.divergence(), 100 * lastEval.agreement());
             err.flush();
             return ev;
         }
@@ -318,30 +346,6 @@ public final class DistillRun {
     }
 
     /**
-     * What {@link Evaluation#kl()} measures on shards of {@code kind}, in words: the true KL only
-     * for dense shards. Top-k shards give the KL between the teacher's top-k plus one tail bucket
-     * and the student's mass on the same ids plus the rest, a lower bound on the true KL (merging
-     * categories never raises a KL); sampled shards give the cross-entropy to the teacher's
-     * samples, which is the KL plus the teacher's entropy, and that entropy is not in the shards.
-     */
-    public static String divergenceName(TeacherTargets.Kind kind) {
-        return switch (kind) {
-            case DENSE -> "KL to teacher";
-            case TOP_K -> "KL to teacher over top-k + tail (a lower bound on the KL)";
-            case SAMPLED -> "cross-entropy to teacher samples (not a KL)";
-        };
-    }
-
-    /** The key {@link #divergenceName} goes by in JSON: {@code kl}, {@code kl_topk_tail} or {@code ce_to_samples}. */
-    public static String divergenceKey(TeacherTargets.Kind kind) {
-        return switch (kind) {
-            case DENSE -> "kl";
-            case TOP_K -> "kl_topk_tail";
-            case SAMPLED -> "ce_to_samples";
-        };
-    }
-
-    /**
      * Held-out CE (perplexity), forward KL to the teacher at its shard temperature (T = 1 for
      * dense) and top-1 agreement, over the rows training's loss counts (every position but each
      * sequence's last). {@code maxBatches} batches of a seed-0 permutation; when that covers the
@@ -355,12 +359,11 @@ public final class DistillRun {
         Evaluator.Sums sums = Evaluator.Sums.zero();
         try (TeacherBatchStream stream = TeacherBatchStream.onePass(evalShards, batchSize, 0L)) {
             int batches = Math.min(maxBatches, stream.batchesPerEpoch());
+            int[] top1 = new int[batchSize * evalShards.manifest().seqLen()];
             for (int i = 0; i < batches; i++) {
                 TeacherBatchStream.Batch b = stream.next();
                 session.inputs().setSequences(b.inputIds(), b.valid());
-                int rows = batchSize * evalShards.manifest().seqLen();
-                int[] top1 = new int[rows];
-                for (int r = 0; r < rows; r++) top1[r] = b.targets().top1(r);
+                for (int r = 0; r < top1.length; r++) top1[r] = b.targets().top1(r);
                 sums = sums.plus(session.evaluator().distill(b.targets(), top1, klOptions, chunkRows));
                 stream.release(b);
             }
@@ -370,6 +373,6 @@ public final class DistillRun {
         }
         double ce = sums.ce() / Math.max(1, sums.rows());
         return new Evaluation(step, ce, Math.exp(ce), sums.divergence() / Math.max(1, sums.rows()),
-                (double) sums.agree() / Math.max(1, sums.rows()), sums.rows());
+                (double) sums.agree() / Math.max(1, sums.rows()), sums.rows(), evalShards.layout().kind());
     }
 }

@@ -40,6 +40,9 @@ public final class BytePairTokenizer {
     private static final Pattern PIECES = Pattern.compile(
             "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", Pattern.UNICODE_CHARACTER_CLASS);
 
+    /** The special token as it stands in text: split out before pre-tokenization, as {@code tokenizers} does. */
+    private static final Pattern SPECIAL = Pattern.compile(Pattern.quote(END_OF_TEXT));
+
     private static final char[] BYTE_TO_CHAR = new char[256];
     private static final Map<Character, Integer> CHAR_TO_BYTE = new HashMap<>();
 
@@ -94,7 +97,7 @@ public final class BytePairTokenizer {
     public static BytePairTokenizer train(String text, int vocabSize) {
         if (vocabSize < 257) throw new IllegalArgumentException("vocab size must be >= 257 (256 bytes + end of text), got " + vocabSize);
         Map<String, Integer> pieceCounts = new HashMap<>();
-        for (String segment : text.split(Pattern.quote(END_OF_TEXT), -1)) {   // the special token is no text to learn from
+        for (String segment : SPECIAL.split(text, -1)) {   // the special token is no text to learn from
             for (String piece : pieces(segment)) pieceCounts.merge(piece, 1, Integer::sum);
         }
         List<String> pieces = new ArrayList<>(pieceCounts.keySet());
@@ -196,7 +199,7 @@ public final class BytePairTokenizer {
     public int[] encode(String text) {
         List<int[]> parts = new ArrayList<>();
         int total = 0;
-        String[] segments = text.split(Pattern.quote(END_OF_TEXT), -1);
+        String[] segments = SPECIAL.split(text, -1);
         for (int i = 0; i < segments.length; i++) {
             if (i > 0) {
                 parts.add(new int[]{endOfText});

@@ -112,7 +112,7 @@ class DistillRunTest {
                  var cuda = new dev.distillery.kernels.cuda.CudaKernels(device)) {
                 DistillRun.Result gpu = run(config(out.resolve("cuda"), "topk", 8, 4, 0.5), false, 0, cuda);
                 assertEquals(cpu.step(), gpu.step());
-                assertEquals(cpu.lastEval().kl(), gpu.lastEval().kl(), 1e-3 * cpu.lastEval().kl(), "held-out KL after 8 steps");
+                assertEquals(cpu.lastEval().divergence(), gpu.lastEval().divergence(), 1e-3 * cpu.lastEval().divergence(), "held-out KL after 8 steps");
                 assertEquals(cpu.lastEval().ce(), gpu.lastEval().ce(), 1e-3 * cpu.lastEval().ce(), "held-out CE after 8 steps");
                 assertEquals(cpu.lastEval().agreement(), gpu.lastEval().agreement(), 0.02, "top-1 agreement");
                 assertTrue(device.launches() > 1000, device.launches() + " kernels ran on the emulated device");
@@ -165,8 +165,8 @@ class DistillRunTest {
         for (String kind : List.of("dense", "topk", "sampled")) {
             DistillRun.Result before = run(config(out.resolve(kind + "0"), kind, 1, 0, 0.2), false);
             DistillRun.Result after = run(config(out.resolve(kind), kind, 60, 0, 0.2), false);
-            assertTrue(after.lastEval().kl() < 0.5 * before.lastEval().kl(),
-                    kind + ": KL " + before.lastEval().kl() + " -> " + after.lastEval().kl());
+            assertTrue(after.lastEval().divergence() < 0.5 * before.lastEval().divergence(),
+                    kind + ": KL " + before.lastEval().divergence() + " -> " + after.lastEval().divergence());
             assertTrue(after.lastEval().agreement() > before.lastEval().agreement(), kind + ": agreement");
         }
     }
