@@ -41,8 +41,8 @@ public final class DistillCommand implements Callable<Integer> {
         try (Kernels kernels = device.open(cfg.threads(), out)) {
             DistillRun.Result r = DistillRun.run(cfg, kernels, resume, stopAfter, out, err);
             if (r.lastEval() != null) {
-                out.printf("held-out: perplexity %.3f, KL to teacher %.4f, top-1 agreement %.1f%%%n",
-                        r.lastEval().perplexity(), r.lastEval().divergence(), 100 * r.lastEval().agreement());
+                out.printf("held-out: perplexity %.3f, %s %.4f, top-1 agreement %.1f%%%n",
+                        r.lastEval().perplexity(), r.lastEval().divergenceName(), r.lastEval().divergence(), 100 * r.lastEval().agreement());
             }
             return 0;
         }
