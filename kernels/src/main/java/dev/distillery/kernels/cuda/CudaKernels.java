@@ -336,7 +336,7 @@ public final class CudaKernels implements Kernels {
         if (lab != null) {
             for (int r = 0; r < n; r++) {
                 if (lab[r] != options.ignoreIndex() && (lab[r] < 0 || lab[r] >= vocab)) {
-                    throw new IllegalArgumentException("label " + lab[r] + " at row " + r + " is outside [0, " + vocab
+                    throw new dev.distillery.kernels.distill.BadRowException(r, "label " + lab[r] + " is outside [0, " + vocab
                             + ") and is not the ignore index " + options.ignoreIndex());
                 }
             }

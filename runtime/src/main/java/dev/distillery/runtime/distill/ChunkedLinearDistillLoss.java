@@ -3,6 +3,7 @@ package dev.distillery.runtime.distill;
 import java.lang.foreign.MemorySegment;
 
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.distill.BadRowException;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.TeacherTargets;
@@ -50,8 +51,12 @@ public final class ChunkedLinearDistillLoss {
             int rows = Math.min(chunkRows, n - r0);
             MemorySegment h = hidden.asSlice(4L * r0 * d);
             kernels.gemm(false, true, rows, vocab, d, 1f, h, d, weight, d, 0f, logits, vocab);
-            total = total.plus(kernels.distillLoss(logits, backward ? logits : null, teacher.rows(r0, r0 + rows),
-                    labels == null ? null : labels.asSlice(4L * r0), null, null, rows, vocab, options, gradScale));
+            try {
+                total = total.plus(kernels.distillLoss(logits, backward ? logits : null, teacher.rows(r0, r0 + rows),
+                        labels == null ? null : labels.asSlice(4L * r0), null, null, rows, vocab, options, gradScale));
+            } catch (BadRowException e) {
+                throw e.shifted(r0);   // the row of the whole call, not of the chunk
+            }
             if (dHidden != null) {
                 kernels.gemm(false, false, rows, d, vocab, 1f, logits, vocab, weight, d, 1f, dHidden.asSlice(4L * r0 * d), d);
             }

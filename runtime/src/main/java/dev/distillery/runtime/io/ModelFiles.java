@@ -87,17 +87,21 @@ public final class ModelFiles {
             throw new IOException(file + ": not valid JSON: " + e.getOriginalMessage(), e);
         }
         try {
-            return new TransformerConfig(intKey(file, root, "vocab_size"), intKey(file, root, "n_positions"),
-                    intKey(file, root, "n_layer"), intKey(file, root, "n_embd"), intKey(file, root, "n_head"));
+            return new TransformerConfig(intKey(file, root, "vocab_size", TransformerConfig.MAX_VOCAB),
+                    intKey(file, root, "n_positions", TransformerConfig.MAX_CONTEXT), intKey(file, root, "n_layer", TransformerConfig.MAX_LAYERS),
+                    intKey(file, root, "n_embd", TransformerConfig.MAX_CHANNELS), intKey(file, root, "n_head", TransformerConfig.MAX_CHANNELS));
         } catch (IllegalArgumentException e) {
             throw new IOException(file + ": " + e.getMessage(), e);
         }
     }
 
-    private static int intKey(Path file, JsonNode root, String key) throws IOException {
+    private static int intKey(Path file, JsonNode root, String key, int max) throws IOException {
         JsonNode n = root.get(key);
-        if (n == null || !n.isIntegralNumber() || !n.canConvertToInt()) {
+        if (n == null || !n.isIntegralNumber()) {
             throw new IOException(file + ": '" + key + "' must be an integer, got " + n);
+        }
+        if (!n.canConvertToInt() || n.intValue() < 1 || n.intValue() > max) {
+            throw new IOException(file + ": '" + key + "' must be in [1, " + max + "], got " + n);
         }
         return n.intValue();
     }

@@ -231,6 +231,11 @@ public final class SafetensorsFile implements AutoCloseable {
         return path;
     }
 
+    /** The file's size when it was opened: the length field, the header and the mapped data. */
+    public long fileSize() {
+        return 8 + headerBytes + buffer.byteSize();
+    }
+
     public Map<String, Entry> entries() {
         return entries;
     }

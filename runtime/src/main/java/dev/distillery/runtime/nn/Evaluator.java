@@ -93,8 +93,12 @@ public final class Evaluator {
                     kernels.gemm(false, true, rows, v, d, 1f, hidden.data().asSlice(4L * r0 * d), d,
                             model.lmHeadWeight().data(), d, 0f, logits.data(), v);
                     kernels.argmaxRows(top1, logits.data(), rows, v);
-                    kernels.distillLoss(logits.data(), null, staged.rows(r0, r0 + rows), labels.asSlice(4L * r0), rowCe, rowDiv,
-                            rows, v, divergenceOnly, 1f);
+                    try {
+                        kernels.distillLoss(logits.data(), null, staged.rows(r0, r0 + rows), labels.asSlice(4L * r0), rowCe, rowDiv,
+                                rows, v, divergenceOnly, 1f);
+                    } catch (dev.distillery.kernels.distill.BadRowException e) {
+                        throw e.shifted(r0);   // the row of the batch, not of the chunk
+                    }
                     kernels.copyToHost(hostCe, rowCe, 4L * rows);
                     kernels.copyToHost(hostDiv, rowDiv, 4L * rows);
                     kernels.copyToHost(hostTop1, top1, 4L * rows);

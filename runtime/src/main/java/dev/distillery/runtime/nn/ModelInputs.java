@@ -92,7 +92,7 @@ public final class ModelInputs implements AutoCloseable {
                 long i = (long) b * time + t;
                 int id = ids.getAtIndex(ValueLayout.JAVA_INT, i);
                 if (id < 0 || id >= vocab) {
-                    throw new IllegalArgumentException("token id " + id + " at batch row " + b + ", position " + t
+                    throw new dev.distillery.kernels.distill.BadRowException(i, "token id " + Integer.toUnsignedString(id)
                             + " is outside the model's vocabulary of " + vocab);
                 }
                 hostTokens.setAtIndex(ValueLayout.JAVA_INT, i, id);

@@ -53,6 +53,11 @@ public final class GenerateCommand implements Callable<Integer> {
         if (!Files.isRegularFile(tokFile)) throw new java.io.IOException(model + ": no tokenizer.json (generate needs the checkpoint's tokenizer)");
         BytePairTokenizer tok = BytePairTokenizer.load(tokFile);
         try (Kernels kernels = device.open(0, out); Transformer m = ModelFiles.read(model, kernels); TextGenerator gen = new TextGenerator(m, kernels)) {
+            if (tok.vocabSize() != m.config().vocabSize()) {
+                // smaller: sampled ids past the tokenizer's would decode to nothing; larger: a prompt can hold ids the model lacks
+                throw new java.io.IOException(tokFile + " holds " + tok.vocabSize() + " tokens but the model's vocabulary is "
+                        + m.config().vocabSize() + " (" + model.resolve("config.json") + "): generate needs the tokenizer the model was trained with");
+            }
             int[] start = prompt.isEmpty() ? new int[]{tok.endOfText()} : tok.encode(prompt);
             Rng rng = new Rng(seed);
             if (kdOut == null) {

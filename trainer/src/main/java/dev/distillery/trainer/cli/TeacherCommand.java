@@ -119,6 +119,9 @@ public final class TeacherCommand implements Runnable {
         long seed;
         @Option(names = "--tokenizer-id", defaultValue = "distillery-bpe", description = "Tokenizer name for the manifest (default: ${DEFAULT-VALUE}).")
         String tokenizerId;
+        @Option(names = "--tokenizer", description = "tokenizer.json the token ids were made with; its SHA-256 goes into the "
+                + "manifest, and distill refuses a run tokenizer that differs (default: the teacher folder's tokenizer.json, if any).")
+        Path tokenizer;
         @Option(names = "--overwrite", description = "Replace the shards of a non-empty --out (without it, such a folder is refused).")
         boolean overwrite;
         @Mixin
@@ -132,7 +135,7 @@ public final class TeacherCommand implements Runnable {
             if (perShard < 1 || batch < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--shard-sequences and --batch must be >= 1");
             try (Kernels kernels = device.open(0, o)) {
                 LogitDump.run(new LogitDump.Options(teacher, tokens, out, kind, k, dtype, temperature, seqLen, perShard, batch, max, seed,
-                        tokenizerId, overwrite), kernels, o, e);
+                        tokenizerId, tokenizer, overwrite), kernels, o, e);
             }
             return 0;
         }

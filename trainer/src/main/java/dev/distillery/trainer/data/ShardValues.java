@@ -77,6 +77,14 @@ public final class ShardValues {
 
     /** The first problem of sequence {@code s}, in position order, or empty. */
     private static Optional<String> checkSequence(TeacherShards shards, int s, AtomicLong withoutTail) {
+        try {
+            return checkMappedSequence(shards, s, withoutTail);
+        } catch (InternalError fault) {   // a mapped page past the file's end: the file shrank after it was opened
+            return Optional.of(shards.unreadable(s, fault).getMessage());
+        }
+    }
+
+    private static Optional<String> checkMappedSequence(TeacherShards shards, int s, AtomicLong withoutTail) {
         TeacherShards.Sequence seq = shards.sequence(s);
         TeacherLayout layout = shards.layout();
         int t = shards.manifest().seqLen(), v = layout.vocab();

@@ -154,10 +154,15 @@ public final class TeacherBatchStream implements AutoCloseable {
     private Batch fill(Slot slot, int epoch, int index, int[] seqs, int valid) {
         int t = shards.manifest().seqLen();
         for (int i = 0; i < batch; i++) {
-            TeacherShards.Sequence s = shards.sequence(seqs[Math.min(i, valid - 1)]);
-            MemorySegment.copy(s.inputIds(), 0, slot.ids, 4L * i * t, 4L * t);
-            List<MemorySegment> from = s.targets().buffers();
-            for (int b = 0; b < from.size(); b++) copy(from.get(b), slot.targets.get(b), i, t * layout.bytesPerRow(b));
+            int sequence = seqs[Math.min(i, valid - 1)];
+            TeacherShards.Sequence s = shards.sequence(sequence);
+            try {
+                MemorySegment.copy(s.inputIds(), 0, slot.ids, 4L * i * t, 4L * t);
+                List<MemorySegment> from = s.targets().buffers();
+                for (int b = 0; b < from.size(); b++) copy(from.get(b), slot.targets.get(b), i, t * layout.bytesPerRow(b));
+            } catch (InternalError fault) {   // a mapped page past the file's end: the file shrank after it was opened
+                throw shards.unreadable(sequence, fault);
+            }
         }
         return new Batch(epoch, index, slot.ids, layout.over(slot.targets), seqs, valid, slot);
     }
@@ -172,6 +177,7 @@ public final class TeacherBatchStream implements AutoCloseable {
         Batch b;
         while ((b = ready.poll(50, java.util.concurrent.TimeUnit.MILLISECONDS)) == null) {
             Throwable t = failure.get();
+            if (t instanceof java.io.UncheckedIOException io) throw io;   // already names the file and the sequence
             if (t != null) throw new IllegalStateException("teacher prefetcher failed: " + t.getMessage(), t);
         }
         waitNanos += System.nanoTime() - t0;

@@ -18,12 +18,14 @@ import dev.distillery.kernels.distill.TeacherTargets;
  * @param k             top-k size, or samples per position; 0 for dense
  * @param dtype         f32, f16 or bf16: the dense or top-k logits
  * @param temperature   the temperature the top-k logsumexp or the samples were taken at
- * @param tokenizer     the tokenizer's id (informational)
+ * @param tokenizer     the tokenizer's name (informational)
+ * @param tokenizerSha256 the SHA-256 (hex) of the {@code tokenizer.json} the ids were made with, or null;
+ *                      when both it and a run's {@code tokenizer} are given, they must agree
  * @param teacher       the teacher's name (informational)
  * @param shards        the shard files in order
  */
 public record TeacherManifest(int formatVersion, int vocabSize, int seqLen, String targets, int k, String dtype,
-                              double temperature, String tokenizer, String teacher, List<Shard> shards) {
+                              double temperature, String tokenizer, String tokenizerSha256, String teacher, List<Shard> shards) {
 
     /** One shard: its file (relative to the manifest), how many sequences it holds, its SHA-256 (hex). */
     public record Shard(String file, int sequences, String sha256) {
@@ -63,6 +65,8 @@ public record TeacherManifest(int formatVersion, int vocabSize, int seqLen, Stri
             }
         }
         require(file, temperature > 0, "temperature", "must be positive, got " + temperature);
+        require(file, tokenizerSha256 == null || tokenizerSha256.matches("[0-9a-f]{64}"), "tokenizer_sha256",
+                "must be 64 lower-case hex digits (a SHA-256), got '" + tokenizerSha256 + "'");
         require(file, shards != null && !shards.isEmpty(), "shards", "must list at least one shard");
         for (int i = 0; i < shards.size(); i++) {
             Shard s = shards.get(i);

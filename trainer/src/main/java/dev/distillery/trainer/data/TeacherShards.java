@@ -2,6 +2,7 @@ package dev.distillery.trainer.data;
 
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.UncheckedIOException;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -139,6 +140,24 @@ public final class TeacherShards implements AutoCloseable {
     public String where(int index, int position) {
         int shard = shardOf(index);
         return files.get(shard).path() + ", sequence " + (index - firstSequence[shard]) + ", position " + position;
+    }
+
+    /**
+     * The error for a read of sequence {@code index} that faulted (the JVM's "fault in an unsafe memory
+     * access operation"): its file shrank or vanished after it was opened and mapped.
+     */
+    public UncheckedIOException unreadable(int index, Throwable fault) {
+        int shard = shardOf(index);
+        SafetensorsFile f = files.get(shard);
+        String now;
+        try {
+            now = "is now " + Files.size(f.path()) + " bytes";
+        } catch (IOException gone) {
+            now = "is gone";
+        }
+        String message = f.path() + ": sequence " + (index - firstSequence[shard]) + " could not be read: the file " + now + ", "
+                + f.fileSize() + " when it was opened (it was truncated or replaced while this run read it)";
+        return new UncheckedIOException(message, new IOException(message, fault));
     }
 
     /** The bytes of the first {@code sequences} sequences' ids and targets. */

@@ -96,9 +96,9 @@ public final class Demo {
         out.flush();
         Path trainShards = work.resolve("shards/train"), valShards = work.resolve("shards/val");
         LogitDump.run(new LogitDump.Options(teacher.checkpoint(), data.train(), trainShards, TeacherTargets.Kind.TOP_K, s.topK(), DType.BF16,
-                s.temperature(), s.context(), 2048, s.batch(), 0, seed, "distillery-bpe-" + s.vocab(), false), kernels, out, err);
+                s.temperature(), s.context(), 2048, s.batch(), 0, seed, "distillery-bpe-" + s.vocab(), data.tokenizerFile(), false), kernels, out, err);
         LogitDump.run(new LogitDump.Options(teacher.checkpoint(), data.val(), valShards, TeacherTargets.Kind.TOP_K, s.topK(), DType.BF16,
-                s.temperature(), s.context(), 2048, s.batch(), 0, seed, "distillery-bpe-" + s.vocab(), false), kernels, out, err);
+                s.temperature(), s.context(), 2048, s.batch(), 0, seed, "distillery-bpe-" + s.vocab(), data.tokenizerFile(), false), kernels, out, err);
         out.printf("   (%s)%n", elapsed(t0));
 
         out.printf("== 4/6 distil the student (%d layers x %d channels): alpha %.2f, T %.1f, forward KL with a tail bucket, %d steps%n",

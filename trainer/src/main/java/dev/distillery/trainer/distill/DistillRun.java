@@ -13,6 +13,7 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.kernels.distill.BadRowException;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.Evaluator;
@@ -24,6 +25,7 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
 import dev.distillery.trainer.data.ShardValues;
 import dev.distillery.trainer.data.TeacherBatchStream;
+import dev.distillery.trainer.data.TeacherManifest;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.loop.TrainingLoop;
@@ -138,6 +140,17 @@ public final class DistillRun {
         }
     }
 
+    /** The run's {@code tokenizer} against the one a manifest records by SHA-256, when it records one. */
+    private static void requireTheShardsTokenizer(Path tokenizer, TeacherManifest manifest, Path manifestFile) throws IOException {
+        String recorded = manifest.tokenizerSha256();
+        if (recorded == null) return;
+        String actual = TeacherShards.sha256(tokenizer);
+        if (!actual.equals(recorded)) {
+            throw new IOException("'tokenizer' " + tokenizer + " (sha256 " + actual + ") is not the tokenizer the teacher's ids were made with: "
+                    + manifestFile + " records 'tokenizer_sha256' " + recorded + " ('" + manifest.tokenizer() + "')");
+        }
+    }
+
     /** The checks of the shards against each other, the loss and their values; then the run folder's lock. */
     private static FolderLock checkInputsThenLock(DistillConfig cfg, TeacherShards shards, TeacherShards evalShards, Path outDir,
                                                   PrintWriter out, PrintWriter err) throws IOException {
@@ -146,6 +159,15 @@ public final class DistillRun {
             throw new IOException(cfg.evalTeacher() + ": vocab_size " + evalShards.manifest().vocabSize() + " and seq_len "
                     + evalShards.manifest().seqLen() + " must equal the training shards' " + teacherVocab + " and " + seqLen
                     + " (" + cfg.teacher() + ")");
+        }
+        String trainTokenizer = shards.manifest().tokenizerSha256(), evalTokenizer = evalShards == null ? null : evalShards.manifest().tokenizerSha256();
+        if (trainTokenizer != null && evalTokenizer != null && !trainTokenizer.equals(evalTokenizer)) {
+            throw new IOException(Path.of(cfg.evalTeacher(), "manifest.json") + ": 'tokenizer_sha256' " + evalTokenizer
+                    + " differs from the training shards' " + trainTokenizer + " (" + cfg.teacher() + "): their ids come from two tokenizers");
+        }
+        if (cfg.tokenizer() != null) {
+            requireTheShardsTokenizer(Path.of(cfg.tokenizer()), shards.manifest(), Path.of(cfg.teacher(), "manifest.json"));
+            if (evalShards != null) requireTheShardsTokenizer(Path.of(cfg.tokenizer()), evalShards.manifest(), Path.of(cfg.evalTeacher(), "manifest.json"));
         }
         cfg.loss().requireCompatible(shards.layout(), Path.of(cfg.teacher(), "manifest.json"));
         if (shards.sequences() < cfg.batchSize()) {
@@ -210,7 +232,7 @@ public final class DistillRun {
         out.flush();
         try (TeacherBatchStream stream = new TeacherBatchStream(shards, cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex,
                 kernels::allocateStaging)) {
-            Steps steps = new Steps(cfg, session, stream, shards.manifest().seqLen(), evalShards, options, reduction, chunkRows, epoch,
+            Steps steps = new Steps(cfg, session, stream, shards, evalShards, options, reduction, chunkRows, epoch,
                     batchIndex, err);
             TrainingLoop.Outcome o = TrainingLoop.run(session, store, steps, new TrainingLoop.Settings("distill", "distill", cfg.steps(),
                     stopAfter, cfg.evalEvery(), cfg.checkpointEvery(), cfg.keepCheckpoints(), outDir,
@@ -229,7 +251,7 @@ public final class DistillRun {
         private final DistillConfig cfg;
         private final TrainingSession session;
         private final TeacherBatchStream stream;
-        private final TeacherShards evalShards;
+        private final TeacherShards shards, evalShards;
         private final DistillOptions options;
         private final DifferentiableOps.Reduction reduction;
         private final int chunkRows, startStep;
@@ -239,11 +261,12 @@ public final class DistillRun {
         double tokensPerSecond, waitFraction;
         Evaluation lastEval;
 
-        Steps(DistillConfig cfg, TrainingSession session, TeacherBatchStream stream, int seqLen, TeacherShards evalShards,
+        Steps(DistillConfig cfg, TrainingSession session, TeacherBatchStream stream, TeacherShards shards, TeacherShards evalShards,
               DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows, int epoch, int batchIndex, PrintWriter err) {
             this.cfg = cfg;
             this.session = session;
             this.stream = stream;
+            this.shards = shards;
             this.evalShards = evalShards;
             this.options = options;
             this.reduction = reduction;
@@ -252,7 +275,7 @@ public final class DistillRun {
             this.batchIndex = batchIndex;
             this.err = err;
             this.startStep = session.optimizer().step();
-            this.tokensPerStep = (long) cfg.batchSize() * seqLen * cfg.gradAccum();
+            this.tokensPerStep = (long) cfg.batchSize() * shards.manifest().seqLen() * cfg.gradAccum();
             this.loopStart = System.nanoTime();
             this.waitStart = stream.waitNanos();
         }
@@ -270,12 +293,13 @@ public final class DistillRun {
                     Thread.currentThread().interrupt();
                     throw new IOException("interrupted while waiting for teacher batches", e);
                 }
+                DifferentiableOps.DistillLoss l;
                 try {
                     session.inputs().setSequences(batch.inputIds());
-                } catch (IllegalArgumentException e) {
-                    throw new IOException(cfg.teacher() + ": sequences " + java.util.Arrays.toString(batch.sequences()) + ": " + e.getMessage(), e);
+                    l = session.backwardDistill(batch.targets(), options, reduction, chunkRows, 1f / cfg.gradAccum());
+                } catch (BadRowException e) {
+                    throw inShards(e, shards, batch);
                 }
-                DifferentiableOps.DistillLoss l = session.backwardDistill(batch.targets(), options, reduction, chunkRows, 1f / cfg.gradAccum());
                 loss += l.total() / cfg.gradAccum();
                 ce += l.ce() / cfg.gradAccum();
                 div += l.divergence() / cfg.gradAccum();
@@ -351,6 +375,16 @@ public final class DistillRun {
      * sequence's last). {@code maxBatches} batches of a seed-0 permutation; when that covers the
      * shards, every sequence counts once (the last batch is padded and the padding ignored).
      */
+    /**
+     * A kernel's bad row (row = sequence in the batch × seq_len + position), named as the shard file,
+     * the sequence in it and the position, not as a row of a shuffled batch.
+     */
+    private static IllegalArgumentException inShards(BadRowException e, TeacherShards shards, TeacherBatchStream.Batch b) {
+        int t = shards.manifest().seqLen();
+        int inBatch = (int) Math.min(e.row() / t, b.valid() - 1);   // rows past the valid ones repeat the last sequence
+        return new IllegalArgumentException(shards.where(b.sequences()[inBatch], (int) (e.row() % t)) + ": " + e.problem(), e);
+    }
+
     public static Evaluation evaluate(TrainingSession session, TeacherShards evalShards, int batchSize, int maxBatches,
                                       int chunkRows, int step) throws IOException {
         boolean dense = evalShards.layout().kind() == TeacherTargets.Kind.DENSE;
@@ -362,9 +396,13 @@ public final class DistillRun {
             int[] top1 = new int[batchSize * evalShards.manifest().seqLen()];
             for (int i = 0; i < batches; i++) {
                 TeacherBatchStream.Batch b = stream.next();
-                session.inputs().setSequences(b.inputIds(), b.valid());
-                for (int r = 0; r < top1.length; r++) top1[r] = b.targets().top1(r);
-                sums = sums.plus(session.evaluator().distill(b.targets(), top1, klOptions, chunkRows));
+                try {
+                    session.inputs().setSequences(b.inputIds(), b.valid());
+                    for (int r = 0; r < top1.length; r++) top1[r] = b.targets().top1(r);
+                    sums = sums.plus(session.evaluator().distill(b.targets(), top1, klOptions, chunkRows));
+                } catch (BadRowException e) {
+                    throw inShards(e, evalShards, b);
+                }
                 stream.release(b);
             }
         } catch (InterruptedException e) {

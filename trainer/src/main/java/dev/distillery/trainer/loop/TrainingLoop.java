@@ -173,7 +173,7 @@ public final class TrainingLoop {
                     fields = task.step(step);
                 } catch (TrainingSession.NonFiniteException e) {
                     throw new StoppedException(e.getMessage() + stopNote(lastCheckpoint), e);
-                } catch (IllegalArgumentException | ArithmeticException e) {
+                } catch (IllegalArgumentException | ArithmeticException | java.io.UncheckedIOException e) {
                     throw new StoppedException("step " + step + ": " + e.getMessage() + stopNote(lastCheckpoint), e);
                 }
                 write(metrics, record("train", step, fields), step, lastCheckpoint);

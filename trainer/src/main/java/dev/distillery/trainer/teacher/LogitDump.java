@@ -45,11 +45,13 @@ public final class LogitDump {
      * @param dtype             F32, F16 or BF16 for dense and top-k logits
      * @param temperature       the shard temperature (top-k logsumexp, sampling)
      * @param maxSequences      at most this many sequences (0 = all)
+     * @param tokenizer         the {@code tokenizer.json} the token ids were made with, recorded by its SHA-256;
+     *                          null = the teacher folder's own {@code tokenizer.json} when it has one
      * @param overwrite         replace the shards of a non-empty {@code out} (refused otherwise)
      */
     public record Options(Path teacher, Path tokens, Path out, TeacherTargets.Kind kind, int k, DType dtype, double temperature,
                           int seqLen, int sequencesPerShard, int batch, int maxSequences, long seed, String tokenizerId,
-                          boolean overwrite) {
+                          Path tokenizer, boolean overwrite) {
     }
 
     private LogitDump() {
@@ -61,6 +63,8 @@ public final class LogitDump {
         if (FolderLock.holdsFiles(o.out()) && !o.overwrite()) {
             throw new IOException(o.out() + " already holds files; pass --overwrite to replace the shards there, or choose another --out");
         }
+        Path tokenizer = o.tokenizer() != null ? o.tokenizer() : o.teacher().resolve("tokenizer.json");
+        String tokenizerSha256 = o.tokenizer() != null || Files.isRegularFile(tokenizer) ? TeacherShards.sha256(tokenizer) : null;
         try (Transformer model = ModelFiles.read(o.teacher(), kernels);
              TokenFile tokens = TokenFile.open(o.tokens(), model.config().vocabSize(), "the teacher's");
              FolderLock lock = FolderLock.acquire(o.out(), "--out")) {    // inputs before the folder: bad input writes nothing
@@ -145,7 +149,7 @@ public final class LogitDump {
             }
             TeacherManifest m = new TeacherManifest(1, v, t, TeacherShardFormat.name(o.kind()), k,
                     o.kind() == TeacherTargets.Kind.SAMPLED ? null : TeacherShardFormat.name(o.dtype()),
-                    o.temperature(), o.tokenizerId(), o.teacher().toString(), shards);
+                    o.temperature(), o.tokenizerId(), tokenizerSha256, o.teacher().toString(), shards);
             m.write(o.out().resolve("manifest.json"));
             out.printf("wrote %d sequences of %d tokens (%s%s) in %d shard(s) to %s%n", total, t, TeacherShardFormat.name(o.kind()),
                     k > 0 ? ", k = " + k : "", shards.size(), o.out());

@@ -12,17 +12,24 @@ import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Map;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.concurrent.TimeUnit;
 
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.Transformer;
 import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.trainer.data.ShardFixtures;
+import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.tokenizer.BytePairTokenizer;
 
 /**
  * Malformed input, as a user writes it by mistake: each case ends with a non-zero status and one
@@ -139,5 +146,100 @@ class MalformedInputsTest {
         assertFalse(Files.exists(dir.resolve("shards")), "nothing was written");
         refused(run("eval", "--model", model.toString(), "--tokens", tokens.toString(), "--device", "cpu", "--threads", "1"),
                 "token 33", "outside the model's vocabulary of 16");
+    }
+
+    // ------------------------------------------------------------------ teacher shards written wrong
+
+    /** Sequence 1, position 2 of a shard: the row of a value a test spoils. */
+    private static final int ROW = ShardFixtures.T + 2;
+
+    private static void spoil(Map<String, MemorySegment> t, String tensor, long index, float value) {
+        t.get(tensor).setAtIndex(ValueLayout.JAVA_FLOAT, index, value);
+    }
+
+    /** The fixtures' shards are at temperature 2; a loss at another one is refused before their values are read. */
+    private static final String AT_T2 = ", \"loss\": {\"temperature\": 2.0}";
+
+    /** distill over {@code shards} with a tiny student and {@code extra} keys; the out folder is dir/out. */
+    private static Run distillOn(Path dir, Path shards, String extra) throws IOException {
+        Path cfg = dir.resolve("run-" + System.nanoTime() + ".json");
+        Files.writeString(cfg, "{\"teacher\": \"" + shards + "\", \"out\": \"" + dir.resolve("out") + "\", \"steps\": 2, \"batch_size\": 2, "
+                + "\"student\": {\"layers\": 1, \"channels\": 8, \"heads\": 2}" + extra + "}");
+        return run("distill", "--config", cfg.toString(), "--device", "cpu", "--threads", "1");
+    }
+
+    private static Path tinyModel(Path dir, int vocab) throws IOException {
+        Path model = dir.resolve("model-" + vocab);
+        try (var kernels = new CpuKernels(1, "auto"); var m = new Transformer(new TransformerConfig(vocab, ShardFixtures.T, 1, 8, 2), kernels)) {
+            m.initialize(1);
+            ModelFiles.write(model, m);
+        }
+        return model;
+    }
+
+    @Test
+    void aNonFiniteTeacherValueIsNamedByShardSequenceAndPositionBeforeStepOne(@TempDir Path dir) throws IOException {
+        Path shards = ShardFixtures.write(dir, "dense", DType.F32, t -> spoil(t, "logits", (long) ROW * ShardFixtures.V + 5, Float.NaN));
+        String where = "shard-1.safetensors, sequence 1, position 2: logits";
+        refused(distillOn(dir, shards, ""), where);
+        assertFalse(Files.exists(dir.resolve("out")), "nothing was written");
+        refused(run("eval", "--model", tinyModel(dir, ShardFixtures.V).toString(), "--teacher-shards", shards.toString(), "--device", "cpu",
+                "--threads", "1"), where);
+        refused(run("inspect", "--verify", shards.toString()), where);
+    }
+
+    @Test
+    void topKWriterMistakesAreNamedBeforeStepOne(@TempDir Path dir) throws IOException {
+        // a logsumexp at temperature 1 where the manifest says 2: the top-k alone holds more than all the mass
+        Path hot = ShardFixtures.write(dir, "topk", DType.F32, t -> spoil(t, "logsumexp", ROW, 5f));
+        refused(distillOn(dir, hot, AT_T2), "shard-1.safetensors, sequence 1, position 2: ", "temperature");
+        Path twice = ShardFixtures.write(dir, "topk", DType.F32,
+                t -> t.get("topk_ids").setAtIndex(ValueLayout.JAVA_INT, (long) ROW * ShardFixtures.K + 1, t.get("topk_ids").getAtIndex(ValueLayout.JAVA_INT, (long) ROW * ShardFixtures.K)));
+        refused(run("inspect", "--verify", twice.toString()), "shard-1.safetensors, sequence 1, position 2: topk_ids");
+        refused(distillOn(dir, twice, AT_T2), "shard-1.safetensors, sequence 1, position 2: topk_ids");
+        Path weights = ShardFixtures.write(dir, "sampled", DType.F32, t -> spoil(t, "sampled_weights", (long) ROW * ShardFixtures.K, 0.5f));
+        refused(distillOn(dir, weights, AT_T2), "shard-1.safetensors, sequence 1, position 2: sampled_weights", "sum to 1.25");
+        assertFalse(Files.exists(dir.resolve("out")), "nothing was written");
+    }
+
+    @Test
+    void aBadValueFoundDuringAStepIsNamedByShardSequenceAndPositionNotBatchRow(@TempDir Path dir) throws IOException {
+        // with the up-front check switched off, the kernel finds the NaN; its row is mapped back to the shard
+        Path shards = ShardFixtures.write(dir, "dense", DType.F32, t -> spoil(t, "logits", (long) ROW * ShardFixtures.V + 5, Float.NaN));
+        Run r = distillOn(dir, shards, ", \"check_values\": false, \"steps\": 3");
+        assertEquals(Main.EXIT_FAILED, r.status(), r.err());
+        String last = r.err().strip().lines().reduce((a, b) -> b).orElse("");
+        assertTrue(last.contains("shard-1.safetensors, sequence 1, position 2: the teacher's logit at column 5 is NaN"), r.err());
+        assertFalse(r.err().contains("\tat ") || r.err().contains("Exception"), r.err());
+    }
+
+    @Test
+    void aRunTokenizerOtherThanTheShardsIsRefused(@TempDir Path dir) throws IOException {
+        Path made = dir.resolve("made-with.json"), other = dir.resolve("tokenizer.json");
+        Files.writeString(made, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}}");
+        Files.writeString(other, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"b\": 0}}}");
+        Path shards = ShardFixtures.write(dir, "dense", DType.F32, t -> { }, false, TeacherShards.sha256(made));
+        refused(distillOn(dir, shards, ", \"tokenizer\": \"" + other + "\""), "'tokenizer' " + other, "is not the tokenizer the teacher's ids were made with",
+                "manifest.json records 'tokenizer_sha256' " + TeacherShards.sha256(made));
+        assertFalse(Files.exists(dir.resolve("out")), "nothing was written");
+        Files.writeString(shards.resolve("manifest.json"), Files.readString(shards.resolve("manifest.json"))
+                .replace(TeacherShards.sha256(made), "not-a-hash"));
+        refused(distillOn(dir, shards, ""), "manifest.json", "'tokenizer_sha256' must be 64 lower-case hex digits");
+    }
+
+    @Test
+    void generateRefusesATokenizerThatIsNotTheModels(@TempDir Path dir) throws IOException {
+        Path model = tinyModel(dir, 300);
+        BytePairTokenizer.train("a small text, a small text, and more of it", 257).save(model.resolve("tokenizer.json"));
+        refused(run("generate", "--model", model.toString(), "--tokens", "5", "--device", "cpu", "--threads", "1"),
+                "tokenizer.json holds 257 tokens but the model's vocabulary is 300");
+    }
+
+    @Test
+    void aModelConfigOfAbsurdDepthIsRefusedAtOnce(@TempDir Path dir) throws IOException {
+        Path model = dir.resolve("deep");
+        Files.createDirectories(model);
+        Files.writeString(model.resolve("config.json"), "{\"vocab_size\": 97, \"n_positions\": 16, \"n_layer\": 1000000000, \"n_embd\": 96, \"n_head\": 4}");
+        refused(run("inspect", model.toString()), "config.json", "'n_layer' must be in [1, 1024], got 1000000000");
     }
 }

@@ -76,7 +76,7 @@ class TeacherShardsTest {
     }
 
     private void manifest(String targets, List<TeacherManifest.Shard> shards) throws IOException {
-        new TeacherManifest(1, V, T, targets, targets.equals("dense") ? 0 : K, "bf16", 2.0, "test-bpe", "tiny", shards)
+        new TeacherManifest(1, V, T, targets, targets.equals("dense") ? 0 : K, "bf16", 2.0, "test-bpe", null, "tiny", shards)
                 .write(dir.resolve("manifest.json"));
     }
 
@@ -254,6 +254,29 @@ class TeacherShardsTest {
             MemorySegment weights = arena.allocate(4L * 3);
             for (int i = 0; i < 3; i++) weights.setAtIndex(ValueLayout.JAVA_FLOAT, i, values[i]);
             assertEquals(4, new TeacherTargets.Sampled(ids, weights, 3, 10, 1f).top1(0));
+        }
+    }
+
+    /** A shard cut short after it was opened (a copy still running, a disk quota): the read names the file, not a JVM fault. */
+    @Test
+    void aShardTruncatedAfterItWasOpenedIsNamedWhenReached() throws Exception {
+        Path d = ShardFixtures.write(dir, "dense", DType.F32, t -> { });
+        Path second = d.resolve("shard-1.safetensors");
+        try (TeacherShards shards = TeacherShards.open(d, true)) {
+            long size = Files.size(second);
+            try (var ch = java.nio.channels.FileChannel.open(second, java.nio.file.StandardOpenOption.WRITE)) {
+                ch.truncate(0);
+            }
+            String check = assertThrows(IOException.class, () -> ShardValues.check(shards, 1, new java.io.PrintWriter(new java.io.StringWriter())))
+                    .getMessage();
+            assertTrue(check.startsWith(second + ": sequence 0 could not be read: the file is now 0 bytes, " + size
+                    + " when it was opened"), check);
+            try (TeacherBatchStream stream = TeacherBatchStream.onePass(shards, ShardFixtures.S, 0L)) {
+                java.io.UncheckedIOException e = assertThrows(java.io.UncheckedIOException.class, () -> {
+                    for (int i = 0; i < stream.batchesPerEpoch(); i++) stream.release(stream.next());
+                });
+                assertTrue(e.getMessage().startsWith(second + ": sequence "), e.getMessage());
+            }
         }
     }
 }

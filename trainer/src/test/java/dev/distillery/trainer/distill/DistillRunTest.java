@@ -65,11 +65,11 @@ class DistillRunTest {
         }
         PrintWriter quiet = new PrintWriter(new StringWriter());
         LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("dense"), TeacherTargets.Kind.DENSE,
-                0, DType.F32, 1.0, SEQ, 40, 8, 0, 1, "test", false), kernels, quiet, quiet);
+                0, DType.F32, 1.0, SEQ, 40, 8, 0, 1, "test", null, false), kernels, quiet, quiet);
         LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("topk"), TeacherTargets.Kind.TOP_K,
-                8, DType.BF16, 1.0, SEQ, 40, 8, 0, 1, "test", false), kernels, quiet, quiet);
+                8, DType.BF16, 1.0, SEQ, 40, 8, 0, 1, "test", null, false), kernels, quiet, quiet);
         LogitDump.run(new LogitDump.Options(tmp.resolve("teacher"), tmp.resolve("tokens.bin"), tmp.resolve("sampled"), TeacherTargets.Kind.SAMPLED,
-                16, DType.F32, 1.0, SEQ, 40, 8, 0, 1, "test", false), kernels, quiet, quiet);
+                16, DType.F32, 1.0, SEQ, 40, 8, 0, 1, "test", null, false), kernels, quiet, quiet);
     }
 
     @AfterAll
@@ -215,7 +215,7 @@ class DistillRunTest {
             SafetensorsWriter.write(bad.resolve("shard.safetensors"), List.of(
                     new SafetensorsWriter.Item("input_ids", DType.I32, new int[]{s, SEQ}, ids),
                     new SafetensorsWriter.Item("logits", DType.F32, new int[]{s, SEQ, VOCAB}, logits)), Map.of());
-            new TeacherManifest(1, VOCAB, SEQ, "dense", 0, "f32", 1.0, "t", "t",
+            new TeacherManifest(1, VOCAB, SEQ, "dense", 0, "f32", 1.0, "t", null, "t",
                     List.of(new TeacherManifest.Shard("shard.safetensors", s, TeacherShards.sha256(bad.resolve("shard.safetensors")))))
                     .write(bad.resolve("manifest.json"));
         }
@@ -234,7 +234,7 @@ class DistillRunTest {
         DistillConfig poisoned = new DistillConfig(bad.toString(), null, run.toString(), null, null, good.student(), 4, 4, 1,
                 1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, false);
         IOException e = assertThrows(IOException.class, () -> run(poisoned, true));
-        assertTrue(e.getMessage().contains("step 3") && e.getMessage().contains("has a NaN logit at column 5")
+        assertTrue(e.getMessage().contains("step 3") && e.getMessage().matches(".*shard\\.safetensors, sequence \\d+, position 0: the teacher's logit at column 5 is NaN.*")
                 && e.getMessage().contains("step-00000002"), e.getMessage());
         assertArrayEquals(before, Files.readAllBytes(run.resolve("checkpoints/step-00000002/model.safetensors")));
         assertEquals(2, dev.distillery.trainer.checkpoint.CheckpointStore.open(run.resolve("checkpoints")).latest().orElseThrow().step());
@@ -333,7 +333,7 @@ class DistillRunTest {
         Path shards = out.resolve("shards");
         PrintWriter quiet = new PrintWriter(new StringWriter());
         java.util.function.Function<Boolean, LogitDump.Options> options = overwrite -> new LogitDump.Options(data.resolve("teacher"),
-                data.resolve("tokens.bin"), shards, TeacherTargets.Kind.TOP_K, 4, DType.BF16, 1.0, SEQ, 40, 8, 0, 1, "test", overwrite);
+                data.resolve("tokens.bin"), shards, TeacherTargets.Kind.TOP_K, 4, DType.BF16, 1.0, SEQ, 40, 8, 0, 1, "test", null, overwrite);
         LogitDump.run(options.apply(false), kernels, quiet, quiet);
         byte[] manifest = Files.readAllBytes(shards.resolve("manifest.json"));
         IOException e = assertThrows(IOException.class, () -> LogitDump.run(options.apply(false), kernels, quiet, quiet));

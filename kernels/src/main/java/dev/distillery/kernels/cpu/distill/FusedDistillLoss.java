@@ -9,6 +9,7 @@ import java.util.Arrays;
 import java.util.concurrent.atomic.AtomicInteger;
 
 import dev.distillery.bindings.DistilleryCpu;
+import dev.distillery.kernels.distill.BadRowException;
 import dev.distillery.kernels.cpu.VectorOps;
 import dev.distillery.kernels.cpu.WorkerPool;
 import dev.distillery.kernels.distill.DistillOptions;
@@ -115,8 +116,7 @@ public final class FusedDistillLoss {
             return null;
         }
         if (labels != null && (label < 0 || label >= v)) {
-            throw new IllegalArgumentException("label " + label + " at row " + r + " is outside [0, " + v
-                    + ") and is not the ignore index " + o.ignoreIndex());
+            throw new BadRowException(r, "label " + label + " is outside [0, " + v + ") and is not the ignore index " + o.ignoreIndex());
         }
         float invT = 1f / o.temperature();
         float sLabel = label >= 0 ? get(s, so + label) : 0f;

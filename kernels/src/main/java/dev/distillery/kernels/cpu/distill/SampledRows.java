@@ -6,6 +6,7 @@ import static dev.distillery.kernels.cpu.VectorOps.set;
 
 import java.lang.foreign.MemorySegment;
 
+import dev.distillery.kernels.distill.BadRowException;
 import dev.distillery.kernels.cpu.distill.StudentPass.Student;
 import dev.distillery.kernels.distill.TeacherTargets;
 
@@ -30,7 +31,7 @@ final class SampledRows {
         for (int i = 0; i < n; i++) {
             float w = get(t.weights(), base + i);
             if (!(w >= 0) || Float.isInfinite(w)) {
-                throw new IllegalArgumentException("sampled weight " + w + " at row " + r + ", sample " + i + " is not a finite non-negative number");
+                throw new BadRowException(r, "sampled weight " + w + " (sample " + i + ") is not a finite non-negative number");
             }
             float lq = (sc.listed[i] - st.max()) * invT - st.logZt();
             crossEntropy -= w * (double) lq;

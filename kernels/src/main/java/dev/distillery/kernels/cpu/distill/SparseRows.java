@@ -10,6 +10,7 @@ import static dev.distillery.kernels.cpu.distill.FusedDistillLoss.BLOCK;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 
+import dev.distillery.kernels.distill.BadRowException;
 import dev.distillery.kernels.cpu.VectorOps;
 import dev.distillery.kernels.cpu.distill.StudentPass.Student;
 import dev.distillery.kernels.distill.TeacherTargets;
@@ -58,8 +59,7 @@ final class SparseRows {
         for (int i = 0; i < k; i++) {
             int id = ids.getAtIndex(I32, base + i);
             if (id < 0 || id >= vocab) {
-                throw new IllegalArgumentException(what + id + " at row " + r + ", entry " + i
-                        + " is outside the teacher vocabulary [0, " + vocab + ")");
+                throw new BadRowException(r, what + id + " (entry " + i + ") is outside the teacher vocabulary [0, " + vocab + ")");
             }
             sc.listed[i] = get(s, so + id);
         }

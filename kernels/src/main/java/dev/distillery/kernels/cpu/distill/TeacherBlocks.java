@@ -9,6 +9,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 
+import dev.distillery.kernels.distill.BadRowException;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.cpu.VectorOps;
 import dev.distillery.kernels.distill.TeacherTargets;
@@ -117,7 +118,7 @@ final class TeacherBlocks {
     /** A teacher row needs a finite maximum: −inf everywhere, or a +inf logit, is an error naming the row. */
     static void checkMax(int r, float mt) {
         if (mt == Float.NEGATIVE_INFINITY || Float.isNaN(mt) || mt == Float.POSITIVE_INFINITY) {
-            throw new IllegalArgumentException("teacher row " + r + " has no finite maximum logit (max = " + mt + ")");
+            throw new BadRowException(r, "the teacher's logits have no finite maximum (max = " + mt + ")");
         }
     }
 
@@ -131,7 +132,6 @@ final class TeacherBlocks {
         int column = 0;
         float x = 0f;
         while (column < d.vocab() && !Float.isNaN(x = d.type().read(d.logits(), to + column)) && x != Float.POSITIVE_INFINITY) column++;
-        throw new IllegalArgumentException("teacher row " + r + (Float.isNaN(x) ? " has a NaN logit" : " has an infinite logit (+inf)")
-                + " at column " + column);
+        throw new BadRowException(r, "the teacher's logit at column " + column + (Float.isNaN(x) ? " is NaN" : " is +inf"));
     }
 }

@@ -7,6 +7,7 @@ import static dev.distillery.kernels.cpu.VectorOps.set;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 
+import dev.distillery.kernels.distill.BadRowException;
 import dev.distillery.kernels.cpu.VectorOps;
 import dev.distillery.kernels.cpu.distill.StudentPass.Student;
 import dev.distillery.kernels.distill.DistillOptions;
@@ -41,7 +42,7 @@ final class TopKRows {
         for (int i = 0; i < k; i++) {
             int id = t.ids().getAtIndex(I32, base + i);
             if (sc.marks[id] == mark) {
-                throw new IllegalArgumentException("top-k id " + id + " appears twice in row " + r);
+                throw new BadRowException(r, "top-k id " + id + " is listed twice");
             }
             sc.marks[id] = mark;
             float lq = (sc.listed[i] - st.max()) * invT - st.logZt();

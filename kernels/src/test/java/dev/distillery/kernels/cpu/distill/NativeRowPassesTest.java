@@ -150,7 +150,7 @@ class NativeRowPassesTest {
             t[v + 17] = Float.NaN;
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                     () -> run(fused, arena, s, t, DType.BF16, n, v, DistillOptions.of(2f, 0.5f), true, true));
-            assertTrue(e.getMessage().contains("teacher row 1 has a NaN logit at column 17"), e.getMessage());
+            assertTrue(e.getMessage().contains("row 1: the teacher's logit at column 17 is NaN"), e.getMessage());
             t[v + 17] = 0f;
             s[2 * v + 5] = Float.NaN;
             float[][] out = run(fused, arena, s, t, DType.BF16, n, v, DistillOptions.of(2f, 0.5f), true, true);
