@@ -64,7 +64,7 @@ public record Corpus(String name, String text) {
     }
 
     /** File names with their digit runs compared as numbers: a2 < a10, then by the whole name. */
-    static final Comparator<Path> NATURAL_ORDER = (x, y) -> {
+    public static final Comparator<Path> NATURAL_ORDER = (x, y) -> {
         String a = x.getFileName().toString(), b = y.getFileName().toString();
         int i = 0, j = 0;
         while (i < a.length() && j < b.length()) {

@@ -109,6 +109,51 @@ public final class TokenFile implements AutoCloseable {
         AtomicFileWriter.write(path, ch -> AtomicFileWriter.writeFully(ch, b));
     }
 
+    /**
+     * Tokens streamed into an open channel (the content of an {@code AtomicFileWriter}): a header
+     * placeholder first, the tokens as they come, the header with the count at {@link #finish()}.
+     * The width is fixed up front: uint16 when the vocabulary fits, else uint32.
+     */
+    public static final class Appender {
+        private final java.nio.channels.FileChannel channel;
+        private final int width;
+        private final ByteBuffer buffer = ByteBuffer.allocate(1 << 20).order(ByteOrder.LITTLE_ENDIAN);
+        private long count;
+
+        public Appender(java.nio.channels.FileChannel channel, int vocab) throws IOException {
+            this.channel = channel;
+            this.width = vocab <= 0x10000 ? 2 : 4;
+            AtomicFileWriter.writeFully(channel, ByteBuffer.allocate(HEADER_BYTES));
+        }
+
+        public void append(int[] ids) throws IOException {
+            for (int id : ids) {
+                if (buffer.remaining() < 4) flush();
+                if (width == 2) buffer.putShort((short) id);
+                else buffer.putInt(id);
+            }
+            count += ids.length;
+            if (count > 0xFFFFFFFFL) throw new IOException("more than 2^32 - 1 tokens, the most one token file's header can count; split the corpus");
+        }
+
+        public long count() {
+            return count;
+        }
+
+        public void finish() throws IOException {
+            flush();
+            ByteBuffer h = ByteBuffer.allocate(12).order(ByteOrder.LITTLE_ENDIAN);
+            h.putInt(width == 2 ? MAGIC_U16 : MAGIC_U32).putInt(width == 2 ? VERSION_U16 : VERSION_U32).putInt((int) count).flip();
+            while (h.hasRemaining()) channel.write(h, h.position());
+        }
+
+        private void flush() throws IOException {
+            buffer.flip();
+            AtomicFileWriter.writeFully(channel, buffer);
+            buffer.clear();
+        }
+    }
+
     public Path path() {
         return path;
     }

@@ -95,4 +95,32 @@ class TrainerCommandsTest {
         Run bad = run("tokenize", "--corpus", corpus.toString(), "--vocab", "300", "--val-fraction", "2", "--out", dir.toString());
         assertEquals(Main.EXIT_USAGE, bad.status());
     }
+
+    @Test
+    void tokenizeWithAnExistingTokenizerWritesItsIdsAndNamesBadInput(@TempDir Path dir) throws IOException {
+        Path corpus = dir.resolve("corpus.txt");
+        Files.writeString(corpus, "We the People of the United States,\nin Order to form a more perfect Union.\n".repeat(40));
+        Run r = run("tokenize", "--tokenizer", "gpt2", "--corpus", corpus.toString(), "--out", dir.resolve("gpt2").toString(), "--threads", "1");
+        assertEquals(0, r.status(), r.err());
+        assertTrue(r.out().contains("1 documents") && r.out().contains("gpt2, vocab 50,257, eos-delimited"), r.out());
+        // the tokens, read back, decode to the corpus and its closing end-of-text
+        int[] train, val;
+        try (var t = dev.distillery.trainer.data.TokenFile.open(dir.resolve("gpt2/train.bin"));
+             var v = dev.distillery.trainer.data.TokenFile.open(dir.resolve("gpt2/val.bin"))) {
+            train = new int[(int) t.size()];
+            t.read(0, train.length, train);
+            val = new int[(int) v.size()];
+            v.read(0, val.length, val);
+        }
+        int[] all = java.util.stream.IntStream.concat(java.util.Arrays.stream(train), java.util.Arrays.stream(val)).toArray();
+        try (var gpt2 = dev.distillery.trainer.tokenizer.TextTokenizer.open("gpt2")) {
+            assertEquals(Files.readString(corpus) + "<|endoftext|>", gpt2.decode(all));
+        }
+        Run unknown = run("tokenize", "--tokenizer", "cl200k_base", "--corpus", corpus.toString(), "--out", dir.resolve("x").toString());
+        assertEquals(Main.EXIT_FAILED, unknown.status());
+        assertTrue(unknown.err().startsWith("error: cl200k_base: neither a tokenizer.json"), unknown.err());
+        Run delimiter = run("tokenize", "--tokenizer", "gpt2", "--corpus", corpus.toString(), "--out", dir.resolve("x").toString(), "--delimiter", "nl");
+        assertEquals(Main.EXIT_USAGE, delimiter.status());
+        assertFalse(Files.exists(dir.resolve("x")), "nothing was written");
+    }
 }
