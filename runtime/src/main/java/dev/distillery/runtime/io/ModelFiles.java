@@ -86,6 +86,7 @@ public final class ModelFiles {
         } catch (com.fasterxml.jackson.core.JacksonException e) {
             throw new IOException(file + ": not valid JSON: " + e.getOriginalMessage(), e);
         }
+        requireGpt2(file, root);
         try {
             return new TransformerConfig(intKey(file, root, "vocab_size", TransformerConfig.MAX_VOCAB),
                     intKey(file, root, "n_positions", TransformerConfig.MAX_CONTEXT), intKey(file, root, "n_layer", TransformerConfig.MAX_LAYERS),
@@ -93,6 +94,35 @@ public final class ModelFiles {
         } catch (IllegalArgumentException e) {
             throw new IOException(file + ": " + e.getMessage(), e);
         }
+    }
+
+    /**
+     * The keys of a GPT-2 config that change the function, where present (a config written by
+     * {@code transformers} has them all): anything but GPT-2 as this code computes it is refused by
+     * its key, not loaded into a model that would compute something else.
+     */
+    private static void requireGpt2(Path file, JsonNode root) throws IOException {
+        String type = root.path("model_type").asText("gpt2");
+        if (!type.equals("gpt2")) {
+            throw new IOException(file + ": 'model_type' is " + type + "; this build reads GPT-2 models only (the Llama family is not here yet)");
+        }
+        String activation = root.path("activation_function").asText("gelu_new");
+        if (!activation.equals("gelu_new") && !activation.equals("gelu_pytorch_tanh")) {
+            throw new IOException(file + ": 'activation_function' is " + activation + "; GPT-2 here is the tanh GELU (gelu_new)");
+        }
+        JsonNode inner = root.get("n_inner"), embd = root.get("n_embd");
+        if (inner != null && !inner.isNull() && embd != null && inner.asLong() != 4 * embd.asLong()) {
+            throw new IOException(file + ": 'n_inner' is " + inner + "; the MLP here is 4 × n_embd = " + 4 * embd.asLong() + " wide");
+        }
+        double eps = root.path("layer_norm_epsilon").asDouble(1e-5);
+        if (Math.abs(eps - 1e-5) > 1e-12) throw new IOException(file + ": 'layer_norm_epsilon' is " + eps + "; the layernorm here uses 1e-5");
+        if (!root.path("tie_word_embeddings").asBoolean(true)) {
+            throw new IOException(file + ": 'tie_word_embeddings' is false; the LM head here is the token embedding (tied)");
+        }
+        for (String key : List.of("scale_attn_by_inverse_layer_idx", "add_cross_attention")) {
+            if (root.path(key).asBoolean(false)) throw new IOException(file + ": '" + key + "' is true; GPT-2 here has neither");
+        }
+        if (!root.path("scale_attn_weights").asBoolean(true)) throw new IOException(file + ": 'scale_attn_weights' is false; attention here is scaled by 1/sqrt(head size)");
     }
 
     private static int intKey(Path file, JsonNode root, String key, int max) throws IOException {
@@ -120,31 +150,51 @@ public final class ModelFiles {
     }
 
     /**
-     * Copies every parameter of {@code model} from {@code file}; names, dtypes and shapes must
-     * match exactly, and every weight must be finite (a NaN would otherwise surface as a NaN
-     * perplexity, or a NaN loss some steps into a run, with nothing naming the weight).
+     * Copies every parameter of {@code model} from {@code file}; names and shapes must match, and
+     * every weight must be finite (a NaN would otherwise surface as a NaN perplexity, or a NaN loss
+     * some steps into a run, with nothing naming the weight). A file saved by {@code transformers}
+     * loads as it is: names under {@code transformer.}, F16/BF16 weights widened to F32, and an
+     * {@code lm_head.weight} accepted when it equals the tied token embedding.
      */
     public static void readParameters(Path file, Transformer model) throws IOException {
-        try (SafetensorsFile st = SafetensorsFile.open(file)) {
+        try (SafetensorsFile st = SafetensorsFile.open(file); Arena host = Arena.ofConfined()) {
+            String prefix = !st.contains("wte.weight") && st.contains("transformer.wte.weight") ? "transformer." : "";
             for (Tensor t : model.parameters().parameters()) {
-                if (!st.contains(t.name())) throw new SafetensorsFormatException(file, "missing tensor '" + t.name() + "'");
-                SafetensorsFile.Entry e = st.entry(t.name());
-                if (e.dtype() != DType.F32 || !Arrays.equals(e.shape(), t.shape())) {
-                    throw new SafetensorsFormatException(file, "tensor '" + t.name() + "' at buffer offset " + e.begin() + " is "
-                            + e.dtype() + " " + Arrays.toString(e.shape()) + ", the model needs F32 " + Arrays.toString(t.shape()));
+                String name = prefix + t.name();
+                if (!st.contains(name)) throw new SafetensorsFormatException(file, "missing tensor '" + name + "'");
+                MemorySegment widened = widened(file, st, name, t.shape(), host);
+                model.parameters().write(t, widened);
+            }
+            if (st.contains("lm_head.weight")) {
+                MemorySegment head = widened(file, st, "lm_head.weight", model.parameters().get("wte.weight").shape(), host);
+                MemorySegment wte = widened(file, st, prefix + "wte.weight", model.parameters().get("wte.weight").shape(), host);
+                if (head.mismatch(wte) >= 0) {
+                    throw new SafetensorsFormatException(file, "'lm_head.weight' differs from '" + prefix + "wte.weight': an untied LM head "
+                            + "is not supported (GPT-2's is the token embedding)");
                 }
-                MemorySegment bytes = st.bytes(t.name());
-                long n = bytes.byteSize() / 4;
-                for (long i = 0; i < n; i++) {
-                    float x = bytes.get(ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i);
-                    if (!Float.isFinite(x)) {
-                        throw new SafetensorsFormatException(file, "tensor '" + t.name() + "' element " + i + " is " + x
-                                + "; a checkpoint's weights must be finite");
-                    }
-                }
-                model.parameters().write(t, bytes);
             }
         }
+    }
+
+    /** Tensor {@code name} as finite F32 of {@code shape}: F32 as mapped, F16/BF16 widened into {@code host}. */
+    private static MemorySegment widened(Path file, SafetensorsFile st, String name, int[] shape, Arena host) throws IOException {
+        SafetensorsFile.Entry e = st.entry(name);
+        boolean half = e.dtype() == DType.F16 || e.dtype() == DType.BF16;
+        if ((e.dtype() != DType.F32 && !half) || !Arrays.equals(e.shape(), shape)) {
+            throw new SafetensorsFormatException(file, "tensor '" + name + "' at buffer offset " + e.begin() + " is "
+                    + e.dtype() + " " + Arrays.toString(e.shape()) + ", the model needs F32, F16 or BF16 " + Arrays.toString(shape));
+        }
+        MemorySegment bytes = st.bytes(name);
+        long n = bytes.byteSize() / e.dtype().bytes();
+        MemorySegment out = half ? host.allocate(4 * n, 64) : bytes;
+        for (long i = 0; i < n; i++) {
+            float x = half ? e.dtype().read(bytes, i) : bytes.get(ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i);
+            if (!Float.isFinite(x)) {
+                throw new SafetensorsFormatException(file, "tensor '" + name + "' element " + i + " is " + x + "; a checkpoint's weights must be finite");
+            }
+            if (half) out.setAtIndex(ValueLayout.JAVA_FLOAT, i, x);
+        }
+        return out;
     }
 
     /** Writes AdamW's moments ({@code adam.m}, {@code adam.v}) and its step with {@code metadata}. */

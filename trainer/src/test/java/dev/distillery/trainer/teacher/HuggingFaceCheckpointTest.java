@@ -1,0 +1,111 @@
+package dev.distillery.trainer.teacher;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.net.URISyntaxException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.io.SafetensorsFile;
+import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.trainer.cli.Main;
+import dev.distillery.trainer.data.TeacherShards;
+import dev.distillery.trainer.data.TokenFile;
+
+/**
+ * GPT-2 checkpoints saved by {@code transformers} (save_pretrained: names under {@code transformer.},
+ * float32 and bfloat16) are teachers as they are: {@code teacher dump-logits} gives the logits
+ * transformers computed, recorded by {@code src/test/python/hf_gpt2_fixture.py}.
+ */
+class HuggingFaceCheckpointTest {
+
+    private static final int S = 4, T = 32, V = 97;
+
+    private static Path fixture(String name) throws URISyntaxException {
+        return Path.of(HuggingFaceCheckpointTest.class.getResource("/dev/distillery/trainer/hf/" + name).toURI());
+    }
+
+    /** Runs dump-logits (dense f32) on {@code model} over the fixture's windows; the max |ours − transformers'|. */
+    private static double maxDifference(Path model, String expected, Path dir) throws Exception {
+        float[] ids, logits;
+        try (SafetensorsFile st = SafetensorsFile.open(fixture("gpt2-tiny-logits.safetensors"))) {
+            int[] windows = st.bytes("input_ids").toArray(ValueLayout.JAVA_INT);
+            Path tokens = dir.resolve("windows.bin");
+            TokenFile.write(tokens, windows);
+            logits = st.bytes(expected).toArray(ValueLayout.JAVA_FLOAT);
+            Path shards = dir.resolve("shards-" + expected);
+            StringWriter err = new StringWriter();
+            int status = Main.execute(new String[]{"teacher", "dump-logits", "--teacher", model.toString(), "--tokens", tokens.toString(),
+                    "--out", shards.toString(), "--targets", "dense", "--dtype", "f32", "--seq-len", Integer.toString(T),
+                    "--device", "cpu", "--threads", "1"}, new PrintWriter(new StringWriter()), new PrintWriter(err, true));
+            assertEquals(0, status, err.toString());
+            double max = 0;
+            try (TeacherShards ts = TeacherShards.open(shards, true)) {
+                assertEquals(S, ts.sequences());
+                for (int s = 0; s < S; s++) {
+                    MemorySegment got = ((TeacherTargets.Dense) ts.sequence(s).targets()).logits();
+                    for (int i = 0; i < T * V; i++) {
+                        max = Math.max(max, Math.abs(got.getAtIndex(ValueLayout.JAVA_FLOAT, i) - logits[s * T * V + i]));
+                    }
+                }
+            }
+            return max;
+        }
+    }
+
+    @Test
+    void aFloat32Gpt2SavedByTransformersGivesTransformersLogits(@TempDir Path dir) throws Exception {
+        double d = maxDifference(fixture("gpt2-tiny"), "logits", dir);
+        assertTrue(d < 1e-4, "max |ours - transformers'| = " + d);
+    }
+
+    @Test
+    void aBfloat16Gpt2IsWidenedOnLoadAndGivesTransformersLogits(@TempDir Path dir) throws Exception {
+        double d = maxDifference(fixture("gpt2-tiny-bf16"), "logits_bf16", dir);
+        assertTrue(d < 1e-4, "max |ours - transformers'| = " + d);
+    }
+
+    @Test
+    void aGpt2ReadFromTransformersAndWrittenByDistilleryReadsBackBitForBit(@TempDir Path dir) throws Exception {
+        try (CpuKernels kernels = new CpuKernels(1, "auto"); Transformer hf = ModelFiles.read(fixture("gpt2-tiny"), kernels)) {
+            ModelFiles.write(dir.resolve("ours"), hf);
+            try (Transformer back = ModelFiles.read(dir.resolve("ours"), kernels)) {
+                for (var t : hf.parameters().parameters()) {
+                    float[] a = t.data().toArray(ValueLayout.JAVA_FLOAT), b = back.parameters().get(t.name()).data().toArray(ValueLayout.JAVA_FLOAT);
+                    assertTrue(java.util.Arrays.equals(a, b), t.name());
+                }
+            }
+        }
+    }
+
+    @Test
+    void aConfigThatIsNotGpt2AsThisCodeComputesItIsRefusedByItsKey(@TempDir Path dir) throws Exception {
+        Path model = dir.resolve("m");
+        Files.createDirectories(model);
+        Files.copy(fixture("gpt2-tiny/model.safetensors"), model.resolve("model.safetensors"));
+        String config = Files.readString(fixture("gpt2-tiny/config.json"));
+        for (String[] change : new String[][]{
+                {"\"activation_function\": \"gelu_new\"", "\"activation_function\": \"relu\"", "'activation_function' is relu"},
+                {"\"model_type\": \"gpt2\"", "\"model_type\": \"llama\"", "'model_type' is llama"},
+                {"\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false", "'tie_word_embeddings' is false"}}) {
+            assertTrue(config.contains(change[0]), change[0]);
+            Files.writeString(model.resolve("config.json"), config.replace(change[0], change[1]));
+            StringWriter err = new StringWriter();
+            int status = Main.execute(new String[]{"inspect", model.toString()}, new PrintWriter(new StringWriter()), new PrintWriter(err, true));
+            assertEquals(Main.EXIT_FAILED, status);
+            assertTrue(err.toString().contains("config.json: " + change[2]) && err.toString().strip().lines().count() == 1, err.toString());
+        }
+    }
+}
