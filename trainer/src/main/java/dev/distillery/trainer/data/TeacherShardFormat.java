@@ -47,10 +47,21 @@ public final class TeacherShardFormat {
         };
     }
 
-    /** @throws IllegalArgumentException naming the accepted names */
+    /**
+     * f32, f16 or bf16, or the names torch gives them (float32, float16, bfloat16), which a Python
+     * writer is likely to pass through.
+     *
+     * @throws IllegalArgumentException naming the accepted names
+     */
     public static DType logitType(String name) {
+        String shortName = switch (name == null ? "" : name) {
+            case "float32" -> "f32";
+            case "float16" -> "f16";
+            case "bfloat16" -> "bf16";
+            default -> name;
+        };
         for (DType d : DType.logitTypes()) {
-            if (name(d).equals(name)) return d;
+            if (name(d).equals(shortName)) return d;
         }
         throw new IllegalArgumentException("must be f32, f16 or bf16, got " + name);
     }

@@ -3,7 +3,9 @@ package dev.distillery.trainer.data;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.UncheckedIOException;
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.DigestInputStream;
@@ -34,11 +36,15 @@ public final class TeacherShards implements AutoCloseable {
     private final TeacherLayout layout;
     private final List<TeacherShardFormat.Tensor> tensors;
     private final List<SafetensorsFile> files;
+    private final List<MemorySegment> inputIds;   // per shard, int32: mapped, or narrowed from int64 on open
+    private final Arena narrowed;
     private final int[] firstSequence;
     private final int total;
 
-    private TeacherShards(TeacherManifest manifest, List<SafetensorsFile> files) {
+    private TeacherShards(TeacherManifest manifest, List<SafetensorsFile> files, List<MemorySegment> inputIds, Arena narrowed) {
         this.manifest = manifest;
+        this.inputIds = inputIds;
+        this.narrowed = narrowed;
         this.layout = TeacherShardFormat.layout(manifest);
         this.tensors = TeacherShardFormat.tensors(layout.kind());
         this.files = files;
@@ -51,6 +57,8 @@ public final class TeacherShards implements AutoCloseable {
     public static TeacherShards open(Path dir, boolean verifyChecksums) throws IOException {
         TeacherManifest m = TeacherManifest.read(dir.resolve("manifest.json"));
         List<SafetensorsFile> opened = new ArrayList<>();
+        List<MemorySegment> ids = new ArrayList<>();
+        Arena narrowed = Arena.ofShared();
         try {
             for (TeacherManifest.Shard shard : m.shards()) {
                 Path file = dir.resolve(shard.file());
@@ -59,12 +67,14 @@ public final class TeacherShards implements AutoCloseable {
                 SafetensorsFile st = SafetensorsFile.open(file);
                 opened.add(st);
                 validate(st, m, shard);
+                ids.add(inputIds(st, narrowed));
             }
         } catch (IOException | RuntimeException e) {
             for (SafetensorsFile f : opened) f.close();
+            narrowed.close();
             throw e;
         }
-        return new TeacherShards(m, List.copyOf(opened));
+        return new TeacherShards(m, List.copyOf(opened), List.copyOf(ids), narrowed);
     }
 
     private static void verify(Path file, String expected) throws IOException {
@@ -89,9 +99,32 @@ public final class TeacherShards implements AutoCloseable {
         return HexFormat.of().formatHex(md.digest());
     }
 
+    /**
+     * A shard's input ids as int32: mapped when stored so, else narrowed from int64 (torch's
+     * default for ids; 4 bytes a position, small beside the targets) with each id checked to fit.
+     */
+    private static MemorySegment inputIds(SafetensorsFile st, Arena arena) throws IOException {
+        MemorySegment stored = st.bytes("input_ids");
+        if (st.entry("input_ids").dtype() == DType.I32) return stored;
+        long n = stored.byteSize() / 8;
+        MemorySegment ids = arena.allocate(4 * n, 64);
+        for (long i = 0; i < n; i++) {
+            long id = stored.get(ValueLayout.JAVA_LONG_UNALIGNED, 8 * i);
+            if (id < 0 || id > Integer.MAX_VALUE) {
+                throw new IOException(st.path() + ": input_ids element " + i + " is " + id + ", not a token id");
+            }
+            ids.setAtIndex(ValueLayout.JAVA_INT, i, (int) id);
+        }
+        return ids;
+    }
+
     private static void validate(SafetensorsFile st, TeacherManifest m, TeacherManifest.Shard shard) throws IOException {
         int s = shard.sequences(), t = m.seqLen();
-        expect(st, "input_ids", DType.I32, s, t);
+        if (st.contains("input_ids") && st.entry("input_ids").dtype() == DType.I64) {
+            expect(st, "input_ids", DType.I64, s, t);
+        } else {
+            expect(st, "input_ids", DType.I32, s, t);
+        }
         TeacherLayout layout = TeacherShardFormat.layout(m);
         List<TeacherShardFormat.Tensor> tensors = TeacherShardFormat.tensors(layout.kind());
         for (int i = 0; i < tensors.size(); i++) {
@@ -102,6 +135,16 @@ public final class TeacherShards implements AutoCloseable {
     private static void expect(SafetensorsFile st, String name, DType dtype, int... shape) throws IOException {
         if (!st.contains(name)) throw new IOException(st.path() + ": missing tensor '" + name + "' (has " + st.entries().keySet() + ")");
         SafetensorsFile.Entry e = st.entry(name);
+        if (e.dtype() != dtype && Arrays.equals(e.shape(), shape)) {
+            // what Python writers produce by default, with the fix
+            String fix = e.dtype() == DType.I64 ? "torch's default for indices; write it as int32 (.int() in torch, .astype(np.int32) "
+                    + "in numpy): the targets are read at every step, and int64 ids would double those bytes"
+                    : name.equals("logsumexp") ? "it must be F32 (.float()): a bf16 logsumexp is off by up to 0.4% of its value, "
+                    + "which scales every top-k probability by up to e^(0.004 |logsumexp|)"
+                    : e.dtype() == DType.F64 ? "write it as " + dtype + " (the manifest's 'dtype'), not float64"
+                    : "the manifest's 'dtype' implies " + dtype;
+            throw new IOException(st.path() + ": tensor '" + name + "' is " + e.dtype() + "; " + fix);
+        }
         if (e.dtype() != dtype || !Arrays.equals(e.shape(), shape)) {
             throw new IOException(st.path() + ": tensor '" + name + "' at buffer offset " + e.begin() + " is " + e.dtype() + " "
                     + Arrays.toString(e.shape()) + ", the manifest implies " + dtype + " " + Arrays.toString(shape));
@@ -129,7 +172,7 @@ public final class TeacherShards implements AutoCloseable {
         int local = index - firstSequence[shard];
         SafetensorsFile st = files.get(shard);
         int t = manifest.seqLen();
-        MemorySegment ids = st.bytes("input_ids").asSlice(4L * local * t, 4L * t);
+        MemorySegment ids = inputIds.get(shard).asSlice(4L * local * t, 4L * t);
         List<MemorySegment> buffers = new ArrayList<>(tensors.size());
         for (int i = 0; i < tensors.size(); i++) buffers.add(st.bytes(tensors.get(i).name()).asSlice(local * t * layout.bytesPerRow(i)));
         TeacherTargets targets = layout.over(buffers);
@@ -175,5 +218,6 @@ public final class TeacherShards implements AutoCloseable {
     @Override
     public void close() {
         for (SafetensorsFile f : files) f.close();
+        narrowed.close();
     }
 }
