@@ -136,12 +136,15 @@ public final class ModelFiles {
         return n.intValue();
     }
 
-    /** A new model from {@code dir} (config.json + model.safetensors) in the memory of {@code kernels}; the caller closes it. */
+    /**
+     * A new model from {@code dir} (config.json + model.safetensors, or shards with
+     * model.safetensors.index.json) in the memory of {@code kernels}; the caller closes it.
+     */
     public static Transformer read(Path dir, Kernels kernels) throws IOException {
         TransformerConfig config = readConfig(dir.resolve(CONFIG));
         Transformer model = new Transformer(config, kernels);
         try {
-            readParameters(dir.resolve(MODEL), model);
+            readParameters(dir, model, layer -> layer);
         } catch (IOException | RuntimeException e) {
             model.close();
             throw e;
@@ -150,34 +153,67 @@ public final class ModelFiles {
     }
 
     /**
-     * Copies every parameter of {@code model} from {@code file}; names and shapes must match, and
-     * every weight must be finite (a NaN would otherwise surface as a NaN perplexity, or a NaN loss
-     * some steps into a run, with nothing naming the weight). A file saved by {@code transformers}
-     * loads as it is: names under {@code transformer.}, F16/BF16 weights widened to F32, and an
-     * {@code lm_head.weight} accepted when it equals the tied token embedding.
+     * A new model of {@code layers.length} blocks taken from the model in {@code dir} (block j is
+     * its block {@code layers[j]}), with its embeddings and final layernorm: a shallower student
+     * of the same width that starts from a teacher (DistilBERT's every-other-layer start).
      */
-    public static void readParameters(Path file, Transformer model) throws IOException {
-        try (SafetensorsFile st = SafetensorsFile.open(file); Arena host = Arena.ofConfined()) {
-            String prefix = !st.contains("wte.weight") && st.contains("transformer.wte.weight") ? "transformer." : "";
-            for (Tensor t : model.parameters().parameters()) {
-                String name = prefix + t.name();
-                if (!st.contains(name)) throw new SafetensorsFormatException(file, "missing tensor '" + name + "'");
-                MemorySegment widened = widened(file, st, name, t.shape(), host);
-                model.parameters().write(t, widened);
+    public static Transformer readLayers(Path dir, int[] layers, Kernels kernels) throws IOException {
+        TransformerConfig from = readConfig(dir.resolve(CONFIG));
+        if (layers.length == 0) throw new IllegalArgumentException("at least one layer must be taken from " + dir);
+        for (int l : layers) {
+            if (l < 0 || l >= from.layers()) {
+                throw new IllegalArgumentException("layer " + l + " is not one of the " + from.layers() + " layers of " + dir + " (0 to " + (from.layers() - 1) + ")");
             }
-            if (st.contains("lm_head.weight")) {
-                MemorySegment head = widened(file, st, "lm_head.weight", model.parameters().get("wte.weight").shape(), host);
-                MemorySegment wte = widened(file, st, prefix + "wte.weight", model.parameters().get("wte.weight").shape(), host);
+        }
+        TransformerConfig config = new TransformerConfig(from.vocabSize(), from.contextLength(), layers.length, from.channels(), from.heads());
+        Transformer model = new Transformer(config, kernels);
+        try {
+            readParameters(dir, model, j -> layers[j]);
+        } catch (IOException | RuntimeException e) {
+            model.close();
+            throw e;
+        }
+        return model;
+    }
+
+    /**
+     * Copies every parameter of {@code model} (block j from the file's block {@code layerOf(j)})
+     * from the weights in {@code dir}; names and shapes must match, and every weight must be finite
+     * (a NaN would otherwise surface as a NaN perplexity, or a NaN loss some steps into a run, with
+     * nothing naming the weight). Files saved by {@code transformers} load as they are: names under
+     * {@code transformer.}, F16/BF16 weights widened to F32, an {@code lm_head.weight} accepted
+     * when it equals the tied token embedding.
+     */
+    private static void readParameters(Path dir, Transformer model, java.util.function.IntUnaryOperator layerOf) throws IOException {
+        try (ModelWeights weights = ModelWeights.open(dir); Arena host = Arena.ofConfined()) {
+            String prefix = !weights.contains("wte.weight") && weights.contains("transformer.wte.weight") ? "transformer." : "";
+            for (Tensor t : model.parameters().parameters()) {
+                String name = prefix + sourceName(t.name(), layerOf);
+                if (!weights.contains(name)) throw new SafetensorsFormatException(Path.of(weights.describe(dir)), "missing tensor '" + name + "'");
+                model.parameters().write(t, widened(weights.fileOf(name), name, t.shape(), host));
+            }
+            if (weights.contains("lm_head.weight")) {
+                int[] shape = model.parameters().get("wte.weight").shape();
+                MemorySegment head = widened(weights.fileOf("lm_head.weight"), "lm_head.weight", shape, host);
+                MemorySegment wte = widened(weights.fileOf(prefix + "wte.weight"), prefix + "wte.weight", shape, host);
                 if (head.mismatch(wte) >= 0) {
-                    throw new SafetensorsFormatException(file, "'lm_head.weight' differs from '" + prefix + "wte.weight': an untied LM head "
-                            + "is not supported (GPT-2's is the token embedding)");
+                    throw new SafetensorsFormatException(weights.fileOf("lm_head.weight").path(), "'lm_head.weight' differs from '" + prefix
+                            + "wte.weight': an untied LM head is not supported (GPT-2's is the token embedding)");
                 }
             }
         }
     }
 
+    /** "h.j.rest" read from "h.layerOf(j).rest"; other names as they are. */
+    private static String sourceName(String name, java.util.function.IntUnaryOperator layerOf) {
+        if (!name.startsWith("h.")) return name;
+        int dot = name.indexOf('.', 2);
+        return "h." + layerOf.applyAsInt(Integer.parseInt(name.substring(2, dot))) + name.substring(dot);
+    }
+
     /** Tensor {@code name} as finite F32 of {@code shape}: F32 as mapped, F16/BF16 widened into {@code host}. */
-    private static MemorySegment widened(Path file, SafetensorsFile st, String name, int[] shape, Arena host) throws IOException {
+    private static MemorySegment widened(SafetensorsFile st, String name, int[] shape, Arena host) throws IOException {
+        Path file = st.path();
         SafetensorsFile.Entry e = st.entry(name);
         boolean half = e.dtype() == DType.F16 || e.dtype() == DType.BF16;
         if ((e.dtype() != DType.F32 && !half) || !Arrays.equals(e.shape(), shape)) {

@@ -10,6 +10,7 @@ import java.util.concurrent.Callable;
 
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.io.ModelWeights;
 import dev.distillery.runtime.io.SafetensorsFile;
 import dev.distillery.runtime.nn.TransformerConfig;
 import dev.distillery.trainer.data.TeacherManifest;
@@ -49,7 +50,13 @@ public final class InspectCommand implements Callable<Integer> {
             out.printf(Locale.ROOT, "checkpoint %s: GPT-2, %d layers, %d channels, %d heads, vocab %d, context %d: %,d parameters%n",
                     path, c.layers(), c.channels(), c.heads(), c.vocabSize(), c.contextLength(), c.parameterCount());
             out.println("tokenizer.json: " + (Files.exists(path.resolve("tokenizer.json")) ? "present" : "absent"));
-            for (String f : new String[]{ModelFiles.MODEL, "trainer_state.safetensors"}) {
+            boolean split = !Files.exists(path.resolve(ModelFiles.MODEL)) && Files.exists(path.resolve(ModelWeights.INDEX));
+            if (split) {
+                try (ModelWeights weights = ModelWeights.open(path)) {   // every listed file present and holding its tensors
+                    out.printf("%nweights: %s%n", weights.describe(path));
+                }
+            }
+            for (String f : split ? new String[]{"trainer_state.safetensors"} : new String[]{ModelFiles.MODEL, "trainer_state.safetensors"}) {
                 if (!Files.exists(path.resolve(f))) {
                     out.printf("%n%s: absent%n", f);
                     continue;

@@ -43,6 +43,8 @@ import dev.distillery.trainer.data.StrictJson;
  * @param prefetch        batches prepared ahead (default 2)
  * @param verifyChecksums stream every shard through SHA-256 before the first step (default true)
  * @param checkValues     check every teacher value before the first step ({@code ShardValues}; default true)
+ * @param initLayers      with init_from: the student is these blocks of that model, in this order, with its
+ *                        embeddings and final layernorm (e.g. [0, 2, 4] of a 6-layer teacher); absent = all of it
  */
 @JsonInclude(JsonInclude.Include.ALWAYS)
 public record DistillConfig(String teacher, String evalTeacher, String out, String tokenizer, String initFrom,
@@ -50,7 +52,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                             Double lr, Double minLr, Integer warmupSteps, Double weightDecay, Double beta1, Double beta2,
                             Double gradClip, Loss loss, Integer evalEvery, Integer evalBatches, Integer checkpointEvery,
                             Integer keepCheckpoints, Long seed, Integer threads, Integer prefetch, Boolean verifyChecksums,
-                            Boolean checkValues) {
+                            Boolean checkValues, java.util.List<Integer> initLayers) {
 
     /**
      * The student; vocab_size defaults to the teacher's (larger is allowed: padding columns).
@@ -179,7 +181,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
     public DistillConfig withSteps(int n) {
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, n, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
-                prefetch, verifyChecksums, checkValues);
+                prefetch, verifyChecksums, checkValues, initLayers);
     }
 
     /** Checks what can be checked without opening the data; problems name the key. */
@@ -188,6 +190,9 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         require(out != null && !out.isBlank(), "out", "must name a folder, got \"" + out + "\"");
         require(evalTeacher == null || !evalTeacher.isBlank(), "eval_teacher", "must name a shard directory or be left out, got \"\"");
         require(tokenizer == null || !tokenizer.isBlank(), "tokenizer", "must name a tokenizer.json or be left out, got \"\"");
+        require(initLayers == null || initFrom != null, "init_layers", "needs init_from (the model whose blocks it names)");
+        require(initLayers == null || !initLayers.isEmpty() && initLayers.stream().allMatch(l -> l != null && l >= 0), "init_layers",
+                "must list block numbers >= 0, got " + initLayers);
         require(steps >= 1, "steps", "must be >= 1, got " + steps);
         require(batchSize >= 1, "batch_size", "must be >= 1, got " + batchSize);
         require(gradAccum >= 1, "grad_accum", "must be >= 1, got " + gradAccum);

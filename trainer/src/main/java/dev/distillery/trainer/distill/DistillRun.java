@@ -107,7 +107,7 @@ public final class DistillRun {
             Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, outDir, resume, "'out'");
 
             Transformer model = from.isPresent() ? ModelFiles.read(from.get().dir(), kernels)
-                    : cfg.initFrom() != null ? ModelFiles.read(Path.of(cfg.initFrom()), kernels) : newStudent(cfg, teacherVocab, seqLen, kernels);
+                    : cfg.initFrom() != null ? initialStudent(cfg, kernels) : newStudent(cfg, teacherVocab, seqLen, kernels);
             try {
                 TransformerConfig mc = model.config();
                 if (mc.vocabSize() < teacherVocab) {
@@ -137,6 +137,16 @@ public final class DistillRun {
             } finally {
                 model.close();
             }
+        }
+    }
+
+    /** The student read from init_from: all of it, or the init_layers blocks (an IllegalArgumentException names the key). */
+    private static Transformer initialStudent(DistillConfig cfg, Kernels kernels) throws IOException {
+        if (cfg.initLayers() == null) return ModelFiles.read(Path.of(cfg.initFrom()), kernels);
+        try {
+            return ModelFiles.readLayers(Path.of(cfg.initFrom()), cfg.initLayers().stream().mapToInt(Integer::intValue).toArray(), kernels);
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("'init_layers': " + e.getMessage(), e);
         }
     }
 

@@ -108,4 +108,61 @@ class HuggingFaceCheckpointTest {
             assertTrue(err.toString().contains("config.json: " + change[2]) && err.toString().strip().lines().count() == 1, err.toString());
         }
     }
+
+    @Test
+    void aCheckpointSplitOverFilesWithAnIndexReadsAsOne(@TempDir Path dir) throws Exception {
+        Path split = dir.resolve("split");
+        Files.createDirectories(split);
+        Files.copy(fixture("gpt2-tiny/config.json"), split.resolve("config.json"));
+        java.util.Map<String, String> map = new java.util.LinkedHashMap<>();
+        try (SafetensorsFile st = SafetensorsFile.open(fixture("gpt2-tiny/model.safetensors"))) {
+            java.util.List<dev.distillery.runtime.io.SafetensorsWriter.Item> first = new java.util.ArrayList<>(), second = new java.util.ArrayList<>();
+            for (var e : st.entries().values()) {
+                boolean one = e.name().contains(".h.0.") || e.name().contains("wte");
+                (one ? first : second).add(new dev.distillery.runtime.io.SafetensorsWriter.Item(e.name(), e.dtype(), e.shape(), st.bytes(e.name())));
+                map.put(e.name(), one ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors");
+            }
+            dev.distillery.runtime.io.SafetensorsWriter.write(split.resolve("model-00001-of-00002.safetensors"), first, java.util.Map.of());
+            dev.distillery.runtime.io.SafetensorsWriter.write(split.resolve("model-00002-of-00002.safetensors"), second, java.util.Map.of());
+        }
+        Files.writeString(split.resolve("model.safetensors.index.json"), new com.fasterxml.jackson.databind.ObjectMapper()
+                .writeValueAsString(java.util.Map.of("metadata", java.util.Map.of("total_size", 0), "weight_map", map)));
+        double d = maxDifference(split, "logits", dir);
+        assertTrue(d < 1e-4, "max |ours - transformers'| = " + d);
+        Files.delete(split.resolve("model-00002-of-00002.safetensors"));
+        StringWriter err = new StringWriter();
+        assertEquals(Main.EXIT_FAILED, Main.execute(new String[]{"inspect", split.toString()}, new PrintWriter(new StringWriter()),
+                new PrintWriter(err, true)));
+        assertTrue(err.toString().contains("model.safetensors.index.json: lists model-00002-of-00002.safetensors, which is missing"), err.toString());
+    }
+
+    @Test
+    void aStudentStartsFromChosenTeacherLayers(@TempDir Path dir) throws Exception {
+        try (CpuKernels kernels = new CpuKernels(1, "auto"); Transformer teacher = ModelFiles.read(fixture("gpt2-tiny"), kernels);
+             Transformer student = ModelFiles.readLayers(fixture("gpt2-tiny"), new int[]{1}, kernels)) {
+            assertEquals(1, student.config().layers());
+            assertEquals(teacher.config().channels(), student.config().channels());
+            for (var t : student.parameters().parameters()) {
+                String from = t.name().startsWith("h.0.") ? "h.1." + t.name().substring(4) : t.name();
+                assertTrue(java.util.Arrays.equals(teacher.parameters().get(from).data().toArray(ValueLayout.JAVA_FLOAT),
+                        t.data().toArray(ValueLayout.JAVA_FLOAT)), t.name() + " is the teacher's " + from);
+            }
+        }
+        String m = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class, () -> {
+            try (CpuKernels kernels = new CpuKernels(1, "auto")) {
+                ModelFiles.readLayers(fixture("gpt2-tiny"), new int[]{0, 2}, kernels).close();
+            }
+        }).getMessage();
+        assertTrue(m.startsWith("layer 2 is not one of the 2 layers of "), m);
+        // distill from the teacher's own shards, the student starting from its second block
+        maxDifference(fixture("gpt2-tiny"), "logits", dir);
+        Path cfg = dir.resolve("run.json");
+        Files.writeString(cfg, "{\"teacher\": \"" + dir.resolve("shards-logits") + "\", \"out\": \"" + dir.resolve("run") + "\", "
+                + "\"steps\": 2, \"batch_size\": 2, \"init_from\": \"" + fixture("gpt2-tiny") + "\", \"init_layers\": [1]}");
+        StringWriter err = new StringWriter();
+        int status = Main.execute(new String[]{"distill", "--config", cfg.toString(), "--device", "cpu", "--threads", "1"},
+                new PrintWriter(new StringWriter()), new PrintWriter(err, true));
+        assertEquals(0, status, err.toString());
+        assertEquals(1, ModelFiles.readConfig(dir.resolve("run/checkpoints/step-00000002/config.json")).layers());
+    }
 }
