@@ -11,7 +11,7 @@ import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.TextGenerator;
 import dev.distillery.runtime.nn.Transformer;
 import dev.distillery.trainer.data.TokenFile;
-import dev.distillery.trainer.tokenizer.BytePairTokenizer;
+import dev.distillery.trainer.tokenizer.TextTokenizer;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
@@ -51,20 +51,21 @@ public final class GenerateCommand implements Callable<Integer> {
         if (count < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--tokens must be >= 1, got " + count);
         Path tokFile = model.resolve("tokenizer.json");
         if (!Files.isRegularFile(tokFile)) throw new java.io.IOException(model + ": no tokenizer.json (generate needs the checkpoint's tokenizer)");
-        BytePairTokenizer tok = BytePairTokenizer.load(tokFile);
-        try (Kernels kernels = device.open(0, out); Transformer m = ModelFiles.read(model, kernels); TextGenerator gen = new TextGenerator(m, kernels)) {
+        try (TextTokenizer tok = TextTokenizer.open(tokFile.toString()); Kernels kernels = device.open(0, out);
+             Transformer m = ModelFiles.read(model, kernels); TextGenerator gen = new TextGenerator(m, kernels)) {
             if (tok.vocabSize() != m.config().vocabSize()) {
                 // smaller: sampled ids past the tokenizer's would decode to nothing; larger: a prompt can hold ids the model lacks
                 throw new java.io.IOException(tokFile + " holds " + tok.vocabSize() + " tokens but the model's vocabulary is "
                         + m.config().vocabSize() + " (" + model.resolve("config.json") + "): generate needs the tokenizer the model was trained with");
             }
-            int[] start = prompt.isEmpty() ? new int[]{tok.endOfText()} : tok.encode(prompt);
+            int[] start = prompt.isEmpty() ? new int[]{tok.eos().orElseThrow(() -> new java.io.IOException(tokFile
+                    + " names no end-of-text token to start from; give a --prompt"))} : tok.encode(prompt);
             Rng rng = new Rng(seed);
             if (kdOut == null) {
                 long t0 = System.nanoTime();
                 int[] seq = gen.generate(start, count, temperature, topK, rng);
                 double seconds = (System.nanoTime() - t0) / 1e9;
-                out.println(tok.decode(seq, prompt.isEmpty() ? 1 : 0, seq.length));
+                out.println(tok.decode(java.util.Arrays.copyOfRange(seq, prompt.isEmpty() ? 1 : 0, seq.length)));
                 out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", count, seconds, count / seconds);
                 return 0;
             }

@@ -117,7 +117,7 @@ public final class TeacherCommand implements Runnable {
         int max;
         @Option(names = "--seed", defaultValue = "1234", description = "Seed of the sampled targets (default: ${DEFAULT-VALUE}).")
         long seed;
-        @Option(names = "--tokenizer-id", defaultValue = "distillery-bpe", description = "Tokenizer name for the manifest (default: ${DEFAULT-VALUE}).")
+        @Option(names = "--tokenizer-id", description = "Tokenizer name for the manifest (default: the tokenizer file's path, or 'unknown').")
         String tokenizerId;
         @Option(names = "--tokenizer", description = "tokenizer.json the token ids were made with; its SHA-256 goes into the "
                 + "manifest, and distill refuses a run tokenizer that differs (default: the teacher folder's tokenizer.json, if any).")

@@ -149,7 +149,8 @@ public final class LogitDump {
             }
             TeacherManifest m = new TeacherManifest(1, v, t, TeacherShardFormat.name(o.kind()), k,
                     o.kind() == TeacherTargets.Kind.SAMPLED ? null : TeacherShardFormat.name(o.dtype()),
-                    o.temperature(), o.tokenizerId(), tokenizerSha256, o.teacher().toString(), shards);
+                    o.temperature(), o.tokenizerId() != null ? o.tokenizerId() : tokenizerSha256 != null ? tokenizer.toString() : "unknown",
+                    tokenizerSha256, o.teacher().toString(), shards);
             m.write(o.out().resolve("manifest.json"));
             out.printf("wrote %d sequences of %d tokens (%s%s) in %d shard(s) to %s%n", total, t, TeacherShardFormat.name(o.kind()),
                     k > 0 ? ", k = " + k : "", shards.size(), o.out());

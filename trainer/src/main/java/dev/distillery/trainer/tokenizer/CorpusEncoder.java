@@ -34,7 +34,7 @@ import dev.distillery.trainer.report.Progress;
  * <p>Documents: each {@code .txt} file is one document; each line of a {@code .jsonl} file is one,
  * its {@code "text"} field. A folder is read in natural file order. Every document is ended by the
  * tokenizer's EOS token ({@link Delimiter#EOS}) or started by its BOS token ({@link Delimiter#BOS}).
- * A {@code .txt} file is encoded in pieces cut after a '\n' between two non-whitespace characters
+ * A {@code .txt} file is encoded in pieces cut where a byte-level BPE gives the same ids ({@link #cutPoint})
  * when the tokenizer gives the same ids that way ({@link TextTokenizer#cutsAfterNewlines()}), else
  * whole. The held-out file gets the pieces that start in the last {@code valFraction} of the input
  * bytes.
@@ -211,13 +211,19 @@ public final class CorpusEncoder {
         }
 
         /**
-         * The last index at or before {@code near} just after a '\n' that stands between two
-         * non-whitespace characters, or -1. Only there: a whitespace run at the end of a text is one
-         * piece (GPT-2's {@code \s+(?!\S)}), where inside it the run's last character splits off.
+         * The last index at or before {@code near} where a byte-level BPE's pre-tokenizer always
+         * splits and a piece ending there is split as inside the text, or -1: after a '\n' that
+         * stands between two non-whitespace characters, or before a space that a non-whitespace
+         * character precedes and a letter follows (" word" is a piece of every such pattern, and no
+         * piece holds a space past its first character). Not inside a whitespace run: at the end of
+         * a text the run is one piece (GPT-2's {@code \s+(?!\S)}), inside it its last character
+         * splits off.
          */
         static int cutPoint(CharSequence text, int near) {
-            for (int i = Math.min(near, text.length() - 1); i >= 2; i--) {
-                if (text.charAt(i - 1) == '\n' && !isSpace(text.charAt(i)) && !isSpace(text.charAt(i - 2))) return i;
+            for (int i = Math.min(near, text.length() - 2); i >= 2; i--) {
+                char before = text.charAt(i - 1), at = text.charAt(i);
+                if (before == '\n' && !isSpace(at) && !isSpace(text.charAt(i - 2))) return i;
+                if (at == ' ' && !isSpace(before) && Character.isLetter(text.charAt(i + 1))) return i;
             }
             return -1;
         }
@@ -289,6 +295,11 @@ public final class CorpusEncoder {
             double seconds = (System.nanoTime() - t0) / 1e9;
             progress.update(bytesDone, String.format("%,d tokens, %,.0f tokens/s", tokensDone, tokensDone / Math.max(1e-9, seconds)));
         }
+    }
+
+    /** Where the encoder may cut {@code text} at or before {@code near} ({@link Encoding#cutPoint}), or -1. */
+    static int cutPointOf(CharSequence text, int near) {
+        return Encoding.cutPoint(text, near);
     }
 
     /** Bytes of {@code s} in UTF-8 (an unpaired surrogate as the 3 bytes of U+FFFD). */

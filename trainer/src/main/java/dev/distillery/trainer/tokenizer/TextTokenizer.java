@@ -39,7 +39,8 @@ public sealed interface TextTokenizer extends AutoCloseable permits HuggingFaceT
     OptionalInt bos();
 
     /**
-     * Whether encoding a text in pieces cut after a '\n' between two non-whitespace characters gives
+     * Whether encoding a text in pieces cut where {@code CorpusEncoder} cuts (after a lone '\n',
+     * before a space that starts a word) gives
      * the ids of encoding it whole: true for the byte-level BPEs (GPT-2, tiktoken, Llama 3, Qwen2),
      * whose pre-tokenizer always splits there; false where a normalizer or a Metaspace prefix (the
      * SentencePiece style) would see each piece as the start of a text.

@@ -190,4 +190,27 @@ class HuggingFaceTokenizerParityTest {
         String m = assertThrows(IOException.class, () -> TextTokenizer.open(odd.toString())).getMessage();
         assertTrue(m.startsWith(odd + ": 'normalizer.normalizers[0].type' Rot13 is not a normalizer this build's tokenizers runs ("), m);
     }
+
+    /** Cut at every point the encoder may cut: the two halves' ids, joined, are the whole text's. */
+    @Test
+    void everyCutPointLeavesTheIdsOfAByteLevelBpeAsTheyAre() throws IOException {
+        String corpus = text + " " + new String(resource("hard-text.txt").readAllBytes(), StandardCharsets.UTF_8);
+        for (String spec : List.of(gpt2Json.toString(), "gpt2", "cl100k_base", "o200k_base")) {
+            try (TextTokenizer t = TextTokenizer.open(spec)) {
+                assertTrue(t.cutsAfterNewlines(), spec);
+                int[] whole = t.encode(corpus);
+                int cuts = 0;
+                for (int near = corpus.length(); near > 2; ) {
+                    int cut = CorpusEncoder.cutPointOf(corpus, near);
+                    if (cut < 0) break;
+                    int[] left = t.encode(corpus.substring(0, cut)), right = t.encode(corpus.substring(cut));
+                    int[] joined = java.util.stream.IntStream.concat(java.util.Arrays.stream(left), java.util.Arrays.stream(right)).toArray();
+                    assertArrayEquals(whole, joined, spec + ": cut at " + cut + " ..." + corpus.substring(Math.max(0, cut - 8), Math.min(corpus.length(), cut + 8)));
+                    cuts++;
+                    near = cut - 1;
+                }
+                assertTrue(cuts > 50, spec + ": " + cuts + " cut points");
+            }
+        }
+    }
 }
