@@ -108,19 +108,16 @@ public final class LogitDump {
                             MemorySegment.copy(batchIds, 0, ids, 4L * s0 * t, 4L * n * t);
                             session.inputs().setSequences(batchIds);
                             MemorySegment logits = session.evaluator().logits();
+                            final int first = s0, rowsNow = n * t;
                             switch (o.kind()) {
-                                case DENSE -> {
-                                    for (long r = 0; r < (long) n * t; r++) {
-                                        long row = (long) s0 * t + r;
-                                        for (int j = 0; j < v; j++) {
-                                            o.dtype().write(buffers.get(0), row * v + j, logits.getAtIndex(ValueLayout.JAVA_FLOAT, r * v + j));
-                                        }
+                                case DENSE -> rows(rowsNow, r -> {
+                                    long row = (long) first * t + r;
+                                    for (int j = 0; j < v; j++) {
+                                        o.dtype().write(buffers.get(0), row * v + j, logits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * v + j));
                                     }
-                                }
+                                });
                                 case TOP_K -> {
-                                    for (long r = 0; r < (long) n * t; r++) {
-                                        topK(logits, r * v, v, k, buffers.get(0), buffers.get(1), o.dtype(), (long) s0 * t + r);
-                                    }
+                                    rows(rowsNow, r -> topK(logits, (long) r * v, v, k, buffers.get(0), buffers.get(1), o.dtype(), (long) first * t + r));
                                     // the full-vocabulary log Σ exp(logit / T) of each row, where the logits live
                                     float[] rowLse = session.evaluator().logsumexpOfLastLogits(o.temperature());
                                     for (int r = 0; r < n * t; r++) buffers.get(2).setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLse[r]);
@@ -168,6 +165,14 @@ public final class LogitDump {
         try (var entries = Files.list(out)) {
             for (Path p : entries.filter(p -> p.getFileName().toString().matches("shard-\\d+\\.safetensors")).toList()) Files.delete(p);
         }
+    }
+
+    /** Rows 0..n-1 of a batch's logits, each by itself, on every core (the rows write disjoint places). */
+    private static void rows(int n, java.util.function.IntConsumer row) {
+        int parts = Math.min(n, Runtime.getRuntime().availableProcessors());
+        java.util.stream.IntStream.range(0, parts).parallel().forEach(p -> {
+            for (int r = p * n / parts; r < (p + 1) * n / parts; r++) row.accept(r);
+        });
     }
 
     /** The k largest logits of one row, in descending order, into ids and vals at {@code row}. */
