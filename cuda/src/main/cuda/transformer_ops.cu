@@ -147,6 +147,62 @@ DISTILL_LAUNCH void ops_gelu_backward(float* dinp, const float* inp, const float
     }
 }
 
+// RMSNorm (the Llama family), one block per row: out = x * rstd * weight, rstd = 1/sqrt(mean(x^2) + eps) saved.
+DISTILL_LAUNCH void ops_rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
+    __shared__ float scratch[ops::MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= N) return;
+    const float* x = inp + (long)row * C;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[i] * x[i];
+    const float r = 1.f / sqrtf(ops::block_sum(s, scratch) / C + eps);
+    float* o = out + (long)row * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = x[i] * r * weight[i];
+    if (threadIdx.x == 0) rstd[row] = r;
+}
+
+// One block per row: dinp += rstd * (g - norm * mean(g * norm)), g = dout * weight, norm = x * rstd.
+DISTILL_LAUNCH void ops_rmsnorm_backward_input(float* dinp, const float* dout, const float* inp, const float* weight,
+                                               const float* rstd, int N, int C) {
+    __shared__ float scratch[ops::MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= N) return;
+    const float* x = inp + (long)row * C;
+    const float* d = dout + (long)row * C;
+    const float r = rstd[row];
+    float sgn = 0.f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) sgn += d[i] * weight[i] * x[i] * r;
+    const float mgn = ops::block_sum(sgn, scratch) / C;
+    float* di = dinp + (long)row * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) di[i] += r * (d[i] * weight[i] - x[i] * r * mgn);
+}
+
+// dweight[c] += sum_r dout[r,c] * inp[r,c] * rstd[r]. One thread per channel.
+DISTILL_LAUNCH void ops_rmsnorm_backward_weight(float* dweight, const float* dout, const float* inp, const float* rstd, int N, int C) {
+    for (long c = ops::first_index(); c < C; c += ops::stride()) {
+        float dw = 0.f;
+        for (int r = 0; r < N; r++) dw += dout[(long)r * C + c] * inp[(long)r * C + c] * rstd[r];
+        dweight[c] += dw;
+    }
+}
+
+// SwiGLU (the Llama family's MLP): out = silu(gate) * up, silu(x) = x sigmoid(x).
+DISTILL_LAUNCH void ops_swiglu_forward(float* out, const float* gate, const float* up, long n) {
+    for (long i = ops::first_index(); i < n; i += ops::stride()) {
+        const float x = gate[i];
+        out[i] = x / (1.f + expf(-x)) * up[i];
+    }
+}
+
+// dgate += dout * up * silu'(gate), silu' = s (1 + x (1 - s)); dup += dout * silu(gate).
+DISTILL_LAUNCH void ops_swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n) {
+    for (long i = ops::first_index(); i < n; i += ops::stride()) {
+        const float x = gate[i], s = 1.f / (1.f + expf(-x)), d = dout[i];
+        dgate[i] += d * up[i] * s * (1.f + x * (1.f - s));
+        dup[i] += d * x * s;
+    }
+}
+
 DISTILL_LAUNCH void ops_residual_forward(float* out, const float* a, const float* b, long n) {
     for (long i = ops::first_index(); i < n; i += ops::stride()) out[i] = a[i] + b[i];
 }

@@ -175,6 +175,27 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public void rmsNormForward(MemorySegment out, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps) {
+        time("rmsNormForward", () -> inner.rmsNormForward(out, rstd, inp, weight, n, c, eps));
+    }
+
+    @Override
+    public void rmsNormBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dout, MemorySegment inp,
+                                MemorySegment weight, MemorySegment rstd, int n, int c) {
+        time("rmsNormBackward", () -> inner.rmsNormBackward(dinp, dweight, dout, inp, weight, rstd, n, c));
+    }
+
+    @Override
+    public void swiGluForward(MemorySegment out, MemorySegment gate, MemorySegment up, long n) {
+        time("swiGluForward", () -> inner.swiGluForward(out, gate, up, n));
+    }
+
+    @Override
+    public void swiGluBackward(MemorySegment dgate, MemorySegment dup, MemorySegment dout, MemorySegment gate, MemorySegment up, long n) {
+        time("swiGluBackward", () -> inner.swiGluBackward(dgate, dup, dout, gate, up, n));
+    }
+
+    @Override
     public void geluForward(MemorySegment out, MemorySegment inp, long n) {
         time("geluForward", () -> inner.geluForward(out, inp, n));
     }

@@ -177,6 +177,29 @@ public interface Kernels extends AutoCloseable {
     /** {@code dinp += gelu'(inp) * dout}. */
     void geluBackward(MemorySegment dinp, MemorySegment inp, MemorySegment dout, long n);
 
+    // ---------------------------------------------------------------- RMSNorm (the Llama family)
+
+    /**
+     * Per row: {@code out = inp * rstd * weight}, {@code rstd = 1 / √(mean(inp²) + eps)}. inp, out
+     * are (n, c); weight (c); rstd (n) is saved for the backward. See docs/KERNELS.md#rmsnorm.
+     */
+    void rmsNormForward(MemorySegment out, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps);
+
+    /**
+     * Accumulates {@code dinp += rstd (g - norm · mean(g · norm))}, g = dout * weight, norm = inp * rstd,
+     * and {@code dweight += Σ_rows dout * norm}; either output may be null. See docs/KERNELS.md#rmsnorm.
+     */
+    void rmsNormBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dout, MemorySegment inp,
+                         MemorySegment weight, MemorySegment rstd, int n, int c);
+
+    // ---------------------------------------------------------------- SwiGLU (the Llama family's MLP)
+
+    /** {@code out = silu(gate) * up}, {@code silu(x) = x σ(x)}, elementwise over n. */
+    void swiGluForward(MemorySegment out, MemorySegment gate, MemorySegment up, long n);
+
+    /** Accumulates {@code dgate += dout * up * silu'(gate)} and {@code dup += dout * silu(gate)}, silu' = σ (1 + x (1 − σ)). */
+    void swiGluBackward(MemorySegment dgate, MemorySegment dup, MemorySegment dout, MemorySegment gate, MemorySegment up, long n);
+
     // ---------------------------------------------------------------- causal self-attention
 
     /**

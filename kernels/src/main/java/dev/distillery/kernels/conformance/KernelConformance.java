@@ -93,6 +93,8 @@ public final class KernelConformance {
         }
         // after every other check, so those keep the inputs a seed has always given them
         for (int[] s : sizes.classifier()) c.logitRows(s[0], s[1]);
+        for (int[] s : sizes.rows()) c.rmsNorm(s[0] * s[1], s[1]);
+        for (int n : sizes.elementwise()) c.swiGlu(n);
         return List.copyOf(c.results);
     }
 
@@ -219,6 +221,49 @@ public final class KernelConformance {
             ReferenceKernels.layerNormBackward(dinp, dw, db, dout, inp, w, mean, rstd, n, c);
             record("layerNormBackward", n + "x" + c,
                     Math.max(buf.relativeError(dinp, sDinp, 1e-6), Math.max(buf.relativeError(dw, sDw, 1e-6), buf.relativeError(db, sDb, 1e-6))), TOL_LOOSE, ms);
+        }
+    }
+
+    private void rmsNorm(int n, int c) {
+        try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
+            double[] inp = randn(n * c), w = randn(c), dout = randn(n * c), out = new double[n * c], rstd = new double[n];
+            for (int i = 0; i < inp.length; i++) inp[i] = 3 * inp[i] + 1.5; // no centring: an offset changes the scale
+            MemorySegment sOut = buf.poisoned(out.length), sRstd = buf.poisoned(n), sInp = buf.floats(inp), sW = buf.floats(w);
+            long t0 = System.nanoTime();
+            kernels.rmsNormForward(sOut, sRstd, sInp, sW, n, c, 1e-6f);
+            double ms = millis(t0);
+            ReferenceKernels.rmsNormForward(out, rstd, inp, w, n, c, 1e-6);
+            record("rmsNormForward", n + "x" + c, Math.max(buf.relativeError(out, sOut, 1e-6), buf.relativeError(rstd, sRstd, 1e-6)), TOL, ms);
+
+            double[] dinp = randn(n * c), dw = randn(c);
+            MemorySegment sDinp = buf.floats(dinp), sDw = buf.floats(dw);
+            t0 = System.nanoTime();
+            kernels.rmsNormBackward(sDinp, sDw, buf.floats(dout), sInp, sW, sRstd, n, c);
+            ms = millis(t0);
+            ReferenceKernels.rmsNormBackward(dinp, dw, dout, inp, w, rstd, n, c);
+            record("rmsNormBackward", n + "x" + c, Math.max(buf.relativeError(dinp, sDinp, 1e-6), buf.relativeError(dw, sDw, 1e-6)), TOL_LOOSE, ms);
+        }
+    }
+
+    private void swiGlu(int n) {
+        try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
+            double[] gate = randn(n), up = randn(n), out = new double[n], dout = randn(n), dgate = randn(n), dup = randn(n);
+            for (int i = 0; i < n; i++) gate[i] *= 4;
+            MemorySegment sOut = buf.poisoned(n), sGate = buf.floats(gate), sUp = buf.floats(up), sDgate = buf.floats(dgate), sDup = buf.floats(dup);
+            long t0 = System.nanoTime();
+            kernels.swiGluForward(sOut, sGate, sUp, n);
+            double ms = millis(t0);
+            ReferenceKernels.swiGluForward(out, gate, up, n);
+            record("swiGluForward", String.valueOf(n), buf.relativeError(out, sOut, 1e-6), TOL, ms);
+            // relative to the summands' scale, as for GELU: the accumulation may nearly cancel
+            double scale = Math.max(Math.max(maxAbs(dgate), maxAbs(dup)), maxAbs(dout) * maxAbs(up) * 1.1);
+            t0 = System.nanoTime();
+            kernels.swiGluBackward(sDgate, sDup, buf.floats(dout), sGate, sUp, n);
+            ms = millis(t0);
+            ReferenceKernels.swiGluBackward(dgate, dup, dout, gate, up, n);
+            record("swiGluBackward", String.valueOf(n), Math.max(buf.relativeError(dgate, sDgate, scale), buf.relativeError(dup, sDup, scale)), TOL, ms);
         }
     }
 

@@ -308,6 +308,109 @@ public final class CpuKernels implements Kernels {
         addPartials(dbias, part, chunks, c, c);
     }
 
+    // ---------------------------------------------------------------- RMSNorm
+
+    @Override
+    public void rmsNormForward(MemorySegment out, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps) {
+        pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
+            for (int r = start; r < end; r++) {
+                long o = (long) r * c;
+                float ss = 0f;
+                int i = 0;
+                if (c >= LANES) {
+                    FloatVector acc = FloatVector.zero(SPECIES);
+                    for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
+                        FloatVector x = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER);
+                        acc = x.fma(x, acc);
+                    }
+                    ss = VectorOps.sumLanes(acc);
+                }
+                for (; i < c; i++) ss += get(inp, o + i) * get(inp, o + i);
+                float rs = (float) (1.0 / Math.sqrt(ss / c + eps));
+                set(rstd, r, rs);
+                i = 0;
+                for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
+                    FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).mul(rs)
+                            .mul(FloatVector.fromMemorySegment(SPECIES, weight, i * 4L, ORDER)).intoMemorySegment(out, (o + i) * 4L, ORDER);
+                }
+                for (; i < c; i++) set(out, o + i, get(inp, o + i) * rs * get(weight, i));
+            }
+        });
+    }
+
+    @Override
+    public void rmsNormBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dout, MemorySegment inp,
+                                MemorySegment weight, MemorySegment rstd, int n, int c) {
+        int chunks = pool.chunks(n, grainRows(c));
+        float[][] part = partials(chunks, c);
+        pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
+            float[] p = part[chunk]; // dweight
+            java.util.Arrays.fill(p, 0, c, 0f);
+            for (int r = start; r < end; r++) {
+                long o = (long) r * c;
+                float rs = get(rstd, r), sumGNorm = 0f;
+                for (int i = 0; i < c; i++) {
+                    float norm = get(inp, o + i) * rs, g = get(dout, o + i);
+                    sumGNorm += g * get(weight, i) * norm;
+                    p[i] += g * norm;
+                }
+                if (dinp == null) continue;
+                float meanGNorm = sumGNorm / c;
+                for (int i = 0; i < c; i++) {
+                    float norm = get(inp, o + i) * rs;
+                    set(dinp, o + i, get(dinp, o + i) + rs * (get(dout, o + i) * get(weight, i) - norm * meanGNorm));
+                }
+            }
+        });
+        if (dweight != null) addPartials(dweight, part, chunks, 0, c);
+    }
+
+    // ---------------------------------------------------------------- SwiGLU
+
+    @Override
+    public void swiGluForward(MemorySegment out, MemorySegment gate, MemorySegment up, long n) {
+        elementwise(n, (start, end) -> {
+            long i = start;
+            for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
+                FloatVector x = FloatVector.fromMemorySegment(SPECIES, gate, i * 4L, ORDER);
+                x.mul(sigmoid(x)).mul(FloatVector.fromMemorySegment(SPECIES, up, i * 4L, ORDER)).intoMemorySegment(out, i * 4L, ORDER);
+            }
+            for (; i < end; i++) {
+                float x = get(gate, i);
+                set(out, i, x * sigmoid(x) * get(up, i));
+            }
+        });
+    }
+
+    @Override
+    public void swiGluBackward(MemorySegment dgate, MemorySegment dup, MemorySegment dout, MemorySegment gate, MemorySegment up, long n) {
+        elementwise(n, (start, end) -> {
+            long i = start;
+            for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
+                FloatVector x = FloatVector.fromMemorySegment(SPECIES, gate, i * 4L, ORDER), s = sigmoid(x);
+                FloatVector d = FloatVector.fromMemorySegment(SPECIES, dout, i * 4L, ORDER);
+                FloatVector u = FloatVector.fromMemorySegment(SPECIES, up, i * 4L, ORDER);
+                FloatVector dsilu = s.mul(x.mul(s.neg().add(1f)).add(1f));
+                d.mul(u).fma(dsilu, FloatVector.fromMemorySegment(SPECIES, dgate, i * 4L, ORDER)).intoMemorySegment(dgate, i * 4L, ORDER);
+                d.fma(x.mul(s), FloatVector.fromMemorySegment(SPECIES, dup, i * 4L, ORDER)).intoMemorySegment(dup, i * 4L, ORDER);
+            }
+            for (; i < end; i++) {
+                float x = get(gate, i), s = sigmoid(x), d = get(dout, i);
+                set(dgate, i, get(dgate, i) + d * get(up, i) * s * (1f + x * (1f - s)));
+                set(dup, i, get(dup, i) + d * x * s);
+            }
+        });
+    }
+
+    /** σ(x) = 1 / (1 + e^−x); VectorOps.exp clamps at 88, so a very negative x gives a tiny σ, never 1/∞. */
+    private static FloatVector sigmoid(FloatVector x) {
+        return FloatVector.broadcast(SPECIES, 1f).div(VectorOps.exp(x.neg()).add(1f));
+    }
+
+    private static float sigmoid(float x) {
+        return 1f / (VectorOps.exp(-x) + 1f);
+    }
+
     // ---------------------------------------------------------------- GELU
 
     // 0.5 x (1 + tanh u) is computed as x · σ(2u): the same function without the cancellation

@@ -62,6 +62,46 @@ public final class CudaConformance {
         for (int[] s : classifier) classifier(s[0], s[1]);
         for (int[] s : classifier) distill(s[0], s[1]);
         for (int[] s : classifier) logitRows(s[0], s[1]);
+        for (int[] s : rows) rmsNorm(s[0], s[1]);
+        for (int n : lengths) swiGlu(n);
+    }
+
+    private void rmsNorm(int rows, int c) {
+        String size = rows + "x" + c;
+        int n = rows * c;
+        float[] x = random(n, 2), w = random(c, 1), dout = random(n, 1), dx0 = random(n, 1), dw0 = random(c, 1);
+        MemorySegment out = host(new float[n]), rstd = host(new float[rows]);
+        cpu.rmsNormForward(out, rstd, host(x), host(w), rows, c, 1e-5f);
+        CudaBackend.Ptr dx = device(host(x)), dw = device(host(w)), dOut = poisoned(n), dRstd = poisoned(rows);
+        long t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_RMSNORM_FORWARD, rows, 256, dOut, dRstd, dx, dw, rows, c, 1e-5f);
+        record("rmsNormForward", size, floats(out, n), download(dOut, n), TOL, t0);
+        MemorySegment hdx = host(dx0), hdw = host(dw0);
+        cpu.rmsNormBackward(hdx, hdw, host(dout), host(x), host(w), rstd, rows, c);
+        CudaBackend.Ptr gx = device(host(dx0)), gw = device(host(dw0)), gdout = device(host(dout));
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_RMSNORM_BACKWARD_INPUT, rows, 256, gx, gdout, dx, dw, dRstd, rows, c);
+        gpu.launch(CudaKernel.OPS_RMSNORM_BACKWARD_WEIGHT, grid(c), 256, gw, gdout, dx, dRstd, rows, c);
+        record("rmsNormBackward", size, floats(hdx, n), download(gx, n), TOL, t0);
+        record("rmsNormBackward.dweight", size, floats(hdw, c), download(gw, c), TOL, t0);
+    }
+
+    private void swiGlu(int n) {
+        String size = Integer.toString(n);
+        float[] gate = random(n, 6), up = random(n, 1), dout = random(n, 1), dg0 = random(n, 1), du0 = random(n, 1);
+        MemorySegment out = host(new float[n]);
+        cpu.swiGluForward(out, host(gate), host(up), n);
+        CudaBackend.Ptr dgate = device(host(gate)), dup = device(host(up)), dOut = poisoned(n);
+        long t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_SWIGLU_FORWARD, grid(n), 256, dOut, dgate, dup, (long) n);
+        record("swiGluForward", size, floats(out, n), download(dOut, n), TOL, t0);
+        MemorySegment hg = host(dg0), hu = host(du0);
+        cpu.swiGluBackward(hg, hu, host(dout), host(gate), host(up), n);
+        CudaBackend.Ptr gg = device(host(dg0)), gu = device(host(du0)), gdout = device(host(dout));
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_SWIGLU_BACKWARD, grid(n), 256, gg, gu, gdout, dgate, dup, (long) n);
+        record("swiGluBackward.dgate", size, floats(hg, n), download(gg, n), TOL, t0);
+        record("swiGluBackward.dup", size, floats(hu, n), download(gu, n), TOL, t0);
     }
 
     // ------------------------------------------------------------------ buffers

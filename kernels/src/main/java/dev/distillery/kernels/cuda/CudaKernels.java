@@ -231,6 +231,30 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
+    public void rmsNormForward(MemorySegment out, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps) {
+        if (n == 0) return;
+        gpu.launch(CudaKernel.OPS_RMSNORM_FORWARD, n, gpu.block(), p(out), p(rstd), p(inp), p(weight), n, c, eps);
+    }
+
+    @Override
+    public void rmsNormBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dout, MemorySegment inp,
+                                MemorySegment weight, MemorySegment rstd, int n, int c) {
+        if (n == 0) return;
+        if (dinp != null) gpu.launch(CudaKernel.OPS_RMSNORM_BACKWARD_INPUT, n, gpu.block(), p(dinp), p(dout), p(inp), p(weight), p(rstd), n, c);
+        if (dweight != null) gpu.launch(CudaKernel.OPS_RMSNORM_BACKWARD_WEIGHT, grid(c), gpu.block(), p(dweight), p(dout), p(inp), p(rstd), n, c);
+    }
+
+    @Override
+    public void swiGluForward(MemorySegment out, MemorySegment gate, MemorySegment up, long n) {
+        gpu.launch(CudaKernel.OPS_SWIGLU_FORWARD, grid(n), gpu.block(), p(out), p(gate), p(up), n);
+    }
+
+    @Override
+    public void swiGluBackward(MemorySegment dgate, MemorySegment dup, MemorySegment dout, MemorySegment gate, MemorySegment up, long n) {
+        gpu.launch(CudaKernel.OPS_SWIGLU_BACKWARD, grid(n), gpu.block(), p(dgate), p(dup), p(dout), p(gate), p(up), n);
+    }
+
+    @Override
     public void geluForward(MemorySegment out, MemorySegment inp, long n) {
         gpu.launch(CudaKernel.OPS_GELU_FORWARD, grid(n), gpu.block(), p(out), p(inp), n);
     }

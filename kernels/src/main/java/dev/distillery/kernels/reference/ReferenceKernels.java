@@ -108,6 +108,50 @@ public final class ReferenceKernels {
         }
     }
 
+    /** out (n,c), rstd (n): out = inp · rstd · weight, rstd = 1/√(mean(inp²) + eps). */
+    public static void rmsNormForward(double[] out, double[] rstd, double[] inp, double[] weight, int n, int c, double eps) {
+        for (int r = 0; r < n; r++) {
+            double ss = 0;
+            for (int i = 0; i < c; i++) ss += inp[r * c + i] * inp[r * c + i];
+            double rs = 1 / Math.sqrt(ss / c + eps);
+            rstd[r] = rs;
+            for (int i = 0; i < c; i++) out[r * c + i] = inp[r * c + i] * rs * weight[i];
+        }
+    }
+
+    public static void rmsNormBackward(double[] dinp, double[] dweight, double[] dout, double[] inp, double[] weight, double[] rstd,
+                                       int n, int c) {
+        for (int r = 0; r < n; r++) {
+            double meanGNorm = 0;
+            for (int i = 0; i < c; i++) {
+                double norm = inp[r * c + i] * rstd[r];
+                meanGNorm += dout[r * c + i] * weight[i] * norm;
+                dweight[i] += dout[r * c + i] * norm;
+            }
+            meanGNorm /= c;
+            for (int i = 0; i < c; i++) {
+                double norm = inp[r * c + i] * rstd[r];
+                dinp[r * c + i] += rstd[r] * (dout[r * c + i] * weight[i] - norm * meanGNorm);
+            }
+        }
+    }
+
+    public static double silu(double x) {
+        return x / (1 + Math.exp(-x));
+    }
+
+    public static void swiGluForward(double[] out, double[] gate, double[] up, int n) {
+        for (int i = 0; i < n; i++) out[i] = silu(gate[i]) * up[i];
+    }
+
+    public static void swiGluBackward(double[] dgate, double[] dup, double[] dout, double[] gate, double[] up, int n) {
+        for (int i = 0; i < n; i++) {
+            double s = 1 / (1 + Math.exp(-gate[i]));
+            dgate[i] += dout[i] * up[i] * s * (1 + gate[i] * (1 - s));
+            dup[i] += dout[i] * gate[i] * s;
+        }
+    }
+
     public static double gelu(double x) {
         return 0.5 * x * (1 + Math.tanh(GELU_SCALE * (x + 0.044715 * x * x * x)));
     }

@@ -131,6 +131,18 @@ class CudaOpsEmulationTest {
                     cpu.geluBackward(dx, seg(a, x), seg(a, d), n);
                     close("gelu backward n=" + n, arr(dx, n), call(CudaKernel.OPS_GELU_BACKWARD, 3, 64).floats(acc).floats(x).floats(d).i64(n)
                             .runOrFail(bin, work).floats(0), 1e-4);
+                    // SwiGLU (expf against the Java exp polynomial: ulps apart; the accumulation is held to its summands' scale)
+                    MemorySegment sw = seg(a, nan(n));
+                    cpu.swiGluForward(sw, seg(a, x), seg(a, y), n);
+                    close("swiglu n=" + n, arr(sw, n), call(CudaKernel.OPS_SWIGLU_FORWARD, 3, 64).floats(nan(n)).floats(x).floats(y).i64(n)
+                            .runOrFail(bin, work).floats(0), 1e-4);
+                    float[] dg0 = random(n, 1), du0 = random(n, 1);
+                    MemorySegment dg = seg(a, dg0), du = seg(a, du0);
+                    cpu.swiGluBackward(dg, du, seg(a, d), seg(a, x), seg(a, y), n);
+                    GateCall.Outcome sb = call(CudaKernel.OPS_SWIGLU_BACKWARD, 3, 64).floats(dg0).floats(du0).floats(d).floats(x).floats(y).i64(n)
+                            .runOrFail(bin, work);
+                    closeAbsolute("swiglu dgate n=" + n, arr(dg, n), sb.floats(0), 1e-5, 4);
+                    closeAbsolute("swiglu dup n=" + n, arr(du, n), sb.floats(1), 1e-5, 4);
                     MemorySegment r = seg(a, nan(n));
                     cpu.residualForward(r, seg(a, x), seg(a, y), n);
                     close("residual n=" + n, arr(r, n), call(CudaKernel.OPS_RESIDUAL_FORWARD, 3, 64).floats(nan(n)).floats(x).floats(y).i64(n)
@@ -191,6 +203,22 @@ class CudaOpsEmulationTest {
                             .floats(arr(mean, rows)).floats(arr(rstd, rows)).i32(rows).i32(c).runOrFail(bin, work);
                     close("layernorm dweight" + at, arr(dw, c), o.floats(0), 2e-4);
                     close("layernorm dbias" + at, arr(db, c), o.floats(1), 2e-4);
+                    // RMSNorm forward and backward (the Llama family)
+                    MemorySegment rOut = seg(a, nan(n)), rRstd = seg(a, nan(rows));
+                    cpu.rmsNormForward(rOut, rRstd, seg(a, x), seg(a, w), rows, c, 1e-5f);
+                    o = call(CudaKernel.OPS_RMSNORM_FORWARD, rows, 64).floats(nan(n)).floats(nan(rows)).floats(x).floats(w)
+                            .i32(rows).i32(c).f32(1e-5f).runOrFail(bin, work);
+                    close("rmsnorm" + at, arr(rOut, n), o.floats(0), 2e-4);
+                    close("rmsnorm rstd" + at, arr(rRstd, rows), o.floats(1), 1e-4);
+                    float[] rdx0 = random(n, 1), rdw0 = random(c, 1);
+                    MemorySegment rdx = seg(a, rdx0), rdw = seg(a, rdw0);
+                    cpu.rmsNormBackward(rdx, rdw, seg(a, dout), seg(a, x), seg(a, w), rRstd, rows, c);
+                    o = call(CudaKernel.OPS_RMSNORM_BACKWARD_INPUT, rows, 64).floats(rdx0).floats(dout).floats(x).floats(w)
+                            .floats(arr(rRstd, rows)).i32(rows).i32(c).runOrFail(bin, work);
+                    close("rmsnorm dinp" + at, arr(rdx, n), o.floats(0), 2e-4);
+                    o = call(CudaKernel.OPS_RMSNORM_BACKWARD_WEIGHT, 2, 64).floats(rdw0).floats(dout).floats(x)
+                            .floats(arr(rRstd, rows)).i32(rows).i32(c).runOrFail(bin, work);
+                    close("rmsnorm dweight" + at, arr(rdw, c), o.floats(0), 2e-4);
                     // bias rows
                     MemorySegment br = seg(a, nan(n));
                     cpu.broadcastRows(br, seg(a, bias), rows, c);

@@ -96,6 +96,38 @@ class ReferenceKernelsGradientTest {
     }
 
     @Test
+    void rmsNormBackwardMatchesFiniteDifferences() {
+        int n = 3, c = 7;
+        double[] inp = randn(n * c), w = randn(c), dout = randn(n * c);
+        double[] out = new double[n * c], rstd = new double[n];
+        ReferenceKernels.rmsNormForward(out, rstd, inp, w, n, c, 1e-5);
+        double[] dinp = new double[n * c], dw = new double[c];
+        ReferenceKernels.rmsNormBackward(dinp, dw, dout, inp, w, rstd, n, c);
+        ToDoubleFunction<double[]> loss = ignored -> {
+            double[] o = new double[n * c];
+            ReferenceKernels.rmsNormForward(o, new double[n], inp, w, n, c, 1e-5);
+            return dot(o, dout);
+        };
+        assertGradient("dinp", inp, dinp, loss);
+        assertGradient("dweight", w, dw, loss);
+    }
+
+    @Test
+    void swiGluBackwardMatchesFiniteDifferences() {
+        int n = 13;
+        double[] gate = randn(n), up = randn(n), dout = randn(n), dgate = new double[n], dup = new double[n];
+        for (int i = 0; i < n; i++) gate[i] *= 3;
+        ReferenceKernels.swiGluBackward(dgate, dup, dout, gate, up, n);
+        ToDoubleFunction<double[]> loss = ignored -> {
+            double[] o = new double[n];
+            ReferenceKernels.swiGluForward(o, gate, up, n);
+            return dot(o, dout);
+        };
+        assertGradient("dgate", gate, dgate, loss);
+        assertGradient("dup", up, dup, loss);
+    }
+
+    @Test
     void geluBackwardMatchesFiniteDifferences() {
         int n = 13;
         double[] inp = randn(n), dout = randn(n), dinp = new double[n];
