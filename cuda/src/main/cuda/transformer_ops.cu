@@ -203,6 +203,47 @@ DISTILL_LAUNCH void ops_swiglu_backward(float* dgate, float* dup, const float* d
     }
 }
 
+// Rotary positions (the Llama family), one thread per (row, head, pair): (x_j, x_{j+hs/2}) of the head at
+// position p = row % T rotated by sign * angle (cos_sin is (T, hs/2, 2)); written, or added when accumulate.
+// A thread reads its pair before writing it, so out may be inp.
+DISTILL_LAUNCH void ops_rope_rotate(float* out, const float* inp, const float* cos_sin, int rows, int T, int heads, int hs, int row_stride,
+                                    int offset, float sign, int accumulate) {
+    const int half = hs / 2;
+    const long total = (long)rows * heads * half;
+    for (long i = ops::first_index(); i < total; i += ops::stride()) {
+        const int j = (int)(i % half), h = (int)((i / half) % heads);
+        const long r = i / ((long)half * heads), p = r % T;
+        const long at = r * row_stride + offset + (long)h * hs;
+        const float c = cos_sin[(p * half + j) * 2], s = sign * cos_sin[(p * half + j) * 2 + 1];
+        const float x1 = inp[at + j], x2 = inp[at + j + half];
+        const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+        out[at + j] = accumulate ? out[at + j] + y1 : y1;
+        out[at + j + half] = accumulate ? out[at + j + half] + y2 : y2;
+    }
+}
+
+// Grouped-query attention's shared heads, one thread per output element: head h of out is head h / group of inp.
+DISTILL_LAUNCH void ops_repeat_heads_forward(float* out, int out_stride, int out_offset, const float* inp, int in_stride, int in_offset,
+                                             int rows, int heads, int group, int hs) {
+    const long per_row = (long)heads * group * hs, total = rows * per_row;
+    for (long i = ops::first_index(); i < total; i += ops::stride()) {
+        const long r = i / per_row, e = i % per_row, h = e / hs, k = e % hs;
+        out[r * out_stride + out_offset + h * hs + k] = inp[r * in_stride + in_offset + (h / group) * hs + k];
+    }
+}
+
+// One thread per input element: the sum of its group's heads, in order (no atomics: the same sums every run).
+DISTILL_LAUNCH void ops_repeat_heads_backward(float* dinp, int in_stride, int in_offset, const float* dout, int out_stride, int out_offset,
+                                              int rows, int heads, int group, int hs) {
+    const long per_row = (long)heads * hs, total = rows * per_row;
+    for (long i = ops::first_index(); i < total; i += ops::stride()) {
+        const long r = i / per_row, e = i % per_row, g = e / hs, k = e % hs;
+        float s = dinp[r * in_stride + in_offset + g * hs + k];
+        for (int m = 0; m < group; m++) s += dout[r * out_stride + out_offset + (g * group + m) * hs + k];
+        dinp[r * in_stride + in_offset + g * hs + k] = s;
+    }
+}
+
 DISTILL_LAUNCH void ops_residual_forward(float* out, const float* a, const float* b, long n) {
     for (long i = ops::first_index(); i < n; i += ops::stride()) out[i] = a[i] + b[i];
 }

@@ -196,6 +196,28 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public void ropeForward(MemorySegment out, MemorySegment inp, MemorySegment cosSin, int b, int t, int heads, int hs, int rowStride, int offset) {
+        time("ropeForward", () -> inner.ropeForward(out, inp, cosSin, b, t, heads, hs, rowStride, offset));
+    }
+
+    @Override
+    public void ropeBackward(MemorySegment dinp, MemorySegment dout, MemorySegment cosSin, int b, int t, int heads, int hs, int rowStride, int offset) {
+        time("ropeBackward", () -> inner.ropeBackward(dinp, dout, cosSin, b, t, heads, hs, rowStride, offset));
+    }
+
+    @Override
+    public void repeatHeadsForward(MemorySegment out, int outStride, int outOffset, MemorySegment inp, int inStride, int inOffset,
+                                   int rows, int heads, int group, int hs) {
+        time("repeatHeadsForward", () -> inner.repeatHeadsForward(out, outStride, outOffset, inp, inStride, inOffset, rows, heads, group, hs));
+    }
+
+    @Override
+    public void repeatHeadsBackward(MemorySegment dinp, int inStride, int inOffset, MemorySegment dout, int outStride, int outOffset,
+                                    int rows, int heads, int group, int hs) {
+        time("repeatHeadsBackward", () -> inner.repeatHeadsBackward(dinp, inStride, inOffset, dout, outStride, outOffset, rows, heads, group, hs));
+    }
+
+    @Override
     public void geluForward(MemorySegment out, MemorySegment inp, long n) {
         time("geluForward", () -> inner.geluForward(out, inp, n));
     }

@@ -200,6 +200,33 @@ public interface Kernels extends AutoCloseable {
     /** Accumulates {@code dgate += dout * up * silu'(gate)} and {@code dup += dout * silu(gate)}, silu' = σ (1 + x (1 − σ)). */
     void swiGluBackward(MemorySegment dgate, MemorySegment dup, MemorySegment dout, MemorySegment gate, MemorySegment up, long n);
 
+    // ---------------------------------------------------------------- rotary positions (the Llama family)
+
+    /**
+     * Rotary position embedding (Hugging Face's rotate_half layout). inp and out are (b, t, rowStride)
+     * with head h of a row at {@code offset + h·hs}; for each head at position p and each j < hs/2
+     * the pair (x_j, x_{j+hs/2}) is rotated by the angle whose cos and sin are
+     * {@code cosSin[(p·hs/2 + j)·2 + 0..1]} ((t, hs/2, 2) floats). out may be inp. See docs/KERNELS.md#rope.
+     */
+    void ropeForward(MemorySegment out, MemorySegment inp, MemorySegment cosSin, int b, int t, int heads, int hs, int rowStride, int offset);
+
+    /** Accumulates the inverse rotation of dout into dinp (same layout; dinp must not be dout). */
+    void ropeBackward(MemorySegment dinp, MemorySegment dout, MemorySegment cosSin, int b, int t, int heads, int hs, int rowStride, int offset);
+
+    // ---------------------------------------------------------------- heads shared by groups (grouped-query attention)
+
+    /**
+     * For each of {@code rows} rows: head h of out (at {@code outOffset + h·hs}, row stride
+     * {@code outStride}) is head h / group of inp (at {@code inOffset}, stride {@code inStride}),
+     * for h < heads·group: the k or v heads of grouped-query attention laid out for every q head.
+     */
+    void repeatHeadsForward(MemorySegment out, int outStride, int outOffset, MemorySegment inp, int inStride, int inOffset,
+                            int rows, int heads, int group, int hs);
+
+    /** Accumulates into head g of dinp the sum of the group's heads of dout (the same layouts). */
+    void repeatHeadsBackward(MemorySegment dinp, int inStride, int inOffset, MemorySegment dout, int outStride, int outOffset,
+                             int rows, int heads, int group, int hs);
+
     // ---------------------------------------------------------------- causal self-attention
 
     /**

@@ -41,6 +41,14 @@ final class KernelBuffers {
         return place(Buffers.poisoned(arena, n));
     }
 
+    /** The first n floats of the backend buffer {@code actual}, widened. */
+    double[] read(MemorySegment actual, int n) {
+        MemorySegment host = kernels.hostView(actual, 4L * n, arena);
+        double[] x = new double[n];
+        for (int i = 0; i < n; i++) x[i] = host.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, i);
+        return x;
+    }
+
     /** {@link Buffers#relativeError} of the backend buffer {@code actual}. */
     double relativeError(double[] expected, MemorySegment actual, double floor) {
         return Buffers.relativeError(expected, kernels.hostView(actual, 4L * expected.length, arena), floor);

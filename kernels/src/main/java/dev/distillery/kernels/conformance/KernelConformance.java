@@ -95,6 +95,7 @@ public final class KernelConformance {
         for (int[] s : sizes.classifier()) c.logitRows(s[0], s[1]);
         for (int[] s : sizes.rows()) c.rmsNorm(s[0] * s[1], s[1]);
         for (int n : sizes.elementwise()) c.swiGlu(n);
+        for (int[] s : sizes.attention()) c.ropeAndRepeatHeads(s[0], s[1], s[2], s[3]);
         return List.copyOf(c.results);
     }
 
@@ -265,6 +266,68 @@ public final class KernelConformance {
             ReferenceKernels.swiGluBackward(dgate, dup, dout, gate, up, n);
             record("swiGluBackward", String.valueOf(n), Math.max(buf.relativeError(dgate, sDgate, scale), buf.relativeError(dup, sDup, scale)), TOL, ms);
         }
+    }
+
+    /** RoPE on the q and k heads inside a qkv-shaped row, and k heads repeated for groups of q heads. */
+    private void ropeAndRepeatHeads(int b, int t, int c, int nh) {
+        int hs = c / nh;
+        if (hs % 2 != 0) return;   // rotary pairs need an even head size
+        try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
+            int stride = 3 * c, pairs = hs / 2;
+            double[] x = randn(b * t * stride), cosSin = new double[t * pairs * 2], dout = randn(b * t * stride), dinp = randn(b * t * stride);
+            for (int i = 0; i < t * pairs; i++) {
+                double angle = rng.nextDouble() * 2 * Math.PI;
+                cosSin[2 * i] = Math.cos(angle);
+                cosSin[2 * i + 1] = Math.sin(angle);
+            }
+            double[] out = x.clone();
+            MemorySegment sOut = buf.floats(x), sCs = buf.floats(cosSin);
+            long t0 = System.nanoTime();
+            kernels.ropeForward(sOut, sOut, sCs, b, t, 2 * nh, hs, stride, 0);   // in place, q and k heads together
+            double ms = millis(t0);
+            ReferenceKernels.ropeForward(out, x, cosSin, b, t, 2 * nh, hs, stride, 0);
+            record("ropeForward", b + "x" + t + "x" + c + "/" + nh, buf.relativeError(out, sOut, 1e-6), TOL, ms);
+            MemorySegment sDinp = buf.floats(dinp);
+            t0 = System.nanoTime();
+            kernels.ropeBackward(sDinp, buf.floats(dout), sCs, b, t, 2 * nh, hs, stride, 0);
+            ms = millis(t0);
+            ReferenceKernels.ropeBackward(dinp, dout, cosSin, b, t, 2 * nh, hs, stride, 0);
+            record("ropeBackward", b + "x" + t + "x" + c + "/" + nh, buf.relativeError(dinp, sDinp, 1e-6), TOL, ms);
+
+            // k (and v) with nh / group heads, repeated into the k part of a qkv row; group = nh when nh is odd
+            int group = nh % 2 == 0 ? 2 : nh, kv = nh / group, rows = b * t, kvStride = kv * hs + 1;
+            double[] k = randn(rows * kvStride), qkv = new double[rows * stride], dk = randn(rows * kvStride), dqkv = randn(rows * stride);
+            MemorySegment sQkv = buf.poisoned(qkv.length), sK = buf.floats(k), sDk = buf.floats(dk);
+            // the k part of each row (c floats) is written; the rest stays poisoned and is not compared
+            t0 = System.nanoTime();
+            kernels.repeatHeadsForward(sQkv, stride, c, sK, kvStride, 1, rows, kv, group, hs);
+            ms = millis(t0);
+            ReferenceKernels.repeatHeadsForward(qkv, stride, c, k, kvStride, 1, rows, kv, group, hs);
+            double[] all = buf.read(sQkv, qkv.length), written = new double[rows * c], expected = new double[rows * c];
+            for (int r = 0; r < rows; r++) {
+                for (int i = 0; i < c; i++) {
+                    written[r * c + i] = all[r * stride + c + i];
+                    expected[r * c + i] = qkv[r * stride + c + i];
+                }
+            }
+            record("repeatHeadsForward", rows + "x" + kv + "x" + group + "x" + hs, relative(expected, written), TOL, ms);
+            t0 = System.nanoTime();
+            kernels.repeatHeadsBackward(sDk, kvStride, 1, buf.floats(dqkv), stride, c, rows, kv, group, hs);
+            ms = millis(t0);
+            ReferenceKernels.repeatHeadsBackward(dk, kvStride, 1, dqkv, stride, c, rows, kv, group, hs);
+            record("repeatHeadsBackward", rows + "x" + kv + "x" + group + "x" + hs, buf.relativeError(dk, sDk, 1e-6), TOL, ms);
+        }
+    }
+
+    /** max |e − a| / max(1e-6, max |e|), with NaN as an error of infinity. */
+    private static double relative(double[] expected, double[] actual) {
+        double scale = Math.max(1e-6, maxAbs(expected)), worst = 0;
+        for (int i = 0; i < expected.length; i++) {
+            double e = Math.abs(expected[i] - actual[i]) / scale;
+            if (!(e <= worst)) worst = Double.isNaN(e) ? Double.POSITIVE_INFINITY : e;
+        }
+        return worst;
     }
 
     private void gelu(int n) {

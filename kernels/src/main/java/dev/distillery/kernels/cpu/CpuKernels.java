@@ -411,6 +411,67 @@ public final class CpuKernels implements Kernels {
         return 1f / (VectorOps.exp(-x) + 1f);
     }
 
+    // ---------------------------------------------------------------- rotary positions
+
+    @Override
+    public void ropeForward(MemorySegment out, MemorySegment inp, MemorySegment cosSin, int b, int t, int heads, int hs, int rowStride, int offset) {
+        rotate(out, inp, cosSin, b, t, heads, hs, rowStride, offset, 1f, false);
+    }
+
+    @Override
+    public void ropeBackward(MemorySegment dinp, MemorySegment dout, MemorySegment cosSin, int b, int t, int heads, int hs, int rowStride, int offset) {
+        rotate(dinp, dout, cosSin, b, t, heads, hs, rowStride, offset, -1f, true);
+    }
+
+    /** The rotation of every (row, head) pair by ±angle; rows over the pool. A pair is read before it is written, so out may be inp. */
+    private void rotate(MemorySegment out, MemorySegment inp, MemorySegment cosSin, int b, int t, int heads, int hs, int rowStride, int offset,
+                        float sign, boolean accumulate) {
+        int half = hs / 2;
+        pool.forEachChunk(b * t, grainRows(heads * hs), (chunk, start, end) -> {
+            for (int r = start; r < end; r++) {
+                long p = r % t;
+                for (int h = 0; h < heads; h++) {
+                    long at = (long) r * rowStride + offset + (long) h * hs;
+                    for (int j = 0; j < half; j++) {
+                        float c = get(cosSin, (p * half + j) * 2), s = sign * get(cosSin, (p * half + j) * 2 + 1);
+                        float x1 = get(inp, at + j), x2 = get(inp, at + j + half);
+                        float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+                        set(out, at + j, accumulate ? get(out, at + j) + y1 : y1);
+                        set(out, at + j + half, accumulate ? get(out, at + j + half) + y2 : y2);
+                    }
+                }
+            }
+        });
+    }
+
+    // ---------------------------------------------------------------- heads shared by groups
+
+    @Override
+    public void repeatHeadsForward(MemorySegment out, int outStride, int outOffset, MemorySegment inp, int inStride, int inOffset,
+                                   int rows, int heads, int group, int hs) {
+        pool.forEachChunk(rows, grainRows(heads * group * hs), (chunk, start, end) -> {
+            for (int r = start; r < end; r++) {
+                for (int h = 0; h < heads * group; h++) {
+                    MemorySegment.copy(inp, 4L * ((long) r * inStride + inOffset + (long) (h / group) * hs),
+                            out, 4L * ((long) r * outStride + outOffset + (long) h * hs), 4L * hs);
+                }
+            }
+        });
+    }
+
+    @Override
+    public void repeatHeadsBackward(MemorySegment dinp, int inStride, int inOffset, MemorySegment dout, int outStride, int outOffset,
+                                    int rows, int heads, int group, int hs) {
+        pool.forEachChunk(rows, grainRows(heads * group * hs), (chunk, start, end) -> {
+            for (int r = start; r < end; r++) {
+                for (int h = 0; h < heads * group; h++) {   // in order within a group: the same sums every run
+                    long from = (long) r * outStride + outOffset + (long) h * hs, to = (long) r * inStride + inOffset + (long) (h / group) * hs;
+                    for (int i = 0; i < hs; i++) set(dinp, to + i, get(dinp, to + i) + get(dout, from + i));
+                }
+            }
+        });
+    }
+
     // ---------------------------------------------------------------- GELU
 
     // 0.5 x (1 + tanh u) is computed as x · σ(2u): the same function without the cancellation

@@ -64,6 +64,46 @@ public final class CudaConformance {
         for (int[] s : classifier) logitRows(s[0], s[1]);
         for (int[] s : rows) rmsNorm(s[0], s[1]);
         for (int n : lengths) swiGlu(n);
+        for (int[] s : rows) ropeAndRepeatHeads(Math.max(1, s[0] / 3), 3, s[1]);
+    }
+
+    /** RoPE over 2 heads of hs (even) inside rows of c + 3 floats, and 2 heads repeated 3 times. */
+    private void ropeAndRepeatHeads(int b, int t, int c) {
+        int hs = Math.max(2, (c / 2) & ~1), heads = 2, stride = heads * hs + 3, rows = b * t, n = rows * stride;
+        String size = b + "x" + t + "x" + heads + "x" + hs;
+        float[] x = random(n, 1), cs = new float[t * hs], dout = random(n, 1), d0 = random(n, 1);
+        for (int i = 0; i < t * hs / 2; i++) {
+            double a = rng.nextDouble() * 2 * Math.PI;
+            cs[2 * i] = (float) Math.cos(a);
+            cs[2 * i + 1] = (float) Math.sin(a);
+        }
+        MemorySegment out = host(x.clone());
+        cpu.ropeForward(out, host(x), host(cs), b, t, heads, hs, stride, 1);
+        CudaBackend.Ptr dx = device(host(x)), dcs = device(host(cs)), dOut = device(host(x));
+        long t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_ROPE_ROTATE, grid((long) rows * heads * hs / 2), 256, dOut, dx, dcs, rows, t, heads, hs, stride, 1, 1f, 0);
+        record("ropeForward", size, floats(out, n), download(dOut, n), TOL, t0);
+        MemorySegment g = host(d0);
+        cpu.ropeBackward(g, host(dout), host(cs), b, t, heads, hs, stride, 1);
+        CudaBackend.Ptr dg = device(host(d0)), ddout = device(host(dout));
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_ROPE_ROTATE, grid((long) rows * heads * hs / 2), 256, dg, ddout, dcs, rows, t, heads, hs, stride, 1, -1f, 1);
+        record("ropeBackward", size, floats(g, n), download(dg, n), TOL, t0);
+
+        int group = 3, wide = heads * group * hs;
+        float[] rep0 = random(rows * wide, 1), drep = random(rows * wide, 1);
+        MemorySegment rep = host(rep0.clone());
+        cpu.repeatHeadsForward(rep, wide, 0, host(x), stride, 1, rows, heads, group, hs);
+        CudaBackend.Ptr dRep = device(host(rep0));
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_REPEAT_HEADS_FORWARD, grid((long) rows * wide), 256, dRep, wide, 0, dx, stride, 1, rows, heads, group, hs);
+        record("repeatHeadsForward", size, floats(rep, rows * wide), download(dRep, rows * wide), TOL, t0);
+        MemorySegment gin = host(d0);
+        cpu.repeatHeadsBackward(gin, stride, 1, host(drep), wide, 0, rows, heads, group, hs);
+        CudaBackend.Ptr dGin = device(host(d0)), dDrep = device(host(drep));
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_REPEAT_HEADS_BACKWARD, grid((long) rows * heads * hs), 256, dGin, stride, 1, dDrep, wide, 0, rows, heads, group, hs);
+        record("repeatHeadsBackward", size, floats(gin, n), download(dGin, n), TOL, t0);
     }
 
     private void rmsNorm(int rows, int c) {

@@ -255,6 +255,32 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
+    public void ropeForward(MemorySegment out, MemorySegment inp, MemorySegment cosSin, int b, int t, int heads, int hs, int rowStride, int offset) {
+        gpu.launch(CudaKernel.OPS_ROPE_ROTATE, grid((long) b * t * heads * (hs / 2)), gpu.block(), p(out), p(inp), p(cosSin), b * t, t, heads, hs,
+                rowStride, offset, 1f, 0);
+    }
+
+    @Override
+    public void ropeBackward(MemorySegment dinp, MemorySegment dout, MemorySegment cosSin, int b, int t, int heads, int hs, int rowStride, int offset) {
+        gpu.launch(CudaKernel.OPS_ROPE_ROTATE, grid((long) b * t * heads * (hs / 2)), gpu.block(), p(dinp), p(dout), p(cosSin), b * t, t, heads, hs,
+                rowStride, offset, -1f, 1);
+    }
+
+    @Override
+    public void repeatHeadsForward(MemorySegment out, int outStride, int outOffset, MemorySegment inp, int inStride, int inOffset,
+                                   int rows, int heads, int group, int hs) {
+        gpu.launch(CudaKernel.OPS_REPEAT_HEADS_FORWARD, grid((long) rows * heads * group * hs), gpu.block(), p(out), outStride, outOffset,
+                p(inp), inStride, inOffset, rows, heads, group, hs);
+    }
+
+    @Override
+    public void repeatHeadsBackward(MemorySegment dinp, int inStride, int inOffset, MemorySegment dout, int outStride, int outOffset,
+                                    int rows, int heads, int group, int hs) {
+        gpu.launch(CudaKernel.OPS_REPEAT_HEADS_BACKWARD, grid((long) rows * heads * hs), gpu.block(), p(dinp), inStride, inOffset,
+                p(dout), outStride, outOffset, rows, heads, group, hs);
+    }
+
+    @Override
     public void geluForward(MemorySegment out, MemorySegment inp, long n) {
         gpu.launch(CudaKernel.OPS_GELU_FORWARD, grid(n), gpu.block(), p(out), p(inp), n);
     }

@@ -152,6 +152,51 @@ public final class ReferenceKernels {
         }
     }
 
+    /** out and inp (b, t, rowStride), heads at offset + h·hs, cosSin (t, hs/2, 2); out may be inp. */
+    public static void ropeForward(double[] out, double[] inp, double[] cosSin, int b, int t, int heads, int hs, int rowStride, int offset) {
+        rotate(out, inp, cosSin, b, t, heads, hs, rowStride, offset, 1, false);
+    }
+
+    public static void ropeBackward(double[] dinp, double[] dout, double[] cosSin, int b, int t, int heads, int hs, int rowStride, int offset) {
+        rotate(dinp, dout, cosSin, b, t, heads, hs, rowStride, offset, -1, true);
+    }
+
+    private static void rotate(double[] out, double[] inp, double[] cosSin, int b, int t, int heads, int hs, int rowStride, int offset,
+                               int sign, boolean accumulate) {
+        int half = hs / 2;
+        for (int r = 0; r < b * t; r++) {
+            int p = r % t;
+            for (int h = 0; h < heads; h++) {
+                int at = r * rowStride + offset + h * hs;
+                for (int j = 0; j < half; j++) {
+                    double c = cosSin[(p * half + j) * 2], s = sign * cosSin[(p * half + j) * 2 + 1];
+                    double x1 = inp[at + j], x2 = inp[at + j + half];
+                    double y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+                    out[at + j] = accumulate ? out[at + j] + y1 : y1;
+                    out[at + j + half] = accumulate ? out[at + j + half] + y2 : y2;
+                }
+            }
+        }
+    }
+
+    public static void repeatHeadsForward(double[] out, int outStride, int outOffset, double[] inp, int inStride, int inOffset,
+                                          int rows, int heads, int group, int hs) {
+        for (int r = 0; r < rows; r++) {
+            for (int h = 0; h < heads * group; h++) {
+                for (int i = 0; i < hs; i++) out[r * outStride + outOffset + h * hs + i] = inp[r * inStride + inOffset + (h / group) * hs + i];
+            }
+        }
+    }
+
+    public static void repeatHeadsBackward(double[] dinp, int inStride, int inOffset, double[] dout, int outStride, int outOffset,
+                                           int rows, int heads, int group, int hs) {
+        for (int r = 0; r < rows; r++) {
+            for (int h = 0; h < heads * group; h++) {
+                for (int i = 0; i < hs; i++) dinp[r * inStride + inOffset + (h / group) * hs + i] += dout[r * outStride + outOffset + h * hs + i];
+            }
+        }
+    }
+
     public static double gelu(double x) {
         return 0.5 * x * (1 + Math.tanh(GELU_SCALE * (x + 0.044715 * x * x * x)));
     }

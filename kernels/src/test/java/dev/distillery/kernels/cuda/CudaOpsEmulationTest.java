@@ -177,6 +177,46 @@ class CudaOpsEmulationTest {
     }
 
     @Test
+    void rotaryPositionsAndRepeatedHeadsMatchTheJavaKernels() throws Exception {
+        for (Path bin : List.of(gate, asan, tsan)) {
+            for (int[] shape : new int[][]{{1, 1, 1, 2}, {2, 3, 2, 6}, {1, 7, 3, 10}}) {
+                int b = shape[0], t = shape[1], heads = shape[2], hs = shape[3], stride = heads * hs + 3, rows = b * t, n = rows * stride;
+                String at = " at " + b + "x" + t + "x" + heads + "x" + hs;
+                float[] x = random(n, 1), cs = new float[t * hs], dout = random(n, 1), d0 = random(n, 1);
+                for (int i = 0; i < t * hs / 2; i++) {
+                    double angle = rng.nextDouble() * 2 * Math.PI;
+                    cs[2 * i] = (float) Math.cos(angle);
+                    cs[2 * i + 1] = (float) Math.sin(angle);
+                }
+                try (Arena a = Arena.ofShared()) {
+                    MemorySegment out = seg(a, x);   // in place, as the runtime rotates q and k inside qkv
+                    cpu.ropeForward(out, out, seg(a, cs), b, t, heads, hs, stride, 1);
+                    GateCall.Outcome o = call(CudaKernel.OPS_ROPE_ROTATE, 2, 64).floats(x).floats(x).floats(cs).i32(rows).i32(t).i32(heads)
+                            .i32(hs).i32(stride).i32(1).f32(1f).i32(0).runOrFail(bin, work);
+                    close("rope" + at, arr(out, n), o.floats(0), 1e-5);
+                    MemorySegment g = seg(a, d0);
+                    cpu.ropeBackward(g, seg(a, dout), seg(a, cs), b, t, heads, hs, stride, 1);
+                    o = call(CudaKernel.OPS_ROPE_ROTATE, 2, 64).floats(d0).floats(dout).floats(cs).i32(rows).i32(t).i32(heads)
+                            .i32(hs).i32(stride).i32(1).f32(-1f).i32(1).runOrFail(bin, work);
+                    closeAbsolute("rope backward" + at, arr(g, n), o.floats(0), 1e-6, 4);
+                    int group = 3, wide = heads * group * hs;
+                    MemorySegment rep = seg(a, nan(rows * wide));
+                    cpu.repeatHeadsForward(rep, wide, 0, seg(a, x), stride, 1, rows, heads, group, hs);
+                    o = call(CudaKernel.OPS_REPEAT_HEADS_FORWARD, 2, 64).floats(nan(rows * wide)).i32(wide).i32(0).floats(x).i32(stride).i32(1)
+                            .i32(rows).i32(heads).i32(group).i32(hs).runOrFail(bin, work);
+                    assertArrayEquals(arr(rep, rows * wide), o.floats(0), "repeat heads" + at);
+                    float[] drep = random(rows * wide, 1);
+                    MemorySegment gin = seg(a, d0);
+                    cpu.repeatHeadsBackward(gin, stride, 1, seg(a, drep), wide, 0, rows, heads, group, hs);
+                    o = call(CudaKernel.OPS_REPEAT_HEADS_BACKWARD, 2, 64).floats(d0).i32(stride).i32(1).floats(drep).i32(wide).i32(0)
+                            .i32(rows).i32(heads).i32(group).i32(hs).runOrFail(bin, work);
+                    closeAbsolute("repeat heads backward" + at, arr(gin, n), o.floats(0), 1e-6, 5);
+                }
+            }
+        }
+    }
+
+    @Test
     void rowOpsMatchTheJavaKernels() throws Exception {
         for (Path bin : List.of(gate, asan, tsan)) {
             for (int[] shape : ROWS) {

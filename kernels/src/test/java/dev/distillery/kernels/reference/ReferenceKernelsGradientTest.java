@@ -128,6 +128,41 @@ class ReferenceKernelsGradientTest {
     }
 
     @Test
+    void ropeBackwardMatchesFiniteDifferences() {
+        int b = 2, t = 3, heads = 2, hs = 6, stride = 17, offset = 3;   // heads inside wider rows, as q sits in qkv
+        double[] inp = randn(b * t * stride), dout = randn(b * t * stride), cosSin = angles(t, hs / 2), dinp = new double[inp.length];
+        ReferenceKernels.ropeBackward(dinp, dout, cosSin, b, t, heads, hs, stride, offset);
+        assertGradient("dinp", inp, dinp, x -> {
+            double[] o = new double[x.length];   // zeros outside the heads: they carry no gradient
+            ReferenceKernels.ropeForward(o, x, cosSin, b, t, heads, hs, stride, offset);
+            return dot(o, dout);
+        });
+    }
+
+    /** (t, pairs, 2) cos and sin of random angles. */
+    private double[] angles(int t, int pairs) {
+        double[] cs = new double[t * pairs * 2];
+        for (int i = 0; i < t * pairs; i++) {
+            double a = randn(1)[0] * 3;
+            cs[2 * i] = Math.cos(a);
+            cs[2 * i + 1] = Math.sin(a);
+        }
+        return cs;
+    }
+
+    @Test
+    void repeatHeadsBackwardMatchesFiniteDifferences() {
+        int rows = 3, heads = 2, group = 3, hs = 4, inStride = 11, inOffset = 2, outStride = 29, outOffset = 4;
+        double[] inp = randn(rows * inStride), dout = randn(rows * outStride), dinp = new double[inp.length];
+        ReferenceKernels.repeatHeadsBackward(dinp, inStride, inOffset, dout, outStride, outOffset, rows, heads, group, hs);
+        assertGradient("dinp", inp, dinp, x -> {
+            double[] o = new double[rows * outStride];
+            ReferenceKernels.repeatHeadsForward(o, outStride, outOffset, x, inStride, inOffset, rows, heads, group, hs);
+            return dot(o, dout);
+        });
+    }
+
+    @Test
     void geluBackwardMatchesFiniteDifferences() {
         int n = 13;
         double[] inp = randn(n), dout = randn(n), dinp = new double[n];
