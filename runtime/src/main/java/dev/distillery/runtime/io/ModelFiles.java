@@ -104,7 +104,9 @@ public final class ModelFiles {
     private static void requireGpt2(Path file, JsonNode root) throws IOException {
         String type = root.path("model_type").asText("gpt2");
         if (!type.equals("gpt2")) {
-            throw new IOException(file + ": 'model_type' is " + type + "; this build reads GPT-2 models only (the Llama family is not here yet)");
+            throw new IOException(file + ": 'model_type' is " + type + "; " + (LlamaFiles.TYPES.contains(type)
+                    ? "Llama-family models are read as teachers by 'teacher dump-logits' (and 'inspect'), not yet as students or by this command"
+                    : "this build reads GPT-2 and, as teachers, the Llama family (" + LlamaFiles.TYPES + ")"));
         }
         String activation = root.path("activation_function").asText("gelu_new");
         if (!activation.equals("gelu_new") && !activation.equals("gelu_pytorch_tanh")) {

@@ -16,8 +16,10 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.io.LlamaFiles;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.SafetensorsWriter;
+import dev.distillery.runtime.nn.LanguageModelForward;
 import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.Transformer;
 import dev.distillery.runtime.optim.AdamW;
@@ -65,29 +67,89 @@ public final class LogitDump {
         }
         Path tokenizer = o.tokenizer() != null ? o.tokenizer() : o.teacher().resolve("tokenizer.json");
         String tokenizerSha256 = o.tokenizer() != null || Files.isRegularFile(tokenizer) ? TeacherShards.sha256(tokenizer) : null;
-        try (Transformer model = ModelFiles.read(o.teacher(), kernels);
-             TokenFile tokens = TokenFile.open(o.tokens(), model.config().vocabSize(), "the teacher's");
-             FolderLock lock = FolderLock.acquire(o.out(), "--out")) {    // inputs before the folder: bad input writes nothing
+        boolean llama = LlamaFiles.isLlama(o.teacher());
+        int v, context;
+        if (llama) {
+            var c = LlamaFiles.readConfig(o.teacher().resolve(ModelFiles.CONFIG));
+            v = c.vocabSize();
+            context = c.contextLength();
+        } else {
+            var c = ModelFiles.readConfig(o.teacher().resolve(ModelFiles.CONFIG));
+            v = c.vocabSize();
+            context = c.contextLength();
+        }
+        try (TokenFile tokens = TokenFile.open(o.tokens(), v, "the teacher's")) {
+            int t = o.seqLen() > 0 ? o.seqLen() : context;
+            if (t > context) throw new IllegalArgumentException("--seq-len " + t + " exceeds the teacher's context " + context);
+            int total0 = (int) Math.min(o.maxSequences() > 0 ? o.maxSequences() : Integer.MAX_VALUE, tokens.size() / t);
+            if (total0 < 1) throw new IOException(o.tokens() + ": " + tokens.size() + " tokens, fewer than one sequence of " + t);
+            int batch0 = Math.min(o.batch(), total0);
+            try (LanguageModelForward model = llama ? LlamaFiles.read(o.teacher(), kernels, batch0, t) : new Gpt2Forward(o.teacher(), kernels, batch0, t);
+                 FolderLock lock = FolderLock.acquire(o.out(), "--out")) {    // inputs before the folder: bad input writes nothing
+                dump(o, model, tokens, t, batch0, total0, tokenizer, tokenizerSha256, v, out, err);
+            }
+        }
+        return TeacherManifest.read(o.out().resolve("manifest.json"));
+    }
+
+    /** A GPT-2 checkpoint's logits through the training session's evaluator (the same forward training runs). */
+    private static final class Gpt2Forward implements LanguageModelForward {
+        private final Transformer model;
+        private final TrainingSession session;
+
+        Gpt2Forward(Path dir, Kernels kernels, int batch, int t) throws IOException {
+            this.model = ModelFiles.read(dir, kernels);
+            try {
+                this.session = new TrainingSession(model, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0, batch, t);
+            } catch (RuntimeException e) {
+                model.close();
+                throw e;
+            }
+        }
+
+        @Override
+        public int vocabSize() {
+            return model.config().vocabSize();
+        }
+
+        @Override
+        public int contextLength() {
+            return model.config().contextLength();
+        }
+
+        @Override
+        public MemorySegment logits(MemorySegment ids) {
+            session.inputs().setSequences(ids);
+            return session.evaluator().logits();
+        }
+
+        @Override
+        public float[] logsumexpOfLastLogits(double temperature) {
+            return session.evaluator().logsumexpOfLastLogits(temperature);
+        }
+
+        @Override
+        public void close() {
+            session.close();
+            model.close();
+        }
+    }
+
+    private static void dump(Options o, LanguageModelForward model, TokenFile tokens, int t, int batch, int total, Path tokenizer,
+                             String tokenizerSha256, int v, PrintWriter out, PrintWriter err) throws IOException {
+        {
             if (o.overwrite()) removeShards(o.out());
-            int v = model.config().vocabSize();
-            int t = o.seqLen() > 0 ? o.seqLen() : model.config().contextLength();
-            if (t > model.config().contextLength()) throw new IllegalArgumentException("--seq-len " + t + " exceeds the teacher's context " + model.config().contextLength());
             boolean dense = o.kind() == TeacherTargets.Kind.DENSE;
             if (!dense && (o.k() < 1 || o.k() > v)) throw new IllegalArgumentException("--k must be in [1, " + v + "], got " + o.k());
             int k = dense ? 0 : o.k();
             TeacherLayout layout = dense ? TeacherLayout.dense(o.dtype(), v)
                     : new TeacherLayout(o.kind(), o.kind() == TeacherTargets.Kind.SAMPLED ? DType.F32 : o.dtype(), v, k, (float) o.temperature());
             List<TeacherShardFormat.Tensor> tensors = TeacherShardFormat.tensors(o.kind());
-            long available = tokens.size() / t;
-            int total = (int) Math.min(o.maxSequences() > 0 ? o.maxSequences() : Integer.MAX_VALUE, available);
-            if (total < 1) throw new IOException(o.tokens() + ": " + tokens.size() + " tokens, fewer than one sequence of " + t);
-            int batch = Math.min(o.batch(), total);
             Files.createDirectories(o.out());
             Rng rng = new Rng(o.seed());
             List<TeacherManifest.Shard> shards = new ArrayList<>();
             Progress progress = new Progress(err, "dump-logits", 0, total, 5000);
-            try (TrainingSession session = new TrainingSession(model, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3),
-                    0, batch, t)) {
+            {
                 int[] window = new int[t];
                 double[] p = new double[v];
                 int done = 0;
@@ -106,8 +168,7 @@ public final class LogitDump {
                                 for (int j = 0; j < t; j++) batchIds.setAtIndex(ValueLayout.JAVA_INT, (long) i * t + j, window[j]);
                             }
                             MemorySegment.copy(batchIds, 0, ids, 4L * s0 * t, 4L * n * t);
-                            session.inputs().setSequences(batchIds);
-                            MemorySegment logits = session.evaluator().logits();
+                            MemorySegment logits = model.logits(batchIds);
                             final int first = s0, rowsNow = n * t;
                             switch (o.kind()) {
                                 case DENSE -> rows(rowsNow, r -> {
@@ -119,7 +180,7 @@ public final class LogitDump {
                                 case TOP_K -> {
                                     rows(rowsNow, r -> topK(logits, (long) r * v, v, k, buffers.get(0), buffers.get(1), o.dtype(), (long) first * t + r));
                                     // the full-vocabulary log Σ exp(logit / T) of each row, where the logits live
-                                    float[] rowLse = session.evaluator().logsumexpOfLastLogits(o.temperature());
+                                    float[] rowLse = model.logsumexpOfLastLogits(o.temperature());
                                     for (int r = 0; r < n * t; r++) buffers.get(2).setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLse[r]);
                                 }
                                 case SAMPLED -> {
@@ -152,7 +213,6 @@ public final class LogitDump {
             out.printf("wrote %d sequences of %d tokens (%s%s) in %d shard(s) to %s%n", total, t, TeacherShardFormat.name(o.kind()),
                     k > 0 ? ", k = " + k : "", shards.size(), o.out());
             out.flush();
-            return m;
         }
     }
 

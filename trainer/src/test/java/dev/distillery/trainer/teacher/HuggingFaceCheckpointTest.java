@@ -39,8 +39,12 @@ class HuggingFaceCheckpointTest {
 
     /** Runs dump-logits (dense f32) on {@code model} over the fixture's windows; the max |ours − transformers'|. */
     private static double maxDifference(Path model, String expected, Path dir) throws Exception {
-        float[] ids, logits;
-        try (SafetensorsFile st = SafetensorsFile.open(fixture("gpt2-tiny-logits.safetensors"))) {
+        return maxDifference(model, "gpt2-tiny-logits.safetensors", expected, S, T, dir);
+    }
+
+    private static double maxDifference(Path model, String logitsFile, String expected, int S, int T, Path dir) throws Exception {
+        float[] logits;
+        try (SafetensorsFile st = SafetensorsFile.open(fixture(logitsFile))) {
             int[] windows = st.bytes("input_ids").toArray(ValueLayout.JAVA_INT);
             Path tokens = dir.resolve("windows.bin");
             TokenFile.write(tokens, windows);
@@ -98,7 +102,7 @@ class HuggingFaceCheckpointTest {
         String config = Files.readString(fixture("gpt2-tiny/config.json"));
         for (String[] change : new String[][]{
                 {"\"activation_function\": \"gelu_new\"", "\"activation_function\": \"relu\"", "'activation_function' is relu"},
-                {"\"model_type\": \"gpt2\"", "\"model_type\": \"llama\"", "'model_type' is llama"},
+                {"\"model_type\": \"gpt2\"", "\"model_type\": \"bert\"", "'model_type' is bert"},
                 {"\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false", "'tie_word_embeddings' is false"}}) {
             assertTrue(config.contains(change[0]), change[0]);
             Files.writeString(model.resolve("config.json"), config.replace(change[0], change[1]));
@@ -164,5 +168,41 @@ class HuggingFaceCheckpointTest {
                 new PrintWriter(new StringWriter()), new PrintWriter(err, true));
         assertEquals(0, status, err.toString());
         assertEquals(1, ModelFiles.readConfig(dir.resolve("run/checkpoints/step-00000002/config.json")).layers());
+    }
+
+    /**
+     * Llama-family teachers saved by transformers: a LlamaForCausalLM with grouped-query attention,
+     * Llama 3's rope scaling and an untied head, and a Qwen2ForCausalLM with q/k/v biases, one
+     * key/value head and a tied head (fixtures by {@code src/test/python/hf_llama_fixture.py}).
+     */
+    @Test
+    void llamaAndQwen2TeachersGiveTransformersLogits(@TempDir Path dir) throws Exception {
+        for (String[] m : new String[][]{{"llama-tiny", "llama"}, {"qwen2-tiny", "qwen2"}}) {
+            double d = maxDifference(fixture(m[0]), "llama-tiny-logits.safetensors", m[1], 3, 24, dir.resolve(m[0]));
+            assertTrue(d < 1e-4, m[0] + ": max |ours - transformers'| = " + d);
+        }
+    }
+
+    /** The same Llama forward through the CUDA kernels, run by the CPU emulation of the device. */
+    @Test
+    void theLlamaForwardOnTheEmulatedCudaDeviceGivesTransformersLogits() throws Exception {
+        try (var gcc = new dev.distillery.kernels.cuda.EmulationBuild("distillery-emu-llama");
+             SafetensorsFile st = SafetensorsFile.open(fixture("llama-tiny-logits.safetensors"));
+             java.lang.foreign.Arena host = java.lang.foreign.Arena.ofConfined()) {
+            Path library = gcc.build("emu_device.cpp", "libdistillery_emu.so", "-O2", "-DEMU_FIBERS", "-U_FORTIFY_SOURCE", "-shared", "-fPIC");
+            MemorySegment ids = host.allocate(4L * 3 * 24, 64);
+            MemorySegment.copy(st.bytes("input_ids"), 0, ids, 0, 4L * 3 * 24);
+            float[] expected = st.bytes("llama").toArray(ValueLayout.JAVA_FLOAT);
+            try (var device = new dev.distillery.kernels.cuda.EmulatedCudaBackend(library);
+                 var cuda = new dev.distillery.kernels.cuda.CudaKernels(device);
+                 var llama = dev.distillery.runtime.io.LlamaFiles.read(fixture("llama-tiny"), cuda, 3, 24)) {
+                float[] got = llama.logits(ids).toArray(ValueLayout.JAVA_FLOAT);
+                double max = 0;
+                for (int i = 0; i < expected.length; i++) max = Math.max(max, Math.abs(got[i] - expected[i]));
+                assertTrue(max < 1e-4, "max |emulated CUDA - transformers'| = " + max);
+                // our kernels (cuBLAS does the GEMMs): per block 2 RMSNorms, 2 rotations, 3 head layouts, the attention softmax, 2 residuals, SwiGLU
+                assertTrue(device.launches() >= 2 * 11, device.launches() + " kernels ran on the emulated device");
+            }
+        }
     }
 }
