@@ -273,7 +273,8 @@ public final class CorpusEncoder {
         private void add(Piece p, ExecutorService pool, TokenFile.Appender train, TokenFile.Appender val) throws IOException {
             batch.add(p);
             batchChars += p.text().length();
-            if (batchChars >= (long) o.pieceChars() * Math.max(1, o.threads()) || batch.size() >= 4096) flush(pool, train, val);
+            // 16 pieces a thread (at most 16 M characters): enough that one library call keeps every thread busy to its end
+            if (batchChars >= Math.min(16L * o.pieceChars() * Math.max(1, o.threads()), 1L << 24) || batch.size() >= 4096) flush(pool, train, val);
         }
 
         /** Encodes the batch on the pool and appends its ids in order, with the delimiters. */

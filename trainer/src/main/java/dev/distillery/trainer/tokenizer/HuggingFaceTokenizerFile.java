@@ -13,6 +13,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 
 import ai.djl.huggingface.tokenizers.HuggingFaceTokenizer;
+import ai.djl.huggingface.tokenizers.jni.TokenizersLibrary;
 
 /**
  * A Hugging Face {@code tokenizer.json}, run by the Rust {@code tokenizers} through DJL. Before it is
@@ -174,23 +175,37 @@ public final class HuggingFaceTokenizerFile implements TextTokenizer {
         return vocabSize;
     }
 
+    // Encodings are read through DJL's JNI layer for their ids alone: its Encoding object also
+    // copies out the tokens as Java strings, offsets, masks and type ids, which took more than half
+    // of the time of encoding a corpus (docs/PERFORMANCE.md).
+
     @Override
     public int[] encode(String text) {
-        long[] ids = tokenizer.encode(text, false, false).getIds();
-        int[] out = new int[ids.length];
-        for (int i = 0; i < ids.length; i++) out[i] = Math.toIntExact(ids[i]);
-        return out;
+        return ids(TokenizersLibrary.LIB.encode(tokenizer.getHandle(), text, false));
+    }
+
+    /** The ids of a native encoding, which is freed. */
+    private static int[] ids(long encoding) {
+        try {
+            long[] ids = TokenizersLibrary.LIB.getTokenIds(encoding);
+            int[] out = new int[ids.length];
+            for (int i = 0; i < ids.length; i++) out[i] = Math.toIntExact(ids[i]);
+            return out;
+        } finally {
+            TokenizersLibrary.LIB.deleteEncoding(encoding);
+        }
     }
 
     /** One call into the library, whose encode_batch runs on its own (rayon) pool, one thread per core. */
     @Override
     public int[][] encodeAll(List<String> texts, java.util.concurrent.ExecutorService threads) {
-        var encodings = tokenizer.batchEncode(texts, false, false);
+        long[] encodings = TokenizersLibrary.LIB.batchEncode(tokenizer.getHandle(), texts.toArray(new String[0]), false);
         int[][] out = new int[encodings.length][];
-        for (int i = 0; i < out.length; i++) {
-            long[] ids = encodings[i].getIds();
-            out[i] = new int[ids.length];
-            for (int j = 0; j < ids.length; j++) out[i][j] = Math.toIntExact(ids[j]);
+        int i = 0;
+        try {
+            for (; i < out.length; i++) out[i] = ids(encodings[i]);
+        } finally {
+            for (int j = i + 1; j < encodings.length; j++) TokenizersLibrary.LIB.deleteEncoding(encodings[j]);   // after a failure
         }
         return out;
     }
