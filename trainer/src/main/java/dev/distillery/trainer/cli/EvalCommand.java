@@ -2,6 +2,7 @@ package dev.distillery.trainer.cli;
 
 import java.io.PrintWriter;
 import java.io.Writer;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -9,6 +10,7 @@ import java.util.concurrent.Callable;
 
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
+import dev.distillery.runtime.io.LlamaFiles;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.Transformer;
@@ -54,6 +56,7 @@ public final class EvalCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut();
         if (tokens == null && shards == null) throw new CommandLine.ParameterException(spec.commandLine(), "give --tokens, --teacher-shards or both");
+        if (Files.isRegularFile(model.resolve(ModelFiles.CONFIG)) && LlamaFiles.isLlama(model)) return evalLlama(out);
         try (Kernels kernels = device.open(0, out); Transformer m = ModelFiles.read(model, kernels)) {
             if (tokens != null) {
                 int t = m.config().contextLength();
@@ -95,6 +98,29 @@ public final class EvalCommand implements Callable<Integer> {
             }
             return 0;
         }
+    }
+
+    /** A Llama-family model (a teacher): its held-out cross-entropy and perplexity on --tokens. */
+    private int evalLlama(PrintWriter out) throws Exception {
+        if (shards != null) {
+            throw new CommandLine.ParameterException(spec.commandLine(), model + " is a Llama-family model: eval measures it on --tokens; "
+                    + "--teacher-shards compares a GPT-2 student with a teacher");
+        }
+        var cfg = LlamaFiles.readConfig(model.resolve(ModelFiles.CONFIG));
+        int t = cfg.contextLength();
+        try (Kernels kernels = device.open(0, out); TokenFile val = TokenFile.open(tokens, cfg.vocabSize(), "the model's")) {
+            int windows = (int) Math.max(1, Math.min(batch, (val.size() - 1) / t));
+            try (var m = LlamaFiles.read(model, kernels, windows, t)) {
+                double ce = LanguageModelTraining.validationLoss(m, val, windows, t, batches > 0 ? batches : Integer.MAX_VALUE);
+                requireFinite(ce, "cross-entropy on " + tokens);
+                if (json) {
+                    out.println(StrictJson.MAPPER.writeValueAsString(Map.of("tokens", tokens.toString(), "cross_entropy", ce, "perplexity", Math.exp(ce))));
+                } else {
+                    out.printf("%s: cross-entropy %.6f, perplexity %.4f%n", tokens, ce, Math.exp(ce));
+                }
+            }
+        }
+        return 0;
     }
 
     /** NaN or infinity is an answer no one can use: an error naming what was measured, not a number printed with exit 0. */

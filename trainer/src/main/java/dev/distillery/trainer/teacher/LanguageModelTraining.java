@@ -173,6 +173,38 @@ public final class LanguageModelTraining {
     }
 
     /** Mean CE over up to {@code maxBatches} batches of consecutive non-overlapping windows from the start of {@code val}. */
+    /**
+     * {@link #validationLoss(TrainingSession, TokenFile, int, int, int)} for a forward-only model (a
+     * Llama-family teacher): the same windows, each row's CE = logsumexp − the logit of the next token.
+     */
+    public static double validationLoss(dev.distillery.runtime.nn.LanguageModelForward model, TokenFile val, int batch, int t, int maxBatches)
+            throws IOException {
+        long windowsAvailable = (val.size() - 1) / t;
+        int batches = (int) Math.min(maxBatches, windowsAvailable / batch);
+        if (batches < 1) throw new IOException(val.path() + ": " + val.size() + " tokens, fewer than one batch of " + batch + " windows of " + (t + 1));
+        int v = model.vocabSize();
+        int[] one = new int[t + 1], targets = new int[batch * t];
+        double sum = 0;
+        try (java.lang.foreign.Arena host = java.lang.foreign.Arena.ofConfined()) {
+            java.lang.foreign.MemorySegment ids = host.allocate(4L * batch * t, 64);
+            for (int i = 0; i < batches; i++) {
+                for (int b = 0; b < batch; b++) {
+                    val.read((long) (i * batch + b) * t, t + 1, one);
+                    for (int p = 0; p < t; p++) {
+                        ids.setAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, (long) b * t + p, one[p]);
+                        targets[b * t + p] = one[p + 1];
+                    }
+                }
+                java.lang.foreign.MemorySegment logits = model.logits(ids);
+                float[] lse = model.logsumexpOfLastLogits(1.0);
+                double ce = 0;
+                for (int r = 0; r < batch * t; r++) ce += lse[r] - logits.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, (long) r * v + targets[r]);
+                sum += ce / (batch * t);
+            }
+        }
+        return sum / batches;
+    }
+
     public static double validationLoss(TrainingSession session, TokenFile val, int batch, int t, int maxBatches) throws IOException {
         long windowsAvailable = (val.size() - 1) / t;
         int batches = (int) Math.min(maxBatches, windowsAvailable / batch);

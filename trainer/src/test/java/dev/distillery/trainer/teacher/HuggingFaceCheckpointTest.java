@@ -205,4 +205,35 @@ class HuggingFaceCheckpointTest {
             }
         }
     }
+
+    /** eval on a Llama teacher: its CE over held-out windows is the one computed from its dumped logits. */
+    @Test
+    void evalMeasuresALlamaTeachersCrossEntropy(@TempDir Path dir) throws Exception {
+        int[] tokens;
+        try (SafetensorsFile st = SafetensorsFile.open(fixture("llama-tiny-logits.safetensors"))) {
+            tokens = st.bytes("input_ids").toArray(ValueLayout.JAVA_INT);   // 72 tokens: one window of 64 + 1
+        }
+        Path file = dir.resolve("val.bin");
+        TokenFile.write(file, tokens);
+        StringWriter out = new StringWriter(), err = new StringWriter();
+        assertEquals(0, Main.execute(new String[]{"teacher", "dump-logits", "--teacher", fixture("llama-tiny").toString(), "--tokens", file.toString(),
+                "--out", dir.resolve("dense").toString(), "--targets", "dense", "--dtype", "f32", "--device", "cpu", "--threads", "1"},
+                new PrintWriter(new StringWriter()), new PrintWriter(err, true)), err.toString());
+        double expected = 0;
+        try (TeacherShards ts = TeacherShards.open(dir.resolve("dense"), true)) {
+            MemorySegment logits = ((TeacherTargets.Dense) ts.sequence(0).targets()).logits();
+            for (int p = 0; p < 64; p++) {
+                double max = Double.NEGATIVE_INFINITY, sum = 0;
+                for (int j = 0; j < V; j++) max = Math.max(max, logits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) p * V + j));
+                for (int j = 0; j < V; j++) sum += Math.exp(logits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) p * V + j) - max);
+                expected += max + Math.log(sum) - logits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) p * V + tokens[p + 1]);
+            }
+        }
+        expected /= 64;
+        assertEquals(0, Main.execute(new String[]{"eval", "--model", fixture("llama-tiny").toString(), "--tokens", file.toString(), "--json",
+                "--device", "cpu", "--threads", "1"}, new PrintWriter(out, true), new PrintWriter(err, true)), err.toString());
+        double ce = new com.fasterxml.jackson.databind.ObjectMapper().readTree(out.toString().lines().filter(l -> l.startsWith("{"))
+                .findFirst().orElseThrow()).get("cross_entropy").asDouble();
+        assertEquals(expected, ce, 1e-5, out.toString());
+    }
 }
