@@ -105,7 +105,7 @@ public final class ModelFiles {
         String type = root.path("model_type").asText("gpt2");
         if (!type.equals("gpt2")) {
             throw new IOException(file + ": 'model_type' is " + type + "; " + (LlamaFiles.TYPES.contains(type)
-                    ? "Llama-family models are read as teachers by 'teacher dump-logits', 'eval --tokens' and 'inspect', not yet as students or by this command"
+                    ? "Llama-family models are read as teachers by 'teacher dump-logits', 'eval --tokens', 'generate' and 'inspect', not yet as students or by this command"
                     : "this build reads GPT-2 and, as teachers, the Llama family (" + LlamaFiles.TYPES + ")"));
         }
         String activation = root.path("activation_function").asText("gelu_new");

@@ -21,26 +21,73 @@ import dev.distillery.runtime.autograd.Tape;
  */
 public final class TextGenerator implements AutoCloseable {
 
-    private final Transformer model;
-    private final Kernels kernels;
-    private final Workspace workspace;
-    private final Tape tape = new Tape();
-    private final DifferentiableOps ops;
-    private final Arena arena = Arena.ofShared();
-    private final Tensor tokens;
-    private final MemorySegment hostTokens;
-    private final MemorySegment hostRow;
+    /** The logits (vocab, host memory) of the token after {@code window[0..t)}. */
+    private interface NextToken extends AutoCloseable {
+        MemorySegment logits(int[] window, int from, int t);
 
+        @Override
+        void close();
+    }
+
+    private final NextToken next;
+    private final int vocab, context;
+    private MemorySegment hostRow;
+
+    /** Sampling from a GPT-2 model, each window run through the model at its own length. */
     public TextGenerator(Transformer model, Kernels kernels) {
-        this.model = model;
-        this.kernels = kernels;
-        this.workspace = new Workspace(kernels, 1 << 20);
-        this.ops = new DifferentiableOps(kernels, workspace, tape);
+        this.vocab = model.config().vocabSize();
+        this.context = model.config().contextLength();
+        Workspace workspace = new Workspace(kernels, 1 << 20);
+        Tape tape = new Tape();
+        DifferentiableOps ops = new DifferentiableOps(kernels, workspace, tape);
         tape.setEnabled(false);
-        int ctx = model.config().contextLength();
-        this.tokens = new Tensor("tokens", new int[]{1, ctx}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4L * ctx), false);
-        this.hostTokens = arena.allocate(4L * ctx, 64);
-        this.hostRow = arena.allocate(4L * model.config().vocabSize(), 64);
+        Arena arena = Arena.ofShared();
+        Tensor tokens = new Tensor("tokens", new int[]{1, context}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4L * context), false);
+        MemorySegment hostTokens = arena.allocate(4L * context, 64), row = arena.allocate(4L * vocab, 64);
+        this.next = new NextToken() {
+            @Override
+            public MemorySegment logits(int[] window, int from, int t) {
+                for (int i = 0; i < t; i++) hostTokens.setAtIndex(ValueLayout.JAVA_INT, i, window[from + i]);
+                kernels.copyFromHost(tokens.data(), hostTokens, 4L * t);
+                workspace.reset();
+                tape.clear();
+                Tensor logits = model.forward(ops, tokens, 1, t);
+                kernels.copyToHost(row, logits.data().asSlice(4L * (t - 1) * vocab, 4L * vocab), 4L * vocab);
+                return row;
+            }
+
+            @Override
+            public void close() {
+                workspace.close();
+                arena.close();
+            }
+        };
+    }
+
+    /**
+     * Sampling from a forward-only model of one fixed window length (a Llama-family teacher): a
+     * shorter window is padded after its end, which a causal model's logits at the window's last
+     * token do not see. The model is closed with this generator.
+     */
+    public TextGenerator(LanguageModelForward model, int windowLength) {
+        this.vocab = model.vocabSize();
+        this.context = windowLength;
+        Arena arena = Arena.ofShared();
+        MemorySegment ids = arena.allocate(4L * windowLength, 64);
+        this.next = new NextToken() {
+            @Override
+            public MemorySegment logits(int[] window, int from, int t) {
+                ids.fill((byte) 0);
+                for (int i = 0; i < t; i++) ids.setAtIndex(ValueLayout.JAVA_INT, i, window[from + i]);
+                return model.logits(ids).asSlice(4L * (t - 1) * vocab, 4L * vocab);
+            }
+
+            @Override
+            public void close() {
+                model.close();
+                arena.close();
+            }
+        };
     }
 
     /**
@@ -52,7 +99,7 @@ public final class TextGenerator implements AutoCloseable {
     public int[] generate(int[] prompt, int count, double temperature, int topK, Rng rng) {
         if (prompt.length == 0) throw new IllegalArgumentException("the prompt must hold at least one token");
         if (temperature < 0) throw new IllegalArgumentException("temperature must be >= 0, got " + temperature);
-        int v = model.config().vocabSize(), ctx = model.config().contextLength();
+        int v = vocab, ctx = context;
         int[] seq = Arrays.copyOf(prompt, prompt.length + count);
         double[] p = new double[v];
         Integer[] order = new Integer[v];
@@ -60,14 +107,8 @@ public final class TextGenerator implements AutoCloseable {
             int t = Math.min(n, ctx), from = n - t;
             for (int i = 0; i < t; i++) {
                 if (seq[from + i] < 0 || seq[from + i] >= v) throw new IllegalArgumentException("token id " + seq[from + i] + " is outside the vocabulary of " + v);
-                hostTokens.setAtIndex(ValueLayout.JAVA_INT, i, seq[from + i]);
             }
-            kernels.copyFromHost(tokens.data(), hostTokens, 4L * t);
-            workspace.reset();
-            tape.clear();
-            Tensor logits = model.forward(ops, tokens, 1, t);
-            // the last position's logits (vocab) on the host
-            kernels.copyToHost(hostRow, logits.data().asSlice(4L * (t - 1) * v, 4L * v), 4L * v);
+            hostRow = next.logits(seq, from, t);   // the last position's logits (vocab) on the host
             if (temperature == 0) {
                 int best = 0;
                 for (int j = 1; j < v; j++) if (logit(j) > logit(best)) best = j;
@@ -102,7 +143,6 @@ public final class TextGenerator implements AutoCloseable {
 
     @Override
     public void close() {
-        workspace.close();
-        arena.close();
+        next.close();
     }
 }

@@ -7,6 +7,7 @@ import java.util.concurrent.Callable;
 
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.io.LlamaFiles;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.TextGenerator;
 import dev.distillery.runtime.nn.Transformer;
@@ -51,32 +52,46 @@ public final class GenerateCommand implements Callable<Integer> {
         if (count < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--tokens must be >= 1, got " + count);
         Path tokFile = model.resolve("tokenizer.json");
         if (!Files.isRegularFile(tokFile)) throw new java.io.IOException(model + ": no tokenizer.json (generate needs the checkpoint's tokenizer)");
-        try (TextTokenizer tok = TextTokenizer.open(tokFile.toString()); Kernels kernels = device.open(0, out);
-             Transformer m = ModelFiles.read(model, kernels); TextGenerator gen = new TextGenerator(m, kernels)) {
-            if (tok.vocabSize() != m.config().vocabSize()) {
-                // smaller: sampled ids past the tokenizer's would decode to nothing; larger: a prompt can hold ids the model lacks
+        boolean llama = LlamaFiles.isLlama(model);
+        try (TextTokenizer tok = TextTokenizer.open(tokFile.toString()); Kernels kernels = device.open(0, out)) {
+            int modelVocab = llama ? LlamaFiles.readConfig(model.resolve(ModelFiles.CONFIG)).vocabSize()
+                    : ModelFiles.readConfig(model.resolve(ModelFiles.CONFIG)).vocabSize();
+            // larger: a prompt can hold ids the model lacks; smaller: sampled ids past the tokenizer's decode to nothing, which
+            // the Llama family allows (its vocabularies are padded to a multiple of 64 or more), GPT-2 checkpoints here do not
+            if (tok.vocabSize() > modelVocab || (!llama && tok.vocabSize() != modelVocab)) {
                 throw new java.io.IOException(tokFile + " holds " + tok.vocabSize() + " tokens but the model's vocabulary is "
-                        + m.config().vocabSize() + " (" + model.resolve("config.json") + "): generate needs the tokenizer the model was trained with");
+                        + modelVocab + " (" + model.resolve("config.json") + "): generate needs the tokenizer the model was trained with");
             }
-            int[] start = prompt.isEmpty() ? new int[]{tok.eos().orElseThrow(() -> new java.io.IOException(tokFile
-                    + " names no end-of-text token to start from; give a --prompt"))} : tok.encode(prompt);
-            Rng rng = new Rng(seed);
-            if (kdOut == null) {
-                long t0 = System.nanoTime();
-                int[] seq = gen.generate(start, count, temperature, topK, rng);
-                double seconds = (System.nanoTime() - t0) / 1e9;
-                out.println(tok.decode(java.util.Arrays.copyOfRange(seq, prompt.isEmpty() ? 1 : 0, seq.length)));
-                out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", count, seconds, count / seconds);
-                return 0;
+            // from nothing: GPT-2 starts after its end-of-text token, the Llama family after its BOS
+            var first = llama && tok.bos().isPresent() ? tok.bos() : tok.eos();
+            int[] start = prompt.isEmpty() ? new int[]{first.orElseThrow(() -> new java.io.IOException(tokFile
+                    + " names no token to start from; give a --prompt"))} : tok.encode(prompt);
+            int window = llama ? Math.min(LlamaFiles.readConfig(model.resolve(ModelFiles.CONFIG)).contextLength(), start.length + count) : 0;
+            // GPT-2 runs each window at its length; a Llama-family model one window of prompt + generated tokens (at most its context)
+            try (Transformer m = llama ? null : ModelFiles.read(model, kernels);
+                 TextGenerator gen = llama ? new TextGenerator(LlamaFiles.read(model, kernels, 1, window), window) : new TextGenerator(m, kernels)) {
+                return generate(out, tok, gen, start);
             }
-            java.util.List<Integer> all = new java.util.ArrayList<>();
-            for (int i = 0; i < kdSamples; i++) {
-                int[] seq = gen.generate(start, count, temperature, topK, rng);
-                for (int x : seq) all.add(x);
-            }
-            TokenFile.write(kdOut, all.stream().mapToInt(Integer::intValue).toArray());
-            out.printf("wrote %d generations (%,d tokens) to %s%n", kdSamples, all.size(), kdOut);
+        }
+    }
+
+    private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, int[] start) throws java.io.IOException {
+        Rng rng = new Rng(seed);
+        if (kdOut == null) {
+            long t0 = System.nanoTime();
+            int[] seq = gen.generate(start, count, temperature, topK, rng);
+            double seconds = (System.nanoTime() - t0) / 1e9;
+            out.println(tok.decode(java.util.Arrays.copyOfRange(seq, prompt.isEmpty() ? 1 : 0, seq.length)));
+            out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", count, seconds, count / seconds);
             return 0;
         }
+        java.util.List<Integer> all = new java.util.ArrayList<>();
+        for (int i = 0; i < kdSamples; i++) {
+            int[] seq = gen.generate(start, count, temperature, topK, rng);
+            for (int x : seq) all.add(x);
+        }
+        TokenFile.write(kdOut, all.stream().mapToInt(Integer::intValue).toArray());
+        out.printf("wrote %d generations (%,d tokens) to %s%n", kdSamples, all.size(), kdOut);
+        return 0;
     }
 }

@@ -236,4 +236,33 @@ class HuggingFaceCheckpointTest {
                 .findFirst().orElseThrow()).get("cross_entropy").asDouble();
         assertEquals(expected, ce, 1e-5, out.toString());
     }
+
+    /**
+     * Greedy sampling from a Llama teacher at one padded window length gives the tokens that running
+     * the model at each exact length gives: what is padded after a window's end is not seen.
+     */
+    @Test
+    void greedyGenerationFromALlamaTeacherIgnoresThePaddingOfItsWindow() throws Exception {
+        int[] prompt = {5, 17, 42, 3};
+        int count = 6, window = prompt.length + count;
+        try (CpuKernels kernels = new CpuKernels(1, "auto");
+             var gen = new dev.distillery.runtime.nn.TextGenerator(dev.distillery.runtime.io.LlamaFiles.read(fixture("llama-tiny"), kernels, 1, window), window);
+             java.lang.foreign.Arena host = java.lang.foreign.Arena.ofConfined()) {
+            int[] seq = gen.generate(prompt, count, 0, 0, new dev.distillery.runtime.Rng(1));
+            int[] expected = java.util.Arrays.copyOf(prompt, window);
+            for (int n = prompt.length; n < window; n++) {
+                try (var exact = dev.distillery.runtime.io.LlamaFiles.read(fixture("llama-tiny"), kernels, 1, n)) {
+                    MemorySegment ids = host.allocate(4L * n, 64);
+                    for (int i = 0; i < n; i++) ids.setAtIndex(ValueLayout.JAVA_INT, i, expected[i]);
+                    MemorySegment logits = exact.logits(ids);
+                    int best = 0;
+                    for (int j = 1; j < V; j++) {
+                        if (logits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) (n - 1) * V + j) > logits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) (n - 1) * V + best)) best = j;
+                    }
+                    expected[n] = best;
+                }
+            }
+            org.junit.jupiter.api.Assertions.assertArrayEquals(expected, seq);
+        }
+    }
 }
