@@ -177,6 +177,83 @@ public final class DifferentiableOps {
         return out;
     }
 
+    // ---------------------------------------------------------------- the Llama family's pieces
+
+    /** x (n, c), weight (c) → (n, c): RMSNorm. */
+    public Tensor rmsNorm(Tensor x, Tensor weight, float eps) {
+        int n = x.dim(0), c = x.dim(1);
+        boolean track = tracks(x, weight);
+        Tensor out = output("rmsnorm", track, n, c);
+        Tensor rstd = workspace.tensor("rmsnorm.rstd", n);
+        kernels.rmsNormForward(out.data(), rstd.data(), x.data(), weight.data(), n, c, eps);
+        if (track) {
+            tape.record(() -> {
+                if (out.grad() != null) {
+                    kernels.rmsNormBackward(grad(x), grad(weight), out.grad().data(), x.data(), weight.data(), rstd.data(), n, c);
+                }
+            });
+        }
+        return out;
+    }
+
+    /** x (b·t, heads·hs) with its heads rotated by position; cosSin (t, hs/2, 2) as {@code Kernels.ropeForward} reads it. */
+    public Tensor rope(Tensor x, Tensor cosSin, int b, int t, int heads) {
+        int n = x.dim(0), width = x.dim(1), hs = width / heads;
+        boolean track = tracks(x);
+        Tensor out = output("rope", track, n, width);
+        kernels.ropeForward(out.data(), x.data(), cosSin.data(), b, t, heads, hs, width, 0);
+        if (track) {
+            tape.record(() -> {
+                var dx = grad(x);
+                if (out.grad() != null && dx != null) kernels.ropeBackward(dx, out.grad().data(), cosSin.data(), b, t, heads, hs, width, 0);
+            });
+        }
+        return out;
+    }
+
+    /**
+     * q (n, heads·hs), k and v (n, kvHeads·hs) → qkv (n, 3·heads·hs), the layout {@link #attention}
+     * takes, each k and v head repeated for its group of heads / kvHeads query heads.
+     */
+    public Tensor packQkv(Tensor q, Tensor k, Tensor v, int heads, int kvHeads) {
+        int n = q.dim(0), a = q.dim(1), hs = a / heads, kvA = k.dim(1), group = heads / kvHeads;
+        boolean track = tracks(q, k, v);
+        Tensor out = output("qkv", track, n, 3 * a);
+        kernels.repeatHeadsForward(out.data(), 3 * a, 0, q.data(), a, 0, n, heads, 1, hs);
+        kernels.repeatHeadsForward(out.data(), 3 * a, a, k.data(), kvA, 0, n, kvHeads, group, hs);
+        kernels.repeatHeadsForward(out.data(), 3 * a, 2 * a, v.data(), kvA, 0, n, kvHeads, group, hs);
+        if (track) {
+            tape.record(() -> {
+                if (out.grad() == null) return;
+                var d = out.grad().data();
+                var dq = grad(q);
+                if (dq != null) kernels.repeatHeadsBackward(dq, a, 0, d, 3 * a, 0, n, heads, 1, hs);
+                var dk = grad(k);
+                if (dk != null) kernels.repeatHeadsBackward(dk, kvA, 0, d, 3 * a, a, n, kvHeads, group, hs);
+                var dv = grad(v);
+                if (dv != null) kernels.repeatHeadsBackward(dv, kvA, 0, d, 3 * a, 2 * a, n, kvHeads, group, hs);
+            });
+        }
+        return out;
+    }
+
+    /** silu(gate) · up, elementwise: the Llama family's MLP middle. Both inputs get a gradient when either needs one. */
+    public Tensor swiGlu(Tensor gate, Tensor up) {
+        if (gate.numel() != up.numel()) throw new IllegalArgumentException("swiGlu: " + gate + " and " + up + " differ in size");
+        boolean track = tracks(gate, up);
+        Tensor out = output("swiglu", track, gate.shape());
+        kernels.swiGluForward(out.data(), gate.data(), up.data(), gate.numel());
+        if (track) {
+            tape.record(() -> {
+                if (out.grad() == null) return;
+                var dg = gate.requiresGrad() ? grad(gate) : workspace.tensor("swiglu.dgate", gate.shape()).data();
+                var du = up.requiresGrad() ? grad(up) : workspace.tensor("swiglu.dup", up.shape()).data();
+                kernels.swiGluBackward(dg, du, out.grad().data(), gate.data(), up.data(), gate.numel());
+            });
+        }
+        return out;
+    }
+
     /** The residual connection a + b. */
     public Tensor add(Tensor a, Tensor b) {
         if (a.numel() != b.numel()) throw new IllegalArgumentException("add: " + a + " and " + b + " differ in size");
