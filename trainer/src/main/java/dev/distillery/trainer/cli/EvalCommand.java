@@ -62,13 +62,7 @@ public final class EvalCommand implements Callable<Integer> {
                 int t = m.config().contextLength();
                 try (TokenFile val = TokenFile.open(tokens, m.config().vocabSize(), "the model's");
                      TrainingSession s = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0, batch, t)) {
-                    double ce = LanguageModelTraining.validationLoss(s, val, batch, t, batches > 0 ? batches : Integer.MAX_VALUE);
-                    requireFinite(ce, "cross-entropy on " + tokens);
-                    if (json) {
-                        out.println(StrictJson.MAPPER.writeValueAsString(Map.of("tokens", tokens.toString(), "cross_entropy", ce, "perplexity", Math.exp(ce))));
-                    } else {
-                        out.printf("%s: cross-entropy %.6f, perplexity %.4f%n", tokens, ce, Math.exp(ce));
-                    }
+                    printCrossEntropy(out, LanguageModelTraining.validationLoss(s, val, batch, t, batches > 0 ? batches : Integer.MAX_VALUE));
                 }
             }
             if (shards != null) {
@@ -111,16 +105,20 @@ public final class EvalCommand implements Callable<Integer> {
         try (Kernels kernels = device.open(0, out); TokenFile val = TokenFile.open(tokens, cfg.vocabSize(), "the model's")) {
             int windows = (int) Math.max(1, Math.min(batch, (val.size() - 1) / t));
             try (var m = LlamaFiles.read(model, kernels, windows, t)) {
-                double ce = LanguageModelTraining.validationLoss(m, val, windows, t, batches > 0 ? batches : Integer.MAX_VALUE);
-                requireFinite(ce, "cross-entropy on " + tokens);
-                if (json) {
-                    out.println(StrictJson.MAPPER.writeValueAsString(Map.of("tokens", tokens.toString(), "cross_entropy", ce, "perplexity", Math.exp(ce))));
-                } else {
-                    out.printf("%s: cross-entropy %.6f, perplexity %.4f%n", tokens, ce, Math.exp(ce));
-                }
+                printCrossEntropy(out, LanguageModelTraining.validationLoss(m, val, windows, t, batches > 0 ? batches : Integer.MAX_VALUE));
             }
         }
         return 0;
+    }
+
+    /** The held-out cross-entropy on --tokens, one line or one JSON object. */
+    private void printCrossEntropy(PrintWriter out, double ce) throws java.io.IOException {
+        requireFinite(ce, "cross-entropy on " + tokens);
+        if (json) {
+            out.println(StrictJson.MAPPER.writeValueAsString(Map.of("tokens", tokens.toString(), "cross_entropy", ce, "perplexity", Math.exp(ce))));
+        } else {
+            out.printf("%s: cross-entropy %.6f, perplexity %.4f%n", tokens, ce, Math.exp(ce));
+        }
     }
 
     /** NaN or infinity is an answer no one can use: an error naming what was measured, not a number printed with exit 0. */
