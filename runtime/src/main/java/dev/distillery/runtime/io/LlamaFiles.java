@@ -3,7 +3,6 @@ package dev.distillery.runtime.io;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -11,9 +10,7 @@ import java.util.List;
 import java.util.Set;
 
 import com.fasterxml.jackson.databind.JsonNode;
-import com.fasterxml.jackson.databind.ObjectMapper;
 
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.nn.LlamaConfig;
 import dev.distillery.runtime.nn.LlamaForward;
@@ -35,20 +32,12 @@ public final class LlamaFiles {
 
     /** Whether {@code dir/config.json} names a Llama-family model_type. */
     public static boolean isLlama(Path dir) throws IOException {
-        JsonNode root = json(dir.resolve(ModelFiles.CONFIG));
+        JsonNode root = ModelFiles.readJson(dir.resolve(ModelFiles.CONFIG));
         return TYPES.contains(root.path("model_type").asText(""));
     }
 
-    private static JsonNode json(Path file) throws IOException {
-        try {
-            return new ObjectMapper().readTree(file.toFile());
-        } catch (com.fasterxml.jackson.core.JacksonException e) {
-            throw new IOException(file + ": not valid JSON: " + e.getOriginalMessage(), e);
-        }
-    }
-
     public static LlamaConfig readConfig(Path file) throws IOException {
-        JsonNode c = json(file);
+        JsonNode c = ModelFiles.readJson(file);
         String type = c.path("model_type").asText("");
         if (!TYPES.contains(type)) throw new IOException(file + ": 'model_type' is " + type + ", not one of " + TYPES);
         if (!c.path("hidden_act").asText("silu").equals("silu")) {
@@ -142,25 +131,10 @@ public final class LlamaFiles {
         MemorySegment get(String name, int... shape) throws IOException {
             SafetensorsFile st = weights.fileOf(name);
             if (st == null) throw new IOException(weights.describe(dir) + ": missing tensor '" + name + "'");
-            SafetensorsFile.Entry e = st.entry(name);
-            if (!Arrays.equals(e.shape(), shape) || !(e.dtype() == DType.F32 || e.dtype() == DType.F16 || e.dtype() == DType.BF16)) {
-                throw new SafetensorsFormatException(st.path(), "tensor '" + name + "' is " + e.dtype() + " " + Arrays.toString(e.shape())
-                        + ", the config implies F32, F16 or BF16 " + Arrays.toString(shape));
-            }
-            MemorySegment bytes = st.bytes(name);
-            long n = bytes.byteSize() / e.dtype().bytes();
-            MemorySegment device = kernels.allocate(arena, 4 * n);
+            long bytes = 4L * Arrays.stream(shape).asLongStream().reduce(1, (x, y) -> x * y);
+            MemorySegment device = kernels.allocate(arena, bytes);
             try (Arena tensor = Arena.ofConfined()) {   // one tensor's F32 copy at a time on the host
-                MemorySegment f32 = tensor.allocate(4 * n, 64);
-                for (long i = 0; i < n; i++) {
-                    float x = e.dtype() == DType.F32 ? bytes.get(ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i) : e.dtype().read(bytes, i);
-                    if (!Float.isFinite(x)) {
-                        throw new SafetensorsFormatException(st.path(), "tensor '" + name + "' element " + i + " is " + x
-                                + "; a checkpoint's weights must be finite");
-                    }
-                    f32.setAtIndex(ValueLayout.JAVA_FLOAT, i, x);
-                }
-                kernels.copyFromHost(device, f32, 4 * n);
+                kernels.copyFromHost(device, ModelFiles.widened(st, name, shape, tensor), bytes);
             }
             return device;
         }

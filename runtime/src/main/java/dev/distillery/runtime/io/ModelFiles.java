@@ -80,12 +80,7 @@ public final class ModelFiles {
 
     /** The architecture from a GPT-2 {@code config.json}; a missing or non-integer key is named. */
     public static TransformerConfig readConfig(Path file) throws IOException {
-        JsonNode root;
-        try {
-            root = JSON.readTree(file.toFile());
-        } catch (com.fasterxml.jackson.core.JacksonException e) {
-            throw new IOException(file + ": not valid JSON: " + e.getOriginalMessage(), e);
-        }
+        JsonNode root = readJson(file);
         requireGpt2(file, root);
         try {
             return new TransformerConfig(intKey(file, root, "vocab_size", TransformerConfig.MAX_VOCAB),
@@ -213,8 +208,17 @@ public final class ModelFiles {
         return "h." + layerOf.applyAsInt(Integer.parseInt(name.substring(2, dot))) + name.substring(dot);
     }
 
+    /** A JSON file of a model folder (config.json, an index, a tokenizer's files); bad JSON is named with the file. */
+    public static JsonNode readJson(Path file) throws IOException {
+        try {
+            return JSON.readTree(file.toFile());
+        } catch (com.fasterxml.jackson.core.JacksonException e) {
+            throw new IOException(file + ": not valid JSON: " + e.getOriginalMessage(), e);
+        }
+    }
+
     /** Tensor {@code name} as finite F32 of {@code shape}: F32 as mapped, F16/BF16 widened into {@code host}. */
-    private static MemorySegment widened(SafetensorsFile st, String name, int[] shape, Arena host) throws IOException {
+    static MemorySegment widened(SafetensorsFile st, String name, int[] shape, Arena host) throws IOException {
         Path file = st.path();
         SafetensorsFile.Entry e = st.entry(name);
         boolean half = e.dtype() == DType.F16 || e.dtype() == DType.BF16;

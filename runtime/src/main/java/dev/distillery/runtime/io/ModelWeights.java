@@ -9,7 +9,6 @@ import java.util.List;
 import java.util.Map;
 
 import com.fasterxml.jackson.databind.JsonNode;
-import com.fasterxml.jackson.databind.ObjectMapper;
 
 /**
  * The weight files of a model folder, as Hugging Face keeps them: {@code model.safetensors}, or
@@ -39,12 +38,7 @@ public final class ModelWeights implements AutoCloseable {
                 for (String name : st.entries().keySet()) byTensor.put(name, st);
                 return new ModelWeights(byTensor, files);
             }
-            JsonNode map;
-            try {
-                map = new ObjectMapper().readTree(index.toFile()).path("weight_map");
-            } catch (com.fasterxml.jackson.core.JacksonException e) {
-                throw new IOException(index + ": not valid JSON: " + e.getOriginalMessage(), e);
-            }
+            JsonNode map = ModelFiles.readJson(index).path("weight_map");
             if (!map.isObject() || map.isEmpty()) throw new IOException(index + ": 'weight_map' must map tensor names to files");
             Map<String, SafetensorsFile> byFile = new LinkedHashMap<>();
             for (var it = map.fields(); it.hasNext(); ) {

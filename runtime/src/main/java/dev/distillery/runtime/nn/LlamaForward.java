@@ -134,17 +134,17 @@ public final class LlamaForward implements LanguageModelForward {
             kernels.repeatHeadsForward(qkv, 3 * a, a, k, kvA, 0, rows, cfg.kvHeads(), cfg.group(), hs);
             kernels.repeatHeadsForward(qkv, 3 * a, 2 * a, v, kvA, 0, rows, cfg.kvHeads(), cfg.group(), hs);
             kernels.attentionForward(attOut, att, qkv, b, t, a, cfg.heads());
-            kernels.gemm(false, true, rows, hidden, a, 1f, attOut, a, blk.o(), a, 0f, h, hidden);
+            linear(h, attOut, blk.o(), null, hidden, a);
             kernels.residualForward(x, x, h, (long) rows * hidden);
             kernels.rmsNormForward(h, rstd, x, blk.postNorm(), rows, hidden, cfg.rmsEps());
             linear(gate, h, blk.gate(), null, inter, hidden);
             linear(up, h, blk.up(), null, inter, hidden);
             kernels.swiGluForward(act, gate, up, (long) rows * inter);
-            kernels.gemm(false, true, rows, hidden, inter, 1f, act, inter, blk.down(), inter, 0f, h, hidden);
+            linear(h, act, blk.down(), null, hidden, inter);
             kernels.residualForward(x, x, h, (long) rows * hidden);
         }
         kernels.rmsNormForward(h, rstd, x, finalNorm, rows, hidden, cfg.rmsEps());
-        kernels.gemm(false, true, rows, cfg.vocabSize(), hidden, 1f, h, hidden, head, hidden, 0f, logits, cfg.vocabSize());
+        linear(logits, h, head, null, cfg.vocabSize(), hidden);
         if (kernels.hostAccessible()) return logits;
         if (hostLogits == null) hostLogits = arena.allocate(4L * rows * cfg.vocabSize(), 64);
         kernels.copyToHost(hostLogits, logits, 4L * rows * cfg.vocabSize());

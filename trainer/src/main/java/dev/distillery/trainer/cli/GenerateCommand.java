@@ -54,8 +54,8 @@ public final class GenerateCommand implements Callable<Integer> {
         if (!Files.isRegularFile(tokFile)) throw new java.io.IOException(model + ": no tokenizer.json (generate needs the checkpoint's tokenizer)");
         boolean llama = LlamaFiles.isLlama(model);
         try (TextTokenizer tok = TextTokenizer.open(tokFile.toString()); Kernels kernels = device.open(0, out)) {
-            int modelVocab = llama ? LlamaFiles.readConfig(model.resolve(ModelFiles.CONFIG)).vocabSize()
-                    : ModelFiles.readConfig(model.resolve(ModelFiles.CONFIG)).vocabSize();
+            var llamaConfig = llama ? LlamaFiles.readConfig(model.resolve(ModelFiles.CONFIG)) : null;
+            int modelVocab = llama ? llamaConfig.vocabSize() : ModelFiles.readConfig(model.resolve(ModelFiles.CONFIG)).vocabSize();
             // larger: a prompt can hold ids the model lacks; smaller: sampled ids past the tokenizer's decode to nothing, which
             // the Llama family allows (its vocabularies are padded to a multiple of 64 or more), GPT-2 checkpoints here do not
             if (tok.vocabSize() > modelVocab || (!llama && tok.vocabSize() != modelVocab)) {
@@ -66,7 +66,7 @@ public final class GenerateCommand implements Callable<Integer> {
             var first = llama && tok.bos().isPresent() ? tok.bos() : tok.eos();
             int[] start = prompt.isEmpty() ? new int[]{first.orElseThrow(() -> new java.io.IOException(tokFile
                     + " names no token to start from; give a --prompt"))} : tok.encode(prompt);
-            int window = llama ? Math.min(LlamaFiles.readConfig(model.resolve(ModelFiles.CONFIG)).contextLength(), start.length + count) : 0;
+            int window = llama ? Math.min(llamaConfig.contextLength(), start.length + count) : 0;
             // GPT-2 runs each window at its length; a Llama-family model one window of prompt + generated tokens (at most its context)
             try (Transformer m = llama ? null : ModelFiles.read(model, kernels);
                  TextGenerator gen = llama ? new TextGenerator(LlamaFiles.read(model, kernels, 1, window), window) : new TextGenerator(m, kernels)) {

@@ -150,11 +150,10 @@ public final class DistillRun {
         }
     }
 
-    /** The run's {@code tokenizer} against the one a manifest records by SHA-256, when it records one. */
-    private static void requireTheShardsTokenizer(Path tokenizer, TeacherManifest manifest, Path manifestFile) throws IOException {
+    /** The run's {@code tokenizer} (its SHA-256 {@code actual}) against the one a manifest records, when it records one. */
+    private static void requireTheShardsTokenizer(String tokenizer, String actual, TeacherManifest manifest, Path manifestFile) throws IOException {
         String recorded = manifest.tokenizerSha256();
         if (recorded == null) return;
-        String actual = TeacherShards.sha256(tokenizer);
         if (!actual.equals(recorded)) {
             throw new IOException("'tokenizer' " + tokenizer + " (sha256 " + actual + ") is not the tokenizer the teacher's ids were made with: "
                     + manifestFile + " records 'tokenizer_sha256' " + recorded + " ('" + manifest.tokenizer() + "')");
@@ -175,9 +174,10 @@ public final class DistillRun {
             throw new IOException(Path.of(cfg.evalTeacher(), "manifest.json") + ": 'tokenizer_sha256' " + evalTokenizer
                     + " differs from the training shards' " + trainTokenizer + " (" + cfg.teacher() + "): their ids come from two tokenizers");
         }
-        if (cfg.tokenizer() != null) {
-            requireTheShardsTokenizer(Path.of(cfg.tokenizer()), shards.manifest(), Path.of(cfg.teacher(), "manifest.json"));
-            if (evalShards != null) requireTheShardsTokenizer(Path.of(cfg.tokenizer()), evalShards.manifest(), Path.of(cfg.evalTeacher(), "manifest.json"));
+        if (cfg.tokenizer() != null && (trainTokenizer != null || evalTokenizer != null)) {
+            String actual = TeacherShards.sha256(Path.of(cfg.tokenizer()));
+            requireTheShardsTokenizer(cfg.tokenizer(), actual, shards.manifest(), Path.of(cfg.teacher(), "manifest.json"));
+            if (evalShards != null) requireTheShardsTokenizer(cfg.tokenizer(), actual, evalShards.manifest(), Path.of(cfg.evalTeacher(), "manifest.json"));
         }
         cfg.loss().requireCompatible(shards.layout(), Path.of(cfg.teacher(), "manifest.json"));
         if (shards.sequences() < cfg.batchSize()) {

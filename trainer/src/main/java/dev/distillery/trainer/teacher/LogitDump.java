@@ -81,12 +81,12 @@ public final class LogitDump {
         try (TokenFile tokens = TokenFile.open(o.tokens(), v, "the teacher's")) {
             int t = o.seqLen() > 0 ? o.seqLen() : context;
             if (t > context) throw new IllegalArgumentException("--seq-len " + t + " exceeds the teacher's context " + context);
-            int total0 = (int) Math.min(o.maxSequences() > 0 ? o.maxSequences() : Integer.MAX_VALUE, tokens.size() / t);
-            if (total0 < 1) throw new IOException(o.tokens() + ": " + tokens.size() + " tokens, fewer than one sequence of " + t);
-            int batch0 = Math.min(o.batch(), total0);
-            try (LanguageModelForward model = llama ? LlamaFiles.read(o.teacher(), kernels, batch0, t) : new Gpt2Forward(o.teacher(), kernels, batch0, t);
+            int total = (int) Math.min(o.maxSequences() > 0 ? o.maxSequences() : Integer.MAX_VALUE, tokens.size() / t);
+            if (total < 1) throw new IOException(o.tokens() + ": " + tokens.size() + " tokens, fewer than one sequence of " + t);
+            int batch = Math.min(o.batch(), total);
+            try (LanguageModelForward model = llama ? LlamaFiles.read(o.teacher(), kernels, batch, t) : new Gpt2Forward(o.teacher(), kernels, batch, t);
                  FolderLock lock = FolderLock.acquire(o.out(), "--out")) {    // inputs before the folder: bad input writes nothing
-                dump(o, model, tokens, t, batch0, total0, tokenizer, tokenizerSha256, v, out, err);
+                dump(o, model, tokens, t, batch, total, tokenizer, tokenizerSha256, v, out, err);
             }
         }
         return TeacherManifest.read(o.out().resolve("manifest.json"));
@@ -137,83 +137,79 @@ public final class LogitDump {
 
     private static void dump(Options o, LanguageModelForward model, TokenFile tokens, int t, int batch, int total, Path tokenizer,
                              String tokenizerSha256, int v, PrintWriter out, PrintWriter err) throws IOException {
-        {
-            if (o.overwrite()) removeShards(o.out());
-            boolean dense = o.kind() == TeacherTargets.Kind.DENSE;
-            if (!dense && (o.k() < 1 || o.k() > v)) throw new IllegalArgumentException("--k must be in [1, " + v + "], got " + o.k());
-            int k = dense ? 0 : o.k();
-            TeacherLayout layout = dense ? TeacherLayout.dense(o.dtype(), v)
-                    : new TeacherLayout(o.kind(), o.kind() == TeacherTargets.Kind.SAMPLED ? DType.F32 : o.dtype(), v, k, (float) o.temperature());
-            List<TeacherShardFormat.Tensor> tensors = TeacherShardFormat.tensors(o.kind());
-            Files.createDirectories(o.out());
-            Rng rng = new Rng(o.seed());
-            List<TeacherManifest.Shard> shards = new ArrayList<>();
-            Progress progress = new Progress(err, "dump-logits", 0, total, 5000);
-            {
-                int[] window = new int[t];
-                double[] p = new double[v];
-                int done = 0;
-                for (int shardIndex = 0; done < total; shardIndex++) {
-                    int s = Math.min(o.sequencesPerShard(), total - done);
-                    try (Arena arena = Arena.ofShared()) {
-                        long rows = (long) s * t;
-                        MemorySegment ids = arena.allocate(4 * rows, 64);
-                        List<MemorySegment> buffers = new ArrayList<>();
-                        for (int i = 0; i < tensors.size(); i++) buffers.add(arena.allocate(Math.max(1, rows * layout.bytesPerRow(i)), 64));
-                        MemorySegment batchIds = arena.allocate(4L * batch * t, 64);
-                        for (int s0 = 0; s0 < s; s0 += batch) {
-                            int n = Math.min(batch, s - s0);
-                            for (int i = 0; i < batch; i++) {
-                                tokens.read((long) (done + s0 + Math.min(i, n - 1)) * t, t, window);
-                                for (int j = 0; j < t; j++) batchIds.setAtIndex(ValueLayout.JAVA_INT, (long) i * t + j, window[j]);
-                            }
-                            MemorySegment.copy(batchIds, 0, ids, 4L * s0 * t, 4L * n * t);
-                            MemorySegment logits = model.logits(batchIds);
-                            final int first = s0, rowsNow = n * t;
-                            switch (o.kind()) {
-                                case DENSE -> rows(rowsNow, r -> {
-                                    long row = (long) first * t + r;
-                                    for (int j = 0; j < v; j++) {
-                                        o.dtype().write(buffers.get(0), row * v + j, logits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * v + j));
-                                    }
-                                });
-                                case TOP_K -> {
-                                    rows(rowsNow, r -> topK(logits, (long) r * v, v, k, buffers.get(0), buffers.get(1), o.dtype(), (long) first * t + r));
-                                    // the full-vocabulary log Σ exp(logit / T) of each row, where the logits live
-                                    float[] rowLse = model.logsumexpOfLastLogits(o.temperature());
-                                    for (int r = 0; r < n * t; r++) buffers.get(2).setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLse[r]);
-                                }
-                                case SAMPLED -> {
-                                    for (long r = 0; r < (long) n * t; r++) {
-                                        sample(logits, r * v, v, k, o.temperature(), buffers.get(0), buffers.get(1), (long) s0 * t + r, p, rng);
-                                    }
-                                }
-                            }
-                            progress.update(done + s0 + n, String.format("shard %d", shardIndex));
-                        }
-                        String file = String.format("shard-%05d.safetensors", shardIndex);
-                        List<SafetensorsWriter.Item> items = new ArrayList<>();
-                        items.add(new SafetensorsWriter.Item("input_ids", DType.I32, new int[]{s, t}, ids));
-                        for (int i = 0; i < tensors.size(); i++) {
-                            items.add(new SafetensorsWriter.Item(tensors.get(i).name(), layout.bufferTypes().get(i),
-                                    TeacherShardFormat.shape(layout, i, s, t), buffers.get(i)));
-                        }
-                        Path path = o.out().resolve(file);
-                        SafetensorsWriter.write(path, items, Map.of("teacher", o.teacher().toString()));
-                        shards.add(new TeacherManifest.Shard(file, s, TeacherShards.sha256(path)));
+        if (o.overwrite()) removeShards(o.out());
+        boolean dense = o.kind() == TeacherTargets.Kind.DENSE;
+        if (!dense && (o.k() < 1 || o.k() > v)) throw new IllegalArgumentException("--k must be in [1, " + v + "], got " + o.k());
+        int k = dense ? 0 : o.k();
+        TeacherLayout layout = dense ? TeacherLayout.dense(o.dtype(), v)
+                : new TeacherLayout(o.kind(), o.kind() == TeacherTargets.Kind.SAMPLED ? DType.F32 : o.dtype(), v, k, (float) o.temperature());
+        List<TeacherShardFormat.Tensor> tensors = TeacherShardFormat.tensors(o.kind());
+        Files.createDirectories(o.out());
+        Rng rng = new Rng(o.seed());
+        List<TeacherManifest.Shard> shards = new ArrayList<>();
+        Progress progress = new Progress(err, "dump-logits", 0, total, 5000);
+        int[] window = new int[t];
+        double[] p = new double[v];
+        int done = 0;
+        for (int shardIndex = 0; done < total; shardIndex++) {
+            int s = Math.min(o.sequencesPerShard(), total - done);
+            try (Arena arena = Arena.ofShared()) {
+                long rows = (long) s * t;
+                MemorySegment ids = arena.allocate(4 * rows, 64);
+                List<MemorySegment> buffers = new ArrayList<>();
+                for (int i = 0; i < tensors.size(); i++) buffers.add(arena.allocate(Math.max(1, rows * layout.bytesPerRow(i)), 64));
+                MemorySegment batchIds = arena.allocate(4L * batch * t, 64);
+                for (int s0 = 0; s0 < s; s0 += batch) {
+                    int n = Math.min(batch, s - s0);
+                    for (int i = 0; i < batch; i++) {
+                        tokens.read((long) (done + s0 + Math.min(i, n - 1)) * t, t, window);
+                        for (int j = 0; j < t; j++) batchIds.setAtIndex(ValueLayout.JAVA_INT, (long) i * t + j, window[j]);
                     }
-                    done += s;
+                    MemorySegment.copy(batchIds, 0, ids, 4L * s0 * t, 4L * n * t);
+                    MemorySegment logits = model.logits(batchIds);
+                    final int first = s0, rowsNow = n * t;
+                    switch (o.kind()) {
+                        case DENSE -> rows(rowsNow, r -> {
+                            long row = (long) first * t + r;
+                            for (int j = 0; j < v; j++) {
+                                o.dtype().write(buffers.get(0), row * v + j, logits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * v + j));
+                            }
+                        });
+                        case TOP_K -> {
+                            rows(rowsNow, r -> topK(logits, (long) r * v, v, k, buffers.get(0), buffers.get(1), o.dtype(), (long) first * t + r));
+                            // the full-vocabulary log Σ exp(logit / T) of each row, where the logits live
+                            float[] rowLse = model.logsumexpOfLastLogits(o.temperature());
+                            for (int r = 0; r < n * t; r++) buffers.get(2).setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLse[r]);
+                        }
+                        case SAMPLED -> {
+                            for (long r = 0; r < (long) n * t; r++) {
+                                sample(logits, r * v, v, k, o.temperature(), buffers.get(0), buffers.get(1), (long) s0 * t + r, p, rng);
+                            }
+                        }
+                    }
+                    progress.update(done + s0 + n, String.format("shard %d", shardIndex));
                 }
+                String file = String.format("shard-%05d.safetensors", shardIndex);
+                List<SafetensorsWriter.Item> items = new ArrayList<>();
+                items.add(new SafetensorsWriter.Item("input_ids", DType.I32, new int[]{s, t}, ids));
+                for (int i = 0; i < tensors.size(); i++) {
+                    items.add(new SafetensorsWriter.Item(tensors.get(i).name(), layout.bufferTypes().get(i),
+                            TeacherShardFormat.shape(layout, i, s, t), buffers.get(i)));
+                }
+                Path path = o.out().resolve(file);
+                SafetensorsWriter.write(path, items, Map.of("teacher", o.teacher().toString()));
+                shards.add(new TeacherManifest.Shard(file, s, TeacherShards.sha256(path)));
             }
-            TeacherManifest m = new TeacherManifest(1, v, t, TeacherShardFormat.name(o.kind()), k,
-                    o.kind() == TeacherTargets.Kind.SAMPLED ? null : TeacherShardFormat.name(o.dtype()),
-                    o.temperature(), o.tokenizerId() != null ? o.tokenizerId() : tokenizerSha256 != null ? tokenizer.toString() : "unknown",
-                    tokenizerSha256, o.teacher().toString(), shards);
-            m.write(o.out().resolve("manifest.json"));
-            out.printf("wrote %d sequences of %d tokens (%s%s) in %d shard(s) to %s%n", total, t, TeacherShardFormat.name(o.kind()),
-                    k > 0 ? ", k = " + k : "", shards.size(), o.out());
-            out.flush();
+            done += s;
         }
+        TeacherManifest m = new TeacherManifest(1, v, t, TeacherShardFormat.name(o.kind()), k,
+                o.kind() == TeacherTargets.Kind.SAMPLED ? null : TeacherShardFormat.name(o.dtype()),
+                o.temperature(), o.tokenizerId() != null ? o.tokenizerId() : tokenizerSha256 != null ? tokenizer.toString() : "unknown",
+                tokenizerSha256, o.teacher().toString(), shards);
+        m.write(o.out().resolve("manifest.json"));
+        out.printf("wrote %d sequences of %d tokens (%s%s) in %d shard(s) to %s%n", total, t, TeacherShardFormat.name(o.kind()),
+                k > 0 ? ", k = " + k : "", shards.size(), o.out());
+        out.flush();
     }
 
     /**

@@ -55,8 +55,11 @@ public final class CorpusEncoder {
     public record Result(long trainTokens, long valTokens, long documents, long bytes, double seconds, Path train, Path val) {
     }
 
-    /** A piece of a document; {@code start}/{@code end} say whether the document starts or ends with it. */
-    private record Piece(String text, boolean start, boolean end, long firstByte) {
+    /**
+     * A piece of a document; {@code start}/{@code end} say whether the document starts or ends with
+     * it; it came from input bytes [firstByte, endByte).
+     */
+    private record Piece(String text, boolean start, boolean end, long firstByte, long endByte) {
     }
 
     private CorpusEncoder() {
@@ -200,13 +203,14 @@ public final class CorpusEncoder {
                         if (cut <= 0) break;
                         String piece = text.substring(0, cut);
                         text.delete(0, cut);
-                        add(new Piece(piece, first, false, pieceFirstByte), pool, train, val);
-                        pieceFirstByte += utf8Length(piece);
+                        long endByte = pieceFirstByte + utf8Length(piece);
+                        add(new Piece(piece, first, false, pieceFirstByte, endByte), pool, train, val);
+                        pieceFirstByte = endByte;
                         first = false;
                     }
                 }
             }
-            add(new Piece(text.toString(), first, true, pieceFirstByte), pool, train, val);
+            add(new Piece(text.toString(), first, true, pieceFirstByte, fileStart + consumed), pool, train, val);
             documents++;
         }
 
@@ -259,7 +263,7 @@ public final class CorpusEncoder {
                     if (node == null || !node.path("text").isTextual()) {
                         throw new IOException(f + ":" + line + ": each line must be a JSON object with a \"text\" string");
                     }
-                    add(new Piece(node.get("text").asText(), true, true, lineStart), pool, train, val);
+                    add(new Piece(node.get("text").asText(), true, true, lineStart, position), pool, train, val);
                     documents++;
                 }
             }
@@ -289,7 +293,7 @@ public final class CorpusEncoder {
                 to.append(encoded);
                 if (p.end() && o.delimiter() == Delimiter.EOS) to.append(new int[]{delimiter});
                 tokensDone += encoded.length;
-                bytesDone = p.firstByte() + utf8Length(p.text());
+                bytesDone = p.endByte();
             }
             batch.clear();
             batchChars = 0;

@@ -10,10 +10,10 @@ import java.util.OptionalInt;
 import java.util.Set;
 
 import com.fasterxml.jackson.databind.JsonNode;
-import com.fasterxml.jackson.databind.ObjectMapper;
 
 import ai.djl.huggingface.tokenizers.HuggingFaceTokenizer;
 import ai.djl.huggingface.tokenizers.jni.TokenizersLibrary;
+import dev.distillery.runtime.io.ModelFiles;
 
 /**
  * A Hugging Face {@code tokenizer.json}, run by the Rust {@code tokenizers} through DJL. Before it is
@@ -53,13 +53,7 @@ public final class HuggingFaceTokenizerFile implements TextTokenizer {
 
     /** Loads {@code file}; {@code tokenizer_config.json} beside it, when there, names the EOS and BOS tokens. */
     public static HuggingFaceTokenizerFile open(Path file) throws IOException {
-        ObjectMapper json = new ObjectMapper();
-        JsonNode root;
-        try {
-            root = json.readTree(file.toFile());
-        } catch (com.fasterxml.jackson.core.JacksonException e) {
-            throw new IOException(file + ": not valid JSON: " + e.getOriginalMessage(), e);
-        }
+        JsonNode root = ModelFiles.readJson(file);
         if (root == null || !root.isObject() || !root.path("model").isObject()) {
             throw new IOException(file + ": not a Hugging Face tokenizer.json (it has no 'model' object)");
         }
@@ -84,7 +78,8 @@ public final class HuggingFaceTokenizerFile implements TextTokenizer {
             max = Math.max(max, added.path("id").asInt());
         }
         if (max < 0) throw new IOException(file + ": 'model.vocab' is empty");
-        JsonNode config = readConfig(json, file.resolveSibling("tokenizer_config.json"));
+        Path configFile = file.resolveSibling("tokenizer_config.json");
+        JsonNode config = Files.isRegularFile(configFile) ? ModelFiles.readJson(configFile) : null;
         OptionalInt eos = special(file, ids, specials, config, "eos_token", EOS_NAMES),
                 bos = special(file, ids, specials, config, "bos_token", BOS_NAMES);
         HuggingFaceTokenizer tokenizer;
@@ -112,15 +107,6 @@ public final class HuggingFaceTokenizerFile implements TextTokenizer {
                 : component.equals("decoder") ? "decoders" : "processors";
         JsonNode list = node.path(members);
         for (int i = 0; i < list.size(); i++) requireKnown(file, component, list.get(i), key + "." + members + "[" + i + "]");
-    }
-
-    private static JsonNode readConfig(ObjectMapper json, Path config) throws IOException {
-        if (!Files.isRegularFile(config)) return null;
-        try {
-            return json.readTree(config.toFile());
-        } catch (com.fasterxml.jackson.core.JacksonException e) {
-            throw new IOException(config + ": not valid JSON: " + e.getOriginalMessage(), e);
-        }
     }
 
     /** The token tokenizer_config.json names under {@code key}, else the first of {@code names} that is a special token. */

@@ -88,12 +88,18 @@ class MalformedInputsTest {
         refused(distill(dir, ", \"student\": {\"vocab_size\": 1000000000}}"), "'student.vocab_size' must be in [1, 16777216]");
     }
 
-    @Test
-    void aModelConfigWithAFractionalSizeIsNamed(@TempDir Path dir) throws IOException {
+    /** A model folder holding only a GPT-2 config.json with these n_layer and n_embd, as written. */
+    private static Path modelConfig(Path dir, String layers, String channels) throws IOException {
         Path model = dir.resolve("model");
         Files.createDirectories(model);
-        Files.writeString(model.resolve("config.json"), "{\"vocab_size\": 97, \"n_positions\": 16, \"n_layer\": 2, \"n_embd\": 96.7, \"n_head\": 4}");
-        refused(run("inspect", model.toString()), "config.json", "'n_embd' must be an integer, got 96.7");
+        Files.writeString(model.resolve("config.json"), "{\"vocab_size\": 97, \"n_positions\": 16, \"n_layer\": " + layers + ", \"n_embd\": "
+                + channels + ", \"n_head\": 4}");
+        return model;
+    }
+
+    @Test
+    void aModelConfigWithAFractionalSizeIsNamed(@TempDir Path dir) throws IOException {
+        refused(run("inspect", modelConfig(dir, "2", "96.7").toString()), "config.json", "'n_embd' must be an integer, got 96.7");
     }
 
     /** A safetensors file whose header is {@code header}, with no data. */
@@ -237,9 +243,6 @@ class MalformedInputsTest {
 
     @Test
     void aModelConfigOfAbsurdDepthIsRefusedAtOnce(@TempDir Path dir) throws IOException {
-        Path model = dir.resolve("deep");
-        Files.createDirectories(model);
-        Files.writeString(model.resolve("config.json"), "{\"vocab_size\": 97, \"n_positions\": 16, \"n_layer\": 1000000000, \"n_embd\": 96, \"n_head\": 4}");
-        refused(run("inspect", model.toString()), "config.json", "'n_layer' must be in [1, 1024], got 1000000000");
+        refused(run("inspect", modelConfig(dir, "1000000000", "96").toString()), "config.json", "'n_layer' must be in [1, 1024], got 1000000000");
     }
 }
