@@ -1,9 +1,11 @@
 """By-hand check with the real `transformers` (not a project test: the tests never need Python).
-Opens a Distillery checkpoint folder with GPT2LMHeadModel and AutoTokenizer and checks that
+Opens a Distillery checkpoint folder (GPT-2 or Llama family) with AutoModelForCausalLM and
+AutoTokenizer and checks that
   1. no weight is missing or unexpected;
   2. its logits equal Distillery's (`teacher dump-logits --targets dense --dtype f32`) within 1e-4
      on the first two windows of a token file;
-  3. its greedy `generate` continues <|endoftext|> with the text `trainer.jar generate --temperature 0` gives;
+  3. its greedy `generate` from the start token (GPT-2: end-of-text; Llama family: BOS) gives the
+     text that `trainer.jar generate --temperature 0` gives;
   4. AutoTokenizer loads the checkpoint's tokenizer.json and round-trips that text.
 
     python bench/reference/hf_open_student.py --jar trainer/target/trainer.jar CHECKPOINT TOKENS.bin
@@ -18,7 +20,7 @@ import tempfile
 import numpy as np
 import torch
 from safetensors.numpy import load_file
-from transformers import AutoTokenizer, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--jar", required=True)
@@ -28,9 +30,10 @@ ap.add_argument("checkpoint")
 ap.add_argument("token_file")
 a = ap.parse_args()
 
-model, info = GPT2LMHeadModel.from_pretrained(a.checkpoint, output_loading_info=True, dtype=torch.float32)
+model, info = AutoModelForCausalLM.from_pretrained(a.checkpoint, output_loading_info=True, dtype=torch.float32)
 model.eval()
 bad = {k: v for k, v in info.items() if v}
+print(f"0. {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters")
 print("1. loading info:", "no missing, unexpected or mismatched keys" if not bad else bad)
 
 work = tempfile.mkdtemp(prefix="hf-open-")
@@ -45,9 +48,10 @@ diff = (ours - theirs).abs().max().item()
 print(f"2. logits on {tuple(ours.shape)}: max |Distillery - transformers| = {diff:.2e}", "(within 1e-4)" if diff < 1e-4 else "(TOO LARGE)")
 
 tok = AutoTokenizer.from_pretrained(a.checkpoint)
-eos = model.config.eos_token_id
+eos = tok.eos_token_id
+start = tok.bos_token_id if model.config.model_type != "gpt2" and tok.bos_token_id is not None else eos
 with torch.no_grad():
-    out = model.generate(torch.tensor([[eos]]), max_new_tokens=a.tokens, do_sample=False, pad_token_id=eos)
+    out = model.generate(torch.tensor([[start]]), max_new_tokens=a.tokens, do_sample=False, pad_token_id=eos, min_new_tokens=a.tokens)
 text_hf = tok.decode(out[0, 1:].tolist())
 ours_text = subprocess.run([a.java, "-jar", a.jar, "generate", "--model", a.checkpoint, "--tokens", str(a.tokens), "--temperature", "0",
                             "--device", "cpu"], check=True, capture_output=True, text=True).stdout

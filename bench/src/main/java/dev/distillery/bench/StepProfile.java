@@ -7,7 +7,7 @@ import java.util.Map;
 import dev.distillery.kernels.Backends;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.nn.TrainingSession;
-import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.nn.Gpt2;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 
@@ -30,7 +30,7 @@ public final class StepProfile {
         String gemm = args.length > 3 ? args[3] : "auto";
         int warmup = args.length > 4 ? Integer.parseInt(args[4]) : 10;
         try (TimedKernels kernels = new TimedKernels(Backends.open(Backends.Request.cpu(threads, gemm)));
-             Transformer model = new Transformer(c.model, kernels)) {
+             Gpt2 model = new Gpt2(c.model, kernels)) {
             model.initialize(1);
             int t = c.model.contextLength();
             try (TrainingSession s = new TrainingSession(model, kernels, AdamW.Config.defaults(),

@@ -21,7 +21,7 @@ import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.nn.TrainingSession;
-import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.nn.Gpt2;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 
@@ -55,14 +55,14 @@ public class TrainingStepBenchmark {
     public String device;
 
     private Kernels kernels;
-    private Transformer model;
+    private Gpt2 model;
     private TrainingSession session;
 
     @Setup(Level.Trial)
     public void setUp() {
         StudentConfigs c = StudentConfigs.valueOf(config);
         kernels = Backends.open(new Backends.Request(Backend.parse(device), threads, gemm, false));
-        model = new Transformer(c.model, kernels);
+        model = new Gpt2(c.model, kernels);
         model.initialize(1);
         int t = c.model.contextLength();
         session = new TrainingSession(model, kernels, AdamW.Config.defaults(),

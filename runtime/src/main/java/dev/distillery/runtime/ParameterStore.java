@@ -39,18 +39,18 @@ public final class ParameterStore implements AutoCloseable {
     private final MemorySegment paramBlock;
     private final MemorySegment gradBlock;
 
-    private ParameterStore(Kernels kernels, List<Slot> layout, long totalElements) {
+    private ParameterStore(Kernels kernels, List<Slot> layout, long totalElements, boolean trainable) {
         this.kernels = kernels;
         Map<String, Slot> bySlot = new LinkedHashMap<>();
         for (Slot s : layout) bySlot.put(s.name(), s);
         this.slots = Collections.unmodifiableMap(bySlot);
         this.totalElements = totalElements;
         this.paramBlock = allocateLikeBlock();
-        this.gradBlock = allocateLikeBlock();
+        this.gradBlock = trainable ? allocateLikeBlock() : null;
         Device device = Device.of(kernels);
         for (Slot s : layout) {
-            Tensor p = new Tensor(s.name(), s.shape(), DType.F32, device, slice(paramBlock, s), true);
-            p.setGrad(new Tensor(s.name() + ".grad", s.shape(), DType.F32, device, slice(gradBlock, s), false));
+            Tensor p = new Tensor(s.name(), s.shape(), DType.F32, device, slice(paramBlock, s), trainable);
+            if (trainable) p.setGrad(new Tensor(s.name() + ".grad", s.shape(), DType.F32, device, slice(gradBlock, s), false));
             params.put(s.name(), p);
         }
     }
@@ -75,7 +75,12 @@ public final class ParameterStore implements AutoCloseable {
 
         /** Allocates the blocks where {@code kernels} compute, zero-filled. */
         public ParameterStore build(Kernels kernels) {
-            return new ParameterStore(kernels, List.copyOf(layout), next);
+            return new ParameterStore(kernels, List.copyOf(layout), next, true);
+        }
+
+        /** The parameters alone, needing no gradient (a teacher): no gradient block, half the memory. */
+        public ParameterStore buildFrozen(Kernels kernels) {
+            return new ParameterStore(kernels, List.copyOf(layout), next, false);
         }
     }
 
@@ -115,7 +120,9 @@ public final class ParameterStore implements AutoCloseable {
         return paramBlock;
     }
 
+    /** @throws IllegalStateException for a store built frozen */
     public MemorySegment gradBlock() {
+        if (gradBlock == null) throw new IllegalStateException("the parameters were built frozen (a teacher's): they have no gradients");
         return gradBlock;
     }
 
@@ -133,7 +140,7 @@ public final class ParameterStore implements AutoCloseable {
 
     /** Zeroes every gradient with one whole-block kernel call (gradients accumulate during backward). */
     public void zeroGrad() {
-        kernels.fill(gradBlock, 0f, totalElements);
+        kernels.fill(gradBlock(), 0f, totalElements);
     }
 
     /** A copy of an fp32 tensor of this store's memory (a parameter or its gradient) on the host. */

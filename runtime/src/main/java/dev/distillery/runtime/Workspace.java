@@ -75,6 +75,20 @@ public final class Workspace implements AutoCloseable {
         return t;
     }
 
+    /** The allocation point now: {@link #rewind} to it frees what was handed out since. */
+    public long mark() {
+        return overflowArena == null ? offset : -1;
+    }
+
+    /**
+     * Frees what was handed out since {@code mark} (a forward pass that needs no backward drops
+     * each block's activations). Past an overflow it frees nothing: the next {@link #reset()}
+     * grows the block to the high-water mark instead.
+     */
+    public void rewind(long mark) {
+        if (mark >= 0 && overflowArena == null && mark <= offset) offset = mark;
+    }
+
     /** Frees everything handed out since the last reset; grows the block if the step overflowed. */
     public void reset() {
         if (overflowArena != null) {

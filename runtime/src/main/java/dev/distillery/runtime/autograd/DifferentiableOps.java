@@ -89,6 +89,28 @@ public final class DifferentiableOps {
         return out;
     }
 
+    /**
+     * tokens int32 (b, t); wte (vocab, c) → (b·t, c), rows of wte alone (the Llama family has no
+     * position embedding). The embedding kernels add a zero position table, whose gradient is
+     * scratch.
+     */
+    public Tensor tokenEmbedding(Tensor tokens, Tensor wte, int b, int t) {
+        int c = wte.dim(1), vocab = wte.dim(0);
+        boolean track = tracks(wte);
+        Tensor out = output("embedding", track, b * t, c);
+        Tensor zeros = workspace.zeros("embedding.positions", t, c);
+        kernels.embeddingForward(out.data(), tokens.data(), wte.data(), zeros.data(), b, t, c, vocab);
+        if (track) {
+            tape.record(() -> {
+                if (out.grad() != null) {
+                    Tensor scratch = workspace.tensor("embedding.dpositions", t, c);
+                    kernels.embeddingBackward(grad(wte), scratch.data(), out.grad().data(), tokens.data(), b, t, c);
+                }
+            });
+        }
+        return out;
+    }
+
     /** x (n, c), weight (c), bias (c) → (n, c). */
     public Tensor layerNorm(Tensor x, Tensor weight, Tensor bias) {
         int n = x.dim(0), c = x.dim(1);
@@ -128,12 +150,19 @@ public final class DifferentiableOps {
         return out;
     }
 
-    /** x (n, c) · weightᵀ where weight is (v, c) → (n, v): the tied LM head. */
-    public Tensor matmulTransposed(Tensor x, Tensor weight) {
+    /**
+     * x (n, in) · weightᵀ + bias → (n, out), weight (out, in) in PyTorch's nn.Linear layout (the
+     * Llama family's projections, every LM head); bias (out) or null.
+     */
+    public Tensor projection(Tensor x, Tensor weight, Tensor bias) {
         int n = x.dim(0), c = x.dim(1), v = weight.dim(0);
-        boolean track = tracks(x, weight);
-        Tensor out = output("logits", track, n, v);
-        kernels.gemm(false, true, n, v, c, 1f, x.data(), c, weight.data(), c, 0f, out.data(), v);
+        if (weight.dim(1) != c) {
+            throw new IllegalArgumentException("projection " + weight.name() + ": input has " + c + " columns, weight has " + weight.dim(1));
+        }
+        boolean track = tracks(x, weight, bias);
+        Tensor out = output("projection", track, n, v);
+        if (bias != null) kernels.broadcastRows(out.data(), bias.data(), n, v);
+        kernels.gemm(false, true, n, v, c, 1f, x.data(), c, weight.data(), c, bias != null ? 1f : 0f, out.data(), v);
         if (track) {
             tape.record(() -> {
                 if (out.grad() == null) return;
@@ -142,6 +171,8 @@ public final class DifferentiableOps {
                 if (dx != null) kernels.gemm(false, false, n, c, v, 1f, dout, v, weight.data(), c, 1f, dx, c);
                 var dw = grad(weight);
                 if (dw != null) kernels.gemm(true, false, v, c, n, 1f, dout, v, x.data(), c, 1f, dw, c);
+                var db = grad(bias);
+                if (db != null) kernels.sumRows(db, dout, n, v);
             });
         }
         return out;

@@ -1,93 +1,87 @@
 package dev.distillery.runtime.io;
 
 import java.io.IOException;
-import java.lang.foreign.Arena;
-import java.lang.foreign.MemorySegment;
+import java.nio.ByteBuffer;
 import java.nio.file.Path;
-import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.LinkedHashMap;
 import java.util.List;
-import java.util.Set;
+import java.util.Map;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
 
-import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.nn.LlamaConfig;
-import dev.distillery.runtime.nn.LlamaForward;
 
 /**
- * A Llama-family model folder as {@code transformers} saves it ({@code LlamaForCausalLM},
- * {@code Qwen2ForCausalLM}): config.json, and model.safetensors or shards with an index; F32, F16
- * or BF16 weights, widened to F32 on load. What this code does not compute (another activation,
- * a rope scaling other than Llama 3's, biases beyond Qwen2's q/k/v, sliding windows) is refused
- * by its key.
+ * A Llama-family {@code config.json} as {@code transformers} writes it ({@code LlamaForCausalLM},
+ * {@code Qwen2ForCausalLM}, {@code MistralForCausalLM}). What this code does not compute (another
+ * activation, a rope scaling other than Llama 3's, biases beyond Qwen2's q/k/v, sliding windows)
+ * is refused by its key. The weights are read and written by {@link ModelFiles} under the
+ * parameters' own names.
  */
 public final class LlamaFiles {
 
-    /** The model_type values read here. */
-    public static final Set<String> TYPES = Set.of("llama", "qwen2", "mistral");
+    private static final ObjectMapper JSON = new ObjectMapper();
 
     private LlamaFiles() {
     }
 
-    /** Whether {@code dir/config.json} names a Llama-family model_type. */
-    public static boolean isLlama(Path dir) throws IOException {
-        JsonNode root = ModelFiles.readJson(dir.resolve(ModelFiles.CONFIG));
-        return TYPES.contains(root.path("model_type").asText(""));
+    /** The model_type values read here. */
+    public static List<String> types() {
+        return Arrays.stream(LlamaConfig.Family.values()).map(f -> f.modelType).toList();
     }
 
     public static LlamaConfig readConfig(Path file) throws IOException {
         JsonNode c = ModelFiles.readJson(file);
-        String type = c.path("model_type").asText("");
-        if (!TYPES.contains(type)) throw new IOException(file + ": 'model_type' is " + type + ", not one of " + TYPES);
+        LlamaConfig.Family family = LlamaConfig.Family.of(c.path("model_type").asText(""));
+        if (family == null) throw new IOException(file + ": 'model_type' is " + c.path("model_type").asText() + ", not one of " + types());
         if (!c.path("hidden_act").asText("silu").equals("silu")) {
             throw new IOException(file + ": 'hidden_act' is " + c.path("hidden_act").asText() + "; the Llama MLP here is SwiGLU (silu)");
         }
         if (c.path("mlp_bias").asBoolean(false)) throw new IOException(file + ": 'mlp_bias' is true; the MLP here has no biases");
-        if (type.equals("llama") && c.path("attention_bias").asBoolean(false)) {
+        if (family != LlamaConfig.Family.QWEN2 && c.path("attention_bias").asBoolean(false)) {
             throw new IOException(file + ": 'attention_bias' is true; only Qwen2's q/k/v biases are read");
         }
         JsonNode window = c.get("sliding_window");
-        if (type.equals("mistral") && window != null && !window.isNull()) {
+        boolean qwenWindow = family == LlamaConfig.Family.QWEN2 && c.path("use_sliding_window").asBoolean(false);
+        if ((family == LlamaConfig.Family.MISTRAL || qwenWindow) && window != null && !window.isNull()) {
             throw new IOException(file + ": 'sliding_window' is " + window + "; sliding-window attention is not computed here");
         }
         int hidden = intKey(file, c, "hidden_size"), heads = intKey(file, c, "num_attention_heads");
-        int kvHeads = c.has("num_key_value_heads") && !c.get("num_key_value_heads").isNull() ? intKey(file, c, "num_key_value_heads") : heads;
-        int headSize = c.has("head_dim") && !c.get("head_dim").isNull() ? intKey(file, c, "head_dim") : hidden / heads;
-        // transformers 5 keeps rope_theta and the scaling in rope_parameters; older configs at the top level
-        JsonNode rope = c.path("rope_parameters").isObject() ? c.path("rope_parameters") : c.path("rope_scaling");
-        double theta = c.path("rope_parameters").isObject() ? rope.path("rope_theta").asDouble(10000) : c.path("rope_theta").asDouble(10000);
-        String ropeType = rope.isObject() ? rope.path("rope_type").asText(rope.path("type").asText("default")) : "default";
-        double[] invFreq = new double[headSize / 2];
-        for (int j = 0; j < invFreq.length; j++) invFreq[j] = (float) (1.0 / Math.pow(theta, 2.0 * j / headSize));   // float, as transformers keeps it
-        switch (ropeType) {
-            case "default" -> {
-            }
-            case "llama3" -> llama3(invFreq, rope.path("factor").asDouble(), rope.path("low_freq_factor").asDouble(),
-                    rope.path("high_freq_factor").asDouble(), rope.path("original_max_position_embeddings").asDouble());
-            default -> throw new IOException(file + ": rope type '" + ropeType + "' is not computed here (default and llama3 are)");
-        }
+        int kvHeads = present(c, "num_key_value_heads") ? intKey(file, c, "num_key_value_heads") : heads;
+        int headSize = present(c, "head_dim") ? intKey(file, c, "head_dim") : hidden / heads;
         try {
-            return new LlamaConfig(intKey(file, c, "vocab_size"), intKey(file, c, "max_position_embeddings"), intKey(file, c, "num_hidden_layers"),
-                    hidden, heads, kvHeads, headSize, intKey(file, c, "intermediate_size"), (float) c.path("rms_norm_eps").asDouble(1e-6),
-                    invFreq, type.equals("qwen2"), c.path("tie_word_embeddings").asBoolean(false));
+            return new LlamaConfig(family, intKey(file, c, "vocab_size"), intKey(file, c, "max_position_embeddings"),
+                    intKey(file, c, "num_hidden_layers"), hidden, heads, kvHeads, headSize, intKey(file, c, "intermediate_size"),
+                    (float) c.path("rms_norm_eps").asDouble(1e-6), rope(file, c), c.path("tie_word_embeddings").asBoolean(false));
         } catch (IllegalArgumentException e) {
             throw new IOException(file + ": " + e.getMessage(), e);
         }
     }
 
-    /** Llama 3's rescaling of the rotary frequencies (transformers' _compute_llama3_parameters), in float as there. */
-    private static void llama3(double[] invFreq, double factor, double low, double high, double original) {
-        double lowWavelen = original / low, highWavelen = original / high;
-        for (int j = 0; j < invFreq.length; j++) {
-            double f = invFreq[j], wavelen = 2 * Math.PI / f;
-            double scaled = wavelen > lowWavelen ? f / factor : f;
-            if (!(wavelen < highWavelen) && !(wavelen > lowWavelen)) {
-                double smooth = (original / wavelen - low) / (high - low);
-                scaled = (1 - smooth) * scaled / factor + smooth * scaled;
-            }
-            invFreq[j] = (float) scaled;
-        }
+    /** transformers 5 keeps rope_theta and the scaling in rope_parameters; older configs at the top level. */
+    private static LlamaConfig.Rope rope(Path file, JsonNode c) throws IOException {
+        boolean v5 = c.path("rope_parameters").isObject();
+        JsonNode rope = v5 ? c.path("rope_parameters") : c.path("rope_scaling");
+        double theta = v5 ? rope.path("rope_theta").asDouble(10000) : c.path("rope_theta").asDouble(10000);
+        String type = rope.isObject() ? rope.path("rope_type").asText(rope.path("type").asText("default")) : "default";
+        return switch (type) {
+            case "default" -> LlamaConfig.Rope.plain(theta);
+            case "llama3" -> new LlamaConfig.Rope(theta, new LlamaConfig.Rope.Llama3Scaling(number(file, rope, "factor"),
+                    number(file, rope, "low_freq_factor"), number(file, rope, "high_freq_factor"), number(file, rope, "original_max_position_embeddings")));
+            default -> throw new IOException(file + ": rope type '" + type + "' is not computed here (default and llama3 are)");
+        };
+    }
+
+    private static boolean present(JsonNode c, String key) {
+        return c.has(key) && !c.get(key).isNull();
+    }
+
+    private static double number(Path file, JsonNode rope, String key) throws IOException {
+        JsonNode n = rope.get(key);
+        if (n == null || !n.isNumber() || !(n.asDouble() > 0)) throw new IOException(file + ": llama3 rope '" + key + "' must be a positive number, got " + n);
+        return n.asDouble();
     }
 
     private static int intKey(Path file, JsonNode root, String key) throws IOException {
@@ -98,45 +92,41 @@ public final class LlamaFiles {
         return n.intValue();
     }
 
-    /** The model in {@code dir}, forward only, for windows of (b, t), in the memory of {@code kernels}; the caller closes it. */
-    public static LlamaForward read(Path dir, Kernels kernels, int b, int t) throws IOException {
-        LlamaConfig cfg = readConfig(dir.resolve(ModelFiles.CONFIG));
-        Arena arena = Arena.ofShared();
-        try (ModelWeights w = ModelWeights.open(dir)) {
-            int hidden = cfg.hidden(), a = cfg.attention(), kv = cfg.kvHeads() * cfg.headSize(), inter = cfg.intermediate();
-            Loader l = new Loader(dir, w, kernels, arena);
-            List<LlamaForward.Block> blocks = new ArrayList<>();
-            for (int i = 0; i < cfg.layers(); i++) {
-                String p = "model.layers." + i + ".";
-                blocks.add(new LlamaForward.Block(l.get(p + "input_layernorm.weight", hidden),
-                        l.get(p + "self_attn.q_proj.weight", a, hidden), l.get(p + "self_attn.k_proj.weight", kv, hidden),
-                        l.get(p + "self_attn.v_proj.weight", kv, hidden),
-                        cfg.qkvBias() ? l.get(p + "self_attn.q_proj.bias", a) : null, cfg.qkvBias() ? l.get(p + "self_attn.k_proj.bias", kv) : null,
-                        cfg.qkvBias() ? l.get(p + "self_attn.v_proj.bias", kv) : null,
-                        l.get(p + "self_attn.o_proj.weight", hidden, a), l.get(p + "post_attention_layernorm.weight", hidden),
-                        l.get(p + "mlp.gate_proj.weight", inter, hidden), l.get(p + "mlp.up_proj.weight", inter, hidden),
-                        l.get(p + "mlp.down_proj.weight", hidden, inter)));
-            }
-            MemorySegment embed = l.get("model.embed_tokens.weight", cfg.vocabSize(), hidden);
-            MemorySegment head = cfg.tied() ? embed : l.get("lm_head.weight", cfg.vocabSize(), hidden);
-            return new LlamaForward(cfg, kernels, arena, embed, blocks, l.get("model.norm.weight", hidden), head, b, t);
-        } catch (IOException | RuntimeException e) {
-            arena.close();
-            throw e;
+    /** The {@code config.json} of c, in transformers 5's form (rope_parameters), no dropout, fp32. */
+    public static void writeConfig(Path file, LlamaConfig c) throws IOException {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("architectures", List.of(c.family().architecture));
+        m.put("model_type", c.family().modelType);
+        m.put("vocab_size", c.vocabSize());
+        m.put("hidden_size", c.hidden());
+        m.put("intermediate_size", c.intermediate());
+        m.put("num_hidden_layers", c.layers());
+        m.put("num_attention_heads", c.heads());
+        m.put("num_key_value_heads", c.kvHeads());
+        m.put("head_dim", c.headSize());
+        m.put("max_position_embeddings", c.contextLength());
+        m.put("rms_norm_eps", (double) c.rmsEps());
+        m.put("hidden_act", "silu");
+        Map<String, Object> rope = new LinkedHashMap<>();
+        rope.put("rope_type", c.rope().llama3() == null ? "default" : "llama3");
+        rope.put("rope_theta", c.rope().theta());
+        if (c.rope().llama3() != null) {
+            rope.put("factor", c.rope().llama3().factor());
+            rope.put("low_freq_factor", c.rope().llama3().lowFreqFactor());
+            rope.put("high_freq_factor", c.rope().llama3().highFreqFactor());
+            rope.put("original_max_position_embeddings", (int) c.rope().llama3().originalContext());
         }
-    }
-
-    /** Tensors by name, checked for shape and finiteness, widened to F32 and copied into the backend's memory. */
-    private record Loader(Path dir, ModelWeights weights, Kernels kernels, Arena arena) {
-        MemorySegment get(String name, int... shape) throws IOException {
-            SafetensorsFile st = weights.fileOf(name);
-            if (st == null) throw new IOException(weights.describe(dir) + ": missing tensor '" + name + "'");
-            long bytes = 4L * Arrays.stream(shape).asLongStream().reduce(1, (x, y) -> x * y);
-            MemorySegment device = kernels.allocate(arena, bytes);
-            try (Arena tensor = Arena.ofConfined()) {   // one tensor's F32 copy at a time on the host
-                kernels.copyFromHost(device, ModelFiles.widened(st, name, shape, tensor), bytes);
-            }
-            return device;
-        }
+        m.put("rope_parameters", rope);
+        if (c.family() != LlamaConfig.Family.QWEN2) m.put("attention_bias", false);
+        if (c.family() == LlamaConfig.Family.QWEN2) m.put("use_sliding_window", false);
+        if (c.family() != LlamaConfig.Family.LLAMA) m.put("sliding_window", null);
+        m.put("mlp_bias", false);
+        m.put("attention_dropout", 0.0);
+        m.put("initializer_range", 0.02);
+        m.put("tie_word_embeddings", c.tied());
+        m.put("use_cache", true);
+        m.put("dtype", "float32");
+        byte[] json = JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(m);
+        AtomicFileWriter.write(file, ch -> AtomicFileWriter.writeFully(ch, ByteBuffer.wrap(json)));
     }
 }

@@ -11,6 +11,7 @@ import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.function.IntUnaryOperator;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
@@ -18,14 +19,18 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Tensor;
-import dev.distillery.runtime.nn.Transformer;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.Gpt2Config;
+import dev.distillery.runtime.nn.LanguageModel;
+import dev.distillery.runtime.nn.Llama;
+import dev.distillery.runtime.nn.LlamaConfig;
 import dev.distillery.runtime.optim.AdamW;
 
 /**
- * A model on disk the way Hugging Face keeps GPT-2: {@code model.safetensors} with GPT-2's
- * tensor names and layouts (metadata {@code format: pt}) and a GPT-2 {@code config.json}, so
- * {@code GPT2LMHeadModel.from_pretrained(dir)} opens it. The optimizer's moments go to their own
+ * A model on disk the way Hugging Face keeps it: {@code model.safetensors} with the family's
+ * tensor names and layouts (metadata {@code format: pt}) and its {@code config.json}, so
+ * {@code AutoModelForCausalLM.from_pretrained(dir)} opens it (GPT-2 here, the Llama family's
+ * config in {@link LlamaFiles}). The optimizer's moments go to their own
  * safetensors file with the caller's metadata (step, data position, RNG). Every file is written
  * crash-safe (temp, fsync, rename) and read back with every name and shape checked.
  */
@@ -39,8 +44,8 @@ public final class ModelFiles {
     private ModelFiles() {
     }
 
-    /** Writes {@code dir/model.safetensors} and {@code dir/config.json}. */
-    public static void write(Path dir, Transformer model) throws IOException {
+    /** Writes {@code dir/model.safetensors} and {@code dir/config.json}: the family's Hugging Face layout. */
+    public static void write(Path dir, LanguageModel model) throws IOException {
         Kernels kernels = model.parameters().kernels();
         try (Arena host = Arena.ofConfined()) {
             List<SafetensorsWriter.Item> items = new ArrayList<>();
@@ -49,11 +54,14 @@ public final class ModelFiles {
             }
             SafetensorsWriter.write(dir.resolve(MODEL), items, Map.of("format", "pt"));
         }
-        writeConfig(dir.resolve(CONFIG), model.config());
+        switch (model) {
+            case Gpt2 g -> writeConfig(dir.resolve(CONFIG), g.config());
+            case Llama l -> LlamaFiles.writeConfig(dir.resolve(CONFIG), l.config());
+        }
     }
 
     /** GPT-2's {@code config.json} for c (gelu_new is GPT-2's tanh GELU; the head is tied; no dropout). */
-    public static void writeConfig(Path file, TransformerConfig c) throws IOException {
+    public static void writeConfig(Path file, Gpt2Config c) throws IOException {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("architectures", List.of("GPT2LMHeadModel"));
         m.put("model_type", "gpt2");
@@ -79,13 +87,13 @@ public final class ModelFiles {
     }
 
     /** The architecture from a GPT-2 {@code config.json}; a missing or non-integer key is named. */
-    public static TransformerConfig readConfig(Path file) throws IOException {
+    public static Gpt2Config readConfig(Path file) throws IOException {
         JsonNode root = readJson(file);
         requireGpt2(file, root);
         try {
-            return new TransformerConfig(intKey(file, root, "vocab_size", TransformerConfig.MAX_VOCAB),
-                    intKey(file, root, "n_positions", TransformerConfig.MAX_CONTEXT), intKey(file, root, "n_layer", TransformerConfig.MAX_LAYERS),
-                    intKey(file, root, "n_embd", TransformerConfig.MAX_CHANNELS), intKey(file, root, "n_head", TransformerConfig.MAX_CHANNELS));
+            return new Gpt2Config(intKey(file, root, "vocab_size", LanguageModel.MAX_VOCAB),
+                    intKey(file, root, "n_positions", LanguageModel.MAX_CONTEXT), intKey(file, root, "n_layer", LanguageModel.MAX_LAYERS),
+                    intKey(file, root, "n_embd", LanguageModel.MAX_CHANNELS), intKey(file, root, "n_head", LanguageModel.MAX_CHANNELS));
         } catch (IllegalArgumentException e) {
             throw new IOException(file + ": " + e.getMessage(), e);
         }
@@ -99,9 +107,7 @@ public final class ModelFiles {
     private static void requireGpt2(Path file, JsonNode root) throws IOException {
         String type = root.path("model_type").asText("gpt2");
         if (!type.equals("gpt2")) {
-            throw new IOException(file + ": 'model_type' is " + type + "; " + (LlamaFiles.TYPES.contains(type)
-                    ? "Llama-family models are read as teachers by 'teacher dump-logits', 'eval --tokens', 'generate' and 'inspect', not yet as students or by this command"
-                    : "this build reads GPT-2 and, as teachers, the Llama family (" + LlamaFiles.TYPES + ")"));
+            throw new IOException(file + ": 'model_type' is " + type + "; this build reads GPT-2 and the Llama family (" + LlamaFiles.types() + ")");
         }
         String activation = root.path("activation_function").asText("gelu_new");
         if (!activation.equals("gelu_new") && !activation.equals("gelu_pytorch_tanh")) {
@@ -133,39 +139,53 @@ public final class ModelFiles {
         return n.intValue();
     }
 
+    /** Whether {@code dir/config.json} names a Llama-family model_type. */
+    public static boolean isLlama(Path dir) throws IOException {
+        return LlamaConfig.Family.of(readJson(dir.resolve(CONFIG)).path("model_type").asText("")) != null;
+    }
+
     /**
      * A new model from {@code dir} (config.json + model.safetensors, or shards with
-     * model.safetensors.index.json) in the memory of {@code kernels}; the caller closes it.
+     * model.safetensors.index.json), GPT-2 or Llama family by its model_type, in the memory of
+     * {@code kernels}, with gradients; the caller closes it.
      */
-    public static Transformer read(Path dir, Kernels kernels) throws IOException {
-        TransformerConfig config = readConfig(dir.resolve(CONFIG));
-        Transformer model = new Transformer(config, kernels);
-        try {
-            readParameters(dir, model, layer -> layer);
-        } catch (IOException | RuntimeException e) {
-            model.close();
-            throw e;
-        }
-        return model;
+    public static LanguageModel read(Path dir, Kernels kernels) throws IOException {
+        return open(dir, null, kernels, true);
+    }
+
+    /** As {@link #read}, frozen: no gradient memory (a teacher's forward). */
+    public static LanguageModel readTeacher(Path dir, Kernels kernels) throws IOException {
+        return open(dir, null, kernels, false);
     }
 
     /**
      * A new model of {@code layers.length} blocks taken from the model in {@code dir} (block j is
-     * its block {@code layers[j]}), with its embeddings and final layernorm: a shallower student
+     * its block {@code layers[j]}), with its embeddings, final norm and LM head: a shallower student
      * of the same width that starts from a teacher (DistilBERT's every-other-layer start).
      */
-    public static Transformer readLayers(Path dir, int[] layers, Kernels kernels) throws IOException {
-        TransformerConfig from = readConfig(dir.resolve(CONFIG));
+    public static LanguageModel readLayers(Path dir, int[] layers, Kernels kernels) throws IOException {
         if (layers.length == 0) throw new IllegalArgumentException("at least one layer must be taken from " + dir);
-        for (int l : layers) {
-            if (l < 0 || l >= from.layers()) {
-                throw new IllegalArgumentException("layer " + l + " is not one of the " + from.layers() + " layers of " + dir + " (0 to " + (from.layers() - 1) + ")");
+        return open(dir, layers, kernels, true);
+    }
+
+    private static LanguageModel open(Path dir, int[] layers, Kernels kernels, boolean trainable) throws IOException {
+        Path file = dir.resolve(CONFIG);
+        boolean llama = isLlama(dir);
+        LlamaConfig lc = llama ? LlamaFiles.readConfig(file) : null;
+        Gpt2Config gc = llama ? null : readConfig(file);
+        int depth = llama ? lc.layers() : gc.layers();
+        if (layers != null) {
+            for (int l : layers) {
+                if (l < 0 || l >= depth) {
+                    throw new IllegalArgumentException("layer " + l + " is not one of the " + depth + " layers of " + dir + " (0 to " + (depth - 1) + ")");
+                }
             }
+            if (llama) lc = lc.withLayers(layers.length);
+            else gc = new Gpt2Config(gc.vocabSize(), gc.contextLength(), layers.length, gc.channels(), gc.heads());
         }
-        TransformerConfig config = new TransformerConfig(from.vocabSize(), from.contextLength(), layers.length, from.channels(), from.heads());
-        Transformer model = new Transformer(config, kernels);
+        LanguageModel model = llama ? new Llama(lc, kernels, trainable) : new Gpt2(gc, kernels, trainable);
         try {
-            readParameters(dir, model, j -> layers[j]);
+            readParameters(dir, model, layers == null ? l -> l : l -> layers[l]);
         } catch (IOException | RuntimeException e) {
             model.close();
             throw e;
@@ -177,35 +197,38 @@ public final class ModelFiles {
      * Copies every parameter of {@code model} (block j from the file's block {@code layerOf(j)})
      * from the weights in {@code dir}; names and shapes must match, and every weight must be finite
      * (a NaN would otherwise surface as a NaN perplexity, or a NaN loss some steps into a run, with
-     * nothing naming the weight). Files saved by {@code transformers} load as they are: names under
-     * {@code transformer.}, F16/BF16 weights widened to F32, an {@code lm_head.weight} accepted
-     * when it equals the tied token embedding.
+     * nothing naming the weight). Files saved by {@code transformers} load as they are: GPT-2's
+     * names under {@code transformer.}, F16/BF16 weights widened to F32, an {@code lm_head.weight}
+     * beside a tied head accepted when it equals the token embedding.
      */
-    private static void readParameters(Path dir, Transformer model, java.util.function.IntUnaryOperator layerOf) throws IOException {
+    private static void readParameters(Path dir, LanguageModel model, IntUnaryOperator layerOf) throws IOException {
+        String blocks = model instanceof Gpt2 ? "h." : "model.layers.";
         try (ModelWeights weights = ModelWeights.open(dir); Arena host = Arena.ofConfined()) {
-            String prefix = !weights.contains("wte.weight") && weights.contains("transformer.wte.weight") ? "transformer." : "";
+            String prefix = model instanceof Gpt2 && !weights.contains("wte.weight") && weights.contains("transformer.wte.weight") ? "transformer." : "";
             for (Tensor t : model.parameters().parameters()) {
-                String name = prefix + sourceName(t.name(), layerOf);
+                String name = prefix + sourceName(t.name(), blocks, layerOf);
                 if (!weights.contains(name)) throw new SafetensorsFormatException(Path.of(weights.describe(dir)), "missing tensor '" + name + "'");
                 model.parameters().write(t, widened(weights.fileOf(name), name, t.shape(), host));
             }
-            if (weights.contains("lm_head.weight")) {
-                int[] shape = model.parameters().get("wte.weight").shape();
-                MemorySegment head = widened(weights.fileOf("lm_head.weight"), "lm_head.weight", shape, host);
-                MemorySegment wte = widened(weights.fileOf(prefix + "wte.weight"), prefix + "wte.weight", shape, host);
-                if (head.mismatch(wte) >= 0) {
-                    throw new SafetensorsFormatException(weights.fileOf("lm_head.weight").path(), "'lm_head.weight' differs from '" + prefix
-                            + "wte.weight': an untied LM head is not supported (GPT-2's is the token embedding)");
+            Tensor head = model.lmHeadWeight();
+            if (!head.name().equals("lm_head.weight") && weights.contains("lm_head.weight")) {
+                String embedding = prefix + head.name();
+                MemorySegment file = widened(weights.fileOf("lm_head.weight"), "lm_head.weight", head.shape(), host);
+                MemorySegment tied = widened(weights.fileOf(embedding), embedding, head.shape(), host);
+                if (file.mismatch(tied) >= 0) {
+                    throw new SafetensorsFormatException(weights.fileOf("lm_head.weight").path(), "'lm_head.weight' differs from '" + embedding
+                            + "' though the config ties them; set 'tie_word_embeddings' to false for an untied head"
+                            + (model instanceof Gpt2 ? " (GPT-2's head here is always the token embedding)" : ""));
                 }
             }
         }
     }
 
-    /** "h.j.rest" read from "h.layerOf(j).rest"; other names as they are. */
-    private static String sourceName(String name, java.util.function.IntUnaryOperator layerOf) {
-        if (!name.startsWith("h.")) return name;
-        int dot = name.indexOf('.', 2);
-        return "h." + layerOf.applyAsInt(Integer.parseInt(name.substring(2, dot))) + name.substring(dot);
+    /** "{blocks}j.rest" read from "{blocks}layerOf(j).rest"; other names as they are. */
+    private static String sourceName(String name, String blocks, IntUnaryOperator layerOf) {
+        if (!name.startsWith(blocks)) return name;
+        int dot = name.indexOf('.', blocks.length());
+        return blocks + layerOf.applyAsInt(Integer.parseInt(name.substring(blocks.length(), dot))) + name.substring(dot);
     }
 
     /** A JSON file of a model folder (config.json, an index, a tokenizer's files); bad JSON is named with the file. */

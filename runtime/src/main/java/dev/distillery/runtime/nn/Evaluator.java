@@ -12,9 +12,8 @@ import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.distill.TeacherStaging;
 
 /**
- * A session's model run forward only, on its current inputs: held-out cross-entropy, the
- * divergence to a teacher with top-1 agreement, and the logits with their logsumexp (for dumping
- * teacher targets). Everything is computed where the kernels live; what comes back to the host is
+ * A session's model run forward only, on its current inputs: held-out cross-entropy, and the
+ * divergence to a teacher with top-1 agreement. Everything is computed where the kernels live; what comes back to the host is
  * per-row numbers. Gradients and parameters are never touched.
  */
 public final class Evaluator {
@@ -33,17 +32,14 @@ public final class Evaluator {
         }
     }
 
-    private final Transformer model;
+    private final LanguageModel model;
     private final Kernels kernels;
     private final Graph graph;
     private final ModelInputs inputs;
     private final TeacherStaging staging;
     private final int batch, time;
-    private final Arena hostArena = Arena.ofShared();
-    private MemorySegment hostLogits;
-    private Tensor lastLogits;
 
-    Evaluator(Transformer model, Kernels kernels, Graph graph, ModelInputs inputs, TeacherStaging staging, int batch, int time) {
+    Evaluator(LanguageModel model, Kernels kernels, Graph graph, ModelInputs inputs, TeacherStaging staging, int batch, int time) {
         this.model = model;
         this.kernels = kernels;
         this.graph = graph;
@@ -73,7 +69,7 @@ public final class Evaluator {
     public Sums distill(TeacherTargets teacher, int[] teacherTop1, DistillOptions options, int chunkRows) {
         graph.reset(false);
         try {
-            int n = batch * time, d = model.config().channels(), v = model.config().vocabSize();
+            int n = batch * time, d = model.width(), v = model.vocabSize();
             TeacherTargets staged = staging.stage(teacher, n);
             Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
             kernels.joinCopies();
@@ -120,35 +116,4 @@ public final class Evaluator {
         }
     }
 
-    /**
-     * Logits (batch·time, vocab) of the current tokens, readable on the host (copied back from a
-     * device); valid until the next call on this session.
-     */
-    public MemorySegment logits() {
-        graph.reset(false);
-        try {
-            lastLogits = model.forward(graph.ops, inputs.tokens(), batch, time);
-        } finally {
-            graph.recordAgain();
-        }
-        if (kernels.hostAccessible()) return lastLogits.data();
-        if (hostLogits == null) hostLogits = hostArena.allocate(lastLogits.byteSize(), 64);
-        kernels.copyToHost(hostLogits, lastLogits.data(), lastLogits.byteSize());
-        return hostLogits;
-    }
-
-    /** Per row of the last {@link #logits()}: {@code log Σ_j exp(logit_j / temperature)}, computed where the logits live. */
-    public float[] logsumexpOfLastLogits(double temperature) {
-        if (lastLogits == null) throw new IllegalStateException("call logits() first");
-        int n = batch * time, v = model.config().vocabSize();
-        MemorySegment lse = graph.workspace.tensor("lse", n).data();
-        kernels.logsumexpRows(lse, lastLogits.data(), n, v, (float) (1 / temperature));
-        try (Arena host = Arena.ofConfined()) {
-            return kernels.hostView(lse, 4L * n, host).toArray(ValueLayout.JAVA_FLOAT);
-        }
-    }
-
-    void close() {
-        hostArena.close();
-    }
 }

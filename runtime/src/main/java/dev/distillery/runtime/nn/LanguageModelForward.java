@@ -1,23 +1,83 @@
 package dev.distillery.runtime.nn;
 
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 
-/** A model's logits for batches of token windows, forward only: what a teacher gives. */
-public interface LanguageModelForward extends AutoCloseable {
+import dev.distillery.kernels.DType;
+import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.Device;
+import dev.distillery.runtime.Tensor;
 
-    int vocabSize();
+/**
+ * A model's logits for batches of (b, t) token windows, forward only: what a teacher gives. It
+ * records nothing for a backward, and frees each block's activations once the next block has read
+ * them, so its workspace holds one block's activations and the logits.
+ */
+public final class LanguageModelForward implements AutoCloseable {
 
-    int contextLength();
+    private final LanguageModel model;
+    private final Kernels kernels;
+    private final Graph graph;
+    private final int b, t;
+    private final Arena arena = Arena.ofShared();
+    private final Tensor tokens;
+    private MemorySegment hostLogits;
+    private Tensor lastLogits;
+
+    /** @param model not closed with this */
+    public LanguageModelForward(LanguageModel model, Kernels kernels, int b, int t) {
+        if (t > model.contextLength()) {
+            throw new IllegalArgumentException("windows of " + t + " exceed the model's context " + model.contextLength());
+        }
+        this.model = model;
+        this.kernels = kernels;
+        this.graph = new Graph(kernels);
+        this.b = b;
+        this.t = t;
+        this.tokens = new Tensor("tokens", new int[]{b, t}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4L * b * t), false);
+    }
+
+    public LanguageModel model() {
+        return model;
+    }
+
+    public int vocabSize() {
+        return model.vocabSize();
+    }
+
+    public int contextLength() {
+        return model.contextLength();
+    }
 
     /**
      * The logits (b·t, vocab) of the windows {@code ids} (b·t int32, host memory), readable on the
      * host, valid until the next call.
      */
-    MemorySegment logits(MemorySegment ids);
+    public MemorySegment logits(MemorySegment ids) {
+        kernels.copyFromHost(tokens.data(), ids, 4L * b * t);
+        graph.reset(false);
+        lastLogits = model.forward(graph.ops, tokens, b, t);
+        if (kernels.hostAccessible()) return lastLogits.data();
+        if (hostLogits == null) hostLogits = arena.allocate(lastLogits.byteSize(), 64);
+        kernels.copyToHost(hostLogits, lastLogits.data(), lastLogits.byteSize());
+        return hostLogits;
+    }
 
-    /** Per row of the last {@link #logits}: {@code log Σ_j exp(logit_j / temperature)}. */
-    float[] logsumexpOfLastLogits(double temperature);
+    /** Per row of the last {@link #logits}: {@code log Σ_j exp(logit_j / temperature)}, computed where the logits live. */
+    public float[] logsumexpOfLastLogits(double temperature) {
+        if (lastLogits == null) throw new IllegalStateException("call logits() first");
+        int n = b * t;
+        MemorySegment lse = graph.workspace.tensor("lse", n).data();
+        kernels.logsumexpRows(lse, lastLogits.data(), n, model.vocabSize(), (float) (1 / temperature));
+        try (Arena host = Arena.ofConfined()) {
+            return kernels.hostView(lse, 4L * n, host).toArray(ValueLayout.JAVA_FLOAT);
+        }
+    }
 
     @Override
-    void close();
+    public void close() {
+        graph.close();
+        arena.close();
+    }
 }

@@ -21,73 +21,37 @@ import dev.distillery.runtime.autograd.Tape;
  */
 public final class TextGenerator implements AutoCloseable {
 
-    /** The logits (vocab, host memory) of the token after {@code window[0..t)}. */
-    private interface NextToken extends AutoCloseable {
-        MemorySegment logits(int[] window, int from, int t);
-
-        @Override
-        void close();
-    }
-
-    private final NextToken next;
+    private final LanguageModel model;
+    private final Kernels kernels;
     private final int vocab, context;
-    private MemorySegment hostRow;
+    private final Workspace workspace;
+    private final DifferentiableOps ops;
+    private final Arena arena = Arena.ofShared();
+    private final Tensor tokens;
+    private final MemorySegment hostTokens, hostRow;
 
-    /** Sampling from a GPT-2 model, each window run through the model at its own length. */
-    public TextGenerator(Transformer model, Kernels kernels) {
-        this.vocab = model.config().vocabSize();
-        this.context = model.config().contextLength();
-        Workspace workspace = new Workspace(kernels, 1 << 20);
+    /** Sampling from {@code model} (not closed with this), each window run through the model at its own length. */
+    public TextGenerator(LanguageModel model, Kernels kernels) {
+        this.model = model;
+        this.kernels = kernels;
+        this.vocab = model.vocabSize();
+        this.context = model.contextLength();
+        this.workspace = new Workspace(kernels, 1 << 20);
         Tape tape = new Tape();
-        DifferentiableOps ops = new DifferentiableOps(kernels, workspace, tape);
         tape.setEnabled(false);
-        Arena arena = Arena.ofShared();
-        Tensor tokens = new Tensor("tokens", new int[]{1, context}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4L * context), false);
-        MemorySegment hostTokens = arena.allocate(4L * context, 64), row = arena.allocate(4L * vocab, 64);
-        this.next = new NextToken() {
-            @Override
-            public MemorySegment logits(int[] window, int from, int t) {
-                for (int i = 0; i < t; i++) hostTokens.setAtIndex(ValueLayout.JAVA_INT, i, window[from + i]);
-                kernels.copyFromHost(tokens.data(), hostTokens, 4L * t);
-                workspace.reset();
-                tape.clear();
-                Tensor logits = model.forward(ops, tokens, 1, t);
-                kernels.copyToHost(row, logits.data().asSlice(4L * (t - 1) * vocab, 4L * vocab), 4L * vocab);
-                return row;
-            }
-
-            @Override
-            public void close() {
-                workspace.close();
-                arena.close();
-            }
-        };
+        this.ops = new DifferentiableOps(kernels, workspace, tape);
+        this.tokens = new Tensor("tokens", new int[]{1, context}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4L * context), false);
+        this.hostTokens = arena.allocate(4L * context, 64);
+        this.hostRow = arena.allocate(4L * vocab, 64);
     }
 
-    /**
-     * Sampling from a forward-only model of one fixed window length (a Llama-family teacher): a
-     * shorter window is padded after its end, which a causal model's logits at the window's last
-     * token do not see. The model is closed with this generator.
-     */
-    public TextGenerator(LanguageModelForward model, int windowLength) {
-        this.vocab = model.vocabSize();
-        this.context = windowLength;
-        Arena arena = Arena.ofShared();
-        MemorySegment ids = arena.allocate(4L * windowLength, 64);
-        this.next = new NextToken() {
-            @Override
-            public MemorySegment logits(int[] window, int from, int t) {
-                ids.fill((byte) 0);
-                for (int i = 0; i < t; i++) ids.setAtIndex(ValueLayout.JAVA_INT, i, window[from + i]);
-                return model.logits(ids).asSlice(4L * (t - 1) * vocab, 4L * vocab);
-            }
-
-            @Override
-            public void close() {
-                model.close();
-                arena.close();
-            }
-        };
+    /** The logits (vocab, host memory) of the token after {@code window[from, from + t)}. */
+    private void nextLogits(int[] window, int from, int t) {
+        for (int i = 0; i < t; i++) hostTokens.setAtIndex(ValueLayout.JAVA_INT, i, window[from + i]);
+        kernels.copyFromHost(tokens.data(), hostTokens, 4L * t);
+        workspace.reset();
+        Tensor logits = model.forward(ops, tokens, 1, t);
+        kernels.copyToHost(hostRow, logits.data().asSlice(4L * (t - 1) * vocab, 4L * vocab), 4L * vocab);
     }
 
     /**
@@ -108,7 +72,7 @@ public final class TextGenerator implements AutoCloseable {
             for (int i = 0; i < t; i++) {
                 if (seq[from + i] < 0 || seq[from + i] >= v) throw new IllegalArgumentException("token id " + seq[from + i] + " is outside the vocabulary of " + v);
             }
-            hostRow = next.logits(seq, from, t);   // the last position's logits (vocab) on the host
+            nextLogits(seq, from, t);   // the last position's logits (vocab) on the host
             if (temperature == 0) {
                 int best = 0;
                 for (int j = 1; j < v; j++) if (logit(j) > logit(best)) best = j;
@@ -143,6 +107,7 @@ public final class TextGenerator implements AutoCloseable {
 
     @Override
     public void close() {
-        next.close();
+        workspace.close();
+        arena.close();
     }
 }

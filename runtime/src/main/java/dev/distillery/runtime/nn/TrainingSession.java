@@ -33,7 +33,7 @@ public final class TrainingSession implements AutoCloseable {
         }
     }
 
-    private final Transformer model;
+    private final LanguageModel model;
     private final Kernels kernels;
     private final AdamW optimizer;
     private final LearningRateSchedule schedule;
@@ -45,10 +45,10 @@ public final class TrainingSession implements AutoCloseable {
     private final TeacherStaging teacherStaging;
     private final Evaluator evaluator;
 
-    public TrainingSession(Transformer model, Kernels kernels, AdamW.Config adam, LearningRateSchedule schedule,
+    public TrainingSession(LanguageModel model, Kernels kernels, AdamW.Config adam, LearningRateSchedule schedule,
                            double maxGradNorm, int batch, int time) {
-        if (time > model.config().contextLength()) {
-            throw new IllegalArgumentException("sequence length " + time + " exceeds the model's context " + model.config().contextLength());
+        if (time > model.contextLength()) {
+            throw new IllegalArgumentException("sequence length " + time + " exceeds the model's context " + model.contextLength());
         }
         if (model.parameters().kernels() != kernels) {
             throw new IllegalArgumentException("the model's parameters live in the memory of " + model.parameters().kernels().describe()
@@ -62,12 +62,12 @@ public final class TrainingSession implements AutoCloseable {
         this.maxGradNorm = maxGradNorm;
         this.batch = batch;
         this.time = time;
-        this.inputs = new ModelInputs(kernels, batch, time, model.config().vocabSize());
+        this.inputs = new ModelInputs(kernels, batch, time, model.vocabSize());
         this.teacherStaging = new TeacherStaging(kernels);
         this.evaluator = new Evaluator(model, kernels, graph, inputs, teacherStaging, batch, time);
     }
 
-    public Transformer model() {
+    public LanguageModel model() {
         return model;
     }
 
@@ -148,7 +148,6 @@ public final class TrainingSession implements AutoCloseable {
 
     @Override
     public void close() {
-        evaluator.close();
         teacherStaging.close();
         graph.close();
         inputs.close();

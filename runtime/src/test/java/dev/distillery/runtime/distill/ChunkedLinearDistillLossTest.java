@@ -20,13 +20,13 @@ import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
 import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.autograd.Tape;
-import dev.distillery.runtime.nn.Transformer;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.runtime.optim.AdamW;
 
 class ChunkedLinearDistillLossTest {
 
-    private static final TransformerConfig CFG = new TransformerConfig(61, 8, 2, 16, 2);
+    private static final Gpt2Config CFG = new Gpt2Config(61, 8, 2, 16, 2);
     private static final int B = 3, T = 8, N = B * T, VT = 59; // student vocab 61 = teacher 59 + 2 padding
 
     private record Inputs(Tensor tokens, Tensor labels, TeacherTargets teacher) {
@@ -46,7 +46,7 @@ class ChunkedLinearDistillLossTest {
     }
 
     /** Loss and a copy of every parameter gradient after one forward + backward with the given chunk size. */
-    private static double[] lossAndGradients(CpuKernels kernels, Transformer model, Inputs in, DistillOptions o, int chunk) {
+    private static double[] lossAndGradients(CpuKernels kernels, Gpt2 model, Inputs in, DistillOptions o, int chunk) {
         try (Workspace ws = new Workspace(kernels, 1 << 16)) {
             Tape tape = new Tape();
             DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape);
@@ -66,7 +66,7 @@ class ChunkedLinearDistillLossTest {
 
     @Test
     void chunkedPathEqualsTheWholeLogitsPath() {
-        try (CpuKernels kernels = new CpuKernels(2, "auto"); Transformer model = new Transformer(CFG, kernels); Arena arena = Arena.ofShared()) {
+        try (CpuKernels kernels = new CpuKernels(2, "auto"); Gpt2 model = new Gpt2(CFG, kernels); Arena arena = Arena.ofShared()) {
             model.initialize(3);
             Inputs in = inputs(arena, 9);
             for (Divergence d : new Divergence[]{Divergence.forwardKl(), Divergence.jsd(0.5)}) {
@@ -88,7 +88,7 @@ class ChunkedLinearDistillLossTest {
 
     @Test
     void distillingTowardsAFixedTeacherLowersTheDivergence() {
-        try (CpuKernels kernels = new CpuKernels(2, "auto"); Transformer model = new Transformer(CFG, kernels);
+        try (CpuKernels kernels = new CpuKernels(2, "auto"); Gpt2 model = new Gpt2(CFG, kernels);
              Arena arena = Arena.ofShared(); Workspace ws = new Workspace(kernels, 1 << 16)) {
             model.initialize(5);
             Inputs in = inputs(arena, 11);

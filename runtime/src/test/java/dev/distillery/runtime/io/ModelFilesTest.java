@@ -17,8 +17,9 @@ import org.junit.jupiter.api.io.TempDir;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.runtime.Tensor;
-import dev.distillery.runtime.nn.Transformer;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.Gpt2Config;
+import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.runtime.optim.AdamW;
 
 class ModelFilesTest {
@@ -37,8 +38,8 @@ class ModelFilesTest {
 
     @Test
     void modelAndOptimizerRoundTripBitForBit(@TempDir Path dir) throws IOException {
-        TransformerConfig c = new TransformerConfig(37, 11, 2, 12, 3);
-        try (Transformer m = new Transformer(c, k)) {
+        Gpt2Config c = new Gpt2Config(37, 11, 2, 12, 3);
+        try (Gpt2 m = new Gpt2(c, k)) {
             m.initialize(3);
             ModelFiles.write(dir, m);
             AdamW adam = new AdamW(m.parameters(), k, AdamW.Config.defaults());
@@ -51,7 +52,7 @@ class ModelFilesTest {
             ModelFiles.writeOptimizer(dir.resolve("state.safetensors"), adam, n, Map.of("data.epoch", "2"));
 
             assertEquals(c, ModelFiles.readConfig(dir.resolve("config.json")));
-            try (Transformer back = ModelFiles.read(dir, k)) {
+            try (LanguageModel back = ModelFiles.read(dir, k)) {
                 for (Tensor t : m.parameters().parameters()) {
                     assertArrayEquals(t.toFloatArray(), back.parameters().get(t.name()).toFloatArray(), t.name());
                 }
@@ -74,13 +75,13 @@ class ModelFilesTest {
 
     @Test
     void aMismatchedTensorIsNamedWithItsShapes(@TempDir Path dir) throws IOException {
-        try (Transformer m = new Transformer(new TransformerConfig(37, 11, 1, 12, 3), k)) {
+        try (Gpt2 m = new Gpt2(new Gpt2Config(37, 11, 1, 12, 3), k)) {
             ModelFiles.write(dir, m);
         }
         // Same config, but a model file whose ln_f.bias has the wrong shape.
         try (java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
             Path bad = dir.resolve("model.safetensors");
-            try (Transformer m = new Transformer(new TransformerConfig(37, 11, 1, 12, 3), k)) {
+            try (Gpt2 m = new Gpt2(new Gpt2Config(37, 11, 1, 12, 3), k)) {
                 List<SafetensorsWriter.Item> items = new java.util.ArrayList<>();
                 for (Tensor t : m.parameters().parameters()) {
                     int[] shape = t.name().equals("ln_f.bias") ? new int[]{6} : t.shape();

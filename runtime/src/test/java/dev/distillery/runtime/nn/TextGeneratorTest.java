@@ -14,7 +14,7 @@ class TextGeneratorTest {
 
     @Test
     void topOneSamplingIsGreedyAndSeedsReproduce() {
-        try (CpuKernels k = new CpuKernels(2, "auto"); Transformer m = new Transformer(new TransformerConfig(53, 9, 2, 16, 2), k);
+        try (CpuKernels k = new CpuKernels(2, "auto"); Gpt2 m = new Gpt2(new Gpt2Config(53, 9, 2, 16, 2), k);
              TextGenerator g = new TextGenerator(m, k)) {
             m.initialize(11);
             var wte = m.parameters().get("wte.weight");

@@ -10,6 +10,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
 import java.util.Arrays;
+import java.util.function.Function;
 
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -38,12 +39,15 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
  * (whose device pointers fault if the host dereferences them), trained side by side with the same
  * session on {@link CpuKernels}. Both start from the same seed and see the same batches; the
  * losses, gradient norms, parameters, evaluation sums, logits and generated tokens must agree to
- * float32 accuracy, and a checkpoint written from device memory must read back on the CPU.
+ * float32 accuracy, and a checkpoint written from device memory must read back on the CPU. Both
+ * families: GPT-2, and a Qwen2-style Llama (grouped-query attention, q/k/v biases, untied head).
  */
 class TrainingOnEmulatedCudaTest {
 
-    private static final TransformerConfig CFG = new TransformerConfig(37, 7, 2, 12, 3);
-    private static final int B = 2, T = 7, N = B * T, K = 5;
+    private static final int VOCAB = 37, B = 2, T = 7, N = B * T, K = 5;
+    private static final Function<Kernels, LanguageModel> GPT2 = k -> new Gpt2(new Gpt2Config(VOCAB, T, 2, 12, 3), k);
+    private static final Function<Kernels, LanguageModel> QWEN2 = k -> new Llama(new LlamaConfig(LlamaConfig.Family.QWEN2, VOCAB, T, 2, 16,
+            4, 2, 4, 24, 1e-6f, LlamaConfig.Rope.plain(10000), false), k);
 
     private static EmulationBuild gcc;
     private static Path library;
@@ -60,23 +64,23 @@ class TrainingOnEmulatedCudaTest {
     }
 
     /** Everything one side of the comparison produced. */
-    private record Trace(double[] losses, double[] norms, float[] wte, float[] lnf, Evaluator.Sums eval,
+    private record Trace(double[] losses, double[] norms, float[] wte, float[] norm, Evaluator.Sums eval,
                          float[] logits, float[] lse, int[] generated) {
     }
 
-    private static Trace train(Kernels kernels, Path checkpoint) throws IOException {
+    private static Trace train(Kernels kernels, Function<Kernels, LanguageModel> make, Path checkpoint) throws IOException {
         Rng data = new Rng(11);
         try (Arena host = Arena.ofShared();
-             Transformer model = new Transformer(CFG, kernels);
+             LanguageModel model = make.apply(kernels);
              TrainingSession s = new TrainingSession(model, kernels, AdamW.Config.defaults(), new LearningRateSchedule(1e-2, 1e-3, 1, 4),
                      1.0, B, T)) {
             assertEquals(Device.of(kernels), model.lmHeadWeight().device());
             model.initialize(5);
             // A dense bf16 teacher and a top-k teacher over the same random logits, in host memory (what a shard gives).
-            MemorySegment dense = host.allocate(2L * N * CFG.vocabSize(), 64);
+            MemorySegment dense = host.allocate(2L * N * VOCAB, 64);
             MemorySegment ids = host.allocate(4L * N * K, 64), top = host.allocate(4L * N * K, 64), lse = host.allocate(4L * N, 64);
             for (int r = 0; r < N; r++) {
-                double[] t = new double[CFG.vocabSize()];
+                double[] t = new double[VOCAB];
                 double max = Double.NEGATIVE_INFINITY, sum = 0;
                 for (int j = 0; j < t.length; j++) {
                     long at = (long) r * t.length + j;
@@ -94,14 +98,15 @@ class TrainingOnEmulatedCudaTest {
                     top.setAtIndex(ValueLayout.JAVA_FLOAT, (long) r * K + i, (float) t[order[i]]);
                 }
             }
-            TeacherTargets denseTeacher = new TeacherTargets.Dense(dense, DType.BF16, CFG.vocabSize());
-            TeacherTargets topK = new TeacherTargets.TopK(ids, top, DType.F32, lse, K, CFG.vocabSize(), 2f);
+            TeacherTargets denseTeacher = new TeacherTargets.Dense(dense, DType.BF16, VOCAB);
+            TeacherTargets topK = new TeacherTargets.TopK(ids, top, DType.F32, lse, K, VOCAB, 2f);
             DistillOptions options = DistillOptions.of(2f, 0.3f);
             int steps = 4;
             double[] losses = new double[steps], norms = new double[steps];
+            int[] windows = null;
             for (int step = 0; step < steps; step++) {
-                int[] windows = new int[B * (T + 1)];
-                for (int i = 0; i < windows.length; i++) windows[i] = data.nextInt(CFG.vocabSize());
+                windows = new int[B * (T + 1)];
+                for (int i = 0; i < windows.length; i++) windows[i] = data.nextInt(VOCAB);
                 s.inputs().setWindows(windows);
                 s.beginStep();
                 // two micro-batches: a dense and a top-k one (with JSD), gradients accumulating at 1/2 each
@@ -115,15 +120,23 @@ class TrainingOnEmulatedCudaTest {
             int[] top1 = new int[N];
             for (int r = 0; r < N; r++) top1[r] = denseTeacher.top1(r);
             Evaluator.Sums eval = s.evaluator().distill(denseTeacher, top1, options, 3);
-            float[] logits = s.evaluator().logits().asSlice(0, 4L * N * CFG.vocabSize()).toArray(ValueLayout.JAVA_FLOAT);
-            float[] rowLse = s.evaluator().logsumexpOfLastLogits(1.5);
+            float[] logits, rowLse;
+            try (LanguageModelForward forward = new LanguageModelForward(model, kernels, B, T); Arena scratch = Arena.ofConfined()) {
+                MemorySegment tokens = scratch.allocate(4L * N, 64);
+                for (int b = 0; b < B; b++) {
+                    for (int t = 0; t < T; t++) tokens.setAtIndex(ValueLayout.JAVA_INT, (long) b * T + t, windows[b * (T + 1) + t]);
+                }
+                logits = forward.logits(tokens).asSlice(0, 4L * N * VOCAB).toArray(ValueLayout.JAVA_FLOAT);
+                rowLse = forward.logsumexpOfLastLogits(1.5);
+            }
             ModelFiles.write(checkpoint, model);
             int[] generated;
             try (TextGenerator g = new TextGenerator(model, kernels)) {
                 generated = g.generate(new int[]{3, 1, 4}, 6, 0, 0, new Rng(1));
             }
             return new Trace(losses, norms, model.parameters().read(model.lmHeadWeight()),
-                    model.parameters().read(model.parameters().get("ln_f.weight")), eval, logits, rowLse, generated);
+                    model.parameters().read(model.parameters().get(model instanceof Gpt2 ? "ln_f.weight" : "model.norm.weight")), eval, logits,
+                    rowLse, generated);
         }
     }
 
@@ -138,14 +151,23 @@ class TrainingOnEmulatedCudaTest {
     }
 
     @Test
-    void distillationOnTheEmulatedDeviceMatchesTheCpuStepForStep(@TempDir Path dir) throws IOException {
+    void gpt2DistillationOnTheEmulatedDeviceMatchesTheCpuStepForStep(@TempDir Path dir) throws IOException {
+        matchesTheCpuStepForStep(GPT2, dir);
+    }
+
+    @Test
+    void llamaDistillationOnTheEmulatedDeviceMatchesTheCpuStepForStep(@TempDir Path dir) throws IOException {
+        matchesTheCpuStepForStep(QWEN2, dir);
+    }
+
+    private static void matchesTheCpuStepForStep(Function<Kernels, LanguageModel> make, Path dir) throws IOException {
         Trace cpu, gpu;
         int launches;
         try (CpuKernels kernels = new CpuKernels(2, "blas")) {
-            cpu = train(kernels, dir.resolve("cpu"));
+            cpu = train(kernels, make, dir.resolve("cpu"));
         }
         try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device)) {
-            gpu = train(kernels, dir.resolve("cuda"));
+            gpu = train(kernels, make, dir.resolve("cuda"));
             launches = device.launches();
         }
         assertTrue(launches > 300, "the emulated device ran " + launches + " kernels");
@@ -155,7 +177,7 @@ class TrainingOnEmulatedCudaTest {
         }
         assertTrue(cpu.losses()[2] < cpu.losses()[0], "the distillation loss fell: " + Arrays.toString(cpu.losses()));
         assertClose(cpu.wte(), gpu.wte(), 1e-3, "wte after 4 steps");
-        assertClose(cpu.lnf(), gpu.lnf(), 1e-3, "ln_f.weight after 4 steps");
+        assertClose(cpu.norm(), gpu.norm(), 1e-3, "the final norm's weight after 4 steps");
         assertEquals(cpu.eval().agree(), gpu.eval().agree(), "top-1 agreements");
         assertEquals(cpu.eval().rows(), gpu.eval().rows());
         assertEquals(cpu.eval().ce(), gpu.eval().ce(), 1e-3 * Math.abs(cpu.eval().ce()), "evaluation CE");
@@ -165,7 +187,7 @@ class TrainingOnEmulatedCudaTest {
         assertArrayEquals(cpu.generated(), gpu.generated(), "greedy tokens");
 
         // The checkpoint written from device memory holds the device's parameters and opens on the CPU.
-        try (CpuKernels kernels = new CpuKernels(1, "vector"); Transformer back = ModelFiles.read(dir.resolve("cuda"), kernels)) {
+        try (CpuKernels kernels = new CpuKernels(1, "vector"); LanguageModel back = ModelFiles.read(dir.resolve("cuda"), kernels)) {
             assertArrayEquals(gpu.wte(), back.parameters().read(back.lmHeadWeight()), "wte read back from the CUDA run's checkpoint");
         }
     }

@@ -32,10 +32,10 @@ class TrainingSessionTest {
 
     @Test
     void studentOverfitsOneFixedBatch() {
-        TransformerConfig cfg = new TransformerConfig(37, 16, 2, 32, 4);
+        Gpt2Config cfg = new Gpt2Config(37, 16, 2, 32, 4);
         int b = 4, t = 16, maxSteps = 300;
         try (CpuKernels kernels = new CpuKernels(2, "auto");
-             Transformer model = new Transformer(cfg, kernels);
+             Gpt2 model = new Gpt2(cfg, kernels);
              TrainingSession s = new TrainingSession(model, kernels, new AdamW.Config(0.9, 0.95, 1e-8, 0.0),
                      new LearningRateSchedule(1e-2, 1e-3, 10, maxSteps), 1.0, b, t)) {
             model.initialize(7);
@@ -58,10 +58,10 @@ class TrainingSessionTest {
     @org.junit.jupiter.params.provider.ValueSource(strings = {"blas", "vector"})
     void twoSeededRunsGiveBitIdenticalParametersAfterTwentySteps(String gemm) {
         MemorySegment[] finals = new MemorySegment[2];
-        TransformerConfig cfg = new TransformerConfig(53, 12, 2, 24, 3);
+        Gpt2Config cfg = new Gpt2Config(53, 12, 2, 24, 3);
         for (int run = 0; run < 2; run++) {
             try (CpuKernels kernels = new CpuKernels(2, gemm);
-                 Transformer model = new Transformer(cfg, kernels);
+                 Gpt2 model = new Gpt2(cfg, kernels);
                  TrainingSession s = new TrainingSession(model, kernels, AdamW.Config.defaults(),
                          new LearningRateSchedule(3e-3, 3e-4, 5, 20), 1.0, 3, 12)) {
                 model.initialize(11);
@@ -79,7 +79,7 @@ class TrainingSessionTest {
 
     @Test
     void sequenceLongerThanContextIsRejected() {
-        try (CpuKernels kernels = new CpuKernels(1, "vector"); Transformer model = new Transformer(new TransformerConfig(5, 4, 1, 4, 1), kernels)) {
+        try (CpuKernels kernels = new CpuKernels(1, "vector"); Gpt2 model = new Gpt2(new Gpt2Config(5, 4, 1, 4, 1), kernels)) {
             var e = assertThrows(IllegalArgumentException.class, () -> new TrainingSession(model, kernels,
                     AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 1, 1, 5));
             assertTrue(e.getMessage().contains("exceeds the model's context 4"));

@@ -2,7 +2,6 @@ package dev.distillery.trainer.cli;
 
 import java.io.PrintWriter;
 import java.io.Writer;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -10,10 +9,10 @@ import java.util.concurrent.Callable;
 
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
-import dev.distillery.runtime.io.LlamaFiles;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.TrainingSession;
-import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.nn.LanguageModel;
+import dev.distillery.runtime.nn.LanguageModelForward;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.data.StrictJson;
@@ -56,23 +55,23 @@ public final class EvalCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut();
         if (tokens == null && shards == null) throw new CommandLine.ParameterException(spec.commandLine(), "give --tokens, --teacher-shards or both");
-        if (Files.isRegularFile(model.resolve(ModelFiles.CONFIG)) && LlamaFiles.isLlama(model)) return evalLlama(out);
-        try (Kernels kernels = device.open(0, out); Transformer m = ModelFiles.read(model, kernels)) {
+        try (Kernels kernels = device.open(0, out)) {
             if (tokens != null) {
-                int t = m.config().contextLength();
-                try (TokenFile val = TokenFile.open(tokens, m.config().vocabSize(), "the model's");
-                     TrainingSession s = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0, batch, t)) {
-                    printCrossEntropy(out, LanguageModelTraining.validationLoss(s, val, batch, t, batches > 0 ? batches : Integer.MAX_VALUE));
+                try (LanguageModel m = ModelFiles.readTeacher(model, kernels); TokenFile val = TokenFile.open(tokens, m.vocabSize(), "the model's")) {
+                    int t = m.contextLength(), windows = (int) Math.max(1, Math.min(batch, (val.size() - 1) / t));
+                    try (LanguageModelForward f = new LanguageModelForward(m, kernels, windows, t)) {
+                        printCrossEntropy(out, LanguageModelTraining.validationLoss(f, val, windows, t, batches > 0 ? batches : Integer.MAX_VALUE));
+                    }
                 }
             }
             if (shards != null) {
-                try (TeacherShards ts = TeacherShards.open(shards, true);
+                try (LanguageModel m = ModelFiles.read(model, kernels); TeacherShards ts = TeacherShards.open(shards, true);
                      TrainingSession s = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0,
                              batch, ts.manifest().seqLen())) {
                     if (!skipValueCheck) DistillRun.checkValues(ts, shards.toString(), json ? new PrintWriter(Writer.nullWriter()) : out,
                             spec.commandLine().getErr());
                     DistillRun.Evaluation e = DistillRun.evaluate(s, ts, batch, batches > 0 ? batches : Integer.MAX_VALUE,
-                            ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, m.config().vocabSize()), 0);
+                            ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, m.vocabSize()), 0);
                     requireFinite(e.ce(), "cross-entropy on " + shards);
                     requireFinite(e.divergence(), "divergence to the teacher on " + shards);
                     if (json) {
@@ -92,23 +91,6 @@ public final class EvalCommand implements Callable<Integer> {
             }
             return 0;
         }
-    }
-
-    /** A Llama-family model (a teacher): its held-out cross-entropy and perplexity on --tokens. */
-    private int evalLlama(PrintWriter out) throws Exception {
-        if (shards != null) {
-            throw new CommandLine.ParameterException(spec.commandLine(), model + " is a Llama-family model: eval measures it on --tokens; "
-                    + "--teacher-shards compares a GPT-2 student with a teacher");
-        }
-        var cfg = LlamaFiles.readConfig(model.resolve(ModelFiles.CONFIG));
-        int t = cfg.contextLength();
-        try (Kernels kernels = device.open(0, out); TokenFile val = TokenFile.open(tokens, cfg.vocabSize(), "the model's")) {
-            int windows = (int) Math.max(1, Math.min(batch, (val.size() - 1) / t));
-            try (var m = LlamaFiles.read(model, kernels, windows, t)) {
-                printCrossEntropy(out, LanguageModelTraining.validationLoss(m, val, windows, t, batches > 0 ? batches : Integer.MAX_VALUE));
-            }
-        }
-        return 0;
     }
 
     /** The held-out cross-entropy on --tokens, one line or one JSON object. */

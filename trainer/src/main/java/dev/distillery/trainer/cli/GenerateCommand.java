@@ -7,10 +7,9 @@ import java.util.concurrent.Callable;
 
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Rng;
-import dev.distillery.runtime.io.LlamaFiles;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.TextGenerator;
-import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.trainer.data.TokenFile;
 import dev.distillery.trainer.tokenizer.TextTokenizer;
 import picocli.CommandLine;
@@ -52,10 +51,10 @@ public final class GenerateCommand implements Callable<Integer> {
         if (count < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--tokens must be >= 1, got " + count);
         Path tokFile = model.resolve("tokenizer.json");
         if (!Files.isRegularFile(tokFile)) throw new java.io.IOException(model + ": no tokenizer.json (generate needs the checkpoint's tokenizer)");
-        boolean llama = LlamaFiles.isLlama(model);
-        try (TextTokenizer tok = TextTokenizer.open(tokFile.toString()); Kernels kernels = device.open(0, out)) {
-            var llamaConfig = llama ? LlamaFiles.readConfig(model.resolve(ModelFiles.CONFIG)) : null;
-            int modelVocab = llama ? llamaConfig.vocabSize() : ModelFiles.readConfig(model.resolve(ModelFiles.CONFIG)).vocabSize();
+        boolean llama = ModelFiles.isLlama(model);
+        try (TextTokenizer tok = TextTokenizer.open(tokFile.toString()); Kernels kernels = device.open(0, out);
+             LanguageModel m = ModelFiles.readTeacher(model, kernels)) {
+            int modelVocab = m.vocabSize();
             // larger: a prompt can hold ids the model lacks; smaller: sampled ids past the tokenizer's decode to nothing, which
             // the Llama family allows (its vocabularies are padded to a multiple of 64 or more), GPT-2 checkpoints here do not
             if (tok.vocabSize() > modelVocab || (!llama && tok.vocabSize() != modelVocab)) {
@@ -66,10 +65,7 @@ public final class GenerateCommand implements Callable<Integer> {
             var first = llama && tok.bos().isPresent() ? tok.bos() : tok.eos();
             int[] start = prompt.isEmpty() ? new int[]{first.orElseThrow(() -> new java.io.IOException(tokFile
                     + " names no token to start from; give a --prompt"))} : tok.encode(prompt);
-            int window = llama ? Math.min(llamaConfig.contextLength(), start.length + count) : 0;
-            // GPT-2 runs each window at its length; a Llama-family model one window of prompt + generated tokens (at most its context)
-            try (Transformer m = llama ? null : ModelFiles.read(model, kernels);
-                 TextGenerator gen = llama ? new TextGenerator(LlamaFiles.read(model, kernels, 1, window), window) : new TextGenerator(m, kernels)) {
+            try (TextGenerator gen = new TextGenerator(m, kernels)) {
                 return generate(out, tok, gen, start);
             }
         }

@@ -14,7 +14,7 @@ import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.ModelWeights;
 import dev.distillery.runtime.io.SafetensorsFile;
 import dev.distillery.runtime.nn.LlamaConfig;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.trainer.data.TeacherManifest;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
@@ -47,19 +47,18 @@ public final class InspectCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut();
-        if (Files.isDirectory(path) && Files.exists(path.resolve(ModelFiles.CONFIG)) && LlamaFiles.isLlama(path)) {
-            LlamaConfig c = LlamaFiles.readConfig(path.resolve(ModelFiles.CONFIG));
-            out.printf(Locale.ROOT, "checkpoint %s: Llama family, %d layers, hidden %d, %d heads (%d key/value) of %d, MLP %d, vocab %d, "
-                            + "context %d, rms eps %s%s%s (a teacher for 'teacher dump-logits')%n", path, c.layers(), c.hidden(), c.heads(), c.kvHeads(),
-                    c.headSize(), c.intermediate(), c.vocabSize(), c.contextLength(), c.rmsEps(), c.qkvBias() ? ", q/k/v biases" : "",
-                    c.tied() ? ", tied head" : "");
-            try (ModelWeights weights = ModelWeights.open(path)) {
-                out.printf("%nweights: %s%n", weights.describe(path));
+        if (Files.isDirectory(path) && Files.exists(path.resolve(ModelFiles.CONFIG))) {
+            if (ModelFiles.isLlama(path)) {
+                LlamaConfig c = LlamaFiles.readConfig(path.resolve(ModelFiles.CONFIG));
+                out.printf(Locale.ROOT, "checkpoint %s: %s, %d layers, hidden %d, %d heads (%d key/value) of %d, MLP %d, vocab %d, "
+                                + "context %d, rms eps %s, rope theta %s%s%s%s%n", path, c.family().architecture, c.layers(), c.hidden(), c.heads(),
+                        c.kvHeads(), c.headSize(), c.intermediate(), c.vocabSize(), c.contextLength(), c.rmsEps(), c.rope().theta(),
+                        c.rope().llama3() != null ? " (llama3 scaling)" : "", c.qkvBias() ? ", q/k/v biases" : "", c.tied() ? ", tied head" : "");
+            } else {
+                Gpt2Config c = ModelFiles.readConfig(path.resolve(ModelFiles.CONFIG));
+                out.printf(Locale.ROOT, "checkpoint %s: GPT-2, %d layers, %d channels, %d heads, vocab %d, context %d: %,d parameters%n",
+                        path, c.layers(), c.channels(), c.heads(), c.vocabSize(), c.contextLength(), c.parameterCount());
             }
-        } else if (Files.isDirectory(path) && Files.exists(path.resolve(ModelFiles.CONFIG))) {
-            TransformerConfig c = ModelFiles.readConfig(path.resolve(ModelFiles.CONFIG));
-            out.printf(Locale.ROOT, "checkpoint %s: GPT-2, %d layers, %d channels, %d heads, vocab %d, context %d: %,d parameters%n",
-                    path, c.layers(), c.channels(), c.heads(), c.vocabSize(), c.contextLength(), c.parameterCount());
             out.println("tokenizer.json: " + (Files.exists(path.resolve("tokenizer.json")) ? "present" : "absent"));
             boolean split = !Files.exists(path.resolve(ModelFiles.MODEL)) && Files.exists(path.resolve(ModelWeights.INDEX));
             if (split) {

@@ -7,7 +7,7 @@ import java.util.concurrent.Callable;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.TeacherTargets;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.trainer.teacher.LanguageModelTraining;
 import dev.distillery.trainer.teacher.LogitDump;
 import picocli.CommandLine;
@@ -77,7 +77,7 @@ public final class TeacherCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter o = spec.commandLine().getOut(), e = spec.commandLine().getErr();
-            TransformerConfig model = new TransformerConfig(vocab, context, layers, channels, heads);
+            Gpt2Config model = new Gpt2Config(vocab, context, layers, channels, heads);
             var options = new LanguageModelTraining.Options(tokens, val, out, tokenizer, model, batch, steps, lr, lr / 10, warmup,
                     0.1, 1.0, evalEvery, 16, checkpointEvery, seed);
             try (Kernels k = device.open(0, o)) {

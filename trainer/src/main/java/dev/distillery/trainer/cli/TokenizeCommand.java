@@ -3,7 +3,6 @@ package dev.distillery.trainer.cli;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
 import java.util.List;
 import java.util.concurrent.Callable;
 
@@ -77,9 +76,7 @@ public final class TokenizeCommand implements Callable<Integer> {
             CorpusEncoder.Result r = CorpusEncoder.run(tok, new CorpusEncoder.Options(List.of(corpus), out, valFraction, d, n, replace, 1 << 16), e);
             if (tok instanceof HuggingFaceTokenizerFile) {
                 // beside the tokens, so a run's 'tokenizer' and dump-logits --tokenizer can name the very file
-                Path from = Files.isDirectory(Path.of(tokenizer)) ? Path.of(tokenizer, "tokenizer.json") : Path.of(tokenizer);
-                Path to = out.resolve("tokenizer.json");
-                if (!Files.exists(to) || !Files.isSameFile(from, to)) Files.copy(from, to, StandardCopyOption.REPLACE_EXISTING);
+                HuggingFaceTokenizerFile.copyInto(Files.isDirectory(Path.of(tokenizer)) ? Path.of(tokenizer, "tokenizer.json") : Path.of(tokenizer), out);
             }
             o.printf("%s: %,d documents, %,.1f MB -> %,d train + %,d held-out tokens (%s, vocab %,d, %s-delimited) in %.1f s "
                             + "(%,.0f tokens/s on %d threads) in %s%n", corpus, r.documents(), r.bytes() / 1e6, r.trainTokens(), r.valTokens(),

@@ -20,8 +20,8 @@ import dev.distillery.runtime.io.AtomicFileWriter;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.TextGenerator;
 import dev.distillery.runtime.nn.TrainingSession;
-import dev.distillery.runtime.nn.Transformer;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.LanguageModel;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.corpus.Corpus;
@@ -44,19 +44,19 @@ import dev.distillery.trainer.tokenizer.CorpusTokenization;
 public final class Demo {
 
     /** Sizes of one demo run. */
-    public record Settings(int vocab, int context, int batch, TransformerConfig teacher, int teacherSteps, double teacherLr,
+    public record Settings(int vocab, int context, int batch, Gpt2Config teacher, int teacherSteps, double teacherLr,
                            int studentLayers, int studentChannels, int studentHeads, int studentSteps, double studentLr,
                            int topK, double alpha, double temperature, int evalBatches) {
 
         /** Under 5 minutes on 2 cores. */
         public static Settings quick() {
-            return new Settings(1024, 64, 16, new TransformerConfig(1024, 64, 4, 192, 6), 600, 2e-3,
+            return new Settings(1024, 64, 16, new Gpt2Config(1024, 64, 4, 192, 6), 600, 2e-3,
                     2, 96, 4, 400, 3e-3, 32, 0.5, 1.0, 16);
         }
 
         /** The full sizes (teacher 6 layers × 384, student 2 × 128); about 40 minutes on 2 cores. */
         public static Settings full() {
-            return new Settings(2048, 128, 16, new TransformerConfig(2048, 128, 6, 384, 6), 1000, 1e-3,
+            return new Settings(2048, 128, 16, new Gpt2Config(2048, 128, 6, 384, 6), 1000, 1e-3,
                     2, 128, 4, 1500, 2e-3, 64, 0.5, 1.0, 32);
         }
     }
@@ -159,21 +159,21 @@ public final class Demo {
 
     private static DistillConfig studentConfig(Settings s, Path work, String name, double alpha, long seed, Path train, Path val, Path tokenizer) {
         return new DistillConfig(train.toString(), val.toString(), work.resolve(name).toString(), tokenizer.toString(), null,
-                new DistillConfig.Student(s.studentLayers(), s.studentChannels(), s.studentHeads(), s.context(), s.vocab()),
+                DistillConfig.Student.gpt2(s.studentLayers(), s.studentChannels(), s.studentHeads(), s.context(), s.vocab()),
                 s.studentSteps(), s.batch(), 1, s.studentLr(), s.studentLr() / 10, Math.max(1, s.studentSteps() / 20), 0.1, null, null, 1.0,
                 new DistillConfig.Loss(s.temperature(), alpha, "forward_kl", null, true, "tail", null, "mean", null),
                 Math.max(1, s.studentSteps() / 4), 0, 0, 1, seed + 1, 0, 2, true, null, null);   // every held-out sequence, as the report's table
     }
 
     private static Row row(String name, Path checkpoint, Path valShards, Settings s, Kernels kernels) throws IOException {
-        try (Transformer m = ModelFiles.read(checkpoint, kernels); TeacherShards shards = TeacherShards.open(valShards, false);
+        try (LanguageModel m = ModelFiles.read(checkpoint, kernels); TeacherShards shards = TeacherShards.open(valShards, false);
              TrainingSession session = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0,
                      s.batch(), shards.manifest().seqLen())) {
             DistillRun.Evaluation e = DistillRun.evaluate(session, shards, s.batch(), Integer.MAX_VALUE,
-                    ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, m.config().vocabSize()), 0);
+                    ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, m.vocabSize()), 0);
             double tps;
             try (TextGenerator gen = new TextGenerator(m, kernels)) {
-                int n = Math.min(64, m.config().contextLength() - 1);
+                int n = Math.min(64, m.contextLength() - 1);
                 gen.generate(new int[]{0}, 8, 1.0, 0, new Rng(1)); // warm up the JIT
                 long t0 = System.nanoTime();
                 gen.generate(new int[]{0}, n, 1.0, 0, new Rng(2));

@@ -14,7 +14,7 @@ import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.runtime.autograd.DifferentiableOps;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.trainer.data.StrictJson;
 
 /**
@@ -56,13 +56,38 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
 
     /**
      * The student; vocab_size defaults to the teacher's (larger is allowed: padding columns).
-     * Defaults: 2 layers, 128 channels, 4 heads, context = the shards' sequence length.
+     * Defaults: architecture gpt2, 2 layers, 128 channels, 4 heads, context = the shards' sequence
+     * length. The Llama architecture adds kv_heads (default: heads), intermediate (the SwiGLU
+     * width, default 8/3 · channels rounded up to a multiple of 32), rope_theta (default 10000) and
+     * tie_embeddings (default true).
      */
-    public record Student(Integer layers, Integer channels, Integer heads, Integer context, Integer vocabSize) {
+    public record Student(String architecture, Integer layers, Integer channels, Integer heads, Integer kvHeads, Integer intermediate,
+                          Double ropeTheta, Boolean tieEmbeddings, Integer context, Integer vocabSize) {
         public Student {
+            architecture = architecture == null ? "gpt2" : architecture;
             layers = layers == null ? 2 : layers;
             channels = channels == null ? 128 : channels;
             heads = heads == null ? 4 : heads;
+        }
+
+        /** The architectures a student can have. */
+        public enum Architecture { GPT2, LLAMA }
+
+        public Architecture family() {
+            return switch (architecture) {
+                case "gpt2" -> Architecture.GPT2;
+                case "llama" -> Architecture.LLAMA;
+                default -> throw new IllegalArgumentException("'student.architecture' must be gpt2 or llama, got \"" + architecture + "\"");
+            };
+        }
+
+        /** A GPT-2 student of these sizes (context and vocab_size null: the shards'). */
+        public static Student gpt2(int layers, int channels, int heads, Integer context, Integer vocabSize) {
+            return new Student("gpt2", layers, channels, heads, null, null, null, null, context, vocabSize);
+        }
+
+        static Student defaults() {
+            return new Student(null, null, null, null, null, null, null, null, null, null);
         }
     }
 
@@ -154,7 +179,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
 
     public DistillConfig {
         out = out == null ? "runs/distill" : out;
-        student = student == null ? new Student(null, null, null, null, null) : student;
+        student = student == null ? Student.defaults() : student;
         steps = steps == null ? 1000 : steps;
         batchSize = batchSize == null ? 8 : batchSize;
         gradAccum = gradAccum == null ? 1 : gradAccum;
@@ -210,16 +235,30 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         loss.options();
         loss.reductionMode();
         // the student's sizes, bounded before anything is allocated (the rest once the shards give vocabulary and context)
-        require(student.layers() >= 1 && student.layers() <= TransformerConfig.MAX_LAYERS, "student.layers",
-                "must be in [1, " + TransformerConfig.MAX_LAYERS + "], got " + student.layers());
-        require(student.channels() >= 1 && student.channels() <= TransformerConfig.MAX_CHANNELS, "student.channels",
-                "must be in [1, " + TransformerConfig.MAX_CHANNELS + "], got " + student.channels());
+        require(student.layers() >= 1 && student.layers() <= LanguageModel.MAX_LAYERS, "student.layers",
+                "must be in [1, " + LanguageModel.MAX_LAYERS + "], got " + student.layers());
+        require(student.channels() >= 1 && student.channels() <= LanguageModel.MAX_CHANNELS, "student.channels",
+                "must be in [1, " + LanguageModel.MAX_CHANNELS + "], got " + student.channels());
         require(student.heads() >= 1 && student.channels() % student.heads() == 0, "student.heads",
                 "must divide student.channels (" + student.channels() + "), got " + student.heads());
-        require(student.context() == null || student.context() >= 1 && student.context() <= TransformerConfig.MAX_CONTEXT,
-                "student.context", "must be in [1, " + TransformerConfig.MAX_CONTEXT + "], got " + student.context());
-        require(student.vocabSize() == null || student.vocabSize() >= 1 && student.vocabSize() <= TransformerConfig.MAX_VOCAB,
-                "student.vocab_size", "must be in [1, " + TransformerConfig.MAX_VOCAB + "], got " + student.vocabSize());
+        if (student.family() == Student.Architecture.GPT2) {
+            for (var key : java.util.Map.of("kv_heads", student.kvHeads() == null, "intermediate", student.intermediate() == null,
+                    "rope_theta", student.ropeTheta() == null, "tie_embeddings", student.tieEmbeddings() == null).entrySet()) {
+                require(key.getValue(), "student." + key.getKey(), "applies to the llama architecture, not to gpt2 (set 'student.architecture')");
+            }
+        } else {
+            int kv = student.kvHeads() == null ? student.heads() : student.kvHeads();
+            require(kv >= 1 && student.heads() % kv == 0, "student.kv_heads", "must divide student.heads (" + student.heads() + "), got " + kv);
+            require((student.channels() / student.heads()) % 2 == 0, "student.heads",
+                    "must leave an even head size for the rotary embedding: channels " + student.channels() + " / heads " + student.heads() + " is odd");
+            require(student.intermediate() == null || student.intermediate() >= 1 && student.intermediate() <= 4 * LanguageModel.MAX_CHANNELS,
+                    "student.intermediate", "must be in [1, " + 4 * LanguageModel.MAX_CHANNELS + "], got " + student.intermediate());
+            require(student.ropeTheta() == null || student.ropeTheta() > 1, "student.rope_theta", "must be above 1, got " + student.ropeTheta());
+        }
+        require(student.context() == null || student.context() >= 1 && student.context() <= LanguageModel.MAX_CONTEXT,
+                "student.context", "must be in [1, " + LanguageModel.MAX_CONTEXT + "], got " + student.context());
+        require(student.vocabSize() == null || student.vocabSize() >= 1 && student.vocabSize() <= LanguageModel.MAX_VOCAB,
+                "student.vocab_size", "must be in [1, " + LanguageModel.MAX_VOCAB + "], got " + student.vocabSize());
     }
 
     private static void require(boolean ok, String key, String problem) {

@@ -18,8 +18,11 @@ import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.Evaluator;
 import dev.distillery.runtime.nn.TrainingSession;
-import dev.distillery.runtime.nn.Transformer;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.LanguageModel;
+import dev.distillery.runtime.nn.Llama;
+import dev.distillery.runtime.nn.LlamaConfig;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
@@ -106,19 +109,18 @@ public final class DistillRun {
             CheckpointStore store = CheckpointStore.open(outDir.resolve("checkpoints"));
             Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, outDir, resume, "'out'");
 
-            Transformer model = from.isPresent() ? ModelFiles.read(from.get().dir(), kernels)
+            LanguageModel model = from.isPresent() ? ModelFiles.read(from.get().dir(), kernels)
                     : cfg.initFrom() != null ? initialStudent(cfg, kernels) : newStudent(cfg, teacherVocab, seqLen, kernels);
             try {
-                TransformerConfig mc = model.config();
-                if (mc.vocabSize() < teacherVocab) {
-                    throw new IOException("the student's vocabulary " + mc.vocabSize() + " is smaller than the teacher's " + teacherVocab
+                if (model.vocabSize() < teacherVocab) {
+                    throw new IOException("the student's vocabulary " + model.vocabSize() + " is smaller than the teacher's " + teacherVocab
                             + " (" + cfg.teacher() + "); a larger student vocabulary is allowed");
                 }
-                if (mc.contextLength() < seqLen) {
-                    throw new IOException("the student's context " + mc.contextLength() + " is shorter than the shards' seq_len " + seqLen);
+                if (model.contextLength() < seqLen) {
+                    throw new IOException("the student's context " + model.contextLength() + " is shorter than the shards' seq_len " + seqLen);
                 }
                 int chunkRows = cfg.loss().chunkRows() > 0 ? cfg.loss().chunkRows()
-                        : ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, mc.vocabSize());
+                        : ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, model.vocabSize());
                 AdamW.Config adam = new AdamW.Config(cfg.beta1(), cfg.beta2(), 1e-8, cfg.weightDecay());
                 LearningRateSchedule schedule = new LearningRateSchedule(cfg.lr(), cfg.minLr(), cfg.warmupSteps(), cfg.steps());
                 try (TrainingSession session = new TrainingSession(model, kernels, adam, schedule, cfg.gradClip(), cfg.batchSize(), seqLen)) {
@@ -141,7 +143,7 @@ public final class DistillRun {
     }
 
     /** The student read from init_from: all of it, or the init_layers blocks (an IllegalArgumentException names the key). */
-    private static Transformer initialStudent(DistillConfig cfg, Kernels kernels) throws IOException {
+    private static LanguageModel initialStudent(DistillConfig cfg, Kernels kernels) throws IOException {
         if (cfg.initLayers() == null) return ModelFiles.read(Path.of(cfg.initFrom()), kernels);
         try {
             return ModelFiles.readLayers(Path.of(cfg.initFrom()), cfg.initLayers().stream().mapToInt(Integer::intValue).toArray(), kernels);
@@ -213,16 +215,22 @@ public final class DistillRun {
         }
     }
 
-    private static Transformer newStudent(DistillConfig cfg, int teacherVocab, int seqLen, Kernels kernels) {
+    /** A fresh student of the config's architecture, initialised from the run's seed. */
+    private static LanguageModel newStudent(DistillConfig cfg, int teacherVocab, int seqLen, Kernels kernels) {
         DistillConfig.Student s = cfg.student();
-        TransformerConfig c;
+        int vocab = s.vocabSize() == null ? teacherVocab : s.vocabSize(), context = s.context() == null ? seqLen : s.context();
+        LanguageModel model;
         try {
-            c = new TransformerConfig(s.vocabSize() == null ? teacherVocab : s.vocabSize(), s.context() == null ? seqLen : s.context(),
-                    s.layers(), s.channels(), s.heads());
+            model = switch (s.family()) {
+                case GPT2 -> new Gpt2(new Gpt2Config(vocab, context, s.layers(), s.channels(), s.heads()), kernels);
+                case LLAMA -> new Llama(new LlamaConfig(LlamaConfig.Family.LLAMA, vocab, context, s.layers(), s.channels(), s.heads(),
+                        s.kvHeads() == null ? s.heads() : s.kvHeads(), s.channels() / s.heads(),
+                        s.intermediate() == null ? (8 * s.channels() / 3 + 31) / 32 * 32 : s.intermediate(), 1e-5f,
+                        LlamaConfig.Rope.plain(s.ropeTheta() == null ? 10000 : s.ropeTheta()), s.tieEmbeddings() == null || s.tieEmbeddings()), kernels);
+            };
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("'student': " + e.getMessage(), e);
         }
-        Transformer model = new Transformer(c, kernels);
         model.initialize(cfg.seed());
         return model;
     }
@@ -231,10 +239,8 @@ public final class DistillRun {
                                CheckpointStore store, DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows,
                                int epoch, int batchIndex, Path lastCheckpoint, int stopAfter, Path outDir, PrintWriter out, PrintWriter err) throws IOException {
         int startStep = session.optimizer().step();
-        Transformer model = session.model();
-        out.printf("student: %d layers, %d channels, %d heads, vocab %d, context %d: %,d parameters%n", model.config().layers(),
-                model.config().channels(), model.config().heads(), model.config().vocabSize(), model.config().contextLength(),
-                model.parameters().parameterCount());
+        LanguageModel model = session.model();
+        out.println("student: " + model.describe());
         out.printf("teacher: %s (%s, %d sequences of %d, vocab %d); loss: T %.3g, alpha %.3g, %s%s%n", cfg.teacher(),
                 shards.manifest().targets(), shards.sequences(), shards.manifest().seqLen(), shards.manifest().vocabSize(),
                 options.temperature(), options.alpha(), cfg.loss().divergence(), options.scaleByTemperatureSquared() ? ", T^2 on" : "");

@@ -4,7 +4,6 @@ import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -16,6 +15,7 @@ import dev.distillery.trainer.checkpoint.CheckpointStore;
 import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.report.MetricsLog;
 import dev.distillery.trainer.report.Progress;
+import dev.distillery.trainer.tokenizer.HuggingFaceTokenizerFile;
 
 /**
  * The training loop that {@code distill} and {@code teacher train} share: resume from the latest
@@ -232,7 +232,7 @@ public final class TrainingLoop {
     private static Path save(CheckpointStore store, TrainingSession session, Task task, Settings s, int step) throws IOException {
         return store.save(step, dir -> {
             ModelFiles.write(dir, session.model());
-            if (s.tokenizer() != null) Files.copy(s.tokenizer(), dir.resolve("tokenizer.json"), StandardCopyOption.REPLACE_EXISTING);
+            if (s.tokenizer() != null) HuggingFaceTokenizerFile.copyInto(s.tokenizer(), dir);
             Map<String, String> meta = new LinkedHashMap<>();
             meta.put("kind", s.kind());
             meta.put("step", Integer.toString(step));

@@ -12,8 +12,10 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.TrainingSession;
-import dev.distillery.runtime.nn.Transformer;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.LanguageModel;
+import dev.distillery.runtime.nn.LanguageModelForward;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
@@ -36,7 +38,7 @@ public final class LanguageModelTraining {
      * @param out        run folder (metrics.jsonl, curves.png, checkpoints/)
      * @param tokenizer  tokenizer.json copied into checkpoints (optional)
      */
-    public record Options(Path tokens, Path validation, Path out, Path tokenizer, TransformerConfig model, int batch,
+    public record Options(Path tokens, Path validation, Path out, Path tokenizer, Gpt2Config model, int batch,
                           int steps, double lr, double minLr, int warmup, double weightDecay, double gradClip,
                           int evalEvery, int evalBatches, int checkpointEvery, long seed) {
         public Options {
@@ -66,11 +68,11 @@ public final class LanguageModelTraining {
             if (train.size() < t + 1) throw new IOException(o.tokens() + ": " + train.size() + " tokens, fewer than one window of " + (t + 1));
             CheckpointStore store = CheckpointStore.open(o.out().resolve("checkpoints"));
             Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, o.out(), resume, "--out");
-            Transformer model;
+            LanguageModel model;
             if (from.isPresent()) {
                 model = ModelFiles.read(from.get().dir(), kernels);
             } else {
-                model = new Transformer(o.model(), kernels);
+                model = new Gpt2(o.model(), kernels);
                 model.initialize(o.seed());
             }
             try (model;
@@ -177,7 +179,7 @@ public final class LanguageModelTraining {
      * {@link #validationLoss(TrainingSession, TokenFile, int, int, int)} for a forward-only model (a
      * Llama-family teacher): the same windows, each row's CE = logsumexp − the logit of the next token.
      */
-    public static double validationLoss(dev.distillery.runtime.nn.LanguageModelForward model, TokenFile val, int batch, int t, int maxBatches)
+    public static double validationLoss(LanguageModelForward model, TokenFile val, int batch, int t, int maxBatches)
             throws IOException {
         long windowsAvailable = (val.size() - 1) / t;
         int batches = (int) Math.min(maxBatches, windowsAvailable / batch);

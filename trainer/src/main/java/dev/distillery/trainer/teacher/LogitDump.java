@@ -16,14 +16,10 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
-import dev.distillery.runtime.io.LlamaFiles;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.SafetensorsWriter;
 import dev.distillery.runtime.nn.LanguageModelForward;
-import dev.distillery.runtime.nn.TrainingSession;
-import dev.distillery.runtime.nn.Transformer;
-import dev.distillery.runtime.optim.AdamW;
-import dev.distillery.runtime.optim.LearningRateSchedule;
+import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.trainer.data.TeacherManifest;
 import dev.distillery.trainer.data.TeacherShardFormat;
 import dev.distillery.trainer.data.TeacherShards;
@@ -67,72 +63,20 @@ public final class LogitDump {
         }
         Path tokenizer = o.tokenizer() != null ? o.tokenizer() : o.teacher().resolve("tokenizer.json");
         String tokenizerSha256 = o.tokenizer() != null || Files.isRegularFile(tokenizer) ? TeacherShards.sha256(tokenizer) : null;
-        boolean llama = LlamaFiles.isLlama(o.teacher());
-        int v, context;
-        if (llama) {
-            var c = LlamaFiles.readConfig(o.teacher().resolve(ModelFiles.CONFIG));
-            v = c.vocabSize();
-            context = c.contextLength();
-        } else {
-            var c = ModelFiles.readConfig(o.teacher().resolve(ModelFiles.CONFIG));
-            v = c.vocabSize();
-            context = c.contextLength();
-        }
-        try (TokenFile tokens = TokenFile.open(o.tokens(), v, "the teacher's")) {
+        try (LanguageModel teacher = ModelFiles.readTeacher(o.teacher(), kernels);
+             TokenFile tokens = TokenFile.open(o.tokens(), teacher.vocabSize(), "the teacher's")) {
+            int v = teacher.vocabSize(), context = teacher.contextLength();
             int t = o.seqLen() > 0 ? o.seqLen() : context;
             if (t > context) throw new IllegalArgumentException("--seq-len " + t + " exceeds the teacher's context " + context);
             int total = (int) Math.min(o.maxSequences() > 0 ? o.maxSequences() : Integer.MAX_VALUE, tokens.size() / t);
             if (total < 1) throw new IOException(o.tokens() + ": " + tokens.size() + " tokens, fewer than one sequence of " + t);
             int batch = Math.min(o.batch(), total);
-            try (LanguageModelForward model = llama ? LlamaFiles.read(o.teacher(), kernels, batch, t) : new Gpt2Forward(o.teacher(), kernels, batch, t);
+            try (LanguageModelForward model = new LanguageModelForward(teacher, kernels, batch, t);
                  FolderLock lock = FolderLock.acquire(o.out(), "--out")) {    // inputs before the folder: bad input writes nothing
                 dump(o, model, tokens, t, batch, total, tokenizer, tokenizerSha256, v, out, err);
             }
         }
         return TeacherManifest.read(o.out().resolve("manifest.json"));
-    }
-
-    /** A GPT-2 checkpoint's logits through the training session's evaluator (the same forward training runs). */
-    private static final class Gpt2Forward implements LanguageModelForward {
-        private final Transformer model;
-        private final TrainingSession session;
-
-        Gpt2Forward(Path dir, Kernels kernels, int batch, int t) throws IOException {
-            this.model = ModelFiles.read(dir, kernels);
-            try {
-                this.session = new TrainingSession(model, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0, batch, t);
-            } catch (RuntimeException e) {
-                model.close();
-                throw e;
-            }
-        }
-
-        @Override
-        public int vocabSize() {
-            return model.config().vocabSize();
-        }
-
-        @Override
-        public int contextLength() {
-            return model.config().contextLength();
-        }
-
-        @Override
-        public MemorySegment logits(MemorySegment ids) {
-            session.inputs().setSequences(ids);
-            return session.evaluator().logits();
-        }
-
-        @Override
-        public float[] logsumexpOfLastLogits(double temperature) {
-            return session.evaluator().logsumexpOfLastLogits(temperature);
-        }
-
-        @Override
-        public void close() {
-            session.close();
-            model.close();
-        }
     }
 
     private static void dump(Options o, LanguageModelForward model, TokenFile tokens, int t, int batch, int total, Path tokenizer,

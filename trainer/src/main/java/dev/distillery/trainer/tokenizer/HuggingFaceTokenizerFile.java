@@ -52,6 +52,26 @@ public final class HuggingFaceTokenizerFile implements TextTokenizer {
     }
 
     /** Loads {@code file}; {@code tokenizer_config.json} beside it, when there, names the EOS and BOS tokens. */
+    /** What {@code transformers}' AutoTokenizer reads beside a tokenizer.json: the special tokens (BOS, EOS) and the class. */
+    public static final List<String> COMPANIONS = List.of("tokenizer_config.json", "special_tokens_map.json");
+
+    /**
+     * Copies {@code file} into {@code dir} as tokenizer.json, with the {@link #COMPANIONS} found
+     * beside it, so a folder made here (token files, a checkpoint) loads in AutoTokenizer with the
+     * teacher's special tokens. Copying a file onto itself is a no-op.
+     */
+    public static void copyInto(Path file, Path dir) throws IOException {
+        Path parent = file.toAbsolutePath().getParent();
+        copy(file, dir.resolve("tokenizer.json"));
+        for (String name : COMPANIONS) {
+            if (Files.isRegularFile(parent.resolve(name))) copy(parent.resolve(name), dir.resolve(name));
+        }
+    }
+
+    private static void copy(Path from, Path to) throws IOException {
+        if (!Files.exists(to) || !Files.isSameFile(from, to)) Files.copy(from, to, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+    }
+
     public static HuggingFaceTokenizerFile open(Path file) throws IOException {
         JsonNode root = ModelFiles.readJson(file);
         if (root == null || !root.isObject() || !root.path("model").isObject()) {

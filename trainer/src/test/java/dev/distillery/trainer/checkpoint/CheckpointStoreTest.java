@@ -15,9 +15,10 @@ import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
+import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.io.ModelFiles;
-import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.nn.Gpt2;
 
 class CheckpointStoreTest {
 
@@ -80,7 +81,7 @@ class CheckpointStoreTest {
             CheckpointStore.Checkpoint latest = store.latest().orElseThrow();
             assertTrue(latest.step() > lastSeen);
             for (CheckpointStore.Checkpoint c : store.list()) {
-                try (var k = new dev.distillery.kernels.cpu.CpuKernels(1, "vector"); Transformer m = ModelFiles.read(c.dir(), k)) {
+                try (var k = new dev.distillery.kernels.cpu.CpuKernels(1, "vector"); LanguageModel m = ModelFiles.read(c.dir(), k)) {
                     for (Tensor t : m.parameters().parameters()) {
                         for (long i = 0; i < t.numel(); i++) {
                             if (t.getFloat(i) != c.step()) {

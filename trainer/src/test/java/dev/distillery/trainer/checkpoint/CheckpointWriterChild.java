@@ -5,8 +5,8 @@ import java.util.Map;
 
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.io.ModelFiles;
-import dev.distillery.runtime.nn.Transformer;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.Gpt2Config;
 
 /**
  * Run in a child JVM by {@link CheckpointStoreTest}: writes checkpoints step after step, forever,
@@ -18,7 +18,7 @@ public final class CheckpointWriterChild {
         CheckpointStore store = CheckpointStore.open(Path.of(args[0]));
         int step = store.latest().map(CheckpointStore.Checkpoint::step).orElse(0);
         try (var kernels = new dev.distillery.kernels.cpu.CpuKernels(1, "vector");
-             Transformer model = new Transformer(new TransformerConfig(97, 16, 2, 32, 4), kernels)) {
+             Gpt2 model = new Gpt2(new Gpt2Config(97, 16, 2, 32, 4), kernels)) {
             while (true) {
                 step++;
                 for (Tensor t : model.parameters().parameters()) {

@@ -24,8 +24,8 @@ import org.junit.jupiter.api.io.TempDir;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.runtime.io.ModelFiles;
-import dev.distillery.runtime.nn.Transformer;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.trainer.data.ShardFixtures;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
@@ -124,7 +124,7 @@ class MalformedInputsTest {
     void aCheckpointWithANonFiniteWeightIsNamedNotEvaluatedToNaN(@TempDir Path dir) throws IOException {
         Path model = dir.resolve("model");
         try (var kernels = new CpuKernels(1, "auto");
-             var m = new Transformer(new TransformerConfig(16, 8, 1, 8, 2), kernels)) {
+             var m = new Gpt2(new Gpt2Config(16, 8, 1, 8, 2), kernels)) {
             m.initialize(1);
             m.parameters().get("h.0.mlp.c_fc.weight").setFloat(5, Float.NaN);
             ModelFiles.write(model, m);
@@ -138,7 +138,7 @@ class MalformedInputsTest {
     @Test
     void tokenIdsOutsideTheVocabularyAreNamedBeforeAnythingIsWritten(@TempDir Path dir) throws IOException {
         Path model = dir.resolve("teacher");
-        try (var kernels = new CpuKernels(1, "auto"); var m = new Transformer(new TransformerConfig(16, 8, 1, 8, 2), kernels)) {
+        try (var kernels = new CpuKernels(1, "auto"); var m = new Gpt2(new Gpt2Config(16, 8, 1, 8, 2), kernels)) {
             m.initialize(1);
             ModelFiles.write(model, m);
         }
@@ -176,7 +176,7 @@ class MalformedInputsTest {
 
     private static Path tinyModel(Path dir, int vocab) throws IOException {
         Path model = dir.resolve("model-" + vocab);
-        try (var kernels = new CpuKernels(1, "auto"); var m = new Transformer(new TransformerConfig(vocab, ShardFixtures.T, 1, 8, 2), kernels)) {
+        try (var kernels = new CpuKernels(1, "auto"); var m = new Gpt2(new Gpt2Config(vocab, ShardFixtures.T, 1, 8, 2), kernels)) {
             m.initialize(1);
             ModelFiles.write(model, m);
         }

@@ -130,4 +130,44 @@ class PythonShardsTest {
         assertTrue(m.endsWith("shard-00000.safetensors: tensor 'logsumexp' is BF16; it must be F32 (.float()): a bf16 logsumexp is off by "
                 + "up to 0.4% of its value, which scales every top-k probability by up to e^(0.004 |logsumexp|)"), m);
     }
+
+    /**
+     * The same teacher, the same windows: top-8 shards written from Python by the example script
+     * (transformers' logits) and by {@code teacher dump-logits} (ours) hold the same ids, the same
+     * bf16 logits to one bf16 step, and the same logsumexp to 1e-4. Only near-ties (the two sides'
+     * fp32 logits differ by ~1e-5) may swap neighbours.
+     */
+    @Test
+    void shardsWrittenByThePythonExampleEqualThoseDumpLogitsWritesForTheSameTeacher(@TempDir Path dir) throws Exception {
+        Path python = fixture("llama-tiny-topk8"), ours = dir.resolve("ours");
+        Path teacher = Path.of(PythonShardsTest.class.getResource("/dev/distillery/trainer/hf/llama-tiny").toURI());
+        StringWriter err = new StringWriter();
+        assertEquals(0, Main.execute(new String[]{"teacher", "dump-logits", "--teacher", teacher.toString(), "--tokens",
+                fixture("llama-tiny-windows.bin").toString(), "--out", ours.toString(), "--targets", "topk", "--k", "8", "--dtype", "bf16",
+                "--seq-len", "24", "--device", "cpu", "--threads", "1"}, new PrintWriter(new StringWriter()), new PrintWriter(err, true)), err.toString());
+        try (TeacherShards a = TeacherShards.open(python, true); TeacherShards b = TeacherShards.open(ours, true)) {
+            assertEquals(3, a.sequences());
+            assertEquals(a.sequences(), b.sequences());
+            assertEquals(a.layout(), b.layout());
+            int swaps = 0;
+            for (int s = 0; s < 3; s++) {
+                TeacherShards.Sequence x = a.sequence(s), y = b.sequence(s);
+                assertEquals(-1, x.inputIds().asSlice(0, 4L * 24).mismatch(y.inputIds().asSlice(0, 4L * 24)), "sequence " + s + " ids");
+                TeacherTargets.TopK p = (TeacherTargets.TopK) x.targets(), q = (TeacherTargets.TopK) y.targets();
+                for (int t = 0; t < 24; t++) {
+                    assertEquals(p.logsumexp().getAtIndex(ValueLayout.JAVA_FLOAT, t), q.logsumexp().getAtIndex(ValueLayout.JAVA_FLOAT, t), 1e-4);
+                    for (int j = 0; j < 8; j++) {
+                        long i = (long) t * 8 + j;
+                        float lp = p.type().read(p.logits(), i), lq = q.type().read(q.logits(), i);
+                        assertEquals(lp, lq, Math.ulp(lp) * 65536 * 1.01, "s " + s + " t " + t + " rank " + j);   // one bf16 step
+                        if (p.ids().getAtIndex(ValueLayout.JAVA_INT, i) != q.ids().getAtIndex(ValueLayout.JAVA_INT, i)) {
+                            assertEquals(lp, lq, 0f, "ids differ at s " + s + " t " + t + " rank " + j + " where the logits are not tied");
+                            swaps++;
+                        }
+                    }
+                }
+            }
+            assertTrue(swaps <= 4, swaps + " near-tied neighbours swapped");
+        }
+    }
 }

@@ -14,7 +14,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import dev.distillery.kernels.cpu.CpuKernels;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.trainer.corpus.Corpus;
 
 /** The whole demo pipeline at toy sizes: every stage runs and the report has its three rows. */
@@ -23,7 +23,7 @@ class DemoTest {
     @Test
     void tinyDemoRunsEveryStageAndReports(@TempDir Path work) throws IOException {
         Corpus corpus = new Corpus("slice", Corpus.bundled().text().substring(0, 60_000));
-        Demo.Settings tiny = new Demo.Settings(300, 16, 8, new TransformerConfig(300, 16, 2, 32, 2), 40, 3e-3,
+        Demo.Settings tiny = new Demo.Settings(300, 16, 8, new Gpt2Config(300, 16, 2, 32, 2), 40, 3e-3,
                 1, 16, 2, 30, 3e-3, 8, 0.5, 1.0, 4);
         StringWriter out = new StringWriter();
         List<Demo.Row> rows;

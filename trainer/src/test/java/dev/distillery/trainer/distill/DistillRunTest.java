@@ -25,11 +25,12 @@ import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.SafetensorsWriter;
-import dev.distillery.runtime.nn.Transformer;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.trainer.data.TeacherManifest;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
@@ -56,7 +57,7 @@ class DistillRunTest {
         tokens[0] = 1;
         for (int i = 1; i < tokens.length; i++) tokens[i] = rng.nextDouble() < 0.8 ? (tokens[i - 1] * 7 + 3) % VOCAB : rng.nextInt(VOCAB);
         TokenFile.write(tmp.resolve("tokens.bin"), tokens);
-        try (Transformer teacher = new Transformer(new TransformerConfig(VOCAB, SEQ, 1, 16, 2), kernels)) {
+        try (Gpt2 teacher = new Gpt2(new Gpt2Config(VOCAB, SEQ, 1, 16, 2), kernels)) {
             teacher.initialize(99);
             // Sharpen the random teacher so its distribution is far from uniform.
             var wte = teacher.parameters().get("wte.weight");
@@ -79,7 +80,7 @@ class DistillRunTest {
 
     static DistillConfig config(Path out, String shards, int steps, int checkpointEvery, double alpha) {
         return new DistillConfig(data.resolve(shards).toString(), data.resolve("dense").toString(), out.toString(), null, null,
-                new DistillConfig.Student(1, 16, 2, SEQ, VOCAB + 3), steps, 4, 2, 1e-2, 1e-3, 2, 0.0, null, null, 1.0,
+                DistillConfig.Student.gpt2(1, 16, 2, SEQ, VOCAB + 3), steps, 4, 2, 1e-2, 1e-3, 2, 0.0, null, null, 1.0,
                 new DistillConfig.Loss(1.0, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 4, checkpointEvery, 10, 5L, 0, 2, true, null, null);
     }
 
@@ -122,7 +123,7 @@ class DistillRunTest {
                 split = run(config(out.resolve("split"), "topk", 8, 4, 0.5), true, 0, cuda);
             }
             assertEquals(8, split.step());
-            try (Transformer a = ModelFiles.read(cpu.lastCheckpoint(), kernels); Transformer b = ModelFiles.read(split.lastCheckpoint(), kernels)) {
+            try (LanguageModel a = ModelFiles.read(cpu.lastCheckpoint(), kernels); LanguageModel b = ModelFiles.read(split.lastCheckpoint(), kernels)) {
                 for (var t : a.parameters().parameters()) {
                     float[] x = t.toFloatArray(), y = b.parameters().get(t.name()).toFloatArray();
                     double diff = 0, scale = 1e-3;
@@ -250,7 +251,7 @@ class DistillRunTest {
         assertTrue(e.getMessage().contains("not finite") && e.getMessage().contains("Stopped; the last good checkpoint is"), e.getMessage());
         var store = dev.distillery.trainer.checkpoint.CheckpointStore.open(run.resolve("checkpoints"));
         var last = store.latest().orElseThrow();
-        try (Transformer m = ModelFiles.read(last.dir(), kernels)) {
+        try (LanguageModel m = ModelFiles.read(last.dir(), kernels)) {
             for (var t : m.parameters().parameters()) {
                 for (long i = 0; i < t.numel(); i++) assertTrue(Float.isFinite(t.getFloat(i)), "last checkpoint " + last.dir() + " holds " + t.name());
             }
@@ -260,10 +261,10 @@ class DistillRunTest {
     @Test
     void mismatchedShapesAreRefusedBeforeTheFirstStep(@TempDir Path out) {
         DistillConfig c = config(out, "dense", 2, 0, 0.5);
-        DistillConfig small = new DistillConfig(c.teacher(), null, c.out(), null, null, new DistillConfig.Student(1, 16, 2, SEQ, VOCAB - 1),
+        DistillConfig small = new DistillConfig(c.teacher(), null, c.out(), null, null, DistillConfig.Student.gpt2(1, 16, 2, SEQ, VOCAB - 1),
                 2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null);
         assertTrue(assertThrows(IOException.class, () -> run(small, false)).getMessage().contains("smaller than the teacher's " + VOCAB));
-        DistillConfig shortContext = new DistillConfig(c.teacher(), null, c.out(), null, null, new DistillConfig.Student(1, 16, 2, SEQ - 1, null),
+        DistillConfig shortContext = new DistillConfig(c.teacher(), null, c.out(), null, null, DistillConfig.Student.gpt2(1, 16, 2, SEQ - 1, null),
                 2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null);
         assertTrue(assertThrows(IOException.class, () -> run(shortContext, false)).getMessage().contains("shorter than the shards' seq_len"));
     }

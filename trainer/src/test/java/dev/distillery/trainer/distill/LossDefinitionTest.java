@@ -21,12 +21,11 @@ import org.junit.jupiter.api.io.TempDir;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 
+import dev.distillery.runtime.nn.LanguageModel;
+import dev.distillery.runtime.nn.LanguageModelForward;
 import dev.distillery.runtime.io.ModelFiles;
-import dev.distillery.runtime.nn.TrainingSession;
-import dev.distillery.runtime.nn.Transformer;
-import dev.distillery.runtime.nn.TransformerConfig;
-import dev.distillery.runtime.optim.AdamW;
-import dev.distillery.runtime.optim.LearningRateSchedule;
+import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.trainer.cli.Main;
 
 /**
@@ -43,7 +42,7 @@ class LossDefinitionTest {
     static void shardsAndStudent(@TempDir Path tmp) throws IOException {
         DistillRunTest.writeTeacherShards(tmp);
         dir = tmp;
-        try (Transformer student = new Transformer(new TransformerConfig(DistillRunTest.VOCAB, DistillRunTest.SEQ, 1, 16, 2),
+        try (Gpt2 student = new Gpt2(new Gpt2Config(DistillRunTest.VOCAB, DistillRunTest.SEQ, 1, 16, 2),
                 DistillRunTest.kernels)) {
             student.initialize(11);
             ModelFiles.write(tmp.resolve("student"), student);
@@ -94,9 +93,8 @@ class LossDefinitionTest {
         double shardT = manifest.get("temperature").asDouble();
         double loss = 0, ce = 0, kl = 0;
         long rows = 0;
-        try (Transformer student = ModelFiles.read(dir.resolve("student"), DistillRunTest.kernels);
-             TrainingSession session = new TrainingSession(student, DistillRunTest.kernels, AdamW.Config.defaults(),
-                     LearningRateSchedule.constant(1e-3), 0, 1, t);
+        try (LanguageModel student = ModelFiles.read(dir.resolve("student"), DistillRunTest.kernels);
+             LanguageModelForward forward = new LanguageModelForward(student, DistillRunTest.kernels, 1, t);
              java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
             MemorySegment ids = arena.allocate(4L * t, 64);
             for (JsonNode shard : manifest.get("shards")) {
@@ -107,8 +105,7 @@ class LossDefinitionTest {
                 Raw lse = targets.equals("dense") ? null : tensor(file, "logsumexp");
                 for (int s = 0; s < shard.get("sequences").asInt(); s++) {
                     for (int p = 0; p < t; p++) ids.setAtIndex(ValueLayout.JAVA_INT, p, input.i32((long) s * t + p));
-                    session.inputs().setSequences(ids);
-                    MemorySegment sl = session.evaluator().logits();
+                    MemorySegment sl = forward.logits(ids);
                     for (int p = 0; p < t - 1; p++) {
                         double[] z = new double[v];
                         for (int j = 0; j < v; j++) z[j] = sl.getAtIndex(ValueLayout.JAVA_FLOAT, (long) p * v + j);
@@ -191,7 +188,7 @@ class LossDefinitionTest {
         // Training: one batch of every sequence, so step 1's loss is the mean over all of them.
         Path out = dir.resolve("run-" + targets);
         DistillConfig cfg = new DistillConfig(shards.toString(), null, out.toString(), null, dir.resolve("student").toString(),
-                new DistillConfig.Student(1, 16, 2, null, null), 1, sequences, 1, 1e-3, 1e-4, 0, 0.0, null, null, 0.0,
+                DistillConfig.Student.gpt2(1, 16, 2, null, null), 1, sequences, 1, 1e-3, 1e-4, 0, 0.0, null, null, 0.0,
                 new DistillConfig.Loss(temperature, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 0, 0, 1, 5L, 0, 1, true, null, null);
         PrintWriter quiet = new PrintWriter(new StringWriter());
         DistillRun.run(cfg, DistillRunTest.kernels, false, quiet, quiet);

@@ -1,6 +1,7 @@
 package dev.distillery.trainer.teacher;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
@@ -17,9 +18,10 @@ import org.junit.jupiter.api.io.TempDir;
 
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.SafetensorsFile;
-import dev.distillery.runtime.nn.Transformer;
+import dev.distillery.runtime.nn.Gpt2;
 import dev.distillery.trainer.cli.Main;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
@@ -83,9 +85,9 @@ class HuggingFaceCheckpointTest {
 
     @Test
     void aGpt2ReadFromTransformersAndWrittenByDistilleryReadsBackBitForBit(@TempDir Path dir) throws Exception {
-        try (CpuKernels kernels = new CpuKernels(1, "auto"); Transformer hf = ModelFiles.read(fixture("gpt2-tiny"), kernels)) {
+        try (CpuKernels kernels = new CpuKernels(1, "auto"); LanguageModel hf = ModelFiles.read(fixture("gpt2-tiny"), kernels)) {
             ModelFiles.write(dir.resolve("ours"), hf);
-            try (Transformer back = ModelFiles.read(dir.resolve("ours"), kernels)) {
+            try (LanguageModel back = ModelFiles.read(dir.resolve("ours"), kernels)) {
                 for (var t : hf.parameters().parameters()) {
                     float[] a = t.data().toArray(ValueLayout.JAVA_FLOAT), b = back.parameters().get(t.name()).data().toArray(ValueLayout.JAVA_FLOAT);
                     assertTrue(java.util.Arrays.equals(a, b), t.name());
@@ -142,10 +144,10 @@ class HuggingFaceCheckpointTest {
 
     @Test
     void aStudentStartsFromChosenTeacherLayers(@TempDir Path dir) throws Exception {
-        try (CpuKernels kernels = new CpuKernels(1, "auto"); Transformer teacher = ModelFiles.read(fixture("gpt2-tiny"), kernels);
-             Transformer student = ModelFiles.readLayers(fixture("gpt2-tiny"), new int[]{1}, kernels)) {
-            assertEquals(1, student.config().layers());
-            assertEquals(teacher.config().channels(), student.config().channels());
+        try (CpuKernels kernels = new CpuKernels(1, "auto"); LanguageModel teacher = ModelFiles.read(fixture("gpt2-tiny"), kernels);
+             LanguageModel student = ModelFiles.readLayers(fixture("gpt2-tiny"), new int[]{1}, kernels)) {
+            assertEquals(1, student.layers());
+            assertEquals(teacher.width(), student.width());
             for (var t : student.parameters().parameters()) {
                 String from = t.name().startsWith("h.0.") ? "h.1." + t.name().substring(4) : t.name();
                 assertTrue(java.util.Arrays.equals(teacher.parameters().get(from).data().toArray(ValueLayout.JAVA_FLOAT),
@@ -195,7 +197,8 @@ class HuggingFaceCheckpointTest {
             float[] expected = st.bytes("llama").toArray(ValueLayout.JAVA_FLOAT);
             try (var device = new dev.distillery.kernels.cuda.EmulatedCudaBackend(library);
                  var cuda = new dev.distillery.kernels.cuda.CudaKernels(device);
-                 var llama = dev.distillery.runtime.io.LlamaFiles.read(fixture("llama-tiny"), cuda, 3, 24)) {
+                 var model = ModelFiles.readTeacher(fixture("llama-tiny"), cuda);
+                 var llama = new dev.distillery.runtime.nn.LanguageModelForward(model, cuda, 3, 24)) {
                 float[] got = llama.logits(ids).toArray(ValueLayout.JAVA_FLOAT);
                 double max = 0;
                 for (int i = 0; i < expected.length; i++) max = Math.max(max, Math.abs(got[i] - expected[i]));
@@ -237,21 +240,18 @@ class HuggingFaceCheckpointTest {
         assertEquals(expected, ce, 1e-5, out.toString());
     }
 
-    /**
-     * Greedy sampling from a Llama teacher at one padded window length gives the tokens that running
-     * the model at each exact length gives: what is padded after a window's end is not seen.
-     */
+    /** Greedy sampling from a Llama teacher takes, at each step, the argmax of its logits over the window so far. */
     @Test
-    void greedyGenerationFromALlamaTeacherIgnoresThePaddingOfItsWindow() throws Exception {
+    void greedyGenerationFromALlamaTeacherFollowsItsLogits() throws Exception {
         int[] prompt = {5, 17, 42, 3};
         int count = 6, window = prompt.length + count;
-        try (CpuKernels kernels = new CpuKernels(1, "auto");
-             var gen = new dev.distillery.runtime.nn.TextGenerator(dev.distillery.runtime.io.LlamaFiles.read(fixture("llama-tiny"), kernels, 1, window), window);
+        try (CpuKernels kernels = new CpuKernels(1, "auto"); LanguageModel model = ModelFiles.readTeacher(fixture("llama-tiny"), kernels);
+             var gen = new dev.distillery.runtime.nn.TextGenerator(model, kernels);
              java.lang.foreign.Arena host = java.lang.foreign.Arena.ofConfined()) {
             int[] seq = gen.generate(prompt, count, 0, 0, new dev.distillery.runtime.Rng(1));
             int[] expected = java.util.Arrays.copyOf(prompt, window);
             for (int n = prompt.length; n < window; n++) {
-                try (var exact = dev.distillery.runtime.io.LlamaFiles.read(fixture("llama-tiny"), kernels, 1, n)) {
+                try (var exact = new dev.distillery.runtime.nn.LanguageModelForward(model, kernels, 1, n)) {
                     MemorySegment ids = host.allocate(4L * n, 64);
                     for (int i = 0; i < n; i++) ids.setAtIndex(ValueLayout.JAVA_INT, i, expected[i]);
                     MemorySegment logits = exact.logits(ids);
@@ -263,6 +263,68 @@ class HuggingFaceCheckpointTest {
                 }
             }
             org.junit.jupiter.api.Assertions.assertArrayEquals(expected, seq);
+        }
+    }
+
+    /** Llama and Qwen2 models read from transformers' files and written by Distillery read back bit for bit, config and all. */
+    @Test
+    void llamaFamilyModelsWrittenByDistilleryReadBackBitForBit(@TempDir Path dir) throws Exception {
+        for (String name : new String[]{"llama-tiny", "qwen2-tiny"}) {
+            try (CpuKernels kernels = new CpuKernels(1, "auto"); LanguageModel hf = ModelFiles.read(fixture(name), kernels)) {
+                ModelFiles.write(dir.resolve(name), hf);
+                assertEquals(dev.distillery.runtime.io.LlamaFiles.readConfig(fixture(name).resolve("config.json")),
+                        dev.distillery.runtime.io.LlamaFiles.readConfig(dir.resolve(name).resolve("config.json")), name);
+                try (LanguageModel back = ModelFiles.read(dir.resolve(name), kernels)) {
+                    assertEquals(hf.parameters().layout().keySet(), back.parameters().layout().keySet(), name);
+                    for (var t : hf.parameters().parameters()) {
+                        float[] a = t.data().toArray(ValueLayout.JAVA_FLOAT), b = back.parameters().get(t.name()).data().toArray(ValueLayout.JAVA_FLOAT);
+                        assertTrue(java.util.Arrays.equals(a, b), name + " " + t.name());
+                    }
+                }
+            }
+        }
+    }
+
+    /**
+     * A Llama student distilled from a Llama teacher's shards: one taken from the teacher's second
+     * block, one fresh from the config's architecture. Each checkpoint reads back as itself and
+     * scores its own held-out CE again.
+     */
+    @Test
+    void llamaStudentsDistilFromALlamaTeacherAndReadBackAsThemselves(@TempDir Path dir) throws Exception {
+        maxDifference(fixture("llama-tiny"), "llama-tiny-logits.safetensors", "llama", 3, 24, dir.resolve("llama-tiny"));
+        Path shards = dir.resolve("llama-tiny").resolve("shards-llama");
+        for (String[] run : new String[][]{
+                {"from-teacher", "\"init_from\": \"" + fixture("llama-tiny") + "\", \"init_layers\": [1]"},
+                {"fresh", "\"student\": {\"architecture\": \"llama\", \"layers\": 2, \"channels\": 32, \"heads\": 4, \"kv_heads\": 2, "
+                        + "\"intermediate\": 40, \"tie_embeddings\": false}"}}) {
+            Path cfg = dir.resolve(run[0] + ".json");
+            Files.writeString(cfg, "{\"teacher\": \"" + shards + "\", \"out\": \"" + dir.resolve(run[0]) + "\", \"steps\": 3, "
+                    + "\"batch_size\": 2, \"lr\": 0.01, \"loss\": {\"temperature\": 2.0}, " + run[1] + "}");
+            StringWriter out = new StringWriter(), err = new StringWriter();
+            assertEquals(0, Main.execute(new String[]{"distill", "--config", cfg.toString(), "--device", "cpu", "--threads", "1"},
+                    new PrintWriter(out, true), new PrintWriter(err, true)), err.toString());
+            assertTrue(out.toString().contains("student: LlamaForCausalLM, " + (run[0].equals("fresh") ? "2 layers of 32" : "1 layers of 48")), out.toString());
+            Path checkpoint = dir.resolve(run[0]).resolve("checkpoints/step-00000003");
+            try (CpuKernels kernels = new CpuKernels(1, "auto"); LanguageModel a = ModelFiles.read(checkpoint, kernels)) {
+                ModelFiles.write(dir.resolve(run[0] + "-again"), a);
+                try (LanguageModel b = ModelFiles.read(dir.resolve(run[0] + "-again"), kernels)) {
+                    for (var t : a.parameters().parameters()) {
+                        assertTrue(java.util.Arrays.equals(t.data().toArray(ValueLayout.JAVA_FLOAT),
+                                b.parameters().get(t.name()).data().toArray(ValueLayout.JAVA_FLOAT)), run[0] + " " + t.name());
+                    }
+                }
+                if (run[0].equals("from-teacher")) {
+                    try (LanguageModel teacher = ModelFiles.read(fixture("llama-tiny"), kernels)) {
+                        assertFalse(java.util.Arrays.equals(teacher.parameters().get("model.layers.1.mlp.up_proj.weight").data().toArray(ValueLayout.JAVA_FLOAT),
+                                a.parameters().get("model.layers.0.mlp.up_proj.weight").data().toArray(ValueLayout.JAVA_FLOAT)), "the student trained");
+                    }
+                }
+            }
+            StringWriter evalOut = new StringWriter();
+            assertEquals(0, Main.execute(new String[]{"eval", "--model", checkpoint.toString(), "--teacher-shards", shards.toString(), "--json",
+                    "--batch", "3", "--device", "cpu", "--threads", "1"}, new PrintWriter(evalOut, true), new PrintWriter(err, true)), err.toString());
+            assertTrue(evalOut.toString().contains("\"top1_agreement\""), evalOut.toString());
         }
     }
 }

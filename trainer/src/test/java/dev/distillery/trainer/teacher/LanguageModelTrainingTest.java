@@ -16,7 +16,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import dev.distillery.kernels.cpu.CpuKernels;
-import dev.distillery.runtime.nn.TransformerConfig;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.trainer.cli.Main;
 import dev.distillery.trainer.corpus.Corpus;
 import dev.distillery.trainer.tokenizer.CorpusTokenization;
@@ -39,7 +39,7 @@ class LanguageModelTrainingTest {
     }
 
     static LanguageModelTraining.Options options(Path out, int steps) {
-        return new LanguageModelTraining.Options(data.train(), data.val(), out, data.tokenizerFile(), new TransformerConfig(300, 16, 1, 32, 2),
+        return new LanguageModelTraining.Options(data.train(), data.val(), out, data.tokenizerFile(), new Gpt2Config(300, 16, 1, 32, 2),
                 4, steps, 3e-3, 3e-4, 2, 0.1, 1.0, 0, 4, 5, 9);
     }
 

@@ -158,6 +158,21 @@ class HuggingFaceTokenizerParityTest {
         }
     }
 
+    /** A tokenizer.json travels with the files AutoTokenizer reads beside it (BOS, EOS, the class), and onto itself as a no-op. */
+    @Test
+    void aTokenizerIsCopiedWithItsCompanionFiles() throws IOException {
+        Path teacher = java.nio.file.Files.createDirectories(dir.resolve("teacher")), out = dir.resolve("copied");
+        java.nio.file.Files.copy(spJson, teacher.resolve("tokenizer.json"));
+        java.nio.file.Files.writeString(teacher.resolve("tokenizer_config.json"), "{\"bos_token\": \"<s>\"}");
+        java.nio.file.Files.createDirectories(out);
+        HuggingFaceTokenizerFile.copyInto(teacher.resolve("tokenizer.json"), out);
+        assertEquals(-1, java.nio.file.Files.mismatch(spJson, out.resolve("tokenizer.json")));
+        assertEquals("{\"bos_token\": \"<s>\"}", java.nio.file.Files.readString(out.resolve("tokenizer_config.json")));
+        assertTrue(!java.nio.file.Files.exists(out.resolve("special_tokens_map.json")), "only what is there is copied");
+        HuggingFaceTokenizerFile.copyInto(out.resolve("tokenizer.json"), out);
+        assertEquals(-1, java.nio.file.Files.mismatch(spJson, out.resolve("tokenizer.json")));
+    }
+
     @Test
     void badInputIsNamedWithItsFileAndPlace() throws IOException {
         Path bad = dir.resolve("bad");

@@ -12,13 +12,18 @@ import dev.distillery.runtime.autograd.DifferentiableOps;
  * embedding. Parameter names and layouts are Hugging Face GPT-2's ({@code h.0.attn.c_attn.weight}
  * is (c, 3c), Conv1D style), so a checkpoint opens in {@code transformers} as it is.
  */
-public final class Transformer implements AutoCloseable {
+public final class Gpt2 implements LanguageModel {
 
-    private final TransformerConfig config;
+    private final Gpt2Config config;
     private final ParameterStore params;
 
     /** The model's parameters, zero-filled, in the memory of {@code kernels} (call {@link #initialize} or load them). */
-    public Transformer(TransformerConfig config, Kernels kernels) {
+    public Gpt2(Gpt2Config config, Kernels kernels) {
+        this(config, kernels, true);
+    }
+
+    /** @param trainable false for a teacher: no gradient memory, nothing recorded for a backward */
+    public Gpt2(Gpt2Config config, Kernels kernels, boolean trainable) {
         this.config = config;
         int c = config.channels(), v = config.vocabSize();
         ParameterStore.Builder b = ParameterStore.builder()
@@ -34,13 +39,40 @@ public final class Transformer implements AutoCloseable {
                     .add(p + "mlp.c_proj.weight", 4 * c, c).add(p + "mlp.c_proj.bias", c);
         }
         b.add("ln_f.weight", c).add("ln_f.bias", c);
-        this.params = b.build(kernels);
+        this.params = trainable ? b.build(kernels) : b.buildFrozen(kernels);
     }
 
-    public TransformerConfig config() {
+    public Gpt2Config config() {
         return config;
     }
 
+    @Override
+    public int vocabSize() {
+        return config.vocabSize();
+    }
+
+    @Override
+    public int contextLength() {
+        return config.contextLength();
+    }
+
+    @Override
+    public int width() {
+        return config.channels();
+    }
+
+    @Override
+    public int layers() {
+        return config.layers();
+    }
+
+    @Override
+    public String describe() {
+        return String.format("GPT-2, %d layers of %d channels, %d heads, vocab %d, context %d: %,d parameters", config.layers(),
+                config.channels(), config.heads(), config.vocabSize(), config.contextLength(), params.parameterCount());
+    }
+
+    @Override
     public ParameterStore parameters() {
         return params;
     }
@@ -50,6 +82,7 @@ public final class Transformer implements AutoCloseable {
      * N(0, 0.02/√(2·layers)), biases 0, layernorm weights 1. Draws in declaration order from one
      * seeded {@link Rng}, so a seed fixes the model bit for bit.
      */
+    @Override
     public void initialize(long seed) {
         Rng rng = new Rng(seed);
         double residualStd = 0.02 / Math.sqrt(2.0 * config.layers());
@@ -66,36 +99,25 @@ public final class Transformer implements AutoCloseable {
         }
     }
 
-    /**
-     * Logits (b·t, vocab) for int32 tokens (b, t), t ≤ contextLength. Every op is recorded on the
-     * tape of {@code ops} when it is enabled.
-     */
-    public Tensor forward(DifferentiableOps ops, Tensor tokens, int b, int t) {
-        return ops.matmulTransposed(hidden(ops, tokens, b, t), p("wte.weight"));
-    }
-
-    /**
-     * The final-layernorm output (b·t, channels), before the LM head: the input of the chunked
-     * LM head + distillation loss ({@link DifferentiableOps#distillationLoss}), whose weight is
-     * {@link #lmHeadWeight()}.
-     */
+    @Override
     public Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t) {
         int nh = config.heads();
-        Tensor x = ops.embedding(tokens, p("wte.weight"), p("wpe.weight"), b, t);
-        for (int l = 0; l < config.layers(); l++) {
+        Tensor embedded = ops.embedding(tokens, p("wte.weight"), p("wpe.weight"), b, t);
+        Tensor x = Blocks.run(ops, embedded, config.layers(), (in, l) -> {
             String pre = "h." + l + ".";
-            Tensor h = ops.layerNorm(x, p(pre + "ln_1.weight"), p(pre + "ln_1.bias"));
+            Tensor h = ops.layerNorm(in, p(pre + "ln_1.weight"), p(pre + "ln_1.bias"));
             Tensor qkv = ops.linear(h, p(pre + "attn.c_attn.weight"), p(pre + "attn.c_attn.bias"));
             Tensor a = ops.attention(qkv, b, t, nh);
-            x = ops.add(x, ops.linear(a, p(pre + "attn.c_proj.weight"), p(pre + "attn.c_proj.bias")));
-            h = ops.layerNorm(x, p(pre + "ln_2.weight"), p(pre + "ln_2.bias"));
+            Tensor mid = ops.add(in, ops.linear(a, p(pre + "attn.c_proj.weight"), p(pre + "attn.c_proj.bias")));
+            h = ops.layerNorm(mid, p(pre + "ln_2.weight"), p(pre + "ln_2.bias"));
             h = ops.gelu(ops.linear(h, p(pre + "mlp.c_fc.weight"), p(pre + "mlp.c_fc.bias")));
-            x = ops.add(x, ops.linear(h, p(pre + "mlp.c_proj.weight"), p(pre + "mlp.c_proj.bias")));
-        }
+            return ops.add(mid, ops.linear(h, p(pre + "mlp.c_proj.weight"), p(pre + "mlp.c_proj.bias")));
+        });
         return ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias"));
     }
 
     /** The LM head's weight (vocab, channels): the token embedding, tied. */
+    @Override
     public Tensor lmHeadWeight() {
         return p("wte.weight");
     }

@@ -1,0 +1,55 @@
+package dev.distillery.runtime.nn;
+
+import dev.distillery.runtime.ParameterStore;
+import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.autograd.DifferentiableOps;
+
+/**
+ * A causal language model of one of the families this code computes, its parameters in one
+ * {@link ParameterStore}: what a training session trains, an evaluator scores, a generator samples
+ * and a teacher runs forward. Parameter names are the family's Hugging Face names, so a checkpoint
+ * is the model's safetensors as it is.
+ */
+public sealed interface LanguageModel extends AutoCloseable permits Gpt2, Llama {
+
+    /** Bounds checked before anything is allocated: past them a size is a typo, not a model. */
+    int MAX_VOCAB = 1 << 24, MAX_CONTEXT = 1 << 20, MAX_LAYERS = 1024, MAX_CHANNELS = 1 << 16;
+    /** At most 2^31 parameters: with gradients and two AdamW moments, 32 GB. */
+    long MAX_PARAMETERS = 1L << 31;
+
+    int vocabSize();
+
+    int contextLength();
+
+    /** The width of the final hidden state: the LM head's input. */
+    int width();
+
+    int layers();
+
+    ParameterStore parameters();
+
+    /** The family's own initialisation, from one seeded generator: a seed fixes the model bit for bit. */
+    void initialize(long seed);
+
+    /**
+     * The final norm's output (b·t, width) for int32 tokens (b, t), t ≤ contextLength: the input of
+     * the LM head ({@link #lmHeadWeight()}) and of the chunked LM head + distillation loss. Every op
+     * is recorded on the tape of {@code ops} when it is enabled; when it is not, each block's
+     * activations are freed as soon as the next block has read them.
+     */
+    Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t);
+
+    /** The LM head's weight (vocab, width), PyTorch's (out, in) layout: the token embedding when tied. */
+    Tensor lmHeadWeight();
+
+    /** Logits (b·t, vocab). */
+    default Tensor forward(DifferentiableOps ops, Tensor tokens, int b, int t) {
+        return ops.projection(hidden(ops, tokens, b, t), lmHeadWeight(), null);
+    }
+
+    /** One line for logs: the family and its sizes. */
+    String describe();
+
+    @Override
+    void close();
+}
