@@ -46,7 +46,7 @@ public final class Workspace implements AutoCloseable {
     /** A 64-byte-aligned region of at least {@code bytes}; contents are undefined. */
     public MemorySegment allocate(long bytes) {
         long size = Math.max(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);
-        if (overflowArena == null && offset + size <= block.byteSize()) {
+        if (overflowBytes == 0 && offset + size <= block.byteSize()) {
             MemorySegment s = block.asSlice(offset, bytes);
             offset += size;
             highWater = Math.max(highWater, offset);
@@ -75,18 +75,25 @@ public final class Workspace implements AutoCloseable {
         return t;
     }
 
-    /** The allocation point now: {@link #rewind} to it frees what was handed out since. */
+    /** The allocation point now (bytes handed out since the last reset): {@link #rewind} to it frees what was handed out since. */
     public long mark() {
-        return overflowArena == null ? offset : -1;
+        return offset + overflowBytes;
     }
 
     /**
      * Frees what was handed out since {@code mark} (a forward pass that needs no backward drops
-     * each block's activations). Past an overflow it frees nothing: the next {@link #reset()}
-     * grows the block to the high-water mark instead.
+     * each block's activations). What came from the side arena past an overflow stays allocated
+     * until the next {@link #reset()}, but counts as freed, so the block that reset makes is sized
+     * for the peak of the rewound pass, not for the sum of its blocks.
      */
     public void rewind(long mark) {
-        if (mark >= 0 && overflowArena == null && mark <= offset) offset = mark;
+        if (mark < 0 || mark > offset + overflowBytes) throw new IllegalArgumentException("mark " + mark + " is past the allocation point");
+        if (mark <= offset) {
+            offset = mark;
+            overflowBytes = 0;
+        } else {
+            overflowBytes = mark - offset;
+        }
     }
 
     /** Frees everything handed out since the last reset; grows the block if the step overflowed. */

@@ -24,6 +24,26 @@ class WorkspaceTest {
         }
     }
 
+    /** A pass that rewinds after each block needs one block's bytes, even when its first run overflowed. */
+    @Test
+    void aRewoundPassIsSizedForItsPeakNotForTheSumOfItsBlocks() {
+        try (var kernels = new dev.distillery.kernels.cpu.CpuKernels(1, "vector"); Workspace ws = new Workspace(kernels, 64)) {
+            for (int pass = 0; pass < 3; pass++) {
+                ws.allocate(1024);                       // what lives through the pass
+                for (int block = 0; block < 4; block++) {
+                    long mark = ws.mark();
+                    ws.allocate(4096);
+                    ws.allocate(2048);
+                    ws.rewind(mark);
+                }
+                assertEquals(1024 + 4096 + 2048, ws.highWater(), "pass " + pass);
+                ws.reset();
+            }
+            assertEquals(1024 + 4096 + 2048, ws.capacity());
+            assertEquals(1, ws.growths(), "grown once, after the first pass");
+        }
+    }
+
     @Test
     void zerosAreZero() {
         try (var kernels = new dev.distillery.kernels.cpu.CpuKernels(1, "vector"); Workspace ws = new Workspace(kernels, 1 << 12)) {

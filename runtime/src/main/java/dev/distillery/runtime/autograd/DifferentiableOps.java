@@ -4,10 +4,15 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
+
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
+import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
+import dev.distillery.runtime.distill.TeacherRows;
 
 /**
  * The ops a GPT-style model is made of. Each one runs its forward kernel into a tensor from the
@@ -311,26 +316,16 @@ public final class DifferentiableOps {
     }
 
     /**
-     * The LM head (hidden · weightᵀ, weight = the tied token embedding (vocab, d)) and the fused
-     * distillation loss, chunked so that no more than {@code chunkRows} rows of logits exist at a
-     * time. Like {@link #crossEntropy} this is the root of the graph: with the tape enabled it
+     * The LM head (hidden · weightᵀ, weight (vocab, d)) and the fused distillation loss, chunked so
+     * that no more than {@code chunkRows} rows of logits exist at a time, with an extra factor on
+     * the gradient (1/k for gradient accumulation over k micro-batches; the returned loss is
+     * unscaled). Like {@link #crossEntropy} this is the root of the graph: with the tape enabled it
      * writes the gradients of hidden and weight during the call.
      *
-     * @param labels int32 (n) hard labels or null (alpha must then be 0)
+     * @param teacher the targets of each chunk of rows (stored, or an in-process teacher's logits)
+     * @param labels  int32 (n) hard labels or null (alpha must then be 0)
      */
-    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, dev.distillery.kernels.distill.TeacherTargets teacher,
-                                        Tensor labels, dev.distillery.kernels.distill.DistillOptions options,
-                                        Reduction reduction, int chunkRows) {
-        return distillationLoss(hidden, weight, teacher, labels, options, reduction, chunkRows, 1f);
-    }
-
-    /**
-     * As {@link #distillationLoss(Tensor, Tensor, dev.distillery.kernels.distill.TeacherTargets, Tensor,
-     * dev.distillery.kernels.distill.DistillOptions, Reduction, int)} with an extra factor on the
-     * gradient (1/k for gradient accumulation over k micro-batches); the returned loss is unscaled.
-     */
-    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, dev.distillery.kernels.distill.TeacherTargets teacher,
-                                        Tensor labels, dev.distillery.kernels.distill.DistillOptions options,
+    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherRows teacher, Tensor labels, DistillOptions options,
                                         Reduction reduction, int chunkRows, float gradScale) {
         int n = hidden.dim(0), d = hidden.dim(1), v = weight.dim(0);
         int valid = labels == null ? n : countNot(labels, n, options.ignoreIndex());
@@ -338,11 +333,16 @@ public final class DifferentiableOps {
         boolean backward = tracks(hidden, weight);
         int chunk = Math.min(chunkRows, Math.max(1, n));
         Tensor logits = workspace.tensor("logits.chunk", chunk, v);
-        var sums = dev.distillery.runtime.distill.ChunkedLinearDistillLoss.run(kernels, hidden.data(), weight.data(),
-                backward ? grad(hidden) : null, backward ? grad(weight) : null, teacher,
-                labels == null ? null : labels.data(), n, d, v, options, scale, chunk, logits.data());
+        var sums = ChunkedLinearDistillLoss.run(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null,
+                backward ? grad(weight) : null, teacher, labels == null ? null : labels.data(), n, d, v, options, scale, chunk, logits.data());
         double norm = reduction == Reduction.SUM ? 1 : valid == 0 ? 0 : 1.0 / valid;
         return new DistillLoss(sums.total() * norm, sums.ce() * norm, sums.divergence() * norm, sums.rows());
+    }
+
+    /** As above for stored targets where the kernels read them, with gradient factor 1. */
+    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherTargets teacher, Tensor labels, DistillOptions options,
+                                        Reduction reduction, int chunkRows) {
+        return distillationLoss(hidden, weight, TeacherRows.stored(teacher, null), labels, options, reduction, chunkRows, 1f);
     }
 
     /** The mean cross-entropy over non-ignored rows and how many rows counted. */

@@ -6,7 +6,6 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.BadRowException;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
-import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
  * The LM head and the distillation loss fused over chunks of rows, so the (n, vocab) logits never
@@ -17,7 +16,9 @@ import dev.distillery.kernels.distill.TeacherTargets;
  *   dh[r0:r1] += dlogits · W                   (chunk, d)
  *   dW        += dlogitsᵀ · h[r0:r1]            (V, d)
  * </pre>
- * h is (n, d), W is (V, d) (the tied token embedding). Extra memory: chunk × V floats.
+ * h is (n, d), W is (V, d) (the LM head). The teacher's targets are asked for one chunk at a
+ * time ({@link TeacherRows}), so an in-process teacher's logits exist one chunk at a time too.
+ * Extra memory: chunk × V floats.
  */
 public final class ChunkedLinearDistillLoss {
 
@@ -37,7 +38,7 @@ public final class ChunkedLinearDistillLoss {
      * @param labels int32 (n) or null
      */
     public static DistillSums run(Kernels kernels, MemorySegment hidden, MemorySegment weight,
-                                  MemorySegment dHidden, MemorySegment dWeight, TeacherTargets teacher, MemorySegment labels,
+                                  MemorySegment dHidden, MemorySegment dWeight, TeacherRows teacher, MemorySegment labels,
                                   int n, int d, int vocab, DistillOptions options, float gradScale,
                                   int chunkRows, MemorySegment logits) {
         if (chunkRows < 1) throw new IllegalArgumentException("chunk rows must be >= 1, got " + chunkRows);

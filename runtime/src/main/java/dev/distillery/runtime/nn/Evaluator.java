@@ -9,6 +9,8 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.distill.InProcessTeacher;
+import dev.distillery.runtime.distill.TeacherRows;
 import dev.distillery.runtime.distill.TeacherStaging;
 
 /**
@@ -69,51 +71,66 @@ public final class Evaluator {
     public Sums distill(TeacherTargets teacher, int[] teacherTop1, DistillOptions options, int chunkRows) {
         graph.reset(false);
         try {
-            int n = batch * time, d = model.width(), v = model.vocabSize();
-            TeacherTargets staged = staging.stage(teacher, n);
+            TeacherTargets staged = staging.stage(teacher, batch * time);
             Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
             kernels.joinCopies();
-            int chunk = Math.max(1, Math.min(chunkRows, n));
-            Tensor logits = graph.workspace.tensor("eval.logits", chunk, v);
-            MemorySegment rowCe = graph.workspace.tensor("eval.ce", chunk).data();
-            MemorySegment rowDiv = graph.workspace.tensor("eval.div", chunk).data();
-            MemorySegment top1 = graph.workspace.tensor("eval.top1", DType.I32, chunk).data();
-            MemorySegment labels = inputs.targets().data();
-            DistillOptions divergenceOnly = options.withAlpha(0f);
-            Sums sums = Sums.zero();
-            try (Arena host = Arena.ofConfined()) {
-                MemorySegment hostCe = host.allocate(4L * chunk, 64), hostDiv = host.allocate(4L * chunk, 64);
-                MemorySegment hostTop1 = host.allocate(4L * chunk, 64);
-                for (int r0 = 0; r0 < n; r0 += chunk) {
-                    int rows = Math.min(chunk, n - r0);
-                    kernels.gemm(false, true, rows, v, d, 1f, hidden.data().asSlice(4L * r0 * d), d,
-                            model.lmHeadWeight().data(), d, 0f, logits.data(), v);
-                    kernels.argmaxRows(top1, logits.data(), rows, v);
-                    try {
-                        kernels.distillLoss(logits.data(), null, staged.rows(r0, r0 + rows), labels.asSlice(4L * r0), rowCe, rowDiv,
-                                rows, v, divergenceOnly, 1f);
-                    } catch (dev.distillery.kernels.distill.BadRowException e) {
-                        throw e.shifted(r0);   // the row of the batch, not of the chunk
-                    }
-                    kernels.copyToHost(hostCe, rowCe, 4L * rows);
-                    kernels.copyToHost(hostDiv, rowDiv, 4L * rows);
-                    kernels.copyToHost(hostTop1, top1, 4L * rows);
-                    double ce = 0, div = 0;
-                    long counted = 0, agree = 0;
-                    for (int r = 0; r < rows; r++) {
-                        if (inputs.target(r0 + r) == options.ignoreIndex()) continue;
-                        ce += hostCe.getAtIndex(ValueLayout.JAVA_FLOAT, r);
-                        div += hostDiv.getAtIndex(ValueLayout.JAVA_FLOAT, r);
-                        if (hostTop1.getAtIndex(ValueLayout.JAVA_INT, r) == teacherTop1[r0 + r]) agree++;
-                        counted++;
-                    }
-                    sums = sums.plus(new Sums(ce, div, agree, counted));
-                }
-            }
-            return sums;
+            return sums(hidden, TeacherRows.stored(staged, teacherTop1), options, chunkRows);
         } finally {
             graph.recordAgain();
         }
+    }
+
+    /** As {@link #distill(TeacherTargets, int[], DistillOptions, int)} against a teacher run in this process, in its chunks. */
+    public Sums distill(InProcessTeacher teacher, DistillOptions options, int chunkRows) {
+        graph.reset(false);
+        try {
+            TeacherRows rows = teacher.forward(inputs.tokens(), batch, time);
+            return sums(model.hidden(graph.ops, inputs.tokens(), batch, time), rows, options, chunkRows);
+        } finally {
+            graph.recordAgain();
+        }
+    }
+
+    private Sums sums(Tensor hidden, TeacherRows teacher, DistillOptions options, int chunkRows) {
+        int n = batch * time, d = model.width(), v = model.vocabSize();
+        int chunk = Math.max(1, Math.min(chunkRows, n));
+        Tensor logits = graph.workspace.tensor("eval.logits", chunk, v);
+        MemorySegment rowCe = graph.workspace.tensor("eval.ce", chunk).data();
+        MemorySegment rowDiv = graph.workspace.tensor("eval.div", chunk).data();
+        MemorySegment top1 = graph.workspace.tensor("eval.top1", DType.I32, chunk).data();
+        MemorySegment labels = inputs.targets().data();
+        DistillOptions divergenceOnly = options.withAlpha(0f);
+        Sums sums = Sums.zero();
+        try (Arena host = Arena.ofConfined()) {
+            MemorySegment hostCe = host.allocate(4L * chunk, 64), hostDiv = host.allocate(4L * chunk, 64);
+            MemorySegment hostTop1 = host.allocate(4L * chunk, 64);
+            for (int r0 = 0; r0 < n; r0 += chunk) {
+                int rows = Math.min(chunk, n - r0);
+                kernels.gemm(false, true, rows, v, d, 1f, hidden.data().asSlice(4L * r0 * d), d,
+                        model.lmHeadWeight().data(), d, 0f, logits.data(), v);
+                kernels.argmaxRows(top1, logits.data(), rows, v);
+                try {
+                    kernels.distillLoss(logits.data(), null, teacher.rows(r0, r0 + rows), labels.asSlice(4L * r0), rowCe, rowDiv,
+                            rows, v, divergenceOnly, 1f);
+                } catch (dev.distillery.kernels.distill.BadRowException e) {
+                    throw e.shifted(r0);   // the row of the batch, not of the chunk
+                }
+                kernels.copyToHost(hostCe, rowCe, 4L * rows);
+                kernels.copyToHost(hostDiv, rowDiv, 4L * rows);
+                kernels.copyToHost(hostTop1, top1, 4L * rows);
+                double ce = 0, div = 0;
+                long counted = 0, agree = 0;
+                for (int r = 0; r < rows; r++) {
+                    if (inputs.target(r0 + r) == options.ignoreIndex()) continue;
+                    ce += hostCe.getAtIndex(ValueLayout.JAVA_FLOAT, r);
+                    div += hostDiv.getAtIndex(ValueLayout.JAVA_FLOAT, r);
+                    if (hostTop1.getAtIndex(ValueLayout.JAVA_INT, r) == teacher.top1(r0 + r)) agree++;
+                    counted++;
+                }
+                sums = sums.plus(new Sums(ce, div, agree, counted));
+            }
+        }
+        return sums;
     }
 
 }

@@ -6,6 +6,8 @@ import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
 import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.distill.InProcessTeacher;
+import dev.distillery.runtime.distill.TeacherRows;
 import dev.distillery.runtime.distill.TeacherStaging;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
@@ -126,7 +128,24 @@ public final class TrainingSession implements AutoCloseable {
         TeacherTargets staged = teacherStaging.stage(teacher, batch * time);
         Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
         kernels.joinCopies();
-        DifferentiableOps.DistillLoss loss = graph.ops.distillationLoss(hidden, model.lmHeadWeight(), staged, inputs.targets(), options,
+        DifferentiableOps.DistillLoss loss = graph.ops.distillationLoss(hidden, model.lmHeadWeight(), TeacherRows.stored(staged, null),
+                inputs.targets(), options, reduction, chunkRows, gradScale);
+        graph.tape.backward();
+        return loss;
+    }
+
+    /**
+     * As {@link #backwardDistill(TeacherTargets, DistillOptions, DifferentiableOps.Reduction, int, float)}
+     * against a teacher run in this process on the same tokens: its hidden states once, its
+     * logits chunk by chunk as the loss consumes them ({@code chunkRows} at most, the chunk the
+     * teacher was made for).
+     */
+    public DifferentiableOps.DistillLoss backwardDistill(InProcessTeacher teacher, DistillOptions options,
+                                                         DifferentiableOps.Reduction reduction, int chunkRows, float gradScale) {
+        graph.reset(true);
+        TeacherRows rows = teacher.forward(inputs.tokens(), batch, time);
+        Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
+        DifferentiableOps.DistillLoss loss = graph.ops.distillationLoss(hidden, model.lmHeadWeight(), rows, inputs.targets(), options,
                 reduction, chunkRows, gradScale);
         graph.tape.backward();
         return loss;

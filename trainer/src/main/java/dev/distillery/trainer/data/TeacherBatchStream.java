@@ -14,9 +14,10 @@ import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
 
 /**
- * Batches of teacher sequences in a seeded random order, prepared by a background thread.
+ * Batches of sequences (teacher shards, or token windows for a teacher run in the process) in a
+ * seeded random order, prepared by a background thread.
  *
- * <p>Each epoch is a permutation of all sequences across shards, drawn from {@code Rng(seed +
+ * <p>Each epoch is a permutation of all sequences, drawn from {@code Rng(seed +
  * epoch)}, cut into batches of {@code batch} sequences (a last partial batch is dropped). The
  * prefetcher copies a batch's input ids and teacher targets into one of {@code depth} reusable
  * slots, so a batch's B·T target rows are contiguous (what the chunked loss wants) and nothing is
@@ -34,6 +35,7 @@ public final class TeacherBatchStream implements AutoCloseable {
     /**
      * One prepared batch; valid until {@link #release(Batch)}. Its first {@code valid} sequences
      * are real; the rest (only in the last batch of a {@link #onePass} stream) are padding.
+     * {@code targets} is null when the sequences carry none.
      */
     public record Batch(int epoch, int index, MemorySegment inputIds, TeacherTargets targets, int[] sequences, int valid, Slot slot) {
     }
@@ -45,7 +47,7 @@ public final class TeacherBatchStream implements AutoCloseable {
 
         private Slot(Arena arena, HostMemory memory, long rows, TeacherLayout layout) {
             ids = memory.allocate(arena, Math.max(1, rows * 4));
-            for (int i = 0; i < layout.bufferTypes().size(); i++) targets.add(memory.allocate(arena, Math.max(1, rows * layout.bytesPerRow(i))));
+            for (int i = 0; layout != null && i < layout.bufferTypes().size(); i++) targets.add(memory.allocate(arena, Math.max(1, rows * layout.bytesPerRow(i))));
         }
     }
 
@@ -61,7 +63,7 @@ public final class TeacherBatchStream implements AutoCloseable {
         HostMemory PLAIN = (arena, bytes) -> arena.allocate(bytes, 64);
     }
 
-    private final TeacherShards shards;
+    private final Sequences shards;
     private final int batch;
     private final long seed;
     private final int batchesPerEpoch;
@@ -78,21 +80,21 @@ public final class TeacherBatchStream implements AutoCloseable {
      * @param startEpoch first epoch to produce (0 for a fresh run)
      * @param startBatch first batch within it (to resume)
      */
-    public TeacherBatchStream(TeacherShards shards, int batch, long seed, int depth, int startEpoch, int startBatch) {
+    public TeacherBatchStream(Sequences shards, int batch, long seed, int depth, int startEpoch, int startBatch) {
         this(shards, batch, seed, depth, startEpoch, startBatch, HostMemory.PLAIN);
     }
 
     /** As above, with the slots in {@code memory}. */
-    public TeacherBatchStream(TeacherShards shards, int batch, long seed, int depth, int startEpoch, int startBatch, HostMemory memory) {
+    public TeacherBatchStream(Sequences shards, int batch, long seed, int depth, int startEpoch, int startBatch, HostMemory memory) {
         this(shards, batch, seed, depth, startEpoch, startBatch, memory, false);
     }
 
     /** Every sequence once, in {@code ceil(sequences / batch)} batches (the last padded), then the end. */
-    public static TeacherBatchStream onePass(TeacherShards shards, int batch, long seed) {
+    public static TeacherBatchStream onePass(Sequences shards, int batch, long seed) {
         return new TeacherBatchStream(shards, batch, seed, 1, 0, 0, HostMemory.PLAIN, true);
     }
 
-    private TeacherBatchStream(TeacherShards shards, int batch, long seed, int depth, int startEpoch, int startBatch, HostMemory memory,
+    private TeacherBatchStream(Sequences shards, int batch, long seed, int depth, int startEpoch, int startBatch, HostMemory memory,
                                boolean onePass) {
         if (batch < 1 || (!onePass && batch > shards.sequences())) {
             throw new IllegalArgumentException("batch " + batch + " must be in [1, " + shards.sequences() + " sequences]");
@@ -107,7 +109,7 @@ public final class TeacherBatchStream implements AutoCloseable {
             throw new IllegalArgumentException("start batch " + startBatch + " must be in [0, " + batchesPerEpoch + ")");
         }
         this.layout = shards.layout();
-        long rows = (long) batch * shards.manifest().seqLen();
+        long rows = (long) batch * shards.seqLen();
         this.free = new ArrayBlockingQueue<>(depth);
         this.ready = new ArrayBlockingQueue<>(depth);
         for (int i = 0; i < depth; i++) free.add(new Slot(arena, memory, rows, layout));
@@ -152,19 +154,19 @@ public final class TeacherBatchStream implements AutoCloseable {
     }
 
     private Batch fill(Slot slot, int epoch, int index, int[] seqs, int valid) {
-        int t = shards.manifest().seqLen();
+        int t = shards.seqLen();
         for (int i = 0; i < batch; i++) {
             int sequence = seqs[Math.min(i, valid - 1)];
-            TeacherShards.Sequence s = shards.sequence(sequence);
             try {
-                MemorySegment.copy(s.inputIds(), 0, slot.ids, 4L * i * t, 4L * t);
-                List<MemorySegment> from = s.targets().buffers();
+                shards.copyInputIds(sequence, slot.ids, 4L * i * t);
+                if (layout == null) continue;
+                List<MemorySegment> from = shards.targets(sequence).buffers();
                 for (int b = 0; b < from.size(); b++) copy(from.get(b), slot.targets.get(b), i, t * layout.bytesPerRow(b));
             } catch (InternalError fault) {   // a mapped page past the file's end: the file shrank after it was opened
                 throw shards.unreadable(sequence, fault);
             }
         }
-        return new Batch(epoch, index, slot.ids, layout.over(slot.targets), seqs, valid, slot);
+        return new Batch(epoch, index, slot.ids, layout == null ? null : layout.over(slot.targets), seqs, valid, slot);
     }
 
     private static void copy(MemorySegment src, MemorySegment dst, int i, long bytes) {

@@ -26,7 +26,7 @@ import dev.distillery.runtime.io.SafetensorsFile;
  * asked), and every tensor's presence, dtype and exact shape against the manifest. Shards stay
  * memory-mapped; {@link #sequence(int)} hands out views, never copies.
  */
-public final class TeacherShards implements AutoCloseable {
+public final class TeacherShards implements Sequences, AutoCloseable {
 
     /** One sequence: its int32 input ids (seqLen) and the teacher's targets for its seqLen positions. */
     public record Sequence(MemorySegment inputIds, TeacherTargets targets) {
@@ -156,13 +156,30 @@ public final class TeacherShards implements AutoCloseable {
     }
 
     /** The targets' kind, types and sizes, parsed from the manifest once. */
+    @Override
     public TeacherLayout layout() {
         return layout;
     }
 
     /** Sequences over all shards. */
+    @Override
     public int sequences() {
         return total;
+    }
+
+    @Override
+    public int seqLen() {
+        return manifest.seqLen();
+    }
+
+    @Override
+    public void copyInputIds(int index, MemorySegment dst, long offset) {
+        MemorySegment.copy(sequence(index).inputIds(), 0, dst, offset, 4L * manifest.seqLen());
+    }
+
+    @Override
+    public TeacherTargets targets(int index) {
+        return sequence(index).targets();
     }
 
     /** Views of sequence {@code index} (0 ≤ index < sequences()). */
@@ -180,6 +197,7 @@ public final class TeacherShards implements AutoCloseable {
     }
 
     /** Where sequence {@code index}, position {@code position} is, in the user's terms: the shard file, the sequence in it, the position. */
+    @Override
     public String where(int index, int position) {
         int shard = shardOf(index);
         return files.get(shard).path() + ", sequence " + (index - firstSequence[shard]) + ", position " + position;
@@ -189,6 +207,7 @@ public final class TeacherShards implements AutoCloseable {
      * The error for a read of sequence {@code index} that faulted (the JVM's "fault in an unsafe memory
      * access operation"): its file shrank or vanished after it was opened and mapped.
      */
+    @Override
     public UncheckedIOException unreadable(int index, Throwable fault) {
         int shard = shardOf(index);
         SafetensorsFile f = files.get(shard);

@@ -45,6 +45,7 @@ import dev.distillery.trainer.data.StrictJson;
  * @param checkValues     check every teacher value before the first step ({@code ShardValues}; default true)
  * @param initLayers      with init_from: the student is these blocks of that model, in this order, with its
  *                        embeddings and final layernorm (e.g. [0, 2, 4] of a 6-layer teacher); absent = all of it
+ * @param teacherModel    instead of {@code teacher}: a model run in the process on token windows (optional)
  */
 @JsonInclude(JsonInclude.Include.ALWAYS)
 public record DistillConfig(String teacher, String evalTeacher, String out, String tokenizer, String initFrom,
@@ -52,7 +53,16 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                             Double lr, Double minLr, Integer warmupSteps, Double weightDecay, Double beta1, Double beta2,
                             Double gradClip, Loss loss, Integer evalEvery, Integer evalBatches, Integer checkpointEvery,
                             Integer keepCheckpoints, Long seed, Integer threads, Integer prefetch, Boolean verifyChecksums,
-                            Boolean checkValues, java.util.List<Integer> initLayers) {
+                            Boolean checkValues, java.util.List<Integer> initLayers, TeacherModel teacherModel) {
+
+    /**
+     * A teacher run in the training process instead of stored shards: {@code path} (a model folder,
+     * GPT-2 or Llama family) scores windows of {@code seq_len} tokens (default: its context, at most
+     * 1024) cut from the token file {@code tokens}; {@code eval_tokens} (optional) is the held-out
+     * file, scored the same way.
+     */
+    public record TeacherModel(String path, String tokens, String evalTokens, Integer seqLen) {
+    }
 
     /**
      * The student; vocab_size defaults to the teacher's (larger is allowed: padding columns).
@@ -206,12 +216,22 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
     public DistillConfig withSteps(int n) {
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, n, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
-                prefetch, verifyChecksums, checkValues, initLayers);
+                prefetch, verifyChecksums, checkValues, initLayers, teacherModel);
     }
 
     /** Checks what can be checked without opening the data; problems name the key. */
     public void validate() {
-        require(teacher != null && !teacher.isBlank(), "teacher", "is required (a teacher shard directory)");
+        require(teacher != null || teacherModel != null, "teacher",
+                "is required: a teacher shard directory, or 'teacher_model' for a model run in the process");
+        require(teacher == null || teacherModel == null, "teacher_model", "and 'teacher' name two teachers; give one");
+        require(teacher == null || !teacher.isBlank(), "teacher", "must name a shard directory, got \"\"");
+        if (teacherModel != null) {
+            require(teacherModel.path() != null && !teacherModel.path().isBlank(), "teacher_model.path", "is required (a model folder)");
+            require(teacherModel.tokens() != null && !teacherModel.tokens().isBlank(), "teacher_model.tokens",
+                    "is required (the token file the teacher and the student read)");
+            require(teacherModel.seqLen() == null || teacherModel.seqLen() >= 2, "teacher_model.seq_len", "must be >= 2, got " + teacherModel.seqLen());
+            require(evalTeacher == null, "eval_teacher", "holds stored shards; with 'teacher_model' the held-out file is 'teacher_model.eval_tokens'");
+        }
         require(out != null && !out.isBlank(), "out", "must name a folder, got \"" + out + "\"");
         require(evalTeacher == null || !evalTeacher.isBlank(), "eval_teacher", "must name a shard directory or be left out, got \"\"");
         require(tokenizer == null || !tokenizer.isBlank(), "tokenizer", "must name a tokenizer.json or be left out, got \"\"");

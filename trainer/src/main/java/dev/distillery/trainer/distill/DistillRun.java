@@ -12,24 +12,27 @@ import java.util.Optional;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
-import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.kernels.distill.BadRowException;
+import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
+import dev.distillery.runtime.distill.InProcessTeacher;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.Evaluator;
-import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.runtime.nn.Llama;
 import dev.distillery.runtime.nn.LlamaConfig;
-import dev.distillery.runtime.nn.Gpt2Config;
+import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
 import dev.distillery.trainer.data.ShardValues;
 import dev.distillery.trainer.data.TeacherBatchStream;
+import dev.distillery.trainer.data.Sequences;
 import dev.distillery.trainer.data.TeacherManifest;
 import dev.distillery.trainer.data.TeacherShards;
+import dev.distillery.trainer.data.TokenWindows;
 import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.loop.TrainingLoop;
 import dev.distillery.trainer.report.Curves;
@@ -97,48 +100,104 @@ public final class DistillRun {
      */
     public static Result run(DistillConfig cfg, Kernels kernels, boolean resume, int stopAfter, PrintWriter out, PrintWriter err) throws IOException {
         Path outDir = Path.of(cfg.out());
-        DistillOptions options = cfg.loss().options();
-        DifferentiableOps.Reduction reduction = cfg.loss().reductionMode();
         requireReadable(cfg.tokenizer(), "tokenizer");   // before step 1, not at the first checkpoint
         requireReadable(cfg.initFrom(), "init_from");
         // every input is opened and checked before the run folder is made: bad input writes nothing
+        if (cfg.teacherModel() != null) return runWithTeacherModel(cfg, kernels, resume, stopAfter, out, err);
         try (TeacherShards shards = TeacherShards.open(Path.of(cfg.teacher()), cfg.verifyChecksums());
              TeacherShards evalShards = cfg.evalTeacher() == null ? null : TeacherShards.open(Path.of(cfg.evalTeacher()), cfg.verifyChecksums());
              FolderLock lock = checkInputsThenLock(cfg, shards, evalShards, outDir, out, err)) {
-            int seqLen = shards.manifest().seqLen(), teacherVocab = shards.manifest().vocabSize();
-            CheckpointStore store = CheckpointStore.open(outDir.resolve("checkpoints"));
-            Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, outDir, resume, "'out'");
+            TeacherManifest m = shards.manifest();
+            String line = String.format("%s (%s, %d sequences of %d, vocab %d)", cfg.teacher(), m.targets(), shards.sequences(), m.seqLen(),
+                    m.vocabSize());
+            return train(cfg, kernels, resume, stopAfter, new Source(shards, evalShards, null, m.vocabSize(), cfg.teacher(), line), out, err);
+        }
+    }
 
-            LanguageModel model = from.isPresent() ? ModelFiles.read(from.get().dir(), kernels)
-                    : cfg.initFrom() != null ? initialStudent(cfg, kernels) : newStudent(cfg, teacherVocab, seqLen, kernels);
-            try {
-                if (model.vocabSize() < teacherVocab) {
-                    throw new IOException("the student's vocabulary " + model.vocabSize() + " is smaller than the teacher's " + teacherVocab
-                            + " (" + cfg.teacher() + "); a larger student vocabulary is allowed");
-                }
-                if (model.contextLength() < seqLen) {
-                    throw new IOException("the student's context " + model.contextLength() + " is shorter than the shards' seq_len " + seqLen);
-                }
-                int chunkRows = cfg.loss().chunkRows() > 0 ? cfg.loss().chunkRows()
-                        : ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, model.vocabSize());
-                AdamW.Config adam = new AdamW.Config(cfg.beta1(), cfg.beta2(), 1e-8, cfg.weightDecay());
-                LearningRateSchedule schedule = new LearningRateSchedule(cfg.lr(), cfg.minLr(), cfg.warmupSteps(), cfg.steps());
-                try (TrainingSession session = new TrainingSession(model, kernels, adam, schedule, cfg.gradClip(), cfg.batchSize(), seqLen)) {
-                    int epoch = 0, batchIndex = 0;
-                    Path lastCheckpoint = null;
-                    if (from.isPresent()) {
-                        Map<String, String> meta = TrainingLoop.restore(session, from.get(), out);
-                        epoch = TrainingLoop.intMeta(from.get().dir(), meta, "data.epoch");
-                        batchIndex = TrainingLoop.intMeta(from.get().dir(), meta, "data.batch");
-                        lastCheckpoint = from.get().dir();
-                        for (String change : cfg.changesSince(meta.get("config"))) out.println("resume: note: " + change);
-                    }
-                    return loop(cfg, kernels, session, shards, evalShards, store, options, reduction, chunkRows, epoch, batchIndex,
-                            lastCheckpoint, stopAfter, outDir, out, err);
-                }
-            } finally {
-                model.close();
+    /**
+     * Where a run's sequences and teacher come from: shards (ids and stored targets), or token
+     * windows scored by {@code model}, run in the process.
+     */
+    private record Source(Sequences train, Sequences eval, LanguageModel model, int vocab, String name, String line) {
+    }
+
+    /** A run whose teacher is a model run in the process on windows of token files ('teacher_model'). */
+    private static Result runWithTeacherModel(DistillConfig cfg, Kernels kernels, boolean resume, int stopAfter, PrintWriter out,
+                                              PrintWriter err) throws IOException {
+        DistillConfig.TeacherModel tm = cfg.teacherModel();
+        requireReadable(tm.path(), "teacher_model.path");
+        requireReadable(tm.tokens(), "teacher_model.tokens");
+        requireReadable(tm.evalTokens(), "teacher_model.eval_tokens");
+        Path beside = Path.of(tm.path(), "tokenizer.json");
+        if (cfg.tokenizer() != null && Files.isRegularFile(beside)) {
+            String run = TeacherShards.sha256(Path.of(cfg.tokenizer())), teachers = TeacherShards.sha256(beside);
+            if (!run.equals(teachers)) {
+                throw new IOException("'tokenizer' " + cfg.tokenizer() + " (sha256 " + run + ") is not the teacher's " + beside + " (sha256 "
+                        + teachers + "): the student would be saved with another tokenizer than the one its ids come from");
             }
+        }
+        try (LanguageModel teacher = ModelFiles.readTeacher(Path.of(tm.path()), kernels)) {
+            int seqLen = tm.seqLen() != null ? tm.seqLen() : Math.min(teacher.contextLength(), 1024);
+            if (seqLen > teacher.contextLength()) {
+                throw new IllegalArgumentException("'teacher_model.seq_len' " + seqLen + " exceeds the teacher's context " + teacher.contextLength());
+            }
+            try (TokenWindows train = TokenWindows.open(Path.of(tm.tokens()), seqLen, teacher.vocabSize(), "the teacher's");
+                 TokenWindows eval = tm.evalTokens() == null ? null : TokenWindows.open(Path.of(tm.evalTokens()), seqLen, teacher.vocabSize(),
+                         "the teacher's")) {
+                if (train.sequences() < cfg.batchSize()) {
+                    throw new IOException(tm.tokens() + ": 'batch_size' " + cfg.batchSize() + " exceeds its " + train.sequences()
+                            + " windows of " + seqLen + " tokens");
+                }
+                String line = String.format("%s, run in the process (%s), on %d windows of %d tokens of %s", tm.path(), teacher.describe(),
+                        train.sequences(), seqLen, tm.tokens());
+                try (FolderLock lock = FolderLock.acquire(Path.of(cfg.out()), "'out'")) {
+                    return train(cfg, kernels, resume, stopAfter, new Source(train, eval, teacher, teacher.vocabSize(), tm.path(), line), out, err);
+                }
+            }
+        }
+    }
+
+    /** The student from the checkpoint, init_from or the config, its session, and the loop. */
+    private static Result train(DistillConfig cfg, Kernels kernels, boolean resume, int stopAfter, Source src, PrintWriter out,
+                                PrintWriter err) throws IOException {
+        Path outDir = Path.of(cfg.out());
+        DistillOptions options = cfg.loss().options();
+        DifferentiableOps.Reduction reduction = cfg.loss().reductionMode();
+        int seqLen = src.train().seqLen(), teacherVocab = src.vocab();
+        CheckpointStore store = CheckpointStore.open(outDir.resolve("checkpoints"));
+        Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, outDir, resume, "'out'");
+
+        LanguageModel model = from.isPresent() ? ModelFiles.read(from.get().dir(), kernels)
+                : cfg.initFrom() != null ? initialStudent(cfg, kernels) : newStudent(cfg, teacherVocab, seqLen, kernels);
+        try {
+            if (model.vocabSize() < teacherVocab) {
+                throw new IOException("the student's vocabulary " + model.vocabSize() + " is smaller than the teacher's " + teacherVocab
+                        + " (" + src.name() + "); a larger student vocabulary is allowed");
+            }
+            if (model.contextLength() < seqLen) {
+                throw new IOException("the student's context " + model.contextLength() + " is shorter than the "
+                        + (src.model() == null ? "shards' seq_len " : "windows of 'teacher_model.seq_len' ") + seqLen);
+            }
+            int chunkRows = cfg.loss().chunkRows() > 0 ? cfg.loss().chunkRows()
+                    : ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, Math.max(model.vocabSize(), teacherVocab));
+            AdamW.Config adam = new AdamW.Config(cfg.beta1(), cfg.beta2(), 1e-8, cfg.weightDecay());
+            LearningRateSchedule schedule = new LearningRateSchedule(cfg.lr(), cfg.minLr(), cfg.warmupSteps(), cfg.steps());
+            try (TrainingSession session = new TrainingSession(model, kernels, adam, schedule, cfg.gradClip(), cfg.batchSize(), seqLen);
+                 InProcessTeacher live = src.model() == null ? null : new InProcessTeacher(src.model(), kernels, chunkRows)) {
+                int epoch = 0, batchIndex = 0;
+                Path lastCheckpoint = null;
+                if (from.isPresent()) {
+                    Map<String, String> meta = TrainingLoop.restore(session, from.get(), out);
+                    epoch = TrainingLoop.intMeta(from.get().dir(), meta, "data.epoch");
+                    batchIndex = TrainingLoop.intMeta(from.get().dir(), meta, "data.batch");
+                    lastCheckpoint = from.get().dir();
+                    for (String change : cfg.changesSince(meta.get("config"))) out.println("resume: note: " + change);
+                }
+                return loop(cfg, kernels, session, src, live, store, options, reduction, chunkRows, epoch, batchIndex,
+                        lastCheckpoint, stopAfter, outDir, out, err);
+            }
+        } finally {
+            model.close();
         }
     }
 
@@ -235,21 +294,25 @@ public final class DistillRun {
         return model;
     }
 
-    private static Result loop(DistillConfig cfg, Kernels kernels, TrainingSession session, TeacherShards shards, TeacherShards evalShards,
+    private static Result loop(DistillConfig cfg, Kernels kernels, TrainingSession session, Source src, InProcessTeacher live,
                                CheckpointStore store, DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows,
                                int epoch, int batchIndex, Path lastCheckpoint, int stopAfter, Path outDir, PrintWriter out, PrintWriter err) throws IOException {
         int startStep = session.optimizer().step();
         LanguageModel model = session.model();
         out.println("student: " + model.describe());
-        out.printf("teacher: %s (%s, %d sequences of %d, vocab %d); loss: T %.3g, alpha %.3g, %s%s%n", cfg.teacher(),
-                shards.manifest().targets(), shards.sequences(), shards.manifest().seqLen(), shards.manifest().vocabSize(),
-                options.temperature(), options.alpha(), cfg.loss().divergence(), options.scaleByTemperatureSquared() ? ", T^2 on" : "");
-        if (evalShards == null) out.println("no 'eval_teacher' given: no held-out evaluation");
+        out.printf("teacher: %s; loss: T %.3g, alpha %.3g, %s%s%n", src.line(), options.temperature(), options.alpha(),
+                cfg.loss().divergence(), options.scaleByTemperatureSquared() ? ", T^2 on" : "");
+        if (src.eval() == null) {
+            out.println(live == null ? "no 'eval_teacher' given: no held-out evaluation" : "no 'teacher_model.eval_tokens' given: no held-out evaluation");
+        }
+        if (live != null) {
+            out.printf("teacher in the process: %,d bytes of fp32 weights, no gradients, no moments; its logits %,d bytes at a time (%d rows)%n",
+                    4 * live.model().parameters().parameterCount(), live.chunkBytes(), chunkRows);
+        }
         out.flush();
-        try (TeacherBatchStream stream = new TeacherBatchStream(shards, cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex,
+        try (TeacherBatchStream stream = new TeacherBatchStream(src.train(), cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex,
                 kernels::allocateStaging)) {
-            Steps steps = new Steps(cfg, session, stream, shards, evalShards, options, reduction, chunkRows, epoch,
-                    batchIndex, err);
+            Steps steps = new Steps(cfg, session, stream, src, live, options, reduction, chunkRows, epoch, batchIndex, err);
             TrainingLoop.Outcome o = TrainingLoop.run(session, store, steps, new TrainingLoop.Settings("distill", "distill", cfg.steps(),
                     stopAfter, cfg.evalEvery(), cfg.checkpointEvery(), cfg.keepCheckpoints(), outDir,
                     cfg.tokenizer() == null ? null : Path.of(cfg.tokenizer())), lastCheckpoint, err);
@@ -257,6 +320,10 @@ public final class DistillRun {
             out.printf("%s: step %d of %d, %,.0f tokens/s, %.2f%% of the time waiting for data; checkpoint %s; metrics %s%n",
                     o.step() < cfg.steps() ? "stopped (--stop-after)" : "done", o.step(), cfg.steps(), steps.tokensPerSecond,
                     100 * steps.waitFraction, o.lastCheckpoint(), o.metrics());
+            if (live != null) {
+                out.printf("teacher in the process: its forward's workspace peaked at %,d bytes (one block's activations and the hidden states)%n",
+                        live.workspaceHighWater());
+            }
             return new Result(o.step(), outDir, o.lastCheckpoint(), steps.lastEval, steps.tokensPerSecond, steps.waitFraction,
                     model.parameters().parameterCount());
         }
@@ -267,7 +334,8 @@ public final class DistillRun {
         private final DistillConfig cfg;
         private final TrainingSession session;
         private final TeacherBatchStream stream;
-        private final TeacherShards shards, evalShards;
+        private final Source src;
+        private final InProcessTeacher live;
         private final DistillOptions options;
         private final DifferentiableOps.Reduction reduction;
         private final int chunkRows, startStep;
@@ -277,13 +345,12 @@ public final class DistillRun {
         double tokensPerSecond, waitFraction;
         Evaluation lastEval;
 
-        Steps(DistillConfig cfg, TrainingSession session, TeacherBatchStream stream, TeacherShards shards, TeacherShards evalShards,
-              DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows, int epoch, int batchIndex, PrintWriter err) {
+        Steps(DistillConfig cfg, TrainingSession session, TeacherBatchStream stream, Source src, InProcessTeacher live, DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows, int epoch, int batchIndex, PrintWriter err) {
             this.cfg = cfg;
             this.session = session;
             this.stream = stream;
-            this.shards = shards;
-            this.evalShards = evalShards;
+            this.src = src;
+            this.live = live;
             this.options = options;
             this.reduction = reduction;
             this.chunkRows = chunkRows;
@@ -291,7 +358,7 @@ public final class DistillRun {
             this.batchIndex = batchIndex;
             this.err = err;
             this.startStep = session.optimizer().step();
-            this.tokensPerStep = (long) cfg.batchSize() * shards.manifest().seqLen() * cfg.gradAccum();
+            this.tokensPerStep = (long) cfg.batchSize() * src.train().seqLen() * cfg.gradAccum();
             this.loopStart = System.nanoTime();
             this.waitStart = stream.waitNanos();
         }
@@ -312,9 +379,10 @@ public final class DistillRun {
                 DifferentiableOps.DistillLoss l;
                 try {
                     session.inputs().setSequences(batch.inputIds());
-                    l = session.backwardDistill(batch.targets(), options, reduction, chunkRows, 1f / cfg.gradAccum());
+                    l = live != null ? session.backwardDistill(live, options, reduction, chunkRows, 1f / cfg.gradAccum())
+                            : session.backwardDistill(batch.targets(), options, reduction, chunkRows, 1f / cfg.gradAccum());
                 } catch (BadRowException e) {
-                    throw inShards(e, shards, batch);
+                    throw inShards(e, src.train(), batch);
                 }
                 loss += l.total() / cfg.gradAccum();
                 ce += l.ce() / cfg.gradAccum();
@@ -353,8 +421,8 @@ public final class DistillRun {
 
         @Override
         public Map<String, Object> evaluate(int step) throws IOException {
-            if (evalShards == null) return null;
-            lastEval = DistillRun.evaluate(session, evalShards, cfg.batchSize(), cfg.evalBatches() > 0 ? cfg.evalBatches() : Integer.MAX_VALUE,
+            if (src.eval() == null) return null;
+            lastEval = DistillRun.evaluate(session, src.eval(), live, cfg.batchSize(), cfg.evalBatches() > 0 ? cfg.evalBatches() : Integer.MAX_VALUE,
                     chunkRows, step);
             Map<String, Object> ev = new LinkedHashMap<>();
             ev.put("ce", lastEval.ce());
@@ -395,29 +463,39 @@ public final class DistillRun {
      * A kernel's bad row (row = sequence in the batch × seq_len + position), named as the shard file,
      * the sequence in it and the position, not as a row of a shuffled batch.
      */
-    private static IllegalArgumentException inShards(BadRowException e, TeacherShards shards, TeacherBatchStream.Batch b) {
-        int t = shards.manifest().seqLen();
+    private static IllegalArgumentException inShards(BadRowException e, Sequences shards, TeacherBatchStream.Batch b) {
+        int t = shards.seqLen();
         int inBatch = (int) Math.min(e.row() / t, b.valid() - 1);   // rows past the valid ones repeat the last sequence
         return new IllegalArgumentException(shards.where(b.sequences()[inBatch], (int) (e.row() % t)) + ": " + e.problem(), e);
     }
 
     public static Evaluation evaluate(TrainingSession session, TeacherShards evalShards, int batchSize, int maxBatches,
                                       int chunkRows, int step) throws IOException {
-        boolean dense = evalShards.layout().kind() == TeacherTargets.Kind.DENSE;
-        float t = dense ? 1f : (float) evalShards.manifest().temperature();
+        return evaluate(session, evalShards, null, batchSize, maxBatches, chunkRows, step);
+    }
+
+    /** As above on held-out sequences with stored targets, or on token windows scored by {@code live}. */
+    static Evaluation evaluate(TrainingSession session, Sequences eval, InProcessTeacher live, int batchSize, int maxBatches,
+                               int chunkRows, int step) throws IOException {
+        TeacherTargets.Kind kind = live != null ? TeacherTargets.Kind.DENSE : eval.layout().kind();
+        float t = kind == TeacherTargets.Kind.DENSE ? 1f : eval.layout().shardTemperature();
         DistillOptions klOptions = DistillOptions.of(t, 0f).withTemperatureSquared(false);   // forward KL, tail bucket, ignore -100
         Evaluator.Sums sums = Evaluator.Sums.zero();
-        try (TeacherBatchStream stream = TeacherBatchStream.onePass(evalShards, batchSize, 0L)) {
+        try (TeacherBatchStream stream = TeacherBatchStream.onePass(eval, batchSize, 0L)) {
             int batches = Math.min(maxBatches, stream.batchesPerEpoch());
-            int[] top1 = new int[batchSize * evalShards.manifest().seqLen()];
+            int[] top1 = new int[batchSize * eval.seqLen()];
             for (int i = 0; i < batches; i++) {
                 TeacherBatchStream.Batch b = stream.next();
                 try {
                     session.inputs().setSequences(b.inputIds(), b.valid());
-                    for (int r = 0; r < top1.length; r++) top1[r] = b.targets().top1(r);
-                    sums = sums.plus(session.evaluator().distill(b.targets(), top1, klOptions, chunkRows));
+                    if (live != null) {
+                        sums = sums.plus(session.evaluator().distill(live, klOptions, chunkRows));
+                    } else {
+                        for (int r = 0; r < top1.length; r++) top1[r] = b.targets().top1(r);
+                        sums = sums.plus(session.evaluator().distill(b.targets(), top1, klOptions, chunkRows));
+                    }
                 } catch (BadRowException e) {
-                    throw inShards(e, evalShards, b);
+                    throw inShards(e, eval, b);
                 }
                 stream.release(b);
             }
@@ -427,6 +505,6 @@ public final class DistillRun {
         }
         double ce = sums.ce() / Math.max(1, sums.rows());
         return new Evaluation(step, ce, Math.exp(ce), sums.divergence() / Math.max(1, sums.rows()),
-                (double) sums.agree() / Math.max(1, sums.rows()), sums.rows(), evalShards.layout().kind());
+                (double) sums.agree() / Math.max(1, sums.rows()), sums.rows(), kind);
     }
 }

@@ -1,0 +1,115 @@
+package dev.distillery.runtime.distill;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+
+import dev.distillery.kernels.DType;
+import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.Workspace;
+import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.autograd.Tape;
+import dev.distillery.runtime.nn.LanguageModel;
+
+/**
+ * A teacher model run inside the training process, on the student's backend, forward only: its
+ * parameters are frozen (no gradients, no moments) and nothing is recorded for a backward. For a
+ * batch of (b, t) tokens it computes its final hidden states (b·t, d) once, freeing each block's
+ * activations as it goes; its logits exist one chunk of rows at a time, (chunk, V), when the
+ * fused loss asks for that chunk, so the (b·t, V) matrix never exists. Memory beyond the weights
+ * (fp32): one block's activations, the hidden states, and one chunk of logits.
+ */
+public final class InProcessTeacher implements AutoCloseable {
+
+    private final LanguageModel model;
+    private final Kernels kernels;
+    private final Workspace workspace;
+    private final DifferentiableOps ops;
+    private final Arena arena = Arena.ofShared();
+    private final int chunkRows;
+    private final MemorySegment logits, top1;
+    private final int[] hostTop1;
+
+    /**
+     * @param model     the teacher, frozen ({@code ModelFiles.readTeacher}); not closed with this
+     * @param chunkRows the most rows of logits asked for at once
+     */
+    public InProcessTeacher(LanguageModel model, Kernels kernels, int chunkRows) {
+        if (model.parameters().kernels() != kernels) {
+            throw new IllegalArgumentException("the teacher's parameters live in the memory of " + model.parameters().kernels().describe()
+                    + ", not of " + kernels.describe());
+        }
+        this.model = model;
+        this.kernels = kernels;
+        this.chunkRows = chunkRows;
+        this.workspace = new Workspace(kernels, 1 << 20);
+        Tape tape = new Tape();
+        tape.setEnabled(false);
+        this.ops = new DifferentiableOps(kernels, workspace, tape);
+        this.logits = kernels.allocate(arena, 4L * chunkRows * model.vocabSize());
+        this.top1 = kernels.allocate(arena, 4L * chunkRows);
+        this.hostTop1 = new int[chunkRows];
+    }
+
+    public LanguageModel model() {
+        return model;
+    }
+
+    /** Bytes of the one chunk of logits: the extra memory of the teacher's head. */
+    public long chunkBytes() {
+        return 4L * chunkRows * model.vocabSize();
+    }
+
+    /** The most bytes the teacher's forward has needed (activations of one block and the hidden states). */
+    public long workspaceHighWater() {
+        return workspace.highWater();
+    }
+
+    /**
+     * The teacher on {@code tokens} (int32 (b, t), where the kernels read them): its hidden states
+     * now, its logits chunk by chunk through the returned rows, valid until the next call.
+     */
+    public TeacherRows forward(Tensor tokens, int b, int t) {
+        workspace.reset();
+        Tensor hidden = model.hidden(ops, tokens, b, t);
+        int d = model.width(), v = model.vocabSize();
+        MemorySegment head = model.lmHeadWeight().data();
+        return new TeacherRows() {
+            private int from = -1, to = -1;
+            private boolean ranked;
+
+            @Override
+            public TeacherTargets rows(int r0, int r1) {
+                int n = r1 - r0;
+                if (n < 1 || n > chunkRows || r1 > b * t) throw new IllegalArgumentException("rows [" + r0 + ", " + r1 + ") of " + b * t + " in chunks of " + chunkRows);
+                kernels.gemm(false, true, n, v, d, 1f, hidden.data().asSlice(4L * r0 * d), d, head, d, 0f, logits, v);
+                from = r0;
+                to = r1;
+                ranked = false;
+                return new TeacherTargets.Dense(logits, DType.F32, v);
+            }
+
+            @Override
+            public int top1(int row) {
+                if (row < from || row >= to) throw new IllegalArgumentException("row " + row + " is not in the last chunk [" + from + ", " + to + ")");
+                if (!ranked) {
+                    kernels.argmaxRows(top1, logits, to - from, v);
+                    try (Arena host = Arena.ofConfined()) {
+                        MemorySegment h = kernels.hostView(top1, 4L * (to - from), host);
+                        for (int i = 0; i < to - from; i++) hostTop1[i] = h.getAtIndex(ValueLayout.JAVA_INT, i);
+                    }
+                    ranked = true;
+                }
+                return hostTop1[row - from];
+            }
+        };
+    }
+
+    @Override
+    public void close() {
+        workspace.close();
+        arena.close();
+    }
+}

@@ -1,0 +1,121 @@
+package dev.distillery.trainer.distill;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import com.fasterxml.jackson.databind.JsonNode;
+
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.nn.LanguageModel;
+import dev.distillery.trainer.cli.Main;
+import dev.distillery.trainer.data.StrictJson;
+import dev.distillery.trainer.data.TokenFile;
+
+/**
+ * {@code teacher_model}: a Llama teacher (the transformers fixture) run in the process on windows
+ * of a token file, against the same teacher's dense f32 shards of the same windows. With one seed
+ * the two runs see the same batches, so their losses agree step by step to float32 accuracy and
+ * their held-out numbers too; a run stopped and resumed ends bit-identical to one that was not.
+ */
+class InProcessTeacherRunTest {
+
+    private static final int SEQ = 16, WINDOWS = 12, VOCAB = 97;
+
+    @Test
+    void aTeacherRunInTheProcessTrainsAsItsStoredLogitsDoAndResumesExactly(@TempDir Path dir) throws Exception {
+        Path teacher = Path.of(InProcessTeacherRunTest.class.getResource("/dev/distillery/trainer/hf/llama-tiny").toURI());
+        Rng rng = new Rng(5);
+        for (String name : List.of("train.bin", "val.bin")) {
+            int[] tokens = new int[(name.equals("train.bin") ? WINDOWS : 4) * SEQ + 3];
+            for (int i = 0; i < tokens.length; i++) tokens[i] = rng.nextInt(VOCAB);
+            TokenFile.write(dir.resolve(name), tokens);
+            assertEquals(0, run("teacher", "dump-logits", "--teacher", teacher.toString(), "--tokens", dir.resolve(name).toString(), "--out",
+                    dir.resolve("shards-" + name).toString(), "--targets", "dense", "--dtype", "f32", "--seq-len", Integer.toString(SEQ)));
+        }
+        String common = "\"steps\": 4, \"batch_size\": 4, \"lr\": 0.01, \"eval_every\": 2, \"seed\": 7, "
+                + "\"student\": {\"architecture\": \"llama\", \"layers\": 1, \"channels\": 16, \"heads\": 2}, \"loss\": {\"temperature\": 2.0, \"alpha\": 0.3}";
+        Path stored = config(dir, "stored", "\"teacher\": \"" + dir.resolve("shards-train.bin") + "\", \"eval_teacher\": \""
+                + dir.resolve("shards-val.bin") + "\", " + common);
+        String model = "\"teacher_model\": {\"path\": \"" + teacher + "\", \"tokens\": \"" + dir.resolve("train.bin") + "\", \"eval_tokens\": \""
+                + dir.resolve("val.bin") + "\", \"seq_len\": " + SEQ + "}, " + common;
+        Path live = config(dir, "live", model), split = config(dir, "split", model);
+        StringWriter out = new StringWriter();
+        assertEquals(0, run(out, "distill", "--config", stored.toString()));
+        assertEquals(0, run(out = new StringWriter(), "distill", "--config", live.toString()));
+        assertTrue(out.toString().contains("run in the process (LlamaForCausalLM, 2 layers of 48") && out.toString().contains("its logits "),
+                out.toString());
+        List<JsonNode> a = records(dir.resolve("stored")), b = records(dir.resolve("live"));
+        assertEquals(a.size(), b.size());
+        for (int i = 0; i < a.size(); i++) {
+            JsonNode x = a.get(i), y = b.get(i);
+            assertEquals(x.get("kind").asText(), y.get("kind").asText());
+            for (String key : x.get("kind").asText().equals("train") ? List.of("loss", "ce", "divergence", "grad_norm") : List.of("ce", "kl", "agreement")) {
+                double p = x.get(key).asDouble(), q = y.get(key).asDouble();
+                assertEquals(p, q, 1e-4 * Math.max(1e-3, Math.abs(p)), "step " + x.get("step") + " " + key);
+            }
+        }
+        // stopped after step 2 and resumed: the same parameters, bit for bit, as the run that was not
+        assertEquals(0, run("distill", "--config", split.toString(), "--stop-after", "2"));
+        assertEquals(0, run("distill", "--config", split.toString(), "--resume"));
+        try (CpuKernels kernels = new CpuKernels(1, "auto");
+             LanguageModel p = ModelFiles.read(dir.resolve("live/checkpoints/step-00000004"), kernels);
+             LanguageModel q = ModelFiles.read(dir.resolve("split/checkpoints/step-00000004"), kernels)) {
+            for (var t : p.parameters().parameters()) {
+                assertEquals(-1, t.data().mismatch(q.parameters().get(t.name()).data()), t.name() + " after an interrupted run");
+            }
+        }
+    }
+
+    @Test
+    void aTeacherModelWithShardsOrWithoutTokensIsRefusedByItsKey(@TempDir Path dir) throws Exception {
+        for (String[] c : new String[][]{
+                {"\"teacher\": \"shards\", \"teacher_model\": {\"path\": \"m\", \"tokens\": \"t.bin\"}", "'teacher_model' and 'teacher' name two teachers"},
+                {"\"teacher_model\": {\"path\": \"m\"}", "'teacher_model.tokens' is required"},
+                {"\"teacher_model\": {\"path\": \"m\", \"tokens\": \"t.bin\"}, \"eval_teacher\": \"v\"", "'eval_teacher' holds stored shards"}}) {
+            StringWriter err = new StringWriter();
+            assertEquals(Main.EXIT_FAILED, Main.execute(new String[]{"distill", "--config", config(dir, "bad", c[0]).toString()},
+                    new PrintWriter(new StringWriter()), new PrintWriter(err, true)), err.toString());
+            assertTrue(err.toString().contains(c[1]), err.toString());
+        }
+    }
+
+    private static Path config(Path dir, String name, String body) throws Exception {
+        Path file = dir.resolve(name + ".json");
+        Files.writeString(file, "{\"out\": \"" + dir.resolve(name) + "\", " + body + "}");
+        return file;
+    }
+
+    private static List<JsonNode> records(Path run) throws Exception {
+        List<JsonNode> list = new java.util.ArrayList<>();
+        for (String line : Files.readAllLines(run.resolve("metrics.jsonl"))) {
+            JsonNode n = StrictJson.MAPPER.readTree(line);
+            if (n.path("kind").asText().equals("train") || n.path("kind").asText().equals("eval")) list.add(n);
+        }
+        return list;
+    }
+
+    private static int run(String... args) {
+        return run(new StringWriter(), args);
+    }
+
+    private static int run(StringWriter out, String... args) {
+        String[] all = java.util.stream.Stream.concat(java.util.Arrays.stream(args), java.util.stream.Stream.of("--device", "cpu", "--threads", "1"))
+                .toArray(String[]::new);
+        StringWriter err = new StringWriter();
+        int status = Main.execute(all, new PrintWriter(out, true), new PrintWriter(err, true));
+        if (status != 0) System.err.println(err);
+        return status;
+    }
+}
