@@ -106,10 +106,17 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
      * (default 0.5), divergence forward_kl | reverse_kl | jsd (jsd_beta, default 0.5),
      * temperature_squared (default true), topk tail | renormalize (default tail),
      * sparse_temperature require_match | rescale_topk (default require_match), reduction mean | sum
-     * (default mean), chunk_rows of the fused LM head + loss (default: 32 MiB of logits).
+     * (default mean), chunk_rows of the fused LM head + loss (default: 32 MiB of logits);
+     * schedule constant | linear | cosine (default constant) moves temperature and alpha from
+     * their values at step 1 to temperature_end and alpha_end at the last step.
      */
     public record Loss(Double temperature, Double alpha, String divergence, Double jsdBeta, Boolean temperatureSquared,
-                       String topk, String sparseTemperature, String reduction, Integer chunkRows) {
+                       String topk, String sparseTemperature, String reduction, Integer chunkRows, String schedule,
+                       Double temperatureEnd, Double alphaEnd) {
+
+        /** How temperature and alpha move over the steps. */
+        public enum Schedule { CONSTANT, LINEAR, COSINE }
+
         public Loss {
             temperature = temperature == null ? 1.0 : temperature;
             alpha = alpha == null ? 0.5 : alpha;
@@ -120,9 +127,57 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
             sparseTemperature = sparseTemperature == null ? "require_match" : sparseTemperature;
             reduction = reduction == null ? "mean" : reduction;
             chunkRows = chunkRows == null ? 0 : chunkRows;
+            schedule = schedule == null ? "constant" : schedule;
         }
 
+        /** The loss with only the keys that existed before schedules (the rest default). */
+        public Loss(Double temperature, Double alpha, String divergence, Double jsdBeta, Boolean temperatureSquared, String topk,
+                    String sparseTemperature, String reduction, Integer chunkRows) {
+            this(temperature, alpha, divergence, jsdBeta, temperatureSquared, topk, sparseTemperature, reduction, chunkRows, null, null, null);
+        }
+
+        public Schedule scheduleKind() {
+            return switch (schedule) {
+                case "constant" -> Schedule.CONSTANT;
+                case "linear" -> Schedule.LINEAR;
+                case "cosine" -> Schedule.COSINE;
+                default -> throw new IllegalArgumentException("'loss.schedule' must be constant, linear or cosine, got \"" + schedule + "\"");
+            };
+        }
+
+        /** The temperature at the last step (the schedule's end; the start where there is no end). */
+        public double lastTemperature() {
+            return temperatureEnd == null ? temperature : temperatureEnd;
+        }
+
+        /**
+         * The loss's options at {@code step} (1-based) of {@code steps}: temperature and alpha at
+         * fraction f of the way from their start to their end values, f = 0 (constant),
+         * x (linear) or (1 − cos πx)/2 (cosine), x = (step − 1)/(steps − 1).
+         */
+        public DistillOptions optionsAt(int step, int steps) {
+            double x = steps <= 1 ? 1 : Math.min(1, Math.max(0, (step - 1) / (double) (steps - 1)));
+            double f = switch (scheduleKind()) {
+                case CONSTANT -> 0;
+                case LINEAR -> x;
+                case COSINE -> (1 - Math.cos(Math.PI * x)) / 2;
+            };
+            double t = temperature + (lastTemperature() - temperature) * f;
+            double a = alpha + ((alphaEnd == null ? alpha : alphaEnd) - alpha) * f;
+            return options(t, a);
+        }
+
+        /** The options at the schedule's start. */
         public DistillOptions options() {
+            if (scheduleKind() == Schedule.CONSTANT && (temperatureEnd != null || alphaEnd != null)) {
+                throw new IllegalArgumentException("'loss." + (temperatureEnd != null ? "temperature_end" : "alpha_end")
+                        + "' needs 'loss.schedule' linear or cosine (the schedule is constant)");
+            }
+            options(lastTemperature(), alphaEnd == null ? alpha : alphaEnd);   // the end is checked as the start is
+            return options(temperature, alpha);
+        }
+
+        private DistillOptions options(double temperature, double alpha) {
             Divergence d = switch (divergence) {
                 case "forward_kl" -> Divergence.forwardKl();
                 case "reverse_kl" -> Divergence.reverseKl();
@@ -140,7 +195,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                 default -> throw new IllegalArgumentException("'loss.sparse_temperature' must be require_match or rescale_topk, got " + sparseTemperature);
             };
             try {
-                return new DistillOptions(temperature.floatValue(), alpha.floatValue(), d, temperatureSquared, mode, st,
+                return new DistillOptions((float) temperature, (float) alpha, d, temperatureSquared, mode, st,
                         DifferentiableOps.IGNORE_INDEX);
             } catch (IllegalArgumentException e) {
                 throw new IllegalArgumentException("'loss': " + e.getMessage(), e);
@@ -161,14 +216,16 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                         throw new IllegalArgumentException("'loss.divergence' is " + divergence + ", but sampled shards (" + manifest
                                 + ") estimate the teacher only where it was sampled, which forward_kl alone needs; use forward_kl");
                     }
-                    if (temperature != shardT) {
-                        throw new IllegalArgumentException("'loss.temperature' is " + temperature + ", but the sampled shards were drawn at "
+                    if (temperature != shardT || lastTemperature() != shardT) {
+                        throw new IllegalArgumentException("'loss.temperature' is " + temperature + (lastTemperature() != temperature
+                                ? " to " + lastTemperature() : "") + ", but the sampled shards were drawn at "
                                 + shardT + " (" + manifest + ") and samples cannot be reweighted; set 'loss.temperature' to " + shardT);
                     }
                 }
                 case TOP_K -> {
-                    if (temperature != shardT && topk.equals("tail") && sparseTemperature.equals("require_match")) {
-                        throw new IllegalArgumentException("'loss.temperature' is " + temperature + ", but the top-k shards' logsumexp is at "
+                    if ((temperature != shardT || lastTemperature() != shardT) && topk.equals("tail") && sparseTemperature.equals("require_match")) {
+                        throw new IllegalArgumentException("'loss.temperature' is " + temperature + (lastTemperature() != temperature
+                                ? " to " + lastTemperature() : "") + ", but the top-k shards' logsumexp is at "
                                 + shardT + " (" + manifest + "); set 'loss.temperature' to " + shardT + ", or 'loss.sparse_temperature': "
                                 + "\"rescale_topk\" (keeps the shards' tail mass, an approximation), or 'loss.topk': \"renormalize\"");
                     }
@@ -217,6 +274,15 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, n, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
                 prefetch, verifyChecksums, checkValues, initLayers, teacherModel);
+    }
+
+    /** This config taught by the model in {@code path}, run in the process (a pipeline's later stage). */
+    public DistillConfig withTeacherModelPath(String path) {
+        TeacherModel tm = teacherModel == null ? new TeacherModel(path, null, null, null)
+                : new TeacherModel(path, teacherModel.tokens(), teacherModel.evalTokens(), teacherModel.seqLen());
+        return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, steps, batchSize, gradAccum, lr, minLr, warmupSteps,
+                weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
+                prefetch, verifyChecksums, checkValues, initLayers, tm);
     }
 
     /** Checks what can be checked without opening the data; problems name the key. */

@@ -300,7 +300,10 @@ public final class DistillRun {
         int startStep = session.optimizer().step();
         LanguageModel model = session.model();
         out.println("student: " + model.describe());
-        out.printf("teacher: %s; loss: T %.3g, alpha %.3g, %s%s%n", src.line(), options.temperature(), options.alpha(),
+        DistillOptions last = cfg.loss().optionsAt(cfg.steps(), cfg.steps());
+        String schedule = cfg.loss().scheduleKind() == DistillConfig.Loss.Schedule.CONSTANT ? ""
+                : String.format(" (%s to T %.3g, alpha %.3g at step %d)", cfg.loss().schedule(), last.temperature(), last.alpha(), cfg.steps());
+        out.printf("teacher: %s; loss: T %.3g, alpha %.3g%s, %s%s%n", src.line(), options.temperature(), options.alpha(), schedule,
                 cfg.loss().divergence(), options.scaleByTemperatureSquared() ? ", T^2 on" : "");
         if (src.eval() == null) {
             out.println(live == null ? "no 'eval_teacher' given: no held-out evaluation" : "no 'teacher_model.eval_tokens' given: no held-out evaluation");
@@ -312,7 +315,7 @@ public final class DistillRun {
         out.flush();
         try (TeacherBatchStream stream = new TeacherBatchStream(src.train(), cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex,
                 kernels::allocateStaging)) {
-            Steps steps = new Steps(cfg, session, stream, src, live, options, reduction, chunkRows, epoch, batchIndex, err);
+            Steps steps = new Steps(cfg, session, stream, src, live, reduction, chunkRows, epoch, batchIndex, err);
             TrainingLoop.Outcome o = TrainingLoop.run(session, store, steps, new TrainingLoop.Settings("distill", "distill", cfg.steps(),
                     stopAfter, cfg.evalEvery(), cfg.checkpointEvery(), cfg.keepCheckpoints(), outDir,
                     cfg.tokenizer() == null ? null : Path.of(cfg.tokenizer())), lastCheckpoint, err);
@@ -336,7 +339,6 @@ public final class DistillRun {
         private final TeacherBatchStream stream;
         private final Source src;
         private final InProcessTeacher live;
-        private final DistillOptions options;
         private final DifferentiableOps.Reduction reduction;
         private final int chunkRows, startStep;
         private final long tokensPerStep, loopStart, waitStart;
@@ -345,13 +347,13 @@ public final class DistillRun {
         double tokensPerSecond, waitFraction;
         Evaluation lastEval;
 
-        Steps(DistillConfig cfg, TrainingSession session, TeacherBatchStream stream, Source src, InProcessTeacher live, DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows, int epoch, int batchIndex, PrintWriter err) {
+        Steps(DistillConfig cfg, TrainingSession session, TeacherBatchStream stream, Source src, InProcessTeacher live,
+              DifferentiableOps.Reduction reduction, int chunkRows, int epoch, int batchIndex, PrintWriter err) {
             this.cfg = cfg;
             this.session = session;
             this.stream = stream;
             this.src = src;
             this.live = live;
-            this.options = options;
             this.reduction = reduction;
             this.chunkRows = chunkRows;
             this.epoch = epoch;
@@ -367,6 +369,7 @@ public final class DistillRun {
         public Map<String, Object> step(int step) throws IOException {
             long t0 = System.nanoTime(), w0 = stream.waitNanos();
             double loss = 0, ce = 0, div = 0;
+            DistillOptions options = cfg.loss().optionsAt(step, cfg.steps());
             session.beginStep();
             for (int a = 0; a < cfg.gradAccum(); a++) {
                 TeacherBatchStream.Batch batch;
@@ -411,6 +414,10 @@ public final class DistillRun {
             rec.put("step_ms", stepSeconds * 1e3);
             rec.put("tokens_per_s", tokensPerStep / stepSeconds);
             rec.put("data_wait_fraction", stepWait / stepSeconds);
+            if (cfg.loss().scheduleKind() != DistillConfig.Loss.Schedule.CONSTANT) {
+                rec.put("temperature", (double) options.temperature());
+                rec.put("alpha", (double) options.alpha());
+            }
             return rec;
         }
 
