@@ -383,6 +383,41 @@ DISTILL_LAUNCH void ops_attention_softmax_forward(float* att, const float* preat
     for (int j = threadIdx.x; j < T; j += blockDim.x) a[j] = j <= t ? expf(scale * p[j] - m) * inv : 0.f;
 }
 
+// Generation with a KV cache: one query row per sequence over len cached key/value rows. One block per
+// (sequence, query head); the block's threads split the positions for the scores, then the head's dims
+// for the weighted sum of values. q (b, nh*hs); keys, values (b, max_len, kvh*hs), head h reading kv
+// head h / (nh / kvh); scores (b, nh, max_len) scratch; out (b, nh*hs). Scale 1/sqrt(hs).
+DISTILL_LAUNCH void ops_attention_decode(float* out, float* scores, const float* q, const float* keys, const float* values,
+                                         int len, int max_len, int nh, int kvh, int hs) {
+    __shared__ float scratch[ops::MAX_WARPS];
+    const int bh = blockIdx.x, b = bh / nh, h = bh % nh;
+    const int width = kvh * hs;
+    const float scale = 1.f / sqrtf((float)hs);
+    const float* qh = q + (long)bh * hs;
+    const float* k = keys + (long)b * max_len * width + (long)(h / (nh / kvh)) * hs;
+    const float* v = values + (long)b * max_len * width + (long)(h / (nh / kvh)) * hs;
+    float* p = scores + (long)bh * max_len;
+    float m = -CUDART_INF_F;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+        float s = 0.f;
+        for (int d = 0; d < hs; d++) s += qh[d] * k[(long)j * width + d];
+        p[j] = s * scale;
+        m = fmaxf(m, p[j]);
+    }
+    m = ops::block_max(m, scratch);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+        p[j] = expf(p[j] - m);
+        sum += p[j];
+    }
+    const float inv = 1.f / ops::block_sum(sum, scratch);   // its barrier also makes every p[j] visible to the block
+    for (int d = threadIdx.x; d < hs; d += blockDim.x) {
+        float acc = 0.f;
+        for (int j = 0; j < len; j++) acc += p[j] * v[(long)j * width + d];
+        out[(long)bh * hs + d] = acc * inv;
+    }
+}
+
 // Its backward: dpreatt[j] = scale · att[j] · (datt[j] - sum_k att[k] datt[k]) (overwrites dpreatt).
 DISTILL_LAUNCH void ops_attention_softmax_backward(float* dpreatt, const float* datt, const float* att, int rows, int T,
                                                    float scale) {

@@ -228,6 +228,12 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public void attentionDecode(MemorySegment out, MemorySegment scores, MemorySegment q, MemorySegment keys, MemorySegment values,
+                                int b, int len, int maxLen, int nh, int kvh, int hs) {
+        time("attentionDecode", () -> inner.attentionDecode(out, scores, q, keys, values, b, len, maxLen, nh, kvh, hs));
+    }
+
+    @Override
     public void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
         time("attentionForward", () -> inner.attentionForward(out, att, qkv, b, t, c, nh));
     }

@@ -243,6 +243,16 @@ public interface Kernels extends AutoCloseable {
     void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout,
                            MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh);
 
+    /**
+     * One new query row per sequence attending over a key/value cache (generation with a KV
+     * cache; forward only). q is (b, nh·hs); keys and values are (b, maxLen, kvh·hs), rows
+     * [0, len) filled, query head h reading key/value head h / (nh / kvh) (grouped-query
+     * attention; kvh = nh for plain multi-head); out is (b, nh·hs); scores is (b, nh, maxLen)
+     * scratch the kernel overwrites. Scale 1/√hs, softmax over the len positions.
+     */
+    void attentionDecode(MemorySegment out, MemorySegment scores, MemorySegment q, MemorySegment keys, MemorySegment values,
+                         int b, int len, int maxLen, int nh, int kvh, int hs);
+
     // ---------------------------------------------------------------- residual
 
     /** {@code out = a + b}, elementwise over n. */

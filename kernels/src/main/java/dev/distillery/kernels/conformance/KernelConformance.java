@@ -96,6 +96,7 @@ public final class KernelConformance {
         for (int[] s : sizes.rows()) c.rmsNorm(s[0] * s[1], s[1]);
         for (int n : sizes.elementwise()) c.swiGlu(n);
         for (int[] s : sizes.attention()) c.ropeAndRepeatHeads(s[0], s[1], s[2], s[3]);
+        for (int[] s : sizes.attention()) c.attentionDecode(s[0], s[1], s[2], s[3]);
         return List.copyOf(c.results);
     }
 
@@ -441,6 +442,24 @@ public final class KernelConformance {
             ms = millis(t0);
             ReferenceKernels.attentionBackward(dqkv, dout, qkv, att, b, t, c, nh);
             record("attentionBackward", size, buf.relativeError(dqkv, sDqkv, 1e-6), TOL_LOOSE, ms);
+        }
+    }
+
+    /** One query row per sequence over len = t − 1 of t cached rows, plain and grouped (kv heads = nh / 2 where nh is even). */
+    private void attentionDecode(int b, int t, int c, int nh) {
+        int hs = c / nh;
+        for (int kvh : nh % 2 == 0 ? new int[]{nh, nh / 2} : new int[]{nh}) {
+            try (Arena arena = Arena.ofShared()) {
+                KernelBuffers buf = new KernelBuffers(kernels, arena);
+                int len = Math.max(1, t - 1);
+                double[] q = randn(b * nh * hs), keys = randn(b * t * kvh * hs), values = randn(b * t * kvh * hs), out = new double[b * nh * hs];
+                MemorySegment sOut = buf.poisoned(out.length);
+                long t0 = System.nanoTime();
+                kernels.attentionDecode(sOut, buf.poisoned(b * nh * t), buf.floats(q), buf.floats(keys), buf.floats(values), b, len, t, nh, kvh, hs);
+                double ms = millis(t0);
+                ReferenceKernels.attentionDecode(out, q, keys, values, b, len, t, nh, kvh, hs);
+                record("attentionDecode", b + "x" + len + "/" + t + "x" + c + "/" + nh + ":" + kvh, buf.relativeError(out, sOut, 1e-6), TOL, ms);
+            }
         }
     }
 

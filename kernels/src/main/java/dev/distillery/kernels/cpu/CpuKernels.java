@@ -560,6 +560,30 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
+    public void attentionDecode(MemorySegment out, MemorySegment scores, MemorySegment q, MemorySegment keys, MemorySegment values,
+                                int b, int len, int maxLen, int nh, int kvh, int hs) {
+        if (len < 1 || len > maxLen || nh % kvh != 0) {
+            throw new IllegalArgumentException("attention over " + len + " of " + maxLen + " cached rows, " + nh + " heads over " + kvh);
+        }
+        float scale = (float) (1.0 / Math.sqrt(hs));
+        int group = nh / kvh, width = kvh * hs;
+        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+            for (int bh = start; bh < end; bh++) {
+                int bb = bh / nh, h = bh % nh;
+                long qh = (long) bb * nh * hs + (long) h * hs, kv = (long) bb * maxLen * width + (long) (h / group) * hs;
+                long row = (long) bh * maxLen;
+                // scores = scale · K q (len), K's rows of stride width; then the softmax over them
+                gemm.sgemm(false, false, len, 1, hs, scale, keys.asSlice(4 * kv), width, q.asSlice(4 * qh), 1, 0f, scores.asSlice(4 * row), 1);
+                float mx = VectorOps.max(scores, row, len);
+                float sum = VectorOps.expSum(scores, row, len, mx, scores, row);
+                VectorOps.scale(scores, row, len, 1f / sum);
+                // out_h = Vᵀ p (hs)
+                gemm.sgemm(true, false, hs, 1, len, 1f, values.asSlice(4 * kv), width, scores.asSlice(4 * row), 1, 0f, out.asSlice(4 * qh), 1);
+            }
+        });
+    }
+
+    @Override
     public void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout,
                                   MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh) {
         int hs = headSize(c, nh);

@@ -65,6 +65,21 @@ public final class CudaConformance {
         for (int[] s : rows) rmsNorm(s[0], s[1]);
         for (int n : lengths) swiGlu(n);
         for (int[] s : rows) ropeAndRepeatHeads(Math.max(1, s[0] / 3), 3, s[1]);
+        for (int[] s : rows) attentionDecode(Math.max(1, s[0] / 3), s[0], Math.max(2, (s[1] / 4) & ~1));
+    }
+
+    /** One query row per sequence over len of len + 2 cached rows, 4 query heads over 2 key/value heads of hs. */
+    private void attentionDecode(int b, int len, int hs) {
+        int nh = 4, kvh = 2, maxLen = len + 2, n = b * nh * hs;
+        String size = b + "x" + len + "x" + nh + "/" + kvh + "x" + hs;
+        float[] q = random(n, 1), k = random(b * maxLen * kvh * hs, 1), v = random(b * maxLen * kvh * hs, 1);
+        MemorySegment out = host(new float[n]);
+        cpu.attentionDecode(out, host(new float[b * nh * maxLen]), host(q), host(k), host(v), b, len, maxLen, nh, kvh, hs);
+        CudaBackend.Ptr dOut = poisoned(n), dScores = poisoned(b * nh * maxLen);
+        long t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_ATTENTION_DECODE, b * nh, 256, dOut, dScores, device(host(q)), device(host(k)), device(host(v)), len, maxLen,
+                nh, kvh, hs);
+        record("attentionDecode", size, floats(out, n), download(dOut, n), TOL, t0);
     }
 
     /** RoPE over 2 heads of hs (even) inside rows of c + 3 floats, and 2 heads repeated 3 times. */

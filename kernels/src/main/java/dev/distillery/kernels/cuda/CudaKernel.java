@@ -39,6 +39,7 @@ public enum CudaKernel {
     OPS_SUM_OF_SQUARES("ppl"),
     OPS_ATTENTION_SOFTMAX_FORWARD("ppiif"),
     OPS_ATTENTION_SOFTMAX_BACKWARD("pppiif"),
+    OPS_ATTENTION_DECODE("pppppiiiii"),
     DISTILL_DENSE_F32("ppppppiiis"),
     DISTILL_DENSE_F16("ppppppiiis"),
     DISTILL_DENSE_BF16("ppppppiiis"),

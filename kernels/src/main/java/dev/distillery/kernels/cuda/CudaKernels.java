@@ -321,6 +321,15 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
+    public void attentionDecode(MemorySegment out, MemorySegment scores, MemorySegment q, MemorySegment keys, MemorySegment values,
+                                int b, int len, int maxLen, int nh, int kvh, int hs) {
+        if (len < 1 || len > maxLen || nh % kvh != 0) {
+            throw new IllegalArgumentException("attention over " + len + " of " + maxLen + " cached rows, " + nh + " heads over " + kvh);
+        }
+        gpu.launch(CudaKernel.OPS_ATTENTION_DECODE, b * nh, gpu.block(), p(out), p(scores), p(q), p(keys), p(values), len, maxLen, nh, kvh, hs);
+    }
+
+    @Override
     public void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout, MemorySegment qkv, MemorySegment att,
                                   int b, int t, int c, int nh) {
         int hs = c / nh;

@@ -214,6 +214,33 @@ public final class ReferenceKernels {
         for (int i = 0; i < n; i++) dinp[i] += geluGrad(inp[i]) * dout[i];
     }
 
+    /** out (b, nh·hs); q (b, nh·hs); keys, values (b, maxLen, kvh·hs), rows [0, len) used; head h reads kv head h / (nh / kvh). */
+    public static void attentionDecode(double[] out, double[] q, double[] keys, double[] values, int b, int len, int maxLen, int nh, int kvh,
+                                       int hs) {
+        double scale = 1 / Math.sqrt(hs);
+        int width = kvh * hs, group = nh / kvh;
+        double[] p = new double[len];
+        for (int bb = 0; bb < b; bb++) {
+            for (int h = 0; h < nh; h++) {
+                int qh = (bb * nh + h) * hs;
+                double mx = Double.NEGATIVE_INFINITY, sum = 0;
+                for (int j = 0; j < len; j++) {
+                    int k = (bb * maxLen + j) * width + (h / group) * hs;
+                    double s = 0;
+                    for (int d = 0; d < hs; d++) s += q[qh + d] * keys[k + d];
+                    p[j] = s * scale;
+                    mx = Math.max(mx, p[j]);
+                }
+                for (int j = 0; j < len; j++) sum += p[j] = Math.exp(p[j] - mx);
+                for (int d = 0; d < hs; d++) {
+                    double acc = 0;
+                    for (int j = 0; j < len; j++) acc += p[j] / sum * values[(bb * maxLen + j) * width + (h / group) * hs + d];
+                    out[qh + d] = acc;
+                }
+            }
+        }
+    }
+
     /** out (b,t,c), att (b,nh,t,t) probabilities, qkv (b,t,3c). */
     public static void attentionForward(double[] out, double[] att, double[] qkv, int b, int t, int c, int nh) {
         int hs = c / nh;

@@ -176,6 +176,25 @@ class CudaOpsEmulationTest {
         }
     }
 
+    /** Decoding over a KV cache: one query row per sequence, plain and grouped heads, more positions than threads. */
+    @Test
+    void attentionOverAKeyValueCacheMatchesTheJavaKernel() throws Exception {
+        for (Path bin : List.of(gate, asan, tsan)) {
+            for (int[] shape : new int[][]{{1, 1, 1, 1, 1, 2}, {2, 5, 7, 4, 2, 6}, {1, 70, 73, 2, 1, 10}}) {
+                int b = shape[0], len = shape[1], maxLen = shape[2], nh = shape[3], kvh = shape[4], hs = shape[5];
+                String at = " at b " + b + ", " + len + " of " + maxLen + ", " + nh + "/" + kvh + " heads of " + hs;
+                float[] q = random(b * nh * hs, 1), k = random(b * maxLen * kvh * hs, 1), v = random(b * maxLen * kvh * hs, 1);
+                try (Arena a = Arena.ofShared()) {
+                    MemorySegment out = seg(a, nan(b * nh * hs));
+                    cpu.attentionDecode(out, seg(a, nan(b * nh * maxLen)), seg(a, q), seg(a, k), seg(a, v), b, len, maxLen, nh, kvh, hs);
+                    GateCall.Outcome o = call(CudaKernel.OPS_ATTENTION_DECODE, b * nh, 64).floats(nan(b * nh * hs)).floats(nan(b * nh * maxLen))
+                            .floats(q).floats(k).floats(v).i32(len).i32(maxLen).i32(nh).i32(kvh).i32(hs).runOrFail(bin, work);
+                    closeAbsolute("attention decode" + at, arr(out, b * nh * hs), o.floats(0), 1e-5, 2);
+                }
+            }
+        }
+    }
+
     @Test
     void rotaryPositionsAndRepeatedHeadsMatchTheJavaKernels() throws Exception {
         for (Path bin : List.of(gate, asan, tsan)) {
