@@ -111,6 +111,18 @@ public final class Tensor {
         return t;
     }
 
+    /**
+     * Elements [from, from + count) of the same storage as a tensor of {@code newShape} (count
+     * elements), needing no gradient: a row of a table, a column block of a row.
+     */
+    public Tensor slice(long from, int... newShape) {
+        long count = numel(newShape);
+        if (from < 0 || from + count > numel()) {
+            throw new IllegalArgumentException("elements [" + from + ", " + (from + count) + ") of " + name + " " + Arrays.toString(shape));
+        }
+        return new Tensor(name, newShape, dtype, device, data.asSlice(from * dtype.bytes(), count * dtype.bytes()), false);
+    }
+
     public float getFloat(long index) {
         requireHostF32();
         return data.getAtIndex(ValueLayout.JAVA_FLOAT, index);

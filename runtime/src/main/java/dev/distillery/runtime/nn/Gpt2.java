@@ -116,6 +116,31 @@ public final class Gpt2 implements LanguageModel {
         return ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias"));
     }
 
+    @Override
+    public KvCache newCache(int maxLen) {
+        if (maxLen < 1 || maxLen > config.contextLength()) throw new IllegalArgumentException("a cache of " + maxLen + " positions; the context is " + config.contextLength());
+        return new KvCache(params.kernels(), config.layers(), maxLen, config.channels(), config.heads());
+    }
+
+    @Override
+    public Tensor decode(DifferentiableOps ops, KvCache cache, Tensor token) {
+        if (ops.tape().enabled()) throw new IllegalStateException("decode is forward only: turn the tape off");
+        int c = config.channels(), nh = config.heads(), hs = config.headSize(), pos = cache.next();
+        Tensor x = ops.embedding(token, p("wte.weight"), p("wpe.weight").slice((long) pos * c, 1, c), 1, 1);
+        for (int l = 0; l < config.layers(); l++) {
+            String pre = "h." + l + ".";
+            Tensor h = ops.layerNorm(x, p(pre + "ln_1.weight"), p(pre + "ln_1.bias"));
+            Tensor qkv = ops.linear(h, p(pre + "attn.c_attn.weight"), p(pre + "attn.c_attn.bias"));
+            Tensor a = cache.attend(ops, l, qkv.slice(0, 1, c), qkv.slice(c, 1, c), qkv.slice(2L * c, 1, c), nh, nh, hs);
+            x = ops.add(x, ops.linear(a, p(pre + "attn.c_proj.weight"), p(pre + "attn.c_proj.bias")));
+            h = ops.layerNorm(x, p(pre + "ln_2.weight"), p(pre + "ln_2.bias"));
+            h = ops.gelu(ops.linear(h, p(pre + "mlp.c_fc.weight"), p(pre + "mlp.c_fc.bias")));
+            x = ops.add(x, ops.linear(h, p(pre + "mlp.c_proj.weight"), p(pre + "mlp.c_proj.bias")));
+        }
+        cache.advance();
+        return ops.projection(ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias")), p("wte.weight"), null);
+    }
+
     /** The LM head's weight (vocab, channels): the token embedding, tied. */
     @Override
     public Tensor lmHeadWeight() {

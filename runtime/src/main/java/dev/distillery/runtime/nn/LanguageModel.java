@@ -47,6 +47,17 @@ public sealed interface LanguageModel extends AutoCloseable permits Gpt2, Llama 
         return ops.projection(hidden(ops, tokens, b, t), lmHeadWeight(), null);
     }
 
+    /** An empty cache of this model's keys and values for one sequence of up to {@code maxLen} tokens (at most its context). */
+    KvCache newCache(int maxLen);
+
+    /**
+     * Generation with a KV cache: the logits (1, vocab) after {@code token} (int32 (1, 1)), which
+     * enters at position {@code cache.length()}; its keys and values join the cache. Each token
+     * costs one row through the blocks and attention over the cached rows, not the whole window.
+     * Forward only: nothing is recorded.
+     */
+    Tensor decode(DifferentiableOps ops, KvCache cache, Tensor token);
+
     /** One line for logs: the family and its sizes. */
     String describe();
 

@@ -146,6 +146,35 @@ public final class Llama implements LanguageModel {
     }
 
     @Override
+    public KvCache newCache(int maxLen) {
+        if (maxLen < 1 || maxLen > cfg.contextLength()) throw new IllegalArgumentException("a cache of " + maxLen + " positions; the context is " + cfg.contextLength());
+        return new KvCache(kernels, cfg.layers(), maxLen, cfg.keyValue(), cfg.heads());
+    }
+
+    @Override
+    public Tensor decode(DifferentiableOps ops, KvCache cache, Tensor token) {
+        if (ops.tape().enabled()) throw new IllegalStateException("decode is forward only: turn the tape off");
+        int pos = cache.next(), pairs = cfg.headSize() / 2;
+        Tensor cs = rotaryTable(cache.maxLen()).slice((long) pos * pairs * 2, 1, pairs, 2);   // position pos as row 0
+        float eps = cfg.rmsEps();
+        Tensor x = ops.tokenEmbedding(token, p("model.embed_tokens.weight"), 1, 1);
+        for (int l = 0; l < cfg.layers(); l++) {
+            String pre = block(l);
+            Tensor h = ops.rmsNorm(x, p(pre + "input_layernorm.weight"), eps);
+            Tensor q = ops.rope(ops.projection(h, p(pre + "self_attn.q_proj.weight"), bias(pre + "self_attn.q_proj.bias")), cs, 1, 1, cfg.heads());
+            Tensor k = ops.rope(ops.projection(h, p(pre + "self_attn.k_proj.weight"), bias(pre + "self_attn.k_proj.bias")), cs, 1, 1, cfg.kvHeads());
+            Tensor v = ops.projection(h, p(pre + "self_attn.v_proj.weight"), bias(pre + "self_attn.v_proj.bias"));
+            Tensor att = cache.attend(ops, l, q, k, v, cfg.heads(), cfg.kvHeads(), cfg.headSize());
+            x = ops.add(x, ops.projection(att, p(pre + "self_attn.o_proj.weight"), null));
+            Tensor h2 = ops.rmsNorm(x, p(pre + "post_attention_layernorm.weight"), eps);
+            Tensor act = ops.swiGlu(ops.projection(h2, p(pre + "mlp.gate_proj.weight"), null), ops.projection(h2, p(pre + "mlp.up_proj.weight"), null));
+            x = ops.add(x, ops.projection(act, p(pre + "mlp.down_proj.weight"), null));
+        }
+        cache.advance();
+        return ops.projection(ops.rmsNorm(x, p("model.norm.weight"), eps), lmHeadWeight(), null);
+    }
+
+    @Override
     public Tensor lmHeadWeight() {
         return p(cfg.tied() ? "model.embed_tokens.weight" : "lm_head.weight");
     }

@@ -15,9 +15,10 @@ import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.autograd.Tape;
 
 /**
- * Autoregressive sampling with temperature and top-k. Each new token re-runs the model over the
- * last {@code contextLength} tokens (no KV cache: simple and exact, O(t²) per token, which is
- * what the small students of this project can afford).
+ * Autoregressive sampling with temperature and top-k, through a KV cache: each new token is one
+ * row through the model's blocks ({@link LanguageModel#decode}), attending over the cached keys
+ * and values of the tokens before it. Past the context the window slides and the cache is refilled
+ * from the window's first token, so those tokens cost what a whole window's forward costs.
  */
 public final class TextGenerator implements AutoCloseable {
 
@@ -27,10 +28,12 @@ public final class TextGenerator implements AutoCloseable {
     private final Workspace workspace;
     private final DifferentiableOps ops;
     private final Arena arena = Arena.ofShared();
-    private final Tensor tokens;
-    private final MemorySegment hostTokens, hostRow;
+    private final Tensor token;
+    private final MemorySegment hostToken, hostRow;
+    private final KvCache cache;
+    private int cacheFrom;
 
-    /** Sampling from {@code model} (not closed with this), each window run through the model at its own length. */
+    /** Sampling from {@code model} (not closed with this). */
     public TextGenerator(LanguageModel model, Kernels kernels) {
         this.model = model;
         this.kernels = kernels;
@@ -40,18 +43,28 @@ public final class TextGenerator implements AutoCloseable {
         Tape tape = new Tape();
         tape.setEnabled(false);
         this.ops = new DifferentiableOps(kernels, workspace, tape);
-        this.tokens = new Tensor("tokens", new int[]{1, context}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4L * context), false);
-        this.hostTokens = arena.allocate(4L * context, 64);
+        this.token = new Tensor("token", new int[]{1, 1}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4), false);
+        this.hostToken = arena.allocate(4, 64);
         this.hostRow = arena.allocate(4L * vocab, 64);
+        this.cache = model.newCache(context);
     }
 
-    /** The logits (vocab, host memory) of the token after {@code window[from, from + t)}. */
-    private void nextLogits(int[] window, int from, int t) {
-        for (int i = 0; i < t; i++) hostTokens.setAtIndex(ValueLayout.JAVA_INT, i, window[from + i]);
-        kernels.copyFromHost(tokens.data(), hostTokens, 4L * t);
-        workspace.reset();
-        Tensor logits = model.forward(ops, tokens, 1, t);
-        kernels.copyToHost(hostRow, logits.data().asSlice(4L * (t - 1) * vocab, 4L * vocab), 4L * vocab);
+    /**
+     * The logits (vocab, host memory) of the token after {@code seq[from, from + t)}: the cache
+     * holds that window's first tokens already, unless the window moved, when it starts again.
+     */
+    private void nextLogits(int[] seq, int from, int t) {
+        if (from != cacheFrom || cache.length() >= t) {
+            cache.clear();
+            cacheFrom = from;
+        }
+        while (cache.length() < t) {
+            hostToken.set(ValueLayout.JAVA_INT, 0, seq[from + cache.length()]);
+            kernels.copyFromHost(token.data(), hostToken, 4);
+            workspace.reset();
+            Tensor logits = model.decode(ops, cache, token);
+            if (cache.length() == t) kernels.copyToHost(hostRow, logits.data(), 4L * vocab);
+        }
     }
 
     /**
@@ -65,6 +78,8 @@ public final class TextGenerator implements AutoCloseable {
         if (temperature < 0) throw new IllegalArgumentException("temperature must be >= 0, got " + temperature);
         int v = vocab, ctx = context;
         int[] seq = Arrays.copyOf(prompt, prompt.length + count);
+        cache.clear();   // another sequence than the last call's
+        cacheFrom = 0;
         double[] p = new double[v];
         Integer[] order = new Integer[v];
         for (int n = prompt.length; n < seq.length; n++) {
@@ -107,6 +122,7 @@ public final class TextGenerator implements AutoCloseable {
 
     @Override
     public void close() {
+        cache.close();
         workspace.close();
         arena.close();
     }
