@@ -46,6 +46,7 @@ import dev.distillery.trainer.data.StrictJson;
  * @param initLayers      with init_from: the student is these blocks of that model, in this order, with its
  *                        embeddings and final layernorm (e.g. [0, 2, 4] of a 6-layer teacher); absent = all of it
  * @param teacherModel    instead of {@code teacher}: a model run in the process on token windows (optional)
+ * @param onPolicy        with teacher_model: a share of batches continued by the student's own samples (optional)
  */
 @JsonInclude(JsonInclude.Include.ALWAYS)
 public record DistillConfig(String teacher, String evalTeacher, String out, String tokenizer, String initFrom,
@@ -53,7 +54,23 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                             Double lr, Double minLr, Integer warmupSteps, Double weightDecay, Double beta1, Double beta2,
                             Double gradClip, Loss loss, Integer evalEvery, Integer evalBatches, Integer checkpointEvery,
                             Integer keepCheckpoints, Long seed, Integer threads, Integer prefetch, Boolean verifyChecksums,
-                            Boolean checkValues, java.util.List<Integer> initLayers, TeacherModel teacherModel) {
+                            Boolean checkValues, java.util.List<Integer> initLayers, TeacherModel teacherModel, OnPolicy onPolicy) {
+
+    /**
+     * On-policy distillation (GKD): a {@code fraction} of the micro-batches (default 0.5, drawn from
+     * the seed) keep their windows' first seq_len − max_new_tokens tokens as prompts and continue
+     * them with the student's own samples at {@code temperature} (default 1, the full
+     * distribution; 0 = greedy); the teacher run in the process scores them, and the loss is the
+     * generalized JSD({@code jsd_beta}, default 0.5) on the generated positions only, the
+     * prompt's masked.
+     */
+    public record OnPolicy(Double fraction, Integer maxNewTokens, Double temperature, Double jsdBeta) {
+        public OnPolicy {
+            fraction = fraction == null ? 0.5 : fraction;
+            temperature = temperature == null ? 1.0 : temperature;
+            jsdBeta = jsdBeta == null ? 0.5 : jsdBeta;
+        }
+    }
 
     /**
      * A teacher run in the training process instead of stored shards: {@code path} (a model folder,
@@ -273,7 +290,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
     public DistillConfig withSteps(int n) {
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, n, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
-                prefetch, verifyChecksums, checkValues, initLayers, teacherModel);
+                prefetch, verifyChecksums, checkValues, initLayers, teacherModel, onPolicy);
     }
 
     /** This config taught by the model in {@code path}, run in the process (a pipeline's later stage). */
@@ -282,7 +299,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                 : new TeacherModel(path, teacherModel.tokens(), teacherModel.evalTokens(), teacherModel.seqLen());
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, steps, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
-                prefetch, verifyChecksums, checkValues, initLayers, tm);
+                prefetch, verifyChecksums, checkValues, initLayers, tm, onPolicy);
     }
 
     /** Checks what can be checked without opening the data; problems name the key. */
@@ -297,6 +314,14 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                     "is required (the token file the teacher and the student read)");
             require(teacherModel.seqLen() == null || teacherModel.seqLen() >= 2, "teacher_model.seq_len", "must be >= 2, got " + teacherModel.seqLen());
             require(evalTeacher == null, "eval_teacher", "holds stored shards; with 'teacher_model' the held-out file is 'teacher_model.eval_tokens'");
+        }
+        if (onPolicy != null) {
+            require(teacherModel != null, "on_policy", "needs 'teacher_model': the student's samples are scored by a teacher run in the process");
+            require(onPolicy.maxNewTokens() != null && onPolicy.maxNewTokens() >= 1, "on_policy.max_new_tokens",
+                    "is required, >= 1 (the sampled continuation of each window), got " + onPolicy.maxNewTokens());
+            require(onPolicy.fraction() > 0 && onPolicy.fraction() <= 1, "on_policy.fraction", "must be in (0, 1], got " + onPolicy.fraction());
+            require(onPolicy.temperature() >= 0, "on_policy.temperature", "must be >= 0 (0 = greedy), got " + onPolicy.temperature());
+            require(onPolicy.jsdBeta() >= 0 && onPolicy.jsdBeta() <= 1, "on_policy.jsd_beta", "must be in [0, 1], got " + onPolicy.jsdBeta());
         }
         require(out != null && !out.isBlank(), "out", "must name a folder, got \"" + out + "\"");
         require(evalTeacher == null || !evalTeacher.isBlank(), "eval_teacher", "must name a shard directory or be left out, got \"\"");

@@ -183,7 +183,9 @@ public final class DistillRun {
             AdamW.Config adam = new AdamW.Config(cfg.beta1(), cfg.beta2(), 1e-8, cfg.weightDecay());
             LearningRateSchedule schedule = new LearningRateSchedule(cfg.lr(), cfg.minLr(), cfg.warmupSteps(), cfg.steps());
             try (TrainingSession session = new TrainingSession(model, kernels, adam, schedule, cfg.gradClip(), cfg.batchSize(), seqLen);
-                 InProcessTeacher live = src.model() == null ? null : new InProcessTeacher(src.model(), kernels, chunkRows)) {
+                 InProcessTeacher live = src.model() == null ? null : new InProcessTeacher(src.model(), kernels, chunkRows);
+                 OnPolicyBatches onPolicy = cfg.onPolicy() == null ? null
+                         : new OnPolicyBatches(cfg.onPolicy(), cfg.seed(), model, kernels, cfg.batchSize(), seqLen)) {
                 int epoch = 0, batchIndex = 0;
                 Path lastCheckpoint = null;
                 if (from.isPresent()) {
@@ -193,7 +195,7 @@ public final class DistillRun {
                     lastCheckpoint = from.get().dir();
                     for (String change : cfg.changesSince(meta.get("config"))) out.println("resume: note: " + change);
                 }
-                return loop(cfg, kernels, session, src, live, store, options, reduction, chunkRows, epoch, batchIndex,
+                return loop(cfg, kernels, session, src, live, onPolicy, store, options, reduction, chunkRows, epoch, batchIndex,
                         lastCheckpoint, stopAfter, outDir, out, err);
             }
         } finally {
@@ -295,7 +297,7 @@ public final class DistillRun {
     }
 
     private static Result loop(DistillConfig cfg, Kernels kernels, TrainingSession session, Source src, InProcessTeacher live,
-                               CheckpointStore store, DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows,
+                               OnPolicyBatches onPolicy, CheckpointStore store, DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows,
                                int epoch, int batchIndex, Path lastCheckpoint, int stopAfter, Path outDir, PrintWriter out, PrintWriter err) throws IOException {
         int startStep = session.optimizer().step();
         LanguageModel model = session.model();
@@ -315,7 +317,7 @@ public final class DistillRun {
         out.flush();
         try (TeacherBatchStream stream = new TeacherBatchStream(src.train(), cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex,
                 kernels::allocateStaging)) {
-            Steps steps = new Steps(cfg, session, stream, src, live, reduction, chunkRows, epoch, batchIndex, err);
+            Steps steps = new Steps(cfg, session, stream, src, live, onPolicy, reduction, chunkRows, epoch, batchIndex, err);
             TrainingLoop.Outcome o = TrainingLoop.run(session, store, steps, new TrainingLoop.Settings("distill", "distill", cfg.steps(),
                     stopAfter, cfg.evalEvery(), cfg.checkpointEvery(), cfg.keepCheckpoints(), outDir,
                     cfg.tokenizer() == null ? null : Path.of(cfg.tokenizer())), lastCheckpoint, err);
@@ -339,6 +341,7 @@ public final class DistillRun {
         private final TeacherBatchStream stream;
         private final Source src;
         private final InProcessTeacher live;
+        private final OnPolicyBatches onPolicy;
         private final DifferentiableOps.Reduction reduction;
         private final int chunkRows, startStep;
         private final long tokensPerStep, loopStart, waitStart;
@@ -348,12 +351,13 @@ public final class DistillRun {
         Evaluation lastEval;
 
         Steps(DistillConfig cfg, TrainingSession session, TeacherBatchStream stream, Source src, InProcessTeacher live,
-              DifferentiableOps.Reduction reduction, int chunkRows, int epoch, int batchIndex, PrintWriter err) {
+              OnPolicyBatches onPolicy, DifferentiableOps.Reduction reduction, int chunkRows, int epoch, int batchIndex, PrintWriter err) {
             this.cfg = cfg;
             this.session = session;
             this.stream = stream;
             this.src = src;
             this.live = live;
+            this.onPolicy = onPolicy;
             this.reduction = reduction;
             this.chunkRows = chunkRows;
             this.epoch = epoch;
@@ -369,6 +373,7 @@ public final class DistillRun {
         public Map<String, Object> step(int step) throws IOException {
             long t0 = System.nanoTime(), w0 = stream.waitNanos();
             double loss = 0, ce = 0, div = 0;
+            int sampled = 0, sampledRows = 0;
             DistillOptions options = cfg.loss().optionsAt(step, cfg.steps());
             session.beginStep();
             for (int a = 0; a < cfg.gradAccum(); a++) {
@@ -381,9 +386,16 @@ public final class DistillRun {
                 }
                 DifferentiableOps.DistillLoss l;
                 try {
-                    session.inputs().setSequences(batch.inputIds());
-                    l = live != null ? session.backwardDistill(live, options, reduction, chunkRows, 1f / cfg.gradAccum())
-                            : session.backwardDistill(batch.targets(), options, reduction, chunkRows, 1f / cfg.gradAccum());
+                    if (onPolicy != null && onPolicy.chooses(step, a)) {
+                        onPolicy.fill(batch.inputIds(), session.inputs(), step, a);
+                        l = session.backwardDistill(live, onPolicy.options(options), reduction, chunkRows, 1f / cfg.gradAccum());
+                        sampled++;
+                        sampledRows += l.rows();
+                    } else {
+                        session.inputs().setSequences(batch.inputIds());
+                        l = live != null ? session.backwardDistill(live, options, reduction, chunkRows, 1f / cfg.gradAccum())
+                                : session.backwardDistill(batch.targets(), options, reduction, chunkRows, 1f / cfg.gradAccum());
+                    }
                 } catch (BadRowException e) {
                     throw inShards(e, src.train(), batch);
                 }
@@ -414,6 +426,10 @@ public final class DistillRun {
             rec.put("step_ms", stepSeconds * 1e3);
             rec.put("tokens_per_s", tokensPerStep / stepSeconds);
             rec.put("data_wait_fraction", stepWait / stepSeconds);
+            if (onPolicy != null) {
+                rec.put("on_policy_batches", sampled);
+                rec.put("on_policy_rows", sampledRows);
+            }
             if (cfg.loss().scheduleKind() != DistillConfig.Loss.Schedule.CONSTANT) {
                 rec.put("temperature", (double) options.temperature());
                 rec.put("alpha", (double) options.alpha());

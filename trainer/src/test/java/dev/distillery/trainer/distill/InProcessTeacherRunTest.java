@@ -78,6 +78,45 @@ class InProcessTeacherRunTest {
         }
     }
 
+    /**
+     * On-policy (GKD): every micro-batch continued by the student's own samples, the loss only on
+     * the sampled positions (batch × max_new_tokens rows), and a run stopped and resumed samples
+     * and ends exactly as one that was not.
+     */
+    @Test
+    void onPolicyBatchesCountTheSampledPositionsAndResumeExactly(@TempDir Path dir) throws Exception {
+        Path teacher = Path.of(InProcessTeacherRunTest.class.getResource("/dev/distillery/trainer/hf/llama-tiny").toURI());
+        Rng rng = new Rng(6);
+        int[] tokens = new int[WINDOWS * SEQ];
+        for (int i = 0; i < tokens.length; i++) tokens[i] = rng.nextInt(VOCAB);
+        TokenFile.write(dir.resolve("train.bin"), tokens);
+        String body = "\"teacher_model\": {\"path\": \"" + teacher + "\", \"tokens\": \"" + dir.resolve("train.bin") + "\", \"seq_len\": " + SEQ
+                + "}, \"on_policy\": {\"fraction\": 1.0, \"max_new_tokens\": 6, \"temperature\": 1.0}, \"steps\": 4, \"batch_size\": 2, "
+                + "\"grad_accum\": 2, \"lr\": 0.01, \"seed\": 3, \"student\": {\"architecture\": \"llama\", \"layers\": 1, \"channels\": 16, \"heads\": 2}";
+        Path whole = config(dir, "whole", body), split = config(dir, "split", body);
+        assertEquals(0, run("distill", "--config", whole.toString()));
+        for (JsonNode r : records(dir.resolve("whole"))) {
+            assertEquals(2, r.get("on_policy_batches").asInt(), r.toString());
+            assertEquals(2 * 2 * 6, r.get("on_policy_rows").asInt(), "two micro-batches of 2 windows, 6 sampled positions each: " + r);
+            assertTrue(Double.isFinite(r.get("loss").asDouble()) && r.get("loss").asDouble() == r.get("divergence").asDouble(),
+                    "the JSD alone (alpha 0 on sampled tokens): " + r);
+        }
+        assertEquals(0, run("distill", "--config", split.toString(), "--stop-after", "2"));
+        assertEquals(0, run("distill", "--config", split.toString(), "--resume"));
+        try (CpuKernels kernels = new CpuKernels(1, "auto");
+             LanguageModel p = ModelFiles.read(dir.resolve("whole/checkpoints/step-00000004"), kernels);
+             LanguageModel q = ModelFiles.read(dir.resolve("split/checkpoints/step-00000004"), kernels)) {
+            for (var t : p.parameters().parameters()) {
+                assertEquals(-1, t.data().mismatch(q.parameters().get(t.name()).data()), t.name() + " after an interrupted on-policy run");
+            }
+        }
+        StringWriter err = new StringWriter();
+        Path bad = config(dir, "bad", "\"teacher\": \"shards\", \"on_policy\": {\"max_new_tokens\": 4}");
+        assertEquals(Main.EXIT_FAILED, Main.execute(new String[]{"distill", "--config", bad.toString()}, new PrintWriter(new StringWriter()),
+                new PrintWriter(err, true)));
+        assertTrue(err.toString().contains("'on_policy' needs 'teacher_model'"), err.toString());
+    }
+
     @Test
     void aTeacherModelWithShardsOrWithoutTokensIsRefusedByItsKey(@TempDir Path dir) throws Exception {
         for (String[] c : new String[][]{
