@@ -30,16 +30,21 @@ public final class GenerateCommand implements Callable<Integer> {
     String prompt;
     @Option(names = "--tokens", defaultValue = "100", description = "Tokens to generate per sample (default: ${DEFAULT-VALUE}).")
     int count;
-    @Option(names = "--temperature", defaultValue = "0.8", description = "Sampling temperature, 0 = greedy (default: ${DEFAULT-VALUE}).")
-    double temperature;
-    @Option(names = "--top-k", defaultValue = "40", description = "Sample among the k most likely tokens, 0 = all (default: ${DEFAULT-VALUE}).")
-    int topK;
+    @Option(names = "--temperature", description = "Sampling temperature, 0 = greedy (default: 0.8; with --kd-out 1.0, the teacher's whole distribution).")
+    Double temperature;
+    @Option(names = "--top-k", description = "Sample among the k most likely tokens, 0 = all (default: 40; with --kd-out 0).")
+    Integer topK;
     @Option(names = "--seed", defaultValue = "1234", description = "Sampling seed (default: ${DEFAULT-VALUE}).")
     long seed;
     @Option(names = "--kd-out", description = "Write this many --kd-samples generations to this token file instead of printing.")
     Path kdOut;
     @Option(names = "--kd-samples", defaultValue = "64", description = "Generations in the KD dataset (default: ${DEFAULT-VALUE}).")
     int kdSamples;
+    @Option(names = "--kd-prompts", description = {"With --kd-out: start each generation from --prompt-tokens consecutive tokens at a seeded",
+            "random place of this token file (real text, such as the training data) instead of the start token."})
+    Path kdPrompts;
+    @Option(names = "--prompt-tokens", defaultValue = "16", description = "Tokens of each --kd-prompts prompt (default: ${DEFAULT-VALUE}).")
+    int promptTokens;
     @Mixin
     DeviceOptions device;
     @CommandLine.Spec
@@ -66,28 +71,40 @@ public final class GenerateCommand implements Callable<Integer> {
             int[] start = prompt.isEmpty() ? new int[]{first.orElseThrow(() -> new java.io.IOException(tokFile
                     + " names no token to start from; give a --prompt"))} : tok.encode(prompt);
             try (TextGenerator gen = new TextGenerator(m, kernels)) {
-                return generate(out, tok, gen, start);
+                return generate(out, tok, gen, start, modelVocab);
             }
         }
     }
 
-    private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, int[] start) throws java.io.IOException {
+    private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, int[] start, int vocab) throws java.io.IOException {
         Rng rng = new Rng(seed);
+        double t = temperature != null ? temperature : kdOut != null ? 1.0 : 0.8;
+        int k = topK != null ? topK : kdOut != null ? 0 : 40;
+        if (kdPrompts != null && kdOut == null) throw new CommandLine.ParameterException(spec.commandLine(), "--kd-prompts needs --kd-out");
         if (kdOut == null) {
             long t0 = System.nanoTime();
-            int[] seq = gen.generate(start, count, temperature, topK, rng);
+            int[] seq = gen.generate(start, count, t, k, rng);
             double seconds = (System.nanoTime() - t0) / 1e9;
             out.println(tok.decode(java.util.Arrays.copyOfRange(seq, prompt.isEmpty() ? 1 : 0, seq.length)));
             out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", count, seconds, count / seconds);
             return 0;
         }
         java.util.List<Integer> all = new java.util.ArrayList<>();
-        for (int i = 0; i < kdSamples; i++) {
-            int[] seq = gen.generate(start, count, temperature, topK, rng);
-            for (int x : seq) all.add(x);
+        try (TokenFile prompts = kdPrompts == null ? null : TokenFile.open(kdPrompts, vocab, "the model's")) {
+            if (prompts != null && (promptTokens < 1 || prompts.size() < promptTokens)) {
+                throw new CommandLine.ParameterException(spec.commandLine(), "--prompt-tokens " + promptTokens + " must be in [1, "
+                        + prompts.size() + "] (the tokens of " + kdPrompts + ")");
+            }
+            int[] prompt = prompts == null ? start : new int[promptTokens];
+            for (int i = 0; i < kdSamples; i++) {
+                if (prompts != null) prompts.read((long) (rng.nextDouble() * (prompts.size() - promptTokens + 1)), promptTokens, prompt);
+                int[] seq = gen.generate(prompt, count, t, k, rng);
+                for (int x : seq) all.add(x);
+            }
         }
         TokenFile.write(kdOut, all.stream().mapToInt(Integer::intValue).toArray());
-        out.printf("wrote %d generations (%,d tokens) to %s%n", kdSamples, all.size(), kdOut);
+        out.printf("wrote %d generations (%,d tokens; temperature %s, top-k %d%s) to %s%n", kdSamples, all.size(), t, k,
+                kdPrompts == null ? ", from the start token" : ", from " + promptTokens + "-token prompts of " + kdPrompts, kdOut);
         return 0;
     }
 }

@@ -80,5 +80,22 @@ class LanguageModelTrainingTest {
         try (var f = dev.distillery.trainer.data.TokenFile.open(kd)) {
             assertEquals(3 * 11, f.size(), "3 generations of the end-of-text token + 10 tokens");
         }
+        // from real text: each generation starts with 5 consecutive tokens of the held-out file
+        Path real = dir.resolve("kd-real.bin");
+        out.getBuffer().setLength(0);
+        status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--tokens", "10", "--kd-out", real.toString(), "--kd-samples",
+                "4", "--kd-prompts", data.val().toString(), "--prompt-tokens", "5", "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
+        assertEquals(0, status, err.toString());
+        assertTrue(out.toString().contains("temperature 1.0, top-k 0, from 5-token prompts of"), out.toString());
+        try (var f = dev.distillery.trainer.data.TokenFile.open(real); var val = dev.distillery.trainer.data.TokenFile.open(data.val())) {
+            assertEquals(4 * 15, f.size());
+            int[] all = new int[(int) val.size()], prompt = new int[5];
+            val.read(0, all.length, all);
+            String text = java.util.Arrays.toString(all);
+            for (int s = 0; s < 4; s++) {
+                f.read(s * 15L, 5, prompt);
+                assertTrue(text.contains(java.util.Arrays.toString(prompt).replace("[", "").replace("]", "")), "sample " + s + " starts with real text");
+            }
+        }
     }
 }
