@@ -4,6 +4,7 @@ import java.io.PrintWriter;
 import java.io.Writer;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
 
@@ -19,20 +20,32 @@ import dev.distillery.trainer.data.StrictJson;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
 import dev.distillery.trainer.distill.DistillRun;
+import dev.distillery.trainer.report.ModelComparison;
 import dev.distillery.trainer.teacher.LanguageModelTraining;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
-/** {@code eval}: held-out perplexity of a checkpoint, and its KL and agreement with a teacher. */
+/** {@code eval}: held-out perplexity of a checkpoint, its KL and agreement with a teacher; or several models compared. */
 @Command(name = "eval", mixinStandardHelpOptions = true,
         description = {"Evaluates a checkpoint: perplexity on a token file (--tokens), and/or perplexity, KL to the",
                 "teacher and top-1 agreement on held-out teacher shards (--teacher-shards)."})
 public final class EvalCommand implements Callable<Integer> {
 
-    @Option(names = "--model", required = true, description = "Checkpoint folder.")
+    @Option(names = "--model", description = "Checkpoint folder.")
     Path model;
+    @Option(names = "--compare", arity = "1..*", paramLabel = "MODEL",
+            description = "Instead of --model: models side by side on --tokens (parameters, bytes, perplexity, KL and agreement with --teacher, generation tokens/s, peak RSS).")
+    List<Path> compare;
+    @Option(names = "--teacher", description = "With --compare: the teacher model folder, run in the process, listed first.")
+    Path teacher;
+    @Option(names = "--out", description = "With --compare: write compare.md and compare.png here.")
+    Path outDir;
+    @Option(names = "--seq-len", defaultValue = "0", description = "With --compare: tokens per window, 0 = the shortest context, at most 1024 (default: ${DEFAULT-VALUE}).")
+    int seqLen;
+    @Option(names = "--generate", defaultValue = "128", description = "With --compare: greedy tokens timed per model (default: ${DEFAULT-VALUE}).")
+    int generate;
     @Option(names = "--tokens", description = "Held-out token file.")
     Path tokens;
     @Option(names = "--teacher-shards", description = "Held-out teacher shard directory.")
@@ -54,6 +67,21 @@ public final class EvalCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut();
+        if ((model == null) == (compare == null)) throw new CommandLine.ParameterException(spec.commandLine(), "give --model or --compare");
+        if (compare != null) {
+            if (tokens == null) throw new CommandLine.ParameterException(spec.commandLine(), "--compare needs --tokens (the held-out token file)");
+            try (Kernels kernels = device.open(0, out)) {
+                List<ModelComparison.Row> rows = ModelComparison.run(compare, tokens, teacher, batch, batches > 0 ? batches : Integer.MAX_VALUE,
+                        seqLen, Math.max(1, generate), kernels, spec.commandLine().getErr());
+                out.print(ModelComparison.markdown(rows));
+                if (outDir != null) {
+                    ModelComparison.write(outDir, rows);
+                    out.println("wrote " + outDir.resolve("compare.md") + " and " + outDir.resolve("compare.png"));
+                }
+                return 0;
+            }
+        }
+        if (teacher != null || outDir != null) throw new CommandLine.ParameterException(spec.commandLine(), "--teacher and --out go with --compare");
         if (tokens == null && shards == null) throw new CommandLine.ParameterException(spec.commandLine(), "give --tokens, --teacher-shards or both");
         try (Kernels kernels = device.open(0, out)) {
             if (tokens != null) {

@@ -498,7 +498,7 @@ public final class DistillRun {
     }
 
     /** As above on held-out sequences with stored targets, or on token windows scored by {@code live}. */
-    static Evaluation evaluate(TrainingSession session, Sequences eval, InProcessTeacher live, int batchSize, int maxBatches,
+    public static Evaluation evaluate(TrainingSession session, Sequences eval, InProcessTeacher live, int batchSize, int maxBatches,
                                int chunkRows, int step) throws IOException {
         TeacherTargets.Kind kind = live != null ? TeacherTargets.Kind.DENSE : eval.layout().kind();
         float t = kind == TeacherTargets.Kind.DENSE ? 1f : eval.layout().shardTemperature();

@@ -66,6 +66,17 @@ class InProcessTeacherRunTest {
                 assertEquals(p, q, 1e-4 * Math.max(1e-3, Math.abs(p)), "step " + x.get("step") + " " + key);
             }
         }
+        // both students side by side with the teacher: eval --compare
+        StringWriter table = new StringWriter();
+        assertEquals(0, run(table, "eval", "--compare", dir.resolve("live/checkpoints/step-00000004").toString(),
+                dir.resolve("stored/checkpoints/step-00000004").toString(), "--teacher", teacher.toString(), "--tokens",
+                dir.resolve("val.bin").toString(), "--out", dir.resolve("compare").toString(), "--generate", "8", "--batch", "2"));
+        List<String> rows = Files.readAllLines(dir.resolve("compare/compare.md"));
+        assertEquals(2 + 3, rows.size(), String.join("\n", rows));
+        assertTrue(rows.get(2).startsWith("| " + teacher) && rows.get(2).contains("| 0.0000 | 100.0% |"), rows.get(2));
+        assertTrue(rows.get(3).contains("step-00000004") && !rows.get(3).contains("| 0.0000 |"), rows.get(3));
+        assertTrue(Files.size(dir.resolve("compare/compare.png")) > 1000);
+        assertTrue(table.toString().contains(rows.get(3)), table.toString());
         // stopped after step 2 and resumed: the same parameters, bit for bit, as the run that was not
         assertEquals(0, run("distill", "--config", split.toString(), "--stop-after", "2"));
         assertEquals(0, run("distill", "--config", split.toString(), "--resume"));

@@ -1,0 +1,180 @@
+package dev.distillery.trainer.report;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.ByteBuffer;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.stream.Stream;
+
+import org.knowm.xchart.BitmapEncoder;
+import org.knowm.xchart.CategoryChart;
+import org.knowm.xchart.CategoryChartBuilder;
+
+import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
+import dev.distillery.runtime.distill.InProcessTeacher;
+import dev.distillery.runtime.io.AtomicFileWriter;
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.nn.LanguageModel;
+import dev.distillery.runtime.nn.LanguageModelForward;
+import dev.distillery.runtime.nn.TextGenerator;
+import dev.distillery.runtime.nn.TrainingSession;
+import dev.distillery.runtime.optim.AdamW;
+import dev.distillery.runtime.optim.LearningRateSchedule;
+import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.data.TokenWindows;
+import dev.distillery.trainer.distill.DistillRun;
+import dev.distillery.trainer.teacher.LanguageModelTraining;
+
+/**
+ * {@code eval --compare}: models side by side on one held-out token file. Per model: parameters
+ * and bytes on disk; held-out perplexity (windows of seqLen + 1 tokens, as {@code eval --tokens});
+ * with a teacher, the forward KL to it and top-1 agreement over windows of seqLen (the teacher run
+ * in the process, as {@code distill} evaluates); greedy generation tokens/s through the KV cache
+ * (at most context − 1 tokens, so that no window slides);
+ * and the process's peak resident memory while the model was evaluated (Linux: the high-water
+ * mark is reset before each model).
+ */
+public final class ModelComparison {
+
+    /** One model's figures; kl and agreement are NaN without a teacher, peakRss −1 where it cannot be read. */
+    public record Row(String name, long parameters, long bytesOnDisk, double perplexity, double kl, double agreement,
+                      double generationTokensPerSecond, long peakRss) {
+    }
+
+    private ModelComparison() {
+    }
+
+    /**
+     * @param teacher    a model folder, or null; listed first when given
+     * @param seqLen     tokens per window; 0 = the shortest context among the models, at most 1024
+     * @param generate   greedy tokens to time (at most each model's context − 1)
+     */
+    public static List<Row> run(List<Path> models, Path tokens, Path teacher, int batch, int maxBatches, int seqLen, int generate,
+                                Kernels kernels, PrintWriter err) throws IOException {
+        List<Path> all = new ArrayList<>();
+        if (teacher != null) all.add(teacher);
+        all.addAll(models);
+        int t = seqLen;
+        if (t == 0) {
+            t = 1024;
+            for (Path m : all) {
+                try (LanguageModel probe = ModelFiles.readTeacher(m, kernels)) {
+                    t = Math.min(t, probe.contextLength());
+                }
+            }
+        }
+        List<Row> rows = new ArrayList<>();
+        try (LanguageModel teacherModel = teacher == null ? null : ModelFiles.readTeacher(teacher, kernels)) {
+            for (Path m : all) {
+                resetPeakRss();
+                rows.add(row(m, tokens, teacherModel, batch, maxBatches, t, generate, kernels));
+                Row r = rows.getLast();
+                err.printf(Locale.ROOT, "compare: %s: perplexity %.3f%s, %.1f tokens/s%n", r.name(), r.perplexity(),
+                        Double.isNaN(r.kl()) ? "" : String.format(Locale.ROOT, ", KL %.4f, top-1 agreement %.1f%%", r.kl(), 100 * r.agreement()),
+                        r.generationTokensPerSecond());
+                err.flush();
+            }
+        }
+        return rows;
+    }
+
+    private static Row row(Path dir, Path tokens, LanguageModel teacher, int batch, int maxBatches, int t, int generate, Kernels kernels)
+            throws IOException {
+        try (LanguageModel m = ModelFiles.read(dir, kernels); TokenFile val = TokenFile.open(tokens, m.vocabSize(), "the model's")) {
+            double ce;
+            int windows = (int) Math.max(1, Math.min(batch, (val.size() - 1) / t));
+            try (LanguageModelForward f = new LanguageModelForward(m, kernels, windows, t)) {
+                ce = LanguageModelTraining.validationLoss(f, val, windows, t, maxBatches);
+            }
+            double kl = Double.NaN, agreement = Double.NaN;
+            if (teacher != null) {
+                int chunk = ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, Math.max(m.vocabSize(), teacher.vocabSize()));
+                try (TokenWindows w = TokenWindows.open(tokens, t, teacher.vocabSize(), "the teacher's");
+                     TrainingSession s = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0,
+                             Math.min(batch, w.sequences()), t);
+                     InProcessTeacher live = new InProcessTeacher(teacher, kernels, chunk)) {
+                    DistillRun.Evaluation e = DistillRun.evaluate(s, w, live, Math.min(batch, w.sequences()), maxBatches, chunk, 0);
+                    kl = e.divergence();
+                    agreement = e.agreement();
+                }
+            }
+            double rate;
+            try (TextGenerator g = new TextGenerator(m, kernels)) {
+                int[] prompt = {val.get(0)};
+                int n = Math.max(1, Math.min(generate, m.contextLength() - 1));   // within the context: every token through the cache
+                g.generate(prompt, n, 0, 0, new Rng(1));   // the JIT's first pass, not timed
+                long t0 = System.nanoTime();
+                g.generate(prompt, n, 0, 0, new Rng(1));
+                rate = n / ((System.nanoTime() - t0) / 1e9);
+            }
+            return new Row(dir.toString(), m.parameters().parameterCount(), bytesOnDisk(dir), Math.exp(ce), kl, agreement, rate, peakRss());
+        }
+    }
+
+    /** The model's weights on disk: its *.safetensors but the trainer state. */
+    private static long bytesOnDisk(Path dir) throws IOException {
+        try (Stream<Path> files = Files.list(dir)) {
+            long sum = 0;
+            for (Path f : files.filter(f -> f.getFileName().toString().endsWith(".safetensors")
+                    && !f.getFileName().toString().equals("trainer_state.safetensors")).toList()) {
+                sum += Files.size(f);
+            }
+            return sum;
+        }
+    }
+
+    private static void resetPeakRss() {
+        try {
+            Files.writeString(Path.of("/proc/self/clear_refs"), "5");
+        } catch (IOException | UnsupportedOperationException | SecurityException e) {
+            // not Linux, or not allowed: the peak then covers the process so far, and reads as such
+        }
+    }
+
+    /** VmHWM of /proc/self/status in bytes, or −1. */
+    private static long peakRss() {
+        try {
+            for (String line : Files.readAllLines(Path.of("/proc/self/status"))) {
+                if (line.startsWith("VmHWM:")) return 1024 * Long.parseLong(line.replaceAll("[^0-9]", ""));
+            }
+        } catch (IOException | NumberFormatException e) {
+            return -1;
+        }
+        return -1;
+    }
+
+    /** The table in markdown. */
+    public static String markdown(List<Row> rows) {
+        StringBuilder b = new StringBuilder("| model | parameters | bytes on disk | held-out perplexity | KL to teacher | top-1 agreement "
+                + "| generation tokens/s | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for (Row r : rows) {
+            b.append(String.format(Locale.ROOT, "| %s | %,d | %,d | %.3f | %s | %s | %,.0f | %s |%n", r.name(), r.parameters(), r.bytesOnDisk(),
+                    r.perplexity(), Double.isNaN(r.kl()) ? "–" : String.format(Locale.ROOT, "%.4f", r.kl()),
+                    Double.isNaN(r.agreement()) ? "–" : String.format(Locale.ROOT, "%.1f%%", 100 * r.agreement()), r.generationTokensPerSecond(),
+                    r.peakRss() < 0 ? "–" : String.format(Locale.ROOT, "%.0f MB", r.peakRss() / 1e6)));
+        }
+        return b.toString();
+    }
+
+    /** compare.md and compare.png (held-out perplexity per model) in {@code dir}. */
+    public static void write(Path dir, List<Row> rows) throws IOException {
+        Files.createDirectories(dir);
+        byte[] md = markdown(rows).getBytes(StandardCharsets.UTF_8);
+        AtomicFileWriter.write(dir.resolve("compare.md"), ch -> AtomicFileWriter.writeFully(ch, ByteBuffer.wrap(md)));
+        System.setProperty("java.awt.headless", "true");
+        CategoryChart chart = new CategoryChartBuilder().width(160 + 140 * rows.size()).height(420).title("held-out perplexity")
+                .xAxisTitle("model").yAxisTitle("perplexity").build();
+        chart.getStyler().setLegendVisible(false);
+        chart.addSeries("perplexity", rows.stream().map(r -> Path.of(r.name()).getFileName().toString()).toList(),
+                rows.stream().map(Row::perplexity).toList());
+        byte[] png = BitmapEncoder.getBitmapBytes(chart, BitmapEncoder.BitmapFormat.PNG);
+        AtomicFileWriter.write(dir.resolve("compare.png"), ch -> AtomicFileWriter.writeFully(ch, ByteBuffer.wrap(png)));
+    }
+}
