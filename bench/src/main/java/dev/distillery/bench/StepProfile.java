@@ -6,8 +6,8 @@ import java.util.Map;
 
 import dev.distillery.kernels.Backends;
 import dev.distillery.runtime.Rng;
-import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 

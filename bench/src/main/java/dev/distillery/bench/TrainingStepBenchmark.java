@@ -20,8 +20,8 @@ import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Rng;
-import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 

@@ -1,7 +1,6 @@
 package dev.distillery.runtime.io;
 
 import java.io.IOException;
-import java.nio.ByteBuffer;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
@@ -9,7 +8,6 @@ import java.util.List;
 import java.util.Map;
 
 import com.fasterxml.jackson.databind.JsonNode;
-import com.fasterxml.jackson.databind.ObjectMapper;
 
 import dev.distillery.runtime.nn.LlamaConfig;
 
@@ -21,8 +19,6 @@ import dev.distillery.runtime.nn.LlamaConfig;
  * parameters' own names.
  */
 public final class LlamaFiles {
-
-    private static final ObjectMapper JSON = new ObjectMapper();
 
     private LlamaFiles() {
     }
@@ -126,7 +122,6 @@ public final class LlamaFiles {
         m.put("tie_word_embeddings", c.tied());
         m.put("use_cache", true);
         m.put("dtype", "float32");
-        byte[] json = JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(m);
-        AtomicFileWriter.write(file, ch -> AtomicFileWriter.writeFully(ch, ByteBuffer.wrap(json)));
+        ModelFiles.writeJson(file, m);
     }
 }

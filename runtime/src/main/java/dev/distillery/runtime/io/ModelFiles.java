@@ -82,6 +82,11 @@ public final class ModelFiles {
         m.put("bos_token_id", c.vocabSize() - 1);
         m.put("eos_token_id", c.vocabSize() - 1);
         m.put("torch_dtype", "float32");
+        writeJson(file, m);
+    }
+
+    /** A model folder's JSON file (a config), pretty-printed, written crash-safe. */
+    static void writeJson(Path file, Map<String, Object> m) throws IOException {
         byte[] json = JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(m);
         AtomicFileWriter.write(file, ch -> AtomicFileWriter.writeFully(ch, ByteBuffer.wrap(json)));
     }
@@ -137,6 +142,11 @@ public final class ModelFiles {
             throw new IOException(file + ": '" + key + "' must be in [1, " + max + "], got " + n);
         }
         return n.intValue();
+    }
+
+    /** The context length {@code dir/config.json} gives, for either family, without reading the weights. */
+    public static int contextLength(Path dir) throws IOException {
+        return isLlama(dir) ? LlamaFiles.readConfig(dir.resolve(CONFIG)).contextLength() : readConfig(dir.resolve(CONFIG)).contextLength();
     }
 
     /** Whether {@code dir/config.json} names a Llama-family model_type. */

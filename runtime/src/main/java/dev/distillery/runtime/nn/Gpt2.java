@@ -1,5 +1,7 @@
 package dev.distillery.runtime.nn;
 
+import java.util.function.UnaryOperator;
+
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.ParameterStore;
 import dev.distillery.runtime.Rng;
@@ -101,19 +103,20 @@ public final class Gpt2 implements LanguageModel {
 
     @Override
     public Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t) {
-        int nh = config.heads();
         Tensor embedded = ops.embedding(tokens, p("wte.weight"), p("wpe.weight"), b, t);
-        Tensor x = Blocks.run(ops, embedded, config.layers(), (in, l) -> {
-            String pre = "h." + l + ".";
-            Tensor h = ops.layerNorm(in, p(pre + "ln_1.weight"), p(pre + "ln_1.bias"));
-            Tensor qkv = ops.linear(h, p(pre + "attn.c_attn.weight"), p(pre + "attn.c_attn.bias"));
-            Tensor a = ops.attention(qkv, b, t, nh);
-            Tensor mid = ops.add(in, ops.linear(a, p(pre + "attn.c_proj.weight"), p(pre + "attn.c_proj.bias")));
-            h = ops.layerNorm(mid, p(pre + "ln_2.weight"), p(pre + "ln_2.bias"));
-            h = ops.gelu(ops.linear(h, p(pre + "mlp.c_fc.weight"), p(pre + "mlp.c_fc.bias")));
-            return ops.add(mid, ops.linear(h, p(pre + "mlp.c_proj.weight"), p(pre + "mlp.c_proj.bias")));
-        });
+        Tensor x = Blocks.run(ops, embedded, config.layers(), (in, l) -> block(ops, in, l, qkv -> ops.attention(qkv, b, t, config.heads())));
         return ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias"));
+    }
+
+    /** Block l on the residual stream x; {@code attention} maps the block's qkv (rows, 3c) to its heads' output (rows, c). */
+    private Tensor block(DifferentiableOps ops, Tensor x, int l, UnaryOperator<Tensor> attention) {
+        String pre = "h." + l + ".";
+        Tensor h = ops.layerNorm(x, p(pre + "ln_1.weight"), p(pre + "ln_1.bias"));
+        Tensor a = attention.apply(ops.linear(h, p(pre + "attn.c_attn.weight"), p(pre + "attn.c_attn.bias")));
+        Tensor mid = ops.add(x, ops.linear(a, p(pre + "attn.c_proj.weight"), p(pre + "attn.c_proj.bias")));
+        h = ops.layerNorm(mid, p(pre + "ln_2.weight"), p(pre + "ln_2.bias"));
+        h = ops.gelu(ops.linear(h, p(pre + "mlp.c_fc.weight"), p(pre + "mlp.c_fc.bias")));
+        return ops.add(mid, ops.linear(h, p(pre + "mlp.c_proj.weight"), p(pre + "mlp.c_proj.bias")));
     }
 
     @Override
@@ -125,18 +128,10 @@ public final class Gpt2 implements LanguageModel {
     @Override
     public Tensor decode(DifferentiableOps ops, KvCache cache, Tensor token) {
         if (ops.tape().enabled()) throw new IllegalStateException("decode is forward only: turn the tape off");
-        int c = config.channels(), nh = config.heads(), hs = config.headSize(), pos = cache.next();
-        Tensor x = ops.embedding(token, p("wte.weight"), p("wpe.weight").slice((long) pos * c, 1, c), 1, 1);
-        for (int l = 0; l < config.layers(); l++) {
-            String pre = "h." + l + ".";
-            Tensor h = ops.layerNorm(x, p(pre + "ln_1.weight"), p(pre + "ln_1.bias"));
-            Tensor qkv = ops.linear(h, p(pre + "attn.c_attn.weight"), p(pre + "attn.c_attn.bias"));
-            Tensor a = cache.attend(ops, l, qkv.slice(0, 1, c), qkv.slice(c, 1, c), qkv.slice(2L * c, 1, c), nh, nh, hs);
-            x = ops.add(x, ops.linear(a, p(pre + "attn.c_proj.weight"), p(pre + "attn.c_proj.bias")));
-            h = ops.layerNorm(x, p(pre + "ln_2.weight"), p(pre + "ln_2.bias"));
-            h = ops.gelu(ops.linear(h, p(pre + "mlp.c_fc.weight"), p(pre + "mlp.c_fc.bias")));
-            x = ops.add(x, ops.linear(h, p(pre + "mlp.c_proj.weight"), p(pre + "mlp.c_proj.bias")));
-        }
+        int c = config.channels(), nh = config.heads(), pos = cache.next();
+        Tensor embedded = ops.embedding(token, p("wte.weight"), p("wpe.weight").slice((long) pos * c, 1, c), 1, 1);
+        Tensor x = Blocks.run(ops, embedded, config.layers(), (in, l) -> block(ops, in, l,
+                qkv -> cache.attend(ops, l, qkv.slice(0, 1, c), qkv.slice(c, 1, c), qkv.slice(2L * c, 1, c), nh, nh, config.headSize())));
         cache.advance();
         return ops.projection(ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias")), p("wte.weight"), null);
     }

@@ -47,22 +47,6 @@ public final class KvCache implements AutoCloseable {
         length = 0;
     }
 
-    MemorySegment keys(int layer) {
-        return keys[layer];
-    }
-
-    MemorySegment values(int layer) {
-        return values[layer];
-    }
-
-    MemorySegment scores() {
-        return scores;
-    }
-
-    int width() {
-        return width;
-    }
-
     /**
      * Attention of the new token's query over every cached row and its own: k and v (1, width)
      * join the cache at the next position first. q is (1, heads · hs); the result (1, heads · hs)

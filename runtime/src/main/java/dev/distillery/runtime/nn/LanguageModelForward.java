@@ -38,16 +38,8 @@ public final class LanguageModelForward implements AutoCloseable {
         this.tokens = new Tensor("tokens", new int[]{b, t}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4L * b * t), false);
     }
 
-    public LanguageModel model() {
-        return model;
-    }
-
     public int vocabSize() {
         return model.vocabSize();
-    }
-
-    public int contextLength() {
-        return model.contextLength();
     }
 
     /**

@@ -50,7 +50,7 @@ public final class Llama implements LanguageModel {
         int h = cfg.hidden(), a = cfg.attention(), kv = cfg.keyValue(), inter = cfg.intermediate();
         ParameterStore.Builder b = ParameterStore.builder().add("model.embed_tokens.weight", cfg.vocabSize(), h);
         for (int l = 0; l < cfg.layers(); l++) {
-            String p = block(l);
+            String p = prefix(l);
             b.add(p + "input_layernorm.weight", h).add(p + "self_attn.q_proj.weight", a, h);
             if (cfg.qkvBias()) b.add(p + "self_attn.q_proj.bias", a);
             b.add(p + "self_attn.k_proj.weight", kv, h);
@@ -65,8 +65,8 @@ public final class Llama implements LanguageModel {
         this.params = trainable ? b.build(kernels) : b.buildFrozen(kernels);
     }
 
-    /** "model.layers.l." */
-    public static String block(int l) {
+    /** "model.layers.l.": the names of block l's parameters start so. */
+    private static String prefix(int l) {
         return "model.layers." + l + ".";
     }
 
@@ -128,21 +128,29 @@ public final class Llama implements LanguageModel {
     public Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t) {
         if (t > cfg.contextLength()) throw new IllegalArgumentException("sequence length " + t + " exceeds the model's context " + cfg.contextLength());
         Tensor table = rotaryTable(t);
-        float eps = cfg.rmsEps();
         Tensor embedded = ops.tokenEmbedding(tokens, p("model.embed_tokens.weight"), b, t);
-        Tensor x = Blocks.run(ops, embedded, cfg.layers(), (in, l) -> {
-            String pre = block(l);
-            Tensor h = ops.rmsNorm(in, p(pre + "input_layernorm.weight"), eps);
-            Tensor q = ops.rope(ops.projection(h, p(pre + "self_attn.q_proj.weight"), bias(pre + "self_attn.q_proj.bias")), table, b, t, cfg.heads());
-            Tensor k = ops.rope(ops.projection(h, p(pre + "self_attn.k_proj.weight"), bias(pre + "self_attn.k_proj.bias")), table, b, t, cfg.kvHeads());
-            Tensor v = ops.projection(h, p(pre + "self_attn.v_proj.weight"), bias(pre + "self_attn.v_proj.bias"));
-            Tensor att = ops.attention(ops.packQkv(q, k, v, cfg.heads(), cfg.kvHeads()), b, t, cfg.heads());
-            Tensor mid = ops.add(in, ops.projection(att, p(pre + "self_attn.o_proj.weight"), null));
-            Tensor h2 = ops.rmsNorm(mid, p(pre + "post_attention_layernorm.weight"), eps);
-            Tensor act = ops.swiGlu(ops.projection(h2, p(pre + "mlp.gate_proj.weight"), null), ops.projection(h2, p(pre + "mlp.up_proj.weight"), null));
-            return ops.add(mid, ops.projection(act, p(pre + "mlp.down_proj.weight"), null));
-        });
-        return ops.rmsNorm(x, p("model.norm.weight"), eps);
+        Tensor x = Blocks.run(ops, embedded, cfg.layers(), (in, l) -> block(ops, in, l, table, b, t,
+                (q, k, v) -> ops.attention(ops.packQkv(q, k, v, cfg.heads(), cfg.kvHeads()), b, t, cfg.heads())));
+        return ops.rmsNorm(x, p("model.norm.weight"), cfg.rmsEps());
+    }
+
+    /** The attention of one block: its rotated q and k and its v in, the heads' output (rows, heads·hs) out. */
+    private interface Attention {
+        Tensor apply(Tensor q, Tensor k, Tensor v);
+    }
+
+    /** Block l on the residual stream x, positions rotated by the (t, hs/2, 2) rows of {@code cosSin}. */
+    private Tensor block(DifferentiableOps ops, Tensor x, int l, Tensor cosSin, int b, int t, Attention attention) {
+        String pre = prefix(l);
+        float eps = cfg.rmsEps();
+        Tensor h = ops.rmsNorm(x, p(pre + "input_layernorm.weight"), eps);
+        Tensor q = ops.rope(ops.projection(h, p(pre + "self_attn.q_proj.weight"), bias(pre + "self_attn.q_proj.bias")), cosSin, b, t, cfg.heads());
+        Tensor k = ops.rope(ops.projection(h, p(pre + "self_attn.k_proj.weight"), bias(pre + "self_attn.k_proj.bias")), cosSin, b, t, cfg.kvHeads());
+        Tensor v = ops.projection(h, p(pre + "self_attn.v_proj.weight"), bias(pre + "self_attn.v_proj.bias"));
+        Tensor mid = ops.add(x, ops.projection(attention.apply(q, k, v), p(pre + "self_attn.o_proj.weight"), null));
+        Tensor h2 = ops.rmsNorm(mid, p(pre + "post_attention_layernorm.weight"), eps);
+        Tensor act = ops.swiGlu(ops.projection(h2, p(pre + "mlp.gate_proj.weight"), null), ops.projection(h2, p(pre + "mlp.up_proj.weight"), null));
+        return ops.add(mid, ops.projection(act, p(pre + "mlp.down_proj.weight"), null));
     }
 
     @Override
@@ -156,22 +164,11 @@ public final class Llama implements LanguageModel {
         if (ops.tape().enabled()) throw new IllegalStateException("decode is forward only: turn the tape off");
         int pos = cache.next(), pairs = cfg.headSize() / 2;
         Tensor cs = rotaryTable(cache.maxLen()).slice((long) pos * pairs * 2, 1, pairs, 2);   // position pos as row 0
-        float eps = cfg.rmsEps();
-        Tensor x = ops.tokenEmbedding(token, p("model.embed_tokens.weight"), 1, 1);
-        for (int l = 0; l < cfg.layers(); l++) {
-            String pre = block(l);
-            Tensor h = ops.rmsNorm(x, p(pre + "input_layernorm.weight"), eps);
-            Tensor q = ops.rope(ops.projection(h, p(pre + "self_attn.q_proj.weight"), bias(pre + "self_attn.q_proj.bias")), cs, 1, 1, cfg.heads());
-            Tensor k = ops.rope(ops.projection(h, p(pre + "self_attn.k_proj.weight"), bias(pre + "self_attn.k_proj.bias")), cs, 1, 1, cfg.kvHeads());
-            Tensor v = ops.projection(h, p(pre + "self_attn.v_proj.weight"), bias(pre + "self_attn.v_proj.bias"));
-            Tensor att = cache.attend(ops, l, q, k, v, cfg.heads(), cfg.kvHeads(), cfg.headSize());
-            x = ops.add(x, ops.projection(att, p(pre + "self_attn.o_proj.weight"), null));
-            Tensor h2 = ops.rmsNorm(x, p(pre + "post_attention_layernorm.weight"), eps);
-            Tensor act = ops.swiGlu(ops.projection(h2, p(pre + "mlp.gate_proj.weight"), null), ops.projection(h2, p(pre + "mlp.up_proj.weight"), null));
-            x = ops.add(x, ops.projection(act, p(pre + "mlp.down_proj.weight"), null));
-        }
+        Tensor embedded = ops.tokenEmbedding(token, p("model.embed_tokens.weight"), 1, 1);
+        Tensor x = Blocks.run(ops, embedded, cfg.layers(), (in, l) -> block(ops, in, l, cs, 1, 1,
+                (q, k, v) -> cache.attend(ops, l, q, k, v, cfg.heads(), cfg.kvHeads(), cfg.headSize())));
         cache.advance();
-        return ops.projection(ops.rmsNorm(x, p("model.norm.weight"), eps), lmHeadWeight(), null);
+        return ops.projection(ops.rmsNorm(x, p("model.norm.weight"), cfg.rmsEps()), lmHeadWeight(), null);
     }
 
     @Override

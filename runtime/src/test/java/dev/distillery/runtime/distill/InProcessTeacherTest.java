@@ -22,9 +22,9 @@ import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.runtime.nn.LanguageModelForward;
 import dev.distillery.runtime.nn.Llama;
 import dev.distillery.runtime.nn.LlamaConfig;
+import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
-import dev.distillery.runtime.nn.TrainingSession;
 
 /**
  * The two teacher modes on one batch: a Llama teacher run in the process, its logits made chunk by

@@ -11,9 +11,8 @@ import java.util.concurrent.Callable;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
 import dev.distillery.runtime.io.ModelFiles;
-import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.LanguageModel;
-import dev.distillery.runtime.nn.LanguageModelForward;
+import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.data.StrictJson;
@@ -86,10 +85,8 @@ public final class EvalCommand implements Callable<Integer> {
         try (Kernels kernels = device.open(0, out)) {
             if (tokens != null) {
                 try (LanguageModel m = ModelFiles.readTeacher(model, kernels); TokenFile val = TokenFile.open(tokens, m.vocabSize(), "the model's")) {
-                    int t = m.contextLength(), windows = (int) Math.max(1, Math.min(batch, (val.size() - 1) / t));
-                    try (LanguageModelForward f = new LanguageModelForward(m, kernels, windows, t)) {
-                        printCrossEntropy(out, LanguageModelTraining.validationLoss(f, val, windows, t, batches > 0 ? batches : Integer.MAX_VALUE));
-                    }
+                    printCrossEntropy(out, LanguageModelTraining.validationLoss(m, kernels, val, batch, m.contextLength(),
+                            batches > 0 ? batches : Integer.MAX_VALUE));
                 }
             }
             if (shards != null) {

@@ -174,26 +174,29 @@ public final class TeacherShards implements Sequences, AutoCloseable {
 
     @Override
     public void copyInputIds(int index, MemorySegment dst, long offset) {
-        MemorySegment.copy(sequence(index).inputIds(), 0, dst, offset, 4L * manifest.seqLen());
+        MemorySegment.copy(inputIds(index), 0, dst, offset, 4L * manifest.seqLen());
     }
 
     @Override
     public TeacherTargets targets(int index) {
-        return sequence(index).targets();
+        if (index < 0 || index >= total) throw new IndexOutOfBoundsException("sequence " + index + " of " + total);
+        int shard = shardOf(index), local = index - firstSequence[shard], t = manifest.seqLen();
+        SafetensorsFile st = files.get(shard);
+        List<MemorySegment> buffers = new ArrayList<>(tensors.size());
+        for (int i = 0; i < tensors.size(); i++) buffers.add(st.bytes(tensors.get(i).name()).asSlice(local * t * layout.bytesPerRow(i)));
+        return layout.over(buffers);
     }
 
     /** Views of sequence {@code index} (0 ≤ index < sequences()). */
     public Sequence sequence(int index) {
+        return new Sequence(inputIds(index), targets(index));
+    }
+
+    /** Sequence {@code index}'s seqLen int32 ids, a view of its shard. */
+    private MemorySegment inputIds(int index) {
         if (index < 0 || index >= total) throw new IndexOutOfBoundsException("sequence " + index + " of " + total);
-        int shard = shardOf(index);
-        int local = index - firstSequence[shard];
-        SafetensorsFile st = files.get(shard);
-        int t = manifest.seqLen();
-        MemorySegment ids = inputIds.get(shard).asSlice(4L * local * t, 4L * t);
-        List<MemorySegment> buffers = new ArrayList<>(tensors.size());
-        for (int i = 0; i < tensors.size(); i++) buffers.add(st.bytes(tensors.get(i).name()).asSlice(local * t * layout.bytesPerRow(i)));
-        TeacherTargets targets = layout.over(buffers);
-        return new Sequence(ids, targets);
+        int shard = shardOf(index), t = manifest.seqLen();
+        return inputIds.get(shard).asSlice(4L * (index - firstSequence[shard]) * t, 4L * t);
     }
 
     /** Where sequence {@code index}, position {@code position} is, in the user's terms: the shard file, the sequence in it, the position. */

@@ -22,7 +22,6 @@ import dev.distillery.runtime.distill.InProcessTeacher;
 import dev.distillery.runtime.io.AtomicFileWriter;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.LanguageModel;
-import dev.distillery.runtime.nn.LanguageModelForward;
 import dev.distillery.runtime.nn.TextGenerator;
 import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.optim.AdamW;
@@ -64,11 +63,7 @@ public final class ModelComparison {
         int t = seqLen;
         if (t == 0) {
             t = 1024;
-            for (Path m : all) {
-                try (LanguageModel probe = ModelFiles.readTeacher(m, kernels)) {
-                    t = Math.min(t, probe.contextLength());
-                }
-            }
+            for (Path m : all) t = Math.min(t, ModelFiles.contextLength(m));
         }
         List<Row> rows = new ArrayList<>();
         try (LanguageModel teacherModel = teacher == null ? null : ModelFiles.readTeacher(teacher, kernels)) {
@@ -88,11 +83,7 @@ public final class ModelComparison {
     private static Row row(Path dir, Path tokens, LanguageModel teacher, int batch, int maxBatches, int t, int generate, Kernels kernels)
             throws IOException {
         try (LanguageModel m = ModelFiles.read(dir, kernels); TokenFile val = TokenFile.open(tokens, m.vocabSize(), "the model's")) {
-            double ce;
-            int windows = (int) Math.max(1, Math.min(batch, (val.size() - 1) / t));
-            try (LanguageModelForward f = new LanguageModelForward(m, kernels, windows, t)) {
-                ce = LanguageModelTraining.validationLoss(f, val, windows, t, maxBatches);
-            }
+            double ce = LanguageModelTraining.validationLoss(m, kernels, val, batch, t, maxBatches);
             double kl = Double.NaN, agreement = Double.NaN;
             if (teacher != null) {
                 int chunk = ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, Math.max(m.vocabSize(), teacher.vocabSize()));

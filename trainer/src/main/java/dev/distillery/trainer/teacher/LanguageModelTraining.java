@@ -11,11 +11,11 @@ import java.util.Optional;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.io.ModelFiles;
-import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.runtime.nn.LanguageModelForward;
-import dev.distillery.runtime.nn.Gpt2Config;
+import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
@@ -174,13 +174,19 @@ public final class LanguageModelTraining {
         }
     }
 
-    /** Mean CE over up to {@code maxBatches} batches of consecutive non-overlapping windows from the start of {@code val}. */
     /**
-     * {@link #validationLoss(TrainingSession, TokenFile, int, int, int)} for a forward-only model (a
-     * Llama-family teacher): the same windows, each row's CE = logsumexp − the logit of the next token.
+     * {@link #validationLoss(TrainingSession, TokenFile, int, int, int)} for a model run forward only
+     * (a teacher, a checkpoint being compared), up to {@code batch} windows at a time (fewer when
+     * {@code val} holds fewer): the same windows, each row's CE = logsumexp − the logit of the next token.
      */
-    public static double validationLoss(LanguageModelForward model, TokenFile val, int batch, int t, int maxBatches)
-            throws IOException {
+    public static double validationLoss(LanguageModel m, Kernels kernels, TokenFile val, int batch, int t, int maxBatches) throws IOException {
+        int windows = (int) Math.max(1, Math.min(batch, (val.size() - 1) / t));
+        try (LanguageModelForward f = new LanguageModelForward(m, kernels, windows, t)) {
+            return validationLoss(f, val, windows, t, maxBatches);
+        }
+    }
+
+    private static double validationLoss(LanguageModelForward model, TokenFile val, int batch, int t, int maxBatches) throws IOException {
         long windowsAvailable = (val.size() - 1) / t;
         int batches = (int) Math.min(maxBatches, windowsAvailable / batch);
         if (batches < 1) throw new IOException(val.path() + ": " + val.size() + " tokens, fewer than one batch of " + batch + " windows of " + (t + 1));
@@ -207,6 +213,7 @@ public final class LanguageModelTraining {
         return sum / batches;
     }
 
+    /** Mean CE over up to {@code maxBatches} batches of consecutive non-overlapping windows from the start of {@code val}. */
     public static double validationLoss(TrainingSession session, TokenFile val, int batch, int t, int maxBatches) throws IOException {
         long windowsAvailable = (val.size() - 1) / t;
         int batches = (int) Math.min(maxBatches, windowsAvailable / batch);

@@ -15,10 +15,10 @@ import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
-import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.LanguageModel;
 
 class CheckpointStoreTest {
 

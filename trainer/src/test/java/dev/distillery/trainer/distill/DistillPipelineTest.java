@@ -15,10 +15,10 @@ import org.junit.jupiter.api.io.TempDir;
 
 import com.fasterxml.jackson.databind.JsonNode;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
-import dev.distillery.kernels.DType;
 import dev.distillery.runtime.Rng;
 import dev.distillery.trainer.cli.Main;
 import dev.distillery.trainer.data.StrictJson;

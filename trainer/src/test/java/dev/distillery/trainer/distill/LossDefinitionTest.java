@@ -21,11 +21,11 @@ import org.junit.jupiter.api.io.TempDir;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 
-import dev.distillery.runtime.nn.LanguageModel;
-import dev.distillery.runtime.nn.LanguageModelForward;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.Gpt2;
 import dev.distillery.runtime.nn.Gpt2Config;
+import dev.distillery.runtime.nn.LanguageModel;
+import dev.distillery.runtime.nn.LanguageModelForward;
 import dev.distillery.trainer.cli.Main;
 
 /**

@@ -18,10 +18,10 @@ import org.junit.jupiter.api.io.TempDir;
 
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.TeacherTargets;
-import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.SafetensorsFile;
 import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.trainer.cli.Main;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
