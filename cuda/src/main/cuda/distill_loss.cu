@@ -7,6 +7,8 @@
 //   sampled_row      SampledRows.row; ReferenceDistillLoss.sampledRow
 //   shared gradient  SparseRows.sharedGradient (the loop every unlisted column of a sparse row shares)
 //
+//   feature_row      CpuKernels.featureDistance; ReferenceKernels.featureDistance (hidden states)
+//
 // Covered: dense teachers (fp32, fp16, bf16) and top-k teachers (fp32, fp16, bf16 logits; tail
 // bucket, renormalized or rescaled) with forward KL, reverse KL and JSD; sampled teachers
 // (forward KL). Top-k rows read their k student logits into shared memory before any gradient
@@ -412,6 +414,56 @@ __device__ void topk_row(const float* s, float* g, const int* ids, const TT* log
     finish_row(grow, label, ce, shared_value, row_ce, row_div, row, p, c1);
 }
 
+// ------------------------------------------------------------------ feature (hidden-state) distances
+
+// One block per row: student row s (d) fp32 against teacher row t (d). MSE: loss = (1/d) sum (s - t)^2,
+// ds = (2/d)(s - t). Cosine: loss = 1 - s.t / den, den = max(|s|, eps) max(|t|, eps),
+// ds = cos s / |s|^2 - t / den (the first term only when |s| > eps). grad (may be null) += grad_scale ds.
+// docs/KERNELS.md#feature-distances.
+enum FeatureDistance : int { MSE = 0, COSINE = 1 };
+constexpr float FEATURE_EPS = 1e-8f;
+
+template <typename T>
+__device__ void feature_row(float* row_loss, float* grad, const float* s, const T* t, int n, int d, int distance,
+                            float grad_scale) {
+    __shared__ float scratch[MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= n) return;
+    const float* sr = s + (long)row * d;
+    const T* tr = t + (long)row * d;
+    float* gr = grad == nullptr ? nullptr : grad + (long)row * d;
+    if (distance == MSE) {
+        float acc = 0.f;
+        for (int k = threadIdx.x; k < d; k += blockDim.x) {
+            const float e = sr[k] - to_float(tr[k]);
+            acc += e * e;
+        }
+        acc = block_sum(acc, scratch);
+        if (threadIdx.x == 0) row_loss[row] = acc / d;
+        if (gr != nullptr) {
+            const float c = 2.f * grad_scale / d;
+            for (int k = threadIdx.x; k < d; k += blockDim.x) gr[k] += c * (sr[k] - to_float(tr[k]));
+        }
+        return;
+    }
+    float st = 0.f, ss = 0.f, tt = 0.f;
+    for (int k = threadIdx.x; k < d; k += blockDim.x) {
+        const float a = sr[k], b = to_float(tr[k]);
+        st += a * b;
+        ss += a * a;
+        tt += b * b;
+    }
+    st = block_sum(st, scratch);
+    ss = block_sum(ss, scratch);
+    tt = block_sum(tt, scratch);
+    const float ns = sqrtf(ss), den = fmaxf(ns, FEATURE_EPS) * fmaxf(sqrtf(tt), FEATURE_EPS), cos = st / den;
+    if (threadIdx.x == 0) row_loss[row] = 1.f - cos;
+    if (gr != nullptr) {
+        const float cs = ns > FEATURE_EPS ? cos / ss : 0.f;
+        for (int k = threadIdx.x; k < d; k += blockDim.x) gr[k] += grad_scale * (cs * sr[k] - to_float(tr[k]) / den);
+    }
+}
+
 }  // namespace distill
 
 // C entry points for cuModuleGetFunction; one per teacher layout.
@@ -453,6 +505,21 @@ DISTILL_LAUNCH void distill_topk_bf16(const float* s, float* g, const int* ids, 
 DISTILL_LAUNCH void distill_sampled(const float* s, float* g, const int* ids, const float* weights, const int* labels,
                                     float* row_ce, float* row_div, int n, int V, int samples, distill::Params p) {
     distill::sampled_row(s, g, ids, weights, labels, row_ce, row_div, n, V, samples, p);
+}
+
+DISTILL_LAUNCH void feature_distance_f32(float* row_loss, float* grad, const float* s, const float* t, int n, int d,
+                                         int distance, float grad_scale) {
+    distill::feature_row(row_loss, grad, s, t, n, d, distance, grad_scale);
+}
+
+DISTILL_LAUNCH void feature_distance_f16(float* row_loss, float* grad, const float* s, const __half* t, int n, int d,
+                                         int distance, float grad_scale) {
+    distill::feature_row(row_loss, grad, s, t, n, d, distance, grad_scale);
+}
+
+DISTILL_LAUNCH void feature_distance_bf16(float* row_loss, float* grad, const float* s, const __nv_bfloat16* t, int n,
+                                          int d, int distance, float grad_scale) {
+    distill::feature_row(row_loss, grad, s, t, n, d, distance, grad_scale);
 }
 
 }  // extern "C"

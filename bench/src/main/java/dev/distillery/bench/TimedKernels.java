@@ -6,9 +6,11 @@ import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.function.Supplier;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -269,6 +271,12 @@ public final class TimedKernels implements Kernels {
     @Override
     public void argmaxRows(MemorySegment out, MemorySegment x, int n, int v) {
         time("argmaxRows", () -> inner.argmaxRows(out, x, n, v));
+    }
+
+    @Override
+    public void featureDistance(FeatureDistance distance, MemorySegment rowLoss, MemorySegment grad, MemorySegment student,
+                                MemorySegment teacher, DType teacherType, int n, int d, float gradScale) {
+        time("featureDistance", () -> inner.featureDistance(distance, rowLoss, grad, student, teacher, teacherType, n, d, gradScale));
     }
 
     @Override

@@ -5,6 +5,7 @@ import java.lang.foreign.MemorySegment;
 
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -311,6 +312,22 @@ public interface Kernels extends AutoCloseable {
     DistillSums distillLoss(MemorySegment student, MemorySegment grad, TeacherTargets teacher, MemorySegment labels,
                             MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab,
                             DistillOptions options, float gradScale);
+
+    // ---------------------------------------------------------------- feature (hidden-state) distillation
+
+    /**
+     * The distance between student and teacher hidden states, fused per row (see
+     * docs/KERNELS.md#feature-distances): student s (n, d) fp32 against teacher t (n, d) of
+     * {@code teacherType} (F32, F16 or BF16). Per row
+     * <pre>
+     *   MSE:    loss = (1/d) Σ_k (s_k − t_k)²                          ds = (2/d)(s − t)
+     *   cosine: loss = 1 − s·t / den, den = max(‖s‖, ε) max(‖t‖, ε)      ds = cos · s/‖s‖² − t/den   (‖s‖ &gt; ε)
+     * </pre>
+     * rowLoss (n) gets each row's loss; grad (n, d), when not null, gets
+     * {@code += gradScale · d loss/ds}.
+     */
+    void featureDistance(FeatureDistance distance, MemorySegment rowLoss, MemorySegment grad, MemorySegment student,
+                         MemorySegment teacher, DType teacherType, int n, int d, float gradScale);
 
     // ---------------------------------------------------------------- optimizer
 

@@ -12,6 +12,7 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.kernels.reference.ReferenceDistillLoss;
 import dev.distillery.kernels.reference.ReferenceKernels;
@@ -97,6 +98,7 @@ public final class KernelConformance {
         for (int n : sizes.elementwise()) c.swiGlu(n);
         for (int[] s : sizes.attention()) c.ropeAndRepeatHeads(s[0], s[1], s[2], s[3]);
         for (int[] s : sizes.attention()) c.attentionDecode(s[0], s[1], s[2], s[3]);
+        for (int[] s : sizes.rows()) c.featureDistance(s[0] * s[1], s[1]);
         return List.copyOf(c.results);
     }
 
@@ -459,6 +461,35 @@ public final class KernelConformance {
                 double ms = millis(t0);
                 ReferenceKernels.attentionDecode(out, q, keys, values, b, len, t, nh, kvh, hs);
                 record("attentionDecode", b + "x" + len + "/" + t + "x" + c + "/" + nh + ":" + kvh, buf.relativeError(out, sOut, 1e-6), TOL, ms);
+            }
+        }
+    }
+
+    /**
+     * Both feature distances, teacher rows in fp32 and bf16 (the reference reads the bf16-rounded
+     * values), one row all zeros (the cosine's ε floor), loss and accumulated gradient.
+     */
+    private void featureDistance(int n, int d) {
+        for (FeatureDistance distance : FeatureDistance.values()) {
+            for (DType type : new DType[]{DType.F32, DType.BF16}) {
+                try (Arena arena = Arena.ofShared()) {
+                    KernelBuffers buf = new KernelBuffers(kernels, arena);
+                    double[] s = randn(n * d), t = randn(n * d), grad = randn(n * d), loss = new double[n];
+                    if (n > 1) java.util.Arrays.fill(s, d, 2 * d, 0.0);
+                    MemorySegment hostT = arena.allocate((long) type.bytes() * t.length, 64);
+                    for (int i = 0; i < t.length; i++) {
+                        type.write(hostT, i, (float) t[i]);
+                        t[i] = type.read(hostT, i);
+                    }
+                    MemorySegment sLoss = buf.poisoned(n), sGrad = buf.floats(grad);
+                    float scale = 0.75f;
+                    long t0 = System.nanoTime();
+                    kernels.featureDistance(distance, sLoss, sGrad, buf.floats(s), buf.place(hostT), type, n, d, scale);
+                    double ms = millis(t0);
+                    ReferenceKernels.featureDistance(distance, loss, grad, s, t, n, d, scale);
+                    record("featureDistance." + distance.name().toLowerCase(java.util.Locale.ROOT) + "." + type.name().toLowerCase(java.util.Locale.ROOT),
+                            n + "x" + d, Math.max(buf.relativeError(loss, sLoss, 1e-6), buf.relativeError(grad, sGrad, 1e-6)), TOL, ms);
+                }
             }
         }
     }

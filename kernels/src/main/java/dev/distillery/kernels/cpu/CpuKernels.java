@@ -16,6 +16,7 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.cpu.distill.FusedDistillLoss;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherTargets;
 import jdk.incubator.vector.FloatVector;
 
@@ -701,6 +702,46 @@ public final class CpuKernels implements Kernels {
                                    MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab,
                                    DistillOptions options, float gradScale) {
         return distillLoss.run(student, grad, teacher, labels, rowCe, rowDivergence, n, vocab, options, gradScale);
+    }
+
+    // ---------------------------------------------------------------- feature (hidden-state) distillation
+
+    @Override
+    public void featureDistance(FeatureDistance distance, MemorySegment rowLoss, MemorySegment grad, MemorySegment student,
+                                MemorySegment teacher, DType teacherType, int n, int d, float gradScale) {
+        if (!teacherType.isLogitType()) throw new IllegalArgumentException("teacher hidden states must be F32, F16 or BF16, got " + teacherType);
+        pool.forEachChunk(n, grainRows(d), (chunk, start, end) -> {
+            for (int r = start; r < end; r++) {
+                long o = (long) r * d;
+                if (distance == FeatureDistance.MSE) {
+                    float acc = 0f;
+                    for (int k = 0; k < d; k++) {
+                        float e = get(student, o + k) - teacherType.read(teacher, o + k);
+                        acc += e * e;
+                    }
+                    set(rowLoss, r, acc / d);
+                    if (grad == null) continue;
+                    float c = 2f * gradScale / d;
+                    for (int k = 0; k < d; k++) set(grad, o + k, get(grad, o + k) + c * (get(student, o + k) - teacherType.read(teacher, o + k)));
+                    continue;
+                }
+                float st = 0f, ss = 0f, tt = 0f;
+                for (int k = 0; k < d; k++) {
+                    float a = get(student, o + k), b = teacherType.read(teacher, o + k);
+                    st += a * b;
+                    ss += a * a;
+                    tt += b * b;
+                }
+                float ns = (float) Math.sqrt(ss), nt = (float) Math.sqrt(tt);
+                float den = Math.max(ns, FeatureDistance.EPS) * Math.max(nt, FeatureDistance.EPS), cos = st / den;
+                set(rowLoss, r, 1f - cos);
+                if (grad == null) continue;
+                float cs = ns > FeatureDistance.EPS ? cos / ss : 0f;
+                for (int k = 0; k < d; k++) {
+                    set(grad, o + k, get(grad, o + k) + gradScale * (cs * get(student, o + k) - teacherType.read(teacher, o + k) / den));
+                }
+            }
+        });
     }
 
     // ---------------------------------------------------------------- optimizer and gradient norm

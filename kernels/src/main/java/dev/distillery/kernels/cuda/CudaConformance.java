@@ -12,6 +12,7 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.conformance.KernelConformance;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -66,6 +67,27 @@ public final class CudaConformance {
         for (int n : lengths) swiGlu(n);
         for (int[] s : rows) ropeAndRepeatHeads(Math.max(1, s[0] / 3), 3, s[1]);
         for (int[] s : rows) attentionDecode(Math.max(1, s[0] / 3), s[0], Math.max(2, (s[1] / 4) & ~1));
+        for (int[] s : rows) featureDistance(s[0], s[1]);
+    }
+
+    /** Both feature distances against a bf16 teacher, loss and accumulated gradient. */
+    private void featureDistance(int rows, int d) {
+        String size = rows + "x" + d;
+        int n = rows * d;
+        float[] s = random(n, 1), g0 = random(n, 1);
+        MemorySegment t = arena.allocate(2L * n, 64);
+        float[] tf = random(n, 1);
+        for (int i = 0; i < n; i++) DType.BF16.write(t, i, tf[i]);
+        for (FeatureDistance distance : FeatureDistance.values()) {
+            MemorySegment loss = host(new float[rows]), g = host(g0);
+            cpu.featureDistance(distance, loss, g, host(s), t, DType.BF16, rows, d, 0.5f);
+            CudaBackend.Ptr dLoss = poisoned(rows), dG = device(host(g0));
+            long t0 = System.nanoTime();
+            gpu.launch(CudaKernel.FEATURE_DISTANCE_BF16, rows, 256, dLoss, dG, device(host(s)), device(t), rows, d, distance.ordinal(), 0.5f);
+            String name = "featureDistance." + distance.name().toLowerCase(java.util.Locale.ROOT);
+            record(name, size, floats(loss, rows), download(dLoss, rows), TOL, t0);
+            record(name + ".grad", size, floats(g, n), download(dG, n), TOL, t0);
+        }
     }
 
     /** One query row per sequence over len of len + 2 cached rows, 4 query heads over 2 key/value heads of hs. */

@@ -46,7 +46,10 @@ public enum CudaKernel {
     DISTILL_TOPK_F32("ppppppppiiiifis"),
     DISTILL_TOPK_F16("ppppppppiiiifis"),
     DISTILL_TOPK_BF16("ppppppppiiiifis"),
-    DISTILL_SAMPLED("pppppppiiis");
+    DISTILL_SAMPLED("pppppppiiis"),
+    FEATURE_DISTANCE_F32("ppppiiif"),
+    FEATURE_DISTANCE_F16("ppppiiif"),
+    FEATURE_DISTANCE_BF16("ppppiiif");
 
     private final String signature;
 

@@ -9,6 +9,7 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -384,6 +385,18 @@ public final class CudaKernels implements Kernels {
     @Override
     public void argmaxRows(MemorySegment out, MemorySegment x, int n, int v) {
         if (n > 0) gpu.launch(CudaKernel.OPS_ARGMAX_ROWS, n, gpu.block(), p(out), p(x), n, v);
+    }
+
+    @Override
+    public void featureDistance(FeatureDistance distance, MemorySegment rowLoss, MemorySegment grad, MemorySegment student,
+                                MemorySegment teacher, DType teacherType, int n, int d, float gradScale) {
+        CudaKernel kernel = switch (teacherType) {
+            case F32 -> CudaKernel.FEATURE_DISTANCE_F32;
+            case F16 -> CudaKernel.FEATURE_DISTANCE_F16;
+            case BF16 -> CudaKernel.FEATURE_DISTANCE_BF16;
+            default -> throw new IllegalArgumentException("teacher hidden states must be F32, F16 or BF16, got " + teacherType);
+        };
+        if (n > 0) gpu.launch(kernel, n, gpu.block(), p(rowLoss), p(grad), p(student), p(teacher), n, d, distance.ordinal(), gradScale);
     }
 
     @Override

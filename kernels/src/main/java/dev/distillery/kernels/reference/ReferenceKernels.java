@@ -1,5 +1,7 @@
 package dev.distillery.kernels.reference;
 
+import dev.distillery.kernels.distill.FeatureDistance;
+
 /**
  * The float64 reference of every kernel in {@code Kernels}: plain loops over {@code double[]},
  * written for obviousness, never speed. Tests and {@code selftest} hold every backend to it; its
@@ -215,6 +217,32 @@ public final class ReferenceKernels {
     }
 
     /** out (b, nh·hs); q (b, nh·hs); keys, values (b, maxLen, kvh·hs), rows [0, len) used; head h reads kv head h / (nh / kvh). */
+    /** The feature distance per row in float64 (see Kernels#featureDistance); grad (n·d), when not null, gets += gradScale · dloss/ds. */
+    public static void featureDistance(FeatureDistance distance, double[] rowLoss, double[] grad, double[] s, double[] t, int n, int d,
+                                       double gradScale) {
+        for (int r = 0; r < n; r++) {
+            int o = r * d;
+            if (distance == FeatureDistance.MSE) {
+                double acc = 0;
+                for (int k = 0; k < d; k++) acc += (s[o + k] - t[o + k]) * (s[o + k] - t[o + k]);
+                rowLoss[r] = acc / d;
+                if (grad != null) for (int k = 0; k < d; k++) grad[o + k] += gradScale * 2 * (s[o + k] - t[o + k]) / d;
+                continue;
+            }
+            double st = 0, ss = 0, tt = 0;
+            for (int k = 0; k < d; k++) {
+                st += s[o + k] * t[o + k];
+                ss += s[o + k] * s[o + k];
+                tt += t[o + k] * t[o + k];
+            }
+            double ns = Math.sqrt(ss), den = Math.max(ns, FeatureDistance.EPS) * Math.max(Math.sqrt(tt), FeatureDistance.EPS), cos = st / den;
+            rowLoss[r] = 1 - cos;
+            if (grad == null) continue;
+            double cs = ns > FeatureDistance.EPS ? cos / ss : 0;
+            for (int k = 0; k < d; k++) grad[o + k] += gradScale * (cs * s[o + k] - t[o + k] / den);
+        }
+    }
+
     public static void attentionDecode(double[] out, double[] q, double[] keys, double[] values, int b, int len, int maxLen, int nh, int kvh,
                                        int hs) {
         double scale = 1 / Math.sqrt(hs);

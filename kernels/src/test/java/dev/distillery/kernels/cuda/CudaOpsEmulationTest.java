@@ -15,7 +15,9 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.distill.FeatureDistance;
 
 /**
  * The transformer ops of {@code cuda/src/main/cuda/transformer_ops.cu} under the CPU emulation
@@ -190,6 +192,36 @@ class CudaOpsEmulationTest {
                     GateCall.Outcome o = call(CudaKernel.OPS_ATTENTION_DECODE, b * nh, 64).floats(nan(b * nh * hs)).floats(nan(b * nh * maxLen))
                             .floats(q).floats(k).floats(v).i32(len).i32(maxLen).i32(nh).i32(kvh).i32(hs).runOrFail(bin, work);
                     closeAbsolute("attention decode" + at, arr(out, b * nh * hs), o.floats(0), 1e-5, 2);
+                }
+            }
+        }
+    }
+
+    /** Hidden-state distances: both kinds, fp32, fp16 and bf16 teachers, with and without a gradient, rows wider than the block. */
+    @Test
+    void featureDistancesMatchTheJavaKernel() throws Exception {
+        for (Path bin : List.of(gate, asan, tsan)) {
+            for (int[] shape : new int[][]{{1, 1}, {3, 7}, {2, 150}}) {
+                int n = shape[0], d = shape[1];
+                for (DType type : DType.logitTypes()) {
+                    CudaKernel kernel = CudaKernel.valueOf("FEATURE_DISTANCE_" + type.name());
+                    for (FeatureDistance distance : FeatureDistance.values()) {
+                        for (boolean withGrad : new boolean[]{true, false}) {
+                            String at = " " + distance + " " + type + (withGrad ? "" : " no grad") + " at " + n + "x" + d;
+                            float[] st = random(n * d, 1), g0 = random(n * d, 1);
+                            try (Arena a = Arena.ofShared()) {
+                                MemorySegment t = a.allocate((long) type.bytes() * n * d, 64);
+                                for (int i = 0; i < n * d; i++) type.write(t, i, (float) (rng.nextDouble() * 2 - 1));
+                                MemorySegment loss = seg(a, nan(n)), g = seg(a, g0);
+                                cpu.featureDistance(distance, loss, withGrad ? g : null, seg(a, st), t, type, n, d, 0.5f);
+                                GateCall c = call(kernel, n, 64).floats(nan(n));
+                                c = withGrad ? c.floats(g0) : c.nullPointer();
+                                GateCall.Outcome o = c.floats(st).bytes(t).i32(n).i32(d).i32(distance.ordinal()).f32(0.5f).runOrFail(bin, work);
+                                close("feature loss" + at, arr(loss, n), o.floats(0), 1e-5);
+                                if (withGrad) close("feature gradient" + at, arr(g, n * d), o.floats(1), 1e-5);
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -8,6 +8,8 @@ import java.util.function.ToDoubleFunction;
 
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.kernels.distill.FeatureDistance;
+
 /**
  * Every backward of the float64 reference against central finite differences of its forward.
  * The CPU kernels are in turn held to these backwards by {@code KernelConformance}.
@@ -201,6 +203,20 @@ class ReferenceKernelsGradientTest {
             for (double l : ReferenceKernels.softmaxCrossEntropy(x, targets, n, v, -100, null, 0)) sum += l;
             return sum / 3;
         });
+    }
+
+    @Test
+    void featureDistanceGradientsMatchFiniteDifferences() {
+        int n = 3, d = 7;
+        for (FeatureDistance distance : FeatureDistance.values()) {
+            double[] s = randn(n * d), t = randn(n * d), ds = new double[n * d];
+            ReferenceKernels.featureDistance(distance, new double[n], ds, s, t, n, d, 0.5);
+            assertGradient("d" + distance, s, ds, x -> {
+                double[] loss = new double[n];
+                ReferenceKernels.featureDistance(distance, loss, null, x, t, n, d, 0);
+                return 0.5 * (loss[0] + loss[1] + loss[2]);
+            });
+        }
     }
 
     @Test

@@ -4,10 +4,10 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
-
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
@@ -311,8 +311,19 @@ public final class DifferentiableOps {
     /** How the per-row distillation losses are reduced. */
     public enum Reduction { MEAN, SUM }
 
-    /** The reduced distillation loss and its parts. */
-    public record DistillLoss(double total, double ce, double divergence, int rows) {
+    /**
+     * The reduced distillation loss and its parts: total = alpha·ce + (1 − alpha)·divergence
+     * [+ weight·feature with feature distillation; feature is 0 without it].
+     */
+    public record DistillLoss(double total, double ce, double divergence, int rows, double feature) {
+        public DistillLoss(double total, double ce, double divergence, int rows) {
+            this(total, ce, divergence, rows, 0);
+        }
+
+        /** This loss with an unweighted feature loss added at {@code weight}. */
+        public DistillLoss plusFeature(double feature, double weight) {
+            return new DistillLoss(total + weight * feature, ce, divergence, rows, feature);
+        }
     }
 
     /**
@@ -343,6 +354,25 @@ public final class DifferentiableOps {
     public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherTargets teacher, Tensor labels, DistillOptions options,
                                         Reduction reduction, int chunkRows) {
         return distillationLoss(hidden, weight, TeacherRows.stored(teacher, null), labels, options, reduction, chunkRows, 1f);
+    }
+
+    /**
+     * Feature distillation against one teacher layer: the mean over the n rows of
+     * {@code distance(x[r], teacher[r])}, x (n, d) fp32, teacher (n, d) of {@code teacherType}
+     * where the kernels read it. Like {@link #crossEntropy} a root of the graph: with the tape
+     * enabled it adds {@code gradScale / n · d(Σ_rows loss)/dx} to x's gradient now, and the
+     * backward carries it from there.
+     */
+    public double featureDistance(Tensor x, MemorySegment teacher, DType teacherType, FeatureDistance distance, float gradScale) {
+        int n = x.dim(0), d = x.dim(1);
+        Tensor losses = workspace.tensor("feature.losses", n);
+        kernels.featureDistance(distance, losses.data(), tracks(x) ? grad(x) : null, x.data(), teacher, teacherType, n, d, gradScale / n);
+        double sum = 0;
+        try (Arena host = Arena.ofConfined()) {
+            MemorySegment l = kernels.hostView(losses.data(), 4L * n, host);
+            for (int r = 0; r < n; r++) sum += l.getAtIndex(ValueLayout.JAVA_FLOAT, r);
+        }
+        return sum / n;
     }
 
     /** The mean cross-entropy over non-ignored rows and how many rows counted. */

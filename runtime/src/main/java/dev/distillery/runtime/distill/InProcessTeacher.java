@@ -3,6 +3,8 @@ package dev.distillery.runtime.distill;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.HashMap;
+import java.util.Map;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
@@ -31,6 +33,9 @@ public final class InProcessTeacher implements AutoCloseable {
     private final int chunkRows;
     private final MemorySegment logits, top1;
     private final int[] hostTop1;
+    private int[] keptLayers = new int[0];
+    private final Map<Integer, MemorySegment> kept = new HashMap<>();
+    private long keptRows;
 
     /**
      * @param model     the teacher, frozen ({@code ModelFiles.readTeacher}); not closed with this
@@ -68,12 +73,51 @@ public final class InProcessTeacher implements AutoCloseable {
     }
 
     /**
+     * From the next {@link #forward} on, also keeps a copy of these hidden states (numbered as
+     * {@link LanguageModel.LayerTap} numbers them) for feature distillation: {@link #hiddenStates()}.
+     */
+    public void keepHiddenStates(int... layers) {
+        for (int l : layers) {
+            if (l < 0 || l > model.layers()) {
+                throw new IllegalArgumentException("teacher hidden state " + l + " does not exist: the teacher has " + model.layers()
+                        + " blocks, so states 0.." + model.layers());
+            }
+        }
+        keptLayers = layers.clone();
+    }
+
+    /** The kept hidden states of the last {@link #forward}, (b·t, width) fp32 each. */
+    public FeatureDistillation.TeacherStates hiddenStates() {
+        return new FeatureDistillation.TeacherStates() {
+            @Override
+            public MemorySegment layer(int index) {
+                MemorySegment s = kept.get(index);
+                if (s == null) throw new IllegalArgumentException("the teacher's hidden state " + index + " is not kept");
+                return s;
+            }
+
+            @Override
+            public DType type() {
+                return DType.F32;
+            }
+        };
+    }
+
+    /**
      * The teacher on {@code tokens} (int32 (b, t), where the kernels read them): its hidden states
      * now, its logits chunk by chunk through the returned rows, valid until the next call.
      */
     public TeacherRows forward(Tensor tokens, int b, int t) {
         workspace.reset();
-        Tensor hidden = model.hidden(ops, tokens, b, t);
+        long bytes = 4L * b * t * model.width();
+        if (keptLayers.length > 0 && keptRows < (long) b * t) {
+            for (int l : keptLayers) kept.put(l, kernels.allocate(arena, bytes));
+            keptRows = (long) b * t;
+        }
+        Tensor hidden = model.hidden(ops, tokens, b, t, keptLayers.length == 0 ? null : (index, state) -> {
+            MemorySegment copy = kept.get(index);
+            if (copy != null) kernels.copy(copy, state.data(), bytes);
+        });
         int d = model.width(), v = model.vocabSize();
         MemorySegment head = model.lmHeadWeight().data();
         return new TeacherRows() {

@@ -3,8 +3,11 @@ package dev.distillery.runtime.distill;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
@@ -25,6 +28,7 @@ public final class TeacherStaging implements AutoCloseable {
 
     private final Kernels kernels;
     private final List<Buffer> buffers = new ArrayList<>();
+    private final Map<Integer, Buffer> stateBuffers = new HashMap<>();
 
     public TeacherStaging(Kernels kernels) {
         this.kernels = kernels;
@@ -64,8 +68,31 @@ public final class TeacherStaging implements AutoCloseable {
         return layout.over(staged);
     }
 
+    /** The teacher's hidden states {@code layers} ({@code rows} × {@code width} each) where the kernels read; as {@link #stage}. */
+    public FeatureDistillation.TeacherStates stage(FeatureDistillation.TeacherStates host, int[] layers, int rows, int width) {
+        if (kernels.hostAccessible()) return host;
+        Map<Integer, MemorySegment> staged = new HashMap<>();
+        long bytes = (long) rows * width * host.type().bytes();
+        for (int l : layers) staged.put(l, stateBuffers.computeIfAbsent(l, k -> new Buffer()).upload(host.layer(l), bytes));
+        DType type = host.type();
+        return new FeatureDistillation.TeacherStates() {
+            @Override
+            public MemorySegment layer(int index) {
+                MemorySegment s = staged.get(index);
+                if (s == null) throw new IllegalArgumentException("the teacher's hidden state " + index + " was not staged");
+                return s;
+            }
+
+            @Override
+            public DType type() {
+                return type;
+            }
+        };
+    }
+
     @Override
     public void close() {
         for (Buffer b : buffers) b.close();
+        for (Buffer b : stateBuffers.values()) b.close();
     }
 }

@@ -18,6 +18,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.ParameterStore;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.nn.Gpt2;
 import dev.distillery.runtime.nn.Gpt2Config;
@@ -274,38 +275,85 @@ public final class ModelFiles {
 
     /** Writes AdamW's moments ({@code adam.m}, {@code adam.v}) and its step with {@code metadata}. */
     public static void writeOptimizer(Path file, AdamW optimizer, long elements, Map<String, String> metadata) throws IOException {
+        writeOptimizer(file, optimizer, elements, null, metadata);
+    }
+
+    /**
+     * As above, plus, when {@code extra} is not null, the parameters it updates under their own
+     * names and its moments as {@code <first parameter's prefix>adam.m/v} (feature projections:
+     * trained with the model, kept out of its weights).
+     */
+    public static void writeOptimizer(Path file, AdamW optimizer, long elements, AdamW extra, Map<String, String> metadata) throws IOException {
         Map<String, String> meta = new LinkedHashMap<>(metadata);
         meta.put("adam.step", Integer.toString(optimizer.step()));
         int n = Math.toIntExact(elements);
         Kernels kernels = optimizer.kernels();
         try (Arena host = Arena.ofConfined()) {
-            SafetensorsWriter.write(file, List.of(
+            List<SafetensorsWriter.Item> items = new ArrayList<>(List.of(
                     new SafetensorsWriter.Item("adam.m", DType.F32, new int[]{n}, kernels.hostView(optimizer.firstMoments(), 4 * elements, host)),
-                    new SafetensorsWriter.Item("adam.v", DType.F32, new int[]{n}, kernels.hostView(optimizer.secondMoments(), 4 * elements, host))),
-                    meta);
+                    new SafetensorsWriter.Item("adam.v", DType.F32, new int[]{n}, kernels.hostView(optimizer.secondMoments(), 4 * elements, host))));
+            if (extra != null) {
+                ParameterStore store = extra.store();
+                for (Tensor t : store.parameters()) {
+                    items.add(new SafetensorsWriter.Item(t.name(), DType.F32, t.shape(), kernels.hostView(t.data(), t.byteSize(), host)));
+                }
+                int m = Math.toIntExact(store.blockElements());
+                String prefix = extraPrefix(store);
+                items.add(new SafetensorsWriter.Item(prefix + "adam.m", DType.F32, new int[]{m}, kernels.hostView(extra.firstMoments(), 4L * m, host)));
+                items.add(new SafetensorsWriter.Item(prefix + "adam.v", DType.F32, new int[]{m}, kernels.hostView(extra.secondMoments(), 4L * m, host)));
+            }
+            SafetensorsWriter.write(file, items, meta);
         }
+    }
+
+    /** "feature_projections." for "feature_projections.0.weight": where an extra store's moments are named. */
+    private static String extraPrefix(ParameterStore store) {
+        String first = store.parameters().getFirst().name();
+        return first.substring(0, first.indexOf('.') + 1);
     }
 
     /** Restores AdamW's moments and step from {@code file}; returns the file's metadata. */
     public static Map<String, String> readOptimizer(Path file, AdamW optimizer, long elements) throws IOException {
+        return readOptimizer(file, optimizer, elements, null);
+    }
+
+    /** As above, and {@code extra}'s parameters and moments where {@link #writeOptimizer} put them. */
+    public static Map<String, String> readOptimizer(Path file, AdamW optimizer, long elements, AdamW extra) throws IOException {
         try (SafetensorsFile st = SafetensorsFile.open(file)) {
-            for (String name : List.of("adam.m", "adam.v")) {
-                if (!st.contains(name)) throw new SafetensorsFormatException(file, "missing tensor '" + name + "'");
-                SafetensorsFile.Entry e = st.entry(name);
-                if (e.dtype() != DType.F32 || e.shape().length != 1 || e.shape()[0] != elements) {
-                    throw new SafetensorsFormatException(file, "tensor '" + name + "' is " + e.dtype() + " " + Arrays.toString(e.shape())
-                            + ", the model's optimizer needs F32 [" + elements + "]");
-                }
-            }
+            requireF32(st, "adam.m", new int[]{Math.toIntExact(elements)});
+            requireF32(st, "adam.v", new int[]{Math.toIntExact(elements)});
             optimizer.kernels().copyFromHost(optimizer.firstMoments(), st.bytes("adam.m"), 4 * elements);
             optimizer.kernels().copyFromHost(optimizer.secondMoments(), st.bytes("adam.v"), 4 * elements);
+            if (extra != null) {
+                ParameterStore store = extra.store();
+                for (Tensor t : store.parameters()) {
+                    requireF32(st, t.name(), t.shape());
+                    store.write(t, st.bytes(t.name()));
+                }
+                int m = Math.toIntExact(store.blockElements());
+                String prefix = extraPrefix(store);
+                requireF32(st, prefix + "adam.m", new int[]{m});
+                requireF32(st, prefix + "adam.v", new int[]{m});
+                extra.kernels().copyFromHost(extra.firstMoments(), st.bytes(prefix + "adam.m"), 4L * m);
+                extra.kernels().copyFromHost(extra.secondMoments(), st.bytes(prefix + "adam.v"), 4L * m);
+            }
             String step = st.metadata().get("adam.step");
             try {
                 optimizer.setStep(Integer.parseInt(step));
+                if (extra != null) extra.setStep(optimizer.step());
             } catch (NumberFormatException e) {
                 throw new SafetensorsFormatException(file, "metadata 'adam.step' must be an integer, got " + step);
             }
             return st.metadata();
+        }
+    }
+
+    private static void requireF32(SafetensorsFile st, String name, int[] shape) throws SafetensorsFormatException {
+        if (!st.contains(name)) throw new SafetensorsFormatException(st.path(), "missing tensor '" + name + "'");
+        SafetensorsFile.Entry e = st.entry(name);
+        if (e.dtype() != DType.F32 || !Arrays.equals(e.shape(), shape)) {
+            throw new SafetensorsFormatException(st.path(), "tensor '" + name + "' is " + e.dtype() + " " + Arrays.toString(e.shape())
+                    + ", the run needs F32 " + Arrays.toString(shape));
         }
     }
 }

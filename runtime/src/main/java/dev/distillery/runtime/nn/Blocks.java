@@ -22,8 +22,20 @@ final class Blocks {
      * activations, not all of them.
      */
     static Tensor run(DifferentiableOps ops, Tensor x, int layers, Block block) {
+        return run(ops, x, layers, block, null);
+    }
+
+    /**
+     * As above, showing {@code tap} (when not null) the stream before the first block (index 0)
+     * and after each block but the last (index l + 1): the model taps its final norm's output.
+     */
+    static Tensor run(DifferentiableOps ops, Tensor x, int layers, Block block, LanguageModel.LayerTap tap) {
+        if (tap != null) tap.observe(0, x);
         if (ops.tape().enabled()) {
-            for (int l = 0; l < layers; l++) x = block.apply(x, l);
+            for (int l = 0; l < layers; l++) {
+                x = block.apply(x, l);
+                if (tap != null && l + 1 < layers) tap.observe(l + 1, x);
+            }
             return x;
         }
         Workspace ws = ops.workspace();
@@ -34,6 +46,7 @@ final class Blocks {
             Tensor y = block.apply(stream, l);
             ops.kernels().copy(stream.data(), y.data(), y.byteSize());
             ws.rewind(mark);
+            if (tap != null && l + 1 < layers) tap.observe(l + 1, stream);
         }
         return stream;
     }

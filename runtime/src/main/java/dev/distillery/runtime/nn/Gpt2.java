@@ -102,10 +102,12 @@ public final class Gpt2 implements LanguageModel {
     }
 
     @Override
-    public Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t) {
+    public Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t, LayerTap tap) {
         Tensor embedded = ops.embedding(tokens, p("wte.weight"), p("wpe.weight"), b, t);
-        Tensor x = Blocks.run(ops, embedded, config.layers(), (in, l) -> block(ops, in, l, qkv -> ops.attention(qkv, b, t, config.heads())));
-        return ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias"));
+        Tensor x = Blocks.run(ops, embedded, config.layers(), (in, l) -> block(ops, in, l, qkv -> ops.attention(qkv, b, t, config.heads())), tap);
+        Tensor out = ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias"));
+        if (tap != null) tap.observe(config.layers(), out);
+        return out;
     }
 
     /** Block l on the residual stream x; {@code attention} maps the block's qkv (rows, 3c) to its heads' output (rows, c). */

@@ -37,7 +37,24 @@ public sealed interface LanguageModel extends AutoCloseable permits Gpt2, Llama 
      * is recorded on the tape of {@code ops} when it is enabled; when it is not, each block's
      * activations are freed as soon as the next block has read them.
      */
-    Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t);
+    default Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t) {
+        return hidden(ops, tokens, b, t, null);
+    }
+
+    /**
+     * As {@link #hidden(DifferentiableOps, Tensor, int, int)}, showing {@code tap} (when not null)
+     * every hidden state on the way, numbered as transformers' {@code output_hidden_states}
+     * numbers them: 0 the embeddings' output, l the residual stream after block l (1 ≤ l &lt;
+     * layers()), layers() the final norm's output. Not recording, a tapped tensor is overwritten
+     * by the next block: the tap must copy what it keeps before it returns.
+     */
+    Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t, LayerTap tap);
+
+    /** Sees each hidden state (b·t, width) of a forward pass as it is computed. */
+    @FunctionalInterface
+    interface LayerTap {
+        void observe(int index, Tensor hidden);
+    }
 
     /** The LM head's weight (vocab, width), PyTorch's (out, in) layout: the token embedding when tied. */
     Tensor lmHeadWeight();

@@ -125,13 +125,15 @@ public final class Llama implements LanguageModel {
     }
 
     @Override
-    public Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t) {
+    public Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t, LayerTap tap) {
         if (t > cfg.contextLength()) throw new IllegalArgumentException("sequence length " + t + " exceeds the model's context " + cfg.contextLength());
         Tensor table = rotaryTable(t);
         Tensor embedded = ops.tokenEmbedding(tokens, p("model.embed_tokens.weight"), b, t);
         Tensor x = Blocks.run(ops, embedded, cfg.layers(), (in, l) -> block(ops, in, l, table, b, t,
-                (q, k, v) -> ops.attention(ops.packQkv(q, k, v, cfg.heads(), cfg.kvHeads()), b, t, cfg.heads())));
-        return ops.rmsNorm(x, p("model.norm.weight"), cfg.rmsEps());
+                (q, k, v) -> ops.attention(ops.packQkv(q, k, v, cfg.heads(), cfg.kvHeads()), b, t, cfg.heads())), tap);
+        Tensor out = ops.rmsNorm(x, p("model.norm.weight"), cfg.rmsEps());
+        if (tap != null) tap.observe(cfg.layers(), out);
+        return out;
     }
 
     /** The attention of one block: its rotated q and k and its v in, the heads' output (rows, heads·hs) out. */

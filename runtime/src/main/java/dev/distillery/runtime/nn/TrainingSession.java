@@ -6,6 +6,7 @@ import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
 import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.distill.FeatureDistillation;
 import dev.distillery.runtime.distill.InProcessTeacher;
 import dev.distillery.runtime.distill.TeacherRows;
 import dev.distillery.runtime.distill.TeacherStaging;
@@ -46,6 +47,9 @@ public final class TrainingSession implements AutoCloseable {
     private final ModelInputs inputs;
     private final TeacherStaging teacherStaging;
     private final Evaluator evaluator;
+    private final AdamW.Config adam;
+    private FeatureDistillation features;
+    private AdamW featureOptimizer;
 
     public TrainingSession(LanguageModel model, Kernels kernels, AdamW.Config adam, LearningRateSchedule schedule,
                            double maxGradNorm, int batch, int time) {
@@ -60,6 +64,7 @@ public final class TrainingSession implements AutoCloseable {
         this.kernels = kernels;
         this.graph = new Graph(kernels);
         this.optimizer = new AdamW(model.parameters(), kernels, adam);
+        this.adam = adam;
         this.schedule = schedule;
         this.maxGradNorm = maxGradNorm;
         this.batch = batch;
@@ -86,6 +91,30 @@ public final class TrainingSession implements AutoCloseable {
         return inputs;
     }
 
+    /**
+     * From the next step on, distillation steps add {@code features}' loss (its projections live
+     * where the model's parameters live and are trained by their own AdamW, clipped with the
+     * model's gradients as one vector). Call before restoring a checkpoint.
+     */
+    public void enableFeatureDistillation(FeatureDistillation features) {
+        if (features.projections().kernels() != kernels) {
+            throw new IllegalArgumentException("the feature projections live in the memory of " + features.projections().kernels().describe()
+                    + ", not of " + kernels.describe());
+        }
+        this.features = features;
+        this.featureOptimizer = new AdamW(features.projections(), kernels, adam);
+    }
+
+    /** The feature distillation of this session, or null. */
+    public FeatureDistillation features() {
+        return features;
+    }
+
+    /** The AdamW of the feature projections, or null without feature distillation. */
+    public AdamW featureOptimizer() {
+        return featureOptimizer;
+    }
+
     /** The model forward only, on these inputs. */
     public Evaluator evaluator() {
         return evaluator;
@@ -101,6 +130,7 @@ public final class TrainingSession implements AutoCloseable {
     /** Zeroes the parameter gradients: the start of one optimizer step of one or more micro-batches. */
     public void beginStep() {
         model.parameters().zeroGrad();
+        if (features != null) features.projections().zeroGrad();
     }
 
     /**
@@ -124,14 +154,33 @@ public final class TrainingSession implements AutoCloseable {
      */
     public DifferentiableOps.DistillLoss backwardDistill(TeacherTargets teacher, DistillOptions options,
                                                          DifferentiableOps.Reduction reduction, int chunkRows, float gradScale) {
+        return backwardDistill(teacher, null, options, reduction, chunkRows, gradScale);
+    }
+
+    /**
+     * As above, with feature distillation against the teacher's stored hidden states
+     * {@code teacherStates} (host memory, (batch·time, teacher width) each); null without it.
+     */
+    public DifferentiableOps.DistillLoss backwardDistill(TeacherTargets teacher, FeatureDistillation.TeacherStates teacherStates,
+                                                         DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows,
+                                                         float gradScale) {
         graph.reset(true);
         TeacherTargets staged = teacherStaging.stage(teacher, batch * time);
-        Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
+        FeatureDistillation.TeacherStates states = features == null ? null
+                : teacherStaging.stage(requireStates(teacherStates), features.spec().teacherLayers(), batch * time, features.teacherWidth());
+        FeatureDistillation.StudentStates tapped = features == null ? null : features.studentTap(graph.ops);
+        Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time, tapped);
         kernels.joinCopies();
         DifferentiableOps.DistillLoss loss = graph.ops.distillationLoss(hidden, model.lmHeadWeight(), TeacherRows.stored(staged, null),
                 inputs.targets(), options, reduction, chunkRows, gradScale);
+        if (features != null) loss = loss.plusFeature(features.loss(graph.ops, tapped, states, gradScale), features.spec().weight());
         graph.tape.backward();
         return loss;
+    }
+
+    private static FeatureDistillation.TeacherStates requireStates(FeatureDistillation.TeacherStates states) {
+        if (states == null) throw new IllegalArgumentException("feature distillation needs the teacher's hidden states, and this batch has none");
+        return states;
     }
 
     /**
@@ -144,9 +193,11 @@ public final class TrainingSession implements AutoCloseable {
                                                          DifferentiableOps.Reduction reduction, int chunkRows, float gradScale) {
         graph.reset(true);
         TeacherRows rows = teacher.forward(inputs.tokens(), batch, time);
-        Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
+        FeatureDistillation.StudentStates tapped = features == null ? null : features.studentTap(graph.ops);
+        Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time, tapped);
         DifferentiableOps.DistillLoss loss = graph.ops.distillationLoss(hidden, model.lmHeadWeight(), rows, inputs.targets(), options,
                 reduction, chunkRows, gradScale);
+        if (features != null) loss = loss.plusFeature(features.loss(graph.ops, tapped, teacher.hiddenStates(), gradScale), features.spec().weight());
         graph.tape.backward();
         return loss;
     }
@@ -157,16 +208,23 @@ public final class TrainingSession implements AutoCloseable {
      * which step and what went wrong.
      */
     public StepResult finishStep(double loss) {
-        double norm = optimizer.clipGradNorm(maxGradNorm);
+        double norm = Math.sqrt(optimizer.gradSumOfSquares() + (featureOptimizer == null ? 0 : featureOptimizer.gradSumOfSquares()));
+        if (maxGradNorm > 0 && norm > maxGradNorm) {
+            float factor = (float) (maxGradNorm / (norm + 1e-6));
+            optimizer.scaleGradients(factor);
+            if (featureOptimizer != null) featureOptimizer.scaleGradients(factor);
+        }
         int next = optimizer.step() + 1;
         if (!Double.isFinite(loss) || !Double.isFinite(norm)) throw new NonFiniteException(next, loss, norm);
         double lr = schedule.at(next);
         optimizer.update(lr);
+        if (featureOptimizer != null) featureOptimizer.update(lr);
         return new StepResult(optimizer.step(), loss, norm, lr);
     }
 
     @Override
     public void close() {
+        if (features != null) features.close();
         teacherStaging.close();
         graph.close();
         inputs.close();

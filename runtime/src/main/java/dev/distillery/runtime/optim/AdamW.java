@@ -66,13 +66,19 @@ public final class AdamW {
         return v;
     }
 
-    /** ‖g‖₂ over every gradient; when above {@code maxNorm} (> 0) scales the gradients down to it. */
-    public double clipGradNorm(double maxNorm) {
-        double norm = Math.sqrt(kernels.sumOfSquares(store.gradBlock(), store.blockElements()));
-        if (maxNorm > 0 && norm > maxNorm) {
-            kernels.scale(store.gradBlock(), (float) (maxNorm / (norm + 1e-6)), store.blockElements());
-        }
-        return norm;
+    /** Σ g² over every gradient of the store, in float64. */
+    public double gradSumOfSquares() {
+        return kernels.sumOfSquares(store.gradBlock(), store.blockElements());
+    }
+
+    /** Every gradient of the store times {@code factor} (clipping several stores as one vector). */
+    public void scaleGradients(float factor) {
+        kernels.scale(store.gradBlock(), factor, store.blockElements());
+    }
+
+    /** The parameters this optimizer updates. */
+    public ParameterStore store() {
+        return store;
     }
 
     /** One update of every parameter at learning rate lr. */

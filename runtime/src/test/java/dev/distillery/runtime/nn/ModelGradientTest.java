@@ -5,17 +5,21 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.List;
+import java.util.function.DoubleSupplier;
 
 import org.junit.jupiter.api.Test;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
 import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.autograd.Tape;
+import dev.distillery.runtime.distill.FeatureDistillation;
 
 /**
  * Backpropagation through whole models of both families against central finite differences of
@@ -88,21 +92,94 @@ class ModelGradientTest {
                     signs[i] = (float) (Math.signum(g[i]) / Math.sqrt(g.length));
                     expectSigns += signs[i] * g[i];
                 }
-                checks += check(p, single, g[best], model, ops, tokens, targets, "max element", failures);
-                checks += check(p, signs, expectSigns, model, ops, tokens, targets, "sign direction", failures);
+                DoubleSupplier loss = () -> ops.crossEntropy(model.forward(ops, tokens, B, T), targets, 1f).mean();
+                checks += check(p, single, g[best], ops, loss, "max element", failures);
+                checks += check(p, signs, expectSigns, ops, loss, "sign direction", failures);
             }
             assertTrue(failures.isEmpty(), failures.toString());
             assertTrue(checks == 2 * model.parameters().parameters().size());
         }
     }
 
+    /**
+     * Feature distillation through a whole Llama (hidden states 0, 1 and the final norm's 2, both
+     * distances) into random teacher states of another width: every model parameter and every
+     * projection against finite differences of the weighted feature loss.
+     */
+    @Test
+    void featureLossGradientsMatchFiniteDifferencesThroughTheModelAndTheProjections() {
+        for (FeatureDistance distance : FeatureDistance.values()) {
+            try (CpuKernels kernels = new CpuKernels(2, "blas");
+                 LanguageModel model = new Llama(new LlamaConfig(LlamaConfig.Family.LLAMA, VOCAB, T, 2, 12, 4, 2, 4, 20,
+                         1e-5f, LlamaConfig.Rope.plain(10000), true), kernels);
+                 Workspace ws = new Workspace(kernels, 1 << 16);
+                 Arena arena = Arena.ofShared()) {
+                Rng rng = new Rng(7);
+                for (Tensor p : model.parameters().parameters()) {
+                    boolean norm = p.name().contains("norm");
+                    for (long i = 0; i < p.numel(); i++) p.setFloat(i, (float) ((norm ? 1 : 0) + 0.3 * rng.nextGaussian()));
+                }
+                int teacherWidth = 9;
+                var spec = new FeatureDistillation.Spec(List.of(new FeatureDistillation.Pair(0, 1), new FeatureDistillation.Pair(1, 3),
+                        new FeatureDistillation.Pair(2, 0)), distance, 0.7);
+                FeatureDistillation features = new FeatureDistillation(spec, 2, 12, 3, teacherWidth, kernels);
+                features.initialize(3);
+                java.util.Map<Integer, MemorySegment> layers = new java.util.HashMap<>();
+                for (int l : spec.teacherLayers()) {
+                    MemorySegment m = arena.allocate(4L * B * T * teacherWidth, 64);
+                    for (int i = 0; i < B * T * teacherWidth; i++) m.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) rng.nextGaussian());
+                    layers.put(l, m);
+                }
+                FeatureDistillation.TeacherStates teacher = new FeatureDistillation.TeacherStates() {
+                    public MemorySegment layer(int index) {
+                        return layers.get(index);
+                    }
+
+                    public DType type() {
+                        return DType.F32;
+                    }
+                };
+                MemorySegment tok = arena.allocate(4L * B * T);
+                for (int i = 0; i < B * T; i++) tok.setAtIndex(ValueLayout.JAVA_INT, i, rng.nextInt(VOCAB));
+                Tensor tokens = new Tensor("tokens", new int[]{B, T}, DType.I32, Device.CPU, tok, false);
+                Tape tape = new Tape();
+                DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape);
+                DoubleSupplier loss = () -> {
+                    var tap = features.studentTap(ops);
+                    model.hidden(ops, tokens, B, T, tap);
+                    return spec.weight() * features.loss(ops, tap, teacher, 1f);
+                };
+
+                model.parameters().zeroGrad();
+                features.projections().zeroGrad();
+                ws.reset();
+                loss.getAsDouble();
+                tape.backward();
+
+                StringBuilder failures = new StringBuilder();
+                java.util.List<Tensor> all = new java.util.ArrayList<>(model.parameters().parameters());
+                all.addAll(features.projections().parameters());
+                for (Tensor p : all) {
+                    float[] g = p.grad().toFloatArray();
+                    int best = 0;
+                    for (int i = 1; i < g.length; i++) if (Math.abs(g[i]) > Math.abs(g[best])) best = i;
+                    float[] single = new float[g.length];
+                    single[best] = 1f;
+                    check(p, single, g[best], ops, loss, distance + " max element", failures);
+                }
+                assertTrue(failures.isEmpty(), failures.toString());
+                features.close();
+            }
+        }
+    }
+
     /** Compares the directional derivative along u with the central difference of the loss. */
-    private static int check(Tensor p, float[] u, double analytic, LanguageModel model, DifferentiableOps ops,
-                             Tensor tokens, Tensor targets, String what, StringBuilder failures) {
+    private static int check(Tensor p, float[] u, double analytic, DifferentiableOps ops, DoubleSupplier loss, String what,
+                             StringBuilder failures) {
         float[] saved = p.toFloatArray();
         double eps = 1e-2;
-        double plus = lossAt(p, saved, u, eps, model, ops, tokens, targets);
-        double minus = lossAt(p, saved, u, -eps, model, ops, tokens, targets);
+        double plus = lossAt(p, saved, u, eps, ops, loss);
+        double minus = lossAt(p, saved, u, -eps, ops, loss);
         for (int i = 0; i < saved.length; i++) p.setFloat(i, saved[i]);
         double numeric = (plus - minus) / (2 * eps);
         double err = Math.abs(numeric - analytic) / Math.max(Math.abs(numeric), 1e-3);
@@ -113,13 +190,12 @@ class ModelGradientTest {
         return 1;
     }
 
-    private static double lossAt(Tensor p, float[] saved, float[] u, double eps, LanguageModel model,
-                                 DifferentiableOps ops, Tensor tokens, Tensor targets) {
+    private static double lossAt(Tensor p, float[] saved, float[] u, double eps, DifferentiableOps ops, DoubleSupplier loss) {
         for (int i = 0; i < saved.length; i++) p.setFloat(i, (float) (saved[i] + eps * u[i]));
         ops.tape().setEnabled(false);
         ops.workspace().reset();
-        double loss = ops.crossEntropy(model.forward(ops, tokens, B, T), targets, 1f).mean();
+        double value = loss.getAsDouble();
         ops.tape().setEnabled(true);
-        return loss;
+        return value;
     }
 }
