@@ -42,14 +42,24 @@ public final class LanguageModelForward implements AutoCloseable {
         return model.vocabSize();
     }
 
+    /** The model's kernels (where a tapped hidden state lives). */
+    public Kernels kernels() {
+        return kernels;
+    }
+
     /**
      * The logits (b·t, vocab) of the windows {@code ids} (b·t int32, host memory), readable on the
      * host, valid until the next call.
      */
     public MemorySegment logits(MemorySegment ids) {
+        return logits(ids, null);
+    }
+
+    /** As above, showing {@code tap} (when not null) the hidden states on the way ({@link LanguageModel#hidden}). */
+    public MemorySegment logits(MemorySegment ids, LanguageModel.LayerTap tap) {
         kernels.copyFromHost(tokens.data(), ids, 4L * b * t);
         graph.reset(false);
-        lastLogits = model.forward(graph.ops, tokens, b, t);
+        lastLogits = graph.ops.projection(model.hidden(graph.ops, tokens, b, t, tap), model.lmHeadWeight(), null);
         if (kernels.hostAccessible()) return lastLogits.data();
         if (hostLogits == null) hostLogits = arena.allocate(lastLogits.byteSize(), 64);
         kernels.copyToHost(hostLogits, lastLogits.data(), lastLogits.byteSize());

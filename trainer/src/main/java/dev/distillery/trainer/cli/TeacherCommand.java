@@ -124,6 +124,10 @@ public final class TeacherCommand implements Runnable {
         Path tokenizer;
         @Option(names = "--overwrite", description = "Replace the shards of a non-empty --out (without it, such a folder is refused).")
         boolean overwrite;
+        @Option(names = "--hidden-layers", split = ",", paramLabel = "L",
+                description = "Also store these hidden states of the teacher (bf16) for feature distillation, numbered as transformers' "
+                        + "output_hidden_states: 0 the embeddings, l after block l, the number of blocks the final norm's output (e.g. 2,4).")
+        int[] hiddenLayers;
         @Mixin
         DeviceOptions device;
         @CommandLine.Spec
@@ -135,7 +139,7 @@ public final class TeacherCommand implements Runnable {
             if (perShard < 1 || batch < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--shard-sequences and --batch must be >= 1");
             try (Kernels kernels = device.open(0, o)) {
                 LogitDump.run(new LogitDump.Options(teacher, tokens, out, kind, k, dtype, temperature, seqLen, perShard, batch, max, seed,
-                        tokenizerId, tokenizer, overwrite), kernels, o, e);
+                        tokenizerId, tokenizer, overwrite, hiddenLayers), kernels, o, e);
             }
             return 0;
         }

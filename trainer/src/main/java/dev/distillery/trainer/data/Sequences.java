@@ -25,6 +25,21 @@ public interface Sequences {
     /** Sequence {@code index}'s teacher targets; only when {@link #layout()} is not null. */
     TeacherTargets targets(int index);
 
+    /** The teacher's hidden states each sequence carries (feature distillation); empty when none. */
+    default int[] hiddenLayers() {
+        return new int[0];
+    }
+
+    /** The width of those hidden states; 0 when none. */
+    default int hiddenSize() {
+        return 0;
+    }
+
+    /** Sequence {@code index}'s hidden state {@code layer}: (seqLen, hiddenSize) bf16. */
+    default MemorySegment hiddenState(int index, int layer) {
+        throw new IllegalArgumentException("these sequences carry no hidden states");
+    }
+
     /** Where sequence {@code index}, position {@code position} is, in the user's terms. */
     String where(int index, int position);
 

@@ -4,14 +4,18 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.atomic.AtomicReference;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.distill.FeatureDistillation;
 
 /**
  * Batches of sequences (teacher shards, or token windows for a teacher run in the process) in a
@@ -37,17 +41,38 @@ public final class TeacherBatchStream implements AutoCloseable {
      * are real; the rest (only in the last batch of a {@link #onePass} stream) are padding.
      * {@code targets} is null when the sequences carry none.
      */
-    public record Batch(int epoch, int index, MemorySegment inputIds, TeacherTargets targets, int[] sequences, int valid, Slot slot) {
+    public record Batch(int epoch, int index, MemorySegment inputIds, TeacherTargets targets, int[] sequences, int valid, Slot slot,
+                        FeatureDistillation.TeacherStates hiddenStates) {
     }
 
     /** A reusable set of buffers for one batch: its input ids and one buffer per buffer of the teacher layout. */
     public static final class Slot {
         private final MemorySegment ids;
         private final List<MemorySegment> targets = new ArrayList<>();
+        private final Map<Integer, MemorySegment> hidden = new HashMap<>();
 
-        private Slot(Arena arena, HostMemory memory, long rows, TeacherLayout layout) {
+        private Slot(Arena arena, HostMemory memory, long rows, TeacherLayout layout, int[] hiddenLayers, long hiddenBytesPerRow) {
             ids = memory.allocate(arena, Math.max(1, rows * 4));
             for (int i = 0; layout != null && i < layout.bufferTypes().size(); i++) targets.add(memory.allocate(arena, Math.max(1, rows * layout.bytesPerRow(i))));
+            for (int l : hiddenLayers) hidden.put(l, memory.allocate(arena, rows * hiddenBytesPerRow));
+        }
+
+        /** The slot's hidden states as the loss reads them; null when it holds none. */
+        private FeatureDistillation.TeacherStates states() {
+            if (hidden.isEmpty()) return null;
+            return new FeatureDistillation.TeacherStates() {
+                @Override
+                public MemorySegment layer(int index) {
+                    MemorySegment s = hidden.get(index);
+                    if (s == null) throw new IllegalArgumentException("the shards hold no hidden state " + index);
+                    return s;
+                }
+
+                @Override
+                public DType type() {
+                    return TeacherShardFormat.HIDDEN_TYPE;
+                }
+            };
         }
     }
 
@@ -112,7 +137,8 @@ public final class TeacherBatchStream implements AutoCloseable {
         long rows = (long) batch * shards.seqLen();
         this.free = new ArrayBlockingQueue<>(depth);
         this.ready = new ArrayBlockingQueue<>(depth);
-        for (int i = 0; i < depth; i++) free.add(new Slot(arena, memory, rows, layout));
+        long hiddenBytesPerRow = (long) shards.hiddenSize() * TeacherShardFormat.HIDDEN_TYPE.bytes();
+        for (int i = 0; i < depth; i++) free.add(new Slot(arena, memory, rows, layout, shards.hiddenLayers(), hiddenBytesPerRow));
         this.producer = Thread.ofPlatform().daemon().name("distillery-prefetch").start(() -> produce(startEpoch, startBatch));
     }
 
@@ -159,6 +185,10 @@ public final class TeacherBatchStream implements AutoCloseable {
             int sequence = seqs[Math.min(i, valid - 1)];
             try {
                 shards.copyInputIds(sequence, slot.ids, 4L * i * t);
+                for (var h : slot.hidden.entrySet()) {
+                    MemorySegment from = shards.hiddenState(sequence, h.getKey());
+                    copy(from, h.getValue(), i, from.byteSize());
+                }
                 if (layout == null) continue;
                 List<MemorySegment> from = shards.targets(sequence).buffers();
                 for (int b = 0; b < from.size(); b++) copy(from.get(b), slot.targets.get(b), i, t * layout.bytesPerRow(b));
@@ -166,7 +196,7 @@ public final class TeacherBatchStream implements AutoCloseable {
                 throw shards.unreadable(sequence, fault);
             }
         }
-        return new Batch(epoch, index, slot.ids, layout == null ? null : layout.over(slot.targets), seqs, valid, slot);
+        return new Batch(epoch, index, slot.ids, layout == null ? null : layout.over(slot.targets), seqs, valid, slot, slot.states());
     }
 
     private static void copy(MemorySegment src, MemorySegment dst, int i, long bytes) {

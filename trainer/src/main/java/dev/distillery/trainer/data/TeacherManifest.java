@@ -23,12 +23,28 @@ import dev.distillery.kernels.distill.TeacherTargets;
  *                      when both it and a run's {@code tokenizer} are given, they must agree
  * @param teacher       the teacher's name (informational)
  * @param shards        the shard files in order
+ * @param hiddenLayers  the teacher's hidden states each shard also holds as {@code hidden.<l>} (bf16,
+ *                      (sequences, seq_len, hidden_size)), numbered as transformers' output_hidden_states;
+ *                      null or empty = none
+ * @param hiddenSize    their width; required with hidden_layers
  */
 public record TeacherManifest(int formatVersion, int vocabSize, int seqLen, String targets, int k, String dtype,
-                              double temperature, String tokenizer, String tokenizerSha256, String teacher, List<Shard> shards) {
+                              double temperature, String tokenizer, String tokenizerSha256, String teacher, List<Shard> shards,
+                              List<Integer> hiddenLayers, Integer hiddenSize) {
 
     /** One shard: its file (relative to the manifest), how many sequences it holds, its SHA-256 (hex). */
     public record Shard(String file, int sequences, String sha256) {
+    }
+
+    /** A manifest without hidden states. */
+    public TeacherManifest(int formatVersion, int vocabSize, int seqLen, String targets, int k, String dtype, double temperature,
+                           String tokenizer, String tokenizerSha256, String teacher, List<Shard> shards) {
+        this(formatVersion, vocabSize, seqLen, targets, k, dtype, temperature, tokenizer, tokenizerSha256, teacher, shards, null, null);
+    }
+
+    /** The hidden states the shards hold, in the manifest's order; empty when none. */
+    public int[] hiddenLayerArray() {
+        return hiddenLayers == null ? new int[0] : hiddenLayers.stream().mapToInt(Integer::intValue).toArray();
     }
 
     /** Reads and checks {@code manifest.json}; every problem names the file and the key. */
@@ -68,6 +84,11 @@ public record TeacherManifest(int formatVersion, int vocabSize, int seqLen, Stri
         require(file, tokenizerSha256 == null || tokenizerSha256.matches("[0-9a-f]{64}"), "tokenizer_sha256",
                 "must be 64 lower-case hex digits (a SHA-256), got '" + tokenizerSha256 + "'");
         require(file, shards != null && !shards.isEmpty(), "shards", "must list at least one shard");
+        if (hiddenLayers != null && !hiddenLayers.isEmpty()) {
+            require(file, hiddenLayers.stream().allMatch(l -> l != null && l >= 0) && hiddenLayers.stream().distinct().count() == hiddenLayers.size(),
+                    "hidden_layers", "must list distinct hidden-state numbers >= 0, got " + hiddenLayers);
+            require(file, hiddenSize != null && hiddenSize > 0, "hidden_size", "must be positive with hidden_layers, got " + hiddenSize);
+        }
         for (int i = 0; i < shards.size(); i++) {
             Shard s = shards.get(i);
             require(file, s != null && s.file() != null && !s.file().isBlank(), "shards[" + i + "].file", "is missing");

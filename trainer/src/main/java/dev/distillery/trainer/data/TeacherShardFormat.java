@@ -75,6 +75,14 @@ public final class TeacherShardFormat {
         };
     }
 
+    /** The tensor of hidden state {@code layer}: {@code hidden.<layer>}, bf16 (sequences, seq_len, hidden_size). */
+    public static String hiddenTensor(int layer) {
+        return "hidden." + layer;
+    }
+
+    /** The type hidden states are stored in. */
+    public static final DType HIDDEN_TYPE = DType.BF16;
+
     /** The shape of buffer i of {@code layout} for {@code sequences} sequences of {@code seqLen} tokens. */
     public static int[] shape(TeacherLayout layout, int i, int sequences, int seqLen) {
         return tensors(layout.kind()).get(i).onePerToken() ? new int[]{sequences, seqLen}

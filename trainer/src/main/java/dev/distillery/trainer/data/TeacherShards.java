@@ -130,6 +130,7 @@ public final class TeacherShards implements Sequences, AutoCloseable {
         for (int i = 0; i < tensors.size(); i++) {
             expect(st, tensors.get(i).name(), layout.bufferTypes().get(i), TeacherShardFormat.shape(layout, i, s, t));
         }
+        for (int l : m.hiddenLayerArray()) expect(st, TeacherShardFormat.hiddenTensor(l), TeacherShardFormat.HIDDEN_TYPE, s, t, m.hiddenSize());
     }
 
     private static void expect(SafetensorsFile st, String name, DType dtype, int... shape) throws IOException {
@@ -185,6 +186,24 @@ public final class TeacherShards implements Sequences, AutoCloseable {
         List<MemorySegment> buffers = new ArrayList<>(tensors.size());
         for (int i = 0; i < tensors.size(); i++) buffers.add(st.bytes(tensors.get(i).name()).asSlice(local * t * layout.bytesPerRow(i)));
         return layout.over(buffers);
+    }
+
+    @Override
+    public int[] hiddenLayers() {
+        return manifest.hiddenLayerArray();
+    }
+
+    @Override
+    public int hiddenSize() {
+        return manifest.hiddenSize() == null ? 0 : manifest.hiddenSize();
+    }
+
+    @Override
+    public MemorySegment hiddenState(int index, int layer) {
+        if (index < 0 || index >= total) throw new IndexOutOfBoundsException("sequence " + index + " of " + total);
+        int shard = shardOf(index), local = index - firstSequence[shard];
+        long bytes = (long) manifest.seqLen() * hiddenSize() * TeacherShardFormat.HIDDEN_TYPE.bytes();
+        return files.get(shard).bytes(TeacherShardFormat.hiddenTensor(layer)).asSlice(local * bytes, bytes);
     }
 
     /** Views of sequence {@code index} (0 ≤ index < sequences()). */

@@ -12,8 +12,10 @@ import com.fasterxml.jackson.databind.JsonNode;
 
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
+import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.distill.FeatureDistillation;
 import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.trainer.data.StrictJson;
 
@@ -47,6 +49,7 @@ import dev.distillery.trainer.data.StrictJson;
  *                        embeddings and final layernorm (e.g. [0, 2, 4] of a 6-layer teacher); absent = all of it
  * @param teacherModel    instead of {@code teacher}: a model run in the process on token windows (optional)
  * @param onPolicy        with teacher_model: a share of batches continued by the student's own samples (optional)
+ * @param hiddenStates    feature distillation: student and teacher hidden states compared layer pair by pair (optional)
  */
 @JsonInclude(JsonInclude.Include.ALWAYS)
 public record DistillConfig(String teacher, String evalTeacher, String out, String tokenizer, String initFrom,
@@ -54,7 +57,8 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                             Double lr, Double minLr, Integer warmupSteps, Double weightDecay, Double beta1, Double beta2,
                             Double gradClip, Loss loss, Integer evalEvery, Integer evalBatches, Integer checkpointEvery,
                             Integer keepCheckpoints, Long seed, Integer threads, Integer prefetch, Boolean verifyChecksums,
-                            Boolean checkValues, java.util.List<Integer> initLayers, TeacherModel teacherModel, OnPolicy onPolicy) {
+                            Boolean checkValues, java.util.List<Integer> initLayers, TeacherModel teacherModel, OnPolicy onPolicy,
+                            HiddenStates hiddenStates) {
 
     /**
      * On-policy distillation (GKD): a {@code fraction} of the micro-batches (default 0.5, drawn from
@@ -69,6 +73,37 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
             fraction = fraction == null ? 0.5 : fraction;
             temperature = temperature == null ? 1.0 : temperature;
             jsdBeta = jsdBeta == null ? 0.5 : jsdBeta;
+        }
+    }
+
+    /**
+     * Feature (hidden-state) distillation: {@code pairs} of [student state, teacher state], numbered
+     * as transformers' output_hidden_states (0 the embeddings, l after block l, the last the final
+     * norm's output); {@code distance} mse | cosine (default mse); {@code weight} (default 1) on
+     * the mean over pairs, added to the soft-target and hard-label loss. Each pair has a learned
+     * projection from the student's width to the teacher's, kept in the trainer state. The
+     * teacher's states come from the teacher run in the process, or from shards that carry them
+     * ({@code teacher dump-logits --hidden-layers}).
+     */
+    public record HiddenStates(List<List<Integer>> pairs, String distance, Double weight) {
+        public HiddenStates {
+            distance = distance == null ? "mse" : distance;
+            weight = weight == null ? 1.0 : weight;
+        }
+
+        public FeatureDistance distanceKind() {
+            return switch (distance) {
+                case "mse" -> FeatureDistance.MSE;
+                case "cosine" -> FeatureDistance.COSINE;
+                default -> throw new IllegalArgumentException("'hidden_states.distance' must be mse or cosine, got \"" + distance + "\"");
+            };
+        }
+
+        /** The runtime's spec of these keys (validated). */
+        public FeatureDistillation.Spec spec() {
+            List<FeatureDistillation.Pair> out = new ArrayList<>();
+            for (List<Integer> p : pairs) out.add(new FeatureDistillation.Pair(p.get(0), p.get(1)));
+            return new FeatureDistillation.Spec(out, distanceKind(), weight);
         }
     }
 
@@ -290,7 +325,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
     public DistillConfig withSteps(int n) {
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, n, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
-                prefetch, verifyChecksums, checkValues, initLayers, teacherModel, onPolicy);
+                prefetch, verifyChecksums, checkValues, initLayers, teacherModel, onPolicy, hiddenStates);
     }
 
     /** This config taught by the model in {@code path}, run in the process (a pipeline's later stage). */
@@ -299,7 +334,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                 : new TeacherModel(path, teacherModel.tokens(), teacherModel.evalTokens(), teacherModel.seqLen());
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, steps, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
-                prefetch, verifyChecksums, checkValues, initLayers, tm, onPolicy);
+                prefetch, verifyChecksums, checkValues, initLayers, tm, onPolicy, hiddenStates);
     }
 
     /** Checks what can be checked without opening the data; problems name the key. */
@@ -322,6 +357,18 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
             require(onPolicy.fraction() > 0 && onPolicy.fraction() <= 1, "on_policy.fraction", "must be in (0, 1], got " + onPolicy.fraction());
             require(onPolicy.temperature() >= 0, "on_policy.temperature", "must be >= 0 (0 = greedy), got " + onPolicy.temperature());
             require(onPolicy.jsdBeta() >= 0 && onPolicy.jsdBeta() <= 1, "on_policy.jsd_beta", "must be in [0, 1], got " + onPolicy.jsdBeta());
+        }
+        if (hiddenStates != null) {
+            require(hiddenStates.pairs() != null && !hiddenStates.pairs().isEmpty(), "hidden_states.pairs",
+                    "is required: a list of [student state, teacher state] pairs, e.g. [[1, 2], [2, 4]]");
+            for (List<Integer> p : hiddenStates.pairs()) {
+                require(p != null && p.size() == 2 && p.get(0) != null && p.get(1) != null && p.get(0) >= 0 && p.get(1) >= 0,
+                        "hidden_states.pairs", "must hold pairs [student state, teacher state] of numbers >= 0, got " + p);
+            }
+            hiddenStates.distanceKind();
+            require(hiddenStates.weight() >= 0 && !hiddenStates.weight().isInfinite(), "hidden_states.weight",
+                    "must be finite and >= 0, got " + hiddenStates.weight());
+            require(onPolicy == null, "hidden_states", "and 'on_policy' cannot be combined: the student's own samples have no stored states to match");
         }
         require(out != null && !out.isBlank(), "out", "must name a folder, got \"" + out + "\"");
         require(evalTeacher == null || !evalTeacher.isBlank(), "eval_teacher", "must name a shard directory or be left out, got \"\"");

@@ -4,6 +4,7 @@ import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -15,6 +16,7 @@ import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
+import dev.distillery.runtime.distill.FeatureDistillation;
 import dev.distillery.runtime.distill.InProcessTeacher;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.Evaluator;
@@ -186,6 +188,7 @@ public final class DistillRun {
                  InProcessTeacher live = src.model() == null ? null : new InProcessTeacher(src.model(), kernels, chunkRows);
                  OnPolicyBatches onPolicy = cfg.onPolicy() == null ? null
                          : new OnPolicyBatches(cfg.onPolicy(), cfg.seed(), model, kernels, cfg.batchSize(), seqLen)) {
+                if (cfg.hiddenStates() != null) enableFeatures(cfg, session, live, src, kernels, out);
                 int epoch = 0, batchIndex = 0;
                 Path lastCheckpoint = null;
                 if (from.isPresent()) {
@@ -201,6 +204,47 @@ public final class DistillRun {
         } finally {
             model.close();
         }
+    }
+
+    /**
+     * Feature distillation from 'hidden_states': the projections (initialised from the seed, or
+     * restored with the checkpoint), the teacher told which states to keep. An impossible pair is
+     * refused here, before step 1, naming the key.
+     */
+    private static void enableFeatures(DistillConfig cfg, TrainingSession session, InProcessTeacher live, Source src, Kernels kernels,
+                                       PrintWriter out) {
+        FeatureDistillation.Spec spec = cfg.hiddenStates().spec();
+        LanguageModel student = session.model();
+        int teacherLayers, teacherWidth;
+        if (live != null) {
+            teacherLayers = live.model().layers();
+            teacherWidth = live.model().width();
+        } else {
+            int[] kept = src.train().hiddenLayers();
+            if (kept.length == 0) {
+                throw new IllegalArgumentException("'hidden_states' needs the teacher's hidden states, and the shards of " + src.name()
+                        + " carry none: use 'teacher_model', or shards dumped with 'teacher dump-logits --hidden-layers'");
+            }
+            for (int l : spec.teacherLayers()) {
+                if (Arrays.stream(kept).noneMatch(k -> k == l)) {
+                    throw new IllegalArgumentException("'hidden_states.pairs' reads the teacher's hidden state " + l + ", but the shards of "
+                            + src.name() + " carry states " + Arrays.toString(kept));
+                }
+            }
+            teacherLayers = Arrays.stream(kept).max().orElseThrow();
+            teacherWidth = src.train().hiddenSize();
+        }
+        FeatureDistillation features;
+        try {
+            features = new FeatureDistillation(spec, student.layers(), student.width(), teacherLayers, teacherWidth, kernels);
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("'hidden_states.pairs': " + e.getMessage(), e);
+        }
+        features.initialize(cfg.seed() + 1);
+        session.enableFeatureDistillation(features);
+        if (live != null) live.keepHiddenStates(spec.teacherLayers());
+        out.printf("hidden states: %s of %d pairs (student width %d -> teacher width %d through a learned projection each), weight %.3g%n",
+                cfg.hiddenStates().distance(), spec.pairs().size(), student.width(), teacherWidth, spec.weight());
     }
 
     /** The student read from init_from: all of it, or the init_layers blocks (an IllegalArgumentException names the key). */
@@ -372,7 +416,7 @@ public final class DistillRun {
         @Override
         public Map<String, Object> step(int step) throws IOException {
             long t0 = System.nanoTime(), w0 = stream.waitNanos();
-            double loss = 0, ce = 0, div = 0;
+            double loss = 0, ce = 0, div = 0, feature = 0;
             int sampled = 0, sampledRows = 0;
             DistillOptions options = cfg.loss().optionsAt(step, cfg.steps());
             session.beginStep();
@@ -394,7 +438,8 @@ public final class DistillRun {
                     } else {
                         session.inputs().setSequences(batch.inputIds());
                         l = live != null ? session.backwardDistill(live, options, reduction, chunkRows, 1f / cfg.gradAccum())
-                                : session.backwardDistill(batch.targets(), options, reduction, chunkRows, 1f / cfg.gradAccum());
+                                : session.backwardDistill(batch.targets(), batch.hiddenStates(), options, reduction, chunkRows,
+                                1f / cfg.gradAccum());
                     }
                 } catch (BadRowException e) {
                     throw inShards(e, src.train(), batch);
@@ -402,6 +447,7 @@ public final class DistillRun {
                 loss += l.total() / cfg.gradAccum();
                 ce += l.ce() / cfg.gradAccum();
                 div += l.divergence() / cfg.gradAccum();
+                feature += l.feature() / cfg.gradAccum();
                 epoch = batch.epoch();
                 batchIndex = batch.index() + 1;
                 if (batchIndex == stream.batchesPerEpoch()) {
@@ -420,6 +466,7 @@ public final class DistillRun {
             rec.put("loss", loss);
             rec.put("ce", ce);
             rec.put("divergence", div);
+            if (session.features() != null) rec.put("feature", feature);
             rec.put("lr", r.lr());
             rec.put("grad_norm", r.gradNorm());
             rec.put("tokens", tokensPerStep * step);

@@ -136,7 +136,7 @@ public final class TrainingLoop {
     /** Restores the optimizer of {@code session} from {@code from} and returns the checkpoint's metadata. */
     public static Map<String, String> restore(TrainingSession session, CheckpointStore.Checkpoint from, PrintWriter out) throws IOException {
         Map<String, String> meta = ModelFiles.readOptimizer(from.dir().resolve("trainer_state.safetensors"), session.optimizer(),
-                session.model().parameters().blockElements());
+                session.model().parameters().blockElements(), session.featureOptimizer());
         out.println("resumed from " + from.dir() + " at step " + session.optimizer().step());
         String now = session.optimizer().kernels().describe(), then = meta.get("kernels");
         if (then != null && !then.equals(now)) {
@@ -239,7 +239,7 @@ public final class TrainingLoop {
             meta.put("kernels", session.optimizer().kernels().describe());
             meta.putAll(task.checkpointMeta(step));
             ModelFiles.writeOptimizer(dir.resolve("trainer_state.safetensors"), session.optimizer(),
-                    session.model().parameters().blockElements(), meta);
+                    session.model().parameters().blockElements(), session.featureOptimizer(), meta);
         }).dir();
     }
 }

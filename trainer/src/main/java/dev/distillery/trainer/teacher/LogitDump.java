@@ -8,6 +8,8 @@ import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
@@ -46,10 +48,22 @@ public final class LogitDump {
      * @param tokenizer         the {@code tokenizer.json} the token ids were made with, recorded by its SHA-256;
      *                          null = the teacher folder's own {@code tokenizer.json} when it has one
      * @param overwrite         replace the shards of a non-empty {@code out} (refused otherwise)
+     * @param hiddenLayers      the teacher's hidden states to store beside the targets (bf16), numbered as
+     *                          transformers' output_hidden_states; empty = none
      */
     public record Options(Path teacher, Path tokens, Path out, TeacherTargets.Kind kind, int k, DType dtype, double temperature,
                           int seqLen, int sequencesPerShard, int batch, int maxSequences, long seed, String tokenizerId,
-                          Path tokenizer, boolean overwrite) {
+                          Path tokenizer, boolean overwrite, int[] hiddenLayers) {
+        public Options {
+            hiddenLayers = hiddenLayers == null ? new int[0] : hiddenLayers.clone();
+        }
+
+        /** Without hidden states. */
+        public Options(Path teacher, Path tokens, Path out, TeacherTargets.Kind kind, int k, DType dtype, double temperature, int seqLen,
+                       int sequencesPerShard, int batch, int maxSequences, long seed, String tokenizerId, Path tokenizer, boolean overwrite) {
+            this(teacher, tokens, out, kind, k, dtype, temperature, seqLen, sequencesPerShard, batch, maxSequences, seed, tokenizerId,
+                    tokenizer, overwrite, null);
+        }
     }
 
     private LogitDump() {
@@ -71,16 +85,25 @@ public final class LogitDump {
             int total = (int) Math.min(o.maxSequences() > 0 ? o.maxSequences() : Integer.MAX_VALUE, tokens.size() / t);
             if (total < 1) throw new IOException(o.tokens() + ": " + tokens.size() + " tokens, fewer than one sequence of " + t);
             int batch = Math.min(o.batch(), total);
+            for (int l : o.hiddenLayers()) {
+                if (l < 0 || l > teacher.layers()) {
+                    throw new IllegalArgumentException("--hidden-layers: state " + l + " does not exist: the teacher has " + teacher.layers()
+                            + " blocks, so states 0.." + teacher.layers() + " (0 the embeddings, " + teacher.layers() + " the final norm's output)");
+                }
+            }
+            if (Arrays.stream(o.hiddenLayers()).distinct().count() != o.hiddenLayers().length) {
+                throw new IllegalArgumentException("--hidden-layers lists a state twice: " + Arrays.toString(o.hiddenLayers()));
+            }
             try (LanguageModelForward model = new LanguageModelForward(teacher, kernels, batch, t);
                  FolderLock lock = FolderLock.acquire(o.out(), "--out")) {    // inputs before the folder: bad input writes nothing
-                dump(o, model, tokens, t, batch, total, tokenizer, tokenizerSha256, v, out, err);
+                dump(o, model, tokens, t, batch, total, tokenizer, tokenizerSha256, v, teacher.width(), out, err);
             }
         }
         return TeacherManifest.read(o.out().resolve("manifest.json"));
     }
 
     private static void dump(Options o, LanguageModelForward model, TokenFile tokens, int t, int batch, int total, Path tokenizer,
-                             String tokenizerSha256, int v, PrintWriter out, PrintWriter err) throws IOException {
+                             String tokenizerSha256, int v, int width, PrintWriter out, PrintWriter err) throws IOException {
         if (o.overwrite()) removeShards(o.out());
         boolean dense = o.kind() == TeacherTargets.Kind.DENSE;
         if (!dense && (o.k() < 1 || o.k() > v)) throw new IllegalArgumentException("--k must be in [1, " + v + "], got " + o.k());
@@ -102,6 +125,8 @@ public final class LogitDump {
                 MemorySegment ids = arena.allocate(4 * rows, 64);
                 List<MemorySegment> buffers = new ArrayList<>();
                 for (int i = 0; i < tensors.size(); i++) buffers.add(arena.allocate(Math.max(1, rows * layout.bytesPerRow(i)), 64));
+                Map<Integer, MemorySegment> hidden = new LinkedHashMap<>();
+                for (int l : o.hiddenLayers()) hidden.put(l, arena.allocate(rows * width * TeacherShardFormat.HIDDEN_TYPE.bytes(), 64));
                 MemorySegment batchIds = arena.allocate(4L * batch * t, 64);
                 for (int s0 = 0; s0 < s; s0 += batch) {
                     int n = Math.min(batch, s - s0);
@@ -110,8 +135,18 @@ public final class LogitDump {
                         for (int j = 0; j < t; j++) batchIds.setAtIndex(ValueLayout.JAVA_INT, (long) i * t + j, window[j]);
                     }
                     MemorySegment.copy(batchIds, 0, ids, 4L * s0 * t, 4L * n * t);
-                    MemorySegment logits = model.logits(batchIds);
                     final int first = s0, rowsNow = n * t;
+                    MemorySegment logits = model.logits(batchIds, hidden.isEmpty() ? null : (index, state) -> {
+                        MemorySegment to = hidden.get(index);
+                        if (to == null) return;
+                        try (Arena host = Arena.ofConfined()) {   // read now: the next block overwrites the state
+                            MemorySegment from = model.kernels().hostView(state.data(), 4L * rowsNow * width, host);
+                            long at = (long) first * t * width;
+                            for (long i = 0; i < (long) rowsNow * width; i++) {
+                                TeacherShardFormat.HIDDEN_TYPE.write(to, at + i, from.getAtIndex(ValueLayout.JAVA_FLOAT, i));
+                            }
+                        }
+                    });
                     switch (o.kind()) {
                         case DENSE -> rows(rowsNow, r -> {
                             long row = (long) first * t + r;
@@ -140,6 +175,10 @@ public final class LogitDump {
                     items.add(new SafetensorsWriter.Item(tensors.get(i).name(), layout.bufferTypes().get(i),
                             TeacherShardFormat.shape(layout, i, s, t), buffers.get(i)));
                 }
+                for (var h : hidden.entrySet()) {
+                    items.add(new SafetensorsWriter.Item(TeacherShardFormat.hiddenTensor(h.getKey()), TeacherShardFormat.HIDDEN_TYPE,
+                            new int[]{s, t, width}, h.getValue()));
+                }
                 Path path = o.out().resolve(file);
                 SafetensorsWriter.write(path, items, Map.of("teacher", o.teacher().toString()));
                 shards.add(new TeacherManifest.Shard(file, s, TeacherShards.sha256(path)));
@@ -149,10 +188,12 @@ public final class LogitDump {
         TeacherManifest m = new TeacherManifest(1, v, t, TeacherShardFormat.name(o.kind()), k,
                 o.kind() == TeacherTargets.Kind.SAMPLED ? null : TeacherShardFormat.name(o.dtype()),
                 o.temperature(), o.tokenizerId() != null ? o.tokenizerId() : tokenizerSha256 != null ? tokenizer.toString() : "unknown",
-                tokenizerSha256, o.teacher().toString(), shards);
+                tokenizerSha256, o.teacher().toString(), shards,
+                o.hiddenLayers().length == 0 ? null : Arrays.stream(o.hiddenLayers()).boxed().toList(), o.hiddenLayers().length == 0 ? null : width);
         m.write(o.out().resolve("manifest.json"));
-        out.printf("wrote %d sequences of %d tokens (%s%s) in %d shard(s) to %s%n", total, t, TeacherShardFormat.name(o.kind()),
-                k > 0 ? ", k = " + k : "", shards.size(), o.out());
+        out.printf("wrote %d sequences of %d tokens (%s%s%s) in %d shard(s) to %s%n", total, t, TeacherShardFormat.name(o.kind()),
+                k > 0 ? ", k = " + k : "", o.hiddenLayers().length == 0 ? "" : ", hidden states " + Arrays.toString(o.hiddenLayers()) + " in bf16",
+                shards.size(), o.out());
         out.flush();
     }
 

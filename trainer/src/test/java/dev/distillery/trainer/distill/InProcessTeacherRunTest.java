@@ -128,6 +128,75 @@ class InProcessTeacherRunTest {
         assertTrue(err.toString().contains("'on_policy' needs 'teacher_model'"), err.toString());
     }
 
+    /**
+     * Hidden-state distillation from shards that carry the teacher's states (dump-logits
+     * --hidden-layers, bf16) and from the same teacher run in the process (fp32): the feature
+     * loss agrees at step 1 to bf16 accuracy and falls in both; the projections live in the trainer
+     * state, not in the student's weights, and a run stopped and resumed ends bit-identical.
+     */
+    @Test
+    void hiddenStatesFromShardsOrFromTheTeacherInTheProcessTrainAndResumeExactly(@TempDir Path dir) throws Exception {
+        Path teacher = Path.of(InProcessTeacherRunTest.class.getResource("/dev/distillery/trainer/hf/llama-tiny").toURI());
+        Rng rng = new Rng(8);
+        int[] tokens = new int[WINDOWS * SEQ];
+        for (int i = 0; i < tokens.length; i++) tokens[i] = rng.nextInt(VOCAB);
+        TokenFile.write(dir.resolve("train.bin"), tokens);
+        StringWriter dumped = new StringWriter();
+        assertEquals(0, run(dumped, "teacher", "dump-logits", "--teacher", teacher.toString(), "--tokens", dir.resolve("train.bin").toString(),
+                "--out", dir.resolve("shards").toString(), "--targets", "dense", "--dtype", "f32", "--seq-len", Integer.toString(SEQ),
+                "--hidden-layers", "1,2"));
+        assertTrue(dumped.toString().contains("hidden states [1, 2] in bf16"), dumped.toString());
+        String common = "\"steps\": 8, \"batch_size\": 4, \"lr\": 0.01, \"seed\": 7, \"checkpoint_every\": 2, "
+                + "\"student\": {\"architecture\": \"llama\", \"layers\": 1, \"channels\": 16, \"heads\": 2}, \"loss\": {\"alpha\": 0.3}, "
+                + "\"hidden_states\": {\"pairs\": [[1, 1], [1, 2]], \"distance\": \"mse\", \"weight\": 0.5}";
+        Path stored = config(dir, "stored", "\"teacher\": \"" + dir.resolve("shards") + "\", " + common);
+        String model = "\"teacher_model\": {\"path\": \"" + teacher + "\", \"tokens\": \"" + dir.resolve("train.bin") + "\", \"seq_len\": " + SEQ
+                + "}, " + common;
+        Path live = config(dir, "live", model), split = config(dir, "split", model);
+        StringWriter out = new StringWriter();
+        assertEquals(0, run(out, "distill", "--config", stored.toString()));
+        assertTrue(out.toString().contains("hidden states: mse of 2 pairs (student width 16 -> teacher width 48"), out.toString());
+        assertEquals(0, run("distill", "--config", live.toString()));
+        List<JsonNode> a = records(dir.resolve("stored")), b = records(dir.resolve("live"));
+        double first = a.getFirst().get("feature").asDouble();
+        assertEquals(first, b.getFirst().get("feature").asDouble(), 2e-2 * first, "step 1's feature loss, bf16 states against fp32");
+        for (List<JsonNode> run : List.of(a, b)) {
+            double f1 = run.getFirst().get("feature").asDouble(), f8 = run.getLast().get("feature").asDouble();
+            assertTrue(f8 < 0.8 * f1, "the feature loss falls: " + f1 + " -> " + f8);
+            JsonNode r = run.getFirst();
+            assertEquals(0.3 * r.get("ce").asDouble() + 0.7 * r.get("divergence").asDouble() + 0.5 * r.get("feature").asDouble(),
+                    r.get("loss").asDouble(), 1e-5, "total = alpha ce + (1 - alpha) divergence + weight feature: " + r);
+        }
+        Path ckpt = dir.resolve("live/checkpoints/step-00000008");
+        try (var st = dev.distillery.runtime.io.SafetensorsFile.open(ckpt.resolve("trainer_state.safetensors"));
+             var weights = dev.distillery.runtime.io.SafetensorsFile.open(ckpt.resolve("model.safetensors"))) {
+            assertTrue(st.contains("feature_projections.1.weight") && st.contains("feature_projections.adam.m"), "projections and moments kept");
+            assertTrue(!weights.contains("feature_projections.0.weight"), "the student's weights hold no projection");
+        }
+        assertEquals(0, run("distill", "--config", split.toString(), "--stop-after", "4"));
+        assertEquals(0, run("distill", "--config", split.toString(), "--resume"));
+        try (CpuKernels kernels = new CpuKernels(1, "auto");
+             LanguageModel p = ModelFiles.read(ckpt, kernels);
+             LanguageModel q = ModelFiles.read(dir.resolve("split/checkpoints/step-00000008"), kernels)) {
+            for (var t : p.parameters().parameters()) {
+                assertEquals(-1, t.data().mismatch(q.parameters().get(t.name()).data()), t.name() + " after an interrupted run");
+            }
+        }
+        // refused before step 1, by key
+        for (String[] c : new String[][]{
+                {"\"teacher\": \"" + dir.resolve("shards") + "\", \"hidden_states\": {\"pairs\": [[1, 0]]}",
+                        "'hidden_states.pairs' reads the teacher's hidden state 0, but the shards of"},
+                {model.replace("[[1, 1], [1, 2]]", "[[2, 1]]"), "'hidden_states.pairs': student hidden state 2 does not exist"},
+                {model.replace("[[1, 1], [1, 2]]", "[[1, 3]]"), "'hidden_states.pairs': teacher hidden state 3 does not exist"},
+                {model.replace("\"distance\": \"mse\"", "\"distance\": \"l1\""), "'hidden_states.distance' must be mse or cosine"},
+                {model + ", \"on_policy\": {\"max_new_tokens\": 4}", "'hidden_states' and 'on_policy' cannot be combined"}}) {
+            StringWriter err = new StringWriter();
+            assertEquals(Main.EXIT_FAILED, Main.execute(new String[]{"distill", "--config", config(dir, "bad" + c[1].length(), c[0]).toString(),
+                    "--device", "cpu"}, new PrintWriter(new StringWriter()), new PrintWriter(err, true)), err.toString());
+            assertTrue(err.toString().contains(c[1]), c[1] + " in: " + err);
+        }
+    }
+
     @Test
     void aTeacherModelWithShardsOrWithoutTokensIsRefusedByItsKey(@TempDir Path dir) throws Exception {
         for (String[] c : new String[][]{
