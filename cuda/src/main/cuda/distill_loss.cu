@@ -8,6 +8,7 @@
 //   shared gradient  SparseRows.sharedGradient (the loop every unlisted column of a sparse row shares)
 //
 //   feature_row      CpuKernels.featureDistance; ReferenceKernels.featureDistance (hidden states)
+//   mixture_row      CpuKernels.addToMixture; ReferenceKernels.addToMixture (several teachers)
 //
 // Covered: dense teachers (fp32, fp16, bf16) and top-k teachers (fp32, fp16, bf16 logits; tail
 // bucket, renormalized or rescaled) with forward KL, reverse KL and JSD; sampled teachers
@@ -464,6 +465,34 @@ __device__ void feature_row(float* row_loss, float* grad, const float* s, const 
     }
 }
 
+// ------------------------------------------------------------------ several teachers
+
+// One block per row: mix_j <- log(exp(mix_j) + w softmax(t/T)_j), the mixture of teachers in log space.
+// docs/KERNELS.md#teacher-mixtures.
+__device__ __forceinline__ float log_add_exp(float a, float b) {
+    if (a == -CUDART_INF_F) return b;
+    if (b == -CUDART_INF_F) return a;
+    const float m = fmaxf(a, b);
+    return m + log1pf(expf(-fabsf(a - b)));
+}
+
+template <typename T>
+__device__ void mixture_row(float* mix, const T* t, int n, int V, float temperature, float weight) {
+    __shared__ float scratch[MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= n) return;
+    const T* tr = t + (long)row * V;
+    float* mr = mix + (long)row * V;
+    const float inv = 1.f / temperature;
+    float m = -CUDART_INF_F;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, to_float(tr[j]) * inv);
+    m = block_max(m, scratch);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += expf(to_float(tr[j]) * inv - m);
+    const float shift = logf(weight) - m - logf(block_sum(sum, scratch));
+    for (int j = threadIdx.x; j < V; j += blockDim.x) mr[j] = log_add_exp(mr[j], to_float(tr[j]) * inv + shift);
+}
+
 }  // namespace distill
 
 // C entry points for cuModuleGetFunction; one per teacher layout.
@@ -520,6 +549,18 @@ DISTILL_LAUNCH void feature_distance_f16(float* row_loss, float* grad, const flo
 DISTILL_LAUNCH void feature_distance_bf16(float* row_loss, float* grad, const float* s, const __nv_bfloat16* t, int n,
                                           int d, int distance, float grad_scale) {
     distill::feature_row(row_loss, grad, s, t, n, d, distance, grad_scale);
+}
+
+DISTILL_LAUNCH void teacher_mixture_add_f32(float* mix, const float* t, int n, int V, float temperature, float weight) {
+    distill::mixture_row(mix, t, n, V, temperature, weight);
+}
+
+DISTILL_LAUNCH void teacher_mixture_add_f16(float* mix, const __half* t, int n, int V, float temperature, float weight) {
+    distill::mixture_row(mix, t, n, V, temperature, weight);
+}
+
+DISTILL_LAUNCH void teacher_mixture_add_bf16(float* mix, const __nv_bfloat16* t, int n, int V, float temperature, float weight) {
+    distill::mixture_row(mix, t, n, V, temperature, weight);
 }
 
 }  // extern "C"

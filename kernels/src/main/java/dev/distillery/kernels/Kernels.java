@@ -313,6 +313,17 @@ public interface Kernels extends AutoCloseable {
                             MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab,
                             DistillOptions options, float gradScale);
 
+    // ---------------------------------------------------------------- several teachers
+
+    /**
+     * One teacher into a mixture of teachers, per row of (n, vocab) (see
+     * docs/KERNELS.md#teacher-mixtures): {@code mix_j ← log(exp(mix_j) + weight · softmax(t/T)_j)},
+     * t the teacher's logits (fp32, f16 or bf16). Starting from mix = −∞ and adding every teacher,
+     * mix holds log Σ_i w_i p_i; times T it is a logit row whose softmax at T is the mixture,
+     * which the fused distillation loss then reads as a dense teacher.
+     */
+    void addToMixture(MemorySegment mix, MemorySegment teacher, DType teacherType, int n, int vocab, float temperature, float weight);
+
     // ---------------------------------------------------------------- feature (hidden-state) distillation
 
     /**

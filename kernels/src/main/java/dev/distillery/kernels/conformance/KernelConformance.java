@@ -99,6 +99,7 @@ public final class KernelConformance {
         for (int[] s : sizes.attention()) c.ropeAndRepeatHeads(s[0], s[1], s[2], s[3]);
         for (int[] s : sizes.attention()) c.attentionDecode(s[0], s[1], s[2], s[3]);
         for (int[] s : sizes.rows()) c.featureDistance(s[0] * s[1], s[1]);
+        for (int[] s : sizes.classifier()) c.teacherMixture(s[0], s[1]);
         return List.copyOf(c.results);
     }
 
@@ -491,6 +492,30 @@ public final class KernelConformance {
                             n + "x" + d, Math.max(buf.relativeError(loss, sLoss, 1e-6), buf.relativeError(grad, sGrad, 1e-6)), TOL, ms);
                 }
             }
+        }
+    }
+
+    /** Two teachers (fp32, then bf16 rounded as the reference reads it) into one mixture at T = 1.5, weights 0.3 and 0.7. */
+    private void teacherMixture(int n, int v) {
+        try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
+            double[] a = randn(n * v), b = randn(n * v), mix = new double[n * v];
+            java.util.Arrays.fill(mix, Double.NEGATIVE_INFINITY);
+            for (int i = 0; i < a.length; i++) {
+                a[i] = (float) (3 * a[i]);
+                b[i] = Float.intBitsToFloat(Float.floatToIntBits((float) (3 * b[i])) & 0xffff0000);   // exactly a bf16 value
+            }
+            MemorySegment hostB = arena.allocate(2L * b.length, 64);
+            for (int i = 0; i < b.length; i++) DType.BF16.write(hostB, i, (float) b[i]);
+            MemorySegment sMix = buf.poisoned(mix.length);
+            long t0 = System.nanoTime();
+            kernels.fill(sMix, Float.NEGATIVE_INFINITY, mix.length);
+            kernels.addToMixture(sMix, buf.floats(a), DType.F32, n, v, 1.5f, 0.3f);
+            kernels.addToMixture(sMix, buf.place(hostB), DType.BF16, n, v, 1.5f, 0.7f);
+            double ms = millis(t0);
+            ReferenceKernels.addToMixture(mix, a, n, v, 1.5, 0.3);
+            ReferenceKernels.addToMixture(mix, b, n, v, 1.5, 0.7);
+            record("addToMixture", n + "x" + v, buf.relativeError(mix, sMix, 1e-3), TOL, ms);
         }
     }
 

@@ -704,6 +704,36 @@ public final class CpuKernels implements Kernels {
         return distillLoss.run(student, grad, teacher, labels, rowCe, rowDivergence, n, vocab, options, gradScale);
     }
 
+    // ---------------------------------------------------------------- several teachers
+
+    @Override
+    public void addToMixture(MemorySegment mix, MemorySegment teacher, DType teacherType, int n, int vocab, float temperature, float weight) {
+        if (!teacherType.isLogitType()) throw new IllegalArgumentException("teacher logits must be F32, F16 or BF16, got " + teacherType);
+        if (!(temperature > 0) || !(weight > 0)) {
+            throw new IllegalArgumentException("a mixture needs temperature > 0 and weight > 0, got " + temperature + " and " + weight);
+        }
+        float inv = 1f / temperature, logWeight = (float) Math.log(weight);
+        pool.forEachChunk(n, 1, (chunk, start, end) -> {
+            for (int r = start; r < end; r++) {
+                long o = (long) r * vocab;
+                float mx = Float.NEGATIVE_INFINITY;
+                for (int j = 0; j < vocab; j++) mx = Math.max(mx, teacherType.read(teacher, o + j) * inv);
+                double sum = 0;
+                for (int j = 0; j < vocab; j++) sum += Math.exp(teacherType.read(teacher, o + j) * inv - mx);
+                float shift = logWeight - mx - (float) Math.log(sum);   // log w − lse(t/T)
+                for (int j = 0; j < vocab; j++) set(mix, o + j, logAddExp(get(mix, o + j), teacherType.read(teacher, o + j) * inv + shift));
+            }
+        });
+    }
+
+    /** log(e^a + e^b), exact at a or b = −∞. */
+    private static float logAddExp(float a, float b) {
+        if (a == Float.NEGATIVE_INFINITY) return b;
+        if (b == Float.NEGATIVE_INFINITY) return a;
+        float m = Math.max(a, b);
+        return m + (float) Math.log1p(Math.exp(-Math.abs(a - b)));
+    }
+
     // ---------------------------------------------------------------- feature (hidden-state) distillation
 
     @Override

@@ -68,6 +68,25 @@ public final class CudaConformance {
         for (int[] s : rows) ropeAndRepeatHeads(Math.max(1, s[0] / 3), 3, s[1]);
         for (int[] s : rows) attentionDecode(Math.max(1, s[0] / 3), s[0], Math.max(2, (s[1] / 4) & ~1));
         for (int[] s : rows) featureDistance(s[0], s[1]);
+        for (int[] s : rows) teacherMixture(s[0], s[1] * 7 + 1);
+    }
+
+    /** A bf16 teacher added to a mixture that holds an fp32 one. */
+    private void teacherMixture(int rows, int v) {
+        String size = rows + "x" + v;
+        int n = rows * v;
+        float[] a = random(n, 4), start = new float[n];
+        java.util.Arrays.fill(start, Float.NEGATIVE_INFINITY);
+        MemorySegment b = arena.allocate(2L * n, 64);
+        float[] bf = random(n, 4);
+        for (int i = 0; i < n; i++) DType.BF16.write(b, i, bf[i]);
+        MemorySegment mix = host(start);
+        cpu.addToMixture(mix, host(a), DType.F32, rows, v, 1.5f, 0.25f);
+        CudaBackend.Ptr dMix = device(mix);
+        cpu.addToMixture(mix, b, DType.BF16, rows, v, 1.5f, 0.75f);
+        long t0 = System.nanoTime();
+        gpu.launch(CudaKernel.TEACHER_MIXTURE_ADD_BF16, rows, 256, dMix, device(b), rows, v, 1.5f, 0.75f);
+        record("addToMixture", size, floats(mix, n), download(dMix, n), TOL, t0);
     }
 
     /** Both feature distances against a bf16 teacher, loss and accumulated gradient. */

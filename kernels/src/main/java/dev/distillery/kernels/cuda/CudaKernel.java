@@ -49,7 +49,10 @@ public enum CudaKernel {
     DISTILL_SAMPLED("pppppppiiis"),
     FEATURE_DISTANCE_F32("ppppiiif"),
     FEATURE_DISTANCE_F16("ppppiiif"),
-    FEATURE_DISTANCE_BF16("ppppiiif");
+    FEATURE_DISTANCE_BF16("ppppiiif"),
+    TEACHER_MIXTURE_ADD_F32("ppiiff"),
+    TEACHER_MIXTURE_ADD_F16("ppiiff"),
+    TEACHER_MIXTURE_ADD_BF16("ppiiff");
 
     private final String signature;
 

@@ -388,6 +388,20 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
+    public void addToMixture(MemorySegment mix, MemorySegment teacher, DType teacherType, int n, int vocab, float temperature, float weight) {
+        CudaKernel kernel = switch (teacherType) {
+            case F32 -> CudaKernel.TEACHER_MIXTURE_ADD_F32;
+            case F16 -> CudaKernel.TEACHER_MIXTURE_ADD_F16;
+            case BF16 -> CudaKernel.TEACHER_MIXTURE_ADD_BF16;
+            default -> throw new IllegalArgumentException("teacher logits must be F32, F16 or BF16, got " + teacherType);
+        };
+        if (!(temperature > 0) || !(weight > 0)) {
+            throw new IllegalArgumentException("a mixture needs temperature > 0 and weight > 0, got " + temperature + " and " + weight);
+        }
+        if (n > 0) gpu.launch(kernel, n, gpu.block(), p(mix), p(teacher), n, vocab, temperature, weight);
+    }
+
+    @Override
     public void featureDistance(FeatureDistance distance, MemorySegment rowLoss, MemorySegment grad, MemorySegment student,
                                 MemorySegment teacher, DType teacherType, int n, int d, float gradScale) {
         CudaKernel kernel = switch (teacherType) {

@@ -12,6 +12,7 @@ import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
+import dev.distillery.runtime.distill.TeacherEnsemble;
 import dev.distillery.runtime.distill.TeacherRows;
 
 /**
@@ -346,6 +347,33 @@ public final class DifferentiableOps {
         Tensor logits = workspace.tensor("logits.chunk", chunk, v);
         var sums = ChunkedLinearDistillLoss.run(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null,
                 backward ? grad(weight) : null, teacher, labels == null ? null : labels.data(), n, d, v, options, scale, chunk, logits.data());
+        double norm = reduction == Reduction.SUM ? 1 : valid == 0 ? 0 : 1.0 / valid;
+        return new DistillLoss(sums.total() * norm, sums.ce() * norm, sums.divergence() * norm, sums.rows());
+    }
+
+    /**
+     * As above against several teachers ({@link TeacherEnsemble}): their mixture, made one chunk
+     * at a time, as one teacher; or the weighted mean of their losses.
+     */
+    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherEnsemble teachers, Tensor labels, DistillOptions options,
+                                        Reduction reduction, int chunkRows, float gradScale) {
+        int n = hidden.dim(0), d = hidden.dim(1), v = weight.dim(0);
+        int chunk = Math.min(chunkRows, Math.max(1, n));
+        if (teachers.teachers().size() == 1) {
+            return distillationLoss(hidden, weight, teachers.teachers().getFirst(), labels, options, reduction, chunkRows, gradScale);
+        }
+        if (teachers.combination() == TeacherEnsemble.Combination.MIXTURE) {
+            TeacherRows mix = teachers.mixture(kernels, options.temperature(), workspace.tensor("teachers.mixture", chunk, v).data(),
+                    workspace.tensor("teachers.top1", chunk).data());
+            return distillationLoss(hidden, weight, mix, labels, options, reduction, chunkRows, gradScale);
+        }
+        int valid = labels == null ? n : countNot(labels, n, options.ignoreIndex());
+        float scale = gradScale * (reduction == Reduction.SUM ? 1f : valid == 0 ? 0f : 1f / valid);
+        boolean backward = tracks(hidden, weight);
+        var sums = ChunkedLinearDistillLoss.runMean(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null,
+                backward ? grad(weight) : null, teachers.teachers(), teachers.weights(), labels == null ? null : labels.data(), n, d, v, options,
+                scale, chunk, workspace.tensor("logits.chunk", chunk, v).data(), workspace.tensor("logits.chunk.grad", chunk, v).data(),
+                workspace.tensor("logits.chunk.grad.one", chunk, v).data());
         double norm = reduction == Reduction.SUM ? 1 : valid == 0 ? 0 : 1.0 / valid;
         return new DistillLoss(sums.total() * norm, sums.ce() * norm, sums.divergence() * norm, sums.rows());
     }

@@ -1,6 +1,7 @@
 package dev.distillery.runtime.distill;
 
 import java.lang.foreign.MemorySegment;
+import java.util.List;
 
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.BadRowException;
@@ -63,6 +64,46 @@ public final class ChunkedLinearDistillLoss {
             }
             if (dWeight != null) {
                 kernels.gemm(true, false, vocab, d, rows, 1f, logits, vocab, h, d, 1f, dWeight, d);
+            }
+        }
+        return total;
+    }
+
+    /**
+     * As above against the weighted mean of several teachers' losses (TeacherEnsemble's
+     * MEAN_OF_LOSSES): per chunk, teacher i's loss with gradient factor w_i · gradScale, the
+     * gradients summed in {@code gradSum} (teacher 1 writes it, the others go through
+     * {@code gradOne} and are added), then one backward through the LM head. The logits stay
+     * intact while the teachers read them. Extra memory: two more (chunk, vocab) buffers.
+     */
+    public static DistillSums runMean(Kernels kernels, MemorySegment hidden, MemorySegment weight, MemorySegment dHidden,
+                                      MemorySegment dWeight, List<TeacherRows> teachers, float[] weights, MemorySegment labels,
+                                      int n, int d, int vocab, DistillOptions options, float gradScale, int chunkRows,
+                                      MemorySegment logits, MemorySegment gradSum, MemorySegment gradOne) {
+        boolean backward = dHidden != null || dWeight != null;
+        DistillSums total = DistillSums.zero();
+        for (int r0 = 0; r0 < n; r0 += chunkRows) {
+            int rows = Math.min(chunkRows, n - r0);
+            MemorySegment h = hidden.asSlice(4L * r0 * d);
+            kernels.gemm(false, true, rows, vocab, d, 1f, h, d, weight, d, 0f, logits, vocab);
+            for (int i = 0; i < teachers.size(); i++) {
+                MemorySegment grad = !backward ? null : i == 0 ? gradSum : gradOne;
+                DistillSums sums;
+                try {
+                    sums = kernels.distillLoss(logits, grad, teachers.get(i).rows(r0, r0 + rows), labels == null ? null : labels.asSlice(4L * r0),
+                            null, null, rows, vocab, options, weights[i] * gradScale);
+                } catch (BadRowException e) {
+                    throw e.shifted(r0);
+                }
+                total = total.plus(new DistillSums(sums.total() * weights[i], sums.ce() * weights[i], sums.divergence() * weights[i],
+                        i == 0 ? sums.rows() : 0));
+                if (backward && i > 0) kernels.accumulate(gradSum, gradOne, (long) rows * vocab);
+            }
+            if (dHidden != null) {
+                kernels.gemm(false, false, rows, d, vocab, 1f, gradSum, vocab, weight, d, 1f, dHidden.asSlice(4L * r0 * d), d);
+            }
+            if (dWeight != null) {
+                kernels.gemm(true, false, vocab, d, rows, 1f, gradSum, vocab, h, d, 1f, dWeight, d);
             }
         }
         return total;

@@ -1,5 +1,8 @@
 package dev.distillery.runtime.nn;
 
+import java.util.ArrayList;
+import java.util.List;
+
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
@@ -8,7 +11,9 @@ import dev.distillery.runtime.Workspace;
 import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.distill.FeatureDistillation;
 import dev.distillery.runtime.distill.InProcessTeacher;
+import dev.distillery.runtime.distill.TeacherEnsemble;
 import dev.distillery.runtime.distill.TeacherRows;
+import dev.distillery.runtime.distill.TeacherSource;
 import dev.distillery.runtime.distill.TeacherStaging;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
@@ -46,6 +51,7 @@ public final class TrainingSession implements AutoCloseable {
     private final Graph graph;
     private final ModelInputs inputs;
     private final TeacherStaging teacherStaging;
+    private final List<TeacherStaging> extraStaging = new ArrayList<>();
     private final Evaluator evaluator;
     private final AdamW.Config adam;
     private FeatureDistillation features;
@@ -203,6 +209,42 @@ public final class TrainingSession implements AutoCloseable {
     }
 
     /**
+     * One micro-batch of distillation from several teachers on the same tokens, combined as
+     * {@code combination} with {@code weights} (summing to 1; see {@link TeacherEnsemble}), and
+     * feature distillation against {@code teacherStates} (the first teacher's, stored) or the
+     * first teacher run in the process when it is one.
+     */
+    public DifferentiableOps.DistillLoss backwardDistill(List<TeacherSource> teachers, float[] weights, TeacherEnsemble.Combination combination,
+                                                         FeatureDistillation.TeacherStates teacherStates, DistillOptions options,
+                                                         DifferentiableOps.Reduction reduction, int chunkRows, float gradScale) {
+        graph.reset(true);
+        List<TeacherRows> rows = new ArrayList<>();
+        int stored = 0;
+        for (TeacherSource t : teachers) {
+            rows.add(switch (t) {
+                case TeacherSource.Stored s -> {
+                    while (extraStaging.size() <= stored) extraStaging.add(new TeacherStaging(kernels));
+                    yield TeacherRows.stored(extraStaging.get(stored++).stage(s.targets(), batch * time), null);
+                }
+                case TeacherSource.Live l -> l.teacher().forward(inputs.tokens(), batch, time);
+            });
+        }
+        FeatureDistillation.TeacherStates states = null;
+        if (features != null) {
+            states = teachers.getFirst() instanceof TeacherSource.Live l ? l.teacher().hiddenStates()
+                    : teacherStaging.stage(requireStates(teacherStates), features.spec().teacherLayers(), batch * time, features.teacherWidth());
+        }
+        FeatureDistillation.StudentStates tapped = features == null ? null : features.studentTap(graph.ops);
+        Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time, tapped);
+        kernels.joinCopies();
+        DifferentiableOps.DistillLoss loss = graph.ops.distillationLoss(hidden, model.lmHeadWeight(), new TeacherEnsemble(rows, weights, combination),
+                inputs.targets(), options, reduction, chunkRows, gradScale);
+        if (features != null) loss = loss.plusFeature(features.loss(graph.ops, tapped, states, gradScale), features.spec().weight());
+        graph.tape.backward();
+        return loss;
+    }
+
+    /**
      * Clips, checks, updates: the end of one optimizer step. When the loss or the gradient norm is
      * not finite, the parameters and moments are left untouched and {@link NonFiniteException} says
      * which step and what went wrong.
@@ -226,6 +268,7 @@ public final class TrainingSession implements AutoCloseable {
     public void close() {
         if (features != null) features.close();
         teacherStaging.close();
+        for (TeacherStaging s : extraStaging) s.close();
         graph.close();
         inputs.close();
     }
