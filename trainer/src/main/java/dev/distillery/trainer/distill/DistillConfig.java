@@ -16,6 +16,7 @@ import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.distill.FeatureDistillation;
+import dev.distillery.runtime.distill.TeacherEnsemble;
 import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.trainer.data.StrictJson;
 
@@ -50,6 +51,9 @@ import dev.distillery.trainer.data.StrictJson;
  * @param teacherModel    instead of {@code teacher}: a model run in the process on token windows (optional)
  * @param onPolicy        with teacher_model: a share of batches continued by the student's own samples (optional)
  * @param hiddenStates    feature distillation: student and teacher hidden states compared layer pair by pair (optional)
+ * @param teachers        more teachers on the same windows, each shards or a model, with weights (optional)
+ * @param teacherWeight   with teachers: the weight of the first teacher ({@code teacher} or {@code teacher_model}; default 1)
+ * @param teachersCombination with teachers: mean (of the teachers' losses, default) or mixture (of their distributions)
  */
 @JsonInclude(JsonInclude.Include.ALWAYS)
 public record DistillConfig(String teacher, String evalTeacher, String out, String tokenizer, String initFrom,
@@ -58,7 +62,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                             Double gradClip, Loss loss, Integer evalEvery, Integer evalBatches, Integer checkpointEvery,
                             Integer keepCheckpoints, Long seed, Integer threads, Integer prefetch, Boolean verifyChecksums,
                             Boolean checkValues, java.util.List<Integer> initLayers, TeacherModel teacherModel, OnPolicy onPolicy,
-                            HiddenStates hiddenStates) {
+                            HiddenStates hiddenStates, List<MoreTeacher> teachers, Double teacherWeight, String teachersCombination) {
 
     /**
      * On-policy distillation (GKD): a {@code fraction} of the micro-batches (default 0.5, drawn from
@@ -74,6 +78,33 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
             temperature = temperature == null ? 1.0 : temperature;
             jsdBeta = jsdBeta == null ? 0.5 : jsdBeta;
         }
+    }
+
+    /**
+     * One more teacher: a shard directory ({@code shards}) of the same windows, or a model folder
+     * ({@code model}) run in the process on them; {@code weight} (default 1) against the others'.
+     */
+    public record MoreTeacher(String shards, String model, Double weight) {
+        public MoreTeacher {
+            weight = weight == null ? 1.0 : weight;
+        }
+    }
+
+    /** The combination of several teachers, from 'teachers_combination'. */
+    public TeacherEnsemble.Combination combination() {
+        return switch (teachersCombination) {
+            case "mean" -> TeacherEnsemble.Combination.MEAN_OF_LOSSES;
+            case "mixture" -> TeacherEnsemble.Combination.MIXTURE;
+            default -> throw new IllegalArgumentException("'teachers_combination' must be mean or mixture, got \"" + teachersCombination + "\"");
+        };
+    }
+
+    /** Every teacher's weight, the first teacher's first, normalised to sum to 1. */
+    public float[] teacherWeights() {
+        double[] w = new double[1 + (teachers == null ? 0 : teachers.size())];
+        w[0] = teacherWeight;
+        for (int i = 1; i < w.length; i++) w[i] = teachers.get(i - 1).weight();
+        return TeacherEnsemble.normalized(w);
     }
 
     /**
@@ -319,13 +350,16 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         prefetch = prefetch == null ? 2 : prefetch;
         verifyChecksums = verifyChecksums == null || verifyChecksums;
         checkValues = checkValues == null || checkValues;
+        teacherWeight = teacherWeight == null ? 1.0 : teacherWeight;
+        teachersCombination = teachersCombination == null ? "mean" : teachersCombination;
     }
 
     /** This config with another step count (the schedule's length changes with it). */
     public DistillConfig withSteps(int n) {
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, n, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
-                prefetch, verifyChecksums, checkValues, initLayers, teacherModel, onPolicy, hiddenStates);
+                prefetch, verifyChecksums, checkValues, initLayers, teacherModel, onPolicy, hiddenStates, teachers, teacherWeight,
+                teachersCombination);
     }
 
     /** This config taught by the model in {@code path}, run in the process (a pipeline's later stage). */
@@ -334,7 +368,8 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                 : new TeacherModel(path, teacherModel.tokens(), teacherModel.evalTokens(), teacherModel.seqLen());
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, steps, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
-                prefetch, verifyChecksums, checkValues, initLayers, tm, onPolicy, hiddenStates);
+                prefetch, verifyChecksums, checkValues, initLayers, tm, onPolicy, hiddenStates, teachers, teacherWeight,
+                teachersCombination);
     }
 
     /** Checks what can be checked without opening the data; problems name the key. */
@@ -369,6 +404,21 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
             require(hiddenStates.weight() >= 0 && !hiddenStates.weight().isInfinite(), "hidden_states.weight",
                     "must be finite and >= 0, got " + hiddenStates.weight());
             require(onPolicy == null, "hidden_states", "and 'on_policy' cannot be combined: the student's own samples have no stored states to match");
+        }
+        if (teachers != null) {
+            require(!teachers.isEmpty(), "teachers", "must list at least one more teacher, or be left out");
+            for (int i = 0; i < teachers.size(); i++) {
+                MoreTeacher t = teachers.get(i);
+                require(t != null && (t.shards() == null) != (t.model() == null), "teachers[" + i + "]",
+                        "must give exactly one of 'shards' (a shard directory of the same windows) and 'model' (a model folder run in the process)");
+                require(t.weight() > 0 && !t.weight().isInfinite(), "teachers[" + i + "].weight", "must be positive and finite, got " + t.weight());
+            }
+            require(teacherWeight > 0 && !teacherWeight.isInfinite(), "teacher_weight", "must be positive and finite, got " + teacherWeight);
+            combination();
+            require(onPolicy == null, "teachers", "and 'on_policy' cannot be combined: the student's samples are scored by the one teacher run in the process");
+        } else {
+            require(teacherWeight == 1.0 && teachersCombination.equals("mean"), teacherWeight != 1.0 ? "teacher_weight" : "teachers_combination",
+                    "applies to several teachers; 'teachers' lists none");
         }
         require(out != null && !out.isBlank(), "out", "must name a folder, got \"" + out + "\"");
         require(evalTeacher == null || !evalTeacher.isBlank(), "eval_teacher", "must name a shard directory or be left out, got \"\"");

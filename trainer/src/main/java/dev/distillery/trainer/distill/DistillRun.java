@@ -2,8 +2,12 @@ package dev.distillery.trainer.distill;
 
 import java.io.IOException;
 import java.io.PrintWriter;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -18,6 +22,8 @@ import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
 import dev.distillery.runtime.distill.FeatureDistillation;
 import dev.distillery.runtime.distill.InProcessTeacher;
+import dev.distillery.runtime.distill.TeacherEnsemble;
+import dev.distillery.runtime.distill.TeacherSource;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.Evaluator;
 import dev.distillery.runtime.nn.Gpt2;
@@ -108,11 +114,13 @@ public final class DistillRun {
         if (cfg.teacherModel() != null) return runWithTeacherModel(cfg, kernels, resume, stopAfter, out, err);
         try (TeacherShards shards = TeacherShards.open(Path.of(cfg.teacher()), cfg.verifyChecksums());
              TeacherShards evalShards = cfg.evalTeacher() == null ? null : TeacherShards.open(Path.of(cfg.evalTeacher()), cfg.verifyChecksums());
+             MoreTeachers more = openMoreTeachers(cfg, shards, shards.manifest().vocabSize(), shards.manifest().tokenizerSha256(),
+                     shards.layout().kind() == TeacherTargets.Kind.DENSE, kernels, out, err);
              FolderLock lock = checkInputsThenLock(cfg, shards, evalShards, outDir, out, err)) {
             TeacherManifest m = shards.manifest();
             String line = String.format("%s (%s, %d sequences of %d, vocab %d)", cfg.teacher(), m.targets(), shards.sequences(), m.seqLen(),
                     m.vocabSize());
-            return train(cfg, kernels, resume, stopAfter, new Source(shards, evalShards, null, m.vocabSize(), cfg.teacher(), line), out, err);
+            return train(cfg, kernels, resume, stopAfter, new Source(shards, evalShards, null, m.vocabSize(), cfg.teacher(), line, more.list()), out, err);
         }
     }
 
@@ -120,7 +128,103 @@ public final class DistillRun {
      * Where a run's sequences and teacher come from: shards (ids and stored targets), or token
      * windows scored by {@code model}, run in the process.
      */
-    private record Source(Sequences train, Sequences eval, LanguageModel model, int vocab, String name, String line) {
+    private record Source(Sequences train, Sequences eval, LanguageModel model, int vocab, String name, String line, List<MoreTeacher> more) {
+    }
+
+    /** The teachers of 'teachers', closed together. */
+    private record MoreTeachers(List<MoreTeacher> list) implements AutoCloseable {
+        @Override
+        public void close() {
+            for (MoreTeacher t : list) t.close();
+        }
+    }
+
+    /** A teacher of 'teachers' beyond the first: its shards, or its model run in the process (the other null). */
+    private record MoreTeacher(String name, TeacherShards shards, LanguageModel model) implements AutoCloseable {
+        @Override
+        public void close() {
+            if (shards != null) shards.close();
+            if (model != null) model.close();
+        }
+    }
+
+    /**
+     * Opens 'teachers' and checks each against the first teacher before step 1, naming the key:
+     * one vocabulary, one tokenizer where recorded, the same windows (every sequence's ids), a
+     * loss its targets allow, and the whole distribution where they are mixed.
+     */
+    private static MoreTeachers openMoreTeachers(DistillConfig cfg, Sequences first, int vocab, String tokenizerSha256, boolean firstDense,
+                                                 Kernels kernels, PrintWriter out, PrintWriter err) throws IOException {
+        List<MoreTeacher> more = new ArrayList<>();
+        if (cfg.teachers() == null) return new MoreTeachers(more);
+        if (cfg.combination() == TeacherEnsemble.Combination.MIXTURE && !firstDense) {
+            throw new IllegalArgumentException("'teachers_combination' mixture needs each teacher's whole distribution, and the first teacher's shards ("
+                    + cfg.teacher() + ") are " + first.layout().kind() + "; use dense shards, a model, or 'teachers_combination': \"mean\"");
+        }
+        try {
+            for (int i = 0; i < cfg.teachers().size(); i++) {
+                DistillConfig.MoreTeacher t = cfg.teachers().get(i);
+                String key = "'teachers[" + i + "]." + (t.shards() != null ? "shards" : "model") + "' " + (t.shards() != null ? t.shards() : t.model());
+                requireReadable(t.shards() != null ? t.shards() : t.model(), "teachers[" + i + "]." + (t.shards() != null ? "shards" : "model"));
+                if (t.shards() != null) {
+                    TeacherShards shards = TeacherShards.open(Path.of(t.shards()), cfg.verifyChecksums());
+                    more.add(new MoreTeacher(t.shards(), shards, null));
+                    TeacherManifest m = shards.manifest();
+                    if (m.vocabSize() != vocab) {
+                        throw new IOException(key + ": vocab_size " + m.vocabSize() + ", the first teacher's is " + vocab + "; teachers must share a vocabulary");
+                    }
+                    if (tokenizerSha256 != null && m.tokenizerSha256() != null && !tokenizerSha256.equals(m.tokenizerSha256())) {
+                        throw new IOException(key + ": 'tokenizer_sha256' " + m.tokenizerSha256() + " differs from the first teacher's " + tokenizerSha256
+                                + ": their ids come from two tokenizers");
+                    }
+                    if (cfg.combination() == TeacherEnsemble.Combination.MIXTURE && shards.layout().kind() != TeacherTargets.Kind.DENSE) {
+                        throw new IllegalArgumentException("'teachers_combination' mixture needs each teacher's whole distribution, and " + key + " holds "
+                                + shards.layout().kind() + " targets; use dense shards, a model, or 'teachers_combination': \"mean\"");
+                    }
+                    sameWindows(first, shards, key);
+                    cfg.loss().requireCompatible(shards.layout(), Path.of(t.shards(), "manifest.json"));
+                    if (cfg.checkValues()) checkValues(shards, t.shards(), out, err);
+                } else {
+                    LanguageModel model = ModelFiles.readTeacher(Path.of(t.model()), kernels);
+                    more.add(new MoreTeacher(t.model(), null, model));
+                    if (model.vocabSize() != vocab) {
+                        throw new IOException(key + ": vocabulary " + model.vocabSize() + ", the first teacher's is " + vocab + "; teachers must share a vocabulary");
+                    }
+                    if (model.contextLength() < first.seqLen()) {
+                        throw new IOException(key + ": context " + model.contextLength() + " is shorter than the windows of " + first.seqLen() + " tokens");
+                    }
+                    Path beside = Path.of(t.model(), "tokenizer.json");
+                    if (tokenizerSha256 != null && Files.isRegularFile(beside) && !TeacherShards.sha256(beside).equals(tokenizerSha256)) {
+                        throw new IOException(key + ": its tokenizer.json is not the first teacher's: their ids come from two tokenizers");
+                    }
+                }
+            }
+            return new MoreTeachers(more);
+        } catch (IOException | RuntimeException e) {
+            for (MoreTeacher m : more) m.close();
+            throw e;
+        }
+    }
+
+    /** Every sequence of {@code other} has the ids of the same sequence of {@code first}, or an error naming the first that differs. */
+    private static void sameWindows(Sequences first, TeacherShards other, String key) throws IOException {
+        if (other.seqLen() != first.seqLen() || other.sequences() != first.sequences()) {
+            throw new IOException(key + ": " + other.sequences() + " sequences of " + other.seqLen() + " tokens, the first teacher's data has "
+                    + first.sequences() + " of " + first.seqLen() + "; teachers must score the same windows");
+        }
+        try (Arena arena = Arena.ofConfined()) {
+            long bytes = 4L * first.seqLen();
+            MemorySegment a = arena.allocate(bytes), b = arena.allocate(bytes);
+            for (int i = 0; i < first.sequences(); i++) {
+                first.copyInputIds(i, a, 0);
+                other.copyInputIds(i, b, 0);
+                long at = a.mismatch(b);
+                if (at >= 0) {
+                    throw new IOException(key + ": " + other.where(i, (int) (at / 4)) + " holds token " + b.getAtIndex(ValueLayout.JAVA_INT, at / 4)
+                            + " where the first teacher's data has " + a.getAtIndex(ValueLayout.JAVA_INT, at / 4) + "; teachers must score the same windows");
+                }
+            }
+        }
     }
 
     /** A run whose teacher is a model run in the process on windows of token files ('teacher_model'). */
@@ -152,8 +256,11 @@ public final class DistillRun {
                 }
                 String line = String.format("%s, run in the process (%s), on %d windows of %d tokens of %s", tm.path(), teacher.describe(),
                         train.sequences(), seqLen, tm.tokens());
-                try (FolderLock lock = FolderLock.acquire(Path.of(cfg.out()), "'out'")) {
-                    return train(cfg, kernels, resume, stopAfter, new Source(train, eval, teacher, teacher.vocabSize(), tm.path(), line), out, err);
+                String tokenizerSha256 = Files.isRegularFile(beside) ? TeacherShards.sha256(beside) : null;
+                try (MoreTeachers more = openMoreTeachers(cfg, train, teacher.vocabSize(), tokenizerSha256, true, kernels, out, err);
+                     FolderLock lock = FolderLock.acquire(Path.of(cfg.out()), "'out'")) {
+                    return train(cfg, kernels, resume, stopAfter, new Source(train, eval, teacher, teacher.vocabSize(), tm.path(), line, more.list()),
+                            out, err);
                 }
             }
         }
@@ -360,8 +467,15 @@ public final class DistillRun {
         }
         out.flush();
         try (TeacherBatchStream stream = new TeacherBatchStream(src.train(), cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex,
-                kernels::allocateStaging)) {
-            Steps steps = new Steps(cfg, session, stream, src, live, onPolicy, reduction, chunkRows, epoch, batchIndex, err);
+                kernels::allocateStaging);
+             ExtraTeachers extras = new ExtraTeachers(src.more(), cfg, kernels, chunkRows, epoch, batchIndex)) {
+            if (!src.more().isEmpty()) {
+                float[] w = cfg.teacherWeights();
+                StringBuilder b = new StringBuilder(String.format("teachers: %s of %d, weights %.3g (%s)", cfg.teachersCombination(), w.length, w[0], src.name()));
+                for (int i = 1; i < w.length; i++) b.append(String.format(", %.3g (%s)", w[i], src.more().get(i - 1).name()));
+                out.println(b.append("; held-out KL and agreement are to the first"));
+            }
+            Steps steps = new Steps(cfg, session, stream, src, live, onPolicy, reduction, chunkRows, epoch, batchIndex, err, extras);
             TrainingLoop.Outcome o = TrainingLoop.run(session, store, steps, new TrainingLoop.Settings("distill", "distill", cfg.steps(),
                     stopAfter, cfg.evalEvery(), cfg.checkpointEvery(), cfg.keepCheckpoints(), outDir,
                     cfg.tokenizer() == null ? null : Path.of(cfg.tokenizer())), lastCheckpoint, err);
@@ -378,6 +492,67 @@ public final class DistillRun {
         }
     }
 
+    /**
+     * The teachers of 'teachers' during training: a batch stream per shard teacher, in step with
+     * the first teacher's (same sequences, seed and position), or the model run in the process.
+     */
+    private static final class ExtraTeachers implements AutoCloseable {
+        private final List<MoreTeacher> more;
+        private final List<TeacherBatchStream> streams = new ArrayList<>();
+        private final List<InProcessTeacher> models = new ArrayList<>();
+        private final List<TeacherBatchStream.Batch> held = new ArrayList<>();
+
+        ExtraTeachers(List<MoreTeacher> more, DistillConfig cfg, Kernels kernels, int chunkRows, int epoch, int batchIndex) {
+            this.more = more;
+            try {
+                for (MoreTeacher t : more) {
+                    streams.add(t.shards() == null ? null : new TeacherBatchStream(t.shards(), cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch,
+                            batchIndex, kernels::allocateStaging));
+                    models.add(t.model() == null ? null : new InProcessTeacher(t.model(), kernels, chunkRows));
+                }
+            } catch (RuntimeException e) {
+                close();
+                throw e;
+            }
+        }
+
+        boolean any() {
+            return !more.isEmpty();
+        }
+
+        /** Every teacher of one micro-batch, the first ({@code first}) first; the shard teachers' batches are held until {@link #release()}. */
+        List<TeacherSource> sources(TeacherSource first, TeacherBatchStream.Batch batch) throws InterruptedException {
+            List<TeacherSource> all = new ArrayList<>(List.of(first));
+            for (int i = 0; i < more.size(); i++) {
+                if (models.get(i) != null) {
+                    all.add(new TeacherSource.Live(models.get(i)));
+                    continue;
+                }
+                TeacherBatchStream.Batch b = streams.get(i).next();
+                held.add(b);
+                if (b.epoch() != batch.epoch() || b.index() != batch.index() || !Arrays.equals(b.sequences(), batch.sequences())) {
+                    throw new IllegalStateException(more.get(i).name() + ": batch " + b.index() + " of epoch " + b.epoch()
+                            + " is out of step with the first teacher's batch " + batch.index() + " of epoch " + batch.epoch());
+                }
+                all.add(new TeacherSource.Stored(b.targets()));
+            }
+            return all;
+        }
+
+        void release() {
+            for (int i = 0, h = 0; i < more.size(); i++) {
+                if (streams.get(i) != null && h < held.size()) streams.get(i).release(held.get(h++));
+            }
+            held.clear();
+        }
+
+        @Override
+        public void close() {
+            for (TeacherBatchStream s : streams) if (s != null) s.close();
+            for (InProcessTeacher m : models) if (m != null) m.close();
+        }
+    }
+
     /** The distillation's steps in the shared loop: teacher batches, gradient accumulation, held-out evaluation, the data position. */
     private static final class Steps implements TrainingLoop.Task {
         private final DistillConfig cfg;
@@ -390,12 +565,14 @@ public final class DistillRun {
         private final int chunkRows, startStep;
         private final long tokensPerStep, loopStart, waitStart;
         private final PrintWriter err;
+        private final ExtraTeachers extras;
         private int epoch, batchIndex;
         double tokensPerSecond, waitFraction;
         Evaluation lastEval;
 
         Steps(DistillConfig cfg, TrainingSession session, TeacherBatchStream stream, Source src, InProcessTeacher live,
-              OnPolicyBatches onPolicy, DifferentiableOps.Reduction reduction, int chunkRows, int epoch, int batchIndex, PrintWriter err) {
+              OnPolicyBatches onPolicy, DifferentiableOps.Reduction reduction, int chunkRows, int epoch, int batchIndex, PrintWriter err,
+              ExtraTeachers extras) {
             this.cfg = cfg;
             this.session = session;
             this.stream = stream;
@@ -407,6 +584,7 @@ public final class DistillRun {
             this.epoch = epoch;
             this.batchIndex = batchIndex;
             this.err = err;
+            this.extras = extras;
             this.startStep = session.optimizer().step();
             this.tokensPerStep = (long) cfg.batchSize() * src.train().seqLen() * cfg.gradAccum();
             this.loopStart = System.nanoTime();
@@ -435,6 +613,12 @@ public final class DistillRun {
                         l = session.backwardDistill(live, onPolicy.options(options), reduction, chunkRows, 1f / cfg.gradAccum());
                         sampled++;
                         sampledRows += l.rows();
+                    } else if (extras.any()) {
+                        session.inputs().setSequences(batch.inputIds());
+                        TeacherSource first = live != null ? new TeacherSource.Live(live) : new TeacherSource.Stored(batch.targets());
+                        l = session.backwardDistill(extras.sources(first, batch), cfg.teacherWeights(), cfg.combination(), batch.hiddenStates(),
+                                options, reduction, chunkRows, 1f / cfg.gradAccum());
+                        extras.release();
                     } else {
                         session.inputs().setSequences(batch.inputIds());
                         l = live != null ? session.backwardDistill(live, options, reduction, chunkRows, 1f / cfg.gradAccum())
@@ -443,6 +627,9 @@ public final class DistillRun {
                     }
                 } catch (BadRowException e) {
                     throw inShards(e, src.train(), batch);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new IOException("interrupted while waiting for teacher batches", e);
                 }
                 loss += l.total() / cfg.gradAccum();
                 ce += l.ce() / cfg.gradAccum();

@@ -81,7 +81,7 @@ class DistillRunTest {
     static DistillConfig config(Path out, String shards, int steps, int checkpointEvery, double alpha) {
         return new DistillConfig(data.resolve(shards).toString(), data.resolve("dense").toString(), out.toString(), null, null,
                 DistillConfig.Student.gpt2(1, 16, 2, SEQ, VOCAB + 3), steps, 4, 2, 1e-2, 1e-3, 2, 0.0, null, null, 1.0,
-                new DistillConfig.Loss(1.0, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 4, checkpointEvery, 10, 5L, 0, 2, true, null, null, null, null, null);
+                new DistillConfig.Loss(1.0, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 4, checkpointEvery, 10, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
     }
 
     static DistillRun.Result run(DistillConfig c, boolean resume) throws IOException {
@@ -227,13 +227,13 @@ class DistillRunTest {
         byte[] before = Files.readAllBytes(run.resolve("checkpoints/step-00000002/model.safetensors"));
         // The value check finds the NaN before anything runs, naming the file, the sequence and the position.
         DistillConfig checked = new DistillConfig(bad.toString(), null, run.toString(), null, null, good.student(), 4, 4, 1,
-                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, null, null, null, null, null);
+                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
         IOException refused = assertThrows(IOException.class, () -> run(checked, true));
         assertTrue(refused.getMessage().endsWith("shard.safetensors, sequence 0, position 0: logits: token 5 is NaN; teacher logits must be finite"),
                 refused.getMessage());
         // Without it (check_values: false), the step's own guard stops the run at the first batch that holds one.
         DistillConfig poisoned = new DistillConfig(bad.toString(), null, run.toString(), null, null, good.student(), 4, 4, 1,
-                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, false, null, null, null, null);
+                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, false, null, null, null, null, null, null, null);
         IOException e = assertThrows(IOException.class, () -> run(poisoned, true));
         assertTrue(e.getMessage().contains("step 3") && e.getMessage().matches(".*shard\\.safetensors, sequence \\d+, position 0: the teacher's logit at column 5 is NaN.*")
                 && e.getMessage().contains("step-00000002"), e.getMessage());
@@ -246,7 +246,7 @@ class DistillRunTest {
         Path run = out.resolve("run");
         DistillConfig c = config(run, "dense", 30, 1, 0.5);
         DistillConfig exploding = new DistillConfig(c.teacher(), null, c.out(), null, null, c.student(), 30, 4, 1, 1e30, 1e30, 0, 0.0,
-                null, null, 0.0, c.loss(), 0, 4, 1, 100, 5L, 0, 2, true, null, null, null, null, null);
+                null, null, 0.0, c.loss(), 0, 4, 1, 100, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
         IOException e = assertThrows(IOException.class, () -> run(exploding, false));
         assertTrue(e.getMessage().contains("not finite") && e.getMessage().contains("Stopped; the last good checkpoint is"), e.getMessage());
         var store = dev.distillery.trainer.checkpoint.CheckpointStore.open(run.resolve("checkpoints"));
@@ -262,10 +262,10 @@ class DistillRunTest {
     void mismatchedShapesAreRefusedBeforeTheFirstStep(@TempDir Path out) {
         DistillConfig c = config(out, "dense", 2, 0, 0.5);
         DistillConfig small = new DistillConfig(c.teacher(), null, c.out(), null, null, DistillConfig.Student.gpt2(1, 16, 2, SEQ, VOCAB - 1),
-                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null);
+                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
         assertTrue(assertThrows(IOException.class, () -> run(small, false)).getMessage().contains("smaller than the teacher's " + VOCAB));
         DistillConfig shortContext = new DistillConfig(c.teacher(), null, c.out(), null, null, DistillConfig.Student.gpt2(1, 16, 2, SEQ - 1, null),
-                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null);
+                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
         assertTrue(assertThrows(IOException.class, () -> run(shortContext, false)).getMessage().contains("shorter than the shards' seq_len"));
     }
 
@@ -284,7 +284,7 @@ class DistillRunTest {
 
     private static DistillConfig withLoss(DistillConfig c, String shards, DistillConfig.Loss loss) {
         return new DistillConfig(data.resolve(shards).toString(), null, c.out(), null, null, c.student(), c.steps(), c.batchSize(), 1,
-                c.lr(), c.minLr(), 0, 0.0, null, null, 1.0, loss, 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null);
+                c.lr(), c.minLr(), 0, 0.0, null, null, 1.0, loss, 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
     }
 
     /** Two runs started together on one folder: exactly one runs; the other is refused in one line. */

@@ -197,6 +197,72 @@ class InProcessTeacherRunTest {
         }
     }
 
+    /**
+     * Several teachers: a teacher with a copy of itself (its dense shards and its model run in the
+     * process) trains step for step as the teacher alone, as a mean of losses and as a mixture;
+     * three different teachers (Llama shards, Qwen2 and GPT-2 run in the process) mixed train and
+     * resume bit-identically; impossible combinations are refused by key before step 1.
+     */
+    @Test
+    void severalTeachersTrainAsTheirDefinitionsSayAndResumeExactly(@TempDir Path dir) throws Exception {
+        Path hf = Path.of(InProcessTeacherRunTest.class.getResource("/dev/distillery/trainer/hf").toURI());
+        Rng rng = new Rng(9);
+        for (String name : List.of("train.bin", "other.bin")) {
+            int[] tokens = new int[WINDOWS * SEQ];
+            for (int i = 0; i < tokens.length; i++) tokens[i] = rng.nextInt(VOCAB);
+            TokenFile.write(dir.resolve(name), tokens);
+        }
+        for (String[] d : new String[][]{{"dense", "train.bin"}, {"topk", "train.bin"}, {"dense", "other.bin"}}) {
+            assertEquals(0, run("teacher", "dump-logits", "--teacher", hf.resolve("llama-tiny").toString(), "--tokens", dir.resolve(d[1]).toString(),
+                    "--out", dir.resolve(d[0] + "-" + d[1]).toString(), "--targets", d[0], "--k", "8", "--dtype", "f32", "--seq-len", Integer.toString(SEQ)));
+        }
+        String common = "\"teacher\": \"" + dir.resolve("dense-train.bin") + "\", \"steps\": 4, \"batch_size\": 4, \"lr\": 0.01, \"seed\": 7, "
+                + "\"checkpoint_every\": 2, \"student\": {\"architecture\": \"llama\", \"layers\": 1, \"channels\": 16, \"heads\": 2}, "
+                + "\"loss\": {\"temperature\": 2.0, \"alpha\": 0.3, \"divergence\": \"jsd\"}";
+        String copy = ", \"teachers\": [{\"model\": \"" + hf.resolve("llama-tiny") + "\", \"weight\": 3}]";
+        assertEquals(0, run("distill", "--config", config(dir, "alone", common).toString()));
+        for (String combination : List.of("mean", "mixture")) {
+            StringWriter out = new StringWriter();
+            assertEquals(0, run(out, "distill", "--config", config(dir, combination, common + copy + ", \"teachers_combination\": \"" + combination + "\"")
+                    .toString()));
+            assertTrue(out.toString().contains("teachers: " + combination + " of 2, weights 0.25"), out.toString());
+            List<JsonNode> a = records(dir.resolve("alone")), b = records(dir.resolve(combination));
+            for (int i = 0; i < a.size(); i++) {
+                for (String key : List.of("loss", "ce", "divergence", "grad_norm")) {
+                    double p = a.get(i).get(key).asDouble(), q = b.get(i).get(key).asDouble();
+                    assertEquals(p, q, 1e-4 * Math.max(1e-3, Math.abs(p)), combination + ": step " + a.get(i).get("step") + " " + key);
+                }
+            }
+        }
+        String three = common + ", \"teachers_combination\": \"mixture\", \"teacher_weight\": 2, \"teachers\": [{\"model\": \""
+                + hf.resolve("qwen2-tiny") + "\"}, {\"model\": \"" + hf.resolve("gpt2-tiny") + "\"}]";
+        assertEquals(0, run("distill", "--config", config(dir, "three", three).toString()));
+        assertEquals(0, run("distill", "--config", config(dir, "three-split", three).toString(), "--stop-after", "2"));
+        assertEquals(0, run("distill", "--config", config(dir, "three-split", three).toString(), "--resume"));
+        try (CpuKernels kernels = new CpuKernels(1, "auto");
+             LanguageModel p = ModelFiles.read(dir.resolve("three/checkpoints/step-00000004"), kernels);
+             LanguageModel q = ModelFiles.read(dir.resolve("three-split/checkpoints/step-00000004"), kernels)) {
+            for (var t : p.parameters().parameters()) {
+                assertEquals(-1, t.data().mismatch(q.parameters().get(t.name()).data()), t.name() + " after an interrupted run of three teachers");
+            }
+        }
+        for (String[] c : new String[][]{
+                {common.replace("dense-train.bin", "topk-train.bin") + copy + ", \"teachers_combination\": \"mixture\"",
+                        "'teachers_combination' mixture needs each teacher's whole distribution"},
+                {common + ", \"teachers\": [{\"shards\": \"" + dir.resolve("topk-train.bin") + "\"}], \"teachers_combination\": \"mixture\"",
+                        "'teachers[0].shards' " + dir.resolve("topk-train.bin") + " holds TOP_K targets"},
+                {common + ", \"teachers\": [{\"shards\": \"" + dir.resolve("dense-other.bin") + "\"}]", "teachers must score the same windows"},
+                {common + ", \"teachers\": [{\"shards\": \"a\", \"model\": \"b\"}]", "'teachers[0]' must give exactly one of 'shards'"},
+                {common + ", \"teacher_weight\": 2", "'teacher_weight' applies to several teachers"},
+                {common + ", \"teachers_combination\": \"median\"" + copy, "'teachers_combination' must be mean or mixture"}}) {
+            StringWriter err = new StringWriter();
+            assertEquals(Main.EXIT_FAILED, Main.execute(new String[]{"distill", "--config", config(dir, "refused", c[0]).toString(), "--device", "cpu"},
+                    new PrintWriter(new StringWriter()), new PrintWriter(err, true)), err.toString());
+            assertTrue(err.toString().contains(c[1]), c[1] + " in: " + err);
+            assertTrue(!Files.exists(dir.resolve("refused")), "a refused config writes nothing: " + c[1]);
+        }
+    }
+
     @Test
     void aTeacherModelWithShardsOrWithoutTokensIsRefusedByItsKey(@TempDir Path dir) throws Exception {
         for (String[] c : new String[][]{
