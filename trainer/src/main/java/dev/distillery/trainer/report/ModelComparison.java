@@ -45,6 +45,11 @@ public final class ModelComparison {
     /** One model's figures; kl and agreement are NaN without a teacher, peakRss −1 where it cannot be read. */
     public record Row(String name, long parameters, long bytesOnDisk, double perplexity, double kl, double agreement,
                       double generationTokensPerSecond, long peakRss) {
+
+        /** This row under another name (a report's label instead of the folder). */
+        public Row withName(String label) {
+            return new Row(label, parameters, bytesOnDisk, perplexity, kl, agreement, generationTokensPerSecond, peakRss);
+        }
     }
 
     private ModelComparison() {
@@ -154,6 +159,12 @@ public final class ModelComparison {
         return b.toString();
     }
 
+    /** A folder's last name, or a label as it is (cut to fit under its bar). */
+    private static String label(String name) {
+        String l = name.contains("/") ? Path.of(name).getFileName().toString() : name;
+        return l.length() > 28 ? l.substring(0, 27) + "…" : l;
+    }
+
     /** compare.md and compare.png (held-out perplexity per model) in {@code dir}. */
     public static void write(Path dir, List<Row> rows) throws IOException {
         Files.createDirectories(dir);
@@ -163,7 +174,7 @@ public final class ModelComparison {
         CategoryChart chart = new CategoryChartBuilder().width(160 + 140 * rows.size()).height(420).title("held-out perplexity")
                 .xAxisTitle("model").yAxisTitle("perplexity").build();
         chart.getStyler().setLegendVisible(false);
-        chart.addSeries("perplexity", rows.stream().map(r -> Path.of(r.name()).getFileName().toString()).toList(),
+        chart.addSeries("perplexity", rows.stream().map(r -> label(r.name())).toList(),
                 rows.stream().map(Row::perplexity).toList());
         byte[] png = BitmapEncoder.getBitmapBytes(chart, BitmapEncoder.BitmapFormat.PNG);
         AtomicFileWriter.write(dir.resolve("compare.png"), ch -> AtomicFileWriter.writeFully(ch, ByteBuffer.wrap(png)));

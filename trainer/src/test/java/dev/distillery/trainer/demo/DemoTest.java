@@ -16,6 +16,7 @@ import org.junit.jupiter.api.io.TempDir;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.trainer.corpus.Corpus;
+import dev.distillery.trainer.report.ModelComparison;
 
 /** The whole demo pipeline at toy sizes: every stage runs and the report has its three rows. */
 class DemoTest {
@@ -26,24 +27,51 @@ class DemoTest {
         Demo.Settings tiny = new Demo.Settings(300, 16, 8, new Gpt2Config(300, 16, 2, 32, 2), 40, 3e-3,
                 1, 16, 2, 30, 3e-3, 8, 0.5, 1.0, 4);
         StringWriter out = new StringWriter();
-        List<Demo.Row> rows;
+        Demo.Outcome o;
         try (CpuKernels k = new CpuKernels(2, "auto")) {
-            rows = Demo.run(tiny, corpus, work, 1, k, new PrintWriter(out, true), new PrintWriter(new StringWriter(), true));
+            o = Demo.run(tiny, corpus, work, 1, k, new PrintWriter(out, true), new PrintWriter(new StringWriter(), true));
         }
+        List<ModelComparison.Row> rows = o.models();
         assertEquals(3, rows.size());
-        for (Demo.Row r : rows) {
+        for (ModelComparison.Row r : rows) {
             assertTrue(Double.isFinite(r.perplexity()) && r.perplexity() > 1 && r.perplexity() < 300, r.toString());
             assertTrue(r.bytesOnDisk() > 4 * r.parameters(), r.toString());
             assertTrue(r.generationTokensPerSecond() > 0, r.toString());
+            assertTrue(Double.isFinite(r.kl()) && r.agreement() > 0, r.toString());
         }
+        assertEquals(0, rows.get(0).kl(), 1e-6, "the teacher against itself");
         assertTrue(rows.get(0).parameters() > rows.get(1).parameters());
         String report = Files.readString(work.resolve("report.md"));
         assertTrue(report.contains("| teacher |") && report.contains("| student, distilled |") && report.contains("hard labels only"), report);
-        assertTrue(Files.size(work.resolve("curves.png")) > 1000);
+        assertTrue(Files.size(work.resolve("curves.png")) > 1000 && Files.size(work.resolve("compare/compare.png")) > 1000);
         for (String p : new String[]{"data/tokenizer.json", "shards/train/manifest.json", "shards/val/manifest.json",
-                "student-distilled/metrics.jsonl", "student-baseline/checkpoints/latest"}) {
+                "student-distilled/metrics.jsonl", "student-baseline/checkpoints/latest", "compare/compare.md"}) {
             assertTrue(Files.exists(work.resolve(p)), p);
         }
         assertTrue(out.toString().contains("== 6/6 report"), out.toString());
+    }
+
+    /** --methods at toy sizes: every method trains a student that the report lists, with its time, beside the baseline. */
+    @Test
+    void tinyDemoWithMethodsRunsEveryMethod(@TempDir Path work) throws IOException {
+        Corpus corpus = new Corpus("slice", Corpus.bundled().text().substring(0, 60_000));
+        Demo.Settings tiny = new Demo.Settings(300, 16, 8, new Gpt2Config(300, 16, 2, 32, 2), 40, 3e-3,
+                1, 16, 2, 30, 3e-3, 8, 0.5, 1.0, 4);
+        StringWriter out = new StringWriter();
+        Demo.Outcome o;
+        try (CpuKernels k = new CpuKernels(2, "auto")) {
+            o = Demo.run(tiny, corpus, work, 1, true, k, new PrintWriter(out, true), new PrintWriter(new StringWriter(), true));
+        }
+        assertEquals(3 + 6, o.models().size());
+        assertEquals(2 + 6, o.methods().size());
+        for (Demo.MethodRow r : o.methods()) {
+            assertTrue(Double.isFinite(r.model().perplexity()) && r.model().perplexity() < 300 && r.trainSeconds() > 0, r.toString());
+        }
+        String report = Files.readString(work.resolve("report.md"));
+        for (String m : new String[]{"| soft targets, dense, teacher in the process |", "| + hidden states (cosine, pairs [[1, 2]]) |",
+                "| two teachers (mixture", "| on-policy (GKD", "| born-again (the teacher's size", "| progressive (teacher -> assistant of 1 x 24"}) {
+            assertTrue(report.contains(m), m + " in " + report);
+        }
+        assertTrue(out.toString().contains("== 7/7 report"), out.toString());
     }
 }
