@@ -256,6 +256,7 @@ public final class DistillRun {
                 }
                 String line = String.format("%s, run in the process (%s), on %d windows of %d tokens of %s", tm.path(), teacher.describe(),
                         train.sequences(), seqLen, tm.tokens());
+                requireFeatureSources(cfg, train, tm.path(), teacher.layers());
                 String tokenizerSha256 = Files.isRegularFile(beside) ? TeacherShards.sha256(beside) : null;
                 try (MoreTeachers more = openMoreTeachers(cfg, train, teacher.vocabSize(), tokenizerSha256, true, kernels, out, err);
                      FolderLock lock = FolderLock.acquire(Path.of(cfg.out()), "'out'")) {
@@ -328,16 +329,6 @@ public final class DistillRun {
             teacherWidth = live.model().width();
         } else {
             int[] kept = src.train().hiddenLayers();
-            if (kept.length == 0) {
-                throw new IllegalArgumentException("'hidden_states' needs the teacher's hidden states, and the shards of " + src.name()
-                        + " carry none: use 'teacher_model', or shards dumped with 'teacher dump-logits --hidden-layers'");
-            }
-            for (int l : spec.teacherLayers()) {
-                if (Arrays.stream(kept).noneMatch(k -> k == l)) {
-                    throw new IllegalArgumentException("'hidden_states.pairs' reads the teacher's hidden state " + l + ", but the shards of "
-                            + src.name() + " carry states " + Arrays.toString(kept));
-                }
-            }
             teacherLayers = Arrays.stream(kept).max().orElseThrow();
             teacherWidth = src.train().hiddenSize();
         }
@@ -352,6 +343,39 @@ public final class DistillRun {
         if (live != null) live.keepHiddenStates(spec.teacherLayers());
         out.printf("hidden states: %s of %d pairs (student width %d -> teacher width %d through a learned projection each), weight %.3g%n",
                 cfg.hiddenStates().distance(), spec.pairs().size(), student.width(), teacherWidth, spec.weight());
+    }
+
+    /**
+     * Whether 'hidden_states' can be had, checked before the run folder is made: the states each
+     * pair reads exist in the teacher ({@code teacherLayers} blocks; or, with shards, among those
+     * {@code train} carries) and, for a fresh student, in the student.
+     */
+    private static void requireFeatureSources(DistillConfig cfg, Sequences train, String name, int teacherLayers) {
+        if (cfg.hiddenStates() == null) return;
+        FeatureDistillation.Spec spec = cfg.hiddenStates().spec();
+        if (teacherLayers < 0) {
+            int[] kept = train.hiddenLayers();
+            if (kept.length == 0) {
+                throw new IllegalArgumentException("'hidden_states' needs the teacher's hidden states, and the shards of " + name
+                        + " carry none: use 'teacher_model', or shards dumped with 'teacher dump-logits --hidden-layers'");
+            }
+            for (int l : spec.teacherLayers()) {
+                if (Arrays.stream(kept).noneMatch(k -> k == l)) {
+                    throw new IllegalArgumentException("'hidden_states.pairs' reads the teacher's hidden state " + l + ", but the shards of "
+                            + name + " carry states " + Arrays.toString(kept));
+                }
+            }
+        }
+        for (FeatureDistillation.Pair p : spec.pairs()) {
+            if (teacherLayers >= 0 && p.teacher() > teacherLayers) {
+                throw new IllegalArgumentException("'hidden_states.pairs': teacher hidden state " + p.teacher() + " does not exist: the teacher has "
+                        + teacherLayers + " blocks, so states 0.." + teacherLayers);
+            }
+            if (cfg.initFrom() == null && p.student() > cfg.student().layers()) {
+                throw new IllegalArgumentException("'hidden_states.pairs': student hidden state " + p.student() + " does not exist: the student has "
+                        + cfg.student().layers() + " blocks, so states 0.." + cfg.student().layers());
+            }
+        }
     }
 
     /** The student read from init_from: all of it, or the init_layers blocks (an IllegalArgumentException names the key). */
@@ -394,6 +418,7 @@ public final class DistillRun {
             if (evalShards != null) requireTheShardsTokenizer(cfg.tokenizer(), actual, evalShards.manifest(), Path.of(cfg.evalTeacher(), "manifest.json"));
         }
         cfg.loss().requireCompatible(shards.layout(), Path.of(cfg.teacher(), "manifest.json"));
+        requireFeatureSources(cfg, shards, cfg.teacher(), -1);
         if (shards.sequences() < cfg.batchSize()) {
             throw new IOException(cfg.teacher() + ": 'batch_size' " + cfg.batchSize() + " exceeds the " + shards.sequences() + " sequences in the shards");
         }

@@ -162,7 +162,7 @@ public final class ModelComparison {
     /** A folder's last name, or a label as it is (cut to fit under its bar). */
     private static String label(String name) {
         String l = name.contains("/") ? Path.of(name).getFileName().toString() : name;
-        return l.length() > 28 ? l.substring(0, 27) + "…" : l;
+        return l.length() > 26 ? l.substring(0, 25) + "…" : l;
     }
 
     /** compare.md and compare.png (held-out perplexity per model) in {@code dir}. */
@@ -171,9 +171,10 @@ public final class ModelComparison {
         byte[] md = markdown(rows).getBytes(StandardCharsets.UTF_8);
         AtomicFileWriter.write(dir.resolve("compare.md"), ch -> AtomicFileWriter.writeFully(ch, ByteBuffer.wrap(md)));
         System.setProperty("java.awt.headless", "true");
-        CategoryChart chart = new CategoryChartBuilder().width(160 + 140 * rows.size()).height(420).title("held-out perplexity")
+        CategoryChart chart = new CategoryChartBuilder().width(160 + 140 * rows.size()).height(480).title("held-out perplexity")
                 .xAxisTitle("model").yAxisTitle("perplexity").build();
         chart.getStyler().setLegendVisible(false);
+        chart.getStyler().setXAxisLabelRotation(20);
         chart.addSeries("perplexity", rows.stream().map(r -> label(r.name())).toList(),
                 rows.stream().map(Row::perplexity).toList());
         byte[] png = BitmapEncoder.getBitmapBytes(chart, BitmapEncoder.BitmapFormat.PNG);

@@ -246,12 +246,20 @@ class InProcessTeacherRunTest {
                 assertEquals(-1, t.data().mismatch(q.parameters().get(t.name()).data()), t.name() + " after an interrupted run of three teachers");
             }
         }
+        Path otherVocab = dir.resolve("vocab-50");
+        try (CpuKernels kernels = new CpuKernels(1, "auto"); LanguageModel m = new dev.distillery.runtime.nn.Gpt2(
+                new dev.distillery.runtime.nn.Gpt2Config(50, SEQ, 1, 8, 2), kernels)) {
+            m.initialize(1);
+            ModelFiles.write(otherVocab, m);
+        }
         for (String[] c : new String[][]{
                 {common.replace("dense-train.bin", "topk-train.bin") + copy + ", \"teachers_combination\": \"mixture\"",
                         "'teachers_combination' mixture needs each teacher's whole distribution"},
                 {common + ", \"teachers\": [{\"shards\": \"" + dir.resolve("topk-train.bin") + "\"}], \"teachers_combination\": \"mixture\"",
                         "'teachers[0].shards' " + dir.resolve("topk-train.bin") + " holds TOP_K targets"},
                 {common + ", \"teachers\": [{\"shards\": \"" + dir.resolve("dense-other.bin") + "\"}]", "teachers must score the same windows"},
+                {common + ", \"teachers\": [{\"model\": \"" + otherVocab + "\"}]", "vocabulary 50, the first teacher's is 97; teachers must share a vocabulary"},
+                {common + ", \"hidden_states\": {\"pairs\": [[1, 1]]}", "'hidden_states' needs the teacher's hidden states, and the shards of"},
                 {common + ", \"teachers\": [{\"shards\": \"a\", \"model\": \"b\"}]", "'teachers[0]' must give exactly one of 'shards'"},
                 {common + ", \"teacher_weight\": 2", "'teacher_weight' applies to several teachers"},
                 {common + ", \"teachers_combination\": \"median\"" + copy, "'teachers_combination' must be mean or mixture"}}) {
