@@ -4,6 +4,7 @@ import java.util.function.Consumer;
 
 import dev.distillery.bindings.CudaDevices;
 import dev.distillery.bindings.CudaLibraries;
+import dev.distillery.bindings.SharedLibraries;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.cuda.CudaDevice;
 import dev.distillery.kernels.cuda.CudaKernels;
@@ -53,7 +54,7 @@ public final class Backends {
     public static String cudaUnavailableReason() {
         CudaDevices.Probe p = CudaDevices.probe();
         if (!p.available()) return p.reason();
-        CudaLibraries.Probe blas = CudaLibraries.cublas();
+        SharedLibraries.Probe blas = CudaLibraries.cublas();
         if (!blas.loaded()) return "found " + p.devices().getFirst().describe() + ", but cuBLAS " + blas.describe();
         if (CudaDevice.class.getResource(CudaDevice.FATBIN) == null) {
             return "found " + p.devices().getFirst().describe() + ", but this jar was built without nvcc and holds no CUDA kernels";

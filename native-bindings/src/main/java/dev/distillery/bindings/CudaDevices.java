@@ -39,7 +39,7 @@ public final class CudaDevices {
     }
 
     private static Probe find() {
-        CudaLibraries.Probe lib = CudaLibraries.driver();
+        SharedLibraries.Probe lib = CudaLibraries.driver();
         if (!lib.loaded()) return new Probe(List.of(), "no CUDA driver: libcuda.so.1 " + lib.describe());
         try (Arena a = Arena.ofConfined()) {
             CudaCalls.driver(CudaDriver.cuInit(0), "cuInit(0)");

@@ -39,7 +39,7 @@ class CudaBindingsTest {
 
     @Test
     void everyBoundDriverSymbolResolves() throws IOException {
-        CudaLibraries.Probe p = CudaLibraries.driver();
+        SharedLibraries.Probe p = CudaLibraries.driver();
         assumeTrue(p.loaded(), "skipped: no CUDA driver on this machine: libcuda.so.1 " + p.describe());
         for (String name : boundFunctions("cuda.args")) {
             assertTrue(SymbolLookup.loaderLookup().find(name).isPresent(), name + " is not exported by " + p.path());
@@ -48,7 +48,7 @@ class CudaBindingsTest {
 
     @Test
     void everyBoundCublasSymbolResolves() throws IOException {
-        CudaLibraries.Probe p = CudaLibraries.cublas();
+        SharedLibraries.Probe p = CudaLibraries.cublas();
         assumeTrue(p.loaded(), "skipped: no cuBLAS on this machine: " + p.describe());
         for (String name : boundFunctions("cublas.args")) {
             assertTrue(SymbolLookup.loaderLookup().find(name).isPresent(), name + " is not exported by " + p.path());
@@ -58,13 +58,13 @@ class CudaBindingsTest {
     /** The loading path itself (dlopen by soname, the mapped path, System.load, the loader lookup), on a library every Linux has. */
     @Test
     void loadingBySonameMakesSymbolsVisibleToTheGeneratedLookup() {
-        CudaLibraries.Probe p = CudaLibraries.load(List.of("libdistillery-absent.so.9", "libz.so.1"));
+        SharedLibraries.Probe p = SharedLibraries.load(List.of("libdistillery-absent.so.9", "libz.so.1"));
         assertTrue(p.loaded(), p.describe());
         assertEquals("libz.so.1", p.soname());
         assertTrue(p.path().startsWith("/"), p.path());
         assertEquals(List.of("libdistillery-absent.so.9 (not loadable)"), p.tried());
         assertTrue(SymbolLookup.loaderLookup().find("zlibVersion").isPresent());
-        CudaLibraries.Probe none = CudaLibraries.load(List.of("libdistillery-absent.so.9"));
+        SharedLibraries.Probe none = SharedLibraries.load(List.of("libdistillery-absent.so.9"));
         assertFalse(none.loaded());
         assertTrue(none.describe().contains("libdistillery-absent.so.9"), none.describe());
     }

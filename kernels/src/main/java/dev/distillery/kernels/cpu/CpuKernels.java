@@ -714,24 +714,41 @@ public final class CpuKernels implements Kernels {
         }
         float inv = 1f / temperature, logWeight = (float) Math.log(weight);
         pool.forEachChunk(n, 1, (chunk, start, end) -> {
-            for (int r = start; r < end; r++) {
-                long o = (long) r * vocab;
-                float mx = Float.NEGATIVE_INFINITY;
-                for (int j = 0; j < vocab; j++) mx = Math.max(mx, teacherType.read(teacher, o + j) * inv);
-                double sum = 0;
-                for (int j = 0; j < vocab; j++) sum += Math.exp(teacherType.read(teacher, o + j) * inv - mx);
-                float shift = logWeight - mx - (float) Math.log(sum);   // log w − lse(t/T)
-                for (int j = 0; j < vocab; j++) set(mix, o + j, logAddExp(get(mix, o + j), teacherType.read(teacher, o + j) * inv + shift));
+            try (Arena scratch = Arena.ofConfined()) {
+                MemorySegment widened = teacherType == DType.F32 ? null : scratch.allocate(4L * vocab, 64);
+                for (int r = start; r < end; r++) {
+                    long o = (long) r * vocab;
+                    MemorySegment row = teacher;
+                    long at = o;
+                    if (widened != null) {   // f16/bf16: one row widened, then the same vector loops
+                        for (int j = 0; j < vocab; j++) set(widened, j, teacherType.read(teacher, o + j));
+                        row = widened;
+                        at = 0;
+                    }
+                    float mx = VectorOps.max(row, at, vocab) * inv;
+                    float shift = logWeight - mx - (float) Math.log(VectorOps.expSumScaled(row, at, vocab, inv, mx));   // log w − lse(t/T)
+                    foldIntoMixture(mix, o, row, at, vocab, inv, shift);
+                }
             }
         });
     }
 
-    /** log(e^a + e^b), exact at a or b = −∞. */
-    private static float logAddExp(float a, float b) {
-        if (a == Float.NEGATIVE_INFINITY) return b;
-        if (b == Float.NEGATIVE_INFINITY) return a;
-        float m = Math.max(a, b);
-        return m + (float) Math.log1p(Math.exp(-Math.abs(a - b)));
+    /**
+     * mix[o + j] ← log(exp(mix[o + j]) + exp(inv · t[at + j] + shift)) = m + log(1 + exp(−|a − b|)),
+     * m = max(a, b): exact when the mixture is still −∞ (the exp is 0 and m is the teacher's term).
+     */
+    private static void foldIntoMixture(MemorySegment mix, long o, MemorySegment t, long at, int n, float inv, float shift) {
+        int j = 0;
+        for (int bound = SPECIES.loopBound(n); j < bound; j += LANES) {
+            FloatVector b = FloatVector.fromMemorySegment(SPECIES, t, (at + j) * 4L, ORDER).fma(inv, shift);
+            FloatVector a = FloatVector.fromMemorySegment(SPECIES, mix, (o + j) * 4L, ORDER);
+            FloatVector d = a.sub(b).abs().neg();
+            a.max(b).add(VectorOps.log(VectorOps.expNonPositive(d).add(1f))).intoMemorySegment(mix, (o + j) * 4L, ORDER);
+        }
+        for (; j < n; j++) {
+            float a = get(mix, o + j), b = Math.fma(get(t, at + j), inv, shift);
+            set(mix, o + j, Math.max(a, b) + VectorOps.log(VectorOps.exp(-Math.abs(a - b)) + 1f));
+        }
     }
 
     // ---------------------------------------------------------------- feature (hidden-state) distillation

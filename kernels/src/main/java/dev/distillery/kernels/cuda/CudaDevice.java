@@ -11,6 +11,7 @@ import java.util.Map;
 import dev.distillery.bindings.CudaCalls;
 import dev.distillery.bindings.CudaDevices;
 import dev.distillery.bindings.CudaLibraries;
+import dev.distillery.bindings.SharedLibraries;
 import dev.distillery.bindings.cublas.Cublas;
 import dev.distillery.bindings.cuda.CudaDriver;
 
@@ -51,7 +52,7 @@ public final class CudaDevice implements CudaBackend {
             throw new IllegalArgumentException("CUDA device " + ordinal + " does not exist (" + probe.devices().size() + " found)");
         }
         this.info = probe.devices().get(ordinal);
-        CudaLibraries.Probe blas = CudaLibraries.cublas();
+        SharedLibraries.Probe blas = CudaLibraries.cublas();
         if (!blas.loaded()) throw new IllegalStateException("cuBLAS " + blas.describe());
         byte[] image = fatbin();
 

@@ -1,11 +1,14 @@
 package dev.distillery.runtime.nn;
 
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.List;
 
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.runtime.ParameterStore;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
 import dev.distillery.runtime.autograd.DifferentiableOps;
@@ -17,6 +20,7 @@ import dev.distillery.runtime.distill.TeacherSource;
 import dev.distillery.runtime.distill.TeacherStaging;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
+import dev.distillery.runtime.parallel.Collective;
 
 /**
  * One model, its optimizer, a workspace and a tape on a fixed (batch, time) shape: the training
@@ -56,6 +60,8 @@ public final class TrainingSession implements AutoCloseable {
     private final AdamW.Config adam;
     private FeatureDistillation features;
     private AdamW featureOptimizer;
+    private final List<MemorySegment> sums = new ArrayList<>();
+    private int microBatches;
 
     public TrainingSession(LanguageModel model, Kernels kernels, AdamW.Config adam, LearningRateSchedule schedule,
                            double maxGradNorm, int batch, int time) {
@@ -135,8 +141,56 @@ public final class TrainingSession implements AutoCloseable {
 
     /** Zeroes the parameter gradients: the start of one optimizer step of one or more micro-batches. */
     public void beginStep() {
-        model.parameters().zeroGrad();
-        if (features != null) features.projections().zeroGrad();
+        for (ParameterStore s : trainable()) s.zeroGrad();
+        microBatches = 0;
+    }
+
+    /** The model's parameters, and the feature projections when there are some. */
+    private List<ParameterStore> trainable() {
+        return features == null ? List.of(model.parameters()) : List.of(model.parameters(), features.projections());
+    }
+
+    /**
+     * Ends one micro-batch of a step that has several (over micro-batches, over ranks, or both):
+     * its gradients join the step's sum in order (the first is copied, each later one added) and
+     * the parameter gradients are zeroed for the next. So a step's gradient is Σ_k g_k added in
+     * micro-batch order, whatever the ranks, rather than accumulated inside the backward kernels.
+     */
+    public void endMicroBatch() {
+        List<ParameterStore> stores = trainable();
+        while (sums.size() < stores.size()) sums.add(stores.get(sums.size()).allocateLikeBlock());
+        for (int i = 0; i < stores.size(); i++) {
+            ParameterStore s = stores.get(i);
+            if (microBatches == 0) kernels.copy(sums.get(i), s.gradBlock(), 4 * s.blockElements());
+            else kernels.accumulate(sums.get(i), s.gradBlock(), s.blockElements());
+            s.zeroGrad();
+        }
+        microBatches++;
+    }
+
+    /**
+     * The step's gradient into the parameter gradients: the micro-batches' sum
+     * ({@link #endMicroBatch}), then Σ over ranks in rank order ({@link Collective#sumInRankOrder}),
+     * through host memory where the kernels' memory is a device's.
+     */
+    public void reduceGradients(Collective collective) {
+        List<ParameterStore> stores = trainable();
+        for (int i = 0; i < stores.size(); i++) {
+            ParameterStore s = stores.get(i);
+            long bytes = 4 * s.blockElements();
+            if (microBatches > 0) kernels.copy(s.gradBlock(), sums.get(i), bytes);
+            if (collective.size() == 1) continue;
+            if (kernels.hostAccessible()) {
+                collective.sumInRankOrder(s.gradBlock(), s.blockElements());
+            } else {
+                try (Arena host = Arena.ofConfined()) {
+                    MemorySegment h = host.allocate(bytes, 64);
+                    kernels.copyToHost(h, s.gradBlock(), bytes);
+                    collective.sumInRankOrder(h, s.blockElements());
+                    kernels.copyFromHost(s.gradBlock(), h, bytes);
+                }
+            }
+        }
     }
 
     /**

@@ -6,6 +6,7 @@ import java.util.List;
 import java.util.concurrent.Callable;
 
 import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.parallel.Collective;
 import dev.distillery.trainer.distill.DistillConfig;
 import dev.distillery.trainer.distill.DistillPipeline;
 import dev.distillery.trainer.distill.DistillRun;
@@ -59,13 +60,18 @@ public final class DistillCommand implements Callable<Integer> {
             }
         }
         DistillConfig cfg = DistillConfig.read(config);
-        try (Kernels kernels = device.open(cfg.threads(), out)) {
-            DistillRun.Result r = DistillRun.run(cfg, kernels, resume, stopAfter, out, err);
+        // under mpirun, one rank of a data-parallel run; else this process alone
+        try (Collective collective = Collective.open(); Kernels kernels = device.open(cfg.threads(), collective.rank() == 0 ? out : quiet())) {
+            DistillRun.Result r = DistillRun.run(cfg, kernels, collective, resume, stopAfter, out, err);
             if (r.lastEval() != null) {
                 out.printf("held-out: perplexity %.3f, %s %.4f, top-1 agreement %.1f%%%n",
                         r.lastEval().perplexity(), r.lastEval().divergenceName(), r.lastEval().divergence(), 100 * r.lastEval().agreement());
             }
             return 0;
         }
+    }
+
+    private static PrintWriter quiet() {
+        return new PrintWriter(java.io.Writer.nullWriter());
     }
 }

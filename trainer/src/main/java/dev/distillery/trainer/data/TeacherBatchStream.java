@@ -99,6 +99,7 @@ public final class TeacherBatchStream implements AutoCloseable {
     private final AtomicReference<Throwable> failure = new AtomicReference<>();
     private final Thread producer;
     private final TeacherLayout layout;
+    private final int rank, share;
     private long waitNanos;
 
     /**
@@ -111,19 +112,35 @@ public final class TeacherBatchStream implements AutoCloseable {
 
     /** As above, with the slots in {@code memory}. */
     public TeacherBatchStream(Sequences shards, int batch, long seed, int depth, int startEpoch, int startBatch, HostMemory memory) {
-        this(shards, batch, seed, depth, startEpoch, startBatch, memory, false);
+        this(shards, batch, seed, depth, startEpoch, startBatch, memory, 0, 1);
+    }
+
+    /**
+     * As above for rank {@code rank} of {@code world} data-parallel processes: the batches are the
+     * same global batches of {@code batch} sequences on every rank, and each rank's {@link Batch}
+     * holds its share, sequences [rank·batch/world, (rank + 1)·batch/world) of each, so the shares
+     * are disjoint and cover every batch. batch must be a multiple of world.
+     */
+    public TeacherBatchStream(Sequences shards, int batch, long seed, int depth, int startEpoch, int startBatch, HostMemory memory,
+                              int rank, int world) {
+        this(shards, batch, seed, depth, startEpoch, startBatch, memory, false, rank, world);
     }
 
     /** Every sequence once, in {@code ceil(sequences / batch)} batches (the last padded), then the end. */
     public static TeacherBatchStream onePass(Sequences shards, int batch, long seed) {
-        return new TeacherBatchStream(shards, batch, seed, 1, 0, 0, HostMemory.PLAIN, true);
+        return new TeacherBatchStream(shards, batch, seed, 1, 0, 0, HostMemory.PLAIN, true, 0, 1);
     }
 
     private TeacherBatchStream(Sequences shards, int batch, long seed, int depth, int startEpoch, int startBatch, HostMemory memory,
-                               boolean onePass) {
+                               boolean onePass, int rank, int world) {
         if (batch < 1 || (!onePass && batch > shards.sequences())) {
             throw new IllegalArgumentException("batch " + batch + " must be in [1, " + shards.sequences() + " sequences]");
         }
+        if (world < 1 || rank < 0 || rank >= world || batch % world != 0) {
+            throw new IllegalArgumentException("a batch of " + batch + " cannot be shared evenly by " + world + " ranks (rank " + rank + ")");
+        }
+        this.rank = rank;
+        this.share = batch / world;
         if (depth < 1) throw new IllegalArgumentException("prefetch depth must be >= 1, got " + depth);
         this.shards = shards;
         this.batch = batch;
@@ -134,7 +151,7 @@ public final class TeacherBatchStream implements AutoCloseable {
             throw new IllegalArgumentException("start batch " + startBatch + " must be in [0, " + batchesPerEpoch + ")");
         }
         this.layout = shards.layout();
-        long rows = (long) batch * shards.seqLen();
+        long rows = (long) share * shards.seqLen();
         this.free = new ArrayBlockingQueue<>(depth);
         this.ready = new ArrayBlockingQueue<>(depth);
         long hiddenBytesPerRow = (long) shards.hiddenSize() * TeacherShardFormat.HIDDEN_TYPE.bytes();
@@ -169,7 +186,8 @@ public final class TeacherBatchStream implements AutoCloseable {
                     Slot slot = free.take();
                     int valid = Math.min(batch, order.length - bIdx * batch);
                     int[] seqs = Arrays.copyOfRange(order, bIdx * batch, bIdx * batch + valid);
-                    ready.put(fill(slot, e, bIdx, seqs, valid));
+                    if (share < batch) seqs = Arrays.copyOfRange(seqs, rank * share, (rank + 1) * share);   // training batches are always full
+                    ready.put(fill(slot, e, bIdx, seqs, Math.min(valid, share)));
                 }
             }
         } catch (InterruptedException stop) {
@@ -181,7 +199,7 @@ public final class TeacherBatchStream implements AutoCloseable {
 
     private Batch fill(Slot slot, int epoch, int index, int[] seqs, int valid) {
         int t = shards.seqLen();
-        for (int i = 0; i < batch; i++) {
+        for (int i = 0; i < share; i++) {
             int sequence = seqs[Math.min(i, valid - 1)];
             try {
                 shards.copyInputIds(sequence, slot.ids, 4L * i * t);

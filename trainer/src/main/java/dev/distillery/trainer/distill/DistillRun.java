@@ -34,6 +34,7 @@ import dev.distillery.runtime.nn.LlamaConfig;
 import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
+import dev.distillery.runtime.parallel.Collective;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
 import dev.distillery.trainer.data.Sequences;
 import dev.distillery.trainer.data.ShardValues;
@@ -107,20 +108,38 @@ public final class DistillRun {
      *                  {@code steps}: one way to split a run over jobs with time limits; 0 = run to the end
      */
     public static Result run(DistillConfig cfg, Kernels kernels, boolean resume, int stopAfter, PrintWriter out, PrintWriter err) throws IOException {
+        return run(cfg, kernels, new Collective.Single(), resume, stopAfter, out, err);
+    }
+
+    /**
+     * As above as one rank of a data-parallel run ({@code mpirun}): every rank reads its share of
+     * each global batch of {@code batch_size} sequences, the gradients are summed over the ranks
+     * in rank order, rank 0 alone writes the run folder and evaluates; the others print nothing
+     * but errors.
+     */
+    public static Result run(DistillConfig cfg, Kernels kernels, Collective collective, boolean resume, int stopAfter, PrintWriter out,
+                             PrintWriter err) throws IOException {
+        if (collective.rank() != 0) out = new PrintWriter(java.io.Writer.nullWriter());
+        if (cfg.batchSize() % collective.size() != 0) {
+            throw new IllegalArgumentException("'batch_size' " + cfg.batchSize() + " is the global batch and must be a multiple of the "
+                    + collective.size() + " ranks, so that each reads as many sequences");
+        }
+        requireOneConfig(cfg, collective);
         Path outDir = Path.of(cfg.out());
         requireReadable(cfg.tokenizer(), "tokenizer");   // before step 1, not at the first checkpoint
         requireReadable(cfg.initFrom(), "init_from");
         // every input is opened and checked before the run folder is made: bad input writes nothing
-        if (cfg.teacherModel() != null) return runWithTeacherModel(cfg, kernels, resume, stopAfter, out, err);
+        if (cfg.teacherModel() != null) return runWithTeacherModel(cfg, kernels, collective, resume, stopAfter, out, err);
         try (TeacherShards shards = TeacherShards.open(Path.of(cfg.teacher()), cfg.verifyChecksums());
              TeacherShards evalShards = cfg.evalTeacher() == null ? null : TeacherShards.open(Path.of(cfg.evalTeacher()), cfg.verifyChecksums());
              MoreTeachers more = openMoreTeachers(cfg, shards, shards.manifest().vocabSize(), shards.manifest().tokenizerSha256(),
                      shards.layout().kind() == TeacherTargets.Kind.DENSE, kernels, out, err);
-             FolderLock lock = checkInputsThenLock(cfg, shards, evalShards, outDir, out, err)) {
+             FolderLock lock = checkInputsThenLock(cfg, shards, evalShards, outDir, collective, out, err)) {
             TeacherManifest m = shards.manifest();
             String line = String.format("%s (%s, %d sequences of %d, vocab %d)", cfg.teacher(), m.targets(), shards.sequences(), m.seqLen(),
                     m.vocabSize());
-            return train(cfg, kernels, resume, stopAfter, new Source(shards, evalShards, null, m.vocabSize(), cfg.teacher(), line, more.list()), out, err);
+            return train(cfg, kernels, collective, resume, stopAfter, new Source(shards, evalShards, null, m.vocabSize(), cfg.teacher(), line,
+                    more.list()), out, err);
         }
     }
 
@@ -228,8 +247,8 @@ public final class DistillRun {
     }
 
     /** A run whose teacher is a model run in the process on windows of token files ('teacher_model'). */
-    private static Result runWithTeacherModel(DistillConfig cfg, Kernels kernels, boolean resume, int stopAfter, PrintWriter out,
-                                              PrintWriter err) throws IOException {
+    private static Result runWithTeacherModel(DistillConfig cfg, Kernels kernels, Collective collective, boolean resume, int stopAfter,
+                                              PrintWriter out, PrintWriter err) throws IOException {
         DistillConfig.TeacherModel tm = cfg.teacherModel();
         requireReadable(tm.path(), "teacher_model.path");
         requireReadable(tm.tokens(), "teacher_model.tokens");
@@ -259,16 +278,16 @@ public final class DistillRun {
                 requireFeatureSources(cfg, train, tm.path(), teacher.layers());
                 String tokenizerSha256 = Files.isRegularFile(beside) ? TeacherShards.sha256(beside) : null;
                 try (MoreTeachers more = openMoreTeachers(cfg, train, teacher.vocabSize(), tokenizerSha256, true, kernels, out, err);
-                     FolderLock lock = FolderLock.acquire(Path.of(cfg.out()), "'out'")) {
-                    return train(cfg, kernels, resume, stopAfter, new Source(train, eval, teacher, teacher.vocabSize(), tm.path(), line, more.list()),
-                            out, err);
+                     FolderLock lock = collective.rank() == 0 ? FolderLock.acquire(Path.of(cfg.out()), "'out'") : null) {
+                    return train(cfg, kernels, collective, resume, stopAfter, new Source(train, eval, teacher, teacher.vocabSize(), tm.path(), line,
+                            more.list()), out, err);
                 }
             }
         }
     }
 
     /** The student from the checkpoint, init_from or the config, its session, and the loop. */
-    private static Result train(DistillConfig cfg, Kernels kernels, boolean resume, int stopAfter, Source src, PrintWriter out,
+    private static Result train(DistillConfig cfg, Kernels kernels, Collective collective, boolean resume, int stopAfter, Source src, PrintWriter out,
                                 PrintWriter err) throws IOException {
         Path outDir = Path.of(cfg.out());
         DistillOptions options = cfg.loss().options();
@@ -276,6 +295,8 @@ public final class DistillRun {
         int seqLen = src.train().seqLen(), teacherVocab = src.vocab();
         CheckpointStore store = CheckpointStore.open(outDir.resolve("checkpoints"));
         Optional<CheckpointStore.Checkpoint> from = TrainingLoop.resumeFrom(store, outDir, resume, "'out'");
+        collective.barrier();   // every rank has looked at the folder before rank 0 writes to it
+        int perRank = cfg.batchSize() / collective.size();
 
         LanguageModel model = from.isPresent() ? ModelFiles.read(from.get().dir(), kernels)
                 : cfg.initFrom() != null ? initialStudent(cfg, kernels) : newStudent(cfg, teacherVocab, seqLen, kernels);
@@ -292,21 +313,26 @@ public final class DistillRun {
                     : ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, Math.max(model.vocabSize(), teacherVocab));
             AdamW.Config adam = new AdamW.Config(cfg.beta1(), cfg.beta2(), 1e-8, cfg.weightDecay());
             LearningRateSchedule schedule = new LearningRateSchedule(cfg.lr(), cfg.minLr(), cfg.warmupSteps(), cfg.steps());
-            try (TrainingSession session = new TrainingSession(model, kernels, adam, schedule, cfg.gradClip(), cfg.batchSize(), seqLen);
+            try (TrainingSession session = new TrainingSession(model, kernels, adam, schedule, cfg.gradClip(), perRank, seqLen);
                  InProcessTeacher live = src.model() == null ? null : new InProcessTeacher(src.model(), kernels, chunkRows);
                  OnPolicyBatches onPolicy = cfg.onPolicy() == null ? null
-                         : new OnPolicyBatches(cfg.onPolicy(), cfg.seed(), model, kernels, cfg.batchSize(), seqLen)) {
+                         : new OnPolicyBatches(cfg.onPolicy(), cfg.seed(), model, kernels, perRank, seqLen)) {
                 if (cfg.hiddenStates() != null) enableFeatures(cfg, session, live, src, kernels, out);
                 int epoch = 0, batchIndex = 0;
                 Path lastCheckpoint = null;
                 if (from.isPresent()) {
                     Map<String, String> meta = TrainingLoop.restore(session, from.get(), out);
+                    String world = meta.get("world");
+                    if (world != null && !world.equals(Integer.toString(collective.size()))) {
+                        throw new IOException(from.get().dir() + " was written by a run of " + world + " ranks; this one has " + collective.size()
+                                + ": resume with the same world size (the data position counts global batches of 'batch_size')");
+                    }
                     epoch = TrainingLoop.intMeta(from.get().dir(), meta, "data.epoch");
                     batchIndex = TrainingLoop.intMeta(from.get().dir(), meta, "data.batch");
                     lastCheckpoint = from.get().dir();
                     for (String change : cfg.changesSince(meta.get("config"))) out.println("resume: note: " + change);
                 }
-                return loop(cfg, kernels, session, src, live, onPolicy, store, options, reduction, chunkRows, epoch, batchIndex,
+                return loop(cfg, kernels, collective, session, src, live, onPolicy, store, options, reduction, chunkRows, epoch, batchIndex,
                         lastCheckpoint, stopAfter, outDir, out, err);
             }
         } finally {
@@ -400,7 +426,7 @@ public final class DistillRun {
 
     /** The checks of the shards against each other, the loss and their values; then the run folder's lock. */
     private static FolderLock checkInputsThenLock(DistillConfig cfg, TeacherShards shards, TeacherShards evalShards, Path outDir,
-                                                  PrintWriter out, PrintWriter err) throws IOException {
+                                                  Collective collective, PrintWriter out, PrintWriter err) throws IOException {
         int seqLen = shards.manifest().seqLen(), teacherVocab = shards.manifest().vocabSize();
         if (evalShards != null && (evalShards.manifest().vocabSize() != teacherVocab || evalShards.manifest().seqLen() != seqLen)) {
             throw new IOException(cfg.evalTeacher() + ": vocab_size " + evalShards.manifest().vocabSize() + " and seq_len "
@@ -432,7 +458,24 @@ public final class DistillRun {
                     + "a small alpha (0.1) or dense shards avoid both");
             err.flush();
         }
-        return FolderLock.acquire(outDir, "'out'");
+        return collective.rank() == 0 ? FolderLock.acquire(outDir, "'out'") : null;
+    }
+
+    /** Every rank runs the same config: a rank that read another file (or another world size) is named before anything starts. */
+    private static void requireOneConfig(DistillConfig cfg, Collective collective) throws IOException {
+        if (collective.size() == 1) return;
+        byte[] mine;
+        try {
+            mine = java.security.MessageDigest.getInstance("SHA-256").digest(cfg.toJson().getBytes(java.nio.charset.StandardCharsets.UTF_8));
+        } catch (java.security.NoSuchAlgorithmException e) {
+            throw new IllegalStateException("SHA-256 is missing from this JDK", e);
+        }
+        List<byte[]> all = collective.allGather(mine);
+        for (int r = 0; r < all.size(); r++) {
+            if (!Arrays.equals(all.get(r), all.getFirst())) {
+                throw new IOException("rank " + r + " runs another config than rank 0 (its settings differ); every rank must read the same file");
+            }
+        }
     }
 
     /** {@link ShardValues#check} with a line saying what it covered, and its warning if any. */
@@ -472,7 +515,7 @@ public final class DistillRun {
         return model;
     }
 
-    private static Result loop(DistillConfig cfg, Kernels kernels, TrainingSession session, Source src, InProcessTeacher live,
+    private static Result loop(DistillConfig cfg, Kernels kernels, Collective collective, TrainingSession session, Source src, InProcessTeacher live,
                                OnPolicyBatches onPolicy, CheckpointStore store, DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows,
                                int epoch, int batchIndex, Path lastCheckpoint, int stopAfter, Path outDir, PrintWriter out, PrintWriter err) throws IOException {
         int startStep = session.optimizer().step();
@@ -492,18 +535,22 @@ public final class DistillRun {
         }
         out.flush();
         try (TeacherBatchStream stream = new TeacherBatchStream(src.train(), cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch, batchIndex,
-                kernels::allocateStaging);
-             ExtraTeachers extras = new ExtraTeachers(src.more(), cfg, kernels, chunkRows, epoch, batchIndex)) {
+                kernels::allocateStaging, collective.rank(), collective.size());
+             ExtraTeachers extras = new ExtraTeachers(src.more(), cfg, kernels, collective, chunkRows, epoch, batchIndex)) {
+            if (collective.size() > 1) {
+                out.printf("data parallel: %s; each rank reads %d of every global batch of %d sequences%n", collective.describe(),
+                        cfg.batchSize() / collective.size(), cfg.batchSize());
+            }
             if (!src.more().isEmpty()) {
                 float[] w = cfg.teacherWeights();
                 StringBuilder b = new StringBuilder(String.format("teachers: %s of %d, weights %.3g (%s)", cfg.teachersCombination(), w.length, w[0], src.name()));
                 for (int i = 1; i < w.length; i++) b.append(String.format(", %.3g (%s)", w[i], src.more().get(i - 1).name()));
                 out.println(b.append("; held-out KL and agreement are to the first"));
             }
-            Steps steps = new Steps(cfg, session, stream, src, live, onPolicy, reduction, chunkRows, epoch, batchIndex, err, extras);
+            Steps steps = new Steps(cfg, session, stream, src, live, onPolicy, reduction, chunkRows, epoch, batchIndex, err, extras, collective);
             TrainingLoop.Outcome o = TrainingLoop.run(session, store, steps, new TrainingLoop.Settings("distill", "distill", cfg.steps(),
                     stopAfter, cfg.evalEvery(), cfg.checkpointEvery(), cfg.keepCheckpoints(), outDir,
-                    cfg.tokenizer() == null ? null : Path.of(cfg.tokenizer())), lastCheckpoint, err);
+                    cfg.tokenizer() == null ? null : Path.of(cfg.tokenizer()), collective), lastCheckpoint, err);
             if (startStep >= cfg.steps()) out.println("nothing to do: the checkpoint is at step " + startStep + " of " + cfg.steps());
             out.printf("%s: step %d of %d, %,.0f tokens/s, %.2f%% of the time waiting for data; checkpoint %s; metrics %s%n",
                     o.step() < cfg.steps() ? "stopped (--stop-after)" : "done", o.step(), cfg.steps(), steps.tokensPerSecond,
@@ -527,12 +574,12 @@ public final class DistillRun {
         private final List<InProcessTeacher> models = new ArrayList<>();
         private final List<TeacherBatchStream.Batch> held = new ArrayList<>();
 
-        ExtraTeachers(List<MoreTeacher> more, DistillConfig cfg, Kernels kernels, int chunkRows, int epoch, int batchIndex) {
+        ExtraTeachers(List<MoreTeacher> more, DistillConfig cfg, Kernels kernels, Collective collective, int chunkRows, int epoch, int batchIndex) {
             this.more = more;
             try {
                 for (MoreTeacher t : more) {
                     streams.add(t.shards() == null ? null : new TeacherBatchStream(t.shards(), cfg.batchSize(), cfg.seed(), cfg.prefetch(), epoch,
-                            batchIndex, kernels::allocateStaging));
+                            batchIndex, kernels::allocateStaging, collective.rank(), collective.size()));
                     models.add(t.model() == null ? null : new InProcessTeacher(t.model(), kernels, chunkRows));
                 }
             } catch (RuntimeException e) {
@@ -591,13 +638,14 @@ public final class DistillRun {
         private final long tokensPerStep, loopStart, waitStart;
         private final PrintWriter err;
         private final ExtraTeachers extras;
+        private final Collective collective;
         private int epoch, batchIndex;
         double tokensPerSecond, waitFraction;
         Evaluation lastEval;
 
         Steps(DistillConfig cfg, TrainingSession session, TeacherBatchStream stream, Source src, InProcessTeacher live,
               OnPolicyBatches onPolicy, DifferentiableOps.Reduction reduction, int chunkRows, int epoch, int batchIndex, PrintWriter err,
-              ExtraTeachers extras) {
+              ExtraTeachers extras, Collective collective) {
             this.cfg = cfg;
             this.session = session;
             this.stream = stream;
@@ -610,6 +658,7 @@ public final class DistillRun {
             this.batchIndex = batchIndex;
             this.err = err;
             this.extras = extras;
+            this.collective = collective;
             this.startStep = session.optimizer().step();
             this.tokensPerStep = (long) cfg.batchSize() * src.train().seqLen() * cfg.gradAccum();
             this.loopStart = System.nanoTime();
@@ -623,7 +672,10 @@ public final class DistillRun {
             int sampled = 0, sampledRows = 0;
             DistillOptions options = cfg.loss().optionsAt(step, cfg.steps());
             session.beginStep();
+            int world = collective.size(), accumulated = cfg.gradAccum() * world;
+            float scale = 1f / accumulated;   // every rank's micro-batches make one global step
             for (int a = 0; a < cfg.gradAccum(); a++) {
+                int micro = a * world + collective.rank();   // the micro-batch one process would number it, with batch_size / world
                 TeacherBatchStream.Batch batch;
                 try {
                     batch = stream.next();
@@ -633,22 +685,22 @@ public final class DistillRun {
                 }
                 DifferentiableOps.DistillLoss l;
                 try {
-                    if (onPolicy != null && onPolicy.chooses(step, a)) {
-                        onPolicy.fill(batch.inputIds(), session.inputs(), step, a);
-                        l = session.backwardDistill(live, onPolicy.options(options), reduction, chunkRows, 1f / cfg.gradAccum());
+                    if (onPolicy != null && onPolicy.chooses(step, micro)) {
+                        onPolicy.fill(batch.inputIds(), session.inputs(), step, micro);
+                        l = session.backwardDistill(live, onPolicy.options(options), reduction, chunkRows, scale);
                         sampled++;
                         sampledRows += l.rows();
                     } else if (extras.any()) {
                         session.inputs().setSequences(batch.inputIds());
                         TeacherSource first = live != null ? new TeacherSource.Live(live) : new TeacherSource.Stored(batch.targets());
                         l = session.backwardDistill(extras.sources(first, batch), cfg.teacherWeights(), cfg.combination(), batch.hiddenStates(),
-                                options, reduction, chunkRows, 1f / cfg.gradAccum());
+                                options, reduction, chunkRows, scale);
                         extras.release();
                     } else {
                         session.inputs().setSequences(batch.inputIds());
-                        l = live != null ? session.backwardDistill(live, options, reduction, chunkRows, 1f / cfg.gradAccum())
+                        l = live != null ? session.backwardDistill(live, options, reduction, chunkRows, scale)
                                 : session.backwardDistill(batch.targets(), batch.hiddenStates(), options, reduction, chunkRows,
-                                1f / cfg.gradAccum());
+                                scale);
                     }
                 } catch (BadRowException e) {
                     throw inShards(e, src.train(), batch);
@@ -656,10 +708,11 @@ public final class DistillRun {
                     Thread.currentThread().interrupt();
                     throw new IOException("interrupted while waiting for teacher batches", e);
                 }
-                loss += l.total() / cfg.gradAccum();
-                ce += l.ce() / cfg.gradAccum();
-                div += l.divergence() / cfg.gradAccum();
-                feature += l.feature() / cfg.gradAccum();
+                if (accumulated > 1) session.endMicroBatch();
+                loss += l.total() / accumulated;
+                ce += l.ce() / accumulated;
+                div += l.divergence() / accumulated;
+                feature += l.feature() / accumulated;
                 epoch = batch.epoch();
                 batchIndex = batch.index() + 1;
                 if (batchIndex == stream.batchesPerEpoch()) {
@@ -667,6 +720,16 @@ public final class DistillRun {
                     batchIndex = 0;
                 }
                 stream.release(batch);
+            }
+            long r0 = System.nanoTime();
+            if (accumulated > 1) session.reduceGradients(collective);
+            double reduceMs = (System.nanoTime() - r0) / 1e6;
+            if (world > 1) {
+                double[] all = collective.sum(loss, ce, div, feature);
+                loss = all[0];
+                ce = all[1];
+                div = all[2];
+                feature = all[3];
             }
             TrainingSession.StepResult r = session.finishStep(loss);
             long t1 = System.nanoTime();
@@ -679,6 +742,7 @@ public final class DistillRun {
             rec.put("ce", ce);
             rec.put("divergence", div);
             if (session.features() != null) rec.put("feature", feature);
+            if (world > 1) rec.put("reduce_ms", reduceMs);
             rec.put("lr", r.lr());
             rec.put("grad_norm", r.gradNorm());
             rec.put("tokens", tokensPerStep * step);
@@ -704,7 +768,7 @@ public final class DistillRun {
         @Override
         public Map<String, Object> evaluate(int step) throws IOException {
             if (src.eval() == null) return null;
-            lastEval = DistillRun.evaluate(session, src.eval(), live, cfg.batchSize(), cfg.evalBatches() > 0 ? cfg.evalBatches() : Integer.MAX_VALUE,
+            lastEval = DistillRun.evaluate(session, src.eval(), live, cfg.batchSize() / collective.size(), cfg.evalBatches() > 0 ? cfg.evalBatches() : Integer.MAX_VALUE,
                     chunkRows, step);
             Map<String, Object> ev = new LinkedHashMap<>();
             ev.put("ce", lastEval.ce());

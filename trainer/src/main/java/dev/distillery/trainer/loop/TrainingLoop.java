@@ -11,6 +11,7 @@ import java.util.Optional;
 
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.TrainingSession;
+import dev.distillery.runtime.parallel.Collective;
 import dev.distillery.trainer.checkpoint.CheckpointStore;
 import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.report.MetricsLog;
@@ -73,9 +74,20 @@ public final class TrainingLoop {
      * @param tokenizer       copied into every checkpoint as tokenizer.json, or null
      */
     public record Settings(String kind, String label, int steps, int stopAfter, int evalEvery, int checkpointEvery, int keep,
-                           Path outDir, Path tokenizer) {
+                           Path outDir, Path tokenizer, Collective collective) {
+        /** One process. */
+        public Settings(String kind, String label, int steps, int stopAfter, int evalEvery, int checkpointEvery, int keep, Path outDir,
+                        Path tokenizer) {
+            this(kind, label, steps, stopAfter, evalEvery, checkpointEvery, keep, outDir, tokenizer, new Collective.Single());
+        }
+
         int endStep() {
             return stopAfter > 0 ? Math.min(stopAfter, steps) : steps;
+        }
+
+        /** Rank 0 alone writes metrics, curves and checkpoints and evaluates; the others wait for it. */
+        boolean writes() {
+            return collective.rank() == 0;
         }
     }
 
@@ -165,8 +177,8 @@ public final class TrainingLoop {
         int startStep = session.optimizer().step(), endStep = s.endStep();
         Map<String, Object> lastEval = null;
         StopRequests.loopRunning(true);
-        try (MetricsLog metrics = MetricsLog.open(s.outDir().resolve("metrics.jsonl"), startStep > 0 ? startStep : -1)) {
-            Progress progress = new Progress(err, s.label(), startStep, s.steps(), 5000);
+        try (MetricsLog metrics = s.writes() ? MetricsLog.open(s.outDir().resolve("metrics.jsonl"), startStep > 0 ? startStep : -1) : null) {
+            Progress progress = new Progress(s.writes() ? err : new PrintWriter(java.io.Writer.nullWriter()), s.label(), startStep, s.steps(), 5000);
             for (int step = startStep + 1; step <= endStep; step++) {
                 Map<String, Object> fields;
                 try {
@@ -176,10 +188,12 @@ public final class TrainingLoop {
                 } catch (IllegalArgumentException | ArithmeticException | java.io.UncheckedIOException e) {
                     throw new StoppedException("step " + step + ": " + e.getMessage() + stopNote(lastCheckpoint), e);
                 }
-                write(metrics, record("train", step, fields), step, lastCheckpoint);
+                if (metrics != null) write(metrics, record("train", step, fields), step, lastCheckpoint);
                 progress.update(step, task.progress(fields));
-                boolean last = step == s.steps(), stop = StopRequests.requested() != null;
-                if (!stop && (last || (s.evalEvery() > 0 && step % s.evalEvery() == 0))) {
+                boolean last = step == s.steps();
+                // every rank stops at the same step: a signal reaches the ranks at different times
+                boolean stop = s.collective().sum(StopRequests.requested() != null ? 1 : 0)[0] > 0;
+                if (!stop && (last || (s.evalEvery() > 0 && step % s.evalEvery() == 0)) && s.writes()) {
                     Map<String, Object> eval = task.evaluate(step);
                     if (eval != null) {
                         lastEval = eval;
@@ -187,21 +201,26 @@ public final class TrainingLoop {
                     }
                 }
                 if (stop || last || step == endStep || (s.checkpointEvery() > 0 && step % s.checkpointEvery() == 0)) {
-                    try {
-                        lastCheckpoint = save(store, session, task, s, step);
-                    } catch (IOException e) {
-                        throw new StoppedException("step " + step + ": writing its checkpoint under " + store.root() + " failed: "
-                                + e.getMessage() + stopNote(lastCheckpoint), e);
+                    if (s.writes()) {
+                        try {
+                            lastCheckpoint = save(store, session, task, s, step);
+                        } catch (IOException e) {
+                            throw new StoppedException("step " + step + ": writing its checkpoint under " + store.root() + " failed: "
+                                    + e.getMessage() + stopNote(lastCheckpoint), e);
+                        }
+                        store.prune(s.keep());
+                        task.curves(s.outDir(), metrics.records());
+                    } else {
+                        lastCheckpoint = store.root().resolve(CheckpointStore.dirName(step));
                     }
-                    store.prune(s.keep());
-                    task.curves(s.outDir(), metrics.records());
+                    s.collective().barrier();   // the others wait until rank 0's checkpoint is on disk
                 }
                 if (stop && step < s.steps()) {
                     throw new StoppedBySignalException("stopped by " + StopRequests.requested() + " after step " + step + " of " + s.steps()
                             + "; checkpoint " + lastCheckpoint + "; continue with the same command and --resume");
                 }
             }
-            return new Outcome(Math.max(startStep, endStep), lastCheckpoint, lastEval, metrics.file());
+            return new Outcome(Math.max(startStep, endStep), lastCheckpoint, lastEval, metrics == null ? null : metrics.file());
         } finally {
             StopRequests.loopRunning(false);
         }
@@ -237,6 +256,7 @@ public final class TrainingLoop {
             meta.put("kind", s.kind());
             meta.put("step", Integer.toString(step));
             meta.put("kernels", session.optimizer().kernels().describe());
+            meta.put("world", Integer.toString(s.collective().size()));
             meta.putAll(task.checkpointMeta(step));
             ModelFiles.writeOptimizer(dir.resolve("trainer_state.safetensors"), session.optimizer(),
                     session.model().parameters().blockElements(), session.featureOptimizer(), meta);

@@ -1,0 +1,88 @@
+package dev.distillery.runtime.parallel;
+
+import java.lang.foreign.MemorySegment;
+import java.util.List;
+
+/**
+ * The processes of one data-parallel run and what they say to each other: one process
+ * ({@link Single}, every call a no-op), or the ranks of an {@code mpirun} ({@link MpiCollective}).
+ * Sums are made in rank order from every rank's values, so every rank gets the same bits whatever
+ * the library's reduction algorithm, and a run of W ranks with one micro-batch each adds the
+ * gradients as one process adding W micro-batches in that order does.
+ */
+public sealed interface Collective extends AutoCloseable permits Collective.Single, MpiCollective {
+
+    int rank();
+
+    int size();
+
+    /** One line for logs. */
+    String describe();
+
+    /** x (n fp32 values in host memory) ← Σ over ranks r = 0, 1, … of rank r's x, added in that order. */
+    void sumInRankOrder(MemorySegment x, long n);
+
+    /** Each value summed over the ranks in rank order (losses and counts for the log). */
+    double[] sum(double... values);
+
+    /** Every rank's {@code mine}, in rank order; all ranks must pass the same length. */
+    List<byte[]> allGather(byte[] mine);
+
+    /** Waits until every rank has called it. */
+    void barrier();
+
+    @Override
+    void close();
+
+    /** This process alone. */
+    record Single() implements Collective {
+        @Override
+        public int rank() {
+            return 0;
+        }
+
+        @Override
+        public int size() {
+            return 1;
+        }
+
+        @Override
+        public String describe() {
+            return "one process";
+        }
+
+        @Override
+        public void sumInRankOrder(MemorySegment x, long n) {
+        }
+
+        @Override
+        public double[] sum(double... values) {
+            return values.clone();
+        }
+
+        @Override
+        public List<byte[]> allGather(byte[] mine) {
+            return List.of(mine.clone());
+        }
+
+        @Override
+        public void barrier() {
+        }
+
+        @Override
+        public void close() {
+        }
+    }
+
+    /**
+     * The ranks of an {@code mpirun} when this process was started by one (Open MPI sets
+     * {@code OMPI_COMM_WORLD_SIZE}), else this process alone.
+     *
+     * @throws IllegalStateException naming what is missing when launched by mpirun without a loadable libmpi
+     */
+    static Collective open() {
+        String world = System.getenv("OMPI_COMM_WORLD_SIZE");
+        if (world == null) return new Single();
+        return MpiCollective.init();
+    }
+}

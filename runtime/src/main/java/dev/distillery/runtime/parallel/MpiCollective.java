@@ -1,0 +1,132 @@
+package dev.distillery.runtime.parallel;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.List;
+
+import dev.distillery.bindings.MpiLibrary;
+import dev.distillery.bindings.SharedLibraries;
+import dev.distillery.bindings.mpi.Mpi;
+
+/**
+ * The ranks of an {@code mpirun}, through Open MPI (CPU ranks; the gradients are in host memory).
+ * A sum in rank order is an allgather of every rank's values followed by the same additions on
+ * every rank, r = 0, 1, …: W times the memory of one vector, and bits that do not depend on the
+ * library's reduction algorithm or the ranks' timing. Errors come back as {@code MpiException}s
+ * (the world communicator's error handler is MPI_ERRORS_RETURN), never as a silent abort.
+ */
+public final class MpiCollective implements Collective {
+
+    /** Floats per allgather call: MPI counts are ints, and a bounded receive buffer. */
+    private static final int CHUNK = 1 << 24;
+
+    private final MpiLibrary.Handles h;
+    private final int rank, size;
+    private final String library;
+    private final Arena arena = Arena.ofShared();
+    private MemorySegment gathered;
+
+    private MpiCollective(MpiLibrary.Handles h, int rank, int size, String library) {
+        this.h = h;
+        this.rank = rank;
+        this.size = size;
+        this.library = library;
+    }
+
+    static MpiCollective init() {
+        SharedLibraries.Probe p = MpiLibrary.load();
+        if (!p.loaded()) {
+            throw new IllegalStateException("started by mpirun (OMPI_COMM_WORLD_SIZE is set) but Open MPI's library is " + p.describe()
+                    + "; install it (Debian: libopenmpi3 / openmpi-bin)");
+        }
+        MpiLibrary.Handles h = MpiLibrary.handles();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment flag = a.allocate(ValueLayout.JAVA_INT);
+            MpiLibrary.check(Mpi.MPI_Initialized(flag), "MPI_Initialized");
+            if (flag.get(ValueLayout.JAVA_INT, 0) == 0) MpiLibrary.check(Mpi.MPI_Init(MemorySegment.NULL, MemorySegment.NULL), "MPI_Init");
+            MpiLibrary.check(Mpi.MPI_Comm_set_errhandler(h.commWorld(), h.errorsReturn()), "MPI_Comm_set_errhandler(MPI_ERRORS_RETURN)");
+            MemorySegment out = a.allocate(ValueLayout.JAVA_INT);
+            MpiLibrary.check(Mpi.MPI_Comm_rank(h.commWorld(), out), "MPI_Comm_rank");
+            int rank = out.get(ValueLayout.JAVA_INT, 0);
+            MpiLibrary.check(Mpi.MPI_Comm_size(h.commWorld(), out), "MPI_Comm_size");
+            int size = out.get(ValueLayout.JAVA_INT, 0);
+            MemorySegment version = a.allocate(Mpi.MPI_MAX_LIBRARY_VERSION_STRING() + 1L);
+            MpiLibrary.check(Mpi.MPI_Get_library_version(version, out), "MPI_Get_library_version");
+            String v = version.getString(0).lines().findFirst().orElse("MPI").strip();
+            return new MpiCollective(h, rank, size, v.replaceAll(",.*", ""));
+        }
+    }
+
+    @Override
+    public int rank() {
+        return rank;
+    }
+
+    @Override
+    public int size() {
+        return size;
+    }
+
+    @Override
+    public String describe() {
+        return "rank " + rank + " of " + size + " (" + library + ")";
+    }
+
+    @Override
+    public void sumInRankOrder(MemorySegment x, long n) {
+        for (long from = 0; from < n; from += CHUNK) {
+            int count = (int) Math.min(CHUNK, n - from);
+            if (gathered == null || gathered.byteSize() < 4L * count * size) gathered = arena.allocate(4L * Math.min(CHUNK, n) * size, 64);
+            MemorySegment mine = x.asSlice(4 * from, 4L * count);
+            MpiLibrary.check(Mpi.MPI_Allgather(mine, count, h.floatType(), gathered, count, h.floatType(), h.commWorld()),
+                    "MPI_Allgather(" + count + " floats)");
+            for (int i = 0; i < count; i++) {
+                float s = gathered.getAtIndex(ValueLayout.JAVA_FLOAT, i);
+                for (int r = 1; r < size; r++) s += gathered.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * count + i);
+                mine.setAtIndex(ValueLayout.JAVA_FLOAT, i, s);
+            }
+        }
+    }
+
+    @Override
+    public double[] sum(double... values) {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment mine = a.allocateFrom(ValueLayout.JAVA_DOUBLE, values), all = a.allocate(8L * values.length * size);
+            MpiLibrary.check(Mpi.MPI_Allgather(mine, values.length, h.doubleType(), all, values.length, h.doubleType(), h.commWorld()),
+                    "MPI_Allgather(" + values.length + " doubles)");
+            double[] out = new double[values.length];
+            for (int i = 0; i < values.length; i++) {
+                for (int r = 0; r < size; r++) out[i] += all.getAtIndex(ValueLayout.JAVA_DOUBLE, (long) r * values.length + i);
+            }
+            return out;
+        }
+    }
+
+    @Override
+    public List<byte[]> allGather(byte[] mine) {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment in = a.allocateFrom(ValueLayout.JAVA_BYTE, mine), all = a.allocate((long) mine.length * size);
+            MpiLibrary.check(Mpi.MPI_Allgather(in, mine.length, h.byteType(), all, mine.length, h.byteType(), h.commWorld()),
+                    "MPI_Allgather(" + mine.length + " bytes)");
+            List<byte[]> out = new ArrayList<>();
+            for (int r = 0; r < size; r++) out.add(all.asSlice((long) r * mine.length, mine.length).toArray(ValueLayout.JAVA_BYTE));
+            return out;
+        }
+    }
+
+    @Override
+    public void barrier() {
+        MpiLibrary.check(Mpi.MPI_Barrier(h.commWorld()), "MPI_Barrier");
+    }
+
+    @Override
+    public void close() {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment flag = a.allocate(ValueLayout.JAVA_INT);
+            if (Mpi.MPI_Finalized(flag) == Mpi.MPI_SUCCESS() && flag.get(ValueLayout.JAVA_INT, 0) == 0) Mpi.MPI_Finalize();
+        }
+        arena.close();
+    }
+}
