@@ -768,16 +768,18 @@ public final class DistillRun {
         @Override
         public Map<String, Object> evaluate(int step) throws IOException {
             if (src.eval() == null) return null;
-            lastEval = DistillRun.evaluate(session, src.eval(), live, cfg.batchSize() / collective.size(), cfg.evalBatches() > 0 ? cfg.evalBatches() : Integer.MAX_VALUE,
-                    chunkRows, step);
+            lastEval = DistillRun.evaluate(session, src.eval(), live, cfg.batchSize() / collective.size(),
+                    cfg.evalBatches() > 0 ? cfg.evalBatches() * collective.size() : Integer.MAX_VALUE, chunkRows, step, collective);
             Map<String, Object> ev = new LinkedHashMap<>();
             ev.put("ce", lastEval.ce());
             ev.put("perplexity", lastEval.perplexity());
             ev.put(lastEval.divergenceKey(), lastEval.divergence());
             ev.put("agreement", lastEval.agreement());
             ev.put("rows", lastEval.rows());
-            err.printf("eval @ step %d: ce %.4f, perplexity %.3f, %s %.4f, top-1 agreement %.1f%%%n", step,
-                    lastEval.ce(), lastEval.perplexity(), lastEval.divergenceName(), lastEval.divergence(), 100 * lastEval.agreement());
+            if (collective.rank() == 0) {
+                err.printf("eval @ step %d: ce %.4f, perplexity %.3f, %s %.4f, top-1 agreement %.1f%%%n", step,
+                        lastEval.ce(), lastEval.perplexity(), lastEval.divergenceName(), lastEval.divergence(), 100 * lastEval.agreement());
+            }
             err.flush();
             return ev;
         }
@@ -823,6 +825,16 @@ public final class DistillRun {
     /** As above on held-out sequences with stored targets, or on token windows scored by {@code live}. */
     public static Evaluation evaluate(TrainingSession session, Sequences eval, InProcessTeacher live, int batchSize, int maxBatches,
                                int chunkRows, int step) throws IOException {
+        return evaluate(session, eval, live, batchSize, maxBatches, chunkRows, step, new Collective.Single());
+    }
+
+    /**
+     * As above, split over the ranks of {@code collective}: rank r evaluates batches r, r + W, …
+     * of the same permutation, and the sums are added over the ranks, so every rank returns the
+     * evaluation of all of them.
+     */
+    public static Evaluation evaluate(TrainingSession session, Sequences eval, InProcessTeacher live, int batchSize, int maxBatches,
+                                      int chunkRows, int step, Collective collective) throws IOException {
         TeacherTargets.Kind kind = live != null ? TeacherTargets.Kind.DENSE : eval.layout().kind();
         float t = kind == TeacherTargets.Kind.DENSE ? 1f : eval.layout().shardTemperature();
         DistillOptions klOptions = DistillOptions.of(t, 0f).withTemperatureSquared(false);   // forward KL, tail bucket, ignore -100
@@ -832,6 +844,10 @@ public final class DistillRun {
             int[] top1 = new int[batchSize * eval.seqLen()];
             for (int i = 0; i < batches; i++) {
                 TeacherBatchStream.Batch b = stream.next();
+                if (i % collective.size() != collective.rank()) {
+                    stream.release(b);
+                    continue;
+                }
                 try {
                     session.inputs().setSequences(b.inputIds(), b.valid());
                     if (live != null) {
@@ -848,6 +864,10 @@ public final class DistillRun {
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             throw new IOException("interrupted during evaluation", e);
+        }
+        if (collective.size() > 1) {
+            double[] all = collective.sum(sums.ce(), sums.divergence(), sums.agree(), sums.rows());
+            sums = new Evaluator.Sums(all[0], all[1], (long) all[2], (long) all[3]);
         }
         double ce = sums.ce() / Math.max(1, sums.rows());
         return new Evaluation(step, ce, Math.exp(ce), sums.divergence() / Math.max(1, sums.rows()),

@@ -85,7 +85,7 @@ public final class TrainingLoop {
             return stopAfter > 0 ? Math.min(stopAfter, steps) : steps;
         }
 
-        /** Rank 0 alone writes metrics, curves and checkpoints and evaluates; the others wait for it. */
+        /** Rank 0 alone writes metrics, curves and checkpoints; the others wait for it. */
         boolean writes() {
             return collective.rank() == 0;
         }
@@ -193,11 +193,11 @@ public final class TrainingLoop {
                 boolean last = step == s.steps();
                 // every rank stops at the same step: a signal reaches the ranks at different times
                 boolean stop = s.collective().sum(StopRequests.requested() != null ? 1 : 0)[0] > 0;
-                if (!stop && (last || (s.evalEvery() > 0 && step % s.evalEvery() == 0)) && s.writes()) {
-                    Map<String, Object> eval = task.evaluate(step);
+                if (!stop && (last || (s.evalEvery() > 0 && step % s.evalEvery() == 0))) {
+                    Map<String, Object> eval = task.evaluate(step);   // every rank evaluates its share; rank 0 writes it
                     if (eval != null) {
                         lastEval = eval;
-                        write(metrics, record("eval", step, eval), step, lastCheckpoint);
+                        if (metrics != null) write(metrics, record("eval", step, eval), step, lastCheckpoint);
                     }
                 }
                 if (stop || last || step == endStep || (s.checkpointEvery() > 0 && step % s.checkpointEvery() == 0)) {
