@@ -6,6 +6,7 @@ import java.util.concurrent.Callable;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.parallel.Collective;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.trainer.teacher.LanguageModelTraining;
@@ -137,9 +138,13 @@ public final class TeacherCommand implements Runnable {
         public Integer call() throws Exception {
             PrintWriter o = spec.commandLine().getOut(), e = spec.commandLine().getErr();
             if (perShard < 1 || batch < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--shard-sequences and --batch must be >= 1");
-            try (Kernels kernels = device.open(0, o)) {
-                LogitDump.run(new LogitDump.Options(teacher, tokens, out, kind, k, dtype, temperature, seqLen, perShard, batch, max, seed,
-                        tokenizerId, tokenizer, overwrite, hiddenLayers), kernels, o, e);
+            // under mpirun, the ranks split the shards; else this process writes them all
+            try (Collective collective = Collective.open()) {
+                PrintWriter said = collective.rank() == 0 ? o : new PrintWriter(java.io.Writer.nullWriter());
+                try (Kernels kernels = device.open(0, said)) {
+                    LogitDump.run(new LogitDump.Options(teacher, tokens, out, kind, k, dtype, temperature, seqLen, perShard, batch, max, seed,
+                            tokenizerId, tokenizer, overwrite, hiddenLayers), kernels, collective, said, e);
+                }
             }
             return 0;
         }

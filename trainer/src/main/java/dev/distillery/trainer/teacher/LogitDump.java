@@ -22,6 +22,7 @@ import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.io.SafetensorsWriter;
 import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.runtime.nn.LanguageModelForward;
+import dev.distillery.runtime.parallel.Collective;
 import dev.distillery.trainer.data.TeacherManifest;
 import dev.distillery.trainer.data.TeacherShardFormat;
 import dev.distillery.trainer.data.TeacherShards;
@@ -70,9 +71,19 @@ public final class LogitDump {
     }
 
     public static TeacherManifest run(Options o, Kernels kernels, PrintWriter out, PrintWriter err) throws IOException {
+        return run(o, kernels, new Collective.Single(), out, err);
+    }
+
+    /**
+     * As above as one rank of an {@code mpirun}: shard k is written by rank k mod W, so the ranks
+     * split the windows shard by shard; rank 0 takes the folder's lock and, once every rank's
+     * shards are on disk, writes the one manifest. The output does not depend on W: each shard's
+     * sampled targets come from a generator seeded by (seed, shard).
+     */
+    public static TeacherManifest run(Options o, Kernels kernels, Collective collective, PrintWriter out, PrintWriter err) throws IOException {
         if (!o.dtype().isLogitType()) throw new IllegalArgumentException("--dtype must be f32, f16 or bf16, got " + o.dtype());
         if (!(o.temperature() > 0)) throw new IllegalArgumentException("--temperature must be positive, got " + o.temperature());
-        if (FolderLock.holdsFiles(o.out()) && !o.overwrite()) {
+        if (collective.rank() == 0 && FolderLock.holdsFiles(o.out()) && !o.overwrite()) {
             throw new IOException(o.out() + " already holds files; pass --overwrite to replace the shards there, or choose another --out");
         }
         Path tokenizer = o.tokenizer() != null ? o.tokenizer() : o.teacher().resolve("tokenizer.json");
@@ -95,16 +106,18 @@ public final class LogitDump {
                 throw new IllegalArgumentException("--hidden-layers lists a state twice: " + Arrays.toString(o.hiddenLayers()));
             }
             try (LanguageModelForward model = new LanguageModelForward(teacher, kernels, batch, t);
-                 FolderLock lock = FolderLock.acquire(o.out(), "--out")) {    // inputs before the folder: bad input writes nothing
-                dump(o, model, tokens, t, batch, total, tokenizer, tokenizerSha256, v, teacher.width(), out, err);
+                 FolderLock lock = collective.rank() == 0 ? FolderLock.acquire(o.out(), "--out") : null) {    // inputs before the folder: bad input writes nothing
+                if (collective.rank() == 0 && o.overwrite()) removeShards(o.out());
+                collective.barrier();   // the folder is locked and cleared before any rank writes to it
+                dump(o, model, tokens, t, batch, total, tokenizer, tokenizerSha256, v, teacher.width(), collective, out, err);
             }
         }
         return TeacherManifest.read(o.out().resolve("manifest.json"));
     }
 
     private static void dump(Options o, LanguageModelForward model, TokenFile tokens, int t, int batch, int total, Path tokenizer,
-                             String tokenizerSha256, int v, int width, PrintWriter out, PrintWriter err) throws IOException {
-        if (o.overwrite()) removeShards(o.out());
+                             String tokenizerSha256, int v, int width, Collective collective, PrintWriter out, PrintWriter err)
+            throws IOException {
         boolean dense = o.kind() == TeacherTargets.Kind.DENSE;
         if (!dense && (o.k() < 1 || o.k() > v)) throw new IllegalArgumentException("--k must be in [1, " + v + "], got " + o.k());
         int k = dense ? 0 : o.k();
@@ -112,7 +125,6 @@ public final class LogitDump {
                 : new TeacherLayout(o.kind(), o.kind() == TeacherTargets.Kind.SAMPLED ? DType.F32 : o.dtype(), v, k, (float) o.temperature());
         List<TeacherShardFormat.Tensor> tensors = TeacherShardFormat.tensors(o.kind());
         Files.createDirectories(o.out());
-        Rng rng = new Rng(o.seed());
         List<TeacherManifest.Shard> shards = new ArrayList<>();
         Progress progress = new Progress(err, "dump-logits", 0, total, 5000);
         int[] window = new int[t];
@@ -120,6 +132,13 @@ public final class LogitDump {
         int done = 0;
         for (int shardIndex = 0; done < total; shardIndex++) {
             int s = Math.min(o.sequencesPerShard(), total - done);
+            String file = String.format("shard-%05d.safetensors", shardIndex);
+            shards.add(new TeacherManifest.Shard(file, s, null));
+            if (shardIndex % collective.size() != collective.rank()) {   // another rank's shard
+                done += s;
+                continue;
+            }
+            Rng rng = new Rng(o.seed() + 7919L * shardIndex);
             try (Arena arena = Arena.ofShared()) {
                 long rows = (long) s * t;
                 MemorySegment ids = arena.allocate(4 * rows, 64);
@@ -168,7 +187,6 @@ public final class LogitDump {
                     }
                     progress.update(done + s0 + n, String.format("shard %d", shardIndex));
                 }
-                String file = String.format("shard-%05d.safetensors", shardIndex);
                 List<SafetensorsWriter.Item> items = new ArrayList<>();
                 items.add(new SafetensorsWriter.Item("input_ids", DType.I32, new int[]{s, t}, ids));
                 for (int i = 0; i < tensors.size(); i++) {
@@ -181,9 +199,17 @@ public final class LogitDump {
                 }
                 Path path = o.out().resolve(file);
                 SafetensorsWriter.write(path, items, Map.of("teacher", o.teacher().toString()));
-                shards.add(new TeacherManifest.Shard(file, s, TeacherShards.sha256(path)));
             }
             done += s;
+        }
+        collective.barrier();   // every rank's shards are on disk
+        if (collective.rank() != 0) {
+            collective.barrier();   // and the manifest, once rank 0 has written it
+            return;
+        }
+        for (int i = 0; i < shards.size(); i++) {
+            TeacherManifest.Shard sh = shards.get(i);
+            shards.set(i, new TeacherManifest.Shard(sh.file(), sh.sequences(), TeacherShards.sha256(o.out().resolve(sh.file()))));
         }
         TeacherManifest m = new TeacherManifest(1, v, t, TeacherShardFormat.name(o.kind()), k,
                 o.kind() == TeacherTargets.Kind.SAMPLED ? null : TeacherShardFormat.name(o.dtype()),
@@ -191,10 +217,11 @@ public final class LogitDump {
                 tokenizerSha256, o.teacher().toString(), shards,
                 o.hiddenLayers().length == 0 ? null : Arrays.stream(o.hiddenLayers()).boxed().toList(), o.hiddenLayers().length == 0 ? null : width);
         m.write(o.out().resolve("manifest.json"));
-        out.printf("wrote %d sequences of %d tokens (%s%s%s) in %d shard(s) to %s%n", total, t, TeacherShardFormat.name(o.kind()),
+        out.printf("wrote %d sequences of %d tokens (%s%s%s) in %d shard(s) to %s%s%n", total, t, TeacherShardFormat.name(o.kind()),
                 k > 0 ? ", k = " + k : "", o.hiddenLayers().length == 0 ? "" : ", hidden states " + Arrays.toString(o.hiddenLayers()) + " in bf16",
-                shards.size(), o.out());
+                shards.size(), o.out(), collective.size() > 1 ? " (" + collective.size() + " ranks, shard k by rank k mod " + collective.size() + ")" : "");
         out.flush();
+        collective.barrier();
     }
 
     /**
