@@ -47,26 +47,8 @@ public final class ChunkedLinearDistillLoss {
             throw new IllegalArgumentException("logit scratch holds " + logits.byteSize() + " bytes; " + Math.min(chunkRows, n)
                     + " rows of vocab " + vocab + " need " + 4L * Math.min(chunkRows, n) * vocab);
         }
-        boolean backward = dHidden != null || dWeight != null;
-        DistillSums total = DistillSums.zero();
-        for (int r0 = 0; r0 < n; r0 += chunkRows) {
-            int rows = Math.min(chunkRows, n - r0);
-            MemorySegment h = hidden.asSlice(4L * r0 * d);
-            kernels.gemm(false, true, rows, vocab, d, 1f, h, d, weight, d, 0f, logits, vocab);
-            try {
-                total = total.plus(kernels.distillLoss(logits, backward ? logits : null, teacher.rows(r0, r0 + rows),
-                        labels == null ? null : labels.asSlice(4L * r0), null, null, rows, vocab, options, gradScale));
-            } catch (BadRowException e) {
-                throw e.shifted(r0);   // the row of the whole call, not of the chunk
-            }
-            if (dHidden != null) {
-                kernels.gemm(false, false, rows, d, vocab, 1f, logits, vocab, weight, d, 1f, dHidden.asSlice(4L * r0 * d), d);
-            }
-            if (dWeight != null) {
-                kernels.gemm(true, false, vocab, d, rows, 1f, logits, vocab, h, d, 1f, dWeight, d);
-            }
-        }
-        return total;
+        return chunks(kernels, hidden, weight, dHidden, dWeight, List.of(teacher), new float[]{1f}, labels, n, d, vocab, options, gradScale,
+                chunkRows, logits, logits, null);
     }
 
     /**
@@ -77,6 +59,19 @@ public final class ChunkedLinearDistillLoss {
      * intact while the teachers read them. Extra memory: two more (chunk, vocab) buffers.
      */
     public static DistillSums runMean(Kernels kernels, MemorySegment hidden, MemorySegment weight, MemorySegment dHidden,
+                                      MemorySegment dWeight, List<TeacherRows> teachers, float[] weights, MemorySegment labels,
+                                      int n, int d, int vocab, DistillOptions options, float gradScale, int chunkRows,
+                                      MemorySegment logits, MemorySegment gradSum, MemorySegment gradOne) {
+        return chunks(kernels, hidden, weight, dHidden, dWeight, teachers, weights, labels, n, d, vocab, options, gradScale, chunkRows, logits,
+                gradSum, gradOne);
+    }
+
+    /**
+     * The chunk loop of both: logits of each chunk, each teacher's fused loss over them with its
+     * gradient into {@code gradSum} (the first; in place when gradSum is the logits) or
+     * {@code gradOne} then added, the LM head's backward once.
+     */
+    private static DistillSums chunks(Kernels kernels, MemorySegment hidden, MemorySegment weight, MemorySegment dHidden,
                                       MemorySegment dWeight, List<TeacherRows> teachers, float[] weights, MemorySegment labels,
                                       int n, int d, int vocab, DistillOptions options, float gradScale, int chunkRows,
                                       MemorySegment logits, MemorySegment gradSum, MemorySegment gradOne) {
@@ -93,7 +88,7 @@ public final class ChunkedLinearDistillLoss {
                     sums = kernels.distillLoss(logits, grad, teachers.get(i).rows(r0, r0 + rows), labels == null ? null : labels.asSlice(4L * r0),
                             null, null, rows, vocab, options, weights[i] * gradScale);
                 } catch (BadRowException e) {
-                    throw e.shifted(r0);
+                    throw e.shifted(r0);   // the row of the whole call, not of the chunk
                 }
                 total = total.plus(new DistillSums(sums.total() * weights[i], sums.ce() * weights[i], sums.divergence() * weights[i],
                         i == 0 ? sums.rows() : 0));

@@ -55,6 +55,24 @@ public final class FeatureDistillation implements AutoCloseable {
         MemorySegment layer(int index);
 
         DType type();
+
+        /** The states in {@code layers} (by number), all of {@code type}; asking for another is an error that names it. */
+        static TeacherStates of(Map<Integer, MemorySegment> layers, DType type) {
+            Map<Integer, MemorySegment> held = Map.copyOf(layers);
+            return new TeacherStates() {
+                @Override
+                public MemorySegment layer(int index) {
+                    MemorySegment s = held.get(index);
+                    if (s == null) throw new IllegalArgumentException("the teacher's hidden state " + index + " is not among those kept " + held.keySet());
+                    return s;
+                }
+
+                @Override
+                public DType type() {
+                    return type;
+                }
+            };
+        }
     }
 
     private final Spec spec;

@@ -2,13 +2,11 @@ package dev.distillery.runtime.distill;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.util.HashMap;
 import java.util.Map;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
-import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
 import dev.distillery.runtime.autograd.DifferentiableOps;
@@ -32,7 +30,6 @@ public final class InProcessTeacher implements AutoCloseable {
     private final Arena arena = Arena.ofShared();
     private final int chunkRows;
     private final MemorySegment logits, top1;
-    private final int[] hostTop1;
     private int[] keptLayers = new int[0];
     private final Map<Integer, MemorySegment> kept = new HashMap<>();
     private long keptRows;
@@ -55,7 +52,6 @@ public final class InProcessTeacher implements AutoCloseable {
         this.ops = new DifferentiableOps(kernels, workspace, tape);
         this.logits = kernels.allocate(arena, 4L * chunkRows * model.vocabSize());
         this.top1 = kernels.allocate(arena, 4L * chunkRows);
-        this.hostTop1 = new int[chunkRows];
     }
 
     public LanguageModel model() {
@@ -88,19 +84,7 @@ public final class InProcessTeacher implements AutoCloseable {
 
     /** The kept hidden states of the last {@link #forward}, (b·t, width) fp32 each. */
     public FeatureDistillation.TeacherStates hiddenStates() {
-        return new FeatureDistillation.TeacherStates() {
-            @Override
-            public MemorySegment layer(int index) {
-                MemorySegment s = kept.get(index);
-                if (s == null) throw new IllegalArgumentException("the teacher's hidden state " + index + " is not kept");
-                return s;
-            }
-
-            @Override
-            public DType type() {
-                return DType.F32;
-            }
-        };
+        return FeatureDistillation.TeacherStates.of(kept, DType.F32);
     }
 
     /**
@@ -120,33 +104,13 @@ public final class InProcessTeacher implements AutoCloseable {
         });
         int d = model.width(), v = model.vocabSize();
         MemorySegment head = model.lmHeadWeight().data();
-        return new TeacherRows() {
-            private int from = -1, to = -1;
-            private boolean ranked;
-
+        return new ChunkLogits(kernels, logits, top1) {
             @Override
-            public TeacherTargets rows(int r0, int r1) {
+            int fill(int r0, int r1, MemorySegment out) {
                 int n = r1 - r0;
                 if (n < 1 || n > chunkRows || r1 > b * t) throw new IllegalArgumentException("rows [" + r0 + ", " + r1 + ") of " + b * t + " in chunks of " + chunkRows);
-                kernels.gemm(false, true, n, v, d, 1f, hidden.data().asSlice(4L * r0 * d), d, head, d, 0f, logits, v);
-                from = r0;
-                to = r1;
-                ranked = false;
-                return new TeacherTargets.Dense(logits, DType.F32, v);
-            }
-
-            @Override
-            public int top1(int row) {
-                if (row < from || row >= to) throw new IllegalArgumentException("row " + row + " is not in the last chunk [" + from + ", " + to + ")");
-                if (!ranked) {
-                    kernels.argmaxRows(top1, logits, to - from, v);
-                    try (Arena host = Arena.ofConfined()) {
-                        MemorySegment h = kernels.hostView(top1, 4L * (to - from), host);
-                        for (int i = 0; i < to - from; i++) hostTop1[i] = h.getAtIndex(ValueLayout.JAVA_INT, i);
-                    }
-                    ranked = true;
-                }
-                return hostTop1[row - from];
+                kernels.gemm(false, true, n, v, d, 1f, hidden.data().asSlice(4L * r0 * d), d, head, d, 0f, out, v);
+                return v;
             }
         };
     }

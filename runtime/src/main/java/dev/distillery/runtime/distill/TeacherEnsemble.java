@@ -1,11 +1,8 @@
 package dev.distillery.runtime.distill;
 
-import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.util.List;
 
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.TeacherTargets;
 
@@ -55,47 +52,27 @@ public record TeacherEnsemble(List<TeacherRows> teachers, float[] weights, Combi
      * mixture. Only one chunk of it exists at a time.
      */
     public TeacherRows mixture(Kernels kernels, float temperature, MemorySegment scratch, MemorySegment top1Scratch) {
-        return new TeacherRows() {
-            private int from = -1, to = -1, vocab;
-            private int[] top1;
-
+        return new ChunkLogits(kernels, scratch, top1Scratch) {
             @Override
-            public TeacherTargets rows(int r0, int r1) {
-                int n = r1 - r0;
-                TeacherTargets first = null;
+            int fill(int r0, int r1, MemorySegment mix) {
+                int n = r1 - r0, vocab = -1;
                 for (int i = 0; i < teachers.size(); i++) {
                     TeacherTargets t = teachers.get(i).rows(r0, r1);
                     if (!(t instanceof TeacherTargets.Dense d)) {
                         throw new IllegalArgumentException("a mixture of teachers needs each teacher's whole distribution; teacher " + (i + 1)
                                 + " gives " + t.layout().kind() + " targets");
                     }
-                    if (first == null) {
-                        first = t;
+                    if (i == 0) {
                         vocab = d.vocab();
-                        if (scratch.byteSize() < 4L * n * vocab) throw new IllegalArgumentException("mixture scratch too small for " + n + " rows");
-                        kernels.fill(scratch, Float.NEGATIVE_INFINITY, (long) n * vocab);
+                        if (mix.byteSize() < 4L * n * vocab) throw new IllegalArgumentException("mixture scratch too small for " + n + " rows");
+                        kernels.fill(mix, Float.NEGATIVE_INFINITY, (long) n * vocab);
                     } else if (d.vocab() != vocab) {
                         throw new IllegalArgumentException("teacher " + (i + 1) + " has vocabulary " + d.vocab() + ", teacher 1 has " + vocab);
                     }
-                    kernels.addToMixture(scratch, d.logits(), d.type(), n, vocab, temperature, weights[i]);
+                    kernels.addToMixture(mix, d.logits(), d.type(), n, vocab, temperature, weights[i]);
                 }
-                kernels.scale(scratch, temperature, (long) n * vocab);
-                from = r0;
-                to = r1;
-                top1 = null;
-                return new TeacherTargets.Dense(scratch, DType.F32, vocab);
-            }
-
-            @Override
-            public int top1(int row) {
-                if (row < from || row >= to) throw new IllegalArgumentException("row " + row + " is not in the last chunk [" + from + ", " + to + ")");
-                if (top1 == null) {
-                    kernels.argmaxRows(top1Scratch, scratch, to - from, vocab);
-                    try (Arena host = Arena.ofConfined()) {
-                        top1 = kernels.hostView(top1Scratch, 4L * (to - from), host).toArray(ValueLayout.JAVA_INT);
-                    }
-                }
-                return top1[row - from];
+                kernels.scale(mix, temperature, (long) n * vocab);
+                return vocab;
             }
         };
     }

@@ -7,7 +7,6 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
@@ -74,20 +73,7 @@ public final class TeacherStaging implements AutoCloseable {
         Map<Integer, MemorySegment> staged = new HashMap<>();
         long bytes = (long) rows * width * host.type().bytes();
         for (int l : layers) staged.put(l, stateBuffers.computeIfAbsent(l, k -> new Buffer()).upload(host.layer(l), bytes));
-        DType type = host.type();
-        return new FeatureDistillation.TeacherStates() {
-            @Override
-            public MemorySegment layer(int index) {
-                MemorySegment s = staged.get(index);
-                if (s == null) throw new IllegalArgumentException("the teacher's hidden state " + index + " was not staged");
-                return s;
-            }
-
-            @Override
-            public DType type() {
-                return type;
-            }
-        };
+        return FeatureDistillation.TeacherStates.of(staged, host.type());
     }
 
     @Override

@@ -11,7 +11,6 @@ import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.atomic.AtomicReference;
 
-import dev.distillery.kernels.DType;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
@@ -59,20 +58,7 @@ public final class TeacherBatchStream implements AutoCloseable {
 
         /** The slot's hidden states as the loss reads them; null when it holds none. */
         private FeatureDistillation.TeacherStates states() {
-            if (hidden.isEmpty()) return null;
-            return new FeatureDistillation.TeacherStates() {
-                @Override
-                public MemorySegment layer(int index) {
-                    MemorySegment s = hidden.get(index);
-                    if (s == null) throw new IllegalArgumentException("the shards hold no hidden state " + index);
-                    return s;
-                }
-
-                @Override
-                public DType type() {
-                    return TeacherShardFormat.HIDDEN_TYPE;
-                }
-            };
+            return hidden.isEmpty() ? null : FeatureDistillation.TeacherStates.of(hidden, TeacherShardFormat.HIDDEN_TYPE);
         }
     }
 

@@ -21,15 +21,19 @@ import dev.distillery.trainer.report.ModelComparison;
 /** The whole demo pipeline at toy sizes: every stage runs and the report has its three rows. */
 class DemoTest {
 
+    private static final Demo.Settings TINY = new Demo.Settings(300, 16, 8, new Gpt2Config(300, 16, 2, 32, 2), 40, 3e-3,
+            1, 16, 2, 30, 3e-3, 8, 0.5, 1.0, 4);
+
+    private static Corpus slice() throws IOException {
+        return new Corpus("slice", Corpus.bundled().text().substring(0, 60_000));
+    }
+
     @Test
     void tinyDemoRunsEveryStageAndReports(@TempDir Path work) throws IOException {
-        Corpus corpus = new Corpus("slice", Corpus.bundled().text().substring(0, 60_000));
-        Demo.Settings tiny = new Demo.Settings(300, 16, 8, new Gpt2Config(300, 16, 2, 32, 2), 40, 3e-3,
-                1, 16, 2, 30, 3e-3, 8, 0.5, 1.0, 4);
         StringWriter out = new StringWriter();
         Demo.Outcome o;
         try (CpuKernels k = new CpuKernels(2, "auto")) {
-            o = Demo.run(tiny, corpus, work, 1, k, new PrintWriter(out, true), new PrintWriter(new StringWriter(), true));
+            o = Demo.run(TINY, slice(), work, 1, k, new PrintWriter(out, true), new PrintWriter(new StringWriter(), true));
         }
         List<ModelComparison.Row> rows = o.models();
         assertEquals(3, rows.size());
@@ -54,13 +58,10 @@ class DemoTest {
     /** --methods at toy sizes: every method trains a student that the report lists, with its time, beside the baseline. */
     @Test
     void tinyDemoWithMethodsRunsEveryMethod(@TempDir Path work) throws IOException {
-        Corpus corpus = new Corpus("slice", Corpus.bundled().text().substring(0, 60_000));
-        Demo.Settings tiny = new Demo.Settings(300, 16, 8, new Gpt2Config(300, 16, 2, 32, 2), 40, 3e-3,
-                1, 16, 2, 30, 3e-3, 8, 0.5, 1.0, 4);
         StringWriter out = new StringWriter();
         Demo.Outcome o;
         try (CpuKernels k = new CpuKernels(2, "auto")) {
-            o = Demo.run(tiny, corpus, work, 1, true, k, new PrintWriter(out, true), new PrintWriter(new StringWriter(), true));
+            o = Demo.run(TINY, slice(), work, 1, true, k, new PrintWriter(out, true), new PrintWriter(new StringWriter(), true));
         }
         assertEquals(3 + 6, o.models().size());
         assertEquals(2 + 6, o.methods().size());
