@@ -66,6 +66,7 @@ def main():
     threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 10
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)   # values drifting into denormals slow a step several times (docs/PERFORMANCE.md)
     torch.manual_seed(0)
     vocab, ctx, layers, d, heads, batch = CONFIGS[name]
     model = GPT(vocab, ctx, layers, d, heads)
@@ -73,18 +74,19 @@ def main():
     x = torch.randint(0, vocab, (batch, ctx))
     y = torch.randint(0, vocab, (batch, ctx))
     times = []
-    for i in range(3 + steps):
+    for i in range(5 + steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x).view(-1, vocab), y.view(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if i >= 3:
+        if i >= 5:
             times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1000
     print(f"pytorch {torch.__version__} config {name}, {threads} threads: median {ms:.1f} ms/step, "
-          f"{batch * ctx / ms * 1000:.0f} tokens/s (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})")
+          f"{batch * ctx / ms * 1000:.0f} tokens/s (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}); threads torch "
+          f"{torch.get_num_threads()}")
 
 
 if __name__ == "__main__":

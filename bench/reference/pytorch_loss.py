@@ -1,0 +1,73 @@
+#!/usr/bin/python3
+"""The PyTorch side of the fused-loss comparison: forward KL at T = 2 with alpha 0.5 hard-label
+CE and T^2 scaling, loss and d(loss)/d(student logits), as DistillLossBenchmark.fused computes.
+
+    python3 bench/reference/pytorch_loss.py 2048x32000 dense-bf16 2      # shape, teacher, threads
+
+dense-bf16: the teacher's logits stored in bf16, widened to fp32 in the step. top64: the teacher's
+top-64 ids and logits (bf16) with its full-vocabulary logsumexp at T, the missing mass a tail
+bucket (Distillery's default for top-k). The best plain-PyTorch form: log_softmax once, no
+one-hot, the tail from the student's listed mass. Prints the median of the timed calls, their
+min and max, and the threads torch and its BLAS use.
+"""
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+T, ALPHA, K = 2.0, 0.5, 64
+
+
+def dense_loss(s, t, y):
+    log_q = F.log_softmax(s / T, dim=-1)
+    log_p = F.log_softmax(t.float() / T, dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean() * T * T
+    return ALPHA * F.cross_entropy(s, y) + (1 - ALPHA) * kl
+
+
+def topk_loss(s, ids, tl, lse, y):
+    log_q = F.log_softmax(s / T, dim=-1)
+    log_q_k = log_q.gather(1, ids)
+    log_p_k = tl.float() / T - lse[:, None]
+    p_k = log_p_k.exp()
+    p_tail = (1 - p_k.sum(-1)).clamp_min(1e-30)
+    q_tail = (1 - log_q_k.exp().sum(-1)).clamp_min(1e-30)
+    kl = (p_k * (log_p_k - log_q_k)).sum(-1) + p_tail * (p_tail.log() - q_tail.log())
+    return ALPHA * F.cross_entropy(s, y) + (1 - ALPHA) * kl.mean() * T * T
+
+
+def main():
+    n, v = (int(x) for x in sys.argv[1].split("x"))
+    teacher = sys.argv[2]
+    threads = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    calls = int(sys.argv[4]) if len(sys.argv) > 4 else 8
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)   # values drifting into denormals slow a step several times (docs/PERFORMANCE.md)
+    g = torch.Generator().manual_seed(7)
+    s = (3 * torch.randn(n, v, generator=g)).requires_grad_()
+    y = torch.randint(0, v, (n,), generator=g)
+    t = (3 * torch.randn(n, v, generator=g)).to(torch.bfloat16)
+    if teacher == "top64":
+        tl, ids = t.float().topk(K, dim=-1)
+        lse = torch.logsumexp(t.float() / T, dim=-1)
+        tl = tl.to(torch.bfloat16)
+        del t
+        fn = lambda: topk_loss(s, ids, tl, lse, y)
+    else:
+        fn = lambda: dense_loss(s, t, y)
+    times = []
+    for i in range(2 + calls):
+        s.grad = None
+        t0 = time.perf_counter()
+        fn().backward()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    ms = statistics.median(times) * 1000
+    print(f"pytorch {torch.__version__} loss {sys.argv[1]} {teacher}: median {ms:.1f} ms (min {min(times) * 1000:.1f}, "
+          f"max {max(times) * 1000:.1f}); threads torch {torch.get_num_threads()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Distillery against PyTorch on the machine at hand, both sides in one sitting, round by round.
+#
+#   bench/reference/side_by_side.sh [--rounds N] [--quick]
+#
+# Needs bench/target/benchmarks.jar (./mvnw -B -q package -DskipTests) and JDK 25 (JAVA_HOME).
+# PyTorch comes from the machine's local wheel cache into a venv (no network), or from Debian's
+# python3-torch where it is installed; where both are there, the faster on config A is used.
+# Both sides get the same threads (2) with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset (the
+# environment forces a slower OpenBLAS kernel with them); PyTorch gets tcmalloc
+# (TCMALLOC_RELEASE_RATE=0), passive OpenMP waiting and denormals flushed to zero (the scripts set
+# torch.set_flush_denormal), its best setup on these machines.
+# Each round runs every row on both sides one after the other; the table has the medians over the
+# rounds and their ratio (PyTorch time / Distillery time: above 1 is Distillery faster). A row
+# whose PyTorch times spread by more than 1.5x within a run, or whose torch does not use the
+# threads it was given, gets no ratio: a thrashing reference measures nothing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+ROUNDS=3
+QUICK=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS="$2"; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "side_by_side.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+THREADS=2
+JAVA="${JAVA_HOME:-/usr/lib/jvm/temurin-25-jdk-amd64}/bin/java"
+JAR=bench/target/benchmarks.jar
+[ -x "$JAVA" ] || { echo "side_by_side.sh: no java at $JAVA; set JAVA_HOME to a JDK 25" >&2; exit 1; }
+[ -f "$JAR" ] || { echo "side_by_side.sh: $JAR is missing; build it first: ./mvnw -B -q package -DskipTests" >&2; exit 1; }
+unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+# ---------------------------------------------------------------- the PyTorch side
+VENV="${DISTILLERY_TORCH_VENV:-$HOME/.cache/distillery/torch-venv}"
+if ! "$VENV/bin/python" -c 'import torch' >/dev/null 2>&1; then
+  WHEEL=$(find / -xdev -name 'torch-2*.whl' 2>/dev/null | sort | tail -n 1 || true)
+  if [ -n "$WHEEL" ]; then
+    echo "setting up PyTorch from $WHEEL in $VENV (no network)" >&2
+    LINKS=()
+    while read -r dir; do LINKS+=(--find-links "$dir"); done < <(find / -xdev -name '*.whl' -printf '%h\n' 2>/dev/null | sort -u)
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --no-index "${LINKS[@]}" "torch==$(basename "$WHEEL" | cut -d- -f2)" numpy >&2
+  fi
+fi
+CANDIDATES=()
+"$VENV/bin/python" -c 'import torch' >/dev/null 2>&1 && CANDIDATES+=("$VENV/bin/python")
+/usr/bin/python3 -c 'import torch' >/dev/null 2>&1 && CANDIDATES+=(/usr/bin/python3)
+[ ${#CANDIDATES[@]} -gt 0 ] || { echo "side_by_side.sh: no PyTorch: no torch-2 wheel found and Debian's python3-torch is not installed" >&2; exit 1; }
+
+TCMALLOC=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+if [ ! -e "$TCMALLOC" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || true
+fi
+torch_run() {   # python script args...: one PyTorch run in its best setup (Distillery sets its own threads)
+  local py="$1"; shift
+  local env=(OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS OMP_WAIT_POLICY=PASSIVE)
+  [ -e "$TCMALLOC" ] && env+=(LD_PRELOAD="$TCMALLOC" TCMALLOC_RELEASE_RATE=0)
+  env "${env[@]}" "$py" "$@"
+}
+
+PY=${CANDIDATES[0]}
+if [ ${#CANDIDATES[@]} -gt 1 ]; then
+  best=""
+  for c in "${CANDIDATES[@]}"; do
+    ms=$(torch_run "$c" bench/reference/pytorch_step.py A $THREADS 5 | sed -n 's/.*median \([0-9.]*\) ms.*/\1/p')
+    echo "PyTorch candidate $c: config A $ms ms/step" >&2
+    if [ -z "$best" ] || awk "BEGIN{exit !($ms < $best)}"; then best=$ms; PY=$c; fi
+  done
+fi
+TORCH=$("$PY" -c 'import torch; print(torch.__version__)')
+BLAS=$("$PY" -c 'import torch; c=torch.__config__.show(); print("MKL" if "MKL" in c and "USE_MKL=ON" in c else "OpenBLAS" if "openblas" in c.lower() else "its BLAS")')
+
+# ---------------------------------------------------------------- the rows
+STEP_ROWS=("A" "B")
+LOSS_ROWS=("2048x32000 dense-bf16" "4096x50257 dense-bf16" "1024x128256 dense-bf16" "2048x32000 top64")
+if [ "$QUICK" = 1 ]; then LOSS_ROWS=("2048x32000 dense-bf16" "2048x32000 top64"); fi
+# the loss rows at DistillLossBenchmark's own iterations (2 s); the step rows at TrainingStepBenchmark's
+# (5 s warm-up, 10 s measured), which a step of a few hundred ms needs to average its noise
+JMH=(-f 1 -wi 2 -i 5)
+
+jmh_ms() {   # benchmark regex, params...: the JMH score in ms/op
+  local out="$WORK/jmh.json"
+  "$JAVA" -jar "$JAR" "$1" "${@:2}" "${JMH[@]}" -p threads=$THREADS -rf json -rff "$out" >"$WORK/jmh.log" 2>&1 \
+    || { tail -n 20 "$WORK/jmh.log" >&2; return 1; }
+  "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["primaryMetric"]["score"])' "$out"
+}
+
+record() {   # row side value [flag]
+  echo "$1|$2|$3|${4:-}" >>"$WORK/results"
+}
+
+torch_record() {   # row output-line
+  local row="$1" line="$2"
+  local ms min max thr
+  ms=$(sed -n 's/.*median \([0-9.]*\) ms.*/\1/p' <<<"$line")
+  min=$(sed -n 's/.*(min \([0-9.]*\),.*/\1/p' <<<"$line")
+  max=$(sed -n 's/.*max \([0-9.]*\)).*/\1/p' <<<"$line")
+  thr=$(sed -n 's/.*threads torch \([0-9]*\).*/\1/p' <<<"$line")
+  local flag=""
+  awk "BEGIN{exit !($max > 1.5 * $min)}" && flag="spread $min-$max ms"
+  [ "$thr" = "$THREADS" ] || flag="torch used $thr threads, not $THREADS"
+  record "$row" torch "$ms" "$flag"
+}
+
+COPY_GBS=$(awk "BEGIN{printf \"%.1f\", 2 * 1.073741824 / ($(jmh_ms 'MemoryBandwidthBenchmark.copy') / 1000)}")
+: >"$WORK/results"
+for r in $(seq 1 "$ROUNDS"); do
+  echo "round $r of $ROUNDS" >&2
+  for c in "${STEP_ROWS[@]}"; do
+    torch_record "training step $c" "$(torch_run "$PY" bench/reference/pytorch_step.py "$c" $THREADS 8)"
+    record "training step $c" distillery "$(jmh_ms 'TrainingStepBenchmark.step' -p config="$c")"
+  done
+  for l in "${LOSS_ROWS[@]}"; do
+    set -- $l
+    torch_record "fused loss $1 $2" "$(torch_run "$PY" bench/reference/pytorch_loss.py "$1" "$2" $THREADS 6)"
+    record "fused loss $1 $2" distillery "$(jmh_ms 'DistillLossBenchmark.fused' -p shape="$1" -p teacher="$2")"
+  done
+done
+
+# ---------------------------------------------------------------- the table
+CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
+echo
+echo "$(date -u +%Y-%m-%d), $CPU, $(nproc) CPUs; $THREADS threads each side; copy bandwidth $COPY_GBS GB/s;"
+echo "PyTorch $TORCH ($BLAS, $PY$( [ -e "$TCMALLOC" ] && echo ', tcmalloc')); medians of $ROUNDS rounds"
+echo
+"$PY" - "$WORK/results" <<'PYEOF'
+import statistics, sys
+rows, flags = {}, {}
+for line in open(sys.argv[1]):
+    row, side, value, flag = line.rstrip("\n").split("|")
+    rows.setdefault(row, {}).setdefault(side, []).append(float(value))
+    if flag:
+        flags.setdefault(row, []).append(flag)
+print("| row | PyTorch, ms | Distillery, ms | PyTorch / Distillery |")
+print("|---|---:|---:|---:|")
+for row, sides in rows.items():
+    t, d = statistics.median(sides["torch"]), statistics.median(sides["distillery"])
+    ratio = f"{t / d:.2f}x" if row not in flags else "no ratio: " + "; ".join(sorted(set(flags[row])))
+    print(f"| {row} | {t:,.1f} | {d:,.1f} | {ratio} |")
+PYEOF
