@@ -55,7 +55,8 @@ public final class TrainingSession implements AutoCloseable {
     private final Graph graph;
     private final ModelInputs inputs;
     private final TeacherStaging teacherStaging;
-    private final List<TeacherStaging> extraStaging = new ArrayList<>();
+    private final List<TeacherStaging> moreStaging = new ArrayList<>();   // the second stored teacher's on
+    private static final float[] ONE = {1f};
     private final Evaluator evaluator;
     private final AdamW.Config adam;
     private FeatureDistillation features;
@@ -224,18 +225,15 @@ public final class TrainingSession implements AutoCloseable {
     public DifferentiableOps.DistillLoss backwardDistill(TeacherTargets teacher, FeatureDistillation.TeacherStates teacherStates,
                                                          DistillOptions options, DifferentiableOps.Reduction reduction, int chunkRows,
                                                          float gradScale) {
-        graph.reset(true);
-        TeacherTargets staged = teacherStaging.stage(teacher, batch * time);
-        FeatureDistillation.TeacherStates states = features == null ? null
-                : teacherStaging.stage(requireStates(teacherStates), features.spec().teacherLayers(), batch * time, features.teacherWidth());
-        FeatureDistillation.StudentStates tapped = features == null ? null : features.studentTap(graph.ops);
-        Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time, tapped);
-        kernels.joinCopies();
-        DifferentiableOps.DistillLoss loss = graph.ops.distillationLoss(hidden, model.lmHeadWeight(), TeacherRows.stored(staged, null),
-                inputs.targets(), options, reduction, chunkRows, gradScale);
-        if (features != null) loss = loss.plusFeature(features.loss(graph.ops, tapped, states, gradScale), features.spec().weight());
-        graph.tape.backward();
-        return loss;
+        return backwardDistill(List.of(new TeacherSource.Stored(teacher)), ONE, TeacherEnsemble.Combination.MEAN_OF_LOSSES, teacherStates,
+                options, reduction, chunkRows, gradScale);
+    }
+
+    /** The staging of the k-th stored teacher of a step: the first shares the evaluator's buffers. */
+    private TeacherStaging stagingFor(int k) {
+        if (k == 0) return teacherStaging;
+        while (moreStaging.size() < k) moreStaging.add(new TeacherStaging(kernels));
+        return moreStaging.get(k - 1);
     }
 
     private static FeatureDistillation.TeacherStates requireStates(FeatureDistillation.TeacherStates states) {
@@ -251,15 +249,8 @@ public final class TrainingSession implements AutoCloseable {
      */
     public DifferentiableOps.DistillLoss backwardDistill(InProcessTeacher teacher, DistillOptions options,
                                                          DifferentiableOps.Reduction reduction, int chunkRows, float gradScale) {
-        graph.reset(true);
-        TeacherRows rows = teacher.forward(inputs.tokens(), batch, time);
-        FeatureDistillation.StudentStates tapped = features == null ? null : features.studentTap(graph.ops);
-        Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time, tapped);
-        DifferentiableOps.DistillLoss loss = graph.ops.distillationLoss(hidden, model.lmHeadWeight(), rows, inputs.targets(), options,
+        return backwardDistill(List.of(new TeacherSource.Live(teacher)), ONE, TeacherEnsemble.Combination.MEAN_OF_LOSSES, null, options,
                 reduction, chunkRows, gradScale);
-        if (features != null) loss = loss.plusFeature(features.loss(graph.ops, tapped, teacher.hiddenStates(), gradScale), features.spec().weight());
-        graph.tape.backward();
-        return loss;
     }
 
     /**
@@ -276,10 +267,7 @@ public final class TrainingSession implements AutoCloseable {
         int stored = 0;
         for (TeacherSource t : teachers) {
             rows.add(switch (t) {
-                case TeacherSource.Stored s -> {
-                    while (extraStaging.size() <= stored) extraStaging.add(new TeacherStaging(kernels));
-                    yield TeacherRows.stored(extraStaging.get(stored++).stage(s.targets(), batch * time), null);
-                }
+                case TeacherSource.Stored s -> TeacherRows.stored(stagingFor(stored++).stage(s.targets(), batch * time), null);
                 case TeacherSource.Live l -> l.teacher().forward(inputs.tokens(), batch, time);
             });
         }
@@ -322,7 +310,7 @@ public final class TrainingSession implements AutoCloseable {
     public void close() {
         if (features != null) features.close();
         teacherStaging.close();
-        for (TeacherStaging s : extraStaging) s.close();
+        for (TeacherStaging s : moreStaging) s.close();
         graph.close();
         inputs.close();
     }
