@@ -588,10 +588,6 @@ public final class DistillRun {
             }
         }
 
-        boolean any() {
-            return !more.isEmpty();
-        }
-
         /** Every teacher of one micro-batch, the first ({@code first}) first; the shard teachers' batches are held until {@link #release()}. */
         List<TeacherSource> sources(TeacherSource first, TeacherBatchStream.Batch batch) throws InterruptedException {
             List<TeacherSource> all = new ArrayList<>(List.of(first));
@@ -690,17 +686,12 @@ public final class DistillRun {
                         l = session.backwardDistill(live, onPolicy.options(options), reduction, chunkRows, scale);
                         sampled++;
                         sampledRows += l.rows();
-                    } else if (extras.any()) {
+                    } else {
                         session.inputs().setSequences(batch.inputIds());
                         TeacherSource first = live != null ? new TeacherSource.Live(live) : new TeacherSource.Stored(batch.targets());
                         l = session.backwardDistill(extras.sources(first, batch), cfg.teacherWeights(), cfg.combination(), batch.hiddenStates(),
                                 options, reduction, chunkRows, scale);
                         extras.release();
-                    } else {
-                        session.inputs().setSequences(batch.inputIds());
-                        l = live != null ? session.backwardDistill(live, options, reduction, chunkRows, scale)
-                                : session.backwardDistill(batch.targets(), batch.hiddenStates(), options, reduction, chunkRows,
-                                scale);
                     }
                 } catch (BadRowException e) {
                     throw inShards(e, src.train(), batch);
