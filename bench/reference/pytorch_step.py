@@ -5,7 +5,10 @@ The same GPT-2 student as Distillery's Transformer (learned positions, pre-LN bl
 MLP with the tanh approximation, tied LM head), one full step: forward, cross-entropy, backward,
 clip to 1.0, AdamW. Prints the median step time over the measured steps.
 
-    python3 bench/reference/pytorch_step.py A 2        # config, threads
+    python3 bench/reference/pytorch_step.py A 2 10 bf16   # config, threads, steps, fp32|bf16
+
+bf16 is PyTorch's mixed precision on the CPU: forward and loss under
+torch.autocast('cpu', dtype=torch.bfloat16) (bf16 matmuls, fp32 weights, gradients and AdamW).
 
 Not used by any test: it is the baseline, run by hand beside `StepProfile`/JMH.
 """
@@ -65,6 +68,9 @@ def main():
     name = sys.argv[1] if len(sys.argv) > 1 else "A"
     threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 10
+    precision = sys.argv[4] if len(sys.argv) > 4 else "fp32"
+    if precision not in ("fp32", "bf16"):
+        sys.exit(f"precision must be fp32 or bf16, got {precision}")
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)   # values drifting into denormals slow a step several times (docs/PERFORMANCE.md)
     torch.manual_seed(0)
@@ -77,14 +83,15 @@ def main():
     for i in range(5 + steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x).view(-1, vocab), y.view(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x).view(-1, vocab), y.view(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if i >= 5:
             times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1000
-    print(f"pytorch {torch.__version__} config {name}, {threads} threads: median {ms:.1f} ms/step, "
+    print(f"pytorch {torch.__version__} config {name} {precision}, {threads} threads: median {ms:.1f} ms/step, "
           f"{batch * ctx / ms * 1000:.0f} tokens/s (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}); threads torch "
           f"{torch.get_num_threads()}")
 

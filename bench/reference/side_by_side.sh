@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Distillery against PyTorch on the machine at hand, both sides in one sitting, round by round.
 #
-#   bench/reference/side_by_side.sh [--rounds N] [--quick]
+#   bench/reference/side_by_side.sh [--rounds N] [--quick] [--steps-only]
 #
 # Needs bench/target/benchmarks.jar (./mvnw -B -q package -DskipTests) and JDK 25 (JAVA_HOME).
 # PyTorch comes from the machine's local wheel cache into a venv (no network), or from Debian's
@@ -13,17 +13,21 @@
 # Each round runs every row on both sides one after the other; the table has the medians over the
 # rounds and their ratio (PyTorch time / Distillery time: above 1 is Distillery faster). A row
 # whose PyTorch times spread by more than 1.5x within a run, or whose torch does not use the
-# threads it was given, gets no ratio: a thrashing reference measures nothing.
+# threads it was given, gets no ratio: a thrashing reference measures nothing. The training
+# steps run in fp32 and in bf16 mixed precision (PyTorch: torch.autocast on the CPU; Distillery:
+# -p precision=bf16, where the CPU has AMX or AVX512-BF16); --steps-only leaves out the loss rows.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 ROUNDS=3
 QUICK=0
+STEPS_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --steps-only) STEPS_ONLY=1; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "side_by_side.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -78,9 +82,10 @@ TORCH=$("$PY" -c 'import torch; print(torch.__version__)')
 BLAS=$("$PY" -c 'import torch; c=torch.__config__.show(); print("MKL" if "MKL" in c and "USE_MKL=ON" in c else "OpenBLAS" if "openblas" in c.lower() else "its BLAS")')
 
 # ---------------------------------------------------------------- the rows
-STEP_ROWS=("A" "B")
+STEP_ROWS=("A fp32" "B fp32" "A bf16" "B bf16")
 LOSS_ROWS=("2048x32000 dense-bf16" "4096x50257 dense-bf16" "1024x128256 dense-bf16" "2048x32000 top64")
 if [ "$QUICK" = 1 ]; then LOSS_ROWS=("2048x32000 dense-bf16" "2048x32000 top64"); fi
+if [ "$STEPS_ONLY" = 1 ]; then LOSS_ROWS=(); fi
 # the loss rows at DistillLossBenchmark's own iterations (2 s); the step rows at TrainingStepBenchmark's
 # (5 s warm-up, 10 s measured), which a step of a few hundred ms needs to average its noise
 JMH=(-f 1 -wi 2 -i 5)
@@ -114,10 +119,11 @@ COPY_GBS=$(awk "BEGIN{printf \"%.1f\", 2 * 1.073741824 / ($(jmh_ms 'MemoryBandwi
 for r in $(seq 1 "$ROUNDS"); do
   echo "round $r of $ROUNDS" >&2
   for c in "${STEP_ROWS[@]}"; do
-    torch_record "training step $c" "$(torch_run "$PY" bench/reference/pytorch_step.py "$c" $THREADS 8)"
-    record "training step $c" distillery "$(jmh_ms 'TrainingStepBenchmark.step' -p config="$c")"
+    set -- $c
+    torch_record "training step $1 $2" "$(torch_run "$PY" bench/reference/pytorch_step.py "$1" $THREADS 8 "$2")"
+    record "training step $1 $2" distillery "$(jmh_ms 'TrainingStepBenchmark.step' -p config="$1" -p precision="$2")"
   done
-  for l in "${LOSS_ROWS[@]}"; do
+  for l in ${LOSS_ROWS[@]+"${LOSS_ROWS[@]}"}; do
     set -- $l
     torch_record "fused loss $1 $2" "$(torch_run "$PY" bench/reference/pytorch_loss.py "$1" "$2" $THREADS 6)"
     record "fused loss $1 $2" distillery "$(jmh_ms 'DistillLossBenchmark.fused' -p shape="$1" -p teacher="$2")"

@@ -256,6 +256,20 @@ DISTILL_LAUNCH void ops_scale(float* x, float factor, long n) {
     for (long i = ops::first_index(); i < n; i += ops::stride()) x[i] *= factor;
 }
 
+// out[i] = x[i] rounded to bf16 (the operands of bf16 mixed precision's GEMMs): to nearest even,
+// subnormals to zero, a NaN stays a quiet NaN. The same function as the CPU's packing
+// (cpu/src/main/c/bf16_gemm.c, to_bf16), bit for bit.
+DISTILL_LAUNCH void ops_round_to_bf16(uint16_t* out, const float* x, long n) {
+    for (long i = ops::first_index(); i < n; i += ops::stride()) {
+        const uint32_t u = __float_as_uint(x[i]);
+        uint16_t h;
+        if ((u & 0x7fffffffu) > 0x7f800000u) h = (uint16_t)((u >> 16) | 0x40u);
+        else if ((u & 0x7f800000u) == 0u) h = (uint16_t)((u >> 16) & 0x8000u);
+        else h = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        out[i] = h;
+    }
+}
+
 DISTILL_LAUNCH void ops_fill(float* x, float value, long n) {
     for (long i = ops::first_index(); i < n; i += ops::stride()) x[i] = value;
 }

@@ -56,4 +56,33 @@ void emu_sgemm_strided(int ta, int tb, int m, int n, int k, float alpha, const f
     }
 }
 
+// emu_sgemm_strided with A and B in bf16 (cublasGemmStridedBatchedEx: CUDA_R_16BF inputs, CUDA_R_32F
+// output, CUBLAS_COMPUTE_32F): each bf16 widened exactly, fp32 sums.
+void emu_gemm_bf16_strided(int ta, int tb, int m, int n, int k, float alpha, const uint16_t* A, int lda, long sa,
+                           const uint16_t* B, int ldb, long sb, float beta, float* C, int ldc, long sc, int batch) {
+    auto widen = [](uint16_t h) {
+        uint32_t u = (uint32_t)h << 16;
+        float x;
+        memcpy(&x, &u, 4);
+        return x;
+    };
+    for (int q = 0; q < batch; q++) {
+        const uint16_t* a = A + q * sa;
+        const uint16_t* b = B + q * sb;
+        float* c = C + q * sc;
+        for (int j = 0; j < n; j++) {
+            for (int i = 0; i < m; i++) {
+                float acc = 0.f;
+                for (int l = 0; l < k; l++) {
+                    float x = widen(ta ? a[l + (long)i * lda] : a[i + (long)l * lda]);
+                    float y = widen(tb ? b[j + (long)l * ldb] : b[l + (long)j * ldb]);
+                    acc += x * y;
+                }
+                float& out = c[i + (long)j * ldc];
+                out = beta == 0.f ? alpha * acc : alpha * acc + beta * out;
+            }
+        }
+    }
+}
+
 }  // extern "C"

@@ -273,6 +273,12 @@ inline int __shfl_xor_sync(unsigned mask, int v, int lane_mask) {
 
 inline float __expf(float x) { return std::exp(x); }
 
+inline unsigned int __float_as_uint(float x) {
+    unsigned int u;
+    std::memcpy(&u, &x, sizeof u);
+    return u;
+}
+
 struct alignas(16) float4 {
     float x, y, z, w;
 };

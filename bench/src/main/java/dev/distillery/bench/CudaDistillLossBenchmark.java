@@ -24,6 +24,7 @@ import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
 
@@ -64,7 +65,7 @@ public class CudaDistillLossBenchmark {
         String[] nv = shape.split("x");
         n = Integer.parseInt(nv[0]);
         v = Integer.parseInt(nv[1]);
-        kernels = Backends.open(new Backends.Request(Backend.CUDA, 1, "auto", false));
+        kernels = Backends.open(new Backends.Request(Backend.CUDA, 1, "auto", false, Precision.FP32));
         device = Arena.ofShared();
         options = DistillOptions.of(2f, 0.5f);
         SplittableRandom rng = new SplittableRandom(1);

@@ -5,6 +5,7 @@ import java.util.Locale;
 import java.util.Map;
 
 import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.Precision;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.nn.Gpt2;
 import dev.distillery.runtime.nn.TrainingSession;
@@ -29,7 +30,8 @@ public final class StepProfile {
         int steps = args.length > 2 ? Integer.parseInt(args[2]) : 5;
         String gemm = args.length > 3 ? args[3] : "auto";
         int warmup = args.length > 4 ? Integer.parseInt(args[4]) : 10;
-        try (TimedKernels kernels = new TimedKernels(Backends.open(Backends.Request.cpu(threads, gemm)));
+        Precision precision = Precision.parse(args.length > 5 ? args[5] : "fp32", "precision (6th argument)");
+        try (TimedKernels kernels = new TimedKernels(Backends.open(Backends.Request.cpu(threads, gemm, precision)));
              Gpt2 model = new Gpt2(c.model, kernels)) {
             model.initialize(1);
             int t = c.model.contextLength();

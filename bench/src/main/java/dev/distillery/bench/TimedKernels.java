@@ -8,6 +8,7 @@ import java.util.function.Supplier;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.FeatureDistance;
@@ -63,6 +64,11 @@ public final class TimedKernels implements Kernels {
             call.run();
             return null;
         });
+    }
+
+    @Override
+    public Precision precision() {
+        return inner.precision();
     }
 
     @Override

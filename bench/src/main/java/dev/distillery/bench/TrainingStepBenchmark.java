@@ -19,6 +19,7 @@ import org.openjdk.jmh.annotations.Warmup;
 import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.nn.Gpt2;
 import dev.distillery.runtime.nn.TrainingSession;
@@ -29,6 +30,7 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
  * One full training step of the student (forward, fused cross-entropy, backward, gradient
  * clipping, AdamW) on random tokens: time per step; tokens/s = batch · ctx / time.
  * Config A: 8 × 128 = 1,024 tokens a step; config B: 8 × 256 = 2,048.
+ * {@code -p precision=bf16} runs it in bf16 mixed precision (bf16 GEMM operands, fp32 sums).
  * {@code -p device=cuda} runs the same step on GPU 0 through {@code CudaKernels} (the step ends
  * with the gradient norm copied back, so the time includes all of its GPU work).
  */
@@ -54,6 +56,10 @@ public class TrainingStepBenchmark {
     @Param({"cpu"})
     public String device;
 
+    /** fp32, or bf16 (mixed precision: bf16 GEMM operands, fp32 sums; refused where the device has no bf16 arithmetic). */
+    @Param({"fp32"})
+    public String precision;
+
     private Kernels kernels;
     private Gpt2 model;
     private TrainingSession session;
@@ -61,7 +67,10 @@ public class TrainingStepBenchmark {
     @Setup(Level.Trial)
     public void setUp() {
         StudentConfigs c = StudentConfigs.valueOf(config);
-        kernels = Backends.open(new Backends.Request(Backend.parse(device), threads, gemm, false));
+        kernels = Backends.open(new Backends.Request(Backend.parse(device), threads, gemm, false, Precision.parse(precision, "precision")));
+        if (kernels.precision() != Precision.parse(precision, "precision")) {
+            throw new IllegalStateException("precision=" + precision + " cannot run here: " + kernels.describe());
+        }
         model = new Gpt2(c.model, kernels);
         model.initialize(1);
         int t = c.model.contextLength();

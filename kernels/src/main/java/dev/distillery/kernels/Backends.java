@@ -21,17 +21,24 @@ public final class Backends {
      *
      * @param threads CPU worker threads (at least 1)
      * @param gemm    CPU GEMM: auto (OpenBLAS when it loads), blas or vector
-     * @param tf32    on CUDA, let cuBLAS use TF32 tensor cores for fp32 GEMMs
+     * @param tf32      on CUDA, let cuBLAS use TF32 tensor cores for fp32 GEMMs
+     * @param precision the GEMMs' arithmetic: fp32, or bf16 mixed precision where the device has it
      */
-    public record Request(Backend backend, int threads, String gemm, boolean tf32) {
+    public record Request(Backend backend, int threads, String gemm, boolean tf32, Precision precision) {
         public Request {
             if (backend == null) throw new IllegalArgumentException("a backend is required");
             if (threads < 1) throw new IllegalArgumentException("--threads must be >= 1, got " + threads);
+            if (precision == null) precision = Precision.FP32;
         }
 
-        /** The CPU with {@code threads} workers and the given GEMM. */
+        /** The CPU with {@code threads} workers and the given GEMM, in fp32. */
         public static Request cpu(int threads, String gemm) {
-            return new Request(Backend.CPU, threads, gemm, false);
+            return cpu(threads, gemm, Precision.FP32);
+        }
+
+        /** The CPU with {@code threads} workers, the given fp32 GEMM and {@code precision}. */
+        public static Request cpu(int threads, String gemm, Precision precision) {
+            return new Request(Backend.CPU, threads, gemm, false, precision);
         }
     }
 
@@ -74,7 +81,7 @@ public final class Backends {
             why = cudaUnavailableReason();
             if (why == null) {
                 try {
-                    Kernels k = CudaKernels.open(0, r.tf32());
+                    Kernels k = CudaKernels.open(0, r.tf32(), r.precision());
                     say.accept("device: cuda" + (r.backend() == Backend.AUTO ? " (auto)" : "") + "; " + k.describe()
                             + (r.tf32() ? ", TF32 GEMMs" : ""));
                     return k;
@@ -84,7 +91,7 @@ public final class Backends {
             }
             if (r.backend() == Backend.CUDA) throw new UnavailableException("--device cuda: " + why + "; use --device cpu");
         }
-        Kernels k = new CpuKernels(r.threads(), r.gemm());
+        Kernels k = new CpuKernels(r.threads(), r.gemm(), r.precision());
         say.accept("device: cpu" + (why != null ? " (auto: " + why + ")" : "") + "; " + k.describe());
         return k;
     }

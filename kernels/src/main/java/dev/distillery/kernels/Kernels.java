@@ -29,6 +29,11 @@ public interface Kernels extends AutoCloseable {
     /** Short human name: "cpu (OpenBLAS, 2 threads)". */
     String describe();
 
+    /** The arithmetic of {@link #gemm} and {@link #gemmStridedBatched}: fp32, or bf16 operands with fp32 sums. */
+    default Precision precision() {
+        return Precision.FP32;
+    }
+
     // ---------------------------------------------------------------- memory
 
     /**

@@ -12,10 +12,12 @@ import java.util.Locale;
 
 /**
  * FFM binding of {@code libdistillery_cpu.so}, the native rows of the fused distillation loss
- * ({@code cpu/src/main/c/distill_cpu.c}, built into the {@code distillery-cpu} jar when a C
- * compiler was there). One static method per exported function, named after it; pointers go as
- * raw addresses of the caller's native segments, alive for the call (critical downcalls: no
- * thread-state transition, the functions neither block nor call back).
+ * ({@code cpu/src/main/c/distill_cpu.c}) and the GEMM of bf16 mixed precision
+ * ({@code cpu/src/main/c/bf16_gemm.c}), built into the {@code distillery-cpu} jar when a C
+ * compiler was there. One static method per exported function, named after it; pointers go as
+ * raw addresses of the caller's native segments, alive for the call (the rows are critical
+ * downcalls: no thread-state transition, they neither block nor call back; the GEMM, which runs
+ * for milliseconds, is not).
  *
  * <p>{@code -Ddistillery.nativeLoss=auto} (default) loads it on Linux x86-64 CPUs with AVX-512
  * (F, BW, DQ) and FMA; {@code off} never. {@link #status()} says which and why.
@@ -24,15 +26,19 @@ public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 3;
+    public static final int ABI = 4;
+    /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
+    public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
-    private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT;
+    private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM;
     private static final String STATUS;
+    private static final int BF16_KIND;
 
     static {
-        MethodHandle row = null, student = null, squared = null;
+        MethodHandle row = null, student = null, squared = null, bf16 = null;
+        int bf16Kind = BF16_NONE;
         String status;
         try {
             String choice = System.getProperty("distillery.nativeLoss", "auto").trim().toLowerCase(Locale.ROOT);
@@ -70,6 +76,10 @@ public final class DistilleryCpu {
                                 FunctionDescriptor.ofVoid(p, i, f, i, p, p, p, p, p), critical);
                         squared = linker.downcallHandle(lookup.findOrThrow("distillery_squared_gradient"),
                                 FunctionDescriptor.ofVoid(p, p, p, i, f, f, f, f, f, f), critical);
+                        bf16 = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm"),
+                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, p, i, f, p, i));
+                        bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
+                                FunctionDescriptor.of(i)).invokeExact();
                         status = "on: " + lib;
                     }
                 }
@@ -82,6 +92,8 @@ public final class DistilleryCpu {
         DENSE_FORWARD_KL_ROW = row;
         STUDENT_PASS = student;
         SQUARED_GRADIENT = squared;
+        BF16_GEMM = bf16;
+        BF16_KIND = bf16Kind;
         STATUS = status;
     }
 
@@ -96,6 +108,28 @@ public final class DistilleryCpu {
     /** "on: &lt;library&gt;", "off (...)" or "not available: &lt;why&gt;". */
     public static String status() {
         return STATUS;
+    }
+
+    /**
+     * {@code distillery_bf16_gemm_kind()}: {@link #BF16_AMX} (AMX tiles, granted by Linux),
+     * {@link #BF16_AVX512} (AVX512-BF16 dot products) or {@link #BF16_NONE} (also when the library is not loaded).
+     */
+    public static int bf16GemmKind() {
+        return BF16_KIND;
+    }
+
+    /**
+     * {@code distillery_bf16_gemm}: row-major {@code C = alpha op(A) op(B) + beta C} with A and B
+     * rounded to bf16 and fp32 sums, on the calling thread; {@code kind} one that
+     * {@link #bf16GemmKind()} allows. Returns 0, or 1 when its packing buffers could not be allocated.
+     */
+    public static int bf16Gemm(int kind, boolean transA, boolean transB, int m, int n, int k, float alpha,
+                               long a, int lda, long b, int ldb, float beta, long c, int ldc) {
+        try {
+            return (int) BF16_GEMM.invokeExact(kind, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_bf16_gemm failed", e);
+        }
     }
 
     /**

@@ -13,6 +13,7 @@ import java.lang.foreign.MemorySegment;
 import dev.distillery.bindings.OpenBlasLibrary;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.cpu.distill.FusedDistillLoss;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
@@ -37,6 +38,9 @@ public final class CpuKernels implements Kernels {
 
     private final WorkerPool pool;
     private final Gemm gemm;
+    private final Precision precision;
+    /** Why a bf16 request runs fp32 GEMMs, or null. */
+    private final String precisionNote;
     private final FusedDistillLoss distillLoss;
     /** Per-chunk scratch for row reductions, grown on demand, reused across calls. */
     private float[][] partials = new float[0][];
@@ -44,7 +48,7 @@ public final class CpuKernels implements Kernels {
     /** Threads from {@code distillery.threads} (default: available processors), GEMM from {@code distillery.gemm}. */
     public CpuKernels() {
         this(Integer.getInteger("distillery.threads", Runtime.getRuntime().availableProcessors()),
-                gemmChoice(System.getProperty("distillery.gemm", "auto")));
+                System.getProperty("distillery.gemm", "auto"));
     }
 
     /**
@@ -52,13 +56,20 @@ public final class CpuKernels implements Kernels {
      * @param gemmName "auto" (BLAS when it loads, else Vector API), "blas" (required) or "vector"
      */
     public CpuKernels(int threads, String gemmName) {
-        this(threads, gemmChoice(gemmName));
+        this(threads, gemmName, Precision.FP32);
     }
 
-    private CpuKernels(int threads, Gemm.Choice choice) {
+    /**
+     * @param precision {@link Precision#BF16}: every GEMM in bf16 where this CPU has bf16
+     *                  arithmetic; elsewhere fp32, and {@link #describe()} says why
+     */
+    public CpuKernels(int threads, String gemmName, Precision precision) {
         this.pool = new WorkerPool(threads);
         this.distillLoss = new FusedDistillLoss(pool);
-        this.gemm = switch (choice) {
+        String bf16Missing = precision == Precision.BF16 ? Bf16Gemm.unavailableReason() : null;
+        this.precisionNote = bf16Missing == null ? null : "bf16 asked, fp32 GEMMs: " + bf16Missing;
+        this.precision = precision == Precision.BF16 && bf16Missing == null ? Precision.BF16 : Precision.FP32;
+        this.gemm = this.precision == Precision.BF16 ? new Bf16Gemm() : switch (gemmChoice(gemmName)) {
             case BLAS -> new BlasGemm();
             case VECTOR -> new VectorGemm();
             case AUTO -> OpenBlasLibrary.probe().loaded() ? new BlasGemm() : new VectorGemm();
@@ -76,8 +87,13 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
+    public Precision precision() {
+        return precision;
+    }
+
+    @Override
     public String describe() {
-        return "cpu (" + gemm.describe() + ", " + pool.threads() + (pool.threads() == 1 ? " thread, " : " threads, ") + SPECIES.vectorBitSize()
+        return "cpu (" + (precisionNote == null ? "" : precisionNote + "; ") + gemm.describe() + ", " + pool.threads() + (pool.threads() == 1 ? " thread, " : " threads, ") + SPECIES.vectorBitSize()
                 + "-bit vectors, " + FusedDistillLoss.rowsDescription() + ")";
     }
 

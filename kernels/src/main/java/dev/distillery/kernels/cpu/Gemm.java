@@ -3,13 +3,14 @@ package dev.distillery.kernels.cpu;
 import java.lang.foreign.MemorySegment;
 
 /**
- * A row-major SGEMM backend of {@link CpuKernels}: CBLAS (OpenBLAS) or the Vector-API fallback.
+ * A row-major GEMM backend of {@link CpuKernels}: CBLAS (OpenBLAS) or the Vector-API fallback in
+ * fp32, or the bf16 GEMM of mixed precision.
  * Both run single-threaded per call; {@link CpuKernels} splits a large GEMM into row (or column)
  * blocks over its own pool, and calls {@link #sgemm} directly from inside parallel loops
  * (attention's per-head products). OpenBLAS' own threads are never used: their spinning workers
  * compete with ours for the cores (docs/KERNELS.md#gemm-and-threads).
  */
-sealed interface Gemm extends AutoCloseable permits BlasGemm, VectorGemm {
+sealed interface Gemm extends AutoCloseable permits BlasGemm, VectorGemm, Bf16Gemm {
 
     /** Which GEMM the CPU kernels use; {@code distillery.gemm=auto|blas|vector}. */
     enum Choice { AUTO, BLAS, VECTOR }

@@ -54,6 +54,13 @@ public interface CudaBackend extends AutoCloseable {
     void sgemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
                              long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch);
 
+    /**
+     * {@link #sgemmStridedBatched} with A and B in bf16 and C in fp32, summed in fp32
+     * (cublasGemmStridedBatchedEx with CUDA_R_16BF operands and CUBLAS_COMPUTE_32F).
+     */
+    void gemmBf16StridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
+                                long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch);
+
     void synchronize();
 
     /** Threads per block for the kernels' launches. */

@@ -237,6 +237,19 @@ public final class CudaDevice implements CudaBackend {
         }
     }
 
+    @Override
+    public void gemmBf16StridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
+                                       long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
+        bind();
+        try (Arena call = Arena.ofConfined()) {
+            CudaCalls.cublas(Cublas.cublasGemmStridedBatchedEx(cublas, op(transA), op(transB), m, n, k,
+                    call.allocateFrom(ValueLayout.JAVA_FLOAT, alpha), MemorySegment.ofAddress(a), Cublas.CUDA_R_16BF(), lda, strideA,
+                    MemorySegment.ofAddress(b), Cublas.CUDA_R_16BF(), ldb, strideB, call.allocateFrom(ValueLayout.JAVA_FLOAT, beta),
+                    MemorySegment.ofAddress(c), Cublas.CUDA_R_32F(), ldc, strideC, batch, Cublas.CUBLAS_COMPUTE_32F(),
+                    Cublas.CUBLAS_GEMM_DEFAULT()), "cublasGemmStridedBatchedEx(bf16, " + batch + " x " + m + "x" + n + "x" + k + ")");
+        }
+    }
+
     private static int op(boolean trans) {
         return trans ? Cublas.CUBLAS_OP_T() : Cublas.CUBLAS_OP_N();
     }

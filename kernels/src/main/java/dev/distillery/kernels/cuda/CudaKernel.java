@@ -30,6 +30,7 @@ public enum CudaKernel {
     OPS_ACCUMULATE("ppl"),
     OPS_SCALE("pfl"),
     OPS_FILL("pfl"),
+    OPS_ROUND_TO_BF16("ppl"),
     OPS_BROADCAST_ROWS("ppii"),
     OPS_SUM_ROWS("ppii"),
     OPS_SOFTMAX_CROSS_ENTROPY("pppiiiif"),

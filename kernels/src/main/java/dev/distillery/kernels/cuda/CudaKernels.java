@@ -6,6 +6,7 @@ import java.lang.foreign.ValueLayout;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.Divergence;
@@ -32,28 +33,48 @@ public final class CudaKernels implements Kernels {
 
     private final CudaBackend gpu;
     private final boolean ownsBackend;
+    private final Precision precision;
     private long scratch;
     private long scratchBytes;
+    /** bf16 copies of the two operands of a GEMM under {@link Precision#BF16}, grown when needed. */
+    private long bf16Operands;
+    private long bf16OperandsBytes;
     private boolean closed;
 
     /** Kernels on {@code gpu}, which the caller keeps and closes after these kernels. */
     public CudaKernels(CudaBackend gpu) {
-        this(gpu, false);
+        this(gpu, false, Precision.FP32);
     }
 
-    private CudaKernels(CudaBackend gpu, boolean ownsBackend) {
+    /** Kernels on {@code gpu} (not closed with them) with the GEMMs' {@code precision}. */
+    public CudaKernels(CudaBackend gpu, Precision precision) {
+        this(gpu, false, precision);
+    }
+
+    private CudaKernels(CudaBackend gpu, boolean ownsBackend, Precision precision) {
         this.gpu = gpu;
         this.ownsBackend = ownsBackend;
+        this.precision = precision;
+    }
+
+    @Override
+    public Precision precision() {
+        return precision;
     }
 
     /** Kernels on CUDA device {@code ordinal} ({@link CudaDevice#open}); closing them closes the device. */
     public static CudaKernels open(int ordinal, boolean tf32) {
-        return new CudaKernels(CudaDevice.open(ordinal, tf32), true);
+        return open(ordinal, tf32, Precision.FP32);
+    }
+
+    /** {@link #open(int, boolean)} with the GEMMs' {@code precision}. */
+    public static CudaKernels open(int ordinal, boolean tf32, Precision precision) {
+        return new CudaKernels(CudaDevice.open(ordinal, tf32), true, precision);
     }
 
     @Override
     public String describe() {
-        return "cuda (" + gpu.describe() + ")";
+        return "cuda (" + gpu.describe() + (precision == Precision.BF16 ? ", bf16 GEMMs with fp32 sums" : "") + ")";
     }
 
     // ---------------------------------------------------------------- memory
@@ -166,11 +187,40 @@ public final class CudaKernels implements Kernels {
         else gpu.sgemmStridedBatched(transB, transA, n, m, k, alpha, b, ldb, strideB, a, lda, strideA, beta, c, ldc, strideC, batch);
     }
 
+    /**
+     * {@link #rowMajorGemm} in this kernels' precision. Under bf16, each operand's span (every
+     * element from its first to its last, strides kept) is rounded into a bf16 copy
+     * ({@code ops_round_to_bf16}) and cuBLAS multiplies the copies with fp32 sums.
+     */
+    private void gemmIn(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
+                        long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
+        if (precision == Precision.FP32) {
+            rowMajorGemm(gpu, transA, transB, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, batch);
+            return;
+        }
+        long spanA = span(transA ? k : m, transA ? m : k, lda, strideA, batch), spanB = span(transB ? n : k, transB ? k : n, ldb, strideB, batch);
+        long bytes = 2 * (spanA + spanB) + 64;
+        if (bytes > bf16OperandsBytes) {
+            if (bf16Operands != 0) gpu.free(bf16Operands);
+            bf16Operands = gpu.alloc(bytes);
+            bf16OperandsBytes = bytes;
+        }
+        long a16 = bf16Operands, b16 = bf16Operands + (2 * spanA + 63) / 64 * 64;
+        gpu.launch(CudaKernel.OPS_ROUND_TO_BF16, grid(spanA), gpu.block(), p(a16), p(a), spanA);
+        gpu.launch(CudaKernel.OPS_ROUND_TO_BF16, grid(spanB), gpu.block(), p(b16), p(b), spanB);
+        gpu.gemmBf16StridedBatched(transB, transA, n, m, k, alpha, b16, ldb, strideB, a16, lda, strideA, beta, c, ldc, strideC, batch);
+    }
+
+    /** Elements from the first to the last of {@code batch} row-major (rows, cols) matrices at row stride ld. */
+    private static long span(int rows, int cols, int ld, long stride, int batch) {
+        return (batch - 1) * stride + (long) (rows - 1) * ld + cols;
+    }
+
     @Override
     public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda,
                      MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
         if (m == 0 || n == 0) return;
-        rowMajorGemm(gpu, transA, transB, m, n, k, alpha, a.address(), lda, 0, b.address(), ldb, 0, beta, c.address(), ldc, 0, 1);
+        gemmIn(transA, transB, m, n, k, alpha, a.address(), lda, 0, b.address(), ldb, 0, beta, c.address(), ldc, 0, 1);
     }
 
     @Override
@@ -178,7 +228,7 @@ public final class CudaKernels implements Kernels {
                                    long strideA, MemorySegment b, int ldb, long strideB, float beta, MemorySegment c, int ldc,
                                    long strideC, int batch) {
         if (m == 0 || n == 0 || batch == 0) return;
-        rowMajorGemm(gpu, transA, transB, m, n, k, alpha, a.address(), lda, strideA, b.address(), ldb, strideB, beta, c.address(),
+        gemmIn(transA, transB, m, n, k, alpha, a.address(), lda, strideA, b.address(), ldb, strideB, beta, c.address(),
                 ldc, strideC, batch);
     }
 
@@ -310,13 +360,13 @@ public final class CudaKernels implements Kernels {
         for (int bi = 0; bi < b; bi++) {
             long q = qkv.address() + 4L * bi * t * 3 * c, a = att.address() + 4L * bi * nh * tt;
             // preatt[h] (t, t) = Q_h · K_hᵀ, heads hs columns apart in the (t, 3c) rows
-            rowMajorGemm(gpu, false, true, t, t, hs, 1f, q, 3 * c, hs, q + 4L * c, 3 * c, hs, 0f, a, t, tt, nh);
+            gemmIn(false, true, t, t, hs, 1f, q, 3 * c, hs, q + 4L * c, 3 * c, hs, 0f, a, t, tt, nh);
         }
         gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, b * nh * t, gpu.block(), p(att), p(att), b * nh * t, t, (float) (1 / Math.sqrt(hs)));
         for (int bi = 0; bi < b; bi++) {
             long q = qkv.address() + 4L * bi * t * 3 * c, a = att.address() + 4L * bi * nh * tt;
             // out[:, h·hs:(h+1)·hs] = att[h] · V_h
-            rowMajorGemm(gpu, false, false, t, hs, t, 1f, a, t, tt, q + 8L * c, 3 * c, hs, 0f, out.address() + 4L * bi * t * c, c, hs,
+            gemmIn(false, false, t, hs, t, 1f, a, t, tt, q + 8L * c, 3 * c, hs, 0f, out.address() + 4L * bi * t * c, c, hs,
                     nh);
         }
     }
@@ -339,8 +389,8 @@ public final class CudaKernels implements Kernels {
             long q = qkv.address() + 4L * bi * t * 3 * c, dq = dqkv.address() + 4L * bi * t * 3 * c;
             long a = att.address() + 4L * bi * nh * tt, da = datt.address() + 4L * bi * nh * tt, dO = dout.address() + 4L * bi * t * c;
             // datt[h] = dout_h · V_hᵀ;  dV_h += att[h]ᵀ · dout_h
-            rowMajorGemm(gpu, false, true, t, t, hs, 1f, dO, c, hs, q + 8L * c, 3 * c, hs, 0f, da, t, tt, nh);
-            rowMajorGemm(gpu, true, false, t, hs, t, 1f, a, t, tt, dO, c, hs, 1f, dq + 8L * c, 3 * c, hs, nh);
+            gemmIn(false, true, t, t, hs, 1f, dO, c, hs, q + 8L * c, 3 * c, hs, 0f, da, t, tt, nh);
+            gemmIn(true, false, t, hs, t, 1f, a, t, tt, dO, c, hs, 1f, dq + 8L * c, 3 * c, hs, nh);
         }
         // datt becomes d(preatt), the 1/√hs scale included
         gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, b * nh * t, gpu.block(), p(datt), p(datt), p(att), b * nh * t, t,
@@ -349,8 +399,8 @@ public final class CudaKernels implements Kernels {
             long q = qkv.address() + 4L * bi * t * 3 * c, dq = dqkv.address() + 4L * bi * t * 3 * c;
             long da = datt.address() + 4L * bi * nh * tt;
             // dQ_h += dpre[h] · K_h;  dK_h += dpre[h]ᵀ · Q_h
-            rowMajorGemm(gpu, false, false, t, hs, t, 1f, da, t, tt, q + 4L * c, 3 * c, hs, 1f, dq, 3 * c, hs, nh);
-            rowMajorGemm(gpu, true, false, t, hs, t, 1f, da, t, tt, q, 3 * c, hs, 1f, dq + 4L * c, 3 * c, hs, nh);
+            gemmIn(false, false, t, hs, t, 1f, da, t, tt, q + 4L * c, 3 * c, hs, 1f, dq, 3 * c, hs, nh);
+            gemmIn(true, false, t, hs, t, 1f, da, t, tt, q, 3 * c, hs, 1f, dq + 4L * c, 3 * c, hs, nh);
         }
     }
 
@@ -530,7 +580,9 @@ public final class CudaKernels implements Kernels {
     public void close() {
         if (closed) return;
         if (scratch != 0) gpu.free(scratch);
+        if (bf16Operands != 0) gpu.free(bf16Operands);
         scratch = 0;
+        bf16Operands = 0;
         closed = true;
         if (ownsBackend) gpu.close();
     }

@@ -17,6 +17,25 @@ public final class ReferenceKernels {
     private ReferenceKernels() {
     }
 
+    /**
+     * {@code x} as the fp32 the kernels receive, rounded to bf16 (the operands of bf16 mixed
+     * precision's GEMMs): to nearest even, subnormals to zero, NaN kept. Twin of {@code to_bf16}
+     * (cpu/src/main/c/bf16_gemm.c) and {@code ops_round_to_bf16} (transformer_ops.cu).
+     */
+    public static double roundToBf16(double x) {
+        int u = Float.floatToRawIntBits((float) x);
+        if ((u & 0x7fffffff) > 0x7f800000) return Double.NaN;
+        if ((u & 0x7f800000) == 0) return (u & 0x80000000) != 0 ? -0.0 : 0.0;
+        return Float.intBitsToFloat((u + 0x7fff + ((u >>> 16) & 1)) & 0xffff0000);
+    }
+
+    /** Every element of {@code x} through {@link #roundToBf16}. */
+    public static double[] roundToBf16(double[] x) {
+        double[] r = new double[x.length];
+        for (int i = 0; i < x.length; i++) r[i] = roundToBf16(x[i]);
+        return r;
+    }
+
     /** C(m,n) = alpha op(A) op(B) + beta C, row-major with leading dimensions. */
     public static void gemm(boolean transA, boolean transB, int m, int n, int k, double alpha,
                             double[] a, int lda, double[] b, int ldb, double beta, double[] c, int ldc) {

@@ -9,6 +9,7 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.conformance.KernelConformance;
 
 /**
@@ -41,6 +42,18 @@ class CudaKernelsEmulationTest {
             for (KernelConformance.Result r : results) if (!r.passed()) failed.append(r).append('\n');
             assertTrue(failed.isEmpty(), failed.toString());
             assertTrue(results.size() >= 20 && device.launches() >= 20, results.size() + " checks, " + device.launches() + " launches");
+        }
+    }
+
+    /** bf16 mixed precision: operands rounded by ops_round_to_bf16, multiplied with cublasGemmStridedBatchedEx's contract. */
+    @Test
+    void bf16GemmsMatchFloat64ReferenceOnBf16RoundedOperandsUnderEmulation() {
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device, Precision.BF16)) {
+            List<KernelConformance.Result> results = KernelConformance.run(kernels, System.nanoTime(), KernelConformance.Sizes.standard());
+            StringBuilder failed = new StringBuilder();
+            for (KernelConformance.Result r : results) if (!r.passed()) failed.append(r).append('\n');
+            assertTrue(failed.isEmpty(), failed.toString());
+            assertTrue(results.size() == 20 && results.stream().allMatch(r -> r.kernel().endsWith(".bf16")), results.toString());
         }
     }
 }

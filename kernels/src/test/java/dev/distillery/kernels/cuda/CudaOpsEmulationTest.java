@@ -2,6 +2,7 @@ package dev.distillery.kernels.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
 import java.lang.foreign.Arena;
@@ -18,6 +19,7 @@ import org.junit.jupiter.api.Test;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.FeatureDistance;
+import dev.distillery.kernels.reference.ReferenceKernels;
 
 /**
  * The transformer ops of {@code cuda/src/main/cuda/transformer_ops.cu} under the CPU emulation
@@ -157,6 +159,21 @@ class CudaOpsEmulationTest {
                     close("scale n=" + n, arr(sc, n), call(CudaKernel.OPS_SCALE, 3, 64).floats(x).f32(0.37f).i64(n).runOrFail(bin, work).floats(0), 0);
                     float[] filled = call(CudaKernel.OPS_FILL, 3, 64).floats(nan(n)).f32(-2.5f).i64(n).runOrFail(bin, work).floats(0);
                     for (float v : filled) assertEquals(-2.5f, v);
+                    // bf16 operands: ties to even, a subnormal to zero, NaN kept, bit for bit the reference's
+                    float[] toRound = x.clone();
+                    toRound[0] = Float.NaN;
+                    if (n > 3) {
+                        toRound[1] = 1e-40f;
+                        toRound[2] = 1f + 1f / 256;
+                        toRound[3] = -(1f + 3f / 256);
+                    }
+                    short[] rounded = call(CudaKernel.OPS_ROUND_TO_BF16, 3, 64).poisonedShorts(n).floats(toRound).i64(n).runOrFail(bin, work).shorts(0);
+                    for (int i = 0; i < n; i++) {
+                        double want = ReferenceKernels.roundToBf16(toRound[i]);
+                        float got = Float.intBitsToFloat((rounded[i] & 0xffff) << 16);
+                        if (Double.isNaN(want)) assertTrue(Float.isNaN(got), "round_to_bf16 NaN at " + i);
+                        else assertEquals(Double.doubleToRawLongBits(want), Double.doubleToRawLongBits(got), "round_to_bf16 of " + toRound[i] + " at " + i);
+                    }
                     // Sum of squares: per-block partials, added on the host.
                     float[] partials = call(CudaKernel.OPS_SUM_OF_SQUARES, 3, 64).floats(nan(3)).floats(x).i64(n).runOrFail(bin, work).floats(0);
                     double total = 0;

@@ -32,7 +32,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
     private final Arena arena = Arena.ofShared();
     private final Map<Long, MemorySegment> live = new HashMap<>();
     private final MethodHandle launch;
-    private final MethodHandle sgemm;
+    private final MethodHandle sgemm, gemmBf16;
     private final MethodHandle signature, count, name;
     private int launches;
 
@@ -46,6 +46,11 @@ public final class EmulatedCudaBackend implements CudaBackend {
         count = linker.downcallHandle(lib.findOrThrow("emu_kernel_count"), FunctionDescriptor.of(ValueLayout.JAVA_INT));
         name = linker.downcallHandle(lib.findOrThrow("emu_kernel_name"), FunctionDescriptor.of(ValueLayout.ADDRESS, ValueLayout.JAVA_INT));
         sgemm = linker.downcallHandle(lib.findOrThrow("emu_sgemm_strided"), FunctionDescriptor.ofVoid(
+                ValueLayout.JAVA_INT, ValueLayout.JAVA_INT, ValueLayout.JAVA_INT, ValueLayout.JAVA_INT, ValueLayout.JAVA_INT,
+                ValueLayout.JAVA_FLOAT, ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT, ValueLayout.JAVA_LONG,
+                ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT, ValueLayout.JAVA_LONG, ValueLayout.JAVA_FLOAT,
+                ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT, ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT));
+        gemmBf16 = linker.downcallHandle(lib.findOrThrow("emu_gemm_bf16_strided"), FunctionDescriptor.ofVoid(
                 ValueLayout.JAVA_INT, ValueLayout.JAVA_INT, ValueLayout.JAVA_INT, ValueLayout.JAVA_INT, ValueLayout.JAVA_INT,
                 ValueLayout.JAVA_FLOAT, ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT, ValueLayout.JAVA_LONG,
                 ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT, ValueLayout.JAVA_LONG, ValueLayout.JAVA_FLOAT,
@@ -167,6 +172,17 @@ public final class EmulatedCudaBackend implements CudaBackend {
         try {
             sgemm.invokeExact(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, host(a), lda, strideA, host(b), ldb, strideB, beta, host(c), ldc,
                     strideC, batch);
+        } catch (Throwable t) {
+            throw new IllegalStateException(t);
+        }
+    }
+
+    @Override
+    public void gemmBf16StridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
+                                       long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
+        try {
+            gemmBf16.invokeExact(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, host(a), lda, strideA, host(b), ldb, strideB, beta,
+                    host(c), ldc, strideC, batch);
         } catch (Throwable t) {
             throw new IllegalStateException(t);
         }

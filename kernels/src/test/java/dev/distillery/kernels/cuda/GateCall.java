@@ -42,6 +42,13 @@ final class GateCall {
             return out;
         }
 
+        short[] shorts(int arg) {
+            ByteBuffer b = ByteBuffer.wrap(buffers.get(arg)).order(ByteOrder.LITTLE_ENDIAN);
+            short[] out = new short[b.capacity() / 2];
+            for (int i = 0; i < out.length; i++) out[i] = b.getShort();
+            return out;
+        }
+
         int[] ints(int arg) {
             ByteBuffer b = ByteBuffer.wrap(buffers.get(arg)).order(ByteOrder.LITTLE_ENDIAN);
             int[] out = new int[b.capacity() / 4];
@@ -70,6 +77,13 @@ final class GateCall {
         ByteBuffer b = ByteBuffer.allocate(4 * x.length).order(ByteOrder.LITTLE_ENDIAN);
         for (int v : x) b.putInt(v);
         return add(new Buffer(b.array()));
+    }
+
+    /** A buffer of {@code n} 16-bit elements, every one 0xffff (a NaN as bf16): an output. */
+    GateCall poisonedShorts(int n) {
+        byte[] b = new byte[2 * n];
+        java.util.Arrays.fill(b, (byte) 0xff);
+        return add(new Buffer(b));
     }
 
     /** A buffer holding a segment's bytes (teacher logits of any type). */

@@ -773,5 +773,87 @@ public class Cublas extends Cublas$shared {
            throw new AssertionError("should not reach here", ex$);
         }
     }
+
+    private static class cublasGemmStridedBatchedEx {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Cublas.C_INT,
+            Cublas.C_POINTER,
+            Cublas.C_INT,
+            Cublas.C_INT,
+            Cublas.C_INT,
+            Cublas.C_INT,
+            Cublas.C_INT,
+            Cublas.C_POINTER,
+            Cublas.C_POINTER,
+            Cublas.C_INT,
+            Cublas.C_INT,
+            Cublas.C_LONG_LONG,
+            Cublas.C_POINTER,
+            Cublas.C_INT,
+            Cublas.C_INT,
+            Cublas.C_LONG_LONG,
+            Cublas.C_POINTER,
+            Cublas.C_POINTER,
+            Cublas.C_INT,
+            Cublas.C_INT,
+            Cublas.C_LONG_LONG,
+            Cublas.C_INT,
+            Cublas.C_INT,
+            Cublas.C_INT
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("cublasGemmStridedBatchedEx");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k, const void *alpha, const void *A, cudaDataType Atype, int lda, long long strideA, const void *B, cudaDataType Btype, int ldb, long long strideB, const void *beta, void *C, cudaDataType Ctype, int ldc, long long strideC, int batchCount, cublasComputeType_t computeType, cublasGemmAlgo_t algo)
+     * }
+     */
+    public static FunctionDescriptor cublasGemmStridedBatchedEx$descriptor() {
+        return cublasGemmStridedBatchedEx.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k, const void *alpha, const void *A, cudaDataType Atype, int lda, long long strideA, const void *B, cudaDataType Btype, int ldb, long long strideB, const void *beta, void *C, cudaDataType Ctype, int ldc, long long strideC, int batchCount, cublasComputeType_t computeType, cublasGemmAlgo_t algo)
+     * }
+     */
+    public static MethodHandle cublasGemmStridedBatchedEx$handle() {
+        return cublasGemmStridedBatchedEx.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k, const void *alpha, const void *A, cudaDataType Atype, int lda, long long strideA, const void *B, cudaDataType Btype, int ldb, long long strideB, const void *beta, void *C, cudaDataType Ctype, int ldc, long long strideC, int batchCount, cublasComputeType_t computeType, cublasGemmAlgo_t algo)
+     * }
+     */
+    public static MemorySegment cublasGemmStridedBatchedEx$address() {
+        return cublasGemmStridedBatchedEx.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k, const void *alpha, const void *A, cudaDataType Atype, int lda, long long strideA, const void *B, cudaDataType Btype, int ldb, long long strideB, const void *beta, void *C, cudaDataType Ctype, int ldc, long long strideC, int batchCount, cublasComputeType_t computeType, cublasGemmAlgo_t algo)
+     * }
+     */
+    public static int cublasGemmStridedBatchedEx(MemorySegment handle, int transa, int transb, int m, int n, int k, MemorySegment alpha, MemorySegment A, int Atype, int lda, long strideA, MemorySegment B, int Btype, int ldb, long strideB, MemorySegment beta, MemorySegment C, int Ctype, int ldc, long strideC, int batchCount, int computeType, int algo) {
+        var mh$ = cublasGemmStridedBatchedEx.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("cublasGemmStridedBatchedEx", handle, transa, transb, m, n, k, alpha, A, Atype, lda, strideA, B, Btype, ldb, strideB, beta, C, Ctype, ldc, strideC, batchCount, computeType, algo);
+            }
+            return (int)mh$.invokeExact(handle, transa, transb, m, n, k, alpha, A, Atype, lda, strideA, B, Btype, ldb, strideB, beta, C, Ctype, ldc, strideC, batchCount, computeType, algo);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
 }
 

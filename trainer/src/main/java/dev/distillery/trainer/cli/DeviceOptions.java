@@ -5,9 +5,10 @@ import java.io.PrintWriter;
 import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
 import picocli.CommandLine.Option;
 
-/** {@code --device}, {@code --threads} and {@code --tf32}, shared by every command that runs kernels. */
+/** {@code --device}, {@code --threads}, {@code --tf32} and {@code --precision}, shared by every command that runs kernels. */
 public final class DeviceOptions {
 
     @Option(names = "--device", defaultValue = "auto",
@@ -20,6 +21,12 @@ public final class DeviceOptions {
     @Option(names = "--tf32", description = "On CUDA, let cuBLAS use TF32 tensor cores for fp32 GEMMs (faster; products keep a 10-bit mantissa).")
     boolean tf32;
 
+    @Option(names = "--precision", paramLabel = "fp32|bf16",
+            description = "fp32, or bf16 mixed precision: every GEMM on bf16 operands with fp32 sums (AMX or AVX512-BF16 on the CPU, "
+                    + "tensor cores on CUDA); weights, gradients, moments and statistics stay fp32. Where the device lacks bf16 arithmetic "
+                    + "it runs fp32 and says so (default: a distill config's 'precision', else fp32).")
+    String precision;
+
     /**
      * Kernels for the chosen device ({@link Backends#open}); {@code configThreads} (0 = unset)
      * applies to the CPU when --threads is absent. Says on {@code out} which device it picked and,
@@ -28,8 +35,14 @@ public final class DeviceOptions {
      * @throws Backends.UnavailableException for --device cuda where CUDA cannot be used
      */
     public Kernels open(int configThreads, PrintWriter out) {
+        return open(configThreads, Precision.FP32, out);
+    }
+
+    /** {@link #open(int, PrintWriter)} with the config's precision, which --precision overrides. */
+    public Kernels open(int configThreads, Precision configPrecision, PrintWriter out) {
         int n = threads != null ? threads : configThreads > 0 ? configThreads : Backends.defaultThreads();
-        Kernels k = Backends.open(new Backends.Request(device, n, "auto", tf32), out::println);
+        Precision p = precision != null ? Precision.parse(precision, "--precision") : configPrecision;
+        Kernels k = Backends.open(new Backends.Request(device, n, "auto", tf32, p), out::println);
         out.flush();
         return k;
     }

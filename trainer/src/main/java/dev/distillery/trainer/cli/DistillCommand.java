@@ -48,7 +48,13 @@ public final class DistillCommand implements Callable<Integer> {
         if (pipeline != null) {
             if (stopAfter != 0) throw new CommandLine.ParameterException(spec.commandLine(), "--stop-after applies to one run, not to a --pipeline");
             List<DistillConfig> stages = DistillPipeline.read(pipeline);
-            try (Kernels kernels = device.open(stages.get(0).threads(), out)) {
+            for (int k = 1; k < stages.size(); k++) {
+                if (!stages.get(k).precision().equals(stages.get(0).precision())) {
+                    throw new CommandLine.ParameterException(spec.commandLine(), pipeline + ": stage " + (k + 1) + " has precision "
+                            + stages.get(k).precision() + ", stage 1 " + stages.get(0).precision() + ": the stages share one device");
+                }
+            }
+            try (Kernels kernels = device.open(stages.get(0).threads(), stages.get(0).gemmPrecision(), out)) {
                 List<DistillRun.Result> results = DistillPipeline.run(stages, kernels, resume, out, err);
                 for (int k = 0; k < results.size(); k++) {
                     DistillRun.Evaluation e = results.get(k).lastEval();
@@ -61,7 +67,8 @@ public final class DistillCommand implements Callable<Integer> {
         }
         DistillConfig cfg = DistillConfig.read(config);
         // under mpirun, one rank of a data-parallel run; else this process alone
-        try (Collective collective = Collective.open(); Kernels kernels = device.open(cfg.threads(), collective.rank() == 0 ? out : quiet())) {
+        try (Collective collective = Collective.open(); Kernels kernels = device.open(cfg.threads(), cfg.gemmPrecision(),
+                collective.rank() == 0 ? out : quiet())) {
             DistillRun.Result r = DistillRun.run(cfg, kernels, collective, resume, stopAfter, out, err);
             if (r.lastEval() != null) {
                 out.printf("held-out: perplexity %.3f, %s %.4f, top-1 agreement %.1f%%%n",

@@ -10,6 +10,7 @@ import java.util.TreeSet;
 import com.fasterxml.jackson.annotation.JsonInclude;
 import com.fasterxml.jackson.databind.JsonNode;
 
+import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.FeatureDistance;
@@ -54,6 +55,8 @@ import dev.distillery.trainer.data.StrictJson;
  * @param teachers        more teachers on the same windows, each shards or a model, with weights (optional)
  * @param teacherWeight   with teachers: the weight of the first teacher ({@code teacher} or {@code teacher_model}; default 1)
  * @param teachersCombination with teachers: mean (of the teachers' losses, default) or mixture (of their distributions)
+ * @param precision       fp32 (default) or bf16: mixed precision, every GEMM on bf16 operands with fp32 sums
+ *                        where the device has bf16 arithmetic (docs/CONFIG.md#precision)
  */
 @JsonInclude(JsonInclude.Include.ALWAYS)
 public record DistillConfig(String teacher, String evalTeacher, String out, String tokenizer, String initFrom,
@@ -62,7 +65,8 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                             Double gradClip, Loss loss, Integer evalEvery, Integer evalBatches, Integer checkpointEvery,
                             Integer keepCheckpoints, Long seed, Integer threads, Integer prefetch, Boolean verifyChecksums,
                             Boolean checkValues, java.util.List<Integer> initLayers, TeacherModel teacherModel, OnPolicy onPolicy,
-                            HiddenStates hiddenStates, List<MoreTeacher> teachers, Double teacherWeight, String teachersCombination) {
+                            HiddenStates hiddenStates, List<MoreTeacher> teachers, Double teacherWeight, String teachersCombination,
+                            String precision) {
 
     /**
      * On-policy distillation (GKD): a {@code fraction} of the micro-batches (default 0.5, drawn from
@@ -88,6 +92,11 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         public MoreTeacher {
             weight = weight == null ? 1.0 : weight;
         }
+    }
+
+    /** The GEMMs' arithmetic, from 'precision'. */
+    public Precision gemmPrecision() {
+        return Precision.parse(precision, "'precision'");
     }
 
     /** The combination of several teachers, from 'teachers_combination'. */
@@ -352,6 +361,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         checkValues = checkValues == null || checkValues;
         teacherWeight = teacherWeight == null ? 1.0 : teacherWeight;
         teachersCombination = teachersCombination == null ? "mean" : teachersCombination;
+        precision = precision == null ? "fp32" : precision;
     }
 
     /** This config with another step count (the schedule's length changes with it). */
@@ -359,7 +369,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, n, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
                 prefetch, verifyChecksums, checkValues, initLayers, teacherModel, onPolicy, hiddenStates, teachers, teacherWeight,
-                teachersCombination);
+                teachersCombination, precision);
     }
 
     /** This config taught by the model in {@code path}, run in the process (a pipeline's later stage). */
@@ -369,7 +379,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, steps, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
                 prefetch, verifyChecksums, checkValues, initLayers, tm, onPolicy, hiddenStates, teachers, teacherWeight,
-                teachersCombination);
+                teachersCombination, precision);
     }
 
     /** Checks what can be checked without opening the data; problems name the key. */
@@ -438,6 +448,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         require(checkpointEvery >= 0, "checkpoint_every", "must be >= 0, got " + checkpointEvery);
         require(keepCheckpoints >= 1, "keep_checkpoints", "must be >= 1, got " + keepCheckpoints);
         require(threads >= 0, "threads", "must be >= 0, got " + threads);
+        require(precision.equals("fp32") || precision.equals("bf16"), "precision", "must be fp32 or bf16, got \"" + precision + "\"");
         require(prefetch >= 1, "prefetch", "must be >= 1, got " + prefetch);
         require(loss.chunkRows() >= 0, "loss.chunk_rows", "must be >= 0, got " + loss.chunkRows());
         loss.options();

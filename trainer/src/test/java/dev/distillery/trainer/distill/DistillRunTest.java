@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.io.IOException;
 import java.io.PrintWriter;
@@ -13,9 +14,11 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 
+import com.fasterxml.jackson.databind.ObjectMapper;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -23,6 +26,7 @@ import org.junit.jupiter.api.io.TempDir;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
@@ -81,7 +85,7 @@ class DistillRunTest {
     static DistillConfig config(Path out, String shards, int steps, int checkpointEvery, double alpha) {
         return new DistillConfig(data.resolve(shards).toString(), data.resolve("dense").toString(), out.toString(), null, null,
                 DistillConfig.Student.gpt2(1, 16, 2, SEQ, VOCAB + 3), steps, 4, 2, 1e-2, 1e-3, 2, 0.0, null, null, 1.0,
-                new DistillConfig.Loss(1.0, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 4, checkpointEvery, 10, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
+                new DistillConfig.Loss(1.0, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 4, checkpointEvery, 10, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
     }
 
     static DistillRun.Result run(DistillConfig c, boolean resume) throws IOException {
@@ -135,6 +139,40 @@ class DistillRunTest {
                 }
             }
         }
+    }
+
+    /**
+     * bf16 mixed precision tracks fp32: the same config, step for step, on the CPU's bf16 GEMM
+     * (AMX or AVX512-BF16). The losses part (the runs are not the same arithmetic) but stay within
+     * 3% at every step, and both fall as far.
+     */
+    @Test
+    void aBf16RunTracksTheFp32RunStepForStep(@TempDir Path out) throws IOException {
+        try (CpuKernels bf16 = new CpuKernels(2, "auto", Precision.BF16)) {
+            assumeTrue(bf16.precision() == Precision.BF16, () -> "skipped: no bf16 arithmetic here: " + bf16.describe());
+            DistillRun.Result fp32Run = run(config(out.resolve("fp32"), "dense", 60, 0, 0.5), false);
+            DistillRun.Result bf16Run = run(config(out.resolve("bf16"), "dense", 60, 0, 0.5), false, 0, bf16);
+            List<Double> a = trainLosses(out.resolve("fp32")), b = trainLosses(out.resolve("bf16"));
+            assertEquals(60, a.size());
+            assertEquals(60, b.size());
+            double worst = 0;
+            for (int i = 0; i < a.size(); i++) worst = Math.max(worst, Math.abs(a.get(i) - b.get(i)) / a.get(i));
+            assertTrue(worst < 0.03, "bf16 loss parts from fp32 by up to " + worst);
+            assertTrue(worst > 0, "bf16 gave fp32's bits: its GEMMs did not round");
+            assertTrue(b.get(59) < 0.7 * b.get(0), "bf16 loss " + b.get(0) + " -> " + b.get(59));
+            assertEquals(fp32Run.lastEval().divergence(), bf16Run.lastEval().divergence(), 0.05 * fp32Run.lastEval().divergence(),
+                    "held-out KL after 60 steps");
+        }
+    }
+
+    private static List<Double> trainLosses(Path run) throws IOException {
+        var json = new ObjectMapper();
+        List<Double> losses = new ArrayList<>();
+        for (String line : Files.readAllLines(run.resolve("metrics.jsonl"))) {
+            var r = json.readTree(line);
+            if (r.get("kind").asText().equals("train")) losses.add(r.get("loss").asDouble());
+        }
+        return losses;
     }
 
     @Test
@@ -227,13 +265,13 @@ class DistillRunTest {
         byte[] before = Files.readAllBytes(run.resolve("checkpoints/step-00000002/model.safetensors"));
         // The value check finds the NaN before anything runs, naming the file, the sequence and the position.
         DistillConfig checked = new DistillConfig(bad.toString(), null, run.toString(), null, null, good.student(), 4, 4, 1,
-                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
+                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
         IOException refused = assertThrows(IOException.class, () -> run(checked, true));
         assertTrue(refused.getMessage().endsWith("shard.safetensors, sequence 0, position 0: logits: token 5 is NaN; teacher logits must be finite"),
                 refused.getMessage());
         // Without it (check_values: false), the step's own guard stops the run at the first batch that holds one.
         DistillConfig poisoned = new DistillConfig(bad.toString(), null, run.toString(), null, null, good.student(), 4, 4, 1,
-                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, false, null, null, null, null, null, null, null);
+                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, false, null, null, null, null, null, null, null, null);
         IOException e = assertThrows(IOException.class, () -> run(poisoned, true));
         assertTrue(e.getMessage().contains("step 3") && e.getMessage().matches(".*shard\\.safetensors, sequence \\d+, position 0: the teacher's logit at column 5 is NaN.*")
                 && e.getMessage().contains("step-00000002"), e.getMessage());
@@ -246,7 +284,7 @@ class DistillRunTest {
         Path run = out.resolve("run");
         DistillConfig c = config(run, "dense", 30, 1, 0.5);
         DistillConfig exploding = new DistillConfig(c.teacher(), null, c.out(), null, null, c.student(), 30, 4, 1, 1e30, 1e30, 0, 0.0,
-                null, null, 0.0, c.loss(), 0, 4, 1, 100, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
+                null, null, 0.0, c.loss(), 0, 4, 1, 100, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
         IOException e = assertThrows(IOException.class, () -> run(exploding, false));
         assertTrue(e.getMessage().contains("not finite") && e.getMessage().contains("Stopped; the last good checkpoint is"), e.getMessage());
         var store = dev.distillery.trainer.checkpoint.CheckpointStore.open(run.resolve("checkpoints"));
@@ -262,10 +300,10 @@ class DistillRunTest {
     void mismatchedShapesAreRefusedBeforeTheFirstStep(@TempDir Path out) {
         DistillConfig c = config(out, "dense", 2, 0, 0.5);
         DistillConfig small = new DistillConfig(c.teacher(), null, c.out(), null, null, DistillConfig.Student.gpt2(1, 16, 2, SEQ, VOCAB - 1),
-                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
+                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
         assertTrue(assertThrows(IOException.class, () -> run(small, false)).getMessage().contains("smaller than the teacher's " + VOCAB));
         DistillConfig shortContext = new DistillConfig(c.teacher(), null, c.out(), null, null, DistillConfig.Student.gpt2(1, 16, 2, SEQ - 1, null),
-                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
+                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
         assertTrue(assertThrows(IOException.class, () -> run(shortContext, false)).getMessage().contains("shorter than the shards' seq_len"));
     }
 
@@ -284,7 +322,7 @@ class DistillRunTest {
 
     private static DistillConfig withLoss(DistillConfig c, String shards, DistillConfig.Loss loss) {
         return new DistillConfig(data.resolve(shards).toString(), null, c.out(), null, null, c.student(), c.steps(), c.batchSize(), 1,
-                c.lr(), c.minLr(), 0, 0.0, null, null, 1.0, loss, 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null);
+                c.lr(), c.minLr(), 0, 0.0, null, null, 1.0, loss, 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
     }
 
     /** Two runs started together on one folder: exactly one runs; the other is refused in one line. */

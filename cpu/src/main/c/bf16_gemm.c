@@ -1,0 +1,264 @@
+/*
+ * The GEMM of bf16 mixed precision on the CPU: C = alpha op(A) op(B) + beta C, row-major, fp32 in
+ * and out, with both operands rounded to bf16 (round to nearest even) and the products summed in
+ * fp32. Twin of the float64 reference ReferenceKernels.gemmBf16 and of CudaKernels' cublasGemmEx
+ * (bf16 inputs, fp32 compute); docs/KERNELS.md#bf16-gemm.
+ *
+ * Two machines run it:
+ *   AMX (Intel Sapphire Rapids and later)  tiles: C in 16 x 16 fp32 tiles, TDPBF16PS over 32-deep
+ *                                          slices of k, four C tiles per 32 x 32 block
+ *   AVX512-BF16 (Cooper Lake, AMD Zen 4)   VDPBF16PS: 8 rows x 32 columns of accumulators
+ * Both read the same packed operands, made once per call on the calling thread:
+ *   Ap  op(A) as bf16 rows, (Mp, Kp): rows padded to Mp = ceil32(m), k to Kp = ceil32(k) with zeros
+ *   Bp  op(B) in the pair-interleaved ("VNNI") layout the dot-product instructions read: for each
+ *       block of 16 columns jb, Kp/2 rows of 16 (bf16 pair) dwords: Bp[jb][p][j] = (B[2p][j], B[2p+1][j])
+ * The packing buffers are per thread and grow as needed, so a training step allocates nothing
+ * once its shapes have been seen.
+ *
+ * distillery_bf16_gemm_kind() names the machine (asking Linux for the AMX tile state once);
+ * -Ddistillery.bf16Gemm on the Java side can pick the AVX512-BF16 path on an AMX CPU.
+ */
+#include <cpuid.h>
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define BF16_NONE 0
+#define BF16_AVX512 1
+#define BF16_AMX 2
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+#define PACK __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#define AMX __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-bf16")))
+
+static int round_up(int x, int to) { return (x + to - 1) / to * to; }
+
+/* Round to nearest even, subnormals to zero; a NaN stays a (quiet) NaN: as VCVTNEPS2BF16 does. */
+static inline uint16_t to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t) ((u >> 16) | 0x40);
+    if ((u & 0x7f800000u) == 0) return (uint16_t) ((u >> 16) & 0x8000u);   /* subnormal to zero, as the instructions do */
+    return (uint16_t) ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+int distillery_bf16_gemm_kind(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return BF16_NONE;
+    int avx512 = (b >> 16) & 1 && (b >> 30) & 1;               /* AVX512 F, BW */
+    int amx = (d >> 22) & 1 && (d >> 24) & 1;                   /* AMX-BF16, AMX-TILE */
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return BF16_NONE;
+    int avx512bf16 = (a >> 5) & 1;
+    if (!avx512 || !avx512bf16) return BF16_NONE;
+    if (amx && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0) return BF16_AMX;
+    return BF16_AVX512;
+}
+
+static __thread uint16_t *scratch;
+static __thread size_t scratch_bytes;
+
+static uint16_t *packing_buffer(size_t bytes) {
+    if (bytes > scratch_bytes) {
+        free(scratch);
+        size_t grown = (bytes + 4095) / 4096 * 4096;
+        scratch = aligned_alloc(64, grown);
+        scratch_bytes = scratch == NULL ? 0 : grown;
+    }
+    return scratch;
+}
+
+/* Rows 2p and 2p+1 of a row-major fp32 matrix, 16 columns from j, as 16 (bf16, bf16) pairs: one dword per column. */
+PACK static inline __m512i row_pairs(const float *r0, const float *r1, int j) {
+    const __m512i interleave = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+            23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    __m512 lo = _mm512_loadu_ps(r0 + j);
+    __m512 hi = r1 ? _mm512_loadu_ps(r1 + j) : _mm512_setzero_ps();
+    return _mm512_permutexvar_epi16(interleave, (__m512i) _mm512_cvtne2ps_pbh(hi, lo));   /* lo in the low half */
+}
+
+/* Ap (Mp, Kp) from op(A). */
+PACK static void pack_a(int trans, int m, int k, const float *a, int lda, uint16_t *ap, int mp, int kp) {
+    if (!trans) {
+        for (int i = 0; i < m; i++) {
+            const float *row = a + (size_t) i * lda;
+            uint16_t *out = ap + (size_t) i * kp;
+            int kk = 0;
+            for (; kk + 16 <= k; kk += 16) {
+                __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(row + kk));
+                _mm256_storeu_si256((__m256i *) (out + kk), (__m256i) h);
+            }
+            for (; kk < k; kk++) out[kk] = to_bf16(row[kk]);
+            for (; kk < kp; kk++) out[kk] = 0;
+        }
+    } else {   /* op(A)[i][kk] = a[kk * lda + i]: rows kk, kk+1 of A as stored give the pair (kk, kk+1) of 16 rows of Ap */
+        for (int i = 0; i < m; i++) memset(ap + (size_t) i * kp + k, 0, (size_t) (kp - k) * 2);
+        const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                _mm512_set1_epi32(kp / 2));
+        for (int p = 0; 2 * p < k; p++) {
+            const float *r0 = a + (size_t) (2 * p) * lda, *r1 = 2 * p + 1 < k ? r0 + lda : NULL;
+            uint32_t *column = (uint32_t *) ap + p;
+            int i = 0;
+            for (; i + 16 <= m; i += 16) _mm512_i32scatter_epi32(column + (size_t) i * kp / 2, rows, row_pairs(r0, r1, i), 4);
+            for (; i < m; i++) {
+                uint16_t *pair = ap + (size_t) i * kp + 2 * p;
+                pair[0] = to_bf16(r0[i]);
+                pair[1] = r1 ? to_bf16(r1[i]) : 0;
+            }
+        }
+    }
+    memset(ap + (size_t) m * kp, 0, (size_t) (mp - m) * kp * 2);
+}
+
+/* Bp: blocks of 16 columns, each Kp/2 rows of 16 bf16 pairs. */
+PACK static void pack_b(int trans, int k, int n, const float *b, int ldb, uint16_t *bp, int kp, int np) {
+    memset(bp, 0, (size_t) kp * np * 2);
+    if (!trans) {   /* op(B)[kk][j] = b[kk * ldb + j]: rows 2p and 2p+1 interleaved */
+        for (int p = 0; 2 * p < k; p++) {
+            const float *r0 = b + (size_t) (2 * p) * ldb;
+            const float *r1 = 2 * p + 1 < k ? r0 + ldb : NULL;
+            int j = 0;
+            for (; j + 16 <= n; j += 16) _mm512_storeu_si512(bp + ((size_t) (j / 16) * kp / 2 + p) * 32, row_pairs(r0, r1, j));
+            for (; j < n; j++) {
+                uint16_t *pair = bp + ((size_t) (j / 16) * kp / 2 + p) * 32 + (j % 16) * 2;
+                pair[0] = to_bf16(r0[j]);
+                pair[1] = r1 ? to_bf16(r1[j]) : 0;
+            }
+        }
+    } else {        /* op(B)[kk][j] = b[j * ldb + kk]: a pair (2p, 2p+1) lies side by side in row j */
+        for (int j = 0; j < n; j++) {
+            const float *row = b + (size_t) j * ldb;
+            uint16_t *col = bp + (size_t) (j / 16) * kp / 2 * 32 + (j % 16) * 2;
+            int kk = 0;
+            for (; kk + 32 <= k; kk += 32) {
+                __m512i h = (__m512i) _mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + kk + 16), _mm512_loadu_ps(row + kk));
+                uint32_t pairs[16];
+                _mm512_storeu_si512(pairs, h);
+                for (int q = 0; q < 16; q++) memcpy(col + (size_t) (kk / 2 + q) * 32, pairs + q, 4);
+            }
+            for (; kk < k; kk++) col[(size_t) (kk / 2) * 32 + (kk & 1)] = to_bf16(row[kk]);
+        }
+    }
+}
+
+/* C[i0 + r][j0 + c] = alpha acc[r][c] + beta C (C not read when beta is 0), for the rows and columns that exist. */
+static void store_block(const float *acc, int ld_acc, int rows, int cols, float alpha, float beta, float *c, int ldc) {
+    for (int r = 0; r < rows; r++) {
+        float *out = c + (size_t) r * ldc;
+        const float *in = acc + (size_t) r * ld_acc;
+        if (beta == 0.f) {
+            for (int q = 0; q < cols; q++) out[q] = alpha * in[q];
+        } else {
+            for (int q = 0; q < cols; q++) out[q] = alpha * in[q] + beta * out[q];
+        }
+    }
+}
+
+struct tile_config {
+    uint8_t palette;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+/* tmm0..3: C (2 x 2 tiles of 16 x 16 fp32), tmm4..5: A (16 rows x 32 bf16), tmm6..7: B (16 pair rows x 16 columns). */
+AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
+                         float alpha, float beta, float *c, int ldc) {
+    struct tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+    float acc[32 * 32] __attribute__((aligned(64)));
+    const size_t a_stride = (size_t) kp * 2, b_block = (size_t) kp * 16;
+    for (int j0 = 0; j0 < np; j0 += 32) {
+        const uint16_t *b0 = bp + (size_t) (j0 / 16) * b_block, *b1 = b0 + b_block;
+        for (int i0 = 0; i0 < mp; i0 += 32) {
+            const uint16_t *a0 = ap + (size_t) i0 * kp, *a1 = a0 + (size_t) 16 * kp;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int k0 = 0; k0 < kp; k0 += 32) {
+                _tile_loadd(4, a0 + k0, a_stride);
+                _tile_loadd(5, a1 + k0, a_stride);
+                _tile_loadd(6, b0 + (size_t) k0 * 16, 64);
+                _tile_loadd(7, b1 + (size_t) k0 * 16, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, acc, 128);
+            _tile_stored(1, acc + 16, 128);
+            _tile_stored(2, acc + 16 * 32, 128);
+            _tile_stored(3, acc + 16 * 32 + 16, 128);
+            int rows = m - i0 < 32 ? m - i0 : 32, cols = n - j0 < 32 ? n - j0 : 32;
+            if (rows > 0 && cols > 0) store_block(acc, 32, rows, cols, alpha, beta, c + (size_t) i0 * ldc + j0, ldc);
+        }
+    }
+    _tile_release();
+}
+
+/* 8 rows x 32 columns of accumulators; each step a pair of k for 8 rows against two 16-column blocks. */
+PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
+                             float alpha, float beta, float *c, int ldc) {
+    float acc[8 * 32] __attribute__((aligned(64)));
+    const size_t b_block = (size_t) kp * 16;
+    for (int j0 = 0; j0 < np; j0 += 32) {
+        const uint32_t *b0 = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block), *b1 = b0 + b_block / 2;
+        for (int i0 = 0; i0 < mp; i0 += 8) {
+            if (i0 >= m) break;
+            __m512 s[8][2];
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) s[r][0] = s[r][1] = _mm512_setzero_ps();
+            const uint32_t *a = (const uint32_t *) (ap + (size_t) i0 * kp);
+            for (int p = 0; p < kp / 2; p++) {
+                __m512bh v0 = (__m512bh) _mm512_loadu_si512(b0 + (size_t) p * 16);
+                __m512bh v1 = (__m512bh) _mm512_loadu_si512(b1 + (size_t) p * 16);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
+                    __m512bh x = (__m512bh) _mm512_set1_epi32((int) a[(size_t) r * kp / 2 + p]);
+                    s[r][0] = _mm512_dpbf16_ps(s[r][0], x, v0);
+                    s[r][1] = _mm512_dpbf16_ps(s[r][1], x, v1);
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                _mm512_store_ps(acc + r * 32, s[r][0]);
+                _mm512_store_ps(acc + r * 32 + 16, s[r][1]);
+            }
+            int rows = m - i0 < 8 ? m - i0 : 8, cols = n - j0 < 32 ? n - j0 : 32;
+            if (cols > 0) store_block(acc, 32, rows, cols, alpha, beta, c + (size_t) i0 * ldc + j0, ldc);
+        }
+    }
+}
+
+/*
+ * kind: BF16_AMX or BF16_AVX512 (as distillery_bf16_gemm_kind() allows). Returns 0, or 1 when the
+ * packing buffers could not be allocated (nothing written).
+ */
+int distillery_bf16_gemm(int kind, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                         const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    if (m <= 0 || n <= 0) return 0;
+    int mp = round_up(m, 32), np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
+    uint16_t *ap = packing_buffer(((size_t) mp * kp + (size_t) kp * np) * 2);
+    if (ap == NULL) return 1;
+    uint16_t *bp = ap + (size_t) mp * kp;
+    pack_a(trans_a, m, k, a, lda, ap, mp, kp);
+    pack_b(trans_b, k, n, b, ldb, bp, kp, np);
+    if (kind == BF16_AMX) {
+        gemm_amx(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
+    } else {
+        gemm_avx512(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
+    }
+    return 0;
+}
