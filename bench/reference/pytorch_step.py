@@ -5,10 +5,13 @@ The same GPT-2 student as Distillery's Transformer (learned positions, pre-LN bl
 MLP with the tanh approximation, tied LM head), one full step: forward, cross-entropy, backward,
 clip to 1.0, AdamW. Prints the median step time over the measured steps.
 
-    python3 bench/reference/pytorch_step.py A 2 10 bf16   # config, threads, steps, fp32|bf16
+    python3 bench/reference/pytorch_step.py A 2 10 bf16 ce   # config, threads, steps, fp32|bf16, ce|distill
 
 bf16 is PyTorch's mixed precision on the CPU: forward and loss under
 torch.autocast('cpu', dtype=torch.bfloat16) (bf16 matmuls, fp32 weights, gradients and AdamW).
+distill is a distillation step against a dense bf16 teacher of random logits: 0.5 CE +
+0.5 T^2 KL(softmax(t/T) || softmax(s/T)) at T = 2 (DistillKit's composition: log_softmax of both,
+kl_div with log_target), as Distillery's TrainingStepBenchmark -p loss=distill.
 
 Not used by any test: it is the baseline, run by hand beside `StepProfile`/JMH.
 """
@@ -71,6 +74,9 @@ def main():
     precision = sys.argv[4] if len(sys.argv) > 4 else "fp32"
     if precision not in ("fp32", "bf16"):
         sys.exit(f"precision must be fp32 or bf16, got {precision}")
+    objective = sys.argv[5] if len(sys.argv) > 5 else "ce"
+    if objective not in ("ce", "distill"):
+        sys.exit(f"loss must be ce or distill, got {objective}")
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)   # values drifting into denormals slow a step several times (docs/PERFORMANCE.md)
     torch.manual_seed(0)
@@ -79,19 +85,26 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     x = torch.randint(0, vocab, (batch, ctx))
     y = torch.randint(0, vocab, (batch, ctx))
+    teacher = (4 * torch.randn(batch * ctx, vocab)).to(torch.bfloat16) if objective == "distill" else None
+    T = 2.0
     times = []
     for i in range(5 + steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = F.cross_entropy(model(x).view(-1, vocab), y.view(-1))
+            logits = model(x).view(-1, vocab)
+            loss = F.cross_entropy(logits, y.view(-1))
+            if teacher is not None:
+                kl = F.kl_div(F.log_softmax(logits.float() / T, dim=-1), F.log_softmax(teacher.float() / T, dim=-1),
+                              log_target=True, reduction="batchmean")
+                loss = 0.5 * loss + 0.5 * T * T * kl
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if i >= 5:
             times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1000
-    print(f"pytorch {torch.__version__} config {name} {precision}, {threads} threads: median {ms:.1f} ms/step, "
+    print(f"pytorch {torch.__version__} config {name} {precision} {objective}, {threads} threads: median {ms:.1f} ms/step, "
           f"{batch * ctx / ms * 1000:.0f} tokens/s (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}); threads torch "
           f"{torch.get_num_threads()}")
 

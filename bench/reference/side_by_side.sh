@@ -15,7 +15,11 @@
 # whose PyTorch times spread by more than 1.5x within a run, or whose torch does not use the
 # threads it was given, gets no ratio: a thrashing reference measures nothing. The training
 # steps run in fp32 and in bf16 mixed precision (PyTorch: torch.autocast on the CPU; Distillery:
-# -p precision=bf16, where the CPU has AMX or AVX512-BF16); --steps-only leaves out the loss rows.
+# -p precision=bf16, where the CPU has AMX or AVX512-BF16); the distillation step is config B
+# against a dense bf16 teacher (T = 2, alpha 0.5); the peak resident memory of a config B step is
+# measured once per side (/usr/bin/time), and each fused-loss row gives the share of the copy
+# bandwidth its bytes (student logits read, gradient written, teacher read) reach.
+# --steps-only leaves out the loss rows.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -27,7 +31,7 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --steps-only) STEPS_ONLY=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "side_by_side.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -82,7 +86,7 @@ TORCH=$("$PY" -c 'import torch; print(torch.__version__)')
 BLAS=$("$PY" -c 'import torch; c=torch.__config__.show(); print("MKL" if "MKL" in c and "USE_MKL=ON" in c else "OpenBLAS" if "openblas" in c.lower() else "its BLAS")')
 
 # ---------------------------------------------------------------- the rows
-STEP_ROWS=("A fp32" "B fp32" "A bf16" "B bf16")
+STEP_ROWS=("A fp32 ce" "B fp32 ce" "A bf16 ce" "B bf16 ce" "B fp32 distill")
 LOSS_ROWS=("2048x32000 dense-bf16" "4096x50257 dense-bf16" "1024x128256 dense-bf16" "2048x32000 top64")
 if [ "$QUICK" = 1 ]; then LOSS_ROWS=("2048x32000 dense-bf16" "2048x32000 top64"); fi
 if [ "$STEPS_ONLY" = 1 ]; then LOSS_ROWS=(); fi
@@ -120,15 +124,26 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "round $r of $ROUNDS" >&2
   for c in "${STEP_ROWS[@]}"; do
     set -- $c
-    torch_record "training step $1 $2" "$(torch_run "$PY" bench/reference/pytorch_step.py "$1" $THREADS 8 "$2")"
-    record "training step $1 $2" distillery "$(jmh_ms 'TrainingStepBenchmark.step' -p config="$1" -p precision="$2")"
+    row="training step $1 $2, ms"
+    [ "$3" = distill ] && row="distillation step $1 $2 (dense bf16 teacher), ms"
+    torch_record "$row" "$(torch_run "$PY" bench/reference/pytorch_step.py "$1" $THREADS 8 "$2" "$3")"
+    record "$row" distillery "$(jmh_ms 'TrainingStepBenchmark.step' -p config="$1" -p precision="$2" -p loss="$3")"
   done
   for l in ${LOSS_ROWS[@]+"${LOSS_ROWS[@]}"}; do
     set -- $l
-    torch_record "fused loss $1 $2" "$(torch_run "$PY" bench/reference/pytorch_loss.py "$1" "$2" $THREADS 6)"
-    record "fused loss $1 $2" distillery "$(jmh_ms 'DistillLossBenchmark.fused' -p shape="$1" -p teacher="$2")"
+    torch_record "fused loss $1 $2, ms" "$(torch_run "$PY" bench/reference/pytorch_loss.py "$1" "$2" $THREADS 6)"
+    record "fused loss $1 $2, ms" distillery "$(jmh_ms 'DistillLossBenchmark.fused' -p shape="$1" -p teacher="$2")"
   done
 done
+
+# peak resident memory of a config B step (the whole process, 3 steps after 1 of warm-up), once per side
+echo "peak memory" >&2
+rss_mb() { awk '/^[0-9]+$/ {v = $1} END {printf "%.0f", v / 1024}' "$WORK/rss"; }
+torch_run /usr/bin/time -f %M -o "$WORK/rss" "$PY" bench/reference/pytorch_step.py B $THREADS 3 fp32 ce >/dev/null
+record "peak RSS of a config B step, MB" torch "$(rss_mb)"
+/usr/bin/time -f %M -o "$WORK/rss" "$JAVA" --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -Xmx8g \
+  -cp "$JAR" dev.distillery.bench.StepProfile B $THREADS 3 auto 1 fp32 >/dev/null 2>&1
+record "peak RSS of a config B step, MB" distillery "$(rss_mb)"
 
 # ---------------------------------------------------------------- the table
 CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
@@ -136,18 +151,25 @@ echo
 echo "$(date -u +%Y-%m-%d), $CPU, $(nproc) CPUs; $THREADS threads each side; copy bandwidth $COPY_GBS GB/s;"
 echo "PyTorch $TORCH ($BLAS, $PY$( [ -e "$TCMALLOC" ] && echo ', tcmalloc')); medians of $ROUNDS rounds"
 echo
-"$PY" - "$WORK/results" <<'PYEOF'
+"$PY" - "$WORK/results" "$COPY_GBS" <<'PYEOF'
 import statistics, sys
+copy_gbs = float(sys.argv[2])
 rows, flags = {}, {}
 for line in open(sys.argv[1]):
     row, side, value, flag = line.rstrip("\n").split("|")
     rows.setdefault(row, {}).setdefault(side, []).append(float(value))
     if flag:
         flags.setdefault(row, []).append(flag)
-print("| row | PyTorch, ms | Distillery, ms | PyTorch / Distillery |")
-print("|---|---:|---:|---:|")
+def copy_share(row, ms):   # a fused-loss row: bytes moved / time against the copy bandwidth
+    if not row.startswith("fused loss"):
+        return ""
+    n, v = (int(x) for x in row.split()[2].split("x"))
+    teacher = 2 * n * v if "dense" in row else 0   # top-k: ids and logits are n * 64, negligible
+    return f"{(8 * n * v + teacher) / (ms / 1000) / 1e9 / copy_gbs:.0%}"
+print("| row | PyTorch | Distillery | PyTorch / Distillery | Distillery, share of copy bandwidth |")
+print("|---|---:|---:|---:|---:|")
 for row, sides in rows.items():
     t, d = statistics.median(sides["torch"]), statistics.median(sides["distillery"])
     ratio = f"{t / d:.2f}x" if row not in flags else "no ratio: " + "; ".join(sorted(set(flags[row])))
-    print(f"| {row} | {t:,.1f} | {d:,.1f} | {ratio} |")
+    print(f"| {row} | {t:,.1f} | {d:,.1f} | {ratio} | {copy_share(row, d)} |")
 PYEOF

@@ -22,13 +22,15 @@ import org.openjdk.jmh.annotations.Warmup;
 
 import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
 
 /**
  * The CPU kernels' GEMM (OpenBLAS, or the Vector-API fallback with {@code -p gemm=vector}) on the
  * training step's shapes and on a large square, at the step's thread count: what the GEMM-bound
  * step can hope for on this machine. GFLOP/s = 2mnk / time. Shapes are {@code m x n x k:ops},
  * ops the transposes as in {@code Kernels.gemm}: the LM head's logits (h · Wᵀ, config B), the
- * MLP's first linear (config B), and 2048³.
+ * MLP's first linear (config B), and 2048³. {@code -p precision=bf16} runs the bf16 GEMM of mixed
+ * precision (operands packed and rounded at every call, which the time includes).
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
@@ -47,6 +49,10 @@ public class GemmBenchmark {
     @Param({"auto"})
     public String gemm;
 
+    /** fp32, or bf16 (the mixed-precision GEMM: bf16 operands, fp32 sums; refused where the CPU has none). */
+    @Param({"fp32"})
+    public String precision;
+
     private int m, n, k;
     private boolean transB;
     private Arena arena;
@@ -62,7 +68,10 @@ public class GemmBenchmark {
         k = Integer.parseInt(mnk[2]);
         transB = parts[1].charAt(1) == 'T';
         arena = Arena.ofShared();
-        kernels = Backends.open(Backends.Request.cpu(threads, gemm));
+        kernels = Backends.open(Backends.Request.cpu(threads, gemm, Precision.parse(precision, "precision")));
+        if (kernels.precision() != Precision.parse(precision, "precision")) {
+            throw new IllegalStateException("precision=" + precision + " cannot run here: " + kernels.describe());
+        }
         a = random(arena, (long) m * k, 1);
         b = random(arena, (long) k * n, 2);
         c = arena.allocate(4L * m * n, 64);

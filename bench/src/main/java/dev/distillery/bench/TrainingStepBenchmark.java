@@ -1,5 +1,7 @@
 package dev.distillery.bench;
 
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.util.concurrent.TimeUnit;
 
 import org.openjdk.jmh.annotations.Benchmark;
@@ -18,9 +20,14 @@ import org.openjdk.jmh.annotations.Warmup;
 
 import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.Precision;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
 import dev.distillery.runtime.nn.Gpt2;
 import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.optim.AdamW;
@@ -30,6 +37,7 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
  * One full training step of the student (forward, fused cross-entropy, backward, gradient
  * clipping, AdamW) on random tokens: time per step; tokens/s = batch · ctx / time.
  * Config A: 8 × 128 = 1,024 tokens a step; config B: 8 × 256 = 2,048.
+ * {@code -p loss=distill} makes it a distillation step against a dense bf16 teacher (T = 2, alpha 0.5).
  * {@code -p precision=bf16} runs it in bf16 mixed precision (bf16 GEMM operands, fp32 sums).
  * {@code -p device=cuda} runs the same step on GPU 0 through {@code CudaKernels} (the step ends
  * with the gradient norm copied back, so the time includes all of its GPU work).
@@ -60,9 +68,19 @@ public class TrainingStepBenchmark {
     @Param({"fp32"})
     public String precision;
 
+    /**
+     * ce: hard labels only; distill: a distillation step against a dense bf16 teacher of random
+     * logits (forward KL, T = 2, alpha = 0.5, T² on) through the chunked LM head + fused loss.
+     */
+    @Param({"ce"})
+    public String loss;
+
     private Kernels kernels;
     private Gpt2 model;
     private TrainingSession session;
+    private Arena arena;
+    private TeacherTargets teacher;
+    private int chunkRows;
 
     @Setup(Level.Trial)
     public void setUp() {
@@ -80,11 +98,24 @@ public class TrainingStepBenchmark {
         int[] windows = new int[c.batch * (t + 1)];
         for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(c.model.vocabSize());
         session.inputs().setWindows(windows);
+        if (loss.equals("distill")) {
+            arena = Arena.ofShared();
+            int n = c.batch * t, v = c.model.vocabSize();
+            MemorySegment logits = arena.allocate(2L * n * v, 64);
+            for (long i = 0; i < (long) n * v; i++) DType.BF16.write(logits, i, (float) (4 * rng.nextGaussian()));
+            teacher = new TeacherTargets.Dense(logits, DType.BF16, v);
+            chunkRows = ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, v);
+        } else if (!loss.equals("ce")) {
+            throw new IllegalArgumentException("loss=" + loss + ": ce or distill");
+        }
     }
 
     @Benchmark
     public double step() {
-        return session.step().loss();
+        if (teacher == null) return session.step().loss();
+        session.beginStep();
+        double l = session.backwardDistill(teacher, DistillOptions.of(2f, 0.5f), DifferentiableOps.Reduction.MEAN, chunkRows, 1f).total();
+        return session.finishStep(l).loss();
     }
 
     @TearDown(Level.Trial)
@@ -92,5 +123,6 @@ public class TrainingStepBenchmark {
         session.close();
         model.close();
         kernels.close();
+        if (arena != null) arena.close();
     }
 }

@@ -59,6 +59,13 @@ public final class KernelConformance {
 
     private static final double TOL = 5e-5;
     private static final double TOL_LOOSE = 2e-4;
+    /**
+     * An op made of GEMMs on bf16-rounded operands against the fp32 reference: each operand is
+     * off by at most 2^-9 of itself (an 8-bit significand, rounded to nearest), a product by
+     * 2^-8; four times that bounds the error relative to the output's scale with room for
+     * attention's softmax, which scales an error in the logits by up to the logits' size.
+     */
+    private static final double TOL_BF16 = 4 * 0x1p-8;
 
     private final Kernels kernels;
     private final SplittableRandom rng;
@@ -76,10 +83,16 @@ public final class KernelConformance {
             for (int variant = 0; variant < 4; variant++) c.gemm(variant / 2 == 1, variant % 2 == 1, s[0], s[1], s[2]);
             c.gemmStridedBatched(s[0], s[1], s[2], 3);
         }
-        // bf16 mixed precision changes the GEMMs only (against a reference on bf16-rounded
-        // operands); every other kernel is the fp32 one, which the fp32 suite covers
-        if (kernels.precision() == Precision.BF16) return List.copyOf(c.results);
         for (int[] s : sizes.gemm()) c.linear(s[0], s[2], s[1]);
+        // bf16 mixed precision changes the GEMMs only: they are held to a reference on
+        // bf16-rounded operands above, and the ops made of GEMMs (linear, attention) to the fp32
+        // reference within bf16's tolerance; every other kernel is the fp32 one, which the fp32
+        // suite covers
+        if (kernels.precision() == Precision.BF16) {
+            for (int[] s : sizes.attention()) c.attention(s[0], s[1], s[2], s[3]);
+            for (int[] s : sizes.attention()) c.attentionDecode(s[0], s[1], s[2], s[3]);
+            return List.copyOf(c.results);
+        }
         for (int[] s : sizes.rows()) {
             c.embedding(s[0], s[1]);
             c.layerNorm(s[0] * s[1], s[1]);
@@ -129,6 +142,11 @@ public final class KernelConformance {
         return kernels.precision() == Precision.BF16 ? ReferenceKernels.roundToBf16(x) : x;
     }
 
+    /** The tolerance of an op made of GEMMs: {@code fp32}'s, or bf16's under bf16 operands. */
+    private double composedTol(double fp32) {
+        return kernels.precision() == Precision.BF16 ? TOL_BF16 : fp32;
+    }
+
     private String gemmName(String name) {
         return kernels.precision() == Precision.BF16 ? name + ".bf16" : name;
     }
@@ -165,7 +183,7 @@ public final class KernelConformance {
             kernels.linearForward(sOut, sInp, sW, sB, n, c, oc);
             double ms = millis(t0);
             ReferenceKernels.linearForward(out, inp, w, bias, n, c, oc);
-            record("linearForward", n + "x" + c + "->" + oc, buf.relativeError(out, sOut, 1e-6), TOL, ms);
+            record(gemmName("linearForward"), n + "x" + c + "->" + oc, buf.relativeError(out, sOut, 1e-6), composedTol(TOL), ms);
 
             double[] dinp = randn(n * c), dw = randn(c * oc), db = randn(oc);
             MemorySegment sDinp = buf.floats(dinp), sDw = buf.floats(dw), sDb = buf.floats(db);
@@ -173,8 +191,9 @@ public final class KernelConformance {
             kernels.linearBackward(sDinp, sDw, sDb, buf.floats(dout), sInp, sW, n, c, oc);
             ms = millis(t0);
             ReferenceKernels.linearBackward(dinp, dw, db, dout, inp, w, n, c, oc);
-            record("linearBackward", n + "x" + c + "->" + oc,
-                    Math.max(buf.relativeError(dinp, sDinp, 1e-6), Math.max(buf.relativeError(dw, sDw, 1e-6), buf.relativeError(db, sDb, 1e-6))), TOL, ms);
+            record(gemmName("linearBackward"), n + "x" + c + "->" + oc,
+                    Math.max(buf.relativeError(dinp, sDinp, 1e-6), Math.max(buf.relativeError(dw, sDw, 1e-6), buf.relativeError(db, sDb, 1e-6))),
+                    composedTol(TOL), ms);
         }
     }
 
@@ -451,13 +470,14 @@ public final class KernelConformance {
             double ms = millis(t0);
             ReferenceKernels.attentionForward(out, att, qkv, b, t, c, nh);
             String size = b + "x" + t + "x" + c + "/" + nh;
-            record("attentionForward", size, Math.max(buf.relativeError(out, sOut, 1e-6), buf.relativeError(att, sAtt, 1e-6)), TOL, ms);
+            record(gemmName("attentionForward"), size, Math.max(buf.relativeError(out, sOut, 1e-6), buf.relativeError(att, sAtt, 1e-6)),
+                    composedTol(TOL), ms);
             MemorySegment sDqkv = buf.floats(dqkv);
             t0 = System.nanoTime();
             kernels.attentionBackward(sDqkv, buf.poisoned(att.length), buf.floats(dout), sQkv, sAtt, b, t, c, nh);
             ms = millis(t0);
             ReferenceKernels.attentionBackward(dqkv, dout, qkv, att, b, t, c, nh);
-            record("attentionBackward", size, buf.relativeError(dqkv, sDqkv, 1e-6), TOL_LOOSE, ms);
+            record(gemmName("attentionBackward"), size, buf.relativeError(dqkv, sDqkv, 1e-6), composedTol(TOL_LOOSE), ms);
         }
     }
 
@@ -474,7 +494,8 @@ public final class KernelConformance {
                 kernels.attentionDecode(sOut, buf.poisoned(b * nh * t), buf.floats(q), buf.floats(keys), buf.floats(values), b, len, t, nh, kvh, hs);
                 double ms = millis(t0);
                 ReferenceKernels.attentionDecode(out, q, keys, values, b, len, t, nh, kvh, hs);
-                record("attentionDecode", b + "x" + len + "/" + t + "x" + c + "/" + nh + ":" + kvh, buf.relativeError(out, sOut, 1e-6), TOL, ms);
+                record(gemmName("attentionDecode"), b + "x" + len + "/" + t + "x" + c + "/" + nh + ":" + kvh, buf.relativeError(out, sOut, 1e-6),
+                        composedTol(TOL), ms);
             }
         }
     }

@@ -53,7 +53,7 @@ class CudaKernelsEmulationTest {
             StringBuilder failed = new StringBuilder();
             for (KernelConformance.Result r : results) if (!r.passed()) failed.append(r).append('\n');
             assertTrue(failed.isEmpty(), failed.toString());
-            assertTrue(results.size() == 20 && results.stream().allMatch(r -> r.kernel().endsWith(".bf16")), results.toString());
+            assertTrue(results.size() >= 4 * 7 + 3 * 4 && results.stream().allMatch(r -> r.kernel().endsWith(".bf16")), results.toString());
         }
     }
 }

@@ -16,6 +16,11 @@ import dev.distillery.bindings.mpi.Mpi;
  * every rank, r = 0, 1, …: W times the memory of one vector, and bits that do not depend on the
  * library's reduction algorithm or the ranks' timing. Errors come back as {@code MpiException}s
  * (the world communicator's error handler is MPI_ERRORS_RETURN), never as a silent abort.
+ *
+ * <p>A rank that dies is named by mpirun, which then ends the job. A rank that hangs (alive, but
+ * never joining the next collective) would block the others forever; so every blocking call runs
+ * under a watchdog: after {@code -Ddistillery.collectiveTimeout} seconds (default 600; 0 = none)
+ * in one call, this rank says where it waited and exits with status 1, and mpirun ends the rest.
  */
 public final class MpiCollective implements Collective {
 
@@ -27,12 +32,60 @@ public final class MpiCollective implements Collective {
     private final String library;
     private final Arena arena = Arena.ofShared();
     private MemorySegment gathered;
+    private final long timeoutSeconds;
+    /** The blocking call this rank is in (null between calls), and since when (System.nanoTime). */
+    private volatile String waitingIn;
+    private volatile long waitingSince;
 
-    private MpiCollective(MpiLibrary.Handles h, int rank, int size, String library) {
+    private MpiCollective(MpiLibrary.Handles h, int rank, int size, String library, long timeoutSeconds) {
         this.h = h;
         this.rank = rank;
         this.size = size;
         this.library = library;
+        this.timeoutSeconds = timeoutSeconds;
+        if (timeoutSeconds > 0) Thread.ofPlatform().daemon().name("distillery-collective-watchdog").start(this::watch);
+    }
+
+    /** The watchdog's loop: ends the process when one blocking call has waited past the timeout. */
+    private void watch() {
+        while (true) {
+            try {
+                Thread.sleep(Math.min(1000, timeoutSeconds * 250));
+            } catch (InterruptedException e) {
+                return;
+            }
+            String in = waitingIn;
+            if (in != null && System.nanoTime() - waitingSince > timeoutSeconds * 1_000_000_000L && in.equals(waitingIn)) {
+                System.err.println("rank " + rank + " of " + size + ": waited " + timeoutSeconds + " s in " + in
+                        + " for the other ranks; one of them has died or hangs. Ending the job (rank 0's last checkpoint is whole; "
+                        + "-Ddistillery.collectiveTimeout sets the wait)");
+                System.err.flush();
+                Runtime.getRuntime().halt(1);
+            }
+        }
+    }
+
+    /** Runs one blocking MPI call under the watchdog; {@code what} names it in the watchdog's message. */
+    private void blocking(String what, Runnable call) {
+        waitingSince = System.nanoTime();
+        waitingIn = what;
+        try {
+            call.run();
+        } finally {
+            waitingIn = null;
+        }
+    }
+
+    /** {@code -Ddistillery.collectiveTimeout}: seconds, at least 0. */
+    static long timeoutSeconds() {
+        String v = System.getProperty("distillery.collectiveTimeout", "600").trim();
+        try {
+            long s = Long.parseLong(v);
+            if (s >= 0) return s;
+        } catch (NumberFormatException e) {
+            // named below
+        }
+        throw new IllegalArgumentException("-Ddistillery.collectiveTimeout must be a whole number of seconds >= 0, got '" + v + "'");
     }
 
     static MpiCollective init() {
@@ -55,7 +108,7 @@ public final class MpiCollective implements Collective {
             MemorySegment version = a.allocate(Mpi.MPI_MAX_LIBRARY_VERSION_STRING() + 1L);
             MpiLibrary.check(Mpi.MPI_Get_library_version(version, out), "MPI_Get_library_version");
             String v = version.getString(0).lines().findFirst().orElse("MPI").strip();
-            return new MpiCollective(h, rank, size, v.replaceAll(",.*", ""));
+            return new MpiCollective(h, rank, size, v.replaceAll(",.*", ""), timeoutSeconds());
         }
     }
 
@@ -80,8 +133,8 @@ public final class MpiCollective implements Collective {
             int count = (int) Math.min(CHUNK, n - from);
             if (gathered == null || gathered.byteSize() < 4L * count * size) gathered = arena.allocate(4L * Math.min(CHUNK, n) * size, 64);
             MemorySegment mine = x.asSlice(4 * from, 4L * count);
-            MpiLibrary.check(Mpi.MPI_Allgather(mine, count, h.floatType(), gathered, count, h.floatType(), h.commWorld()),
-                    "MPI_Allgather(" + count + " floats)");
+            blocking("MPI_Allgather of the gradients", () -> MpiLibrary.check(Mpi.MPI_Allgather(mine, count, h.floatType(), gathered, count,
+                    h.floatType(), h.commWorld()), "MPI_Allgather(" + count + " floats)"));
             for (int i = 0; i < count; i++) {
                 float s = gathered.getAtIndex(ValueLayout.JAVA_FLOAT, i);
                 for (int r = 1; r < size; r++) s += gathered.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * count + i);
@@ -94,8 +147,8 @@ public final class MpiCollective implements Collective {
     public double[] sum(double... values) {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment mine = a.allocateFrom(ValueLayout.JAVA_DOUBLE, values), all = a.allocate(8L * values.length * size);
-            MpiLibrary.check(Mpi.MPI_Allgather(mine, values.length, h.doubleType(), all, values.length, h.doubleType(), h.commWorld()),
-                    "MPI_Allgather(" + values.length + " doubles)");
+            blocking("MPI_Allgather of " + values.length + " sums", () -> MpiLibrary.check(Mpi.MPI_Allgather(mine, values.length,
+                    h.doubleType(), all, values.length, h.doubleType(), h.commWorld()), "MPI_Allgather(" + values.length + " doubles)"));
             double[] out = new double[values.length];
             for (int i = 0; i < values.length; i++) {
                 for (int r = 0; r < size; r++) out[i] += all.getAtIndex(ValueLayout.JAVA_DOUBLE, (long) r * values.length + i);
@@ -108,8 +161,8 @@ public final class MpiCollective implements Collective {
     public List<byte[]> allGather(byte[] mine) {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment in = a.allocateFrom(ValueLayout.JAVA_BYTE, mine), all = a.allocate((long) mine.length * size);
-            MpiLibrary.check(Mpi.MPI_Allgather(in, mine.length, h.byteType(), all, mine.length, h.byteType(), h.commWorld()),
-                    "MPI_Allgather(" + mine.length + " bytes)");
+            blocking("MPI_Allgather of " + mine.length + " bytes", () -> MpiLibrary.check(Mpi.MPI_Allgather(in, mine.length, h.byteType(),
+                    all, mine.length, h.byteType(), h.commWorld()), "MPI_Allgather(" + mine.length + " bytes)"));
             List<byte[]> out = new ArrayList<>();
             for (int r = 0; r < size; r++) out.add(all.asSlice((long) r * mine.length, mine.length).toArray(ValueLayout.JAVA_BYTE));
             return out;
@@ -118,7 +171,7 @@ public final class MpiCollective implements Collective {
 
     @Override
     public void barrier() {
-        MpiLibrary.check(Mpi.MPI_Barrier(h.commWorld()), "MPI_Barrier");
+        blocking("MPI_Barrier", () -> MpiLibrary.check(Mpi.MPI_Barrier(h.commWorld()), "MPI_Barrier"));
     }
 
     @Override

@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.io.File;
+import java.io.IOException;
 import java.io.PrintWriter;
 import java.io.StringWriter;
 import java.nio.file.Files;
@@ -45,9 +46,15 @@ class DataParallelTest {
      * that execs java.
      */
     private static Process ranks(int n, Path log, String... args) throws Exception {
+        return ranks(n, log, List.of(), args);
+    }
+
+    /** {@link #ranks(int, Path, String...)} with JVM options ({@code -D...}) for every rank. */
+    private static Process ranks(int n, Path log, List<String> jvm, String... args) throws Exception {
         List<String> java = new ArrayList<>(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(),
-                "--add-modules=jdk.incubator.vector", "--enable-native-access=ALL-UNNAMED", "-cp", System.getProperty("java.class.path"),
-                "dev.distillery.trainer.cli.Main"));
+                "--add-modules=jdk.incubator.vector", "--enable-native-access=ALL-UNNAMED"));
+        java.addAll(jvm);
+        java.addAll(List.of("-cp", System.getProperty("java.class.path"), "dev.distillery.trainer.cli.Main"));
         java.addAll(List.of(args));
         StringBuilder line = new StringBuilder("exec");
         for (String a : java) line.append(" '").append(a.replace("'", "'\\''")).append('\'');
@@ -101,6 +108,46 @@ class DataParallelTest {
     @Test
     void aKilledRankEndsTheJobNamingItAndLeavesTheLastCheckpointWhole(@TempDir Path dir) throws Exception {
         assumeTrue(mpirun() != null, "Open MPI's mpirun is not installed");
+        Started run = startLongRun(dir, List.of());
+        long t0 = System.nanoTime();
+        run.victim().destroyForcibly();
+        assertTrue(run.job().waitFor(60, TimeUnit.SECONDS), "the job outlived its killed rank by a minute: " + Files.readString(run.log()));
+        double seconds = (System.nanoTime() - t0) / 1e9;
+        String out = Files.readString(run.log());
+        assertTrue(run.job().exitValue() != 0 && out.contains("process rank 1") && out.contains("exited on signal 9"),
+                "exit " + run.job().exitValue() + " after killing " + run.victim().info().commandLine().orElse("?") + ":\n" + out);
+        assertTrue(seconds < 30, "the job took " + seconds + " s to end after a rank died");
+        assertLastCheckpointWhole(dir);
+    }
+
+    /**
+     * A rank that hangs (stopped with SIGSTOP: alive, never joining the next collective) ends the
+     * job within the collective timeout: the rank left waiting says where it waited, and exits.
+     */
+    @Test
+    void aHungRankEndsTheJobWithinTheCollectiveTimeout(@TempDir Path dir) throws Exception {
+        assumeTrue(mpirun() != null, "Open MPI's mpirun is not installed");
+        Started run = startLongRun(dir, List.of("-Ddistillery.collectiveTimeout=5"));
+        long t0 = System.nanoTime();
+        new ProcessBuilder("kill", "-STOP", Long.toString(run.victim().pid())).start().waitFor();
+        try {
+            assertTrue(run.job().waitFor(60, TimeUnit.SECONDS), "the job outlived its hung rank by a minute: " + Files.readString(run.log()));
+        } finally {
+            run.victim().destroyForcibly();
+        }
+        double seconds = (System.nanoTime() - t0) / 1e9;
+        String out = Files.readString(run.log());
+        assertTrue(run.job().exitValue() != 0 && out.contains("rank 0 of 2: waited 5 s in MPI_") && out.contains("one of them has died or hangs"),
+                "exit " + run.job().exitValue() + ":\n" + out);
+        assertTrue(seconds >= 5 && seconds < 35, "the job took " + seconds + " s to end after a rank hung (timeout 5 s)");
+        assertLastCheckpointWhole(dir);
+    }
+
+    private record Started(Process job, ProcessHandle victim, Path log) {
+    }
+
+    /** Two ranks of a run of many steps with a checkpoint every 5, once the first checkpoint exists; the victim is rank 1. */
+    private static Started startLongRun(Path dir, List<String> jvm) throws Exception {
         Path teacher = Path.of(DataParallelTest.class.getResource("/dev/distillery/trainer/hf/llama-tiny").toURI());
         Rng rng = new Rng(4);
         int[] tokens = new int[WINDOWS * SEQ];
@@ -110,20 +157,17 @@ class DataParallelTest {
                 + "\", \"seq_len\": " + SEQ + "}, \"steps\": 100000, \"batch_size\": 4, \"threads\": 1, \"checkpoint_every\": 5, "
                 + "\"student\": {\"architecture\": \"llama\", \"layers\": 1, \"channels\": 16, \"heads\": 2}");
         Path log = dir.resolve("run.log");
-        Process job = ranks(2, log, "distill", "--config", cfg.toString());
+        Process job = ranks(2, log, jvm, "distill", "--config", cfg.toString());
         Path latest = dir.resolve("run/checkpoints/latest");
         for (int i = 0; i < 600 && !Files.exists(latest); i++) Thread.sleep(100);
         assertTrue(Files.exists(latest), "no checkpoint within a minute: " + Files.readString(log));
         ProcessHandle victim = job.descendants().filter(h -> h.info().commandLine().orElse("").contains("cli.Main distill"))
                 .reduce((a, b) -> b).orElseThrow();
-        long t0 = System.nanoTime();
-        victim.destroyForcibly();
-        assertTrue(job.waitFor(60, TimeUnit.SECONDS), "the job outlived its killed rank by a minute: " + Files.readString(log));
-        double seconds = (System.nanoTime() - t0) / 1e9;
-        String out = Files.readString(log);
-        assertTrue(job.exitValue() != 0 && out.contains("process rank 1") && out.contains("exited on signal 9"),
-                "exit " + job.exitValue() + " after killing " + victim.info().commandLine().orElse("?") + ":\n" + out);
-        assertTrue(seconds < 30, "the job took " + seconds + " s to end after a rank died");
+        return new Started(job, victim, log);
+    }
+
+    private static void assertLastCheckpointWhole(Path dir) throws IOException {
+        Path latest = dir.resolve("run/checkpoints/latest");
         Path last = dir.resolve("run/checkpoints").resolve(Files.readString(latest).strip());
         StringWriter inspect = new StringWriter();
         assertEquals(0, Main.execute(new String[]{"inspect", last.toString()}, new PrintWriter(inspect), new PrintWriter(new StringWriter())),
