@@ -13,7 +13,8 @@
 # Each round runs every row on both sides one after the other; the table has the medians over the
 # rounds and their ratio (PyTorch time / Distillery time: above 1 is Distillery faster). A row
 # whose PyTorch times spread by more than 1.5x within a run, or whose torch does not use the
-# threads it was given, gets no ratio: a thrashing reference measures nothing. The training
+# threads it was given, or whose rounds (on either side) differ by more than 1.5x, gets no ratio:
+# a thrashing reference, or a machine whose neighbours took the cores, measures nothing. The training
 # steps run in fp32 and in bf16 mixed precision (PyTorch: torch.autocast on the CPU; Distillery:
 # -p precision=bf16, where the CPU has AMX or AVX512-BF16); the distillation step is config B
 # against a dense bf16 teacher (T = 2, alpha 0.5); the peak resident memory of a config B step is
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --steps-only) STEPS_ONLY=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "side_by_side.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -169,6 +170,9 @@ def copy_share(row, ms):   # a fused-loss row: bytes moved / time against the co
 print("| row | PyTorch | Distillery | PyTorch / Distillery | Distillery, share of copy bandwidth |")
 print("|---|---:|---:|---:|---:|")
 for row, sides in rows.items():
+    for side, values in sides.items():   # a row whose rounds disagree by more than 1.5x measured the machine, not the code
+        if len(values) > 1 and max(values) > 1.5 * min(values):
+            flags.setdefault(row, []).append(f"{side} rounds spread {min(values):,.1f}-{max(values):,.1f}")
     t, d = statistics.median(sides["torch"]), statistics.median(sides["distillery"])
     ratio = f"{t / d:.2f}x" if row not in flags else "no ratio: " + "; ".join(sorted(set(flags[row])))
     print(f"| {row} | {t:,.1f} | {d:,.1f} | {ratio} | {copy_share(row, d)} |")

@@ -9,6 +9,31 @@
 
 #include <cstring>
 
+// Column-major C (m, n) = alpha op(A) op(B) + beta C over `batch` matrices at element strides, each
+// element of A and B through `widen` to float, fp32 sums: cuBLAS's contract (C is not read when
+// beta == 0).
+template <typename T, typename Widen>
+static void gemm_strided(int ta, int tb, int m, int n, int k, float alpha, const T* A, int lda, long sa, const T* B, int ldb,
+                         long sb, float beta, float* C, int ldc, long sc, int batch, Widen widen) {
+    for (int q = 0; q < batch; q++) {
+        const T* a = A + q * sa;
+        const T* b = B + q * sb;
+        float* c = C + q * sc;
+        for (int j = 0; j < n; j++) {
+            for (int i = 0; i < m; i++) {
+                float acc = 0.f;
+                for (int l = 0; l < k; l++) {
+                    float x = widen(ta ? a[l + (long)i * lda] : a[i + (long)l * lda]);
+                    float y = widen(tb ? b[j + (long)l * ldb] : b[l + (long)j * ldb]);
+                    acc += x * y;
+                }
+                float& out = c[i + (long)j * ldc];
+                out = beta == 0.f ? alpha * acc : alpha * acc + beta * out;
+            }
+        }
+    }
+}
+
 extern "C" {
 
 // Returns 0, or 1 for an unknown kernel name.
@@ -34,55 +59,22 @@ int emu_kernel_count() { return static_cast<int>(registry::kernels().size()); }
 
 const char* emu_kernel_name(int i) { return registry::kernels().at(i).name; }
 
-// Column-major C (m, n) = alpha op(A) op(B) + beta C, cublasSgemm's contract.
+// cublasSgemmStridedBatched.
 void emu_sgemm_strided(int ta, int tb, int m, int n, int k, float alpha, const float* A, int lda, long sa, const float* B, int ldb,
                        long sb, float beta, float* C, int ldc, long sc, int batch) {
-    for (int q = 0; q < batch; q++) {
-        const float* a = A + q * sa;
-        const float* b = B + q * sb;
-        float* c = C + q * sc;
-        for (int j = 0; j < n; j++) {
-            for (int i = 0; i < m; i++) {
-                float acc = 0.f;
-                for (int l = 0; l < k; l++) {
-                    float x = ta ? a[l + (long)i * lda] : a[i + (long)l * lda];
-                    float y = tb ? b[j + (long)l * ldb] : b[l + (long)j * ldb];
-                    acc += x * y;
-                }
-                float& out = c[i + (long)j * ldc];
-                out = beta == 0.f ? alpha * acc : alpha * acc + beta * out;
-            }
-        }
-    }
+    gemm_strided(ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch, [](float x) { return x; });
 }
 
-// emu_sgemm_strided with A and B in bf16 (cublasGemmStridedBatchedEx: CUDA_R_16BF inputs, CUDA_R_32F
-// output, CUBLAS_COMPUTE_32F): each bf16 widened exactly, fp32 sums.
+// cublasGemmStridedBatchedEx with CUDA_R_16BF inputs, CUDA_R_32F output, CUBLAS_COMPUTE_32F: each
+// bf16 widened exactly.
 void emu_gemm_bf16_strided(int ta, int tb, int m, int n, int k, float alpha, const uint16_t* A, int lda, long sa,
                            const uint16_t* B, int ldb, long sb, float beta, float* C, int ldc, long sc, int batch) {
-    auto widen = [](uint16_t h) {
+    gemm_strided(ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch, [](uint16_t h) {
         uint32_t u = (uint32_t)h << 16;
         float x;
         memcpy(&x, &u, 4);
         return x;
-    };
-    for (int q = 0; q < batch; q++) {
-        const uint16_t* a = A + q * sa;
-        const uint16_t* b = B + q * sb;
-        float* c = C + q * sc;
-        for (int j = 0; j < n; j++) {
-            for (int i = 0; i < m; i++) {
-                float acc = 0.f;
-                for (int l = 0; l < k; l++) {
-                    float x = widen(ta ? a[l + (long)i * lda] : a[i + (long)l * lda]);
-                    float y = widen(tb ? b[j + (long)l * ldb] : b[l + (long)j * ldb]);
-                    acc += x * y;
-                }
-                float& out = c[i + (long)j * ldc];
-                out = beta == 0.f ? alpha * acc : alpha * acc + beta * out;
-            }
-        }
-    }
+    });
 }
 
 }  // extern "C"
