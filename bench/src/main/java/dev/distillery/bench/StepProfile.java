@@ -59,6 +59,9 @@ public final class StepProfile {
                 }
                 System.out.printf(Locale.ROOT, "%-22s %10.2f %7.1f%%%n", "(outside kernels)", stepMs - accounted,
                         100 * (stepMs - accounted) / stepMs);
+                System.out.printf(Locale.ROOT, "memory: workspace (activations and their gradients) %.0f MB at its peak, "
+                                + "parameters with gradients and AdamW moments %.0f MB%n", s.workspace().highWater() / 1e6,
+                        16.0 * model.parameters().parameterCount() / 1e6);
             }
         }
     }
