@@ -68,10 +68,7 @@ public class GemmBenchmark {
         k = Integer.parseInt(mnk[2]);
         transB = parts[1].charAt(1) == 'T';
         arena = Arena.ofShared();
-        kernels = Backends.open(Backends.Request.cpu(threads, gemm, Precision.parse(precision, "precision")));
-        if (kernels.precision() != Precision.parse(precision, "precision")) {
-            throw new IllegalStateException("precision=" + precision + " cannot run here: " + kernels.describe());
-        }
+        kernels = Backends.openExactly(Backends.Request.cpu(threads, gemm, Precision.parse(precision, "precision")));
         a = random(arena, (long) m * k, 1);
         b = random(arena, (long) k * n, 2);
         c = arena.allocate(4L * m * n, 64);

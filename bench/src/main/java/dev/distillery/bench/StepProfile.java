@@ -31,7 +31,7 @@ public final class StepProfile {
         String gemm = args.length > 3 ? args[3] : "auto";
         int warmup = args.length > 4 ? Integer.parseInt(args[4]) : 10;
         Precision precision = Precision.parse(args.length > 5 ? args[5] : "fp32", "precision (6th argument)");
-        try (TimedKernels kernels = new TimedKernels(Backends.open(Backends.Request.cpu(threads, gemm, precision)));
+        try (TimedKernels kernels = new TimedKernels(Backends.openExactly(Backends.Request.cpu(threads, gemm, precision)));
              Gpt2 model = new Gpt2(c.model, kernels)) {
             model.initialize(1);
             int t = c.model.contextLength();

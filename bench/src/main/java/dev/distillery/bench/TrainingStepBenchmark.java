@@ -85,10 +85,7 @@ public class TrainingStepBenchmark {
     @Setup(Level.Trial)
     public void setUp() {
         StudentConfigs c = StudentConfigs.valueOf(config);
-        kernels = Backends.open(new Backends.Request(Backend.parse(device), threads, gemm, false, Precision.parse(precision, "precision")));
-        if (kernels.precision() != Precision.parse(precision, "precision")) {
-            throw new IllegalStateException("precision=" + precision + " cannot run here: " + kernels.describe());
-        }
+        kernels = Backends.openExactly(new Backends.Request(Backend.parse(device), threads, gemm, false, Precision.parse(precision, "precision")));
         model = new Gpt2(c.model, kernels);
         model.initialize(1);
         int t = c.model.contextLength();

@@ -100,4 +100,18 @@ public final class Backends {
     public static Kernels open(Request r) {
         return open(r, line -> { });
     }
+
+    /**
+     * {@link #open(Request)}, refusing where the device cannot give the request's precision
+     * (a benchmark of bf16 that ran fp32 would measure the wrong thing).
+     */
+    public static Kernels openExactly(Request r) {
+        Kernels k = open(r);
+        if (k.precision() != r.precision()) {
+            String why = k.describe();
+            k.close();
+            throw new UnavailableException("precision " + r.precision().key() + " cannot run here: " + why);
+        }
+        return k;
+    }
 }
