@@ -160,7 +160,7 @@ public final class CpuKernels implements Kernels {
     /**
      * Splits C into row blocks (or column blocks when C is short and wide) over the pool; each
      * block is one single-threaded backend call. The bf16 GEMM packs both operands at every call,
-     * so it splits the larger operand (rows of op(A), or columns of op(B)) and each thread packs
+     * so it always splits the larger of op(A) (m rows) and op(B) (n columns), and each thread packs
      * only its share of it. Blocks depend only on the shape and the thread count, so results are
      * reproducible.
      */
@@ -170,7 +170,7 @@ public final class CpuKernels implements Kernels {
         if (m == 0 || n == 0) return;
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
             gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        } else if (precision == Precision.BF16 ? (long) m * k >= (long) k * n : m >= n || m >= 32 * pool.threads()) {
+        } else if (m >= n || (precision == Precision.FP32 && m >= 32 * pool.threads())) {
             pool.forEachChunk(m, 8, (chunk, r0, r1) -> gemm.sgemm(transA, transB, r1 - r0, n, k, alpha,
                     a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda, b, ldb,
                     beta, c.asSlice(4L * r0 * ldc), ldc));
