@@ -45,7 +45,8 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
 @OutputTimeUnit(TimeUnit.MILLISECONDS)
-@Fork(value = 1, jvmArgsAppend = {"--add-modules=jdk.incubator.vector", "--enable-native-access=ALL-UNNAMED", "-Xmx8g"})
+// the collector `java -jar trainer.jar` runs (ChildJvm)
+@Fork(value = 1, jvmArgsAppend = {"--add-modules=jdk.incubator.vector", "--enable-native-access=ALL-UNNAMED", "-Xmx8g", "-XX:+UseSerialGC"})
 @Warmup(iterations = 3, time = 5)
 @Measurement(iterations = 5, time = 10)
 public class TrainingStepBenchmark {
@@ -101,7 +102,7 @@ public class TrainingStepBenchmark {
             MemorySegment logits = arena.allocate(2L * n * v, 64);
             for (long i = 0; i < (long) n * v; i++) DType.BF16.write(logits, i, (float) (4 * rng.nextGaussian()));
             teacher = new TeacherTargets.Dense(logits, DType.BF16, v);
-            chunkRows = ChunkedLinearDistillLoss.chunkRowsFor(32L << 20, v);
+            chunkRows = ChunkedLinearDistillLoss.chunkRowsFor(ChunkedLinearDistillLoss.DEFAULT_CHUNK_BYTES, v);
         } else if (!loss.equals("ce")) {
             throw new IllegalArgumentException("loss=" + loss + ": ce or distill");
         }

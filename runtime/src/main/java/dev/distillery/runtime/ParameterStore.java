@@ -3,6 +3,7 @@ package dev.distillery.runtime;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.function.DoubleSupplier;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.HashSet;
@@ -157,6 +158,19 @@ public final class ParameterStore implements AutoCloseable {
         }
         try (Arena host = Arena.ofConfined()) {
             write(t, host.allocateFrom(ValueLayout.JAVA_FLOAT, values));
+        }
+    }
+
+    /**
+     * Sets every element of t to {@code next}'s value, drawn in index order, through native host
+     * memory: an initialisation makes no heap array of the tensor's size (the JVM would keep a
+     * 49 MB embedding's array resident long after it is garbage).
+     */
+    public void fill(Tensor t, DoubleSupplier next) {
+        try (Arena host = Arena.ofConfined()) {
+            MemorySegment values = host.allocate(t.byteSize(), 64);
+            for (long i = 0, n = t.numel(); i < n; i++) values.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) next.getAsDouble());
+            write(t, values);
         }
     }
 

@@ -2,6 +2,9 @@ package dev.distillery.runtime;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.ArrayDeque;
+import java.util.HashMap;
+import java.util.Map;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
@@ -15,12 +18,23 @@ import dev.distillery.kernels.Kernels;
  * {@link #reset()} frees the side arena and replaces the block with one of the high-water size.
  * From the second step of a fixed-shape loop on, every allocation is a pointer bump.
  *
+ * <p>The overflow comes in slabs of at least {@value #SLAB_BYTES} bytes rather than one allocation
+ * per tensor: glibc serves allocations below its (adaptive) mmap threshold from its heap and keeps
+ * them resident after they are freed, so a first step's hundreds of tensor-sized overflows would
+ * stay in the process' memory beside the block that replaces them.
+ *
+ * <p>A segment that is dead before the step ends (an activation's gradient once the op that made
+ * the activation has run its backward) can be {@link #release released}; the next request of the
+ * same size takes it instead of fresh memory, so a backward pass needs about one layer's
+ * gradients at a time, not all of them.
+ *
  * <p>The block lives where the kernels compute (host memory on the CPU, one device allocation on
  * CUDA). Segments handed out are 64-byte aligned and invalid after the next {@code reset()}.
  */
 public final class Workspace implements AutoCloseable {
 
     private static final long ALIGN = 64;
+    private static final long SLAB_BYTES = 64L << 20;
 
     private final Kernels kernels;
     private final Device device;
@@ -28,7 +42,10 @@ public final class Workspace implements AutoCloseable {
     private MemorySegment block;
     private long offset;
     private Arena overflowArena;
+    private MemorySegment slab;
+    private long slabOffset;
     private long overflowBytes;
+    private final Map<Long, ArrayDeque<MemorySegment>> released = new HashMap<>();
     private long highWater;
     private int growths;
 
@@ -45,6 +62,8 @@ public final class Workspace implements AutoCloseable {
 
     /** A 64-byte-aligned region of at least {@code bytes}; contents are undefined. */
     public MemorySegment allocate(long bytes) {
+        ArrayDeque<MemorySegment> free = released.get(bytes);
+        if (free != null && !free.isEmpty()) return free.pop();
         long size = Math.max(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);
         if (overflowBytes == 0 && offset + size <= block.byteSize()) {
             MemorySegment s = block.asSlice(offset, bytes);
@@ -52,11 +71,25 @@ public final class Workspace implements AutoCloseable {
             highWater = Math.max(highWater, offset);
             return s;
         }
-        // Past the block: serve from the side arena, remember how much the step really needed.
+        // Past the block: serve from slabs of the side arena, remember how much the step really needed.
         if (overflowArena == null) overflowArena = Arena.ofShared();
+        if (slab == null || slabOffset + size > slab.byteSize()) {
+            slab = kernels.allocate(overflowArena, Math.max(SLAB_BYTES, size));
+            slabOffset = 0;
+        }
+        MemorySegment s = slab.asSlice(slabOffset, bytes);
+        slabOffset += size;
         overflowBytes += size;
         highWater = Math.max(highWater, offset + overflowBytes);
-        return kernels.allocate(overflowArena, Math.max(1, bytes)).asSlice(0, bytes);
+        return s;
+    }
+
+    /**
+     * Gives back a segment of this step that nothing reads any more: a later {@link #allocate} of
+     * exactly its size takes it. The caller must hold no other reference that it still uses.
+     */
+    public void release(MemorySegment segment) {
+        released.computeIfAbsent(segment.byteSize(), k -> new ArrayDeque<>()).push(segment);
     }
 
     /** An uninitialised fp32 tensor. */
@@ -88,6 +121,7 @@ public final class Workspace implements AutoCloseable {
      */
     public void rewind(long mark) {
         if (mark < 0 || mark > offset + overflowBytes) throw new IllegalArgumentException("mark " + mark + " is past the allocation point");
+        released.clear();   // a released segment may lie past the mark, where the next bump hands it out again
         if (mark <= offset) {
             offset = mark;
             overflowBytes = 0;
@@ -98,9 +132,11 @@ public final class Workspace implements AutoCloseable {
 
     /** Frees everything handed out since the last reset; grows the block if the step overflowed. */
     public void reset() {
+        released.clear();
         if (overflowArena != null) {
             overflowArena.close();
             overflowArena = null;
+            slab = null;
             overflowBytes = 0;
             blockArena.close();
             allocateBlock(highWater);

@@ -65,6 +65,28 @@ public final class DifferentiableOps {
         return requiresGrad ? new Tensor(name, shape, DType.F32, t.device(), t.data(), true) : t;
     }
 
+    /**
+     * Records the backward of the op that made {@code out}. The tape runs newest first, so every
+     * op that read {@code out} has added its share to out's gradient before this runs, and nothing
+     * reads that gradient after: it goes back to the workspace, where the next gradient of its size
+     * reuses it (the backward holds about one layer's activation gradients at a time).
+     */
+    private void recordBackward(Tensor out, Runnable backward) {
+        tape.record(() -> {
+            backward.run();
+            Tensor g = out.grad();
+            if (g != null) {
+                out.setGrad(null);
+                workspace.release(g.data());
+            }
+        });
+    }
+
+    /** Scratch of one backward kernel: dead once the kernel has run, so released at once. */
+    private void releaseScratch(Tensor scratch) {
+        workspace.release(scratch.data());
+    }
+
     /** The gradient buffer of t, zero-allocated on first use; null when t needs no gradient. */
     private java.lang.foreign.MemorySegment grad(Tensor t) {
         if (t == null || !t.requiresGrad()) return null;
@@ -86,7 +108,7 @@ public final class DifferentiableOps {
         Tensor out = output("embedding", track, b * t, c);
         kernels.embeddingForward(out.data(), tokens.data(), wte.data(), wpe.data(), b, t, c, vocab);
         if (track) {
-            tape.record(() -> {
+            recordBackward(out, () -> {
                 if (out.grad() != null) {
                     kernels.embeddingBackward(grad(wte), grad(wpe), out.grad().data(), tokens.data(), b, t, c);
                 }
@@ -107,10 +129,11 @@ public final class DifferentiableOps {
         Tensor zeros = workspace.zeros("embedding.positions", t, c);
         kernels.embeddingForward(out.data(), tokens.data(), wte.data(), zeros.data(), b, t, c, vocab);
         if (track) {
-            tape.record(() -> {
+            recordBackward(out, () -> {
                 if (out.grad() != null) {
                     Tensor scratch = workspace.tensor("embedding.dpositions", t, c);
                     kernels.embeddingBackward(grad(wte), scratch.data(), out.grad().data(), tokens.data(), b, t, c);
+                    releaseScratch(scratch);
                 }
             });
         }
@@ -126,7 +149,7 @@ public final class DifferentiableOps {
         Tensor rstd = workspace.tensor("layernorm.rstd", n);
         kernels.layerNormForward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(), bias.data(), n, c);
         if (track) {
-            tape.record(() -> {
+            recordBackward(out, () -> {
                 if (out.grad() != null) {
                     kernels.layerNormBackward(grad(x), grad(weight), grad(bias), out.grad().data(), x.data(),
                             weight.data(), mean.data(), rstd.data(), n, c);
@@ -146,7 +169,7 @@ public final class DifferentiableOps {
         Tensor out = output("linear", track, n, oc);
         kernels.linearForward(out.data(), x.data(), weight.data(), bias == null ? null : bias.data(), n, c, oc);
         if (track) {
-            tape.record(() -> {
+            recordBackward(out, () -> {
                 if (out.grad() != null) {
                     kernels.linearBackward(grad(x), grad(weight), bias == null ? null : grad(bias),
                             out.grad().data(), x.data(), weight.data(), n, c, oc);
@@ -170,7 +193,7 @@ public final class DifferentiableOps {
         if (bias != null) kernels.broadcastRows(out.data(), bias.data(), n, v);
         kernels.gemm(false, true, n, v, c, 1f, x.data(), c, weight.data(), c, bias != null ? 1f : 0f, out.data(), v);
         if (track) {
-            tape.record(() -> {
+            recordBackward(out, () -> {
                 if (out.grad() == null) return;
                 var dout = out.grad().data();
                 var dx = grad(x);
@@ -192,23 +215,47 @@ public final class DifferentiableOps {
         Tensor att = workspace.tensor("attention.probs", b, heads, t, t);
         kernels.attentionForward(out.data(), att.data(), qkv.data(), b, t, c, heads);
         if (track) {
-            tape.record(() -> {
+            recordBackward(out, () -> {
                 if (out.grad() != null) {
                     Tensor scratch = workspace.tensor("attention.dprobs", b, heads, t, t);
                     kernels.attentionBackward(grad(qkv), scratch.data(), out.grad().data(), qkv.data(), att.data(), b, t, c, heads);
+                    releaseScratch(scratch);
                 }
             });
         }
         return out;
     }
 
-    public Tensor gelu(Tensor x) {
-        boolean track = tracks(x);
-        Tensor out = output("gelu", track, x.shape());
-        kernels.geluForward(out.data(), x.data(), x.numel());
+    /**
+     * linear(gelu(x), weight, bias), x (n, c), weight (c, oc) → (n, oc), without keeping gelu(x):
+     * it lives in a buffer given back as soon as the linear has read it, and the backward computes
+     * it again from x (llm.c's GELU recomputation). A GPT-2 MLP then holds one (n, 4c) activation
+     * for the backward instead of two, for one more GELU per step; the values are those of
+     * a GELU then {@link #linear}, bit for bit.
+     */
+    public Tensor geluLinear(Tensor x, Tensor weight, Tensor bias) {
+        int n = x.dim(0), c = x.dim(1), oc = weight.dim(1);
+        if (weight.dim(0) != c) {
+            throw new IllegalArgumentException("linear " + weight.name() + ": input has " + c + " columns, weight has " + weight.dim(0) + " rows");
+        }
+        boolean track = tracks(x, weight, bias);
+        Tensor out = output("linear", track, n, oc);
+        Tensor g = workspace.tensor("gelu", n, c);
+        kernels.geluForward(g.data(), x.data(), x.numel());
+        kernels.linearForward(out.data(), g.data(), weight.data(), bias == null ? null : bias.data(), n, c, oc);
+        releaseScratch(g);
         if (track) {
-            tape.record(() -> {
-                if (out.grad() != null) kernels.geluBackward(grad(x), x.data(), out.grad().data(), x.numel());
+            recordBackward(out, () -> {
+                if (out.grad() == null) return;
+                Tensor again = workspace.tensor("gelu", n, c);
+                kernels.geluForward(again.data(), x.data(), x.numel());
+                Tensor dg = workspace.zeros("gelu.grad", n, c);
+                kernels.linearBackward(dg.data(), grad(weight), bias == null ? null : grad(bias), out.grad().data(), again.data(),
+                        weight.data(), n, c, oc);
+                var dx = grad(x);
+                if (dx != null) kernels.geluBackward(dx, x.data(), dg.data(), x.numel());
+                releaseScratch(again);
+                releaseScratch(dg);
             });
         }
         return out;
@@ -224,7 +271,7 @@ public final class DifferentiableOps {
         Tensor rstd = workspace.tensor("rmsnorm.rstd", n);
         kernels.rmsNormForward(out.data(), rstd.data(), x.data(), weight.data(), n, c, eps);
         if (track) {
-            tape.record(() -> {
+            recordBackward(out, () -> {
                 if (out.grad() != null) {
                     kernels.rmsNormBackward(grad(x), grad(weight), out.grad().data(), x.data(), weight.data(), rstd.data(), n, c);
                 }
@@ -240,7 +287,7 @@ public final class DifferentiableOps {
         Tensor out = output("rope", track, n, width);
         kernels.ropeForward(out.data(), x.data(), cosSin.data(), b, t, heads, hs, width, 0);
         if (track) {
-            tape.record(() -> {
+            recordBackward(out, () -> {
                 var dx = grad(x);
                 if (out.grad() != null && dx != null) kernels.ropeBackward(dx, out.grad().data(), cosSin.data(), b, t, heads, hs, width, 0);
             });
@@ -260,7 +307,7 @@ public final class DifferentiableOps {
         kernels.repeatHeadsForward(out.data(), 3 * a, a, k.data(), kvA, 0, n, kvHeads, group, hs);
         kernels.repeatHeadsForward(out.data(), 3 * a, 2 * a, v.data(), kvA, 0, n, kvHeads, group, hs);
         if (track) {
-            tape.record(() -> {
+            recordBackward(out, () -> {
                 if (out.grad() == null) return;
                 var d = out.grad().data();
                 var dq = grad(q);
@@ -281,7 +328,7 @@ public final class DifferentiableOps {
         Tensor out = output("swiglu", track, gate.shape());
         kernels.swiGluForward(out.data(), gate.data(), up.data(), gate.numel());
         if (track) {
-            tape.record(() -> {
+            recordBackward(out, () -> {
                 if (out.grad() == null) return;
                 var dg = gate.requiresGrad() ? grad(gate) : workspace.tensor("swiglu.dgate", gate.shape()).data();
                 var du = up.requiresGrad() ? grad(up) : workspace.tensor("swiglu.dup", up.shape()).data();
@@ -298,7 +345,7 @@ public final class DifferentiableOps {
         Tensor out = output("residual", track, a.shape());
         kernels.residualForward(out.data(), a.data(), b.data(), a.numel());
         if (track) {
-            tape.record(() -> {
+            recordBackward(out, () -> {
                 if (out.grad() == null) return;
                 var da = grad(a);
                 if (da != null) kernels.accumulate(da, out.grad().data(), a.numel());
@@ -395,12 +442,7 @@ public final class DifferentiableOps {
         int n = x.dim(0), d = x.dim(1);
         Tensor losses = workspace.tensor("feature.losses", n);
         kernels.featureDistance(distance, losses.data(), tracks(x) ? grad(x) : null, x.data(), teacher, teacherType, n, d, gradScale / n);
-        double sum = 0;
-        try (Arena host = Arena.ofConfined()) {
-            MemorySegment l = kernels.hostView(losses.data(), 4L * n, host);
-            for (int r = 0; r < n; r++) sum += l.getAtIndex(ValueLayout.JAVA_FLOAT, r);
-        }
-        return sum / n;
+        return sumOnHost(losses, n) / n;
     }
 
     /** The mean cross-entropy over non-ignored rows and how many rows counted. */
@@ -422,15 +464,62 @@ public final class DifferentiableOps {
         float scale = valid == 0 ? 0f : gradScale / valid;
         Tensor losses = workspace.tensor("losses", n);
         kernels.softmaxCrossEntropy(losses.data(), logits.data(), targets.data(), n, v, IGNORE_INDEX, writeGradient, scale);
-        double sum = 0;
-        try (Arena host = Arena.ofConfined()) {
-            MemorySegment l = kernels.hostView(losses.data(), 4L * n, host);
-            for (int r = 0; r < n; r++) sum += l.getAtIndex(ValueLayout.JAVA_FLOAT, r);
-        }
+        double sum = sumOnHost(losses, n);
         if (writeGradient) {
             logits.setGrad(new Tensor("logits.grad", logits.shape(), DType.F32, logits.device(), logits.data(), false));
         }
         return new Loss(valid == 0 ? 0 : sum / valid, valid);
+    }
+
+    /**
+     * The LM head (hidden · weightᵀ, weight (vocab, d)) and the mean softmax cross-entropy against
+     * int32 targets (n), rows with target {@link #IGNORE_INDEX} excluded, chunked as
+     * {@link #distillationLoss} is, so no more than {@code chunkRows} rows of logits exist at a time:
+     * {@link #projection} then {@link #crossEntropy} without the (n, vocab) logits. A root of the
+     * graph like them: with the tape enabled it writes the gradients of hidden and weight
+     * ({@code gradScale · d(mean)/d·}) during the call.
+     *
+     * @throws IllegalArgumentException naming the row when a target is outside [0, vocab) and not the ignore index
+     */
+    public Loss linearCrossEntropy(Tensor hidden, Tensor weight, Tensor targets, float gradScale, int chunkRows) {
+        int n = hidden.dim(0), d = hidden.dim(1), v = weight.dim(0);
+        int valid = checkTargets(targets, n, v);
+        boolean backward = tracks(hidden, weight);
+        float scale = valid == 0 ? 0f : gradScale / valid;
+        int chunk = Math.min(chunkRows, Math.max(1, n));
+        Tensor logits = workspace.tensor("logits.chunk", chunk, v);
+        Tensor losses = workspace.tensor("losses", n);
+        ChunkedLinearDistillLoss.crossEntropy(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null, backward ? grad(weight) : null,
+                targets.data(), losses.data(), n, d, v, IGNORE_INDEX, scale, chunk, logits.data());
+        return new Loss(valid == 0 ? 0 : sumOnHost(losses, n) / valid, valid);
+    }
+
+    /** The count of non-ignored int32 targets among the first n, each checked to lie in [0, vocab). */
+    private int checkTargets(Tensor targets, int n, int vocab) {
+        try (Arena host = Arena.ofConfined()) {
+            MemorySegment h = kernels.hostView(targets.data(), 4L * n, host);
+            int count = 0;
+            for (int r = 0; r < n; r++) {
+                int target = h.getAtIndex(ValueLayout.JAVA_INT, r);
+                if (target == IGNORE_INDEX) continue;
+                if (target < 0 || target >= vocab) {
+                    throw new IllegalArgumentException("target " + target + " at row " + r + " is outside [0, " + vocab
+                            + ") and is not the ignore index " + IGNORE_INDEX);
+                }
+                count++;
+            }
+            return count;
+        }
+    }
+
+    /** Σ of the first n floats of a kernel buffer, in double, read on the host. */
+    private double sumOnHost(Tensor values, int n) {
+        double sum = 0;
+        try (Arena host = Arena.ofConfined()) {
+            MemorySegment l = kernels.hostView(values.data(), 4L * n, host);
+            for (int r = 0; r < n; r++) sum += l.getAtIndex(ValueLayout.JAVA_FLOAT, r);
+        }
+        return sum;
     }
 
     /** How many of the first n int32 ids of a kernel buffer differ from {@code ignore} (read on the host). */

@@ -19,12 +19,16 @@ import dev.distillery.kernels.distill.DistillSums;
  * </pre>
  * h is (n, d), W is (V, d) (the LM head). The teacher's targets are asked for one chunk at a
  * time ({@link TeacherRows}), so an in-process teacher's logits exist one chunk at a time too.
- * Extra memory: chunk × V floats.
+ * The hard-label step ({@link #crossEntropy}) runs the same loop with the fused softmax
+ * cross-entropy as the chunk's loss. Extra memory: chunk × V floats.
  */
 public final class ChunkedLinearDistillLoss {
 
     private ChunkedLinearDistillLoss() {
     }
+
+    /** The logits one chunk holds unless a config says otherwise: 32 MiB, 262 rows of a 32,000 vocabulary. */
+    public static final long DEFAULT_CHUNK_BYTES = 32L << 20;
 
     /** Rows per chunk so that one chunk's logits fit in {@code budgetBytes} (at least 1 row). */
     public static int chunkRowsFor(long budgetBytes, int vocab) {
@@ -42,11 +46,6 @@ public final class ChunkedLinearDistillLoss {
                                   MemorySegment dHidden, MemorySegment dWeight, TeacherRows teacher, MemorySegment labels,
                                   int n, int d, int vocab, DistillOptions options, float gradScale,
                                   int chunkRows, MemorySegment logits) {
-        if (chunkRows < 1) throw new IllegalArgumentException("chunk rows must be >= 1, got " + chunkRows);
-        if (logits.byteSize() < 4L * Math.min(chunkRows, n) * vocab) {
-            throw new IllegalArgumentException("logit scratch holds " + logits.byteSize() + " bytes; " + Math.min(chunkRows, n)
-                    + " rows of vocab " + vocab + " need " + 4L * Math.min(chunkRows, n) * vocab);
-        }
         return chunks(kernels, hidden, weight, dHidden, dWeight, List.of(teacher), new float[]{1f}, labels, n, d, vocab, options, gradScale,
                 chunkRows, logits, logits, null);
     }
@@ -76,11 +75,8 @@ public final class ChunkedLinearDistillLoss {
                                       int n, int d, int vocab, DistillOptions options, float gradScale, int chunkRows,
                                       MemorySegment logits, MemorySegment gradSum, MemorySegment gradOne) {
         boolean backward = dHidden != null || dWeight != null;
-        DistillSums total = DistillSums.zero();
-        for (int r0 = 0; r0 < n; r0 += chunkRows) {
-            int rows = Math.min(chunkRows, n - r0);
-            MemorySegment h = hidden.asSlice(4L * r0 * d);
-            kernels.gemm(false, true, rows, vocab, d, 1f, h, d, weight, d, 0f, logits, vocab);
+        DistillSums[] total = {DistillSums.zero()};
+        overChunks(kernels, hidden, weight, dHidden, dWeight, n, d, vocab, chunkRows, logits, gradSum, (r0, rows) -> {
             for (int i = 0; i < teachers.size(); i++) {
                 MemorySegment grad = !backward ? null : i == 0 ? gradSum : gradOne;
                 DistillSums sums;
@@ -90,17 +86,58 @@ public final class ChunkedLinearDistillLoss {
                 } catch (BadRowException e) {
                     throw e.shifted(r0);   // the row of the whole call, not of the chunk
                 }
-                total = total.plus(new DistillSums(sums.total() * weights[i], sums.ce() * weights[i], sums.divergence() * weights[i],
+                total[0] = total[0].plus(new DistillSums(sums.total() * weights[i], sums.ce() * weights[i], sums.divergence() * weights[i],
                         i == 0 ? sums.rows() : 0));
                 if (backward && i > 0) kernels.accumulate(gradSum, gradOne, (long) rows * vocab);
             }
+        });
+        return total[0];
+    }
+
+    /**
+     * The hard-label loss through the chunked LM head: {@code losses[r] = −log softmax(h[r] · Wᵀ)[targets[r]]}
+     * (0 where the target is {@code ignoreIndex}), and, when {@code dHidden}/{@code dWeight} are
+     * non-null, {@code gradScale · d(Σ_rows losses)/dh} and {@code /dW} accumulated into them. The
+     * fused cross-entropy writes each chunk's gradient over its logits, as it does over whole logits.
+     * Targets are checked by the caller (the kernel names rows of the chunk).
+     *
+     * @param logits scratch of at least min(chunkRows, n) × vocab floats
+     * @param losses (n) floats
+     */
+    public static void crossEntropy(Kernels kernels, MemorySegment hidden, MemorySegment weight, MemorySegment dHidden,
+                                    MemorySegment dWeight, MemorySegment targets, MemorySegment losses, int n, int d, int vocab,
+                                    int ignoreIndex, float gradScale, int chunkRows, MemorySegment logits) {
+        boolean backward = dHidden != null || dWeight != null;
+        overChunks(kernels, hidden, weight, dHidden, dWeight, n, d, vocab, chunkRows, logits, logits, (r0, rows) ->
+                kernels.softmaxCrossEntropy(losses.asSlice(4L * r0), logits, targets.asSlice(4L * r0), rows, vocab, ignoreIndex, backward,
+                        gradScale));
+    }
+
+    /** A chunk's loss over the logits of rows [r0, r0 + rows), its gradient written where the loop reads it. */
+    private interface ChunkLoss {
+        void apply(int r0, int rows);
+    }
+
+    /** logits = h · Wᵀ per chunk, the chunk's loss, then dh += grad · W and dW += gradᵀ · h. */
+    private static void overChunks(Kernels kernels, MemorySegment hidden, MemorySegment weight, MemorySegment dHidden,
+                                   MemorySegment dWeight, int n, int d, int vocab, int chunkRows, MemorySegment logits,
+                                   MemorySegment grad, ChunkLoss loss) {
+        if (chunkRows < 1) throw new IllegalArgumentException("chunk rows must be >= 1, got " + chunkRows);
+        if (logits.byteSize() < 4L * Math.min(chunkRows, n) * vocab) {
+            throw new IllegalArgumentException("logit scratch holds " + logits.byteSize() + " bytes; " + Math.min(chunkRows, n)
+                    + " rows of vocab " + vocab + " need " + 4L * Math.min(chunkRows, n) * vocab);
+        }
+        for (int r0 = 0; r0 < n; r0 += chunkRows) {
+            int rows = Math.min(chunkRows, n - r0);
+            MemorySegment h = hidden.asSlice(4L * r0 * d);
+            kernels.gemm(false, true, rows, vocab, d, 1f, h, d, weight, d, 0f, logits, vocab);
+            loss.apply(r0, rows);
             if (dHidden != null) {
-                kernels.gemm(false, false, rows, d, vocab, 1f, gradSum, vocab, weight, d, 1f, dHidden.asSlice(4L * r0 * d), d);
+                kernels.gemm(false, false, rows, d, vocab, 1f, grad, vocab, weight, d, 1f, dHidden.asSlice(4L * r0 * d), d);
             }
             if (dWeight != null) {
-                kernels.gemm(true, false, vocab, d, rows, 1f, gradSum, vocab, h, d, 1f, dWeight, d);
+                kernels.gemm(true, false, vocab, d, rows, 1f, grad, vocab, h, d, 1f, dWeight, d);
             }
         }
-        return total;
     }
 }

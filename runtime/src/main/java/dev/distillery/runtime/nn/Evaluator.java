@@ -9,6 +9,7 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
 import dev.distillery.runtime.distill.InProcessTeacher;
 import dev.distillery.runtime.distill.TeacherRows;
 import dev.distillery.runtime.distill.TeacherStaging;
@@ -55,8 +56,9 @@ public final class Evaluator {
     public double crossEntropy() {
         graph.reset(false);
         try {
-            Tensor logits = model.forward(graph.ops, inputs.tokens(), batch, time);
-            return graph.ops.crossEntropy(logits, inputs.targets(), 1f).mean();
+            Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
+            return graph.ops.linearCrossEntropy(hidden, model.lmHeadWeight(), inputs.targets(), 1f,
+                    ChunkedLinearDistillLoss.chunkRowsFor(ChunkedLinearDistillLoss.DEFAULT_CHUNK_BYTES, model.vocabSize())).mean();
         } finally {
             graph.recordAgain();
         }

@@ -90,14 +90,14 @@ public final class Gpt2 implements LanguageModel {
         double residualStd = 0.02 / Math.sqrt(2.0 * config.layers());
         for (Tensor t : params.parameters()) {
             String name = t.name();
-            float[] values = new float[Math.toIntExact(t.numel())];
             if (name.contains("ln_") && name.endsWith(".weight")) {
-                java.util.Arrays.fill(values, 1f);
-            } else if (!name.endsWith(".bias")) {
+                params.fill(t, () -> 1);
+            } else if (name.endsWith(".bias")) {
+                params.fill(t, () -> 0);
+            } else {
                 double std = name.endsWith("c_proj.weight") ? residualStd : 0.02;
-                for (int i = 0; i < values.length; i++) values[i] = (float) (std * rng.nextGaussian());
+                params.fill(t, () -> std * rng.nextGaussian());
             }
-            params.write(t, values);
         }
     }
 
@@ -117,8 +117,8 @@ public final class Gpt2 implements LanguageModel {
         Tensor a = attention.apply(ops.linear(h, p(pre + "attn.c_attn.weight"), p(pre + "attn.c_attn.bias")));
         Tensor mid = ops.add(x, ops.linear(a, p(pre + "attn.c_proj.weight"), p(pre + "attn.c_proj.bias")));
         h = ops.layerNorm(mid, p(pre + "ln_2.weight"), p(pre + "ln_2.bias"));
-        h = ops.gelu(ops.linear(h, p(pre + "mlp.c_fc.weight"), p(pre + "mlp.c_fc.bias")));
-        return ops.add(mid, ops.linear(h, p(pre + "mlp.c_proj.weight"), p(pre + "mlp.c_proj.bias")));
+        h = ops.linear(h, p(pre + "mlp.c_fc.weight"), p(pre + "mlp.c_fc.bias"));
+        return ops.add(mid, ops.geluLinear(h, p(pre + "mlp.c_proj.weight"), p(pre + "mlp.c_proj.bias")));
     }
 
     @Override

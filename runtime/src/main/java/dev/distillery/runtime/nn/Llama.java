@@ -3,7 +3,6 @@ package dev.distillery.runtime.nn;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
-import java.util.Arrays;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
@@ -114,13 +113,13 @@ public final class Llama implements LanguageModel {
     public void initialize(long seed) {
         Rng rng = new Rng(seed);
         for (Tensor t : params.parameters()) {
-            float[] values = new float[Math.toIntExact(t.numel())];
             if (t.name().endsWith("norm.weight")) {
-                Arrays.fill(values, 1f);
-            } else if (!t.name().endsWith(".bias")) {
-                for (int i = 0; i < values.length; i++) values[i] = (float) (0.02 * rng.nextGaussian());
+                params.fill(t, () -> 1);
+            } else if (t.name().endsWith(".bias")) {
+                params.fill(t, () -> 0);
+            } else {
+                params.fill(t, () -> 0.02 * rng.nextGaussian());
             }
-            params.write(t, values);
         }
     }
 

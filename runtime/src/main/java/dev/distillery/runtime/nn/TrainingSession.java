@@ -12,6 +12,7 @@ import dev.distillery.runtime.ParameterStore;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.Workspace;
 import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
 import dev.distillery.runtime.distill.FeatureDistillation;
 import dev.distillery.runtime.distill.InProcessTeacher;
 import dev.distillery.runtime.distill.TeacherEnsemble;
@@ -200,8 +201,9 @@ public final class TrainingSession implements AutoCloseable {
      */
     public double backwardCrossEntropy(float gradScale) {
         graph.reset(true);
-        Tensor logits = model.forward(graph.ops, inputs.tokens(), batch, time);
-        DifferentiableOps.Loss loss = graph.ops.crossEntropy(logits, inputs.targets(), gradScale);
+        Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
+        DifferentiableOps.Loss loss = graph.ops.linearCrossEntropy(hidden, model.lmHeadWeight(), inputs.targets(), gradScale,
+                ChunkedLinearDistillLoss.chunkRowsFor(ChunkedLinearDistillLoss.DEFAULT_CHUNK_BYTES, model.vocabSize()));
         graph.tape.backward();
         return loss.mean();
     }

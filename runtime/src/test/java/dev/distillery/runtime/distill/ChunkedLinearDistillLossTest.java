@@ -86,6 +86,59 @@ class ChunkedLinearDistillLossTest {
         }
     }
 
+    /** Loss and every parameter gradient of the hard-label step: the whole logits' CE (chunk 0), or the chunked LM head's. */
+    private static double[] crossEntropyAndGradients(CpuKernels kernels, Gpt2 model, Inputs in, int chunk) {
+        try (Workspace ws = new Workspace(kernels, 1 << 16)) {
+            Tape tape = new Tape();
+            DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape);
+            model.parameters().zeroGrad();
+            DifferentiableOps.Loss loss = chunk == 0
+                    ? ops.crossEntropy(model.forward(ops, in.tokens(), B, T), in.labels(), 0.5f)
+                    : ops.linearCrossEntropy(model.hidden(ops, in.tokens(), B, T), model.lmHeadWeight(), in.labels(), 0.5f, chunk);
+            tape.backward();
+            assertEquals(N - 1, loss.rows());
+            float[] g = model.parameters().gradBlock().asSlice(0, 4 * model.parameters().blockElements()).toArray(ValueLayout.JAVA_FLOAT);
+            double[] out = new double[g.length + 1];
+            out[0] = loss.mean();
+            for (int i = 0; i < g.length; i++) out[i + 1] = g[i];
+            return out;
+        }
+    }
+
+    @Test
+    void chunkedCrossEntropyEqualsTheWholeLogitsCrossEntropy() {
+        try (CpuKernels kernels = new CpuKernels(2, "auto"); Gpt2 model = new Gpt2(CFG, kernels); Arena arena = Arena.ofShared()) {
+            model.initialize(4);
+            Inputs in = inputs(arena, 13);
+            double[] whole = crossEntropyAndGradients(kernels, model, in, 0);
+            assertTrue(whole[0] > 3 && whole[0] < 6, "an untrained model's CE over 61 tokens is near ln 61: " + whole[0]);
+            for (int chunk : new int[]{1, 5, 7, N}) {
+                double[] chunked = crossEntropyAndGradients(kernels, model, in, chunk);
+                assertEquals(whole[0], chunked[0], 1e-6 * whole[0], "loss, chunk " + chunk);
+                double diff = 0, scale = 1e-9;
+                for (int i = 1; i < whole.length; i++) {
+                    diff = Math.max(diff, Math.abs(whole[i] - chunked[i]));
+                    scale = Math.max(scale, Math.abs(whole[i]));
+                }
+                assertTrue(diff / scale < 1e-5, "gradients, chunk " + chunk + ": relative difference " + diff / scale);
+            }
+        }
+    }
+
+    @Test
+    void chunkedCrossEntropyNamesTheRowOfATargetOutsideTheVocabulary() {
+        try (CpuKernels kernels = new CpuKernels(1, "auto"); Gpt2 model = new Gpt2(CFG, kernels); Arena arena = Arena.ofShared();
+             Workspace ws = new Workspace(kernels, 1 << 16)) {
+            model.initialize(4);
+            Inputs in = inputs(arena, 13);
+            in.labels().data().setAtIndex(ValueLayout.JAVA_INT, 17, CFG.vocabSize());
+            DifferentiableOps ops = new DifferentiableOps(kernels, ws, new Tape());
+            var e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                    () -> ops.linearCrossEntropy(model.hidden(ops, in.tokens(), B, T), model.lmHeadWeight(), in.labels(), 1f, 5));
+            assertEquals("target 61 at row 17 is outside [0, 61) and is not the ignore index -100", e.getMessage());
+        }
+    }
+
     @Test
     void distillingTowardsAFixedTeacherLowersTheDivergence() {
         try (CpuKernels kernels = new CpuKernels(2, "auto"); Gpt2 model = new Gpt2(CFG, kernels);

@@ -54,6 +54,35 @@ class TrainingSessionTest {
         }
     }
 
+    /** The workspace's peak over one hard-label step of a GPT-2 with {@code layers} blocks. */
+    private static long stepPeak(int layers, int vocab, int c, int heads, int b, int t) {
+        Gpt2Config cfg = new Gpt2Config(vocab, t, layers, c, heads);
+        try (CpuKernels kernels = new CpuKernels(1, "auto");
+             Gpt2 model = new Gpt2(cfg, kernels);
+             TrainingSession s = new TrainingSession(model, kernels, new AdamW.Config(0.9, 0.95, 1e-8, 0.0),
+                     new LearningRateSchedule(1e-3, 1e-3, 0, 10), 1.0, b, t)) {
+            model.initialize(1);
+            fillBatch(s, 2, vocab, b * t);
+            s.step();
+            return s.workspace().highWater();
+        }
+    }
+
+    /**
+     * A block adds its forward activations to the step's peak and nothing for its gradients: the
+     * backward gives each activation gradient back once the op that made the activation has run
+     * (and the GELU output is recomputed, not kept). Per block and row: ln_1 c, qkv 3c, attention
+     * c, c_proj c, residual c, ln_2 c, c_fc 4c, mlp c_proj c, residual c = 14c floats, plus the
+     * attention probabilities (b, heads, t, t) and the two layernorms' mean and rstd.
+     */
+    @Test
+    void aBlockAddsItsForwardActivationsToTheStepPeakButNotItsGradients() {
+        int vocab = 50, c = 64, heads = 4, b = 4, t = 32, n = b * t;
+        long perBlock = 4L * (14L * n * c + (long) b * heads * t * t + 4L * n);
+        long added = stepPeak(3, vocab, c, heads, b, t) - stepPeak(2, vocab, c, heads, b, t);
+        assertTrue(added >= perBlock && added < perBlock + 64L * 16, "a block adds " + added + " bytes; its forward activations are " + perBlock);
+    }
+
     @org.junit.jupiter.params.ParameterizedTest
     @org.junit.jupiter.params.provider.ValueSource(strings = {"blas", "vector"})
     void twoSeededRunsGiveBitIdenticalParametersAfterTwentySteps(String gemm) {

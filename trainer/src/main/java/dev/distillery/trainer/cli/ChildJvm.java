@@ -21,7 +21,11 @@ import sun.misc.Signal;
  *       already (both are in the terminal's process group);</li>
  *   <li>the child is told this process's PID and stops when this process ends, however it ends;</li>
  *   <li>the child's standard error passes through, less the one line the JVM prints for every
- *       incubator module ("WARNING: Using incubator modules: ..."), which no option turns off.</li>
+ *       incubator module ("WARNING: Using incubator modules: ..."), which no option turns off;</li>
+ *   <li>the child runs the serial collector unless a collector was chosen: every tensor is off the
+ *       heap, which holds a few MB of live objects and the Vector API's short-lived boxes from
+ *       before the JIT compiles a kernel, and G1 grows its young generation to hundreds of MB
+ *       for those, resident for the rest of the run (docs/DESIGN-NOTES.md).</li>
  * </ul>
  */
 public final class ChildJvm {
@@ -40,9 +44,7 @@ public final class ChildJvm {
         command.add(java);
         command.add("--add-modules=jdk.incubator.vector");
         command.add("--enable-native-access=ALL-UNNAMED");
-        for (String option : ManagementFactory.getRuntimeMXBean().getInputArguments()) {
-            if (!option.startsWith("-agentlib:jdwp")) command.add(option);
-        }
+        command.addAll(jvmOptions(ManagementFactory.getRuntimeMXBean().getInputArguments()));
         command.add("-D" + LAUNCHER_PID + "=" + ProcessHandle.current().pid());
         command.add("-cp");
         command.add(System.getProperty("java.class.path"));
@@ -58,6 +60,19 @@ public final class ChildJvm {
         int status = child.waitFor();
         errors.join(2000);
         return status;
+    }
+
+    /** The child's JVM options: this JVM's, less a debugger agent, and the serial collector unless one is chosen. */
+    static List<String> jvmOptions(List<String> given) {
+        List<String> options = new ArrayList<>();
+        boolean collectorChosen = false;
+        for (String option : given) {
+            if (option.startsWith("-agentlib:jdwp")) continue;
+            collectorChosen |= option.matches("-XX:[+-]Use\\w+GC");
+            options.add(option);
+        }
+        if (!collectorChosen) options.add("-XX:+UseSerialGC");
+        return options;
     }
 
     /**

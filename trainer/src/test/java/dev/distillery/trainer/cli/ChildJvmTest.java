@@ -34,6 +34,14 @@ class ChildJvmTest {
     }
 
     @Test
+    void theChildRunsTheSerialCollectorUnlessOneWasChosen() {
+        assertEquals(java.util.List.of("-Xmx2g", "-XX:+UseSerialGC"),
+                ChildJvm.jvmOptions(java.util.List.of("-Xmx2g", "-agentlib:jdwp=transport=dt_socket,server=y")));
+        assertEquals(java.util.List.of("-XX:+UseG1GC", "-Xmx2g"), ChildJvm.jvmOptions(java.util.List.of("-XX:+UseG1GC", "-Xmx2g")));
+        assertEquals(java.util.List.of("-XX:+UseParallelGC"), ChildJvm.jvmOptions(java.util.List.of("-XX:+UseParallelGC")));
+    }
+
+    @Test
     void theIncubatorWarningLineIsDroppedAndEverythingElsePassesThrough() {
         String warning = ChildJvm.INCUBATOR_WARNING + "\n";
         assertEquals("device: cpu\nstep 1\r", forward(warning + "device: cpu\nstep 1\r"));
