@@ -9,6 +9,7 @@ import java.util.Map;
 
 import com.fasterxml.jackson.databind.JsonNode;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.runtime.nn.LlamaConfig;
 
 /**
@@ -88,8 +89,8 @@ public final class LlamaFiles {
         return n.intValue();
     }
 
-    /** The {@code config.json} of c, in transformers 5's form (rope_parameters), no dropout, fp32. */
-    public static void writeConfig(Path file, LlamaConfig c) throws IOException {
+    /** The {@code config.json} of c, in transformers 5's form (rope_parameters), no dropout, weights in {@code weights}. */
+    public static void writeConfig(Path file, LlamaConfig c, DType weights) throws IOException {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("architectures", List.of(c.family().architecture));
         m.put("model_type", c.family().modelType);
@@ -121,7 +122,7 @@ public final class LlamaFiles {
         m.put("initializer_range", 0.02);
         m.put("tie_word_embeddings", c.tied());
         m.put("use_cache", true);
-        m.put("dtype", "float32");
+        m.put("dtype", ModelFiles.torchName(weights));
         ModelFiles.writeJson(file, m);
     }
 }

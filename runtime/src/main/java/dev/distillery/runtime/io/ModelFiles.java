@@ -45,24 +45,50 @@ public final class ModelFiles {
     private ModelFiles() {
     }
 
-    /** Writes {@code dir/model.safetensors} and {@code dir/config.json}: the family's Hugging Face layout. */
+    /** Writes {@code dir/model.safetensors} and {@code dir/config.json}: the family's Hugging Face layout, fp32. */
     public static void write(Path dir, LanguageModel model) throws IOException {
+        write(dir, model, DType.F32);
+    }
+
+    /**
+     * As {@link #write(Path, LanguageModel)} with the weights in {@code weights}: F32 as they are,
+     * or BF16 / F16 rounded to nearest even (an export for inference: half the bytes; training
+     * keeps fp32 master weights). The config's dtype says which.
+     */
+    public static void write(Path dir, LanguageModel model, DType weights) throws IOException {
+        if (!weights.isLogitType()) throw new IllegalArgumentException("weights are written as F32, BF16 or F16, not " + weights);
         Kernels kernels = model.parameters().kernels();
         try (Arena host = Arena.ofConfined()) {
             List<SafetensorsWriter.Item> items = new ArrayList<>();
             for (Tensor t : model.parameters().parameters()) {
-                items.add(new SafetensorsWriter.Item(t.name(), DType.F32, t.shape(), kernels.hostView(t.data(), t.byteSize(), host)));
+                MemorySegment values = kernels.hostView(t.data(), t.byteSize(), host);
+                if (weights != DType.F32) {
+                    MemorySegment narrowed = host.allocate(t.numel() * weights.bytes(), 64);
+                    for (long i = 0; i < t.numel(); i++) weights.write(narrowed, i, values.getAtIndex(ValueLayout.JAVA_FLOAT, i));
+                    values = narrowed;
+                }
+                items.add(new SafetensorsWriter.Item(t.name(), weights, t.shape(), values));
             }
             SafetensorsWriter.write(dir.resolve(MODEL), items, Map.of("format", "pt"));
         }
         switch (model) {
-            case Gpt2 g -> writeConfig(dir.resolve(CONFIG), g.config());
-            case Llama l -> LlamaFiles.writeConfig(dir.resolve(CONFIG), l.config());
+            case Gpt2 g -> writeConfig(dir.resolve(CONFIG), g.config(), weights);
+            case Llama l -> LlamaFiles.writeConfig(dir.resolve(CONFIG), l.config(), weights);
         }
     }
 
-    /** GPT-2's {@code config.json} for c (gelu_new is GPT-2's tanh GELU; the head is tied; no dropout). */
-    public static void writeConfig(Path file, Gpt2Config c) throws IOException {
+    /** transformers' name of a weight dtype in {@code config.json}: float32, bfloat16, float16. */
+    static String torchName(DType weights) {
+        return switch (weights) {
+            case F32 -> "float32";
+            case BF16 -> "bfloat16";
+            case F16 -> "float16";
+            default -> throw new IllegalArgumentException("no transformers weight dtype for " + weights);
+        };
+    }
+
+    /** GPT-2's {@code config.json} for c (gelu_new is GPT-2's tanh GELU; the head is tied; no dropout), weights in {@code weights}. */
+    public static void writeConfig(Path file, Gpt2Config c, DType weights) throws IOException {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("architectures", List.of("GPT2LMHeadModel"));
         m.put("model_type", "gpt2");
@@ -82,7 +108,7 @@ public final class ModelFiles {
         m.put("tie_word_embeddings", true);
         m.put("bos_token_id", c.vocabSize() - 1);
         m.put("eos_token_id", c.vocabSize() - 1);
-        m.put("torch_dtype", "float32");
+        m.put("torch_dtype", torchName(weights));
         writeJson(file, m);
     }
 

@@ -22,7 +22,7 @@ import picocli.CommandLine.Command;
                 "Trains a small GPT-style student to imitate a teacher's stored output distributions.",
                 ""},
         subcommands = {DemoCommand.class, DistillCommand.class, TeacherCommand.class, TokenizeCommand.class, GenerateCommand.class,
-                EvalCommand.class, InspectCommand.class, SelftestCommand.class, CommandLine.HelpCommand.class},
+                EvalCommand.class, ExportCommand.class, InspectCommand.class, SelftestCommand.class, CommandLine.HelpCommand.class},
         footer = {"", "Run 'java -jar trainer.jar <command> --help' for a command's options.",
                 "Set DISTILLERY_DEBUG=1 to see stack traces."})
 public final class Main implements Runnable {

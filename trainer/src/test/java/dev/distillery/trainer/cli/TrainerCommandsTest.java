@@ -30,12 +30,79 @@ class TrainerCommandsTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"demo", "distill", "teacher", "teacher train", "teacher dump-logits", "tokenize", "generate", "eval", "inspect"})
+    @ValueSource(strings = {"demo", "distill", "teacher", "teacher train", "teacher dump-logits", "tokenize", "generate", "eval", "export", "inspect"})
     void everyCommandHasHelp(String command) {
         String[] args = (command + " --help").split(" ");
         Run r = run(args);
         assertEquals(0, r.status(), r.err());
         assertTrue(r.out().contains("Usage:") && r.out().length() > 200, r.out());
+    }
+
+    /**
+     * A bf16 export holds every weight rounded to nearest even (read back widened, equal to
+     * DType.BF16's rounding of the fp32 checkpoint), in half the bytes, says so in its config,
+     * keeps the tokenizer and leaves the trainer state behind; an f32 export is the checkpoint's
+     * weights bit for bit; a folder in the way is refused.
+     */
+    @Test
+    void exportWritesTheModelInBf16ForInference(@TempDir Path dir) throws IOException {
+        Path ckpt = dir.resolve("ckpt");
+        dev.distillery.runtime.nn.Gpt2Config cfg = new dev.distillery.runtime.nn.Gpt2Config(67, 16, 2, 24, 3);
+        float[] original;
+        try (var kernels = Backends.open(Backends.Request.cpu(1, "auto")); var m = new dev.distillery.runtime.nn.Gpt2(cfg, kernels)) {
+            m.initialize(5);
+            dev.distillery.runtime.io.ModelFiles.write(ckpt, m);
+            original = weights(m);
+        }
+        Files.writeString(ckpt.resolve("tokenizer.json"), "{}");
+        Files.writeString(ckpt.resolve("trainer_state.safetensors"), "not copied");
+
+        Run r = run("export", ckpt.toString(), "--out", dir.resolve("bf16").toString());
+        assertEquals(0, r.status(), r.err());
+        assertTrue(r.out().contains("weights in bf16"), r.out());
+        assertTrue(Files.exists(dir.resolve("bf16/tokenizer.json")));
+        assertFalse(Files.exists(dir.resolve("bf16/trainer_state.safetensors")));
+        assertTrue(Files.readString(dir.resolve("bf16/config.json")).contains("\"torch_dtype\" : \"bfloat16\""));
+        long f32Bytes = Files.size(ckpt.resolve("model.safetensors")), bf16Bytes = Files.size(dir.resolve("bf16/model.safetensors"));
+        assertTrue(bf16Bytes < 0.52 * f32Bytes, bf16Bytes + " bytes against " + f32Bytes);
+        try (var kernels = Backends.open(Backends.Request.cpu(1, "auto"));
+             var m = dev.distillery.runtime.io.ModelFiles.read(dir.resolve("bf16"), kernels);
+             var arena = java.lang.foreign.Arena.ofConfined()) {
+            float[] exported = weights(m);
+            var one = arena.allocate(2);
+            int changed = 0;
+            for (int i = 0; i < original.length; i++) {
+                dev.distillery.kernels.DType.BF16.write(one, 0, original[i]);
+                assertEquals(dev.distillery.kernels.DType.BF16.read(one, 0), exported[i], "weight " + i);
+                if (exported[i] != original[i]) changed++;
+            }
+            assertTrue(changed > original.length / 2, "the weights were rounded: " + changed + " of " + original.length + " changed");
+        }
+
+        assertEquals(0, run("export", ckpt.toString(), "--out", dir.resolve("f32").toString(), "--dtype", "f32").status());
+        try (var kernels = Backends.open(Backends.Request.cpu(1, "auto")); var m = dev.distillery.runtime.io.ModelFiles.read(dir.resolve("f32"), kernels)) {
+            org.junit.jupiter.api.Assertions.assertArrayEquals(original, weights(m));
+        }
+
+        Run again = run("export", ckpt.toString(), "--out", dir.resolve("bf16").toString());
+        assertEquals(Main.EXIT_USAGE, again.status());
+        assertTrue(again.err().contains("exists and is not an empty folder"), again.err());
+        Run missing = run("export", dir.resolve("nothing").toString(), "--out", dir.resolve("x").toString());
+        assertEquals(Main.EXIT_FAILED, missing.status());
+        assertTrue(missing.err().contains("no config.json"), missing.err());
+    }
+
+    /** Every weight of m, in the store's order. */
+    private static float[] weights(dev.distillery.runtime.nn.LanguageModel m) {
+        var p = m.parameters();
+        float[] out = new float[Math.toIntExact(p.parameterCount())];
+        int at = 0;
+        for (var t : p.parameters()) {
+            float[] values = p.read(t);
+            System.arraycopy(values, 0, out, at, values.length);
+            at += values.length;
+        }
+        return out;
     }
 
     @Test
