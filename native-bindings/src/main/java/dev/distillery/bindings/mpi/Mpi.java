@@ -902,6 +902,200 @@ public class Mpi extends Mpi$shared {
            throw new AssertionError("should not reach here", ex$);
         }
     }
+
+    private static class MPI_Irecv {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Mpi.C_INT,
+            Mpi.C_POINTER,
+            Mpi.C_INT,
+            Mpi.C_POINTER,
+            Mpi.C_INT,
+            Mpi.C_INT,
+            Mpi.C_POINTER,
+            Mpi.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("MPI_Irecv");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int MPI_Irecv(void *buf, int count, MPI_Datatype datatype, int source, int tag, MPI_Comm comm, MPI_Request *request)
+     * }
+     */
+    public static FunctionDescriptor MPI_Irecv$descriptor() {
+        return MPI_Irecv.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int MPI_Irecv(void *buf, int count, MPI_Datatype datatype, int source, int tag, MPI_Comm comm, MPI_Request *request)
+     * }
+     */
+    public static MethodHandle MPI_Irecv$handle() {
+        return MPI_Irecv.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int MPI_Irecv(void *buf, int count, MPI_Datatype datatype, int source, int tag, MPI_Comm comm, MPI_Request *request)
+     * }
+     */
+    public static MemorySegment MPI_Irecv$address() {
+        return MPI_Irecv.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int MPI_Irecv(void *buf, int count, MPI_Datatype datatype, int source, int tag, MPI_Comm comm, MPI_Request *request)
+     * }
+     */
+    public static int MPI_Irecv(MemorySegment buf, int count, MemorySegment datatype, int source, int tag, MemorySegment comm, MemorySegment request) {
+        var mh$ = MPI_Irecv.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("MPI_Irecv", buf, count, datatype, source, tag, comm, request);
+            }
+            return (int)mh$.invokeExact(buf, count, datatype, source, tag, comm, request);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class MPI_Isend {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Mpi.C_INT,
+            Mpi.C_POINTER,
+            Mpi.C_INT,
+            Mpi.C_POINTER,
+            Mpi.C_INT,
+            Mpi.C_INT,
+            Mpi.C_POINTER,
+            Mpi.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("MPI_Isend");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int MPI_Isend(const void *buf, int count, MPI_Datatype datatype, int dest, int tag, MPI_Comm comm, MPI_Request *request)
+     * }
+     */
+    public static FunctionDescriptor MPI_Isend$descriptor() {
+        return MPI_Isend.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int MPI_Isend(const void *buf, int count, MPI_Datatype datatype, int dest, int tag, MPI_Comm comm, MPI_Request *request)
+     * }
+     */
+    public static MethodHandle MPI_Isend$handle() {
+        return MPI_Isend.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int MPI_Isend(const void *buf, int count, MPI_Datatype datatype, int dest, int tag, MPI_Comm comm, MPI_Request *request)
+     * }
+     */
+    public static MemorySegment MPI_Isend$address() {
+        return MPI_Isend.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int MPI_Isend(const void *buf, int count, MPI_Datatype datatype, int dest, int tag, MPI_Comm comm, MPI_Request *request)
+     * }
+     */
+    public static int MPI_Isend(MemorySegment buf, int count, MemorySegment datatype, int dest, int tag, MemorySegment comm, MemorySegment request) {
+        var mh$ = MPI_Isend.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("MPI_Isend", buf, count, datatype, dest, tag, comm, request);
+            }
+            return (int)mh$.invokeExact(buf, count, datatype, dest, tag, comm, request);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class MPI_Test {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Mpi.C_INT,
+            Mpi.C_POINTER,
+            Mpi.C_POINTER,
+            Mpi.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("MPI_Test");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int MPI_Test(MPI_Request *request, int *flag, MPI_Status *status)
+     * }
+     */
+    public static FunctionDescriptor MPI_Test$descriptor() {
+        return MPI_Test.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int MPI_Test(MPI_Request *request, int *flag, MPI_Status *status)
+     * }
+     */
+    public static MethodHandle MPI_Test$handle() {
+        return MPI_Test.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int MPI_Test(MPI_Request *request, int *flag, MPI_Status *status)
+     * }
+     */
+    public static MemorySegment MPI_Test$address() {
+        return MPI_Test.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int MPI_Test(MPI_Request *request, int *flag, MPI_Status *status)
+     * }
+     */
+    public static int MPI_Test(MemorySegment request, MemorySegment flag, MemorySegment status) {
+        var mh$ = MPI_Test.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("MPI_Test", request, flag, status);
+            }
+            return (int)mh$.invokeExact(request, flag, status);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
     private static final int MPI_MAX_ERROR_STRING = (int)256L;
     /**
      * {@snippet lang=c :

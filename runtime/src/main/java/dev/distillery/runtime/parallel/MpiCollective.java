@@ -5,6 +5,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.locks.LockSupport;
 
 import dev.distillery.bindings.MpiLibrary;
 import dev.distillery.bindings.SharedLibraries;
@@ -18,14 +19,20 @@ import dev.distillery.bindings.mpi.Mpi;
  * (the world communicator's error handler is MPI_ERRORS_RETURN), never as a silent abort.
  *
  * <p>A rank that dies is named by mpirun, which then ends the job. A rank that hangs (alive, but
- * never joining the next collective) would block the others forever; so every blocking call runs
- * under a watchdog: after {@code -Ddistillery.collectiveTimeout} seconds (default 600; 0 = none)
- * in one call, this rank says where it waited and exits with status 1, and mpirun ends the rest.
+ * never joining the next collective) would block the others forever. So before each collective
+ * every rank sends every other one an arrival note (the collective's number) and waits for
+ * theirs without blocking: after {@code -Ddistillery.collectiveTimeout} seconds (default 600;
+ * 0 = none) it names the ranks whose notes have not come, and exits with status 1; mpirun ends the
+ * rest. A note with another number means the ranks took different paths, and is refused. A
+ * barrier is the notes alone; an allgather starts only when every rank has arrived, and runs
+ * under a watchdog with the same timeout for a rank that stops inside it.
  */
 public final class MpiCollective implements Collective {
 
     /** Floats per allgather call: MPI counts are ints, and a bounded receive buffer. */
     private static final int CHUNK = 1 << 24;
+    /** The point-to-point tag of the arrival notes (collectives never match point-to-point messages). */
+    private static final int ARRIVAL_TAG = 7301;
 
     private final MpiLibrary.Handles h;
     private final int rank, size;
@@ -36,6 +43,10 @@ public final class MpiCollective implements Collective {
     /** The blocking call this rank is in (null between calls), and since when (System.nanoTime). */
     private volatile String waitingIn;
     private volatile long waitingSince;
+    /** How many collectives this rank has started: the number its arrival notes carry. */
+    private long collectives;
+    /** The arrival notes: this rank's (8 bytes), one slot per rank for theirs, and a request per receive and per send. */
+    private final MemorySegment noteOut, notesIn, requests, flag;
 
     private MpiCollective(MpiLibrary.Handles h, int rank, int size, String library, long timeoutSeconds) {
         this.h = h;
@@ -43,6 +54,10 @@ public final class MpiCollective implements Collective {
         this.size = size;
         this.library = library;
         this.timeoutSeconds = timeoutSeconds;
+        this.noteOut = arena.allocate(8, 8);
+        this.notesIn = arena.allocate(8L * size, 8);
+        this.requests = arena.allocate(ValueLayout.ADDRESS, 2L * size);
+        this.flag = arena.allocate(ValueLayout.JAVA_INT);
         if (timeoutSeconds > 0) Thread.ofPlatform().daemon().name("distillery-collective-watchdog").start(this::watch);
     }
 
@@ -56,8 +71,8 @@ public final class MpiCollective implements Collective {
             }
             String in = waitingIn;
             if (in != null && System.nanoTime() - waitingSince > timeoutSeconds * 1_000_000_000L && in.equals(waitingIn)) {
-                System.err.println("rank " + rank + " of " + size + ": waited " + timeoutSeconds + " s in " + in
-                        + " for the other ranks; one of them has died or hangs. Ending the job (rank 0's last checkpoint is whole; "
+                System.err.println("rank " + rank + " of " + size + ": every rank reached " + in + ", which has not completed in "
+                        + timeoutSeconds + " s; a rank has died or hangs inside it. Ending the job (rank 0's last checkpoint is whole; "
                         + "-Ddistillery.collectiveTimeout sets the wait)");
                 System.err.flush();
                 Runtime.getRuntime().halt(1);
@@ -65,8 +80,12 @@ public final class MpiCollective implements Collective {
         }
     }
 
-    /** Runs one blocking MPI call under the watchdog; {@code what} names it in the watchdog's message. */
+    /**
+     * Runs one blocking MPI collective once every rank has arrived at it (see the class comment),
+     * under the watchdog; {@code what} names it in the messages.
+     */
     private void blocking(String what, Runnable call) {
+        if (size > 1) awaitArrivals(what);
         waitingSince = System.nanoTime();
         waitingIn = what;
         try {
@@ -74,6 +93,62 @@ public final class MpiCollective implements Collective {
         } finally {
             waitingIn = null;
         }
+    }
+
+    /**
+     * Sends this rank's arrival note for the next collective to every other rank and polls for
+     * theirs: a spin for the first microseconds (ranks in step arrive together), then 50 µs naps.
+     */
+    private void awaitArrivals(String what) {
+        long number = ++collectives;
+        noteOut.set(ValueLayout.JAVA_LONG, 0, number);
+        for (int r = 0; r < size; r++) {
+            if (r == rank) continue;
+            MpiLibrary.check(Mpi.MPI_Irecv(notesIn.asSlice(8L * r, 8), 8, h.byteType(), r, ARRIVAL_TAG, h.commWorld(), request(2 * r)),
+                    "MPI_Irecv(the arrival note of rank " + r + ")");
+            MpiLibrary.check(Mpi.MPI_Isend(noteOut, 8, h.byteType(), r, ARRIVAL_TAG, h.commWorld(), request(2 * r + 1)),
+                    "MPI_Isend(an arrival note to rank " + r + ")");
+        }
+        boolean[] done = new boolean[2 * size];
+        done[2 * rank] = done[2 * rank + 1] = true;
+        int pending = 2 * (size - 1);
+        long t0 = System.nanoTime();
+        for (long polls = 0; pending > 0; polls++) {
+            for (int i = 0; i < done.length; i++) {
+                if (done[i]) continue;
+                MpiLibrary.check(Mpi.MPI_Test(request(i), flag, MemorySegment.NULL), "MPI_Test(arrival note " + i + ")");
+                if (flag.get(ValueLayout.JAVA_INT, 0) != 0) {
+                    done[i] = true;
+                    pending--;
+                }
+            }
+            if (pending == 0) break;
+            if (timeoutSeconds > 0 && System.nanoTime() - t0 > timeoutSeconds * 1_000_000_000L) notArrived(what, number, done);
+            if (polls < 2000) Thread.onSpinWait(); else LockSupport.parkNanos(50_000);
+        }
+        for (int r = 0; r < size; r++) {
+            long theirs = notesIn.get(ValueLayout.JAVA_LONG, 8L * r);
+            if (r != rank && theirs != number) {
+                throw new IllegalStateException("rank " + rank + " of " + size + " is at collective " + number + " (" + what + ") but rank " + r
+                        + " is at its collective " + theirs + ": the ranks took different paths");
+            }
+        }
+    }
+
+    private MemorySegment request(int i) {
+        return requests.asSlice(ValueLayout.ADDRESS.byteSize() * i, ValueLayout.ADDRESS.byteSize());
+    }
+
+    /** Names the ranks whose notes have not come (their receive is still pending) and ends this process. */
+    private void notArrived(String what, long number, boolean[] done) {
+        List<String> missing = new ArrayList<>();
+        for (int r = 0; r < size; r++) if (!done[2 * r]) missing.add("rank " + r);
+        System.err.println("rank " + rank + " of " + size + ": " + String.join(", ", missing) + (missing.size() == 1 ? " has" : " have")
+                + " not reached " + what + " (collective " + number + ") in " + timeoutSeconds + " s; "
+                + (missing.size() == 1 ? "it has died or hangs" : "they have died or hang") + ". Ending the job (rank 0's last checkpoint is whole; "
+                + "-Ddistillery.collectiveTimeout sets the wait)");
+        System.err.flush();
+        Runtime.getRuntime().halt(1);
     }
 
     /** {@code -Ddistillery.collectiveTimeout}: seconds, at least 0. */
@@ -171,7 +246,8 @@ public final class MpiCollective implements Collective {
 
     @Override
     public void barrier() {
-        blocking("MPI_Barrier", () -> MpiLibrary.check(Mpi.MPI_Barrier(h.commWorld()), "MPI_Barrier"));
+        // every rank's arrival note is in: that is a barrier, and waiting for it names a rank that never comes
+        if (size > 1) awaitArrivals("a barrier");
     }
 
     @Override
