@@ -38,6 +38,19 @@
 
 static int round_up(int x, int to) { return (x + to - 1) / to * to; }
 
+/*
+ * k in panels of KC (a multiple of 32): within one panel, a 32-row strip of packed A (64 KB) and a
+ * 32-column block of packed B stay in the core's caches while every C block of the panel is
+ * formed; without panels a long k (the LM head's backward, k = vocabulary) streams both operands
+ * from memory for every C block. Each panel's sums are added to C in fp32.
+ */
+#define KC 1024
+/*
+ * Within a panel the C blocks are formed walking the larger operand once: row strips of Ap outer
+ * when op(A) is the larger (the LM head's weight gradient, m = vocabulary), column blocks of Bp
+ * outer otherwise, so the operand that is reread for every block is the smaller one, from cache.
+ */
+
 /* Round to nearest even, subnormals to zero; a NaN stays a (quiet) NaN: as VCVTNEPS2BF16 does. */
 static inline uint16_t to_bf16(float x) {
     uint32_t u;
@@ -100,15 +113,19 @@ PACK static void pack_a(int trans, int m, int k, const float *a, int lda, uint16
         for (int i = 0; i < m; i++) memset(ap + (size_t) i * kp + k, 0, (size_t) (kp - k) * 2);
         const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                                 _mm512_set1_epi32(kp / 2));
-        for (int p = 0; 2 * p < k; p++) {
-            const float *r0 = a + (size_t) (2 * p) * lda, *r1 = 2 * p + 1 < k ? r0 + lda : NULL;
-            uint32_t *column = (uint32_t *) ap + p;
-            int i = 0;
-            for (; i + 16 <= m; i += 16) _mm512_i32scatter_epi32(column + (size_t) i * kp / 2, rows, row_pairs(r0, r1, i), 4);
-            for (; i < m; i++) {
-                uint16_t *pair = ap + (size_t) i * kp + 2 * p;
-                pair[0] = to_bf16(r0[i]);
-                pair[1] = r1 ? to_bf16(r1[i]) : 0;
+        /* in blocks of 256 rows of Ap (at most 256 kp-long rows, in L2) so the scattered writes of every pair land in cache */
+        for (int i0 = 0; i0 < m; i0 += 256) {
+            const int iend = m - i0 < 256 ? m : i0 + 256;
+            for (int p = 0; 2 * p < k; p++) {
+                const float *r0 = a + (size_t) (2 * p) * lda, *r1 = 2 * p + 1 < k ? r0 + lda : NULL;
+                uint32_t *column = (uint32_t *) ap + p;
+                int i = i0;
+                for (; i + 16 <= iend; i += 16) _mm512_i32scatter_epi32(column + (size_t) i * kp / 2, rows, row_pairs(r0, r1, i), 4);
+                for (; i < iend; i++) {
+                    uint16_t *pair = ap + (size_t) i * kp + 2 * p;
+                    pair[0] = to_bf16(r0[i]);
+                    pair[1] = r1 ? to_bf16(r1[i]) : 0;
+                }
             }
         }
     }
@@ -180,15 +197,19 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
     _tile_loadconfig(&cfg);
     float acc[32 * 32] __attribute__((aligned(64)));
     const size_t a_stride = (size_t) kp * 2, b_block = (size_t) kp * 16;
-    for (int j0 = 0; j0 < np; j0 += 32) {
-        const uint16_t *b0 = bp + (size_t) (j0 / 16) * b_block, *b1 = b0 + b_block;
-        for (int i0 = 0; i0 < mp; i0 += 32) {
+    const int blocks_i = mp / 32, blocks_j = np / 32, rows_outer = mp > np;
+    for (int kc = 0; kc < kp; kc += KC) {
+        const int kend = kp - kc < KC ? kp : kc + KC;
+        const float panel_beta = kc == 0 ? beta : 1.f;   /* later panels add to what the first wrote */
+        for (int t = 0; t < blocks_i * blocks_j; t++) {
+            const int i0 = 32 * (rows_outer ? t / blocks_j : t % blocks_i), j0 = 32 * (rows_outer ? t % blocks_j : t / blocks_i);
+            const uint16_t *b0 = bp + (size_t) (j0 / 16) * b_block, *b1 = b0 + b_block;
             const uint16_t *a0 = ap + (size_t) i0 * kp, *a1 = a0 + (size_t) 16 * kp;
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
             _tile_zero(3);
-            for (int k0 = 0; k0 < kp; k0 += 32) {
+            for (int k0 = kc; k0 < kend; k0 += 32) {
                 _tile_loadd(4, a0 + k0, a_stride);
                 _tile_loadd(5, a1 + k0, a_stride);
                 _tile_loadd(6, b0 + (size_t) k0 * 16, 64);
@@ -203,7 +224,7 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
             _tile_stored(2, acc + 16 * 32, 128);
             _tile_stored(3, acc + 16 * 32 + 16, 128);
             int rows = m - i0 < 32 ? m - i0 : 32, cols = n - j0 < 32 ? n - j0 : 32;
-            if (rows > 0 && cols > 0) store_block(acc, 32, rows, cols, alpha, beta, c + (size_t) i0 * ldc + j0, ldc);
+            if (rows > 0 && cols > 0) store_block(acc, 32, rows, cols, alpha, panel_beta, c + (size_t) i0 * ldc + j0, ldc);
         }
     }
     _tile_release();
@@ -214,15 +235,18 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
                              float alpha, float beta, float *c, int ldc) {
     float acc[8 * 32] __attribute__((aligned(64)));
     const size_t b_block = (size_t) kp * 16;
-    for (int j0 = 0; j0 < np; j0 += 32) {
-        const uint32_t *b0 = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block), *b1 = b0 + b_block / 2;
-        for (int i0 = 0; i0 < mp; i0 += 8) {
-            if (i0 >= m) break;
+    const int blocks_i = (m + 7) / 8, blocks_j = np / 32, rows_outer = mp > np;
+    for (int kc = 0; kc < kp; kc += KC) {
+        const int kend = kp - kc < KC ? kp : kc + KC;
+        const float panel_beta = kc == 0 ? beta : 1.f;
+        for (int t = 0; t < blocks_i * blocks_j; t++) {
+            const int i0 = 8 * (rows_outer ? t / blocks_j : t % blocks_i), j0 = 32 * (rows_outer ? t % blocks_j : t / blocks_i);
+            const uint32_t *b0 = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block), *b1 = b0 + b_block / 2;
             __m512 s[8][2];
 #pragma GCC unroll 8
             for (int r = 0; r < 8; r++) s[r][0] = s[r][1] = _mm512_setzero_ps();
             const uint32_t *a = (const uint32_t *) (ap + (size_t) i0 * kp);
-            for (int p = 0; p < kp / 2; p++) {
+            for (int p = kc / 2; p < kend / 2; p++) {
                 __m512bh v0 = (__m512bh) _mm512_loadu_si512(b0 + (size_t) p * 16);
                 __m512bh v1 = (__m512bh) _mm512_loadu_si512(b1 + (size_t) p * 16);
 #pragma GCC unroll 8
@@ -237,7 +261,7 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
                 _mm512_store_ps(acc + r * 32 + 16, s[r][1]);
             }
             int rows = m - i0 < 8 ? m - i0 : 8, cols = n - j0 < 32 ? n - j0 : 32;
-            if (cols > 0) store_block(acc, 32, rows, cols, alpha, beta, c + (size_t) i0 * ldc + j0, ldc);
+            if (cols > 0) store_block(acc, 32, rows, cols, alpha, panel_beta, c + (size_t) i0 * ldc + j0, ldc);
         }
     }
 }

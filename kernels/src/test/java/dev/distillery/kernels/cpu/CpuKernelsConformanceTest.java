@@ -37,7 +37,7 @@ class CpuKernelsConformanceTest {
 
     /**
      * Operands rounded to bf16, fp32 sums: on AMX tiles and on AVX512-BF16 dot products, over
-     * several 32 x 32 blocks and ragged edges; linear and attention within bf16's tolerance of fp32.
+     * several 32 x 32 blocks, ragged edges and k in several panels; linear and attention within bf16's tolerance of fp32.
      */
     @ParameterizedTest(name = "bf16 path={0}, threads={1}")
     @CsvSource({"auto, 2", "avx512, 1"})
@@ -49,9 +49,10 @@ class CpuKernelsConformanceTest {
         try (CpuKernels kernels = new CpuKernels(threads, "auto", Precision.BF16)) {
             assertEquals(Precision.BF16, kernels.precision(), kernels.describe());
             KernelConformance.Sizes standard = KernelConformance.Sizes.standard();
-            int[][] gemm = Arrays.copyOf(standard.gemm(), standard.gemm().length + 2);
-            gemm[gemm.length - 2] = new int[]{100, 70, 300};
-            gemm[gemm.length - 1] = new int[]{33, 129, 31};
+            int[][] gemm = Arrays.copyOf(standard.gemm(), standard.gemm().length + 3);
+            gemm[gemm.length - 3] = new int[]{100, 70, 300};
+            gemm[gemm.length - 2] = new int[]{33, 129, 31};
+            gemm[gemm.length - 1] = new int[]{37, 45, 2500};   // k over three panels, the last one ragged
             List<KernelConformance.Result> results = KernelConformance.run(kernels, seed,
                     new KernelConformance.Sizes(gemm, standard.rows(), standard.attention(), standard.elementwise(), standard.classifier()));
             String failures = results.stream().filter(r -> !r.passed())
