@@ -159,12 +159,17 @@ public final class DifferentiableOps {
         return out;
     }
 
-    /** x (n, c) · weight (c, oc) + bias (oc) → (n, oc); bias may be null. */
-    public Tensor linear(Tensor x, Tensor weight, Tensor bias) {
-        int n = x.dim(0), c = x.dim(1), oc = weight.dim(1);
+    /** A (c, oc) weight against an input of c columns. */
+    private static void requireInputWidth(Tensor weight, int c) {
         if (weight.dim(0) != c) {
             throw new IllegalArgumentException("linear " + weight.name() + ": input has " + c + " columns, weight has " + weight.dim(0) + " rows");
         }
+    }
+
+    /** x (n, c) · weight (c, oc) + bias (oc) → (n, oc); bias may be null. */
+    public Tensor linear(Tensor x, Tensor weight, Tensor bias) {
+        int n = x.dim(0), c = x.dim(1), oc = weight.dim(1);
+        requireInputWidth(weight, c);
         boolean track = tracks(x, weight, bias);
         Tensor out = output("linear", track, n, oc);
         kernels.linearForward(out.data(), x.data(), weight.data(), bias == null ? null : bias.data(), n, c, oc);
@@ -235,9 +240,7 @@ public final class DifferentiableOps {
      */
     public Tensor geluLinear(Tensor x, Tensor weight, Tensor bias) {
         int n = x.dim(0), c = x.dim(1), oc = weight.dim(1);
-        if (weight.dim(0) != c) {
-            throw new IllegalArgumentException("linear " + weight.name() + ": input has " + c + " columns, weight has " + weight.dim(0) + " rows");
-        }
+        requireInputWidth(weight, c);
         boolean track = tracks(x, weight, bias);
         Tensor out = output("linear", track, n, oc);
         Tensor g = workspace.tensor("gelu", n, c);
