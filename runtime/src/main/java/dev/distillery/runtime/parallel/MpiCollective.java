@@ -139,13 +139,21 @@ public final class MpiCollective implements Collective {
         return requests.asSlice(ValueLayout.ADDRESS.byteSize() * i, ValueLayout.ADDRESS.byteSize());
     }
 
-    /** Names the ranks whose notes have not come (their receive is still pending) and ends this process. */
+    /**
+     * Names the ranks whose notes have not come (their receive is still pending), or else those
+     * that have not taken this rank's note (its send is), and ends this process.
+     */
     private void notArrived(String what, long number, boolean[] done) {
-        List<String> missing = new ArrayList<>();
-        for (int r = 0; r < size; r++) if (!done[2 * r]) missing.add("rank " + r);
-        System.err.println("rank " + rank + " of " + size + ": " + String.join(", ", missing) + (missing.size() == 1 ? " has" : " have")
-                + " not reached " + what + " (collective " + number + ") in " + timeoutSeconds + " s; "
-                + (missing.size() == 1 ? "it has died or hangs" : "they have died or hang") + ". Ending the job (rank 0's last checkpoint is whole; "
+        List<String> silent = new ArrayList<>(), deaf = new ArrayList<>();
+        for (int r = 0; r < size; r++) {
+            if (!done[2 * r]) silent.add("rank " + r);
+            else if (!done[2 * r + 1]) deaf.add("rank " + r);
+        }
+        List<String> named = silent.isEmpty() ? deaf : silent;
+        String verb = silent.isEmpty() ? " taken this rank's note for " : " reached ";
+        System.err.println("rank " + rank + " of " + size + ": " + String.join(", ", named) + (named.size() == 1 ? " has" : " have")
+                + " not" + verb + what + " (collective " + number + ") in " + timeoutSeconds + " s; "
+                + (named.size() == 1 ? "it has died or hangs" : "they have died or hang") + ". Ending the job (rank 0's last checkpoint is whole; "
                 + "-Ddistillery.collectiveTimeout sets the wait)");
         System.err.flush();
         Runtime.getRuntime().halt(1);
