@@ -27,9 +27,10 @@ import picocli.CommandLine.Parameters;
  * model alone, rounded to nearest even, for {@code transformers} or any loader of the family.
  */
 @Command(name = "export", mixinStandardHelpOptions = true,
-        description = {"Writes a checkpoint's model for inference into a new folder: config.json and model.safetensors with the",
-                "weights in --dtype (rounded to nearest even), and the tokenizer files beside them; no trainer state.",
-                "Reads both families, single-file or sharded; the folder opens in transformers as it is."})
+        description = {"Writes a checkpoint's model for inference into a new folder:",
+                "config.json and model.safetensors with the weights in --dtype (rounded to",
+                "nearest even), the tokenizer files beside them, no trainer state. Reads both",
+                "families, one file or sharded; the folder opens in transformers as it is."})
 public final class ExportCommand implements Callable<Integer> {
 
     /** What an inference folder keeps of a checkpoint besides the weights and config.json: the tokenizer's files. */
