@@ -102,7 +102,7 @@ public class TrainingStepBenchmark {
             MemorySegment logits = arena.allocate(2L * n * v, 64);
             for (long i = 0; i < (long) n * v; i++) DType.BF16.write(logits, i, (float) (4 * rng.nextGaussian()));
             teacher = new TeacherTargets.Dense(logits, DType.BF16, v);
-            chunkRows = ChunkedLinearDistillLoss.chunkRowsFor(ChunkedLinearDistillLoss.DEFAULT_CHUNK_BYTES, v);
+            chunkRows = ChunkedLinearDistillLoss.defaultChunkRows(v);
         } else if (!loss.equals("ce")) {
             throw new IllegalArgumentException("loss=" + loss + ": ce or distill");
         }

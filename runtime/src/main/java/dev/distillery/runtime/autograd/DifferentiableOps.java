@@ -390,7 +390,7 @@ public final class DifferentiableOps {
     public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherRows teacher, Tensor labels, DistillOptions options,
                                         Reduction reduction, int chunkRows, float gradScale) {
         int n = hidden.dim(0), d = hidden.dim(1), v = weight.dim(0);
-        int valid = labels == null ? n : countNot(labels, n, options.ignoreIndex());
+        int valid = labels == null ? n : countNot(labels, n, options.ignoreIndex(), 0);
         float scale = gradScale * (reduction == Reduction.SUM ? 1f : valid == 0 ? 0f : 1f / valid);
         boolean backward = tracks(hidden, weight);
         int chunk = Math.min(chunkRows, Math.max(1, n));
@@ -417,7 +417,7 @@ public final class DifferentiableOps {
                     workspace.tensor("teachers.top1", chunk).data());
             return distillationLoss(hidden, weight, mix, labels, options, reduction, chunkRows, gradScale);
         }
-        int valid = labels == null ? n : countNot(labels, n, options.ignoreIndex());
+        int valid = labels == null ? n : countNot(labels, n, options.ignoreIndex(), 0);
         float scale = gradScale * (reduction == Reduction.SUM ? 1f : valid == 0 ? 0f : 1f / valid);
         boolean backward = tracks(hidden, weight);
         var sums = ChunkedLinearDistillLoss.runMean(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null,
@@ -462,7 +462,7 @@ public final class DifferentiableOps {
      */
     public Loss crossEntropy(Tensor logits, Tensor targets, float gradScale) {
         int n = logits.dim(0), v = logits.dim(1);
-        int valid = countNot(targets, n, IGNORE_INDEX);
+        int valid = countNot(targets, n, IGNORE_INDEX, 0);
         boolean writeGradient = tracks(logits);
         float scale = valid == 0 ? 0f : gradScale / valid;
         Tensor losses = workspace.tensor("losses", n);
@@ -486,7 +486,7 @@ public final class DifferentiableOps {
      */
     public Loss linearCrossEntropy(Tensor hidden, Tensor weight, Tensor targets, float gradScale, int chunkRows) {
         int n = hidden.dim(0), d = hidden.dim(1), v = weight.dim(0);
-        int valid = checkTargets(targets, n, v);
+        int valid = countNot(targets, n, IGNORE_INDEX, v);
         boolean backward = tracks(hidden, weight);
         float scale = valid == 0 ? 0f : gradScale / valid;
         int chunk = Math.min(chunkRows, Math.max(1, n));
@@ -495,24 +495,6 @@ public final class DifferentiableOps {
         ChunkedLinearDistillLoss.crossEntropy(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null, backward ? grad(weight) : null,
                 targets.data(), losses.data(), n, d, v, IGNORE_INDEX, scale, chunk, logits.data());
         return new Loss(valid == 0 ? 0 : sumOnHost(losses, n) / valid, valid);
-    }
-
-    /** The count of non-ignored int32 targets among the first n, each checked to lie in [0, vocab). */
-    private int checkTargets(Tensor targets, int n, int vocab) {
-        try (Arena host = Arena.ofConfined()) {
-            MemorySegment h = kernels.hostView(targets.data(), 4L * n, host);
-            int count = 0;
-            for (int r = 0; r < n; r++) {
-                int target = h.getAtIndex(ValueLayout.JAVA_INT, r);
-                if (target == IGNORE_INDEX) continue;
-                if (target < 0 || target >= vocab) {
-                    throw new IllegalArgumentException("target " + target + " at row " + r + " is outside [0, " + vocab
-                            + ") and is not the ignore index " + IGNORE_INDEX);
-                }
-                count++;
-            }
-            return count;
-        }
     }
 
     /** Σ of the first n floats of a kernel buffer, in double, read on the host. */
@@ -525,12 +507,23 @@ public final class DifferentiableOps {
         return sum;
     }
 
-    /** How many of the first n int32 ids of a kernel buffer differ from {@code ignore} (read on the host). */
-    private int countNot(Tensor ids, int n, int ignore) {
+    /**
+     * How many of the first n int32 ids of a kernel buffer differ from {@code ignore} (read on the
+     * host); with {@code vocab} above 0 each of those is checked to lie in [0, vocab), naming the row.
+     */
+    private int countNot(Tensor ids, int n, int ignore, int vocab) {
         try (Arena host = Arena.ofConfined()) {
             MemorySegment h = kernels.hostView(ids.data(), 4L * n, host);
             int count = 0;
-            for (int r = 0; r < n; r++) if (h.getAtIndex(ValueLayout.JAVA_INT, r) != ignore) count++;
+            for (int r = 0; r < n; r++) {
+                int id = h.getAtIndex(ValueLayout.JAVA_INT, r);
+                if (id == ignore) continue;
+                if (vocab > 0 && (id < 0 || id >= vocab)) {
+                    throw new IllegalArgumentException("target " + id + " at row " + r + " is outside [0, " + vocab
+                            + ") and is not the ignore index " + ignore);
+                }
+                count++;
+            }
             return count;
         }
     }

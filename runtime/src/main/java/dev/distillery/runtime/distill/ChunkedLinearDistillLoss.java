@@ -28,11 +28,11 @@ public final class ChunkedLinearDistillLoss {
     }
 
     /** The logits one chunk holds unless a config says otherwise: 32 MiB, 262 rows of a 32,000 vocabulary. */
-    public static final long DEFAULT_CHUNK_BYTES = 32L << 20;
+    private static final long DEFAULT_CHUNK_BYTES = 32L << 20;
 
-    /** Rows per chunk so that one chunk's logits fit in {@code budgetBytes} (at least 1 row). */
-    public static int chunkRowsFor(long budgetBytes, int vocab) {
-        return (int) Math.max(1, Math.min(Integer.MAX_VALUE, budgetBytes / (4L * vocab)));
+    /** Rows per chunk so that one chunk's logits fit in the default 32 MiB (at least 1 row). */
+    public static int defaultChunkRows(int vocab) {
+        return (int) Math.max(1, Math.min(Integer.MAX_VALUE, DEFAULT_CHUNK_BYTES / (4L * vocab)));
     }
 
     /**

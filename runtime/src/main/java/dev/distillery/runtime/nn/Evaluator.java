@@ -58,7 +58,7 @@ public final class Evaluator {
         try {
             Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
             return graph.ops.linearCrossEntropy(hidden, model.lmHeadWeight(), inputs.targets(), 1f,
-                    ChunkedLinearDistillLoss.chunkRowsFor(ChunkedLinearDistillLoss.DEFAULT_CHUNK_BYTES, model.vocabSize())).mean();
+                    ChunkedLinearDistillLoss.defaultChunkRows(model.vocabSize())).mean();
         } finally {
             graph.recordAgain();
         }

@@ -203,7 +203,7 @@ public final class TrainingSession implements AutoCloseable {
         graph.reset(true);
         Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
         DifferentiableOps.Loss loss = graph.ops.linearCrossEntropy(hidden, model.lmHeadWeight(), inputs.targets(), gradScale,
-                ChunkedLinearDistillLoss.chunkRowsFor(ChunkedLinearDistillLoss.DEFAULT_CHUNK_BYTES, model.vocabSize()));
+                ChunkedLinearDistillLoss.defaultChunkRows(model.vocabSize()));
         graph.tape.backward();
         return loss.mean();
     }

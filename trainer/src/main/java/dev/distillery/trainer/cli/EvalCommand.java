@@ -96,7 +96,7 @@ public final class EvalCommand implements Callable<Integer> {
                     if (!skipValueCheck) DistillRun.checkValues(ts, shards.toString(), json ? new PrintWriter(Writer.nullWriter()) : out,
                             spec.commandLine().getErr());
                     DistillRun.Evaluation e = DistillRun.evaluate(s, ts, batch, batches > 0 ? batches : Integer.MAX_VALUE,
-                            ChunkedLinearDistillLoss.chunkRowsFor(ChunkedLinearDistillLoss.DEFAULT_CHUNK_BYTES, m.vocabSize()), 0);
+                            ChunkedLinearDistillLoss.defaultChunkRows(m.vocabSize()), 0);
                     requireFinite(e.ce(), "cross-entropy on " + shards);
                     requireFinite(e.divergence(), "divergence to the teacher on " + shards);
                     if (json) {

@@ -310,7 +310,7 @@ public final class DistillRun {
                         + (src.model() == null ? "shards' seq_len " : "windows of 'teacher_model.seq_len' ") + seqLen);
             }
             int chunkRows = cfg.loss().chunkRows() > 0 ? cfg.loss().chunkRows()
-                    : ChunkedLinearDistillLoss.chunkRowsFor(ChunkedLinearDistillLoss.DEFAULT_CHUNK_BYTES, Math.max(model.vocabSize(), teacherVocab));
+                    : ChunkedLinearDistillLoss.defaultChunkRows(Math.max(model.vocabSize(), teacherVocab));
             AdamW.Config adam = new AdamW.Config(cfg.beta1(), cfg.beta2(), 1e-8, cfg.weightDecay());
             LearningRateSchedule schedule = new LearningRateSchedule(cfg.lr(), cfg.minLr(), cfg.warmupSteps(), cfg.steps());
             try (TrainingSession session = new TrainingSession(model, kernels, adam, schedule, cfg.gradClip(), perRank, seqLen);

@@ -91,7 +91,7 @@ public final class ModelComparison {
             double ce = LanguageModelTraining.validationLoss(m, kernels, val, batch, t, maxBatches);
             double kl = Double.NaN, agreement = Double.NaN;
             if (teacher != null) {
-                int chunk = ChunkedLinearDistillLoss.chunkRowsFor(ChunkedLinearDistillLoss.DEFAULT_CHUNK_BYTES, Math.max(m.vocabSize(), teacher.vocabSize()));
+                int chunk = ChunkedLinearDistillLoss.defaultChunkRows(Math.max(m.vocabSize(), teacher.vocabSize()));
                 try (TokenWindows w = TokenWindows.open(tokens, t, teacher.vocabSize(), "the teacher's");
                      TrainingSession s = new TrainingSession(m, kernels, AdamW.Config.defaults(), LearningRateSchedule.constant(1e-3), 0,
                              Math.min(batch, w.sequences()), t);
