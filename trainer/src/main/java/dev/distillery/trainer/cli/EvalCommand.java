@@ -35,7 +35,8 @@ public final class EvalCommand implements Callable<Integer> {
     @Option(names = "--model", description = "Checkpoint folder.")
     Path model;
     @Option(names = "--compare", arity = "1..*", paramLabel = "MODEL",
-            description = "Instead of --model: models side by side on --tokens (parameters, bytes, perplexity, KL and agreement with --teacher, generation tokens/s, peak RSS).")
+            description = {"Instead of --model: models side by side on --tokens (parameters, bytes, perplexity; with --teacher the KL,",
+                    "top-1 agreement and the teacher's perplexity of each model's samples; generation tokens/s, peak RSS)."})
     List<Path> compare;
     @Option(names = "--teacher", description = "With --compare: the teacher model folder, run in the process, listed first.")
     Path teacher;

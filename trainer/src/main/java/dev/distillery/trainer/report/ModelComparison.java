@@ -2,6 +2,8 @@ package dev.distillery.trainer.report;
 
 import java.io.IOException;
 import java.io.PrintWriter;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -22,6 +24,7 @@ import dev.distillery.runtime.distill.InProcessTeacher;
 import dev.distillery.runtime.io.AtomicFileWriter;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.LanguageModel;
+import dev.distillery.runtime.nn.LanguageModelForward;
 import dev.distillery.runtime.nn.TextGenerator;
 import dev.distillery.runtime.nn.TrainingSession;
 import dev.distillery.runtime.optim.AdamW;
@@ -35,22 +38,30 @@ import dev.distillery.trainer.teacher.LanguageModelTraining;
  * {@code eval --compare}: models side by side on one held-out token file. Per model: parameters
  * and bytes on disk; held-out perplexity (windows of seqLen + 1 tokens, as {@code eval --tokens});
  * with a teacher, the forward KL to it and top-1 agreement over windows of seqLen (the teacher run
- * in the process, as {@code distill} evaluates); greedy generation tokens/s through the KV cache
+ * in the process, as {@code distill} evaluates) and the teacher's perplexity of the model's own
+ * samples ({@link #samplePerplexity}); greedy generation tokens/s through the KV cache
  * (at most context − 1 tokens, so that no window slides);
  * and the process's peak resident memory while the model was evaluated (Linux: the high-water
  * mark is reset before each model).
  */
 public final class ModelComparison {
 
-    /** One model's figures; kl and agreement are NaN without a teacher, peakRss −1 where it cannot be read. */
+    /**
+     * One model's figures; kl, agreement and samplePerplexity are NaN without a teacher, peakRss −1
+     * where it cannot be read.
+     */
     public record Row(String name, long parameters, long bytesOnDisk, double perplexity, double kl, double agreement,
-                      double generationTokensPerSecond, long peakRss) {
+                      double samplePerplexity, double generationTokensPerSecond, long peakRss) {
 
         /** This row under another name (a report's label instead of the folder). */
         public Row withName(String label) {
-            return new Row(label, parameters, bytesOnDisk, perplexity, kl, agreement, generationTokensPerSecond, peakRss);
+            return new Row(label, parameters, bytesOnDisk, perplexity, kl, agreement, samplePerplexity, generationTokensPerSecond, peakRss);
         }
     }
+
+    /** Held-out prompts the models continue for {@link #samplePerplexity}. */
+    static final int SAMPLES = 32;
+    static final long SAMPLE_SEED = 20_240_520;
 
     private ModelComparison() {
     }
@@ -89,7 +100,7 @@ public final class ModelComparison {
             throws IOException {
         try (LanguageModel m = ModelFiles.read(dir, kernels); TokenFile val = TokenFile.open(tokens, m.vocabSize(), "the model's")) {
             double ce = LanguageModelTraining.validationLoss(m, kernels, val, batch, t, maxBatches);
-            double kl = Double.NaN, agreement = Double.NaN;
+            double kl = Double.NaN, agreement = Double.NaN, samples = Double.NaN;
             if (teacher != null) {
                 int chunk = ChunkedLinearDistillLoss.defaultChunkRows(Math.max(m.vocabSize(), teacher.vocabSize()));
                 try (TokenWindows w = TokenWindows.open(tokens, t, teacher.vocabSize(), "the teacher's");
@@ -100,6 +111,7 @@ public final class ModelComparison {
                     kl = e.divergence();
                     agreement = e.agreement();
                 }
+                samples = samplePerplexity(m, teacher, val, t, kernels);
             }
             double rate;
             try (TextGenerator g = new TextGenerator(m, kernels)) {
@@ -110,8 +122,44 @@ public final class ModelComparison {
                 g.generate(prompt, n, 0, 0, new Rng(1));
                 rate = n / ((System.nanoTime() - t0) / 1e9);
             }
-            return new Row(dir.toString(), m.parameters().parameterCount(), bytesOnDisk(dir), Math.exp(ce), kl, agreement, rate, peakRss());
+            return new Row(dir.toString(), m.parameters().parameterCount(), bytesOnDisk(dir), Math.exp(ce), kl, agreement, samples, rate, peakRss());
         }
+    }
+
+    /**
+     * The teacher's perplexity of the model's own text: {@link #SAMPLES} held-out prompts (the first
+     * t/2 tokens of consecutive windows of {@code val}) are each continued by t − t/2 tokens sampled
+     * from the model's whole distribution (temperature 1, one seeded generator per prompt, the same
+     * for every model), and the teacher scores the continuations: exp of its mean negative
+     * log-likelihood per sampled token. Held-out perplexity scores the model on real text; this
+     * scores the text the model writes, which is what on-policy distillation trains. NaN when the
+     * model's vocabulary is larger than the teacher's (a sampled id it cannot score).
+     */
+    static double samplePerplexity(LanguageModel m, LanguageModel teacher, TokenFile val, int t, Kernels kernels) throws IOException {
+        if (m.vocabSize() > teacher.vocabSize()) return Double.NaN;
+        int prompt = t / 2, windows = (int) Math.min(SAMPLES, val.size() / t);
+        if (windows < 1 || prompt < 1) return Double.NaN;
+        int v = teacher.vocabSize();
+        double nll = 0;
+        try (TextGenerator g = new TextGenerator(m, kernels); LanguageModelForward scorer = new LanguageModelForward(teacher, kernels, windows, t);
+             java.lang.foreign.Arena host = java.lang.foreign.Arena.ofConfined()) {
+            MemorySegment ids = host.allocate(4L * windows * t, 64);
+            int[] start = new int[prompt];
+            for (int b = 0; b < windows; b++) {
+                val.read((long) b * t, prompt, start);
+                int[] seq = g.generate(start, t - prompt, 1.0, 0, new Rng(SAMPLE_SEED + b));
+                for (int p = 0; p < t; p++) ids.setAtIndex(ValueLayout.JAVA_INT, (long) b * t + p, seq[p]);
+            }
+            MemorySegment logits = scorer.logits(ids);
+            float[] lse = scorer.logsumexpOfLastLogits(1.0);
+            for (int b = 0; b < windows; b++) {
+                for (int p = prompt - 1; p < t - 1; p++) {   // position p predicts the sampled token p + 1
+                    long row = (long) b * t + p;
+                    nll += lse[(int) row] - logits.getAtIndex(ValueLayout.JAVA_FLOAT, row * v + ids.getAtIndex(ValueLayout.JAVA_INT, row + 1));
+                }
+            }
+        }
+        return Math.exp(nll / ((long) windows * (t - prompt)));
     }
 
     /** The model's weights on disk: its *.safetensors but the trainer state. */
@@ -149,11 +197,12 @@ public final class ModelComparison {
     /** The table in markdown. */
     public static String markdown(List<Row> rows) {
         StringBuilder b = new StringBuilder("| model | parameters | bytes on disk | held-out perplexity | KL to teacher | top-1 agreement "
-                + "| generation tokens/s | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+                + "| teacher's perplexity of its samples | generation tokens/s | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for (Row r : rows) {
-            b.append(String.format(Locale.ROOT, "| %s | %,d | %,d | %.3f | %s | %s | %,.0f | %s |%n", r.name(), r.parameters(), r.bytesOnDisk(),
+            b.append(String.format(Locale.ROOT, "| %s | %,d | %,d | %.3f | %s | %s | %s | %,.0f | %s |%n", r.name(), r.parameters(), r.bytesOnDisk(),
                     r.perplexity(), Double.isNaN(r.kl()) ? "–" : String.format(Locale.ROOT, "%.4f", r.kl()),
-                    Double.isNaN(r.agreement()) ? "–" : String.format(Locale.ROOT, "%.1f%%", 100 * r.agreement()), r.generationTokensPerSecond(),
+                    Double.isNaN(r.agreement()) ? "–" : String.format(Locale.ROOT, "%.1f%%", 100 * r.agreement()),
+                    Double.isNaN(r.samplePerplexity()) ? "–" : String.format(Locale.ROOT, "%.2f", r.samplePerplexity()), r.generationTokensPerSecond(),
                     r.peakRss() < 0 ? "–" : String.format(Locale.ROOT, "%.0f MB", r.peakRss() / 1e6)));
         }
         return b.toString();
