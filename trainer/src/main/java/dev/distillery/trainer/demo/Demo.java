@@ -213,8 +213,8 @@ public final class Demo {
         Method two = method("two teachers (mixture; the second trained from another seed)", live(s, data, teacher, work.resolve("method-two-teachers"),
                 student, seed, null, null, List.of(new DistillConfig.MoreTeacher(null, second.toString(), 1.0))), kernels, out, err);
         done.add(new Method(two.name(), two.checkpoint(), two.seconds() + secondSeconds));
-        done.add(method("on-policy (GKD: half the batches the student's own text, JSD 0.5)", live(s, data, teacher, work.resolve("method-on-policy"),
-                student, seed, new DistillConfig.OnPolicy(0.5, Math.max(1, s.context() / 4), 1.0, 0.5), null, null), kernels, out, err));
+        done.add(method("on-policy (GKD: half the batches the student's own text, forward KL)", live(s, data, teacher, work.resolve("method-on-policy"),
+                student, seed, new DistillConfig.OnPolicy(0.5, Math.max(1, s.context() / 4), 1.0, null, null), null, null), kernels, out, err));
         Gpt2Config tc = s.teacher();
         done.add(method("born-again (the teacher's size, from the teacher)", live(s, data, teacher, work.resolve("method-born-again"),
                 DistillConfig.Student.gpt2(tc.layers(), tc.channels(), tc.heads(), s.context(), s.vocab()), seed, null, null, null), kernels, out, err));
@@ -249,12 +249,13 @@ public final class Demo {
 
     /** Each method's held-out perplexity against the baseline's, its KL and agreement, and its training time. */
     public static String methodTable(List<MethodRow> rows, ModelComparison.Row baseline) {
-        StringBuilder b = new StringBuilder("| method | parameters | held-out perplexity | against the baseline | KL to teacher | top-1 agreement | training time |\n"
-                + "|---|---:|---:|---:|---:|---:|---:|\n");
+        StringBuilder b = new StringBuilder("| method | parameters | held-out perplexity | against the baseline | KL to teacher | top-1 agreement "
+                + "| teacher's perplexity of its samples | training time |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
         for (MethodRow r : rows) {
             ModelComparison.Row m = r.model();
-            b.append(String.format(Locale.ROOT, "| %s | %,d | %.3f | %+.1f%% | %.4f | %.1f%% | %.0f s |%n", r.method(), m.parameters(), m.perplexity(),
-                    100 * (m.perplexity() / baseline.perplexity() - 1), m.kl(), 100 * m.agreement(), r.trainSeconds()));
+            b.append(String.format(Locale.ROOT, "| %s | %,d | %.3f | %+.1f%% | %.4f | %.1f%% | %.2f | %.0f s |%n", r.method(), m.parameters(),
+                    m.perplexity(), 100 * (m.perplexity() / baseline.perplexity() - 1), m.kl(), 100 * m.agreement(), m.samplePerplexity(),
+                    r.trainSeconds()));
         }
         return b.toString();
     }

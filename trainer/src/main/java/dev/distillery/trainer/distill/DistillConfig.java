@@ -72,16 +72,35 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
      * On-policy distillation (GKD): a {@code fraction} of the micro-batches (default 0.5, drawn from
      * the seed) keep their windows' first seq_len − max_new_tokens tokens as prompts and continue
      * them with the student's own samples at {@code temperature} (default 1, the full
-     * distribution; 0 = greedy); the teacher run in the process scores them, and the loss is the
-     * generalized JSD({@code jsd_beta}, default 0.5) on the generated positions only, the
-     * prompt's masked.
+     * distribution; 0 = greedy); the teacher run in the process scores them, and the loss is
+     * {@code divergence} (forward_kl | reverse_kl | jsd with {@code jsd_beta}, default forward_kl:
+     * docs/CONFIG.md says why) on the generated positions only, the prompt's masked.
      */
-    public record OnPolicy(Double fraction, Integer maxNewTokens, Double temperature, Double jsdBeta) {
+    public record OnPolicy(Double fraction, Integer maxNewTokens, Double temperature, String divergence, Double jsdBeta) {
         public OnPolicy {
             fraction = fraction == null ? 0.5 : fraction;
             temperature = temperature == null ? 1.0 : temperature;
+            divergence = divergence == null ? "forward_kl" : divergence;
             jsdBeta = jsdBeta == null ? 0.5 : jsdBeta;
         }
+
+        /** The divergence of the on-policy batches. */
+        public Divergence divergenceKind() {
+            return DistillConfig.divergence(divergence, jsdBeta, "on_policy");
+        }
+    }
+
+    /** forward_kl, reverse_kl or jsd (with β in (0, 1)), as {@code section.divergence} and {@code section.jsd_beta} name it. */
+    private static Divergence divergence(String name, double jsdBeta, String section) {
+        return switch (name) {
+            case "forward_kl" -> Divergence.forwardKl();
+            case "reverse_kl" -> Divergence.reverseKl();
+            case "jsd" -> {
+                require(jsdBeta > 0 && jsdBeta < 1, section + ".jsd_beta", "must be in (0, 1) (the ends are the KLs), got " + jsdBeta);
+                yield Divergence.jsd(jsdBeta);
+            }
+            default -> throw new IllegalArgumentException("'" + section + ".divergence' must be forward_kl, reverse_kl or jsd, got " + name);
+        };
     }
 
     /**
@@ -270,12 +289,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         }
 
         private DistillOptions options(double temperature, double alpha) {
-            Divergence d = switch (divergence) {
-                case "forward_kl" -> Divergence.forwardKl();
-                case "reverse_kl" -> Divergence.reverseKl();
-                case "jsd" -> Divergence.jsd(jsdBeta);
-                default -> throw new IllegalArgumentException("'loss.divergence' must be forward_kl, reverse_kl or jsd, got " + divergence);
-            };
+            Divergence d = DistillConfig.divergence(divergence, jsdBeta, "loss");
             DistillOptions.TopKMode mode = switch (topk) {
                 case "tail" -> DistillOptions.TopKMode.TAIL_BUCKET;
                 case "renormalize" -> DistillOptions.TopKMode.RENORMALIZE;
@@ -401,7 +415,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                     "is required, >= 1 (the sampled continuation of each window), got " + onPolicy.maxNewTokens());
             require(onPolicy.fraction() > 0 && onPolicy.fraction() <= 1, "on_policy.fraction", "must be in (0, 1], got " + onPolicy.fraction());
             require(onPolicy.temperature() >= 0, "on_policy.temperature", "must be >= 0 (0 = greedy), got " + onPolicy.temperature());
-            require(onPolicy.jsdBeta() >= 0 && onPolicy.jsdBeta() <= 1, "on_policy.jsd_beta", "must be in [0, 1], got " + onPolicy.jsdBeta());
+            onPolicy.divergenceKind();
         }
         if (hiddenStates != null) {
             require(hiddenStates.pairs() != null && !hiddenStates.pairs().isEmpty(), "hidden_states.pairs",

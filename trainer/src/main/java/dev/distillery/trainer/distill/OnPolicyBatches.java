@@ -6,7 +6,6 @@ import java.lang.foreign.ValueLayout;
 
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
-import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.nn.LanguageModel;
@@ -55,9 +54,9 @@ final class OnPolicyBatches implements AutoCloseable {
         return rng(step, micro, 1).nextDouble() < cfg.fraction();
     }
 
-    /** The loss on an on-policy batch: the generalized JSD(β) at the step's temperature, no hard labels. */
+    /** The loss on an on-policy batch: on_policy's divergence at the step's temperature, no hard labels. */
     DistillOptions options(DistillOptions step) {
-        return step.withAlpha(0f).withDivergence(Divergence.jsd(cfg.jsdBeta()));
+        return step.withAlpha(0f).withDivergence(cfg.divergenceKind());
     }
 
     /**

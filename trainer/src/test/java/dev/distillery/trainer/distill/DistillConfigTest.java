@@ -76,4 +76,22 @@ class DistillConfigTest {
         assertEquals(DistillOptions.TopKMode.TAIL_BUCKET, o.topKMode());
         assertEquals(c, DistillConfig.fromJson(c.toJson()), "the stored config reads back equal");
     }
+
+    @Test
+    void onPolicyBatchesUseTheirOwnDivergenceForwardKlUnlessTold(@TempDir Path dir) throws IOException {
+        String head = "{\"teacher_model\": {\"path\": \"m\", \"tokens\": \"t.bin\"}, \"loss\": {\"divergence\": \"jsd\"}, \"on_policy\": {\"max_new_tokens\": 4";
+        Path f = dir.resolve("run.json");
+        Files.writeString(f, head + "}}");
+        assertEquals(new Divergence.ForwardKl(), DistillConfig.read(f).onPolicy().divergenceKind(), "not the step's jsd");
+        Files.writeString(f, head + ", \"divergence\": \"jsd\", \"jsd_beta\": 0.9}}");
+        assertEquals(new Divergence.Jsd(0.9), DistillConfig.read(f).onPolicy().divergenceKind());
+        Files.writeString(f, head + ", \"divergence\": \"reverse_kl\"}}");
+        assertEquals(new Divergence.ReverseKl(), DistillConfig.read(f).onPolicy().divergenceKind());
+        for (String[] bad : new String[][]{{", \"divergence\": \"tvd\"", "'on_policy.divergence' must be forward_kl, reverse_kl or jsd, got tvd"},
+                {", \"divergence\": \"jsd\", \"jsd_beta\": 1", "'on_policy.jsd_beta' must be in (0, 1)"}}) {
+            Files.writeString(f, head + bad[0] + "}}");
+            IOException e = assertThrows(IOException.class, () -> DistillConfig.read(f));
+            assertTrue(e.getMessage().contains(bad[1]) && e.getMessage().contains("run.json"), e.getMessage());
+        }
+    }
 }

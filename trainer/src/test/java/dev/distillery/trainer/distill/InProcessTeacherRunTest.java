@@ -110,7 +110,7 @@ class InProcessTeacherRunTest {
             assertEquals(2, r.get("on_policy_batches").asInt(), r.toString());
             assertEquals(2 * 2 * 6, r.get("on_policy_rows").asInt(), "two micro-batches of 2 windows, 6 sampled positions each: " + r);
             assertTrue(Double.isFinite(r.get("loss").asDouble()) && r.get("loss").asDouble() == r.get("divergence").asDouble(),
-                    "the JSD alone (alpha 0 on sampled tokens): " + r);
+                    "the divergence alone (alpha 0 on sampled tokens): " + r);
         }
         assertEquals(0, run("distill", "--config", split.toString(), "--stop-after", "2"));
         assertEquals(0, run("distill", "--config", split.toString(), "--resume"));
