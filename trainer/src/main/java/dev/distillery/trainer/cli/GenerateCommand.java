@@ -11,6 +11,7 @@ import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.runtime.nn.TextGenerator;
 import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.report.Progress;
 import dev.distillery.trainer.tokenizer.TextTokenizer;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -96,10 +97,14 @@ public final class GenerateCommand implements Callable<Integer> {
                         + prompts.size() + "] (the tokens of " + kdPrompts + ")");
             }
             int[] prompt = prompts == null ? start : new int[promptTokens];
+            Progress progress = new Progress(spec.commandLine().getErr(), "generate", 0, kdSamples, 5000);
+            long t0 = System.nanoTime(), generated = 0;
             for (int i = 0; i < kdSamples; i++) {
                 if (prompts != null) prompts.read((long) (rng.nextDouble() * (prompts.size() - promptTokens + 1)), promptTokens, prompt);
                 int[] seq = gen.generate(prompt, count, t, k, rng);
                 for (int x : seq) all.add(x);
+                generated += count;
+                progress.update(i + 1, String.format("samples | %,.0f tokens/s", generated / ((System.nanoTime() - t0) / 1e9)));
             }
         }
         TokenFile.write(kdOut, all.stream().mapToInt(Integer::intValue).toArray());
