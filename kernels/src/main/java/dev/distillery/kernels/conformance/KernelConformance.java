@@ -182,7 +182,10 @@ public final class KernelConformance {
             long t0 = System.nanoTime();
             kernels.linearForward(sOut, sInp, sW, sB, n, c, oc);
             double ms = millis(t0);
-            ReferenceKernels.linearForward(out, inp, w, bias, n, c, oc);
+            // the reference multiplies the operands the kernel's GEMMs multiply (bf16-rounded under bf16) and adds
+            // what it adds in fp32 (bias, initial gradients) as given: at a single output, rounding the operands
+            // but not the reference would leave a product's rounding measured against a sum that can cancel
+            ReferenceKernels.linearForward(out, operand(inp), operand(w), bias, n, c, oc);
             record(gemmName("linearForward"), n + "x" + c + "->" + oc, buf.relativeError(out, sOut, 1e-6), composedTol(TOL), ms);
 
             double[] dinp = randn(n * c), dw = randn(c * oc), db = randn(oc);
@@ -190,7 +193,9 @@ public final class KernelConformance {
             t0 = System.nanoTime();
             kernels.linearBackward(sDinp, sDw, sDb, buf.floats(dout), sInp, sW, n, c, oc);
             ms = millis(t0);
-            ReferenceKernels.linearBackward(dinp, dw, db, dout, inp, w, n, c, oc);
+            double[] unusedDb = db.clone();
+            ReferenceKernels.linearBackward(dinp, dw, unusedDb, operand(dout), operand(inp), operand(w), n, c, oc);
+            ReferenceKernels.linearBackward(new double[n * c], new double[c * oc], db, dout, inp, w, n, c, oc);   // the bias sum: fp32 dout
             record(gemmName("linearBackward"), n + "x" + c + "->" + oc,
                     Math.max(buf.relativeError(dinp, sDinp, 1e-6), Math.max(buf.relativeError(dw, sDw, 1e-6), buf.relativeError(db, sDb, 1e-6))),
                     composedTol(TOL), ms);
