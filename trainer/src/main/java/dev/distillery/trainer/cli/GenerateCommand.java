@@ -31,7 +31,8 @@ public final class GenerateCommand implements Callable<Integer> {
     String prompt;
     @Option(names = "--tokens", defaultValue = "100", description = "Tokens to generate per sample (default: ${DEFAULT-VALUE}).")
     int count;
-    @Option(names = "--temperature", description = "Sampling temperature, 0 = greedy (default: 0.8; with --kd-out 1.0, the teacher's whole distribution).")
+    @Option(names = "--temperature", description = {"Sampling temperature, 0 = greedy (default: 0.8; with --kd-out 0.7 over the whole vocabulary,",
+            "the best of 1.0 and 0.7 for sequence-level KD on the demo corpus: docs/PERFORMANCE.md)."})
     Double temperature;
     @Option(names = "--top-k", description = "Sample among the k most likely tokens, 0 = all (default: 40; with --kd-out 0).")
     Integer topK;
@@ -79,7 +80,7 @@ public final class GenerateCommand implements Callable<Integer> {
 
     private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, int[] start, int vocab) throws java.io.IOException {
         Rng rng = new Rng(seed);
-        double t = temperature != null ? temperature : kdOut != null ? 1.0 : 0.8;
+        double t = temperature != null ? temperature : kdOut != null ? 0.7 : 0.8;
         int k = topK != null ? topK : kdOut != null ? 0 : 40;
         if (kdPrompts != null && kdOut == null) throw new CommandLine.ParameterException(spec.commandLine(), "--kd-prompts needs --kd-out");
         if (kdOut == null) {

@@ -86,7 +86,7 @@ class LanguageModelTrainingTest {
         status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--tokens", "10", "--kd-out", real.toString(), "--kd-samples",
                 "4", "--kd-prompts", data.val().toString(), "--prompt-tokens", "5", "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
         assertEquals(0, status, err.toString());
-        assertTrue(out.toString().contains("temperature 1.0, top-k 0, from 5-token prompts of"), out.toString());
+        assertTrue(out.toString().contains("temperature 0.7, top-k 0, from 5-token prompts of"), out.toString());
         try (var f = dev.distillery.trainer.data.TokenFile.open(real); var val = dev.distillery.trainer.data.TokenFile.open(data.val())) {
             assertEquals(4 * 15, f.size());
             int[] all = new int[(int) val.size()], prompt = new int[5];
