@@ -2,6 +2,7 @@ package dev.distillery.trainer.report;
 
 import java.io.IOException;
 import java.io.PrintWriter;
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteBuffer;
@@ -142,7 +143,7 @@ public final class ModelComparison {
         int v = teacher.vocabSize();
         double nll = 0;
         try (TextGenerator g = new TextGenerator(m, kernels); LanguageModelForward scorer = new LanguageModelForward(teacher, kernels, windows, t);
-             java.lang.foreign.Arena host = java.lang.foreign.Arena.ofConfined()) {
+             Arena host = Arena.ofConfined()) {
             MemorySegment ids = host.allocate(4L * windows * t, 64);
             int[] start = new int[prompt];
             for (int b = 0; b < windows; b++) {
