@@ -20,6 +20,7 @@ import dev.distillery.kernels.distill.DistillSums;
 import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherTargets;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorOperators;
 
 /**
  * The CPU implementation of {@link Kernels}: GEMM through CBLAS (or the Vector-API fallback),
@@ -760,6 +761,10 @@ public final class CpuKernels implements Kernels {
         for (int bound = SPECIES.loopBound(n); j < bound; j += LANES) {
             FloatVector b = FloatVector.fromMemorySegment(SPECIES, t, (at + j) * 4L, ORDER).fma(inv, shift);
             FloatVector a = FloatVector.fromMemorySegment(SPECIES, mix, (o + j) * 4L, ORDER);
+            if (a.compare(VectorOperators.EQ, Float.NEGATIVE_INFINITY).allTrue()) {   // the first teacher: log(0 + e^b) = b, no exp or log
+                b.intoMemorySegment(mix, (o + j) * 4L, ORDER);
+                continue;
+            }
             FloatVector d = a.sub(b).abs().neg();
             a.max(b).add(VectorOps.log(VectorOps.expNonPositive(d).add(1f))).intoMemorySegment(mix, (o + j) * 4L, ORDER);
         }
