@@ -8,6 +8,7 @@ import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.autograd.DifferentiableOps;
 
 /**
  * A model's logits for batches of (b, t) token windows, forward only: what a teacher gives. It
@@ -75,6 +76,21 @@ public final class LanguageModelForward implements AutoCloseable {
         try (Arena host = Arena.ofConfined()) {
             return kernels.hostView(lse, 4L * n, host).toArray(ValueLayout.JAVA_FLOAT);
         }
+    }
+
+    /**
+     * Σ over the rows of windows {@code ids} (b·t int32, host memory) whose target is not
+     * {@link DifferentiableOps#IGNORE_INDEX} of −log softmax(logits)[target]; targets (b·t).
+     */
+    public double negativeLogLikelihood(MemorySegment ids, int[] targets) {
+        MemorySegment logits = logits(ids);
+        float[] lse = logsumexpOfLastLogits(1.0);
+        int v = model.vocabSize();
+        double sum = 0;
+        for (int r = 0; r < b * t; r++) {
+            if (targets[r] != DifferentiableOps.IGNORE_INDEX) sum += lse[r] - logits.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * v + targets[r]);
+        }
+        return sum;
     }
 
     @Override

@@ -20,6 +20,7 @@ import org.knowm.xchart.CategoryChartBuilder;
 
 import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.distill.ChunkedLinearDistillLoss;
 import dev.distillery.runtime.distill.InProcessTeacher;
 import dev.distillery.runtime.io.AtomicFileWriter;
@@ -140,27 +141,21 @@ public final class ModelComparison {
         if (m.vocabSize() > teacher.vocabSize()) return Double.NaN;
         int prompt = t / 2, windows = (int) Math.min(SAMPLES, val.size() / t);
         if (windows < 1 || prompt < 1) return Double.NaN;
-        int v = teacher.vocabSize();
-        double nll = 0;
         try (TextGenerator g = new TextGenerator(m, kernels); LanguageModelForward scorer = new LanguageModelForward(teacher, kernels, windows, t);
              Arena host = Arena.ofConfined()) {
             MemorySegment ids = host.allocate(4L * windows * t, 64);
-            int[] start = new int[prompt];
+            int[] start = new int[prompt], targets = new int[windows * t];
             for (int b = 0; b < windows; b++) {
                 val.read((long) b * t, prompt, start);
                 int[] seq = g.generate(start, t - prompt, 1.0, 0, new Rng(SAMPLE_SEED + b));
-                for (int p = 0; p < t; p++) ids.setAtIndex(ValueLayout.JAVA_INT, (long) b * t + p, seq[p]);
-            }
-            MemorySegment logits = scorer.logits(ids);
-            float[] lse = scorer.logsumexpOfLastLogits(1.0);
-            for (int b = 0; b < windows; b++) {
-                for (int p = prompt - 1; p < t - 1; p++) {   // position p predicts the sampled token p + 1
-                    long row = (long) b * t + p;
-                    nll += lse[(int) row] - logits.getAtIndex(ValueLayout.JAVA_FLOAT, row * v + ids.getAtIndex(ValueLayout.JAVA_INT, row + 1));
+                for (int p = 0; p < t; p++) {
+                    ids.setAtIndex(ValueLayout.JAVA_INT, (long) b * t + p, seq[p]);
+                    // position p predicts token p + 1: scored where that token was sampled
+                    targets[b * t + p] = p >= prompt - 1 && p < t - 1 ? seq[p + 1] : DifferentiableOps.IGNORE_INDEX;
                 }
             }
+            return Math.exp(scorer.negativeLogLikelihood(ids, targets) / ((long) windows * (t - prompt)));
         }
-        return Math.exp(nll / ((long) windows * (t - prompt)));
     }
 
     /** The model's weights on disk: its *.safetensors but the trainer state. */

@@ -190,7 +190,6 @@ public final class LanguageModelTraining {
         long windowsAvailable = (val.size() - 1) / t;
         int batches = (int) Math.min(maxBatches, windowsAvailable / batch);
         if (batches < 1) throw new IOException(val.path() + ": " + val.size() + " tokens, fewer than one batch of " + batch + " windows of " + (t + 1));
-        int v = model.vocabSize();
         int[] one = new int[t + 1], targets = new int[batch * t];
         double sum = 0;
         try (java.lang.foreign.Arena host = java.lang.foreign.Arena.ofConfined()) {
@@ -203,11 +202,7 @@ public final class LanguageModelTraining {
                         targets[b * t + p] = one[p + 1];
                     }
                 }
-                java.lang.foreign.MemorySegment logits = model.logits(ids);
-                float[] lse = model.logsumexpOfLastLogits(1.0);
-                double ce = 0;
-                for (int r = 0; r < batch * t; r++) ce += lse[r] - logits.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, (long) r * v + targets[r]);
-                sum += ce / (batch * t);
+                sum += model.negativeLogLikelihood(ids, targets) / (batch * t);
             }
         }
         return sum / batches;

@@ -9,16 +9,15 @@ import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
+import java.util.Map;
 
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
-import com.fasterxml.jackson.databind.JsonNode;
-
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.runtime.nn.Gpt2Config;
 import dev.distillery.trainer.corpus.Corpus;
-import dev.distillery.trainer.data.StrictJson;
+import dev.distillery.trainer.report.MetricsLog;
 import dev.distillery.trainer.report.ModelComparison;
 
 /** The whole demo pipeline at toy sizes: every stage runs and the report has its three rows. */
@@ -100,10 +99,11 @@ class DemoTest {
     private static void lossFalls(Path run) throws IOException {
         for (boolean onPolicy : new boolean[]{false, true}) {
             List<Double> losses = new java.util.ArrayList<>();
-            for (String line : Files.readAllLines(run.resolve("metrics.jsonl"))) {
-                JsonNode n = StrictJson.MAPPER.readTree(line);
-                if (n.path("kind").asText().equals("train") && (n.path("on_policy_batches").asInt(0) > 0) == onPolicy) {
-                    losses.add(n.get("loss").asDouble());
+            try (MetricsLog log = MetricsLog.open(run.resolve("metrics.jsonl"), Integer.MAX_VALUE)) {
+                for (Map<String, Object> r : log.records()) {
+                    if ("train".equals(r.get("kind")) && (r.get("on_policy_batches") instanceof Number b && b.intValue() > 0) == onPolicy) {
+                        losses.add(((Number) r.get("loss")).doubleValue());
+                    }
                 }
             }
             if (losses.isEmpty() && onPolicy) continue;
