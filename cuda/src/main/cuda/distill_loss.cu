@@ -8,12 +8,14 @@
 //   shared gradient  SparseRows.sharedGradient (the loop every unlisted column of a sparse row shares)
 //
 //   feature_row      CpuKernels.featureDistance; ReferenceKernels.featureDistance (hidden states)
-//   mixture_row      CpuKernels.addToMixture; ReferenceKernels.addToMixture (several teachers)
+//   mixture_entry    FusedDistillLoss with a TeacherTargets.Mixture; MixtureRow (t[j]) is MixtureRows' m_j;
+//                    ReferenceDistillLoss.mixtureRow (several dense teachers, never stored as a mixture)
 //
-// Covered: dense teachers (fp32, fp16, bf16) and top-k teachers (fp32, fp16, bf16 logits; tail
-// bucket, renormalized or rescaled) with forward KL, reverse KL and JSD; sampled teachers
-// (forward KL). Top-k rows read their k student logits into shared memory before any gradient
-// is written (k <= MAX_TOPK); ids in a row must be distinct (the host checks).
+// Covered: dense teachers (fp32, fp16, bf16), mixtures of up to 8 of them (any of those types each)
+// and top-k teachers (fp32, fp16, bf16 logits; tail bucket, renormalized or rescaled) with forward
+// KL, reverse KL and JSD; sampled teachers (forward KL). Top-k rows read their k student logits
+// into shared memory before any gradient is written (k <= MAX_TOPK); ids in a row must be
+// distinct (the host checks).
 //
 // One thread block per token row. Same contract as Kernels.distillLoss: student logits s (n, V)
 // fp32; teacher dense logits (n, Vt) fp32/fp16/bf16, or top-k ids/logits + logsumexp, or sampled
@@ -139,8 +141,9 @@ __device__ Student student_pass(const float* s, int V, float inv_t, float* sm, f
     return {at.m, logf(at.d), logf(a1.d)};
 }
 
-template <typename TT>
-__device__ Online teacher_pass(const TT* t, int Vt, float inv_t, float* sm, float* sd) {
+// t: a teacher row, a pointer to fp32/fp16/bf16 logits or a MixtureRow (anything t[j] reads)
+template <typename TR>
+__device__ Online teacher_pass(const TR& t, int Vt, float inv_t, float* sm, float* sd) {
     Online a = {-CUDART_INF_F, 0.f};
     for (int i = threadIdx.x; i < Vt; i += blockDim.x) a = online_add(a, to_float(t[i]), inv_t);
     return block_online(a, inv_t, sm, sd);
@@ -208,8 +211,8 @@ __device__ void shared_gradient(const float* s, float* g, int V, const Student& 
 
 // ------------------------------------------------------------------ dense teacher
 
-template <typename TT>
-__device__ void dense_row(const float* s, float* g, const TT* t, int label, float* row_ce, float* row_div,
+template <typename TR>
+__device__ void dense_row(const float* s, float* g, const TR& t, int label, float* row_ce, float* row_div,
                           int row, int V, int Vt, const Params& p) {
     __shared__ float sm[MAX_WARPS], sd[MAX_WARPS], red[MAX_WARPS];
     const Coefficients k = coefficients(p);
@@ -275,6 +278,78 @@ __device__ void dense_entry(const float* s, float* g, const TT* t, const int* la
     const float* srow = here.s;
     float* grow = here.g;
     dense_row(srow, grow, t + (size_t)row * Vt, label, row_ce, row_div, row, V, Vt, p);
+}
+
+// ------------------------------------------------------------------ a mixture of dense teachers
+
+constexpr int MAX_TEACHERS = 8;  // TeacherTargets.Mixture.MAX_TEACHERS: the rows come as t0..t7
+enum LogitType : int { LOGITS_F32 = 0, LOGITS_F16 = 1, LOGITS_BF16 = 2 };
+
+// The mixture's teachers by value: how many, each one's logit type and weight (summing to 1).
+struct MixtureSpec {
+    int count;
+    int type[MAX_TEACHERS];
+    float weight[MAX_TEACHERS];
+};
+
+__device__ __forceinline__ float logit_at(const void* t, int type, int j) {
+    if (type == LOGITS_BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(t)[j]);
+    if (type == LOGITS_F16) return __half2float(static_cast<const __half*>(t)[j]);
+    return static_cast<const float*>(t)[j];
+}
+
+// Element `offset` of logits of this type: a teacher's row from its first row.
+__device__ __forceinline__ const void* logits_from(const void* t, int type, size_t offset) {
+    return static_cast<const char*>(t) + offset * (type == LOGITS_F32 ? 4 : 2);
+}
+
+// One row of the mixture, read like a dense teacher row: t[j] is MixtureRows' m_j,
+//   m_j = T log sum_i (w_i / Z_i) exp((t_ij - max_i)/T),  Z_i = sum_j exp((t_ij - max_i)/T),
+// computed where each pass reads it (the mixture is never stored); -inf where every term
+// underflows. Loops run to MAX_TEACHERS, unrolled, so the per-teacher arrays stay in registers.
+struct MixtureRow {
+    const void* t[MAX_TEACHERS];
+    int type[MAX_TEACHERS];
+    float max[MAX_TEACHERS], scale[MAX_TEACHERS];
+    int count;
+    float inv_t, temperature;
+
+    __device__ float operator[](int j) const {
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < MAX_TEACHERS; i++) {
+            if (i < count) sum += scale[i] * __expf((logit_at(t[i], type[i], j) - max[i]) * inv_t);
+        }
+        return logf(sum) * temperature;
+    }
+};
+
+// A row against a mixture of teachers: each teacher's (max, Z) at 1/T by one block pass over its
+// row, then the dense row over the MixtureRow.
+__device__ void mixture_entry(const float* s, float* g, const void* const (&t)[MAX_TEACHERS], const int* labels,
+                              float* row_ce, float* row_div, int n, int V, int Vt, const MixtureSpec& spec, const Params& p) {
+    __shared__ float sm[MAX_WARPS], sd[MAX_WARPS];
+    Row here;
+    if (!begin_row(here, s, g, labels, row_ce, row_div, n, V, p)) return;
+    MixtureRow mix;
+    mix.count = spec.count;
+    mix.temperature = p.temperature;
+    mix.inv_t = 1.f / p.temperature;
+#pragma unroll
+    for (int i = 0; i < MAX_TEACHERS; i++) {
+        mix.t[i] = nullptr;
+        mix.type[i] = spec.type[i];
+        mix.max[i] = 0.f;
+        mix.scale[i] = 0.f;
+        if (i >= spec.count) continue;
+        mix.t[i] = logits_from(t[i], spec.type[i], (size_t)here.index * Vt);
+        Online o = {-CUDART_INF_F, 0.f};
+        for (int j = threadIdx.x; j < Vt; j += blockDim.x) o = online_add(o, logit_at(mix.t[i], spec.type[i], j), mix.inv_t);
+        o = block_online(o, mix.inv_t, sm, sd);
+        mix.max[i] = o.m;
+        mix.scale[i] = spec.weight[i] / o.d;
+    }
+    dense_row(here.s, here.g, mix, here.label, row_ce, row_div, here.index, V, Vt, p);
 }
 
 // ------------------------------------------------------------------ sampled teacher (forward KL)
@@ -465,34 +540,6 @@ __device__ void feature_row(float* row_loss, float* grad, const float* s, const 
     }
 }
 
-// ------------------------------------------------------------------ several teachers
-
-// One block per row: mix_j <- log(exp(mix_j) + w softmax(t/T)_j), the mixture of teachers in log space.
-// docs/KERNELS.md#teacher-mixtures.
-__device__ __forceinline__ float log_add_exp(float a, float b) {
-    if (a == -CUDART_INF_F) return b;
-    if (b == -CUDART_INF_F) return a;
-    const float m = fmaxf(a, b);
-    return m + log1pf(expf(-fabsf(a - b)));
-}
-
-template <typename T>
-__device__ void mixture_row(float* mix, const T* t, int n, int V, float temperature, float weight) {
-    __shared__ float scratch[MAX_WARPS];
-    const int row = blockIdx.x;
-    if (row >= n) return;
-    const T* tr = t + (long)row * V;
-    float* mr = mix + (long)row * V;
-    const float inv = 1.f / temperature;
-    float m = -CUDART_INF_F;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, to_float(tr[j]) * inv);
-    m = block_max(m, scratch);
-    float sum = 0.f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += expf(to_float(tr[j]) * inv - m);
-    const float shift = logf(weight) - m - logf(block_sum(sum, scratch));
-    for (int j = threadIdx.x; j < V; j += blockDim.x) mr[j] = log_add_exp(mr[j], to_float(tr[j]) * inv + shift);
-}
-
 }  // namespace distill
 
 // C entry points for cuModuleGetFunction; one per teacher layout.
@@ -531,6 +578,14 @@ DISTILL_LAUNCH void distill_topk_bf16(const float* s, float* g, const int* ids, 
     distill::topk_row(s, g, ids, logits, lse, labels, row_ce, row_div, n, V, Vt, k, shard_t, mode, p);
 }
 
+DISTILL_LAUNCH void distill_mixture(const float* s, float* g, const void* t0, const void* t1, const void* t2, const void* t3,
+                                    const void* t4, const void* t5, const void* t6, const void* t7, const int* labels,
+                                    float* row_ce, float* row_div, int n, int V, int Vt, distill::MixtureSpec m,
+                                    distill::Params p) {
+    const void* const t[distill::MAX_TEACHERS] = {t0, t1, t2, t3, t4, t5, t6, t7};
+    distill::mixture_entry(s, g, t, labels, row_ce, row_div, n, V, Vt, m, p);
+}
+
 DISTILL_LAUNCH void distill_sampled(const float* s, float* g, const int* ids, const float* weights, const int* labels,
                                     float* row_ce, float* row_div, int n, int V, int samples, distill::Params p) {
     distill::sampled_row(s, g, ids, weights, labels, row_ce, row_div, n, V, samples, p);
@@ -549,18 +604,6 @@ DISTILL_LAUNCH void feature_distance_f16(float* row_loss, float* grad, const flo
 DISTILL_LAUNCH void feature_distance_bf16(float* row_loss, float* grad, const float* s, const __nv_bfloat16* t, int n,
                                           int d, int distance, float grad_scale) {
     distill::feature_row(row_loss, grad, s, t, n, d, distance, grad_scale);
-}
-
-DISTILL_LAUNCH void teacher_mixture_add_f32(float* mix, const float* t, int n, int V, float temperature, float weight) {
-    distill::mixture_row(mix, t, n, V, temperature, weight);
-}
-
-DISTILL_LAUNCH void teacher_mixture_add_f16(float* mix, const __half* t, int n, int V, float temperature, float weight) {
-    distill::mixture_row(mix, t, n, V, temperature, weight);
-}
-
-DISTILL_LAUNCH void teacher_mixture_add_bf16(float* mix, const __nv_bfloat16* t, int n, int V, float temperature, float weight) {
-    distill::mixture_row(mix, t, n, V, temperature, weight);
 }
 
 }  // extern "C"

@@ -280,11 +280,6 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void addToMixture(MemorySegment mix, MemorySegment teacher, DType teacherType, int n, int vocab, float temperature, float weight) {
-        time("addToMixture", () -> inner.addToMixture(mix, teacher, teacherType, n, vocab, temperature, weight));
-    }
-
-    @Override
     public void featureDistance(FeatureDistance distance, MemorySegment rowLoss, MemorySegment grad, MemorySegment student,
                                 MemorySegment teacher, DType teacherType, int n, int d, float gradScale) {
         time("featureDistance", () -> inner.featureDistance(distance, rowLoss, grad, student, teacher, teacherType, n, d, gradScale));

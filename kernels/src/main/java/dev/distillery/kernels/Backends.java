@@ -57,6 +57,22 @@ public final class Backends {
         return Integer.getInteger("distillery.threads", Runtime.getRuntime().availableProcessors());
     }
 
+    /**
+     * The CUDA device this process takes: its rank on the node under mpirun
+     * ({@code OMPI_COMM_WORLD_LOCAL_RANK}) modulo the devices it sees, so that one rank per GPU
+     * spreads over the node's GPUs (and a launcher that gives each rank one device through
+     * {@code CUDA_VISIBLE_DEVICES} gets device 0); 0 outside mpirun.
+     */
+    static int deviceOrdinal(int devices) {
+        String local = System.getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+        if (local == null || devices < 1) return 0;
+        try {
+            return Math.floorMod(Integer.parseInt(local.trim()), devices);
+        } catch (NumberFormatException e) {
+            throw new IllegalStateException("OMPI_COMM_WORLD_LOCAL_RANK is \"" + local + "\", not a rank number");
+        }
+    }
+
     /** Why CUDA cannot be used here (no driver or device, no cuBLAS, a jar built without nvcc), or null when it can. */
     public static String cudaUnavailableReason() {
         CudaDevices.Probe p = CudaDevices.probe();
@@ -81,7 +97,7 @@ public final class Backends {
             why = cudaUnavailableReason();
             if (why == null) {
                 try {
-                    Kernels k = CudaKernels.open(0, r.tf32(), r.precision());
+                    Kernels k = CudaKernels.open(deviceOrdinal(CudaDevices.probe().devices().size()), r.tf32(), r.precision());
                     say.accept("device: cuda" + (r.backend() == Backend.AUTO ? " (auto)" : "") + "; " + k.describe()
                             + (r.tf32() ? ", TF32 GEMMs" : ""));
                     return k;

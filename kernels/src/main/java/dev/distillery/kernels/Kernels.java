@@ -2,6 +2,7 @@ package dev.distillery.kernels;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.Optional;
 
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
@@ -42,6 +43,14 @@ public interface Kernels extends AutoCloseable {
      * (use the copies below).
      */
     boolean hostAccessible();
+
+    /**
+     * How these kernels sum their buffers over processes where the buffers are not in host memory
+     * (NCCL on CUDA, where libnccl loads); empty for the CPU backend, whose buffers MPI sums.
+     */
+    default Optional<DeviceCollectives> deviceCollectives() {
+        return Optional.empty();
+    }
 
     /**
      * A buffer of {@code bytes} for this backend's kernels: 64-byte aligned, contents undefined,
@@ -317,17 +326,6 @@ public interface Kernels extends AutoCloseable {
     DistillSums distillLoss(MemorySegment student, MemorySegment grad, TeacherTargets teacher, MemorySegment labels,
                             MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab,
                             DistillOptions options, float gradScale);
-
-    // ---------------------------------------------------------------- several teachers
-
-    /**
-     * One teacher into a mixture of teachers, per row of (n, vocab) (see
-     * docs/KERNELS.md#teacher-mixtures): {@code mix_j ← log(exp(mix_j) + weight · softmax(t/T)_j)},
-     * t the teacher's logits (fp32, f16 or bf16). Starting from mix = −∞ and adding every teacher,
-     * mix holds log Σ_i w_i p_i; times T it is a logit row whose softmax at T is the mixture,
-     * which the fused distillation loss then reads as a dense teacher.
-     */
-    void addToMixture(MemorySegment mix, MemorySegment teacher, DType teacherType, int n, int vocab, float temperature, float weight);
 
     // ---------------------------------------------------------------- feature (hidden-state) distillation
 

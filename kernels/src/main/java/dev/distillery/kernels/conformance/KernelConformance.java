@@ -533,28 +533,47 @@ public final class KernelConformance {
         }
     }
 
-    /** Two teachers (fp32, then bf16 rounded as the reference reads it) into one mixture at T = 1.5, weights 0.3 and 0.7. */
-    private void teacherMixture(int n, int v) {
+    /**
+     * The fused loss against a mixture of three dense teachers (fp32, bf16, fp16; weights 0.2,
+     * 0.5, 0.3; one −inf logit in the first), each divergence: forward KL with a hard label at
+     * T = 2, reverse KL at T = 1.5, JSD(0.3) at T = 1. The student vocabulary is the teachers'
+     * plus 3 padding columns.
+     */
+    private void teacherMixture(int n, int vt) {
+        int v = vt + 3;
+        DType[] types = {DType.F32, DType.BF16, DType.F16};
+        float[] weights = {0.2f, 0.5f, 0.3f};
         try (Arena arena = Arena.ofShared()) {
             KernelBuffers buf = new KernelBuffers(kernels, arena);
-            double[] a = randn(n * v), b = randn(n * v), mix = new double[n * v];
-            java.util.Arrays.fill(mix, Double.NEGATIVE_INFINITY);
-            for (int i = 0; i < a.length; i++) {
-                a[i] = (float) (3 * a[i]);
-                b[i] = Float.intBitsToFloat(Float.floatToIntBits((float) (3 * b[i])) & 0xffff0000);   // exactly a bf16 value
+            double[] s = randn(n * v);
+            int[] labels = new int[n];
+            for (int r = 0; r < n; r++) labels[r] = rng.nextInt(v);
+            if (n > 2) labels[1] = -100;
+            List<TeacherTargets.Dense> teachers = new ArrayList<>();
+            List<ReferenceDistillLoss.Dense> references = new ArrayList<>();
+            for (DType type : types) {
+                double[] t = randn(n * vt);
+                for (int i = 0; i < t.length; i++) t[i] *= 3;
+                if (type == DType.F32 && vt > 1) t[0] = Double.NEGATIVE_INFINITY;
+                MemorySegment tl = arena.allocate((long) type.bytes() * t.length, 64);
+                double[] rounded = new double[t.length];
+                for (int i = 0; i < t.length; i++) {
+                    type.write(tl, i, (float) t[i]);
+                    rounded[i] = type.read(tl, i);
+                }
+                teachers.add(new TeacherTargets.Dense(buf.place(tl), type, vt));
+                references.add(new ReferenceDistillLoss.Dense(rounded, vt));
             }
-            MemorySegment hostB = arena.allocate(2L * b.length, 64);
-            for (int i = 0; i < b.length; i++) DType.BF16.write(hostB, i, (float) b[i]);
-            MemorySegment sMix = buf.poisoned(mix.length);
-            long t0 = System.nanoTime();
-            kernels.fill(sMix, Float.NEGATIVE_INFINITY, mix.length);
-            kernels.addToMixture(sMix, buf.floats(a), DType.F32, n, v, 1.5f, 0.3f);
-            kernels.addToMixture(sMix, buf.place(hostB), DType.BF16, n, v, 1.5f, 0.7f);
-            double ms = millis(t0);
-            ReferenceKernels.addToMixture(mix, a, n, v, 1.5, 0.3);
-            ReferenceKernels.addToMixture(mix, b, n, v, 1.5, 0.7);
-            // log-probabilities: relative error where |x| > 1, absolute below (a mixture row of one token sits at log 1 = 0)
-            record("addToMixture", n + "x" + v, buf.relativeError(mix, sMix, 1.0), TOL, ms);
+            double[] w = new double[weights.length];
+            for (int i = 0; i < w.length; i++) w[i] = weights[i];
+            TeacherTargets.Mixture mixture = new TeacherTargets.Mixture(teachers, weights);
+            ReferenceDistillLoss.Mixture reference = new ReferenceDistillLoss.Mixture(references, w);
+            String size = n + "x" + v + " x3";
+            distillCheck(buf, "distill mixture fkl", size, s, labels, mixture, reference, n, v, DistillOptions.of(2f, 0.3f));
+            distillCheck(buf, "distill mixture rkl", size, s, labels, mixture, reference, n, v,
+                    DistillOptions.of(1.5f, 0f).withDivergence(Divergence.reverseKl()));
+            distillCheck(buf, "distill mixture jsd", size, s, labels, mixture, reference, n, v,
+                    DistillOptions.of(1f, 0.5f).withDivergence(Divergence.jsd(0.3)));
         }
     }
 

@@ -725,55 +725,6 @@ public final class CpuKernels implements Kernels {
 
     // ---------------------------------------------------------------- several teachers
 
-    @Override
-    public void addToMixture(MemorySegment mix, MemorySegment teacher, DType teacherType, int n, int vocab, float temperature, float weight) {
-        if (!teacherType.isLogitType()) throw new IllegalArgumentException("teacher logits must be F32, F16 or BF16, got " + teacherType);
-        if (!(temperature > 0) || !(weight > 0)) {
-            throw new IllegalArgumentException("a mixture needs temperature > 0 and weight > 0, got " + temperature + " and " + weight);
-        }
-        float inv = 1f / temperature, logWeight = (float) Math.log(weight);
-        pool.forEachChunk(n, 1, (chunk, start, end) -> {
-            try (Arena scratch = Arena.ofConfined()) {
-                MemorySegment widened = teacherType == DType.F32 ? null : scratch.allocate(4L * vocab, 64);
-                for (int r = start; r < end; r++) {
-                    long o = (long) r * vocab;
-                    MemorySegment row = teacher;
-                    long at = o;
-                    if (widened != null) {   // f16/bf16: one row widened, then the same vector loops
-                        for (int j = 0; j < vocab; j++) set(widened, j, teacherType.read(teacher, o + j));
-                        row = widened;
-                        at = 0;
-                    }
-                    float mx = VectorOps.max(row, at, vocab) * inv;
-                    float shift = logWeight - mx - (float) Math.log(VectorOps.expSumScaled(row, at, vocab, inv, mx));   // log w − lse(t/T)
-                    foldIntoMixture(mix, o, row, at, vocab, inv, shift);
-                }
-            }
-        });
-    }
-
-    /**
-     * mix[o + j] ← log(exp(mix[o + j]) + exp(inv · t[at + j] + shift)) = m + log(1 + exp(−|a − b|)),
-     * m = max(a, b): exact when the mixture is still −∞ (the exp is 0 and m is the teacher's term).
-     */
-    private static void foldIntoMixture(MemorySegment mix, long o, MemorySegment t, long at, int n, float inv, float shift) {
-        int j = 0;
-        for (int bound = SPECIES.loopBound(n); j < bound; j += LANES) {
-            FloatVector b = FloatVector.fromMemorySegment(SPECIES, t, (at + j) * 4L, ORDER).fma(inv, shift);
-            FloatVector a = FloatVector.fromMemorySegment(SPECIES, mix, (o + j) * 4L, ORDER);
-            if (a.compare(VectorOperators.EQ, Float.NEGATIVE_INFINITY).allTrue()) {   // the first teacher: log(0 + e^b) = b, no exp or log
-                b.intoMemorySegment(mix, (o + j) * 4L, ORDER);
-                continue;
-            }
-            FloatVector d = a.sub(b).abs().neg();
-            a.max(b).add(VectorOps.log(VectorOps.expNonPositive(d).add(1f))).intoMemorySegment(mix, (o + j) * 4L, ORDER);
-        }
-        for (; j < n; j++) {
-            float a = get(mix, o + j), b = Math.fma(get(t, at + j), inv, shift);
-            set(mix, o + j, Math.max(a, b) + VectorOps.log(VectorOps.exp(-Math.abs(a - b)) + 1f));
-        }
-    }
-
     // ---------------------------------------------------------------- feature (hidden-state) distillation
 
     @Override

@@ -68,25 +68,28 @@ public final class CudaConformance {
         for (int[] s : rows) ropeAndRepeatHeads(Math.max(1, s[0] / 3), 3, s[1]);
         for (int[] s : rows) attentionDecode(Math.max(1, s[0] / 3), s[0], Math.max(2, (s[1] / 4) & ~1));
         for (int[] s : rows) featureDistance(s[0], s[1]);
-        for (int[] s : rows) teacherMixture(s[0], s[1] * 7 + 1);
+        for (int[] s : classifier) teacherMixture(s[0], s[1]);
     }
 
-    /** A bf16 teacher added to a mixture that holds an fp32 one. */
-    private void teacherMixture(int rows, int v) {
-        String size = rows + "x" + v;
-        int n = rows * v;
-        float[] a = random(n, 4), start = new float[n];
-        java.util.Arrays.fill(start, Float.NEGATIVE_INFINITY);
-        MemorySegment b = arena.allocate(2L * n, 64);
-        float[] bf = random(n, 4);
-        for (int i = 0; i < n; i++) DType.BF16.write(b, i, bf[i]);
-        MemorySegment mix = host(start);
-        cpu.addToMixture(mix, host(a), DType.F32, rows, v, 1.5f, 0.25f);
-        CudaBackend.Ptr dMix = device(mix);
-        cpu.addToMixture(mix, b, DType.BF16, rows, v, 1.5f, 0.75f);
+    /** The fused loss (JSD(0.5), T = 1.5, a hard label) against a mixture of an fp32 and a bf16 teacher, weights 0.25 and 0.75. */
+    private void teacherMixture(int n, int v) {
+        float[] s = random(n * v, 4), a = random(n * v, 4), bf = random(n * v, 4);
+        int[] labels = new int[n];
+        for (int r = 0; r < n; r++) labels[r] = rng.nextInt(v);
+        DistillOptions o = DistillOptions.of(1.5f, 0.3f).withDivergence(Divergence.jsd(0.5));
+        MemorySegment b = arena.allocate(2L * n * v, 64);
+        for (int i = 0; i < n * v; i++) DType.BF16.write(b, i, bf[i]);
+        MemorySegment ha = host(a), hs = host(s), rowDiv = host(new float[n]);
+        TeacherTargets.Mixture mixture = new TeacherTargets.Mixture(List.of(new TeacherTargets.Dense(ha, DType.F32, v),
+                new TeacherTargets.Dense(b, DType.BF16, v)), new float[]{0.25f, 0.75f});
+        cpu.distillLoss(hs, hs, mixture, host(labels), null, rowDiv, n, v, o, 1f);
+        CudaBackend.Ptr ds = device(host(s)), dl = device(host(labels)), ddiv = poisoned(n), none = new CudaBackend.Ptr(0);
+        Object[] args = {ds, ds, device(ha), device(b), none, none, none, none, none, none, dl, poisoned(n), ddiv, n, v, v,
+                CudaKernels.mixtureSpec(arena, mixture), params(o, 1f)};
         long t0 = System.nanoTime();
-        gpu.launch(CudaKernel.TEACHER_MIXTURE_ADD_BF16, rows, 256, dMix, device(b), rows, v, 1.5f, 0.75f);
-        record("addToMixture", size, floats(mix, n), download(dMix, n), TOL, t0);
+        gpu.launch(CudaKernel.DISTILL_MIXTURE, n, 256, args);
+        record("distillMixture.jsd", n + "x" + v + " x2", floats(hs, n * v), download(ds, n * v), TOL, t0);
+        record("distillMixture.divergence", n + "x" + v + " x2", floats(rowDiv, n), download(ddiv, n), TOL, t0);
     }
 
     /** Both feature distances against a bf16 teacher, loss and accumulated gradient. */

@@ -102,12 +102,17 @@ public final class CudaDevice implements CudaBackend {
      * Makes the context current on the calling thread (a driver-API context is per thread): the
      * trainer's main thread, an arena's cleanup on another thread, a JMH worker.
      */
-    private void bind() {
+    void bind() {
         Thread t = Thread.currentThread();
         if (t != boundThread) {
             CudaCalls.driver(CudaDriver.cuCtxSetCurrent(context), "cuCtxSetCurrent(" + t.getName() + ")");
             boundThread = t;
         }
+    }
+
+    /** The stream every kernel, GEMM and copy of these kernels runs on (NCCL's sums join it). */
+    MemorySegment computeStream() {
+        return stream;
     }
 
     @Override

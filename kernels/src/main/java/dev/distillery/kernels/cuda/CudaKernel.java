@@ -48,12 +48,10 @@ public enum CudaKernel {
     DISTILL_TOPK_F16("ppppppppiiiifis"),
     DISTILL_TOPK_BF16("ppppppppiiiifis"),
     DISTILL_SAMPLED("pppppppiiis"),
+    DISTILL_MIXTURE("pppppppppppppiiiss"),
     FEATURE_DISTANCE_F32("ppppiiif"),
     FEATURE_DISTANCE_F16("ppppiiif"),
-    FEATURE_DISTANCE_BF16("ppppiiif"),
-    TEACHER_MIXTURE_ADD_F32("ppiiff"),
-    TEACHER_MIXTURE_ADD_F16("ppiiff"),
-    TEACHER_MIXTURE_ADD_BF16("ppiiff");
+    FEATURE_DISTANCE_BF16("ppppiiif");
 
     private final String signature;
 

@@ -3,8 +3,10 @@ package dev.distillery.kernels.cuda;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.Optional;
 
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.DeviceCollectives;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.distill.DistillOptions;
@@ -78,6 +80,12 @@ public final class CudaKernels implements Kernels {
     }
 
     // ---------------------------------------------------------------- memory
+
+    /** NCCL when this is a real device and libnccl loads (not under the CPU emulation). */
+    @Override
+    public Optional<DeviceCollectives> deviceCollectives() {
+        return gpu instanceof CudaDevice d ? Optional.ofNullable(NcclCollectives.on(d)) : Optional.empty();
+    }
 
     @Override
     public boolean hostAccessible() {
@@ -438,20 +446,6 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
-    public void addToMixture(MemorySegment mix, MemorySegment teacher, DType teacherType, int n, int vocab, float temperature, float weight) {
-        CudaKernel kernel = switch (teacherType) {
-            case F32 -> CudaKernel.TEACHER_MIXTURE_ADD_F32;
-            case F16 -> CudaKernel.TEACHER_MIXTURE_ADD_F16;
-            case BF16 -> CudaKernel.TEACHER_MIXTURE_ADD_BF16;
-            default -> throw new IllegalArgumentException("teacher logits must be F32, F16 or BF16, got " + teacherType);
-        };
-        if (!(temperature > 0) || !(weight > 0)) {
-            throw new IllegalArgumentException("a mixture needs temperature > 0 and weight > 0, got " + temperature + " and " + weight);
-        }
-        if (n > 0) gpu.launch(kernel, n, gpu.block(), p(mix), p(teacher), n, vocab, temperature, weight);
-    }
-
-    @Override
     public void featureDistance(FeatureDistance distance, MemorySegment rowLoss, MemorySegment grad, MemorySegment student,
                                 MemorySegment teacher, DType teacherType, int n, int d, float gradScale) {
         CudaKernel kernel = switch (teacherType) {
@@ -495,6 +489,17 @@ public final class CudaKernels implements Kernels {
                 }
                 case TeacherTargets.Sampled sm -> gpu.launch(lossKernel(sm), n, block, p(student), p(grad), p(sm.ids()),
                         p(sm.weights()), p(labels), p(ce), p(div), n, vocab, sm.samples(), params);
+                case TeacherTargets.Mixture m -> {
+                    Object[] args = new Object[CudaKernel.DISTILL_MIXTURE.signature().length()];
+                    args[0] = p(student);
+                    args[1] = p(grad);
+                    for (int i = 0; i < TeacherTargets.Mixture.MAX_TEACHERS; i++) {
+                        args[2 + i] = p(i < m.teachers().size() ? m.teachers().get(i).logits() : null);
+                    }
+                    Object[] rest = {p(labels), p(ce), p(div), n, vocab, m.vocab(), mixtureSpec(call, m), params};
+                    System.arraycopy(rest, 0, args, 2 + TeacherTargets.Mixture.MAX_TEACHERS, rest.length);
+                    gpu.launch(lossKernel(m), n, block, args);
+                }
             }
         }
         float[] ces = floats(ce, n), divs = floats(div, n);
@@ -516,6 +521,7 @@ public final class CudaKernels implements Kernels {
             case TeacherTargets.Dense d -> byType(d.type(), CudaKernel.DISTILL_DENSE_F32, CudaKernel.DISTILL_DENSE_F16, CudaKernel.DISTILL_DENSE_BF16);
             case TeacherTargets.TopK k -> byType(k.type(), CudaKernel.DISTILL_TOPK_F32, CudaKernel.DISTILL_TOPK_F16, CudaKernel.DISTILL_TOPK_BF16);
             case TeacherTargets.Sampled s -> CudaKernel.DISTILL_SAMPLED;
+            case TeacherTargets.Mixture m -> CudaKernel.DISTILL_MIXTURE;
         };
     }
 
@@ -545,6 +551,28 @@ public final class CudaKernels implements Kernels {
         p.set(ValueLayout.JAVA_FLOAT, 24, gradScale);
         p.set(ValueLayout.JAVA_INT, 28, o.ignoreIndex());
         return p;
+    }
+
+    /**
+     * distill_loss.cu's MixtureSpec: int count, int type[8] (0 fp32, 1 fp16, 2 bf16), float
+     * weight[8]; 68 bytes, 4-aligned.
+     */
+    static MemorySegment mixtureSpec(Arena arena, TeacherTargets.Mixture m) {
+        int max = TeacherTargets.Mixture.MAX_TEACHERS;
+        MemorySegment spec = arena.allocate(4 + 8L * max, 4);
+        float[] weights = m.weights();
+        spec.set(ValueLayout.JAVA_INT, 0, m.teachers().size());
+        for (int i = 0; i < m.teachers().size(); i++) {
+            int type = switch (m.teachers().get(i).type()) {
+                case F32 -> 0;
+                case F16 -> 1;
+                case BF16 -> 2;
+                default -> throw new IllegalArgumentException("no CUDA loss kernel reads " + m.teachers().get(i).type() + " teacher logits");
+            };
+            spec.set(ValueLayout.JAVA_INT, 4 + 4L * i, type);
+            spec.set(ValueLayout.JAVA_FLOAT, 4 + 4L * max + 4L * i, weights[i]);
+        }
+        return spec;
     }
 
     // ---------------------------------------------------------------- optimizer and reductions

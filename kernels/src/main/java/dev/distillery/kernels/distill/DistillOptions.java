@@ -95,6 +95,8 @@ public record DistillOptions(float temperature, float alpha, Divergence divergen
             }
             case TeacherTargets.Dense d -> {
             }
+            case TeacherTargets.Mixture m -> {
+            }
         }
     }
 

@@ -8,9 +8,10 @@ import java.util.List;
 import dev.distillery.kernels.DType;
 
 /**
- * What the teacher says about each of n token rows, as stored in a shard. Buffers are positioned
- * at row 0; {@link #rows(int, int)} gives the targets of a sub-range (for chunked losses), and
- * {@link #layout()} describes them without the memory.
+ * What the teacher says about each of n token rows, as stored in a shard, or what several dense
+ * teachers say together ({@link Mixture}). Buffers are positioned at row 0; {@link #rows(int, int)}
+ * gives the targets of a sub-range (for chunked losses), and {@link #layout()} describes stored
+ * targets without the memory.
  */
 public sealed interface TeacherTargets {
 
@@ -20,7 +21,7 @@ public sealed interface TeacherTargets {
     /** Teacher vocabulary size V_t; the student's may be larger (padding columns), never smaller. */
     int vocab();
 
-    /** The kind, types and sizes of these targets. */
+    /** The kind, types and sizes of these targets; a {@link Mixture} is never stored and has none. */
     TeacherLayout layout();
 
     /** The buffers, in the order of {@link TeacherLayout#bufferTypes()}, each positioned at row 0. */
@@ -132,6 +133,80 @@ public sealed interface TeacherTargets {
                     best = id;
                 }
             }
+            return best;
+        }
+    }
+
+    /**
+     * Several dense teachers of one vocabulary on the same rows, read as their weighted mixture
+     * {@code p = Σ_i w_i softmax(t_i/T)} at the loss's temperature T (weights positive, summing to
+     * 1; at most {@link #MAX_TEACHERS}). The fused loss reads every teacher's row itself: the
+     * mixture never exists as an (n, vocab) matrix (docs/KERNELS.md#teacher-mixtures).
+     */
+    record Mixture(List<Dense> teachers, float[] weights) implements TeacherTargets {
+
+        /** Teachers one mixture takes: the CUDA kernel gets their rows as separate arguments. */
+        public static final int MAX_TEACHERS = 8;
+
+        public Mixture {
+            teachers = List.copyOf(teachers);
+            if (teachers.isEmpty() || teachers.size() > MAX_TEACHERS || teachers.size() != weights.length) {
+                throw new IllegalArgumentException("a mixture takes 1 to " + MAX_TEACHERS + " teachers with one weight each, got "
+                        + teachers.size() + " teachers and " + weights.length + " weights");
+            }
+            double sum = 0;
+            for (int i = 0; i < weights.length; i++) {
+                if (!(weights[i] > 0)) throw new IllegalArgumentException("teacher " + (i + 1) + "'s weight must be positive, got " + weights[i]);
+                if (teachers.get(i).vocab() != teachers.getFirst().vocab()) {
+                    throw new IllegalArgumentException("teacher " + (i + 1) + " has vocabulary " + teachers.get(i).vocab()
+                            + ", teacher 1 has " + teachers.getFirst().vocab());
+                }
+                sum += weights[i];
+            }
+            if (Math.abs(sum - 1) > 1e-5) throw new IllegalArgumentException("teacher weights must sum to 1, got " + sum);
+            weights = weights.clone();
+        }
+
+        @Override
+        public float[] weights() {
+            return weights.clone();
+        }
+
+        @Override
+        public int vocab() {
+            return teachers.getFirst().vocab();
+        }
+
+        @Override
+        public TeacherLayout layout() {
+            throw new UnsupportedOperationException("a mixture of teachers is made in memory, never stored: it has no layout");
+        }
+
+        @Override
+        public List<MemorySegment> buffers() {
+            return teachers.stream().map(Dense::logits).toList();
+        }
+
+        @Override
+        public TeacherTargets rows(int from, int to) {
+            return new Mixture(teachers.stream().map(d -> (Dense) d.rows(from, to)).toList(), weights);
+        }
+
+        /** The largest Σ_i w_i softmax(t_i)_j (at temperature 1), the smaller id on ties. */
+        @Override
+        public int top1(int row) {
+            int v = vocab();
+            double[] p = new double[v];
+            for (int i = 0; i < teachers.size(); i++) {
+                Dense d = teachers.get(i);
+                long o = (long) row * v;
+                double mx = Double.NEGATIVE_INFINITY, sum = 0;
+                for (int j = 0; j < v; j++) mx = Math.max(mx, d.type().read(d.logits(), o + j));
+                for (int j = 0; j < v; j++) sum += Math.exp(d.type().read(d.logits(), o + j) - mx);
+                for (int j = 0; j < v; j++) p[j] += weights[i] * Math.exp(d.type().read(d.logits(), o + j) - mx) / sum;
+            }
+            int best = 0;
+            for (int j = 1; j < v; j++) if (p[j] > p[best]) best = j;
             return best;
         }
     }

@@ -9,7 +9,7 @@ import dev.distillery.kernels.distill.Divergence;
  * bucket, or the sampled estimate), build the student's over the same categories, evaluate the
  * divergence, and differentiate it through q = softmax(s/T) with the chain rule
  * dL/ds_j = (1/T) q_j (∂L/∂Q_{c(j)} − Σ_c Q_c ∂L/∂Q_c). Nothing is fused or streamed. One method
- * per teacher kind ({@code denseRow}, {@code topKRow}, {@code sampledRow}), named like the rows of
+ * per teacher kind ({@code denseRow}, {@code topKRow}, {@code sampledRow}, {@code mixtureRow}), named like the rows of
  * kernels.cpu.distill and cuda/src/main/cuda/distill_loss.cu.
  */
 public final class ReferenceDistillLoss {
@@ -33,6 +33,17 @@ public final class ReferenceDistillLoss {
 
     /** ids and weights (n, samples). */
     public record Sampled(int[] ids, double[] weights, int samples, int vocab) implements Teacher {
+    }
+
+    /**
+     * Dense teachers of one vocabulary and their weights: P = Σ_i w_i softmax(t_i/T) / Σ_i w_i (the
+     * kernels' weights are floats whose sum is 1 only to rounding; the mixture they read is normalized).
+     */
+    public record Mixture(java.util.List<Dense> teachers, double[] weights) implements Teacher {
+        @Override
+        public int vocab() {
+            return teachers.getFirst().vocab();
+        }
     }
 
     private static final double LOG_FLOOR = Math.log(Float.MIN_NORMAL);
@@ -69,6 +80,7 @@ public final class ReferenceDistillLoss {
                 case Dense d -> denseRow(d, r, v, t, cat);
                 case TopK k -> topKRow(k, r, t, o, cat);
                 case Sampled sm -> sampledRow(sm, r, v, cat);
+                case Mixture m -> mixtureRow(m, r, v, t, cat);
             };
             double[] logP = teacherRow.logP();
             boolean crossEntropyOnly = teacherRow.crossEntropyOnly();
@@ -141,6 +153,20 @@ public final class ReferenceDistillLoss {
         for (int j = 0; j < v; j++) tl[j] = j < d.vocab() ? d.logits()[r * d.vocab() + j] : Double.NEGATIVE_INFINITY;
         double[] logP = logSoftmax(tl, t);
         for (int j = 0; j < v; j++) cat[j] = j;
+        return new Categories(logP, false);
+    }
+
+    /** A mixture of dense teachers: every vocabulary entry its own category, log P = log Σ_i w_i softmax(t_i/T) / Σ_i w_i. */
+    private static Categories mixtureRow(Mixture m, int r, int v, double t, int[] cat) {
+        double[] logP = new double[v];
+        java.util.Arrays.fill(logP, Double.NEGATIVE_INFINITY);
+        double sum = 0;
+        for (double w : m.weights()) sum += w;
+        for (int i = 0; i < m.teachers().size(); i++) {
+            double[] lp = denseRow(m.teachers().get(i), r, v, t, cat).logP();
+            double lw = Math.log(m.weights()[i] / sum);
+            for (int j = 0; j < v; j++) logP[j] = logAddExp(logP[j], lw + lp[j]);
+        }
         return new Categories(logP, false);
     }
 

@@ -235,22 +235,6 @@ public final class ReferenceKernels {
         for (int i = 0; i < n; i++) dinp[i] += geluGrad(inp[i]) * dout[i];
     }
 
-    /** out (b, nh·hs); q (b, nh·hs); keys, values (b, maxLen, kvh·hs), rows [0, len) used; head h reads kv head h / (nh / kvh). */
-    /** One teacher into a mixture in float64 (see Kernels#addToMixture): mix_j ← log(exp(mix_j) + w · softmax(t/T)_j). */
-    public static void addToMixture(double[] mix, double[] t, int n, int vocab, double temperature, double weight) {
-        for (int r = 0; r < n; r++) {
-            int o = r * vocab;
-            double mx = Double.NEGATIVE_INFINITY, sum = 0;
-            for (int j = 0; j < vocab; j++) mx = Math.max(mx, t[o + j] / temperature);
-            for (int j = 0; j < vocab; j++) sum += Math.exp(t[o + j] / temperature - mx);
-            double lse = mx + Math.log(sum);
-            for (int j = 0; j < vocab; j++) {
-                double p = weight * Math.exp(t[o + j] / temperature - lse);
-                mix[o + j] = Math.log(Math.exp(mix[o + j]) + p);
-            }
-        }
-    }
-
     /** The feature distance per row in float64 (see Kernels#featureDistance); grad (n·d), when not null, gets += gradScale · dloss/ds. */
     public static void featureDistance(FeatureDistance distance, double[] rowLoss, double[] grad, double[] s, double[] t, int n, int d,
                                        double gradScale) {
@@ -277,6 +261,7 @@ public final class ReferenceKernels {
         }
     }
 
+    /** out (b, nh·hs); q (b, nh·hs); keys, values (b, maxLen, kvh·hs), rows [0, len) used; head h reads kv head h / (nh / kvh). */
     public static void attentionDecode(double[] out, double[] q, double[] keys, double[] values, int b, int len, int maxLen, int nh, int kvh,
                                        int hs) {
         double scale = 1 / Math.sqrt(hs);

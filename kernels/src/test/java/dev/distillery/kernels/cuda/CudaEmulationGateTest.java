@@ -84,6 +84,10 @@ class CudaEmulationGateTest {
                             shape[0], shape[1], inPlace, true, 2f, 0.3f));
                 }
             }
+            for (Divergence d : divs) {
+                cases.add(new Case("mixture of F32, BF16, F16 " + d + " V=" + shape[0] + "/" + shape[1], 3, DType.F32, d, 3,
+                        shape[0], shape[1], d != divs[1], true, 1.5f, 0.3f));
+            }
             cases.add(new Case("sampled V=" + shape[0], 1, DType.F32, divs[0], 3, shape[0], shape[1], true, true, 1.5f, 0.2f));
             for (Divergence d : divs) {
                 for (DistillOptions.TopKMode mode : DistillOptions.TopKMode.values()) {
@@ -179,8 +183,18 @@ class CudaEmulationGateTest {
             MemorySegment ce = Buffers.poisoned(arena, n), div = Buffers.poisoned(arena, n);
             MemorySegment topLogits = arena.allocate((long) c.type().bytes() * ids.length, 64);
             for (int i = 0; i < ids.length; i++) c.type().write(topLogits, i, (float) t[(i / samples) * vt + ids[i]]);
+            // a mixture: this teacher (fp32) with a bf16 and an fp16 one
+            List<MemorySegment> members = new ArrayList<>(List.of(teacherSeg));
+            for (DType type : new DType[]{DType.BF16, DType.F16}) {
+                MemorySegment m = arena.allocate((long) type.bytes() * Math.max(1, t.length), 64);
+                for (int i = 0; i < t.length; i++) type.write(m, i, (float) (3 * rng.nextGaussian()));
+                members.add(m);
+            }
             TeacherTargets teacher = switch (c.kind()) {
                 case 0 -> new TeacherTargets.Dense(teacherSeg, c.type(), vt);
+                case 3 -> new TeacherTargets.Mixture(List.of(new TeacherTargets.Dense(members.get(0), DType.F32, vt),
+                        new TeacherTargets.Dense(members.get(1), DType.BF16, vt), new TeacherTargets.Dense(members.get(2), DType.F16, vt)),
+                        new float[]{0.2f, 0.5f, 0.3f});
                 case 1 -> new TeacherTargets.Sampled(Buffers.ints(arena, ids), Buffers.floats(arena, weights), samples, vt, c.temperature());
                 default -> new TeacherTargets.TopK(Buffers.ints(arena, ids), topLogits, c.type(), Buffers.floats(arena, lse),
                         samples, vt, c.shardTemperature());
@@ -197,15 +211,20 @@ class CudaEmulationGateTest {
             int ceArg;
             switch (c.kind()) {
                 case 0 -> call.bytes(teacherSeg);
+                case 3 -> {
+                    for (MemorySegment m : members) call.bytes(m);
+                    for (int i = members.size(); i < TeacherTargets.Mixture.MAX_TEACHERS; i++) call.nullPointer();
+                }
                 case 1 -> call.ints(ids).floats(floats(weights));
                 default -> call.ints(ids).bytes(topLogits).floats(floats(lse));
             }
             if (c.labels()) call.ints(labels);
             else call.nullPointer();
-            ceArg = c.kind() == 0 ? 4 : c.kind() == 1 ? 5 : 6;
+            ceArg = c.kind() == 0 ? 4 : c.kind() == 1 ? 5 : c.kind() == 3 ? 3 + TeacherTargets.Mixture.MAX_TEACHERS : 6;
             call.floats(nan(n)).floats(nan(n)).i32(n).i32(v);
             switch (c.kind()) {
                 case 0 -> call.i32(vt);
+                case 3 -> call.i32(vt).struct(CudaKernels.mixtureSpec(arena, (TeacherTargets.Mixture) teacher));
                 case 1 -> call.i32(samples);
                 // the kernel's top-k mode, chosen as CudaKernels chooses it: 0 tail bucket, 1 renormalize, 2 rescaled tail
                 default -> call.i32(vt).i32(samples).f32(c.shardTemperature())

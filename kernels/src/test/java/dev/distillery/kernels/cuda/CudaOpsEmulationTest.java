@@ -214,32 +214,6 @@ class CudaOpsEmulationTest {
         }
     }
 
-    /** Several teachers: each logit type added to a mixture that starts empty (−∞) or holds a teacher, rows wider than the block. */
-    @Test
-    void teacherMixturesMatchTheJavaKernel() throws Exception {
-        for (Path bin : List.of(gate, asan, tsan)) {
-            for (int[] shape : new int[][]{{1, 1}, {3, 7}, {2, 150}}) {
-                int n = shape[0], v = shape[1];
-                for (DType type : DType.logitTypes()) {
-                    for (boolean empty : new boolean[]{true, false}) {
-                        String at = " " + type + (empty ? " into an empty mixture" : "") + " at " + n + "x" + v;
-                        float[] start = random(n * v, 3);
-                        if (empty) java.util.Arrays.fill(start, Float.NEGATIVE_INFINITY);
-                        try (Arena a = Arena.ofShared()) {
-                            MemorySegment t = a.allocate((long) type.bytes() * n * v, 64);
-                            for (int i = 0; i < n * v; i++) type.write(t, i, (float) (rng.nextDouble() * 8 - 4));
-                            MemorySegment mix = seg(a, start);
-                            cpu.addToMixture(mix, t, type, n, v, 1.5f, 0.4f);
-                            GateCall.Outcome o = call(CudaKernel.valueOf("TEACHER_MIXTURE_ADD_" + type.name()), n, 64).floats(start).bytes(t)
-                                    .i32(n).i32(v).f32(1.5f).f32(0.4f).runOrFail(bin, work);
-                            closeAbsolute("mixture" + at, arr(mix, n * v), o.floats(0), 1e-5, 10);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /** Hidden-state distances: both kinds, fp32, fp16 and bf16 teachers, with and without a gradient, rows wider than the block. */
     @Test
     void featureDistancesMatchTheJavaKernel() throws Exception {

@@ -49,6 +49,10 @@ class ReferenceDistillLossGradientTest {
         }
         ReferenceDistillLoss.Teacher dense = new ReferenceDistillLoss.Dense(t, vt);
         ReferenceDistillLoss.Teacher topK = new ReferenceDistillLoss.TopK(ids, topLogits, lse, k, vt, 2.0);
+        double[] t2 = new double[n * vt];
+        for (int i = 0; i < t2.length; i++) t2[i] = 3 * rng.nextGaussian();
+        ReferenceDistillLoss.Teacher mixture = new ReferenceDistillLoss.Mixture(
+                java.util.List.of(new ReferenceDistillLoss.Dense(t, vt), new ReferenceDistillLoss.Dense(t2, vt)), new double[]{0.3, 0.7});
         ReferenceDistillLoss.Teacher sampled = new ReferenceDistillLoss.Sampled(new int[]{1, 1, 2, 0, 8, 3}, new double[]{0.2, 0.3, 0.5, 1, 0.4, 0.6}, 2, vt);
         for (Divergence d : new Divergence[]{Divergence.forwardKl(), Divergence.reverseKl(), Divergence.jsd(0.4)}) {
             DistillOptions o = DistillOptions.of(2f, 0.3f).withDivergence(d);
@@ -56,6 +60,7 @@ class ReferenceDistillLossGradientTest {
             check(topK, n, v, o, labels, "top-k tail " + d);
             check(topK, n, v, o.withTopKMode(DistillOptions.TopKMode.RENORMALIZE), labels, "top-k renormalized " + d);
             check(dense, n, v, o.withTemperatureSquared(false), labels, "dense no T² " + d);
+            check(mixture, n, v, o, labels, "mixture of two " + d);
         }
         check(sampled, n, v, DistillOptions.of(2f, 0.3f), labels, "sampled");
     }

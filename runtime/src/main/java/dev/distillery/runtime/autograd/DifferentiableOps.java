@@ -402,8 +402,8 @@ public final class DifferentiableOps {
     }
 
     /**
-     * As above against several teachers ({@link TeacherEnsemble}): their mixture, made one chunk
-     * at a time, as one teacher; or the weighted mean of their losses.
+     * As above against several teachers ({@link TeacherEnsemble}): their mixture, which the fused
+     * loss reads from every teacher's rows; or the weighted mean of their losses.
      */
     public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherEnsemble teachers, Tensor labels, DistillOptions options,
                                         Reduction reduction, int chunkRows, float gradScale) {
@@ -413,9 +413,7 @@ public final class DifferentiableOps {
             return distillationLoss(hidden, weight, teachers.teachers().getFirst(), labels, options, reduction, chunkRows, gradScale);
         }
         if (teachers.combination() == TeacherEnsemble.Combination.MIXTURE) {
-            TeacherRows mix = teachers.mixture(kernels, options.temperature(), workspace.tensor("teachers.mixture", chunk, v).data(),
-                    workspace.tensor("teachers.top1", chunk).data());
-            return distillationLoss(hidden, weight, mix, labels, options, reduction, chunkRows, gradScale);
+            return distillationLoss(hidden, weight, teachers.mixture(), labels, options, reduction, chunkRows, gradScale);
         }
         int valid = labels == null ? n : countNot(labels, n, options.ignoreIndex(), 0);
         float scale = gradScale * (reduction == Reduction.SUM ? 1f : valid == 0 ? 0f : 1f / valid);

@@ -10,7 +10,7 @@ import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
  * Teacher rows made as fp32 logits one chunk at a time into one buffer (an in-process teacher's
- * LM head, a mixture of teachers): {@link #fill} makes a chunk, and the top-1 tokens of the last
+ * LM head): {@link #fill} makes a chunk, and the top-1 tokens of the last
  * chunk are ranked where the logits are, once, when first asked for.
  */
 abstract class ChunkLogits implements TeacherRows {

@@ -1,9 +1,8 @@
 package dev.distillery.runtime.distill;
 
-import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
 import java.util.List;
 
-import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -46,33 +45,38 @@ public record TeacherEnsemble(List<TeacherRows> teachers, float[] weights, Combi
     }
 
     /**
-     * The mixture as one teacher's rows: for each chunk, every teacher's dense logits go into
-     * {@code scratch} ((chunk, vocab) fp32) by {@link Kernels#addToMixture}, which then holds T ·
-     * log Σ_i w_i softmax(t_i/T): a dense teacher whose softmax at {@code temperature} is the
-     * mixture. Only one chunk of it exists at a time.
+     * The mixture as one teacher's rows: for each chunk, every teacher's dense rows as one
+     * {@link TeacherTargets.Mixture}, which the fused loss reads at its temperature; the mixture
+     * itself is never stored. Top-1 is the mixture's at temperature 1.
      */
-    public TeacherRows mixture(Kernels kernels, float temperature, MemorySegment scratch, MemorySegment top1Scratch) {
-        return new ChunkLogits(kernels, scratch, top1Scratch) {
+    public TeacherRows mixture() {
+        if (teachers.size() > TeacherTargets.Mixture.MAX_TEACHERS) {
+            throw new IllegalArgumentException("a mixture takes at most " + TeacherTargets.Mixture.MAX_TEACHERS + " teachers, got "
+                    + teachers.size() + "; use 'teachers_combination': \"mean\" for more");
+        }
+        return new TeacherRows() {
+            private TeacherTargets.Mixture last;
+            private int from;
+
             @Override
-            int fill(int r0, int r1, MemorySegment mix) {
-                int n = r1 - r0, vocab = -1;
+            public TeacherTargets rows(int r0, int r1) {
+                List<TeacherTargets.Dense> rows = new ArrayList<>(teachers.size());
                 for (int i = 0; i < teachers.size(); i++) {
                     TeacherTargets t = teachers.get(i).rows(r0, r1);
                     if (!(t instanceof TeacherTargets.Dense d)) {
                         throw new IllegalArgumentException("a mixture of teachers needs each teacher's whole distribution; teacher " + (i + 1)
                                 + " gives " + t.layout().kind() + " targets");
                     }
-                    if (i == 0) {
-                        vocab = d.vocab();
-                        if (mix.byteSize() < 4L * n * vocab) throw new IllegalArgumentException("mixture scratch too small for " + n + " rows");
-                        kernels.fill(mix, Float.NEGATIVE_INFINITY, (long) n * vocab);
-                    } else if (d.vocab() != vocab) {
-                        throw new IllegalArgumentException("teacher " + (i + 1) + " has vocabulary " + d.vocab() + ", teacher 1 has " + vocab);
-                    }
-                    kernels.addToMixture(mix, d.logits(), d.type(), n, vocab, temperature, weights[i]);
+                    rows.add(d);
                 }
-                kernels.scale(mix, temperature, (long) n * vocab);
-                return vocab;
+                last = new TeacherTargets.Mixture(rows, weights);
+                from = r0;
+                return last;
+            }
+
+            @Override
+            public int top1(int row) {
+                return last.top1(row - from);
             }
         };
     }

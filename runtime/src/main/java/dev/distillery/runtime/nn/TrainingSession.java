@@ -5,6 +5,7 @@ import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.List;
 
+import dev.distillery.kernels.DeviceCollectives;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
@@ -64,6 +65,9 @@ public final class TrainingSession implements AutoCloseable {
     private AdamW featureOptimizer;
     private final List<MemorySegment> sums = new ArrayList<>();
     private int microBatches;
+    /** The ranks' group on the device (NCCL), joined at the first sum where every rank has one; null otherwise. */
+    private DeviceCollectives.Sum deviceSum;
+    private boolean deviceSumAsked;
 
     public TrainingSession(LanguageModel model, Kernels kernels, AdamW.Config adam, LearningRateSchedule schedule,
                            double maxGradNorm, int batch, int time) {
@@ -172,11 +176,16 @@ public final class TrainingSession implements AutoCloseable {
 
     /**
      * The step's gradient into the parameter gradients: the micro-batches' sum
-     * ({@link #endMicroBatch}), then Σ over ranks in rank order ({@link Collective#sumInRankOrder}),
-     * through host memory where the kernels' memory is a device's.
+     * ({@link #endMicroBatch}), then Σ over ranks. Where the kernels' memory is the host's, in rank
+     * order ({@link Collective#sumInRankOrder}); where it is a device's, by the kernels' own
+     * collectives (NCCL) when every rank has them, after every rank has arrived
+     * ({@link Collective#barrier}, which names a rank that hangs), else in rank order through host
+     * memory.
      */
     public void reduceGradients(Collective collective) {
         List<ParameterStore> stores = trainable();
+        DeviceCollectives.Sum onDevice = collective.size() > 1 && !kernels.hostAccessible() ? deviceSum(collective) : null;
+        if (onDevice != null) collective.barrier();
         for (int i = 0; i < stores.size(); i++) {
             ParameterStore s = stores.get(i);
             long bytes = 4 * s.blockElements();
@@ -184,6 +193,8 @@ public final class TrainingSession implements AutoCloseable {
             if (collective.size() == 1) continue;
             if (kernels.hostAccessible()) {
                 collective.sumInRankOrder(s.gradBlock(), s.blockElements());
+            } else if (onDevice != null) {
+                onDevice.sum(s.gradBlock(), s.blockElements());
             } else {
                 try (Arena host = Arena.ofConfined()) {
                     MemorySegment h = host.allocate(bytes, 64);
@@ -193,6 +204,35 @@ public final class TrainingSession implements AutoCloseable {
                 }
             }
         }
+    }
+
+    /**
+     * The device group of the ranks, joined once: only if every rank's kernels have collectives
+     * (agreed over the collective, so no rank waits in a group another never joins), with rank 0's
+     * id broadcast by an allgather. Null where any rank has none.
+     */
+    private DeviceCollectives.Sum deviceSum(Collective collective) {
+        if (deviceSumAsked) return deviceSum;
+        deviceSumAsked = true;
+        DeviceCollectives dc = kernels.deviceCollectives().orElse(null);
+        for (byte[] has : collective.allGather(new byte[]{(byte) (dc != null ? 1 : 0)})) {
+            if (has[0] == 0) return null;
+        }
+        byte[] mine = collective.rank() == 0 ? dc.newId() : new byte[dc.idBytes()];
+        byte[] id = collective.allGather(mine).getFirst();
+        deviceSum = dc.join(id, collective.rank(), collective.size());
+        return deviceSum;
+    }
+
+    /**
+     * How the ranks' gradients will be summed, for logs, joining the device group now where there
+     * is one (every rank calls it together, before the first step).
+     */
+    public String gradientSum(Collective collective) {
+        if (collective.size() == 1) return "not summed (one process)";
+        if (kernels.hostAccessible()) return "in rank order (MPI allgather)";
+        return deviceSum(collective) != null ? "on the devices by " + kernels.deviceCollectives().orElseThrow().describe()
+                : "in rank order through host memory (not every rank has NCCL)";
     }
 
     /**
@@ -310,6 +350,7 @@ public final class TrainingSession implements AutoCloseable {
 
     @Override
     public void close() {
+        if (deviceSum != null) deviceSum.close();
         if (features != null) features.close();
         teacherStaging.close();
         for (TeacherStaging s : moreStaging) s.close();

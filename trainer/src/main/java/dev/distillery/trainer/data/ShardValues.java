@@ -95,6 +95,7 @@ public final class ShardValues {
                 case TeacherTargets.Dense d -> dense(d, p);
                 case TeacherTargets.TopK k -> topK(k, p, withoutTail);
                 case TeacherTargets.Sampled sm -> sampled(sm, p);
+                case TeacherTargets.Mixture m -> throw new AssertionError("shards hold one teacher's targets, never a mixture");
             };
             if (problem != null) return fail(shards, s, p, problem);
         }

@@ -15,6 +15,7 @@ import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherLayout;
+import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.distill.FeatureDistillation;
 import dev.distillery.runtime.distill.TeacherEnsemble;
@@ -438,7 +439,9 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                 require(t.weight() > 0 && !t.weight().isInfinite(), "teachers[" + i + "].weight", "must be positive and finite, got " + t.weight());
             }
             require(teacherWeight > 0 && !teacherWeight.isInfinite(), "teacher_weight", "must be positive and finite, got " + teacherWeight);
-            combination();
+            require(combination() != TeacherEnsemble.Combination.MIXTURE || teachers.size() + 1 <= TeacherTargets.Mixture.MAX_TEACHERS,
+                    "teachers", "lists " + teachers.size() + " more teachers, and 'teachers_combination' mixture takes at most "
+                            + TeacherTargets.Mixture.MAX_TEACHERS + " in all; use \"mean\" for more");
             require(onPolicy == null, "teachers", "and 'on_policy' cannot be combined: the student's samples are scored by the one teacher run in the process");
         } else {
             require(teacherWeight == 1.0 && teachersCombination.equals("mean"), teacherWeight != 1.0 ? "teacher_weight" : "teachers_combination",

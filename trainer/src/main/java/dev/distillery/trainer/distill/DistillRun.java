@@ -538,8 +538,8 @@ public final class DistillRun {
                 kernels::allocateStaging, collective.rank(), collective.size());
              ExtraTeachers extras = new ExtraTeachers(src.more(), cfg, kernels, collective, chunkRows, epoch, batchIndex)) {
             if (collective.size() > 1) {
-                out.printf("data parallel: %s; each rank reads %d of every global batch of %d sequences%n", collective.describe(),
-                        cfg.batchSize() / collective.size(), cfg.batchSize());
+                out.printf("data parallel: %s; each rank reads %d of every global batch of %d sequences; gradients summed %s%n",
+                        collective.describe(), cfg.batchSize() / collective.size(), cfg.batchSize(), session.gradientSum(collective));
             }
             if (!src.more().isEmpty()) {
                 float[] w = cfg.teacherWeights();

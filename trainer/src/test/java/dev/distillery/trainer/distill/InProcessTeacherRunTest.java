@@ -262,6 +262,9 @@ class InProcessTeacherRunTest {
                 {common + ", \"hidden_states\": {\"pairs\": [[1, 1]]}", "'hidden_states' needs the teacher's hidden states, and the shards of"},
                 {common + ", \"teachers\": [{\"shards\": \"a\", \"model\": \"b\"}]", "'teachers[0]' must give exactly one of 'shards'"},
                 {common + ", \"teacher_weight\": 2", "'teacher_weight' applies to several teachers"},
+                {common + ", \"teachers_combination\": \"mixture\", \"teachers\": [" + String.join(", ", java.util.Collections.nCopies(8,
+                        "{\"shards\": \"" + dir.resolve("dense-train.bin") + "\"}")) + "]",
+                        "'teachers' lists 8 more teachers, and 'teachers_combination' mixture takes at most 8 in all"},
                 {common + ", \"teachers_combination\": \"median\"" + copy, "'teachers_combination' must be mean or mixture"}}) {
             StringWriter err = new StringWriter();
             assertEquals(Main.EXIT_FAILED, Main.execute(new String[]{"distill", "--config", config(dir, "refused", c[0]).toString(), "--device", "cpu"},

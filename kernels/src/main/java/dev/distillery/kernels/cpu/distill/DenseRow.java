@@ -44,16 +44,19 @@ final class DenseRow {
         this.nextT = nextT;
     }
 
-    /** Row r's starting maxima, and where the lines of this thread's next row (RowScratch.nextRow) are. */
+    /**
+     * Row r's starting maxima (its teacher row at sc.teacherAt), and where the lines of this
+     * thread's next row (RowScratch.nextRow, sc.nextTeacherAt) are.
+     */
     static DenseRow start(int r, MemorySegment s, long so, TeacherTargets.Dense d, int v, RowScratch sc) {
-        int vt = d.vocab(), next = sc.nextRow, first = (v - 1) / BLOCK * BLOCK;   // pass A's first block
-        long to = (long) r * vt;
+        int vt = d.vocab(), first = (v - 1) / BLOCK * BLOCK;   // pass A's first block
+        long to = sc.teacherAt;
         float ms = VectorOps.maxSkippingNaN(s, so + first, v - first);
         if (!Float.isFinite(ms)) ms = VectorOps.maxSkippingNaN(s, so, v);
         float mt = first < vt ? TeacherBlocks.max(d, to + first, vt - first, sc.teacher) : Float.NEGATIVE_INFINITY;
         if (!Float.isFinite(mt)) mt = TeacherBlocks.max(d, to, vt, sc.teacher);
         TeacherBlocks.checkMax(r, mt);
-        return new DenseRow(to, vt, ms, mt, (long) next * v * 4L, (long) next * vt * 2L);
+        return new DenseRow(to, vt, ms, mt, (long) sc.nextRow * v * 4L, sc.nextTeacherAt * 2L);
     }
 
     /**

@@ -22,7 +22,7 @@ import dev.distillery.kernels.distill.TeacherTargets;
  * to the pool's threads in small batches, checks labels, runs each row's teacher kind and
  * divergence, fixes the label column, and adds the sums in a fixed order. The rows themselves:
  * {@link DenseForwardKl}, {@link DenseReverseKl}, {@link DenseJsd} (sharing {@link DenseRow}'s pass
- * A), {@link TopKRows} and {@link SampledRows} (sharing {@link SparseRows}); their commonest passes
+ * A; a mixture of teachers made into one dense row first by {@link MixtureRows}), {@link TopKRows} and {@link SampledRows} (sharing {@link SparseRows}); their commonest passes
  * also exist in C ({@link RowPasses}). Every row works in blocks of {@link #BLOCK} columns so its
  * working set stays in L1/L2. Math and passes: docs/KERNELS.md#distillation-losses.
  */
@@ -123,7 +123,16 @@ public final class FusedDistillLoss {
         float c1 = gradScale * o.alpha();                                       // on softmax(s) − onehot
         float cq = gradScale * (1 - o.alpha()) * o.gradientTemperatureFactor();  // on the divergence's (q − target)
         float ce, div;
-        if (teacher instanceof TeacherTargets.Dense d) {
+        TeacherTargets.Dense d = null;
+        if (teacher instanceof TeacherTargets.Dense dense) {
+            d = dense;
+            sc.teacherAt = (long) r * d.vocab();
+            sc.nextTeacherAt = (long) sc.nextRow * d.vocab();
+        } else if (teacher instanceof TeacherTargets.Mixture m) {
+            d = MixtureRows.row(r, m, invT, sc);
+            sc.teacherAt = sc.nextTeacherAt = 0;
+        }
+        if (d != null) {
             float[] ceDiv = switch (o.divergence()) {
                 case Divergence.ForwardKl ignored -> DenseForwardKl.row(r, s, so, g, d, v, invT, c1, cq, sc);
                 case Divergence.ReverseKl ignored -> DenseReverseKl.row(r, s, so, g, d, v, invT, c1, cq, sc);
@@ -135,7 +144,8 @@ public final class FusedDistillLoss {
             StudentPass.Student st = SparseRows.begin(r, s, so, g, teacher, v, invT, c1, sc);
             ce = label >= 0 ? st.max() + st.logZ1() - sLabel : 0f;
             div = switch (teacher) {
-                case TeacherTargets.Dense d -> throw new AssertionError("dense teachers have their own rows");
+                case TeacherTargets.Dense dense -> throw new AssertionError("dense teachers have their own rows");
+                case TeacherTargets.Mixture m -> throw new AssertionError("mixtures are read as dense rows");
                 case TeacherTargets.TopK k -> TopKRows.row(r, s, so, g, k, v, st, invT, o, c1, cq, g != null, sc);
                 case TeacherTargets.Sampled sm -> SampledRows.row(r, s, so, g, sm, v, st, invT, c1, cq, g != null, sc);
             };

@@ -39,14 +39,14 @@ final class NativeRowPasses implements RowPasses {
         sc.nativeRows(v);
         MemorySegment t = d.logits();
         boolean bf16 = d.type() == DType.BF16;
-        long tBytes = bf16 ? 2L : 4L, next = sc.nextRow, to = (long) r * v * tBytes;
+        long tBytes = bf16 ? 2L : 4L, next = sc.nextRow, to = sc.teacherAt * tBytes, nextTo = sc.nextTeacherAt * tBytes;
         Objects.checkFromIndexSize(so * 4L, 4L * v, s.byteSize());
         Objects.checkFromIndexSize(so * 4L, 4L * v, g.byteSize());
         Objects.checkFromIndexSize(to, v * tBytes, t.byteSize());
         Objects.checkFromIndexSize(next * v * 4L, 4L * v, s.byteSize());
-        Objects.checkFromIndexSize(next * v * tBytes, v * tBytes, t.byteSize());
+        Objects.checkFromIndexSize(nextTo, v * tBytes, t.byteSize());
         int code = DistilleryCpu.denseForwardKlRow(s.address() + so * 4L, g.address() + so * 4L, t.address() + to, bf16, v,
-                invT, power, c1, cq, s.address() + next * v * 4L, 4L * v, t.address() + next * v * tBytes, v * tBytes,
+                invT, power, c1, cq, s.address() + next * v * 4L, 4L * v, t.address() + nextTo, v * tBytes,
                 sc.nativeE.address(), sc.nativeOut.address());
         MemorySegment out = sc.nativeOut;
         switch (code) {
@@ -59,7 +59,7 @@ final class NativeRowPasses implements RowPasses {
                 return null;
             }
             case DistilleryCpu.ROW_TEACHER_NAN -> {
-                TeacherBlocks.checkSum(r, Double.NaN, d, (long) r * v);
+                TeacherBlocks.checkSum(r, Double.NaN, d, sc.teacherAt);
                 throw new AssertionError("teacher row " + r + ": NaN sum without a NaN or +inf logit");
             }
             case DistilleryCpu.ROW_TEACHER_MAX -> {

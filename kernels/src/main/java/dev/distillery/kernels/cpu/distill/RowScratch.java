@@ -3,6 +3,9 @@ package dev.distillery.kernels.cpu.distill;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 
+import dev.distillery.kernels.DType;
+import dev.distillery.kernels.distill.TeacherTargets;
+
 /**
  * One pool thread's buffers for the fused loss, reused across rows and calls. Java arrays, not
  * segments: a Vector-API loop that stores to a segment keeps its bounds checks inside the loop
@@ -32,6 +35,11 @@ final class RowScratch {
      * row's pass A; the current row itself when there is none), and what the fetches read.
      */
     int nextRow;
+    /**
+     * Element offsets of this row's dense teacher logits and of the next row's: r · V_t and
+     * nextRow · V_t, or 0 and 0 for a mixture, whose row is {@link #mixtureRow}.
+     */
+    long teacherAt, nextTeacherAt;
     long fetched;
     /** Blocks of dense rows that raised the lazy maxima ({@link DenseRow}), and rows whose passes ran in C. */
     long raises, nativeRows;
@@ -39,6 +47,24 @@ final class RowScratch {
     RowPasses passes = RowPasses.JAVA;
     /** The C passes' e row (e_t for a dense row, e for a sparse one), block maxima and outputs; freed with this scratch. */
     MemorySegment nativeE = MemorySegment.NULL, nativeBlockMax = MemorySegment.NULL, nativeOut = MemorySegment.NULL;
+
+    /** A mixture row ({@link MixtureRows}): its logits (fp32, native, so the C passes read it too), as a teacher. */
+    MemorySegment mixtureRow = MemorySegment.NULL;
+    TeacherTargets.Dense mixtureTeacher;
+    /** Per teacher of the mixture: e_i, the exps of its row, and its w_i / Z_i. */
+    float[][] mixtureE = new float[0][];
+    float[] mixtureScale = new float[0];
+
+    void mixture(int vt, int teachers) {
+        if (mixtureTeacher == null || mixtureTeacher.vocab() != vt) {
+            if (mixtureRow.byteSize() < 4L * vt) mixtureRow = Arena.ofAuto().allocate(4L * vt, 64);
+            mixtureTeacher = new TeacherTargets.Dense(mixtureRow, DType.F32, vt);
+        }
+        if (mixtureE.length < teachers || mixtureE[0].length < vt) {
+            mixtureE = new float[Math.max(teachers, mixtureE.length)][vt];
+            mixtureScale = new float[mixtureE.length];
+        }
+    }
 
     void rows(int v) {
         if (eS.length < v) {

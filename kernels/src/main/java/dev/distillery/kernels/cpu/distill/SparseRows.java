@@ -53,6 +53,7 @@ final class SparseRows {
             case TeacherTargets.TopK t -> { ids = t.ids(); k = t.k(); vocab = t.vocab(); what = "top-k id "; }
             case TeacherTargets.Sampled t -> { ids = t.ids(); k = t.samples(); vocab = t.vocab(); what = "sampled id "; }
             case TeacherTargets.Dense d -> { return; }
+            case TeacherTargets.Mixture m -> { return; }
         }
         if (sc.listed.length < k) sc.listed = new float[k];
         long base = (long) r * k;

@@ -176,6 +176,78 @@ class FusedDistillLossTest {
         assertTrue(failures.isEmpty(), failures.size() + " of " + checks + " failed:\n" + String.join("\n", failures));
     }
 
+    /**
+     * Mixtures of one to three dense teachers (fp32, bf16, fp16 in turn) with every divergence,
+     * temperatures on each path of the hard-label softmax, padding columns, vocabularies of one
+     * column and of several blocks, in place and not, rows in Java and in C.
+     */
+    @Test
+    void mixturesOfDenseTeachersMatchFloat64Reference() {
+        List<String> failures = new ArrayList<>();
+        int checks = 0;
+        DType[] types = {DType.F32, DType.BF16, DType.F16};
+        for (int v : new int[]{1, 7, 1009, 4099}) {
+            for (int pad : new int[]{0, 3}) {
+                try (Arena arena = Arena.ofShared()) {
+                    Problem p = problem(4, v + pad, v, 2.0, true);
+                    for (int count = 1; count <= 3; count++) {
+                        List<TeacherTargets.Dense> teachers = new ArrayList<>();
+                        List<ReferenceDistillLoss.Dense> references = new ArrayList<>();
+                        float[] w = new float[count];
+                        double[] wd = new double[count];
+                        for (int i = 0; i < count; i++) {
+                            double[] t = problem(4, v + pad, v, 2.0 + i, false).teacher(), rounded = new double[t.length];
+                            teachers.add(new TeacherTargets.Dense(typed(arena, t, types[i], rounded), types[i], v));
+                            references.add(new ReferenceDistillLoss.Dense(rounded, v));
+                            w[i] = 1f / count;
+                            wd[i] = w[i];
+                        }
+                        var mixture = new TeacherTargets.Mixture(teachers, w);
+                        var reference = new ReferenceDistillLoss.Mixture(references, wd);
+                        for (Divergence d : DIVERGENCES) {
+                            for (float t : new float[]{1f, 2f, 2.5f}) {
+                                for (float alpha : new float[]{0f, 0.3f}) {
+                                    for (boolean nativeRows : new boolean[]{true, false}) {
+                                        NativeRowPasses.enable(nativeRows);
+                                        try {
+                                            DistillOptions o = DistillOptions.of(t, alpha).withDivergence(d);
+                                            double e = compare(arena, p, mixture, reference, o, alpha == 0f, alpha > 0);
+                                            checks++;
+                                            if (!(e < 2e-4)) {
+                                                failures.add("V=" + v + "+" + pad + " x" + count + " " + d + " T=" + t + " alpha=" + alpha
+                                                        + (nativeRows ? " C" : " Java") + ": " + e);
+                                            }
+                                        } finally {
+                                            NativeRowPasses.enable(true);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assertTrue(failures.isEmpty(), failures.size() + " of " + checks + " failed:\n" + String.join("\n", failures));
+    }
+
+    /** A NaN in one teacher of a mixture is an error naming the row and the column, as for one teacher. */
+    @Test
+    void aNaNInOneTeacherOfAMixtureIsReported() {
+        try (Arena arena = Arena.ofShared()) {
+            int n = 3, v = 67;
+            Problem p = problem(n, v, v, 2.0, false);
+            MemorySegment a = Buffers.floats(arena, p.teacher()), b = Buffers.floats(arena, problem(n, v, v, 2.0, false).teacher());
+            b.setAtIndex(ValueLayout.JAVA_FLOAT, 2L * v + 40, Float.NaN);
+            var mixture = new TeacherTargets.Mixture(List.of(new TeacherTargets.Dense(a, DType.F32, v), new TeacherTargets.Dense(b, DType.F32, v)),
+                    new float[]{0.5f, 0.5f});
+            MemorySegment s = Buffers.floats(arena, p.student());
+            var e = assertThrows(IllegalArgumentException.class, () -> kernels.distillLoss(s, s, mixture, Buffers.ints(arena, p.labels()),
+                    null, null, n, v, DistillOptions.of(2f, 0.5f), 1f / n));
+            assertTrue(e.getMessage().contains("row 2: the teacher's logit at column 40 is NaN"), e.getMessage());
+        }
+    }
+
     @Test
     void largeVocabulariesMatchFloat64Reference() {
         for (int v : new int[]{50257, 128256}) {
