@@ -9,8 +9,8 @@ import dev.distillery.kernels.distill.Divergence;
  * bucket, or the sampled estimate), build the student's over the same categories, evaluate the
  * divergence, and differentiate it through q = softmax(s/T) with the chain rule
  * dL/ds_j = (1/T) q_j (∂L/∂Q_{c(j)} − Σ_c Q_c ∂L/∂Q_c). Nothing is fused or streamed. One method
- * per teacher kind ({@code denseRow}, {@code topKRow}, {@code sampledRow}, {@code mixtureRow}), named like the rows of
- * kernels.cpu.distill and cuda/src/main/cuda/distill_loss.cu.
+ * per teacher kind ({@code denseRow}, {@code topKRow}, {@code sampledRow}, {@code mixtureRow}),
+ * named like the rows of kernels.cpu.distill and cuda/src/main/cuda/distill_loss.cu.
  */
 public final class ReferenceDistillLoss {
 
@@ -18,7 +18,7 @@ public final class ReferenceDistillLoss {
     public record Result(double[] ce, double[] divergence, double[] grad, double total, int rows) {
     }
 
-    /** A teacher in float64 form; exactly one of the three shapes is set. */
+    /** A teacher in float64 form. */
     public sealed interface Teacher {
         int vocab();
     }

@@ -22,8 +22,9 @@ import dev.distillery.kernels.distill.TeacherTargets;
  * to the pool's threads in small batches, checks labels, runs each row's teacher kind and
  * divergence, fixes the label column, and adds the sums in a fixed order. The rows themselves:
  * {@link DenseForwardKl}, {@link DenseReverseKl}, {@link DenseJsd} (sharing {@link DenseRow}'s pass
- * A; a mixture of teachers made into one dense row first by {@link MixtureRows}), {@link TopKRows} and {@link SampledRows} (sharing {@link SparseRows}); their commonest passes
- * also exist in C ({@link RowPasses}). Every row works in blocks of {@link #BLOCK} columns so its
+ * A; a mixture of teachers is made into one dense row first by {@link MixtureRows}), {@link
+ * TopKRows} and {@link SampledRows} (sharing {@link SparseRows}); their commonest passes also
+ * exist in C ({@link RowPasses}). Every row works in blocks of {@link #BLOCK} columns so its
  * working set stays in L1/L2. Math and passes: docs/KERNELS.md#distillation-losses.
  */
 public final class FusedDistillLoss {
