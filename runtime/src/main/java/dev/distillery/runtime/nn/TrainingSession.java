@@ -160,27 +160,40 @@ public final class TrainingSession implements AutoCloseable {
      * Ends one micro-batch of a step that has several (over micro-batches, over ranks, or both):
      * its gradients join the step's sum in order (the first is copied, each later one added) and
      * the parameter gradients are zeroed for the next. So a step's gradient is Σ_k g_k added in
-     * micro-batch order, whatever the ranks, rather than accumulated inside the backward kernels.
+     * micro-batch order rather than accumulated inside the backward kernels. Where the gradients
+     * are in host memory and there are ranks, every rank's micro-batch joins here, in rank order
+     * ({@link Collective#addInRankOrder}): micro-batch a of rank r is micro-batch a·W + r of one
+     * process with the same sequences, so W ranks of A micro-batches add exactly what that
+     * process adds, in its order.
      */
-    public void endMicroBatch() {
+    public void endMicroBatch(Collective collective) {
         List<ParameterStore> stores = trainable();
         while (sums.size() < stores.size()) sums.add(stores.get(sums.size()).allocateLikeBlock());
         for (int i = 0; i < stores.size(); i++) {
             ParameterStore s = stores.get(i);
-            if (microBatches == 0) kernels.copy(sums.get(i), s.gradBlock(), 4 * s.blockElements());
-            else kernels.accumulate(sums.get(i), s.gradBlock(), s.blockElements());
+            if (ranksInSums(collective)) {
+                collective.addInRankOrder(sums.get(i), s.gradBlock(), s.blockElements(), microBatches == 0);
+            } else if (microBatches == 0) {
+                kernels.copy(sums.get(i), s.gradBlock(), 4 * s.blockElements());
+            } else {
+                kernels.accumulate(sums.get(i), s.gradBlock(), s.blockElements());
+            }
             s.zeroGrad();
         }
         microBatches++;
     }
 
+    /** Whether {@link #endMicroBatch} adds the ranks' gradients itself: host memory and more than one rank. */
+    private boolean ranksInSums(Collective collective) {
+        return collective.size() > 1 && kernels.hostAccessible();
+    }
+
     /**
-     * The step's gradient into the parameter gradients: the micro-batches' sum
-     * ({@link #endMicroBatch}), then Σ over ranks. Where the kernels' memory is the host's, in rank
-     * order ({@link Collective#sumInRankOrder}); where it is a device's, by the kernels' own
-     * collectives (NCCL) when every rank has them, after every rank has arrived
-     * ({@link Collective#barrier}, which names a rank that hangs), else in rank order through host
-     * memory.
+     * The step's gradient into the parameter gradients: the sum of {@link #endMicroBatch}, which
+     * holds every rank's already where the gradients are in host memory. Where they are a device's,
+     * the ranks' sums are added here: by the kernels' own collectives (NCCL) when every rank has
+     * them, after every rank has arrived ({@link Collective#barrier}, which names a rank that
+     * hangs), else in rank order through host memory.
      */
     public void reduceGradients(Collective collective) {
         List<ParameterStore> stores = trainable();
@@ -190,16 +203,14 @@ public final class TrainingSession implements AutoCloseable {
             ParameterStore s = stores.get(i);
             long bytes = 4 * s.blockElements();
             if (microBatches > 0) kernels.copy(s.gradBlock(), sums.get(i), bytes);
-            if (collective.size() == 1) continue;
-            if (kernels.hostAccessible()) {
-                collective.sumInRankOrder(s.gradBlock(), s.blockElements());
-            } else if (onDevice != null) {
+            if (collective.size() == 1 || ranksInSums(collective)) continue;
+            if (onDevice != null) {
                 onDevice.sum(s.gradBlock(), s.blockElements());
             } else {
                 try (Arena host = Arena.ofConfined()) {
                     MemorySegment h = host.allocate(bytes, 64);
                     kernels.copyToHost(h, s.gradBlock(), bytes);
-                    collective.sumInRankOrder(h, s.blockElements());
+                    collective.addInRankOrder(h, h, s.blockElements(), true);
                     kernels.copyFromHost(s.gradBlock(), h, bytes);
                 }
             }

@@ -1,6 +1,7 @@
 package dev.distillery.runtime.parallel;
 
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.List;
 
 /**
@@ -19,8 +20,12 @@ public sealed interface Collective extends AutoCloseable permits Collective.Sing
     /** One line for logs. */
     String describe();
 
-    /** x (n fp32 values in host memory) ← Σ over ranks r = 0, 1, … of rank r's x, added in that order. */
-    void sumInRankOrder(MemorySegment x, long n);
+    /**
+     * sum ← ((first ? x₀ : sum + x₀) + x₁) + … + x_{W−1}, x_r being rank r's x (n fp32 values in
+     * host memory each; sum may be x): the same additions, in the same order, as one process
+     * adding the ranks' vectors one after another.
+     */
+    void addInRankOrder(MemorySegment sum, MemorySegment x, long n, boolean first);
 
     /** Each value summed over the ranks in rank order (losses and counts for the log). */
     double[] sum(double... values);
@@ -52,7 +57,11 @@ public sealed interface Collective extends AutoCloseable permits Collective.Sing
         }
 
         @Override
-        public void sumInRankOrder(MemorySegment x, long n) {
+        public void addInRankOrder(MemorySegment sum, MemorySegment x, long n, boolean first) {
+            for (long i = 0; i < n; i++) {
+                float v = x.getAtIndex(ValueLayout.JAVA_FLOAT, i);
+                sum.setAtIndex(ValueLayout.JAVA_FLOAT, i, first ? v : sum.getAtIndex(ValueLayout.JAVA_FLOAT, i) + v);
+            }
         }
 
         @Override

@@ -211,17 +211,18 @@ public final class MpiCollective implements Collective {
     }
 
     @Override
-    public void sumInRankOrder(MemorySegment x, long n) {
+    public void addInRankOrder(MemorySegment sum, MemorySegment x, long n, boolean first) {
         for (long from = 0; from < n; from += CHUNK) {
             int count = (int) Math.min(CHUNK, n - from);
             if (gathered == null || gathered.byteSize() < 4L * count * size) gathered = arena.allocate(4L * Math.min(CHUNK, n) * size, 64);
-            MemorySegment mine = x.asSlice(4 * from, 4L * count);
+            MemorySegment mine = x.asSlice(4 * from, 4L * count), out = sum.asSlice(4 * from, 4L * count);
             blocking("MPI_Allgather of the gradients", () -> MpiLibrary.check(Mpi.MPI_Allgather(mine, count, h.floatType(), gathered, count,
                     h.floatType(), h.commWorld()), "MPI_Allgather(" + count + " floats)"));
             for (int i = 0; i < count; i++) {
-                float s = gathered.getAtIndex(ValueLayout.JAVA_FLOAT, i);
+                float s = first ? gathered.getAtIndex(ValueLayout.JAVA_FLOAT, i)
+                        : out.getAtIndex(ValueLayout.JAVA_FLOAT, i) + gathered.getAtIndex(ValueLayout.JAVA_FLOAT, i);
                 for (int r = 1; r < size; r++) s += gathered.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * count + i);
-                mine.setAtIndex(ValueLayout.JAVA_FLOAT, i, s);
+                out.setAtIndex(ValueLayout.JAVA_FLOAT, i, s);
             }
         }
     }

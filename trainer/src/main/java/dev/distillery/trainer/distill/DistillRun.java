@@ -670,6 +670,7 @@ public final class DistillRun {
             session.beginStep();
             int world = collective.size(), accumulated = cfg.gradAccum() * world;
             float scale = 1f / accumulated;   // every rank's micro-batches make one global step
+            long summingNanos = 0;   // the micro-batches' sums (every rank's, with ranks): part of reduce_ms
             for (int a = 0; a < cfg.gradAccum(); a++) {
                 int micro = a * world + collective.rank();   // the micro-batch one process would number it, with batch_size / world
                 TeacherBatchStream.Batch batch;
@@ -699,7 +700,9 @@ public final class DistillRun {
                     Thread.currentThread().interrupt();
                     throw new IOException("interrupted while waiting for teacher batches", e);
                 }
-                if (accumulated > 1) session.endMicroBatch();
+                long e0 = System.nanoTime();
+                if (accumulated > 1) session.endMicroBatch(collective);
+                summingNanos += System.nanoTime() - e0;
                 loss += l.total() / accumulated;
                 ce += l.ce() / accumulated;
                 div += l.divergence() / accumulated;
@@ -714,7 +717,7 @@ public final class DistillRun {
             }
             long r0 = System.nanoTime();
             if (accumulated > 1) session.reduceGradients(collective);
-            double reduceMs = (System.nanoTime() - r0) / 1e6;
+            double reduceMs = (summingNanos + System.nanoTime() - r0) / 1e6;
             if (world > 1) {
                 double[] all = collective.sum(loss, ce, div, feature);
                 loss = all[0];

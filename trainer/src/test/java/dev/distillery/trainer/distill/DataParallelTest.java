@@ -24,7 +24,8 @@ import dev.distillery.trainer.data.TokenFile;
 /**
  * {@code mpirun -np 2}: two CPU ranks, each with half of every global batch, end with parameters
  * bit-identical to one process that adds the same two halves as two micro-batches in the same
- * order (batch_size / 2, grad_accum 2), every 3 steps and after a stop and a resume; a resume with
+ * order (batch_size / 2, grad_accum 2), every 3 steps and after a stop and a resume, and with two
+ * micro-batches each the process of four; a resume with
  * another world size is refused; a rank killed mid-run ends the job with the rank named, and
  * the last checkpoint stays whole. Skipped where Open MPI's mpirun is not installed.
  */
@@ -93,6 +94,16 @@ class DataParallelTest {
         }
         assertEquals(Files.readAllLines(dir.resolve("one/metrics.jsonl")).stream().map(DataParallelTest::lossOf).toList(),
                 Files.readAllLines(dir.resolve("two/metrics.jsonl")).stream().map(DataParallelTest::lossOf).toList());
+        // two ranks of two micro-batches each: the bits of one process of four (rank r's micro-batch a is its a·2 + r)
+        Path four = write(dir, "four", common + "\"batch_size\": 4, \"grad_accum\": 4"),
+                twoByTwo = write(dir, "two-by-two", common + "\"batch_size\": 8, \"grad_accum\": 2");
+        assertEquals(0, Main.execute(new String[]{"distill", "--config", four.toString()}, new PrintWriter(new StringWriter()),
+                new PrintWriter(new StringWriter())));
+        assertEquals(0, await(ranks(2, log, "distill", "--config", twoByTwo.toString()), log), Files.readString(log));
+        for (String step : List.of("step-00000003", "step-00000006")) {
+            assertEquals(-1, Files.mismatch(dir.resolve("four/checkpoints/" + step + "/model.safetensors"),
+                    dir.resolve("two-by-two/checkpoints/" + step + "/model.safetensors")), step + ": two ranks of two micro-batches against one process of four");
+        }
         // stopped after step 3 and resumed by two ranks: the same bits
         assertEquals(0, await(ranks(2, log, "distill", "--config", split.toString(), "--stop-after", "3"), log), Files.readString(log));
         assertEquals(0, await(ranks(2, log, "distill", "--config", split.toString(), "--resume"), log), Files.readString(log));
