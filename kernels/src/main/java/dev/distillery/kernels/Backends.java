@@ -64,7 +64,11 @@ public final class Backends {
      * {@code CUDA_VISIBLE_DEVICES} gets device 0); 0 outside mpirun.
      */
     static int deviceOrdinal(int devices) {
-        String local = System.getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+        return deviceOrdinal(System.getenv("OMPI_COMM_WORLD_LOCAL_RANK"), devices);
+    }
+
+    /** {@link #deviceOrdinal(int)} for a given local rank (null outside mpirun). */
+    static int deviceOrdinal(String local, int devices) {
         if (local == null || devices < 1) return 0;
         try {
             return Math.floorMod(Integer.parseInt(local.trim()), devices);
