@@ -172,6 +172,11 @@ public sealed interface TeacherTargets {
             return weights.clone();
         }
 
+        /** Teacher i's weight, without the copy {@link #weights()} makes (read per row by the kernels). */
+        public float weight(int i) {
+            return weights[i];
+        }
+
         @Override
         public int vocab() {
             return teachers.getFirst().vocab();

@@ -35,7 +35,6 @@ final class MixtureRows {
     /** Row r of the mixture at temperature T = 1/invT, as a one-row dense teacher over the thread's buffer. */
     static TeacherTargets.Dense row(int r, TeacherTargets.Mixture m, float invT, RowScratch sc) {
         List<TeacherTargets.Dense> teachers = m.teachers();
-        float[] w = m.weights();
         int vt = m.vocab(), k = teachers.size();
         long to = (long) r * vt;
         sc.mixture(vt, k);
@@ -53,7 +52,7 @@ final class MixtureRows {
                 z += expInto(sc.teacher, len, max, k2, e[i], j0);
             }
             TeacherBlocks.checkSum(r, z, d, to);
-            c[i] = (float) (w[i] / z);
+            c[i] = (float) (m.weight(i) / z);
         }
         combine(e, c, k, vt, 1f / invT, sc.mixtureRow);
         return sc.mixtureTeacher;
