@@ -23,6 +23,7 @@ import dev.distillery.runtime.distill.TeacherStaging;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
 import dev.distillery.runtime.parallel.Collective;
+import dev.distillery.runtime.parallel.DeviceGroup;
 
 /**
  * One model, its optimizer, a workspace and a tape on a fixed (batch, time) shape: the training
@@ -217,21 +218,12 @@ public final class TrainingSession implements AutoCloseable {
         }
     }
 
-    /**
-     * The device group of the ranks, joined once: only if every rank's kernels have collectives
-     * (agreed over the collective, so no rank waits in a group another never joins), with rank 0's
-     * id broadcast by an allgather. Null where any rank has none.
-     */
+    /** The ranks' device group ({@link DeviceGroup}), joined at the first call; null where some rank has none. */
     private DeviceCollectives.Sum deviceSum(Collective collective) {
-        if (deviceSumAsked) return deviceSum;
-        deviceSumAsked = true;
-        DeviceCollectives dc = kernels.deviceCollectives().orElse(null);
-        for (byte[] has : collective.allGather(new byte[]{(byte) (dc != null ? 1 : 0)})) {
-            if (has[0] == 0) return null;
+        if (!deviceSumAsked) {
+            deviceSumAsked = true;
+            deviceSum = DeviceGroup.join(collective, kernels.deviceCollectives().orElse(null));
         }
-        byte[] mine = collective.rank() == 0 ? dc.newId() : new byte[dc.idBytes()];
-        byte[] id = collective.allGather(mine).getFirst();
-        deviceSum = dc.join(id, collective.rank(), collective.size());
         return deviceSum;
     }
 

@@ -6,12 +6,13 @@ import java.util.List;
 
 /**
  * The processes of one data-parallel run and what they say to each other: one process
- * ({@link Single}, every call a no-op), or the ranks of an {@code mpirun} ({@link MpiCollective}).
+ * ({@link Single}, its own values), or the ranks of an {@code mpirun} ({@link MpiCollective}).
  * Sums are made in rank order from every rank's values, so every rank gets the same bits whatever
- * the library's reduction algorithm, and a run of W ranks with one micro-batch each adds the
- * gradients as one process adding W micro-batches in that order does.
+ * the library's reduction algorithm, and W ranks of A micro-batches add the gradients as one
+ * process adding W·A micro-batches in that order does. An interface rather than a closed set so
+ * that tests can run ranks as threads.
  */
-public sealed interface Collective extends AutoCloseable permits Collective.Single, MpiCollective {
+public interface Collective extends AutoCloseable {
 
     int rank();
 
