@@ -138,12 +138,12 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 # peak resident memory of a config B step (the whole process, 3 steps after 1 of warm-up), once per side;
-# Distillery with the collector `java -jar trainer.jar` gives its JVM (ChildJvm)
+# Distillery with the collector and initial heap `java -jar trainer.jar` gives its JVM (ChildJvm)
 echo "peak memory" >&2
 rss_mb() { awk '/^[0-9]+$/ {v = $1} END {printf "%.0f", v / 1024}' "$WORK/rss"; }
 torch_run /usr/bin/time -f %M -o "$WORK/rss" "$PY" bench/reference/pytorch_step.py B $THREADS 3 fp32 ce >/dev/null
 record "peak RSS of a config B step, MB" torch "$(rss_mb)"
-/usr/bin/time -f %M -o "$WORK/rss" "$JAVA" --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -Xmx8g -XX:+UseSerialGC \
+/usr/bin/time -f %M -o "$WORK/rss" "$JAVA" --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -Xmx8g -XX:+UseSerialGC -Xms32m \
   -cp "$JAR" dev.distillery.bench.StepProfile B $THREADS 3 auto 1 fp32 >/dev/null 2>&1
 record "peak RSS of a config B step, MB" distillery "$(rss_mb)"
 

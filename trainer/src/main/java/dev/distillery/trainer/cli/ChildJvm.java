@@ -62,16 +62,26 @@ public final class ChildJvm {
         return status;
     }
 
-    /** The child's JVM options: this JVM's, less a debugger agent, and the serial collector unless one is chosen. */
+    /**
+     * The child's JVM options: this JVM's, less a debugger agent; the serial collector unless one
+     * is chosen; and an initial heap of 32 MB unless one is given. The heap starts small because
+     * the young generation grows with it: before C2 compiles the kernels, the Vector API's
+     * fallback allocates gigabytes of short-lived arrays, and a young generation sized from the
+     * machine's memory (1/64 of it initially) leaves every page it cycled through resident;
+     * a small one reuses a few. Nothing long-lived is on the heap (tensors are off-heap), so it
+     * rarely grows (docs/PERFORMANCE.md#side-by-side-with-pytorch).
+     */
     static List<String> jvmOptions(List<String> given) {
         List<String> options = new ArrayList<>();
-        boolean collectorChosen = false;
+        boolean collectorChosen = false, initialHeapChosen = false;
         for (String option : given) {
             if (option.startsWith("-agentlib:jdwp")) continue;
             collectorChosen |= option.matches("-XX:[+-]Use\\w+GC");
+            initialHeapChosen |= option.startsWith("-Xms") || option.startsWith("-XX:InitialHeapSize");
             options.add(option);
         }
         if (!collectorChosen) options.add("-XX:+UseSerialGC");
+        if (!initialHeapChosen) options.add("-Xms32m");
         return options;
     }
 

@@ -34,11 +34,13 @@ class ChildJvmTest {
     }
 
     @Test
-    void theChildRunsTheSerialCollectorUnlessOneWasChosen() {
-        assertEquals(java.util.List.of("-Xmx2g", "-XX:+UseSerialGC"),
+    void theChildRunsTheSerialCollectorOnASmallInitialHeapUnlessOthersWereChosen() {
+        assertEquals(java.util.List.of("-Xmx2g", "-XX:+UseSerialGC", "-Xms32m"),
                 ChildJvm.jvmOptions(java.util.List.of("-Xmx2g", "-agentlib:jdwp=transport=dt_socket,server=y")));
-        assertEquals(java.util.List.of("-XX:+UseG1GC", "-Xmx2g"), ChildJvm.jvmOptions(java.util.List.of("-XX:+UseG1GC", "-Xmx2g")));
-        assertEquals(java.util.List.of("-XX:+UseParallelGC"), ChildJvm.jvmOptions(java.util.List.of("-XX:+UseParallelGC")));
+        assertEquals(java.util.List.of("-XX:+UseG1GC", "-Xmx2g", "-Xms32m"), ChildJvm.jvmOptions(java.util.List.of("-XX:+UseG1GC", "-Xmx2g")));
+        assertEquals(java.util.List.of("-XX:+UseParallelGC", "-Xms1g"), ChildJvm.jvmOptions(java.util.List.of("-XX:+UseParallelGC", "-Xms1g")));
+        assertEquals(java.util.List.of("-XX:InitialHeapSize=64m", "-XX:+UseSerialGC"),
+                ChildJvm.jvmOptions(java.util.List.of("-XX:InitialHeapSize=64m")));
     }
 
     @Test
