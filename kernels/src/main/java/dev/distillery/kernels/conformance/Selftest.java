@@ -1,11 +1,17 @@
 package dev.distillery.kernels.conformance;
 
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.SplittableRandom;
 
+import dev.distillery.bindings.NcclLibrary;
 import dev.distillery.bindings.OpenBlasLibrary;
 import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.DeviceCollectives;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.cuda.CudaConformance;
@@ -16,7 +22,7 @@ import dev.distillery.kernels.cuda.CudaKernels;
  * {@code selftest}: every kernel of a backend on fresh random inputs against a reference. The CPU
  * against float64 ({@link KernelConformance}); CUDA kernel by kernel against the CPU kernels
  * ({@link CudaConformance}), then {@link CudaKernels}, the whole contract with its copies, against
- * float64. The caller prints the report.
+ * float64, and NCCL where it loads (a group of one rank). The caller prints the report.
  */
 public final class Selftest {
 
@@ -35,6 +41,34 @@ public final class Selftest {
     }
 
     private Selftest() {
+    }
+
+    /**
+     * A communicator of one rank sums a device buffer of 1,000,003 random floats in place: the
+     * bindings, the id, the join and the allreduce on the kernels' stream, end to end. Error: the
+     * share of values whose bits changed.
+     */
+    private static KernelConformance.Result groupOfOne(Kernels kernels, DeviceCollectives nccl, long seed) {
+        int n = 1_000_003;
+        SplittableRandom rng = new SplittableRandom(seed);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment host = arena.allocate(4L * n, 64), back = arena.allocate(4L * n, 64);
+            for (int i = 0; i < n; i++) host.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) rng.nextGaussian());
+            MemorySegment device = kernels.allocate(arena, 4L * n);
+            kernels.copyFromHost(device, host, 4L * n);
+            long t0 = System.nanoTime();
+            try (DeviceCollectives.Sum group = nccl.join(nccl.newId(), 0, 1)) {
+                group.sum(device, n);
+                kernels.synchronize();
+            }
+            double ms = (System.nanoTime() - t0) / 1e6;
+            kernels.copyToHost(back, device, 4L * n);
+            long changed = 0;
+            for (int i = 0; i < n; i++) {
+                if (host.getAtIndex(ValueLayout.JAVA_INT, i) != back.getAtIndex(ValueLayout.JAVA_INT, i)) changed++;
+            }
+            return new KernelConformance.Result("ncclAllReduce (join included)", "1 rank x " + n, (double) changed / n, 0, ms);
+        }
     }
 
     /**
@@ -57,7 +91,16 @@ public final class Selftest {
                 try (CudaKernels contract = new CudaKernels(gpu)) {
                     Section whole = new Section("CudaKernels (the whole Kernels contract, with its copies) against the float64 reference:",
                             "contract checks", KernelConformance.run(contract, seed, sizes));
-                    return new Report(header, List.of(kernels, whole));
+                    List<Section> sections = new ArrayList<>(List.of(kernels, whole));
+                    DeviceCollectives nccl = contract.deviceCollectives().orElse(null);
+                    if (nccl == null) {
+                        header.add("nccl: " + NcclLibrary.load().describe() + "; GPU ranks would sum through host memory");
+                    } else {
+                        header.add("nccl: " + nccl.describe());
+                        sections.add(new Section("NCCL, a group of this one rank (its sum is the identity, bit for bit):", "NCCL checks",
+                                List.of(groupOfOne(contract, nccl, seed))));
+                    }
+                    return new Report(header, sections);
                 }
             }
         }
