@@ -515,11 +515,7 @@ public final class KernelConformance {
                     KernelBuffers buf = new KernelBuffers(kernels, arena);
                     double[] s = randn(n * d), t = randn(n * d), grad = randn(n * d), loss = new double[n];
                     if (n > 1) java.util.Arrays.fill(s, d, 2 * d, 0.0);
-                    MemorySegment hostT = arena.allocate((long) type.bytes() * t.length, 64);
-                    for (int i = 0; i < t.length; i++) {
-                        type.write(hostT, i, (float) t[i]);
-                        t[i] = type.read(hostT, i);
-                    }
+                    MemorySegment hostT = typed(arena, t, type, t);
                     MemorySegment sLoss = buf.poisoned(n), sGrad = buf.floats(grad);
                     float scale = 0.75f;
                     long t0 = System.nanoTime();
@@ -555,12 +551,8 @@ public final class KernelConformance {
                 double[] t = randn(n * vt);
                 for (int i = 0; i < t.length; i++) t[i] *= 3;
                 if (type == DType.F32 && vt > 1) t[0] = Double.NEGATIVE_INFINITY;
-                MemorySegment tl = arena.allocate((long) type.bytes() * t.length, 64);
                 double[] rounded = new double[t.length];
-                for (int i = 0; i < t.length; i++) {
-                    type.write(tl, i, (float) t[i]);
-                    rounded[i] = type.read(tl, i);
-                }
+                MemorySegment tl = typed(arena, t, type, rounded);
                 teachers.add(new TeacherTargets.Dense(buf.place(tl), type, vt));
                 references.add(new ReferenceDistillLoss.Dense(rounded, vt));
             }
@@ -654,12 +646,8 @@ public final class KernelConformance {
             DistillOptions base = DistillOptions.of(2f, 0.3f);
             String size = n + "x" + v;
             for (DType type : new DType[]{DType.BF16, DType.F16}) {
-                MemorySegment tl = arena.allocate((long) type.bytes() * t.length, 64);
                 double[] rounded = new double[t.length];
-                for (int i = 0; i < t.length; i++) {
-                    type.write(tl, i, (float) t[i]);
-                    rounded[i] = type.read(tl, i);
-                }
+                MemorySegment tl = typed(arena, t, type, rounded);
                 DistillOptions o = type == DType.BF16 ? base : base.withDivergence(Divergence.jsd(0.5));
                 distillCheck(buf, "distill dense " + type + (type == DType.BF16 ? " fkl" : " jsd"), size, s, labels,
                         new TeacherTargets.Dense(buf.place(tl), type, vt), new ReferenceDistillLoss.Dense(rounded, vt), n, v, o);
@@ -709,6 +697,16 @@ public final class KernelConformance {
 
 
     // ---------------------------------------------------------------- helpers
+
+    /** values stored as {@code type} in host memory; {@code rounded} (may be values) gets what was stored. */
+    private static MemorySegment typed(Arena arena, double[] values, DType type, double[] rounded) {
+        MemorySegment m = arena.allocate((long) type.bytes() * Math.max(1, values.length), 64);
+        for (int i = 0; i < values.length; i++) {
+            type.write(m, i, (float) values[i]);
+            rounded[i] = type.read(m, i);
+        }
+        return m;
+    }
 
     private void record(String kernel, String size, double error, double tolerance, double ms) {
         results.add(new Result(kernel, size, error, tolerance, ms));

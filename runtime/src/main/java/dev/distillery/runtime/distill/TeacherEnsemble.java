@@ -50,10 +50,6 @@ public record TeacherEnsemble(List<TeacherRows> teachers, float[] weights, Combi
      * itself is never stored. Top-1 is the mixture's at temperature 1.
      */
     public TeacherRows mixture() {
-        if (teachers.size() > TeacherTargets.Mixture.MAX_TEACHERS) {
-            throw new IllegalArgumentException("a mixture takes at most " + TeacherTargets.Mixture.MAX_TEACHERS + " teachers, got "
-                    + teachers.size() + "; use 'teachers_combination': \"mean\" for more");
-        }
         return new TeacherRows() {
             private TeacherTargets.Mixture last;
             private int from;
