@@ -49,7 +49,11 @@ static int round_up(int x, int to) { return (x + to - 1) / to * to; }
  * Within a panel the C blocks are formed walking the larger operand once: row strips of Ap outer
  * when op(A) is the larger (the LM head's weight gradient, m = vocabulary), column blocks of Bp
  * outer otherwise, so the operand that is reread for every block is the smaller one, from cache.
+ * Column blocks go in bands of SUPER (512 columns, in L2), every row block for each band, so C is
+ * written along its rows 2 KB at a time rather than down a column of rows 64 KB apart (one page
+ * walk per tile row on the LM head's logits).
  */
+#define SUPER 16
 
 /* Round to nearest even, subnormals to zero; a NaN stays a (quiet) NaN: as VCVTNEPS2BF16 does. */
 static inline uint16_t to_bf16(float x) {
@@ -95,6 +99,33 @@ PACK static inline __m512i row_pairs(const float *r0, const float *r1, int j) {
     return _mm512_permutexvar_epi16(interleave, (__m512i) _mm512_cvtne2ps_pbh(hi, lo));   /* lo in the low half */
 }
 
+/* r[0..15] as a 16 x 16 matrix of dwords, transposed in place. */
+PACK static inline void transpose_16x16(__m512i r[16]) {
+    __m512i t[16];
+    for (int q = 0; q < 16; q += 2) {
+        t[q] = _mm512_unpacklo_epi32(r[q], r[q + 1]);
+        t[q + 1] = _mm512_unpackhi_epi32(r[q], r[q + 1]);
+    }
+    for (int q = 0; q < 16; q += 4) {
+        r[q] = _mm512_unpacklo_epi64(t[q], t[q + 2]);
+        r[q + 1] = _mm512_unpackhi_epi64(t[q], t[q + 2]);
+        r[q + 2] = _mm512_unpacklo_epi64(t[q + 1], t[q + 3]);
+        r[q + 3] = _mm512_unpackhi_epi64(t[q + 1], t[q + 3]);
+    }
+    for (int q = 0; q < 4; q++) {
+        t[q] = _mm512_shuffle_i32x4(r[q], r[q + 4], 0x88);
+        t[q + 4] = _mm512_shuffle_i32x4(r[q], r[q + 4], 0xdd);
+        t[q + 8] = _mm512_shuffle_i32x4(r[q + 8], r[q + 12], 0x88);
+        t[q + 12] = _mm512_shuffle_i32x4(r[q + 8], r[q + 12], 0xdd);
+    }
+    for (int q = 0; q < 4; q++) {
+        r[q] = _mm512_shuffle_i32x4(t[q], t[q + 8], 0x88);
+        r[q + 8] = _mm512_shuffle_i32x4(t[q], t[q + 8], 0xdd);
+        r[q + 4] = _mm512_shuffle_i32x4(t[q + 4], t[q + 12], 0x88);
+        r[q + 12] = _mm512_shuffle_i32x4(t[q + 4], t[q + 12], 0xdd);
+    }
+}
+
 /* Ap (Mp, Kp) from op(A). */
 PACK static void pack_a(int trans, int m, int k, const float *a, int lda, uint16_t *ap, int mp, int kp) {
     if (!trans) {
@@ -110,23 +141,30 @@ PACK static void pack_a(int trans, int m, int k, const float *a, int lda, uint16
             for (; kk < kp; kk++) out[kk] = 0;
         }
     } else {   /* op(A)[i][kk] = a[kk * lda + i]: rows kk, kk+1 of A as stored give the pair (kk, kk+1) of 16 rows of Ap */
-        for (int i = 0; i < m; i++) memset(ap + (size_t) i * kp + k, 0, (size_t) (kp - k) * 2);
-        const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                _mm512_set1_epi32(kp / 2));
-        /* in blocks of 256 rows of Ap (at most 256 kp-long rows, in L2) so the scattered writes of every pair land in cache */
-        for (int i0 = 0; i0 < m; i0 += 256) {
-            const int iend = m - i0 < 256 ? m : i0 + 256;
-            for (int p = 0; 2 * p < k; p++) {
-                const float *r0 = a + (size_t) (2 * p) * lda, *r1 = 2 * p + 1 < k ? r0 + lda : NULL;
-                uint32_t *column = (uint32_t *) ap + p;
-                int i = i0;
-                for (; i + 16 <= iend; i += 16) _mm512_i32scatter_epi32(column + (size_t) i * kp / 2, rows, row_pairs(r0, r1, i), 4);
-                for (; i < iend; i++) {
-                    uint16_t *pair = ap + (size_t) i * kp + 2 * p;
-                    pair[0] = to_bf16(r0[i]);
-                    pair[1] = r1 ? to_bf16(r1[i]) : 0;
+        const int m16 = m / 16 * 16;
+        /* 16 pairs of 16 rows at a time, transposed in registers, pairs past k as zeros; in blocks of
+           256 rows of Ap (in L2) so that each pass reads 32 rows of A along 1 KB, not 64 bytes */
+        for (int i0 = 0; i0 < m16; i0 += 256) {
+            const int iend = m16 - i0 < 256 ? m16 : i0 + 256;
+            for (int p0 = 0; p0 < kp / 2; p0 += 16) {
+                for (int i = i0; i < iend; i += 16) {
+                    __m512i r[16];
+                    for (int q = 0; q < 16; q++) {
+                        const int kk = 2 * (p0 + q);
+                        r[q] = kk < k ? row_pairs(a + (size_t) kk * lda, kk + 1 < k ? a + (size_t) (kk + 1) * lda : NULL, i)
+                                      : _mm512_setzero_si512();
+                    }
+                    transpose_16x16(r);
+                    for (int q = 0; q < 16; q++) _mm512_storeu_si512(ap + (size_t) (i + q) * kp + 2 * p0, r[q]);
                 }
             }
+        }
+        int i = m16;
+        for (; i < m; i++) {
+            uint16_t *out = ap + (size_t) i * kp;
+            int kk = 0;
+            for (; kk < k; kk++) out[kk] = to_bf16(a[(size_t) kk * lda + i]);
+            for (; kk < kp; kk++) out[kk] = 0;
         }
     }
     memset(ap + (size_t) m * kp, 0, (size_t) (mp - m) * kp * 2);
@@ -134,7 +172,7 @@ PACK static void pack_a(int trans, int m, int k, const float *a, int lda, uint16
 
 /* Bp: blocks of 16 columns, each Kp/2 rows of 16 bf16 pairs. */
 PACK static void pack_b(int trans, int k, int n, const float *b, int ldb, uint16_t *bp, int kp, int np) {
-    memset(bp, 0, (size_t) kp * np * 2);
+    if (kp != k || np != n) memset(bp, 0, (size_t) kp * np * 2);   /* the padding; everything else is written below */
     if (!trans) {   /* op(B)[kk][j] = b[kk * ldb + j]: rows 2p and 2p+1 interleaved */
         for (int p = 0; 2 * p < k; p++) {
             const float *r0 = b + (size_t) (2 * p) * ldb;
@@ -148,30 +186,43 @@ PACK static void pack_b(int trans, int k, int n, const float *b, int ldb, uint16
             }
         }
     } else {        /* op(B)[kk][j] = b[j * ldb + kk]: a pair (2p, 2p+1) lies side by side in row j */
-        for (int j = 0; j < n; j++) {
-            const float *row = b + (size_t) j * ldb;
-            uint16_t *col = bp + (size_t) (j / 16) * kp / 2 * 32 + (j % 16) * 2;
+        int j = 0;
+        for (; j + 16 <= n; j += 16) {   /* 16 columns by 16 pairs at a time, transposed in registers */
+            uint16_t *block = bp + (size_t) (j / 16) * kp / 2 * 32;
             int kk = 0;
             for (; kk + 32 <= k; kk += 32) {
-                __m512i h = (__m512i) _mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + kk + 16), _mm512_loadu_ps(row + kk));
-                uint32_t pairs[16];
-                _mm512_storeu_si512(pairs, h);
-                for (int q = 0; q < 16; q++) memcpy(col + (size_t) (kk / 2 + q) * 32, pairs + q, 4);
+                __m512i r[16];
+                for (int q = 0; q < 16; q++) {
+                    const float *row = b + (size_t) (j + q) * ldb + kk;
+                    r[q] = (__m512i) _mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + 16), _mm512_loadu_ps(row));
+                }
+                transpose_16x16(r);
+                for (int p = 0; p < 16; p++) _mm512_storeu_si512(block + (size_t) (kk / 2 + p) * 32, r[p]);
             }
-            for (; kk < k; kk++) col[(size_t) (kk / 2) * 32 + (kk & 1)] = to_bf16(row[kk]);
+            for (int q = 0; q < 16; q++) {
+                const float *row = b + (size_t) (j + q) * ldb;
+                for (int kt = kk; kt < k; kt++) block[(size_t) (kt / 2) * 32 + q * 2 + (kt & 1)] = to_bf16(row[kt]);
+            }
+        }
+        for (; j < n; j++) {
+            const float *row = b + (size_t) j * ldb;
+            uint16_t *col = bp + (size_t) (j / 16) * kp / 2 * 32 + (j % 16) * 2;
+            for (int kk = 0; kk < k; kk++) col[(size_t) (kk / 2) * 32 + (kk & 1)] = to_bf16(row[kk]);
         }
     }
 }
 
 /* C[i0 + r][j0 + c] = alpha acc[r][c] + beta C (C not read when beta is 0), for the rows and columns that exist. */
-static void store_block(const float *acc, int ld_acc, int rows, int cols, float alpha, float beta, float *c, int ldc) {
+PACK static void store_block(const float *acc, int ld_acc, int rows, int cols, float alpha, float beta, float *c, int ldc) {
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     for (int r = 0; r < rows; r++) {
         float *out = c + (size_t) r * ldc;
         const float *in = acc + (size_t) r * ld_acc;
-        if (beta == 0.f) {
-            for (int q = 0; q < cols; q++) out[q] = alpha * in[q];
-        } else {
-            for (int q = 0; q < cols; q++) out[q] = alpha * in[q] + beta * out[q];
+        for (int q = 0; q < cols; q += 16) {
+            const __mmask16 live = cols - q >= 16 ? 0xffff : (__mmask16) ((1u << (cols - q)) - 1);
+            __m512 v = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(live, in + q));
+            if (beta != 0.f) v = _mm512_add_ps(v, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(live, out + q)));
+            _mm512_mask_storeu_ps(out + q, live, v);
         }
     }
 }
@@ -202,13 +253,34 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
         const int kend = kp - kc < KC ? kp : kc + KC;
         const float panel_beta = kc == 0 ? beta : 1.f;   /* later panels add to what the first wrote */
         for (int t = 0; t < blocks_i * blocks_j; t++) {
-            const int i0 = 32 * (rows_outer ? t / blocks_j : t % blocks_i), j0 = 32 * (rows_outer ? t % blocks_j : t / blocks_i);
+            int i0, j0;
+            if (rows_outer) {
+                i0 = 32 * (t / blocks_j);
+                j0 = 32 * (t % blocks_j);
+            } else {   /* SUPER column blocks at a time, every row block for each */
+                const int band = t / (blocks_i * SUPER), in_band = t % (blocks_i * SUPER);
+                const int width = blocks_j - band * SUPER < SUPER ? blocks_j - band * SUPER : SUPER;
+                i0 = 32 * (in_band / width);
+                j0 = 32 * (band * SUPER + in_band % width);
+            }
             const uint16_t *b0 = bp + (size_t) (j0 / 16) * b_block, *b1 = b0 + b_block;
             const uint16_t *a0 = ap + (size_t) i0 * kp, *a1 = a0 + (size_t) 16 * kp;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
+            const int rows = m - i0 < 32 ? m - i0 : 32, cols = n - j0 < 32 ? n - j0 : 32;
+            /* a whole block with alpha 1 and beta 0 or 1 goes through the tiles: C loaded as the start of the sums, stored back in place */
+            const int direct = rows == 32 && cols == 32 && alpha == 1.f && (panel_beta == 0.f || panel_beta == 1.f);
+            float *cb = c + (size_t) i0 * ldc + j0;
+            const size_t c_stride = (size_t) ldc * 4;
+            if (direct && panel_beta == 1.f) {
+                _tile_loadd(0, cb, c_stride);
+                _tile_loadd(1, cb + 16, c_stride);
+                _tile_loadd(2, cb + (size_t) 16 * ldc, c_stride);
+                _tile_loadd(3, cb + (size_t) 16 * ldc + 16, c_stride);
+            } else {
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+            }
             for (int k0 = kc; k0 < kend; k0 += 32) {
                 _tile_loadd(4, a0 + k0, a_stride);
                 _tile_loadd(5, a1 + k0, a_stride);
@@ -219,11 +291,17 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
                 _tile_dpbf16ps(2, 5, 6);
                 _tile_dpbf16ps(3, 5, 7);
             }
+            if (direct) {
+                _tile_stored(0, cb, c_stride);
+                _tile_stored(1, cb + 16, c_stride);
+                _tile_stored(2, cb + (size_t) 16 * ldc, c_stride);
+                _tile_stored(3, cb + (size_t) 16 * ldc + 16, c_stride);
+                continue;
+            }
             _tile_stored(0, acc, 128);
             _tile_stored(1, acc + 16, 128);
             _tile_stored(2, acc + 16 * 32, 128);
             _tile_stored(3, acc + 16 * 32 + 16, 128);
-            int rows = m - i0 < 32 ? m - i0 : 32, cols = n - j0 < 32 ? n - j0 : 32;
             if (rows > 0 && cols > 0) store_block(acc, 32, rows, cols, alpha, panel_beta, c + (size_t) i0 * ldc + j0, ldc);
         }
     }

@@ -2,14 +2,15 @@ package dev.distillery.kernels.cpu;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
-
 import java.util.List;
+import java.util.Random;
 import java.util.stream.Collectors;
 
 import org.junit.jupiter.api.Test;
@@ -18,6 +19,7 @@ import org.junit.jupiter.params.provider.CsvSource;
 
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.conformance.KernelConformance;
+import dev.distillery.kernels.reference.ReferenceKernels;
 
 class CpuKernelsConformanceTest {
 
@@ -66,6 +68,70 @@ class CpuKernelsConformanceTest {
             if (before == null) System.clearProperty("distillery.bf16Gemm");
             else System.setProperty("distillery.bf16Gemm", before);
         }
+    }
+
+    /**
+     * The shapes the float64 conformance sizes do not reach: whole 32 x 32 blocks whose C goes
+     * through the tiles (alpha 1, beta 0 or 1, also in a second k panel), more column blocks than
+     * one band, sizes with no padding at all, 16-wide transposed packs, in every transpose.
+     */
+    @ParameterizedTest(name = "bf16 path={0}, threads={1}")
+    @CsvSource({"auto, 1", "auto, 2", "avx512, 2"})
+    void bf16GemmOnWholeBlocksAndWideBandsMatchesFloat64Reference(String path, int threads) {
+        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        long seed = System.nanoTime();
+        Random random = new Random(seed);
+        int[][] shapes = {{96, 1024, 96}, {64, 1100, 64}, {33, 600, 1056}, {600, 64, 64}, {48, 40, 2048}};
+        float[][] scales = {{1f, 0f}, {1f, 1f}, {0.75f, 0.5f}};
+        String before = System.getProperty("distillery.bf16Gemm");
+        System.setProperty("distillery.bf16Gemm", path);
+        try (CpuKernels kernels = new CpuKernels(threads, "auto", Precision.BF16); Arena arena = Arena.ofConfined()) {
+            for (int[] s : shapes) {
+                int m = s[0], n = s[1], k = s[2];
+                for (int variant = 0; variant < 4; variant++) {
+                    boolean transA = variant / 2 == 1, transB = variant % 2 == 1;
+                    int lda = transA ? m : k, ldb = transB ? k : n;
+                    float[] a = gaussians(random, m * k), b = gaussians(random, k * n);
+                    double[] ra = new double[a.length], rb = new double[b.length];
+                    for (int q = 0; q < a.length; q++) ra[q] = ReferenceKernels.roundToBf16(a[q]);
+                    for (int q = 0; q < b.length; q++) rb[q] = ReferenceKernels.roundToBf16(b[q]);
+                    for (float[] scale : scales) {
+                        float[] c = gaussians(random, m * n);
+                        MemorySegment sc = arena.allocateFrom(ValueLayout.JAVA_FLOAT, c);
+                        kernels.gemm(transA, transB, m, n, k, scale[0], arena.allocateFrom(ValueLayout.JAVA_FLOAT, a), lda,
+                                arena.allocateFrom(ValueLayout.JAVA_FLOAT, b), ldb, scale[1], sc, n);
+                        for (int i = 0; i < m; i++) {
+                            for (int j = 0; j < n; j++) {
+                                double sum = 0, magnitude = 0;
+                                for (int q = 0; q < k; q++) {
+                                    double x = transA ? ra[q * lda + i] : ra[i * lda + q];
+                                    double y = transB ? rb[j * ldb + q] : rb[q * ldb + j];
+                                    sum += x * y;
+                                    magnitude += Math.abs(x * y);
+                                }
+                                double want = scale[0] * sum + scale[1] * c[i * n + j];
+                                double got = sc.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * n + j);
+                                double bound = 2e-5 * (Math.abs(scale[0]) * magnitude + Math.abs(scale[1] * c[i * n + j])) + 1e-30;
+                                if (!(Math.abs(got - want) <= bound)) {
+                                    fail("seed " + seed + ", " + kernels.describe() + ": gemm" + (transA ? "T" : "N") + (transB ? "T" : "N")
+                                            + " " + m + "x" + n + "x" + k + " alpha " + scale[0] + " beta " + scale[1]
+                                            + ": C[" + i + "][" + j + "] = " + got + ", float64 " + want);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        } finally {
+            if (before == null) System.clearProperty("distillery.bf16Gemm");
+            else System.setProperty("distillery.bf16Gemm", before);
+        }
+    }
+
+    private static float[] gaussians(Random random, int n) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = (float) random.nextGaussian();
+        return x;
     }
 
     /** bf16 rounding is visible: the fp32 reference of the same operands differs from the bf16 GEMM by far more than fp32 sums would. */
