@@ -13,7 +13,9 @@
  *   Bp  op(B) in the pair-interleaved ("VNNI") layout the dot-product instructions read: for each
  *       block of 16 columns jb, Kp/2 rows of 16 (bf16 pair) dwords: Bp[jb][p][j] = (B[2p][j], B[2p+1][j])
  * The packing buffers are per thread and grow as needed, so a training step allocates nothing
- * once its shapes have been seen.
+ * once its shapes have been seen. A B operand that stays the same over several calls (the chunked
+ * LM head's weight) can be packed once by the caller (distillery_bf16_pack_b) and passed packed
+ * (distillery_bf16_gemm_packed_b).
  *
  * distillery_bf16_gemm_kind() names the machine (asking Linux for the AMX tile state once);
  * -Ddistillery.bf16Gemm on the Java side can pick the AVX512-BF16 path on an AMX CPU.
@@ -344,23 +346,50 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
     }
 }
 
-/*
- * kind: BF16_AMX or BF16_AVX512 (as distillery_bf16_gemm_kind() allows). Returns 0, or 1 when the
- * packing buffers could not be allocated (nothing written).
- */
-int distillery_bf16_gemm(int kind, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                         const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
-    if (m <= 0 || n <= 0) return 0;
+/* op(A) packed into the calling thread's buffer, then the tiles or dot products against Bp. */
+static int gemm_packed(int kind, int trans_a, int m, int n, int k, float alpha, const float *a, int lda,
+                       const uint16_t *bp, float beta, float *c, int ldc) {
     int mp = round_up(m, 32), np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
-    uint16_t *ap = packing_buffer(((size_t) mp * kp + (size_t) kp * np) * 2);
+    uint16_t *ap = packing_buffer((size_t) mp * kp * 2);
     if (ap == NULL) return 1;
-    uint16_t *bp = ap + (size_t) mp * kp;
     pack_a(trans_a, m, k, a, lda, ap, mp, kp);
-    pack_b(trans_b, k, n, b, ldb, bp, kp, np);
     if (kind == BF16_AMX) {
         gemm_amx(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
     } else {
         gemm_avx512(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
     }
     return 0;
+}
+
+/* Bytes of op(B) (k, n) packed by distillery_bf16_pack_b. */
+long distillery_bf16_packed_b_bytes(int k, int n) {
+    return (long) round_up(k > 0 ? k : 1, 32) * round_up(n > 0 ? n : 1, 32) * 2;
+}
+
+/* op(B) (k, n) packed into bp (distillery_bf16_packed_b_bytes(k, n) bytes, 64-byte aligned), for distillery_bf16_gemm_packed_b. */
+void distillery_bf16_pack_b(int trans_b, int k, int n, const float *b, int ldb, uint16_t *bp) {
+    if (n <= 0) return;
+    pack_b(trans_b, k, n, b, ldb, bp, round_up(k > 0 ? k : 1, 32), round_up(n, 32));
+}
+
+/*
+ * kind: BF16_AMX or BF16_AVX512 (as distillery_bf16_gemm_kind() allows). Returns 0, or 1 when the
+ * packing buffer could not be allocated (nothing written).
+ */
+int distillery_bf16_gemm(int kind, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                         const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    if (m <= 0 || n <= 0) return 0;
+    int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
+    uint16_t *bp = packing_buffer(((size_t) round_up(m, 32) * kp + (size_t) kp * np) * 2);
+    if (bp == NULL) return 1;
+    bp += (size_t) round_up(m, 32) * kp;   /* op(A) goes before it, in the same buffer */
+    pack_b(trans_b, k, n, b, ldb, bp, kp, np);
+    return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, bp, beta, c, ldc);
+}
+
+/* distillery_bf16_gemm with op(B) as distillery_bf16_pack_b left it (a weight packed once for several calls). */
+int distillery_bf16_gemm_packed_b(int kind, int trans_a, int m, int n, int k, float alpha, const float *a, int lda,
+                                  const uint16_t *bp, float beta, float *c, int ldc) {
+    if (m <= 0 || n <= 0) return 0;
+    return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, bp, beta, c, ldc);
 }

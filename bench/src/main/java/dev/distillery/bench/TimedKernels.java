@@ -128,6 +128,11 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public ConstantHold holdConstant(MemorySegment operand) {
+        return inner.holdConstant(operand);
+    }
+
+    @Override
     public void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a,
                                    int lda, long strideA, MemorySegment b, int ldb, long strideB, float beta,
                                    MemorySegment c, int ldc, long strideC, int batch) {

@@ -111,6 +111,26 @@ public interface Kernels extends AutoCloseable {
               float beta, MemorySegment c, int ldc);
 
     /**
+     * Declares that the bytes of {@code operand} do not change until the returned hold is closed,
+     * so that a backend may keep what it derives from them across {@link #gemm} calls: the CPU's
+     * bf16 GEMM packs a B operand lying in it once per shape rather than at every call (the
+     * chunked LM head's weight, the B of two GEMMs in every chunk). Writing a held operand before
+     * the hold is closed leaves those GEMMs reading the old values. Backends with nothing to keep
+     * return a hold that does nothing.
+     */
+    default ConstantHold holdConstant(MemorySegment operand) {
+        return ConstantHold.NONE;
+    }
+
+    /** What {@link #holdConstant} returns; closing it frees what was kept. */
+    interface ConstantHold extends AutoCloseable {
+        ConstantHold NONE = () -> { };
+
+        @Override
+        void close();
+    }
+
+    /**
      * {@code batch} independent GEMMs; matrix i of A starts {@code i * strideA} elements after
      * {@code a} (likewise B and C).
      */

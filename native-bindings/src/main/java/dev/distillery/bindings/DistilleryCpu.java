@@ -26,18 +26,19 @@ public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 4;
+    public static final int ABI = 5;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
-    private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM;
+    private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
+            BF16_PACK_B, BF16_GEMM_PACKED_B;
     private static final String STATUS;
     private static final int BF16_KIND;
 
     static {
-        MethodHandle row = null, student = null, squared = null, bf16 = null;
+        MethodHandle row = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null;
         int bf16Kind = BF16_NONE;
         String status;
         try {
@@ -78,6 +79,12 @@ public final class DistilleryCpu {
                                 FunctionDescriptor.ofVoid(p, p, p, i, f, f, f, f, f, f), critical);
                         bf16 = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, p, i, f, p, i));
+                        packedBytes = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_packed_b_bytes"),
+                                FunctionDescriptor.of(p, i, i), critical);
+                        packB = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_pack_b"),
+                                FunctionDescriptor.ofVoid(i, i, i, p, i, p));
+                        bf16Packed = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_packed_b"),
+                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, p, f, p, i));
                         bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
                         status = "on: " + lib;
@@ -93,6 +100,9 @@ public final class DistilleryCpu {
         STUDENT_PASS = student;
         SQUARED_GRADIENT = squared;
         BF16_GEMM = bf16;
+        BF16_PACKED_B_BYTES = packedBytes;
+        BF16_PACK_B = packB;
+        BF16_GEMM_PACKED_B = bf16Packed;
         BF16_KIND = bf16Kind;
         STATUS = status;
     }
@@ -129,6 +139,37 @@ public final class DistilleryCpu {
             return (int) BF16_GEMM.invokeExact(kind, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm failed", e);
+        }
+    }
+
+    /** {@code distillery_bf16_packed_b_bytes}: the bytes {@link #bf16PackB} writes for op(B) of (k, n). */
+    public static long bf16PackedBBytes(int k, int n) {
+        try {
+            return (long) BF16_PACKED_B_BYTES.invokeExact(k, n);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_bf16_packed_b_bytes failed", e);
+        }
+    }
+
+    /**
+     * {@code distillery_bf16_pack_b}: op(B) (k, n) rounded to bf16 into {@code bp}, 64-byte aligned
+     * and {@link #bf16PackedBBytes} long, in the layout {@link #bf16GemmPackedB} reads.
+     */
+    public static void bf16PackB(boolean transB, int k, int n, long b, int ldb, long bp) {
+        try {
+            BF16_PACK_B.invokeExact(transB ? 1 : 0, k, n, b, ldb, bp);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_bf16_pack_b failed", e);
+        }
+    }
+
+    /** {@code distillery_bf16_gemm_packed_b}: {@link #bf16Gemm} with op(B) packed by {@link #bf16PackB}. */
+    public static int bf16GemmPackedB(int kind, boolean transA, int m, int n, int k, float alpha, long a, int lda,
+                                      long bp, float beta, long c, int ldc) {
+        try {
+            return (int) BF16_GEMM_PACKED_B.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, bp, beta, c, ldc);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_bf16_gemm_packed_b failed", e);
         }
     }
 

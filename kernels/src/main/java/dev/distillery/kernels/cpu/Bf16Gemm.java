@@ -1,18 +1,28 @@
 package dev.distillery.kernels.cpu;
 
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.CopyOnWriteArrayList;
 
 import dev.distillery.bindings.DistilleryCpu;
+import dev.distillery.kernels.Kernels.ConstantHold;
 
 /**
  * The GEMM of bf16 mixed precision: both operands rounded to bf16, products summed in fp32, on AMX
  * tiles or AVX512-BF16 dot products ({@code cpu/src/main/c/bf16_gemm.c}, docs/KERNELS.md#bf16-gemm).
  * Built only where {@link #unavailableReason} is null. {@code -Ddistillery.bf16Gemm=avx512} takes
  * the AVX512-BF16 path on an AMX CPU (to test it, or to compare the two).
+ *
+ * <p>A B operand inside a {@linkplain #hold held} segment is packed once per (address, shape,
+ * transpose) and reused until the hold closes; every other operand is packed at each call.
  */
 final class Bf16Gemm implements Gemm {
 
     private final int kind;
+    private final List<Held> held = new CopyOnWriteArrayList<>();
 
     Bf16Gemm() {
         String why = unavailableReason();
@@ -38,14 +48,61 @@ final class Bf16Gemm implements Gemm {
         return "bf16 GEMM (" + (kind == DistilleryCpu.BF16_AMX ? "AMX" : "AVX512-BF16") + ", fp32 sums)";
     }
 
+    /** Which packed B a held segment keeps: one per slice and shape that the GEMMs read. */
+    private record PackKey(long address, boolean transB, int k, int n, int ldb) {
+    }
+
+    /** A held segment's bytes, and the packs made of it, freed together when the hold closes. */
+    private final class Held implements ConstantHold {
+        final long start, end;
+        final Arena arena = Arena.ofShared();
+        final Map<PackKey, MemorySegment> packs = new ConcurrentHashMap<>();
+
+        Held(MemorySegment operand) {
+            start = operand.address();
+            end = start + operand.byteSize();
+        }
+
+        @Override
+        public void close() {
+            if (held.remove(this)) arena.close();
+        }
+    }
+
+    /** Keeps the packs of B operands inside {@code operand} until the returned hold closes. */
+    ConstantHold hold(MemorySegment operand) {
+        Held h = new Held(operand);
+        held.add(h);
+        return h;
+    }
+
     @Override
     public void sgemm(boolean transA, boolean transB, int m, int n, int k,
                       float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
                       float beta, MemorySegment c, int ldc) {
         if (m == 0 || n == 0) return;
-        if (DistilleryCpu.bf16Gemm(kind, transA, transB, m, n, k, alpha, a.address(), lda, b.address(), ldb,
-                beta, c.address(), ldc) != 0) {
+        MemorySegment packed = heldPack(transB, k, n, b, ldb);
+        int status = packed == null
+                ? DistilleryCpu.bf16Gemm(kind, transA, transB, m, n, k, alpha, a.address(), lda, b.address(), ldb, beta, c.address(), ldc)
+                : DistilleryCpu.bf16GemmPackedB(kind, transA, m, n, k, alpha, a.address(), lda, packed.address(), beta, c.address(), ldc);
+        if (status != 0) {
             throw new OutOfMemoryError("bf16 GEMM " + m + "x" + n + "x" + k + ": no memory for its packed operands");
         }
+    }
+
+    /** op(B) packed, when B lies inside a held segment (packed now if this slice and shape are new), else null. */
+    private MemorySegment heldPack(boolean transB, int k, int n, MemorySegment b, int ldb) {
+        if (held.isEmpty() || k == 0) return null;
+        long first = b.address(), last = first + 4L * (transB ? (long) (n - 1) * ldb + k : (long) (k - 1) * ldb + n);
+        for (Held h : held) {
+            if (first >= h.start && last <= h.end) {
+                return h.packs.computeIfAbsent(new PackKey(first, transB, k, n, ldb), key -> {
+                    MemorySegment bp = h.arena.allocate(DistilleryCpu.bf16PackedBBytes(k, n), 64);
+                    DistilleryCpu.bf16PackB(transB, k, n, first, ldb, bp.address());
+                    return bp;
+                });
+            }
+        }
+        return null;
     }
 }

@@ -183,6 +183,11 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
+    public ConstantHold holdConstant(MemorySegment operand) {
+        return gemm instanceof Bf16Gemm bf16 ? bf16.hold(operand) : ConstantHold.NONE;
+    }
+
+    @Override
     public void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha,
                                    MemorySegment a, int lda, long strideA, MemorySegment b, int ldb, long strideB,
                                    float beta, MemorySegment c, int ldc, long strideC, int batch) {

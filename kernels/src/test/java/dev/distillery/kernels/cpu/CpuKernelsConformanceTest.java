@@ -128,6 +128,48 @@ class CpuKernelsConformanceTest {
         }
     }
 
+    /**
+     * A held B is packed once per slice and shape and gives the GEMM's bits exactly, call after
+     * call, in both transposes and over a thread split; the pack is what later calls read (a write
+     * under the hold is not seen), and once the hold closes the new values are.
+     */
+    @Test
+    void bf16GemmOnAHeldOperandGivesTheSameBitsAndForgetsItWhenReleased() {
+        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        Random random = new Random(7);
+        int m = 70, n = 1000, k = 96;
+        try (CpuKernels kernels = new CpuKernels(2, "auto", Precision.BF16); Arena arena = Arena.ofConfined()) {
+            MemorySegment w = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, n * k));
+            for (boolean transB : new boolean[]{true, false}) {
+                int nn = transB ? n : k, kk = transB ? k : n;   // W (n, k): op(B) is Wᵀ (k, n) as the logits read it, or W (n, k) as dH does
+                MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, m * kk));
+                MemorySegment plain = arena.allocate(4L * m * nn, 64), held = arena.allocate(4L * m * nn, 64);
+                kernels.gemm(false, transB, m, nn, kk, 1f, a, kk, w, k, 0f, plain, nn);
+                try (var hold = kernels.holdConstant(w)) {
+                    for (int call = 0; call < 3; call++) {
+                        held.fill((byte) 0x7f);
+                        kernels.gemm(false, transB, m, nn, kk, 1f, a, kk, w, k, 0f, held, nn);
+                        assertEquals(-1L, plain.mismatch(held), "transB " + transB + ", call " + call);
+                    }
+                }
+            }
+            MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, m * k));
+            MemorySegment before = arena.allocate(4L * m * n, 64), stale = arena.allocate(4L * m * n, 64);
+            MemorySegment after = arena.allocate(4L * m * n, 64);
+            try (var hold = kernels.holdConstant(w)) {
+                kernels.gemm(false, true, m, n, k, 1f, a, k, w, k, 0f, before, n);
+                w.asSlice(0, 4L * k).fill((byte) 0);   // column 0 of op(B) is now zero, against the hold's promise
+                kernels.gemm(false, true, m, n, k, 1f, a, k, w, k, 0f, stale, n);
+            }
+            assertEquals(-1L, before.mismatch(stale), "the second call under the hold reads the pack the first one made");
+            kernels.gemm(false, true, m, n, k, 1f, a, k, w, k, 0f, after, n);
+            for (int i = 0; i < m; i++) {
+                assertEquals(0f, after.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * n), "row " + i + " read the released pack");
+                assertEquals(before.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * n + 1), after.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * n + 1));
+            }
+        }
+    }
+
     private static float[] gaussians(Random random, int n) {
         float[] x = new float[n];
         for (int i = 0; i < n; i++) x[i] = (float) random.nextGaussian();

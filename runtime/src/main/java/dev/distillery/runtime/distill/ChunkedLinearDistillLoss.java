@@ -127,16 +127,18 @@ public final class ChunkedLinearDistillLoss {
             throw new IllegalArgumentException("logit scratch holds " + logits.byteSize() + " bytes; " + Math.min(chunkRows, n)
                     + " rows of vocab " + vocab + " need " + 4L * Math.min(chunkRows, n) * vocab);
         }
-        for (int r0 = 0; r0 < n; r0 += chunkRows) {
-            int rows = Math.min(chunkRows, n - r0);
-            MemorySegment h = hidden.asSlice(4L * r0 * d);
-            kernels.gemm(false, true, rows, vocab, d, 1f, h, d, weight, d, 0f, logits, vocab);
-            loss.apply(r0, rows);
-            if (dHidden != null) {
-                kernels.gemm(false, false, rows, d, vocab, 1f, grad, vocab, weight, d, 1f, dHidden.asSlice(4L * r0 * d), d);
-            }
-            if (dWeight != null) {
-                kernels.gemm(true, false, vocab, d, rows, 1f, grad, vocab, h, d, 1f, dWeight, d);
+        try (Kernels.ConstantHold unchanged = kernels.holdConstant(weight)) {   // W is the same in every chunk
+            for (int r0 = 0; r0 < n; r0 += chunkRows) {
+                int rows = Math.min(chunkRows, n - r0);
+                MemorySegment h = hidden.asSlice(4L * r0 * d);
+                kernels.gemm(false, true, rows, vocab, d, 1f, h, d, weight, d, 0f, logits, vocab);
+                loss.apply(r0, rows);
+                if (dHidden != null) {
+                    kernels.gemm(false, false, rows, d, vocab, 1f, grad, vocab, weight, d, 1f, dHidden.asSlice(4L * r0 * d), d);
+                }
+                if (dWeight != null) {
+                    kernels.gemm(true, false, vocab, d, rows, 1f, grad, vocab, h, d, 1f, dWeight, d);
+                }
             }
         }
     }

@@ -103,7 +103,7 @@ public final class Evaluator {
         MemorySegment labels = inputs.targets().data();
         DistillOptions divergenceOnly = options.withAlpha(0f);
         Sums sums = Sums.zero();
-        try (Arena host = Arena.ofConfined()) {
+        try (Arena host = Arena.ofConfined(); Kernels.ConstantHold unchanged = kernels.holdConstant(model.lmHeadWeight().data())) {
             MemorySegment hostCe = host.allocate(4L * chunk, 64), hostDiv = host.allocate(4L * chunk, 64);
             MemorySegment hostTop1 = host.allocate(4L * chunk, 64);
             for (int r0 = 0; r0 < n; r0 += chunk) {
