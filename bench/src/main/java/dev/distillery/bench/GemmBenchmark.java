@@ -28,7 +28,7 @@ import dev.distillery.kernels.Precision;
  * The CPU kernels' GEMM (OpenBLAS, or the Vector-API fallback with {@code -p gemm=vector}) on the
  * training step's shapes and on a large square, at the step's thread count: what the GEMM-bound
  * step can hope for on this machine. GFLOP/s = 2mnk / time. Shapes are {@code m x n x k:ops},
- * ops the transposes as in {@code Kernels.gemm}: the LM head's logits (h · Wᵀ, config B), the
+ * ops the transposes of A and B as in {@code Kernels.gemm}: the LM head's logits (h · Wᵀ, config B), the
  * MLP's first linear (config B), and 2048³. {@code -p precision=bf16} runs the bf16 GEMM of mixed
  * precision (operands packed and rounded at every call, which the time includes).
  */
@@ -54,7 +54,7 @@ public class GemmBenchmark {
     public String precision;
 
     private int m, n, k;
-    private boolean transB;
+    private boolean transA, transB;
     private Arena arena;
     private Kernels kernels;
     private MemorySegment a, b, c;
@@ -66,6 +66,7 @@ public class GemmBenchmark {
         m = Integer.parseInt(mnk[0]);
         n = Integer.parseInt(mnk[1]);
         k = Integer.parseInt(mnk[2]);
+        transA = parts[1].charAt(0) == 'T';
         transB = parts[1].charAt(1) == 'T';
         arena = Arena.ofShared();
         kernels = Backends.openExactly(Backends.Request.cpu(threads, gemm, Precision.parse(precision, "precision")));
@@ -83,7 +84,7 @@ public class GemmBenchmark {
 
     @Benchmark
     public MemorySegment gemm() {
-        kernels.gemm(false, transB, m, n, k, 1f, a, k, b, transB ? k : n, 0f, c, n);
+        kernels.gemm(transA, transB, m, n, k, 1f, a, transA ? m : k, b, transB ? k : n, 0f, c, n);
         return c;
     }
 
