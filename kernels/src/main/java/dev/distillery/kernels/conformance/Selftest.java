@@ -13,6 +13,7 @@ import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.DeviceCollectives;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.cuda.CudaConformance;
 import dev.distillery.kernels.cuda.CudaDevice;
@@ -22,7 +23,8 @@ import dev.distillery.kernels.cuda.CudaKernels;
  * {@code selftest}: every kernel of a backend on fresh random inputs against a reference. The CPU
  * against float64 ({@link KernelConformance}); CUDA kernel by kernel against the CPU kernels
  * ({@link CudaConformance}), then {@link CudaKernels}, the whole contract with its copies, against
- * float64, and NCCL where it loads (a group of one rank). The caller prints the report.
+ * float64, and NCCL where it loads (a group of one rank). On both, the GEMMs of bf16 mixed
+ * precision where the device has them. The caller prints the report.
  */
 public final class Selftest {
 
@@ -71,6 +73,12 @@ public final class Selftest {
         }
     }
 
+    /** The GEMMs of bf16 mixed precision, and the ops made of them, as {@link KernelConformance} checks them. */
+    private static Section bf16Section(Kernels bf16, long seed, KernelConformance.Sizes sizes) {
+        return new Section("bf16 mixed precision (" + bf16.describe() + "): GEMMs against float64 on bf16-rounded operands,"
+                + " linear and attention against fp32 within bf16's tolerance:", "bf16 checks", KernelConformance.run(bf16, seed, sizes));
+    }
+
     /**
      * Runs the checks of {@code backend}: AUTO and CPU check the CPU kernels (AUTO says whether a
      * CUDA device is here to check), CUDA checks device 0.
@@ -88,10 +96,10 @@ public final class Selftest {
                 header.add("reference: " + cpu.describe());
                 header.add("seed: " + seed);
                 Section kernels = new Section(null, "CUDA kernel checks against the CPU kernels", CudaConformance.run(gpu, cpu, seed, quick));
+                List<Section> sections = new ArrayList<>(List.of(kernels));
                 try (CudaKernels contract = new CudaKernels(gpu)) {
-                    Section whole = new Section("CudaKernels (the whole Kernels contract, with its copies) against the float64 reference:",
-                            "contract checks", KernelConformance.run(contract, seed, sizes));
-                    List<Section> sections = new ArrayList<>(List.of(kernels, whole));
+                    sections.add(new Section("CudaKernels (the whole Kernels contract, with its copies) against the float64 reference:",
+                            "contract checks", KernelConformance.run(contract, seed, sizes)));
                     DeviceCollectives nccl = contract.deviceCollectives().orElse(null);
                     if (nccl == null) {
                         header.add("nccl: " + NcclLibrary.load().describe() + "; GPU ranks would sum through host memory");
@@ -100,8 +108,11 @@ public final class Selftest {
                         sections.add(new Section("NCCL, a group of this one rank (its sum is the identity, bit for bit):", "NCCL checks",
                                 List.of(groupOfOne(contract, nccl, seed))));
                     }
-                    return new Report(header, sections);
                 }
+                try (CudaKernels bf16 = new CudaKernels(gpu, Precision.BF16)) {
+                    sections.add(bf16Section(bf16, seed, sizes));
+                }
+                return new Report(header, sections);
             }
         }
         try (Kernels kernels = new CpuKernels(threads, gemm)) {
@@ -112,7 +123,16 @@ public final class Selftest {
             header.add("backend: " + kernels.describe());
             header.add("blas: " + OpenBlasLibrary.probe().describe());
             header.add("seed: " + seed);
-            return new Report(header, List.of(new Section(null, "checks", KernelConformance.run(kernels, seed, sizes))));
+            List<Section> sections = new ArrayList<>(List.of(new Section(null, "checks", KernelConformance.run(kernels, seed, sizes))));
+            String noBf16 = CpuKernels.bf16UnavailableReason();
+            if (noBf16 != null) {
+                header.add("bf16: not checked: " + noBf16 + " (a bf16 run takes the fp32 GEMMs)");
+            } else {
+                try (Kernels bf16 = new CpuKernels(threads, gemm, Precision.BF16)) {
+                    sections.add(bf16Section(bf16, seed, sizes));
+                }
+            }
+            return new Report(header, sections);
         }
     }
 }

@@ -77,6 +77,11 @@ public final class CpuKernels implements Kernels {
         };
     }
 
+    /** Why a bf16 request would run the fp32 GEMMs on this machine, or null when it has a bf16 GEMM. */
+    public static String bf16UnavailableReason() {
+        return Bf16Gemm.unavailableReason();
+    }
+
     private static Gemm.Choice gemmChoice(String name) {
         return switch (name.trim().toLowerCase(java.util.Locale.ROOT)) {
             case "auto" -> Gemm.Choice.AUTO;
