@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Distillery against PyTorch on the machine at hand, both sides in one sitting, round by round.
 #
-#   bench/reference/side_by_side.sh [--rounds N] [--quick] [--steps-only]
+#   bench/reference/side_by_side.sh [--rounds N] [--quick] [--steps-only] [--rows REGEX]
 #
 # Needs bench/target/benchmarks.jar (./mvnw -B -q package -DskipTests) and JDK 25 (JAVA_HOME).
 # PyTorch comes from the machine's local wheel cache into a venv (no network), or from Debian's
@@ -17,22 +17,25 @@
 # a thrashing reference, or a machine whose neighbours took the cores, measures nothing. The training
 # steps run in fp32 and in bf16 mixed precision (PyTorch: torch.autocast on the CPU; Distillery:
 # -p precision=bf16, where the CPU has AMX or AVX512-BF16); the distillation step is config B
-# against a dense bf16 teacher (T = 2, alpha 0.5); the peak resident memory of a config B step is
+# against a dense bf16 teacher (T = 2, alpha 0.5), fp32 and bf16; the peak resident memory of a config B step is
 # measured once per side (/usr/bin/time), and each fused-loss row gives the share of the copy
 # bandwidth its bytes (student logits read, gradient written, teacher read) reach.
-# --steps-only leaves out the loss rows.
+# --steps-only leaves out the loss rows; --rows keeps only the rows whose label matches REGEX
+# (grep -E: 'distillation', 'bf16', 'peak RSS', ...).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 ROUNDS=3
 QUICK=0
 STEPS_ONLY=0
+ROWS_RE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --steps-only) STEPS_ONLY=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --rows) ROWS_RE="$2"; shift 2 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "side_by_side.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -87,7 +90,7 @@ TORCH=$("$PY" -c 'import torch; print(torch.__version__)')
 BLAS=$("$PY" -c 'import torch; c=torch.__config__.show(); print("MKL" if "MKL" in c and "USE_MKL=ON" in c else "OpenBLAS" if "openblas" in c.lower() else "its BLAS")')
 
 # ---------------------------------------------------------------- the rows
-STEP_ROWS=("A fp32 ce" "B fp32 ce" "A bf16 ce" "B bf16 ce" "B fp32 distill")
+STEP_ROWS=("A fp32 ce" "B fp32 ce" "A bf16 ce" "B bf16 ce" "B fp32 distill" "B bf16 distill")
 LOSS_ROWS=("2048x32000 dense-bf16" "4096x50257 dense-bf16" "1024x128256 dense-bf16" "2048x32000 top64")
 if [ "$QUICK" = 1 ]; then LOSS_ROWS=("2048x32000 dense-bf16" "2048x32000 top64"); fi
 if [ "$STEPS_ONLY" = 1 ]; then LOSS_ROWS=(); fi
@@ -100,6 +103,10 @@ jmh_ms() {   # benchmark regex, params...: the JMH score in ms/op
   "$JAVA" -jar "$JAR" "$1" "${@:2}" "${JMH[@]}" -p threads=$THREADS -rf json -rff "$out" >"$WORK/jmh.log" 2>&1 \
     || { tail -n 20 "$WORK/jmh.log" >&2; return 1; }
   "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["primaryMetric"]["score"])' "$out"
+}
+
+wanted() {   # row label: whether --rows keeps it
+  [ -z "$ROWS_RE" ] || grep -qE -- "$ROWS_RE" <<<"$1"
 }
 
 record() {   # row side value [flag]
@@ -127,11 +134,13 @@ for r in $(seq 1 "$ROUNDS"); do
     set -- $c
     row="training step $1 $2, ms"
     [ "$3" = distill ] && row="distillation step $1 $2 (dense bf16 teacher), ms"
+    wanted "$row" || continue
     torch_record "$row" "$(torch_run "$PY" bench/reference/pytorch_step.py "$1" $THREADS 8 "$2" "$3")"
     record "$row" distillery "$(jmh_ms 'TrainingStepBenchmark.step' -p config="$1" -p precision="$2" -p loss="$3")"
   done
   for l in ${LOSS_ROWS[@]+"${LOSS_ROWS[@]}"}; do
     set -- $l
+    wanted "fused loss $1 $2, ms" || continue
     torch_record "fused loss $1 $2, ms" "$(torch_run "$PY" bench/reference/pytorch_loss.py "$1" "$2" $THREADS 6)"
     record "fused loss $1 $2, ms" distillery "$(jmh_ms 'DistillLossBenchmark.fused' -p shape="$1" -p teacher="$2")"
   done
@@ -139,13 +148,15 @@ done
 
 # peak resident memory of a config B step (the whole process, 3 steps after 1 of warm-up), once per side;
 # Distillery with the collector and initial heap `java -jar trainer.jar` gives its JVM (ChildJvm)
-echo "peak memory" >&2
-rss_mb() { awk '/^[0-9]+$/ {v = $1} END {printf "%.0f", v / 1024}' "$WORK/rss"; }
-torch_run /usr/bin/time -f %M -o "$WORK/rss" "$PY" bench/reference/pytorch_step.py B $THREADS 3 fp32 ce >/dev/null
-record "peak RSS of a config B step, MB" torch "$(rss_mb)"
-/usr/bin/time -f %M -o "$WORK/rss" "$JAVA" --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -Xmx8g -XX:+UseSerialGC -Xms32m \
-  -cp "$JAR" dev.distillery.bench.StepProfile B $THREADS 3 auto 1 fp32 >/dev/null 2>&1
-record "peak RSS of a config B step, MB" distillery "$(rss_mb)"
+if wanted "peak RSS of a config B step, MB"; then
+  echo "peak memory" >&2
+  rss_mb() { awk '/^[0-9]+$/ {v = $1} END {printf "%.0f", v / 1024}' "$WORK/rss"; }
+  torch_run /usr/bin/time -f %M -o "$WORK/rss" "$PY" bench/reference/pytorch_step.py B $THREADS 3 fp32 ce >/dev/null
+  record "peak RSS of a config B step, MB" torch "$(rss_mb)"
+  /usr/bin/time -f %M -o "$WORK/rss" "$JAVA" --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -Xmx8g -XX:+UseSerialGC -Xms32m \
+    -cp "$JAR" dev.distillery.bench.StepProfile B $THREADS 3 auto 1 fp32 >/dev/null 2>&1
+  record "peak RSS of a config B step, MB" distillery "$(rss_mb)"
+fi
 
 # ---------------------------------------------------------------- the table
 CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
