@@ -19,7 +19,9 @@ import dev.distillery.runtime.nn.LanguageModel;
  * batch of (b, t) tokens it computes its final hidden states (b·t, d) once, freeing each block's
  * activations as it goes; its logits exist one chunk of rows at a time, (chunk, V), when the
  * fused loss asks for that chunk, so the (b·t, V) matrix never exists. Memory beyond the weights
- * (fp32): one block's activations, the hidden states, and one chunk of logits.
+ * (fp32): one block's activations, the hidden states, and one chunk of logits; under the CPU's
+ * bf16 GEMM also the weights packed in bf16 (half their size), since the teacher holds its
+ * parameters constant ({@link Kernels#holdConstant}) while it is open.
  */
 public final class InProcessTeacher implements AutoCloseable {
 
@@ -33,9 +35,11 @@ public final class InProcessTeacher implements AutoCloseable {
     private int[] keptLayers = new int[0];
     private final Map<Integer, MemorySegment> kept = new HashMap<>();
     private long keptRows;
+    private final Kernels.ConstantHold frozen;
 
     /**
-     * @param model     the teacher, frozen ({@code ModelFiles.readTeacher}); not closed with this
+     * @param model     the teacher, frozen ({@code ModelFiles.readTeacher}), its weights unchanged
+     *                  while this is open; not closed with this
      * @param chunkRows the most rows of logits asked for at once
      */
     public InProcessTeacher(LanguageModel model, Kernels kernels, int chunkRows) {
@@ -52,6 +56,7 @@ public final class InProcessTeacher implements AutoCloseable {
         this.ops = new DifferentiableOps(kernels, workspace, tape);
         this.logits = kernels.allocate(arena, 4L * chunkRows * model.vocabSize());
         this.top1 = kernels.allocate(arena, 4L * chunkRows);
+        this.frozen = kernels.holdConstant(model.parameters().paramBlock());
     }
 
     public LanguageModel model() {
@@ -117,6 +122,7 @@ public final class InProcessTeacher implements AutoCloseable {
 
     @Override
     public void close() {
+        frozen.close();
         workspace.close();
         arena.close();
     }

@@ -7,9 +7,11 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
-import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
 
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
@@ -37,9 +39,11 @@ class InProcessTeacherTest {
 
     private static final int TEACHER_VOCAB = 37, STUDENT_VOCAB = 40, B = 2, T = 7, N = B * T, CHUNK = 5;
 
-    @Test
-    void anInProcessTeacherGivesTheLossAndGradientsOfItsStoredDenseLogits() {
-        try (CpuKernels kernels = new CpuKernels(2, "blas");
+    /** In bf16 (where the CPU has it) the teacher runs on the weights it holds packed; its stored logits on the plain GEMM. */
+    @ParameterizedTest(name = "precision={0}")
+    @EnumSource(Precision.class)
+    void anInProcessTeacherGivesTheLossAndGradientsOfItsStoredDenseLogits(Precision precision) {
+        try (CpuKernels kernels = new CpuKernels(2, "blas", precision);
              Llama teacher = new Llama(new LlamaConfig(LlamaConfig.Family.LLAMA, TEACHER_VOCAB, 16, 2, 16, 4, 2, 4, 24, 1e-5f,
                      LlamaConfig.Rope.plain(10000), false), kernels, false);
              Gpt2 stored = new Gpt2(new Gpt2Config(STUDENT_VOCAB, T, 1, 12, 3), kernels);
