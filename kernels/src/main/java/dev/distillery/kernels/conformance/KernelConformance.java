@@ -695,11 +695,10 @@ public final class KernelConformance {
         record(kernel, size, err, TOL_LOOSE, ms);
     }
 
-
     // ---------------------------------------------------------------- helpers
 
     /** values stored as {@code type} in host memory; {@code rounded} (may be values) gets what was stored. */
-    private static MemorySegment typed(Arena arena, double[] values, DType type, double[] rounded) {
+    public static MemorySegment typed(Arena arena, double[] values, DType type, double[] rounded) {
         MemorySegment m = arena.allocate((long) type.bytes() * Math.max(1, values.length), 64);
         for (int i = 0; i < values.length; i++) {
             type.write(m, i, (float) values[i]);
@@ -729,8 +728,5 @@ public final class KernelConformance {
     private static double[] slice(double[] x, int from, int length) {
         return java.util.Arrays.copyOfRange(x, from, from + length);
     }
-
-
-
 
 }

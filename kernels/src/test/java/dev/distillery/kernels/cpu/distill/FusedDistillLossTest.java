@@ -21,6 +21,7 @@ import org.junit.jupiter.api.Test;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.conformance.Buffers;
+import dev.distillery.kernels.conformance.KernelConformance;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.cpu.WorkerPool;
 import dev.distillery.kernels.distill.DistillOptions;
@@ -62,19 +63,6 @@ class FusedDistillLossTest {
         for (int r = 0; r < n; r++) labels[r] = rng.nextInt(v);
         if (ignoreOne && n > 2) labels[1] = -100;
         return new Problem(n, v, vt, s, t, labels);
-    }
-
-
-
-
-    /** The dense teacher stored as {@code type}; {@code rounded} receives the stored values. */
-    private static MemorySegment typed(Arena arena, double[] t, DType type, double[] rounded) {
-        MemorySegment m = arena.allocate((long) type.bytes() * Math.max(1, t.length), 64);
-        for (int i = 0; i < t.length; i++) {
-            type.write(m, i, (float) t[i]);
-            rounded[i] = type.read(m, i);
-        }
-        return m;
     }
 
     /** The teacher's top-k per row, in shuffled order, as both kernel and reference targets. */
@@ -134,7 +122,6 @@ class FusedDistillLossTest {
         return Math.max(err, Math.abs(sums.total() - ref.total()) / Math.max(1e-3, Math.abs(ref.total())));
     }
 
-
     private static final Divergence[] DIVERGENCES = {Divergence.forwardKl(), Divergence.reverseKl(), Divergence.jsd(0.3)};
 
     @Test
@@ -153,7 +140,7 @@ class FusedDistillLossTest {
                                     String what = "V=" + v + "+" + pad + " " + d + " T=" + t + " alpha=" + alpha + " T2=" + t2;
                                     for (DType type : DType.logitTypes()) {
                                         double[] rounded = new double[p.teacher().length];
-                                        MemorySegment tl = typed(arena, p.teacher(), type, rounded);
+                                        MemorySegment tl = KernelConformance.typed(arena, p.teacher(), type, rounded);
                                         double e = compare(arena, p, new TeacherTargets.Dense(tl, type, v),
                                                 new ReferenceDistillLoss.Dense(rounded, v), o, type == DType.BF16, alpha > 0);
                                         checks++;
@@ -197,7 +184,7 @@ class FusedDistillLossTest {
                         double[] wd = new double[count];
                         for (int i = 0; i < count; i++) {
                             double[] t = problem(4, v + pad, v, 2.0 + i, false).teacher(), rounded = new double[t.length];
-                            teachers.add(new TeacherTargets.Dense(typed(arena, t, types[i], rounded), types[i], v));
+                            teachers.add(new TeacherTargets.Dense(KernelConformance.typed(arena, t, types[i], rounded), types[i], v));
                             references.add(new ReferenceDistillLoss.Dense(rounded, v));
                             w[i] = 1f / count;
                             wd[i] = w[i];
@@ -254,7 +241,7 @@ class FusedDistillLossTest {
             try (Arena arena = Arena.ofShared()) {
                 Problem p = problem(2, v, v, 3.0, false);
                 double[] rounded = new double[p.teacher().length];
-                MemorySegment bf16 = typed(arena, p.teacher(), DType.BF16, rounded);
+                MemorySegment bf16 = KernelConformance.typed(arena, p.teacher(), DType.BF16, rounded);
                 DistillOptions o = DistillOptions.of(2f, 0.5f);
                 double e = compare(arena, p, new TeacherTargets.Dense(bf16, DType.BF16, v),
                         new ReferenceDistillLoss.Dense(rounded, v), o, true, true);
@@ -280,7 +267,7 @@ class FusedDistillLossTest {
         try (Arena arena = Arena.ofShared()) {
             Problem p = problem(5, v, vt, 3.0, true);
             double[] rounded = new double[p.teacher().length];
-            MemorySegment bf16 = typed(arena, p.teacher(), DType.BF16, rounded);
+            MemorySegment bf16 = KernelConformance.typed(arena, p.teacher(), DType.BF16, rounded);
             TeacherTargets.Dense kt = new TeacherTargets.Dense(bf16, DType.BF16, vt);
             for (Divergence d : DIVERGENCES) {
                 for (float t : new float[]{2f, 2.5f, 3f}) {
@@ -522,7 +509,7 @@ class FusedDistillLossTest {
             int v = 262_144;
             Problem p = problem(1, v, v, 10.0, false);
             double[] rounded = new double[v];
-            MemorySegment bf16 = typed(arena, p.teacher(), DType.BF16, rounded);
+            MemorySegment bf16 = KernelConformance.typed(arena, p.teacher(), DType.BF16, rounded);
             double e = compare(arena, p, new TeacherTargets.Dense(bf16, DType.BF16, v),
                     new ReferenceDistillLoss.Dense(rounded, v), DistillOptions.of(1f, 0.5f), true, true);
             assertTrue(e < 2e-4, "V=262144: " + e);
@@ -542,7 +529,7 @@ class FusedDistillLossTest {
             try (Arena arena = Arena.ofShared()) {
                 Problem p = problem(n, v, v, 2.0, true);
                 double[] rounded = new double[p.teacher().length];
-                TeacherTargets dense = new TeacherTargets.Dense(typed(arena, p.teacher(), DType.BF16, rounded), DType.BF16, v);
+                TeacherTargets dense = new TeacherTargets.Dense(KernelConformance.typed(arena, p.teacher(), DType.BF16, rounded), DType.BF16, v);
                 TopKPair tk = topK(arena, p, p.teacher(), 8, DType.F32, 2f);
                 for (TeacherTargets teacher : new TeacherTargets[]{dense, tk.kernel()}) {
                     float[][] first = null;
