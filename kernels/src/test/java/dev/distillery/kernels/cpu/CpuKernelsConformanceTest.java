@@ -46,9 +46,7 @@ class CpuKernelsConformanceTest {
     void bf16GemmsMatchFloat64ReferenceOnBf16RoundedOperands(String path, int threads) {
         assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
         long seed = System.nanoTime();
-        String before = System.getProperty("distillery.bf16Gemm");
-        System.setProperty("distillery.bf16Gemm", path);
-        try (CpuKernels kernels = new CpuKernels(threads, "auto", Precision.BF16)) {
+        try (CpuKernels kernels = bf16Kernels(path, threads)) {
             assertEquals(Precision.BF16, kernels.precision(), kernels.describe());
             KernelConformance.Sizes standard = KernelConformance.Sizes.standard();
             int[][] gemm = Arrays.copyOf(standard.gemm(), standard.gemm().length + 3);
@@ -64,9 +62,6 @@ class CpuKernelsConformanceTest {
             assertTrue(results.size() >= 7 * gemm.length + 3 * standard.attention().length,
                     "GEMMs and linear at every GEMM size, attention forward, backward and decode at every attention size: " + results.size());
             assertTrue(results.stream().allMatch(r -> r.kernel().endsWith(".bf16")), results.toString());
-        } finally {
-            if (before == null) System.clearProperty("distillery.bf16Gemm");
-            else System.setProperty("distillery.bf16Gemm", before);
         }
     }
 
@@ -83,48 +78,24 @@ class CpuKernelsConformanceTest {
         Random random = new Random(seed);
         int[][] shapes = {{96, 1024, 96}, {64, 1100, 64}, {33, 600, 1056}, {600, 64, 64}, {48, 40, 2048}};
         float[][] scales = {{1f, 0f}, {1f, 1f}, {0.75f, 0.5f}};
-        String before = System.getProperty("distillery.bf16Gemm");
-        System.setProperty("distillery.bf16Gemm", path);
-        try (CpuKernels kernels = new CpuKernels(threads, "auto", Precision.BF16); Arena arena = Arena.ofConfined()) {
+        try (CpuKernels kernels = bf16Kernels(path, threads); Arena arena = Arena.ofConfined()) {
             for (int[] s : shapes) {
                 int m = s[0], n = s[1], k = s[2];
                 for (int variant = 0; variant < 4; variant++) {
                     boolean transA = variant / 2 == 1, transB = variant % 2 == 1;
                     int lda = transA ? m : k, ldb = transB ? k : n;
                     float[] a = gaussians(random, m * k), b = gaussians(random, k * n);
-                    double[] ra = new double[a.length], rb = new double[b.length];
-                    for (int q = 0; q < a.length; q++) ra[q] = ReferenceKernels.roundToBf16(a[q]);
-                    for (int q = 0; q < b.length; q++) rb[q] = ReferenceKernels.roundToBf16(b[q]);
                     for (float[] scale : scales) {
                         float[] c = gaussians(random, m * n);
                         MemorySegment sc = arena.allocateFrom(ValueLayout.JAVA_FLOAT, c);
                         kernels.gemm(transA, transB, m, n, k, scale[0], arena.allocateFrom(ValueLayout.JAVA_FLOAT, a), lda,
                                 arena.allocateFrom(ValueLayout.JAVA_FLOAT, b), ldb, scale[1], sc, n);
-                        for (int i = 0; i < m; i++) {
-                            for (int j = 0; j < n; j++) {
-                                double sum = 0, magnitude = 0;
-                                for (int q = 0; q < k; q++) {
-                                    double x = transA ? ra[q * lda + i] : ra[i * lda + q];
-                                    double y = transB ? rb[j * ldb + q] : rb[q * ldb + j];
-                                    sum += x * y;
-                                    magnitude += Math.abs(x * y);
-                                }
-                                double want = scale[0] * sum + scale[1] * c[i * n + j];
-                                double got = sc.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * n + j);
-                                double bound = 2e-5 * (Math.abs(scale[0]) * magnitude + Math.abs(scale[1] * c[i * n + j])) + 1e-30;
-                                if (!(Math.abs(got - want) <= bound)) {
-                                    fail("seed " + seed + ", " + kernels.describe() + ": gemm" + (transA ? "T" : "N") + (transB ? "T" : "N")
-                                            + " " + m + "x" + n + "x" + k + " alpha " + scale[0] + " beta " + scale[1]
-                                            + ": C[" + i + "][" + j + "] = " + got + ", float64 " + want);
-                                }
-                            }
-                        }
+                        String context = "seed " + seed + ", " + kernels.describe() + ": gemm" + (transA ? "T" : "N") + (transB ? "T" : "N")
+                                + " " + m + "x" + n + "x" + k + " alpha " + scale[0] + " beta " + scale[1];
+                        assertMatchesBf16Reference(context, transA, transB, m, n, k, scale[0], a, b, scale[1], c, sc);
                     }
                 }
             }
-        } finally {
-            if (before == null) System.clearProperty("distillery.bf16Gemm");
-            else System.setProperty("distillery.bf16Gemm", before);
         }
     }
 
@@ -167,6 +138,44 @@ class CpuKernelsConformanceTest {
                 assertEquals(0f, after.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * n), "row " + i + " read the released pack");
                 assertEquals(before.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * n + 1), after.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * n + 1));
             }
+        }
+    }
+
+    /** {@code got} (m, n) against alpha op(A) op(B) + beta C in float64 on bf16-rounded operands, within fp32 sums' error. */
+    private static void assertMatchesBf16Reference(String context, boolean transA, boolean transB, int m, int n, int k,
+                                                   float alpha, float[] a, float[] b, float beta, float[] c, MemorySegment got) {
+        int lda = transA ? m : k, ldb = transB ? k : n;
+        double[] ra = new double[a.length], rb = new double[b.length];
+        for (int q = 0; q < a.length; q++) ra[q] = ReferenceKernels.roundToBf16(a[q]);
+        for (int q = 0; q < b.length; q++) rb[q] = ReferenceKernels.roundToBf16(b[q]);
+        for (int i = 0; i < m; i++) {
+            for (int j = 0; j < n; j++) {
+                double sum = 0, magnitude = 0;
+                for (int q = 0; q < k; q++) {
+                    double x = transA ? ra[q * lda + i] : ra[i * lda + q];
+                    double y = transB ? rb[j * ldb + q] : rb[q * ldb + j];
+                    sum += x * y;
+                    magnitude += Math.abs(x * y);
+                }
+                double want = alpha * sum + beta * c[i * n + j];
+                double value = got.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * n + j);
+                double bound = 2e-5 * (Math.abs(alpha) * magnitude + Math.abs(beta * c[i * n + j])) + 1e-30;
+                if (!(Math.abs(value - want) <= bound)) {
+                    fail(context + ": C[" + i + "][" + j + "] = " + value + ", float64 " + want);
+                }
+            }
+        }
+    }
+
+    /** bf16 kernels on {@code path} (auto or avx512): the GEMM reads {@code distillery.bf16Gemm} once, when it is built. */
+    private static CpuKernels bf16Kernels(String path, int threads) {
+        String before = System.getProperty("distillery.bf16Gemm");
+        System.setProperty("distillery.bf16Gemm", path);
+        try {
+            return new CpuKernels(threads, "auto", Precision.BF16);
+        } finally {
+            if (before == null) System.clearProperty("distillery.bf16Gemm");
+            else System.setProperty("distillery.bf16Gemm", before);
         }
     }
 
