@@ -48,6 +48,7 @@ public final class Workspace implements AutoCloseable {
     private final Map<Long, ArrayDeque<MemorySegment>> released = new HashMap<>();
     private long highWater;
     private int growths;
+    private boolean poison;
 
     public Workspace(Kernels kernels, long initialBytes) {
         this.kernels = kernels;
@@ -60,8 +61,23 @@ public final class Workspace implements AutoCloseable {
         block = kernels.allocate(blockArena, bytes);
     }
 
+    /**
+     * From now on every segment handed out is filled with NaN first: for tests, so that a reader of
+     * memory that nothing wrote this step (a gradient assumed zero) shows in its results.
+     */
+    public Workspace poisonAllocations() {
+        poison = true;
+        return this;
+    }
+
     /** A 64-byte-aligned region of at least {@code bytes}; contents are undefined. */
     public MemorySegment allocate(long bytes) {
+        MemorySegment s = take(bytes);
+        if (poison) kernels.fill(s, Float.NaN, bytes / Float.BYTES);
+        return s;
+    }
+
+    private MemorySegment take(long bytes) {
         ArrayDeque<MemorySegment> free = released.get(bytes);
         if (free != null && !free.isEmpty()) return free.pop();
         long size = Math.max(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);

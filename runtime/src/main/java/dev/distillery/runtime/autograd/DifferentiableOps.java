@@ -18,9 +18,11 @@ import dev.distillery.runtime.distill.TeacherRows;
 /**
  * The ops a GPT-style model is made of. Each one runs its forward kernel into a tensor from the
  * {@link Workspace} and, when an input needs a gradient, records its backward kernel on the
- * {@link Tape}. Activation gradients are allocated (zeroed) in the workspace the first time a
- * backward writes them; parameter gradients already live in the parameter store. Backward
- * kernels accumulate, so a tensor used twice (the residual stream) sums its gradients.
+ * {@link Tape}. Activation gradients are allocated in the workspace the first time a backward
+ * writes them; parameter gradients already live in the parameter store. Backward kernels
+ * accumulate, so a tensor used twice (the residual stream) sums its gradients: a new gradient
+ * is zeroed first, except where its first contribution is written whole (a GEMM with beta 0, a
+ * copy), which gives the same sums without the zeros.
  *
  * <p>Activations are 2-D (rows = batch × time, columns = channels); ops that need the batch and
  * time split (embedding, attention) take them as arguments.
@@ -87,7 +89,7 @@ public final class DifferentiableOps {
         workspace.release(scratch.data());
     }
 
-    /** The gradient buffer of t, zero-allocated on first use; null when t needs no gradient. */
+    /** The gradient buffer of t for a kernel that adds to it, zero-allocated on first use; null when t needs no gradient. */
     private java.lang.foreign.MemorySegment grad(Tensor t) {
         if (t == null || !t.requiresGrad()) return null;
         if (t.grad() == null) {
@@ -96,6 +98,23 @@ public final class DifferentiableOps {
             t.setGrad(g);
         }
         return t.grad().data();
+    }
+
+    /**
+     * The gradient buffer of t for a GEMM that writes every element of it, with the beta that GEMM
+     * takes: 0 when the buffer is new (the first contribution is written over undefined memory
+     * instead of added to zeros that were written for it), 1 when an earlier one is there. The
+     * same sums as {@link #grad} with beta 1, since 0 + x is x. Null when t needs no gradient.
+     */
+    private GradTarget gradToWrite(Tensor t) {
+        if (t == null || !t.requiresGrad()) return null;
+        if (t.grad() != null) return new GradTarget(t.grad().data(), 1f);
+        Tensor g = workspace.tensor(t.name() + ".grad", t.shape());
+        t.setGrad(g);
+        return new GradTarget(g.data(), 0f);
+    }
+
+    private record GradTarget(java.lang.foreign.MemorySegment data, float beta) {
     }
 
     /** tokens int32 (b, t); wte (vocab, c); wpe (maxT, c) → (b·t, c). */
@@ -175,10 +194,12 @@ public final class DifferentiableOps {
         kernels.linearForward(out.data(), x.data(), weight.data(), bias == null ? null : bias.data(), n, c, oc);
         if (track) {
             recordBackward(out, () -> {
-                if (out.grad() != null) {
-                    kernels.linearBackward(grad(x), grad(weight), bias == null ? null : grad(bias),
-                            out.grad().data(), x.data(), weight.data(), n, c, oc);
-                }
+                if (out.grad() == null) return;
+                var dout = out.grad().data();
+                // dx = dout · weightᵀ by a GEMM of its own, so a new dx is written rather than zeroed and added to
+                var dx = gradToWrite(x);
+                if (dx != null) kernels.gemm(false, true, n, c, oc, 1f, dout, oc, weight.data(), oc, dx.beta(), dx.data(), c);
+                kernels.linearBackward(null, grad(weight), bias == null ? null : grad(bias), dout, x.data(), weight.data(), n, c, oc);
             });
         }
         return out;
@@ -201,8 +222,8 @@ public final class DifferentiableOps {
             recordBackward(out, () -> {
                 if (out.grad() == null) return;
                 var dout = out.grad().data();
-                var dx = grad(x);
-                if (dx != null) kernels.gemm(false, false, n, c, v, 1f, dout, v, weight.data(), c, 1f, dx, c);
+                var dx = gradToWrite(x);
+                if (dx != null) kernels.gemm(false, false, n, c, v, 1f, dout, v, weight.data(), c, dx.beta(), dx.data(), c);
                 var dw = grad(weight);
                 if (dw != null) kernels.gemm(true, false, v, c, n, 1f, dout, v, x.data(), c, 1f, dw, c);
                 var db = grad(bias);
@@ -252,9 +273,10 @@ public final class DifferentiableOps {
                 if (out.grad() == null) return;
                 Tensor again = workspace.tensor("gelu", n, c);
                 kernels.geluForward(again.data(), x.data(), x.numel());
-                Tensor dg = workspace.zeros("gelu.grad", n, c);
-                kernels.linearBackward(dg.data(), grad(weight), bias == null ? null : grad(bias), out.grad().data(), again.data(),
-                        weight.data(), n, c, oc);
+                var dout = out.grad().data();
+                Tensor dg = workspace.tensor("gelu.grad", n, c);
+                kernels.gemm(false, true, n, c, oc, 1f, dout, oc, weight.data(), oc, 0f, dg.data(), c);
+                kernels.linearBackward(null, grad(weight), bias == null ? null : grad(bias), dout, again.data(), weight.data(), n, c, oc);
                 var dx = grad(x);
                 if (dx != null) kernels.geluBackward(dx, x.data(), dg.data(), x.numel());
                 releaseScratch(again);
@@ -349,11 +371,28 @@ public final class DifferentiableOps {
         kernels.residualForward(out.data(), a.data(), b.data(), a.numel());
         if (track) {
             recordBackward(out, () -> {
-                if (out.grad() == null) return;
-                var da = grad(a);
-                if (da != null) kernels.accumulate(da, out.grad().data(), a.numel());
-                var db = grad(b);
-                if (db != null) kernels.accumulate(db, out.grad().data(), b.numel());
+                Tensor dout = out.grad();
+                if (dout == null) return;
+                // Each input's gradient gains dout. A new one is dout: b's a copy, a's dout's own buffer,
+                // which out gives up (recordBackward then has nothing to release). b goes first, so
+                // a + a sums dout twice.
+                if (b.requiresGrad()) {
+                    if (b.grad() == null) {
+                        Tensor g = workspace.tensor(b.name() + ".grad", b.shape());
+                        kernels.copy(g.data(), dout.data(), dout.byteSize());
+                        b.setGrad(g);
+                    } else {
+                        kernels.accumulate(b.grad().data(), dout.data(), b.numel());
+                    }
+                }
+                if (a.requiresGrad()) {
+                    if (a.grad() == null) {
+                        a.setGrad(new Tensor(a.name() + ".grad", a.shape(), DType.F32, dout.device(), dout.data(), false));
+                        out.setGrad(null);
+                    } else {
+                        kernels.accumulate(a.grad().data(), dout.data(), a.numel());
+                    }
+                }
             });
         }
         return out;
