@@ -1,8 +1,9 @@
 package dev.distillery.runtime.parallel;
 
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.util.List;
+
+import dev.distillery.kernels.HostSums;
 
 /**
  * The processes of one data-parallel run and what they say to each other: one process
@@ -59,10 +60,7 @@ public interface Collective extends AutoCloseable {
 
         @Override
         public void addInRankOrder(MemorySegment sum, MemorySegment x, long n, boolean first) {
-            for (long i = 0; i < n; i++) {
-                float v = x.getAtIndex(ValueLayout.JAVA_FLOAT, i);
-                sum.setAtIndex(ValueLayout.JAVA_FLOAT, i, first ? v : sum.getAtIndex(ValueLayout.JAVA_FLOAT, i) + v);
-            }
+            HostSums.addInOrder(sum, x, 1, Math.toIntExact(n), first);
         }
 
         @Override

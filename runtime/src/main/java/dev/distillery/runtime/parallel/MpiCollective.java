@@ -10,6 +10,7 @@ import java.util.concurrent.locks.LockSupport;
 import dev.distillery.bindings.MpiLibrary;
 import dev.distillery.bindings.SharedLibraries;
 import dev.distillery.bindings.mpi.Mpi;
+import dev.distillery.kernels.HostSums;
 
 /**
  * The ranks of an {@code mpirun}, through Open MPI (CPU ranks; the gradients are in host memory).
@@ -218,12 +219,7 @@ public final class MpiCollective implements Collective {
             MemorySegment mine = x.asSlice(4 * from, 4L * count), out = sum.asSlice(4 * from, 4L * count);
             blocking("MPI_Allgather of the gradients", () -> MpiLibrary.check(Mpi.MPI_Allgather(mine, count, h.floatType(), gathered, count,
                     h.floatType(), h.commWorld()), "MPI_Allgather(" + count + " floats)"));
-            for (int i = 0; i < count; i++) {
-                float s = first ? gathered.getAtIndex(ValueLayout.JAVA_FLOAT, i)
-                        : out.getAtIndex(ValueLayout.JAVA_FLOAT, i) + gathered.getAtIndex(ValueLayout.JAVA_FLOAT, i);
-                for (int r = 1; r < size; r++) s += gathered.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * count + i);
-                out.setAtIndex(ValueLayout.JAVA_FLOAT, i, s);
-            }
+            HostSums.addInOrder(out, gathered, size, count, first);
         }
     }
 
