@@ -718,8 +718,10 @@ public final class CpuKernels implements Kernels {
                 valid[chunk]++;
                 float mx = VectorOps.max(logits, o, v);
                 float xTarget = get(logits, o + target);
-                // With writeGradient the exponentials overwrite the logits; they are scaled below.
-                float sum = VectorOps.expSum(logits, o, v, mx, writeGradient ? logits : null, o);
+                // With writeGradient the exponentials overwrite the logits; they are scaled below. The next
+                // row of this chunk is fetched meanwhile, for its max pass.
+                long nextRow = (long) Math.min(r + 1, end - 1) * v * 4L;
+                float sum = VectorOps.expSumFetching(logits, o, v, mx, writeGradient ? logits : null, o, nextRow, nextRow + 4L * v - 1);
                 set(losses, r, (float) (Math.log(sum) + mx - xTarget));
                 if (writeGradient) {
                     VectorOps.scale(logits, o, v, gradScale / sum);

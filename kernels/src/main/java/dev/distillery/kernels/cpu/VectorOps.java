@@ -42,6 +42,9 @@ public final class VectorOps {
     private VectorOps() {
     }
 
+    /** Where the fetching loops leave the bytes they read, so that the JIT keeps the loads. */
+    private static int fetchSink;
+
     // exp(x) = 2^n · p(r), x = n ln2 + r, |r| ≤ ln2/2; Cephes' expf polynomial (≤ 2 ulp).
     /** Inputs are clamped here (2^n with n ≤ 127); callers pass x − max ≤ 0. */
     private static final float EXP_HI = 88.0f;
@@ -418,17 +421,30 @@ public final class VectorOps {
      * {@code out[oo + i] = exp(x[o + i] - shift)} (out may alias x).
      */
     public static float expSum(MemorySegment x, long o, int n, float shift, MemorySegment out, long oo) {
+        return expSumFetching(x, o, n, shift, out, oo, o * 4L, o * 4L);
+    }
+
+    /**
+     * {@link #expSum}, the same bits, reading one byte of x per 64 bytes of the row from byte
+     * {@code fetch} on (up to {@code fetchEnd}, inclusive): a caller going row by row passes the
+     * next row, which then arrives while this one's exps compute (Java has no prefetch
+     * instruction; the demand loads of the next row's first pass stall it otherwise).
+     */
+    public static float expSumFetching(MemorySegment x, long o, int n, float shift, MemorySegment out, long oo, long fetch, long fetchEnd) {
         int i = 0;
         float sum = 0f;
+        int fetched = 0;
         FloatVector vs = FloatVector.broadcast(SPECIES, shift);
         if (n >= LANES) {
             FloatVector acc = FloatVector.zero(SPECIES);
             for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+                fetched += x.get(ValueLayout.JAVA_BYTE, Math.min(fetch + i * 4L, fetchEnd));
                 FloatVector e = exp(FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER).sub(vs));
                 if (out != null) e.intoMemorySegment(out, (oo + i) * 4L, ORDER);
                 acc = acc.add(e);
             }
             sum = sumLanes(acc);
+            fetchSink = fetched;
         }
         for (; i < n; i++) {
             float e = exp(get(x, o + i) - shift);
