@@ -11,10 +11,12 @@
 # (TCMALLOC_RELEASE_RATE=0), passive OpenMP waiting and denormals flushed to zero (the scripts set
 # torch.set_flush_denormal), its best setup on these machines.
 # Each round runs every row on both sides one after the other; the table has the medians over the
-# rounds and their ratio (PyTorch time / Distillery time: above 1 is Distillery faster). A row
-# whose PyTorch times spread by more than 1.5x within a run, or whose torch does not use the
-# threads it was given, or whose rounds (on either side) differ by more than 1.5x, gets no ratio:
-# a thrashing reference, or a machine whose neighbours took the cores, measures nothing. The training
+# rounds and the median of the rounds' ratios (PyTorch time / Distillery time: above 1 is Distillery
+# faster), with their range. A row whose PyTorch times spread by more than 1.5x within a run, or
+# whose torch does not use the threads it was given, or whose rounds' ratios differ by more than
+# 1.25x, gets no ratio: a thrashing reference, or a machine whose neighbours took the cores between
+# the two sides of a round, measures nothing. Rounds whose times moved by more than 1.5x on both
+# sides alike (the neighbours came and went between rounds) keep their ratio, with a note. The training
 # steps run in fp32 and in bf16 mixed precision (PyTorch: torch.autocast on the CPU; Distillery:
 # -p precision=bf16, where the CPU has AMX or AVX512-BF16); the distillation step is config B
 # against a dense bf16 teacher (T = 2, alpha 0.5), fp32 and bf16; the peak resident memory of a config B step is
@@ -182,10 +184,20 @@ def copy_share(row, ms):   # a fused-loss row: bytes moved / time against the co
 print("| row | PyTorch | Distillery | PyTorch / Distillery | Distillery, share of copy bandwidth |")
 print("|---|---:|---:|---:|---:|")
 for row, sides in rows.items():
-    for side, values in sides.items():   # a row whose rounds disagree by more than 1.5x measured the machine, not the code
-        if len(values) > 1 and max(values) > 1.5 * min(values):
-            flags.setdefault(row, []).append(f"{side} rounds spread {min(values):,.1f}-{max(values):,.1f}")
+    # Each round's ratio pairs the two sides measured one after the other, so a machine whose speed
+    # moves between rounds moves both; the row's ratio is the median of the rounds' ratios. Rounds
+    # whose ratios disagree by more than 1.25x measured the machine, not the code; rounds whose times
+    # spread by more than 1.5x on either side are named beside a ratio that survived that check.
+    per_round = [t / d for t, d in zip(sides["torch"], sides["distillery"])]
+    moved = [f"{side} rounds {min(v):,.1f}-{max(v):,.1f}" for side, v in sides.items() if len(v) > 1 and max(v) > 1.5 * min(v)]
+    if max(per_round) > 1.25 * min(per_round):
+        flags.setdefault(row, []).append(f"rounds' ratios spread {min(per_round):.2f}-{max(per_round):.2f}x")
     t, d = statistics.median(sides["torch"]), statistics.median(sides["distillery"])
-    ratio = f"{t / d:.2f}x" if row not in flags else "no ratio: " + "; ".join(sorted(set(flags[row])))
+    if row in flags:
+        ratio = "no ratio: " + "; ".join(sorted(set(flags[row])))
+    else:
+        ratio = f"{statistics.median(per_round):.2f}x" + (f" ({min(per_round):.2f}-{max(per_round):.2f})" if len(per_round) > 1 else "")
+        if moved:
+            ratio += "; the machine's speed moved: " + ", ".join(moved)
     print(f"| {row} | {t:,.1f} | {d:,.1f} | {ratio} | {copy_share(row, d)} |")
 PYEOF

@@ -90,7 +90,7 @@ public final class DifferentiableOps {
     }
 
     /** The gradient buffer of t for a kernel that adds to it, zero-allocated on first use; null when t needs no gradient. */
-    private java.lang.foreign.MemorySegment grad(Tensor t) {
+    private MemorySegment grad(Tensor t) {
         if (t == null || !t.requiresGrad()) return null;
         if (t.grad() == null) {
             Tensor g = workspace.tensor(t.name() + ".grad", t.shape());
@@ -114,7 +114,7 @@ public final class DifferentiableOps {
         return new GradTarget(g.data(), 0f);
     }
 
-    private record GradTarget(java.lang.foreign.MemorySegment data, float beta) {
+    private record GradTarget(MemorySegment data, float beta) {
     }
 
     /** tokens int32 (b, t); wte (vocab, c); wpe (maxT, c) → (b·t, c). */
