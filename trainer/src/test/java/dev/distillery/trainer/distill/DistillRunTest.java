@@ -120,7 +120,7 @@ class DistillRunTest {
                 assertEquals(cpu.lastEval().divergence(), gpu.lastEval().divergence(), 1e-3 * cpu.lastEval().divergence(), "held-out KL after 8 steps");
                 assertEquals(cpu.lastEval().ce(), gpu.lastEval().ce(), 1e-3 * cpu.lastEval().ce(), "held-out CE after 8 steps");
                 assertEquals(cpu.lastEval().agreement(), gpu.lastEval().agreement(), 0.02, "top-1 agreement");
-                assertTrue(device.launches() > 1000, device.launches() + " kernels ran on the emulated device");
+                assertTrue(device.launches() > 50L * gpu.step(), device.launches() + " kernels ran on the emulated device in " + gpu.step() + " steps");
 
                 // CPU for 4 steps, then the device from that checkpoint to step 8.
                 run(config(out.resolve("split"), "topk", 8, 4, 0.5), false, 4);
