@@ -1,11 +1,12 @@
 package dev.distillery.kernels;
 
+import static dev.distillery.kernels.cpu.VectorOps.F32;
+import static dev.distillery.kernels.cpu.VectorOps.ORDER;
+import static dev.distillery.kernels.cpu.VectorOps.SPECIES;
+
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
-import java.nio.ByteOrder;
 
 import jdk.incubator.vector.FloatVector;
-import jdk.incubator.vector.VectorSpecies;
 
 /**
  * Sums of fp32 vectors in host memory, in a fixed order, for code that adds outside a kernel: the
@@ -15,10 +16,6 @@ import jdk.incubator.vector.VectorSpecies;
  * so the same bits.
  */
 public final class HostSums {
-
-    private static final VectorSpecies<Float> SPECIES = FloatVector.SPECIES_PREFERRED;
-    private static final ByteOrder ORDER = ByteOrder.nativeOrder();
-    private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
     private HostSums() {
     }

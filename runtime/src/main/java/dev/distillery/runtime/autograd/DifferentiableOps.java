@@ -117,6 +117,15 @@ public final class DifferentiableOps {
     private record GradTarget(MemorySegment data, float beta) {
     }
 
+    /**
+     * {@code Kernels.linearBackward} with the input gradient dx = dout · weightᵀ as a GEMM of its
+     * own (dx null: none), so that a new dx is written rather than zeroed and added to.
+     */
+    private void linearBackward(GradTarget dx, MemorySegment dout, MemorySegment x, Tensor weight, Tensor bias, int n, int c, int oc) {
+        if (dx != null) kernels.gemm(false, true, n, c, oc, 1f, dout, oc, weight.data(), oc, dx.beta(), dx.data(), c);
+        kernels.linearBackward(null, grad(weight), bias == null ? null : grad(bias), dout, x, weight.data(), n, c, oc);
+    }
+
     /** tokens int32 (b, t); wte (vocab, c); wpe (maxT, c) → (b·t, c). */
     public Tensor embedding(Tensor tokens, Tensor wte, Tensor wpe, int b, int t) {
         int c = wte.dim(1), vocab = wte.dim(0);
@@ -194,12 +203,7 @@ public final class DifferentiableOps {
         kernels.linearForward(out.data(), x.data(), weight.data(), bias == null ? null : bias.data(), n, c, oc);
         if (track) {
             recordBackward(out, () -> {
-                if (out.grad() == null) return;
-                var dout = out.grad().data();
-                // dx = dout · weightᵀ by a GEMM of its own, so a new dx is written rather than zeroed and added to
-                var dx = gradToWrite(x);
-                if (dx != null) kernels.gemm(false, true, n, c, oc, 1f, dout, oc, weight.data(), oc, dx.beta(), dx.data(), c);
-                kernels.linearBackward(null, grad(weight), bias == null ? null : grad(bias), dout, x.data(), weight.data(), n, c, oc);
+                if (out.grad() != null) linearBackward(gradToWrite(x), out.grad().data(), x.data(), weight, bias, n, c, oc);
             });
         }
         return out;
@@ -273,10 +277,8 @@ public final class DifferentiableOps {
                 if (out.grad() == null) return;
                 Tensor again = workspace.tensor("gelu", n, c);
                 kernels.geluForward(again.data(), x.data(), x.numel());
-                var dout = out.grad().data();
                 Tensor dg = workspace.tensor("gelu.grad", n, c);
-                kernels.gemm(false, true, n, c, oc, 1f, dout, oc, weight.data(), oc, 0f, dg.data(), c);
-                kernels.linearBackward(null, grad(weight), bias == null ? null : grad(bias), dout, again.data(), weight.data(), n, c, oc);
+                linearBackward(new GradTarget(dg.data(), 0f), out.grad().data(), again.data(), weight, bias, n, c, oc);
                 var dx = grad(x);
                 if (dx != null) kernels.geluBackward(dx, x.data(), dg.data(), x.numel());
                 releaseScratch(again);

@@ -2,6 +2,8 @@ package dev.distillery.runtime.autograd;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 
 import dev.distillery.kernels.DType;
@@ -21,19 +23,33 @@ class DifferentiableOpsTest {
 
     private static final int N = 5, C = 7, OC = 3;
 
+    private CpuKernels kernels;
+    private Workspace ws;
+    private Tape tape;
+    private DifferentiableOps ops;
+
+    @BeforeEach
+    void open() {
+        kernels = new CpuKernels(2, "blas");
+        ws = new Workspace(kernels, 1 << 12).poisonAllocations();
+        tape = new Tape();
+        ops = new DifferentiableOps(kernels, ws, tape);
+    }
+
+    @AfterEach
+    void close() {
+        ws.close();
+        kernels.close();
+    }
+
     @Test
     void aTensorAddedToItselfGetsTwiceTheUpstreamGradient() {
-        try (CpuKernels kernels = new CpuKernels(2, "blas");
-             Workspace ws = new Workspace(kernels, 1 << 12).poisonAllocations()) {
-            Tape tape = new Tape();
-            DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape);
-            Tensor x = leaf(ws, "x", new Rng(1), N, C);
-            Tensor y = ops.add(x, x);
-            double[] dy = seedGradient(ws, y, new Rng(2));
-            tape.backward();
-            double[] dx = values(x.grad());
-            for (int i = 0; i < dx.length; i++) assertEquals(2 * dy[i], dx[i], 0, "element " + i);
-        }
+        Tensor x = leaf("x", new Rng(1), N, C);
+        Tensor y = ops.add(x, x);
+        double[] dy = seedGradient(y, new Rng(2));
+        tape.backward();
+        double[] dx = values(x.grad());
+        for (int i = 0; i < dx.length; i++) assertEquals(2 * dy[i], dx[i], 0, "element " + i);
     }
 
     @Test
@@ -41,33 +57,28 @@ class DifferentiableOpsTest {
         // y = (x + (x · w1) · w2) + x · w3. Backwards: the outer add hands dy's own buffer to the inner
         // sum and a copy to x · w3; x's gradient is first written by x · w3's GEMM (beta 0), then added
         // to by the inner add and by x · w1's GEMM (beta 1); h's is written by (h · w2)'s GEMM.
-        try (CpuKernels kernels = new CpuKernels(2, "blas");
-             Workspace ws = new Workspace(kernels, 1 << 12).poisonAllocations()) {
-            Tape tape = new Tape();
-            DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape);
-            Rng rng = new Rng(3);
-            Tensor x = leaf(ws, "x", rng, N, C);
-            Tensor w1 = leaf(ws, "w1", rng, C, OC), w2 = leaf(ws, "w2", rng, OC, C), w3 = leaf(ws, "w3", rng, C, C);
-            Tensor h = ops.linear(x, w1, null);
-            Tensor y = ops.add(ops.add(x, ops.linear(h, w2, null)), ops.linear(x, w3, null));
-            double[] dy = seedGradient(ws, y, new Rng(4));
-            tape.backward();
+        Rng rng = new Rng(3);
+        Tensor x = leaf("x", rng, N, C);
+        Tensor w1 = leaf("w1", rng, C, OC), w2 = leaf("w2", rng, OC, C), w3 = leaf("w3", rng, C, C);
+        Tensor h = ops.linear(x, w1, null);
+        Tensor y = ops.add(ops.add(x, ops.linear(h, w2, null)), ops.linear(x, w3, null));
+        double[] dy = seedGradient(y, new Rng(4));
+        tape.backward();
 
-            double[] a1 = values(w1), a2 = values(w2), a3 = values(w3);
-            double[] dh = new double[N * OC], expected = dy.clone();
-            for (int r = 0; r < N; r++) {
-                for (int j = 0; j < OC; j++) for (int i = 0; i < C; i++) dh[r * OC + j] += dy[r * C + i] * a2[j * C + i];
-                for (int i = 0; i < C; i++) {
-                    for (int j = 0; j < OC; j++) expected[r * C + i] += dh[r * OC + j] * a1[i * OC + j];
-                    for (int j = 0; j < C; j++) expected[r * C + i] += dy[r * C + j] * a3[i * C + j];
-                }
+        double[] a1 = values(w1), a2 = values(w2), a3 = values(w3);
+        double[] dh = new double[N * OC], expected = dy.clone();
+        for (int r = 0; r < N; r++) {
+            for (int j = 0; j < OC; j++) for (int i = 0; i < C; i++) dh[r * OC + j] += dy[r * C + i] * a2[j * C + i];
+            for (int i = 0; i < C; i++) {
+                for (int j = 0; j < OC; j++) expected[r * C + i] += dh[r * OC + j] * a1[i * OC + j];
+                for (int j = 0; j < C; j++) expected[r * C + i] += dy[r * C + j] * a3[i * C + j];
             }
-            double[] dx = values(x.grad());
-            for (int i = 0; i < dx.length; i++) assertEquals(expected[i], dx[i], 1e-5 * (1 + Math.abs(expected[i])), "element " + i);
         }
+        double[] dx = values(x.grad());
+        for (int i = 0; i < dx.length; i++) assertEquals(expected[i], dx[i], 1e-5 * (1 + Math.abs(expected[i])), "element " + i);
     }
 
-    private static Tensor leaf(Workspace ws, String name, Rng rng, int... shape) {
+    private Tensor leaf(String name, Rng rng, int... shape) {
         Tensor t = ws.tensor(name, shape);
         fill(t, rng);
         return new Tensor(name, shape, DType.F32, Device.CPU, t.data(), true);
@@ -77,7 +88,7 @@ class DifferentiableOpsTest {
         for (long i = 0; i < t.numel(); i++) t.setFloat(i, (float) rng.nextGaussian());
     }
 
-    private static double[] seedGradient(Workspace ws, Tensor y, Rng rng) {
+    private double[] seedGradient(Tensor y, Rng rng) {
         Tensor g = ws.tensor("dy", y.shape());
         fill(g, rng);
         y.setGrad(g);
