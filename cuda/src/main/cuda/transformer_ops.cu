@@ -33,6 +33,31 @@ __device__ __forceinline__ long stride() { return (long)gridDim.x * blockDim.x; 
 
 constexpr float GELU_SCALE = 0.7978845608028654f;  // sqrt(2 / pi)
 
+// x rounded to bf16: to nearest even at 16 bits, subnormals to signed zero, NaN kept (quiet), the
+// rule of VCVTNEPS2BF16 and of ReferenceKernels.roundToBf16, bit for bit.
+__device__ __forceinline__ uint16_t to_bf16(float x) {
+    const uint32_t u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    if ((u & 0x7f800000u) == 0u) return (uint16_t)((u >> 16) & 0x8000u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+__device__ __forceinline__ float as_stored(float x, float*) { return x; }
+__device__ __forceinline__ uint16_t as_stored(float x, uint16_t*) { return to_bf16(x); }
+
+// Attention's heads apart: in is (b·t, parts·nh·hs), the rows of a (b, t, parts·c) tensor (qkv: 3
+// parts, an output gradient: 1); out is (parts, b, nh, t, hs), each head's (t, hs) matrix whole, so
+// that one strided-batched GEMM covers every (batch element, head). One thread per element of out.
+template <typename Out>
+__device__ void heads_split(Out* out, const float* in, int b, int t, int nh, int hs, int parts) {
+    const long total = (long)parts * b * nh * t * hs;
+    for (long i = first_index(); i < total; i += stride()) {
+        const long e = i % hs, ti = i / hs % t, h = i / ((long)hs * t) % nh, bh = i / ((long)hs * t * nh);
+        const long bi = bh % b, p = bh / b;
+        out[i] = as_stored(in[((bi * t + ti) * parts + p) * nh * hs + h * hs + e], out);
+    }
+}
+
 }  // namespace ops
 
 extern "C" {
@@ -260,14 +285,7 @@ DISTILL_LAUNCH void ops_scale(float* x, float factor, long n) {
 // subnormals to zero, a NaN stays a quiet NaN. The same function as the CPU's packing
 // (cpu/src/main/c/bf16_gemm.c, to_bf16), bit for bit.
 DISTILL_LAUNCH void ops_round_to_bf16(uint16_t* out, const float* x, long n) {
-    for (long i = ops::first_index(); i < n; i += ops::stride()) {
-        const uint32_t u = __float_as_uint(x[i]);
-        uint16_t h;
-        if ((u & 0x7fffffffu) > 0x7f800000u) h = (uint16_t)((u >> 16) | 0x40u);
-        else if ((u & 0x7f800000u) == 0u) h = (uint16_t)((u >> 16) & 0x8000u);
-        else h = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-        out[i] = h;
-    }
+    for (long i = ops::first_index(); i < n; i += ops::stride()) out[i] = ops::to_bf16(x[i]);
 }
 
 DISTILL_LAUNCH void ops_fill(float* x, float value, long n) {
@@ -446,6 +464,27 @@ DISTILL_LAUNCH void ops_attention_softmax_backward(float* dpreatt, const float* 
     const float dot = ops::block_sum(s, scratch);
     float* out = dpreatt + (long)row * T;
     for (int j = threadIdx.x; j < T; j += blockDim.x) out[j] = j <= t ? scale * a[j] * (d[j] - dot) : 0.f;
+}
+
+// ops::heads_split in fp32 (attention's operands under fp32 GEMMs) and rounded to bf16 (under bf16 ones).
+DISTILL_LAUNCH void ops_heads_split(float* out, const float* in, int b, int t, int nh, int hs, int parts) {
+    ops::heads_split(out, in, b, t, nh, hs, parts);
+}
+
+DISTILL_LAUNCH void ops_heads_split_bf16(uint16_t* out, const float* in, int b, int t, int nh, int hs, int parts) {
+    ops::heads_split(out, in, b, t, nh, hs, parts);
+}
+
+// The inverse of ops_heads_split: out (b·t, parts·nh·hs) = in (parts, b, nh, t, hs), or += with
+// accumulate (a gradient added to what is there: the same single rounding as a GEMM's beta 1). One
+// thread per element of out.
+DISTILL_LAUNCH void ops_heads_merge(float* out, const float* in, int b, int t, int nh, int hs, int parts, int accumulate) {
+    const long width = (long)parts * nh * hs, total = (long)b * t * width;
+    for (long i = ops::first_index(); i < total; i += ops::stride()) {
+        const long row = i / width, col = i % width, p = col / ((long)nh * hs), h = col / hs % nh, e = col % hs;
+        const float x = in[(((p * b + row / t) * nh + h) * t + row % t) * hs + e];
+        out[i] = accumulate ? out[i] + x : x;
+    }
 }
 
 }  // extern "C"

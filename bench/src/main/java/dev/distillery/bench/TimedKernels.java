@@ -133,6 +133,11 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public ConstantHold holdStepParameters(MemorySegment parameters) {
+        return inner.holdStepParameters(parameters);
+    }
+
+    @Override
     public void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a,
                                    int lda, long strideA, MemorySegment b, int ldb, long strideB, float beta,
                                    MemorySegment c, int ldc, long strideC, int batch) {

@@ -116,9 +116,23 @@ public interface Kernels extends AutoCloseable {
      * bf16 GEMM packs a B operand lying in it once per shape rather than at every call (the
      * chunked LM head's weight, the B of two GEMMs in every chunk). Writing a held operand before
      * the hold is closed leaves those GEMMs reading the old values. Backends with nothing to keep
-     * return a hold that does nothing.
+     * return a hold that does nothing; CUDA under bf16 keeps a bf16 copy of the segment, made at
+     * once, which every GEMM with an operand inside it reads instead of rounding its own.
      */
     default ConstantHold holdConstant(MemorySegment operand) {
+        return ConstantHold.NONE;
+    }
+
+    /**
+     * Declares that {@code parameters}, a model's whole parameter block, do not change until the
+     * returned hold is closed: the forward and backward passes of one optimizer step, in which each
+     * weight is read by a few GEMMs per micro-batch (as W and as Wᵀ). A backend keeps what pays
+     * back at that reuse: under bf16, CUDA rounds the block once ({@link #holdConstant}), one copy
+     * serving every GEMM of every weight, where it would round each weight at every GEMM. The CPU
+     * keeps nothing: its bf16 packs are made per transpose, so with one micro-batch each would be
+     * read once, and keeping them would cost memory for no time.
+     */
+    default ConstantHold holdStepParameters(MemorySegment parameters) {
         return ConstantHold.NONE;
     }
 

@@ -14,6 +14,7 @@ import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.kernels.reference.ReferenceKernels;
 
 /**
  * {@code selftest --device cuda}: every CUDA kernel of the fatbin and the cuBLAS GEMMs on fresh
@@ -67,6 +68,7 @@ public final class CudaConformance {
         for (int n : lengths) swiGlu(n);
         for (int[] s : rows) ropeAndRepeatHeads(Math.max(1, s[0] / 3), 3, s[1]);
         for (int[] s : rows) attentionDecode(Math.max(1, s[0] / 3), s[0], Math.max(2, (s[1] / 4) & ~1));
+        for (int[] s : rows) heads(Math.max(1, s[0] / 3), s[0], 3, Math.max(1, s[1] / 8));
         for (int[] s : rows) featureDistance(s[0], s[1]);
         for (int[] s : classifier) teacherMixture(s[0], s[1]);
     }
@@ -110,6 +112,42 @@ public final class CudaConformance {
             record(name, size, floats(loss, rows), download(dLoss, rows), TOL, t0);
             record(name + ".grad", size, floats(g, n), download(dG, n), TOL, t0);
         }
+    }
+
+    /**
+     * Attention's heads apart (fp32, and rounded to bf16 as the reference rounds) and back (written, and added), against
+     * the same moves in Java: every element must land bit for bit where it belongs.
+     */
+    private void heads(int b, int t, int nh, int hs) {
+        int parts = 3, n = parts * b * t * nh * hs;
+        String size = b + "x" + t + "x" + nh + "x" + hs + "x" + parts;
+        float[] rows = random(n, 3), apart = new float[n], apart16 = new float[n], before = random(n, 1), sums = new float[n];
+        for (int bi = 0; bi < b; bi++)
+            for (int ti = 0; ti < t; ti++)
+                for (int p = 0; p < parts; p++)
+                    for (int h = 0; h < nh; h++)
+                        for (int e = 0; e < hs; e++)
+                            apart[(((p * b + bi) * nh + h) * t + ti) * hs + e] = rows[((bi * t + ti) * parts + p) * nh * hs + h * hs + e];
+        for (int i = 0; i < n; i++) {
+            apart16[i] = (float) ReferenceKernels.roundToBf16(apart[i]);
+            sums[i] = before[i] + rows[i];
+        }
+        CudaBackend.Ptr dRows = device(host(rows)), dApart = poisoned(n), dApart16 = poisoned(n), dBack = poisoned(n), dSums = device(host(before));
+        long t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_HEADS_SPLIT, grid(n), 256, dApart, dRows, b, t, nh, hs, parts);
+        record("headsSplit", size, apart, download(dApart, n), 0, t0);
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_HEADS_SPLIT_BF16, grid(n), 256, dApart16, dRows, b, t, nh, hs, parts);
+        float[] packed = download(dApart16, (n + 1) / 2), got16 = new float[n];
+        MemorySegment halves = host(packed);
+        for (int i = 0; i < n; i++) got16[i] = DType.BF16.read(halves, i);
+        record("headsSplit.bf16", size, apart16, got16, 0, t0);
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_HEADS_MERGE, grid(n), 256, dBack, dApart, b, t, nh, hs, parts, 0);
+        record("headsMerge", size, rows, download(dBack, n), 0, t0);
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_HEADS_MERGE, grid(n), 256, dSums, dApart, b, t, nh, hs, parts, 1);
+        record("headsMerge.accumulate", size, sums, download(dSums, n), 0, t0);
     }
 
     /** One query row per sequence over len of len + 2 cached rows, 4 query heads over 2 key/value heads of hs. */

@@ -3,6 +3,8 @@ package dev.distillery.kernels.cuda;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Optional;
 
 import dev.distillery.kernels.DType;
@@ -24,8 +26,9 @@ import dev.distillery.kernels.distill.TeacherTargets;
  * values the contract returns or validates on the host (token ids, targets and labels to check,
  * per-row losses to sum, gradient-norm partials) are copied back explicitly.
  *
- * <p>Attention is composed like the CPU's: per batch element, strided-batched GEMMs over the heads
- * straight on the (b, t, 3c) qkv layout (no permute copies), and the causal softmax kernels.
+ * <p>Attention takes its heads apart into one (t, hs) matrix per (batch element, head), so that
+ * each of its products is one strided-batched GEMM over all of them, around the causal softmax
+ * kernels (docs/DESIGN-NOTES.md, 39).
  *
  * <p>Status: passes the same {@code KernelConformance} suite as {@code CpuKernels}, and trains the
  * student like {@code CpuKernels} does, under the CPU emulation of the backend (tests); never yet
@@ -36,11 +39,13 @@ public final class CudaKernels implements Kernels {
     private final CudaBackend gpu;
     private final boolean ownsBackend;
     private final Precision precision;
-    private long scratch;
-    private long scratchBytes;
-    /** bf16 copies of the two operands of a GEMM under {@link Precision#BF16}, grown when needed. */
-    private long bf16Operands;
-    private long bf16OperandsBytes;
+    private final DeviceScratch scratch = new DeviceScratch();
+    /** bf16 copies of the two operands of a GEMM under {@link Precision#BF16}. */
+    private final DeviceScratch bf16Operands = new DeviceScratch();
+    /** Attention's heads apart, their products and (under bf16) the rounded probabilities. */
+    private final DeviceScratch attentionHeads = new DeviceScratch();
+    /** The bf16 copies of held segments ({@link #holdConstant} under bf16). */
+    private final List<HeldCopy> held = new ArrayList<>();
     private boolean closed;
 
     /** Kernels on {@code gpu}, which the caller keeps and closes after these kernels. */
@@ -156,14 +161,31 @@ public final class CudaKernels implements Kernels {
         return (int) Math.max(1, Math.min(gpu.maxGrid(), (n + gpu.block() - 1) / gpu.block()));
     }
 
-    /** Device scratch of at least {@code bytes}, reused across calls (grown when needed). */
-    private long scratch(long bytes) {
-        if (bytes > scratchBytes) {
-            if (scratch != 0) gpu.free(scratch);
-            scratch = gpu.alloc(bytes);
-            scratchBytes = bytes;
+    /** A device buffer reused across calls, grown when a call needs more. */
+    private final class DeviceScratch {
+        private long address;
+        private long bytes;
+
+        /** The buffer, at least {@code need} bytes long. */
+        long atLeast(long need) {
+            if (need > bytes) {
+                free();
+                address = gpu.alloc(need);
+                bytes = need;
+            }
+            return address;
         }
-        return scratch;
+
+        void free() {
+            if (address != 0) gpu.free(address);
+            address = 0;
+            bytes = 0;
+        }
+    }
+
+    /** {@code bytes} rounded up to 256, so that the pieces of one scratch buffer stay aligned. */
+    private static long aligned(long bytes) {
+        return (bytes + 255) / 256 * 256;
     }
 
     private int[] ints(MemorySegment device, long offsetElements, int n) {
@@ -198,7 +220,8 @@ public final class CudaKernels implements Kernels {
     /**
      * {@link #rowMajorGemm} in this kernels' precision. Under bf16, each operand's span (every
      * element from its first to its last, strides kept) is rounded into a bf16 copy
-     * ({@code ops_round_to_bf16}) and cuBLAS multiplies the copies with fp32 sums.
+     * ({@code ops_round_to_bf16}), or read from a held segment's copy ({@link #holdConstant}), and
+     * cuBLAS multiplies the copies with fp32 sums.
      */
     private void gemmIn(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
                         long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
@@ -207,16 +230,87 @@ public final class CudaKernels implements Kernels {
             return;
         }
         long spanA = span(transA ? k : m, transA ? m : k, lda, strideA, batch), spanB = span(transB ? n : k, transB ? k : n, ldb, strideB, batch);
-        long bytes = 2 * (spanA + spanB) + 64;
-        if (bytes > bf16OperandsBytes) {
-            if (bf16Operands != 0) gpu.free(bf16Operands);
-            bf16Operands = gpu.alloc(bytes);
-            bf16OperandsBytes = bytes;
+        long a16 = heldCopy(a, spanA), b16 = heldCopy(b, spanB);
+        if (a16 == 0 || b16 == 0) {
+            long copies = bf16Operands.atLeast(aligned(2 * spanA) + 2 * spanB);
+            if (a16 == 0) a16 = stored(a, copies, spanA);
+            if (b16 == 0) b16 = stored(b, copies + aligned(2 * spanA), spanB);
         }
-        long a16 = bf16Operands, b16 = bf16Operands + (2 * spanA + 63) / 64 * 64;
-        gpu.launch(CudaKernel.OPS_ROUND_TO_BF16, grid(spanA), gpu.block(), p(a16), p(a), spanA);
-        gpu.launch(CudaKernel.OPS_ROUND_TO_BF16, grid(spanB), gpu.block(), p(b16), p(b), spanB);
         gpu.gemmBf16StridedBatched(transB, transA, n, m, k, alpha, b16, ldb, strideB, a16, lda, strideA, beta, c, ldc, strideC, batch);
+    }
+
+    /** A held segment's fp32 addresses [from, to) and the address of its bf16 copy. */
+    private record HeldCopy(long from, long to, long copy) {
+    }
+
+    /** Where the bf16 copy of the {@code elements} fp32 values at {@code address} lies, when a hold has them; 0 otherwise. */
+    private long heldCopy(long address, long elements) {
+        for (HeldCopy h : held) {
+            if (address >= h.from() && address + 4 * elements <= h.to()) return h.copy() + (address - h.from()) / 2;
+        }
+        return 0;
+    }
+
+    /**
+     * Under bf16, the segment rounded once into a bf16 copy that every GEMM with an operand inside
+     * it reads until the hold closes (the same bits as rounding at each GEMM, one launch instead of
+     * one per GEMM). Nothing under fp32, or for a segment inside one already held.
+     */
+    @Override
+    public ConstantHold holdConstant(MemorySegment operand) {
+        long n = operand.byteSize() / 4;
+        if (precision == Precision.FP32 || n == 0 || heldCopy(operand.address(), n) != 0) return ConstantHold.NONE;
+        long copy = gpu.alloc(2 * n);
+        gpu.launch(CudaKernel.OPS_ROUND_TO_BF16, grid(n), gpu.block(), p(copy), p(operand), n);
+        HeldCopy h = new HeldCopy(operand.address(), operand.address() + 4 * n, copy);
+        held.add(h);
+        return () -> {
+            if (held.remove(h) && !closed) gpu.free(copy);
+        };
+    }
+
+    /** The step's parameters rounded once under bf16 ({@link #holdConstant}): every weight is read by several GEMMs a step. */
+    @Override
+    public ConstantHold holdStepParameters(MemorySegment parameters) {
+        return holdConstant(parameters);
+    }
+
+    /**
+     * {@link #rowMajorGemm} on operands already stored in this kernels' precision (bf16 elements
+     * under {@link Precision#BF16}, fp32 otherwise): nothing is rounded or copied.
+     */
+    private void storedGemm(boolean transA, boolean transB, int m, int n, int k, long a, int lda, long strideA, long b, int ldb,
+                            long strideB, long c, int ldc, long strideC, int batch) {
+        if (precision == Precision.FP32) rowMajorGemm(gpu, transA, transB, m, n, k, 1f, a, lda, strideA, b, ldb, strideB, 0f, c, ldc, strideC, batch);
+        else gpu.gemmBf16StridedBatched(transB, transA, n, m, k, 1f, b, ldb, strideB, a, lda, strideA, 0f, c, ldc, strideC, batch);
+    }
+
+    /** Bytes of one GEMM operand element as {@link #storedGemm} takes it. */
+    private int storedBytes() {
+        return precision == Precision.FP32 ? 4 : 2;
+    }
+
+    /**
+     * {@code n} fp32 values at {@code x} as {@link #storedGemm} takes them: x itself under fp32,
+     * their bf16 rounding written to {@code into} under bf16.
+     */
+    private long stored(long x, long into, long n) {
+        if (precision == Precision.FP32) return x;
+        gpu.launch(CudaKernel.OPS_ROUND_TO_BF16, grid(n), gpu.block(), p(into), p(x), n);
+        return into;
+    }
+
+    /** {@code ops_heads_split}: parts of (b·t, parts·nh·hs) rows to (parts, b, nh, t, hs) at {@code out}, stored for {@link #storedGemm}. */
+    private void splitHeads(long out, long in, int b, int t, int nh, int hs, int parts) {
+        long n = (long) parts * b * t * nh * hs;
+        CudaKernel split = precision == Precision.FP32 ? CudaKernel.OPS_HEADS_SPLIT : CudaKernel.OPS_HEADS_SPLIT_BF16;
+        gpu.launch(split, grid(n), gpu.block(), p(out), p(in), b, t, nh, hs, parts);
+    }
+
+    /** {@code ops_heads_merge}: (parts, b, nh, t, hs) at {@code in} to the (b·t, parts·nh·hs) rows of {@code out}, written or added. */
+    private void mergeHeads(long out, long in, int b, int t, int nh, int hs, int parts, boolean accumulate) {
+        long n = (long) parts * b * t * nh * hs;
+        gpu.launch(CudaKernel.OPS_HEADS_MERGE, grid(n), gpu.block(), p(out), p(in), b, t, nh, hs, parts, accumulate ? 1 : 0);
     }
 
     /** Elements from the first to the last of {@code batch} row-major (rows, cols) matrices at row stride ld. */
@@ -361,22 +455,25 @@ public final class CudaKernels implements Kernels {
 
     // ---------------------------------------------------------------- attention
 
+    /**
+     * Attention over every (batch element, head) at once: q, k and v taken apart into (3, b, nh,
+     * t, hs) (rounded to bf16 on the way under bf16), one strided-batched GEMM for the scores, the
+     * causal softmax, one GEMM for att · V, and the heads put back into (b·t, c) rows.
+     */
     @Override
     public void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
-        int hs = c / nh;
-        long tt = (long) t * t;
-        for (int bi = 0; bi < b; bi++) {
-            long q = qkv.address() + 4L * bi * t * 3 * c, a = att.address() + 4L * bi * nh * tt;
-            // preatt[h] (t, t) = Q_h · K_hᵀ, heads hs columns apart in the (t, 3c) rows
-            gemmIn(false, true, t, t, hs, 1f, q, 3 * c, hs, q + 4L * c, 3 * c, hs, 0f, a, t, tt, nh);
-        }
-        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, b * nh * t, gpu.block(), p(att), p(att), b * nh * t, t, (float) (1 / Math.sqrt(hs)));
-        for (int bi = 0; bi < b; bi++) {
-            long q = qkv.address() + 4L * bi * t * 3 * c, a = att.address() + 4L * bi * nh * tt;
-            // out[:, h·hs:(h+1)·hs] = att[h] · V_h
-            gemmIn(false, false, t, hs, t, 1f, a, t, tt, q + 8L * c, 3 * c, hs, 0f, out.address() + 4L * bi * t * c, c, hs,
-                    nh);
-        }
+        int hs = c / nh, bh = b * nh;
+        long n = (long) b * t * c, tt = (long) t * t, th = (long) t * hs;
+        int es = storedBytes();
+        long heads = attentionHeads.atLeast(aligned(3 * n * es) + aligned(4 * n) + 2 * bh * tt);
+        long q = heads, k = q + n * es, v = k + n * es, y = heads + aligned(3 * n * es), probs = y + aligned(4 * n);
+        splitHeads(q, qkv.address(), b, t, nh, hs, 3);
+        // preatt[bh] (t, t) = Q · Kᵀ
+        storedGemm(false, true, t, t, hs, q, hs, th, k, hs, th, att.address(), t, tt, bh);
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, bh * t, gpu.block(), p(att), p(att), bh * t, t, (float) (1 / Math.sqrt(hs)));
+        // y[bh] (t, hs) = att · V
+        storedGemm(false, false, t, hs, t, stored(att.address(), probs, bh * tt), t, tt, v, hs, th, y, hs, th, bh);
+        mergeHeads(out.address(), y, b, t, nh, hs, 1, false);
     }
 
     @Override
@@ -388,28 +485,34 @@ public final class CudaKernels implements Kernels {
         gpu.launch(CudaKernel.OPS_ATTENTION_DECODE, b * nh, gpu.block(), p(out), p(scores), p(q), p(keys), p(values), len, maxLen, nh, kvh, hs);
     }
 
+    /**
+     * The backward of {@link #attentionForward}, batched the same way: q, k, v and the output
+     * gradient taken apart, dV = attᵀ · dO and dpreatt through the softmax's backward, dQ and dK,
+     * and the three added to dqkv in one pass (each the GEMM's sum added once, as a GEMM with
+     * beta 1 would).
+     */
     @Override
     public void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout, MemorySegment qkv, MemorySegment att,
                                   int b, int t, int c, int nh) {
-        int hs = c / nh;
-        long tt = (long) t * t;
-        for (int bi = 0; bi < b; bi++) {
-            long q = qkv.address() + 4L * bi * t * 3 * c, dq = dqkv.address() + 4L * bi * t * 3 * c;
-            long a = att.address() + 4L * bi * nh * tt, da = datt.address() + 4L * bi * nh * tt, dO = dout.address() + 4L * bi * t * c;
-            // datt[h] = dout_h · V_hᵀ;  dV_h += att[h]ᵀ · dout_h
-            gemmIn(false, true, t, t, hs, 1f, dO, c, hs, q + 8L * c, 3 * c, hs, 0f, da, t, tt, nh);
-            gemmIn(true, false, t, hs, t, 1f, a, t, tt, dO, c, hs, 1f, dq + 8L * c, 3 * c, hs, nh);
-        }
+        int hs = c / nh, bh = b * nh;
+        long n = (long) b * t * c, tt = (long) t * t, th = (long) t * hs;
+        int es = storedBytes();
+        long heads = attentionHeads.atLeast(aligned(4 * n * es) + aligned(3 * 4 * n) + 2 * bh * tt);
+        long q = heads, k = q + n * es, v = k + n * es, dO = v + n * es;
+        long grads = heads + aligned(4 * n * es), dq = grads, dk = dq + 4 * n, dv = dk + 4 * n, probs = grads + aligned(3 * 4 * n);
+        splitHeads(q, qkv.address(), b, t, nh, hs, 3);
+        splitHeads(dO, dout.address(), b, t, nh, hs, 1);
+        // datt = dO · Vᵀ;  dV = attᵀ · dO
+        storedGemm(false, true, t, t, hs, dO, hs, th, v, hs, th, datt.address(), t, tt, bh);
+        storedGemm(true, false, t, hs, t, stored(att.address(), probs, bh * tt), t, tt, dO, hs, th, dv, hs, th, bh);
         // datt becomes d(preatt), the 1/√hs scale included
-        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, b * nh * t, gpu.block(), p(datt), p(datt), p(att), b * nh * t, t,
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, bh * t, gpu.block(), p(datt), p(datt), p(att), bh * t, t,
                 (float) (1 / Math.sqrt(hs)));
-        for (int bi = 0; bi < b; bi++) {
-            long q = qkv.address() + 4L * bi * t * 3 * c, dq = dqkv.address() + 4L * bi * t * 3 * c;
-            long da = datt.address() + 4L * bi * nh * tt;
-            // dQ_h += dpre[h] · K_h;  dK_h += dpre[h]ᵀ · Q_h
-            gemmIn(false, false, t, hs, t, 1f, da, t, tt, q + 4L * c, 3 * c, hs, 1f, dq, 3 * c, hs, nh);
-            gemmIn(true, false, t, hs, t, 1f, da, t, tt, q, 3 * c, hs, 1f, dq + 4L * c, 3 * c, hs, nh);
-        }
+        long dpre = stored(datt.address(), probs, bh * tt);
+        // dQ = dpreatt · K;  dK = dpreattᵀ · Q
+        storedGemm(false, false, t, hs, t, dpre, t, tt, k, hs, th, dq, hs, th, bh);
+        storedGemm(true, false, t, hs, t, dpre, t, tt, q, hs, th, dk, hs, th, bh);
+        mergeHeads(dqkv.address(), grads, b, t, nh, hs, 3, true);
     }
 
     // ---------------------------------------------------------------- classifier and distillation
@@ -472,7 +575,7 @@ public final class CudaKernels implements Kernels {
             }
         }
         if (n == 0) return DistillSums.zero();
-        long rows = scratch(8L * n);
+        long rows = scratch.atLeast(8L * n);
         long ce = rowCe != null ? rowCe.address() : rows, div = rowDivergence != null ? rowDivergence.address() : rows + 4L * n;
         int block = gpu.block();
         try (Arena call = Arena.ofConfined()) {
@@ -587,7 +690,7 @@ public final class CudaKernels implements Kernels {
     public double sumOfSquares(MemorySegment x, long n) {
         if (n == 0) return 0;
         int blocks = grid(n);
-        long partials = scratch(4L * blocks);
+        long partials = scratch.atLeast(4L * blocks);
         gpu.launch(CudaKernel.OPS_SUM_OF_SQUARES, blocks, gpu.block(), p(partials), p(x), n);
         double sum = 0;
         for (float f : floats(partials, blocks)) sum += f;
@@ -607,10 +710,11 @@ public final class CudaKernels implements Kernels {
     @Override
     public void close() {
         if (closed) return;
-        if (scratch != 0) gpu.free(scratch);
-        if (bf16Operands != 0) gpu.free(bf16Operands);
-        scratch = 0;
-        bf16Operands = 0;
+        scratch.free();
+        bf16Operands.free();
+        attentionHeads.free();
+        for (HeldCopy h : held) gpu.free(h.copy());
+        held.clear();
         closed = true;
         if (ownsBackend) gpu.close();
     }

@@ -1,14 +1,21 @@
 package dev.distillery.kernels.cuda;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
 import java.util.List;
+import java.util.SplittableRandom;
 
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.conformance.KernelConformance;
 
@@ -55,5 +62,78 @@ class CudaKernelsEmulationTest {
             assertTrue(failed.isEmpty(), failed.toString());
             assertTrue(results.size() >= 4 * 7 + 3 * 4 && results.stream().allMatch(r -> r.kernel().endsWith(".bf16")), results.toString());
         }
+    }
+
+    /**
+     * Attention is a fixed handful of launches whatever the batch (its products batched over every
+     * batch element and head), not a loop of GEMMs per batch element: forward and backward at
+     * batch 1 and 6 launch the same kernels and cuBLAS calls, in both precisions.
+     */
+    @Test
+    void attentionLaunchesAsManyKernelsForAnyBatch() {
+        for (Precision precision : Precision.values()) {
+            int[] counts = new int[2];
+            for (int i = 0; i < 2; i++) {
+                int b = i == 0 ? 1 : 6, t = 5, c = 12, nh = 3;
+                try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device, precision);
+                     Arena arena = Arena.ofConfined()) {
+                    long n = (long) b * t * c, na = (long) b * nh * t * t;
+                    MemorySegment qkv = kernels.allocate(arena, 12 * n), out = kernels.allocate(arena, 4 * n), att = kernels.allocate(arena, 4 * na);
+                    MemorySegment dout = kernels.allocate(arena, 4 * n), dqkv = kernels.allocate(arena, 12 * n), datt = kernels.allocate(arena, 4 * na);
+                    for (MemorySegment s : List.of(qkv, out, att, dout, dqkv, datt)) kernels.fill(s, 0.5f, s.byteSize() / 4);
+                    int launches = device.launches(), gemms = device.gemms();
+                    kernels.attentionForward(out, att, qkv, b, t, c, nh);
+                    kernels.attentionBackward(dqkv, datt, dout, qkv, att, b, t, c, nh);
+                    counts[i] = device.launches() - launches + device.gemms() - gemms;
+                }
+            }
+            assertEquals(counts[0], counts[1], precision + ": launches at batch 1 and 6");
+            assertTrue(counts[0] <= (precision == Precision.FP32 ? 13 : 16), precision + ": " + counts[0] + " launches");
+        }
+    }
+
+    /**
+     * A held segment under bf16 is rounded once: a GEMM whose B lies inside it gives the bits of the
+     * plain GEMM, launches one rounding fewer, and reads the copy (the segment overwritten during
+     * the hold does not change the result); after the hold, the GEMM reads the segment again.
+     */
+    @Test
+    void aHeldOperandIsRoundedOnceAndReadFromItsCopy() {
+        int m = 9, n = 37, k = 70;
+        float[] a = new float[m * k], b = new float[k * n + 5];
+        SplittableRandom rng = new SplittableRandom(3);
+        for (int i = 0; i < a.length; i++) a[i] = (float) rng.nextGaussian();
+        for (int i = 0; i < b.length; i++) b[i] = (float) rng.nextGaussian();
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device, Precision.BF16);
+             Arena arena = Arena.ofConfined()) {
+            MemorySegment da = upload(kernels, arena, a), block = upload(kernels, arena, b), c = kernels.allocate(arena, 4L * m * n);
+            MemorySegment operand = block.asSlice(20, 4L * k * n);   // B starts 5 floats into the held block
+            kernels.gemm(false, false, m, n, k, 1f, da, k, operand, n, 0f, c, n);
+            float[] plain = download(kernels, arena, c, m * n);
+            try (Kernels.ConstantHold hold = kernels.holdConstant(block)) {
+                int launches = device.launches();
+                kernels.gemm(false, false, m, n, k, 1f, da, k, operand, n, 0f, c, n);
+                assertEquals(1, device.launches() - launches, "one rounding launch (A's) for a GEMM with a held B");
+                assertArrayEquals(plain, download(kernels, arena, c, m * n), "held B");
+                kernels.fill(block, 0f, b.length);
+                kernels.gemm(false, false, m, n, k, 1f, da, k, operand, n, 0f, c, n);
+                assertArrayEquals(plain, download(kernels, arena, c, m * n), "the held copy, not the overwritten segment");
+            }
+            kernels.gemm(false, false, m, n, k, 1f, da, k, operand, n, 0f, c, n);
+            for (float x : download(kernels, arena, c, m * n)) assertEquals(0f, x, "the segment itself once the hold is closed");
+        }
+    }
+
+    private static MemorySegment upload(CudaKernels kernels, Arena arena, float[] x) {
+        MemorySegment host = arena.allocate(4L * x.length, 64), device = kernels.allocate(arena, 4L * x.length);
+        MemorySegment.copy(x, 0, host, ValueLayout.JAVA_FLOAT, 0, x.length);
+        kernels.copyFromHost(device, host, 4L * x.length);
+        return device;
+    }
+
+    private static float[] download(CudaKernels kernels, Arena arena, MemorySegment device, int n) {
+        MemorySegment host = arena.allocate(4L * n, 64);
+        kernels.copyToHost(host, device, 4L * n);
+        return host.toArray(ValueLayout.JAVA_FLOAT);
     }
 }

@@ -413,4 +413,45 @@ class CudaOpsEmulationTest {
             close("attention softmax backward " + rows + "x" + t, expD, d, 1e-4);
         }
     }
+
+    /**
+     * Attention's heads apart and back: every element of (b·t, parts·nh·hs) rows lands at its
+     * (part, batch, head, time, dim) place, in fp32 and rounded to bf16 (bit for bit the
+     * reference's rounding), and comes back written over NaN or added to what is there.
+     */
+    @Test
+    void headsSplitAndMergeMoveEveryElement() throws Exception {
+        int[][] shapes = {{1, 1, 1, 1, 1}, {2, 3, 2, 5, 3}, {3, 7, 3, 4, 1}, {2, 33, 5, 8, 3}};
+        for (Path bin : List.of(gate, asan, tsan)) {
+            for (int[] sh : shapes) {
+                int b = sh[0], t = sh[1], nh = sh[2], hs = sh[3], parts = sh[4], n = b * t * nh * hs * parts;
+                if (bin == tsan && n > 100) continue; // ThreadSanitizer: small sizes only
+                String what = b + "x" + t + "x" + nh + "x" + hs + "x" + parts;
+                float[] rows = random(n, 3), apart = new float[n];
+                for (int bi = 0; bi < b; bi++)
+                    for (int ti = 0; ti < t; ti++)
+                        for (int p = 0; p < parts; p++)
+                            for (int h = 0; h < nh; h++)
+                                for (int e = 0; e < hs; e++)
+                                    apart[(((p * b + bi) * nh + h) * t + ti) * hs + e] = rows[((bi * t + ti) * parts + p) * nh * hs + h * hs + e];
+                float[] split = call(CudaKernel.OPS_HEADS_SPLIT, 3, 64).floats(nan(n)).floats(rows).i32(b).i32(t).i32(nh).i32(hs).i32(parts)
+                        .runOrFail(bin, work).floats(0);
+                assertArrayEquals(apart, split, "heads split " + what);
+                short[] split16 = call(CudaKernel.OPS_HEADS_SPLIT_BF16, 3, 64).poisonedShorts(n).floats(rows).i32(b).i32(t).i32(nh).i32(hs)
+                        .i32(parts).runOrFail(bin, work).shorts(0);
+                for (int i = 0; i < n; i++) {
+                    float got = Float.intBitsToFloat((split16[i] & 0xffff) << 16);
+                    assertEquals((float) ReferenceKernels.roundToBf16(apart[i]), got, "heads split to bf16 " + what + " at " + i);
+                }
+                float[] merged = call(CudaKernel.OPS_HEADS_MERGE, 3, 64).floats(nan(n)).floats(apart).i32(b).i32(t).i32(nh).i32(hs).i32(parts)
+                        .i32(0).runOrFail(bin, work).floats(0);
+                assertArrayEquals(rows, merged, "heads merged " + what);
+                float[] before = random(n, 1), sums = new float[n];
+                for (int i = 0; i < n; i++) sums[i] = before[i] + rows[i];
+                float[] added = call(CudaKernel.OPS_HEADS_MERGE, 3, 64).floats(before).floats(apart).i32(b).i32(t).i32(nh).i32(hs).i32(parts)
+                        .i32(1).runOrFail(bin, work).floats(0);
+                assertArrayEquals(sums, added, "heads merged and added " + what);
+            }
+        }
+    }
 }

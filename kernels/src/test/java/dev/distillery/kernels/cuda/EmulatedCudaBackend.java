@@ -35,6 +35,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
     private final MethodHandle sgemm, gemmBf16;
     private final MethodHandle signature, count, name;
     private int launches;
+    private int gemms;
 
     public EmulatedCudaBackend(Path library) {
         SymbolLookup lib = SymbolLookup.libraryLookup(library, arena);
@@ -80,8 +81,14 @@ public final class EmulatedCudaBackend implements CudaBackend {
         }
     }
 
+    /** Kernels launched so far (cuBLAS calls not included: {@link #gemms}). */
     public int launches() {
         return launches;
+    }
+
+    /** cuBLAS GEMM calls so far (each one launch or more on a GPU). */
+    public int gemms() {
+        return gemms;
     }
 
     @Override
@@ -169,6 +176,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
     @Override
     public void sgemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
                                     long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
+        gemms++;
         try {
             sgemm.invokeExact(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, host(a), lda, strideA, host(b), ldb, strideB, beta, host(c), ldc,
                     strideC, batch);
@@ -180,6 +188,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
     @Override
     public void gemmBf16StridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
                                        long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
+        gemms++;
         try {
             gemmBf16.invokeExact(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, host(a), lda, strideA, host(b), ldb, strideB, beta,
                     host(c), ldc, strideC, batch);

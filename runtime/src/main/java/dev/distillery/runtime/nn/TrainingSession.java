@@ -69,6 +69,8 @@ public final class TrainingSession implements AutoCloseable {
     /** The ranks' group on the device (NCCL), joined at the first sum where every rank has one; null otherwise. */
     private DeviceCollectives.Sum deviceSum;
     private boolean deviceSumAsked;
+    /** The parameters declared unchanged from {@link #beginStep} until {@link #finishStep} updates them. */
+    private Kernels.ConstantHold stepParameters = Kernels.ConstantHold.NONE;
 
     public TrainingSession(LanguageModel model, Kernels kernels, AdamW.Config adam, LearningRateSchedule schedule,
                            double maxGradNorm, int batch, int time) {
@@ -146,10 +148,16 @@ public final class TrainingSession implements AutoCloseable {
         return finishStep(loss);
     }
 
-    /** Zeroes the parameter gradients: the start of one optimizer step of one or more micro-batches. */
+    /**
+     * Zeroes the parameter gradients: the start of one optimizer step of one or more micro-batches.
+     * Until {@link #finishStep}, the model's parameters are declared unchanged
+     * ({@link Kernels#holdStepParameters}: under bf16 on CUDA, rounded once for every GEMM of the step).
+     */
     public void beginStep() {
         for (ParameterStore s : trainable()) s.zeroGrad();
         microBatches = 0;
+        stepParameters.close();
+        stepParameters = kernels.holdStepParameters(model.parameters().paramBlock());
     }
 
     /** The model's parameters, and the feature projections when there are some. */
@@ -337,6 +345,8 @@ public final class TrainingSession implements AutoCloseable {
      * which step and what went wrong.
      */
     public StepResult finishStep(double loss) {
+        stepParameters.close();   // AdamW writes them below
+        stepParameters = Kernels.ConstantHold.NONE;
         double norm = Math.sqrt(optimizer.gradSumOfSquares() + (featureOptimizer == null ? 0 : featureOptimizer.gradSumOfSquares()));
         if (maxGradNorm > 0 && norm > maxGradNorm) {
             float factor = (float) (maxGradNorm / (norm + 1e-6));
@@ -353,6 +363,7 @@ public final class TrainingSession implements AutoCloseable {
 
     @Override
     public void close() {
+        stepParameters.close();
         if (deviceSum != null) deviceSum.close();
         if (features != null) features.close();
         teacherStaging.close();

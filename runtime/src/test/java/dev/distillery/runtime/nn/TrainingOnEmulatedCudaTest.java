@@ -3,6 +3,7 @@ package dev.distillery.runtime.nn;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.io.IOException;
 import java.lang.foreign.Arena;
@@ -19,6 +20,7 @@ import org.junit.jupiter.api.io.TempDir;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.cuda.CudaKernels;
 import dev.distillery.kernels.cuda.EmulatedCudaBackend;
@@ -158,6 +160,29 @@ class TrainingOnEmulatedCudaTest {
     @Test
     void llamaDistillationOnTheEmulatedDeviceMatchesTheCpuStepForStep(@TempDir Path dir) throws IOException {
         matchesTheCpuStepForStep(QWEN2, dir);
+    }
+
+    /**
+     * bf16 mixed precision on both sides: the CUDA side rounds the step's parameters once
+     * ({@code holdStepParameters}) and attention's heads as it takes them apart, the CPU side packs
+     * at every GEMM; the same bf16 operands with fp32 sums in other orders, so they agree as
+     * closely as the fp32 runs do.
+     */
+    @Test
+    void gpt2InBf16OnTheEmulatedDeviceTracksTheCpuInBf16(@TempDir Path dir) throws IOException {
+        Trace cpu, gpu;
+        try (CpuKernels kernels = new CpuKernels(2, "auto", Precision.BF16)) {
+            assumeTrue(kernels.precision() == Precision.BF16, "no bf16 GEMM on this CPU: " + kernels.describe());
+            cpu = train(kernels, GPT2, dir.resolve("cpu"));
+        }
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device, Precision.BF16)) {
+            gpu = train(kernels, GPT2, dir.resolve("cuda"));
+        }
+        for (int i = 0; i < cpu.losses().length; i++) {
+            assertEquals(cpu.losses()[i], gpu.losses()[i], 1e-4 * Math.abs(cpu.losses()[i]), "loss of step " + (i + 1));
+            assertEquals(cpu.norms()[i], gpu.norms()[i], 1e-3 * cpu.norms()[i], "gradient norm of step " + (i + 1));
+        }
+        assertClose(cpu.wte(), gpu.wte(), 1e-3, "wte after 4 steps");
     }
 
     private static void matchesTheCpuStepForStep(Function<Kernels, LanguageModel> make, Path dir) throws IOException {
