@@ -8,6 +8,7 @@ import java.util.function.Supplier;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
@@ -307,6 +308,12 @@ public final class TimedKernels implements Kernels {
     public void adamW(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, long n, float lr,
                       float beta1, float beta2, float eps, float weightDecay, int step) {
         time("adamW", () -> inner.adamW(params, grads, m, v, n, lr, beta1, beta2, eps, weightDecay, step));
+    }
+
+    @Override
+    public void adamWSpans(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, ParameterSpans spans,
+                           float lr, float beta1, float beta2, float eps, int step) {
+        time("adamW", () -> inner.adamWSpans(params, grads, m, v, spans, lr, beta1, beta2, eps, step));
     }
 
     @Override

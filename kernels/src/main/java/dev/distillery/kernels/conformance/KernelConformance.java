@@ -9,6 +9,7 @@ import java.util.SplittableRandom;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
@@ -429,7 +430,34 @@ public final class KernelConformance {
             ReferenceKernels.adamW(p, g, m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1, 7);
             record("adamW", String.valueOf(n), Math.max(buf.relativeError(p, sp, pScale),
                     Math.max(buf.relativeError(m, sm, mScale), buf.relativeError(v, sv, 1e-6))), TOL, ms);
+            adamWSpans(buf, p, g, m, v);
         }
+    }
+
+    /**
+     * The whole block at once: two spans with different weight decays and an element between them
+     * that belongs to neither must give the bits of one {@code adamW} per span (and leave that
+     * element alone). Error: the share of elements whose bits differ.
+     */
+    private void adamWSpans(KernelBuffers buf, double[] p, double[] g, double[] m, double[] v) {
+        int n = p.length, first = n / 2;
+        ParameterSpans spans = new ParameterSpans(new long[]{0, first + 1}, new long[]{first, Math.max(0, n - first - 1)}, new float[]{0.1f, 0f});
+        MemorySegment bp = buf.floats(p), bg = buf.floats(g), bm = buf.floats(m), bv = buf.floats(v);
+        MemorySegment ep = buf.floats(p), em = buf.floats(m), ev = buf.floats(v);
+        long t0 = System.nanoTime();
+        kernels.adamWSpans(bp, bg, bm, bv, spans, 3e-3f, 0.9f, 0.999f, 1e-8f, 2);
+        double ms = millis(t0);
+        for (int i = 0; i < spans.count(); i++) {
+            long at = 4 * spans.offset(i), len = 4 * spans.length(i);
+            kernels.adamW(ep.asSlice(at, len), bg.asSlice(at, len), em.asSlice(at, len), ev.asSlice(at, len), spans.length(i), 3e-3f, 0.9f,
+                    0.999f, 1e-8f, spans.weightDecay(i), 2);
+        }
+        long differ = 0;
+        for (MemorySegment[] pair : new MemorySegment[][]{{ep, bp}, {em, bm}, {ev, bv}}) {
+            double[] want = buf.read(pair[0], n), got = buf.read(pair[1], n);
+            for (int i = 0; i < n; i++) if (Double.doubleToRawLongBits(want[i]) != Double.doubleToRawLongBits(got[i])) differ++;
+        }
+        record("adamWSpans", String.valueOf(n), (double) differ / (3.0 * Math.max(1, n)), 0, ms);
     }
 
     private static double maxAbs(double[] x) {

@@ -10,6 +10,7 @@ import java.util.Optional;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.DeviceCollectives;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
@@ -44,6 +45,12 @@ public final class CudaKernels implements Kernels {
     private final DeviceScratch bf16Operands = new DeviceScratch();
     /** Attention's heads apart, their products and (under bf16) the rounded probabilities. */
     private final DeviceScratch attentionHeads = new DeviceScratch();
+    /** The chunks of the last {@link ParameterSpans} AdamW updated ({@link #adamWSpans}). */
+    private final DeviceScratch adamWChunks = new DeviceScratch();
+    private ParameterSpans chunked;
+    private int chunks;
+    /** Elements of one chunk of {@code ops_adamw_chunks}, one thread block's work. */
+    static final long ADAMW_CHUNK = 1 << 16;
     /** The bf16 copies of held segments ({@link #holdConstant} under bf16). */
     private final List<HeldCopy> held = new ArrayList<>();
     private boolean closed;
@@ -686,6 +693,40 @@ public final class CudaKernels implements Kernels {
         gpu.launch(CudaKernel.OPS_ADAMW, grid(n), gpu.block(), p(params), p(grads), p(m), p(v), n, lr, beta1, beta2, eps, weightDecay, step);
     }
 
+    /**
+     * One launch for the whole block ({@code ops_adamw_chunks}): each span cut into chunks of at
+     * most {@link #ADAMW_CHUNK} elements, the table of chunks uploaded once per {@link ParameterSpans}.
+     */
+    @Override
+    public void adamWSpans(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, ParameterSpans spans,
+                           float lr, float beta1, float beta2, float eps, int step) {
+        if (spans != chunked) uploadChunks(spans);
+        if (chunks == 0) return;
+        long table = adamWChunks.atLeast(1);
+        gpu.launch(CudaKernel.OPS_ADAMW_CHUNKS, Math.min(chunks, gpu.maxGrid()), gpu.block(), p(params), p(grads), p(m), p(v), p(table),
+                p(table + 8L * chunks), p(table + 16L * chunks), chunks, lr, beta1, beta2, eps, step);
+    }
+
+    /** The chunks of {@code spans} as three device arrays: starts (long), lengths (long), weight decays (float). */
+    private void uploadChunks(ParameterSpans spans) {
+        int count = 0;
+        for (int i = 0; i < spans.count(); i++) count += (int) ((spans.length(i) + ADAMW_CHUNK - 1) / ADAMW_CHUNK);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment host = a.allocate(20L * Math.max(1, count), 8);
+            int c = 0;
+            for (int i = 0; i < spans.count(); i++) {
+                for (long at = 0; at < spans.length(i); at += ADAMW_CHUNK, c++) {
+                    host.setAtIndex(ValueLayout.JAVA_LONG, c, spans.offset(i) + at);
+                    host.setAtIndex(ValueLayout.JAVA_LONG, count + c, Math.min(ADAMW_CHUNK, spans.length(i) - at));
+                    host.setAtIndex(ValueLayout.JAVA_FLOAT, 4L * count + c, spans.weightDecay(i));
+                }
+            }
+            if (count > 0) gpu.upload(adamWChunks.atLeast(20L * count), host, 20L * count);
+        }
+        chunks = count;
+        chunked = spans;
+    }
+
     @Override
     public double sumOfSquares(MemorySegment x, long n) {
         if (n == 0) return 0;
@@ -713,6 +754,7 @@ public final class CudaKernels implements Kernels {
         scratch.free();
         bf16Operands.free();
         attentionHeads.free();
+        adamWChunks.free();
         for (HeldCopy h : held) gpu.free(h.copy());
         held.clear();
         closed = true;

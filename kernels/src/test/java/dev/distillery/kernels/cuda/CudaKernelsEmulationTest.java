@@ -16,6 +16,7 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.conformance.KernelConformance;
 
@@ -121,6 +122,44 @@ class CudaKernelsEmulationTest {
             }
             kernels.gemm(false, false, m, n, k, 1f, da, k, operand, n, 0f, c, n);
             for (float x : download(kernels, arena, c, m * n)) assertEquals(0f, x, "the segment itself once the hold is closed");
+        }
+    }
+
+    /**
+     * AdamW over a block in one launch, with a span longer than two of its chunks, a short one and
+     * an empty one: the bits of one adamW per span, the launch counted once.
+     */
+    @Test
+    void adamWOverABlockIsOneLaunchWithTheBitsOfOnePerSpan() {
+        long chunk = CudaKernels.ADAMW_CHUNK;
+        long[] offsets = {0, 2 * chunk + 7, 2 * chunk + 20}, lengths = {2 * chunk + 5, 13, 0};
+        int n = (int) (2 * chunk + 20);
+        float[] p = new float[n], g = new float[n], m = new float[n], v = new float[n];
+        SplittableRandom rng = new SplittableRandom(5);
+        for (int i = 0; i < n; i++) {
+            p[i] = (float) rng.nextGaussian();
+            g[i] = (float) rng.nextGaussian();
+            m[i] = (float) (0.1 * rng.nextGaussian());
+            v[i] = (float) Math.abs(0.01 * rng.nextGaussian());
+        }
+        ParameterSpans spans = new ParameterSpans(offsets, lengths, new float[]{0.1f, 0f, 0.1f});
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device);
+             Arena arena = Arena.ofConfined()) {
+            MemorySegment bp = upload(kernels, arena, p), bg = upload(kernels, arena, g), bm = upload(kernels, arena, m), bv = upload(kernels, arena, v);
+            MemorySegment ep = upload(kernels, arena, p), em = upload(kernels, arena, m), ev = upload(kernels, arena, v);
+            int launches = device.launches();
+            kernels.adamWSpans(bp, bg, bm, bv, spans, 3e-3f, 0.9f, 0.999f, 1e-8f, 4);
+            assertEquals(1, device.launches() - launches, "one launch for the block");
+            for (int i = 0; i < spans.count(); i++) {
+                long at = 4 * offsets[i], len = 4 * lengths[i];
+                kernels.adamW(ep.asSlice(at, len), bg.asSlice(at, len), em.asSlice(at, len), ev.asSlice(at, len), lengths[i], 3e-3f, 0.9f,
+                        0.999f, 1e-8f, spans.weightDecay(i), 4);
+            }
+            assertArrayEquals(download(kernels, arena, ep, n), download(kernels, arena, bp, n), "params");
+            assertArrayEquals(download(kernels, arena, em, n), download(kernels, arena, bm, n), "first moments");
+            assertArrayEquals(download(kernels, arena, ev, n), download(kernels, arena, bv, n), "second moments");
+            int gap = (int) (2 * chunk + 5);
+            assertEquals(p[gap], download(kernels, arena, bp, n)[gap], "an element between spans is left alone");
         }
     }
 

@@ -454,4 +454,55 @@ class CudaOpsEmulationTest {
             }
         }
     }
+
+    /**
+     * AdamW over a whole block in one launch: spans with different weight decays, cut into chunks
+     * (one span into several, a gap of elements between spans that belongs to none), must give
+     * the bits of one ops_adamw launch per span and leave the gap alone.
+     */
+    @Test
+    void adamWOverChunksOfSpansMatchesOneLaunchPerSpan() throws Exception {
+        int n = 203;
+        long[][] spans = {{0, 57}, {60, 100}, {160, 43}};
+        float[] decays = {0.1f, 0f, 0.1f};
+        for (Path bin : List.of(gate, asan, tsan)) {
+            float[] p = random(n, 1), g = random(n, 1), m = random(n, 0.1), v = random(n, 0.01);
+            for (int i = 0; i < n; i++) v[i] = Math.abs(v[i]);
+            float[] wantP = p.clone(), wantM = m.clone(), wantV = v.clone();
+            for (int s = 0; s < spans.length; s++) {
+                int at = (int) spans[s][0], len = (int) spans[s][1];
+                GateCall.Outcome one = call(CudaKernel.OPS_ADAMW, 3, 64).floats(slice(p, at, len)).floats(slice(g, at, len))
+                        .floats(slice(m, at, len)).floats(slice(v, at, len)).i64(len).f32(3e-3f).f32(0.9f).f32(0.999f).f32(1e-8f)
+                        .f32(decays[s]).i32(5).runOrFail(bin, work);
+                System.arraycopy(one.floats(0), 0, wantP, at, len);
+                System.arraycopy(one.floats(2), 0, wantM, at, len);
+                System.arraycopy(one.floats(3), 0, wantV, at, len);
+            }
+            int chunk = 16, chunks = 0;
+            for (long[] sp : spans) chunks += (int) ((sp[1] + chunk - 1) / chunk);
+            long[] starts = new long[chunks], lengths = new long[chunks];
+            float[] chunkDecays = new float[chunks];
+            int c = 0;
+            for (int s = 0; s < spans.length; s++) {
+                for (long at = 0; at < spans[s][1]; at += chunk, c++) {
+                    starts[c] = spans[s][0] + at;
+                    lengths[c] = Math.min(chunk, spans[s][1] - at);
+                    chunkDecays[c] = decays[s];
+                }
+            }
+            GateCall.Outcome all = call(CudaKernel.OPS_ADAMW_CHUNKS, 3, 64).floats(p).floats(g).floats(m).floats(v).bytes(longs(starts))
+                    .bytes(longs(lengths)).floats(chunkDecays).i32(chunks).f32(3e-3f).f32(0.9f).f32(0.999f).f32(1e-8f).i32(5).runOrFail(bin, work);
+            assertArrayEquals(wantP, all.floats(0), "params");
+            assertArrayEquals(wantM, all.floats(2), "first moments");
+            assertArrayEquals(wantV, all.floats(3), "second moments");
+        }
+    }
+
+    private static float[] slice(float[] x, int at, int len) {
+        return java.util.Arrays.copyOfRange(x, at, at + len);
+    }
+
+    private static MemorySegment longs(long[] x) {
+        return MemorySegment.ofArray(x);
+    }
 }

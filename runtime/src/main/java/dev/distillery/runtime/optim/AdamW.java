@@ -1,10 +1,11 @@
 package dev.distillery.runtime.optim;
 
 import java.lang.foreign.MemorySegment;
+import java.util.List;
 
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.runtime.ParameterStore;
-import dev.distillery.runtime.Tensor;
 
 /**
  * AdamW (decoupled weight decay, bias correction) over a {@link ParameterStore}. The moments live
@@ -32,6 +33,7 @@ public final class AdamW {
     private final Config config;
     private final MemorySegment m;
     private final MemorySegment v;
+    private final ParameterSpans spans;
     private int step;
 
     public AdamW(ParameterStore store, Kernels kernels, Config config) {
@@ -40,6 +42,7 @@ public final class AdamW {
         this.config = config;
         this.m = store.allocateLikeBlock();
         this.v = store.allocateLikeBlock();
+        this.spans = spans(store, config);
     }
 
     public int step() {
@@ -81,15 +84,24 @@ public final class AdamW {
         return store;
     }
 
-    /** One update of every parameter at learning rate lr. */
+    /** One update of every parameter at learning rate lr, the whole block at once ({@link Kernels#adamWSpans}). */
     public void update(double lr) {
         step++;
-        for (var slot : store.layout().values()) {
-            Tensor p = store.get(slot.name());
-            long bytes = 4 * slot.offset(), len = 4 * slot.numel();
-            float decay = p.rank() >= 2 ? (float) config.weightDecay() : 0f;
-            kernels.adamW(p.data(), p.grad().data(), m.asSlice(bytes, len), v.asSlice(bytes, len), slot.numel(),
-                    (float) lr, (float) config.beta1(), (float) config.beta2(), (float) config.eps(), decay, step);
+        kernels.adamWSpans(store.paramBlock(), store.gradBlock(), m, v, spans, (float) lr, (float) config.beta1(), (float) config.beta2(),
+                (float) config.eps(), step);
+    }
+
+    /** The store's tensors as spans of its block, matrices (rank ≥ 2) with the weight decay, the rest without. */
+    private static ParameterSpans spans(ParameterStore store, Config config) {
+        var slots = List.copyOf(store.layout().values());
+        long[] offsets = new long[slots.size()], lengths = new long[slots.size()];
+        float[] decays = new float[slots.size()];
+        for (int i = 0; i < slots.size(); i++) {
+            var slot = slots.get(i);
+            offsets[i] = slot.offset();
+            lengths[i] = slot.numel();
+            decays[i] = store.get(slot.name()).rank() >= 2 ? (float) config.weightDecay() : 0f;
         }
+        return new ParameterSpans(offsets, lengths, decays);
     }
 }

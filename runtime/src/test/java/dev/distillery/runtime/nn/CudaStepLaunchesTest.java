@@ -42,8 +42,8 @@ class CudaStepLaunchesTest {
 
     @Test
     void aConfigBShapedStepStaysWithinItsLaunchBudget() {
-        assertTrue(launchesPerStep(Precision.FP32) <= 370);
-        assertTrue(launchesPerStep(Precision.BF16) <= 490);
+        assertTrue(launchesPerStep(Precision.FP32) <= 295);
+        assertTrue(launchesPerStep(Precision.BF16) <= 415);
     }
 
     /** Kernels and cuBLAS calls of one hard-label training step, checked to be the same over three steps. */
