@@ -121,13 +121,7 @@ public final class CudaConformance {
     private void heads(int b, int t, int nh, int hs) {
         int parts = 3, n = parts * b * t * nh * hs;
         String size = b + "x" + t + "x" + nh + "x" + hs + "x" + parts;
-        float[] rows = random(n, 3), apart = new float[n], apart16 = new float[n], before = random(n, 1), sums = new float[n];
-        for (int bi = 0; bi < b; bi++)
-            for (int ti = 0; ti < t; ti++)
-                for (int p = 0; p < parts; p++)
-                    for (int h = 0; h < nh; h++)
-                        for (int e = 0; e < hs; e++)
-                            apart[(((p * b + bi) * nh + h) * t + ti) * hs + e] = rows[((bi * t + ti) * parts + p) * nh * hs + h * hs + e];
+        float[] rows = random(n, 3), apart = headsApart(rows, b, t, nh, hs, parts), apart16 = new float[n], before = random(n, 1), sums = new float[n];
         for (int i = 0; i < n; i++) {
             apart16[i] = (float) ReferenceKernels.roundToBf16(apart[i]);
             sums[i] = before[i] + rows[i];
@@ -148,6 +142,18 @@ public final class CudaConformance {
         t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_HEADS_MERGE, grid(n), 256, dSums, dApart, b, t, nh, hs, parts, 1);
         record("headsMerge.accumulate", size, sums, download(dSums, n), 0, t0);
+    }
+
+    /** What {@code ops_heads_split} makes of (b·t, parts·nh·hs) rows: (parts, b, nh, t, hs), in Java loops. */
+    static float[] headsApart(float[] rows, int b, int t, int nh, int hs, int parts) {
+        float[] apart = new float[rows.length];
+        for (int bi = 0; bi < b; bi++)
+            for (int ti = 0; ti < t; ti++)
+                for (int p = 0; p < parts; p++)
+                    for (int h = 0; h < nh; h++)
+                        for (int e = 0; e < hs; e++)
+                            apart[(((p * b + bi) * nh + h) * t + ti) * hs + e] = rows[((bi * t + ti) * parts + p) * nh * hs + h * hs + e];
+        return apart;
     }
 
     /** One query row per sequence over len of len + 2 cached rows, 4 query heads over 2 key/value heads of hs. */

@@ -427,13 +427,7 @@ class CudaOpsEmulationTest {
                 int b = sh[0], t = sh[1], nh = sh[2], hs = sh[3], parts = sh[4], n = b * t * nh * hs * parts;
                 if (bin == tsan && n > 100) continue; // ThreadSanitizer: small sizes only
                 String what = b + "x" + t + "x" + nh + "x" + hs + "x" + parts;
-                float[] rows = random(n, 3), apart = new float[n];
-                for (int bi = 0; bi < b; bi++)
-                    for (int ti = 0; ti < t; ti++)
-                        for (int p = 0; p < parts; p++)
-                            for (int h = 0; h < nh; h++)
-                                for (int e = 0; e < hs; e++)
-                                    apart[(((p * b + bi) * nh + h) * t + ti) * hs + e] = rows[((bi * t + ti) * parts + p) * nh * hs + h * hs + e];
+                float[] rows = random(n, 3), apart = CudaConformance.headsApart(rows, b, t, nh, hs, parts);
                 float[] split = call(CudaKernel.OPS_HEADS_SPLIT, 3, 64).floats(nan(n)).floats(rows).i32(b).i32(t).i32(nh).i32(hs).i32(parts)
                         .runOrFail(bin, work).floats(0);
                 assertArrayEquals(apart, split, "heads split " + what);
