@@ -3,8 +3,11 @@ package dev.distillery.kernels.cuda;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.Optional;
 
 import dev.distillery.kernels.DType;
@@ -53,6 +56,11 @@ public final class CudaKernels implements Kernels {
     static final long ADAMW_CHUNK = 1 << 16;
     /** The bf16 copies of held segments ({@link #holdConstant} under bf16). */
     private final List<HeldCopy> held = new ArrayList<>();
+    /**
+     * The copies of closed holds by size, for the next hold of that size: a training step holds its
+     * parameters every step, and a cuMemAlloc / cuMemFree pair each time would wait for the device.
+     */
+    private final Map<Long, ArrayDeque<Long>> spareCopies = new HashMap<>();
     private boolean closed;
 
     /** Kernels on {@code gpu}, which the caller keeps and closes after these kernels. */
@@ -267,12 +275,13 @@ public final class CudaKernels implements Kernels {
     public ConstantHold holdConstant(MemorySegment operand) {
         long n = operand.byteSize() / 4;
         if (precision == Precision.FP32 || n == 0 || heldCopy(operand.address(), n) != 0) return ConstantHold.NONE;
-        long copy = gpu.alloc(2 * n);
+        ArrayDeque<Long> spare = spareCopies.computeIfAbsent(2 * n, bytes -> new ArrayDeque<>());
+        long copy = spare.isEmpty() ? gpu.alloc(2 * n) : spare.pop();
         gpu.launch(CudaKernel.OPS_ROUND_TO_BF16, grid(n), gpu.block(), p(copy), p(operand), n);
         HeldCopy h = new HeldCopy(operand.address(), operand.address() + 4 * n, copy);
         held.add(h);
         return () -> {
-            if (held.remove(h) && !closed) gpu.free(copy);
+            if (held.remove(h)) spare.push(copy);
         };
     }
 
@@ -757,6 +766,8 @@ public final class CudaKernels implements Kernels {
         adamWChunks.free();
         for (HeldCopy h : held) gpu.free(h.copy());
         held.clear();
+        for (ArrayDeque<Long> spare : spareCopies.values()) for (long copy : spare) gpu.free(copy);
+        spareCopies.clear();
         closed = true;
         if (ownsBackend) gpu.close();
     }

@@ -96,7 +96,8 @@ class CudaKernelsEmulationTest {
     /**
      * A held segment under bf16 is rounded once: a GEMM whose B lies inside it gives the bits of the
      * plain GEMM, launches one rounding fewer, and reads the copy (the segment overwritten during
-     * the hold does not change the result); after the hold, the GEMM reads the segment again.
+     * the hold does not change the result); after the hold, the GEMM reads the segment again, and
+     * the next hold of that size reuses the copy rather than allocating (a step holds every step).
      */
     @Test
     void aHeldOperandIsRoundedOnceAndReadFromItsCopy() {
@@ -122,6 +123,9 @@ class CudaKernelsEmulationTest {
             }
             kernels.gemm(false, false, m, n, k, 1f, da, k, operand, n, 0f, c, n);
             for (float x : download(kernels, arena, c, m * n)) assertEquals(0f, x, "the segment itself once the hold is closed");
+            int allocations = device.allocations();
+            kernels.holdConstant(block).close();
+            assertEquals(allocations, device.allocations(), "a second hold of the same size reuses the first one's copy");
         }
     }
 

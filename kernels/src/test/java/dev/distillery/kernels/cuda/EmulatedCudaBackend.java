@@ -36,6 +36,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
     private final MethodHandle signature, count, name;
     private int launches;
     private int gemms;
+    private int allocations;
 
     public EmulatedCudaBackend(Path library) {
         SymbolLookup lib = SymbolLookup.libraryLookup(library, arena);
@@ -86,6 +87,11 @@ public final class EmulatedCudaBackend implements CudaBackend {
         return launches;
     }
 
+    /** Device allocations made so far. */
+    public int allocations() {
+        return allocations;
+    }
+
     /** cuBLAS GEMM calls so far (each one launch or more on a GPU). */
     public int gemms() {
         return gemms;
@@ -100,6 +106,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
     public long alloc(long bytes) {
         MemorySegment s = arena.allocate(Math.max(4, bytes), 256);
         live.put(s.address(), s);
+        allocations++;
         return s.address() + DEVICE_OFFSET;
     }
 
