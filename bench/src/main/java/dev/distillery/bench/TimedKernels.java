@@ -153,9 +153,9 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void linearBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
+    public void linearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
                                MemorySegment inp, MemorySegment weight, int n, int c, int oc) {
-        time("linearBackward", () -> inner.linearBackward(dinp, dweight, dbias, dout, inp, weight, n, c, oc));
+        time("linearBackward", () -> inner.linearBackward(dinp, dinpBeta, dweight, dbias, dout, inp, weight, n, c, oc));
     }
 
     @Override

@@ -168,14 +168,15 @@ public interface Kernels extends AutoCloseable {
     }
 
     /**
-     * Backward of {@link #linearForward}: {@code dinp += dout · weightᵀ}, {@code dweight += inpᵀ · dout},
+     * Backward of {@link #linearForward}: {@code dinp = dout · weightᵀ + dinpBeta · dinp} (dinpBeta
+     * 1 adds to a gradient, 0 writes a new one over whatever is there), {@code dweight += inpᵀ · dout},
      * {@code dbias += Σ_rows dout}. Any of dinp, dbias may be null (not needed).
      */
-    default void linearBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias,
+    default void linearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias,
                                 MemorySegment dout, MemorySegment inp, MemorySegment weight,
                                 int n, int c, int oc) {
         if (dinp != null) {
-            gemm(false, true, n, c, oc, 1f, dout, oc, weight, oc, 1f, dinp, c);
+            gemm(false, true, n, c, oc, 1f, dout, oc, weight, oc, dinpBeta, dinp, c);
         }
         gemm(true, false, c, oc, n, 1f, inp, c, dout, oc, 1f, dweight, oc);
         if (dbias != null) {

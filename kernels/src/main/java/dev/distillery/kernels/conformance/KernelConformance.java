@@ -192,13 +192,23 @@ public final class KernelConformance {
             double[] dinp = randn(n * c), dw = randn(c * oc), db = randn(oc);
             MemorySegment sDinp = buf.floats(dinp), sDw = buf.floats(dw), sDb = buf.floats(db);
             t0 = System.nanoTime();
-            kernels.linearBackward(sDinp, sDw, sDb, buf.floats(dout), sInp, sW, n, c, oc);
+            kernels.linearBackward(sDinp, 1f, sDw, sDb, buf.floats(dout), sInp, sW, n, c, oc);
             ms = millis(t0);
             ReferenceKernels.linearBackward(dinp, dw, null, operand(dout), operand(inp), operand(w), n, c, oc);
             for (int r = 0; r < n; r++) for (int o = 0; o < oc; o++) db[o] += dout[r * oc + o];   // the bias sum, of dout as given
             record(gemmName("linearBackward"), n + "x" + c + "->" + oc,
                     Math.max(buf.relativeError(dinp, sDinp, 1e-6), Math.max(buf.relativeError(dw, sDw, 1e-6), buf.relativeError(db, sDb, 1e-6))),
                     composedTol(TOL), ms);
+
+            // a new input gradient, written over NaN (dinpBeta 0), no bias
+            double[] fresh = new double[n * c], dw2 = randn(c * oc);
+            MemorySegment sFresh = buf.poisoned(n * c), sDw2 = buf.floats(dw2);
+            t0 = System.nanoTime();
+            kernels.linearBackward(sFresh, 0f, sDw2, null, buf.floats(dout), sInp, sW, n, c, oc);
+            ms = millis(t0);
+            ReferenceKernels.linearBackward(fresh, dw2, null, operand(dout), operand(inp), operand(w), n, c, oc);
+            record(gemmName("linearBackward.new"), n + "x" + c + "->" + oc,
+                    Math.max(buf.relativeError(fresh, sFresh, 1e-6), buf.relativeError(dw2, sDw2, 1e-6)), composedTol(TOL), ms);
         }
     }
 

@@ -245,13 +245,37 @@ public final class CudaKernels implements Kernels {
             return;
         }
         long spanA = span(transA ? k : m, transA ? m : k, lda, strideA, batch), spanB = span(transB ? n : k, transB ? k : n, ldb, strideB, batch);
-        long a16 = heldCopy(a, spanA), b16 = heldCopy(b, spanB);
-        if (a16 == 0 || b16 == 0) {
-            long copies = bf16Operands.atLeast(aligned(2 * spanA) + 2 * spanB);
-            if (a16 == 0) a16 = stored(a, copies, spanA);
-            if (b16 == 0) b16 = stored(b, copies + aligned(2 * spanA), spanB);
-        }
+        long copies = bf16Operands.atLeast(aligned(2 * spanA) + 2 * spanB);
+        long a16 = rounded(a, spanA, copies), b16 = rounded(b, spanB, copies + aligned(2 * spanA));
         gpu.gemmBf16StridedBatched(transB, transA, n, m, k, alpha, b16, ldb, strideB, a16, lda, strideA, beta, c, ldc, strideC, batch);
+    }
+
+    /** The bf16 copy of the {@code n} fp32 values at {@code x}: a hold's, or rounded now into {@code into}. */
+    private long rounded(long x, long n, long into) {
+        long held = heldCopy(x, n);
+        return held != 0 ? held : stored(x, into, n);
+    }
+
+    /**
+     * Under bf16, dout rounded once for both products (and each operand not already held), where
+     * two GEMM calls would round it twice; under fp32 the contract's two GEMMs.
+     */
+    @Override
+    public void linearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
+                               MemorySegment inp, MemorySegment weight, int n, int c, int oc) {
+        if (precision == Precision.FP32 || n == 0 || c == 0 || oc == 0) {
+            Kernels.super.linearBackward(dinp, dinpBeta, dweight, dbias, dout, inp, weight, n, c, oc);
+            return;
+        }
+        long nd = (long) n * oc, nx = (long) n * c, nw = (long) c * oc;
+        long copies = bf16Operands.atLeast(aligned(2 * nd) + aligned(2 * nx) + 2 * nw);
+        long d16 = rounded(dout.address(), nd, copies);
+        if (dinp != null) {
+            long w16 = rounded(weight.address(), nw, copies + aligned(2 * nd) + aligned(2 * nx));
+            storedGemm(false, true, n, c, oc, d16, oc, 0, w16, oc, 0, dinpBeta, dinp.address(), c, 0, 1);
+        }
+        storedGemm(true, false, c, oc, n, rounded(inp.address(), nx, copies + aligned(2 * nd)), c, 0, d16, oc, 0, 1f, dweight.address(), oc, 0, 1);
+        if (dbias != null) sumRows(dbias, dout, n, oc);
     }
 
     /** A held segment's fp32 addresses [from, to) and the address of its bf16 copy. */
@@ -296,9 +320,9 @@ public final class CudaKernels implements Kernels {
      * under {@link Precision#BF16}, fp32 otherwise): nothing is rounded or copied.
      */
     private void storedGemm(boolean transA, boolean transB, int m, int n, int k, long a, int lda, long strideA, long b, int ldb,
-                            long strideB, long c, int ldc, long strideC, int batch) {
-        if (precision == Precision.FP32) rowMajorGemm(gpu, transA, transB, m, n, k, 1f, a, lda, strideA, b, ldb, strideB, 0f, c, ldc, strideC, batch);
-        else gpu.gemmBf16StridedBatched(transB, transA, n, m, k, 1f, b, ldb, strideB, a, lda, strideA, 0f, c, ldc, strideC, batch);
+                            long strideB, float beta, long c, int ldc, long strideC, int batch) {
+        if (precision == Precision.FP32) rowMajorGemm(gpu, transA, transB, m, n, k, 1f, a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, batch);
+        else gpu.gemmBf16StridedBatched(transB, transA, n, m, k, 1f, b, ldb, strideB, a, lda, strideA, beta, c, ldc, strideC, batch);
     }
 
     /** Bytes of one GEMM operand element as {@link #storedGemm} takes it. */
@@ -485,10 +509,10 @@ public final class CudaKernels implements Kernels {
         long q = heads, k = q + n * es, v = k + n * es, y = heads + aligned(3 * n * es), probs = y + aligned(4 * n);
         splitHeads(q, qkv.address(), b, t, nh, hs, 3);
         // preatt[bh] (t, t) = Q · Kᵀ
-        storedGemm(false, true, t, t, hs, q, hs, th, k, hs, th, att.address(), t, tt, bh);
+        storedGemm(false, true, t, t, hs, q, hs, th, k, hs, th, 0f, att.address(), t, tt, bh);
         gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, bh * t, gpu.block(), p(att), p(att), bh * t, t, (float) (1 / Math.sqrt(hs)));
         // y[bh] (t, hs) = att · V
-        storedGemm(false, false, t, hs, t, stored(att.address(), probs, bh * tt), t, tt, v, hs, th, y, hs, th, bh);
+        storedGemm(false, false, t, hs, t, stored(att.address(), probs, bh * tt), t, tt, v, hs, th, 0f, y, hs, th, bh);
         mergeHeads(out.address(), y, b, t, nh, hs, 1, false);
     }
 
@@ -519,15 +543,15 @@ public final class CudaKernels implements Kernels {
         splitHeads(q, qkv.address(), b, t, nh, hs, 3);
         splitHeads(dO, dout.address(), b, t, nh, hs, 1);
         // datt = dO · Vᵀ;  dV = attᵀ · dO
-        storedGemm(false, true, t, t, hs, dO, hs, th, v, hs, th, datt.address(), t, tt, bh);
-        storedGemm(true, false, t, hs, t, stored(att.address(), probs, bh * tt), t, tt, dO, hs, th, dv, hs, th, bh);
+        storedGemm(false, true, t, t, hs, dO, hs, th, v, hs, th, 0f, datt.address(), t, tt, bh);
+        storedGemm(true, false, t, hs, t, stored(att.address(), probs, bh * tt), t, tt, dO, hs, th, 0f, dv, hs, th, bh);
         // datt becomes d(preatt), the 1/√hs scale included
         gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, bh * t, gpu.block(), p(datt), p(datt), p(att), bh * t, t,
                 (float) (1 / Math.sqrt(hs)));
         long dpre = stored(datt.address(), probs, bh * tt);
         // dQ = dpreatt · K;  dK = dpreattᵀ · Q
-        storedGemm(false, false, t, hs, t, dpre, t, tt, k, hs, th, dq, hs, th, bh);
-        storedGemm(true, false, t, hs, t, dpre, t, tt, q, hs, th, dk, hs, th, bh);
+        storedGemm(false, false, t, hs, t, dpre, t, tt, k, hs, th, 0f, dq, hs, th, bh);
+        storedGemm(true, false, t, hs, t, dpre, t, tt, q, hs, th, 0f, dk, hs, th, bh);
         mergeHeads(dqkv.address(), grads, b, t, nh, hs, 3, true);
     }
 

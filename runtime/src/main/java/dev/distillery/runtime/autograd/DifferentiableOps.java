@@ -117,13 +117,10 @@ public final class DifferentiableOps {
     private record GradTarget(MemorySegment data, float beta) {
     }
 
-    /**
-     * {@code Kernels.linearBackward} with the input gradient dx = dout · weightᵀ as a GEMM of its
-     * own (dx null: none), so that a new dx is written rather than zeroed and added to.
-     */
+    /** {@code Kernels.linearBackward} with the input gradient dx (null: none) written when new, added to when not. */
     private void linearBackward(GradTarget dx, MemorySegment dout, MemorySegment x, Tensor weight, Tensor bias, int n, int c, int oc) {
-        if (dx != null) kernels.gemm(false, true, n, c, oc, 1f, dout, oc, weight.data(), oc, dx.beta(), dx.data(), c);
-        kernels.linearBackward(null, grad(weight), bias == null ? null : grad(bias), dout, x, weight.data(), n, c, oc);
+        kernels.linearBackward(dx == null ? null : dx.data(), dx == null ? 1f : dx.beta(), grad(weight), bias == null ? null : grad(bias),
+                dout, x, weight.data(), n, c, oc);
     }
 
     /** tokens int32 (b, t); wte (vocab, c); wpe (maxT, c) → (b·t, c). */
