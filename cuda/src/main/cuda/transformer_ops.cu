@@ -1,7 +1,8 @@
 // The transformer ops of the Kernels contract on the GPU: the CUDA twins of kernels/cpu/CpuKernels
 // (embedding, layernorm, GELU, residual, bias rows, fused softmax cross-entropy, logsumexp and
-// argmax of rows, AdamW, gradient norm, scale, fill) and the causal-softmax pieces of attention
-// (its GEMMs go through cuBLAS). Every entry point is listed in kernels.def.
+// argmax of rows, AdamW, gradient norm, scale, fill), the rounding of GEMM operands to bf16, and the
+// pieces of attention around its GEMMs (which go through cuBLAS): the heads taken apart and put
+// back, the causal softmax. Every entry point is listed in kernels.def.
 // Same layouts and the same math as the Java kernels; the derivations are in docs/KERNELS.md.
 //
 // Determinism: no atomics. Reductions over rows that several threads would race on (the
@@ -9,7 +10,7 @@
 // rows in order, so every run gives the same bits. Backward kernels accumulate (+=).
 //
 // Launch shapes (the host side picks them; the emulation gate uses the same):
-//   elementwise / per-column kernels: any grid, any block (grid-stride loops);
+//   elementwise / per-column kernels, AdamW over chunks: any grid, any block (grid-stride loops);
 //   row kernels (layernorm, softmax CE, attention softmax): grid = rows, block = a multiple of 32 ≤ 1024.
 
 #include <math_constants.h>
