@@ -52,10 +52,14 @@ final class Bf16Gemm implements Gemm {
     private record PackKey(long address, boolean transB, int k, int n, int ldb) {
     }
 
-    /** A held segment's bytes, and the packs made of it, freed together when the hold closes. */
+    /**
+     * A held segment's bytes, and the packs made of it, freed together when the hold closes. The
+     * arena is made with the first pack: a segment read only as A (a gradient read by two GEMMs)
+     * keeps nothing and costs no arena.
+     */
     private final class Held implements ConstantHold {
         final long start, end;
-        final Arena arena = Arena.ofShared();
+        private Arena arena;
         final Map<PackKey, MemorySegment> packs = new ConcurrentHashMap<>();
 
         Held(MemorySegment operand) {
@@ -63,9 +67,14 @@ final class Bf16Gemm implements Gemm {
             end = start + operand.byteSize();
         }
 
+        synchronized MemorySegment allocate(long bytes) {
+            if (arena == null) arena = Arena.ofShared();
+            return arena.allocate(bytes, 64);
+        }
+
         @Override
-        public void close() {
-            if (held.remove(this)) arena.close();
+        public synchronized void close() {
+            if (held.remove(this) && arena != null) arena.close();
         }
     }
 
@@ -97,7 +106,7 @@ final class Bf16Gemm implements Gemm {
         for (Held h : held) {
             if (first >= h.start && last <= h.end) {
                 return h.packs.computeIfAbsent(new PackKey(first, transB, k, n, ldb), key -> {
-                    MemorySegment bp = h.arena.allocate(DistilleryCpu.bf16PackedBBytes(k, n), 64);
+                    MemorySegment bp = h.allocate(DistilleryCpu.bf16PackedBBytes(k, n));
                     DistilleryCpu.bf16PackB(transB, k, n, first, ldb, bp.address());
                     return bp;
                 });

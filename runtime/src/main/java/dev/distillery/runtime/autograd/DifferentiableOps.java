@@ -224,9 +224,11 @@ public final class DifferentiableOps {
                 if (out.grad() == null) return;
                 var dout = out.grad().data();
                 var dx = gradToWrite(x);
-                if (dx != null) kernels.gemm(false, false, n, c, v, 1f, dout, v, weight.data(), c, dx.beta(), dx.data(), c);
                 var dw = grad(weight);
-                if (dw != null) kernels.gemm(true, false, v, c, n, 1f, dout, v, x.data(), c, 1f, dw, c);
+                try (Kernels.ConstantHold both = kernels.holdConstant(dout)) {   // read by both products
+                    if (dx != null) kernels.gemm(false, false, n, c, v, 1f, dout, v, weight.data(), c, dx.beta(), dx.data(), c);
+                    if (dw != null) kernels.gemm(true, false, v, c, n, 1f, dout, v, x.data(), c, 1f, dw, c);
+                }
                 var db = grad(bias);
                 if (db != null) kernels.sumRows(db, dout, n, v);
             });

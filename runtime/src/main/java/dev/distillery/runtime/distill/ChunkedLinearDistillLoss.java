@@ -133,11 +133,14 @@ public final class ChunkedLinearDistillLoss {
                 MemorySegment h = hidden.asSlice(4L * r0 * d);
                 kernels.gemm(false, true, rows, vocab, d, 1f, h, d, weight, d, 0f, logits, vocab);
                 loss.apply(r0, rows);
-                if (dHidden != null) {
-                    kernels.gemm(false, false, rows, d, vocab, 1f, grad, vocab, weight, d, 1f, dHidden.asSlice(4L * r0 * d), d);
-                }
-                if (dWeight != null) {
-                    kernels.gemm(true, false, vocab, d, rows, 1f, grad, vocab, h, d, 1f, dWeight, d);
+                if (dHidden == null && dWeight == null) continue;
+                try (Kernels.ConstantHold both = kernels.holdConstant(grad.asSlice(0, 4L * rows * vocab))) {   // read by both products
+                    if (dHidden != null) {
+                        kernels.gemm(false, false, rows, d, vocab, 1f, grad, vocab, weight, d, 1f, dHidden.asSlice(4L * r0 * d), d);
+                    }
+                    if (dWeight != null) {
+                        kernels.gemm(true, false, vocab, d, rows, 1f, grad, vocab, h, d, 1f, dWeight, d);
+                    }
                 }
             }
         }
