@@ -27,21 +27,21 @@ public final class CudaConformance {
     private static final double TOL = 1e-4;        // fp32 kernels vs fp32 kernels
     private static final double TOL_GEMM = 1e-3;   // cuBLAS may use another summation order (TF32 off)
 
-    private final CudaDevice gpu;
+    private final CudaBackend gpu;
     private final Kernels cpu;
     private final SplittableRandom rng;
     private final Arena arena = Arena.ofShared();
     private final List<Long> allocations = new ArrayList<>();
     private final List<KernelConformance.Result> results = new ArrayList<>();
 
-    private CudaConformance(CudaDevice gpu, Kernels cpu, long seed) {
+    private CudaConformance(CudaBackend gpu, Kernels cpu, long seed) {
         this.gpu = gpu;
         this.cpu = cpu;
         this.rng = new SplittableRandom(seed);
     }
 
     /** Runs every check; {@code quick} runs one size per kernel. */
-    public static List<KernelConformance.Result> run(CudaDevice gpu, Kernels cpu, long seed, boolean quick) {
+    public static List<KernelConformance.Result> run(CudaBackend gpu, Kernels cpu, long seed, boolean quick) {
         CudaConformance c = new CudaConformance(gpu, cpu, seed);
         try {
             c.all(quick);
@@ -383,6 +383,30 @@ public final class CudaConformance {
         t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_ADAMW, grid(n), 256, dp, dy, dm, dv, (long) n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
         record("adamW", size, floats(hp, n), download(dp, n), TOL, t0);
+
+        // the same update in one launch over chunks: the first half with the decay in chunks of 5, the rest without, one chunk
+        int half = n / 2, chunks = (half + 4) / 5 + 1;
+        long[] chunkStarts = new long[chunks], chunkLengths = new long[chunks];
+        float[] chunkDecays = new float[chunks];
+        for (int c = 0; c < chunks - 1; c++) {
+            chunkStarts[c] = 5L * c;
+            chunkLengths[c] = Math.min(5, half - 5 * c);
+            chunkDecays[c] = 0.1f;
+        }
+        chunkStarts[chunks - 1] = half;
+        chunkLengths[chunks - 1] = n - half;
+        MemorySegment cp = host(p), cm = host(m), cv = host(v);
+        cpu.adamW(cp, host(y), cm, cv, half, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+        cpu.adamW(cp.asSlice(4L * half), host(y).asSlice(4L * half), cm.asSlice(4L * half), cv.asSlice(4L * half), n - half, 1e-2f, 0.9f,
+                0.95f, 1e-8f, 0f, 3);
+        CudaBackend.Ptr ep = device(host(p)), em = device(host(m)), ev = device(host(v));
+        MemorySegment starts = arena.allocate(8L * chunks, 8), lengths = arena.allocate(8L * chunks, 8);
+        MemorySegment.copy(chunkStarts, 0, starts, ValueLayout.JAVA_LONG, 0, chunks);
+        MemorySegment.copy(chunkLengths, 0, lengths, ValueLayout.JAVA_LONG, 0, chunks);
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_ADAMW_CHUNKS, Math.min(chunks, 64), 256, ep, dy, em, ev, device(starts), device(lengths), device(host(chunkDecays)),
+                chunks, 1e-2f, 0.9f, 0.95f, 1e-8f, 3);
+        record("adamWChunks", size, floats(cp, n), download(ep, n), TOL, t0);
     }
 
     private void rowKernels(int rows, int c) {

@@ -19,6 +19,7 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.conformance.KernelConformance;
+import dev.distillery.kernels.cpu.CpuKernels;
 
 /**
  * {@link CudaKernels}, its real launch path (argument marshalling, row-major GEMMs through
@@ -50,6 +51,23 @@ class CudaKernelsEmulationTest {
             for (KernelConformance.Result r : results) if (!r.passed()) failed.append(r).append('\n');
             assertTrue(failed.isEmpty(), failed.toString());
             assertTrue(results.size() >= 20 && device.launches() >= 20, results.size() + " checks, " + device.launches() + " launches");
+        }
+    }
+
+    /**
+     * What {@code selftest --device cuda} runs first on a GPU ({@link CudaConformance}: every kernel
+     * launched raw against the CPU kernels) passes on the emulated device at its quick sizes, so the
+     * checks themselves are known to be right before a GPU runs them.
+     */
+    @Test
+    void theGpuSelftestsKernelChecksPassUnderEmulation() {
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CpuKernels cpu = new CpuKernels(2, "auto")) {
+            List<KernelConformance.Result> results = CudaConformance.run(device, cpu, 29, true);
+            StringBuilder failed = new StringBuilder();
+            for (KernelConformance.Result r : results) if (!r.passed()) failed.append(r).append('\n');
+            assertTrue(failed.isEmpty(), failed.toString());
+            assertTrue(results.stream().anyMatch(r -> r.kernel().equals("headsSplit.bf16"))
+                    && results.stream().anyMatch(r -> r.kernel().equals("adamWChunks")) && results.size() >= 40, results.toString());
         }
     }
 
