@@ -735,29 +735,50 @@ public final class CudaKernels implements Kernels {
                            float lr, float beta1, float beta2, float eps, int step) {
         if (spans != chunked) uploadChunks(spans);
         if (chunks == 0) return;
-        long table = adamWChunks.atLeast(1);
+        long table = adamWChunks.atLeast(20L * chunks);   // as uploadChunks left it
         gpu.launch(CudaKernel.OPS_ADAMW_CHUNKS, Math.min(chunks, gpu.maxGrid()), gpu.block(), p(params), p(grads), p(m), p(v), p(table),
                 p(table + 8L * chunks), p(table + 16L * chunks), chunks, lr, beta1, beta2, eps, step);
     }
 
     /** The chunks of {@code spans} as three device arrays: starts (long), lengths (long), weight decays (float). */
     private void uploadChunks(ParameterSpans spans) {
-        int count = 0;
-        for (int i = 0; i < spans.count(); i++) count += (int) ((spans.length(i) + ADAMW_CHUNK - 1) / ADAMW_CHUNK);
+        AdamWChunks cut = AdamWChunks.of(spans, ADAMW_CHUNK);
+        int count = cut.count();
         try (Arena a = Arena.ofConfined()) {
             MemorySegment host = a.allocate(20L * Math.max(1, count), 8);
-            int c = 0;
-            for (int i = 0; i < spans.count(); i++) {
-                for (long at = 0; at < spans.length(i); at += ADAMW_CHUNK, c++) {
-                    host.setAtIndex(ValueLayout.JAVA_LONG, c, spans.offset(i) + at);
-                    host.setAtIndex(ValueLayout.JAVA_LONG, count + c, Math.min(ADAMW_CHUNK, spans.length(i) - at));
-                    host.setAtIndex(ValueLayout.JAVA_FLOAT, 4L * count + c, spans.weightDecay(i));
-                }
-            }
+            MemorySegment.copy(cut.starts(), 0, host, ValueLayout.JAVA_LONG, 0, count);
+            MemorySegment.copy(cut.lengths(), 0, host, ValueLayout.JAVA_LONG, 8L * count, count);
+            MemorySegment.copy(cut.decays(), 0, host, ValueLayout.JAVA_FLOAT, 16L * count, count);
             if (count > 0) gpu.upload(adamWChunks.atLeast(20L * count), host, 20L * count);
         }
         chunks = count;
         chunked = spans;
+    }
+
+    /**
+     * The chunks {@code ops_adamw_chunks} updates: each span cut into pieces of at most
+     * {@code chunk} elements, chunk i starting at starts[i], lengths[i] long, with its span's decay.
+     */
+    record AdamWChunks(long[] starts, long[] lengths, float[] decays) {
+        static AdamWChunks of(ParameterSpans spans, long chunk) {
+            int count = 0;
+            for (int i = 0; i < spans.count(); i++) count += (int) ((spans.length(i) + chunk - 1) / chunk);
+            long[] starts = new long[count], lengths = new long[count];
+            float[] decays = new float[count];
+            int c = 0;
+            for (int i = 0; i < spans.count(); i++) {
+                for (long at = 0; at < spans.length(i); at += chunk, c++) {
+                    starts[c] = spans.offset(i) + at;
+                    lengths[c] = Math.min(chunk, spans.length(i) - at);
+                    decays[c] = spans.weightDecay(i);
+                }
+            }
+            return new AdamWChunks(starts, lengths, decays);
+        }
+
+        int count() {
+            return starts.length;
+        }
     }
 
     @Override

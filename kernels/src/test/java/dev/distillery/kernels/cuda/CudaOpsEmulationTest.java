@@ -17,6 +17,7 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.FeatureDistance;
 import dev.distillery.kernels.reference.ReferenceKernels;
@@ -472,20 +473,14 @@ class CudaOpsEmulationTest {
                 System.arraycopy(one.floats(2), 0, wantM, at, len);
                 System.arraycopy(one.floats(3), 0, wantV, at, len);
             }
-            int chunk = 16, chunks = 0;
-            for (long[] sp : spans) chunks += (int) ((sp[1] + chunk - 1) / chunk);
-            long[] starts = new long[chunks], lengths = new long[chunks];
-            float[] chunkDecays = new float[chunks];
-            int c = 0;
-            for (int s = 0; s < spans.length; s++) {
-                for (long at = 0; at < spans[s][1]; at += chunk, c++) {
-                    starts[c] = spans[s][0] + at;
-                    lengths[c] = Math.min(chunk, spans[s][1] - at);
-                    chunkDecays[c] = decays[s];
-                }
+            long[] offsets = new long[spans.length], lengths = new long[spans.length];
+            for (int i = 0; i < spans.length; i++) {
+                offsets[i] = spans[i][0];
+                lengths[i] = spans[i][1];
             }
-            GateCall.Outcome all = call(CudaKernel.OPS_ADAMW_CHUNKS, 3, 64).floats(p).floats(g).floats(m).floats(v).bytes(longs(starts))
-                    .bytes(longs(lengths)).floats(chunkDecays).i32(chunks).f32(3e-3f).f32(0.9f).f32(0.999f).f32(1e-8f).i32(5).runOrFail(bin, work);
+            CudaKernels.AdamWChunks cut = CudaKernels.AdamWChunks.of(new ParameterSpans(offsets, lengths, decays), 16);
+            GateCall.Outcome all = call(CudaKernel.OPS_ADAMW_CHUNKS, 3, 64).floats(p).floats(g).floats(m).floats(v).bytes(longs(cut.starts()))
+                    .bytes(longs(cut.lengths())).floats(cut.decays()).i32(cut.count()).f32(3e-3f).f32(0.9f).f32(0.999f).f32(1e-8f).i32(5).runOrFail(bin, work);
             assertArrayEquals(wantP, all.floats(0), "params");
             assertArrayEquals(wantM, all.floats(2), "first moments");
             assertArrayEquals(wantV, all.floats(3), "second moments");
