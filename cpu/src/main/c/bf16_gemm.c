@@ -128,6 +128,15 @@ PACK static inline void transpose_16x16(__m512i r[16]) {
     }
 }
 
+/*
+ * Two packs write a whole line at a time across rows far apart: a transposed A (a line in each of
+ * 16 rows of Ap, Kp * 2 bytes apart) and a B as stored (a line in each block of 16 columns, Kp * 32
+ * bytes apart). A plain store first reads each such line in, and those reads, not the operand's,
+ * bound the pack; so those lines are stored non-temporally (_mm512_stream_si512), and the other
+ * packs, which write along their rows, keep plain stores (docs/PERFORMANCE.md, bf16 mixed
+ * precision). Every such address is 64-byte aligned: Kp is a multiple of 32 and the buffers are.
+ */
+
 /* Ap (Mp, Kp) from op(A). */
 PACK static void pack_a(int trans, int m, int k, const float *a, int lda, uint16_t *ap, int mp, int kp) {
     if (!trans) {
@@ -157,10 +166,11 @@ PACK static void pack_a(int trans, int m, int k, const float *a, int lda, uint16
                                       : _mm512_setzero_si512();
                     }
                     transpose_16x16(r);
-                    for (int q = 0; q < 16; q++) _mm512_storeu_si512(ap + (size_t) (i + q) * kp + 2 * p0, r[q]);
+                    for (int q = 0; q < 16; q++) _mm512_stream_si512((__m512i *) (ap + (size_t) (i + q) * kp + 2 * p0), r[q]);
                 }
             }
         }
+        _mm_sfence();
         int i = m16;
         for (; i < m; i++) {
             uint16_t *out = ap + (size_t) i * kp;
@@ -180,13 +190,14 @@ PACK static void pack_b(int trans, int k, int n, const float *b, int ldb, uint16
             const float *r0 = b + (size_t) (2 * p) * ldb;
             const float *r1 = 2 * p + 1 < k ? r0 + ldb : NULL;
             int j = 0;
-            for (; j + 16 <= n; j += 16) _mm512_storeu_si512(bp + ((size_t) (j / 16) * kp / 2 + p) * 32, row_pairs(r0, r1, j));
+            for (; j + 16 <= n; j += 16) _mm512_stream_si512((__m512i *) (bp + ((size_t) (j / 16) * kp / 2 + p) * 32), row_pairs(r0, r1, j));
             for (; j < n; j++) {
                 uint16_t *pair = bp + ((size_t) (j / 16) * kp / 2 + p) * 32 + (j % 16) * 2;
                 pair[0] = to_bf16(r0[j]);
                 pair[1] = r1 ? to_bf16(r1[j]) : 0;
             }
         }
+        _mm_sfence();
     } else {        /* op(B)[kk][j] = b[j * ldb + kk]: a pair (2p, 2p+1) lies side by side in row j */
         int j = 0;
         for (; j + 16 <= n; j += 16) {   /* 16 columns by 16 pairs at a time, transposed in registers */

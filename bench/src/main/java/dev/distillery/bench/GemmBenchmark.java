@@ -30,7 +30,8 @@ import dev.distillery.kernels.Precision;
  * step can hope for on this machine. GFLOP/s = 2mnk / time. Shapes are {@code m x n x k:ops},
  * ops the transposes of A and B as in {@code Kernels.gemm}: the LM head's logits (h · Wᵀ, config B), the
  * MLP's first linear (config B), and 2048³. {@code -p precision=bf16} runs the bf16 GEMM of mixed
- * precision (operands packed and rounded at every call, which the time includes).
+ * precision (operands packed and rounded at every call, which the time includes; {@code -p held=true}
+ * packs B once).
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
@@ -53,11 +54,19 @@ public class GemmBenchmark {
     @Param({"fp32"})
     public String precision;
 
+    /**
+     * true: B is held ({@code Kernels.holdConstant}) for the whole trial, as the LM head's weight is
+     * over a step's chunks, so the bf16 GEMM packs it once and the time is the rest.
+     */
+    @Param({"false"})
+    public boolean held;
+
     private int m, n, k;
     private boolean transA, transB;
     private Arena arena;
     private Kernels kernels;
     private MemorySegment a, b, c;
+    private Kernels.ConstantHold hold;
 
     @Setup(Level.Trial)
     public void setUp() {
@@ -73,6 +82,7 @@ public class GemmBenchmark {
         a = random(arena, (long) m * k, 1);
         b = random(arena, (long) k * n, 2);
         c = arena.allocate(4L * m * n, 64);
+        hold = held ? kernels.holdConstant(b) : Kernels.ConstantHold.NONE;
     }
 
     private static MemorySegment random(Arena arena, long count, long seed) {
@@ -90,6 +100,7 @@ public class GemmBenchmark {
 
     @TearDown(Level.Trial)
     public void tearDown() {
+        hold.close();
         kernels.close();
         arena.close();
     }

@@ -165,10 +165,8 @@ public final class CpuKernels implements Kernels {
 
     /**
      * Splits C into row blocks (or column blocks when C is short and wide) over the pool; each
-     * block is one single-threaded backend call. The bf16 GEMM packs both operands at every call,
-     * so it always splits the larger of op(A) (m rows) and op(B) (n columns), and each thread packs
-     * only its share of it. Blocks depend only on the shape and the thread count, so results are
-     * reproducible.
+     * block is one single-threaded backend call. Blocks depend only on the shape and the thread
+     * count, so results are reproducible. The bf16 GEMM is split by {@link #gemmBf16}.
      */
     @Override
     public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha,
@@ -176,7 +174,9 @@ public final class CpuKernels implements Kernels {
         if (m == 0 || n == 0) return;
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
             gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        } else if (m >= n || (precision == Precision.FP32 && m >= 32 * pool.threads())) {
+        } else if (gemm instanceof Bf16Gemm bf16) {
+            gemmBf16(bf16, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        } else if (m >= n || m >= 32 * pool.threads()) {
             pool.forEachChunk(m, 8, (chunk, r0, r1) -> gemm.sgemm(transA, transB, r1 - r0, n, k, alpha,
                     a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda, b, ldb,
                     beta, c.asSlice(4L * r0 * ldc), ldc));
@@ -184,6 +184,29 @@ public final class CpuKernels implements Kernels {
             pool.forEachChunk(n, 16, (chunk, c0, c1) -> gemm.sgemm(transA, transB, m, c1 - c0, k, alpha,
                     a, lda, b.asSlice(4L * (transB ? (long) c0 * ldb : c0)), ldb,
                     beta, c.asSlice(4L * c0), ldc));
+        }
+    }
+
+    /**
+     * The bf16 GEMM over the pool, split along the 32 × 32 blocks its tiles form C in, so that
+     * every block is formed as on one thread and the bits do not depend on the thread count. It
+     * packs both operands at every call, so it splits the larger of op(A) (m rows) and op(B) (n
+     * columns), and each thread packs only its share of it.
+     */
+    private void gemmBf16(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
+                          MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        if (m >= n) {
+            pool.forEachChunk((m + 31) / 32, 1, (chunk, i0, i1) -> {
+                int r0 = 32 * i0, r1 = Math.min(m, 32 * i1);
+                bf16.sgemm(transA, transB, r1 - r0, n, k, alpha, a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda, b, ldb,
+                        beta, c.asSlice(4L * r0 * ldc), ldc);
+            });
+        } else {
+            pool.forEachChunk((n + 31) / 32, 1, (chunk, j0, j1) -> {
+                int c0 = 32 * j0, c1 = Math.min(n, 32 * j1);
+                bf16.sgemm(transA, transB, m, c1 - c0, k, alpha, a, lda, b.asSlice(4L * (transB ? (long) c0 * ldb : c0)), ldb,
+                        beta, c.asSlice(4L * c0), ldc);
+            });
         }
     }
 

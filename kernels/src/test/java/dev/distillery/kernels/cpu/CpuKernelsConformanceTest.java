@@ -141,6 +141,35 @@ class CpuKernelsConformanceTest {
         }
     }
 
+    /**
+     * The bf16 GEMM's threads split C along the 32 × 32 blocks its tiles form, so two threads give
+     * one thread's bits, split by rows or by columns, with op(B) held or not: k past one panel
+     * (1,024), where a block that is whole adds to C in its tiles and a partial one adds its sums
+     * to C afterwards, and sizes whose halves are not multiples of 32.
+     */
+    @ParameterizedTest
+    @CsvSource({"200, 70, 1100, false", "70, 200, 1100, false", "100, 250, 1100, true", "100, 250, 1100, false", "70, 200, 1100, true"})
+    void bf16GemmGivesTheSameBitsOnOneThreadAndOnTwo(int m, int n, int k, boolean transB) {
+        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        Random random = new Random(m * 31L + n);
+        try (CpuKernels one = new CpuKernels(1, "auto", Precision.BF16); CpuKernels two = new CpuKernels(2, "auto", Precision.BF16);
+             Arena arena = Arena.ofConfined()) {
+            int ldb = transB ? k : n;
+            MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, m * k));
+            MemorySegment b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, k * n));
+            float[] start = gaussians(random, m * n);
+            MemorySegment expected = arena.allocateFrom(ValueLayout.JAVA_FLOAT, start);
+            one.gemm(false, transB, m, n, k, 1f, a, k, b, ldb, 1f, expected, n);
+            for (boolean held : new boolean[]{false, true}) {
+                MemorySegment got = arena.allocateFrom(ValueLayout.JAVA_FLOAT, start);
+                try (var hold = held ? two.holdConstant(b) : null) {
+                    two.gemm(false, transB, m, n, k, 1f, a, k, b, ldb, 1f, got, n);
+                }
+                assertEquals(-1L, expected.mismatch(got), m + "x" + n + "x" + k + (transB ? " NT" : " NN") + (held ? ", B held" : ""));
+            }
+        }
+    }
+
     /** {@code got} (m, n) against alpha op(A) op(B) + beta C in float64 on bf16-rounded operands, within fp32 sums' error. */
     private static void assertMatchesBf16Reference(String context, boolean transA, boolean transB, int m, int n, int k,
                                                    float alpha, float[] a, float[] b, float beta, float[] c, MemorySegment got) {
