@@ -197,6 +197,9 @@ public final class DifferentiableOps {
         requireInputWidth(weight, c);
         boolean track = tracks(x, weight, bias);
         Tensor out = output("linear", track, n, oc);
+        // x is read by this product and by the weight gradient's: held from here to the backward
+        // (CUDA under bf16 rounds it once; the CPU keeps nothing, x is an A operand in both)
+        if (track) tape.keepUntilBackward(kernels.holdConstant(x.data()));
         kernels.linearForward(out.data(), x.data(), weight.data(), bias == null ? null : bias.data(), n, c, oc);
         if (track) {
             recordBackward(out, () -> {

@@ -22,8 +22,8 @@ final class Graph implements AutoCloseable {
 
     /** Frees the last pass's activations and tape; {@code record}: whether the next pass records for a backward. */
     void reset(boolean record) {
-        workspace.reset();
         tape.clear();
+        workspace.reset();
         tape.setEnabled(record);
     }
 
@@ -34,6 +34,7 @@ final class Graph implements AutoCloseable {
 
     @Override
     public void close() {
+        tape.clear();
         workspace.close();
     }
 }
