@@ -253,7 +253,7 @@ public final class CudaKernels implements Kernels {
     /** The bf16 copy of the {@code n} fp32 values at {@code x}: a hold's, or rounded now into {@code into}. */
     private long rounded(long x, long n, long into) {
         long held = heldCopy(x, n);
-        return held != 0 ? held : stored(x, into, n);
+        return held != 0 ? held : stored(x, n, into);
     }
 
     /**
@@ -334,7 +334,7 @@ public final class CudaKernels implements Kernels {
      * {@code n} fp32 values at {@code x} as {@link #storedGemm} takes them: x itself under fp32,
      * their bf16 rounding written to {@code into} under bf16.
      */
-    private long stored(long x, long into, long n) {
+    private long stored(long x, long n, long into) {
         if (precision == Precision.FP32) return x;
         gpu.launch(CudaKernel.OPS_ROUND_TO_BF16, grid(n), gpu.block(), p(into), p(x), n);
         return into;
@@ -512,7 +512,7 @@ public final class CudaKernels implements Kernels {
         storedGemm(false, true, t, t, hs, q, hs, th, k, hs, th, 0f, att.address(), t, tt, bh);
         gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, bh * t, gpu.block(), p(att), p(att), bh * t, t, (float) (1 / Math.sqrt(hs)));
         // y[bh] (t, hs) = att · V
-        storedGemm(false, false, t, hs, t, stored(att.address(), probs, bh * tt), t, tt, v, hs, th, 0f, y, hs, th, bh);
+        storedGemm(false, false, t, hs, t, stored(att.address(), bh * tt, probs), t, tt, v, hs, th, 0f, y, hs, th, bh);
         mergeHeads(out.address(), y, b, t, nh, hs, 1, false);
     }
 
@@ -544,11 +544,11 @@ public final class CudaKernels implements Kernels {
         splitHeads(dO, dout.address(), b, t, nh, hs, 1);
         // datt = dO · Vᵀ;  dV = attᵀ · dO
         storedGemm(false, true, t, t, hs, dO, hs, th, v, hs, th, 0f, datt.address(), t, tt, bh);
-        storedGemm(true, false, t, hs, t, stored(att.address(), probs, bh * tt), t, tt, dO, hs, th, 0f, dv, hs, th, bh);
+        storedGemm(true, false, t, hs, t, stored(att.address(), bh * tt, probs), t, tt, dO, hs, th, 0f, dv, hs, th, bh);
         // datt becomes d(preatt), the 1/√hs scale included
         gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, bh * t, gpu.block(), p(datt), p(datt), p(att), bh * t, t,
                 (float) (1 / Math.sqrt(hs)));
-        long dpre = stored(datt.address(), probs, bh * tt);
+        long dpre = stored(datt.address(), bh * tt, probs);
         // dQ = dpreatt · K;  dK = dpreattᵀ · Q
         storedGemm(false, false, t, hs, t, dpre, t, tt, k, hs, th, 0f, dq, hs, th, bh);
         storedGemm(true, false, t, hs, t, dpre, t, tt, q, hs, th, 0f, dk, hs, th, bh);
