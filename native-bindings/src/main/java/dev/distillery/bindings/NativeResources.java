@@ -36,21 +36,26 @@ public final class NativeResources {
      * resource is not on the class path.
      */
     public static Path extract(ClassLoader loader, String resource, String prefix) throws IOException {
-        byte[] bytes = readOrNull(loader, resource);
-        if (bytes == null) return null;
-        Path dir = cacheRoot().resolve(prefix + "-" + sha256(bytes).substring(0, 16));
-        Path target = dir.resolve(resource.substring(resource.lastIndexOf('/') + 1));
-        writeOnce(target, bytes);
+        String hash = sha256(loader, resource);
+        if (hash == null) return null;
+        Path target = cacheRoot().resolve(prefix + "-" + hash.substring(0, 16)).resolve(resource.substring(resource.lastIndexOf('/') + 1));
+        writeOnce(target, loader, resource);
         return target;
     }
 
-    /** Writes {@code bytes} to {@code target} unless it exists: a private name, then a rename. */
-    public static void writeOnce(Path target, byte[] bytes) throws IOException {
+    /**
+     * Copies the resource {@code resource} of {@code loader} to {@code target} unless it exists: a
+     * private name, then a rename. Streamed, like {@link #sha256}.
+     */
+    public static void writeOnce(Path target, ClassLoader loader, String resource) throws IOException {
         if (Files.exists(target)) return;
         Files.createDirectories(target.getParent());
         Path tmp = Files.createTempFile(target.getParent(), target.getFileName().toString(), ".part");
-        Files.write(tmp, bytes);
         try {
+            try (InputStream in = loader.getResourceAsStream(resource)) {
+                if (in == null) throw new IOException("resource " + resource + " vanished from the class path");
+                Files.copy(in, tmp, StandardCopyOption.REPLACE_EXISTING);
+            }
             Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE);
         } catch (AtomicMoveNotSupportedException e) {
             Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING);
@@ -60,19 +65,25 @@ public final class NativeResources {
         }
     }
 
-    /** A resource's bytes, or null when it is not on the class path. */
-    public static byte[] readOrNull(ClassLoader loader, String name) throws IOException {
-        try (InputStream in = loader.getResourceAsStream(name)) {
-            return in == null ? null : in.readAllBytes();
+    /**
+     * The lower-case hex SHA-256 of a resource, or null when it is not on the class path. Read in
+     * pieces, never whole: a whole read of the bundled OpenBLAS (tens of MB) lands in the old
+     * generation, with the pieces young collections promote while it grows, and stays resident for
+     * the life of the process (docs/PERFORMANCE.md, peak memory).
+     */
+    public static String sha256(ClassLoader loader, String resource) throws IOException {
+        try (InputStream in = loader.getResourceAsStream(resource)) {
+            if (in == null) return null;
+            MessageDigest digest;
+            try {
+                digest = MessageDigest.getInstance("SHA-256");
+            } catch (NoSuchAlgorithmException e) {
+                throw new IllegalStateException("SHA-256 is missing from this JDK", e);
+            }
+            byte[] piece = new byte[1 << 16];
+            for (int n; (n = in.read(piece)) > 0; ) digest.update(piece, 0, n);
+            return HexFormat.of().formatHex(digest.digest());
         }
     }
 
-    /** Lower-case hex SHA-256. */
-    public static String sha256(byte[] bytes) {
-        try {
-            return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(bytes));
-        } catch (NoSuchAlgorithmException e) {
-            throw new IllegalStateException("SHA-256 is missing from this JDK", e);
-        }
-    }
 }

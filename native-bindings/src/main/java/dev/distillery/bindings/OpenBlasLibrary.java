@@ -167,12 +167,11 @@ public final class OpenBlasLibrary {
 
     /** Extracts the bundled libraries once into a folder keyed by version and content hash. */
     private static Path extract(ClassLoader loader) throws IOException {
-        byte[] blas = readResource(loader, RESOURCE_DIR + "libopenblas.so.0");
-        String key = bundledVersion(loader) + "-" + NativeResources.sha256(blas).substring(0, 16);
-        Path dir = NativeResources.cacheRoot().resolve("openblas-" + key);
+        String hash = NativeResources.sha256(loader, RESOURCE_DIR + "libopenblas.so.0");
+        if (hash == null) throw new IOException("resource " + RESOURCE_DIR + "libopenblas.so.0 vanished from the class path");
+        Path dir = NativeResources.cacheRoot().resolve("openblas-" + bundledVersion(loader) + "-" + hash.substring(0, 16));
         for (String name : BUNDLED_FILES) {
-            byte[] bytes = name.equals("libopenblas.so.0") ? blas : NativeResources.readOrNull(loader, RESOURCE_DIR + name);
-            if (bytes != null) NativeResources.writeOnce(dir.resolve(name), bytes);
+            if (loader.getResource(RESOURCE_DIR + name) != null) NativeResources.writeOnce(dir.resolve(name), loader, RESOURCE_DIR + name);
         }
         return dir;
     }
@@ -184,11 +183,5 @@ public final class OpenBlasLibrary {
             props.load(in);
             return props.getProperty("version", "unknown");
         }
-    }
-
-    private static byte[] readResource(ClassLoader loader, String name) throws IOException {
-        byte[] bytes = NativeResources.readOrNull(loader, name);
-        if (bytes == null) throw new IOException("resource " + name + " vanished from the class path");
-        return bytes;
     }
 }
