@@ -13,7 +13,7 @@
  *     teacher_max                     TeacherBlocks.max
  *   distillery_student_pass           StudentPass.run with e kept (top-k and sampled rows)
  *   distillery_squared_gradient       SparseRows.squaredGradient
- *   exp2v, exp2s                      VectorOps.exp2 (vector and scalar)
+ *   exp2v, exp2s                      VectorOps.exp2 (vector and scalar; exp2v scales by VSCALEFPS)
  *   max_skipping_nan                  VectorOps.maxSkippingNaN
  *
  * The Java side (kernels.cpu.distill.NativeRowPasses, through dev.distillery.bindings.DistilleryCpu)
@@ -58,7 +58,12 @@ static inline float from_bits(uint32_t u) { float x; memcpy(&x, &u, 4); return x
 static inline float bf16(uint16_t h) { return from_bits((uint32_t) h << 16); }
 static inline float greater(float a, float b) { return b > a ? b : a; } /* VectorOps.greater: skips NaN b */
 
-/* VectorOps.exp2(d, k) = 2^(d k), lane for lane the same operations. */
+/*
+ * VectorOps.exp2(d, k) = 2^(d k): the same reduction and polynomial lane for lane; 2^n goes in by
+ * VSCALEFPS, one instruction where the Java side has an integer subtract, min, shift and a
+ * multiply. The same value wherever d k < 127.5; from there to 128.5 it may be finite where Java
+ * gives +inf, both far past DenseRow.RAISE, so the block is raised and run again on either side.
+ */
 static inline KERNEL __m512 exp2v(__m512 d, float k) {
     __m512 K = _mm512_set1_ps(k), R = _mm512_set1_ps(ROUND);
     __mmask16 under = _mm512_cmp_ps_mask(d, _mm512_set1_ps(EXP2_LO / k), _CMP_LT_OQ);
@@ -70,10 +75,7 @@ static inline KERNEL __m512 exp2v(__m512 d, float k) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(E2));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(E1));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-    __m512i field = _mm512_min_epi32(_mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B400000 - 127)),
-                                     _mm512_set1_epi32(EXP2_FIELD_MAX));
-    __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(field, 23));
-    return _mm512_mask_blend_ps(under, _mm512_mul_ps(p, scale), _mm512_setzero_ps());
+    return _mm512_maskz_scalef_ps((__mmask16) ~under, p, _mm512_sub_ps(t, R));
 }
 
 /* The scalar twin, VectorOps.exp2(float, float). */
