@@ -27,12 +27,17 @@ public final class ChunkedLinearDistillLoss {
     private ChunkedLinearDistillLoss() {
     }
 
-    /** The logits one chunk holds unless a config says otherwise: 32 MiB, 262 rows of a 32,000 vocabulary. */
+    /** The logits one chunk holds unless a config says otherwise: 32 MiB, 256 rows of a 32,000 vocabulary. */
     private static final long DEFAULT_CHUNK_BYTES = 32L << 20;
 
-    /** Rows per chunk so that one chunk's logits fit in the default 32 MiB (at least 1 row). */
+    /**
+     * Rows per chunk so that one chunk's logits fit in the default 32 MiB (at least 1 row), a
+     * multiple of 32 from 32 rows on: the chunk's rows are the k of its weight-gradient GEMM and the
+     * m of the other two, and the bf16 GEMM pads both to 32 (262 rows would compute 288).
+     */
     public static int defaultChunkRows(int vocab) {
-        return (int) Math.max(1, Math.min(Integer.MAX_VALUE, DEFAULT_CHUNK_BYTES / (4L * vocab)));
+        int rows = (int) Math.max(1, Math.min(Integer.MAX_VALUE, DEFAULT_CHUNK_BYTES / (4L * vocab)));
+        return rows >= 32 ? rows / 32 * 32 : rows;
     }
 
     /**

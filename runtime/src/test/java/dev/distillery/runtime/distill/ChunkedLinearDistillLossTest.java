@@ -64,6 +64,17 @@ class ChunkedLinearDistillLossTest {
         }
     }
 
+    /** 32 MiB of logits, rounded down to whole 32-row blocks of the GEMMs from 32 rows on. */
+    @Test
+    void defaultChunksAreWhole32RowBlocksOfAtMost32MiB() {
+        int[][] vocabRows = {{32_000, 256}, {4_096, 2_048}, {50_257, 160}, {128_256, 64}, {151_936, 32}, {262_144, 32}, {300_000, 27}, {10_000_000, 1}};
+        for (int[] vr : vocabRows) {
+            int rows = ChunkedLinearDistillLoss.defaultChunkRows(vr[0]);
+            assertEquals(vr[1], rows, "vocabulary " + vr[0]);
+            assertTrue(4L * rows * vr[0] <= 32L << 20 || rows == 1, "vocabulary " + vr[0] + ": " + rows + " rows");
+        }
+    }
+
     @Test
     void chunkedPathEqualsTheWholeLogitsPath() {
         try (CpuKernels kernels = new CpuKernels(2, "auto"); Gpt2 model = new Gpt2(CFG, kernels); Arena arena = Arena.ofShared()) {
