@@ -404,3 +404,27 @@ int distillery_bf16_gemm_packed_b(int kind, int trans_a, int m, int n, int k, fl
     if (m <= 0 || n <= 0) return 0;
     return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, bp, beta, c, ldc);
 }
+
+static volatile float peak_sink;
+
+/*
+ * The ceiling of the AVX512-BF16 path's arithmetic, the yardstick for its GEMM (Bf16DotPeakBenchmark,
+ * twin of FmaPeakBenchmark): PEAK_CHAINS independent chains of VDPBF16PS on 16 fp32 lanes, in
+ * registers, no memory traffic, iterations steps each. Returns the floating-point operations done
+ * (a step of a chain: 16 lanes x 2 products x 2); the sums go to a sink, so no step is dead.
+ */
+#define PEAK_CHAINS 12
+PACK long distillery_bf16_dot_peak(long iterations) {
+    const __m512bh x = (__m512bh) _mm512_set1_epi32(0x3f803f80), y = (__m512bh) _mm512_set1_epi32(0x3a833a83);
+    __m512 acc[PEAK_CHAINS];
+#pragma GCC unroll 12
+    for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm512_set1_ps((float) i);
+    for (long it = 0; it < iterations; it++) {
+#pragma GCC unroll 12
+        for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm512_dpbf16_ps(acc[i], x, y);
+    }
+    __m512 sum = acc[0];
+    for (int i = 1; i < PEAK_CHAINS; i++) sum = _mm512_add_ps(sum, acc[i]);
+    peak_sink = _mm512_reduce_add_ps(sum);
+    return iterations * PEAK_CHAINS * 16 * 2 * 2;
+}

@@ -26,19 +26,19 @@ public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 5;
+    public static final int ABI = 6;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
-    private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
+    private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES, BF16_DOT_PEAK,
             BF16_PACK_B, BF16_GEMM_PACKED_B;
     private static final String STATUS;
     private static final int BF16_KIND;
 
     static {
-        MethodHandle row = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null;
+        MethodHandle row = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null, dotPeak = null;
         int bf16Kind = BF16_NONE;
         String status;
         try {
@@ -85,6 +85,7 @@ public final class DistilleryCpu {
                                 FunctionDescriptor.ofVoid(i, i, i, p, i, p));
                         bf16Packed = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_packed_b"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, p, f, p, i));
+                        dotPeak = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_dot_peak"), FunctionDescriptor.of(p, p));
                         bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
                         status = "on: " + lib;
@@ -101,6 +102,7 @@ public final class DistilleryCpu {
         SQUARED_GRADIENT = squared;
         BF16_GEMM = bf16;
         BF16_PACKED_B_BYTES = packedBytes;
+        BF16_DOT_PEAK = dotPeak;
         BF16_PACK_B = packB;
         BF16_GEMM_PACKED_B = bf16Packed;
         BF16_KIND = bf16Kind;
@@ -139,6 +141,20 @@ public final class DistilleryCpu {
             return (int) BF16_GEMM.invokeExact(kind, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm failed", e);
+        }
+    }
+
+    /**
+     * {@code distillery_bf16_dot_peak}: {@code iterations} steps of independent VDPBF16PS chains in
+     * registers, the arithmetic ceiling of the AVX512-BF16 path; returns the floating-point
+     * operations done. Only where {@link #bf16GemmKind()} is not {@link #BF16_NONE}.
+     */
+    public static long bf16DotPeak(long iterations) {
+        if (BF16_KIND == BF16_NONE) throw new IllegalStateException("this CPU has no AVX512-BF16 (or " + STATUS + ")");
+        try {
+            return (long) BF16_DOT_PEAK.invokeExact(iterations);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_bf16_dot_peak failed", e);
         }
     }
 
