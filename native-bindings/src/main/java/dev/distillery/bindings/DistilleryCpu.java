@@ -32,13 +32,14 @@ public final class DistilleryCpu {
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
-    private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES, BF16_DOT_PEAK,
-            BF16_PACK_B, BF16_GEMM_PACKED_B;
+    private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
+            BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_DOT_PEAK;
     private static final String STATUS;
     private static final int BF16_KIND;
 
     static {
-        MethodHandle row = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null, dotPeak = null;
+        MethodHandle row = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
+                dotPeak = null;
         int bf16Kind = BF16_NONE;
         String status;
         try {
@@ -102,9 +103,9 @@ public final class DistilleryCpu {
         SQUARED_GRADIENT = squared;
         BF16_GEMM = bf16;
         BF16_PACKED_B_BYTES = packedBytes;
-        BF16_DOT_PEAK = dotPeak;
         BF16_PACK_B = packB;
         BF16_GEMM_PACKED_B = bf16Packed;
+        BF16_DOT_PEAK = dotPeak;
         BF16_KIND = bf16Kind;
         STATUS = status;
     }
@@ -150,7 +151,7 @@ public final class DistilleryCpu {
      * operations done. Only where {@link #bf16GemmKind()} is not {@link #BF16_NONE}.
      */
     public static long bf16DotPeak(long iterations) {
-        if (BF16_KIND == BF16_NONE) throw new IllegalStateException("this CPU has no AVX512-BF16 (or " + STATUS + ")");
+        if (BF16_KIND == BF16_NONE) throw new IllegalStateException("no AVX512-BF16 dot products here (native library " + STATUS + ")");
         try {
             return (long) BF16_DOT_PEAK.invokeExact(iterations);
         } catch (Throwable e) {
