@@ -54,19 +54,33 @@ public final class SharedLibraries {
         return new Probe(false, null, null, List.copyOf(tried));
     }
 
-    /** The absolute path the dynamic linker mapped for {@code soname} (its realpath's file name may differ). */
-    private static Optional<String> mappedPath(String soname) {
+    /**
+     * The absolute path the dynamic linker mapped for {@code soname}. The mapped file is the
+     * soname's target, whose name may carry another version: NVIDIA's driver maps
+     * {@code libcuda.so.1} as {@code libcuda.so.580.159.04}. So a file named by the soname itself
+     * (or a longer version of it) wins, else one of the same library stem ({@code libcuda.so.*}).
+     */
+    static Optional<String> mappedPath(String soname) {
         try {
-            for (String line : Files.readAllLines(Path.of("/proc/self/maps"))) {
-                int slash = line.indexOf('/');
-                if (slash < 0) continue;
-                String file = line.substring(slash).trim();
-                String name = Path.of(file).getFileName().toString();
-                if (name.equals(soname) || name.startsWith(soname + ".")) return Optional.of(file);
-            }
+            return mappedPath(soname, Files.readAllLines(Path.of("/proc/self/maps")));
         } catch (IOException | RuntimeException e) {
             return Optional.empty();
         }
-        return Optional.empty();
+    }
+
+    /** {@link #mappedPath(String)} over the lines of a {@code /proc/<pid>/maps}. */
+    static Optional<String> mappedPath(String soname, List<String> maps) {
+        int so = soname.indexOf(".so");
+        String stem = so < 0 ? soname : soname.substring(0, so + 3);
+        String sameStem = null;
+        for (String line : maps) {
+            int slash = line.indexOf('/');
+            if (slash < 0) continue;
+            String file = line.substring(slash).trim();
+            String name = Path.of(file).getFileName().toString();
+            if (name.equals(soname) || name.startsWith(soname + ".")) return Optional.of(file);
+            if (sameStem == null && (name.equals(stem) || name.startsWith(stem + "."))) sameStem = file;
+        }
+        return Optional.ofNullable(sameStem);
     }
 }
