@@ -18,6 +18,17 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// float64 forms, for the sums a kernel keeps in double (the top-k rows' listed entries).
+__device__ __forceinline__ double warp_sum(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double warp_max(double v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 // Sum over the block; every thread gets the result. `scratch` holds MAX_WARPS floats.
 __device__ float block_sum(float v, float* scratch) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;

@@ -391,9 +391,11 @@ __device__ void sampled_row(const float* s, float* g, const int* ids, const floa
 // ------------------------------------------------------------------ top-k teacher
 
 // ids, logits (n, k) and the teacher's logsumexp (n) of logits / shard_t; mode 0 = tail bucket,
-// 1 = renormalize, 2 = rescale (tail mass kept from the shard temperature). Thread 0 does the k
-// listed entries in float64 (as the CPU kernel does); the block writes the gradient every
-// unlisted column shares; thread 0 then fixes up the listed columns.
+// 1 = renormalize, 2 = rescale (tail mass kept from the shard temperature). Warp 0 does the k
+// listed entries in float64 (as the CPU kernel does), lane-strided, its sums reduced across the
+// warp: one thread walking them in order left the block's other warps idle for the length of
+// k double-precision exp/log chains on every row. The block writes the gradient every unlisted
+// column shares; then it adds the listed columns' corrections (ids in a row are distinct).
 template <typename TT>
 __device__ void topk_row(const float* s, float* g, const int* ids, const TT* logits, const float* lse_all,
                          const int* labels, float* row_ce, float* row_div, int n, int V, int Vt, int k,
@@ -412,23 +414,27 @@ __device__ void topk_row(const float* s, float* g, const int* ids, const TT* log
     for (int i = threadIdx.x; i < k; i += blockDim.x) listed_s[i] = srow[rid[i]];
     Student st = student_pass(srow, V, inv_t, sm, sd);  // its barriers also publish listed_s
     float ce = label >= 0 ? st.max + st.log_z1 - srow[label] : 0.f;
-    if (threadIdx.x == 0) {
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
         const double lse = lse_all[row], inv_td = 1.0 / p.temperature;
-        double max_t = -CUDART_INF, tail_shard = 1, renorm_z = 0, sum_q = 0;
-        for (int i = 0; i < k; i++) {
+        double max_t = -CUDART_INF, listed_shard = 0, renorm_z = 0, sum_q = 0;
+        for (int i = lane; i < k; i += 32) {
             double lg = to_float(rl[i]);
             max_t = fmax(max_t, lg);
-            tail_shard -= exp(lg / (double)shard_t - lse);
+            listed_shard += exp(lg / (double)shard_t - lse);
             sum_q += exp((double)((listed_s[i] - st.max) * inv_t - st.log_zt));
         }
-        tail_shard = fmax(0.0, tail_shard);
-        for (int i = 0; i < k; i++) renorm_z += exp((to_float(rl[i]) - max_t) * inv_td);
+        max_t = warp_max(max_t);
+        const double tail_shard = fmax(0.0, 1.0 - warp_sum(listed_shard));
+        sum_q = warp_sum(sum_q);
+        for (int i = lane; i < k; i += 32) renorm_z += exp((to_float(rl[i]) - max_t) * inv_td);
+        renorm_z = warp_sum(renorm_z);
         const bool same_t = shard_t == p.temperature;
         const double p_tail = (mode == 1 || k == Vt) ? 0.0 : tail_shard;
         const double q_tail = k < V ? fmax(0.0, 1.0 - sum_q) : 0.0;
         // first sweep over the listed entries: the value and the row-wide terms
-        double value = 0, sum_p = p_tail, agg = 0;
-        for (int i = 0; i < k; i++) {
+        double value = 0, sum_p = 0, agg = 0;
+        for (int i = lane; i < k; i += 32) {
             double lg = to_float(rl[i]);
             double lp = mode == 1 ? (lg - max_t) * inv_td - log(renorm_z)
                       : same_t ? lg * inv_td - lse
@@ -445,8 +451,11 @@ __device__ void topk_row(const float* s, float* g, const int* ids, const TT* log
                 if (pv > 0) value += p.beta * pv * (lp - log(m));
                 if (q > 0) { double gq = (1 - p.beta) * log(q / m); value += q * gq; agg += q * gq; }
             }
-            fix[i] = (float)lp;  // kept for the second sweep
+            fix[i] = (float)lp;  // kept for the second sweep (by the lane that reads it back)
         }
+        value = warp_sum(value);
+        sum_p = p_tail + warp_sum(sum_p);
+        agg = warp_sum(agg);
         double w_tail;
         if (p.divergence == FORWARD_KL) {
             if (p_tail > 0) value += p_tail * (log(p_tail) - log(fmax(q_tail, 1.1754943508222875e-38)));
@@ -462,7 +471,7 @@ __device__ void topk_row(const float* s, float* g, const int* ids, const TT* log
             w_tail = g_tail - agg;
         }
         // second sweep: the correction each listed column needs on top of q · w_tail
-        for (int i = 0; i < k; i++) {
+        for (int i = lane; i < k; i += 32) {
             double lp = fix[i], pv = exp(lp);
             double lq = (double)((listed_s[i] - st.max) * inv_t - st.log_zt), q = exp(lq);
             double f;
@@ -477,14 +486,16 @@ __device__ void topk_row(const float* s, float* g, const int* ids, const TT* log
             }
             fix[i] = (float)f;
         }
-        shared_w_tail = (float)w_tail;
-        shared_value = (float)value;
+        if (lane == 0) {
+            shared_w_tail = (float)w_tail;
+            shared_value = (float)value;
+        }
     }
     __syncthreads();
     if (grow) {
         shared_gradient(srow, grow, V, st, here.k, cq * shared_w_tail);
         __syncthreads();
-        if (threadIdx.x == 0) for (int i = 0; i < k; i++) grow[rid[i]] += fix[i];
+        for (int i = threadIdx.x; i < k; i += blockDim.x) grow[rid[i]] += fix[i];
         __syncthreads();
     }
     finish_row(grow, label, ce, shared_value, row_ce, row_div, row, p, c1);

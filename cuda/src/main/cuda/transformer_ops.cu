@@ -127,6 +127,9 @@ DISTILL_LAUNCH void ops_layernorm_forward(float* out, float* mean, float* rstd, 
 }
 
 // One block per row: dinp += rstd * (g - mean(g) - norm * mean(g * norm)), g = dout * weight.
+// g is rounded once (__fmul_rn, never contracted into the subtraction's FMA), so that g - mean(g)
+// is exactly 0 where a row's g are all equal: with C = 1 the true gradient is 0, and an FMA's
+// rounding residue times rstd = 1/sqrt(eps) would not be.
 DISTILL_LAUNCH void ops_layernorm_backward_input(float* dinp, const float* dout, const float* inp, const float* weight,
                                                  const float* mean, const float* rstd, int N, int C) {
     __shared__ float scratch[ops::MAX_WARPS];
@@ -137,7 +140,7 @@ DISTILL_LAUNCH void ops_layernorm_backward_input(float* dinp, const float* dout,
     const float m = mean[row], r = rstd[row];
     float sg = 0.f, sgn = 0.f;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        const float g = d[i] * weight[i];
+        const float g = __fmul_rn(d[i], weight[i]);
         sg += g;
         sgn += g * (x[i] - m) * r;
     }
@@ -146,7 +149,7 @@ DISTILL_LAUNCH void ops_layernorm_backward_input(float* dinp, const float* dout,
     float* di = dinp + (long)row * C;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
         const float norm = (x[i] - m) * r;
-        di[i] += r * (d[i] * weight[i] - mg - norm * mgn);
+        di[i] += r * (__fmul_rn(d[i], weight[i]) - mg - norm * mgn);
     }
 }
 
@@ -165,21 +168,28 @@ DISTILL_LAUNCH void ops_layernorm_backward_params(float* dweight, float* dbias, 
     }
 }
 
-// GPT-2's tanh GELU and its derivative.
+// GPT-2's tanh GELU and its derivative. 0.5 x (1 + tanh u) is computed as x · σ(2u), as the CPU
+// kernels do: the same function without the cancellation of 1 + tanh u for negative x, and with
+// exp where --use_fast_math would turn tanhf into the hardware's tanh approximation (about 11
+// bits). See docs/KERNELS.md#gelu.
+__device__ __forceinline__ float gelu_sigmoid(float x) {  // σ(2u), u = √(2/π) (x + 0.044715 x³)
+    const float u2 = (x * x * 0.044715f + 1.f) * x * (-2.f * ops::GELU_SCALE);
+    return 1.f / (expf(u2) + 1.f);
+}
+
 DISTILL_LAUNCH void ops_gelu_forward(float* out, const float* inp, long n) {
     for (long i = ops::first_index(); i < n; i += ops::stride()) {
         const float x = inp[i];
-        out[i] = 0.5f * x * (1.f + tanhf(ops::GELU_SCALE * (x + 0.044715f * x * x * x)));
+        out[i] = x * gelu_sigmoid(x);
     }
 }
 
+// gelu'(x) = s + 2 x s (1 - s) u', s = σ(2u), u' = √(2/π) (1 + 3·0.044715 x²)
 DISTILL_LAUNCH void ops_gelu_backward(float* dinp, const float* inp, const float* dout, long n) {
     for (long i = ops::first_index(); i < n; i += ops::stride()) {
         const float x = inp[i];
-        const float u = ops::GELU_SCALE * (x + 0.044715f * x * x * x);
-        const float th = tanhf(u);
-        const float sech2 = 1.f - th * th;
-        const float grad = 0.5f * (1.f + th) + 0.5f * x * sech2 * ops::GELU_SCALE * (1.f + 3.f * 0.044715f * x * x);
+        const float s = gelu_sigmoid(x);
+        const float grad = s + 2.f * x * s * (1.f - s) * ops::GELU_SCALE * (1.f + 3.f * 0.044715f * x * x);
         dinp[i] += grad * dout[i];
     }
 }

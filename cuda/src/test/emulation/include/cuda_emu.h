@@ -271,7 +271,21 @@ inline int __shfl_xor_sync(unsigned mask, int v, int lane_mask) {
     return out;
 }
 
+// The double form: two 32-bit exchanges, as the hardware does it.
+inline double __shfl_xor_sync(unsigned mask, double v, int lane_mask) {
+    uint64_t u;
+    std::memcpy(&u, &v, sizeof u);
+    int lo = __shfl_xor_sync(mask, (int)(uint32_t)u, lane_mask);
+    int hi = __shfl_xor_sync(mask, (int)(uint32_t)(u >> 32), lane_mask);
+    u = (uint64_t)(uint32_t)lo | ((uint64_t)(uint32_t)hi << 32);
+    double out;
+    std::memcpy(&out, &u, sizeof out);
+    return out;
+}
+
 inline float __expf(float x) { return std::exp(x); }
+// A product rounded on its own: the emulation targets baseline x86-64, which has no FMA to contract it into.
+inline float __fmul_rn(float a, float b) { return a * b; }
 
 inline unsigned int __float_as_uint(float x) {
     unsigned int u;
