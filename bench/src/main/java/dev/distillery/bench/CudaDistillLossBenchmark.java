@@ -120,6 +120,7 @@ public class CudaDistillLossBenchmark {
     @Benchmark
     public void deviceCopyOfTheSameTraffic() {
         kernels.copy(copyDst, student, Math.min(trafficBytes / 2, 4L * n * v));
+        kernels.synchronize();
     }
 
     @TearDown(Level.Trial)

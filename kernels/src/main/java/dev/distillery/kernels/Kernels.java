@@ -82,7 +82,11 @@ public interface Kernels extends AutoCloseable {
     /** Makes every kernel issued from now on wait for the {@link #copyFromHostAsync} copies started so far. */
     void joinCopies();
 
-    /** {@code bytes} from one buffer of this backend to another, finished on return. */
+    /**
+     * {@code bytes} from one buffer of this backend to another, ordered with the kernels: the
+     * kernels and copies issued after it read the copied bytes. The host sees them after a copy to
+     * the host or {@link #synchronize()} (a device backend does not wait for it on return).
+     */
     void copy(MemorySegment dst, MemorySegment src, long bytes);
 
     /** Returns once every kernel and copy issued so far has finished (at once on the CPU, whose kernels return finished). */

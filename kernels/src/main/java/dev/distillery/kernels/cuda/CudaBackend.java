@@ -25,7 +25,7 @@ public interface CudaBackend extends AutoCloseable {
 
     void download(MemorySegment dst, long src, long bytes);
 
-    /** Device → device after the work already issued, finished on return. */
+    /** Device → device on the compute stream, ordered with the kernels; the host does not wait for it. */
     void copyDeviceToDevice(long dst, long src, long bytes);
 
     /** Page-locked host memory of {@code bytes} (the source of {@link #uploadAsync}). */

@@ -156,16 +156,14 @@ public final class CudaDevice implements CudaBackend {
     }
 
     /**
-     * Device → device after the compute stream's work, finished on return (the copy-bandwidth
-     * yardstick of the benchmarks). cuMemcpyDtoD may return before a device-to-device copy ends,
-     * hence the context-wide wait.
+     * Device → device on the compute stream: ordered after the kernels already issued and before
+     * later ones, with no wait on the host. (A synchronous cuMemcpyDtoD would wait for the whole
+     * context before and after it, draining the queue in the middle of a step.)
      */
     @Override
     public void copyDeviceToDevice(long dst, long src, long bytes) {
         bind();
-        synchronize();
-        CudaCalls.driver(CudaDriver.cuMemcpyDtoD_v2(dst, src, bytes), "cuMemcpyDtoD(" + bytes + " bytes)");
-        CudaCalls.driver(CudaDriver.cuCtxSynchronize(), "cuCtxSynchronize");
+        CudaCalls.driver(CudaDriver.cuMemcpyDtoDAsync_v2(dst, src, bytes, stream), "cuMemcpyDtoDAsync(" + bytes + " bytes, compute stream)");
     }
 
     @Override

@@ -36,6 +36,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
     private final MethodHandle signature, count, name;
     private int launches;
     private int gemms;
+    private int waits;
     private int allocations;
 
     public EmulatedCudaBackend(Path library) {
@@ -92,6 +93,15 @@ public final class EmulatedCudaBackend implements CudaBackend {
         return allocations;
     }
 
+    /**
+     * Calls so far after which the host waits for the compute stream (synchronize, upload,
+     * download): on a GPU each one drains the queue, so the device idles while the host issues
+     * the work after it.
+     */
+    public int waits() {
+        return waits;
+    }
+
     /** cuBLAS GEMM calls so far (each one launch or more on a GPU). */
     public int gemms() {
         return gemms;
@@ -126,11 +136,13 @@ public final class EmulatedCudaBackend implements CudaBackend {
 
     @Override
     public void upload(long dst, MemorySegment src, long bytes) {
+        waits++;
         MemorySegment.copy(src, 0, MemorySegment.ofAddress(host(dst)).reinterpret(bytes), 0, bytes);
     }
 
     @Override
     public void download(MemorySegment dst, long src, long bytes) {
+        waits++;
         if ((dst.address() & DEVICE_OFFSET) != 0) throw new IllegalArgumentException("download into a device pointer");
         MemorySegment.copy(MemorySegment.ofAddress(host(src)).reinterpret(bytes), 0, dst, 0, bytes);
     }
@@ -206,6 +218,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
 
     @Override
     public void synchronize() {
+        waits++;
     }
 
     /** Small blocks (two warps, so the cross-warp reductions run) and grids keep a launch cheap; grid-stride loops stay correct. */

@@ -234,7 +234,7 @@ class TrainingOnEmulatedCudaTest {
     /** Kernels and cuBLAS calls of one hard-label training step, checked to be the same over three steps. */
     private static int launchesPerStep(Precision precision) {
         int b = 8, t = 16, vocab = 256;
-        int[] counts = new int[3];
+        int[] counts = new int[3], waits = new int[3];
         try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device, precision);
              LanguageModel model = new Gpt2(new Gpt2Config(vocab, t, 6, 48, 6), kernels);
              TrainingSession session = new TrainingSession(model, kernels, AdamW.Config.defaults(), new LearningRateSchedule(1e-3, 1e-4, 1, 4),
@@ -244,16 +244,20 @@ class TrainingOnEmulatedCudaTest {
             for (int step = 0; step < counts.length; step++) {
                 int[] windows = new int[b * (t + 1)];
                 for (int i = 0; i < windows.length; i++) windows[i] = data.nextInt(vocab);
-                int before = device.launches() + device.gemms();
+                int before = device.launches() + device.gemms(), waitsBefore = device.waits();
                 session.inputs().setWindows(windows);
                 session.beginStep();
                 session.finishStep(session.backwardCrossEntropy(1f));
                 counts[step] = device.launches() + device.gemms() - before;
+                waits[step] = device.waits() - waitsBefore;
             }
-            System.out.printf("%s: %d kernels and cuBLAS calls a step (%d of them cuBLAS)%n", precision, counts[2], device.gemms() / counts.length);
+            System.out.printf("%s: %d kernels and cuBLAS calls a step (%d of them cuBLAS), %d waits for the stream%n", precision, counts[2],
+                    device.gemms() / counts.length, waits[2]);
         }
         assertEquals(counts[1], counts[0], precision + ": launches of steps 1 and 2");
         assertEquals(counts[2], counts[1], precision + ": launches of steps 2 and 3");
+        // the windows' upload, the ids' range checks, the loss and the gradient norm back: no more
+        assertTrue(waits[2] <= 7, precision + ": " + waits[2] + " waits for the stream a step");
         return counts[2];
     }
 }
