@@ -5,9 +5,14 @@
 #   1. trainer.jar selftest --device cuda: every CUDA kernel against the CPU kernels, the whole
 #      Kernels contract against float64, and NCCL (a group of one rank) where libnccl loads;
 #   2. CudaDistillLossBenchmark: the fused loss on the device at the LM-head shapes, with a
-#      device-to-device copy of the same traffic as the bandwidth yardstick.
+#      device-to-device copy of the same traffic as the bandwidth yardstick;
+#   3. TrainingStepBenchmark -p device=cuda: the training step (configs A and B, fp32 and bf16) and
+#      the distillation step (config B, dense bf16 teacher) on the device;
+#   4. where python3 has torch with CUDA: PyTorch eager on the same GPU for rows 2 and 3
+#      (pytorch_loss.py, pytorch_step.py with device cuda), and one table of medians and ratios.
 # Each step's output goes to OUT (default gpu-check/) and the tables to stdout; the exit status is
 # the selftest's (0: every check passed). --quick runs one size per kernel and one benchmark shape.
+# Environment: PYTHON (default python3) for the PyTorch side.
 #
 #   bench/reference/gpu_check.sh [--quick] [OUT]
 set -euo pipefail
@@ -34,9 +39,47 @@ status=0
   | tee "$out/selftest.txt" || status=$?
 
 echo "== CudaDistillLossBenchmark" >&2
-shapes=()
-[ $quick = 1 ] && shapes=(-p shape=2048x32000)
-"$java" -jar bench/target/benchmarks.jar CudaDistillLossBenchmark "${shapes[@]}" -f 1 -wi 2 -i 5 -w 1 -r 1 \
-  -rf json -rff "$out/cuda-loss.json" 2>&1 | tee "$out/cuda-loss.txt" | grep -E '^(Benchmark|CudaDistillLossBenchmark)'
+shapes=(2048x32000 4096x50257 1024x128256)
+[ $quick = 1 ] && shapes=(2048x32000)
+"$java" -jar bench/target/benchmarks.jar CudaDistillLossBenchmark -p shape="$(IFS=,; echo "${shapes[*]}")" -f 1 -wi 2 -i 5 -w 500ms -r 500ms \
+  -rf csv -rff "$out/cuda-loss.csv" 2>&1 | tee "$out/cuda-loss.txt" | grep -E '^(Benchmark|CudaDistillLossBenchmark)' || true
+
+echo "== TrainingStepBenchmark -p device=cuda" >&2
+steps=("A fp32 ce" "A bf16 ce" "B fp32 ce" "B bf16 ce" "B fp32 distill" "B bf16 distill")
+[ $quick = 1 ] && steps=("A fp32 ce" "B bf16 distill")
+for s in "${steps[@]}"; do
+  set -- $s
+  "$java" -jar bench/target/benchmarks.jar TrainingStepBenchmark -p device=cuda -p config=$1 -p precision=$2 -p loss=$3 \
+    -f 1 -wi 2 -i 5 -w 500ms -r 500ms -rf csv -rff "$out/step-$1-$2-$3.csv" > "$out/step-$1-$2-$3.txt" 2>&1 \
+    || echo "TrainingStepBenchmark $s failed: see $out/step-$1-$2-$3.txt" >&2
+done
+
+# JMH's csv (CRLF lines): the score is the fifth field of the row that names the method and ends with the params.
+jmh_ms() { [ -f "$1" ] && tr -d '\r' < "$1" | grep -F ".$2\"" | grep -E ",$3\$" | head -1 | cut -d, -f5; }
+py="${PYTHON:-python3}"
+torch_cuda=0
+"$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null && torch_cuda=1
+[ $torch_cuda = 1 ] || echo "gpu_check: $py has no torch with CUDA: the PyTorch column stays empty" >&2
+torch_ms() { [ $torch_cuda = 1 ] && "$py" "$@" 2>>"$out/pytorch.err" | tee -a "$out/pytorch.txt" | sed -n 's/.*median \([0-9.]*\) ms.*/\1/p'; }
+row() {  # label, ours (ms), pytorch (ms)
+  local ratio="-"
+  [ -n "$2" ] && [ -n "$3" ] && ratio=$(awk -v a="$2" -v b="$3" 'BEGIN {printf "%.2fx", b / a}')
+  printf '| %-34s | %12s | %12s | %7s |\n' "$1" "${2:--}" "${3:--}" "$ratio"
+}
+
+echo "== side by side" >&2
+{
+  echo "GPU: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1); PyTorch eager: $([ $torch_cuda = 1 ] && "$py" -c 'import torch; print(torch.__version__)' || echo none)"
+  printf '| %-34s | %12s | %12s | %7s |\n' row "Distillery ms" "PyTorch ms" speedup
+  for shape in "${shapes[@]}"; do
+    for teacher in dense-bf16 top64; do
+      row "fused loss $shape $teacher" "$(jmh_ms "$out/cuda-loss.csv" fused "$shape,$teacher")" "$(torch_ms bench/reference/pytorch_loss.py "$shape" "$teacher" 1 20 cuda)"
+    done
+  done
+  for s in "${steps[@]}"; do
+    set -- $s
+    row "step $1 $2 $3" "$(jmh_ms "$out/step-$1-$2-$3.csv" step "$2,[0-9]+")" "$(torch_ms bench/reference/pytorch_step.py $1 1 20 $2 $3 cuda)"
+  done
+} | tee "$out/side-by-side.txt"
 
 exit $status

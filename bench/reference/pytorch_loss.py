@@ -2,13 +2,14 @@
 """The PyTorch side of the fused-loss comparison: forward KL at T = 2 with alpha 0.5 hard-label
 CE and T^2 scaling, loss and d(loss)/d(student logits), as DistillLossBenchmark.fused computes.
 
-    python3 bench/reference/pytorch_loss.py 2048x32000 dense-bf16 2      # shape, teacher, threads
+    python3 bench/reference/pytorch_loss.py 2048x32000 dense-bf16 2 8 cpu   # shape, teacher, threads, calls, cpu|cuda
 
 dense-bf16: the teacher's logits stored in bf16, widened to fp32 in the step. top64: the teacher's
 top-64 ids and logits (bf16) with its full-vocabulary logsumexp at T, the missing mass a tail
 bucket (Distillery's default for top-k). The best plain-PyTorch form: log_softmax once, no
 one-hot, the tail from the student's listed mass. Prints the median of the timed calls, their
-min and max, and the threads torch and its BLAS use.
+min and max, and the threads torch and its BLAS use. On cuda the tensors live on GPU 0 and each
+call ends with torch.cuda.synchronize().
 """
 import statistics
 import sys
@@ -43,12 +44,15 @@ def main():
     teacher = sys.argv[2]
     threads = int(sys.argv[3]) if len(sys.argv) > 3 else 2
     calls = int(sys.argv[4]) if len(sys.argv) > 4 else 8
+    device = sys.argv[5] if len(sys.argv) > 5 else "cpu"
+    if device not in ("cpu", "cuda"):
+        sys.exit(f"device must be cpu or cuda, got {device}")
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)   # values drifting into denormals slow a step several times (docs/PERFORMANCE.md)
-    g = torch.Generator().manual_seed(7)
-    s = (3 * torch.randn(n, v, generator=g)).requires_grad_()
-    y = torch.randint(0, v, (n,), generator=g)
-    t = (3 * torch.randn(n, v, generator=g)).to(torch.bfloat16)
+    g = torch.Generator(device).manual_seed(7)
+    s = (3 * torch.randn(n, v, generator=g, device=device)).requires_grad_()
+    y = torch.randint(0, v, (n,), generator=g, device=device)
+    t = (3 * torch.randn(n, v, generator=g, device=device)).to(torch.bfloat16)
     if teacher == "top64":
         tl, ids = t.float().topk(K, dim=-1)
         lse = torch.logsumexp(t.float() / T, dim=-1)
@@ -62,6 +66,8 @@ def main():
         s.grad = None
         t0 = time.perf_counter()
         fn().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
         if i >= 2:
             times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1000

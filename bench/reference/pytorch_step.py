@@ -5,10 +5,12 @@ The same GPT-2 student as Distillery's Transformer (learned positions, pre-LN bl
 MLP with the tanh approximation, tied LM head), one full step: forward, cross-entropy, backward,
 clip to 1.0, AdamW. Prints the median step time over the measured steps.
 
-    python3 bench/reference/pytorch_step.py A 2 10 bf16 ce   # config, threads, steps, fp32|bf16, ce|distill
+    python3 bench/reference/pytorch_step.py A 2 10 bf16 ce cpu   # config, threads, steps, fp32|bf16, ce|distill, cpu|cuda
 
-bf16 is PyTorch's mixed precision on the CPU: forward and loss under
-torch.autocast('cpu', dtype=torch.bfloat16) (bf16 matmuls, fp32 weights, gradients and AdamW).
+bf16 is PyTorch's mixed precision: forward and loss under torch.autocast(device, dtype=torch.bfloat16)
+(bf16 matmuls, fp32 weights, gradients and AdamW). On cuda the model, data and teacher live on GPU 0,
+fp32 matmuls stay IEEE fp32 (no TF32, as Distillery's fp32 cuBLAS GEMMs), and each step ends with
+torch.cuda.synchronize() so that its time holds all of its GPU work.
 distill is a distillation step against a dense bf16 teacher of random logits: 0.5 CE +
 0.5 T^2 KL(softmax(t/T) || softmax(s/T)) at T = 2 (DistillKit's composition: log_softmax of both,
 kl_div with log_target), as Distillery's TrainingStepBenchmark -p loss=distill.
@@ -45,7 +47,7 @@ class Block(nn.Module):
         q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
         q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
         att = (q @ k.transpose(-2, -1)) / (k.shape[-1] ** 0.5)
-        mask = torch.ones(t, t, dtype=torch.bool).tril()
+        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
         y = (att @ v).transpose(1, 2).reshape(b, t, d)
         x = x + self.c_proj(y)
@@ -61,7 +63,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(d)
 
     def forward(self, idx):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
         for block in self.h:
             x = block(x)
         return self.ln_f(x) @ self.wte.weight.t()
@@ -77,21 +79,27 @@ def main():
     objective = sys.argv[5] if len(sys.argv) > 5 else "ce"
     if objective not in ("ce", "distill"):
         sys.exit(f"loss must be ce or distill, got {objective}")
+    device = sys.argv[6] if len(sys.argv) > 6 else "cpu"
+    if device not in ("cpu", "cuda"):
+        sys.exit(f"device must be cpu or cuda, got {device}")
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)   # values drifting into denormals slow a step several times (docs/PERFORMANCE.md)
     torch.manual_seed(0)
     vocab, ctx, layers, d, heads, batch = CONFIGS[name]
-    model = GPT(vocab, ctx, layers, d, heads)
+    model = GPT(vocab, ctx, layers, d, heads).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    x = torch.randint(0, vocab, (batch, ctx))
-    y = torch.randint(0, vocab, (batch, ctx))
-    teacher = (4 * torch.randn(batch * ctx, vocab)).to(torch.bfloat16) if objective == "distill" else None
+    x = torch.randint(0, vocab, (batch, ctx), device=device)
+    y = torch.randint(0, vocab, (batch, ctx), device=device)
+    teacher = (4 * torch.randn(batch * ctx, vocab, device=device)).to(torch.bfloat16) if objective == "distill" else None
     T = 2.0
     times = []
     for i in range(5 + steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(x).view(-1, vocab)
             loss = F.cross_entropy(logits, y.view(-1))
             if teacher is not None:
@@ -101,10 +109,13 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
         if i >= 5:
             times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1000
-    print(f"pytorch {torch.__version__} config {name} {precision} {objective}, {threads} threads: median {ms:.1f} ms/step, "
+    where = torch.cuda.get_device_name() if device == "cuda" else f"{threads} threads"
+    print(f"pytorch {torch.__version__} config {name} {precision} {objective}, {where}: median {ms:.1f} ms/step, "
           f"{batch * ctx / ms * 1000:.0f} tokens/s (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}); threads torch "
           f"{torch.get_num_threads()}")
 

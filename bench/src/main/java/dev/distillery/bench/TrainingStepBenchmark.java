@@ -99,7 +99,9 @@ public class TrainingStepBenchmark {
         if (loss.equals("distill")) {
             arena = Arena.ofShared();
             int n = c.batch * t, v = c.model.vocabSize();
-            MemorySegment logits = arena.allocate(2L * n * v, 64);
+            // staging memory, as the trainer's prefetch slots: page-locked on CUDA, so the teacher's
+            // copy to the device overlaps the forward pass (from pageable memory it would not)
+            MemorySegment logits = kernels.allocateStaging(arena, 2L * n * v);
             for (long i = 0; i < (long) n * v; i++) DType.BF16.write(logits, i, (float) (4 * rng.nextGaussian()));
             teacher = new TeacherTargets.Dense(logits, DType.BF16, v);
             chunkRows = ChunkedLinearDistillLoss.defaultChunkRows(v);
@@ -120,7 +122,7 @@ public class TrainingStepBenchmark {
     public void tearDown() {
         session.close();
         model.close();
-        kernels.close();
         if (arena != null) arena.close();
+        kernels.close();
     }
 }
