@@ -8,7 +8,8 @@
 #      device-to-device copy of the same traffic as the bandwidth yardstick;
 #   3. TrainingStepBenchmark -p device=cuda: the training step (configs A and B, fp32 and bf16) and
 #      the distillation step (config B, dense bf16 teacher) on the device;
-#   4. where python3 has torch with CUDA: PyTorch eager on the same GPU for rows 2 and 3
+#   4. StepProfile on the device: config B's step kernel by kernel (each call's GPU time), fp32 and bf16;
+#   5. where python3 has torch with CUDA: PyTorch eager on the same GPU for rows 2 and 3
 #      (pytorch_loss.py, pytorch_step.py with device cuda), and one table of medians and ratios.
 # Each step's output goes to OUT (default gpu-check/) and the tables to stdout; the exit status is
 # the selftest's (0: every check passed). --quick runs one size per kernel and one benchmark shape.
@@ -52,6 +53,14 @@ for s in "${steps[@]}"; do
   "$java" -jar bench/target/benchmarks.jar TrainingStepBenchmark -p device=cuda -p config=$1 -p precision=$2 -p loss=$3 \
     -f 1 -wi 2 -i 5 -w 500ms -r 500ms -rf csv -rff "$out/step-$1-$2-$3.csv" > "$out/step-$1-$2-$3.txt" 2>&1 \
     || echo "TrainingStepBenchmark $s failed: see $out/step-$1-$2-$3.txt" >&2
+done
+
+echo "== StepProfile on the device" >&2
+for prec in fp32 bf16; do
+  "$java" --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -cp bench/target/benchmarks.jar \
+    dev.distillery.bench.StepProfile B 1 10 auto 10 $prec cuda > "$out/profile-B-$prec.txt" 2>&1 \
+    || echo "StepProfile B $prec failed: see $out/profile-B-$prec.txt" >&2
+  grep -v WARNING "$out/profile-B-$prec.txt" | head -14
 done
 
 # JMH's csv (CRLF lines): the score is the fifth field of the row that names the method and ends with the params.

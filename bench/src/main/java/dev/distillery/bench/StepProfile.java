@@ -4,8 +4,11 @@ import java.util.Comparator;
 import java.util.Locale;
 import java.util.Map;
 
+import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.Precision;
+import dev.distillery.kernels.cuda.CudaKernels;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.nn.Gpt2;
 import dev.distillery.runtime.nn.TrainingSession;
@@ -17,7 +20,10 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
  * over the measured steps through {@link TimedKernels}.
  *
  * <pre>java --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED \
- *     -cp bench/target/benchmarks.jar dev.distillery.bench.StepProfile B 2 [steps] [gemm] [warm-up steps]</pre>
+ *     -cp bench/target/benchmarks.jar dev.distillery.bench.StepProfile B 2 [steps] [gemm] [warm-up steps] [fp32|bf16] [cpu|cuda|cuda-host-only]</pre>
+ *
+ * On cuda each kernel's time is its GPU work (see {@link TimedKernels}); cuda-host-only times the
+ * host's share alone ({@link HostOnlyCudaBackend}).
  */
 public final class StepProfile {
 
@@ -31,7 +37,11 @@ public final class StepProfile {
         String gemm = args.length > 3 ? args[3] : "auto";
         int warmup = args.length > 4 ? Integer.parseInt(args[4]) : 10;
         Precision precision = Precision.parse(args.length > 5 ? args[5] : "fp32", "precision (6th argument)");
-        try (TimedKernels kernels = new TimedKernels(Backends.openExactly(Backends.Request.cpu(threads, gemm, precision)));
+        String device = args.length > 6 ? args[6] : "cpu";
+        HostOnlyCudaBackend hostOnly = device.equals("cuda-host-only") ? new HostOnlyCudaBackend() : null;
+        Kernels inner = hostOnly != null ? new CudaKernels(hostOnly, precision)
+                : Backends.openExactly(new Backends.Request(Backend.parse(device), threads, gemm, false, precision));
+        try (TimedKernels kernels = new TimedKernels(inner);
              Gpt2 model = new Gpt2(c.model, kernels)) {
             model.initialize(1);
             int t = c.model.contextLength();
@@ -63,6 +73,8 @@ public final class StepProfile {
                                 + "parameters with gradients and AdamW moments %.0f MB%n", s.workspace().highWater() / 1e6,
                         16.0 * model.parameters().parameterCount() / 1e6);
             }
+        } finally {
+            if (hostOnly != null) hostOnly.close();
         }
     }
 }

@@ -19,6 +19,9 @@ import dev.distillery.kernels.distill.TeacherTargets;
  * A {@link Kernels} decorator that adds up wall time and calls per kernel, to see which kernels
  * dominate a training step ({@link StepProfile}). Composite kernels (linear) are timed as
  * themselves and not again as the GEMMs inside them. Memory and copies pass through untimed.
+ * On a device (memory the host cannot read), each timed call is bracketed by waits for the
+ * stream, so that its time is its device work plus its launches; the waits serialise host and
+ * device, so the sum is an upper bound on the pipelined step.
  */
 public final class TimedKernels implements Kernels {
 
@@ -27,11 +30,13 @@ public final class TimedKernels implements Kernels {
     }
 
     private final Kernels inner;
+    private final boolean device;
     private final Map<String, long[]> totals = new LinkedHashMap<>();
     private int depth;
 
     public TimedKernels(Kernels inner) {
         this.inner = inner;
+        this.device = !inner.hostAccessible();
     }
 
     /** Per kernel: time and calls since construction or the last {@link #reset()}, in first-call order. */
@@ -46,11 +51,13 @@ public final class TimedKernels implements Kernels {
     }
 
     private <T> T time(String kernel, Supplier<T> call) {
+        if (device && depth == 0) inner.synchronize();
         depth++;
         long t0 = System.nanoTime();
         try {
             return call.get();
         } finally {
+            if (device && depth == 1) inner.synchronize();
             long dt = System.nanoTime() - t0;
             if (--depth == 0) {
                 long[] acc = totals.computeIfAbsent(kernel, k -> new long[2]);

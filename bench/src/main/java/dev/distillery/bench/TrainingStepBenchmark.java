@@ -23,6 +23,7 @@ import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.Precision;
+import dev.distillery.kernels.cuda.CudaKernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
@@ -61,7 +62,11 @@ public class TrainingStepBenchmark {
     @Param({"auto"})
     public String gemm;
 
-    /** cpu, or cuda (GPU 0, fp32 GEMMs; needs a driver and a device), or auto. */
+    /**
+     * cpu, or cuda (GPU 0; needs a driver and a device), or auto; or cuda-host-only: the CUDA
+     * kernels over {@link HostOnlyCudaBackend}, which times the host's share of a GPU step
+     * (everything but the driver's and the device's work) on any machine.
+     */
     @Param({"cpu"})
     public String device;
 
@@ -77,6 +82,7 @@ public class TrainingStepBenchmark {
     public String loss;
 
     private Kernels kernels;
+    private HostOnlyCudaBackend hostOnly;
     private Gpt2 model;
     private TrainingSession session;
     private Arena arena;
@@ -86,7 +92,13 @@ public class TrainingStepBenchmark {
     @Setup(Level.Trial)
     public void setUp() {
         StudentConfigs c = StudentConfigs.valueOf(config);
-        kernels = Backends.openExactly(new Backends.Request(Backend.parse(device), threads, gemm, false, Precision.parse(precision, "precision")));
+        Precision p = Precision.parse(precision, "precision");
+        if (device.equals("cuda-host-only")) {
+            hostOnly = new HostOnlyCudaBackend();
+            kernels = new CudaKernels(hostOnly, p);
+        } else {
+            kernels = Backends.openExactly(new Backends.Request(Backend.parse(device), threads, gemm, false, p));
+        }
         model = new Gpt2(c.model, kernels);
         model.initialize(1);
         int t = c.model.contextLength();
@@ -124,5 +136,6 @@ public class TrainingStepBenchmark {
         model.close();
         if (arena != null) arena.close();
         kernels.close();
+        if (hostOnly != null) hostOnly.close();
     }
 }
