@@ -5,13 +5,16 @@
 // back, the causal softmax. Every entry point is listed in kernels.def.
 // Same layouts and the same math as the Java kernels; the derivations are in docs/KERNELS.md.
 //
-// Determinism: no atomics. Reductions over rows that several threads would race on (the
-// embedding's dwte/dwpe, layernorm's dweight/dbias, bias sums) run one thread per column over the
-// rows in order, so every run gives the same bits. Backward kernels accumulate (+=).
+// Determinism: no atomics. Sums over rows into one value per column (layernorm's dweight/dbias,
+// RMSNorm's dweight, bias sums) run in two launches: partial sums of row chunks by column tiles,
+// then the chunks added in order (column_tile, store_tile_sum, ops_sum_partials). The embedding's
+// scatter into dwte runs one thread per channel over the positions in order. Every run gives the
+// same bits. Backward kernels accumulate (+=).
 //
 // Launch shapes (the host side picks them; the emulation gate uses the same):
 //   elementwise / per-column kernels, AdamW over chunks: any grid, any block (grid-stride loops);
-//   row kernels (layernorm, softmax CE, attention softmax): grid = rows, block = a multiple of 32 ≤ 1024.
+//   row kernels (layernorm, softmax CE, attention softmax): grid = rows, block = a multiple of 32 ≤ 1024;
+//   partial column sums (*_partial): grid = chunks · ceil(C / 32), block = a multiple of 32 ≤ 1024.
 
 #include <math_constants.h>
 #include <stdint.h>
@@ -31,6 +34,40 @@ using blockreduce::MAX_WARPS;
 
 __device__ __forceinline__ long first_index() { return (long)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ long stride() { return (long)gridDim.x * blockDim.x; }
+
+// Partial column sums: block b covers row chunk b / tiles and the COLUMN_TILE columns of tile
+// b % tiles, one column per lane; the block's warps take the chunk's rows in turn.
+constexpr int COLUMN_TILE = 32;
+
+struct ColumnTile {
+    int chunk, col, row_begin, row_end, row_step;
+};
+
+__device__ __forceinline__ ColumnTile column_tile(int n, int c, int chunk_rows) {
+    const int tiles = (c + COLUMN_TILE - 1) / COLUMN_TILE;
+    ColumnTile t;
+    t.chunk = blockIdx.x / tiles;
+    t.col = (blockIdx.x % tiles) * COLUMN_TILE + (threadIdx.x & 31);
+    t.row_begin = t.chunk * chunk_rows + (threadIdx.x >> 5);
+    const int end = (t.chunk + 1) * chunk_rows;
+    t.row_end = end < n ? end : n;
+    t.row_step = blockDim.x >> 5;
+    return t;
+}
+
+// Each warp's sum s of the tile's column, added by warp 0 in warp order: out[chunk, col] = sum,
+// or out[col] += sum when `add` (a launch of one chunk, which needs no second pass).
+__device__ __forceinline__ void store_tile_sum(float* out, float s, const ColumnTile& t, int c, int add,
+                                               float (*part)[COLUMN_TILE]) {
+    part[threadIdx.x >> 5][threadIdx.x & 31] = s;
+    __syncthreads();
+    if (threadIdx.x < 32 && t.col < c) {
+        float sum = 0.f;
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++) sum += part[w][threadIdx.x];
+        if (add) out[t.col] += sum;
+        else out[(long)t.chunk * c + t.col] = sum;
+    }
+}
 
 constexpr float GELU_SCALE = 0.7978845608028654f;  // sqrt(2 / pi)
 
@@ -153,19 +190,22 @@ DISTILL_LAUNCH void ops_layernorm_backward_input(float* dinp, const float* dout,
     }
 }
 
-// dweight[c] += sum_r dout[r,c] * norm[r,c]; dbias[c] += sum_r dout[r,c]. One thread per channel.
-DISTILL_LAUNCH void ops_layernorm_backward_params(float* dweight, float* dbias, const float* dout, const float* inp,
-                                                  const float* mean, const float* rstd, int N, int C) {
-    for (long c = ops::first_index(); c < C; c += ops::stride()) {
-        float dw = 0.f, db = 0.f;
-        for (int r = 0; r < N; r++) {
-            const float d = dout[(long)r * C + c];
-            dw += d * (inp[(long)r * C + c] - mean[r]) * rstd[r];
+// Layernorm's parameter gradients by row chunks: pw[chunk, c] = sum_r dout[r,c] * norm[r,c],
+// pb[chunk, c] = sum_r dout[r,c] (ops_sum_partials adds the chunks into dweight and dbias).
+DISTILL_LAUNCH void ops_layernorm_params_partial(float* pw, float* pb, const float* dout, const float* inp, const float* mean,
+                                                 const float* rstd, int N, int C, int chunk_rows, int add) {
+    __shared__ float part_w[ops::MAX_WARPS][ops::COLUMN_TILE], part_b[ops::MAX_WARPS][ops::COLUMN_TILE];
+    const ops::ColumnTile t = ops::column_tile(N, C, chunk_rows);
+    float dw = 0.f, db = 0.f;
+    if (t.col < C) {
+        for (int r = t.row_begin; r < t.row_end; r += t.row_step) {
+            const float d = dout[(long)r * C + t.col];
+            dw += d * (inp[(long)r * C + t.col] - mean[r]) * rstd[r];
             db += d;
         }
-        dweight[c] += dw;
-        dbias[c] += db;
     }
+    ops::store_tile_sum(pw, dw, t, C, add, part_w);
+    ops::store_tile_sum(pb, db, t, C, add, part_b);
 }
 
 // GPT-2's tanh GELU and its derivative. 0.5 x (1 + tanh u) is computed as x · σ(2u), as the CPU
@@ -224,13 +264,16 @@ DISTILL_LAUNCH void ops_rmsnorm_backward_input(float* dinp, const float* dout, c
     for (int i = threadIdx.x; i < C; i += blockDim.x) di[i] += r * (d[i] * weight[i] - x[i] * r * mgn);
 }
 
-// dweight[c] += sum_r dout[r,c] * inp[r,c] * rstd[r]. One thread per channel.
-DISTILL_LAUNCH void ops_rmsnorm_backward_weight(float* dweight, const float* dout, const float* inp, const float* rstd, int N, int C) {
-    for (long c = ops::first_index(); c < C; c += ops::stride()) {
-        float dw = 0.f;
-        for (int r = 0; r < N; r++) dw += dout[(long)r * C + c] * inp[(long)r * C + c] * rstd[r];
-        dweight[c] += dw;
+// RMSNorm's weight gradient by row chunks: pw[chunk, c] = sum_r dout[r,c] * inp[r,c] * rstd[r].
+DISTILL_LAUNCH void ops_rmsnorm_weight_partial(float* pw, const float* dout, const float* inp, const float* rstd, int N, int C,
+                                               int chunk_rows, int add) {
+    __shared__ float part[ops::MAX_WARPS][ops::COLUMN_TILE];
+    const ops::ColumnTile t = ops::column_tile(N, C, chunk_rows);
+    float dw = 0.f;
+    if (t.col < C) {
+        for (int r = t.row_begin; r < t.row_end; r += t.row_step) dw += dout[(long)r * C + t.col] * inp[(long)r * C + t.col] * rstd[r];
     }
+    ops::store_tile_sum(pw, dw, t, C, add, part);
 }
 
 // SwiGLU (the Llama family's MLP): out = silu(gate) * up, silu(x) = x sigmoid(x).
@@ -320,12 +363,28 @@ DISTILL_LAUNCH void ops_broadcast_rows(float* out, const float* row, int n, int 
     for (long i = ops::first_index(); i < total; i += ops::stride()) out[i] = row[i % c];
 }
 
-// acc[:] += sum_r x[r, :]. One thread per column, rows in order.
-DISTILL_LAUNCH void ops_sum_rows(float* acc, const float* x, int n, int c) {
+// Bias sums by row chunks: partial[chunk, j] = sum_r x[r, j] over the chunk's rows.
+DISTILL_LAUNCH void ops_sum_rows_partial(float* partial, const float* x, int n, int c, int chunk_rows, int add) {
+    __shared__ float part[ops::MAX_WARPS][ops::COLUMN_TILE];
+    const ops::ColumnTile t = ops::column_tile(n, c, chunk_rows);
+    float s = 0.f;
+    if (t.col < c) {
+        for (int r = t.row_begin; r < t.row_end; r += t.row_step) s += x[(long)r * c + t.col];
+    }
+    ops::store_tile_sum(partial, s, t, c, add, part);
+}
+
+// The second pass of the partial column sums: acc[j] += sum_k partial[k, j], chunks in order; and
+// the same for (acc2, partial2) when acc2 is not null (layernorm's dweight and dbias in one launch).
+DISTILL_LAUNCH void ops_sum_partials(float* acc, const float* partial, float* acc2, const float* partial2, int chunks, int c) {
     for (long j = ops::first_index(); j < c; j += ops::stride()) {
-        float s = 0.f;
-        for (int r = 0; r < n; r++) s += x[(long)r * c + j];
+        float s = 0.f, s2 = 0.f;
+        for (int k = 0; k < chunks; k++) s += partial[(long)k * c + j];
         acc[j] += s;
+        if (acc2 != nullptr) {
+            for (int k = 0; k < chunks; k++) s2 += partial2[(long)k * c + j];
+            acc2[j] += s2;
+        }
     }
 }
 

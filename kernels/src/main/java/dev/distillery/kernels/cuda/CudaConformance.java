@@ -55,7 +55,7 @@ public final class CudaConformance {
 
     private void all(boolean quick) {
         int[][] gemm = quick ? new int[][]{{7, 13, 5}} : new int[][]{{1, 1, 1}, {7, 13, 5}, {65, 129, 67}, {512, 768, 384}};
-        int[][] rows = quick ? new int[][]{{13, 67}} : new int[][]{{1, 1}, {3, 7}, {13, 67}, {31, 384}, {7, 4097}};
+        int[][] rows = quick ? new int[][]{{13, 67}} : new int[][]{{1, 1}, {3, 7}, {13, 67}, {31, 384}, {7, 4097}, {300, 33}};
         int[] lengths = quick ? new int[]{131} : new int[]{1, 7, 131, 70001};
         int[][] classifier = quick ? new int[][]{{5, 1009}} : new int[][]{{1, 1}, {3, 11}, {5, 1009}, {4, 50257}};
         for (int[] s : gemm) gemms(s[0], s[1], s[2]);
@@ -225,7 +225,7 @@ public final class CudaConformance {
         CudaBackend.Ptr gx = device(host(dx0)), gw = device(host(dw0)), gdout = device(host(dout));
         t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_RMSNORM_BACKWARD_INPUT, rows, 256, gx, gdout, dx, dw, dRstd, rows, c);
-        gpu.launch(CudaKernel.OPS_RMSNORM_BACKWARD_WEIGHT, grid(c), 256, gw, gdout, dx, dRstd, rows, c);
+        ColumnSums.rmsNormWeight(gpu, poisoned(ColumnSums.scratchBytes(rows, c, 1) / 4).address(), gw, gdout, dx, dRstd, rows, c);
         record("rmsNormBackward", size, floats(hdx, n), download(gx, n), TOL, t0);
         record("rmsNormBackward.dweight", size, floats(hdw, c), download(gw, c), TOL, t0);
     }
@@ -418,15 +418,16 @@ public final class CudaConformance {
         CudaBackend.Ptr gx = device(host(dx0)), gw = device(host(dw0)), gb = device(host(db0)), gdout = device(host(dout));
         t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_LAYERNORM_BACKWARD_INPUT, rows, 256, gx, gdout, dx, dw, dMean, dRstd, rows, c);
-        gpu.launch(CudaKernel.OPS_LAYERNORM_BACKWARD_PARAMS, grid(c), 256, gw, gb, gdout, dx, dMean, dRstd, rows, c);
+        ColumnSums.layerNormParams(gpu, poisoned(ColumnSums.scratchBytes(rows, c, 2) / 4).address(), gw, gb, gdout, dx, dMean, dRstd, rows, c);
         record("layerNormBackward", size, floats(hdx, n), download(gx, n), TOL, t0);
         record("layerNormBackward.dweight", size, floats(hdw, c), download(gw, c), TOL, t0);
+        record("layerNormBackward.dbias", size, floats(hdb, c), download(gb, c), TOL, t0);
 
         MemorySegment sr = host(db0);
         cpu.sumRows(sr, host(dout), rows, c);
         CudaBackend.Ptr dsr = device(host(db0));
         t0 = System.nanoTime();
-        gpu.launch(CudaKernel.OPS_SUM_ROWS, grid(c), 256, dsr, gdout, rows, c);
+        ColumnSums.sumRows(gpu, poisoned(ColumnSums.scratchBytes(rows, c, 1) / 4).address(), dsr, gdout, rows, c);
         record("sumRows", size, floats(sr, c), download(dsr, c), TOL, t0);
 
         // Causal attention softmax over rows of length c (rows = b·nh·t with t = c), against float64.

@@ -50,6 +50,8 @@ public final class CudaKernels implements Kernels {
     private final DeviceScratch attentionHeads = new DeviceScratch();
     /** The chunks of the last {@link ParameterSpans} AdamW updated ({@link #adamWSpans}). */
     private final DeviceScratch adamWChunks = new DeviceScratch();
+    /** The partial column sums of {@link ColumnSums}: bias, layernorm and RMSNorm parameter gradients. */
+    private final DeviceScratch columnPartials = new DeviceScratch();
     private ParameterSpans chunked;
     private int chunks;
     /** Elements of one chunk of {@code ops_adamw_chunks}, one thread block's work. */
@@ -383,7 +385,8 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public void sumRows(MemorySegment acc, MemorySegment x, int n, int c) {
-        gpu.launch(CudaKernel.OPS_SUM_ROWS, grid(c), gpu.block(), p(acc), p(x), n, c);
+        if (n == 0) return;
+        ColumnSums.sumRows(gpu, columnPartials.atLeast(ColumnSums.scratchBytes(n, c, 1)), p(acc), p(x), n, c);
     }
 
     @Override
@@ -419,7 +422,8 @@ public final class CudaKernels implements Kernels {
             gpu.launch(CudaKernel.OPS_LAYERNORM_BACKWARD_INPUT, n, gpu.block(), p(dinp), p(dout), p(inp), p(weight), p(mean), p(rstd), n, c);
         }
         if (dweight != null && dbias != null) {
-            gpu.launch(CudaKernel.OPS_LAYERNORM_BACKWARD_PARAMS, grid(c), gpu.block(), p(dweight), p(dbias), p(dout), p(inp), p(mean), p(rstd), n, c);
+            ColumnSums.layerNormParams(gpu, columnPartials.atLeast(ColumnSums.scratchBytes(n, c, 2)), p(dweight), p(dbias), p(dout), p(inp),
+                    p(mean), p(rstd), n, c);
         }
     }
 
@@ -434,7 +438,9 @@ public final class CudaKernels implements Kernels {
                                 MemorySegment weight, MemorySegment rstd, int n, int c) {
         if (n == 0) return;
         if (dinp != null) gpu.launch(CudaKernel.OPS_RMSNORM_BACKWARD_INPUT, n, gpu.block(), p(dinp), p(dout), p(inp), p(weight), p(rstd), n, c);
-        if (dweight != null) gpu.launch(CudaKernel.OPS_RMSNORM_BACKWARD_WEIGHT, grid(c), gpu.block(), p(dweight), p(dout), p(inp), p(rstd), n, c);
+        if (dweight != null) {
+            ColumnSums.rmsNormWeight(gpu, columnPartials.atLeast(ColumnSums.scratchBytes(n, c, 1)), p(dweight), p(dout), p(inp), p(rstd), n, c);
+        }
     }
 
     @Override
@@ -809,6 +815,7 @@ public final class CudaKernels implements Kernels {
         bf16Operands.free();
         attentionHeads.free();
         adamWChunks.free();
+        columnPartials.free();
         for (HeldCopy h : held) gpu.free(h.copy());
         held.clear();
         for (ArrayDeque<Long> spare : spareCopies.values()) for (long copy : spare) gpu.free(copy);

@@ -117,7 +117,8 @@ class CudaOpsEmulationTest {
         }
     }
 
-    private static final int[][] ROWS = {{1, 1}, {3, 7}, {13, 33}, {5, 97}};
+    // the last two make 2 and 3 row chunks for the partial column sums (ColumnSums), the last with a short one
+    private static final int[][] ROWS = {{1, 1}, {3, 7}, {13, 33}, {5, 97}, {40, 5}, {70, 33}};
     private static final int[] LENGTHS = {1, 7, 33, 1031};
 
     // ------------------------------------------------------------------ the ops
@@ -308,10 +309,24 @@ class CudaOpsEmulationTest {
                     o = call(CudaKernel.OPS_LAYERNORM_BACKWARD_INPUT, rows, 64).floats(dx0).floats(dout).floats(x).floats(w)
                             .floats(arr(mean, rows)).floats(arr(rstd, rows)).i32(rows).i32(c).runOrFail(bin, work);
                     close("layernorm dinp" + at, arr(dx, n), o.floats(0), 2e-4);
-                    o = call(CudaKernel.OPS_LAYERNORM_BACKWARD_PARAMS, 2, 64).floats(dw0).floats(db0).floats(dout).floats(x)
-                            .floats(arr(mean, rows)).floats(arr(rstd, rows)).i32(rows).i32(c).runOrFail(bin, work);
-                    close("layernorm dweight" + at, arr(dw, c), o.floats(0), 2e-4);
-                    close("layernorm dbias" + at, arr(db, c), o.floats(1), 2e-4);
+                    // the parameter sums in the kernels' two launches (one when the rows make one chunk)
+                    int k = ColumnSums.chunks(rows), grid = k * ((c + 31) / 32), chunkRows = ColumnSums.chunkRows(rows);
+                    float[] gw, gb;
+                    if (k == 1) {
+                        o = call(CudaKernel.OPS_LAYERNORM_PARAMS_PARTIAL, grid, 64).floats(dw0).floats(db0).floats(dout).floats(x)
+                                .floats(arr(mean, rows)).floats(arr(rstd, rows)).i32(rows).i32(c).i32(chunkRows).i32(1).runOrFail(bin, work);
+                        gw = o.floats(0);
+                        gb = o.floats(1);
+                    } else {
+                        o = call(CudaKernel.OPS_LAYERNORM_PARAMS_PARTIAL, grid, 64).floats(nan(k * c)).floats(nan(k * c)).floats(dout).floats(x)
+                                .floats(arr(mean, rows)).floats(arr(rstd, rows)).i32(rows).i32(c).i32(chunkRows).i32(0).runOrFail(bin, work);
+                        o = call(CudaKernel.OPS_SUM_PARTIALS, 2, 64).floats(dw0).floats(o.floats(0)).floats(db0).floats(o.floats(1))
+                                .i32(k).i32(c).runOrFail(bin, work);
+                        gw = o.floats(0);
+                        gb = o.floats(2);
+                    }
+                    close("layernorm dweight" + at, arr(dw, c), gw, 2e-4);
+                    close("layernorm dbias" + at, arr(db, c), gb, 2e-4);
                     // RMSNorm forward and backward (the Llama family)
                     MemorySegment rOut = seg(a, nan(n)), rRstd = seg(a, nan(rows));
                     cpu.rmsNormForward(rOut, rRstd, seg(a, x), seg(a, w), rows, c, 1e-5f);
@@ -325,9 +340,17 @@ class CudaOpsEmulationTest {
                     o = call(CudaKernel.OPS_RMSNORM_BACKWARD_INPUT, rows, 64).floats(rdx0).floats(dout).floats(x).floats(w)
                             .floats(arr(rRstd, rows)).i32(rows).i32(c).runOrFail(bin, work);
                     close("rmsnorm dinp" + at, arr(rdx, n), o.floats(0), 2e-4);
-                    o = call(CudaKernel.OPS_RMSNORM_BACKWARD_WEIGHT, 2, 64).floats(rdw0).floats(dout).floats(x)
-                            .floats(arr(rRstd, rows)).i32(rows).i32(c).runOrFail(bin, work);
-                    close("rmsnorm dweight" + at, arr(rdw, c), o.floats(0), 2e-4);
+                    float[] grw;
+                    if (k == 1) {
+                        grw = call(CudaKernel.OPS_RMSNORM_WEIGHT_PARTIAL, grid, 64).floats(rdw0).floats(dout).floats(x)
+                                .floats(arr(rRstd, rows)).i32(rows).i32(c).i32(chunkRows).i32(1).runOrFail(bin, work).floats(0);
+                    } else {
+                        float[] partial = call(CudaKernel.OPS_RMSNORM_WEIGHT_PARTIAL, grid, 64).floats(nan(k * c)).floats(dout).floats(x)
+                                .floats(arr(rRstd, rows)).i32(rows).i32(c).i32(chunkRows).i32(0).runOrFail(bin, work).floats(0);
+                        grw = call(CudaKernel.OPS_SUM_PARTIALS, 2, 64).floats(rdw0).floats(partial).nullPointer().nullPointer()
+                                .i32(k).i32(c).runOrFail(bin, work).floats(0);
+                    }
+                    close("rmsnorm dweight" + at, arr(rdw, c), grw, 2e-4);
                     // bias rows
                     MemorySegment br = seg(a, nan(n));
                     cpu.broadcastRows(br, seg(a, bias), rows, c);
@@ -335,8 +358,17 @@ class CudaOpsEmulationTest {
                             .floats(bias).i32(rows).i32(c).runOrFail(bin, work).floats(0), 0);
                     MemorySegment sr = seg(a, db0);
                     cpu.sumRows(sr, seg(a, dout), rows, c);
-                    close("sumRows" + at, arr(sr, c), call(CudaKernel.OPS_SUM_ROWS, 2, 64).floats(db0)
-                            .floats(dout).i32(rows).i32(c).runOrFail(bin, work).floats(0), 1e-5);
+                    float[] gs;
+                    if (k == 1) {
+                        gs = call(CudaKernel.OPS_SUM_ROWS_PARTIAL, grid, 64).floats(db0).floats(dout).i32(rows).i32(c).i32(chunkRows).i32(1)
+                                .runOrFail(bin, work).floats(0);
+                    } else {
+                        float[] partial = call(CudaKernel.OPS_SUM_ROWS_PARTIAL, grid, 64).floats(nan(k * c)).floats(dout).i32(rows).i32(c)
+                                .i32(chunkRows).i32(0).runOrFail(bin, work).floats(0);
+                        gs = call(CudaKernel.OPS_SUM_PARTIALS, 2, 64).floats(db0).floats(partial).nullPointer().nullPointer().i32(k).i32(c)
+                                .runOrFail(bin, work).floats(0);
+                    }
+                    close("sumRows" + at, arr(sr, c), gs, 1e-5);
                     // fused softmax cross-entropy, gradient in place; one ignored row when there are several
                     float[] logits = random(n, 5);
                     int[] targets = new int[rows];

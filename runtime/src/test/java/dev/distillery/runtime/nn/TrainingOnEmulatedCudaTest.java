@@ -222,13 +222,14 @@ class TrainingOnEmulatedCudaTest {
      * What a training step costs a GPU in launches: at config B's sizes a step is bound by kernel
      * launches rather than by the card (docs/PERFORMANCE.md, on an H100/H200), so their number is
      * held to a budget. A GPT-2 step shaped like config B (6 layers, 6 heads, batch 8; small widths,
-     * which do not change the count, and the LM head in one chunk), counted on the emulated device:
-     * kernels plus cuBLAS calls, the same at every step, within the budget in each precision.
+     * which do not change the count, the LM head in one chunk, and rows enough that the column sums
+     * of bias and layernorm gradients take their two launches, as at B), counted on the emulated
+     * device: kernels plus cuBLAS calls, the same at every step, within the budget in each precision.
      */
     @Test
     void aConfigBShapedStepStaysWithinItsLaunchBudget() {
-        assertTrue(launchesPerStep(Precision.FP32) <= 295);
-        assertTrue(launchesPerStep(Precision.BF16) <= 370);
+        assertTrue(launchesPerStep(Precision.FP32) <= 330);
+        assertTrue(launchesPerStep(Precision.BF16) <= 405);
     }
 
     /** Kernels and cuBLAS calls of one hard-label training step, checked to be the same over three steps. */
