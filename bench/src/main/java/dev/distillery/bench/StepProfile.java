@@ -39,8 +39,15 @@ public final class StepProfile {
         Precision precision = Precision.parse(args.length > 5 ? args[5] : "fp32", "precision (6th argument)");
         String device = args.length > 6 ? args[6] : "cpu";
         HostOnlyCudaBackend hostOnly = device.equals("cuda-host-only") ? new HostOnlyCudaBackend() : null;
-        Kernels inner = hostOnly != null ? new CudaKernels(hostOnly, precision)
-                : Backends.openExactly(new Backends.Request(Backend.parse(device), threads, gemm, false, precision));
+        Kernels inner;
+        try {
+            inner = hostOnly != null ? new CudaKernels(hostOnly, precision)
+                    : Backends.openExactly(new Backends.Request(Backend.parse(device), threads, gemm, false, precision));
+        } catch (Backends.UnavailableException e) {
+            System.err.println("StepProfile: " + e.getMessage());
+            System.exit(2);
+            return;
+        }
         try (TimedKernels kernels = new TimedKernels(inner);
              Gpt2 model = new Gpt2(c.model, kernels)) {
             model.initialize(1);
