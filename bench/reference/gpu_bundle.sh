@@ -6,7 +6,7 @@
 # runs them all. Build the jars first (./mvnw -B package -DskipTests, with nvcc, so that the jar
 # carries the CUDA kernels).
 #
-#   bench/reference/gpu_bundle.sh [--slim] OUT      # then, on the GPU machine: OUT/run.sh [--quick]
+#   bench/reference/gpu_bundle.sh [--slim] OUT      # then, on the GPU machine: OUT/run.sh [--quick] [--demo] [LOGS]
 #
 # --slim leaves out the bundled OpenBLAS and the tokenizer and tiktoken natives (about 30 MB): the
 # selftest's CPU reference then uses the machine's libopenblas.so.0 or the Vector-API GEMM.
@@ -52,11 +52,12 @@ rm -rf "$out/runtime"
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # gpu-tagged JUnit tests, then gpu_check.sh (selftest --device cuda, device benchmarks, StepProfile,
-# PyTorch beside them), with the runtime image this folder carries. Logs and tables: OUT (gpu-run/).
+# PyTorch beside them; --demo adds the quick demo on the device), with the runtime image this folder
+# carries. Logs and tables: LOGS (gpu-run/).
 set -u
 cd "$(dirname "$0")"
-quick=""
-if [ "${1:-}" = "--quick" ]; then quick=--quick; shift; fi
+flags=()
+while [ "${1:-}" = "--quick" ] || [ "${1:-}" = "--demo" ]; do flags+=("$1"); shift; done
 out="${1:-gpu-run}"
 mkdir -p "$out"
 runtime="${TMPDIR:-/tmp}/distillery-runtime"
@@ -74,7 +75,7 @@ java --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED -jar 
 tests=$?
 grep -E 'tests (successful|failed|aborted)' "$out/gpu-tests.txt"
 echo "== gpu_check.sh"
-bench/reference/gpu_check.sh $quick "$out/check"
+bench/reference/gpu_check.sh "${flags[@]}" "$out/check"
 check=$?
 exit $(( tests != 0 ? tests : check ))
 RUN

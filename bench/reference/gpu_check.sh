@@ -11,15 +11,23 @@
 #   4. StepProfile on the device: config B's step kernel by kernel (each call's GPU time), fp32 and bf16;
 #   5. where python3 has torch with CUDA: PyTorch eager on the same GPU for rows 2 and 3
 #      (pytorch_loss.py, pytorch_step.py with device cuda), and one table of medians and ratios.
+#   6. with --demo: trainer.jar demo --quick --device cuda, the whole pipeline on the device.
 # Each step's output goes to OUT (default gpu-check/) and the tables to stdout; the exit status is
-# the selftest's (0: every check passed). --quick runs one size per kernel and one benchmark shape.
-# Environment: PYTHON (default python3) for the PyTorch side.
+# the selftest's (0: every check passed), else the demo's. --quick runs one size per kernel and
+# one benchmark shape. Environment: PYTHON (default python3) for the PyTorch side.
 #
-#   bench/reference/gpu_check.sh [--quick] [OUT]
+#   bench/reference/gpu_check.sh [--quick] [--demo] [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 quick=0
-if [ "${1:-}" = "--quick" ]; then quick=1; shift; fi
+demo=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1; shift ;;
+    --demo) demo=1; shift ;;
+    *) break ;;
+  esac
+done
 out="${1:-gpu-check}"
 mkdir -p "$out"
 
@@ -90,5 +98,16 @@ echo "== side by side" >&2
     row "step $1 $2 $3" "$(jmh_ms "$out/step-$1-$2-$3.csv" step "$2,[0-9]+")" "$(torch_ms bench/reference/pytorch_step.py $1 1 20 $2 $3 cuda)"
   done
 } | tee "$out/side-by-side.txt"
+
+if [ $demo = 1 ]; then
+  echo "== demo --quick --device cuda" >&2
+  start=$(date +%s)
+  if ! "$java" -jar trainer/target/trainer.jar demo --quick --device cuda --work "$out/demo" > "$out/demo.txt" 2>&1; then
+    echo "demo failed: see $out/demo.txt" >&2
+    if [ "$status" = 0 ]; then status=1; fi
+  fi
+  echo "demo: $(( $(date +%s) - start )) s"
+  grep -E '^\|' "$out/demo.txt" | tail -5 || true
+fi
 
 exit $status
