@@ -186,6 +186,9 @@ public final class CudaKernels implements Kernels {
         /** The buffer, at least {@code need} bytes long. */
         long atLeast(long need) {
             if (need > bytes) {
+                // cuMemFree "may" wait for the kernels still reading the old buffer, not must;
+                // growing is rare (a step's first calls), so wait here
+                if (address != 0) gpu.synchronize();
                 free();
                 address = gpu.alloc(need);
                 bytes = need;
