@@ -8,7 +8,7 @@
 // Determinism: no atomics. Sums over rows into one value per column (layernorm's dweight/dbias,
 // RMSNorm's dweight, bias sums) run in two launches: partial sums of row chunks by column tiles,
 // then the chunks added in order (column_tile, store_tile_sum, ops_sum_partials). The embedding's
-// scatter into dwte runs one thread per channel over the positions in order. Every run gives the
+// scatter into dwte runs by token groups, each group's positions in order. Every run gives the
 // same bits. Backward kernels accumulate (+=).
 //
 // Launch shapes (the host side picks them; the emulation gate uses the same):
@@ -122,20 +122,32 @@ DISTILL_LAUNCH void ops_embedding_forward(float* out, const int* tokens, const f
     }
 }
 
-// dwte[tokens[b,t]] += dout[b,t]; dwpe[t] += sum_b dout[b,t]. One thread per channel, positions in order.
-DISTILL_LAUNCH void ops_embedding_backward(float* dwte, float* dwpe, const float* dout, const int* tokens, int B, int T,
-                                           int C) {
-    for (long c = ops::first_index(); c < C; c += ops::stride()) {
-        for (int t = 0; t < T; t++) {
-            float acc = 0.f;
-            for (int b = 0; b < B; b++) {
-                const long bt = (long)b * T + t;
-                const float d = dout[bt * C + c];
-                dwte[(long)tokens[bt] * C + c] += d;
-                acc += d;
-            }
-            dwpe[(long)t * C + c] += acc;
-        }
+// The embedding's backward in two launches that keep the order, and so the bits, of one thread per
+// channel walking the positions (t, then b): dwpe[t] += sum_b dout[b,t], one thread per (t,
+// channel); and dwte by token groups, which the host builds from the ids (EmbeddingGrads.grouping):
+// starts (groups + 1), each group's token, then the rows b·T + t of each group in that order. One
+// thread per (group, channel) adds its rows into dwte[token]; groups have distinct tokens.
+DISTILL_LAUNCH void ops_embedding_backward_positions(float* dwpe, const float* dout, int B, int T, int C) {
+    const long total = (long)T * C;
+    for (long i = ops::first_index(); i < total; i += ops::stride()) {
+        const long t = i / C, c = i % C;
+        float acc = 0.f;
+        for (int b = 0; b < B; b++) acc += dout[((long)b * T + t) * C + c];
+        dwpe[i] += acc;
+    }
+}
+
+DISTILL_LAUNCH void ops_embedding_backward_tokens(float* dwte, const float* dout, const int* grouping, int groups, int C) {
+    const int* starts = grouping;
+    const int* token = grouping + groups + 1;
+    const int* rows = grouping + 2 * groups + 1;
+    const long total = (long)groups * C;
+    for (long i = ops::first_index(); i < total; i += ops::stride()) {
+        const long g = i / C, c = i % C;
+        float* w = dwte + (long)token[g] * C + c;
+        float acc = *w;
+        for (int k = starts[g]; k < starts[g + 1]; k++) acc += dout[(long)rows[k] * C + c];
+        *w = acc;
     }
 }
 

@@ -474,8 +474,10 @@ public final class CudaConformance {
         cpu.embeddingBackward(gte, gpe, host(dout), host(tokens), b, t, c);
         CudaBackend.Ptr ggte = device(host(dwte0)), ggpe = device(host(dwpe0)), gdout = device(host(dout));
         t0 = System.nanoTime();
-        gpu.launch(CudaKernel.OPS_EMBEDDING_BACKWARD, grid(c), 256, ggte, ggpe, gdout, dtok, b, t, c);
+        int[] grouping = EmbeddingGrads.grouping(tokens, b, t);
+        EmbeddingGrads.backward(gpu, ggte, ggpe, gdout, device(host(grouping)), EmbeddingGrads.groups(grouping, b * t), b, t, c);
         record("embeddingBackward", b + "x" + t + "x" + c, floats(gte, vocab * c), download(ggte, vocab * c), TOL, t0);
+        record("embeddingBackward.dwpe", b + "x" + t + "x" + c, floats(gpe, t * c), download(ggpe, t * c), TOL, t0);
     }
 
     private void classifier(int n, int v) {

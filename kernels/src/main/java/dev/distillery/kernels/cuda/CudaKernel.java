@@ -12,7 +12,8 @@ import java.util.Locale;
  */
 public enum CudaKernel {
     OPS_EMBEDDING_FORWARD("ppppiii"),
-    OPS_EMBEDDING_BACKWARD("ppppiii"),
+    OPS_EMBEDDING_BACKWARD_POSITIONS("ppiii"),
+    OPS_EMBEDDING_BACKWARD_TOKENS("pppii"),
     OPS_LAYERNORM_FORWARD("ppppppii"),
     OPS_LAYERNORM_BACKWARD_INPUT("ppppppii"),
     OPS_LAYERNORM_PARAMS_PARTIAL("ppppppiiii"),

@@ -52,6 +52,8 @@ public final class CudaKernels implements Kernels {
     private final DeviceScratch adamWChunks = new DeviceScratch();
     /** The partial column sums of {@link ColumnSums}: bias, layernorm and RMSNorm parameter gradients. */
     private final DeviceScratch columnPartials = new DeviceScratch();
+    /** The positions grouped by token for the embedding's backward ({@link EmbeddingGrads}). */
+    private final DeviceScratch embeddingGroups = new DeviceScratch();
     private ParameterSpans chunked;
     private int chunks;
     /** Elements of one chunk of {@code ops_adamw_chunks}, one thread block's work. */
@@ -407,7 +409,15 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens, int b, int t, int c) {
-        gpu.launch(CudaKernel.OPS_EMBEDDING_BACKWARD, grid(c), gpu.block(), p(dwte), p(dwpe), p(dout), p(tokens), b, t, c);
+        if (b * t == 0) return;
+        // the ids back and their grouping up: two waits, at the end of the backward where the
+        // device has little left to do
+        int[] grouping = EmbeddingGrads.grouping(ints(tokens, 0, b * t), b, t);
+        long device = embeddingGroups.atLeast(4L * (3L * b * t + 1));  // the most a grouping takes (every token distinct)
+        try (Arena a = Arena.ofConfined()) {
+            gpu.upload(device, a.allocateFrom(ValueLayout.JAVA_INT, grouping), 4L * grouping.length);
+        }
+        EmbeddingGrads.backward(gpu, p(dwte), p(dwpe), p(dout), p(device), EmbeddingGrads.groups(grouping, b * t), b, t, c);
     }
 
     @Override
@@ -819,6 +829,7 @@ public final class CudaKernels implements Kernels {
         attentionHeads.free();
         adamWChunks.free();
         columnPartials.free();
+        embeddingGroups.free();
         for (HeldCopy h : held) gpu.free(h.copy());
         held.clear();
         for (ArrayDeque<Long> spare : spareCopies.values()) for (long copy : spare) gpu.free(copy);
