@@ -5,6 +5,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -664,7 +665,15 @@ public final class CudaKernels implements Kernels {
                 }
             }
         }
-        float[] ces = floats(ce, n), divs = floats(div, n);
+        float[] ces, divs;
+        if (div == ce + 4L * n) {  // both in the scratch: one wait for the two
+            float[] both = floats(ce, 2 * n);
+            ces = Arrays.copyOfRange(both, 0, n);
+            divs = Arrays.copyOfRange(both, n, 2 * n);
+        } else {
+            ces = floats(ce, n);
+            divs = floats(div, n);
+        }
         double total = 0, ceSum = 0, divSum = 0;
         int counted = 0;
         for (int r = 0; r < n; r++) {

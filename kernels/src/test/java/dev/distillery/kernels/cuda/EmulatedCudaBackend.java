@@ -137,6 +137,10 @@ public final class EmulatedCudaBackend implements CudaBackend {
     @Override
     public void upload(long dst, MemorySegment src, long bytes) {
         waits++;
+        copyIn(dst, src, bytes);
+    }
+
+    private static void copyIn(long dst, MemorySegment src, long bytes) {
         MemorySegment.copy(src, 0, MemorySegment.ofAddress(host(dst)).reinterpret(bytes), 0, bytes);
     }
 
@@ -164,7 +168,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
 
     @Override
     public void uploadAsync(long dst, MemorySegment src, long bytes) {
-        upload(dst, src, bytes);
+        copyIn(dst, src, bytes);  // on the copy stream: the host does not wait
     }
 
     @Override
