@@ -4,11 +4,9 @@ import java.util.Comparator;
 import java.util.Locale;
 import java.util.Map;
 
-import dev.distillery.kernels.Backend;
 import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.Precision;
-import dev.distillery.kernels.cuda.CudaKernels;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.nn.Gpt2;
 import dev.distillery.runtime.nn.TrainingSession;
@@ -38,11 +36,9 @@ public final class StepProfile {
         int warmup = args.length > 4 ? Integer.parseInt(args[4]) : 10;
         Precision precision = Precision.parse(args.length > 5 ? args[5] : "fp32", "precision (6th argument)");
         String device = args.length > 6 ? args[6] : "cpu";
-        HostOnlyCudaBackend hostOnly = device.equals("cuda-host-only") ? new HostOnlyCudaBackend() : null;
         Kernels inner;
         try {
-            inner = hostOnly != null ? new CudaKernels(hostOnly, precision)
-                    : Backends.openExactly(new Backends.Request(Backend.parse(device), threads, gemm, false, precision));
+            inner = HostOnlyCudaBackend.openKernels(device, threads, gemm, precision);
         } catch (Backends.UnavailableException e) {
             System.err.println("StepProfile: " + e.getMessage());
             System.exit(2);
@@ -80,8 +76,6 @@ public final class StepProfile {
                                 + "parameters with gradients and AdamW moments %.0f MB%n", s.workspace().highWater() / 1e6,
                         16.0 * model.parameters().parameterCount() / 1e6);
             }
-        } finally {
-            if (hostOnly != null) hostOnly.close();
         }
     }
 }

@@ -18,12 +18,9 @@ import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
 
-import dev.distillery.kernels.Backend;
-import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.Precision;
-import dev.distillery.kernels.cuda.CudaKernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
@@ -82,7 +79,6 @@ public class TrainingStepBenchmark {
     public String loss;
 
     private Kernels kernels;
-    private HostOnlyCudaBackend hostOnly;
     private Gpt2 model;
     private TrainingSession session;
     private Arena arena;
@@ -92,13 +88,7 @@ public class TrainingStepBenchmark {
     @Setup(Level.Trial)
     public void setUp() {
         StudentConfigs c = StudentConfigs.valueOf(config);
-        Precision p = Precision.parse(precision, "precision");
-        if (device.equals("cuda-host-only")) {
-            hostOnly = new HostOnlyCudaBackend();
-            kernels = new CudaKernels(hostOnly, p);
-        } else {
-            kernels = Backends.openExactly(new Backends.Request(Backend.parse(device), threads, gemm, false, p));
-        }
+        kernels = HostOnlyCudaBackend.openKernels(device, threads, gemm, Precision.parse(precision, "precision"));
         model = new Gpt2(c.model, kernels);
         model.initialize(1);
         int t = c.model.contextLength();
@@ -136,6 +126,5 @@ public class TrainingStepBenchmark {
         model.close();
         if (arena != null) arena.close();
         kernels.close();
-        if (hostOnly != null) hostOnly.close();
     }
 }

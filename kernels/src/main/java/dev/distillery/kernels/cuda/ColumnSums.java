@@ -33,10 +33,6 @@ final class ColumnSums {
         return chunks(n) * ((c + 31) / 32);
     }
 
-    private static int columnGrid(CudaBackend gpu, int c) {
-        return Math.max(1, Math.min(gpu.maxGrid(), (c + gpu.block() - 1) / gpu.block()));
-    }
-
     /** acc[j] += Σ_r x[r, j]; {@code scratch} holds {@link #scratchBytes}(n, c, 1). */
     static void sumRows(CudaBackend gpu, long scratch, CudaBackend.Ptr acc, CudaBackend.Ptr x, int n, int c) {
         if (chunks(n) == 1) {
@@ -45,7 +41,7 @@ final class ColumnSums {
         }
         CudaBackend.Ptr partial = new CudaBackend.Ptr(scratch);
         gpu.launch(CudaKernel.OPS_SUM_ROWS_PARTIAL, partialGrid(n, c), gpu.block(), partial, x, n, c, chunkRows(n), 0);
-        gpu.launch(CudaKernel.OPS_SUM_PARTIALS, columnGrid(gpu, c), gpu.block(), acc, partial, NONE, NONE, chunks(n), c);
+        gpu.launch(CudaKernel.OPS_SUM_PARTIALS, gpu.grid(c), gpu.block(), acc, partial, NONE, NONE, chunks(n), c);
     }
 
     /** Layernorm's dweight and dbias (docs/KERNELS.md#layernorm); {@code scratch} holds {@link #scratchBytes}(n, c, 2). */
@@ -59,7 +55,7 @@ final class ColumnSums {
         CudaBackend.Ptr pw = new CudaBackend.Ptr(scratch), pb = new CudaBackend.Ptr(scratch + 4L * chunks(n) * c);
         gpu.launch(CudaKernel.OPS_LAYERNORM_PARAMS_PARTIAL, partialGrid(n, c), gpu.block(), pw, pb, dout, inp, mean, rstd, n, c,
                 chunkRows(n), 0);
-        gpu.launch(CudaKernel.OPS_SUM_PARTIALS, columnGrid(gpu, c), gpu.block(), dweight, pw, dbias, pb, chunks(n), c);
+        gpu.launch(CudaKernel.OPS_SUM_PARTIALS, gpu.grid(c), gpu.block(), dweight, pw, dbias, pb, chunks(n), c);
     }
 
     /** RMSNorm's dweight (docs/KERNELS.md#rmsnorm); {@code scratch} holds {@link #scratchBytes}(n, c, 1). */
@@ -71,6 +67,6 @@ final class ColumnSums {
         }
         CudaBackend.Ptr pw = new CudaBackend.Ptr(scratch);
         gpu.launch(CudaKernel.OPS_RMSNORM_WEIGHT_PARTIAL, partialGrid(n, c), gpu.block(), pw, dout, inp, rstd, n, c, chunkRows(n), 0);
-        gpu.launch(CudaKernel.OPS_SUM_PARTIALS, columnGrid(gpu, c), gpu.block(), dweight, pw, NONE, NONE, chunks(n), c);
+        gpu.launch(CudaKernel.OPS_SUM_PARTIALS, gpu.grid(c), gpu.block(), dweight, pw, NONE, NONE, chunks(n), c);
     }
 }

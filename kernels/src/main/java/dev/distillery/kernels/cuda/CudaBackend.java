@@ -73,6 +73,11 @@ public interface CudaBackend extends AutoCloseable {
         return 4096;
     }
 
+    /** The grid of a grid-stride launch over {@code n} elements at {@link #block()}: a thread each, at most {@link #maxGrid()} blocks. */
+    default int grid(long n) {
+        return (int) Math.max(1, Math.min(maxGrid(), (n + block() - 1) / block()));
+    }
+
     @Override
     void close();
 

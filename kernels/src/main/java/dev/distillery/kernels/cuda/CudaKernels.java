@@ -78,6 +78,11 @@ public final class CudaKernels implements Kernels {
         this(gpu, false, precision);
     }
 
+    /** Kernels on {@code gpu} with the GEMMs' {@code precision}, closing {@code gpu} when they close. */
+    public static CudaKernels owning(CudaBackend gpu, Precision precision) {
+        return new CudaKernels(gpu, true, precision);
+    }
+
     private CudaKernels(CudaBackend gpu, boolean ownsBackend, Precision precision) {
         this.gpu = gpu;
         this.ownsBackend = ownsBackend;
@@ -178,7 +183,7 @@ public final class CudaKernels implements Kernels {
     }
 
     private int grid(long n) {
-        return (int) Math.max(1, Math.min(gpu.maxGrid(), (n + gpu.block() - 1) / gpu.block()));
+        return gpu.grid(n);
     }
 
     /** A device buffer reused across calls, grown when a call needs more. */

@@ -50,11 +50,7 @@ final class EmbeddingGrads {
     /** dwpe and dwte, the grouping already on the device at {@code grouping}. */
     static void backward(CudaBackend gpu, CudaBackend.Ptr dwte, CudaBackend.Ptr dwpe, CudaBackend.Ptr dout, CudaBackend.Ptr grouping,
                          int groups, int b, int t, int c) {
-        gpu.launch(CudaKernel.OPS_EMBEDDING_BACKWARD_POSITIONS, grid(gpu, (long) t * c), gpu.block(), dwpe, dout, b, t, c);
-        gpu.launch(CudaKernel.OPS_EMBEDDING_BACKWARD_TOKENS, grid(gpu, (long) groups * c), gpu.block(), dwte, dout, grouping, groups, c);
-    }
-
-    private static int grid(CudaBackend gpu, long n) {
-        return (int) Math.max(1, Math.min(gpu.maxGrid(), (n + gpu.block() - 1) / gpu.block()));
+        gpu.launch(CudaKernel.OPS_EMBEDDING_BACKWARD_POSITIONS, gpu.grid((long) t * c), gpu.block(), dwpe, dout, b, t, c);
+        gpu.launch(CudaKernel.OPS_EMBEDDING_BACKWARD_TOKENS, gpu.grid((long) groups * c), gpu.block(), dwte, dout, grouping, groups, c);
     }
 }
