@@ -15,6 +15,7 @@
  *   distillery_squared_gradient       SparseRows.squaredGradient
  *   exp2v, exp2s                      VectorOps.exp2 (vector and scalar; exp2v scales by VSCALEFPS)
  *   max_skipping_nan                  VectorOps.maxSkippingNaN
+ *   sum_lanes                         VectorOps.sumLanes
  *
  * The Java side (kernels.cpu.distill.NativeRowPasses, through dev.distillery.bindings.DistilleryCpu)
  * calls a function once per row and keeps every other case, the sparse entries and every error
@@ -45,7 +46,7 @@ static const float E1 = 6.9314718246e-01f, E2 = 2.4022647738e-01f, E3 = 5.550332
 enum { ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3 };
 
 /* The interface version DistilleryCpu expects. */
-int distillery_cpu_abi(void) { return 6; }
+int distillery_cpu_abi(void) { return 7; }
 
 int distillery_cpu_supported(void) {
     __builtin_cpu_init();
@@ -93,6 +94,18 @@ static inline KERNEL float exp2s(float d, float k) {
     int32_t field = (int32_t) bits(t) - (0x4B400000 - 127);
     if (field > EXP2_FIELD_MAX) field = EXP2_FIELD_MAX;
     return p * from_bits((uint32_t) field << 23);
+}
+
+/*
+ * VectorOps.sumLanes: the lanes added in lane order, so that the sums (and through log Z_T a
+ * top-k row's tail 1 - sum q, which cancels when the student leaves little mass outside the
+ * top-k) have the Java rows' bits.
+ */
+static inline KERNEL float sum_lanes(__m512 v) {
+    float lanes[LANES], sum = 0.f;
+    _mm512_storeu_ps(lanes, v);
+    for (int l = 0; l < LANES; l++) sum += lanes[l];
+    return sum;
 }
 
 /* VectorOps.maxSkippingNaN: a lane takes x only where x > it, so NaN never wins. */
@@ -276,73 +289,91 @@ KERNEL int distillery_dense_forward_kl_row(const float *s, float *g, const void 
 }
 
 /*
- * StudentPass.run with e kept, for top-k and sampled rows: per block, its max folded into the running one (the sums so far rescaled), then
- * e = 2^((s - m) k) to e with m that running max (recorded in block_max), sum e and sum e^power
- * (power 1 or 2: the CE's normalizer at T = 1 or 2). Prefetches the next row's line per 16
- * columns. out = {m, log Z_T, log Z_1}.
+ * StudentPass.block: one block of the student pass, e = 2^((s - m) k) to e, *s1 = sum e and
+ * *sp = sum e^power (power 1 or 2: the CE's normalizer at T = 1 or 2), prefetching the next
+ * row's line per 16 columns.
+ */
+static inline __attribute__((always_inline)) KERNEL void student_block(const float *s, int len, float m, float k,
+        int power, float *e, const char *ps, const char *ps_end, float *s1, float *sp) {
+    __m512 acc = _mm512_setzero_ps(), accp = acc, M = _mm512_set1_ps(m);
+    int i = 0;
+    for (; i + LANES <= len; i += LANES) {
+        const char *a = ps + (long) i * 4;
+        _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
+        __m512 x = exp2v(_mm512_sub_ps(_mm512_loadu_ps(s + i), M), k);
+        _mm512_storeu_ps(e + i, x);
+        acc = _mm512_add_ps(acc, x);
+        accp = power == 2 ? _mm512_fmadd_ps(x, x, accp) : _mm512_add_ps(accp, x);
+    }
+    float a1 = sum_lanes(acc), ap = sum_lanes(accp);
+    for (; i < len; i++) {
+        float x = exp2s(s[i] - m, k);
+        e[i] = x;
+        a1 += x;
+        ap = power == 2 ? fmaf(x, x, ap) : ap + x;
+    }
+    *s1 = a1;
+    *sp = ap;
+}
+
+/*
+ * StudentPass.run with e kept, for top-k and sampled rows, with DenseRow's lazy maximum: it
+ * starts as the first block's (the row's when that has none finite) and rises to a block's own
+ * when that block's sums pass RAISE, the sums so far rescaled and the block run again; the
+ * maximum each block's e is shifted by goes to block_max. out = {m, log Z_T, log Z_1, raises}.
  */
 KERNEL void distillery_student_pass(const float *s, int v, float inv_t, int power, float *e, float *block_max,
                                     const char *next_s, long next_s_bytes, double *out) {
-    float m = -INFINITY, k = inv_t * LOG2E;
+    float k = inv_t * LOG2E;
+    float m = max_skipping_nan(s, v < BLOCK ? v : BLOCK);
+    if (!isfinite(m)) m = max_skipping_nan(s, v);
     double zt = 0, z1 = 0;
+    int raises = 0;
     const char *ps_end = next_s + next_s_bytes - 1;
     for (int j0 = 0; j0 < v; j0 += BLOCK) {
         int len = v - j0 < BLOCK ? v - j0 : BLOCK;
-        float bm = max_skipping_nan(s + j0, len);
-        if (bm > m) {
-            if (m != -INFINITY) {
+        float s1, sp;
+        student_block(s + j0, len, m, k, power, e + j0, next_s + (long) j0 * 4, ps_end, &s1, &sp);
+        if (!(s1 <= RAISE && sp <= RAISE)) {
+            float bm = max_skipping_nan(s + j0, len);
+            if (bm > m) {
                 zt *= exp((m - bm) * (double) inv_t);
                 z1 *= exp(m - (double) bm);
+                m = bm;
+                raises++;
+                student_block(s + j0, len, m, k, power, e + j0, next_s + (long) j0 * 4, ps_end, &s1, &sp);
             }
-            m = bm;
         }
         block_max[j0 / BLOCK] = m;
-        __m512 acc = _mm512_setzero_ps(), accp = acc, M = _mm512_set1_ps(m);
-        const char *ps = next_s + (long) j0 * 4;
-        int i = 0;
-        for (; i + LANES <= len; i += LANES) {
-            const char *a = ps + (long) i * 4;
-            _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
-            __m512 x = exp2v(_mm512_sub_ps(_mm512_loadu_ps(s + j0 + i), M), k);
-            _mm512_storeu_ps(e + j0 + i, x);
-            acc = _mm512_add_ps(acc, x);
-            accp = _mm512_add_ps(accp, power == 2 ? _mm512_mul_ps(x, x) : x);
-        }
-        float s1 = _mm512_reduce_add_ps(acc), sp = _mm512_reduce_add_ps(accp);
-        for (; i < len; i++) {
-            float x = exp2s(s[j0 + i] - m, k);
-            e[j0 + i] = x;
-            s1 += x;
-            sp += power == 2 ? x * x : x;
-        }
         zt += s1;
         z1 += sp;
     }
     out[0] = m;
     out[1] = log(zt);
     out[2] = log(z1);
+    out[3] = raises;
 }
 
 /*
- * SparseRows.squaredGradient: g = q cqw + c2 q^2 with q = e f_b, f_b = exp((m_b - m)/T -
- * log Z_T), c2 = c1 Z_T^2 / Z_1 (0 without a hard label), last block first.
+ * SparseRows.squaredGradient: g = q cqw + c2 q^2 = e (a_b + b_b e) with q = e f_b, f_b =
+ * exp((m_b - m)/T - log Z_T), a_b = cqw f_b and b_b = c1 exp(2 (m_b - m)/T - log Z_1) (the CE's
+ * softmax(s) = (q Z_T)^2 / Z_1 at T = 2; 0 without a hard label), last block first.
  */
 KERNEL void distillery_squared_gradient(float *g, const float *e, const float *block_max, int v, float m, float inv_t,
                                         float log_zt, float log_z1, float c1, float cqw) {
-    float c2 = c1 == 0.f ? 0.f : (float) (c1 * exp(2.0 * log_zt - log_z1));
-    __m512 C2 = _mm512_set1_ps(c2), W = _mm512_set1_ps(cqw);
     for (int j0 = (v - 1) / BLOCK * BLOCK; j0 >= 0; j0 -= BLOCK) {
         int len = v - j0 < BLOCK ? v - j0 : BLOCK;
-        float f = (float) exp((block_max[j0 / BLOCK] - m) * (double) inv_t - log_zt);
-        __m512 F = _mm512_set1_ps(f);
+        double d = (block_max[j0 / BLOCK] - m) * (double) inv_t;
+        float a = (float) (cqw * exp(d - log_zt)), b = c1 == 0.f ? 0.f : (float) (c1 * exp(2.0 * d - log_z1));
+        __m512 A = _mm512_set1_ps(a), B = _mm512_set1_ps(b);
         int i = 0;
         for (; i + LANES <= len; i += LANES) {
-            __m512 q = _mm512_mul_ps(_mm512_loadu_ps(e + j0 + i), F);
-            _mm512_storeu_ps(g + j0 + i, _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(q, q), C2), _mm512_mul_ps(q, W)));
+            __m512 x = _mm512_loadu_ps(e + j0 + i);
+            _mm512_storeu_ps(g + j0 + i, _mm512_mul_ps(x, _mm512_fmadd_ps(x, B, A)));
         }
         for (; i < len; i++) {
-            float q = e[j0 + i] * f;
-            g[j0 + i] = q * q * c2 + q * cqw;
+            float x = e[j0 + i];
+            g[j0 + i] = x * fmaf(x, b, a);
         }
     }
 }

@@ -395,7 +395,7 @@ __device__ void sampled_row(const float* s, float* g, const int* ids, const floa
 // listed entries in float64 (as the CPU kernel does), lane-strided, its sums reduced across the
 // warp: one thread walking them in order left the block's other warps idle for the length of
 // k double-precision exp/log chains on every row. The block writes the gradient every unlisted
-// column shares; then it adds the listed columns' corrections (ids in a row are distinct).
+// column shares; then the listed columns' own over it (ids in a row are distinct).
 template <typename TT>
 __device__ void topk_row(const float* s, float* g, const int* ids, const TT* logits, const float* lse_all,
                          const int* labels, float* row_ce, float* row_div, int n, int V, int Vt, int k,
@@ -470,20 +470,22 @@ __device__ void topk_row(const float* s, float* g, const int* ids, const TT* log
             if (q_tail > 0) { g_tail = (1 - p.beta) * log(q_tail / m_tail); value += q_tail * g_tail; agg += q_tail * g_tail; }
             w_tail = g_tail - agg;
         }
-        // second sweep: the correction each listed column needs on top of q · w_tail
+        // second sweep: each listed column's whole gradient, written over the shared one (q · w_tail
+        // can dwarf it, and adding its negative back would leave its rounding behind)
         for (int i = lane; i < k; i += 32) {
             double lp = fix[i], pv = exp(lp);
             double lq = (double)((listed_s[i] - st.max) * inv_t - st.log_zt), q = exp(lq);
             double f;
             if (p.divergence == FORWARD_KL) {
-                f = cq * (q * sum_p - pv - q * w_tail);
+                f = cq * (q * sum_p - pv);
             } else if (p.divergence == REVERSE_KL) {
-                f = cq * q * ((lq - fmax(lp, (double)LOG_FLOOR) - value) - w_tail);
+                f = cq * q * (lq - fmax(lp, (double)LOG_FLOOR) - value);
             } else {
                 double m = p.beta * pv + (1 - p.beta) * q;
                 double gq = q > 0 ? (1 - p.beta) * log(q / m) : 0;
-                f = cq * q * ((gq - agg) - w_tail);
+                f = cq * q * (gq - agg);
             }
+            if (c1 != 0.f) f += c1 * exp((double)listed_s[i] - st.max - st.log_z1);  // the CE's softmax(s)
             fix[i] = (float)f;
         }
         if (lane == 0) {
@@ -495,7 +497,7 @@ __device__ void topk_row(const float* s, float* g, const int* ids, const TT* log
     if (grow) {
         shared_gradient(srow, grow, V, st, here.k, cq * shared_w_tail);
         __syncthreads();
-        for (int i = threadIdx.x; i < k; i += blockDim.x) grow[rid[i]] += fix[i];
+        for (int i = threadIdx.x; i < k; i += blockDim.x) grow[rid[i]] = fix[i];
         __syncthreads();
     }
     finish_row(grow, label, ce, shared_value, row_ce, row_div, row, p, c1);

@@ -26,7 +26,7 @@ public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 6;
+    public static final int ABI = 7;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
@@ -204,7 +204,7 @@ public final class DistilleryCpu {
         }
     }
 
-    /** {@code distillery_student_pass}: e and blockMax scratch (v and ceil(v / 2048) floats), out {m, log Z_T, log Z_1}. */
+    /** {@code distillery_student_pass}: e and blockMax scratch (v and ceil(v / 2048) floats), out {m, log Z_T, log Z_1, raises}. */
     public static void studentPass(long s, int v, float invT, int power, long e, long blockMax, long nextS, long nextSBytes, long out) {
         try {
             STUDENT_PASS.invokeExact(s, v, invT, power, e, blockMax, nextS, nextSBytes, out);

@@ -80,6 +80,7 @@ final class NativeRowPasses implements RowPasses {
                 s.address() + next * v * 4L, 4L * v, sc.nativeOut.address());
         sc.nativeRows++;
         MemorySegment out = sc.nativeOut;
+        sc.raises += (long) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 3);
         return new Student((float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 0), (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 1),
                 (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 2));
     }

@@ -21,12 +21,14 @@ final class RowScratch {
     final float[] gb = new float[FusedDistillLoss.BLOCK];
     /** Dense rows: e_s and e_t (or (t − m_t)/T) of the whole row; sparse rows: e in eS. */
     float[] eS = new float[0], eT = new float[0];
-    /** The running student max used for each block of a sparse row's pass A (StudentPass with e kept). */
+    /** The student maximum each block of a sparse row's pass A was shifted by (StudentPass with e kept). */
     float[] blockMax = new float[0];
     /** Student logits at a sparse row's listed ids, read before an in-place gradient overwrites them. */
     float[] listed = new float[0];
     /** A top-k row's listed entries: q, log q, p, log p. */
     float[] q = new float[0], lq = new float[0], p = new float[0], lp = new float[0];
+    /** A top-k row's listed entries at the shard's temperature, in float64: log p and p. */
+    double[] lpShard = new double[0], pShard = new double[0];
     /** marks[j] == markRow ⇔ column j is listed in the current top-k row (no clearing between rows). */
     int[] marks = new int[0];
     int markRow;
@@ -89,6 +91,8 @@ final class RowScratch {
             lq = new float[k];
             p = new float[k];
             lp = new float[k];
+            lpShard = new double[k];
+            pShard = new double[k];
         }
         if (marksToo && marks.length < v) {
             marks = new int[v];

@@ -20,8 +20,8 @@ import jdk.incubator.vector.FloatVector;
  * What top-k and sampled rows share: the student logits at the listed ids, read (and the ids
  * checked) before an in-place gradient overwrites them; pass A over the student ({@link
  * StudentPass}, or its C twin); and the gradient every unlisted column shares,
- * dL/ds_j = c1 softmax(s)_j + cq q_j w, which {@link TopKRows} and {@link SampledRows} then fix
- * up at their listed columns. CUDA twin: the shared-gradient loop of {@code topk_row} and
+ * dL/ds_j = c1 softmax(s)_j + cq q_j w, which {@link TopKRows} then overwrites at its listed
+ * columns and {@link SampledRows} corrects at its (an id may be drawn more than once). CUDA twin: the shared-gradient loop of {@code topk_row} and
  * {@code sampled_row}.
  */
 final class SparseRows {
@@ -68,7 +68,7 @@ final class SparseRows {
 
     /**
      * Writes dL/ds_j = c1 · softmax(s)_j + cq · q_j · w for every column (the gradient of a column
-     * no sparse entry lists); the listed columns are fixed up by the caller.
+     * no sparse entry lists); the caller writes or corrects the listed columns.
      */
     static void sharedGradient(MemorySegment s, long so, MemorySegment g, int v, Student st, float invT,
                                float c1, float cqw, boolean storedE, RowScratch sc) {
@@ -102,24 +102,25 @@ final class SparseRows {
 
     /**
      * sharedGradient when pass A left e in sc.eS and the CE term is e-squared (T = 2) or absent:
-     * one loop, g = q cqw + c2 q² with q = e f_b, c2 = c1 Z_T² / Z_1 (softmax(s) = (q Z_T)² / Z_1
-     * at T = 2; c2 = 0 without a hard label), block by block through sc.gb, last block first
-     * (pass A ended on it). C twin: {@code squared_gradient}.
+     * one loop, g = q cqw + c2 q² = e (a_b + b_b e) with q = e f_b, f_b = exp((m_b − m)/T − log Z_T),
+     * a_b = cqw f_b, b_b = c1 exp(2 (m_b − m)/T − log Z_1) (softmax(s) = (q Z_T)² / Z_1 at T = 2;
+     * 0 without a hard label), block by block through sc.gb, last block first (pass A ended on
+     * it). C twin: {@code squared_gradient}.
      */
     static void squaredGradient(long so, MemorySegment g, int v, Student st, float invT, float c1, float cqw, RowScratch sc) {
-        float c2 = c1 == 0f ? 0f : (float) (c1 * Math.exp(2.0 * st.logZt() - st.logZ1()));
         float[] e = sc.eS, gb = sc.gb;
         for (int j0 = (v - 1) / BLOCK * BLOCK; j0 >= 0; j0 -= BLOCK) {
             int len = Math.min(BLOCK, v - j0);
-            float f = (float) Math.exp((sc.blockMax[j0 / BLOCK] - st.max()) * (double) invT - st.logZt());
+            double d = (sc.blockMax[j0 / BLOCK] - st.max()) * (double) invT;
+            float a = (float) (cqw * Math.exp(d - st.logZt())), b = c1 == 0f ? 0f : (float) (c1 * Math.exp(2.0 * d - st.logZ1()));
             int i = 0;
             for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
-                FloatVector q = FloatVector.fromArray(SPECIES, e, j0 + i).mul(f);
-                q.mul(q).mul(c2).add(q.mul(cqw)).intoArray(gb, i);
+                FloatVector x = FloatVector.fromArray(SPECIES, e, j0 + i);
+                x.mul(x.fma(b, a)).intoArray(gb, i);
             }
             for (; i < len; i++) {
-                float q = e[j0 + i] * f;
-                gb[i] = q * q * c2 + q * cqw;
+                float x = e[j0 + i];
+                gb[i] = x * Math.fma(x, b, a);
             }
             MemorySegment.copy(gb, 0, g, F32, (so + j0) * 4L, len);
         }

@@ -36,49 +36,65 @@ final class StudentPass {
     }
 
     /**
-     * Online max and Σexp for softmax(s/T) and softmax(s) over one student row. With eOut, also
-     * writes e = exp((s − m_b)/T) for column j at eOut[j], m_b the running max used for its block
-     * (recorded in sc.blockMax): the gradient pass rescales instead of recomputing the exp.
+     * Σexp for softmax(s/T) and softmax(s) over one student row, shifted by DenseRow's lazy
+     * maximum: it starts as the first block's (the row's when that block has none finite) and
+     * rises to a block's own when that block's sums pass {@link DenseRow#RAISE}, the sums so far
+     * rescaled and the block run again. With eOut, also writes e = exp((s − m_b)/T) for column j
+     * at eOut[j], m_b the maximum its block was shifted by (recorded in sc.blockMax): the
+     * gradient pass rescales instead of recomputing the exp.
      */
     static Student run(MemorySegment s, long so, int v, float invT, float[] eOut, RowScratch sc) {
-        float m = Float.NEGATIVE_INFINITY;
-        double zt = 0, z1 = 0;
         int power = integerTemperature(invT);
         if (eOut != null && sc.blockMax.length < (v + BLOCK - 1) / BLOCK) sc.blockMax = new float[(v + BLOCK - 1) / BLOCK];
         long nextS = (long) sc.nextRow * v * 4L, fetchEnd = nextS + v * 4L - 1;
+        float m = VectorOps.maxSkippingNaN(s, so, Math.min(BLOCK, v));
+        if (!Float.isFinite(m)) m = VectorOps.maxSkippingNaN(s, so, v);
+        double zt = 0, z1 = 0;
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
             int len = Math.min(BLOCK, v - j0);
             long o = so + j0;
-            float bm = VectorOps.maxSkippingNaN(s, o, len);
-            if (bm > m) {
-                if (m != Float.NEGATIVE_INFINITY) {
+            float[] sums = block(s, o, len, m, invT, power, eOut, j0, nextS + j0 * 4L, fetchEnd, sc);
+            if (!(sums[0] <= DenseRow.RAISE && sums[1] <= DenseRow.RAISE)) {
+                float bm = VectorOps.maxSkippingNaN(s, o, len);
+                if (bm > m) {
                     zt *= Math.exp((m - bm) * (double) invT);
                     z1 *= Math.exp(m - (double) bm);
+                    m = bm;
+                    sc.raises++;
+                    sums = block(s, o, len, m, invT, power, eOut, j0, nextS + j0 * 4L, fetchEnd, sc);
                 }
-                m = bm;
             }
-            if (power == 0) z1 += VectorOps.expSumAffine(s, o, len, m, 1f);
-            float[] sums;
-            if (eOut != null) {
-                sc.blockMax[j0 / BLOCK] = m;
-                sums = keepingE(s, o, len, m, invT * VectorOps.LOG2E, Math.max(power, 1), eOut, j0, nextS + j0 * 4L, fetchEnd);
-                sc.fetched += (long) sums[2];
-            } else if (power > 0) {
-                sums = VectorOps.expSumAndPower(s, o, len, m, invT, power);
-            } else {
-                sums = new float[]{VectorOps.expSumAffine(s, o, len, m, invT), 0f};
-            }
+            if (eOut != null) sc.blockMax[j0 / BLOCK] = m;
             zt += sums[0];
-            if (power > 0) z1 += sums[1];
+            z1 += sums[1];
         }
         return new Student(m, (float) Math.log(zt), (float) Math.log(z1));
+    }
+
+    /**
+     * One block's {Σ exp((s − m)/T), Σ exp(s − m)}: the second as a power of the first's exps
+     * when T is an integer, else by its own exp; with eOut, the first's exps kept at eOut[oo..].
+     */
+    private static float[] block(MemorySegment s, long o, int len, float m, float invT, int power, float[] eOut, int oo,
+                                 long fetch, long fetchEnd, RowScratch sc) {
+        float z1 = power == 0 ? VectorOps.expSumAffine(s, o, len, m, 1f) : 0f;
+        float[] sums;
+        if (eOut != null) {
+            sums = keepingE(s, o, len, m, invT * VectorOps.LOG2E, Math.max(power, 1), eOut, oo, fetch, fetchEnd);
+            sc.fetched += (long) sums[2];
+        } else if (power > 0) {
+            sums = VectorOps.expSumAndPower(s, o, len, m, invT, power);
+        } else {
+            sums = new float[]{VectorOps.expSumAffine(s, o, len, m, invT), 0f};
+        }
+        return new float[]{sums[0], power == 0 ? z1 : sums[1]};
     }
 
     /**
      * One block of pass A with e kept: e = exp((s − m)/T) = 2^((s − m) k), k = log2(e)/T (scale2;
      * see DenseForwardKl.passABlock), to out[oo + i]; returns {Σ e, Σ e^power, fetched}. Each
      * iteration also reads one line of this thread's next student row, so that row arrives while
-     * this one computes its exps.
+     * this one computes its exps. C twin: {@code student_block}.
      */
     private static float[] keepingE(MemorySegment s, long o, int len, float m, float scale2, int power,
                                     float[] out, int oo, long fetch, long fetchEnd) {
@@ -89,14 +105,14 @@ final class StudentPass {
             FloatVector e = VectorOps.exp2(FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(m), scale2);
             e.intoArray(out, oo + i);
             acc = acc.add(e);
-            accP = accP.add(VectorOps.power(e, power));
+            accP = power == 2 ? e.fma(e, accP) : accP.add(VectorOps.power(e, power));
         }
         float s1 = VectorOps.sumLanes(acc), sp = VectorOps.sumLanes(accP);
         for (; i < len; i++) {
             float e = VectorOps.exp2(get(s, o + i) - m, scale2);
             out[oo + i] = e;
             s1 += e;
-            sp += VectorOps.power(e, power);
+            sp = power == 2 ? Math.fma(e, e, sp) : sp + VectorOps.power(e, power);
         }
         return new float[]{s1, sp, fetched};
     }

@@ -18,7 +18,7 @@ import dev.distillery.kernels.distill.TeacherTargets;
  * A top-k teacher's row after {@link SparseRows#begin}: the k listed entries and the tail bucket
  * in float64, per docs/KERNELS.md#one-gradient-formula-for-all-of-them with one category per listed
  * id and one for the tail; then the gradient every unlisted column shares (w = the tail's weight)
- * and the listed columns' corrections. CUDA twin: {@code topk_row}; float64:
+ * and the listed columns' own, written over it. CUDA twin: {@code topk_row}; float64:
  * {@code ReferenceDistillLoss.topKRow}.
  */
 final class TopKRows {
@@ -52,7 +52,10 @@ final class TopKRows {
             float logit = t.type().read(t.logits(), base + i);
             sc.p[i] = logit; // logits for now, probabilities below
             maxT = Math.max(maxT, logit);
-            tailAtShard -= Math.exp(logit / (double) t.shardTemperature() - lse);
+            double lpShard = logit / (double) t.shardTemperature() - lse, pShard = Math.exp(lpShard);
+            sc.lpShard[i] = lpShard;
+            sc.pShard[i] = pShard;
+            tailAtShard -= pShard;
         }
         tailAtShard = Math.max(0, tailAtShard);
         boolean sameT = t.shardTemperature() == o.temperature();
@@ -66,12 +69,14 @@ final class TopKRows {
         double pTail = renormalize || k == t.vocab() ? 0 : tailAtShard;
         double logRenormZ = Math.log(renormZ), logKept = Math.log(1 - tailAtShard), invTd = 1.0 / o.temperature();
         for (int i = 0; i < k; i++) {
-            double lp;  // log p, in float64 from the stored logit (log of a rounded p would lose digits near p = 1)
+            // log p, in float64 from the stored logit (log of a rounded p would lose digits near p = 1);
+            // at the shard's temperature, p is the listed mass the tail was taken from
+            double lp;
             if (renormalize) lp = (sc.p[i] - maxT) * invTd - logRenormZ;
-            else if (sameT) lp = sc.p[i] * invTd - lse;
+            else if (sameT) lp = sc.lpShard[i];
             else lp = logKept + (sc.p[i] - maxT) * invTd - logRenormZ;
             sc.lp[i] = (float) lp;
-            sc.p[i] = (float) Math.exp(lp);
+            sc.p[i] = (float) (sameT && !renormalize ? sc.pShard[i] : Math.exp(lp));
         }
         double qTail = hasTail ? Math.max(0, 1 - sumQ) : 0;
         // per-category value and the gradient weight of the tail category ("w"), then fix-ups
@@ -133,14 +138,31 @@ final class TopKRows {
         }
         if (g != null) {
             SparseRows.sharedGradient(s, so, g, v, st, invT, c1, (float) (cq * wTail), storeE, sc);
+            // The listed columns are written whole, not corrected: q·wTail can dwarf their gradient
+            // (wTail = ΣP − P_tail/Q_tail when the student leaves less mass outside the top-k than
+            // the teacher), and adding its negative back would leave its rounding behind.
+            int power = StudentPass.integerTemperature(invT);
+            double ceScale = c1 == 0f || power == 0 ? 0 : c1 * Math.exp(power * (double) st.logZt() - st.logZ1());
             for (int i = 0; i < k; i++) {
                 long idx = so + t.ids().getAtIndex(I32, base + i);
-                double fix = o.divergence() instanceof Divergence.ForwardKl
-                        ? cq * ((double) sc.q[i] * sumP - sc.p[i] - sc.q[i] * wTail)   // (q ΣP − p) in place of q·wTail
-                        : cq * sc.q[i] * (wListed[i] - wTail);
-                set(g, idx, (float) (get(g, idx) + fix));
+                double div = o.divergence() instanceof Divergence.ForwardKl
+                        ? cq * ((double) sc.q[i] * sumP - sc.p[i])
+                        : cq * sc.q[i] * wListed[i];
+                set(g, idx, (float) (hardLabelTerm(sc.listed[i], sc.q[i], st, power, c1, ceScale) + div));
             }
         }
         return (float) value;
+    }
+
+    /**
+     * c1 softmax(s) at a listed column, as the shared gradient forms it: (q Z_T)^T / Z_1 for an
+     * integer T (ceScale = c1 Z_T^T / Z_1), else its own exp.
+     */
+    private static double hardLabelTerm(float listed, float q, Student st, int power, float c1, double ceScale) {
+        if (c1 == 0f) return 0;
+        if (power == 0) return c1 * Math.exp((double) listed - st.max() - st.logZ1());
+        double qp = q;
+        for (int j = 1; j < power; j++) qp *= q;
+        return ceScale * qp;
     }
 }

@@ -459,6 +459,59 @@ class FusedDistillLossTest {
     }
 
     /**
+     * Sparse rows' student pass shares the dense rows' lazy maximum (StudentPass.run): the first
+     * block's, raised when a later block's exps land far above it. Rows built so that it is: the
+     * student 300 logits up in the second block (row 0), 200 up there and 400 up in the third
+     * (row 1, raised twice), −inf over the whole first block (row 2: the maximum comes from the
+     * whole row), and a plain row; the teacher 10 logits up in the second block, so its top-k sits
+     * where the student is finite. Top-k in both modes and sampled targets, against the float64
+     * reference for every divergence, in place and not, at five temperatures; the raises are
+     * counted, so the test fails if these rows stop exercising them.
+     */
+    @Test
+    void sparseRowsLazyMaximumRaisedByAFarBlockMatchesFloat64Reference() {
+        int block = FusedDistillLoss.BLOCK, v = 2 * block + 37, n = 4, samples = 48;
+        try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(2)) {
+            FusedDistillLoss fused = new FusedDistillLoss(pool);
+            Problem p = problem(n, v, v, 2.0, false);
+            double[] s = p.student(), t = p.teacher();
+            for (int r = 0; r < n; r++) lift(t, r, v, block, 2 * block, 10);
+            lift(s, 0, v, block, 2 * block, 300);
+            lift(s, 1, v, block, 2 * block, 200);
+            lift(s, 1, v, 2 * block, v, 400);
+            lift(s, 2, v, 0, block, Double.NEGATIVE_INFINITY);
+            for (int r = 0; r < n; r++) p.labels()[r] = block + 3 * r;
+            int[] ids = new int[n * samples];
+            double[] w = new double[n * samples];
+            for (int i = 0; i < ids.length; i++) {
+                ids[i] = block + rng.nextInt(block);
+                w[i] = 0.5 + rng.nextDouble();
+            }
+            for (float temperature : new float[]{0.5f, 1f, 2f, 2.5f, 3f}) {
+                TopKPair tk = topK(arena, p, t, 16, DType.F32, temperature);
+                var sampled = new TeacherTargets.Sampled(Buffers.ints(arena, ids), Buffers.floats(arena, w), samples, v, temperature);
+                for (Divergence d : DIVERGENCES) {
+                    for (boolean inPlace : new boolean[]{true, false}) {
+                        DistillOptions o = DistillOptions.of(temperature, 0.5f).withDivergence(d);
+                        String what = "T " + temperature + ", " + d + (inPlace ? ", in place" : "");
+                        for (DistillOptions.TopKMode mode : DistillOptions.TopKMode.values()) {
+                            long before = fused.raises();
+                            double e = compare(fused::run, arena, p, tk.kernel(), tk.reference(), o.withTopKMode(mode), inPlace, true);
+                            assertTrue(e < 2e-4, what + ", top-16 " + mode + ": " + e);
+                            assertTrue(fused.raises() - before >= 3, what + ", top-16 " + mode + ": " + (fused.raises() - before) + " raises");
+                        }
+                        if (!(d instanceof Divergence.ForwardKl)) continue;   // sampled targets estimate forward KL only
+                        long before = fused.raises();
+                        double e = compare(fused::run, arena, p, sampled, new ReferenceDistillLoss.Sampled(ids, w, samples, v), o, inPlace, true);
+                        assertTrue(e < 2e-4, what + ", sampled: " + e);
+                        assertTrue(fused.raises() - before >= 3, what + ", sampled: " + (fused.raises() - before) + " raises");
+                    }
+                }
+            }
+        }
+    }
+
+    /**
      * a[row · width + j] += by for j in [from, min(to, width)), rounded to fp32 as the kernel reads
      * them; by = −inf sets them to −inf.
      */

@@ -28,7 +28,7 @@ import dev.distillery.kernels.distill.TeacherTargets;
  * The native rows ({@link NativeRowPasses}, cpu/src/main/c/distill_cpu.c) against the Java rows they
  * replace, row for row, on fresh random inputs of awkward widths: dense forward KL with both
  * teacher types and rows that raise the lazy maxima, top-k and sampled teachers with a later block
- * raising the student's running max; both cases they take (T = 2 with a hard label, T = 1
+ * raising the student's lazy maximum; both cases they take (T = 2 with a hard label, T = 1
  * without), in place and not. FusedDistillLossTest holds both against the float64 reference.
  */
 class NativeRowPassesTest {
@@ -105,7 +105,7 @@ class NativeRowPassesTest {
                             float temperature = labelled ? 2f : 1f;
                             float[] s = new float[n * v];
                             for (int i = 0; i < s.length; i++) s[i] = (float) (3 * rng.nextGaussian());
-                            if (v > block) for (int j = block; j < v; j++) s[j] += 40;   // a later block with a larger max
+                            if (v > block) for (int j = block; j < v; j++) s[j] += 40;   // a later block raises the lazy maximum
                             int[] ids = new int[n * k];
                             float[] values = new float[n * k], lse = new float[n];
                             for (int r = 0; r < n; r++) {
@@ -159,14 +159,17 @@ class NativeRowPassesTest {
         }
     }
 
-    /** Runs call with the native rows (all n of them native) and without: gradient, CE and divergence agree. */
+    /** Runs call with the native rows (all n of them native) and without: gradient, CE, divergence and the raises agree. */
     private static void assertNativeMatchesJava(FusedDistillLoss fused, String what, int n, Supplier<float[][]> call) {
-        long before = fused.nativeRows();
+        long before = fused.nativeRows(), raises = fused.raises();
         float[][] nat = call.get();
         assertEquals(n, fused.nativeRows() - before, what + ": rows run natively");
+        long nativeRaises = fused.raises() - raises;
         NativeRowPasses.enable(false);
+        raises = fused.raises();
         float[][] java = call.get();
         NativeRowPasses.enable(true);
+        assertEquals(fused.raises() - raises, nativeRaises, what + ": raises of the lazy maxima (the same plan)");
         for (int c = 0; c < 3; c++) {
             double err = relative(java[c], nat[c]);
             assertTrue(err < 2e-5, what + ": " + new String[]{"gradient", "CE", "divergence"}[c] + " off by " + err);
