@@ -93,7 +93,7 @@ BLAS=$("$PY" -c 'import torch; c=torch.__config__.show(); print("MKL" if "MKL" i
 
 # ---------------------------------------------------------------- the rows
 STEP_ROWS=("A fp32 ce" "B fp32 ce" "A bf16 ce" "B bf16 ce" "B fp32 distill" "B bf16 distill")
-LOSS_ROWS=("2048x32000 dense-bf16" "4096x50257 dense-bf16" "1024x128256 dense-bf16" "2048x32000 top64")
+LOSS_ROWS=("2048x32000 dense-bf16" "4096x50257 dense-bf16" "1024x128256 dense-bf16" "2048x32000 top64" "4096x50257 top64" "1024x128256 top64")
 if [ "$QUICK" = 1 ]; then LOSS_ROWS=("2048x32000 dense-bf16" "2048x32000 top64"); fi
 if [ "$STEPS_ONLY" = 1 ]; then LOSS_ROWS=(); fi
 # the loss rows at DistillLossBenchmark's own iterations (2 s); the step rows at TrainingStepBenchmark's

@@ -29,6 +29,12 @@ final class RowScratch {
     float[] q = new float[0], lq = new float[0], p = new float[0], lp = new float[0];
     /** A top-k row's listed entries at the shard's temperature, in float64: log p and p. */
     double[] lpShard = new double[0], pShard = new double[0];
+    /**
+     * A top-k row's per-entry gradient weights and its divergence's per-entry term (reverse KL's
+     * log q − log p, JSD's g): scratch, since an array allocated per row cost 5% of a top-64
+     * row's time.
+     */
+    double[] wListed = new double[0], categoryTerm = new double[0];
     /** marks[j] == markRow ⇔ column j is listed in the current top-k row (no clearing between rows). */
     int[] marks = new int[0];
     int markRow;
@@ -93,6 +99,8 @@ final class RowScratch {
             lp = new float[k];
             lpShard = new double[k];
             pShard = new double[k];
+            wListed = new double[k];
+            categoryTerm = new double[k];
         }
         if (marksToo && marks.length < v) {
             marks = new int[v];

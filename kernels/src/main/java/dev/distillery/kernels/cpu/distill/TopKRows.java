@@ -81,7 +81,7 @@ final class TopKRows {
         double qTail = hasTail ? Math.max(0, 1 - sumQ) : 0;
         // per-category value and the gradient weight of the tail category ("w"), then fix-ups
         double value = 0, wTail, sumP = 1;
-        double[] wListed = new double[k];
+        double[] wListed = sc.wListed;
         switch (o.divergence()) {
             case Divergence.ForwardKl ignored -> {
                 for (int i = 0; i < k; i++) {
@@ -96,7 +96,7 @@ final class TopKRows {
                 wTail = sumP - rho;
             }
             case Divergence.ReverseKl ignored -> {
-                double[] l = new double[k];
+                double[] l = sc.categoryTerm;
                 double rkl = 0;
                 for (int i = 0; i < k; i++) {
                     l[i] = sc.lq[i] - Math.max(sc.lp[i], DenseReverseKl.LOG_FLOOR);
@@ -111,7 +111,7 @@ final class TopKRows {
             }
             case Divergence.Jsd jsd -> {
                 double b = jsd.beta();
-                double[] gc = new double[k];
+                double[] gc = sc.categoryTerm;
                 double sumQg = 0;
                 for (int i = 0; i < k; i++) {
                     // float64 p and q from their logs: log(q/m) is small when q ≈ p, and fp32 p, q would
@@ -119,6 +119,7 @@ final class TopKRows {
                     double pi = Math.exp(sc.lp[i]), qi = Math.exp(sc.lq[i]);
                     double m = b * pi + (1 - b) * qi;
                     if (pi > 0) value += b * pi * (sc.lp[i] - Math.log(m));
+                    gc[i] = 0;
                     if (qi > 0) {
                         gc[i] = (1 - b) * (sc.lq[i] - Math.log(m));
                         value += qi * gc[i];
