@@ -197,6 +197,15 @@ __device__ bool begin_row(Row& r, const float* s, float* g, const int* labels, f
     r.s = s + (size_t)r.index * V;
     r.g = g ? g + (size_t)r.index * V : nullptr;
     r.k = coefficients(p);
+    if (labels && r.label != p.ignore_index && (r.label < 0 || r.label >= V)) {
+        // the host checks labels before it launches (DistillOptions.checkLabels); a row that
+        // slipped past it reads nothing outside its row and reports NaN
+        if (threadIdx.x == 0) {
+            if (row_ce) row_ce[r.index] = CUDART_NAN_F;
+            if (row_div) row_div[r.index] = CUDART_NAN_F;
+        }
+        return false;
+    }
     return !masked_row(labels, r.label, r.g, row_ce, row_div, r.index, V, p);
 }
 
@@ -507,7 +516,9 @@ __device__ void topk_row(const float* s, float* g, const int* ids, const TT* log
 
 // One block per row: student row s (d) fp32 against teacher row t (d). MSE: loss = (1/d) sum (s - t)^2,
 // ds = (2/d)(s - t). Cosine: loss = 1 - s.t / den, den = max(|s|, eps) max(|t|, eps),
-// ds = cos s / |s|^2 - t / den (the first term only when |s| > eps). grad (may be null) += grad_scale ds.
+// ds = (cos s/|s| - t/max(|t|, eps)) / |s| when |s| > eps, else -t / den: unit vectors first, so that
+// the two terms cancel to rounding of 1, not of 1/|s| (in one dimension exactly: IEEE division and
+// square root, which --use_fast_math would otherwise replace). grad (may be null) += grad_scale ds.
 // docs/KERNELS.md#feature-distances.
 enum FeatureDistance : int { MSE = 0, COSINE = 1 };
 constexpr float FEATURE_EPS = 1e-8f;
@@ -545,11 +556,15 @@ __device__ void feature_row(float* row_loss, float* grad, const float* s, const 
     st = block_sum(st, scratch);
     ss = block_sum(ss, scratch);
     tt = block_sum(tt, scratch);
-    const float ns = sqrtf(ss), den = fmaxf(ns, FEATURE_EPS) * fmaxf(sqrtf(tt), FEATURE_EPS), cos = st / den;
+    const float ns = __fsqrt_rn(ss), nt = fmaxf(__fsqrt_rn(tt), FEATURE_EPS), den = fmaxf(ns, FEATURE_EPS) * nt;
+    const float cos = __fdiv_rn(st, den);
     if (threadIdx.x == 0) row_loss[row] = 1.f - cos;
     if (gr != nullptr) {
-        const float cs = ns > FEATURE_EPS ? cos / ss : 0.f;
-        for (int k = threadIdx.x; k < d; k += blockDim.x) gr[k] += grad_scale * (cs * sr[k] - to_float(tr[k]) / den);
+        for (int k = threadIdx.x; k < d; k += blockDim.x) {
+            const float tk = to_float(tr[k]);
+            const float ds = ns > FEATURE_EPS ? __fdiv_rn(cos * __fdiv_rn(sr[k], ns) - __fdiv_rn(tk, nt), ns) : -__fdiv_rn(tk, den);
+            gr[k] += grad_scale * ds;
+        }
     }
 }
 

@@ -286,6 +286,8 @@ inline double __shfl_xor_sync(unsigned mask, double v, int lane_mask) {
 inline float __expf(float x) { return std::exp(x); }
 // A product rounded on its own: the emulation targets baseline x86-64, which has no FMA to contract it into.
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 
 inline unsigned int __float_as_uint(float x) {
     unsigned int u;

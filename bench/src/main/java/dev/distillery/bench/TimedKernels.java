@@ -312,6 +312,14 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public void distillLossRows(MemorySegment student, MemorySegment grad, TeacherTargets teacher, MemorySegment labels,
+                                MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab, DistillOptions options,
+                                float gradScale) {
+        time("distillLoss", () -> inner.distillLossRows(student, grad, teacher, labels, rowCe, rowDivergence, n, vocab, options,
+                gradScale));
+    }
+
+    @Override
     public void adamW(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, long n, float lr,
                       float beta1, float beta2, float eps, float weightDecay, int step) {
         time("adamW", () -> inner.adamW(params, grads, m, v, n, lr, beta1, beta2, eps, weightDecay, step));

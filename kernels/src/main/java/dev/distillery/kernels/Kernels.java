@@ -366,6 +366,21 @@ public interface Kernels extends AutoCloseable {
                             MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab,
                             DistillOptions options, float gradScale);
 
+    /**
+     * {@link #distillLoss} for a caller that adds the rows up itself, once for many calls
+     * ({@link DistillSums#ofRows}): each row's CE and divergence go to rowCe and rowDivergence
+     * (both required), the gradient as distillLoss writes it, and nothing comes back, so a device
+     * backend need not wait for the call to finish (the chunked LM head calls it once a chunk and
+     * reads the rows once a step). The caller has checked the labels
+     * ({@link DistillOptions#checkLabels}); a device backend leaves a row with a label outside the
+     * vocabulary NaN instead of reading past the row.
+     */
+    default void distillLossRows(MemorySegment student, MemorySegment grad, TeacherTargets teacher, MemorySegment labels,
+                                 MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab, DistillOptions options,
+                                 float gradScale) {
+        distillLoss(student, grad, teacher, labels, rowCe, rowDivergence, n, vocab, options, gradScale);
+    }
+
     // ---------------------------------------------------------------- feature (hidden-state) distillation
 
     /**

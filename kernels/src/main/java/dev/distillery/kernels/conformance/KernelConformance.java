@@ -731,6 +731,20 @@ public final class KernelConformance {
         err = Math.max(err, Math.abs(sums.total() - ref.total()) / Math.max(1e-3, Math.abs(ref.total())));
         if (sums.rows() != ref.rows()) err = Double.POSITIVE_INFINITY;
         record(kernel, size, err, TOL_LOOSE, ms);
+        // the rows-only call (the chunked LM head's), added up on the host as its caller does
+        MemorySegment student2 = buf.floats(s), ce2 = buf.poisoned(n), div2 = buf.poisoned(n);
+        t0 = System.nanoTime();
+        kernels.distillLossRows(student2, student2, teacher, buf.ints(labels), ce2, div2, n, v, o, 1f / n);
+        ms = millis(t0);
+        try (Arena host = Arena.ofConfined()) {
+            DistillSums rowSums = DistillSums.ofRows(kernels.hostView(ce2, 4L * n, host).toArray(ValueLayout.JAVA_FLOAT),
+                    kernels.hostView(div2, 4L * n, host).toArray(ValueLayout.JAVA_FLOAT), labels, n, o);
+            err = Math.max(buf.relativeError(ref.grad(), student2, 1e-3), Math.max(buf.relativeError(ref.ce(), ce2, 1e-3),
+                    buf.relativeError(ref.divergence(), div2, 1e-3)));
+            err = Math.max(err, Math.abs(rowSums.total() - ref.total()) / Math.max(1e-3, Math.abs(ref.total())));
+            if (rowSums.rows() != ref.rows()) err = Double.POSITIVE_INFINITY;
+        }
+        record(kernel + " rows", size, err, TOL_LOOSE, ms);
     }
 
     // ---------------------------------------------------------------- helpers

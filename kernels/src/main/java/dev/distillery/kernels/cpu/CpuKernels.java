@@ -817,13 +817,16 @@ public final class CpuKernels implements Kernels {
                     ss += a * a;
                     tt += b * b;
                 }
-                float ns = (float) Math.sqrt(ss), nt = (float) Math.sqrt(tt);
-                float den = Math.max(ns, FeatureDistance.EPS) * Math.max(nt, FeatureDistance.EPS), cos = st / den;
+                float ns = (float) Math.sqrt(ss), nt = Math.max((float) Math.sqrt(tt), FeatureDistance.EPS);
+                float den = Math.max(ns, FeatureDistance.EPS) * nt, cos = st / den;
                 set(rowLoss, r, 1f - cos);
                 if (grad == null) continue;
-                float cs = ns > FeatureDistance.EPS ? cos / ss : 0f;
+                // (cos s/|s| − t/|t|)/|s|: unit vectors first, so that the terms cancel to the rounding of 1,
+                // not of 1/|s| (cos s/|s|² − t/den left 0.9e-7/|s| where the gradient is 0, as in one dimension)
                 for (int k = 0; k < d; k++) {
-                    set(grad, o + k, get(grad, o + k) + gradScale * (cs * get(student, o + k) - teacherType.read(teacher, o + k) / den));
+                    float t = teacherType.read(teacher, o + k);
+                    float ds = ns > FeatureDistance.EPS ? (cos * (get(student, o + k) / ns) - t / nt) / ns : -t / den;
+                    set(grad, o + k, get(grad, o + k) + gradScale * ds);
                 }
             }
         });

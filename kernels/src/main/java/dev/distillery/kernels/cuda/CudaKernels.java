@@ -631,17 +631,36 @@ public final class CudaKernels implements Kernels {
                                    float gradScale) {
         options.check(teacher, labels != null, vocab);
         int[] lab = labels == null ? null : ints(labels, 0, n);
-        if (lab != null) {
-            for (int r = 0; r < n; r++) {
-                if (lab[r] != options.ignoreIndex() && (lab[r] < 0 || lab[r] >= vocab)) {
-                    throw new dev.distillery.kernels.distill.BadRowException(r, "label " + lab[r] + " is outside [0, " + vocab
-                            + ") and is not the ignore index " + options.ignoreIndex());
-                }
-            }
-        }
+        if (lab != null) options.checkLabels(lab, n, vocab);
         if (n == 0) return DistillSums.zero();
         long rows = scratch.atLeast(8L * n);
         long ce = rowCe != null ? rowCe.address() : rows, div = rowDivergence != null ? rowDivergence.address() : rows + 4L * n;
+        launchLoss(student, grad, teacher, labels, ce, div, n, vocab, options, gradScale);
+        float[] ces, divs;
+        if (div == ce + 4L * n) {  // both in the scratch: one wait for the two
+            float[] both = floats(ce, 2 * n);
+            ces = Arrays.copyOfRange(both, 0, n);
+            divs = Arrays.copyOfRange(both, n, 2 * n);
+        } else {
+            ces = floats(ce, n);
+            divs = floats(div, n);
+        }
+        return DistillSums.ofRows(ces, divs, lab, n, options);
+    }
+
+    /** No label download and no sums back: launched, not waited for (Kernels.distillLossRows). */
+    @Override
+    public void distillLossRows(MemorySegment student, MemorySegment grad, TeacherTargets teacher, MemorySegment labels,
+                                MemorySegment rowCe, MemorySegment rowDivergence, int n, int vocab, DistillOptions options,
+                                float gradScale) {
+        options.check(teacher, labels != null, vocab);
+        if (rowCe == null || rowDivergence == null) throw new IllegalArgumentException("distillLossRows writes both rowCe and rowDivergence");
+        if (n > 0) launchLoss(student, grad, teacher, labels, rowCe.address(), rowDivergence.address(), n, vocab, options, gradScale);
+    }
+
+    /** The loss kernel of the teacher's kind over n rows, its per-row CE and divergence to ce and div. */
+    private void launchLoss(MemorySegment student, MemorySegment grad, TeacherTargets teacher, MemorySegment labels, long ce, long div,
+                            int n, int vocab, DistillOptions options, float gradScale) {
         int block = gpu.block();
         try (Arena call = Arena.ofConfined()) {
             MemorySegment params = distillParams(call, options, gradScale);
@@ -670,25 +689,6 @@ public final class CudaKernels implements Kernels {
                 }
             }
         }
-        float[] ces, divs;
-        if (div == ce + 4L * n) {  // both in the scratch: one wait for the two
-            float[] both = floats(ce, 2 * n);
-            ces = Arrays.copyOfRange(both, 0, n);
-            divs = Arrays.copyOfRange(both, n, 2 * n);
-        } else {
-            ces = floats(ce, n);
-            divs = floats(div, n);
-        }
-        double total = 0, ceSum = 0, divSum = 0;
-        int counted = 0;
-        for (int r = 0; r < n; r++) {
-            if (lab != null && lab[r] == options.ignoreIndex()) continue;
-            total += options.alpha() * ces[r] + (1 - options.alpha()) * (double) divs[r];
-            ceSum += ces[r];
-            divSum += divs[r];
-            counted++;
-        }
-        return new DistillSums(total, ceSum, divSum, counted);
     }
 
     /** The loss kernel for a teacher: one per teacher kind and logit type. */

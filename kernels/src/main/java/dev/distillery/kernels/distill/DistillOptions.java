@@ -63,6 +63,20 @@ public record DistillOptions(float temperature, float alpha, Divergence divergen
     }
 
     /**
+     * Checks hard labels (n of them) against a student vocabulary: each in [0, v) or the ignore
+     * index, else a {@link BadRowException} naming the row. Every backend's loss checks its labels
+     * so; a caller of {@code Kernels.distillLossRows} checks them once for all its calls.
+     */
+    public void checkLabels(int[] labels, int n, int v) {
+        for (int r = 0; r < n; r++) {
+            if (labels[r] != ignoreIndex && (labels[r] < 0 || labels[r] >= v)) {
+                throw new BadRowException(r, "label " + labels[r] + " is outside [0, " + v + ") and is not the ignore index "
+                        + ignoreIndex);
+            }
+        }
+    }
+
+    /**
      * Checks these options against a teacher and a student vocabulary (every backend calls this
      * before its kernel): sizes, labels for alpha &gt; 0, and what sparse targets support.
      */

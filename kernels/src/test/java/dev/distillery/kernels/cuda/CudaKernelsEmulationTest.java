@@ -15,11 +15,15 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.conformance.KernelConformance;
 import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.kernels.distill.DistillOptions;
+import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
  * {@link CudaKernels}, its real launch path (argument marshalling, row-major GEMMs through
@@ -182,6 +186,53 @@ class CudaKernelsEmulationTest {
             assertArrayEquals(download(kernels, arena, ev, n), download(kernels, arena, bv, n), "second moments");
             int gap = (int) (2 * chunk + 5);
             assertEquals(p[gap], download(kernels, arena, bp, n)[gap], "an element between spans is left alone");
+        }
+    }
+
+    /**
+     * distillLossRows, the chunked LM head's call, launches the loss and waits for nothing (no
+     * labels down, no rows back, as distillLoss waits for), and its rows and gradient are
+     * distillLoss's to the bit; a label outside the vocabulary that reaches the device (the caller
+     * checks them) leaves its row NaN and reads nothing past it.
+     */
+    @Test
+    void distillLossRowsWritesDistillLossRowsWithoutWaiting() {
+        int n = 6, v = 203;
+        SplittableRandom rng = new SplittableRandom(41);
+        float[] s = new float[n * v], t = new float[n * v];
+        for (int i = 0; i < s.length; i++) {
+            s[i] = (float) (2 * rng.nextGaussian());
+            t[i] = (float) (3 * rng.nextGaussian());
+        }
+        int[] labels = {4, -100, 202, 0, 77, 150};
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device);
+             Arena arena = Arena.ofShared()) {
+            TeacherTargets teacher = new TeacherTargets.Dense(upload(kernels, arena, t), DType.F32, v);
+            MemorySegment lab = kernels.allocate(arena, 4L * n);
+            kernels.copyFromHost(lab, arena.allocateFrom(ValueLayout.JAVA_INT, labels), 4L * n);
+            DistillOptions o = DistillOptions.of(2f, 0.5f);
+            MemorySegment g1 = upload(kernels, arena, s), ce1 = upload(kernels, arena, new float[n]), div1 = upload(kernels, arena, new float[n]);
+            int before = device.waits();
+            DistillSums sums = kernels.distillLoss(g1, g1, teacher, lab, ce1, div1, n, v, o, 1f / n);
+            assertTrue(device.waits() - before >= 2, "distillLoss: the labels down, the rows back");
+            MemorySegment g2 = upload(kernels, arena, s), ce2 = upload(kernels, arena, new float[n]), div2 = upload(kernels, arena, new float[n]);
+            before = device.waits();
+            kernels.distillLossRows(g2, g2, teacher, lab, ce2, div2, n, v, o, 1f / n);
+            assertEquals(0, device.waits() - before, "distillLossRows waits for nothing");
+            float[] c2 = download(kernels, arena, ce2, n), d2 = download(kernels, arena, div2, n);
+            assertArrayEquals(download(kernels, arena, g1, n * v), download(kernels, arena, g2, n * v));
+            assertArrayEquals(download(kernels, arena, ce1, n), c2);
+            assertArrayEquals(download(kernels, arena, div1, n), d2);
+            assertEquals(sums, DistillSums.ofRows(c2, d2, labels, n, o));
+
+            labels[3] = v;   // one past the vocabulary
+            kernels.copyFromHost(lab, arena.allocateFrom(ValueLayout.JAVA_INT, labels), 4L * n);
+            MemorySegment g3 = upload(kernels, arena, s);
+            kernels.distillLossRows(g3, g3, teacher, lab, ce2, div2, n, v, o, 1f / n);
+            float[] c3 = download(kernels, arena, ce2, n), d3 = download(kernels, arena, div2, n);
+            for (int r = 0; r < n; r++) {
+                assertEquals(r == 3, Float.isNaN(c3[r]) && Float.isNaN(d3[r]), "row " + r + ": " + c3[r] + ", " + d3[r]);
+            }
         }
     }
 

@@ -439,7 +439,8 @@ public final class DifferentiableOps {
         int chunk = Math.min(chunkRows, Math.max(1, n));
         Tensor logits = workspace.tensor("logits.chunk", chunk, v);
         var sums = ChunkedLinearDistillLoss.run(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null,
-                backward ? grad(weight) : null, teacher, labels == null ? null : labels.data(), n, d, v, options, scale, chunk, logits.data());
+                backward ? grad(weight) : null, teacher, labels == null ? null : labels.data(), n, d, v, options, scale, chunk, logits.data(),
+                workspace.tensor("distill.rows", 2, n).data());
         double norm = reduction == Reduction.SUM ? 1 : valid == 0 ? 0 : 1.0 / valid;
         return new DistillLoss(sums.total() * norm, sums.ce() * norm, sums.divergence() * norm, sums.rows());
     }
@@ -464,7 +465,8 @@ public final class DifferentiableOps {
         var sums = ChunkedLinearDistillLoss.runMean(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null,
                 backward ? grad(weight) : null, teachers.teachers(), teachers.weights(), labels == null ? null : labels.data(), n, d, v, options,
                 scale, chunk, workspace.tensor("logits.chunk", chunk, v).data(), workspace.tensor("logits.chunk.grad", chunk, v).data(),
-                workspace.tensor("logits.chunk.grad.one", chunk, v).data());
+                workspace.tensor("logits.chunk.grad.one", chunk, v).data(),
+                workspace.tensor("distill.rows", teachers.teachers().size(), 2, n).data());
         double norm = reduction == Reduction.SUM ? 1 : valid == 0 ? 0 : 1.0 / valid;
         return new DistillLoss(sums.total() * norm, sums.ce() * norm, sums.divergence() * norm, sums.rows());
     }

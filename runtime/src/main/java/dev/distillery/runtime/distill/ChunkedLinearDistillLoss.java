@@ -1,6 +1,9 @@
 package dev.distillery.runtime.distill;
 
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Arrays;
 import java.util.List;
 
 import dev.distillery.kernels.Kernels;
@@ -44,15 +47,16 @@ public final class ChunkedLinearDistillLoss {
      * Loss sums over all n rows; when {@code dHidden}/{@code dWeight} are non-null, accumulates
      * {@code gradScale · d(Σ_rows total)/dh} and {@code /dW} into them.
      *
-     * @param logits scratch of at least chunkRows × vocab floats
-     * @param labels int32 (n) or null
+     * @param logits    scratch of at least chunkRows × vocab floats
+     * @param labels    int32 (n) or null
+     * @param rowLosses scratch of at least 2n floats: each row's CE, then each row's divergence
      */
     public static DistillSums run(Kernels kernels, MemorySegment hidden, MemorySegment weight,
                                   MemorySegment dHidden, MemorySegment dWeight, TeacherRows teacher, MemorySegment labels,
                                   int n, int d, int vocab, DistillOptions options, float gradScale,
-                                  int chunkRows, MemorySegment logits) {
+                                  int chunkRows, MemorySegment logits, MemorySegment rowLosses) {
         return chunks(kernels, hidden, weight, dHidden, dWeight, List.of(teacher), new float[]{1f}, labels, n, d, vocab, options, gradScale,
-                chunkRows, logits, logits, null);
+                chunkRows, logits, logits, null, rowLosses);
     }
 
     /**
@@ -60,43 +64,69 @@ public final class ChunkedLinearDistillLoss {
      * MEAN_OF_LOSSES): per chunk, teacher i's loss with gradient factor w_i · gradScale, the
      * gradients summed in {@code gradSum} (teacher 1 writes it, the others go through
      * {@code gradOne} and are added), then one backward through the LM head. The logits stay
-     * intact while the teachers read them. Extra memory: two more (chunk, vocab) buffers.
+     * intact while the teachers read them. Extra memory: two more (chunk, vocab) buffers, and
+     * rowLosses of 2n floats a teacher.
      */
     public static DistillSums runMean(Kernels kernels, MemorySegment hidden, MemorySegment weight, MemorySegment dHidden,
                                       MemorySegment dWeight, List<TeacherRows> teachers, float[] weights, MemorySegment labels,
                                       int n, int d, int vocab, DistillOptions options, float gradScale, int chunkRows,
-                                      MemorySegment logits, MemorySegment gradSum, MemorySegment gradOne) {
+                                      MemorySegment logits, MemorySegment gradSum, MemorySegment gradOne, MemorySegment rowLosses) {
         return chunks(kernels, hidden, weight, dHidden, dWeight, teachers, weights, labels, n, d, vocab, options, gradScale, chunkRows, logits,
-                gradSum, gradOne);
+                gradSum, gradOne, rowLosses);
     }
 
     /**
      * The chunk loop of both: logits of each chunk, each teacher's fused loss over them with its
      * gradient into {@code gradSum} (the first; in place when gradSum is the logits) or
-     * {@code gradOne} then added, the LM head's backward once.
+     * {@code gradOne} then added, the LM head's backward once. The labels are checked once, before
+     * the first chunk; each chunk's rows go to rowLosses and are added up after the last
+     * (Kernels.distillLossRows), so a device backend reads its losses back once a call, not once a
+     * chunk.
      */
     private static DistillSums chunks(Kernels kernels, MemorySegment hidden, MemorySegment weight, MemorySegment dHidden,
                                       MemorySegment dWeight, List<TeacherRows> teachers, float[] weights, MemorySegment labels,
                                       int n, int d, int vocab, DistillOptions options, float gradScale, int chunkRows,
-                                      MemorySegment logits, MemorySegment gradSum, MemorySegment gradOne) {
+                                      MemorySegment logits, MemorySegment gradSum, MemorySegment gradOne, MemorySegment rowLosses) {
         boolean backward = dHidden != null || dWeight != null;
-        DistillSums[] total = {DistillSums.zero()};
+        long perTeacher = 2L * n;
+        if (rowLosses.byteSize() < 4L * perTeacher * teachers.size()) {
+            throw new IllegalArgumentException("row-loss scratch holds " + rowLosses.byteSize() + " bytes; " + teachers.size()
+                    + " teacher(s) of " + n + " rows need " + 4L * perTeacher * teachers.size());
+        }
+        int[] lab = null;
+        if (labels != null) {
+            try (Arena host = Arena.ofConfined()) {
+                lab = kernels.hostView(labels, 4L * n, host).toArray(ValueLayout.JAVA_INT);
+            }
+            options.checkLabels(lab, n, vocab);
+        }
         overChunks(kernels, hidden, weight, dHidden, dWeight, n, d, vocab, chunkRows, logits, gradSum, (r0, rows) -> {
             for (int i = 0; i < teachers.size(); i++) {
                 MemorySegment grad = !backward ? null : i == 0 ? gradSum : gradOne;
-                DistillSums sums;
+                MemorySegment ce = rowLosses.asSlice(4L * (i * perTeacher + r0), 4L * rows);
+                MemorySegment div = rowLosses.asSlice(4L * (i * perTeacher + n + r0), 4L * rows);
                 try {
-                    sums = kernels.distillLoss(logits, grad, teachers.get(i).rows(r0, r0 + rows), labels == null ? null : labels.asSlice(4L * r0),
-                            null, null, rows, vocab, options, weights[i] * gradScale);
+                    kernels.distillLossRows(logits, grad, teachers.get(i).rows(r0, r0 + rows), labels == null ? null : labels.asSlice(4L * r0),
+                            ce, div, rows, vocab, options, weights[i] * gradScale);
                 } catch (BadRowException e) {
                     throw e.shifted(r0);   // the row of the whole call, not of the chunk
                 }
-                total[0] = total[0].plus(new DistillSums(sums.total() * weights[i], sums.ce() * weights[i], sums.divergence() * weights[i],
-                        i == 0 ? sums.rows() : 0));
                 if (backward && i > 0) kernels.accumulate(gradSum, gradOne, (long) rows * vocab);
             }
         });
-        return total[0];
+        float[] all;
+        try (Arena host = Arena.ofConfined()) {
+            all = kernels.hostView(rowLosses, 4L * perTeacher * teachers.size(), host).toArray(ValueLayout.JAVA_FLOAT);
+        }
+        DistillSums total = DistillSums.zero();
+        for (int i = 0; i < teachers.size(); i++) {
+            float[] ce = Arrays.copyOfRange(all, (int) (i * perTeacher), (int) (i * perTeacher + n));
+            float[] div = Arrays.copyOfRange(all, (int) (i * perTeacher + n), (int) ((i + 1) * perTeacher));
+            DistillSums sums = DistillSums.ofRows(ce, div, lab, n, options);
+            total = total.plus(new DistillSums(sums.total() * weights[i], sums.ce() * weights[i], sums.divergence() * weights[i],
+                    i == 0 ? sums.rows() : 0));
+        }
+        return total;
     }
 
     /**

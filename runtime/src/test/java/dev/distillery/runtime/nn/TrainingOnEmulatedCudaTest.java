@@ -228,17 +228,31 @@ class TrainingOnEmulatedCudaTest {
      */
     @Test
     void aConfigBShapedStepStaysWithinItsLaunchBudget() {
-        assertTrue(launchesPerStep(Precision.FP32, false) <= 330);
-        assertTrue(launchesPerStep(Precision.BF16, false) <= 405);
-        assertTrue(launchesPerStep(Precision.BF16, true) <= 405);
+        assertTrue(launchesPerStep(Precision.FP32, false, 0).launches() <= 330);
+        assertTrue(launchesPerStep(Precision.BF16, false, 0).launches() <= 405);
+        assertTrue(launchesPerStep(Precision.BF16, true, 0).launches() <= 405);
+    }
+
+    /**
+     * The distillation step reads its losses back once, not once per chunk of the LM head
+     * (Kernels.distillLossRows): in four chunks it waits for the device as often as in one.
+     */
+    @Test
+    void aDistillationStepWaitsAsOftenInFourChunksAsInOne() {
+        Step one = launchesPerStep(Precision.FP32, true, 0), four = launchesPerStep(Precision.FP32, true, 32);
+        assertEquals(one.waits(), four.waits(), "waits a step in one chunk and in four");
+    }
+
+    /** Kernels and cuBLAS calls of a step, and the host's waits for the device during it. */
+    private record Step(int launches, int waits) {
     }
 
     /**
      * Kernels and cuBLAS calls of one hard-label training step, or of a distillation step against a
-     * dense bf16 teacher of random logits in host memory (the LM head in one chunk), checked to be
-     * the same over three steps.
+     * dense bf16 teacher of random logits in host memory (the LM head in one chunk, or in chunks
+     * of chunkRows), checked to be the same over three steps.
      */
-    private static int launchesPerStep(Precision precision, boolean distill) {
+    private static Step launchesPerStep(Precision precision, boolean distill, int chunkRows) {
         int b = 8, t = 16, vocab = 256;
         int[] counts = new int[3], waits = new int[3];
         try (Arena teacherArena = Arena.ofConfined(); EmulatedCudaBackend device = new EmulatedCudaBackend(library);
@@ -258,7 +272,8 @@ class TrainingOnEmulatedCudaTest {
                 session.inputs().setWindows(windows);
                 session.beginStep();
                 if (distill) {
-                    double l = session.backwardDistill(teacher, DistillOptions.of(2f, 0.5f), DifferentiableOps.Reduction.MEAN, b * t, 1f).total();
+                    double l = session.backwardDistill(teacher, DistillOptions.of(2f, 0.5f), DifferentiableOps.Reduction.MEAN,
+                            chunkRows > 0 ? chunkRows : b * t, 1f).total();
                     session.finishStep(l);
                 } else {
                     session.finishStep(session.backwardCrossEntropy(1f));
@@ -275,6 +290,6 @@ class TrainingOnEmulatedCudaTest {
         // the windows' upload, the ids' range checks, the loss and the gradient norm back, and the
         // embedding's token groups (ids down, groups up, where the backward ends): no more
         assertTrue(waits[2] <= 9, precision + ": " + waits[2] + " waits for the stream a step");
-        return counts[2];
+        return new Step(counts[2], waits[2]);
     }
 }
