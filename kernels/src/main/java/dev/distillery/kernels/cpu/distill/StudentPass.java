@@ -19,7 +19,11 @@ import jdk.incubator.vector.FloatVector;
  */
 final class StudentPass {
 
-    /** A student row after pass A: max s, log Σ exp((s − max)/T), log Σ exp(s − max). CUDA twin: {@code struct Student}. */
+    /**
+     * A student row after pass A: the shift max (the row's maximum, or below it: the lazy maximum
+     * of {@link #run}), log Σ exp((s − max)/T), log Σ exp(s − max). CUDA twin: {@code struct Student}
+     * (whose max is the row's).
+     */
     record Student(float max, float logZt, float logZ1) {
     }
 
@@ -121,7 +125,7 @@ final class StudentPass {
     static void hardLabelSoftmax(MemorySegment s, long o, int len, float ms, float invT, float lzq, float lz1, RowScratch sc) {
         int power = integerTemperature(invT);
         if (power > 0) {
-            // e = q · Z_T ≤ 1, softmax(s) = e^T / Z_1
+            // e = q · Z_T, e^T ≤ 2^56 (pass A raised any block past it), softmax(s) = e^T / Z_1
             VectorOps.powerScaled(sc.qb, len, (float) Math.exp(lzq), power, (float) Math.exp(-lz1), sc.sb);
         } else {
             VectorOps.expAffine(s, o, len, ms, 1f, lz1, sc.sb);

@@ -79,7 +79,7 @@ final class TopKRows {
             sc.p[i] = (float) (sameT && !renormalize ? sc.pShard[i] : Math.exp(lp));
         }
         double qTail = hasTail ? Math.max(0, 1 - sumQ) : 0;
-        // per-category value and the gradient weight of the tail category ("w"), then fix-ups
+        // per-category value and the gradient weight of the tail category ("w"), then each listed one's
         double value = 0, wTail, sumP = 1;
         double[] wListed = sc.wListed;
         switch (o.divergence()) {
