@@ -8,6 +8,7 @@ import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 
 import dev.distillery.kernels.distill.BadRowException;
+import dev.distillery.kernels.cpu.Float64Exp;
 import dev.distillery.kernels.cpu.VectorOps;
 import dev.distillery.kernels.cpu.distill.StudentPass.Student;
 import dev.distillery.kernels.distill.DistillOptions;
@@ -52,11 +53,11 @@ final class TopKRows {
             float logit = t.type().read(t.logits(), base + i);
             sc.p[i] = logit; // logits for now, probabilities below
             maxT = Math.max(maxT, logit);
-            double lpShard = logit / (double) t.shardTemperature() - lse, pShard = Math.exp(lpShard);
-            sc.lpShard[i] = lpShard;
-            sc.pShard[i] = pShard;
-            tailAtShard -= pShard;
+            sc.lpShard[i] = logit / (double) t.shardTemperature() - lse;
         }
+        // the teacher's k exps in float64, a vector at a time: a Math.exp call each took 4–10% of a top-64 row
+        Float64Exp.exp(sc.lpShard, sc.pShard, k);
+        for (int i = 0; i < k; i++) tailAtShard -= sc.pShard[i];
         tailAtShard = Math.max(0, tailAtShard);
         boolean sameT = t.shardTemperature() == o.temperature();
         double renormZ = 0;
