@@ -16,8 +16,8 @@ import jdk.incubator.vector.VectorSpecies;
  * <p>x = n ln2 + r, n = round(x log2 e), r by two fused multiply-adds against ln2 split in a high
  * part with 32 significant bits and the rest (fdlibm's split), |r| ≤ ln2/2;
  * e^r by its Taylor polynomial to degree 13 (truncation 4·10⁻¹⁸ relative), Horner with fma; 2^n
- * built in the exponent bits. Within 1 ulp of the exact value, checked against {@code Math.exp}
- * (Float64ExpTest). 0 below −708.39 (where e^x is subnormal), +inf from 709.436 on (where n rounds to
+ * built in the exponent bits. 1 ulp from {@code Math.exp} the worst over 3·10⁷ random points, ≤ 2
+ * asserted (Float64ExpTest). 0 below −708.39 (where e^x is subnormal), +inf from 709.436 on (where n rounds to
  * 1024; e^x is finite up to 709.78), NaN for NaN.
  */
 public final class Float64Exp {
