@@ -727,24 +727,27 @@ public final class KernelConformance {
         DistillSums sums = kernels.distillLoss(student, student, teacher, buf.ints(labels), ce, div, n, v, o, 1f / n);
         double ms = millis(t0);
         ReferenceDistillLoss.Result ref = ReferenceDistillLoss.compute(s, reference, labels, n, v, o, 1.0 / n);
-        double err = Math.max(buf.relativeError(ref.grad(), student, 1e-3), Math.max(buf.relativeError(ref.ce(), ce, 1e-3), buf.relativeError(ref.divergence(), div, 1e-3)));
-        err = Math.max(err, Math.abs(sums.total() - ref.total()) / Math.max(1e-3, Math.abs(ref.total())));
-        if (sums.rows() != ref.rows()) err = Double.POSITIVE_INFINITY;
-        record(kernel, size, err, TOL_LOOSE, ms);
+        record(kernel, size, distillError(buf, ref, student, ce, div, sums), TOL_LOOSE, ms);
         // the rows-only call (the chunked LM head's), added up on the host as its caller does
         MemorySegment student2 = buf.floats(s), ce2 = buf.poisoned(n), div2 = buf.poisoned(n);
         t0 = System.nanoTime();
         kernels.distillLossRows(student2, student2, teacher, buf.ints(labels), ce2, div2, n, v, o, 1f / n);
         ms = millis(t0);
+        DistillSums rowSums;
         try (Arena host = Arena.ofConfined()) {
-            DistillSums rowSums = DistillSums.ofRows(kernels.hostView(ce2, 4L * n, host).toArray(ValueLayout.JAVA_FLOAT),
+            rowSums = DistillSums.ofRows(kernels.hostView(ce2, 4L * n, host).toArray(ValueLayout.JAVA_FLOAT),
                     kernels.hostView(div2, 4L * n, host).toArray(ValueLayout.JAVA_FLOAT), labels, n, o);
-            err = Math.max(buf.relativeError(ref.grad(), student2, 1e-3), Math.max(buf.relativeError(ref.ce(), ce2, 1e-3),
-                    buf.relativeError(ref.divergence(), div2, 1e-3)));
-            err = Math.max(err, Math.abs(rowSums.total() - ref.total()) / Math.max(1e-3, Math.abs(ref.total())));
-            if (rowSums.rows() != ref.rows()) err = Double.POSITIVE_INFINITY;
         }
-        record(kernel + " rows", size, err, TOL_LOOSE, ms);
+        record(kernel + " rows", size, distillError(buf, ref, student2, ce2, div2, rowSums), TOL_LOOSE, ms);
+    }
+
+    /** The worst relative error of a loss call's gradient, rows and total against the reference; infinite on a row count off. */
+    private static double distillError(KernelBuffers buf, ReferenceDistillLoss.Result ref, MemorySegment grad, MemorySegment ce,
+                                       MemorySegment div, DistillSums sums) {
+        if (sums.rows() != ref.rows()) return Double.POSITIVE_INFINITY;
+        double err = Math.max(buf.relativeError(ref.grad(), grad, 1e-3),
+                Math.max(buf.relativeError(ref.ce(), ce, 1e-3), buf.relativeError(ref.divergence(), div, 1e-3)));
+        return Math.max(err, Math.abs(sums.total() - ref.total()) / Math.max(1e-3, Math.abs(ref.total())));
     }
 
     // ---------------------------------------------------------------- helpers

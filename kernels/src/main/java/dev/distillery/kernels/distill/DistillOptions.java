@@ -68,11 +68,13 @@ public record DistillOptions(float temperature, float alpha, Divergence divergen
      * so; a caller of {@code Kernels.distillLossRows} checks them once for all its calls.
      */
     public void checkLabels(int[] labels, int n, int v) {
-        for (int r = 0; r < n; r++) {
-            if (labels[r] != ignoreIndex && (labels[r] < 0 || labels[r] >= v)) {
-                throw new BadRowException(r, "label " + labels[r] + " is outside [0, " + v + ") and is not the ignore index "
-                        + ignoreIndex);
-            }
+        for (int r = 0; r < n; r++) checkLabel(r, labels[r], v);
+    }
+
+    /** Row r's hard label: in [0, v) or the ignore index, else a {@link BadRowException} naming the row. */
+    public void checkLabel(int r, int label, int v) {
+        if (label != ignoreIndex && (label < 0 || label >= v)) {
+            throw new BadRowException(r, "label " + label + " is outside [0, " + v + ") and is not the ignore index " + ignoreIndex);
         }
     }
 

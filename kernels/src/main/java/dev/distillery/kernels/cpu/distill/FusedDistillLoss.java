@@ -9,7 +9,6 @@ import java.util.Arrays;
 import java.util.concurrent.atomic.AtomicInteger;
 
 import dev.distillery.bindings.DistilleryCpu;
-import dev.distillery.kernels.distill.BadRowException;
 import dev.distillery.kernels.cpu.VectorOps;
 import dev.distillery.kernels.cpu.WorkerPool;
 import dev.distillery.kernels.distill.DistillOptions;
@@ -116,9 +115,7 @@ public final class FusedDistillLoss {
             if (g != null) VectorOps.fill(g, so, v, 0f);
             return null;
         }
-        if (labels != null && (label < 0 || label >= v)) {
-            throw new BadRowException(r, "label " + label + " is outside [0, " + v + ") and is not the ignore index " + o.ignoreIndex());
-        }
+        if (labels != null) o.checkLabel(r, label, v);
         float invT = 1f / o.temperature();
         float sLabel = label >= 0 ? get(s, so + label) : 0f;
         float c1 = gradScale * o.alpha();                                       // on softmax(s) − onehot

@@ -76,7 +76,7 @@ final class StudentPass {
     }
 
     /**
-     * One block's {Σ exp((s − m)/T), Σ exp(s − m)}: the second as a power of the first's exps
+     * One block's {Σ exp((s − m)/T), Σ exp(s − m), ...}: the second as a power of the first's exps
      * when T is an integer, else by its own exp; with eOut, the first's exps kept at eOut[oo..].
      */
     private static float[] block(MemorySegment s, long o, int len, float m, float invT, int power, float[] eOut, int oo,
@@ -91,7 +91,8 @@ final class StudentPass {
         } else {
             sums = new float[]{VectorOps.expSumAffine(s, o, len, m, invT), 0f};
         }
-        return new float[]{sums[0], power == 0 ? z1 : sums[1]};
+        if (power == 0) sums[1] = z1;
+        return sums;
     }
 
     /**
