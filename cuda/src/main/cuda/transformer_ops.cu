@@ -402,7 +402,9 @@ DISTILL_LAUNCH void ops_sum_partials(float* acc, const float* partial, float* ac
 
 // One block per row: losses[r] = logsumexp(logits[r]) - logits[r][target]; with write_grad the
 // gradient grad_scale * (softmax - onehot) replaces the logits. Rows with target == ignore get
-// loss 0 and gradient 0. The host has checked every other target is in [0, V).
+// loss 0 and gradient 0. The host checks the other targets are in [0, V); one that is not (the
+// caller of the rows-only call checks them, once for all its chunks) leaves its row NaN, loss and
+// gradient, rather than reading past the row.
 DISTILL_LAUNCH void ops_softmax_cross_entropy(float* losses, float* logits, const int* targets, int N, int V,
                                               int ignore_index, int write_grad, float grad_scale) {
     __shared__ float scratch[ops::MAX_WARPS];
@@ -410,9 +412,10 @@ DISTILL_LAUNCH void ops_softmax_cross_entropy(float* losses, float* logits, cons
     if (row >= N) return;
     float* x = logits + (long)row * V;
     const int target = targets[row];
-    if (target == ignore_index) {
-        if (threadIdx.x == 0) losses[row] = 0.f;
-        if (write_grad) for (int i = threadIdx.x; i < V; i += blockDim.x) x[i] = 0.f;
+    if (target == ignore_index || target < 0 || target >= V) {
+        const float fill = target == ignore_index ? 0.f : CUDART_NAN_F;
+        if (threadIdx.x == 0) losses[row] = fill;
+        if (write_grad) for (int i = threadIdx.x; i < V; i += blockDim.x) x[i] = fill;
         return;
     }
     float m = -CUDART_INF_F;

@@ -288,6 +288,13 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public void softmaxCrossEntropyRows(MemorySegment losses, MemorySegment logits, MemorySegment targets, int n, int v,
+                                        int ignoreIndex, boolean writeGradient, float gradScale) {
+        time("softmaxCrossEntropy", () -> inner.softmaxCrossEntropyRows(losses, logits, targets, n, v, ignoreIndex, writeGradient,
+                gradScale));
+    }
+
+    @Override
     public void logsumexpRows(MemorySegment out, MemorySegment x, int n, int v, float scale) {
         time("logsumexpRows", () -> inner.logsumexpRows(out, x, n, v, scale));
     }

@@ -330,6 +330,17 @@ public interface Kernels extends AutoCloseable {
     int softmaxCrossEntropy(MemorySegment losses, MemorySegment logits, MemorySegment targets,
                             int n, int v, int ignoreIndex, boolean writeGradient, float gradScale);
 
+    /**
+     * {@link #softmaxCrossEntropy} for a caller that has checked and counted the targets itself,
+     * once for many calls (the chunked LM head, once a chunk): nothing comes back, so a device
+     * backend need not read the targets or wait. A device backend leaves a row whose target is
+     * outside [0, v) (and not ignoreIndex) NaN, loss and gradient, instead of reading past the row.
+     */
+    default void softmaxCrossEntropyRows(MemorySegment losses, MemorySegment logits, MemorySegment targets,
+                                         int n, int v, int ignoreIndex, boolean writeGradient, float gradScale) {
+        softmaxCrossEntropy(losses, logits, targets, n, v, ignoreIndex, writeGradient, gradScale);
+    }
+
     // ---------------------------------------------------------------- rows of logits
 
     /**

@@ -627,6 +627,13 @@ public final class KernelConformance {
             double err = Math.max(buf.relativeError(losses, sLosses, 1e-6), buf.relativeError(dlogits, sLogits, 1e-6));
             if (counted != valid) err = Double.POSITIVE_INFINITY;
             record("softmaxCrossEntropy", n + "x" + v, err, TOL, ms);
+            // the rows-only call (the chunked LM head's), whose caller counts and checks the targets
+            MemorySegment rLogits = buf.floats(logits), rLosses = buf.poisoned(n);
+            t0 = System.nanoTime();
+            kernels.softmaxCrossEntropyRows(rLosses, rLogits, buf.ints(targets), n, v, -100, true, (float) scale);
+            ms = millis(t0);
+            record("softmaxCrossEntropy rows", n + "x" + v,
+                    Math.max(buf.relativeError(losses, rLosses, 1e-6), buf.relativeError(dlogits, rLogits, 1e-6)), TOL, ms);
         }
     }
 

@@ -595,11 +595,18 @@ public final class CudaKernels implements Kernels {
             }
             valid++;
         }
+        softmaxCrossEntropyRows(losses, logits, targets, n, v, ignoreIndex, writeGradient, gradScale);
+        return valid;
+    }
+
+    /** No targets down: launched, not waited for (Kernels.softmaxCrossEntropyRows). */
+    @Override
+    public void softmaxCrossEntropyRows(MemorySegment losses, MemorySegment logits, MemorySegment targets, int n, int v, int ignoreIndex,
+                                        boolean writeGradient, float gradScale) {
         if (n > 0) {
             gpu.launch(CudaKernel.OPS_SOFTMAX_CROSS_ENTROPY, n, gpu.block(), p(losses), p(logits), p(targets), n, v, ignoreIndex,
                     writeGradient ? 1 : 0, gradScale);
         }
-        return valid;
     }
 
     @Override

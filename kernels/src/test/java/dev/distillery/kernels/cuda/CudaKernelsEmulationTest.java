@@ -236,6 +236,48 @@ class CudaKernelsEmulationTest {
         }
     }
 
+    /**
+     * softmaxCrossEntropyRows, the chunked LM head's hard-label call, waits for nothing (no targets
+     * down, as softmaxCrossEntropy reads them to check and count), and writes softmaxCrossEntropy's
+     * losses and gradient to the bit; a target outside the vocabulary that reaches the device leaves
+     * its row NaN, loss and gradient, and reads nothing past it.
+     */
+    @Test
+    void softmaxCrossEntropyRowsWritesTheCheckedCallsRowsWithoutWaiting() {
+        int n = 5, v = 211;
+        SplittableRandom rng = new SplittableRandom(43);
+        float[] x = new float[n * v];
+        for (int i = 0; i < x.length; i++) x[i] = (float) (3 * rng.nextGaussian());
+        int[] targets = {7, -100, 210, 0, 99};
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device);
+             Arena arena = Arena.ofShared()) {
+            MemorySegment tgt = kernels.allocate(arena, 4L * n);
+            kernels.copyFromHost(tgt, arena.allocateFrom(ValueLayout.JAVA_INT, targets), 4L * n);
+            MemorySegment g1 = upload(kernels, arena, x), l1 = upload(kernels, arena, new float[n]);
+            int before = device.waits();
+            assertEquals(4, kernels.softmaxCrossEntropy(l1, g1, tgt, n, v, -100, true, 0.25f));
+            assertTrue(device.waits() - before >= 1, "softmaxCrossEntropy: the targets down");
+            MemorySegment g2 = upload(kernels, arena, x), l2 = upload(kernels, arena, new float[n]);
+            before = device.waits();
+            kernels.softmaxCrossEntropyRows(l2, g2, tgt, n, v, -100, true, 0.25f);
+            assertEquals(0, device.waits() - before, "softmaxCrossEntropyRows waits for nothing");
+            assertArrayEquals(download(kernels, arena, g1, n * v), download(kernels, arena, g2, n * v));
+            assertArrayEquals(download(kernels, arena, l1, n), download(kernels, arena, l2, n));
+
+            targets[3] = v;   // one past the vocabulary
+            kernels.copyFromHost(tgt, arena.allocateFrom(ValueLayout.JAVA_INT, targets), 4L * n);
+            MemorySegment g3 = upload(kernels, arena, x);
+            kernels.softmaxCrossEntropyRows(l2, g3, tgt, n, v, -100, true, 0.25f);
+            float[] losses = download(kernels, arena, l2, n), grad = download(kernels, arena, g3, n * v);
+            for (int r = 0; r < n; r++) {
+                boolean nan = Float.isNaN(losses[r]);
+                for (int j = 0; j < v; j++) nan &= Float.isNaN(grad[r * v + j]);
+                assertEquals(r == 3, nan, "row " + r + ": loss " + losses[r]);
+                assertEquals(r == 1, losses[r] == 0f, "row " + r + ": loss " + losses[r]);
+            }
+        }
+    }
+
     private static MemorySegment upload(CudaKernels kernels, Arena arena, float[] x) {
         MemorySegment host = arena.allocate(4L * x.length, 64), device = kernels.allocate(arena, 4L * x.length);
         MemorySegment.copy(x, 0, host, ValueLayout.JAVA_FLOAT, 0, x.length);

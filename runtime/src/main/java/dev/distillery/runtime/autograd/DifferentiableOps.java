@@ -430,16 +430,17 @@ public final class DifferentiableOps {
      * @param teacher the targets of each chunk of rows (stored, or an in-process teacher's logits)
      * @param labels  int32 (n) hard labels or null (alpha must then be 0)
      */
-    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherRows teacher, Tensor labels, DistillOptions options,
+    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherRows teacher, Labels labels, DistillOptions options,
                                         Reduction reduction, int chunkRows, float gradScale) {
         int n = hidden.dim(0), d = hidden.dim(1), v = weight.dim(0);
-        int valid = labels == null ? n : countNot(labels, n, options.ignoreIndex(), 0);
+        int[] lab = labels == null ? null : hostIds(labels, n);
+        int valid = labels == null ? n : countNot(lab, options.ignoreIndex(), 0);
         float scale = gradScale * (reduction == Reduction.SUM ? 1f : valid == 0 ? 0f : 1f / valid);
         boolean backward = tracks(hidden, weight);
         int chunk = Math.min(chunkRows, Math.max(1, n));
         Tensor logits = workspace.tensor("logits.chunk", chunk, v);
         var sums = ChunkedLinearDistillLoss.run(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null,
-                backward ? grad(weight) : null, teacher, labels == null ? null : labels.data(), n, d, v, options, scale, chunk, logits.data(),
+                backward ? grad(weight) : null, teacher, labels == null ? null : labels.ids().data(), lab, n, d, v, options, scale, chunk, logits.data(),
                 workspace.tensor("distill.rows", 2, n).data());
         double norm = reduction == Reduction.SUM ? 1 : valid == 0 ? 0 : 1.0 / valid;
         return new DistillLoss(sums.total() * norm, sums.ce() * norm, sums.divergence() * norm, sums.rows());
@@ -449,7 +450,7 @@ public final class DifferentiableOps {
      * As above against several teachers ({@link TeacherEnsemble}): their mixture, which the fused
      * loss reads from every teacher's rows; or the weighted mean of their losses.
      */
-    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherEnsemble teachers, Tensor labels, DistillOptions options,
+    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherEnsemble teachers, Labels labels, DistillOptions options,
                                         Reduction reduction, int chunkRows, float gradScale) {
         int n = hidden.dim(0), d = hidden.dim(1), v = weight.dim(0);
         int chunk = Math.min(chunkRows, Math.max(1, n));
@@ -459,11 +460,12 @@ public final class DifferentiableOps {
         if (teachers.combination() == TeacherEnsemble.Combination.MIXTURE) {
             return distillationLoss(hidden, weight, teachers.mixture(), labels, options, reduction, chunkRows, gradScale);
         }
-        int valid = labels == null ? n : countNot(labels, n, options.ignoreIndex(), 0);
+        int[] lab = labels == null ? null : hostIds(labels, n);
+        int valid = labels == null ? n : countNot(lab, options.ignoreIndex(), 0);
         float scale = gradScale * (reduction == Reduction.SUM ? 1f : valid == 0 ? 0f : 1f / valid);
         boolean backward = tracks(hidden, weight);
         var sums = ChunkedLinearDistillLoss.runMean(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null,
-                backward ? grad(weight) : null, teachers.teachers(), teachers.weights(), labels == null ? null : labels.data(), n, d, v, options,
+                backward ? grad(weight) : null, teachers.teachers(), teachers.weights(), labels == null ? null : labels.ids().data(), lab, n, d, v, options,
                 scale, chunk, workspace.tensor("logits.chunk", chunk, v).data(), workspace.tensor("logits.chunk.grad", chunk, v).data(),
                 workspace.tensor("logits.chunk.grad.one", chunk, v).data(),
                 workspace.tensor("distill.rows", teachers.teachers().size(), 2, n).data());
@@ -472,7 +474,7 @@ public final class DifferentiableOps {
     }
 
     /** As above for stored targets where the kernels read them, with gradient factor 1. */
-    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherTargets teacher, Tensor labels, DistillOptions options,
+    public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherTargets teacher, Labels labels, DistillOptions options,
                                         Reduction reduction, int chunkRows) {
         return distillationLoss(hidden, weight, TeacherRows.stored(teacher, null), labels, options, reduction, chunkRows, 1f);
     }
@@ -503,13 +505,13 @@ public final class DifferentiableOps {
      *
      * @param gradScale extra factor on the gradient (1, or 1/k for gradient accumulation over k micro-batches)
      */
-    public Loss crossEntropy(Tensor logits, Tensor targets, float gradScale) {
+    public Loss crossEntropy(Tensor logits, Labels targets, float gradScale) {
         int n = logits.dim(0), v = logits.dim(1);
-        int valid = countNot(targets, n, IGNORE_INDEX, 0);
+        int valid = countNot(hostIds(targets, n), IGNORE_INDEX, v);
         boolean writeGradient = tracks(logits);
         float scale = valid == 0 ? 0f : gradScale / valid;
         Tensor losses = workspace.tensor("losses", n);
-        kernels.softmaxCrossEntropy(losses.data(), logits.data(), targets.data(), n, v, IGNORE_INDEX, writeGradient, scale);
+        kernels.softmaxCrossEntropyRows(losses.data(), logits.data(), targets.ids().data(), n, v, IGNORE_INDEX, writeGradient, scale);
         double sum = sumOnHost(losses, n);
         if (writeGradient) {
             logits.setGrad(new Tensor("logits.grad", logits.shape(), DType.F32, logits.device(), logits.data(), false));
@@ -527,16 +529,16 @@ public final class DifferentiableOps {
      *
      * @throws IllegalArgumentException naming the row when a target is outside [0, vocab) and not the ignore index
      */
-    public Loss linearCrossEntropy(Tensor hidden, Tensor weight, Tensor targets, float gradScale, int chunkRows) {
+    public Loss linearCrossEntropy(Tensor hidden, Tensor weight, Labels targets, float gradScale, int chunkRows) {
         int n = hidden.dim(0), d = hidden.dim(1), v = weight.dim(0);
-        int valid = countNot(targets, n, IGNORE_INDEX, v);
+        int valid = countNot(hostIds(targets, n), IGNORE_INDEX, v);
         boolean backward = tracks(hidden, weight);
         float scale = valid == 0 ? 0f : gradScale / valid;
         int chunk = Math.min(chunkRows, Math.max(1, n));
         Tensor logits = workspace.tensor("logits.chunk", chunk, v);
         Tensor losses = workspace.tensor("losses", n);
         ChunkedLinearDistillLoss.crossEntropy(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null, backward ? grad(weight) : null,
-                targets.data(), losses.data(), n, d, v, IGNORE_INDEX, scale, chunk, logits.data());
+                targets.ids().data(), losses.data(), n, d, v, IGNORE_INDEX, scale, chunk, logits.data());
         return new Loss(valid == 0 ? 0 : sumOnHost(losses, n) / valid, valid);
     }
 
@@ -550,24 +552,30 @@ public final class DifferentiableOps {
         return sum;
     }
 
-    /**
-     * How many of the first n int32 ids of a kernel buffer differ from {@code ignore} (read on the
-     * host); with {@code vocab} above 0 each of those is checked to lie in [0, vocab), naming the row.
-     */
-    private int countNot(Tensor ids, int n, int ignore, int vocab) {
+    /** The first n of the ids on the host: the caller's copy, or read back from where the kernels hold them (a wait on a device). */
+    private int[] hostIds(Labels labels, int n) {
+        int[] ids = labels.hostIds(n);
+        if (ids != null) return ids;
         try (Arena host = Arena.ofConfined()) {
-            MemorySegment h = kernels.hostView(ids.data(), 4L * n, host);
-            int count = 0;
-            for (int r = 0; r < n; r++) {
-                int id = h.getAtIndex(ValueLayout.JAVA_INT, r);
-                if (id == ignore) continue;
-                if (vocab > 0 && (id < 0 || id >= vocab)) {
-                    throw new IllegalArgumentException("target " + id + " at row " + r + " is outside [0, " + vocab
-                            + ") and is not the ignore index " + ignore);
-                }
-                count++;
-            }
-            return count;
+            return kernels.hostView(labels.ids().data(), 4L * n, host).toArray(ValueLayout.JAVA_INT);
         }
+    }
+
+    /**
+     * How many ids differ from {@code ignore}; with {@code vocab} above 0 each of those is checked
+     * to lie in [0, vocab), naming the row.
+     */
+    private static int countNot(int[] ids, int ignore, int vocab) {
+        int count = 0;
+        for (int r = 0; r < ids.length; r++) {
+            int id = ids[r];
+            if (id == ignore) continue;
+            if (vocab > 0 && (id < 0 || id >= vocab)) {
+                throw new IllegalArgumentException("target " + id + " at row " + r + " is outside [0, " + vocab
+                        + ") and is not the ignore index " + ignore);
+            }
+            count++;
+        }
+        return count;
     }
 }

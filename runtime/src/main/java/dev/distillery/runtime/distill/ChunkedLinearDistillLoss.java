@@ -48,14 +48,16 @@ public final class ChunkedLinearDistillLoss {
      * {@code gradScale · d(Σ_rows total)/dh} and {@code /dW} into them.
      *
      * @param logits    scratch of at least chunkRows × vocab floats
-     * @param labels    int32 (n) or null
+     * @param labels    int32 (n) where the kernels read them, or null
+     * @param hostLabels the same n labels on the host (null when labels is): checked here, and
+     *                   counted, without reading them back from a device
      * @param rowLosses scratch of at least 2n floats: each row's CE, then each row's divergence
      */
     public static DistillSums run(Kernels kernels, MemorySegment hidden, MemorySegment weight,
                                   MemorySegment dHidden, MemorySegment dWeight, TeacherRows teacher, MemorySegment labels,
-                                  int n, int d, int vocab, DistillOptions options, float gradScale,
+                                  int[] hostLabels, int n, int d, int vocab, DistillOptions options, float gradScale,
                                   int chunkRows, MemorySegment logits, MemorySegment rowLosses) {
-        return chunks(kernels, hidden, weight, dHidden, dWeight, List.of(teacher), new float[]{1f}, labels, n, d, vocab, options, gradScale,
+        return chunks(kernels, hidden, weight, dHidden, dWeight, List.of(teacher), new float[]{1f}, labels, hostLabels, n, d, vocab, options, gradScale,
                 chunkRows, logits, logits, null, rowLosses);
     }
 
@@ -69,9 +71,9 @@ public final class ChunkedLinearDistillLoss {
      */
     public static DistillSums runMean(Kernels kernels, MemorySegment hidden, MemorySegment weight, MemorySegment dHidden,
                                       MemorySegment dWeight, List<TeacherRows> teachers, float[] weights, MemorySegment labels,
-                                      int n, int d, int vocab, DistillOptions options, float gradScale, int chunkRows,
+                                      int[] hostLabels, int n, int d, int vocab, DistillOptions options, float gradScale, int chunkRows,
                                       MemorySegment logits, MemorySegment gradSum, MemorySegment gradOne, MemorySegment rowLosses) {
-        return chunks(kernels, hidden, weight, dHidden, dWeight, teachers, weights, labels, n, d, vocab, options, gradScale, chunkRows, logits,
+        return chunks(kernels, hidden, weight, dHidden, dWeight, teachers, weights, labels, hostLabels, n, d, vocab, options, gradScale, chunkRows, logits,
                 gradSum, gradOne, rowLosses);
     }
 
@@ -79,13 +81,13 @@ public final class ChunkedLinearDistillLoss {
      * The chunk loop of both: logits of each chunk, each teacher's fused loss over them with its
      * gradient into {@code gradSum} (the first; in place when gradSum is the logits) or
      * {@code gradOne} then added, the LM head's backward once. The labels are checked once, before
-     * the first chunk; each chunk's rows go to rowLosses and are added up after the last
+     * the first chunk, on the host; each chunk's rows go to rowLosses and are added up after the last
      * (Kernels.distillLossRows), so a device backend reads its losses back once a call, not once a
      * chunk.
      */
     private static DistillSums chunks(Kernels kernels, MemorySegment hidden, MemorySegment weight, MemorySegment dHidden,
                                       MemorySegment dWeight, List<TeacherRows> teachers, float[] weights, MemorySegment labels,
-                                      int n, int d, int vocab, DistillOptions options, float gradScale, int chunkRows,
+                                      int[] lab, int n, int d, int vocab, DistillOptions options, float gradScale, int chunkRows,
                                       MemorySegment logits, MemorySegment gradSum, MemorySegment gradOne, MemorySegment rowLosses) {
         boolean backward = dHidden != null || dWeight != null;
         long perTeacher = 2L * n;
@@ -93,13 +95,8 @@ public final class ChunkedLinearDistillLoss {
             throw new IllegalArgumentException("row-loss scratch holds " + rowLosses.byteSize() + " bytes; " + teachers.size()
                     + " teacher(s) of " + n + " rows need " + 4L * perTeacher * teachers.size());
         }
-        int[] lab = null;
-        if (labels != null) {
-            try (Arena host = Arena.ofConfined()) {
-                lab = kernels.hostView(labels, 4L * n, host).toArray(ValueLayout.JAVA_INT);
-            }
-            options.checkLabels(lab, n, vocab);
-        }
+        if ((labels == null) != (lab == null)) throw new IllegalArgumentException("labels and their host copy come together");
+        if (lab != null) options.checkLabels(lab, n, vocab);
         overChunks(kernels, hidden, weight, dHidden, dWeight, n, d, vocab, chunkRows, logits, gradSum, (r0, rows) -> {
             for (int i = 0; i < teachers.size(); i++) {
                 MemorySegment grad = !backward ? null : i == 0 ? gradSum : gradOne;
@@ -134,7 +131,8 @@ public final class ChunkedLinearDistillLoss {
      * (0 where the target is {@code ignoreIndex}), and, when {@code dHidden}/{@code dWeight} are
      * non-null, {@code gradScale · d(Σ_rows losses)/dh} and {@code /dW} accumulated into them. The
      * fused cross-entropy writes each chunk's gradient over its logits, as it does over whole logits.
-     * Targets are checked by the caller (the kernel names rows of the chunk).
+     * Targets are checked by the caller, once for all chunks (Kernels.softmaxCrossEntropyRows: a
+     * device backend reads nothing back per chunk).
      *
      * @param logits scratch of at least min(chunkRows, n) × vocab floats
      * @param losses (n) floats
@@ -144,7 +142,7 @@ public final class ChunkedLinearDistillLoss {
                                     int ignoreIndex, float gradScale, int chunkRows, MemorySegment logits) {
         boolean backward = dHidden != null || dWeight != null;
         overChunks(kernels, hidden, weight, dHidden, dWeight, n, d, vocab, chunkRows, logits, logits, (r0, rows) ->
-                kernels.softmaxCrossEntropy(losses.asSlice(4L * r0), logits, targets.asSlice(4L * r0), rows, vocab, ignoreIndex, backward,
+                kernels.softmaxCrossEntropyRows(losses.asSlice(4L * r0), logits, targets.asSlice(4L * r0), rows, vocab, ignoreIndex, backward,
                         gradScale));
     }
 

@@ -57,7 +57,7 @@ public final class Evaluator {
         graph.reset(false);
         try {
             Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
-            return graph.ops.linearCrossEntropy(hidden, model.lmHeadWeight(), inputs.targets(), 1f,
+            return graph.ops.linearCrossEntropy(hidden, model.lmHeadWeight(), inputs.labels(), 1f,
                     ChunkedLinearDistillLoss.defaultChunkRows(model.vocabSize())).mean();
         } finally {
             graph.recordAgain();

@@ -9,6 +9,7 @@ import dev.distillery.kernels.Kernels;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Tensor;
 import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.autograd.Labels;
 
 /**
  * The token and target buffers of one (batch, time) shape: written on the host, checked against
@@ -21,7 +22,8 @@ public final class ModelInputs implements AutoCloseable {
     private final int batch, time, vocab;
     private final Arena arena = Arena.ofShared();
     private final Tensor tokens, targets;
-    private final MemorySegment hostTokens, hostTargets;
+    /** Tokens then targets, both where the kernels read them and on the host: one copy sets both. */
+    private final MemorySegment ids, hostIds, hostTokens, hostTargets;
 
     ModelInputs(Kernels kernels, int batch, int time, int vocab) {
         this.kernels = kernels;
@@ -29,11 +31,13 @@ public final class ModelInputs implements AutoCloseable {
         this.time = time;
         this.vocab = vocab;
         Device device = Device.of(kernels);
-        long bytes = 4L * batch * time;
-        this.tokens = new Tensor("tokens", new int[]{batch, time}, DType.I32, device, kernels.allocate(arena, bytes), false);
-        this.targets = new Tensor("targets", new int[]{batch * time}, DType.I32, device, kernels.allocate(arena, bytes), false);
-        this.hostTokens = arena.allocate(bytes, 64);
-        this.hostTargets = arena.allocate(bytes, 64);
+        long bytes = 4L * batch * time, second = (bytes + 63) / 64 * 64;   // the targets 64-byte aligned, as every buffer is
+        this.ids = kernels.allocate(arena, second + bytes);
+        this.hostIds = arena.allocate(second + bytes, 64);
+        this.tokens = new Tensor("tokens", new int[]{batch, time}, DType.I32, device, ids.asSlice(0, bytes), false);
+        this.targets = new Tensor("targets", new int[]{batch * time}, DType.I32, device, ids.asSlice(second, bytes), false);
+        this.hostTokens = hostIds.asSlice(0, bytes);
+        this.hostTargets = hostIds.asSlice(second, bytes);
     }
 
     /** Token ids (batch, time), where the kernels read them. */
@@ -44,6 +48,11 @@ public final class ModelInputs implements AutoCloseable {
     /** Target ids (batch · time), where the kernels read them; -100 masks a position. */
     public Tensor targets() {
         return targets;
+    }
+
+    /** The targets with their host copy, for a loss that counts and checks them without reading them back. */
+    public Labels labels() {
+        return new Labels(targets, hostTargets);
     }
 
     /** The target of position i, from the host copy. */
@@ -128,9 +137,9 @@ public final class ModelInputs implements AutoCloseable {
         upload();
     }
 
+    /** One copy for tokens and targets: on a device each copy from pageable host memory is a wait. */
     private void upload() {
-        kernels.copyFromHost(tokens.data(), hostTokens, hostTokens.byteSize());
-        kernels.copyFromHost(targets.data(), hostTargets, hostTargets.byteSize());
+        kernels.copyFromHost(ids, hostIds, hostIds.byteSize());
     }
 
     @Override

@@ -253,7 +253,7 @@ public final class TrainingSession implements AutoCloseable {
     public double backwardCrossEntropy(float gradScale) {
         graph.reset(true);
         Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time);
-        DifferentiableOps.Loss loss = graph.ops.linearCrossEntropy(hidden, model.lmHeadWeight(), inputs.targets(), gradScale,
+        DifferentiableOps.Loss loss = graph.ops.linearCrossEntropy(hidden, model.lmHeadWeight(), inputs.labels(), gradScale,
                 ChunkedLinearDistillLoss.defaultChunkRows(model.vocabSize()));
         graph.tape.backward();
         return loss.mean();
@@ -333,7 +333,7 @@ public final class TrainingSession implements AutoCloseable {
         Tensor hidden = model.hidden(graph.ops, inputs.tokens(), batch, time, tapped);
         kernels.joinCopies();
         DifferentiableOps.DistillLoss loss = graph.ops.distillationLoss(hidden, model.lmHeadWeight(), new TeacherEnsemble(rows, weights, combination),
-                inputs.targets(), options, reduction, chunkRows, gradScale);
+                inputs.labels(), options, reduction, chunkRows, gradScale);
         if (features != null) loss = loss.plusFeature(features.loss(graph.ops, tapped, states, gradScale), features.spec().weight());
         graph.tape.backward();
         return loss;

@@ -14,6 +14,7 @@ import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.runtime.autograd.Labels;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.Tensor;
@@ -52,7 +53,7 @@ class ChunkedLinearDistillLossTest {
             DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape);
             model.parameters().zeroGrad();
             Tensor hidden = model.hidden(ops, in.tokens(), B, T);
-            var loss = ops.distillationLoss(hidden, model.lmHeadWeight(), in.teacher(), in.labels(), o,
+            var loss = ops.distillationLoss(hidden, model.lmHeadWeight(), in.teacher(), Labels.of(in.labels()), o,
                     DifferentiableOps.Reduction.MEAN, chunk);
             tape.backward();
             float[] g = model.parameters().gradBlock().asSlice(0, 4 * model.parameters().blockElements()).toArray(ValueLayout.JAVA_FLOAT);
@@ -104,8 +105,8 @@ class ChunkedLinearDistillLossTest {
             DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape);
             model.parameters().zeroGrad();
             DifferentiableOps.Loss loss = chunk == 0
-                    ? ops.crossEntropy(model.forward(ops, in.tokens(), B, T), in.labels(), 0.5f)
-                    : ops.linearCrossEntropy(model.hidden(ops, in.tokens(), B, T), model.lmHeadWeight(), in.labels(), 0.5f, chunk);
+                    ? ops.crossEntropy(model.forward(ops, in.tokens(), B, T), Labels.of(in.labels()), 0.5f)
+                    : ops.linearCrossEntropy(model.hidden(ops, in.tokens(), B, T), model.lmHeadWeight(), Labels.of(in.labels()), 0.5f, chunk);
             tape.backward();
             assertEquals(N - 1, loss.rows());
             float[] g = model.parameters().gradBlock().asSlice(0, 4 * model.parameters().blockElements()).toArray(ValueLayout.JAVA_FLOAT);
@@ -145,7 +146,7 @@ class ChunkedLinearDistillLossTest {
             in.labels().data().setAtIndex(ValueLayout.JAVA_INT, 17, CFG.vocabSize());
             DifferentiableOps ops = new DifferentiableOps(kernels, ws, new Tape());
             var e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
-                    () -> ops.linearCrossEntropy(model.hidden(ops, in.tokens(), B, T), model.lmHeadWeight(), in.labels(), 1f, 5));
+                    () -> ops.linearCrossEntropy(model.hidden(ops, in.tokens(), B, T), model.lmHeadWeight(), Labels.of(in.labels()), 1f, 5));
             assertEquals("target 61 at row 17 is outside [0, 61) and is not the ignore index -100", e.getMessage());
         }
     }

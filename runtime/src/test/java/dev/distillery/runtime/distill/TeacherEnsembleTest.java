@@ -16,6 +16,7 @@ import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.TeacherTargets;
+import dev.distillery.runtime.autograd.Labels;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.Tensor;
@@ -80,7 +81,7 @@ class TeacherEnsembleTest {
         try (Workspace ws = new Workspace(kernels, 1 << 16)) {
             DifferentiableOps ops = new DifferentiableOps(kernels, ws, new Tape());
             model.parameters().zeroGrad();
-            var loss = ops.distillationLoss(model.hidden(ops, tokens, B, T), model.lmHeadWeight(), teachers, labels, o,
+            var loss = ops.distillationLoss(model.hidden(ops, tokens, B, T), model.lmHeadWeight(), teachers, Labels.of(labels), o,
                     DifferentiableOps.Reduction.MEAN, CHUNK, 1f);
             ops.tape().backward();
             float[] g = model.parameters().gradBlock().asSlice(0, 4 * model.parameters().blockElements()).toArray(ValueLayout.JAVA_FLOAT);

@@ -13,6 +13,7 @@ import org.junit.jupiter.api.Test;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.distill.FeatureDistance;
+import dev.distillery.runtime.autograd.Labels;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.Tensor;
@@ -75,7 +76,7 @@ class ModelGradientTest {
 
             model.parameters().zeroGrad();
             ws.reset();
-            ops.crossEntropy(model.forward(ops, tokens, B, T), targets, 1f);
+            ops.crossEntropy(model.forward(ops, tokens, B, T), Labels.of(targets), 1f);
             tape.backward();
 
             StringBuilder failures = new StringBuilder();
@@ -92,7 +93,7 @@ class ModelGradientTest {
                     signs[i] = (float) (Math.signum(g[i]) / Math.sqrt(g.length));
                     expectSigns += signs[i] * g[i];
                 }
-                DoubleSupplier loss = () -> ops.crossEntropy(model.forward(ops, tokens, B, T), targets, 1f).mean();
+                DoubleSupplier loss = () -> ops.crossEntropy(model.forward(ops, tokens, B, T), Labels.of(targets), 1f).mean();
                 checks += check(p, single, g[best], ops, loss, "max element", failures);
                 checks += check(p, signs, expectSigns, ops, loss, "sign direction", failures);
             }

@@ -30,7 +30,10 @@ import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Device;
 import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.Workspace;
 import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.autograd.Tape;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.optim.AdamW;
 import dev.distillery.runtime.optim.LearningRateSchedule;
@@ -243,6 +246,42 @@ class TrainingOnEmulatedCudaTest {
         assertEquals(one.waits(), four.waits(), "waits a step in one chunk and in four");
     }
 
+    /**
+     * The hard-label loss through the chunked LM head counts and checks its targets from the
+     * inputs' host copy and launches each chunk's loss without reading anything back
+     * (Kernels.softmaxCrossEntropyRows): one wait, for the losses, in one chunk as in four; the
+     * same loss either way.
+     */
+    @Test
+    void aHardLabelLossWaitsOnceInFourChunksAsInOne() {
+        int b = 4, t = 16, vocab = 64;
+        int[] chunks = {b * t, b * t / 4}, waits = new int[2];
+        double[] loss = new double[2];
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device);
+             LanguageModel model = new Gpt2(new Gpt2Config(vocab, t, 1, 16, 2), kernels);
+             ModelInputs inputs = new ModelInputs(kernels, b, t, vocab);
+             Workspace ws = new Workspace(kernels, 1 << 20)) {
+            model.initialize(3);
+            Rng rng = new Rng(8);
+            int[] windows = new int[b * (t + 1)];
+            for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(vocab);
+            inputs.setWindows(windows);
+            for (int i = 0; i < chunks.length; i++) {
+                ws.reset();
+                Tape tape = new Tape();
+                DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape);
+                model.parameters().zeroGrad();
+                Tensor hidden = model.hidden(ops, inputs.tokens(), b, t);
+                int before = device.waits();
+                loss[i] = ops.linearCrossEntropy(hidden, model.lmHeadWeight(), inputs.labels(), 1f, chunks[i]).mean();
+                waits[i] = device.waits() - before;
+                tape.backward();
+            }
+        }
+        assertArrayEquals(new int[]{1, 1}, waits, "waits of the loss in " + chunks[0] + "- and " + chunks[1] + "-row chunks");
+        assertEquals(loss[0], loss[1], 1e-6 * Math.abs(loss[0]));
+    }
+
     /** Kernels and cuBLAS calls of a step, and the host's waits for the device during it. */
     private record Step(int launches, int waits) {
     }
@@ -287,9 +326,10 @@ class TrainingOnEmulatedCudaTest {
         // the distillation's first step clips its gradient (one scale launch more): its norm is above 1 there
         if (!distill) assertEquals(counts[1], counts[0], precision + ": launches of steps 1 and 2 " + Arrays.toString(counts));
         assertEquals(counts[2], counts[1], precision + ": launches of steps 2 and 3");
-        // the windows' upload, the ids' range checks, the loss and the gradient norm back, and the
-        // embedding's token groups (ids down, groups up, where the backward ends): no more
-        assertTrue(waits[2] <= 9, precision + ": " + waits[2] + " waits for the stream a step");
+        // the ids' upload (tokens and targets in one copy), the tokens' range check, the loss and
+        // the gradient norm back, and the embedding's token groups (ids down, groups up, where the
+        // backward ends); the targets are counted and checked from the inputs' host copy
+        assertTrue(waits[2] <= 6, precision + ": " + waits[2] + " waits for the stream a step");
         return new Step(counts[2], waits[2]);
     }
 }
