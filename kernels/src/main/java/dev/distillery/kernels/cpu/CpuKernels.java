@@ -332,8 +332,19 @@ public final class CpuKernels implements Kernels {
                 long o = (long) r * c;
                 float mu = get(mean, r), rs = get(rstd, r);
                 // dnorm = dout * w; two means over the row, see docs/KERNELS.md#layernorm
-                float sumDnorm = 0f, sumDnormNorm = 0f;
-                for (int i = 0; i < c; i++) {
+                FloatVector accDnorm = FloatVector.zero(SPECIES), accDnormNorm = FloatVector.zero(SPECIES);
+                int i = 0;
+                for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
+                    FloatVector norm = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).sub(mu).mul(rs);
+                    FloatVector g = FloatVector.fromMemorySegment(SPECIES, dout, (o + i) * 4L, ORDER);
+                    FloatVector dnorm = g.mul(FloatVector.fromMemorySegment(SPECIES, weight, i * 4L, ORDER));
+                    accDnorm = accDnorm.add(dnorm);
+                    accDnormNorm = dnorm.fma(norm, accDnormNorm);
+                    norm.fma(g, FloatVector.fromArray(SPECIES, p, i)).intoArray(p, i);
+                    g.add(FloatVector.fromArray(SPECIES, p, c + i)).intoArray(p, c + i);
+                }
+                float sumDnorm = VectorOps.sumLanes(accDnorm), sumDnormNorm = VectorOps.sumLanes(accDnormNorm);
+                for (; i < c; i++) {
                     float norm = (get(inp, o + i) - mu) * rs;
                     float g = get(dout, o + i);
                     float dnorm = g * get(weight, i);
@@ -343,7 +354,7 @@ public final class CpuKernels implements Kernels {
                     p[c + i] += g;
                 }
                 float meanDnorm = sumDnorm / c, meanDnormNorm = sumDnormNorm / c;
-                int i = 0;
+                i = 0;
                 for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
                     FloatVector norm = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).sub(mu).mul(rs);
                     FloatVector dnorm = FloatVector.fromMemorySegment(SPECIES, dout, (o + i) * 4L, ORDER).mul(FloatVector.fromMemorySegment(SPECIES, weight, (i) * 4L, ORDER));
@@ -401,15 +412,32 @@ public final class CpuKernels implements Kernels {
             java.util.Arrays.fill(p, 0, c, 0f);
             for (int r = start; r < end; r++) {
                 long o = (long) r * c;
-                float rs = get(rstd, r), sumGNorm = 0f;
-                for (int i = 0; i < c; i++) {
+                float rs = get(rstd, r);
+                FloatVector acc = FloatVector.zero(SPECIES);
+                int i = 0;
+                for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
+                    FloatVector norm = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).mul(rs);
+                    FloatVector g = FloatVector.fromMemorySegment(SPECIES, dout, (o + i) * 4L, ORDER);
+                    acc = g.mul(FloatVector.fromMemorySegment(SPECIES, weight, i * 4L, ORDER)).fma(norm, acc);
+                    g.fma(norm, FloatVector.fromArray(SPECIES, p, i)).intoArray(p, i);
+                }
+                float sumGNorm = VectorOps.sumLanes(acc);
+                for (; i < c; i++) {
                     float norm = get(inp, o + i) * rs, g = get(dout, o + i);
                     sumGNorm += g * get(weight, i) * norm;
                     p[i] += g * norm;
                 }
                 if (dinp == null) continue;
                 float meanGNorm = sumGNorm / c;
-                for (int i = 0; i < c; i++) {
+                i = 0;
+                for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
+                    FloatVector norm = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).mul(rs);
+                    FloatVector dw = FloatVector.fromMemorySegment(SPECIES, dout, (o + i) * 4L, ORDER)
+                            .mul(FloatVector.fromMemorySegment(SPECIES, weight, i * 4L, ORDER));
+                    dw.sub(norm.mul(meanGNorm)).mul(rs).add(FloatVector.fromMemorySegment(SPECIES, dinp, (o + i) * 4L, ORDER))
+                            .intoMemorySegment(dinp, (o + i) * 4L, ORDER);
+                }
+                for (; i < c; i++) {
                     float norm = get(inp, o + i) * rs;
                     set(dinp, o + i, get(dinp, o + i) + rs * (get(dout, o + i) * get(weight, i) - norm * meanGNorm));
                 }
