@@ -61,6 +61,10 @@ public class GemmBenchmark {
     @Param({"false"})
     public boolean held;
 
+    /** 0, or 1 as the step's forward (onto the bias) and weight-gradient GEMMs run: C read and added to. */
+    @Param({"0"})
+    public float beta;
+
     private int m, n, k;
     private boolean transA, transB;
     private Arena arena;
@@ -81,7 +85,7 @@ public class GemmBenchmark {
         kernels = Backends.openExactly(Backends.Request.cpu(threads, gemm, Precision.parse(precision, "precision")));
         a = random(arena, (long) m * k, 1);
         b = random(arena, (long) k * n, 2);
-        c = arena.allocate(4L * m * n, 64);
+        c = random(arena, (long) m * n, 3);
         hold = held ? kernels.holdConstant(b) : Kernels.ConstantHold.NONE;
     }
 
@@ -94,7 +98,7 @@ public class GemmBenchmark {
 
     @Benchmark
     public MemorySegment gemm() {
-        kernels.gemm(transA, transB, m, n, k, 1f, a, transA ? m : k, b, transB ? k : n, 0f, c, n);
+        kernels.gemm(transA, transB, m, n, k, 1f, a, transA ? m : k, b, transB ? k : n, beta, c, n);
         return c;
     }
 
