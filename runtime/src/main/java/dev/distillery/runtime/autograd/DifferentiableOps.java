@@ -428,7 +428,7 @@ public final class DifferentiableOps {
      * writes the gradients of hidden and weight during the call.
      *
      * @param teacher the targets of each chunk of rows (stored, or an in-process teacher's logits)
-     * @param labels  int32 (n) hard labels or null (alpha must then be 0)
+     * @param labels  int32 (n) hard labels, with their host copy where the caller has one, or null (alpha must then be 0)
      */
     public DistillLoss distillationLoss(Tensor hidden, Tensor weight, TeacherRows teacher, Labels labels, DistillOptions options,
                                         Reduction reduction, int chunkRows, float gradScale) {
@@ -440,8 +440,8 @@ public final class DifferentiableOps {
         int chunk = Math.min(chunkRows, Math.max(1, n));
         Tensor logits = workspace.tensor("logits.chunk", chunk, v);
         var sums = ChunkedLinearDistillLoss.run(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null,
-                backward ? grad(weight) : null, teacher, labels == null ? null : labels.ids().data(), lab, n, d, v, options, scale, chunk, logits.data(),
-                workspace.tensor("distill.rows", 2, n).data());
+                backward ? grad(weight) : null, teacher, labels == null ? null : labels.ids().data(), lab, n, d, v, options, scale, chunk,
+                logits.data(), workspace.tensor("distill.rows", 2, n).data());
         double norm = reduction == Reduction.SUM ? 1 : valid == 0 ? 0 : 1.0 / valid;
         return new DistillLoss(sums.total() * norm, sums.ce() * norm, sums.divergence() * norm, sums.rows());
     }
@@ -465,8 +465,8 @@ public final class DifferentiableOps {
         float scale = gradScale * (reduction == Reduction.SUM ? 1f : valid == 0 ? 0f : 1f / valid);
         boolean backward = tracks(hidden, weight);
         var sums = ChunkedLinearDistillLoss.runMean(kernels, hidden.data(), weight.data(), backward ? grad(hidden) : null,
-                backward ? grad(weight) : null, teachers.teachers(), teachers.weights(), labels == null ? null : labels.ids().data(), lab, n, d, v, options,
-                scale, chunk, workspace.tensor("logits.chunk", chunk, v).data(), workspace.tensor("logits.chunk.grad", chunk, v).data(),
+                backward ? grad(weight) : null, teachers.teachers(), teachers.weights(), labels == null ? null : labels.ids().data(), lab,
+                n, d, v, options, scale, chunk, workspace.tensor("logits.chunk", chunk, v).data(), workspace.tensor("logits.chunk.grad", chunk, v).data(),
                 workspace.tensor("logits.chunk.grad.one", chunk, v).data(),
                 workspace.tensor("distill.rows", teachers.teachers().size(), 2, n).data());
         double norm = reduction == Reduction.SUM ? 1 : valid == 0 ? 0 : 1.0 / valid;
@@ -504,6 +504,7 @@ public final class DifferentiableOps {
      * gradient: this must be the last op of the forward (the loss is the root of the graph).
      *
      * @param gradScale extra factor on the gradient (1, or 1/k for gradient accumulation over k micro-batches)
+     * @throws IllegalArgumentException naming the row when a target is outside [0, v) and not the ignore index
      */
     public Loss crossEntropy(Tensor logits, Labels targets, float gradScale) {
         int n = logits.dim(0), v = logits.dim(1);

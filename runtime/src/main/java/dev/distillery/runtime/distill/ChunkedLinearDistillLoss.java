@@ -47,18 +47,18 @@ public final class ChunkedLinearDistillLoss {
      * Loss sums over all n rows; when {@code dHidden}/{@code dWeight} are non-null, accumulates
      * {@code gradScale · d(Σ_rows total)/dh} and {@code /dW} into them.
      *
-     * @param logits    scratch of at least chunkRows × vocab floats
-     * @param labels    int32 (n) where the kernels read them, or null
-     * @param hostLabels the same n labels on the host (null when labels is): checked here, and
-     *                   counted, without reading them back from a device
-     * @param rowLosses scratch of at least 2n floats: each row's CE, then each row's divergence
+     * @param logits     scratch of at least chunkRows × vocab floats
+     * @param labels     int32 (n) where the kernels read them, or null
+     * @param hostLabels the same n labels on the host (null when labels is), checked here without
+     *                   a read back from a device
+     * @param rowLosses  scratch of at least 2n floats: each row's CE, then each row's divergence
      */
     public static DistillSums run(Kernels kernels, MemorySegment hidden, MemorySegment weight,
                                   MemorySegment dHidden, MemorySegment dWeight, TeacherRows teacher, MemorySegment labels,
                                   int[] hostLabels, int n, int d, int vocab, DistillOptions options, float gradScale,
                                   int chunkRows, MemorySegment logits, MemorySegment rowLosses) {
-        return chunks(kernels, hidden, weight, dHidden, dWeight, List.of(teacher), new float[]{1f}, labels, hostLabels, n, d, vocab, options, gradScale,
-                chunkRows, logits, logits, null, rowLosses);
+        return chunks(kernels, hidden, weight, dHidden, dWeight, List.of(teacher), new float[]{1f}, labels, hostLabels, n, d, vocab, options,
+                gradScale, chunkRows, logits, logits, null, rowLosses);
     }
 
     /**
@@ -73,8 +73,8 @@ public final class ChunkedLinearDistillLoss {
                                       MemorySegment dWeight, List<TeacherRows> teachers, float[] weights, MemorySegment labels,
                                       int[] hostLabels, int n, int d, int vocab, DistillOptions options, float gradScale, int chunkRows,
                                       MemorySegment logits, MemorySegment gradSum, MemorySegment gradOne, MemorySegment rowLosses) {
-        return chunks(kernels, hidden, weight, dHidden, dWeight, teachers, weights, labels, hostLabels, n, d, vocab, options, gradScale, chunkRows, logits,
-                gradSum, gradOne, rowLosses);
+        return chunks(kernels, hidden, weight, dHidden, dWeight, teachers, weights, labels, hostLabels, n, d, vocab, options, gradScale,
+                chunkRows, logits, gradSum, gradOne, rowLosses);
     }
 
     /**
@@ -142,8 +142,8 @@ public final class ChunkedLinearDistillLoss {
                                     int ignoreIndex, float gradScale, int chunkRows, MemorySegment logits) {
         boolean backward = dHidden != null || dWeight != null;
         overChunks(kernels, hidden, weight, dHidden, dWeight, n, d, vocab, chunkRows, logits, logits, (r0, rows) ->
-                kernels.softmaxCrossEntropyRows(losses.asSlice(4L * r0), logits, targets.asSlice(4L * r0), rows, vocab, ignoreIndex, backward,
-                        gradScale));
+                kernels.softmaxCrossEntropyRows(losses.asSlice(4L * r0), logits, targets.asSlice(4L * r0), rows, vocab, ignoreIndex,
+                        backward, gradScale));
     }
 
     /** A chunk's loss over the logits of rows [r0, r0 + rows), its gradient written where the loop reads it. */
