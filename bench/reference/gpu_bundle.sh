@@ -69,7 +69,7 @@ for lib in libcuda.so.1 libcublas.so.13 libnccl.so.2; do
   [ -n "$dir" ] && export LD_LIBRARY_PATH="$(dirname "$dir")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
 echo "== gpu-tagged tests"
-java --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED -jar tests/junit-console.jar execute \
+java --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED -XX:-UseProfiledLoopPredicate -jar tests/junit-console.jar execute \
   -cp trainer/target/trainer.jar:tests/kernels-tests.jar --include-tag gpu --scan-classpath tests/kernels-tests.jar \
   --details=summary --disable-banner --disable-ansi-colors > "$out/gpu-tests.txt" 2>&1
 tests=$?

@@ -65,7 +65,7 @@ done
 
 echo "== StepProfile on the device" >&2
 for prec in fp32 bf16; do
-  "$java" --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -cp bench/target/benchmarks.jar \
+  "$java" --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -XX:-UseProfiledLoopPredicate -cp bench/target/benchmarks.jar \
     dev.distillery.bench.StepProfile B 1 10 auto 10 $prec cuda > "$out/profile-B-$prec.txt" 2>&1 \
     || echo "StepProfile B $prec failed: see $out/profile-B-$prec.txt" >&2
   grep -v WARNING "$out/profile-B-$prec.txt" | head -14

@@ -155,7 +155,7 @@ if wanted "peak RSS of a config B step, MB"; then
   rss_mb() { awk '/^[0-9]+$/ {v = $1} END {printf "%.0f", v / 1024}' "$WORK/rss"; }
   torch_run /usr/bin/time -f %M -o "$WORK/rss" "$PY" bench/reference/pytorch_step.py B $THREADS 3 fp32 ce >/dev/null
   record "peak RSS of a config B step, MB" torch "$(rss_mb)"
-  /usr/bin/time -f %M -o "$WORK/rss" "$JAVA" --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -Xmx8g -XX:+UseSerialGC -Xms32m \
+  /usr/bin/time -f %M -o "$WORK/rss" "$JAVA" --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -XX:-UseProfiledLoopPredicate -Xmx8g -XX:+UseSerialGC -Xms32m \
     -cp "$JAR" dev.distillery.bench.StepProfile B $THREADS 3 auto 1 fp32 >/dev/null 2>&1
   record "peak RSS of a config B step, MB" distillery "$(rss_mb)"
 fi

@@ -20,7 +20,7 @@ import java.util.List;
  * about 15% here; alternated calls in one JVM resolve a few percent.
  *
  * <pre>
- * java --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED \
+ * java --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED -XX:-UseProfiledLoopPredicate \
  *      -cp bench/target/benchmarks.jar dev.distillery.bench.SideBySide \
  *      --shape 2048x32000 --teacher dense-bf16 old-kernels.jar kernels/target/distillery-kernels-*.jar
  * </pre>
@@ -226,7 +226,7 @@ public final class SideBySide {
 
     private static String usage() {
         return """
-                usage: java --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED \\
+                usage: java --add-modules jdk.incubator.vector --enable-native-access=ALL-UNNAMED -XX:-UseProfiledLoopPredicate \\
                             -cp bench/target/benchmarks.jar dev.distillery.bench.SideBySide [options] A.jar [B.jar ...]
 
                 Calls the fused loss of each build alternately in one JVM (DistillLossBenchmark's inputs,

@@ -17,7 +17,7 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
  * Where a training step's time goes, kernel by kernel: runs warm-up steps, then times each kernel
  * over the measured steps through {@link TimedKernels}.
  *
- * <pre>java --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED \
+ * <pre>java --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -XX:-UseProfiledLoopPredicate \
  *     -cp bench/target/benchmarks.jar dev.distillery.bench.StepProfile B 2 [steps] [gemm] [warm-up steps] [fp32|bf16] [cpu|cuda|cuda-host-only]</pre>
  *
  * On cuda each kernel's time is its GPU work (see {@link TimedKernels}); cuda-host-only times the

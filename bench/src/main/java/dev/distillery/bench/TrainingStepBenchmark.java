@@ -44,7 +44,7 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
 @BenchmarkMode(Mode.AverageTime)
 @OutputTimeUnit(TimeUnit.MILLISECONDS)
 // the collector `java -jar trainer.jar` runs (ChildJvm)
-@Fork(value = 1, jvmArgsAppend = {"--add-modules=jdk.incubator.vector", "--enable-native-access=ALL-UNNAMED", "-Xmx8g", "-XX:+UseSerialGC"})
+@Fork(value = 1, jvmArgsAppend = {"--add-modules=jdk.incubator.vector", "-XX:-UseProfiledLoopPredicate", "--enable-native-access=ALL-UNNAMED", "-Xmx8g", "-XX:+UseSerialGC"})
 @Warmup(iterations = 3, time = 5)
 @Measurement(iterations = 5, time = 10)
 public class TrainingStepBenchmark {

@@ -13,6 +13,7 @@ import java.lang.foreign.MemorySegment;
 import dev.distillery.bindings.OpenBlasLibrary;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.cpu.distill.FusedDistillLoss;
 import dev.distillery.kernels.distill.DistillOptions;
@@ -45,6 +46,12 @@ public final class CpuKernels implements Kernels {
     private final FusedDistillLoss distillLoss;
     /** Per-chunk scratch for row reductions, grown on demand, reused across calls. */
     private float[][] partials = new float[0][];
+    /**
+     * Per-chunk column sums of {@link #sumRows}, off the heap: the same loop over a heap array
+     * wrapped as a segment took 3–4× as long (docs/PERFORMANCE.md, the training step).
+     */
+    private final Arena scratchArena = Arena.ofShared();
+    private MemorySegment rowSums = MemorySegment.NULL;
 
     /** Threads from {@code distillery.threads} (default: available processors), GEMM from {@code distillery.gemm}. */
     public CpuKernels() {
@@ -99,8 +106,9 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public String describe() {
+        String jit = LoopPredication.note();
         return "cpu (" + (precisionNote == null ? "" : precisionNote + "; ") + gemm.describe() + ", " + pool.threads() + (pool.threads() == 1 ? " thread, " : " threads, ") + SPECIES.vectorBitSize()
-                + "-bit vectors, " + FusedDistillLoss.rowsDescription() + ")";
+                + "-bit vectors, " + FusedDistillLoss.rowsDescription() + (jit == null ? "" : "; " + jit) + ")";
     }
 
     public int threads() {
@@ -156,6 +164,14 @@ public final class CpuKernels implements Kernels {
     public void close() {
         gemm.close();
         pool.close();
+        scratchArena.close();
+    }
+
+    /** {@link #rowSums} of at least chunks × c floats, grown on demand, reused across calls. */
+    private MemorySegment rowSums(int chunks, int c) {
+        long bytes = 4L * chunks * c;
+        if (rowSums.byteSize() < bytes) rowSums = scratchArena.allocate(bytes, 64);
+        return rowSums;
     }
 
     // ---------------------------------------------------------------- GEMM
@@ -240,13 +256,17 @@ public final class CpuKernels implements Kernels {
     @Override
     public void sumRows(MemorySegment acc, MemorySegment x, int n, int c) {
         int chunks = pool.chunks(n, grainRows(c));
-        float[][] part = partials(chunks, c);
+        MemorySegment rowSums = rowSums(chunks, c);
         pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
-            MemorySegment p = MemorySegment.ofArray(part[chunk]);
-            VectorOps.fill(p, 0, c, 0f);
-            for (int r = start; r < end; r++) VectorOps.add(x, (long) r * c, p, 0, c);
+            long p = (long) chunk * c;
+            VectorOps.fill(rowSums, p, c, 0f);
+            for (int r = start; r < end; r++) VectorOps.add(x, (long) r * c, rowSums, p, c);
         });
-        addPartials(acc, part, chunks, 0, c);
+        for (int j = 0; j < c; j++) {
+            float s = get(acc, j);
+            for (int ch = 0; ch < chunks; ch++) s += get(rowSums, (long) ch * c + j);
+            set(acc, j, s);
+        }
     }
 
     // ---------------------------------------------------------------- embedding
@@ -868,27 +888,71 @@ public final class CpuKernels implements Kernels {
         if (step < 1) throw new IllegalArgumentException("AdamW step must be >= 1, got " + step);
         float c1 = (float) (1.0 / (1.0 - Math.pow(beta1, step)));
         float c2 = (float) (1.0 / (1.0 - Math.pow(beta2, step)));
-        float ob1 = 1f - beta1, ob2 = 1f - beta2;
-        elementwise(n, (start, end) -> {
-            long i = start;
-            for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
-                FloatVector g = FloatVector.fromMemorySegment(SPECIES, grads, (i) * 4L, ORDER), p = FloatVector.fromMemorySegment(SPECIES, params, (i) * 4L, ORDER);
-                FloatVector mv = FloatVector.fromMemorySegment(SPECIES, m, (i) * 4L, ORDER).mul(beta1).add(g.mul(ob1));
-                FloatVector vv = FloatVector.fromMemorySegment(SPECIES, v, (i) * 4L, ORDER).mul(beta2).add(g.mul(g).mul(ob2));
-                mv.intoMemorySegment(m, (i) * 4L, ORDER);
-                vv.intoMemorySegment(v, (i) * 4L, ORDER);
-                FloatVector update = mv.mul(c1).div(vv.mul(c2).sqrt().add(eps)).add(p.mul(weightDecay));
-                p.sub(update.mul(lr)).intoMemorySegment(params, (i) * 4L, ORDER);
-            }
-            for (; i < end; i++) {
-                float g = get(grads, i), p = get(params, i);
-                float mv = beta1 * get(m, i) + ob1 * g;
-                float vv = beta2 * get(v, i) + ob2 * g * g;
-                set(m, i, mv);
-                set(v, i, vv);
-                set(params, i, p - lr * (mv * c1 / ((float) Math.sqrt(vv * c2) + eps) + weightDecay * p));
+        elementwise(n, (start, end) -> adamW(params, grads, m, v, start, end, lr, beta1, beta2, eps, weightDecay, c1, c2));
+    }
+
+    /**
+     * Every span of the block in one pass over the pool: the spans cut into pieces of at most
+     * ELEMENTWISE_GRAIN elements (as {@link #adamW} cuts each span, so the same bits), the pieces
+     * shared out among the threads, rather than a parallel call per tensor (dozens a step, most of
+     * them small).
+     */
+    @Override
+    public void adamWSpans(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, ParameterSpans spans,
+                           float lr, float beta1, float beta2, float eps, int step) {
+        if (step < 1) throw new IllegalArgumentException("AdamW step must be >= 1, got " + step);
+        float c1 = (float) (1.0 / (1.0 - Math.pow(beta1, step)));
+        float c2 = (float) (1.0 / (1.0 - Math.pow(beta2, step)));
+        long[] pieces = adamWPieces(spans);
+        pool.forEachChunk(pieces.length / 3, 1, (chunk, first, last) -> {
+            for (int q = 3 * first; q < 3 * last; q += 3) {
+                adamW(params, grads, m, v, pieces[q], pieces[q + 1], lr, beta1, beta2, eps, spans.weightDecay((int) pieces[q + 2]), c1, c2);
             }
         });
+    }
+
+    /** The last spans seen and their pieces (start, end, span) in triples; spans are immutable. */
+    private ParameterSpans piecesOf;
+    private long[] pieces;
+
+    private long[] adamWPieces(ParameterSpans spans) {
+        if (spans != piecesOf) {
+            java.util.List<long[]> list = new java.util.ArrayList<>();
+            for (int i = 0; i < spans.count(); i++) {
+                for (long from = 0; from < spans.length(i); from += ELEMENTWISE_GRAIN) {
+                    long start = spans.offset(i) + from;
+                    list.add(new long[]{start, start + Math.min(ELEMENTWISE_GRAIN, spans.length(i) - from), i});
+                }
+            }
+            pieces = new long[3 * list.size()];
+            for (int q = 0; q < list.size(); q++) System.arraycopy(list.get(q), 0, pieces, 3 * q, 3);
+            piecesOf = spans;
+        }
+        return pieces;
+    }
+
+    /** AdamW over elements [start, end), c1 and c2 the bias corrections 1/(1 − βᵗ). */
+    private static void adamW(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, long start, long end,
+                              float lr, float beta1, float beta2, float eps, float weightDecay, float c1, float c2) {
+        float ob1 = 1f - beta1, ob2 = 1f - beta2;
+        long i = start;
+        for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
+            FloatVector g = FloatVector.fromMemorySegment(SPECIES, grads, (i) * 4L, ORDER), p = FloatVector.fromMemorySegment(SPECIES, params, (i) * 4L, ORDER);
+            FloatVector mv = FloatVector.fromMemorySegment(SPECIES, m, (i) * 4L, ORDER).mul(beta1).add(g.mul(ob1));
+            FloatVector vv = FloatVector.fromMemorySegment(SPECIES, v, (i) * 4L, ORDER).mul(beta2).add(g.mul(g).mul(ob2));
+            mv.intoMemorySegment(m, (i) * 4L, ORDER);
+            vv.intoMemorySegment(v, (i) * 4L, ORDER);
+            FloatVector update = mv.mul(c1).div(vv.mul(c2).sqrt().add(eps)).add(p.mul(weightDecay));
+            p.sub(update.mul(lr)).intoMemorySegment(params, (i) * 4L, ORDER);
+        }
+        for (; i < end; i++) {
+            float g = get(grads, i), p = get(params, i);
+            float mv = beta1 * get(m, i) + ob1 * g;
+            float vv = beta2 * get(v, i) + ob2 * g * g;
+            set(m, i, mv);
+            set(v, i, vv);
+            set(params, i, p - lr * (mv * c1 / ((float) Math.sqrt(vv * c2) + eps) + weightDecay * p));
+        }
     }
 
     @Override

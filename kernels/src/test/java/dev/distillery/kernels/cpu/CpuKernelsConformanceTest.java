@@ -17,6 +17,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
+import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.conformance.KernelConformance;
 import dev.distillery.kernels.reference.ReferenceKernels;
@@ -167,6 +168,40 @@ class CpuKernelsConformanceTest {
                 }
                 assertEquals(-1L, expected.mismatch(got), m + "x" + n + "x" + k + (transB ? " NT" : " NN") + (held ? ", B held" : ""));
             }
+        }
+    }
+
+    /**
+     * The whole block's AdamW in one pass over the pool gives the bits of one adamW call per span
+     * (the contract's default): spans of lengths that are not multiples of a vector, one longer
+     * than a chunk of the pool, a gap between spans (left untouched) and several weight decays.
+     */
+    @ParameterizedTest(name = "threads={0}")
+    @CsvSource({"1", "2"})
+    void adamWSpansGivesTheBitsOfOneCallPerSpan(int threads) {
+        long[] offsets = {0, 37, 100, 40_100}, lengths = {37, 50, 40_000, 1_000};   // 87..100 is a gap
+        float[] decays = {0f, 0.1f, 0.01f, 0f};
+        ParameterSpans spans = new ParameterSpans(offsets, lengths, decays);
+        int n = 41_100;
+        Random random = new Random(5);
+        try (CpuKernels kernels = new CpuKernels(threads, "auto"); Arena arena = Arena.ofShared()) {
+            float[] p0 = gaussians(random, n), g = gaussians(random, n), m0 = gaussians(random, n), v0 = gaussians(random, n);
+            for (int i = 0; i < n; i++) v0[i] = Math.abs(v0[i]);
+            MemorySegment grads = arena.allocateFrom(ValueLayout.JAVA_FLOAT, g);
+            MemorySegment[] want = {arena.allocateFrom(ValueLayout.JAVA_FLOAT, p0), arena.allocateFrom(ValueLayout.JAVA_FLOAT, m0),
+                    arena.allocateFrom(ValueLayout.JAVA_FLOAT, v0)};
+            MemorySegment[] got = {arena.allocateFrom(ValueLayout.JAVA_FLOAT, p0), arena.allocateFrom(ValueLayout.JAVA_FLOAT, m0),
+                    arena.allocateFrom(ValueLayout.JAVA_FLOAT, v0)};
+            for (int step = 1; step <= 2; step++) {
+                for (int i = 0; i < offsets.length; i++) {
+                    long at = 4 * offsets[i], bytes = 4 * lengths[i];
+                    kernels.adamW(want[0].asSlice(at, bytes), grads.asSlice(at, bytes), want[1].asSlice(at, bytes), want[2].asSlice(at, bytes),
+                            lengths[i], 1e-2f, 0.9f, 0.95f, 1e-8f, decays[i], step);
+                }
+                kernels.adamWSpans(got[0], grads, got[1], got[2], spans, 1e-2f, 0.9f, 0.95f, 1e-8f, step);
+            }
+            for (int q = 0; q < 3; q++) assertEquals(-1L, want[q].mismatch(got[q]), new String[]{"params", "m", "v"}[q]);
+            assertEquals(p0[90], got[0].getAtIndex(ValueLayout.JAVA_FLOAT, 90), "the gap between spans");
         }
     }
 

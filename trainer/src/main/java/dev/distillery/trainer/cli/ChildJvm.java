@@ -31,6 +31,8 @@ import sun.misc.Signal;
 public final class ChildJvm {
 
     static final String INCUBATOR_WARNING = "WARNING: Using incubator modules: jdk.incubator.vector";
+    /** C2 compiles the kernels' Vector-API loops without profiled loop predicates (docs/KERNELS.md#vector-api-loops-and-the-jit). */
+    static final String NO_PROFILED_LOOP_PREDICATES = "-XX:-UseProfiledLoopPredicate";
     /** The system property that tells the child its launcher's PID. */
     public static final String LAUNCHER_PID = "distillery.launcherPid";
 
@@ -64,7 +66,9 @@ public final class ChildJvm {
 
     /**
      * The child's JVM options: this JVM's, less a debugger agent; the serial collector unless one
-     * is chosen; and an initial heap of 32 MB unless one is given. The heap starts small because
+     * is chosen; an initial heap of 32 MB unless one is given; and C2 without profiled loop
+     * predicates unless they are chosen (with them a kernel's loop can be deoptimized and recompiled
+     * without end). The heap starts small because
      * the young generation grows with it: before C2 compiles the kernels, the Vector API's
      * fallback allocates gigabytes of short-lived arrays, and a young generation sized from the
      * machine's memory (1/64 of it initially) leaves every page it cycled through resident;
@@ -73,15 +77,17 @@ public final class ChildJvm {
      */
     static List<String> jvmOptions(List<String> given) {
         List<String> options = new ArrayList<>();
-        boolean collectorChosen = false, initialHeapChosen = false;
+        boolean collectorChosen = false, initialHeapChosen = false, predicationChosen = false;
         for (String option : given) {
             if (option.startsWith("-agentlib:jdwp")) continue;
             collectorChosen |= option.matches("-XX:[+-]Use\\w+GC");
             initialHeapChosen |= option.startsWith("-Xms") || option.startsWith("-XX:InitialHeapSize");
+            predicationChosen |= option.matches("-XX:[+-]UseProfiledLoopPredicate");
             options.add(option);
         }
         if (!collectorChosen) options.add("-XX:+UseSerialGC");
         if (!initialHeapChosen) options.add("-Xms32m");
+        if (!predicationChosen) options.add(NO_PROFILED_LOOP_PREDICATES);
         return options;
     }
 

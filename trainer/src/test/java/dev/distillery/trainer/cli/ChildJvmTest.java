@@ -34,13 +34,16 @@ class ChildJvmTest {
     }
 
     @Test
-    void theChildRunsTheSerialCollectorOnASmallInitialHeapUnlessOthersWereChosen() {
-        assertEquals(java.util.List.of("-Xmx2g", "-XX:+UseSerialGC", "-Xms32m"),
+    void theChildRunsTheSerialCollectorOnASmallInitialHeapWithoutProfiledLoopPredicatesUnlessOthersWereChosen() {
+        String off = ChildJvm.NO_PROFILED_LOOP_PREDICATES;
+        assertEquals(java.util.List.of("-Xmx2g", "-XX:+UseSerialGC", "-Xms32m", off),
                 ChildJvm.jvmOptions(java.util.List.of("-Xmx2g", "-agentlib:jdwp=transport=dt_socket,server=y")));
-        assertEquals(java.util.List.of("-XX:+UseG1GC", "-Xmx2g", "-Xms32m"), ChildJvm.jvmOptions(java.util.List.of("-XX:+UseG1GC", "-Xmx2g")));
-        assertEquals(java.util.List.of("-XX:+UseParallelGC", "-Xms1g"), ChildJvm.jvmOptions(java.util.List.of("-XX:+UseParallelGC", "-Xms1g")));
-        assertEquals(java.util.List.of("-XX:InitialHeapSize=64m", "-XX:+UseSerialGC"),
+        assertEquals(java.util.List.of("-XX:+UseG1GC", "-Xmx2g", "-Xms32m", off), ChildJvm.jvmOptions(java.util.List.of("-XX:+UseG1GC", "-Xmx2g")));
+        assertEquals(java.util.List.of("-XX:+UseParallelGC", "-Xms1g", off), ChildJvm.jvmOptions(java.util.List.of("-XX:+UseParallelGC", "-Xms1g")));
+        assertEquals(java.util.List.of("-XX:InitialHeapSize=64m", "-XX:+UseSerialGC", off),
                 ChildJvm.jvmOptions(java.util.List.of("-XX:InitialHeapSize=64m")));
+        assertEquals(java.util.List.of("-XX:+UseProfiledLoopPredicate", "-XX:+UseSerialGC", "-Xms32m"),
+                ChildJvm.jvmOptions(java.util.List.of("-XX:+UseProfiledLoopPredicate")));
     }
 
     @Test
