@@ -8,8 +8,8 @@ import com.sun.management.HotSpotDiagnosticMXBean;
  * Whether this JVM runs C2's profiled loop predication, which the CPU kernels' Vector-API loops
  * should run without ({@code -XX:-UseProfiledLoopPredicate}): with it, a loop over memory
  * segments can be compiled with a predicate that the next call fails, deoptimized, compiled the
- * same way again, and run between compilations in the interpreter, where a vector operation costs
- * hundreds of times its compiled cost; AdamW ran 18–70× slower that way
+ * same way again, and run between compilations in the interpreter, on the Vector API's Java
+ * fallbacks; AdamW ran 17–100× slower that way
  * (docs/KERNELS.md#vector-api-loops-and-the-jit). The trainer, the tests and the benchmarks start
  * their JVMs without it.
  */
