@@ -1,8 +1,10 @@
 /*
- * The GEMM of bf16 mixed precision on the CPU: C = alpha op(A) op(B) + beta C, row-major, fp32 in
- * and out, with both operands rounded to bf16 (round to nearest even) and the products summed in
- * fp32. Twin of the float64 reference ReferenceKernels.gemmBf16 and of CudaKernels' cublasGemmEx
- * (bf16 inputs, fp32 compute); docs/KERNELS.md#bf16-gemm.
+ * The GEMM of bf16 mixed precision on the CPU: C = alpha op(A) op(B) + beta C, row-major, fp32
+ * out, with both operands rounded to bf16 (round to nearest even) and the products summed in fp32.
+ * Each operand is fp32, or already bf16 (a_bf16, b_bf16: an activation stored so by the kernel that
+ * made it); a stored bf16 value is what the rounding would have given, so the product is the same.
+ * Twin of the float64 reference ReferenceKernels.gemmBf16 and of CudaKernels' cublasGemmEx (bf16
+ * inputs, fp32 compute); docs/KERNELS.md#bf16-gemm.
  *
  * Two machines run it:
  *   AMX (Intel Sapphire Rapids and later)  tiles: C in 16 x 16 fp32 tiles, TDPBF16PS over 32-deep
@@ -91,14 +93,36 @@ static uint16_t *packing_buffer(size_t bytes) {
     return scratch;
 }
 
-/* Rows 2p and 2p+1 of a row-major fp32 matrix, 16 columns from j, as 16 (bf16, bf16) pairs: one dword per column. */
-PACK static inline __m512i row_pairs(const float *r0, const float *r1, int j) {
+/* Element i of an operand stored as fp32 or as bf16. */
+static inline const void *at(const void *base, size_t i, int bf16) {
+    return (const char *) base + i * (bf16 ? 2 : 4);
+}
+
+/* Element i of an operand as bf16: rounded, or as stored. */
+static inline uint16_t bf16_at(const void *base, size_t i, int bf16) {
+    return bf16 ? ((const uint16_t *) base)[i] : to_bf16(((const float *) base)[i]);
+}
+
+/* 16 elements from p as bf16 (rounded, or as stored). */
+PACK static inline __m256i load16(const void *p, int bf16) {
+    return bf16 ? _mm256_loadu_si256((const __m256i *) p) : (__m256i) _mm512_cvtneps_pbh(_mm512_loadu_ps((const float *) p));
+}
+
+/* Rows 2p and 2p+1 of a row-major matrix (r1 NULL: zeros), 16 columns from j, as 16 (bf16, bf16) pairs: one dword per column. */
+PACK static inline __m512i row_pairs(const void *r0, const void *r1, int j, int bf16) {
     const __m512i interleave = _mm512_set_epi16(
             31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
             23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    __m512 lo = _mm512_loadu_ps(r0 + j);
-    __m512 hi = r1 ? _mm512_loadu_ps(r1 + j) : _mm512_setzero_ps();
-    return _mm512_permutexvar_epi16(interleave, (__m512i) _mm512_cvtne2ps_pbh(hi, lo));   /* lo in the low half */
+    __m512i both;   /* r0's 16 in the low half, r1's in the high */
+    if (bf16) {
+        __m256i hi = r1 ? _mm256_loadu_si256((const __m256i *) ((const uint16_t *) r1 + j)) : _mm256_setzero_si256();
+        both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) ((const uint16_t *) r0 + j))), hi, 1);
+    } else {
+        __m512 lo = _mm512_loadu_ps((const float *) r0 + j);
+        __m512 hi = r1 ? _mm512_loadu_ps((const float *) r1 + j) : _mm512_setzero_ps();
+        both = (__m512i) _mm512_cvtne2ps_pbh(hi, lo);
+    }
+    return _mm512_permutexvar_epi16(interleave, both);
 }
 
 /* r[0..15] as a 16 x 16 matrix of dwords, transposed in place. */
@@ -138,17 +162,14 @@ PACK static inline void transpose_16x16(__m512i r[16]) {
  */
 
 /* Ap (Mp, Kp) from op(A). */
-PACK static void pack_a(int trans, int m, int k, const float *a, int lda, uint16_t *ap, int mp, int kp) {
+PACK static void pack_a(int trans, int m, int k, const void *a, int lda, int a_bf16, uint16_t *ap, int mp, int kp) {
     if (!trans) {
         for (int i = 0; i < m; i++) {
-            const float *row = a + (size_t) i * lda;
+            const void *row = at(a, (size_t) i * lda, a_bf16);
             uint16_t *out = ap + (size_t) i * kp;
             int kk = 0;
-            for (; kk + 16 <= k; kk += 16) {
-                __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(row + kk));
-                _mm256_storeu_si256((__m256i *) (out + kk), (__m256i) h);
-            }
-            for (; kk < k; kk++) out[kk] = to_bf16(row[kk]);
+            for (; kk + 16 <= k; kk += 16) _mm256_storeu_si256((__m256i *) (out + kk), load16(at(row, kk, a_bf16), a_bf16));
+            for (; kk < k; kk++) out[kk] = bf16_at(row, kk, a_bf16);
             for (; kk < kp; kk++) out[kk] = 0;
         }
     } else {   /* op(A)[i][kk] = a[kk * lda + i]: rows kk, kk+1 of A as stored give the pair (kk, kk+1) of 16 rows of Ap */
@@ -162,7 +183,7 @@ PACK static void pack_a(int trans, int m, int k, const float *a, int lda, uint16
                     __m512i r[16];
                     for (int q = 0; q < 16; q++) {
                         const int kk = 2 * (p0 + q);
-                        r[q] = kk < k ? row_pairs(a + (size_t) kk * lda, kk + 1 < k ? a + (size_t) (kk + 1) * lda : NULL, i)
+                        r[q] = kk < k ? row_pairs(at(a, (size_t) kk * lda, a_bf16), kk + 1 < k ? at(a, (size_t) (kk + 1) * lda, a_bf16) : NULL, i, a_bf16)
                                       : _mm512_setzero_si512();
                     }
                     transpose_16x16(r);
@@ -175,7 +196,7 @@ PACK static void pack_a(int trans, int m, int k, const float *a, int lda, uint16
         for (; i < m; i++) {
             uint16_t *out = ap + (size_t) i * kp;
             int kk = 0;
-            for (; kk < k; kk++) out[kk] = to_bf16(a[(size_t) kk * lda + i]);
+            for (; kk < k; kk++) out[kk] = bf16_at(a, (size_t) kk * lda + i, a_bf16);
             for (; kk < kp; kk++) out[kk] = 0;
         }
     }
@@ -183,18 +204,18 @@ PACK static void pack_a(int trans, int m, int k, const float *a, int lda, uint16
 }
 
 /* Bp: blocks of 16 columns, each Kp/2 rows of 16 bf16 pairs. */
-PACK static void pack_b(int trans, int k, int n, const float *b, int ldb, uint16_t *bp, int kp, int np) {
+PACK static void pack_b(int trans, int k, int n, const void *b, int ldb, int b_bf16, uint16_t *bp, int kp, int np) {
     if (kp != k || np != n) memset(bp, 0, (size_t) kp * np * 2);   /* the padding; everything else is written below */
     if (!trans) {   /* op(B)[kk][j] = b[kk * ldb + j]: rows 2p and 2p+1 interleaved */
         for (int p = 0; 2 * p < k; p++) {
-            const float *r0 = b + (size_t) (2 * p) * ldb;
-            const float *r1 = 2 * p + 1 < k ? r0 + ldb : NULL;
+            const void *r0 = at(b, (size_t) (2 * p) * ldb, b_bf16);
+            const void *r1 = 2 * p + 1 < k ? at(r0, ldb, b_bf16) : NULL;
             int j = 0;
-            for (; j + 16 <= n; j += 16) _mm512_stream_si512((__m512i *) (bp + ((size_t) (j / 16) * kp / 2 + p) * 32), row_pairs(r0, r1, j));
+            for (; j + 16 <= n; j += 16) _mm512_stream_si512((__m512i *) (bp + ((size_t) (j / 16) * kp / 2 + p) * 32), row_pairs(r0, r1, j, b_bf16));
             for (; j < n; j++) {
                 uint16_t *pair = bp + ((size_t) (j / 16) * kp / 2 + p) * 32 + (j % 16) * 2;
-                pair[0] = to_bf16(r0[j]);
-                pair[1] = r1 ? to_bf16(r1[j]) : 0;
+                pair[0] = bf16_at(r0, j, b_bf16);
+                pair[1] = r1 ? bf16_at(r1, j, b_bf16) : 0;
             }
         }
         _mm_sfence();
@@ -206,21 +227,22 @@ PACK static void pack_b(int trans, int k, int n, const float *b, int ldb, uint16
             for (; kk + 32 <= k; kk += 32) {
                 __m512i r[16];
                 for (int q = 0; q < 16; q++) {
-                    const float *row = b + (size_t) (j + q) * ldb + kk;
-                    r[q] = (__m512i) _mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + 16), _mm512_loadu_ps(row));
+                    const void *row = at(b, (size_t) (j + q) * ldb + kk, b_bf16);
+                    r[q] = b_bf16 ? _mm512_loadu_si512(row)
+                                  : (__m512i) _mm512_cvtne2ps_pbh(_mm512_loadu_ps((const float *) row + 16), _mm512_loadu_ps((const float *) row));
                 }
                 transpose_16x16(r);
                 for (int p = 0; p < 16; p++) _mm512_storeu_si512(block + (size_t) (kk / 2 + p) * 32, r[p]);
             }
             for (int q = 0; q < 16; q++) {
-                const float *row = b + (size_t) (j + q) * ldb;
-                for (int kt = kk; kt < k; kt++) block[(size_t) (kt / 2) * 32 + q * 2 + (kt & 1)] = to_bf16(row[kt]);
+                const void *row = at(b, (size_t) (j + q) * ldb, b_bf16);
+                for (int kt = kk; kt < k; kt++) block[(size_t) (kt / 2) * 32 + q * 2 + (kt & 1)] = bf16_at(row, kt, b_bf16);
             }
         }
         for (; j < n; j++) {
-            const float *row = b + (size_t) j * ldb;
+            const void *row = at(b, (size_t) j * ldb, b_bf16);
             uint16_t *col = bp + (size_t) (j / 16) * kp / 2 * 32 + (j % 16) * 2;
-            for (int kk = 0; kk < k; kk++) col[(size_t) (kk / 2) * 32 + (kk & 1)] = to_bf16(row[kk]);
+            for (int kk = 0; kk < k; kk++) col[(size_t) (kk / 2) * 32 + (kk & 1)] = bf16_at(row, kk, b_bf16);
         }
     }
 }
@@ -358,12 +380,12 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
 }
 
 /* op(A) packed into the calling thread's buffer, then the tiles or dot products against Bp. */
-static int gemm_packed(int kind, int trans_a, int m, int n, int k, float alpha, const float *a, int lda,
+static int gemm_packed(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
                        const uint16_t *bp, float beta, float *c, int ldc) {
     int mp = round_up(m, 32), np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
     uint16_t *ap = packing_buffer((size_t) mp * kp * 2);
     if (ap == NULL) return 1;
-    pack_a(trans_a, m, k, a, lda, ap, mp, kp);
+    pack_a(trans_a, m, k, a, lda, a_bf16, ap, mp, kp);
     if (kind == BF16_AMX) {
         gemm_amx(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
     } else {
@@ -378,31 +400,32 @@ long distillery_bf16_packed_b_bytes(int k, int n) {
 }
 
 /* op(B) (k, n) packed into bp (distillery_bf16_packed_b_bytes(k, n) bytes, 64-byte aligned), for distillery_bf16_gemm_packed_b. */
-void distillery_bf16_pack_b(int trans_b, int k, int n, const float *b, int ldb, uint16_t *bp) {
+void distillery_bf16_pack_b(int trans_b, int k, int n, const void *b, int ldb, int b_bf16, uint16_t *bp) {
     if (n <= 0) return;
-    pack_b(trans_b, k, n, b, ldb, bp, round_up(k > 0 ? k : 1, 32), round_up(n, 32));
+    pack_b(trans_b, k, n, b, ldb, b_bf16, bp, round_up(k > 0 ? k : 1, 32), round_up(n, 32));
 }
 
 /*
- * kind: BF16_AMX or BF16_AVX512 (as distillery_bf16_gemm_kind() allows). Returns 0, or 1 when the
- * packing buffer could not be allocated (nothing written).
+ * kind: BF16_AMX or BF16_AVX512 (as distillery_bf16_gemm_kind() allows); a_bf16, b_bf16: 1 where
+ * that operand is stored as bf16, 0 for fp32. Returns 0, or 1 when the packing buffer could not be
+ * allocated (nothing written).
  */
 int distillery_bf16_gemm(int kind, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                         const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+                         const void *a, int lda, int a_bf16, const void *b, int ldb, int b_bf16, float beta, float *c, int ldc) {
     if (m <= 0 || n <= 0) return 0;
     int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
     uint16_t *bp = packing_buffer(((size_t) round_up(m, 32) * kp + (size_t) kp * np) * 2);
     if (bp == NULL) return 1;
     bp += (size_t) round_up(m, 32) * kp;   /* op(A) goes before it, in the same buffer */
-    pack_b(trans_b, k, n, b, ldb, bp, kp, np);
-    return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, bp, beta, c, ldc);
+    pack_b(trans_b, k, n, b, ldb, b_bf16, bp, kp, np);
+    return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, a_bf16, bp, beta, c, ldc);
 }
 
 /* distillery_bf16_gemm with op(B) as distillery_bf16_pack_b left it (a weight packed once for several calls). */
-int distillery_bf16_gemm_packed_b(int kind, int trans_a, int m, int n, int k, float alpha, const float *a, int lda,
+int distillery_bf16_gemm_packed_b(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
                                   const uint16_t *bp, float beta, float *c, int ldc) {
     if (m <= 0 || n <= 0) return 0;
-    return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, bp, beta, c, ldc);
+    return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, a_bf16, bp, beta, c, ldc);
 }
 
 static volatile float peak_sink;

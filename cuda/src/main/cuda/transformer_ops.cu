@@ -107,6 +107,46 @@ __device__ __forceinline__ void adamw_element(float* params, const float* grads,
     params[i] -= lr * ((mi / c1) / (sqrtf(vi / c2) + eps) + weight_decay * params[i]);
 }
 
+// Out: float, or uint16_t for bf16 (rounded by to_bf16, as the GEMMs' operands are: an activation
+// that only GEMMs read, stored in half the bytes with the bits they would have made).
+template <typename Out>
+__device__ void layernorm_forward(Out* out, float* mean, float* rstd, const float* inp, const float* weight,
+                                  const float* bias, int N, int C) {
+    __shared__ float scratch[MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= N) return;
+    const float* x = inp + (long)row * C;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[i];
+    const float m = block_sum(s, scratch) / C;
+    float v = 0.f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        const float d = x[i] - m;
+        v += d * d;
+    }
+    const float r = 1.f / sqrtf(block_sum(v, scratch) / C + 1e-5f);
+    Out* o = out + (long)row * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = as_stored((x[i] - m) * r * weight[i] + bias[i], o);
+    if (threadIdx.x == 0) {
+        mean[row] = m;
+        rstd[row] = r;
+    }
+}
+
+template <typename Out>
+__device__ void rmsnorm_forward(Out* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
+    __shared__ float scratch[MAX_WARPS];
+    const int row = blockIdx.x;
+    if (row >= N) return;
+    const float* x = inp + (long)row * C;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[i] * x[i];
+    const float r = 1.f / sqrtf(block_sum(s, scratch) / C + eps);
+    Out* o = out + (long)row * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = as_stored(x[i] * r * weight[i], o);
+    if (threadIdx.x == 0) rstd[row] = r;
+}
+
 }  // namespace ops
 
 extern "C" {
@@ -154,25 +194,12 @@ DISTILL_LAUNCH void ops_embedding_backward_tokens(float* dwte, const float* dout
 // One block per row: out = (x - mean) * rstd * weight + bias, eps 1e-5; mean, rstd saved.
 DISTILL_LAUNCH void ops_layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                                           const float* bias, int N, int C) {
-    __shared__ float scratch[ops::MAX_WARPS];
-    const int row = blockIdx.x;
-    if (row >= N) return;
-    const float* x = inp + (long)row * C;
-    float s = 0.f;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[i];
-    const float m = ops::block_sum(s, scratch) / C;
-    float v = 0.f;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        const float d = x[i] - m;
-        v += d * d;
-    }
-    const float r = 1.f / sqrtf(ops::block_sum(v, scratch) / C + 1e-5f);
-    float* o = out + (long)row * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = (x[i] - m) * r * weight[i] + bias[i];
-    if (threadIdx.x == 0) {
-        mean[row] = m;
-        rstd[row] = r;
-    }
+    ops::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
+}
+
+DISTILL_LAUNCH void ops_layernorm_forward_bf16(uint16_t* out, float* mean, float* rstd, const float* inp, const float* weight,
+                                               const float* bias, int N, int C) {
+    ops::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
 }
 
 // One block per row: dinp += rstd * (g - mean(g) - norm * mean(g * norm)), g = dout * weight.
@@ -248,16 +275,11 @@ DISTILL_LAUNCH void ops_gelu_backward(float* dinp, const float* inp, const float
 
 // RMSNorm (the Llama family), one block per row: out = x * rstd * weight, rstd = 1/sqrt(mean(x^2) + eps) saved.
 DISTILL_LAUNCH void ops_rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
-    __shared__ float scratch[ops::MAX_WARPS];
-    const int row = blockIdx.x;
-    if (row >= N) return;
-    const float* x = inp + (long)row * C;
-    float s = 0.f;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[i] * x[i];
-    const float r = 1.f / sqrtf(ops::block_sum(s, scratch) / C + eps);
-    float* o = out + (long)row * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = x[i] * r * weight[i];
-    if (threadIdx.x == 0) rstd[row] = r;
+    ops::rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
+}
+
+DISTILL_LAUNCH void ops_rmsnorm_forward_bf16(uint16_t* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
+    ops::rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
 }
 
 // One block per row: dinp += rstd * (g - norm * mean(g * norm)), g = dout * weight, norm = x * rstd.

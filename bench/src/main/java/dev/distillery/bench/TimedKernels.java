@@ -136,6 +136,17 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, DType aType, int lda,
+                     MemorySegment b, DType bType, int ldb, float beta, MemorySegment c, int ldc) {
+        time("gemm", () -> inner.gemm(transA, transB, m, n, k, alpha, a, aType, lda, b, bType, ldb, beta, c, ldc));
+    }
+
+    @Override
+    public boolean storesBf16Activations() {
+        return inner.storesBf16Activations();
+    }
+
+    @Override
     public ConstantHold holdConstant(MemorySegment operand) {
         return inner.holdConstant(operand);
     }
@@ -154,15 +165,15 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void linearForward(MemorySegment out, MemorySegment inp, MemorySegment weight, MemorySegment bias,
+    public void linearForward(MemorySegment out, MemorySegment inp, DType inpType, MemorySegment weight, MemorySegment bias,
                               int n, int c, int oc) {
-        time("linearForward", () -> inner.linearForward(out, inp, weight, bias, n, c, oc));
+        time("linearForward", () -> inner.linearForward(out, inp, inpType, weight, bias, n, c, oc));
     }
 
     @Override
     public void linearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
-                               MemorySegment inp, MemorySegment weight, int n, int c, int oc) {
-        time("linearBackward", () -> inner.linearBackward(dinp, dinpBeta, dweight, dbias, dout, inp, weight, n, c, oc));
+                               MemorySegment inp, DType inpType, MemorySegment weight, int n, int c, int oc) {
+        time("linearBackward", () -> inner.linearBackward(dinp, dinpBeta, dweight, dbias, dout, inp, inpType, weight, n, c, oc));
     }
 
     @Override
@@ -188,9 +199,9 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void layerNormForward(MemorySegment out, MemorySegment mean, MemorySegment rstd, MemorySegment inp,
+    public void layerNormForward(MemorySegment out, DType outType, MemorySegment mean, MemorySegment rstd, MemorySegment inp,
                                  MemorySegment weight, MemorySegment bias, int n, int c) {
-        time("layerNormForward", () -> inner.layerNormForward(out, mean, rstd, inp, weight, bias, n, c));
+        time("layerNormForward", () -> inner.layerNormForward(out, outType, mean, rstd, inp, weight, bias, n, c));
     }
 
     @Override
@@ -201,8 +212,9 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void rmsNormForward(MemorySegment out, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps) {
-        time("rmsNormForward", () -> inner.rmsNormForward(out, rstd, inp, weight, n, c, eps));
+    public void rmsNormForward(MemorySegment out, DType outType, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c,
+                               float eps) {
+        time("rmsNormForward", () -> inner.rmsNormForward(out, outType, rstd, inp, weight, n, c, eps));
     }
 
     @Override

@@ -115,6 +115,32 @@ public interface Kernels extends AutoCloseable {
               float beta, MemorySegment c, int ldc);
 
     /**
+     * {@link #gemm} with either operand stored as bf16 ({@code aType}, {@code bType}: {@link DType#F32}
+     * or {@link DType#BF16}; a bf16 operand's leading dimension counts bf16 elements). Only under
+     * {@link Precision#BF16}, where it holds an activation that only GEMMs read
+     * ({@link #storesBf16Activations}): a value stored as bf16 is what the GEMM would have rounded
+     * it to, so the product is the same, bit for bit, as {@link #gemm} on the fp32 values.
+     */
+    default void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, DType aType, int lda,
+                      MemorySegment b, DType bType, int ldb, float beta, MemorySegment c, int ldc) {
+        if (aType != DType.F32 || bType != DType.F32) {
+            throw new UnsupportedOperationException(describe() + ": a GEMM operand stored as " + (aType != DType.F32 ? aType : bType)
+                    + " needs bf16 precision");
+        }
+        gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    }
+
+    /**
+     * Whether the runtime should store an activation that only GEMMs read (a norm's output, the
+     * input of a linear) as bf16: under {@link Precision#BF16}, where every GEMM rounds its operands
+     * to bf16 anyway. Half the bytes, the same bits; the norms write it ({@link #layerNormForward}'s
+     * {@code outType}) and {@link #gemm}'s typed form reads it.
+     */
+    default boolean storesBf16Activations() {
+        return precision() == Precision.BF16;
+    }
+
+    /**
      * Declares that the bytes of {@code operand} do not change until the returned hold is closed,
      * so that a backend may keep what it derives from them across {@link #gemm} calls: the CPU's
      * bf16 GEMM packs a B operand lying in it once per shape rather than at every call (the
@@ -160,29 +186,31 @@ public interface Kernels extends AutoCloseable {
     // ---------------------------------------------------------------- linear (GPT-2 Conv1D layout)
 
     /**
-     * {@code out = inp · weight + bias}. inp is (n, c), weight is (c, oc) (Hugging Face GPT-2's
-     * Conv1D layout), bias is (oc) or null, out is (n, oc).
+     * {@code out = inp · weight + bias}. inp is (n, c), fp32 or bf16 ({@code inpType}, see the typed
+     * {@link #gemm}), weight is (c, oc) (Hugging Face GPT-2's Conv1D layout), bias is (oc) or null,
+     * out is (n, oc).
      */
-    default void linearForward(MemorySegment out, MemorySegment inp, MemorySegment weight, MemorySegment bias,
+    default void linearForward(MemorySegment out, MemorySegment inp, DType inpType, MemorySegment weight, MemorySegment bias,
                                int n, int c, int oc) {
         if (bias != null) {
             broadcastRows(out, bias, n, oc);
         }
-        gemm(false, false, n, oc, c, 1f, inp, c, weight, oc, bias == null ? 0f : 1f, out, oc);
+        gemm(false, false, n, oc, c, 1f, inp, inpType, c, weight, DType.F32, oc, bias == null ? 0f : 1f, out, oc);
     }
 
     /**
      * Backward of {@link #linearForward}: {@code dinp = dout · weightᵀ + dinpBeta · dinp} (dinpBeta
      * 1 adds to a gradient, 0 writes a new one over whatever is there), {@code dweight += inpᵀ · dout},
-     * {@code dbias += Σ_rows dout}. Any of dinp, dbias may be null (not needed).
+     * {@code dbias += Σ_rows dout}. Any of dinp, dbias may be null (not needed); inp is stored as
+     * {@code inpType}, the gradients are fp32.
      */
     default void linearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias,
-                                MemorySegment dout, MemorySegment inp, MemorySegment weight,
+                                MemorySegment dout, MemorySegment inp, DType inpType, MemorySegment weight,
                                 int n, int c, int oc) {
         if (dinp != null) {
             gemm(false, true, n, c, oc, 1f, dout, oc, weight, oc, dinpBeta, dinp, c);
         }
-        gemm(true, false, c, oc, n, 1f, inp, c, dout, oc, 1f, dweight, oc);
+        gemm(true, false, c, oc, n, 1f, inp, inpType, c, dout, DType.F32, oc, 1f, dweight, oc);
         if (dbias != null) {
             sumRows(dbias, dout, n, oc);
         }
@@ -213,9 +241,11 @@ public interface Kernels extends AutoCloseable {
 
     /**
      * Per row: {@code out = (inp - mean) * rstd * weight + bias}, eps 1e-5. inp, out are (n, c);
-     * weight, bias (c); mean, rstd (n) are saved for the backward.
+     * weight, bias (c); mean, rstd (n) are saved for the backward. out is written as
+     * {@code outType}: F32, or BF16 (each value rounded to nearest even, as the bf16 GEMM rounds;
+     * only where {@link #storesBf16Activations}).
      */
-    void layerNormForward(MemorySegment out, MemorySegment mean, MemorySegment rstd,
+    void layerNormForward(MemorySegment out, DType outType, MemorySegment mean, MemorySegment rstd,
                           MemorySegment inp, MemorySegment weight, MemorySegment bias, int n, int c);
 
     /** Accumulates dinp (n, c), dweight (c), dbias (c). See docs/KERNELS.md#layernorm. */
@@ -235,9 +265,10 @@ public interface Kernels extends AutoCloseable {
 
     /**
      * Per row: {@code out = inp * rstd * weight}, {@code rstd = 1 / √(mean(inp²) + eps)}. inp, out
-     * are (n, c); weight (c); rstd (n) is saved for the backward. See docs/KERNELS.md#rmsnorm.
+     * are (n, c); weight (c); rstd (n) is saved for the backward; out is written as {@code outType}
+     * (as {@link #layerNormForward}'s). See docs/KERNELS.md#rmsnorm.
      */
-    void rmsNormForward(MemorySegment out, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps);
+    void rmsNormForward(MemorySegment out, DType outType, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps);
 
     /**
      * Accumulates {@code dinp += rstd (g - norm · mean(g · norm))}, g = dout * weight, norm = inp * rstd,

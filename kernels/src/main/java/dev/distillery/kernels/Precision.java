@@ -4,8 +4,9 @@ import java.util.Locale;
 
 /**
  * The arithmetic of a run's GEMMs. Under {@link #BF16} (mixed precision) every GEMM rounds its two
- * operands to bf16 and sums in fp32; parameters, gradients, AdamW moments, activations, losses,
- * norms and softmax statistics stay fp32 (docs/KERNELS.md#bf16-gemm).
+ * operands to bf16 and sums in fp32, and an activation that only GEMMs read is stored in bf16
+ * ({@link Kernels#storesBf16Activations}); parameters, gradients, AdamW moments, the other
+ * activations, losses, norms' and softmax statistics stay fp32 (docs/KERNELS.md#bf16-gemm).
  */
 public enum Precision {
     FP32("fp32"), BF16("bf16");

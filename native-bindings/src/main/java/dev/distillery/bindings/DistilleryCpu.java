@@ -79,13 +79,13 @@ public final class DistilleryCpu {
                         squared = linker.downcallHandle(lookup.findOrThrow("distillery_squared_gradient"),
                                 FunctionDescriptor.ofVoid(p, p, p, i, f, f, f, f, f, f), critical);
                         bf16 = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm"),
-                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, p, i, f, p, i));
+                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i));
                         packedBytes = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_packed_b_bytes"),
                                 FunctionDescriptor.of(p, i, i), critical);
                         packB = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_pack_b"),
-                                FunctionDescriptor.ofVoid(i, i, i, p, i, p));
+                                FunctionDescriptor.ofVoid(i, i, i, p, i, i, p));
                         bf16Packed = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_packed_b"),
-                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, p, f, p, i));
+                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, i, p, f, p, i));
                         dotPeak = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_dot_peak"), FunctionDescriptor.of(p, p));
                         bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
@@ -134,12 +134,14 @@ public final class DistilleryCpu {
     /**
      * {@code distillery_bf16_gemm}: row-major {@code C = alpha op(A) op(B) + beta C} with A and B
      * rounded to bf16 and fp32 sums, on the calling thread; {@code kind} one that
-     * {@link #bf16GemmKind()} allows. Returns 0, or 1 when its packing buffers could not be allocated.
+     * {@link #bf16GemmKind()} allows; {@code aBf16}, {@code bBf16}: that operand is stored as bf16
+     * (read as it is), else fp32. Returns 0, or 1 when its packing buffers could not be allocated.
      */
     public static int bf16Gemm(int kind, boolean transA, boolean transB, int m, int n, int k, float alpha,
-                               long a, int lda, long b, int ldb, float beta, long c, int ldc) {
+                               long a, int lda, boolean aBf16, long b, int ldb, boolean bBf16, float beta, long c, int ldc) {
         try {
-            return (int) BF16_GEMM.invokeExact(kind, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            return (int) BF16_GEMM.invokeExact(kind, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0,
+                    b, ldb, bBf16 ? 1 : 0, beta, c, ldc);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm failed", e);
         }
@@ -169,22 +171,23 @@ public final class DistilleryCpu {
     }
 
     /**
-     * {@code distillery_bf16_pack_b}: op(B) (k, n) rounded to bf16 into {@code bp}, 64-byte aligned
-     * and {@link #bf16PackedBBytes} long, in the layout {@link #bf16GemmPackedB} reads.
+     * {@code distillery_bf16_pack_b}: op(B) (k, n) rounded to bf16 (or read as it is, {@code bBf16})
+     * into {@code bp}, 64-byte aligned and {@link #bf16PackedBBytes} long, in the layout
+     * {@link #bf16GemmPackedB} reads.
      */
-    public static void bf16PackB(boolean transB, int k, int n, long b, int ldb, long bp) {
+    public static void bf16PackB(boolean transB, int k, int n, long b, int ldb, boolean bBf16, long bp) {
         try {
-            BF16_PACK_B.invokeExact(transB ? 1 : 0, k, n, b, ldb, bp);
+            BF16_PACK_B.invokeExact(transB ? 1 : 0, k, n, b, ldb, bBf16 ? 1 : 0, bp);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_pack_b failed", e);
         }
     }
 
     /** {@code distillery_bf16_gemm_packed_b}: {@link #bf16Gemm} with op(B) packed by {@link #bf16PackB}. */
-    public static int bf16GemmPackedB(int kind, boolean transA, int m, int n, int k, float alpha, long a, int lda,
+    public static int bf16GemmPackedB(int kind, boolean transA, int m, int n, int k, float alpha, long a, int lda, boolean aBf16,
                                       long bp, float beta, long c, int ldc) {
         try {
-            return (int) BF16_GEMM_PACKED_B.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, bp, beta, c, ldc);
+            return (int) BF16_GEMM_PACKED_B.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0, bp, beta, c, ldc);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm_packed_b failed", e);
         }

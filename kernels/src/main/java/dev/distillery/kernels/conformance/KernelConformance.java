@@ -181,7 +181,7 @@ public final class KernelConformance {
             double[] out = new double[n * oc];
             MemorySegment sOut = buf.poisoned(out.length), sInp = buf.floats(inp), sW = buf.floats(w), sB = buf.floats(bias);
             long t0 = System.nanoTime();
-            kernels.linearForward(sOut, sInp, sW, sB, n, c, oc);
+            kernels.linearForward(sOut, sInp, DType.F32, sW, sB, n, c, oc);
             double ms = millis(t0);
             // the reference multiplies the operands the kernel's GEMMs multiply (bf16-rounded under bf16) and adds
             // what it adds in fp32 (bias, initial gradients) as given: at a single output, rounding the operands
@@ -192,7 +192,7 @@ public final class KernelConformance {
             double[] dinp = randn(n * c), dw = randn(c * oc), db = randn(oc);
             MemorySegment sDinp = buf.floats(dinp), sDw = buf.floats(dw), sDb = buf.floats(db);
             t0 = System.nanoTime();
-            kernels.linearBackward(sDinp, 1f, sDw, sDb, buf.floats(dout), sInp, sW, n, c, oc);
+            kernels.linearBackward(sDinp, 1f, sDw, sDb, buf.floats(dout), sInp, DType.F32, sW, n, c, oc);
             ms = millis(t0);
             ReferenceKernels.linearBackward(dinp, dw, null, operand(dout), operand(inp), operand(w), n, c, oc);
             for (int r = 0; r < n; r++) for (int o = 0; o < oc; o++) db[o] += dout[r * oc + o];   // the bias sum, of dout as given
@@ -204,7 +204,7 @@ public final class KernelConformance {
             double[] fresh = new double[n * c], dw2 = randn(c * oc);
             MemorySegment sFresh = buf.poisoned(n * c), sDw2 = buf.floats(dw2);
             t0 = System.nanoTime();
-            kernels.linearBackward(sFresh, 0f, sDw2, null, buf.floats(dout), sInp, sW, n, c, oc);
+            kernels.linearBackward(sFresh, 0f, sDw2, null, buf.floats(dout), sInp, DType.F32, sW, n, c, oc);
             ms = millis(t0);
             ReferenceKernels.linearBackward(fresh, dw2, null, operand(dout), operand(inp), operand(w), n, c, oc);
             record(gemmName("linearBackward.new"), n + "x" + c + "->" + oc,
@@ -259,7 +259,7 @@ public final class KernelConformance {
             MemorySegment sOut = buf.poisoned(out.length), sMean = buf.poisoned(n), sRstd = buf.poisoned(n);
             MemorySegment sInp = buf.floats(inp), sW = buf.floats(w);
             long t0 = System.nanoTime();
-            kernels.layerNormForward(sOut, sMean, sRstd, sInp, sW, buf.floats(b), n, c);
+            kernels.layerNormForward(sOut, DType.F32, sMean, sRstd, sInp, sW, buf.floats(b), n, c);
             double ms = millis(t0);
             ReferenceKernels.layerNormForward(out, mean, rstd, inp, w, b, n, c);
             record("layerNormForward", n + "x" + c,
@@ -283,7 +283,7 @@ public final class KernelConformance {
             for (int i = 0; i < inp.length; i++) inp[i] = 3 * inp[i] + 1.5; // no centring: an offset changes the scale
             MemorySegment sOut = buf.poisoned(out.length), sRstd = buf.poisoned(n), sInp = buf.floats(inp), sW = buf.floats(w);
             long t0 = System.nanoTime();
-            kernels.rmsNormForward(sOut, sRstd, sInp, sW, n, c, 1e-6f);
+            kernels.rmsNormForward(sOut, DType.F32, sRstd, sInp, sW, n, c, 1e-6f);
             double ms = millis(t0);
             ReferenceKernels.rmsNormForward(out, rstd, inp, w, n, c, 1e-6);
             record("rmsNormForward", n + "x" + c, Math.max(buf.relativeError(out, sOut, 1e-6), buf.relativeError(rstd, sRstd, 1e-6)), TOL, ms);

@@ -89,25 +89,31 @@ final class Bf16Gemm implements Gemm {
     public void sgemm(boolean transA, boolean transB, int m, int n, int k,
                       float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
                       float beta, MemorySegment c, int ldc) {
+        sgemm(transA, transB, m, n, k, alpha, a, false, lda, b, false, ldb, beta, c, ldc);
+    }
+
+    /** {@link #sgemm} with A and/or B stored as bf16 ({@code aBf16}, {@code bBf16}), read as they are instead of rounded. */
+    void sgemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
+               MemorySegment b, boolean bBf16, int ldb, float beta, MemorySegment c, int ldc) {
         if (m == 0 || n == 0) return;
-        MemorySegment packed = heldPack(transB, k, n, b, ldb);
+        MemorySegment packed = heldPack(transB, k, n, b, bBf16, ldb);
         int status = packed == null
-                ? DistilleryCpu.bf16Gemm(kind, transA, transB, m, n, k, alpha, a.address(), lda, b.address(), ldb, beta, c.address(), ldc)
-                : DistilleryCpu.bf16GemmPackedB(kind, transA, m, n, k, alpha, a.address(), lda, packed.address(), beta, c.address(), ldc);
+                ? DistilleryCpu.bf16Gemm(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16, beta, c.address(), ldc)
+                : DistilleryCpu.bf16GemmPackedB(kind, transA, m, n, k, alpha, a.address(), lda, aBf16, packed.address(), beta, c.address(), ldc);
         if (status != 0) {
             throw new OutOfMemoryError("bf16 GEMM " + m + "x" + n + "x" + k + ": no memory for its packed operands");
         }
     }
 
     /** op(B) packed, when B lies inside a held segment (packed now if this slice and shape are new), else null. */
-    private MemorySegment heldPack(boolean transB, int k, int n, MemorySegment b, int ldb) {
+    private MemorySegment heldPack(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb) {
         if (held.isEmpty() || k == 0) return null;
-        long first = b.address(), last = first + 4L * (transB ? (long) (n - 1) * ldb + k : (long) (k - 1) * ldb + n);
+        long first = b.address(), last = first + (bBf16 ? 2L : 4L) * (transB ? (long) (n - 1) * ldb + k : (long) (k - 1) * ldb + n);
         for (Held h : held) {
             if (first >= h.start && last <= h.end) {
                 return h.packs.computeIfAbsent(new PackKey(first, transB, k, n, ldb), key -> {
                     MemorySegment bp = h.allocate(DistilleryCpu.bf16PackedBBytes(k, n));
-                    DistilleryCpu.bf16PackB(transB, k, n, first, ldb, bp.address());
+                    DistilleryCpu.bf16PackB(transB, k, n, first, ldb, bBf16, bp.address());
                     return bp;
                 });
             }

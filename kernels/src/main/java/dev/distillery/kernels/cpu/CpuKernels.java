@@ -9,6 +9,7 @@ import static dev.distillery.kernels.cpu.VectorOps.set;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 
 import dev.distillery.bindings.OpenBlasLibrary;
 import dev.distillery.kernels.DType;
@@ -191,7 +192,7 @@ public final class CpuKernels implements Kernels {
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
             gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         } else if (gemm instanceof Bf16Gemm bf16) {
-            gemmBf16(bf16, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            gemmBf16(bf16, transA, transB, m, n, k, alpha, a, false, lda, b, false, ldb, beta, c, ldc);
         } else if (m >= n || m >= 32 * pool.threads()) {
             pool.forEachChunk(m, 8, (chunk, r0, r1) -> gemm.sgemm(transA, transB, r1 - r0, n, k, alpha,
                     a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda, b, ldb,
@@ -204,23 +205,44 @@ public final class CpuKernels implements Kernels {
     }
 
     /**
+     * {@link #gemm} with A and/or B stored as bf16: only the bf16 GEMM takes them (under
+     * {@link Precision#BF16}), read as stored instead of rounded; the same bits as rounding them.
+     */
+    @Override
+    public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, DType aType, int lda,
+                     MemorySegment b, DType bType, int ldb, float beta, MemorySegment c, int ldc) {
+        if (aType == DType.F32 && bType == DType.F32) {
+            gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        } else if (gemm instanceof Bf16Gemm bf16 && (aType == DType.F32 || aType == DType.BF16) && (bType == DType.F32 || bType == DType.BF16)) {
+            if (m == 0 || n == 0) return;
+            gemmBf16(bf16, transA, transB, m, n, k, alpha, a, aType == DType.BF16, lda, b, bType == DType.BF16, ldb, beta, c, ldc);
+        } else {
+            Kernels.super.gemm(transA, transB, m, n, k, alpha, a, aType, lda, b, bType, ldb, beta, c, ldc);
+        }
+    }
+
+    /**
      * The bf16 GEMM over the pool, split along the 32 × 32 blocks its tiles form C in, so that
      * every block is formed as on one thread and the bits do not depend on the thread count. It
      * packs both operands at every call, so it splits the larger of op(A) (m rows) and op(B) (n
-     * columns), and each thread packs only its share of it.
+     * columns), and each thread packs only its share of it. An operand stored as bf16 has 2-byte elements.
      */
     private void gemmBf16(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
-                          MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
-        if (m >= n) {
+                          MemorySegment a, boolean aBf16, int lda, MemorySegment b, boolean bBf16, int ldb,
+                          float beta, MemorySegment c, int ldc) {
+        long ea = aBf16 ? 2 : 4, eb = bBf16 ? 2 : 4;
+        if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
+            bf16.sgemm(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc);
+        } else if (m >= n) {
             pool.forEachChunk((m + 31) / 32, 1, (chunk, i0, i1) -> {
                 int r0 = 32 * i0, r1 = Math.min(m, 32 * i1);
-                bf16.sgemm(transA, transB, r1 - r0, n, k, alpha, a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda, b, ldb,
+                bf16.sgemm(transA, transB, r1 - r0, n, k, alpha, a.asSlice(ea * (transA ? r0 : (long) r0 * lda)), aBf16, lda, b, bBf16, ldb,
                         beta, c.asSlice(4L * r0 * ldc), ldc);
             });
         } else {
             pool.forEachChunk((n + 31) / 32, 1, (chunk, j0, j1) -> {
                 int c0 = 32 * j0, c1 = Math.min(n, 32 * j1);
-                bf16.sgemm(transA, transB, m, c1 - c0, k, alpha, a, lda, b.asSlice(4L * (transB ? (long) c0 * ldb : c0)), ldb,
+                bf16.sgemm(transA, transB, m, c1 - c0, k, alpha, a, aBf16, lda, b.asSlice(eb * (transB ? (long) c0 * ldb : c0)), bBf16, ldb,
                         beta, c.asSlice(4L * c0), ldc);
             });
         }
@@ -305,9 +327,22 @@ public final class CpuKernels implements Kernels {
 
     // ---------------------------------------------------------------- layernorm
 
+    /** Whether a norm writes its output as bf16 ({@link Kernels#layerNormForward}'s outType); fp32 otherwise. */
+    private boolean normOutput(DType outType) {
+        if (outType == DType.F32) return false;
+        if (outType == DType.BF16 && storesBf16Activations()) return true;
+        throw new UnsupportedOperationException(describe() + ": a norm's output as " + outType + " needs bf16 precision");
+    }
+
+    private static void setNormOutput(MemorySegment out, boolean bf16, long index, float value) {
+        if (bf16) out.setAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, index, VectorOps.bf16Bits(value));
+        else set(out, index, value);
+    }
+
     @Override
-    public void layerNormForward(MemorySegment out, MemorySegment mean, MemorySegment rstd,
+    public void layerNormForward(MemorySegment out, DType outType, MemorySegment mean, MemorySegment rstd,
                                  MemorySegment inp, MemorySegment weight, MemorySegment bias, int n, int c) {
+        boolean bf16 = normOutput(outType);
         pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
             for (int r = start; r < end; r++) {
                 long o = (long) r * c;
@@ -332,9 +367,10 @@ public final class CpuKernels implements Kernels {
                 i = 0;
                 for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
                     FloatVector y = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).sub(mu).mul(rs).fma(FloatVector.fromMemorySegment(SPECIES, weight, (i) * 4L, ORDER), FloatVector.fromMemorySegment(SPECIES, bias, (i) * 4L, ORDER));
-                    y.intoMemorySegment(out, (o + i) * 4L, ORDER);
+                    if (bf16) VectorOps.intoBf16(y, out, o + i);
+                    else y.intoMemorySegment(out, (o + i) * 4L, ORDER);
                 }
-                for (; i < c; i++) set(out, o + i, (get(inp, o + i) - mu) * rs * get(weight, i) + get(bias, i));
+                for (; i < c; i++) setNormOutput(out, bf16, o + i, (get(inp, o + i) - mu) * rs * get(weight, i) + get(bias, i));
             }
         });
     }
@@ -395,7 +431,8 @@ public final class CpuKernels implements Kernels {
     // ---------------------------------------------------------------- RMSNorm
 
     @Override
-    public void rmsNormForward(MemorySegment out, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps) {
+    public void rmsNormForward(MemorySegment out, DType outType, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps) {
+        boolean bf16 = normOutput(outType);
         pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
             for (int r = start; r < end; r++) {
                 long o = (long) r * c;
@@ -414,10 +451,12 @@ public final class CpuKernels implements Kernels {
                 set(rstd, r, rs);
                 i = 0;
                 for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
-                    FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).mul(rs)
-                            .mul(FloatVector.fromMemorySegment(SPECIES, weight, i * 4L, ORDER)).intoMemorySegment(out, (o + i) * 4L, ORDER);
+                    FloatVector y = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).mul(rs)
+                            .mul(FloatVector.fromMemorySegment(SPECIES, weight, i * 4L, ORDER));
+                    if (bf16) VectorOps.intoBf16(y, out, o + i);
+                    else y.intoMemorySegment(out, (o + i) * 4L, ORDER);
                 }
-                for (; i < c; i++) set(out, o + i, get(inp, o + i) * rs * get(weight, i));
+                for (; i < c; i++) setNormOutput(out, bf16, o + i, get(inp, o + i) * rs * get(weight, i));
             }
         });
     }

@@ -261,6 +261,32 @@ public final class VectorOps {
         s.setAtIndex(F32, index, value);
     }
 
+    /** bf16 vectors of {@link #LANES} lanes: what {@link #intoBf16} stores. */
+    private static final VectorSpecies<Short> BF16_SPECIES = VectorSpecies.of(short.class, VectorShape.forBitSize(LANES * 16));
+
+    /**
+     * x rounded to bf16 as the bf16 GEMM rounds its operands ({@code to_bf16} in bf16_gemm.c, the
+     * instructions' VCVTNEPS2BF16): to nearest even, subnormals to signed zero, a NaN stays a quiet
+     * NaN. So an activation stored in bf16 gives the GEMM the bits it would have made itself.
+     */
+    public static short bf16Bits(float x) {
+        int u = Float.floatToRawIntBits(x);
+        if ((u & 0x7fffffff) > 0x7f800000) return (short) ((u >>> 16) | 0x40);
+        if ((u & 0x7f800000) == 0) return (short) ((u >>> 16) & 0x8000);
+        return (short) ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16);
+    }
+
+    /** {@link #bf16Bits} of every lane of v, stored at bf16 element {@code index} of out. */
+    public static void intoBf16(FloatVector v, MemorySegment out, long index) {
+        IntVector u = v.reinterpretAsInts();
+        IntVector high = u.lanewise(VectorOperators.LSHR, 16);
+        IntVector rounded = u.add(0x7fff).add(high.and(1)).lanewise(VectorOperators.LSHR, 16);
+        IntVector magnitude = u.and(0x7fffffff);
+        rounded = rounded.blend(high.and(0x8000), u.and(0x7f800000).eq(0));
+        rounded = rounded.blend(high.or(0x40), magnitude.compare(VectorOperators.GT, 0x7f800000));
+        rounded.convertShape(VectorOperators.I2S, BF16_SPECIES, 0).intoMemorySegment(out, 2 * index, ORDER);
+    }
+
     /** Σ a[ao + i] * b[bo + i], i < n. */
     public static float dot(MemorySegment a, long ao, MemorySegment b, long bo, int n) {
         int i = 0;

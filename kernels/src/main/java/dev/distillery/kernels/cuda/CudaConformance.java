@@ -11,6 +11,7 @@ import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.conformance.KernelConformance;
+import dev.distillery.kernels.cpu.VectorOps;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.FeatureDistance;
@@ -215,11 +216,15 @@ public final class CudaConformance {
         int n = rows * c;
         float[] x = random(n, 2), w = random(c, 1), dout = random(n, 1), dx0 = random(n, 1), dw0 = random(c, 1);
         MemorySegment out = host(new float[n]), rstd = host(new float[rows]);
-        cpu.rmsNormForward(out, rstd, host(x), host(w), rows, c, 1e-5f);
+        cpu.rmsNormForward(out, DType.F32, rstd, host(x), host(w), rows, c, 1e-5f);
         CudaBackend.Ptr dx = device(host(x)), dw = device(host(w)), dOut = poisoned(n), dRstd = poisoned(rows);
         long t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_RMSNORM_FORWARD, rows, 256, dOut, dRstd, dx, dw, rows, c, 1e-5f);
         record("rmsNormForward", size, floats(out, n), download(dOut, n), TOL, t0);
+        CudaBackend.Ptr dOut16 = poisoned((n + 1) / 2);
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_RMSNORM_FORWARD_BF16, rows, 256, dOut16, poisoned(rows), dx, dw, rows, c, 1e-5f);
+        record("rmsNormForward.bf16", size, roundedToBf16(download(dOut, n)), downloadBf16(dOut16, n), 0, t0);
         MemorySegment hdx = host(dx0), hdw = host(dw0);
         cpu.rmsNormBackward(hdx, hdw, host(dout), host(x), host(w), rstd, rows, c);
         CudaBackend.Ptr gx = device(host(dx0)), gw = device(host(dw0)), gdout = device(host(dout));
@@ -290,6 +295,22 @@ public final class CudaConformance {
         float[] x = new float[n];
         MemorySegment.copy(h, ValueLayout.JAVA_FLOAT, 0, x, 0, n);
         return x;
+    }
+
+    /** n bf16 values from the device, widened. */
+    private float[] downloadBf16(CudaBackend.Ptr p, int n) {
+        MemorySegment h = arena.allocate(2L * Math.max(1, n), 64);
+        gpu.download(h, p.address(), 2L * n);
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = DType.BF16.read(h, i);
+        return x;
+    }
+
+    /** x rounded as the GEMMs round their operands: what a kernel's bf16 twin must store, bit for bit. */
+    private static float[] roundedToBf16(float[] x) {
+        float[] r = new float[x.length];
+        for (int i = 0; i < x.length; i++) r[i] = Float.intBitsToFloat(VectorOps.bf16Bits(x[i]) << 16);
+        return r;
     }
 
     private static float[] floats(MemorySegment s, int n) {
@@ -405,12 +426,16 @@ public final class CudaConformance {
         int n = rows * c;
         float[] x = random(n, 2), w = random(c, 1), b = random(c, 1), dout = random(n, 1);
         MemorySegment out = host(new float[n]), mean = host(new float[rows]), rstd = host(new float[rows]);
-        cpu.layerNormForward(out, mean, rstd, host(x), host(w), host(b), rows, c);
+        cpu.layerNormForward(out, DType.F32, mean, rstd, host(x), host(w), host(b), rows, c);
         CudaBackend.Ptr dx = device(host(x)), dw = device(host(w)), db = device(host(b));
         CudaBackend.Ptr dOut = poisoned(n), dMean = poisoned(rows), dRstd = poisoned(rows);
         long t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_LAYERNORM_FORWARD, rows, 256, dOut, dMean, dRstd, dx, dw, db, rows, c);
         record("layerNormForward", size, floats(out, n), download(dOut, n), TOL, t0);
+        CudaBackend.Ptr dOut16 = poisoned((n + 1) / 2);
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_LAYERNORM_FORWARD_BF16, rows, 256, dOut16, poisoned(rows), poisoned(rows), dx, dw, db, rows, c);
+        record("layerNormForward.bf16", size, roundedToBf16(download(dOut, n)), downloadBf16(dOut16, n), 0, t0);
 
         float[] dx0 = random(n, 1), dw0 = random(c, 1), db0 = random(c, 1);
         MemorySegment hdx = host(dx0), hdw = host(dw0), hdb = host(db0);

@@ -263,6 +263,30 @@ public final class CudaKernels implements Kernels {
         gpu.gemmBf16StridedBatched(transB, transA, n, m, k, alpha, b16, ldb, strideB, a16, lda, strideA, beta, c, ldc, strideC, batch);
     }
 
+    /**
+     * The typed {@link Kernels#gemm}: under bf16 an operand stored as bf16 goes to cuBLAS as it is,
+     * and only an fp32 one is rounded (or read from its hold), so a GEMM on a bf16 activation
+     * launches one rounding fewer.
+     */
+    @Override
+    public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, DType aType, int lda,
+                     MemorySegment b, DType bType, int ldb, float beta, MemorySegment c, int ldc) {
+        if (aType == DType.F32 && bType == DType.F32) {
+            gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            return;
+        }
+        if (precision != Precision.BF16 || (aType != DType.F32 && aType != DType.BF16) || (bType != DType.F32 && bType != DType.BF16)) {
+            Kernels.super.gemm(transA, transB, m, n, k, alpha, a, aType, lda, b, bType, ldb, beta, c, ldc);
+            return;
+        }
+        if (m == 0 || n == 0) return;
+        long spanA = span(transA ? k : m, transA ? m : k, lda, 0, 1), spanB = span(transB ? n : k, transB ? k : n, ldb, 0, 1);
+        long copies = bf16Operands.atLeast(aligned(2 * spanA) + 2 * spanB);
+        long a16 = aType == DType.BF16 ? a.address() : rounded(a.address(), spanA, copies);
+        long b16 = bType == DType.BF16 ? b.address() : rounded(b.address(), spanB, copies + aligned(2 * spanA));
+        gpu.gemmBf16StridedBatched(transB, transA, n, m, k, alpha, b16, ldb, 0, a16, lda, 0, beta, c.address(), ldc, 0, 1);
+    }
+
     /** The bf16 copy of the {@code n} fp32 values at {@code x}: a hold's, or rounded now into {@code into}. */
     private long rounded(long x, long n, long into) {
         long held = heldCopy(x, n);
@@ -275,9 +299,9 @@ public final class CudaKernels implements Kernels {
      */
     @Override
     public void linearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
-                               MemorySegment inp, MemorySegment weight, int n, int c, int oc) {
+                               MemorySegment inp, DType inpType, MemorySegment weight, int n, int c, int oc) {
         if (precision == Precision.FP32 || n == 0 || c == 0 || oc == 0) {
-            Kernels.super.linearBackward(dinp, dinpBeta, dweight, dbias, dout, inp, weight, n, c, oc);
+            Kernels.super.linearBackward(dinp, dinpBeta, dweight, dbias, dout, inp, inpType, weight, n, c, oc);
             return;
         }
         long nd = (long) n * oc, nx = (long) n * c, nw = (long) c * oc;
@@ -287,7 +311,8 @@ public final class CudaKernels implements Kernels {
             long w16 = rounded(weight.address(), nw, copies + aligned(2 * nd) + aligned(2 * nx));
             storedGemm(false, true, n, c, oc, d16, oc, 0, w16, oc, 0, dinpBeta, dinp.address(), c, 0, 1);
         }
-        storedGemm(true, false, c, oc, n, rounded(inp.address(), nx, copies + aligned(2 * nd)), c, 0, d16, oc, 0, 1f, dweight.address(), oc, 0, 1);
+        long x16 = inpType == DType.BF16 ? inp.address() : rounded(inp.address(), nx, copies + aligned(2 * nd));
+        storedGemm(true, false, c, oc, n, x16, c, 0, d16, oc, 0, 1f, dweight.address(), oc, 0, 1);
         if (dbias != null) sumRows(dbias, dout, n, oc);
     }
 
@@ -427,10 +452,11 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
-    public void layerNormForward(MemorySegment out, MemorySegment mean, MemorySegment rstd, MemorySegment inp, MemorySegment weight,
-                                 MemorySegment bias, int n, int c) {
+    public void layerNormForward(MemorySegment out, DType outType, MemorySegment mean, MemorySegment rstd, MemorySegment inp,
+                                 MemorySegment weight, MemorySegment bias, int n, int c) {
+        CudaKernel kernel = normOutput(outType) ? CudaKernel.OPS_LAYERNORM_FORWARD_BF16 : CudaKernel.OPS_LAYERNORM_FORWARD;
         if (n == 0) return;
-        gpu.launch(CudaKernel.OPS_LAYERNORM_FORWARD, n, gpu.block(), p(out), p(mean), p(rstd), p(inp), p(weight), p(bias), n, c);
+        gpu.launch(kernel, n, gpu.block(), p(out), p(mean), p(rstd), p(inp), p(weight), p(bias), n, c);
     }
 
     @Override
@@ -447,9 +473,18 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
-    public void rmsNormForward(MemorySegment out, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps) {
+    public void rmsNormForward(MemorySegment out, DType outType, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c,
+                               float eps) {
+        CudaKernel kernel = normOutput(outType) ? CudaKernel.OPS_RMSNORM_FORWARD_BF16 : CudaKernel.OPS_RMSNORM_FORWARD;
         if (n == 0) return;
-        gpu.launch(CudaKernel.OPS_RMSNORM_FORWARD, n, gpu.block(), p(out), p(rstd), p(inp), p(weight), n, c, eps);
+        gpu.launch(kernel, n, gpu.block(), p(out), p(rstd), p(inp), p(weight), n, c, eps);
+    }
+
+    /** Whether a norm writes its output as bf16 ({@link Kernels#layerNormForward}'s outType); fp32 otherwise. */
+    private boolean normOutput(DType outType) {
+        if (outType == DType.F32) return false;
+        if (outType == DType.BF16 && storesBf16Activations()) return true;
+        throw new UnsupportedOperationException(describe() + ": a norm's output as " + outType + " needs bf16 precision");
     }
 
     @Override

@@ -1,6 +1,8 @@
 package dev.distillery.kernels.cpu;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
@@ -17,6 +19,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.conformance.KernelConformance;
@@ -260,5 +263,124 @@ class CpuKernelsConformanceTest {
             kernels.gemm(false, false, 1, 1, 1, 1f, a, 1, b, 1, 0f, c, 1);
             assertEquals(1f + 1f / 128, c.get(ValueLayout.JAVA_FLOAT, 0));
         }
+    }
+
+    /**
+     * An operand stored as bf16 (as a norm writes an activation under bf16) gives the bits of the
+     * same values rounded by the GEMM: A, B or both stored so, in all four transposes, on both
+     * machine paths, on one thread and split over two (a bf16 slice starts 2 bytes an element in),
+     * with leading dimensions wider than the matrix, at sizes off every block edge.
+     */
+    @ParameterizedTest
+    @CsvSource({"auto, 37, 53, 29", "auto, 200, 70, 1100", "auto, 70, 200, 45", "avx512, 33, 65, 31", "avx512, 96, 130, 300"})
+    void bf16GemmOnOperandsStoredAsBf16GivesTheBitsOfRoundingThem(String path, int m, int n, int k) {
+        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        Random random = new Random(m * 131L + n * 7L + k);
+        for (int threads : new int[]{1, 2}) {
+            try (CpuKernels kernels = bf16Kernels(path, threads); Arena arena = Arena.ofConfined()) {
+                for (boolean transA : new boolean[]{false, true}) {
+                    for (boolean transB : new boolean[]{false, true}) {
+                        int lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 5;
+                        int rowsA = transA ? k : m, rowsB = transB ? n : k;
+                        float[] av = gaussians(random, rowsA * lda), bv = gaussians(random, rowsB * ldb);
+                        MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, av), b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, bv);
+                        MemorySegment a16 = bf16Copy(arena, av), b16 = bf16Copy(arena, bv);
+                        float[] c0 = gaussians(random, m * n);
+                        MemorySegment want = arena.allocateFrom(ValueLayout.JAVA_FLOAT, c0);
+                        kernels.gemm(transA, transB, m, n, k, 0.75f, a, lda, b, ldb, 0.5f, want, n);
+                        for (DType[] types : new DType[][]{{DType.BF16, DType.F32}, {DType.F32, DType.BF16}, {DType.BF16, DType.BF16}}) {
+                            MemorySegment got = arena.allocateFrom(ValueLayout.JAVA_FLOAT, c0);
+                            kernels.gemm(transA, transB, m, n, k, 0.75f, types[0] == DType.BF16 ? a16 : a, types[0], lda,
+                                    types[1] == DType.BF16 ? b16 : b, types[1], ldb, 0.5f, got, n);
+                            assertEquals(-1L, want.mismatch(got), path + ", " + threads + " thread(s), transA " + transA + ", transB " + transB
+                                    + ", A " + types[0] + ", B " + types[1]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /** fp32 kernels take no bf16 operand or norm output: the runtime only stores bf16 activations where the GEMMs round to bf16. */
+    @Test
+    void fp32KernelsRefuseActivationsStoredAsBf16() {
+        try (CpuKernels kernels = new CpuKernels(1, "auto"); Arena arena = Arena.ofConfined()) {
+            assertFalse(kernels.storesBf16Activations());
+            MemorySegment x = arena.allocate(64, 64), c = arena.allocate(64, 64);
+            var e = assertThrows(UnsupportedOperationException.class,
+                    () -> kernels.gemm(false, false, 2, 2, 2, 1f, x, DType.BF16, 2, x, DType.F32, 2, 0f, c, 2));
+            assertTrue(e.getMessage().contains("needs bf16 precision"), e.getMessage());
+            assertThrows(UnsupportedOperationException.class, () -> kernels.layerNormForward(c, DType.BF16, x, x, x, x, x, 1, 2));
+            assertThrows(UnsupportedOperationException.class, () -> kernels.rmsNormForward(c, DType.BF16, x, x, x, 1, 2, 1e-5f));
+        }
+    }
+
+    /**
+     * A norm's bf16 output is its fp32 output rounded as the GEMM rounds, bit for bit: layernorm and
+     * RMSNorm, rows of widths below, at and past a vector, values at rounding ties included.
+     */
+    @ParameterizedTest
+    @CsvSource({"1, 1", "3, 7", "5, 16", "13, 33", "4, 384"})
+    void normsWriteTheirOutputInBf16AsTheGemmWouldRoundIt(int rows, int c) {
+        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        Random random = new Random(rows * 17L + c);
+        try (CpuKernels kernels = new CpuKernels(2, "auto", Precision.BF16); Arena arena = Arena.ofConfined()) {
+            assertTrue(kernels.storesBf16Activations());
+            float[] xv = gaussians(random, rows * c);
+            xv[0] = 3f + 1f / 128 + 1f / 256;   // mid-way between two bf16 values of its row's scale
+            MemorySegment x = arena.allocateFrom(ValueLayout.JAVA_FLOAT, xv);
+            MemorySegment w = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, c));
+            MemorySegment bias = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, c));
+            MemorySegment stats = arena.allocate(8L * rows, 64), stats16 = arena.allocate(8L * rows, 64);
+            MemorySegment out = arena.allocate(4L * rows * c, 64), out16 = arena.allocate(2L * rows * c, 64);
+            out16.fill((byte) 0x7f);
+            kernels.layerNormForward(out, DType.F32, stats, stats.asSlice(4L * rows), x, w, bias, rows, c);
+            kernels.layerNormForward(out16, DType.BF16, stats16, stats16.asSlice(4L * rows), x, w, bias, rows, c);
+            assertRoundedBitForBit(out, out16, rows * c, "layernorm");
+            assertEquals(-1L, stats.mismatch(stats16), "layernorm's mean and rstd");
+            out16.fill((byte) 0x7f);
+            kernels.rmsNormForward(out, DType.F32, stats, x, w, rows, c, 1e-5f);
+            kernels.rmsNormForward(out16, DType.BF16, stats16, x, w, rows, c, 1e-5f);
+            assertRoundedBitForBit(out, out16, rows * c, "rmsnorm");
+        }
+    }
+
+    /** The vector rounding against the scalar one and the instructions' rules: ties to even, subnormals to signed zero, NaN quiet, infinities kept. */
+    @Test
+    void bf16RoundingOfVectorsMatchesTheScalarRuleOnEdgeValues() {
+        float[] edge = {0f, -0f, 1f, -1f, 1f + 1f / 256, 1f + 3f / 256, 1f + 1f / 256 + 1f / 65536, Float.MIN_VALUE, -Float.MIN_NORMAL / 2,
+                Float.MIN_NORMAL, Float.MAX_VALUE, -Float.MAX_VALUE, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, Float.NaN,
+                Float.intBitsToFloat(0x7f800001), Float.intBitsToFloat(0xff812345), 3.3895314e38f, 65504f, 1e-30f};
+        assertEquals((short) 0x3f81, VectorOps.bf16Bits(1f + 3f / 256 - 1f / 256));   // exactly 1 + 1/128
+        assertEquals((short) 0x3f80, VectorOps.bf16Bits(1f + 1f / 256));               // a tie: to even (1)
+        assertEquals((short) 0x3f82, VectorOps.bf16Bits(1f + 3f / 256));               // a tie: to even (1 + 2/128)
+        assertEquals((short) 0x0000, VectorOps.bf16Bits(Float.MIN_VALUE));
+        assertEquals((short) 0x8000, VectorOps.bf16Bits(-Float.MIN_NORMAL / 2));
+        assertEquals((short) 0x7fc0, VectorOps.bf16Bits(Float.intBitsToFloat(0x7f800001)));
+        assertEquals((short) 0x7f80, VectorOps.bf16Bits(Float.MAX_VALUE));             // rounds past the largest bf16 to infinity
+        try (Arena arena = Arena.ofConfined()) {
+            int lanes = VectorOps.LANES;
+            float[] padded = Arrays.copyOf(edge, (edge.length + lanes - 1) / lanes * lanes);
+            MemorySegment out = arena.allocate(2L * padded.length, 64);
+            for (int i = 0; i < padded.length; i += lanes) {
+                VectorOps.intoBf16(jdk.incubator.vector.FloatVector.fromArray(VectorOps.SPECIES, padded, i), out, i);
+            }
+            for (int i = 0; i < padded.length; i++) {
+                assertEquals(VectorOps.bf16Bits(padded[i]), out.getAtIndex(ValueLayout.JAVA_SHORT, i), "value " + padded[i]);
+            }
+        }
+    }
+
+    private static void assertRoundedBitForBit(MemorySegment fp32, MemorySegment bf16, int n, String what) {
+        for (int i = 0; i < n; i++) {
+            float v = fp32.getAtIndex(ValueLayout.JAVA_FLOAT, i);
+            assertEquals(VectorOps.bf16Bits(v), bf16.getAtIndex(ValueLayout.JAVA_SHORT, i), what + " element " + i + " (" + v + ")");
+        }
+    }
+
+    private static MemorySegment bf16Copy(Arena arena, float[] values) {
+        MemorySegment out = arena.allocate(2L * values.length, 64);
+        for (int i = 0; i < values.length; i++) out.setAtIndex(ValueLayout.JAVA_SHORT, i, VectorOps.bf16Bits(values[i]));
+        return out;
     }
 }

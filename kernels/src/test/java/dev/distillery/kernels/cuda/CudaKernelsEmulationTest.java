@@ -152,6 +152,98 @@ class CudaKernelsEmulationTest {
     }
 
     /**
+     * An operand stored as bf16 goes to cuBLAS as it is: the typed GEMM gives the bits of the GEMM
+     * on the fp32 values (A, B or both stored so, all four transposes), with one rounding launch
+     * fewer per bf16 operand, and a linear whose input is bf16 (its forward and both products of
+     * its backward) gives the bits of one whose input is fp32, launching one rounding fewer.
+     */
+    @Test
+    void operandsStoredAsBf16GiveTheBitsOfRoundingThemWithFewerLaunches() {
+        int m = 9, n = 37, k = 70;
+        SplittableRandom rng = new SplittableRandom(11);
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device, Precision.BF16);
+             Arena arena = Arena.ofConfined()) {
+            assertTrue(kernels.storesBf16Activations());
+            for (boolean transA : new boolean[]{false, true}) {
+                for (boolean transB : new boolean[]{false, true}) {
+                    float[] a = gaussians(rng, m * k), b = gaussians(rng, k * n);
+                    MemorySegment da = upload(kernels, arena, a), db = upload(kernels, arena, b);
+                    MemorySegment da16 = uploadBf16(kernels, arena, a), db16 = uploadBf16(kernels, arena, b);
+                    int lda = transA ? m : k, ldb = transB ? k : n;
+                    MemorySegment c = kernels.allocate(arena, 4L * m * n);
+                    kernels.gemm(transA, transB, m, n, k, 1f, da, lda, db, ldb, 0f, c, n);
+                    float[] want = download(kernels, arena, c, m * n);
+                    for (DType[] types : new DType[][]{{DType.BF16, DType.F32}, {DType.F32, DType.BF16}, {DType.BF16, DType.BF16}}) {
+                        kernels.fill(c, Float.NaN, (long) m * n);
+                        int launches = device.launches();
+                        kernels.gemm(transA, transB, m, n, k, 1f, types[0] == DType.BF16 ? da16 : da, types[0], lda,
+                                types[1] == DType.BF16 ? db16 : db, types[1], ldb, 0f, c, n);
+                        String what = "transA " + transA + ", transB " + transB + ", A " + types[0] + ", B " + types[1];
+                        int rounded = (types[0] == DType.F32 ? 1 : 0) + (types[1] == DType.F32 ? 1 : 0);
+                        assertEquals(rounded, device.launches() - launches, what + ": rounding launches");
+                        assertArrayEquals(want, download(kernels, arena, c, m * n), what);
+                    }
+                }
+            }
+            // a linear (rows n, c in, oc out) on an fp32 input and on the same input stored as bf16
+            int rows = 13, c = 20, oc = 24;
+            float[] x = gaussians(rng, rows * c), w = gaussians(rng, c * oc), bias = gaussians(rng, oc), dout = gaussians(rng, rows * oc);
+            MemorySegment dx = upload(kernels, arena, x), dx16 = uploadBf16(kernels, arena, x), dw = upload(kernels, arena, w);
+            MemorySegment dbias = upload(kernels, arena, bias), ddout = upload(kernels, arena, dout);
+            float[][] results = new float[2][];
+            int[] launches = new int[2];
+            for (int i = 0; i < 2; i++) {
+                DType type = i == 0 ? DType.F32 : DType.BF16;
+                MemorySegment out = kernels.allocate(arena, 4L * rows * oc), dinp = kernels.allocate(arena, 4L * rows * c);
+                MemorySegment gw = upload(kernels, arena, new float[c * oc]), gb = upload(kernels, arena, new float[oc]);
+                int before = device.launches();
+                kernels.linearForward(out, i == 0 ? dx : dx16, type, dw, dbias, rows, c, oc);
+                kernels.linearBackward(dinp, 0f, gw, gb, ddout, i == 0 ? dx : dx16, type, dw, rows, c, oc);
+                launches[i] = device.launches() - before;
+                float[] all = new float[rows * oc + rows * c + c * oc + oc];
+                System.arraycopy(download(kernels, arena, out, rows * oc), 0, all, 0, rows * oc);
+                System.arraycopy(download(kernels, arena, dinp, rows * c), 0, all, rows * oc, rows * c);
+                System.arraycopy(download(kernels, arena, gw, c * oc), 0, all, rows * oc + rows * c, c * oc);
+                System.arraycopy(download(kernels, arena, gb, oc), 0, all, rows * oc + rows * c + c * oc, oc);
+                results[i] = all;
+            }
+            assertArrayEquals(results[0], results[1], "a linear's output and gradients on an fp32 and a bf16 input");
+            assertEquals(launches[0] - 2, launches[1], "the input rounded for neither the forward nor the weight gradient");
+        }
+    }
+
+    /**
+     * {@code selftest --device cuda}'s checks pass on the emulated device (one size a kernel),
+     * the norms' bf16 twins among them, bit for bit against their own fp32 outputs rounded.
+     */
+    @Test
+    void theSelftestPassesOnTheEmulatedDevice() {
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CpuKernels cpu = new CpuKernels(1, "auto")) {
+            List<KernelConformance.Result> results = CudaConformance.run(device, cpu, 23, true);
+            StringBuilder failed = new StringBuilder();
+            for (KernelConformance.Result r : results) if (!r.passed()) failed.append(r).append('\n');
+            assertTrue(failed.isEmpty(), failed.toString());
+            for (String kernel : List.of("layerNormForward.bf16", "rmsNormForward.bf16")) {
+                assertTrue(results.stream().anyMatch(r -> r.kernel().equals(kernel)), kernel + " in " + results);
+            }
+        }
+    }
+
+    private static float[] gaussians(SplittableRandom rng, int n) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = (float) rng.nextGaussian();
+        return x;
+    }
+
+    /** x rounded to bf16 by the GEMMs' rule, on the device. */
+    private static MemorySegment uploadBf16(CudaKernels kernels, Arena arena, float[] x) {
+        MemorySegment host = arena.allocate(2L * x.length, 64), device = kernels.allocate(arena, 2L * x.length);
+        for (int i = 0; i < x.length; i++) host.setAtIndex(ValueLayout.JAVA_SHORT, i, dev.distillery.kernels.cpu.VectorOps.bf16Bits(x[i]));
+        kernels.copyFromHost(device, host, 2L * x.length);
+        return device;
+    }
+
+    /**
      * AdamW over a block in one launch, with a span longer than two of its chunks, a short one and
      * an empty one: the bits of one adamW per span, the launch counted once.
      */

@@ -297,11 +297,16 @@ class CudaOpsEmulationTest {
                 try (Arena a = Arena.ofShared()) {
                     // layernorm forward
                     MemorySegment out = seg(a, nan(n)), mean = seg(a, nan(rows)), rstd = seg(a, nan(rows));
-                    cpu.layerNormForward(out, mean, rstd, seg(a, x), seg(a, w), seg(a, bias), rows, c);
+                    cpu.layerNormForward(out, DType.F32, mean, rstd, seg(a, x), seg(a, w), seg(a, bias), rows, c);
                     GateCall.Outcome o = call(CudaKernel.OPS_LAYERNORM_FORWARD, rows, 64).floats(nan(n)).floats(nan(rows)).floats(nan(rows))
                             .floats(x).floats(w).floats(bias).i32(rows).i32(c).runOrFail(bin, work);
                     close("layernorm" + at, arr(out, n), o.floats(0), 2e-4);
                     close("layernorm rstd" + at, arr(rstd, rows), o.floats(2), 1e-4);
+                    // its bf16 twin: the same row, rounded as the GEMMs round (the CPU's rule), and the same statistics
+                    GateCall.Outcome o16 = call(CudaKernel.OPS_LAYERNORM_FORWARD_BF16, rows, 64).poisonedShorts(n).floats(nan(rows))
+                            .floats(nan(rows)).floats(x).floats(w).floats(bias).i32(rows).i32(c).runOrFail(bin, work);
+                    sameBitsRounded("layernorm to bf16" + at, o.floats(0), o16.shorts(0));
+                    assertArrayEquals(o.floats(2), o16.floats(2), "layernorm rstd beside a bf16 output" + at);
                     // layernorm backward (accumulating into random prefills)
                     float[] dx0 = random(n, 1), dw0 = random(c, 1), db0 = random(c, 1);
                     MemorySegment dx = seg(a, dx0), dw = seg(a, dw0), db = seg(a, db0);
@@ -329,11 +334,14 @@ class CudaOpsEmulationTest {
                     close("layernorm dbias" + at, arr(db, c), gb, 2e-4);
                     // RMSNorm forward and backward (the Llama family)
                     MemorySegment rOut = seg(a, nan(n)), rRstd = seg(a, nan(rows));
-                    cpu.rmsNormForward(rOut, rRstd, seg(a, x), seg(a, w), rows, c, 1e-5f);
+                    cpu.rmsNormForward(rOut, DType.F32, rRstd, seg(a, x), seg(a, w), rows, c, 1e-5f);
                     o = call(CudaKernel.OPS_RMSNORM_FORWARD, rows, 64).floats(nan(n)).floats(nan(rows)).floats(x).floats(w)
                             .i32(rows).i32(c).f32(1e-5f).runOrFail(bin, work);
                     close("rmsnorm" + at, arr(rOut, n), o.floats(0), 2e-4);
                     close("rmsnorm rstd" + at, arr(rRstd, rows), o.floats(1), 1e-4);
+                    o16 = call(CudaKernel.OPS_RMSNORM_FORWARD_BF16, rows, 64).poisonedShorts(n).floats(nan(rows)).floats(x).floats(w)
+                            .i32(rows).i32(c).f32(1e-5f).runOrFail(bin, work);
+                    sameBitsRounded("rmsnorm to bf16" + at, o.floats(0), o16.shorts(0));
                     float[] rdx0 = random(n, 1), rdw0 = random(c, 1);
                     MemorySegment rdx = seg(a, rdx0), rdw = seg(a, rdw0);
                     cpu.rmsNormBackward(rdx, rdw, seg(a, dout), seg(a, x), seg(a, w), rRstd, rows, c);
@@ -530,5 +538,12 @@ class CudaOpsEmulationTest {
 
     private static MemorySegment longs(long[] x) {
         return MemorySegment.ofArray(x);
+    }
+
+    /** A bf16 output holds the fp32 twin's values rounded by the GEMMs' rule ({@code VectorOps.bf16Bits}), bit for bit. */
+    private static void sameBitsRounded(String what, float[] fp32, short[] bf16) {
+        for (int i = 0; i < fp32.length; i++) {
+            assertEquals(dev.distillery.kernels.cpu.VectorOps.bf16Bits(fp32[i]), bf16[i], what + " at " + i + " (" + fp32[i] + ")");
+        }
     }
 }

@@ -35,11 +35,26 @@ public final class DifferentiableOps {
     private final Kernels kernels;
     private final Workspace workspace;
     private final Tape tape;
+    private final DType gemmOperandType;
 
     public DifferentiableOps(Kernels kernels, Workspace workspace, Tape tape) {
+        this(kernels, workspace, tape, kernels.storesBf16Activations() ? DType.BF16 : DType.F32);
+    }
+
+    /**
+     * With {@link #gemmOperandType} given: F32 keeps every activation fp32 even under bf16 (the
+     * same bits in twice the bytes; a way to check that, or to rule it out); BF16 only where
+     * {@link Kernels#storesBf16Activations}.
+     */
+    public DifferentiableOps(Kernels kernels, Workspace workspace, Tape tape, DType gemmOperandType) {
+        if (gemmOperandType != DType.F32 && !(gemmOperandType == DType.BF16 && kernels.storesBf16Activations())) {
+            throw new IllegalArgumentException("activations read by GEMMs as " + gemmOperandType + ": " + kernels.describe()
+                    + " takes fp32" + (kernels.storesBf16Activations() ? " or bf16" : ""));
+        }
         this.kernels = kernels;
         this.workspace = workspace;
         this.tape = tape;
+        this.gemmOperandType = gemmOperandType;
     }
 
     public Kernels kernels() {
@@ -63,8 +78,22 @@ public final class DifferentiableOps {
     }
 
     private Tensor output(String name, boolean requiresGrad, int... shape) {
-        Tensor t = workspace.tensor(name, shape);
-        return requiresGrad ? new Tensor(name, shape, DType.F32, t.device(), t.data(), true) : t;
+        return output(name, DType.F32, requiresGrad, shape);
+    }
+
+    private Tensor output(String name, DType dtype, boolean requiresGrad, int... shape) {
+        Tensor t = workspace.tensor(name, dtype, shape);
+        return requiresGrad ? new Tensor(name, shape, dtype, t.device(), t.data(), true) : t;
+    }
+
+    /**
+     * The element type for an activation that only GEMMs read (a norm's output, a linear's input):
+     * bf16 where the kernels' GEMMs round their operands to bf16 anyway ({@link Kernels#storesBf16Activations}),
+     * so it is stored in half the bytes with the bits those GEMMs would make; fp32 otherwise. Its
+     * gradient stays fp32.
+     */
+    public DType gemmOperandType() {
+        return gemmOperandType;
     }
 
     /**
@@ -87,6 +116,15 @@ public final class DifferentiableOps {
     /** Scratch of one backward kernel: dead once the kernel has run, so released at once. */
     private void releaseScratch(Tensor scratch) {
         workspace.release(scratch.data());
+    }
+
+    /** The ops other than the GEMMs read fp32 only: a bf16 activation reaching one is a wiring error, named here. */
+    private static void requireF32(String op, Tensor... inputs) {
+        for (Tensor t : inputs) {
+            if (t != null && t.dtype() != DType.F32) {
+                throw new IllegalArgumentException(op + ": " + t.name() + " is " + t.dtype() + "; this op reads fp32 (only GEMMs read bf16 activations)");
+            }
+        }
     }
 
     /** The gradient buffer of t for a kernel that adds to it, zero-allocated on first use; null when t needs no gradient. */
@@ -118,9 +156,9 @@ public final class DifferentiableOps {
     }
 
     /** {@code Kernels.linearBackward} with the input gradient dx (null: none) written when new, added to when not. */
-    private void linearBackward(GradTarget dx, MemorySegment dout, MemorySegment x, Tensor weight, Tensor bias, int n, int c, int oc) {
+    private void linearBackward(GradTarget dx, MemorySegment dout, Tensor x, Tensor weight, Tensor bias, int n, int c, int oc) {
         kernels.linearBackward(dx == null ? null : dx.data(), dx == null ? 1f : dx.beta(), grad(weight), bias == null ? null : grad(bias),
-                dout, x, weight.data(), n, c, oc);
+                dout, x.data(), x.dtype(), weight.data(), n, c, oc);
     }
 
     /** tokens int32 (b, t); wte (vocab, c); wpe (maxT, c) → (b·t, c). */
@@ -165,14 +203,20 @@ public final class DifferentiableOps {
         return out;
     }
 
-    /** x (n, c), weight (c), bias (c) → (n, c). */
+    /** x (n, c), weight (c), bias (c) → (n, c), fp32. */
     public Tensor layerNorm(Tensor x, Tensor weight, Tensor bias) {
+        return layerNorm(x, weight, bias, DType.F32);
+    }
+
+    /** x (n, c), weight (c), bias (c) → (n, c) stored as {@code outType} (F32, or {@link #gemmOperandType} for an output only GEMMs read). */
+    public Tensor layerNorm(Tensor x, Tensor weight, Tensor bias, DType outType) {
+        requireF32("layerNorm", x);
         int n = x.dim(0), c = x.dim(1);
         boolean track = tracks(x, weight, bias);
-        Tensor out = output("layernorm", track, n, c);
+        Tensor out = output("layernorm", outType, track, n, c);
         Tensor mean = workspace.tensor("layernorm.mean", n);
         Tensor rstd = workspace.tensor("layernorm.rstd", n);
-        kernels.layerNormForward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(), bias.data(), n, c);
+        kernels.layerNormForward(out.data(), outType, mean.data(), rstd.data(), x.data(), weight.data(), bias.data(), n, c);
         if (track) {
             recordBackward(out, () -> {
                 if (out.grad() != null) {
@@ -191,19 +235,20 @@ public final class DifferentiableOps {
         }
     }
 
-    /** x (n, c) · weight (c, oc) + bias (oc) → (n, oc); bias may be null. */
+    /** x (n, c), fp32 or bf16 ({@link #gemmOperandType}), · weight (c, oc) + bias (oc) → (n, oc); bias may be null. */
     public Tensor linear(Tensor x, Tensor weight, Tensor bias) {
         int n = x.dim(0), c = x.dim(1), oc = weight.dim(1);
         requireInputWidth(weight, c);
         boolean track = tracks(x, weight, bias);
         Tensor out = output("linear", track, n, oc);
-        // x is read by this product and by the weight gradient's: held from here to the backward
-        // (CUDA under bf16 rounds it once; the CPU keeps nothing, x is an A operand in both)
-        if (track) tape.keepUntilBackward(kernels.holdConstant(x.data()));
-        kernels.linearForward(out.data(), x.data(), weight.data(), bias == null ? null : bias.data(), n, c, oc);
+        // an fp32 x is read by this product and by the weight gradient's: held from here to the
+        // backward (CUDA under bf16 rounds it once; the CPU keeps nothing, x is an A operand in
+        // both); a bf16 x is read as it is
+        if (track && x.dtype() == DType.F32) tape.keepUntilBackward(kernels.holdConstant(x.data()));
+        kernels.linearForward(out.data(), x.data(), x.dtype(), weight.data(), bias == null ? null : bias.data(), n, c, oc);
         if (track) {
             recordBackward(out, () -> {
-                if (out.grad() != null) linearBackward(gradToWrite(x), out.grad().data(), x.data(), weight, bias, n, c, oc);
+                if (out.grad() != null) linearBackward(gradToWrite(x), out.grad().data(), x, weight, bias, n, c, oc);
             });
         }
         return out;
@@ -221,7 +266,7 @@ public final class DifferentiableOps {
         boolean track = tracks(x, weight, bias);
         Tensor out = output("projection", track, n, v);
         if (bias != null) kernels.broadcastRows(out.data(), bias.data(), n, v);
-        kernels.gemm(false, true, n, v, c, 1f, x.data(), c, weight.data(), c, bias != null ? 1f : 0f, out.data(), v);
+        kernels.gemm(false, true, n, v, c, 1f, x.data(), x.dtype(), c, weight.data(), DType.F32, c, bias != null ? 1f : 0f, out.data(), v);
         if (track) {
             recordBackward(out, () -> {
                 if (out.grad() == null) return;
@@ -230,7 +275,7 @@ public final class DifferentiableOps {
                 var dw = grad(weight);
                 try (Kernels.ConstantHold both = kernels.holdConstant(dout)) {   // read by both products
                     if (dx != null) kernels.gemm(false, false, n, c, v, 1f, dout, v, weight.data(), c, dx.beta(), dx.data(), c);
-                    if (dw != null) kernels.gemm(true, false, v, c, n, 1f, dout, v, x.data(), c, 1f, dw, c);
+                    if (dw != null) kernels.gemm(true, false, v, c, n, 1f, dout, DType.F32, v, x.data(), x.dtype(), c, 1f, dw, c);
                 }
                 var db = grad(bias);
                 if (db != null) kernels.sumRows(db, dout, n, v);
@@ -241,6 +286,7 @@ public final class DifferentiableOps {
 
     /** Causal multi-head attention: qkv (b·t, 3c) → (b·t, c). */
     public Tensor attention(Tensor qkv, int b, int t, int heads) {
+        requireF32("attention", qkv);
         int c = qkv.dim(1) / 3;
         boolean track = tracks(qkv);
         Tensor out = output("attention", track, b * t, c);
@@ -266,13 +312,14 @@ public final class DifferentiableOps {
      * a GELU then {@link #linear}, bit for bit.
      */
     public Tensor geluLinear(Tensor x, Tensor weight, Tensor bias) {
+        requireF32("geluLinear", x);
         int n = x.dim(0), c = x.dim(1), oc = weight.dim(1);
         requireInputWidth(weight, c);
         boolean track = tracks(x, weight, bias);
         Tensor out = output("linear", track, n, oc);
         Tensor g = workspace.tensor("gelu", n, c);
         kernels.geluForward(g.data(), x.data(), x.numel());
-        kernels.linearForward(out.data(), g.data(), weight.data(), bias == null ? null : bias.data(), n, c, oc);
+        kernels.linearForward(out.data(), g.data(), DType.F32, weight.data(), bias == null ? null : bias.data(), n, c, oc);
         releaseScratch(g);
         if (track) {
             recordBackward(out, () -> {
@@ -280,7 +327,7 @@ public final class DifferentiableOps {
                 Tensor again = workspace.tensor("gelu", n, c);
                 kernels.geluForward(again.data(), x.data(), x.numel());
                 Tensor dg = workspace.tensor("gelu.grad", n, c);
-                linearBackward(new GradTarget(dg.data(), 0f), out.grad().data(), again.data(), weight, bias, n, c, oc);
+                linearBackward(new GradTarget(dg.data(), 0f), out.grad().data(), again, weight, bias, n, c, oc);
                 var dx = grad(x);
                 if (dx != null) kernels.geluBackward(dx, x.data(), dg.data(), x.numel());
                 releaseScratch(again);
@@ -292,13 +339,19 @@ public final class DifferentiableOps {
 
     // ---------------------------------------------------------------- the Llama family's pieces
 
-    /** x (n, c), weight (c) → (n, c): RMSNorm. */
+    /** x (n, c), weight (c) → (n, c): RMSNorm, fp32. */
     public Tensor rmsNorm(Tensor x, Tensor weight, float eps) {
+        return rmsNorm(x, weight, eps, DType.F32);
+    }
+
+    /** x (n, c), weight (c) → (n, c): RMSNorm, stored as {@code outType} (as {@link #layerNorm}'s). */
+    public Tensor rmsNorm(Tensor x, Tensor weight, float eps, DType outType) {
+        requireF32("rmsNorm", x);
         int n = x.dim(0), c = x.dim(1);
         boolean track = tracks(x, weight);
-        Tensor out = output("rmsnorm", track, n, c);
+        Tensor out = output("rmsnorm", outType, track, n, c);
         Tensor rstd = workspace.tensor("rmsnorm.rstd", n);
-        kernels.rmsNormForward(out.data(), rstd.data(), x.data(), weight.data(), n, c, eps);
+        kernels.rmsNormForward(out.data(), outType, rstd.data(), x.data(), weight.data(), n, c, eps);
         if (track) {
             recordBackward(out, () -> {
                 if (out.grad() != null) {
@@ -311,6 +364,7 @@ public final class DifferentiableOps {
 
     /** x (b·t, heads·hs) with its heads rotated by position; cosSin (t, hs/2, 2) as {@code Kernels.ropeForward} reads it. */
     public Tensor rope(Tensor x, Tensor cosSin, int b, int t, int heads) {
+        requireF32("rope", x);
         int n = x.dim(0), width = x.dim(1), hs = width / heads;
         boolean track = tracks(x);
         Tensor out = output("rope", track, n, width);
@@ -329,6 +383,7 @@ public final class DifferentiableOps {
      * takes, each k and v head repeated for its group of heads / kvHeads query heads.
      */
     public Tensor packQkv(Tensor q, Tensor k, Tensor v, int heads, int kvHeads) {
+        requireF32("packQkv", q, k, v);
         int n = q.dim(0), a = q.dim(1), hs = a / heads, kvA = k.dim(1), group = heads / kvHeads;
         boolean track = tracks(q, k, v);
         Tensor out = output("qkv", track, n, 3 * a);
@@ -352,6 +407,7 @@ public final class DifferentiableOps {
 
     /** silu(gate) · up, elementwise: the Llama family's MLP middle. Both inputs get a gradient when either needs one. */
     public Tensor swiGlu(Tensor gate, Tensor up) {
+        requireF32("swiGlu", gate, up);
         if (gate.numel() != up.numel()) throw new IllegalArgumentException("swiGlu: " + gate + " and " + up + " differ in size");
         boolean track = tracks(gate, up);
         Tensor out = output("swiglu", track, gate.shape());
@@ -369,6 +425,7 @@ public final class DifferentiableOps {
 
     /** The residual connection a + b. */
     public Tensor add(Tensor a, Tensor b) {
+        requireF32("add", a, b);
         if (a.numel() != b.numel()) throw new IllegalArgumentException("add: " + a + " and " + b + " differ in size");
         boolean track = tracks(a, b);
         Tensor out = output("residual", track, a.shape());

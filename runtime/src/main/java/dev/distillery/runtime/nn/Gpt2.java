@@ -113,10 +113,11 @@ public final class Gpt2 implements LanguageModel {
     /** Block l on the residual stream x; {@code attention} maps the block's qkv (rows, 3c) to its heads' output (rows, c). */
     private Tensor block(DifferentiableOps ops, Tensor x, int l, UnaryOperator<Tensor> attention) {
         String pre = "h." + l + ".";
-        Tensor h = ops.layerNorm(x, p(pre + "ln_1.weight"), p(pre + "ln_1.bias"));
+        // the block's two norms feed only linears: stored as their GEMMs read them (bf16 under bf16)
+        Tensor h = ops.layerNorm(x, p(pre + "ln_1.weight"), p(pre + "ln_1.bias"), ops.gemmOperandType());
         Tensor a = attention.apply(ops.linear(h, p(pre + "attn.c_attn.weight"), p(pre + "attn.c_attn.bias")));
         Tensor mid = ops.add(x, ops.linear(a, p(pre + "attn.c_proj.weight"), p(pre + "attn.c_proj.bias")));
-        h = ops.layerNorm(mid, p(pre + "ln_2.weight"), p(pre + "ln_2.bias"));
+        h = ops.layerNorm(mid, p(pre + "ln_2.weight"), p(pre + "ln_2.bias"), ops.gemmOperandType());
         h = ops.linear(h, p(pre + "mlp.c_fc.weight"), p(pre + "mlp.c_fc.bias"));
         return ops.add(mid, ops.geluLinear(h, p(pre + "mlp.c_proj.weight"), p(pre + "mlp.c_proj.bias")));
     }

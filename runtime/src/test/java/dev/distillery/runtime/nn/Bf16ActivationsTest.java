@@ -1,0 +1,108 @@
+package dev.distillery.runtime.nn;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.function.Function;
+
+import org.junit.jupiter.api.Test;
+
+import dev.distillery.kernels.DType;
+import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
+import dev.distillery.kernels.cpu.CpuKernels;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.Tensor;
+import dev.distillery.runtime.Workspace;
+import dev.distillery.runtime.autograd.DifferentiableOps;
+import dev.distillery.runtime.autograd.Tape;
+
+/**
+ * Under bf16 the norms whose outputs only linears read store them in bf16: a training pass gives
+ * the same loss and gradients, bit for bit, as with those outputs kept in fp32 (the GEMMs rounded
+ * them to bf16 anyway), in less workspace. GPT-2 and Llama (grouped-query attention) on the CPU;
+ * the emulated CUDA device's twin is in TrainingOnEmulatedCudaTest.
+ */
+class Bf16ActivationsTest {
+
+    static final Function<Kernels, LanguageModel> GPT2 = k -> new Gpt2(new Gpt2Config(97, 16, 2, 48, 4), k);
+    static final Function<Kernels, LanguageModel> LLAMA = k -> new Llama(new LlamaConfig(LlamaConfig.Family.LLAMA, 97, 16, 2, 48, 4, 2,
+            12, 80, 1e-5f, LlamaConfig.Rope.plain(10000), true), k);
+
+    @Test
+    void gpt2GivesTheBitsOfFp32ActivationsWithItsNormsInBf16() {
+        sameBitsInLessWorkspace(GPT2);
+    }
+
+    @Test
+    void llamaGivesTheBitsOfFp32ActivationsWithItsNormsInBf16() {
+        sameBitsInLessWorkspace(LLAMA);
+    }
+
+    /** fp32 kernels keep every activation fp32, and refuse to be asked otherwise. */
+    @Test
+    void fp32KernelsStoreNoActivationInBf16() {
+        try (CpuKernels kernels = new CpuKernels(1, "auto"); Workspace ws = new Workspace(kernels, 1 << 16)) {
+            assertEquals(DType.F32, new DifferentiableOps(kernels, ws, new Tape()).gemmOperandType());
+            var e = assertThrows(IllegalArgumentException.class, () -> new DifferentiableOps(kernels, ws, new Tape(), DType.BF16));
+            assertTrue(e.getMessage().contains("takes fp32"), e.getMessage());
+        }
+    }
+
+    private static void sameBitsInLessWorkspace(Function<Kernels, LanguageModel> make) {
+        try (CpuKernels kernels = new CpuKernels(2, "auto", Precision.BF16)) {
+            assumeTrue(kernels.precision() == Precision.BF16, () -> "skipped: no bf16 GEMM here: " + kernels.describe());
+            Pass fp32 = pass(kernels, make, DType.F32), bf16 = pass(kernels, make, DType.BF16);
+            assertSameBits(fp32, bf16);
+            assertTrue(bf16.workspacePeak() < fp32.workspacePeak(), "workspace " + bf16.workspacePeak() + " against " + fp32.workspacePeak());
+        }
+    }
+
+    /** The loss and every parameter gradient of one forward and backward, and the workspace's peak. */
+    record Pass(double loss, List<float[]> gradients, long workspacePeak) {
+    }
+
+    static void assertSameBits(Pass fp32, Pass bf16) {
+        assertEquals(Double.doubleToRawLongBits(fp32.loss()), Double.doubleToRawLongBits(bf16.loss()), "loss " + fp32.loss() + " and " + bf16.loss());
+        for (int i = 0; i < fp32.gradients().size(); i++) {
+            assertArrayEquals(fp32.gradients().get(i), bf16.gradients().get(i), "gradient of parameter " + i);
+        }
+    }
+
+    /**
+     * One hard-label pass over 3 windows of 16 random tokens, with the activations only GEMMs read
+     * stored as {@code gemmOperandType}; a workspace that fills what it hands out with NaN, so a
+     * value read before it is written fails.
+     */
+    static Pass pass(Kernels kernels, Function<Kernels, LanguageModel> make, DType gemmOperandType) {
+        int b = 3, t = 16;
+        try (LanguageModel model = make.apply(kernels);
+             ModelInputs inputs = new ModelInputs(kernels, b, t, model.vocabSize());
+             Workspace ws = new Workspace(kernels, 1 << 16).poisonAllocations()) {
+            model.initialize(7);
+            Rng rng = new Rng(21);
+            int[] windows = new int[b * (t + 1)];
+            for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(model.vocabSize());
+            inputs.setWindows(windows);
+            Tape tape = new Tape();
+            DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape, gemmOperandType);
+            model.parameters().zeroGrad();
+            double loss = ops.linearCrossEntropy(model.hidden(ops, inputs.tokens(), b, t), model.lmHeadWeight(), inputs.labels(), 1f, b * t).mean();
+            tape.backward();
+            List<float[]> gradients = new ArrayList<>();
+            try (Arena scratch = Arena.ofConfined()) {
+                for (Tensor p : model.parameters().parameters()) {
+                    gradients.add(kernels.hostView(p.grad().data(), p.grad().byteSize(), scratch).toArray(ValueLayout.JAVA_FLOAT));
+                }
+            }
+            return new Pass(loss, gradients, ws.highWater());
+        }
+    }
+}
