@@ -256,11 +256,15 @@ __device__ __forceinline__ float gelu_sigmoid(float x) {  // σ(2u), u = √(2/�
     return 1.f / (expf(u2) + 1.f);
 }
 
+__device__ __forceinline__ float gelu(float x) { return x * gelu_sigmoid(x); }
+
 DISTILL_LAUNCH void ops_gelu_forward(float* out, const float* inp, long n) {
-    for (long i = ops::first_index(); i < n; i += ops::stride()) {
-        const float x = inp[i];
-        out[i] = x * gelu_sigmoid(x);
-    }
+    for (long i = ops::first_index(); i < n; i += ops::stride()) out[i] = gelu(inp[i]);
+}
+
+// GELU's output rounded as the GEMMs round (ops::to_bf16): the input of the MLP's projection, which only it reads.
+DISTILL_LAUNCH void ops_gelu_forward_bf16(uint16_t* out, const float* inp, long n) {
+    for (long i = ops::first_index(); i < n; i += ops::stride()) out[i] = ops::to_bf16(gelu(inp[i]));
 }
 
 // gelu'(x) = s + 2 x s (1 - s) u', s = σ(2u), u' = √(2/π) (1 + 3·0.044715 x²)
@@ -311,11 +315,15 @@ DISTILL_LAUNCH void ops_rmsnorm_weight_partial(float* pw, const float* dout, con
 }
 
 // SwiGLU (the Llama family's MLP): out = silu(gate) * up, silu(x) = x sigmoid(x).
+__device__ __forceinline__ float swiglu(float x, float up) { return x / (1.f + expf(-x)) * up; }
+
 DISTILL_LAUNCH void ops_swiglu_forward(float* out, const float* gate, const float* up, long n) {
-    for (long i = ops::first_index(); i < n; i += ops::stride()) {
-        const float x = gate[i];
-        out[i] = x / (1.f + expf(-x)) * up[i];
-    }
+    for (long i = ops::first_index(); i < n; i += ops::stride()) out[i] = swiglu(gate[i], up[i]);
+}
+
+// SwiGLU's output rounded as the GEMMs round (ops::to_bf16): the input of the down projection, which only it reads.
+DISTILL_LAUNCH void ops_swiglu_forward_bf16(uint16_t* out, const float* gate, const float* up, long n) {
+    for (long i = ops::first_index(); i < n; i += ops::stride()) out[i] = ops::to_bf16(swiglu(gate[i], up[i]));
 }
 
 // dgate += dout * up * silu'(gate), silu' = s (1 + x (1 - s)); dup += dout * silu(gate).

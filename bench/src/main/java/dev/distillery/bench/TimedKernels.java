@@ -224,8 +224,8 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void swiGluForward(MemorySegment out, MemorySegment gate, MemorySegment up, long n) {
-        time("swiGluForward", () -> inner.swiGluForward(out, gate, up, n));
+    public void swiGluForward(MemorySegment out, DType outType, MemorySegment gate, MemorySegment up, long n) {
+        time("swiGluForward", () -> inner.swiGluForward(out, outType, gate, up, n));
     }
 
     @Override
@@ -256,8 +256,8 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void geluForward(MemorySegment out, MemorySegment inp, long n) {
-        time("geluForward", () -> inner.geluForward(out, inp, n));
+    public void geluForward(MemorySegment out, DType outType, MemorySegment inp, long n) {
+        time("geluForward", () -> inner.geluForward(out, outType, inp, n));
     }
 
     @Override

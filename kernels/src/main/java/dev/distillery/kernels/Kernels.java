@@ -133,7 +133,7 @@ public interface Kernels extends AutoCloseable {
     /**
      * Whether the runtime should store an activation that only GEMMs read (a norm's output, the
      * input of a linear) as bf16: under {@link Precision#BF16}, where every GEMM rounds its operands
-     * to bf16 anyway. Half the bytes, the same bits; the norms write it ({@link #layerNormForward}'s
+     * to bf16 anyway. Half the bytes, the same bits; the norms, GELU and SwiGLU write it (their
      * {@code outType}) and {@link #gemm}'s typed form reads it.
      */
     default boolean storesBf16Activations() {
@@ -255,8 +255,11 @@ public interface Kernels extends AutoCloseable {
 
     // ---------------------------------------------------------------- GELU (GPT-2 tanh form)
 
-    /** {@code out = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))}, elementwise over n. */
-    void geluForward(MemorySegment out, MemorySegment inp, long n);
+    /**
+     * {@code out = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))}, elementwise over n; out written as
+     * {@code outType} (as {@link #layerNormForward}'s).
+     */
+    void geluForward(MemorySegment out, DType outType, MemorySegment inp, long n);
 
     /** {@code dinp += gelu'(inp) * dout}. */
     void geluBackward(MemorySegment dinp, MemorySegment inp, MemorySegment dout, long n);
@@ -279,8 +282,11 @@ public interface Kernels extends AutoCloseable {
 
     // ---------------------------------------------------------------- SwiGLU (the Llama family's MLP)
 
-    /** {@code out = silu(gate) * up}, {@code silu(x) = x σ(x)}, elementwise over n. */
-    void swiGluForward(MemorySegment out, MemorySegment gate, MemorySegment up, long n);
+    /**
+     * {@code out = silu(gate) * up}, {@code silu(x) = x σ(x)}, elementwise over n; out written as
+     * {@code outType} (as {@link #layerNormForward}'s).
+     */
+    void swiGluForward(MemorySegment out, DType outType, MemorySegment gate, MemorySegment up, long n);
 
     /** Accumulates {@code dgate += dout * up * silu'(gate)} and {@code dup += dout * silu(gate)}, silu' = σ (1 + x (1 − σ)). */
     void swiGluBackward(MemorySegment dgate, MemorySegment dup, MemorySegment dout, MemorySegment gate, MemorySegment up, long n);

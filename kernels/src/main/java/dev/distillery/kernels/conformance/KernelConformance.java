@@ -305,7 +305,7 @@ public final class KernelConformance {
             for (int i = 0; i < n; i++) gate[i] *= 4;
             MemorySegment sOut = buf.poisoned(n), sGate = buf.floats(gate), sUp = buf.floats(up), sDgate = buf.floats(dgate), sDup = buf.floats(dup);
             long t0 = System.nanoTime();
-            kernels.swiGluForward(sOut, sGate, sUp, n);
+            kernels.swiGluForward(sOut, DType.F32, sGate, sUp, n);
             double ms = millis(t0);
             ReferenceKernels.swiGluForward(out, gate, up, n);
             record("swiGluForward", String.valueOf(n), buf.relativeError(out, sOut, 1e-6), TOL, ms);
@@ -388,7 +388,7 @@ public final class KernelConformance {
             for (int i = 0; i < n; i++) inp[i] *= 3;
             MemorySegment sOut = buf.poisoned(n), sInp = buf.floats(inp), sDinp = buf.floats(dinp);
             long t0 = System.nanoTime();
-            kernels.geluForward(sOut, sInp, n);
+            kernels.geluForward(sOut, DType.F32, sInp, n);
             double ms = millis(t0);
             ReferenceKernels.geluForward(out, inp, n);
             record("geluForward", String.valueOf(n), buf.relativeError(out, sOut, 1e-6), TOL, ms);

@@ -327,14 +327,14 @@ public final class CpuKernels implements Kernels {
 
     // ---------------------------------------------------------------- layernorm
 
-    /** Whether a norm writes its output as bf16 ({@link Kernels#layerNormForward}'s outType); fp32 otherwise. */
-    private boolean normOutput(DType outType) {
+    /** Whether a kernel writes its output as bf16 ({@link Kernels#layerNormForward}'s outType); fp32 otherwise. */
+    private boolean bf16Output(DType outType, String kernel) {
         if (outType == DType.F32) return false;
         if (outType == DType.BF16 && storesBf16Activations()) return true;
-        throw new UnsupportedOperationException(describe() + ": a norm's output as " + outType + " needs bf16 precision");
+        throw new UnsupportedOperationException(describe() + ": " + kernel + "'s output as " + outType + " needs bf16 precision");
     }
 
-    private static void setNormOutput(MemorySegment out, boolean bf16, long index, float value) {
+    private static void setOutput(MemorySegment out, boolean bf16, long index, float value) {
         if (bf16) out.setAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, index, VectorOps.bf16Bits(value));
         else set(out, index, value);
     }
@@ -342,7 +342,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void layerNormForward(MemorySegment out, DType outType, MemorySegment mean, MemorySegment rstd,
                                  MemorySegment inp, MemorySegment weight, MemorySegment bias, int n, int c) {
-        boolean bf16 = normOutput(outType);
+        boolean bf16 = bf16Output(outType, "layernorm");
         pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
             for (int r = start; r < end; r++) {
                 long o = (long) r * c;
@@ -370,7 +370,7 @@ public final class CpuKernels implements Kernels {
                     if (bf16) VectorOps.intoBf16(y, out, o + i);
                     else y.intoMemorySegment(out, (o + i) * 4L, ORDER);
                 }
-                for (; i < c; i++) setNormOutput(out, bf16, o + i, (get(inp, o + i) - mu) * rs * get(weight, i) + get(bias, i));
+                for (; i < c; i++) setOutput(out, bf16, o + i, (get(inp, o + i) - mu) * rs * get(weight, i) + get(bias, i));
             }
         });
     }
@@ -432,7 +432,7 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void rmsNormForward(MemorySegment out, DType outType, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps) {
-        boolean bf16 = normOutput(outType);
+        boolean bf16 = bf16Output(outType, "RMSNorm");
         pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
             for (int r = start; r < end; r++) {
                 long o = (long) r * c;
@@ -456,7 +456,7 @@ public final class CpuKernels implements Kernels {
                     if (bf16) VectorOps.intoBf16(y, out, o + i);
                     else y.intoMemorySegment(out, (o + i) * 4L, ORDER);
                 }
-                for (; i < c; i++) setNormOutput(out, bf16, o + i, get(inp, o + i) * rs * get(weight, i));
+                for (; i < c; i++) setOutput(out, bf16, o + i, get(inp, o + i) * rs * get(weight, i));
             }
         });
     }
@@ -508,16 +508,19 @@ public final class CpuKernels implements Kernels {
     // ---------------------------------------------------------------- SwiGLU
 
     @Override
-    public void swiGluForward(MemorySegment out, MemorySegment gate, MemorySegment up, long n) {
+    public void swiGluForward(MemorySegment out, DType outType, MemorySegment gate, MemorySegment up, long n) {
+        boolean bf16 = bf16Output(outType, "SwiGLU");
         elementwise(n, (start, end) -> {
             long i = start;
             for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
                 FloatVector x = FloatVector.fromMemorySegment(SPECIES, gate, i * 4L, ORDER);
-                x.mul(sigmoid(x)).mul(FloatVector.fromMemorySegment(SPECIES, up, i * 4L, ORDER)).intoMemorySegment(out, i * 4L, ORDER);
+                FloatVector y = x.mul(sigmoid(x)).mul(FloatVector.fromMemorySegment(SPECIES, up, i * 4L, ORDER));
+                if (bf16) VectorOps.intoBf16(y, out, i);
+                else y.intoMemorySegment(out, i * 4L, ORDER);
             }
             for (; i < end; i++) {
                 float x = get(gate, i);
-                set(out, i, x * sigmoid(x) * get(up, i));
+                setOutput(out, bf16, i, x * sigmoid(x) * get(up, i));
             }
         });
     }
@@ -618,17 +621,19 @@ public final class CpuKernels implements Kernels {
     // of 1 + tanh u for negative x. See docs/KERNELS.md#gelu.
 
     @Override
-    public void geluForward(MemorySegment out, MemorySegment inp, long n) {
+    public void geluForward(MemorySegment out, DType outType, MemorySegment inp, long n) {
+        boolean bf16 = bf16Output(outType, "GELU");
         elementwise(n, (start, end) -> {
             long i = start;
             for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
                 FloatVector x = FloatVector.fromMemorySegment(SPECIES, inp, (i) * 4L, ORDER);
-                FloatVector sig = geluSigmoid(x);
-                x.mul(sig).intoMemorySegment(out, (i) * 4L, ORDER);
+                FloatVector y = x.mul(geluSigmoid(x));
+                if (bf16) VectorOps.intoBf16(y, out, i);
+                else y.intoMemorySegment(out, i * 4L, ORDER);
             }
             for (; i < end; i++) {
                 float x = get(inp, i);
-                set(out, i, x * geluSigmoid(x));
+                setOutput(out, bf16, i, x * geluSigmoid(x));
             }
         });
     }

@@ -239,11 +239,15 @@ public final class CudaConformance {
         String size = Integer.toString(n);
         float[] gate = random(n, 6), up = random(n, 1), dout = random(n, 1), dg0 = random(n, 1), du0 = random(n, 1);
         MemorySegment out = host(new float[n]);
-        cpu.swiGluForward(out, host(gate), host(up), n);
+        cpu.swiGluForward(out, DType.F32, host(gate), host(up), n);
         CudaBackend.Ptr dgate = device(host(gate)), dup = device(host(up)), dOut = poisoned(n);
         long t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_SWIGLU_FORWARD, grid(n), 256, dOut, dgate, dup, (long) n);
         record("swiGluForward", size, floats(out, n), download(dOut, n), TOL, t0);
+        CudaBackend.Ptr dOut16 = poisoned((n + 1) / 2);
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_SWIGLU_FORWARD_BF16, grid(n), 256, dOut16, dgate, dup, (long) n);
+        record("swiGluForward.bf16", size, roundedToBf16(download(dOut, n)), downloadBf16(dOut16, n), 0, t0);
         MemorySegment hg = host(dg0), hu = host(du0);
         cpu.swiGluBackward(hg, hu, host(dout), host(gate), host(up), n);
         CudaBackend.Ptr gg = device(host(dg0)), gu = device(host(du0)), gdout = device(host(dout));
@@ -368,11 +372,15 @@ public final class CudaConformance {
         String size = Integer.toString(n);
         float[] x = random(n, 3), y = random(n, 1), acc = random(n, 1);
         MemorySegment out = host(new float[n]);
-        cpu.geluForward(out, host(x), n);
+        cpu.geluForward(out, DType.F32, host(x), n);
         CudaBackend.Ptr dx = device(host(x)), dy = device(host(y)), dout = poisoned(n);
         long t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_GELU_FORWARD, grid(n), 256, dout, dx, (long) n);
         record("geluForward", size, floats(out, n), download(dout, n), TOL, t0);
+        CudaBackend.Ptr dout16 = poisoned((n + 1) / 2);
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_GELU_FORWARD_BF16, grid(n), 256, dout16, dx, (long) n);
+        record("geluForward.bf16", size, roundedToBf16(download(dout, n)), downloadBf16(dout16, n), 0, t0);
 
         MemorySegment g = host(acc);
         cpu.geluBackward(g, host(x), host(y), n);

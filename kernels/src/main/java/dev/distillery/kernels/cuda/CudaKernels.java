@@ -454,7 +454,7 @@ public final class CudaKernels implements Kernels {
     @Override
     public void layerNormForward(MemorySegment out, DType outType, MemorySegment mean, MemorySegment rstd, MemorySegment inp,
                                  MemorySegment weight, MemorySegment bias, int n, int c) {
-        CudaKernel kernel = normOutput(outType) ? CudaKernel.OPS_LAYERNORM_FORWARD_BF16 : CudaKernel.OPS_LAYERNORM_FORWARD;
+        CudaKernel kernel = bf16Output(outType, "layernorm") ? CudaKernel.OPS_LAYERNORM_FORWARD_BF16 : CudaKernel.OPS_LAYERNORM_FORWARD;
         if (n == 0) return;
         gpu.launch(kernel, n, gpu.block(), p(out), p(mean), p(rstd), p(inp), p(weight), p(bias), n, c);
     }
@@ -475,16 +475,16 @@ public final class CudaKernels implements Kernels {
     @Override
     public void rmsNormForward(MemorySegment out, DType outType, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c,
                                float eps) {
-        CudaKernel kernel = normOutput(outType) ? CudaKernel.OPS_RMSNORM_FORWARD_BF16 : CudaKernel.OPS_RMSNORM_FORWARD;
+        CudaKernel kernel = bf16Output(outType, "RMSNorm") ? CudaKernel.OPS_RMSNORM_FORWARD_BF16 : CudaKernel.OPS_RMSNORM_FORWARD;
         if (n == 0) return;
         gpu.launch(kernel, n, gpu.block(), p(out), p(rstd), p(inp), p(weight), n, c, eps);
     }
 
-    /** Whether a norm writes its output as bf16 ({@link Kernels#layerNormForward}'s outType); fp32 otherwise. */
-    private boolean normOutput(DType outType) {
+    /** Whether a kernel writes its output as bf16 ({@link Kernels#layerNormForward}'s outType); fp32 otherwise. */
+    private boolean bf16Output(DType outType, String kernel) {
         if (outType == DType.F32) return false;
         if (outType == DType.BF16 && storesBf16Activations()) return true;
-        throw new UnsupportedOperationException(describe() + ": a norm's output as " + outType + " needs bf16 precision");
+        throw new UnsupportedOperationException(describe() + ": " + kernel + "'s output as " + outType + " needs bf16 precision");
     }
 
     @Override
@@ -498,8 +498,9 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
-    public void swiGluForward(MemorySegment out, MemorySegment gate, MemorySegment up, long n) {
-        gpu.launch(CudaKernel.OPS_SWIGLU_FORWARD, grid(n), gpu.block(), p(out), p(gate), p(up), n);
+    public void swiGluForward(MemorySegment out, DType outType, MemorySegment gate, MemorySegment up, long n) {
+        CudaKernel kernel = bf16Output(outType, "SwiGLU") ? CudaKernel.OPS_SWIGLU_FORWARD_BF16 : CudaKernel.OPS_SWIGLU_FORWARD;
+        gpu.launch(kernel, grid(n), gpu.block(), p(out), p(gate), p(up), n);
     }
 
     @Override
@@ -534,8 +535,9 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
-    public void geluForward(MemorySegment out, MemorySegment inp, long n) {
-        gpu.launch(CudaKernel.OPS_GELU_FORWARD, grid(n), gpu.block(), p(out), p(inp), n);
+    public void geluForward(MemorySegment out, DType outType, MemorySegment inp, long n) {
+        CudaKernel kernel = bf16Output(outType, "GELU") ? CudaKernel.OPS_GELU_FORWARD_BF16 : CudaKernel.OPS_GELU_FORWARD;
+        gpu.launch(kernel, grid(n), gpu.block(), p(out), p(inp), n);
     }
 
     @Override

@@ -301,7 +301,7 @@ class CpuKernelsConformanceTest {
         }
     }
 
-    /** fp32 kernels take no bf16 operand or norm output: the runtime only stores bf16 activations where the GEMMs round to bf16. */
+    /** fp32 kernels take no bf16 operand or output: the runtime only stores bf16 activations where the GEMMs round to bf16. */
     @Test
     void fp32KernelsRefuseActivationsStoredAsBf16() {
         try (CpuKernels kernels = new CpuKernels(1, "auto"); Arena arena = Arena.ofConfined()) {
@@ -312,16 +312,19 @@ class CpuKernelsConformanceTest {
             assertTrue(e.getMessage().contains("needs bf16 precision"), e.getMessage());
             assertThrows(UnsupportedOperationException.class, () -> kernels.layerNormForward(c, DType.BF16, x, x, x, x, x, 1, 2));
             assertThrows(UnsupportedOperationException.class, () -> kernels.rmsNormForward(c, DType.BF16, x, x, x, 1, 2, 1e-5f));
+            assertThrows(UnsupportedOperationException.class, () -> kernels.geluForward(c, DType.BF16, x, 2));
+            assertThrows(UnsupportedOperationException.class, () -> kernels.swiGluForward(c, DType.BF16, x, x, 2));
         }
     }
 
     /**
-     * A norm's bf16 output is its fp32 output rounded as the GEMM rounds, bit for bit: layernorm and
-     * RMSNorm, rows of widths below, at and past a vector, values at rounding ties included.
+     * A kernel's bf16 output is its fp32 output rounded as the GEMM rounds, bit for bit: layernorm,
+     * RMSNorm, GELU and SwiGLU, rows of widths below, at and past a vector, values at rounding ties
+     * included.
      */
     @ParameterizedTest
     @CsvSource({"1, 1", "3, 7", "5, 16", "13, 33", "4, 384"})
-    void normsWriteTheirOutputInBf16AsTheGemmWouldRoundIt(int rows, int c) {
+    void activationsWrittenInBf16AreTheirFp32ValuesRoundedAsTheGemmRounds(int rows, int c) {
         assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
         Random random = new Random(rows * 17L + c);
         try (CpuKernels kernels = new CpuKernels(2, "auto", Precision.BF16); Arena arena = Arena.ofConfined()) {
@@ -342,6 +345,15 @@ class CpuKernelsConformanceTest {
             kernels.rmsNormForward(out, DType.F32, stats, x, w, rows, c, 1e-5f);
             kernels.rmsNormForward(out16, DType.BF16, stats16, x, w, rows, c, 1e-5f);
             assertRoundedBitForBit(out, out16, rows * c, "rmsnorm");
+            out16.fill((byte) 0x7f);
+            kernels.geluForward(out, DType.F32, x, (long) rows * c);
+            kernels.geluForward(out16, DType.BF16, x, (long) rows * c);
+            assertRoundedBitForBit(out, out16, rows * c, "gelu");
+            MemorySegment up = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, rows * c));
+            out16.fill((byte) 0x7f);
+            kernels.swiGluForward(out, DType.F32, x, up, (long) rows * c);
+            kernels.swiGluForward(out16, DType.BF16, x, up, (long) rows * c);
+            assertRoundedBitForBit(out, out16, rows * c, "swiglu");
         }
     }
 

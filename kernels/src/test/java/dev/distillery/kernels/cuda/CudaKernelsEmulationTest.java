@@ -214,7 +214,8 @@ class CudaKernelsEmulationTest {
 
     /**
      * {@code selftest --device cuda}'s checks pass on the emulated device (one size a kernel),
-     * the norms' bf16 twins among them, bit for bit against their own fp32 outputs rounded.
+     * the bf16 twins of the norms, GELU and SwiGLU among them, bit for bit against their own fp32
+     * outputs rounded.
      */
     @Test
     void theSelftestPassesOnTheEmulatedDevice() {
@@ -223,7 +224,7 @@ class CudaKernelsEmulationTest {
             StringBuilder failed = new StringBuilder();
             for (KernelConformance.Result r : results) if (!r.passed()) failed.append(r).append('\n');
             assertTrue(failed.isEmpty(), failed.toString());
-            for (String kernel : List.of("layerNormForward.bf16", "rmsNormForward.bf16")) {
+            for (String kernel : List.of("layerNormForward.bf16", "rmsNormForward.bf16", "geluForward.bf16", "swiGluForward.bf16")) {
                 assertTrue(results.stream().anyMatch(r -> r.kernel().equals(kernel)), kernel + " in " + results);
             }
         }

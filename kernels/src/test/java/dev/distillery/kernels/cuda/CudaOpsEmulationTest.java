@@ -131,17 +131,22 @@ class CudaOpsEmulationTest {
                 float[] x = random(n, 3), y = random(n, 1), d = random(n, 1), acc = random(n, 1);
                 try (Arena a = Arena.ofShared()) {
                     MemorySegment out = seg(a, nan(n));
-                    cpu.geluForward(out, seg(a, x), n);
-                    close("gelu n=" + n, arr(out, n), call(CudaKernel.OPS_GELU_FORWARD, 3, 64).floats(nan(n)).floats(x).i64(n).runOrFail(bin, work).floats(0), 1e-4);
+                    cpu.geluForward(out, DType.F32, seg(a, x), n);
+                    float[] gelu = call(CudaKernel.OPS_GELU_FORWARD, 3, 64).floats(nan(n)).floats(x).i64(n).runOrFail(bin, work).floats(0);
+                    close("gelu n=" + n, arr(out, n), gelu, 1e-4);
+                    sameBitsRounded("gelu to bf16 n=" + n, gelu, call(CudaKernel.OPS_GELU_FORWARD_BF16, 3, 64).poisonedShorts(n).floats(x).i64(n)
+                            .runOrFail(bin, work).shorts(0));
                     MemorySegment dx = seg(a, acc);
                     cpu.geluBackward(dx, seg(a, x), seg(a, d), n);
                     close("gelu backward n=" + n, arr(dx, n), call(CudaKernel.OPS_GELU_BACKWARD, 3, 64).floats(acc).floats(x).floats(d).i64(n)
                             .runOrFail(bin, work).floats(0), 1e-4);
                     // SwiGLU (expf against the Java exp polynomial: ulps apart; the accumulation is held to its summands' scale)
                     MemorySegment sw = seg(a, nan(n));
-                    cpu.swiGluForward(sw, seg(a, x), seg(a, y), n);
-                    close("swiglu n=" + n, arr(sw, n), call(CudaKernel.OPS_SWIGLU_FORWARD, 3, 64).floats(nan(n)).floats(x).floats(y).i64(n)
-                            .runOrFail(bin, work).floats(0), 1e-4);
+                    cpu.swiGluForward(sw, DType.F32, seg(a, x), seg(a, y), n);
+                    float[] swiglu = call(CudaKernel.OPS_SWIGLU_FORWARD, 3, 64).floats(nan(n)).floats(x).floats(y).i64(n).runOrFail(bin, work).floats(0);
+                    close("swiglu n=" + n, arr(sw, n), swiglu, 1e-4);
+                    sameBitsRounded("swiglu to bf16 n=" + n, swiglu, call(CudaKernel.OPS_SWIGLU_FORWARD_BF16, 3, 64).poisonedShorts(n).floats(x)
+                            .floats(y).i64(n).runOrFail(bin, work).shorts(0));
                     float[] dg0 = random(n, 1), du0 = random(n, 1);
                     MemorySegment dg = seg(a, dg0), du = seg(a, du0);
                     cpu.swiGluBackward(dg, du, seg(a, d), seg(a, x), seg(a, y), n);

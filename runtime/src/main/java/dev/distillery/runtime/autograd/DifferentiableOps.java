@@ -309,7 +309,8 @@ public final class DifferentiableOps {
      * it lives in a buffer given back as soon as the linear has read it, and the backward computes
      * it again from x (llm.c's GELU recomputation). A GPT-2 MLP then holds one (n, 4c) activation
      * for the backward instead of two, for one more GELU per step; the values are those of
-     * a GELU then {@link #linear}, bit for bit.
+     * a GELU then {@link #linear}, bit for bit. gelu(x), which only the linear's GEMMs read, is
+     * stored as {@link #gemmOperandType}.
      */
     public Tensor geluLinear(Tensor x, Tensor weight, Tensor bias) {
         requireF32("geluLinear", x);
@@ -317,15 +318,15 @@ public final class DifferentiableOps {
         requireInputWidth(weight, c);
         boolean track = tracks(x, weight, bias);
         Tensor out = output("linear", track, n, oc);
-        Tensor g = workspace.tensor("gelu", n, c);
-        kernels.geluForward(g.data(), x.data(), x.numel());
-        kernels.linearForward(out.data(), g.data(), DType.F32, weight.data(), bias == null ? null : bias.data(), n, c, oc);
+        Tensor g = workspace.tensor("gelu", gemmOperandType, n, c);
+        kernels.geluForward(g.data(), gemmOperandType, x.data(), x.numel());
+        kernels.linearForward(out.data(), g.data(), gemmOperandType, weight.data(), bias == null ? null : bias.data(), n, c, oc);
         releaseScratch(g);
         if (track) {
             recordBackward(out, () -> {
                 if (out.grad() == null) return;
-                Tensor again = workspace.tensor("gelu", n, c);
-                kernels.geluForward(again.data(), x.data(), x.numel());
+                Tensor again = workspace.tensor("gelu", gemmOperandType, n, c);
+                kernels.geluForward(again.data(), gemmOperandType, x.data(), x.numel());
                 Tensor dg = workspace.tensor("gelu.grad", n, c);
                 linearBackward(new GradTarget(dg.data(), 0f), out.grad().data(), again, weight, bias, n, c, oc);
                 var dx = grad(x);
@@ -407,11 +408,16 @@ public final class DifferentiableOps {
 
     /** silu(gate) · up, elementwise: the Llama family's MLP middle. Both inputs get a gradient when either needs one. */
     public Tensor swiGlu(Tensor gate, Tensor up) {
+        return swiGlu(gate, up, DType.F32);
+    }
+
+    /** {@link #swiGlu} stored as {@code outType} (F32, or {@link #gemmOperandType} for an output only GEMMs read). */
+    public Tensor swiGlu(Tensor gate, Tensor up, DType outType) {
         requireF32("swiGlu", gate, up);
         if (gate.numel() != up.numel()) throw new IllegalArgumentException("swiGlu: " + gate + " and " + up + " differ in size");
         boolean track = tracks(gate, up);
-        Tensor out = output("swiglu", track, gate.shape());
-        kernels.swiGluForward(out.data(), gate.data(), up.data(), gate.numel());
+        Tensor out = output("swiglu", outType, track, gate.shape());
+        kernels.swiGluForward(out.data(), outType, gate.data(), up.data(), gate.numel());
         if (track) {
             recordBackward(out, () -> {
                 if (out.grad() == null) return;

@@ -144,14 +144,15 @@ public final class Llama implements LanguageModel {
     private Tensor block(DifferentiableOps ops, Tensor x, int l, Tensor cosSin, int b, int t, Attention attention) {
         String pre = prefix(l);
         float eps = cfg.rmsEps();
-        // the block's two norms feed only projections: stored as their GEMMs read them (bf16 under bf16)
+        // the block's two norms and its SwiGLU feed only projections: stored as their GEMMs read them (bf16 under bf16)
         Tensor h = ops.rmsNorm(x, p(pre + "input_layernorm.weight"), eps, ops.gemmOperandType());
         Tensor q = ops.rope(ops.projection(h, p(pre + "self_attn.q_proj.weight"), bias(pre + "self_attn.q_proj.bias")), cosSin, b, t, cfg.heads());
         Tensor k = ops.rope(ops.projection(h, p(pre + "self_attn.k_proj.weight"), bias(pre + "self_attn.k_proj.bias")), cosSin, b, t, cfg.kvHeads());
         Tensor v = ops.projection(h, p(pre + "self_attn.v_proj.weight"), bias(pre + "self_attn.v_proj.bias"));
         Tensor mid = ops.add(x, ops.projection(attention.apply(q, k, v), p(pre + "self_attn.o_proj.weight"), null));
         Tensor h2 = ops.rmsNorm(mid, p(pre + "post_attention_layernorm.weight"), eps, ops.gemmOperandType());
-        Tensor act = ops.swiGlu(ops.projection(h2, p(pre + "mlp.gate_proj.weight"), null), ops.projection(h2, p(pre + "mlp.up_proj.weight"), null));
+        Tensor act = ops.swiGlu(ops.projection(h2, p(pre + "mlp.gate_proj.weight"), null), ops.projection(h2, p(pre + "mlp.up_proj.weight"), null),
+                ops.gemmOperandType());
         return ops.add(mid, ops.projection(act, p(pre + "mlp.down_proj.weight"), null));
     }
 

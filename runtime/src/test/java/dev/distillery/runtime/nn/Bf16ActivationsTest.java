@@ -25,10 +25,11 @@ import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.autograd.Tape;
 
 /**
- * Under bf16 the norms whose outputs only linears read store them in bf16: a training pass gives
- * the same loss and gradients, bit for bit, as with those outputs kept in fp32 (the GEMMs rounded
- * them to bf16 anyway), in less workspace. GPT-2 and Llama (grouped-query attention) on the CPU;
- * the emulated CUDA device's twin is in TrainingOnEmulatedCudaTest.
+ * Under bf16 the activations that only GEMMs read (the block norms' outputs, GPT-2's GELU output,
+ * Llama's SwiGLU output) are stored in bf16: a training pass gives the same loss and gradients,
+ * bit for bit, as with them kept in fp32 (the GEMMs rounded them to bf16 anyway), in less
+ * workspace. GPT-2 and Llama (grouped-query attention) on the CPU; the emulated CUDA device's
+ * twin is in TrainingOnEmulatedCudaTest.
  */
 class Bf16ActivationsTest {
 
@@ -37,12 +38,12 @@ class Bf16ActivationsTest {
             12, 80, 1e-5f, LlamaConfig.Rope.plain(10000), true), k);
 
     @Test
-    void gpt2GivesTheBitsOfFp32ActivationsWithItsNormsInBf16() {
+    void gpt2GivesTheBitsOfFp32ActivationsWithGemmOnlyActivationsInBf16() {
         sameBitsInLessWorkspace(GPT2);
     }
 
     @Test
-    void llamaGivesTheBitsOfFp32ActivationsWithItsNormsInBf16() {
+    void llamaGivesTheBitsOfFp32ActivationsWithGemmOnlyActivationsInBf16() {
         sameBitsInLessWorkspace(LLAMA);
     }
 
