@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.runtime.Rng;
 
@@ -34,8 +35,9 @@ class TextGeneratorTest {
     /**
      * Decoding token by token through the KV cache gives, at every position, the logits of the
      * whole window's forward: GPT-2, and a Llama with grouped-query heads, q/k/v biases and Llama
-     * 3's rope scaling. Greedy generation past the context (the window slides) picks at each step
-     * the argmax of the forward over the last context tokens.
+     * 3's rope scaling, in fp32 and in bf16 (where the CPU has it). Greedy generation past the
+     * context (the window slides) picks at each step the argmax of the forward over the last
+     * context tokens.
      */
     @Test
     void decodingThroughTheCacheGivesTheWholeWindowsLogits() {
@@ -43,48 +45,50 @@ class TextGeneratorTest {
         for (java.util.function.Function<CpuKernels, LanguageModel> make : java.util.List.<java.util.function.Function<CpuKernels, LanguageModel>>of(
                 k -> new Gpt2(new Gpt2Config(41, 9, 2, 16, 2), k),
                 k -> new Llama(new LlamaConfig(LlamaConfig.Family.QWEN2, 41, 9, 2, 16, 4, 2, 4, 24, 1e-6f, rope, false), k))) {
-            try (CpuKernels k = new CpuKernels(2, "auto"); LanguageModel m = make.apply(k);
-                 dev.distillery.runtime.Workspace ws = new dev.distillery.runtime.Workspace(k, 1 << 16);
-                 java.lang.foreign.Arena host = java.lang.foreign.Arena.ofShared();
-                 KvCache cache = m.newCache(9); TextGenerator g = new TextGenerator(m, k)) {
-                Rng rng = new Rng(2);
-                for (var p : m.parameters().parameters()) {
-                    float[] x = new float[(int) p.numel()];
-                    boolean norm = p.name().contains("ln_") || p.name().contains("norm");
-                    for (int i = 0; i < x.length; i++) x[i] = (float) ((norm && p.name().endsWith("weight") ? 1 : 0) + 0.4 * rng.nextGaussian());
-                    m.parameters().write(p, x);
-                }
-                var tape = new dev.distillery.runtime.autograd.Tape();
-                tape.setEnabled(false);
-                var ops = new dev.distillery.runtime.autograd.DifferentiableOps(k, ws, tape);
-                int n = 9;
-                int[] ids = new int[n];
-                for (int i = 0; i < n; i++) ids[i] = rng.nextInt(41);
-                var tokens = new dev.distillery.runtime.Tensor("tokens", new int[]{1, n}, dev.distillery.kernels.DType.I32, dev.distillery.runtime.Device.CPU,
-                        host.allocateFrom(java.lang.foreign.ValueLayout.JAVA_INT, ids), false);
-                float[] full = m.forward(ops, tokens, 1, n).toFloatArray();
-                String family = m.getClass().getSimpleName();
-                for (int pos = 0; pos < n; pos++) {
-                    ws.reset();
-                    var one = tokens.slice(pos, 1, 1);
-                    float[] row = m.decode(ops, cache, one).toFloatArray();
-                    for (int j = 0; j < 41; j++) {
-                        assertEquals(full[pos * 41 + j], row[j], 2e-4 * Math.max(1, Math.abs(full[pos * 41 + j])), family + " position " + pos + ", logit " + j);
+            for (Precision precision : Precision.values()) {   // under bf16 the cache's path reads the activations stored in bf16 too
+                try (CpuKernels k = new CpuKernels(2, "auto", precision); LanguageModel m = make.apply(k);
+                     dev.distillery.runtime.Workspace ws = new dev.distillery.runtime.Workspace(k, 1 << 16);
+                     java.lang.foreign.Arena host = java.lang.foreign.Arena.ofShared();
+                     KvCache cache = m.newCache(9); TextGenerator g = new TextGenerator(m, k)) {
+                    Rng rng = new Rng(2);
+                    for (var p : m.parameters().parameters()) {
+                        float[] x = new float[(int) p.numel()];
+                        boolean norm = p.name().contains("ln_") || p.name().contains("norm");
+                        for (int i = 0; i < x.length; i++) x[i] = (float) ((norm && p.name().endsWith("weight") ? 1 : 0) + 0.4 * rng.nextGaussian());
+                        m.parameters().write(p, x);
                     }
-                }
-                assertEquals(9, cache.length());
-                int[] prompt = {3, 1, 4};
-                int[] greedy = g.generate(prompt, 12, 0, 0, new Rng(1));
-                for (int t = prompt.length; t < greedy.length; t++) {
-                    int from = Math.max(0, t - 9), len = t - from;
-                    ws.reset();
-                    var window = new dev.distillery.runtime.Tensor("window", new int[]{1, len}, dev.distillery.kernels.DType.I32,
-                            dev.distillery.runtime.Device.CPU, host.allocateFrom(java.lang.foreign.ValueLayout.JAVA_INT,
-                            java.util.Arrays.copyOfRange(greedy, from, t)), false);
-                    float[] logits = m.forward(ops, window, 1, len).toFloatArray();
-                    int best = 0;
-                    for (int j = 1; j < 41; j++) if (logits[(len - 1) * 41 + j] > logits[(len - 1) * 41 + best]) best = j;
-                    assertEquals(best, greedy[t], family + ": token " + t + " of " + java.util.Arrays.toString(greedy));
+                    var tape = new dev.distillery.runtime.autograd.Tape();
+                    tape.setEnabled(false);
+                    var ops = new dev.distillery.runtime.autograd.DifferentiableOps(k, ws, tape);
+                    int n = 9;
+                    int[] ids = new int[n];
+                    for (int i = 0; i < n; i++) ids[i] = rng.nextInt(41);
+                    var tokens = new dev.distillery.runtime.Tensor("tokens", new int[]{1, n}, dev.distillery.kernels.DType.I32, dev.distillery.runtime.Device.CPU,
+                            host.allocateFrom(java.lang.foreign.ValueLayout.JAVA_INT, ids), false);
+                    float[] full = m.forward(ops, tokens, 1, n).toFloatArray();
+                    String family = m.getClass().getSimpleName() + " " + k.precision().key();
+                    for (int pos = 0; pos < n; pos++) {
+                        ws.reset();
+                        var one = tokens.slice(pos, 1, 1);
+                        float[] row = m.decode(ops, cache, one).toFloatArray();
+                        for (int j = 0; j < 41; j++) {
+                            assertEquals(full[pos * 41 + j], row[j], 2e-4 * Math.max(1, Math.abs(full[pos * 41 + j])), family + " position " + pos + ", logit " + j);
+                        }
+                    }
+                    assertEquals(9, cache.length());
+                    int[] prompt = {3, 1, 4};
+                    int[] greedy = g.generate(prompt, 12, 0, 0, new Rng(1));
+                    for (int t = prompt.length; t < greedy.length; t++) {
+                        int from = Math.max(0, t - 9), len = t - from;
+                        ws.reset();
+                        var window = new dev.distillery.runtime.Tensor("window", new int[]{1, len}, dev.distillery.kernels.DType.I32,
+                                dev.distillery.runtime.Device.CPU, host.allocateFrom(java.lang.foreign.ValueLayout.JAVA_INT,
+                                java.util.Arrays.copyOfRange(greedy, from, t)), false);
+                        float[] logits = m.forward(ops, window, 1, len).toFloatArray();
+                        int best = 0;
+                        for (int j = 1; j < 41; j++) if (logits[(len - 1) * 41 + j] > logits[(len - 1) * 41 + best]) best = j;
+                        assertEquals(best, greedy[t], family + ": token " + t + " of " + java.util.Arrays.toString(greedy));
+                    }
                 }
             }
         }
