@@ -18,7 +18,8 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
  * over the measured steps through {@link TimedKernels}.
  *
  * <pre>java --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -XX:-UseProfiledLoopPredicate \
- *     -cp bench/target/benchmarks.jar dev.distillery.bench.StepProfile B 2 [steps] [gemm] [warm-up steps] [fp32|bf16] [cpu|cuda|cuda-host-only]</pre>
+ *     -cp bench/target/benchmarks.jar dev.distillery.bench.StepProfile B 2 [steps] [gemm] [warm-up steps] [fp32|bf16] [cpu|cuda|cuda-host-only] \
+ *     [keep|recompute]</pre>
  *
  * On cuda each kernel's time is its GPU work (see {@link TimedKernels}); cuda-host-only times the
  * host's share alone ({@link HostOnlyCudaBackend}).
@@ -36,6 +37,11 @@ public final class StepProfile {
         int warmup = args.length > 4 ? Integer.parseInt(args[4]) : 10;
         Precision precision = Precision.parse(args.length > 5 ? args[5] : "fp32", "precision (6th argument)");
         String device = args.length > 6 ? args[6] : "cpu";
+        String attention = args.length > 7 ? args[7] : "keep";   // attention's probabilities kept for the backward or made again
+        if (!attention.equals("keep") && !attention.equals("recompute")) {
+            System.err.println("StepProfile: the 8th argument is keep or recompute (attention's probabilities), got " + attention);
+            System.exit(2);
+        }
         Kernels inner;
         try {
             inner = HostOnlyCudaBackend.openKernels(device, threads, gemm, precision);
@@ -50,6 +56,7 @@ public final class StepProfile {
             int t = c.model.contextLength();
             try (TrainingSession s = new TrainingSession(model, kernels, AdamW.Config.defaults(),
                     new LearningRateSchedule(3e-4, 3e-5, 10, 1_000_000), 1.0, c.batch, t)) {
+                s.recomputeAttention(attention.equals("recompute"));
                 Rng rng = new Rng(2);
                 int[] windows = new int[c.batch * (t + 1)];
                 for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(c.model.vocabSize());

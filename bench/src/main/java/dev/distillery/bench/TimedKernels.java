@@ -277,6 +277,11 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public void attentionProbs(MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
+        time("attentionProbs", () -> inner.attentionProbs(att, qkv, b, t, c, nh));
+    }
+
+    @Override
     public void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout, MemorySegment qkv,
                                   MemorySegment att, int b, int t, int c, int nh) {
         time("attentionBackward", () -> inner.attentionBackward(dqkv, datt, dout, qkv, att, b, t, c, nh));

@@ -328,6 +328,13 @@ public interface Kernels extends AutoCloseable {
     void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh);
 
     /**
+     * The probabilities of {@link #attentionForward} alone, the same bits in att, without the
+     * output: for a backward that makes them again rather than keeping (b, nh, t, t) of them per
+     * layer from the forward to the backward.
+     */
+    void attentionProbs(MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh);
+
+    /**
      * Accumulates dqkv (b, t, 3c). datt is (b, nh, t, t) scratch the kernel overwrites; att and
      * qkv are the forward's.
      */

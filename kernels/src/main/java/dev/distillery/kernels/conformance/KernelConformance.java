@@ -4,6 +4,7 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.SplittableRandom;
 
@@ -514,6 +515,13 @@ public final class KernelConformance {
             String size = b + "x" + t + "x" + c + "/" + nh;
             record(gemmName("attentionForward"), size, Math.max(buf.relativeError(out, sOut, 1e-6), buf.relativeError(att, sAtt, 1e-6)),
                     composedTol(TOL), ms);
+            // the probabilities made again for a backward that did not keep them: the forward's, bit for bit
+            MemorySegment sAgain = buf.poisoned(att.length);
+            t0 = System.nanoTime();
+            kernels.attentionProbs(sAgain, sQkv, b, t, c, nh);
+            ms = millis(t0);
+            double[] kept = buf.read(sAtt, att.length), again = buf.read(sAgain, att.length);
+            record(gemmName("attentionProbs"), size, Arrays.equals(kept, again) ? 0 : buf.relativeError(kept, sAgain, 1e-6), 0, ms);
             MemorySegment sDqkv = buf.floats(dqkv);
             t0 = System.nanoTime();
             kernels.attentionBackward(sDqkv, buf.poisoned(att.length), buf.floats(dout), sQkv, sAtt, b, t, c, nh);

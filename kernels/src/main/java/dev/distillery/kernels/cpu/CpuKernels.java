@@ -685,27 +685,12 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
-        int hs = headSize(c, nh);
-        float scale = (float) (1.0 / Math.sqrt(hs));
-        int c3 = 3 * c;
+        int hs = headSize(c, nh), c3 = 3 * c;
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
-                long q = (long) bb * t * c3 + (long) h * hs, probs = (long) bh * t * t;
-                MemorySegment attBh = att.asSlice(4 * probs);
-                // att = scale · q kᵀ (t, t), rows [i0, i1) as far as column i1
-                for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
-                    int i1 = Math.min(t, i0 + CAUSAL_ROWS);
-                    gemm.sgemm(false, true, i1 - i0, i1, hs, scale, qkv.asSlice(4 * (q + (long) i0 * c3)), c3, qkv.asSlice(4 * (q + c)), c3,
-                            0f, attBh.asSlice(4L * i0 * t), t);
-                }
-                for (int i = 0; i < t; i++) {
-                    long row = (long) i * t;
-                    float mx = VectorOps.max(attBh, row, i + 1);
-                    float sum = VectorOps.expSum(attBh, row, i + 1, mx, attBh, row);
-                    VectorOps.scale(attBh, row, i + 1, 1f / sum);
-                    VectorOps.fill(attBh, row + i + 1, t - i - 1, 0f);
-                }
+                long q = (long) bb * t * c3 + (long) h * hs;
+                MemorySegment attBh = attentionProbs(att, qkv, bh, q, t, c, hs);
                 // out_h = att · v (t, hs), rows of stride c; rows [i0, i1) read att's first i1 columns
                 for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
                     int i1 = Math.min(t, i0 + CAUSAL_ROWS);
@@ -714,6 +699,38 @@ public final class CpuKernels implements Kernels {
                 }
             }
         });
+    }
+
+    @Override
+    public void attentionProbs(MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
+        int hs = headSize(c, nh);
+        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+            for (int bh = start; bh < end; bh++) attentionProbs(att, qkv, bh, (long) (bh / nh) * t * 3 * c + (long) (bh % nh) * hs, t, c, hs);
+        });
+    }
+
+    /**
+     * Head bh's probabilities (t, t) in att: scale · q kᵀ, rows [i0, i1) as far as column i1, then
+     * the causal softmax of each row, zeros above the diagonal; q is the offset of the head's q in
+     * qkv. One code for the forward and for the backward that makes them again, so the bits agree.
+     */
+    private MemorySegment attentionProbs(MemorySegment att, MemorySegment qkv, int bh, long q, int t, int c, int hs) {
+        float scale = (float) (1.0 / Math.sqrt(hs));
+        int c3 = 3 * c;
+        MemorySegment attBh = att.asSlice(4L * bh * t * t);
+        for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
+            int i1 = Math.min(t, i0 + CAUSAL_ROWS);
+            gemm.sgemm(false, true, i1 - i0, i1, hs, scale, qkv.asSlice(4 * (q + (long) i0 * c3)), c3, qkv.asSlice(4 * (q + c)), c3,
+                    0f, attBh.asSlice(4L * i0 * t), t);
+        }
+        for (int i = 0; i < t; i++) {
+            long row = (long) i * t;
+            float mx = VectorOps.max(attBh, row, i + 1);
+            float sum = VectorOps.expSum(attBh, row, i + 1, mx, attBh, row);
+            VectorOps.scale(attBh, row, i + 1, 1f / sum);
+            VectorOps.fill(attBh, row + i + 1, t - i - 1, 0f);
+        }
+        return attBh;
     }
 
     @Override

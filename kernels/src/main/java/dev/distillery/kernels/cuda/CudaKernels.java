@@ -578,6 +578,18 @@ public final class CudaKernels implements Kernels {
         mergeHeads(out.address(), y, b, t, nh, hs, 1, false);
     }
 
+    /** {@link #attentionForward}'s first three steps (heads apart, the scores, their softmax): the same launches, so the same bits. */
+    @Override
+    public void attentionProbs(MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
+        int hs = c / nh, bh = b * nh;
+        long n = (long) b * t * c, tt = (long) t * t, th = (long) t * hs;
+        int es = storedBytes();
+        long q = attentionHeads.atLeast(aligned(3 * n * es)), k = q + n * es;
+        splitHeads(q, qkv.address(), b, t, nh, hs, 3);
+        storedGemm(false, true, t, t, hs, q, hs, th, k, hs, th, 0f, att.address(), t, tt, bh);
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, bh * t, gpu.block(), p(att), p(att), bh * t, t, (float) (1 / Math.sqrt(hs)));
+    }
+
     @Override
     public void attentionDecode(MemorySegment out, MemorySegment scores, MemorySegment q, MemorySegment keys, MemorySegment values,
                                 int b, int len, int maxLen, int nh, int kvh, int hs) {

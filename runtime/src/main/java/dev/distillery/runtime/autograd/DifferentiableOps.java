@@ -36,6 +36,7 @@ public final class DifferentiableOps {
     private final Workspace workspace;
     private final Tape tape;
     private final DType gemmOperandType;
+    private boolean recomputeAttention;
 
     public DifferentiableOps(Kernels kernels, Workspace workspace, Tape tape) {
         this(kernels, workspace, tape, kernels.storesBf16Activations() ? DType.BF16 : DType.F32);
@@ -284,20 +285,40 @@ public final class DifferentiableOps {
         return out;
     }
 
-    /** Causal multi-head attention: qkv (b·t, 3c) → (b·t, c). */
+    /**
+     * Whether {@link #attention} makes its probabilities again in the backward instead of keeping
+     * them from the forward: (b, heads, t, t) floats less per layer until the backward, for one
+     * more score product and softmax per layer; the same bits either way. Off by default.
+     */
+    public void setRecomputeAttention(boolean recompute) {
+        this.recomputeAttention = recompute;
+    }
+
+    /**
+     * Causal multi-head attention: qkv (b·t, 3c) → (b·t, c). The (b, heads, t, t) probabilities are
+     * kept for the backward, or, with {@link #setRecomputeAttention}, given back as soon as the
+     * forward has used them and made again, bit for bit, by the backward ({@code Kernels.attentionProbs}).
+     */
     public Tensor attention(Tensor qkv, int b, int t, int heads) {
         requireF32("attention", qkv);
         int c = qkv.dim(1) / 3;
-        boolean track = tracks(qkv);
+        boolean track = tracks(qkv), recompute = recomputeAttention;
         Tensor out = output("attention", track, b * t, c);
         Tensor att = workspace.tensor("attention.probs", b, heads, t, t);
         kernels.attentionForward(out.data(), att.data(), qkv.data(), b, t, c, heads);
+        if (recompute) releaseScratch(att);
         if (track) {
             recordBackward(out, () -> {
                 if (out.grad() != null) {
+                    Tensor probs = att;
+                    if (recompute) {
+                        probs = workspace.tensor("attention.probs", b, heads, t, t);
+                        kernels.attentionProbs(probs.data(), qkv.data(), b, t, c, heads);
+                    }
                     Tensor scratch = workspace.tensor("attention.dprobs", b, heads, t, t);
-                    kernels.attentionBackward(grad(qkv), scratch.data(), out.grad().data(), qkv.data(), att.data(), b, t, c, heads);
+                    kernels.attentionBackward(grad(qkv), scratch.data(), out.grad().data(), qkv.data(), probs.data(), b, t, c, heads);
                     releaseScratch(scratch);
+                    if (recompute) releaseScratch(probs);
                 }
             });
         }

@@ -113,6 +113,15 @@ public final class TrainingSession implements AutoCloseable {
     }
 
     /**
+     * From the next step on, attention's probabilities are made again in the backward instead of
+     * kept from the forward (DifferentiableOps.setRecomputeAttention): less memory, a little more
+     * time, the same bits.
+     */
+    public void recomputeAttention(boolean recompute) {
+        graph.ops.setRecomputeAttention(recompute);
+    }
+
+    /**
      * From the next step on, distillation steps add {@code features}' loss (its projections live
      * where the model's parameters live and are trained by their own AdamW, clipped with the
      * model's gradients as one vector). Call before restoring a checkpoint.

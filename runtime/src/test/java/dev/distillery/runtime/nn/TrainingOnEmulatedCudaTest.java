@@ -231,13 +231,36 @@ class TrainingOnEmulatedCudaTest {
     void gpt2OnTheEmulatedDeviceGivesTheBitsOfFp32ActivationsWithGemmOnlyActivationsInBf16() {
         try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device, Precision.BF16)) {
             int before = device.launches();
-            Bf16ActivationsTest.Pass fp32 = Bf16ActivationsTest.pass(kernels, Bf16ActivationsTest.GPT2, DType.F32);
+            ActivationMemoryTest.Pass fp32 = ActivationMemoryTest.pass(kernels, ActivationMemoryTest.GPT2, DType.F32);
             int between = device.launches();
-            Bf16ActivationsTest.Pass bf16 = Bf16ActivationsTest.pass(kernels, Bf16ActivationsTest.GPT2, DType.BF16);
+            ActivationMemoryTest.Pass bf16 = ActivationMemoryTest.pass(kernels, ActivationMemoryTest.GPT2, DType.BF16);
             int after = device.launches();
-            Bf16ActivationsTest.assertSameBits(fp32, bf16);
+            ActivationMemoryTest.assertSameBits(fp32, bf16);
             assertTrue(bf16.workspacePeak() < fp32.workspacePeak(), "workspace " + bf16.workspacePeak() + " against " + fp32.workspacePeak());
             assertEquals((between - before) - 2 * 4, after - between, "launches with those activations in fp32 and in bf16 (2 layers)");
+        }
+    }
+
+    /**
+     * On the emulated device, attention's probabilities made again in the backward give the bits
+     * of kept ones in less workspace, for three launches more a layer (heads apart, the scores,
+     * their softmax; and here a fourth, the test workspace's poisoning of the buffer they are made
+     * in again).
+     */
+    @Test
+    void recomputedAttentionProbabilitiesGiveTheBitsOfKeptOnesOnTheEmulatedDevice() {
+        for (Precision precision : Precision.values()) {
+            try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device, precision)) {
+                DType type = kernels.storesBf16Activations() ? DType.BF16 : DType.F32;
+                int before = device.launches() + device.gemms();
+                ActivationMemoryTest.Pass kept = ActivationMemoryTest.pass(kernels, ActivationMemoryTest.GPT2, type, false);
+                int between = device.launches() + device.gemms();
+                ActivationMemoryTest.Pass again = ActivationMemoryTest.pass(kernels, ActivationMemoryTest.GPT2, type, true);
+                int after = device.launches() + device.gemms();
+                ActivationMemoryTest.assertSameBits(kept, again);
+                assertTrue(again.workspacePeak() < kept.workspacePeak(), precision + ": workspace " + again.workspacePeak() + " against " + kept.workspacePeak());
+                assertEquals((between - before) + 2 * (3 + 1), after - between, precision + ": launches kept and made again (2 layers)");
+            }
         }
     }
 

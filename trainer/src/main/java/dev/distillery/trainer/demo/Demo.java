@@ -244,7 +244,7 @@ public final class Demo {
                 s.studentLr(), s.studentLr() / 10, Math.max(1, s.studentSteps() / 20), 0.1, null, null, 1.0,
                 new DistillConfig.Loss(s.temperature(), s.alpha(), "forward_kl", null, true, "tail", null, "mean", null), 0, 0, 0, 1, seed + 1, 0, 2,
                 true, null, null, new DistillConfig.TeacherModel(teacher.toString(), data.train().toString(), null, s.context()), onPolicy, hidden, more,
-                null, more == null ? null : "mixture", null);
+                null, more == null ? null : "mixture", null, null);
     }
 
     /** Each method's held-out perplexity against the baseline's, its KL and agreement, and its training time. */
@@ -288,7 +288,7 @@ public final class Demo {
                 DistillConfig.Student.gpt2(s.studentLayers(), s.studentChannels(), s.studentHeads(), s.context(), s.vocab()),
                 s.studentSteps(), s.batch(), 1, s.studentLr(), s.studentLr() / 10, Math.max(1, s.studentSteps() / 20), 0.1, null, null, 1.0,
                 new DistillConfig.Loss(s.temperature(), alpha, "forward_kl", null, true, "tail", null, "mean", null),
-                Math.max(1, s.studentSteps() / 4), 0, 0, 1, seed + 1, 0, 2, true, null, null, null, null, null, null, null, null, null);   // every held-out sequence, as the report's table
+                Math.max(1, s.studentSteps() / 4), 0, 0, 1, seed + 1, 0, 2, true, null, null, null, null, null, null, null, null, null, null);   // every held-out sequence, as the report's table
     }
 
     private static void writeCurves(Path work, Path distilled, Path baseline) throws IOException {

@@ -58,6 +58,8 @@ import dev.distillery.trainer.data.StrictJson;
  * @param teachersCombination with teachers: mean (of the teachers' losses, default) or mixture (of their distributions)
  * @param precision       fp32 (default) or bf16: mixed precision, every GEMM on bf16 operands with fp32 sums
  *                        where the device has bf16 arithmetic (docs/CONFIG.md#precision)
+ * @param recomputeAttention attention's probabilities made again in the backward instead of kept from the
+ *                        forward: less memory, more time, the same bits (default false)
  */
 @JsonInclude(JsonInclude.Include.ALWAYS)
 public record DistillConfig(String teacher, String evalTeacher, String out, String tokenizer, String initFrom,
@@ -67,7 +69,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
                             Integer keepCheckpoints, Long seed, Integer threads, Integer prefetch, Boolean verifyChecksums,
                             Boolean checkValues, java.util.List<Integer> initLayers, TeacherModel teacherModel, OnPolicy onPolicy,
                             HiddenStates hiddenStates, List<MoreTeacher> teachers, Double teacherWeight, String teachersCombination,
-                            String precision) {
+                            String precision, Boolean recomputeAttention) {
 
     /**
      * On-policy distillation (GKD): a {@code fraction} of the micro-batches (default 0.5, drawn from
@@ -377,6 +379,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         teacherWeight = teacherWeight == null ? 1.0 : teacherWeight;
         teachersCombination = teachersCombination == null ? "mean" : teachersCombination;
         precision = precision == null ? "fp32" : precision;
+        recomputeAttention = recomputeAttention != null && recomputeAttention;
     }
 
     /** This config with another step count (the schedule's length changes with it). */
@@ -384,7 +387,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, n, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
                 prefetch, verifyChecksums, checkValues, initLayers, teacherModel, onPolicy, hiddenStates, teachers, teacherWeight,
-                teachersCombination, precision);
+                teachersCombination, precision, recomputeAttention);
     }
 
     /** This config taught by the model in {@code path}, run in the process (a pipeline's later stage). */
@@ -394,7 +397,7 @@ public record DistillConfig(String teacher, String evalTeacher, String out, Stri
         return new DistillConfig(teacher, evalTeacher, out, tokenizer, initFrom, student, steps, batchSize, gradAccum, lr, minLr, warmupSteps,
                 weightDecay, beta1, beta2, gradClip, loss, evalEvery, evalBatches, checkpointEvery, keepCheckpoints, seed, threads,
                 prefetch, verifyChecksums, checkValues, initLayers, tm, onPolicy, hiddenStates, teachers, teacherWeight,
-                teachersCombination, precision);
+                teachersCombination, precision, recomputeAttention);
     }
 
     /** Checks what can be checked without opening the data; problems name the key. */

@@ -91,9 +91,9 @@ public final class DistillRun {
         }
     }
 
-    /** How a run ended. */
+    /** How a run ended; {@code workspacePeak}: the bytes the student's passes held at most (activations and their gradients). */
     public record Result(int step, Path outDir, Path lastCheckpoint, Evaluation lastEval, double tokensPerSecond,
-                         double dataWaitFraction, long parameters) {
+                         double dataWaitFraction, long parameters, long workspacePeak) {
     }
 
     private DistillRun() {
@@ -317,6 +317,7 @@ public final class DistillRun {
                  InProcessTeacher live = src.model() == null ? null : new InProcessTeacher(src.model(), kernels, chunkRows);
                  OnPolicyBatches onPolicy = cfg.onPolicy() == null ? null
                          : new OnPolicyBatches(cfg.onPolicy(), cfg.seed(), model, kernels, perRank, seqLen)) {
+                session.recomputeAttention(cfg.recomputeAttention());
                 if (cfg.hiddenStates() != null) enableFeatures(cfg, session, live, src, kernels, out);
                 int epoch = 0, batchIndex = 0;
                 Path lastCheckpoint = null;
@@ -555,12 +556,14 @@ public final class DistillRun {
             out.printf("%s: step %d of %d, %,.0f tokens/s, %.2f%% of the time waiting for data; checkpoint %s; metrics %s%n",
                     o.step() < cfg.steps() ? "stopped (--stop-after)" : "done", o.step(), cfg.steps(), steps.tokensPerSecond,
                     100 * steps.waitFraction, o.lastCheckpoint(), o.metrics());
+            out.printf("student: its workspace peaked at %,d bytes (activations and their gradients%s)%n", session.workspace().highWater(),
+                    cfg.recomputeAttention() ? "; attention's probabilities made again in the backward" : "");
             if (live != null) {
                 out.printf("teacher in the process: its forward's workspace peaked at %,d bytes (one block's activations and the hidden states)%n",
                         live.workspaceHighWater());
             }
             return new Result(o.step(), outDir, o.lastCheckpoint(), steps.lastEval, steps.tokensPerSecond, steps.waitFraction,
-                    model.parameters().parameterCount());
+                    model.parameters().parameterCount(), session.workspace().highWater());
         }
     }
 

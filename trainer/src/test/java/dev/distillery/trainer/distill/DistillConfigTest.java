@@ -74,7 +74,10 @@ class DistillConfigTest {
         assertEquals(0.5f, o.alpha());
         assertTrue(o.scaleByTemperatureSquared());
         assertEquals(DistillOptions.TopKMode.TAIL_BUCKET, o.topKMode());
+        assertEquals(false, c.recomputeAttention());
         assertEquals(c, DistillConfig.fromJson(c.toJson()), "the stored config reads back equal");
+        Files.writeString(f, "{\"teacher\": \"shards\", \"recompute_attention\": true}");
+        assertEquals(true, DistillConfig.read(f).recomputeAttention());
     }
 
     @Test

@@ -85,7 +85,7 @@ class DistillRunTest {
     static DistillConfig config(Path out, String shards, int steps, int checkpointEvery, double alpha) {
         return new DistillConfig(data.resolve(shards).toString(), data.resolve("dense").toString(), out.toString(), null, null,
                 DistillConfig.Student.gpt2(1, 16, 2, SEQ, VOCAB + 3), steps, 4, 2, 1e-2, 1e-3, 2, 0.0, null, null, 1.0,
-                new DistillConfig.Loss(1.0, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 4, checkpointEvery, 10, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
+                new DistillConfig.Loss(1.0, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 4, checkpointEvery, 10, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null, null);
     }
 
     static DistillRun.Result run(DistillConfig c, boolean resume) throws IOException {
@@ -163,6 +163,24 @@ class DistillRunTest {
             assertEquals(fp32Run.lastEval().divergence(), bf16Run.lastEval().divergence(), 0.05 * fp32Run.lastEval().divergence(),
                     "held-out KL after 60 steps");
         }
+    }
+
+    /**
+     * {@code recompute_attention} reaches the step: the same losses, bit for bit, as a run that
+     * keeps attention's probabilities, in a smaller workspace.
+     */
+    @Test
+    void aRunRecomputingAttentionGivesTheLossesOfOneKeepingItInLessMemory(@TempDir Path out) throws IOException {
+        DistillConfig one = config(out.resolve("keep"), "dense", 8, 0, 0.5);
+        DistillConfig keep = DistillConfig.fromJson(one.toJson().replace("\"layers\" : 1", "\"layers\" : 3"));   // probabilities of several layers
+        assertEquals(3, keep.student().layers());
+        String json = keep.toJson().replace("\"recompute_attention\" : false", "\"recompute_attention\" : true")
+                .replace(out.resolve("keep").toString(), out.resolve("again").toString());
+        DistillConfig again = DistillConfig.fromJson(json);
+        assertTrue(again.recomputeAttention(), json);
+        long kept = run(keep, false).workspacePeak(), madeAgain = run(again, false).workspacePeak();
+        assertEquals(trainLosses(out.resolve("keep")), trainLosses(out.resolve("again")));
+        assertTrue(madeAgain < kept, "workspace " + madeAgain + " against " + kept);
     }
 
     private static List<Double> trainLosses(Path run) throws IOException {
@@ -265,13 +283,13 @@ class DistillRunTest {
         byte[] before = Files.readAllBytes(run.resolve("checkpoints/step-00000002/model.safetensors"));
         // The value check finds the NaN before anything runs, naming the file, the sequence and the position.
         DistillConfig checked = new DistillConfig(bad.toString(), null, run.toString(), null, null, good.student(), 4, 4, 1,
-                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
+                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null, null);
         IOException refused = assertThrows(IOException.class, () -> run(checked, true));
         assertTrue(refused.getMessage().endsWith("shard.safetensors, sequence 0, position 0: logits: token 5 is NaN; teacher logits must be finite"),
                 refused.getMessage());
         // Without it (check_values: false), the step's own guard stops the run at the first batch that holds one.
         DistillConfig poisoned = new DistillConfig(bad.toString(), null, run.toString(), null, null, good.student(), 4, 4, 1,
-                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, false, null, null, null, null, null, null, null, null);
+                1e-2, 1e-3, 2, 0.0, null, null, 1.0, good.loss(), 0, 4, 1, 10, 5L, 0, 2, true, false, null, null, null, null, null, null, null, null, null);
         IOException e = assertThrows(IOException.class, () -> run(poisoned, true));
         assertTrue(e.getMessage().contains("step 3") && e.getMessage().matches(".*shard\\.safetensors, sequence \\d+, position 0: the teacher's logit at column 5 is NaN.*")
                 && e.getMessage().contains("step-00000002"), e.getMessage());
@@ -284,7 +302,7 @@ class DistillRunTest {
         Path run = out.resolve("run");
         DistillConfig c = config(run, "dense", 30, 1, 0.5);
         DistillConfig exploding = new DistillConfig(c.teacher(), null, c.out(), null, null, c.student(), 30, 4, 1, 1e30, 1e30, 0, 0.0,
-                null, null, 0.0, c.loss(), 0, 4, 1, 100, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
+                null, null, 0.0, c.loss(), 0, 4, 1, 100, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null, null);
         IOException e = assertThrows(IOException.class, () -> run(exploding, false));
         assertTrue(e.getMessage().contains("not finite") && e.getMessage().contains("Stopped; the last good checkpoint is"), e.getMessage());
         var store = dev.distillery.trainer.checkpoint.CheckpointStore.open(run.resolve("checkpoints"));
@@ -300,10 +318,10 @@ class DistillRunTest {
     void mismatchedShapesAreRefusedBeforeTheFirstStep(@TempDir Path out) {
         DistillConfig c = config(out, "dense", 2, 0, 0.5);
         DistillConfig small = new DistillConfig(c.teacher(), null, c.out(), null, null, DistillConfig.Student.gpt2(1, 16, 2, SEQ, VOCAB - 1),
-                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
+                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null, null);
         assertTrue(assertThrows(IOException.class, () -> run(small, false)).getMessage().contains("smaller than the teacher's " + VOCAB));
         DistillConfig shortContext = new DistillConfig(c.teacher(), null, c.out(), null, null, DistillConfig.Student.gpt2(1, 16, 2, SEQ - 1, null),
-                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
+                2, 4, 1, 1e-2, null, 0, 0.0, null, null, 1.0, c.loss(), 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null, null);
         assertTrue(assertThrows(IOException.class, () -> run(shortContext, false)).getMessage().contains("shorter than the shards' seq_len"));
     }
 
@@ -322,7 +340,7 @@ class DistillRunTest {
 
     private static DistillConfig withLoss(DistillConfig c, String shards, DistillConfig.Loss loss) {
         return new DistillConfig(data.resolve(shards).toString(), null, c.out(), null, null, c.student(), c.steps(), c.batchSize(), 1,
-                c.lr(), c.minLr(), 0, 0.0, null, null, 1.0, loss, 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null);
+                c.lr(), c.minLr(), 0, 0.0, null, null, 1.0, loss, 0, 4, 0, 1, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null, null);
     }
 
     /** Two runs started together on one folder: exactly one runs; the other is refused in one line. */

@@ -189,7 +189,7 @@ class LossDefinitionTest {
         Path out = dir.resolve("run-" + targets);
         DistillConfig cfg = new DistillConfig(shards.toString(), null, out.toString(), null, dir.resolve("student").toString(),
                 DistillConfig.Student.gpt2(1, 16, 2, null, null), 1, sequences, 1, 1e-3, 1e-4, 0, 0.0, null, null, 0.0,
-                new DistillConfig.Loss(temperature, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 0, 0, 1, 5L, 0, 1, true, null, null, null, null, null, null, null, null, null);
+                new DistillConfig.Loss(temperature, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 0, 0, 1, 5L, 0, 1, true, null, null, null, null, null, null, null, null, null, null);
         PrintWriter quiet = new PrintWriter(new StringWriter());
         DistillRun.run(cfg, DistillRunTest.kernels, false, quiet, quiet);
         JsonNode train = lastRecord(out.resolve("metrics.jsonl"), "train");

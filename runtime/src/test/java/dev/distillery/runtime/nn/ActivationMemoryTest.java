@@ -25,13 +25,14 @@ import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.autograd.Tape;
 
 /**
- * Under bf16 the activations that only GEMMs read (the block norms' outputs, GPT-2's GELU output,
- * Llama's SwiGLU output) are stored in bf16: a training pass gives the same loss and gradients,
- * bit for bit, as with them kept in fp32 (the GEMMs rounded them to bf16 anyway), in less
- * workspace. GPT-2 and Llama (grouped-query attention) on the CPU; the emulated CUDA device's
- * twin is in TrainingOnEmulatedCudaTest.
+ * The two ways a training pass keeps less for its backward give the same loss and gradients, bit
+ * for bit, in less workspace: under bf16 the activations that only GEMMs read (the block norms'
+ * outputs, GPT-2's GELU output, Llama's SwiGLU output) are stored in bf16 (the GEMMs rounded them
+ * to bf16 anyway), and attention's probabilities can be made again in the backward instead of
+ * kept. GPT-2 and Llama (grouped-query attention) on the CPU; the emulated CUDA device's twins
+ * are in TrainingOnEmulatedCudaTest.
  */
-class Bf16ActivationsTest {
+class ActivationMemoryTest {
 
     static final Function<Kernels, LanguageModel> GPT2 = k -> new Gpt2(new Gpt2Config(97, 16, 2, 48, 4), k);
     static final Function<Kernels, LanguageModel> LLAMA = k -> new Llama(new LlamaConfig(LlamaConfig.Family.LLAMA, 97, 16, 2, 48, 4, 2,
@@ -45,6 +46,25 @@ class Bf16ActivationsTest {
     @Test
     void llamaGivesTheBitsOfFp32ActivationsWithGemmOnlyActivationsInBf16() {
         sameBitsInLessWorkspace(LLAMA);
+    }
+
+    /**
+     * Attention's probabilities made again in the backward give the bits of kept ones, in less
+     * workspace: GPT-2 and Llama, in fp32 and (where the CPU has it) in bf16.
+     */
+    @Test
+    void recomputedAttentionProbabilitiesGiveTheBitsOfKeptOnes() {
+        for (Precision precision : Precision.values()) {
+            try (CpuKernels kernels = new CpuKernels(2, "auto", precision)) {
+                DType type = kernels.storesBf16Activations() ? DType.BF16 : DType.F32;
+                for (Function<Kernels, LanguageModel> make : List.of(GPT2, LLAMA)) {
+                    Pass kept = pass(kernels, make, type, false), again = pass(kernels, make, type, true);
+                    assertSameBits(kept, again);
+                    assertTrue(again.workspacePeak() < kept.workspacePeak(), kernels.describe() + ": workspace " + again.workspacePeak()
+                            + " against " + kept.workspacePeak());
+                }
+            }
+        }
     }
 
     /** fp32 kernels keep every activation fp32, and refuse to be asked otherwise. */
@@ -83,6 +103,11 @@ class Bf16ActivationsTest {
      * value read before it is written fails.
      */
     static Pass pass(Kernels kernels, Function<Kernels, LanguageModel> make, DType gemmOperandType) {
+        return pass(kernels, make, gemmOperandType, false);
+    }
+
+    /** {@link #pass}, with attention's probabilities made again in the backward or kept. */
+    static Pass pass(Kernels kernels, Function<Kernels, LanguageModel> make, DType gemmOperandType, boolean recomputeAttention) {
         int b = 3, t = 16;
         try (LanguageModel model = make.apply(kernels);
              ModelInputs inputs = new ModelInputs(kernels, b, t, model.vocabSize());
@@ -94,6 +119,7 @@ class Bf16ActivationsTest {
             inputs.setWindows(windows);
             Tape tape = new Tape();
             DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape, gemmOperandType);
+            ops.setRecomputeAttention(recomputeAttention);
             model.parameters().zeroGrad();
             double loss = ops.linearCrossEntropy(model.hidden(ops, inputs.tokens(), b, t), model.lmHeadWeight(), inputs.labels(), 1f, b * t).mean();
             tape.backward();
