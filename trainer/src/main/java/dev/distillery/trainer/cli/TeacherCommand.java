@@ -70,6 +70,9 @@ public final class TeacherCommand implements Runnable {
         boolean resume;
         @Option(names = "--stop-after", defaultValue = "0", description = "Stop with a checkpoint after this step; continue later with --resume.")
         int stopAfter;
+        @Option(names = "--recompute-attention", description = "Make attention's probabilities again in the backward instead of keeping them:"
+                + " batch x heads x context^2 floats a layer less, for one more score product a layer; the same results.")
+        boolean recomputeAttention;
         @Mixin
         DeviceOptions device;
         @CommandLine.Spec
@@ -80,7 +83,7 @@ public final class TeacherCommand implements Runnable {
             PrintWriter o = spec.commandLine().getOut(), e = spec.commandLine().getErr();
             Gpt2Config model = new Gpt2Config(vocab, context, layers, channels, heads);
             var options = new LanguageModelTraining.Options(tokens, val, out, tokenizer, model, batch, steps, lr, lr / 10, warmup,
-                    0.1, 1.0, evalEvery, 16, checkpointEvery, seed);
+                    0.1, 1.0, evalEvery, 16, checkpointEvery, seed, recomputeAttention);
             try (Kernels k = device.open(0, o)) {
                 LanguageModelTraining.run(options, k, resume, stopAfter, o, e);
             }

@@ -182,7 +182,7 @@ public final class Demo {
     private static LanguageModelTraining.Result trainTeacher(Settings s, CorpusTokenization.Result data, Path out, long seed, Kernels kernels,
                                                              PrintWriter o, PrintWriter err) throws IOException {
         var opts = new LanguageModelTraining.Options(data.train(), data.val(), out, data.tokenizerFile(), s.teacher(), s.batch(), s.teacherSteps(),
-                s.teacherLr(), s.teacherLr() / 10, Math.max(1, s.teacherSteps() / 20), 0.1, 1.0, 0, s.evalBatches(), 0, seed);
+                s.teacherLr(), s.teacherLr() / 10, Math.max(1, s.teacherSteps() / 20), 0.1, 1.0, 0, s.evalBatches(), 0, seed, false);
         return LanguageModelTraining.run(opts, kernels, false, o, err);
     }
 

@@ -37,10 +37,11 @@ public final class LanguageModelTraining {
      * @param validation held-out token file (optional)
      * @param out        run folder (metrics.jsonl, curves.png, checkpoints/)
      * @param tokenizer  tokenizer.json copied into checkpoints (optional)
+     * @param recomputeAttention attention's probabilities made again in the backward instead of kept (less memory, more time, the same bits)
      */
     public record Options(Path tokens, Path validation, Path out, Path tokenizer, Gpt2Config model, int batch,
                           int steps, double lr, double minLr, int warmup, double weightDecay, double gradClip,
-                          int evalEvery, int evalBatches, int checkpointEvery, long seed) {
+                          int evalEvery, int evalBatches, int checkpointEvery, long seed, boolean recomputeAttention) {
         public Options {
             if (batch < 1) throw new IllegalArgumentException("--batch must be >= 1, got " + batch);
             if (steps < 1) throw new IllegalArgumentException("--steps must be >= 1, got " + steps);
@@ -78,6 +79,7 @@ public final class LanguageModelTraining {
             try (model;
                  TrainingSession session = new TrainingSession(model, kernels, new AdamW.Config(0.9, 0.95, 1e-8, o.weightDecay()),
                          new LearningRateSchedule(o.lr(), o.minLr(), o.warmup(), o.steps()), o.gradClip(), o.batch(), t)) {
+                session.recomputeAttention(o.recomputeAttention());
                 Rng rng = new Rng(o.seed() ^ 0x5DEECE66DL);
                 Path lastCheckpoint = null;
                 if (from.isPresent()) {

@@ -40,7 +40,7 @@ class LanguageModelTrainingTest {
 
     static LanguageModelTraining.Options options(Path out, int steps) {
         return new LanguageModelTraining.Options(data.train(), data.val(), out, data.tokenizerFile(), new Gpt2Config(300, 16, 1, 32, 2),
-                4, steps, 3e-3, 3e-4, 2, 0.1, 1.0, 0, 4, 5, 9);
+                4, steps, 3e-3, 3e-4, 2, 0.1, 1.0, 0, 4, 5, 9, false);
     }
 
     static LanguageModelTraining.Result run(LanguageModelTraining.Options o, boolean resume, int stopAfter) throws IOException {
@@ -58,6 +58,28 @@ class LanguageModelTrainingTest {
                 Files.readAllBytes(resumed.checkpoint().resolve("model.safetensors")), "resumed teacher differs");
         assertEquals(whole.validationPerplexity(), resumed.validationPerplexity());
         assertTrue(Files.isRegularFile(whole.checkpoint().resolve("tokenizer.json")));
+    }
+
+    /** {@code teacher train --recompute-attention}: the checkpoint of a run that keeps attention's probabilities, bit for bit. */
+    @Test
+    void recomputingAttentionTrainsTheSameTeacher(@TempDir Path dir) throws IOException {
+        StringWriter out = new StringWriter(), err = new StringWriter();
+        int status = Main.execute(new String[]{"teacher", "train", "--tokens", data.train().toString(), "--val", data.val().toString(),
+                "--out", dir.resolve("again").toString(), "--vocab", "300", "--layers", "2", "--channels", "32", "--heads", "2", "--context",
+                "16", "--batch", "4", "--steps", "4", "--recompute-attention", "--device", "cpu", "--threads", "2"},
+                new PrintWriter(out, true), new PrintWriter(err, true));
+        assertEquals(0, status, err.toString());
+        status = Main.execute(new String[]{"teacher", "train", "--tokens", data.train().toString(), "--val", data.val().toString(),
+                "--out", dir.resolve("keep").toString(), "--vocab", "300", "--layers", "2", "--channels", "32", "--heads", "2", "--context",
+                "16", "--batch", "4", "--steps", "4", "--device", "cpu", "--threads", "2"},
+                new PrintWriter(out, true), new PrintWriter(err, true));
+        assertEquals(0, status, err.toString());
+        Path again = dir.resolve("again/checkpoints"), keep = dir.resolve("keep/checkpoints");
+        try (var a = Files.list(again); var k = Files.list(keep)) {
+            Path lastAgain = a.sorted().reduce((x, y) -> y).orElseThrow(), lastKeep = k.sorted().reduce((x, y) -> y).orElseThrow();
+            assertArrayEquals(Files.readAllBytes(lastKeep.resolve("model.safetensors")), Files.readAllBytes(lastAgain.resolve("model.safetensors")),
+                    "the teachers trained keeping and making again attention's probabilities");
+        }
     }
 
     @Test
