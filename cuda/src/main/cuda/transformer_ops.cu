@@ -611,13 +611,24 @@ DISTILL_LAUNCH void ops_heads_split_bf16(uint16_t* out, const float* in, int b, 
 // The inverse of ops_heads_split: out (b·t, parts·nh·hs) = in (parts, b, nh, t, hs), or += with
 // accumulate (a gradient added to what is there: the same single rounding as a GEMM's beta 1). One
 // thread per element of out.
+__device__ __forceinline__ float heads_apart_at(const float* in, long i, int b, int t, int nh, int hs, int parts) {
+    const long width = (long)parts * nh * hs, row = i / width, col = i % width, p = col / ((long)nh * hs), h = col / hs % nh, e = col % hs;
+    return in[(((p * b + row / t) * nh + h) * t + row % t) * hs + e];
+}
+
 DISTILL_LAUNCH void ops_heads_merge(float* out, const float* in, int b, int t, int nh, int hs, int parts, int accumulate) {
-    const long width = (long)parts * nh * hs, total = (long)b * t * width;
+    const long total = (long)b * t * parts * nh * hs;
     for (long i = ops::first_index(); i < total; i += ops::stride()) {
-        const long row = i / width, col = i % width, p = col / ((long)nh * hs), h = col / hs % nh, e = col % hs;
-        const float x = in[(((p * b + row / t) * nh + h) * t + row % t) * hs + e];
+        const float x = heads_apart_at(in, i, b, t, nh, hs, parts);
         out[i] = accumulate ? out[i] + x : x;
     }
+}
+
+// ops_heads_merge written in bf16, rounded as the GEMMs round (ops::to_bf16): attention's output,
+// which only the output projection's GEMMs read.
+DISTILL_LAUNCH void ops_heads_merge_bf16(uint16_t* out, const float* in, int b, int t, int nh, int hs, int parts) {
+    const long total = (long)b * t * parts * nh * hs;
+    for (long i = ops::first_index(); i < total; i += ops::stride()) out[i] = ops::to_bf16(heads_apart_at(in, i, b, t, nh, hs, parts));
 }
 
 }  // extern "C"

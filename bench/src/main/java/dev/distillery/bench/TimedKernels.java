@@ -272,8 +272,8 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
-        time("attentionForward", () -> inner.attentionForward(out, att, qkv, b, t, c, nh));
+    public void attentionForward(MemorySegment out, DType outType, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
+        time("attentionForward", () -> inner.attentionForward(out, outType, att, qkv, b, t, c, nh));
     }
 
     @Override

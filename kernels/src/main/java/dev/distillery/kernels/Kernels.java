@@ -322,10 +322,11 @@ public interface Kernels extends AutoCloseable {
 
     /**
      * Multi-head causal attention. qkv is (b, t, 3c) holding q, k, v side by side, each split into
-     * nh heads of hs = c / nh; out is (b, t, c); att is (b, nh, t, t) and receives the softmax
-     * probabilities (zero above the diagonal), saved for the backward. Scale 1/√hs.
+     * nh heads of hs = c / nh; out is (b, t, c), written as {@code outType} (as
+     * {@link #layerNormForward}'s); att is (b, nh, t, t) and receives the softmax probabilities
+     * (zero above the diagonal), saved for the backward. Scale 1/√hs.
      */
-    void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh);
+    void attentionForward(MemorySegment out, DType outType, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh);
 
     /**
      * The probabilities of {@link #attentionForward} alone, the same bits in att, without the

@@ -509,7 +509,7 @@ public final class KernelConformance {
             double[] dout = randn(b * t * c), dqkv = randn(qkv.length);
             MemorySegment sOut = buf.poisoned(out.length), sAtt = buf.poisoned(att.length), sQkv = buf.floats(qkv);
             long t0 = System.nanoTime();
-            kernels.attentionForward(sOut, sAtt, sQkv, b, t, c, nh);
+            kernels.attentionForward(sOut, DType.F32, sAtt, sQkv, b, t, c, nh);
             double ms = millis(t0);
             ReferenceKernels.attentionForward(out, att, qkv, b, t, c, nh);
             String size = b + "x" + t + "x" + c + "/" + nh;

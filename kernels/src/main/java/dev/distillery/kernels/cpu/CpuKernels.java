@@ -684,21 +684,39 @@ public final class CpuKernels implements Kernels {
     private static final int CAUSAL_ROWS = 64;
 
     @Override
-    public void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
+    public void attentionForward(MemorySegment out, DType outType, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
+        boolean bf16 = bf16Output(outType, "attention");
         int hs = headSize(c, nh), c3 = 3 * c;
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
-            for (int bh = start; bh < end; bh++) {
-                int bb = bh / nh, h = bh % nh;
-                long q = (long) bb * t * c3 + (long) h * hs;
-                MemorySegment attBh = attentionProbs(att, qkv, bh, q, t, c, hs);
-                // out_h = att · v (t, hs), rows of stride c; rows [i0, i1) read att's first i1 columns
-                for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
-                    int i1 = Math.min(t, i0 + CAUSAL_ROWS);
-                    gemm.sgemm(false, false, i1 - i0, hs, i1, 1f, attBh.asSlice(4L * i0 * t), t, qkv.asSlice(4 * (q + 2L * c)), c3,
-                            0f, out.asSlice(4 * ((long) bb * t * c + (long) i0 * c + (long) h * hs)), c);
+            // under a bf16 output, each head's (t, hs) product goes through fp32 scratch and is rounded into its columns
+            try (Arena scratch = bf16 ? Arena.ofConfined() : null) {
+                MemorySegment y = bf16 ? scratch.allocate(4L * t * hs, 64) : null;
+                for (int bh = start; bh < end; bh++) {
+                    int bb = bh / nh, h = bh % nh;
+                    long q = (long) bb * t * c3 + (long) h * hs;
+                    MemorySegment attBh = attentionProbs(att, qkv, bh, q, t, c, hs);
+                    // out_h = att · v (t, hs), rows of stride c; rows [i0, i1) read att's first i1 columns
+                    for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
+                        int i1 = Math.min(t, i0 + CAUSAL_ROWS);
+                        gemm.sgemm(false, false, i1 - i0, hs, i1, 1f, attBh.asSlice(4L * i0 * t), t, qkv.asSlice(4 * (q + 2L * c)), c3,
+                                0f, bf16 ? y.asSlice(4L * i0 * hs) : out.asSlice(4 * ((long) bb * t * c + (long) i0 * c + (long) h * hs)),
+                                bf16 ? hs : c);
+                    }
+                    if (bf16) {
+                        for (int i = 0; i < t; i++) roundRow(y, (long) i * hs, out, (long) bb * t * c + (long) i * c + (long) h * hs, hs);
+                    }
                 }
             }
         });
+    }
+
+    /** n fp32 values of x from element xo, rounded as the bf16 GEMM rounds, into bf16 elements of out from oo. */
+    private static void roundRow(MemorySegment x, long xo, MemorySegment out, long oo, int n) {
+        int i = 0;
+        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+            VectorOps.intoBf16(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER), out, oo + i);
+        }
+        for (; i < n; i++) setOutput(out, true, oo + i, get(x, xo + i));
     }
 
     @Override

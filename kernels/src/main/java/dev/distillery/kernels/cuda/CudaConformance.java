@@ -117,7 +117,7 @@ public final class CudaConformance {
     }
 
     /**
-     * Attention's heads apart (fp32, and rounded to bf16 as the reference rounds) and back (written, and added), against
+     * Attention's heads apart (fp32, and rounded to bf16 as the reference rounds) and back (written, rounded to bf16, and added), against
      * the same moves in Java: every element must land bit for bit where it belongs.
      */
     private void heads(int b, int t, int nh, int hs) {
@@ -141,6 +141,10 @@ public final class CudaConformance {
         t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_HEADS_MERGE, grid(n), 256, dBack, dApart, b, t, nh, hs, parts, 0);
         record("headsMerge", size, rows, download(dBack, n), 0, t0);
+        CudaBackend.Ptr dBack16 = poisoned((n + 1) / 2);
+        t0 = System.nanoTime();
+        gpu.launch(CudaKernel.OPS_HEADS_MERGE_BF16, grid(n), 256, dBack16, dApart, b, t, nh, hs, parts);
+        record("headsMerge.bf16", size, roundedToBf16(rows), downloadBf16(dBack16, n), 0, t0);
         t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_HEADS_MERGE, grid(n), 256, dSums, dApart, b, t, nh, hs, parts, 1);
         record("headsMerge.accumulate", size, sums, download(dSums, n), 0, t0);

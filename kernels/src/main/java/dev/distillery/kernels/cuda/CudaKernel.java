@@ -51,6 +51,7 @@ public enum CudaKernel {
     OPS_HEADS_SPLIT("ppiiiii"),
     OPS_HEADS_SPLIT_BF16("ppiiiii"),
     OPS_HEADS_MERGE("ppiiiiii"),
+    OPS_HEADS_MERGE_BF16("ppiiiii"),
     DISTILL_DENSE_F32("ppppppiiis"),
     DISTILL_DENSE_F16("ppppppiiis"),
     DISTILL_DENSE_BF16("ppppppiiis"),

@@ -563,7 +563,8 @@ public final class CudaKernels implements Kernels {
      * causal softmax, one GEMM for att · V, and the heads put back into (b·t, c) rows.
      */
     @Override
-    public void attentionForward(MemorySegment out, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
+    public void attentionForward(MemorySegment out, DType outType, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
+        boolean bf16 = bf16Output(outType, "attention");
         int hs = c / nh, bh = b * nh;
         long n = (long) b * t * c, tt = (long) t * t, th = (long) t * hs;
         int es = storedBytes();
@@ -575,7 +576,8 @@ public final class CudaKernels implements Kernels {
         gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, bh * t, gpu.block(), p(att), p(att), bh * t, t, (float) (1 / Math.sqrt(hs)));
         // y[bh] (t, hs) = att · V
         storedGemm(false, false, t, hs, t, stored(att.address(), bh * tt, probs), t, tt, v, hs, th, 0f, y, hs, th, bh);
-        mergeHeads(out.address(), y, b, t, nh, hs, 1, false);
+        if (bf16) gpu.launch(CudaKernel.OPS_HEADS_MERGE_BF16, grid(n), gpu.block(), p(out), p(y), b, t, nh, hs, 1);
+        else mergeHeads(out.address(), y, b, t, nh, hs, 1, false);
     }
 
     /** {@link #attentionForward}'s first three steps (heads apart, the scores, their softmax): the same launches, so the same bits. */

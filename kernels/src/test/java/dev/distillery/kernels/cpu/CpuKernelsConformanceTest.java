@@ -357,6 +357,29 @@ class CpuKernelsConformanceTest {
         }
     }
 
+    /**
+     * Attention's bf16 output is its fp32 output rounded as the GEMM rounds, bit for bit, and the
+     * probabilities beside it are the same: heads of a vector and of less, sequences past one band
+     * of causal rows.
+     */
+    @ParameterizedTest
+    @CsvSource({"2, 7, 12, 3", "1, 70, 64, 2", "3, 33, 48, 4"})
+    void attentionWritesItsOutputInBf16AsTheGemmWouldRoundIt(int b, int t, int c, int nh) {
+        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        Random random = new Random(b * 1000L + t * 10L + c);
+        try (CpuKernels kernels = new CpuKernels(2, "auto", Precision.BF16); Arena arena = Arena.ofShared()) {   // read by the pool's threads
+            int n = b * t * c, na = b * nh * t * t;
+            MemorySegment qkv = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, 3 * n));
+            MemorySegment out = arena.allocate(4L * n, 64), out16 = arena.allocate(2L * n, 64);
+            MemorySegment att = arena.allocate(4L * na, 64), att16 = arena.allocate(4L * na, 64);
+            out16.fill((byte) 0x7f);
+            kernels.attentionForward(out, DType.F32, att, qkv, b, t, c, nh);
+            kernels.attentionForward(out16, DType.BF16, att16, qkv, b, t, c, nh);
+            assertRoundedBitForBit(out, out16, n, "attention");
+            assertEquals(-1L, att.mismatch(att16), "the probabilities beside a bf16 output");
+        }
+    }
+
     /** The vector rounding against the scalar one and the instructions' rules: ties to even, subnormals to signed zero, NaN quiet, infinities kept. */
     @Test
     void bf16RoundingOfVectorsMatchesTheScalarRuleOnEdgeValues() {

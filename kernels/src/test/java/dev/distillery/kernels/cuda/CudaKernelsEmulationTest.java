@@ -105,7 +105,7 @@ class CudaKernelsEmulationTest {
                     MemorySegment dout = kernels.allocate(arena, 4 * n), dqkv = kernels.allocate(arena, 12 * n), datt = kernels.allocate(arena, 4 * na);
                     for (MemorySegment s : List.of(qkv, out, att, dout, dqkv, datt)) kernels.fill(s, 0.5f, s.byteSize() / 4);
                     int launches = device.launches(), gemms = device.gemms();
-                    kernels.attentionForward(out, att, qkv, b, t, c, nh);
+                    kernels.attentionForward(out, DType.F32, att, qkv, b, t, c, nh);
                     kernels.attentionBackward(dqkv, datt, dout, qkv, att, b, t, c, nh);
                     counts[i] = device.launches() - launches + device.gemms() - gemms;
                 }
@@ -214,8 +214,8 @@ class CudaKernelsEmulationTest {
 
     /**
      * {@code selftest --device cuda}'s checks pass on the emulated device (one size a kernel),
-     * the bf16 twins of the norms, GELU and SwiGLU among them, bit for bit against their own fp32
-     * outputs rounded.
+     * the bf16 twins of the norms, GELU, SwiGLU and the heads' merge among them, bit for bit
+     * against their fp32 values rounded.
      */
     @Test
     void theSelftestPassesOnTheEmulatedDevice() {
@@ -224,7 +224,7 @@ class CudaKernelsEmulationTest {
             StringBuilder failed = new StringBuilder();
             for (KernelConformance.Result r : results) if (!r.passed()) failed.append(r).append('\n');
             assertTrue(failed.isEmpty(), failed.toString());
-            for (String kernel : List.of("layerNormForward.bf16", "rmsNormForward.bf16", "geluForward.bf16", "swiGluForward.bf16")) {
+            for (String kernel : List.of("layerNormForward.bf16", "rmsNormForward.bf16", "geluForward.bf16", "swiGluForward.bf16", "headsMerge.bf16")) {
                 assertTrue(results.stream().anyMatch(r -> r.kernel().equals(kernel)), kernel + " in " + results);
             }
         }

@@ -491,6 +491,8 @@ class CudaOpsEmulationTest {
                 float[] merged = call(CudaKernel.OPS_HEADS_MERGE, 3, 64).floats(nan(n)).floats(apart).i32(b).i32(t).i32(nh).i32(hs).i32(parts)
                         .i32(0).runOrFail(bin, work).floats(0);
                 assertArrayEquals(rows, merged, "heads merged " + what);
+                sameBitsRounded("heads merged to bf16 " + what, rows, call(CudaKernel.OPS_HEADS_MERGE_BF16, 3, 64).poisonedShorts(n).floats(apart)
+                        .i32(b).i32(t).i32(nh).i32(hs).i32(parts).runOrFail(bin, work).shorts(0));
                 float[] before = random(n, 1), sums = new float[n];
                 for (int i = 0; i < n; i++) sums[i] = before[i] + rows[i];
                 float[] added = call(CudaKernel.OPS_HEADS_MERGE, 3, 64).floats(before).floats(apart).i32(b).i32(t).i32(nh).i32(hs).i32(parts)

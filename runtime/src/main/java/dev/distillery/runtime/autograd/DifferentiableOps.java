@@ -300,12 +300,17 @@ public final class DifferentiableOps {
      * forward has used them and made again, bit for bit, by the backward ({@code Kernels.attentionProbs}).
      */
     public Tensor attention(Tensor qkv, int b, int t, int heads) {
+        return attention(qkv, b, t, heads, DType.F32);
+    }
+
+    /** {@link #attention} with its output stored as {@code outType} (F32, or {@link #gemmOperandType} for an output only GEMMs read). */
+    public Tensor attention(Tensor qkv, int b, int t, int heads, DType outType) {
         requireF32("attention", qkv);
         int c = qkv.dim(1) / 3;
         boolean track = tracks(qkv), recompute = recomputeAttention;
-        Tensor out = output("attention", track, b * t, c);
+        Tensor out = output("attention", outType, track, b * t, c);
         Tensor att = workspace.tensor("attention.probs", b, heads, t, t);
-        kernels.attentionForward(out.data(), att.data(), qkv.data(), b, t, c, heads);
+        kernels.attentionForward(out.data(), outType, att.data(), qkv.data(), b, t, c, heads);
         if (recompute) releaseScratch(att);
         if (track) {
             recordBackward(out, () -> {

@@ -104,7 +104,9 @@ public final class Gpt2 implements LanguageModel {
     @Override
     public Tensor hidden(DifferentiableOps ops, Tensor tokens, int b, int t, LayerTap tap) {
         Tensor embedded = ops.embedding(tokens, p("wte.weight"), p("wpe.weight"), b, t);
-        Tensor x = Blocks.run(ops, embedded, config.layers(), (in, l) -> block(ops, in, l, qkv -> ops.attention(qkv, b, t, config.heads())), tap);
+        // attention's output feeds only the block's projection: stored as its GEMMs read it (bf16 under bf16)
+        Tensor x = Blocks.run(ops, embedded, config.layers(), (in, l) -> block(ops, in, l,
+                qkv -> ops.attention(qkv, b, t, config.heads(), ops.gemmOperandType())), tap);
         Tensor out = ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias"));
         if (tap != null) tap.observe(config.layers(), out);
         return out;

@@ -129,7 +129,7 @@ public final class Llama implements LanguageModel {
         Tensor table = rotaryTable(t);
         Tensor embedded = ops.tokenEmbedding(tokens, p("model.embed_tokens.weight"), b, t);
         Tensor x = Blocks.run(ops, embedded, cfg.layers(), (in, l) -> block(ops, in, l, table, b, t,
-                (q, k, v) -> ops.attention(ops.packQkv(q, k, v, cfg.heads(), cfg.kvHeads()), b, t, cfg.heads())), tap);
+                (q, k, v) -> ops.attention(ops.packQkv(q, k, v, cfg.heads(), cfg.kvHeads()), b, t, cfg.heads(), ops.gemmOperandType())), tap);
         Tensor out = ops.rmsNorm(x, p("model.norm.weight"), cfg.rmsEps());
         if (tap != null) tap.observe(cfg.layers(), out);
         return out;
@@ -144,7 +144,8 @@ public final class Llama implements LanguageModel {
     private Tensor block(DifferentiableOps ops, Tensor x, int l, Tensor cosSin, int b, int t, Attention attention) {
         String pre = prefix(l);
         float eps = cfg.rmsEps();
-        // the block's two norms and its SwiGLU feed only projections: stored as their GEMMs read them (bf16 under bf16)
+        // the block's two norms and its SwiGLU feed only projections (as its attention's output,
+        // made in hidden(), does): stored as their GEMMs read them (bf16 under bf16)
         Tensor h = ops.rmsNorm(x, p(pre + "input_layernorm.weight"), eps, ops.gemmOperandType());
         Tensor q = ops.rope(ops.projection(h, p(pre + "self_attn.q_proj.weight"), bias(pre + "self_attn.q_proj.bias")), cosSin, b, t, cfg.heads());
         Tensor k = ops.rope(ops.projection(h, p(pre + "self_attn.k_proj.weight"), bias(pre + "self_attn.k_proj.bias")), cosSin, b, t, cfg.kvHeads());

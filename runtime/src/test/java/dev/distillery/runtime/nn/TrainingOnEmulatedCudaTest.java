@@ -224,8 +224,9 @@ class TrainingOnEmulatedCudaTest {
     /**
      * The emulated device under bf16 stores the activations only GEMMs read in bf16 as the CPU
      * does: a GPT-2 pass gives the bits of one with them in fp32, in less workspace, launching
-     * four roundings fewer a layer: one for each linear a norm feeds (the hold's, which served its
-     * forward and its weight gradient), and GELU's output in the forward and in the backward.
+     * five roundings fewer a layer: one for each linear a norm or attention feeds (the hold's,
+     * which served its forward and its weight gradient), and GELU's output in the forward and in
+     * the backward.
      */
     @Test
     void gpt2OnTheEmulatedDeviceGivesTheBitsOfFp32ActivationsWithGemmOnlyActivationsInBf16() {
@@ -237,7 +238,7 @@ class TrainingOnEmulatedCudaTest {
             int after = device.launches();
             ActivationMemoryTest.assertSameBits(fp32, bf16);
             assertTrue(bf16.workspacePeak() < fp32.workspacePeak(), "workspace " + bf16.workspacePeak() + " against " + fp32.workspacePeak());
-            assertEquals((between - before) - 2 * 4, after - between, "launches with those activations in fp32 and in bf16 (2 layers)");
+            assertEquals((between - before) - 2 * 5, after - between, "launches with those activations in fp32 and in bf16 (2 layers)");
         }
     }
 
@@ -275,8 +276,8 @@ class TrainingOnEmulatedCudaTest {
     @Test
     void aConfigBShapedStepStaysWithinItsLaunchBudget() {
         assertTrue(launchesPerStep(Precision.FP32, false, 0).launches() <= 330);
-        assertTrue(launchesPerStep(Precision.BF16, false, 0).launches() <= 381);
-        assertTrue(launchesPerStep(Precision.BF16, true, 0).launches() <= 381);
+        assertTrue(launchesPerStep(Precision.BF16, false, 0).launches() <= 375);
+        assertTrue(launchesPerStep(Precision.BF16, true, 0).launches() <= 375);
     }
 
     /**
