@@ -141,6 +141,17 @@ public interface Kernels extends AutoCloseable {
     }
 
     /**
+     * Whether a kernel told to write its output as {@code outType} writes bf16 (true) or fp32
+     * (false); any other type, or bf16 where these kernels do not store bf16 activations, is
+     * refused naming {@code kernel}.
+     */
+    default boolean writesBf16(DType outType, String kernel) {
+        if (outType == DType.F32) return false;
+        if (outType == DType.BF16 && storesBf16Activations()) return true;
+        throw new UnsupportedOperationException(describe() + ": " + kernel + "'s output as " + outType + " needs bf16 precision");
+    }
+
+    /**
      * Declares that the bytes of {@code operand} do not change until the returned hold is closed,
      * so that a backend may keep what it derives from them across {@link #gemm} calls: the CPU's
      * bf16 GEMM packs a B operand lying in it once per shape rather than at every call (the

@@ -48,11 +48,12 @@ public final class CpuKernels implements Kernels {
     /** Per-chunk scratch for row reductions, grown on demand, reused across calls. */
     private float[][] partials = new float[0][];
     /**
-     * Per-chunk column sums of {@link #sumRows}, off the heap: the same loop over a heap array
-     * wrapped as a segment took 3–4× as long (docs/PERFORMANCE.md, the training step).
+     * Per-chunk scratch off the heap: {@link #sumRows}' column sums (the same loop over a heap
+     * array wrapped as a segment took 3–4× as long, docs/PERFORMANCE.md, the training step) and a
+     * bf16 attention output's head products.
      */
     private final Arena scratchArena = Arena.ofShared();
-    private MemorySegment rowSums = MemorySegment.NULL;
+    private MemorySegment chunkScratch = MemorySegment.NULL;
 
     /** Threads from {@code distillery.threads} (default: available processors), GEMM from {@code distillery.gemm}. */
     public CpuKernels() {
@@ -168,11 +169,11 @@ public final class CpuKernels implements Kernels {
         scratchArena.close();
     }
 
-    /** {@link #rowSums} of at least chunks × c floats, grown on demand, reused across calls. */
-    private MemorySegment rowSums(int chunks, int c) {
-        long bytes = 4L * chunks * c;
-        if (rowSums.byteSize() < bytes) rowSums = scratchArena.allocate(bytes, 64);
-        return rowSums;
+    /** {@link #chunkScratch} with room for {@code floats} floats per chunk, grown on demand, reused across calls. */
+    private MemorySegment chunkScratch(int chunks, long floats) {
+        long bytes = 4L * chunks * floats;
+        if (chunkScratch.byteSize() < bytes) chunkScratch = scratchArena.allocate(bytes, 64);
+        return chunkScratch;
     }
 
     // ---------------------------------------------------------------- GEMM
@@ -278,7 +279,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void sumRows(MemorySegment acc, MemorySegment x, int n, int c) {
         int chunks = pool.chunks(n, grainRows(c));
-        MemorySegment rowSums = rowSums(chunks, c);
+        MemorySegment rowSums = chunkScratch(chunks, c);
         pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
             long p = (long) chunk * c;
             VectorOps.fill(rowSums, p, c, 0f);
@@ -327,13 +328,7 @@ public final class CpuKernels implements Kernels {
 
     // ---------------------------------------------------------------- layernorm
 
-    /** Whether a kernel writes its output as bf16 ({@link Kernels#layerNormForward}'s outType); fp32 otherwise. */
-    private boolean bf16Output(DType outType, String kernel) {
-        if (outType == DType.F32) return false;
-        if (outType == DType.BF16 && storesBf16Activations()) return true;
-        throw new UnsupportedOperationException(describe() + ": " + kernel + "'s output as " + outType + " needs bf16 precision");
-    }
-
+    /** Element {@code index} of a kernel's output: fp32, or bf16 rounded as the bf16 GEMM rounds ({@link Kernels#writesBf16}). */
     private static void setOutput(MemorySegment out, boolean bf16, long index, float value) {
         if (bf16) out.setAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, index, VectorOps.bf16Bits(value));
         else set(out, index, value);
@@ -342,7 +337,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void layerNormForward(MemorySegment out, DType outType, MemorySegment mean, MemorySegment rstd,
                                  MemorySegment inp, MemorySegment weight, MemorySegment bias, int n, int c) {
-        boolean bf16 = bf16Output(outType, "layernorm");
+        boolean bf16 = writesBf16(outType, "layernorm");
         pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
             for (int r = start; r < end; r++) {
                 long o = (long) r * c;
@@ -432,7 +427,7 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void rmsNormForward(MemorySegment out, DType outType, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps) {
-        boolean bf16 = bf16Output(outType, "RMSNorm");
+        boolean bf16 = writesBf16(outType, "RMSNorm");
         pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
             for (int r = start; r < end; r++) {
                 long o = (long) r * c;
@@ -509,7 +504,7 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void swiGluForward(MemorySegment out, DType outType, MemorySegment gate, MemorySegment up, long n) {
-        boolean bf16 = bf16Output(outType, "SwiGLU");
+        boolean bf16 = writesBf16(outType, "SwiGLU");
         elementwise(n, (start, end) -> {
             long i = start;
             for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
@@ -622,7 +617,7 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void geluForward(MemorySegment out, DType outType, MemorySegment inp, long n) {
-        boolean bf16 = bf16Output(outType, "GELU");
+        boolean bf16 = writesBf16(outType, "GELU");
         elementwise(n, (start, end) -> {
             long i = start;
             for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
@@ -685,26 +680,25 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void attentionForward(MemorySegment out, DType outType, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
-        boolean bf16 = bf16Output(outType, "attention");
+        boolean bf16 = writesBf16(outType, "attention");
         int hs = headSize(c, nh), c3 = 3 * c;
+        // under a bf16 output, each head's (t, hs) product goes through its chunk's fp32 scratch and is rounded into its columns
+        MemorySegment products = bf16 ? chunkScratch(pool.chunks(b * nh, 1), (long) t * hs) : null;
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
-            // under a bf16 output, each head's (t, hs) product goes through fp32 scratch and is rounded into its columns
-            try (Arena scratch = bf16 ? Arena.ofConfined() : null) {
-                MemorySegment y = bf16 ? scratch.allocate(4L * t * hs, 64) : null;
-                for (int bh = start; bh < end; bh++) {
-                    int bb = bh / nh, h = bh % nh;
-                    long q = (long) bb * t * c3 + (long) h * hs;
-                    MemorySegment attBh = attentionProbs(att, qkv, bh, q, t, c, hs);
-                    // out_h = att · v (t, hs), rows of stride c; rows [i0, i1) read att's first i1 columns
-                    for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
-                        int i1 = Math.min(t, i0 + CAUSAL_ROWS);
-                        gemm.sgemm(false, false, i1 - i0, hs, i1, 1f, attBh.asSlice(4L * i0 * t), t, qkv.asSlice(4 * (q + 2L * c)), c3,
-                                0f, bf16 ? y.asSlice(4L * i0 * hs) : out.asSlice(4 * ((long) bb * t * c + (long) i0 * c + (long) h * hs)),
-                                bf16 ? hs : c);
-                    }
-                    if (bf16) {
-                        for (int i = 0; i < t; i++) roundRow(y, (long) i * hs, out, (long) bb * t * c + (long) i * c + (long) h * hs, hs);
-                    }
+            MemorySegment y = bf16 ? products.asSlice(4L * chunk * t * hs) : null;
+            for (int bh = start; bh < end; bh++) {
+                int bb = bh / nh, h = bh % nh;
+                long q = (long) bb * t * c3 + (long) h * hs;
+                MemorySegment attBh = attentionProbs(att, qkv, bh, q, t, c, hs);
+                // out_h = att · v (t, hs), rows of stride c; rows [i0, i1) read att's first i1 columns
+                for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
+                    int i1 = Math.min(t, i0 + CAUSAL_ROWS);
+                    gemm.sgemm(false, false, i1 - i0, hs, i1, 1f, attBh.asSlice(4L * i0 * t), t, qkv.asSlice(4 * (q + 2L * c)), c3,
+                            0f, bf16 ? y.asSlice(4L * i0 * hs) : out.asSlice(4 * ((long) bb * t * c + (long) i0 * c + (long) h * hs)),
+                            bf16 ? hs : c);
+                }
+                if (bf16) {
+                    for (int i = 0; i < t; i++) roundRow(y, (long) i * hs, out, (long) bb * t * c + (long) i * c + (long) h * hs, hs);
                 }
             }
         });

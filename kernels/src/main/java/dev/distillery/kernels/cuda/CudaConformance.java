@@ -11,7 +11,6 @@ import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.conformance.KernelConformance;
-import dev.distillery.kernels.cpu.VectorOps;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.FeatureDistance;
@@ -123,21 +122,15 @@ public final class CudaConformance {
     private void heads(int b, int t, int nh, int hs) {
         int parts = 3, n = parts * b * t * nh * hs;
         String size = b + "x" + t + "x" + nh + "x" + hs + "x" + parts;
-        float[] rows = random(n, 3), apart = headsApart(rows, b, t, nh, hs, parts), apart16 = new float[n], before = random(n, 1), sums = new float[n];
-        for (int i = 0; i < n; i++) {
-            apart16[i] = (float) ReferenceKernels.roundToBf16(apart[i]);
-            sums[i] = before[i] + rows[i];
-        }
+        float[] rows = random(n, 3), apart = headsApart(rows, b, t, nh, hs, parts), before = random(n, 1), sums = new float[n];
+        for (int i = 0; i < n; i++) sums[i] = before[i] + rows[i];
         CudaBackend.Ptr dRows = device(host(rows)), dApart = poisoned(n), dApart16 = poisoned(n), dBack = poisoned(n), dSums = device(host(before));
         long t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_HEADS_SPLIT, grid(n), 256, dApart, dRows, b, t, nh, hs, parts);
         record("headsSplit", size, apart, download(dApart, n), 0, t0);
         t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_HEADS_SPLIT_BF16, grid(n), 256, dApart16, dRows, b, t, nh, hs, parts);
-        float[] packed = download(dApart16, (n + 1) / 2), got16 = new float[n];
-        MemorySegment halves = host(packed);
-        for (int i = 0; i < n; i++) got16[i] = DType.BF16.read(halves, i);
-        record("headsSplit.bf16", size, apart16, got16, 0, t0);
+        record("headsSplit.bf16", size, roundedToBf16(apart), downloadBf16(dApart16, n), 0, t0);
         t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_HEADS_MERGE, grid(n), 256, dBack, dApart, b, t, nh, hs, parts, 0);
         record("headsMerge", size, rows, download(dBack, n), 0, t0);
@@ -314,10 +307,10 @@ public final class CudaConformance {
         return x;
     }
 
-    /** x rounded as the GEMMs round their operands: what a kernel's bf16 twin must store, bit for bit. */
+    /** x rounded as the GEMMs round their operands ({@code ReferenceKernels.roundToBf16}): what a kernel's bf16 twin must store, bit for bit. */
     private static float[] roundedToBf16(float[] x) {
         float[] r = new float[x.length];
-        for (int i = 0; i < x.length; i++) r[i] = Float.intBitsToFloat(VectorOps.bf16Bits(x[i]) << 16);
+        for (int i = 0; i < x.length; i++) r[i] = (float) ReferenceKernels.roundToBf16(x[i]);
         return r;
     }
 

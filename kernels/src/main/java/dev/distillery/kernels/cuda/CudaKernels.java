@@ -249,17 +249,18 @@ public final class CudaKernels implements Kernels {
      * {@link #rowMajorGemm} in this kernels' precision. Under bf16, each operand's span (every
      * element from its first to its last, strides kept) is rounded into a bf16 copy
      * ({@code ops_round_to_bf16}), or read from a held segment's copy ({@link #holdConstant}), and
-     * cuBLAS multiplies the copies with fp32 sums.
+     * cuBLAS multiplies the copies with fp32 sums; an operand already stored as bf16
+     * ({@code aBf16}, {@code bBf16}, only under bf16) goes to cuBLAS as it is.
      */
-    private void gemmIn(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long strideA,
-                        long b, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
+    private void gemmIn(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, boolean aBf16, int lda, long strideA,
+                        long b, boolean bBf16, int ldb, long strideB, float beta, long c, int ldc, long strideC, int batch) {
         if (precision == Precision.FP32) {
             rowMajorGemm(gpu, transA, transB, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, batch);
             return;
         }
         long spanA = span(transA ? k : m, transA ? m : k, lda, strideA, batch), spanB = span(transB ? n : k, transB ? k : n, ldb, strideB, batch);
         long copies = bf16Operands.atLeast(aligned(2 * spanA) + 2 * spanB);
-        long a16 = rounded(a, spanA, copies), b16 = rounded(b, spanB, copies + aligned(2 * spanA));
+        long a16 = aBf16 ? a : rounded(a, spanA, copies), b16 = bBf16 ? b : rounded(b, spanB, copies + aligned(2 * spanA));
         gpu.gemmBf16StridedBatched(transB, transA, n, m, k, alpha, b16, ldb, strideB, a16, lda, strideA, beta, c, ldc, strideC, batch);
     }
 
@@ -280,11 +281,8 @@ public final class CudaKernels implements Kernels {
             return;
         }
         if (m == 0 || n == 0) return;
-        long spanA = span(transA ? k : m, transA ? m : k, lda, 0, 1), spanB = span(transB ? n : k, transB ? k : n, ldb, 0, 1);
-        long copies = bf16Operands.atLeast(aligned(2 * spanA) + 2 * spanB);
-        long a16 = aType == DType.BF16 ? a.address() : rounded(a.address(), spanA, copies);
-        long b16 = bType == DType.BF16 ? b.address() : rounded(b.address(), spanB, copies + aligned(2 * spanA));
-        gpu.gemmBf16StridedBatched(transB, transA, n, m, k, alpha, b16, ldb, 0, a16, lda, 0, beta, c.address(), ldc, 0, 1);
+        gemmIn(transA, transB, m, n, k, alpha, a.address(), aType == DType.BF16, lda, 0, b.address(), bType == DType.BF16, ldb, 0, beta,
+                c.address(), ldc, 0, 1);
     }
 
     /** The bf16 copy of the {@code n} fp32 values at {@code x}: a hold's, or rounded now into {@code into}. */
@@ -400,7 +398,7 @@ public final class CudaKernels implements Kernels {
     public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda,
                      MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
         if (m == 0 || n == 0) return;
-        gemmIn(transA, transB, m, n, k, alpha, a.address(), lda, 0, b.address(), ldb, 0, beta, c.address(), ldc, 0, 1);
+        gemmIn(transA, transB, m, n, k, alpha, a.address(), false, lda, 0, b.address(), false, ldb, 0, beta, c.address(), ldc, 0, 1);
     }
 
     @Override
@@ -408,7 +406,7 @@ public final class CudaKernels implements Kernels {
                                    long strideA, MemorySegment b, int ldb, long strideB, float beta, MemorySegment c, int ldc,
                                    long strideC, int batch) {
         if (m == 0 || n == 0 || batch == 0) return;
-        gemmIn(transA, transB, m, n, k, alpha, a.address(), lda, strideA, b.address(), ldb, strideB, beta, c.address(),
+        gemmIn(transA, transB, m, n, k, alpha, a.address(), false, lda, strideA, b.address(), false, ldb, strideB, beta, c.address(),
                 ldc, strideC, batch);
     }
 
@@ -454,7 +452,7 @@ public final class CudaKernels implements Kernels {
     @Override
     public void layerNormForward(MemorySegment out, DType outType, MemorySegment mean, MemorySegment rstd, MemorySegment inp,
                                  MemorySegment weight, MemorySegment bias, int n, int c) {
-        CudaKernel kernel = bf16Output(outType, "layernorm") ? CudaKernel.OPS_LAYERNORM_FORWARD_BF16 : CudaKernel.OPS_LAYERNORM_FORWARD;
+        CudaKernel kernel = writesBf16(outType, "layernorm") ? CudaKernel.OPS_LAYERNORM_FORWARD_BF16 : CudaKernel.OPS_LAYERNORM_FORWARD;
         if (n == 0) return;
         gpu.launch(kernel, n, gpu.block(), p(out), p(mean), p(rstd), p(inp), p(weight), p(bias), n, c);
     }
@@ -475,16 +473,9 @@ public final class CudaKernels implements Kernels {
     @Override
     public void rmsNormForward(MemorySegment out, DType outType, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c,
                                float eps) {
-        CudaKernel kernel = bf16Output(outType, "RMSNorm") ? CudaKernel.OPS_RMSNORM_FORWARD_BF16 : CudaKernel.OPS_RMSNORM_FORWARD;
+        CudaKernel kernel = writesBf16(outType, "RMSNorm") ? CudaKernel.OPS_RMSNORM_FORWARD_BF16 : CudaKernel.OPS_RMSNORM_FORWARD;
         if (n == 0) return;
         gpu.launch(kernel, n, gpu.block(), p(out), p(rstd), p(inp), p(weight), n, c, eps);
-    }
-
-    /** Whether a kernel writes its output as bf16 ({@link Kernels#layerNormForward}'s outType); fp32 otherwise. */
-    private boolean bf16Output(DType outType, String kernel) {
-        if (outType == DType.F32) return false;
-        if (outType == DType.BF16 && storesBf16Activations()) return true;
-        throw new UnsupportedOperationException(describe() + ": " + kernel + "'s output as " + outType + " needs bf16 precision");
     }
 
     @Override
@@ -499,7 +490,7 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public void swiGluForward(MemorySegment out, DType outType, MemorySegment gate, MemorySegment up, long n) {
-        CudaKernel kernel = bf16Output(outType, "SwiGLU") ? CudaKernel.OPS_SWIGLU_FORWARD_BF16 : CudaKernel.OPS_SWIGLU_FORWARD;
+        CudaKernel kernel = writesBf16(outType, "SwiGLU") ? CudaKernel.OPS_SWIGLU_FORWARD_BF16 : CudaKernel.OPS_SWIGLU_FORWARD;
         gpu.launch(kernel, grid(n), gpu.block(), p(out), p(gate), p(up), n);
     }
 
@@ -536,7 +527,7 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public void geluForward(MemorySegment out, DType outType, MemorySegment inp, long n) {
-        CudaKernel kernel = bf16Output(outType, "GELU") ? CudaKernel.OPS_GELU_FORWARD_BF16 : CudaKernel.OPS_GELU_FORWARD;
+        CudaKernel kernel = writesBf16(outType, "GELU") ? CudaKernel.OPS_GELU_FORWARD_BF16 : CudaKernel.OPS_GELU_FORWARD;
         gpu.launch(kernel, grid(n), gpu.block(), p(out), p(inp), n);
     }
 
@@ -564,29 +555,33 @@ public final class CudaKernels implements Kernels {
      */
     @Override
     public void attentionForward(MemorySegment out, DType outType, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
-        boolean bf16 = bf16Output(outType, "attention");
+        boolean bf16 = writesBf16(outType, "attention");
         int hs = c / nh, bh = b * nh;
         long n = (long) b * t * c, tt = (long) t * t, th = (long) t * hs;
         int es = storedBytes();
         long heads = attentionHeads.atLeast(aligned(3 * n * es) + aligned(4 * n) + 2 * bh * tt);
-        long q = heads, k = q + n * es, v = k + n * es, y = heads + aligned(3 * n * es), probs = y + aligned(4 * n);
-        splitHeads(q, qkv.address(), b, t, nh, hs, 3);
-        // preatt[bh] (t, t) = Q · Kᵀ
-        storedGemm(false, true, t, t, hs, q, hs, th, k, hs, th, 0f, att.address(), t, tt, bh);
-        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, bh * t, gpu.block(), p(att), p(att), bh * t, t, (float) (1 / Math.sqrt(hs)));
+        long v = heads + 2 * n * es, y = heads + aligned(3 * n * es), probs = y + aligned(4 * n);
+        attentionProbs(att, qkv, heads, b, t, c, nh);
         // y[bh] (t, hs) = att · V
         storedGemm(false, false, t, hs, t, stored(att.address(), bh * tt, probs), t, tt, v, hs, th, 0f, y, hs, th, bh);
         if (bf16) gpu.launch(CudaKernel.OPS_HEADS_MERGE_BF16, grid(n), gpu.block(), p(out), p(y), b, t, nh, hs, 1);
         else mergeHeads(out.address(), y, b, t, nh, hs, 1, false);
     }
 
-    /** {@link #attentionForward}'s first three steps (heads apart, the scores, their softmax): the same launches, so the same bits. */
     @Override
     public void attentionProbs(MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
+        attentionProbs(att, qkv, attentionHeads.atLeast(aligned(3L * b * t * c * storedBytes())), b, t, c, nh);
+    }
+
+    /**
+     * The probabilities, for {@link #attentionForward} and {@link #attentionProbs} alike (one code,
+     * so the same bits): q, k and v taken apart into {@code heads} (3, b, nh, t, hs), then
+     * preatt[bh] (t, t) = Q · Kᵀ and its causal softmax in att.
+     */
+    private void attentionProbs(MemorySegment att, MemorySegment qkv, long heads, int b, int t, int c, int nh) {
         int hs = c / nh, bh = b * nh;
         long n = (long) b * t * c, tt = (long) t * t, th = (long) t * hs;
-        int es = storedBytes();
-        long q = attentionHeads.atLeast(aligned(3 * n * es)), k = q + n * es;
+        long q = heads, k = q + n * storedBytes();
         splitHeads(q, qkv.address(), b, t, nh, hs, 3);
         storedGemm(false, true, t, t, hs, q, hs, th, k, hs, th, 0f, att.address(), t, tt, bh);
         gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, bh * t, gpu.block(), p(att), p(att), bh * t, t, (float) (1 / Math.sqrt(hs)));

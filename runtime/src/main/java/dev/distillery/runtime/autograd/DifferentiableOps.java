@@ -295,15 +295,11 @@ public final class DifferentiableOps {
     }
 
     /**
-     * Causal multi-head attention: qkv (b·t, 3c) → (b·t, c). The (b, heads, t, t) probabilities are
-     * kept for the backward, or, with {@link #setRecomputeAttention}, given back as soon as the
+     * Causal multi-head attention: qkv (b·t, 3c) → (b·t, c), stored as {@code outType} (F32, or
+     * {@link #gemmOperandType} for an output only GEMMs read). The (b, heads, t, t) probabilities
+     * are kept for the backward, or, with {@link #setRecomputeAttention}, given back as soon as the
      * forward has used them and made again, bit for bit, by the backward ({@code Kernels.attentionProbs}).
      */
-    public Tensor attention(Tensor qkv, int b, int t, int heads) {
-        return attention(qkv, b, t, heads, DType.F32);
-    }
-
-    /** {@link #attention} with its output stored as {@code outType} (F32, or {@link #gemmOperandType} for an output only GEMMs read). */
     public Tensor attention(Tensor qkv, int b, int t, int heads, DType outType) {
         requireF32("attention", qkv);
         int c = qkv.dim(1) / 3;
@@ -432,12 +428,10 @@ public final class DifferentiableOps {
         return out;
     }
 
-    /** silu(gate) · up, elementwise: the Llama family's MLP middle. Both inputs get a gradient when either needs one. */
-    public Tensor swiGlu(Tensor gate, Tensor up) {
-        return swiGlu(gate, up, DType.F32);
-    }
-
-    /** {@link #swiGlu} stored as {@code outType} (F32, or {@link #gemmOperandType} for an output only GEMMs read). */
+    /**
+     * silu(gate) · up, elementwise: the Llama family's MLP middle, stored as {@code outType} (F32, or
+     * {@link #gemmOperandType} for an output only GEMMs read). Both inputs get a gradient when either needs one.
+     */
     public Tensor swiGlu(Tensor gate, Tensor up, DType outType) {
         requireF32("swiGlu", gate, up);
         if (gate.numel() != up.numel()) throw new IllegalArgumentException("swiGlu: " + gate + " and " + up + " differ in size");
