@@ -72,6 +72,10 @@ class CudaKernelsEmulationTest {
             assertTrue(failed.isEmpty(), failed.toString());
             assertTrue(results.stream().anyMatch(r -> r.kernel().equals("headsSplit.bf16"))
                     && results.stream().anyMatch(r -> r.kernel().equals("adamWChunks")) && results.size() >= 40, results.toString());
+            // the bf16 twins of the kernels that write activations, each held to its own fp32 values rounded
+            for (String kernel : List.of("layerNormForward.bf16", "rmsNormForward.bf16", "geluForward.bf16", "swiGluForward.bf16", "headsMerge.bf16")) {
+                assertTrue(results.stream().anyMatch(r -> r.kernel().equals(kernel)), kernel + " in " + results);
+            }
         }
     }
 
@@ -209,24 +213,6 @@ class CudaKernelsEmulationTest {
             }
             assertArrayEquals(results[0], results[1], "a linear's output and gradients on an fp32 and a bf16 input");
             assertEquals(launches[0] - 2, launches[1], "the input rounded for neither the forward nor the weight gradient");
-        }
-    }
-
-    /**
-     * {@code selftest --device cuda}'s checks pass on the emulated device (one size a kernel),
-     * the bf16 twins of the norms, GELU, SwiGLU and the heads' merge among them, bit for bit
-     * against their fp32 values rounded.
-     */
-    @Test
-    void theSelftestPassesOnTheEmulatedDevice() {
-        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CpuKernels cpu = new CpuKernels(1, "auto")) {
-            List<KernelConformance.Result> results = CudaConformance.run(device, cpu, 23, true);
-            StringBuilder failed = new StringBuilder();
-            for (KernelConformance.Result r : results) if (!r.passed()) failed.append(r).append('\n');
-            assertTrue(failed.isEmpty(), failed.toString());
-            for (String kernel : List.of("layerNormForward.bf16", "rmsNormForward.bf16", "geluForward.bf16", "swiGluForward.bf16", "headsMerge.bf16")) {
-                assertTrue(results.stream().anyMatch(r -> r.kernel().equals(kernel)), kernel + " in " + results);
-            }
         }
     }
 
