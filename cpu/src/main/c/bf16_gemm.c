@@ -50,7 +50,7 @@ static int round_up(int x, int to) { return (x + to - 1) / to * to; }
  */
 #define KC 1024
 /*
- * Within a panel the C blocks are formed walking the larger operand once: row strips of Ap outer
+ * On AMX, within a panel the C blocks are formed walking the larger operand once: row strips of Ap outer
  * when op(A) is the larger (the LM head's weight gradient, m = vocabulary), column blocks of Bp
  * outer otherwise, so the operand that is reread for every block is the smaller one, from cache.
  * Column blocks go in bands of SUPER (512 columns, in L2), every row block for each band, so C is
@@ -343,17 +343,30 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
     _tile_release();
 }
 
+/*
+ * The AVX512-BF16 path walks each panel's C in bands of 32-column blocks, every row block for each
+ * band, the band as wide as half the L2 holds of packed B at the panel's depth (BAND_BYTES): the
+ * band stays in L2 while op(A) streams past it once, a row strip of it (8 rows) in L1 across the
+ * band. Without bands a wide B (the MLP's 1,536 columns at k = 384: 1.2 MB packed) was reread from
+ * L3 for every row strip, which two cores sharing L3 could not feed.
+ */
+#define BAND_BYTES (512 * 1024)
+
 /* 8 rows x 32 columns of accumulators; each step a pair of k for 8 rows against two 16-column blocks. */
 PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
                              float alpha, float beta, float *c, int ldc) {
+    (void) mp;
     float acc[8 * 32] __attribute__((aligned(64)));
     const size_t b_block = (size_t) kp * 16;
-    const int blocks_i = (m + 7) / 8, blocks_j = np / 32, rows_outer = mp > np;
+    const int blocks_i = (m + 7) / 8, blocks_j = np / 32;
     for (int kc = 0; kc < kp; kc += KC) {
         const int kend = kp - kc < KC ? kp : kc + KC;
         const float panel_beta = kc == 0 ? beta : 1.f;
+        const int band = BAND_BYTES / ((kend - kc) * 2 * 32) > 0 ? BAND_BYTES / ((kend - kc) * 2 * 32) : 1;
         for (int t = 0; t < blocks_i * blocks_j; t++) {
-            const int i0 = 8 * (rows_outer ? t / blocks_j : t % blocks_i), j0 = 32 * (rows_outer ? t % blocks_j : t / blocks_i);
+            const int first = t / (blocks_i * band) * band, width = blocks_j - first < band ? blocks_j - first : band;
+            const int in_band = t - first * blocks_i;
+            const int i0 = 8 * (in_band / width), j0 = 32 * (first + in_band % width);
             const uint32_t *b0 = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block), *b1 = b0 + b_block / 2;
             __m512 s[8][2];
 #pragma GCC unroll 8

@@ -105,19 +105,30 @@ final class Bf16Gemm implements Gemm {
         }
     }
 
-    /** op(B) packed, when B lies inside a held segment (packed now if this slice and shape are new), else null. */
-    private MemorySegment heldPack(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb) {
-        if (held.isEmpty() || k == 0) return null;
+    /** Whether op(B) lies inside a held segment, so that it is packed once and not at every call. */
+    boolean holds(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb) {
+        return holding(transB, k, n, b, bBf16, ldb) != null;
+    }
+
+    /** The hold op(B) lies inside, or null. */
+    private Held holding(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb) {
+        if (held.isEmpty() || k == 0 || n == 0) return null;
         long first = b.address(), last = first + (bBf16 ? 2L : 4L) * (transB ? (long) (n - 1) * ldb + k : (long) (k - 1) * ldb + n);
         for (Held h : held) {
-            if (first >= h.start && last <= h.end) {
-                return h.packs.computeIfAbsent(new PackKey(first, transB, k, n, ldb), key -> {
-                    MemorySegment bp = h.allocate(DistilleryCpu.bf16PackedBBytes(k, n));
-                    DistilleryCpu.bf16PackB(transB, k, n, first, ldb, bBf16, bp.address());
-                    return bp;
-                });
-            }
+            if (first >= h.start && last <= h.end) return h;
         }
         return null;
+    }
+
+    /** op(B) packed, when B lies inside a held segment (packed now if this slice and shape are new), else null. */
+    private MemorySegment heldPack(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb) {
+        Held h = holding(transB, k, n, b, bBf16, ldb);
+        if (h == null) return null;
+        long first = b.address();
+        return h.packs.computeIfAbsent(new PackKey(first, transB, k, n, ldb), key -> {
+            MemorySegment bp = h.allocate(DistilleryCpu.bf16PackedBBytes(k, n));
+            DistilleryCpu.bf16PackB(transB, k, n, first, ldb, bBf16, bp.address());
+            return bp;
+        });
     }
 }

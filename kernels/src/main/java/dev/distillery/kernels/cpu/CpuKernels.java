@@ -224,9 +224,12 @@ public final class CpuKernels implements Kernels {
 
     /**
      * The bf16 GEMM over the pool, split along the 32 × 32 blocks its tiles form C in, so that
-     * every block is formed as on one thread and the bits do not depend on the thread count. It
-     * packs both operands at every call, so it splits the larger of op(A) (m rows) and op(B) (n
-     * columns), and each thread packs only its share of it. An operand stored as bf16 has 2-byte elements.
+     * every block is formed as on one thread and the bits do not depend on the thread count. Each
+     * thread packs its share of the operand that is split and all of the other, so it splits the
+     * larger of op(A) (m rows) and op(B) (n columns); a held op(B) is packed once for every
+     * thread, so then it splits the rows (the LM head's input gradient: a 32000-deep op(A) of a
+     * few hundred rows, which a split of B's 384 columns had each thread pack whole). An operand
+     * stored as bf16 has 2-byte elements.
      */
     private void gemmBf16(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
                           MemorySegment a, boolean aBf16, int lda, MemorySegment b, boolean bBf16, int ldb,
@@ -234,7 +237,7 @@ public final class CpuKernels implements Kernels {
         long ea = aBf16 ? 2 : 4, eb = bBf16 ? 2 : 4;
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
             bf16.sgemm(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc);
-        } else if (m >= n) {
+        } else if (m >= n || (m > 32 && bf16.holds(transB, k, n, b, bBf16, ldb))) {
             pool.forEachChunk((m + 31) / 32, 1, (chunk, i0, i1) -> {
                 int r0 = 32 * i0, r1 = Math.min(m, 32 * i1);
                 bf16.sgemm(transA, transB, r1 - r0, n, k, alpha, a.asSlice(ea * (transA ? r0 : (long) r0 * lda)), aBf16, lda, b, bBf16, ldb,
