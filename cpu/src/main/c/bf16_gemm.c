@@ -17,7 +17,9 @@
  * The packing buffers are per thread and grow as needed, so a training step allocates nothing
  * once its shapes have been seen. A B operand that stays the same over several calls (the chunked
  * LM head's weight) can be packed once by the caller (distillery_bf16_pack_b) and passed packed
- * (distillery_bf16_gemm_packed_b).
+ * (distillery_bf16_gemm_packed_b, distillery_bf16_gemm_claimed_rows). Threads split one call by
+ * claiming row blocks of C from a shared counter (distillery_bf16_gemm_claimed_rows) or by taking
+ * fixed column ranges (distillery_bf16_gemm on a slice of B and C).
  *
  * distillery_bf16_gemm_kind() names the machine (asking Linux for the AMX tile state once);
  * -Ddistillery.bf16Gemm on the Java side can pick the AVX512-BF16 path on an AMX CPU.
@@ -439,6 +441,40 @@ int distillery_bf16_gemm_packed_b(int kind, int trans_a, int m, int n, int k, fl
                                   const uint16_t *bp, float beta, float *c, int ldc) {
     if (m <= 0 || n <= 0) return 0;
     return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, a_bf16, bp, beta, c, ldc);
+}
+
+/*
+ * distillery_bf16_gemm over the row blocks of C that the calling thread claims from *next_row, a
+ * counter the threads of one call share (starting at 0): claim_rows rows at a time (a multiple of
+ * 32, so every 32 x 32 block is formed whole, as on one thread), until m is reached. op(B) is
+ * bp when it was packed already (held), else packed once by each thread into its own buffer. A
+ * thread that falls behind (a busy or descheduled vCPU) claims fewer blocks instead of holding up
+ * the call. Returns 0, or 1 when the packing buffer could not be allocated.
+ */
+int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                                      const void *a, int lda, int a_bf16, const void *b, int ldb, int b_bf16,
+                                      const uint16_t *bp, float beta, float *c, int ldc, int *next_row, int claim_rows) {
+    if (m <= 0 || n <= 0) return 0;
+    const int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32), claim = round_up(claim_rows > 0 ? claim_rows : 1, 32);
+    const size_t a_elements = (size_t) claim * kp;
+    uint16_t *ap = packing_buffer((a_elements + (bp == NULL ? (size_t) kp * np : 0)) * 2);
+    if (ap == NULL) return 1;
+    if (bp == NULL) {
+        uint16_t *own = ap + a_elements;
+        pack_b(trans_b, k, n, b, ldb, b_bf16, own, kp, np);
+        bp = own;
+    }
+    for (;;) {
+        const int r0 = __atomic_fetch_add(next_row, claim, __ATOMIC_RELAXED);
+        if (r0 >= m) return 0;
+        const int rows = m - r0 < claim ? m - r0 : claim, mp = round_up(rows, 32);
+        pack_a(trans_a, rows, k, at(a, trans_a ? (size_t) r0 : (size_t) r0 * lda, a_bf16), lda, a_bf16, ap, mp, kp);
+        if (kind == BF16_AMX) {
+            gemm_amx(rows, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) r0 * ldc, ldc);
+        } else {
+            gemm_avx512(rows, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) r0 * ldc, ldc);
+        }
+    }
 }
 
 static volatile float peak_sink;

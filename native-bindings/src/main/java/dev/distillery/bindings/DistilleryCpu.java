@@ -26,20 +26,20 @@ public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 7;
+    public static final int ABI = 8;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
     private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
-            BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_DOT_PEAK;
+            BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_DOT_PEAK;
     private static final String STATUS;
     private static final int BF16_KIND;
 
     static {
         MethodHandle row = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
-                dotPeak = null;
+                claimedRows = null, dotPeak = null;
         int bf16Kind = BF16_NONE;
         String status;
         try {
@@ -86,6 +86,8 @@ public final class DistilleryCpu {
                                 FunctionDescriptor.ofVoid(i, i, i, p, i, i, p));
                         bf16Packed = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_packed_b"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, i, p, f, p, i));
+                        claimedRows = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_claimed_rows"),
+                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, p, f, p, i, p, i));
                         dotPeak = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_dot_peak"), FunctionDescriptor.of(p, p));
                         bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
@@ -105,6 +107,7 @@ public final class DistilleryCpu {
         BF16_PACKED_B_BYTES = packedBytes;
         BF16_PACK_B = packB;
         BF16_GEMM_PACKED_B = bf16Packed;
+        BF16_GEMM_CLAIMED_ROWS = claimedRows;
         BF16_DOT_PEAK = dotPeak;
         BF16_KIND = bf16Kind;
         STATUS = status;
@@ -190,6 +193,23 @@ public final class DistilleryCpu {
             return (int) BF16_GEMM_PACKED_B.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0, bp, beta, c, ldc);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm_packed_b failed", e);
+        }
+    }
+
+    /**
+     * {@code distillery_bf16_gemm_claimed_rows}: {@link #bf16Gemm} over the blocks of
+     * {@code claimRows} rows (rounded up to 32) that the calling thread claims from the int at
+     * {@code nextRow}, which every thread of the call shares and which starts at 0; op(B) from
+     * {@code bp} when it is packed already ({@link #bf16PackB}), else packed by this thread (bp 0).
+     */
+    public static int bf16GemmClaimedRows(int kind, boolean transA, boolean transB, int m, int n, int k, float alpha,
+                                          long a, int lda, boolean aBf16, long b, int ldb, boolean bBf16, long bp,
+                                          float beta, long c, int ldc, long nextRow, int claimRows) {
+        try {
+            return (int) BF16_GEMM_CLAIMED_ROWS.invokeExact(kind, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0,
+                    b, ldb, bBf16 ? 1 : 0, bp, beta, c, ldc, nextRow, claimRows);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_bf16_gemm_claimed_rows failed", e);
         }
     }
 

@@ -105,6 +105,21 @@ final class Bf16Gemm implements Gemm {
         }
     }
 
+    /**
+     * {@link #sgemm} over the blocks of {@code claimRows} rows of C this thread claims from the int at
+     * {@code nextRow} (shared by the threads of one call, starting at 0), op(B) packed once by each
+     * thread or, when held, once for all (docs/KERNELS.md#bf16-gemm).
+     */
+    void sgemmClaimedRows(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
+                          MemorySegment b, boolean bBf16, int ldb, float beta, MemorySegment c, int ldc, MemorySegment nextRow, int claimRows) {
+        MemorySegment packed = heldPack(transB, k, n, b, bBf16, ldb);
+        int status = DistilleryCpu.bf16GemmClaimedRows(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16,
+                packed == null ? 0L : packed.address(), beta, c.address(), ldc, nextRow.address(), claimRows);
+        if (status != 0) {
+            throw new OutOfMemoryError("bf16 GEMM " + m + "x" + n + "x" + k + ": no memory for its packed operands");
+        }
+    }
+
     /** Whether op(B) lies inside a held segment, so that it is packed once and not at every call. */
     boolean holds(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb) {
         return holding(transB, k, n, b, bBf16, ldb) != null;

@@ -10,6 +10,7 @@ import static dev.distillery.kernels.cpu.VectorOps.set;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.concurrent.atomic.AtomicInteger;
 
 import dev.distillery.bindings.OpenBlasLibrary;
 import dev.distillery.kernels.DType;
@@ -54,6 +55,13 @@ public final class CpuKernels implements Kernels {
      */
     private final Arena scratchArena = Arena.ofShared();
     private MemorySegment chunkScratch = MemorySegment.NULL;
+    /**
+     * Counters of the next row of C the bf16 GEMM's threads claim, a cache line each, taken in turn
+     * by the calls, so that calls from two threads (or one inside another) never share one.
+     */
+    private final MemorySegment gemmRowCounters = scratchArena.allocate(64L * GEMM_COUNTERS, 64);
+    private final AtomicInteger gemmCalls = new AtomicInteger();
+    private static final int GEMM_COUNTERS = 64;
 
     /** Threads from {@code distillery.threads} (default: available processors), GEMM from {@code distillery.gemm}. */
     public CpuKernels() {
@@ -228,8 +236,9 @@ public final class CpuKernels implements Kernels {
      * thread packs its share of the operand that is split and all of the other, so it splits the
      * larger of op(A) (m rows) and op(B) (n columns); a held op(B) is packed once for every
      * thread, so then it splits the rows (the LM head's input gradient: a 32000-deep op(A) of a
-     * few hundred rows, which a split of B's 384 columns had each thread pack whole). An operand
-     * stored as bf16 has 2-byte elements.
+     * few hundred rows, which a split of B's 384 columns had each thread pack whole). Rows go to
+     * the threads as they claim them, {@link #gemmClaimRows} at a time, so a vCPU that runs behind
+     * takes fewer; columns in fixed shares. An operand stored as bf16 has 2-byte elements.
      */
     private void gemmBf16(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
                           MemorySegment a, boolean aBf16, int lda, MemorySegment b, boolean bBf16, int ldb,
@@ -238,11 +247,11 @@ public final class CpuKernels implements Kernels {
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
             bf16.sgemm(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc);
         } else if (m >= n || (m > 32 && bf16.holds(transB, k, n, b, bBf16, ldb))) {
-            pool.forEachChunk((m + 31) / 32, 1, (chunk, i0, i1) -> {
-                int r0 = 32 * i0, r1 = Math.min(m, 32 * i1);
-                bf16.sgemm(transA, transB, r1 - r0, n, k, alpha, a.asSlice(ea * (transA ? r0 : (long) r0 * lda)), aBf16, lda, b, bBf16, ldb,
-                        beta, c.asSlice(4L * r0 * ldc), ldc);
-            });
+            int claim = gemmClaimRows(m, pool.threads());
+            MemorySegment nextRow = gemmRowCounters.asSlice(64L * Math.floorMod(gemmCalls.getAndIncrement(), GEMM_COUNTERS), 4);
+            nextRow.set(ValueLayout.JAVA_INT, 0, 0);
+            pool.forEachChunk(Math.min(pool.threads(), (m + claim - 1) / claim), 1, (chunk, s0, s1) ->
+                    bf16.sgemmClaimedRows(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc, nextRow, claim));
         } else {
             pool.forEachChunk((n + 31) / 32, 1, (chunk, j0, j1) -> {
                 int c0 = 32 * j0, c1 = Math.min(n, 32 * j1);
@@ -250,6 +259,16 @@ public final class CpuKernels implements Kernels {
                         beta, c.asSlice(4L * c0), ldc);
             });
         }
+    }
+
+    /**
+     * Rows of C a thread claims at a time in the bf16 GEMM's row split: about a quarter of a
+     * thread's share, a multiple of 32, and at least 128, since each claim walks all of packed
+     * op(B) once (24 MB for the LM head's input gradient, whose 256 rows are then two claims).
+     */
+    static int gemmClaimRows(int m, int threads) {
+        int quarter = (m + 4 * threads - 1) / (4 * threads), share = (m + threads - 1) / threads;
+        return Math.min(Math.max(256, (quarter + 31) / 32 * 32), (share + 31) / 32 * 32);
     }
 
     @Override

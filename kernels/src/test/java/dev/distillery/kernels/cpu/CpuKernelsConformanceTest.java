@@ -149,12 +149,15 @@ class CpuKernelsConformanceTest {
      * The bf16 GEMM's threads split C along the 32 × 32 blocks its tiles form, so two threads give
      * one thread's bits, split by rows or by columns, with op(B) held or not: k past one panel
      * (1,024), where a block that is whole adds to C in its tiles and a partial one adds its sums
-     * to C afterwards, and sizes whose halves are not multiples of 32.
+     * to C afterwards, sizes whose halves are not multiples of 32, and rows enough for the
+     * threads to claim several blocks of them each (the last one short).
      */
     @ParameterizedTest
-    @CsvSource({"200, 70, 1100, false", "70, 200, 1100, false", "100, 250, 1100, true", "100, 250, 1100, false", "70, 200, 1100, true"})
+    @CsvSource({"200, 70, 1100, false", "70, 200, 1100, false", "100, 250, 1100, true", "100, 250, 1100, false", "70, 200, 1100, true",
+                "1100, 70, 1100, false", "1100, 70, 300, true"})
     void bf16GemmGivesTheSameBitsOnOneThreadAndOnTwo(int m, int n, int k, boolean transB) {
         assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        if (m > 1000) assertTrue((m + CpuKernels.gemmClaimRows(m, 2) - 1) / CpuKernels.gemmClaimRows(m, 2) > 2, "several claims a thread");
         Random random = new Random(m * 31L + n);
         try (CpuKernels one = new CpuKernels(1, "auto", Precision.BF16); CpuKernels two = new CpuKernels(2, "auto", Precision.BF16);
              Arena arena = Arena.ofConfined()) {
