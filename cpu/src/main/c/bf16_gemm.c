@@ -347,10 +347,10 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
 
 /*
  * The AVX512-BF16 path walks each panel's C in bands of 32-column blocks, every row block for each
- * band, the band as wide as half the L2 holds of packed B at the panel's depth (BAND_BYTES): the
- * band stays in L2 while op(A) streams past it once, a row strip of it (8 rows) in L1 across the
- * band. Without bands a wide B (the MLP's 1,536 columns at k = 384: 1.2 MB packed) was reread from
- * L3 for every row strip, which two cores sharing L3 could not feed.
+ * band, a band as many blocks as fill BAND_BYTES of packed B at the panel's depth (half of Zen 4's
+ * 1 MB L2): the band stays in L2 while op(A) streams past it once, a row strip of it (8 rows) in
+ * L1 across the band. Without bands a wide B (the MLP's 1,536 columns at k = 384: 1.2 MB packed)
+ * was reread from L3 for every row strip, which two cores sharing L3 could not feed.
  */
 #define BAND_BYTES (512 * 1024)
 

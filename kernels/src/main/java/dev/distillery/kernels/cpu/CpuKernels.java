@@ -243,7 +243,7 @@ public final class CpuKernels implements Kernels {
     private void gemmBf16(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
                           MemorySegment a, boolean aBf16, int lda, MemorySegment b, boolean bBf16, int ldb,
                           float beta, MemorySegment c, int ldc) {
-        long ea = aBf16 ? 2 : 4, eb = bBf16 ? 2 : 4;
+        long eb = bBf16 ? 2 : 4;
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
             bf16.sgemm(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc);
         } else if (m >= n || (m > 32 && bf16.holds(transB, k, n, b, bBf16, ldb))) {
@@ -263,8 +263,8 @@ public final class CpuKernels implements Kernels {
 
     /**
      * Rows of C a thread claims at a time in the bf16 GEMM's row split: about a quarter of a
-     * thread's share, a multiple of 32, and at least 128, since each claim walks all of packed
-     * op(B) once (24 MB for the LM head's input gradient, whose 256 rows are then two claims).
+     * thread's share, a multiple of 32, at least 256 (each claim walks all of packed op(B) once:
+     * 24 MB for the LM head's input gradient) and at most a share, so that every thread has rows.
      */
     static int gemmClaimRows(int m, int threads) {
         int quarter = (m + 4 * threads - 1) / (4 * threads), share = (m + threads - 1) / threads;
