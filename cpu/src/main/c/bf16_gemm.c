@@ -161,10 +161,12 @@ PACK static inline void transpose_16x16(__m512i r[16]) {
  * bound the pack; so those lines are stored non-temporally (_mm512_stream_si512), and the other
  * packs, which write along their rows, keep plain stores (docs/PERFORMANCE.md, bf16 mixed
  * precision). Every such address is 64-byte aligned: Kp is a multiple of 32 and the buffers are.
+ * A transposed A packed into a block small enough to stay in cache (cached) keeps plain stores:
+ * its lines are there already, and the products read them next.
  */
 
 /* Ap (Mp, Kp) from op(A). */
-PACK static void pack_a(int trans, int m, int k, const void *a, int lda, int a_bf16, uint16_t *ap, int mp, int kp) {
+PACK static void pack_a(int trans, int m, int k, const void *a, int lda, int a_bf16, uint16_t *ap, int mp, int kp, int cached) {
     if (!trans) {
         for (int i = 0; i < m; i++) {
             const void *row = at(a, (size_t) i * lda, a_bf16);
@@ -189,7 +191,11 @@ PACK static void pack_a(int trans, int m, int k, const void *a, int lda, int a_b
                                       : _mm512_setzero_si512();
                     }
                     transpose_16x16(r);
-                    for (int q = 0; q < 16; q++) _mm512_stream_si512((__m512i *) (ap + (size_t) (i + q) * kp + 2 * p0), r[q]);
+                    if (cached) {
+                        for (int q = 0; q < 16; q++) _mm512_store_si512((__m512i *) (ap + (size_t) (i + q) * kp + 2 * p0), r[q]);
+                    } else {
+                        for (int q = 0; q < 16; q++) _mm512_stream_si512((__m512i *) (ap + (size_t) (i + q) * kp + 2 * p0), r[q]);
+                    }
                 }
             }
         }
@@ -353,6 +359,8 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
  * was reread from L3 for every row strip, which two cores sharing L3 could not feed.
  */
 #define BAND_BYTES (512 * 1024)
+/* Packed op(A) rows a claim packs and multiplies at a time when it is shallow (distillery_bf16_gemm_claimed_rows). */
+#define A_BLOCK_BYTES (256 * 1024)
 
 /* 8 rows x 32 columns of accumulators; each step a pair of k for 8 rows against two 16-column blocks. */
 PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
@@ -400,7 +408,7 @@ static int gemm_packed(int kind, int trans_a, int m, int n, int k, float alpha, 
     int mp = round_up(m, 32), np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
     uint16_t *ap = packing_buffer((size_t) mp * kp * 2);
     if (ap == NULL) return 1;
-    pack_a(trans_a, m, k, a, lda, a_bf16, ap, mp, kp);
+    pack_a(trans_a, m, k, a, lda, a_bf16, ap, mp, kp, 0);
     if (kind == BF16_AMX) {
         gemm_amx(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
     } else {
@@ -464,15 +472,22 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m,
         pack_b(trans_b, k, n, b, ldb, b_bf16, own, kp, np);
         bp = own;
     }
+    /* a shallow op(A) (one panel, as the LM head's weight gradient's k = chunk rows) is packed and
+       used A_BLOCK_BYTES at a time, so its packed rows stay in L2 between the pack and the products
+       instead of going out to memory and back; a deeper one whole, since each block walks all of op(B) */
+    const int block = kp <= KC && (size_t) kp * 2 * 256 <= A_BLOCK_BYTES ? (int) (A_BLOCK_BYTES / ((size_t) kp * 2)) / 32 * 32 : claim;
     for (;;) {
         const int r0 = __atomic_fetch_add(next_row, claim, __ATOMIC_RELAXED);
         if (r0 >= m) return 0;
-        const int rows = m - r0 < claim ? m - r0 : claim, mp = round_up(rows, 32);
-        pack_a(trans_a, rows, k, at(a, trans_a ? (size_t) r0 : (size_t) r0 * lda, a_bf16), lda, a_bf16, ap, mp, kp);
-        if (kind == BF16_AMX) {
-            gemm_amx(rows, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) r0 * ldc, ldc);
-        } else {
-            gemm_avx512(rows, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) r0 * ldc, ldc);
+        const int rows = m - r0 < claim ? m - r0 : claim;
+        for (int b0 = 0; b0 < rows; b0 += block) {
+            const int br = rows - b0 < block ? rows - b0 : block, mp = round_up(br, 32), i0 = r0 + b0;
+            pack_a(trans_a, br, k, at(a, trans_a ? (size_t) i0 : (size_t) i0 * lda, a_bf16), lda, a_bf16, ap, mp, kp, block < claim);
+            if (kind == BF16_AMX) {
+                gemm_amx(br, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) i0 * ldc, ldc);
+            } else {
+                gemm_avx512(br, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) i0 * ldc, ldc);
+            }
         }
     }
 }

@@ -149,30 +149,32 @@ class CpuKernelsConformanceTest {
      * The bf16 GEMM's threads split C along the 32 × 32 blocks its tiles form, so two threads give
      * one thread's bits, split by rows or by columns, with op(B) held or not: k past one panel
      * (1,024), where a block that is whole adds to C in its tiles and a partial one adds its sums
-     * to C afterwards, sizes whose halves are not multiples of 32, and rows enough for the
-     * threads to claim several blocks of them each (the last one short).
+     * to C afterwards, sizes whose halves are not multiples of 32, rows enough for the threads to
+     * claim several blocks of them each (the last one short), and claims of a shallow op(A) packed
+     * and multiplied a part at a time (k = 500: 256 rows), op(A) transposed or not.
      */
     @ParameterizedTest
-    @CsvSource({"200, 70, 1100, false", "70, 200, 1100, false", "100, 250, 1100, true", "100, 250, 1100, false", "70, 200, 1100, true",
-                "1100, 70, 1100, false", "1100, 70, 300, true"})
-    void bf16GemmGivesTheSameBitsOnOneThreadAndOnTwo(int m, int n, int k, boolean transB) {
+    @CsvSource({"200, 70, 1100, false, false", "70, 200, 1100, false, false", "100, 250, 1100, false, true", "100, 250, 1100, false, false",
+                "70, 200, 1100, false, true", "1100, 70, 1100, false, false", "1100, 70, 300, false, true",
+                "2200, 40, 500, true, false", "2200, 40, 500, false, false"})
+    void bf16GemmGivesTheSameBitsOnOneThreadAndOnTwo(int m, int n, int k, boolean transA, boolean transB) {
         assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
         if (m > 1000) assertTrue((m + CpuKernels.gemmClaimRows(m, 2) - 1) / CpuKernels.gemmClaimRows(m, 2) > 2, "several claims a thread");
         Random random = new Random(m * 31L + n);
         try (CpuKernels one = new CpuKernels(1, "auto", Precision.BF16); CpuKernels two = new CpuKernels(2, "auto", Precision.BF16);
              Arena arena = Arena.ofConfined()) {
-            int ldb = transB ? k : n;
+            int lda = transA ? m : k, ldb = transB ? k : n;
             MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, m * k));
             MemorySegment b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, k * n));
             float[] start = gaussians(random, m * n);
             MemorySegment expected = arena.allocateFrom(ValueLayout.JAVA_FLOAT, start);
-            one.gemm(false, transB, m, n, k, 1f, a, k, b, ldb, 1f, expected, n);
+            one.gemm(transA, transB, m, n, k, 1f, a, lda, b, ldb, 1f, expected, n);
             for (boolean held : new boolean[]{false, true}) {
                 MemorySegment got = arena.allocateFrom(ValueLayout.JAVA_FLOAT, start);
                 try (var hold = held ? two.holdConstant(b) : null) {
-                    two.gemm(false, transB, m, n, k, 1f, a, k, b, ldb, 1f, got, n);
+                    two.gemm(transA, transB, m, n, k, 1f, a, lda, b, ldb, 1f, got, n);
                 }
-                assertEquals(-1L, expected.mismatch(got), m + "x" + n + "x" + k + (transB ? " NT" : " NN") + (held ? ", B held" : ""));
+                assertEquals(-1L, expected.mismatch(got), m + "x" + n + "x" + k + (transA ? " T" : " N") + (transB ? "T" : "N") + (held ? ", B held" : ""));
             }
         }
     }
