@@ -402,6 +402,16 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
     }
 }
 
+/* C (m, n) from packed op(A) and op(B) on the tiles or with dot products, as kind says. */
+static void multiply(int kind, int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
+                     float alpha, float beta, float *c, int ldc) {
+    if (kind == BF16_AMX) {
+        gemm_amx(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
+    } else {
+        gemm_avx512(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
+    }
+}
+
 /* op(A) packed into the calling thread's buffer, then the tiles or dot products against Bp. */
 static int gemm_packed(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
                        const uint16_t *bp, float beta, float *c, int ldc) {
@@ -409,11 +419,7 @@ static int gemm_packed(int kind, int trans_a, int m, int n, int k, float alpha, 
     uint16_t *ap = packing_buffer((size_t) mp * kp * 2);
     if (ap == NULL) return 1;
     pack_a(trans_a, m, k, a, lda, a_bf16, ap, mp, kp, 0);
-    if (kind == BF16_AMX) {
-        gemm_amx(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
-    } else {
-        gemm_avx512(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
-    }
+    multiply(kind, m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
     return 0;
 }
 
@@ -483,11 +489,7 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m,
         for (int b0 = 0; b0 < rows; b0 += block) {
             const int br = rows - b0 < block ? rows - b0 : block, mp = round_up(br, 32), i0 = r0 + b0;
             pack_a(trans_a, br, k, at(a, trans_a ? (size_t) i0 : (size_t) i0 * lda, a_bf16), lda, a_bf16, ap, mp, kp, block < claim);
-            if (kind == BF16_AMX) {
-                gemm_amx(br, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) i0 * ldc, ldc);
-            } else {
-                gemm_avx512(br, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) i0 * ldc, ldc);
-            }
+            multiply(kind, br, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) i0 * ldc, ldc);
         }
     }
 }

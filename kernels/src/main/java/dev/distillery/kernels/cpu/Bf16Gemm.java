@@ -100,9 +100,7 @@ final class Bf16Gemm implements Gemm {
         int status = packed == null
                 ? DistilleryCpu.bf16Gemm(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16, beta, c.address(), ldc)
                 : DistilleryCpu.bf16GemmPackedB(kind, transA, m, n, k, alpha, a.address(), lda, aBf16, packed.address(), beta, c.address(), ldc);
-        if (status != 0) {
-            throw new OutOfMemoryError("bf16 GEMM " + m + "x" + n + "x" + k + ": no memory for its packed operands");
-        }
+        requirePacked(status, m, n, k);
     }
 
     /**
@@ -115,9 +113,12 @@ final class Bf16Gemm implements Gemm {
         MemorySegment packed = heldPack(transB, k, n, b, bBf16, ldb);
         int status = DistilleryCpu.bf16GemmClaimedRows(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16,
                 packed == null ? 0L : packed.address(), beta, c.address(), ldc, nextRow.address(), claimRows);
-        if (status != 0) {
-            throw new OutOfMemoryError("bf16 GEMM " + m + "x" + n + "x" + k + ": no memory for its packed operands");
-        }
+        requirePacked(status, m, n, k);
+    }
+
+    /** The native GEMM's status: 1 when its packing buffer could not be allocated (nothing was written). */
+    private static void requirePacked(int status, int m, int n, int k) {
+        if (status != 0) throw new OutOfMemoryError("bf16 GEMM " + m + "x" + n + "x" + k + ": no memory for its packed operands");
     }
 
     /** Whether op(B) lies inside a held segment, so that it is packed once and not at every call. */
