@@ -39,7 +39,7 @@
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
-#define PACK __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#define PACK __attribute__((target("avx512f,avx512bw,avx512bf16,prfchw")))
 #define AMX __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-bf16")))
 
 static int round_up(int x, int to) { return (x + to - 1) / to * to; }
@@ -378,6 +378,15 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
             const int in_band = t - first * blocks_i;
             const int i0 = 8 * (in_band / width), j0 = 32 * (first + in_band % width);
             const uint32_t *b0 = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block), *b1 = b0 + b_block / 2;
+            int rows = m - i0 < 8 ? m - i0 : 8, cols = n - j0 < 32 ? n - j0 : 32;
+            float *cb = c + (size_t) i0 * ldc + j0;
+            /* C's lines of the block asked for (to own, PREFETCHW) before its products, not when they
+               are stored: a C far larger than the caches (the LM head's weight gradient, 49 MB read and
+               written) then arrives during the block's 2,000-odd cycles of dot products instead of after */
+            for (int r = 0; r < rows; r++) {
+                __builtin_prefetch(cb + (size_t) r * ldc, 1, 3);
+                if (cols > 16) __builtin_prefetch(cb + (size_t) r * ldc + 16, 1, 3);
+            }
             __m512 s[8][2];
 #pragma GCC unroll 8
             for (int r = 0; r < 8; r++) s[r][0] = s[r][1] = _mm512_setzero_ps();
@@ -396,8 +405,7 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
                 _mm512_store_ps(acc + r * 32, s[r][0]);
                 _mm512_store_ps(acc + r * 32 + 16, s[r][1]);
             }
-            int rows = m - i0 < 8 ? m - i0 : 8, cols = n - j0 < 32 ? n - j0 : 32;
-            if (cols > 0) store_block(acc, 32, rows, cols, alpha, panel_beta, c + (size_t) i0 * ldc + j0, ldc);
+            if (cols > 0) store_block(acc, 32, rows, cols, alpha, panel_beta, cb, ldc);
         }
     }
 }
