@@ -19,7 +19,8 @@
  * LM head's weight) can be packed once by the caller (distillery_bf16_pack_b) and passed packed
  * (distillery_bf16_gemm_packed_b, distillery_bf16_gemm_claimed_rows). Threads split one call by
  * claiming row blocks of C from a shared counter (distillery_bf16_gemm_claimed_rows) or by taking
- * fixed column ranges (distillery_bf16_gemm on a slice of B and C).
+ * fixed column ranges (distillery_bf16_gemm on a slice of B and C). distillery_bf16_gemm_causal
+ * forms one attention head's product in causal bands of rows, operands packed once.
  *
  * distillery_bf16_gemm_kind() names the machine (asking Linux for the AMX tile state once);
  * -Ddistillery.bf16Gemm on the Java side can pick the AVX512-BF16 path on an AMX CPU.
@@ -211,15 +212,22 @@ PACK static void pack_a(int trans, int m, int k, const void *a, int lda, int a_b
     memset(ap + (size_t) m * kp, 0, (size_t) (mp - m) * kp * 2);
 }
 
-/* Bp: blocks of 16 columns, each Kp/2 rows of 16 bf16 pairs. */
-PACK static void pack_b(int trans, int k, int n, const void *b, int ldb, int b_bf16, uint16_t *bp, int kp, int np) {
+/* Bp: blocks of 16 columns, each Kp/2 rows of 16 bf16 pairs (cached: plain stores, as for pack_a). */
+PACK static void pack_b(int trans, int k, int n, const void *b, int ldb, int b_bf16, uint16_t *bp, int kp, int np, int cached) {
     if (kp != k || np != n) memset(bp, 0, (size_t) kp * np * 2);   /* the padding; everything else is written below */
     if (!trans) {   /* op(B)[kk][j] = b[kk * ldb + j]: rows 2p and 2p+1 interleaved */
         for (int p = 0; 2 * p < k; p++) {
             const void *r0 = at(b, (size_t) (2 * p) * ldb, b_bf16);
             const void *r1 = 2 * p + 1 < k ? at(r0, ldb, b_bf16) : NULL;
             int j = 0;
-            for (; j + 16 <= n; j += 16) _mm512_stream_si512((__m512i *) (bp + ((size_t) (j / 16) * kp / 2 + p) * 32), row_pairs(r0, r1, j, b_bf16));
+            for (; j + 16 <= n; j += 16) {
+                __m512i *out = (__m512i *) (bp + ((size_t) (j / 16) * kp / 2 + p) * 32);
+                if (cached) {
+                    _mm512_store_si512(out, row_pairs(r0, r1, j, b_bf16));
+                } else {
+                    _mm512_stream_si512(out, row_pairs(r0, r1, j, b_bf16));
+                }
+            }
             for (; j < n; j++) {
                 uint16_t *pair = bp + ((size_t) (j / 16) * kp / 2 + p) * 32 + (j % 16) * 2;
                 pair[0] = bf16_at(r0, j, b_bf16);
@@ -362,12 +370,49 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
 /* Packed op(A) rows a claim packs and multiplies at a time when it is shallow (distillery_bf16_gemm_claimed_rows). */
 #define A_BLOCK_BYTES (256 * 1024)
 
-/* 8 rows x 32 columns of accumulators; each step a pair of k for 8 rows against two 16-column blocks. */
+/*
+ * One 8 x 32 block of C (rows i0.., columns j0..) from the pairs [p0, p1) of k: 8 rows x 32 columns of
+ * accumulators, each step a pair of k for 8 rows against two 16-column blocks, then C = alpha sums
+ * + beta C. C's lines of the block are asked for (to own, PREFETCHW) before the products, not when
+ * they are stored: a C far larger than the caches (the LM head's weight gradient, 49 MB read and
+ * written) then arrives during the block's 2,000-odd cycles of dot products instead of after.
+ */
+PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, const uint16_t *bp, int i0, int j0, int p0, int p1,
+                                   float alpha, float beta, float *c, int ldc) {
+    float acc[8 * 32] __attribute__((aligned(64)));
+    const size_t b_block = (size_t) kp * 16;
+    const uint32_t *b0 = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block), *b1 = b0 + b_block / 2;
+    const int rows = m - i0 < 8 ? m - i0 : 8, cols = n - j0 < 32 ? n - j0 : 32;
+    float *cb = c + (size_t) i0 * ldc + j0;
+    for (int r = 0; r < rows; r++) {
+        __builtin_prefetch(cb + (size_t) r * ldc, 1, 3);
+        if (cols > 16) __builtin_prefetch(cb + (size_t) r * ldc + 16, 1, 3);
+    }
+    __m512 s[8][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++) s[r][0] = s[r][1] = _mm512_setzero_ps();
+    const uint32_t *a = (const uint32_t *) (ap + (size_t) i0 * kp);
+    for (int p = p0; p < p1; p++) {
+        __m512bh v0 = (__m512bh) _mm512_loadu_si512(b0 + (size_t) p * 16);
+        __m512bh v1 = (__m512bh) _mm512_loadu_si512(b1 + (size_t) p * 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++) {
+            __m512bh x = (__m512bh) _mm512_set1_epi32((int) a[(size_t) r * kp / 2 + p]);
+            s[r][0] = _mm512_dpbf16_ps(s[r][0], x, v0);
+            s[r][1] = _mm512_dpbf16_ps(s[r][1], x, v1);
+        }
+    }
+    for (int r = 0; r < 8; r++) {
+        _mm512_store_ps(acc + r * 32, s[r][0]);
+        _mm512_store_ps(acc + r * 32 + 16, s[r][1]);
+    }
+    store_block(acc, 32, rows, cols, alpha, beta, cb, ldc);
+}
+
+/* C (m, n) from packed op(A) and op(B) with dot products, 8 x 32 blocks, in bands of op(B) (above). */
 PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
                              float alpha, float beta, float *c, int ldc) {
     (void) mp;
-    float acc[8 * 32] __attribute__((aligned(64)));
-    const size_t b_block = (size_t) kp * 16;
     const int blocks_i = (m + 7) / 8, blocks_j = np / 32;
     for (int kc = 0; kc < kp; kc += KC) {
         const int kend = kp - kc < KC ? kp : kc + KC;
@@ -377,35 +422,7 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
             const int first = t / (blocks_i * band) * band, width = blocks_j - first < band ? blocks_j - first : band;
             const int in_band = t - first * blocks_i;
             const int i0 = 8 * (in_band / width), j0 = 32 * (first + in_band % width);
-            const uint32_t *b0 = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block), *b1 = b0 + b_block / 2;
-            int rows = m - i0 < 8 ? m - i0 : 8, cols = n - j0 < 32 ? n - j0 : 32;
-            float *cb = c + (size_t) i0 * ldc + j0;
-            /* C's lines of the block asked for (to own, PREFETCHW) before its products, not when they
-               are stored: a C far larger than the caches (the LM head's weight gradient, 49 MB read and
-               written) then arrives during the block's 2,000-odd cycles of dot products instead of after */
-            for (int r = 0; r < rows; r++) {
-                __builtin_prefetch(cb + (size_t) r * ldc, 1, 3);
-                if (cols > 16) __builtin_prefetch(cb + (size_t) r * ldc + 16, 1, 3);
-            }
-            __m512 s[8][2];
-#pragma GCC unroll 8
-            for (int r = 0; r < 8; r++) s[r][0] = s[r][1] = _mm512_setzero_ps();
-            const uint32_t *a = (const uint32_t *) (ap + (size_t) i0 * kp);
-            for (int p = kc / 2; p < kend / 2; p++) {
-                __m512bh v0 = (__m512bh) _mm512_loadu_si512(b0 + (size_t) p * 16);
-                __m512bh v1 = (__m512bh) _mm512_loadu_si512(b1 + (size_t) p * 16);
-#pragma GCC unroll 8
-                for (int r = 0; r < 8; r++) {
-                    __m512bh x = (__m512bh) _mm512_set1_epi32((int) a[(size_t) r * kp / 2 + p]);
-                    s[r][0] = _mm512_dpbf16_ps(s[r][0], x, v0);
-                    s[r][1] = _mm512_dpbf16_ps(s[r][1], x, v1);
-                }
-            }
-            for (int r = 0; r < 8; r++) {
-                _mm512_store_ps(acc + r * 32, s[r][0]);
-                _mm512_store_ps(acc + r * 32 + 16, s[r][1]);
-            }
-            if (cols > 0) store_block(acc, 32, rows, cols, alpha, panel_beta, cb, ldc);
+            block_8x32(m, n, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, panel_beta, c, ldc);
         }
     }
 }
@@ -439,7 +456,7 @@ long distillery_bf16_packed_b_bytes(int k, int n) {
 /* op(B) (k, n) packed into bp (distillery_bf16_packed_b_bytes(k, n) bytes, 64-byte aligned), for distillery_bf16_gemm_packed_b. */
 void distillery_bf16_pack_b(int trans_b, int k, int n, const void *b, int ldb, int b_bf16, uint16_t *bp) {
     if (n <= 0) return;
-    pack_b(trans_b, k, n, b, ldb, b_bf16, bp, round_up(k > 0 ? k : 1, 32), round_up(n, 32));
+    pack_b(trans_b, k, n, b, ldb, b_bf16, bp, round_up(k > 0 ? k : 1, 32), round_up(n, 32), 0);
 }
 
 /*
@@ -454,7 +471,7 @@ int distillery_bf16_gemm(int kind, int trans_a, int trans_b, int m, int n, int k
     uint16_t *bp = packing_buffer(((size_t) round_up(m, 32) * kp + (size_t) kp * np) * 2);
     if (bp == NULL) return 1;
     bp += (size_t) round_up(m, 32) * kp;   /* op(A) goes before it, in the same buffer */
-    pack_b(trans_b, k, n, b, ldb, b_bf16, bp, kp, np);
+    pack_b(trans_b, k, n, b, ldb, b_bf16, bp, kp, np, 0);
     return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, a_bf16, bp, beta, c, ldc);
 }
 
@@ -483,7 +500,7 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m,
     if (ap == NULL) return 1;
     if (bp == NULL) {
         uint16_t *own = ap + a_elements;
-        pack_b(trans_b, k, n, b, ldb, b_bf16, own, kp, np);
+        pack_b(trans_b, k, n, b, ldb, b_bf16, own, kp, np, 0);
         bp = own;
     }
     /* a shallow op(A) (one panel, as the LM head's weight gradient's k = chunk rows) is packed and
@@ -500,6 +517,44 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m,
             multiply(kind, br, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) i0 * ldc, ldc);
         }
     }
+}
+
+/*
+ * A causal product of one attention head, on the AVX512-BF16 path, in bands of `band` rows of C
+ * (a multiple of 32), as if each band were a GEMM call of its own (CpuKernels' attention, which
+ * makes those calls where this is not used): the same sums in the same order, so the same bits,
+ * with each operand packed once instead of once a band. Row i of C lies in band b = i / band,
+ * whose rows end at e = min(m, (b + 1) band):
+ *   CAUSAL_COLUMNS   C[i][j] for j < e only (q k^T: a band's scores as far as its last row's)
+ *   CAUSAL_K_TO      sums over k < e (p v: a band's probabilities reach no further)
+ *   CAUSAL_K_FROM    sums over k >= b band (p^T dout: the rows below a band's first)
+ * C's other entries are not written. A band's GEMM padded its own k to 32 and ran panels of KC from
+ * its first k; so do these sums. Returns 0, or 1 when the packing buffer could not be allocated.
+ */
+enum { CAUSAL_COLUMNS = 0, CAUSAL_K_TO = 1, CAUSAL_K_FROM = 2 };
+
+int distillery_bf16_gemm_causal(int mode, int band, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                                const void *a, int lda, int a_bf16, const void *b, int ldb, int b_bf16, float beta,
+                                float *c, int ldc) {
+    if (m <= 0 || n <= 0) return 0;
+    const int mp = round_up(m, 32), np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
+    uint16_t *ap = packing_buffer(((size_t) mp * kp + (size_t) kp * np) * 2);
+    if (ap == NULL) return 1;
+    uint16_t *bp = ap + (size_t) mp * kp;
+    pack_b(trans_b, k, n, b, ldb, b_bf16, bp, kp, np, 1);
+    pack_a(trans_a, m, k, a, lda, a_bf16, ap, mp, kp, 1);
+    for (int i0 = 0; i0 < m; i0 += 8) {
+        const int first = i0 / band * band, end = m - first < band ? m : first + band;
+        const int cols = mode == CAUSAL_COLUMNS ? end : n;
+        const int k0 = mode == CAUSAL_K_FROM ? first : 0, k1 = mode == CAUSAL_K_TO ? round_up(end, 32) : kp;
+        for (int kc = k0; kc < k1; kc += KC) {
+            const int kend = k1 - kc < KC ? k1 : kc + KC;
+            for (int j0 = 0; j0 < cols; j0 += 32) {
+                block_8x32(m, cols, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, kc == k0 ? beta : 1.f, c, ldc);
+            }
+        }
+    }
+    return 0;
 }
 
 static volatile float peak_sink;

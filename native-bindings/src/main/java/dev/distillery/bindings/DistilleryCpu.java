@@ -26,20 +26,20 @@ public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 8;
+    public static final int ABI = 9;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
     private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
-            BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_DOT_PEAK;
+            BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_GEMM_CAUSAL, BF16_DOT_PEAK;
     private static final String STATUS;
     private static final int BF16_KIND;
 
     static {
         MethodHandle row = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
-                claimedRows = null, dotPeak = null;
+                claimedRows = null, causal = null, dotPeak = null;
         int bf16Kind = BF16_NONE;
         String status;
         try {
@@ -88,6 +88,8 @@ public final class DistilleryCpu {
                                 FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, i, p, f, p, i));
                         claimedRows = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_claimed_rows"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, p, f, p, i, p, i));
+                        causal = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_causal"),
+                                FunctionDescriptor.of(i, i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i));
                         dotPeak = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_dot_peak"), FunctionDescriptor.of(p, p));
                         bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
@@ -108,6 +110,7 @@ public final class DistilleryCpu {
         BF16_PACK_B = packB;
         BF16_GEMM_PACKED_B = bf16Packed;
         BF16_GEMM_CLAIMED_ROWS = claimedRows;
+        BF16_GEMM_CAUSAL = causal;
         BF16_DOT_PEAK = dotPeak;
         BF16_KIND = bf16Kind;
         STATUS = status;
@@ -210,6 +213,24 @@ public final class DistilleryCpu {
                     b, ldb, bBf16 ? 1 : 0, bp, beta, c, ldc, nextRow, claimRows);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm_claimed_rows failed", e);
+        }
+    }
+
+    /** {@code distillery_bf16_gemm_causal}'s modes: which part of C a band of rows forms (the C file says how). */
+    public static final int CAUSAL_COLUMNS = 0, CAUSAL_K_TO = 1, CAUSAL_K_FROM = 2;
+
+    /**
+     * {@code distillery_bf16_gemm_causal}: one attention head's causal product on the AVX512-BF16
+     * path, in bands of {@code band} rows (a multiple of 32) of C, with the bits of one
+     * {@link #bf16Gemm} call per band and each operand packed once.
+     */
+    public static int bf16GemmCausal(int mode, int band, boolean transA, boolean transB, int m, int n, int k, float alpha,
+                                     long a, int lda, boolean aBf16, long b, int ldb, boolean bBf16, float beta, long c, int ldc) {
+        try {
+            return (int) BF16_GEMM_CAUSAL.invokeExact(mode, band, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0,
+                    b, ldb, bBf16 ? 1 : 0, beta, c, ldc);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_bf16_gemm_causal failed", e);
         }
     }
 

@@ -116,6 +116,22 @@ final class Bf16Gemm implements Gemm {
         requirePacked(status, m, n, k);
     }
 
+    /** Whether {@link #causal} runs here: on the AVX512-BF16 path (on AMX, attention makes a call a band). */
+    boolean hasCausal() {
+        return kind == DistilleryCpu.BF16_AVX512;
+    }
+
+    /**
+     * One attention head's causal product, fp32 operands, in bands of {@code band} rows of C with
+     * the bits of one {@link #sgemm} a band ({@code distillery_bf16_gemm_causal}; mode one of
+     * {@code DistilleryCpu.CAUSAL_*}). The caller has checked that every operand lies in its segment.
+     */
+    void causal(int mode, int band, boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda,
+                MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        requirePacked(DistilleryCpu.bf16GemmCausal(mode, band, transA, transB, m, n, k, alpha, a.address(), lda, false,
+                b.address(), ldb, false, beta, c.address(), ldc), m, n, k);
+    }
+
     /** The native GEMM's status: 1 when its packing buffer could not be allocated (nothing was written). */
     private static void requirePacked(int status, int m, int n, int k) {
         if (status != 0) throw new OutOfMemoryError("bf16 GEMM " + m + "x" + n + "x" + k + ": no memory for its packed operands");

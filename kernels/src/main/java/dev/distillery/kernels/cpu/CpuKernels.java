@@ -12,6 +12,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.concurrent.atomic.AtomicInteger;
 
+import dev.distillery.bindings.DistilleryCpu;
 import dev.distillery.bindings.OpenBlasLibrary;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
@@ -700,6 +701,43 @@ public final class CpuKernels implements Kernels {
     /** Rows of the scores per GEMM band: fewer, wider calls at 64 than at 32 (one call per band per product). */
     private static final int CAUSAL_ROWS = 64;
 
+    /**
+     * Which part of C a band of rows [i0, i1) forms in {@link #causalProduct}: COLUMNS its columns
+     * [0, i1) (q kᵀ and dout vᵀ: the scores as far as the band's last row's), K_TO the sums over
+     * k &lt; i1 (att v and dpre k: the probabilities reach no further), K_FROM the sums over k ≥ i0
+     * (attᵀ dout and dpreᵀ q: the rows below the band's first).
+     */
+    private enum Causal { COLUMNS, K_TO, K_FROM }
+
+    /**
+     * One head's causal product C (t, n) = alpha op(A) op(B) + beta C in bands of CAUSAL_ROWS rows,
+     * op(A) (t, k) and op(B) (k, n), with k = t for K_TO and K_FROM and n = t for COLUMNS; C's other
+     * entries are left as they are. A GEMM call a band, or on the AVX512-BF16 path one native call
+     * that packs each operand once and gives the same bits (docs/KERNELS.md#causal-self-attention).
+     */
+    private void causalProduct(Causal mode, boolean transA, boolean transB, int t, int n, int k, float alpha,
+                               MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        if (gemm instanceof Bf16Gemm bf16 && bf16.hasCausal()) {
+            int cols = mode == Causal.COLUMNS ? t : n;
+            int code = switch (mode) {
+                case COLUMNS -> DistilleryCpu.CAUSAL_COLUMNS;
+                case K_TO -> DistilleryCpu.CAUSAL_K_TO;
+                case K_FROM -> DistilleryCpu.CAUSAL_K_FROM;
+            };
+            bf16.causal(code, CAUSAL_ROWS, transA, transB, t, n, k, alpha,
+                    a.asSlice(0, 4L * (transA ? (long) (k - 1) * lda + t : (long) (t - 1) * lda + k)), lda,
+                    b.asSlice(0, 4L * (transB ? (long) (n - 1) * ldb + k : (long) (k - 1) * ldb + n)), ldb,
+                    beta, c.asSlice(0, 4L * ((long) (t - 1) * ldc + cols)), ldc);
+            return;
+        }
+        for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
+            int i1 = Math.min(t, i0 + CAUSAL_ROWS), k0 = mode == Causal.K_FROM ? i0 : 0;
+            gemm.sgemm(transA, transB, i1 - i0, mode == Causal.COLUMNS ? i1 : n, mode == Causal.K_TO ? i1 : k - k0, alpha,
+                    a.asSlice(4L * (transA ? (long) k0 * lda + i0 : (long) i0 * lda + k0)), lda,
+                    b.asSlice(4L * (transB ? k0 : (long) k0 * ldb)), ldb, beta, c.asSlice(4L * i0 * ldc), ldc);
+        }
+    }
+
     @Override
     public void attentionForward(MemorySegment out, DType outType, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
         boolean bf16 = writesBf16(outType, "attention");
@@ -713,12 +751,8 @@ public final class CpuKernels implements Kernels {
                 long q = (long) bb * t * c3 + (long) h * hs;
                 MemorySegment attBh = attentionProbs(att, qkv, bh, q, t, c, hs);
                 // out_h = att · v (t, hs), rows of stride c; rows [i0, i1) read att's first i1 columns
-                for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
-                    int i1 = Math.min(t, i0 + CAUSAL_ROWS);
-                    gemm.sgemm(false, false, i1 - i0, hs, i1, 1f, attBh.asSlice(4L * i0 * t), t, qkv.asSlice(4 * (q + 2L * c)), c3,
-                            0f, bf16 ? y.asSlice(4L * i0 * hs) : out.asSlice(4 * ((long) bb * t * c + (long) i0 * c + (long) h * hs)),
-                            bf16 ? hs : c);
-                }
+                causalProduct(Causal.K_TO, false, false, t, hs, t, 1f, attBh, t, qkv.asSlice(4 * (q + 2L * c)), c3,
+                        0f, bf16 ? y : out.asSlice(4 * ((long) bb * t * c + (long) h * hs)), bf16 ? hs : c);
                 if (bf16) {
                     for (int i = 0; i < t; i++) roundRow(y, (long) i * hs, out, (long) bb * t * c + (long) i * c + (long) h * hs, hs);
                 }
@@ -752,11 +786,7 @@ public final class CpuKernels implements Kernels {
         float scale = (float) (1.0 / Math.sqrt(hs));
         int c3 = 3 * c;
         MemorySegment attBh = att.asSlice(4L * bh * t * t);
-        for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
-            int i1 = Math.min(t, i0 + CAUSAL_ROWS);
-            gemm.sgemm(false, true, i1 - i0, i1, hs, scale, qkv.asSlice(4 * (q + (long) i0 * c3)), c3, qkv.asSlice(4 * (q + c)), c3,
-                    0f, attBh.asSlice(4L * i0 * t), t);
-        }
+        causalProduct(Causal.COLUMNS, false, true, t, t, hs, scale, qkv.asSlice(4 * q), c3, qkv.asSlice(4 * (q + c)), c3, 0f, attBh, t);
         for (int i = 0; i < t; i++) {
             long row = (long) i * t;
             float mx = VectorOps.max(attBh, row, i + 1);
@@ -804,17 +834,11 @@ public final class CpuKernels implements Kernels {
                 MemorySegment attBh = att.asSlice(4 * probs), dattBh = datt.asSlice(4 * probs);
                 long doutH = (long) bb * t * c + (long) h * hs;
                 // dv += attᵀ · dout: rows [j0, j1) of dv from att's rows j0.. (above them att is 0)
-                for (int j0 = 0; j0 < t; j0 += CAUSAL_ROWS) {
-                    int j1 = Math.min(t, j0 + CAUSAL_ROWS);
-                    gemm.sgemm(true, false, j1 - j0, hs, t - j0, 1f, attBh.asSlice(4L * ((long) j0 * t + j0)), t, dout.asSlice(4 * (doutH + (long) j0 * c)), c,
-                            1f, dqkv.asSlice(4 * (q + 2L * c + (long) j0 * c3)), c3);
-                }
+                causalProduct(Causal.K_FROM, true, false, t, hs, t, 1f, attBh, t, dout.asSlice(4 * doutH), c,
+                        1f, dqkv.asSlice(4 * (q + 2L * c)), c3);
                 // datt = dout · vᵀ, rows [i0, i1) as far as column i1
-                for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
-                    int i1 = Math.min(t, i0 + CAUSAL_ROWS);
-                    gemm.sgemm(false, true, i1 - i0, i1, hs, 1f, dout.asSlice(4 * (doutH + (long) i0 * c)), c, qkv.asSlice(4 * (q + 2L * c)), c3,
-                            0f, dattBh.asSlice(4L * i0 * t), t);
-                }
+                causalProduct(Causal.COLUMNS, false, true, t, t, hs, 1f, dout.asSlice(4 * doutH), c, qkv.asSlice(4 * (q + 2L * c)), c3,
+                        0f, dattBh, t);
                 // softmax backward, with the 1/√hs of the scores folded in: dpre = scale · att ⊙ (datt − Σ att·datt)
                 for (int i = 0; i < t; i++) {
                     long row = (long) i * t;
@@ -822,16 +846,8 @@ public final class CpuKernels implements Kernels {
                     VectorOps.fill(dattBh, row + i + 1, t - i - 1, 0f);
                 }
                 // dq += dpre · k, rows [i0, i1) from dpre's first i1 columns; dk += dpreᵀ · q, rows [j0, j1) from dpre's rows j0..
-                for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
-                    int i1 = Math.min(t, i0 + CAUSAL_ROWS);
-                    gemm.sgemm(false, false, i1 - i0, hs, i1, 1f, dattBh.asSlice(4L * i0 * t), t, qkv.asSlice(4 * (q + c)), c3,
-                            1f, dqkv.asSlice(4 * (q + (long) i0 * c3)), c3);
-                }
-                for (int j0 = 0; j0 < t; j0 += CAUSAL_ROWS) {
-                    int j1 = Math.min(t, j0 + CAUSAL_ROWS);
-                    gemm.sgemm(true, false, j1 - j0, hs, t - j0, 1f, dattBh.asSlice(4L * ((long) j0 * t + j0)), t, qkv.asSlice(4 * (q + (long) j0 * c3)), c3,
-                            1f, dqkv.asSlice(4 * (q + c + (long) j0 * c3)), c3);
-                }
+                causalProduct(Causal.K_TO, false, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * (q + c)), c3, 1f, dqkv.asSlice(4 * q), c3);
+                causalProduct(Causal.K_FROM, true, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * q), c3, 1f, dqkv.asSlice(4 * (q + c)), c3);
             }
         });
     }

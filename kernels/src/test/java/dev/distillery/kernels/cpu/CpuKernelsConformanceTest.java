@@ -19,6 +19,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
+import dev.distillery.bindings.DistilleryCpu;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.ParameterSpans;
 import dev.distillery.kernels.Precision;
@@ -382,6 +383,47 @@ class CpuKernelsConformanceTest {
             kernels.attentionForward(out16, DType.BF16, att16, qkv, b, t, c, nh);
             assertRoundedBitForBit(out, out16, n, "attention");
             assertEquals(-1L, att.mismatch(att16), "the probabilities beside a bf16 output");
+        }
+    }
+
+    /**
+     * Attention's causal products in one native call a head give the bits of one bf16 GEMM call a
+     * band of 64 rows, in all three modes: scores as far as a band's last row (q kᵀ), sums up to it
+     * (p v) and from its first row (pᵀ dout); strided operands as inside qkv, t of a part of a band,
+     * of bands and a ragged last band, and past a panel of k (1,100); C poisoned or accumulated into.
+     */
+    @ParameterizedTest
+    @CsvSource({"37, 24", "200, 64", "256, 64", "1100, 40"})
+    void causalProductsGiveTheBitsOfOneGemmABand(int t, int hs) {
+        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        Bf16Gemm gemm = new Bf16Gemm();
+        assumeTrue(gemm.hasCausal(), "skipped: the causal products run on the AVX512-BF16 path only");
+        int band = 64, ld = 3 * hs + 5;
+        Random random = new Random(t * 7L + hs);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment x = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, t * ld));
+            MemorySegment y = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, t * ld));
+            MemorySegment p = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, t * t));
+            float[] start = gaussians(random, t * Math.max(t, ld));
+            start[3] = Float.NaN;
+            int[][] modes = {{DistilleryCpu.CAUSAL_COLUMNS, 0, 1}, {DistilleryCpu.CAUSAL_K_TO, 0, 0}, {DistilleryCpu.CAUSAL_K_FROM, 1, 0}};
+            for (int[] mode : modes) {
+                for (float beta : new float[]{0f, 1f}) {
+                    boolean transA = mode[1] == 1, transB = mode[2] == 1, columns = mode[0] == DistilleryCpu.CAUSAL_COLUMNS;
+                    // COLUMNS: q (t, hs) kᵀ, C (t, t); the others: p (t, t) or pᵀ times v (t, hs), C (t, hs) of stride ld
+                    MemorySegment a = columns ? x : p, b = columns ? y : x;
+                    int n = columns ? t : hs, k = columns ? hs : t, lda = columns ? ld : t, ldc = columns ? t : ld;
+                    MemorySegment want = arena.allocateFrom(ValueLayout.JAVA_FLOAT, start), got = arena.allocateFrom(ValueLayout.JAVA_FLOAT, start);
+                    for (int i0 = 0; i0 < t; i0 += band) {
+                        int i1 = Math.min(t, i0 + band), k0 = mode[0] == DistilleryCpu.CAUSAL_K_FROM ? i0 : 0;
+                        gemm.sgemm(transA, transB, i1 - i0, columns ? i1 : n, mode[0] == DistilleryCpu.CAUSAL_K_TO ? i1 : k - k0, 0.125f,
+                                a.asSlice(4L * (transA ? (long) k0 * lda + i0 : (long) i0 * lda + k0)), lda,
+                                b.asSlice(4L * (transB ? k0 : (long) k0 * ld)), ld, beta, want.asSlice(4L * i0 * ldc), ldc);
+                    }
+                    gemm.causal(mode[0], band, transA, transB, t, n, k, 0.125f, a, lda, b, ld, beta, got, ldc);
+                    assertEquals(-1L, want.mismatch(got), "mode " + mode[0] + ", beta " + beta + ", t " + t + ", hs " + hs);
+                }
+            }
         }
     }
 
