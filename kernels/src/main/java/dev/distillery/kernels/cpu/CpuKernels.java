@@ -10,6 +10,7 @@ import static dev.distillery.kernels.cpu.VectorOps.set;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.Objects;
 import java.util.concurrent.atomic.AtomicInteger;
 
 import dev.distillery.bindings.DistilleryCpu;
@@ -884,6 +885,9 @@ public final class CpuKernels implements Kernels {
                                    int n, int v, int ignoreIndex, boolean writeGradient, float gradScale) {
         int chunks = pool.chunks(n, 1);
         int[] valid = new int[chunks];
+        // the native rows' scratch per chunk: 4 doubles out, the block maxima, e (v floats), each 64-byte aligned
+        long blocks = (v + FusedDistillLoss.BLOCK - 1) / FusedDistillLoss.BLOCK, perChunk = 16 + (blocks + 15) / 16 * 16 + (v + 15L) / 16 * 16;
+        MemorySegment scratch = nativeCrossEntropy && DistilleryCpu.available() ? chunkScratch(chunks, perChunk) : null;
         pool.forEachChunk(n, 1, (chunk, start, end) -> {
             for (int r = start; r < end; r++) {
                 int target = targets.getAtIndex(I32, r);
@@ -898,22 +902,50 @@ public final class CpuKernels implements Kernels {
                             + " is outside [0, " + v + ") and is not the ignore index " + ignoreIndex);
                 }
                 valid[chunk]++;
-                float mx = VectorOps.max(logits, o, v);
                 float xTarget = get(logits, o + target);
-                // With writeGradient the exponentials overwrite the logits; they are scaled below. The next
-                // row of this chunk is fetched meanwhile, for its max pass.
                 long nextRow = (long) Math.min(r + 1, end - 1) * v * 4L;
-                float sum = VectorOps.expSumFetching(logits, o, v, mx, writeGradient ? logits : null, o, nextRow, nextRow + 4L * v - 1);
-                set(losses, r, (float) (Math.log(sum) + mx - xTarget));
-                if (writeGradient) {
-                    VectorOps.scale(logits, o, v, gradScale / sum);
-                    set(logits, o + target, get(logits, o + target) - gradScale);
+                if (scratch != null) {
+                    set(losses, r, crossEntropyRow(logits, o, v, nextRow, scratch.asSlice(4L * chunk * perChunk, 4L * perChunk), 16 + (blocks + 15) / 16 * 16,
+                            xTarget, writeGradient, gradScale));
+                } else {
+                    float mx = VectorOps.max(logits, o, v);
+                    // With writeGradient the exponentials overwrite the logits; they are scaled below. The next
+                    // row of this chunk is fetched meanwhile, for its max pass.
+                    float sum = VectorOps.expSumFetching(logits, o, v, mx, writeGradient ? logits : null, o, nextRow, nextRow + 4L * v - 1);
+                    set(losses, r, (float) (Math.log(sum) + mx - xTarget));
+                    if (writeGradient) VectorOps.scale(logits, o, v, gradScale / sum);
                 }
+                if (writeGradient) set(logits, o + target, get(logits, o + target) - gradScale);
             }
         });
         int total = 0;
         for (int count : valid) total += count;
         return total;
+    }
+
+    /** For tests: the cross-entropy rows in C where the native library runs (true, the default) or in Java (false). */
+    static void nativeCrossEntropy(boolean on) {
+        nativeCrossEntropy = on;
+    }
+
+    private static volatile boolean nativeCrossEntropy = true;
+
+    /**
+     * Row o of the logits through the sparse rows' C passes at T = 1 (docs/KERNELS.md, "The native
+     * row"): e = exp(s − m) by blocks with the lazy maximum, then, with writeGradient, gradScale ·
+     * softmax over the logits (the caller subtracts gradScale at the target). Scratch: 4 doubles,
+     * the block maxima from float eOffset − (its room), e from float eOffset. Returns the row's loss.
+     */
+    private static float crossEntropyRow(MemorySegment logits, long o, int v, long nextRow, MemorySegment scratch, long eOffset,
+                                         float xTarget, boolean writeGradient, float gradScale) {
+        Objects.checkFromIndexSize(o * 4L, 4L * v, logits.byteSize());
+        Objects.checkFromIndexSize(nextRow, 4L * v, logits.byteSize());
+        long out = scratch.address(), blockMax = out + 64, e = scratch.address() + 4L * eOffset;
+        DistilleryCpu.studentPass(logits.address() + o * 4L, v, 1f, 1, e, blockMax, logits.address() + nextRow, 4L * v, out);
+        float m = (float) scratch.getAtIndex(ValueLayout.JAVA_DOUBLE, 0);
+        double logZ = scratch.getAtIndex(ValueLayout.JAVA_DOUBLE, 1);
+        if (writeGradient) DistilleryCpu.squaredGradient(logits.address() + o * 4L, e, blockMax, v, m, 1f, (float) logZ, (float) logZ, 0f, gradScale);
+        return (float) (logZ + m - xTarget);
     }
 
     // ---------------------------------------------------------------- rows of logits

@@ -427,6 +427,43 @@ class CpuKernelsConformanceTest {
         }
     }
 
+    /**
+     * Cross-entropy rows in C (the sparse rows' passes at T = 1) and in Java against float64, loss
+     * and gradient: one column, a few, rows over several blocks with the maximum in a later block
+     * than the first (the lazy maximum is raised), an ignored row; outputs poisoned.
+     */
+    @ParameterizedTest
+    @CsvSource({"3, 1", "5, 17", "4, 4099"})
+    void crossEntropyRowsInCAndInJavaMatchFloat64(int n, int v) {
+        Random random = new Random(n * 100L + v);
+        double[] logits = new double[n * v];
+        for (int i = 0; i < logits.length; i++) logits[i] = 4 * random.nextGaussian();
+        if (v > 2048) logits[v + 3000] = 90;   // row 1: far above its first block's maximum
+        int[] targets = new int[n];
+        for (int i = 0; i < n; i++) targets[i] = random.nextInt(v);
+        targets[n - 1] = -100;
+        double[] dlogits = new double[n * v];
+        double[] losses = ReferenceKernels.softmaxCrossEntropy(logits, targets, n, v, -100, dlogits, 0.5);
+        for (boolean inC : new boolean[]{true, false}) {
+            CpuKernels.nativeCrossEntropy(inC);
+            try (CpuKernels kernels = new CpuKernels(2, "auto"); Arena arena = Arena.ofShared()) {
+                float[] x = new float[n * v];
+                for (int i = 0; i < x.length; i++) x[i] = (float) logits[i];
+                MemorySegment g = arena.allocateFrom(ValueLayout.JAVA_FLOAT, x), l = arena.allocate(4L * n, 64);
+                l.fill((byte) 0x7f);
+                assertEquals(n - 1, kernels.softmaxCrossEntropy(l, g, arena.allocateFrom(ValueLayout.JAVA_INT, targets), n, v, -100, true, 0.5f));
+                for (int r = 0; r < n; r++) {
+                    assertEquals(losses[r], l.getAtIndex(ValueLayout.JAVA_FLOAT, r), 2e-5 * Math.max(1, Math.abs(losses[r])), (inC ? "C" : "Java") + " loss " + r);
+                }
+                double worst = 0;
+                for (int i = 0; i < n * v; i++) worst = Math.max(worst, Math.abs(dlogits[i] - g.getAtIndex(ValueLayout.JAVA_FLOAT, i)));
+                assertTrue(worst < 1e-6, (inC ? "C" : "Java") + " gradient off by " + worst);
+            } finally {
+                CpuKernels.nativeCrossEntropy(true);
+            }
+        }
+    }
+
     /** The vector rounding against the scalar one and the instructions' rules: ties to even, subnormals to signed zero, NaN quiet, infinities kept. */
     @Test
     void bf16RoundingOfVectorsMatchesTheScalarRuleOnEdgeValues() {
