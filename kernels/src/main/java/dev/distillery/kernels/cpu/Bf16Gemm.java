@@ -128,6 +128,7 @@ final class Bf16Gemm implements Gemm {
      */
     void causal(int mode, int band, boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda,
                 MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        if (band <= 0 || band % 32 != 0) throw new IllegalArgumentException("causal bands of " + band + " rows: a positive multiple of 32");
         requirePacked(DistilleryCpu.bf16GemmCausal(mode, band, transA, transB, m, n, k, alpha, a.address(), lda, false,
                 b.address(), ldb, false, beta, c.address(), ldc), m, n, k);
     }
