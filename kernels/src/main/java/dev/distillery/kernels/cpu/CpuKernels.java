@@ -790,10 +790,14 @@ public final class CpuKernels implements Kernels {
         causalProduct(Causal.COLUMNS, false, true, t, t, hs, scale, qkv.asSlice(4 * q), c3, qkv.asSlice(4 * (q + c)), c3, 0f, attBh, t);
         for (int i = 0; i < t; i++) {
             long row = (long) i * t;
-            float mx = VectorOps.max(attBh, row, i + 1);
-            float sum = VectorOps.expSum(attBh, row, i + 1, mx, attBh, row);
-            VectorOps.scale(attBh, row, i + 1, 1f / sum);
-            VectorOps.fill(attBh, row + i + 1, t - i - 1, 0f);
+            // the row's softmax over whole vectors: the scores past the diagonal up to the next
+            // multiple of a vector (written by the product, whose band reaches that far) set to -inf
+            int n = paddedRow(i + 1, t);
+            VectorOps.fill(attBh, row + i + 1, n - i - 1, Float.NEGATIVE_INFINITY);
+            float mx = VectorOps.max(attBh, row, n);
+            float sum = VectorOps.expSum(attBh, row, n, mx, attBh, row);
+            VectorOps.scale(attBh, row, n, 1f / sum);
+            VectorOps.fill(attBh, row + n, t - n, 0f);
         }
         return attBh;
     }
@@ -843,7 +847,8 @@ public final class CpuKernels implements Kernels {
                 // softmax backward, with the 1/√hs of the scores folded in: dpre = scale · att ⊙ (datt − Σ att·datt)
                 for (int i = 0; i < t; i++) {
                     long row = (long) i * t;
-                    VectorOps.softmaxBackward(attBh, dattBh, row, i + 1, scale);
+                    // over whole vectors as in the forward (att is 0 past the diagonal), then +0 past it
+                    VectorOps.softmaxBackward(attBh, dattBh, row, paddedRow(i + 1, t), scale);
                     VectorOps.fill(dattBh, row + i + 1, t - i - 1, 0f);
                 }
                 // dq += dpre · k, rows [i0, i1) from dpre's first i1 columns; dk += dpreᵀ · q, rows [j0, j1) from dpre's rows j0..
@@ -851,6 +856,14 @@ public final class CpuKernels implements Kernels {
                 causalProduct(Causal.K_FROM, true, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * q), c3, 1f, dqkv.asSlice(4 * (q + c)), c3);
             }
         });
+    }
+
+    /**
+     * A causal row of n entries widened to a whole number of vectors, at most t: within the band
+     * of CAUSAL_ROWS (a multiple of a vector) the row lies in, so its products wrote those columns.
+     */
+    private static int paddedRow(int n, int t) {
+        return Math.min(t, (n + LANES - 1) / LANES * LANES);
     }
 
     private static int headSize(int c, int nh) {
