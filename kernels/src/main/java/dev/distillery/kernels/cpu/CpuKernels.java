@@ -898,8 +898,10 @@ public final class CpuKernels implements Kernels {
                                    int n, int v, int ignoreIndex, boolean writeGradient, float gradScale) {
         int chunks = pool.chunks(n, 1);
         int[] valid = new int[chunks];
-        // the native rows' scratch per chunk: 4 doubles out, the block maxima, e (v floats), each 64-byte aligned
-        long blocks = (v + FusedDistillLoss.BLOCK - 1) / FusedDistillLoss.BLOCK, perChunk = 16 + (blocks + 15) / 16 * 16 + (v + 15L) / 16 * 16;
+        // the native rows' scratch per chunk, in floats: 4 doubles out at 0, the block maxima at 16, e (v floats) at
+        // eOffset, each 64-byte aligned
+        long blocks = (v + FusedDistillLoss.BLOCK - 1) / FusedDistillLoss.BLOCK, eOffset = 16 + (blocks + 15) / 16 * 16;
+        long perChunk = eOffset + (v + 15L) / 16 * 16;
         MemorySegment scratch = nativeCrossEntropy && DistilleryCpu.available() ? chunkScratch(chunks, perChunk) : null;
         pool.forEachChunk(n, 1, (chunk, start, end) -> {
             for (int r = start; r < end; r++) {
@@ -918,7 +920,7 @@ public final class CpuKernels implements Kernels {
                 float xTarget = get(logits, o + target);
                 long nextRow = (long) Math.min(r + 1, end - 1) * v * 4L;
                 if (scratch != null) {
-                    set(losses, r, crossEntropyRow(logits, o, v, nextRow, scratch.asSlice(4L * chunk * perChunk, 4L * perChunk), 16 + (blocks + 15) / 16 * 16,
+                    set(losses, r, crossEntropyRow(logits, o, v, nextRow, scratch.asSlice(4L * chunk * perChunk, 4L * perChunk), eOffset,
                             xTarget, writeGradient, gradScale));
                 } else {
                     float mx = VectorOps.max(logits, o, v);
@@ -946,14 +948,14 @@ public final class CpuKernels implements Kernels {
     /**
      * Row o of the logits through the sparse rows' C passes at T = 1 (docs/KERNELS.md, "The native
      * row"): e = exp(s − m) by blocks with the lazy maximum, then, with writeGradient, gradScale ·
-     * softmax over the logits (the caller subtracts gradScale at the target). Scratch: 4 doubles,
-     * the block maxima from float eOffset − (its room), e from float eOffset. Returns the row's loss.
+     * softmax over the logits (the caller subtracts gradScale at the target). Scratch: 4 doubles at
+     * its start, the block maxima from float 16, e from float eOffset. Returns the row's loss.
      */
     private static float crossEntropyRow(MemorySegment logits, long o, int v, long nextRow, MemorySegment scratch, long eOffset,
                                          float xTarget, boolean writeGradient, float gradScale) {
         Objects.checkFromIndexSize(o * 4L, 4L * v, logits.byteSize());
         Objects.checkFromIndexSize(nextRow, 4L * v, logits.byteSize());
-        long out = scratch.address(), blockMax = out + 64, e = scratch.address() + 4L * eOffset;
+        long out = scratch.address(), blockMax = out + 4L * 16, e = out + 4L * eOffset;
         DistilleryCpu.studentPass(logits.address() + o * 4L, v, 1f, 1, e, blockMax, logits.address() + nextRow, 4L * v, out);
         float m = (float) scratch.getAtIndex(ValueLayout.JAVA_DOUBLE, 0);
         double logZ = scratch.getAtIndex(ValueLayout.JAVA_DOUBLE, 1);
