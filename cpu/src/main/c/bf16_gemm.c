@@ -263,16 +263,21 @@ PACK static void pack_b(int trans, int k, int n, const void *b, int ldb, int b_b
     }
 }
 
-/* C[i0 + r][j0 + c] = alpha acc[r][c] + beta C (C not read when beta is 0), for the rows and columns that exist. */
-PACK static void store_block(const float *acc, int ld_acc, int rows, int cols, float alpha, float beta, float *c, int ldc) {
+/*
+ * C[i0 + r][j0 + c] = alpha acc[r][c] + beta X[r][c] (X not read when beta is 0), for the rows and
+ * columns that exist; X is C itself (x = c, ldx = ldc) or, in a first panel with a bias, the bias
+ * row for every row (x = bias + j0, ldx = 0): the bits of that row copied into C before the GEMM.
+ */
+PACK static void store_block(const float *acc, int ld_acc, int rows, int cols, float alpha, float beta, float *c, int ldc,
+                             const float *x, size_t ldx) {
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     for (int r = 0; r < rows; r++) {
         float *out = c + (size_t) r * ldc;
-        const float *in = acc + (size_t) r * ld_acc;
+        const float *in = acc + (size_t) r * ld_acc, *add = x + r * ldx;
         for (int q = 0; q < cols; q += 16) {
             const __mmask16 live = cols - q >= 16 ? 0xffff : (__mmask16) ((1u << (cols - q)) - 1);
             __m512 v = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(live, in + q));
-            if (beta != 0.f) v = _mm512_add_ps(v, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(live, out + q)));
+            if (beta != 0.f) v = _mm512_add_ps(v, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(live, add + q)));
             _mm512_mask_storeu_ps(out + q, live, v);
         }
     }
@@ -288,7 +293,7 @@ struct tile_config {
 
 /* tmm0..3: C (2 x 2 tiles of 16 x 16 fp32), tmm4..5: A (16 rows x 32 bf16), tmm6..7: B (16 pair rows x 16 columns). */
 AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
-                         float alpha, float beta, float *c, int ldc) {
+                         float alpha, float beta, float *c, int ldc, const float *bias) {
     struct tile_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -321,6 +326,10 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
             const int direct = rows == 32 && cols == 32 && alpha == 1.f && (panel_beta == 0.f || panel_beta == 1.f);
             float *cb = c + (size_t) i0 * ldc + j0;
             const size_t c_stride = (size_t) ldc * 4;
+            const float *first_bias = kc == 0 && bias != NULL ? bias + j0 : NULL;
+            if (direct && panel_beta == 1.f && first_bias != NULL) {
+                for (int r = 0; r < 32; r++) memcpy(cb + (size_t) r * ldc, first_bias, 32 * 4);   /* in L1, for the tile loads */
+            }
             if (direct && panel_beta == 1.f) {
                 _tile_loadd(0, cb, c_stride);
                 _tile_loadd(1, cb + 16, c_stride);
@@ -353,7 +362,9 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
             _tile_stored(1, acc + 16, 128);
             _tile_stored(2, acc + 16 * 32, 128);
             _tile_stored(3, acc + 16 * 32 + 16, 128);
-            if (rows > 0 && cols > 0) store_block(acc, 32, rows, cols, alpha, panel_beta, c + (size_t) i0 * ldc + j0, ldc);
+            if (rows > 0 && cols > 0) {
+                store_block(acc, 32, rows, cols, alpha, panel_beta, cb, ldc, first_bias != NULL ? first_bias : cb, first_bias != NULL ? 0 : (size_t) ldc);
+            }
         }
     }
     _tile_release();
@@ -378,7 +389,7 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
  * written) then arrives during the block's 2,000-odd cycles of dot products instead of after.
  */
 PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, const uint16_t *bp, int i0, int j0, int p0, int p1,
-                                   float alpha, float beta, float *c, int ldc) {
+                                   float alpha, float beta, float *c, int ldc, const float *bias) {
     float acc[8 * 32] __attribute__((aligned(64)));
     const size_t b_block = (size_t) kp * 16;
     const uint32_t *b0 = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block), *b1 = b0 + b_block / 2;
@@ -406,12 +417,12 @@ PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, con
         _mm512_store_ps(acc + r * 32, s[r][0]);
         _mm512_store_ps(acc + r * 32 + 16, s[r][1]);
     }
-    store_block(acc, 32, rows, cols, alpha, beta, cb, ldc);
+    store_block(acc, 32, rows, cols, alpha, beta, cb, ldc, bias != NULL ? bias + j0 : cb, bias != NULL ? 0 : (size_t) ldc);
 }
 
 /* C (m, n) from packed op(A) and op(B) with dot products, 8 x 32 blocks, in bands of op(B) (above). */
 PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
-                             float alpha, float beta, float *c, int ldc) {
+                             float alpha, float beta, float *c, int ldc, const float *bias) {
     (void) mp;
     const int blocks_i = (m + 7) / 8, blocks_j = np / 32;
     for (int kc = 0; kc < kp; kc += KC) {
@@ -422,29 +433,32 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
             const int first = t / (blocks_i * band) * band, width = blocks_j - first < band ? blocks_j - first : band;
             const int in_band = t - first * blocks_i;
             const int i0 = 8 * (in_band / width), j0 = 32 * (first + in_band % width);
-            block_8x32(m, n, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, panel_beta, c, ldc);
+            block_8x32(m, n, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, panel_beta, c, ldc, kc == 0 ? bias : NULL);
         }
     }
 }
 
-/* C (m, n) from packed op(A) and op(B) on the tiles or with dot products, as kind says. */
+/*
+ * C (m, n) from packed op(A) and op(B) on the tiles or with dot products, as kind says; with a bias
+ * (n floats, or NULL) the first panel adds beta times it where it would add beta times C.
+ */
 static void multiply(int kind, int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
-                     float alpha, float beta, float *c, int ldc) {
+                     float alpha, float beta, float *c, int ldc, const float *bias) {
     if (kind == BF16_AMX) {
-        gemm_amx(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
+        gemm_amx(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc, bias);
     } else {
-        gemm_avx512(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
+        gemm_avx512(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc, bias);
     }
 }
 
 /* op(A) packed into the calling thread's buffer, then the tiles or dot products against Bp. */
 static int gemm_packed(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
-                       const uint16_t *bp, float beta, float *c, int ldc) {
+                       const uint16_t *bp, float beta, float *c, int ldc, const float *bias) {
     int mp = round_up(m, 32), np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
     uint16_t *ap = packing_buffer((size_t) mp * kp * 2);
     if (ap == NULL) return 1;
     pack_a(trans_a, m, k, a, lda, a_bf16, ap, mp, kp, 0);
-    multiply(kind, m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc);
+    multiply(kind, m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc, bias);
     return 0;
 }
 
@@ -461,25 +475,28 @@ void distillery_bf16_pack_b(int trans_b, int k, int n, const void *b, int ldb, i
 
 /*
  * kind: BF16_AMX or BF16_AVX512 (as distillery_bf16_gemm_kind() allows); a_bf16, b_bf16: 1 where
- * that operand is stored as bf16, 0 for fp32. Returns 0, or 1 when the packing buffer could not be
- * allocated (nothing written).
+ * that operand is stored as bf16, 0 for fp32. bias: NULL, or n floats that stand in for every row
+ * of C as beta's operand (C = alpha op(A) op(B) + beta bias, C not read: a linear layer's output
+ * with the bits of its bias copied into every row first, without that pass over C). Returns 0, or
+ * 1 when the packing buffer could not be allocated (nothing written).
  */
 int distillery_bf16_gemm(int kind, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                         const void *a, int lda, int a_bf16, const void *b, int ldb, int b_bf16, float beta, float *c, int ldc) {
+                         const void *a, int lda, int a_bf16, const void *b, int ldb, int b_bf16, float beta, float *c, int ldc,
+                         const float *bias) {
     if (m <= 0 || n <= 0) return 0;
     int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
     uint16_t *bp = packing_buffer(((size_t) round_up(m, 32) * kp + (size_t) kp * np) * 2);
     if (bp == NULL) return 1;
     bp += (size_t) round_up(m, 32) * kp;   /* op(A) goes before it, in the same buffer */
     pack_b(trans_b, k, n, b, ldb, b_bf16, bp, kp, np, 0);
-    return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, a_bf16, bp, beta, c, ldc);
+    return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, a_bf16, bp, beta, c, ldc, bias);
 }
 
 /* distillery_bf16_gemm with op(B) as distillery_bf16_pack_b left it (a weight packed once for several calls). */
 int distillery_bf16_gemm_packed_b(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
-                                  const uint16_t *bp, float beta, float *c, int ldc) {
+                                  const uint16_t *bp, float beta, float *c, int ldc, const float *bias) {
     if (m <= 0 || n <= 0) return 0;
-    return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, a_bf16, bp, beta, c, ldc);
+    return gemm_packed(kind, trans_a, m, n, k, alpha, a, lda, a_bf16, bp, beta, c, ldc, bias);
 }
 
 /*
@@ -492,7 +509,8 @@ int distillery_bf16_gemm_packed_b(int kind, int trans_a, int m, int n, int k, fl
  */
 int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m, int n, int k, float alpha,
                                       const void *a, int lda, int a_bf16, const void *b, int ldb, int b_bf16,
-                                      const uint16_t *bp, float beta, float *c, int ldc, int *next_row, int claim_rows) {
+                                      const uint16_t *bp, float beta, float *c, int ldc, const float *bias, int *next_row,
+                                      int claim_rows) {
     if (m <= 0 || n <= 0) return 0;
     const int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32), claim = round_up(claim_rows > 0 ? claim_rows : 1, 32);
     const size_t a_elements = (size_t) claim * kp;
@@ -514,7 +532,7 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m,
         for (int b0 = 0; b0 < rows; b0 += block) {
             const int br = rows - b0 < block ? rows - b0 : block, mp = round_up(br, 32), i0 = r0 + b0;
             pack_a(trans_a, br, k, at(a, trans_a ? (size_t) i0 : (size_t) i0 * lda, a_bf16), lda, a_bf16, ap, mp, kp, block < claim);
-            multiply(kind, br, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) i0 * ldc, ldc);
+            multiply(kind, br, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) i0 * ldc, ldc, bias);
         }
     }
 }
@@ -550,7 +568,7 @@ int distillery_bf16_gemm_causal(int mode, int band, int trans_a, int trans_b, in
         for (int kc = k0; kc < k1; kc += KC) {
             const int kend = k1 - kc < KC ? k1 : kc + KC;
             for (int j0 = 0; j0 < cols; j0 += 32) {
-                block_8x32(m, cols, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, kc == k0 ? beta : 1.f, c, ldc);
+                block_8x32(m, cols, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, kc == k0 ? beta : 1.f, c, ldc, NULL);
             }
         }
     }

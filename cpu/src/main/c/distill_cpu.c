@@ -46,7 +46,7 @@ static const float E1 = 6.9314718246e-01f, E2 = 2.4022647738e-01f, E3 = 5.550332
 enum { ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3 };
 
 /* The interface version DistilleryCpu expects. */
-int distillery_cpu_abi(void) { return 9; }
+int distillery_cpu_abi(void) { return 10; }
 
 int distillery_cpu_supported(void) {
     __builtin_cpu_init();

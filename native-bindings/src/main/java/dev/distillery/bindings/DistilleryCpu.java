@@ -26,7 +26,7 @@ public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 9;
+    public static final int ABI = 10;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
@@ -79,15 +79,15 @@ public final class DistilleryCpu {
                         squared = linker.downcallHandle(lookup.findOrThrow("distillery_squared_gradient"),
                                 FunctionDescriptor.ofVoid(p, p, p, i, f, f, f, f, f, f), critical);
                         bf16 = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm"),
-                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i));
+                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i, p));
                         packedBytes = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_packed_b_bytes"),
                                 FunctionDescriptor.of(p, i, i), critical);
                         packB = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_pack_b"),
                                 FunctionDescriptor.ofVoid(i, i, i, p, i, i, p));
                         bf16Packed = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_packed_b"),
-                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, i, p, f, p, i));
+                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, i, p, f, p, i, p));
                         claimedRows = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_claimed_rows"),
-                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, p, f, p, i, p, i));
+                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, p, f, p, i, p, p, i));
                         causal = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_causal"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i));
                         dotPeak = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_dot_peak"), FunctionDescriptor.of(p, p));
@@ -141,13 +141,15 @@ public final class DistilleryCpu {
      * {@code distillery_bf16_gemm}: row-major {@code C = alpha op(A) op(B) + beta C} with A and B
      * rounded to bf16 and fp32 sums, on the calling thread; {@code kind} one that
      * {@link #bf16GemmKind()} allows; {@code aBf16}, {@code bBf16}: that operand is stored as bf16
-     * (read as it is), else fp32. Returns 0, or 1 when its packing buffers could not be allocated.
+     * (read as it is), else fp32. {@code bias}: 0, or the address of n floats that stand in for
+     * every row of C as beta's operand ({@code C = alpha op(A) op(B) + beta bias}, C not read).
+     * Returns 0, or 1 when its packing buffers could not be allocated.
      */
     public static int bf16Gemm(int kind, boolean transA, boolean transB, int m, int n, int k, float alpha,
-                               long a, int lda, boolean aBf16, long b, int ldb, boolean bBf16, float beta, long c, int ldc) {
+                               long a, int lda, boolean aBf16, long b, int ldb, boolean bBf16, float beta, long c, int ldc, long bias) {
         try {
             return (int) BF16_GEMM.invokeExact(kind, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0,
-                    b, ldb, bBf16 ? 1 : 0, beta, c, ldc);
+                    b, ldb, bBf16 ? 1 : 0, beta, c, ldc, bias);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm failed", e);
         }
@@ -191,9 +193,9 @@ public final class DistilleryCpu {
 
     /** {@code distillery_bf16_gemm_packed_b}: {@link #bf16Gemm} with op(B) packed by {@link #bf16PackB}. */
     public static int bf16GemmPackedB(int kind, boolean transA, int m, int n, int k, float alpha, long a, int lda, boolean aBf16,
-                                      long bp, float beta, long c, int ldc) {
+                                      long bp, float beta, long c, int ldc, long bias) {
         try {
-            return (int) BF16_GEMM_PACKED_B.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0, bp, beta, c, ldc);
+            return (int) BF16_GEMM_PACKED_B.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0, bp, beta, c, ldc, bias);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm_packed_b failed", e);
         }
@@ -207,10 +209,10 @@ public final class DistilleryCpu {
      */
     public static int bf16GemmClaimedRows(int kind, boolean transA, boolean transB, int m, int n, int k, float alpha,
                                           long a, int lda, boolean aBf16, long b, int ldb, boolean bBf16, long bp,
-                                          float beta, long c, int ldc, long nextRow, int claimRows) {
+                                          float beta, long c, int ldc, long bias, long nextRow, int claimRows) {
         try {
             return (int) BF16_GEMM_CLAIMED_ROWS.invokeExact(kind, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0,
-                    b, ldb, bBf16 ? 1 : 0, bp, beta, c, ldc, nextRow, claimRows);
+                    b, ldb, bBf16 ? 1 : 0, bp, beta, c, ldc, bias, nextRow, claimRows);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm_claimed_rows failed", e);
         }

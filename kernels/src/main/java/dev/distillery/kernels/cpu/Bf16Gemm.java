@@ -89,17 +89,25 @@ final class Bf16Gemm implements Gemm {
     public void sgemm(boolean transA, boolean transB, int m, int n, int k,
                       float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
                       float beta, MemorySegment c, int ldc) {
-        sgemm(transA, transB, m, n, k, alpha, a, false, lda, b, false, ldb, beta, c, ldc);
+        sgemm(transA, transB, m, n, k, alpha, a, false, lda, b, false, ldb, beta, c, ldc, null);
     }
 
-    /** {@link #sgemm} with A and/or B stored as bf16 ({@code aBf16}, {@code bBf16}), read as they are instead of rounded. */
+    /**
+     * {@link #sgemm} with A and/or B stored as bf16 ({@code aBf16}, {@code bBf16}), read as they are
+     * instead of rounded, and with a bias (n floats, or null) that stands in for every row of C as
+     * beta's operand: {@code C = alpha op(A) op(B) + beta bias}, the bits of that row copied into
+     * every row of C before the call, without the pass over C.
+     */
     void sgemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
-               MemorySegment b, boolean bBf16, int ldb, float beta, MemorySegment c, int ldc) {
+               MemorySegment b, boolean bBf16, int ldb, float beta, MemorySegment c, int ldc, MemorySegment bias) {
         if (m == 0 || n == 0) return;
         MemorySegment packed = heldPack(transB, k, n, b, bBf16, ldb);
+        long biasAddress = address(bias, n);
         int status = packed == null
-                ? DistilleryCpu.bf16Gemm(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16, beta, c.address(), ldc)
-                : DistilleryCpu.bf16GemmPackedB(kind, transA, m, n, k, alpha, a.address(), lda, aBf16, packed.address(), beta, c.address(), ldc);
+                ? DistilleryCpu.bf16Gemm(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16, beta,
+                        c.address(), ldc, biasAddress)
+                : DistilleryCpu.bf16GemmPackedB(kind, transA, m, n, k, alpha, a.address(), lda, aBf16, packed.address(), beta,
+                        c.address(), ldc, biasAddress);
         requirePacked(status, m, n, k);
     }
 
@@ -109,10 +117,11 @@ final class Bf16Gemm implements Gemm {
      * thread or, when held, once for all (docs/KERNELS.md#bf16-gemm).
      */
     void sgemmClaimedRows(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
-                          MemorySegment b, boolean bBf16, int ldb, float beta, MemorySegment c, int ldc, MemorySegment nextRow, int claimRows) {
+                          MemorySegment b, boolean bBf16, int ldb, float beta, MemorySegment c, int ldc, MemorySegment bias,
+                          MemorySegment nextRow, int claimRows) {
         MemorySegment packed = heldPack(transB, k, n, b, bBf16, ldb);
         int status = DistilleryCpu.bf16GemmClaimedRows(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16,
-                packed == null ? 0L : packed.address(), beta, c.address(), ldc, nextRow.address(), claimRows);
+                packed == null ? 0L : packed.address(), beta, c.address(), ldc, address(bias, n), nextRow.address(), claimRows);
         requirePacked(status, m, n, k);
     }
 
@@ -131,6 +140,13 @@ final class Bf16Gemm implements Gemm {
         if (band <= 0 || band % 32 != 0) throw new IllegalArgumentException("causal bands of " + band + " rows: a positive multiple of 32");
         requirePacked(DistilleryCpu.bf16GemmCausal(mode, band, transA, transB, m, n, k, alpha, a.address(), lda, false,
                 b.address(), ldb, false, beta, c.address(), ldc), m, n, k);
+    }
+
+    /** A bias row's address for the native GEMM (0: none), checked to hold n floats. */
+    private static long address(MemorySegment bias, int n) {
+        if (bias == null) return 0L;
+        if (bias.byteSize() < 4L * n) throw new IllegalArgumentException("bf16 GEMM: a bias of " + bias.byteSize() + " bytes for " + n + " columns");
+        return bias.address();
     }
 
     /** The native GEMM's status: 1 when its packing buffer could not be allocated (nothing was written). */

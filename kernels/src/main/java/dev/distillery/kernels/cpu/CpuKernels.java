@@ -203,7 +203,7 @@ public final class CpuKernels implements Kernels {
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
             gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         } else if (gemm instanceof Bf16Gemm bf16) {
-            gemmBf16(bf16, transA, transB, m, n, k, alpha, a, false, lda, b, false, ldb, beta, c, ldc);
+            gemmBf16(bf16, transA, transB, m, n, k, alpha, a, false, lda, b, false, ldb, beta, c, ldc, null);
         } else if (m >= n || m >= 32 * pool.threads()) {
             pool.forEachChunk(m, 8, (chunk, r0, r1) -> gemm.sgemm(transA, transB, r1 - r0, n, k, alpha,
                     a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda, b, ldb,
@@ -226,9 +226,25 @@ public final class CpuKernels implements Kernels {
             gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         } else if (gemm instanceof Bf16Gemm bf16 && (aType == DType.F32 || aType == DType.BF16) && (bType == DType.F32 || bType == DType.BF16)) {
             if (m == 0 || n == 0) return;
-            gemmBf16(bf16, transA, transB, m, n, k, alpha, a, aType == DType.BF16, lda, b, bType == DType.BF16, ldb, beta, c, ldc);
+            gemmBf16(bf16, transA, transB, m, n, k, alpha, a, aType == DType.BF16, lda, b, bType == DType.BF16, ldb, beta, c, ldc, null);
         } else {
             Kernels.super.gemm(transA, transB, m, n, k, alpha, a, aType, lda, b, bType, ldb, beta, c, ldc);
+        }
+    }
+
+    /**
+     * Under the bf16 GEMM the bias goes into the GEMM's first store in place of C (the bits of
+     * {@link #broadcastRows} and a GEMM with beta 1, without writing the bias over the whole
+     * output and reading it back: docs/KERNELS.md#bf16-gemm).
+     */
+    @Override
+    public void linearForward(MemorySegment out, MemorySegment inp, DType inpType, MemorySegment weight, MemorySegment bias,
+                              int n, int c, int oc) {
+        if (bias != null && gemm instanceof Bf16Gemm bf16 && (inpType == DType.F32 || inpType == DType.BF16)) {
+            if (n == 0 || oc == 0) return;
+            gemmBf16(bf16, false, false, n, oc, c, 1f, inp, inpType == DType.BF16, c, weight, false, oc, 1f, out, oc, bias);
+        } else {
+            Kernels.super.linearForward(out, inp, inpType, weight, bias, n, c, oc);
         }
     }
 
@@ -240,25 +256,26 @@ public final class CpuKernels implements Kernels {
      * thread, so then it splits the rows (the LM head's input gradient: a 32000-deep op(A) of a
      * few hundred rows, which a split of B's 384 columns had each thread pack whole). Rows go to
      * the threads as they claim them, {@link #gemmClaimRows} at a time, so a vCPU that runs behind
-     * takes fewer; columns in fixed shares. An operand stored as bf16 has 2-byte elements.
+     * takes fewer; columns in fixed shares. An operand stored as bf16 has 2-byte elements. A bias
+     * (n floats, or null) stands in for C as beta's operand ({@link Bf16Gemm#sgemm}).
      */
     private void gemmBf16(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
                           MemorySegment a, boolean aBf16, int lda, MemorySegment b, boolean bBf16, int ldb,
-                          float beta, MemorySegment c, int ldc) {
+                          float beta, MemorySegment c, int ldc, MemorySegment bias) {
         long eb = bBf16 ? 2 : 4;
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
-            bf16.sgemm(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc);
+            bf16.sgemm(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc, bias);
         } else if (m >= n || (m > 32 && bf16.holds(transB, k, n, b, bBf16, ldb))) {
             int claim = gemmClaimRows(m, pool.threads());
             MemorySegment nextRow = gemmRowCounters.asSlice(64L * Math.floorMod(gemmCalls.getAndIncrement(), GEMM_COUNTERS), 4);
             nextRow.set(ValueLayout.JAVA_INT, 0, 0);
             pool.forEachChunk(Math.min(pool.threads(), (m + claim - 1) / claim), 1, (chunk, s0, s1) ->
-                    bf16.sgemmClaimedRows(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc, nextRow, claim));
+                    bf16.sgemmClaimedRows(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc, bias, nextRow, claim));
         } else {
             pool.forEachChunk((n + 31) / 32, 1, (chunk, j0, j1) -> {
                 int c0 = 32 * j0, c1 = Math.min(n, 32 * j1);
                 bf16.sgemm(transA, transB, m, c1 - c0, k, alpha, a, aBf16, lda, b.asSlice(eb * (transB ? (long) c0 * ldb : c0)), bBf16, ldb,
-                        beta, c.asSlice(4L * c0), ldc);
+                        beta, c.asSlice(4L * c0), ldc, bias == null ? null : bias.asSlice(4L * c0));
             });
         }
     }

@@ -428,6 +428,35 @@ class CpuKernelsConformanceTest {
     }
 
     /**
+     * Under the bf16 GEMM a linear layer's bias goes into the GEMM's first store in place of C:
+     * the bits of the bias copied into every row and a GEMM with beta 1 on top. One thread and
+     * two (rows claimed when n ≤ m, columns split when n > m), a bf16 or fp32 input, ragged m
+     * and n, and k past a panel (1,100); the output poisoned with NaN first.
+     */
+    @ParameterizedTest
+    @CsvSource({"1, 5, 7, 3", "1, 37, 100, 1100", "2, 1024, 256, 256", "2, 300, 770, 129", "2, 64, 2000, 384"})
+    void aLinearLayersBiasInTheGemmGivesTheBitsOfOneCopiedIntoItsRows(int threads, int n, int oc, int c) {
+        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        Random random = new Random(n * 31L + oc * 7L + c);
+        try (CpuKernels kernels = new CpuKernels(threads, "auto", Precision.BF16); Arena arena = Arena.ofShared()) {
+            MemorySegment inp = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, n * c));
+            MemorySegment inpBf16 = arena.allocate(2L * n * c, 64);
+            for (long i = 0; i < (long) n * c; i++) inpBf16.setAtIndex(ValueLayout.JAVA_SHORT, i, VectorOps.bf16Bits(inp.getAtIndex(ValueLayout.JAVA_FLOAT, i)));
+            MemorySegment weight = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, c * oc));
+            MemorySegment bias = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, oc));
+            for (DType type : new DType[]{DType.F32, DType.BF16}) {
+                MemorySegment x = type == DType.BF16 ? inpBf16 : inp;
+                MemorySegment want = arena.allocate(4L * n * oc, 64), got = arena.allocate(4L * n * oc, 64);
+                for (long i = 0; i < (long) n * oc; i++) got.setAtIndex(ValueLayout.JAVA_FLOAT, i, Float.NaN);
+                kernels.broadcastRows(want, bias, n, oc);
+                kernels.gemm(false, false, n, oc, c, 1f, x, type, c, weight, DType.F32, oc, 1f, want, oc);
+                kernels.linearForward(got, x, type, weight, bias, n, c, oc);
+                assertEquals(-1L, want.mismatch(got), type + " input, " + threads + " threads, " + n + " x " + oc + " x " + c);
+            }
+        }
+    }
+
+    /**
      * Cross-entropy rows in C (the sparse rows' passes at T = 1) and in Java against float64, loss
      * and gradient: one column, a few, rows over several blocks with the maximum in a later block
      * than the first (the lazy maximum is raised), an ignored row; outputs poisoned.
