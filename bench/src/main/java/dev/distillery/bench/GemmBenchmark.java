@@ -21,6 +21,7 @@ import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
 
 import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.Precision;
 
@@ -65,8 +66,17 @@ public class GemmBenchmark {
     @Param({"0"})
     public float beta;
 
+    /**
+     * How A is stored: f32, or bf16 (an activation kept in bf16, or the logit gradient the fused
+     * loss writes as bf16 over its own rows; under bf16 precision only), with lda counting bf16
+     * elements. {@code bf16-strided}: A's rows two row lengths apart, as that gradient lies.
+     */
+    @Param({"f32"})
+    public String aType;
+
     private int m, n, k;
     private boolean transA, transB;
+    private int lda;
     private Arena arena;
     private Kernels kernels;
     private MemorySegment a, b, c;
@@ -84,6 +94,22 @@ public class GemmBenchmark {
         arena = Arena.ofShared();
         kernels = Backends.openExactly(Backends.Request.cpu(threads, gemm, Precision.parse(precision, "precision")));
         a = random(arena, (long) m * k, 1);
+        if (!aType.equals("f32")) {
+            // bf16 values in the first half of each fp32-sized row (strided) or packed end to end
+            int rows = transA ? k : m, cols = transA ? m : k;
+            long stride = aType.equals("bf16-strided") ? 2L * cols : cols;
+            MemorySegment bf = arena.allocate(2 * stride * rows, 64);
+            for (long r = 0; r < rows; r++) {
+                for (long j = 0; j < cols; j++) {
+                    int bits = Float.floatToRawIntBits(a.getAtIndex(ValueLayout.JAVA_FLOAT, r * cols + j));
+                    bf.setAtIndex(ValueLayout.JAVA_SHORT, r * stride + j, (short) ((bits + 0x7FFF + ((bits >>> 16) & 1)) >>> 16));
+                }
+            }
+            a = bf;
+            lda = (int) stride;
+        } else {
+            lda = transA ? m : k;
+        }
         b = random(arena, (long) k * n, 2);
         c = random(arena, (long) m * n, 3);
         hold = held ? kernels.holdConstant(b) : Kernels.ConstantHold.NONE;
@@ -98,7 +124,8 @@ public class GemmBenchmark {
 
     @Benchmark
     public MemorySegment gemm() {
-        kernels.gemm(transA, transB, m, n, k, 1f, a, transA ? m : k, b, transB ? k : n, beta, c, n);
+        kernels.gemm(transA, transB, m, n, k, 1f, a, aType.equals("f32") ? DType.F32 : DType.BF16, lda, b, DType.F32,
+                transB ? k : n, beta, c, n);
         return c;
     }
 
