@@ -390,7 +390,6 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
  */
 PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, const uint16_t *bp, int i0, int j0, int p0, int p1,
                                    float alpha, float beta, float *c, int ldc, const float *bias) {
-    float acc[8 * 32] __attribute__((aligned(64)));
     const size_t b_block = (size_t) kp * 16;
     const uint32_t *b0 = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block), *b1 = b0 + b_block / 2;
     const int rows = m - i0 < 8 ? m - i0 : 8, cols = n - j0 < 32 ? n - j0 : 32;
@@ -413,11 +412,29 @@ PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, con
             s[r][1] = _mm512_dpbf16_ps(s[r][1], x, v1);
         }
     }
+    const float *x = bias != NULL ? bias + j0 : cb;
+    const size_t ldx = bias != NULL ? 0 : (size_t) ldc;
+    if (rows == 8 && cols == 32 && alpha == 1.f && (beta == 0.f || beta == 1.f)) {
+        /* store_block's arithmetic where 1 x is x: the sums go from the registers to C */
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++) {
+            float *out = cb + (size_t) r * ldc;
+            __m512 v0 = s[r][0], v1 = s[r][1];
+            if (beta != 0.f) {
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(x + r * ldx));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(x + r * ldx + 16));
+            }
+            _mm512_storeu_ps(out, v0);
+            _mm512_storeu_ps(out + 16, v1);
+        }
+        return;
+    }
+    float acc[8 * 32] __attribute__((aligned(64)));
     for (int r = 0; r < 8; r++) {
         _mm512_store_ps(acc + r * 32, s[r][0]);
         _mm512_store_ps(acc + r * 32 + 16, s[r][1]);
     }
-    store_block(acc, 32, rows, cols, alpha, beta, cb, ldc, bias != NULL ? bias + j0 : cb, bias != NULL ? 0 : (size_t) ldc);
+    store_block(acc, 32, rows, cols, alpha, beta, cb, ldc, x, ldx);
 }
 
 /* C (m, n) from packed op(A) and op(B) with dot products, 8 x 32 blocks, in bands of op(B) (above). */
