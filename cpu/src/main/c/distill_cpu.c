@@ -152,14 +152,17 @@ static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const fl
     __m512 MS = _mm512_set1_ps(ms), MT = _mm512_set1_ps(mt);
     float lo = EXP2_LO / k;
     __m512 LO = _mm512_set1_ps(lo);
+    /* bf16 to fp32 in one permute: word i to the high half of lane i, the low half zeroed (masked) */
+    const __m512i WIDEN = _mm512_set_epi16(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8,
+                                           7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
     int i = 0;
     for (; i + LANES <= len; i += LANES) {
         const char *a = ps + (long) i * 4, *b = pt + (long) i * pt_step;
         _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
         _mm_prefetch(b < pt_end ? b : pt_end, _MM_HINT_T0);
         __m512 ds = _mm512_sub_ps(_mm512_loadu_ps(s + i), MS);
-        __m512 tt = bf ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                             _mm256_loadu_si256((const __m256i *) (th + i))), 16))
+        __m512 tt = bf ? _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, WIDEN,
+                             _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) (th + i)))))
                        : _mm512_loadu_ps(tf + i);
         __m512 dt = _mm512_sub_ps(tt, MT);
         __m512 es = exp2v(ds, k), et = exp2v(dt, k);
@@ -167,7 +170,8 @@ static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const fl
         zsq = _mm512_fmadd_ps(es, es, zsq);
         zt = _mm512_add_ps(zt, et);
         __mmask16 gone = _mm512_cmp_ps_mask(dt, LO, _CMP_LT_OQ);
-        acc = _mm512_fmadd_ps(_mm512_mask_blend_ps(gone, _mm512_sub_ps(dt, ds), _mm512_setzero_ps()), et, acc);
+        /* lanes whose e_t underflowed keep acc as it is (dt - ds may be -inf there: no 0 x inf) */
+        acc = _mm512_mask3_fmadd_ps(_mm512_sub_ps(dt, ds), et, acc, (__mmask16) ~gone);
         _mm512_storeu_ps(es_out + i, es);
         _mm512_storeu_ps(et_out + i, et);
     }
