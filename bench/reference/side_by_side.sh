@@ -20,7 +20,8 @@
 # steps run in fp32 and in bf16 mixed precision (PyTorch: torch.autocast on the CPU; Distillery:
 # -p precision=bf16, where the CPU has AMX or AVX512-BF16); the distillation step is config B
 # against a dense bf16 teacher (T = 2, alpha 0.5), fp32 and bf16; the peak resident memory of a config B step is
-# measured once per side (/usr/bin/time), and each fused-loss row gives the share of the copy
+# measured once per side (/usr/bin/time) and its ratio is ours over PyTorch's (the target's
+# orientation, said beside it), and each fused-loss row gives the share of the copy
 # bandwidth its bytes (student logits read, gradient written, teacher read) reach.
 # --steps-only leaves out the loss rows; --rows keeps only the rows whose label matches REGEX
 # (grep -E: 'distillation', 'bf16', 'peak RSS', ...).
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --steps-only) STEPS_ONLY=1; shift ;;
     --rows) ROWS_RE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "side_by_side.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -188,7 +189,9 @@ for row, sides in rows.items():
     # moves between rounds moves both; the row's ratio is the median of the rounds' ratios. Rounds
     # whose ratios disagree by more than 1.25x measured the machine, not the code; rounds whose times
     # spread by more than 1.5x on either side are named beside a ratio that survived that check.
-    per_round = [t / d for t, d in zip(sides["torch"], sides["distillery"])]
+    # memory is a target on ours over PyTorch's (<= 0.5x), so that row's ratio is the other way round
+    memory = row.startswith("peak RSS")
+    per_round = [d / t if memory else t / d for t, d in zip(sides["torch"], sides["distillery"])]
     moved = [f"{side} rounds {min(v):,.1f}-{max(v):,.1f}" for side, v in sides.items() if len(v) > 1 and max(v) > 1.5 * min(v)]
     if max(per_round) > 1.25 * min(per_round):
         flags.setdefault(row, []).append(f"rounds' ratios spread {min(per_round):.2f}-{max(per_round):.2f}x")
@@ -197,6 +200,8 @@ for row, sides in rows.items():
         ratio = "no ratio: " + "; ".join(sorted(set(flags[row])))
     else:
         ratio = f"{statistics.median(per_round):.2f}x" + (f" ({min(per_round):.2f}-{max(per_round):.2f})" if len(per_round) > 1 else "")
+        if memory:
+            ratio += " (Distillery / PyTorch)"
         if moved:
             ratio += "; the machine's speed moved: " + ", ".join(moved)
     print(f"| {row} | {t:,.1f} | {d:,.1f} | {ratio} | {copy_share(row, d)} |")
