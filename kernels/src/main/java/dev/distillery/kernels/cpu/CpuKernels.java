@@ -235,7 +235,7 @@ public final class CpuKernels implements Kernels {
     /**
      * Under the bf16 GEMM the bias goes into the GEMM's first store in place of C (the bits of
      * {@link #broadcastRows} and a GEMM with beta 1, without writing the bias over the whole
-     * output and reading it back: docs/KERNELS.md#bf16-gemm).
+     * output and reading it back: docs/KERNELS.md#linear).
      */
     @Override
     public void linearForward(MemorySegment out, MemorySegment inp, DType inpType, MemorySegment weight, MemorySegment bias,
