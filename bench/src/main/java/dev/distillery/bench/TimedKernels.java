@@ -187,15 +187,15 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment wte, MemorySegment wpe,
+    public void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment hostTokens, MemorySegment wte, MemorySegment wpe,
                                  int b, int t, int c, int vocab) {
-        time("embeddingForward", () -> inner.embeddingForward(out, tokens, wte, wpe, b, t, c, vocab));
+        time("embeddingForward", () -> inner.embeddingForward(out, tokens, hostTokens, wte, wpe, b, t, c, vocab));
     }
 
     @Override
-    public void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens,
+    public void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens, MemorySegment hostTokens,
                                   int b, int t, int c) {
-        time("embeddingBackward", () -> inner.embeddingBackward(dwte, dwpe, dout, tokens, b, t, c));
+        time("embeddingBackward", () -> inner.embeddingBackward(dwte, dwpe, dout, tokens, hostTokens, b, t, c));
     }
 
     @Override

@@ -237,15 +237,20 @@ public interface Kernels extends AutoCloseable {
 
     /**
      * {@code out[b,t,:] = wte[tokens[b,t], :] + wpe[t, :]}. tokens is int32 (b, t) with ids in
-     * [0, vocab), wte is (vocab, c), wpe is (≥ t, c), out is (b, t, c).
+     * [0, vocab), wte is (vocab, c), wpe is (≥ t, c), out is (b, t, c). hostTokens: the same ids in
+     * host memory, or null; a device backend checks them there instead of reading them back (a
+     * wait for the device).
      *
      * @throws IllegalArgumentException naming the position when a token id is out of range
      */
-    void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment wte, MemorySegment wpe,
+    void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment hostTokens, MemorySegment wte, MemorySegment wpe,
                           int b, int t, int c, int vocab);
 
-    /** {@code dwte[tokens[b,t]] += dout[b,t]}, {@code dwpe[t] += Σ_b dout[b,t]}. */
-    void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens,
+    /**
+     * {@code dwte[tokens[b,t]] += dout[b,t]}, {@code dwpe[t] += Σ_b dout[b,t]}. hostTokens as in
+     * {@link #embeddingForward}: a device backend groups the positions by token from it.
+     */
+    void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens, MemorySegment hostTokens,
                            int b, int t, int c);
 
     // ---------------------------------------------------------------- layernorm

@@ -22,6 +22,7 @@ public final class Tensor {
     private final MemorySegment data;
     private final boolean requiresGrad;
     private Tensor grad;
+    private MemorySegment hostCopy;
 
     public Tensor(String name, int[] shape, DType dtype, Device device, MemorySegment data, boolean requiresGrad) {
         this.name = name;
@@ -101,6 +102,23 @@ public final class Tensor {
         this.grad = grad;
     }
 
+    /**
+     * A copy of this tensor's values in host memory that its owner keeps equal to them (it writes
+     * the host copy and copies it over, as {@code ModelInputs} does with the token ids), or null:
+     * a device backend reads small values there instead of back from the device.
+     */
+    public MemorySegment hostCopy() {
+        return hostCopy;
+    }
+
+    /** Declares {@link #hostCopy}: the owner writes this tensor only by copying {@code host} over it. */
+    public void keepHostCopy(MemorySegment host) {
+        if (host != null && host.byteSize() < byteSize()) {
+            throw new IllegalArgumentException("host copy of " + name + " has " + host.byteSize() + " bytes, the tensor " + byteSize());
+        }
+        this.hostCopy = host;
+    }
+
     /** The same storage under another shape with as many elements. */
     public Tensor view(int... newShape) {
         if (numel(newShape) != numel()) {
@@ -108,6 +126,7 @@ public final class Tensor {
         }
         Tensor t = new Tensor(name, newShape, dtype, device, data, requiresGrad);
         t.grad = grad == null ? null : grad.view(newShape);
+        t.hostCopy = hostCopy;
         return t;
     }
 

@@ -226,8 +226,15 @@ public final class KernelConformance {
         }
     }
 
+    /** The embedding with its ids read where the kernels compute (host copy null) and from a host copy of them. */
     private void embedding(int rows, int c) {
+        embedding(rows, c, false);
+        embedding(rows, c, true);
+    }
+
+    private void embedding(int rows, int c, boolean hostCopy) {
         int t = Math.max(1, rows / 2 + 1), b = Math.max(1, rows / t), vocab = 2 * rows + 3;
+        String how = hostCopy ? " (host ids)" : "";
         try (Arena arena = Arena.ofShared()) {
             KernelBuffers buf = new KernelBuffers(kernels, arena);
             int[] tokens = new int[b * t];
@@ -235,19 +242,20 @@ public final class KernelConformance {
             tokens[0] = tokens.length > 1 ? tokens[tokens.length - 1] : tokens[0]; // a repeated id exercises the scatter-add
             double[] wte = randn(vocab * c), wpe = randn(t * c), out = new double[b * t * c], dout = randn(b * t * c);
             MemorySegment sTok = buf.ints(tokens), sOut = buf.poisoned(out.length);
+            MemorySegment hostTok = hostCopy ? arena.allocateFrom(ValueLayout.JAVA_INT, tokens) : null;
             long t0 = System.nanoTime();
-            kernels.embeddingForward(sOut, sTok, buf.floats(wte), buf.floats(wpe), b, t, c, vocab);
+            kernels.embeddingForward(sOut, sTok, hostTok, buf.floats(wte), buf.floats(wpe), b, t, c, vocab);
             double ms = millis(t0);
             ReferenceKernels.embeddingForward(out, tokens, wte, wpe, b, t, c);
-            record("embeddingForward", b + "x" + t + "x" + c, buf.relativeError(out, sOut, 1e-6), TOL, ms);
+            record("embeddingForward" + how, b + "x" + t + "x" + c, buf.relativeError(out, sOut, 1e-6), TOL, ms);
 
             double[] dwte = randn(vocab * c), dwpe = randn(t * c);
             MemorySegment sDwte = buf.floats(dwte), sDwpe = buf.floats(dwpe);
             t0 = System.nanoTime();
-            kernels.embeddingBackward(sDwte, sDwpe, buf.floats(dout), sTok, b, t, c);
+            kernels.embeddingBackward(sDwte, sDwpe, buf.floats(dout), sTok, hostTok, b, t, c);
             ms = millis(t0);
             ReferenceKernels.embeddingBackward(dwte, dwpe, dout, tokens, b, t, c);
-            record("embeddingBackward", b + "x" + t + "x" + c, Math.max(buf.relativeError(dwte, sDwte, 1e-6), buf.relativeError(dwpe, sDwpe, 1e-6)), TOL, ms);
+            record("embeddingBackward" + how, b + "x" + t + "x" + c, Math.max(buf.relativeError(dwte, sDwte, 1e-6), buf.relativeError(dwpe, sDwpe, 1e-6)), TOL, ms);
         }
     }
 

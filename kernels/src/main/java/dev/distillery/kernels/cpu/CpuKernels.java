@@ -336,7 +336,7 @@ public final class CpuKernels implements Kernels {
     // ---------------------------------------------------------------- embedding
 
     @Override
-    public void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment wte, MemorySegment wpe,
+    public void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment hostTokens, MemorySegment wte, MemorySegment wpe,
                                  int b, int t, int c, int vocab) {
         pool.forEachChunk(b * t, grainRows(c), (chunk, start, end) -> {
             for (int row = start; row < end; row++) {
@@ -356,7 +356,7 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
-    public void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens,
+    public void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens, MemorySegment hostTokens,
                                   int b, int t, int c) {
         // Scatter-add: two rows may share a token, so rows are visited serially (cheap: (b t c) adds).
         for (int row = 0; row < b * t; row++) {

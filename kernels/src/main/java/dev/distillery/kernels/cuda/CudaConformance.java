@@ -495,13 +495,13 @@ public final class CudaConformance {
         float[] wte = random(vocab * c, 1), wpe = random(t * c, 1), dout = random(b * t * c, 1), dwte0 = random(vocab * c, 1),
                 dwpe0 = random(t * c, 1);
         MemorySegment out = host(new float[b * t * c]);
-        cpu.embeddingForward(out, host(tokens), host(wte), host(wpe), b, t, c, vocab);
+        cpu.embeddingForward(out, host(tokens), null, host(wte), host(wpe), b, t, c, vocab);
         CudaBackend.Ptr dtok = device(host(tokens)), dwte = device(host(wte)), dwpe = device(host(wpe)), dOut = poisoned((long) b * t * c);
         long t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_EMBEDDING_FORWARD, grid((long) b * t * c), 256, dOut, dtok, dwte, dwpe, b, t, c);
         record("embeddingForward", b + "x" + t + "x" + c, floats(out, b * t * c), download(dOut, b * t * c), TOL, t0);
         MemorySegment gte = host(dwte0), gpe = host(dwpe0);
-        cpu.embeddingBackward(gte, gpe, host(dout), host(tokens), b, t, c);
+        cpu.embeddingBackward(gte, gpe, host(dout), host(tokens), null, b, t, c);
         CudaBackend.Ptr ggte = device(host(dwte0)), ggpe = device(host(dwpe0)), gdout = device(host(dout));
         t0 = System.nanoTime();
         int[] grouping = EmbeddingGrads.grouping(tokens, b, t);

@@ -216,6 +216,11 @@ public final class CudaKernels implements Kernels {
         return (bytes + 255) / 256 * 256;
     }
 
+    /** n token ids: from their host copy where the caller has one, else read back from the device (a wait). */
+    private int[] tokenIds(MemorySegment device, MemorySegment host, int n) {
+        return host != null ? host.asSlice(0, 4L * n).toArray(ValueLayout.JAVA_INT) : ints(device, 0, n);
+    }
+
     private int[] ints(MemorySegment device, long offsetElements, int n) {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment h = a.allocate(4L * Math.max(1, n), 64);
@@ -424,9 +429,9 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
-    public void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment wte, MemorySegment wpe, int b, int t, int c,
-                                 int vocab) {
-        int[] ids = ints(tokens, 0, b * t);
+    public void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment hostTokens, MemorySegment wte, MemorySegment wpe,
+                                 int b, int t, int c, int vocab) {
+        int[] ids = tokenIds(tokens, hostTokens, b * t);
         for (int row = 0; row < ids.length; row++) {
             if (ids[row] < 0 || ids[row] >= vocab) {
                 throw new IllegalArgumentException("token id " + ids[row] + " at position " + row + " (batch " + row / t + ", time "
@@ -437,11 +442,12 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
-    public void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens, int b, int t, int c) {
+    public void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, MemorySegment tokens, MemorySegment hostTokens,
+                                  int b, int t, int c) {
         if (b * t == 0) return;
-        // the ids back and their grouping up: two waits, at the end of the backward where the
-        // device has little left to do
-        int[] grouping = EmbeddingGrads.grouping(ints(tokens, 0, b * t), b, t);
+        // the grouping up (and without a host copy the ids back first): one wait (two), at the end
+        // of the backward where the device has little left to do
+        int[] grouping = EmbeddingGrads.grouping(tokenIds(tokens, hostTokens, b * t), b, t);
         long device = embeddingGroups.atLeast(4L * (3L * b * t + 1));  // the most a grouping takes (every token distinct)
         try (Arena a = Arena.ofConfined()) {
             gpu.upload(device, a.allocateFrom(ValueLayout.JAVA_INT, grouping), 4L * grouping.length);

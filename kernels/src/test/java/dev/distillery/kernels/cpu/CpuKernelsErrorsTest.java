@@ -17,7 +17,7 @@ class CpuKernelsErrorsTest {
         try (CpuKernels k = new CpuKernels(2, "vector"); Arena arena = Arena.ofShared()) {
             MemorySegment tokens = arena.allocateFrom(ValueLayout.JAVA_INT, 1, 2, 9, 0);
             MemorySegment wte = arena.allocate(4L * 5 * 3), wpe = arena.allocate(4L * 2 * 3), out = arena.allocate(4L * 4 * 3);
-            var e = assertThrows(IllegalArgumentException.class, () -> k.embeddingForward(out, tokens, wte, wpe, 2, 2, 3, 5));
+            var e = assertThrows(IllegalArgumentException.class, () -> k.embeddingForward(out, tokens, null, wte, wpe, 2, 2, 3, 5));
             assertTrue(e.getMessage().contains("token id 9 at position 2"), e.getMessage());
         }
     }

@@ -2,6 +2,7 @@ package dev.distillery.kernels.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.lang.foreign.Arena;
@@ -55,6 +56,46 @@ class CudaKernelsEmulationTest {
             for (KernelConformance.Result r : results) if (!r.passed()) failed.append(r).append('\n');
             assertTrue(failed.isEmpty(), failed.toString());
             assertTrue(results.size() >= 20 && device.launches() >= 20, results.size() + " checks, " + device.launches() + " launches");
+        }
+    }
+
+    /**
+     * With the token ids' host copy the embedding reads nothing back: the forward checks the ids
+     * there (an id out of range is named by its position without a wait) and the backward groups
+     * them there, its one wait the groups going up; the gradients are those of the ids read back.
+     */
+    @Test
+    void theEmbeddingReadsItsIdsFromTheirHostCopyWithoutWaiting() {
+        int b = 3, t = 5, c = 7, vocab = 11;
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device);
+             Arena arena = Arena.ofShared()) {
+            SplittableRandom rng = new SplittableRandom(5);
+            int[] ids = new int[b * t];
+            for (int i = 0; i < ids.length; i++) ids[i] = rng.nextInt(vocab);
+            ids[4] = ids[9];   // a repeated id
+            MemorySegment host = arena.allocateFrom(ValueLayout.JAVA_INT, ids);
+            MemorySegment tokens = kernels.allocate(arena, host.byteSize()), out = kernels.allocate(arena, 4L * b * t * c);
+            kernels.copyFromHost(tokens, host, host.byteSize());
+            MemorySegment wte = upload(kernels, arena, gaussians(rng, vocab * c)), wpe = upload(kernels, arena, gaussians(rng, t * c));
+            MemorySegment dout = upload(kernels, arena, gaussians(rng, b * t * c));
+            int before = device.waits();
+            kernels.embeddingForward(out, tokens, host, wte, wpe, b, t, c, vocab);
+            assertEquals(before, device.waits(), "waits of the forward with host ids");
+            float[][] grads = new float[2][];
+            for (int withHost = 0; withHost < 2; withHost++) {
+                MemorySegment dwte = kernels.allocate(arena, 4L * vocab * c), dwpe = kernels.allocate(arena, 4L * t * c);
+                kernels.fill(dwte, 0f, (long) vocab * c);
+                kernels.fill(dwpe, 0f, (long) t * c);
+                before = device.waits();
+                kernels.embeddingBackward(dwte, dwpe, dout, tokens, withHost == 1 ? host : null, b, t, c);
+                assertEquals(withHost == 1 ? 1 : 2, device.waits() - before, "waits of the backward, host ids " + (withHost == 1));
+                grads[withHost] = download(kernels, arena, dwte, vocab * c);
+            }
+            assertArrayEquals(grads[0], grads[1], "dwte from the ids read back and from their host copy");
+            host.setAtIndex(ValueLayout.JAVA_INT, 7, vocab);
+            var e = assertThrows(IllegalArgumentException.class,
+                    () -> kernels.embeddingForward(out, tokens, host, wte, wpe, b, t, c, vocab));
+            assertTrue(e.getMessage().contains("token id " + vocab + " at position 7"), e.getMessage());
         }
     }
 

@@ -422,11 +422,11 @@ class CudaOpsEmulationTest {
             float[] dwte0 = random(vocab * c, 1), dwpe0 = random(t * c, 1);
             try (Arena a = Arena.ofShared()) {
                 MemorySegment out = seg(a, nan(b * t * c));
-                cpu.embeddingForward(out, seg(a, tokens), seg(a, wte), seg(a, wpe), b, t, c, vocab);
+                cpu.embeddingForward(out, seg(a, tokens), null, seg(a, wte), seg(a, wpe), b, t, c, vocab);
                 close("embedding", arr(out, b * t * c), call(CudaKernel.OPS_EMBEDDING_FORWARD, 2, 64).floats(nan(b * t * c))
                         .ints(tokens).floats(wte).floats(wpe).i32(b).i32(t).i32(c).runOrFail(gate, work).floats(0), 0);
                 MemorySegment dwte = seg(a, dwte0), dwpe = seg(a, dwpe0);
-                cpu.embeddingBackward(dwte, dwpe, seg(a, dout), seg(a, tokens), b, t, c);
+                cpu.embeddingBackward(dwte, dwpe, seg(a, dout), seg(a, tokens), null, b, t, c);
                 int[] grouping = EmbeddingGrads.grouping(tokens, b, t);
                 float[] gpe = call(CudaKernel.OPS_EMBEDDING_BACKWARD_POSITIONS, 2, 64).floats(dwpe0).floats(dout).i32(b).i32(t).i32(c)
                         .runOrFail(asan, work).floats(0);

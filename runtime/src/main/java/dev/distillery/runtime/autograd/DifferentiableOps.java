@@ -170,11 +170,11 @@ public final class DifferentiableOps {
         }
         boolean track = tracks(wte, wpe);
         Tensor out = output("embedding", track, b * t, c);
-        kernels.embeddingForward(out.data(), tokens.data(), wte.data(), wpe.data(), b, t, c, vocab);
+        kernels.embeddingForward(out.data(), tokens.data(), tokens.hostCopy(), wte.data(), wpe.data(), b, t, c, vocab);
         if (track) {
             recordBackward(out, () -> {
                 if (out.grad() != null) {
-                    kernels.embeddingBackward(grad(wte), grad(wpe), out.grad().data(), tokens.data(), b, t, c);
+                    kernels.embeddingBackward(grad(wte), grad(wpe), out.grad().data(), tokens.data(), tokens.hostCopy(), b, t, c);
                 }
             });
         }
@@ -191,12 +191,12 @@ public final class DifferentiableOps {
         boolean track = tracks(wte);
         Tensor out = output("embedding", track, b * t, c);
         Tensor zeros = workspace.zeros("embedding.positions", t, c);
-        kernels.embeddingForward(out.data(), tokens.data(), wte.data(), zeros.data(), b, t, c, vocab);
+        kernels.embeddingForward(out.data(), tokens.data(), tokens.hostCopy(), wte.data(), zeros.data(), b, t, c, vocab);
         if (track) {
             recordBackward(out, () -> {
                 if (out.grad() != null) {
                     Tensor scratch = workspace.tensor("embedding.dpositions", t, c);
-                    kernels.embeddingBackward(grad(wte), scratch.data(), out.grad().data(), tokens.data(), b, t, c);
+                    kernels.embeddingBackward(grad(wte), scratch.data(), out.grad().data(), tokens.data(), tokens.hostCopy(), b, t, c);
                     releaseScratch(scratch);
                 }
             });

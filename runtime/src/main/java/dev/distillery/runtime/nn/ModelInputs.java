@@ -38,6 +38,7 @@ public final class ModelInputs implements AutoCloseable {
         this.targets = new Tensor("targets", new int[]{batch * time}, DType.I32, device, ids.asSlice(second, bytes), false);
         this.hostTokens = hostIds.asSlice(0, bytes);
         this.hostTargets = hostIds.asSlice(second, bytes);
+        tokens.keepHostCopy(hostTokens);   // the ids are only ever copied up from it
     }
 
     /** Token ids (batch, time), where the kernels read them. */
