@@ -695,16 +695,23 @@ public final class CpuKernels implements Kernels {
         });
     }
 
-    /** σ(2u) with u = √(2/π) (x + 0.044715 x³). */
+    /**
+     * 2 √(2/π) log2(e): e^(−2u) = 2^(d K) with d = −x (1 + 0.044715 x²), so {@link VectorOps#exp2}
+     * forms the scaled exponent inside its fused multiply-adds (15 operations to exp's 19 and
+     * the scaling multiply; ≤ 0.94 ulp).
+     */
+    private static final float GELU_EXP2_SCALE = (float) (2 * Math.sqrt(2.0 / Math.PI) * 1.4426950408889634);
+
+    /** σ(2u) with u = √(2/π) (x + 0.044715 x³): 1 / (1 + 2^(d K)), d = −x (1 + 0.044715 x²). */
     private static FloatVector geluSigmoid(FloatVector x) {
-        FloatVector u2 = x.mul(x).mul(0.044715f).add(1f).mul(x).mul(-2f * GELU_SCALE);
+        FloatVector d = x.mul(x).fma(-0.044715f, -1f).mul(x);
         FloatVector one = FloatVector.broadcast(SPECIES, 1f);
-        return one.div(VectorOps.exp(u2).add(1f));
+        return one.div(VectorOps.exp2(d, GELU_EXP2_SCALE).add(1f));
     }
 
     private static float geluSigmoid(float x) {
-        float u2 = (x * x * 0.044715f + 1f) * x * (-2f * GELU_SCALE);
-        return 1f / (VectorOps.exp(u2) + 1f);
+        float d = Math.fma(x * x, -0.044715f, -1f) * x;
+        return 1f / (VectorOps.exp2(d, GELU_EXP2_SCALE) + 1f);
     }
 
     // ---------------------------------------------------------------- attention
