@@ -24,6 +24,7 @@ import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.Precision;
+import dev.distillery.kernels.cpu.VectorOps;
 
 /**
  * The CPU kernels' GEMM (OpenBLAS, or the Vector-API fallback with {@code -p gemm=vector}) on the
@@ -77,6 +78,7 @@ public class GemmBenchmark {
     private int m, n, k;
     private boolean transA, transB;
     private int lda;
+    private DType aStored;
     private Arena arena;
     private Kernels kernels;
     private MemorySegment a, b, c;
@@ -101,14 +103,15 @@ public class GemmBenchmark {
             MemorySegment bf = arena.allocate(2 * stride * rows, 64);
             for (long r = 0; r < rows; r++) {
                 for (long j = 0; j < cols; j++) {
-                    int bits = Float.floatToRawIntBits(a.getAtIndex(ValueLayout.JAVA_FLOAT, r * cols + j));
-                    bf.setAtIndex(ValueLayout.JAVA_SHORT, r * stride + j, (short) ((bits + 0x7FFF + ((bits >>> 16) & 1)) >>> 16));
+                    bf.setAtIndex(ValueLayout.JAVA_SHORT, r * stride + j, VectorOps.bf16Bits(a.getAtIndex(ValueLayout.JAVA_FLOAT, r * cols + j)));
                 }
             }
             a = bf;
             lda = (int) stride;
+            aStored = DType.BF16;
         } else {
             lda = transA ? m : k;
+            aStored = DType.F32;
         }
         b = random(arena, (long) k * n, 2);
         c = random(arena, (long) m * n, 3);
@@ -124,8 +127,7 @@ public class GemmBenchmark {
 
     @Benchmark
     public MemorySegment gemm() {
-        kernels.gemm(transA, transB, m, n, k, 1f, a, aType.equals("f32") ? DType.F32 : DType.BF16, lda, b, DType.F32,
-                transB ? k : n, beta, c, n);
+        kernels.gemm(transA, transB, m, n, k, 1f, a, aStored, lda, b, DType.F32, transB ? k : n, beta, c, n);
         return c;
     }
 
