@@ -9,12 +9,15 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 
 /**
- * Two or more builds of the fused loss in one JVM, called alternately: each jar (a kernels jar, or
- * the benchmarks.jar of another commit) gets a class loader of its own with
- * {@link DistillLossBenchmark} and its inputs, and the calls go A B B A A B ... so that a drift in
+ * Two or more builds of the fused loss, or of a training step, in one JVM, called alternately:
+ * each jar (a kernels jar, or the benchmarks.jar of another commit) gets a class loader of its own
+ * with {@link DistillLossBenchmark} and its inputs (or, with {@code --step}, with
+ * {@link TrainingStepBenchmark}'s model), and the calls go A B B A A B ... so that a drift in
  * the machine's speed (this project's machines are shared; it drifts by 1.5× within the hour)
  * falls on every build alike. Separate JMH runs of two jars cannot tell apart differences under
  * about 15% here; alternated calls in one JVM resolve a few percent.
@@ -24,6 +27,9 @@ import java.util.List;
  *      -cp bench/target/benchmarks.jar dev.distillery.bench.SideBySide \
  *      --shape 2048x32000 --teacher dense-bf16 old-kernels.jar kernels/target/distillery-kernels-*.jar
  * </pre>
+ *
+ * {@code --step A --precision bf16 old/benchmarks.jar bench/target/benchmarks.jar} times config A's
+ * training step of each build instead (each build trains its own model from the same seed).
  *
  * Prints, per jar, the min, median and mean of the calls after the first quarter (warm-up), the
  * median as a fraction of the first jar's, in ns per element and in GB/s of floor traffic, and
@@ -40,6 +46,7 @@ public final class SideBySide {
 
     public static void main(String[] args) throws Exception {
         String shape = "2048x32000", teacher = "dense-bf16", divergence = "forward-kl";
+        String step = null, precision = "fp32", stepLoss = "ce";
         int threads = 2, calls = 40;
         boolean copy = false;
         List<Path> jars = new ArrayList<>();
@@ -56,6 +63,9 @@ public final class SideBySide {
                 case "--threads" -> threads = positive(value(args, ++i, a), a);
                 case "--calls" -> calls = positive(value(args, ++i, a), a);
                 case "--copy" -> copy = true;
+                case "--step" -> step = value(args, ++i, a);
+                case "--precision" -> precision = value(args, ++i, a);
+                case "--loss" -> stepLoss = value(args, ++i, a);
                 default -> {
                     if (a.startsWith("-")) fail("unknown option " + a);
                     Path jar = Path.of(a);
@@ -66,13 +76,14 @@ public final class SideBySide {
         }
         if (jars.size() < (copy ? 1 : 2)) fail("give two or more jars to compare, or one with --copy (" + jars.size() + " given)");
         if (calls < 4) fail("--calls must be at least 4 (the first quarter is warm-up)");
+        if (step != null && copy) fail("--copy measures the loss against the copy bandwidth; a step has no such floor");
         Path self = Path.of(SideBySide.class.getProtectionDomain().getCodeSource().getLocation().toURI());
 
         int m = jars.size();
         Build[] builds = new Build[m];
         for (int j = 0; j < m; j++) {
-            System.out.printf("setting up %s (%s, %s, %s, %d threads)%n", jars.get(j), shape, teacher, divergence, threads);
-            builds[j] = new Build(jars.get(j), self, shape, teacher, divergence, threads);
+            builds[j] = step == null ? Build.loss(jars.get(j), self, shape, teacher, divergence, threads)
+                    : Build.step(jars.get(j), self, step, precision, stepLoss, threads);
         }
         double[][] ms = new double[m][calls];
         double[] loss = new double[m];
@@ -98,8 +109,13 @@ public final class SideBySide {
             Arrays.sort(x);
             double median = x[x.length / 2], mean = Arrays.stream(x).average().orElseThrow();
             if (j == 0) firstMedian = median;
-            System.out.printf("%-48s min %8.2f  median %8.2f  mean %8.2f ms  (median %.3f of the first's)   %.3f ns/element  %.1f GB/s  loss %.6f%n",
-                    jars.get(j), x[0], median, mean, median / firstMedian, median * 1e6 / elems, floorBytes / (median * 1e6), loss[j]);
+            if (step != null) {
+                System.out.printf("%-48s min %8.2f  median %8.2f  mean %8.2f ms a step  (median %.3f of the first's)  loss %.6f%n",
+                        jars.get(j), x[0], median, mean, median / firstMedian, loss[j]);
+            } else {
+                System.out.printf("%-48s min %8.2f  median %8.2f  mean %8.2f ms  (median %.3f of the first's)   %.3f ns/element  %.1f GB/s  loss %.6f%n",
+                        jars.get(j), x[0], median, mean, median / firstMedian, median * 1e6 / elems, floorBytes / (median * 1e6), loss[j]);
+            }
         }
         // the machine's speed drifts over seconds; a call and the first build's call of the same
         // round ran within milliseconds of each other, so their ratio carries less of the drift
@@ -152,36 +168,55 @@ public final class SideBySide {
         }
     }
 
-    /** One build: DistillLossBenchmark loaded from jar first, then from this benchmarks.jar. */
+    /**
+     * One build: a benchmark's class loaded from jar first, then from this benchmarks.jar, set up
+     * once; {@link #call} runs one timed call (a fused loss after its student logits are restored,
+     * or a training step) and returns its loss.
+     */
     private static final class Build implements AutoCloseable {
         private final URLClassLoader loader;
         private final Object bench;
-        private final Method restore, fused, tearDown;
+        private final Method restore, call, tearDown;
 
-        Build(Path jar, Path self, String shape, String teacher, String divergence, int threads) throws Exception {
+        private Build(Path jar, Path self, Class<?> benchmark, Map<String, Object> fields, String callName, String restoreName)
+                throws Exception {
             loader = new URLClassLoader(new URL[]{jar.toUri().toURL(), self.toUri().toURL()}, ClassLoader.getPlatformClassLoader());
-            Class<?> c = loader.loadClass(DistillLossBenchmark.class.getName());
+            Class<?> c = loader.loadClass(benchmark.getName());
             bench = c.getConstructor().newInstance();
-            c.getField("shape").set(bench, shape);
-            c.getField("teacher").set(bench, teacher);
-            c.getField("threads").setInt(bench, threads);
-            try {
-                c.getField("divergence").set(bench, divergence);
-            } catch (NoSuchFieldException e) {
-                if (!divergence.equals("forward-kl")) throw new IllegalArgumentException(jar + " predates --divergence");
+            for (var f : fields.entrySet()) {
+                try {
+                    c.getField(f.getKey()).set(bench, f.getValue());
+                } catch (NoSuchFieldException e) {
+                    throw new IllegalArgumentException(jar + " predates " + benchmark.getSimpleName() + "'s " + f.getKey());
+                }
             }
-            restore = c.getMethod("restoreStudent");
-            fused = c.getMethod("fused");
+            restore = restoreName == null ? null : c.getMethod(restoreName);
+            call = c.getMethod(callName);
             tearDown = c.getMethod("tearDown");
             invoke(c.getMethod("setUp"));
         }
 
+        static Build loss(Path jar, Path self, String shape, String teacher, String divergence, int threads) throws Exception {
+            System.out.printf("setting up %s (%s, %s, %s, %d threads)%n", jar, shape, teacher, divergence, threads);
+            Map<String, Object> fields = new LinkedHashMap<>(Map.of("shape", shape, "teacher", teacher, "threads", threads));
+            if (!divergence.equals("forward-kl")) fields.put("divergence", divergence);
+            return new Build(jar, self, DistillLossBenchmark.class, fields, "fused", "restoreStudent");
+        }
+
+        static Build step(Path jar, Path self, String config, String precision, String loss, int threads) throws Exception {
+            System.out.printf("setting up %s (config %s step, %s, %s loss, %d threads)%n", jar, config, precision, loss, threads);
+            // every @Param field: JMH sets them, so they have no defaults of their own
+            Map<String, Object> fields = new LinkedHashMap<>(Map.of("config", config, "precision", precision, "threads", threads,
+                    "gemm", "auto", "device", "cpu", "loss", loss));
+            return new Build(jar, self, TrainingStepBenchmark.class, fields, "step", null);
+        }
+
         void restore() throws Exception {
-            invoke(restore);
+            if (restore != null) invoke(restore);
         }
 
         double call() throws Exception {
-            return (double) invoke(fused);
+            return ((Number) invoke(call)).doubleValue();
         }
 
         private Object invoke(Method method) throws Exception {
@@ -232,6 +267,10 @@ public final class SideBySide {
                 Calls the fused loss of each build alternately in one JVM (DistillLossBenchmark's inputs,
                 loss and gradient in place) and prints min / median / mean ms per build, and each
                 build's per-round ratio to the first's (median and quartiles).
+                  --step A|B           time a training step of that config instead (TrainingStepBenchmark;
+                                       each build trains its own model from the same seed)
+                  --precision P        the step's precision: fp32 (default) or bf16
+                  --loss ce|distill    the step's loss (default ce; distill: a dense bf16 teacher)
                   --shape NxV          2048x32000 (default), 4096x50257, 1024x128256, or any
                   --teacher KIND       dense-bf16 (default) or top64
                   --divergence D       forward-kl (default), reverse-kl or jsd
