@@ -4,6 +4,7 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.List;
 import java.util.Map;
+import java.util.Objects;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CopyOnWriteArrayList;
 
@@ -113,16 +114,39 @@ final class Bf16Gemm implements Gemm {
 
     /**
      * {@link #sgemm} over the blocks of {@code claimRows} rows of C this thread claims from the int at
-     * {@code nextRow} (shared by the threads of one call, starting at 0), op(B) packed once by each
-     * thread or, when held, once for all (docs/KERNELS.md#bf16-gemm).
+     * {@code nextRow} (shared by the threads of one call, starting at 0), against op(B) packed
+     * already into {@code packed} (by the threads of the call, {@link #packColumns}) or, when that is
+     * null, packed once when held, else once by each thread (docs/KERNELS.md#bf16-gemm).
      */
     void sgemmClaimedRows(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
-                          MemorySegment b, boolean bBf16, int ldb, float beta, MemorySegment c, int ldc, MemorySegment bias,
-                          MemorySegment nextRow, int claimRows) {
-        MemorySegment packed = heldPack(transB, k, n, b, bBf16, ldb);
+                          MemorySegment b, boolean bBf16, int ldb, MemorySegment packed, float beta, MemorySegment c, int ldc,
+                          MemorySegment bias, MemorySegment nextRow, int claimRows) {
+        if (packed == null) packed = heldPack(transB, k, n, b, bBf16, ldb);
         int status = DistilleryCpu.bf16GemmClaimedRows(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16,
                 packed == null ? 0L : packed.address(), beta, c.address(), ldc, address(bias, n), nextRow.address(), claimRows);
         requirePacked(status, m, n, k);
+    }
+
+    /** Bytes of op(B) (k, n) packed: what {@link #packColumns} fills over all n columns. */
+    static long packedBytes(int k, int n) {
+        return DistilleryCpu.bf16PackedBBytes(k, n);
+    }
+
+    /**
+     * Columns [c0, c1) of op(B) (k, n) packed into their place in {@code packed}, a pack of all n
+     * columns ({@link #packedBytes}): each 32 columns' pack depends on those columns alone, so
+     * threads can pack disjoint column ranges of one operand. c0 is a multiple of 32, and so is c1
+     * unless it is n.
+     */
+    static void packColumns(boolean transB, int k, int n, int c0, int c1, MemorySegment b, boolean bBf16, int ldb, MemorySegment packed) {
+        if (c0 % 32 != 0 || (c1 != n && c1 % 32 != 0) || c0 < 0 || c1 > n || c0 >= c1) {
+            throw new IllegalArgumentException("bf16 pack of columns [" + c0 + ", " + c1 + ") of " + n + ": bounds must be multiples of 32");
+        }
+        long eb = bBf16 ? 2 : 4, kp = (k + 31) / 32 * 32;
+        long first = transB ? (long) c0 * ldb : c0, last = transB ? (long) (c1 - 1) * ldb + k : (long) (k - 1) * ldb + c1;
+        Objects.checkFromToIndex(eb * first, eb * last, b.byteSize());
+        Objects.checkFromToIndex(2L * kp * c0, 2L * kp * c0 + packedBytes(k, c1 - c0), packed.byteSize());
+        DistilleryCpu.bf16PackB(transB, k, c1 - c0, b.address() + eb * first, ldb, bBf16, packed.address() + 2L * kp * c0);
     }
 
     /** Whether {@link #causal} runs here: on the AVX512-BF16 path (on AMX, attention makes a call a band). */

@@ -265,12 +265,14 @@ public final class CpuKernels implements Kernels {
         long eb = bBf16 ? 2 : 4;
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
             bf16.sgemm(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc, bias);
-        } else if (m >= n || (m > 32 && bf16.holds(transB, k, n, b, bBf16, ldb))) {
-            int claim = gemmClaimRows(m, pool.threads());
-            MemorySegment nextRow = gemmRowCounters.asSlice(64L * Math.floorMod(gemmCalls.getAndIncrement(), GEMM_COUNTERS), 4);
-            nextRow.set(ValueLayout.JAVA_INT, 0, 0);
-            pool.forEachChunk(Math.min(pool.threads(), (m + claim - 1) / claim), 1, (chunk, s0, s1) ->
-                    bf16.sgemmClaimedRows(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc, bias, nextRow, claim));
+        } else if (m > 32 && bf16.holds(transB, k, n, b, bBf16, ldb)) {
+            claimedRows(bf16, transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, null, beta, c, ldc, bias);
+        } else if (m >= 32 * pool.threads()) {
+            // op(B) packed once, each thread its share of the columns, then the rows claimed against it
+            MemorySegment packed = sharedPack(Bf16Gemm.packedBytes(k, n));
+            pool.forEachChunk((n + 31) / 32, 1, (chunk, j0, j1) ->
+                    Bf16Gemm.packColumns(transB, k, n, 32 * j0, Math.min(n, 32 * j1), b, bBf16, ldb, packed));
+            claimedRows(bf16, transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, packed, beta, c, ldc, bias);
         } else {
             pool.forEachChunk((n + 31) / 32, 1, (chunk, j0, j1) -> {
                 int c0 = 32 * j0, c1 = Math.min(n, 32 * j1);
@@ -279,6 +281,35 @@ public final class CpuKernels implements Kernels {
             });
         }
     }
+
+    /** The rows of C claimed by the threads ({@link #gemmClaimRows} at a time) against op(B) packed, or held, or packed by each. */
+    private void claimedRows(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
+                             MemorySegment a, boolean aBf16, int lda, MemorySegment b, boolean bBf16, int ldb, MemorySegment packed,
+                             float beta, MemorySegment c, int ldc, MemorySegment bias) {
+        int claim = gemmClaimRows(m, pool.threads());
+        MemorySegment nextRow = gemmRowCounters.asSlice(64L * Math.floorMod(gemmCalls.getAndIncrement(), GEMM_COUNTERS), 4);
+        nextRow.set(ValueLayout.JAVA_INT, 0, 0);
+        pool.forEachChunk(Math.min(pool.threads(), (m + claim - 1) / claim), 1, (chunk, s0, s1) ->
+                bf16.sgemmClaimedRows(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, packed, beta, c, ldc, bias, nextRow, claim));
+    }
+
+    /**
+     * The calling thread's buffer for one bf16 GEMM's op(B), packed by all the threads: one a
+     * thread, so calls from two threads (or one inside another's chunk, on that chunk's thread)
+     * never share one. Grown on demand, kept until close.
+     */
+    private MemorySegment sharedPack(long bytes) {
+        MemorySegment buffer = sharedPacks.get();
+        if (buffer.byteSize() < bytes) {
+            synchronized (scratchArena) {
+                buffer = scratchArena.allocate(bytes, 64);
+            }
+            sharedPacks.set(buffer);
+        }
+        return buffer;
+    }
+
+    private final ThreadLocal<MemorySegment> sharedPacks = ThreadLocal.withInitial(() -> MemorySegment.NULL);
 
     /**
      * Rows of C a thread claims at a time in the bf16 GEMM's row split: about a quarter of a
@@ -717,14 +748,20 @@ public final class CpuKernels implements Kernels {
     // ---------------------------------------------------------------- attention
 
     // Per (batch, head), on one pool thread each, with single-threaded GEMMs: q, k, v of a head
-    // are (t, hs) matrices inside qkv with row stride 3c. The products run in bands of
-    // CAUSAL_ROWS rows of the (t, t) scores, each only as wide (or, transposed, as deep) as the
-    // causal mask leaves anything in it: 5/8 of the whole products' FLOPs at t = 256, where whole
-    // products would cost twice the causal FLOPs. The probabilities above the diagonal are
+    // are (t, hs) matrices inside qkv with row stride 3c. The products run in bands of rows of the
+    // (t, t) scores, each only as wide (or, transposed, as deep) as the causal mask leaves anything
+    // in it: bands of 64 rows do 5/8 of the whole products' FLOPs at t = 256, where whole products
+    // would cost twice the causal FLOPs. The probabilities above the diagonal are
     // written as zeros, so every product reads a lower triangle. See docs/KERNELS.md#attention.
 
-    /** Rows of the scores per GEMM band: fewer, wider calls at 64 than at 32 (one call per band per product). */
+    /** Rows of the scores per band where each band is a GEMM call: fewer, wider calls at 64 than at 32. */
     private static final int CAUSAL_ROWS = 64;
+    /**
+     * Rows per band in the AVX512-BF16 path's one call a product, which packs each operand once for
+     * all bands: 32, its column blocks' width, so each band computes less past the diagonal (9/16
+     * of the whole square at t = 256, 5/8 at t = 128, against 5/8 and 3/4 at 64) at no cost in calls.
+     */
+    private static final int CAUSAL_ROWS_NATIVE = 32;
 
     /**
      * Which part of C a band of rows [i0, i1) forms in {@link #causalProduct}: COLUMNS its columns
@@ -735,10 +772,11 @@ public final class CpuKernels implements Kernels {
     private enum Causal { COLUMNS, K_TO, K_FROM }
 
     /**
-     * One head's causal product C (t, n) = alpha op(A) op(B) + beta C in bands of CAUSAL_ROWS rows,
+     * One head's causal product C (t, n) = alpha op(A) op(B) + beta C in bands of rows,
      * op(A) (t, k) and op(B) (k, n), with k = t for K_TO and K_FROM and n = t for COLUMNS; C's other
-     * entries are left as they are. A GEMM call a band, or on the AVX512-BF16 path one native call
-     * that packs each operand once and gives the same bits (docs/KERNELS.md#causal-self-attention).
+     * entries are left as they are. A GEMM call a band of CAUSAL_ROWS, or on the AVX512-BF16 path one
+     * native call that packs each operand once and gives the bits of a GEMM call a band of
+     * CAUSAL_ROWS_NATIVE (docs/KERNELS.md#causal-self-attention).
      */
     private void causalProduct(Causal mode, boolean transA, boolean transB, int t, int n, int k, float alpha,
                                MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
@@ -749,7 +787,7 @@ public final class CpuKernels implements Kernels {
                 case K_TO -> DistilleryCpu.CAUSAL_K_TO;
                 case K_FROM -> DistilleryCpu.CAUSAL_K_FROM;
             };
-            bf16.causal(code, CAUSAL_ROWS, transA, transB, t, n, k, alpha,
+            bf16.causal(code, CAUSAL_ROWS_NATIVE, transA, transB, t, n, k, alpha,
                     a.asSlice(0, 4L * (transA ? (long) (k - 1) * lda + t : (long) (t - 1) * lda + k)), lda,
                     b.asSlice(0, 4L * (transB ? (long) (n - 1) * ldb + k : (long) (k - 1) * ldb + n)), ldb,
                     beta, c.asSlice(0, 4L * ((long) (t - 1) * ldc + cols)), ldc);
@@ -884,7 +922,8 @@ public final class CpuKernels implements Kernels {
 
     /**
      * A causal row of n entries widened to a whole number of vectors, at most t: within the band
-     * of CAUSAL_ROWS (a multiple of a vector) the row lies in, so its products wrote those columns.
+     * (CAUSAL_ROWS or CAUSAL_ROWS_NATIVE rows, a multiple of a vector) the row lies in, so its
+     * products wrote those columns.
      */
     private static int paddedRow(int n, int t) {
         return Math.min(t, (n + LANES - 1) / LANES * LANES);

@@ -148,7 +148,8 @@ class CpuKernelsConformanceTest {
 
     /**
      * The bf16 GEMM's threads split C along the 32 × 32 blocks its tiles form, so two threads give
-     * one thread's bits, split by rows or by columns, with op(B) held or not: k past one panel
+     * one thread's bits, split by rows (op(B) packed by both threads, a share of its columns each,
+     * or held) or by columns (fewer rows than 32 a thread): k past one panel
      * (1,024), where a block that is whole adds to C in its tiles and a partial one adds its sums
      * to C afterwards, sizes whose halves are not multiples of 32, rows enough for the threads to
      * claim several blocks of them each (the last one short), and claims of a shallow op(A) packed
@@ -157,7 +158,7 @@ class CpuKernelsConformanceTest {
     @ParameterizedTest
     @CsvSource({"200, 70, 1100, false, false", "70, 200, 1100, false, false", "100, 250, 1100, false, true", "100, 250, 1100, false, false",
                 "70, 200, 1100, false, true", "1100, 70, 1100, false, false", "1100, 70, 300, false, true",
-                "2200, 40, 500, true, false", "2200, 40, 500, false, false"})
+                "2200, 40, 500, true, false", "2200, 40, 500, false, false", "40, 300, 1100, false, true", "40, 300, 1100, true, false"})
     void bf16GemmGivesTheSameBitsOnOneThreadAndOnTwo(int m, int n, int k, boolean transA, boolean transB) {
         assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
         if (m > 1000) assertTrue((m + CpuKernels.gemmClaimRows(m, 2) - 1) / CpuKernels.gemmClaimRows(m, 2) > 2, "several claims a thread");
@@ -177,6 +178,35 @@ class CpuKernelsConformanceTest {
                 }
                 assertEquals(-1L, expected.mismatch(got), m + "x" + n + "x" + k + (transA ? " T" : " N") + (transB ? "T" : "N") + (held ? ", B held" : ""));
             }
+        }
+    }
+
+    /**
+     * op(B) packed a range of columns at a time, by threads that share one operand, gives the bytes
+     * of one pack of all its columns: ranges of 32 columns and more, the last one ragged, op(B)
+     * transposed or not, fp32 or stored as bf16, k not a multiple of 32 (its padding zeros).
+     */
+    @ParameterizedTest
+    @CsvSource({"70, 200, false, false", "70, 200, true, false", "33, 97, false, true", "300, 64, true, true", "5, 31, false, false"})
+    void bf16PackOfColumnRangesGivesTheBytesOfOnePack(int k, int n, boolean transB, boolean bBf16) {
+        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        Random random = new Random(k * 131L + n);
+        try (Arena arena = Arena.ofConfined()) {
+            int ldb = (transB ? k : n) + 3;   // rows longer than the operand's, as a slice of a wider matrix
+            long elements = (long) (transB ? n : k) * ldb;
+            MemorySegment b = arena.allocate(elements * (bBf16 ? 2 : 4), 64);
+            for (long i = 0; i < elements; i++) {
+                float x = (float) random.nextGaussian();
+                if (bBf16) b.setAtIndex(ValueLayout.JAVA_SHORT, i, VectorOps.bf16Bits(x)); else b.setAtIndex(ValueLayout.JAVA_FLOAT, i, x);
+            }
+            long bytes = Bf16Gemm.packedBytes(k, n);
+            MemorySegment whole = arena.allocate(bytes, 64), parts = arena.allocate(bytes, 64);
+            whole.fill((byte) 0x7f);
+            parts.fill((byte) 0x55);
+            Bf16Gemm.packColumns(transB, k, n, 0, n, b, bBf16, ldb, whole);
+            for (int c0 = 0; c0 < n; c0 += 64) Bf16Gemm.packColumns(transB, k, n, c0, Math.min(n, c0 + 64), b, bBf16, ldb, parts);
+            assertEquals(-1L, whole.mismatch(parts), k + " x " + n + (transB ? " transposed" : "") + (bBf16 ? ", bf16" : ""));
+            assertThrows(IllegalArgumentException.class, () -> Bf16Gemm.packColumns(transB, k, n, 16, n, b, bBf16, ldb, parts));
         }
     }
 
@@ -388,17 +418,17 @@ class CpuKernelsConformanceTest {
 
     /**
      * Attention's causal products in one native call a head give the bits of one bf16 GEMM call a
-     * band of 64 rows, in all three modes: scores as far as a band's last row (q kᵀ), sums up to it
+     * band (of 32 rows, as attention runs them, and of 64), in all three modes: scores as far as a band's last row (q kᵀ), sums up to it
      * (p v) and from its first row (pᵀ dout); strided operands as inside qkv, t of a part of a band,
      * of bands and a ragged last band, and past a panel of k (1,100); C poisoned or accumulated into.
      */
     @ParameterizedTest
-    @CsvSource({"37, 24", "200, 64", "256, 64", "1100, 40"})
-    void causalProductsGiveTheBitsOfOneGemmABand(int t, int hs) {
+    @CsvSource({"37, 24, 32", "200, 64, 32", "256, 64, 32", "1100, 40, 32", "200, 64, 64", "1100, 40, 64"})
+    void causalProductsGiveTheBitsOfOneGemmABand(int t, int hs, int band) {
         assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
         Bf16Gemm gemm = new Bf16Gemm();
         assumeTrue(gemm.hasCausal(), "skipped: the causal products run on the AVX512-BF16 path only");
-        int band = 64, ld = 3 * hs + 5;
+        int ld = 3 * hs + 5;
         Random random = new Random(t * 7L + hs);
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment x = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, t * ld));
@@ -421,7 +451,7 @@ class CpuKernelsConformanceTest {
                                 b.asSlice(4L * (transB ? k0 : (long) k0 * ld)), ld, beta, want.asSlice(4L * i0 * ldc), ldc);
                     }
                     gemm.causal(mode[0], band, transA, transB, t, n, k, 0.125f, a, lda, b, ld, beta, got, ldc);
-                    assertEquals(-1L, want.mismatch(got), "mode " + mode[0] + ", beta " + beta + ", t " + t + ", hs " + hs);
+                    assertEquals(-1L, want.mismatch(got), "mode " + mode[0] + ", beta " + beta + ", t " + t + ", hs " + hs + ", band " + band);
                 }
             }
         }
