@@ -266,6 +266,13 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public void geluLinearBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
+                                   MemorySegment inp, MemorySegment weight, MemorySegment gelu, DType geluType, MemorySegment dgelu,
+                                   int n, int c, int oc) {
+        time("geluLinearBackward", () -> inner.geluLinearBackward(dinp, dweight, dbias, dout, inp, weight, gelu, geluType, dgelu, n, c, oc));
+    }
+
+    @Override
     public void attentionDecode(MemorySegment out, MemorySegment scores, MemorySegment q, MemorySegment keys, MemorySegment values,
                                 int b, int len, int maxLen, int nh, int kvh, int hs) {
         time("attentionDecode", () -> inner.attentionDecode(out, scores, q, keys, values, b, len, maxLen, nh, kvh, hs));

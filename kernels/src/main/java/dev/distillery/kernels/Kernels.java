@@ -280,6 +280,23 @@ public interface Kernels extends AutoCloseable {
     /** {@code dinp += gelu'(inp) * dout}. */
     void geluBackward(MemorySegment dinp, MemorySegment inp, MemorySegment dout, long n);
 
+    /**
+     * The backward of {@link #linearForward} over gelu(inp), with gelu(inp) not kept from the
+     * forward: inp (n, c) fp32, weight (c, oc); gelu (n, c) of {@code geluType} is scratch that
+     * gets gelu(inp) again and dgelu (n, c) fp32 scratch for its gradient. {@code dinp +=
+     * gelu'(inp) · (dout · weightᵀ)} (dinp may be null: not needed), dweight and dbias (may be null)
+     * added to as by {@link #linearBackward}. As written here: GELU, the linear's backward, GELU's
+     * backward; a backend may order the work otherwise for the same values (one pass for the GELU
+     * and its gradient once the linear's input gradient is there).
+     */
+    default void geluLinearBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
+                                    MemorySegment inp, MemorySegment weight, MemorySegment gelu, DType geluType, MemorySegment dgelu,
+                                    int n, int c, int oc) {
+        geluForward(gelu, geluType, inp, (long) n * c);
+        linearBackward(dinp == null ? null : dgelu, 0f, dweight, dbias, dout, gelu, geluType, weight, n, c, oc);
+        if (dinp != null) geluBackward(dinp, inp, dgelu, (long) n * c);
+    }
+
     // ---------------------------------------------------------------- RMSNorm (the Llama family)
 
     /**

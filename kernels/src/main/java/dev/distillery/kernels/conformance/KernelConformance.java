@@ -86,6 +86,7 @@ public final class KernelConformance {
             c.gemmStridedBatched(s[0], s[1], s[2], 3);
         }
         for (int[] s : sizes.gemm()) c.linear(s[0], s[2], s[1]);
+        for (int[] s : sizes.gemm()) c.geluLinear(s[0], s[2], s[1]);
         // bf16 mixed precision changes the GEMMs only: they are held to a reference on
         // bf16-rounded operands above, and the ops made of GEMMs (linear, attention) to the fp32
         // reference within bf16's tolerance; every other kernel is the fp32 one, which the fp32
@@ -388,6 +389,42 @@ public final class KernelConformance {
             if (!(e <= worst)) worst = Double.isNaN(e) ? Double.POSITIVE_INFINITY : e;
         }
         return worst;
+    }
+
+    /**
+     * geluLinearBackward: gelu(inp) made again into scratch (as the GEMMs read it: bf16 under bf16),
+     * the linear's gradients from it, GELU's gradient added to dinp; then with no input gradient.
+     */
+    private void geluLinear(int n, int c, int oc) {
+        try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
+            double[] inp = randn(n * c), w = randn(c * oc), dout = randn(n * oc);
+            for (int i = 0; i < inp.length; i++) inp[i] *= 3;
+            double[] dinp = randn(n * c), dw = randn(c * oc), db = randn(oc), dw2 = randn(c * oc);
+            DType geluType = kernels.precision() == Precision.BF16 ? DType.BF16 : DType.F32;
+            MemorySegment sInp = buf.floats(inp), sW = buf.floats(w), sDout = buf.floats(dout);
+            MemorySegment sDinp = buf.floats(dinp), sDw = buf.floats(dw), sDb = buf.floats(db), sDw2 = buf.floats(dw2);
+            long t0 = System.nanoTime();
+            kernels.geluLinearBackward(sDinp, sDw, sDb, sDout, sInp, sW, buf.poisoned(n * c), geluType, buf.poisoned(n * c), n, c, oc);
+            double ms = millis(t0);
+            double[] g = new double[n * c], dg = new double[n * c];
+            ReferenceKernels.geluForward(g, inp, n * c);
+            double[] gOperand = operand(g), dwBefore = dw2.clone();
+            ReferenceKernels.linearBackward(dg, dw, null, operand(dout), gOperand, operand(w), n, c, oc);
+            for (int r = 0; r < n; r++) for (int o = 0; o < oc; o++) db[o] += dout[r * oc + o];
+            // relative to the summands' scale, as geluBackward's check: dinp += gelu'(x) dg may nearly cancel
+            double scale = Math.max(maxAbs(dinp), maxAbs(dg));
+            ReferenceKernels.geluBackward(dinp, inp, dg, n * c);
+            record(gemmName("geluLinearBackward"), n + "x" + c + "->" + oc,
+                    Math.max(buf.relativeError(dinp, sDinp, scale), Math.max(buf.relativeError(dw, sDw, 1e-6), buf.relativeError(db, sDb, 1e-6))),
+                    composedTol(TOL), ms);
+
+            t0 = System.nanoTime();
+            kernels.geluLinearBackward(null, sDw2, null, sDout, sInp, sW, buf.poisoned(n * c), geluType, buf.poisoned(n * c), n, c, oc);
+            ms = millis(t0);
+            ReferenceKernels.linearBackward(new double[n * c], dwBefore, null, operand(dout), gOperand, operand(w), n, c, oc);
+            record(gemmName("geluLinearBackward.noInput"), n + "x" + c + "->" + oc, buf.relativeError(dwBefore, sDw2, 1e-6), composedTol(TOL), ms);
+        }
     }
 
     private void gelu(int n) {

@@ -707,23 +707,55 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void geluBackward(MemorySegment dinp, MemorySegment inp, MemorySegment dout, long n) {
-        // gelu'(x) = s + 2 x s (1 - s) u', s = σ(2u), u' = √(2/π) (1 + 3·0.044715 x²)
-        elementwise(n, (start, end) -> {
-            long i = start;
-            for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
-                FloatVector x = FloatVector.fromMemorySegment(SPECIES, inp, (i) * 4L, ORDER);
-                FloatVector s = geluSigmoid(x);
-                FloatVector du = x.mul(x).mul(3f * 0.044715f).add(1f).mul(GELU_SCALE);
-                FloatVector grad = s.add(x.mul(2f).mul(s).mul(s.neg().add(1f)).mul(du));
-                grad.fma(FloatVector.fromMemorySegment(SPECIES, dout, (i) * 4L, ORDER), FloatVector.fromMemorySegment(SPECIES, dinp, (i) * 4L, ORDER)).intoMemorySegment(dinp, (i) * 4L, ORDER);
+        elementwise(n, (start, end) -> geluBackwardRange(null, false, dinp, inp, dout, start, end));
+    }
+
+    /**
+     * The linear's input gradient first (into dgelu), then one pass that makes gelu(inp) again and
+     * adds GELU's gradient to dinp (one σ an element where GELU, then its backward, took two), then
+     * the weight's and bias's gradients from gelu(inp): the values of the contract's order, bit for bit.
+     */
+    @Override
+    public void geluLinearBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
+                                   MemorySegment inp, MemorySegment weight, MemorySegment gelu, DType geluType, MemorySegment dgelu,
+                                   int n, int c, int oc) {
+        if (dinp == null) {
+            Kernels.super.geluLinearBackward(null, dweight, dbias, dout, inp, weight, gelu, geluType, dgelu, n, c, oc);
+            return;
+        }
+        boolean bf16 = writesBf16(geluType, "GELU");
+        gemm(false, true, n, c, oc, 1f, dout, oc, weight, oc, 0f, dgelu, c);
+        elementwise((long) n * c, (start, end) -> geluBackwardRange(gelu, bf16, dinp, inp, dgelu, start, end));
+        linearBackward(null, 1f, dweight, dbias, dout, gelu, geluType, weight, n, c, oc);
+    }
+
+    /**
+     * dinp += gelu'(x) · dout over [start, end), and with gelu non-null gelu = x σ(2u) (as
+     * {@link #geluForward} writes it) from the same σ.
+     * gelu'(x) = s + 2 x s (1 - s) u', s = σ(2u), u' = √(2/π) (1 + 3·0.044715 x²).
+     */
+    private static void geluBackwardRange(MemorySegment gelu, boolean bf16, MemorySegment dinp, MemorySegment inp, MemorySegment dout,
+                                          long start, long end) {
+        long i = start;
+        for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
+            FloatVector x = FloatVector.fromMemorySegment(SPECIES, inp, (i) * 4L, ORDER);
+            FloatVector s = geluSigmoid(x);
+            if (gelu != null) {
+                FloatVector y = x.mul(s);
+                if (bf16) VectorOps.intoBf16(y, gelu, i);
+                else y.intoMemorySegment(gelu, i * 4L, ORDER);
             }
-            for (; i < end; i++) {
-                float x = get(inp, i);
-                float s = geluSigmoid(x);
-                float grad = s + 2f * x * s * (1f - s) * GELU_SCALE * (1f + 3f * 0.044715f * x * x);
-                set(dinp, i, get(dinp, i) + grad * get(dout, i));
-            }
-        });
+            FloatVector du = x.mul(x).mul(3f * 0.044715f).add(1f).mul(GELU_SCALE);
+            FloatVector grad = s.add(x.mul(2f).mul(s).mul(s.neg().add(1f)).mul(du));
+            grad.fma(FloatVector.fromMemorySegment(SPECIES, dout, (i) * 4L, ORDER), FloatVector.fromMemorySegment(SPECIES, dinp, (i) * 4L, ORDER)).intoMemorySegment(dinp, (i) * 4L, ORDER);
+        }
+        for (; i < end; i++) {
+            float x = get(inp, i);
+            float s = geluSigmoid(x);
+            if (gelu != null) setOutput(gelu, bf16, i, x * s);
+            float grad = s + 2f * x * s * (1f - s) * GELU_SCALE * (1f + 3f * 0.044715f * x * x);
+            set(dinp, i, get(dinp, i) + grad * get(dout, i));
+        }
     }
 
     /**

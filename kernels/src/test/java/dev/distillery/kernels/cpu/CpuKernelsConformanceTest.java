@@ -182,6 +182,45 @@ class CpuKernelsConformanceTest {
     }
 
     /**
+     * The CPU's geluLinearBackward (the linear's input gradient first, then GELU and its gradient
+     * in one pass, then the weight's) gives the bits of the contract's order: GELU, the linear's
+     * backward, GELU's backward. fp32 and bf16, one thread and two, n · c not a multiple of a
+     * vector, gradients accumulated into, the scratch poisoned with NaN.
+     */
+    @ParameterizedTest
+    @CsvSource({"FP32, 1, 37, 29, 50", "FP32, 2, 200, 96, 72", "BF16, 1, 37, 29, 50", "BF16, 2, 200, 96, 72", "BF16, 2, 1024, 256, 64"})
+    void geluLinearBackwardGivesTheBitsOfGeluThenTheLinearsBackwardThenGelus(Precision precision, int threads, int n, int c, int oc) {
+        assumeTrue(precision == Precision.FP32 || Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here");
+        Random random = new Random(n * 7L + c);
+        DType geluType = precision == Precision.BF16 ? DType.BF16 : DType.F32;
+        try (CpuKernels kernels = new CpuKernels(threads, "auto", precision); Arena arena = Arena.ofShared()) {
+            float[] x = gaussians(random, n * c);
+            for (int i = 0; i < x.length; i++) x[i] *= 3;
+            MemorySegment inp = arena.allocateFrom(ValueLayout.JAVA_FLOAT, x);
+            MemorySegment w = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, c * oc));
+            MemorySegment dout = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, n * oc));
+            float[] dinp0 = gaussians(random, n * c), dw0 = gaussians(random, c * oc), db0 = gaussians(random, oc);
+            MemorySegment[] want = {arena.allocateFrom(ValueLayout.JAVA_FLOAT, dinp0), arena.allocateFrom(ValueLayout.JAVA_FLOAT, dw0),
+                    arena.allocateFrom(ValueLayout.JAVA_FLOAT, db0), arena.allocate(4L * n * c, 64)};
+            MemorySegment[] got = {arena.allocateFrom(ValueLayout.JAVA_FLOAT, dinp0), arena.allocateFrom(ValueLayout.JAVA_FLOAT, dw0),
+                    arena.allocateFrom(ValueLayout.JAVA_FLOAT, db0), arena.allocate(4L * n * c, 64)};
+            MemorySegment dg = arena.allocate(4L * n * c, 64);
+            want[3].fill((byte) 0x7f);
+            dg.fill((byte) 0x7f);
+            kernels.geluForward(want[3], geluType, inp, (long) n * c);
+            kernels.linearBackward(dg, 0f, want[1], want[2], dout, want[3], geluType, w, n, c, oc);
+            kernels.geluBackward(want[0], inp, dg, (long) n * c);
+            got[3].fill((byte) 0x7f);
+            dg.fill((byte) 0x7f);
+            kernels.geluLinearBackward(got[0], got[1], got[2], dout, inp, w, got[3], geluType, dg, n, c, oc);
+            String[] names = {"dinp", "dweight", "dbias", "gelu"};
+            for (int i = 0; i < names.length; i++) {
+                assertEquals(-1L, want[i].mismatch(got[i]), names[i] + ", " + precision + ", " + threads + " thread(s), " + n + " x " + c + " -> " + oc);
+            }
+        }
+    }
+
+    /**
      * op(B) packed a range of columns at a time, by threads that share one operand, gives the bytes
      * of one pack of all its columns: ranges of 32 columns and more, the last one ragged, op(B)
      * transposed or not, fp32 or stored as bf16, k not a multiple of 32 (its padding zeros).

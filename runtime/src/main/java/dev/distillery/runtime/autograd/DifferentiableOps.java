@@ -348,11 +348,9 @@ public final class DifferentiableOps {
             recordBackward(out, () -> {
                 if (out.grad() == null) return;
                 Tensor again = workspace.tensor("gelu", gemmOperandType, n, c);
-                kernels.geluForward(again.data(), gemmOperandType, x.data(), x.numel());
                 Tensor dg = workspace.tensor("gelu.grad", n, c);
-                linearBackward(new GradTarget(dg.data(), 0f), out.grad().data(), again, weight, bias, n, c, oc);
-                var dx = grad(x);
-                if (dx != null) kernels.geluBackward(dx, x.data(), dg.data(), x.numel());
+                kernels.geluLinearBackward(grad(x), grad(weight), bias == null ? null : grad(bias), out.grad().data(), x.data(),
+                        weight.data(), again.data(), gemmOperandType, dg.data(), n, c, oc);
                 releaseScratch(again);
                 releaseScratch(dg);
             });
