@@ -266,10 +266,10 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void geluLinearBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
+    public void geluLinearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
                                    MemorySegment inp, MemorySegment weight, MemorySegment gelu, DType geluType, MemorySegment dgelu,
                                    int n, int c, int oc) {
-        time("geluLinearBackward", () -> inner.geluLinearBackward(dinp, dweight, dbias, dout, inp, weight, gelu, geluType, dgelu, n, c, oc));
+        time("geluLinearBackward", () -> inner.geluLinearBackward(dinp, dinpBeta, dweight, dbias, dout, inp, weight, gelu, geluType, dgelu, n, c, oc));
     }
 
     @Override

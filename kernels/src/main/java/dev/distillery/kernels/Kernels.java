@@ -283,18 +283,23 @@ public interface Kernels extends AutoCloseable {
     /**
      * The backward of {@link #linearForward} over gelu(inp), with gelu(inp) not kept from the
      * forward: inp (n, c) fp32, weight (c, oc); gelu (n, c) of {@code geluType} is scratch that
-     * gets gelu(inp) again and dgelu (n, c) fp32 scratch for its gradient. {@code dinp +=
-     * gelu'(inp) · (dout · weightᵀ)} (dinp may be null: not needed), dweight and dbias (may be null)
-     * added to as by {@link #linearBackward}. As written here: GELU, the linear's backward, GELU's
-     * backward; a backend may order the work otherwise for the same values (one pass for the GELU
-     * and its gradient once the linear's input gradient is there).
+     * gets gelu(inp) again and dgelu (n, c) fp32 scratch for its gradient. {@code dinp =
+     * gelu'(inp) · (dout · weightᵀ) + dinpBeta · dinp} (dinpBeta 1 adds to a gradient, 0 writes a
+     * new one over whatever is there, with the bits of adding to zeros; dinp may be null: not
+     * needed), dweight and dbias (may be null) added to as by {@link #linearBackward}. As written
+     * here: GELU, the linear's backward, GELU's backward; a backend may order the work otherwise for
+     * the same values (one pass for the GELU and its gradient once the linear's input gradient is there).
      */
-    default void geluLinearBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
+    default void geluLinearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
                                     MemorySegment inp, MemorySegment weight, MemorySegment gelu, DType geluType, MemorySegment dgelu,
                                     int n, int c, int oc) {
+        if (dinpBeta != 0f && dinpBeta != 1f) throw new IllegalArgumentException("geluLinearBackward: dinpBeta is 0 or 1, got " + dinpBeta);
         geluForward(gelu, geluType, inp, (long) n * c);
         linearBackward(dinp == null ? null : dgelu, 0f, dweight, dbias, dout, gelu, geluType, weight, n, c, oc);
-        if (dinp != null) geluBackward(dinp, inp, dgelu, (long) n * c);
+        if (dinp != null) {
+            if (dinpBeta == 0f) fill(dinp, 0f, (long) n * c);
+            geluBackward(dinp, inp, dgelu, (long) n * c);
+        }
     }
 
     // ---------------------------------------------------------------- RMSNorm (the Llama family)

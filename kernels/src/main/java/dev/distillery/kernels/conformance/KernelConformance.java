@@ -393,7 +393,8 @@ public final class KernelConformance {
 
     /**
      * geluLinearBackward: gelu(inp) made again into scratch (as the GEMMs read it: bf16 under bf16),
-     * the linear's gradients from it, GELU's gradient added to dinp; then with no input gradient.
+     * the linear's gradients from it, GELU's gradient added to dinp; then written over NaN (dinpBeta
+     * 0), and with no input gradient.
      */
     private void geluLinear(int n, int c, int oc) {
         try (Arena arena = Arena.ofShared()) {
@@ -405,7 +406,7 @@ public final class KernelConformance {
             MemorySegment sInp = buf.floats(inp), sW = buf.floats(w), sDout = buf.floats(dout);
             MemorySegment sDinp = buf.floats(dinp), sDw = buf.floats(dw), sDb = buf.floats(db), sDw2 = buf.floats(dw2);
             long t0 = System.nanoTime();
-            kernels.geluLinearBackward(sDinp, sDw, sDb, sDout, sInp, sW, buf.poisoned(n * c), geluType, buf.poisoned(n * c), n, c, oc);
+            kernels.geluLinearBackward(sDinp, 1f, sDw, sDb, sDout, sInp, sW, buf.poisoned(n * c), geluType, buf.poisoned(n * c), n, c, oc);
             double ms = millis(t0);
             double[] g = new double[n * c], dg = new double[n * c];
             ReferenceKernels.geluForward(g, inp, n * c);
@@ -419,11 +420,23 @@ public final class KernelConformance {
                     Math.max(buf.relativeError(dinp, sDinp, scale), Math.max(buf.relativeError(dw, sDw, 1e-6), buf.relativeError(db, sDb, 1e-6))),
                     composedTol(TOL), ms);
 
+            MemorySegment sFresh = buf.poisoned(n * c);
             t0 = System.nanoTime();
-            kernels.geluLinearBackward(null, sDw2, null, sDout, sInp, sW, buf.poisoned(n * c), geluType, buf.poisoned(n * c), n, c, oc);
+            kernels.geluLinearBackward(sFresh, 0f, sDw2, null, sDout, sInp, sW, buf.poisoned(n * c), geluType, buf.poisoned(n * c), n, c, oc);
             ms = millis(t0);
+            double[] fresh = new double[n * c];
+            ReferenceKernels.geluBackward(fresh, inp, dg, n * c);
             ReferenceKernels.linearBackward(new double[n * c], dwBefore, null, operand(dout), gOperand, operand(w), n, c, oc);
-            record(gemmName("geluLinearBackward.noInput"), n + "x" + c + "->" + oc, buf.relativeError(dwBefore, sDw2, 1e-6), composedTol(TOL), ms);
+            record(gemmName("geluLinearBackward.new"), n + "x" + c + "->" + oc,
+                    Math.max(buf.relativeError(fresh, sFresh, 1e-6), buf.relativeError(dwBefore, sDw2, 1e-6)), composedTol(TOL), ms);
+
+            double[] dw3 = randn(c * oc), dw3Before = dw3.clone();
+            MemorySegment sDw3 = buf.floats(dw3);
+            t0 = System.nanoTime();
+            kernels.geluLinearBackward(null, 1f, sDw3, null, sDout, sInp, sW, buf.poisoned(n * c), geluType, buf.poisoned(n * c), n, c, oc);
+            ms = millis(t0);
+            ReferenceKernels.linearBackward(new double[n * c], dw3Before, null, operand(dout), gOperand, operand(w), n, c, oc);
+            record(gemmName("geluLinearBackward.noInput"), n + "x" + c + "->" + oc, buf.relativeError(dw3Before, sDw3, 1e-6), composedTol(TOL), ms);
         }
     }
 

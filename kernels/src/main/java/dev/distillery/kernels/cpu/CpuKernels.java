@@ -707,7 +707,7 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void geluBackward(MemorySegment dinp, MemorySegment inp, MemorySegment dout, long n) {
-        elementwise(n, (start, end) -> geluBackwardRange(null, false, dinp, inp, dout, start, end));
+        elementwise(n, (start, end) -> geluBackwardRange(null, false, dinp, true, inp, dout, start, end));
     }
 
     /**
@@ -716,26 +716,28 @@ public final class CpuKernels implements Kernels {
      * the weight's and bias's gradients from gelu(inp): the values of the contract's order, bit for bit.
      */
     @Override
-    public void geluLinearBackward(MemorySegment dinp, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
+    public void geluLinearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
                                    MemorySegment inp, MemorySegment weight, MemorySegment gelu, DType geluType, MemorySegment dgelu,
                                    int n, int c, int oc) {
-        if (dinp == null) {
-            Kernels.super.geluLinearBackward(null, dweight, dbias, dout, inp, weight, gelu, geluType, dgelu, n, c, oc);
+        if (dinp == null || (dinpBeta != 0f && dinpBeta != 1f)) {
+            Kernels.super.geluLinearBackward(dinp, dinpBeta, dweight, dbias, dout, inp, weight, gelu, geluType, dgelu, n, c, oc);
             return;
         }
-        boolean bf16 = writesBf16(geluType, "GELU");
+        boolean bf16 = writesBf16(geluType, "GELU"), add = dinpBeta == 1f;
         gemm(false, true, n, c, oc, 1f, dout, oc, weight, oc, 0f, dgelu, c);
-        elementwise((long) n * c, (start, end) -> geluBackwardRange(gelu, bf16, dinp, inp, dgelu, start, end));
+        elementwise((long) n * c, (start, end) -> geluBackwardRange(gelu, bf16, dinp, add, inp, dgelu, start, end));
         linearBackward(null, 1f, dweight, dbias, dout, gelu, geluType, weight, n, c, oc);
     }
 
     /**
-     * dinp += gelu'(x) · dout over [start, end), and with gelu non-null gelu = x σ(2u) (as
+     * dinp += gelu'(x) · dout over [start, end) (without add: dinp = 0 + gelu'(x) · dout, the bits
+     * of adding to zeros, dinp not read), and with gelu non-null gelu = x σ(2u) (as
      * {@link #geluForward} writes it) from the same σ.
      * gelu'(x) = s + 2 x s (1 - s) u', s = σ(2u), u' = √(2/π) (1 + 3·0.044715 x²).
      */
-    private static void geluBackwardRange(MemorySegment gelu, boolean bf16, MemorySegment dinp, MemorySegment inp, MemorySegment dout,
-                                          long start, long end) {
+    private static void geluBackwardRange(MemorySegment gelu, boolean bf16, MemorySegment dinp, boolean add, MemorySegment inp,
+                                          MemorySegment dout, long start, long end) {
+        FloatVector zero = FloatVector.zero(SPECIES);
         long i = start;
         for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
             FloatVector x = FloatVector.fromMemorySegment(SPECIES, inp, (i) * 4L, ORDER);
@@ -747,14 +749,15 @@ public final class CpuKernels implements Kernels {
             }
             FloatVector du = x.mul(x).mul(3f * 0.044715f).add(1f).mul(GELU_SCALE);
             FloatVector grad = s.add(x.mul(2f).mul(s).mul(s.neg().add(1f)).mul(du));
-            grad.fma(FloatVector.fromMemorySegment(SPECIES, dout, (i) * 4L, ORDER), FloatVector.fromMemorySegment(SPECIES, dinp, (i) * 4L, ORDER)).intoMemorySegment(dinp, (i) * 4L, ORDER);
+            FloatVector acc = add ? FloatVector.fromMemorySegment(SPECIES, dinp, (i) * 4L, ORDER) : zero;
+            grad.fma(FloatVector.fromMemorySegment(SPECIES, dout, (i) * 4L, ORDER), acc).intoMemorySegment(dinp, (i) * 4L, ORDER);
         }
         for (; i < end; i++) {
             float x = get(inp, i);
             float s = geluSigmoid(x);
             if (gelu != null) setOutput(gelu, bf16, i, x * s);
             float grad = s + 2f * x * s * (1f - s) * GELU_SCALE * (1f + 3f * 0.044715f * x * x);
-            set(dinp, i, get(dinp, i) + grad * get(dout, i));
+            set(dinp, i, (add ? get(dinp, i) : 0f) + grad * get(dout, i));
         }
     }
 

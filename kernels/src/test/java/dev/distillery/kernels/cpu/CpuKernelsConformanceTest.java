@@ -185,11 +185,14 @@ class CpuKernelsConformanceTest {
      * The CPU's geluLinearBackward (the linear's input gradient first, then GELU and its gradient
      * in one pass, then the weight's) gives the bits of the contract's order: GELU, the linear's
      * backward, GELU's backward. fp32 and bf16, one thread and two, n · c not a multiple of a
-     * vector, gradients accumulated into, the scratch poisoned with NaN.
+     * vector, gradients accumulated into (dinpBeta 1) or the input's written over NaN (0, against
+     * adding to zeros), the scratch poisoned with NaN.
      */
     @ParameterizedTest
-    @CsvSource({"FP32, 1, 37, 29, 50", "FP32, 2, 200, 96, 72", "BF16, 1, 37, 29, 50", "BF16, 2, 200, 96, 72", "BF16, 2, 1024, 256, 64"})
-    void geluLinearBackwardGivesTheBitsOfGeluThenTheLinearsBackwardThenGelus(Precision precision, int threads, int n, int c, int oc) {
+    @CsvSource({"FP32, 1, 37, 29, 50, 1", "FP32, 2, 200, 96, 72, 0", "BF16, 1, 37, 29, 50, 0", "BF16, 2, 200, 96, 72, 1",
+                "BF16, 2, 1024, 256, 64, 0", "FP32, 2, 33, 17, 5, 1"})
+    void geluLinearBackwardGivesTheBitsOfGeluThenTheLinearsBackwardThenGelus(Precision precision, int threads, int n, int c, int oc,
+                                                                              float dinpBeta) {
         assumeTrue(precision == Precision.FP32 || Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here");
         Random random = new Random(n * 7L + c);
         DType geluType = precision == Precision.BF16 ? DType.BF16 : DType.F32;
@@ -207,15 +210,19 @@ class CpuKernelsConformanceTest {
             MemorySegment dg = arena.allocate(4L * n * c, 64);
             want[3].fill((byte) 0x7f);
             dg.fill((byte) 0x7f);
+            if (dinpBeta == 0f) {
+                want[0].fill((byte) 0);
+                got[0].fill((byte) 0x7f);
+            }
             kernels.geluForward(want[3], geluType, inp, (long) n * c);
             kernels.linearBackward(dg, 0f, want[1], want[2], dout, want[3], geluType, w, n, c, oc);
             kernels.geluBackward(want[0], inp, dg, (long) n * c);
             got[3].fill((byte) 0x7f);
             dg.fill((byte) 0x7f);
-            kernels.geluLinearBackward(got[0], got[1], got[2], dout, inp, w, got[3], geluType, dg, n, c, oc);
+            kernels.geluLinearBackward(got[0], dinpBeta, got[1], got[2], dout, inp, w, got[3], geluType, dg, n, c, oc);
             String[] names = {"dinp", "dweight", "dbias", "gelu"};
             for (int i = 0; i < names.length; i++) {
-                assertEquals(-1L, want[i].mismatch(got[i]), names[i] + ", " + precision + ", " + threads + " thread(s), " + n + " x " + c + " -> " + oc);
+                assertEquals(-1L, want[i].mismatch(got[i]), names[i] + ", " + precision + ", beta " + dinpBeta + ", " + threads + " thread(s), " + n + " x " + c + " -> " + oc);
             }
         }
     }

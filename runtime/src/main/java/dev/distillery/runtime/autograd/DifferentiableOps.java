@@ -349,8 +349,10 @@ public final class DifferentiableOps {
                 if (out.grad() == null) return;
                 Tensor again = workspace.tensor("gelu", gemmOperandType, n, c);
                 Tensor dg = workspace.tensor("gelu.grad", n, c);
-                kernels.geluLinearBackward(grad(x), grad(weight), bias == null ? null : grad(bias), out.grad().data(), x.data(),
-                        weight.data(), again.data(), gemmOperandType, dg.data(), n, c, oc);
+                GradTarget dx = gradToWrite(x);
+                kernels.geluLinearBackward(dx == null ? null : dx.data(), dx == null ? 1f : dx.beta(), grad(weight),
+                        bias == null ? null : grad(bias), out.grad().data(), x.data(), weight.data(), again.data(), gemmOperandType,
+                        dg.data(), n, c, oc);
                 releaseScratch(again);
                 releaseScratch(dg);
             });
