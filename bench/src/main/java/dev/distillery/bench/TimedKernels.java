@@ -289,9 +289,9 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout, MemorySegment qkv,
+    public void attentionBackward(MemorySegment dqkv, float dqkvBeta, MemorySegment datt, MemorySegment dout, MemorySegment qkv,
                                   MemorySegment att, int b, int t, int c, int nh) {
-        time("attentionBackward", () -> inner.attentionBackward(dqkv, datt, dout, qkv, att, b, t, c, nh));
+        time("attentionBackward", () -> inner.attentionBackward(dqkv, dqkvBeta, datt, dout, qkv, att, b, t, c, nh));
     }
 
     @Override

@@ -374,10 +374,11 @@ public interface Kernels extends AutoCloseable {
     void attentionProbs(MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh);
 
     /**
-     * Accumulates dqkv (b, t, 3c). datt is (b, nh, t, t) scratch the kernel overwrites; att and
-     * qkv are the forward's.
+     * dqkv (b, t, 3c) = the gradient of the attention's input + dqkvBeta · dqkv: dqkvBeta 1 adds to a
+     * gradient, 0 writes a new one over whatever is there (the values of adding to zeros). datt is
+     * (b, nh, t, t) scratch the kernel overwrites; att and qkv are the forward's.
      */
-    void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout,
+    void attentionBackward(MemorySegment dqkv, float dqkvBeta, MemorySegment datt, MemorySegment dout,
                            MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh);
 
     /**

@@ -582,10 +582,18 @@ public final class KernelConformance {
             record(gemmName("attentionProbs"), size, Arrays.equals(kept, again) ? 0 : buf.relativeError(kept, sAgain, 1e-6), 0, ms);
             MemorySegment sDqkv = buf.floats(dqkv);
             t0 = System.nanoTime();
-            kernels.attentionBackward(sDqkv, buf.poisoned(att.length), buf.floats(dout), sQkv, sAtt, b, t, c, nh);
+            kernels.attentionBackward(sDqkv, 1f, buf.poisoned(att.length), buf.floats(dout), sQkv, sAtt, b, t, c, nh);
             ms = millis(t0);
             ReferenceKernels.attentionBackward(dqkv, dout, qkv, att, b, t, c, nh);
             record(gemmName("attentionBackward"), size, buf.relativeError(dqkv, sDqkv, 1e-6), composedTol(TOL_LOOSE), ms);
+            // a new gradient written over NaN (dqkvBeta 0)
+            double[] fresh = new double[qkv.length];
+            MemorySegment sFresh = buf.poisoned(qkv.length);
+            t0 = System.nanoTime();
+            kernels.attentionBackward(sFresh, 0f, buf.poisoned(att.length), buf.floats(dout), sQkv, sAtt, b, t, c, nh);
+            ms = millis(t0);
+            ReferenceKernels.attentionBackward(fresh, dout, qkv, att, b, t, c, nh);
+            record(gemmName("attentionBackward.new"), size, buf.relativeError(fresh, sFresh, 1e-6), composedTol(TOL_LOOSE), ms);
         }
     }
 

@@ -924,8 +924,9 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
-    public void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout,
+    public void attentionBackward(MemorySegment dqkv, float dqkvBeta, MemorySegment datt, MemorySegment dout,
                                   MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh) {
+        if (dqkvBeta != 0f && dqkvBeta != 1f) throw new IllegalArgumentException("attentionBackward: dqkvBeta is 0 or 1, got " + dqkvBeta);
         int hs = headSize(c, nh);
         float scale = (float) (1.0 / Math.sqrt(hs));
         int c3 = 3 * c;
@@ -935,9 +936,11 @@ public final class CpuKernels implements Kernels {
                 long q = (long) bb * t * c3 + (long) h * hs, probs = (long) bh * t * t;
                 MemorySegment attBh = att.asSlice(4 * probs), dattBh = datt.asSlice(4 * probs);
                 long doutH = (long) bb * t * c + (long) h * hs;
-                // dv += attᵀ · dout: rows [j0, j1) of dv from att's rows j0.. (above them att is 0)
+                // dv += attᵀ · dout: rows [j0, j1) of dv from att's rows j0.. (above them att is 0). Each of
+                // dv, dq and dk has one product, over all of its rows: beta 0 writes it (a sum starts at
+                // +0 and never becomes -0, so its bits are those of adding it to zeros)
                 causalProduct(Causal.K_FROM, true, false, t, hs, t, 1f, attBh, t, dout.asSlice(4 * doutH), c,
-                        1f, dqkv.asSlice(4 * (q + 2L * c)), c3);
+                        dqkvBeta, dqkv.asSlice(4 * (q + 2L * c)), c3);
                 // datt = dout · vᵀ, rows [i0, i1) as far as column i1
                 causalProduct(Causal.COLUMNS, false, true, t, t, hs, 1f, dout.asSlice(4 * doutH), c, qkv.asSlice(4 * (q + 2L * c)), c3,
                         0f, dattBh, t);
@@ -949,8 +952,8 @@ public final class CpuKernels implements Kernels {
                     VectorOps.fill(dattBh, row + i + 1, t - i - 1, 0f);
                 }
                 // dq += dpre · k, rows [i0, i1) from dpre's first i1 columns; dk += dpreᵀ · q, rows [j0, j1) from dpre's rows j0..
-                causalProduct(Causal.K_TO, false, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * (q + c)), c3, 1f, dqkv.asSlice(4 * q), c3);
-                causalProduct(Causal.K_FROM, true, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * q), c3, 1f, dqkv.asSlice(4 * (q + c)), c3);
+                causalProduct(Causal.K_TO, false, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * (q + c)), c3, dqkvBeta, dqkv.asSlice(4 * q), c3);
+                causalProduct(Causal.K_FROM, true, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * q), c3, dqkvBeta, dqkv.asSlice(4 * (q + c)), c3);
             }
         });
     }

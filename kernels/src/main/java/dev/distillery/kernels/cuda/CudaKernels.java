@@ -609,8 +609,9 @@ public final class CudaKernels implements Kernels {
      * beta 1 would).
      */
     @Override
-    public void attentionBackward(MemorySegment dqkv, MemorySegment datt, MemorySegment dout, MemorySegment qkv, MemorySegment att,
-                                  int b, int t, int c, int nh) {
+    public void attentionBackward(MemorySegment dqkv, float dqkvBeta, MemorySegment datt, MemorySegment dout, MemorySegment qkv,
+                                  MemorySegment att, int b, int t, int c, int nh) {
+        if (dqkvBeta != 0f && dqkvBeta != 1f) throw new IllegalArgumentException("attentionBackward: dqkvBeta is 0 or 1, got " + dqkvBeta);
         int hs = c / nh, bh = b * nh;
         long n = (long) b * t * c, tt = (long) t * t, th = (long) t * hs;
         int es = storedBytes();
@@ -629,7 +630,7 @@ public final class CudaKernels implements Kernels {
         // dQ = dpreatt · K;  dK = dpreattᵀ · Q
         storedGemm(false, false, t, hs, t, dpre, t, tt, k, hs, th, 0f, dq, hs, th, bh);
         storedGemm(true, false, t, hs, t, dpre, t, tt, q, hs, th, 0f, dk, hs, th, bh);
-        mergeHeads(dqkv.address(), grads, b, t, nh, hs, 3, true);
+        mergeHeads(dqkv.address(), grads, b, t, nh, hs, 3, dqkvBeta == 1f);
     }
 
     // ---------------------------------------------------------------- classifier and distillation

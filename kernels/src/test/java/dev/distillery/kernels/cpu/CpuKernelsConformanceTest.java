@@ -228,6 +228,30 @@ class CpuKernelsConformanceTest {
     }
 
     /**
+     * Attention's backward writing a new dqkv (dqkvBeta 0, over NaN) gives the bits of adding to
+     * zeros (1): fp32 (a GEMM call a band) and bf16 (one native call a product), two threads, t of
+     * a part of a band and of several bands.
+     */
+    @ParameterizedTest
+    @CsvSource({"FP32, 2, 37, 24, 2", "FP32, 1, 130, 32, 4", "BF16, 2, 37, 24, 2", "BF16, 2, 130, 32, 4"})
+    void attentionBackwardWritingANewGradientGivesTheBitsOfAddingToZeros(Precision precision, int b, int t, int c, int nh) {
+        assumeTrue(precision == Precision.FP32 || Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here");
+        Random random = new Random(t * 5L + c);
+        try (CpuKernels kernels = new CpuKernels(2, "auto", precision); Arena arena = Arena.ofShared()) {
+            long n = (long) b * t * c, na = (long) b * nh * t * t;
+            MemorySegment qkv = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, (int) (3 * n)));
+            MemorySegment dout = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, (int) n));
+            MemorySegment out = arena.allocate(4 * n, 64), att = arena.allocate(4 * na, 64), datt = arena.allocate(4 * na, 64);
+            kernels.attentionForward(out, DType.F32, att, qkv, b, t, c, nh);
+            MemorySegment added = arena.allocate(12 * n, 64), written = arena.allocate(12 * n, 64);
+            written.fill((byte) 0x7f);
+            kernels.attentionBackward(added, 1f, datt, dout, qkv, att, b, t, c, nh);
+            kernels.attentionBackward(written, 0f, datt, dout, qkv, att, b, t, c, nh);
+            assertEquals(-1L, added.mismatch(written), precision + ", " + b + " x " + t + " x " + c + " / " + nh);
+        }
+    }
+
+    /**
      * op(B) packed a range of columns at a time, by threads that share one operand, gives the bytes
      * of one pack of all its columns: ranges of 32 columns and more, the last one ragged, op(B)
      * transposed or not, fp32 or stored as bf16, k not a multiple of 32 (its padding zeros).

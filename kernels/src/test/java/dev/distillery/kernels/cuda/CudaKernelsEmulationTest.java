@@ -151,7 +151,7 @@ class CudaKernelsEmulationTest {
                     for (MemorySegment s : List.of(qkv, out, att, dout, dqkv, datt)) kernels.fill(s, 0.5f, s.byteSize() / 4);
                     int launches = device.launches(), gemms = device.gemms();
                     kernels.attentionForward(out, DType.F32, att, qkv, b, t, c, nh);
-                    kernels.attentionBackward(dqkv, datt, dout, qkv, att, b, t, c, nh);
+                    kernels.attentionBackward(dqkv, 1f, datt, dout, qkv, att, b, t, c, nh);
                     counts[i] = device.launches() - launches + device.gemms() - gemms;
                 }
             }

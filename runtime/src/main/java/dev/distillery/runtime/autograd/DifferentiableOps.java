@@ -317,7 +317,11 @@ public final class DifferentiableOps {
                         kernels.attentionProbs(probs.data(), qkv.data(), b, t, c, heads);
                     }
                     Tensor scratch = workspace.tensor("attention.dprobs", b, heads, t, t);
-                    kernels.attentionBackward(grad(qkv), scratch.data(), out.grad().data(), qkv.data(), probs.data(), b, t, c, heads);
+                    GradTarget dqkv = gradToWrite(qkv);
+                    if (dqkv != null) {
+                        kernels.attentionBackward(dqkv.data(), dqkv.beta(), scratch.data(), out.grad().data(), qkv.data(), probs.data(),
+                                b, t, c, heads);
+                    }
                     releaseScratch(scratch);
                     if (recompute) releaseScratch(probs);
                 }
