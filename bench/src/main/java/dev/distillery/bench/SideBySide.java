@@ -29,7 +29,10 @@ import java.util.Map;
  * </pre>
  *
  * {@code --step A --precision bf16 old/benchmarks.jar bench/target/benchmarks.jar} times config A's
- * training step of each build instead (each build trains its own model from the same seed).
+ * training step of each build instead (each build trains its own model from the same seed). The
+ * build loaded second runs a little slower whatever it is (the same jar twice: about 0.5% under
+ * bf16, 3–5% under fp32, whose OpenBLAS both builds share), so steps are compared two builds at a
+ * time and in both orders (docs/PERFORMANCE.md).
  *
  * Prints, per jar, the min, median and mean of the calls after the first quarter (warm-up), the
  * median as a fraction of the first jar's, in ns per element and in GB/s of floor traffic, and
@@ -271,6 +274,8 @@ public final class SideBySide {
                                        each build trains its own model from the same seed)
                   --precision P        the step's precision: fp32 (default) or bf16
                   --loss ce|distill    the step's loss (default ce; distill: a dense bf16 teacher)
+                                       (the build loaded second runs up to 5% slower whatever it is:
+                                       compare steps two builds at a time, in both orders)
                   --shape NxV          2048x32000 (default), 4096x50257, 1024x128256, or any
                   --teacher KIND       dense-bf16 (default) or top64
                   --divergence D       forward-kl (default), reverse-kl or jsd

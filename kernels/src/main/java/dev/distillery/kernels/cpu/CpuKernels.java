@@ -250,14 +250,14 @@ public final class CpuKernels implements Kernels {
 
     /**
      * The bf16 GEMM over the pool, split along the 32 × 32 blocks its tiles form C in, so that
-     * every block is formed as on one thread and the bits do not depend on the thread count. Each
-     * thread packs its share of the operand that is split and all of the other, so it splits the
-     * larger of op(A) (m rows) and op(B) (n columns); a held op(B) is packed once for every
-     * thread, so then it splits the rows (the LM head's input gradient: a 32000-deep op(A) of a
-     * few hundred rows, which a split of B's 384 columns had each thread pack whole). Rows go to
-     * the threads as they claim them, {@link #gemmClaimRows} at a time, so a vCPU that runs behind
-     * takes fewer; columns in fixed shares. An operand stored as bf16 has 2-byte elements. A bias
-     * (n floats, or null) stands in for C as beta's operand ({@link Bf16Gemm#sgemm}).
+     * every block is formed as on one thread and the bits do not depend on the thread count. By
+     * rows wherever each thread gets 32 of them, so that each operand is packed once in all: op(B)
+     * held (packed once for the step: the LM head's weight), or packed first by all the threads
+     * into one buffer, a share of its columns each; then the rows of C claimed against it,
+     * {@link #gemmClaimRows} at a time (a vCPU that runs behind takes fewer), each claim packing
+     * its rows of op(A). A shorter C splits its columns in fixed shares, each thread packing all
+     * of op(A). An operand stored as bf16 has 2-byte elements. A bias (n floats, or null) stands
+     * in for C as beta's operand ({@link Bf16Gemm#sgemm}).
      */
     private void gemmBf16(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
                           MemorySegment a, boolean aBf16, int lda, MemorySegment b, boolean bBf16, int ldb,
