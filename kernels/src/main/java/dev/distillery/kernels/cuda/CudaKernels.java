@@ -606,7 +606,7 @@ public final class CudaKernels implements Kernels {
      * The backward of {@link #attentionForward}, batched the same way: q, k, v and the output
      * gradient taken apart, dV = attᵀ · dO and dpreatt through the softmax's backward, dQ and dK,
      * and the three added to dqkv in one pass (each the GEMM's sum added once, as a GEMM with
-     * beta 1 would).
+     * beta 1 would), or written over it when dqkvBeta is 0.
      */
     @Override
     public void attentionBackward(MemorySegment dqkv, float dqkvBeta, MemorySegment datt, MemorySegment dout, MemorySegment qkv,
