@@ -293,13 +293,18 @@ public interface Kernels extends AutoCloseable {
     default void geluLinearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
                                     MemorySegment inp, MemorySegment weight, MemorySegment gelu, DType geluType, MemorySegment dgelu,
                                     int n, int c, int oc) {
-        if (dinpBeta != 0f && dinpBeta != 1f) throw new IllegalArgumentException("geluLinearBackward: dinpBeta is 0 or 1, got " + dinpBeta);
+        requireWriteOrAdd("geluLinearBackward", "dinpBeta", dinpBeta);
         geluForward(gelu, geluType, inp, (long) n * c);
         linearBackward(dinp == null ? null : dgelu, 0f, dweight, dbias, dout, gelu, geluType, weight, n, c, oc);
         if (dinp != null) {
             if (dinpBeta == 0f) fill(dinp, 0f, (long) n * c);
             geluBackward(dinp, inp, dgelu, (long) n * c);
         }
+    }
+
+    /** A backward kernel's beta for a gradient it writes (0) or adds to (1); any other is refused, naming the kernel. */
+    static void requireWriteOrAdd(String kernel, String name, float beta) {
+        if (beta != 0f && beta != 1f) throw new IllegalArgumentException(kernel + ": " + name + " is 0 or 1, got " + beta);
     }
 
     // ---------------------------------------------------------------- RMSNorm (the Llama family)

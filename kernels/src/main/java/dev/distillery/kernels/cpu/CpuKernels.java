@@ -406,6 +406,12 @@ public final class CpuKernels implements Kernels {
         else set(out, index, value);
     }
 
+    /** {@link #setOutput} of a whole vector: elements {@code index ..} of a kernel's output. */
+    private static void setOutput(MemorySegment out, boolean bf16, long index, FloatVector value) {
+        if (bf16) VectorOps.intoBf16(value, out, index);
+        else value.intoMemorySegment(out, index * 4L, ORDER);
+    }
+
     @Override
     public void layerNormForward(MemorySegment out, DType outType, MemorySegment mean, MemorySegment rstd,
                                  MemorySegment inp, MemorySegment weight, MemorySegment bias, int n, int c) {
@@ -434,8 +440,7 @@ public final class CpuKernels implements Kernels {
                 i = 0;
                 for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
                     FloatVector y = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).sub(mu).mul(rs).fma(FloatVector.fromMemorySegment(SPECIES, weight, (i) * 4L, ORDER), FloatVector.fromMemorySegment(SPECIES, bias, (i) * 4L, ORDER));
-                    if (bf16) VectorOps.intoBf16(y, out, o + i);
-                    else y.intoMemorySegment(out, (o + i) * 4L, ORDER);
+                    setOutput(out, bf16, o + i, y);
                 }
                 for (; i < c; i++) setOutput(out, bf16, o + i, (get(inp, o + i) - mu) * rs * get(weight, i) + get(bias, i));
             }
@@ -520,8 +525,7 @@ public final class CpuKernels implements Kernels {
                 for (int bound = SPECIES.loopBound(c); i < bound; i += LANES) {
                     FloatVector y = FloatVector.fromMemorySegment(SPECIES, inp, (o + i) * 4L, ORDER).mul(rs)
                             .mul(FloatVector.fromMemorySegment(SPECIES, weight, i * 4L, ORDER));
-                    if (bf16) VectorOps.intoBf16(y, out, o + i);
-                    else y.intoMemorySegment(out, (o + i) * 4L, ORDER);
+                    setOutput(out, bf16, o + i, y);
                 }
                 for (; i < c; i++) setOutput(out, bf16, o + i, get(inp, o + i) * rs * get(weight, i));
             }
@@ -582,8 +586,7 @@ public final class CpuKernels implements Kernels {
             for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
                 FloatVector x = FloatVector.fromMemorySegment(SPECIES, gate, i * 4L, ORDER);
                 FloatVector y = x.mul(sigmoid(x)).mul(FloatVector.fromMemorySegment(SPECIES, up, i * 4L, ORDER));
-                if (bf16) VectorOps.intoBf16(y, out, i);
-                else y.intoMemorySegment(out, i * 4L, ORDER);
+                setOutput(out, bf16, i, y);
             }
             for (; i < end; i++) {
                 float x = get(gate, i);
@@ -695,8 +698,7 @@ public final class CpuKernels implements Kernels {
             for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
                 FloatVector x = FloatVector.fromMemorySegment(SPECIES, inp, (i) * 4L, ORDER);
                 FloatVector y = x.mul(geluSigmoid(x));
-                if (bf16) VectorOps.intoBf16(y, out, i);
-                else y.intoMemorySegment(out, i * 4L, ORDER);
+                setOutput(out, bf16, i, y);
             }
             for (; i < end; i++) {
                 float x = get(inp, i);
@@ -719,7 +721,8 @@ public final class CpuKernels implements Kernels {
     public void geluLinearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
                                    MemorySegment inp, MemorySegment weight, MemorySegment gelu, DType geluType, MemorySegment dgelu,
                                    int n, int c, int oc) {
-        if (dinp == null || (dinpBeta != 0f && dinpBeta != 1f)) {
+        Kernels.requireWriteOrAdd("geluLinearBackward", "dinpBeta", dinpBeta);
+        if (dinp == null) {
             Kernels.super.geluLinearBackward(dinp, dinpBeta, dweight, dbias, dout, inp, weight, gelu, geluType, dgelu, n, c, oc);
             return;
         }
@@ -742,11 +745,7 @@ public final class CpuKernels implements Kernels {
         for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
             FloatVector x = FloatVector.fromMemorySegment(SPECIES, inp, (i) * 4L, ORDER);
             FloatVector s = geluSigmoid(x);
-            if (gelu != null) {
-                FloatVector y = x.mul(s);
-                if (bf16) VectorOps.intoBf16(y, gelu, i);
-                else y.intoMemorySegment(gelu, i * 4L, ORDER);
-            }
+            if (gelu != null) setOutput(gelu, bf16, i, x.mul(s));
             FloatVector du = x.mul(x).mul(3f * 0.044715f).add(1f).mul(GELU_SCALE);
             FloatVector grad = s.add(x.mul(2f).mul(s).mul(s.neg().add(1f)).mul(du));
             FloatVector acc = add ? FloatVector.fromMemorySegment(SPECIES, dinp, (i) * 4L, ORDER) : zero;
@@ -926,7 +925,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void attentionBackward(MemorySegment dqkv, float dqkvBeta, MemorySegment datt, MemorySegment dout,
                                   MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh) {
-        if (dqkvBeta != 0f && dqkvBeta != 1f) throw new IllegalArgumentException("attentionBackward: dqkvBeta is 0 or 1, got " + dqkvBeta);
+        Kernels.requireWriteOrAdd("attentionBackward", "dqkvBeta", dqkvBeta);
         int hs = headSize(c, nh);
         float scale = (float) (1.0 / Math.sqrt(hs));
         int c3 = 3 * c;

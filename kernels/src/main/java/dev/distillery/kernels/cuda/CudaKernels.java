@@ -611,7 +611,7 @@ public final class CudaKernels implements Kernels {
     @Override
     public void attentionBackward(MemorySegment dqkv, float dqkvBeta, MemorySegment datt, MemorySegment dout, MemorySegment qkv,
                                   MemorySegment att, int b, int t, int c, int nh) {
-        if (dqkvBeta != 0f && dqkvBeta != 1f) throw new IllegalArgumentException("attentionBackward: dqkvBeta is 0 or 1, got " + dqkvBeta);
+        Kernels.requireWriteOrAdd("attentionBackward", "dqkvBeta", dqkvBeta);
         int hs = c / nh, bh = b * nh;
         long n = (long) b * t * c, tt = (long) t * t, th = (long) t * hs;
         int es = storedBytes();

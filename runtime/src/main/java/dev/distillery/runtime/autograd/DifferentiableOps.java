@@ -317,11 +317,9 @@ public final class DifferentiableOps {
                         kernels.attentionProbs(probs.data(), qkv.data(), b, t, c, heads);
                     }
                     Tensor scratch = workspace.tensor("attention.dprobs", b, heads, t, t);
-                    GradTarget dqkv = gradToWrite(qkv);
-                    if (dqkv != null) {
-                        kernels.attentionBackward(dqkv.data(), dqkv.beta(), scratch.data(), out.grad().data(), qkv.data(), probs.data(),
-                                b, t, c, heads);
-                    }
+                    GradTarget dqkv = gradToWrite(qkv);   // not null: qkv is tracked
+                    kernels.attentionBackward(dqkv.data(), dqkv.beta(), scratch.data(), out.grad().data(), qkv.data(), probs.data(),
+                            b, t, c, heads);
                     releaseScratch(scratch);
                     if (recompute) releaseScratch(probs);
                 }
