@@ -186,6 +186,11 @@ PACK static void pack_a(int trans, int m, int k, const void *a, int lda, int a_b
             for (int p0 = 0; p0 < kp / 2; p0 += 16) {
                 for (int i = i0; i < iend; i += 16) {
                     __m512i r[16];
+                    /* the same 16 columns of the next 32 rows, asked for into L2 a pass ahead: each pass
+                       starts 32 new streams of 1 KB, more than the hardware prefetchers follow */
+                    if (2 * p0 + 32 < k) {
+                        for (int q = 0; q < 32 && 2 * p0 + 32 + q < k; q++) _mm_prefetch(at(a, (size_t) (2 * p0 + 32 + q) * lda + i, a_bf16), _MM_HINT_T1);
+                    }
                     for (int q = 0; q < 16; q++) {
                         const int kk = 2 * (p0 + q);
                         r[q] = kk < k ? row_pairs(at(a, (size_t) kk * lda, a_bf16), kk + 1 < k ? at(a, (size_t) (kk + 1) * lda, a_bf16) : NULL, i, a_bf16)
@@ -538,10 +543,11 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m,
         pack_b(trans_b, k, n, b, ldb, b_bf16, own, kp, np, 0);
         bp = own;
     }
-    /* a shallow op(A) (one panel, as the LM head's weight gradient's k = chunk rows) is packed and
-       used A_BLOCK_BYTES at a time, so its packed rows stay in L2 between the pack and the products
-       instead of going out to memory and back; a deeper one whole, since each block walks all of op(B) */
-    const int block = kp <= KC && (size_t) kp * 2 * 256 <= A_BLOCK_BYTES ? (int) (A_BLOCK_BYTES / ((size_t) kp * 2)) / 32 * 32 : claim;
+    /* an op(A) of one panel (k <= KC: a weight gradient's k, the tokens or a chunk's rows) is packed
+       and used A_BLOCK_BYTES at a time (32 rows or more), so its packed rows stay in L2 between the
+       pack and the products instead of going out to memory and back; a deeper one whole, since each
+       part would walk all of op(B) once a panel */
+    const int block = kp <= KC && (size_t) kp * 2 * 32 <= A_BLOCK_BYTES ? (int) (A_BLOCK_BYTES / ((size_t) kp * 2)) / 32 * 32 : claim;
     for (;;) {
         const int r0 = __atomic_fetch_add(next_row, claim, __ATOMIC_RELAXED);
         if (r0 >= m) return 0;

@@ -152,13 +152,13 @@ class CpuKernelsConformanceTest {
      * or held) or by columns (fewer rows than 32 a thread): k past one panel
      * (1,024), where a block that is whole adds to C in its tiles and a partial one adds its sums
      * to C afterwards, sizes whose halves are not multiples of 32, rows enough for the threads to
-     * claim several blocks of them each (the last one short), and claims of a shallow op(A) packed
-     * and multiplied a part at a time (k = 500: 256 rows), op(A) transposed or not.
+     * claim several blocks of them each (the last one short), and claims of an op(A) of one panel
+     * packed and multiplied a part at a time (k = 500: 256 rows; k = 900: 128), op(A) transposed or not.
      */
     @ParameterizedTest
     @CsvSource({"200, 70, 1100, false, false", "70, 200, 1100, false, false", "100, 250, 1100, false, true", "100, 250, 1100, false, false",
                 "70, 200, 1100, false, true", "1100, 70, 1100, false, false", "1100, 70, 300, false, true",
-                "2200, 40, 500, true, false", "2200, 40, 500, false, false", "40, 300, 1100, false, true", "40, 300, 1100, true, false"})
+                "2200, 40, 500, true, false", "2200, 40, 500, false, false", "1100, 70, 900, true, false", "40, 300, 1100, false, true", "40, 300, 1100, true, false"})
     void bf16GemmGivesTheSameBitsOnOneThreadAndOnTwo(int m, int n, int k, boolean transA, boolean transB) {
         assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
         if (m > 1000) assertTrue((m + CpuKernels.gemmClaimRows(m, 2) - 1) / CpuKernels.gemmClaimRows(m, 2) > 2, "several claims a thread");
