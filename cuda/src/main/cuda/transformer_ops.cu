@@ -96,10 +96,11 @@ __device__ void heads_split(Out* out, const float* in, int b, int t, int nh, int
     }
 }
 
-// One element of AdamW: c1, c2 the bias corrections 1 - beta^step.
-__device__ __forceinline__ void adamw_element(float* params, const float* grads, float* m, float* v, long i, float lr, float beta1,
-                                              float beta2, float eps, float weight_decay, float c1, float c2) {
-    const float g = grads[i];
+// One element of AdamW on the gradient times grad_scale (clipping's factor; x * 1 is x): c1, c2
+// the bias corrections 1 - beta^step.
+__device__ __forceinline__ void adamw_element(float* params, const float* grads, float* m, float* v, long i, float grad_scale,
+                                              float lr, float beta1, float beta2, float eps, float weight_decay, float c1, float c2) {
+    const float g = __fmul_rn(grads[i], grad_scale);   // rounded on its own, as ops_scale's product
     const float mi = beta1 * m[i] + (1.f - beta1) * g;
     const float vi = beta2 * v[i] + (1.f - beta2) * g * g;
     m[i] = mi;
@@ -503,20 +504,21 @@ DISTILL_LAUNCH void ops_argmax_rows(int* out, const float* x, int N, int V) {
 DISTILL_LAUNCH void ops_adamw(float* params, const float* grads, float* m, float* v, long n, float lr, float beta1,
                               float beta2, float eps, float weight_decay, int step) {
     const float c1 = 1.f - powf(beta1, (float)step), c2 = 1.f - powf(beta2, (float)step);
-    for (long i = ops::first_index(); i < n; i += ops::stride()) ops::adamw_element(params, grads, m, v, i, lr, beta1, beta2, eps, weight_decay, c1, c2);
+    for (long i = ops::first_index(); i < n; i += ops::stride()) ops::adamw_element(params, grads, m, v, i, 1.f, lr, beta1, beta2, eps, weight_decay, c1, c2);
 }
 
 // ops_adamw over a whole parameter block in one launch: chunk c is the elements [starts[c],
 // starts[c] + lengths[c]) with weight decay decays[c], a chunk never spanning two tensors (the
 // host cuts each tensor into chunks). One block per chunk, blocks striding over the chunks; per
-// element the arithmetic of ops_adamw.
+// element the arithmetic of ops_scale by grad_scale and then ops_adamw, the gradients left as they were.
 DISTILL_LAUNCH void ops_adamw_chunks(float* params, const float* grads, float* m, float* v, const long* starts, const long* lengths,
-                                     const float* decays, int chunks, float lr, float beta1, float beta2, float eps, int step) {
+                                     const float* decays, int chunks, float grad_scale, float lr, float beta1, float beta2, float eps,
+                                     int step) {
     const float c1 = 1.f - powf(beta1, (float)step), c2 = 1.f - powf(beta2, (float)step);
     for (int c = blockIdx.x; c < chunks; c += gridDim.x) {
         const long end = starts[c] + lengths[c];
         for (long i = starts[c] + threadIdx.x; i < end; i += blockDim.x)
-            ops::adamw_element(params, grads, m, v, i, lr, beta1, beta2, eps, decays[c], c1, c2);
+            ops::adamw_element(params, grads, m, v, i, grad_scale, lr, beta1, beta2, eps, decays[c], c1, c2);
     }
 }
 

@@ -358,8 +358,8 @@ public final class TimedKernels implements Kernels {
 
     @Override
     public void adamWSpans(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, ParameterSpans spans,
-                           float lr, float beta1, float beta2, float eps, int step) {
-        time("adamW", () -> inner.adamWSpans(params, grads, m, v, spans, lr, beta1, beta2, eps, step));
+                           float gradScale, float lr, float beta1, float beta2, float eps, int step) {
+        time("adamW", () -> inner.adamWSpans(params, grads, m, v, spans, gradScale, lr, beta1, beta2, eps, step));
     }
 
     @Override

@@ -509,14 +509,18 @@ public interface Kernels extends AutoCloseable {
 
     /**
      * {@link #adamW} over every span of a parameter block ({@code params}, {@code grads}, {@code m}
-     * and {@code v} each the whole block), each span with its own weight decay: the same arithmetic
-     * per element as one {@code adamW} per span, which is what backends without a faster way do.
-     * CUDA updates the whole block in one launch instead of one per tensor.
+     * and {@code v} each the whole block), each span with its own weight decay, on the gradients
+     * times {@code gradScale} (gradient clipping's factor, 1 when it does not clip): the bits of
+     * {@link #scale} by it and then one {@code adamW} per span, which is what backends without a
+     * faster way do (leaving the gradients scaled; a backend that folds the factor in leaves them
+     * as they were). The CPU and CUDA fold it in, saving a pass over the gradients, and CUDA
+     * updates the whole block in one launch instead of one per tensor.
      */
     default void adamWSpans(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, ParameterSpans spans,
-                            float lr, float beta1, float beta2, float eps, int step) {
+                            float gradScale, float lr, float beta1, float beta2, float eps, int step) {
         for (int i = 0; i < spans.count(); i++) {
             long bytes = 4 * spans.offset(i), len = 4 * spans.length(i);
+            if (gradScale != 1f) scale(grads.asSlice(bytes, len), gradScale, spans.length(i));
             adamW(params.asSlice(bytes, len), grads.asSlice(bytes, len), m.asSlice(bytes, len), v.asSlice(bytes, len), spans.length(i),
                     lr, beta1, beta2, eps, spans.weightDecay(i), step);
         }

@@ -504,21 +504,23 @@ public final class KernelConformance {
     }
 
     /**
-     * The whole block at once: two spans with different weight decays and an element between them
-     * that belongs to neither must give the bits of one {@code adamW} per span (and leave that
-     * element alone). Error: the share of elements whose bits differ.
+     * The whole block at once, with a clipping factor: two spans with different weight decays and
+     * an element between them that belongs to neither must give the bits of scaling the gradients
+     * and then one {@code adamW} per span (and leave that element alone). Error: the share of
+     * elements whose bits differ.
      */
     private void adamWSpans(KernelBuffers buf, double[] p, double[] g, double[] m, double[] v) {
         int n = p.length, first = n / 2;
         ParameterSpans spans = new ParameterSpans(new long[]{0, first + 1}, new long[]{first, Math.max(0, n - first - 1)}, new float[]{0.1f, 0f});
         MemorySegment bp = buf.floats(p), bg = buf.floats(g), bm = buf.floats(m), bv = buf.floats(v);
-        MemorySegment ep = buf.floats(p), em = buf.floats(m), ev = buf.floats(v);
+        MemorySegment ep = buf.floats(p), eg = buf.floats(g), em = buf.floats(m), ev = buf.floats(v);
         long t0 = System.nanoTime();
-        kernels.adamWSpans(bp, bg, bm, bv, spans, 3e-3f, 0.9f, 0.999f, 1e-8f, 2);
+        kernels.adamWSpans(bp, bg, bm, bv, spans, 0.37f, 3e-3f, 0.9f, 0.999f, 1e-8f, 2);
         double ms = millis(t0);
+        kernels.scale(eg, 0.37f, n);
         for (int i = 0; i < spans.count(); i++) {
             long at = 4 * spans.offset(i), len = 4 * spans.length(i);
-            kernels.adamW(ep.asSlice(at, len), bg.asSlice(at, len), em.asSlice(at, len), ev.asSlice(at, len), spans.length(i), 3e-3f, 0.9f,
+            kernels.adamW(ep.asSlice(at, len), eg.asSlice(at, len), em.asSlice(at, len), ev.asSlice(at, len), spans.length(i), 3e-3f, 0.9f,
                     0.999f, 1e-8f, spans.weightDecay(i), 2);
         }
         long differ = 0;

@@ -1146,25 +1146,27 @@ public final class CpuKernels implements Kernels {
         if (step < 1) throw new IllegalArgumentException("AdamW step must be >= 1, got " + step);
         float c1 = (float) (1.0 / (1.0 - Math.pow(beta1, step)));
         float c2 = (float) (1.0 / (1.0 - Math.pow(beta2, step)));
-        elementwise(n, (start, end) -> adamW(params, grads, m, v, start, end, lr, beta1, beta2, eps, weightDecay, c1, c2));
+        elementwise(n, (start, end) -> adamW(params, grads, m, v, start, end, 1f, lr, beta1, beta2, eps, weightDecay, c1, c2));
     }
 
     /**
      * Every span of the block in one pass over the pool: the spans cut into pieces of at most
      * ELEMENTWISE_GRAIN elements (as {@link #adamW} cuts each span, so the same bits), the pieces
      * shared out among the threads, rather than a parallel call per tensor (dozens a step, most of
-     * them small).
+     * them small). The gradients are scaled as they are read (the bits of {@link #scale} first)
+     * and left as they were.
      */
     @Override
     public void adamWSpans(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, ParameterSpans spans,
-                           float lr, float beta1, float beta2, float eps, int step) {
+                           float gradScale, float lr, float beta1, float beta2, float eps, int step) {
         if (step < 1) throw new IllegalArgumentException("AdamW step must be >= 1, got " + step);
         float c1 = (float) (1.0 / (1.0 - Math.pow(beta1, step)));
         float c2 = (float) (1.0 / (1.0 - Math.pow(beta2, step)));
         long[] pieces = adamWPieces(spans);
         pool.forEachChunk(pieces.length / 3, 1, (chunk, first, last) -> {
             for (int q = 3 * first; q < 3 * last; q += 3) {
-                adamW(params, grads, m, v, pieces[q], pieces[q + 1], lr, beta1, beta2, eps, spans.weightDecay((int) pieces[q + 2]), c1, c2);
+                adamW(params, grads, m, v, pieces[q], pieces[q + 1], gradScale, lr, beta1, beta2, eps, spans.weightDecay((int) pieces[q + 2]),
+                        c1, c2);
             }
         });
     }
@@ -1189,13 +1191,17 @@ public final class CpuKernels implements Kernels {
         return pieces;
     }
 
-    /** AdamW over elements [start, end), c1 and c2 the bias corrections 1/(1 − βᵗ). */
+    /**
+     * AdamW over elements [start, end) on the gradients times gradScale (x · 1 is x, so 1 leaves
+     * them exact), c1 and c2 the bias corrections 1/(1 − βᵗ).
+     */
     private static void adamW(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, long start, long end,
-                              float lr, float beta1, float beta2, float eps, float weightDecay, float c1, float c2) {
+                              float gradScale, float lr, float beta1, float beta2, float eps, float weightDecay, float c1, float c2) {
         float ob1 = 1f - beta1, ob2 = 1f - beta2;
         long i = start;
         for (long bound = start + SPECIES.loopBound(end - start); i < bound; i += LANES) {
-            FloatVector g = FloatVector.fromMemorySegment(SPECIES, grads, (i) * 4L, ORDER), p = FloatVector.fromMemorySegment(SPECIES, params, (i) * 4L, ORDER);
+            FloatVector g = FloatVector.fromMemorySegment(SPECIES, grads, (i) * 4L, ORDER).mul(gradScale);
+            FloatVector p = FloatVector.fromMemorySegment(SPECIES, params, (i) * 4L, ORDER);
             FloatVector mv = FloatVector.fromMemorySegment(SPECIES, m, (i) * 4L, ORDER).mul(beta1).add(g.mul(ob1));
             FloatVector vv = FloatVector.fromMemorySegment(SPECIES, v, (i) * 4L, ORDER).mul(beta2).add(g.mul(g).mul(ob2));
             mv.intoMemorySegment(m, (i) * 4L, ORDER);
@@ -1204,7 +1210,7 @@ public final class CpuKernels implements Kernels {
             p.sub(update.mul(lr)).intoMemorySegment(params, (i) * 4L, ORDER);
         }
         for (; i < end; i++) {
-            float g = get(grads, i), p = get(params, i);
+            float g = get(grads, i) * gradScale, p = get(params, i);
             float mv = beta1 * get(m, i) + ob1 * g;
             float vv = beta2 * get(v, i) + ob2 * g * g;
             set(m, i, mv);

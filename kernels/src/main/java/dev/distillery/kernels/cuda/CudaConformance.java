@@ -411,18 +411,18 @@ public final class CudaConformance {
         gpu.launch(CudaKernel.OPS_ADAMW, grid(n), 256, dp, dy, dm, dv, (long) n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
         record("adamW", size, floats(hp, n), download(dp, n), TOL, t0);
 
-        // the same update in one launch over chunks of 5: the first half with the decay, the rest without
+        // the same update in one launch over chunks of 5, with a clipping factor: the first half with the decay, the rest without
         ParameterSpans spans = new ParameterSpans(new long[]{0, n / 2}, new long[]{n / 2, n - n / 2}, new float[]{0.1f, 0f});
         CudaKernels.AdamWChunks cut = CudaKernels.AdamWChunks.of(spans, 5);
         MemorySegment cp = host(p), cm = host(m), cv = host(v);
-        cpu.adamWSpans(cp, host(y), cm, cv, spans, 1e-2f, 0.9f, 0.95f, 1e-8f, 3);
+        cpu.adamWSpans(cp, host(y), cm, cv, spans, 0.37f, 1e-2f, 0.9f, 0.95f, 1e-8f, 3);
         CudaBackend.Ptr ep = device(host(p)), em = device(host(m)), ev = device(host(v));
         MemorySegment starts = arena.allocate(8L * Math.max(1, cut.count()), 8), lengths = arena.allocate(8L * Math.max(1, cut.count()), 8);
         MemorySegment.copy(cut.starts(), 0, starts, ValueLayout.JAVA_LONG, 0, cut.count());
         MemorySegment.copy(cut.lengths(), 0, lengths, ValueLayout.JAVA_LONG, 0, cut.count());
         t0 = System.nanoTime();
         gpu.launch(CudaKernel.OPS_ADAMW_CHUNKS, Math.min(cut.count(), 64), 256, ep, dy, em, ev, device(starts), device(lengths),
-                device(host(cut.decays())), cut.count(), 1e-2f, 0.9f, 0.95f, 1e-8f, 3);
+                device(host(cut.decays())), cut.count(), 0.37f, 1e-2f, 0.9f, 0.95f, 1e-8f, 3);
         record("adamWChunks", size, floats(cp, n), download(ep, n), TOL, t0);
     }
 

@@ -43,7 +43,7 @@ public enum CudaKernel {
     OPS_LOGSUMEXP_ROWS("ppiif"),
     OPS_ARGMAX_ROWS("ppii"),
     OPS_ADAMW("pppplfffffi"),
-    OPS_ADAMW_CHUNKS("pppppppiffffi"),
+    OPS_ADAMW_CHUNKS("pppppppifffffi"),
     OPS_SUM_OF_SQUARES("ppl"),
     OPS_ATTENTION_SOFTMAX_FORWARD("ppiif"),
     OPS_ATTENTION_SOFTMAX_BACKWARD("pppiif"),

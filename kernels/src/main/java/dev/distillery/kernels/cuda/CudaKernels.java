@@ -825,12 +825,12 @@ public final class CudaKernels implements Kernels {
      */
     @Override
     public void adamWSpans(MemorySegment params, MemorySegment grads, MemorySegment m, MemorySegment v, ParameterSpans spans,
-                           float lr, float beta1, float beta2, float eps, int step) {
+                           float gradScale, float lr, float beta1, float beta2, float eps, int step) {
         if (spans != chunked) uploadChunks(spans);
         if (chunks == 0) return;
         long table = adamWChunks.atLeast(20L * chunks);   // as uploadChunks left it
         gpu.launch(CudaKernel.OPS_ADAMW_CHUNKS, Math.min(chunks, gpu.maxGrid()), gpu.block(), p(params), p(grads), p(m), p(v), p(table),
-                p(table + 8L * chunks), p(table + 16L * chunks), chunks, lr, beta1, beta2, eps, step);
+                p(table + 8L * chunks), p(table + 16L * chunks), chunks, gradScale, lr, beta1, beta2, eps, step);
     }
 
     /** The chunks of {@code spans} as three device arrays: starts (long), lengths (long), weight decays (float). */

@@ -283,7 +283,9 @@ class CpuKernelsConformanceTest {
     /**
      * The whole block's AdamW in one pass over the pool gives the bits of one adamW call per span
      * (the contract's default): spans of lengths that are not multiples of a vector, one longer
-     * than a chunk of the pool, a gap between spans (left untouched) and several weight decays.
+     * than a chunk of the pool, a gap between spans (left untouched) and several weight decays;
+     * with a clipping factor (the second step), the bits of scaling the gradients first, which
+     * it leaves as they were.
      */
     @ParameterizedTest(name = "threads={0}")
     @CsvSource({"1", "2"})
@@ -302,13 +304,17 @@ class CpuKernelsConformanceTest {
             MemorySegment[] got = {arena.allocateFrom(ValueLayout.JAVA_FLOAT, p0), arena.allocateFrom(ValueLayout.JAVA_FLOAT, m0),
                     arena.allocateFrom(ValueLayout.JAVA_FLOAT, v0)};
             for (int step = 1; step <= 2; step++) {
+                float clip = step == 1 ? 1f : 0.37f;
+                MemorySegment scaled = arena.allocateFrom(ValueLayout.JAVA_FLOAT, g);
+                kernels.scale(scaled, clip, n);
                 for (int i = 0; i < offsets.length; i++) {
                     long at = 4 * offsets[i], bytes = 4 * lengths[i];
-                    kernels.adamW(want[0].asSlice(at, bytes), grads.asSlice(at, bytes), want[1].asSlice(at, bytes), want[2].asSlice(at, bytes),
+                    kernels.adamW(want[0].asSlice(at, bytes), scaled.asSlice(at, bytes), want[1].asSlice(at, bytes), want[2].asSlice(at, bytes),
                             lengths[i], 1e-2f, 0.9f, 0.95f, 1e-8f, decays[i], step);
                 }
-                kernels.adamWSpans(got[0], grads, got[1], got[2], spans, 1e-2f, 0.9f, 0.95f, 1e-8f, step);
+                kernels.adamWSpans(got[0], grads, got[1], got[2], spans, clip, 1e-2f, 0.9f, 0.95f, 1e-8f, step);
             }
+            assertEquals(-1L, arena.allocateFrom(ValueLayout.JAVA_FLOAT, g).mismatch(grads), "the gradients left as they were");
             for (int q = 0; q < 3; q++) assertEquals(-1L, want[q].mismatch(got[q]), new String[]{"params", "m", "v"}[q]);
             assertEquals(p0[90], got[0].getAtIndex(ValueLayout.JAVA_FLOAT, 90), "the gap between spans");
         }

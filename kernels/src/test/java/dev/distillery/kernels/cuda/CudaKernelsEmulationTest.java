@@ -273,7 +273,8 @@ class CudaKernelsEmulationTest {
 
     /**
      * AdamW over a block in one launch, with a span longer than two of its chunks, a short one and
-     * an empty one: the bits of one adamW per span, the launch counted once.
+     * an empty one, and a clipping factor: the bits of scaling the gradients and then one adamW
+     * per span, the launch counted once, the gradients left as they were.
      */
     @Test
     void adamWOverABlockIsOneLaunchWithTheBitsOfOnePerSpan() {
@@ -293,12 +294,15 @@ class CudaKernelsEmulationTest {
              Arena arena = Arena.ofConfined()) {
             MemorySegment bp = upload(kernels, arena, p), bg = upload(kernels, arena, g), bm = upload(kernels, arena, m), bv = upload(kernels, arena, v);
             MemorySegment ep = upload(kernels, arena, p), em = upload(kernels, arena, m), ev = upload(kernels, arena, v);
+            MemorySegment eg = upload(kernels, arena, g);
             int launches = device.launches();
-            kernels.adamWSpans(bp, bg, bm, bv, spans, 3e-3f, 0.9f, 0.999f, 1e-8f, 4);
+            kernels.adamWSpans(bp, bg, bm, bv, spans, 0.37f, 3e-3f, 0.9f, 0.999f, 1e-8f, 4);
             assertEquals(1, device.launches() - launches, "one launch for the block");
+            assertArrayEquals(g, download(kernels, arena, bg, n), "the gradients left as they were");
+            kernels.scale(eg, 0.37f, n);
             for (int i = 0; i < spans.count(); i++) {
                 long at = 4 * offsets[i], len = 4 * lengths[i];
-                kernels.adamW(ep.asSlice(at, len), bg.asSlice(at, len), em.asSlice(at, len), ev.asSlice(at, len), lengths[i], 3e-3f, 0.9f,
+                kernels.adamW(ep.asSlice(at, len), eg.asSlice(at, len), em.asSlice(at, len), ev.asSlice(at, len), lengths[i], 3e-3f, 0.9f,
                         0.999f, 1e-8f, spans.weightDecay(i), 4);
             }
             assertArrayEquals(download(kernels, arena, ep, n), download(kernels, arena, bp, n), "params");

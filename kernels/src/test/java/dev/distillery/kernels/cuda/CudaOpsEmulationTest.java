@@ -515,10 +515,11 @@ class CudaOpsEmulationTest {
         for (Path bin : List.of(gate, asan, tsan)) {
             float[] p = random(n, 1), g = random(n, 1), m = random(n, 0.1), v = random(n, 0.01);
             for (int i = 0; i < n; i++) v[i] = Math.abs(v[i]);
-            float[] wantP = p.clone(), wantM = m.clone(), wantV = v.clone();
+            float[] wantP = p.clone(), wantM = m.clone(), wantV = v.clone(), scaled = g.clone();
+            for (int i = 0; i < n; i++) scaled[i] *= 0.37f;   // ops_scale's product
             for (int s = 0; s < spans.length; s++) {
                 int at = (int) spans[s][0], len = (int) spans[s][1];
-                GateCall.Outcome one = call(CudaKernel.OPS_ADAMW, 3, 64).floats(slice(p, at, len)).floats(slice(g, at, len))
+                GateCall.Outcome one = call(CudaKernel.OPS_ADAMW, 3, 64).floats(slice(p, at, len)).floats(slice(scaled, at, len))
                         .floats(slice(m, at, len)).floats(slice(v, at, len)).i64(len).f32(3e-3f).f32(0.9f).f32(0.999f).f32(1e-8f)
                         .f32(decays[s]).i32(5).runOrFail(bin, work);
                 System.arraycopy(one.floats(0), 0, wantP, at, len);
@@ -532,10 +533,12 @@ class CudaOpsEmulationTest {
             }
             CudaKernels.AdamWChunks cut = CudaKernels.AdamWChunks.of(new ParameterSpans(offsets, lengths, decays), 16);
             GateCall.Outcome all = call(CudaKernel.OPS_ADAMW_CHUNKS, 3, 64).floats(p).floats(g).floats(m).floats(v).bytes(longs(cut.starts()))
-                    .bytes(longs(cut.lengths())).floats(cut.decays()).i32(cut.count()).f32(3e-3f).f32(0.9f).f32(0.999f).f32(1e-8f).i32(5).runOrFail(bin, work);
+                    .bytes(longs(cut.lengths())).floats(cut.decays()).i32(cut.count()).f32(0.37f).f32(3e-3f).f32(0.9f).f32(0.999f).f32(1e-8f).i32(5)
+                    .runOrFail(bin, work);
             assertArrayEquals(wantP, all.floats(0), "params");
             assertArrayEquals(wantM, all.floats(2), "first moments");
             assertArrayEquals(wantV, all.floats(3), "second moments");
+            assertArrayEquals(g, all.floats(1), "the gradients left as they were");
         }
     }
 

@@ -357,16 +357,13 @@ public final class TrainingSession implements AutoCloseable {
         stepParameters.close();   // AdamW writes them below
         stepParameters = Kernels.ConstantHold.NONE;
         double norm = Math.sqrt(optimizer.gradSumOfSquares() + (featureOptimizer == null ? 0 : featureOptimizer.gradSumOfSquares()));
-        if (maxGradNorm > 0 && norm > maxGradNorm) {
-            float factor = (float) (maxGradNorm / (norm + 1e-6));
-            optimizer.scaleGradients(factor);
-            if (featureOptimizer != null) featureOptimizer.scaleGradients(factor);
-        }
+        // clipping's factor goes into AdamW's read of the gradients rather than a pass of its own
+        float clip = maxGradNorm > 0 && norm > maxGradNorm ? (float) (maxGradNorm / (norm + 1e-6)) : 1f;
         int next = optimizer.step() + 1;
         if (!Double.isFinite(loss) || !Double.isFinite(norm)) throw new NonFiniteException(next, loss, norm);
         double lr = schedule.at(next);
-        optimizer.update(lr);
-        if (featureOptimizer != null) featureOptimizer.update(lr);
+        optimizer.update(lr, clip);
+        if (featureOptimizer != null) featureOptimizer.update(lr, clip);
         return new StepResult(optimizer.step(), loss, norm, lr);
     }
 

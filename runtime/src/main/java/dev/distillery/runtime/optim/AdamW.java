@@ -74,11 +74,6 @@ public final class AdamW {
         return kernels.sumOfSquares(store.gradBlock(), store.blockElements());
     }
 
-    /** Every gradient of the store times {@code factor} (clipping several stores as one vector). */
-    public void scaleGradients(float factor) {
-        kernels.scale(store.gradBlock(), factor, store.blockElements());
-    }
-
     /** The parameters this optimizer updates. */
     public ParameterStore store() {
         return store;
@@ -86,9 +81,18 @@ public final class AdamW {
 
     /** One update of every parameter at learning rate lr, the whole block at once ({@link Kernels#adamWSpans}). */
     public void update(double lr) {
+        update(lr, 1f);
+    }
+
+    /**
+     * {@link #update(double)} on the gradients times {@code gradScale}, gradient clipping's factor
+     * (several stores clipped as one vector each pass theirs), folded into the update's pass over
+     * the gradients; they may be left scaled or as they were ({@link Kernels#adamWSpans}).
+     */
+    public void update(double lr, float gradScale) {
         step++;
-        kernels.adamWSpans(store.paramBlock(), store.gradBlock(), m, v, spans, (float) lr, (float) config.beta1(), (float) config.beta2(),
-                (float) config.eps(), step);
+        kernels.adamWSpans(store.paramBlock(), store.gradBlock(), m, v, spans, gradScale, (float) lr, (float) config.beta1(),
+                (float) config.beta2(), (float) config.eps(), step);
     }
 
     /** The store's tensors as spans of its block, matrices (rank ≥ 2) with the weight decay, the rest without. */
