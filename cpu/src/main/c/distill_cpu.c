@@ -35,6 +35,14 @@
 /* Shared with the Java rows; SharedConstantsTest checks every value against its Java twin. */
 #define BLOCK 2048                                  /* FusedDistillLoss.BLOCK */
 static const float RAISE = 0x1p56f;                 /* DenseRow.RAISE */
+/*
+ * Rows up to this many bytes (65,536 floats) have the next row asked for into L2 rather than L1:
+ * a row, its scratch and the next one then fit in a 1 MB L2, and the hint that stops at L2 leaves
+ * L1 to the row being worked on (docs/PERFORMANCE.md: top-k rows 17-19% faster at V = 32,000 and
+ * 50,257, dense ones 2-3%). Longer rows keep the L1 hint: at V = 128,256 three rows are 1.5 MB,
+ * and the L2 hint was slower there.
+ */
+#define ROW_PREFETCH_L2_BYTES (256L * 1024)
 static const float LOG2E = 1.44269504088896341f;    /* VectorOps.LOG2E */
 static const float ROUND = 12582912.f;              /* VectorOps.ROUND, 1.5 * 2^23 */
 static const float EXP2_LO = -126.f;                /* VectorOps.EXP2_LO */
@@ -141,11 +149,11 @@ static float teacher_max(const void *t, int bf, long from, int n) {
  * DenseForwardKl.passABlock: e_s = 2^((s - ms) k) to es, e_t = 2^((t - mt) k) to et, sums {sum e_s, sum e_s^2,
  * sum e_t, sum e_t ((t - mt) - (s - ms))}, terms whose e_t underflows left out of the fourth.
  * Prefetches one line of the next student row and half a line of its teacher row per 16 columns,
- * from ps / pt, never past ps_end / pt_end.
+ * from ps / pt, never past ps_end / pt_end, into L2 (to_l2) or L1.
  */
 static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const float *s, int len, float ms, float k,
         float *es_out, const void *tv, int bf, float mt, float *et_out, const char *ps, const char *ps_end,
-        const char *pt, const char *pt_end, int pt_step, float *sums) {
+        const char *pt, const char *pt_end, int pt_step, int to_l2, float *sums) {
     const uint16_t *th = (const uint16_t *) tv;
     const float *tf = (const float *) tv;
     __m512 zs = _mm512_setzero_ps(), zsq = zs, zt = zs, acc = zs;
@@ -158,8 +166,13 @@ static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const fl
     int i = 0;
     for (; i + LANES <= len; i += LANES) {
         const char *a = ps + (long) i * 4, *b = pt + (long) i * pt_step;
-        _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
-        _mm_prefetch(b < pt_end ? b : pt_end, _MM_HINT_T0);
+        if (to_l2) {
+            _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T1);
+            _mm_prefetch(b < pt_end ? b : pt_end, _MM_HINT_T1);
+        } else {
+            _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
+            _mm_prefetch(b < pt_end ? b : pt_end, _MM_HINT_T0);
+        }
         __m512 ds = _mm512_sub_ps(_mm512_loadu_ps(s + i), MS);
         __m512 tt = bf ? _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, WIDEN,
                              _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) (th + i)))))
@@ -196,13 +209,25 @@ static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const fl
 static KERNEL void pass_a_block_bf16(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
                                      float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
                                      float *sums) {
-    pass_a_block_t(s, len, ms, k, es_out, t, 1, mt, et_out, ps, ps_end, pt, pt_end, 2, sums);
+    pass_a_block_t(s, len, ms, k, es_out, t, 1, mt, et_out, ps, ps_end, pt, pt_end, 2, 0, sums);
 }
 
 static KERNEL void pass_a_block_f32(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
                                     float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
                                     float *sums) {
-    pass_a_block_t(s, len, ms, k, es_out, t, 0, mt, et_out, ps, ps_end, pt, pt_end, 4, sums);
+    pass_a_block_t(s, len, ms, k, es_out, t, 0, mt, et_out, ps, ps_end, pt, pt_end, 4, 0, sums);
+}
+
+static KERNEL void pass_a_block_bf16_l2(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
+                                        float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
+                                        float *sums) {
+    pass_a_block_t(s, len, ms, k, es_out, t, 1, mt, et_out, ps, ps_end, pt, pt_end, 2, 1, sums);
+}
+
+static KERNEL void pass_a_block_f32_l2(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
+                                       float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
+                                       float *sums) {
+    pass_a_block_t(s, len, ms, k, es_out, t, 0, mt, et_out, ps, ps_end, pt, pt_end, 4, 1, sums);
 }
 
 /*
@@ -247,7 +272,9 @@ KERNEL int distillery_dense_forward_kl_row(const float *s, float *g, const void 
     int pt_step = teacher_bf16 ? 2 : 4;
     const char *ps_end = next_s + next_s_bytes - 1, *pt_end = next_t + next_t_bytes - 1;
     void (*block)(const float *, int, float, float, float *, const void *, float, float *, const char *, const char *,
-                  const char *, const char *, float *) = teacher_bf16 ? pass_a_block_bf16 : pass_a_block_f32;
+                  const char *, const char *, float *) = next_s_bytes <= ROW_PREFETCH_L2_BYTES
+                                                          ? (teacher_bf16 ? pass_a_block_bf16_l2 : pass_a_block_f32_l2)
+                                                          : (teacher_bf16 ? pass_a_block_bf16 : pass_a_block_f32);
     for (int bi = 0; bi < nb; bi++) {
         int j0 = (nb - 1 - bi) * BLOCK, len = v - j0 < BLOCK ? v - j0 : BLOCK;
         const char *ps = next_s + (long) bi * BLOCK * 4, *pt = next_t + (long) bi * BLOCK * pt_step;
@@ -297,15 +324,19 @@ KERNEL int distillery_dense_forward_kl_row(const float *s, float *g, const void 
 /*
  * StudentPass.block: one block of the student pass, e = 2^((s - m) k) to e, *s1 = sum e and
  * *sp = sum e^power (power 1 or 2: the CE's normalizer at T = 1 or 2), prefetching the next
- * row's line per 16 columns.
+ * row's line per 16 columns, into L2 (to_l2) or L1.
  */
 static inline __attribute__((always_inline)) KERNEL void student_block(const float *s, int len, float m, float k,
-        int power, float *e, const char *ps, const char *ps_end, float *s1, float *sp) {
+        int power, float *e, const char *ps, const char *ps_end, int to_l2, float *s1, float *sp) {
     __m512 acc = _mm512_setzero_ps(), accp = acc, M = _mm512_set1_ps(m);
     int i = 0;
     for (; i + LANES <= len; i += LANES) {
         const char *a = ps + (long) i * 4;
-        _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
+        if (to_l2) {
+            _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T1);
+        } else {
+            _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
+        }
         __m512 x = exp2v(_mm512_sub_ps(_mm512_loadu_ps(s + i), M), k);
         _mm512_storeu_ps(e + i, x);
         acc = _mm512_add_ps(acc, x);
@@ -330,6 +361,7 @@ static inline __attribute__((always_inline)) KERNEL void student_block(const flo
  */
 KERNEL void distillery_student_pass(const float *s, int v, float inv_t, int power, float *e, float *block_max,
                                     const char *next_s, long next_s_bytes, double *out) {
+    const int to_l2 = next_s_bytes <= ROW_PREFETCH_L2_BYTES;
     float k = inv_t * LOG2E;
     float m = max_skipping_nan(s, v < BLOCK ? v : BLOCK);
     if (!isfinite(m)) m = max_skipping_nan(s, v);
@@ -339,7 +371,7 @@ KERNEL void distillery_student_pass(const float *s, int v, float inv_t, int powe
     for (int j0 = 0; j0 < v; j0 += BLOCK) {
         int len = v - j0 < BLOCK ? v - j0 : BLOCK;
         float s1, sp;
-        student_block(s + j0, len, m, k, power, e + j0, next_s + (long) j0 * 4, ps_end, &s1, &sp);
+        student_block(s + j0, len, m, k, power, e + j0, next_s + (long) j0 * 4, ps_end, to_l2, &s1, &sp);
         if (!(s1 <= RAISE && sp <= RAISE)) {
             float bm = max_skipping_nan(s + j0, len);
             if (bm > m) {
@@ -347,7 +379,7 @@ KERNEL void distillery_student_pass(const float *s, int v, float inv_t, int powe
                 z1 *= exp(m - (double) bm);
                 m = bm;
                 raises++;
-                student_block(s + j0, len, m, k, power, e + j0, next_s + (long) j0 * 4, ps_end, &s1, &sp);
+                student_block(s + j0, len, m, k, power, e + j0, next_s + (long) j0 * 4, ps_end, to_l2, &s1, &sp);
             }
         }
         block_max[j0 / BLOCK] = m;

@@ -201,8 +201,9 @@ public final class SideBySide {
 
         static Build loss(Path jar, Path self, String shape, String teacher, String divergence, int threads) throws Exception {
             System.out.printf("setting up %s (%s, %s, %s, %d threads)%n", jar, shape, teacher, divergence, threads);
-            Map<String, Object> fields = new LinkedHashMap<>(Map.of("shape", shape, "teacher", teacher, "threads", threads));
-            if (!divergence.equals("forward-kl")) fields.put("divergence", divergence);
+            // every @Param field, as for a step: JMH sets them, so they have no defaults of their own
+            Map<String, Object> fields = new LinkedHashMap<>(Map.of("shape", shape, "teacher", teacher, "threads", threads,
+                    "divergence", divergence));
             return new Build(jar, self, DistillLossBenchmark.class, fields, "fused", "restoreStudent");
         }
 
