@@ -206,29 +206,17 @@ static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const fl
     sums[3] = sacc;
 }
 
-static KERNEL void pass_a_block_bf16(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
-                                     float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
-                                     float *sums) {
-    pass_a_block_t(s, len, ms, k, es_out, t, 1, mt, et_out, ps, ps_end, pt, pt_end, 2, 0, sums);
-}
-
-static KERNEL void pass_a_block_f32(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
-                                    float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
-                                    float *sums) {
-    pass_a_block_t(s, len, ms, k, es_out, t, 0, mt, et_out, ps, ps_end, pt, pt_end, 4, 0, sums);
-}
-
-static KERNEL void pass_a_block_bf16_l2(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
-                                        float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
-                                        float *sums) {
-    pass_a_block_t(s, len, ms, k, es_out, t, 1, mt, et_out, ps, ps_end, pt, pt_end, 2, 1, sums);
-}
-
-static KERNEL void pass_a_block_f32_l2(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,
-                                       float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end,
-                                       float *sums) {
-    pass_a_block_t(s, len, ms, k, es_out, t, 0, mt, et_out, ps, ps_end, pt, pt_end, 4, 1, sums);
-}
+/* pass_a_block_t specialised by teacher type (bf16 or fp32: its step in bytes) and prefetch level */
+#define PASS_A_BLOCK(name, bf, pt_step, to_l2)                                                                    \
+    static KERNEL void name(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,  \
+                            float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end, \
+                            float *sums) {                                                                        \
+        pass_a_block_t(s, len, ms, k, es_out, t, bf, mt, et_out, ps, ps_end, pt, pt_end, pt_step, to_l2, sums);  \
+    }
+PASS_A_BLOCK(pass_a_block_bf16, 1, 2, 0)
+PASS_A_BLOCK(pass_a_block_f32, 0, 4, 0)
+PASS_A_BLOCK(pass_a_block_bf16_l2, 1, 2, 1)
+PASS_A_BLOCK(pass_a_block_f32_l2, 0, 4, 1)
 
 /*
  * DenseForwardKl.passBInG over a whole row: g = e_s (c1z e_s + a) - b e_t, over the e_s pass A
