@@ -8,7 +8,9 @@
  *                                     e_s pass A leaves in the gradient row (T = 2, or T = 1 without a
  *                                     hard label), fp32 or bf16 teacher as wide as the student:
  *                                     DenseRow.passA (lazy maxima, last block first) + pass B
- *     pass_a_block                    DenseForwardKl.passABlock
+ *     pass_a_block                    DenseForwardKl.passABlock, e_s written over g directly and the
+ *                                     block's s kept in an L1 block for a raise (Java stages e_s in
+ *                                     that block and copies it over g: the same values, a copy fewer)
  *     pass_b_in_g                     DenseForwardKl.passBInG
  *     teacher_max                     TeacherBlocks.max
  *   distillery_student_pass           StudentPass.run with e kept (top-k and sampled rows)
@@ -133,26 +135,54 @@ static KERNEL float max_skipping_nan(const float *x, int n) {
     return m;
 }
 
-static float teacher_max(const void *t, int bf, long from, int n) {
+/* 16 bf16 values at h as fp32: each word to the high half of its lane (TeacherBlocks.widen). */
+static inline KERNEL __m512 widen_bf16(const uint16_t *h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *) h)), 16));
+}
+
+/*
+ * TeacherBlocks.max: the largest non-NaN logit of n from element `from`, -inf where there is none.
+ * bf16 in two vector accumulators, fp32 a block at a time, lanes and blocks combined in the Java
+ * twin's order, so that even the sign of a zero maximum is the same.
+ */
+static KERNEL float teacher_max(const void *t, int bf, long from, int n) {
     float m = -INFINITY;
-    if (bf) {
-        const uint16_t *h = (const uint16_t *) t + from;
-        for (int i = 0; i < n; i++) m = greater(m, bf16(h[i]));
-    } else {
+    if (!bf) {
         const float *f = (const float *) t + from;
-        for (int i = 0; i < n; i++) m = greater(m, f[i]);
+        for (int j0 = 0; j0 < n; j0 += BLOCK) m = greater(m, max_skipping_nan(f + j0, n - j0 < BLOCK ? n - j0 : BLOCK));
+        return m;
     }
+    const uint16_t *h = (const uint16_t *) t + from;
+    int i = 0;
+    if (n >= LANES) {
+        __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+        for (; i + 2 * LANES <= n / LANES * LANES; i += 2 * LANES) {
+            __m512 x0 = widen_bf16(h + i), x1 = widen_bf16(h + i + LANES);
+            m0 = _mm512_mask_mov_ps(m0, _mm512_cmp_ps_mask(x0, m0, _CMP_GT_OQ), x0);
+            m1 = _mm512_mask_mov_ps(m1, _mm512_cmp_ps_mask(x1, m1, _CMP_GT_OQ), x1);
+        }
+        for (; i + LANES <= n; i += LANES) {
+            __m512 x0 = widen_bf16(h + i);
+            m0 = _mm512_mask_mov_ps(m0, _mm512_cmp_ps_mask(x0, m0, _CMP_GT_OQ), x0);
+        }
+        m0 = _mm512_mask_mov_ps(m0, _mm512_cmp_ps_mask(m1, m0, _CMP_GT_OQ), m1);
+        float lanes[LANES];
+        _mm512_storeu_ps(lanes, m0);
+        for (int l = 0; l < LANES; l++) m = greater(m, lanes[l]);
+    }
+    for (; i < n; i++) m = greater(m, bf16(h[i]));
     return m;
 }
 
 /*
- * DenseForwardKl.passABlock: e_s = 2^((s - ms) k) to es, e_t = 2^((t - mt) k) to et, sums {sum e_s, sum e_s^2,
+ * DenseForwardKl.passABlock: s copied to s_save, e_s = 2^((s - ms) k) to es_out (which may be s: each
+ * vector is read before its e_s is stored), e_t = 2^((t - mt) k) to et, sums {sum e_s, sum e_s^2,
  * sum e_t, sum e_t ((t - mt) - (s - ms))}, terms whose e_t underflows left out of the fourth.
  * Prefetches one line of the next student row and half a line of its teacher row per 16 columns,
  * from ps / pt, never past ps_end / pt_end, into L2 (to_l2) or L1.
  */
 static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const float *s, int len, float ms, float k,
-        float *es_out, const void *tv, int bf, float mt, float *et_out, const char *ps, const char *ps_end,
+        float *es_out, float *s_save, const void *tv, int bf, float mt, float *et_out, const char *ps, const char *ps_end,
         const char *pt, const char *pt_end, int pt_step, int to_l2, float *sums) {
     const uint16_t *th = (const uint16_t *) tv;
     const float *tf = (const float *) tv;
@@ -173,7 +203,9 @@ static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const fl
             _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
             _mm_prefetch(b < pt_end ? b : pt_end, _MM_HINT_T0);
         }
-        __m512 ds = _mm512_sub_ps(_mm512_loadu_ps(s + i), MS);
+        __m512 sv = _mm512_loadu_ps(s + i);
+        _mm512_storeu_ps(s_save + i, sv);
+        __m512 ds = _mm512_sub_ps(sv, MS);
         __m512 tt = bf ? _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, WIDEN,
                              _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) (th + i)))))
                        : _mm512_loadu_ps(tf + i);
@@ -191,6 +223,7 @@ static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const fl
     float szs = _mm512_reduce_add_ps(zs), szsq = _mm512_reduce_add_ps(zsq), szt = _mm512_reduce_add_ps(zt),
           sacc = _mm512_reduce_add_ps(acc);
     for (; i < len; i++) {
+        s_save[i] = s[i];
         float ds = s[i] - ms, dt = (bf ? bf16(th[i]) : tf[i]) - mt;
         float es = exp2s(ds, k), et = exp2s(dt, k);
         szs += es;
@@ -208,10 +241,10 @@ static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const fl
 
 /* pass_a_block_t specialised by teacher type (bf16 or fp32: its step in bytes) and prefetch level */
 #define PASS_A_BLOCK(name, bf, pt_step, to_l2)                                                                    \
-    static KERNEL void name(const float *s, int len, float ms, float k, float *es_out, const void *t, float mt,  \
+    static KERNEL void name(const float *s, int len, float ms, float k, float *es_out, float *s_save, const void *t, float mt,  \
                             float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end, \
                             float *sums) {                                                                        \
-        pass_a_block_t(s, len, ms, k, es_out, t, bf, mt, et_out, ps, ps_end, pt, pt_end, pt_step, to_l2, sums);  \
+        pass_a_block_t(s, len, ms, k, es_out, s_save, t, bf, mt, et_out, ps, ps_end, pt, pt_end, pt_step, to_l2, sums);  \
     }
 PASS_A_BLOCK(pass_a_block_bf16, 1, 2, 0)
 PASS_A_BLOCK(pass_a_block_f32, 0, 4, 0)
@@ -254,12 +287,12 @@ KERNEL int distillery_dense_forward_kl_row(const float *s, float *g, const void 
     if (!isfinite(ms) || !isfinite(mt)) return ROW_NOT_FINITE;
 
     float k = inv_t * LOG2E;
-    float gb[BLOCK] __attribute__((aligned(64)));
+    float sb[BLOCK] __attribute__((aligned(64)));   /* the block's logits: g may be s, and a raise runs the block again */
     float sums[4];
     double zs = 0, zsq = 0, zt = 0, acc = 0, raises = 0;
     int pt_step = teacher_bf16 ? 2 : 4;
     const char *ps_end = next_s + next_s_bytes - 1, *pt_end = next_t + next_t_bytes - 1;
-    void (*block)(const float *, int, float, float, float *, const void *, float, float *, const char *, const char *,
+    void (*block)(const float *, int, float, float, float *, float *, const void *, float, float *, const char *, const char *,
                   const char *, const char *, float *) = next_s_bytes <= ROW_PREFETCH_L2_BYTES
                                                           ? (teacher_bf16 ? pass_a_block_bf16_l2 : pass_a_block_f32_l2)
                                                           : (teacher_bf16 ? pass_a_block_bf16 : pass_a_block_f32);
@@ -267,10 +300,10 @@ KERNEL int distillery_dense_forward_kl_row(const float *s, float *g, const void 
         int j0 = (nb - 1 - bi) * BLOCK, len = v - j0 < BLOCK ? v - j0 : BLOCK;
         const char *ps = next_s + (long) bi * BLOCK * 4, *pt = next_t + (long) bi * BLOCK * pt_step;
         const void *tj = (const char *) t + (long) j0 * pt_step;
-        block(s + j0, len, ms, k, gb, tj, mt, e_t + j0, ps, ps_end, pt, pt_end, sums);
+        block(s + j0, len, ms, k, g + j0, sb, tj, mt, e_t + j0, ps, ps_end, pt, pt_end, sums);
         if (sums[0] > RAISE || sums[2] > RAISE) {
             /* DenseRow.passA: raise the maxima to the block's, rescale what is done, run again */
-            float ms2 = greater(ms, max_skipping_nan(s + j0, len));
+            float ms2 = greater(ms, max_skipping_nan(sb, len));
             float mt2 = greater(mt, teacher_max(t, teacher_bf16, j0, len));
             if (isnan(mt2) || isinf(mt2)) {
                 out[3] = mt2;
@@ -290,9 +323,9 @@ KERNEL int distillery_dense_forward_kl_row(const float *s, float *g, const void 
             raises++;
             ms = ms2;
             mt = mt2;
-            block(s + j0, len, ms, k, gb, tj, mt, e_t + j0, ps, ps_end, pt, pt_end, sums);
+            memcpy(g + j0, sb, (size_t) len * 4);
+            block(s + j0, len, ms, k, g + j0, sb, tj, mt, e_t + j0, ps, ps_end, pt, pt_end, sums);
         }
-        if (!(sums[0] > RAISE || sums[2] > RAISE)) memcpy(g + j0, gb, (size_t) len * 4);
         zs += sums[0];
         zsq += sums[1];
         zt += sums[2];
