@@ -14,6 +14,7 @@ import picocli.CommandLine.Option;
 
 /** {@code demo}: teacher → logits → student vs baseline on the bundled corpus. */
 @Command(name = "demo", mixinStandardHelpOptions = true,
+        header = "Runs the whole pipeline on real text: a teacher, its logits, a student against a baseline.",
         description = {"End to end on real text (the bundled State of the Union slice, or --corpus):",
                 "tokenize, train a teacher, dump its top-k logits, distil a student, train the same student on",
                 "hard labels only (same steps and data), and report teacher vs student vs baseline (eval --compare's table).",

@@ -28,6 +28,7 @@ import picocli.CommandLine.Option;
 
 /** {@code eval}: held-out perplexity of a checkpoint, its KL and agreement with a teacher; or several models compared. */
 @Command(name = "eval", mixinStandardHelpOptions = true,
+        header = "Evaluates a checkpoint: perplexity, KL to the teacher, top-1 agreement.",
         description = {"Evaluates a checkpoint: perplexity on a token file (--tokens), and/or perplexity, KL to the",
                 "teacher and top-1 agreement on held-out teacher shards (--teacher-shards)."})
 public final class EvalCommand implements Callable<Integer> {

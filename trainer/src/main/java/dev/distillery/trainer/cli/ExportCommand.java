@@ -27,6 +27,7 @@ import picocli.CommandLine.Parameters;
  * model alone, rounded to nearest even, for {@code transformers} or any loader of the family.
  */
 @Command(name = "export", mixinStandardHelpOptions = true,
+        header = "Writes a checkpoint's model for inference, in a folder that transformers opens.",
         description = {"Writes a checkpoint's model for inference into a new folder:",
                 "config.json and model.safetensors with the weights in --dtype (rounded to",
                 "nearest even), the tokenizer files beside them, no trainer state. Reads both",

@@ -20,6 +20,7 @@ import picocli.CommandLine.Option;
 
 /** {@code generate}: sample text from a checkpoint, or write a sequence-level KD dataset. */
 @Command(name = "generate", mixinStandardHelpOptions = true,
+        header = "Samples text from a checkpoint, or writes its generations as a sequence-level KD dataset.",
         description = {"Samples text from a checkpoint (temperature, top-k) and reports tokens/s.",
                 "With --kd-out, writes the model's generations as a token file: a sequence-level KD dataset",
                 "(train a student on it with 'teacher train --tokens' to use the teacher's generations as hard labels)."})

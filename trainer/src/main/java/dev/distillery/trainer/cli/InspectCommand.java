@@ -26,6 +26,7 @@ import picocli.CommandLine.Parameters;
 /** Prints what a file holds: a safetensors header, a teacher shard directory, or a token file. */
 @Command(name = "inspect",
         mixinStandardHelpOptions = true,
+        header = "Validates a file (safetensors, teacher shards, checkpoint, tokens) and shows what it holds.",
         description = {
                 "Shows what a file holds, after validating it:",
                 "  a .safetensors file: every tensor's dtype, shape and byte range, and the metadata;",

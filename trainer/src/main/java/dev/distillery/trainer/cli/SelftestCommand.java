@@ -16,6 +16,7 @@ import picocli.CommandLine.Option;
 /** Runs every kernel on fresh random data against the float64 reference and prints a table. */
 @Command(name = "selftest",
         mixinStandardHelpOptions = true,
+        header = "Checks every kernel of a backend against the float64 reference and prints a table.",
         description = {
                 "Runs every kernel of the chosen backend on fresh random inputs (sizes 1, primes, odd widths)",
                 "and compares it with the float64 reference. Prints kernel, size, max relative error,",

@@ -17,6 +17,7 @@ import picocli.CommandLine.Option;
 
 /** {@code tokenize}: encode a corpus with an existing tokenizer, or train a byte-level BPE on it; write train/val token files. */
 @Command(name = "tokenize", mixinStandardHelpOptions = true,
+        header = "Encodes a corpus into token files with a teacher's tokenizer, or trains a byte-level BPE.",
         description = {"With --tokenizer: encodes a corpus with that tokenizer (a Hugging Face tokenizer.json, or a tiktoken",
                 "encoding: gpt2, r50k_base, p50k_base, cl100k_base, o200k_base) into <out>/train.bin and <out>/val.bin",
                 "(llm.c format, uint32 where ids pass 65,535), streaming, with progress. Each .txt file is a document, each",

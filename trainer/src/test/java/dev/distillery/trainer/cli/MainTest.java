@@ -5,8 +5,11 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.PrintWriter;
 import java.io.StringWriter;
+import java.util.ArrayDeque;
 
 import org.junit.jupiter.api.Test;
+
+import picocli.CommandLine;
 
 class MainTest {
 
@@ -63,5 +66,22 @@ class MainTest {
         Run r = run("--help");
         assertEquals(0, r.status());
         assertTrue(r.out().contains("selftest"), r.out());
+    }
+
+    /** The command lists show each command's first line: every command has a one-sentence header for it. */
+    @Test
+    void everyCommandListedHasAWholeSentence() {
+        ArrayDeque<CommandLine> pending = new ArrayDeque<>(new CommandLine(new Main()).getSubcommands().values());
+        int checked = 0;
+        while (!pending.isEmpty()) {
+            CommandLine c = pending.pop();
+            pending.addAll(c.getSubcommands().values());
+            if (c.getCommandName().equals("help")) continue;
+            String[] header = c.getCommandSpec().usageMessage().header();
+            String first = header.length > 0 ? header[0] : c.getCommandSpec().usageMessage().description()[0];
+            assertTrue(first.endsWith("."), c.getCommandName() + ": \"" + first + "\"");
+            checked++;
+        }
+        assertTrue(checked >= 11, "commands checked: " + checked);
     }
 }
