@@ -4,6 +4,8 @@ import java.io.FileNotFoundException;
 import java.io.IOException;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
+import java.util.Collection;
+import java.util.List;
 
 import com.fasterxml.jackson.core.JacksonException;
 import com.fasterxml.jackson.databind.DeserializationFeature;
@@ -40,7 +42,7 @@ public final class StrictJson {
         try {
             return MAPPER.readValue(file.toFile(), type);
         } catch (UnrecognizedPropertyException e) {
-            throw new IOException(file + ": unknown key '" + path(e) + "' (known here: " + e.getKnownPropertyIds() + ")", e);
+            throw new IOException(file + ": " + unknownKey(path(e), e.getPropertyName(), e.getKnownPropertyIds()), e);
         } catch (FileNotFoundException | NoSuchFileException e) {
             throw new IOException(file + ": no such file", e);
         } catch (MismatchedInputException e) {
@@ -61,6 +63,42 @@ public final class StrictJson {
             else if (ref.getIndex() >= 0) path.append('[').append(ref.getIndex()).append(']');
         }
         return path.toString();
+    }
+
+    /**
+     * "unknown key 'loss.temprature' (did you mean 'temperature'? known here: alpha, divergence,
+     * ...)": the known keys sorted, and the nearest one suggested where it is a likely typo (at most
+     * a third of its letters edited, two at least).
+     */
+    static String unknownKey(String path, String key, Collection<Object> known) {
+        List<String> names = known.stream().map(String::valueOf).sorted().toList();
+        String nearest = null;
+        int best = Integer.MAX_VALUE;
+        for (String name : names) {
+            int d = editDistance(key, name);
+            if (d < best) {
+                best = d;
+                nearest = name;
+            }
+        }
+        String hint = nearest != null && best <= Math.max(2, nearest.length() / 3) ? "did you mean '" + nearest + "'? " : "";
+        return "unknown key '" + path + "' (" + hint + "known here: " + String.join(", ", names) + ")";
+    }
+
+    /** Levenshtein distance: insertions, deletions and substitutions, one each. */
+    private static int editDistance(String a, String b) {
+        int[] prev = new int[b.length() + 1], cur = new int[b.length() + 1];
+        for (int j = 0; j <= b.length(); j++) prev[j] = j;
+        for (int i = 1; i <= a.length(); i++) {
+            cur[0] = i;
+            for (int j = 1; j <= b.length(); j++) {
+                cur[j] = Math.min(Math.min(cur[j - 1], prev[j]) + 1, prev[j - 1] + (a.charAt(i - 1) == b.charAt(j - 1) ? 0 : 1));
+            }
+            int[] t = prev;
+            prev = cur;
+            cur = t;
+        }
+        return prev[b.length()];
     }
 
     /** What is wrong with a value, in the file's terms (a JSON type), not Java's. */

@@ -1,12 +1,14 @@
 package dev.distillery.trainer.distill;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.List;
 
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -28,6 +30,19 @@ class DistillConfigTest {
         assertTrue(top.contains("unknown key 'stpes'") && top.contains("run.json"), top);
         String nested = message(dir, "{\"teacher\": \"t\", \"loss\": {\"temprature\": 2}}");
         assertTrue(nested.contains("unknown key 'loss.temprature'"), nested);
+    }
+
+    @Test
+    void anUnknownKeySuggestsTheNearestAndListsTheKnownInOrder(@TempDir Path dir) throws IOException {
+        String typo = message(dir, "{\"teacher\": \"t\", \"loss\": {\"temprature\": 2}}");
+        assertTrue(typo.contains("did you mean 'temperature'?"), typo);
+        String known = typo.substring(typo.indexOf("known here: ") + "known here: ".length(), typo.lastIndexOf(')'));
+        List<String> keys = List.of(known.split(", "));
+        assertEquals(keys.stream().sorted().toList(), keys, typo);
+        assertTrue(keys.contains("alpha") && keys.contains("divergence"), typo);
+        String far = message(dir, "{\"teacher\": \"t\", \"colour\": \"blue\"}");
+        assertFalse(far.contains("did you mean"), far);
+        assertTrue(message(dir, "{\"teacher\": \"t\", \"grad_clp\": 1}").contains("did you mean 'grad_clip'?"));
     }
 
     @Test
