@@ -13,6 +13,11 @@
  *                                     that block and copies it over g: the same values, a copy fewer)
  *     pass_b_in_g                     DenseForwardKl.passBInG
  *     teacher_max                     TeacherBlocks.max
+ *   distillery_dense_reverse_kl_row   DenseReverseKl.row, the rows at T = 2, or T = 1 without a hard label:
+ *                                     DenseRow.passA + passes B and C
+ *     rkl_pass_a_block                DenseReverseKl.passABlock
+ *     rkl_pass_bc                     DenseReverseKl.passBC
+ *     dense_pass_a                    DenseRow.start + DenseRow.passA, for both dense rows
  *   distillery_student_pass           StudentPass.run with e kept (top-k and sampled rows)
  *   distillery_squared_gradient       SparseRows.squaredGradient
  *   exp2v, exp2s                      VectorOps.exp2 (vector and scalar; exp2v scales by VSCALEFPS)
@@ -51,12 +56,13 @@ static const float EXP2_LO = -126.f;                /* VectorOps.EXP2_LO */
 static const float E1 = 6.9314718246e-01f, E2 = 2.4022647738e-01f, E3 = 5.5503323674e-02f,   /* VectorOps.E1..E6 */
                    E4 = 9.6184369177e-03f, E5 = 1.3398875017e-03f, E6 = 1.5353361960e-04f;
 #define EXP2_FIELD_MAX 255                          /* VectorOps.EXP2_FIELD_MAX */
+static const float LOG_FLOOR = -0x1.5d58ap+6f;      /* DenseReverseKl.LOG_FLOOR, log(FLT_MIN) */
 
 /* Return codes of distillery_dense_forward_kl_row (NativeRowPasses names them). */
 enum { ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3 };
 
 /* The interface version DistilleryCpu expects. */
-int distillery_cpu_abi(void) { return 10; }
+int distillery_cpu_abi(void) { return 11; }
 
 int distillery_cpu_supported(void) {
     __builtin_cpu_init();
@@ -135,9 +141,12 @@ static KERNEL float max_skipping_nan(const float *x, int n) {
     return m;
 }
 
-/* 16 bf16 values at h as fp32: each word to the high half of its lane (TeacherBlocks.widen). */
-static inline KERNEL __m512 widen_bf16(const uint16_t *h) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *) h)), 16));
+/* 16 bf16 values at h as fp32 in one permute: word i to the high half of lane i, the low half zeroed (TeacherBlocks.widen). */
+static inline __attribute__((always_inline)) KERNEL __m512 widen_bf16(const uint16_t *h) {
+    const __m512i WIDEN = _mm512_set_epi16(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8,
+                                           7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    return _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, WIDEN,
+                                                              _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) h))));
 }
 
 /*
@@ -174,42 +183,50 @@ static KERNEL float teacher_max(const void *t, int bf, long from, int n) {
     return m;
 }
 
+/* The next row's line at a (never past end), into L2 (to_l2) or L1. */
+static inline __attribute__((always_inline)) KERNEL void prefetch_next(const char *a, const char *end, int to_l2) {
+    if (to_l2) {
+        _mm_prefetch(a < end ? a : end, _MM_HINT_T1);
+    } else {
+        _mm_prefetch(a < end ? a : end, _MM_HINT_T0);
+    }
+}
+
+/* 16 teacher logits from element i, as fp32 (bf16 widened in registers, or fp32 as stored). */
+static inline __attribute__((always_inline)) KERNEL __m512 teacher16(const void *tv, int bf, int i) {
+    return bf ? widen_bf16((const uint16_t *) tv + i) : _mm512_loadu_ps((const float *) tv + i);
+}
+
+/*
+ * One block of a dense row's pass A (DenseRow.PassABlock): s, len columns from the block's start,
+ * against the maxima ms and mt (k = log2(e)/T), its rows written from row1 and row2, sums = {sum
+ * e_s, sum e_s^2, sum e_t, the divergence's fourth sum or 0}; the next row's lines asked for from
+ * ps / pt, never past ps_end / pt_end, a line of s and half a line of t per 16 columns.
+ */
+typedef void (*pass_a_block_fn)(const float *s, int len, float ms, float k, float inv_t, float *row1, float *s_save,
+                                const void *t, float mt, float *row2, const char *ps, const char *ps_end, const char *pt,
+                                const char *pt_end, float *sums);
+
 /*
  * DenseForwardKl.passABlock: s copied to s_save, e_s = 2^((s - ms) k) to es_out (which may be s: each
- * vector is read before its e_s is stored), e_t = 2^((t - mt) k) to et, sums {sum e_s, sum e_s^2,
+ * vector is read before its e_s is stored), e_t = 2^((t - mt) k) to et_out, sums {sum e_s, sum e_s^2,
  * sum e_t, sum e_t ((t - mt) - (s - ms))}, terms whose e_t underflows left out of the fourth.
- * Prefetches one line of the next student row and half a line of its teacher row per 16 columns,
- * from ps / pt, never past ps_end / pt_end, into L2 (to_l2) or L1.
  */
 static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const float *s, int len, float ms, float k,
         float *es_out, float *s_save, const void *tv, int bf, float mt, float *et_out, const char *ps, const char *ps_end,
         const char *pt, const char *pt_end, int pt_step, int to_l2, float *sums) {
-    const uint16_t *th = (const uint16_t *) tv;
-    const float *tf = (const float *) tv;
     __m512 zs = _mm512_setzero_ps(), zsq = zs, zt = zs, acc = zs;
     __m512 MS = _mm512_set1_ps(ms), MT = _mm512_set1_ps(mt);
     float lo = EXP2_LO / k;
     __m512 LO = _mm512_set1_ps(lo);
-    /* bf16 to fp32 in one permute: word i to the high half of lane i, the low half zeroed (masked) */
-    const __m512i WIDEN = _mm512_set_epi16(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8,
-                                           7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
     int i = 0;
     for (; i + LANES <= len; i += LANES) {
-        const char *a = ps + (long) i * 4, *b = pt + (long) i * pt_step;
-        if (to_l2) {
-            _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T1);
-            _mm_prefetch(b < pt_end ? b : pt_end, _MM_HINT_T1);
-        } else {
-            _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
-            _mm_prefetch(b < pt_end ? b : pt_end, _MM_HINT_T0);
-        }
+        prefetch_next(ps + (long) i * 4, ps_end, to_l2);
+        prefetch_next(pt + (long) i * pt_step, pt_end, to_l2);
         __m512 sv = _mm512_loadu_ps(s + i);
         _mm512_storeu_ps(s_save + i, sv);
         __m512 ds = _mm512_sub_ps(sv, MS);
-        __m512 tt = bf ? _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, WIDEN,
-                             _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) (th + i)))))
-                       : _mm512_loadu_ps(tf + i);
-        __m512 dt = _mm512_sub_ps(tt, MT);
+        __m512 dt = _mm512_sub_ps(teacher16(tv, bf, i), MT);
         __m512 es = exp2v(ds, k), et = exp2v(dt, k);
         zs = _mm512_add_ps(zs, es);
         zsq = _mm512_fmadd_ps(es, es, zsq);
@@ -220,6 +237,8 @@ static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const fl
         _mm512_storeu_ps(es_out + i, es);
         _mm512_storeu_ps(et_out + i, et);
     }
+    const uint16_t *th = (const uint16_t *) tv;
+    const float *tf = (const float *) tv;
     float szs = _mm512_reduce_add_ps(zs), szsq = _mm512_reduce_add_ps(zsq), szt = _mm512_reduce_add_ps(zt),
           sacc = _mm512_reduce_add_ps(acc);
     for (; i < len; i++) {
@@ -239,17 +258,150 @@ static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const fl
     sums[3] = sacc;
 }
 
-/* pass_a_block_t specialised by teacher type (bf16 or fp32: its step in bytes) and prefetch level */
-#define PASS_A_BLOCK(name, bf, pt_step, to_l2)                                                                    \
-    static KERNEL void name(const float *s, int len, float ms, float k, float *es_out, float *s_save, const void *t, float mt,  \
-                            float *et_out, const char *ps, const char *ps_end, const char *pt, const char *pt_end, \
-                            float *sums) {                                                                        \
-        pass_a_block_t(s, len, ms, k, es_out, s_save, t, bf, mt, et_out, ps, ps_end, pt, pt_end, pt_step, to_l2, sums);  \
+/*
+ * DenseReverseKl.passABlock: e_s = 2^((s - ms) k) to es_out, (t - mt)/T to dt_out (natural units,
+ * for pass B's log p), sums {sum e_s, sum e_s^2, sum e_t, 0} with e_t = 2^(((t - mt)/T) log2(e)).
+ */
+static inline __attribute__((always_inline)) KERNEL void rkl_pass_a_block_t(const float *s, int len, float ms, float k,
+        float inv_t, float *es_out, const void *tv, int bf, float mt, float *dt_out, const char *ps, const char *ps_end,
+        const char *pt, const char *pt_end, int pt_step, int to_l2, float *sums) {
+    __m512 zs = _mm512_setzero_ps(), zsq = zs, zt = zs;
+    __m512 MS = _mm512_set1_ps(ms), MT = _mm512_set1_ps(mt), INVT = _mm512_set1_ps(inv_t);
+    int i = 0;
+    for (; i + LANES <= len; i += LANES) {
+        prefetch_next(ps + (long) i * 4, ps_end, to_l2);
+        prefetch_next(pt + (long) i * pt_step, pt_end, to_l2);
+        __m512 es = exp2v(_mm512_sub_ps(_mm512_loadu_ps(s + i), MS), k);
+        __m512 dt = _mm512_mul_ps(_mm512_sub_ps(teacher16(tv, bf, i), MT), INVT);
+        zs = _mm512_add_ps(zs, es);
+        zsq = _mm512_fmadd_ps(es, es, zsq);
+        zt = _mm512_add_ps(zt, exp2v(dt, LOG2E));
+        _mm512_storeu_ps(es_out + i, es);
+        _mm512_storeu_ps(dt_out + i, dt);
+    }
+    const uint16_t *th = (const uint16_t *) tv;
+    const float *tf = (const float *) tv;
+    float szs = sum_lanes(zs), szsq = sum_lanes(zsq), szt = sum_lanes(zt);
+    for (; i < len; i++) {
+        float es = exp2s(s[i] - ms, k), dt = ((bf ? bf16(th[i]) : tf[i]) - mt) * inv_t;
+        szs += es;
+        szsq = fmaf(es, es, szsq);
+        szt += exp2s(dt, LOG2E);
+        es_out[i] = es;
+        dt_out[i] = dt;
+    }
+    sums[0] = szs;
+    sums[1] = szsq;
+    sums[2] = szt;
+    sums[3] = 0.f;
+}
+
+/* The blocks specialised by teacher type (bf16 or fp32: its step in bytes) and prefetch level. */
+#define PASS_A_BLOCK(name, bf, pt_step, to_l2)                                                                        \
+    static KERNEL void name(const float *s, int len, float ms, float k, float inv_t, float *row1, float *s_save,      \
+                            const void *t, float mt, float *row2, const char *ps, const char *ps_end, const char *pt, \
+                            const char *pt_end, float *sums) {                                                        \
+        (void) inv_t;                                                                                                 \
+        pass_a_block_t(s, len, ms, k, row1, s_save, t, bf, mt, row2, ps, ps_end, pt, pt_end, pt_step, to_l2, sums);   \
+    }
+#define RKL_PASS_A_BLOCK(name, bf, pt_step, to_l2)                                                                    \
+    static KERNEL void name(const float *s, int len, float ms, float k, float inv_t, float *row1, float *s_save,      \
+                            const void *t, float mt, float *row2, const char *ps, const char *ps_end, const char *pt, \
+                            const char *pt_end, float *sums) {                                                        \
+        (void) s_save;                                                                                                \
+        rkl_pass_a_block_t(s, len, ms, k, inv_t, row1, t, bf, mt, row2, ps, ps_end, pt, pt_end, pt_step, to_l2, sums); \
     }
 PASS_A_BLOCK(pass_a_block_bf16, 1, 2, 0)
 PASS_A_BLOCK(pass_a_block_f32, 0, 4, 0)
 PASS_A_BLOCK(pass_a_block_bf16_l2, 1, 2, 1)
 PASS_A_BLOCK(pass_a_block_f32_l2, 0, 4, 1)
+RKL_PASS_A_BLOCK(rkl_pass_a_block_bf16, 1, 2, 0)
+RKL_PASS_A_BLOCK(rkl_pass_a_block_f32, 0, 4, 0)
+RKL_PASS_A_BLOCK(rkl_pass_a_block_bf16_l2, 1, 2, 1)
+RKL_PASS_A_BLOCK(rkl_pass_a_block_f32_l2, 0, 4, 1)
+
+/* Which divergence's pass A a dense row runs. */
+enum { FORWARD_KL = 0, REVERSE_KL = 1 };
+
+/*
+ * DenseRow.start and DenseRow.passA for a row as wide as its teacher: the lazy maxima of the last
+ * block (the row's where that has none finite), then pass A last block first; a block whose sums
+ * pass RAISE raises the maxima to its own, what is done is rescaled (row1, e_s, by fs; row2 by
+ * ft, or lowered by dmt/T where it holds (t - m_t)/T) and the block runs again. Forward KL writes
+ * e_s over row1 = g, which may be s: its blocks keep the logits in sb, where a raise reads them
+ * and from where it puts them back. z = {Z_s, sum e_s^2, Z_t, the fourth sum}, m = {m_s, m_t};
+ * out[2] = raises. Returns ROW_OK, ROW_NOT_FINITE (nothing written) or ROW_TEACHER_MAX (the
+ * maximum in out[3]).
+ */
+static KERNEL int dense_pass_a(int divergence, const float *s, const void *t, int bf, int v, float inv_t, float *row1,
+                               float *row2, const char *next_s, long next_s_bytes, const char *next_t, long next_t_bytes,
+                               double *z, float *m, double *out) {
+    int first = (v - 1) / BLOCK * BLOCK, nb = (v + BLOCK - 1) / BLOCK;
+    float ms = max_skipping_nan(s + first, v - first);
+    if (!isfinite(ms)) ms = max_skipping_nan(s, v);
+    float mt = teacher_max(t, bf, first, v - first);
+    if (!isfinite(mt)) mt = teacher_max(t, bf, 0, v);
+    if (!isfinite(ms) || !isfinite(mt)) return ROW_NOT_FINITE;
+
+    const int to_l2 = next_s_bytes <= ROW_PREFETCH_L2_BYTES, keeps_s = divergence == FORWARD_KL;
+    static const pass_a_block_fn blocks[2][2][2] = {   /* [divergence][bf16][to_l2] */
+        {{pass_a_block_f32, pass_a_block_f32_l2}, {pass_a_block_bf16, pass_a_block_bf16_l2}},
+        {{rkl_pass_a_block_f32, rkl_pass_a_block_f32_l2}, {rkl_pass_a_block_bf16, rkl_pass_a_block_bf16_l2}}};
+    const pass_a_block_fn block = blocks[divergence][bf != 0][to_l2];
+    float k = inv_t * LOG2E;
+    float sb[BLOCK] __attribute__((aligned(64)));   /* the block's logits, where row1 may be s */
+    float sums[4];
+    double zs = 0, zsq = 0, zt = 0, acc = 0, raises = 0;
+    int pt_step = bf ? 2 : 4;
+    const char *ps_end = next_s + next_s_bytes - 1, *pt_end = next_t + next_t_bytes - 1;
+    for (int bi = 0; bi < nb; bi++) {
+        int j0 = (nb - 1 - bi) * BLOCK, len = v - j0 < BLOCK ? v - j0 : BLOCK;
+        const char *ps = next_s + (long) bi * BLOCK * 4, *pt = next_t + (long) bi * BLOCK * pt_step;
+        const void *tj = (const char *) t + (long) j0 * pt_step;
+        block(s + j0, len, ms, k, inv_t, row1 + j0, sb, tj, mt, row2 + j0, ps, ps_end, pt, pt_end, sums);
+        if (sums[0] > RAISE || sums[2] > RAISE) {
+            /* raise the maxima to the block's, rescale what is done, run again */
+            float ms2 = greater(ms, max_skipping_nan(keeps_s ? sb : s + j0, len));
+            float mt2 = greater(mt, teacher_max(t, bf, j0, len));
+            if (isnan(mt2) || isinf(mt2)) {
+                out[3] = mt2;
+                return ROW_TEACHER_MAX;
+            }
+            double dms = (double) ms2 - ms, dmt = (double) mt2 - mt;
+            double fs = exp(-dms * inv_t), ft = exp(-dmt * inv_t);
+            acc = ft * (acc + (dms - dmt) * zt);
+            zs *= fs;
+            zsq *= fs * fs;
+            zt *= ft;
+            float ffs = (float) fs, fft = (float) ft, fdmt = (float) dmt;
+            for (int j = j0 + len; j < v; j++) {
+                row1[j] *= ffs;
+                if (divergence == REVERSE_KL) {
+                    row2[j] -= fdmt * inv_t;
+                } else {
+                    row2[j] *= fft;
+                }
+            }
+            raises++;
+            ms = ms2;
+            mt = mt2;
+            if (keeps_s) memcpy(row1 + j0, sb, (size_t) len * 4);
+            block(s + j0, len, ms, k, inv_t, row1 + j0, sb, tj, mt, row2 + j0, ps, ps_end, pt, pt_end, sums);
+        }
+        zs += sums[0];
+        zsq += sums[1];
+        zt += sums[2];
+        acc += sums[3];
+    }
+    z[0] = zs;
+    z[1] = zsq;
+    z[2] = zt;
+    z[3] = acc;
+    m[0] = ms;
+    m[1] = mt;
+    out[2] = raises;
+    return ROW_OK;
+}
 
 /*
  * DenseForwardKl.passBInG over a whole row: g = e_s (c1z e_s + a) - b e_t, over the e_s pass A
@@ -279,66 +431,103 @@ static inline KERNEL void pass_b_in_g(float *g, const float *e_t, int v, float a
 KERNEL int distillery_dense_forward_kl_row(const float *s, float *g, const void *t, int teacher_bf16, int v, float inv_t,
                                            int power, float c1, float cq, const char *next_s, long next_s_bytes,
                                            const char *next_t, long next_t_bytes, float *e_t, double *out) {
-    int first = (v - 1) / BLOCK * BLOCK, nb = (v + BLOCK - 1) / BLOCK;
-    float ms = max_skipping_nan(s + first, v - first);
-    if (!isfinite(ms)) ms = max_skipping_nan(s, v);
-    float mt = teacher_max(t, teacher_bf16, first, v - first);
-    if (!isfinite(mt)) mt = teacher_max(t, teacher_bf16, 0, v);
-    if (!isfinite(ms) || !isfinite(mt)) return ROW_NOT_FINITE;
-
-    float k = inv_t * LOG2E;
-    float sb[BLOCK] __attribute__((aligned(64)));   /* the block's logits: g may be s, and a raise runs the block again */
-    float sums[4];
-    double zs = 0, zsq = 0, zt = 0, acc = 0, raises = 0;
-    int pt_step = teacher_bf16 ? 2 : 4;
-    const char *ps_end = next_s + next_s_bytes - 1, *pt_end = next_t + next_t_bytes - 1;
-    void (*block)(const float *, int, float, float, float *, float *, const void *, float, float *, const char *, const char *,
-                  const char *, const char *, float *) = next_s_bytes <= ROW_PREFETCH_L2_BYTES
-                                                          ? (teacher_bf16 ? pass_a_block_bf16_l2 : pass_a_block_f32_l2)
-                                                          : (teacher_bf16 ? pass_a_block_bf16 : pass_a_block_f32);
-    for (int bi = 0; bi < nb; bi++) {
-        int j0 = (nb - 1 - bi) * BLOCK, len = v - j0 < BLOCK ? v - j0 : BLOCK;
-        const char *ps = next_s + (long) bi * BLOCK * 4, *pt = next_t + (long) bi * BLOCK * pt_step;
-        const void *tj = (const char *) t + (long) j0 * pt_step;
-        block(s + j0, len, ms, k, g + j0, sb, tj, mt, e_t + j0, ps, ps_end, pt, pt_end, sums);
-        if (sums[0] > RAISE || sums[2] > RAISE) {
-            /* DenseRow.passA: raise the maxima to the block's, rescale what is done, run again */
-            float ms2 = greater(ms, max_skipping_nan(sb, len));
-            float mt2 = greater(mt, teacher_max(t, teacher_bf16, j0, len));
-            if (isnan(mt2) || isinf(mt2)) {
-                out[3] = mt2;
-                return ROW_TEACHER_MAX;
-            }
-            double dms = (double) ms2 - ms, dmt = (double) mt2 - mt;
-            double fs = exp(-dms * inv_t), ft = exp(-dmt * inv_t);
-            acc = ft * (acc + (dms - dmt) * zt);
-            zs *= fs;
-            zsq *= fs * fs;
-            zt *= ft;
-            float ffs = (float) fs, fft = (float) ft;
-            for (int j = j0 + len; j < v; j++) {
-                g[j] *= ffs;
-                e_t[j] *= fft;
-            }
-            raises++;
-            ms = ms2;
-            mt = mt2;
-            memcpy(g + j0, sb, (size_t) len * 4);
-            block(s + j0, len, ms, k, g + j0, sb, tj, mt, e_t + j0, ps, ps_end, pt, pt_end, sums);
-        }
-        zs += sums[0];
-        zsq += sums[1];
-        zt += sums[2];
-        acc += sums[3];
-    }
+    double z[4];
+    float m[2];
+    int code = dense_pass_a(FORWARD_KL, s, t, teacher_bf16, v, inv_t, g, e_t, next_s, next_s_bytes, next_t, next_t_bytes, z, m, out);
+    if (code != ROW_OK) return code;
+    double zs = z[0], zt = z[2];
     if (isnan(zt)) return ROW_TEACHER_NAN;
-    double z1 = power == 1 ? zs : zsq;
-    double kl = acc * inv_t / zt - log(zt) + log(zs);
+    double z1 = power == 1 ? zs : z[1];
+    double kl = z[3] * inv_t / zt - log(zt) + log(zs);
     /* pass B: g = e_s (c1 e_s / Z_1 + cq / Z_s) - cq e_t / Z_t */
     pass_b_in_g(g, e_t, v, (float) (cq / zs), (float) (cq / zt), (float) (c1 / z1));
-    out[0] = ms + log(z1);
+    out[0] = m[0] + log(z1);
     out[1] = kl;
-    out[2] = raises;
+    return ROW_OK;
+}
+
+/* DenseReverseKl.floor: max(x, LOG_FLOOR) by a compare and a blend; NaN stays NaN. */
+static inline __attribute__((always_inline)) KERNEL __m512 log_floor(__m512 x) {
+    return _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, _mm512_set1_ps(LOG_FLOOR), _CMP_LT_OQ), _mm512_set1_ps(LOG_FLOOR));
+}
+
+/*
+ * DenseReverseKl.passBC over one block, with q = e_s fq, lq = (s - ms)/T - lzs and lp = max((t - mt)/T
+ * - lzt, LOG_FLOOR): g NULL (pass B) returns sum q (lq - lp), terms with q <= 0 left out; else
+ * (pass C) writes g = c1 sb + cq q (lq - lp - rkl), sb = e_s^power sbz (0 where c1 is 0), and
+ * returns 0. g may be s: each vector of s is read before its gradient is stored.
+ */
+static KERNEL float rkl_pass_bc(const float *s, int len, float ms, float inv_t, float lzs, float lzt, const float *e_s, float fq,
+                                const float *dt, float *g, float rkl, float cq, float c1, int power, float sbz) {
+    __m512 MS = _mm512_set1_ps(ms), INVT = _mm512_set1_ps(inv_t), LZS = _mm512_set1_ps(lzs), LZT = _mm512_set1_ps(lzt),
+           FQ = _mm512_set1_ps(fq);
+    int i = 0;
+    if (g == NULL) {
+        __m512 acc = _mm512_setzero_ps();
+        for (; i + LANES <= len; i += LANES) {
+            __m512 lq = _mm512_sub_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), MS), INVT), LZS);
+            __m512 lp = log_floor(_mm512_sub_ps(_mm512_loadu_ps(dt + i), LZT));
+            __m512 q = _mm512_mul_ps(_mm512_loadu_ps(e_s + i), FQ);
+            __mmask16 kept = _mm512_cmp_ps_mask(q, _mm512_setzero_ps(), _CMP_NLE_UQ);
+            acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(kept, _mm512_mul_ps(q, _mm512_sub_ps(lq, lp))));
+        }
+        float sum = sum_lanes(acc);
+        for (; i < len; i++) {
+            float q = e_s[i] * fq, lp = dt[i] - lzt;
+            if (q > 0.f) sum += q * (((s[i] - ms) * inv_t - lzs) - (lp < LOG_FLOOR ? LOG_FLOOR : lp));
+        }
+        return sum;
+    }
+    __m512 RKL = _mm512_set1_ps(rkl), CQ = _mm512_set1_ps(cq), C1 = _mm512_set1_ps(c1), SBZ = _mm512_set1_ps(sbz);
+    for (; i + LANES <= len; i += LANES) {
+        __m512 lq = _mm512_sub_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), MS), INVT), LZS);
+        __m512 lp = log_floor(_mm512_sub_ps(_mm512_loadu_ps(dt + i), LZT));
+        __m512 e = _mm512_loadu_ps(e_s + i), q = _mm512_mul_ps(e, FQ);
+        __mmask16 kept = _mm512_cmp_ps_mask(q, _mm512_setzero_ps(), _CMP_NLE_UQ);
+        __m512 gq = _mm512_maskz_mov_ps(kept, _mm512_mul_ps(_mm512_mul_ps(q, _mm512_sub_ps(_mm512_sub_ps(lq, lp), RKL)), CQ));
+        __m512 sb = c1 == 0.f ? _mm512_setzero_ps() : _mm512_mul_ps(power == 2 ? _mm512_mul_ps(e, e) : e, SBZ);
+        _mm512_storeu_ps(g + i, _mm512_add_ps(_mm512_mul_ps(sb, C1), gq));
+    }
+    for (; i < len; i++) {
+        float q = e_s[i] * fq, lq = (s[i] - ms) * inv_t - lzs, lp = dt[i] - lzt;
+        lp = lp < LOG_FLOOR ? LOG_FLOOR : lp;
+        float sb = c1 == 0.f ? 0.f : (power == 2 ? e_s[i] * e_s[i] : e_s[i]) * sbz;
+        g[i] = sb * c1 + (q > 0.f ? q * (lq - lp - rkl) * cq : 0.f);
+    }
+    return 0.f;
+}
+
+/*
+ * DenseReverseKl.row for one row, the arguments of distillery_dense_forward_kl_row but for the scratch:
+ * two rows of v floats (e_s, then (t - m_t)/T), since pass B and C read s again for log q and g may
+ * be s. Passes: A (2 exps an element), B (the reverse KL, a sum) first block first, C (the gradient)
+ * last block first, with no exp and no teacher read. out = {m_s + log Z_1, RKL, raises, the teacher
+ * maximum when ROW_TEACHER_MAX}; the codes as there.
+ */
+KERNEL int distillery_dense_reverse_kl_row(const float *s, float *g, const void *t, int teacher_bf16, int v, float inv_t,
+                                           int power, float c1, float cq, const char *next_s, long next_s_bytes,
+                                           const char *next_t, long next_t_bytes, float *scratch, double *out) {
+    float *e_s = scratch, *dt = scratch + v;
+    double z[4];
+    float m[2];
+    int code = dense_pass_a(REVERSE_KL, s, t, teacher_bf16, v, inv_t, e_s, dt, next_s, next_s_bytes, next_t, next_t_bytes, z, m,
+                            out);
+    if (code != ROW_OK) return code;
+    double zs = z[0], zt = z[2];
+    if (isnan(zt)) return ROW_TEACHER_NAN;
+    double z1 = power == 1 ? zs : z[1];
+    float ms = m[0], lzs = (float) log(zs), lzt = (float) log(zt), fq = (float) (1 / zs), sbz = (float) (1 / z1);
+    double rkl = 0;
+    for (int j0 = 0; j0 < v; j0 += BLOCK) {
+        int len = v - j0 < BLOCK ? v - j0 : BLOCK;
+        rkl += rkl_pass_bc(s + j0, len, ms, inv_t, lzs, lzt, e_s + j0, fq, dt + j0, NULL, 0.f, 0.f, 0.f, power, 0.f);
+    }
+    for (int j0 = (v - 1) / BLOCK * BLOCK; j0 >= 0; j0 -= BLOCK) {
+        int len = v - j0 < BLOCK ? v - j0 : BLOCK;
+        rkl_pass_bc(s + j0, len, ms, inv_t, lzs, lzt, e_s + j0, fq, dt + j0, g + j0, (float) rkl, cq, c1, power, sbz);
+    }
+    out[0] = ms + log(z1);
+    out[1] = rkl;
     return ROW_OK;
 }
 

@@ -26,19 +26,19 @@ public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 10;
+    public static final int ABI = 11;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
-    private static final MethodHandle DENSE_FORWARD_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
+    private static final MethodHandle DENSE_FORWARD_KL_ROW, DENSE_REVERSE_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
             BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_GEMM_CAUSAL, BF16_DOT_PEAK;
     private static final String STATUS;
     private static final int BF16_KIND;
 
     static {
-        MethodHandle row = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
+        MethodHandle row = null, reverseRow = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
                 claimedRows = null, causal = null, dotPeak = null;
         int bf16Kind = BF16_NONE;
         String status;
@@ -74,6 +74,8 @@ public final class DistilleryCpu {
                         Linker.Option critical = Linker.Option.critical(false);
                         row = linker.downcallHandle(lookup.findOrThrow("distillery_dense_forward_kl_row"),
                                 FunctionDescriptor.of(i, p, p, p, i, i, f, i, f, f, p, p, p, p, p, p), critical);
+                        reverseRow = linker.downcallHandle(lookup.findOrThrow("distillery_dense_reverse_kl_row"),
+                                FunctionDescriptor.of(i, p, p, p, i, i, f, i, f, f, p, p, p, p, p, p), critical);
                         student = linker.downcallHandle(lookup.findOrThrow("distillery_student_pass"),
                                 FunctionDescriptor.ofVoid(p, i, f, i, p, p, p, p, p), critical);
                         squared = linker.downcallHandle(lookup.findOrThrow("distillery_squared_gradient"),
@@ -103,6 +105,7 @@ public final class DistilleryCpu {
             throw new ExceptionInInitializerError(e);
         }
         DENSE_FORWARD_KL_ROW = row;
+        DENSE_REVERSE_KL_ROW = reverseRow;
         STUDENT_PASS = student;
         SQUARED_GRADIENT = squared;
         BF16_GEMM = bf16;
@@ -247,6 +250,20 @@ public final class DistilleryCpu {
                     nextT, nextTBytes, eT, out);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_dense_forward_kl_row failed", e);
+        }
+    }
+
+    /**
+     * {@code distillery_dense_reverse_kl_row}: the arguments of {@link #denseForwardKlRow}, with
+     * scratch two rows of v floats; returns a ROW_ code.
+     */
+    public static int denseReverseKlRow(long s, long g, long t, boolean bf16, int v, float invT, int power, float c1, float cq,
+                                        long nextS, long nextSBytes, long nextT, long nextTBytes, long scratch, long out) {
+        try {
+            return (int) DENSE_REVERSE_KL_ROW.invokeExact(s, g, t, bf16 ? 1 : 0, v, invT, power, c1, cq, nextS, nextSBytes,
+                    nextT, nextTBytes, scratch, out);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_dense_reverse_kl_row failed", e);
         }
     }
 

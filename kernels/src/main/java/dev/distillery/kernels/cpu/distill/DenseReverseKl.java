@@ -18,8 +18,9 @@ import jdk.incubator.vector.VectorOperators;
 
 /**
  * Dense teacher, reverse KL: in the terms of docs/KERNELS.md#one-gradient-formula-for-all-of-them,
- * w_j = lq_j − lp_j and S = RKL, so g = cq q (lq − lp − RKL) + c1 softmax(s). CUDA twin:
- * {@code dense_row}; float64: {@code ReferenceDistillLoss.denseRow}.
+ * w_j = lq_j − lp_j and S = RKL, so g = cq q (lq − lp − RKL) + c1 softmax(s). C twin:
+ * {@code distillery_dense_reverse_kl_row} (cpu/src/main/c/distill_cpu.c) for the rows at T = 2 or
+ * T = 1; CUDA twin: {@code dense_row}; float64: {@code ReferenceDistillLoss.denseRow}.
  *
  * <p>{@link DenseForwardKl}'s plan: DenseRow's lazy maxima (fetching the next row meanwhile),
  * pass A computes e_s = exp((s − m_s)/T) and e_t's sum in one loop and keeps e_s (a scratch row:
@@ -38,8 +39,18 @@ final class DenseReverseKl {
     /** @return {m_s + log Z_1 (the CE before − s[label]), RKL} */
     static float[] row(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
                        int v, float invT, float c1, float cq, RowScratch sc) {
-        DenseRow row = DenseRow.start(r, s, so, d, v, sc);
         int power = StudentPass.integerTemperature(invT);
+        if (g != null && (power == 1 || power == 2)) {   // Z_1 from e_s: the passes C has too
+            float[] ceKl = RowPasses.forDense(s, g, d, v).denseReverseKl(r, s, so, g, d, v, invT, power, c1, cq, sc);
+            if (ceKl != null) return ceKl;
+        }
+        return javaRow(r, s, so, g, d, v, invT, power, c1, cq, sc);
+    }
+
+    /** The row in Java, every case. */
+    static float[] javaRow(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
+                           int v, float invT, int power, float c1, float cq, RowScratch sc) {
+        DenseRow row = DenseRow.start(r, s, so, d, v, sc);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, tScaled = sc.eT;   // tScaled: the row of (t − m_t)/T
         float scale2 = invT * VectorOps.LOG2E;

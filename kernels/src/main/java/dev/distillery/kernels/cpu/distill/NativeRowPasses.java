@@ -36,7 +36,19 @@ final class NativeRowPasses implements RowPasses {
     @Override
     public float[] denseForwardKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
                                   int power, float c1, float cq, RowScratch sc) {
-        sc.nativeRows(v);
+        return denseRow(false, r, s, so, g, d, v, invT, power, c1, cq, sc);
+    }
+
+    @Override
+    public float[] denseReverseKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
+                                  int power, float c1, float cq, RowScratch sc) {
+        return denseRow(true, r, s, so, g, d, v, invT, power, c1, cq, sc);
+    }
+
+    /** A dense row in C: forward KL (scratch: e_t) or reverse KL (scratch: e_s and (t − m_t)/T). */
+    private static float[] denseRow(boolean reverse, int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
+                                    int v, float invT, int power, float c1, float cq, RowScratch sc) {
+        sc.nativeRows(v, reverse ? 2 : 1);
         MemorySegment t = d.logits();
         boolean bf16 = d.type() == DType.BF16;
         long tBytes = bf16 ? 2L : 4L, next = sc.nextRow, to = sc.teacherAt * tBytes, nextTo = sc.nextTeacherAt * tBytes;
@@ -45,9 +57,13 @@ final class NativeRowPasses implements RowPasses {
         Objects.checkFromIndexSize(to, v * tBytes, t.byteSize());
         Objects.checkFromIndexSize(next * v * 4L, 4L * v, s.byteSize());
         Objects.checkFromIndexSize(nextTo, v * tBytes, t.byteSize());
-        int code = DistilleryCpu.denseForwardKlRow(s.address() + so * 4L, g.address() + so * 4L, t.address() + to, bf16, v,
-                invT, power, c1, cq, s.address() + next * v * 4L, 4L * v, t.address() + nextTo, v * tBytes,
-                sc.nativeE.address(), sc.nativeOut.address());
+        int code = reverse
+                ? DistilleryCpu.denseReverseKlRow(s.address() + so * 4L, g.address() + so * 4L, t.address() + to, bf16, v,
+                        invT, power, c1, cq, s.address() + next * v * 4L, 4L * v, t.address() + nextTo, v * tBytes,
+                        sc.nativeE.address(), sc.nativeOut.address())
+                : DistilleryCpu.denseForwardKlRow(s.address() + so * 4L, g.address() + so * 4L, t.address() + to, bf16, v,
+                        invT, power, c1, cq, s.address() + next * v * 4L, 4L * v, t.address() + nextTo, v * tBytes,
+                        sc.nativeE.address(), sc.nativeOut.address());
         MemorySegment out = sc.nativeOut;
         switch (code) {
             case DistilleryCpu.ROW_OK -> {
@@ -66,13 +82,14 @@ final class NativeRowPasses implements RowPasses {
                 TeacherBlocks.checkMax(r, (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 3));
                 throw new AssertionError("teacher row " + r + ": a finite maximum reported as not finite");
             }
-            default -> throw new IllegalStateException("distillery_dense_forward_kl_row returned " + code + " for row " + r);
+            default -> throw new IllegalStateException("distillery_dense_" + (reverse ? "reverse" : "forward") + "_kl_row returned "
+                    + code + " for row " + r);
         }
     }
 
     @Override
     public Student studentPass(MemorySegment s, long so, int v, float invT, int power, RowScratch sc) {
-        sc.nativeRows(v);
+        sc.nativeRows(v, 1);
         long next = sc.nextRow;
         Objects.checkFromIndexSize(so * 4L, 4L * v, s.byteSize());
         Objects.checkFromIndexSize(next * v * 4L, 4L * v, s.byteSize());

@@ -16,7 +16,7 @@ sealed interface RowPasses permits RowPasses.Java, NativeRowPasses {
 
     RowPasses JAVA = new Java();
 
-    /** The passes for a dense forward-KL row whose gradient is formed over e_s. */
+    /** The passes for a dense forward-KL row whose gradient is formed over e_s, or a dense reverse-KL row. */
     static RowPasses forDense(MemorySegment s, MemorySegment g, TeacherTargets.Dense d, int v) {
         return NativeRowPasses.active() && d.vocab() == v && d.type() != DType.F16 && s.isNative() && g.isNative()
                 && d.logits().isNative() ? NativeRowPasses.INSTANCE : JAVA;
@@ -35,6 +35,13 @@ sealed interface RowPasses permits RowPasses.Java, NativeRowPasses {
     float[] denseForwardKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
                            int power, float c1, float cq, RowScratch sc);
 
+    /**
+     * Dense reverse KL at T = 2 or T = 1 (Z_1 from e_s), passes A, B and C: {m_s + log Z_1, RKL},
+     * or null (nothing written) when these passes leave the row to the Java ones.
+     */
+    float[] denseReverseKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
+                           int power, float c1, float cq, RowScratch sc);
+
     /** A sparse row's pass A with e kept, where {@link #squaredGradient} reads it. */
     Student studentPass(MemorySegment s, long so, int v, float invT, int power, RowScratch sc);
 
@@ -51,6 +58,12 @@ sealed interface RowPasses permits RowPasses.Java, NativeRowPasses {
         public float[] denseForwardKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
                                       int power, float c1, float cq, RowScratch sc) {
             return DenseForwardKl.javaRow(r, s, so, g, d, v, invT, power, c1, cq, sc);
+        }
+
+        @Override
+        public float[] denseReverseKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
+                                      int power, float c1, float cq, RowScratch sc) {
+            return DenseReverseKl.javaRow(r, s, so, g, d, v, invT, power, c1, cq, sc);
         }
 
         @Override

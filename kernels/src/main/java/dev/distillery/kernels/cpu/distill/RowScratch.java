@@ -53,7 +53,10 @@ final class RowScratch {
     long raises, nativeRows;
     /** Which implementation runs this row's passes ({@link RowPasses}). */
     RowPasses passes = RowPasses.JAVA;
-    /** The C passes' e row (e_t for a dense row, e for a sparse one), block maxima and outputs; freed with this scratch. */
+    /**
+     * The C passes' e rows (e_t for a dense forward-KL row; e_s and (t − m_t)/T for a reverse-KL
+     * one; e for a sparse one), block maxima and outputs; freed with this scratch.
+     */
     MemorySegment nativeE = MemorySegment.NULL, nativeBlockMax = MemorySegment.NULL, nativeOut = MemorySegment.NULL;
 
     /** A mixture row ({@link MixtureRows}): its logits (fp32, native, so the C passes read it too), as a teacher. */
@@ -81,10 +84,11 @@ final class RowScratch {
         }
     }
 
-    void nativeRows(int v) {
-        if (nativeE.byteSize() < 4L * v) {
+    /** Room for the C passes of a row of v columns, with rows e rows of v floats. */
+    void nativeRows(int v, int rows) {
+        if (nativeE.byteSize() < 4L * v * rows) {
             Arena arena = Arena.ofAuto();
-            nativeE = arena.allocate(4L * v, 64);
+            nativeE = arena.allocate(4L * v * rows, 64);
             nativeBlockMax = arena.allocate(4L * ((v + FusedDistillLoss.BLOCK - 1) / FusedDistillLoss.BLOCK), 64);
             nativeOut = arena.allocate(4 * 8, 8);
         }

@@ -22,6 +22,7 @@ import dev.distillery.kernels.cpu.CpuKernels;
 import dev.distillery.kernels.cpu.WorkerPool;
 import dev.distillery.kernels.distill.DistillOptions;
 import dev.distillery.kernels.distill.DistillSums;
+import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
@@ -61,28 +62,36 @@ class NativeRowPassesTest {
             FusedDistillLoss fused = new FusedDistillLoss(pool);
             for (int v : new int[]{1, 7, 16, 17, 97, block - 1, block, block + 1, 2 * block + 37, 4099}) {
                 for (DType type : new DType[]{DType.BF16, DType.F32}) {
-                    for (boolean labelled : new boolean[]{true, false}) {
-                        for (boolean inPlace : new boolean[]{true, false}) {
-                            int n = 5;
-                            float[] s = new float[n * v], t = new float[n * v];
-                            for (int i = 0; i < s.length; i++) {
-                                s[i] = (float) (3 * rng.nextGaussian());
-                                t[i] = (float) (4 * rng.nextGaussian());
-                            }
-                            if (v > block) {   // rows that raise the lazy maxima: pass A starts on the last block
-                                for (int j = 0; j < block; j++) {
-                                    s[j] += 300;            // row 0: the student
-                                    t[v + j] += 300;        // row 1: the teacher
-                                    s[2 * v + j] += 100;    // row 2: both
-                                    t[2 * v + j] += 200;
+                    for (Divergence divergence : new Divergence[]{Divergence.forwardKl(), Divergence.reverseKl()}) {
+                        // T 2 with labels, T 1 without; reverse KL also T 1 with labels (its Z_1 is Z_s there)
+                        for (float[] tAlpha : new float[][]{{2f, 0.5f}, {1f, 0f}, {1f, 0.5f}}) {
+                            if (tAlpha[0] == 1f && tAlpha[1] > 0f && !(divergence instanceof Divergence.ReverseKl)) continue;
+                            boolean labelled = tAlpha[1] > 0f;
+                            for (boolean inPlace : new boolean[]{true, false}) {
+                                int n = 5;
+                                float[] s = new float[n * v], t = new float[n * v];
+                                for (int i = 0; i < s.length; i++) {
+                                    s[i] = (float) (3 * rng.nextGaussian());
+                                    t[i] = (float) (4 * rng.nextGaussian());
                                 }
+                                if (v > block) {   // rows that raise the lazy maxima: pass A starts on the last block
+                                    for (int j = 0; j < block; j++) {
+                                        s[j] += 300;            // row 0: the student
+                                        t[v + j] += 300;        // row 1: the teacher
+                                        s[2 * v + j] += 100;    // row 2: both
+                                        t[2 * v + j] += 200;
+                                        t[3 * v + j] += 90;     // row 3: the teacher, by little enough that the columns
+                                                                // done before stay above reverse KL's log floor at T 2
+                                    }
+                                }
+                                String what = "V " + v + " " + type + " " + divergence + ", T " + tAlpha[0] + ", alpha " + tAlpha[1]
+                                        + (inPlace ? ", in place" : "");
+                                DistillOptions o = DistillOptions.of(tAlpha[0], tAlpha[1]).withDivergence(divergence);
+                                MemorySegment tt = arena.allocate((long) type.bytes() * t.length, 64);
+                                for (int i = 0; i < t.length; i++) type.write(tt, i, t[i]);
+                                assertNativeMatchesJava(fused, what, n, () -> run(fused, arena, s,
+                                        new TeacherTargets.Dense(tt, type, v), n, v, o, labelled, inPlace));
                             }
-                            String what = "V " + v + " " + type + (labelled ? ", T 2 with labels" : ", T 1 without") + (inPlace ? ", in place" : "");
-                            DistillOptions o = labelled ? DistillOptions.of(2f, 0.5f) : DistillOptions.of(1f, 0f);
-                            MemorySegment tt = arena.allocate((long) type.bytes() * t.length, 64);
-                            for (int i = 0; i < t.length; i++) type.write(tt, i, t[i]);
-                            assertNativeMatchesJava(fused, what, n, () -> run(fused, arena, s,
-                                    new TeacherTargets.Dense(tt, type, v), n, v, o, labelled, inPlace));
                         }
                     }
                 }

@@ -32,7 +32,8 @@ class SharedConstantsTest {
         Map<String, Number> java = new LinkedHashMap<>();
         Object[][] pairs = {{"BLOCK", FusedDistillLoss.BLOCK}, {"EXP2_FIELD_MAX", VectorOps.EXP2_FIELD_MAX}, {"RAISE", DenseRow.RAISE},
                 {"LOG2E", VectorOps.LOG2E}, {"ROUND", VectorOps.ROUND}, {"EXP2_LO", VectorOps.EXP2_LO}, {"E1", VectorOps.E1},
-                {"E2", VectorOps.E2}, {"E3", VectorOps.E3}, {"E4", VectorOps.E4}, {"E5", VectorOps.E5}, {"E6", VectorOps.E6}};
+                {"E2", VectorOps.E2}, {"E3", VectorOps.E3}, {"E4", VectorOps.E4}, {"E5", VectorOps.E5}, {"E6", VectorOps.E6},
+                {"LOG_FLOOR", DenseReverseKl.LOG_FLOOR}};
         for (Object[] p : pairs) java.put((String) p[0], (Number) p[1]);
         for (Map.Entry<String, Number> e : java.entrySet()) {
             String name = e.getKey();
