@@ -17,7 +17,11 @@
  *                                     DenseRow.passA + passes B and C
  *     rkl_pass_a_block                DenseReverseKl.passABlock
  *     rkl_pass_bc                     DenseReverseKl.passBC
- *     dense_pass_a                    DenseRow.start + DenseRow.passA, for both dense rows
+ *   distillery_dense_jsd_row          DenseJsd.row, the rows at T = 2 or T = 1: DenseRow.passA with
+ *                                     DenseForwardKl's block + passes B and C
+ *     jsd_pass_b, jsd_pass_c          DenseJsd.passB, DenseJsd.passC / passCSquared
+ *     dense_pass_a                    DenseRow.start + DenseRow.passA, for every dense row
+ *   logv, logs                        VectorOps.log (vector and scalar)
  *   distillery_student_pass           StudentPass.run with e kept (top-k and sampled rows)
  *   distillery_squared_gradient       SparseRows.squaredGradient
  *   exp2v, exp2s                      VectorOps.exp2 (vector and scalar; exp2v scales by VSCALEFPS)
@@ -57,6 +61,12 @@ static const float E1 = 6.9314718246e-01f, E2 = 2.4022647738e-01f, E3 = 5.550332
                    E4 = 9.6184369177e-03f, E5 = 1.3398875017e-03f, E6 = 1.5353361960e-04f;
 #define EXP2_FIELD_MAX 255                          /* VectorOps.EXP2_FIELD_MAX */
 static const float LOG_FLOOR = -0x1.5d58ap+6f;      /* DenseReverseKl.LOG_FLOOR, log(FLT_MIN) */
+static const float SQRT_HALF = 0.707106781186547524f;   /* VectorOps.SQRT_HALF, L0..L8, LN2_HI, LN2_LO: its log */
+static const float L0 = 7.0376836292e-2f, L1 = -1.1514610310e-1f, L2 = 1.1676998740e-1f, L3 = -1.2420140846e-1f,
+                   L4 = 1.4249322787e-1f, L5 = -1.6668057665e-1f, L6 = 2.0000714765e-1f, L7 = -2.4999993993e-1f,
+                   L8 = 3.3333331174e-1f;
+static const float LN2_HI = 0.693359375f, LN2_LO = -2.12194440e-4f;
+static const float MIX_SCALE = 0x1p64f, LOG_MIX_SCALE = 0x1.62e43p+5f;   /* DenseJsd's: 2^64 and 64 ln 2 */
 
 /* Return codes of distillery_dense_forward_kl_row (NativeRowPasses names them). */
 enum { ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3 };
@@ -112,6 +122,67 @@ static inline KERNEL float exp2s(float d, float k) {
     int32_t field = (int32_t) bits(t) - (0x4B400000 - 127);
     if (field > EXP2_FIELD_MAX) field = EXP2_FIELD_MAX;
     return p * from_bits((uint32_t) field << 23);
+}
+
+/*
+ * VectorOps.log: log x = e ln2 + log m, x = m 2^e, m in [sqrt(1/2), sqrt(2)), Cephes' polynomial,
+ * operation for operation (a multiply and an add, never fused): the same bits lane for lane; -inf
+ * for 0 and subnormals, NaN for negatives and NaN, +inf for +inf.
+ */
+static inline KERNEL __m512 logv(__m512 x) {
+    __m512i bits = _mm512_castps_si512(x);
+    __m512 e = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(bits, 23), _mm512_set1_epi32(126)));
+    __m512 mant = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi32(0x007FFFFF)),
+                                                      _mm512_set1_epi32(0x3F000000)));   /* [0.5, 1) */
+    __mmask16 small = _mm512_cmp_ps_mask(mant, _mm512_set1_ps(SQRT_HALF), _CMP_LT_OQ);
+    e = _mm512_mask_sub_ps(e, small, e, _mm512_set1_ps(1.f));
+    __m512 f = _mm512_sub_ps(_mm512_mask_add_ps(mant, small, mant, mant), _mm512_set1_ps(1.f));
+    __m512 z = _mm512_mul_ps(f, f);
+    __m512 y = _mm512_add_ps(_mm512_mul_ps(f, _mm512_set1_ps(L0)), _mm512_set1_ps(L1));
+    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L2));
+    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L3));
+    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L4));
+    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L5));
+    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L6));
+    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L7));
+    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L8));
+    y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
+    y = _mm512_add_ps(_mm512_mul_ps(e, _mm512_set1_ps(LN2_LO)), y);
+    y = _mm512_add_ps(_mm512_mul_ps(z, _mm512_set1_ps(-0.5f)), y);
+    __m512 r = _mm512_add_ps(_mm512_add_ps(f, y), _mm512_mul_ps(e, _mm512_set1_ps(LN2_HI)));
+    __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(0x1p-126f), _CMP_LT_OQ);
+    __mmask16 inf = _mm512_cmp_ps_mask(x, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
+    __mmask16 bad = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ) | _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_ps(r, tiny, _mm512_set1_ps(-INFINITY));
+    r = _mm512_mask_mov_ps(r, inf, _mm512_set1_ps(INFINITY));
+    return _mm512_mask_mov_ps(r, bad, _mm512_set1_ps(NAN));
+}
+
+/* The scalar twin, VectorOps.log(float). */
+static inline KERNEL float logs(float x) {
+    if (x != x || x < 0.f) return NAN;
+    if (x < 0x1p-126f) return -INFINITY;
+    if (x == INFINITY) return x;
+    uint32_t u = bits(x);
+    float e = (float) (int32_t) ((u >> 23) - 126);
+    float mant = from_bits((u & 0x007FFFFFu) | 0x3F000000u);
+    if (mant < SQRT_HALF) {
+        e = e - 1.f;
+        mant = mant + mant;
+    }
+    float f = mant - 1.f, z = f * f;
+    float y = f * L0 + L1;
+    y = y * f + L2;
+    y = y * f + L3;
+    y = y * f + L4;
+    y = y * f + L5;
+    y = y * f + L6;
+    y = y * f + L7;
+    y = y * f + L8;
+    y = y * f * z;
+    y = e * LN2_LO + y;
+    y = z * -0.5f + y;
+    return f + y + e * LN2_HI;
 }
 
 /*
@@ -239,8 +310,7 @@ static inline __attribute__((always_inline)) KERNEL void pass_a_block_t(const fl
     }
     const uint16_t *th = (const uint16_t *) tv;
     const float *tf = (const float *) tv;
-    float szs = _mm512_reduce_add_ps(zs), szsq = _mm512_reduce_add_ps(zsq), szt = _mm512_reduce_add_ps(zt),
-          sacc = _mm512_reduce_add_ps(acc);
+    float szs = sum_lanes(zs), szsq = sum_lanes(zsq), szt = sum_lanes(zt), sacc = sum_lanes(acc);
     for (; i < len; i++) {
         s_save[i] = s[i];
         float ds = s[i] - ms, dt = (bf ? bf16(th[i]) : tf[i]) - mt;
@@ -320,7 +390,7 @@ RKL_PASS_A_BLOCK(rkl_pass_a_block_f32, 0, 4, 0)
 RKL_PASS_A_BLOCK(rkl_pass_a_block_bf16_l2, 1, 2, 1)
 RKL_PASS_A_BLOCK(rkl_pass_a_block_f32_l2, 0, 4, 1)
 
-/* Which divergence's pass A a dense row runs. */
+/* Which pass A a dense row runs: forward KL's (e_s and e_t: JSD's too, as in Java) or reverse KL's. */
 enum { FORWARD_KL = 0, REVERSE_KL = 1 };
 
 /*
@@ -528,6 +598,110 @@ KERNEL int distillery_dense_reverse_kl_row(const float *s, float *g, const void 
     }
     out[0] = ms + log(z1);
     out[1] = rkl;
+    return ROW_OK;
+}
+
+/*
+ * DenseJsd.passB over one block, q = e_s fs, p = e_t ft, lq = (s - ms)/T - lzs, lp = (t - mt)/T - lzt,
+ * lm = log m, m mixed at 2^64 its size (MIX_SCALE: e_s fs can be subnormal, which log takes for 0):
+ * sums = {sum beta p (lp - lm) + sum q g_q, sum q g_q}, g_q = (1 - beta)(lq - lm), terms with p = 0 or
+ * q = 0 left out; g_q (0 where q = 0) written over e_t.
+ */
+static KERNEL void jsd_pass_b(const float *s, int len, float ms, float inv_t, float lzs, const void *tv, int bf, float mt,
+                              float lzt, const float *e_s, float *e_t, float fs, float ft, float beta, float *sums) {
+    float ob = 1.f - beta, cp = beta * ft * MIX_SCALE, cqm = ob * fs * MIX_SCALE;
+    __m512 MS = _mm512_set1_ps(ms), MT = _mm512_set1_ps(mt), INVT = _mm512_set1_ps(inv_t), LZS = _mm512_set1_ps(lzs),
+           LZT = _mm512_set1_ps(lzt), FS = _mm512_set1_ps(fs), FT = _mm512_set1_ps(ft), OB = _mm512_set1_ps(ob),
+           BETA = _mm512_set1_ps(beta), CP = _mm512_set1_ps(cp), CQM = _mm512_set1_ps(cqm), ZERO = _mm512_setzero_ps();
+    __m512 acc_v = ZERO, acc_s = ZERO;
+    int i = 0;
+    for (; i + LANES <= len; i += LANES) {
+        __m512 es = _mm512_loadu_ps(e_s + i), et = _mm512_loadu_ps(e_t + i);
+        __m512 lm = _mm512_sub_ps(logv(_mm512_fmadd_ps(es, CQM, _mm512_mul_ps(et, CP))), _mm512_set1_ps(LOG_MIX_SCALE));
+        __m512 lq = _mm512_sub_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), MS), INVT), LZS);
+        __m512 lp = _mm512_sub_ps(_mm512_mul_ps(_mm512_sub_ps(teacher16(tv, bf, i), MT), INVT), LZT);
+        __m512 q = _mm512_mul_ps(es, FS), p = _mm512_mul_ps(et, FT);
+        __m512 gq = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(q, ZERO, _CMP_NLE_UQ), _mm512_mul_ps(_mm512_sub_ps(lq, lm), OB));
+        acc_s = _mm512_fmadd_ps(q, gq, acc_s);
+        acc_v = _mm512_add_ps(_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(p, ZERO, _CMP_NLE_UQ),
+                                                  _mm512_mul_ps(_mm512_mul_ps(p, BETA), _mm512_sub_ps(lp, lm))), acc_v);
+        _mm512_storeu_ps(e_t + i, gq);
+    }
+    const uint16_t *th = (const uint16_t *) tv;
+    const float *tf = (const float *) tv;
+    float sv = sum_lanes(acc_v), ss = sum_lanes(acc_s);
+    for (; i < len; i++) {
+        float es = e_s[i], et = e_t[i];
+        float lm = logs(fmaf(es, cqm, et * cp)) - LOG_MIX_SCALE;
+        float lq = (s[i] - ms) * inv_t - lzs, lp = ((bf ? bf16(th[i]) : tf[i]) - mt) * inv_t - lzt;
+        float q = es * fs, p = et * ft;
+        float gq = q > 0.f ? (lq - lm) * ob : 0.f;
+        ss = fmaf(q, gq, ss);
+        if (p > 0.f) sv += p * beta * (lp - lm);
+        e_t[i] = gq;
+    }
+    sums[0] = sv + ss;
+    sums[1] = ss;
+}
+
+/*
+ * DenseJsd.passCSquared (power 2, or no hard label: g = e_s (c1z e_s + a (g_q - S))) and passC
+ * (power 1 with one: g = e_s a (g_q - S) + c1 e_s sbz) over one block, g_q where pass B left it.
+ */
+static KERNEL void jsd_pass_c(float *g, const float *e_s, const float *gq, int len, float a, float sq, int squared, float c1z,
+                              float c1, float sbz) {
+    __m512 A = _mm512_set1_ps(a), SQ = _mm512_set1_ps(sq), C1Z = _mm512_set1_ps(c1z), C1 = _mm512_set1_ps(c1),
+           SBZ = _mm512_set1_ps(sbz);
+    int i = 0;
+    for (; i + LANES <= len; i += LANES) {
+        __m512 e = _mm512_loadu_ps(e_s + i), w = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(gq + i), SQ), A);
+        _mm512_storeu_ps(g + i, squared ? _mm512_mul_ps(_mm512_fmadd_ps(e, C1Z, w), e)
+                                        : _mm512_fmadd_ps(e, w, _mm512_mul_ps(_mm512_mul_ps(e, SBZ), C1)));
+    }
+    for (; i < len; i++) {
+        float e = e_s[i], w = (gq[i] - sq) * a;
+        g[i] = squared ? fmaf(e, c1z, w) * e : fmaf(e, w, e * sbz * c1);
+    }
+}
+
+/*
+ * DenseJsd.row for one row at T = 2 or T = 1, the arguments of distillery_dense_forward_kl_row with
+ * beta, and for the scratch two rows of v floats (e_s, then e_t, which pass B overwrites with
+ * g_q). Pass A is forward KL's (e_s to its row, not over g: pass B reads s), pass B (the value and
+ * S, one log an element) first block first, pass C (the gradient, from the rows only) last block
+ * first. out = {m_s + log Z_1, JSD, raises, the teacher maximum when ROW_TEACHER_MAX}.
+ */
+KERNEL int distillery_dense_jsd_row(const float *s, float *g, const void *t, int teacher_bf16, int v, float inv_t, int power,
+                                    float beta, float c1, float cq, const char *next_s, long next_s_bytes, const char *next_t,
+                                    long next_t_bytes, float *scratch, double *out) {
+    float *e_s = scratch, *e_t = scratch + v;
+    double z[4];
+    float m[2];
+    int code = dense_pass_a(FORWARD_KL, s, t, teacher_bf16, v, inv_t, e_s, e_t, next_s, next_s_bytes, next_t, next_t_bytes, z, m,
+                            out);
+    if (code != ROW_OK) return code;
+    double zs = z[0], zt = z[2];
+    if (isnan(zt)) return ROW_TEACHER_NAN;
+    double z1 = power == 1 ? zs : z[1];
+    float ms = m[0], mt = m[1], lzs = (float) log(zs), lzt = (float) log(zt), fs = (float) (1 / zs), ft = (float) (1 / zt);
+    int pt_step = teacher_bf16 ? 2 : 4;
+    double value = 0, sum_qg = 0;
+    for (int j0 = 0; j0 < v; j0 += BLOCK) {
+        int len = v - j0 < BLOCK ? v - j0 : BLOCK;
+        float sums[2];
+        jsd_pass_b(s + j0, len, ms, inv_t, lzs, (const char *) t + (long) j0 * pt_step, teacher_bf16, mt, lzt, e_s + j0, e_t + j0,
+                   fs, ft, beta, sums);
+        value += sums[0];
+        sum_qg += sums[1];
+    }
+    float a = cq * fs, sq = (float) sum_qg, c1z = (float) (c1 / z1), sbz = (float) (1 / z1);
+    int squared = c1 == 0.f || power == 2;
+    for (int j0 = (v - 1) / BLOCK * BLOCK; j0 >= 0; j0 -= BLOCK) {
+        int len = v - j0 < BLOCK ? v - j0 : BLOCK;
+        jsd_pass_c(g + j0, e_s + j0, e_t + j0, len, a, sq, squared, c1z, c1, sbz);
+    }
+    out[0] = ms + log(z1);
+    out[1] = value;
     return ROW_OK;
 }
 

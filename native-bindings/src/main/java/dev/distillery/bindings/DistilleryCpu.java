@@ -32,13 +32,13 @@ public final class DistilleryCpu {
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
-    private static final MethodHandle DENSE_FORWARD_KL_ROW, DENSE_REVERSE_KL_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
+    private static final MethodHandle DENSE_FORWARD_KL_ROW, DENSE_REVERSE_KL_ROW, DENSE_JSD_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
             BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_GEMM_CAUSAL, BF16_DOT_PEAK;
     private static final String STATUS;
     private static final int BF16_KIND;
 
     static {
-        MethodHandle row = null, reverseRow = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
+        MethodHandle row = null, reverseRow = null, jsdRow = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
                 claimedRows = null, causal = null, dotPeak = null;
         int bf16Kind = BF16_NONE;
         String status;
@@ -76,6 +76,8 @@ public final class DistilleryCpu {
                                 FunctionDescriptor.of(i, p, p, p, i, i, f, i, f, f, p, p, p, p, p, p), critical);
                         reverseRow = linker.downcallHandle(lookup.findOrThrow("distillery_dense_reverse_kl_row"),
                                 FunctionDescriptor.of(i, p, p, p, i, i, f, i, f, f, p, p, p, p, p, p), critical);
+                        jsdRow = linker.downcallHandle(lookup.findOrThrow("distillery_dense_jsd_row"),
+                                FunctionDescriptor.of(i, p, p, p, i, i, f, i, f, f, f, p, p, p, p, p, p), critical);
                         student = linker.downcallHandle(lookup.findOrThrow("distillery_student_pass"),
                                 FunctionDescriptor.ofVoid(p, i, f, i, p, p, p, p, p), critical);
                         squared = linker.downcallHandle(lookup.findOrThrow("distillery_squared_gradient"),
@@ -106,6 +108,7 @@ public final class DistilleryCpu {
         }
         DENSE_FORWARD_KL_ROW = row;
         DENSE_REVERSE_KL_ROW = reverseRow;
+        DENSE_JSD_ROW = jsdRow;
         STUDENT_PASS = student;
         SQUARED_GRADIENT = squared;
         BF16_GEMM = bf16;
@@ -264,6 +267,20 @@ public final class DistilleryCpu {
                     nextT, nextTBytes, scratch, out);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_dense_reverse_kl_row failed", e);
+        }
+    }
+
+    /**
+     * {@code distillery_dense_jsd_row}: the arguments of {@link #denseReverseKlRow}, with the JSD's
+     * beta after power; returns a ROW_ code.
+     */
+    public static int denseJsdRow(long s, long g, long t, boolean bf16, int v, float invT, int power, float beta, float c1, float cq,
+                                  long nextS, long nextSBytes, long nextT, long nextTBytes, long scratch, long out) {
+        try {
+            return (int) DENSE_JSD_ROW.invokeExact(s, g, t, bf16 ? 1 : 0, v, invT, power, beta, c1, cq, nextS, nextSBytes,
+                    nextT, nextTBytes, scratch, out);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_dense_jsd_row failed", e);
         }
     }
 

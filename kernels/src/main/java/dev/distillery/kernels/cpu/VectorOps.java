@@ -51,8 +51,8 @@ public final class VectorOps {
     public static final float EXP_LO = -87.3365447505531f; // below: exp underflows to 0
     /** log2(e), rounded; a caller of exp2 folds it into its scale (1/T · LOG2E) once. */
     public static final float LOG2E = 1.44269504088896341f;
-    private static final float LN2_HI = 0.693359375f;
-    private static final float LN2_LO = -2.12194440e-4f;
+    public static final float LN2_HI = 0.693359375f;
+    public static final float LN2_LO = -2.12194440e-4f;
     public static final float ROUND = 12582912f; // 1.5 · 2^23: adding it rounds to an integer
     private static final float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f,
             P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
@@ -170,8 +170,8 @@ public final class VectorOps {
     }
 
     // log(x) = e ln2 + log(m), x = m 2^e, m in [√½, √2); Cephes' logf polynomial (≤ 2 ulp).
-    private static final float SQRT_HALF = 0.707106781186547524f;
-    private static final float L0 = 7.0376836292e-2f, L1 = -1.1514610310e-1f, L2 = 1.1676998740e-1f,
+    public static final float SQRT_HALF = 0.707106781186547524f;
+    public static final float L0 = 7.0376836292e-2f, L1 = -1.1514610310e-1f, L2 = 1.1676998740e-1f,
             L3 = -1.2420140846e-1f, L4 = 1.4249322787e-1f, L5 = -1.6668057665e-1f, L6 = 2.0000714765e-1f,
             L7 = -2.4999993993e-1f, L8 = 3.3333331174e-1f;
 

@@ -17,8 +17,9 @@ import jdk.incubator.vector.VectorOperators;
 /**
  * Dense teacher, generalized JSD(β) = β KL(p‖m) + (1−β) KL(q‖m), m = β p + (1−β) q: in the terms
  * of docs/KERNELS.md#one-gradient-formula-for-all-of-them, w_j = g_q = (1−β)(lq − lm) and
- * S = Σ q g_q, so g = cq q (g_q − S) + c1 softmax(s). CUDA twin: {@code dense_row}; float64:
- * {@code ReferenceDistillLoss.denseRow}.
+ * S = Σ q g_q, so g = cq q (g_q − S) + c1 softmax(s). C twin: {@code distillery_dense_jsd_row}
+ * (cpu/src/main/c/distill_cpu.c) for the rows at T = 2 or T = 1; CUDA twin: {@code dense_row};
+ * float64: {@code ReferenceDistillLoss.denseRow}.
  *
  * <p>{@link DenseForwardKl}'s plan. Pass A (backwards): its loop, e_s and e_t to per-thread rows
  * and their sums. Pass B (forwards): from those rows and one log per element, the value and
@@ -28,7 +29,7 @@ import jdk.incubator.vector.VectorOperators;
 final class DenseJsd {
 
     /** 2^64 and its log: log m = log(2^64 m) − 64 ln 2 keeps a subnormal mixture m out of log's −inf. */
-    private static final float MIX_SCALE = 0x1p64f, LOG_MIX_SCALE = (float) (64 * Math.log(2));
+    static final float MIX_SCALE = 0x1p64f, LOG_MIX_SCALE = (float) (64 * Math.log(2));
 
     private DenseJsd() {
     }
@@ -36,8 +37,18 @@ final class DenseJsd {
     /** @return {m_s + log Z_1 (the CE before − s[label]), JSD} */
     static float[] row(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
                        int v, float invT, float beta, float c1, float cq, RowScratch sc) {
-        DenseRow row = DenseRow.start(r, s, so, d, v, sc);
         int power = StudentPass.integerTemperature(invT);
+        if (g != null && (power == 1 || power == 2)) {   // Z_1 from e_s: the passes C has too
+            float[] ceJsd = RowPasses.forDense(s, g, d, v).denseJsd(r, s, so, g, d, v, invT, power, beta, c1, cq, sc);
+            if (ceJsd != null) return ceJsd;
+        }
+        return javaRow(r, s, so, g, d, v, invT, power, beta, c1, cq, sc);
+    }
+
+    /** The row in Java, every case. */
+    static float[] javaRow(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
+                           int v, float invT, int power, float beta, float c1, float cq, RowScratch sc) {
+        DenseRow row = DenseRow.start(r, s, so, d, v, sc);
         sc.rows(v);
         float[] tb = sc.teacher, eS = sc.eS, eT = sc.eT;
         float scale2 = invT * VectorOps.LOG2E;   // exp(d/T) = 2^(d scale2): VectorOps.exp2

@@ -36,19 +36,36 @@ final class NativeRowPasses implements RowPasses {
     @Override
     public float[] denseForwardKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
                                   int power, float c1, float cq, RowScratch sc) {
-        return denseRow(false, r, s, so, g, d, v, invT, power, c1, cq, sc);
+        return denseRow(Row.FORWARD_KL, r, s, so, g, d, v, invT, power, 0f, c1, cq, sc);
     }
 
     @Override
     public float[] denseReverseKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
                                   int power, float c1, float cq, RowScratch sc) {
-        return denseRow(true, r, s, so, g, d, v, invT, power, c1, cq, sc);
+        return denseRow(Row.REVERSE_KL, r, s, so, g, d, v, invT, power, 0f, c1, cq, sc);
     }
 
-    /** A dense row in C: forward KL (scratch: e_t) or reverse KL (scratch: e_s and (t − m_t)/T). */
-    private static float[] denseRow(boolean reverse, int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
-                                    int v, float invT, int power, float c1, float cq, RowScratch sc) {
-        sc.nativeRows(v, reverse ? 2 : 1);
+    @Override
+    public float[] denseJsd(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
+                            int power, float beta, float c1, float cq, RowScratch sc) {
+        return denseRow(Row.JSD, r, s, so, g, d, v, invT, power, beta, c1, cq, sc);
+    }
+
+    /** The dense rows in C, with the scratch rows each takes. */
+    private enum Row {
+        FORWARD_KL(1), REVERSE_KL(2), JSD(2);
+
+        final int scratchRows;
+
+        Row(int scratchRows) {
+            this.scratchRows = scratchRows;
+        }
+    }
+
+    /** A dense row in C: forward KL (scratch: e_t), reverse KL (e_s and (t − m_t)/T) or JSD (e_s and e_t). */
+    private static float[] denseRow(Row kind, int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d,
+                                    int v, float invT, int power, float beta, float c1, float cq, RowScratch sc) {
+        sc.nativeRows(v, kind.scratchRows);
         MemorySegment t = d.logits();
         boolean bf16 = d.type() == DType.BF16;
         long tBytes = bf16 ? 2L : 4L, next = sc.nextRow, to = sc.teacherAt * tBytes, nextTo = sc.nextTeacherAt * tBytes;
@@ -57,13 +74,16 @@ final class NativeRowPasses implements RowPasses {
         Objects.checkFromIndexSize(to, v * tBytes, t.byteSize());
         Objects.checkFromIndexSize(next * v * 4L, 4L * v, s.byteSize());
         Objects.checkFromIndexSize(nextTo, v * tBytes, t.byteSize());
-        int code = reverse
-                ? DistilleryCpu.denseReverseKlRow(s.address() + so * 4L, g.address() + so * 4L, t.address() + to, bf16, v,
-                        invT, power, c1, cq, s.address() + next * v * 4L, 4L * v, t.address() + nextTo, v * tBytes,
-                        sc.nativeE.address(), sc.nativeOut.address())
-                : DistilleryCpu.denseForwardKlRow(s.address() + so * 4L, g.address() + so * 4L, t.address() + to, bf16, v,
-                        invT, power, c1, cq, s.address() + next * v * 4L, 4L * v, t.address() + nextTo, v * tBytes,
-                        sc.nativeE.address(), sc.nativeOut.address());
+        long sa = s.address() + so * 4L, ga = g.address() + so * 4L, ta = t.address() + to, nextS = s.address() + next * v * 4L,
+                nextT = t.address() + nextTo, scratch = sc.nativeE.address(), outAt = sc.nativeOut.address();
+        int code = switch (kind) {
+            case FORWARD_KL -> DistilleryCpu.denseForwardKlRow(sa, ga, ta, bf16, v, invT, power, c1, cq, nextS, 4L * v, nextT,
+                    v * tBytes, scratch, outAt);
+            case REVERSE_KL -> DistilleryCpu.denseReverseKlRow(sa, ga, ta, bf16, v, invT, power, c1, cq, nextS, 4L * v, nextT,
+                    v * tBytes, scratch, outAt);
+            case JSD -> DistilleryCpu.denseJsdRow(sa, ga, ta, bf16, v, invT, power, beta, c1, cq, nextS, 4L * v, nextT,
+                    v * tBytes, scratch, outAt);
+        };
         MemorySegment out = sc.nativeOut;
         switch (code) {
             case DistilleryCpu.ROW_OK -> {
@@ -82,8 +102,7 @@ final class NativeRowPasses implements RowPasses {
                 TeacherBlocks.checkMax(r, (float) out.getAtIndex(ValueLayout.JAVA_DOUBLE, 3));
                 throw new AssertionError("teacher row " + r + ": a finite maximum reported as not finite");
             }
-            default -> throw new IllegalStateException("distillery_dense_" + (reverse ? "reverse" : "forward") + "_kl_row returned "
-                    + code + " for row " + r);
+            default -> throw new IllegalStateException("the C " + kind + " row returned " + code + " for row " + r);
         }
     }
 

@@ -16,7 +16,7 @@ sealed interface RowPasses permits RowPasses.Java, NativeRowPasses {
 
     RowPasses JAVA = new Java();
 
-    /** The passes for a dense forward-KL row whose gradient is formed over e_s, or a dense reverse-KL row. */
+    /** The passes for a dense row: forward KL with the gradient formed over e_s, reverse KL or JSD at T = 2 or 1. */
     static RowPasses forDense(MemorySegment s, MemorySegment g, TeacherTargets.Dense d, int v) {
         return NativeRowPasses.active() && d.vocab() == v && d.type() != DType.F16 && s.isNative() && g.isNative()
                 && d.logits().isNative() ? NativeRowPasses.INSTANCE : JAVA;
@@ -42,6 +42,13 @@ sealed interface RowPasses permits RowPasses.Java, NativeRowPasses {
     float[] denseReverseKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
                            int power, float c1, float cq, RowScratch sc);
 
+    /**
+     * Dense JSD(beta) at T = 2 or T = 1, passes A, B and C: {m_s + log Z_1, JSD}, or null (nothing
+     * written) when these passes leave the row to the Java ones.
+     */
+    float[] denseJsd(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT, int power,
+                     float beta, float c1, float cq, RowScratch sc);
+
     /** A sparse row's pass A with e kept, where {@link #squaredGradient} reads it. */
     Student studentPass(MemorySegment s, long so, int v, float invT, int power, RowScratch sc);
 
@@ -64,6 +71,12 @@ sealed interface RowPasses permits RowPasses.Java, NativeRowPasses {
         public float[] denseReverseKl(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
                                       int power, float c1, float cq, RowScratch sc) {
             return DenseReverseKl.javaRow(r, s, so, g, d, v, invT, power, c1, cq, sc);
+        }
+
+        @Override
+        public float[] denseJsd(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT,
+                                int power, float beta, float c1, float cq, RowScratch sc) {
+            return DenseJsd.javaRow(r, s, so, g, d, v, invT, power, beta, c1, cq, sc);
         }
 
         @Override

@@ -62,10 +62,10 @@ class NativeRowPassesTest {
             FusedDistillLoss fused = new FusedDistillLoss(pool);
             for (int v : new int[]{1, 7, 16, 17, 97, block - 1, block, block + 1, 2 * block + 37, 4099}) {
                 for (DType type : new DType[]{DType.BF16, DType.F32}) {
-                    for (Divergence divergence : new Divergence[]{Divergence.forwardKl(), Divergence.reverseKl()}) {
-                        // T 2 with labels, T 1 without; reverse KL also T 1 with labels (its Z_1 is Z_s there)
+                    for (Divergence divergence : new Divergence[]{Divergence.forwardKl(), Divergence.reverseKl(), Divergence.jsd(0.3)}) {
+                        // T 2 with labels, T 1 without; reverse KL and JSD also T 1 with labels (Z_1 is Z_s there)
                         for (float[] tAlpha : new float[][]{{2f, 0.5f}, {1f, 0f}, {1f, 0.5f}}) {
-                            if (tAlpha[0] == 1f && tAlpha[1] > 0f && !(divergence instanceof Divergence.ReverseKl)) continue;
+                            if (tAlpha[0] == 1f && tAlpha[1] > 0f && divergence instanceof Divergence.ForwardKl) continue;
                             boolean labelled = tAlpha[1] > 0f;
                             for (boolean inPlace : new boolean[]{true, false}) {
                                 int n = 5;

@@ -33,7 +33,10 @@ class SharedConstantsTest {
         Object[][] pairs = {{"BLOCK", FusedDistillLoss.BLOCK}, {"EXP2_FIELD_MAX", VectorOps.EXP2_FIELD_MAX}, {"RAISE", DenseRow.RAISE},
                 {"LOG2E", VectorOps.LOG2E}, {"ROUND", VectorOps.ROUND}, {"EXP2_LO", VectorOps.EXP2_LO}, {"E1", VectorOps.E1},
                 {"E2", VectorOps.E2}, {"E3", VectorOps.E3}, {"E4", VectorOps.E4}, {"E5", VectorOps.E5}, {"E6", VectorOps.E6},
-                {"LOG_FLOOR", DenseReverseKl.LOG_FLOOR}};
+                {"LOG_FLOOR", DenseReverseKl.LOG_FLOOR}, {"SQRT_HALF", VectorOps.SQRT_HALF}, {"L0", VectorOps.L0}, {"L1", VectorOps.L1},
+                {"L2", VectorOps.L2}, {"L3", VectorOps.L3}, {"L4", VectorOps.L4}, {"L5", VectorOps.L5}, {"L6", VectorOps.L6},
+                {"L7", VectorOps.L7}, {"L8", VectorOps.L8}, {"LN2_HI", VectorOps.LN2_HI}, {"LN2_LO", VectorOps.LN2_LO},
+                {"MIX_SCALE", DenseJsd.MIX_SCALE}, {"LOG_MIX_SCALE", DenseJsd.LOG_MIX_SCALE}};
         for (Object[] p : pairs) java.put((String) p[0], (Number) p[1]);
         for (Map.Entry<String, Number> e : java.entrySet()) {
             String name = e.getKey();
