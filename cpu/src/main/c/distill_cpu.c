@@ -399,11 +399,11 @@ enum { FORWARD_KL = 0, REVERSE_KL = 1 };
  * pass RAISE raises the maxima to its own, what is done is rescaled (row1, e_s, by fs; row2 by
  * ft, or lowered by dmt/T where it holds (t - m_t)/T) and the block runs again. Forward KL writes
  * e_s over row1 = g, which may be s: its blocks keep the logits in sb, where a raise reads them
- * and from where it puts them back. z = {Z_s, sum e_s^2, Z_t, the fourth sum}, m = {m_s, m_t};
- * out[2] = raises. Returns ROW_OK, ROW_NOT_FINITE (nothing written) or ROW_TEACHER_MAX (the
- * maximum in out[3]).
+ * and from where it puts them back. z = {Z_s, Z_1 (Z_s at power 1, sum e_s^2 at 2), Z_t, the fourth
+ * sum}, m = {m_s, m_t}; out[2] = raises. Returns ROW_OK, ROW_NOT_FINITE (nothing written),
+ * ROW_TEACHER_MAX (the maximum in out[3]) or ROW_TEACHER_NAN (Z_t is NaN).
  */
-static KERNEL int dense_pass_a(int divergence, const float *s, const void *t, int bf, int v, float inv_t, float *row1,
+static KERNEL int dense_pass_a(int divergence, const float *s, const void *t, int bf, int v, float inv_t, int power, float *row1,
                                float *row2, const char *next_s, long next_s_bytes, const char *next_t, long next_t_bytes,
                                double *z, float *m, double *out) {
     int first = (v - 1) / BLOCK * BLOCK, nb = (v + BLOCK - 1) / BLOCK;
@@ -463,8 +463,9 @@ static KERNEL int dense_pass_a(int divergence, const float *s, const void *t, in
         zt += sums[2];
         acc += sums[3];
     }
+    if (isnan(zt)) return ROW_TEACHER_NAN;
     z[0] = zs;
-    z[1] = zsq;
+    z[1] = power == 1 ? zs : zsq;
     z[2] = zt;
     z[3] = acc;
     m[0] = ms;
@@ -503,11 +504,10 @@ KERNEL int distillery_dense_forward_kl_row(const float *s, float *g, const void 
                                            const char *next_t, long next_t_bytes, float *e_t, double *out) {
     double z[4];
     float m[2];
-    int code = dense_pass_a(FORWARD_KL, s, t, teacher_bf16, v, inv_t, g, e_t, next_s, next_s_bytes, next_t, next_t_bytes, z, m, out);
+    int code = dense_pass_a(FORWARD_KL, s, t, teacher_bf16, v, inv_t, power, g, e_t, next_s, next_s_bytes, next_t, next_t_bytes,
+                            z, m, out);
     if (code != ROW_OK) return code;
-    double zs = z[0], zt = z[2];
-    if (isnan(zt)) return ROW_TEACHER_NAN;
-    double z1 = power == 1 ? zs : z[1];
+    double zs = z[0], z1 = z[1], zt = z[2];
     double kl = z[3] * inv_t / zt - log(zt) + log(zs);
     /* pass B: g = e_s (c1 e_s / Z_1 + cq / Z_s) - cq e_t / Z_t */
     pass_b_in_g(g, e_t, v, (float) (cq / zs), (float) (cq / zt), (float) (c1 / z1));
@@ -580,12 +580,10 @@ KERNEL int distillery_dense_reverse_kl_row(const float *s, float *g, const void 
     float *e_s = scratch, *dt = scratch + v;
     double z[4];
     float m[2];
-    int code = dense_pass_a(REVERSE_KL, s, t, teacher_bf16, v, inv_t, e_s, dt, next_s, next_s_bytes, next_t, next_t_bytes, z, m,
-                            out);
+    int code = dense_pass_a(REVERSE_KL, s, t, teacher_bf16, v, inv_t, power, e_s, dt, next_s, next_s_bytes, next_t, next_t_bytes,
+                            z, m, out);
     if (code != ROW_OK) return code;
-    double zs = z[0], zt = z[2];
-    if (isnan(zt)) return ROW_TEACHER_NAN;
-    double z1 = power == 1 ? zs : z[1];
+    double zs = z[0], z1 = z[1], zt = z[2];
     float ms = m[0], lzs = (float) log(zs), lzt = (float) log(zt), fq = (float) (1 / zs), sbz = (float) (1 / z1);
     double rkl = 0;
     for (int j0 = 0; j0 < v; j0 += BLOCK) {
@@ -677,12 +675,10 @@ KERNEL int distillery_dense_jsd_row(const float *s, float *g, const void *t, int
     float *e_s = scratch, *e_t = scratch + v;
     double z[4];
     float m[2];
-    int code = dense_pass_a(FORWARD_KL, s, t, teacher_bf16, v, inv_t, e_s, e_t, next_s, next_s_bytes, next_t, next_t_bytes, z, m,
-                            out);
+    int code = dense_pass_a(FORWARD_KL, s, t, teacher_bf16, v, inv_t, power, e_s, e_t, next_s, next_s_bytes, next_t, next_t_bytes,
+                            z, m, out);
     if (code != ROW_OK) return code;
-    double zs = z[0], zt = z[2];
-    if (isnan(zt)) return ROW_TEACHER_NAN;
-    double z1 = power == 1 ? zs : z[1];
+    double zs = z[0], z1 = z[1], zt = z[2];
     float ms = m[0], mt = m[1], lzs = (float) log(zs), lzt = (float) log(zt), fs = (float) (1 / zs), ft = (float) (1 / zt);
     int pt_step = teacher_bf16 ? 2 : 4;
     double value = 0, sum_qg = 0;
