@@ -1,5 +1,6 @@
 package dev.distillery.trainer.cli;
 
+import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -104,12 +105,23 @@ public final class InspectCommand implements Callable<Integer> {
                 out.println("first tokens: " + Arrays.toString(first));
             }
         } else {
-            try (SafetensorsFile st = SafetensorsFile.open(path)) {
+            try (SafetensorsFile st = openSafetensors(path)) {
                 out.printf(Locale.ROOT, "safetensors %s: %d tensors, header %d bytes%n", path, st.entries().size(), st.headerBytes());
                 tensors(out, st);
             }
         }
         return 0;
+    }
+
+    /** A file without the .safetensors name that does not parse as one is named for what inspect reads, not only for its header. */
+    private static SafetensorsFile openSafetensors(Path path) throws IOException {
+        try {
+            return SafetensorsFile.open(path);
+        } catch (IOException | RuntimeException e) {
+            if (path.getFileName() == null || path.getFileName().toString().endsWith(".safetensors")) throw e;
+            throw new IllegalArgumentException(path + ": not a .safetensors file (" + e.getMessage().replace(path + ": ", "")
+                    + "); inspect reads .safetensors files, .bin token files, teacher shard directories and checkpoint folders", e);
+        }
     }
 
     private static void tensors(PrintWriter out, SafetensorsFile st) {

@@ -121,6 +121,12 @@ class MalformedInputsTest {
     }
 
     @Test
+    void inspectOnAFileOfAnotherKindSaysWhatItReads(@TempDir Path dir) throws IOException {
+        Path json = Files.writeString(dir.resolve("run.json"), "{\"steps\": 3}");
+        refused(run("inspect", json.toString()), "run.json: not a .safetensors file", "token files", "checkpoint folders");
+    }
+
+    @Test
     void aCheckpointWithANonFiniteWeightIsNamedNotEvaluatedToNaN(@TempDir Path dir) throws IOException {
         Path model = dir.resolve("model");
         try (var kernels = new CpuKernels(1, "auto");
