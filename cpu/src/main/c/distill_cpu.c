@@ -13,8 +13,8 @@
  *                                     that block and copies it over g: the same values, a copy fewer)
  *     pass_b_in_g                     DenseForwardKl.passBInG
  *     teacher_max                     TeacherBlocks.max
- *   distillery_dense_reverse_kl_row   DenseReverseKl.row, the rows at T = 2, or T = 1 without a hard label:
- *                                     DenseRow.passA + passes B and C
+ *   distillery_dense_reverse_kl_row   DenseReverseKl.row, the rows at T = 2 or T = 1: DenseRow.passA +
+ *                                     passes B and C
  *     rkl_pass_a_block                DenseReverseKl.passABlock
  *     rkl_pass_bc                     DenseReverseKl.passBC
  *   distillery_dense_jsd_row          DenseJsd.row, the rows at T = 2 or T = 1: DenseRow.passA with
