@@ -22,7 +22,9 @@
 # against a dense bf16 teacher (T = 2, alpha 0.5), fp32 and bf16; the peak resident memory of a config B step is
 # measured once per side (/usr/bin/time) and its ratio is ours over PyTorch's (the target's
 # orientation, said beside it), and each fused-loss row gives the share of the copy
-# bandwidth its bytes (student logits read, gradient written, teacher read) reach.
+# bandwidth its bytes (student logits read, gradient written, teacher read) reach. The fused-loss
+# rows are forward KL, and at 2048x32000 against a dense teacher also reverse KL and JSD(0.5) (PyTorch:
+# TRL's generalized_jsd_loss form).
 # --steps-only leaves out the loss rows; --rows keeps only the rows whose label matches REGEX
 # (grep -E: 'distillation', 'bf16', 'peak RSS', ...).
 set -euo pipefail
@@ -94,7 +96,8 @@ BLAS=$("$PY" -c 'import torch; c=torch.__config__.show(); print("MKL" if "MKL" i
 
 # ---------------------------------------------------------------- the rows
 STEP_ROWS=("A fp32 ce" "B fp32 ce" "A bf16 ce" "B bf16 ce" "B fp32 distill" "B bf16 distill")
-LOSS_ROWS=("2048x32000 dense-bf16" "4096x50257 dense-bf16" "1024x128256 dense-bf16" "2048x32000 top64" "4096x50257 top64" "1024x128256 top64")
+LOSS_ROWS=("2048x32000 dense-bf16" "4096x50257 dense-bf16" "1024x128256 dense-bf16" "2048x32000 top64" "4096x50257 top64" "1024x128256 top64"
+           "2048x32000 dense-bf16 reverse-kl" "2048x32000 dense-bf16 jsd")
 if [ "$QUICK" = 1 ]; then LOSS_ROWS=("2048x32000 dense-bf16" "2048x32000 top64"); fi
 if [ "$STEPS_ONLY" = 1 ]; then LOSS_ROWS=(); fi
 # the loss rows at DistillLossBenchmark's own iterations (2 s); the step rows at TrainingStepBenchmark's
@@ -143,9 +146,11 @@ for r in $(seq 1 "$ROUNDS"); do
   done
   for l in ${LOSS_ROWS[@]+"${LOSS_ROWS[@]}"}; do
     set -- $l
-    wanted "fused loss $1 $2, ms" || continue
-    torch_record "fused loss $1 $2, ms" "$(torch_run "$PY" bench/reference/pytorch_loss.py "$1" "$2" $THREADS 6)"
-    record "fused loss $1 $2, ms" distillery "$(jmh_ms 'DistillLossBenchmark.fused' -p shape="$1" -p teacher="$2")"
+    divergence=${3:-forward-kl}
+    row="fused loss $1 $2${3:+ $3}, ms"
+    wanted "$row" || continue
+    torch_record "$row" "$(torch_run "$PY" bench/reference/pytorch_loss.py "$1" "$2" $THREADS 6 cpu "$divergence")"
+    record "$row" distillery "$(jmh_ms 'DistillLossBenchmark.fused' -p shape="$1" -p teacher="$2" -p divergence="$divergence")"
   done
 done
 
