@@ -126,8 +126,8 @@ static inline KERNEL float exp2s(float d, float k) {
 
 /*
  * VectorOps.log: log x = e ln2 + log m, x = m 2^e, m in [sqrt(1/2), sqrt(2)), Cephes' polynomial,
- * operation for operation (a multiply and an add, never fused): the same bits lane for lane; -inf
- * for 0 and subnormals, NaN for negatives and NaN, +inf for +inf.
+ * operation for operation (the Horner steps and the two small corrections fused, as there): the
+ * same bits lane for lane; -inf for 0 and subnormals, NaN for negatives and NaN, +inf for +inf.
  */
 static inline KERNEL __m512 logv(__m512 x) {
     __m512i bits = _mm512_castps_si512(x);
@@ -138,17 +138,17 @@ static inline KERNEL __m512 logv(__m512 x) {
     e = _mm512_mask_sub_ps(e, small, e, _mm512_set1_ps(1.f));
     __m512 f = _mm512_sub_ps(_mm512_mask_add_ps(mant, small, mant, mant), _mm512_set1_ps(1.f));
     __m512 z = _mm512_mul_ps(f, f);
-    __m512 y = _mm512_add_ps(_mm512_mul_ps(f, _mm512_set1_ps(L0)), _mm512_set1_ps(L1));
-    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L2));
-    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L3));
-    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L4));
-    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L5));
-    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L6));
-    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L7));
-    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(L8));
+    __m512 y = _mm512_fmadd_ps(f, _mm512_set1_ps(L0), _mm512_set1_ps(L1));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(L2));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(L3));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(L4));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(L5));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(L6));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(L7));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(L8));
     y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
-    y = _mm512_add_ps(_mm512_mul_ps(e, _mm512_set1_ps(LN2_LO)), y);
-    y = _mm512_add_ps(_mm512_mul_ps(z, _mm512_set1_ps(-0.5f)), y);
+    y = _mm512_fmadd_ps(e, _mm512_set1_ps(LN2_LO), y);
+    y = _mm512_fmadd_ps(z, _mm512_set1_ps(-0.5f), y);
     __m512 r = _mm512_add_ps(_mm512_add_ps(f, y), _mm512_mul_ps(e, _mm512_set1_ps(LN2_HI)));
     __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(0x1p-126f), _CMP_LT_OQ);
     __mmask16 inf = _mm512_cmp_ps_mask(x, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
@@ -171,17 +171,17 @@ static inline KERNEL float logs(float x) {
         mant = mant + mant;
     }
     float f = mant - 1.f, z = f * f;
-    float y = f * L0 + L1;
-    y = y * f + L2;
-    y = y * f + L3;
-    y = y * f + L4;
-    y = y * f + L5;
-    y = y * f + L6;
-    y = y * f + L7;
-    y = y * f + L8;
+    float y = fmaf(f, L0, L1);
+    y = fmaf(y, f, L2);
+    y = fmaf(y, f, L3);
+    y = fmaf(y, f, L4);
+    y = fmaf(y, f, L5);
+    y = fmaf(y, f, L6);
+    y = fmaf(y, f, L7);
+    y = fmaf(y, f, L8);
     y = y * f * z;
-    y = e * LN2_LO + y;
-    y = z * -0.5f + y;
+    y = fmaf(e, LN2_LO, y);
+    y = fmaf(z, -0.5f, y);
     return f + y + e * LN2_HI;
 }
 

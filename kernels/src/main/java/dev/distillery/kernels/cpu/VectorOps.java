@@ -169,7 +169,8 @@ public final class VectorOps {
         return p * Float.intBitsToFloat(Math.min(Float.floatToRawIntBits(t) - (0x4B400000 - 127), EXP2_FIELD_MAX) << 23);
     }
 
-    // log(x) = e ln2 + log(m), x = m 2^e, m in [√½, √2); Cephes' logf polynomial (≤ 2 ulp).
+    // log(x) = e ln2 + log(m), x = m 2^e, m in [√½, √2); Cephes' logf polynomial (≤ 2 ulp), its
+    // Horner steps and the two small corrections as fused multiply-adds (one instruction each).
     public static final float SQRT_HALF = 0.707106781186547524f;
     public static final float L0 = 7.0376836292e-2f, L1 = -1.1514610310e-1f, L2 = 1.1676998740e-1f,
             L3 = -1.2420140846e-1f, L4 = 1.4249322787e-1f, L5 = -1.6668057665e-1f, L6 = 2.0000714765e-1f,
@@ -202,17 +203,17 @@ public final class VectorOps {
         e = e.sub(1f, small);
         FloatVector f = mant.add(mant, small).sub(1f);
         FloatVector z = f.mul(f);
-        FloatVector y = f.mul(L0).add(L1);
-        y = y.mul(f).add(L2);
-        y = y.mul(f).add(L3);
-        y = y.mul(f).add(L4);
-        y = y.mul(f).add(L5);
-        y = y.mul(f).add(L6);
-        y = y.mul(f).add(L7);
-        y = y.mul(f).add(L8);
+        FloatVector y = f.fma(L0, L1);
+        y = y.fma(f, FloatVector.broadcast(SPECIES, L2));
+        y = y.fma(f, FloatVector.broadcast(SPECIES, L3));
+        y = y.fma(f, FloatVector.broadcast(SPECIES, L4));
+        y = y.fma(f, FloatVector.broadcast(SPECIES, L5));
+        y = y.fma(f, FloatVector.broadcast(SPECIES, L6));
+        y = y.fma(f, FloatVector.broadcast(SPECIES, L7));
+        y = y.fma(f, FloatVector.broadcast(SPECIES, L8));
         y = y.mul(f).mul(z);
-        y = e.mul(LN2_LO).add(y);
-        y = z.mul(-0.5f).add(y);
+        y = e.fma(FloatVector.broadcast(SPECIES, LN2_LO), y);
+        y = z.fma(FloatVector.broadcast(SPECIES, -0.5f), y);
         FloatVector r = f.add(y).add(e.mul(LN2_HI));
         return r;
     }
@@ -231,17 +232,17 @@ public final class VectorOps {
         }
         float f = mant - 1f;
         float z = f * f;
-        float y = f * L0 + L1;
-        y = y * f + L2;
-        y = y * f + L3;
-        y = y * f + L4;
-        y = y * f + L5;
-        y = y * f + L6;
-        y = y * f + L7;
-        y = y * f + L8;
+        float y = Math.fma(f, L0, L1);
+        y = Math.fma(y, f, L2);
+        y = Math.fma(y, f, L3);
+        y = Math.fma(y, f, L4);
+        y = Math.fma(y, f, L5);
+        y = Math.fma(y, f, L6);
+        y = Math.fma(y, f, L7);
+        y = Math.fma(y, f, L8);
         y = y * f * z;
-        y = e * LN2_LO + y;
-        y = z * -0.5f + y;
+        y = Math.fma(e, LN2_LO, y);
+        y = Math.fma(z, -0.5f, y);
         return f + y + e * LN2_HI;
     }
 
