@@ -707,7 +707,7 @@ KERNEL int distillery_dense_jsd_row(const float *s, float *g, const void *t, int
  * row's line per 16 columns, into L2 (to_l2) or L1.
  */
 static inline __attribute__((always_inline)) KERNEL void student_block(const float *s, int len, float m, float k,
-        int power, float *e, const char *ps, const char *ps_end, int to_l2, float *s1, float *sp) {
+        int power, float *e, float *s_save, const char *ps, const char *ps_end, int to_l2, float *s1, float *sp) {
     __m512 acc = _mm512_setzero_ps(), accp = acc, M = _mm512_set1_ps(m);
     int i = 0;
     for (; i + LANES <= len; i += LANES) {
@@ -717,13 +717,16 @@ static inline __attribute__((always_inline)) KERNEL void student_block(const flo
         } else {
             _mm_prefetch(a < ps_end ? a : ps_end, _MM_HINT_T0);
         }
-        __m512 x = exp2v(_mm512_sub_ps(_mm512_loadu_ps(s + i), M), k);
+        __m512 sv = _mm512_loadu_ps(s + i);
+        _mm512_storeu_ps(s_save + i, sv);
+        __m512 x = exp2v(_mm512_sub_ps(sv, M), k);
         _mm512_storeu_ps(e + i, x);
         acc = _mm512_add_ps(acc, x);
         accp = power == 2 ? _mm512_fmadd_ps(x, x, accp) : _mm512_add_ps(accp, x);
     }
     float a1 = sum_lanes(acc), ap = sum_lanes(accp);
     for (; i < len; i++) {
+        s_save[i] = s[i];
         float x = exp2s(s[i] - m, k);
         e[i] = x;
         a1 += x;
@@ -737,7 +740,9 @@ static inline __attribute__((always_inline)) KERNEL void student_block(const flo
  * StudentPass.run with e kept, for top-k and sampled rows, with DenseRow's lazy maximum: it
  * starts as the first block's (the row's when that has none finite) and rises to a block's own
  * when that block's sums pass RAISE, the sums so far rescaled and the block run again; the
- * maximum each block's e is shifted by goes to block_max. out = {m, log Z_T, log Z_1, raises}.
+ * maximum each block's e is shifted by goes to block_max. out = {m, log Z_T, log Z_1, raises}. e
+ * may be s (the gradient row in place, which the squared gradient then forms over e): each block's
+ * logits are kept in sb, where a raise reads them and from where it puts them back.
  */
 KERNEL void distillery_student_pass(const float *s, int v, float inv_t, int power, float *e, float *block_max,
                                     const char *next_s, long next_s_bytes, double *out) {
@@ -747,19 +752,21 @@ KERNEL void distillery_student_pass(const float *s, int v, float inv_t, int powe
     if (!isfinite(m)) m = max_skipping_nan(s, v);
     double zt = 0, z1 = 0;
     int raises = 0;
+    float sb[BLOCK] __attribute__((aligned(64)));
     const char *ps_end = next_s + next_s_bytes - 1;
     for (int j0 = 0; j0 < v; j0 += BLOCK) {
         int len = v - j0 < BLOCK ? v - j0 : BLOCK;
         float s1, sp;
-        student_block(s + j0, len, m, k, power, e + j0, next_s + (long) j0 * 4, ps_end, to_l2, &s1, &sp);
+        student_block(s + j0, len, m, k, power, e + j0, sb, next_s + (long) j0 * 4, ps_end, to_l2, &s1, &sp);
         if (!(s1 <= RAISE && sp <= RAISE)) {
-            float bm = max_skipping_nan(s + j0, len);
+            float bm = max_skipping_nan(sb, len);
             if (bm > m) {
                 zt *= exp((m - bm) * (double) inv_t);
                 z1 *= exp(m - (double) bm);
                 m = bm;
                 raises++;
-                student_block(s + j0, len, m, k, power, e + j0, next_s + (long) j0 * 4, ps_end, to_l2, &s1, &sp);
+                memcpy(e + j0, sb, (size_t) len * 4);
+                student_block(s + j0, len, m, k, power, e + j0, sb, next_s + (long) j0 * 4, ps_end, to_l2, &s1, &sp);
             }
         }
         block_max[j0 / BLOCK] = m;

@@ -1049,13 +1049,14 @@ public final class CpuKernels implements Kernels {
      * Row o of the logits through the sparse rows' C passes at T = 1 (docs/KERNELS.md, "The native
      * row"): e = exp(s − m) by blocks with the lazy maximum, then, with writeGradient, gradScale ·
      * softmax over the logits (the caller subtracts gradScale at the target). Scratch: 4 doubles at
-     * its start, the block maxima from float 16, e from float eOffset. Returns the row's loss.
+     * its start, the block maxima from float 16, e from float eOffset, or over the row itself when
+     * the gradient is formed there (no e row in the cache). Returns the row's loss.
      */
     private static float crossEntropyRow(MemorySegment logits, long o, int v, long nextRow, MemorySegment scratch, long eOffset,
                                          float xTarget, boolean writeGradient, float gradScale) {
         Objects.checkFromIndexSize(o * 4L, 4L * v, logits.byteSize());
         Objects.checkFromIndexSize(nextRow, 4L * v, logits.byteSize());
-        long out = scratch.address(), blockMax = out + 4L * 16, e = out + 4L * eOffset;
+        long out = scratch.address(), blockMax = out + 4L * 16, e = writeGradient ? logits.address() + o * 4L : out + 4L * eOffset;
         DistilleryCpu.studentPass(logits.address() + o * 4L, v, 1f, 1, e, blockMax, logits.address() + nextRow, 4L * v, out);
         float m = (float) scratch.getAtIndex(ValueLayout.JAVA_DOUBLE, 0);
         double logZ = scratch.getAtIndex(ValueLayout.JAVA_DOUBLE, 1);

@@ -106,13 +106,15 @@ final class NativeRowPasses implements RowPasses {
         }
     }
 
+    /** e goes over the gradient row (s itself in place), which squaredGradient then forms over it: no e row in the cache. */
     @Override
-    public Student studentPass(MemorySegment s, long so, int v, float invT, int power, RowScratch sc) {
-        sc.nativeRows(v, 1);
+    public Student studentPass(MemorySegment s, long so, MemorySegment g, int v, float invT, int power, RowScratch sc) {
+        sc.nativeRows(v, 0);
         long next = sc.nextRow;
         Objects.checkFromIndexSize(so * 4L, 4L * v, s.byteSize());
+        Objects.checkFromIndexSize(so * 4L, 4L * v, g.byteSize());
         Objects.checkFromIndexSize(next * v * 4L, 4L * v, s.byteSize());
-        DistilleryCpu.studentPass(s.address() + so * 4L, v, invT, power, sc.nativeE.address(), sc.nativeBlockMax.address(),
+        DistilleryCpu.studentPass(s.address() + so * 4L, v, invT, power, g.address() + so * 4L, sc.nativeBlockMax.address(),
                 s.address() + next * v * 4L, 4L * v, sc.nativeOut.address());
         sc.nativeRows++;
         MemorySegment out = sc.nativeOut;
@@ -124,7 +126,7 @@ final class NativeRowPasses implements RowPasses {
     @Override
     public void squaredGradient(long so, MemorySegment g, int v, Student st, float invT, float c1, float cqw, RowScratch sc) {
         Objects.checkFromIndexSize(so * 4L, 4L * v, g.byteSize());
-        DistilleryCpu.squaredGradient(g.address() + so * 4L, sc.nativeE.address(), sc.nativeBlockMax.address(), v, st.max(), invT,
+        DistilleryCpu.squaredGradient(g.address() + so * 4L, g.address() + so * 4L, sc.nativeBlockMax.address(), v, st.max(), invT,
                 st.logZt(), st.logZ1(), c1, cqw);
     }
 }

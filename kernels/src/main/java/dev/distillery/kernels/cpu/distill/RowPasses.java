@@ -49,8 +49,8 @@ sealed interface RowPasses permits RowPasses.Java, NativeRowPasses {
     float[] denseJsd(int r, MemorySegment s, long so, MemorySegment g, TeacherTargets.Dense d, int v, float invT, int power,
                      float beta, float c1, float cq, RowScratch sc);
 
-    /** A sparse row's pass A with e kept, where {@link #squaredGradient} reads it. */
-    Student studentPass(MemorySegment s, long so, int v, float invT, int power, RowScratch sc);
+    /** A sparse row's pass A with e kept, where {@link #squaredGradient} reads it (in a per-thread row, or over g). */
+    Student studentPass(MemorySegment s, long so, MemorySegment g, int v, float invT, int power, RowScratch sc);
 
     /** A sparse row's gradient of every column from the e of {@link #studentPass}: g = q cqw + c2 q². */
     void squaredGradient(long so, MemorySegment g, int v, Student st, float invT, float c1, float cqw, RowScratch sc);
@@ -80,7 +80,7 @@ sealed interface RowPasses permits RowPasses.Java, NativeRowPasses {
         }
 
         @Override
-        public Student studentPass(MemorySegment s, long so, int v, float invT, int power, RowScratch sc) {
+        public Student studentPass(MemorySegment s, long so, MemorySegment g, int v, float invT, int power, RowScratch sc) {
             return StudentPass.run(s, so, v, invT, sc.eS, sc);
         }
 

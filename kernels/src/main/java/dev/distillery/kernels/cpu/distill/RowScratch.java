@@ -55,7 +55,7 @@ final class RowScratch {
     RowPasses passes = RowPasses.JAVA;
     /**
      * The C passes' e rows (e_t for a dense forward-KL row; e_s and (t − m_t)/T for a reverse-KL
-     * one; e for a sparse one), block maxima and outputs; freed with this scratch.
+     * one, e_s and e_t for a JSD one), block maxima and outputs; freed with this scratch.
      */
     MemorySegment nativeE = MemorySegment.NULL, nativeBlockMax = MemorySegment.NULL, nativeOut = MemorySegment.NULL;
 
@@ -84,14 +84,12 @@ final class RowScratch {
         }
     }
 
-    /** Room for the C passes of a row of v columns, with rows e rows of v floats. */
+    /** Room for the C passes of a row of v columns, with rows e rows of v floats (none for a sparse row: its e goes over g). */
     void nativeRows(int v, int rows) {
-        if (nativeE.byteSize() < 4L * v * rows) {
-            Arena arena = Arena.ofAuto();
-            nativeE = arena.allocate(4L * v * rows, 64);
-            nativeBlockMax = arena.allocate(4L * ((v + FusedDistillLoss.BLOCK - 1) / FusedDistillLoss.BLOCK), 64);
-            nativeOut = arena.allocate(4 * 8, 8);
-        }
+        if (nativeE.byteSize() < 4L * v * rows) nativeE = Arena.ofAuto().allocate(4L * v * rows, 64);
+        long blocks = (v + FusedDistillLoss.BLOCK - 1) / FusedDistillLoss.BLOCK;
+        if (nativeBlockMax.byteSize() < 4L * blocks) nativeBlockMax = Arena.ofAuto().allocate(4L * blocks, 64);
+        if (nativeOut.byteSize() == 0) nativeOut = Arena.ofAuto().allocate(4 * 8, 8);
     }
 
     /** Room for a sparse row of k entries (and marks over v columns for top-k). */

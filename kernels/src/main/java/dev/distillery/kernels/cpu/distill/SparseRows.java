@@ -41,7 +41,7 @@ final class SparseRows {
         if (storeE) sc.rows(v);
         int power = StudentPass.integerTemperature(invT);
         sc.passes = storeE && (power == 2 || power == 1 && c1 == 0f) ? RowPasses.forSparse(s, g) : RowPasses.JAVA;
-        return storeE ? sc.passes.studentPass(s, so, v, invT, power, sc) : StudentPass.run(s, so, v, invT, null, sc);
+        return storeE ? sc.passes.studentPass(s, so, g, v, invT, power, sc) : StudentPass.run(s, so, v, invT, null, sc);
     }
 
     /** Copies the student logits at a sparse row's listed ids into sc.listed, checking each id. */
