@@ -16,7 +16,7 @@
  *   distillery_dense_reverse_kl_row   DenseReverseKl.row, the rows at T = 2 or T = 1: DenseRow.passA +
  *                                     passes B and C
  *     rkl_pass_a_block                DenseReverseKl.passABlock
- *     rkl_pass_bc                     DenseReverseKl.passBC
+ *     rkl_pass_b, rkl_pass_c          DenseReverseKl.passB, DenseReverseKl.passC
  *   distillery_dense_jsd_row          DenseJsd.row, the rows at T = 2 or T = 1: DenseRow.passA with
  *                                     DenseForwardKl's block + passes B and C
  *     jsd_pass_b, jsd_pass_c          DenseJsd.passB, DenseJsd.passC / passCSquared
@@ -522,56 +522,63 @@ static inline __attribute__((always_inline)) KERNEL __m512 log_floor(__m512 x) {
 }
 
 /*
- * DenseReverseKl.passBC over one block, with q = e_s fq, lq = (s - ms)/T - lzs and lp = max((t - mt)/T
- * - lzt, LOG_FLOOR): g NULL (pass B) returns sum q (lq - lp), terms with q <= 0 left out; else
- * (pass C) writes g = c1 sb + cq q (lq - lp - rkl), sb = e_s^power sbz (0 where c1 is 0), and
- * returns 0. g may be s: each vector of s is read before its gradient is stored.
+ * DenseReverseKl.passB over one block, with q = e_s fq, lq = (s - ms)/T - lzs and lp = max((t - mt)/T
+ * - lzt, LOG_FLOOR): returns sum q (lq - lp), terms with q <= 0 left out, and writes l = lq - lp over
+ * the row of (t - mt)/T, for pass C.
  */
-static KERNEL float rkl_pass_bc(const float *s, int len, float ms, float inv_t, float lzs, float lzt, const float *e_s, float fq,
-                                const float *dt, float *g, float rkl, float cq, float c1, int power, float sbz) {
+static KERNEL float rkl_pass_b(const float *s, int len, float ms, float inv_t, float lzs, float lzt, const float *e_s, float fq,
+                               float *dt) {
     __m512 MS = _mm512_set1_ps(ms), INVT = _mm512_set1_ps(inv_t), LZS = _mm512_set1_ps(lzs), LZT = _mm512_set1_ps(lzt),
-           FQ = _mm512_set1_ps(fq);
+           FQ = _mm512_set1_ps(fq), acc = _mm512_setzero_ps();
     int i = 0;
-    if (g == NULL) {
-        __m512 acc = _mm512_setzero_ps();
-        for (; i + LANES <= len; i += LANES) {
-            __m512 lq = _mm512_sub_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), MS), INVT), LZS);
-            __m512 lp = log_floor(_mm512_sub_ps(_mm512_loadu_ps(dt + i), LZT));
-            __m512 q = _mm512_mul_ps(_mm512_loadu_ps(e_s + i), FQ);
-            __mmask16 kept = _mm512_cmp_ps_mask(q, _mm512_setzero_ps(), _CMP_NLE_UQ);
-            acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(kept, _mm512_mul_ps(q, _mm512_sub_ps(lq, lp))));
-        }
-        float sum = sum_lanes(acc);
-        for (; i < len; i++) {
-            float q = e_s[i] * fq, lp = dt[i] - lzt;
-            if (q > 0.f) sum += q * (((s[i] - ms) * inv_t - lzs) - (lp < LOG_FLOOR ? LOG_FLOOR : lp));
-        }
-        return sum;
-    }
-    __m512 RKL = _mm512_set1_ps(rkl), CQ = _mm512_set1_ps(cq), C1 = _mm512_set1_ps(c1), SBZ = _mm512_set1_ps(sbz);
     for (; i + LANES <= len; i += LANES) {
         __m512 lq = _mm512_sub_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), MS), INVT), LZS);
-        __m512 lp = log_floor(_mm512_sub_ps(_mm512_loadu_ps(dt + i), LZT));
+        __m512 l = _mm512_sub_ps(lq, log_floor(_mm512_sub_ps(_mm512_loadu_ps(dt + i), LZT)));
+        __m512 q = _mm512_mul_ps(_mm512_loadu_ps(e_s + i), FQ);
+        __mmask16 kept = _mm512_cmp_ps_mask(q, _mm512_setzero_ps(), _CMP_NLE_UQ);
+        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(kept, _mm512_mul_ps(q, l)));
+        _mm512_storeu_ps(dt + i, l);
+    }
+    float sum = sum_lanes(acc);
+    for (; i < len; i++) {
+        float q = e_s[i] * fq, lp = dt[i] - lzt;
+        float l = ((s[i] - ms) * inv_t - lzs) - (lp < LOG_FLOOR ? LOG_FLOOR : lp);
+        if (q > 0.f) sum += q * l;
+        dt[i] = l;
+    }
+    return sum;
+}
+
+/*
+ * DenseReverseKl.passC over one block: g = c1 sb + cq q (l - rkl), q = e_s fq, l from pass B, sb =
+ * e_s^power sbz (0 where c1 is 0), 0 for the divergence's part where q <= 0. Reads the two rows
+ * only, so g may be s.
+ */
+static KERNEL void rkl_pass_c(float *g, int len, const float *e_s, float fq, const float *l, float rkl, float cq, float c1,
+                              int power, float sbz) {
+    __m512 FQ = _mm512_set1_ps(fq), RKL = _mm512_set1_ps(rkl), CQ = _mm512_set1_ps(cq), C1 = _mm512_set1_ps(c1),
+           SBZ = _mm512_set1_ps(sbz);
+    int i = 0;
+    for (; i + LANES <= len; i += LANES) {
         __m512 e = _mm512_loadu_ps(e_s + i), q = _mm512_mul_ps(e, FQ);
         __mmask16 kept = _mm512_cmp_ps_mask(q, _mm512_setzero_ps(), _CMP_NLE_UQ);
-        __m512 gq = _mm512_maskz_mov_ps(kept, _mm512_mul_ps(_mm512_mul_ps(q, _mm512_sub_ps(_mm512_sub_ps(lq, lp), RKL)), CQ));
+        __m512 gq = _mm512_maskz_mov_ps(kept, _mm512_mul_ps(_mm512_mul_ps(q, _mm512_sub_ps(_mm512_loadu_ps(l + i), RKL)), CQ));
         __m512 sb = c1 == 0.f ? _mm512_setzero_ps() : _mm512_mul_ps(power == 2 ? _mm512_mul_ps(e, e) : e, SBZ);
         _mm512_storeu_ps(g + i, _mm512_add_ps(_mm512_mul_ps(sb, C1), gq));
     }
     for (; i < len; i++) {
-        float q = e_s[i] * fq, lq = (s[i] - ms) * inv_t - lzs, lp = dt[i] - lzt;
-        lp = lp < LOG_FLOOR ? LOG_FLOOR : lp;
+        float q = e_s[i] * fq;
         float sb = c1 == 0.f ? 0.f : (power == 2 ? e_s[i] * e_s[i] : e_s[i]) * sbz;
-        g[i] = sb * c1 + (q > 0.f ? q * (lq - lp - rkl) * cq : 0.f);
+        g[i] = sb * c1 + (q > 0.f ? q * (l[i] - rkl) * cq : 0.f);
     }
-    return 0.f;
 }
 
 /*
  * DenseReverseKl.row for one row, the arguments of distillery_dense_forward_kl_row but for the scratch:
- * two rows of v floats (e_s, then (t - m_t)/T), since pass B and C read s again for log q and g may
- * be s. Passes: A (2 exps an element), B (the reverse KL, a sum) first block first, C (the gradient)
- * last block first, with no exp and no teacher read. out = {m_s + log Z_1, RKL, raises, the teacher
+ * two rows of v floats (e_s, then (t - m_t)/T, which pass B overwrites with lq - lp), since pass B
+ * reads s again for log q and g may be s. Passes: A (2 exps an element), B (the reverse KL, a sum)
+ * first block first, C (the gradient, from the two rows) last block first, with no exp and no
+ * teacher read. out = {m_s + log Z_1, RKL, raises, the teacher
  * maximum when ROW_TEACHER_MAX}; the codes as there.
  */
 KERNEL int distillery_dense_reverse_kl_row(const float *s, float *g, const void *t, int teacher_bf16, int v, float inv_t,
@@ -588,11 +595,11 @@ KERNEL int distillery_dense_reverse_kl_row(const float *s, float *g, const void 
     double rkl = 0;
     for (int j0 = 0; j0 < v; j0 += BLOCK) {
         int len = v - j0 < BLOCK ? v - j0 : BLOCK;
-        rkl += rkl_pass_bc(s + j0, len, ms, inv_t, lzs, lzt, e_s + j0, fq, dt + j0, NULL, 0.f, 0.f, 0.f, power, 0.f);
+        rkl += rkl_pass_b(s + j0, len, ms, inv_t, lzs, lzt, e_s + j0, fq, dt + j0);
     }
     for (int j0 = (v - 1) / BLOCK * BLOCK; j0 >= 0; j0 -= BLOCK) {
         int len = v - j0 < BLOCK ? v - j0 : BLOCK;
-        rkl_pass_bc(s + j0, len, ms, inv_t, lzs, lzt, e_s + j0, fq, dt + j0, g + j0, (float) rkl, cq, c1, power, sbz);
+        rkl_pass_c(g + j0, len, e_s + j0, fq, dt + j0, (float) rkl, cq, c1, power, sbz);
     }
     out[0] = ms + log(z1);
     out[1] = rkl;

@@ -25,8 +25,9 @@ import jdk.incubator.vector.VectorOperators;
  * <p>{@link DenseForwardKl}'s plan: DenseRow's lazy maxima (fetching the next row meanwhile),
  * pass A computes e_s = exp((s − m_s)/T) and e_t's sum in one loop and keeps e_s (a scratch row:
  * s must survive for log q) and (t − m_t)/T (a per-thread row), pass B sums
- * RKL = Σ q (lq − max(lp, floor)) and pass C writes the gradient from those rows with no exp and
- * no teacher read: 2 exps per element. Zig-zag: A backwards, B forwards, C backwards.
+ * RKL = Σ q (lq − max(lp, floor)) and leaves l = lq − max(lp, floor) over the second row, and pass C
+ * writes the gradient from the two rows only, with no exp and no read of s or the teacher: 2 exps
+ * per element. Zig-zag: A backwards, B forwards, C backwards.
  */
 final class DenseReverseKl {
 
@@ -68,7 +69,7 @@ final class DenseReverseKl {
         float lzs = (float) Math.log(zs), lzt = (float) Math.log(zt), fq = (float) (1 / zs);
         double rkl = 0;
         for (int j0 = 0; j0 < v; j0 += BLOCK) {
-            rkl += passBC(s, so + j0, Math.min(BLOCK, v - j0), ms, invT, lzs, lzt, eS, j0, fq, tScaled, 0f, 0f, null, null, 0f);
+            rkl += passB(s, so + j0, Math.min(BLOCK, v - j0), ms, invT, lzs, lzt, eS, j0, fq, tScaled);
         }
         if (g != null) {
             float[] sb = sc.sb, gb = sc.gb;
@@ -84,7 +85,7 @@ final class DenseReverseKl {
                         VectorOps.powerScaled(eS, j0, len, power, (float) (1 / z1), sb);
                     }
                 }
-                passBC(s, o, len, ms, invT, lzs, lzt, eS, j0, fq, tScaled, (float) rkl, cq, gb, sb, c1);
+                passC(eS, j0, len, fq, tScaled, (float) rkl, cq, gb, sb, c1);
                 MemorySegment.copy(gb, 0, g, F32, o * 4L, len);
             }
         }
@@ -125,42 +126,43 @@ final class DenseReverseKl {
     }
 
     /**
-     * Passes B and C over one block, with q = e_s fq, lq = (s − ms)/T − lzs and
-     * lp = max((t − mt)/T − lzt, floor): without gb (pass B), returns Σ q (lq − lp) (terms with
-     * q = 0 left out); with gb (pass C), writes cq q (lq − lp − rkl) + c1 sb to it and returns 0.
-     * Two loops, no branch in either.
+     * Pass B over one block, with q = e_s fq, lq = (s − ms)/T − lzs and lp = max((t − mt)/T − lzt,
+     * floor): returns Σ q (lq − lp), terms with q = 0 left out, and writes l = lq − lp over tScaled
+     * for pass C. One loop, no branch.
      */
-    private static float passBC(MemorySegment s, long o, int len, float ms, float invT, float lzs, float lzt,
-                                float[] eS, int j0, float fq, float[] tScaled, float rkl, float cq,
-                                float[] gb, float[] sb, float c1) {
-        int i = 0, bound = SPECIES.loopBound(len);
-        if (gb == null) {
-            FloatVector acc = FloatVector.zero(SPECIES);
-            for (; i < bound; i += LANES) {
-                FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzs);
-                FloatVector lp = floor(FloatVector.fromArray(SPECIES, tScaled, j0 + i).sub(lzt));
-                FloatVector q = FloatVector.fromArray(SPECIES, eS, j0 + i).mul(fq);
-                acc = acc.add(q.mul(lq.sub(lp)).blend(0f, q.compare(VectorOperators.LE, 0f)));
-            }
-            float sum = VectorOps.sumLanes(acc);
-            for (; i < len; i++) {
-                float q = eS[j0 + i] * fq;
-                if (q > 0f) sum += q * (((get(s, o + i) - ms) * invT - lzs) - Math.max(tScaled[j0 + i] - lzt, LOG_FLOOR));
-            }
-            return sum;
-        }
-        for (; i < bound; i += LANES) {
+    private static float passB(MemorySegment s, long o, int len, float ms, float invT, float lzs, float lzt,
+                               float[] eS, int j0, float fq, float[] tScaled) {
+        int i = 0;
+        FloatVector acc = FloatVector.zero(SPECIES);
+        for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
             FloatVector lq = FloatVector.fromMemorySegment(SPECIES, s, (o + i) * 4L, ORDER).sub(ms).mul(invT).sub(lzs);
-            FloatVector lp = floor(FloatVector.fromArray(SPECIES, tScaled, j0 + i).sub(lzt));
+            FloatVector l = lq.sub(floor(FloatVector.fromArray(SPECIES, tScaled, j0 + i).sub(lzt)));
             FloatVector q = FloatVector.fromArray(SPECIES, eS, j0 + i).mul(fq);
-            FloatVector gq = q.mul(lq.sub(lp).sub(rkl)).mul(cq).blend(0f, q.compare(VectorOperators.LE, 0f));
+            acc = acc.add(q.mul(l).blend(0f, q.compare(VectorOperators.LE, 0f)));
+            l.intoArray(tScaled, j0 + i);
+        }
+        float sum = VectorOps.sumLanes(acc);
+        for (; i < len; i++) {
+            float q = eS[j0 + i] * fq;
+            float l = ((get(s, o + i) - ms) * invT - lzs) - Math.max(tScaled[j0 + i] - lzt, LOG_FLOOR);
+            if (q > 0f) sum += q * l;
+            tScaled[j0 + i] = l;
+        }
+        return sum;
+    }
+
+    /** Pass C over one block into gb: cq q (l − rkl) + c1 sb, 0 for the first term where q = 0; reads the rows only. */
+    private static void passC(float[] eS, int j0, int len, float fq, float[] l, float rkl, float cq, float[] gb, float[] sb, float c1) {
+        int i = 0;
+        for (int bound = SPECIES.loopBound(len); i < bound; i += LANES) {
+            FloatVector q = FloatVector.fromArray(SPECIES, eS, j0 + i).mul(fq);
+            FloatVector gq = q.mul(FloatVector.fromArray(SPECIES, l, j0 + i).sub(rkl)).mul(cq).blend(0f, q.compare(VectorOperators.LE, 0f));
             FloatVector.fromArray(SPECIES, sb, i).mul(c1).add(gq).intoArray(gb, i);
         }
         for (; i < len; i++) {
-            float q = eS[j0 + i] * fq, lq = (get(s, o + i) - ms) * invT - lzs, lp = Math.max(tScaled[j0 + i] - lzt, LOG_FLOOR);
-            gb[i] = sb[i] * c1 + (q > 0f ? q * (lq - lp - rkl) * cq : 0f);
+            float q = eS[j0 + i] * fq;
+            gb[i] = sb[i] * c1 + (q > 0f ? q * (l[j0 + i] - rkl) * cq : 0f);
         }
-        return 0f;
     }
 
     /** max(x, LOG_FLOOR) by a compare and a blend (a Java-semantics max is six instructions); NaN stays NaN. */
