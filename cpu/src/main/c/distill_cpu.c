@@ -397,9 +397,10 @@ enum { FORWARD_KL = 0, REVERSE_KL = 1 };
  * DenseRow.start and DenseRow.passA for a row as wide as its teacher: the lazy maxima of the last
  * block (the row's where that has none finite), then pass A last block first; a block whose sums
  * pass RAISE raises the maxima to its own, what is done is rescaled (row1, e_s, by fs; row2 by
- * ft, or lowered by dmt/T where it holds (t - m_t)/T) and the block runs again. Forward KL writes
- * e_s over row1 = g, which may be s: its blocks keep the logits in sb, where a raise reads them
- * and from where it puts them back. z = {Z_s, Z_1 (Z_s at power 1, sum e_s^2 at 2), Z_t, the fourth
+ * ft, or lowered by dmt/T where it holds (t - m_t)/T) and the block runs again. Forward KL's
+ * block keeps each block's logits in sb, where a raise reads them and from where it puts them
+ * back, since row1 may be s (the forward-KL row passes g; JSD a row of its own, where it costs a
+ * store). z = {Z_s, Z_1 (Z_s at power 1, sum e_s^2 at 2), Z_t, the fourth
  * sum}, m = {m_s, m_t}; out[2] = raises. Returns ROW_OK, ROW_NOT_FINITE (nothing written),
  * ROW_TEACHER_MAX (the maximum in out[3]) or ROW_TEACHER_NAN (Z_t is NaN).
  */
