@@ -119,7 +119,7 @@ public final class InspectCommand implements Callable<Integer> {
             return SafetensorsFile.open(path);
         } catch (IOException | RuntimeException e) {
             if (path.getFileName() == null || path.getFileName().toString().endsWith(".safetensors")) throw e;
-            throw new IllegalArgumentException(path + ": not a .safetensors file (" + e.getMessage().replace(path + ": ", "")
+            throw new IllegalArgumentException(path + ": not a .safetensors file (" + String.valueOf(e.getMessage()).replace(path + ": ", "")
                     + "); inspect reads .safetensors files, .bin token files, teacher shard directories and checkpoint folders", e);
         }
     }

@@ -74,7 +74,7 @@ public final class StrictJson {
         List<String> names = known.stream().map(String::valueOf).sorted().toList();
         String nearest = null;
         int best = Integer.MAX_VALUE;
-        for (String name : names) {
+        for (String name : key == null ? List.<String>of() : names) {
             int d = editDistance(key, name);
             if (d < best) {
                 best = d;
