@@ -15,11 +15,11 @@ import picocli.CommandLine.Option;
 /** {@code demo}: teacher → logits → student vs baseline on the bundled corpus. */
 @Command(name = "demo", mixinStandardHelpOptions = true,
         header = "Runs the whole pipeline on real text: a teacher, its logits, a student against a baseline.",
-        description = {"End to end on real text (the bundled State of the Union slice, or --corpus):",
-                "tokenize, train a teacher, dump its top-k logits, distil a student, train the same student on",
-                "hard labels only (same steps and data), and report teacher vs student vs baseline (eval --compare's table).",
+        description = {"End to end on real text (the bundled State of the Union slice, or --corpus): tokenize, train a "
+                + "teacher, dump its top-k logits, distil a student, train the same student on hard labels only (same "
+                + "steps and data), and report teacher vs student vs baseline (eval --compare's table).",
                 "With --methods, also each method beyond stored soft targets, in one more table with its training time.",
-                "Writes everything under --work: data/, teacher/, shards/, student-*/, report.md, curves.png."})
+                "Output in --work: data/, teacher/, shards/, student-*/, report.md, curves.png."})
 public final class DemoCommand implements Callable<Integer> {
 
     @Option(names = "--quick", description = "Small sizes that finish in under 5 minutes on 2 cores.")

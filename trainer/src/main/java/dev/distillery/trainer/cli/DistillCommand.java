@@ -24,8 +24,8 @@ public final class DistillCommand implements Callable<Integer> {
     @Option(names = "--config", description = "The run's JSON config.")
     Path config;
 
-    @Option(names = "--pipeline", description = {"Instead of --config: {\"stages\": [config, ...]}, run in order, each stage after the first",
-            "taught by the last checkpoint of the stage before it (progressive distillation; docs/CONFIG.md)."})
+    @Option(names = "--pipeline", description = "Instead of --config: {\"stages\": [config, ...]}, run in order, each stage after the first taught "
+            + "by the last checkpoint of the stage before it (progressive distillation; docs/CONFIG.md).")
     Path pipeline;
 
     @Option(names = "--resume", description = "Continue from the latest checkpoint in <out>/checkpoints (exactly: same result as an uninterrupted run).")

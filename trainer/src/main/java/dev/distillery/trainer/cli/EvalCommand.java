@@ -29,15 +29,15 @@ import picocli.CommandLine.Option;
 /** {@code eval}: held-out perplexity of a checkpoint, its KL and agreement with a teacher; or several models compared. */
 @Command(name = "eval", mixinStandardHelpOptions = true,
         header = "Evaluates a checkpoint: perplexity, KL to the teacher, top-1 agreement.",
-        description = {"Evaluates a checkpoint: perplexity on a token file (--tokens), and/or perplexity, KL to the",
-                "teacher and top-1 agreement on held-out teacher shards (--teacher-shards)."})
+        description = "Evaluates a checkpoint: perplexity on a token file (--tokens), and/or perplexity, KL to the teacher "
+                + "and top-1 agreement on held-out teacher shards (--teacher-shards).")
 public final class EvalCommand implements Callable<Integer> {
 
     @Option(names = "--model", description = "Checkpoint folder.")
     Path model;
     @Option(names = "--compare", arity = "1..*", paramLabel = "MODEL",
-            description = {"Instead of --model: models side by side on --tokens (parameters, bytes, perplexity; with --teacher the KL,",
-                    "top-1 agreement and the teacher's perplexity of each model's samples; generation tokens/s, peak RSS)."})
+            description = "Instead of --model: models side by side on --tokens (parameters, bytes, perplexity; with --teacher "
+                    + "the KL, top-1 agreement and the teacher's perplexity of each model's samples; generation tokens/s, peak RSS).")
     List<Path> compare;
     @Option(names = "--teacher", description = "With --compare: the teacher model folder, run in the process, listed first.")
     Path teacher;

@@ -28,10 +28,9 @@ import picocli.CommandLine.Parameters;
  */
 @Command(name = "export", mixinStandardHelpOptions = true,
         header = "Writes a checkpoint's model for inference, in a folder that transformers opens.",
-        description = {"Writes a checkpoint's model for inference into a new folder:",
-                "config.json and model.safetensors with the weights in --dtype (rounded to",
-                "nearest even), the tokenizer files beside them, no trainer state. Reads both",
-                "families, one file or sharded; the folder opens in transformers as it is."})
+        description = "Writes a checkpoint's model for inference into a new folder: config.json and model.safetensors with "
+                + "the weights in --dtype (rounded to nearest even), the tokenizer files beside them, no trainer "
+                + "state. Reads both families, one file or sharded; the folder opens in transformers as it is.")
 public final class ExportCommand implements Callable<Integer> {
 
     /** What an inference folder keeps of a checkpoint besides the weights and config.json: the tokenizer's files. */

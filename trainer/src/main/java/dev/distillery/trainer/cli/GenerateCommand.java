@@ -22,8 +22,8 @@ import picocli.CommandLine.Option;
 @Command(name = "generate", mixinStandardHelpOptions = true,
         header = "Samples text from a checkpoint, or writes its generations as a sequence-level KD dataset.",
         description = {"Samples text from a checkpoint (temperature, top-k) and reports tokens/s.",
-                "With --kd-out, writes the model's generations as a token file: a sequence-level KD dataset",
-                "(train a student on it with 'teacher train --tokens' to use the teacher's generations as hard labels)."})
+                "With --kd-out, writes the model's generations as a token file: a sequence-level KD dataset (train a "
+                + "student on it with 'teacher train --tokens' to use the teacher's generations as hard labels)."})
 public final class GenerateCommand implements Callable<Integer> {
 
     @Option(names = "--model", required = true, description = "Checkpoint folder (config.json, model.safetensors, tokenizer.json).")
@@ -32,8 +32,8 @@ public final class GenerateCommand implements Callable<Integer> {
     String prompt;
     @Option(names = "--tokens", defaultValue = "100", description = "Tokens to generate per sample (default: ${DEFAULT-VALUE}).")
     int count;
-    @Option(names = "--temperature", description = {"Sampling temperature, 0 = greedy (default: 0.8; with --kd-out 0.7 over the whole vocabulary,",
-            "the best of 1.0 and 0.7 for sequence-level KD on the demo corpus: docs/PERFORMANCE.md)."})
+    @Option(names = "--temperature", description = "Sampling temperature, 0 = greedy (default: 0.8; with --kd-out 0.7 over the whole vocabulary, the "
+            + "best of 1.0 and 0.7 for sequence-level KD on the demo corpus: docs/PERFORMANCE.md).")
     Double temperature;
     @Option(names = "--top-k", description = "Sample among the k most likely tokens, 0 = all (default: 40; with --kd-out 0).")
     Integer topK;
@@ -43,8 +43,8 @@ public final class GenerateCommand implements Callable<Integer> {
     Path kdOut;
     @Option(names = "--kd-samples", defaultValue = "64", description = "Generations in the KD dataset (default: ${DEFAULT-VALUE}).")
     int kdSamples;
-    @Option(names = "--kd-prompts", description = {"With --kd-out: start each generation from --prompt-tokens consecutive tokens at a seeded",
-            "random place of this token file (real text, such as the training data) instead of the start token."})
+    @Option(names = "--kd-prompts", description = "With --kd-out: start each generation from --prompt-tokens consecutive tokens at a seeded random "
+            + "place of this token file (real text, such as the training data) instead of the start token.")
     Path kdPrompts;
     @Option(names = "--prompt-tokens", defaultValue = "16", description = "Tokens of each --kd-prompts prompt (default: ${DEFAULT-VALUE}).")
     int promptTokens;

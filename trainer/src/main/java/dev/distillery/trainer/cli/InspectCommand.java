@@ -39,8 +39,8 @@ public final class InspectCommand implements Callable<Integer> {
     @Parameters(paramLabel = "PATH", description = "A .safetensors file, a teacher shard directory, a checkpoint folder or a .bin token file.")
     Path path;
 
-    @CommandLine.Option(names = "--verify", description = {"For a shard directory: check every shard's SHA-256 against the manifest and every",
-            "teacher value (finite, ids in range and distinct, top-k mass at most 1, sampled weights summing to 1)."})
+    @CommandLine.Option(names = "--verify", description = "For a shard directory: check every shard's SHA-256 against the manifest and every teacher value "
+            + "(finite, ids in range and distinct, top-k mass at most 1, sampled weights summing to 1).")
     boolean verify;
 
     @CommandLine.Spec

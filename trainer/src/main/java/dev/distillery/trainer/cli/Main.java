@@ -1,6 +1,13 @@
 package dev.distillery.trainer.cli;
 
 import java.io.PrintWriter;
+import java.io.UncheckedIOException;
+import java.nio.file.AccessDeniedException;
+import java.nio.file.DirectoryNotEmptyException;
+import java.nio.file.FileAlreadyExistsException;
+import java.nio.file.FileSystemException;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.NotDirectoryException;
 import java.util.function.Function;
 
 import dev.distillery.kernels.Backend;
@@ -89,7 +96,23 @@ public final class Main implements Runnable {
         return sb.toString();
     }
 
-    private static String describe(Throwable t) {
+    /**
+     * The line after "error: ". The file system's exceptions carry the path and, mostly, no reason
+     * (a missing --tokens file printed as "error: val.bin"): they say what is wrong with the path.
+     */
+    static String describe(Throwable t) {
+        if (t instanceof UncheckedIOException u && u.getCause() instanceof FileSystemException f) t = f;
+        if (t instanceof FileSystemException f && f.getReason() == null && f.getFile() != null) {
+            String what = switch (f) {
+                case NoSuchFileException e -> "no such file or directory";
+                case AccessDeniedException e -> "permission denied";
+                case FileAlreadyExistsException e -> "already exists";
+                case NotDirectoryException e -> "not a directory";
+                case DirectoryNotEmptyException e -> "directory not empty";
+                default -> f.getClass().getSimpleName();
+            };
+            return f.getFile() + (f.getOtherFile() == null ? "" : " -> " + f.getOtherFile()) + ": " + what;
+        }
         String message = t.getMessage();
         return message == null || message.isBlank() ? t.getClass().getSimpleName() : message;
     }

@@ -17,10 +17,9 @@ import picocli.CommandLine.Option;
 @Command(name = "selftest",
         mixinStandardHelpOptions = true,
         header = "Checks every kernel of a backend against the float64 reference and prints a table.",
-        description = {
-                "Runs every kernel of the chosen backend on fresh random inputs (sizes 1, primes, odd widths)",
-                "and compares it with the float64 reference. Prints kernel, size, max relative error,",
-                "tolerance, time and PASS/FAIL; exits 0 only if every check passes."})
+        description = "Runs every kernel of the chosen backend on fresh random inputs (sizes 1, primes, odd widths) and "
+                + "compares it with the float64 reference. Prints kernel, size, max relative error, tolerance, time "
+                + "and PASS/FAIL; exits 0 only if every check passes.")
 public final class SelftestCommand implements Callable<Integer> {
 
     @Option(names = "--device", defaultValue = "auto",

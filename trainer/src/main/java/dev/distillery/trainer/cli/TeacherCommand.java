@@ -93,8 +93,8 @@ public final class TeacherCommand implements Runnable {
 
     @Command(name = "dump-logits", mixinStandardHelpOptions = true,
             header = "Runs a teacher checkpoint over a token file and writes teacher shards.",
-            description = {"Runs a teacher checkpoint over a token file and writes teacher shards (docs/FORMATS.md):",
-                    "dense logits, top-k with the full logsumexp, or sampled ids with importance weights."})
+            description = "Runs a teacher checkpoint over a token file and writes teacher shards (docs/FORMATS.md): dense "
+                    + "logits, top-k with the full logsumexp, or sampled ids with importance weights.")
     static final class DumpLogits implements Callable<Integer> {
         @Option(names = "--teacher", required = true, description = "Teacher checkpoint folder (config.json + model.safetensors).")
         Path teacher;

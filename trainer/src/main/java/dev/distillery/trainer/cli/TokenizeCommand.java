@@ -18,16 +18,16 @@ import picocli.CommandLine.Option;
 /** {@code tokenize}: encode a corpus with an existing tokenizer, or train a byte-level BPE on it; write train/val token files. */
 @Command(name = "tokenize", mixinStandardHelpOptions = true,
         header = "Encodes a corpus into token files with a teacher's tokenizer, or trains a byte-level BPE.",
-        description = {"With --tokenizer: encodes a corpus with that tokenizer (a Hugging Face tokenizer.json, or a tiktoken",
-                "encoding: gpt2, r50k_base, p50k_base, cl100k_base, o200k_base) into <out>/train.bin and <out>/val.bin",
-                "(llm.c format, uint32 where ids pass 65,535), streaming, with progress. Each .txt file is a document, each",
-                "line of a .jsonl file ({\"text\": ...}) one; every document ends with the tokenizer's EOS token",
-                "(--delimiter eos, the default) or starts with its BOS token (--delimiter bos).",
-                "Without --tokenizer: trains a byte-level BPE on the corpus (default: the bundled State of the Union slice)",
-                "and writes <out>/tokenizer.json (Hugging Face format), <out>/train.bin and <out>/val.bin."})
+        description = {"With --tokenizer: encodes a corpus with that tokenizer (a Hugging Face tokenizer.json, or a "
+                + "tiktoken encoding: gpt2, r50k_base, p50k_base, cl100k_base, o200k_base) into <out>/train.bin and "
+                + "<out>/val.bin (llm.c format, uint32 where ids pass 65,535), streaming, with progress. Each .txt "
+                + "file is a document, each line of a .jsonl file ({\"text\": ...}) one; every document ends with the "
+                + "tokenizer's EOS token (--delimiter eos, the default) or starts with its BOS token (--delimiter bos).",
+                "Without --tokenizer: trains a byte-level BPE on the corpus (default: the bundled State of the Union "
+                + "slice) and writes <out>/tokenizer.json (Hugging Face format), <out>/train.bin and <out>/val.bin."})
 public final class TokenizeCommand implements Callable<Integer> {
 
-    @Option(names = "--corpus", description = "A text file, a .jsonl file or a folder of *.txt / *.jsonl (default: the bundled corpus).")
+    @Option(names = "--corpus", description = "A text file, a .jsonl file, or a folder of .txt and .jsonl files (default: the bundled corpus).")
     Path corpus;
     @Option(names = "--tokenizer", paramLabel = "PATH|ENCODING",
             description = "An existing tokenizer: tokenizer.json (or its folder), or gpt2, r50k_base, p50k_base, cl100k_base, o200k_base.")

@@ -6,6 +6,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.io.PrintWriter;
 import java.io.StringWriter;
 import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.List;
 
 import org.junit.jupiter.api.Test;
 
@@ -83,5 +85,37 @@ class MainTest {
             checked++;
         }
         assertTrue(checked >= 11, "commands checked: " + checked);
+    }
+
+    /**
+     * picocli starts a new line at every element of a description and wraps each at the terminal's
+     * width; an element that stops mid-sentence left a ragged line in --help. So every element of
+     * every command's and option's description is a whole paragraph or list item (empty, or ending
+     * in '.', ';' or ':'), and the line after a ':' is a list item (indented) or a new sentence.
+     */
+    @Test
+    void everyDescriptionIsMadeOfWholeParagraphs() {
+        ArrayDeque<CommandLine> pending = new ArrayDeque<>(List.of(new CommandLine(new Main())));
+        int checked = 0;
+        while (!pending.isEmpty()) {
+            CommandLine c = pending.pop();
+            pending.addAll(c.getSubcommands().values());
+            if (c.getCommandName().equals("help")) continue;   // picocli's own
+            List<String[]> texts = new ArrayList<>();
+            texts.add(c.getCommandSpec().usageMessage().description());
+            for (CommandLine.Model.ArgSpec a : c.getCommandSpec().args()) texts.add(a.description());
+            for (String[] text : texts) {
+                for (int i = 0; i < text.length; i++) {
+                    String line = text[i].strip(), where = c.getCommandName() + ": \"" + text[i] + "\"";
+                    assertTrue(line.isEmpty() || line.endsWith(".") || line.endsWith(";") || line.endsWith(":"), where);
+                    if (line.endsWith(":") && i + 1 < text.length) {
+                        String next = text[i + 1];
+                        assertTrue(next.startsWith("  ") || Character.isUpperCase(next.charAt(0)), where + " then \"" + next + "\"");
+                    }
+                    checked++;
+                }
+            }
+        }
+        assertTrue(checked >= 100, "descriptions checked: " + checked);
     }
 }

@@ -7,9 +7,13 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.io.StringWriter;
+import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.AccessDeniedException;
+import java.nio.file.FileAlreadyExistsException;
+import java.nio.file.FileSystemException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Map;
@@ -79,6 +83,26 @@ class MalformedInputsTest {
         refused(run("distill", "--config", cfg.toString(), "--device", "cpu"), "'out' must name a folder");
         refused(distill(dir, ", \"tokenizer\": \"" + dir.resolve("missing/tokenizer.json") + "\"}"), "'tokenizer'", "missing/tokenizer.json");
         assertFalse(Files.exists(dir.resolve("out")), "nothing was written");
+    }
+
+    @Test
+    void aMissingFileIsNamedWithWhatIsWrongWithIt(@TempDir Path dir) throws IOException {
+        Path model = dir.resolve("model");
+        try (var kernels = new CpuKernels(1, "auto");
+             var m = new Gpt2(new Gpt2Config(16, 8, 1, 8, 2), kernels)) {
+            m.initialize(1);
+            ModelFiles.write(model, m);
+        }
+        String missing = dir.resolve("val.bin").toString();
+        refused(run("eval", "--model", model.toString(), "--tokens", missing, "--device", "cpu", "--threads", "1"),
+                missing + ": no such file or directory");
+        refused(run("eval", "--compare", model.toString(), "--tokens", missing, "--device", "cpu", "--threads", "1"),
+                missing + ": no such file or directory");
+        refused(run("eval", "--model", dir.resolve("no-model").toString(), "--tokens", missing, "--device", "cpu"),
+                "no-model/config.json", "No such file or directory");
+        assertEquals(dir.resolve("a") + ": permission denied", Main.describe(new AccessDeniedException(dir.resolve("a").toString())));
+        assertEquals("a -> b: already exists", Main.describe(new UncheckedIOException(new FileAlreadyExistsException("a", "b", null))));
+        assertEquals("a: quota exceeded", Main.describe(new FileSystemException("a", null, "quota exceeded")));
     }
 
     @Test
