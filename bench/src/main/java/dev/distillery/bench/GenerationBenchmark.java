@@ -1,0 +1,91 @@
+package dev.distillery.bench;
+
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.concurrent.TimeUnit;
+
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
+
+import dev.distillery.kernels.Backends;
+import dev.distillery.kernels.Kernels;
+import dev.distillery.runtime.Rng;
+import dev.distillery.runtime.io.ModelFiles;
+import dev.distillery.runtime.nn.Gpt2;
+import dev.distillery.runtime.nn.Gpt2Config;
+import dev.distillery.runtime.nn.LanguageModel;
+import dev.distillery.runtime.nn.TextGenerator;
+
+/**
+ * Greedy generation through the KV cache ({@link TextGenerator}): {@code tokens} new tokens from
+ * one start token per call, in milliseconds (tokens/s = tokens / seconds). JMH's warm-up lets the
+ * JIT compile the decode path first, so this is the rate of a process that generates for a while;
+ * {@code trainer.jar generate} prints the rate of one run in a fresh JVM, which includes that
+ * compilation (docs/PERFORMANCE.md, "Generation with a KV cache").
+ *
+ * <p>{@code model}: a checkpoint folder of either family, read as {@code generate} reads it, or
+ * {@code demo-teacher}: a GPT-2 of the quick demo's teacher shape (vocabulary 1,024, context 64,
+ * 4 × 192, 6 heads) with random weights. Past the context the window slides and each token costs
+ * a window's forward.
+ *
+ * <pre>java -jar bench/target/benchmarks.jar GenerationBenchmark -p model=CHECKPOINT -p tokens=250</pre>
+ */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.MILLISECONDS)
+@Fork(value = 1, jvmArgsAppend = {"--add-modules=jdk.incubator.vector", "-XX:-UseProfiledLoopPredicate", "--enable-native-access=ALL-UNNAMED"})
+@Warmup(iterations = 3, time = 1)
+@Measurement(iterations = 5, time = 1)
+public class GenerationBenchmark {
+
+    @Param({"demo-teacher"})
+    public String model;
+
+    @Param({"63"})
+    public int tokens;
+
+    @Param({"2"})
+    public int threads;
+
+    private Kernels kernels;
+    private LanguageModel lm;
+    private TextGenerator generator;
+    private int start;
+
+    @Setup(Level.Trial)
+    public void setUp() throws IOException {
+        kernels = Backends.open(Backends.Request.cpu(threads, "auto"));
+        if (model.equals("demo-teacher")) {
+            Gpt2 g = new Gpt2(new Gpt2Config(1024, 64, 4, 192, 6), kernels);
+            g.initialize(1);
+            lm = g;
+        } else {
+            lm = ModelFiles.readTeacher(Path.of(model), kernels);
+        }
+        generator = new TextGenerator(lm, kernels);
+        start = lm.vocabSize() - 1;
+    }
+
+    @Benchmark
+    public int[] generate() {
+        return generator.generate(new int[]{start}, tokens, 0, 0, new Rng(1));
+    }
+
+    @TearDown(Level.Trial)
+    public void tearDown() {
+        generator.close();
+        lm.close();
+        kernels.close();
+    }
+}
