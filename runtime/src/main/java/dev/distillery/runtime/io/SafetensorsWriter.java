@@ -5,6 +5,7 @@ import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Path;
+import java.security.MessageDigest;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -26,6 +27,15 @@ public final class SafetensorsWriter {
     }
 
     public static void write(Path target, List<Item> items, Map<String, String> metadata) throws IOException {
+        write(target, items, metadata, null);
+    }
+
+    /**
+     * As {@link #write(Path, List, Map)}, with every byte of the file also fed to {@code digest}
+     * (or null) as it is written: a file's hash without reading it back (a dense teacher shard is
+     * gigabytes). A digest that saw a failed write is the caller's to drop.
+     */
+    public static void write(Path target, List<Item> items, Map<String, String> metadata, MessageDigest digest) throws IOException {
         Map<String, Object> header = new LinkedHashMap<>();
         if (metadata != null && !metadata.isEmpty()) header.put("__metadata__", new LinkedHashMap<>(metadata));
         long offset = 0;
@@ -56,6 +66,7 @@ public final class SafetensorsWriter {
         head.flip();
 
         AtomicFileWriter.write(target, ch -> {
+            if (digest != null) digest.update(head.duplicate());
             AtomicFileWriter.writeFully(ch, head);
             for (Item item : items) {
                 long n = 1;
@@ -64,7 +75,9 @@ public final class SafetensorsWriter {
                 long done = 0;
                 while (done < bytes) {
                     int chunk = (int) Math.min(bytes - done, 1 << 26);
-                    AtomicFileWriter.writeFully(ch, item.bytes().asSlice(done, chunk).asByteBuffer());
+                    ByteBuffer part = item.bytes().asSlice(done, chunk).asByteBuffer();
+                    if (digest != null) digest.update(part.duplicate());
+                    AtomicFileWriter.writeFully(ch, part);
                     done += chunk;
                 }
             }

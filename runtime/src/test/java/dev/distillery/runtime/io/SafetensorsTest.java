@@ -14,6 +14,9 @@ import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
 
@@ -61,6 +64,24 @@ class SafetensorsTest {
         try (var stream = Files.list(dir)) {
             assertEquals(1, stream.count(), "no temporary file left behind");
         }
+    }
+
+    /** The digest a writer is given sees the file's bytes, header and every chunk of a tensor past 64 MB. */
+    @Test
+    void theDigestGivenToTheWriterHashesTheFileAsWritten() throws IOException, NoSuchAlgorithmException {
+        Path file = dir.resolve("shard.safetensors");
+        MessageDigest digest = MessageDigest.getInstance("SHA-256");
+        try (Arena arena = Arena.ofConfined()) {
+            long n = (1L << 26) / 2 + 12_345;   // bf16 elements: one 64 MB chunk and a part
+            MemorySegment big = arena.allocate(2 * n);
+            for (long i = 0; i < n; i++) big.setAtIndex(ValueLayout.JAVA_SHORT, i, (short) (i * 2_654_435_761L >>> 7));
+            MemorySegment ids = arena.allocateFrom(ValueLayout.JAVA_INT, 5, 6, 7);
+            SafetensorsWriter.write(file, List.of(new SafetensorsWriter.Item("input_ids", DType.I32, new int[]{3}, ids),
+                    new SafetensorsWriter.Item("logits", DType.BF16, new int[]{(int) n}, big)), Map.of("teacher", "t"), digest);
+        }
+        MessageDigest read = MessageDigest.getInstance("SHA-256");
+        read.update(Files.readAllBytes(file));
+        assertEquals(HexFormat.of().formatHex(read.digest()), HexFormat.of().formatHex(digest.digest()));
     }
 
     /** A file with the given header text and data bytes; the length field is the header's true length. */

@@ -7,8 +7,11 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.security.MessageDigest;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashMap;
+import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -126,6 +129,7 @@ public final class LogitDump {
         List<TeacherShardFormat.Tensor> tensors = TeacherShardFormat.tensors(o.kind());
         Files.createDirectories(o.out());
         List<TeacherManifest.Shard> shards = new ArrayList<>();
+        Map<String, String> hashes = new HashMap<>();   // this rank's shards: SHA-256 of the bytes written
         Progress progress = new Progress(err, "dump-logits", 0, total, 5000);
         int[] window = new int[t];
         double[] p = new double[v];
@@ -198,7 +202,9 @@ public final class LogitDump {
                             new int[]{s, t, width}, h.getValue()));
                 }
                 Path path = o.out().resolve(file);
-                SafetensorsWriter.write(path, items, Map.of("teacher", o.teacher().toString()));
+                MessageDigest digest = TeacherShards.sha256Digest();
+                SafetensorsWriter.write(path, items, Map.of("teacher", o.teacher().toString()), digest);
+                hashes.put(file, HexFormat.of().formatHex(digest.digest()));
             }
             done += s;
         }
@@ -207,9 +213,10 @@ public final class LogitDump {
             collective.barrier();   // and the manifest, once rank 0 has written it
             return;
         }
-        for (int i = 0; i < shards.size(); i++) {
+        for (int i = 0; i < shards.size(); i++) {   // hashed as written; another rank's shards read back
             TeacherManifest.Shard sh = shards.get(i);
-            shards.set(i, new TeacherManifest.Shard(sh.file(), sh.sequences(), TeacherShards.sha256(o.out().resolve(sh.file()))));
+            String sha = hashes.containsKey(sh.file()) ? hashes.get(sh.file()) : TeacherShards.sha256(o.out().resolve(sh.file()));
+            shards.set(i, new TeacherManifest.Shard(sh.file(), sh.sequences(), sha));
         }
         TeacherManifest m = new TeacherManifest(1, v, t, TeacherShardFormat.name(o.kind()), k,
                 o.kind() == TeacherTargets.Kind.SAMPLED ? null : TeacherShardFormat.name(o.dtype()),

@@ -107,6 +107,18 @@ class DistillRunTest {
      * read): it tracks the CPU run of the same config, and a checkpoint written on the CPU
      * resumes on the device (and the other way round works by the same files).
      */
+    /** The manifest's SHA-256 of each shard, hashed as the dump wrote it, is the file's on disk. */
+    @Test
+    void dumpedShardsCarryTheHashOfTheirBytes() throws IOException {
+        for (String set : List.of("dense", "topk", "sampled")) {
+            TeacherManifest m = TeacherManifest.read(data.resolve(set).resolve("manifest.json"));
+            assertTrue(m.shards().size() > 1, set + ": several shards");
+            for (TeacherManifest.Shard shard : m.shards()) {
+                assertEquals(TeacherShards.sha256(data.resolve(set).resolve(shard.file())), shard.sha256(), set + "/" + shard.file());
+            }
+        }
+    }
+
     @Test
     void theLoopRunsOnTheEmulatedCudaDeviceAndTracksTheCpu(@TempDir Path out) throws Exception {
         try (var gcc = new dev.distillery.kernels.cuda.EmulationBuild("distillery-emu-trainer")) {
