@@ -85,14 +85,21 @@ class MalformedInputsTest {
         assertFalse(Files.exists(dir.resolve("out")), "nothing was written");
     }
 
-    @Test
-    void aMissingFileIsNamedWithWhatIsWrongWithIt(@TempDir Path dir) throws IOException {
+    /** A one-block GPT-2 checkpoint in dir/model; element 5 of the tensor named poisoned (or none) set to NaN. */
+    private static Path tinyModel(Path dir, String poisoned) throws IOException {
         Path model = dir.resolve("model");
         try (var kernels = new CpuKernels(1, "auto");
              var m = new Gpt2(new Gpt2Config(16, 8, 1, 8, 2), kernels)) {
             m.initialize(1);
+            if (poisoned != null) m.parameters().get(poisoned).setFloat(5, Float.NaN);
             ModelFiles.write(model, m);
         }
+        return model;
+    }
+
+    @Test
+    void aMissingFileIsNamedWithWhatIsWrongWithIt(@TempDir Path dir) throws IOException {
+        Path model = tinyModel(dir, null);
         String missing = dir.resolve("val.bin").toString();
         refused(run("eval", "--model", model.toString(), "--tokens", missing, "--device", "cpu", "--threads", "1"),
                 missing + ": no such file or directory");
@@ -152,13 +159,7 @@ class MalformedInputsTest {
 
     @Test
     void aCheckpointWithANonFiniteWeightIsNamedNotEvaluatedToNaN(@TempDir Path dir) throws IOException {
-        Path model = dir.resolve("model");
-        try (var kernels = new CpuKernels(1, "auto");
-             var m = new Gpt2(new Gpt2Config(16, 8, 1, 8, 2), kernels)) {
-            m.initialize(1);
-            m.parameters().get("h.0.mlp.c_fc.weight").setFloat(5, Float.NaN);
-            ModelFiles.write(model, m);
-        }
+        Path model = tinyModel(dir, "h.0.mlp.c_fc.weight");
         Path tokens = dir.resolve("val.bin");
         TokenFile.write(tokens, new int[64]);
         refused(run("eval", "--model", model.toString(), "--tokens", tokens.toString(), "--device", "cpu", "--threads", "1"),
