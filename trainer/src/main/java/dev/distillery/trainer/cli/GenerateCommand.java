@@ -58,6 +58,7 @@ public final class GenerateCommand implements Callable<Integer> {
         PrintWriter out = spec.commandLine().getOut();
         if (count < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--tokens must be >= 1, got " + count);
         Path tokFile = model.resolve("tokenizer.json");
+        if (!Files.isDirectory(model)) throw new java.nio.file.NoSuchFileException(model.toString());
         if (!Files.isRegularFile(tokFile)) throw new java.io.IOException(model + ": no tokenizer.json (generate needs the checkpoint's tokenizer)");
         boolean llama = ModelFiles.isLlama(model);
         try (TextTokenizer tok = TextTokenizer.open(tokFile.toString()); Kernels kernels = device.open(0, out);

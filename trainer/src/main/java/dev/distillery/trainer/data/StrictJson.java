@@ -2,6 +2,7 @@ package dev.distillery.trainer.data;
 
 import java.io.FileNotFoundException;
 import java.io.IOException;
+import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.util.Collection;
@@ -39,6 +40,7 @@ public final class StrictJson {
     }
 
     public static <T> T read(Path file, Class<T> type) throws IOException {
+        if (Files.isDirectory(file)) throw new IOException(file + ": a folder, not a JSON file");
         try {
             return MAPPER.readValue(file.toFile(), type);
         } catch (UnrecognizedPropertyException e) {

@@ -55,6 +55,11 @@ public final class TeacherShards implements Sequences, AutoCloseable {
 
     /** Opens {@code dir/manifest.json} and every shard; with {@code verifyChecksums}, streams each file through SHA-256. */
     public static TeacherShards open(Path dir, boolean verifyChecksums) throws IOException {
+        if (!Files.isRegularFile(dir.resolve("manifest.json"))) {
+            throw new IOException(dir + (!Files.exists(dir) ? ": no such teacher shard folder"
+                    : Files.isDirectory(dir) ? ": no manifest.json, so not a teacher shard folder (teacher dump-logits writes one; docs/FORMATS.md)"
+                    : ": a file; teacher shards are a folder with manifest.json"));
+        }
         TeacherManifest m = TeacherManifest.read(dir.resolve("manifest.json"));
         List<SafetensorsFile> opened = new ArrayList<>();
         List<MemorySegment> ids = new ArrayList<>();

@@ -128,6 +128,8 @@ public final class DistillRun {
         Path outDir = Path.of(cfg.out());
         requireReadable(cfg.tokenizer(), "tokenizer");   // before step 1, not at the first checkpoint
         requireReadable(cfg.initFrom(), "init_from");
+        requireReadable(cfg.teacher(), "teacher");
+        requireReadable(cfg.evalTeacher(), "eval_teacher");
         // every input is opened and checked before the run folder is made: bad input writes nothing
         if (cfg.teacherModel() != null) return runWithTeacherModel(cfg, kernels, collective, resume, stopAfter, out, err);
         try (TeacherShards shards = TeacherShards.open(Path.of(cfg.teacher()), cfg.verifyChecksums());

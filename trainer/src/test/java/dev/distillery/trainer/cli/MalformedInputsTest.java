@@ -107,6 +107,11 @@ class MalformedInputsTest {
                 missing + ": no such file or directory");
         refused(run("eval", "--model", dir.resolve("no-model").toString(), "--tokens", missing, "--device", "cpu"),
                 "no-model/config.json", "No such file or directory");
+        refused(run("generate", "--model", dir.resolve("no-model").toString(), "--device", "cpu"), "no-model: no such file or directory");
+        refused(run("eval", "--model", model.toString(), "--teacher-shards", dir.toString(), "--device", "cpu", "--threads", "1"),
+                dir + ": no manifest.json, so not a teacher shard folder");
+        refused(distill(dir, "}"), "'teacher' " + dir.resolve("shards") + ": no such file or folder");
+        refused(run("distill", "--config", dir.toString(), "--device", "cpu"), dir + ": a folder, not a JSON file");
         assertEquals(dir.resolve("a") + ": permission denied", Main.describe(new AccessDeniedException(dir.resolve("a").toString())));
         assertEquals("a -> b: already exists", Main.describe(new UncheckedIOException(new FileAlreadyExistsException("a", "b", null))));
         assertEquals("a: quota exceeded", Main.describe(new FileSystemException("a", null, "quota exceeded")));
