@@ -129,6 +129,9 @@ public final class TeacherCommand implements Runnable {
         Path tokenizer;
         @Option(names = "--overwrite", description = "Replace the shards of a non-empty --out (without it, such a folder is refused).")
         boolean overwrite;
+        @Option(names = "--resume", description = "Continue a dump that stopped in --out (a signal, a crash): keep its whole shards and "
+                + "write the rest, with the same options (checked against --out/dump.json).")
+        boolean resume;
         @Option(names = "--hidden-layers", split = ",", paramLabel = "L",
                 description = "Also store these hidden states of the teacher (bf16) for feature distillation, numbered as transformers' "
                         + "output_hidden_states: 0 the embeddings, l after block l, the number of blocks the final norm's output (e.g. 2,4).")
@@ -147,7 +150,7 @@ public final class TeacherCommand implements Runnable {
                 PrintWriter said = collective.rank() == 0 ? o : new PrintWriter(java.io.Writer.nullWriter());
                 try (Kernels kernels = device.open(0, said)) {
                     LogitDump.run(new LogitDump.Options(teacher, tokens, out, kind, k, dtype, temperature, seqLen, perShard, batch, max, seed,
-                            tokenizerId, tokenizer, overwrite, hiddenLayers), kernels, collective, said, e);
+                            tokenizerId, tokenizer, overwrite, hiddenLayers, resume), kernels, collective, said, e);
                 }
             }
             return 0;

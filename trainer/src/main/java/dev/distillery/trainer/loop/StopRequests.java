@@ -7,9 +7,11 @@ import sun.misc.Signal;
 /**
  * SIGTERM, SIGINT and the end of the launching process, turned into a request that the training
  * loop honours between steps: it finishes the step, writes a checkpoint, says where it is and
- * how to continue, and exits with {@link #EXIT_STOPPED}. A second request does not wait: the
- * process halts at once (the last checkpoint is whole; checkpoints are atomic). Outside a
- * training loop a request ends the process as the JVM's own handler would.
+ * how to continue, and exits with {@link #EXIT_STOPPED} (a teacher dump likewise between its
+ * batches, keeping its whole shards for {@code --resume}). A second request, a second or more
+ * after the first, does not wait: the process halts at once (the last checkpoint is whole;
+ * checkpoints are atomic). Outside a training loop a request ends the process as the JVM's own
+ * handler would.
  */
 public final class StopRequests {
 
@@ -37,13 +39,28 @@ public final class StopRequests {
         }
     }
 
-    /** Asks the running loop to stop after its step; a second request halts the process. */
+    /**
+     * A second request this soon after the first is the same stop delivered twice, not a user who
+     * will not wait: a SIGTERM sent to the whole process group (a scheduler's, or the terminal's)
+     * reaches the child JVM both directly and through its launcher, which passes SIGTERM on.
+     */
+    static final long SAME_STOP_NANOS = 1_000_000_000L;
+    private static volatile long firstRequestNanos;
+    private static volatile boolean firstHonoured;
+
+    /** Asks the running loop to stop after its step; a second request (a second or more later) halts the process. */
     public static void request(String why) {
-        if (!REQUEST.compareAndSet(null, why) || !loopRunning) {
-            System.err.println("stopped by " + why);
-            System.err.flush();
-            Runtime.getRuntime().halt(EXIT_SIGNALLED);
+        long now = System.nanoTime();
+        if (REQUEST.compareAndSet(null, why)) {
+            firstRequestNanos = now;
+            firstHonoured = loopRunning;
+            if (firstHonoured) return;
+        } else if (firstHonoured && now - firstRequestNanos < SAME_STOP_NANOS) {
+            return;   // the loop may have ended already: the process is on its way out with its own status
         }
+        System.err.println("stopped by " + why);
+        System.err.flush();
+        Runtime.getRuntime().halt(EXIT_SIGNALLED);
     }
 
     /** What asked the loop to stop ("SIGTERM"), or null. */
@@ -51,8 +68,12 @@ public final class StopRequests {
         return REQUEST.get();
     }
 
-    /** A training loop is running (requests wait for its step) or not (requests end the process). */
-    static void loopRunning(boolean running) {
+    /**
+     * A loop that checks {@link #requested()} between its units of work (a training step, a
+     * teacher dump's batch) is running, and requests wait for it; or none is, and they end the
+     * process.
+     */
+    public static void loopRunning(boolean running) {
         loopRunning = running;
     }
 

@@ -31,6 +31,8 @@ import dev.distillery.trainer.data.TeacherShardFormat;
 import dev.distillery.trainer.data.TeacherShards;
 import dev.distillery.trainer.data.TokenFile;
 import dev.distillery.trainer.io.FolderLock;
+import dev.distillery.trainer.loop.StopRequests;
+import dev.distillery.trainer.loop.TrainingLoop;
 import dev.distillery.trainer.report.Progress;
 
 /**
@@ -52,12 +54,14 @@ public final class LogitDump {
      * @param tokenizer         the {@code tokenizer.json} the token ids were made with, recorded by its SHA-256;
      *                          null = the teacher folder's own {@code tokenizer.json} when it has one
      * @param overwrite         replace the shards of a non-empty {@code out} (refused otherwise)
+     * @param resume            continue a dump that stopped in {@code out}: keep its whole shards, write the
+     *                          rest (the options must be the stopped dump's; {@link DumpPlan})
      * @param hiddenLayers      the teacher's hidden states to store beside the targets (bf16), numbered as
      *                          transformers' output_hidden_states; empty = none
      */
     public record Options(Path teacher, Path tokens, Path out, TeacherTargets.Kind kind, int k, DType dtype, double temperature,
                           int seqLen, int sequencesPerShard, int batch, int maxSequences, long seed, String tokenizerId,
-                          Path tokenizer, boolean overwrite, int[] hiddenLayers) {
+                          Path tokenizer, boolean overwrite, int[] hiddenLayers, boolean resume) {
         public Options {
             hiddenLayers = hiddenLayers == null ? new int[0] : hiddenLayers.clone();
         }
@@ -66,7 +70,7 @@ public final class LogitDump {
         public Options(Path teacher, Path tokens, Path out, TeacherTargets.Kind kind, int k, DType dtype, double temperature, int seqLen,
                        int sequencesPerShard, int batch, int maxSequences, long seed, String tokenizerId, Path tokenizer, boolean overwrite) {
             this(teacher, tokens, out, kind, k, dtype, temperature, seqLen, sequencesPerShard, batch, maxSequences, seed, tokenizerId,
-                    tokenizer, overwrite, null);
+                    tokenizer, overwrite, null, false);
         }
     }
 
@@ -86,8 +90,10 @@ public final class LogitDump {
     public static TeacherManifest run(Options o, Kernels kernels, Collective collective, PrintWriter out, PrintWriter err) throws IOException {
         if (!o.dtype().isLogitType()) throw new IllegalArgumentException("--dtype must be f32, f16 or bf16, got " + o.dtype());
         if (!(o.temperature() > 0)) throw new IllegalArgumentException("--temperature must be positive, got " + o.temperature());
-        if (collective.rank() == 0 && FolderLock.holdsFiles(o.out()) && !o.overwrite()) {
-            throw new IOException(o.out() + " already holds files; pass --overwrite to replace the shards there, or choose another --out");
+        if (o.resume() && o.overwrite()) throw new IllegalArgumentException("--resume keeps the shards --overwrite removes: choose one");
+        if (collective.rank() == 0 && FolderLock.holdsFiles(o.out()) && !o.overwrite() && !o.resume()) {
+            throw new IOException(o.out() + " already holds files; pass --overwrite to replace the shards there, --resume to continue a "
+                    + "dump that stopped, or choose another --out");
         }
         Path tokenizer = o.tokenizer() != null ? o.tokenizer() : o.teacher().resolve("tokenizer.json");
         String tokenizerSha256 = o.tokenizer() != null || Files.isRegularFile(tokenizer) ? TeacherShards.sha256(tokenizer) : null;
@@ -110,9 +116,26 @@ public final class LogitDump {
             }
             try (LanguageModelForward model = new LanguageModelForward(teacher, kernels, batch, t);
                  FolderLock lock = collective.rank() == 0 ? FolderLock.acquire(o.out(), "--out") : null) {    // inputs before the folder: bad input writes nothing
-                if (collective.rank() == 0 && o.overwrite()) removeShards(o.out());
-                collective.barrier();   // the folder is locked and cleared before any rank writes to it
-                dump(o, model, tokens, t, batch, total, tokenizer, tokenizerSha256, v, teacher.width(), collective, out, err);
+                if (collective.rank() == 0) {
+                    if (o.overwrite()) removeShards(o.out());
+                    DumpPlan plan = new DumpPlan(o.teacher().toAbsolutePath().normalize().toString(),
+                            o.tokens().toAbsolutePath().normalize().toString(), Files.size(o.tokens()), TeacherShardFormat.name(o.kind()),
+                            o.kind() == TeacherTargets.Kind.DENSE ? 0 : o.k(),
+                            o.kind() == TeacherTargets.Kind.SAMPLED ? null : TeacherShardFormat.name(o.dtype()), o.temperature(), t, total,
+                            o.sequencesPerShard(), o.seed(), Arrays.stream(o.hiddenLayers()).boxed().toList(), tokenizerSha256, v);
+                    if (o.resume()) {
+                        plan.checkResumes(o.out());
+                    } else {
+                        plan.write(o.out());
+                    }
+                }
+                collective.barrier();   // the folder is locked, cleared or checked before any rank writes to it
+                StopRequests.loopRunning(true);   // a signal stops the dump between batches, its whole shards kept
+                try {
+                    dump(o, model, tokens, t, batch, total, tokenizer, tokenizerSha256, v, teacher.width(), collective, out, err);
+                } finally {
+                    StopRequests.loopRunning(false);
+                }
             }
         }
         return TeacherManifest.read(o.out().resolve("manifest.json"));
@@ -130,6 +153,7 @@ public final class LogitDump {
         Files.createDirectories(o.out());
         List<TeacherManifest.Shard> shards = new ArrayList<>();
         Map<String, String> hashes = new HashMap<>();   // this rank's shards: SHA-256 of the bytes written
+        int written = 0, kept = 0;
         Progress progress = new Progress(err, "dump-logits", 0, total, 5000);
         int[] window = new int[t];
         double[] p = new double[v];
@@ -142,6 +166,12 @@ public final class LogitDump {
                 done += s;
                 continue;
             }
+            if (o.resume() && Files.isRegularFile(o.out().resolve(file))) {   // whole: shards are written atomically
+                done += s;
+                kept++;
+                progress.update(done, String.format("shard %d kept", shardIndex));
+                continue;
+            }
             Rng rng = new Rng(o.seed() + 7919L * shardIndex);
             try (Arena arena = Arena.ofShared()) {
                 long rows = (long) s * t;
@@ -152,6 +182,11 @@ public final class LogitDump {
                 for (int l : o.hiddenLayers()) hidden.put(l, arena.allocate(rows * width * TeacherShardFormat.HIDDEN_TYPE.bytes(), 64));
                 MemorySegment batchIds = arena.allocate(4L * batch * t, 64);
                 for (int s0 = 0; s0 < s; s0 += batch) {
+                    if (StopRequests.requested() != null) {
+                        throw new TrainingLoop.StoppedBySignalException("stopped by " + StopRequests.requested() + " during shard "
+                                + shardIndex + " of " + o.out() + " (not written); its " + (written + kept) + " whole shard(s) before "
+                                + "it stay; continue with the same command and --resume");
+                    }
                     int n = Math.min(batch, s - s0);
                     for (int i = 0; i < batch; i++) {
                         tokens.read((long) (done + s0 + Math.min(i, n - 1)) * t, t, window);
@@ -205,6 +240,7 @@ public final class LogitDump {
                 MessageDigest digest = TeacherShards.sha256Digest();
                 SafetensorsWriter.write(path, items, Map.of("teacher", o.teacher().toString()), digest);
                 hashes.put(file, HexFormat.of().formatHex(digest.digest()));
+                written++;
             }
             done += s;
         }
@@ -224,9 +260,10 @@ public final class LogitDump {
                 tokenizerSha256, o.teacher().toString(), shards,
                 o.hiddenLayers().length == 0 ? null : Arrays.stream(o.hiddenLayers()).boxed().toList(), o.hiddenLayers().length == 0 ? null : width);
         m.write(o.out().resolve("manifest.json"));
-        out.printf("wrote %d sequences of %d tokens (%s%s%s) in %d shard(s) to %s%s%n", total, t, TeacherShardFormat.name(o.kind()),
+        out.printf("wrote %d sequences of %d tokens (%s%s%s) in %d shard(s) to %s%s%s%n", total, t, TeacherShardFormat.name(o.kind()),
                 k > 0 ? ", k = " + k : "", o.hiddenLayers().length == 0 ? "" : ", hidden states " + Arrays.toString(o.hiddenLayers()) + " in bf16",
-                shards.size(), o.out(), collective.size() > 1 ? " (" + collective.size() + " ranks, shard k by rank k mod " + collective.size() + ")" : "");
+                shards.size(), o.out(), kept > 0 ? " (" + kept + " kept from the stopped dump)" : "",
+                collective.size() > 1 ? " (" + collective.size() + " ranks, shard k by rank k mod " + collective.size() + ")" : "");
         out.flush();
         collective.barrier();
     }
@@ -237,6 +274,7 @@ public final class LogitDump {
      */
     private static void removeShards(Path out) throws IOException {
         Files.deleteIfExists(out.resolve("manifest.json"));
+        Files.deleteIfExists(out.resolve(DumpPlan.FILE));
         try (var entries = Files.list(out)) {
             for (Path p : entries.filter(p -> p.getFileName().toString().matches("shard-\\d+\\.safetensors")).toList()) Files.delete(p);
         }
