@@ -124,9 +124,9 @@ public final class ModelComparison {
         }
     }
 
-    /** Untimed passes of generation before the timed ones, for at least this long (and two passes). */
+    /** Untimed passes of generation before the timed ones, for at least this long (and one pass). */
     static final long WARM_UP_NANOS = 1_000_000_000L;
-    /** Timed passes for at least this long (and three passes); their median is the rate. */
+    /** Timed passes for at least this long (and one pass; a large model's passes take seconds each); their median is the rate. */
     static final long TIMED_NANOS = 500_000_000L;
 
     /**
@@ -138,10 +138,12 @@ public final class ModelComparison {
      */
     static double generationRate(TextGenerator g, int[] prompt, int n) {
         long start = System.nanoTime();
-        for (int pass = 0; pass < 2 || System.nanoTime() - start < WARM_UP_NANOS; pass++) g.generate(prompt, n, 0, 0, new Rng(1));
+        do {
+            g.generate(prompt, n, 0, 0, new Rng(1));
+        } while (System.nanoTime() - start < WARM_UP_NANOS);
         List<Double> rates = new ArrayList<>();
         start = System.nanoTime();
-        while (rates.size() < 3 || System.nanoTime() - start < TIMED_NANOS) {
+        while (rates.isEmpty() || System.nanoTime() - start < TIMED_NANOS) {
             long t0 = System.nanoTime();
             g.generate(prompt, n, 0, 0, new Rng(1));
             rates.add(n / ((System.nanoTime() - t0) / 1e9));
