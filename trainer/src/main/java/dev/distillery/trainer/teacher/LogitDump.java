@@ -54,10 +54,10 @@ public final class LogitDump {
      * @param tokenizer         the {@code tokenizer.json} the token ids were made with, recorded by its SHA-256;
      *                          null = the teacher folder's own {@code tokenizer.json} when it has one
      * @param overwrite         replace the shards of a non-empty {@code out} (refused otherwise)
-     * @param resume            continue a dump that stopped in {@code out}: keep its whole shards, write the
-     *                          rest (the options must be the stopped dump's; {@link DumpPlan})
      * @param hiddenLayers      the teacher's hidden states to store beside the targets (bf16), numbered as
      *                          transformers' output_hidden_states; empty = none
+     * @param resume            continue a dump that stopped in {@code out}: keep its whole shards, write the
+     *                          rest (the options must be the stopped dump's; {@link DumpPlan})
      */
     public record Options(Path teacher, Path tokens, Path out, TeacherTargets.Kind kind, int k, DType dtype, double temperature,
                           int seqLen, int sequencesPerShard, int batch, int maxSequences, long seed, String tokenizerId,
