@@ -21,7 +21,8 @@ import picocli.CommandLine.Option;
 /** {@code generate}: sample text from a checkpoint, or write a sequence-level KD dataset. */
 @Command(name = "generate", mixinStandardHelpOptions = true,
         header = "Samples text from a checkpoint, or writes its generations as a sequence-level KD dataset.",
-        description = {"Samples text from a checkpoint (temperature, top-k) and reports tokens/s.",
+        description = {"Samples text from a checkpoint (temperature, top-k) and reports tokens/s. The first second or so of a run goes "
+                + "to the JVM compiling the decoding, so a run of a few hundred tokens reports far less than the warm rate.",
                 "With --kd-out, writes the model's generations as a token file: a sequence-level KD dataset (train a "
                 + "student on it with 'teacher train --tokens' to use the teacher's generations as hard labels)."})
 public final class GenerateCommand implements Callable<Integer> {
