@@ -18,8 +18,8 @@ import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
 
-import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.Kernels;
+import dev.distillery.kernels.Precision;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.Gpt2;
@@ -58,6 +58,10 @@ public class GenerationBenchmark {
     @Param({"2"})
     public int threads;
 
+    /** cpu, or cuda (on a machine with a GPU: each token's few dozen launches). */
+    @Param({"cpu"})
+    public String device;
+
     private Kernels kernels;
     private LanguageModel lm;
     private TextGenerator generator;
@@ -65,7 +69,7 @@ public class GenerationBenchmark {
 
     @Setup(Level.Trial)
     public void setUp() throws IOException {
-        kernels = Backends.open(Backends.Request.cpu(threads, "auto"));
+        kernels = HostOnlyCudaBackend.openKernels(device, threads, "auto", Precision.parse("fp32", "precision"));
         if (model.equals("demo-teacher")) {
             Gpt2 g = new Gpt2(new Gpt2Config(1024, 64, 4, 192, 6), kernels);
             g.initialize(1);
