@@ -141,6 +141,21 @@ public final class Gpt2 implements LanguageModel {
         return ops.projection(ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias")), p("wte.weight"), null);
     }
 
+    @Override
+    public Tensor prefill(DifferentiableOps ops, KvCache cache, Tensor tokens, int t) {
+        if (ops.tape().enabled()) throw new IllegalStateException("prefill is forward only: turn the tape off");
+        if (cache.length() != 0) throw new IllegalStateException("prefill starts a cache at position 0; it holds " + cache.length());
+        int c = config.channels(), nh = config.heads();
+        Tensor embedded = ops.embedding(tokens, p("wte.weight"), p("wpe.weight"), 1, t);
+        Tensor x = Blocks.run(ops, embedded, config.layers(), (in, l) -> block(ops, in, l, qkv -> {
+            cache.append(ops.kernels(), l, qkv, 3 * c, c, qkv, 3 * c, 2 * c, t, nh, config.headSize());
+            return ops.attention(qkv, 1, t, nh, ops.gemmOperandType());
+        }));
+        cache.advance(t);
+        Tensor last = x.slice((long) (t - 1) * c, 1, c);
+        return ops.projection(ops.layerNorm(last, p("ln_f.weight"), p("ln_f.bias")), p("wte.weight"), null);
+    }
+
     /** The LM head's weight (vocab, channels): the token embedding, tied. */
     @Override
     public Tensor lmHeadWeight() {

@@ -10,7 +10,8 @@ import dev.distillery.runtime.autograd.DifferentiableOps;
 /**
  * The keys and values of every block for the tokens generated so far (one sequence), where the
  * kernels compute: block l's keys and values are (maxLen, width) rows, width = key/value heads ×
- * head size. {@link LanguageModel#decode} appends one row per block and reads rows [0, length].
+ * head size. {@link LanguageModel#decode} appends one row per block and reads rows [0, length];
+ * {@link LanguageModel#prefill} fills the rows of a whole window at once.
  */
 public final class KvCache implements AutoCloseable {
 
@@ -63,14 +64,35 @@ public final class KvCache implements AutoCloseable {
         return out;
     }
 
+    /**
+     * The keys and values of t new positions at once (a prompt, or a window refilled): row r of k
+     * (heads · hs floats from column kOffset, rows kStride apart) and of v join the cache at
+     * position next() + r. {@link #advance(int)} then counts them.
+     */
+    void append(Kernels kernels, int layer, Tensor k, int kStride, int kOffset, Tensor v, int vStride, int vOffset, int t, int heads, int hs) {
+        int pos = next(t);
+        MemorySegment kAt = keys[layer].asSlice(4L * pos * width), vAt = values[layer].asSlice(4L * pos * width);
+        kernels.repeatHeadsForward(kAt, width, 0, k.data(), kStride, kOffset, t, heads, 1, hs);
+        kernels.repeatHeadsForward(vAt, width, 0, v.data(), vStride, vOffset, t, heads, 1, hs);
+    }
+
     /** The next position, checked against the cache's room. */
     int next() {
-        if (length >= maxLen) throw new IllegalStateException("the cache holds " + maxLen + " positions, all used");
+        return next(1);
+    }
+
+    /** The next position, with room for t from it. */
+    int next(int t) {
+        if (length + t > maxLen) throw new IllegalStateException("the cache holds " + maxLen + " positions, " + length + " used; " + t + " more do not fit");
         return length;
     }
 
     void advance() {
-        length++;
+        advance(1);
+    }
+
+    void advance(int t) {
+        length += t;
     }
 
     @Override

@@ -75,6 +75,15 @@ public sealed interface LanguageModel extends AutoCloseable permits Gpt2, Llama 
      */
     Tensor decode(DifferentiableOps ops, KvCache cache, Tensor token);
 
+    /**
+     * A window into an empty cache in one forward pass: the logits (1, vocab) after the last of
+     * {@code tokens} (int32 (1, t)), at positions 0..t−1, every block's keys and values of the t
+     * positions left in the cache for {@link #decode} to go on from. The same logits and cache as
+     * t decodes, up to rounding, for the price of one window's forward instead of t one-row passes
+     * (a prompt, or a window that slid past the context). Forward only.
+     */
+    Tensor prefill(DifferentiableOps ops, KvCache cache, Tensor tokens, int t);
+
     /** One line for logs: the family and its sizes. */
     String describe();
 

@@ -176,6 +176,22 @@ public final class Llama implements LanguageModel {
     }
 
     @Override
+    public Tensor prefill(DifferentiableOps ops, KvCache cache, Tensor tokens, int t) {
+        if (ops.tape().enabled()) throw new IllegalStateException("prefill is forward only: turn the tape off");
+        if (cache.length() != 0) throw new IllegalStateException("prefill starts a cache at position 0; it holds " + cache.length());
+        int pairs = cfg.headSize() / 2, kv = cfg.keyValue(), h = cfg.hidden();
+        Tensor cs = rotaryTable(cache.maxLen()).slice(0, t, pairs, 2);   // positions 0..t-1, as decode reads them
+        Tensor embedded = ops.tokenEmbedding(tokens, p("model.embed_tokens.weight"), 1, t);
+        Tensor x = Blocks.run(ops, embedded, cfg.layers(), (in, l) -> block(ops, in, l, cs, 1, t, (q, k, v) -> {
+            cache.append(ops.kernels(), l, k, kv, 0, v, kv, 0, t, cfg.kvHeads(), cfg.headSize());
+            return ops.attention(ops.packQkv(q, k, v, cfg.heads(), cfg.kvHeads()), 1, t, cfg.heads(), ops.gemmOperandType());
+        }));
+        cache.advance(t);
+        Tensor last = x.slice((long) (t - 1) * h, 1, h);
+        return ops.projection(ops.rmsNorm(last, p("model.norm.weight"), cfg.rmsEps()), lmHeadWeight(), null);
+    }
+
+    @Override
     public Tensor lmHeadWeight() {
         return p(cfg.tied() ? "model.embed_tokens.weight" : "lm_head.weight");
     }

@@ -15,10 +15,11 @@ import dev.distillery.runtime.autograd.DifferentiableOps;
 import dev.distillery.runtime.autograd.Tape;
 
 /**
- * Autoregressive sampling with temperature and top-k, through a KV cache: each new token is one
- * row through the model's blocks ({@link LanguageModel#decode}), attending over the cached keys
- * and values of the tokens before it. Past the context the window slides and the cache is refilled
- * from the window's first token, so those tokens cost what a whole window's forward costs.
+ * Autoregressive sampling with temperature and top-k, through a KV cache: the prompt goes through
+ * the model in one forward pass that fills the cache ({@link LanguageModel#prefill}), then each
+ * new token is one row through the blocks ({@link LanguageModel#decode}), attending over the
+ * cached keys and values of the tokens before it. Past the context the window slides, and each
+ * new token costs one forward over the window (learned positions, as GPT-2's, move with it).
  */
 public final class TextGenerator implements AutoCloseable {
 
@@ -28,8 +29,8 @@ public final class TextGenerator implements AutoCloseable {
     private final Workspace workspace;
     private final DifferentiableOps ops;
     private final Arena arena = Arena.ofShared();
-    private final Tensor token;
-    private final MemorySegment hostToken, hostRow;
+    private final Tensor token, window;
+    private final MemorySegment hostToken, hostWindow, hostRow;
     private final KvCache cache;
     private int cacheFrom;
 
@@ -44,7 +45,9 @@ public final class TextGenerator implements AutoCloseable {
         tape.setEnabled(false);
         this.ops = new DifferentiableOps(kernels, workspace, tape);
         this.token = new Tensor("token", new int[]{1, 1}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4), false);
+        this.window = new Tensor("window", new int[]{1, context}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4L * context), false);
         this.hostToken = arena.allocate(4, 64);
+        this.hostWindow = arena.allocate(4L * context, 64);
         this.hostRow = arena.allocate(4L * vocab, 64);
         this.cache = model.newCache(context);
     }
@@ -57,6 +60,14 @@ public final class TextGenerator implements AutoCloseable {
         if (from != cacheFrom || cache.length() >= t) {
             cache.clear();
             cacheFrom = from;
+        }
+        if (cache.length() == 0 && t > 1) {   // a prompt, or a window that slid: one forward over it fills the cache
+            MemorySegment.copy(seq, from, hostWindow, ValueLayout.JAVA_INT, 0, t);
+            kernels.copyFromHost(window.data(), hostWindow, 4L * t);
+            workspace.reset();
+            Tensor logits = model.prefill(ops, cache, window.slice(0, 1, t), t);
+            kernels.copyToHost(hostRow, logits.data(), 4L * vocab);
+            return;
         }
         while (cache.length() < t) {
             hostToken.set(ValueLayout.JAVA_INT, 0, seq[from + cache.length()]);

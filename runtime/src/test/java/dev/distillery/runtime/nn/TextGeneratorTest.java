@@ -34,7 +34,7 @@ class TextGeneratorTest {
 
     /**
      * Decoding token by token through the KV cache gives, at every position, the logits of the
-     * whole window's forward: GPT-2, and a Llama with grouped-query heads, q/k/v biases and Llama
+     * whole window's forward, and so does a prefill of a window and a decode after it: GPT-2, and a Llama with grouped-query heads, q/k/v biases and Llama
      * 3's rope scaling, in fp32 and in bf16 (where the CPU has it). Greedy generation past the
      * context (the window slides) picks at each step the argmax of the forward over the last
      * context tokens.
@@ -76,6 +76,18 @@ class TextGeneratorTest {
                         }
                     }
                     assertEquals(9, cache.length());
+                    // the first 8 in one forward, then the ninth through the cache that forward filled
+                    try (KvCache filled = m.newCache(9)) {
+                        ws.reset();
+                        float[] last = m.prefill(ops, filled, tokens.slice(0, 1, 8), 8).toFloatArray();
+                        assertEquals(8, filled.length());
+                        ws.reset();
+                        float[] next = m.decode(ops, filled, tokens.slice(8, 1, 1)).toFloatArray();
+                        for (int j = 0; j < 41; j++) {
+                            assertEquals(full[7 * 41 + j], last[j], 2e-4 * Math.max(1, Math.abs(full[7 * 41 + j])), family + " prefill, logit " + j);
+                            assertEquals(full[8 * 41 + j], next[j], 2e-4 * Math.max(1, Math.abs(full[8 * 41 + j])), family + " after prefill, logit " + j);
+                        }
+                    }
                     int[] prompt = {3, 1, 4};
                     int[] greedy = g.generate(prompt, 12, 0, 0, new Rng(1));
                     for (int t = prompt.length; t < greedy.length; t++) {
