@@ -92,34 +92,38 @@ public final class TextGenerator implements AutoCloseable {
         cache.clear();   // another sequence than the last call's
         cacheFrom = 0;
         double[] p = new double[v];
-        Integer[] order = new Integer[v];
+        float[] row = new float[v];
         for (int n = prompt.length; n < seq.length; n++) {
             int t = Math.min(n, ctx), from = n - t;
             for (int i = 0; i < t; i++) {
                 if (seq[from + i] < 0 || seq[from + i] >= v) throw new IllegalArgumentException("token id " + seq[from + i] + " is outside the vocabulary of " + v);
             }
             nextLogits(seq, from, t);   // the last position's logits (vocab) on the host
+            MemorySegment.copy(hostRow, ValueLayout.JAVA_FLOAT, 0, row, 0, v);
             if (temperature == 0) {
                 int best = 0;
-                for (int j = 1; j < v; j++) if (logit(j) > logit(best)) best = j;
+                for (int j = 1; j < v; j++) if (row[j] > row[best]) best = j;
                 seq[n] = best;
                 continue;
             }
             double max = Double.NEGATIVE_INFINITY;
-            for (int j = 0; j < v; j++) max = Math.max(max, logit(j));
-            for (int j = 0; j < v; j++) p[j] = Math.exp((logit(j) - max) / temperature);
-            if (topK > 0 && topK < v) {
-                for (int j = 0; j < v; j++) order[j] = j;
-                Arrays.sort(order, (a, b) -> Double.compare(p[b], p[a]));
-                for (int j = topK; j < v; j++) p[order[j]] = 0;
-            }
+            for (int j = 0; j < v; j++) max = Math.max(max, row[j]);
+            // the candidates in ascending order: every id, or the top k (exp is monotonic, so the
+            // k largest logits, ties to the lower id, are the k largest probabilities); each gets
+            // p = exp((logit − max)/T), summed and walked in id order
+            int[] kept = topK > 0 && topK < v ? topIds(row, topK) : null;
+            int m = kept == null ? v : kept.length;
             double sum = 0;
-            for (int j = 0; j < v; j++) sum += p[j];
+            for (int i = 0; i < m; i++) {
+                int j = kept == null ? i : kept[i];
+                p[i] = Math.exp((row[j] - max) / temperature);
+                sum += p[i];
+            }
             double u = rng.nextDouble() * sum, c = 0;
             int pick = 0;
-            for (int j = 0; j < v; j++) {
-                c += p[j];
-                if (p[j] > 0) pick = j;
+            for (int i = 0; i < m; i++) {
+                c += p[i];
+                if (p[i] > 0) pick = kept == null ? i : kept[i];
                 if (u < c) break;
             }
             seq[n] = pick;
@@ -127,8 +131,43 @@ public final class TextGenerator implements AutoCloseable {
         return seq;
     }
 
-    private float logit(int j) {
-        return hostRow.getAtIndex(ValueLayout.JAVA_FLOAT, j);
+    /**
+     * The ids of the k largest logits (ties to the lower id), in ascending order: a bounded heap
+     * whose root is the worst kept, O(V log k), where sorting the whole vocabulary's boxed ids
+     * cost more than the model's forward on a 50,257-token vocabulary.
+     */
+    static int[] topIds(float[] logits, int k) {
+        int[] heap = new int[k];
+        int size = 0;
+        for (int j = 0; j < logits.length; j++) {
+            if (size < k) {
+                heap[size] = j;
+                for (int i = size++; i > 0 && worse(logits, heap[i], heap[(i - 1) / 2]); i = (i - 1) / 2) swap(heap, i, (i - 1) / 2);
+            } else if (worse(logits, heap[0], j)) {
+                heap[0] = j;
+                for (int i = 0; ; ) {
+                    int l = 2 * i + 1, r = l + 1, w = i;
+                    if (l < k && worse(logits, heap[l], heap[w])) w = l;
+                    if (r < k && worse(logits, heap[r], heap[w])) w = r;
+                    if (w == i) break;
+                    swap(heap, i, w);
+                    i = w;
+                }
+            }
+        }
+        Arrays.sort(heap, 0, size);
+        return size == k ? heap : Arrays.copyOf(heap, size);
+    }
+
+    /** Whether id a ranks below id b: a smaller logit, or the same one and a larger id. */
+    private static boolean worse(float[] logits, int a, int b) {
+        return logits[a] < logits[b] || (logits[a] == logits[b] && a > b);
+    }
+
+    private static void swap(int[] heap, int i, int j) {
+        int x = heap[i];
+        heap[i] = heap[j];
+        heap[j] = x;
     }
 
     @Override
