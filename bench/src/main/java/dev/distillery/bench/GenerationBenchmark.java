@@ -34,10 +34,13 @@ import dev.distillery.runtime.nn.TextGenerator;
  * {@code trainer.jar generate} prints the rate of one run in a fresh JVM, which includes that
  * compilation (docs/PERFORMANCE.md, "Generation with a KV cache").
  *
- * <p>{@code model}: a checkpoint folder of either family, read as {@code generate} reads it, or
- * {@code demo-teacher}: a GPT-2 of the quick demo's teacher shape (vocabulary 1,024, context 64,
- * 4 × 192, 6 heads) with random weights. Past the context the window slides and each token costs
- * a window's forward.
+ * <p>{@code model}: a checkpoint folder of either family, read as {@code generate} reads it;
+ * {@code demo-teacher}, a GPT-2 of the quick demo's teacher shape (vocabulary 1,024, context 64,
+ * 4 × 192, 6 heads); or {@code gpt2-vocab}, a 4 × 128 GPT-2 (4 heads, context 256) with GPT-2's
+ * 50,257-token vocabulary, where the LM head and the sampling over the vocabulary weigh most;
+ * random weights for both. Past the context the window slides and each token costs a window's
+ * forward. {@code temperature} 0 is greedy; else sampling, among the {@code topK} most likely
+ * (0: all), as {@code generate --temperature --top-k}.
  *
  * <pre>java -jar bench/target/benchmarks.jar GenerationBenchmark -p model=CHECKPOINT -p tokens=250</pre>
  */
@@ -58,6 +61,12 @@ public class GenerationBenchmark {
     @Param({"2"})
     public int threads;
 
+    @Param({"0"})
+    public double temperature;
+
+    @Param({"0"})
+    public int topK;
+
     /** cpu, or cuda (on a machine with a GPU: each token's few dozen launches). */
     @Param({"cpu"})
     public String device;
@@ -70,8 +79,8 @@ public class GenerationBenchmark {
     @Setup(Level.Trial)
     public void setUp() throws IOException {
         kernels = HostOnlyCudaBackend.openKernels(device, threads, "auto", Precision.parse("fp32", "precision"));
-        if (model.equals("demo-teacher")) {
-            Gpt2 g = new Gpt2(new Gpt2Config(1024, 64, 4, 192, 6), kernels);
+        if (model.equals("demo-teacher") || model.equals("gpt2-vocab")) {
+            Gpt2 g = new Gpt2(model.equals("demo-teacher") ? new Gpt2Config(1024, 64, 4, 192, 6) : new Gpt2Config(50257, 256, 4, 128, 4), kernels);
             g.initialize(1);
             lm = g;
         } else {
@@ -83,7 +92,7 @@ public class GenerationBenchmark {
 
     @Benchmark
     public int[] generate() {
-        return generator.generate(new int[]{start}, tokens, 0, 0, new Rng(1));
+        return generator.generate(new int[]{start}, tokens, temperature, topK, new Rng(1));
     }
 
     @TearDown(Level.Trial)
