@@ -46,7 +46,8 @@ public final class KernelConformance {
     public record Sizes(int[][] gemm, int[][] rows, int[][] attention, int[] elementwise, int[][] classifier) {
         public static Sizes standard() {
             return new Sizes(
-                    new int[][]{{1, 1, 1}, {1, 37, 19}, {23, 1, 17}, {7, 13, 5}, {17, 31, 67}, {64, 48, 129}},   // one row, one column: matrix-vector products
+                    // one row or one column of C: small ones, and ones whose matrix is large enough for the CPU's sgemv
+                    new int[][]{{1, 1, 1}, {1, 37, 19}, {23, 1, 17}, {1, 1031, 131}, {1031, 1, 131}, {7, 13, 5}, {17, 31, 67}, {64, 48, 129}},
                     new int[][]{{1, 1}, {3, 7}, {13, 67}, {31, 384}},
                     new int[][]{{1, 1, 1, 1}, {2, 5, 12, 3}, {3, 17, 20, 4}, {2, 31, 96, 3}},
                     new int[]{1, 7, 131, 70001},
