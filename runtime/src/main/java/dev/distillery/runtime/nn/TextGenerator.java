@@ -29,8 +29,9 @@ public final class TextGenerator implements AutoCloseable {
     private final Workspace workspace;
     private final DifferentiableOps ops;
     private final Arena arena = Arena.ofShared();
-    private final Tensor token, window;
-    private final MemorySegment hostToken, hostWindow, hostRow;
+    /** Token ids on the device: a window for a prefill, its first element for a decode. */
+    private final Tensor window;
+    private final MemorySegment hostWindow, hostRow;
     private final KvCache cache;
     private int cacheFrom;
 
@@ -44,9 +45,7 @@ public final class TextGenerator implements AutoCloseable {
         Tape tape = new Tape();
         tape.setEnabled(false);
         this.ops = new DifferentiableOps(kernels, workspace, tape);
-        this.token = new Tensor("token", new int[]{1, 1}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4), false);
         this.window = new Tensor("window", new int[]{1, context}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4L * context), false);
-        this.hostToken = arena.allocate(4, 64);
         this.hostWindow = arena.allocate(4L * context, 64);
         this.hostRow = arena.allocate(4L * vocab, 64);
         this.cache = model.newCache(context);
@@ -70,10 +69,10 @@ public final class TextGenerator implements AutoCloseable {
             return;
         }
         while (cache.length() < t) {
-            hostToken.set(ValueLayout.JAVA_INT, 0, seq[from + cache.length()]);
-            kernels.copyFromHost(token.data(), hostToken, 4);
+            hostWindow.set(ValueLayout.JAVA_INT, 0, seq[from + cache.length()]);
+            kernels.copyFromHost(window.data(), hostWindow, 4);
             workspace.reset();
-            Tensor logits = model.decode(ops, cache, token);
+            Tensor logits = model.decode(ops, cache, window.slice(0, 1, 1));
             if (cache.length() == t) kernels.copyToHost(hostRow, logits.data(), 4L * vocab);
         }
     }
@@ -93,6 +92,7 @@ public final class TextGenerator implements AutoCloseable {
         cacheFrom = 0;
         double[] p = new double[v];
         float[] row = new float[v];
+        int[] kept = topK > 0 && topK < v ? new int[topK] : null;   // the top k's ids, each token's
         for (int n = prompt.length; n < seq.length; n++) {
             int t = Math.min(n, ctx), from = n - t;
             for (int i = 0; i < t; i++) {
@@ -111,8 +111,7 @@ public final class TextGenerator implements AutoCloseable {
             // the candidates in ascending order: every id, or the top k (exp is monotonic, so the
             // k largest logits, ties to the lower id, are the k largest probabilities); each gets
             // p = exp((logit − max)/T), summed and walked in id order
-            int[] kept = topK > 0 && topK < v ? topIds(row, topK) : null;
-            int m = kept == null ? v : kept.length;
+            int m = kept == null ? v : topIds(row, kept);
             double sum = 0;
             for (int i = 0; i < m; i++) {
                 int j = kept == null ? i : kept[i];
@@ -132,13 +131,13 @@ public final class TextGenerator implements AutoCloseable {
     }
 
     /**
-     * The ids of the k largest logits (ties to the lower id), in ascending order: a bounded heap
-     * whose root is the worst kept, O(V log k), where sorting the whole vocabulary's boxed ids
-     * cost more than the model's forward on a 50,257-token vocabulary.
+     * The ids of the k = heap.length largest logits (ties to the lower id), into heap in ascending
+     * order; returns how many (k, or fewer logits). A bounded heap whose root is the worst kept,
+     * O(V log k), where sorting the whole vocabulary's boxed ids cost more than the model's
+     * forward on a 50,257-token vocabulary.
      */
-    static int[] topIds(float[] logits, int k) {
-        int[] heap = new int[k];
-        int size = 0;
+    static int topIds(float[] logits, int[] heap) {
+        int k = heap.length, size = 0;
         for (int j = 0; j < logits.length; j++) {
             if (size < k) {
                 heap[size] = j;
@@ -156,7 +155,7 @@ public final class TextGenerator implements AutoCloseable {
             }
         }
         Arrays.sort(heap, 0, size);
-        return size == k ? heap : Arrays.copyOf(heap, size);
+        return size;
     }
 
     /** Whether id a ranks below id b: a smaller logit, or the same one and a larger id. */
