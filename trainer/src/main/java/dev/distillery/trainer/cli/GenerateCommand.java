@@ -57,7 +57,7 @@ public final class GenerateCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut();
-        if (count < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--tokens must be >= 1, got " + count);
+        checkOptions();
         Path tokFile = model.resolve("tokenizer.json");
         if (!Files.isDirectory(model)) throw new java.nio.file.NoSuchFileException(model.toString());
         if (!Files.isRegularFile(tokFile)) throw new java.io.IOException(model + ": no tokenizer.json (generate needs the checkpoint's tokenizer)");
@@ -81,11 +81,22 @@ public final class GenerateCommand implements Callable<Integer> {
         }
     }
 
+    /** The options' ranges, before a model is loaded: a mistyped option fails in the time it takes to read it. */
+    private void checkOptions() {
+        CommandLine cl = spec.commandLine();
+        if (count < 1) throw new CommandLine.ParameterException(cl, "--tokens must be >= 1, got " + count);
+        if (temperature != null && !(temperature >= 0 && Double.isFinite(temperature))) {
+            throw new CommandLine.ParameterException(cl, "--temperature must be a finite number >= 0 (0 = greedy), got " + temperature);
+        }
+        if (topK != null && topK < 0) throw new CommandLine.ParameterException(cl, "--top-k must be >= 0 (0 = all), got " + topK);
+        if (kdOut != null && kdSamples < 1) throw new CommandLine.ParameterException(cl, "--kd-samples must be >= 1, got " + kdSamples);
+        if (kdPrompts != null && kdOut == null) throw new CommandLine.ParameterException(cl, "--kd-prompts needs --kd-out");
+    }
+
     private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, int[] start, int vocab) throws java.io.IOException {
         Rng rng = new Rng(seed);
         double t = temperature != null ? temperature : kdOut != null ? 0.7 : 0.8;
         int k = topK != null ? topK : kdOut != null ? 0 : 40;
-        if (kdPrompts != null && kdOut == null) throw new CommandLine.ParameterException(spec.commandLine(), "--kd-prompts needs --kd-out");
         if (kdOut == null) {
             long t0 = System.nanoTime();
             int[] seq = gen.generate(start, count, t, k, rng);

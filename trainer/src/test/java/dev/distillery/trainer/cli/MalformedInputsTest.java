@@ -118,6 +118,25 @@ class MalformedInputsTest {
     }
 
     @Test
+    void generateRefusesOptionsOutOfRangeBeforeLoadingAModel(@TempDir Path dir) {
+        String missing = dir.resolve("no-model").toString();   // never opened: the options are checked first
+        String[][] cases = {{"--temperature", "-1", "--temperature must be a finite number >= 0 (0 = greedy), got -1.0"},
+                {"--temperature", "Infinity", "--temperature must be a finite number >= 0 (0 = greedy), got Infinity"},
+                {"--top-k", "-5", "--top-k must be >= 0 (0 = all), got -5"},
+                {"--kd-samples", "0", "--kd-out", dir.resolve("kd.bin").toString(), "--kd-samples must be >= 1, got 0"},
+                {"--kd-prompts", dir.resolve("train.bin").toString(), "--kd-prompts needs --kd-out"}};
+        for (String[] c : cases) {
+            String[] args = new String[c.length - 1 + 4];
+            System.arraycopy(new String[]{"generate", "--model", missing, "--device=cpu"}, 0, args, 0, 4);
+            System.arraycopy(c, 0, args, 4, c.length - 1);
+            Run r = run(args);
+            assertEquals(Main.EXIT_USAGE, r.status(), r.err());
+            assertTrue(r.err().contains(c[c.length - 1]), r.err());
+            assertFalse(r.err().contains("no-model"), "the model is not read: " + r.err());
+        }
+    }
+
+    @Test
     void absurdSizesAreRefusedNamingTheKeyAndTheLimit(@TempDir Path dir) throws IOException {
         refused(distill(dir, ", \"student\": {\"layers\": 1000000000}}"), "'student.layers' must be in [1, 1024], got 1000000000");
         refused(distill(dir, ", \"student\": {\"channels\": 2147483647, \"heads\": 1}}"), "'student.channels' must be in [1, 65536]");
