@@ -9,6 +9,10 @@ at the same threads, alternating round by round. Two rows each:
   warm        generations after a warm-up: transformers' later calls in one process, Distillery's
               GenerationBenchmark (JMH: warm-up iterations, then the mean of the timed ones)
 
+and the seconds of the whole first-run process, start to exit, as a user waits for it: Python's
+imports of torch and transformers, the model's load and the generation, against `trainer.jar
+generate` (its JVMs' start, the load, the generation with the JIT compiling it).
+
     python bench/reference/generate_side_by_side.py --jar trainer/target/trainer.jar \
         --bench-jar bench/target/benchmarks.jar CHECKPOINT [--tokens 200] [--threads 2] [--rounds 3]
 
@@ -59,16 +63,23 @@ if a.first_run_only:
 env = {**os.environ, "DISTILLERY_OPENBLAS": os.environ.get("DISTILLERY_OPENBLAS", "bundled")}
 
 
+def timed(command, **kw):
+    """The command's standard output and its seconds from start to exit."""
+    t0 = time.perf_counter()
+    out = subprocess.run(command, check=True, capture_output=True, text=True, **kw).stdout
+    return out, time.perf_counter() - t0
+
+
 def python_first_run():
-    out = subprocess.run([sys.executable, __file__, "--jar", a.jar, "--bench-jar", a.bench_jar, "--tokens", str(a.tokens),
-                          "--threads", str(a.threads), "--first-run-only", a.checkpoint], check=True, capture_output=True, text=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    out, seconds = timed([sys.executable, __file__, "--jar", a.jar, "--bench-jar", a.bench_jar, "--tokens", str(a.tokens),
+                          "--threads", str(a.threads), "--first-run-only", a.checkpoint])
+    return float(out.strip().splitlines()[-1]), seconds
 
 
 def java_first_run():
-    out = subprocess.run([a.java, "-jar", a.jar, "generate", "--model", a.checkpoint, "--tokens", str(a.tokens), "--temperature", "0",
-                          "--threads", str(a.threads), "--device", "cpu"], check=True, capture_output=True, text=True, env=env).stdout
-    return float(re.search(r"([0-9.]+) tokens/s", out).group(1))
+    out, seconds = timed([a.java, "-jar", a.jar, "generate", "--model", a.checkpoint, "--tokens", str(a.tokens), "--temperature", "0",
+                          "--threads", str(a.threads), "--device", "cpu"], env=env)
+    return float(re.search(r"([0-9.]+) tokens/s", out).group(1)), seconds
 
 
 def java_warm():
@@ -82,9 +93,12 @@ def java_warm():
 
 python_generation()   # this process's warm-up
 rates = {k: [] for k in ["transformers, first run", "trainer.jar generate, first run", "transformers, warm", "Distillery, warm (JMH)"]}
+walls = {k: [] for k in ["transformers script, whole process", "trainer.jar generate, whole process"]}
 for _ in range(a.rounds):
-    rates["transformers, first run"].append(python_first_run())
-    rates["trainer.jar generate, first run"].append(java_first_run())
+    for (rate, wall), label, whole in [(python_first_run(), "transformers, first run", "transformers script, whole process"),
+                                       (java_first_run(), "trainer.jar generate, first run", "trainer.jar generate, whole process")]:
+        rates[label].append(rate)
+        walls[whole].append(wall)
     rates["transformers, warm"].append(python_generation())
     rates["Distillery, warm (JMH)"].append(java_warm())
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -94,3 +108,7 @@ for label, r in rates.items():
     m = statistics.median(r)
     base = statistics.median(rates["transformers, first run" if "first" in label else "transformers, warm"])
     print(f"{label:34s} {m:10,.1f} tokens/s {m / base:7.2f}x   (rounds: {', '.join(f'{x:,.0f}' for x in r)})")
+base = statistics.median(walls["transformers script, whole process"])
+for label, w in walls.items():
+    m = statistics.median(w)
+    print(f"{label:34s} {m:10,.2f} s        {base / m:7.2f}x   (rounds: {', '.join(f'{x:,.2f}' for x in w)})")
