@@ -44,10 +44,12 @@ import dev.distillery.trainer.io.FolderLock;
 import dev.distillery.trainer.loop.TrainingLoop;
 
 /**
- * The distillation loop: teacher batches streamed from shards, the student's chunked LM head +
- * fused distillation loss, gradient accumulation, clipping, AdamW on a warmup + cosine schedule,
- * held-out evaluation, crash-safe checkpoints, exact resume, and a NaN/Inf guard that stops
- * before a bad update so the last checkpoint stays good.
+ * A distillation run: its teachers (shards or a model run in the process) and data opened and
+ * checked before step 1, the student made, read from init_from or resumed, and its steps
+ * ({@link DistillSteps}: teacher batches, the chunked LM head + fused distillation loss, gradient
+ * accumulation) run by {@link TrainingLoop} with clipping, AdamW on a warmup + cosine schedule,
+ * held-out evaluation ({@link #evaluate}), crash-safe checkpoints, exact resume, and a NaN/Inf
+ * guard that stops before a bad update so the last checkpoint stays good.
  *
  * <p>Resume is exact on the CPU: the checkpoint holds the parameters, both AdamW moments and its
  * step, and the data position (epoch, batch); the data order is a function of the seed and the
