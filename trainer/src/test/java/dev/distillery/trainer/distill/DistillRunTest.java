@@ -23,6 +23,8 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
@@ -88,6 +90,15 @@ class DistillRunTest {
                 new DistillConfig.Loss(1.0, alpha, "forward_kl", null, true, "tail", null, "mean", 7), 0, 4, checkpointEvery, 10, 5L, 0, 2, true, null, null, null, null, null, null, null, null, null, null);
     }
 
+    /** {@code c} with a student of {@code architecture}: llama gets grouped queries (2 heads over 1 key/value head), RMSNorm, RoPE, SwiGLU. */
+    private static DistillConfig ofArchitecture(DistillConfig c, String architecture) throws IOException {
+        if (architecture.equals("gpt2")) return c;
+        String json = c.toJson().replace("\"architecture\" : \"gpt2\"", "\"architecture\" : \"" + architecture + "\", \"kv_heads\" : 1");
+        DistillConfig d = DistillConfig.fromJson(json);
+        assertEquals(DistillConfig.Student.Architecture.LLAMA, d.student().family(), json);
+        return d;
+    }
+
     static DistillRun.Result run(DistillConfig c, boolean resume) throws IOException {
         return run(c, resume, 0);
     }
@@ -101,12 +112,6 @@ class DistillRunTest {
         return DistillRun.run(c, on, resume, stopAfter, quiet, quiet);
     }
 
-    /**
-     * The whole loop on {@code CudaKernels} over the CPU emulation of the device (parameters,
-     * moments, activations and staged teacher batches in "device" memory that the host cannot
-     * read): it tracks the CPU run of the same config, and a checkpoint written on the CPU
-     * resumes on the device (and the other way round works by the same files).
-     */
     /** The manifest's SHA-256 of each shard, hashed as the dump wrote it, is the file's on disk. */
     @Test
     void dumpedShardsCarryTheHashOfTheirBytes() throws IOException {
@@ -119,6 +124,12 @@ class DistillRunTest {
         }
     }
 
+    /**
+     * The whole loop on {@code CudaKernels} over the CPU emulation of the device (parameters,
+     * moments, activations and staged teacher batches in "device" memory that the host cannot
+     * read): it tracks the CPU run of the same config, and a checkpoint written on the CPU
+     * resumes on the device (and the other way round works by the same files).
+     */
     @Test
     void theLoopRunsOnTheEmulatedCudaDeviceAndTracksTheCpu(@TempDir Path out) throws Exception {
         try (var gcc = new dev.distillery.kernels.cuda.EmulationBuild("distillery-emu-trainer")) {
@@ -155,15 +166,17 @@ class DistillRunTest {
 
     /**
      * bf16 mixed precision tracks fp32: the same config, step for step, on the CPU's bf16 GEMM
-     * (AMX or AVX512-BF16). The losses part (the runs are not the same arithmetic) but stay within
+     * (AMX or AVX512-BF16), for a GPT-2 student and for a Llama one (RMSNorm, RoPE, SwiGLU,
+     * grouped queries, whose activations the bf16 path stores differently). The losses part (the runs are not the same arithmetic) but stay within
      * 3% at every step, and both fall as far.
      */
-    @Test
-    void aBf16RunTracksTheFp32RunStepForStep(@TempDir Path out) throws IOException {
+    @ParameterizedTest
+    @ValueSource(strings = {"gpt2", "llama"})
+    void aBf16RunTracksTheFp32RunStepForStep(String architecture, @TempDir Path out) throws IOException {
         try (CpuKernels bf16 = new CpuKernels(2, "auto", Precision.BF16)) {
             assumeTrue(bf16.precision() == Precision.BF16, () -> "skipped: no bf16 arithmetic here: " + bf16.describe());
-            DistillRun.Result fp32Run = run(config(out.resolve("fp32"), "dense", 60, 0, 0.5), false);
-            DistillRun.Result bf16Run = run(config(out.resolve("bf16"), "dense", 60, 0, 0.5), false, 0, bf16);
+            DistillRun.Result fp32Run = run(ofArchitecture(config(out.resolve("fp32"), "dense", 60, 0, 0.5), architecture), false);
+            DistillRun.Result bf16Run = run(ofArchitecture(config(out.resolve("bf16"), "dense", 60, 0, 0.5), architecture), false, 0, bf16);
             List<Double> a = trainLosses(out.resolve("fp32")), b = trainLosses(out.resolve("bf16"));
             assertEquals(60, a.size());
             assertEquals(60, b.size());
