@@ -8,7 +8,10 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
+import java.util.Optional;
 import java.util.concurrent.ThreadLocalRandom;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 
 /**
  * Crash-safe file writes: the bytes go to a temporary name in the target's folder, are fsync'd,
@@ -24,7 +27,19 @@ public final class AtomicFileWriter {
         void writeTo(FileChannel channel) throws IOException;
     }
 
+    /** A temporary name: "." + the target's name + "." + the writer's PID + "." + a random tag + ".tmp". */
+    private static final Pattern TEMPORARY = Pattern.compile("\\.(.+)\\.\\d+\\.[0-9a-z]+\\.tmp");
+
     private AtomicFileWriter() {
+    }
+
+    /**
+     * The name of the file that a write to {@code fileName}, a temporary name, was making (a
+     * process halted mid-write leaves it behind), or empty when it is no temporary name.
+     */
+    public static Optional<String> targetOfTemporary(String fileName) {
+        Matcher m = TEMPORARY.matcher(fileName);
+        return m.matches() ? Optional.of(m.group(1)) : Optional.empty();
     }
 
     public static void write(Path target, Content content) throws IOException {

@@ -59,7 +59,8 @@ public record DumpPlan(String teacher, String tokens, long tokensBytes, String t
             }
         }
         try (var entries = Files.list(out)) {
-            for (Path p : entries.filter(p -> p.getFileName().toString().matches("\\.shard-\\d+\\.safetensors\\..*\\.tmp")).toList()) {
+            for (Path p : entries.filter(p -> AtomicFileWriter.targetOfTemporary(p.getFileName().toString())
+                    .filter(target -> target.matches(LogitDump.SHARD_FILE)).isPresent()).toList()) {
                 Files.delete(p);
             }
         }

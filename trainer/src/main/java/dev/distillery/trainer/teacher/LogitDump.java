@@ -44,6 +44,9 @@ import dev.distillery.trainer.report.Progress;
  */
 public final class LogitDump {
 
+    /** A shard's file name, as {@link #dump} writes it ("shard-%05d.safetensors"). */
+    static final String SHARD_FILE = "shard-\\d+\\.safetensors";
+
     /**
      * @param seqLen            tokens per sequence (≤ the teacher's context)
      * @param sequencesPerShard sequences per shard file
@@ -276,7 +279,7 @@ public final class LogitDump {
         Files.deleteIfExists(out.resolve("manifest.json"));
         Files.deleteIfExists(out.resolve(DumpPlan.FILE));
         try (var entries = Files.list(out)) {
-            for (Path p : entries.filter(p -> p.getFileName().toString().matches("shard-\\d+\\.safetensors")).toList()) Files.delete(p);
+            for (Path p : entries.filter(p -> p.getFileName().toString().matches(SHARD_FILE)).toList()) Files.delete(p);
         }
     }
 
