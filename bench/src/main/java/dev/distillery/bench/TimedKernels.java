@@ -177,6 +177,18 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public void projectionForward(MemorySegment out, MemorySegment x, DType xType, MemorySegment weight, MemorySegment bias,
+                                  int n, int c, int v) {
+        time("projectionForward", () -> inner.projectionForward(out, x, xType, weight, bias, n, c, v));
+    }
+
+    @Override
+    public void projectionBackward(MemorySegment dx, float dxBeta, MemorySegment dweight, MemorySegment dbias, MemorySegment dout,
+                                   MemorySegment x, DType xType, MemorySegment weight, int n, int c, int v) {
+        time("projectionBackward", () -> inner.projectionBackward(dx, dxBeta, dweight, dbias, dout, x, xType, weight, n, c, v));
+    }
+
+    @Override
     public void broadcastRows(MemorySegment out, MemorySegment row, int n, int c) {
         time("broadcastRows", () -> inner.broadcastRows(out, row, n, c));
     }

@@ -227,6 +227,42 @@ public interface Kernels extends AutoCloseable {
         }
     }
 
+    /**
+     * {@code out = x · weightᵀ + bias}: x is (n, c), fp32 or bf16 ({@code xType}), weight is (v, c)
+     * (PyTorch's nn.Linear layout: the Llama family's projections, every LM head), bias is (v) or
+     * null, out is (n, v).
+     */
+    default void projectionForward(MemorySegment out, MemorySegment x, DType xType, MemorySegment weight, MemorySegment bias,
+                                   int n, int c, int v) {
+        if (bias != null) {
+            broadcastRows(out, bias, n, v);
+        }
+        gemm(false, true, n, v, c, 1f, x, xType, c, weight, DType.F32, c, bias == null ? 0f : 1f, out, v);
+    }
+
+    /**
+     * Backward of {@link #projectionForward}: {@code dx = dout · weight + dxBeta · dx} (dxBeta as
+     * {@link #linearBackward}'s dinpBeta), {@code dweight += doutᵀ · x}, {@code dbias += Σ_rows dout}.
+     * Any of dx, dweight, dbias may be null (not needed); dout is held constant across the two
+     * products ({@link #holdConstant}).
+     */
+    default void projectionBackward(MemorySegment dx, float dxBeta, MemorySegment dweight, MemorySegment dbias,
+                                    MemorySegment dout, MemorySegment x, DType xType, MemorySegment weight,
+                                    int n, int c, int v) {
+        requireWriteOrAdd("projectionBackward", "dxBeta", dxBeta);
+        try (ConstantHold both = holdConstant(dout.asSlice(0, 4L * n * v))) {   // read by both products
+            if (dx != null) {
+                gemm(false, false, n, c, v, 1f, dout, v, weight, c, dxBeta, dx, c);
+            }
+            if (dweight != null) {
+                gemm(true, false, v, c, n, 1f, dout, DType.F32, v, x, xType, c, 1f, dweight, c);
+            }
+        }
+        if (dbias != null) {
+            sumRows(dbias, dout, n, v);
+        }
+    }
+
     /** {@code out[r, :] = row} for every r. out is (n, c), row is (c). */
     void broadcastRows(MemorySegment out, MemorySegment row, int n, int c);
 

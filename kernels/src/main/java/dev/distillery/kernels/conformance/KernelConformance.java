@@ -87,6 +87,7 @@ public final class KernelConformance {
             c.gemmStridedBatched(s[0], s[1], s[2], 3);
         }
         for (int[] s : sizes.gemm()) c.linear(s[0], s[2], s[1]);
+        for (int[] s : sizes.gemm()) c.projection(s[0], s[2], s[1]);
         for (int[] s : sizes.gemm()) c.geluLinear(s[0], s[2], s[1]);
         // bf16 mixed precision changes the GEMMs only: they are held to a reference on
         // bf16-rounded operands above, and the ops made of GEMMs (linear, attention) to the fp32
@@ -223,6 +224,54 @@ public final class KernelConformance {
             record(gemmName("linearBackward.new"), n + "x" + c + "->" + oc,
                     Math.max(buf.relativeError(fresh, sFresh, 1e-6), buf.relativeError(dw2, sDw2, 1e-6)), composedTol(TOL), ms);
         }
+    }
+
+    /**
+     * The projection (weight (v, c), nn.Linear's layout) against the linear's reference on the
+     * transposed weight: its forward, then its backward adding to every gradient, and writing a
+     * new input gradient over NaN (dxBeta 0) with no bias.
+     */
+    private void projection(int n, int c, int v) {
+        try (Arena arena = Arena.ofShared()) {
+            KernelBuffers buf = new KernelBuffers(kernels, arena);
+            double[] x = randn(n * c), w = randn(v * c), bias = randn(v), dout = randn(n * v);
+            double[] wT = transpose(w, v, c), out = new double[n * v];
+            MemorySegment sOut = buf.poisoned(out.length), sX = buf.floats(x), sW = buf.floats(w);
+            long t0 = System.nanoTime();
+            kernels.projectionForward(sOut, sX, DType.F32, sW, buf.floats(bias), n, c, v);
+            double ms = millis(t0);
+            ReferenceKernels.linearForward(out, operand(x), operand(wT), bias, n, c, v);
+            record(gemmName("projectionForward"), n + "x" + c + "->" + v, buf.relativeError(out, sOut, 1e-6), composedTol(TOL), ms);
+
+            double[] dx = randn(n * c), dw = randn(v * c), db = randn(v);
+            double[] dwT = transpose(dw, v, c);
+            MemorySegment sDx = buf.floats(dx), sDw = buf.floats(dw), sDb = buf.floats(db);
+            t0 = System.nanoTime();
+            kernels.projectionBackward(sDx, 1f, sDw, sDb, buf.floats(dout), sX, DType.F32, sW, n, c, v);
+            ms = millis(t0);
+            ReferenceKernels.linearBackward(dx, dwT, null, operand(dout), operand(x), operand(wT), n, c, v);
+            for (int r = 0; r < n; r++) for (int o = 0; o < v; o++) db[o] += dout[r * v + o];
+            record(gemmName("projectionBackward"), n + "x" + c + "->" + v,
+                    Math.max(buf.relativeError(dx, sDx, 1e-6), Math.max(buf.relativeError(transpose(dwT, c, v), sDw, 1e-6),
+                            buf.relativeError(db, sDb, sumScale(dout, n)))), composedTol(TOL), ms);
+
+            double[] fresh = new double[n * c], dw2 = randn(v * c);
+            double[] dw2T = transpose(dw2, v, c);
+            MemorySegment sFresh = buf.poisoned(n * c), sDw2 = buf.floats(dw2);
+            t0 = System.nanoTime();
+            kernels.projectionBackward(sFresh, 0f, sDw2, null, buf.floats(dout), sX, DType.F32, sW, n, c, v);
+            ms = millis(t0);
+            ReferenceKernels.linearBackward(fresh, dw2T, null, operand(dout), operand(x), operand(wT), n, c, v);
+            record(gemmName("projectionBackward.new"), n + "x" + c + "->" + v,
+                    Math.max(buf.relativeError(fresh, sFresh, 1e-6), buf.relativeError(transpose(dw2T, c, v), sDw2, 1e-6)), composedTol(TOL), ms);
+        }
+    }
+
+    /** The (cols, rows) transpose of a row-major (rows, cols) matrix. */
+    private static double[] transpose(double[] x, int rows, int cols) {
+        double[] t = new double[x.length];
+        for (int r = 0; r < rows; r++) for (int j = 0; j < cols; j++) t[j * rows + r] = x[r * cols + j];
+        return t;
     }
 
     private void sumRows(int n, int c) {

@@ -249,6 +249,76 @@ public final class CpuKernels implements Kernels {
     }
 
     /**
+     * Under the fp32 GEMMs on an even pool, the input gradient and the weight gradient side by
+     * side ({@link #gemmsSideBySide}); otherwise the contract's two GEMMs, each split over the pool.
+     */
+    @Override
+    public void linearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias,
+                               MemorySegment dout, MemorySegment inp, DType inpType, MemorySegment weight,
+                               int n, int c, int oc) {
+        if (dinp == null || !gradientsSideBySide(inpType, (long) n * c * oc)) {
+            Kernels.super.linearBackward(dinp, dinpBeta, dweight, dbias, dout, inp, inpType, weight, n, c, oc);
+            return;
+        }
+        gemmsSideBySide(new GemmRows(false, true, n, c, oc, dout, oc, weight, oc, dinpBeta, dinp, c),
+                new GemmRows(true, false, c, oc, n, inp, c, dout, oc, 1f, dweight, oc));
+        if (dbias != null) {
+            sumRows(dbias, dout, n, oc);
+        }
+    }
+
+    /** As {@link #linearBackward}: the two gradients side by side where the fp32 GEMMs run on an even pool. */
+    @Override
+    public void projectionBackward(MemorySegment dx, float dxBeta, MemorySegment dweight, MemorySegment dbias,
+                                   MemorySegment dout, MemorySegment x, DType xType, MemorySegment weight,
+                                   int n, int c, int v) {
+        if (dx == null || dweight == null || !gradientsSideBySide(xType, (long) n * c * v)) {
+            Kernels.super.projectionBackward(dx, dxBeta, dweight, dbias, dout, x, xType, weight, n, c, v);
+            return;
+        }
+        gemmsSideBySide(new GemmRows(false, false, n, c, v, dout, v, weight, c, dxBeta, dx, c),
+                new GemmRows(true, false, v, c, n, dout, v, x, c, 1f, dweight, c));
+        if (dbias != null) {
+            sumRows(dbias, dout, n, v);
+        }
+    }
+
+    /**
+     * Whether a linear's input and weight gradients (each of {@code work} = m·n·k) run side by side:
+     * fp32 GEMMs (the bf16 GEMM shares one packed operand between its threads instead), an even
+     * pool, and products worth splitting.
+     */
+    private boolean gradientsSideBySide(DType inpType, long work) {
+        return inpType == DType.F32 && !(gemm instanceof Bf16Gemm) && pool.threads() % 2 == 0 && work >= GEMM_SPLIT_WORK;
+    }
+
+    /** rows [r0, r1) of an fp32 {@code C = op(A) · op(B) + beta · C} (alpha 1) as one single-threaded call. */
+    private record GemmRows(boolean transA, boolean transB, int m, int n, int k, MemorySegment a, int lda,
+                            MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        void run(Gemm gemm, int r0, int r1) {
+            gemm.sgemm(transA, transB, r1 - r0, n, k, 1f, a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda,
+                    b, ldb, beta, c.asSlice(4L * r0 * ldc), ldc);
+        }
+    }
+
+    /**
+     * Two independent GEMMs of equal work (a linear's input and weight gradients: 2·n·c·oc FLOPs
+     * each), each on half of the pool, its rows split there. Split over the whole pool in turn,
+     * each thread's call would pack all of op(B) for its rows; side by side each thread packs
+     * its own GEMM's operands only (docs/PERFORMANCE.md, the training step).
+     */
+    private void gemmsSideBySide(GemmRows first, GemmRows second) {
+        int half = pool.threads() / 2;
+        pool.forEachChunk(2 * half, 1, (chunk, s, e) -> {
+            for (int i = s; i < e; i++) {
+                GemmRows g = i < half ? first : second;
+                int part = i % half;
+                g.run(gemm, WorkerPool.start(g.m(), half, part), WorkerPool.start(g.m(), half, part + 1));
+            }
+        });
+    }
+
+    /**
      * The bf16 GEMM over the pool, split along the 32 × 32 blocks its tiles form C in, so that
      * every block is formed as on one thread and the bits do not depend on the thread count. By
      * rows wherever each thread gets 32 of them, so that each operand is packed once in all: op(B)

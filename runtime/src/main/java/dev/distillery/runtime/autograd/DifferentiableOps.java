@@ -266,20 +266,13 @@ public final class DifferentiableOps {
         }
         boolean track = tracks(x, weight, bias);
         Tensor out = output("projection", track, n, v);
-        if (bias != null) kernels.broadcastRows(out.data(), bias.data(), n, v);
-        kernels.gemm(false, true, n, v, c, 1f, x.data(), x.dtype(), c, weight.data(), DType.F32, c, bias != null ? 1f : 0f, out.data(), v);
+        kernels.projectionForward(out.data(), x.data(), x.dtype(), weight.data(), bias == null ? null : bias.data(), n, c, v);
         if (track) {
             recordBackward(out, () -> {
                 if (out.grad() == null) return;
-                var dout = out.grad().data();
                 var dx = gradToWrite(x);
-                var dw = grad(weight);
-                try (Kernels.ConstantHold both = kernels.holdConstant(dout)) {   // read by both products
-                    if (dx != null) kernels.gemm(false, false, n, c, v, 1f, dout, v, weight.data(), c, dx.beta(), dx.data(), c);
-                    if (dw != null) kernels.gemm(true, false, v, c, n, 1f, dout, DType.F32, v, x.data(), x.dtype(), c, 1f, dw, c);
-                }
-                var db = grad(bias);
-                if (db != null) kernels.sumRows(db, dout, n, v);
+                kernels.projectionBackward(dx == null ? null : dx.data(), dx == null ? 1f : dx.beta(), grad(weight), grad(bias),
+                        out.grad().data(), x.data(), x.dtype(), weight.data(), n, c, v);
             });
         }
         return out;

@@ -6,6 +6,7 @@ import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 import java.util.List;
 
+import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.BadRowException;
 import dev.distillery.kernels.distill.DistillOptions;
@@ -167,14 +168,8 @@ public final class ChunkedLinearDistillLoss {
                 kernels.gemm(false, true, rows, vocab, d, 1f, h, d, weight, d, 0f, logits, vocab);
                 loss.apply(r0, rows);
                 if (dHidden == null && dWeight == null) continue;
-                try (Kernels.ConstantHold both = kernels.holdConstant(grad.asSlice(0, 4L * rows * vocab))) {   // read by both products
-                    if (dHidden != null) {
-                        kernels.gemm(false, false, rows, d, vocab, 1f, grad, vocab, weight, d, 1f, dHidden.asSlice(4L * r0 * d), d);
-                    }
-                    if (dWeight != null) {
-                        kernels.gemm(true, false, vocab, d, rows, 1f, grad, vocab, h, d, 1f, dWeight, d);
-                    }
-                }
+                kernels.projectionBackward(dHidden == null ? null : dHidden.asSlice(4L * r0 * d), 1f, dWeight, null,
+                        grad, h, DType.F32, weight, rows, d, vocab);
             }
         }
     }
