@@ -203,10 +203,7 @@ public interface Kernels extends AutoCloseable {
      */
     default void linearForward(MemorySegment out, MemorySegment inp, DType inpType, MemorySegment weight, MemorySegment bias,
                                int n, int c, int oc) {
-        if (bias != null) {
-            broadcastRows(out, bias, n, oc);
-        }
-        gemm(false, false, n, oc, c, 1f, inp, inpType, c, weight, DType.F32, oc, bias == null ? 0f : 1f, out, oc);
+        biasedProduct(false, out, inp, inpType, weight, bias, n, c, oc);
     }
 
     /**
@@ -234,10 +231,20 @@ public interface Kernels extends AutoCloseable {
      */
     default void projectionForward(MemorySegment out, MemorySegment x, DType xType, MemorySegment weight, MemorySegment bias,
                                    int n, int c, int v) {
+        biasedProduct(true, out, x, xType, weight, bias, n, c, v);
+    }
+
+    /**
+     * {@code out = inp · weight + bias}, or {@code inp · weightᵀ + bias} with weightTransposed: the
+     * bias broadcast into out, then the GEMM with beta 1 onto it.
+     */
+    private void biasedProduct(boolean weightTransposed, MemorySegment out, MemorySegment inp, DType inpType, MemorySegment weight,
+                               MemorySegment bias, int n, int c, int oc) {
         if (bias != null) {
-            broadcastRows(out, bias, n, v);
+            broadcastRows(out, bias, n, oc);
         }
-        gemm(false, true, n, v, c, 1f, x, xType, c, weight, DType.F32, c, bias == null ? 0f : 1f, out, v);
+        gemm(false, weightTransposed, n, oc, c, 1f, inp, inpType, c, weight, DType.F32, weightTransposed ? c : oc,
+                bias == null ? 0f : 1f, out, oc);
     }
 
     /**

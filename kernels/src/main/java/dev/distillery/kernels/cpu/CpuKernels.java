@@ -250,21 +250,18 @@ public final class CpuKernels implements Kernels {
 
     /**
      * Under the fp32 GEMMs on an even pool, the input gradient and the weight gradient side by
-     * side ({@link #gemmsSideBySide}); otherwise the contract's two GEMMs, each split over the pool.
+     * side ({@link #gradientsSideBySide}); otherwise the contract's two GEMMs, each split over the pool.
      */
     @Override
     public void linearBackward(MemorySegment dinp, float dinpBeta, MemorySegment dweight, MemorySegment dbias,
                                MemorySegment dout, MemorySegment inp, DType inpType, MemorySegment weight,
                                int n, int c, int oc) {
-        if (dinp == null || !gradientsSideBySide(inpType, (long) n * c * oc)) {
+        if (dinp == null || !pairsGradients(inpType, (long) n * c * oc)) {
             Kernels.super.linearBackward(dinp, dinpBeta, dweight, dbias, dout, inp, inpType, weight, n, c, oc);
             return;
         }
-        gemmsSideBySide(new GemmRows(false, true, n, c, oc, dout, oc, weight, oc, dinpBeta, dinp, c),
-                new GemmRows(true, false, c, oc, n, inp, c, dout, oc, 1f, dweight, oc));
-        if (dbias != null) {
-            sumRows(dbias, dout, n, oc);
-        }
+        gradientsSideBySide(new GemmRows(false, true, n, c, oc, dout, oc, weight, oc, dinpBeta, dinp, c),
+                new GemmRows(true, false, c, oc, n, inp, c, dout, oc, 1f, dweight, oc), dbias, dout, n, oc);
     }
 
     /** As {@link #linearBackward}: the two gradients side by side where the fp32 GEMMs run on an even pool. */
@@ -272,15 +269,13 @@ public final class CpuKernels implements Kernels {
     public void projectionBackward(MemorySegment dx, float dxBeta, MemorySegment dweight, MemorySegment dbias,
                                    MemorySegment dout, MemorySegment x, DType xType, MemorySegment weight,
                                    int n, int c, int v) {
-        if (dx == null || dweight == null || !gradientsSideBySide(xType, (long) n * c * v)) {
+        Kernels.requireWriteOrAdd("projectionBackward", "dxBeta", dxBeta);
+        if (dx == null || dweight == null || !pairsGradients(xType, (long) n * c * v)) {
             Kernels.super.projectionBackward(dx, dxBeta, dweight, dbias, dout, x, xType, weight, n, c, v);
             return;
         }
-        gemmsSideBySide(new GemmRows(false, false, n, c, v, dout, v, weight, c, dxBeta, dx, c),
-                new GemmRows(true, false, v, c, n, dout, v, x, c, 1f, dweight, c));
-        if (dbias != null) {
-            sumRows(dbias, dout, n, v);
-        }
+        gradientsSideBySide(new GemmRows(false, false, n, c, v, dout, v, weight, c, dxBeta, dx, c),
+                new GemmRows(true, false, v, c, n, dout, v, x, c, 1f, dweight, c), dbias, dout, n, v);
     }
 
     /**
@@ -288,7 +283,7 @@ public final class CpuKernels implements Kernels {
      * fp32 GEMMs (the bf16 GEMM shares one packed operand between its threads instead), an even
      * pool, and products worth splitting.
      */
-    private boolean gradientsSideBySide(DType inpType, long work) {
+    private boolean pairsGradients(DType inpType, long work) {
         return inpType == DType.F32 && !(gemm instanceof Bf16Gemm) && pool.threads() % 2 == 0 && work >= GEMM_SPLIT_WORK;
     }
 
@@ -302,20 +297,24 @@ public final class CpuKernels implements Kernels {
     }
 
     /**
-     * Two independent GEMMs of equal work (a linear's input and weight gradients: 2·n·c·oc FLOPs
-     * each), each on half of the pool, its rows split there. Split over the whole pool in turn,
-     * each thread's call would pack all of op(B) for its rows; side by side each thread packs
-     * its own GEMM's operands only (docs/PERFORMANCE.md, the training step).
+     * A linear's input and weight gradients, independent GEMMs of equal work (2·n·c·oc FLOPs each),
+     * each on half of the pool, its rows split there; then the bias's, dbias (may be null) += Σ_rows
+     * dout, dout (n, width). Split over the whole pool in turn, each thread's call would pack all
+     * of op(B) for its rows; side by side each thread packs its own GEMM's operands only
+     * (docs/KERNELS.md#gemm-and-threads).
      */
-    private void gemmsSideBySide(GemmRows first, GemmRows second) {
+    private void gradientsSideBySide(GemmRows dx, GemmRows dw, MemorySegment dbias, MemorySegment dout, int n, int width) {
         int half = pool.threads() / 2;
         pool.forEachChunk(2 * half, 1, (chunk, s, e) -> {
             for (int i = s; i < e; i++) {
-                GemmRows g = i < half ? first : second;
+                GemmRows g = i < half ? dx : dw;
                 int part = i % half;
                 g.run(gemm, WorkerPool.start(g.m(), half, part), WorkerPool.start(g.m(), half, part + 1));
             }
         });
+        if (dbias != null) {
+            sumRows(dbias, dout, n, width);
+        }
     }
 
     /**
