@@ -46,8 +46,10 @@ public final class KernelConformance {
     public record Sizes(int[][] gemm, int[][] rows, int[][] attention, int[] elementwise, int[][] classifier) {
         public static Sizes standard() {
             return new Sizes(
-                    // one row or one column of C: small ones, and ones whose matrix is large enough for the CPU's sgemv
-                    new int[][]{{1, 1, 1}, {1, 37, 19}, {23, 1, 17}, {1, 1031, 131}, {1031, 1, 131}, {7, 13, 5}, {17, 31, 67}, {64, 48, 129}},
+                    // one row or one column of C: small ones, and ones whose matrix is large enough for the CPU's sgemv;
+                    // 2053 x 131 x 1 as a linear (c = 1) has one row of weight gradient for two threads' side-by-side half
+                    new int[][]{{1, 1, 1}, {1, 37, 19}, {23, 1, 17}, {1, 1031, 131}, {1031, 1, 131}, {7, 13, 5}, {17, 31, 67}, {64, 48, 129},
+                            {2053, 131, 1}},
                     new int[][]{{1, 1}, {3, 7}, {13, 67}, {31, 384}},
                     new int[][]{{1, 1, 1, 1}, {2, 5, 12, 3}, {3, 17, 20, 4}, {2, 31, 96, 3}},
                     new int[]{1, 7, 131, 70001},

@@ -291,6 +291,7 @@ public final class CpuKernels implements Kernels {
     private record GemmRows(boolean transA, boolean transB, int m, int n, int k, MemorySegment a, int lda,
                             MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
         void run(Gemm gemm, int r0, int r1) {
+            if (r1 == r0) return;   // a part with no rows: more threads than rows
             gemm.sgemm(transA, transB, r1 - r0, n, k, 1f, a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda,
                     b, ldb, beta, c.asSlice(4L * r0 * ldc), ldc);
         }
