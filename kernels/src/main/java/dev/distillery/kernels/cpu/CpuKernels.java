@@ -192,9 +192,18 @@ public final class CpuKernels implements Kernels {
     private static final long GEMM_SPLIT_WORK = 1L << 18;
 
     /**
-     * Splits C into row blocks (or column blocks when C is short and wide) over the pool; each
-     * block is one single-threaded backend call. Blocks depend only on the shape and the thread
-     * count, so results are reproducible. The bf16 GEMM is split by {@link #gemmBf16}.
+     * C at least this many times wider than tall is split by columns: under a row split every
+     * thread's call packs all of op(B) (k × n), under a column split all of op(A) (m × k), and an
+     * LM head's logits (a chunk of rows times the vocabulary) would have each thread pack the
+     * whole weight (docs/PERFORMANCE.md, the training step).
+     */
+    private static final int WIDE_C = 8;
+
+    /**
+     * Splits C into row blocks (or column blocks when C is short, or {@link #WIDE_C} times wider
+     * than tall) over the pool; each block is one single-threaded backend call. Blocks depend only
+     * on the shape and the thread count, so results are reproducible. The bf16 GEMM is split by
+     * {@link #gemmBf16}.
      */
     @Override
     public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha,
@@ -204,7 +213,7 @@ public final class CpuKernels implements Kernels {
             gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         } else if (gemm instanceof Bf16Gemm bf16) {
             gemmBf16(bf16, transA, transB, m, n, k, alpha, a, false, lda, b, false, ldb, beta, c, ldc, null);
-        } else if (m >= n || m >= 32 * pool.threads()) {
+        } else if (m >= n || (m >= 32 * pool.threads() && (long) WIDE_C * m > n)) {
             pool.forEachChunk(m, 8, (chunk, r0, r1) -> gemm.sgemm(transA, transB, r1 - r0, n, k, alpha,
                     a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda, b, ldb,
                     beta, c.asSlice(4L * r0 * ldc), ldc));
