@@ -195,7 +195,7 @@ public final class CpuKernels implements Kernels {
      * C at least this many times wider than tall is split by columns: under a row split every
      * thread's call packs all of op(B) (k × n), under a column split all of op(A) (m × k), and an
      * LM head's logits (a chunk of rows times the vocabulary) would have each thread pack the
-     * whole weight (docs/PERFORMANCE.md, the training step).
+     * whole weight (docs/KERNELS.md#gemm-and-threads).
      */
     private static final int WIDE_C = 8;
 
