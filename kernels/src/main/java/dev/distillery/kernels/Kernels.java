@@ -194,7 +194,7 @@ public interface Kernels extends AutoCloseable {
                             MemorySegment b, int ldb, long strideB,
                             float beta, MemorySegment c, int ldc, long strideC, int batch);
 
-    // ---------------------------------------------------------------- linear (GPT-2 Conv1D layout)
+    // ---------------------------------------------------------------- linear (GPT-2's Conv1D layout) and projection (nn.Linear's)
 
     /**
      * {@code out = inp · weight + bias}. inp is (n, c), fp32 or bf16 ({@code inpType}, see the typed

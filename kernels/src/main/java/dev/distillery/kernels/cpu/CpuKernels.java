@@ -249,12 +249,33 @@ public final class CpuKernels implements Kernels {
     @Override
     public void linearForward(MemorySegment out, MemorySegment inp, DType inpType, MemorySegment weight, MemorySegment bias,
                               int n, int c, int oc) {
-        if (bias != null && gemm instanceof Bf16Gemm bf16 && (inpType == DType.F32 || inpType == DType.BF16)) {
-            if (n == 0 || oc == 0) return;
-            gemmBf16(bf16, false, false, n, oc, c, 1f, inp, inpType == DType.BF16, c, weight, false, oc, 1f, out, oc, bias);
-        } else {
+        if (!biasInFirstStore(false, out, inp, inpType, weight, bias, n, c, oc)) {
             Kernels.super.linearForward(out, inp, inpType, weight, bias, n, c, oc);
         }
+    }
+
+    /** As {@link #linearForward}: under the bf16 GEMM the bias goes into its first store. */
+    @Override
+    public void projectionForward(MemorySegment out, MemorySegment x, DType xType, MemorySegment weight, MemorySegment bias,
+                                  int n, int c, int v) {
+        if (!biasInFirstStore(true, out, x, xType, weight, bias, n, c, v)) {
+            Kernels.super.projectionForward(out, x, xType, weight, bias, n, c, v);
+        }
+    }
+
+    /**
+     * {@code out = inp · weight + bias} (weight (c, oc)), or {@code inp · weightᵀ + bias} (weight
+     * (oc, c)) with weightTransposed, as one bf16 GEMM with the bias as beta's operand; false, and
+     * nothing done, where there is no bias or no bf16 GEMM.
+     */
+    private boolean biasInFirstStore(boolean weightTransposed, MemorySegment out, MemorySegment inp, DType inpType, MemorySegment weight,
+                                     MemorySegment bias, int n, int c, int oc) {
+        if (bias == null || !(gemm instanceof Bf16Gemm bf16) || (inpType != DType.F32 && inpType != DType.BF16)) return false;
+        if (n != 0 && oc != 0) {
+            gemmBf16(bf16, false, weightTransposed, n, oc, c, 1f, inp, inpType == DType.BF16, c, weight, false, weightTransposed ? c : oc,
+                    1f, out, oc, bias);
+        }
+        return true;
     }
 
     /**

@@ -537,11 +537,12 @@ class CpuKernelsConformanceTest {
      * Under the bf16 GEMM a linear layer's bias goes into the GEMM's first store in place of C:
      * the bits of the bias copied into every row and a GEMM with beta 1 on top. One thread and
      * two (rows claimed when n ≤ m, columns split when n > m), a bf16 or fp32 input, ragged m
-     * and n, and k past a panel (1,100); the output poisoned with NaN first.
+     * and n, and k past a panel (1,100), in the linear's layout (weight (c, oc)) and the
+     * projection's (weight (oc, c), transposed); the output poisoned with NaN first.
      */
     @ParameterizedTest
     @CsvSource({"1, 5, 7, 3", "1, 37, 100, 1100", "2, 1024, 256, 256", "2, 300, 770, 129", "2, 64, 2000, 384"})
-    void aLinearLayersBiasInTheGemmGivesTheBitsOfOneCopiedIntoItsRows(int threads, int n, int oc, int c) {
+    void aLinearOrProjectionBiasInTheGemmGivesTheBitsOfOneCopiedIntoItsRows(int threads, int n, int oc, int c) {
         assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
         Random random = new Random(n * 31L + oc * 7L + c);
         try (CpuKernels kernels = new CpuKernels(threads, "auto", Precision.BF16); Arena arena = Arena.ofShared()) {
@@ -551,13 +552,20 @@ class CpuKernelsConformanceTest {
             MemorySegment weight = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, c * oc));
             MemorySegment bias = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, oc));
             for (DType type : new DType[]{DType.F32, DType.BF16}) {
-                MemorySegment x = type == DType.BF16 ? inpBf16 : inp;
-                MemorySegment want = arena.allocate(4L * n * oc, 64), got = arena.allocate(4L * n * oc, 64);
-                for (long i = 0; i < (long) n * oc; i++) got.setAtIndex(ValueLayout.JAVA_FLOAT, i, Float.NaN);
-                kernels.broadcastRows(want, bias, n, oc);
-                kernels.gemm(false, false, n, oc, c, 1f, x, type, c, weight, DType.F32, oc, 1f, want, oc);
-                kernels.linearForward(got, x, type, weight, bias, n, c, oc);
-                assertEquals(-1L, want.mismatch(got), type + " input, " + threads + " threads, " + n + " x " + oc + " x " + c);
+                for (boolean projection : new boolean[]{false, true}) {
+                    MemorySegment x = type == DType.BF16 ? inpBf16 : inp;
+                    MemorySegment want = arena.allocate(4L * n * oc, 64), got = arena.allocate(4L * n * oc, 64);
+                    for (long i = 0; i < (long) n * oc; i++) got.setAtIndex(ValueLayout.JAVA_FLOAT, i, Float.NaN);
+                    kernels.broadcastRows(want, bias, n, oc);
+                    kernels.gemm(false, projection, n, oc, c, 1f, x, type, c, weight, DType.F32, projection ? c : oc, 1f, want, oc);
+                    if (projection) {
+                        kernels.projectionForward(got, x, type, weight, bias, n, c, oc);
+                    } else {
+                        kernels.linearForward(got, x, type, weight, bias, n, c, oc);
+                    }
+                    assertEquals(-1L, want.mismatch(got), (projection ? "projection, " : "linear, ") + type + " input, " + threads + " threads, "
+                            + n + " x " + oc + " x " + c);
+                }
             }
         }
     }
