@@ -165,7 +165,7 @@ public final class ChunkedLinearDistillLoss {
             for (int r0 = 0; r0 < n; r0 += chunkRows) {
                 int rows = Math.min(chunkRows, n - r0);
                 MemorySegment h = hidden.asSlice(4L * r0 * d);
-                kernels.gemm(false, true, rows, vocab, d, 1f, h, d, weight, d, 0f, logits, vocab);
+                kernels.projectionForward(logits, h, DType.F32, weight, null, rows, d, vocab);
                 loss.apply(r0, rows);
                 if (dHidden == null && dWeight == null) continue;
                 kernels.projectionBackward(dHidden == null ? null : dHidden.asSlice(4L * r0 * d), 1f, dWeight, null,

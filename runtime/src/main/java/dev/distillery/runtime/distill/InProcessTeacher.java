@@ -114,7 +114,7 @@ public final class InProcessTeacher implements AutoCloseable {
             int fill(int r0, int r1, MemorySegment out) {
                 int n = r1 - r0;
                 if (n < 1 || n > chunkRows || r1 > b * t) throw new IllegalArgumentException("rows [" + r0 + ", " + r1 + ") of " + b * t + " in chunks of " + chunkRows);
-                kernels.gemm(false, true, n, v, d, 1f, hidden.data().asSlice(4L * r0 * d), d, head, d, 0f, out, v);
+                kernels.projectionForward(out, hidden.data().asSlice(4L * r0 * d), DType.F32, head, null, n, d, v);
                 return v;
             }
         };

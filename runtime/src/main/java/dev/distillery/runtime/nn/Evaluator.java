@@ -108,8 +108,8 @@ public final class Evaluator {
             MemorySegment hostTop1 = host.allocate(4L * chunk, 64);
             for (int r0 = 0; r0 < n; r0 += chunk) {
                 int rows = Math.min(chunk, n - r0);
-                kernels.gemm(false, true, rows, v, d, 1f, hidden.data().asSlice(4L * r0 * d), d,
-                        model.lmHeadWeight().data(), d, 0f, logits.data(), v);
+                kernels.projectionForward(logits.data(), hidden.data().asSlice(4L * r0 * d), DType.F32, model.lmHeadWeight().data(), null,
+                        rows, d, v);
                 kernels.argmaxRows(top1, logits.data(), rows, v);
                 try {
                     kernels.distillLoss(logits.data(), null, teacher.rows(r0, r0 + rows), labels.asSlice(4L * r0), rowCe, rowDiv,
