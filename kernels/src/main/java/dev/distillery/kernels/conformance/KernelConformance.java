@@ -88,8 +88,8 @@ public final class KernelConformance {
             for (int variant = 0; variant < 4; variant++) c.gemm(variant / 2 == 1, variant % 2 == 1, s[0], s[1], s[2]);
             c.gemmStridedBatched(s[0], s[1], s[2], 3);
         }
-        for (int[] s : sizes.gemm()) c.linear(s[0], s[2], s[1]);
-        for (int[] s : sizes.gemm()) c.projection(s[0], s[2], s[1]);
+        for (int[] s : sizes.gemm()) c.linear(s[0], s[2], s[1], false);
+        for (int[] s : sizes.gemm()) c.linear(s[0], s[2], s[1], true);
         for (int[] s : sizes.gemm()) c.geluLinear(s[0], s[2], s[1]);
         // bf16 mixed precision changes the GEMMs only: they are held to a reference on
         // bf16-rounded operands above, and the ops made of GEMMs (linear, attention) to the fp32
@@ -190,83 +190,71 @@ public final class KernelConformance {
         }
     }
 
-    private void linear(int n, int c, int oc) {
+    /**
+     * The linear (weight (c, oc), GPT-2's Conv1D layout) or, with projection, the same function in
+     * nn.Linear's layout (weight (oc, c): the kernel gets the reference's weight transposed, and its
+     * weight gradient is compared transposed back): the forward, the backward adding to every
+     * gradient, and the backward writing a new input gradient over NaN (beta 0) with no bias.
+     */
+    private void linear(int n, int c, int oc, boolean projection) {
+        String name = projection ? "projection" : "linear";
         try (Arena arena = Arena.ofShared()) {
             KernelBuffers buf = new KernelBuffers(kernels, arena);
             double[] inp = randn(n * c), w = randn(c * oc), bias = randn(oc), dout = randn(n * oc);
             double[] out = new double[n * oc];
-            MemorySegment sOut = buf.poisoned(out.length), sInp = buf.floats(inp), sW = buf.floats(w), sB = buf.floats(bias);
+            MemorySegment sOut = buf.poisoned(out.length), sInp = buf.floats(inp), sW = buf.floats(stored(w, c, oc, projection));
+            MemorySegment sB = buf.floats(bias);
             long t0 = System.nanoTime();
-            kernels.linearForward(sOut, sInp, DType.F32, sW, sB, n, c, oc);
+            if (projection) {
+                kernels.projectionForward(sOut, sInp, DType.F32, sW, sB, n, c, oc);
+            } else {
+                kernels.linearForward(sOut, sInp, DType.F32, sW, sB, n, c, oc);
+            }
             double ms = millis(t0);
             // the reference multiplies the operands the kernel's GEMMs multiply (bf16-rounded under bf16) and adds
             // what it adds in fp32 (bias, initial gradients) as given: at a single output, rounding the operands
             // but not the reference would leave a product's rounding measured against a sum that can cancel
             ReferenceKernels.linearForward(out, operand(inp), operand(w), bias, n, c, oc);
-            record(gemmName("linearForward"), n + "x" + c + "->" + oc, buf.relativeError(out, sOut, 1e-6), composedTol(TOL), ms);
+            record(gemmName(name + "Forward"), n + "x" + c + "->" + oc, buf.relativeError(out, sOut, 1e-6), composedTol(TOL), ms);
 
             double[] dinp = randn(n * c), dw = randn(c * oc), db = randn(oc);
-            MemorySegment sDinp = buf.floats(dinp), sDw = buf.floats(dw), sDb = buf.floats(db);
+            MemorySegment sDinp = buf.floats(dinp), sDw = buf.floats(stored(dw, c, oc, projection)), sDb = buf.floats(db);
             t0 = System.nanoTime();
-            kernels.linearBackward(sDinp, 1f, sDw, sDb, buf.floats(dout), sInp, DType.F32, sW, n, c, oc);
+            backward(projection, sDinp, 1f, sDw, sDb, buf.floats(dout), sInp, sW, n, c, oc);
             ms = millis(t0);
             ReferenceKernels.linearBackward(dinp, dw, null, operand(dout), operand(inp), operand(w), n, c, oc);
             for (int r = 0; r < n; r++) for (int o = 0; o < oc; o++) db[o] += dout[r * oc + o];   // the bias sum, of dout as given
-            record(gemmName("linearBackward"), n + "x" + c + "->" + oc,
-                    Math.max(buf.relativeError(dinp, sDinp, 1e-6), Math.max(buf.relativeError(dw, sDw, 1e-6), buf.relativeError(db, sDb, sumScale(dout, n)))),
+            record(gemmName(name + "Backward"), n + "x" + c + "->" + oc,
+                    Math.max(buf.relativeError(dinp, sDinp, 1e-6), Math.max(buf.relativeError(stored(dw, c, oc, projection), sDw, 1e-6),
+                            buf.relativeError(db, sDb, sumScale(dout, n)))),
                     composedTol(TOL), ms);
 
-            // a new input gradient, written over NaN (dinpBeta 0), no bias
+            // a new input gradient, written over NaN (beta 0), no bias
             double[] fresh = new double[n * c], dw2 = randn(c * oc);
-            MemorySegment sFresh = buf.poisoned(n * c), sDw2 = buf.floats(dw2);
+            MemorySegment sFresh = buf.poisoned(n * c), sDw2 = buf.floats(stored(dw2, c, oc, projection));
             t0 = System.nanoTime();
-            kernels.linearBackward(sFresh, 0f, sDw2, null, buf.floats(dout), sInp, DType.F32, sW, n, c, oc);
+            backward(projection, sFresh, 0f, sDw2, null, buf.floats(dout), sInp, sW, n, c, oc);
             ms = millis(t0);
             ReferenceKernels.linearBackward(fresh, dw2, null, operand(dout), operand(inp), operand(w), n, c, oc);
-            record(gemmName("linearBackward.new"), n + "x" + c + "->" + oc,
-                    Math.max(buf.relativeError(fresh, sFresh, 1e-6), buf.relativeError(dw2, sDw2, 1e-6)), composedTol(TOL), ms);
+            record(gemmName(name + "Backward.new"), n + "x" + c + "->" + oc,
+                    Math.max(buf.relativeError(fresh, sFresh, 1e-6), buf.relativeError(stored(dw2, c, oc, projection), sDw2, 1e-6)),
+                    composedTol(TOL), ms);
         }
     }
 
-    /**
-     * The projection (weight (v, c), nn.Linear's layout) against the linear's reference on the
-     * transposed weight: its forward, then its backward adding to every gradient, and writing a
-     * new input gradient over NaN (dxBeta 0) with no bias.
-     */
-    private void projection(int n, int c, int v) {
-        try (Arena arena = Arena.ofShared()) {
-            KernelBuffers buf = new KernelBuffers(kernels, arena);
-            double[] x = randn(n * c), w = randn(v * c), bias = randn(v), dout = randn(n * v);
-            double[] wT = transpose(w, v, c), out = new double[n * v];
-            MemorySegment sOut = buf.poisoned(out.length), sX = buf.floats(x), sW = buf.floats(w);
-            long t0 = System.nanoTime();
-            kernels.projectionForward(sOut, sX, DType.F32, sW, buf.floats(bias), n, c, v);
-            double ms = millis(t0);
-            ReferenceKernels.linearForward(out, operand(x), operand(wT), bias, n, c, v);
-            record(gemmName("projectionForward"), n + "x" + c + "->" + v, buf.relativeError(out, sOut, 1e-6), composedTol(TOL), ms);
-
-            double[] dx = randn(n * c), dw = randn(v * c), db = randn(v);
-            double[] dwT = transpose(dw, v, c);
-            MemorySegment sDx = buf.floats(dx), sDw = buf.floats(dw), sDb = buf.floats(db);
-            t0 = System.nanoTime();
-            kernels.projectionBackward(sDx, 1f, sDw, sDb, buf.floats(dout), sX, DType.F32, sW, n, c, v);
-            ms = millis(t0);
-            ReferenceKernels.linearBackward(dx, dwT, null, operand(dout), operand(x), operand(wT), n, c, v);
-            for (int r = 0; r < n; r++) for (int o = 0; o < v; o++) db[o] += dout[r * v + o];
-            record(gemmName("projectionBackward"), n + "x" + c + "->" + v,
-                    Math.max(buf.relativeError(dx, sDx, 1e-6), Math.max(buf.relativeError(transpose(dwT, c, v), sDw, 1e-6),
-                            buf.relativeError(db, sDb, sumScale(dout, n)))), composedTol(TOL), ms);
-
-            double[] fresh = new double[n * c], dw2 = randn(v * c);
-            double[] dw2T = transpose(dw2, v, c);
-            MemorySegment sFresh = buf.poisoned(n * c), sDw2 = buf.floats(dw2);
-            t0 = System.nanoTime();
-            kernels.projectionBackward(sFresh, 0f, sDw2, null, buf.floats(dout), sX, DType.F32, sW, n, c, v);
-            ms = millis(t0);
-            ReferenceKernels.linearBackward(fresh, dw2T, null, operand(dout), operand(x), operand(wT), n, c, v);
-            record(gemmName("projectionBackward.new"), n + "x" + c + "->" + v,
-                    Math.max(buf.relativeError(fresh, sFresh, 1e-6), buf.relativeError(transpose(dw2T, c, v), sDw2, 1e-6)), composedTol(TOL), ms);
+    /** {@code Kernels.projectionBackward} with projection, else {@code linearBackward}. */
+    private void backward(boolean projection, MemorySegment dinp, float beta, MemorySegment dw, MemorySegment db, MemorySegment dout,
+                          MemorySegment inp, MemorySegment w, int n, int c, int oc) {
+        if (projection) {
+            kernels.projectionBackward(dinp, beta, dw, db, dout, inp, DType.F32, w, n, c, oc);
+        } else {
+            kernels.linearBackward(dinp, beta, dw, db, dout, inp, DType.F32, w, n, c, oc);
         }
+    }
+
+    /** A (c, oc) weight (or its gradient) as the kernel stores it: as it is, or (oc, c) for a projection. */
+    private static double[] stored(double[] w, int c, int oc, boolean projection) {
+        return projection ? transpose(w, c, oc) : w;
     }
 
     /** The (cols, rows) transpose of a row-major (rows, cols) matrix. */

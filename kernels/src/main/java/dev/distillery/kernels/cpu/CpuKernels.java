@@ -299,11 +299,11 @@ public final class CpuKernels implements Kernels {
     public void projectionBackward(MemorySegment dx, float dxBeta, MemorySegment dweight, MemorySegment dbias,
                                    MemorySegment dout, MemorySegment x, DType xType, MemorySegment weight,
                                    int n, int c, int v) {
-        Kernels.requireWriteOrAdd("projectionBackward", "dxBeta", dxBeta);
         if (dx == null || dweight == null || !pairsGradients(xType, (long) n * c * v)) {
             Kernels.super.projectionBackward(dx, dxBeta, dweight, dbias, dout, x, xType, weight, n, c, v);
             return;
         }
+        Kernels.requireWriteOrAdd("projectionBackward", "dxBeta", dxBeta);
         gradientsSideBySide(new GemmRows(false, false, n, c, v, dout, v, weight, c, dxBeta, dx, c),
                 new GemmRows(true, false, v, c, n, dout, v, x, c, 1f, dweight, c), dbias, dout, n, v);
     }
