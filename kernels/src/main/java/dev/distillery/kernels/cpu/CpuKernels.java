@@ -163,18 +163,9 @@ public final class CpuKernels implements Kernels {
     public void joinCopies() {
     }
 
-    /**
-     * Split over the pool in whole 64-byte lines, as elementwise work is: a copy in a step (a
-     * residual's gradient) reads and writes lines evicted since they were last touched, and one
-     * thread's misses move about half of what two threads' do (docs/PERFORMANCE.md).
-     */
     @Override
     public void copy(MemorySegment dst, MemorySegment src, long bytes) {
-        long lines = (bytes + 63) / 64;
-        elementwise(lines * 16, (start, end) -> {
-            long from = start * 4, to = Math.min(bytes, end * 4);
-            if (to > from) MemorySegment.copy(src, from, dst, from, to - from);
-        });
+        MemorySegment.copy(src, 0, dst, 0, bytes);
     }
 
     @Override
