@@ -1029,11 +1029,15 @@ public final class CpuKernels implements Kernels {
         int hs = headSize(c, nh);
         float scale = (float) (1.0 / Math.sqrt(hs));
         int c3 = 3 * c;
+        // datt is scratch: each chunk's heads share its chunk's (t, t) slice of it, which stays in
+        // cache from one head to the next, where a slice a head would be written to lines fetched
+        // from memory (docs/PERFORMANCE.md)
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+            MemorySegment dattBh = datt.asSlice(4L * chunk * t * t, 4L * t * t);
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
                 long q = (long) bb * t * c3 + (long) h * hs, probs = (long) bh * t * t;
-                MemorySegment attBh = att.asSlice(4 * probs), dattBh = datt.asSlice(4 * probs);
+                MemorySegment attBh = att.asSlice(4 * probs);
                 long doutH = (long) bb * t * c + (long) h * hs;
                 // dv += attᵀ · dout: rows [j0, j1) of dv from att's rows j0.. (above them att is 0). Each of
                 // dv, dq and dk has one product, over all of its rows: beta 0 writes it (a sum starts at
