@@ -2,8 +2,6 @@ package dev.distillery.bench;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
-import java.util.SplittableRandom;
 import java.util.concurrent.TimeUnit;
 
 import org.openjdk.jmh.annotations.Benchmark;
@@ -67,22 +65,23 @@ public class ColdCacheBenchmark {
     private Kernels kernels;
     private MemorySegment evict;
     private float evictValue;
-    private int b, t, c, nh, n;
+    private int b, t, c, nh, n, oc;   // oc = 4c: the MLP's first linear
     private MemorySegment x, weight, bias, y, dy, dx, dweight, dbias, qkv, att, datt, dqkv, mean, rstd;
 
     @Setup(Level.Trial)
     public void setUp() {
         if (!cache.equals("hot") && !cache.equals("cold")) throw new IllegalArgumentException("cache is hot or cold, got " + cache);
-        Gpt2Config model = StudentConfigs.valueOf(config).model;
-        b = StudentConfigs.valueOf(config).batch;
+        StudentConfigs step = StudentConfigs.valueOf(config);
+        Gpt2Config model = step.model;
+        b = step.batch;
         t = model.contextLength();
         c = model.channels();
         nh = model.heads();
         n = b * t;
+        oc = 4 * c;
         arena = Arena.ofShared();
         kernels = Backends.openExactly(Backends.Request.cpu(threads, "auto", Precision.parse(precision, "precision")));
         evict = arena.allocate(EVICT_BYTES, 64);
-        int oc = 4 * c;
         switch (kernel) {
             case "linear-forward", "linear-backward" -> {
                 x = random((long) n * c, 1);
@@ -117,10 +116,7 @@ public class ColdCacheBenchmark {
     }
 
     private MemorySegment random(long count, long seed) {
-        MemorySegment s = arena.allocate(4 * count, 64);
-        SplittableRandom rng = new SplittableRandom(seed);
-        for (long i = 0; i < count; i++) s.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) (0.5 * rng.nextGaussian()));
-        return s;
+        return GemmBenchmark.random(arena, count, seed);
     }
 
     /** Cold: the eviction buffer written over the pool (another value each time) before the call. */
@@ -134,7 +130,6 @@ public class ColdCacheBenchmark {
 
     @Benchmark
     public MemorySegment run() {
-        int oc = 4 * c;
         switch (kernel) {
             case "linear-forward" -> kernels.linearForward(y, x, DType.F32, weight, bias, n, c, oc);
             case "linear-backward" -> kernels.linearBackward(dx, 0f, dweight, dbias, dy, x, DType.F32, weight, n, c, oc);

@@ -118,7 +118,8 @@ public class GemmBenchmark {
         hold = held ? kernels.holdConstant(b) : Kernels.ConstantHold.NONE;
     }
 
-    private static MemorySegment random(Arena arena, long count, long seed) {
+    /** count floats drawn from N(0, 1) by a generator seeded with seed, 64-byte aligned in arena. */
+    static MemorySegment random(Arena arena, long count, long seed) {
         MemorySegment s = arena.allocate(4 * count, 64);
         SplittableRandom rng = new SplittableRandom(seed);
         for (long i = 0; i < count; i++) s.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) rng.nextGaussian());
