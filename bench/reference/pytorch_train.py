@@ -50,7 +50,7 @@ def tokens(path):
 def initialise(model, layers):
     residual = 0.02 / math.sqrt(2 * layers)
     for name, p in model.named_parameters():
-        if name.startswith("h.") and (".ln_" in name) and name.endswith(".weight") or name == "ln_f.weight":
+        if "ln_" in name and name.endswith(".weight"):   # ln_1, ln_2, ln_f: the LayerNorms
             torch.nn.init.ones_(p)
         elif name.endswith(".bias"):
             torch.nn.init.zeros_(p)
