@@ -125,18 +125,19 @@ public final class Gpt2 implements LanguageModel {
     }
 
     @Override
-    public KvCache newCache(int maxLen) {
+    public KvCache newCache(int batch, int maxLen) {
         if (maxLen < 1 || maxLen > config.contextLength()) throw new IllegalArgumentException("a cache of " + maxLen + " positions; the context is " + config.contextLength());
-        return new KvCache(params.kernels(), config.layers(), maxLen, config.channels(), config.heads());
+        return new KvCache(params.kernels(), config.layers(), batch, maxLen, config.channels(), config.heads());
     }
 
     @Override
-    public Tensor decode(DifferentiableOps ops, KvCache cache, Tensor token) {
+    public Tensor decode(DifferentiableOps ops, KvCache cache, Tensor tokens) {
         if (ops.tape().enabled()) throw new IllegalStateException("decode is forward only: turn the tape off");
-        int c = config.channels(), nh = config.heads(), pos = cache.next();
-        Tensor embedded = ops.embedding(token, p("wte.weight"), p("wpe.weight").slice((long) pos * c, 1, c), 1, 1);
+        int c = config.channels(), nh = config.heads(), pos = cache.next(), b = (int) tokens.numel();
+        // every sequence's token at position pos: the position table's row pos serves them all
+        Tensor embedded = ops.embedding(tokens, p("wte.weight"), p("wpe.weight").slice((long) pos * c, 1, c), b, 1);
         Tensor x = Blocks.run(ops, embedded, config.layers(), (in, l) -> block(ops, in, l,
-                qkv -> cache.attend(ops, l, qkv.slice(0, 1, c), qkv.slice(c, 1, c), qkv.slice(2L * c, 1, c), nh, nh, config.headSize())));
+                qkv -> cache.attend(ops, l, b, qkv, 3 * c, 0, qkv, 3 * c, c, qkv, 3 * c, 2 * c, nh, nh, config.headSize())));
         cache.advance();
         return ops.projection(ops.layerNorm(x, p("ln_f.weight"), p("ln_f.bias")), p("wte.weight"), null);
     }
@@ -145,15 +146,14 @@ public final class Gpt2 implements LanguageModel {
     public Tensor prefill(DifferentiableOps ops, KvCache cache, Tensor tokens, int t) {
         if (ops.tape().enabled()) throw new IllegalStateException("prefill is forward only: turn the tape off");
         if (cache.length() != 0) throw new IllegalStateException("prefill starts a cache at position 0; it holds " + cache.length());
-        int c = config.channels(), nh = config.heads();
-        Tensor embedded = ops.embedding(tokens, p("wte.weight"), p("wpe.weight"), 1, t);
+        int c = config.channels(), nh = config.heads(), b = (int) (tokens.numel() / t);
+        Tensor embedded = ops.embedding(tokens, p("wte.weight"), p("wpe.weight"), b, t);
         Tensor x = Blocks.run(ops, embedded, config.layers(), (in, l) -> block(ops, in, l, qkv -> {
-            cache.append(ops.kernels(), l, qkv, 3 * c, c, qkv, 3 * c, 2 * c, t, nh, config.headSize());
-            return ops.attention(qkv, 1, t, nh, ops.gemmOperandType());
+            cache.append(ops.kernels(), l, b, qkv, 3 * c, c, qkv, 3 * c, 2 * c, t, nh, config.headSize());
+            return ops.attention(qkv, b, t, nh, ops.gemmOperandType());
         }));
         cache.advance(t);
-        Tensor last = x.slice((long) (t - 1) * c, 1, c);
-        return ops.projection(ops.layerNorm(last, p("ln_f.weight"), p("ln_f.bias")), p("wte.weight"), null);
+        return ops.projection(ops.layerNorm(LanguageModel.lastRows(ops, x, b, t), p("ln_f.weight"), p("ln_f.bias")), p("wte.weight"), null);
     }
 
     /** The LM head's weight (vocab, channels): the token embedding, tied. */

@@ -64,25 +64,42 @@ public sealed interface LanguageModel extends AutoCloseable permits Gpt2, Llama 
         return ops.projection(hidden(ops, tokens, b, t), lmHeadWeight(), null);
     }
 
-    /** An empty cache of this model's keys and values for one sequence of up to {@code maxLen} tokens (at most its context). */
-    KvCache newCache(int maxLen);
-
     /**
-     * Generation with a KV cache: the logits (1, vocab) after {@code token} (int32 (1, 1)), which
-     * enters at position {@code cache.length()}; its keys and values join the cache. Each token
-     * costs one row through the blocks and attention over the cached rows, not the whole window.
-     * Forward only: nothing is recorded.
+     * An empty cache of this model's keys and values for up to {@code batch} sequences of up to
+     * {@code maxLen} tokens each (at most its context), decoded together.
      */
-    Tensor decode(DifferentiableOps ops, KvCache cache, Tensor token);
+    KvCache newCache(int batch, int maxLen);
 
     /**
-     * A window into an empty cache in one forward pass: the logits (1, vocab) after the last of
-     * {@code tokens} (int32 (1, t)), at positions 0..t−1, every block's keys and values of the t
-     * positions left in the cache for {@link #decode} to go on from. The same logits and cache as
-     * t decodes, up to rounding, for the price of one window's forward instead of t one-row passes
-     * (a prompt, or a window that slid past the context). Forward only.
+     * Generation with a KV cache: the logits (b, vocab) after {@code tokens} (int32 (b, 1), one
+     * token for each of b ≤ the cache's batch sequences), which enter at position
+     * {@code cache.length()}; their keys and values join the cache. Each token costs one row
+     * through the blocks and attention over its sequence's cached rows, not the whole window, and
+     * the b rows go through each GEMM together. Forward only: nothing is recorded.
+     */
+    Tensor decode(DifferentiableOps ops, KvCache cache, Tensor tokens);
+
+    /**
+     * Windows into an empty cache in one forward pass: the logits (b, vocab) after the last token
+     * of each of the b windows in {@code tokens} (int32 (b, t)), at positions 0..t−1, every
+     * block's keys and values of the t positions left in the cache for {@link #decode} to go on
+     * from. The same logits and cache as t decodes, up to rounding, for the price of one forward
+     * instead of t one-row passes (prompts, or windows that slid past the context). Forward only.
      */
     Tensor prefill(DifferentiableOps ops, KvCache cache, Tensor tokens, int t);
+
+    /**
+     * Row t − 1 of each of the b windows of x (b·t, width): a view of it when b is 1, else the b
+     * rows gathered (by the kernels' head copy, one head of the whole width) into (b, width) of
+     * the workspace of {@code ops}.
+     */
+    static Tensor lastRows(DifferentiableOps ops, Tensor x, int b, int t) {
+        int width = (int) (x.numel() / ((long) b * t));
+        if (b == 1) return x.slice((long) (t - 1) * width, 1, width);
+        Tensor rows = ops.workspace().tensor(x.name() + ".last", b, width);
+        ops.kernels().repeatHeadsForward(rows.data(), width, 0, x.data(), t * width, (t - 1) * width, b, 1, 1, width);
+        return rows;
+    }
 
     /** One line for logs: the family and its sizes. */
     String describe();

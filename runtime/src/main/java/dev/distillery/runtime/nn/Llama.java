@@ -158,19 +158,19 @@ public final class Llama implements LanguageModel {
     }
 
     @Override
-    public KvCache newCache(int maxLen) {
+    public KvCache newCache(int batch, int maxLen) {
         if (maxLen < 1 || maxLen > cfg.contextLength()) throw new IllegalArgumentException("a cache of " + maxLen + " positions; the context is " + cfg.contextLength());
-        return new KvCache(kernels, cfg.layers(), maxLen, cfg.keyValue(), cfg.heads());
+        return new KvCache(kernels, cfg.layers(), batch, maxLen, cfg.keyValue(), cfg.heads());
     }
 
     @Override
-    public Tensor decode(DifferentiableOps ops, KvCache cache, Tensor token) {
+    public Tensor decode(DifferentiableOps ops, KvCache cache, Tensor tokens) {
         if (ops.tape().enabled()) throw new IllegalStateException("decode is forward only: turn the tape off");
-        int pos = cache.next(), pairs = cfg.headSize() / 2;
-        Tensor cs = rotaryTable(cache.maxLen()).slice((long) pos * pairs * 2, 1, pairs, 2);   // position pos as row 0
-        Tensor embedded = ops.tokenEmbedding(token, p("model.embed_tokens.weight"), 1, 1);
-        Tensor x = Blocks.run(ops, embedded, cfg.layers(), (in, l) -> block(ops, in, l, cs, 1, 1,
-                (q, k, v) -> cache.attend(ops, l, q, k, v, cfg.heads(), cfg.kvHeads(), cfg.headSize())));
+        int pos = cache.next(), pairs = cfg.headSize() / 2, b = (int) tokens.numel(), qw = cfg.heads() * cfg.headSize(), kv = cfg.keyValue();
+        Tensor cs = rotaryTable(cache.maxLen()).slice((long) pos * pairs * 2, 1, pairs, 2);   // position pos as row 0, for every sequence
+        Tensor embedded = ops.tokenEmbedding(tokens, p("model.embed_tokens.weight"), b, 1);
+        Tensor x = Blocks.run(ops, embedded, cfg.layers(), (in, l) -> block(ops, in, l, cs, b, 1,
+                (q, k, v) -> cache.attend(ops, l, b, q, qw, 0, k, kv, 0, v, kv, 0, cfg.heads(), cfg.kvHeads(), cfg.headSize())));
         cache.advance();
         return ops.projection(ops.rmsNorm(x, p("model.norm.weight"), cfg.rmsEps()), lmHeadWeight(), null);
     }
@@ -179,16 +179,15 @@ public final class Llama implements LanguageModel {
     public Tensor prefill(DifferentiableOps ops, KvCache cache, Tensor tokens, int t) {
         if (ops.tape().enabled()) throw new IllegalStateException("prefill is forward only: turn the tape off");
         if (cache.length() != 0) throw new IllegalStateException("prefill starts a cache at position 0; it holds " + cache.length());
-        int pairs = cfg.headSize() / 2, kv = cfg.keyValue(), h = cfg.hidden();
+        int pairs = cfg.headSize() / 2, kv = cfg.keyValue(), b = (int) (tokens.numel() / t);
         Tensor cs = rotaryTable(cache.maxLen()).slice(0, t, pairs, 2);   // positions 0..t-1, as decode reads them
-        Tensor embedded = ops.tokenEmbedding(tokens, p("model.embed_tokens.weight"), 1, t);
-        Tensor x = Blocks.run(ops, embedded, cfg.layers(), (in, l) -> block(ops, in, l, cs, 1, t, (q, k, v) -> {
-            cache.append(ops.kernels(), l, k, kv, 0, v, kv, 0, t, cfg.kvHeads(), cfg.headSize());
-            return ops.attention(ops.packQkv(q, k, v, cfg.heads(), cfg.kvHeads()), 1, t, cfg.heads(), ops.gemmOperandType());
+        Tensor embedded = ops.tokenEmbedding(tokens, p("model.embed_tokens.weight"), b, t);
+        Tensor x = Blocks.run(ops, embedded, cfg.layers(), (in, l) -> block(ops, in, l, cs, b, t, (q, k, v) -> {
+            cache.append(ops.kernels(), l, b, k, kv, 0, v, kv, 0, t, cfg.kvHeads(), cfg.headSize());
+            return ops.attention(ops.packQkv(q, k, v, cfg.heads(), cfg.kvHeads()), b, t, cfg.heads(), ops.gemmOperandType());
         }));
         cache.advance(t);
-        Tensor last = x.slice((long) (t - 1) * h, 1, h);
-        return ops.projection(ops.rmsNorm(last, p("model.norm.weight"), cfg.rmsEps()), lmHeadWeight(), null);
+        return ops.projection(ops.rmsNorm(LanguageModel.lastRows(ops, x, b, t), p("model.norm.weight"), cfg.rmsEps()), lmHeadWeight(), null);
     }
 
     @Override

@@ -74,7 +74,7 @@ class TextGeneratorTest {
                 try (CpuKernels k = new CpuKernels(2, "auto", precision); LanguageModel m = make.apply(k);
                      dev.distillery.runtime.Workspace ws = new dev.distillery.runtime.Workspace(k, 1 << 16);
                      java.lang.foreign.Arena host = java.lang.foreign.Arena.ofShared();
-                     KvCache cache = m.newCache(9); TextGenerator g = new TextGenerator(m, k)) {
+                     KvCache cache = m.newCache(1, 9); TextGenerator g = new TextGenerator(m, k)) {
                     Rng rng = new Rng(2);
                     for (var p : m.parameters().parameters()) {
                         float[] x = new float[(int) p.numel()];
@@ -102,7 +102,7 @@ class TextGeneratorTest {
                     }
                     assertEquals(9, cache.length());
                     // the first 8 in one forward, then the ninth through the cache that forward filled
-                    try (KvCache filled = m.newCache(9)) {
+                    try (KvCache filled = m.newCache(1, 9)) {
                         ws.reset();
                         float[] last = m.prefill(ops, filled, tokens.slice(0, 1, 8), 8).toFloatArray();
                         assertEquals(8, filled.length());
@@ -125,6 +125,80 @@ class TextGeneratorTest {
                         int best = 0;
                         for (int j = 1; j < 41; j++) if (logits[(len - 1) * 41 + j] > logits[(len - 1) * 41 + best]) best = j;
                         assertEquals(best, greedy[t], family + ": token " + t + " of " + java.util.Arrays.toString(greedy));
+                    }
+                }
+            }
+        }
+    }
+
+    /**
+     * Sequences decoded together match each decoded alone: a batch's prefill and its decodes give
+     * every sequence the logits of its own whole-window forward, and batched generation, greedy
+     * and sampled (each sequence from its own generator), past the context where the windows
+     * slide, writes each sequence's text as a lone run does. GPT-2 and a Llama with grouped-query
+     * heads, fp32 and bf16.
+     */
+    @Test
+    void sequencesDecodedTogetherMatchEachDecodedAlone() {
+        for (java.util.function.Function<CpuKernels, LanguageModel> make : java.util.List.<java.util.function.Function<CpuKernels, LanguageModel>>of(
+                k -> new Gpt2(new Gpt2Config(41, 9, 2, 16, 2), k),
+                k -> new Llama(new LlamaConfig(LlamaConfig.Family.QWEN2, 41, 9, 2, 16, 4, 2, 4, 24, 1e-6f, new LlamaConfig.Rope(10000, null), false), k))) {
+            for (Precision precision : Precision.values()) {
+                int rows = 3, n = 9, vocab = 41;
+                try (CpuKernels k = new CpuKernels(2, "auto", precision); LanguageModel m = make.apply(k);
+                     dev.distillery.runtime.Workspace ws = new dev.distillery.runtime.Workspace(k, 1 << 16);
+                     java.lang.foreign.Arena host = java.lang.foreign.Arena.ofShared();
+                     KvCache cache = m.newCache(4, n); TextGenerator together = new TextGenerator(m, k, 4); TextGenerator alone = new TextGenerator(m, k)) {
+                    Rng rng = new Rng(3);
+                    for (var p : m.parameters().parameters()) {
+                        float[] x = new float[(int) p.numel()];
+                        boolean norm = p.name().contains("ln_") || p.name().contains("norm");
+                        for (int i = 0; i < x.length; i++) x[i] = (float) ((norm && p.name().endsWith("weight") ? 1 : 0) + 0.4 * rng.nextGaussian());
+                        m.parameters().write(p, x);
+                    }
+                    var tape = new dev.distillery.runtime.autograd.Tape();
+                    tape.setEnabled(false);
+                    var ops = new dev.distillery.runtime.autograd.DifferentiableOps(k, ws, tape);
+                    int[] ids = new int[rows * n];
+                    for (int i = 0; i < ids.length; i++) ids[i] = rng.nextInt(vocab);
+                    var tokens = new dev.distillery.runtime.Tensor("tokens", new int[]{rows, n}, dev.distillery.kernels.DType.I32,
+                            dev.distillery.runtime.Device.CPU, host.allocateFrom(java.lang.foreign.ValueLayout.JAVA_INT, ids), false);
+                    float[] full = m.forward(ops, tokens, rows, n).toFloatArray();
+                    String family = m.getClass().getSimpleName() + " " + k.precision().key();
+                    // the first 5 positions of each sequence in one prefill, then positions 5..8 one decode each
+                    int t = 5;
+                    int[] prompts = new int[rows * t], next = new int[rows];
+                    for (int r = 0; r < rows; r++) System.arraycopy(ids, r * n, prompts, r * t, t);
+                    var promptTokens = new dev.distillery.runtime.Tensor("prompts", new int[]{rows, t}, dev.distillery.kernels.DType.I32,
+                            dev.distillery.runtime.Device.CPU, host.allocateFrom(java.lang.foreign.ValueLayout.JAVA_INT, prompts), false);
+                    var nextTokens = new dev.distillery.runtime.Tensor("next", new int[]{rows, 1}, dev.distillery.kernels.DType.I32,
+                            dev.distillery.runtime.Device.CPU, host.allocate(4L * rows, 64), false);
+                    ws.reset();
+                    float[] logits = m.prefill(ops, cache, promptTokens, t).toFloatArray();
+                    for (int pos = t - 1; pos < n; pos++) {
+                        for (int r = 0; r < rows; r++) {
+                            for (int j = 0; j < vocab; j++) {
+                                float want = full[(r * n + pos) * vocab + j];
+                                assertEquals(want, logits[r * vocab + j], 2e-4 * Math.max(1, Math.abs(want)), family + " sequence " + r + ", position " + pos + ", logit " + j);
+                            }
+                        }
+                        if (pos + 1 == n) break;
+                        for (int r = 0; r < rows; r++) next[r] = ids[r * n + pos + 1];
+                        java.lang.foreign.MemorySegment.copy(next, 0, nextTokens.data(), java.lang.foreign.ValueLayout.JAVA_INT, 0, rows);
+                        ws.reset();
+                        logits = m.decode(ops, cache, nextTokens).toFloatArray();
+                    }
+                    assertEquals(n, cache.length());
+                    // 12 tokens after 3-token prompts: past the context of 9, the windows slide
+                    int[][] starts = {{3, 1, 4}, {1, 5, 9}, {2, 6, 5}};
+                    for (double temperature : new double[]{0, 1.5}) {
+                        Rng[] gens = new Rng[rows];
+                        for (int r = 0; r < rows; r++) gens[r] = new Rng(40 + r);
+                        int[][] texts = together.generate(starts, 12, temperature, 0, gens);
+                        for (int r = 0; r < rows; r++) {
+                            assertArrayEquals(alone.generate(starts[r], 12, temperature, 0, new Rng(40 + r)), texts[r],
+                                    family + " at temperature " + temperature + ", sequence " + r);
+                        }
                     }
                 }
             }

@@ -49,6 +49,10 @@ public final class GenerateCommand implements Callable<Integer> {
     Path kdPrompts;
     @Option(names = "--prompt-tokens", defaultValue = "16", description = "Tokens of each --kd-prompts prompt (default: ${DEFAULT-VALUE}).")
     int promptTokens;
+    @Option(names = "--kd-batch", defaultValue = "32", description = "With --kd-out: generations decoded together, each step's rows "
+            + "through every GEMM at once (default: ${DEFAULT-VALUE}). Each sample draws from its own generator: the batch changes a "
+            + "sample only where a GEMM's last bits tip a draw.")
+    int kdBatch;
     @Mixin
     DeviceOptions device;
     @CommandLine.Spec
@@ -75,7 +79,7 @@ public final class GenerateCommand implements Callable<Integer> {
             var first = llama && tok.bos().isPresent() ? tok.bos() : tok.eos();
             int[] start = prompt.isEmpty() ? new int[]{first.orElseThrow(() -> new java.io.IOException(tokFile
                     + " names no token to start from; give a --prompt"))} : tok.encode(prompt);
-            try (TextGenerator gen = new TextGenerator(m, kernels)) {
+            try (TextGenerator gen = new TextGenerator(m, kernels, kdOut == null ? 1 : Math.min(kdBatch, kdSamples))) {
                 return generate(out, tok, gen, start, modelVocab);
             }
         }
@@ -90,6 +94,7 @@ public final class GenerateCommand implements Callable<Integer> {
         }
         if (topK != null && topK < 0) throw new CommandLine.ParameterException(cl, "--top-k must be >= 0 (0 = all), got " + topK);
         if (kdOut != null && kdSamples < 1) throw new CommandLine.ParameterException(cl, "--kd-samples must be >= 1, got " + kdSamples);
+        if (kdBatch < 1) throw new CommandLine.ParameterException(cl, "--kd-batch must be >= 1, got " + kdBatch);
         if (kdPrompts != null && kdOut == null) throw new CommandLine.ParameterException(cl, "--kd-prompts needs --kd-out");
     }
 
@@ -111,15 +116,23 @@ public final class GenerateCommand implements Callable<Integer> {
                 throw new CommandLine.ParameterException(spec.commandLine(), "--prompt-tokens " + promptTokens + " must be in [1, "
                         + prompts.size() + "] (the tokens of " + kdPrompts + ")");
             }
-            int[] prompt = prompts == null ? start : new int[promptTokens];
             Progress progress = new Progress(spec.commandLine().getErr(), "generate", 0, kdSamples, 5000);
             long t0 = System.nanoTime(), generated = 0;
-            for (int i = 0; i < kdSamples; i++) {
-                if (prompts != null) prompts.read((long) (rng.nextDouble() * (prompts.size() - promptTokens + 1)), promptTokens, prompt);
-                int[] seq = gen.generate(prompt, count, t, k, rng);
-                for (int x : seq) all.add(x);
-                generated += count;
-                progress.update(i + 1, String.format("samples | %,.0f tokens/s", generated / ((System.nanoTime() - t0) / 1e9)));
+            for (int first = 0; first < kdSamples; first += gen.batch()) {
+                int rows = Math.min(gen.batch(), kdSamples - first);
+                int[][] starts = new int[rows][];
+                Rng[] sampling = new Rng[rows];
+                for (int r = 0; r < rows; r++) {
+                    starts[r] = start;
+                    if (prompts != null) {
+                        starts[r] = new int[promptTokens];
+                        prompts.read((long) (rng.nextDouble() * (prompts.size() - promptTokens + 1)), promptTokens, starts[r]);
+                    }
+                    sampling[r] = new Rng(seed ^ (0x9E3779B97F4A7C15L * (first + r + 1)));   // sample i's own draws
+                }
+                for (int[] seq : gen.generate(starts, count, t, k, sampling)) for (int x : seq) all.add(x);
+                generated += (long) rows * count;
+                progress.update(first + rows, String.format("samples | %,.0f tokens/s", generated / ((System.nanoTime() - t0) / 1e9)));
             }
         }
         TokenFile.write(kdOut, all.stream().mapToInt(Integer::intValue).toArray());

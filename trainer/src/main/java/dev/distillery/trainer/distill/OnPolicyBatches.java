@@ -15,9 +15,10 @@ import dev.distillery.runtime.nn.TextGenerator;
 /**
  * On-policy batches (GKD): which micro-batches are on-policy, and their tokens. Each of the
  * batch's windows keeps its first seqLen − maxNewTokens tokens as a prompt and is continued by the
- * student's own samples (through its KV cache); the targets mark the positions whose next token
- * was sampled and ignore the prompt's, so the loss sees the generated positions only. Every draw
- * comes from a generator seeded by (seed, step, micro-batch), so a resumed run samples the same.
+ * student's own samples (through its KV cache, the batch's windows decoded together); the targets
+ * mark the positions whose next token was sampled and ignore the prompt's, so the loss sees the
+ * generated positions only. Every draw comes from a generator seeded by (seed, step, micro-batch,
+ * and the window for its samples), so a resumed run samples the same.
  */
 final class OnPolicyBatches implements AutoCloseable {
 
@@ -27,7 +28,7 @@ final class OnPolicyBatches implements AutoCloseable {
     private final TextGenerator generator;
     private final Arena arena = Arena.ofConfined();
     private final MemorySegment ids, targets;
-    private final int[] window;
+    private final int[][] windows;
 
     OnPolicyBatches(DistillConfig.OnPolicy cfg, long seed, LanguageModel student, Kernels kernels, int batch, int seqLen) {
         if (cfg.maxNewTokens() >= seqLen) {
@@ -39,10 +40,10 @@ final class OnPolicyBatches implements AutoCloseable {
         this.batch = batch;
         this.seqLen = seqLen;
         this.prompt = seqLen - cfg.maxNewTokens();
-        this.generator = new TextGenerator(student, kernels);
+        this.generator = new TextGenerator(student, kernels, batch);
         this.ids = arena.allocate(4L * batch * seqLen, 64);
         this.targets = arena.allocate(4L * batch * seqLen, 64);
-        this.window = new int[prompt];
+        this.windows = new int[batch][prompt];
     }
 
     private Rng rng(int step, int micro, long salt) {
@@ -65,11 +66,15 @@ final class OnPolicyBatches implements AutoCloseable {
      * positions only (batch · maxNewTokens rows).
      */
     void fill(MemorySegment windowIds, ModelInputs inputs, int step, int micro) {
-        Rng sampling = rng(step, micro, 2);
+        Rng[] sampling = new Rng[batch];
+        for (int b = 0; b < batch; b++) {
+            for (int i = 0; i < prompt; i++) windows[b][i] = windowIds.getAtIndex(ValueLayout.JAVA_INT, (long) b * seqLen + i);
+            sampling[b] = rng(step, micro, 2 + b);
+        }
+        int[][] seqs = generator.generate(windows, cfg.maxNewTokens(), cfg.temperature(), 0, sampling);
         for (int b = 0; b < batch; b++) {
             long row = (long) b * seqLen;
-            for (int i = 0; i < prompt; i++) window[i] = windowIds.getAtIndex(ValueLayout.JAVA_INT, row + i);
-            int[] seq = generator.generate(window, cfg.maxNewTokens(), cfg.temperature(), 0, sampling);
+            int[] seq = seqs[b];
             for (int i = 0; i < seqLen; i++) {
                 ids.setAtIndex(ValueLayout.JAVA_INT, row + i, seq[i]);
                 // position i predicts token i + 1: counted where that token was sampled

@@ -119,5 +119,14 @@ class LanguageModelTrainingTest {
                 assertTrue(text.contains(java.util.Arrays.toString(prompt).replace("[", "").replace("]", "")), "sample " + s + " starts with real text");
             }
         }
+        // the samples decoded one at a time and three at a time (a batch of three, then one): the same file
+        for (String batch : new String[]{"1", "3"}) {
+            Path again = dir.resolve("kd-real-" + batch + ".bin");
+            status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--tokens", "10", "--kd-out", again.toString(), "--kd-samples",
+                    "4", "--kd-prompts", data.val().toString(), "--prompt-tokens", "5", "--kd-batch", batch, "--device", "cpu"},
+                    new PrintWriter(out, true), new PrintWriter(err, true));
+            assertEquals(0, status, err.toString());
+            assertArrayEquals(java.nio.file.Files.readAllBytes(real), java.nio.file.Files.readAllBytes(again), "--kd-batch " + batch);
+        }
     }
 }
