@@ -40,7 +40,9 @@ import dev.distillery.runtime.nn.TextGenerator;
  * 50,257-token vocabulary, where the LM head and the sampling over the vocabulary weigh most;
  * random weights for both. Past the context the window slides and each token costs a window's
  * forward. {@code temperature} 0 is greedy; else sampling, among the {@code topK} most likely
- * (0: all), as {@code generate --temperature --top-k}.
+ * (0: all), as {@code generate --temperature --top-k}. {@code batch} sequences from the same
+ * start token decode together, each sampling from its own generator, as {@code generate --kd-out
+ * --kd-batch} does (tokens/s = batch · tokens / seconds).
  *
  * <pre>java -jar bench/target/benchmarks.jar GenerationBenchmark -p model=CHECKPOINT -p tokens=250</pre>
  */
@@ -67,6 +69,9 @@ public class GenerationBenchmark {
     @Param({"0"})
     public int topK;
 
+    @Param({"1"})
+    public int batch;
+
     /** cpu, or cuda (on a machine with a GPU: each token's few dozen launches). */
     @Param({"cpu"})
     public String device;
@@ -74,7 +79,7 @@ public class GenerationBenchmark {
     private Kernels kernels;
     private LanguageModel lm;
     private TextGenerator generator;
-    private int start;
+    private int[][] starts;
 
     @Setup(Level.Trial)
     public void setUp() throws IOException {
@@ -86,13 +91,16 @@ public class GenerationBenchmark {
         } else {
             lm = ModelFiles.readTeacher(Path.of(model), kernels);
         }
-        generator = new TextGenerator(lm, kernels);
-        start = lm.vocabSize() - 1;
+        generator = new TextGenerator(lm, kernels, batch);
+        starts = new int[batch][];
+        java.util.Arrays.fill(starts, new int[]{lm.vocabSize() - 1});
     }
 
     @Benchmark
-    public int[] generate() {
-        return generator.generate(new int[]{start}, tokens, temperature, topK, new Rng(1));
+    public int[][] generate() {
+        Rng[] rngs = new Rng[batch];
+        for (int r = 0; r < batch; r++) rngs[r] = new Rng(1 + r);
+        return generator.generate(starts, tokens, temperature, topK, rngs);
     }
 
     @TearDown(Level.Trial)
