@@ -76,15 +76,7 @@ class TextGeneratorTest {
                      java.lang.foreign.Arena host = java.lang.foreign.Arena.ofShared();
                      KvCache cache = m.newCache(1, 9); TextGenerator g = new TextGenerator(m, k)) {
                     Rng rng = new Rng(2);
-                    for (var p : m.parameters().parameters()) {
-                        float[] x = new float[(int) p.numel()];
-                        boolean norm = p.name().contains("ln_") || p.name().contains("norm");
-                        for (int i = 0; i < x.length; i++) x[i] = (float) ((norm && p.name().endsWith("weight") ? 1 : 0) + 0.4 * rng.nextGaussian());
-                        m.parameters().write(p, x);
-                    }
-                    var tape = new dev.distillery.runtime.autograd.Tape();
-                    tape.setEnabled(false);
-                    var ops = new dev.distillery.runtime.autograd.DifferentiableOps(k, ws, tape);
+                    var ops = randomForwardOnly(m, k, ws, rng);
                     int n = 9;
                     int[] ids = new int[n];
                     for (int i = 0; i < n; i++) ids[i] = rng.nextInt(41);
@@ -150,15 +142,7 @@ class TextGeneratorTest {
                      java.lang.foreign.Arena host = java.lang.foreign.Arena.ofShared();
                      KvCache cache = m.newCache(4, n); TextGenerator together = new TextGenerator(m, k, 4); TextGenerator alone = new TextGenerator(m, k)) {
                     Rng rng = new Rng(3);
-                    for (var p : m.parameters().parameters()) {
-                        float[] x = new float[(int) p.numel()];
-                        boolean norm = p.name().contains("ln_") || p.name().contains("norm");
-                        for (int i = 0; i < x.length; i++) x[i] = (float) ((norm && p.name().endsWith("weight") ? 1 : 0) + 0.4 * rng.nextGaussian());
-                        m.parameters().write(p, x);
-                    }
-                    var tape = new dev.distillery.runtime.autograd.Tape();
-                    tape.setEnabled(false);
-                    var ops = new dev.distillery.runtime.autograd.DifferentiableOps(k, ws, tape);
+                    var ops = randomForwardOnly(m, k, ws, rng);
                     int[] ids = new int[rows * n];
                     for (int i = 0; i < ids.length; i++) ids[i] = rng.nextInt(vocab);
                     var tokens = new dev.distillery.runtime.Tensor("tokens", new int[]{rows, n}, dev.distillery.kernels.DType.I32,
@@ -203,5 +187,19 @@ class TextGeneratorTest {
                 }
             }
         }
+    }
+
+    /** Sets every parameter of m at random (norm weights near 1, the rest near 0) and returns forward-only ops over ws. */
+    private static dev.distillery.runtime.autograd.DifferentiableOps randomForwardOnly(LanguageModel m, CpuKernels k,
+                                                                                      dev.distillery.runtime.Workspace ws, Rng rng) {
+        for (var p : m.parameters().parameters()) {
+            float[] x = new float[(int) p.numel()];
+            boolean norm = p.name().contains("ln_") || p.name().contains("norm");
+            for (int i = 0; i < x.length; i++) x[i] = (float) ((norm && p.name().endsWith("weight") ? 1 : 0) + 0.4 * rng.nextGaussian());
+            m.parameters().write(p, x);
+        }
+        var tape = new dev.distillery.runtime.autograd.Tape();
+        tape.setEnabled(false);
+        return new dev.distillery.runtime.autograd.DifferentiableOps(k, ws, tape);
     }
 }
