@@ -71,6 +71,14 @@ for prec in fp32 bf16; do
   grep -v WARNING "$out/profile-B-$prec.txt" | head -14
 done
 
+if [ $quick = 0 ]; then
+  echo "== GenerationBenchmark on the device: one sequence, and 32 decoded together" >&2
+  "$java" -jar bench/target/benchmarks.jar GenerationBenchmark -p device=cuda -p model=demo-teacher,gpt2-vocab -p batch=1,32 \
+    -p temperature=0.7 -f 1 -wi 2 -i 3 -w 500ms -r 500ms -rf csv -rff "$out/generation.csv" > "$out/generation.txt" 2>&1 \
+    || echo "GenerationBenchmark failed: see $out/generation.txt" >&2
+  grep -E '^(Benchmark|GenerationBenchmark)' "$out/generation.txt" || true
+fi
+
 # JMH's csv (CRLF lines): the score is the fifth field of the row that names the method and ends with the params.
 jmh_ms() { [ -f "$1" ] && tr -d '\r' < "$1" | grep -F ".$2\"" | grep -E ",$3\$" | head -1 | cut -d, -f5; }
 py="${PYTHON:-python3}"
