@@ -156,7 +156,7 @@ public final class ModelComparison {
      * The teacher's perplexity of the model's own text: {@link #SAMPLES} held-out prompts (the first
      * t/2 tokens of consecutive windows of {@code val}) are each continued by t − t/2 tokens sampled
      * from the model's whole distribution (temperature 1, one seeded generator per prompt, the same
-     * for every model), and the teacher scores the continuations: exp of its mean negative
+     * for every model; the prompts decoded together), and the teacher scores the continuations: exp of its mean negative
      * log-likelihood per sampled token. Held-out perplexity scores the model on real text; this
      * scores the text the model writes, which is what on-policy distillation trains. NaN when the
      * model's vocabulary is larger than the teacher's (a sampled id it cannot score).
@@ -165,13 +165,19 @@ public final class ModelComparison {
         if (m.vocabSize() > teacher.vocabSize()) return Double.NaN;
         int prompt = t / 2, windows = (int) Math.min(SAMPLES, val.size() / t);
         if (windows < 1 || prompt < 1) return Double.NaN;
-        try (TextGenerator g = new TextGenerator(m, kernels); LanguageModelForward scorer = new LanguageModelForward(teacher, kernels, windows, t);
+        try (TextGenerator g = new TextGenerator(m, kernels, windows); LanguageModelForward scorer = new LanguageModelForward(teacher, kernels, windows, t);
              Arena host = Arena.ofConfined()) {
             MemorySegment ids = host.allocate(4L * windows * t, 64);
-            int[] start = new int[prompt], targets = new int[windows * t];
+            int[][] starts = new int[windows][prompt];
+            int[] targets = new int[windows * t];
+            Rng[] sampling = new Rng[windows];
             for (int b = 0; b < windows; b++) {
-                val.read((long) b * t, prompt, start);
-                int[] seq = g.generate(start, t - prompt, 1.0, 0, new Rng(SAMPLE_SEED + b));
+                val.read((long) b * t, prompt, starts[b]);
+                sampling[b] = new Rng(SAMPLE_SEED + b);
+            }
+            int[][] seqs = g.generate(starts, t - prompt, 1.0, 0, sampling);   // the prompts decoded together
+            for (int b = 0; b < windows; b++) {
+                int[] seq = seqs[b];
                 for (int p = 0; p < t; p++) {
                     ids.setAtIndex(ValueLayout.JAVA_INT, (long) b * t + p, seq[p]);
                     // position p predicts token p + 1: scored where that token was sampled
