@@ -1,6 +1,6 @@
 // The transformer ops of the Kernels contract on the GPU: the CUDA twins of kernels/cpu/CpuKernels
 // (embedding, layernorm, GELU, residual, bias rows, fused softmax cross-entropy, logsumexp and
-// argmax of rows, AdamW, gradient norm, scale, fill), the rounding of GEMM operands to bf16, and the
+// argmax of rows, a token sampled from rows, AdamW, gradient norm, scale, fill), the rounding of GEMM operands to bf16, and the
 // pieces of attention around its GEMMs (which go through cuBLAS): the heads taken apart and put
 // back, the causal softmax. Every entry point is listed in kernels.def.
 // Same layouts and the same math as the Java kernels; the derivations are in docs/KERNELS.md.
@@ -24,6 +24,14 @@
 #ifndef DISTILL_LAUNCH
 #define DISTILL_LAUNCH __global__
 #endif
+
+// ops_sample_rows' arguments, by value: temperature >= 0 (0: the argmax), top_k (0 or >= V: every
+// entry).
+struct Sampling {
+    double temperature;
+    int top_k;
+    int unused;
+};
 
 namespace ops {
 
@@ -146,6 +154,54 @@ __device__ void rmsnorm_forward(Out* out, float* rstd, const float* inp, const f
     Out* o = out + (long)row * C;
     for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = as_stored(x[i] * r * weight[i], o);
     if (threadIdx.x == 0) rstd[row] = r;
+}
+
+// An order-preserving key of a float: a larger number, a larger key; -0 as +0 (they are equal); NaN
+// the smallest (0), below -inf.
+__device__ __forceinline__ unsigned sample_key(float x) {
+    if (x != x) return 0u;
+    if (x == 0.f) x = 0.f;
+    const unsigned b = __float_as_uint(x);
+    return (b & 0x80000000u) ? ~b : b | 0x80000000u;
+}
+
+// The sum of v over the threads before this one, in thread order; *total gets the block's sum.
+// Thread 0 adds the block's values one after another (scan holds blockDim.x + 1 entries): a fixed
+// order, and three barriers where a tree scan takes two a level.
+template <typename T>
+__device__ T block_exclusive_scan(T v, T* scan, T* total) {
+    const int t = threadIdx.x, n = blockDim.x;
+    scan[t] = v;
+    __syncthreads();
+    if (t == 0) {
+        T run = T(0);
+        for (int i = 0; i < n; i++) {
+            const T x = scan[i];
+            scan[i] = run;
+            run += x;
+        }
+        scan[n] = run;
+    }
+    __syncthreads();
+    const T before = scan[t];
+    *total = scan[n];
+    __syncthreads();  // scan may be reused next
+    return before;
+}
+
+// p of the next entry of a span, in index order: exp((x - max) / T) in float64 if it is a candidate,
+// else 0; NaN (an entry of +inf against a max of +inf) as 0. Under a top k an entry is a candidate
+// when its key is above the k-th largest, or equal to it and among the first `tied` such (`rank`
+// counts those met so far in index order).
+__device__ __forceinline__ double sample_p(float x, float max, double inv_t, bool top, unsigned kth, int tied, int& rank) {
+    if (top) {
+        const unsigned k = sample_key(x);
+        const bool candidate = k > kth || (k == kth && rank < tied);
+        rank += k == kth;
+        if (!candidate) return 0.0;
+    }
+    const double p = exp(((double)x - (double)max) * inv_t);
+    return p == p ? p : 0.0;
 }
 
 }  // namespace ops
@@ -498,6 +554,117 @@ DISTILL_LAUNCH void ops_argmax_rows(int* out, const float* x, int N, int V) {
     }
     at = ops::block_argmax(best, at, values, indices);
     if (threadIdx.x == 0) out[row] = at == V ? 0 : at;
+}
+
+// ------------------------------------------------------------------ sampling a token
+
+// One block per row (block a multiple of 32, at most SAMPLE_BLOCK): out[r] = a token id drawn
+// from softmax(x[r] / T) over the top_k largest entries (ties to the lower index) with u[r] in
+// [0, 1): the first candidate, in index order, whose running sum of p passes u[r] times the row's
+// sum (Kernels.sampleRows; RowSampler on the CPU). The top k: the k-th largest key by a radix
+// select, four bits a pass from the top (a histogram of 16 digits a pass), which leaves how many of
+// the entries equal to it are kept (the lowest ids). Each thread takes a span of consecutive ids for
+// the passes that go in index order (the ties' ranks, the sums, the walk); the spans' sums meet in
+// a block scan, so a draw may differ from the CPU's only where u[r] times the sum lies within
+// rounding of a boundary. No mass (an entry of +inf) or T = 0: the argmax, as ops_argmax_rows
+// picks it.
+constexpr int SAMPLE_BLOCK = 256;
+
+DISTILL_LAUNCH void ops_sample_rows(int* out, const float* x, const double* u, int N, int V, Sampling s) {
+    __shared__ float values[ops::MAX_WARPS];
+    __shared__ int indices[ops::MAX_WARPS];
+    __shared__ int hist[SAMPLE_BLOCK * 16];
+    __shared__ int digits[16];
+    __shared__ double dscan[SAMPLE_BLOCK + 1];
+    __shared__ int iscan[SAMPLE_BLOCK + 1];
+    const int row = blockIdx.x;
+    if (row >= N) return;
+    const int t = threadIdx.x;
+    const float* xr = x + (long)row * V;
+    float best = -CUDART_INF_F;
+    int at = V;  // none yet
+    for (int i = t; i < V; i += blockDim.x) {
+        if (xr[i] > best) {
+            best = xr[i];
+            at = i;
+        }
+    }
+    at = ops::block_argmax(best, at, values, indices);
+    if (at == V) at = 0;
+    if (!(s.temperature > 0)) {
+        if (t == 0) out[row] = at;
+        return;
+    }
+    const float mx = xr[at];
+    const double inv_t = 1.0 / s.temperature;
+    const bool top = s.top_k > 0 && s.top_k < V;
+    unsigned kth = 0u;  // the k-th largest key
+    int tied = 0;       // of the entries at kth, how many (the lowest ids) are candidates
+    int ties_before = 0;
+    const int per = (V + (int)blockDim.x - 1) / (int)blockDim.x;
+    const int lo = t * per < V ? t * per : V, hi = lo + per < V ? lo + per : V;
+    if (top) {
+        unsigned mask = 0u;
+        int need = s.top_k;  // of the keys under the prefix so far, how many are still to take
+        for (int shift = 28; shift >= 0; shift -= 4) {
+            int count[16];
+            for (int d = 0; d < 16; d++) count[d] = 0;
+            for (int i = t; i < V; i += blockDim.x) {
+                const unsigned k = ops::sample_key(xr[i]);
+                if ((k & mask) == kth) count[(k >> shift) & 15u]++;
+            }
+            for (int d = 0; d < 16; d++) hist[t * 16 + d] = count[d];
+            __syncthreads();
+            if (t < 16) {
+                int sum = 0;
+                for (int q = 0; q < (int)blockDim.x; q++) sum += hist[q * 16 + t];
+                digits[t] = sum;
+            }
+            __syncthreads();
+            int d = 15;
+            for (; d > 0 && digits[d] < need; d--) need -= digits[d];
+            kth |= (unsigned)d << shift;
+            mask |= 15u << shift;
+        }
+        tied = need;
+        int mine = 0;
+        for (int i = lo; i < hi; i++) mine += ops::sample_key(xr[i]) == kth;
+        int all;
+        ties_before = ops::block_exclusive_scan(mine, iscan, &all);
+    }
+    // the span's sum of p, candidates in index order
+    double sum = 0.0;
+    int rank = ties_before;
+    for (int i = lo; i < hi; i++) sum += ops::sample_p(xr[i], mx, inv_t, top, kth, tied, rank);
+    double total;
+    const double before = ops::block_exclusive_scan(sum, dscan, &total);
+    if (!(total > 0.0)) {
+        if (threadIdx.x == 0) out[row] = at;
+        return;
+    }
+    const double target = u[row] * total;
+    int first = V, last = -1;  // the span's first id whose running sum passes the target; its last id with mass
+    double walked = before;
+    rank = ties_before;
+    for (int i = lo; i < hi; i++) {
+        const double p = ops::sample_p(xr[i], mx, inv_t, top, kth, tied, rank);
+        walked += p;
+        if (p > 0.0) {
+            last = i;
+            if (first == V && target < walked) first = i;
+        }
+    }
+    // the first crossing over the block (the smallest id), else the last id with mass: thread 0
+    // looks at the spans in order (two barriers where two block reductions take a dozen)
+    hist[2 * t] = first;
+    hist[2 * t + 1] = last;
+    __syncthreads();
+    if (t == 0) {
+        int pick = -1;
+        for (int q = 0; q < (int)blockDim.x && pick < 0; q++) if (hist[2 * q] < V) pick = hist[2 * q];
+        for (int q = (int)blockDim.x - 1; q >= 0 && pick < 0; q--) if (hist[2 * q + 1] >= 0) pick = hist[2 * q + 1];
+        out[row] = pick;
+    }
 }
 
 // AdamW with decoupled weight decay and bias correction (step >= 1), elementwise.

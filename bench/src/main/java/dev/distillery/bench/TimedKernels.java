@@ -341,6 +341,11 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
+    public void sampleRows(MemorySegment out, MemorySegment x, MemorySegment u, int n, int v, double temperature, int topK) {
+        time("sampleRows", () -> inner.sampleRows(out, x, u, n, v, temperature, topK));
+    }
+
+    @Override
     public void featureDistance(FeatureDistance distance, MemorySegment rowLoss, MemorySegment grad, MemorySegment student,
                                 MemorySegment teacher, DType teacherType, int n, int d, float gradScale) {
         time("featureDistance", () -> inner.featureDistance(distance, rowLoss, grad, student, teacher, teacherType, n, d, gradScale));

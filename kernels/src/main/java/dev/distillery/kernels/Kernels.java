@@ -487,6 +487,25 @@ public interface Kernels extends AutoCloseable {
      */
     void argmaxRows(MemorySegment out, MemorySegment x, int n, int v);
 
+    /**
+     * Per row: a token id drawn from softmax(x[r] / temperature) over its topK largest entries
+     * (ties to the lower index; topK 0 or ≥ v: every entry) with the uniform number u[r] ∈ [0, 1):
+     * the first candidate j, in index order, with p_j &gt; 0 and Σ_{i ≤ j} p_i &gt; u[r] Σ_i p_i,
+     * where p_j = exp((x[r, j] − max_r) / temperature) in float64. NaN entries are never
+     * candidates (p = 0). temperature 0, or a row without mass (an entry of +inf), gives
+     * {@link #argmaxRows}' index. x is (n, v) fp32, not modified; u float64 (n); out int32 (n).
+     * Each backend sums in an order of its own, so a draw may differ between backends only where
+     * u[r] Σ p lies within rounding of a boundary (docs/KERNELS.md, "sampling a token").
+     */
+    void sampleRows(MemorySegment out, MemorySegment x, MemorySegment u, int n, int v, double temperature, int topK);
+
+    /** Whether sampleRows' arguments ask for the argmax (temperature 0), once they are checked: temperature finite and ≥ 0, topK ≥ 0. */
+    static boolean greedy(double temperature, int topK) {
+        if (!(temperature >= 0 && Double.isFinite(temperature))) throw new IllegalArgumentException("temperature must be a finite number >= 0, got " + temperature);
+        if (topK < 0) throw new IllegalArgumentException("top-k must be >= 0, got " + topK);
+        return temperature == 0;
+    }
+
     // ---------------------------------------------------------------- fused distillation loss
 
     /**

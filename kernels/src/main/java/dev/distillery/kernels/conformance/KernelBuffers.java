@@ -37,6 +37,12 @@ final class KernelBuffers {
         return place(Buffers.ints(arena, x));
     }
 
+    MemorySegment doubles(double[] x) {
+        MemorySegment host = arena.allocate(8L * Math.max(1, x.length), 64);
+        MemorySegment.copy(x, 0, host, java.lang.foreign.ValueLayout.JAVA_DOUBLE, 0, x.length);
+        return place(host);
+    }
+
     MemorySegment poisoned(long n) {
         return place(Buffers.poisoned(arena, n));
     }

@@ -772,8 +772,8 @@ public final class KernelConformance {
     }
 
     /**
-     * logsumexpRows at T = 1.5 and argmaxRows, on logits with a tie (the first index wins), a NaN
-     * (never wins) and a row of −inf (index 0) where there are rows for them.
+     * logsumexpRows at T = 1.5, argmaxRows and sampleRows, on logits with a tie (the first index
+     * wins), a NaN (never wins) and a row of −inf (index 0) where there are rows for them.
      */
     private void logitRows(int n, int v) {
         try (Arena arena = Arena.ofShared()) {
@@ -805,6 +805,27 @@ public final class KernelConformance {
             int wrong = 0;
             for (int r = 0; r < n; r++) if (got.getAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, r) != expected[r]) wrong++;
             record("argmaxRows", n + "x" + v, (double) wrong / n, 0, ms);   // the share of rows with another index
+
+            // a token drawn from each row at two temperatures and three top-k, the rows above (a tie, a NaN,
+            // all −inf) and one whose mass is all on a +inf: the share of rows with another id than the definition's
+            if (n > 4) rounded[4 * v + v / 2] = Double.POSITIVE_INFINITY;
+            MemorySegment sRounded = buf.floats(rounded);
+            double[] u = new double[n];
+            for (int r = 0; r < n; r++) u[r] = rng.nextDouble();
+            MemorySegment sU = buf.doubles(u);
+            for (double temperature : new double[]{0.7, 1.3}) {
+                for (int topK : new int[]{0, 3, v}) {
+                    kernels.fill(sIds, Float.NaN, n);
+                    t0 = System.nanoTime();
+                    kernels.sampleRows(sIds, sRounded, sU, n, v, temperature, topK);
+                    ms = millis(t0);
+                    expected = ReferenceKernels.sampleRows(rounded, u, n, v, temperature, topK);
+                    got = kernels.hostView(sIds, 4L * n, arena);
+                    wrong = 0;
+                    for (int r = 0; r < n; r++) if (got.getAtIndex(java.lang.foreign.ValueLayout.JAVA_INT, r) != expected[r]) wrong++;
+                    record("sampleRows", n + "x" + v + " T " + temperature + " top-k " + topK, (double) wrong / n, 0, ms);
+                }
+            }
         }
     }
 

@@ -1189,6 +1189,18 @@ public final class CpuKernels implements Kernels {
         });
     }
 
+    @Override
+    public void sampleRows(MemorySegment out, MemorySegment x, MemorySegment u, int n, int v, double temperature, int topK) {
+        if (Kernels.greedy(temperature, topK)) {
+            argmaxRows(out, x, n, v);
+            return;
+        }
+        pool.forEachChunk(n, 1, (chunk, start, end) -> {
+            RowSampler sampler = new RowSampler(v, temperature, topK);
+            for (int r = start; r < end; r++) out.setAtIndex(I32, r, sampler.draw(x, r, u.getAtIndex(ValueLayout.JAVA_DOUBLE, r)));
+        });
+    }
+
     // ---------------------------------------------------------------- fused distillation loss
 
     @Override

@@ -524,7 +524,7 @@ public final class CudaConformance {
         record("softmaxCrossEntropy.dlogits", n + "x" + v, floats(hl, n * v), download(dl, n * v), TOL, t0);
     }
 
-    /** logsumexpRows at T = 1.5 and argmaxRows, against the CPU kernels. */
+    /** logsumexpRows at T = 1.5, argmaxRows and sampleRows, against the CPU kernels. */
     private void logitRows(int n, int v) {
         float[] logits = random(n * v, 5);
         float scale = (float) (1 / 1.5);
@@ -545,6 +545,28 @@ public final class CudaConformance {
             actual[r] = got.getAtIndex(ValueLayout.JAVA_INT, r);
         }
         record("argmaxRows", n + "x" + v, expected, actual, 0, t0);
+
+        // a token drawn from each row with the same uniform numbers, over every entry and over the top 3
+        double[] u = new double[n];
+        for (int r = 0; r < n; r++) u[r] = rng.nextDouble();
+        MemorySegment hu = arena.allocate(8L * n, 64);
+        MemorySegment.copy(u, 0, hu, ValueLayout.JAVA_DOUBLE, 0, n);
+        CudaBackend.Ptr du = device(hu);
+        for (int topK : new int[]{0, 3}) {
+            cpu.sampleRows(ids, hl, hu, n, v, 0.8, topK);
+            MemorySegment sampling = arena.allocate(16, 8);
+            sampling.set(ValueLayout.JAVA_DOUBLE, 0, 0.8);
+            sampling.set(ValueLayout.JAVA_INT, 8, topK);
+            dids = poisoned(n);
+            t0 = System.nanoTime();
+            gpu.launch(CudaKernel.OPS_SAMPLE_ROWS, n, 256, dids, dl, du, n, v, sampling);
+            gpu.download(got, dids.address(), 4L * n);
+            for (int r = 0; r < n; r++) {
+                expected[r] = ids.getAtIndex(ValueLayout.JAVA_INT, r);
+                actual[r] = got.getAtIndex(ValueLayout.JAVA_INT, r);
+            }
+            record("sampleRows", n + "x" + v + " T 0.8 top-k " + topK, expected, actual, 0, t0);
+        }
     }
 
     /** The fused distillation loss: dense bf16 forward KL, top-k f32 tail bucket, sampled. */

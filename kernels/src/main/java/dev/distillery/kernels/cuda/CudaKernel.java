@@ -42,6 +42,7 @@ public enum CudaKernel {
     OPS_SOFTMAX_CROSS_ENTROPY("pppiiiif"),
     OPS_LOGSUMEXP_ROWS("ppiif"),
     OPS_ARGMAX_ROWS("ppii"),
+    OPS_SAMPLE_ROWS("pppiis"),
     OPS_ADAMW("pppplfffffi"),
     OPS_ADAMW_CHUNKS("pppppppifffffi"),
     OPS_SUM_OF_SQUARES("ppl"),

@@ -674,6 +674,22 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
+    public void sampleRows(MemorySegment out, MemorySegment x, MemorySegment u, int n, int v, double temperature, int topK) {
+        if (Kernels.greedy(temperature, topK)) {
+            argmaxRows(out, x, n, v);
+            return;
+        }
+        if (n <= 0) return;
+        try (Arena call = Arena.ofConfined()) {
+            MemorySegment sampling = call.allocate(16, 8);   // struct Sampling
+            sampling.set(ValueLayout.JAVA_DOUBLE, 0, temperature);
+            sampling.set(ValueLayout.JAVA_INT, 8, topK);
+            // at most SAMPLE_BLOCK (256) threads: its shared histogram has a row of 16 digits per thread
+            gpu.launch(CudaKernel.OPS_SAMPLE_ROWS, n, Math.min(gpu.block(), 256), p(out), p(x), p(u), n, v, sampling);
+        }
+    }
+
+    @Override
     public void featureDistance(FeatureDistance distance, MemorySegment rowLoss, MemorySegment grad, MemorySegment student,
                                 MemorySegment teacher, DType teacherType, int n, int d, float gradScale) {
         CudaKernel kernel = switch (teacherType) {

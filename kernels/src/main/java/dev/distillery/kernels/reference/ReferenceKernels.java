@@ -404,6 +404,47 @@ public final class ReferenceKernels {
         return out;
     }
 
+    /**
+     * Per row: the draw of {@code Kernels.sampleRows} by its definition: the top k by a stable sort
+     * (NaN below every number), one {@code Math.exp} a candidate, the running sum walked id by id.
+     * x holds fp32 values; u is (n). The twin of {@code Kernels.sampleRows}.
+     */
+    public static int[] sampleRows(double[] x, double[] u, int n, int v, double temperature, int topK) {
+        int[] argmax = argmaxRows(x, n, v), out = new int[n];
+        for (int r = 0; r < n; r++) {
+            out[r] = argmax[r];
+            if (temperature == 0) continue;
+            int o = r * v, m = topK > 0 && topK < v ? topK : v;
+            Integer[] order = new Integer[v];
+            for (int j = 0; j < v; j++) order[j] = j;
+            if (m < v) {
+                java.util.Arrays.sort(order, (a, b) -> {
+                    double xa = x[o + a], xb = x[o + b];
+                    if (Double.isNaN(xa) || Double.isNaN(xb)) return Boolean.compare(Double.isNaN(xa), Double.isNaN(xb));
+                    return xa == xb ? 0 : xa > xb ? -1 : 1;   // larger first; the sort is stable, so ties keep id order
+                });
+            }
+            int[] ids = new int[m];
+            for (int i = 0; i < m; i++) ids[i] = order[i];
+            java.util.Arrays.sort(ids);
+            double max = x[o + argmax[r]], sum = 0;
+            double[] p = new double[m];
+            for (int i = 0; i < m; i++) {
+                p[i] = Math.exp((x[o + ids[i]] - max) / temperature);
+                if (Double.isNaN(p[i])) p[i] = 0;
+                sum += p[i];
+            }
+            if (!(sum > 0)) continue;
+            double target = u[r] * sum, walked = 0;
+            for (int i = 0; i < m; i++) {
+                walked += p[i];
+                if (p[i] > 0) out[r] = ids[i];
+                if (p[i] > 0 && target < walked) break;
+            }
+        }
+        return out;
+    }
+
     /** log Σ exp(x[o + i]), i < n, shifted by the max. */
     public static double logSumExp(double[] x, int o, int n) {
         double mx = Double.NEGATIVE_INFINITY;

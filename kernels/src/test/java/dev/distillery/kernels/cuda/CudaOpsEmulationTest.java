@@ -406,6 +406,28 @@ class CudaOpsEmulationTest {
                     assertArrayEquals(logits, o.floats(1), "logsumexpRows left the logits" + at);
                     o = call(CudaKernel.OPS_ARGMAX_ROWS, rows, 64).ints(new int[rows]).floats(logits).i32(rows).i32(c).runOrFail(bin, work);
                     assertArrayEquals(ids.toArray(ValueLayout.JAVA_INT), o.ints(0), "argmaxRows" + at);
+                    // a token drawn from each row, as the CPU draws it with the same uniform numbers, over every entry and over
+                    // the top 2: these rows, then as many rows of small integers (ties at the k-th largest, kept lowest ids first)
+                    float[] both = java.util.Arrays.copyOf(logits, 2 * n);
+                    for (int i = n; i < 2 * n; i++) both[i] = rng.nextInt(4);
+                    double[] uniforms = new double[2 * rows];
+                    for (int r = 0; r < 2 * rows; r++) uniforms[r] = rng.nextDouble();
+                    MemorySegment us = a.allocate(16L * rows, 8), drawn = seg(a, new int[2 * rows]);
+                    MemorySegment.copy(uniforms, 0, us, ValueLayout.JAVA_DOUBLE, 0, 2 * rows);
+                    // (not the 13-row shape: its barriers under three builds cost a minute; the conformance suite under
+                    // emulation draws from 5 rows of 1,009 at six temperatures and top-k)
+                    for (double[] tk : rows > 5 ? new double[0][] : new double[][]{{0.6, 0}, {1.4, 2}}) {
+                        double temperature = tk[0];
+                        int topK = (int) tk[1];
+                        MemorySegment sampling = a.allocate(16, 8);
+                        sampling.set(ValueLayout.JAVA_DOUBLE, 0, temperature);
+                        sampling.set(ValueLayout.JAVA_INT, 8, topK);
+                        cpu.sampleRows(drawn, seg(a, both), us, 2 * rows, c, temperature, topK);
+                        o = call(CudaKernel.OPS_SAMPLE_ROWS, 2 * rows, 64).ints(new int[2 * rows]).floats(both).bytes(us).i32(2 * rows).i32(c)
+                                .struct(sampling).runOrFail(bin, work);
+                        assertArrayEquals(drawn.toArray(ValueLayout.JAVA_INT), o.ints(0), "sampleRows T " + temperature + " top-k " + topK + at);
+                        assertArrayEquals(both, o.floats(1), "sampleRows left the logits" + at);
+                    }
                 }
             }
         }

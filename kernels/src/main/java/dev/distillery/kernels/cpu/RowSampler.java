@@ -1,0 +1,191 @@
+package dev.distillery.kernels.cpu;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+import java.util.Arrays;
+
+import dev.distillery.kernels.DType;
+import jdk.incubator.vector.DoubleVector;
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorShape;
+import jdk.incubator.vector.VectorSpecies;
+
+/**
+ * One row of {@code CpuKernels.sampleRows}: a token id drawn from a row of logits (docs/KERNELS.md,
+ * "sampling a token"). With a 128k-token vocabulary one {@code Math.exp} an id and a running sum
+ * walked id by id cost as much as a small model's forward, so:
+ * <ul>
+ *   <li>p = exp((logit − max) · (1/T)) in float64 vectors ({@link Float64Exp}, within 1 ulp of
+ *       {@code Math.exp}), summed over blocks of {@value #BLOCK} candidates; the draw's block is
+ *       found from the block sums, and only its exps are formed again and walked one by one (a
+ *       row's exps, kept, would be 1 MB at 128k ids, past L2);</li>
+ *   <li>the top k come from a bounded heap that looks only at vectors holding a logit above its
+ *       worst kept one.</li>
+ * </ul>
+ * Not thread-safe: one per thread, reused row after row.
+ */
+final class RowSampler {
+
+    private static final VectorSpecies<Float> FLOATS = FloatVector.SPECIES_PREFERRED;
+    private static final VectorSpecies<Double> DOUBLES = DoubleVector.SPECIES_PREFERRED;
+    /** As many floats as DOUBLES has lanes, widened into one of its vectors. */
+    private static final VectorSpecies<Float> WIDENED = VectorSpecies.of(float.class, VectorShape.forBitSize(DOUBLES.vectorBitSize() / 2));
+    private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    /** Candidates a block sum covers: the walk over a row's blocks is (candidates / BLOCK) steps. */
+    static final int BLOCK = 1024;
+
+    private final int vocab;
+    private final double temperature;
+    /** The top k's ids, ascending; null for the whole vocabulary. */
+    private final int[] kept;
+    /** The top k's logits, in id order. */
+    private final MemorySegment candidates;
+    private final double[] p = new double[BLOCK];
+    private final double[] blockSums;
+
+    /** temperature &gt; 0; topK 0 or ≥ vocab: the whole vocabulary. */
+    RowSampler(int vocab, double temperature, int topK) {
+        this.vocab = vocab;
+        this.temperature = temperature;
+        boolean top = topK > 0 && topK < vocab;
+        this.kept = top ? new int[topK] : null;
+        this.candidates = top ? MemorySegment.ofArray(new float[topK]) : null;
+        this.blockSums = new double[((top ? topK : vocab) + BLOCK - 1) / BLOCK];
+    }
+
+    /** The id drawn from row {@code r} of x (rows of {@code vocab} floats) with the uniform number u ∈ [0, 1). */
+    int draw(MemorySegment x, long r, double u) {
+        long row = r * vocab;
+        int at = DType.F32.argmax(x, row, vocab);
+        float max = x.getAtIndex(F32, row + at);
+        MemorySegment c = x;
+        long from = row;
+        int m = vocab;
+        if (kept != null) {
+            m = topIds(x, row, vocab, kept);
+            for (int i = 0; i < m; i++) candidates.setAtIndex(F32, i, x.getAtIndex(F32, row + kept[i]));
+            c = candidates;
+            from = 0;
+        }
+        int blocks = (m + BLOCK - 1) / BLOCK;
+        double sum = 0;
+        for (int b = 0; b < blocks; b++) {
+            blockSums[b] = blockExps(c, from + (long) b * BLOCK, Math.min(m - b * BLOCK, BLOCK), max);
+            sum += blockSums[b];
+        }
+        if (!(sum > 0)) return at;   // a logit of +inf takes all the mass
+        double target = u * sum, walked = 0;
+        int last = 0;   // the last block with mass, for a target at the very top
+        for (int b = 0; b < blocks; b++) {
+            if (blockSums[b] > 0) last = b;
+            if (target < walked + blockSums[b]) {   // the draw lies in this block, unless the walk's own rounding carries it past
+                int n = Math.min(m - b * BLOCK, BLOCK);
+                blockExps(c, from + (long) b * BLOCK, n, max);
+                double s = walked;
+                for (int i = 0; i < n; i++) {
+                    s += p[i];
+                    if (p[i] > 0 && target < s) return id(b * BLOCK + i);
+                }
+            }
+            walked += blockSums[b];
+        }
+        int n = Math.min(m - last * BLOCK, BLOCK);
+        blockExps(c, from + (long) last * BLOCK, n, max);
+        for (int i = n - 1; i > 0; i--) if (p[i] > 0) return id(last * BLOCK + i);
+        return id(last * BLOCK);
+    }
+
+    private int id(int candidate) {
+        return kept == null ? candidate : kept[candidate];
+    }
+
+    /**
+     * p[0, n) = exp((x[from + i] − max) · (1/T)), 0 where x is NaN; returns their sum, vector lanes
+     * then across them. Times 1/T, not over T: a division a logit cost four times its exp, and the
+     * two differ by an ulp of the exponent.
+     */
+    private double blockExps(MemorySegment x, long from, int n, float max) {
+        double top = max, scale = 1 / temperature;
+        int i = 0;
+        for (int bound = n - n % DOUBLES.length(); i < bound; i += DOUBLES.length()) {
+            ((DoubleVector) FloatVector.fromMemorySegment(WIDENED, x, 4 * (from + i), ByteOrder.nativeOrder())
+                    .convertShape(VectorOperators.F2D, DOUBLES, 0)).sub(top).mul(scale).intoArray(p, i);
+        }
+        for (; i < n; i++) p[i] = (x.getAtIndex(F32, from + i) - top) * scale;
+        Float64Exp.exp(p, p, n);
+        i = 0;
+        DoubleVector s = DoubleVector.zero(DOUBLES);
+        for (int bound = n - n % DOUBLES.length(); i < bound; i += DOUBLES.length()) {
+            DoubleVector e = DoubleVector.fromArray(DOUBLES, p, i);
+            e = e.blend(0.0, e.test(VectorOperators.IS_NAN));
+            e.intoArray(p, i);
+            s = s.add(e);
+        }
+        double sum = s.reduceLanes(VectorOperators.ADD);
+        for (; i < n; i++) {
+            if (Double.isNaN(p[i])) p[i] = 0;
+            sum += p[i];
+        }
+        return sum;
+    }
+
+    /**
+     * The ids of the k = heap.length largest of x[from, from + v) (ties to the lower id, NaN below
+     * every number), into heap in ascending order; returns how many (k, or v when smaller). A
+     * bounded heap whose root is the worst kept, O(v log k) at worst; once it is full, a vector of
+     * logits none of which beats the root (soon, most of a row) is passed over whole. Each id is
+     * looked at after every id below it, so one equal to the root's never displaces it.
+     */
+    static int topIds(MemorySegment x, long from, int v, int[] heap) {
+        int k = heap.length, size = 0, j = 0;
+        for (; j < v && size < k; j++) {
+            heap[size] = j;
+            for (int i = size++; i > 0 && worse(x, from, heap[i], heap[(i - 1) / 2]); i = (i - 1) / 2) swap(heap, i, (i - 1) / 2);
+        }
+        if (size == k) {
+            int lanes = FLOATS.length();
+            float worst = x.getAtIndex(F32, from + heap[0]);
+            for (; j + lanes <= v; j += lanes) {
+                // a NaN root is passed by any number: no lane can be skipped then
+                if (worst == worst && !FloatVector.fromMemorySegment(FLOATS, x, 4 * (from + j), ByteOrder.nativeOrder())
+                        .compare(VectorOperators.GT, worst).anyTrue()) continue;
+                for (int q = j; q < j + lanes; q++) offer(x, from, heap, q);
+                worst = x.getAtIndex(F32, from + heap[0]);
+            }
+            for (; j < v; j++) offer(x, from, heap, j);
+        }
+        Arrays.sort(heap, 0, size);
+        return size;
+    }
+
+    /** Id j into the full heap in place of its root, where the root ranks below it. */
+    private static void offer(MemorySegment x, long from, int[] heap, int j) {
+        if (!worse(x, from, heap[0], j)) return;
+        int k = heap.length;
+        heap[0] = j;
+        for (int i = 0; ; ) {
+            int l = 2 * i + 1, r = l + 1, w = i;
+            if (l < k && worse(x, from, heap[l], heap[w])) w = l;
+            if (r < k && worse(x, from, heap[r], heap[w])) w = r;
+            if (w == i) break;
+            swap(heap, i, w);
+            i = w;
+        }
+    }
+
+    /** Whether id a ranks below id b: a smaller logit (NaN the smallest), or the same one and a larger id. */
+    private static boolean worse(MemorySegment x, long from, int a, int b) {
+        float xa = x.getAtIndex(F32, from + a), xb = x.getAtIndex(F32, from + b);
+        boolean nanA = xa != xa, nanB = xb != xb;
+        if (nanA || nanB) return nanA && (!nanB || a > b);
+        return xa < xb || (xa == xb && a > b);
+    }
+
+    private static void swap(int[] heap, int i, int j) {
+        int t = heap[i];
+        heap[i] = heap[j];
+        heap[j] = t;
+    }
+}
