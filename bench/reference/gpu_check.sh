@@ -72,8 +72,8 @@ for prec in fp32 bf16; do
 done
 
 if [ $quick = 0 ]; then
-  echo "== GenerationBenchmark on the device: one sequence, and 32 decoded together" >&2
-  "$java" -jar bench/target/benchmarks.jar GenerationBenchmark -p device=cuda -p model=demo-teacher,gpt2-vocab -p batch=1,32 \
+  echo "== GenerationBenchmark on the device: one sequence, and 32 decoded together (tokens drawn on the device)" >&2
+  "$java" -jar bench/target/benchmarks.jar GenerationBenchmark -p device=cuda -p model=demo-teacher,gpt2-vocab,llama3-vocab -p batch=1,32 \
     -p temperature=0.7 -f 1 -wi 2 -i 3 -w 500ms -r 500ms -rf csv -rff "$out/generation.csv" > "$out/generation.txt" 2>&1 \
     || echo "GenerationBenchmark failed: see $out/generation.txt" >&2
   grep -E '^(Benchmark|GenerationBenchmark)' "$out/generation.txt" || true

@@ -38,11 +38,12 @@ import dev.distillery.runtime.nn.TextGenerator;
  * {@code demo-teacher}, a GPT-2 of the quick demo's teacher shape (vocabulary 1,024, context 64,
  * 4 × 192, 6 heads); or {@code gpt2-vocab}, a 4 × 128 GPT-2 (4 heads, context 256) with GPT-2's
  * 50,257-token vocabulary, where the LM head and the sampling over the vocabulary weigh most;
- * random weights for both. Past the context the window slides and each token costs a window's
+ * or {@code llama3-vocab}, the same with Llama 3's 128,256-token vocabulary; random weights for
+ * all three. Past the context the window slides and each token costs a window's
  * forward. {@code temperature} 0 is greedy; else sampling, among the {@code topK} most likely
  * (0: all), as {@code generate --temperature --top-k}. {@code batch} sequences from the same
- * start token decode together, each sampling from its own generator, as {@code generate --kd-out
- * --kd-batch} does (tokens/s = batch · tokens / seconds).
+ * start token decode together, each sampling from its own generator, as {@code generate --samples
+ * --batch} does (tokens/s = batch · tokens / seconds).
  *
  * <pre>java -jar bench/target/benchmarks.jar GenerationBenchmark -p model=CHECKPOINT -p tokens=250</pre>
  */
@@ -84,8 +85,14 @@ public class GenerationBenchmark {
     @Setup(Level.Trial)
     public void setUp() throws IOException {
         kernels = HostOnlyCudaBackend.openKernels(device, threads, "auto", Precision.parse("fp32", "precision"));
-        if (model.equals("demo-teacher") || model.equals("gpt2-vocab")) {
-            Gpt2 g = new Gpt2(model.equals("demo-teacher") ? new Gpt2Config(1024, 64, 4, 192, 6) : new Gpt2Config(50257, 256, 4, 128, 4), kernels);
+        Gpt2Config shape = switch (model) {
+            case "demo-teacher" -> new Gpt2Config(1024, 64, 4, 192, 6);
+            case "gpt2-vocab" -> new Gpt2Config(50257, 256, 4, 128, 4);
+            case "llama3-vocab" -> new Gpt2Config(128256, 256, 4, 128, 4);
+            default -> null;
+        };
+        if (shape != null) {
+            Gpt2 g = new Gpt2(shape, kernels);
             g.initialize(1);
             lm = g;
         } else {

@@ -25,7 +25,9 @@ import dev.distillery.runtime.autograd.Tape;
  * int, double, int, Rng[])}): each step's rows go through every GEMM at once, where one sequence
  * at a time reads every weight once per token. Each sequence samples from its own generator, so
  * its text does not depend on the others'; its logits may differ from a lone run's in the last
- * bits (a GEMM's sums over more rows may be ordered otherwise).
+ * bits (a GEMM's sums over more rows may be ordered otherwise). Each token is drawn where the
+ * logits are ({@link Kernels#sampleRows}): only the ids come back to the host, and the uniform
+ * numbers go to the device.
  */
 public final class TextGenerator implements AutoCloseable {
 
@@ -37,7 +39,9 @@ public final class TextGenerator implements AutoCloseable {
     private final Arena arena = Arena.ofShared();
     /** Token ids on the device: the windows for a prefill, one id a sequence for a decode. */
     private final Tensor window;
-    private final MemorySegment hostWindow, hostRows;
+    /** Each sequence's uniform number and drawn id, on the device, for {@link Kernels#sampleRows}. */
+    private final MemorySegment uniforms, drawn;
+    private final MemorySegment hostWindow, hostUniforms, hostDrawn;
     /** Sized by the longest call so far (at most the context), not by the context: a Llama 3's is 128k positions. */
     private KvCache cache;
     private int cacheFrom;
@@ -60,8 +64,11 @@ public final class TextGenerator implements AutoCloseable {
         tape.setEnabled(false);
         this.ops = new DifferentiableOps(kernels, workspace, tape);
         this.window = new Tensor("window", new int[]{batch, context}, DType.I32, Device.of(kernels), kernels.allocate(arena, 4L * batch * context), false);
+        this.uniforms = kernels.allocate(arena, 8L * batch);
+        this.drawn = kernels.allocate(arena, 4L * batch);
         this.hostWindow = arena.allocate(4L * batch * context, 64);
-        this.hostRows = arena.allocate(4L * batch * vocab, 64);
+        this.hostUniforms = arena.allocate(8L * batch, 64);
+        this.hostDrawn = arena.allocate(4L * batch, 64);
     }
 
     /** The most sequences one call continues together. */
@@ -70,11 +77,11 @@ public final class TextGenerator implements AutoCloseable {
     }
 
     /**
-     * The logits (rows, vocab), host memory, of the token after {@code seqs[r][from, from + t)}
+     * The logits (rows, vocab), in the workspace, of the token after {@code seqs[r][from, from + t)}
      * for each row r: the cache holds those windows' first tokens already, unless the windows
      * moved, when it starts again.
      */
-    private void nextLogits(int[][] seqs, int rows, int from, int t) {
+    private Tensor nextLogits(int[][] seqs, int rows, int from, int t) {
         if (from != cacheFrom || cache.length() >= t) {
             cache.clear();
             cacheFrom = from;
@@ -83,17 +90,16 @@ public final class TextGenerator implements AutoCloseable {
             for (int r = 0; r < rows; r++) MemorySegment.copy(seqs[r], from, hostWindow, ValueLayout.JAVA_INT, 4L * r * t, t);
             kernels.copyFromHost(window.data(), hostWindow, 4L * rows * t);
             workspace.reset();
-            Tensor logits = model.prefill(ops, cache, window.slice(0, rows, t), t);
-            kernels.copyToHost(hostRows, logits.data(), 4L * rows * vocab);
-            return;
+            return model.prefill(ops, cache, window.slice(0, rows, t), t);
         }
+        Tensor logits = null;
         while (cache.length() < t) {
             for (int r = 0; r < rows; r++) hostWindow.setAtIndex(ValueLayout.JAVA_INT, r, seqs[r][from + cache.length()]);
             kernels.copyFromHost(window.data(), hostWindow, 4L * rows);
             workspace.reset();
-            Tensor logits = model.decode(ops, cache, window.slice(0, rows, 1));
-            if (cache.length() == t) kernels.copyToHost(hostRows, logits.data(), 4L * rows * vocab);
+            logits = model.decode(ops, cache, window.slice(0, rows, 1));
         }
+        return logits;
     }
 
     /**
@@ -123,7 +129,7 @@ public final class TextGenerator implements AutoCloseable {
         for (int[] p : prompts) {
             if (p.length != length) throw new IllegalArgumentException("prompts decoded together must be of one length: " + p.length + " and " + length);
         }
-        if (temperature < 0) throw new IllegalArgumentException("temperature must be >= 0, got " + temperature);
+        Kernels.greedy(temperature, topK);   // the arguments checked before the prefill
         int v = vocab, ctx = context;
         int[][] seqs = new int[rows][];
         for (int r = 0; r < rows; r++) seqs[r] = Arrays.copyOf(prompts[r], length + count);
@@ -134,9 +140,6 @@ public final class TextGenerator implements AutoCloseable {
         }
         cache.clear();   // other sequences than the last call's
         cacheFrom = 0;
-        double[] p = new double[v];
-        float[] row = new float[v];
-        int[] kept = topK > 0 && topK < v ? new int[topK] : null;   // the top k's ids, each token's
         for (int n = length; n < length + count; n++) {
             int t = Math.min(n, ctx), from = n - t;
             for (int[] seq : seqs) {
@@ -144,82 +147,16 @@ public final class TextGenerator implements AutoCloseable {
                     if (seq[from + i] < 0 || seq[from + i] >= v) throw new IllegalArgumentException("token id " + seq[from + i] + " is outside the vocabulary of " + v);
                 }
             }
-            nextLogits(seqs, rows, from, t);   // each sequence's last position's logits (rows, vocab) on the host
-            for (int r = 0; r < rows; r++) {
-                MemorySegment.copy(hostRows, ValueLayout.JAVA_FLOAT, 4L * r * v, row, 0, v);
-                seqs[r][n] = sample(row, temperature, kept, p, rngs[r]);
+            Tensor logits = nextLogits(seqs, rows, from, t);   // each sequence's last position's logits (rows, vocab)
+            if (temperature > 0) {   // greedy draws nothing from the generators
+                for (int r = 0; r < rows; r++) hostUniforms.setAtIndex(ValueLayout.JAVA_DOUBLE, r, rngs[r].nextDouble());
+                kernels.copyFromHost(uniforms, hostUniforms, 8L * rows);
             }
+            kernels.sampleRows(drawn, logits.data(), uniforms, rows, v, temperature, topK);   // where the logits are
+            kernels.copyToHost(hostDrawn, drawn, 4L * rows);
+            for (int r = 0; r < rows; r++) seqs[r][n] = hostDrawn.getAtIndex(ValueLayout.JAVA_INT, r);
         }
         return seqs;
-    }
-
-    /** A token drawn from softmax(row / temperature), over the top k when {@code kept} holds k ids; the argmax at temperature 0. */
-    private static int sample(float[] row, double temperature, int[] kept, double[] p, Rng rng) {
-        int v = row.length;
-        if (temperature == 0) {
-            int best = 0;
-            for (int j = 1; j < v; j++) if (row[j] > row[best]) best = j;
-            return best;
-        }
-        double max = Double.NEGATIVE_INFINITY;
-        for (int j = 0; j < v; j++) max = Math.max(max, row[j]);
-        // the candidates in ascending order: every id, or the top k (exp is monotonic, so the
-        // k largest logits, ties to the lower id, are the k largest probabilities); each gets
-        // p = exp((logit − max)/T), summed and walked in id order
-        int m = kept == null ? v : topIds(row, kept);
-        double sum = 0;
-        for (int i = 0; i < m; i++) {
-            int j = kept == null ? i : kept[i];
-            p[i] = Math.exp((row[j] - max) / temperature);
-            sum += p[i];
-        }
-        double u = rng.nextDouble() * sum, c = 0;
-        int pick = 0;
-        for (int i = 0; i < m; i++) {
-            c += p[i];
-            if (p[i] > 0) pick = kept == null ? i : kept[i];
-            if (u < c) break;
-        }
-        return pick;
-    }
-
-    /**
-     * The ids of the k = heap.length largest logits (ties to the lower id), into heap in ascending
-     * order; returns how many (k, or fewer logits). A bounded heap whose root is the worst kept,
-     * O(V log k), where sorting the whole vocabulary's boxed ids cost more than the model's
-     * forward on a 50,257-token vocabulary.
-     */
-    static int topIds(float[] logits, int[] heap) {
-        int k = heap.length, size = 0;
-        for (int j = 0; j < logits.length; j++) {
-            if (size < k) {
-                heap[size] = j;
-                for (int i = size++; i > 0 && worse(logits, heap[i], heap[(i - 1) / 2]); i = (i - 1) / 2) swap(heap, i, (i - 1) / 2);
-            } else if (worse(logits, heap[0], j)) {
-                heap[0] = j;
-                for (int i = 0; ; ) {
-                    int l = 2 * i + 1, r = l + 1, w = i;
-                    if (l < k && worse(logits, heap[l], heap[w])) w = l;
-                    if (r < k && worse(logits, heap[r], heap[w])) w = r;
-                    if (w == i) break;
-                    swap(heap, i, w);
-                    i = w;
-                }
-            }
-        }
-        Arrays.sort(heap, 0, size);
-        return size;
-    }
-
-    /** Whether id a ranks below id b: a smaller logit, or the same one and a larger id. */
-    private static boolean worse(float[] logits, int a, int b) {
-        return logits[a] < logits[b] || (logits[a] == logits[b] && a > b);
-    }
-
-    private static void swap(int[] heap, int i, int j) {
-        int x = heap[i];
-        heap[i] = heap[j];
-        heap[j] = x;
     }
 
     @Override

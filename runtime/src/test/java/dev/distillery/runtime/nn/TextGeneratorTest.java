@@ -33,31 +33,6 @@ class TextGeneratorTest {
     }
 
     /**
-     * The top-k ids are the first k of the vocabulary sorted by logit, largest first, ties to the
-     * lower id (a stable sort, as sampling used to make them), on rows with many ties, an infinite
-     * logit and k from 1 to the whole row.
-     */
-    @Test
-    void topIdsAreTheFirstKOfAStableSortByLogit() {
-        Rng rng = new Rng(11);
-        for (int trial = 0; trial < 200; trial++) {
-            int v = 1 + rng.nextInt(300), k = 1 + rng.nextInt(v);
-            float[] logits = new float[v];
-            for (int j = 0; j < v; j++) logits[j] = trial % 2 == 0 ? rng.nextInt(7) - 3 : (float) rng.nextGaussian();
-            if (v > 2) logits[rng.nextInt(v)] = Float.NEGATIVE_INFINITY;
-            Integer[] order = new Integer[v];
-            for (int j = 0; j < v; j++) order[j] = j;
-            java.util.Arrays.sort(order, (a, b) -> Float.compare(logits[b], logits[a]));
-            int[] expected = new int[k];
-            for (int i = 0; i < k; i++) expected[i] = order[i];
-            java.util.Arrays.sort(expected);
-            int[] ids = new int[k];
-            int found = TextGenerator.topIds(logits, ids);
-            assertArrayEquals(expected, java.util.Arrays.copyOf(ids, found), "v " + v + ", k " + k + ", trial " + trial);
-        }
-    }
-
-    /**
      * Decoding token by token through the KV cache gives, at every position, the logits of the
      * whole window's forward, and so does a prefill of a window and a decode after it: GPT-2, and a Llama with grouped-query heads, q/k/v biases and Llama
      * 3's rope scaling, in fp32 and in bf16 (where the CPU has it). Greedy generation past the

@@ -49,10 +49,13 @@ public final class GenerateCommand implements Callable<Integer> {
     Path kdPrompts;
     @Option(names = "--prompt-tokens", defaultValue = "16", description = "Tokens of each --kd-prompts prompt (default: ${DEFAULT-VALUE}).")
     int promptTokens;
-    @Option(names = "--kd-batch", defaultValue = "32", description = "With --kd-out: generations decoded together, each step's rows "
-            + "through every GEMM at once (default: ${DEFAULT-VALUE}). Each sample draws from its own generator: the batch changes a "
-            + "sample only where a GEMM's last bits tip a draw.")
-    int kdBatch;
+    @Option(names = "--samples", defaultValue = "1", description = "Continuations of the prompt to print (default: ${DEFAULT-VALUE}), "
+            + "decoded together. The first draws from --seed as a lone run does, each other from its own generator.")
+    int samples;
+    @Option(names = {"--batch", "--kd-batch"}, defaultValue = "32", description = "Samples decoded together (--samples' or --kd-out's), "
+            + "each step's rows through every GEMM at once (default: ${DEFAULT-VALUE}). Each sample draws from its own generator: the "
+            + "batch changes a sample only where a GEMM's last bits tip a draw.")
+    int batch;
     @Mixin
     DeviceOptions device;
     @CommandLine.Spec
@@ -79,7 +82,7 @@ public final class GenerateCommand implements Callable<Integer> {
             var first = llama && tok.bos().isPresent() ? tok.bos() : tok.eos();
             int[] start = prompt.isEmpty() ? new int[]{first.orElseThrow(() -> new java.io.IOException(tokFile
                     + " names no token to start from; give a --prompt"))} : tok.encode(prompt);
-            try (TextGenerator gen = new TextGenerator(m, kernels, kdOut == null ? 1 : Math.min(kdBatch, kdSamples))) {
+            try (TextGenerator gen = new TextGenerator(m, kernels, Math.min(batch, kdOut == null ? samples : kdSamples))) {
                 return generate(out, tok, gen, start, modelVocab);
             }
         }
@@ -94,7 +97,9 @@ public final class GenerateCommand implements Callable<Integer> {
         }
         if (topK != null && topK < 0) throw new CommandLine.ParameterException(cl, "--top-k must be >= 0 (0 = all), got " + topK);
         if (kdOut != null && kdSamples < 1) throw new CommandLine.ParameterException(cl, "--kd-samples must be >= 1, got " + kdSamples);
-        if (kdBatch < 1) throw new CommandLine.ParameterException(cl, "--kd-batch must be >= 1, got " + kdBatch);
+        if (batch < 1) throw new CommandLine.ParameterException(cl, "--batch must be >= 1, got " + batch);
+        if (samples < 1) throw new CommandLine.ParameterException(cl, "--samples must be >= 1, got " + samples);
+        if (samples > 1 && kdOut != null) throw new CommandLine.ParameterException(cl, "--samples is for printed text; with --kd-out, give --kd-samples");
         if (kdPrompts != null && kdOut == null) throw new CommandLine.ParameterException(cl, "--kd-prompts needs --kd-out");
     }
 
@@ -104,10 +109,23 @@ public final class GenerateCommand implements Callable<Integer> {
         int k = topK != null ? topK : kdOut != null ? 0 : 40;
         if (kdOut == null) {
             long t0 = System.nanoTime();
-            int[] seq = gen.generate(start, count, t, k, rng);
+            for (int first = 0; first < samples; first += gen.batch()) {
+                int rows = Math.min(gen.batch(), samples - first);
+                int[][] starts = new int[rows][];
+                Rng[] sampling = new Rng[rows];
+                for (int r = 0; r < rows; r++) {
+                    starts[r] = start;
+                    sampling[r] = first + r == 0 ? rng : new Rng(seed ^ (0x9E3779B97F4A7C15L * (first + r)));   // sample i's own draws
+                }
+                int[][] seqs = gen.generate(starts, count, t, k, sampling);
+                for (int r = 0; r < rows; r++) {
+                    if (samples > 1) out.printf("%s── sample %d of %d ──%n", first + r == 0 ? "" : "\n", first + r + 1, samples);
+                    out.println(tok.decode(java.util.Arrays.copyOfRange(seqs[r], prompt.isEmpty() ? 1 : 0, seqs[r].length)));
+                }
+            }
             double seconds = (System.nanoTime() - t0) / 1e9;
-            out.println(tok.decode(java.util.Arrays.copyOfRange(seq, prompt.isEmpty() ? 1 : 0, seq.length)));
-            out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", count, seconds, count / seconds);
+            long tokens = (long) samples * count;
+            out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", tokens, seconds, tokens / seconds);
             return 0;
         }
         java.util.List<Integer> all = new java.util.ArrayList<>();

@@ -124,7 +124,9 @@ class MalformedInputsTest {
                 {"--temperature", "Infinity", "--temperature must be a finite number >= 0 (0 = greedy), got Infinity"},
                 {"--top-k", "-5", "--top-k must be >= 0 (0 = all), got -5"},
                 {"--kd-samples", "0", "--kd-out", dir.resolve("kd.bin").toString(), "--kd-samples must be >= 1, got 0"},
-                {"--kd-batch", "0", "--kd-out", dir.resolve("kd.bin").toString(), "--kd-batch must be >= 1, got 0"},
+                {"--batch", "0", "--kd-out", dir.resolve("kd.bin").toString(), "--batch must be >= 1, got 0"},
+                {"--samples", "0", "--samples must be >= 1, got 0"},
+                {"--samples", "2", "--kd-out", dir.resolve("kd.bin").toString(), "--samples is for printed text; with --kd-out, give --kd-samples"},
                 {"--kd-prompts", dir.resolve("train.bin").toString(), "--kd-prompts needs --kd-out"}};
         for (String[] c : cases) {
             String[] args = new String[c.length - 1 + 4];

@@ -95,6 +95,23 @@ class LanguageModelTrainingTest {
                 "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
         assertEquals(0, status, err.toString());
         assertTrue(out.toString().startsWith("device: cpu") && out.toString().contains("Mr. Speaker") && out.toString().contains("tokens/s"), out.toString());
+        String lone = out.toString().substring(out.toString().indexOf('\n') + 1, out.toString().lastIndexOf("\n\n("));
+        // three samples, two decoded together and then one, or all three together: the same text, the first the lone run's
+        String[] printed = new String[2];
+        for (int b = 0; b < 2; b++) {
+            out.getBuffer().setLength(0);
+            status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--prompt", "Mr. Speaker", "--tokens", "12", "--samples", "3",
+                    "--batch", b == 0 ? "2" : "3", "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
+            assertEquals(0, status, err.toString());
+            printed[b] = out.toString().substring(out.toString().indexOf('\n') + 1, out.toString().lastIndexOf("\n\n("));
+            assertTrue(out.toString().contains("(36 tokens in"), out.toString());
+        }
+        assertEquals(printed[0], printed[1], "--batch 2 and 3");
+        String[] parts = printed[0].split("(\n\n)?── sample \\d of 3 ──\n");
+        assertEquals(4, parts.length, printed[0]);
+        assertEquals(lone, parts[1], "sample 1 draws from --seed, as a lone run does");
+        assertTrue(parts[2].startsWith("Mr. Speaker") && parts[3].startsWith("Mr. Speaker"), printed[0]);
+        assertTrue(!parts[2].equals(parts[1]) || !parts[3].equals(parts[1]), "the samples draw from generators of their own: " + printed[0]);
         Path kd = dir.resolve("kd.bin");
         status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--tokens", "10", "--kd-out", kd.toString(), "--kd-samples",
                 "3", "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
@@ -123,10 +140,10 @@ class LanguageModelTrainingTest {
         for (String batch : new String[]{"1", "3"}) {
             Path again = dir.resolve("kd-real-" + batch + ".bin");
             status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--tokens", "10", "--kd-out", again.toString(), "--kd-samples",
-                    "4", "--kd-prompts", data.val().toString(), "--prompt-tokens", "5", "--kd-batch", batch, "--device", "cpu"},
+                    "4", "--kd-prompts", data.val().toString(), "--prompt-tokens", "5", "--batch", batch, "--device", "cpu"},
                     new PrintWriter(out, true), new PrintWriter(err, true));
             assertEquals(0, status, err.toString());
-            assertArrayEquals(java.nio.file.Files.readAllBytes(real), java.nio.file.Files.readAllBytes(again), "--kd-batch " + batch);
+            assertArrayEquals(java.nio.file.Files.readAllBytes(real), java.nio.file.Files.readAllBytes(again), "--batch " + batch);
         }
     }
 }
