@@ -43,6 +43,8 @@ public final class CpuKernels implements Kernels {
     private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
 
     private final WorkerPool pool;
+    /** Each pool thread's sampler: a decode step draws its tokens without allocating. */
+    private final ThreadLocal<RowSampler> samplers = new ThreadLocal<>();
     private final Gemm gemm;
     private final Precision precision;
     /** Why a bf16 request runs fp32 GEMMs, or null. */
@@ -1185,7 +1187,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void argmaxRows(MemorySegment out, MemorySegment x, int n, int v) {
         pool.forEachChunk(n, 1, (chunk, start, end) -> {
-            for (int r = start; r < end; r++) out.setAtIndex(I32, r, DType.F32.argmax(x, (long) r * v, v));
+            for (int r = start; r < end; r++) out.setAtIndex(I32, r, VectorOps.argmax(x, (long) r * v, v));
         });
     }
 
@@ -1196,7 +1198,8 @@ public final class CpuKernels implements Kernels {
             return;
         }
         pool.forEachChunk(n, 1, (chunk, start, end) -> {
-            RowSampler sampler = new RowSampler(v, temperature, topK);
+            RowSampler sampler = samplers.get();
+            if (sampler == null || !sampler.drawsFor(v, temperature, topK)) samplers.set(sampler = new RowSampler(v, temperature, topK));
             for (int r = start; r < end; r++) out.setAtIndex(I32, r, sampler.draw(x, r, u.getAtIndex(ValueLayout.JAVA_DOUBLE, r)));
         });
     }

@@ -5,7 +5,6 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 import java.util.Arrays;
 
-import dev.distillery.kernels.DType;
 import jdk.incubator.vector.DoubleVector;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.VectorOperators;
@@ -24,7 +23,7 @@ import jdk.incubator.vector.VectorSpecies;
  *   <li>the top k come from a bounded heap that looks only at vectors holding a logit above its
  *       worst kept one.</li>
  * </ul>
- * Not thread-safe: one per thread, reused row after row.
+ * Not thread-safe: one per thread, kept from call to call while the arguments stay the same.
  */
 final class RowSampler {
 
@@ -55,10 +54,15 @@ final class RowSampler {
         this.blockSums = new double[((top ? topK : vocab) + BLOCK - 1) / BLOCK];
     }
 
+    /** Whether this sampler draws for these arguments (its scratch is sized by them). */
+    boolean drawsFor(int vocab, double temperature, int topK) {
+        return vocab == this.vocab && temperature == this.temperature && (kept == null ? topK <= 0 || topK >= vocab : topK == kept.length);
+    }
+
     /** The id drawn from row {@code r} of x (rows of {@code vocab} floats) with the uniform number u ∈ [0, 1). */
     int draw(MemorySegment x, long r, double u) {
         long row = r * vocab;
-        int at = DType.F32.argmax(x, row, vocab);
+        int at = VectorOps.argmax(x, row, vocab);
         float max = x.getAtIndex(F32, row + at);
         MemorySegment c = x;
         long from = row;

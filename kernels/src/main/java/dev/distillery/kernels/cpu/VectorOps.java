@@ -405,6 +405,22 @@ public final class VectorOps {
         return m;
     }
 
+    /**
+     * The first index of the largest x[o + i], i &lt; n; NaN never wins; 0 when none is above −inf
+     * ({@code DType.argmax}'s rule): the max in vectors, then the first lane equal to it.
+     */
+    public static int argmax(MemorySegment x, long o, int n) {
+        float m = maxSkippingNaN(x, o, n);
+        if (m == Float.NEGATIVE_INFINITY) return 0;
+        int i = 0;
+        for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
+            int lane = FloatVector.fromMemorySegment(SPECIES, x, (o + i) * 4L, ORDER).eq(m).firstTrue();
+            if (lane < LANES) return i + lane;
+        }
+        for (; i < n; i++) if (get(x, o + i) == m) return i;
+        throw new IllegalStateException("the maximum " + m + " is not in the row");
+    }
+
     /** maxSkippingNaN over x[i], i &lt; n, x an array. */
     public static float maxSkippingNaN(float[] x, int n) {
         int i = 0;

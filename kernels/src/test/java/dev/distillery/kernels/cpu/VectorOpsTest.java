@@ -145,4 +145,28 @@ class VectorOpsTest {
             assertEquals(Float.POSITIVE_INFINITY, v[4]);
         }
     }
+
+    /**
+     * The vector argmax is DType's scalar rule (the first index of the largest; NaN never wins; 0
+     * when none is above −inf) on rows of lengths around the vector width, with ties, ±0, ±inf
+     * and NaN, at an offset into the segment.
+     */
+    @Test
+    void argmaxFollowsTheScalarRuleOnRowsWithTiesInfinitiesAndNaN() {
+        SplittableRandom rng = new SplittableRandom(5);
+        float[] specials = {Float.NaN, Float.NEGATIVE_INFINITY, Float.POSITIVE_INFINITY, 0f, -0f, 3f};
+        try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
+            for (int trial = 0; trial < 3000; trial++) {
+                int n = 1 + rng.nextInt(trial % 2 == 0 ? 3 * VectorOps.LANES + 3 : 300), offset = rng.nextInt(5);
+                java.lang.foreign.MemorySegment x = arena.allocate(4L * (n + offset), 64);
+                for (int i = 0; i < n; i++) {
+                    float v = trial % 3 == 0 ? rng.nextInt(4) : (float) rng.nextGaussian();
+                    if (rng.nextInt(8) == 0) v = specials[rng.nextInt(specials.length)];
+                    if (trial % 7 == 1) v = rng.nextBoolean() ? Float.NaN : Float.NEGATIVE_INFINITY;   // nothing above −inf
+                    x.setAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, offset + i, v);
+                }
+                assertEquals(dev.distillery.kernels.DType.F32.argmax(x, offset, n), VectorOps.argmax(x, offset, n), "n " + n + ", trial " + trial);
+            }
+        }
+    }
 }
