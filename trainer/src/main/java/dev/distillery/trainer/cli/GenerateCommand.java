@@ -49,6 +49,9 @@ public final class GenerateCommand implements Callable<Integer> {
     Path kdPrompts;
     @Option(names = "--prompt-tokens", defaultValue = "16", description = "Tokens of each --kd-prompts prompt (default: ${DEFAULT-VALUE}).")
     int promptTokens;
+    @Option(names = "--prompt-file", description = "A UTF-8 text file of prompts, one a line (blank lines skipped): each is continued "
+            + "--tokens tokens, printed in the file's order (or written with --kd-out). Prompts of one token length decode together.")
+    Path promptFile;
     @Option(names = "--samples", defaultValue = "1", description = "Continuations of the prompt to print (default: ${DEFAULT-VALUE}), "
             + "decoded together. The first draws from --seed as a lone run does, each other from its own generator.")
     int samples;
@@ -82,6 +85,12 @@ public final class GenerateCommand implements Callable<Integer> {
             var first = llama && tok.bos().isPresent() ? tok.bos() : tok.eos();
             int[] start = prompt.isEmpty() ? new int[]{first.orElseThrow(() -> new java.io.IOException(tokFile
                     + " names no token to start from; give a --prompt"))} : tok.encode(prompt);
+            if (promptFile != null) {
+                java.util.List<int[]> prompts = readPrompts(tok);
+                try (TextGenerator gen = new TextGenerator(m, kernels, Math.min(batch, prompts.size()))) {
+                    return continuePrompts(out, tok, gen, prompts);
+                }
+            }
             try (TextGenerator gen = new TextGenerator(m, kernels, Math.min(batch, kdOut == null ? samples : kdSamples))) {
                 return generate(out, tok, gen, start, modelVocab);
             }
@@ -101,6 +110,10 @@ public final class GenerateCommand implements Callable<Integer> {
         if (samples < 1) throw new CommandLine.ParameterException(cl, "--samples must be >= 1, got " + samples);
         if (samples > 1 && kdOut != null) throw new CommandLine.ParameterException(cl, "--samples is for printed text; with --kd-out, give --kd-samples");
         if (kdPrompts != null && kdOut == null) throw new CommandLine.ParameterException(cl, "--kd-prompts needs --kd-out");
+        if (promptFile != null && (!prompt.isEmpty() || kdPrompts != null || samples > 1)) {
+            throw new CommandLine.ParameterException(cl, "--prompt-file gives the prompts: leave out --prompt, --kd-prompts and --samples");
+        }
+        if (promptFile != null && !Files.isRegularFile(promptFile)) throw new CommandLine.ParameterException(cl, promptFile + ": no such file (--prompt-file)");
     }
 
     private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, int[] start, int vocab) throws java.io.IOException {
@@ -156,6 +169,69 @@ public final class GenerateCommand implements Callable<Integer> {
         TokenFile.write(kdOut, all.stream().mapToInt(Integer::intValue).toArray());
         out.printf("wrote %d generations (%,d tokens; temperature %s, top-k %d%s) to %s%n", kdSamples, all.size(), t, k,
                 kdPrompts == null ? ", from the start token" : ", from " + promptTokens + "-token prompts of " + kdPrompts, kdOut);
+        return 0;
+    }
+
+    /** The non-blank lines of --prompt-file, encoded. */
+    private java.util.List<int[]> readPrompts(TextTokenizer tok) throws java.io.IOException {
+        java.util.List<int[]> prompts = new java.util.ArrayList<>();
+        java.util.List<String> lines;
+        try {
+            lines = Files.readAllLines(promptFile, java.nio.charset.StandardCharsets.UTF_8);
+        } catch (java.nio.charset.CharacterCodingException e) {
+            throw new java.io.IOException(promptFile + ": not UTF-8 text", e);
+        }
+        for (String line : lines) {
+            if (line.isBlank()) continue;
+            int[] ids = tok.encode(line);
+            if (ids.length > 0) prompts.add(ids);
+        }
+        if (prompts.isEmpty()) throw new java.io.IOException(promptFile + ": no prompt (every line is blank)");
+        return prompts;
+    }
+
+    /**
+     * Each prompt continued: prompts of one token length decode together, --batch at a time, and
+     * prompt i (from 0, in the file's order) draws from its own generator, as --kd-out's sample i
+     * does. Printed in the file's order, or written to --kd-out.
+     */
+    private int continuePrompts(PrintWriter out, TextTokenizer tok, TextGenerator gen, java.util.List<int[]> prompts) throws java.io.IOException {
+        double t = temperature != null ? temperature : kdOut != null ? 0.7 : 0.8;
+        int k = topK != null ? topK : kdOut != null ? 0 : 40;
+        java.util.Map<Integer, java.util.List<Integer>> byLength = new java.util.TreeMap<>();
+        for (int i = 0; i < prompts.size(); i++) byLength.computeIfAbsent(prompts.get(i).length, n -> new java.util.ArrayList<>()).add(i);
+        int[][] continued = new int[prompts.size()][];
+        Progress progress = new Progress(spec.commandLine().getErr(), "generate", 0, prompts.size(), 5000);
+        long t0 = System.nanoTime();
+        int done = 0;
+        for (java.util.List<Integer> group : byLength.values()) {
+            for (int first = 0; first < group.size(); first += gen.batch()) {
+                java.util.List<Integer> ids = group.subList(first, Math.min(group.size(), first + gen.batch()));
+                int[][] starts = new int[ids.size()][];
+                Rng[] sampling = new Rng[ids.size()];
+                for (int r = 0; r < ids.size(); r++) {
+                    starts[r] = prompts.get(ids.get(r));
+                    sampling[r] = new Rng(seed ^ (0x9E3779B97F4A7C15L * (ids.get(r) + 1)));   // prompt i's own draws
+                }
+                int[][] seqs = gen.generate(starts, count, t, k, sampling);
+                for (int r = 0; r < ids.size(); r++) continued[ids.get(r)] = seqs[r];
+                done += ids.size();
+                progress.update(done, String.format("prompts | %,.0f tokens/s", (double) done * count / ((System.nanoTime() - t0) / 1e9)));
+            }
+        }
+        double seconds = (System.nanoTime() - t0) / 1e9;
+        long tokens = (long) prompts.size() * count;
+        if (kdOut != null) {
+            TokenFile.write(kdOut, java.util.Arrays.stream(continued).flatMapToInt(java.util.Arrays::stream).toArray());
+            out.printf("wrote %d generations (%,d new tokens; temperature %s, top-k %d, from the prompts of %s) to %s%n", prompts.size(),
+                    tokens, t, k, promptFile, kdOut);
+            return 0;
+        }
+        for (int i = 0; i < continued.length; i++) {
+            out.printf("%s── prompt %d of %d ──%n", i == 0 ? "" : "\n", i + 1, continued.length);
+            out.println(tok.decode(continued[i]));
+        }
+        out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", tokens, seconds, tokens / seconds);
         return 0;
     }
 }

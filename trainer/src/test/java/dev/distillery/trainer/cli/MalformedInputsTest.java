@@ -127,7 +127,9 @@ class MalformedInputsTest {
                 {"--batch", "0", "--kd-out", dir.resolve("kd.bin").toString(), "--batch must be >= 1, got 0"},
                 {"--samples", "0", "--samples must be >= 1, got 0"},
                 {"--samples", "2", "--kd-out", dir.resolve("kd.bin").toString(), "--samples is for printed text; with --kd-out, give --kd-samples"},
-                {"--kd-prompts", dir.resolve("train.bin").toString(), "--kd-prompts needs --kd-out"}};
+                {"--kd-prompts", dir.resolve("train.bin").toString(), "--kd-prompts needs --kd-out"},
+                {"--prompt-file", dir.resolve("prompts.txt").toString(), "--prompt", "We", "--prompt-file gives the prompts: leave out --prompt, --kd-prompts and --samples"},
+                {"--prompt-file", dir.resolve("prompts.txt").toString(), dir.resolve("prompts.txt") + ": no such file (--prompt-file)"}};
         for (String[] c : cases) {
             String[] args = new String[c.length - 1 + 4];
             System.arraycopy(new String[]{"generate", "--model", missing, "--device=cpu"}, 0, args, 0, 4);

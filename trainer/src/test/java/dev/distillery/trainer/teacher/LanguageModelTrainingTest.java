@@ -112,6 +112,37 @@ class LanguageModelTrainingTest {
         assertEquals(lone, parts[1], "sample 1 draws from --seed, as a lone run does");
         assertTrue(parts[2].startsWith("Mr. Speaker") && parts[3].startsWith("Mr. Speaker"), printed[0]);
         assertTrue(!parts[2].equals(parts[1]) || !parts[3].equals(parts[1]), "the samples draw from generators of their own: " + printed[0]);
+        // a file of prompts, two of one length: printed in the file's order, the same text decoded one at a time or together
+        Path promptFile = dir.resolve("prompts.txt");
+        java.nio.file.Files.writeString(promptFile, "Mr. Speaker\n\nWe\nMr. Speaker\n");
+        String[] fromFile = new String[2];
+        for (int b = 0; b < 2; b++) {
+            out.getBuffer().setLength(0);
+            status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--prompt-file", promptFile.toString(), "--tokens", "8",
+                    "--batch", b == 0 ? "1" : "4", "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
+            assertEquals(0, status, err.toString());
+            fromFile[b] = out.toString().substring(out.toString().indexOf('\n') + 1, out.toString().lastIndexOf("\n\n("));
+            assertTrue(out.toString().contains("(24 tokens in"), out.toString());
+        }
+        assertEquals(fromFile[0], fromFile[1], "--batch 1 and 4");
+        String[] byPrompt = fromFile[0].split("(\n\n)?── prompt \\d of 3 ──\n");
+        assertEquals(4, byPrompt.length, fromFile[0]);
+        assertTrue(byPrompt[1].startsWith("Mr. Speaker") && byPrompt[2].startsWith("We") && byPrompt[3].startsWith("Mr. Speaker"), fromFile[0]);
+        Path kdFromFile = dir.resolve("kd-prompts.bin");
+        status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--prompt-file", promptFile.toString(), "--tokens", "8",
+                "--kd-out", kdFromFile.toString(), "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
+        assertEquals(0, status, err.toString());
+        try (var tok = dev.distillery.trainer.tokenizer.TextTokenizer.open(ckpt.resolve("tokenizer.json").toString());
+             var f = dev.distillery.trainer.data.TokenFile.open(kdFromFile)) {
+            int speaker = tok.encode("Mr. Speaker").length, we = tok.encode("We").length;
+            assertEquals(2L * (speaker + 8) + we + 8, f.size(), "each prompt's tokens and 8 more, in the file's order");
+            int[] head = new int[speaker];
+            f.read(0, speaker, head);
+            assertArrayEquals(tok.encode("Mr. Speaker"), head);
+            int[] second = new int[we];
+            f.read(speaker + 8, we, second);
+            assertArrayEquals(tok.encode("We"), second);
+        }
         Path kd = dir.resolve("kd.bin");
         status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--tokens", "10", "--kd-out", kd.toString(), "--kd-samples",
                 "3", "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
