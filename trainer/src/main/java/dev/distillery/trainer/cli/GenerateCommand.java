@@ -85,14 +85,9 @@ public final class GenerateCommand implements Callable<Integer> {
             var first = llama && tok.bos().isPresent() ? tok.bos() : tok.eos();
             int[] start = prompt.isEmpty() ? new int[]{first.orElseThrow(() -> new java.io.IOException(tokFile
                     + " names no token to start from; give a --prompt"))} : tok.encode(prompt);
-            if (promptFile != null) {
-                java.util.List<int[]> prompts = readPrompts(tok);
-                try (TextGenerator gen = new TextGenerator(m, kernels, Math.min(batch, prompts.size()))) {
-                    return continuePrompts(out, tok, gen, prompts);
-                }
-            }
-            try (TextGenerator gen = new TextGenerator(m, kernels, Math.min(batch, kdOut == null ? samples : kdSamples))) {
-                return generate(out, tok, gen, start, modelVocab);
+            java.util.List<int[]> prompts = prompts(tok, start, modelVocab);
+            try (TextGenerator gen = new TextGenerator(m, kernels, Math.min(batch, prompts.size()))) {
+                return generate(out, tok, gen, prompts);
             }
         }
     }
@@ -116,62 +111,65 @@ public final class GenerateCommand implements Callable<Integer> {
         if (promptFile != null && !Files.isRegularFile(promptFile)) throw new CommandLine.ParameterException(cl, promptFile + ": no such file (--prompt-file)");
     }
 
-    private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, int[] start, int vocab) throws java.io.IOException {
-        Rng rng = new Rng(seed);
-        double t = temperature != null ? temperature : kdOut != null ? 0.7 : 0.8;
-        int k = topK != null ? topK : kdOut != null ? 0 : 40;
-        if (kdOut == null) {
-            long t0 = System.nanoTime();
-            for (int first = 0; first < samples; first += gen.batch()) {
-                int rows = Math.min(gen.batch(), samples - first);
-                int[][] starts = new int[rows][];
-                Rng[] sampling = new Rng[rows];
-                for (int r = 0; r < rows; r++) {
-                    starts[r] = start;
-                    sampling[r] = first + r == 0 ? rng : new Rng(seed ^ (0x9E3779B97F4A7C15L * (first + r)));   // sample i's own draws
-                }
-                int[][] seqs = gen.generate(starts, count, t, k, sampling);
-                for (int r = 0; r < rows; r++) {
-                    if (samples > 1) out.printf("%s── sample %d of %d ──%n", first + r == 0 ? "" : "\n", first + r + 1, samples);
-                    out.println(tok.decode(java.util.Arrays.copyOfRange(seqs[r], prompt.isEmpty() ? 1 : 0, seqs[r].length)));
-                }
-            }
-            double seconds = (System.nanoTime() - t0) / 1e9;
-            long tokens = (long) samples * count;
-            out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", tokens, seconds, tokens / seconds);
-            return 0;
-        }
-        java.util.List<Integer> all = new java.util.ArrayList<>();
-        try (TokenFile prompts = kdPrompts == null ? null : TokenFile.open(kdPrompts, vocab, "the model's")) {
-            if (prompts != null && (promptTokens < 1 || prompts.size() < promptTokens)) {
+    /**
+     * What to continue: the lines of --prompt-file; with --kd-out, --kd-samples starts (the start
+     * token, or windows of --kd-prompts at places drawn from --seed); else --samples copies of the
+     * prompt.
+     */
+    private java.util.List<int[]> prompts(TextTokenizer tok, int[] start, int vocab) throws java.io.IOException {
+        if (promptFile != null) return readPrompts(tok);
+        if (kdOut == null || kdPrompts == null) return java.util.Collections.nCopies(kdOut == null ? samples : kdSamples, start);
+        try (TokenFile file = TokenFile.open(kdPrompts, vocab, "the model's")) {
+            if (promptTokens < 1 || file.size() < promptTokens) {
                 throw new CommandLine.ParameterException(spec.commandLine(), "--prompt-tokens " + promptTokens + " must be in [1, "
-                        + prompts.size() + "] (the tokens of " + kdPrompts + ")");
+                        + file.size() + "] (the tokens of " + kdPrompts + ")");
             }
-            Progress progress = new Progress(spec.commandLine().getErr(), "generate", 0, kdSamples, 5000);
-            long t0 = System.nanoTime(), generated = 0;
-            for (int first = 0; first < kdSamples; first += gen.batch()) {
-                int rows = Math.min(gen.batch(), kdSamples - first);
-                int[][] starts = new int[rows][];
-                Rng[] sampling = new Rng[rows];
-                for (int r = 0; r < rows; r++) {
-                    starts[r] = start;
-                    if (prompts != null) {
-                        starts[r] = new int[promptTokens];
-                        prompts.read((long) (rng.nextDouble() * (prompts.size() - promptTokens + 1)), promptTokens, starts[r]);
-                    }
-                    sampling[r] = new Rng(seed ^ (0x9E3779B97F4A7C15L * (first + r + 1)));   // sample i's own draws
-                }
-                for (int[] seq : gen.generate(starts, count, t, k, sampling)) for (int x : seq) all.add(x);
-                generated += (long) rows * count;
-                progress.update(first + rows, String.format("samples | %,.0f tokens/s", generated / ((System.nanoTime() - t0) / 1e9)));
+            Rng places = new Rng(seed);
+            java.util.List<int[]> prompts = new java.util.ArrayList<>();
+            for (int i = 0; i < kdSamples; i++) {
+                int[] window = new int[promptTokens];
+                file.read((long) (places.nextDouble() * (file.size() - promptTokens + 1)), promptTokens, window);
+                prompts.add(window);
             }
+            return prompts;
         }
-        TokenFile.write(kdOut, all.stream().mapToInt(Integer::intValue).toArray());
-        out.printf("wrote %d generations (%,d tokens; temperature %s, top-k %d%s) to %s%n", kdSamples, all.size(), t, k,
-                kdPrompts == null ? ", from the start token" : ", from " + promptTokens + "-token prompts of " + kdPrompts, kdOut);
-        return 0;
     }
 
+    /**
+     * Prompt i's own generator: --samples' first draws from --seed as a lone run does, and every
+     * other sample, KD sample or prompt of the file from --seed mixed with its index, so that no
+     * text depends on --batch.
+     */
+    private Rng generator(int i) {
+        if (promptFile == null && kdOut == null) return new Rng(i == 0 ? seed : seed ^ (0x9E3779B97F4A7C15L * i));
+        return new Rng(seed ^ (0x9E3779B97F4A7C15L * (i + 1)));
+    }
+
+    /** Every prompt continued --tokens tokens, then printed in order or written to --kd-out. */
+    private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, java.util.List<int[]> prompts) throws java.io.IOException {
+        double t = temperature != null ? temperature : kdOut != null ? 0.7 : 0.8;
+        int k = topK != null ? topK : kdOut != null ? 0 : 40;
+        long t0 = System.nanoTime();
+        int[][] continued = continueAll(gen, prompts, t, k);
+        double seconds = (System.nanoTime() - t0) / 1e9;
+        long tokens = (long) prompts.size() * count;
+        if (kdOut != null) {
+            int[] all = java.util.Arrays.stream(continued).flatMapToInt(java.util.Arrays::stream).toArray();
+            TokenFile.write(kdOut, all);
+            String from = promptFile != null ? ", from the prompts of " + promptFile
+                    : kdPrompts != null ? ", from " + promptTokens + "-token prompts of " + kdPrompts : ", from the start token";
+            out.printf("wrote %d generations (%,d tokens; temperature %s, top-k %d%s) to %s%n", continued.length, all.length, t, k, from, kdOut);
+            return 0;
+        }
+        String each = promptFile != null ? "prompt" : "sample";
+        for (int i = 0; i < continued.length; i++) {
+            if (continued.length > 1) out.printf("%s── %s %d of %d ──%n", i == 0 ? "" : "\n", each, i + 1, continued.length);
+            boolean fromStart = promptFile == null && prompt.isEmpty();   // the start token is not text
+            out.println(tok.decode(java.util.Arrays.copyOfRange(continued[i], fromStart ? 1 : 0, continued[i].length)));
+        }
+        out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", tokens, seconds, tokens / seconds);
+        return 0;
+    }
     /** The non-blank lines of --prompt-file, encoded. */
     private java.util.List<int[]> readPrompts(TextTokenizer tok) throws java.io.IOException {
         java.util.List<int[]> prompts = new java.util.ArrayList<>();
@@ -191,13 +189,10 @@ public final class GenerateCommand implements Callable<Integer> {
     }
 
     /**
-     * Each prompt continued: prompts of one token length decode together, --batch at a time, and
-     * prompt i (from 0, in the file's order) draws from its own generator, as --kd-out's sample i
-     * does. Printed in the file's order, or written to --kd-out.
+     * Each prompt continued by --tokens tokens, each from its own {@link #generator}: prompts of one
+     * token length decode together, --batch at a time, in order of their index.
      */
-    private int continuePrompts(PrintWriter out, TextTokenizer tok, TextGenerator gen, java.util.List<int[]> prompts) throws java.io.IOException {
-        double t = temperature != null ? temperature : kdOut != null ? 0.7 : 0.8;
-        int k = topK != null ? topK : kdOut != null ? 0 : 40;
+    private int[][] continueAll(TextGenerator gen, java.util.List<int[]> prompts, double t, int k) {
         java.util.Map<Integer, java.util.List<Integer>> byLength = new java.util.TreeMap<>();
         for (int i = 0; i < prompts.size(); i++) byLength.computeIfAbsent(prompts.get(i).length, n -> new java.util.ArrayList<>()).add(i);
         int[][] continued = new int[prompts.size()][];
@@ -211,27 +206,14 @@ public final class GenerateCommand implements Callable<Integer> {
                 Rng[] sampling = new Rng[ids.size()];
                 for (int r = 0; r < ids.size(); r++) {
                     starts[r] = prompts.get(ids.get(r));
-                    sampling[r] = new Rng(seed ^ (0x9E3779B97F4A7C15L * (ids.get(r) + 1)));   // prompt i's own draws
+                    sampling[r] = generator(ids.get(r));
                 }
                 int[][] seqs = gen.generate(starts, count, t, k, sampling);
                 for (int r = 0; r < ids.size(); r++) continued[ids.get(r)] = seqs[r];
                 done += ids.size();
-                progress.update(done, String.format("prompts | %,.0f tokens/s", (double) done * count / ((System.nanoTime() - t0) / 1e9)));
+                if (prompts.size() > 1) progress.update(done, String.format("samples | %,.0f tokens/s", (double) done * count / ((System.nanoTime() - t0) / 1e9)));
             }
         }
-        double seconds = (System.nanoTime() - t0) / 1e9;
-        long tokens = (long) prompts.size() * count;
-        if (kdOut != null) {
-            TokenFile.write(kdOut, java.util.Arrays.stream(continued).flatMapToInt(java.util.Arrays::stream).toArray());
-            out.printf("wrote %d generations (%,d new tokens; temperature %s, top-k %d, from the prompts of %s) to %s%n", prompts.size(),
-                    tokens, t, k, promptFile, kdOut);
-            return 0;
-        }
-        for (int i = 0; i < continued.length; i++) {
-            out.printf("%s── prompt %d of %d ──%n", i == 0 ? "" : "\n", i + 1, continued.length);
-            out.println(tok.decode(continued[i]));
-        }
-        out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", tokens, seconds, tokens / seconds);
-        return 0;
+        return continued;
     }
 }
