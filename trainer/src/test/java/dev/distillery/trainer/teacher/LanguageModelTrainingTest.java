@@ -97,15 +97,8 @@ class LanguageModelTrainingTest {
         assertTrue(out.toString().startsWith("device: cpu") && out.toString().contains("Mr. Speaker") && out.toString().contains("tokens/s"), out.toString());
         String lone = out.toString().substring(out.toString().indexOf('\n') + 1, out.toString().lastIndexOf("\n\n("));
         // three samples, two decoded together and then one, or all three together: the same text, the first the lone run's
-        String[] printed = new String[2];
-        for (int b = 0; b < 2; b++) {
-            out.getBuffer().setLength(0);
-            status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--prompt", "Mr. Speaker", "--tokens", "12", "--samples", "3",
-                    "--batch", b == 0 ? "2" : "3", "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
-            assertEquals(0, status, err.toString());
-            printed[b] = out.toString().substring(out.toString().indexOf('\n') + 1, out.toString().lastIndexOf("\n\n("));
-            assertTrue(out.toString().contains("(36 tokens in"), out.toString());
-        }
+        String[] printed = {printedText(ckpt, 36, "--prompt", "Mr. Speaker", "--tokens", "12", "--samples", "3", "--batch", "2"),
+                printedText(ckpt, 36, "--prompt", "Mr. Speaker", "--tokens", "12", "--samples", "3", "--batch", "3")};
         assertEquals(printed[0], printed[1], "--batch 2 and 3");
         String[] parts = printed[0].split("(\n\n)?── sample \\d of 3 ──\n");
         assertEquals(4, parts.length, printed[0]);
@@ -115,15 +108,8 @@ class LanguageModelTrainingTest {
         // a file of prompts, two of one length: printed in the file's order, the same text decoded one at a time or together
         Path promptFile = dir.resolve("prompts.txt");
         java.nio.file.Files.writeString(promptFile, "Mr. Speaker\n\nWe\nMr. Speaker\n");
-        String[] fromFile = new String[2];
-        for (int b = 0; b < 2; b++) {
-            out.getBuffer().setLength(0);
-            status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--prompt-file", promptFile.toString(), "--tokens", "8",
-                    "--batch", b == 0 ? "1" : "4", "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
-            assertEquals(0, status, err.toString());
-            fromFile[b] = out.toString().substring(out.toString().indexOf('\n') + 1, out.toString().lastIndexOf("\n\n("));
-            assertTrue(out.toString().contains("(24 tokens in"), out.toString());
-        }
+        String[] fromFile = {printedText(ckpt, 24, "--prompt-file", promptFile.toString(), "--tokens", "8", "--batch", "1"),
+                printedText(ckpt, 24, "--prompt-file", promptFile.toString(), "--tokens", "8", "--batch", "4")};
         assertEquals(fromFile[0], fromFile[1], "--batch 1 and 4");
         String[] byPrompt = fromFile[0].split("(\n\n)?── prompt \\d of 3 ──\n");
         assertEquals(4, byPrompt.length, fromFile[0]);
@@ -176,5 +162,17 @@ class LanguageModelTrainingTest {
             assertEquals(0, status, err.toString());
             assertArrayEquals(java.nio.file.Files.readAllBytes(real), java.nio.file.Files.readAllBytes(again), "--batch " + batch);
         }
+    }
+
+    /** What {@code generate} prints between its device line and its timing line, which must count {@code tokens}. */
+    private static String printedText(Path ckpt, int tokens, String... options) {
+        StringWriter out = new StringWriter(), err = new StringWriter();
+        String[] args = new String[options.length + 5];
+        System.arraycopy(new String[]{"generate", "--model", ckpt.toString(), "--device", "cpu"}, 0, args, 0, 5);
+        System.arraycopy(options, 0, args, 5, options.length);
+        assertEquals(0, Main.execute(args, new PrintWriter(out, true), new PrintWriter(err, true)), err.toString());
+        String text = out.toString();
+        assertTrue(text.contains("(" + tokens + " tokens in"), text);
+        return text.substring(text.indexOf('\n') + 1, text.lastIndexOf("\n\n("));
     }
 }
