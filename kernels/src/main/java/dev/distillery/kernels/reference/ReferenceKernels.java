@@ -415,18 +415,16 @@ public final class ReferenceKernels {
             out[r] = argmax[r];
             if (temperature == 0) continue;
             int o = r * v, m = topK > 0 && topK < v ? topK : v;
-            Integer[] order = new Integer[v];
-            for (int j = 0; j < v; j++) order[j] = j;
+            int[] ids = java.util.stream.IntStream.range(0, v).toArray();
             if (m < v) {
+                Integer[] order = java.util.stream.IntStream.range(0, v).boxed().toArray(Integer[]::new);
                 java.util.Arrays.sort(order, (a, b) -> {
                     double xa = x[o + a], xb = x[o + b];
                     if (Double.isNaN(xa) || Double.isNaN(xb)) return Boolean.compare(Double.isNaN(xa), Double.isNaN(xb));
                     return xa == xb ? 0 : xa > xb ? -1 : 1;   // larger first; the sort is stable, so ties keep id order
                 });
+                ids = java.util.Arrays.stream(order, 0, m).mapToInt(Integer::intValue).sorted().toArray();
             }
-            int[] ids = new int[m];
-            for (int i = 0; i < m; i++) ids[i] = order[i];
-            java.util.Arrays.sort(ids);
             double max = x[o + argmax[r]], sum = 0;
             double[] p = new double[m];
             for (int i = 0; i < m; i++) {

@@ -128,6 +128,7 @@ public final class TextGenerator implements AutoCloseable {
         if (length == 0) throw new IllegalArgumentException("the prompt must hold at least one token");
         for (int[] p : prompts) {
             if (p.length != length) throw new IllegalArgumentException("prompts decoded together must be of one length: " + p.length + " and " + length);
+            for (int id : p) if (id < 0 || id >= vocab) throw new IllegalArgumentException("token id " + id + " is outside the vocabulary of " + vocab);
         }
         Kernels.greedy(temperature, topK);   // the arguments checked before the prefill
         int v = vocab, ctx = context;
@@ -141,12 +142,7 @@ public final class TextGenerator implements AutoCloseable {
         cache.clear();   // other sequences than the last call's
         cacheFrom = 0;
         for (int n = length; n < length + count; n++) {
-            int t = Math.min(n, ctx), from = n - t;
-            for (int[] seq : seqs) {
-                for (int i = 0; i < t; i++) {
-                    if (seq[from + i] < 0 || seq[from + i] >= v) throw new IllegalArgumentException("token id " + seq[from + i] + " is outside the vocabulary of " + v);
-                }
-            }
+            int t = Math.min(n, ctx), from = n - t;   // the prompts' ids were checked, and sampleRows draws in [0, v)
             Tensor logits = nextLogits(seqs, rows, from, t);   // each sequence's last position's logits (rows, vocab)
             if (temperature > 0) {   // greedy draws nothing from the generators
                 for (int r = 0; r < rows; r++) hostUniforms.setAtIndex(ValueLayout.JAVA_DOUBLE, r, rngs[r].nextDouble());

@@ -3,6 +3,12 @@ package dev.distillery.trainer.cli;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
 import java.util.concurrent.Callable;
 
 import dev.distillery.kernels.Kernels;
@@ -81,11 +87,7 @@ public final class GenerateCommand implements Callable<Integer> {
                 throw new java.io.IOException(tokFile + " holds " + tok.vocabSize() + " tokens but the model's vocabulary is "
                         + modelVocab + " (" + model.resolve("config.json") + "): generate needs the tokenizer the model was trained with");
             }
-            // from nothing: GPT-2 starts after its end-of-text token, the Llama family after its BOS
-            var first = llama && tok.bos().isPresent() ? tok.bos() : tok.eos();
-            int[] start = prompt.isEmpty() ? new int[]{first.orElseThrow(() -> new java.io.IOException(tokFile
-                    + " names no token to start from; give a --prompt"))} : tok.encode(prompt);
-            java.util.List<int[]> prompts = prompts(tok, start, modelVocab);
+            List<int[]> prompts = prompts(tok, llama, modelVocab);
             try (TextGenerator gen = new TextGenerator(m, kernels, Math.min(batch, prompts.size()))) {
                 return generate(out, tok, gen, prompts);
             }
@@ -116,16 +118,16 @@ public final class GenerateCommand implements Callable<Integer> {
      * token, or windows of --kd-prompts at places drawn from --seed); else --samples copies of the
      * prompt.
      */
-    private java.util.List<int[]> prompts(TextTokenizer tok, int[] start, int vocab) throws java.io.IOException {
+    private List<int[]> prompts(TextTokenizer tok, boolean llama, int vocab) throws java.io.IOException {
         if (promptFile != null) return readPrompts(tok);
-        if (kdOut == null || kdPrompts == null) return java.util.Collections.nCopies(kdOut == null ? samples : kdSamples, start);
+        if (kdOut == null || kdPrompts == null) return Collections.nCopies(kdOut == null ? samples : kdSamples, start(tok, llama));
         try (TokenFile file = TokenFile.open(kdPrompts, vocab, "the model's")) {
             if (promptTokens < 1 || file.size() < promptTokens) {
                 throw new CommandLine.ParameterException(spec.commandLine(), "--prompt-tokens " + promptTokens + " must be in [1, "
                         + file.size() + "] (the tokens of " + kdPrompts + ")");
             }
             Rng places = new Rng(seed);
-            java.util.List<int[]> prompts = new java.util.ArrayList<>();
+            List<int[]> prompts = new ArrayList<>();
             for (int i = 0; i < kdSamples; i++) {
                 int[] window = new int[promptTokens];
                 file.read((long) (places.nextDouble() * (file.size() - promptTokens + 1)), promptTokens, window);
@@ -133,6 +135,14 @@ public final class GenerateCommand implements Callable<Integer> {
             }
             return prompts;
         }
+    }
+
+    /** --prompt, or from nothing: GPT-2 starts after its end-of-text token, the Llama family after its BOS. */
+    private int[] start(TextTokenizer tok, boolean llama) throws java.io.IOException {
+        if (!prompt.isEmpty()) return tok.encode(prompt);
+        var first = llama && tok.bos().isPresent() ? tok.bos() : tok.eos();
+        return new int[]{first.orElseThrow(() -> new java.io.IOException(model.resolve("tokenizer.json")
+                + " names no token to start from; give a --prompt"))};
     }
 
     /**
@@ -146,7 +156,7 @@ public final class GenerateCommand implements Callable<Integer> {
     }
 
     /** Every prompt continued --tokens tokens, then printed in order or written to --kd-out. */
-    private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, java.util.List<int[]> prompts) throws java.io.IOException {
+    private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, List<int[]> prompts) throws java.io.IOException {
         double t = temperature != null ? temperature : kdOut != null ? 0.7 : 0.8;
         int k = topK != null ? topK : kdOut != null ? 0 : 40;
         long t0 = System.nanoTime();
@@ -154,7 +164,7 @@ public final class GenerateCommand implements Callable<Integer> {
         double seconds = (System.nanoTime() - t0) / 1e9;
         long tokens = (long) prompts.size() * count;
         if (kdOut != null) {
-            int[] all = java.util.Arrays.stream(continued).flatMapToInt(java.util.Arrays::stream).toArray();
+            int[] all = Arrays.stream(continued).flatMapToInt(Arrays::stream).toArray();
             TokenFile.write(kdOut, all);
             String from = promptFile != null ? ", from the prompts of " + promptFile
                     : kdPrompts != null ? ", from " + promptTokens + "-token prompts of " + kdPrompts : ", from the start token";
@@ -165,15 +175,16 @@ public final class GenerateCommand implements Callable<Integer> {
         for (int i = 0; i < continued.length; i++) {
             if (continued.length > 1) out.printf("%s── %s %d of %d ──%n", i == 0 ? "" : "\n", each, i + 1, continued.length);
             boolean fromStart = promptFile == null && prompt.isEmpty();   // the start token is not text
-            out.println(tok.decode(java.util.Arrays.copyOfRange(continued[i], fromStart ? 1 : 0, continued[i].length)));
+            out.println(tok.decode(Arrays.copyOfRange(continued[i], fromStart ? 1 : 0, continued[i].length)));
         }
         out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", tokens, seconds, tokens / seconds);
         return 0;
     }
+
     /** The non-blank lines of --prompt-file, encoded. */
-    private java.util.List<int[]> readPrompts(TextTokenizer tok) throws java.io.IOException {
-        java.util.List<int[]> prompts = new java.util.ArrayList<>();
-        java.util.List<String> lines;
+    private List<int[]> readPrompts(TextTokenizer tok) throws java.io.IOException {
+        List<int[]> prompts = new ArrayList<>();
+        List<String> lines;
         try {
             lines = Files.readAllLines(promptFile, java.nio.charset.StandardCharsets.UTF_8);
         } catch (java.nio.charset.CharacterCodingException e) {
@@ -192,16 +203,16 @@ public final class GenerateCommand implements Callable<Integer> {
      * Each prompt continued by --tokens tokens, each from its own {@link #generator}: prompts of one
      * token length decode together, --batch at a time, in order of their index.
      */
-    private int[][] continueAll(TextGenerator gen, java.util.List<int[]> prompts, double t, int k) {
-        java.util.Map<Integer, java.util.List<Integer>> byLength = new java.util.TreeMap<>();
-        for (int i = 0; i < prompts.size(); i++) byLength.computeIfAbsent(prompts.get(i).length, n -> new java.util.ArrayList<>()).add(i);
+    private int[][] continueAll(TextGenerator gen, List<int[]> prompts, double t, int k) {
+        Map<Integer, List<Integer>> byLength = new TreeMap<>();
+        for (int i = 0; i < prompts.size(); i++) byLength.computeIfAbsent(prompts.get(i).length, n -> new ArrayList<>()).add(i);
         int[][] continued = new int[prompts.size()][];
         Progress progress = new Progress(spec.commandLine().getErr(), "generate", 0, prompts.size(), 5000);
         long t0 = System.nanoTime();
         int done = 0;
-        for (java.util.List<Integer> group : byLength.values()) {
+        for (List<Integer> group : byLength.values()) {
             for (int first = 0; first < group.size(); first += gen.batch()) {
-                java.util.List<Integer> ids = group.subList(first, Math.min(group.size(), first + gen.batch()));
+                List<Integer> ids = group.subList(first, Math.min(group.size(), first + gen.batch()));
                 int[][] starts = new int[ids.size()][];
                 Rng[] sampling = new Rng[ids.size()];
                 for (int r = 0; r < ids.size(); r++) {
