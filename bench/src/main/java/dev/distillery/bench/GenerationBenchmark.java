@@ -43,9 +43,14 @@ import dev.distillery.runtime.nn.TextGenerator;
  * forward. {@code temperature} 0 is greedy; else sampling, among the {@code topK} most likely
  * (0: all), as {@code generate --temperature --top-k}. {@code batch} sequences from the same
  * start token decode together, each sampling from its own generator, as {@code generate --samples
- * --batch} does (tokens/s = batch · tokens / seconds).
+ * --batch} does (tokens/s = batch · tokens / seconds). With {@code prompts} N > 0, N prompts of
+ * random ids and random lengths of 1 to {@code promptLength} tokens are continued instead, {@code
+ * batch} at a time, by {@link TextGenerator#generateAll} as {@code generate --prompt-file} does
+ * (tokens/s = N · tokens / seconds): {@code spread} 0 batches prompts of one length only, −1 takes
+ * {@link TextGenerator#spread}.
  *
- * <pre>java -jar bench/target/benchmarks.jar GenerationBenchmark -p model=CHECKPOINT -p tokens=250</pre>
+ * <pre>java -jar bench/target/benchmarks.jar GenerationBenchmark -p model=CHECKPOINT -p tokens=250
+ * java -jar bench/target/benchmarks.jar GenerationBenchmark -p model=gpt2-vocab -p batch=32 -p prompts=64 -p spread=0,-1</pre>
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
@@ -73,6 +78,17 @@ public class GenerationBenchmark {
     @Param({"1"})
     public int batch;
 
+    /** 0: batch sequences from the start token; N: N prompts of random lengths through {@link TextGenerator#generateAll}. */
+    @Param({"0"})
+    public int prompts;
+
+    @Param({"48"})
+    public int promptLength;
+
+    /** generateAll's spread: 0, one length a batch; −1, {@link TextGenerator#spread}. */
+    @Param({"-1"})
+    public int spread;
+
     /** cpu, or cuda (on a machine with a GPU: each token's few dozen launches). */
     @Param({"cpu"})
     public String device;
@@ -81,6 +97,7 @@ public class GenerationBenchmark {
     private LanguageModel lm;
     private TextGenerator generator;
     private int[][] starts;
+    private java.util.List<int[]> promptList;
 
     @Setup(Level.Trial)
     public void setUp() throws IOException {
@@ -101,10 +118,20 @@ public class GenerationBenchmark {
         generator = new TextGenerator(lm, kernels, batch);
         starts = new int[batch][];
         java.util.Arrays.fill(starts, new int[]{lm.vocabSize() - 1});
+        Rng rng = new Rng(7);
+        promptList = new java.util.ArrayList<>();
+        for (int i = 0; i < prompts; i++) {
+            int[] p = new int[1 + rng.nextInt(promptLength)];
+            for (int j = 0; j < p.length; j++) p[j] = rng.nextInt(lm.vocabSize());
+            promptList.add(p);
+        }
     }
 
     @Benchmark
     public int[][] generate() {
+        if (prompts > 0) {
+            return generator.generateAll(promptList, tokens, temperature, topK, spread < 0 ? TextGenerator.spread(tokens) : spread, i -> new Rng(1 + i), done -> { });
+        }
         Rng[] rngs = new Rng[batch];
         for (int r = 0; r < batch; r++) rngs[r] = new Rng(1 + r);
         return generator.generate(starts, tokens, temperature, topK, rngs);

@@ -4,6 +4,10 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
+import java.util.Comparator;
+import java.util.List;
+import java.util.function.IntConsumer;
+import java.util.function.IntFunction;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
@@ -21,7 +25,7 @@ import dev.distillery.runtime.autograd.Tape;
  * cached keys and values of the tokens before it. Past the context the window slides, and each
  * new token costs one forward over the window (learned positions, as GPT-2's, move with it).
  *
- * <p>Up to {@code batch} prompts of one length are continued together ({@link #generate(int[][],
+ * <p>Up to {@code batch} prompts, of any lengths, are continued together ({@link #generate(int[][],
  * int, double, int, Rng[])}): each step's rows go through every GEMM at once, where one sequence
  * at a time reads every weight once per token. Each sequence samples from its own generator, so
  * its text does not depend on the others'; its logits may differ from a lone run's in the last
@@ -113,9 +117,15 @@ public final class TextGenerator implements AutoCloseable {
     }
 
     /**
-     * Each of {@code prompts} (at most {@link #batch()}, all of one length) followed by
-     * {@code count} tokens sampled from its own generator {@code rngs[r]}, the sequences decoded
-     * together.
+     * Each of {@code prompts} (at most {@link #batch()}) followed by {@code count} tokens sampled
+     * from its own generator {@code rngs[r]}, the sequences decoded together.
+     *
+     * <p>Prompts of different lengths share every step's position: the cache is filled with the
+     * shortest prompt's length at once, then a sequence whose prompt goes on is given its next
+     * prompt token where the others draw one (its logits there are not drawn from, and its generator
+     * is not touched), and a sequence that has its {@code count} tokens idles until the longest
+     * is done. A sequence's text is then what it would be alone, up to the GEMMs' last bits; a
+     * batch of lengths m..M costs M − m more steps than one of equal lengths, each step of every row.
      *
      * @param temperature 0 = greedy, else softmax(logits / temperature)
      * @param topK        sample among the k most likely tokens only (0 = the whole vocabulary)
@@ -124,35 +134,86 @@ public final class TextGenerator implements AutoCloseable {
         int rows = prompts.length;
         if (rows < 1 || rows > batch) throw new IllegalArgumentException(rows + " prompts for a generator of " + batch + " at a time");
         if (rngs.length != rows) throw new IllegalArgumentException(rows + " prompts but " + rngs.length + " generators");
-        int length = prompts[0].length;
-        if (length == 0) throw new IllegalArgumentException("the prompt must hold at least one token");
+        if (count < 0) throw new IllegalArgumentException("a count of " + count + " tokens");
+        int shortest = Integer.MAX_VALUE, longest = 0;
         for (int[] p : prompts) {
-            if (p.length != length) throw new IllegalArgumentException("prompts decoded together must be of one length: " + p.length + " and " + length);
+            if (p.length == 0) throw new IllegalArgumentException("a prompt must hold at least one token");
             for (int id : p) if (id < 0 || id >= vocab) throw new IllegalArgumentException("token id " + id + " is outside the vocabulary of " + vocab);
+            shortest = Math.min(shortest, p.length);
+            longest = Math.max(longest, p.length);
         }
         Kernels.greedy(temperature, topK);   // the arguments checked before the prefill
-        int v = vocab, ctx = context;
+        if (count == 0) return Arrays.stream(prompts).map(int[]::clone).toArray(int[][]::new);
+        int v = vocab, ctx = context, end = longest + count;
         int[][] seqs = new int[rows][];
-        for (int r = 0; r < rows; r++) seqs[r] = Arrays.copyOf(prompts[r], length + count);
-        int positions = (int) Math.min(ctx, (long) length + count);
+        for (int r = 0; r < rows; r++) seqs[r] = Arrays.copyOf(prompts[r], end);   // an idle sequence's tokens past its own end are dropped
+        int positions = (int) Math.min(ctx, (long) end);
         if (cache == null || cache.maxLen() < positions) {
             if (cache != null) cache.close();
             cache = model.newCache(batch, positions);
         }
         cache.clear();   // other sequences than the last call's
         cacheFrom = 0;
-        for (int n = length; n < length + count; n++) {
+        for (int n = shortest; n < end; n++) {
             int t = Math.min(n, ctx), from = n - t;   // the prompts' ids were checked, and sampleRows draws in [0, v)
             Tensor logits = nextLogits(seqs, rows, from, t);   // each sequence's last position's logits (rows, vocab)
             if (temperature > 0) {   // greedy draws nothing from the generators
-                for (int r = 0; r < rows; r++) hostUniforms.setAtIndex(ValueLayout.JAVA_DOUBLE, r, rngs[r].nextDouble());
+                for (int r = 0; r < rows; r++) hostUniforms.setAtIndex(ValueLayout.JAVA_DOUBLE, r, drawsAt(prompts[r].length, count, n) ? rngs[r].nextDouble() : 0);
                 kernels.copyFromHost(uniforms, hostUniforms, 8L * rows);
             }
             kernels.sampleRows(drawn, logits.data(), uniforms, rows, v, temperature, topK);   // where the logits are
             kernels.copyToHost(hostDrawn, drawn, 4L * rows);
-            for (int r = 0; r < rows; r++) seqs[r][n] = hostDrawn.getAtIndex(ValueLayout.JAVA_INT, r);
+            for (int r = 0; r < rows; r++) if (n >= prompts[r].length) seqs[r][n] = hostDrawn.getAtIndex(ValueLayout.JAVA_INT, r);
         }
+        for (int r = 0; r < rows; r++) if (seqs[r].length != prompts[r].length + count) seqs[r] = Arrays.copyOf(seqs[r], prompts[r].length + count);
         return seqs;
+    }
+
+    /**
+     * Every one of {@code prompts} continued by {@code count} tokens, prompt i sampled from its own
+     * generator {@code generators.apply(i)}, the results in the prompts' order: the prompts in order
+     * of token length (then of index) go through {@link #generate(int[][], int, double, int, Rng[])}
+     * {@link #batch()} at a time, a batch's lengths differing by at most {@code spread} tokens
+     * (0: prompts of one length only). {@code done} hears the prompts continued so far after each batch.
+     */
+    public int[][] generateAll(List<int[]> prompts, int count, double temperature, int topK, int spread, IntFunction<Rng> generators,
+                               IntConsumer done) {
+        if (spread < 0) throw new IllegalArgumentException("a spread of " + spread + " tokens");
+        Integer[] order = new Integer[prompts.size()];
+        for (int i = 0; i < order.length; i++) order[i] = i;
+        Arrays.sort(order, Comparator.comparingInt((Integer i) -> prompts.get(i).length).thenComparingInt(i -> i));
+        int[][] continued = new int[prompts.size()][];
+        for (int first = 0, next; first < order.length; first = next) {
+            int shortest = prompts.get(order[first]).length;
+            next = first + 1;
+            while (next < order.length && next - first < batch && prompts.get(order[next]).length - shortest <= spread) next++;
+            int[][] starts = new int[next - first][];
+            Rng[] rngs = new Rng[next - first];
+            for (int r = 0; r < starts.length; r++) {
+                starts[r] = prompts.get(order[first + r]);
+                rngs[r] = generators.apply(order[first + r]);
+            }
+            int[][] seqs = generate(starts, count, temperature, topK, rngs);
+            for (int r = 0; r < starts.length; r++) continued[order[first + r]] = seqs[r];
+            done.accept(next);
+        }
+        return continued;
+    }
+
+    /**
+     * {@link #generateAll}'s spread for continuations of {@code count} tokens: a quarter of them.
+     * The shortest prompts of a batch fill the cache at once and the longer ones go on one token a
+     * step with it, so each token of spread costs the batch one step of all its rows; a quarter
+     * bounds that at a quarter of the batch's own steps, and continuations of one token batch only
+     * prompts of one length.
+     */
+    public static int spread(int count) {
+        return count / 4;
+    }
+
+    /** Whether a sequence whose prompt holds {@code length} tokens draws its token at position n. */
+    private static boolean drawsAt(int length, int count, int n) {
+        return n >= length && n < length + count;
     }
 
     @Override

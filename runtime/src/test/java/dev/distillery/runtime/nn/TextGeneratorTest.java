@@ -102,7 +102,8 @@ class TextGeneratorTest {
      * Sequences decoded together match each decoded alone: a batch's prefill and its decodes give
      * every sequence the logits of its own whole-window forward, and batched generation, greedy
      * and sampled (each sequence from its own generator), past the context where the windows
-     * slide, writes each sequence's text as a lone run does. GPT-2 and a Llama with grouped-query
+     * slide, writes each sequence's text as a lone run does, with prompts of one length or of
+     * several (shorter and longer than the context). GPT-2 and a Llama with grouped-query
      * heads, fp32 and bf16.
      */
     @Test
@@ -148,20 +149,73 @@ class TextGeneratorTest {
                         logits = m.decode(ops, cache, nextTokens).toFloatArray();
                     }
                     assertEquals(n, cache.length());
-                    // 12 tokens after 3-token prompts: past the context of 9, the windows slide
-                    int[][] starts = {{3, 1, 4}, {1, 5, 9}, {2, 6, 5}};
-                    for (double temperature : new double[]{0, 1.5}) {
-                        Rng[] gens = new Rng[rows];
-                        for (int r = 0; r < rows; r++) gens[r] = new Rng(40 + r);
-                        int[][] texts = together.generate(starts, 12, temperature, 0, gens);
-                        for (int r = 0; r < rows; r++) {
-                            assertArrayEquals(alone.generate(starts[r], 12, temperature, 0, new Rng(40 + r)), texts[r],
-                                    family + " at temperature " + temperature + ", sequence " + r);
+                    // 12 tokens after 3-token prompts: past the context of 9, the windows slide; then prompts of 1 to 11
+                    // tokens (one past the context) together, and 2 to 4 tokens within the context
+                    int[][][] batches = {{{3, 1, 4}, {1, 5, 9}, {2, 6, 5}}, {{3, 1, 4, 1}, {5}, {9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3}},
+                            {{2, 7}, {1, 8, 2, 8}, {1, 8, 2}}};
+                    for (int[][] starts : batches) {
+                        for (double temperature : new double[]{0, 1.5}) {
+                            int count = starts == batches[2] ? 3 : 12;
+                            Rng[] gens = new Rng[rows];
+                            for (int r = 0; r < rows; r++) gens[r] = new Rng(40 + r);
+                            int[][] texts = together.generate(starts, count, temperature, 0, gens);
+                            for (int r = 0; r < rows; r++) {
+                                assertArrayEquals(alone.generate(starts[r], count, temperature, 0, new Rng(40 + r)), texts[r],
+                                        family + " at temperature " + temperature + ", prompts " + java.util.Arrays.deepToString(starts) + ", sequence " + r);
+                                assertEquals(gens[r].nextDouble(), after(new Rng(40 + r), temperature > 0 ? count : 0).nextDouble(),
+                                        family + ": sequence " + r + "'s generator drew once a token it sampled");
+                            }
                         }
                     }
+                    int[][] none = together.generate(batches[1], 0, 1.5, 0, new Rng[]{new Rng(1), new Rng(2), new Rng(3)});
+                    assertEquals(java.util.Arrays.deepToString(batches[1]), java.util.Arrays.deepToString(none), "no tokens: the prompts");
                 }
             }
         }
+    }
+
+    /**
+     * {@link TextGenerator#generateAll} gives back every prompt's continuation in the prompts'
+     * order, each the text of a lone run from its own generator, whether batches hold prompts of
+     * one length only (spread 0) or of several, and reports the prompts done after each batch.
+     */
+    @Test
+    void generateAllContinuesEachPromptAsALoneRunInThePromptsOrder() {
+        try (CpuKernels k = new CpuKernels(2, "auto"); Gpt2 m = new Gpt2(new Gpt2Config(53, 16, 2, 16, 2), k);
+             TextGenerator together = new TextGenerator(m, k, 3); TextGenerator alone = new TextGenerator(m, k)) {
+            m.initialize(5);
+            Rng rng = new Rng(8);
+            java.util.List<int[]> prompts = new java.util.ArrayList<>();
+            for (int i = 0; i < 11; i++) {
+                int[] p = new int[1 + rng.nextInt(6)];
+                for (int j = 0; j < p.length; j++) p[j] = rng.nextInt(53);
+                prompts.add(p);
+            }
+            for (int spread : new int[]{0, 2, 5}) {
+                java.util.List<Integer> done = new java.util.ArrayList<>();
+                int[][] texts = together.generateAll(prompts, 7, 1.2, 0, spread, i -> new Rng(100 + i), done::add);
+                for (int i = 0; i < prompts.size(); i++) {
+                    assertArrayEquals(alone.generate(prompts.get(i), 7, 1.2, 0, new Rng(100 + i)), texts[i], "spread " + spread + ", prompt " + i);
+                }
+                assertEquals(prompts.size(), done.getLast(), "spread " + spread + ": " + done);
+                for (int b = 0; b < done.size(); b++) {
+                    int size = done.get(b) - (b == 0 ? 0 : done.get(b - 1));
+                    assertTrue(size >= 1 && size <= 3, "spread " + spread + ": batches of 1 to 3, " + done);
+                }
+                if (spread == 0) {   // each length's prompts in batches of up to 3
+                    int batches = prompts.stream().collect(java.util.stream.Collectors.groupingBy(p -> p.length, java.util.stream.Collectors.counting()))
+                            .values().stream().mapToInt(n -> (int) ((n + 2) / 3)).sum();
+                    assertEquals(batches, done.size(), "one length a batch: " + done);
+                }
+                if (spread == 5) assertEquals(4, done.size(), "11 prompts of 1 to 6 tokens in batches of 3: " + done);
+            }
+        }
+    }
+
+    /** rng after n draws. */
+    private static Rng after(Rng rng, int n) {
+        for (int i = 0; i < n; i++) rng.nextDouble();
+        return rng;
     }
 
     /** Sets every parameter of m at random (norm weights near 1, the rest near 0) and returns forward-only ops over ws. */

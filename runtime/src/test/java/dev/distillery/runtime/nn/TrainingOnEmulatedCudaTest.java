@@ -137,8 +137,8 @@ class TrainingOnEmulatedCudaTest {
             }
             ModelFiles.write(checkpoint, model);
             int[] generated;
-            try (TextGenerator g = new TextGenerator(model, kernels, 2)) {   // two sequences decoded together
-                int[][] two = g.generate(new int[][]{{3, 1, 4}, {2, 7, 1}}, 6, 0, 0, new Rng[]{new Rng(1), new Rng(2)});
+            try (TextGenerator g = new TextGenerator(model, kernels, 2)) {   // two sequences of different lengths decoded together
+                int[][] two = g.generate(new int[][]{{3, 1, 4}, {2, 7}}, 6, 0, 0, new Rng[]{new Rng(1), new Rng(2)});
                 generated = java.util.stream.IntStream.concat(java.util.Arrays.stream(two[0]), java.util.Arrays.stream(two[1])).toArray();
             }
             return new Trace(losses, norms, model.parameters().read(model.lmHeadWeight()),

@@ -7,8 +7,6 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
 import java.util.List;
-import java.util.Map;
-import java.util.TreeMap;
 import java.util.concurrent.Callable;
 
 import dev.distillery.kernels.Kernels;
@@ -56,7 +54,8 @@ public final class GenerateCommand implements Callable<Integer> {
     @Option(names = "--prompt-tokens", defaultValue = "16", description = "Tokens of each --kd-prompts prompt (default: ${DEFAULT-VALUE}).")
     int promptTokens;
     @Option(names = "--prompt-file", description = "A UTF-8 text file of prompts, one a line (blank lines skipped): each is continued "
-            + "--tokens tokens, printed in the file's order (or written with --kd-out). Prompts of one token length decode together.")
+            + "--tokens tokens, printed in the file's order (or written with --kd-out). Prompts decode --batch at a time in order of "
+            + "token length, a batch's lengths within a quarter of --tokens of each other.")
     Path promptFile;
     @Option(names = "--samples", defaultValue = "1", description = "Continuations of the prompt to print (default: ${DEFAULT-VALUE}), "
             + "decoded together. The first draws from --seed as a lone run does, each other from its own generator.")
@@ -200,31 +199,14 @@ public final class GenerateCommand implements Callable<Integer> {
     }
 
     /**
-     * Each prompt continued by --tokens tokens, each from its own {@link #generator}: prompts of one
-     * token length decode together, --batch at a time, in order of their index.
+     * Each prompt continued by --tokens tokens, each from its own {@link #generator}: --batch at a
+     * time in order of token length, a batch's lengths within {@link TextGenerator#spread} of each other.
      */
     private int[][] continueAll(TextGenerator gen, List<int[]> prompts, double t, int k) {
-        Map<Integer, List<Integer>> byLength = new TreeMap<>();
-        for (int i = 0; i < prompts.size(); i++) byLength.computeIfAbsent(prompts.get(i).length, n -> new ArrayList<>()).add(i);
-        int[][] continued = new int[prompts.size()][];
         Progress progress = new Progress(spec.commandLine().getErr(), "generate", 0, prompts.size(), 5000);
         long t0 = System.nanoTime();
-        int done = 0;
-        for (List<Integer> group : byLength.values()) {
-            for (int first = 0; first < group.size(); first += gen.batch()) {
-                List<Integer> ids = group.subList(first, Math.min(group.size(), first + gen.batch()));
-                int[][] starts = new int[ids.size()][];
-                Rng[] sampling = new Rng[ids.size()];
-                for (int r = 0; r < ids.size(); r++) {
-                    starts[r] = prompts.get(ids.get(r));
-                    sampling[r] = generator(ids.get(r));
-                }
-                int[][] seqs = gen.generate(starts, count, t, k, sampling);
-                for (int r = 0; r < ids.size(); r++) continued[ids.get(r)] = seqs[r];
-                done += ids.size();
-                if (prompts.size() > 1) progress.update(done, String.format("samples | %,.0f tokens/s", (double) done * count / ((System.nanoTime() - t0) / 1e9)));
-            }
-        }
-        return continued;
+        return gen.generateAll(prompts, count, t, k, TextGenerator.spread(count), this::generator, done -> {
+            if (prompts.size() > 1) progress.update(done, String.format("samples | %,.0f tokens/s", (double) done * count / ((System.nanoTime() - t0) / 1e9)));
+        });
     }
 }

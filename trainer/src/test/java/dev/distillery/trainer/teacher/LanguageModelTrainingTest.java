@@ -105,11 +105,18 @@ class LanguageModelTrainingTest {
         assertEquals(lone, parts[1], "sample 1 draws from --seed, as a lone run does");
         assertTrue(parts[2].startsWith("Mr. Speaker") && parts[3].startsWith("Mr. Speaker"), printed[0]);
         assertTrue(!parts[2].equals(parts[1]) || !parts[3].equals(parts[1]), "the samples draw from generators of their own: " + printed[0]);
-        // a file of prompts, two of one length: printed in the file's order, the same text decoded one at a time or together
+        // a file of prompts of two lengths, two of one: printed in the file's order, the same text decoded one at a time or
+        // together (enough tokens that the lengths fall within one batch's spread)
         Path promptFile = dir.resolve("prompts.txt");
         java.nio.file.Files.writeString(promptFile, "Mr. Speaker\n\nWe\nMr. Speaker\n");
-        String[] fromFile = {printedText(ckpt, 24, "--prompt-file", promptFile.toString(), "--tokens", "8", "--batch", "1"),
-                printedText(ckpt, 24, "--prompt-file", promptFile.toString(), "--tokens", "8", "--batch", "4")};
+        int lengths;
+        try (var tok = dev.distillery.trainer.tokenizer.TextTokenizer.open(ckpt.resolve("tokenizer.json").toString())) {
+            lengths = tok.encode("Mr. Speaker").length - tok.encode("We").length;
+        }
+        int continued = 4 * Math.abs(lengths) + 8;
+        assertTrue(lengths != 0 && dev.distillery.runtime.nn.TextGenerator.spread(continued) >= Math.abs(lengths), "prompts of two lengths in one batch");
+        String[] fromFile = {printedText(ckpt, 3 * continued, "--prompt-file", promptFile.toString(), "--tokens", "" + continued, "--batch", "1"),
+                printedText(ckpt, 3 * continued, "--prompt-file", promptFile.toString(), "--tokens", "" + continued, "--batch", "4")};
         assertEquals(fromFile[0], fromFile[1], "--batch 1 and 4");
         String[] byPrompt = fromFile[0].split("(\n\n)?── prompt \\d of 3 ──\n");
         assertEquals(4, byPrompt.length, fromFile[0]);
