@@ -89,6 +89,10 @@ public class GenerationBenchmark {
     @Param({"-1"})
     public int spread;
 
+    /** fp32, or bf16 (as {@code generate --precision}: the GEMMs on bf16 operands). */
+    @Param({"fp32"})
+    public String precision;
+
     /** cpu, or cuda (on a machine with a GPU: each token's few dozen launches). */
     @Param({"cpu"})
     public String device;
@@ -101,7 +105,7 @@ public class GenerationBenchmark {
 
     @Setup(Level.Trial)
     public void setUp() throws IOException {
-        kernels = HostOnlyCudaBackend.openKernels(device, threads, "auto", Precision.parse("fp32", "precision"));
+        kernels = HostOnlyCudaBackend.openKernels(device, threads, "auto", Precision.parse(precision, "precision"));
         Gpt2Config shape = switch (model) {
             case "demo-teacher" -> new Gpt2Config(1024, 64, 4, 192, 6);
             case "gpt2-vocab" -> new Gpt2Config(50257, 256, 4, 128, 4);

@@ -154,16 +154,19 @@ public final class TextGenerator implements AutoCloseable {
         }
         cache.clear();   // other sequences than the last call's
         cacheFrom = 0;
-        for (int n = shortest; n < end; n++) {
-            int t = Math.min(n, ctx), from = n - t;   // the prompts' ids were checked, and sampleRows draws in [0, v)
-            Tensor logits = nextLogits(seqs, rows, from, t);   // each sequence's last position's logits (rows, vocab)
-            if (temperature > 0) {   // greedy draws nothing from the generators
-                for (int r = 0; r < rows; r++) hostUniforms.setAtIndex(ValueLayout.JAVA_DOUBLE, r, drawsAt(prompts[r].length, count, n) ? rngs[r].nextDouble() : 0);
-                kernels.copyFromHost(uniforms, hostUniforms, 8L * rows);
+        // the weights do not change during a call: under bf16 each is rounded or packed once a call, not once a token
+        try (Kernels.ConstantHold weights = kernels.holdConstant(model.parameters().paramBlock())) {
+            for (int n = shortest; n < end; n++) {
+                int t = Math.min(n, ctx), from = n - t;   // the prompts' ids were checked, and sampleRows draws in [0, v)
+                Tensor logits = nextLogits(seqs, rows, from, t);   // each sequence's last position's logits (rows, vocab)
+                if (temperature > 0) {   // greedy draws nothing from the generators
+                    for (int r = 0; r < rows; r++) hostUniforms.setAtIndex(ValueLayout.JAVA_DOUBLE, r, drawsAt(prompts[r].length, count, n) ? rngs[r].nextDouble() : 0);
+                    kernels.copyFromHost(uniforms, hostUniforms, 8L * rows);
+                }
+                kernels.sampleRows(drawn, logits.data(), uniforms, rows, v, temperature, topK);   // where the logits are
+                kernels.copyToHost(hostDrawn, drawn, 4L * rows);
+                for (int r = 0; r < rows; r++) if (n >= prompts[r].length) seqs[r][n] = hostDrawn.getAtIndex(ValueLayout.JAVA_INT, r);
             }
-            kernels.sampleRows(drawn, logits.data(), uniforms, rows, v, temperature, topK);   // where the logits are
-            kernels.copyToHost(hostDrawn, drawn, 4L * rows);
-            for (int r = 0; r < rows; r++) if (n >= prompts[r].length) seqs[r][n] = hostDrawn.getAtIndex(ValueLayout.JAVA_INT, r);
         }
         for (int r = 0; r < rows; r++) if (seqs[r].length != prompts[r].length + count) seqs[r] = Arrays.copyOf(seqs[r], prompts[r].length + count);
         return seqs;

@@ -212,6 +212,32 @@ class TextGeneratorTest {
         }
     }
 
+    /**
+     * A call reads the weights as they are when it starts: under bf16 the GEMMs keep their packed
+     * weights for one call only, so weights changed between two calls of one generator (a student
+     * generating between optimizer steps) give the text a new generator gives.
+     */
+    @Test
+    void aCallReadsTheWeightsAsTheyAreWhenItStarts() {
+        for (Precision precision : Precision.values()) {
+            try (CpuKernels k = new CpuKernels(2, "auto", precision); Gpt2 m = new Gpt2(new Gpt2Config(53, 16, 2, 16, 2), k);
+                 TextGenerator g = new TextGenerator(m, k, 2)) {
+                int[][] prompts = {{4, 8, 15}, {16, 23, 42}};
+                m.initialize(1);
+                int[][] first = g.generate(prompts, 10, 0, 0, new Rng[]{new Rng(1), new Rng(2)});
+                m.initialize(2);
+                int[][] second = g.generate(prompts, 10, 0, 0, new Rng[]{new Rng(1), new Rng(2)});
+                try (CpuKernels k2 = new CpuKernels(2, "auto", precision); Gpt2 m2 = new Gpt2(new Gpt2Config(53, 16, 2, 16, 2), k2);
+                     TextGenerator fresh = new TextGenerator(m2, k2, 2)) {   // kernels of its own: nothing kept from the first weights
+                    m2.initialize(2);
+                    assertEquals(java.util.Arrays.deepToString(fresh.generate(prompts, 10, 0, 0, new Rng[]{new Rng(1), new Rng(2)})),
+                            java.util.Arrays.deepToString(second), k.precision().key() + ": the new weights");
+                }
+                assertNotEquals(java.util.Arrays.deepToString(first), java.util.Arrays.deepToString(second), k.precision().key());
+            }
+        }
+    }
+
     /** rng after n draws. */
     private static Rng after(Rng rng, int n) {
         for (int i = 0; i < n; i++) rng.nextDouble();
