@@ -434,7 +434,8 @@ public interface Kernels extends AutoCloseable {
      * cache; forward only). q is (b, nh·hs); keys and values are (b, maxLen, kvh·hs), rows
      * [0, len) filled, query head h reading key/value head h / (nh / kvh) (grouped-query
      * attention; kvh = nh for plain multi-head); out is (b, nh·hs); scores is (b, nh, maxLen)
-     * scratch the kernel overwrites. Scale 1/√hs, softmax over the len positions.
+     * scratch the kernel overwrites. Scale 1/√hs, softmax over the len positions; in fp32 under
+     * either precision (one query row's products gain nothing from a bf16 GEMM).
      */
     void attentionDecode(MemorySegment out, MemorySegment scores, MemorySegment q, MemorySegment keys, MemorySegment values,
                          int b, int len, int maxLen, int nh, int kvh, int hs);

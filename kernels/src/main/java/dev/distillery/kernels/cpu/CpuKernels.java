@@ -46,6 +46,8 @@ public final class CpuKernels implements Kernels {
     /** Each pool thread's sampler: a decode step draws its tokens without allocating. */
     private final ThreadLocal<RowSampler> samplers = new ThreadLocal<>();
     private final Gemm gemm;
+    /** {@link #gemm} under fp32; under bf16 the fp32 GEMM that the products kept in fp32 use (generation's attention). */
+    private final Gemm fp32Gemm;
     private final Precision precision;
     /** Why a bf16 request runs fp32 GEMMs, or null. */
     private final String precisionNote;
@@ -91,11 +93,12 @@ public final class CpuKernels implements Kernels {
         String bf16Missing = precision == Precision.BF16 ? Bf16Gemm.unavailableReason() : null;
         this.precisionNote = bf16Missing == null ? null : "bf16 asked, fp32 GEMMs: " + bf16Missing;
         this.precision = precision == Precision.BF16 && bf16Missing == null ? Precision.BF16 : Precision.FP32;
-        this.gemm = this.precision == Precision.BF16 ? new Bf16Gemm() : switch (gemmChoice(gemmName)) {
+        this.fp32Gemm = switch (gemmChoice(gemmName)) {
             case BLAS -> new BlasGemm();
             case VECTOR -> new VectorGemm();
             case AUTO -> OpenBlasLibrary.probe().loaded() ? new BlasGemm() : new VectorGemm();
         };
+        this.gemm = this.precision == Precision.BF16 ? new Bf16Gemm() : fp32Gemm;
     }
 
     /** Why a bf16 request would run the fp32 GEMMs on this machine, or null when it has a bf16 GEMM. */
@@ -177,6 +180,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void close() {
         gemm.close();
+        if (fp32Gemm != gemm) fp32Gemm.close();
         pool.close();
         scratchArena.close();
     }
@@ -1008,18 +1012,20 @@ public final class CpuKernels implements Kernels {
         }
         float scale = (float) (1.0 / Math.sqrt(hs));
         int group = nh / kvh, width = kvh * hs;
+        // fp32 under either precision, as the CUDA twin: a bf16 GEMM would round and pack K and V at
+        // every token for products of one query row
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
                 long qh = (long) bb * nh * hs + (long) h * hs, kv = (long) bb * maxLen * width + (long) (h / group) * hs;
                 long row = (long) bh * maxLen;
                 // scores = scale · K q (len), K's rows of stride width; then the softmax over them
-                gemm.sgemm(false, false, len, 1, hs, scale, keys.asSlice(4 * kv), width, q.asSlice(4 * qh), 1, 0f, scores.asSlice(4 * row), 1);
+                fp32Gemm.sgemm(false, false, len, 1, hs, scale, keys.asSlice(4 * kv), width, q.asSlice(4 * qh), 1, 0f, scores.asSlice(4 * row), 1);
                 float mx = VectorOps.max(scores, row, len);
                 float sum = VectorOps.expSum(scores, row, len, mx, scores, row);
                 VectorOps.scale(scores, row, len, 1f / sum);
                 // out_h = Vᵀ p (hs)
-                gemm.sgemm(true, false, hs, 1, len, 1f, values.asSlice(4 * kv), width, scores.asSlice(4 * row), 1, 0f, out.asSlice(4 * qh), 1);
+                fp32Gemm.sgemm(true, false, hs, 1, len, 1f, values.asSlice(4 * kv), width, scores.asSlice(4 * row), 1, 0f, out.asSlice(4 * qh), 1);
             }
         });
     }

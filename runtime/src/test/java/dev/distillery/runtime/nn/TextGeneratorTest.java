@@ -59,12 +59,16 @@ class TextGeneratorTest {
                             host.allocateFrom(java.lang.foreign.ValueLayout.JAVA_INT, ids), false);
                     float[] full = m.forward(ops, tokens, 1, n).toFloatArray();
                     String family = m.getClass().getSimpleName() + " " + k.precision().key();
+                    // under bf16 the forward's attention multiplies bf16-rounded q, k, v and probabilities, the decode's
+                    // stays in fp32 (as on CUDA): the two differ by bf16's rounding through these sharp random heads (up to
+                    // 0.04 seen), not by fp32's; a cache row out of place moves logits by more than this
+                    double tol = k.precision() == Precision.BF16 ? 0.1 : 2e-4;
                     for (int pos = 0; pos < n; pos++) {
                         ws.reset();
                         var one = tokens.slice(pos, 1, 1);
                         float[] row = m.decode(ops, cache, one).toFloatArray();
                         for (int j = 0; j < 41; j++) {
-                            assertEquals(full[pos * 41 + j], row[j], 2e-4 * Math.max(1, Math.abs(full[pos * 41 + j])), family + " position " + pos + ", logit " + j);
+                            assertEquals(full[pos * 41 + j], row[j], tol * Math.max(1, Math.abs(full[pos * 41 + j])), family + " position " + pos + ", logit " + j);
                         }
                     }
                     assertEquals(9, cache.length());
@@ -76,8 +80,8 @@ class TextGeneratorTest {
                         ws.reset();
                         float[] next = m.decode(ops, filled, tokens.slice(8, 1, 1)).toFloatArray();
                         for (int j = 0; j < 41; j++) {
-                            assertEquals(full[7 * 41 + j], last[j], 2e-4 * Math.max(1, Math.abs(full[7 * 41 + j])), family + " prefill, logit " + j);
-                            assertEquals(full[8 * 41 + j], next[j], 2e-4 * Math.max(1, Math.abs(full[8 * 41 + j])), family + " after prefill, logit " + j);
+                            assertEquals(full[7 * 41 + j], last[j], tol * Math.max(1, Math.abs(full[7 * 41 + j])), family + " prefill, logit " + j);
+                            assertEquals(full[8 * 41 + j], next[j], tol * Math.max(1, Math.abs(full[8 * 41 + j])), family + " after prefill, logit " + j);
                         }
                     }
                     int[] prompt = {3, 1, 4};
@@ -125,6 +129,10 @@ class TextGeneratorTest {
                             dev.distillery.runtime.Device.CPU, host.allocateFrom(java.lang.foreign.ValueLayout.JAVA_INT, ids), false);
                     float[] full = m.forward(ops, tokens, rows, n).toFloatArray();
                     String family = m.getClass().getSimpleName() + " " + k.precision().key();
+                    // under bf16 the forward's attention multiplies bf16-rounded q, k, v and probabilities, the decode's
+                    // stays in fp32 (as on CUDA): the two differ by bf16's rounding through these sharp random heads (up to
+                    // 0.04 seen), not by fp32's; a cache row out of place moves logits by more than this
+                    double tol = k.precision() == Precision.BF16 ? 0.1 : 2e-4;
                     // the first 5 positions of each sequence in one prefill, then positions 5..8 one decode each
                     int t = 5;
                     int[] prompts = new int[rows * t], next = new int[rows];
@@ -139,7 +147,7 @@ class TextGeneratorTest {
                         for (int r = 0; r < rows; r++) {
                             for (int j = 0; j < vocab; j++) {
                                 float want = full[(r * n + pos) * vocab + j];
-                                assertEquals(want, logits[r * vocab + j], 2e-4 * Math.max(1, Math.abs(want)), family + " sequence " + r + ", position " + pos + ", logit " + j);
+                                assertEquals(want, logits[r * vocab + j], tol * Math.max(1, Math.abs(want)), family + " sequence " + r + ", position " + pos + ", logit " + j);
                             }
                         }
                         if (pos + 1 == n) break;
