@@ -57,8 +57,9 @@ public final class GenerateCommand implements Callable<Integer> {
             + "--tokens tokens, printed in the file's order (or written with --kd-out). Prompts decode --batch at a time in order of "
             + "token length, a batch's lengths within a quarter of --tokens of each other.")
     Path promptFile;
-    @Option(names = "--samples", defaultValue = "1", description = "Continuations of the prompt to print (default: ${DEFAULT-VALUE}), "
-            + "decoded together. The first draws from --seed as a lone run does, each other from its own generator.")
+    @Option(names = "--samples", defaultValue = "1", description = "Continuations of the prompt to print, or of each --prompt-file prompt to "
+            + "print or write (default: ${DEFAULT-VALUE}), decoded together. The first of each draws as a run with --samples 1 does, "
+            + "each other from its own generator.")
     int samples;
     @Option(names = {"--batch", "--kd-batch"}, defaultValue = "32", description = "Samples decoded together (--samples' or --kd-out's), "
             + "each step's rows through every GEMM at once (default: ${DEFAULT-VALUE}). Each sample draws from its own generator: the "
@@ -68,6 +69,8 @@ public final class GenerateCommand implements Callable<Integer> {
     DeviceOptions device;
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
+    /** The lines of --prompt-file, each continued --samples times. */
+    private int filePrompts;
 
     @Override
     public Integer call() throws Exception {
@@ -104,21 +107,29 @@ public final class GenerateCommand implements Callable<Integer> {
         if (kdOut != null && kdSamples < 1) throw new CommandLine.ParameterException(cl, "--kd-samples must be >= 1, got " + kdSamples);
         if (batch < 1) throw new CommandLine.ParameterException(cl, "--batch must be >= 1, got " + batch);
         if (samples < 1) throw new CommandLine.ParameterException(cl, "--samples must be >= 1, got " + samples);
-        if (samples > 1 && kdOut != null) throw new CommandLine.ParameterException(cl, "--samples is for printed text; with --kd-out, give --kd-samples");
+        if (samples > 1 && kdOut != null && promptFile == null) {
+            throw new CommandLine.ParameterException(cl, "--samples is for printed text or --prompt-file; with --kd-out, give --kd-samples");
+        }
         if (kdPrompts != null && kdOut == null) throw new CommandLine.ParameterException(cl, "--kd-prompts needs --kd-out");
-        if (promptFile != null && (!prompt.isEmpty() || kdPrompts != null || samples > 1)) {
-            throw new CommandLine.ParameterException(cl, "--prompt-file gives the prompts: leave out --prompt, --kd-prompts and --samples");
+        if (promptFile != null && (!prompt.isEmpty() || kdPrompts != null || cl.getParseResult().hasMatchedOption("--kd-samples"))) {
+            throw new CommandLine.ParameterException(cl, "--prompt-file gives the prompts: leave out --prompt, --kd-prompts and --kd-samples "
+                    + "(--samples N continues each N times)");
         }
         if (promptFile != null && !Files.isRegularFile(promptFile)) throw new CommandLine.ParameterException(cl, promptFile + ": no such file (--prompt-file)");
     }
 
     /**
-     * What to continue: the lines of --prompt-file; with --kd-out, --kd-samples starts (the start
-     * token, or windows of --kd-prompts at places drawn from --seed); else --samples copies of the
-     * prompt.
+     * What to continue: each line of --prompt-file --samples times (a line's samples side by side);
+     * with --kd-out, --kd-samples starts (the start token, or windows of --kd-prompts at places drawn
+     * from --seed); else --samples copies of the prompt.
      */
     private List<int[]> prompts(TextTokenizer tok, boolean llama, int vocab) throws java.io.IOException {
-        if (promptFile != null) return readPrompts(tok);
+        if (promptFile != null) {
+            List<int[]> lines = readPrompts(tok), each = new ArrayList<>();
+            filePrompts = lines.size();
+            for (int[] line : lines) each.addAll(Collections.nCopies(samples, line));
+            return each;
+        }
         if (kdOut == null || kdPrompts == null) return Collections.nCopies(kdOut == null ? samples : kdSamples, start(tok, llama));
         try (TokenFile file = TokenFile.open(kdPrompts, vocab, "the model's")) {
             if (promptTokens < 1 || file.size() < promptTokens) {
@@ -146,12 +157,18 @@ public final class GenerateCommand implements Callable<Integer> {
 
     /**
      * Prompt i's own generator: --samples' first draws from --seed as a lone run does, and every
-     * other sample, KD sample or prompt of the file from --seed mixed with its index, so that no
-     * text depends on --batch.
+     * other sample, KD sample or prompt of the file from --seed mixed with a number of its own, so
+     * that no text depends on --batch. A file's line p is numbered p in its first sample, as with
+     * --samples 1, and past the file's lines in its others.
      */
     private Rng generator(int i) {
         if (promptFile == null && kdOut == null) return new Rng(i == 0 ? seed : seed ^ (0x9E3779B97F4A7C15L * i));
-        return new Rng(seed ^ (0x9E3779B97F4A7C15L * (i + 1)));
+        int number = i;
+        if (promptFile != null) {
+            int line = i / samples, sample = i % samples;
+            number = sample == 0 ? line : filePrompts + line * (samples - 1) + sample - 1;
+        }
+        return new Rng(seed ^ (0x9E3779B97F4A7C15L * (number + 1)));
     }
 
     /** Every prompt continued --tokens tokens, then printed in order or written to --kd-out. */
@@ -170,9 +187,9 @@ public final class GenerateCommand implements Callable<Integer> {
             out.printf("wrote %d generations (%,d tokens; temperature %s, top-k %d%s) to %s%n", continued.length, all.length, t, k, from, kdOut);
             return 0;
         }
-        String each = promptFile != null ? "prompt" : "sample";
         for (int i = 0; i < continued.length; i++) {
-            if (continued.length > 1) out.printf("%s── %s %d of %d ──%n", i == 0 ? "" : "\n", each, i + 1, continued.length);
+            if (continued.length > 1) out.printf("%s── %s ──%n", i == 0 ? "" : "\n", promptFile == null ? "sample " + (i + 1) + " of " + continued.length
+                    : "prompt " + (i / samples + 1) + " of " + filePrompts + (samples > 1 ? ", sample " + (i % samples + 1) + " of " + samples : ""));
             boolean fromStart = promptFile == null && prompt.isEmpty();   // the start token is not text
             out.println(tok.decode(Arrays.copyOfRange(continued[i], fromStart ? 1 : 0, continued[i].length)));
         }

@@ -126,9 +126,11 @@ class MalformedInputsTest {
                 {"--kd-samples", "0", "--kd-out", dir.resolve("kd.bin").toString(), "--kd-samples must be >= 1, got 0"},
                 {"--batch", "0", "--kd-out", dir.resolve("kd.bin").toString(), "--batch must be >= 1, got 0"},
                 {"--samples", "0", "--samples must be >= 1, got 0"},
-                {"--samples", "2", "--kd-out", dir.resolve("kd.bin").toString(), "--samples is for printed text; with --kd-out, give --kd-samples"},
+                {"--samples", "2", "--kd-out", dir.resolve("kd.bin").toString(), "--samples is for printed text or --prompt-file; with --kd-out, give --kd-samples"},
                 {"--kd-prompts", dir.resolve("train.bin").toString(), "--kd-prompts needs --kd-out"},
-                {"--prompt-file", dir.resolve("prompts.txt").toString(), "--prompt", "We", "--prompt-file gives the prompts: leave out --prompt, --kd-prompts and --samples"},
+                {"--prompt-file", dir.resolve("prompts.txt").toString(), "--prompt", "We", "--prompt-file gives the prompts: leave out --prompt, --kd-prompts and --kd-samples (--samples N continues each N times)"},
+                {"--prompt-file", dir.resolve("prompts.txt").toString(), "--kd-out", dir.resolve("kd.bin").toString(), "--kd-samples", "8",
+                        "--prompt-file gives the prompts: leave out --prompt, --kd-prompts and --kd-samples (--samples N continues each N times)"},
                 {"--prompt-file", dir.resolve("prompts.txt").toString(), dir.resolve("prompts.txt") + ": no such file (--prompt-file)"}};
         for (String[] c : cases) {
             String[] args = new String[c.length - 1 + 4];

@@ -2,6 +2,7 @@ package dev.distillery.trainer.teacher;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
@@ -121,6 +122,15 @@ class LanguageModelTrainingTest {
         String[] byPrompt = fromFile[0].split("(\n\n)?── prompt \\d of 3 ──\n");
         assertEquals(4, byPrompt.length, fromFile[0]);
         assertTrue(byPrompt[1].startsWith("Mr. Speaker") && byPrompt[2].startsWith("We") && byPrompt[3].startsWith("Mr. Speaker"), fromFile[0]);
+        // --samples 2: each prompt twice, side by side, its first sample the text of --samples 1
+        String twice = printedText(ckpt, 6 * continued, "--prompt-file", promptFile.toString(), "--tokens", "" + continued, "--samples", "2");
+        String[] bySample = twice.split("(\n\n)?── prompt \\d of 3, sample \\d of 2 ──\n");
+        assertEquals(7, bySample.length, twice);
+        for (int p = 0; p < 3; p++) {
+            assertEquals(byPrompt[p + 1], bySample[2 * p + 1], "prompt " + (p + 1) + "'s first sample");
+            assertTrue(bySample[2 * p + 2].startsWith(p == 1 ? "We" : "Mr. Speaker"), twice);
+        }
+        assertNotEquals(bySample[1], bySample[2], "a prompt's second sample draws from a generator of its own: " + twice);
         Path kdFromFile = dir.resolve("kd-prompts.bin");
         status = Main.execute(new String[]{"generate", "--model", ckpt.toString(), "--prompt-file", promptFile.toString(), "--tokens", "8",
                 "--kd-out", kdFromFile.toString(), "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
