@@ -6,8 +6,8 @@ import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 import java.util.Comparator;
 import java.util.List;
-import java.util.function.IntConsumer;
 import java.util.function.IntFunction;
+import java.util.function.IntPredicate;
 
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.Kernels;
@@ -177,10 +177,11 @@ public final class TextGenerator implements AutoCloseable {
      * generator {@code generators.apply(i)}, the results in the prompts' order: the prompts in order
      * of token length (then of index) go through {@link #generate(int[][], int, double, int, Rng[])}
      * {@link #batch()} at a time, a batch's lengths differing by at most {@code spread} tokens
-     * (0: prompts of one length only). {@code done} hears the prompts continued so far after each batch.
+     * (0: prompts of one length only). {@code goOn} hears the prompts continued so far after each
+     * batch, and ends the call there when it answers false: the prompts not continued are then null.
      */
     public int[][] generateAll(List<int[]> prompts, int count, double temperature, int topK, int spread, IntFunction<Rng> generators,
-                               IntConsumer done) {
+                               IntPredicate goOn) {
         if (spread < 0) throw new IllegalArgumentException("a spread of " + spread + " tokens");
         Integer[] order = new Integer[prompts.size()];
         for (int i = 0; i < order.length; i++) order[i] = i;
@@ -198,7 +199,7 @@ public final class TextGenerator implements AutoCloseable {
             }
             int[][] seqs = generate(starts, count, temperature, topK, rngs);
             for (int r = 0; r < starts.length; r++) continued[order[first + r]] = seqs[r];
-            done.accept(next);
+            if (!goOn.test(next)) break;
         }
         return continued;
     }

@@ -185,7 +185,8 @@ class TextGeneratorTest {
     /**
      * {@link TextGenerator#generateAll} gives back every prompt's continuation in the prompts'
      * order, each the text of a lone run from its own generator, whether batches hold prompts of
-     * one length only (spread 0) or of several, and reports the prompts done after each batch.
+     * one length only (spread 0) or of several, reports the prompts done after each batch, and
+     * stops after a batch when told to, the prompts not continued null.
      */
     @Test
     void generateAllContinuesEachPromptAsALoneRunInThePromptsOrder() {
@@ -217,6 +218,16 @@ class TextGeneratorTest {
                 }
                 if (spread == 5) assertEquals(4, done.size(), "11 prompts of 1 to 6 tokens in batches of 3: " + done);
             }
+            // stopped after its first batch: that batch's prompts (the shortest) continued, the rest null
+            int[][] first = together.generateAll(prompts, 7, 1.2, 0, 5, i -> new Rng(100 + i), done -> false);
+            int shortest = prompts.stream().mapToInt(p -> p.length).min().orElseThrow(), continued = 0;
+            for (int i = 0; i < prompts.size(); i++) {
+                if (first[i] == null) continue;
+                continued++;
+                assertArrayEquals(alone.generate(prompts.get(i), 7, 1.2, 0, new Rng(100 + i)), first[i], "prompt " + i + " before the stop");
+                assertTrue(prompts.get(i).length <= shortest + 5, "prompt " + i + " is of the first batch");
+            }
+            assertEquals(3, continued, "one batch of 3");
         }
     }
 

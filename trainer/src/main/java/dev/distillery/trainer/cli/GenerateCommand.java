@@ -15,6 +15,8 @@ import dev.distillery.runtime.io.ModelFiles;
 import dev.distillery.runtime.nn.LanguageModel;
 import dev.distillery.runtime.nn.TextGenerator;
 import dev.distillery.trainer.data.TokenFile;
+import dev.distillery.trainer.loop.StopRequests;
+import dev.distillery.trainer.loop.TrainingLoop;
 import dev.distillery.trainer.report.Progress;
 import dev.distillery.trainer.tokenizer.TextTokenizer;
 import picocli.CommandLine;
@@ -178,22 +180,30 @@ public final class GenerateCommand implements Callable<Integer> {
         long t0 = System.nanoTime();
         int[][] continued = continueAll(gen, prompts, t, k);
         double seconds = (System.nanoTime() - t0) / 1e9;
-        long tokens = (long) prompts.size() * count;
+        int finished = (int) Arrays.stream(continued).filter(java.util.Objects::nonNull).count();
+        long tokens = (long) finished * count;
+        String stopped = finished == continued.length ? null : "stopped by " + StopRequests.requested() + " after " + finished + " of "
+                + continued.length + " generations" + (promptFile != null ? " (the prompts go shortest first)" : "");
         if (kdOut != null) {
-            int[] all = Arrays.stream(continued).flatMapToInt(Arrays::stream).toArray();
+            int[] all = Arrays.stream(continued).filter(java.util.Objects::nonNull).flatMapToInt(Arrays::stream).toArray();
             TokenFile.write(kdOut, all);
             String from = promptFile != null ? ", from the prompts of " + promptFile
                     : kdPrompts != null ? ", from " + promptTokens + "-token prompts of " + kdPrompts : ", from the start token";
-            out.printf("wrote %d generations (%,d tokens; temperature %s, top-k %d%s) to %s%n", continued.length, all.length, t, k, from, kdOut);
+            out.printf("wrote %d generations (%,d tokens; temperature %s, top-k %d%s) to %s%n", finished, all.length, t, k, from, kdOut);
+            if (stopped != null) throw new TrainingLoop.StoppedBySignalException(stopped + ": " + kdOut + " holds those done, in their order");
             return 0;
         }
+        boolean first = true;
         for (int i = 0; i < continued.length; i++) {
-            if (continued.length > 1) out.printf("%s── %s ──%n", i == 0 ? "" : "\n", promptFile == null ? "sample " + (i + 1) + " of " + continued.length
+            if (continued[i] == null) continue;
+            if (continued.length > 1) out.printf("%s── %s ──%n", first ? "" : "\n", promptFile == null ? "sample " + (i + 1) + " of " + continued.length
                     : "prompt " + (i / samples + 1) + " of " + filePrompts + (samples > 1 ? ", sample " + (i % samples + 1) + " of " + samples : ""));
             boolean fromStart = promptFile == null && prompt.isEmpty();   // the start token is not text
             out.println(tok.decode(Arrays.copyOfRange(continued[i], fromStart ? 1 : 0, continued[i].length)));
+            first = false;
         }
         out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", tokens, seconds, tokens / seconds);
+        if (stopped != null) throw new TrainingLoop.StoppedBySignalException(stopped + ": those done are printed above");
         return 0;
     }
 
@@ -222,8 +232,14 @@ public final class GenerateCommand implements Callable<Integer> {
     private int[][] continueAll(TextGenerator gen, List<int[]> prompts, double t, int k) {
         Progress progress = new Progress(spec.commandLine().getErr(), "generate", 0, prompts.size(), 5000);
         long t0 = System.nanoTime();
-        return gen.generateAll(prompts, count, t, k, TextGenerator.spread(count), this::generator, done -> {
-            if (prompts.size() > 1) progress.update(done, String.format("samples | %,.0f tokens/s", (double) done * count / ((System.nanoTime() - t0) / 1e9)));
-        });
+        StopRequests.loopRunning(true);   // a signal stops the generation between batches, what is done kept
+        try {
+            return gen.generateAll(prompts, count, t, k, TextGenerator.spread(count), this::generator, done -> {
+                if (prompts.size() > 1) progress.update(done, String.format("samples | %,.0f tokens/s", (double) done * count / ((System.nanoTime() - t0) / 1e9)));
+                return StopRequests.requested() == null;
+            });
+        } finally {
+            StopRequests.loopRunning(false);
+        }
     }
 }

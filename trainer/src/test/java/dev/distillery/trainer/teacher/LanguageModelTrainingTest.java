@@ -182,6 +182,56 @@ class LanguageModelTrainingTest {
     }
 
     /** What {@code generate} prints between its device line and its timing line, which must count {@code tokens}. */
+    /**
+     * {@code generate --kd-out} stopped by SIGTERM writes the generations done before the signal
+     * (whole ones, each its prompt and --tokens more, in the file's order), says so, and exits
+     * with {@link dev.distillery.trainer.loop.StopRequests#EXIT_STOPPED}.
+     */
+    @Test
+    void aGenerationStoppedBySigtermWritesTheGenerationsDone(@TempDir Path dir) throws Exception {
+        Path ckpt = run(options(dir.resolve("t"), 3), false, 0).checkpoint();
+        Path prompts = dir.resolve("prompts.txt"), kd = dir.resolve("kd.bin");
+        String[] words = Corpus.bundled().text().substring(0, 40_000).split("\\s+");
+        StringBuilder lines = new StringBuilder();
+        for (int i = 0; i < 4000; i++) lines.append(String.join(" ", java.util.Arrays.copyOfRange(words, i, i + 1 + i % 7))).append('\n');
+        Files.writeString(prompts, lines);
+        java.util.List<String> cmd = java.util.List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(),
+                "--add-modules=jdk.incubator.vector", "--enable-native-access=ALL-UNNAMED", "-cp", System.getProperty("java.class.path"),
+                "dev.distillery.trainer.cli.Main", "generate", "--model", ckpt.toString(), "--prompt-file", prompts.toString(), "--tokens", "8",
+                "--batch", "1", "--kd-out", kd.toString(), "--device", "cpu", "--threads", "2");
+        Path log = dir.resolve("generate.log");
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(log.toFile()).start();
+        long deadline = System.nanoTime() + java.util.concurrent.TimeUnit.SECONDS.toNanos(60);
+        while (System.nanoTime() < deadline && p.isAlive() && !Files.readString(log).contains("samples |")) Thread.sleep(5);
+        p.toHandle().destroy();
+        assertTrue(p.waitFor(60, java.util.concurrent.TimeUnit.SECONDS), "the stopped generation did not end:\n" + Files.readString(log));
+        String said = Files.readString(log);
+        assertEquals(dev.distillery.trainer.loop.StopRequests.EXIT_STOPPED, p.exitValue(), said);
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("stopped by SIGTERM after (\\d+) of 4000 generations").matcher(said);
+        assertTrue(m.find() && said.contains(kd + " holds those done, in their order"), said);
+        int done = Integer.parseInt(m.group(1));
+        assertTrue(done >= 1 && done < 4000, said);
+        try (var tok = dev.distillery.trainer.tokenizer.TextTokenizer.open(ckpt.resolve("tokenizer.json").toString());
+             var f = dev.distillery.trainer.data.TokenFile.open(kd)) {
+            java.util.List<int[]> encoded = new java.util.ArrayList<>();
+            for (String line : Files.readAllLines(prompts)) encoded.add(tok.encode(line));
+            // the prompts go shortest first: those done are the shortest, each in the file's order
+            java.util.List<Integer> order = new java.util.ArrayList<>();
+            for (int i = 0; i < encoded.size(); i++) order.add(i);
+            order.sort(java.util.Comparator.comparingInt((Integer i) -> encoded.get(i).length).thenComparingInt(i -> i));
+            java.util.List<Integer> first = new java.util.ArrayList<>(order.subList(0, done));
+            java.util.Collections.sort(first);
+            long at = 0;
+            for (int i : first) {
+                int[] head = new int[encoded.get(i).length];
+                f.read(at, head.length, head);
+                assertArrayEquals(encoded.get(i), head, "generation of prompt " + i + " at token " + at);
+                at += head.length + 8;
+            }
+            assertEquals(at, f.size(), "the " + done + " generations done, whole");
+        }
+    }
+
     private static String printedText(Path ckpt, int tokens, String... options) {
         StringWriter out = new StringWriter(), err = new StringWriter();
         String[] args = new String[options.length + 5];
