@@ -134,7 +134,7 @@ public class GenerationBenchmark {
     @Benchmark
     public int[][] generate() {
         if (prompts > 0) {
-            return generator.generateAll(promptList, tokens, temperature, topK, spread < 0 ? TextGenerator.spread(tokens) : spread, i -> new Rng(1 + i), done -> true);
+            return generator.generateAll(promptList, tokens, temperature, topK, TextGenerator.NO_STOP, spread < 0 ? TextGenerator.spread(tokens) : spread, i -> new Rng(1 + i), done -> true);
         }
         Rng[] rngs = new Rng[batch];
         for (int r = 0; r < batch; r++) rngs[r] = new Rng(1 + r);

@@ -131,6 +131,18 @@ public final class TextGenerator implements AutoCloseable {
      * @param topK        sample among the k most likely tokens only (0 = the whole vocabulary)
      */
     public int[][] generate(int[][] prompts, int count, double temperature, int topK, Rng[] rngs) {
+        return generate(prompts, count, temperature, topK, rngs, NO_STOP);
+    }
+
+    /** For {@code stop}: no token ends a sequence before its count. */
+    public static final int NO_STOP = -1;
+
+    /**
+     * {@link #generate(int[][], int, double, int, Rng[])}, a sequence ending early, with that token,
+     * when it draws {@code stop} (an end-of-sequence id, or {@link #NO_STOP}): it idles from there
+     * (its generator untouched), and the call ends when every sequence has ended.
+     */
+    public int[][] generate(int[][] prompts, int count, double temperature, int topK, Rng[] rngs, int stop) {
         int rows = prompts.length;
         if (rows < 1 || rows > batch) throw new IllegalArgumentException(rows + " prompts for a generator of " + batch + " at a time");
         if (rngs.length != rows) throw new IllegalArgumentException(rows + " prompts but " + rngs.length + " generators");
@@ -142,11 +154,16 @@ public final class TextGenerator implements AutoCloseable {
             shortest = Math.min(shortest, p.length);
             longest = Math.max(longest, p.length);
         }
+        if (stop != NO_STOP && (stop < 0 || stop >= vocab)) throw new IllegalArgumentException("stop token " + stop + " is outside the vocabulary of " + vocab);
         Kernels.greedy(temperature, topK);   // the arguments checked before the prefill
         if (count == 0) return Arrays.stream(prompts).map(int[]::clone).toArray(int[][]::new);
         int v = vocab, ctx = context, end = longest + count;
         int[][] seqs = new int[rows][];
-        for (int r = 0; r < rows; r++) seqs[r] = Arrays.copyOf(prompts[r], end);   // an idle sequence's tokens past its own end are dropped
+        int[] ends = new int[rows];   // each sequence's length: its prompt and count tokens, or up to its stop token
+        for (int r = 0; r < rows; r++) {
+            seqs[r] = Arrays.copyOf(prompts[r], end);   // an idle sequence's tokens past its own end are dropped
+            ends[r] = prompts[r].length + count;
+        }
         int positions = (int) Math.min(ctx, (long) end);
         if (cache == null || cache.maxLen() < positions) {
             if (cache != null) cache.close();
@@ -156,19 +173,24 @@ public final class TextGenerator implements AutoCloseable {
         cacheFrom = 0;
         // the weights do not change during a call: under bf16 each is rounded or packed once a call, not once a token
         try (Kernels.ConstantHold weights = kernels.holdConstant(model.parameters().paramBlock())) {
-            for (int n = shortest; n < end; n++) {
+            for (int n = shortest; n < Arrays.stream(ends).max().getAsInt(); n++) {
                 int t = Math.min(n, ctx), from = n - t;   // the prompts' ids were checked, and sampleRows draws in [0, v)
                 Tensor logits = nextLogits(seqs, rows, from, t);   // each sequence's last position's logits (rows, vocab)
                 if (temperature > 0) {   // greedy draws nothing from the generators
-                    for (int r = 0; r < rows; r++) hostUniforms.setAtIndex(ValueLayout.JAVA_DOUBLE, r, drawsAt(prompts[r].length, count, n) ? rngs[r].nextDouble() : 0);
+                    for (int r = 0; r < rows; r++) hostUniforms.setAtIndex(ValueLayout.JAVA_DOUBLE, r, drawsAt(prompts[r].length, ends[r], n) ? rngs[r].nextDouble() : 0);
                     kernels.copyFromHost(uniforms, hostUniforms, 8L * rows);
                 }
                 kernels.sampleRows(drawn, logits.data(), uniforms, rows, v, temperature, topK);   // where the logits are
                 kernels.copyToHost(hostDrawn, drawn, 4L * rows);
-                for (int r = 0; r < rows; r++) if (n >= prompts[r].length) seqs[r][n] = hostDrawn.getAtIndex(ValueLayout.JAVA_INT, r);
+                for (int r = 0; r < rows; r++) {
+                    if (n < prompts[r].length) continue;
+                    int id = hostDrawn.getAtIndex(ValueLayout.JAVA_INT, r);
+                    seqs[r][n] = id;
+                    if (id == stop && n < ends[r]) ends[r] = n + 1;
+                }
             }
         }
-        for (int r = 0; r < rows; r++) if (seqs[r].length != prompts[r].length + count) seqs[r] = Arrays.copyOf(seqs[r], prompts[r].length + count);
+        for (int r = 0; r < rows; r++) if (seqs[r].length != ends[r]) seqs[r] = Arrays.copyOf(seqs[r], ends[r]);
         return seqs;
     }
 
@@ -177,11 +199,12 @@ public final class TextGenerator implements AutoCloseable {
      * generator {@code generators.apply(i)}, the results in the prompts' order: the prompts in order
      * of token length (then of index) go through {@link #generate(int[][], int, double, int, Rng[])}
      * {@link #batch()} at a time, a batch's lengths differing by at most {@code spread} tokens
-     * (0: prompts of one length only). {@code goOn} hears the prompts continued so far after each
-     * batch, and ends the call there when it answers false: the prompts not continued are then null.
+     * (0: prompts of one length only), each ending early at {@code stop} (or {@link #NO_STOP}).
+     * {@code goOn} hears the prompts continued so far after each batch, and ends the call there when
+     * it answers false: the prompts not continued are then null.
      */
-    public int[][] generateAll(List<int[]> prompts, int count, double temperature, int topK, int spread, IntFunction<Rng> generators,
-                               IntPredicate goOn) {
+    public int[][] generateAll(List<int[]> prompts, int count, double temperature, int topK, int stop, int spread,
+                               IntFunction<Rng> generators, IntPredicate goOn) {
         if (spread < 0) throw new IllegalArgumentException("a spread of " + spread + " tokens");
         Integer[] order = new Integer[prompts.size()];
         for (int i = 0; i < order.length; i++) order[i] = i;
@@ -197,7 +220,7 @@ public final class TextGenerator implements AutoCloseable {
                 starts[r] = prompts.get(order[first + r]);
                 rngs[r] = generators.apply(order[first + r]);
             }
-            int[][] seqs = generate(starts, count, temperature, topK, rngs);
+            int[][] seqs = generate(starts, count, temperature, topK, rngs, stop);
             for (int r = 0; r < starts.length; r++) continued[order[first + r]] = seqs[r];
             if (!goOn.test(next)) break;
         }
@@ -215,9 +238,9 @@ public final class TextGenerator implements AutoCloseable {
         return count / 4;
     }
 
-    /** Whether a sequence whose prompt holds {@code length} tokens draws its token at position n. */
-    private static boolean drawsAt(int length, int count, int n) {
-        return n >= length && n < length + count;
+    /** Whether a sequence whose prompt holds {@code length} tokens and that ends at {@code end} draws its token at position n. */
+    private static boolean drawsAt(int length, int end, int n) {
+        return n >= length && n < end;
     }
 
     @Override

@@ -202,7 +202,7 @@ class TextGeneratorTest {
             }
             for (int spread : new int[]{0, 2, 5}) {
                 java.util.List<Integer> done = new java.util.ArrayList<>();
-                int[][] texts = together.generateAll(prompts, 7, 1.2, 0, spread, i -> new Rng(100 + i), done::add);
+                int[][] texts = together.generateAll(prompts, 7, 1.2, 0, TextGenerator.NO_STOP, spread, i -> new Rng(100 + i), done::add);
                 for (int i = 0; i < prompts.size(); i++) {
                     assertArrayEquals(alone.generate(prompts.get(i), 7, 1.2, 0, new Rng(100 + i)), texts[i], "spread " + spread + ", prompt " + i);
                 }
@@ -219,7 +219,7 @@ class TextGeneratorTest {
                 if (spread == 5) assertEquals(4, done.size(), "11 prompts of 1 to 6 tokens in batches of 3: " + done);
             }
             // stopped after its first batch: that batch's prompts (the shortest) continued, the rest null
-            int[][] first = together.generateAll(prompts, 7, 1.2, 0, 5, i -> new Rng(100 + i), done -> false);
+            int[][] first = together.generateAll(prompts, 7, 1.2, 0, TextGenerator.NO_STOP, 5, i -> new Rng(100 + i), done -> false);
             int shortest = prompts.stream().mapToInt(p -> p.length).min().orElseThrow(), continued = 0;
             for (int i = 0; i < prompts.size(); i++) {
                 if (first[i] == null) continue;
@@ -254,6 +254,62 @@ class TextGeneratorTest {
                 }
                 assertNotEquals(java.util.Arrays.deepToString(first), java.util.Arrays.deepToString(second), k.precision().key());
             }
+        }
+    }
+
+    /**
+     * A stop token ends a sequence with that token, the rest of the batch going on: each sequence
+     * of a batch whose members stop at different steps is the text of its lone run with the same
+     * stop, that is its run without one cut after the first stop token it draws; a stopped
+     * sequence's generator draws nothing more.
+     */
+    @Test
+    void aStopTokenEndsEachSequenceWhereItIsDrawn() {
+        try (CpuKernels k = new CpuKernels(2, "auto"); Gpt2 m = new Gpt2(new Gpt2Config(13, 32, 2, 16, 2), k);
+             TextGenerator together = new TextGenerator(m, k, 4); TextGenerator alone = new TextGenerator(m, k)) {
+            m.initialize(3);
+            int[][] prompts = {{1, 2}, {3}, {4, 5, 6}, {7, 8}};
+            int count = 20, stoppedSomewhere = 0;
+            int[][] free = new int[prompts.length][];
+            for (int r = 0; r < prompts.length; r++) free[r] = alone.generate(prompts[r], count, 1.0, 0, new Rng(60 + r));
+            // the stop: the id whose first draw comes at the most different steps over the sequences
+            int stop = 0, best = -1;
+            for (int id = 0; id < 13; id++) {
+                java.util.Set<Integer> steps = new java.util.HashSet<>();
+                for (int r = 0; r < prompts.length; r++) {
+                    for (int n = prompts[r].length; n < free[r].length; n++) {
+                        if (free[r][n] == id) {
+                            steps.add(n - prompts[r].length);
+                            break;
+                        }
+                    }
+                }
+                if (steps.size() > best) {
+                    best = steps.size();
+                    stop = id;
+                }
+            }
+            Rng[] gens = new Rng[prompts.length];
+            for (int r = 0; r < prompts.length; r++) gens[r] = new Rng(60 + r);
+            int[][] texts = together.generate(prompts, count, 1.0, 0, gens, stop);
+            for (int r = 0; r < prompts.length; r++) {
+                int cut = free[r].length;
+                for (int n = prompts[r].length; n < free[r].length; n++) {
+                    if (free[r][n] == stop) {
+                        cut = n + 1;
+                        break;
+                    }
+                }
+                if (cut < free[r].length) stoppedSomewhere++;
+                assertArrayEquals(java.util.Arrays.copyOf(free[r], cut), texts[r], "sequence " + r);
+                assertArrayEquals(texts[r], alone.generate(new int[][]{prompts[r]}, count, 1.0, 0, new Rng[]{new Rng(60 + r)}, stop)[0],
+                        "sequence " + r + " alone with the stop");
+                assertEquals(gens[r].nextDouble(), after(new Rng(60 + r), cut - prompts[r].length).nextDouble(), "sequence " + r + "'s draws");
+            }
+            assertTrue(best >= 2, "the stop token " + stop + " is first drawn at " + best + " different steps");
+            assertTrue(stoppedSomewhere >= 2, stoppedSomewhere + " sequences drew the stop token");
+            org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class, () -> alone.generate(new int[][]{{1}}, 3, 1.0, 0,
+                    new Rng[]{new Rng(1)}, 13));
         }
     }
 

@@ -63,6 +63,9 @@ public final class GenerateCommand implements Callable<Integer> {
             + "print or write (default: ${DEFAULT-VALUE}), decoded together. The first of each draws as a run with --samples 1 does, "
             + "each other from its own generator.")
     int samples;
+    @Option(names = "--stop-at-eos", description = "End a continuation at the tokenizer's end-of-sequence token, as Hugging Face's "
+            + "generate does (printed without it; with --kd-out kept as the generation's last token). Without it each goes on for --tokens.")
+    boolean stopAtEos;
     @Option(names = {"--batch", "--kd-batch"}, defaultValue = "32", description = "Samples decoded together (--samples' or --kd-out's), "
             + "each step's rows through every GEMM at once (default: ${DEFAULT-VALUE}). Each sample draws from its own generator: the "
             + "batch changes a sample only where a GEMM's last bits tip a draw.")
@@ -92,8 +95,13 @@ public final class GenerateCommand implements Callable<Integer> {
                         + modelVocab + " (" + model.resolve("config.json") + "): generate needs the tokenizer the model was trained with");
             }
             List<int[]> prompts = prompts(tok, llama, modelVocab);
+            int stop = TextGenerator.NO_STOP;
+            if (stopAtEos) {
+                stop = tok.eos().orElseThrow(() -> new java.io.IOException(tokFile + " names no end-of-sequence token (--stop-at-eos)"));
+                if (stop >= modelVocab) throw new java.io.IOException(tokFile + ": its end-of-sequence token " + stop + " is outside the model's vocabulary of " + modelVocab);
+            }
             try (TextGenerator gen = new TextGenerator(m, kernels, Math.min(batch, prompts.size()))) {
-                return generate(out, tok, gen, prompts);
+                return generate(out, tok, gen, prompts, stop);
             }
         }
     }
@@ -174,14 +182,19 @@ public final class GenerateCommand implements Callable<Integer> {
     }
 
     /** Every prompt continued --tokens tokens, then printed in order or written to --kd-out. */
-    private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, List<int[]> prompts) throws java.io.IOException {
+    private int generate(PrintWriter out, TextTokenizer tok, TextGenerator gen, List<int[]> prompts, int stop) throws java.io.IOException {
         double t = temperature != null ? temperature : kdOut != null ? 0.7 : 0.8;
         int k = topK != null ? topK : kdOut != null ? 0 : 40;
         long t0 = System.nanoTime();
-        int[][] continued = continueAll(gen, prompts, t, k);
+        int[][] continued = continueAll(gen, prompts, t, k, stop);
         double seconds = (System.nanoTime() - t0) / 1e9;
-        int finished = (int) Arrays.stream(continued).filter(java.util.Objects::nonNull).count();
-        long tokens = (long) finished * count;
+        int finished = 0;
+        long tokens = 0;   // generated, the prompts not counted
+        for (int i = 0; i < continued.length; i++) {
+            if (continued[i] == null) continue;
+            finished++;
+            tokens += continued[i].length - prompts.get(i).length;
+        }
         String stopped = finished == continued.length ? null : "stopped by " + StopRequests.requested() + " after " + finished + " of "
                 + continued.length + " generations" + (promptFile != null ? " (the prompts go shortest first)" : "");
         if (kdOut != null) {
@@ -199,7 +212,9 @@ public final class GenerateCommand implements Callable<Integer> {
             if (continued.length > 1) out.printf("%s── %s ──%n", first ? "" : "\n", promptFile == null ? "sample " + (i + 1) + " of " + continued.length
                     : "prompt " + (i / samples + 1) + " of " + filePrompts + (samples > 1 ? ", sample " + (i % samples + 1) + " of " + samples : ""));
             boolean fromStart = promptFile == null && prompt.isEmpty();   // the start token is not text
-            out.println(tok.decode(Arrays.copyOfRange(continued[i], fromStart ? 1 : 0, continued[i].length)));
+            int[] seq = continued[i];
+            boolean ended = stop != TextGenerator.NO_STOP && seq.length > prompts.get(i).length && seq[seq.length - 1] == stop;
+            out.println(tok.decode(Arrays.copyOfRange(seq, fromStart ? 1 : 0, seq.length - (ended ? 1 : 0))));
             first = false;
         }
         out.printf("%n(%d tokens in %.2f s: %.1f tokens/s)%n", tokens, seconds, tokens / seconds);
@@ -229,13 +244,13 @@ public final class GenerateCommand implements Callable<Integer> {
      * Each prompt continued by --tokens tokens, each from its own {@link #generator}: --batch at a
      * time in order of token length, a batch's lengths within {@link TextGenerator#spread} of each other.
      */
-    private int[][] continueAll(TextGenerator gen, List<int[]> prompts, double t, int k) {
+    private int[][] continueAll(TextGenerator gen, List<int[]> prompts, double t, int k, int stop) {
         Progress progress = new Progress(spec.commandLine().getErr(), "generate", 0, prompts.size(), 5000);
         long t0 = System.nanoTime();
         StopRequests.loopRunning(true);   // a signal stops the generation between batches, what is done kept
         try {
-            return gen.generateAll(prompts, count, t, k, TextGenerator.spread(count), this::generator, done -> {
-                if (prompts.size() > 1) progress.update(done, String.format("samples | %,.0f tokens/s", (double) done * count / ((System.nanoTime() - t0) / 1e9)));
+            return gen.generateAll(prompts, count, t, k, stop, TextGenerator.spread(count), this::generator, done -> {
+                if (prompts.size() > 1) progress.update(done, String.format("samples | %,.0f samples/s", done / ((System.nanoTime() - t0) / 1e9)));
                 return StopRequests.requested() == null;
             });
         } finally {

@@ -183,6 +183,48 @@ class LanguageModelTrainingTest {
 
     /** What {@code generate} prints between its device line and its timing line, which must count {@code tokens}. */
     /**
+     * {@code generate --stop-at-eos}: each generation is the one without the flag, cut after the
+     * first end-of-sequence token it draws (the start token itself is one and does not count).
+     */
+    @Test
+    void stopAtEosCutsEachGenerationAfterItsFirstEndOfSequenceToken(@TempDir Path dir) throws IOException {
+        Path ckpt = run(options(dir.resolve("t"), 3), false, 0).checkpoint();
+        int eos, samples = 64, tokens = 40;
+        try (var tok = dev.distillery.trainer.tokenizer.TextTokenizer.open(ckpt.resolve("tokenizer.json").toString())) {
+            eos = tok.eos().orElseThrow();
+        }
+        int[][] runs = new int[2][];
+        for (int stop = 0; stop < 2; stop++) {
+            Path kd = dir.resolve("kd-" + stop + ".bin");
+            java.util.List<String> args = new java.util.ArrayList<>(java.util.List.of("generate", "--model", ckpt.toString(), "--kd-out", kd.toString(),
+                    "--kd-samples", "" + samples, "--tokens", "" + tokens, "--temperature", "1", "--device", "cpu"));
+            if (stop == 1) args.add("--stop-at-eos");
+            StringWriter out = new StringWriter(), err = new StringWriter();
+            assertEquals(0, Main.execute(args.toArray(String[]::new), new PrintWriter(out, true), new PrintWriter(err, true)), err.toString());
+            try (var f = dev.distillery.trainer.data.TokenFile.open(kd)) {
+                runs[stop] = new int[(int) f.size()];
+                f.read(0, runs[stop].length, runs[stop]);
+            }
+        }
+        java.util.List<Integer> expected = new java.util.ArrayList<>();
+        int cut = 0;
+        for (int g = 0; g < samples; g++) {
+            int at = g * (1 + tokens);
+            assertEquals(eos, runs[0][at], "generation " + g + " starts from the end-of-sequence token");
+            expected.add(eos);
+            for (int n = 1; n <= tokens; n++) {
+                expected.add(runs[0][at + n]);
+                if (runs[0][at + n] == eos) {
+                    cut++;
+                    break;
+                }
+            }
+        }
+        assertTrue(cut >= 2, cut + " generations drew the end-of-sequence token");
+        assertArrayEquals(expected.stream().mapToInt(Integer::intValue).toArray(), runs[1]);
+    }
+
+    /**
      * {@code generate --kd-out} stopped by SIGTERM writes the generations done before the signal
      * (whole ones, each its prompt and --tokens more, in the file's order), says so, and exits
      * with {@link dev.distillery.trainer.loop.StopRequests#EXIT_STOPPED}.
