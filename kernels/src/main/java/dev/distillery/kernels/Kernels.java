@@ -158,7 +158,8 @@ public interface Kernels extends AutoCloseable {
      * chunked LM head's weight, the B of two GEMMs in every chunk). Writing a held operand before
      * the hold is closed leaves those GEMMs reading the old values. Backends with nothing to keep
      * return a hold that does nothing; CUDA under bf16 keeps a bf16 copy of the segment, made at
-     * once, which every GEMM with an operand inside it reads instead of rounding its own.
+     * once, which every GEMM with an operand inside it reads instead of rounding its own (and holds
+     * nothing where the device has no room for the copy).
      */
     default ConstantHold holdConstant(MemorySegment operand) {
         return ConstantHold.NONE;

@@ -11,6 +11,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Optional;
 
+import dev.distillery.bindings.CudaException;
 import dev.distillery.kernels.DType;
 import dev.distillery.kernels.DeviceCollectives;
 import dev.distillery.kernels.Kernels;
@@ -341,7 +342,19 @@ public final class CudaKernels implements Kernels {
         long n = operand.byteSize() / 4;
         if (precision == Precision.FP32 || n == 0 || heldCopy(operand.address(), n) != 0) return ConstantHold.NONE;
         ArrayDeque<Long> spare = spareCopies.computeIfAbsent(2 * n, bytes -> new ArrayDeque<>());
-        long copy = spare.isEmpty() ? gpu.alloc(2 * n) : spare.pop();
+        long copy;
+        if (!spare.isEmpty()) {
+            copy = spare.pop();
+        } else {
+            try {
+                copy = gpu.alloc(2 * n);
+            } catch (CudaException e) {
+                // a hold saves time, not memory: with no room for the copy (a large model's bf16 half beside
+                // it) each GEMM rounds its own operands, as without the hold
+                if ("CUDA_ERROR_OUT_OF_MEMORY".equals(e.statusName())) return ConstantHold.NONE;
+                throw e;
+            }
+        }
         gpu.launch(CudaKernel.OPS_ROUND_TO_BF16, grid(n), gpu.block(), p(copy), p(operand), n);
         HeldCopy h = new HeldCopy(operand.address(), operand.address() + 4 * n, copy);
         held.add(h);

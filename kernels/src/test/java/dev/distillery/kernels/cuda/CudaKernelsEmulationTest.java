@@ -197,6 +197,32 @@ class CudaKernelsEmulationTest {
     }
 
     /**
+     * A hold saves time, not memory: where the device has no room for the bf16 copy, the hold does
+     * nothing and the GEMMs round their operands as without it, the same bits.
+     */
+    @Test
+    void aHoldWithNoRoomForItsCopyHoldsNothing() {
+        int m = 5, n = 33, k = 40;
+        float[] a = new float[m * k], b = new float[k * n];
+        SplittableRandom rng = new SplittableRandom(4);
+        for (int i = 0; i < a.length; i++) a[i] = (float) rng.nextGaussian();
+        for (int i = 0; i < b.length; i++) b[i] = (float) rng.nextGaussian();
+        try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device, Precision.BF16);
+             Arena arena = Arena.ofConfined()) {
+            MemorySegment da = upload(kernels, arena, a), db = upload(kernels, arena, b), c = kernels.allocate(arena, 4L * m * n);
+            kernels.gemm(false, false, m, n, k, 1f, da, k, db, n, 0f, c, n);   // its scratch allocated before the limit
+            float[] plain = download(kernels, arena, c, m * n);
+            device.limitMemory(device.liveBytes() + 2L * k * n - 64);   // 64 bytes short of B's bf16 copy
+            try (Kernels.ConstantHold hold = kernels.holdConstant(db)) {
+                int launches = device.launches();
+                kernels.gemm(false, false, m, n, k, 1f, da, k, db, n, 0f, c, n);
+                assertEquals(2, device.launches() - launches, "both operands rounded at the call: nothing was held");
+                assertArrayEquals(plain, download(kernels, arena, c, m * n));
+            }
+        }
+    }
+
+    /**
      * An operand stored as bf16 goes to cuBLAS as it is: the typed GEMM gives the bits of the GEMM
      * on the fp32 values (A, B or both stored so, all four transposes), with one rounding launch
      * fewer per bf16 operand, and a linear whose input is bf16 (its forward and both products of

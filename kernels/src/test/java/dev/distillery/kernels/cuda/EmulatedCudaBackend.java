@@ -38,6 +38,7 @@ public final class EmulatedCudaBackend implements CudaBackend {
     private int gemms;
     private int waits;
     private int allocations;
+    private long liveBytes, memoryLimit = Long.MAX_VALUE;
 
     public EmulatedCudaBackend(Path library) {
         SymbolLookup lib = SymbolLookup.libraryLookup(library, arena);
@@ -114,15 +115,32 @@ public final class EmulatedCudaBackend implements CudaBackend {
 
     @Override
     public long alloc(long bytes) {
-        MemorySegment s = arena.allocate(Math.max(4, bytes), 256);
+        long size = Math.max(4, bytes);
+        if (liveBytes + size > memoryLimit) {   // as cuMemAlloc fails on a full device
+            throw new dev.distillery.bindings.CudaException("cuMemAlloc(" + bytes + " bytes)", 2, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory");
+        }
+        MemorySegment s = arena.allocate(size, 256);
         live.put(s.address(), s);
+        liveBytes += size;
         allocations++;
         return s.address() + DEVICE_OFFSET;
     }
 
     @Override
     public void free(long address) {
-        if (live.remove(host(address)) == null) throw new IllegalStateException("free of " + address + ": not allocated here (or freed twice)");
+        MemorySegment s = live.remove(host(address));
+        if (s == null) throw new IllegalStateException("free of " + address + ": not allocated here (or freed twice)");
+        liveBytes -= s.byteSize();
+    }
+
+    /** Device memory from here on: an allocation that would take the live bytes past {@code bytes} fails as a full device's does. */
+    public void limitMemory(long bytes) {
+        memoryLimit = bytes;
+    }
+
+    /** Bytes allocated and not freed. */
+    public long liveBytes() {
+        return liveBytes;
     }
 
     /** The host address behind an emulated device pointer; fails on anything else (a host pointer passed as a device one). */
