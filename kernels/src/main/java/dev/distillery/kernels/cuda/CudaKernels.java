@@ -130,7 +130,7 @@ public final class CudaKernels implements Kernels {
      */
     @Override
     public MemorySegment allocate(Arena owner, long bytes) {
-        long address = gpu.alloc(bytes);
+        long address = deviceAlloc(bytes);
         return MemorySegment.ofAddress(address).reinterpret(bytes, owner, s -> {
             if (!closed) gpu.free(address);
         });
@@ -187,6 +187,31 @@ public final class CudaKernels implements Kernels {
         return gpu.grid(n);
     }
 
+    /**
+     * {@code bytes} of device memory. The closed holds' copies kept for the next hold are a cache:
+     * where the device is full they are freed (after the kernels that may still read them) and the
+     * allocation tried once more, so keeping them never makes an allocation fail.
+     */
+    private long deviceAlloc(long bytes) {
+        try {
+            return gpu.alloc(bytes);
+        } catch (CudaException e) {
+            if (!outOfMemory(e) || spareCopies.values().stream().allMatch(ArrayDeque::isEmpty)) throw e;
+            gpu.synchronize();
+            freeSpareCopies();
+            return gpu.alloc(bytes);
+        }
+    }
+
+    private static boolean outOfMemory(CudaException e) {
+        return "CUDA_ERROR_OUT_OF_MEMORY".equals(e.statusName());
+    }
+
+    private void freeSpareCopies() {
+        for (ArrayDeque<Long> spare : spareCopies.values()) for (long copy : spare) gpu.free(copy);
+        spareCopies.clear();
+    }
+
     /** A device buffer reused across calls, grown when a call needs more. */
     private final class DeviceScratch {
         private long address;
@@ -199,7 +224,7 @@ public final class CudaKernels implements Kernels {
                 // growing is rare (a step's first calls), so wait here
                 if (address != 0) gpu.synchronize();
                 free();
-                address = gpu.alloc(need);
+                address = deviceAlloc(need);
                 bytes = need;
             }
             return address;
@@ -341,25 +366,25 @@ public final class CudaKernels implements Kernels {
     public ConstantHold holdConstant(MemorySegment operand) {
         long n = operand.byteSize() / 4;
         if (precision == Precision.FP32 || n == 0 || heldCopy(operand.address(), n) != 0) return ConstantHold.NONE;
-        ArrayDeque<Long> spare = spareCopies.computeIfAbsent(2 * n, bytes -> new ArrayDeque<>());
+        ArrayDeque<Long> spare = spareCopies.get(2 * n);
         long copy;
-        if (!spare.isEmpty()) {
+        if (spare != null && !spare.isEmpty()) {
             copy = spare.pop();
         } else {
             try {
-                copy = gpu.alloc(2 * n);
+                copy = deviceAlloc(2 * n);
             } catch (CudaException e) {
                 // a hold saves time, not memory: with no room for the copy (a large model's bf16 half beside
                 // it) each GEMM rounds its own operands, as without the hold
-                if ("CUDA_ERROR_OUT_OF_MEMORY".equals(e.statusName())) return ConstantHold.NONE;
+                if (outOfMemory(e)) return ConstantHold.NONE;
                 throw e;
             }
         }
         gpu.launch(CudaKernel.OPS_ROUND_TO_BF16, grid(n), gpu.block(), p(copy), p(operand), n);
         HeldCopy h = new HeldCopy(operand.address(), operand.address() + 4 * n, copy);
         held.add(h);
-        return () -> {
-            if (held.remove(h)) spare.push(copy);
+        return () -> {   // the copy kept for the next hold of its size (deviceAlloc frees it where the device is full)
+            if (held.remove(h)) spareCopies.computeIfAbsent(2 * n, bytes -> new ArrayDeque<>()).push(copy);
         };
     }
 
@@ -935,8 +960,7 @@ public final class CudaKernels implements Kernels {
         embeddingGroups.free();
         for (HeldCopy h : held) gpu.free(h.copy());
         held.clear();
-        for (ArrayDeque<Long> spare : spareCopies.values()) for (long copy : spare) gpu.free(copy);
-        spareCopies.clear();
+        freeSpareCopies();
         closed = true;
         if (ownsBackend) gpu.close();
     }

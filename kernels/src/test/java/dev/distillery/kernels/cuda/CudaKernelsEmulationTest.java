@@ -198,7 +198,8 @@ class CudaKernelsEmulationTest {
 
     /**
      * A hold saves time, not memory: where the device has no room for the bf16 copy, the hold does
-     * nothing and the GEMMs round their operands as without it, the same bits.
+     * nothing and the GEMMs round their operands as without it, the same bits; and a closed hold's
+     * copy, kept for the next hold, is freed for an allocation that finds the device full.
      */
     @Test
     void aHoldWithNoRoomForItsCopyHoldsNothing() {
@@ -219,6 +220,17 @@ class CudaKernelsEmulationTest {
                 assertEquals(2, device.launches() - launches, "both operands rounded at the call: nothing was held");
                 assertArrayEquals(plain, download(kernels, arena, c, m * n));
             }
+            // a closed hold's copy, kept for the next hold, gives way to an allocation that needs its room
+            device.limitMemory(Long.MAX_VALUE);
+            kernels.holdConstant(db).close();
+            long kept = device.liveBytes();
+            device.limitMemory(kept + 64);
+            MemorySegment room = kernels.allocate(arena, 2L * k * n);
+            assertTrue(room.byteSize() == 2L * k * n && device.liveBytes() == kept, "the kept copy freed for an allocation of its size");
+            int allocations = device.allocations();
+            device.limitMemory(Long.MAX_VALUE);
+            kernels.holdConstant(db).close();
+            assertEquals(allocations + 1, device.allocations(), "the next hold allocates its copy again");
         }
     }
 
