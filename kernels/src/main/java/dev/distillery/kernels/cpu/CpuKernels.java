@@ -46,8 +46,12 @@ public final class CpuKernels implements Kernels {
     /** Each pool thread's sampler: a decode step draws its tokens without allocating. */
     private final ThreadLocal<RowSampler> samplers = new ThreadLocal<>();
     private final Gemm gemm;
-    /** {@link #gemm} under fp32; under bf16 the fp32 GEMM that the products kept in fp32 use (generation's attention). */
-    private final Gemm fp32Gemm;
+    /**
+     * {@link #gemm} under fp32; under bf16 the fp32 GEMM of the products kept in fp32 (generation's
+     * attention), made at its first use, so that a bf16 run that generates nothing loads no BLAS.
+     */
+    private volatile Gemm fp32Gemm;
+    private final Gemm.Choice fp32Choice;
     private final Precision precision;
     /** Why a bf16 request runs fp32 GEMMs, or null. */
     private final String precisionNote;
@@ -93,12 +97,29 @@ public final class CpuKernels implements Kernels {
         String bf16Missing = precision == Precision.BF16 ? Bf16Gemm.unavailableReason() : null;
         this.precisionNote = bf16Missing == null ? null : "bf16 asked, fp32 GEMMs: " + bf16Missing;
         this.precision = precision == Precision.BF16 && bf16Missing == null ? Precision.BF16 : Precision.FP32;
-        this.fp32Gemm = switch (gemmChoice(gemmName)) {
+        this.fp32Choice = gemmChoice(gemmName);
+        this.fp32Gemm = this.precision == Precision.BF16 ? null : newFp32Gemm(fp32Choice);
+        this.gemm = this.precision == Precision.BF16 ? new Bf16Gemm() : fp32Gemm;
+    }
+
+    private static Gemm newFp32Gemm(Gemm.Choice choice) {
+        return switch (choice) {
             case BLAS -> new BlasGemm();
             case VECTOR -> new VectorGemm();
             case AUTO -> OpenBlasLibrary.probe().loaded() ? new BlasGemm() : new VectorGemm();
         };
-        this.gemm = this.precision == Precision.BF16 ? new Bf16Gemm() : fp32Gemm;
+    }
+
+    /** {@link #fp32Gemm}, made now if this is its first use. */
+    private Gemm fp32Gemm() {
+        Gemm g = fp32Gemm;
+        if (g == null) {
+            synchronized (this) {
+                if (fp32Gemm == null) fp32Gemm = newFp32Gemm(fp32Choice);
+                g = fp32Gemm;
+            }
+        }
+        return g;
     }
 
     /** Why a bf16 request would run the fp32 GEMMs on this machine, or null when it has a bf16 GEMM. */
@@ -180,7 +201,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void close() {
         gemm.close();
-        if (fp32Gemm != gemm) fp32Gemm.close();
+        if (fp32Gemm != null && fp32Gemm != gemm) fp32Gemm.close();
         pool.close();
         scratchArena.close();
     }
@@ -1014,18 +1035,19 @@ public final class CpuKernels implements Kernels {
         int group = nh / kvh, width = kvh * hs;
         // fp32 under either precision, as the CUDA twin: a bf16 GEMM would round and pack K and V at
         // every token for products of one query row
+        Gemm fp32 = fp32Gemm();
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
                 long qh = (long) bb * nh * hs + (long) h * hs, kv = (long) bb * maxLen * width + (long) (h / group) * hs;
                 long row = (long) bh * maxLen;
                 // scores = scale · K q (len), K's rows of stride width; then the softmax over them
-                fp32Gemm.sgemm(false, false, len, 1, hs, scale, keys.asSlice(4 * kv), width, q.asSlice(4 * qh), 1, 0f, scores.asSlice(4 * row), 1);
+                fp32.sgemm(false, false, len, 1, hs, scale, keys.asSlice(4 * kv), width, q.asSlice(4 * qh), 1, 0f, scores.asSlice(4 * row), 1);
                 float mx = VectorOps.max(scores, row, len);
                 float sum = VectorOps.expSum(scores, row, len, mx, scores, row);
                 VectorOps.scale(scores, row, len, 1f / sum);
                 // out_h = Vᵀ p (hs)
-                fp32Gemm.sgemm(true, false, hs, 1, len, 1f, values.asSlice(4 * kv), width, scores.asSlice(4 * row), 1, 0f, out.asSlice(4 * qh), 1);
+                fp32.sgemm(true, false, hs, 1, len, 1f, values.asSlice(4 * kv), width, scores.asSlice(4 * row), 1, 0f, out.asSlice(4 * qh), 1);
             }
         });
     }
