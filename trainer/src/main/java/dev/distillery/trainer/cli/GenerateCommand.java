@@ -30,7 +30,8 @@ import picocli.CommandLine.Option;
         description = {"Samples text from a checkpoint (temperature, top-k) and reports tokens/s. The first second or so of a run goes "
                 + "to the JVM compiling the decoding, so a run of a few hundred tokens reports far less than the warm rate.",
                 "With --kd-out, writes the model's generations as a token file: a sequence-level KD dataset (train a "
-                + "student on it with 'teacher train --tokens' to use the teacher's generations as hard labels)."})
+                + "student on it with 'teacher train --tokens' to use the teacher's generations as hard labels).",
+                "SIGTERM or Ctrl-C stops it between batches: the generations done are printed or written, and it exits with status 4."})
 public final class GenerateCommand implements Callable<Integer> {
 
     @Option(names = "--model", required = true, description = "Checkpoint folder (config.json, model.safetensors, tokenizer.json).")
