@@ -204,10 +204,8 @@ class CudaKernelsEmulationTest {
     @Test
     void aHoldWithNoRoomForItsCopyHoldsNothing() {
         int m = 5, n = 33, k = 40;
-        float[] a = new float[m * k], b = new float[k * n];
         SplittableRandom rng = new SplittableRandom(4);
-        for (int i = 0; i < a.length; i++) a[i] = (float) rng.nextGaussian();
-        for (int i = 0; i < b.length; i++) b[i] = (float) rng.nextGaussian();
+        float[] a = gaussians(rng, m * k), b = gaussians(rng, k * n);
         try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device, Precision.BF16);
              Arena arena = Arena.ofConfined()) {
             MemorySegment da = upload(kernels, arena, a), db = upload(kernels, arena, b), c = kernels.allocate(arena, 4L * m * n);
