@@ -173,7 +173,7 @@ public final class TextGenerator implements AutoCloseable {
         cacheFrom = 0;
         // the weights do not change during a call: under bf16 each is rounded or packed once a call, not once a token
         try (Kernels.ConstantHold weights = kernels.holdConstant(model.parameters().paramBlock())) {
-            for (int n = shortest; n < Arrays.stream(ends).max().getAsInt(); n++) {
+            for (int n = shortest, last = end; n < last; n++) {   // last: the longest sequence's end, which stops move down
                 int t = Math.min(n, ctx), from = n - t;   // the prompts' ids were checked, and sampleRows draws in [0, v)
                 Tensor logits = nextLogits(seqs, rows, from, t);   // each sequence's last position's logits (rows, vocab)
                 if (temperature > 0) {   // greedy draws nothing from the generators
@@ -186,7 +186,10 @@ public final class TextGenerator implements AutoCloseable {
                     if (n < prompts[r].length) continue;
                     int id = hostDrawn.getAtIndex(ValueLayout.JAVA_INT, r);
                     seqs[r][n] = id;
-                    if (id == stop && n < ends[r]) ends[r] = n + 1;
+                    if (id == stop && n < ends[r]) {
+                        ends[r] = n + 1;
+                        last = Arrays.stream(ends).max().getAsInt();
+                    }
                 }
             }
         }
