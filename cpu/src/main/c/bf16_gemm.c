@@ -33,6 +33,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "gemm_blocks.h"
+
 #define BF16_NONE 0
 #define BF16_AVX512 1
 #define BF16_AMX 2
@@ -43,7 +45,6 @@
 #define PACK __attribute__((target("avx512f,avx512bw,avx512bf16,prfchw")))
 #define AMX __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-bf16")))
 
-static int round_up(int x, int to) { return (x + to - 1) / to * to; }
 
 /*
  * k in panels of KC (a multiple of 32): within one panel, a 32-row strip of packed A (64 KB) and a
@@ -83,19 +84,6 @@ int distillery_bf16_gemm_kind(void) {
     return BF16_AVX512;
 }
 
-static __thread uint16_t *scratch;
-static __thread size_t scratch_bytes;
-
-static uint16_t *packing_buffer(size_t bytes) {
-    if (bytes > scratch_bytes) {
-        free(scratch);
-        size_t grown = (bytes + 4095) / 4096 * 4096;
-        scratch = aligned_alloc(64, grown);
-        scratch_bytes = scratch == NULL ? 0 : grown;
-    }
-    return scratch;
-}
-
 /* Element i of an operand stored as fp32 or as bf16. */
 static inline const void *at(const void *base, size_t i, int bf16) {
     return (const char *) base + i * (bf16 ? 2 : 4);
@@ -126,33 +114,6 @@ PACK static inline __m512i row_pairs(const void *r0, const void *r1, int j, int 
         both = (__m512i) _mm512_cvtne2ps_pbh(hi, lo);
     }
     return _mm512_permutexvar_epi16(interleave, both);
-}
-
-/* r[0..15] as a 16 x 16 matrix of dwords, transposed in place. */
-PACK static inline void transpose_16x16(__m512i r[16]) {
-    __m512i t[16];
-    for (int q = 0; q < 16; q += 2) {
-        t[q] = _mm512_unpacklo_epi32(r[q], r[q + 1]);
-        t[q + 1] = _mm512_unpackhi_epi32(r[q], r[q + 1]);
-    }
-    for (int q = 0; q < 16; q += 4) {
-        r[q] = _mm512_unpacklo_epi64(t[q], t[q + 2]);
-        r[q + 1] = _mm512_unpackhi_epi64(t[q], t[q + 2]);
-        r[q + 2] = _mm512_unpacklo_epi64(t[q + 1], t[q + 3]);
-        r[q + 3] = _mm512_unpackhi_epi64(t[q + 1], t[q + 3]);
-    }
-    for (int q = 0; q < 4; q++) {
-        t[q] = _mm512_shuffle_i32x4(r[q], r[q + 4], 0x88);
-        t[q + 4] = _mm512_shuffle_i32x4(r[q], r[q + 4], 0xdd);
-        t[q + 8] = _mm512_shuffle_i32x4(r[q + 8], r[q + 12], 0x88);
-        t[q + 12] = _mm512_shuffle_i32x4(r[q + 8], r[q + 12], 0xdd);
-    }
-    for (int q = 0; q < 4; q++) {
-        r[q] = _mm512_shuffle_i32x4(t[q], t[q + 8], 0x88);
-        r[q + 8] = _mm512_shuffle_i32x4(t[q], t[q + 8], 0xdd);
-        r[q + 4] = _mm512_shuffle_i32x4(t[q + 4], t[q + 12], 0x88);
-        r[q + 12] = _mm512_shuffle_i32x4(t[q + 4], t[q + 12], 0xdd);
-    }
 }
 
 /*
@@ -264,26 +225,6 @@ PACK static void pack_b(int trans, int k, int n, const void *b, int ldb, int b_b
             const void *row = at(b, (size_t) j * ldb, b_bf16);
             uint16_t *col = bp + (size_t) (j / 16) * kp / 2 * 32 + (j % 16) * 2;
             for (int kk = 0; kk < k; kk++) col[(size_t) (kk / 2) * 32 + (kk & 1)] = bf16_at(row, kk, b_bf16);
-        }
-    }
-}
-
-/*
- * C[i0 + r][j0 + c] = alpha acc[r][c] + beta X[r][c] (X not read when beta is 0), for the rows and
- * columns that exist; X is C itself (x = c, ldx = ldc) or, in a first panel with a bias, the bias
- * row for every row (x = bias + j0, ldx = 0): the bits of that row copied into C before the GEMM.
- */
-PACK static void store_block(const float *acc, int ld_acc, int rows, int cols, float alpha, float beta, float *c, int ldc,
-                             const float *x, size_t ldx) {
-    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    for (int r = 0; r < rows; r++) {
-        float *out = c + (size_t) r * ldc;
-        const float *in = acc + (size_t) r * ld_acc, *add = x + r * ldx;
-        for (int q = 0; q < cols; q += 16) {
-            const __mmask16 live = cols - q >= 16 ? 0xffff : (__mmask16) ((1u << (cols - q)) - 1);
-            __m512 v = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(live, in + q));
-            if (beta != 0.f) v = _mm512_add_ps(v, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(live, add + q)));
-            _mm512_mask_storeu_ps(out + q, live, v);
         }
     }
 }
@@ -477,7 +418,7 @@ static void multiply(int kind, int m, int n, int mp, int np, int kp, const uint1
 static int gemm_packed(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
                        const uint16_t *bp, float beta, float *c, int ldc, const float *bias) {
     int mp = round_up(m, 32), np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
-    uint16_t *ap = packing_buffer((size_t) mp * kp * 2);
+    uint16_t *ap = (uint16_t *) packing_buffer((size_t) mp * kp * 2);
     if (ap == NULL) return 1;
     pack_a(trans_a, m, k, a, lda, a_bf16, ap, mp, kp, 0);
     multiply(kind, m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc, bias);
@@ -507,7 +448,7 @@ int distillery_bf16_gemm(int kind, int trans_a, int trans_b, int m, int n, int k
                          const float *bias) {
     if (m <= 0 || n <= 0) return 0;
     int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
-    uint16_t *bp = packing_buffer(((size_t) round_up(m, 32) * kp + (size_t) kp * np) * 2);
+    uint16_t *bp = (uint16_t *) packing_buffer(((size_t) round_up(m, 32) * kp + (size_t) kp * np) * 2);
     if (bp == NULL) return 1;
     bp += (size_t) round_up(m, 32) * kp;   /* op(A) goes before it, in the same buffer */
     pack_b(trans_b, k, n, b, ldb, b_bf16, bp, kp, np, 0);
@@ -536,7 +477,7 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m,
     if (m <= 0 || n <= 0) return 0;
     const int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32), claim = round_up(claim_rows > 0 ? claim_rows : 1, 32);
     const size_t a_elements = (size_t) claim * kp;
-    uint16_t *ap = packing_buffer((a_elements + (bp == NULL ? (size_t) kp * np : 0)) * 2);
+    uint16_t *ap = (uint16_t *) packing_buffer((a_elements + (bp == NULL ? (size_t) kp * np : 0)) * 2);
     if (ap == NULL) return 1;
     if (bp == NULL) {
         uint16_t *own = ap + a_elements;
@@ -579,7 +520,7 @@ int distillery_bf16_gemm_causal(int mode, int band, int trans_a, int trans_b, in
                                 float *c, int ldc) {
     if (m <= 0 || n <= 0) return 0;
     const int mp = round_up(m, 32), np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
-    uint16_t *ap = packing_buffer(((size_t) mp * kp + (size_t) kp * np) * 2);
+    uint16_t *ap = (uint16_t *) packing_buffer(((size_t) mp * kp + (size_t) kp * np) * 2);
     if (ap == NULL) return 1;
     uint16_t *bp = ap + (size_t) mp * kp;
     pack_b(trans_b, k, n, b, ldb, b_bf16, bp, kp, np, 1);

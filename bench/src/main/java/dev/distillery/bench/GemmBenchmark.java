@@ -27,13 +27,13 @@ import dev.distillery.kernels.Precision;
 import dev.distillery.kernels.cpu.VectorOps;
 
 /**
- * The CPU kernels' GEMM (OpenBLAS, or the Vector-API fallback with {@code -p gemm=vector}) on the
+ * The CPU kernels' GEMM (ours, OpenBLAS with {@code -p gemm=blas}, or the Vector-API fallback with {@code -p gemm=vector}) on the
  * training step's shapes and on a large square, at the step's thread count: what the GEMM-bound
  * step can hope for on this machine. GFLOP/s = 2mnk / time. Shapes are {@code m x n x k:ops},
  * ops the transposes of A and B as in {@code Kernels.gemm}: the LM head's logits (h · Wᵀ, config B), the
  * MLP's first linear (config B), and 2048³. {@code -p precision=bf16} runs the bf16 GEMM of mixed
  * precision (operands packed and rounded at every call, which the time includes; {@code -p held=true}
- * packs B once).
+ * packs B once, as it does for our fp32 GEMM).
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
@@ -58,7 +58,8 @@ public class GemmBenchmark {
 
     /**
      * true: B is held ({@code Kernels.holdConstant}) for the whole trial, as the LM head's weight is
-     * over a step's chunks, so the bf16 GEMM packs it once and the time is the rest.
+     * over a step's chunks, so the bf16 GEMM and our fp32 one pack it once and the time is the rest
+     * (OpenBLAS packs it at every call regardless).
      */
     @Param({"false"})
     public boolean held;

@@ -69,6 +69,10 @@ public class GenerationBenchmark {
     @Param({"2"})
     public int threads;
 
+    /** The fp32 GEMM: auto = ours where the native CPU library runs; blas = OpenBLAS; vector = the pure Vector-API GEMM. */
+    @Param({"auto"})
+    public String gemm;
+
     @Param({"0"})
     public double temperature;
 
@@ -105,7 +109,7 @@ public class GenerationBenchmark {
 
     @Setup(Level.Trial)
     public void setUp() throws IOException {
-        kernels = HostOnlyCudaBackend.openKernels(device, threads, "auto", Precision.parse(precision, "precision"));
+        kernels = HostOnlyCudaBackend.openKernels(device, threads, gemm, Precision.parse(precision, "precision"));
         Gpt2Config shape = switch (model) {
             case "demo-teacher" -> new Gpt2Config(1024, 64, 4, 192, 6);
             case "gpt2-vocab" -> new Gpt2Config(50257, 256, 4, 128, 4);

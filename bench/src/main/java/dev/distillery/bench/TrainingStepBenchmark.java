@@ -55,7 +55,7 @@ public class TrainingStepBenchmark {
     @Param({"2"})
     public int threads;
 
-    /** auto = OpenBLAS when it loads; vector = the pure Vector-API GEMM. */
+    /** The fp32 GEMM: auto = ours where the native CPU library runs; blas = OpenBLAS; vector = the pure Vector-API GEMM. */
     @Param({"auto"})
     public String gemm;
 

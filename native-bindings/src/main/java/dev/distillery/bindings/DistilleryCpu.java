@@ -12,8 +12,8 @@ import java.util.Locale;
 
 /**
  * FFM binding of {@code libdistillery_cpu.so}, the native rows of the fused distillation loss
- * ({@code cpu/src/main/c/distill_cpu.c}) and the GEMM of bf16 mixed precision
- * ({@code cpu/src/main/c/bf16_gemm.c}), built into the {@code distillery-cpu} jar when a C
+ * ({@code cpu/src/main/c/distill_cpu.c}), the GEMM of bf16 mixed precision
+ * ({@code cpu/src/main/c/bf16_gemm.c}) and the fp32 GEMM ({@code cpu/src/main/c/f32_gemm.c}), built into the {@code distillery-cpu} jar when a C
  * compiler was there. One static method per exported function, named after it; pointers go as
  * raw addresses of the caller's native segments, alive for the call (the rows are critical
  * downcalls: no thread-state transition, they neither block nor call back; the GEMM, which runs
@@ -26,20 +26,21 @@ public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 11;
+    public static final int ABI = 12;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
     private static final MethodHandle DENSE_FORWARD_KL_ROW, DENSE_REVERSE_KL_ROW, DENSE_JSD_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
-            BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_GEMM_CAUSAL, BF16_DOT_PEAK;
+            BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_GEMM_CAUSAL, BF16_DOT_PEAK,
+            F32_PACKED_B_BYTES, F32_PACK_B, F32_GEMM_PACKED_B, F32_GEMM;
     private static final String STATUS;
     private static final int BF16_KIND;
 
     static {
         MethodHandle row = null, reverseRow = null, jsdRow = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
-                claimedRows = null, causal = null, dotPeak = null;
+                claimedRows = null, causal = null, dotPeak = null, f32PackedBytes = null, f32PackB = null, f32Packed = null, f32 = null;
         int bf16Kind = BF16_NONE;
         String status;
         try {
@@ -95,6 +96,14 @@ public final class DistilleryCpu {
                         causal = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_causal"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i));
                         dotPeak = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_dot_peak"), FunctionDescriptor.of(p, p));
+                        f32PackedBytes = linker.downcallHandle(lookup.findOrThrow("distillery_f32_packed_b_bytes"),
+                                FunctionDescriptor.of(p, i, i), critical);
+                        f32PackB = linker.downcallHandle(lookup.findOrThrow("distillery_f32_pack_b"),
+                                FunctionDescriptor.ofVoid(i, i, i, p, i, p));
+                        f32Packed = linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm_packed_b"),
+                                FunctionDescriptor.ofVoid(i, i, i, i, f, p, i, p, f, p, i));
+                        f32 = linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm"),
+                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, p, i, f, p, i));
                         bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
                         status = "on: " + lib;
@@ -119,6 +128,10 @@ public final class DistilleryCpu {
         BF16_GEMM_CAUSAL = causal;
         BF16_DOT_PEAK = dotPeak;
         BF16_KIND = bf16Kind;
+        F32_PACKED_B_BYTES = f32PackedBytes;
+        F32_PACK_B = f32PackB;
+        F32_GEMM_PACKED_B = f32Packed;
+        F32_GEMM = f32;
         STATUS = status;
     }
 
@@ -239,6 +252,53 @@ public final class DistilleryCpu {
                     b, ldb, bBf16 ? 1 : 0, beta, c, ldc);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm_causal failed", e);
+        }
+    }
+
+    /**
+     * {@code distillery_f32_gemm}: row-major {@code C = alpha op(A) op(B) + beta C} in fp32 on the
+     * calling thread, op(B) packed first into the thread's buffer (C not read where beta is 0);
+     * returns 0, or 1 when that buffer could not be allocated (nothing written).
+     */
+    public static int f32Gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
+                              float beta, long c, int ldc) {
+        try {
+            return (int) F32_GEMM.invokeExact(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_f32_gemm failed", e);
+        }
+    }
+
+    /** {@code distillery_f32_packed_b_bytes}: the bytes {@link #f32PackB} writes for op(B) of (k, n). */
+    public static long f32PackedBBytes(int k, int n) {
+        try {
+            return (long) F32_PACKED_B_BYTES.invokeExact(k, n);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_f32_packed_b_bytes failed", e);
+        }
+    }
+
+    /**
+     * {@code distillery_f32_pack_b}: op(B) (k, n), fp32, into {@code bp}, 64-byte aligned and
+     * {@link #f32PackedBBytes} long, in the layout {@link #f32GemmPackedB} reads.
+     */
+    public static void f32PackB(boolean transB, int k, int n, long b, int ldb, long bp) {
+        try {
+            F32_PACK_B.invokeExact(transB ? 1 : 0, k, n, b, ldb, bp);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_f32_pack_b failed", e);
+        }
+    }
+
+    /**
+     * {@code distillery_f32_gemm_packed_b}: row-major {@code C = alpha op(A) op(B) + beta C} in fp32
+     * on the calling thread, op(B) packed by {@link #f32PackB} (C not read where beta is 0).
+     */
+    public static void f32GemmPackedB(boolean transA, int m, int n, int k, float alpha, long a, int lda, long bp, float beta, long c, int ldc) {
+        try {
+            F32_GEMM_PACKED_B.invokeExact(transA ? 1 : 0, m, n, k, alpha, a, lda, bp, beta, c, ldc);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_f32_gemm_packed_b failed", e);
         }
     }
 

@@ -1,12 +1,7 @@
 package dev.distillery.kernels.cpu;
 
-import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.util.List;
-import java.util.Map;
 import java.util.Objects;
-import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.CopyOnWriteArrayList;
 
 import dev.distillery.bindings.DistilleryCpu;
 import dev.distillery.kernels.Kernels.ConstantHold;
@@ -18,12 +13,23 @@ import dev.distillery.kernels.Kernels.ConstantHold;
  * the AVX512-BF16 path on an AMX CPU (to test it, or to compare the two).
  *
  * <p>A B operand inside a {@linkplain #hold held} segment is packed once per (address, shape,
- * transpose) and reused until the hold closes; every other operand is packed at each call.
+ * transpose) and reused until the hold closes ({@link HeldPacks}); every other operand is packed
+ * at each call.
  */
 final class Bf16Gemm implements Gemm {
 
     private final int kind;
-    private final List<Held> held = new CopyOnWriteArrayList<>();
+    private final HeldPacks held = new HeldPacks(new HeldPacks.Packer() {
+        @Override
+        public long bytes(int k, int n) {
+            return DistilleryCpu.bf16PackedBBytes(k, n);
+        }
+
+        @Override
+        public void pack(boolean transB, int k, int n, long b, int ldb, boolean bBf16, long packed) {
+            DistilleryCpu.bf16PackB(transB, k, n, b, ldb, bBf16, packed);
+        }
+    });
 
     Bf16Gemm() {
         String why = unavailableReason();
@@ -49,41 +55,9 @@ final class Bf16Gemm implements Gemm {
         return "bf16 GEMM (" + (kind == DistilleryCpu.BF16_AMX ? "AMX" : "AVX512-BF16") + ", fp32 sums)";
     }
 
-    /** Which packed B a held segment keeps: one per slice and shape that the GEMMs read. */
-    private record PackKey(long address, boolean transB, int k, int n, int ldb) {
-    }
-
-    /**
-     * A held segment's bytes, and the packs made of it, freed together when the hold closes. The
-     * arena is made with the first pack: a segment read only as A (a gradient read by two GEMMs)
-     * keeps nothing and costs no arena.
-     */
-    private final class Held implements ConstantHold {
-        final long start, end;
-        private Arena arena;
-        final Map<PackKey, MemorySegment> packs = new ConcurrentHashMap<>();
-
-        Held(MemorySegment operand) {
-            start = operand.address();
-            end = start + operand.byteSize();
-        }
-
-        synchronized MemorySegment allocate(long bytes) {
-            if (arena == null) arena = Arena.ofShared();
-            return arena.allocate(bytes, 64);
-        }
-
-        @Override
-        public synchronized void close() {
-            if (held.remove(this) && arena != null) arena.close();
-        }
-    }
-
     /** Keeps the packs of B operands inside {@code operand} until the returned hold closes. */
     ConstantHold hold(MemorySegment operand) {
-        Held h = new Held(operand);
-        held.add(h);
-        return h;
+        return held.hold(operand);
     }
 
     @Override
@@ -102,7 +76,7 @@ final class Bf16Gemm implements Gemm {
     void sgemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
                MemorySegment b, boolean bBf16, int ldb, float beta, MemorySegment c, int ldc, MemorySegment bias) {
         if (m == 0 || n == 0) return;
-        MemorySegment packed = heldPack(transB, k, n, b, bBf16, ldb);
+        MemorySegment packed = held.pack(transB, k, n, b, bBf16, ldb);
         long biasAddress = address(bias, n);
         int status = packed == null
                 ? DistilleryCpu.bf16Gemm(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16, beta,
@@ -121,7 +95,7 @@ final class Bf16Gemm implements Gemm {
     void sgemmClaimedRows(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
                           MemorySegment b, boolean bBf16, int ldb, MemorySegment packed, float beta, MemorySegment c, int ldc,
                           MemorySegment bias, MemorySegment nextRow, int claimRows) {
-        if (packed == null) packed = heldPack(transB, k, n, b, bBf16, ldb);
+        if (packed == null) packed = held.pack(transB, k, n, b, bBf16, ldb);
         int status = DistilleryCpu.bf16GemmClaimedRows(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16,
                 packed == null ? 0L : packed.address(), beta, c.address(), ldc, address(bias, n), nextRow.address(), claimRows);
         requirePacked(status, m, n, k);
@@ -180,28 +154,6 @@ final class Bf16Gemm implements Gemm {
 
     /** Whether op(B) lies inside a held segment, so that it is packed once and not at every call. */
     boolean holds(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb) {
-        return holding(transB, k, n, b, bBf16, ldb) != null;
-    }
-
-    /** The hold op(B) lies inside, or null. */
-    private Held holding(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb) {
-        if (held.isEmpty() || k == 0 || n == 0) return null;
-        long first = b.address(), last = first + (bBf16 ? 2L : 4L) * (transB ? (long) (n - 1) * ldb + k : (long) (k - 1) * ldb + n);
-        for (Held h : held) {
-            if (first >= h.start && last <= h.end) return h;
-        }
-        return null;
-    }
-
-    /** op(B) packed, when B lies inside a held segment (packed now if this slice and shape are new), else null. */
-    private MemorySegment heldPack(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb) {
-        Held h = holding(transB, k, n, b, bBf16, ldb);
-        if (h == null) return null;
-        long first = b.address();
-        return h.packs.computeIfAbsent(new PackKey(first, transB, k, n, ldb), key -> {
-            MemorySegment bp = h.allocate(DistilleryCpu.bf16PackedBBytes(k, n));
-            DistilleryCpu.bf16PackB(transB, k, n, first, ldb, bBf16, bp.address());
-            return bp;
-        });
+        return held.holds(transB, k, n, b, bBf16, ldb);
     }
 }

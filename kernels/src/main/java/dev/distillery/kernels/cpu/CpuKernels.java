@@ -81,7 +81,9 @@ public final class CpuKernels implements Kernels {
 
     /**
      * @param threads  size of the worker pool (and of OpenBLAS' own pool)
-     * @param gemmName "auto" (BLAS when it loads, else Vector API), "blas" (required) or "vector"
+     * @param gemmName "auto" (our native fp32 GEMM where the native CPU library runs, with OpenBLAS'
+     *                 sgemv or the Vector API for single rows; else BLAS when it loads; else the
+     *                 Vector API), "blas" (required) or "vector"
      */
     public CpuKernels(int threads, String gemmName) {
         this(threads, gemmName, Precision.FP32);
@@ -106,7 +108,10 @@ public final class CpuKernels implements Kernels {
         return switch (choice) {
             case BLAS -> new BlasGemm();
             case VECTOR -> new VectorGemm();
-            case AUTO -> OpenBlasLibrary.probe().loaded() ? new BlasGemm() : new VectorGemm();
+            case AUTO -> {
+                Gemm rows = OpenBlasLibrary.probe().loaded() ? new BlasGemm() : new VectorGemm();
+                yield DistilleryCpu.available() ? new NativeF32Gemm(rows) : rows;
+            }
         };
     }
 
@@ -450,7 +455,11 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public ConstantHold holdConstant(MemorySegment operand) {
-        return gemm instanceof Bf16Gemm bf16 ? bf16.hold(operand) : ConstantHold.NONE;
+        return switch (gemm) {
+            case Bf16Gemm bf16 -> bf16.hold(operand);
+            case NativeF32Gemm fp32 -> fp32.hold(operand);
+            default -> ConstantHold.NONE;
+        };
     }
 
     @Override

@@ -3,16 +3,19 @@ package dev.distillery.kernels.cpu;
 import java.lang.foreign.MemorySegment;
 
 /**
- * A row-major GEMM backend of {@link CpuKernels}: CBLAS (OpenBLAS) or the Vector-API fallback in
- * fp32, or the bf16 GEMM of mixed precision.
- * Both run single-threaded per call; {@link CpuKernels} splits a large GEMM into row (or column)
+ * A row-major GEMM backend of {@link CpuKernels}: in fp32 our native GEMM, CBLAS (OpenBLAS) or the
+ * Vector-API fallback; or the bf16 GEMM of mixed precision.
+ * Each runs single-threaded per call; {@link CpuKernels} splits a large GEMM into row (or column)
  * blocks over its own pool, and calls {@link #sgemm} directly from inside parallel loops
  * (attention's per-head products). OpenBLAS' own threads are never used: their spinning workers
  * compete with ours for the cores (docs/KERNELS.md#gemm-and-threads).
  */
-sealed interface Gemm extends AutoCloseable permits BlasGemm, VectorGemm, Bf16Gemm {
+sealed interface Gemm extends AutoCloseable permits NativeF32Gemm, BlasGemm, VectorGemm, Bf16Gemm {
 
-    /** Which GEMM the CPU kernels use; {@code distillery.gemm=auto|blas|vector}. */
+    /**
+     * Which fp32 GEMM the CPU kernels use; {@code distillery.gemm=auto|blas|vector}: auto is ours
+     * where the native CPU library runs, else OpenBLAS where it loads, else the Vector API.
+     */
     enum Choice { AUTO, BLAS, VECTOR }
 
     String describe();

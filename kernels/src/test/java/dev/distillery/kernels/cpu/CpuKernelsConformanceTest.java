@@ -29,7 +29,7 @@ import dev.distillery.kernels.reference.ReferenceKernels;
 class CpuKernelsConformanceTest {
 
     @ParameterizedTest(name = "gemm={0}, threads={1}")
-    @CsvSource({"blas, 2", "vector, 2", "vector, 1", "blas, 3", "blas, 4"})
+    @CsvSource({"auto, 2", "auto, 1", "blas, 2", "vector, 2", "vector, 1", "blas, 3", "auto, 4"})
     void everyKernelMatchesFloat64ReferenceOnAwkwardSizes(String gemm, int threads) {
         long seed = System.nanoTime();
         try (CpuKernels kernels = new CpuKernels(threads, gemm)) {

@@ -53,7 +53,7 @@ class ModelGradientTest {
     }
 
     private static void everyParameterGradientMatchesFiniteDifferences(java.util.function.Function<CpuKernels, LanguageModel> make) {
-        try (CpuKernels kernels = new CpuKernels(2, "blas");
+        try (CpuKernels kernels = new CpuKernels(2, "auto");
              LanguageModel model = make.apply(kernels);
              Workspace ws = new Workspace(kernels, 1 << 16).poisonAllocations();
              Arena arena = Arena.ofShared()) {

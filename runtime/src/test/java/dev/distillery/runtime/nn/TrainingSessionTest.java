@@ -84,7 +84,7 @@ class TrainingSessionTest {
     }
 
     @org.junit.jupiter.params.ParameterizedTest
-    @org.junit.jupiter.params.provider.ValueSource(strings = {"blas", "vector"})
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"auto", "blas", "vector"})
     void twoSeededRunsGiveBitIdenticalParametersAfterTwentySteps(String gemm) {
         MemorySegment[] finals = new MemorySegment[2];
         Gpt2Config cfg = new Gpt2Config(53, 12, 2, 24, 3);

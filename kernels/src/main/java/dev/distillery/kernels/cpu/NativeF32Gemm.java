@@ -1,0 +1,71 @@
+package dev.distillery.kernels.cpu;
+
+import java.lang.foreign.MemorySegment;
+
+import dev.distillery.bindings.DistilleryCpu;
+import dev.distillery.kernels.Kernels.ConstantHold;
+
+/**
+ * The fp32 GEMM of our own ({@code cpu/src/main/c/f32_gemm.c}, docs/KERNELS.md#the-fp32-gemm):
+ * op(B) packed, then 8 × 32 blocks of C formed with FMAs from op(A) where it lies. A B inside a
+ * {@linkplain #hold held} segment (a generation call's weights; the LM head's weight over a
+ * step's chunks) is packed once per hold ({@link HeldPacks}), every other B at each call, so a
+ * hold changes the time of a product and never its bits. A product with one row or one column
+ * of C goes to the GEMM this wraps (OpenBLAS' sgemv, or the Vector-API GEMM), which streams the
+ * matrix once where a pack would add a pass over it. Built where the native CPU library is
+ * {@linkplain DistilleryCpu#available() available}; {@code -Ddistillery.gemm=blas} runs OpenBLAS
+ * for every product instead.
+ */
+final class NativeF32Gemm implements Gemm {
+
+    private final Gemm vectors;
+    private final HeldPacks held = new HeldPacks(new HeldPacks.Packer() {
+        @Override
+        public long bytes(int k, int n) {
+            return DistilleryCpu.f32PackedBBytes(k, n);
+        }
+
+        @Override
+        public void pack(boolean transB, int k, int n, long b, int ldb, boolean bBf16, long packed) {
+            DistilleryCpu.f32PackB(transB, k, n, b, ldb, packed);
+        }
+    });
+
+    /** @param vectors the GEMM of products with one row or one column of C */
+    NativeF32Gemm(Gemm vectors) {
+        if (!DistilleryCpu.available()) throw new IllegalStateException("native fp32 GEMM: the native CPU library is " + DistilleryCpu.status());
+        this.vectors = vectors;
+    }
+
+    @Override
+    public String describe() {
+        return "native fp32 GEMM (AVX-512 FMA; one row or column: " + vectors.describe() + ")";
+    }
+
+    /** Keeps the packs of B operands inside {@code operand} until the returned hold closes. */
+    ConstantHold hold(MemorySegment operand) {
+        return held.hold(operand);
+    }
+
+    @Override
+    public void sgemm(boolean transA, boolean transB, int m, int n, int k,
+                      float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
+                      float beta, MemorySegment c, int ldc) {
+        if (m == 0 || n == 0) return;
+        if (m == 1 || n == 1) {
+            vectors.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            return;
+        }
+        MemorySegment packed = held.pack(transB, k, n, b, false, ldb);
+        if (packed != null) {
+            DistilleryCpu.f32GemmPackedB(transA, m, n, k, alpha, a.address(), lda, packed.address(), beta, c.address(), ldc);
+        } else if (DistilleryCpu.f32Gemm(transA, transB, m, n, k, alpha, a.address(), lda, b.address(), ldb, beta, c.address(), ldc) != 0) {
+            throw new OutOfMemoryError("fp32 GEMM " + m + "x" + n + "x" + k + ": no memory to pack its B operand");
+        }
+    }
+
+    @Override
+    public void close() {
+        vectors.close();
+    }
+}

@@ -1,0 +1,141 @@
+package dev.distillery.kernels.cpu;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Random;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+import dev.distillery.bindings.DistilleryCpu;
+import dev.distillery.kernels.Kernels.ConstantHold;
+import dev.distillery.kernels.reference.ReferenceKernels;
+
+/**
+ * Our fp32 GEMM ({@link NativeF32Gemm}, {@code cpu/src/main/c/f32_gemm.c}): the float64
+ * reference's products within fp32 sums' bound, the same bits held or not and on one thread or
+ * several, and a held B read from its pack until the hold closes.
+ */
+class NativeF32GemmTest {
+
+    /**
+     * Awkward sizes: rows not a multiple of the 8-row block (1, 2, 3, 5 and 7 left over), columns
+     * not a multiple of 32, k over two and three panels of 512, both transposes, leading
+     * dimensions longer than the operands, beta 0 over NaN and beta 1, alpha not 1, k = 0; B
+     * packed at the call, then held (its pack made, then reused): the same bits all three times.
+     */
+    @ParameterizedTest
+    @CsvSource({"37, 1003, 77, true, false, 0.7, 0", "13, 531, 700, false, false, 1, 1", "6, 77, 33, true, true, 1, 0",
+                "3, 50, 16, false, true, 1, 1", "2, 300, 20, false, true, -1.5, 0.5", "9, 40, 1100, false, false, 1, 0",
+                "40, 300, 1100, true, true, 1, 1", "64, 33, 5, false, false, 1, 0", "11, 17, 0, false, true, 1, 0.5",
+                "11, 17, 0, true, false, 1, 0"})
+    void heldProductsMatchFloat64ReferenceOnAwkwardSizes(int m, int n, int k, boolean transA, boolean transB, float alpha, float beta) {
+        assumeTrue(DistilleryCpu.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
+        Random random = new Random(m * 1_000_003L + n * 31L + k);
+        int lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 5, ldc = n + 2;
+        int aRows = transA ? k : m, bRows = transB ? n : k;
+        float[] a = gaussians(random, aRows * lda), b = gaussians(random, bRows * ldb), c0 = gaussians(random, m * ldc);
+        double[] want = new double[m * ldc];
+        for (int i = 0; i < want.length; i++) want[i] = c0[i];
+        ReferenceKernels.gemm(transA, transB, m, n, k, alpha, widen(a), lda, widen(b), ldb, beta, want, ldc);
+        double[] magnitude = new double[m * ldc];   // Σ |a| |b|: fp32 sums of k products lie within (k + 2) ε of it
+        ReferenceKernels.gemm(transA, transB, m, n, k, 1, abs(widen(a)), lda, abs(widen(b)), ldb, 0, magnitude, ldc);
+        try (CpuKernels kernels = new CpuKernels(2, "auto"); Arena arena = Arena.ofShared()) {
+            assertTrue(kernels.describe().contains("native fp32 GEMM"), kernels.describe());
+            MemorySegment as = arena.allocateFrom(ValueLayout.JAVA_FLOAT, a), bs = arena.allocateFrom(ValueLayout.JAVA_FLOAT, b);
+            MemorySegment[] got = new MemorySegment[3];
+            got[0] = product(kernels, arena, transA, transB, m, n, k, alpha, as, lda, bs, ldb, beta, c0, ldc);
+            try (ConstantHold hold = kernels.holdConstant(bs)) {
+                got[1] = product(kernels, arena, transA, transB, m, n, k, alpha, as, lda, bs, ldb, beta, c0, ldc);
+                got[2] = product(kernels, arena, transA, transB, m, n, k, alpha, as, lda, bs, ldb, beta, c0, ldc);
+            }
+            for (int run = 0; run < 3; run++) {
+                MemorySegment cs = got[run];
+                for (int i = 0; i < m; i++) {
+                    for (int j = 0; j < n; j++) {
+                        double bound = (k + 3) * 0x1p-24 * (Math.abs(alpha) * magnitude[i * ldc + j] + Math.abs(beta * c0[i * ldc + j]));
+                        assertEquals(want[i * ldc + j], cs.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * ldc + j), bound + Float.MIN_NORMAL,
+                                "run " + run + ", C[" + i + "][" + j + "] of " + m + "x" + n + "x" + k + (transA ? " T" : " N") + (transB ? "T" : "N"));
+                    }
+                    for (int j = n; j < ldc; j++) {
+                        assertEquals(c0[i * ldc + j], cs.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * ldc + j), "past column " + n + " untouched");
+                    }
+                }
+                assertEquals(-1L, got[0].mismatch(cs), "run " + run + ": the bits of B packed at the call");
+            }
+        }
+    }
+
+    /** C = alpha op(A) op(B) + beta C0 into a new C, its first n columns NaN where beta is 0 (so never read). */
+    private static MemorySegment product(CpuKernels kernels, Arena arena, boolean transA, boolean transB, int m, int n, int k, float alpha,
+                                         MemorySegment a, int lda, MemorySegment b, int ldb, float beta, float[] c0, int ldc) {
+        MemorySegment c = arena.allocateFrom(ValueLayout.JAVA_FLOAT, c0);
+        if (beta == 0f) {
+            for (int i = 0; i < m; i++) for (int j = 0; j < n; j++) c.setAtIndex(ValueLayout.JAVA_FLOAT, (long) i * ldc + j, Float.NaN);
+        }
+        kernels.gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return c;
+    }
+
+    /**
+     * A held B is read from its pack from its second product on, until the hold closes: B changed
+     * under a hold (which the contract forbids, and which shows what is read) leaves the product
+     * of the old B, and after the hold the new B is read. The first product reads B as it lies,
+     * and the products give the same bits on one thread and on two (C split by columns there).
+     */
+    @Test
+    void aHeldOperandIsReadFromItsPackUntilTheHoldCloses() {
+        assumeTrue(DistilleryCpu.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
+        int m = 32, n = 1000, k = 128;
+        Random random = new Random(3);
+        try (CpuKernels one = new CpuKernels(1, "auto"); CpuKernels two = new CpuKernels(2, "auto"); Arena arena = Arena.ofShared()) {
+            MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, m * k));
+            float[] first = gaussians(random, n * k), second = gaussians(random, n * k);
+            MemorySegment b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, first);
+            MemorySegment[] oneThread = new MemorySegment[3], twoThreads = new MemorySegment[3];
+            for (CpuKernels kernels : new CpuKernels[]{one, two}) {
+                MemorySegment[] out = kernels == one ? oneThread : twoThreads;
+                MemorySegment.copy(first, 0, b, ValueLayout.JAVA_FLOAT, 0, first.length);
+                try (ConstantHold hold = kernels.holdConstant(b)) {
+                    for (int run = 0; run < 2; run++) {
+                        out[run] = arena.allocate(4L * m * n, 64);
+                        kernels.gemm(false, true, m, n, k, 1f, a, k, b, k, 0f, out[run], n);
+                    }
+                    MemorySegment.copy(second, 0, b, ValueLayout.JAVA_FLOAT, 0, second.length);
+                    MemorySegment stale = arena.allocate(4L * m * n, 64);
+                    kernels.gemm(false, true, m, n, k, 1f, a, k, b, k, 0f, stale, n);
+                    assertEquals(-1L, stale.mismatch(out[1]), "under the hold the pack of the first B is read");
+                }
+                out[2] = arena.allocate(4L * m * n, 64);
+                kernels.gemm(false, true, m, n, k, 1f, a, k, b, k, 0f, out[2], n);
+                assertNotEquals(-1L, out[2].mismatch(out[1]), "after the hold the new B is read");
+            }
+            for (int i = 0; i < 3; i++) assertEquals(-1L, oneThread[i].mismatch(twoThreads[i]), "product " + i + ": one thread's bits on two");
+            assertEquals(-1L, oneThread[0].mismatch(oneThread[1]), "a pack reused gives its first product's bits");
+        }
+    }
+
+    private static float[] gaussians(Random random, int n) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = (float) random.nextGaussian();
+        return x;
+    }
+
+    private static double[] abs(double[] x) {
+        for (int i = 0; i < x.length; i++) x[i] = Math.abs(x[i]);
+        return x;
+    }
+
+    private static double[] widen(float[] x) {
+        double[] d = new double[x.length];
+        for (int i = 0; i < x.length; i++) d[i] = x[i];
+        return d;
+    }
+}
