@@ -19,17 +19,7 @@ import dev.distillery.kernels.Kernels.ConstantHold;
 final class Bf16Gemm implements Gemm {
 
     private final int kind;
-    private final HeldPacks held = new HeldPacks(new HeldPacks.Packer() {
-        @Override
-        public long bytes(int k, int n) {
-            return DistilleryCpu.bf16PackedBBytes(k, n);
-        }
-
-        @Override
-        public void pack(boolean transB, int k, int n, long b, int ldb, boolean bBf16, long packed) {
-            DistilleryCpu.bf16PackB(transB, k, n, b, ldb, bBf16, packed);
-        }
-    });
+    private final HeldPacks held = new HeldPacks(DistilleryCpu::bf16PackedBBytes, DistilleryCpu::bf16PackB);
 
     Bf16Gemm() {
         String why = unavailableReason();

@@ -13,21 +13,26 @@ import dev.distillery.kernels.Kernels.ConstantHold;
  * The segments held constant ({@code Kernels.holdConstant}) for a GEMM that packs its B operand,
  * and the packs made of them: a B inside a held segment is packed once per (address, shape,
  * transpose) and reused until the hold closes. Shared by {@link Bf16Gemm} and {@link NativeF32Gemm},
- * which differ only in how a pack is laid out ({@link Packer}).
+ * which differ only in how a pack is laid out.
  */
 final class HeldPacks {
 
-    /** How a GEMM packs op(B) (k, n): its size in bytes, and the pack itself, at raw addresses. */
-    interface Packer {
-        long bytes(int k, int n);
-
-        void pack(boolean transB, int k, int n, long b, int ldb, boolean bBf16, long packed);
+    /** The bytes of op(B) (k, n) packed. */
+    interface PackedBytes {
+        long of(int k, int n);
     }
 
-    private final Packer packer;
+    /** op(B) (k, n) at address b packed into the bytes at address packed. */
+    interface Pack {
+        void into(boolean transB, int k, int n, long b, int ldb, boolean bBf16, long packed);
+    }
+
+    private final PackedBytes bytes;
+    private final Pack packer;
     private final List<Held> held = new CopyOnWriteArrayList<>();
 
-    HeldPacks(Packer packer) {
+    HeldPacks(PackedBytes bytes, Pack packer) {
+        this.bytes = bytes;
         this.packer = packer;
     }
 
@@ -89,8 +94,8 @@ final class HeldPacks {
         if (h == null) return null;
         long first = b.address();
         return h.packs.computeIfAbsent(new PackKey(first, transB, k, n, ldb), key -> {
-            MemorySegment bp = h.allocate(packer.bytes(k, n));
-            packer.pack(transB, k, n, first, ldb, bBf16, bp.address());
+            MemorySegment bp = h.allocate(bytes.of(k, n));
+            packer.into(transB, k, n, first, ldb, bBf16, bp.address());
             return bp;
         });
     }

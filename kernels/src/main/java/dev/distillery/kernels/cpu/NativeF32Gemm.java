@@ -19,17 +19,8 @@ import dev.distillery.kernels.Kernels.ConstantHold;
 final class NativeF32Gemm implements Gemm {
 
     private final Gemm vectors;
-    private final HeldPacks held = new HeldPacks(new HeldPacks.Packer() {
-        @Override
-        public long bytes(int k, int n) {
-            return DistilleryCpu.f32PackedBBytes(k, n);
-        }
-
-        @Override
-        public void pack(boolean transB, int k, int n, long b, int ldb, boolean bBf16, long packed) {
-            DistilleryCpu.f32PackB(transB, k, n, b, ldb, packed);
-        }
-    });
+    private final HeldPacks held = new HeldPacks(DistilleryCpu::f32PackedBBytes,
+            (transB, k, n, b, ldb, bBf16, packed) -> DistilleryCpu.f32PackB(transB, k, n, b, ldb, packed));
 
     /** @param vectors the GEMM of products with one row or one column of C */
     NativeF32Gemm(Gemm vectors) {
