@@ -242,17 +242,31 @@ public final class CpuKernels implements Kernels {
                      MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
         if (m == 0 || n == 0) return;
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
-            gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            part(m, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         } else if (gemm instanceof Bf16Gemm bf16) {
             gemmBf16(bf16, transA, transB, m, n, k, alpha, a, false, lda, b, false, ldb, beta, c, ldc, null);
         } else if (m >= n || (m >= 32 * pool.threads() && (long) WIDE_C * m > n)) {
-            pool.forEachChunk(m, 8, (chunk, r0, r1) -> gemm.sgemm(transA, transB, r1 - r0, n, k, alpha,
+            pool.forEachChunk(m, 8, (chunk, r0, r1) -> part(m, transA, transB, r1 - r0, n, k, alpha,
                     a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda, b, ldb,
                     beta, c.asSlice(4L * r0 * ldc), ldc));
         } else {
-            pool.forEachChunk(n, 16, (chunk, c0, c1) -> gemm.sgemm(transA, transB, m, c1 - c0, k, alpha,
+            pool.forEachChunk(n, 16, (chunk, c0, c1) -> part(m, transA, transB, m, c1 - c0, k, alpha,
                     a, lda, b.asSlice(4L * (transB ? (long) c0 * ldb : c0)), ldb,
                     beta, c.asSlice(4L * c0), ldc));
+        }
+    }
+
+    /**
+     * One single-threaded part of an fp32 product of {@code productRows} rows. Our fp32 GEMM keeps
+     * a held B's pack only for a product of few rows ({@link NativeF32Gemm#KEEP_PACK_ROWS}), judged
+     * on the whole product's rows, not the part's.
+     */
+    private void part(int productRows, boolean transA, boolean transB, int m, int n, int k, float alpha,
+                      MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        if (gemm instanceof NativeF32Gemm f32) {
+            f32.sgemm(productRows <= NativeF32Gemm.KEEP_PACK_ROWS, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        } else {
+            gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         }
     }
 
@@ -352,9 +366,9 @@ public final class CpuKernels implements Kernels {
     /** rows [r0, r1) of an fp32 {@code C = op(A) · op(B) + beta · C} (alpha 1) as one single-threaded call. */
     private record GemmRows(boolean transA, boolean transB, int m, int n, int k, MemorySegment a, int lda,
                             MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
-        void run(Gemm gemm, int r0, int r1) {
+        void run(CpuKernels kernels, int r0, int r1) {
             if (r1 == r0) return;   // a part with no rows: more threads than rows
-            gemm.sgemm(transA, transB, r1 - r0, n, k, 1f, a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda,
+            kernels.part(m, transA, transB, r1 - r0, n, k, 1f, a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda,
                     b, ldb, beta, c.asSlice(4L * r0 * ldc), ldc);
         }
     }
@@ -372,7 +386,7 @@ public final class CpuKernels implements Kernels {
             for (int i = s; i < e; i++) {
                 GemmRows g = i < half ? dx : dw;
                 int part = i % half;
-                g.run(gemm, WorkerPool.start(g.m(), half, part), WorkerPool.start(g.m(), half, part + 1));
+                g.run(this, WorkerPool.start(g.m(), half, part), WorkerPool.start(g.m(), half, part + 1));
             }
         });
         if (dbias != null) {

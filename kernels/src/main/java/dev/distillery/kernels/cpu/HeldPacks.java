@@ -99,4 +99,10 @@ final class HeldPacks {
             return bp;
         });
     }
+
+    /** op(B)'s pack where one was made already under a hold, else null: never packs. */
+    MemorySegment packed(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb) {
+        Held h = holding(transB, k, n, b, bBf16, ldb);
+        return h == null ? null : h.packs.get(new PackKey(b.address(), transB, k, n, ldb));
+    }
 }

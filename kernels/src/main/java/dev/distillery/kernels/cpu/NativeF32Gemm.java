@@ -9,14 +9,25 @@ import dev.distillery.kernels.Kernels.ConstantHold;
  * The fp32 GEMM of our own ({@code cpu/src/main/c/f32_gemm.c}, docs/KERNELS.md#the-fp32-gemm):
  * op(B) packed, then 8 × 32 blocks of C formed with FMAs from op(A) where it lies. A B inside a
  * {@linkplain #hold held} segment (a generation call's weights; the LM head's weight over a
- * step's chunks) is packed once per hold ({@link HeldPacks}), every other B at each call, so a
- * hold changes the time of a product and never its bits. A product with one row or one column
+ * step's chunks) is packed once per hold ({@link HeldPacks}) by a product of at most
+ * {@link #KEEP_PACK_ROWS} rows, every other B at each call, so a hold changes the time of a
+ * product and never its bits. A product with one row or one column
  * of C goes to the GEMM this wraps (OpenBLAS' sgemv, or the Vector-API GEMM), which streams the
  * matrix once where a pack would add a pass over it. Built where the native CPU library is
  * {@linkplain DistilleryCpu#available() available}; {@code -Ddistillery.gemm=blas} runs OpenBLAS
  * for every product instead.
  */
 final class NativeF32Gemm implements Gemm {
+
+    /**
+     * Rows of C up to which a product keeps a held B's pack. Packing at each call costs the
+     * product a share that grows as its rows shrink: most of a decode step's (32 rows against the
+     * LM head), 12–21% of a 256-row chunk of the training LM head's. Past this the share is small,
+     * and a kept pack would double the memory of the weights it covers (a teacher run in the
+     * process holds all of its own for the run); such a product uses a pack that is there already
+     * and otherwise packs at the call, with the same bits either way.
+     */
+    static final int KEEP_PACK_ROWS = 512;
 
     private final Gemm vectors;
     private final HeldPacks held = new HeldPacks(DistilleryCpu::f32PackedBBytes,
@@ -38,16 +49,27 @@ final class NativeF32Gemm implements Gemm {
         return held.hold(operand);
     }
 
+    /** {@link #sgemm(boolean, boolean, boolean, int, int, int, float, MemorySegment, int, MemorySegment, int, float, MemorySegment, int)}, keeping a pack where C has few rows. */
     @Override
     public void sgemm(boolean transA, boolean transB, int m, int n, int k,
                       float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
                       float beta, MemorySegment c, int ldc) {
+        sgemm(m <= KEEP_PACK_ROWS, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    }
+
+    /**
+     * {@link Gemm#sgemm} where a held B's pack is kept (made now if it was not yet) when
+     * {@code keep}, and used if it is there otherwise; every other B is packed at the call.
+     */
+    void sgemm(boolean keep, boolean transA, boolean transB, int m, int n, int k,
+               float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
+               float beta, MemorySegment c, int ldc) {
         if (m == 0 || n == 0) return;
         if (m == 1 || n == 1) {
             vectors.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
             return;
         }
-        MemorySegment packed = held.pack(transB, k, n, b, false, ldb);
+        MemorySegment packed = keep ? held.pack(transB, k, n, b, false, ldb) : held.packed(transB, k, n, b, false, ldb);
         if (packed != null) {
             DistilleryCpu.f32GemmPackedB(transA, m, n, k, alpha, a.address(), lda, packed.address(), beta, c.address(), ldc);
         } else if (DistilleryCpu.f32Gemm(transA, transB, m, n, k, alpha, a.address(), lda, b.address(), ldb, beta, c.address(), ldc) != 0) {

@@ -119,6 +119,20 @@ class NativeF32GemmTest {
             }
             for (int i = 0; i < 3; i++) assertEquals(-1L, oneThread[i].mismatch(twoThreads[i]), "product " + i + ": one thread's bits on two");
             assertEquals(-1L, oneThread[0].mismatch(oneThread[1]), "a pack reused gives its first product's bits");
+            // a product with more rows than KEEP_PACK_ROWS keeps no pack: B changed under the hold is read as it is
+            int tall = NativeF32Gemm.KEEP_PACK_ROWS + 1;
+            MemorySegment many = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, tall * k));
+            MemorySegment.copy(first, 0, b, ValueLayout.JAVA_FLOAT, 0, first.length);
+            MemorySegment before = arena.allocate(4L * tall * n, 64), under = arena.allocate(4L * tall * n, 64);
+            MemorySegment after = arena.allocate(4L * tall * n, 64);
+            try (ConstantHold hold = two.holdConstant(b)) {
+                two.gemm(false, true, tall, n, k, 1f, many, k, b, k, 0f, before, n);
+                MemorySegment.copy(second, 0, b, ValueLayout.JAVA_FLOAT, 0, second.length);
+                two.gemm(false, true, tall, n, k, 1f, many, k, b, k, 0f, under, n);
+            }
+            two.gemm(false, true, tall, n, k, 1f, many, k, b, k, 0f, after, n);
+            assertNotEquals(-1L, before.mismatch(under), "a tall product kept no pack");
+            assertEquals(-1L, under.mismatch(after), "the bits of the product with no hold");
         }
     }
 

@@ -19,9 +19,11 @@ import dev.distillery.runtime.nn.LanguageModel;
  * batch of (b, t) tokens it computes its final hidden states (b·t, d) once, freeing each block's
  * activations as it goes; its logits exist one chunk of rows at a time, (chunk, V), when the
  * fused loss asks for that chunk, so the (b·t, V) matrix never exists. Memory beyond the weights
- * (fp32): one block's activations, the hidden states, and one chunk of logits; under the CPU's
- * bf16 GEMM also the weights packed in bf16 (half their size), since the teacher holds its
- * parameters constant ({@link Kernels#holdConstant}) while it is open.
+ * (fp32): one block's activations, the hidden states, and one chunk of logits; since the teacher
+ * holds its parameters constant ({@link Kernels#holdConstant}) while it is open, under the CPU's
+ * bf16 GEMM also the weights packed in bf16 (half their size), and under its fp32 GEMM those
+ * that products of at most 512 rows read, packed at their size (the LM head's, read a chunk of
+ * logits at a time; every weight where a micro-batch has that few tokens).
  */
 public final class InProcessTeacher implements AutoCloseable {
 
