@@ -131,11 +131,20 @@ F32 static inline __attribute__((always_inline)) void block_f32(const int R, int
 /*
  * C (m, n) = alpha op(A) op(B) + beta C on the calling thread, op(B) as distillery_f32_pack_b left
  * it; C = alpha op(A) op(B) where beta is 0 (C not read: NaN there never reaches it). With k = 0,
- * C = beta C.
+ * C = beta C. bias: NULL, or n floats that stand in for every row of C as beta's operand
+ * (C = alpha op(A) op(B) + beta bias: a linear layer's output, with the bits of its bias copied
+ * into every row first, as the bf16 GEMM takes it). The bias row is copied into a block's rows of
+ * C just before the block's first panel, where they are in L1 for its store, instead of in a pass
+ * over the whole of C beforehand; the blocks themselves are unchanged.
  */
 F32 void distillery_f32_gemm_packed_b(int trans_a, int m, int n, int k, float alpha, const float *a, int lda, const float *bp,
-                                      float beta, float *c, int ldc) {
+                                      float beta, float *c, int ldc, const float *bias) {
     if (m <= 0 || n <= 0) return;
+    if (bias != NULL && beta == 0.f) bias = NULL;   /* not read */
+    if (bias != NULL && k <= 0) {                   /* no block to copy it for: into C, for beta times it */
+        for (int i = 0; i < m; i++) memcpy(c + (size_t) i * ldc, bias, (size_t) n * 4);
+        bias = NULL;
+    }
     if (k <= 0) {
         float zero[32] __attribute__((aligned(64))) = {0};
         for (int i = 0; i < m; i++) {
@@ -154,6 +163,10 @@ F32 void distillery_f32_gemm_packed_b(int trans_a, int m, int n, int k, float al
             const int in_band = t - first * blocks_i;
             const int i0 = 8 * (in_band / width), j0 = 32 * (first + in_band % width);
             const float *next = i0 == 0 && j0 + 32 < 32 * (first + width) ? bp + (size_t) (j0 / 16 + 2) * k * 16 : NULL;
+            if (kc == 0 && bias != NULL) {
+                const int rows = m - i0 < 8 ? m - i0 : 8, cols = n - j0 < 32 ? n - j0 : 32;
+                for (int r = 0; r < rows; r++) memcpy(c + (size_t) (i0 + r) * ldc + j0, bias + j0, (size_t) cols * 4);
+            }
             const int left = m - i0;   /* the last strip of rows: the narrowest block that covers it */
             if (left >= 8 || left > 4) {
                 block_f32(8, m, n, k, a, rs, ks, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
@@ -173,11 +186,11 @@ F32 void distillery_f32_gemm_packed_b(int trans_a, int m, int n, int k, float al
  * or 1 when that buffer could not be allocated (nothing written).
  */
 F32 int distillery_f32_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
-                            const float *b, int ldb, float beta, float *c, int ldc) {
+                            const float *b, int ldb, float beta, float *c, int ldc, const float *bias) {
     if (m <= 0 || n <= 0) return 0;
     float *bp = (float *) packing_buffer((size_t) distillery_f32_packed_b_bytes(k, n));
     if (bp == NULL) return 1;
     distillery_f32_pack_b(trans_b, k, n, b, ldb, bp);
-    distillery_f32_gemm_packed_b(trans_a, m, n, k, alpha, a, lda, bp, beta, c, ldc);
+    distillery_f32_gemm_packed_b(trans_a, m, n, k, alpha, a, lda, bp, beta, c, ldc, bias);
     return 0;
 }

@@ -101,9 +101,9 @@ public final class DistilleryCpu {
                         f32PackB = linker.downcallHandle(lookup.findOrThrow("distillery_f32_pack_b"),
                                 FunctionDescriptor.ofVoid(i, i, i, p, i, p));
                         f32Packed = linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm_packed_b"),
-                                FunctionDescriptor.ofVoid(i, i, i, i, f, p, i, p, f, p, i));
+                                FunctionDescriptor.ofVoid(i, i, i, i, f, p, i, p, f, p, i, p));
                         f32 = linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm"),
-                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, p, i, f, p, i));
+                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, p, i, f, p, i, p));
                         bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
                         status = "on: " + lib;
@@ -258,12 +258,13 @@ public final class DistilleryCpu {
     /**
      * {@code distillery_f32_gemm}: row-major {@code C = alpha op(A) op(B) + beta C} in fp32 on the
      * calling thread, op(B) packed first into the thread's buffer (C not read where beta is 0);
-     * returns 0, or 1 when that buffer could not be allocated (nothing written).
+     * with a bias (n floats; 0 for none) standing in for every row of C as beta's operand.
+     * Returns 0, or 1 when that buffer could not be allocated (nothing written).
      */
     public static int f32Gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
-                              float beta, long c, int ldc) {
+                              float beta, long c, int ldc, long bias) {
         try {
-            return (int) F32_GEMM.invokeExact(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            return (int) F32_GEMM.invokeExact(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_f32_gemm failed", e);
         }
@@ -292,11 +293,13 @@ public final class DistilleryCpu {
 
     /**
      * {@code distillery_f32_gemm_packed_b}: row-major {@code C = alpha op(A) op(B) + beta C} in fp32
-     * on the calling thread, op(B) packed by {@link #f32PackB} (C not read where beta is 0).
+     * on the calling thread, op(B) packed by {@link #f32PackB} (C not read where beta is 0), with a
+     * bias as {@link #f32Gemm}'s.
      */
-    public static void f32GemmPackedB(boolean transA, int m, int n, int k, float alpha, long a, int lda, long bp, float beta, long c, int ldc) {
+    public static void f32GemmPackedB(boolean transA, int m, int n, int k, float alpha, long a, int lda, long bp, float beta, long c, int ldc,
+                                      long bias) {
         try {
-            F32_GEMM_PACKED_B.invokeExact(transA ? 1 : 0, m, n, k, alpha, a, lda, bp, beta, c, ldc);
+            F32_GEMM_PACKED_B.invokeExact(transA ? 1 : 0, m, n, k, alpha, a, lda, bp, beta, c, ldc, bias);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_f32_gemm_packed_b failed", e);
         }

@@ -241,32 +241,45 @@ public final class CpuKernels implements Kernels {
     public void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha,
                      MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
         if (m == 0 || n == 0) return;
-        if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
-            part(m, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        } else if (gemm instanceof Bf16Gemm bf16) {
+        if (gemm instanceof Bf16Gemm bf16) {
             gemmBf16(bf16, transA, transB, m, n, k, alpha, a, false, lda, b, false, ldb, beta, c, ldc, null);
+        } else {
+            gemmF32(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, null);
+        }
+    }
+
+    /**
+     * The fp32 GEMM over the pool ({@link #gemm}), with a bias (n floats, or null; our fp32 GEMM
+     * only) that stands in for every row of C as beta's operand ({@link NativeF32Gemm}).
+     */
+    private void gemmF32(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda,
+                         MemorySegment b, int ldb, float beta, MemorySegment c, int ldc, MemorySegment bias) {
+        if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
+            part(m, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
         } else if (m >= n || (m >= 32 * pool.threads() && (long) WIDE_C * m > n)) {
             pool.forEachChunk(m, 8, (chunk, r0, r1) -> part(m, transA, transB, r1 - r0, n, k, alpha,
                     a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda, b, ldb,
-                    beta, c.asSlice(4L * r0 * ldc), ldc));
+                    beta, c.asSlice(4L * r0 * ldc), ldc, bias));
         } else {
             pool.forEachChunk(n, 16, (chunk, c0, c1) -> part(m, transA, transB, m, c1 - c0, k, alpha,
                     a, lda, b.asSlice(4L * (transB ? (long) c0 * ldb : c0)), ldb,
-                    beta, c.asSlice(4L * c0), ldc));
+                    beta, c.asSlice(4L * c0), ldc, bias == null ? null : bias.asSlice(4L * c0)));
         }
     }
 
     /**
      * One single-threaded part of an fp32 product of {@code productRows} rows. Our fp32 GEMM keeps
      * a held B's pack only for a product of few rows ({@link NativeF32Gemm#KEEP_PACK_ROWS}), judged
-     * on the whole product's rows, not the part's.
+     * on the whole product's rows, not the part's; a bias goes only to it.
      */
     private void part(int productRows, boolean transA, boolean transB, int m, int n, int k, float alpha,
-                      MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+                      MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc, MemorySegment bias) {
         if (gemm instanceof NativeF32Gemm f32) {
-            f32.sgemm(productRows <= NativeF32Gemm.KEEP_PACK_ROWS, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        } else {
+            f32.sgemm(productRows <= NativeF32Gemm.KEEP_PACK_ROWS, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
+        } else if (bias == null) {
             gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        } else {
+            throw new IllegalStateException("a bias in the GEMM's store needs our fp32 GEMM, not " + gemm.describe());
         }
     }
 
@@ -288,9 +301,9 @@ public final class CpuKernels implements Kernels {
     }
 
     /**
-     * Under the bf16 GEMM the bias goes into the GEMM's first store in place of C (the bits of
-     * {@link #broadcastRows} and a GEMM with beta 1, without writing the bias over the whole
-     * output and reading it back: docs/KERNELS.md#linear).
+     * Under the bf16 GEMM and our fp32 one the bias goes into the GEMM's first store in place of C
+     * (the bits of {@link #broadcastRows} and a GEMM with beta 1, without writing the bias over the
+     * whole output and reading it back: docs/KERNELS.md#linear).
      */
     @Override
     public void linearForward(MemorySegment out, MemorySegment inp, DType inpType, MemorySegment weight, MemorySegment bias,
@@ -300,7 +313,7 @@ public final class CpuKernels implements Kernels {
         }
     }
 
-    /** As {@link #linearForward}: under the bf16 GEMM the bias goes into its first store. */
+    /** As {@link #linearForward}: under the bf16 GEMM and our fp32 one the bias goes into its first store. */
     @Override
     public void projectionForward(MemorySegment out, MemorySegment x, DType xType, MemorySegment weight, MemorySegment bias,
                                   int n, int c, int v) {
@@ -311,17 +324,24 @@ public final class CpuKernels implements Kernels {
 
     /**
      * {@code out = inp · weight + bias} (weight (c, oc)), or {@code inp · weightᵀ + bias} (weight
-     * (oc, c)) with weightTransposed, as one bf16 GEMM with the bias as beta's operand; false, and
-     * nothing done, where there is no bias or no bf16 GEMM.
+     * (oc, c)) with weightTransposed, as one GEMM with the bias as beta's operand; false, and
+     * nothing done, where there is no bias or the GEMM is OpenBLAS' or the Vector API's.
      */
     private boolean biasInFirstStore(boolean weightTransposed, MemorySegment out, MemorySegment inp, DType inpType, MemorySegment weight,
                                      MemorySegment bias, int n, int c, int oc) {
-        if (bias == null || !(gemm instanceof Bf16Gemm bf16) || (inpType != DType.F32 && inpType != DType.BF16)) return false;
-        if (n != 0 && oc != 0) {
-            gemmBf16(bf16, false, weightTransposed, n, oc, c, 1f, inp, inpType == DType.BF16, c, weight, false, weightTransposed ? c : oc,
-                    1f, out, oc, bias);
+        if (bias == null) return false;
+        if (gemm instanceof Bf16Gemm bf16 && (inpType == DType.F32 || inpType == DType.BF16)) {
+            if (n != 0 && oc != 0) {
+                gemmBf16(bf16, false, weightTransposed, n, oc, c, 1f, inp, inpType == DType.BF16, c, weight, false, weightTransposed ? c : oc,
+                        1f, out, oc, bias);
+            }
+            return true;
         }
-        return true;
+        if (gemm instanceof NativeF32Gemm && inpType == DType.F32) {
+            if (n != 0 && oc != 0) gemmF32(false, weightTransposed, n, oc, c, 1f, inp, c, weight, weightTransposed ? c : oc, 1f, out, oc, bias);
+            return true;
+        }
+        return false;
     }
 
     /**
@@ -369,7 +389,7 @@ public final class CpuKernels implements Kernels {
         void run(CpuKernels kernels, int r0, int r1) {
             if (r1 == r0) return;   // a part with no rows: more threads than rows
             kernels.part(m, transA, transB, r1 - r0, n, k, 1f, a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda,
-                    b, ldb, beta, c.asSlice(4L * r0 * ldc), ldc);
+                    b, ldb, beta, c.asSlice(4L * r0 * ldc), ldc, null);
         }
     }
 

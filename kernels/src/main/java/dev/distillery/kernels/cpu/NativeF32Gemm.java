@@ -49,30 +49,41 @@ final class NativeF32Gemm implements Gemm {
         return held.hold(operand);
     }
 
-    /** {@link #sgemm(boolean, boolean, boolean, int, int, int, float, MemorySegment, int, MemorySegment, int, float, MemorySegment, int)}, keeping a pack where C has few rows. */
+    /** {@link #sgemm(boolean, boolean, boolean, int, int, int, float, MemorySegment, int, MemorySegment, int, float, MemorySegment, int, MemorySegment)}, keeping a pack where C has few rows, with no bias. */
     @Override
     public void sgemm(boolean transA, boolean transB, int m, int n, int k,
                       float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
                       float beta, MemorySegment c, int ldc) {
-        sgemm(m <= KEEP_PACK_ROWS, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        sgemm(m <= KEEP_PACK_ROWS, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, null);
     }
 
     /**
      * {@link Gemm#sgemm} where a held B's pack is kept (made now if it was not yet) when
-     * {@code keep}, and used if it is there otherwise; every other B is packed at the call.
+     * {@code keep}, and used if it is there otherwise; every other B is packed at the call. A bias
+     * (n floats, or null) stands in for every row of C as beta's operand: {@code C = alpha op(A)
+     * op(B) + beta bias}, the bits of that row copied into every row of C first, without the pass
+     * over C ({@code Kernels.linearForward}'s bias, as the bf16 GEMM takes it).
      */
     void sgemm(boolean keep, boolean transA, boolean transB, int m, int n, int k,
                float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
-               float beta, MemorySegment c, int ldc) {
+               float beta, MemorySegment c, int ldc, MemorySegment bias) {
         if (m == 0 || n == 0) return;
+        if (bias != null && bias.byteSize() < 4L * n) {
+            throw new IllegalArgumentException("fp32 GEMM: a bias of " + bias.byteSize() + " bytes for " + n + " columns");
+        }
         if (m == 1 || n == 1) {
+            if (bias != null) {
+                for (int i = 0; i < m; i++) MemorySegment.copy(bias, 0, c, 4L * i * ldc, 4L * n);
+            }
             vectors.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
             return;
         }
+        long biasAddress = bias == null ? 0L : bias.address();
         MemorySegment packed = keep ? held.pack(transB, k, n, b, false, ldb) : held.packed(transB, k, n, b, false, ldb);
         if (packed != null) {
-            DistilleryCpu.f32GemmPackedB(transA, m, n, k, alpha, a.address(), lda, packed.address(), beta, c.address(), ldc);
-        } else if (DistilleryCpu.f32Gemm(transA, transB, m, n, k, alpha, a.address(), lda, b.address(), ldb, beta, c.address(), ldc) != 0) {
+            DistilleryCpu.f32GemmPackedB(transA, m, n, k, alpha, a.address(), lda, packed.address(), beta, c.address(), ldc, biasAddress);
+        } else if (DistilleryCpu.f32Gemm(transA, transB, m, n, k, alpha, a.address(), lda, b.address(), ldb, beta, c.address(), ldc,
+                biasAddress) != 0) {
             throw new OutOfMemoryError("fp32 GEMM " + m + "x" + n + "x" + k + ": no memory to pack its B operand");
         }
     }

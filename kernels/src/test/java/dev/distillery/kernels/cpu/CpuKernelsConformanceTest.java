@@ -534,24 +534,31 @@ class CpuKernelsConformanceTest {
     }
 
     /**
-     * Under the bf16 GEMM a linear layer's bias goes into the GEMM's first store in place of C:
-     * the bits of the bias copied into every row and a GEMM with beta 1 on top. One thread and
-     * two (rows claimed when n ≤ m, columns split when n > m), a bf16 or fp32 input, ragged m
-     * and n, and k past a panel (1,100), in the linear's layout (weight (c, oc)) and the
-     * projection's (weight (oc, c), transposed); the output poisoned with NaN first.
+     * Under the bf16 GEMM and our fp32 one a linear layer's bias goes into the GEMM's first store
+     * in place of C: the bits of the bias copied into every row and a GEMM with beta 1 on top. One
+     * thread and two (rows split or claimed when n ≤ m, columns split when n > m), a bf16 (under
+     * bf16) or fp32 input, ragged m and n, one row, and k past a panel (1,100), in the linear's
+     * layout (weight (c, oc)) and the projection's (weight (oc, c), transposed); the output
+     * poisoned with NaN first.
      */
     @ParameterizedTest
-    @CsvSource({"1, 5, 7, 3", "1, 37, 100, 1100", "2, 1024, 256, 256", "2, 300, 770, 129", "2, 64, 2000, 384"})
-    void aLinearOrProjectionBiasInTheGemmGivesTheBitsOfOneCopiedIntoItsRows(int threads, int n, int oc, int c) {
-        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+    @CsvSource({"BF16, 1, 5, 7, 3", "BF16, 1, 37, 100, 1100", "BF16, 2, 1024, 256, 256", "BF16, 2, 300, 770, 129", "BF16, 2, 64, 2000, 384",
+                "FP32, 1, 5, 7, 3", "FP32, 1, 37, 100, 1100", "FP32, 2, 1024, 256, 256", "FP32, 2, 300, 770, 129", "FP32, 2, 64, 2000, 384",
+                "FP32, 2, 1, 300, 40", "FP32, 2, 13, 1, 600"})
+    void aLinearOrProjectionBiasInTheGemmGivesTheBitsOfOneCopiedIntoItsRows(Precision precision, int threads, int n, int oc, int c) {
+        if (precision == Precision.BF16) {
+            assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        } else {
+            assumeTrue(DistilleryCpu.available(), () -> "skipped: no native fp32 GEMM here: " + DistilleryCpu.status());
+        }
         Random random = new Random(n * 31L + oc * 7L + c);
-        try (CpuKernels kernels = new CpuKernels(threads, "auto", Precision.BF16); Arena arena = Arena.ofShared()) {
+        try (CpuKernels kernels = new CpuKernels(threads, "auto", precision); Arena arena = Arena.ofShared()) {
             MemorySegment inp = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, n * c));
             MemorySegment inpBf16 = arena.allocate(2L * n * c, 64);
             for (long i = 0; i < (long) n * c; i++) inpBf16.setAtIndex(ValueLayout.JAVA_SHORT, i, VectorOps.bf16Bits(inp.getAtIndex(ValueLayout.JAVA_FLOAT, i)));
             MemorySegment weight = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, c * oc));
             MemorySegment bias = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, oc));
-            for (DType type : new DType[]{DType.F32, DType.BF16}) {
+            for (DType type : precision == Precision.BF16 ? new DType[]{DType.F32, DType.BF16} : new DType[]{DType.F32}) {
                 for (boolean projection : new boolean[]{false, true}) {
                     MemorySegment x = type == DType.BF16 ? inpBf16 : inp;
                     MemorySegment want = arena.allocate(4L * n * oc, 64), got = arena.allocate(4L * n * oc, 64);
