@@ -9,9 +9,10 @@
  *   Bp  op(B) in blocks of 16 columns, each k rows of 16 floats: Bp[jb][kk][j] = op(B)[kk][16 jb + j],
  *       columns padded with zeros to np = ceil32(n)
  *
- * A block of C is 8 rows x 32 columns of accumulators (fewer rows for the last of a short C) (the AVX512-BF16 path's block_8x32, with one
- * FMA where it has one dot product), walked in bands of packed B that stay in L2 while op(A)'s rows
- * stream past, over panels of KC_F32 of k; each panel's sums are added to C in fp32. Every element
+ * A block of C is 8 rows x 32 columns of accumulators, as the AVX512-BF16 path's block_8x32 with
+ * one FMA where it has one dot product (4, 2 or 1 rows for the last strip of a short C). Blocks
+ * are walked in bands of packed B that stay in L2 while op(A)'s rows stream past, over panels of
+ * KC_F32 of k; each panel's sums are added to C in fp32. Every element
  * of C is one sum over k in order, panel by panel, so the bits do not depend on how the callers
  * split C between threads.
  */
@@ -168,7 +169,7 @@ F32 void distillery_f32_gemm_packed_b(int trans_a, int m, int n, int k, float al
                 for (int r = 0; r < rows; r++) memcpy(c + (size_t) (i0 + r) * ldc + j0, bias + j0, (size_t) cols * 4);
             }
             const int left = m - i0;   /* the last strip of rows: the narrowest block that covers it */
-            if (left >= 8 || left > 4) {
+            if (left > 4) {
                 block_f32(8, m, n, k, a, rs, ks, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
             } else if (left > 2) {
                 block_f32(4, m, n, k, a, rs, ks, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
