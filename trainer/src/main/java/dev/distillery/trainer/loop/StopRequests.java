@@ -48,8 +48,13 @@ public final class StopRequests {
     private static volatile long firstRequestNanos;
     private static volatile boolean firstHonoured;
 
-    /** Asks the running loop to stop after its step; a second request (a second or more later) halts the process. */
-    public static void request(String why) {
+    /**
+     * Asks the running loop to stop after its step; a second request (a second or more later) halts
+     * the process. Synchronized: each signal's handler runs on a thread of its own, and a second
+     * request that read the first's state half written (its request set, not yet whether the loop
+     * honours it) halted a process that the first had asked to stop with its checkpoint.
+     */
+    public static synchronized void request(String why) {
         long now = System.nanoTime();
         if (REQUEST.compareAndSet(null, why)) {
             firstRequestNanos = now;
