@@ -4,20 +4,24 @@ import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.FunctionDescriptor;
 import java.lang.foreign.Linker;
+import java.lang.foreign.MemorySegment;
 import java.lang.foreign.SymbolLookup;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandle;
 import java.nio.file.Path;
 import java.util.Locale;
+import java.util.Objects;
 
 /**
  * FFM binding of {@code libdistillery_cpu.so}, the native rows of the fused distillation loss
  * ({@code cpu/src/main/c/distill_cpu.c}), the GEMM of bf16 mixed precision
- * ({@code cpu/src/main/c/bf16_gemm.c}) and the fp32 GEMM ({@code cpu/src/main/c/f32_gemm.c}), built into the {@code distillery-cpu} jar when a C
- * compiler was there. One static method per exported function, named after it; pointers go as
- * raw addresses of the caller's native segments, alive for the call (the rows are critical
- * downcalls: no thread-state transition, they neither block nor call back; the GEMM, which runs
- * for milliseconds, is not).
+ * ({@code cpu/src/main/c/bf16_gemm.c}), the fp32 GEMM ({@code cpu/src/main/c/f32_gemm.c}) and the
+ * exps of drawing a token ({@code cpu/src/main/c/sample_rows.c}), built into the {@code distillery-cpu}
+ * jar when a C compiler was there. One static method per exported function, named after it;
+ * pointers go as raw addresses of the caller's native segments, alive for the call (the rows are
+ * critical downcalls: no thread-state transition, they neither block nor call back; the GEMM,
+ * which runs for milliseconds, is not). The sampling exps take segments instead, on or off the
+ * heap: critical downcalls with heap access, for a sampler's own arrays.
  *
  * <p>{@code -Ddistillery.nativeLoss=auto} (default) loads it on Linux x86-64 CPUs with AVX-512
  * (F, BW, DQ) and FMA; {@code off} never. {@link #status()} says which and why.
@@ -26,7 +30,7 @@ public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 12;
+    public static final int ABI = 13;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
@@ -34,13 +38,14 @@ public final class DistilleryCpu {
 
     private static final MethodHandle DENSE_FORWARD_KL_ROW, DENSE_REVERSE_KL_ROW, DENSE_JSD_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
             BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_GEMM_CAUSAL, BF16_DOT_PEAK,
-            F32_PACKED_B_BYTES, F32_PACK_B, F32_GEMM_PACKED_B, F32_GEMM;
+            F32_PACKED_B_BYTES, F32_PACK_B, F32_GEMM_PACKED_B, F32_GEMM, SAMPLE_EXPS, SAMPLE_BLOCK_SUMS;
     private static final String STATUS;
     private static final int BF16_KIND;
 
     static {
         MethodHandle row = null, reverseRow = null, jsdRow = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
-                claimedRows = null, causal = null, dotPeak = null, f32PackedBytes = null, f32PackB = null, f32Packed = null, f32 = null;
+                claimedRows = null, causal = null, dotPeak = null, f32PackedBytes = null, f32PackB = null, f32Packed = null, f32 = null,
+                sampleExps = null, sampleBlockSums = null;
         int bf16Kind = BF16_NONE;
         String status;
         try {
@@ -104,6 +109,12 @@ public final class DistilleryCpu {
                                 FunctionDescriptor.ofVoid(i, i, i, i, f, p, i, p, f, p, i, p));
                         f32 = linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, p, i, f, p, i, p));
+                        ValueLayout.OfDouble d = ValueLayout.JAVA_DOUBLE;
+                        Linker.Option heap = Linker.Option.critical(true);
+                        sampleExps = linker.downcallHandle(lookup.findOrThrow("distillery_sample_exps"),
+                                FunctionDescriptor.of(d, ValueLayout.ADDRESS, i, f, d, ValueLayout.ADDRESS), heap);
+                        sampleBlockSums = linker.downcallHandle(lookup.findOrThrow("distillery_sample_block_sums"),
+                                FunctionDescriptor.of(d, ValueLayout.ADDRESS, i, i, d, ValueLayout.ADDRESS, ValueLayout.ADDRESS), heap);
                         bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
                         status = "on: " + lib;
@@ -132,6 +143,8 @@ public final class DistilleryCpu {
         F32_PACK_B = f32PackB;
         F32_GEMM_PACKED_B = f32Packed;
         F32_GEMM = f32;
+        SAMPLE_EXPS = sampleExps;
+        SAMPLE_BLOCK_SUMS = sampleBlockSums;
         STATUS = status;
     }
 
@@ -302,6 +315,40 @@ public final class DistilleryCpu {
             F32_GEMM_PACKED_B.invokeExact(transA ? 1 : 0, m, n, k, alpha, a, lda, bp, beta, c, ldc, bias);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_f32_gemm_packed_b failed", e);
+        }
+    }
+
+    /**
+     * {@code distillery_sample_exps}: {@code p[i] = exp((x[i] − max) · scale)} in float64 for the n
+     * floats of x (each ≤ max), 0 where that is NaN or below the normal range; returns their sum.
+     * x and p (n doubles, or {@link MemorySegment#NULL} for none) may be heap segments.
+     */
+    public static double sampleExps(MemorySegment x, int n, float max, double scale, MemorySegment p) {
+        Objects.checkFromIndexSize(0, 4L * n, x.byteSize());
+        if (!p.equals(MemorySegment.NULL)) Objects.checkFromIndexSize(0, 8L * n, p.byteSize());
+        try {
+            return (double) SAMPLE_EXPS.invokeExact(x, n, max, scale, p);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_sample_exps failed", e);
+        }
+    }
+
+    /**
+     * {@code distillery_sample_block_sums}: the largest of the n floats of x into {@code max[0]}
+     * (NaN skipped; −inf when there is none), and {@code sums[b]} = the sum of
+     * {@code exp((x[i] − max) · scale)} over floats [b · block, (b + 1) · block), for every block,
+     * in one pass over x; returns the sum of the sums. x, sums (⌈n / block⌉ doubles) and max (a
+     * float) may be heap segments.
+     */
+    public static double sampleBlockSums(MemorySegment x, int n, int block, double scale, MemorySegment sums, MemorySegment max) {
+        if (block <= 0) throw new IllegalArgumentException("blocks of " + block + " floats");
+        Objects.checkFromIndexSize(0, 4L * n, x.byteSize());
+        Objects.checkFromIndexSize(0, 8L * ((n + (long) block - 1) / block), sums.byteSize());
+        Objects.checkFromIndexSize(0, 4, max.byteSize());
+        try {
+            return (double) SAMPLE_BLOCK_SUMS.invokeExact(x, n, block, scale, sums, max);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_sample_block_sums failed", e);
         }
     }
 

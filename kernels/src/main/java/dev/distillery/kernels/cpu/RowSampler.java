@@ -5,6 +5,7 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 import java.util.Arrays;
 
+import dev.distillery.bindings.DistilleryCpu;
 import jdk.incubator.vector.DoubleVector;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.VectorOperators;
@@ -16,10 +17,13 @@ import jdk.incubator.vector.VectorSpecies;
  * "sampling a token"). With a 128k-token vocabulary one {@code Math.exp} an id and a running sum
  * walked id by id cost as much as a small model's forward, so:
  * <ul>
- *   <li>p = exp((logit − max) · (1/T)) in float64 vectors ({@link Float64Exp}, within 1 ulp of
- *       {@code Math.exp}), summed over blocks of {@value #BLOCK} candidates; the draw's block is
- *       found from the block sums, and only its exps are formed again and walked one by one (a
- *       row's exps, kept, would be 1 MB at 128k ids, past L2);</li>
+ *   <li>p = exp((logit − max) · (1/T)) in float64 vectors, summed over blocks of {@value #BLOCK}
+ *       candidates; the draw's block is found from the block sums, and only its exps are formed
+ *       again and walked one by one (a row's exps, kept, would be 1 MB at 128k ids, past L2). The
+ *       exps are the native library's where it runs ({@code cpu/src/main/c/sample_rows.c}: a
+ *       table and a degree-7 polynomial, 12 FMA-pipe operations a vector where
+ *       {@link Float64Exp}'s degree 13 takes 18), else {@link Float64Exp}'s; both within about
+ *       1 ulp of {@code Math.exp};</li>
  *   <li>the top k come from a bounded heap that looks only at vectors holding a logit above its
  *       worst kept one.</li>
  * </ul>
@@ -37,17 +41,26 @@ final class RowSampler {
 
     private final int vocab;
     private final double temperature;
+    /** Whether the exps are the native library's ({@link DistilleryCpu#sampleExps}). */
+    private final boolean nativeExps;
     /** The top k's ids, ascending; null for the whole vocabulary. */
     private final int[] kept;
     /** The top k's logits, in id order. */
     private final MemorySegment candidates;
     private final double[] p = new double[BLOCK];
     private final double[] blockSums;
+    /** The native block sums' maximum. */
+    private final MemorySegment maxOut = MemorySegment.ofArray(new float[1]);
 
-    /** temperature &gt; 0; topK 0 or ≥ vocab: the whole vocabulary. */
-    RowSampler(int vocab, double temperature, int topK) {
+    /**
+     * temperature &gt; 0; topK 0 or ≥ vocab: the whole vocabulary; nativeExps: the exps of the
+     * native library (where {@link DistilleryCpu#available()}), else the Java ones.
+     */
+    RowSampler(int vocab, double temperature, int topK, boolean nativeExps) {
+        if (nativeExps && !DistilleryCpu.available()) throw new IllegalStateException("native sampling exps: the native CPU library is " + DistilleryCpu.status());
         this.vocab = vocab;
         this.temperature = temperature;
+        this.nativeExps = nativeExps;
         boolean top = topK > 0 && topK < vocab;
         this.kept = top ? new int[topK] : null;
         this.candidates = top ? MemorySegment.ofArray(new float[topK]) : null;
@@ -62,8 +75,6 @@ final class RowSampler {
     /** The id drawn from row {@code r} of x (rows of {@code vocab} floats) with the uniform number u ∈ [0, 1). */
     int draw(MemorySegment x, long r, double u) {
         long row = r * vocab;
-        int at = VectorOps.argmax(x, row, vocab);
-        float max = x.getAtIndex(F32, row + at);
         MemorySegment c = x;
         long from = row;
         int m = vocab;
@@ -75,11 +86,18 @@ final class RowSampler {
         }
         int blocks = (m + BLOCK - 1) / BLOCK;
         double sum = 0;
-        for (int b = 0; b < blocks; b++) {
-            blockSums[b] = blockExps(c, from + (long) b * BLOCK, Math.min(m - b * BLOCK, BLOCK), max);
-            sum += blockSums[b];
+        float max;
+        if (nativeExps) {   // the maximum found in the same pass: the row is read once
+            sum = DistilleryCpu.sampleBlockSums(c.asSlice(4 * from, 4L * m), m, BLOCK, 1 / temperature, MemorySegment.ofArray(blockSums), maxOut);
+            max = maxOut.getAtIndex(F32, 0);
+        } else {
+            max = x.getAtIndex(F32, row + VectorOps.argmax(x, row, vocab));   // the candidates' too: the top k hold it
+            for (int b = 0; b < blocks; b++) {
+                blockSums[b] = blockExps(c, from + (long) b * BLOCK, Math.min(m - b * BLOCK, BLOCK), max);
+                sum += blockSums[b];
+            }
         }
-        if (!(sum > 0)) return at;   // a logit of +inf takes all the mass
+        if (!(sum > 0)) return VectorOps.argmax(x, row, vocab);   // a logit of +inf takes all the mass
         double target = u * sum, walked = 0;
         int last = 0;   // the last block with mass, for a target at the very top
         for (int b = 0; b < blocks; b++) {
@@ -106,12 +124,13 @@ final class RowSampler {
     }
 
     /**
-     * p[0, n) = exp((x[from + i] − max) · (1/T)), 0 where x is NaN; returns their sum, vector lanes
-     * then across them. Times 1/T, not over T: a division a logit cost four times its exp, and the
+     * p[0, n) = exp((x[from + i] − max) · (1/T)), 0 where x is NaN; returns their sum (here vector
+     * lanes then across them; the native exps sum in their own order). Times 1/T, not over T: a division a logit cost four times its exp, and the
      * two differ by an ulp of the exponent.
      */
     private double blockExps(MemorySegment x, long from, int n, float max) {
         double top = max, scale = 1 / temperature;
+        if (nativeExps) return DistilleryCpu.sampleExps(x.asSlice(4 * from, 4L * n), n, max, scale, MemorySegment.ofArray(p));
         int i = 0;
         for (int bound = n - n % DOUBLES.length(); i < bound; i += DOUBLES.length()) {
             ((DoubleVector) FloatVector.fromMemorySegment(WIDENED, x, 4 * (from + i), ByteOrder.nativeOrder())
@@ -139,8 +158,9 @@ final class RowSampler {
      * The ids of the k = heap.length largest of x[from, from + v) (ties to the lower id, NaN below
      * every number), into heap in ascending order; returns how many (k, or v when smaller). A
      * bounded heap whose root is the worst kept, O(v log k) at worst; once it is full, a vector of
-     * logits none of which beats the root (soon, most of a row) is passed over whole. Each id is
-     * looked at after every id below it, so one equal to the root's never displaces it.
+     * logits none of which beats the root (soon, most of a row) is passed over whole, and of the
+     * others only the lanes above the root are offered. Each id is looked at after every id below
+     * it, so one equal to the root's never displaces it.
      */
     static int topIds(MemorySegment x, long from, int v, int[] heap) {
         int k = heap.length, size = 0, j = 0;
@@ -152,10 +172,15 @@ final class RowSampler {
             int lanes = FLOATS.length();
             float worst = x.getAtIndex(F32, from + heap[0]);
             for (; j + lanes <= v; j += lanes) {
-                // a NaN root is passed by any number: no lane can be skipped then
-                if (worst == worst && !FloatVector.fromMemorySegment(FLOATS, x, 4 * (from + j), ByteOrder.nativeOrder())
-                        .compare(VectorOperators.GT, worst).anyTrue()) continue;
-                for (int q = j; q < j + lanes; q++) offer(x, from, heap, q);
+                if (worst == worst) {
+                    // only the lanes above the root can displace it (the root only rises), in id order
+                    long above = FloatVector.fromMemorySegment(FLOATS, x, 4 * (from + j), ByteOrder.nativeOrder())
+                            .compare(VectorOperators.GT, worst).toLong();
+                    if (above == 0) continue;
+                    for (; above != 0; above &= above - 1) offer(x, from, heap, j + Long.numberOfTrailingZeros(above));
+                } else {   // a NaN root is passed by any number: every lane is offered
+                    for (int q = j; q < j + lanes; q++) offer(x, from, heap, q);
+                }
                 worst = x.getAtIndex(F32, from + heap[0]);
             }
             for (; j < v; j++) offer(x, from, heap, j);

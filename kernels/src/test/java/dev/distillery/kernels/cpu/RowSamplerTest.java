@@ -12,6 +12,7 @@ import java.util.SplittableRandom;
 
 import org.junit.jupiter.api.Test;
 
+import dev.distillery.bindings.DistilleryCpu;
 import dev.distillery.kernels.reference.ReferenceKernels;
 
 class RowSamplerTest {
@@ -53,10 +54,11 @@ class RowSamplerTest {
      * stable sort for the top k, one Math.exp a candidate, the running sum walked id by id) with
      * the same uniform number: vocabularies from 1 to Llama 3's 128,256 (edges of the 1,024-id
      * blocks, ragged ends, vector tails), temperatures 0 to 1.6, top-k from 1 to the whole row,
-     * rows with ties, −inf, NaN, and +inf (which takes all the mass); about twelve thousand draws.
+     * rows with ties, −inf, NaN, and +inf (which takes all the mass); about twelve thousand draws,
+     * each also by a sampler with the Java exps where the kernels' has the native ones.
      */
     @Test
-    void drawsAreTheDefinitions() {
+    void drawsAreTheDefinitionsWithEitherExps() {
         SplittableRandom rng = new SplittableRandom(3);
         int draws = 0;
         try (CpuKernels kernels = new CpuKernels(2, "auto"); Arena arena = Arena.ofShared()) {
@@ -79,6 +81,12 @@ class RowSamplerTest {
                         kernels.sampleRows(ids, logits, uniforms, rows, v, temperature, topK);
                         int[] expected = ReferenceKernels.sampleRows(x, u, rows, v, temperature, topK);
                         assertArrayEquals(expected, ids.toArray(ValueLayout.JAVA_INT), "v " + v + ", T " + temperature + ", top-k " + topK);
+                        if (temperature > 0 && DistilleryCpu.available()) {
+                            RowSampler javaExps = new RowSampler(v, temperature, topK, false);
+                            for (int r = 0; r < rows; r++) {
+                                assertEquals(expected[r], javaExps.draw(logits, r, u[r]), "Java exps, v " + v + ", T " + temperature + ", top-k " + topK + ", row " + r);
+                            }
+                        }
                         draws += rows;
                     }
                 }
