@@ -332,12 +332,17 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
  * accumulators, each step a pair of k for 8 rows against two 16-column blocks, then C = alpha sums
  * + beta C. C's lines of the block are asked for (to own, PREFETCHW) before the products, not when
  * they are stored: a C far larger than the caches (the LM head's weight gradient, 49 MB read and
- * written) then arrives during the block's 2,000-odd cycles of dot products instead of after.
+ * written) then arrives during the block's 2,000-odd cycles of dot products instead of after. While
+ * it runs, the packed B of the block formed next (next, or NULL) is asked for into L2, a line of
+ * each of its two 16-column blocks a step, as the fp32 GEMM's blocks do: the first row strip of a
+ * band otherwise waits on memory for every block's first lines (a decode step's LM head, 32 rows,
+ * is a quarter first strips).
  */
 PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, const uint16_t *bp, int i0, int j0, int p0, int p1,
-                                   float alpha, float beta, float *c, int ldc, const float *bias) {
+                                   float alpha, float beta, float *c, int ldc, const float *bias, const uint16_t *next) {
     const size_t b_block = (size_t) kp * 16;
     const uint32_t *b0 = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block), *b1 = b0 + b_block / 2;
+    const uint32_t *n0 = next != NULL ? (const uint32_t *) next : b0, *n1 = n0 + b_block / 2;
     const int rows = m - i0 < 8 ? m - i0 : 8, cols = n - j0 < 32 ? n - j0 : 32;
     float *cb = c + (size_t) i0 * ldc + j0;
     for (int r = 0; r < rows; r++) {
@@ -351,6 +356,8 @@ PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, con
     for (int p = p0; p < p1; p++) {
         __m512bh v0 = (__m512bh) _mm512_loadu_si512(b0 + (size_t) p * 16);
         __m512bh v1 = (__m512bh) _mm512_loadu_si512(b1 + (size_t) p * 16);
+        _mm_prefetch((const char *) (n0 + (size_t) p * 16), _MM_HINT_T1);
+        _mm_prefetch((const char *) (n1 + (size_t) p * 16), _MM_HINT_T1);
 #pragma GCC unroll 8
         for (int r = 0; r < 8; r++) {
             __m512bh x = (__m512bh) _mm512_set1_epi32((int) a[(size_t) r * kp / 2 + p]);
@@ -396,7 +403,8 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
             const int first = t / (blocks_i * band) * band, width = blocks_j - first < band ? blocks_j - first : band;
             const int in_band = t - first * blocks_i;
             const int i0 = 8 * (in_band / width), j0 = 32 * (first + in_band % width);
-            block_8x32(m, n, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, panel_beta, c, ldc, kc == 0 ? bias : NULL);
+            const uint16_t *next = i0 == 0 && j0 + 32 < 32 * (first + width) ? bp + (size_t) (j0 / 16 + 2) * kp * 16 : NULL;
+            block_8x32(m, n, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, panel_beta, c, ldc, kc == 0 ? bias : NULL, next);
         }
     }
 }
@@ -532,7 +540,7 @@ int distillery_bf16_gemm_causal(int mode, int band, int trans_a, int trans_b, in
         for (int kc = k0; kc < k1; kc += KC) {
             const int kend = k1 - kc < KC ? k1 : kc + KC;
             for (int j0 = 0; j0 < cols; j0 += 32) {
-                block_8x32(m, cols, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, kc == k0 ? beta : 1.f, c, ldc, NULL);
+                block_8x32(m, cols, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, kc == k0 ? beta : 1.f, c, ldc, NULL, NULL);
             }
         }
     }
