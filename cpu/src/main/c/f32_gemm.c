@@ -130,6 +130,40 @@ F32 static inline __attribute__((always_inline)) void block_f32(const int R, int
 }
 
 /*
+ * 128 columns of a C of one row (j0.., all of them inside C) from k in [k0, k1): eight 16-column
+ * blocks of packed B against one broadcast of op(A) a step. Each element is the same chain of
+ * FMAs over k as in block_f32, so a row alone has the bits it has among others; but block_f32's
+ * one row holds two chains, each FMA waiting on the last (4 cycles), where eight keep the FMA
+ * pipe fed (a decode step of one sequence).
+ */
+F32 static void row_f32_128(const float *a, size_t ks, const float *bp, int k, int j0, int k0, int k1, float alpha, float beta,
+                            float *c) {
+    const float *b = bp + (size_t) (j0 / 16) * k * 16;
+    __m512 s[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; q++) s[q] = _mm512_setzero_ps();
+    const float *ar = a + (size_t) k0 * ks;
+    for (int kk = k0; kk < k1; kk++) {
+        const __m512 x = _mm512_set1_ps(ar[(size_t) (kk - k0) * ks]);
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; q++) s[q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b + ((size_t) q * k + kk) * 16), s[q]);
+    }
+    float *out = c + j0;
+    if (alpha == 1.f && (beta == 0.f || beta == 1.f)) {   /* store_block's arithmetic where 1 x is x */
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; q++) {
+            __m512 v = s[q];
+            if (beta != 0.f) v = _mm512_add_ps(v, _mm512_loadu_ps(out + 16 * q));
+            _mm512_storeu_ps(out + 16 * q, v);
+        }
+        return;
+    }
+    float acc[128] __attribute__((aligned(64)));
+    for (int q = 0; q < 8; q++) _mm512_store_ps(acc + 16 * q, s[q]);
+    store_block(acc, 128, 1, 128, alpha, beta, out, 0, out, 0);
+}
+
+/*
  * C (m, n) = alpha op(A) op(B) + beta C on the calling thread, op(B) as distillery_f32_pack_b left
  * it; C = alpha op(A) op(B) where beta is 0 (C not read: NaN there never reaches it). With k = 0,
  * C = beta C. bias: NULL, or n floats that stand in for every row of C as beta's operand
@@ -154,6 +188,17 @@ F32 void distillery_f32_gemm_packed_b(int trans_a, int m, int n, int k, float al
         return;
     }
     const size_t rs = trans_a ? 1 : (size_t) lda, ks = trans_a ? (size_t) lda : 1;
+    if (m == 1) {   /* one row: 128 columns a block while they last, then block_f32's 32 */
+        for (int kc = 0; kc < k; kc += KC_F32) {
+            const int kend = k - kc < KC_F32 ? k : kc + KC_F32;
+            const float panel_beta = kc == 0 ? beta : 1.f;
+            if (kc == 0 && bias != NULL) memcpy(c, bias, (size_t) n * 4);
+            int j0 = 0;
+            for (; j0 + 128 <= n; j0 += 128) row_f32_128(a, ks, bp, k, j0, kc, kend, alpha, panel_beta, c);
+            for (; j0 < n; j0 += 32) block_f32(1, 1, n, k, a, rs, ks, bp, 0, j0, kc, kend, alpha, panel_beta, c, ldc, NULL);
+        }
+        return;
+    }
     const int blocks_i = (m + 7) / 8, blocks_j = round_up(n, 32) / 32;
     for (int kc = 0; kc < k; kc += KC_F32) {
         const int kend = k - kc < KC_F32 ? k : kc + KC_F32;

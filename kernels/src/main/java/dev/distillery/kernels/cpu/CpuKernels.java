@@ -82,7 +82,8 @@ public final class CpuKernels implements Kernels {
     /**
      * @param threads  size of the worker pool (and of OpenBLAS' own pool)
      * @param gemmName "auto" (our native fp32 GEMM where the native CPU library runs, with OpenBLAS'
-     *                 sgemv or the Vector API for single rows; else BLAS when it loads; else the
+     *                 sgemv or the Vector API for single columns and single rows of small products;
+     *                 else BLAS when it loads; else the
      *                 Vector API), "blas" (required) or "vector"
      */
     public CpuKernels(int threads, String gemmName) {
@@ -255,27 +256,28 @@ public final class CpuKernels implements Kernels {
     private void gemmF32(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda,
                          MemorySegment b, int ldb, float beta, MemorySegment c, int ldc, MemorySegment bias) {
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
-            part(m, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
+            part(m, n, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
         } else if (m >= n || (m >= 32 * pool.threads() && (long) WIDE_C * m > n)) {
-            pool.forEachChunk(m, 8, (chunk, r0, r1) -> part(m, transA, transB, r1 - r0, n, k, alpha,
+            pool.forEachChunk(m, 8, (chunk, r0, r1) -> part(m, n, transA, transB, r1 - r0, n, k, alpha,
                     a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda, b, ldb,
                     beta, c.asSlice(4L * r0 * ldc), ldc, bias));
         } else {
-            pool.forEachChunk(n, 16, (chunk, c0, c1) -> part(m, transA, transB, m, c1 - c0, k, alpha,
+            pool.forEachChunk(n, 16, (chunk, c0, c1) -> part(m, n, transA, transB, m, c1 - c0, k, alpha,
                     a, lda, b.asSlice(4L * (transB ? (long) c0 * ldb : c0)), ldb,
                     beta, c.asSlice(4L * c0), ldc, bias == null ? null : bias.asSlice(4L * c0)));
         }
     }
 
     /**
-     * One single-threaded part of an fp32 product of {@code productRows} rows. Our fp32 GEMM keeps
-     * a held B's pack only for a product of few rows ({@link NativeF32Gemm#KEEP_PACK_ROWS}), judged
-     * on the whole product's rows, not the part's; a bias goes only to it.
+     * One single-threaded part of an fp32 product of {@code productRows} × {@code productColumns}.
+     * Our fp32 GEMM judges its choices on the whole product, not the part (a held B's pack kept only
+     * for few rows, {@link NativeF32Gemm#KEEP_PACK_ROWS}; one row against a small B to the wrapped
+     * GEMM), so the bits do not depend on the split; a bias goes only to it.
      */
-    private void part(int productRows, boolean transA, boolean transB, int m, int n, int k, float alpha,
+    private void part(int productRows, int productColumns, boolean transA, boolean transB, int m, int n, int k, float alpha,
                       MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc, MemorySegment bias) {
         if (gemm instanceof NativeF32Gemm f32) {
-            f32.sgemm(productRows <= NativeF32Gemm.KEEP_PACK_ROWS, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
+            f32.sgemm(productRows, productColumns, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
         } else if (bias == null) {
             gemm.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         } else {
@@ -388,7 +390,7 @@ public final class CpuKernels implements Kernels {
                             MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
         void run(CpuKernels kernels, int r0, int r1) {
             if (r1 == r0) return;   // a part with no rows: more threads than rows
-            kernels.part(m, transA, transB, r1 - r0, n, k, 1f, a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda,
+            kernels.part(m, n, transA, transB, r1 - r0, n, k, 1f, a.asSlice(4L * (transA ? r0 : (long) r0 * lda)), lda,
                     b, ldb, beta, c.asSlice(4L * r0 * ldc), ldc, null);
         }
     }

@@ -11,9 +11,12 @@ import dev.distillery.kernels.Kernels.ConstantHold;
  * {@linkplain #hold held} segment (a generation call's weights; the LM head's weight over a
  * step's chunks) is packed once per hold ({@link HeldPacks}) by a product of at most
  * {@link #KEEP_PACK_ROWS} rows, every other B at each call, so a hold changes the time of a
- * product and never its bits. A product with one row or one column
- * of C goes to the GEMM this wraps (OpenBLAS' sgemv, or the Vector-API GEMM), which streams the
- * matrix once where a pack would add a pass over it. Built where the native CPU library is
+ * product and never its bits. A product with one column of C (attention over a key/value cache,
+ * one query's scores), or one row against a B of fewer than {@link #ONE_ROW_MIN_ELEMENTS}, goes to
+ * the GEMM this wraps (OpenBLAS' sgemv, or the Vector-API GEMM), which streams the matrix once
+ * where a pack would add passes over it; a row against a larger B (a decode step of one sequence
+ * through a real model's weights) stays here, where the held weight's pack is read at memory
+ * speed and its bits are those of the same row in a larger batch. Built where the native CPU library is
  * {@linkplain DistilleryCpu#available() available}; {@code -Ddistillery.gemm=blas} runs OpenBLAS
  * for every product instead.
  */
@@ -29,11 +32,18 @@ final class NativeF32Gemm implements Gemm {
      */
     static final int KEEP_PACK_ROWS = 512;
 
+    /**
+     * Elements of B (k · n) from which a product of one row of C is ours: below, OpenBLAS runs it
+     * as fast (B stays in cache), and packing the B held for a generation call, three passes over
+     * it, would not pay back over the call's tokens.
+     */
+    static final long ONE_ROW_MIN_ELEMENTS = 1L << 18;
+
     private final Gemm vectors;
     private final HeldPacks held = new HeldPacks(DistilleryCpu::f32PackedBBytes,
             (transB, k, n, b, ldb, bBf16, packed) -> DistilleryCpu.f32PackB(transB, k, n, b, ldb, packed));
 
-    /** @param vectors the GEMM of products with one row or one column of C */
+    /** @param vectors the GEMM of products with one column of C, or one row and a small B */
     NativeF32Gemm(Gemm vectors) {
         if (!DistilleryCpu.available()) throw new IllegalStateException("native fp32 GEMM: the native CPU library is " + DistilleryCpu.status());
         this.vectors = vectors;
@@ -41,7 +51,7 @@ final class NativeF32Gemm implements Gemm {
 
     @Override
     public String describe() {
-        return "native fp32 GEMM (AVX-512 FMA; one row or column: " + vectors.describe() + ")";
+        return "native fp32 GEMM (AVX-512 FMA; one column, or one row by a small matrix: " + vectors.describe() + ")";
     }
 
     /** Keeps the packs of B operands inside {@code operand} until the returned hold closes. */
@@ -49,29 +59,33 @@ final class NativeF32Gemm implements Gemm {
         return held.hold(operand);
     }
 
-    /** {@link #sgemm(boolean, boolean, boolean, int, int, int, float, MemorySegment, int, MemorySegment, int, float, MemorySegment, int, MemorySegment)}, keeping a pack where C has few rows, with no bias. */
+    /** {@link #sgemm(int, int, boolean, boolean, int, int, int, float, MemorySegment, int, MemorySegment, int, float, MemorySegment, int, MemorySegment)} of a whole product, with no bias. */
     @Override
     public void sgemm(boolean transA, boolean transB, int m, int n, int k,
                       float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
                       float beta, MemorySegment c, int ldc) {
-        sgemm(m <= KEEP_PACK_ROWS, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, null);
+        sgemm(m, n, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, null);
     }
 
     /**
-     * {@link Gemm#sgemm} where a held B's pack is kept (made now if it was not yet) when
-     * {@code keep}, and used if it is there otherwise; every other B is packed at the call. A bias
+     * {@link Gemm#sgemm} of a part of a product of {@code productRows} × {@code productColumns}
+     * (a thread's share; the product itself where it is whole), the choices judged on the product
+     * so that its bits do not depend on the split: a held B's pack is kept (made now if it was not
+     * yet) when the product has at most {@link #KEEP_PACK_ROWS} rows, and used if it is there
+     * otherwise; every other B is packed at the call; a product of one row against fewer than
+     * {@link #ONE_ROW_MIN_ELEMENTS} of B, or of one column, goes to the wrapped GEMM. A bias
      * (n floats, or null) stands in for every row of C as beta's operand: {@code C = alpha op(A)
      * op(B) + beta bias}, the bits of that row copied into every row of C first, without the pass
      * over C ({@code Kernels.linearForward}'s bias, as the bf16 GEMM takes it).
      */
-    void sgemm(boolean keep, boolean transA, boolean transB, int m, int n, int k,
+    void sgemm(int productRows, int productColumns, boolean transA, boolean transB, int m, int n, int k,
                float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
                float beta, MemorySegment c, int ldc, MemorySegment bias) {
         if (m == 0 || n == 0) return;
         if (bias != null && bias.byteSize() < 4L * n) {
             throw new IllegalArgumentException("fp32 GEMM: a bias of " + bias.byteSize() + " bytes for " + n + " columns");
         }
-        if (m == 1 || n == 1) {
+        if (productColumns == 1 || (productRows == 1 && (long) k * productColumns < ONE_ROW_MIN_ELEMENTS)) {
             if (bias != null) {
                 for (int i = 0; i < m; i++) MemorySegment.copy(bias, 0, c, 4L * i * ldc, 4L * n);
             }
@@ -79,7 +93,7 @@ final class NativeF32Gemm implements Gemm {
             return;
         }
         long biasAddress = bias == null ? 0L : bias.address();
-        MemorySegment packed = keep ? held.pack(transB, k, n, b, false, ldb) : held.packed(transB, k, n, b, false, ldb);
+        MemorySegment packed = productRows <= KEEP_PACK_ROWS ? held.pack(transB, k, n, b, false, ldb) : held.packed(transB, k, n, b, false, ldb);
         if (packed != null) {
             DistilleryCpu.f32GemmPackedB(transA, m, n, k, alpha, a.address(), lda, packed.address(), beta, c.address(), ldc, biasAddress);
         } else if (DistilleryCpu.f32Gemm(transA, transB, m, n, k, alpha, a.address(), lda, b.address(), ldb, beta, c.address(), ldc,

@@ -26,7 +26,8 @@ import dev.distillery.kernels.reference.ReferenceKernels;
 class NativeF32GemmTest {
 
     /**
-     * Awkward sizes: rows not a multiple of the 8-row block (1, 2, 3, 5 and 7 left over), columns
+     * Awkward sizes: rows not a multiple of the 8-row block (1, 2, 3, 5 and 7 left over, and a
+     * single row, which our GEMM keeps as a decode step of one sequence does), columns
      * not a multiple of 32, k over two and three panels of 512, both transposes, leading
      * dimensions longer than the operands, beta 0 over NaN and beta 1, alpha not 1, k = 0; B
      * packed at the call, then held (its pack made, then reused): the same bits all three times.
@@ -35,7 +36,8 @@ class NativeF32GemmTest {
     @CsvSource({"37, 1003, 77, true, false, 0.7, 0", "13, 531, 700, false, false, 1, 1", "6, 77, 33, true, true, 1, 0",
                 "3, 50, 16, false, true, 1, 1", "2, 300, 20, false, true, -1.5, 0.5", "9, 40, 1100, false, false, 1, 0",
                 "40, 300, 1100, true, true, 1, 1", "64, 33, 5, false, false, 1, 0", "11, 17, 0, false, true, 1, 0.5",
-                "11, 17, 0, true, false, 1, 0"})
+                "11, 17, 0, true, false, 1, 0", "1, 1003, 300, true, false, 0.7, 0", "1, 531, 700, false, true, 1, 1",
+                "1, 300, 1100, true, true, 1, 0"})
     void heldProductsMatchFloat64ReferenceOnAwkwardSizes(int m, int n, int k, boolean transA, boolean transB, float alpha, float beta) {
         assumeTrue(DistilleryCpu.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
         Random random = new Random(m * 1_000_003L + n * 31L + k);
@@ -133,6 +135,42 @@ class NativeF32GemmTest {
             two.gemm(false, true, tall, n, k, 1f, many, k, b, k, 0f, after, n);
             assertNotEquals(-1L, before.mismatch(under), "a tall product kept no pack");
             assertEquals(-1L, under.mismatch(after), "the bits of the product with no hold");
+        }
+    }
+
+    /**
+     * A product of one row (a decode step of one sequence) against a B past
+     * {@link NativeF32Gemm#ONE_ROW_MIN_ELEMENTS} gives the bits of that row in a product of 32 (a
+     * batch), B held or packed at the call, on one thread or two: every element of C is one sum
+     * over k in the same order whatever the rows around it.
+     */
+    @Test
+    void aRowAloneHasItsBitsInALargerProduct() {
+        assumeTrue(DistilleryCpu.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
+        int m = 32;
+        Random random = new Random();
+        // (n, k): three panels of k; and a B past the threshold whose halves, two threads' parts, are not
+        for (int[] nk : new int[][]{{1000, 1100}, {300, 1000}}) {
+            int n = nk[0], k = nk[1];
+            assertTrue((long) n * k >= NativeF32Gemm.ONE_ROW_MIN_ELEMENTS);
+            try (CpuKernels one = new CpuKernels(1, "auto"); CpuKernels two = new CpuKernels(2, "auto"); Arena arena = Arena.ofShared()) {
+                MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, m * k));
+                MemorySegment b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, n * k));
+                MemorySegment batch = arena.allocate(4L * m * n, 64), row = arena.allocate(4L * n, 64);
+                one.gemm(false, true, m, n, k, 1f, a, k, b, k, 0f, batch, n);
+                for (CpuKernels kernels : new CpuKernels[]{one, two}) {
+                    for (boolean held : new boolean[]{false, true}) {
+                        try (ConstantHold hold = held ? kernels.holdConstant(b) : ConstantHold.NONE) {
+                            for (int r : new int[]{0, 13, m - 1}) {
+                                row.fill((byte) 0x7f);
+                                kernels.gemm(false, true, 1, n, k, 1f, a.asSlice(4L * r * k), k, b, k, 0f, row, n);
+                                assertEquals(-1L, row.mismatch(batch.asSlice(4L * r * n, 4L * n)), n + " x " + k + ", row " + r
+                                        + (held ? ", held" : "") + ", " + (kernels == one ? "one thread" : "two threads"));
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
