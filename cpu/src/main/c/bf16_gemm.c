@@ -390,10 +390,56 @@ PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, con
     store_block(acc, 32, rows, cols, alpha, beta, cb, ldc, x, ldx);
 }
 
+/*
+ * 128 columns of a C of one row (j0.., all inside C) from the pairs [p0, p1): eight 16-column
+ * blocks of packed B against one broadcast pair of op(A) a step. Each element is the same chain
+ * of dot products as in block_8x32, so a row alone has the bits it has among others; but
+ * block_8x32's one live row holds two chains, each VDPBF16PS waiting on the last, where eight keep
+ * the pipe fed (a decode step of one sequence).
+ */
+PACK static void row_128(int kp, const uint16_t *ap, const uint16_t *bp, int j0, int p0, int p1, float alpha, float beta, float *c,
+                         const float *bias) {
+    const size_t b_block = (size_t) kp * 16;
+    const uint32_t *b = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block);
+    const uint32_t *a = (const uint32_t *) ap;
+    __m512 s[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; q++) s[q] = _mm512_setzero_ps();
+    for (int p = p0; p < p1; p++) {
+        const __m512bh x = (__m512bh) _mm512_set1_epi32((int) a[p]);
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; q++) s[q] = _mm512_dpbf16_ps(s[q], x, (__m512bh) _mm512_loadu_si512(b + (size_t) q * b_block / 2 + (size_t) p * 16));
+    }
+    float *out = c + j0;
+    const float *x = bias != NULL ? bias + j0 : out;
+    if (alpha == 1.f && (beta == 0.f || beta == 1.f)) {   /* block_8x32's arithmetic where 1 x is x */
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; q++) {
+            __m512 v = s[q];
+            if (beta != 0.f) v = _mm512_add_ps(v, _mm512_loadu_ps(x + 16 * q));
+            _mm512_storeu_ps(out + 16 * q, v);
+        }
+        return;
+    }
+    float acc[128] __attribute__((aligned(64)));
+    for (int q = 0; q < 8; q++) _mm512_store_ps(acc + 16 * q, s[q]);
+    store_block(acc, 128, 1, 128, alpha, beta, out, 0, x, 0);
+}
+
 /* C (m, n) from packed op(A) and op(B) with dot products, 8 x 32 blocks, in bands of op(B) (above). */
 PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
                              float alpha, float beta, float *c, int ldc, const float *bias) {
     (void) mp;
+    if (m == 1) {   /* one row: 128 columns a block while they last, then block_8x32's 32 */
+        for (int kc = 0; kc < kp; kc += KC) {
+            const int kend = kp - kc < KC ? kp : kc + KC;
+            const float panel_beta = kc == 0 ? beta : 1.f;
+            int j0 = 0;
+            for (; j0 + 128 <= n; j0 += 128) row_128(kp, ap, bp, j0, kc / 2, kend / 2, alpha, panel_beta, c, kc == 0 ? bias : NULL);
+            for (; j0 < n; j0 += 32) block_8x32(1, n, kp, ap, bp, 0, j0, kc / 2, kend / 2, alpha, panel_beta, c, ldc, kc == 0 ? bias : NULL, NULL);
+        }
+        return;
+    }
     const int blocks_i = (m + 7) / 8, blocks_j = np / 32;
     for (int kc = 0; kc < kp; kc += KC) {
         const int kend = kp - kc < KC ? kp : kc + KC;

@@ -182,6 +182,41 @@ class CpuKernelsConformanceTest {
     }
 
     /**
+     * On the AVX512-BF16 path a product of one row (a decode step of one sequence, formed 128
+     * columns at a time) gives the bits of that row in a product of 32: k over two panels, 300
+     * columns (two wide blocks and a tail), beta 1 and alpha not 1, B held or not, one thread or
+     * two. (On AMX a row alone is a partial tile block, which adds C after its sums where a whole
+     * block starts from C: other roundings, by design.)
+     */
+    @ParameterizedTest
+    @CsvSource({"300, 1100, false, 1, 1", "300, 1100, true, 0.5, 0", "1031, 131, true, 1, 0"})
+    void bf16RowAloneHasItsBitsInABatch(int n, int k, boolean transB, float alpha, float beta) {
+        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        int m = 32;
+        Random random = new Random();
+        try (CpuKernels one = bf16Kernels("avx512", 1); CpuKernels two = bf16Kernels("avx512", 2); Arena arena = Arena.ofConfined()) {
+            int ldb = transB ? k : n;
+            MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, m * k));
+            MemorySegment b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, k * n));
+            float[] start = gaussians(random, m * n);
+            MemorySegment batch = arena.allocateFrom(ValueLayout.JAVA_FLOAT, start);
+            one.gemm(false, transB, m, n, k, alpha, a, k, b, ldb, beta, batch, n);
+            for (CpuKernels kernels : new CpuKernels[]{one, two}) {
+                for (boolean held : new boolean[]{false, true}) {
+                    try (var hold = held ? kernels.holdConstant(b) : null) {
+                        for (int r : new int[]{0, 13, m - 1}) {
+                            MemorySegment row = arena.allocateFrom(ValueLayout.JAVA_FLOAT, java.util.Arrays.copyOfRange(start, r * n, (r + 1) * n));
+                            kernels.gemm(false, transB, 1, n, k, alpha, a.asSlice(4L * r * k), k, b, ldb, beta, row, n);
+                            assertEquals(-1L, row.mismatch(batch.asSlice(4L * r * n, 4L * n)), n + " x " + k + ", row " + r
+                                    + (held ? ", held" : "") + (kernels == one ? ", one thread" : ", two threads"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /**
      * The CPU's geluLinearBackward (the linear's input gradient first, then GELU and its gradient
      * in one pass, then the weight's) gives the bits of the contract's order: GELU, the linear's
      * backward, GELU's backward. fp32 and bf16, one thread and two, n · c not a multiple of a
