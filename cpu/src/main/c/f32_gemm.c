@@ -133,7 +133,7 @@ F32 static inline __attribute__((always_inline)) void block_f32(const int R, int
  * 128 columns of a C of one row (j0.., all of them inside C) from k in [k0, k1): eight 16-column
  * blocks of packed B against one broadcast of op(A) a step. Each element is the same chain of
  * FMAs over k as in block_f32, so a row alone has the bits it has among others; but block_f32's
- * one row holds two chains, each FMA waiting on the last (4 cycles), where eight keep the FMA
+ * one row holds two chains, each FMA waiting on the last, where eight keep the FMA
  * pipe fed (a decode step of one sequence).
  */
 F32 static void row_f32_128(const float *a, size_t ks, const float *bp, int k, int j0, int k0, int k1, float alpha, float beta,

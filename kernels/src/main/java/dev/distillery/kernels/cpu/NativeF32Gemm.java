@@ -16,9 +16,9 @@ import dev.distillery.kernels.Kernels.ConstantHold;
  * the GEMM this wraps (OpenBLAS' sgemv, or the Vector-API GEMM), which streams the matrix once
  * where a pack would add passes over it; a row against a larger B (a decode step of one sequence
  * through a real model's weights) stays here, where the held weight's pack is read at memory
- * speed and its bits are those of the same row in a larger batch. Built where the native CPU library is
- * {@linkplain DistilleryCpu#available() available}; {@code -Ddistillery.gemm=blas} runs OpenBLAS
- * for every product instead.
+ * speed and its bits are those of the same row in a larger batch. Built where the native CPU
+ * library is {@linkplain DistilleryCpu#available() available}; {@code -Ddistillery.gemm=blas} runs
+ * OpenBLAS for every product instead.
  */
 final class NativeF32Gemm implements Gemm {
 

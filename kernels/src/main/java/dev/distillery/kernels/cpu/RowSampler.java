@@ -19,11 +19,12 @@ import jdk.incubator.vector.VectorSpecies;
  * <ul>
  *   <li>p = exp((logit − max) · (1/T)) in float64 vectors, summed over blocks of {@value #BLOCK}
  *       candidates; the draw's block is found from the block sums, and only its exps are formed
- *       again and walked one by one (a row's exps, kept, would be 1 MB at 128k ids, past L2). The
- *       exps are the native library's where it runs ({@code cpu/src/main/c/sample_rows.c}: a
- *       table and a degree-7 polynomial, 12 FMA-pipe operations a vector where
- *       {@link Float64Exp}'s degree 13 takes 18), else {@link Float64Exp}'s; both within about
- *       1 ulp of {@code Math.exp};</li>
+ *       again and walked one by one (a row's exps, kept, would be 1 MB at 128k ids, past L2).
+ *       Where the native library runs ({@code cpu/src/main/c/sample_rows.c}) the row's maximum
+ *       is found in the pass that sums its exps, so the row is read once, and its exp is a table
+ *       and a degree-7 polynomial (12 FMA-pipe operations a vector where {@link Float64Exp}'s
+ *       degree 13 takes 18); elsewhere the maximum comes first and the exps are
+ *       {@link Float64Exp}'s. Both exps lie within about 1 ulp of {@code Math.exp};</li>
  *   <li>the top k come from a bounded heap that looks only at vectors holding a logit above its
  *       worst kept one.</li>
  * </ul>
@@ -125,8 +126,8 @@ final class RowSampler {
 
     /**
      * p[0, n) = exp((x[from + i] − max) · (1/T)), 0 where x is NaN; returns their sum (here vector
-     * lanes then across them; the native exps sum in their own order). Times 1/T, not over T: a division a logit cost four times its exp, and the
-     * two differ by an ulp of the exponent.
+     * lanes then across them; the native exps sum in their own order). Times 1/T, not over T: a
+     * division a logit cost four times its exp, and the two differ by an ulp of the exponent.
      */
     private double blockExps(MemorySegment x, long from, int n, float max) {
         double top = max, scale = 1 / temperature;
