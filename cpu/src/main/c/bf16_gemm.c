@@ -410,20 +410,7 @@ PACK static void row_128(int kp, const uint16_t *ap, const uint16_t *bp, int j0,
 #pragma GCC unroll 8
         for (int q = 0; q < 8; q++) s[q] = _mm512_dpbf16_ps(s[q], x, (__m512bh) _mm512_loadu_si512(b + (size_t) q * b_block / 2 + (size_t) p * 16));
     }
-    float *out = c + j0;
-    const float *x = bias != NULL ? bias + j0 : out;
-    if (alpha == 1.f && (beta == 0.f || beta == 1.f)) {   /* block_8x32's arithmetic where 1 x is x */
-#pragma GCC unroll 8
-        for (int q = 0; q < 8; q++) {
-            __m512 v = s[q];
-            if (beta != 0.f) v = _mm512_add_ps(v, _mm512_loadu_ps(x + 16 * q));
-            _mm512_storeu_ps(out + 16 * q, v);
-        }
-        return;
-    }
-    float acc[128] __attribute__((aligned(64)));
-    for (int q = 0; q < 8; q++) _mm512_store_ps(acc + 16 * q, s[q]);
-    store_block(acc, 128, 1, 128, alpha, beta, out, 0, x, 0);
+    store_row_128(s, alpha, beta, c + j0, bias != NULL ? bias + j0 : c + j0);
 }
 
 /* C (m, n) from packed op(A) and op(B) with dot products, 8 x 32 blocks, in bands of op(B) (above). */

@@ -148,19 +148,7 @@ F32 static void row_f32_128(const float *a, size_t ks, const float *bp, int k, i
 #pragma GCC unroll 8
         for (int q = 0; q < 8; q++) s[q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b + ((size_t) q * k + kk) * 16), s[q]);
     }
-    float *out = c + j0;
-    if (alpha == 1.f && (beta == 0.f || beta == 1.f)) {   /* store_block's arithmetic where 1 x is x */
-#pragma GCC unroll 8
-        for (int q = 0; q < 8; q++) {
-            __m512 v = s[q];
-            if (beta != 0.f) v = _mm512_add_ps(v, _mm512_loadu_ps(out + 16 * q));
-            _mm512_storeu_ps(out + 16 * q, v);
-        }
-        return;
-    }
-    float acc[128] __attribute__((aligned(64)));
-    for (int q = 0; q < 8; q++) _mm512_store_ps(acc + 16 * q, s[q]);
-    store_block(acc, 128, 1, 128, alpha, beta, out, 0, out, 0);
+    store_row_128(s, alpha, beta, c + j0, c + j0);
 }
 
 /*

@@ -1,6 +1,7 @@
 /*
  * Pieces the native GEMMs share (bf16_gemm.c, f32_gemm.c): a per-thread packing buffer, the store
- * of a block of sums into C, and a 16 x 16 transpose in registers for their packs.
+ * of a block of sums into C (and of a one-row block's 128), and a 16 x 16 transpose in registers
+ * for their packs.
  */
 #ifndef DISTILLERY_GEMM_BLOCKS_H
 #define DISTILLERY_GEMM_BLOCKS_H
@@ -76,6 +77,25 @@ BLOCKS static inline void store_block(const float *acc, int ld_acc, int rows, in
             _mm512_mask_storeu_ps(out + q, live, v);
         }
     }
+}
+
+/*
+ * The 128 sums s[0..7] of a one-row block into out[0, 128): out = alpha s + beta x, x being out
+ * itself or a bias row (as store_block's); where alpha is 1 and beta 0 or 1, the sums go from the
+ * registers to C with store_block's arithmetic (1 x is x).
+ */
+BLOCKS static inline void store_row_128(const __m512 s[8], float alpha, float beta, float *out, const float *x) {
+    if (alpha == 1.f && (beta == 0.f || beta == 1.f)) {
+        for (int q = 0; q < 8; q++) {
+            __m512 v = s[q];
+            if (beta != 0.f) v = _mm512_add_ps(v, _mm512_loadu_ps(x + 16 * q));
+            _mm512_storeu_ps(out + 16 * q, v);
+        }
+        return;
+    }
+    float acc[128] __attribute__((aligned(64)));
+    for (int q = 0; q < 8; q++) _mm512_store_ps(acc + 16 * q, s[q]);
+    store_block(acc, 128, 1, 128, alpha, beta, out, 0, x, 0);
 }
 
 #endif
