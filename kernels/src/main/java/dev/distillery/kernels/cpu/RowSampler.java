@@ -50,8 +50,8 @@ final class RowSampler {
     private final MemorySegment candidates;
     private final double[] p = new double[BLOCK];
     private final double[] blockSums;
-    /** The native block sums' maximum. */
-    private final MemorySegment maxOut = MemorySegment.ofArray(new float[1]);
+    /** p, blockSums and the block sums' maximum as the native exps write them, made once. */
+    private final MemorySegment pOut = MemorySegment.ofArray(p), blockSumsOut, maxOut = MemorySegment.ofArray(new float[1]);
 
     /**
      * temperature &gt; 0; topK 0 or ≥ vocab: the whole vocabulary; nativeExps: the exps of the
@@ -66,6 +66,7 @@ final class RowSampler {
         this.kept = top ? new int[topK] : null;
         this.candidates = top ? MemorySegment.ofArray(new float[topK]) : null;
         this.blockSums = new double[((top ? topK : vocab) + BLOCK - 1) / BLOCK];
+        this.blockSumsOut = MemorySegment.ofArray(blockSums);
     }
 
     /** Whether this sampler draws for these arguments (its scratch is sized by them). */
@@ -89,7 +90,7 @@ final class RowSampler {
         double sum = 0;
         float max;
         if (nativeExps) {   // the maximum found in the same pass: the row is read once
-            sum = DistilleryCpu.sampleBlockSums(c.asSlice(4 * from, 4L * m), m, BLOCK, 1 / temperature, MemorySegment.ofArray(blockSums), maxOut);
+            sum = DistilleryCpu.sampleBlockSums(c.asSlice(4 * from, 4L * m), m, BLOCK, 1 / temperature, blockSumsOut, maxOut);
             max = maxOut.getAtIndex(F32, 0);
         } else {
             max = x.getAtIndex(F32, row + VectorOps.argmax(x, row, vocab));   // the candidates' too: the top k hold it
@@ -131,7 +132,7 @@ final class RowSampler {
      */
     private double blockExps(MemorySegment x, long from, int n, float max) {
         double top = max, scale = 1 / temperature;
-        if (nativeExps) return DistilleryCpu.sampleExps(x.asSlice(4 * from, 4L * n), n, max, scale, MemorySegment.ofArray(p));
+        if (nativeExps) return DistilleryCpu.sampleExps(x.asSlice(4 * from, 4L * n), n, max, scale, pOut);
         int i = 0;
         for (int bound = n - n % DOUBLES.length(); i < bound; i += DOUBLES.length()) {
             ((DoubleVector) FloatVector.fromMemorySegment(WIDENED, x, 4 * (from + i), ByteOrder.nativeOrder())
