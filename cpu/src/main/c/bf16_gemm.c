@@ -459,7 +459,7 @@ static void multiply(int kind, int m, int n, int mp, int np, int kp, const uint1
 static int gemm_packed(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
                        const uint16_t *bp, float beta, float *c, int ldc, const float *bias) {
     int mp = round_up(m, 32), np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
-    uint16_t *ap = (uint16_t *) packing_buffer((size_t) mp * kp * 2);
+    uint16_t *ap = (uint16_t *) packing_buffer(0, (size_t) mp * kp * 2);
     if (ap == NULL) return 1;
     pack_a(trans_a, m, k, a, lda, a_bf16, ap, mp, kp, 0);
     multiply(kind, m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc, bias);
@@ -489,7 +489,7 @@ int distillery_bf16_gemm(int kind, int trans_a, int trans_b, int m, int n, int k
                          const float *bias) {
     if (m <= 0 || n <= 0) return 0;
     int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
-    uint16_t *bp = (uint16_t *) packing_buffer(((size_t) round_up(m, 32) * kp + (size_t) kp * np) * 2);
+    uint16_t *bp = (uint16_t *) packing_buffer(0, ((size_t) round_up(m, 32) * kp + (size_t) kp * np) * 2);
     if (bp == NULL) return 1;
     bp += (size_t) round_up(m, 32) * kp;   /* op(A) goes before it, in the same buffer */
     pack_b(trans_b, k, n, b, ldb, b_bf16, bp, kp, np, 0);
@@ -518,7 +518,7 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m,
     if (m <= 0 || n <= 0) return 0;
     const int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32), claim = round_up(claim_rows > 0 ? claim_rows : 1, 32);
     const size_t a_elements = (size_t) claim * kp;
-    uint16_t *ap = (uint16_t *) packing_buffer((a_elements + (bp == NULL ? (size_t) kp * np : 0)) * 2);
+    uint16_t *ap = (uint16_t *) packing_buffer(0, (a_elements + (bp == NULL ? (size_t) kp * np : 0)) * 2);
     if (ap == NULL) return 1;
     if (bp == NULL) {
         uint16_t *own = ap + a_elements;
@@ -561,7 +561,7 @@ int distillery_bf16_gemm_causal(int mode, int band, int trans_a, int trans_b, in
                                 float *c, int ldc) {
     if (m <= 0 || n <= 0) return 0;
     const int mp = round_up(m, 32), np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
-    uint16_t *ap = (uint16_t *) packing_buffer(((size_t) mp * kp + (size_t) kp * np) * 2);
+    uint16_t *ap = (uint16_t *) packing_buffer(0, ((size_t) mp * kp + (size_t) kp * np) * 2);
     if (ap == NULL) return 1;
     uint16_t *bp = ap + (size_t) mp * kp;
     pack_b(trans_b, k, n, b, ldb, b_bf16, bp, kp, np, 1);

@@ -72,7 +72,7 @@ static const float MIX_SCALE = 0x1p64f, LOG_MIX_SCALE = 0x1.62e43p+5f;   /* Dens
 enum { ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3 };
 
 /* The interface version DistilleryCpu expects. */
-int distillery_cpu_abi(void) { return 13; }
+int distillery_cpu_abi(void) { return 14; }
 
 int distillery_cpu_supported(void) {
     __builtin_cpu_init();

@@ -9,33 +9,33 @@
  *   Bp  op(B) in blocks of 16 columns, each k rows of 16 floats: Bp[jb][kk][j] = op(B)[kk][16 jb + j],
  *       columns padded with zeros to np = ceil32(n)
  *
- * A block of C is 8 rows x 32 columns of accumulators, as the AVX512-BF16 path's block_8x32 with
- * one FMA where it has one dot product (4, 2 or 1 rows for the last strip of a short C). Blocks
- * are walked in bands of packed B that stay in L2 while op(A)'s rows stream past, over panels of
- * KC_F32 of k; each panel's sums are added to C in fp32. Every element
- * of C is one sum over k in order, panel by panel, so the bits do not depend on how the callers
- * split C between threads.
+ * The driver here walks C in blocks of the machine's shape (f32_gemm.h): on AVX-512, 8 rows x 32
+ * columns of accumulators, as the AVX512-BF16 path's block_8x32 with one FMA where it has one dot
+ * product (4, 2 or 1 rows for the last strip of a short C); on AVX2, 6 x 16 (f32_gemm_avx2.c).
+ * Blocks are walked in bands of packed B that stay in L2 while op(A)'s rows stream past, over
+ * panels of KC_F32 of k; each panel's sums are added to C in fp32. Every element of C is one sum
+ * over k in order, panel by panel, so the bits do not depend on how the callers split C between
+ * threads, nor on the machine's blocks. The driver carries no target attribute: it runs, and is
+ * compiled for, any x86-64; only the blocks use their machine's instructions.
  */
 #include <immintrin.h>
 #include <stddef.h>
 #include <string.h>
 
+#include "f32_gemm.h"
 #include "gemm_blocks.h"
 
 #define F32 __attribute__((target("avx512f,avx512bw,fma")))
 
-/* k a panel: a 32-column block of packed B at that depth is 64 KB, as the bf16 path's KC of 1,024 pairs' halves. */
-#define KC_F32 512
-/* Packed B a band holds: half of a Zen 4 core's 1 MB L2, as the bf16 path's BAND_BYTES. */
-#define BAND_F32_BYTES (512 * 1024)
-
-/* Bytes of op(B) (k, n) packed by distillery_f32_pack_b. */
-long distillery_f32_packed_b_bytes(int k, int n) {
-    return (long) (k > 0 ? k : 1) * round_up(n > 0 ? n : 1, 32) * 4;
+/* The machine that runs the fp32 GEMM here: F32_AVX512, F32_AVX2 or F32_NONE. */
+int distillery_f32_gemm_kind(void) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("fma")) return F32_NONE;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return F32_AVX512;
+    return __builtin_cpu_supports("avx2") ? F32_AVX2 : F32_NONE;
 }
 
-/* op(B) (k, n) into bp (distillery_f32_packed_b_bytes(k, n) bytes, 64-byte aligned), for distillery_f32_gemm_packed_b. */
-F32 void distillery_f32_pack_b(int trans_b, int k, int n, const float *b, int ldb, float *bp) {
+F32 static void pack_avx512(int trans_b, int k, int n, const float *b, int ldb, float *bp) {
     if (n <= 0 || k <= 0) return;
     const int np = round_up(n, 32);
     if (np != n) memset(bp + (size_t) (n / 16) * k * 16, 0, (size_t) (np - n / 16 * 16) * k * 4);   /* the last blocks, padding included */
@@ -74,8 +74,7 @@ F32 void distillery_f32_pack_b(int trans_b, int k, int n, const float *b, int ld
 
 /*
  * One R x 32 block of C (rows i0.., columns j0..; R 8, 4, 2 or 1, a constant where it is inlined) from
- * k in [k0, k1): row r of op(A) at step kk is a[(i0 + r) * rs + kk * ks] ((rs, ks) = (lda, 1), or
- * (1, lda) for a transposed A). Rows past m read the last row again (their sums are not stored), so
+ * k in [k0, k1), as f32_gemm.h's f32_tile. Rows past m read the last row again (their sums are not stored), so
  * the loop has no edge cases. While it runs, the lines of the block formed next (next, or NULL) are
  * asked for into L2, a line of each of its two 16-column blocks a step: the first row strip of a
  * band reads its packed B from memory, and the prefetchers, which follow a stream only once it has
@@ -90,7 +89,7 @@ F32 static inline __attribute__((always_inline)) void block_f32(const int R, int
     float *cb = c + (size_t) i0 * ldc + j0;
     const float *ar[8];
 #pragma GCC unroll 8
-    for (int r = 0; r < R; r++) ar[r] = a + (size_t) (i0 + (r < rows ? r : rows - 1)) * rs + (size_t) k0 * ks;
+    for (int r = 0; r < R; r++) ar[r] = a + (size_t) (r < rows ? r : rows - 1) * rs;
     __m512 s[8][2];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) s[r][0] = s[r][1] = _mm512_setzero_ps();
@@ -142,74 +141,127 @@ F32 static void row_f32_128(const float *a, size_t ks, const float *bp, int k, i
     __m512 s[8];
 #pragma GCC unroll 8
     for (int q = 0; q < 8; q++) s[q] = _mm512_setzero_ps();
-    const float *ar = a + (size_t) k0 * ks;
     for (int kk = k0; kk < k1; kk++) {
-        const __m512 x = _mm512_set1_ps(ar[(size_t) (kk - k0) * ks]);
+        const __m512 x = _mm512_set1_ps(a[(size_t) (kk - k0) * ks]);
 #pragma GCC unroll 8
         for (int q = 0; q < 8; q++) s[q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b + ((size_t) q * k + kk) * 16), s[q]);
     }
     store_row_128(s, alpha, beta, c + j0, c + j0);
 }
 
+F32 static void tile_avx512(int m, int n, int k, const float *a, size_t rs, size_t ks, const float *bp, int i0, int j0, int k0, int k1,
+                            float alpha, float beta, float *c, int ldc, const float *next) {
+    const int left = m - i0;   /* the last strip of rows: the narrowest block that covers it */
+    if (left > 4) {
+        block_f32(8, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+    } else if (left > 2) {
+        block_f32(4, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+    } else if (left == 2) {
+        block_f32(2, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+    } else {
+        block_f32(1, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+    }
+}
+
+/*
+ * Bands of 512 KB of packed B: half of a Zen 4 core's 1 MB L2, as the bf16 path's BAND_BYTES. A
+ * transposed op(A) is read where it lies: packing it (pack_a_t) has not been measured on AVX-512.
+ */
+static const f32_path F32_PATH_AVX512 = {8, 32, 128, 512L * 1024, 0, tile_avx512, row_f32_128, pack_avx512};
+
+static const f32_path *path(int kind) {
+    return kind == F32_AVX2 ? &F32_PATH_AVX2 : &F32_PATH_AVX512;
+}
+
+/* Bytes of op(B) (k, n) packed by distillery_f32_pack_b. */
+long distillery_f32_packed_b_bytes(int k, int n) {
+    return (long) (k > 0 ? k : 1) * round_up(n > 0 ? n : 1, 32) * 4;
+}
+
+/*
+ * op(B) (k, n) into bp (distillery_f32_packed_b_bytes(k, n) bytes, 64-byte aligned), for
+ * distillery_f32_gemm_packed_b; kind: F32_AVX512 or F32_AVX2, as distillery_f32_gemm_kind()
+ * allows. Either writes the same bytes.
+ */
+void distillery_f32_pack_b(int kind, int trans_b, int k, int n, const float *b, int ldb, float *bp) {
+    path(kind)->pack(trans_b, k, n, b, ldb, bp);
+}
+
+/* The most a transposed op(A)'s packed panel may take: past it, a strip is packed again for each band. */
+#define A_PANEL_BYTES (4L << 20)
+
+/*
+ * Rows [i0, i0 + rows) of a transposed op(A) (op(A)[i][kk] = a[kk lda + i]) over the panel [kc, kend),
+ * into ap as the blocks read them: row r at step kk is ap[(kk - kc) R + r], R the path's rows (rows
+ * past m are not written: the blocks read their last row again). Where it lies, the R elements a
+ * block broadcasts each step sit one row of A apart: at a row of 1,024 floats, every step's line
+ * falls in the same L1 set, and each block of the strip read them back from L2. Packed, they are
+ * read from L1.
+ */
+static void pack_a_t(int R, int rows, const float *a, int lda, int i0, int kc, int kend, float *ap) {
+    for (int kk = kc; kk < kend; kk++) {
+        const float *from = a + (size_t) kk * lda + i0;
+        float *to = ap + (size_t) (kk - kc) * R;
+        for (int r = 0; r < rows; r++) to[r] = from[r];
+    }
+}
+
 /*
  * C (m, n) = alpha op(A) op(B) + beta C on the calling thread, op(B) as distillery_f32_pack_b left
- * it; C = alpha op(A) op(B) where beta is 0 (C not read: NaN there never reaches it). With k = 0,
- * C = beta C. bias: NULL, or n floats that stand in for every row of C as beta's operand
- * (C = alpha op(A) op(B) + beta bias: a linear layer's output, with the bits of its bias copied
- * into every row first, as the bf16 GEMM takes it). The bias row is copied into a block's rows of
- * C just before the block's first panel, where they are in L1 for its store, instead of in a pass
- * over the whole of C beforehand; the blocks themselves are unchanged.
+ * it, in kind's blocks; C = alpha op(A) op(B) where beta is 0 (C not read: NaN there never reaches
+ * it). With k = 0, C = beta C (blocks of no steps, their zero sums times 0). bias: NULL, or n floats
+ * that stand in for every row of C as beta's operand (C = alpha op(A) op(B) + beta bias: a linear
+ * layer's output, with the bits of its bias copied into every row first, as the bf16 GEMM takes
+ * it). The bias row is copied into a block's rows of C just before the block's first panel, where
+ * they are in L1 for its store, instead of in a pass over the whole of C beforehand; the blocks
+ * themselves are unchanged. A transposed op(A) is packed a strip at a time where the path asks
+ * for it (pack_a_t), as the first band reaches the strip, into a buffer of the panel that later
+ * bands read again; where that buffer would pass A_PANEL_BYTES (a tall product, the LM head's
+ * weight gradient), or cannot be had, into one strip's buffer, packed again for each band (the
+ * blocks of a band that share a strip run one after the other).
  */
-F32 void distillery_f32_gemm_packed_b(int trans_a, int m, int n, int k, float alpha, const float *a, int lda, const float *bp,
-                                      float beta, float *c, int ldc, const float *bias) {
+void distillery_f32_gemm_packed_b(int kind, int trans_a, int m, int n, int k, float alpha, const float *a, int lda, const float *bp,
+                                  float beta, float *c, int ldc, const float *bias) {
     if (m <= 0 || n <= 0) return;
+    const f32_path *p = path(kind);
     if (bias != NULL && beta == 0.f) bias = NULL;   /* not read */
-    if (bias != NULL && k <= 0) {                   /* no block to copy it for: into C, for beta times it */
-        for (int i = 0; i < m; i++) memcpy(c + (size_t) i * ldc, bias, (size_t) n * 4);
-        bias = NULL;
-    }
-    if (k <= 0) {
-        float zero[32] __attribute__((aligned(64))) = {0};
-        for (int i = 0; i < m; i++) {
-            for (int j = 0; j < n; j += 32) store_block(zero, 0, 1, n - j < 32 ? n - j : 32, 0.f, beta, c + (size_t) i * ldc + j, ldc, c + (size_t) i * ldc + j, (size_t) ldc);
-        }
-        return;
-    }
+    if (k <= 0) alpha = 0.f;
     const size_t rs = trans_a ? 1 : (size_t) lda, ks = trans_a ? (size_t) lda : 1;
-    if (m == 1) {   /* one row: 128 columns a block while they last, then block_f32's 32 */
-        for (int kc = 0; kc < k; kc += KC_F32) {
-            const int kend = k - kc < KC_F32 ? k : kc + KC_F32;
-            const float panel_beta = kc == 0 ? beta : 1.f;
-            if (kc == 0 && bias != NULL) memcpy(c, bias, (size_t) n * 4);
+    const int pack_a = trans_a && p->pack_a_t && m > 1 && k > 0;
+    const size_t panel_floats = pack_a ? (size_t) round_up(m, p->rows) * (size_t) (k < KC_F32 ? k : KC_F32) : 0;
+    float *panel = panel_floats > 0 && panel_floats * 4 <= A_PANEL_BYTES ? (float *) packing_buffer(1, panel_floats * 4) : NULL;
+    float strip[8 * KC_F32] __attribute__((aligned(64)));   /* else one strip: at most 8 rows by a panel */
+    const int panels = k > 0 ? (k + KC_F32 - 1) / KC_F32 : 1;
+    for (int q = 0; q < panels; q++) {
+        const int kc = q * KC_F32, kend = k - kc < KC_F32 ? (k > 0 ? k : 0) : kc + KC_F32;
+        const float panel_beta = q == 0 ? beta : 1.f;   /* later panels add to what the first wrote */
+        if (m == 1) {   /* one row: the path's wide blocks while they last, then its narrow ones */
+            if (q == 0 && bias != NULL) memcpy(c, bias, (size_t) n * 4);
+            const float *at = a + (size_t) kc * ks;
             int j0 = 0;
-            for (; j0 + 128 <= n; j0 += 128) row_f32_128(a, ks, bp, k, j0, kc, kend, alpha, panel_beta, c);
-            for (; j0 < n; j0 += 32) block_f32(1, 1, n, k, a, rs, ks, bp, 0, j0, kc, kend, alpha, panel_beta, c, ldc, NULL);
+            for (; j0 + p->row_cols <= n; j0 += p->row_cols) p->row(at, ks, bp, k, j0, kc, kend, alpha, panel_beta, c);
+            for (; j0 < n; j0 += p->cols) p->tile(1, n, k, at, rs, ks, bp, 0, j0, kc, kend, alpha, panel_beta, c, ldc, NULL);
+            continue;
         }
-        return;
-    }
-    const int blocks_i = (m + 7) / 8, blocks_j = round_up(n, 32) / 32;
-    for (int kc = 0; kc < k; kc += KC_F32) {
-        const int kend = k - kc < KC_F32 ? k : kc + KC_F32;
-        const float panel_beta = kc == 0 ? beta : 1.f;   /* later panels add to what the first wrote */
-        const int band = BAND_F32_BYTES / ((kend - kc) * 4 * 32) > 0 ? BAND_F32_BYTES / ((kend - kc) * 4 * 32) : 1;
+        const int blocks_i = (m + p->rows - 1) / p->rows, blocks_j = round_up(n, p->cols) / p->cols;
+        const long block_bytes = (long) (kend - kc > 0 ? kend - kc : 1) * 4 * p->cols;
+        const int band = p->band_bytes / block_bytes > 0 ? (int) (p->band_bytes / block_bytes) : 1;
         for (int t = 0; t < blocks_i * blocks_j; t++) {
             const int first = t / (blocks_i * band) * band, width = blocks_j - first < band ? blocks_j - first : band;
             const int in_band = t - first * blocks_i;
-            const int i0 = 8 * (in_band / width), j0 = 32 * (first + in_band % width);
-            const float *next = i0 == 0 && j0 + 32 < 32 * (first + width) ? bp + (size_t) (j0 / 16 + 2) * k * 16 : NULL;
-            if (kc == 0 && bias != NULL) {
-                const int rows = m - i0 < 8 ? m - i0 : 8, cols = n - j0 < 32 ? n - j0 : 32;
+            const int i0 = p->rows * (in_band / width), j0 = p->cols * (first + in_band % width);
+            const int rows = m - i0 < p->rows ? m - i0 : p->rows;
+            const float *next = i0 == 0 && j0 + p->cols < p->cols * (first + width) ? bp + (size_t) (j0 + p->cols) / 16 * k * 16 : NULL;
+            if (q == 0 && bias != NULL) {
+                const int cols = n - j0 < p->cols ? n - j0 : p->cols;
                 for (int r = 0; r < rows; r++) memcpy(c + (size_t) (i0 + r) * ldc + j0, bias + j0, (size_t) cols * 4);
             }
-            const int left = m - i0;   /* the last strip of rows: the narrowest block that covers it */
-            if (left > 4) {
-                block_f32(8, m, n, k, a, rs, ks, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
-            } else if (left > 2) {
-                block_f32(4, m, n, k, a, rs, ks, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
-            } else if (left == 2) {
-                block_f32(2, m, n, k, a, rs, ks, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
+            if (pack_a) {
+                float *ap = panel != NULL ? panel + (size_t) i0 * (kend - kc) : strip;
+                if (in_band % width == 0 && (panel == NULL || first == 0)) pack_a_t(p->rows, rows, a, lda, i0, kc, kend, ap);
+                p->tile(m, n, k, ap, 1, (size_t) p->rows, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
             } else {
-                block_f32(1, m, n, k, a, rs, ks, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
+                p->tile(m, n, k, a + (size_t) i0 * rs + (size_t) kc * ks, rs, ks, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
             }
         }
     }
@@ -219,12 +271,12 @@ F32 void distillery_f32_gemm_packed_b(int trans_a, int m, int n, int k, float al
  * distillery_f32_gemm_packed_b with op(B) packed first into the calling thread's buffer. Returns 0,
  * or 1 when that buffer could not be allocated (nothing written).
  */
-F32 int distillery_f32_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
-                            const float *b, int ldb, float beta, float *c, int ldc, const float *bias) {
+int distillery_f32_gemm(int kind, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                        const float *b, int ldb, float beta, float *c, int ldc, const float *bias) {
     if (m <= 0 || n <= 0) return 0;
-    float *bp = (float *) packing_buffer((size_t) distillery_f32_packed_b_bytes(k, n));
+    float *bp = (float *) packing_buffer(0, (size_t) distillery_f32_packed_b_bytes(k, n));
     if (bp == NULL) return 1;
-    distillery_f32_pack_b(trans_b, k, n, b, ldb, bp);
-    distillery_f32_gemm_packed_b(trans_a, m, n, k, alpha, a, lda, bp, beta, c, ldc, bias);
+    distillery_f32_pack_b(kind, trans_b, k, n, b, ldb, bp);
+    distillery_f32_gemm_packed_b(kind, trans_a, m, n, k, alpha, a, lda, bp, beta, c, ldc, bias);
     return 0;
 }

@@ -15,21 +15,22 @@
 static inline int round_up(int x, int to) { return (x + to - 1) / to * to; }
 
 /*
- * The calling thread's packing buffer, at least bytes long and 64-byte aligned (NULL when it cannot
- * be had), grown as needed and kept, so that a training step allocates nothing once its shapes have
- * been seen. Each file that includes this has its own.
+ * The calling thread's packing buffer number slot (0 or 1: two that are needed at once), at least
+ * bytes long and 64-byte aligned (NULL when it cannot be had), grown as needed and kept, so that a
+ * training step allocates nothing once its shapes have been seen. Each file that includes this has
+ * its own.
  */
-static __thread void *scratch;
-static __thread size_t scratch_bytes;
+static __thread void *scratch[2];
+static __thread size_t scratch_bytes[2];
 
-static inline void *packing_buffer(size_t bytes) {
-    if (bytes > scratch_bytes) {
-        free(scratch);
+static inline void *packing_buffer(int slot, size_t bytes) {
+    if (bytes > scratch_bytes[slot]) {
+        free(scratch[slot]);
         size_t grown = (bytes + 4095) / 4096 * 4096;
-        scratch = aligned_alloc(64, grown);
-        scratch_bytes = scratch == NULL ? 0 : grown;
+        scratch[slot] = aligned_alloc(64, grown);
+        scratch_bytes[slot] = scratch[slot] == NULL ? 0 : grown;
     }
-    return scratch;
+    return scratch[slot];
 }
 
 /* r[0..15] as a 16 x 16 matrix of dwords, transposed in place. */

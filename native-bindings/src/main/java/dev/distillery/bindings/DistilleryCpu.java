@@ -24,15 +24,18 @@ import java.util.Objects;
  * heap: critical downcalls with heap access, for a sampler's own arrays.
  *
  * <p>{@code -Ddistillery.nativeLoss=auto} (default) loads it on Linux x86-64 CPUs with AVX-512
- * (F, BW, DQ) and FMA; {@code off} never. {@link #status()} says which and why.
+ * (F, BW, DQ) and FMA, and its fp32 GEMM alone on CPUs with AVX2 and FMA ({@link #f32GemmKind()});
+ * {@code off} never. {@link #status()} says which and why.
  */
 public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 13;
+    public static final int ABI = 14;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
+    /** {@link #f32GemmKind()}'s answers: the blocks that run {@link #f32Gemm} (f32_gemm.h's F32_*). */
+    public static final int F32_NONE = 0, F32_AVX2 = 1, F32_AVX512 = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
@@ -40,13 +43,13 @@ public final class DistilleryCpu {
             BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_GEMM_CAUSAL, BF16_DOT_PEAK,
             F32_PACKED_B_BYTES, F32_PACK_B, F32_GEMM_PACKED_B, F32_GEMM, SAMPLE_EXPS, SAMPLE_BLOCK_SUMS;
     private static final String STATUS;
-    private static final int BF16_KIND;
+    private static final int BF16_KIND, F32_KIND;
 
     static {
         MethodHandle row = null, reverseRow = null, jsdRow = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
                 claimedRows = null, causal = null, dotPeak = null, f32PackedBytes = null, f32PackB = null, f32Packed = null, f32 = null,
                 sampleExps = null, sampleBlockSums = null;
-        int bf16Kind = BF16_NONE;
+        int bf16Kind = BF16_NONE, f32Kind = F32_NONE;
         String status;
         try {
             String choice = System.getProperty("distillery.nativeLoss", "auto").trim().toLowerCase(Locale.ROOT);
@@ -69,15 +72,29 @@ public final class DistilleryCpu {
                             FunctionDescriptor.of(ValueLayout.JAVA_INT)).invokeExact();
                     int supported = (int) linker.downcallHandle(lookup.findOrThrow("distillery_cpu_supported"),
                             FunctionDescriptor.of(ValueLayout.JAVA_INT)).invokeExact();
+                    ValueLayout.OfLong p = ValueLayout.JAVA_LONG;
+                    ValueLayout.OfInt i = ValueLayout.JAVA_INT;
+                    ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;
+                    Linker.Option critical = Linker.Option.critical(false);
+                    if (abi == ABI) {   /* the fp32 GEMM also runs on AVX2 with FMA, where nothing else here does */
+                        f32Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm_kind"),
+                                FunctionDescriptor.of(i)).invokeExact();
+                    }
+                    if (f32Kind != F32_NONE) {
+                        f32PackedBytes = linker.downcallHandle(lookup.findOrThrow("distillery_f32_packed_b_bytes"),
+                                FunctionDescriptor.of(p, i, i), critical);
+                        f32PackB = linker.downcallHandle(lookup.findOrThrow("distillery_f32_pack_b"),
+                                FunctionDescriptor.ofVoid(i, i, i, i, p, i, p));
+                        f32Packed = linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm_packed_b"),
+                                FunctionDescriptor.ofVoid(i, i, i, i, i, f, p, i, p, f, p, i, p));
+                        f32 = linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm"),
+                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, p, i, f, p, i, p));
+                    }
                     if (abi != ABI) {
                         status = "not available: " + lib + " has interface version " + abi + ", this code wants " + ABI;
                     } else if (supported == 0) {
                         status = "not available: this CPU lacks AVX-512 F/BW/DQ or FMA";
                     } else {
-                        ValueLayout.OfLong p = ValueLayout.JAVA_LONG;
-                        ValueLayout.OfInt i = ValueLayout.JAVA_INT;
-                        ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;
-                        Linker.Option critical = Linker.Option.critical(false);
                         row = linker.downcallHandle(lookup.findOrThrow("distillery_dense_forward_kl_row"),
                                 FunctionDescriptor.of(i, p, p, p, i, i, f, i, f, f, p, p, p, p, p, p), critical);
                         reverseRow = linker.downcallHandle(lookup.findOrThrow("distillery_dense_reverse_kl_row"),
@@ -101,14 +118,6 @@ public final class DistilleryCpu {
                         causal = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_causal"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i));
                         dotPeak = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_dot_peak"), FunctionDescriptor.of(p, p));
-                        f32PackedBytes = linker.downcallHandle(lookup.findOrThrow("distillery_f32_packed_b_bytes"),
-                                FunctionDescriptor.of(p, i, i), critical);
-                        f32PackB = linker.downcallHandle(lookup.findOrThrow("distillery_f32_pack_b"),
-                                FunctionDescriptor.ofVoid(i, i, i, p, i, p));
-                        f32Packed = linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm_packed_b"),
-                                FunctionDescriptor.ofVoid(i, i, i, i, f, p, i, p, f, p, i, p));
-                        f32 = linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm"),
-                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, p, i, f, p, i, p));
                         ValueLayout.OfDouble d = ValueLayout.JAVA_DOUBLE;
                         Linker.Option heap = Linker.Option.critical(true);
                         sampleExps = linker.downcallHandle(lookup.findOrThrow("distillery_sample_exps"),
@@ -139,6 +148,7 @@ public final class DistilleryCpu {
         BF16_GEMM_CAUSAL = causal;
         BF16_DOT_PEAK = dotPeak;
         BF16_KIND = bf16Kind;
+        F32_KIND = f32Kind;
         F32_PACKED_B_BYTES = f32PackedBytes;
         F32_PACK_B = f32PackB;
         F32_GEMM_PACKED_B = f32Packed;
@@ -159,6 +169,15 @@ public final class DistilleryCpu {
     /** "on: &lt;library&gt;", "off (...)" or "not available: &lt;why&gt;". */
     public static String status() {
         return STATUS;
+    }
+
+    /**
+     * {@code distillery_f32_gemm_kind()}: {@link #F32_AVX512}, {@link #F32_AVX2} (AVX2 with FMA: the
+     * fp32 GEMM runs where {@link #available()} is false for lack of AVX-512) or {@link #F32_NONE}
+     * (also when the library is not loaded).
+     */
+    public static int f32GemmKind() {
+        return F32_KIND;
     }
 
     /**
@@ -271,13 +290,14 @@ public final class DistilleryCpu {
     /**
      * {@code distillery_f32_gemm}: row-major {@code C = alpha op(A) op(B) + beta C} in fp32 on the
      * calling thread, op(B) packed first into the thread's buffer (C not read where beta is 0);
-     * with a bias (n floats; 0 for none) standing in for every row of C as beta's operand.
+     * with a bias (n floats; 0 for none) standing in for every row of C as beta's operand; in the
+     * blocks of {@code kind}, one that {@link #f32GemmKind()} allows (every kind gives the same bits).
      * Returns 0, or 1 when that buffer could not be allocated (nothing written).
      */
-    public static int f32Gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
+    public static int f32Gemm(int kind, boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
                               float beta, long c, int ldc, long bias) {
         try {
-            return (int) F32_GEMM.invokeExact(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
+            return (int) F32_GEMM.invokeExact(kind, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_f32_gemm failed", e);
         }
@@ -294,11 +314,11 @@ public final class DistilleryCpu {
 
     /**
      * {@code distillery_f32_pack_b}: op(B) (k, n), fp32, into {@code bp}, 64-byte aligned and
-     * {@link #f32PackedBBytes} long, in the layout {@link #f32GemmPackedB} reads.
+     * {@link #f32PackedBBytes} long, in the layout {@link #f32GemmPackedB} reads (the same bytes for every kind).
      */
-    public static void f32PackB(boolean transB, int k, int n, long b, int ldb, long bp) {
+    public static void f32PackB(int kind, boolean transB, int k, int n, long b, int ldb, long bp) {
         try {
-            F32_PACK_B.invokeExact(transB ? 1 : 0, k, n, b, ldb, bp);
+            F32_PACK_B.invokeExact(kind, transB ? 1 : 0, k, n, b, ldb, bp);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_f32_pack_b failed", e);
         }
@@ -307,12 +327,12 @@ public final class DistilleryCpu {
     /**
      * {@code distillery_f32_gemm_packed_b}: row-major {@code C = alpha op(A) op(B) + beta C} in fp32
      * on the calling thread, op(B) packed by {@link #f32PackB} (C not read where beta is 0), with a
-     * bias as {@link #f32Gemm}'s.
+     * bias and a kind as {@link #f32Gemm}'s.
      */
-    public static void f32GemmPackedB(boolean transA, int m, int n, int k, float alpha, long a, int lda, long bp, float beta, long c, int ldc,
+    public static void f32GemmPackedB(int kind, boolean transA, int m, int n, int k, float alpha, long a, int lda, long bp, float beta, long c, int ldc,
                                       long bias) {
         try {
-            F32_GEMM_PACKED_B.invokeExact(transA ? 1 : 0, m, n, k, alpha, a, lda, bp, beta, c, ldc, bias);
+            F32_GEMM_PACKED_B.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, bp, beta, c, ldc, bias);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_f32_gemm_packed_b failed", e);
         }

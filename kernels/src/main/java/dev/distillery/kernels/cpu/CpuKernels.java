@@ -111,7 +111,7 @@ public final class CpuKernels implements Kernels {
             case VECTOR -> new VectorGemm();
             case AUTO -> {
                 Gemm rows = OpenBlasLibrary.probe().loaded() ? new BlasGemm() : new VectorGemm();
-                yield DistilleryCpu.available() ? new NativeF32Gemm(rows) : rows;
+                yield NativeF32Gemm.available() ? new NativeF32Gemm(rows) : rows;
             }
         };
     }

@@ -7,18 +7,23 @@ import dev.distillery.kernels.Kernels.ConstantHold;
 
 /**
  * The fp32 GEMM of our own ({@code cpu/src/main/c/f32_gemm.c}, docs/KERNELS.md#the-fp32-gemm):
- * op(B) packed, then 8 × 32 blocks of C formed with FMAs from op(A) where it lies. A B inside a
- * {@linkplain #hold held} segment (a generation call's weights; the LM head's weight over a
- * step's chunks) is packed once per hold ({@link HeldPacks}) by a product of at most
- * {@link #KEEP_PACK_ROWS} rows, every other B at each call, so a hold changes the time of a
- * product and never its bits. A product with one column of C (attention over a key/value cache,
- * one query's scores), or one row against a B of fewer than {@link #ONE_ROW_MIN_ELEMENTS}, goes to
- * the GEMM this wraps (OpenBLAS' sgemv, or the Vector-API GEMM), which streams the matrix once
- * where a pack would add passes over it; a row against a larger B (a decode step of one sequence
- * through a real model's weights) stays here, where the held weight's pack is read at memory
- * speed and its bits are those of the same row in a larger batch. Built where the native CPU
- * library is {@linkplain DistilleryCpu#available() available}; {@code -Ddistillery.gemm=blas} runs
- * OpenBLAS for every product instead.
+ * op(B) packed, then blocks of C formed with FMAs from op(A): 8 × 32 on AVX-512, 6 × 16 on AVX2
+ * ({@code f32_gemm_avx2.c}). Both blocks form each element as the same chain of FMAs, so they give
+ * the same bits; {@code -Ddistillery.f32Gemm=avx2} takes the AVX2 ones on an AVX-512 CPU (to test
+ * them, or to compare the two). A B inside a {@linkplain #hold held} segment (a generation call's
+ * weights; the LM head's weight over a step's chunks) is packed once per hold ({@link HeldPacks})
+ * by a product of at most {@link #KEEP_PACK_ROWS} rows, every other B at each call, so a hold
+ * changes the time of a product and never its bits.
+ *
+ * <p>Some products go to the GEMM this wraps (OpenBLAS, or the Vector-API GEMM): one column of C
+ * (attention over a key/value cache, one query's scores) and one row against a B of fewer than
+ * {@link #ONE_ROW_MIN_ELEMENTS}, where sgemv streams the matrix once and a pack would add passes
+ * over it; and on the AVX2 blocks, products of more than {@link #AVX2_MAX_ROWS} rows. A row
+ * against a larger B (a decode step of one sequence through a real model's weights) stays here,
+ * where the held weight's pack is read at memory speed and its bits are those of the same row in
+ * a larger batch. Built where the native CPU library has an {@linkplain DistilleryCpu#f32GemmKind()
+ * fp32 GEMM} for this CPU (AVX2 and FMA suffice, where the loss rows need AVX-512);
+ * {@code -Ddistillery.gemm=blas} runs OpenBLAS for every product instead.
  */
 final class NativeF32Gemm implements Gemm {
 
@@ -39,19 +44,57 @@ final class NativeF32Gemm implements Gemm {
      */
     static final long ONE_ROW_MIN_ELEMENTS = 1L << 18;
 
+    /**
+     * Rows of C past which a product on the AVX2 blocks goes to the wrapped GEMM: at a training
+     * step's heights OpenBLAS' blocks, which pack op(A) into L2 where ours read it where it lies,
+     * ran as fast or ahead of ours on a Zen 3; at a decode step's, against a kept pack, and at
+     * attention's, ours ran ahead (docs/PERFORMANCE.md, "Our fp32 GEMM on AVX2").
+     */
+    static final int AVX2_MAX_ROWS = KEEP_PACK_ROWS;
+
     private final Gemm vectors;
-    private final HeldPacks held = new HeldPacks(DistilleryCpu::f32PackedBBytes,
-            (transB, k, n, b, ldb, bBf16, packed) -> DistilleryCpu.f32PackB(transB, k, n, b, ldb, packed));
+    private final int kind;
+    private final HeldPacks held;
 
     /** @param vectors the GEMM of products with one column of C, or one row and a small B */
     NativeF32Gemm(Gemm vectors) {
-        if (!DistilleryCpu.available()) throw new IllegalStateException("native fp32 GEMM: the native CPU library is " + DistilleryCpu.status());
+        this(vectors, kindAsked());
+    }
+
+    /** @param kind {@link DistilleryCpu#F32_AVX512} or {@link DistilleryCpu#F32_AVX2}, one this CPU runs */
+    NativeF32Gemm(Gemm vectors, int kind) {
+        int best = DistilleryCpu.f32GemmKind();
+        if (best == DistilleryCpu.F32_NONE) {
+            throw new IllegalStateException("native fp32 GEMM: the native CPU library is " + DistilleryCpu.status());
+        }
+        if (kind != DistilleryCpu.F32_AVX2 && kind != DistilleryCpu.F32_AVX512 || kind > best) {
+            throw new IllegalArgumentException("native fp32 GEMM: kind " + kind + " does not run on this CPU (its best is " + best + ")");
+        }
         this.vectors = vectors;
+        this.kind = kind;
+        this.held = new HeldPacks(DistilleryCpu::f32PackedBBytes,
+                (transB, k, n, b, ldb, bBf16, packed) -> DistilleryCpu.f32PackB(kind, transB, k, n, b, ldb, packed));
+    }
+
+    /** This CPU's best blocks, or the AVX2 ones where {@code -Ddistillery.f32Gemm=avx2} asks. */
+    private static int kindAsked() {
+        String asked = System.getProperty("distillery.f32Gemm", "auto").trim();
+        return switch (asked) {
+            case "auto" -> DistilleryCpu.f32GemmKind();
+            case "avx2" -> DistilleryCpu.F32_AVX2;
+            default -> throw new IllegalArgumentException("-Ddistillery.f32Gemm must be auto or avx2, got '" + asked + "'");
+        };
+    }
+
+    /** Whether this CPU has the native fp32 GEMM. */
+    static boolean available() {
+        return DistilleryCpu.f32GemmKind() != DistilleryCpu.F32_NONE;
     }
 
     @Override
     public String describe() {
-        return "native fp32 GEMM (AVX-512 FMA; one column, or one row by a small matrix: " + vectors.describe() + ")";
+        return "native fp32 GEMM (" + (kind == DistilleryCpu.F32_AVX2 ? "AVX2" : "AVX-512") + " FMA; one column, or one row by a small matrix: "
+                + vectors.describe() + ")";
     }
 
     /** Keeps the packs of B operands inside {@code operand} until the returned hold closes. */
@@ -73,7 +116,8 @@ final class NativeF32Gemm implements Gemm {
      * so that its bits do not depend on the split: a held B's pack is kept (made now if it was not
      * yet) when the product has at most {@link #KEEP_PACK_ROWS} rows, and used if it is there
      * otherwise; every other B is packed at the call; a product of one row against fewer than
-     * {@link #ONE_ROW_MIN_ELEMENTS} of B, or of one column, goes to the wrapped GEMM. A bias
+     * {@link #ONE_ROW_MIN_ELEMENTS} of B, or of one column, or on the AVX2 blocks of more than
+     * {@link #AVX2_MAX_ROWS} rows, goes to the wrapped GEMM. A bias
      * (n floats, or null) stands in for every row of C as beta's operand: {@code C = alpha op(A)
      * op(B) + beta bias}, the bits of that row copied into every row of C first, without the pass
      * over C ({@code Kernels.linearForward}'s bias, as the bf16 GEMM takes it).
@@ -85,7 +129,8 @@ final class NativeF32Gemm implements Gemm {
         if (bias != null && bias.byteSize() < 4L * n) {
             throw new IllegalArgumentException("fp32 GEMM: a bias of " + bias.byteSize() + " bytes for " + n + " columns");
         }
-        if (productColumns == 1 || (productRows == 1 && (long) k * productColumns < ONE_ROW_MIN_ELEMENTS)) {
+        if (productColumns == 1 || (productRows == 1 && (long) k * productColumns < ONE_ROW_MIN_ELEMENTS)
+                || (kind == DistilleryCpu.F32_AVX2 && productRows > AVX2_MAX_ROWS)) {
             if (bias != null) {
                 for (int i = 0; i < m; i++) MemorySegment.copy(bias, 0, c, 4L * i * ldc, 4L * n);
             }
@@ -95,8 +140,8 @@ final class NativeF32Gemm implements Gemm {
         long biasAddress = bias == null ? 0L : bias.address();
         MemorySegment packed = productRows <= KEEP_PACK_ROWS ? held.pack(transB, k, n, b, false, ldb) : held.packed(transB, k, n, b, false, ldb);
         if (packed != null) {
-            DistilleryCpu.f32GemmPackedB(transA, m, n, k, alpha, a.address(), lda, packed.address(), beta, c.address(), ldc, biasAddress);
-        } else if (DistilleryCpu.f32Gemm(transA, transB, m, n, k, alpha, a.address(), lda, b.address(), ldb, beta, c.address(), ldc,
+            DistilleryCpu.f32GemmPackedB(kind, transA, m, n, k, alpha, a.address(), lda, packed.address(), beta, c.address(), ldc, biasAddress);
+        } else if (DistilleryCpu.f32Gemm(kind, transA, transB, m, n, k, alpha, a.address(), lda, b.address(), ldb, beta, c.address(), ldc,
                 biasAddress) != 0) {
             throw new OutOfMemoryError("fp32 GEMM " + m + "x" + n + "x" + k + ": no memory to pack its B operand");
         }

@@ -584,7 +584,7 @@ class CpuKernelsConformanceTest {
         if (precision == Precision.BF16) {
             assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
         } else {
-            assumeTrue(DistilleryCpu.available(), () -> "skipped: no native fp32 GEMM here: " + DistilleryCpu.status());
+            assumeTrue(NativeF32Gemm.available(), () -> "skipped: no native fp32 GEMM here: " + DistilleryCpu.status());
         }
         Random random = new Random(n * 31L + oc * 7L + c);
         try (CpuKernels kernels = new CpuKernels(threads, "auto", precision); Arena arena = Arena.ofShared()) {

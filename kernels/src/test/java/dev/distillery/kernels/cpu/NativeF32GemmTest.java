@@ -8,6 +8,7 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.List;
 import java.util.Random;
 
 import org.junit.jupiter.api.Test;
@@ -21,7 +22,8 @@ import dev.distillery.kernels.reference.ReferenceKernels;
 /**
  * Our fp32 GEMM ({@link NativeF32Gemm}, {@code cpu/src/main/c/f32_gemm.c}): the float64
  * reference's products within fp32 sums' bound, the same bits held or not and on one thread or
- * several, and a held B read from its pack until the hold closes.
+ * several, and a held B read from its pack until the hold closes; on every machine's blocks this
+ * CPU runs (AVX-512's and AVX2's on an AVX-512 CPU), with the same packs and the same bits.
  */
 class NativeF32GemmTest {
 
@@ -30,7 +32,8 @@ class NativeF32GemmTest {
      * single row, which our GEMM keeps as a decode step of one sequence does), columns
      * not a multiple of 32, k over two and three panels of 512, both transposes, leading
      * dimensions longer than the operands, beta 0 over NaN and beta 1, alpha not 1, k = 0; B
-     * packed at the call, then held (its pack made, then reused): the same bits all three times.
+     * packed at the call, then held (its pack made, then reused): the same bits all three times,
+     * and on each machine's blocks.
      */
     @ParameterizedTest
     @CsvSource({"37, 1003, 77, true, false, 0.7, 0", "13, 531, 700, false, false, 1, 1", "6, 77, 33, true, true, 1, 0",
@@ -39,7 +42,7 @@ class NativeF32GemmTest {
                 "11, 17, 0, true, false, 1, 0", "1, 1003, 300, true, false, 0.7, 0", "1, 531, 700, false, true, 1, 1",
                 "1, 300, 1100, true, true, 1, 0"})
     void heldProductsMatchFloat64ReferenceOnAwkwardSizes(int m, int n, int k, boolean transA, boolean transB, float alpha, float beta) {
-        assumeTrue(DistilleryCpu.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
+        assumeTrue(NativeF32Gemm.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
         Random random = new Random(m * 1_000_003L + n * 31L + k);
         int lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 5, ldc = n + 2;
         int aRows = transA ? k : m, bRows = transB ? n : k;
@@ -49,29 +52,95 @@ class NativeF32GemmTest {
         ReferenceKernels.gemm(transA, transB, m, n, k, alpha, widen(a), lda, widen(b), ldb, beta, want, ldc);
         double[] magnitude = new double[m * ldc];   // Σ |a| |b|: fp32 sums of k products lie within (k + 2) ε of it
         ReferenceKernels.gemm(transA, transB, m, n, k, 1, abs(widen(a)), lda, abs(widen(b)), ldb, 0, magnitude, ldc);
-        try (CpuKernels kernels = new CpuKernels(2, "auto"); Arena arena = Arena.ofShared()) {
-            assertTrue(kernels.describe().contains("native fp32 GEMM"), kernels.describe());
-            MemorySegment as = arena.allocateFrom(ValueLayout.JAVA_FLOAT, a), bs = arena.allocateFrom(ValueLayout.JAVA_FLOAT, b);
-            MemorySegment[] got = new MemorySegment[3];
-            got[0] = product(kernels, arena, transA, transB, m, n, k, alpha, as, lda, bs, ldb, beta, c0, ldc);
-            try (ConstantHold hold = kernels.holdConstant(bs)) {
-                got[1] = product(kernels, arena, transA, transB, m, n, k, alpha, as, lda, bs, ldb, beta, c0, ldc);
-                got[2] = product(kernels, arena, transA, transB, m, n, k, alpha, as, lda, bs, ldb, beta, c0, ldc);
-            }
-            for (int run = 0; run < 3; run++) {
-                MemorySegment cs = got[run];
-                for (int i = 0; i < m; i++) {
-                    for (int j = 0; j < n; j++) {
-                        double bound = (k + 3) * 0x1p-24 * (Math.abs(alpha) * magnitude[i * ldc + j] + Math.abs(beta * c0[i * ldc + j]));
-                        assertEquals(want[i * ldc + j], cs.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * ldc + j), bound + Float.MIN_NORMAL,
-                                "run " + run + ", C[" + i + "][" + j + "] of " + m + "x" + n + "x" + k + (transA ? " T" : " N") + (transB ? "T" : "N"));
-                    }
-                    for (int j = n; j < ldc; j++) {
-                        assertEquals(c0[i * ldc + j], cs.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * ldc + j), "past column " + n + " untouched");
-                    }
+        MemorySegment firstPath = null;
+        for (String path : paths()) {
+            try (CpuKernels kernels = fp32Kernels(2, path); Arena arena = Arena.ofShared()) {
+                assertTrue(kernels.describe().contains("native fp32 GEMM"), kernels.describe());
+                MemorySegment as = arena.allocateFrom(ValueLayout.JAVA_FLOAT, a), bs = arena.allocateFrom(ValueLayout.JAVA_FLOAT, b);
+                MemorySegment[] got = new MemorySegment[3];
+                got[0] = product(kernels, arena, transA, transB, m, n, k, alpha, as, lda, bs, ldb, beta, c0, ldc);
+                try (ConstantHold hold = kernels.holdConstant(bs)) {
+                    got[1] = product(kernels, arena, transA, transB, m, n, k, alpha, as, lda, bs, ldb, beta, c0, ldc);
+                    got[2] = product(kernels, arena, transA, transB, m, n, k, alpha, as, lda, bs, ldb, beta, c0, ldc);
                 }
-                assertEquals(-1L, got[0].mismatch(cs), "run " + run + ": the bits of B packed at the call");
+                for (int run = 0; run < 3; run++) {
+                    MemorySegment cs = got[run];
+                    for (int i = 0; i < m; i++) {
+                        for (int j = 0; j < n; j++) {
+                            double bound = (k + 3) * 0x1p-24 * (Math.abs(alpha) * magnitude[i * ldc + j] + Math.abs(beta * c0[i * ldc + j]));
+                            assertEquals(want[i * ldc + j], cs.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * ldc + j), bound + Float.MIN_NORMAL,
+                                    "run " + run + ", C[" + i + "][" + j + "] of " + m + "x" + n + "x" + k + (transA ? " T" : " N") + (transB ? "T" : "N"));
+                        }
+                        for (int j = n; j < ldc; j++) {
+                            assertEquals(c0[i * ldc + j], cs.getAtIndex(ValueLayout.JAVA_FLOAT, (long) i * ldc + j), "past column " + n + " untouched");
+                        }
+                    }
+                    assertEquals(-1L, got[0].mismatch(cs), "run " + run + ": the bits of B packed at the call");
+                }
+                if (firstPath == null) {
+                    firstPath = Arena.ofAuto().allocate(got[0].byteSize(), 64).copyFrom(got[0]);
+                } else {
+                    assertEquals(-1L, firstPath.mismatch(got[0]), path + " blocks: the bits of " + paths().get(0) + "'s");
+                }
             }
+        }
+    }
+
+    /** This CPU's best blocks first ("auto"), then the AVX2 ones where that is another machine. */
+    private static List<String> paths() {
+        return DistilleryCpu.f32GemmKind() == DistilleryCpu.F32_AVX512 ? List.of("auto", "avx2") : List.of("auto");
+    }
+
+    /** Kernels whose fp32 GEMM runs {@code path}'s blocks: the GEMM reads {@code distillery.f32Gemm} once, when it is built. */
+    static CpuKernels fp32Kernels(int threads, String path) {
+        String before = System.getProperty("distillery.f32Gemm");
+        System.setProperty("distillery.f32Gemm", path);
+        try {
+            return new CpuKernels(threads, "auto");
+        } finally {
+            if (before == null) System.clearProperty("distillery.f32Gemm");
+            else System.setProperty("distillery.f32Gemm", before);
+        }
+    }
+
+    /**
+     * On the AVX2 blocks a product of more than {@link NativeF32Gemm#AVX2_MAX_ROWS} rows is the
+     * wrapped GEMM's (OpenBLAS here): the bits of {@code -Ddistillery.gemm=blas} on one thread.
+     */
+    @Test
+    void onTheAvx2BlocksATallProductIsTheWrappedGemms() {
+        assumeTrue(NativeF32Gemm.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
+        int n = 100, k = 70;
+        Random random = new Random(5);
+        try (CpuKernels ours = fp32Kernels(1, "avx2"); CpuKernels blas = new CpuKernels(1, "blas"); Arena arena = Arena.ofConfined()) {
+            int m = NativeF32Gemm.AVX2_MAX_ROWS + 1;
+            MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, m * k));
+            MemorySegment b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, k * n));
+            MemorySegment got = arena.allocate(4L * m * n, 64), want = arena.allocate(4L * m * n, 64);
+            ours.gemm(true, false, m, n, k, 1f, a, m, b, n, 0f, got, n);
+            blas.gemm(true, false, m, n, k, 1f, a, m, b, n, 0f, want, n);
+            assertEquals(-1L, got.mismatch(want), m + " rows: OpenBLAS' bits");
+        }
+    }
+
+    /**
+     * The AVX2 pack writes the AVX-512 pack's bytes (the layout both machines' blocks read), over a
+     * poisoned buffer: columns not a multiple of 8, 16 or 32, k not a multiple of 8, both
+     * transposes, a leading dimension longer than the rows.
+     */
+    @ParameterizedTest
+    @CsvSource({"1003, 77, false", "1003, 77, true", "37, 9, true", "5, 3, false", "5, 3, true", "64, 1, true", "48, 16, false", "48, 16, true"})
+    void theAvx2PackWritesTheBytesOfTheAvx512Pack(int n, int k, boolean transB) {
+        assumeTrue(DistilleryCpu.f32GemmKind() == DistilleryCpu.F32_AVX512, () -> "skipped: no AVX-512 here to compare with");
+        Random random = new Random(n * 131L + k);
+        int ldb = (transB ? k : n) + 3;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, (transB ? n : k) * ldb));
+            long bytes = DistilleryCpu.f32PackedBBytes(k, n);
+            MemorySegment wide = arena.allocate(bytes, 64).fill((byte) 0x7f), narrow = arena.allocate(bytes, 64).fill((byte) 0x7f);
+            DistilleryCpu.f32PackB(DistilleryCpu.F32_AVX512, transB, k, n, b.address(), ldb, wide.address());
+            DistilleryCpu.f32PackB(DistilleryCpu.F32_AVX2, transB, k, n, b.address(), ldb, narrow.address());
+            assertEquals(-1L, wide.mismatch(narrow), n + " x " + k + (transB ? ", transposed" : ""));
         }
     }
 
@@ -94,7 +163,7 @@ class NativeF32GemmTest {
      */
     @Test
     void aHeldOperandIsReadFromItsPackUntilTheHoldCloses() {
-        assumeTrue(DistilleryCpu.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
+        assumeTrue(NativeF32Gemm.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
         int m = 32, n = 1000, k = 128;
         Random random = new Random(3);
         try (CpuKernels one = new CpuKernels(1, "auto"); CpuKernels two = new CpuKernels(2, "auto"); Arena arena = Arena.ofShared()) {
@@ -146,14 +215,18 @@ class NativeF32GemmTest {
      */
     @Test
     void aRowAloneHasItsBitsInALargerProduct() {
-        assumeTrue(DistilleryCpu.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
+        for (String path : paths()) aRowAloneHasItsBitsInALargerProduct(path);
+    }
+
+    private void aRowAloneHasItsBitsInALargerProduct(String path) {
+        assumeTrue(NativeF32Gemm.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
         int m = 32;
         Random random = new Random();
         // (n, k): three panels of k; and a B past the threshold whose halves, two threads' parts, are not
         for (int[] nk : new int[][]{{1000, 1100}, {300, 1000}}) {
             int n = nk[0], k = nk[1];
             assertTrue((long) n * k >= NativeF32Gemm.ONE_ROW_MIN_ELEMENTS);
-            try (CpuKernels one = new CpuKernels(1, "auto"); CpuKernels two = new CpuKernels(2, "auto"); Arena arena = Arena.ofShared()) {
+            try (CpuKernels one = fp32Kernels(1, path); CpuKernels two = fp32Kernels(2, path); Arena arena = Arena.ofShared()) {
                 MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, m * k));
                 MemorySegment b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, n * k));
                 MemorySegment batch = arena.allocate(4L * m * n, 64), row = arena.allocate(4L * n, 64);
@@ -165,7 +238,7 @@ class NativeF32GemmTest {
                                 row.fill((byte) 0x7f);
                                 kernels.gemm(false, true, 1, n, k, 1f, a.asSlice(4L * r * k), k, b, k, 0f, row, n);
                                 assertEquals(-1L, row.mismatch(batch.asSlice(4L * r * n, 4L * n)), n + " x " + k + ", row " + r
-                                        + (held ? ", held" : "") + ", " + (kernels == one ? "one thread" : "two threads"));
+                                        + (held ? ", held" : "") + ", " + (kernels == one ? "one thread" : "two threads") + ", " + path);
                             }
                         }
                     }
