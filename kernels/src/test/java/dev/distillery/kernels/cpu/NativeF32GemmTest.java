@@ -16,6 +16,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
 import dev.distillery.bindings.DistilleryCpu;
+import dev.distillery.bindings.OpenBlasLibrary;
 import dev.distillery.kernels.Kernels.ConstantHold;
 import dev.distillery.kernels.reference.ReferenceKernels;
 
@@ -110,6 +111,7 @@ class NativeF32GemmTest {
     @Test
     void onTheAvx2BlocksATallProductIsTheWrappedGemms() {
         assumeTrue(NativeF32Gemm.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
+        assumeTrue(OpenBlasLibrary.probe().loaded(), "skipped: no OpenBLAS here to wrap");
         int n = 100, k = 70;
         Random random = new Random(5);
         try (CpuKernels ours = fp32Kernels(1, "avx2"); CpuKernels blas = new CpuKernels(1, "blas"); Arena arena = Arena.ofConfined()) {
