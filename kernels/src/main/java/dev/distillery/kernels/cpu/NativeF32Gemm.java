@@ -67,7 +67,7 @@ final class NativeF32Gemm implements Gemm {
         if (best == DistilleryCpu.F32_NONE) {
             throw new IllegalStateException("native fp32 GEMM: the native CPU library is " + DistilleryCpu.status());
         }
-        if (kind != DistilleryCpu.F32_AVX2 && kind != DistilleryCpu.F32_AVX512 || kind > best) {
+        if ((kind != DistilleryCpu.F32_AVX2 && kind != DistilleryCpu.F32_AVX512) || kind > best) {
             throw new IllegalArgumentException("native fp32 GEMM: kind " + kind + " does not run on this CPU (its best is " + best + ")");
         }
         this.vectors = vectors;
