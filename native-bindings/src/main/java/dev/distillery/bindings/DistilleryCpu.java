@@ -14,7 +14,7 @@ import java.util.Objects;
 
 /**
  * FFM binding of {@code libdistillery_cpu.so}, the native rows of the fused distillation loss
- * ({@code cpu/src/main/c/distill_cpu.c}), the GEMM of bf16 mixed precision
+ * ({@code cpu/src/main/c/distill_cpu.c}, on AVX-512 or AVX2), the GEMM of bf16 mixed precision
  * ({@code cpu/src/main/c/bf16_gemm.c}), the fp32 GEMM ({@code cpu/src/main/c/f32_gemm.c}) and the
  * exps of drawing a token ({@code cpu/src/main/c/sample_rows.c}), built into the {@code distillery-cpu}
  * jar when a C compiler was there. One static method per exported function, named after it;
@@ -23,19 +23,22 @@ import java.util.Objects;
  * which runs for milliseconds, is not). The sampling exps take segments instead, on or off the
  * heap: critical downcalls with heap access, for a sampler's own arrays.
  *
- * <p>{@code -Ddistillery.nativeLoss=auto} (default) loads it on Linux x86-64 CPUs with AVX-512
- * (F, BW, DQ) and FMA, and its fp32 GEMM alone on CPUs with AVX2 and FMA ({@link #f32GemmKind()});
+ * <p>{@code -Ddistillery.nativeLoss=auto} (default) loads it on Linux x86-64 CPUs with AVX2 and
+ * FMA: there the loss rows ({@link #rowsKind()}) and the fp32 GEMM ({@link #f32GemmKind()}) run in
+ * 8 lanes; with AVX-512 (F, BW, DQ) in 16, and the bf16 GEMM and the sampling exps run too.
  * {@code off} never. {@link #status()} says which and why.
  */
 public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 14;
+    public static final int ABI = 15;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #f32GemmKind()}'s answers: the blocks that run {@link #f32Gemm} (f32_gemm.h's F32_*). */
     public static final int F32_NONE = 0, F32_AVX2 = 1, F32_AVX512 = 2;
+    /** {@link #rowsKind()}'s answers: the machine that runs the loss rows (distill_rows.h's ROWS_*). */
+    public static final int ROWS_NONE = 0, ROWS_AVX2 = 1, ROWS_AVX512 = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
@@ -43,13 +46,13 @@ public final class DistilleryCpu {
             BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_GEMM_CAUSAL, BF16_DOT_PEAK,
             F32_PACKED_B_BYTES, F32_PACK_B, F32_GEMM_PACKED_B, F32_GEMM, SAMPLE_EXPS, SAMPLE_BLOCK_SUMS;
     private static final String STATUS;
-    private static final int BF16_KIND, F32_KIND;
+    private static final int BF16_KIND, F32_KIND, ROWS_KIND;
 
     static {
         MethodHandle row = null, reverseRow = null, jsdRow = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
                 claimedRows = null, causal = null, dotPeak = null, f32PackedBytes = null, f32PackB = null, f32Packed = null, f32 = null,
                 sampleExps = null, sampleBlockSums = null;
-        int bf16Kind = BF16_NONE, f32Kind = F32_NONE;
+        int bf16Kind = BF16_NONE, f32Kind = F32_NONE, rowsKind = ROWS_NONE;
         String status;
         try {
             String choice = System.getProperty("distillery.nativeLoss", "auto").trim().toLowerCase(Locale.ROOT);
@@ -70,14 +73,14 @@ public final class DistilleryCpu {
                     Linker linker = Linker.nativeLinker();
                     int abi = (int) linker.downcallHandle(lookup.findOrThrow("distillery_cpu_abi"),
                             FunctionDescriptor.of(ValueLayout.JAVA_INT)).invokeExact();
-                    int supported = (int) linker.downcallHandle(lookup.findOrThrow("distillery_cpu_supported"),
-                            FunctionDescriptor.of(ValueLayout.JAVA_INT)).invokeExact();
                     ValueLayout.OfLong p = ValueLayout.JAVA_LONG;
                     ValueLayout.OfInt i = ValueLayout.JAVA_INT;
                     ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;
                     Linker.Option critical = Linker.Option.critical(false);
-                    if (abi == ABI) {   /* the fp32 GEMM also runs on AVX2 with FMA, where nothing else here does */
+                    if (abi == ABI) {   /* the rows and the fp32 GEMM also run on AVX2 with FMA, where nothing else here does */
                         f32Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm_kind"),
+                                FunctionDescriptor.of(i)).invokeExact();
+                        rowsKind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_rows_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
                     }
                     if (f32Kind != F32_NONE) {
@@ -92,19 +95,24 @@ public final class DistilleryCpu {
                     }
                     if (abi != ABI) {
                         status = "not available: " + lib + " has interface version " + abi + ", this code wants " + ABI;
-                    } else if (supported == 0) {
-                        status = "not available: this CPU lacks AVX-512 F/BW/DQ or FMA";
+                    } else if (rowsKind == ROWS_NONE) {
+                        status = "not available: this CPU lacks AVX2 or FMA";
                     } else {
                         row = linker.downcallHandle(lookup.findOrThrow("distillery_dense_forward_kl_row"),
-                                FunctionDescriptor.of(i, p, p, p, i, i, f, i, f, f, p, p, p, p, p, p), critical);
+                                FunctionDescriptor.of(i, i, p, p, p, i, i, f, i, f, f, p, p, p, p, p, p), critical);
                         reverseRow = linker.downcallHandle(lookup.findOrThrow("distillery_dense_reverse_kl_row"),
-                                FunctionDescriptor.of(i, p, p, p, i, i, f, i, f, f, p, p, p, p, p, p), critical);
+                                FunctionDescriptor.of(i, i, p, p, p, i, i, f, i, f, f, p, p, p, p, p, p), critical);
                         jsdRow = linker.downcallHandle(lookup.findOrThrow("distillery_dense_jsd_row"),
-                                FunctionDescriptor.of(i, p, p, p, i, i, f, i, f, f, f, p, p, p, p, p, p), critical);
+                                FunctionDescriptor.of(i, i, p, p, p, i, i, f, i, f, f, f, p, p, p, p, p, p), critical);
                         student = linker.downcallHandle(lookup.findOrThrow("distillery_student_pass"),
-                                FunctionDescriptor.ofVoid(p, i, f, i, p, p, p, p, p), critical);
+                                FunctionDescriptor.ofVoid(i, p, i, f, i, p, p, p, p, p), critical);
                         squared = linker.downcallHandle(lookup.findOrThrow("distillery_squared_gradient"),
-                                FunctionDescriptor.ofVoid(p, p, p, i, f, f, f, f, f, f), critical);
+                                FunctionDescriptor.ofVoid(i, p, p, p, i, f, f, f, f, f, f), critical);
+                        status = "on: " + lib;
+                    }
+                    if (abi == ABI && rowsKind == ROWS_AVX2) {
+                        status += " (AVX2: no bf16 GEMM or native sampling exps, which need AVX-512)";
+                    } else if (abi == ABI && rowsKind == ROWS_AVX512) {
                         bf16 = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i, p));
                         packedBytes = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_packed_b_bytes"),
@@ -126,7 +134,6 @@ public final class DistilleryCpu {
                                 FunctionDescriptor.of(d, ValueLayout.ADDRESS, i, i, d, ValueLayout.ADDRESS, ValueLayout.ADDRESS), heap);
                         bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
-                        status = "on: " + lib;
                     }
                 }
             }
@@ -149,6 +156,7 @@ public final class DistilleryCpu {
         BF16_DOT_PEAK = dotPeak;
         BF16_KIND = bf16Kind;
         F32_KIND = f32Kind;
+        ROWS_KIND = rowsKind;
         F32_PACKED_B_BYTES = f32PackedBytes;
         F32_PACK_B = f32PackB;
         F32_GEMM_PACKED_B = f32Packed;
@@ -161,9 +169,22 @@ public final class DistilleryCpu {
     private DistilleryCpu() {
     }
 
-    /** Whether the library is loaded and this CPU runs it. */
+    /** Whether the library is loaded and this CPU runs its loss rows (on AVX2 at least). */
     public static boolean available() {
         return DENSE_FORWARD_KL_ROW != null;
+    }
+
+    /**
+     * {@code distillery_rows_kind()}: {@link #ROWS_AVX512}, {@link #ROWS_AVX2} or {@link #ROWS_NONE}
+     * (also when the library is not loaded). Every row function takes a kind up to this one.
+     */
+    public static int rowsKind() {
+        return ROWS_KIND;
+    }
+
+    /** Whether {@link #sampleExps} and {@link #sampleBlockSums} run here (AVX-512 only). */
+    public static boolean samplingAvailable() {
+        return SAMPLE_EXPS != null;
     }
 
     /** "on: &lt;library&gt;", "off (...)" or "not available: &lt;why&gt;". */
@@ -373,13 +394,13 @@ public final class DistilleryCpu {
     }
 
     /**
-     * {@code distillery_dense_forward_kl_row}: s, g, t (this row's), next s and next t (bytes to
+     * {@code distillery_dense_forward_kl_row}: on {@code kind} (a {@code ROWS_} up to {@link #rowsKind()}), s, g, t (this row's), next s and next t (bytes to
      * prefetch), eT a scratch row of v floats, out 4 doubles; returns a ROW_ code.
      */
-    public static int denseForwardKlRow(long s, long g, long t, boolean bf16, int v, float invT, int power, float c1, float cq,
+    public static int denseForwardKlRow(int kind, long s, long g, long t, boolean bf16, int v, float invT, int power, float c1, float cq,
                                         long nextS, long nextSBytes, long nextT, long nextTBytes, long eT, long out) {
         try {
-            return (int) DENSE_FORWARD_KL_ROW.invokeExact(s, g, t, bf16 ? 1 : 0, v, invT, power, c1, cq, nextS, nextSBytes,
+            return (int) DENSE_FORWARD_KL_ROW.invokeExact(kind, s, g, t, bf16 ? 1 : 0, v, invT, power, c1, cq, nextS, nextSBytes,
                     nextT, nextTBytes, eT, out);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_dense_forward_kl_row failed", e);
@@ -390,10 +411,10 @@ public final class DistilleryCpu {
      * {@code distillery_dense_reverse_kl_row}: the arguments of {@link #denseForwardKlRow}, with
      * scratch two rows of v floats; returns a ROW_ code.
      */
-    public static int denseReverseKlRow(long s, long g, long t, boolean bf16, int v, float invT, int power, float c1, float cq,
+    public static int denseReverseKlRow(int kind, long s, long g, long t, boolean bf16, int v, float invT, int power, float c1, float cq,
                                         long nextS, long nextSBytes, long nextT, long nextTBytes, long scratch, long out) {
         try {
-            return (int) DENSE_REVERSE_KL_ROW.invokeExact(s, g, t, bf16 ? 1 : 0, v, invT, power, c1, cq, nextS, nextSBytes,
+            return (int) DENSE_REVERSE_KL_ROW.invokeExact(kind, s, g, t, bf16 ? 1 : 0, v, invT, power, c1, cq, nextS, nextSBytes,
                     nextT, nextTBytes, scratch, out);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_dense_reverse_kl_row failed", e);
@@ -404,10 +425,10 @@ public final class DistilleryCpu {
      * {@code distillery_dense_jsd_row}: the arguments of {@link #denseReverseKlRow}, with the JSD's
      * beta after power; returns a ROW_ code.
      */
-    public static int denseJsdRow(long s, long g, long t, boolean bf16, int v, float invT, int power, float beta, float c1, float cq,
+    public static int denseJsdRow(int kind, long s, long g, long t, boolean bf16, int v, float invT, int power, float beta, float c1, float cq,
                                   long nextS, long nextSBytes, long nextT, long nextTBytes, long scratch, long out) {
         try {
-            return (int) DENSE_JSD_ROW.invokeExact(s, g, t, bf16 ? 1 : 0, v, invT, power, beta, c1, cq, nextS, nextSBytes,
+            return (int) DENSE_JSD_ROW.invokeExact(kind, s, g, t, bf16 ? 1 : 0, v, invT, power, beta, c1, cq, nextS, nextSBytes,
                     nextT, nextTBytes, scratch, out);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_dense_jsd_row failed", e);
@@ -415,19 +436,19 @@ public final class DistilleryCpu {
     }
 
     /** {@code distillery_student_pass}: e and blockMax scratch (v and ceil(v / 2048) floats), out {m, log Z_T, log Z_1, raises}. */
-    public static void studentPass(long s, int v, float invT, int power, long e, long blockMax, long nextS, long nextSBytes, long out) {
+    public static void studentPass(int kind, long s, int v, float invT, int power, long e, long blockMax, long nextS, long nextSBytes, long out) {
         try {
-            STUDENT_PASS.invokeExact(s, v, invT, power, e, blockMax, nextS, nextSBytes, out);
+            STUDENT_PASS.invokeExact(kind, s, v, invT, power, e, blockMax, nextS, nextSBytes, out);
         } catch (Throwable t) {
             throw new IllegalStateException("distillery_student_pass failed", t);
         }
     }
 
     /** {@code distillery_squared_gradient}: the gradient of every column of a sparse row from studentPass's e. */
-    public static void squaredGradient(long g, long e, long blockMax, int v, float m, float invT, float logZt, float logZ1,
+    public static void squaredGradient(int kind, long g, long e, long blockMax, int v, float m, float invT, float logZt, float logZ1,
                                        float c1, float cqw) {
         try {
-            SQUARED_GRADIENT.invokeExact(g, e, blockMax, v, m, invT, logZt, logZ1, c1, cqw);
+            SQUARED_GRADIENT.invokeExact(kind, g, e, blockMax, v, m, invT, logZt, logZ1, c1, cqw);
         } catch (Throwable t) {
             throw new IllegalStateException("distillery_squared_gradient failed", t);
         }

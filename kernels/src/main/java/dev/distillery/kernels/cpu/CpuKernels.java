@@ -1236,10 +1236,10 @@ public final class CpuKernels implements Kernels {
         Objects.checkFromIndexSize(o * 4L, 4L * v, logits.byteSize());
         Objects.checkFromIndexSize(nextRow, 4L * v, logits.byteSize());
         long out = scratch.address(), blockMax = out + 4L * 16, e = writeGradient ? logits.address() + o * 4L : out + 4L * eOffset;
-        DistilleryCpu.studentPass(logits.address() + o * 4L, v, 1f, 1, e, blockMax, logits.address() + nextRow, 4L * v, out);
+        DistilleryCpu.studentPass(DistilleryCpu.rowsKind(), logits.address() + o * 4L, v, 1f, 1, e, blockMax, logits.address() + nextRow, 4L * v, out);
         float m = (float) scratch.getAtIndex(ValueLayout.JAVA_DOUBLE, 0);
         double logZ = scratch.getAtIndex(ValueLayout.JAVA_DOUBLE, 1);
-        if (writeGradient) DistilleryCpu.squaredGradient(logits.address() + o * 4L, e, blockMax, v, m, 1f, (float) logZ, (float) logZ, 0f, gradScale);
+        if (writeGradient) DistilleryCpu.squaredGradient(DistilleryCpu.rowsKind(), logits.address() + o * 4L, e, blockMax, v, m, 1f, (float) logZ, (float) logZ, 0f, gradScale);
         return (float) (logZ + m - xTarget);
     }
 
@@ -1272,7 +1272,7 @@ public final class CpuKernels implements Kernels {
         }
         pool.forEachChunk(n, 1, (chunk, start, end) -> {
             RowSampler sampler = samplers.get();
-            if (sampler == null || !sampler.drawsFor(v, temperature, topK)) samplers.set(sampler = new RowSampler(v, temperature, topK, DistilleryCpu.available()));
+            if (sampler == null || !sampler.drawsFor(v, temperature, topK)) samplers.set(sampler = new RowSampler(v, temperature, topK, DistilleryCpu.samplingAvailable()));
             for (int r = start; r < end; r++) out.setAtIndex(I32, r, sampler.draw(x, r, u.getAtIndex(ValueLayout.JAVA_DOUBLE, r)));
         });
     }

@@ -55,10 +55,10 @@ final class RowSampler {
 
     /**
      * temperature &gt; 0; topK 0 or ≥ vocab: the whole vocabulary; nativeExps: the exps of the
-     * native library (where {@link DistilleryCpu#available()}), else the Java ones.
+     * native library (where {@link DistilleryCpu#samplingAvailable()}), else the Java ones.
      */
     RowSampler(int vocab, double temperature, int topK, boolean nativeExps) {
-        if (nativeExps && !DistilleryCpu.available()) throw new IllegalStateException("native sampling exps: the native CPU library is " + DistilleryCpu.status());
+        if (nativeExps && !DistilleryCpu.samplingAvailable()) throw new IllegalStateException("native sampling exps: the native CPU library is " + DistilleryCpu.status());
         this.vocab = vocab;
         this.temperature = temperature;
         this.nativeExps = nativeExps;

@@ -18,7 +18,7 @@ import jdk.incubator.vector.FloatVector;
 /**
  * Dense teacher, forward KL: in the terms of docs/KERNELS.md#one-gradient-formula-for-all-of-them,
  * w_j = −p_j/q_j and S = −1, so dD/ds = (q − p)/T, written as g = cq (e_s/Z_s − e_t/Z_t) + c1 softmax(s).
- * C twin: {@code dense_forward_kl_row} (cpu/src/main/c/distill_cpu.c) for the rows whose gradient is
+ * C twin: {@code dense_forward_kl_row} (cpu/src/main/c/distill_rows.inc) for the rows whose gradient is
  * formed over e_s; CUDA twin: {@code dense_row}; float64: {@code ReferenceDistillLoss.denseRow}.
  *
  * <p>No pass reads the rows for their maxima: m_s and m_t are {@link DenseRow}'s lazy ones, and

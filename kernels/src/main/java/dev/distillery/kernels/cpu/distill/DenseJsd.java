@@ -17,8 +17,8 @@ import jdk.incubator.vector.VectorOperators;
 /**
  * Dense teacher, generalized JSD(β) = β KL(p‖m) + (1−β) KL(q‖m), m = β p + (1−β) q: in the terms
  * of docs/KERNELS.md#one-gradient-formula-for-all-of-them, w_j = g_q = (1−β)(lq − lm) and
- * S = Σ q g_q, so g = cq q (g_q − S) + c1 softmax(s). C twin: {@code distillery_dense_jsd_row}
- * (cpu/src/main/c/distill_cpu.c) for the rows at T = 2 or T = 1; CUDA twin: {@code dense_row};
+ * S = Σ q g_q, so g = cq q (g_q − S) + c1 softmax(s). C twin: {@code dense_jsd_row}
+ * (cpu/src/main/c/distill_rows.inc) for the rows at T = 2 or T = 1; CUDA twin: {@code dense_row};
  * float64: {@code ReferenceDistillLoss.denseRow}.
  *
  * <p>{@link DenseForwardKl}'s plan. Pass A (backwards): its loop, e_s and e_t to per-thread rows

@@ -19,7 +19,7 @@ import jdk.incubator.vector.VectorOperators;
 /**
  * Dense teacher, reverse KL: in the terms of docs/KERNELS.md#one-gradient-formula-for-all-of-them,
  * w_j = lq_j − lp_j and S = RKL, so g = cq q (lq − lp − RKL) + c1 softmax(s). C twin:
- * {@code distillery_dense_reverse_kl_row} (cpu/src/main/c/distill_cpu.c) for the rows at T = 2 or
+ * {@code dense_reverse_kl_row} (cpu/src/main/c/distill_rows.inc) for the rows at T = 2 or
  * T = 1; CUDA twin: {@code dense_row}; float64: {@code ReferenceDistillLoss.denseRow}.
  *
  * <p>{@link DenseForwardKl}'s plan: DenseRow's lazy maxima (fetching the next row meanwhile),

@@ -10,7 +10,7 @@ import dev.distillery.kernels.distill.TeacherTargets;
 /**
  * What every dense row shares, whatever its divergence: the lazy maxima, the lines of the next
  * row that pass A fetches, and pass A itself, block by block, last block first. C twin: the head
- * and the pass-A loop of {@code dense_forward_kl_row} in cpu/src/main/c/distill_cpu.c.
+ * and the pass-A loop of {@code dense_forward_kl_row} in cpu/src/main/c/distill_rows.inc.
  *
  * <p>The maxima are lazy. Exps need a shift at or near the row's maximum, not the maximum itself:
  * a row's sums and loss are the same for any shift, up to rounding, as long as no exp overflows

@@ -28,7 +28,7 @@ import dev.distillery.kernels.distill.TeacherTargets;
  */
 public final class FusedDistillLoss {
 
-    /** Columns per block of every pass (and of the C passes: cpu/src/main/c/distill_cpu.c's BLOCK). */
+    /** Columns per block of every pass (and of the C passes: cpu/src/main/c/distill_rows.h's BLOCK). */
     public static final int BLOCK = 2048;
 
     private final WorkerPool pool;
@@ -49,7 +49,7 @@ public final class FusedDistillLoss {
 
     /** "native loss rows", or why the rows run in Java: for the backend's one-line description. */
     public static String rowsDescription() {
-        return NativeRowPasses.active() ? "native loss rows" : "loss rows in Java: native ones " + DistilleryCpu.status();
+        return NativeRowPasses.active() ? "native loss rows (" + (NativeRowPasses.kind() == DistilleryCpu.ROWS_AVX2 ? "AVX2" : "AVX-512") + ")" : "loss rows in Java: native ones " + DistilleryCpu.status();
     }
 
     /** Blocks of dense rows that raised their lazy maxima ({@link DenseRow}) in this instance's calls so far. */

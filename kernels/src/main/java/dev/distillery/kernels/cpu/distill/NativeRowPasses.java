@@ -10,7 +10,7 @@ import dev.distillery.kernels.cpu.distill.StudentPass.Student;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
- * The C twins of the rows' passes ({@code cpu/src/main/c/distill_cpu.c} through
+ * The C twins of the rows' passes ({@code cpu/src/main/c/distill_rows.inc} through
  * {@link DistilleryCpu}), where the library loaded and this CPU runs it. Every range the C code
  * reads or writes is checked here, once per row; its return codes become the Java rows' errors.
  */
@@ -19,6 +19,8 @@ final class NativeRowPasses implements RowPasses {
     static final NativeRowPasses INSTANCE = new NativeRowPasses();
     /** Tests run the Java rows too: they turn this off around a run. */
     private static volatile boolean enabled = true;
+    /** The machine the rows run on: this CPU's best; tests also run the AVX2 rows on an AVX-512 CPU. */
+    private static volatile int kind = DistilleryCpu.rowsKind();
 
     private NativeRowPasses() {
     }
@@ -31,6 +33,20 @@ final class NativeRowPasses implements RowPasses {
     /** For tests: run the Java rows (false) or the C ones where they apply (true). */
     static void enable(boolean on) {
         enabled = on;
+    }
+
+    /** {@link DistilleryCpu#ROWS_AVX512} or {@link DistilleryCpu#ROWS_AVX2}: the machine the C rows run on. */
+    static int kind() {
+        return kind;
+    }
+
+    /** For tests: run the C rows on {@code rowsKind}, one this CPU runs ({@link DistilleryCpu#rowsKind()} or below). */
+    static void useKind(int rowsKind) {
+        if (rowsKind == DistilleryCpu.ROWS_NONE || rowsKind > DistilleryCpu.rowsKind()) {
+            throw new IllegalArgumentException("native loss rows: kind " + rowsKind + " does not run on this CPU (its best is "
+                    + DistilleryCpu.rowsKind() + ")");
+        }
+        kind = rowsKind;
     }
 
     @Override
@@ -76,12 +92,13 @@ final class NativeRowPasses implements RowPasses {
         Objects.checkFromIndexSize(nextTo, v * tBytes, t.byteSize());
         long sa = s.address() + so * 4L, ga = g.address() + so * 4L, ta = t.address() + to, nextS = s.address() + next * v * 4L,
                 nextT = t.address() + nextTo, scratch = sc.nativeE.address(), outAt = sc.nativeOut.address();
+        int machine = NativeRowPasses.kind;
         int code = switch (kind) {
-            case FORWARD_KL -> DistilleryCpu.denseForwardKlRow(sa, ga, ta, bf16, v, invT, power, c1, cq, nextS, 4L * v, nextT,
+            case FORWARD_KL -> DistilleryCpu.denseForwardKlRow(machine, sa, ga, ta, bf16, v, invT, power, c1, cq, nextS, 4L * v, nextT,
                     v * tBytes, scratch, outAt);
-            case REVERSE_KL -> DistilleryCpu.denseReverseKlRow(sa, ga, ta, bf16, v, invT, power, c1, cq, nextS, 4L * v, nextT,
+            case REVERSE_KL -> DistilleryCpu.denseReverseKlRow(machine, sa, ga, ta, bf16, v, invT, power, c1, cq, nextS, 4L * v, nextT,
                     v * tBytes, scratch, outAt);
-            case JSD -> DistilleryCpu.denseJsdRow(sa, ga, ta, bf16, v, invT, power, beta, c1, cq, nextS, 4L * v, nextT,
+            case JSD -> DistilleryCpu.denseJsdRow(machine, sa, ga, ta, bf16, v, invT, power, beta, c1, cq, nextS, 4L * v, nextT,
                     v * tBytes, scratch, outAt);
         };
         MemorySegment out = sc.nativeOut;
@@ -114,7 +131,7 @@ final class NativeRowPasses implements RowPasses {
         Objects.checkFromIndexSize(so * 4L, 4L * v, s.byteSize());
         Objects.checkFromIndexSize(so * 4L, 4L * v, g.byteSize());
         Objects.checkFromIndexSize(next * v * 4L, 4L * v, s.byteSize());
-        DistilleryCpu.studentPass(s.address() + so * 4L, v, invT, power, g.address() + so * 4L, sc.nativeBlockMax.address(),
+        DistilleryCpu.studentPass(kind, s.address() + so * 4L, v, invT, power, g.address() + so * 4L, sc.nativeBlockMax.address(),
                 s.address() + next * v * 4L, 4L * v, sc.nativeOut.address());
         sc.nativeRows++;
         MemorySegment out = sc.nativeOut;
@@ -126,7 +143,7 @@ final class NativeRowPasses implements RowPasses {
     @Override
     public void squaredGradient(long so, MemorySegment g, int v, Student st, float invT, float c1, float cqw, RowScratch sc) {
         Objects.checkFromIndexSize(so * 4L, 4L * v, g.byteSize());
-        DistilleryCpu.squaredGradient(g.address() + so * 4L, g.address() + so * 4L, sc.nativeBlockMax.address(), v, st.max(), invT,
+        DistilleryCpu.squaredGradient(kind, g.address() + so * 4L, g.address() + so * 4L, sc.nativeBlockMax.address(), v, st.max(), invT,
                 st.logZt(), st.logZ1(), c1, cqw);
     }
 }

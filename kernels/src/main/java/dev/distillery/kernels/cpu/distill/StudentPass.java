@@ -15,7 +15,7 @@ import jdk.incubator.vector.FloatVector;
 /**
  * Pass A over a sparse row's student logits: online max and Σ exp for softmax(s/T) and softmax(s),
  * optionally keeping e = exp((s − m_b)/T) for the gradient pass. C twin: {@code student_pass}
- * (cpu/src/main/c/distill_cpu.c); CUDA twin: {@code student_pass} (cuda/src/main/cuda/distill_loss.cu).
+ * (cpu/src/main/c/distill_rows.inc); CUDA twin: {@code student_pass} (cuda/src/main/cuda/distill_loss.cu).
  */
 final class StudentPass {
 

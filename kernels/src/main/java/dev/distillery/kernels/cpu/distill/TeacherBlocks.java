@@ -23,7 +23,7 @@ import jdk.incubator.vector.VectorSpecies;
  * A dense teacher row read block by block: fp16 and bf16 logits widened to fp32 one block at a
  * time (never converted as a whole), the row's maxima, and the errors that name a teacher row
  * and column. C twin: {@code teacher_max} and the bf16 loads of {@code fkl_block} in
- * cpu/src/main/c/distill_cpu.c.
+ * cpu/src/main/c/distill_rows.inc.
  */
 final class TeacherBlocks {
 

@@ -14,6 +14,8 @@ import java.util.function.Supplier;
 
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 import dev.distillery.bindings.DistilleryCpu;
 import dev.distillery.kernels.DType;
@@ -26,8 +28,8 @@ import dev.distillery.kernels.distill.Divergence;
 import dev.distillery.kernels.distill.TeacherTargets;
 
 /**
- * The native rows ({@link NativeRowPasses}, cpu/src/main/c/distill_cpu.c) against the Java rows they
- * replace, row for row, on fresh random inputs of awkward widths: dense forward KL with both
+ * The native rows ({@link NativeRowPasses}, cpu/src/main/c/distill_rows.inc) against the Java rows they
+ * replace, row for row, on each machine this CPU runs (AVX2, and AVX-512 where it has it), on fresh random inputs of awkward widths: dense forward KL with both
  * teacher types and rows that raise the lazy maxima, top-k and sampled teachers with a later block
  * raising the student's lazy maximum; both cases they take (T = 2 with a hard label, T = 1
  * without), in place and not. FusedDistillLossTest holds both against the float64 reference.
@@ -39,28 +41,42 @@ class NativeRowPassesTest {
     @AfterEach
     void nativeRowsBack() {
         NativeRowPasses.enable(true);
+        if (DistilleryCpu.rowsKind() != DistilleryCpu.ROWS_NONE) NativeRowPasses.useKind(DistilleryCpu.rowsKind());
     }
 
-    /** This project's machines build the library and have AVX-512: the rows must be on here. */
+    /** Runs the C rows on {@code machine}, where this CPU has it. */
+    private static void onMachine(int machine) {
+        assumeTrue(NativeRowPasses.active(), DistilleryCpu.status());
+        assumeTrue(machine <= DistilleryCpu.rowsKind(), machine(machine) + ": not on this CPU");
+        NativeRowPasses.useKind(machine);
+    }
+
+    private static String machine(int kind) {
+        return kind == DistilleryCpu.ROWS_AVX2 ? "AVX2" : "AVX-512";
+    }
+
+    /** This project's machines build the library and have AVX2 with FMA at least: the rows must be on here. */
     @Test
     void loadedWhereTheBuildHasThem() {
         boolean built = DistilleryCpu.class.getClassLoader().getResource(DistilleryCpu.RESOURCE) != null;
         assumeTrue(built, "no C compiler at build time: " + DistilleryCpu.status());
-        assumeTrue(!DistilleryCpu.status().contains("lacks AVX-512"), DistilleryCpu.status());
+        assumeTrue(!DistilleryCpu.status().contains("lacks AVX2"), DistilleryCpu.status());
         assertTrue(NativeRowPasses.active(), DistilleryCpu.status());
         assertTrue(DistilleryCpu.status().startsWith("on: "), DistilleryCpu.status());
         try (CpuKernels kernels = new CpuKernels(1, "auto")) {
-            assertTrue(kernels.describe().contains("native loss rows"), kernels.describe());
+            assertTrue(kernels.describe().contains("native loss rows (" + machine(DistilleryCpu.rowsKind()) + ")"), kernels.describe());
         }
+        assertThrows(IllegalArgumentException.class, () -> NativeRowPasses.useKind(DistilleryCpu.ROWS_NONE));
     }
 
-    @Test
-    void nativeRowsMatchTheJavaRows() {
-        assumeTrue(NativeRowPasses.active(), DistilleryCpu.status());
+    @ParameterizedTest(name = "rows kind {0}")
+    @ValueSource(ints = {DistilleryCpu.ROWS_AVX2, DistilleryCpu.ROWS_AVX512})
+    void nativeRowsMatchTheJavaRows(int machine) {
+        onMachine(machine);
         int block = FusedDistillLoss.BLOCK;
         try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(2)) {
             FusedDistillLoss fused = new FusedDistillLoss(pool);
-            for (int v : new int[]{1, 7, 16, 17, 97, block - 1, block, block + 1, 2 * block + 37, 4099}) {
+            for (int v : new int[]{1, 7, 8, 16, 17, 97, block - 1, block, block + 1, 2 * block + 37, 4099}) {
                 for (DType type : new DType[]{DType.BF16, DType.F32}) {
                     for (Divergence divergence : new Divergence[]{Divergence.forwardKl(), Divergence.reverseKl(), Divergence.jsd(0.3)}) {
                         // T 2 with labels, T 1 without; reverse KL and JSD also T 1 with labels (Z_1 is Z_s there)
@@ -84,7 +100,7 @@ class NativeRowPassesTest {
                                                                 // done before stay above reverse KL's log floor at T 2
                                     }
                                 }
-                                String what = "V " + v + " " + type + " " + divergence + ", T " + tAlpha[0] + ", alpha " + tAlpha[1]
+                                String what = machine(machine) + ", V " + v + " " + type + " " + divergence + ", T " + tAlpha[0] + ", alpha " + tAlpha[1]
                                         + (inPlace ? ", in place" : "");
                                 DistillOptions o = DistillOptions.of(tAlpha[0], tAlpha[1]).withDivergence(divergence);
                                 MemorySegment tt = arena.allocate((long) type.bytes() * t.length, 64);
@@ -100,13 +116,14 @@ class NativeRowPassesTest {
     }
 
     /** Top-k and sampled rows: the student's passes run natively, the listed entries in Java. */
-    @Test
-    void sparseRowsMatchTheJavaRows() {
-        assumeTrue(NativeRowPasses.active(), DistilleryCpu.status());
+    @ParameterizedTest(name = "rows kind {0}")
+    @ValueSource(ints = {DistilleryCpu.ROWS_AVX2, DistilleryCpu.ROWS_AVX512})
+    void sparseRowsMatchTheJavaRows(int machine) {
+        onMachine(machine);
         int block = FusedDistillLoss.BLOCK;
         try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(2)) {
             FusedDistillLoss fused = new FusedDistillLoss(pool);
-            for (int v : new int[]{1, 7, 17, 97, block - 1, block + 1, 2 * block + 37, 4099}) {
+            for (int v : new int[]{1, 7, 9, 17, 97, block - 1, block + 1, 2 * block + 37, 4099}) {
                 for (boolean labelled : new boolean[]{true, false}) {
                     for (boolean sampled : new boolean[]{false, true}) {
                         for (boolean inPlace : new boolean[]{true, false}) {
@@ -133,7 +150,7 @@ class NativeRowPassesTest {
                                     : new TeacherTargets.TopK(arena.allocateFrom(ValueLayout.JAVA_INT, ids),
                                             arena.allocateFrom(ValueLayout.JAVA_FLOAT, values), DType.F32,
                                             arena.allocateFrom(ValueLayout.JAVA_FLOAT, lse), k, v, temperature);
-                            String what = "V " + v + (sampled ? " sampled" : " top-" + k) + (labelled ? ", T 2 with labels" : ", T 1 without")
+                            String what = machine(machine) + ", V " + v + (sampled ? " sampled" : " top-" + k) + (labelled ? ", T 2 with labels" : ", T 1 without")
                                     + (inPlace ? ", in place" : "");
                             DistillOptions o = DistillOptions.of(temperature, labelled ? 0.5f : 0f);
                             assertNativeMatchesJava(fused, what, n, () -> run(fused, arena, s, targets, n, v, o, labelled, inPlace));
@@ -145,9 +162,10 @@ class NativeRowPassesTest {
     }
 
     /** A NaN teacher logit is named by row and column on the native path too; a NaN student row gives a NaN loss. */
-    @Test
-    void nanLogitsAreReported() {
-        assumeTrue(NativeRowPasses.active(), DistilleryCpu.status());
+    @ParameterizedTest(name = "rows kind {0}")
+    @ValueSource(ints = {DistilleryCpu.ROWS_AVX2, DistilleryCpu.ROWS_AVX512})
+    void nanLogitsAreReported(int machine) {
+        onMachine(machine);
         int v = 300, n = 3;
         try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(1)) {
             FusedDistillLoss fused = new FusedDistillLoss(pool);

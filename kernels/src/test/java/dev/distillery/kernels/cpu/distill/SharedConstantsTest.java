@@ -17,14 +17,15 @@ import dev.distillery.bindings.DistilleryCpu;
 import dev.distillery.kernels.cpu.VectorOps;
 
 /**
- * The constants the C rows (cpu/src/main/c/distill_cpu.c) share with the Java rows, read from the
+ * The constants the C rows (cpu/src/main/c/distill_rows.h) share with the Java rows, read from the
  * C source and held to their Java twins bit for bit: a polynomial coefficient edited on one side
  * only would make the two rows disagree in the last bits, which NativeRowPassesTest's tolerance
  * would not catch.
  */
 class SharedConstantsTest {
 
-    private static final Path SOURCE = Path.of("").toAbsolutePath().getParent().resolve("cpu/src/main/c/distill_cpu.c");
+    private static final Path SOURCE = Path.of("").toAbsolutePath().getParent().resolve("cpu/src/main/c/distill_rows.h");
+    private static final Path ENTRIES = SOURCE.resolveSibling("distill_cpu.c");
 
     @Test
     void cConstantsEqualTheirJavaTwins() throws IOException {
@@ -57,8 +58,20 @@ class SharedConstantsTest {
     /** The interface version the binding expects is the one the C file exports. */
     @Test
     void abiVersionMatchesTheBinding() throws IOException {
-        Matcher m = Pattern.compile("int distillery_cpu_abi\\(void\\) \\{ return (\\d+); }").matcher(Files.readString(SOURCE));
-        assertTrue(m.find(), "no distillery_cpu_abi in " + SOURCE);
+        Matcher m = Pattern.compile("int distillery_cpu_abi\\(void\\) \\{ return (\\d+); }").matcher(Files.readString(ENTRIES));
+        assertTrue(m.find(), "no distillery_cpu_abi in " + ENTRIES);
         assertEquals(DistilleryCpu.ABI, Integer.parseInt(m.group(1)));
+    }
+
+    /** distillery_rows_kind()'s answers are the binding's ROWS_ constants. */
+    @Test
+    void rowsKindsMatchTheBinding() throws IOException {
+        String c = Files.readString(SOURCE);
+        for (Object[] kind : new Object[][]{{"ROWS_NONE", DistilleryCpu.ROWS_NONE}, {"ROWS_AVX2", DistilleryCpu.ROWS_AVX2},
+                {"ROWS_AVX512", DistilleryCpu.ROWS_AVX512}}) {
+            Matcher m = Pattern.compile("\\b" + kind[0] + " = (\\d+)").matcher(c);
+            assertTrue(m.find(), "no " + kind[0] + " in " + SOURCE);
+            assertEquals(kind[1], Integer.parseInt(m.group(1)), (String) kind[0]);
+        }
     }
 }

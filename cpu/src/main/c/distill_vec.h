@@ -1,0 +1,150 @@
+/*
+ * The vector vocabulary the loss rows (distill_rows.inc) are written in, for one machine per
+ * translation unit: DISTILL_VEC_AVX512 (sixteen lanes, masks in k registers, VSCALEFPS) or
+ * DISTILL_VEC_AVX2 (eight lanes, masks as all-ones lanes, blends). Each operation is the same
+ * arithmetic on both, one rounding per add, multiply or FMA, so the two machines' rows differ
+ * only in how many lanes a sum runs in before sum_lanes adds them up in lane order (and in
+ * exp2v past 2^127, where both are far past DenseRow.RAISE).
+ */
+#ifndef DISTILLERY_DISTILL_VEC_H
+#define DISTILLERY_DISTILL_VEC_H
+
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "distill_rows.h"
+
+#if defined(DISTILL_VEC_AVX512)
+
+#define KERNEL __attribute__((target("avx512f,avx512bw,avx512dq,fma")))
+#define LANES 16
+#define ROWS(name) name##_avx512
+typedef __m512 vf;
+typedef __mmask16 vm;
+
+static inline KERNEL vf v_set1(float x) { return _mm512_set1_ps(x); }
+static inline KERNEL vf v_zero(void) { return _mm512_setzero_ps(); }
+static inline KERNEL vf v_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline KERNEL void v_store(float *p, vf x) { _mm512_storeu_ps(p, x); }
+static inline KERNEL vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline KERNEL vf v_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline KERNEL vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline KERNEL vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }   /* a b + c */
+static inline KERNEL vf v_fms(vf a, vf b, vf c) { return _mm512_fmsub_ps(a, b, c); }   /* a b - c */
+static inline KERNEL vm v_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+static inline KERNEL vm v_gt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+static inline KERNEL vm v_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+static inline KERNEL vm v_not_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_NLT_UQ); }   /* !(a < b): NaN lanes too */
+static inline KERNEL vm v_not_le(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_NLE_UQ); }   /* !(a <= b): NaN lanes too */
+static inline KERNEL vm v_nan(vf a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
+static inline KERNEL vm v_or(vm a, vm b) { return a | b; }
+static inline KERNEL vf v_blend(vf x, vm m, vf y) { return _mm512_mask_mov_ps(x, m, y); }        /* m ? y : x */
+static inline KERNEL vf v_keep(vm m, vf x) { return _mm512_maskz_mov_ps(m, x); }                 /* m ? x : 0 */
+static inline KERNEL vf v_fma_where(vm m, vf a, vf b, vf c) { return _mm512_mask3_fmadd_ps(a, b, c, m); }  /* m ? a b + c : c */
+
+/*
+ * VectorOps.exp2(d, k) = 2^(d k): the same reduction and polynomial lane for lane; 2^n goes in by
+ * VSCALEFPS, one instruction where the Java side has an integer subtract, min, shift and a
+ * multiply. The same value wherever d k < 127.5; from there to 128.5 it may be finite where Java
+ * gives +inf, both far past DenseRow.RAISE, so the block is raised and run again on either side.
+ * n = t - 1.5 2^23 is formed once and serves both the reduction (r = d k - n, the bits of Java's
+ * fma(d, k, 1.5 2^23 - t)) and the scale: one operation fewer per exp than forming both.
+ */
+static inline KERNEL vf exp2v(vf d, float k) {
+    vf K = v_set1(k), R = v_set1(ROUND);
+    vm under = v_lt(d, v_set1(EXP2_LO / k));
+    vf t = v_fma(d, K, R), n = v_sub(t, R);
+    vf r = v_fms(d, K, n);
+    vf p = v_fma(r, v_set1(E6), v_set1(E5));
+    p = v_fma(p, r, v_set1(E4));
+    p = v_fma(p, r, v_set1(E3));
+    p = v_fma(p, r, v_set1(E2));
+    p = v_fma(p, r, v_set1(E1));
+    p = v_fma(p, r, v_set1(1.f));
+    return _mm512_maskz_scalef_ps((__mmask16) ~under, p, n);
+}
+
+/* x's exponent field less 126 as a float, and its mantissa with the exponent of [0.5, 1). */
+static inline KERNEL vf v_exponent(vf x) {
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(_mm512_castps_si512(x), 23), _mm512_set1_epi32(126)));
+}
+static inline KERNEL vf v_half_mantissa(vf x) {
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x007FFFFF)),
+                                               _mm512_set1_epi32(0x3F000000)));
+}
+
+/* 16 bf16 values at h as fp32 in one permute: word i to the high half of lane i, the low half zeroed (TeacherBlocks.widen). */
+static inline __attribute__((always_inline)) KERNEL vf widen_bf16(const uint16_t *h) {
+    const __m512i WIDEN = _mm512_set_epi16(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8,
+                                           7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    return _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, WIDEN,
+                                                              _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) h))));
+}
+
+#elif defined(DISTILL_VEC_AVX2)
+
+#define KERNEL __attribute__((target("avx2,fma")))
+#define LANES 8
+#define ROWS(name) name##_avx2
+typedef __m256 vf;
+typedef __m256 vm;   /* all ones where true */
+
+static inline KERNEL vf v_set1(float x) { return _mm256_set1_ps(x); }
+static inline KERNEL vf v_zero(void) { return _mm256_setzero_ps(); }
+static inline KERNEL vf v_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline KERNEL void v_store(float *p, vf x) { _mm256_storeu_ps(p, x); }
+static inline KERNEL vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline KERNEL vf v_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+static inline KERNEL vf v_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline KERNEL vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline KERNEL vf v_fms(vf a, vf b, vf c) { return _mm256_fmsub_ps(a, b, c); }
+static inline KERNEL vm v_lt(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+static inline KERNEL vm v_gt(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+static inline KERNEL vm v_eq(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+static inline KERNEL vm v_not_lt(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_NLT_UQ); }
+static inline KERNEL vm v_not_le(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_NLE_UQ); }
+static inline KERNEL vm v_nan(vf a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
+static inline KERNEL vm v_or(vm a, vm b) { return _mm256_or_ps(a, b); }
+static inline KERNEL vf v_blend(vf x, vm m, vf y) { return _mm256_blendv_ps(x, y, m); }
+static inline KERNEL vf v_keep(vm m, vf x) { return _mm256_and_ps(m, x); }
+static inline KERNEL vf v_fma_where(vm m, vf a, vf b, vf c) { return _mm256_blendv_ps(c, _mm256_fmadd_ps(a, b, c), m); }
+
+/*
+ * VectorOps.exp2(d, k), operation for operation as the Java lanes run it on AVX2: 2^n from t's
+ * low bits, (n + 127) << 23 capped at the largest exponent field, then one multiply. The same
+ * bits as exp2s.
+ */
+static inline KERNEL vf exp2v(vf d, float k) {
+    vf K = v_set1(k), R = v_set1(ROUND);
+    vm under = v_lt(d, v_set1(EXP2_LO / k));
+    vf t = v_fma(d, K, R);
+    vf r = v_fms(d, K, v_sub(t, R));
+    vf p = v_fma(r, v_set1(E6), v_set1(E5));
+    p = v_fma(p, r, v_set1(E4));
+    p = v_fma(p, r, v_set1(E3));
+    p = v_fma(p, r, v_set1(E2));
+    p = v_fma(p, r, v_set1(E1));
+    p = v_fma(p, r, v_set1(1.f));
+    __m256i field = _mm256_min_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B400000 - 127)),
+                                     _mm256_set1_epi32(EXP2_FIELD_MAX));
+    return _mm256_andnot_ps(under, v_mul(p, _mm256_castsi256_ps(_mm256_slli_epi32(field, 23))));
+}
+
+static inline KERNEL vf v_exponent(vf x) {
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(x), 23), _mm256_set1_epi32(126)));
+}
+static inline KERNEL vf v_half_mantissa(vf x) {
+    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(_mm256_castps_si256(x), _mm256_set1_epi32(0x007FFFFF)),
+                                               _mm256_set1_epi32(0x3F000000)));
+}
+
+/* 8 bf16 values at h as fp32: each word widened to a lane and moved to its high half. */
+static inline __attribute__((always_inline)) KERNEL vf widen_bf16(const uint16_t *h) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) h)), 16));
+}
+
+#else
+#error "define DISTILL_VEC_AVX512 or DISTILL_VEC_AVX2"
+#endif
+
+#endif
