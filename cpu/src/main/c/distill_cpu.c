@@ -10,7 +10,7 @@
  * Built by cpu/build-native.sh (no -march: the kernel functions carry their own target attribute
  * and distillery_rows_kind() says which of them this CPU can run).
  */
-#include "distill_rows.h"
+#include "rows.h"
 
 /* The interface version DistilleryCpu expects. */
 int distillery_cpu_abi(void) { return 15; }

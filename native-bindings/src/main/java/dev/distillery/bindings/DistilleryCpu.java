@@ -16,7 +16,7 @@ import java.util.Objects;
  * FFM binding of {@code libdistillery_cpu.so}, the native rows of the fused distillation loss
  * ({@code cpu/src/main/c/distill_cpu.c}, on AVX-512 or AVX2), the GEMM of bf16 mixed precision
  * ({@code cpu/src/main/c/bf16_gemm.c}), the fp32 GEMM ({@code cpu/src/main/c/f32_gemm.c}) and the
- * exps of drawing a token ({@code cpu/src/main/c/sample_rows.c}), built into the {@code distillery-cpu}
+ * exps of drawing a token ({@code cpu/src/main/c/sample_rows.inc}), built into the {@code distillery-cpu}
  * jar when a C compiler was there. One static method per exported function, named after it;
  * pointers go as raw addresses of the caller's native segments, alive for the call (the rows are
  * critical downcalls: no thread-state transition, they neither block nor call back; the GEMM,
@@ -24,8 +24,8 @@ import java.util.Objects;
  * heap: critical downcalls with heap access, for a sampler's own arrays.
  *
  * <p>{@code -Ddistillery.nativeLoss=auto} (default) loads it on Linux x86-64 CPUs with AVX2 and
- * FMA: there the loss rows ({@link #rowsKind()}) and the fp32 GEMM ({@link #f32GemmKind()}) run in
- * 8 lanes; with AVX-512 (F, BW, DQ) in 16, and the bf16 GEMM and the sampling exps run too.
+ * FMA: there the loss rows and the sampling exps ({@link #rowsKind()}) and the fp32 GEMM
+ * ({@link #f32GemmKind()}) run in 8 lanes; with AVX-512 (F, BW, DQ) in 16, and the bf16 GEMM runs too.
  * {@code off} never. {@link #status()} says which and why.
  */
 public final class DistilleryCpu {
@@ -37,7 +37,7 @@ public final class DistilleryCpu {
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #f32GemmKind()}'s answers: the blocks that run {@link #f32Gemm} (f32_gemm.h's F32_*). */
     public static final int F32_NONE = 0, F32_AVX2 = 1, F32_AVX512 = 2;
-    /** {@link #rowsKind()}'s answers: the machine that runs the loss rows (distill_rows.h's ROWS_*). */
+    /** {@link #rowsKind()}'s answers: the machine that runs the loss rows (rows.h's ROWS_*). */
     public static final int ROWS_NONE = 0, ROWS_AVX2 = 1, ROWS_AVX512 = 2;
     /** {@link #denseForwardKlRow}'s return codes. */
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
@@ -108,10 +108,16 @@ public final class DistilleryCpu {
                                 FunctionDescriptor.ofVoid(i, p, i, f, i, p, p, p, p, p), critical);
                         squared = linker.downcallHandle(lookup.findOrThrow("distillery_squared_gradient"),
                                 FunctionDescriptor.ofVoid(i, p, p, p, i, f, f, f, f, f, f), critical);
+                        ValueLayout.OfDouble d = ValueLayout.JAVA_DOUBLE;
+                        Linker.Option heap = Linker.Option.critical(true);
+                        sampleExps = linker.downcallHandle(lookup.findOrThrow("distillery_sample_exps"),
+                                FunctionDescriptor.of(d, i, ValueLayout.ADDRESS, i, f, d, ValueLayout.ADDRESS), heap);
+                        sampleBlockSums = linker.downcallHandle(lookup.findOrThrow("distillery_sample_block_sums"),
+                                FunctionDescriptor.of(d, i, ValueLayout.ADDRESS, i, i, d, ValueLayout.ADDRESS, ValueLayout.ADDRESS), heap);
                         status = "on: " + lib;
                     }
                     if (abi == ABI && rowsKind == ROWS_AVX2) {
-                        status += " (AVX2: no bf16 GEMM or native sampling exps, which need AVX-512)";
+                        status += " (AVX2: no bf16 GEMM, which needs AVX-512)";
                     } else if (abi == ABI && rowsKind == ROWS_AVX512) {
                         bf16 = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i, p));
@@ -126,12 +132,6 @@ public final class DistilleryCpu {
                         causal = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_causal"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i));
                         dotPeak = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_dot_peak"), FunctionDescriptor.of(p, p));
-                        ValueLayout.OfDouble d = ValueLayout.JAVA_DOUBLE;
-                        Linker.Option heap = Linker.Option.critical(true);
-                        sampleExps = linker.downcallHandle(lookup.findOrThrow("distillery_sample_exps"),
-                                FunctionDescriptor.of(d, ValueLayout.ADDRESS, i, f, d, ValueLayout.ADDRESS), heap);
-                        sampleBlockSums = linker.downcallHandle(lookup.findOrThrow("distillery_sample_block_sums"),
-                                FunctionDescriptor.of(d, ValueLayout.ADDRESS, i, i, d, ValueLayout.ADDRESS, ValueLayout.ADDRESS), heap);
                         bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
                     }
@@ -182,10 +182,7 @@ public final class DistilleryCpu {
         return ROWS_KIND;
     }
 
-    /** Whether {@link #sampleExps} and {@link #sampleBlockSums} run here (AVX-512 only). */
-    public static boolean samplingAvailable() {
-        return SAMPLE_EXPS != null;
-    }
+
 
     /** "on: &lt;library&gt;", "off (...)" or "not available: &lt;why&gt;". */
     public static String status() {
@@ -360,34 +357,34 @@ public final class DistilleryCpu {
     }
 
     /**
-     * {@code distillery_sample_exps}: {@code p[i] = exp((x[i] − max) · scale)} in float64 for the n
+     * {@code distillery_sample_exps}: on {@code kind} (as for the rows), {@code p[i] = exp((x[i] − max) · scale)} in float64 for the n
      * floats of x (each ≤ max), 0 where that is NaN or below the normal range; returns their sum.
      * x and p (n doubles, or {@link MemorySegment#NULL} for none) may be heap segments.
      */
-    public static double sampleExps(MemorySegment x, int n, float max, double scale, MemorySegment p) {
+    public static double sampleExps(int kind, MemorySegment x, int n, float max, double scale, MemorySegment p) {
         Objects.checkFromIndexSize(0, 4L * n, x.byteSize());
         if (!p.equals(MemorySegment.NULL)) Objects.checkFromIndexSize(0, 8L * n, p.byteSize());
         try {
-            return (double) SAMPLE_EXPS.invokeExact(x, n, max, scale, p);
+            return (double) SAMPLE_EXPS.invokeExact(kind, x, n, max, scale, p);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_sample_exps failed", e);
         }
     }
 
     /**
-     * {@code distillery_sample_block_sums}: the largest of the n floats of x into {@code max[0]}
+     * {@code distillery_sample_block_sums}: on {@code kind}, the largest of the n floats of x into {@code max[0]}
      * (NaN skipped; −inf when there is none), and {@code sums[b]} = the sum of
      * {@code exp((x[i] − max) · scale)} over floats [b · block, (b + 1) · block), for every block,
      * in one pass over x; returns the sum of the sums. x, sums (⌈n / block⌉ doubles) and max (a
      * float) may be heap segments.
      */
-    public static double sampleBlockSums(MemorySegment x, int n, int block, double scale, MemorySegment sums, MemorySegment max) {
+    public static double sampleBlockSums(int kind, MemorySegment x, int n, int block, double scale, MemorySegment sums, MemorySegment max) {
         if (block <= 0) throw new IllegalArgumentException("blocks of " + block + " floats");
         Objects.checkFromIndexSize(0, 4L * n, x.byteSize());
         Objects.checkFromIndexSize(0, 8L * ((n + (long) block - 1) / block), sums.byteSize());
         Objects.checkFromIndexSize(0, 4, max.byteSize());
         try {
-            return (double) SAMPLE_BLOCK_SUMS.invokeExact(x, n, block, scale, sums, max);
+            return (double) SAMPLE_BLOCK_SUMS.invokeExact(kind, x, n, block, scale, sums, max);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_sample_block_sums failed", e);
         }

@@ -1272,7 +1272,7 @@ public final class CpuKernels implements Kernels {
         }
         pool.forEachChunk(n, 1, (chunk, start, end) -> {
             RowSampler sampler = samplers.get();
-            if (sampler == null || !sampler.drawsFor(v, temperature, topK)) samplers.set(sampler = new RowSampler(v, temperature, topK, DistilleryCpu.samplingAvailable()));
+            if (sampler == null || !sampler.drawsFor(v, temperature, topK)) samplers.set(sampler = new RowSampler(v, temperature, topK, DistilleryCpu.available()));
             for (int r = start; r < end; r++) out.setAtIndex(I32, r, sampler.draw(x, r, u.getAtIndex(ValueLayout.JAVA_DOUBLE, r)));
         });
     }

@@ -20,7 +20,7 @@ import jdk.incubator.vector.VectorSpecies;
  *   <li>p = exp((logit − max) · (1/T)) in float64 vectors, summed over blocks of {@value #BLOCK}
  *       candidates; the draw's block is found from the block sums, and only its exps are formed
  *       again and walked one by one (a row's exps, kept, would be 1 MB at 128k ids, past L2).
- *       Where the native library runs ({@code cpu/src/main/c/sample_rows.c}) the row's maximum
+ *       Where the native library runs ({@code cpu/src/main/c/sample_rows.inc}) the row's maximum
  *       is found in the pass that sums its exps, so the row is read once, and its exp is a table
  *       and a degree-7 polynomial (12 FMA-pipe operations a vector where {@link Float64Exp}'s
  *       degree 13 takes 18); elsewhere the maximum comes first and the exps are
@@ -55,10 +55,10 @@ final class RowSampler {
 
     /**
      * temperature &gt; 0; topK 0 or ≥ vocab: the whole vocabulary; nativeExps: the exps of the
-     * native library (where {@link DistilleryCpu#samplingAvailable()}), else the Java ones.
+     * native library (where {@link DistilleryCpu#available()}), else the Java ones.
      */
     RowSampler(int vocab, double temperature, int topK, boolean nativeExps) {
-        if (nativeExps && !DistilleryCpu.samplingAvailable()) throw new IllegalStateException("native sampling exps: the native CPU library is " + DistilleryCpu.status());
+        if (nativeExps && !DistilleryCpu.available()) throw new IllegalStateException("native sampling exps: the native CPU library is " + DistilleryCpu.status());
         this.vocab = vocab;
         this.temperature = temperature;
         this.nativeExps = nativeExps;
@@ -90,7 +90,7 @@ final class RowSampler {
         double sum = 0;
         float max;
         if (nativeExps) {   // the maximum found in the same pass: the row is read once
-            sum = DistilleryCpu.sampleBlockSums(c.asSlice(4 * from, 4L * m), m, BLOCK, 1 / temperature, blockSumsOut, maxOut);
+            sum = DistilleryCpu.sampleBlockSums(DistilleryCpu.rowsKind(), c.asSlice(4 * from, 4L * m), m, BLOCK, 1 / temperature, blockSumsOut, maxOut);
             max = maxOut.getAtIndex(F32, 0);
         } else {
             max = x.getAtIndex(F32, row + VectorOps.argmax(x, row, vocab));   // the candidates' too: the top k hold it
@@ -132,7 +132,7 @@ final class RowSampler {
      */
     private double blockExps(MemorySegment x, long from, int n, float max) {
         double top = max, scale = 1 / temperature;
-        if (nativeExps) return DistilleryCpu.sampleExps(x.asSlice(4 * from, 4L * n), n, max, scale, pOut);
+        if (nativeExps) return DistilleryCpu.sampleExps(DistilleryCpu.rowsKind(), x.asSlice(4 * from, 4L * n), n, max, scale, pOut);
         int i = 0;
         for (int bound = n - n % DOUBLES.length(); i < bound; i += DOUBLES.length()) {
             ((DoubleVector) FloatVector.fromMemorySegment(WIDENED, x, 4 * (from + i), ByteOrder.nativeOrder())

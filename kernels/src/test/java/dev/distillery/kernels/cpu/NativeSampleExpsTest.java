@@ -10,14 +10,16 @@ import java.lang.foreign.ValueLayout;
 import java.util.SplittableRandom;
 
 import org.junit.jupiter.api.BeforeAll;
-import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 import dev.distillery.bindings.DistilleryCpu;
 
 /**
- * The exps of drawing a token in C ({@code cpu/src/main/c/sample_rows.c}, {@link DistilleryCpu#sampleExps}):
+ * The exps of drawing a token in C ({@code cpu/src/main/c/sample_rows.inc}, {@link DistilleryCpu#sampleExps}):
  * p = exp((x − max) · scale) in float64 against {@code Math.exp} of the same float64 argument, on
- * fresh random rows of awkward lengths, with the doubles past a row poisoned.
+ * fresh random rows of awkward lengths, with the doubles past a row poisoned; on each machine this
+ * CPU runs (AVX2, and AVX-512 where it has it).
  */
 class NativeSampleExpsTest {
 
@@ -26,7 +28,13 @@ class NativeSampleExpsTest {
 
     @BeforeAll
     static void needsTheLibrary() {
-        assumeTrue(DistilleryCpu.samplingAvailable(), "native CPU library: " + DistilleryCpu.status());
+        assumeTrue(DistilleryCpu.available(), "native CPU library: " + DistilleryCpu.status());
+    }
+
+    /** The machine's kind, where this CPU runs it. */
+    private static int on(int kind) {
+        assumeTrue(kind <= DistilleryCpu.rowsKind(), "rows kind " + kind + ": not on this CPU");
+        return kind;
     }
 
     /**
@@ -35,8 +43,10 @@ class NativeSampleExpsTest {
      * written past n; heap and native segments give the same bits. Scales from T = 50 to T = 0.013
      * put the arguments over the whole range down to below it.
      */
-    @Test
-    void withinTwoUlpOfMathExpOnFreshRandomRows() {
+    @ParameterizedTest(name = "rows kind {0}")
+    @ValueSource(ints = {DistilleryCpu.ROWS_AVX2, DistilleryCpu.ROWS_AVX512})
+    void withinTwoUlpOfMathExpOnFreshRandomRows(int machine) {
+        int kind = on(machine);
         SplittableRandom rng = new SplittableRandom();
         double worst = 0;
         try (Arena arena = Arena.ofConfined()) {
@@ -55,7 +65,7 @@ class NativeSampleExpsTest {
                 MemorySegment row = arena.allocate(4L * n, 64), p = arena.allocate(8L * (n + 8), 64);
                 MemorySegment.copy(x, 0, row, ValueLayout.JAVA_FLOAT, 0, n);
                 for (int i = 0; i < n + 8; i++) p.setAtIndex(ValueLayout.JAVA_DOUBLE, i, Double.NaN);   // poison
-                double sum = DistilleryCpu.sampleExps(row, n, max, scale, p);
+                double sum = DistilleryCpu.sampleExps(kind, row, n, max, scale, p);
                 double walked = 0, bound = 0;
                 for (int i = 0; i < n; i++) {
                     double arg = ((double) x[i] - max) * scale, got = p.getAtIndex(ValueLayout.JAVA_DOUBLE, i);
@@ -71,7 +81,7 @@ class NativeSampleExpsTest {
                 assertEquals(walked, sum, 2 * bound, "n " + n + ": the sum");
                 for (int i = n; i < n + 8; i++) assertTrue(Double.isNaN(p.getAtIndex(ValueLayout.JAVA_DOUBLE, i)), "written past n at " + i);
                 double[] onHeap = new double[n];
-                assertEquals(sum, DistilleryCpu.sampleExps(MemorySegment.ofArray(x), n, max, scale, MemorySegment.ofArray(onHeap)));
+                assertEquals(sum, DistilleryCpu.sampleExps(kind, MemorySegment.ofArray(x), n, max, scale, MemorySegment.ofArray(onHeap)));
                 for (int i = 0; i < n; i++) assertEquals(p.getAtIndex(ValueLayout.JAVA_DOUBLE, i), onHeap[i], "heap, element " + i);
             }
         }
@@ -79,12 +89,14 @@ class NativeSampleExpsTest {
     }
 
     /** The maximum gives exactly 1; −inf, NaN, +inf − +inf and arguments below the normal range give 0. */
-    @Test
-    void edgesGiveOneAndZeros() {
+    @ParameterizedTest(name = "rows kind {0}")
+    @ValueSource(ints = {DistilleryCpu.ROWS_AVX2, DistilleryCpu.ROWS_AVX512})
+    void edgesGiveOneAndZeros(int machine) {
+        int kind = on(machine);
         float inf = Float.POSITIVE_INFINITY;
         float[] x = {0f, Float.NEGATIVE_INFINITY, Float.NaN, -800f, -708.3f, -708.5f, -1f};
         double[] p = new double[x.length];
-        double sum = DistilleryCpu.sampleExps(MemorySegment.ofArray(x), x.length, 0f, 1.0, MemorySegment.ofArray(p));
+        double sum = DistilleryCpu.sampleExps(kind, MemorySegment.ofArray(x), x.length, 0f, 1.0, MemorySegment.ofArray(p));
         assertEquals(1.0, p[0]);
         assertEquals(0.0, p[1]);
         assertEquals(0.0, p[2]);
@@ -94,7 +106,7 @@ class NativeSampleExpsTest {
         assertEquals(Math.exp(-1), p[6], 2 * Math.ulp(Math.exp(-1)));
         assertEquals(p[0] + p[4] + p[6], sum, 2 * Math.ulp(sum));
         double[] q = new double[2];
-        assertEquals(0.0, DistilleryCpu.sampleExps(MemorySegment.ofArray(new float[]{inf, 3f}), 2, inf, 1.0, MemorySegment.ofArray(q)),
+        assertEquals(0.0, DistilleryCpu.sampleExps(kind, MemorySegment.ofArray(new float[]{inf, 3f}), 2, inf, 1.0, MemorySegment.ofArray(q)),
                 "a maximum of +inf: no finite mass");
         assertEquals(0.0, q[0]);
         assertEquals(0.0, q[1]);
@@ -106,8 +118,10 @@ class NativeSampleExpsTest {
      * rows of random logits, rising logits (a raise every block), NaN, −inf, a +inf (no finite mass),
      * all −inf; nothing written past the blocks.
      */
-    @Test
-    void blockSumsFindTheMaximumAndSumEachBlock() {
+    @ParameterizedTest(name = "rows kind {0}")
+    @ValueSource(ints = {DistilleryCpu.ROWS_AVX2, DistilleryCpu.ROWS_AVX512})
+    void blockSumsFindTheMaximumAndSumEachBlock(int machine) {
+        int kind = on(machine);
         SplittableRandom rng = new SplittableRandom();
         float[] maxOut = new float[1];
         for (int shape = 0; shape < 5; shape++) {
@@ -130,14 +144,14 @@ class NativeSampleExpsTest {
                 double[] sums = new double[blocks + 1];
                 sums[blocks] = -7;
                 double scale = 1 / 0.7;
-                double total = DistilleryCpu.sampleBlockSums(MemorySegment.ofArray(x), n, block, scale, MemorySegment.ofArray(sums),
+                double total = DistilleryCpu.sampleBlockSums(kind, MemorySegment.ofArray(x), n, block, scale, MemorySegment.ofArray(sums),
                         MemorySegment.ofArray(maxOut));
                 String what = "shape " + shape + ", n " + n;
                 assertEquals(max, maxOut[0], what + ": the maximum");
                 double walked = 0;
                 for (int b = 0; b < blocks; b++) {
                     int from = b * block, len = Math.min(block, n - from);
-                    double one = DistilleryCpu.sampleExps(MemorySegment.ofArray(x).asSlice(4L * from, 4L * len), len, max, scale, MemorySegment.NULL);
+                    double one = DistilleryCpu.sampleExps(kind, MemorySegment.ofArray(x).asSlice(4L * from, 4L * len), len, max, scale, MemorySegment.NULL);
                     // an exp's argument (x − max) · scale carries a rounding in proportion to its
                     // size, and so do the scales' arguments: a sum e^−a off by a few of a · 2⁻⁵³.
                     // Near the bottom of the range the terms differ outright (0 below it against

@@ -81,7 +81,7 @@ class RowSamplerTest {
                         kernels.sampleRows(ids, logits, uniforms, rows, v, temperature, topK);
                         int[] expected = ReferenceKernels.sampleRows(x, u, rows, v, temperature, topK);
                         assertArrayEquals(expected, ids.toArray(ValueLayout.JAVA_INT), "v " + v + ", T " + temperature + ", top-k " + topK);
-                        if (temperature > 0 && DistilleryCpu.samplingAvailable()) {
+                        if (temperature > 0 && DistilleryCpu.available()) {
                             RowSampler javaExps = new RowSampler(v, temperature, topK, false);
                             for (int r = 0; r < rows; r++) {
                                 assertEquals(expected[r], javaExps.draw(logits, r, u[r]), "Java exps, v " + v + ", T " + temperature + ", top-k " + topK + ", row " + r);

@@ -28,7 +28,7 @@ import dev.distillery.kernels.distill.TeacherTargets;
  */
 public final class FusedDistillLoss {
 
-    /** Columns per block of every pass (and of the C passes: cpu/src/main/c/distill_rows.h's BLOCK). */
+    /** Columns per block of every pass (and of the C passes: cpu/src/main/c/rows.h's BLOCK). */
     public static final int BLOCK = 2048;
 
     private final WorkerPool pool;

@@ -17,14 +17,14 @@ import dev.distillery.bindings.DistilleryCpu;
 import dev.distillery.kernels.cpu.VectorOps;
 
 /**
- * The constants the C rows (cpu/src/main/c/distill_rows.h) share with the Java rows, read from the
+ * The constants the C rows (cpu/src/main/c/rows.h) share with the Java rows, read from the
  * C source and held to their Java twins bit for bit: a polynomial coefficient edited on one side
  * only would make the two rows disagree in the last bits, which NativeRowPassesTest's tolerance
  * would not catch.
  */
 class SharedConstantsTest {
 
-    private static final Path SOURCE = Path.of("").toAbsolutePath().getParent().resolve("cpu/src/main/c/distill_rows.h");
+    private static final Path SOURCE = Path.of("").toAbsolutePath().getParent().resolve("cpu/src/main/c/rows.h");
     private static final Path ENTRIES = SOURCE.resolveSibling("distill_cpu.c");
 
     @Test

@@ -1,10 +1,11 @@
 /*
- * What the loss rows' machines (distill_rows_avx512.c, distill_rows_avx2.c, both built from
- * distill_rows.inc) share with each other and with distill_cpu.c: the constants of the Java rows,
- * the rows' return codes, the machines' kinds and each machine's entry points.
+ * What the row kernels' machines (rows_avx512.c, rows_avx2.c, both built from distill_rows.inc
+ * and sample_rows.inc) share with each other and with the entry points (distill_cpu.c,
+ * sample_rows.c): the loss rows' constants shared with the Java rows, their return codes, the
+ * machines' kinds and each machine's functions.
  */
-#ifndef DISTILLERY_DISTILL_ROWS_H
-#define DISTILLERY_DISTILL_ROWS_H
+#ifndef DISTILLERY_ROWS_H
+#define DISTILLERY_ROWS_H
 
 /* Shared with the Java rows; SharedConstantsTest checks every value against its Java twin. */
 #define BLOCK 2048                                  /* FusedDistillLoss.BLOCK */
@@ -37,9 +38,12 @@ enum { ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3 
 /* distillery_rows_kind()'s answers; DistilleryCpu.ROWS_* are their twins. */
 enum { ROWS_NONE = 0, ROWS_AVX2 = 1, ROWS_AVX512 = 2 };
 
-/* One machine's rows, the arguments of distill_cpu.c's entries of the same names but the kind; not exported. */
+/*
+ * One machine's rows, the arguments of distill_cpu.c's and sample_rows.c's entries of the same
+ * names but the kind; not exported.
+ */
 #define HIDDEN __attribute__((visibility("hidden")))
-#define DISTILL_ROWS_ENTRIES(suffix)                                                                                 \
+#define ROWS_ENTRIES(suffix)                                                                                         \
     HIDDEN int dense_forward_kl_row_##suffix(const float *s, float *g, const void *t, int teacher_bf16, int v,       \
             float inv_t, int power, float c1, float cq, const char *next_s, long next_s_bytes, const char *next_t,   \
             long next_t_bytes, float *e_t, double *out);                                                             \
@@ -52,8 +56,11 @@ enum { ROWS_NONE = 0, ROWS_AVX2 = 1, ROWS_AVX512 = 2 };
     HIDDEN void student_pass_##suffix(const float *s, int v, float inv_t, int power, float *e, float *block_max,     \
             const char *next_s, long next_s_bytes, double *out);                                                     \
     HIDDEN void squared_gradient_##suffix(float *g, const float *e, const float *block_max, int v, float m,          \
-            float inv_t, float log_zt, float log_z1, float c1, float cqw);
-DISTILL_ROWS_ENTRIES(avx512)
-DISTILL_ROWS_ENTRIES(avx2)
+            float inv_t, float log_zt, float log_z1, float c1, float cqw);                                           \
+    HIDDEN double sample_exps_##suffix(const float *x, int n, float max, double scale, double *p);                   \
+    HIDDEN double sample_block_sums_##suffix(const float *x, int n, int block, double scale, double *sums,           \
+            float *max);
+ROWS_ENTRIES(avx512)
+ROWS_ENTRIES(avx2)
 
 #endif

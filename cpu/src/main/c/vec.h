@@ -1,20 +1,21 @@
 /*
- * The vector vocabulary the loss rows (distill_rows.inc) are written in, for one machine per
- * translation unit: DISTILL_VEC_AVX512 (sixteen lanes, masks in k registers, VSCALEFPS) or
- * DISTILL_VEC_AVX2 (eight lanes, masks as all-ones lanes, blends). Each operation is the same
- * arithmetic on both, one rounding per add, multiply or FMA, so the two machines' rows differ
- * only in how many lanes a sum runs in before sum_lanes adds them up in lane order (and in
- * exp2v past 2^127, where both are far past DenseRow.RAISE).
+ * The vector vocabulary the row kernels (distill_rows.inc, sample_rows.inc) are written in, for
+ * one machine per translation unit: ROWS_VEC_AVX512 (rows_avx512.c: sixteen floats or eight
+ * doubles a vector, masks in k registers, VSCALEFPS) or ROWS_VEC_AVX2 (rows_avx2.c: eight floats
+ * or four doubles, masks as all-ones lanes, blends). Each operation is the same arithmetic on
+ * both, one rounding per add, multiply or FMA, so the two machines' rows differ only in how many
+ * lanes a sum runs in before it is added up (and in exp2v past 2^127, where both are far past
+ * DenseRow.RAISE).
  */
-#ifndef DISTILLERY_DISTILL_VEC_H
-#define DISTILLERY_DISTILL_VEC_H
+#ifndef DISTILLERY_VEC_H
+#define DISTILLERY_VEC_H
 
 #include <immintrin.h>
 #include <stdint.h>
 
-#include "distill_rows.h"
+#include "rows.h"
 
-#if defined(DISTILL_VEC_AVX512)
+#if defined(ROWS_VEC_AVX512)
 
 #define KERNEL __attribute__((target("avx512f,avx512bw,avx512dq,fma")))
 #define LANES 16
@@ -81,7 +82,49 @@ static inline __attribute__((always_inline)) KERNEL vf widen_bf16(const uint16_t
                                                               _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) h))));
 }
 
-#elif defined(DISTILL_VEC_AVX2)
+
+/* Doubles (sample_rows.inc): DLANES a vector; a group is 2 DLANES floats, widened into two. */
+#define DLANES 8
+typedef __m512d vd;
+typedef __mmask8 vdm;
+static inline KERNEL vd vd_set1(double x) { return _mm512_set1_pd(x); }
+static inline KERNEL vd vd_zero(void) { return _mm512_setzero_pd(); }
+static inline KERNEL vd vd_add(vd a, vd b) { return _mm512_add_pd(a, b); }
+static inline KERNEL vd vd_sub(vd a, vd b) { return _mm512_sub_pd(a, b); }
+static inline KERNEL vd vd_mul(vd a, vd b) { return _mm512_mul_pd(a, b); }
+static inline KERNEL vd vd_fma(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
+static inline KERNEL vdm vd_ge(vd a, vd b) { return _mm512_cmp_pd_mask(a, b, _CMP_GE_OQ); }
+static inline KERNEL vdm vd_and(vdm a, vdm b) { return a & b; }
+static inline KERNEL vd vd_keep(vdm m, vd x) { return _mm512_maskz_mov_pd(m, x); }
+static inline KERNEL double vd_sum(vd x) { return _mm512_reduce_add_pd(x); }
+/* The first `live` lanes of a group's low (half 0) or high (half 1) vector. */
+static inline KERNEL vdm vd_live(int live, int half) {
+    const __mmask16 group = live >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << live) - 1);
+    return (vdm) (group >> (half * DLANES));
+}
+/* The group's 2 DLANES floats from x (the first `live` of them; 0 past) as (x - max) scale, in two halves. */
+static inline KERNEL void vd_group(const float *x, int live, vd max, vd scale, vd *lo, vd *hi) {
+    const __m512 f = _mm512_maskz_loadu_ps(live >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << live) - 1), x);
+    *lo = vd_mul(vd_sub(_mm512_cvtps_pd(_mm512_castps512_ps256(f)), max), scale);
+    *hi = vd_mul(vd_sub(_mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1)), max), scale);
+}
+static inline KERNEL void vd_store_where(double *p, vdm m, vd x) { _mm512_mask_storeu_pd(p, m, x); }
+/* table[j] for j the low 4 bits of t's lanes, from a 16-entry table in one two-register permute. */
+static inline KERNEL vd vd_table16(const double *table, vd t) {
+    return _mm512_permutex2var_pd(_mm512_load_pd(table), _mm512_castpd_si512(t), _mm512_load_pd(table + 8));
+}
+/* x's bits plus n's, lane by lane (64-bit integers). */
+static inline KERNEL vd vd_add_bits(vd x, __m512i n) { return _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(x), n)); }
+static inline KERNEL __m512i vd_bits(vd x) { return _mm512_castpd_si512(x); }
+static inline KERNEL __m512i vi_set1(int64_t x) { return _mm512_set1_epi64(x); }
+static inline KERNEL __m512i vi_sub(__m512i a, __m512i b) { return _mm512_sub_epi64(a, b); }
+static inline KERNEL __m512i vi_andnot(__m512i a, __m512i b) { return _mm512_andnot_si512(a, b); }   /* ~a & b */
+static inline KERNEL __m512i vi_shl(__m512i a, int n) { return _mm512_slli_epi64(a, n); }
+typedef __m512i vi;
+/* MAXPS: b where either is NaN, so a NaN x given as a never wins. */
+static inline KERNEL vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+
+#elif defined(ROWS_VEC_AVX2)
 
 #define KERNEL __attribute__((target("avx2,fma")))
 #define LANES 8
@@ -143,8 +186,48 @@ static inline __attribute__((always_inline)) KERNEL vf widen_bf16(const uint16_t
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) h)), 16));
 }
 
+
+#define DLANES 4
+typedef __m256d vd;
+typedef __m256d vdm;
+static inline KERNEL vd vd_set1(double x) { return _mm256_set1_pd(x); }
+static inline KERNEL vd vd_zero(void) { return _mm256_setzero_pd(); }
+static inline KERNEL vd vd_add(vd a, vd b) { return _mm256_add_pd(a, b); }
+static inline KERNEL vd vd_sub(vd a, vd b) { return _mm256_sub_pd(a, b); }
+static inline KERNEL vd vd_mul(vd a, vd b) { return _mm256_mul_pd(a, b); }
+static inline KERNEL vd vd_fma(vd a, vd b, vd c) { return _mm256_fmadd_pd(a, b, c); }
+static inline KERNEL vdm vd_ge(vd a, vd b) { return _mm256_cmp_pd(a, b, _CMP_GE_OQ); }
+static inline KERNEL vdm vd_and(vdm a, vdm b) { return _mm256_and_pd(a, b); }
+static inline KERNEL vd vd_keep(vdm m, vd x) { return _mm256_and_pd(m, x); }
+static inline KERNEL double vd_sum(vd x) {
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+static inline KERNEL vdm vd_live(int live, int half) {
+    return _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(live - half * DLANES), _mm256_setr_epi64x(0, 1, 2, 3)));
+}
+static inline KERNEL void vd_group(const float *x, int live, vd max, vd scale, vd *lo, vd *hi) {
+    const __m256 f = live >= 8 ? _mm256_loadu_ps(x)
+                               : _mm256_maskload_ps(x, _mm256_cmpgt_epi32(_mm256_set1_epi32(live), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+    *lo = vd_mul(vd_sub(_mm256_cvtps_pd(_mm256_castps256_ps128(f)), max), scale);
+    *hi = vd_mul(vd_sub(_mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)), max), scale);
+}
+static inline KERNEL void vd_store_where(double *p, vdm m, vd x) { _mm256_maskstore_pd(p, _mm256_castpd_si256(m), x); }
+/* table[j] for j the low 4 bits of t's lanes, gathered (AVX2 has no two-register permute). */
+static inline KERNEL vd vd_table16(const double *table, vd t) {
+    return _mm256_i64gather_pd(table, _mm256_and_si256(_mm256_castpd_si256(t), _mm256_set1_epi64x(15)), 8);
+}
+static inline KERNEL vd vd_add_bits(vd x, __m256i n) { return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(x), n)); }
+static inline KERNEL __m256i vd_bits(vd x) { return _mm256_castpd_si256(x); }
+static inline KERNEL __m256i vi_set1(int64_t x) { return _mm256_set1_epi64x(x); }
+static inline KERNEL __m256i vi_sub(__m256i a, __m256i b) { return _mm256_sub_epi64(a, b); }
+static inline KERNEL __m256i vi_andnot(__m256i a, __m256i b) { return _mm256_andnot_si256(a, b); }
+static inline KERNEL __m256i vi_shl(__m256i a, int n) { return _mm256_slli_epi64(a, n); }
+typedef __m256i vi;
+static inline KERNEL vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+
 #else
-#error "define DISTILL_VEC_AVX512 or DISTILL_VEC_AVX2"
+#error "define ROWS_VEC_AVX512 or ROWS_VEC_AVX2"
 #endif
 
 #endif
