@@ -43,25 +43,9 @@ static inline KERNEL vf v_blend(vf x, vm m, vf y) { return _mm512_mask_mov_ps(x,
 static inline KERNEL vf v_keep(vm m, vf x) { return _mm512_maskz_mov_ps(m, x); }                 /* m ? x : 0 */
 static inline KERNEL vf v_fma_where(vm m, vf a, vf b, vf c) { return _mm512_mask3_fmadd_ps(a, b, c, m); }  /* m ? a b + c : c */
 
-/*
- * VectorOps.exp2(d, k) = 2^(d k): the same reduction and polynomial lane for lane; 2^n goes in by
- * VSCALEFPS, one instruction where the Java side has an integer subtract, min, shift and a
- * multiply. The same value wherever d k < 127.5; from there to 128.5 it may be finite where Java
- * gives +inf, both far past DenseRow.RAISE, so the block is raised and run again on either side.
- * n = t - 1.5 2^23 is formed once and serves both the reduction (r = d k - n, the bits of Java's
- * fma(d, k, 1.5 2^23 - t)) and the scale: one operation fewer per exp than forming both.
- */
-static inline KERNEL vf exp2v(vf d, float k) {
-    vf K = v_set1(k), R = v_set1(ROUND);
-    vm under = v_lt(d, v_set1(EXP2_LO / k));
-    vf t = v_fma(d, K, R), n = v_sub(t, R);
-    vf r = v_fms(d, K, n);
-    vf p = v_fma(r, v_set1(E6), v_set1(E5));
-    p = v_fma(p, r, v_set1(E4));
-    p = v_fma(p, r, v_set1(E3));
-    p = v_fma(p, r, v_set1(E2));
-    p = v_fma(p, r, v_set1(E1));
-    p = v_fma(p, r, v_set1(1.f));
+/* p 2^n for the lanes not under (t = n + 1.5 2^23), 0 for those: n by VSCALEFPS, with the mask in the same instruction. */
+static inline KERNEL vf v_times_2n(vf p, vf t, vf n, vm under) {
+    (void) t;
     return _mm512_maskz_scalef_ps((__mmask16) ~under, p, n);
 }
 
@@ -153,21 +137,11 @@ static inline KERNEL vf v_keep(vm m, vf x) { return _mm256_and_ps(m, x); }
 static inline KERNEL vf v_fma_where(vm m, vf a, vf b, vf c) { return _mm256_blendv_ps(c, _mm256_fmadd_ps(a, b, c), m); }
 
 /*
- * VectorOps.exp2(d, k), operation for operation as the Java lanes run it on AVX2: 2^n from t's
- * low bits, (n + 127) << 23 capped at the largest exponent field, then one multiply. The same
- * bits as exp2s.
+ * p 2^n for the lanes not under, 0 for those, as the Java lanes form it on AVX2: 2^n from t's low
+ * bits, (n + 127) << 23 capped at the largest exponent field, then one multiply.
  */
-static inline KERNEL vf exp2v(vf d, float k) {
-    vf K = v_set1(k), R = v_set1(ROUND);
-    vm under = v_lt(d, v_set1(EXP2_LO / k));
-    vf t = v_fma(d, K, R);
-    vf r = v_fms(d, K, v_sub(t, R));
-    vf p = v_fma(r, v_set1(E6), v_set1(E5));
-    p = v_fma(p, r, v_set1(E4));
-    p = v_fma(p, r, v_set1(E3));
-    p = v_fma(p, r, v_set1(E2));
-    p = v_fma(p, r, v_set1(E1));
-    p = v_fma(p, r, v_set1(1.f));
+static inline KERNEL vf v_times_2n(vf p, vf t, vf n, vm under) {
+    (void) n;
     __m256i field = _mm256_min_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B400000 - 127)),
                                      _mm256_set1_epi32(EXP2_FIELD_MAX));
     return _mm256_andnot_ps(under, v_mul(p, _mm256_castsi256_ps(_mm256_slli_epi32(field, 23))));
@@ -229,5 +203,28 @@ static inline KERNEL vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
 #else
 #error "define ROWS_VEC_AVX512 or ROWS_VEC_AVX2"
 #endif
+
+/*
+ * VectorOps.exp2(d, k) = 2^(d k): the same reduction and polynomial lane for lane; 2^n goes in by
+ * v_times_2n, on AVX-512 by VSCALEFPS, one instruction where the Java side has an integer
+ * subtract, min, shift and a multiply. The same value wherever d k < 127.5; from there to 128.5
+ * VSCALEFPS may be finite where Java gives +inf, both far past DenseRow.RAISE, so the block is
+ * raised and run again on either side. n = t - 1.5 2^23 is formed once and serves the reduction
+ * (r = d k - n, the bits of Java's fma(d, k, 1.5 2^23 - t)) and VSCALEFPS: one operation fewer per
+ * exp than forming both.
+ */
+static inline KERNEL vf exp2v(vf d, float k) {
+    vf K = v_set1(k), R = v_set1(ROUND);
+    vm under = v_lt(d, v_set1(EXP2_LO / k));
+    vf t = v_fma(d, K, R), n = v_sub(t, R);
+    vf r = v_fms(d, K, n);
+    vf p = v_fma(r, v_set1(E6), v_set1(E5));
+    p = v_fma(p, r, v_set1(E4));
+    p = v_fma(p, r, v_set1(E3));
+    p = v_fma(p, r, v_set1(E2));
+    p = v_fma(p, r, v_set1(E1));
+    p = v_fma(p, r, v_set1(1.f));
+    return v_times_2n(p, t, n, under);
+}
 
 #endif
