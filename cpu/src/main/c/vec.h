@@ -71,6 +71,7 @@ static inline __attribute__((always_inline)) KERNEL vf widen_bf16(const uint16_t
 #define DLANES 8
 typedef __m512d vd;
 typedef __mmask8 vdm;
+typedef __m512i vi;   /* 64-bit integers */
 static inline KERNEL vd vd_set1(double x) { return _mm512_set1_pd(x); }
 static inline KERNEL vd vd_zero(void) { return _mm512_setzero_pd(); }
 static inline KERNEL vd vd_add(vd a, vd b) { return _mm512_add_pd(a, b); }
@@ -98,13 +99,12 @@ static inline KERNEL vd vd_table16(const double *table, vd t) {
     return _mm512_permutex2var_pd(_mm512_load_pd(table), _mm512_castpd_si512(t), _mm512_load_pd(table + 8));
 }
 /* x's bits plus n's, lane by lane (64-bit integers). */
-static inline KERNEL vd vd_add_bits(vd x, __m512i n) { return _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(x), n)); }
-static inline KERNEL __m512i vd_bits(vd x) { return _mm512_castpd_si512(x); }
-static inline KERNEL __m512i vi_set1(int64_t x) { return _mm512_set1_epi64(x); }
-static inline KERNEL __m512i vi_sub(__m512i a, __m512i b) { return _mm512_sub_epi64(a, b); }
-static inline KERNEL __m512i vi_andnot(__m512i a, __m512i b) { return _mm512_andnot_si512(a, b); }   /* ~a & b */
-static inline KERNEL __m512i vi_shl(__m512i a, int n) { return _mm512_slli_epi64(a, n); }
-typedef __m512i vi;
+static inline KERNEL vd vd_add_bits(vd x, vi n) { return _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(x), n)); }
+static inline KERNEL vi vd_bits(vd x) { return _mm512_castpd_si512(x); }
+static inline KERNEL vi vi_set1(int64_t x) { return _mm512_set1_epi64(x); }
+static inline KERNEL vi vi_sub(vi a, vi b) { return _mm512_sub_epi64(a, b); }
+static inline KERNEL vi vi_andnot(vi a, vi b) { return _mm512_andnot_si512(a, b); }   /* ~a & b */
+static inline KERNEL vi vi_shl(vi a, int n) { return _mm512_slli_epi64(a, n); }
 /* MAXPS: b where either is NaN, so a NaN x given as a never wins. */
 static inline KERNEL vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 
@@ -164,6 +164,7 @@ static inline __attribute__((always_inline)) KERNEL vf widen_bf16(const uint16_t
 #define DLANES 4
 typedef __m256d vd;
 typedef __m256d vdm;
+typedef __m256i vi;
 static inline KERNEL vd vd_set1(double x) { return _mm256_set1_pd(x); }
 static inline KERNEL vd vd_zero(void) { return _mm256_setzero_pd(); }
 static inline KERNEL vd vd_add(vd a, vd b) { return _mm256_add_pd(a, b); }
@@ -191,13 +192,12 @@ static inline KERNEL void vd_store_where(double *p, vdm m, vd x) { _mm256_maskst
 static inline KERNEL vd vd_table16(const double *table, vd t) {
     return _mm256_i64gather_pd(table, _mm256_and_si256(_mm256_castpd_si256(t), _mm256_set1_epi64x(15)), 8);
 }
-static inline KERNEL vd vd_add_bits(vd x, __m256i n) { return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(x), n)); }
-static inline KERNEL __m256i vd_bits(vd x) { return _mm256_castpd_si256(x); }
-static inline KERNEL __m256i vi_set1(int64_t x) { return _mm256_set1_epi64x(x); }
-static inline KERNEL __m256i vi_sub(__m256i a, __m256i b) { return _mm256_sub_epi64(a, b); }
-static inline KERNEL __m256i vi_andnot(__m256i a, __m256i b) { return _mm256_andnot_si256(a, b); }
-static inline KERNEL __m256i vi_shl(__m256i a, int n) { return _mm256_slli_epi64(a, n); }
-typedef __m256i vi;
+static inline KERNEL vd vd_add_bits(vd x, vi n) { return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(x), n)); }
+static inline KERNEL vi vd_bits(vd x) { return _mm256_castpd_si256(x); }
+static inline KERNEL vi vi_set1(int64_t x) { return _mm256_set1_epi64x(x); }
+static inline KERNEL vi vi_sub(vi a, vi b) { return _mm256_sub_epi64(a, b); }
+static inline KERNEL vi vi_andnot(vi a, vi b) { return _mm256_andnot_si256(a, b); }
+static inline KERNEL vi vi_shl(vi a, int n) { return _mm256_slli_epi64(a, n); }
 static inline KERNEL vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
 
 #else
