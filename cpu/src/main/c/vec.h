@@ -5,7 +5,7 @@
  * or four doubles, masks as all-ones lanes, blends). Each operation is the same arithmetic on
  * both, one rounding per add, multiply or FMA, so the two machines' rows differ only in how many
  * lanes a sum runs in before it is added up (and in exp2v past 2^127, where both are far past
- * DenseRow.RAISE).
+ * DenseRow.RAISE, and in its half unit below 2^-126, subnormal on AVX2 and 0 on AVX-512).
  */
 #ifndef DISTILLERY_VEC_H
 #define DISTILLERY_VEC_H
@@ -43,6 +43,11 @@ static inline KERNEL vf v_blend(vf x, vm m, vf y) { return _mm512_mask_mov_ps(x,
 static inline KERNEL vf v_keep(vm m, vf x) { return _mm512_maskz_mov_ps(m, x); }                 /* m ? x : 0 */
 static inline KERNEL vf v_fma_where(vm m, vf a, vf b, vf c) { return _mm512_mask3_fmadd_ps(a, b, c, m); }  /* m ? a b + c : c */
 
+/* exp2v's argument d, and the lanes under 2^EXP2_LO (d k < EXP2_LO) found by a compare. */
+static inline KERNEL vf v_exp2_arg(vf d, float k, vm *under) {
+    *under = _mm512_cmp_ps_mask(d, _mm512_set1_ps(EXP2_LO / k), _CMP_LT_OQ);
+    return d;
+}
 /* p 2^n for the lanes not under (t = n + 1.5 2^23), 0 for those: n by VSCALEFPS, with the mask in the same instruction. */
 static inline KERNEL vf v_times_2n(vf p, vf t, vf n, vm under) {
     (void) t;
@@ -137,14 +142,27 @@ static inline KERNEL vf v_keep(vm m, vf x) { return _mm256_and_ps(m, x); }
 static inline KERNEL vf v_fma_where(vm m, vf a, vf b, vf c) { return _mm256_blendv_ps(c, _mm256_fmadd_ps(a, b, c), m); }
 
 /*
- * p 2^n for the lanes not under, 0 for those, as the Java lanes form it on AVX2: 2^n from t's low
- * bits, (n + 127) << 23 capped at the largest exponent field, then one multiply.
+ * exp2v's argument d raised to (EXP2_LO - 1)/k, so that no lane needs a mask: such a lane's n is
+ * EXP2_LO - 1, its exponent field in v_times_2n 0, and its 2^n 0. One MAXPS where the Java lanes
+ * compare and clear, two operations among the FMAs' (docs/KERNELS.md#the-native-row); a NaN d
+ * stays NaN (MAXPS gives its second operand). A lane with d k in [EXP2_LO - 0.5, EXP2_LO) keeps
+ * its subnormal p 2^EXP2_LO where Java gives 0.
+ */
+static inline KERNEL vf v_exp2_arg(vf d, float k, vm *under) {
+    (void) under;
+    return _mm256_max_ps(_mm256_set1_ps((EXP2_LO - 1.f) / k), d);
+}
+/*
+ * p 2^n as the Java lanes form it on AVX2: 2^n from t's low bits, (n + 127) << 23 capped at the
+ * largest exponent field, then one multiply. n >= EXP2_LO - 1 (v_exp2_arg), so the field is never
+ * below 0 and no lane needs a mask.
  */
 static inline KERNEL vf v_times_2n(vf p, vf t, vf n, vm under) {
     (void) n;
+    (void) under;
     __m256i field = _mm256_min_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B400000 - 127)),
                                      _mm256_set1_epi32(EXP2_FIELD_MAX));
-    return _mm256_andnot_ps(under, v_mul(p, _mm256_castsi256_ps(_mm256_slli_epi32(field, 23))));
+    return v_mul(p, _mm256_castsi256_ps(_mm256_slli_epi32(field, 23)));
 }
 
 static inline KERNEL vf v_exponent(vf x) {
@@ -215,7 +233,8 @@ static inline KERNEL vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
  */
 static inline KERNEL vf exp2v(vf d, float k) {
     vf K = v_set1(k), R = v_set1(ROUND);
-    vm under = v_lt(d, v_set1(EXP2_LO / k));
+    vm under;
+    d = v_exp2_arg(d, k, &under);
     vf t = v_fma(d, K, R), n = v_sub(t, R);
     vf r = v_fms(d, K, n);
     vf p = v_fma(r, v_set1(E6), v_set1(E5));

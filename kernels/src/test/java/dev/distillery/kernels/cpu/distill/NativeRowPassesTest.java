@@ -115,6 +115,46 @@ class NativeRowPassesTest {
         }
     }
 
+    /**
+     * Columns far below their row's maximum, where exp2 underflows to 0 (the exps' lanes under
+     * 2^-126, which the AVX2 rows zero without a mask): scattered student and teacher columns 250
+     * below, a masked vocabulary (teacher -inf, the student 1000 below there), every divergence.
+     */
+    @ParameterizedTest(name = "rows kind {0}")
+    @ValueSource(ints = {DistilleryCpu.ROWS_AVX2, DistilleryCpu.ROWS_AVX512})
+    void columnsFarBelowTheMaximumUnderflowAsInJava(int machine) {
+        onMachine(machine);
+        try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(2)) {
+            FusedDistillLoss fused = new FusedDistillLoss(pool);
+            for (int v : new int[]{17, 97, FusedDistillLoss.BLOCK + 1, 4099}) {
+                int n = 4;
+                float[] s = new float[n * v], t = new float[n * v];
+                for (int i = 0; i < s.length; i++) {
+                    s[i] = (float) (3 * rng.nextGaussian());
+                    t[i] = (float) (4 * rng.nextGaussian());
+                }
+                for (int j = 0; j < v; j++) {
+                    if (j % 3 == 1) s[j] -= 250;                        // row 0: the student's far columns
+                    if (j % 3 == 2) t[v + j] -= 250;                    // row 1: the teacher's
+                    if (j % 5 == 3) t[2 * v + j] = Float.NEGATIVE_INFINITY;   // row 2: a masked vocabulary
+                    if (j % 5 == 3) {                                   // row 3: masked, the student far below there
+                        t[3 * v + j] = Float.NEGATIVE_INFINITY;
+                        s[3 * v + j] -= 1000;
+                    }
+                }
+                for (DType type : new DType[]{DType.BF16, DType.F32}) {
+                    for (Divergence divergence : new Divergence[]{Divergence.forwardKl(), Divergence.reverseKl(), Divergence.jsd(0.3)}) {
+                        for (float[] tAlpha : new float[][]{{2f, 0.5f}, {1f, 0f}}) {
+                            String what = machine(machine) + ", far columns, V " + v + " " + type + " " + divergence + ", T " + tAlpha[0];
+                            DistillOptions o = DistillOptions.of(tAlpha[0], tAlpha[1]).withDivergence(divergence);
+                            assertNativeMatchesJava(fused, what, n, () -> run(fused, arena, s, t, type, n, v, o, tAlpha[1] > 0f, true));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /** Top-k and sampled rows: the student's passes run natively, the listed entries in Java. */
     @ParameterizedTest(name = "rows kind {0}")
     @ValueSource(ints = {DistilleryCpu.ROWS_AVX2, DistilleryCpu.ROWS_AVX512})
