@@ -20,6 +20,7 @@
 #define KERNEL __attribute__((target("avx512f,avx512bw,avx512dq,fma")))
 #define LANES 16
 #define ROWS(name) name##_avx512
+#define EXP2_ROUND ROUND   /* exp2v's rounding constant: VSCALEFPS takes n as a float */
 typedef __m512 vf;
 typedef __mmask16 vm;
 
@@ -118,6 +119,12 @@ static inline KERNEL vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 #define KERNEL __attribute__((target("avx2,fma")))
 #define LANES 8
 #define ROWS(name) name##_avx2
+/*
+ * exp2v's rounding constant: 1.5 2^23 + 127, so that t = n + EXP2_ROUND ends in the bits of n's
+ * exponent field (v_times_2n). Odd where ROUND is even: a d k exactly halfway between two integers
+ * may round to the other one (r = -0.5 for +0.5), within the polynomial's range either way.
+ */
+#define EXP2_ROUND (ROUND + 127.f)
 typedef __m256 vf;
 typedef __m256 vm;   /* all ones where true */
 
@@ -154,14 +161,14 @@ static inline KERNEL vf v_exp2_arg(vf d, float k, vm *under) {
 }
 /*
  * p 2^n as the Java lanes form it on AVX2: 2^n from t's low bits, (n + 127) << 23 capped at the
- * largest exponent field, then one multiply. n >= EXP2_LO - 1 (v_exp2_arg), so the field is never
- * below 0 and no lane needs a mask.
+ * largest exponent field, then one multiply. t = n + EXP2_ROUND, whose bits end in n + 127 (the
+ * bias is in the rounding constant, so no subtract: the bits above shift out); n >= EXP2_LO - 1
+ * (v_exp2_arg), so the field is never below 0 and no lane needs a mask.
  */
 static inline KERNEL vf v_times_2n(vf p, vf t, vf n, vm under) {
     (void) n;
     (void) under;
-    __m256i field = _mm256_min_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B400000 - 127)),
-                                     _mm256_set1_epi32(EXP2_FIELD_MAX));
+    __m256i field = _mm256_min_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B400000 + EXP2_FIELD_MAX));
     return v_mul(p, _mm256_castsi256_ps(_mm256_slli_epi32(field, 23)));
 }
 
@@ -225,14 +232,15 @@ static inline KERNEL vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
 /*
  * VectorOps.exp2(d, k) = 2^(d k): the same reduction and polynomial lane for lane; 2^n goes in by
  * v_times_2n, on AVX-512 by VSCALEFPS, one instruction where the Java side has an integer
- * subtract, min, shift and a multiply. The same value wherever d k < 127.5; from there to 128.5
+ * subtract, min, shift and a multiply (on AVX2 a min, a shift and the multiply). The same value
+ * wherever d k < 127.5 (but for v_exp2_arg's and EXP2_ROUND's notes on AVX2); from there to 128.5
  * VSCALEFPS may be finite where Java gives +inf, both far past DenseRow.RAISE, so the block is
- * raised and run again on either side. n = t - 1.5 2^23 is formed once and serves the reduction
+ * raised and run again on either side. n = t - EXP2_ROUND is formed once and serves the reduction
  * (r = d k - n, the bits of Java's fma(d, k, 1.5 2^23 - t)) and VSCALEFPS: one operation fewer per
  * exp than forming both.
  */
 static inline KERNEL vf exp2v(vf d, float k) {
-    vf K = v_set1(k), R = v_set1(ROUND);
+    vf K = v_set1(k), R = v_set1(EXP2_ROUND);
     vm under;
     d = v_exp2_arg(d, k, &under);
     vf t = v_fma(d, K, R), n = v_sub(t, R);
