@@ -33,6 +33,9 @@ class RowSamplerTest {
             if (trial % 5 == 1) logits[rng.nextInt(v)] = Float.POSITIVE_INFINITY;
             if (trial % 7 == 3) logits[rng.nextInt(v)] = Float.NaN;
             if (trial % 11 == 5) logits[0] = Float.NaN;
+            // rows where few blocks hold a number, or hold only -inf: the blocks' maxima bound nothing
+            if (trial % 13 == 7) for (int j = 0; j < v; j++) if (rng.nextInt(10) > 0) logits[j] = Float.NaN;
+            if (trial % 17 == 8) for (int j = 0; j < v; j++) if (rng.nextInt(50) > 0) logits[j] = Float.NEGATIVE_INFINITY;
             Integer[] order = new Integer[v];
             for (int j = 0; j < v; j++) order[j] = j;
             Arrays.sort(order, (a, b) -> {
