@@ -159,7 +159,7 @@ public final class LogitDump {
         int written = 0, kept = 0;
         Progress progress = new Progress(err, "dump-logits", 0, total, 5000);
         int[] window = new int[t];
-        double[] p = new double[v];
+        ThreadLocal<double[]> sums = ThreadLocal.withInitial(() -> new double[v]);   // a row's running sums, a thread's own
         int done = 0;
         for (int shardIndex = 0; done < total; shardIndex++) {
             int s = Math.min(o.sequencesPerShard(), total - done);
@@ -222,9 +222,11 @@ public final class LogitDump {
                             for (int r = 0; r < n * t; r++) buffers.get(2).setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLse[r]);
                         }
                         case SAMPLED -> {
-                            for (long r = 0; r < (long) n * t; r++) {
-                                sample(logits, r * v, v, k, o.temperature(), buffers.get(0), buffers.get(1), (long) s0 * t + r, p, rng);
-                            }
+                            // the uniforms drawn from the shard's stream in row order, so the rows can run on every core
+                            double[] u = new double[rowsNow * k];
+                            for (int i = 0; i < u.length; i++) u[i] = rng.nextDouble();
+                            rows(rowsNow, r -> sample(logits, (long) r * v, v, k, o.temperature(), buffers.get(0), buffers.get(1),
+                                    (long) first * t + r, u, r * k, sums.get()));
                         }
                     }
                     progress.update(done + s0 + n, String.format("shard %d", shardIndex));
@@ -316,25 +318,31 @@ public final class LogitDump {
         }
     }
 
-    /** k draws from softmax(logit/T) with replacement, weight 1/k each. */
-    private static void sample(MemorySegment logits, long at, int v, int k, double temperature, MemorySegment ids, MemorySegment weights,
-                               long row, double[] p, Rng rng) {
+    /**
+     * k draws from softmax(logit/T) with replacement, weight 1/k each: draw i is the first id
+     * whose running sum of exp((logit - max)/T) passes u[from + i] times the row's sum (the last id
+     * where none does: a NaN row), found by bisection over the running sums kept in c (v doubles).
+     */
+    static void sample(MemorySegment logits, long at, int v, int k, double temperature, MemorySegment ids, MemorySegment weights,
+                               long row, double[] u, int from, double[] c) {
         double max = Double.NEGATIVE_INFINITY;
         for (int j = 0; j < v; j++) max = Math.max(max, logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + j));
         double sum = 0;
         for (int j = 0; j < v; j++) {
-            p[j] = Math.exp((logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + j) - max) / temperature);
-            sum += p[j];
+            sum += Math.exp((logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + j) - max) / temperature);
+            c[j] = sum;
         }
         for (int i = 0; i < k; i++) {
-            double u = rng.nextDouble() * sum, c = 0;
+            double target = u[from + i] * sum;
             int pick = v - 1;
-            for (int j = 0; j < v; j++) {
-                c += p[j];
-                if (u < c) {
-                    pick = j;
-                    break;
+            if (target < sum) {   // the sums never fall, so the ids past the draw are those whose sum passes the target
+                int lo = 0;
+                for (int hi = v - 1; lo < hi; ) {
+                    int mid = (lo + hi) >>> 1;
+                    if (target < c[mid]) hi = mid;
+                    else lo = mid + 1;
                 }
+                pick = lo;
             }
             ids.setAtIndex(ValueLayout.JAVA_INT, row * k + i, pick);
             weights.setAtIndex(ValueLayout.JAVA_FLOAT, row * k + i, 1f / k);
