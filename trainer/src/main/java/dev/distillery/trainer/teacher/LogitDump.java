@@ -17,6 +17,7 @@ import java.util.List;
 import java.util.Map;
 
 import dev.distillery.kernels.DType;
+import dev.distillery.kernels.HostTopK;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.distill.TeacherLayout;
 import dev.distillery.kernels.distill.TeacherTargets;
@@ -160,6 +161,8 @@ public final class LogitDump {
         Progress progress = new Progress(err, "dump-logits", 0, total, 5000);
         int[] window = new int[t];
         ThreadLocal<double[]> sums = ThreadLocal.withInitial(() -> new double[v]);   // a row's running sums, a thread's own
+        ThreadLocal<int[]> heaps = ThreadLocal.withInitial(() -> new int[Math.max(1, k)]);   // a row's top k, a thread's own
+        ThreadLocal<float[]> topScratch = ThreadLocal.withInitial(() -> HostTopK.scratch(Math.max(1, k)));
         int done = 0;
         for (int shardIndex = 0; done < total; shardIndex++) {
             int s = Math.min(o.sequencesPerShard(), total - done);
@@ -216,7 +219,8 @@ public final class LogitDump {
                             }
                         });
                         case TOP_K -> {
-                            rows(rowsNow, r -> topK(logits, (long) r * v, v, k, buffers.get(0), buffers.get(1), o.dtype(), (long) first * t + r));
+                            rows(rowsNow, r -> topK(logits, (long) r * v, v, k, buffers.get(0), buffers.get(1), o.dtype(), (long) first * t + r,
+                                    heaps.get(), topScratch.get()));
                             // the full-vocabulary log Σ exp(logit / T) of each row, where the logits live
                             float[] rowLse = model.logsumexpOfLastLogits(o.temperature());
                             for (int r = 0; r < n * t; r++) buffers.get(2).setAtIndex(ValueLayout.JAVA_FLOAT, (long) s0 * t + r, rowLse[r]);
@@ -293,28 +297,17 @@ public final class LogitDump {
         });
     }
 
-    /** The k largest logits of one row, in descending order, into ids and vals at {@code row}. */
-    private static void topK(MemorySegment logits, long at, int v, int k, MemorySegment ids, MemorySegment vals, DType type, long row) {
-        int[] bestId = new int[k];
-        float[] best = new float[k];
-        java.util.Arrays.fill(best, Float.NEGATIVE_INFINITY);
-        java.util.Arrays.fill(bestId, -1);
-        for (int j = 0; j < v; j++) {
-            float x = logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + j);
-            if (x > best[k - 1] || bestId[k - 1] < 0) {
-                int i = k - 1;
-                while (i > 0 && (bestId[i - 1] < 0 || x > best[i - 1])) {
-                    best[i] = best[i - 1];
-                    bestId[i] = bestId[i - 1];
-                    i--;
-                }
-                best[i] = x;
-                bestId[i] = j;
-            }
-        }
-        for (int i = 0; i < k; i++) {
-            ids.setAtIndex(ValueLayout.JAVA_INT, row * k + i, bestId[i]);
-            type.write(vals, row * k + i, best[i]);
+    /**
+     * The k largest logits of one row, in descending order (ties to the lower id, NaN below every
+     * number: {@link HostTopK}), into ids and vals at {@code row}; heap: k ints, scratch: {@link HostTopK#scratch}(k).
+     */
+    private static void topK(MemorySegment logits, long at, int v, int k, MemorySegment ids, MemorySegment vals, DType type, long row,
+                             int[] heap, float[] scratch) {
+        int n = HostTopK.ids(logits, at, v, heap, scratch);
+        HostTopK.byLogit(logits, at, heap, n);
+        for (int i = 0; i < n; i++) {
+            ids.setAtIndex(ValueLayout.JAVA_INT, row * k + i, heap[i]);
+            type.write(vals, row * k + i, logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + heap[i]));
         }
     }
 
