@@ -21,6 +21,8 @@ public final class HostTopK {
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
     /** Blocks a top-k id stands for in the first pass ({@link #ids}): about 4k blocks a row. */
     static final int BLOCKS_PER_ID = 4;
+    /** {@link #byLogit} sorts this many ids or fewer by insertion. */
+    private static final int INSERTION_MAX = 64;
 
     private HostTopK() {
     }
@@ -31,10 +33,17 @@ public final class HostTopK {
     }
 
     /**
-     * ids[0, n) reordered by logit, the largest first, ties to the lower id (ids given ascending,
-     * as {@link #ids} leaves them; an insertion sort: n is a top k), NaN last.
+     * ids[0, n) reordered by logit, the largest first, ties to the lower id, NaN last: an insertion
+     * sort up to {@value #INSERTION_MAX} ids (a top k's usual size), a merge sort past it.
      */
     public static void byLogit(MemorySegment x, long from, int[] ids, int n) {
+        if (n > INSERTION_MAX) {
+            Integer[] boxed = new Integer[n];
+            for (int i = 0; i < n; i++) boxed[i] = ids[i];
+            Arrays.sort(boxed, (a, b) -> worse(x, from, a, b) ? 1 : worse(x, from, b, a) ? -1 : 0);
+            for (int i = 0; i < n; i++) ids[i] = boxed[i];
+            return;
+        }
         for (int i = 1; i < n; i++) {
             int id = ids[i], j = i;
             for (; j > 0 && worse(x, from, ids[j - 1], id); j--) ids[j] = ids[j - 1];
