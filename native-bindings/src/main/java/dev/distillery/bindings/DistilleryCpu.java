@@ -182,8 +182,6 @@ public final class DistilleryCpu {
         return ROWS_KIND;
     }
 
-
-
     /** "on: &lt;library&gt;", "off (...)" or "not available: &lt;why&gt;". */
     public static String status() {
         return STATUS;

@@ -161,8 +161,8 @@ public final class LogitDump {
         Progress progress = new Progress(err, "dump-logits", 0, total, 5000);
         int[] window = new int[t];
         ThreadLocal<double[]> sums = ThreadLocal.withInitial(() -> new double[v]);   // a row's running sums, a thread's own
-        ThreadLocal<int[]> heaps = ThreadLocal.withInitial(() -> new int[Math.max(1, k)]);   // a row's top k, a thread's own
-        ThreadLocal<float[]> topScratch = ThreadLocal.withInitial(() -> HostTopK.scratch(Math.max(1, k)));
+        ThreadLocal<int[]> heaps = ThreadLocal.withInitial(() -> new int[k]);   // a row's top k, a thread's own
+        ThreadLocal<float[]> topScratch = ThreadLocal.withInitial(() -> HostTopK.scratch(k));
         int done = 0;
         for (int shardIndex = 0; done < total; shardIndex++) {
             int s = Math.min(o.sequencesPerShard(), total - done);
@@ -317,7 +317,7 @@ public final class LogitDump {
      * where none does: a NaN row), found by bisection over the running sums kept in c (v doubles).
      */
     static void sample(MemorySegment logits, long at, int v, int k, double temperature, MemorySegment ids, MemorySegment weights,
-                               long row, double[] u, int from, double[] c) {
+                       long row, double[] u, int from, double[] c) {
         double max = Double.NEGATIVE_INFINITY;
         for (int j = 0; j < v; j++) max = Math.max(max, logits.getAtIndex(ValueLayout.JAVA_FLOAT, at + j));
         double sum = 0;
