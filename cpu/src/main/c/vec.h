@@ -36,13 +36,11 @@ static inline KERNEL vf v_fms(vf a, vf b, vf c) { return _mm512_fmsub_ps(a, b, c
 static inline KERNEL vm v_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 static inline KERNEL vm v_gt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
 static inline KERNEL vm v_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
-static inline KERNEL vm v_not_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_NLT_UQ); }   /* !(a < b): NaN lanes too */
 static inline KERNEL vm v_not_le(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_NLE_UQ); }   /* !(a <= b): NaN lanes too */
 static inline KERNEL vm v_nan(vf a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
 static inline KERNEL vm v_or(vm a, vm b) { return a | b; }
 static inline KERNEL vf v_blend(vf x, vm m, vf y) { return _mm512_mask_mov_ps(x, m, y); }        /* m ? y : x */
 static inline KERNEL vf v_keep(vm m, vf x) { return _mm512_maskz_mov_ps(m, x); }                 /* m ? x : 0 */
-static inline KERNEL vf v_fma_where(vm m, vf a, vf b, vf c) { return _mm512_mask3_fmadd_ps(a, b, c, m); }  /* m ? a b + c : c */
 
 /* exp2v's argument d, and the lanes under 2^EXP2_LO (d k < EXP2_LO) found by a compare. */
 static inline KERNEL vf v_exp2_arg(vf d, float k, vm *under) {
@@ -53,6 +51,14 @@ static inline KERNEL vf v_exp2_arg(vf d, float k, vm *under) {
 static inline KERNEL vf v_times_2n(vf p, vf t, vf n, vm under) {
     (void) t;
     return _mm512_maskz_scalef_ps((__mmask16) ~under, p, n);
+}
+/*
+ * acc + (d - ds) e for e = exp2v(d, k), acc itself on the lanes where e is 0 (d k < EXP2_LO; a NaN
+ * d goes in: !(d < lo) holds there): one compare and a masked FMA, as the Java lanes.
+ */
+static inline KERNEL vf v_add_unless_under(vf acc, vf d, vf ds, vf e, float k) {
+    const __mmask16 kept = _mm512_cmp_ps_mask(d, _mm512_set1_ps(EXP2_LO / k), _CMP_NLT_UQ);
+    return _mm512_mask3_fmadd_ps(_mm512_sub_ps(d, ds), e, acc, kept);
 }
 
 /* x's exponent field less 126 as a float, and its mantissa with the exponent of [0.5, 1). */
@@ -140,13 +146,11 @@ static inline KERNEL vf v_fms(vf a, vf b, vf c) { return _mm256_fmsub_ps(a, b, c
 static inline KERNEL vm v_lt(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
 static inline KERNEL vm v_gt(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
 static inline KERNEL vm v_eq(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
-static inline KERNEL vm v_not_lt(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_NLT_UQ); }
 static inline KERNEL vm v_not_le(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_NLE_UQ); }
 static inline KERNEL vm v_nan(vf a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
 static inline KERNEL vm v_or(vm a, vm b) { return _mm256_or_ps(a, b); }
 static inline KERNEL vf v_blend(vf x, vm m, vf y) { return _mm256_blendv_ps(x, y, m); }
 static inline KERNEL vf v_keep(vm m, vf x) { return _mm256_and_ps(m, x); }
-static inline KERNEL vf v_fma_where(vm m, vf a, vf b, vf c) { return _mm256_blendv_ps(c, _mm256_fmadd_ps(a, b, c), m); }
 
 /*
  * exp2v's argument d raised to (EXP2_LO - 1)/k, so that no lane needs a mask: such a lane's n is
@@ -170,6 +174,16 @@ static inline KERNEL vf v_times_2n(vf p, vf t, vf n, vm under) {
     (void) under;
     __m256i field = _mm256_min_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B400000 + EXP2_FIELD_MAX));
     return v_mul(p, _mm256_castsi256_ps(_mm256_slli_epi32(field, 23)));
+}
+/*
+ * The same sum without a mask: d raised to (EXP2_LO - 1)/k as v_exp2_arg raises it (the same MAXPS,
+ * which the compiler shares), so a lane whose e is 0 adds 0 times (d - ds) and acc keeps its bits;
+ * a compare and a blend fewer a vector. Where e is subnormal (d k in [EXP2_LO - 0.5, EXP2_LO)) its
+ * term goes in, as e itself goes into its sum here. A -inf student logit (ds = -inf) whose e is 0
+ * makes 0 x inf, NaN: the caller runs such a block's sum again with the lanes masked (pass_a_block_t).
+ */
+static inline KERNEL vf v_add_unless_under(vf acc, vf d, vf ds, vf e, float k) {
+    return v_fma(v_sub(_mm256_max_ps(_mm256_set1_ps((EXP2_LO - 1.f) / k), d), ds), e, acc);
 }
 
 static inline KERNEL vf v_exponent(vf x) {

@@ -118,7 +118,9 @@ class NativeRowPassesTest {
     /**
      * Columns far below their row's maximum, where exp2 underflows to 0 (the exps' lanes under
      * 2^-126, which the AVX2 rows zero without a mask): scattered student and teacher columns 250
-     * below, a masked vocabulary (teacher -inf, the student 1000 below there), every divergence.
+     * below, a masked vocabulary (teacher -inf, the student 1000 below there), a student masked with
+     * -inf where the teacher is masked or 250 below (its KL term 0 x inf, which the AVX2 rows' sum
+     * without a mask makes NaN and runs again masked), every divergence.
      */
     @ParameterizedTest(name = "rows kind {0}")
     @ValueSource(ints = {DistilleryCpu.ROWS_AVX2, DistilleryCpu.ROWS_AVX512})
@@ -127,7 +129,7 @@ class NativeRowPassesTest {
         try (Arena arena = Arena.ofShared(); WorkerPool pool = new WorkerPool(2)) {
             FusedDistillLoss fused = new FusedDistillLoss(pool);
             for (int v : new int[]{17, 97, FusedDistillLoss.BLOCK + 1, 4099}) {
-                int n = 4;
+                int n = 6;
                 float[] s = new float[n * v], t = new float[n * v];
                 for (int i = 0; i < s.length; i++) {
                     s[i] = (float) (3 * rng.nextGaussian());
@@ -140,6 +142,14 @@ class NativeRowPassesTest {
                     if (j % 5 == 3) {                                   // row 3: masked, the student far below there
                         t[3 * v + j] = Float.NEGATIVE_INFINITY;
                         s[3 * v + j] -= 1000;
+                    }
+                    if (j % 7 == 4) {                                   // row 4: both masked
+                        t[4 * v + j] = Float.NEGATIVE_INFINITY;
+                        s[4 * v + j] = Float.NEGATIVE_INFINITY;
+                    }
+                    if (j % 4 == 1) {                                   // row 5: the student masked, the teacher far below
+                        t[5 * v + j] -= 250;
+                        s[5 * v + j] = Float.NEGATIVE_INFINITY;
                     }
                 }
                 for (DType type : new DType[]{DType.BF16, DType.F32}) {
