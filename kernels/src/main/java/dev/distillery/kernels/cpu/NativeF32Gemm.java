@@ -149,6 +149,7 @@ final class NativeF32Gemm implements Gemm {
 
     @Override
     public void close() {
+        held.close();
         vectors.close();
     }
 }
