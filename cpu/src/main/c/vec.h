@@ -5,7 +5,8 @@
  * or four doubles, masks as all-ones lanes, blends). Each operation is the same arithmetic on
  * both, one rounding per add, multiply or FMA, so the two machines' rows differ only in how many
  * lanes a sum runs in before it is added up (and in exp2v past 2^127, where both are far past
- * DenseRow.RAISE, and in its half unit below 2^-126, subnormal on AVX2 and 0 on AVX-512).
+ * DenseRow.RAISE, and in its half unit below 2^-126, subnormal on AVX2 and 0 on AVX-512, which
+ * forward KL's fourth sum takes in on AVX2: v_add_unless_under).
  */
 #ifndef DISTILLERY_VEC_H
 #define DISTILLERY_VEC_H
