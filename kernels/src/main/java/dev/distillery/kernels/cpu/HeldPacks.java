@@ -16,13 +16,12 @@ import dev.distillery.kernels.Kernels.ConstantHold;
  * transpose) and reused until the hold closes. Shared by {@link Bf16Gemm} and {@link NativeF32Gemm},
  * which differ only in how a pack is laid out.
  *
- * <p>A closed hold's pack memory is kept for the next hold of the same segment: a training step
- * holds the LM head's weight and makes the same two packs (49 MB each at a 32,000-token
+ * <p>A closed hold's pack memory is kept for the next hold's packs of the same size: a training
+ * step holds the LM head's weight and makes the same two packs (49 MB each at a 32,000-token
  * vocabulary in fp32) every step, and fresh memory for them costs the step its zeroing and a page
  * fault every 4 KB, while the pack itself, one thread's pass, keeps the other waiting. Only the
- * memory of the last closed hold that packed anything is kept. A hold of another segment frees it
- * before its first pack (a generation call between steps, which packs all the weights, neither
- * takes the step's packs nor leaves its own in the step's memory), and so does {@link #close}.
+ * memory of the last closed hold that packed anything is kept, and that not past {@link #close},
+ * so the memory kept is never more than one hold had.
  */
 final class HeldPacks implements AutoCloseable {
 
@@ -39,10 +38,8 @@ final class HeldPacks implements AutoCloseable {
     private final PackedBytes bytes;
     private final Pack packer;
     private final List<Held> held = new CopyOnWriteArrayList<>();
-    /** Pack memory of the last closed hold, each segment with the arena that frees it, for the next hold of its segment. */
+    /** Pack memory of the last closed hold, each segment with the arena that frees it, for the next hold to take. */
     private final List<Owned> spare = new ArrayList<>();
-    /** The segment whose hold left the spare: [spareStart, spareEnd). */
-    private long spareStart, spareEnd;
     private boolean closed;
 
     HeldPacks(PackedBytes bytes, Pack packer) {
@@ -73,7 +70,7 @@ final class HeldPacks implements AutoCloseable {
         }
 
         synchronized MemorySegment allocate(long bytes) {
-            Owned o = takeSpare(this, bytes);
+            Owned o = takeSpare(bytes);
             memory.add(o);
             return o.memory();
         }
@@ -81,17 +78,12 @@ final class HeldPacks implements AutoCloseable {
         /** A hold that packed nothing (an activation held for its backward, read as A) leaves the spare as it is. */
         @Override
         public synchronized void close() {
-            if (held.remove(this) && !memory.isEmpty()) keepSpare(this, memory);
+            if (held.remove(this) && !memory.isEmpty()) keepSpare(memory);
         }
     }
 
-    /**
-     * A spare segment of exactly {@code bytes} left by a hold of h's segment (its contents are the
-     * last pack's: every pack writes all of its bytes), else new memory; a spare of another segment
-     * is freed first.
-     */
-    private synchronized Owned takeSpare(Held h, long bytes) {
-        if (spareStart != h.start || spareEnd != h.end) freeSpare();
+    /** A spare segment of exactly {@code bytes} (its contents are the last pack's: every pack writes all of its bytes), else new memory. */
+    private synchronized Owned takeSpare(long bytes) {
         for (int i = 0; i < spare.size(); i++) {
             if (spare.get(i).memory().byteSize() == bytes) return spare.remove(i);
         }
@@ -100,27 +92,21 @@ final class HeldPacks implements AutoCloseable {
     }
 
     /** A closed hold's memory becomes the spare (or is freed, once this is closed); what was spare and not taken since is freed. */
-    private synchronized void keepSpare(Held h, List<Owned> memory) {
-        freeSpare();
+    private synchronized void keepSpare(List<Owned> memory) {
+        for (Owned o : spare) o.arena().close();
+        spare.clear();
         if (closed) {
             for (Owned o : memory) o.arena().close();
         } else {
             spare.addAll(memory);
-            spareStart = h.start;
-            spareEnd = h.end;
         }
-    }
-
-    private synchronized void freeSpare() {
-        for (Owned o : spare) o.arena().close();
-        spare.clear();
     }
 
     /** Frees the spare pack memory; a hold still open frees its own when it closes. */
     @Override
     public synchronized void close() {
         closed = true;
-        freeSpare();
+        keepSpare(List.of());
     }
 
     /** Keeps the packs of B operands inside {@code operand} until the returned hold closes. */
