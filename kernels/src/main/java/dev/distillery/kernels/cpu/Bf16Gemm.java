@@ -51,11 +51,6 @@ final class Bf16Gemm implements Gemm {
     }
 
     @Override
-    public void close() {
-        held.close();
-    }
-
-    @Override
     public void sgemm(boolean transA, boolean transB, int m, int n, int k,
                       float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
                       float beta, MemorySegment c, int ldc) {

@@ -2,7 +2,6 @@ package dev.distillery.kernels.cpu;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
@@ -15,15 +14,8 @@ import dev.distillery.kernels.Kernels.ConstantHold;
  * and the packs made of them: a B inside a held segment is packed once per (address, shape,
  * transpose) and reused until the hold closes. Shared by {@link Bf16Gemm} and {@link NativeF32Gemm},
  * which differ only in how a pack is laid out.
- *
- * <p>A closed hold's pack memory is kept for the next hold's packs of the same size: a training
- * step holds the LM head's weight and makes the same two packs (49 MB each at a 32,000-token
- * vocabulary in fp32) every step, and fresh memory for them costs the step its zeroing and a page
- * fault every 4 KB, while the pack itself, one thread's pass, keeps the other waiting. Only the
- * memory of the last closed hold that packed anything is kept, and that not past {@link #close},
- * so the memory kept is never more than one hold had.
  */
-final class HeldPacks implements AutoCloseable {
+final class HeldPacks {
 
     /** The bytes of op(B) (k, n) packed. */
     interface PackedBytes {
@@ -38,9 +30,6 @@ final class HeldPacks implements AutoCloseable {
     private final PackedBytes bytes;
     private final Pack packer;
     private final List<Held> held = new CopyOnWriteArrayList<>();
-    /** Pack memory of the last closed hold, each segment with the arena that frees it, for the next hold to take. */
-    private final List<Owned> spare = new ArrayList<>();
-    private boolean closed;
 
     HeldPacks(PackedBytes bytes, Pack packer) {
         this.bytes = bytes;
@@ -51,17 +40,14 @@ final class HeldPacks implements AutoCloseable {
     private record PackKey(long address, boolean transB, int k, int n, int ldb) {
     }
 
-    /** A pack's memory and the arena that frees it alone. */
-    private record Owned(Arena arena, MemorySegment memory) {
-    }
-
     /**
-     * A held segment's bytes, and the packs made of it, whose memory goes to {@link #spare} when
-     * the hold closes. A segment read only as A (a gradient read by two GEMMs) keeps nothing.
+     * A held segment's bytes, and the packs made of it, freed together when the hold closes. The
+     * arena is made with the first pack: a segment read only as A (a gradient read by two GEMMs)
+     * keeps nothing and costs no arena.
      */
     private final class Held implements ConstantHold {
         final long start, end;
-        private final List<Owned> memory = new ArrayList<>();
+        private Arena arena;
         final Map<PackKey, MemorySegment> packs = new ConcurrentHashMap<>();
 
         Held(MemorySegment operand) {
@@ -70,43 +56,14 @@ final class HeldPacks implements AutoCloseable {
         }
 
         synchronized MemorySegment allocate(long bytes) {
-            Owned o = takeSpare(bytes);
-            memory.add(o);
-            return o.memory();
+            if (arena == null) arena = Arena.ofShared();
+            return arena.allocate(bytes, 64);
         }
 
-        /** A hold that packed nothing (an activation held for its backward, read as A) leaves the spare as it is. */
         @Override
         public synchronized void close() {
-            if (held.remove(this) && !memory.isEmpty()) keepSpare(memory);
+            if (held.remove(this) && arena != null) arena.close();
         }
-    }
-
-    /** A spare segment of exactly {@code bytes} (its contents are the last pack's: every pack writes all of its bytes), else new memory. */
-    private synchronized Owned takeSpare(long bytes) {
-        for (int i = 0; i < spare.size(); i++) {
-            if (spare.get(i).memory().byteSize() == bytes) return spare.remove(i);
-        }
-        Arena arena = Arena.ofShared();
-        return new Owned(arena, arena.allocate(bytes, 64));
-    }
-
-    /** A closed hold's memory becomes the spare (or is freed, once this is closed); what was spare and not taken since is freed. */
-    private synchronized void keepSpare(List<Owned> memory) {
-        for (Owned o : spare) o.arena().close();
-        spare.clear();
-        if (closed) {
-            for (Owned o : memory) o.arena().close();
-        } else {
-            spare.addAll(memory);
-        }
-    }
-
-    /** Frees the spare pack memory; a hold still open frees its own when it closes. */
-    @Override
-    public synchronized void close() {
-        closed = true;
-        keepSpare(List.of());
     }
 
     /** Keeps the packs of B operands inside {@code operand} until the returned hold closes. */

@@ -149,7 +149,6 @@ final class NativeF32Gemm implements Gemm {
 
     @Override
     public void close() {
-        held.close();
         vectors.close();
     }
 }
