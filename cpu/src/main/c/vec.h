@@ -54,12 +54,14 @@ static inline KERNEL vf v_times_2n(vf p, vf t, vf n, vm under) {
     return _mm512_maskz_scalef_ps((__mmask16) ~under, p, n);
 }
 /*
- * acc + (d - ds) e for e = exp2v(d, k), acc itself on the lanes where e is 0 (d k < EXP2_LO; a NaN
- * d goes in: !(d < lo) holds there): one compare and a masked FMA, as the Java lanes.
+ * acc + (d - ds) e for e = exp2v(d, k), acc itself on the lanes where e is 0: v_exp2_arg's under
+ * lanes (a NaN d goes in: it is not under), the compare exp2v made already, and a masked FMA, as
+ * the Java lanes.
  */
 static inline KERNEL vf v_add_unless_under(vf acc, vf d, vf ds, vf e, float k) {
-    const __mmask16 kept = _mm512_cmp_ps_mask(d, _mm512_set1_ps(EXP2_LO / k), _CMP_NLT_UQ);
-    return _mm512_mask3_fmadd_ps(_mm512_sub_ps(d, ds), e, acc, kept);
+    vm under;
+    (void) v_exp2_arg(d, k, &under);
+    return _mm512_mask3_fmadd_ps(_mm512_sub_ps(d, ds), e, acc, (__mmask16) ~under);
 }
 
 /* x's exponent field less 126 as a float, and its mantissa with the exponent of [0.5, 1). */
@@ -177,14 +179,15 @@ static inline KERNEL vf v_times_2n(vf p, vf t, vf n, vm under) {
     return v_mul(p, _mm256_castsi256_ps(_mm256_slli_epi32(field, 23)));
 }
 /*
- * The same sum without a mask: d raised to (EXP2_LO - 1)/k as v_exp2_arg raises it (the same MAXPS,
- * which the compiler shares), so a lane whose e is 0 adds 0 times (d - ds) and acc keeps its bits;
+ * The same sum without a mask: d raised by v_exp2_arg (the MAXPS exp2v made already), so a lane
+ * whose e is 0 adds 0 times (d - ds) and acc keeps its bits;
  * a compare and a blend fewer a vector. Where e is subnormal (d k in [EXP2_LO - 0.5, EXP2_LO)) its
  * term goes in, as e itself goes into its sum here. A -inf student logit (ds = -inf) whose e is 0
  * makes 0 x inf, NaN: the caller runs such a block's sum again with the lanes masked (pass_a_block_t).
  */
 static inline KERNEL vf v_add_unless_under(vf acc, vf d, vf ds, vf e, float k) {
-    return v_fma(v_sub(_mm256_max_ps(_mm256_set1_ps((EXP2_LO - 1.f) / k), d), ds), e, acc);
+    vm unused;
+    return v_fma(v_sub(v_exp2_arg(d, k, &unused), ds), e, acc);
 }
 
 static inline KERNEL vf v_exponent(vf x) {
