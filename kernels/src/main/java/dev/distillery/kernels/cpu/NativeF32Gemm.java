@@ -18,7 +18,8 @@ import dev.distillery.kernels.Kernels.ConstantHold;
  * <p>Some products go to the GEMM this wraps (OpenBLAS, or the Vector-API GEMM): one column of C
  * (attention over a key/value cache, one query's scores) and one row against a B of fewer than
  * {@link #ONE_ROW_MIN_ELEMENTS}, where sgemv streams the matrix once and a pack would add passes
- * over it; and on the AVX2 blocks, products of more than {@link #AVX2_MAX_ROWS} rows. A row
+ * over it; and on the AVX2 blocks, products of more than {@link #AVX2_MAX_ROWS} rows and products
+ * with a transposed A (weight gradients, attention's Pᵀ and dSᵀ products). A row
  * against a larger B (a decode step of one sequence through a real model's weights) stays here,
  * where the held weight's pack is read at memory speed and its bits are those of the same row in
  * a larger batch. Built where the native CPU library has an {@linkplain DistilleryCpu#f32GemmKind()
@@ -48,7 +49,10 @@ final class NativeF32Gemm implements Gemm {
      * Rows of C past which a product on the AVX2 blocks goes to the wrapped GEMM: at a training
      * step's heights OpenBLAS' blocks, which pack op(A) into L2 where ours read it where it lies,
      * ran as fast or ahead of ours on a Zen 3; at a decode step's, against a kept pack, and at
-     * attention's, ours ran ahead (docs/PERFORMANCE.md, "Our fp32 GEMM on AVX2").
+     * attention's, ours ran ahead (docs/PERFORMANCE.md, "Our fp32 GEMM on AVX2"). A product with a
+     * transposed A goes there at any height: inside the training step, where a linear's two
+     * gradients run side by side, OpenBLAS ran those ahead of ours, whose blocks pack such an A a
+     * strip at a time (docs/PERFORMANCE.md, the same section).
      */
     static final int AVX2_MAX_ROWS = KEEP_PACK_ROWS;
 
@@ -117,7 +121,7 @@ final class NativeF32Gemm implements Gemm {
      * yet) when the product has at most {@link #KEEP_PACK_ROWS} rows, and used if it is there
      * otherwise; every other B is packed at the call; a product of one row against fewer than
      * {@link #ONE_ROW_MIN_ELEMENTS} of B, or of one column, or on the AVX2 blocks of more than
-     * {@link #AVX2_MAX_ROWS} rows, goes to the wrapped GEMM. A bias
+     * {@link #AVX2_MAX_ROWS} rows or with a transposed A, goes to the wrapped GEMM. A bias
      * (n floats, or null) stands in for every row of C as beta's operand: {@code C = alpha op(A)
      * op(B) + beta bias}, the bits of that row copied into every row of C first, without the pass
      * over C ({@code Kernels.linearForward}'s bias, as the bf16 GEMM takes it).
@@ -130,7 +134,7 @@ final class NativeF32Gemm implements Gemm {
             throw new IllegalArgumentException("fp32 GEMM: a bias of " + bias.byteSize() + " bytes for " + n + " columns");
         }
         if (productColumns == 1 || (productRows == 1 && (long) k * productColumns < ONE_ROW_MIN_ELEMENTS)
-                || (kind == DistilleryCpu.F32_AVX2 && productRows > AVX2_MAX_ROWS)) {
+                || (kind == DistilleryCpu.F32_AVX2 && (productRows > AVX2_MAX_ROWS || transA))) {
             if (bias != null) {
                 for (int i = 0; i < m; i++) MemorySegment.copy(bias, 0, c, 4L * i * ldc, 4L * n);
             }

@@ -80,7 +80,7 @@ class NativeF32GemmTest {
                 }
                 if (firstPath == null) {
                     firstPath = Arena.ofAuto().allocate(got[0].byteSize(), 64).copyFrom(got[0]);
-                } else {
+                } else if (!transA) {   // on the AVX2 blocks a transposed A is the wrapped GEMM's: theAvx2BlocksGiveTheAvx512BitsOnATransposedA
                     assertEquals(-1L, firstPath.mismatch(got[0]), path + " blocks: the bits of " + paths().get(0) + "'s");
                 }
             }
@@ -105,23 +105,58 @@ class NativeF32GemmTest {
     }
 
     /**
-     * On the AVX2 blocks a product of more than {@link NativeF32Gemm#AVX2_MAX_ROWS} rows is the
-     * wrapped GEMM's (OpenBLAS here): the bits of {@code -Ddistillery.gemm=blas} on one thread.
+     * On the AVX2 blocks a product of more than {@link NativeF32Gemm#AVX2_MAX_ROWS} rows, or with a
+     * transposed A at any height, is the wrapped GEMM's (OpenBLAS here): the bits of
+     * {@code -Ddistillery.gemm=blas} on one thread.
      */
-    @Test
-    void onTheAvx2BlocksATallProductIsTheWrappedGemms() {
+    @ParameterizedTest
+    @CsvSource({"513, true", "513, false", "37, true", "1, true"})
+    void onTheAvx2BlocksATallProductOrATransposedAIsTheWrappedGemms(int m, boolean transA) {
         assumeTrue(NativeF32Gemm.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
         assumeTrue(OpenBlasLibrary.probe().loaded(), "skipped: no OpenBLAS here to wrap");
         int n = 100, k = 70;
-        Random random = new Random(5);
+        Random random = new Random(5 + m);
         try (CpuKernels ours = fp32Kernels(1, "avx2"); CpuKernels blas = new CpuKernels(1, "blas"); Arena arena = Arena.ofConfined()) {
-            int m = NativeF32Gemm.AVX2_MAX_ROWS + 1;
+            int lda = transA ? m : k;
             MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, m * k));
             MemorySegment b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, k * n));
             MemorySegment got = arena.allocate(4L * m * n, 64), want = arena.allocate(4L * m * n, 64);
-            ours.gemm(true, false, m, n, k, 1f, a, m, b, n, 0f, got, n);
-            blas.gemm(true, false, m, n, k, 1f, a, m, b, n, 0f, want, n);
-            assertEquals(-1L, got.mismatch(want), m + " rows: OpenBLAS' bits");
+            ours.gemm(transA, false, m, n, k, 1f, a, lda, b, n, 0f, got, n);
+            blas.gemm(transA, false, m, n, k, 1f, a, lda, b, n, 0f, want, n);
+            assertEquals(-1L, got.mismatch(want), m + " rows" + (transA ? ", A transposed" : "") + ": OpenBLAS' bits");
+        }
+    }
+
+    /**
+     * Each machine's blocks this CPU runs, called directly, give on a transposed A the bits of the
+     * same A stored untransposed (on AVX2 a transposed A is packed a strip at a time, into the
+     * panel's buffer or, past 4 MB of it, a strip's own, and the kernels hand such products to
+     * OpenBLAS): rows not a multiple of 6 or 8, k over panels, both B. Untransposed products are
+     * held to the same bits across the machines above.
+     */
+    @ParameterizedTest
+    @CsvSource({"37, 1003, 77, false", "40, 300, 1100, true", "6, 77, 33, true", "2100, 40, 600, false"})
+    void aTransposedAGivesTheBitsOfItsUntransposedCopy(int m, int n, int k, boolean transB) {
+        assumeTrue(NativeF32Gemm.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
+        Random random = new Random(m * 7L + n);
+        int lda = m + 3, ldb = (transB ? k : n) + 5;
+        float[] at = gaussians(random, k * lda), a = new float[m * k];
+        for (int i = 0; i < m; i++) {
+            for (int p = 0; p < k; p++) a[i * k + p] = at[p * lda + i];
+        }
+        List<Integer> kinds = DistilleryCpu.f32GemmKind() == DistilleryCpu.F32_AVX512
+                ? List.of(DistilleryCpu.F32_AVX512, DistilleryCpu.F32_AVX2) : List.of(DistilleryCpu.F32_AVX2);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment ats = arena.allocateFrom(ValueLayout.JAVA_FLOAT, at), as = arena.allocateFrom(ValueLayout.JAVA_FLOAT, a);
+            MemorySegment b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, (transB ? n : k) * ldb));
+            for (int kind : kinds) {
+                MemorySegment got = arena.allocate(4L * m * n, 64).fill((byte) 0x7f), want = arena.allocate(4L * m * n, 64).fill((byte) 0x7f);
+                assertEquals(0, DistilleryCpu.f32Gemm(kind, true, transB, m, n, k, 0.7f, ats.address(), lda, b.address(), ldb,
+                        0f, got.address(), n, 0L));
+                assertEquals(0, DistilleryCpu.f32Gemm(kind, false, transB, m, n, k, 0.7f, as.address(), k, b.address(), ldb,
+                        0f, want.address(), n, 0L));
+                assertEquals(-1L, got.mismatch(want), "kind " + kind + ", " + m + " x " + n + " x " + k + (transB ? " TT" : " TN"));
+            }
         }
     }
 
