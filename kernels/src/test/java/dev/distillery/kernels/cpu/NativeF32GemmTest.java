@@ -80,7 +80,7 @@ class NativeF32GemmTest {
                 }
                 if (firstPath == null) {
                     firstPath = Arena.ofAuto().allocate(got[0].byteSize(), 64).copyFrom(got[0]);
-                } else if (!transA) {   // on the AVX2 blocks a transposed A is the wrapped GEMM's: theAvx2BlocksGiveTheAvx512BitsOnATransposedA
+                } else if (!transA) {   // on the AVX2 blocks a transposed A is the wrapped GEMM's: aTransposedAGivesTheBitsOfItsUntransposedCopy
                     assertEquals(-1L, firstPath.mismatch(got[0]), path + " blocks: the bits of " + paths().get(0) + "'s");
                 }
             }
