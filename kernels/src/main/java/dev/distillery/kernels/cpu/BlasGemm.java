@@ -2,6 +2,8 @@ package dev.distillery.kernels.cpu;
 
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.Locale;
+import java.util.Set;
 
 import dev.distillery.bindings.OpenBlasLibrary;
 import dev.distillery.bindings.cblas.Cblas;
@@ -13,13 +15,23 @@ import dev.distillery.bindings.cblas.Cblas;
 final class BlasGemm implements Gemm {
 
     /**
-     * A single row or column of C goes to sgemv when the matrix it multiplies holds this many
-     * elements (512 KB) or more: below that, sgemm's small-matrix kernels skip the packing, and
-     * sgemv's own set-up costs more than it saves (attention's per-head products while decoding).
+     * Where OpenBLAS' sgemm has small-matrix kernels, a single row or column of C goes to sgemv
+     * when the matrix it multiplies holds this many elements (512 KB) or more: below that those
+     * kernels skip the packing, and sgemv's own set-up costs more than it saves (attention's
+     * per-head products while decoding).
      */
     static final long GEMV_MIN_ELEMENTS = 1 << 17;
 
+    /**
+     * The OpenBLAS cores (as {@code openblas_get_corename} names them, in lower case) whose sgemm
+     * has small-matrix kernels: SkylakeX's, which Cooperlake and SapphireRapids use too. Every other
+     * core's sgemm packs the whole matrix operand of a one-row product before it multiplies, and
+     * sgemv ran such products 3.4–5.2× faster at every size (docs/PERFORMANCE.md, generation).
+     */
+    static final Set<String> SMALL_MATRIX_CORES = Set.of("skylakex", "cooperlake", "sapphirerapids");
+
     private final String description;
+    private final long gemvMinElements;
 
     BlasGemm() {
         OpenBlasLibrary.Probe probe = OpenBlasLibrary.require();
@@ -27,6 +39,16 @@ final class BlasGemm implements Gemm {
         Cblas.openblas_set_num_threads(1);
         String core = Cblas.openblas_get_corename().reinterpret(64).getString(0);
         this.description = "OpenBLAS " + core + " (" + probe.source() + ")";
+        this.gemvMinElements = gemvMinElements(core);
+    }
+
+    /**
+     * The size of matrix (elements) from which a single row or column of C goes to sgemv on this
+     * OpenBLAS core: {@link #GEMV_MIN_ELEMENTS} where its sgemm has small-matrix kernels, every
+     * size elsewhere.
+     */
+    static long gemvMinElements(String core) {
+        return SMALL_MATRIX_CORES.contains(core.trim().toLowerCase(Locale.ROOT)) ? GEMV_MIN_ELEMENTS : 1;
     }
 
     @Override
@@ -39,7 +61,7 @@ final class BlasGemm implements Gemm {
                       float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
                       float beta, MemorySegment c, int ldc) {
         if (m == 0 || n == 0) return;
-        if ((m == 1 || n == 1) && k > 0 && (long) k * (m == 1 ? n : m) >= GEMV_MIN_ELEMENTS) {
+        if ((m == 1 || n == 1) && k > 0 && (long) k * (m == 1 ? n : m) >= gemvMinElements) {
             gemv(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
             return;
         }
