@@ -26,7 +26,7 @@ final class BlasGemm implements Gemm {
      * The OpenBLAS cores (as {@code openblas_get_corename} names them, in lower case) whose sgemm
      * has small-matrix kernels: SkylakeX's, which Cooperlake and SapphireRapids use too. Every other
      * core's sgemm packs the whole matrix operand of a one-row product before it multiplies, and
-     * sgemv ran such products 3.4–5.2× faster at every size (docs/PERFORMANCE.md, generation).
+     * sgemv ran such products faster at every size (docs/PERFORMANCE.md, generation).
      */
     static final Set<String> SMALL_MATRIX_CORES = Set.of("skylakex", "cooperlake", "sapphirerapids");
 
@@ -37,9 +37,14 @@ final class BlasGemm implements Gemm {
         OpenBlasLibrary.Probe probe = OpenBlasLibrary.require();
         // Each call runs on its caller's thread; CpuKernels does the splitting (see Gemm).
         Cblas.openblas_set_num_threads(1);
-        String core = Cblas.openblas_get_corename().reinterpret(64).getString(0);
+        String core = coreName();
         this.description = "OpenBLAS " + core + " (" + probe.source() + ")";
         this.gemvMinElements = gemvMinElements(core);
+    }
+
+    /** The loaded OpenBLAS' name for the kernels it picked for this CPU ("Zen", "SkylakeX", ...). */
+    static String coreName() {
+        return Cblas.openblas_get_corename().reinterpret(64).getString(0);
     }
 
     /**
