@@ -5,7 +5,8 @@ The same GPT-2 student as Distillery's Transformer (learned positions, pre-LN bl
 MLP with the tanh approximation, tied LM head), one full step: forward, cross-entropy, backward,
 clip to 1.0, AdamW. Prints the median step time over the measured steps.
 
-    python3 bench/reference/pytorch_step.py A 2 10 bf16 ce cpu   # config, threads, steps, fp32|bf16, ce|distill, cpu|cuda
+    python3 bench/reference/pytorch_step.py A 2 10 bf16 ce cpu sdpa   # config, threads, steps, fp32|bf16, ce|distill, cpu|cuda,
+                                                                     # explicit|sdpa
 
 bf16 is PyTorch's mixed precision: forward and loss under torch.autocast(device, dtype=torch.bfloat16)
 (bf16 matmuls, fp32 weights, gradients and AdamW). On cuda the model, data and teacher live on GPU 0,
@@ -14,6 +15,12 @@ torch.cuda.synchronize() so that its time holds all of its GPU work.
 distill is a distillation step against a dense bf16 teacher of random logits: 0.5 CE +
 0.5 T^2 KL(softmax(t/T) || softmax(s/T)) at T = 2 (DistillKit's composition: log_softmax of both,
 kl_div with log_target), as Distillery's TrainingStepBenchmark -p loss=distill.
+
+Attention is written out (scores, mask, softmax, product: nanoGPT's slow path, which keeps the
+(b, heads, t, t) probabilities for the backward) or, with sdpa, F.scaled_dot_product_attention with
+is_causal (PyTorch's fused attention: flash attention on the CPU, no probabilities kept). The
+written-out form is the faster at configs A and B, sdpa at config L's 2,048 tokens
+(docs/PERFORMANCE.md, "Attention without kept probabilities").
 
 Not used by any test: it is the baseline, run by hand beside `StepProfile`/JMH.
 """
@@ -28,7 +35,9 @@ import torch.nn.functional as F
 CONFIGS = {  # vocab, ctx, layers, d, heads, batch
     "A": (4096, 128, 4, 256, 4, 8),
     "B": (32000, 256, 6, 384, 6, 8),
+    "L": (32000, 2048, 6, 384, 6, 1),   # B's model over a long context
 }
+SDPA = False
 
 
 class Block(nn.Module):
@@ -46,10 +55,13 @@ class Block(nn.Module):
         b, t, d = x.shape
         q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
         q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) / (k.shape[-1] ** 0.5)
-        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(b, t, d)
+        if SDPA:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) / (k.shape[-1] ** 0.5)
+            mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            y = att.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v
+        y = y.transpose(1, 2).reshape(b, t, d)
         x = x + self.c_proj(y)
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
@@ -82,6 +94,13 @@ def main():
     device = sys.argv[6] if len(sys.argv) > 6 else "cpu"
     if device not in ("cpu", "cuda"):
         sys.exit(f"device must be cpu or cuda, got {device}")
+    attention = sys.argv[7] if len(sys.argv) > 7 else "explicit"
+    if attention not in ("explicit", "sdpa"):
+        sys.exit(f"attention must be explicit or sdpa, got {attention}")
+    global SDPA
+    SDPA = attention == "sdpa"
+    if SDPA and not hasattr(F, "scaled_dot_product_attention"):
+        sys.exit(f"torch {torch.__version__} has no scaled_dot_product_attention (torch 2.0 and later)")
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -115,7 +134,7 @@ def main():
             times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1000
     where = torch.cuda.get_device_name() if device == "cuda" else f"{threads} threads"
-    print(f"pytorch {torch.__version__} config {name} {precision} {objective}, {where}: median {ms:.1f} ms/step, "
+    print(f"pytorch {torch.__version__} config {name} {precision} {objective} {attention} attention, {where}: median {ms:.1f} ms/step, "
           f"{batch * ctx / ms * 1000:.0f} tokens/s (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}); threads torch "
           f"{torch.get_num_threads()}")
 

@@ -25,6 +25,9 @@
 # bandwidth its bytes (student logits read, gradient written, teacher read) reach. The fused-loss
 # rows are forward KL, and at 2048x32000 against a dense teacher also reverse KL and JSD(0.5) (PyTorch:
 # TRL's generalized_jsd_loss form).
+# Config L, B's model over 2,048 tokens, has a step row and a peak-memory row of its own: PyTorch with
+# its fused attention (F.scaled_dot_product_attention), Distillery keeping none of attention's
+# probabilities (recompute_attention); --quick leaves them out.
 # --steps-only leaves out the loss rows; --rows keeps only the rows whose label matches REGEX
 # (grep -E: 'distillation', 'bf16', 'peak RSS', ...).
 set -euo pipefail
@@ -40,7 +43,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --steps-only) STEPS_ONLY=1; shift ;;
     --rows) ROWS_RE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "side_by_side.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -98,6 +101,14 @@ BLAS=$("$PY" -c 'import torch; c=torch.__config__.show(); print("MKL" if "MKL" i
 STEP_ROWS=("A fp32 ce" "B fp32 ce" "A bf16 ce" "B bf16 ce" "B fp32 distill" "B bf16 distill")
 LOSS_ROWS=("2048x32000 dense-bf16" "4096x50257 dense-bf16" "1024x128256 dense-bf16" "2048x32000 top64" "4096x50257 top64" "1024x128256 top64"
            "2048x32000 dense-bf16 reverse-kl" "2048x32000 dense-bf16 jsd")
+# config L (B's model over 2,048 tokens): PyTorch with its fused attention (F.scaled_dot_product_attention,
+# flash attention on the CPU, the faster there), Distillery with none of attention's probabilities kept
+# (-p attention=recompute); where the chosen torch has no fused attention (before 2.0), no L rows
+LONG=0
+if [ "$QUICK" = 0 ] && "$PY" -c 'import torch.nn.functional as F; F.scaled_dot_product_attention' >/dev/null 2>&1; then
+  LONG=1
+  STEP_ROWS+=("L fp32 ce long")
+fi
 if [ "$QUICK" = 1 ]; then LOSS_ROWS=("2048x32000 dense-bf16" "2048x32000 top64"); fi
 if [ "$STEPS_ONLY" = 1 ]; then LOSS_ROWS=(); fi
 # the loss rows at DistillLossBenchmark's own iterations (2 s); the step rows at TrainingStepBenchmark's
@@ -140,9 +151,14 @@ for r in $(seq 1 "$ROUNDS"); do
     set -- $c
     row="training step $1 $2, ms"
     [ "$3" = distill ] && row="distillation step $1 $2 (dense bf16 teacher), ms"
+    torch_attention=explicit ours_attention=keep
+    if [ "${4:-}" = long ]; then
+      row="training step $1 $2, 2,048 tokens (no attention probabilities kept), ms"
+      torch_attention=sdpa ours_attention=recompute
+    fi
     wanted "$row" || continue
-    torch_record "$row" "$(torch_run "$PY" bench/reference/pytorch_step.py "$1" $THREADS 8 "$2" "$3")"
-    record "$row" distillery "$(jmh_ms 'TrainingStepBenchmark.step' -p config="$1" -p precision="$2" -p loss="$3")"
+    torch_record "$row" "$(torch_run "$PY" bench/reference/pytorch_step.py "$1" $THREADS 8 "$2" "$3" cpu $torch_attention)"
+    record "$row" distillery "$(jmh_ms 'TrainingStepBenchmark.step' -p config="$1" -p precision="$2" -p loss="$3" -p attention=$ours_attention)"
   done
   for l in ${LOSS_ROWS[@]+"${LOSS_ROWS[@]}"}; do
     set -- $l
@@ -154,17 +170,24 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-# peak resident memory of a config B step (the whole process, 3 steps after 1 of warm-up), once per side;
-# Distillery with the collector and initial heap `java -jar trainer.jar` gives its JVM (ChildJvm)
-if wanted "peak RSS of a config B step, MB"; then
-  echo "peak memory" >&2
-  rss_mb() { awk '/^[0-9]+$/ {v = $1} END {printf "%.0f", v / 1024}' "$WORK/rss"; }
-  torch_run /usr/bin/time -f %M -o "$WORK/rss" "$PY" bench/reference/pytorch_step.py B $THREADS 3 fp32 ce >/dev/null
-  record "peak RSS of a config B step, MB" torch "$(rss_mb)"
+# peak resident memory of a config B step (the whole process, 3 steps after 1 of warm-up), once per side,
+# and of a config L step (attention as in its step row); Distillery with the collector and initial heap
+# `java -jar trainer.jar` gives its JVM (ChildJvm)
+rss_mb() { awk '/^[0-9]+$/ {v = $1} END {printf "%.0f", v / 1024}' "$WORK/rss"; }
+MEMORY_ROWS=("B explicit keep")
+[ "$LONG" = 1 ] && MEMORY_ROWS+=("L sdpa recompute")
+for m in "${MEMORY_ROWS[@]}"; do
+  set -- $m
+  row="peak RSS of a config $1 step, MB"
+  [ "$1" = L ] && row="peak RSS of a config L step, 2,048 tokens (no attention probabilities kept), MB"
+  wanted "$row" || continue
+  echo "peak memory, config $1" >&2
+  torch_run /usr/bin/time -f %M -o "$WORK/rss" "$PY" bench/reference/pytorch_step.py "$1" $THREADS 3 fp32 ce cpu "$2" >/dev/null
+  record "$row" torch "$(rss_mb)"
   /usr/bin/time -f %M -o "$WORK/rss" "$JAVA" --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -XX:-UseProfiledLoopPredicate -Xmx8g -XX:+UseSerialGC -Xms32m \
-    -cp "$JAR" dev.distillery.bench.StepProfile B $THREADS 3 auto 1 fp32 >/dev/null 2>&1
-  record "peak RSS of a config B step, MB" distillery "$(rss_mb)"
-fi
+    -cp "$JAR" dev.distillery.bench.StepProfile "$1" $THREADS 3 auto 1 fp32 cpu "$3" >/dev/null 2>&1
+  record "$row" distillery "$(rss_mb)"
+done
 
 # ---------------------------------------------------------------- the table
 CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)

@@ -699,22 +699,24 @@ DISTILL_LAUNCH void ops_sum_of_squares(float* partials, const float* x, long n) 
     if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
-// Causal softmax of attention scores, one block per (b·nh, t) row of T: att[j] = softmax_j(scale ·
-// preatt[j]) for j <= t, 0 above the diagonal. preatt and att are (B·NH, T, T).
-DISTILL_LAUNCH void ops_attention_softmax_forward(float* att, const float* preatt, int rows, int T, float scale) {
+// Causal softmax of attention scores, one block per row: att[j] = softmax_j(scale · preatt[j]) for
+// j <= t, 0 above the diagonal up to ld. preatt and att are (B·NH, band, ld): a band of query rows
+// [row0, row0 + band) of each head, row r of it query t = row0 + r % band; the whole (B·NH, T, T)
+// square is band = ld = T, row0 = 0.
+DISTILL_LAUNCH void ops_attention_softmax_forward(float* att, const float* preatt, int rows, int band, int row0, int ld, float scale) {
     __shared__ float scratch[ops::MAX_WARPS];
     const int row = blockIdx.x;
     if (row >= rows) return;
-    const int t = row % T;
-    const float* p = preatt + (long)row * T;
-    float* a = att + (long)row * T;
+    const int t = row0 + row % band;
+    const float* p = preatt + (long)row * ld;
+    float* a = att + (long)row * ld;
     float m = -CUDART_INF_F;
     for (int j = threadIdx.x; j <= t; j += blockDim.x) m = fmaxf(m, scale * p[j]);
     m = ops::block_max(m, scratch);
     float s = 0.f;
     for (int j = threadIdx.x; j <= t; j += blockDim.x) s += expf(scale * p[j] - m);
     const float inv = 1.f / ops::block_sum(s, scratch);
-    for (int j = threadIdx.x; j < T; j += blockDim.x) a[j] = j <= t ? expf(scale * p[j] - m) * inv : 0.f;
+    for (int j = threadIdx.x; j < ld; j += blockDim.x) a[j] = j <= t ? expf(scale * p[j] - m) * inv : 0.f;
 }
 
 // Generation with a KV cache: one query row per sequence over len cached key/value rows. One block per
@@ -752,20 +754,21 @@ DISTILL_LAUNCH void ops_attention_decode(float* out, float* scores, const float*
     }
 }
 
-// Its backward: dpreatt[j] = scale · att[j] · (datt[j] - sum_k att[k] datt[k]) (overwrites dpreatt).
-DISTILL_LAUNCH void ops_attention_softmax_backward(float* dpreatt, const float* datt, const float* att, int rows, int T,
-                                                   float scale) {
+// Its backward: dpreatt[j] = scale · att[j] · (datt[j] - sum_k att[k] datt[k]) (overwrites dpreatt),
+// 0 above the diagonal up to ld; the rows laid out as the forward's.
+DISTILL_LAUNCH void ops_attention_softmax_backward(float* dpreatt, const float* datt, const float* att, int rows, int band, int row0,
+                                                   int ld, float scale) {
     __shared__ float scratch[ops::MAX_WARPS];
     const int row = blockIdx.x;
     if (row >= rows) return;
-    const int t = row % T;
-    const float* a = att + (long)row * T;
-    const float* d = datt + (long)row * T;
+    const int t = row0 + row % band;
+    const float* a = att + (long)row * ld;
+    const float* d = datt + (long)row * ld;
     float s = 0.f;
     for (int j = threadIdx.x; j <= t; j += blockDim.x) s += a[j] * d[j];
     const float dot = ops::block_sum(s, scratch);
-    float* out = dpreatt + (long)row * T;
-    for (int j = threadIdx.x; j < T; j += blockDim.x) out[j] = j <= t ? scale * a[j] * (d[j] - dot) : 0.f;
+    float* out = dpreatt + (long)row * ld;
+    for (int j = threadIdx.x; j < ld; j += blockDim.x) out[j] = j <= t ? scale * a[j] * (d[j] - dot) : 0.f;
 }
 
 // ops::heads_split in fp32 (attention's operands under fp32 GEMMs) and rounded to bf16 (under bf16 ones).

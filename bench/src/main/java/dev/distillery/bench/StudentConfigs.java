@@ -8,6 +8,8 @@ public enum StudentConfigs {
     A(new Gpt2Config(4096, 128, 4, 256, 4), 8),
     /** vocab 32000, ctx 256, 6 layers, d 384, 6 heads, batch 8. */
     B(new Gpt2Config(32000, 256, 6, 384, 6), 8),
+    /** B's model over a long context: vocab 32000, ctx 2048, 6 layers, d 384, 6 heads, batch 1. */
+    L(new Gpt2Config(32000, 2048, 6, 384, 6), 1),
     /** A small shape for smoke runs of the benchmark harness itself. */
     TINY(new Gpt2Config(97, 16, 2, 32, 4), 2);
 

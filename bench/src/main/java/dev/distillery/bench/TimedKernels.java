@@ -296,8 +296,8 @@ public final class TimedKernels implements Kernels {
     }
 
     @Override
-    public void attentionProbs(MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
-        time("attentionProbs", () -> inner.attentionProbs(att, qkv, b, t, c, nh));
+    public void attentionBackwardInBands(MemorySegment dqkv, float dqkvBeta, MemorySegment dout, MemorySegment qkv, int b, int t, int c, int nh) {
+        time("attentionBackwardInBands", () -> inner.attentionBackwardInBands(dqkv, dqkvBeta, dout, qkv, b, t, c, nh));
     }
 
     @Override

@@ -34,7 +34,8 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
 /**
  * One full training step of the student (forward, fused cross-entropy, backward, gradient
  * clipping, AdamW) on random tokens: time per step; tokens/s = batch · ctx / time.
- * Config A: 8 × 128 = 1,024 tokens a step; config B: 8 × 256 = 2,048.
+ * Config A: 8 × 128 = 1,024 tokens a step; config B: 8 × 256 = 2,048; config L (B's model over a long
+ * context, {@code -p config=L}): 1 × 2,048.
  * {@code -p loss=distill} makes it a distillation step against a dense bf16 teacher (T = 2, alpha 0.5).
  * {@code -p precision=bf16} runs it in bf16 mixed precision (bf16 GEMM operands, fp32 sums).
  * {@code -p device=cuda} runs the same step on GPU 0 through {@code CudaKernels} (the step ends
@@ -78,6 +79,14 @@ public class TrainingStepBenchmark {
     @Param({"ce"})
     public String loss;
 
+    /**
+     * keep: attention's probabilities kept from the forward for the backward; recompute: none
+     * kept, made a band of rows at a time in the forward and again in the backward
+     * ({@code recompute_attention}).
+     */
+    @Param({"keep"})
+    public String attention;
+
     private Kernels kernels;
     private Gpt2 model;
     private TrainingSession session;
@@ -94,6 +103,10 @@ public class TrainingStepBenchmark {
         int t = c.model.contextLength();
         session = new TrainingSession(model, kernels, AdamW.Config.defaults(),
                 new LearningRateSchedule(3e-4, 3e-5, 10, 1_000_000), 1.0, c.batch, t);
+        if (!attention.equals("keep") && !attention.equals("recompute")) {
+            throw new IllegalArgumentException("attention=" + attention + ": keep or recompute");
+        }
+        session.recomputeAttention(attention.equals("recompute"));
         Rng rng = new Rng(2);
         int[] windows = new int[c.batch * (t + 1)];
         for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(c.model.vocabSize());

@@ -411,16 +411,11 @@ public interface Kernels extends AutoCloseable {
      * Multi-head causal attention. qkv is (b, t, 3c) holding q, k, v side by side, each split into
      * nh heads of hs = c / nh; out is (b, t, c), written as {@code outType} (as
      * {@link #layerNormForward}'s); att is (b, nh, t, t) and receives the softmax probabilities
-     * (zero above the diagonal), saved for the backward. Scale 1/√hs.
+     * (zero above the diagonal), saved for {@link #attentionBackward}, or is null: then no (t, t)
+     * is kept, the probabilities are made in bands of rows in the kernels' own scratch (the same
+     * out), and the backward is {@link #attentionBackwardInBands}. Scale 1/√hs.
      */
     void attentionForward(MemorySegment out, DType outType, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh);
-
-    /**
-     * The probabilities of {@link #attentionForward} alone, the same bits in att, without the
-     * output: for a backward that makes them again rather than keeping (b, nh, t, t) of them per
-     * layer from the forward to the backward.
-     */
-    void attentionProbs(MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh);
 
     /**
      * dqkv (b, t, 3c) = the gradient of the attention's input + dqkvBeta · dqkv: dqkvBeta 1 adds to a
@@ -429,6 +424,16 @@ public interface Kernels extends AutoCloseable {
      */
     void attentionBackward(MemorySegment dqkv, float dqkvBeta, MemorySegment datt, MemorySegment dout,
                            MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh);
+
+    /**
+     * The backward of {@link #attentionForward} without kept probabilities: dqkv as
+     * {@link #attentionBackward}'s, the probabilities made again from qkv a band of rows at a time
+     * and their gradient formed a band at a time, in the kernels' own scratch (a few bands of
+     * (rows, t) in flight, never (b, nh, t, t)). The same function as {@link #attentionBackward};
+     * its sums over the bands run in another order, so the last bits may differ
+     * (docs/KERNELS.md#causal-self-attention).
+     */
+    void attentionBackwardInBands(MemorySegment dqkv, float dqkvBeta, MemorySegment dout, MemorySegment qkv, int b, int t, int c, int nh);
 
     /**
      * One new query row per sequence attending over a key/value cache (generation with a KV

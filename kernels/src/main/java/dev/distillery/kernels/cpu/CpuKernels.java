@@ -1009,19 +1009,33 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void attentionForward(MemorySegment out, DType outType, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
-        boolean bf16 = writesBf16(outType, "attention");
+        boolean bf16 = writesBf16(outType, "attention"), kept = att != null;
         int hs = headSize(c, nh), c3 = 3 * c;
-        // under a bf16 output, each head's (t, hs) product goes through its chunk's fp32 scratch and is rounded into its columns
-        MemorySegment products = bf16 ? chunkScratch(pool.chunks(b * nh, 1), (long) t * hs) : null;
+        // per chunk: under a bf16 output, the fp32 product of a head, rounded into its columns after;
+        // without att, one band of probabilities
+        long productFloats = bf16 ? (long) t * hs : 0, perChunk = productFloats + (kept ? 0 : bandFloats(t));
+        MemorySegment scratch = perChunk > 0 ? chunkScratch(pool.chunks(b * nh, 1), perChunk) : null;
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
-            MemorySegment y = bf16 ? products.asSlice(4L * chunk * t * hs) : null;
+            MemorySegment y = bf16 ? scratch.asSlice(4L * chunk * perChunk) : null;
+            MemorySegment band = kept ? null : scratch.asSlice(4L * (chunk * perChunk + productFloats), 4L * bandFloats(t));
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
                 long q = (long) bb * t * c3 + (long) h * hs;
-                MemorySegment attBh = attentionProbs(att, qkv, bh, q, t, c, hs);
-                // out_h = att · v (t, hs), rows of stride c; rows [i0, i1) read att's first i1 columns
-                causalProduct(Causal.K_TO, false, false, t, hs, t, 1f, attBh, t, qkv.asSlice(4 * (q + 2L * c)), c3,
-                        0f, bf16 ? y : out.asSlice(4 * ((long) bb * t * c + (long) h * hs)), bf16 ? hs : c);
+                MemorySegment yh = bf16 ? y : out.asSlice(4 * ((long) bb * t * c + (long) h * hs));
+                int ldy = bf16 ? hs : c;
+                if (kept) {
+                    MemorySegment attBh = attentionProbs(att, qkv, bh, q, t, c, hs);
+                    // out_h = att · v (t, hs), rows of stride c; rows [i0, i1) read att's first i1 columns
+                    causalProduct(Causal.K_TO, false, false, t, hs, t, 1f, attBh, t, qkv.asSlice(4 * (q + 2L * c)), c3, 0f, yh, ldy);
+                } else {
+                    // the same band calls as the kept probabilities' and their product's, one band at a time
+                    for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
+                        int i1 = Math.min(t, i0 + CAUSAL_ROWS);
+                        probsBand(band, qkv, q, i0, i1, t, c, hs);
+                        gemm.sgemm(false, false, i1 - i0, hs, i1, 1f, band, t, qkv.asSlice(4 * (q + 2L * c)), c3,
+                                0f, yh.asSlice(4L * i0 * ldy), ldy);
+                    }
+                }
                 if (bf16) {
                     for (int i = 0; i < t; i++) roundRow(y, (long) i * hs, out, (long) bb * t * c + (long) i * c + (long) h * hs, hs);
                 }
@@ -1038,14 +1052,6 @@ public final class CpuKernels implements Kernels {
         for (; i < n; i++) setOutput(out, true, oo + i, get(x, xo + i));
     }
 
-    @Override
-    public void attentionProbs(MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
-        int hs = headSize(c, nh);
-        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
-            for (int bh = start; bh < end; bh++) attentionProbs(att, qkv, bh, (long) (bh / nh) * t * 3 * c + (long) (bh % nh) * hs, t, c, hs);
-        });
-    }
-
     /**
      * Head bh's probabilities (t, t) in att: scale · q kᵀ, rows [i0, i1) as far as column i1, then
      * the causal softmax of each row, zeros above the diagonal; q is the offset of the head's q in
@@ -1056,18 +1062,40 @@ public final class CpuKernels implements Kernels {
         int c3 = 3 * c;
         MemorySegment attBh = att.asSlice(4L * bh * t * t);
         causalProduct(Causal.COLUMNS, false, true, t, t, hs, scale, qkv.asSlice(4 * q), c3, qkv.asSlice(4 * (q + c)), c3, 0f, attBh, t);
-        for (int i = 0; i < t; i++) {
-            long row = (long) i * t;
-            // the row's softmax over whole vectors: the scores past the diagonal up to the next
-            // multiple of a vector (written by the product, whose band reaches that far) set to -inf
-            int n = paddedRow(i + 1, t);
-            VectorOps.fill(attBh, row + i + 1, n - i - 1, Float.NEGATIVE_INFINITY);
-            float mx = VectorOps.max(attBh, row, n);
-            float sum = VectorOps.expSum(attBh, row, n, mx, attBh, row);
-            VectorOps.scale(attBh, row, n, 1f / sum);
-            VectorOps.fill(attBh, row + n, t - n, 0f);
-        }
+        for (int i = 0; i < t; i++) softmaxRow(attBh, (long) i * t, i, t, t);
         return attBh;
+    }
+
+    /** Floats of one band of probabilities (or of their gradient): CAUSAL_ROWS rows of t. */
+    private static long bandFloats(int t) {
+        return (long) Math.min(t, CAUSAL_ROWS) * t;
+    }
+
+    /**
+     * Rows [i0, i1) of head q's probabilities into band (rows of t floats, row i at band row i − i0),
+     * as far as column i1: the band's own score product and the rows' softmax, the calls and so the
+     * bits of those rows of {@link #attentionProbs} on the fp32 path.
+     */
+    private void probsBand(MemorySegment band, MemorySegment qkv, long q, int i0, int i1, int t, int c, int hs) {
+        int c3 = 3 * c;
+        gemm.sgemm(false, true, i1 - i0, i1, hs, (float) (1.0 / Math.sqrt(hs)), qkv.asSlice(4 * (q + (long) i0 * c3)), c3,
+                qkv.asSlice(4 * (q + c)), c3, 0f, band, t);
+        for (int i = i0; i < i1; i++) softmaxRow(band, (long) (i - i0) * t, i, t, i1);
+    }
+
+    /**
+     * Row i of the causal softmax, in place over the scores at element row: its first i + 1 entries
+     * become the probabilities and the rest up to width zeros. Over whole vectors: the scores past the
+     * diagonal up to the next multiple of a vector (written by the product, whose band reaches that
+     * far) are set to −inf first, so their exps are 0.
+     */
+    private static void softmaxRow(MemorySegment s, long row, int i, int t, int width) {
+        int n = paddedRow(i + 1, t);
+        VectorOps.fill(s, row + i + 1, n - i - 1, Float.NEGATIVE_INFINITY);
+        float mx = VectorOps.max(s, row, n);
+        float sum = VectorOps.expSum(s, row, n, mx, s, row);
+        VectorOps.scale(s, row, n, 1f / sum);
+        VectorOps.fill(s, row + n, width - n, 0f);
     }
 
     @Override
@@ -1132,6 +1160,47 @@ public final class CpuKernels implements Kernels {
                 // dq += dpre · k, rows [i0, i1) from dpre's first i1 columns; dk += dpreᵀ · q, rows [j0, j1) from dpre's rows j0..
                 causalProduct(Causal.K_TO, false, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * (q + c)), c3, dqkvBeta, dqkv.asSlice(4 * q), c3);
                 causalProduct(Causal.K_FROM, true, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * q), c3, dqkvBeta, dqkv.asSlice(4 * (q + c)), c3);
+            }
+        });
+    }
+
+    @Override
+    public void attentionBackwardInBands(MemorySegment dqkv, float dqkvBeta, MemorySegment dout, MemorySegment qkv, int b, int t, int c, int nh) {
+        Kernels.requireWriteOrAdd("attentionBackwardInBands", "dqkvBeta", dqkvBeta);
+        int hs = headSize(c, nh);
+        float scale = (float) (1.0 / Math.sqrt(hs));
+        int c3 = 3 * c;
+        long bandFloats = bandFloats(t);
+        // per chunk, a band of probabilities and a band of their gradient
+        MemorySegment scratch = chunkScratch(pool.chunks(b * nh, 1), 2 * bandFloats);
+        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+            MemorySegment p = scratch.asSlice(4L * chunk * 2 * bandFloats, 4L * bandFloats);
+            MemorySegment dp = scratch.asSlice(4L * (chunk * 2 + 1) * bandFloats, 4L * bandFloats);
+            for (int bh = start; bh < end; bh++) {
+                int bb = bh / nh, h = bh % nh;
+                long q = (long) bb * t * c3 + (long) h * hs, k = q + c, v = q + 2L * c;
+                long doutH = (long) bb * t * c + (long) h * hs;
+                // the last band first: it reaches every row of dk and dv, so it writes them (dqkvBeta) and the others add
+                for (int i0 = (t - 1) / CAUSAL_ROWS * CAUSAL_ROWS; i0 >= 0; i0 -= CAUSAL_ROWS) {
+                    int i1 = Math.min(t, i0 + CAUSAL_ROWS), rows = i1 - i0;
+                    float kvBeta = i1 == t ? dqkvBeta : 1f;
+                    MemorySegment doutBand = dout.asSlice(4 * (doutH + (long) i0 * c));
+                    probsBand(p, qkv, q, i0, i1, t, c, hs);
+                    // dv[0, i1) += pᵀ · dout[i0, i1);  dp = dout[i0, i1) · v[0, i1)ᵀ
+                    gemm.sgemm(true, false, i1, hs, rows, 1f, p, t, doutBand, c, kvBeta, dqkv.asSlice(4 * v), c3);
+                    gemm.sgemm(false, true, rows, i1, hs, 1f, doutBand, c, qkv.asSlice(4 * v), c3, 0f, dp, t);
+                    // softmax backward, the 1/√hs of the scores folded in, as attentionBackward's rows
+                    for (int i = i0; i < i1; i++) {
+                        long row = (long) (i - i0) * t;
+                        VectorOps.softmaxBackward(p, dp, row, paddedRow(i + 1, t), scale);
+                        VectorOps.fill(dp, row + i + 1, i1 - i - 1, 0f);
+                    }
+                    // dq[i0, i1) = dpre · k[0, i1);  dk[0, i1) += dpreᵀ · q[i0, i1)
+                    gemm.sgemm(false, false, rows, hs, i1, 1f, dp, t, qkv.asSlice(4 * k), c3, dqkvBeta,
+                            dqkv.asSlice(4 * (q + (long) i0 * c3)), c3);
+                    gemm.sgemm(true, false, i1, hs, rows, 1f, dp, t, qkv.asSlice(4 * (q + (long) i0 * c3)), c3, kvBeta,
+                            dqkv.asSlice(4 * k), c3);
+                }
             }
         });
     }

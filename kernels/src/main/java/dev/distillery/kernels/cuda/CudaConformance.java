@@ -473,7 +473,7 @@ public final class CudaConformance {
         }
         CudaBackend.Ptr dpre = device(host(pre)), datt0 = poisoned((long) r * t);
         t0 = System.nanoTime();
-        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, r, 128, datt0, dpre, r, t, scale);
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, r, 128, datt0, dpre, r, t, 0, t, scale);
         float[] att = download(datt0, r * t);
         record("attentionSoftmax", r + "x" + t, expected, att, TOL, t0);
         float[] expectedD = new float[r * t];
@@ -485,7 +485,7 @@ public final class CudaConformance {
         }
         CudaBackend.Ptr dd = device(host(datt)), dpreGrad = poisoned((long) r * t);
         t0 = System.nanoTime();
-        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, r, 128, dpreGrad, dd, datt0, r, t, scale);
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, r, 128, dpreGrad, dd, datt0, r, t, 0, t, scale);
         record("attentionSoftmaxBackward", r + "x" + t, expectedD, download(dpreGrad, r * t), TOL, t0);
     }
 

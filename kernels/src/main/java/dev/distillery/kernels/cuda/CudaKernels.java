@@ -595,7 +595,8 @@ public final class CudaKernels implements Kernels {
     /**
      * Attention over every (batch element, head) at once: q, k and v taken apart into (3, b, nh,
      * t, hs) (rounded to bf16 on the way under bf16), one strided-batched GEMM for the scores, the
-     * causal softmax, one GEMM for att · V, and the heads put back into (b·t, c) rows.
+     * causal softmax, one GEMM for att · V, and the heads put back into (b·t, c) rows. Without att,
+     * the same a band of query rows at a time ({@link #attentionBand}).
      */
     @Override
     public void attentionForward(MemorySegment out, DType outType, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
@@ -603,32 +604,67 @@ public final class CudaKernels implements Kernels {
         int hs = c / nh, bh = b * nh;
         long n = (long) b * t * c, tt = (long) t * t, th = (long) t * hs;
         int es = storedBytes();
+        if (att == null) {
+            long band = (long) bh * attentionBandRows(bh, t) * t;
+            long heads = attentionHeads.atLeast(aligned(3 * n * es) + aligned(4 * n) + aligned(4 * band) + 2 * band);
+            long q = heads, k = q + n * es, v = k + n * es, y = heads + aligned(3 * n * es), probs = y + aligned(4 * n);
+            splitHeads(q, qkv.address(), b, t, nh, hs, 3);
+            for (int i0 = 0; i0 < t; i0 += attentionBandRows(bh, t)) {
+                int i1 = Math.min(t, i0 + attentionBandRows(bh, t)), rows = i1 - i0;
+                long ps = attentionBand(probs, probs + aligned(4 * band), q, k, i0, i1, bh, t, hs);
+                // y[bh] rows [i0, i1) = probs · V[0, i1)
+                storedGemm(false, false, rows, hs, i1, ps, i1, (long) rows * i1, v, hs, th, 0f, y + 4L * i0 * hs, hs, th, bh);
+            }
+            mergeAttentionOutput(out, bf16, y, b, t, nh, hs);
+            return;
+        }
         long heads = attentionHeads.atLeast(aligned(3 * n * es) + aligned(4 * n) + 2 * bh * tt);
         long v = heads + 2 * n * es, y = heads + aligned(3 * n * es), probs = y + aligned(4 * n);
-        attentionProbs(att, qkv, heads, b, t, c, nh);
+        long q = heads, k = q + n * es;
+        splitHeads(q, qkv.address(), b, t, nh, hs, 3);
+        storedGemm(false, true, t, t, hs, q, hs, th, k, hs, th, 0f, att.address(), t, tt, bh);
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, bh * t, gpu.block(), p(att), p(att), bh * t, t, 0, t, (float) (1 / Math.sqrt(hs)));
         // y[bh] (t, hs) = att · V
         storedGemm(false, false, t, hs, t, stored(att.address(), bh * tt, probs), t, tt, v, hs, th, 0f, y, hs, th, bh);
-        if (bf16) gpu.launch(CudaKernel.OPS_HEADS_MERGE_BF16, grid(n), gpu.block(), p(out), p(y), b, t, nh, hs, 1);
+        mergeAttentionOutput(out, bf16, y, b, t, nh, hs);
+    }
+
+    private void mergeAttentionOutput(MemorySegment out, boolean bf16, long y, int b, int t, int nh, int hs) {
+        if (bf16) gpu.launch(CudaKernel.OPS_HEADS_MERGE_BF16, grid((long) b * t * nh * hs), gpu.block(), p(out), p(y), b, t, nh, hs, 1);
         else mergeHeads(out.address(), y, b, t, nh, hs, 1, false);
     }
 
-    @Override
-    public void attentionProbs(MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
-        attentionProbs(att, qkv, attentionHeads.atLeast(aligned(3L * b * t * c * storedBytes())), b, t, c, nh);
+    /** Bytes of one band of scores a band-wise attention keeps in flight, over all heads at once. */
+    private static final long ATTENTION_BAND_BYTES = 64L << 20;
+    /** Set by tests to run the bands on small shapes; 0: {@link #ATTENTION_BAND_BYTES}. */
+    private static volatile long attentionBandBytes;
+
+    static void attentionBandBytes(long bytes) {
+        attentionBandBytes = bytes;
     }
 
     /**
-     * The probabilities, for {@link #attentionForward} and {@link #attentionProbs} alike (one code,
-     * so the same bits): q, k and v taken apart into {@code heads} (3, b, nh, t, hs), then
-     * preatt[bh] (t, t) = Q · Kᵀ and its causal softmax in att.
+     * Query rows per band: as many as fit {@link #ATTENTION_BAND_BYTES} of (bh, rows, t) fp32 scores,
+     * a multiple of 32, at least 32 and at most t.
      */
-    private void attentionProbs(MemorySegment att, MemorySegment qkv, long heads, int b, int t, int c, int nh) {
-        int hs = c / nh, bh = b * nh;
-        long n = (long) b * t * c, tt = (long) t * t, th = (long) t * hs;
-        long q = heads, k = q + n * storedBytes();
-        splitHeads(q, qkv.address(), b, t, nh, hs, 3);
-        storedGemm(false, true, t, t, hs, q, hs, th, k, hs, th, 0f, att.address(), t, tt, bh);
-        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, bh * t, gpu.block(), p(att), p(att), bh * t, t, (float) (1 / Math.sqrt(hs)));
+    private static int attentionBandRows(int bh, int t) {
+        long bytes = attentionBandBytes > 0 ? attentionBandBytes : ATTENTION_BAND_BYTES;
+        long rows = bytes / (4L * bh * t) / 32 * 32;
+        return (int) Math.min(t, Math.max(32, rows));
+    }
+
+    /**
+     * The probabilities of query rows [i0, i1) of every head, (bh, i1 − i0, i1) at probs: scores Q[i0,
+     * i1) · K[0, i1)ᵀ and the causal softmax. Returns them as {@link #storedGemm} takes them (probs,
+     * or their bf16 rounding at stored).
+     */
+    private long attentionBand(long probs, long stored, long q, long k, int i0, int i1, int bh, int t, int hs) {
+        int rows = i1 - i0;
+        long th = (long) t * hs, band = (long) bh * rows * i1;
+        storedGemm(false, true, rows, i1, hs, q + (long) i0 * hs * storedBytes(), hs, th, k, hs, th, 0f, probs, i1, (long) rows * i1, bh);
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, bh * rows, gpu.block(), p(probs), p(probs), bh * rows, rows, i0, i1,
+                (float) (1 / Math.sqrt(hs)));
+        return stored(probs, band, stored);
     }
 
     @Override
@@ -662,12 +698,48 @@ public final class CudaKernels implements Kernels {
         storedGemm(false, true, t, t, hs, dO, hs, th, v, hs, th, 0f, datt.address(), t, tt, bh);
         storedGemm(true, false, t, hs, t, stored(att.address(), bh * tt, probs), t, tt, dO, hs, th, 0f, dv, hs, th, bh);
         // datt becomes d(preatt), the 1/√hs scale included
-        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, bh * t, gpu.block(), p(datt), p(datt), p(att), bh * t, t,
+        gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, bh * t, gpu.block(), p(datt), p(datt), p(att), bh * t, t, 0, t,
                 (float) (1 / Math.sqrt(hs)));
         long dpre = stored(datt.address(), bh * tt, probs);
         // dQ = dpreatt · K;  dK = dpreattᵀ · Q
         storedGemm(false, false, t, hs, t, dpre, t, tt, k, hs, th, 0f, dq, hs, th, bh);
         storedGemm(true, false, t, hs, t, dpre, t, tt, q, hs, th, 0f, dk, hs, th, bh);
+        mergeHeads(dqkv.address(), grads, b, t, nh, hs, 3, dqkvBeta == 1f);
+    }
+
+    /**
+     * {@link #attentionBackward} a band of query rows at a time, over every head at once, the
+     * probabilities made again for each band: the last band first, since it reaches every row of dK
+     * and dV, so it writes them and the bands above add to them.
+     */
+    @Override
+    public void attentionBackwardInBands(MemorySegment dqkv, float dqkvBeta, MemorySegment dout, MemorySegment qkv, int b, int t, int c, int nh) {
+        Kernels.requireWriteOrAdd("attentionBackwardInBands", "dqkvBeta", dqkvBeta);
+        int hs = c / nh, bh = b * nh, bandRows = attentionBandRows(bh, t);
+        long n = (long) b * t * c, th = (long) t * hs, band = (long) bh * bandRows * t;
+        int es = storedBytes();
+        long heads = attentionHeads.atLeast(aligned(4 * n * es) + aligned(3 * 4 * n) + 2 * aligned(4 * band) + 2 * aligned(2 * band));
+        long q = heads, k = q + n * es, v = k + n * es, dO = v + n * es;
+        long grads = heads + aligned(4 * n * es), dq = grads, dk = dq + 4 * n, dv = dk + 4 * n;
+        long probs = grads + aligned(3 * 4 * n), dprobs = probs + aligned(4 * band);
+        long probsStored = dprobs + aligned(4 * band), dprobsStored = probsStored + aligned(2 * band);
+        splitHeads(q, qkv.address(), b, t, nh, hs, 3);
+        splitHeads(dO, dout.address(), b, t, nh, hs, 1);
+        float scale = (float) (1 / Math.sqrt(hs));
+        for (int i0 = (t - 1) / bandRows * bandRows; i0 >= 0; i0 -= bandRows) {
+            int i1 = Math.min(t, i0 + bandRows), rows = i1 - i0;
+            long pBand = (long) rows * i1, dOBand = dO + (long) i0 * hs * es, qBand = q + (long) i0 * hs * es;
+            float kvBeta = i1 == t ? 0f : 1f;
+            long ps = attentionBand(probs, probsStored, q, k, i0, i1, bh, t, hs);
+            // dV[0, i1) += probsᵀ · dO[i0, i1);  dprobs = dO[i0, i1) · V[0, i1)ᵀ, then d(scores) through the softmax
+            storedGemm(true, false, i1, hs, rows, ps, i1, pBand, dOBand, hs, th, kvBeta, dv, hs, th, bh);
+            storedGemm(false, true, rows, i1, hs, dOBand, hs, th, v, hs, th, 0f, dprobs, i1, pBand, bh);
+            gpu.launch(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, bh * rows, gpu.block(), p(dprobs), p(dprobs), p(probs), bh * rows, rows, i0, i1, scale);
+            long dps = stored(dprobs, bh * pBand, dprobsStored);
+            // dQ[i0, i1) = dpre · K[0, i1);  dK[0, i1) += dpreᵀ · Q[i0, i1)
+            storedGemm(false, false, rows, hs, i1, dps, i1, pBand, k, hs, th, 0f, dq + 4L * i0 * hs, hs, th, bh);
+            storedGemm(true, false, i1, hs, rows, dps, i1, pBand, qBand, hs, th, kvBeta, dk, hs, th, bh);
+        }
         mergeHeads(dqkv.address(), grads, b, t, nh, hs, 3, dqkvBeta == 1f);
     }
 

@@ -133,6 +133,31 @@ class CudaKernelsEmulationTest {
     }
 
     /**
+     * Attention without kept probabilities in bands of 32 query rows (the fewest a band holds) over
+     * t = 70, so three bands, the last ragged, against float64, in both precisions; with the
+     * default budget these shapes are one band.
+     */
+    @Test
+    void attentionInSeveralBandsMatchesFloat64ReferenceUnderEmulation() {
+        KernelConformance.Sizes attentionOnly = new KernelConformance.Sizes(new int[0][], new int[0][], new int[][]{{2, 70, 24, 3}, {1, 33, 8, 2}},
+                new int[0], new int[0][]);
+        CudaKernels.attentionBandBytes(1);
+        try {
+            for (Precision precision : Precision.values()) {
+                try (EmulatedCudaBackend device = new EmulatedCudaBackend(library); CudaKernels kernels = new CudaKernels(device, precision)) {
+                    List<KernelConformance.Result> results = KernelConformance.run(kernels, 31, attentionOnly);
+                    StringBuilder failed = new StringBuilder();
+                    for (KernelConformance.Result r : results) if (!r.passed()) failed.append(r).append('\n');
+                    assertTrue(failed.isEmpty(), failed.toString());
+                    assertTrue(results.stream().filter(r -> r.kernel().startsWith("attentionBackwardInBands")).count() == 4, results.toString());
+                }
+            }
+        } finally {
+            CudaKernels.attentionBandBytes(0);
+        }
+    }
+
+    /**
      * Attention is a fixed handful of launches whatever the batch (its products batched over every
      * batch element and head), not a loop of GEMMs per batch element: forward and backward at
      * batch 1 and 6 launch the same kernels and cuBLAS calls, in both precisions.

@@ -461,20 +461,24 @@ class CudaOpsEmulationTest {
         }
     }
 
-    /** The causal softmax pieces of attention against float64 loops (their GEMMs are cuBLAS's). */
+    /**
+     * The causal softmax pieces of attention against float64 loops (their GEMMs are cuBLAS's), over
+     * whole squares and over bands of query rows that start past the first row.
+     */
     @Test
     void attentionSoftmaxMatchesFloat64() throws Exception {
-        for (int[] s : new int[][]{{1, 1}, {3, 5}, {2, 37}}) {
-            int rows = s[0] * s[1], t = s[1];
+        // heads, band rows, first row, row width
+        for (int[] s : new int[][]{{1, 1, 0, 1}, {3, 5, 0, 5}, {2, 37, 0, 37}, {3, 4, 6, 10}, {2, 7, 32, 39}}) {
+            int band = s[1], row0 = s[2], t = s[3], rows = s[0] * band;
             float scale = 0.3f;
             float[] pre = random(rows * t, 4), datt = random(rows * t, 1);
-            float[] att = call(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, rows, 64).floats(nan(rows * t)).floats(pre).i32(rows).i32(t)
-                    .f32(scale).runOrFail(asan, work).floats(0);
+            float[] att = call(CudaKernel.OPS_ATTENTION_SOFTMAX_FORWARD, rows, 64).floats(nan(rows * t)).floats(pre).i32(rows).i32(band)
+                    .i32(row0).i32(t).f32(scale).runOrFail(asan, work).floats(0);
             float[] d = call(CudaKernel.OPS_ATTENTION_SOFTMAX_BACKWARD, rows, 64).floats(nan(rows * t)).floats(datt).floats(att)
-                    .i32(rows).i32(t).f32(scale).runOrFail(gate, work).floats(0);
+                    .i32(rows).i32(band).i32(row0).i32(t).f32(scale).runOrFail(gate, work).floats(0);
             float[] expAtt = new float[rows * t], expD = new float[rows * t];
             for (int r = 0; r < rows; r++) {
-                int q = r % t;
+                int q = row0 + r % band;
                 double max = Double.NEGATIVE_INFINITY, sum = 0, dot = 0;
                 for (int j = 0; j <= q; j++) max = Math.max(max, scale * (double) pre[r * t + j]);
                 for (int j = 0; j <= q; j++) sum += Math.exp(scale * (double) pre[r * t + j] - max);
@@ -482,8 +486,9 @@ class CudaOpsEmulationTest {
                 for (int j = 0; j <= q; j++) dot += (double) att[r * t + j] * datt[r * t + j];
                 for (int j = 0; j <= q; j++) expD[r * t + j] = (float) (scale * att[r * t + j] * (datt[r * t + j] - dot));
             }
-            close("attention softmax " + rows + "x" + t, expAtt, att, 1e-5);
-            close("attention softmax backward " + rows + "x" + t, expD, d, 1e-4);
+            String shape = s[0] + "x" + band + " from row " + row0 + " of " + t;
+            close("attention softmax " + shape, expAtt, att, 1e-5);
+            close("attention softmax backward " + shape, expD, d, 1e-4);
         }
     }
 

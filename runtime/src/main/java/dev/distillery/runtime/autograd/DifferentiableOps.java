@@ -279,9 +279,10 @@ public final class DifferentiableOps {
     }
 
     /**
-     * Whether {@link #attention} makes its probabilities again in the backward instead of keeping
-     * them from the forward: (b, heads, t, t) floats less per layer until the backward, for one
-     * more score product and softmax per layer; the same bits either way. Off by default.
+     * Whether {@link #attention} keeps no probabilities: the forward makes them a band of rows at a
+     * time and the backward makes them again the same way ({@code Kernels.attentionBackwardInBands}),
+     * so no (b, heads, t, t) block exists, for one more score product and softmax per layer. Off by
+     * default.
      */
     public void setRecomputeAttention(boolean recompute) {
         this.recomputeAttention = recompute;
@@ -290,31 +291,35 @@ public final class DifferentiableOps {
     /**
      * Causal multi-head attention: qkv (b·t, 3c) → (b·t, c), stored as {@code outType} (F32, or
      * {@link #gemmOperandType} for an output only GEMMs read). The (b, heads, t, t) probabilities
-     * are kept for the backward, or, with {@link #setRecomputeAttention}, given back as soon as the
-     * forward has used them and made again, bit for bit, by the backward ({@code Kernels.attentionProbs}).
+     * are kept for the backward, or, with {@link #setRecomputeAttention}, never kept whole.
      */
     public Tensor attention(Tensor qkv, int b, int t, int heads, DType outType) {
         requireF32("attention", qkv);
         int c = qkv.dim(1) / 3;
-        boolean track = tracks(qkv), recompute = recomputeAttention;
+        boolean track = tracks(qkv);
         Tensor out = output("attention", outType, track, b * t, c);
+        if (recomputeAttention) {
+            kernels.attentionForward(out.data(), outType, null, qkv.data(), b, t, c, heads);
+            if (track) {
+                recordBackward(out, () -> {
+                    if (out.grad() != null) {
+                        GradTarget dqkv = gradToWrite(qkv);   // not null: qkv is tracked
+                        kernels.attentionBackwardInBands(dqkv.data(), dqkv.beta(), out.grad().data(), qkv.data(), b, t, c, heads);
+                    }
+                });
+            }
+            return out;
+        }
         Tensor att = workspace.tensor("attention.probs", b, heads, t, t);
         kernels.attentionForward(out.data(), outType, att.data(), qkv.data(), b, t, c, heads);
-        if (recompute) releaseScratch(att);
         if (track) {
             recordBackward(out, () -> {
                 if (out.grad() != null) {
-                    Tensor probs = att;
-                    if (recompute) {
-                        probs = workspace.tensor("attention.probs", b, heads, t, t);
-                        kernels.attentionProbs(probs.data(), qkv.data(), b, t, c, heads);
-                    }
                     Tensor scratch = workspace.tensor("attention.dprobs", b, heads, t, t);
                     GradTarget dqkv = gradToWrite(qkv);   // not null: qkv is tracked
-                    kernels.attentionBackward(dqkv.data(), dqkv.beta(), scratch.data(), out.grad().data(), qkv.data(), probs.data(),
+                    kernels.attentionBackward(dqkv.data(), dqkv.beta(), scratch.data(), out.grad().data(), qkv.data(), att.data(),
                             b, t, c, heads);
                     releaseScratch(scratch);
-                    if (recompute) releaseScratch(probs);
                 }
             });
         }

@@ -29,7 +29,7 @@ import dev.distillery.runtime.autograd.Tape;
  * for bit, in less workspace: under bf16 the activations that only GEMMs read (the block norms'
  * outputs, GPT-2's GELU output, Llama's SwiGLU output) are stored in bf16 (the GEMMs rounded them
  * to bf16 anyway), and attention's probabilities can be made again in the backward instead of
- * kept. GPT-2 and Llama (grouped-query attention) on the CPU; the emulated CUDA device's twins
+ * kept (within one band of rows; over several, the loss's bits and the gradients to rounding). GPT-2 and Llama (grouped-query attention) on the CPU; the emulated CUDA device's twins
  * are in TrainingOnEmulatedCudaTest.
  */
 class ActivationMemoryTest {
@@ -49,11 +49,13 @@ class ActivationMemoryTest {
     }
 
     /**
-     * Attention's probabilities made again in the backward give the bits of kept ones, in less
-     * workspace: GPT-2 and Llama, in fp32 and (where the CPU has it) in bf16.
+     * Attention's probabilities made again in the backward give the bits of kept ones where the
+     * window fits one band of rows (16 tokens here; over several bands dk and dv add the bands'
+     * terms in another order, CpuKernelsConformanceTest), in less workspace: GPT-2 and Llama, in
+     * fp32 and (where the CPU has it) in bf16.
      */
     @Test
-    void recomputedAttentionProbabilitiesGiveTheBitsOfKeptOnes() {
+    void recomputedAttentionProbabilitiesGiveTheBitsOfKeptOnesWithinOneBand() {
         for (Precision precision : Precision.values()) {
             try (CpuKernels kernels = new CpuKernels(2, "auto", precision)) {
                 DType type = kernels.storesBf16Activations() ? DType.BF16 : DType.F32;
@@ -63,6 +65,31 @@ class ActivationMemoryTest {
                     assertTrue(again.workspacePeak() < kept.workspacePeak(), kernels.describe() + ": workspace " + again.workspacePeak()
                             + " against " + kept.workspacePeak());
                 }
+            }
+        }
+    }
+
+    /**
+     * Over several bands of rows (150 tokens: bands of 64, 64 and 22) the probabilities made again
+     * give the kept ones' loss, bit for bit (the forward's band calls are the kept path's), and
+     * gradients that agree to float rounding (dk and dv add the bands' terms in another order), in
+     * less workspace: GPT-2 and Llama, fp32.
+     */
+    @Test
+    void recomputedAttentionOverSeveralBandsGivesTheLossBitsAndTheGradientsToRounding() {
+        try (CpuKernels kernels = new CpuKernels(2, "auto", Precision.FP32)) {
+            for (Function<Kernels, LanguageModel> make : List.of(
+                    (Function<Kernels, LanguageModel>) k -> new Gpt2(new Gpt2Config(97, 150, 2, 48, 4), k),
+                    k -> new Llama(new LlamaConfig(LlamaConfig.Family.LLAMA, 97, 150, 2, 48, 4, 2, 12, 80, 1e-5f, LlamaConfig.Rope.plain(10000), true), k))) {
+                Pass kept = pass(kernels, make, DType.F32, false, 150), again = pass(kernels, make, DType.F32, true, 150);
+                assertEquals(Double.doubleToRawLongBits(kept.loss()), Double.doubleToRawLongBits(again.loss()), "loss");
+                for (int i = 0; i < kept.gradients().size(); i++) {
+                    float[] a = kept.gradients().get(i), z = again.gradients().get(i);
+                    double scale = 0;
+                    for (float x : a) scale = Math.max(scale, Math.abs(x));
+                    for (int j = 0; j < a.length; j++) assertEquals(a[j], z[j], 1e-4 * scale, "gradient of parameter " + i + " at " + j);
+                }
+                assertTrue(again.workspacePeak() < kept.workspacePeak(), "workspace " + again.workspacePeak() + " against " + kept.workspacePeak());
             }
         }
     }
@@ -108,7 +135,12 @@ class ActivationMemoryTest {
 
     /** {@link #pass}, with attention's probabilities made again in the backward or kept. */
     static Pass pass(Kernels kernels, Function<Kernels, LanguageModel> make, DType gemmOperandType, boolean recomputeAttention) {
-        int b = 3, t = 16;
+        return pass(kernels, make, gemmOperandType, recomputeAttention, 16);
+    }
+
+    /** {@link #pass} over windows of t tokens (at most the model's context). */
+    static Pass pass(Kernels kernels, Function<Kernels, LanguageModel> make, DType gemmOperandType, boolean recomputeAttention, int t) {
+        int b = 3;
         try (LanguageModel model = make.apply(kernels);
              ModelInputs inputs = new ModelInputs(kernels, b, t, model.vocabSize());
              Workspace ws = new Workspace(kernels, 1 << 16).poisonAllocations()) {

@@ -70,8 +70,9 @@ public final class TeacherCommand implements Runnable {
         boolean resume;
         @Option(names = "--stop-after", defaultValue = "0", description = "Stop with a checkpoint after this step; continue later with --resume.")
         int stopAfter;
-        @Option(names = "--recompute-attention", description = "Make attention's probabilities again in the backward instead of keeping them:"
-                + " batch x heads x context^2 floats a layer less, for one more score product a layer; the same results.")
+        @Option(names = "--recompute-attention", description = "Keep none of attention's probabilities: they are made a band of rows at a"
+                + " time in the forward and again in the backward, so no batch x heads x context^2 floats exist, for one more score product"
+                + " a layer; the same function (the last bits may differ past one band of rows).")
         boolean recomputeAttention;
         @Mixin
         DeviceOptions device;

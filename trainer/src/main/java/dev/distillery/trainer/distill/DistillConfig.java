@@ -58,8 +58,8 @@ import dev.distillery.trainer.data.StrictJson;
  * @param teachersCombination with teachers: mean (of the teachers' losses, default) or mixture (of their distributions)
  * @param precision       fp32 (default) or bf16: mixed precision, every GEMM on bf16 operands with fp32 sums
  *                        where the device has bf16 arithmetic (docs/CONFIG.md#precision)
- * @param recomputeAttention attention's probabilities made again in the backward instead of kept from the
- *                        forward: less memory, more time, the same bits (default false)
+ * @param recomputeAttention none of attention's probabilities kept: made a band of rows at a time in the
+ *                        forward and again in the backward; less memory, more time (default false)
  */
 @JsonInclude(JsonInclude.Include.ALWAYS)
 public record DistillConfig(String teacher, String evalTeacher, String out, String tokenizer, String initFrom,

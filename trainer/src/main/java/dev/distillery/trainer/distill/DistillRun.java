@@ -558,7 +558,7 @@ public final class DistillRun {
                     o.step() < cfg.steps() ? "stopped (--stop-after)" : "done", o.step(), cfg.steps(), steps.tokensPerSecond,
                     100 * steps.waitFraction, o.lastCheckpoint(), o.metrics());
             out.printf("student: its workspace peaked at %,d bytes (activations and their gradients%s)%n", session.workspace().highWater(),
-                    cfg.recomputeAttention() ? "; attention's probabilities made again in the backward" : "");
+                    cfg.recomputeAttention() ? "; attention's probabilities made in bands, again in the backward" : "");
             if (live != null) {
                 out.printf("teacher in the process: its forward's workspace peaked at %,d bytes (one block's activations and the hidden states)%n",
                         live.workspaceHighWater());

@@ -37,7 +37,7 @@ public final class LanguageModelTraining {
      * @param validation held-out token file (optional)
      * @param out        run folder (metrics.jsonl, curves.png, checkpoints/)
      * @param tokenizer  tokenizer.json copied into checkpoints (optional)
-     * @param recomputeAttention attention's probabilities made again in the backward instead of kept (less memory, more time, the same bits)
+     * @param recomputeAttention none of attention's probabilities kept: made a band of rows at a time, and again in the backward (less memory, more time)
      */
     public record Options(Path tokens, Path validation, Path out, Path tokenizer, Gpt2Config model, int batch,
                           int steps, double lr, double minLr, int warmup, double weightDecay, double gradClip,

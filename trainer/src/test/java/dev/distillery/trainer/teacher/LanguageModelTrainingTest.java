@@ -61,7 +61,10 @@ class LanguageModelTrainingTest {
         assertTrue(Files.isRegularFile(whole.checkpoint().resolve("tokenizer.json")));
     }
 
-    /** {@code teacher train --recompute-attention}: the checkpoint of a run that keeps attention's probabilities, bit for bit. */
+    /**
+     * {@code teacher train --recompute-attention}: the checkpoint of a run that keeps attention's
+     * probabilities, bit for bit, since 16 tokens are one band of rows.
+     */
     @Test
     void recomputingAttentionTrainsTheSameTeacher(@TempDir Path dir) throws IOException {
         StringWriter out = new StringWriter(), err = new StringWriter();
