@@ -69,6 +69,11 @@ public final class Gpt2 implements LanguageModel {
     }
 
     @Override
+    public int heads() {
+        return config.heads();
+    }
+
+    @Override
     public String describe() {
         return String.format("GPT-2, %d layers of %d channels, %d heads, vocab %d, context %d: %,d parameters", config.layers(),
                 config.channels(), config.heads(), config.vocabSize(), config.contextLength(), params.parameterCount());

@@ -26,6 +26,9 @@ public sealed interface LanguageModel extends AutoCloseable permits Gpt2, Llama 
 
     int layers();
 
+    /** Query heads of each layer's attention. */
+    int heads();
+
     ParameterStore parameters();
 
     /** The family's own initialisation, from one seeded generator: a seed fixes the model bit for bit. */

@@ -94,6 +94,11 @@ public final class Llama implements LanguageModel {
     }
 
     @Override
+    public int heads() {
+        return cfg.heads();
+    }
+
+    @Override
     public ParameterStore parameters() {
         return params;
     }

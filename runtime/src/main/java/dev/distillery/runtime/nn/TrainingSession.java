@@ -55,6 +55,7 @@ public final class TrainingSession implements AutoCloseable {
     private final double maxGradNorm;
     private final int batch;
     private final int time;
+    private boolean recomputesAttention;
     private final Graph graph;
     private final ModelInputs inputs;
     private final TeacherStaging teacherStaging;
@@ -113,12 +114,22 @@ public final class TrainingSession implements AutoCloseable {
     }
 
     /**
-     * From the next step on, attention's probabilities are made again in the backward instead of
-     * kept from the forward (DifferentiableOps.setRecomputeAttention): less memory, a little more
-     * time, the same bits.
+     * From the next step on, none of attention's probabilities is kept: they are made a band of
+     * rows at a time in the forward and again in the backward (DifferentiableOps.setRecomputeAttention):
+     * less memory, a little more time, the same function.
      */
     public void recomputeAttention(boolean recompute) {
         graph.ops.setRecomputeAttention(recompute);
+        recomputesAttention = recompute;
+    }
+
+    /**
+     * Bytes of attention's probabilities a step keeps: batch · heads · t² floats a layer from the
+     * forward to the backward, and one such block more for their gradient while a layer's backward
+     * runs; 0 under {@link #recomputeAttention}.
+     */
+    public long keptAttentionBytes() {
+        return recomputesAttention ? 0 : 4L * batch * model.heads() * time * time * (model.layers() + 1);
     }
 
     /**

@@ -56,16 +56,40 @@ class TrainingSessionTest {
 
     /** The workspace's peak over one hard-label step of a GPT-2 with {@code layers} blocks. */
     private static long stepPeak(int layers, int vocab, int c, int heads, int b, int t) {
+        return stepPeak(layers, vocab, c, heads, b, t, false, 0);
+    }
+
+    /**
+     * {@link #stepPeak}, attention's probabilities kept or not; {@code keptBytes}, where not 0, is
+     * what the session must say it keeps.
+     */
+    private static long stepPeak(int layers, int vocab, int c, int heads, int b, int t, boolean recompute, long keptBytes) {
         Gpt2Config cfg = new Gpt2Config(vocab, t, layers, c, heads);
         try (CpuKernels kernels = new CpuKernels(1, "auto");
              Gpt2 model = new Gpt2(cfg, kernels);
              TrainingSession s = new TrainingSession(model, kernels, new AdamW.Config(0.9, 0.95, 1e-8, 0.0),
                      new LearningRateSchedule(1e-3, 1e-3, 0, 10), 1.0, b, t)) {
             model.initialize(1);
+            s.recomputeAttention(recompute);
+            if (keptBytes != 0) assertEquals(recompute ? 0 : keptBytes, s.keptAttentionBytes());
             fillBatch(s, 2, vocab, b * t);
             s.step();
             return s.workspace().highWater();
         }
+    }
+
+    /**
+     * The session counts attention's kept probabilities (b · heads · t² floats for each of 3 layers
+     * and one block more for their gradient; 0 when they are made in bands), and not keeping them
+     * takes at least the forward's three blocks off the workspace's peak (all live at the end of
+     * the forward).
+     */
+    @Test
+    void keptAttentionBytesCountsWhatNotKeepingThemSaves() {
+        int vocab = 50, c = 32, heads = 4, b = 2, t = 96;
+        long block = 4L * b * heads * t * t;
+        long kept = stepPeak(3, vocab, c, heads, b, t, false, 4 * block), inBands = stepPeak(3, vocab, c, heads, b, t, true, 4 * block);
+        assertTrue(kept - inBands >= 3 * block, "the peak drops by " + (kept - inBands) + " bytes; three layers' probabilities are " + 3 * block);
     }
 
     /**

@@ -523,6 +523,8 @@ public final class DistillRun {
         int startStep = session.optimizer().step();
         LanguageModel model = session.model();
         out.println("student: " + model.describe());
+        String attention = TrainingLoop.attentionMemoryNote(session.keptAttentionBytes(), "'recompute_attention': true");
+        if (attention != null) out.println(attention);
         DistillOptions last = cfg.loss().optionsAt(cfg.steps(), cfg.steps());
         String schedule = cfg.loss().scheduleKind() == DistillConfig.Loss.Schedule.CONSTANT ? ""
                 : String.format(" (%s to T %.3g, alpha %.3g at step %d)", cfg.loss().schedule(), last.temperature(), last.alpha(), cfg.steps());

@@ -98,6 +98,21 @@ public final class TrainingLoop {
     private TrainingLoop() {
     }
 
+    /** Attention's kept probabilities from this many bytes a step on get a line naming the option that keeps none. */
+    static final long ATTENTION_NOTE_BYTES = 256L << 20;
+
+    /**
+     * The line for a run whose attention keeps {@code keptBytes} of probabilities a step
+     * ({@link TrainingSession#keptAttentionBytes}), where that is {@link #ATTENTION_NOTE_BYTES} or
+     * more: they grow with the square of the context, and {@code option} keeps none of them. Null
+     * below it.
+     */
+    public static String attentionMemoryNote(long keptBytes, String option) {
+        if (keptBytes < ATTENTION_NOTE_BYTES) return null;
+        return String.format("attention: its probabilities take %,d MB a step (batch x heads x seq_len^2 floats a layer); %s keeps none"
+                + " of them, for one more score product a layer", keptBytes >> 20, option);
+    }
+
     /**
      * The checkpoint a run continues from: with {@code resume}, the latest in {@code store}, which
      * must exist; without, none, and {@code outDir} must hold no earlier run (its checkpoints,

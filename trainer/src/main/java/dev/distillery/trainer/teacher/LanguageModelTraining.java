@@ -90,6 +90,8 @@ public final class LanguageModelTraining {
                 out.printf("model: %d layers, %d channels, %d heads, vocab %d, context %d: %,d parameters; %,d training tokens%n",
                         o.model().layers(), o.model().channels(), o.model().heads(), o.model().vocabSize(), t,
                         model.parameters().parameterCount(), train.size());
+                String attention = TrainingLoop.attentionMemoryNote(session.keptAttentionBytes(), "--recompute-attention");
+                if (attention != null) out.println(attention);
                 out.flush();
                 Steps steps = new Steps(o, session, train, val, rng, err);
                 TrainingLoop.Outcome outcome = TrainingLoop.run(session, store, steps, new TrainingLoop.Settings("lm", "train", o.steps(),
