@@ -1072,9 +1072,10 @@ public final class CpuKernels implements Kernels {
     }
 
     /**
-     * Rows [i0, i1) of head q's probabilities into band (rows of t floats, row i at band row i − i0),
-     * as far as column i1: the band's own score product and the rows' softmax, the calls and so the
-     * bits of those rows of {@link #attentionProbs} on the fp32 path.
+     * Rows [i0, i1) of the probabilities of the head whose q is at offset q of qkv, into band (rows
+     * of t floats, row i at band row i − i0) as far as column i1: the band's own score product and
+     * the rows' softmax, the calls and so the bits of those rows of {@link #attentionProbs} on the
+     * fp32 path.
      */
     private void probsBand(MemorySegment band, MemorySegment qkv, long q, int i0, int i1, int t, int c, int hs) {
         int c3 = 3 * c;

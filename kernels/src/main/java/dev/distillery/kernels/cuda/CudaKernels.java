@@ -634,8 +634,14 @@ public final class CudaKernels implements Kernels {
         else mergeHeads(out.address(), y, b, t, nh, hs, 1, false);
     }
 
-    /** Bytes of one band of scores a band-wise attention keeps in flight, over all heads at once. */
-    private static final long ATTENTION_BAND_BYTES = 64L << 20;
+    /**
+     * Bytes of one band of fp32 scores a band-wise attention keeps in flight, over all heads at
+     * once (the backward holds two, and their bf16 copies under bf16: three times this). Large,
+     * because each band costs a handful of launches and a GPU step is bound by launches at small
+     * shapes: at 8 × 12 heads over 4,096 tokens a band of 512 MiB is 320 rows, 13 bands a layer,
+     * where the whole (t, t) square would be 6 GiB a layer (docs/PERFORMANCE.md, on paper).
+     */
+    private static final long ATTENTION_BAND_BYTES = 512L << 20;
     /** Set by tests to run the bands on small shapes; 0: {@link #ATTENTION_BAND_BYTES}. */
     private static volatile long attentionBandBytes;
 
