@@ -291,14 +291,15 @@ public final class DifferentiableOps {
     /**
      * Causal multi-head attention: qkv (b·t, 3c) → (b·t, c), stored as {@code outType} (F32, or
      * {@link #gemmOperandType} for an output only GEMMs read). The (b, heads, t, t) probabilities
-     * are kept for the backward, or, with {@link #setRecomputeAttention}, never kept whole.
+     * are kept for the backward, or, with {@link #setRecomputeAttention} or in a pass with no
+     * backward (evaluation, a teacher's forward, generation's prompt), never kept whole.
      */
     public Tensor attention(Tensor qkv, int b, int t, int heads, DType outType) {
         requireF32("attention", qkv);
         int c = qkv.dim(1) / 3;
         boolean track = tracks(qkv);
         Tensor out = output("attention", outType, track, b * t, c);
-        if (recomputeAttention) {
+        if (recomputeAttention || !track) {
             kernels.attentionForward(out.data(), outType, null, qkv.data(), b, t, c, heads);
             if (track) {
                 recordBackward(out, () -> {

@@ -94,6 +94,47 @@ class ActivationMemoryTest {
         }
     }
 
+    /**
+     * A pass with no backward (evaluation, a teacher's forward, a prompt) keeps no attention
+     * probabilities: over 150 tokens (three bands) its hidden states are the bits of a recorded
+     * pass's, in a workspace smaller by at least the recorded pass's probabilities; GPT-2 and
+     * Llama, fp32.
+     */
+    @Test
+    void aPassWithNoBackwardKeepsNoAttentionProbabilitiesAndGivesTheSameHiddenStates() {
+        int b = 2, t = 150, heads = 4, layers = 2;
+        try (CpuKernels kernels = new CpuKernels(2, "auto", Precision.FP32)) {
+            for (Function<Kernels, LanguageModel> make : List.of(
+                    (Function<Kernels, LanguageModel>) k -> new Gpt2(new Gpt2Config(97, t, layers, 48, heads), k),
+                    k -> new Llama(new LlamaConfig(LlamaConfig.Family.LLAMA, 97, t, layers, 48, heads, 2, 12, 80, 1e-5f, LlamaConfig.Rope.plain(10000), true), k))) {
+                float[][] hidden = new float[2][];
+                long[] peak = new long[2];
+                for (int pass = 0; pass < 2; pass++) {
+                    boolean recorded = pass == 0;
+                    try (LanguageModel model = make.apply(kernels);
+                         ModelInputs inputs = new ModelInputs(kernels, b, t, model.vocabSize());
+                         Workspace ws = new Workspace(kernels, 1 << 16).poisonAllocations()) {
+                        model.initialize(7);
+                        Rng rng = new Rng(5);
+                        int[] windows = new int[b * (t + 1)];
+                        for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(model.vocabSize());
+                        inputs.setWindows(windows);
+                        Tape tape = new Tape();
+                        tape.setEnabled(recorded);
+                        Tensor h = model.hidden(new DifferentiableOps(kernels, ws, tape), inputs.tokens(), b, t);
+                        try (Arena scratch = Arena.ofConfined()) {
+                            hidden[pass] = kernels.hostView(h.data(), h.byteSize(), scratch).toArray(ValueLayout.JAVA_FLOAT);
+                        }
+                        peak[pass] = ws.highWater();
+                    }
+                }
+                assertArrayEquals(hidden[0], hidden[1], "hidden states");
+                long probs = 4L * b * heads * t * t * layers;
+                assertTrue(peak[0] - peak[1] >= probs, "workspace " + peak[1] + " against " + peak[0] + "; the probabilities are " + probs);
+            }
+        }
+    }
+
     /** fp32 kernels keep every activation fp32, and refuse to be asked otherwise. */
     @Test
     void fp32KernelsStoreNoActivationInBf16() {
