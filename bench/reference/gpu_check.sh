@@ -7,7 +7,9 @@
 #   2. CudaDistillLossBenchmark: the fused loss on the device at the LM-head shapes, with a
 #      device-to-device copy of the same traffic as the bandwidth yardstick;
 #   3. TrainingStepBenchmark -p device=cuda: the training step (configs A and B, fp32 and bf16) and
-#      the distillation step (config B, dense bf16 teacher) on the device;
+#      the distillation step (config B, dense bf16 teacher) on the device; without --quick also
+#      config L (B's model over 2,048 tokens) in bf16 with no attention probabilities kept, beside
+#      PyTorch's fused attention (F.scaled_dot_product_attention);
 #   4. StepProfile on the device: config B's step kernel by kernel (each call's GPU time), fp32 and bf16;
 #   5. where python3 has torch with CUDA: PyTorch eager on the same GPU for rows 2 and 3
 #      (pytorch_loss.py, pytorch_step.py with device cuda), and one table of medians and ratios.
@@ -54,11 +56,12 @@ shapes=(2048x32000 4096x50257 1024x128256)
   -rf csv -rff "$out/cuda-loss.csv" 2>&1 | tee "$out/cuda-loss.txt" | grep -E '^(Benchmark|CudaDistillLossBenchmark)' || true
 
 echo "== TrainingStepBenchmark -p device=cuda" >&2
-steps=("A fp32 ce" "A bf16 ce" "B fp32 ce" "B bf16 ce" "B fp32 distill" "B bf16 distill")
+# config precision loss [attention: keep (ours) and explicit (PyTorch's) unless "recompute" (ours) and sdpa (PyTorch's)]
+steps=("A fp32 ce" "A bf16 ce" "B fp32 ce" "B bf16 ce" "B fp32 distill" "B bf16 distill" "L bf16 ce recompute")
 [ $quick = 1 ] && steps=("A fp32 ce" "B bf16 distill")
 for s in "${steps[@]}"; do
   set -- $s
-  "$java" -jar bench/target/benchmarks.jar TrainingStepBenchmark -p device=cuda -p config=$1 -p precision=$2 -p loss=$3 \
+  "$java" -jar bench/target/benchmarks.jar TrainingStepBenchmark -p device=cuda -p config=$1 -p precision=$2 -p loss=$3 -p attention=${4:-keep} \
     -f 1 -wi 2 -i 5 -w 500ms -r 500ms -rf csv -rff "$out/step-$1-$2-$3.csv" > "$out/step-$1-$2-$3.txt" 2>&1 \
     || echo "TrainingStepBenchmark $s failed: see $out/step-$1-$2-$3.txt" >&2
 done
@@ -103,7 +106,10 @@ echo "== side by side" >&2
   done
   for s in "${steps[@]}"; do
     set -- $s
-    row "step $1 $2 $3" "$(jmh_ms "$out/step-$1-$2-$3.csv" step "$2,[0-9]+")" "$(torch_ms bench/reference/pytorch_step.py $1 1 20 $2 $3 cuda)"
+    torch_attention=explicit
+    [ "${4:-}" = recompute ] && torch_attention=sdpa
+    row "step $1 $2 $3${4:+ $4}" "$(jmh_ms "$out/step-$1-$2-$3.csv" step "$2,[0-9]+")" \
+      "$(torch_ms bench/reference/pytorch_step.py $1 1 20 $2 $3 cuda $torch_attention)"
   done
 } | tee "$out/side-by-side.txt"
 
