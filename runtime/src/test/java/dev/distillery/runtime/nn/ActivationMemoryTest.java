@@ -34,9 +34,41 @@ import dev.distillery.runtime.autograd.Tape;
  */
 class ActivationMemoryTest {
 
-    static final Function<Kernels, LanguageModel> GPT2 = k -> new Gpt2(new Gpt2Config(97, 16, 2, 48, 4), k);
-    static final Function<Kernels, LanguageModel> LLAMA = k -> new Llama(new LlamaConfig(LlamaConfig.Family.LLAMA, 97, 16, 2, 48, 4, 2,
-            12, 80, 1e-5f, LlamaConfig.Rope.plain(10000), true), k);
+    static final Function<Kernels, LanguageModel> GPT2 = gpt2(16);
+    static final Function<Kernels, LanguageModel> LLAMA = llama(16);
+
+    /** A 2-block GPT-2 of width 48 and 4 heads over a context of t. */
+    static Function<Kernels, LanguageModel> gpt2(int t) {
+        return k -> new Gpt2(new Gpt2Config(97, t, 2, 48, 4), k);
+    }
+
+    /** A 2-block Llama of width 48, 4 heads over 2 key/value heads, over a context of t. */
+    static Function<Kernels, LanguageModel> llama(int t) {
+        return k -> new Llama(new LlamaConfig(LlamaConfig.Family.LLAMA, 97, t, 2, 48, 4, 2, 12, 80, 1e-5f, LlamaConfig.Rope.plain(10000), true), k);
+    }
+
+    /** A pass over a model, its inputs and a workspace made for it. */
+    interface PassBody<R> {
+        R run(LanguageModel model, ModelInputs inputs, Workspace ws);
+    }
+
+    /**
+     * body over a model from make (initialised from seed 7), b random windows of t + 1 tokens from
+     * seed, and a workspace that fills what it hands out with NaN, so a value read before it is
+     * written fails.
+     */
+    private static <R> R withModel(Kernels kernels, Function<Kernels, LanguageModel> make, int b, int t, long seed, PassBody<R> body) {
+        try (LanguageModel model = make.apply(kernels);
+             ModelInputs inputs = new ModelInputs(kernels, b, t, model.vocabSize());
+             Workspace ws = new Workspace(kernels, 1 << 16).poisonAllocations()) {
+            model.initialize(7);
+            Rng rng = new Rng(seed);
+            int[] windows = new int[b * (t + 1)];
+            for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(model.vocabSize());
+            inputs.setWindows(windows);
+            return body.run(model, inputs, ws);
+        }
+    }
 
     @Test
     void gpt2GivesTheBitsOfFp32ActivationsWithGemmOnlyActivationsInBf16() {
@@ -78,9 +110,7 @@ class ActivationMemoryTest {
     @Test
     void recomputedAttentionOverSeveralBandsGivesTheLossBitsAndTheGradientsToRounding() {
         try (CpuKernels kernels = new CpuKernels(2, "auto", Precision.FP32)) {
-            for (Function<Kernels, LanguageModel> make : List.of(
-                    (Function<Kernels, LanguageModel>) k -> new Gpt2(new Gpt2Config(97, 150, 2, 48, 4), k),
-                    k -> new Llama(new LlamaConfig(LlamaConfig.Family.LLAMA, 97, 150, 2, 48, 4, 2, 12, 80, 1e-5f, LlamaConfig.Rope.plain(10000), true), k))) {
+            for (Function<Kernels, LanguageModel> make : List.of(gpt2(150), llama(150))) {
                 Pass kept = pass(kernels, make, DType.F32, false, 150), again = pass(kernels, make, DType.F32, true, 150);
                 assertEquals(Double.doubleToRawLongBits(kept.loss()), Double.doubleToRawLongBits(again.loss()), "loss");
                 for (int i = 0; i < kept.gradients().size(); i++) {
@@ -102,31 +132,23 @@ class ActivationMemoryTest {
      */
     @Test
     void aPassWithNoBackwardKeepsNoAttentionProbabilitiesAndGivesTheSameHiddenStates() {
-        int b = 2, t = 150, heads = 4, layers = 2;
+        int b = 2, t = 150, heads = 4, layers = 2;   // as gpt2() and llama() make them
         try (CpuKernels kernels = new CpuKernels(2, "auto", Precision.FP32)) {
-            for (Function<Kernels, LanguageModel> make : List.of(
-                    (Function<Kernels, LanguageModel>) k -> new Gpt2(new Gpt2Config(97, t, layers, 48, heads), k),
-                    k -> new Llama(new LlamaConfig(LlamaConfig.Family.LLAMA, 97, t, layers, 48, heads, 2, 12, 80, 1e-5f, LlamaConfig.Rope.plain(10000), true), k))) {
+            for (Function<Kernels, LanguageModel> make : List.of(gpt2(t), llama(t))) {
                 float[][] hidden = new float[2][];
                 long[] peak = new long[2];
                 for (int pass = 0; pass < 2; pass++) {
                     boolean recorded = pass == 0;
-                    try (LanguageModel model = make.apply(kernels);
-                         ModelInputs inputs = new ModelInputs(kernels, b, t, model.vocabSize());
-                         Workspace ws = new Workspace(kernels, 1 << 16).poisonAllocations()) {
-                        model.initialize(7);
-                        Rng rng = new Rng(5);
-                        int[] windows = new int[b * (t + 1)];
-                        for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(model.vocabSize());
-                        inputs.setWindows(windows);
+                    int at = pass;
+                    hidden[pass] = withModel(kernels, make, b, t, 5, (model, inputs, ws) -> {
                         Tape tape = new Tape();
                         tape.setEnabled(recorded);
                         Tensor h = model.hidden(new DifferentiableOps(kernels, ws, tape), inputs.tokens(), b, t);
+                        peak[at] = ws.highWater();
                         try (Arena scratch = Arena.ofConfined()) {
-                            hidden[pass] = kernels.hostView(h.data(), h.byteSize(), scratch).toArray(ValueLayout.JAVA_FLOAT);
+                            return kernels.hostView(h.data(), h.byteSize(), scratch).toArray(ValueLayout.JAVA_FLOAT);
                         }
-                        peak[pass] = ws.highWater();
-                    }
+                    });
                 }
                 assertArrayEquals(hidden[0], hidden[1], "hidden states");
                 long probs = 4L * b * heads * t * t * layers;
@@ -182,14 +204,7 @@ class ActivationMemoryTest {
     /** {@link #pass} over windows of t tokens (at most the model's context). */
     static Pass pass(Kernels kernels, Function<Kernels, LanguageModel> make, DType gemmOperandType, boolean recomputeAttention, int t) {
         int b = 3;
-        try (LanguageModel model = make.apply(kernels);
-             ModelInputs inputs = new ModelInputs(kernels, b, t, model.vocabSize());
-             Workspace ws = new Workspace(kernels, 1 << 16).poisonAllocations()) {
-            model.initialize(7);
-            Rng rng = new Rng(21);
-            int[] windows = new int[b * (t + 1)];
-            for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(model.vocabSize());
-            inputs.setWindows(windows);
+        return withModel(kernels, make, b, t, 21, (model, inputs, ws) -> {
             Tape tape = new Tape();
             DifferentiableOps ops = new DifferentiableOps(kernels, ws, tape, gemmOperandType);
             ops.setRecomputeAttention(recomputeAttention);
@@ -203,6 +218,6 @@ class ActivationMemoryTest {
                 }
             }
             return new Pass(loss, gradients, ws.highWater());
-        }
+        });
     }
 }
