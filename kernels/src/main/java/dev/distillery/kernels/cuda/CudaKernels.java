@@ -605,12 +605,13 @@ public final class CudaKernels implements Kernels {
         long n = (long) b * t * c, tt = (long) t * t, th = (long) t * hs;
         int es = storedBytes();
         if (att == null) {
-            long band = (long) bh * attentionBandRows(bh, t) * t;
+            int bandRows = attentionBandRows(bh, t);
+            long band = (long) bh * bandRows * t;
             long heads = attentionHeads.atLeast(aligned(3 * n * es) + aligned(4 * n) + aligned(4 * band) + 2 * band);
             long q = heads, k = q + n * es, v = k + n * es, y = heads + aligned(3 * n * es), probs = y + aligned(4 * n);
             splitHeads(q, qkv.address(), b, t, nh, hs, 3);
-            for (int i0 = 0; i0 < t; i0 += attentionBandRows(bh, t)) {
-                int i1 = Math.min(t, i0 + attentionBandRows(bh, t)), rows = i1 - i0;
+            for (int i0 = 0; i0 < t; i0 += bandRows) {
+                int i1 = Math.min(t, i0 + bandRows), rows = i1 - i0;
                 long ps = attentionBand(probs, probs + aligned(4 * band), q, k, i0, i1, bh, t, hs);
                 // y[bh] rows [i0, i1) = probs · V[0, i1)
                 storedGemm(false, false, rows, hs, i1, ps, i1, (long) rows * i1, v, hs, th, 0f, y + 4L * i0 * hs, hs, th, bh);

@@ -288,6 +288,11 @@ public final class DifferentiableOps {
         this.recomputeAttention = recompute;
     }
 
+    /** Whether {@link #setRecomputeAttention} asked for no kept probabilities. */
+    public boolean recomputesAttention() {
+        return recomputeAttention;
+    }
+
     /**
      * Causal multi-head attention: qkv (b·t, 3c) → (b·t, c), stored as {@code outType} (F32, or
      * {@link #gemmOperandType} for an output only GEMMs read). The (b, heads, t, t) probabilities

@@ -55,7 +55,6 @@ public final class TrainingSession implements AutoCloseable {
     private final double maxGradNorm;
     private final int batch;
     private final int time;
-    private boolean recomputesAttention;
     private final Graph graph;
     private final ModelInputs inputs;
     private final TeacherStaging teacherStaging;
@@ -120,7 +119,6 @@ public final class TrainingSession implements AutoCloseable {
      */
     public void recomputeAttention(boolean recompute) {
         graph.ops.setRecomputeAttention(recompute);
-        recomputesAttention = recompute;
     }
 
     /**
@@ -129,7 +127,7 @@ public final class TrainingSession implements AutoCloseable {
      * runs; 0 under {@link #recomputeAttention}.
      */
     public long keptAttentionBytes() {
-        return recomputesAttention ? 0 : 4L * batch * model.heads() * time * time * (model.layers() + 1);
+        return graph.ops.recomputesAttention() ? 0 : 4L * batch * model.heads() * time * time * (model.layers() + 1);
     }
 
     /**
