@@ -13,7 +13,7 @@
 #include "rows.h"
 
 /* The interface version DistilleryCpu expects. */
-int distillery_cpu_abi(void) { return 15; }
+int distillery_cpu_abi(void) { return 16; }
 
 /*
  * ROWS_AVX512 (AVX-512 F/BW/DQ and FMA: the bf16 GEMM and the sampling exps run too), ROWS_AVX2

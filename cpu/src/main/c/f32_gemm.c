@@ -80,11 +80,11 @@ F32 static void pack_avx512(int trans_b, int k, int n, const float *b, int ldb, 
  * band reads its packed B from memory, and the prefetchers, which follow a stream only once it has
  * started, left that strip waiting on every block's first lines.
  */
-F32 static inline __attribute__((always_inline)) void block_f32(const int R, int m, int n, int k, const float *a, size_t rs, size_t ks,
+F32 static inline __attribute__((always_inline)) void block_f32(const int R, int m, int n, int kp, const float *a, size_t rs, size_t ks,
                                                                 const float *bp, int i0, int j0, int k0, int k1, float alpha, float beta,
                                                                 float *c, int ldc, const float *next) {
-    const float *b0 = bp + (size_t) (j0 / 16) * k * 16, *b1 = b0 + (size_t) k * 16;
-    const float *n0 = next != NULL ? next : b0, *n1 = n0 + (size_t) k * 16;
+    const float *b0 = bp + (size_t) (j0 / 16) * kp * 16, *b1 = b0 + (size_t) kp * 16;
+    const float *n0 = next != NULL ? next : b0, *n1 = n0 + (size_t) kp * 16;
     const int rows = m - i0 < R ? m - i0 : R, cols = n - j0 < 32 ? n - j0 : 32;
     float *cb = c + (size_t) i0 * ldc + j0;
     const float *ar[8];
@@ -135,31 +135,31 @@ F32 static inline __attribute__((always_inline)) void block_f32(const int R, int
  * one row holds two chains, each FMA waiting on the last, where eight keep the FMA
  * pipe fed (a decode step of one sequence).
  */
-F32 static void row_f32_128(const float *a, size_t ks, const float *bp, int k, int j0, int k0, int k1, float alpha, float beta,
+F32 static void row_f32_128(const float *a, size_t ks, const float *bp, int kp, int j0, int k0, int k1, float alpha, float beta,
                             float *c) {
-    const float *b = bp + (size_t) (j0 / 16) * k * 16;
+    const float *b = bp + (size_t) (j0 / 16) * kp * 16;
     __m512 s[8];
 #pragma GCC unroll 8
     for (int q = 0; q < 8; q++) s[q] = _mm512_setzero_ps();
     for (int kk = k0; kk < k1; kk++) {
         const __m512 x = _mm512_set1_ps(a[(size_t) (kk - k0) * ks]);
 #pragma GCC unroll 8
-        for (int q = 0; q < 8; q++) s[q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b + ((size_t) q * k + kk) * 16), s[q]);
+        for (int q = 0; q < 8; q++) s[q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b + ((size_t) q * kp + kk) * 16), s[q]);
     }
     store_row_128(s, alpha, beta, c + j0, c + j0);
 }
 
-F32 static void tile_avx512(int m, int n, int k, const float *a, size_t rs, size_t ks, const float *bp, int i0, int j0, int k0, int k1,
+F32 static void tile_avx512(int m, int n, int kp, const float *a, size_t rs, size_t ks, const float *bp, int i0, int j0, int k0, int k1,
                             float alpha, float beta, float *c, int ldc, const float *next) {
     const int left = m - i0;   /* the last strip of rows: the narrowest block that covers it */
     if (left > 4) {
-        block_f32(8, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+        block_f32(8, m, n, kp, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
     } else if (left > 2) {
-        block_f32(4, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+        block_f32(4, m, n, kp, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
     } else if (left == 2) {
-        block_f32(2, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+        block_f32(2, m, n, kp, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
     } else {
-        block_f32(1, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+        block_f32(1, m, n, kp, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
     }
 }
 
@@ -207,8 +207,11 @@ static void pack_a_t(int R, int rows, const float *a, int lda, int i0, int kc, i
 }
 
 /*
- * C (m, n) = alpha op(A) op(B) + beta C on the calling thread, op(B) as distillery_f32_pack_b left
- * it, in kind's blocks; C = alpha op(A) op(B) where beta is 0 (C not read: NaN there never reaches
+ * C (m, n) = alpha op(A) op(B) + beta C on the calling thread, op(B) the first k rows and n
+ * columns of what distillery_f32_pack_b left at depth kp ≥ k (kp = k: the whole pack), in kind's
+ * blocks: the same bits as from a pack of that part alone, since a pack's columns are its
+ * 16-column blocks, kp * 16 floats apart, and its rows their first lines (one head's K or V packed
+ * once for the products of all its bands of query rows, docs/KERNELS.md#packed-once-a-head); C = alpha op(A) op(B) where beta is 0 (C not read: NaN there never reaches
  * it). With k = 0, C = beta C (blocks of no steps, their zero sums times 0). bias: NULL, or n floats
  * that stand in for every row of C as beta's operand (C = alpha op(A) op(B) + beta bias: a linear
  * layer's output, with the bits of its bias copied into every row first, as the bf16 GEMM takes
@@ -221,7 +224,7 @@ static void pack_a_t(int R, int rows, const float *a, int lda, int i0, int kc, i
  * blocks of a band that share a strip run one after the other).
  */
 void distillery_f32_gemm_packed_b(int kind, int trans_a, int m, int n, int k, float alpha, const float *a, int lda, const float *bp,
-                                  float beta, float *c, int ldc, const float *bias) {
+                                  int kp, float beta, float *c, int ldc, const float *bias) {
     if (m <= 0 || n <= 0) return;
     const f32_path *p = path(kind);
     if (bias != NULL && beta == 0.f) bias = NULL;   /* not read */
@@ -239,8 +242,8 @@ void distillery_f32_gemm_packed_b(int kind, int trans_a, int m, int n, int k, fl
             if (q == 0 && bias != NULL) memcpy(c, bias, (size_t) n * 4);
             const float *at = a + (size_t) kc * ks;
             int j0 = 0;
-            for (; j0 + p->row_cols <= n; j0 += p->row_cols) p->row(at, ks, bp, k, j0, kc, kend, alpha, panel_beta, c);
-            for (; j0 < n; j0 += p->cols) p->tile(1, n, k, at, rs, ks, bp, 0, j0, kc, kend, alpha, panel_beta, c, ldc, NULL);
+            for (; j0 + p->row_cols <= n; j0 += p->row_cols) p->row(at, ks, bp, kp, j0, kc, kend, alpha, panel_beta, c);
+            for (; j0 < n; j0 += p->cols) p->tile(1, n, kp, at, rs, ks, bp, 0, j0, kc, kend, alpha, panel_beta, c, ldc, NULL);
             continue;
         }
         const int blocks_i = (m + p->rows - 1) / p->rows, blocks_j = round_up(n, p->cols) / p->cols;
@@ -251,7 +254,7 @@ void distillery_f32_gemm_packed_b(int kind, int trans_a, int m, int n, int k, fl
             const int in_band = t - first * blocks_i;
             const int i0 = p->rows * (in_band / width), j0 = p->cols * (first + in_band % width);
             const int rows = m - i0 < p->rows ? m - i0 : p->rows;
-            const float *next = i0 == 0 && j0 + p->cols < p->cols * (first + width) ? bp + (size_t) (j0 + p->cols) / 16 * k * 16 : NULL;
+            const float *next = i0 == 0 && j0 + p->cols < p->cols * (first + width) ? bp + (size_t) (j0 + p->cols) / 16 * kp * 16 : NULL;
             if (q == 0 && bias != NULL) {
                 const int cols = n - j0 < p->cols ? n - j0 : p->cols;
                 for (int r = 0; r < rows; r++) memcpy(c + (size_t) (i0 + r) * ldc + j0, bias + j0, (size_t) cols * 4);
@@ -259,9 +262,9 @@ void distillery_f32_gemm_packed_b(int kind, int trans_a, int m, int n, int k, fl
             if (pack_a) {
                 float *ap = panel != NULL ? panel + (size_t) i0 * (kend - kc) : strip;
                 if (in_band % width == 0 && (panel == NULL || first == 0)) pack_a_t(p->rows, rows, a, lda, i0, kc, kend, ap);
-                p->tile(m, n, k, ap, 1, (size_t) p->rows, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
+                p->tile(m, n, kp, ap, 1, (size_t) p->rows, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
             } else {
-                p->tile(m, n, k, a + (size_t) i0 * rs + (size_t) kc * ks, rs, ks, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
+                p->tile(m, n, kp, a + (size_t) i0 * rs + (size_t) kc * ks, rs, ks, bp, i0, j0, kc, kend, alpha, panel_beta, c, ldc, next);
             }
         }
     }
@@ -277,6 +280,6 @@ int distillery_f32_gemm(int kind, int trans_a, int trans_b, int m, int n, int k,
     float *bp = (float *) packing_buffer(0, (size_t) distillery_f32_packed_b_bytes(k, n));
     if (bp == NULL) return 1;
     distillery_f32_pack_b(kind, trans_b, k, n, b, ldb, bp);
-    distillery_f32_gemm_packed_b(kind, trans_a, m, n, k, alpha, a, lda, bp, beta, c, ldc, bias);
+    distillery_f32_gemm_packed_b(kind, trans_a, m, n, k, alpha, a, lda, bp, k, beta, c, ldc, bias);
     return 0;
 }

@@ -16,15 +16,16 @@ enum { F32_NONE = 0, F32_AVX2 = 1, F32_AVX512 = 2 };
 
 /*
  * One R x W block of C (R the path's rows or fewer for the last strip of a short C, W its
- * columns), rows i0.., columns j0.., from k in [k0, k1): row i0 + r of op(A) at step kk is
+ * columns), rows i0.., columns j0.., from k in [k0, k1) of a pack made at depth kp (its 16-column
+ * blocks kp * 16 floats apart; kp ≥ k1): row i0 + r of op(A) at step kk is
  * a[r * rs + (kk - k0) * ks] (a where op(A) lies, or its pack); C = alpha sums + beta C (C not read where beta is 0; a bias is in
  * C by then, copied by the driver). next: the packed B of the block formed next, asked for into L2
  * as this one runs, or NULL.
  */
-typedef void f32_tile(int m, int n, int k, const float *a, size_t rs, size_t ks, const float *bp, int i0, int j0, int k0, int k1,
+typedef void f32_tile(int m, int n, int kp, const float *a, size_t rs, size_t ks, const float *bp, int i0, int j0, int k0, int k1,
                       float alpha, float beta, float *c, int ldc, const float *next);
-/* The row_cols columns j0.. (all inside C) of a C of one row, from k in [k0, k1): op(A) at step kk is a[(kk - k0) * ks]. */
-typedef void f32_row(const float *a, size_t ks, const float *bp, int k, int j0, int k0, int k1, float alpha, float beta, float *c);
+/* The row_cols columns j0.. (all inside C) of a C of one row, from k in [k0, k1) of a pack of depth kp: op(A) at step kk is a[(kk - k0) * ks]. */
+typedef void f32_row(const float *a, size_t ks, const float *bp, int kp, int j0, int k0, int k1, float alpha, float beta, float *c);
 /* op(B) (k, n) into bp in the one layout both paths read (distillery_f32_pack_b). */
 typedef void f32_pack(int trans_b, int k, int n, const float *b, int ldb, float *bp);
 

@@ -92,10 +92,10 @@ AVX2 static void pack_avx2(int trans_b, int k, int n, const float *b, int ldb, f
  * read the last row again (their sums are not stored); the next block's line is asked for into L2
  * a step at a time.
  */
-AVX2 static inline __attribute__((always_inline)) void block_avx2(const int R, int m, int n, int k, const float *a, size_t rs, size_t ks,
+AVX2 static inline __attribute__((always_inline)) void block_avx2(const int R, int m, int n, int kp, const float *a, size_t rs, size_t ks,
                                                                   const float *bp, int i0, int j0, int k0, int k1, float alpha, float beta,
                                                                   float *c, int ldc, const float *next) {
-    const float *b = bp + (size_t) (j0 / 16) * k * 16, *nb = next != NULL ? next : b;
+    const float *b = bp + (size_t) (j0 / 16) * kp * 16, *nb = next != NULL ? next : b;
     const int rows = m - i0 < R ? m - i0 : R, cols = n - j0 < 16 ? n - j0 : 16;
     float *cb = c + (size_t) i0 * ldc + j0;
     const float *ar[6];
@@ -140,28 +140,28 @@ AVX2 static inline __attribute__((always_inline)) void block_avx2(const int R, i
     store_block_avx2(acc, 16, rows, cols, alpha, beta, cb, ldc, cb, (size_t) ldc);
 }
 
-AVX2 static void tile_avx2(int m, int n, int k, const float *a, size_t rs, size_t ks, const float *bp, int i0, int j0, int k0, int k1,
+AVX2 static void tile_avx2(int m, int n, int kp, const float *a, size_t rs, size_t ks, const float *bp, int i0, int j0, int k0, int k1,
                            float alpha, float beta, float *c, int ldc, const float *next) {
     const int left = m - i0;   /* the last strip of rows: the narrowest block that covers it */
     if (left > 4) {
-        block_avx2(6, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+        block_avx2(6, m, n, kp, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
     } else if (left > 2) {
-        block_avx2(4, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+        block_avx2(4, m, n, kp, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
     } else if (left == 2) {
-        block_avx2(2, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+        block_avx2(2, m, n, kp, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
     } else {
-        block_avx2(1, m, n, k, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
+        block_avx2(1, m, n, kp, a, rs, ks, bp, i0, j0, k0, k1, alpha, beta, c, ldc, next);
     }
 }
 
 /* 64 columns of a C of one row: eight chains of FMAs (four 16-column blocks), as f32_gemm.c's 128 in 512-bit registers. */
-AVX2 static void row_avx2(const float *a, size_t ks, const float *bp, int k, int j0, int k0, int k1, float alpha, float beta, float *c) {
-    const float *b = bp + (size_t) (j0 / 16) * k * 16;
+AVX2 static void row_avx2(const float *a, size_t ks, const float *bp, int kp, int j0, int k0, int k1, float alpha, float beta, float *c) {
+    const float *b = bp + (size_t) (j0 / 16) * kp * 16;
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;   /* named, as block_avx2's */
     for (int kk = k0; kk < k1; kk++) {
         const __m256 x = _mm256_broadcast_ss(a + (size_t) (kk - k0) * ks);
         const float *line = b + (size_t) kk * 16;
-#define CHAIN(q) s##q = _mm256_fmadd_ps(x, _mm256_loadu_ps(line + (size_t) (q / 2) * k * 16 + (q % 2) * 8), s##q);
+#define CHAIN(q) s##q = _mm256_fmadd_ps(x, _mm256_loadu_ps(line + (size_t) (q / 2) * kp * 16 + (q % 2) * 8), s##q);
         CHAIN(0) CHAIN(1) CHAIN(2) CHAIN(3) CHAIN(4) CHAIN(5) CHAIN(6) CHAIN(7)
 #undef CHAIN
     }

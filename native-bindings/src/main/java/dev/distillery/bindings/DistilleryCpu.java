@@ -32,7 +32,7 @@ public final class DistilleryCpu {
 
     public static final String RESOURCE = "dev/distillery/cpu/linux-x86_64/libdistillery_cpu.so";
     /** The interface version this binding expects of {@code distillery_cpu_abi()}. */
-    public static final int ABI = 15;
+    public static final int ABI = 16;
     /** {@link #bf16GemmKind()}'s answers: the machine that runs {@link #bf16Gemm}. */
     public static final int BF16_NONE = 0, BF16_AVX512 = 1, BF16_AMX = 2;
     /** {@link #f32GemmKind()}'s answers: the blocks that run {@link #f32Gemm} (f32_gemm.h's F32_*). */
@@ -89,7 +89,7 @@ public final class DistilleryCpu {
                         f32PackB = linker.downcallHandle(lookup.findOrThrow("distillery_f32_pack_b"),
                                 FunctionDescriptor.ofVoid(i, i, i, i, p, i, p));
                         f32Packed = linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm_packed_b"),
-                                FunctionDescriptor.ofVoid(i, i, i, i, i, f, p, i, p, f, p, i, p));
+                                FunctionDescriptor.ofVoid(i, i, i, i, i, f, p, i, p, i, f, p, i, p));
                         f32 = linker.downcallHandle(lookup.findOrThrow("distillery_f32_gemm"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, p, i, f, p, i, p));
                     }
@@ -342,13 +342,13 @@ public final class DistilleryCpu {
 
     /**
      * {@code distillery_f32_gemm_packed_b}: row-major {@code C = alpha op(A) op(B) + beta C} in fp32
-     * on the calling thread, op(B) packed by {@link #f32PackB} (C not read where beta is 0), with a
-     * bias and a kind as {@link #f32Gemm}'s.
+     * on the calling thread, op(B) the first k rows and n columns of what {@link #f32PackB} packed
+     * at depth {@code packedK} ≥ k (C not read where beta is 0), with a bias and a kind as {@link #f32Gemm}'s.
      */
-    public static void f32GemmPackedB(int kind, boolean transA, int m, int n, int k, float alpha, long a, int lda, long bp, float beta, long c, int ldc,
-                                      long bias) {
+    public static void f32GemmPackedB(int kind, boolean transA, int m, int n, int k, float alpha, long a, int lda, long bp, int packedK,
+                                      float beta, long c, int ldc, long bias) {
         try {
-            F32_GEMM_PACKED_B.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, bp, beta, c, ldc, bias);
+            F32_GEMM_PACKED_B.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, bp, packedK, beta, c, ldc, bias);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_f32_gemm_packed_b failed", e);
         }

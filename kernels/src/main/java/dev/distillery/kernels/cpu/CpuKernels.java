@@ -980,12 +980,15 @@ public final class CpuKernels implements Kernels {
     /**
      * One head's causal product C (t, n) = alpha op(A) op(B) + beta C in bands of rows,
      * op(A) (t, k) and op(B) (k, n), with k = t for K_TO and K_FROM and n = t for COLUMNS; C's other
-     * entries are left as they are. A GEMM call a band of CAUSAL_ROWS, or on the AVX512-BF16 path one
-     * native call that packs each operand once and gives the bits of a GEMM call a band of
-     * CAUSAL_ROWS_NATIVE (docs/KERNELS.md#causal-self-attention).
+     * entries are left as they are. A GEMM call a band of CAUSAL_ROWS ({@link #bandProduct}), or on the
+     * AVX512-BF16 path one native call that packs each operand once and gives the bits of a GEMM call
+     * a band of CAUSAL_ROWS_NATIVE (docs/KERNELS.md#causal-self-attention).
      */
-    private void causalProduct(Causal mode, boolean transA, boolean transB, int t, int n, int k, float alpha,
-                               MemorySegment a, int lda, MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+    private void causalProduct(Causal mode, boolean transA, int t, int n, int k, float alpha,
+                               MemorySegment a, int lda, HeadOperand op, float beta, MemorySegment c, int ldc) {
+        boolean transB = op.trans();
+        MemorySegment b = op.b();
+        int ldb = op.ldb();
         if (gemm instanceof Bf16Gemm bf16 && bf16.hasCausal()) {
             int cols = mode == Causal.COLUMNS ? t : n;
             int code = switch (mode) {
@@ -1001,9 +1004,56 @@ public final class CpuKernels implements Kernels {
         }
         for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
             int i1 = Math.min(t, i0 + CAUSAL_ROWS), k0 = mode == Causal.K_FROM ? i0 : 0;
-            gemm.sgemm(transA, transB, i1 - i0, mode == Causal.COLUMNS ? i1 : n, mode == Causal.K_TO ? i1 : k - k0, alpha,
-                    a.asSlice(4L * (transA ? (long) k0 * lda + i0 : (long) i0 * lda + k0)), lda,
-                    b.asSlice(4L * (transB ? k0 : (long) k0 * ldb)), ldb, beta, c.asSlice(4L * i0 * ldc), ldc);
+            bandProduct(transA, i1 - i0, mode == Causal.COLUMNS ? i1 : n, mode == Causal.K_TO ? i1 : k - k0, alpha,
+                    a.asSlice(4L * (transA ? (long) k0 * lda + i0 : (long) i0 * lda + k0)), lda, op, k0, beta, c.asSlice(4L * i0 * ldc), ldc);
+        }
+    }
+
+    /**
+     * A B operand of a head's products: op(B) = {@code b}, transposed where {@code trans}, rows of
+     * stride ldb; and for the head's K or V where the GEMM is ours, op(B) packed once for all the
+     * head's bands, each of which reads its first columns (the scores' Kᵀ, dP's Vᵀ) or its first rows
+     * (P V's V, dS K's K): the bits of the pack each band's call would make, without packing a
+     * prefix of K or V again for every band (docs/KERNELS.md#packed-once-a-head).
+     */
+    private record HeadOperand(boolean trans, MemorySegment b, int ldb, NativeF32Gemm.Pack pack) {
+        /** An operand read where it lies. */
+        HeadOperand(boolean trans, MemorySegment b, int ldb) {
+            this(trans, b, ldb, null);
+        }
+    }
+
+    /**
+     * The floats of a chunk's scratch that one of a head's packed K or V takes (a multiple of 16,
+     * so packs laid one after another stay 64-byte aligned); 0 where the GEMM packs at each call.
+     */
+    private long headPackFloats(int t, int hs) {
+        if (!(gemm instanceof NativeF32Gemm)) return 0;
+        long bytes = Math.max(NativeF32Gemm.packBytes(hs, t), NativeF32Gemm.packBytes(t, hs));
+        return (bytes / 4 + 15) / 16 * 16;
+    }
+
+    /**
+     * The head's K or V at element {@code at} of qkv as op(B), Kᵀ or Vᵀ (hs, t) where {@code trans},
+     * else (t, hs): packed into {@code scratch} ({@link #headPackFloats}) where the GEMM is ours.
+     */
+    private HeadOperand headOperand(boolean trans, MemorySegment qkv, long at, int t, int c, int hs, MemorySegment scratch) {
+        MemorySegment b = qkv.asSlice(4 * at);
+        return new HeadOperand(trans, b, 3 * c, gemm instanceof NativeF32Gemm ours
+                ? ours.pack(trans, trans ? hs : t, trans ? t : hs, b, 3 * c, scratch) : null);
+    }
+
+    /**
+     * C (m, n) = alpha op(A) op(B)[k0, k0 + k)×[0, n) + beta C, op(B) a head's operand: from its
+     * pack where it has one (never with a transposed A or rows skipped: no band reads its pack so).
+     */
+    private void bandProduct(boolean transA, int m, int n, int k, float alpha, MemorySegment a, int lda, HeadOperand op, int k0,
+                             float beta, MemorySegment c, int ldc) {
+        if (op.pack() != null && !transA && k0 == 0) {
+            ((NativeF32Gemm) gemm).sgemm(m, n, k, alpha, a, lda, op.pack(), beta, c, ldc);
+        } else {
+            gemm.sgemm(transA, op.trans(), m, n, k, alpha, a, lda, op.b().asSlice(4L * (op.trans() ? k0 : (long) k0 * op.ldb())), op.ldb(),
+                    beta, c, ldc);
         }
     }
 
@@ -1011,29 +1061,33 @@ public final class CpuKernels implements Kernels {
     public void attentionForward(MemorySegment out, DType outType, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
         boolean bf16 = writesBf16(outType, "attention"), kept = att != null;
         int hs = headSize(c, nh), c3 = 3 * c;
-        // per chunk: under a bf16 output, the fp32 product of a head, rounded into its columns after;
-        // without att, one band of probabilities
-        long productFloats = bf16 ? (long) t * hs : 0, perChunk = productFloats + (kept ? 0 : bandFloats(t));
+        // per chunk: the head's packed Kᵀ and V; under a bf16 output, the fp32 product of a head,
+        // rounded into its columns after; without att, one band of probabilities
+        long packFloats = headPackFloats(t, hs), productFloats = bf16 ? (long) t * hs : 0;
+        long perChunk = (2 * packFloats + productFloats + (kept ? 0 : bandFloats(t)) + 15) / 16 * 16;
         MemorySegment scratch = perChunk > 0 ? chunkScratch(pool.chunks(b * nh, 1), perChunk) : null;
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
-            MemorySegment y = bf16 ? scratch.asSlice(4L * chunk * perChunk) : null;
-            MemorySegment band = kept ? null : scratch.asSlice(4L * (chunk * perChunk + productFloats), 4L * bandFloats(t));
+            long at = chunk * perChunk;
+            MemorySegment kPack = packFloats > 0 ? scratch.asSlice(4L * at, 4L * packFloats) : null;
+            MemorySegment vPack = packFloats > 0 ? scratch.asSlice(4L * (at + packFloats), 4L * packFloats) : null;
+            MemorySegment y = bf16 ? scratch.asSlice(4L * (at + 2 * packFloats)) : null;
+            MemorySegment band = kept ? null : scratch.asSlice(4L * (at + 2 * packFloats + productFloats), 4L * bandFloats(t));
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
                 long q = (long) bb * t * c3 + (long) h * hs;
+                HeadOperand kT = headOperand(true, qkv, q + c, t, c, hs, kPack), v = headOperand(false, qkv, q + 2L * c, t, c, hs, vPack);
                 MemorySegment yh = bf16 ? y : out.asSlice(4 * ((long) bb * t * c + (long) h * hs));
                 int ldy = bf16 ? hs : c;
                 if (kept) {
-                    MemorySegment attBh = attentionProbs(att, qkv, bh, q, t, c, hs);
+                    MemorySegment attBh = attentionProbs(att, qkv, bh, q, kT, t, c, hs);
                     // out_h = att · v (t, hs), rows of stride c; rows [i0, i1) read att's first i1 columns
-                    causalProduct(Causal.K_TO, false, false, t, hs, t, 1f, attBh, t, qkv.asSlice(4 * (q + 2L * c)), c3, 0f, yh, ldy);
+                    causalProduct(Causal.K_TO, false, t, hs, t, 1f, attBh, t, v, 0f, yh, ldy);
                 } else {
                     // the same band calls as the kept probabilities' and their product's, one band at a time
                     for (int i0 = 0; i0 < t; i0 += CAUSAL_ROWS) {
                         int i1 = Math.min(t, i0 + CAUSAL_ROWS);
-                        probsBand(band, qkv, q, i0, i1, t, c, hs);
-                        gemm.sgemm(false, false, i1 - i0, hs, i1, 1f, band, t, qkv.asSlice(4 * (q + 2L * c)), c3,
-                                0f, yh.asSlice(4L * i0 * ldy), ldy);
+                        probsBand(band, qkv, q, kT, i0, i1, t, c, hs);
+                        bandProduct(false, i1 - i0, hs, i1, 1f, band, t, v, 0, 0f, yh.asSlice(4L * i0 * ldy), ldy);
                     }
                 }
                 if (bf16) {
@@ -1055,13 +1109,12 @@ public final class CpuKernels implements Kernels {
     /**
      * Head bh's probabilities (t, t) in att: scale · q kᵀ, rows [i0, i1) as far as column i1, then
      * the causal softmax of each row, zeros above the diagonal; q is the offset of the head's q in
-     * qkv. One code for the forward and for the backward that makes them again, so the bits agree.
+     * qkv, kT its Kᵀ. Its bands are {@link #probsBand}'s calls, so the kept and the banded paths agree.
      */
-    private MemorySegment attentionProbs(MemorySegment att, MemorySegment qkv, int bh, long q, int t, int c, int hs) {
+    private MemorySegment attentionProbs(MemorySegment att, MemorySegment qkv, int bh, long q, HeadOperand kT, int t, int c, int hs) {
         float scale = (float) (1.0 / Math.sqrt(hs));
-        int c3 = 3 * c;
         MemorySegment attBh = att.asSlice(4L * bh * t * t);
-        causalProduct(Causal.COLUMNS, false, true, t, t, hs, scale, qkv.asSlice(4 * q), c3, qkv.asSlice(4 * (q + c)), c3, 0f, attBh, t);
+        causalProduct(Causal.COLUMNS, false, t, t, hs, scale, qkv.asSlice(4 * q), 3 * c, kT, 0f, attBh, t);
         for (int i = 0; i < t; i++) softmaxRow(attBh, (long) i * t, i, t, t);
         return attBh;
     }
@@ -1072,15 +1125,14 @@ public final class CpuKernels implements Kernels {
     }
 
     /**
-     * Rows [i0, i1) of the probabilities of the head whose q is at offset q of qkv, into band (rows
-     * of t floats, row i at band row i − i0) as far as column i1: the band's own score product and
-     * the rows' softmax, the calls and so the bits of those rows of {@link #attentionProbs} on the
-     * fp32 path.
+     * Rows [i0, i1) of the probabilities of the head whose q is at offset q of qkv (kT its Kᵀ), into
+     * band (rows of t floats, row i at band row i − i0) as far as column i1: the band's own score
+     * product and the rows' softmax, the calls and so the bits of those rows of {@link #attentionProbs}
+     * on the fp32 path.
      */
-    private void probsBand(MemorySegment band, MemorySegment qkv, long q, int i0, int i1, int t, int c, int hs) {
+    private void probsBand(MemorySegment band, MemorySegment qkv, long q, HeadOperand kT, int i0, int i1, int t, int c, int hs) {
         int c3 = 3 * c;
-        gemm.sgemm(false, true, i1 - i0, i1, hs, (float) (1.0 / Math.sqrt(hs)), qkv.asSlice(4 * (q + (long) i0 * c3)), c3,
-                qkv.asSlice(4 * (q + c)), c3, 0f, band, t);
+        bandProduct(false, i1 - i0, i1, hs, (float) (1.0 / Math.sqrt(hs)), qkv.asSlice(4 * (q + (long) i0 * c3)), c3, kT, 0, 0f, band, t);
         for (int i = i0; i < i1; i++) softmaxRow(band, (long) (i - i0) * t, i, t, i1);
     }
 
@@ -1135,21 +1187,25 @@ public final class CpuKernels implements Kernels {
         int c3 = 3 * c;
         // datt is scratch: each chunk's heads share its chunk's (t, t) slice of it, which stays in
         // cache from one head to the next, where a slice a head would be written to lines fetched
-        // from memory (docs/PERFORMANCE.md)
+        // from memory (docs/PERFORMANCE.md); a chunk's scratch holds the head's packed Vᵀ and K
+        long packFloats = headPackFloats(t, hs);
+        MemorySegment packs = packFloats > 0 ? chunkScratch(pool.chunks(b * nh, 1), 2 * packFloats) : null;
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
             MemorySegment dattBh = datt.asSlice(4L * chunk * t * t, 4L * t * t);
+            MemorySegment vPack = packs != null ? packs.asSlice(4L * chunk * 2 * packFloats, 4L * packFloats) : null;
+            MemorySegment kPack = packs != null ? packs.asSlice(4L * (chunk * 2 + 1) * packFloats, 4L * packFloats) : null;
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
                 long q = (long) bb * t * c3 + (long) h * hs, probs = (long) bh * t * t;
                 MemorySegment attBh = att.asSlice(4 * probs);
                 long doutH = (long) bb * t * c + (long) h * hs;
+                HeadOperand doutOp = new HeadOperand(false, dout.asSlice(4 * doutH), c), qOp = new HeadOperand(false, qkv.asSlice(4 * q), c3);
                 // dv += attᵀ · dout: rows [j0, j1) of dv from att's rows j0.. (above them att is 0). Each of
                 // dv, dq and dk has one product, over all of its rows: beta 0 writes it (a sum starts at
                 // +0 and never becomes -0, so its bits are those of adding it to zeros)
-                causalProduct(Causal.K_FROM, true, false, t, hs, t, 1f, attBh, t, dout.asSlice(4 * doutH), c,
-                        dqkvBeta, dqkv.asSlice(4 * (q + 2L * c)), c3);
+                causalProduct(Causal.K_FROM, true, t, hs, t, 1f, attBh, t, doutOp, dqkvBeta, dqkv.asSlice(4 * (q + 2L * c)), c3);
                 // datt = dout · vᵀ, rows [i0, i1) as far as column i1
-                causalProduct(Causal.COLUMNS, false, true, t, t, hs, 1f, dout.asSlice(4 * doutH), c, qkv.asSlice(4 * (q + 2L * c)), c3,
+                causalProduct(Causal.COLUMNS, false, t, t, hs, 1f, dout.asSlice(4 * doutH), c, headOperand(true, qkv, q + 2L * c, t, c, hs, vPack),
                         0f, dattBh, t);
                 // softmax backward, with the 1/√hs of the scores folded in: dpre = scale · att ⊙ (datt − Σ att·datt)
                 for (int i = 0; i < t; i++) {
@@ -1159,8 +1215,9 @@ public final class CpuKernels implements Kernels {
                     VectorOps.fill(dattBh, row + i + 1, t - i - 1, 0f);
                 }
                 // dq += dpre · k, rows [i0, i1) from dpre's first i1 columns; dk += dpreᵀ · q, rows [j0, j1) from dpre's rows j0..
-                causalProduct(Causal.K_TO, false, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * (q + c)), c3, dqkvBeta, dqkv.asSlice(4 * q), c3);
-                causalProduct(Causal.K_FROM, true, false, t, hs, t, 1f, dattBh, t, qkv.asSlice(4 * q), c3, dqkvBeta, dqkv.asSlice(4 * (q + c)), c3);
+                causalProduct(Causal.K_TO, false, t, hs, t, 1f, dattBh, t, headOperand(false, qkv, q + c, t, c, hs, kPack), dqkvBeta,
+                        dqkv.asSlice(4 * q), c3);
+                causalProduct(Causal.K_FROM, true, t, hs, t, 1f, dattBh, t, qOp, dqkvBeta, dqkv.asSlice(4 * (q + c)), c3);
             }
         });
     }
@@ -1171,25 +1228,32 @@ public final class CpuKernels implements Kernels {
         int hs = headSize(c, nh);
         float scale = (float) (1.0 / Math.sqrt(hs));
         int c3 = 3 * c;
-        long bandFloats = bandFloats(t);
-        // per chunk, a band of probabilities and a band of their gradient
-        MemorySegment scratch = chunkScratch(pool.chunks(b * nh, 1), 2 * bandFloats);
+        long bandFloats = bandFloats(t), packFloats = headPackFloats(t, hs);
+        // per chunk, the head's packed Kᵀ, Vᵀ and K, a band of probabilities and a band of their gradient
+        long perChunk = (3 * packFloats + 2 * bandFloats + 15) / 16 * 16;
+        MemorySegment scratch = chunkScratch(pool.chunks(b * nh, 1), perChunk);
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
-            MemorySegment p = scratch.asSlice(4L * chunk * 2 * bandFloats, 4L * bandFloats);
-            MemorySegment dp = scratch.asSlice(4L * (chunk * 2 + 1) * bandFloats, 4L * bandFloats);
+            long at = chunk * perChunk;
+            MemorySegment kTPack = packFloats > 0 ? scratch.asSlice(4L * at, 4L * packFloats) : null;
+            MemorySegment vTPack = packFloats > 0 ? scratch.asSlice(4L * (at + packFloats), 4L * packFloats) : null;
+            MemorySegment kPack = packFloats > 0 ? scratch.asSlice(4L * (at + 2 * packFloats), 4L * packFloats) : null;
+            MemorySegment p = scratch.asSlice(4L * (at + 3 * packFloats), 4L * bandFloats);
+            MemorySegment dp = scratch.asSlice(4L * (at + 3 * packFloats + bandFloats), 4L * bandFloats);
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
                 long q = (long) bb * t * c3 + (long) h * hs, k = q + c, v = q + 2L * c;
                 long doutH = (long) bb * t * c + (long) h * hs;
+                HeadOperand kT = headOperand(true, qkv, k, t, c, hs, kTPack), vT = headOperand(true, qkv, v, t, c, hs, vTPack);
+                HeadOperand kOp = headOperand(false, qkv, k, t, c, hs, kPack);
                 // the last band first: it reaches every row of dk and dv, so it writes them (dqkvBeta) and the others add
                 for (int i0 = (t - 1) / CAUSAL_ROWS * CAUSAL_ROWS; i0 >= 0; i0 -= CAUSAL_ROWS) {
                     int i1 = Math.min(t, i0 + CAUSAL_ROWS), rows = i1 - i0;
                     float kvBeta = i1 == t ? dqkvBeta : 1f;
                     MemorySegment doutBand = dout.asSlice(4 * (doutH + (long) i0 * c));
-                    probsBand(p, qkv, q, i0, i1, t, c, hs);
+                    probsBand(p, qkv, q, kT, i0, i1, t, c, hs);
                     // dv[0, i1) += pᵀ · dout[i0, i1);  dp = dout[i0, i1) · v[0, i1)ᵀ
                     gemm.sgemm(true, false, i1, hs, rows, 1f, p, t, doutBand, c, kvBeta, dqkv.asSlice(4 * v), c3);
-                    gemm.sgemm(false, true, rows, i1, hs, 1f, doutBand, c, qkv.asSlice(4 * v), c3, 0f, dp, t);
+                    bandProduct(false, rows, i1, hs, 1f, doutBand, c, vT, 0, 0f, dp, t);
                     // softmax backward, the 1/√hs of the scores folded in, as attentionBackward's rows
                     for (int i = i0; i < i1; i++) {
                         long row = (long) (i - i0) * t;
@@ -1197,8 +1261,7 @@ public final class CpuKernels implements Kernels {
                         VectorOps.fill(dp, row + i + 1, i1 - i - 1, 0f);
                     }
                     // dq[i0, i1) = dpre · k[0, i1);  dk[0, i1) += dpreᵀ · q[i0, i1)
-                    gemm.sgemm(false, false, rows, hs, i1, 1f, dp, t, qkv.asSlice(4 * k), c3, dqkvBeta,
-                            dqkv.asSlice(4 * (q + (long) i0 * c3)), c3);
+                    bandProduct(false, rows, hs, i1, 1f, dp, t, kOp, 0, dqkvBeta, dqkv.asSlice(4 * (q + (long) i0 * c3)), c3);
                     gemm.sgemm(true, false, i1, hs, rows, 1f, dp, t, qkv.asSlice(4 * (q + (long) i0 * c3)), c3, kvBeta,
                             dqkv.asSlice(4 * k), c3);
                 }

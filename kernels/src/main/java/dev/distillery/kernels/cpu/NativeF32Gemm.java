@@ -144,11 +144,50 @@ final class NativeF32Gemm implements Gemm {
         long biasAddress = bias == null ? 0L : bias.address();
         MemorySegment packed = productRows <= KEEP_PACK_ROWS ? held.pack(transB, k, n, b, false, ldb) : held.packed(transB, k, n, b, false, ldb);
         if (packed != null) {
-            DistilleryCpu.f32GemmPackedB(kind, transA, m, n, k, alpha, a.address(), lda, packed.address(), beta, c.address(), ldc, biasAddress);
+            DistilleryCpu.f32GemmPackedB(kind, transA, m, n, k, alpha, a.address(), lda, packed.address(), k, beta, c.address(), ldc, biasAddress);
         } else if (DistilleryCpu.f32Gemm(kind, transA, transB, m, n, k, alpha, a.address(), lda, b.address(), ldb, beta, c.address(), ldc,
                 biasAddress) != 0) {
             throw new OutOfMemoryError("fp32 GEMM " + m + "x" + n + "x" + k + ": no memory to pack its B operand");
         }
+    }
+
+    /**
+     * op(B) of k rows and n columns packed once, for products that each read its first rows or its
+     * first columns ({@link #sgemm(int, int, int, float, MemorySegment, int, Pack, float, MemorySegment, int)}):
+     * one attention head's K or V for all its bands of query rows.
+     */
+    record Pack(MemorySegment bytes, int k, int n) {
+    }
+
+    /** Bytes of op(B) (k, n) packed by {@link #pack}. */
+    static long packBytes(int k, int n) {
+        return DistilleryCpu.f32PackedBBytes(k, n);
+    }
+
+    /** op(B) (k, n) of B (row stride ldb) packed into {@code into}: {@link #packBytes} of it, 64-byte aligned. */
+    Pack pack(boolean transB, int k, int n, MemorySegment b, int ldb, MemorySegment into) {
+        long bytes = packBytes(k, n);
+        if (into.byteSize() < bytes || into.address() % 64 != 0) {
+            throw new IllegalArgumentException("fp32 GEMM: a pack of " + k + "x" + n + " needs " + bytes + " bytes at a 64-byte boundary, got "
+                    + into.byteSize() + " at " + into.address());
+        }
+        long last = transB ? (long) (n - 1) * ldb + k : (long) (k - 1) * ldb + n;
+        DistilleryCpu.f32PackB(kind, transB, k, n, b.asSlice(0, 4 * last).address(), ldb, into.address());
+        return new Pack(into, k, n);
+    }
+
+    /**
+     * C (m, n) = alpha op(A) op(B)[0, k)×[0, n) + beta C on our blocks, op(B) a {@link #pack} of at least
+     * k rows and n columns: the bits of a product that packed that part of op(B) at the call.
+     */
+    void sgemm(int m, int n, int k, float alpha, MemorySegment a, int lda, Pack b, float beta, MemorySegment c, int ldc) {
+        if (k > b.k() || n > b.n()) {
+            throw new IllegalArgumentException("fp32 GEMM: " + k + "x" + n + " of op(B) from a pack of " + b.k() + "x" + b.n());
+        }
+        if (m == 0 || n == 0) return;
+        a.asSlice(0, 4 * ((long) (m - 1) * lda + k));
+        c.asSlice(0, 4 * ((long) (m - 1) * ldc + n));
+        DistilleryCpu.f32GemmPackedB(kind, false, m, n, k, alpha, a.address(), lda, b.bytes().address(), b.k(), beta, c.address(), ldc, 0L);
     }
 
     @Override

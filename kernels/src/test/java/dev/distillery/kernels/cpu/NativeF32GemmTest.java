@@ -181,6 +181,43 @@ class NativeF32GemmTest {
         }
     }
 
+    /**
+     * A product over the first k rows and n columns of a pack made once at (depth, width), as one
+     * attention head's K or V serves all its bands, gives the bits of the same product with that
+     * part of op(B) packed at the call, on every machine's blocks: k not a multiple of 8 and past a
+     * panel of 512, n not a multiple of 16 or 32, the whole pack, one row, both transposes of B,
+     * beta 0 over NaN and beta 1.
+     */
+    @ParameterizedTest
+    @CsvSource({"64, 1000, 64, 577, 64, false, 0", "64, 64, 700, 64, 600, false, 1", "7, 64, 300, 53, 300, true, 0",
+                "37, 133, 61, 133, 61, true, 1", "1, 2048, 64, 1024, 64, true, 0", "64, 64, 2048, 64, 1025, false, 0",
+                "3, 100, 40, 100, 40, false, 0"})
+    void aProductOverTheFirstRowsOrColumnsOfAPackHasTheBitsOfItsOwnPack(int m, int width, int depth, int n, int k, boolean transB, float beta) {
+        assumeTrue(NativeF32Gemm.available(), () -> "skipped: native CPU library " + DistilleryCpu.status());
+        Random random = new Random(m * 7919L + width * 31L + depth);
+        int lda = k + 3, ldb = (transB ? depth : width) + 5, ldc = n + 2;
+        int[] kinds = DistilleryCpu.f32GemmKind() == DistilleryCpu.F32_AVX512
+                ? new int[]{DistilleryCpu.F32_AVX512, DistilleryCpu.F32_AVX2} : new int[]{DistilleryCpu.F32_AVX2};
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, m * lda));
+            MemorySegment b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, gaussians(random, (transB ? width : depth) * ldb));
+            float[] c0 = gaussians(random, m * ldc);
+            for (int kind : kinds) {
+                NativeF32Gemm gemm = new NativeF32Gemm(new VectorGemm(), kind);
+                MemorySegment into = arena.allocate(NativeF32Gemm.packBytes(depth, width), 64).fill((byte) 0x7f);
+                NativeF32Gemm.Pack pack = gemm.pack(transB, depth, width, b, ldb, into);
+                MemorySegment got = arena.allocateFrom(ValueLayout.JAVA_FLOAT, c0), want = arena.allocateFrom(ValueLayout.JAVA_FLOAT, c0);
+                if (beta == 0f) {
+                    for (int i = 0; i < m; i++) for (int j = 0; j < n; j++) got.setAtIndex(ValueLayout.JAVA_FLOAT, (long) i * ldc + j, Float.NaN);
+                }
+                gemm.sgemm(m, n, k, 0.5f, a, lda, pack, beta, got, ldc);
+                assertEquals(0, DistilleryCpu.f32Gemm(kind, false, transB, m, n, k, 0.5f, a.address(), lda, b.address(), ldb, beta,
+                        want.address(), ldc, 0L));
+                assertEquals(-1L, got.mismatch(want), "kind " + kind + ": " + k + " x " + n + " of a " + depth + " x " + width + " pack");
+            }
+        }
+    }
+
     /** C = alpha op(A) op(B) + beta C0 into a new C, its first n columns NaN where beta is 0 (so never read). */
     private static MemorySegment product(CpuKernels kernels, Arena arena, boolean transA, boolean transB, int m, int n, int k, float alpha,
                                          MemorySegment a, int lda, MemorySegment b, int ldb, float beta, float[] c0, int ldc) {
