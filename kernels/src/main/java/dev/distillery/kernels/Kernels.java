@@ -430,8 +430,8 @@ public interface Kernels extends AutoCloseable {
      * {@link #attentionBackward}'s, the probabilities made again from qkv a band of rows at a time
      * and their gradient formed a band at a time, in the kernels' own scratch (a few bands of
      * (rows, t) in flight, never (b, nh, t, t)). The same function as {@link #attentionBackward};
-     * its sums over the bands run in another order, so the last bits may differ
-     * (docs/KERNELS.md#causal-self-attention).
+     * where that one's sums over the rows run in another order (a backend's products over whole
+     * heads), the last bits may differ (docs/KERNELS.md#without-kept-probabilities).
      */
     void attentionBackwardInBands(MemorySegment dqkv, float dqkvBeta, MemorySegment dout, MemorySegment qkv, int b, int t, int c, int nh);
 

@@ -1182,54 +1182,36 @@ public final class CpuKernels implements Kernels {
     public void attentionBackward(MemorySegment dqkv, float dqkvBeta, MemorySegment datt, MemorySegment dout,
                                   MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh) {
         Kernels.requireWriteOrAdd("attentionBackward", "dqkvBeta", dqkvBeta);
-        int hs = headSize(c, nh);
-        float scale = (float) (1.0 / Math.sqrt(hs));
-        int c3 = 3 * c;
-        // datt is scratch: each chunk's heads share its chunk's (t, t) slice of it, which stays in
-        // cache from one head to the next, where a slice a head would be written to lines fetched
-        // from memory (docs/PERFORMANCE.md); a chunk's scratch holds the head's packed Vᵀ and K
-        long packFloats = headPackFloats(t, hs);
-        MemorySegment packs = packFloats > 0 ? chunkScratch(pool.chunks(b * nh, 1), 2 * packFloats) : null;
-        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
-            MemorySegment dattBh = datt.asSlice(4L * chunk * t * t, 4L * t * t);
-            MemorySegment vPack = packs != null ? packs.asSlice(4L * chunk * 2 * packFloats, 4L * packFloats) : null;
-            MemorySegment kPack = packs != null ? packs.asSlice(4L * (chunk * 2 + 1) * packFloats, 4L * packFloats) : null;
-            for (int bh = start; bh < end; bh++) {
-                int bb = bh / nh, h = bh % nh;
-                long q = (long) bb * t * c3 + (long) h * hs, probs = (long) bh * t * t;
-                MemorySegment attBh = att.asSlice(4 * probs);
-                long doutH = (long) bb * t * c + (long) h * hs;
-                HeadOperand doutOp = new HeadOperand(false, dout.asSlice(4 * doutH), c), qOp = new HeadOperand(false, qkv.asSlice(4 * q), c3);
-                // dv += attᵀ · dout: rows [j0, j1) of dv from att's rows j0.. (above them att is 0). Each of
-                // dv, dq and dk has one product, over all of its rows: beta 0 writes it (a sum starts at
-                // +0 and never becomes -0, so its bits are those of adding it to zeros)
-                causalProduct(Causal.K_FROM, true, t, hs, t, 1f, attBh, t, doutOp, dqkvBeta, dqkv.asSlice(4 * (q + 2L * c)), c3);
-                // datt = dout · vᵀ, rows [i0, i1) as far as column i1
-                causalProduct(Causal.COLUMNS, false, t, t, hs, 1f, dout.asSlice(4 * doutH), c, headOperand(true, qkv, q + 2L * c, t, c, hs, vPack),
-                        0f, dattBh, t);
-                // softmax backward, with the 1/√hs of the scores folded in: dpre = scale · att ⊙ (datt − Σ att·datt)
-                for (int i = 0; i < t; i++) {
-                    long row = (long) i * t;
-                    // over whole vectors as in the forward (att is 0 past the diagonal), then +0 past it
-                    VectorOps.softmaxBackward(attBh, dattBh, row, paddedRow(i + 1, t), scale);
-                    VectorOps.fill(dattBh, row + i + 1, t - i - 1, 0f);
-                }
-                // dq += dpre · k, rows [i0, i1) from dpre's first i1 columns; dk += dpreᵀ · q, rows [j0, j1) from dpre's rows j0..
-                causalProduct(Causal.K_TO, false, t, hs, t, 1f, dattBh, t, headOperand(false, qkv, q + c, t, c, hs, kPack), dqkvBeta,
-                        dqkv.asSlice(4 * q), c3);
-                causalProduct(Causal.K_FROM, true, t, hs, t, 1f, dattBh, t, qOp, dqkvBeta, dqkv.asSlice(4 * (q + c)), c3);
-            }
-        });
+        if (gemm instanceof Bf16Gemm bf16 && bf16.hasCausal()) {
+            backwardByProducts(dqkv, dqkvBeta, datt, dout, qkv, att, b, t, c, nh);
+        } else {
+            backwardInBands(dqkv, dqkvBeta, dout, qkv, att, b, t, c, nh);
+        }
     }
 
     @Override
     public void attentionBackwardInBands(MemorySegment dqkv, float dqkvBeta, MemorySegment dout, MemorySegment qkv, int b, int t, int c, int nh) {
         Kernels.requireWriteOrAdd("attentionBackwardInBands", "dqkvBeta", dqkvBeta);
+        backwardInBands(dqkv, dqkvBeta, dout, qkv, null, b, t, c, nh);
+    }
+
+    /**
+     * The backward a band of query rows at a time, the last band first, with the band's
+     * probabilities read from att where the forward kept them, or made again from qkv where att is
+     * null ({@link #probsBand}: the kept ones' bits). Either way the calls are the same, so the two
+     * give the same bits (docs/KERNELS.md#without-kept-probabilities). Each band's products read
+     * only its own rows of P and dS, and the head's K and V from their packs (kept probabilities
+     * read by column blocks, as {@link #backwardByProducts} does, would pack a suffix of G or Q
+     * again for every block).
+     */
+    private void backwardInBands(MemorySegment dqkv, float dqkvBeta, MemorySegment dout, MemorySegment qkv, MemorySegment att,
+                                 int b, int t, int c, int nh) {
         int hs = headSize(c, nh);
         float scale = (float) (1.0 / Math.sqrt(hs));
         int c3 = 3 * c;
+        boolean kept = att != null;
         long bandFloats = bandFloats(t), packFloats = headPackFloats(t, hs);
-        // per chunk, the head's packed Kᵀ, Vᵀ and K, a band of probabilities and a band of their gradient
+        // per chunk, the head's packed Kᵀ (without att), Vᵀ and K, a band of probabilities (without att) and a band of their gradient
         long perChunk = (3 * packFloats + 2 * bandFloats + 15) / 16 * 16;
         MemorySegment scratch = chunkScratch(pool.chunks(b * nh, 1), perChunk);
         pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
@@ -1237,24 +1219,26 @@ public final class CpuKernels implements Kernels {
             MemorySegment kTPack = packFloats > 0 ? scratch.asSlice(4L * at, 4L * packFloats) : null;
             MemorySegment vTPack = packFloats > 0 ? scratch.asSlice(4L * (at + packFloats), 4L * packFloats) : null;
             MemorySegment kPack = packFloats > 0 ? scratch.asSlice(4L * (at + 2 * packFloats), 4L * packFloats) : null;
-            MemorySegment p = scratch.asSlice(4L * (at + 3 * packFloats), 4L * bandFloats);
+            MemorySegment made = scratch.asSlice(4L * (at + 3 * packFloats), 4L * bandFloats);
             MemorySegment dp = scratch.asSlice(4L * (at + 3 * packFloats + bandFloats), 4L * bandFloats);
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
                 long q = (long) bb * t * c3 + (long) h * hs, k = q + c, v = q + 2L * c;
                 long doutH = (long) bb * t * c + (long) h * hs;
-                HeadOperand kT = headOperand(true, qkv, k, t, c, hs, kTPack), vT = headOperand(true, qkv, v, t, c, hs, vTPack);
-                HeadOperand kOp = headOperand(false, qkv, k, t, c, hs, kPack);
+                HeadOperand kT = kept ? null : headOperand(true, qkv, k, t, c, hs, kTPack);
+                HeadOperand vT = headOperand(true, qkv, v, t, c, hs, vTPack), kOp = headOperand(false, qkv, k, t, c, hs, kPack);
                 // the last band first: it reaches every row of dk and dv, so it writes them (dqkvBeta) and the others add
                 for (int i0 = (t - 1) / CAUSAL_ROWS * CAUSAL_ROWS; i0 >= 0; i0 -= CAUSAL_ROWS) {
                     int i1 = Math.min(t, i0 + CAUSAL_ROWS), rows = i1 - i0;
                     float kvBeta = i1 == t ? dqkvBeta : 1f;
                     MemorySegment doutBand = dout.asSlice(4 * (doutH + (long) i0 * c));
-                    probsBand(p, qkv, q, kT, i0, i1, t, c, hs);
+                    MemorySegment p = kept ? att.asSlice(4L * ((long) bh * t * t + (long) i0 * t)) : made;
+                    if (!kept) probsBand(made, qkv, q, kT, i0, i1, t, c, hs);
                     // dv[0, i1) += pᵀ · dout[i0, i1);  dp = dout[i0, i1) · v[0, i1)ᵀ
                     gemm.sgemm(true, false, i1, hs, rows, 1f, p, t, doutBand, c, kvBeta, dqkv.asSlice(4 * v), c3);
                     bandProduct(false, rows, i1, hs, 1f, doutBand, c, vT, 0, 0f, dp, t);
-                    // softmax backward, the 1/√hs of the scores folded in, as attentionBackward's rows
+                    // softmax backward, with the 1/√hs of the scores folded in: dpre = scale · p ⊙ (dp − Σ p·dp), over
+                    // whole vectors as in the forward (p is 0 past the diagonal), then +0 past it
                     for (int i = i0; i < i1; i++) {
                         long row = (long) (i - i0) * t;
                         VectorOps.softmaxBackward(p, dp, row, paddedRow(i + 1, t), scale);
@@ -1265,6 +1249,50 @@ public final class CpuKernels implements Kernels {
                     gemm.sgemm(true, false, i1, hs, rows, 1f, dp, t, qkv.asSlice(4 * (q + (long) i0 * c3)), c3, kvBeta,
                             dqkv.asSlice(4 * k), c3);
                 }
+            }
+        });
+    }
+
+    /**
+     * The backward of kept probabilities on the AVX512-BF16 path: each of the four products one
+     * {@link #causalProduct} over the whole head (one native call that packs each operand once),
+     * rows of dv and dk from the column blocks of att and dpre below the diagonal.
+     */
+    private void backwardByProducts(MemorySegment dqkv, float dqkvBeta, MemorySegment datt, MemorySegment dout,
+                                    MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh) {
+        int hs = headSize(c, nh);
+        float scale = (float) (1.0 / Math.sqrt(hs));
+        int c3 = 3 * c;
+        // datt is scratch: each chunk's heads share its chunk's (t, t) slice of it, which stays in
+        // cache from one head to the next, where a slice a head would be written to lines fetched
+        // from memory (docs/PERFORMANCE.md)
+        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+            MemorySegment dattBh = datt.asSlice(4L * chunk * t * t, 4L * t * t);
+            for (int bh = start; bh < end; bh++) {
+                int bb = bh / nh, h = bh % nh;
+                long q = (long) bb * t * c3 + (long) h * hs, probs = (long) bh * t * t;
+                MemorySegment attBh = att.asSlice(4 * probs);
+                long doutH = (long) bb * t * c + (long) h * hs;
+                // dv += attᵀ · dout: rows [j0, j1) of dv from att's rows j0.. (above them att is 0). Each of
+                // dv, dq and dk has one product, over all of its rows: beta 0 writes it (a sum starts at
+                // +0 and never becomes -0, so its bits are those of adding it to zeros)
+                causalProduct(Causal.K_FROM, true, t, hs, t, 1f, attBh, t, new HeadOperand(false, dout.asSlice(4 * doutH), c),
+                        dqkvBeta, dqkv.asSlice(4 * (q + 2L * c)), c3);
+                // datt = dout · vᵀ, rows [i0, i1) as far as column i1
+                causalProduct(Causal.COLUMNS, false, t, t, hs, 1f, dout.asSlice(4 * doutH), c, new HeadOperand(true, qkv.asSlice(4 * (q + 2L * c)), c3),
+                        0f, dattBh, t);
+                // softmax backward, with the 1/√hs of the scores folded in: dpre = scale · att ⊙ (datt − Σ att·datt)
+                for (int i = 0; i < t; i++) {
+                    long row = (long) i * t;
+                    // over whole vectors as in the forward (att is 0 past the diagonal), then +0 past it
+                    VectorOps.softmaxBackward(attBh, dattBh, row, paddedRow(i + 1, t), scale);
+                    VectorOps.fill(dattBh, row + i + 1, t - i - 1, 0f);
+                }
+                // dq += dpre · k, rows [i0, i1) from dpre's first i1 columns; dk += dpreᵀ · q, rows [j0, j1) from dpre's rows j0..
+                causalProduct(Causal.K_TO, false, t, hs, t, 1f, dattBh, t, new HeadOperand(false, qkv.asSlice(4 * (q + c)), c3), dqkvBeta,
+                        dqkv.asSlice(4 * q), c3);
+                causalProduct(Causal.K_FROM, true, t, hs, t, 1f, dattBh, t, new HeadOperand(false, qkv.asSlice(4 * q), c3), dqkvBeta,
+                        dqkv.asSlice(4 * (q + c)), c3);
             }
         });
     }
