@@ -211,11 +211,11 @@ static void pack_a_t(int R, int rows, const float *a, int lda, int i0, int kc, i
  * columns of what distillery_f32_pack_b left at depth kp ≥ k (kp = k: the whole pack), in kind's
  * blocks: the same bits as from a pack of that part alone, since a pack's columns are its
  * 16-column blocks, kp * 16 floats apart, and its rows their first lines (one head's K or V packed
- * once for the products of all its bands of query rows, docs/KERNELS.md#packed-once-a-head); C = alpha op(A) op(B) where beta is 0 (C not read: NaN there never reaches
- * it). With k = 0, C = beta C (blocks of no steps, their zero sums times 0). bias: NULL, or n floats
- * that stand in for every row of C as beta's operand (C = alpha op(A) op(B) + beta bias: a linear
- * layer's output, with the bits of its bias copied into every row first, as the bf16 GEMM takes
- * it). The bias row is copied into a block's rows of C just before the block's first panel, where
+ * once for the products of all its bands of query rows, docs/KERNELS.md#packed-once-a-head);
+ * C = alpha op(A) op(B) where beta is 0 (C not read: NaN there never reaches it). With k = 0,
+ * C = beta C (blocks of no steps, their zero sums times 0). bias: NULL, or n floats that stand in
+ * for every row of C as beta's operand (C = alpha op(A) op(B) + beta bias: a linear layer's
+ * output, with the bits of its bias copied into every row first, as the bf16 GEMM takes it). The bias row is copied into a block's rows of C just before the block's first panel, where
  * they are in L1 for its store, instead of in a pass over the whole of C beforehand; the blocks
  * themselves are unchanged. A transposed op(A) is packed a strip at a time where the path asks
  * for it (pack_a_t), as the first band reaches the strip, into a buffer of the panel that later
