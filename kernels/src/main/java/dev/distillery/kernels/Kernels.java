@@ -420,7 +420,9 @@ public interface Kernels extends AutoCloseable {
     /**
      * dqkv (b, t, 3c) = the gradient of the attention's input + dqkvBeta · dqkv: dqkvBeta 1 adds to a
      * gradient, 0 writes a new one over whatever is there (the values of adding to zeros). datt is
-     * (b, nh, t, t) scratch the kernel overwrites; att and qkv are the forward's.
+     * (b, nh, t, t) scratch the kernel may overwrite (the CPU kernels use it only on their
+     * AVX512-BF16 path; elsewhere they work a band of rows at a time in scratch of their own); att
+     * and qkv are the forward's.
      */
     void attentionBackward(MemorySegment dqkv, float dqkvBeta, MemorySegment datt, MemorySegment dout,
                            MemorySegment qkv, MemorySegment att, int b, int t, int c, int nh);
