@@ -185,6 +185,7 @@ final class NativeF32Gemm implements Gemm {
             throw new IllegalArgumentException("fp32 GEMM: " + k + "x" + n + " of op(B) from a pack of " + b.k() + "x" + b.n());
         }
         if (m == 0 || n == 0) return;
+        // A's and C's extents, checked here (asSlice throws past a segment's end) before C reads them by address
         a.asSlice(0, 4 * ((long) (m - 1) * lda + k));
         c.asSlice(0, 4 * ((long) (m - 1) * ldc + n));
         DistilleryCpu.f32GemmPackedB(kind, false, m, n, k, alpha, a.address(), lda, b.bytes().address(), b.k(), beta, c.address(), ldc, 0L);
