@@ -60,8 +60,9 @@ public final class CpuKernels implements Kernels {
     private float[][] partials = new float[0][];
     /**
      * Per-chunk scratch off the heap: {@link #sumRows}' column sums (the same loop over a heap
-     * array wrapped as a segment took 3–4× as long, docs/PERFORMANCE.md, the training step), a
-     * bf16 attention output's head products and the native cross-entropy rows' exps.
+     * array wrapped as a segment took 3–4× as long, docs/PERFORMANCE.md, the training step),
+     * attention's packed heads, bands and bf16 head products ({@link CpuAttention}) and the native
+     * cross-entropy rows' exps.
      */
     private final Arena scratchArena = Arena.ofShared();
     private MemorySegment chunkScratch = MemorySegment.NULL;
