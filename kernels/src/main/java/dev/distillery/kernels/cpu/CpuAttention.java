@@ -6,7 +6,6 @@ import static dev.distillery.kernels.cpu.VectorOps.SPECIES;
 import static dev.distillery.kernels.cpu.VectorOps.get;
 
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.util.function.Supplier;
 
 import dev.distillery.bindings.DistilleryCpu;
@@ -189,7 +188,7 @@ final class CpuAttention {
         for (int bound = SPECIES.loopBound(n); i < bound; i += LANES) {
             VectorOps.intoBf16(FloatVector.fromMemorySegment(SPECIES, x, (xo + i) * 4L, ORDER), out, oo + i);
         }
-        for (; i < n; i++) out.setAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, oo + i, VectorOps.bf16Bits(get(x, xo + i)));
+        for (; i < n; i++) CpuKernels.setOutput(out, true, oo + i, get(x, xo + i));
     }
 
     /**

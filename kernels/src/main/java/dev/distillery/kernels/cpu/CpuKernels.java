@@ -575,7 +575,7 @@ public final class CpuKernels implements Kernels {
     // ---------------------------------------------------------------- layernorm
 
     /** Element {@code index} of a kernel's output: fp32, or bf16 rounded as the bf16 GEMM rounds ({@link Kernels#writesBf16}). */
-    private static void setOutput(MemorySegment out, boolean bf16, long index, float value) {
+    static void setOutput(MemorySegment out, boolean bf16, long index, float value) {
         if (bf16) out.setAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, index, VectorOps.bf16Bits(value));
         else set(out, index, value);
     }
