@@ -215,7 +215,8 @@ static void pack_a_t(int R, int rows, const float *a, int lda, int i0, int kc, i
  * C = alpha op(A) op(B) where beta is 0 (C not read: NaN there never reaches it). With k = 0,
  * C = beta C (blocks of no steps, their zero sums times 0). bias: NULL, or n floats that stand in
  * for every row of C as beta's operand (C = alpha op(A) op(B) + beta bias: a linear layer's
- * output, with the bits of its bias copied into every row first, as the bf16 GEMM takes it). The bias row is copied into a block's rows of C just before the block's first panel, where
+ * output, with the bits of its bias copied into every row first, as the bf16 GEMM takes it). The
+ * bias row is copied into a block's rows of C just before the block's first panel, where
  * they are in L1 for its store, instead of in a pass over the whole of C beforehand; the blocks
  * themselves are unchanged. A transposed op(A) is packed a strip at a time where the path asks
  * for it (pack_a_t), as the first band reaches the strip, into a buffer of the panel that later
