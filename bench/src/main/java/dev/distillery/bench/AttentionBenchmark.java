@@ -30,6 +30,7 @@ import dev.distillery.kernels.Precision;
  * runs). Shapes are {@code b x t x c : heads}: config B's layer (8 × 256 tokens, 384 channels, 6
  * heads) and config L's (1 × 2,048). The causal products are (4 + 5) · b · nh · t² · hs / 2
  * multiply-adds, twice that in FLOPs, with the bands' waste above the diagonal not counted.
+ * {@code -p precision=bf16} runs them as a bf16 step does.
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
@@ -49,7 +50,15 @@ public class AttentionBenchmark {
     @Param({"2"})
     public int threads;
 
+    /**
+     * fp32, or bf16 (the products on the bf16 GEMM and the output stored as bf16, as a bf16 step
+     * runs them; refused where the CPU has no bf16 arithmetic).
+     */
+    @Param({"fp32"})
+    public String precision;
+
     private int b, t, c, nh;
+    private DType outType;
     private Arena arena;
     private Kernels kernels;
     private MemorySegment qkv, out, dout, dqkv, att, datt;
@@ -64,7 +73,9 @@ public class AttentionBenchmark {
         c = Integer.parseInt(btc[2]);
         nh = Integer.parseInt(parts[1]);
         arena = Arena.ofShared();
-        kernels = Backends.openExactly(Backends.Request.cpu(threads, "auto", Precision.FP32));
+        Precision p = Precision.parse(precision, "precision");
+        kernels = Backends.openExactly(Backends.Request.cpu(threads, "auto", p));
+        outType = p == Precision.BF16 ? DType.BF16 : DType.F32;
         long tokens = (long) b * t;
         qkv = GemmBenchmark.random(arena, tokens * 3 * c, 1);
         dout = GemmBenchmark.random(arena, tokens * c, 2);
@@ -78,7 +89,7 @@ public class AttentionBenchmark {
 
     @Benchmark
     public MemorySegment forwardAndBackward() {
-        kernels.attentionForward(out, DType.F32, att, qkv, b, t, c, nh);
+        kernels.attentionForward(out, outType, att, qkv, b, t, c, nh);
         if (att != null) {
             kernels.attentionBackward(dqkv, 0f, datt, dout, qkv, att, b, t, c, nh);
         } else {
