@@ -580,6 +580,62 @@ int distillery_bf16_gemm_causal(int mode, int band, int trans_a, int trans_b, in
     return 0;
 }
 
+/* rows_avx512.c: one row of the causal softmax, in place, and its bf16 rounding. */
+void distillery_causal_softmax_row(float *s, int n, float scale, int s_width, uint16_t *p16, int p16_width);
+
+/*
+ * One attention head's forward on the AVX512-BF16 path in one call (CpuAttention's, under bf16):
+ * q, k, v (t, hs) fp32 rows ld floats apart (a head's columns of qkv); att (t, t), rows t apart,
+ * where the probabilities are kept, else NULL; out (t, hs), rows ldo apart, bf16 where out_bf16,
+ * else fp32. Q, Kᵀ and V are packed once. Then, a band of 32 query rows [i0, i1) at a time: the
+ * scores Q Kᵀ over the band's columns j < i1 (into att's rows, or a band of scratch), stored as
+ * the blocks sum them (the scale goes into the exps); each row's causal softmax in fp32
+ * (distillery_causal_softmax_row), kept in att with zeros above the diagonal up to t, and rounded
+ * to bf16 straight into the packed op(A) of the band's product; then out = P V over k < i1, the
+ * sums stored or rounded to bf16. The products' blocks are distillery_bf16_gemm_causal's (bands
+ * of 32); the probabilities are packed as the softmax makes them instead of by a pass over att.
+ * Returns 0, or 1 when the packing buffer could not be had (nothing written).
+ */
+int distillery_bf16_attention_forward(int t, int hs, float scale, const float *q, const float *k, const float *v, int ld,
+                                      float *att, void *out, int ldo, int out_bf16) {
+    if (t <= 0 || hs <= 0) return 0;
+    const int tp = round_up(t, 32), hp = round_up(hs, 32);
+    const size_t qp_n = (size_t) tp * hp, kp_n = (size_t) hp * tp, vp_n = (size_t) tp * hp, p_n = (size_t) 32 * tp;
+    const size_t floats = (att == NULL ? (size_t) 32 * tp : 0) + (size_t) 32 * hp;
+    uint16_t *qp = (uint16_t *) packing_buffer(0, (qp_n + kp_n + vp_n + p_n) * 2 + floats * 4);
+    if (qp == NULL) return 1;
+    uint16_t *kp = qp + qp_n, *vp = kp + kp_n, *pp = vp + vp_n;
+    float *band = (float *) (pp + p_n), *y = att == NULL ? band + (size_t) 32 * tp : band;
+    pack_a(0, t, hs, q, ld, 0, qp, tp, hp, 1);
+    pack_b(1, hs, t, k, ld, 0, kp, hp, tp, 1);   /* op(B) = Kᵀ (hs, t) */
+    pack_b(0, t, hs, v, ld, 0, vp, tp, hp, 1);   /* op(B) = V (t, hs) */
+    for (int i0 = 0; i0 < t; i0 += 32) {
+        const int i1 = t - i0 < 32 ? t : i0 + 32, rows = i1 - i0, kend = round_up(i1, 32);
+        float *s = att != NULL ? att + (size_t) i0 * t : band;
+        const int lds = att != NULL ? t : tp;
+        for (int r0 = 0; r0 < rows; r0 += 8) {
+            for (int j0 = 0; j0 < i1; j0 += 32) {
+                block_8x32(rows, i1, hp, qp + (size_t) i0 * hp, kp, r0, j0, 0, hp / 2, 1.f, 0.f, s, lds, NULL, NULL);
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            distillery_causal_softmax_row(s + (size_t) r * lds, i0 + r + 1, scale, att != NULL ? t : 0, pp + (size_t) r * tp, kend);
+        }
+        float *yb = out_bf16 ? y : (float *) out + (size_t) i0 * ldo;
+        const int ldy = out_bf16 ? hp : ldo;
+        for (int r0 = 0; r0 < rows; r0 += 8) {
+            for (int j0 = 0; j0 < hs; j0 += 32) block_8x32(rows, hs, tp, pp, vp, r0, j0, 0, kend / 2, 1.f, 0.f, yb, ldy, NULL, NULL);
+        }
+        if (out_bf16) {
+            for (int r = 0; r < rows; r++) {
+                uint16_t *o = (uint16_t *) out + (size_t) (i0 + r) * ldo;
+                for (int j = 0; j < hs; j++) o[j] = to_bf16(y[(size_t) r * hp + j]);
+            }
+        }
+    }
+    return 0;
+}
+
 static volatile float peak_sink;
 
 /*

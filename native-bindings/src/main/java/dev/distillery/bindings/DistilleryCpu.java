@@ -43,14 +43,14 @@ public final class DistilleryCpu {
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
     private static final MethodHandle DENSE_FORWARD_KL_ROW, DENSE_REVERSE_KL_ROW, DENSE_JSD_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
-            BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_GEMM_CAUSAL, BF16_DOT_PEAK,
+            BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_GEMM_CAUSAL, BF16_ATTENTION_FORWARD, BF16_DOT_PEAK,
             F32_PACKED_B_BYTES, F32_PACK_B, F32_GEMM_PACKED_B, F32_GEMM, SAMPLE_EXPS, SAMPLE_BLOCK_SUMS;
     private static final String STATUS;
     private static final int BF16_KIND, F32_KIND, ROWS_KIND;
 
     static {
         MethodHandle row = null, reverseRow = null, jsdRow = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
-                claimedRows = null, causal = null, dotPeak = null, f32PackedBytes = null, f32PackB = null, f32Packed = null, f32 = null,
+                claimedRows = null, causal = null, attentionForward = null, dotPeak = null, f32PackedBytes = null, f32PackB = null, f32Packed = null, f32 = null,
                 sampleExps = null, sampleBlockSums = null;
         int bf16Kind = BF16_NONE, f32Kind = F32_NONE, rowsKind = ROWS_NONE;
         String status;
@@ -131,6 +131,8 @@ public final class DistilleryCpu {
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, p, f, p, i, p, p, i));
                         causal = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_causal"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i));
+                        attentionForward = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_attention_forward"),
+                                FunctionDescriptor.of(i, i, i, f, p, p, p, i, p, p, i, i));
                         dotPeak = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_dot_peak"), FunctionDescriptor.of(p, p));
                         bf16Kind = (int) linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_kind"),
                                 FunctionDescriptor.of(i)).invokeExact();
@@ -153,6 +155,7 @@ public final class DistilleryCpu {
         BF16_GEMM_PACKED_B = bf16Packed;
         BF16_GEMM_CLAIMED_ROWS = claimedRows;
         BF16_GEMM_CAUSAL = causal;
+        BF16_ATTENTION_FORWARD = attentionForward;
         BF16_DOT_PEAK = dotPeak;
         BF16_KIND = bf16Kind;
         F32_KIND = f32Kind;
@@ -300,6 +303,21 @@ public final class DistilleryCpu {
                     b, ldb, bBf16 ? 1 : 0, beta, c, ldc);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm_causal failed", e);
+        }
+    }
+
+    /**
+     * {@code distillery_bf16_attention_forward}: one attention head's forward on the AVX512-BF16
+     * path, Q, Kᵀ and V packed once, the causal softmax in fp32 between its two products, the
+     * probabilities kept in att (t, t) where att is not 0; out (t, hs), rows ldo elements apart,
+     * bf16 where outBf16. Returns 0, or 1 when the packing buffer could not be allocated.
+     */
+    public static int bf16AttentionForward(int t, int hs, float scale, long q, long k, long v, int ld, long att, long out, int ldo,
+                                           boolean outBf16) {
+        try {
+            return (int) BF16_ATTENTION_FORWARD.invokeExact(t, hs, scale, q, k, v, ld, att, out, ldo, outBf16 ? 1 : 0);
+        } catch (Throwable e) {
+            throw new IllegalStateException("distillery_bf16_attention_forward failed", e);
         }
     }
 

@@ -130,6 +130,19 @@ final class Bf16Gemm implements Gemm {
                 b.address(), ldb, false, beta, c.address(), ldc), m, n, k);
     }
 
+    /**
+     * One attention head's forward in one native call, on the AVX512-BF16 path ({@link #hasCausal}):
+     * q, k and v (t, hs) rows {@code ld} floats apart; the probabilities kept in att (t, t) unless it
+     * is null; out (t, hs), rows {@code ldo} elements apart, bf16 where {@code outBf16}
+     * ({@code distillery_bf16_attention_forward}). The caller has checked that every operand lies in its segment.
+     */
+    void attentionForward(int t, int hs, float scale, MemorySegment q, MemorySegment k, MemorySegment v, int ld, MemorySegment att,
+                          MemorySegment out, int ldo, boolean outBf16) {
+        if (!hasCausal()) throw new IllegalStateException("a head's forward in one call runs on the AVX512-BF16 path only");
+        requirePacked(DistilleryCpu.bf16AttentionForward(t, hs, scale, q.address(), k.address(), v.address(), ld,
+                att == null ? 0L : att.address(), out.address(), ldo, outBf16), t, hs, t);
+    }
+
     /** A bias row's address for the native GEMM (0: none), checked to hold n floats. */
     private static long address(MemorySegment bias, int n) {
         if (bias == null) return 0L;

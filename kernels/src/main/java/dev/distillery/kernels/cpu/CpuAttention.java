@@ -142,10 +142,30 @@ final class CpuAttention {
         }
     }
 
-    /** {@link Kernels#attentionForward}, its output in bf16 where {@code bf16} (checked by the caller). */
+    /**
+     * {@link Kernels#attentionForward}, its output in bf16 where {@code bf16} (checked by the caller).
+     * On the AVX512-BF16 path a head is one native call ({@link Bf16Gemm#attentionForward}: each
+     * operand packed once, the softmax between the products in C, the probabilities packed as it
+     * makes them), kept probabilities or not alike; elsewhere the products are GEMM calls and the
+     * softmax is {@link #softmaxRow}'s.
+     */
     void forward(MemorySegment out, boolean bf16, MemorySegment att, MemorySegment qkv, int b, int t, int c, int nh) {
         boolean kept = att != null;
         int hs = headSize(c, nh), c3 = 3 * c;
+        if (gemm instanceof Bf16Gemm native16 && native16.hasCausal()) {
+            float scale = (float) (1.0 / Math.sqrt(hs));
+            long eo = bf16 ? 2 : 4, headRows = 4L * ((long) (t - 1) * c3 + hs);
+            pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+                for (int bh = start; bh < end; bh++) {
+                    int bb = bh / nh, h = bh % nh;
+                    long q = (long) bb * t * c3 + (long) h * hs;
+                    native16.attentionForward(t, hs, scale, qkv.asSlice(4 * q, headRows), qkv.asSlice(4 * (q + c), headRows),
+                            qkv.asSlice(4 * (q + 2L * c), headRows), c3, kept ? att.asSlice(4L * bh * t * t, 4L * t * t) : null,
+                            out.asSlice(eo * ((long) bb * t * c + (long) h * hs), eo * ((long) (t - 1) * c + hs)), c, bf16);
+                }
+            });
+            return;
+        }
         // per chunk: the head's packed Kᵀ and V; under a bf16 output, the fp32 product of a head,
         // rounded into its columns after; without att, one band of probabilities
         long packFloats = headPackFloats(t, hs), productFloats = bf16 ? (long) t * hs : 0;

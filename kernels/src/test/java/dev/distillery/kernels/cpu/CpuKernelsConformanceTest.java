@@ -563,6 +563,61 @@ class CpuKernelsConformanceTest {
     }
 
     /**
+     * On the AVX512-BF16 path a head's forward is one native call, probabilities kept or not, so
+     * the two give the same output bits, fp32 or bf16; the kept probabilities are a causal softmax
+     * (rows summing to 1 within fp32's rounding, zeros above the diagonal) and the output is them
+     * times V within bf16's rounding of both: a head of less than a vector, t of part of a band, of
+     * bands with a ragged last one, one thread and two.
+     */
+    @ParameterizedTest
+    @CsvSource({"2, 37, 24, 2, 2", "1, 130, 64, 1, 1", "3, 200, 96, 4, 2"})
+    void aHeadsForwardInOneNativeCallGivesTheSameBitsKeptOrNot(int b, int t, int c, int nh, int threads) {
+        assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        Random random = new Random(t * 11L + c);
+        try (CpuKernels kernels = bf16Kernels("avx512", threads); Arena arena = Arena.ofShared()) {
+            int n = b * t * c, na = b * nh * t * t, hs = c / nh;
+            float[] qkvValues = gaussians(random, 3 * n);
+            MemorySegment qkv = arena.allocateFrom(ValueLayout.JAVA_FLOAT, qkvValues);
+            for (DType outType : new DType[]{DType.F32, DType.BF16}) {
+                long bytes = (outType == DType.BF16 ? 2L : 4L) * n;
+                MemorySegment kept = arena.allocate(bytes, 64), banded = arena.allocate(bytes, 64), att = arena.allocate(4L * na, 64);
+                kept.fill((byte) 0x7f);
+                banded.fill((byte) 0x7f);
+                att.fill((byte) 0x7f);
+                kernels.attentionForward(kept, outType, att, qkv, b, t, c, nh);
+                kernels.attentionForward(banded, outType, null, qkv, b, t, c, nh);
+                assertEquals(-1L, kept.mismatch(banded), outType + ", " + b + " x " + t + " x " + c + " / " + nh);
+                if (outType == DType.BF16) continue;
+                for (int bh = 0; bh < b * nh; bh++) {
+                    int bb = bh / nh, h = bh % nh;
+                    for (int i = 0; i < t; i++) {
+                        double sum = 0;
+                        for (int j = 0; j < t; j++) {
+                            float p = att.getAtIndex(ValueLayout.JAVA_FLOAT, ((long) bh * t + i) * t + j);
+                            if (j > i) assertEquals(0f, p, "above the diagonal, head " + bh + " row " + i);
+                            else assertTrue(p >= 0f && p <= 1f, "a probability, head " + bh + " row " + i + ": " + p);
+                            sum += p;
+                        }
+                        assertEquals(1.0, sum, 1e-5, "head " + bh + " row " + i);
+                        for (int e = 0; e < hs; e++) {
+                            double y = 0, scale = 0;
+                            for (int j = 0; j <= i; j++) {
+                                double p = ReferenceKernels.roundToBf16(att.getAtIndex(ValueLayout.JAVA_FLOAT, ((long) bh * t + i) * t + j));
+                                double v = ReferenceKernels.roundToBf16(qkvValues[(bb * t + j) * 3 * c + 2 * c + h * hs + e]);
+                                y += p * v;
+                                scale += Math.abs(p * v);
+                            }
+                            float got = kept.getAtIndex(ValueLayout.JAVA_FLOAT, (long) (bb * t + i) * c + h * hs + e);
+                            // fp32 sums of i + 1 exact products: each add rounds once
+                            assertEquals(y, got, (i + 1) * 0x1p-23 * scale + 1e-30, "output, head " + bh + " row " + i + " dim " + e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /**
      * Attention's causal products in one native call a head give the bits of one bf16 GEMM call a
      * band (of 32 rows, as attention runs them, and of 64), in all three modes: scores as far as a band's last row (q kᵀ), sums up to it
      * (p v) and from its first row (pᵀ dout); strided operands as inside qkv, t of a part of a band,

@@ -72,7 +72,7 @@ public final class TeacherCommand implements Runnable {
         int stopAfter;
         @Option(names = "--recompute-attention", description = "Keep none of attention's probabilities: they are made a band of rows at a"
                 + " time in the forward and again in the backward, so no batch x heads x context^2 floats exist, for one more score product"
-                + " a layer; the same bits on the CPU (on CUDA, the last bits may differ past one band of rows).")
+                + " a layer; the same bits on the CPU (but the backward's last bits under bf16 on AVX512-BF16; on CUDA, past one band of rows).")
         boolean recomputeAttention;
         @Mixin
         DeviceOptions device;
