@@ -556,6 +556,27 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m,
  */
 enum { CAUSAL_COLUMNS = 0, CAUSAL_K_TO = 1, CAUSAL_K_FROM = 2 };
 
+/*
+ * Rows [i_from, i_to) of distillery_bf16_gemm_causal's product C (m, n) from op(A) and op(B) packed
+ * at depth kp, i_from a multiple of 8; ap and c point at row i_from of op(A) and of C (all of them
+ * from row 0, or one band of rows in buffers of its own).
+ */
+static void causal_blocks(int mode, int band, int m, int n, int kp, const uint16_t *ap, const uint16_t *bp, float alpha, float beta,
+                          float *c, int ldc, int i_from, int i_to) {
+    for (int i0 = i_from; i0 < i_to; i0 += 8) {
+        const int first = i0 / band * band, end = m - first < band ? m : first + band;
+        const int cols = mode == CAUSAL_COLUMNS ? end : n;
+        const int k0 = mode == CAUSAL_K_FROM ? first : 0, k1 = mode == CAUSAL_K_TO ? round_up(end, 32) : kp;
+        for (int kc = k0; kc < k1; kc += KC) {
+            const int kend = k1 - kc < KC ? k1 : kc + KC;
+            for (int j0 = 0; j0 < cols; j0 += 32) {
+                block_8x32(m - i_from, cols, kp, ap, bp, i0 - i_from, j0, kc / 2, kend / 2, alpha, kc == k0 ? beta : 1.f, c, ldc,
+                           NULL, NULL);
+            }
+        }
+    }
+}
+
 int distillery_bf16_gemm_causal(int mode, int band, int trans_a, int trans_b, int m, int n, int k, float alpha,
                                 const void *a, int lda, int a_bf16, const void *b, int ldb, int b_bf16, float beta,
                                 float *c, int ldc) {
@@ -566,17 +587,7 @@ int distillery_bf16_gemm_causal(int mode, int band, int trans_a, int trans_b, in
     uint16_t *bp = ap + (size_t) mp * kp;
     pack_b(trans_b, k, n, b, ldb, b_bf16, bp, kp, np, 1);
     pack_a(trans_a, m, k, a, lda, a_bf16, ap, mp, kp, 1);
-    for (int i0 = 0; i0 < m; i0 += 8) {
-        const int first = i0 / band * band, end = m - first < band ? m : first + band;
-        const int cols = mode == CAUSAL_COLUMNS ? end : n;
-        const int k0 = mode == CAUSAL_K_FROM ? first : 0, k1 = mode == CAUSAL_K_TO ? round_up(end, 32) : kp;
-        for (int kc = k0; kc < k1; kc += KC) {
-            const int kend = k1 - kc < KC ? k1 : kc + KC;
-            for (int j0 = 0; j0 < cols; j0 += 32) {
-                block_8x32(m, cols, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, kc == k0 ? beta : 1.f, c, ldc, NULL, NULL);
-            }
-        }
-    }
+    causal_blocks(mode, band, m, n, kp, ap, bp, alpha, beta, c, ldc, 0, m);
     return 0;
 }
 
@@ -613,19 +624,13 @@ int distillery_bf16_attention_forward(int t, int hs, float scale, const float *q
         const int i1 = t - i0 < 32 ? t : i0 + 32, rows = i1 - i0, kend = round_up(i1, 32);
         float *s = att != NULL ? att + (size_t) i0 * t : band;
         const int lds = att != NULL ? t : tp;
-        for (int r0 = 0; r0 < rows; r0 += 8) {
-            for (int j0 = 0; j0 < i1; j0 += 32) {
-                block_8x32(rows, i1, hp, qp + (size_t) i0 * hp, kp, r0, j0, 0, hp / 2, 1.f, 0.f, s, lds, NULL, NULL);
-            }
-        }
+        causal_blocks(CAUSAL_COLUMNS, 32, t, t, hp, qp + (size_t) i0 * hp, kp, 1.f, 0.f, s, lds, i0, i1);
         for (int r = 0; r < rows; r++) {
             distillery_causal_softmax_row(s + (size_t) r * lds, i0 + r + 1, scale, att != NULL ? t : 0, pp + (size_t) r * tp, kend);
         }
         float *yb = out_bf16 ? y : (float *) out + (size_t) i0 * ldo;
         const int ldy = out_bf16 ? hp : ldo;
-        for (int r0 = 0; r0 < rows; r0 += 8) {
-            for (int j0 = 0; j0 < hs; j0 += 32) block_8x32(rows, hs, tp, pp, vp, r0, j0, 0, kend / 2, 1.f, 0.f, yb, ldy, NULL, NULL);
-        }
+        causal_blocks(CAUSAL_K_TO, 32, t, hs, tp, pp, vp, 1.f, 0.f, yb, ldy, i0, i1);
         if (out_bf16) {
             for (int r = 0; r < rows; r++) {
                 uint16_t *o = (uint16_t *) out + (size_t) (i0 + r) * ldo;
