@@ -22,6 +22,11 @@ is_causal (PyTorch's fused attention: flash attention on the CPU, no probabiliti
 written-out form is the faster at configs A and B, sdpa at config L's 2,048 tokens
 (docs/PERFORMANCE.md, "Attention without kept probabilities").
 
+With --serve (anywhere among the arguments) it builds the same step, runs its 5 warm-up steps,
+says "ready ..." on a line, then reads lines from stdin: a count N runs N steps and prints their
+times in ms on one line; end of input ends it. bench/reference/paired_steps.py drives it beside
+Distillery's step (dev.distillery.bench.StepServer), a few steps of each side in turn.
+
 Not used by any test: it is the baseline, run by hand beside `StepProfile`/JMH.
 """
 import statistics
@@ -82,6 +87,9 @@ class GPT(nn.Module):
 
 
 def main():
+    serve = "--serve" in sys.argv
+    if serve:
+        sys.argv.remove("--serve")
     name = sys.argv[1] if len(sys.argv) > 1 else "A"
     threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 10
@@ -114,8 +122,8 @@ def main():
     y = torch.randint(0, vocab, (batch, ctx), device=device)
     teacher = (4 * torch.randn(batch * ctx, vocab, device=device)).to(torch.bfloat16) if objective == "distill" else None
     T = 2.0
-    times = []
-    for i in range(5 + steps):
+
+    def step():   # one step; its time in seconds
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -130,10 +138,19 @@ def main():
         opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
-        if i >= 5:
-            times.append(time.perf_counter() - t0)
-    ms = statistics.median(times) * 1000
+        return time.perf_counter() - t0
+
+    for _ in range(5):
+        step()
     where = torch.cuda.get_device_name() if device == "cuda" else f"{threads} threads"
+    if serve:
+        print(f"ready pytorch {torch.__version__} config {name} {precision} {objective} {attention} attention, {where}; "
+              f"threads torch {torch.get_num_threads()}", flush=True)
+        for line in sys.stdin:
+            print(" ".join(f"{step() * 1000:.3f}" for _ in range(int(line))), flush=True)
+        return
+    times = [step() for _ in range(steps)]
+    ms = statistics.median(times) * 1000
     print(f"pytorch {torch.__version__} config {name} {precision} {objective} {attention} attention, {where}: median {ms:.1f} ms/step, "
           f"{batch * ctx / ms * 1000:.0f} tokens/s (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}); threads torch "
           f"{torch.get_num_threads()}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Distillery against PyTorch on the machine at hand, both sides in one sitting, round by round.
 #
-#   bench/reference/side_by_side.sh [--rounds N] [--quick] [--steps-only] [--rows REGEX]
+#   bench/reference/side_by_side.sh [--rounds N] [--quick] [--steps-only] [--rows REGEX] [--paired]
 #
 # Needs bench/target/benchmarks.jar (./mvnw -B -q package -DskipTests) and JDK 25 (JAVA_HOME).
 # PyTorch comes from the machine's local wheel cache into a venv (no network), or from Debian's
@@ -30,6 +30,10 @@
 # probabilities (recompute_attention); --quick leaves them out.
 # --steps-only leaves out the loss rows; --rows keeps only the rows whose label matches REGEX
 # (grep -E: 'distillation', 'bf16', 'peak RSS', ...).
+# --paired measures the step rows with both sides warm at once instead (bench/reference/paired_steps.py:
+# 2 steps of one side, then 2 of the other, 16 pairs a round, the order swapped every pair): a round's
+# ratio is then the median of its pairs' ratios, each pair's two sides seconds apart, where a round of
+# separate runs (PyTorch's 8 steps, then JMH's minute) spans minutes of the machine's drift.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -37,13 +41,15 @@ ROUNDS=3
 QUICK=0
 STEPS_ONLY=0
 ROWS_RE=""
+PAIRED=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --steps-only) STEPS_ONLY=1; shift ;;
     --rows) ROWS_RE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    --paired) PAIRED=1; shift ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "side_by_side.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -143,6 +149,16 @@ torch_record() {   # row output-line
   record "$row" torch "$ms" "$flag"
 }
 
+paired_record() {   # row output-line of paired_steps.py: both sides' medians, and the pairs' median ratio as the round's
+  local row="$1" line="$2"
+  local flag="" thr
+  thr=$(sed -n 's/.*threads torch \([0-9]*\).*/\1/p' <<<"$line")
+  [ "$thr" = "$THREADS" ] || flag="torch used $thr threads, not $THREADS"
+  record "$row" torch "$(sed -n 's/.*pytorch \([0-9.]*\) ms.*/\1/p' <<<"$line")" "$flag"
+  record "$row" distillery "$(sed -n 's/.*distillery \([0-9.]*\) ms.*/\1/p' <<<"$line")"
+  record "$row" ratio "$(sed -n 's/.*ratio \([0-9.]*\) (.*/\1/p' <<<"$line")"
+}
+
 COPY_GBS=$(awk "BEGIN{printf \"%.1f\", 2 * 1.073741824 / ($(jmh_ms 'MemoryBandwidthBenchmark.copy') / 1000)}")
 : >"$WORK/results"
 for r in $(seq 1 "$ROUNDS"); do
@@ -157,6 +173,11 @@ for r in $(seq 1 "$ROUNDS"); do
       torch_attention=sdpa ours_attention=recompute
     fi
     wanted "$row" || continue
+    if [ "$PAIRED" = 1 ]; then
+      paired_record "$row" "$(torch_run "$PY" bench/reference/paired_steps.py --java "$JAVA" --jar "$JAR" --threads $THREADS --pairs 16 \
+        --torch-attention $torch_attention --ours-attention $ours_attention "$1" "$2" "$3")"
+      continue
+    fi
     torch_record "$row" "$(torch_run "$PY" bench/reference/pytorch_step.py "$1" $THREADS 8 "$2" "$3" cpu $torch_attention)"
     record "$row" distillery "$(jmh_ms 'TrainingStepBenchmark.step' -p config="$1" -p precision="$2" -p loss="$3" -p attention=$ours_attention)"
   done
@@ -193,7 +214,7 @@ done
 CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 echo
 echo "$(date -u +%Y-%m-%d), $CPU, $(nproc) CPUs; $THREADS threads each side; copy bandwidth $COPY_GBS GB/s;"
-echo "PyTorch $TORCH ($BLAS, $PY$( [ -e "$TCMALLOC" ] && echo ', tcmalloc')); medians of $ROUNDS rounds"
+echo "PyTorch $TORCH ($BLAS, $PY$( [ -e "$TCMALLOC" ] && echo ', tcmalloc')); medians of $ROUNDS rounds$( [ "$PAIRED" = 1 ] && echo '; steps paired (a round: 16 pairs of 2 steps a side)')"
 echo
 "$PY" - "$WORK/results" "$COPY_GBS" <<'PYEOF'
 import statistics, sys
@@ -219,8 +240,10 @@ for row, sides in rows.items():
     # spread by more than 1.5x on either side are named beside a ratio that survived that check.
     # memory is a target on ours over PyTorch's (<= 0.5x), so that row's ratio is the other way round
     memory = row.startswith("peak RSS")
-    per_round = [d / t if memory else t / d for t, d in zip(sides["torch"], sides["distillery"])]
-    moved = [f"{side} rounds {min(v):,.1f}-{max(v):,.1f}" for side, v in sides.items() if len(v) > 1 and max(v) > 1.5 * min(v)]
+    # a paired round brings its own ratio: the median of its pairs' (paired_steps.py)
+    per_round = sides.get("ratio") or [d / t if memory else t / d for t, d in zip(sides["torch"], sides["distillery"])]
+    moved = [f"{side} rounds {min(v):,.1f}-{max(v):,.1f}" for side, v in sides.items()
+             if side != "ratio" and len(v) > 1 and max(v) > 1.5 * min(v)]
     if max(per_round) > 1.25 * min(per_round):
         flags.setdefault(row, []).append(f"rounds' ratios spread {min(per_round):.2f}-{max(per_round):.2f}x")
     t, d = statistics.median(sides["torch"]), statistics.median(sides["distillery"])
