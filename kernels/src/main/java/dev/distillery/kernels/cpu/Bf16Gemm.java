@@ -2,6 +2,7 @@ package dev.distillery.kernels.cpu;
 
 import java.lang.foreign.MemorySegment;
 import java.util.Objects;
+import java.util.function.Consumer;
 
 import dev.distillery.bindings.DistilleryCpu;
 import dev.distillery.kernels.Kernels.ConstantHold;
@@ -153,6 +154,14 @@ final class Bf16Gemm implements Gemm {
     /** The native GEMM's status: 1 when its packing buffer could not be allocated (nothing was written). */
     private static void requirePacked(int status, int m, int n, int k) {
         if (status != 0) throw new OutOfMemoryError("bf16 GEMM " + m + "x" + n + "x" + k + ": no memory for its packed operands");
+    }
+
+    /**
+     * op(B)'s pack when it lies inside a held segment, made now by {@code fill} ({@link #packColumns}
+     * over a pool) if this slice and shape are new; else null.
+     */
+    MemorySegment heldPack(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb, Consumer<MemorySegment> fill) {
+        return held.pack(transB, k, n, b, bBf16, ldb, fill);
     }
 
     /** Whether op(B) lies inside a held segment, so that it is packed once and not at every call. */

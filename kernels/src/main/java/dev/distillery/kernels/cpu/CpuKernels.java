@@ -422,10 +422,10 @@ public final class CpuKernels implements Kernels {
      * The bf16 GEMM over the pool, split along the 32 × 32 blocks its tiles form C in, so that
      * every block is formed as on one thread and the bits do not depend on the thread count. By
      * rows wherever each thread gets 32 of them, so that each operand is packed once in all: op(B)
-     * held (packed once for the step: the LM head's weight), or packed first by all the threads
-     * into one buffer, a share of its columns each; then the rows of C claimed against it,
-     * {@link #gemmClaimRows} at a time (a vCPU that runs behind takes fewer), each claim packing
-     * its rows of op(A). A shorter C splits its columns in fixed shares, each thread packing all
+     * held (packed once for the step, at its first call: the LM head's weight) or packed for this
+     * call, in either case by all the threads, a share of its columns each; then the rows of C
+     * claimed against it, {@link #gemmClaimRows} at a time (a vCPU that runs behind takes fewer),
+     * each claim packing its rows of op(A). A shorter C splits its columns in fixed shares, each thread packing all
      * of op(A). An operand stored as bf16 has 2-byte elements. A bias (n floats, or null) stands
      * in for C as beta's operand ({@link Bf16Gemm#sgemm}).
      */
@@ -436,12 +436,12 @@ public final class CpuKernels implements Kernels {
         if (pool.threads() == 1 || (long) m * n * k < GEMM_SPLIT_WORK) {
             bf16.sgemm(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc, bias);
         } else if (m > 32 && bf16.holds(transB, k, n, b, bBf16, ldb)) {
-            claimedRows(bf16, transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, null, beta, c, ldc, bias);
+            MemorySegment packed = bf16.heldPack(transB, k, n, b, bBf16, ldb, into -> packColumns(transB, k, n, b, bBf16, ldb, into));
+            claimedRows(bf16, transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, packed, beta, c, ldc, bias);
         } else if (m >= 32 * pool.threads()) {
             // op(B) packed once, each thread its share of the columns, then the rows claimed against it
             MemorySegment packed = sharedPack(Bf16Gemm.packedBytes(k, n));
-            pool.forEachChunk((n + 31) / 32, 1, (chunk, j0, j1) ->
-                    Bf16Gemm.packColumns(transB, k, n, 32 * j0, Math.min(n, 32 * j1), b, bBf16, ldb, packed));
+            packColumns(transB, k, n, b, bBf16, ldb, packed);
             claimedRows(bf16, transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, packed, beta, c, ldc, bias);
         } else {
             pool.forEachChunk((n + 31) / 32, 1, (chunk, j0, j1) -> {
@@ -450,6 +450,12 @@ public final class CpuKernels implements Kernels {
                         beta, c.asSlice(4L * c0), ldc, bias == null ? null : bias.asSlice(4L * c0));
             });
         }
+    }
+
+    /** op(B) (k, n) packed into {@code packed} by the pool's threads, a share of its 32-column blocks each. */
+    private void packColumns(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb, MemorySegment packed) {
+        pool.forEachChunk((n + 31) / 32, 1, (chunk, j0, j1) ->
+                Bf16Gemm.packColumns(transB, k, n, 32 * j0, Math.min(n, 32 * j1), b, bBf16, ldb, packed));
     }
 
     /** The rows of C claimed by the threads ({@link #gemmClaimRows} at a time) against op(B) packed, or held, or packed by each. */

@@ -6,6 +6,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.function.Consumer;
 
 import dev.distillery.kernels.Kernels.ConstantHold;
 
@@ -90,12 +91,20 @@ final class HeldPacks {
 
     /** op(B) packed, when B lies inside a held segment (packed now if this slice and shape are new), else null. */
     MemorySegment pack(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb) {
+        long first = b.address();
+        return pack(transB, k, n, b, bBf16, ldb, bp -> packer.into(transB, k, n, first, ldb, bBf16, bp.address()));
+    }
+
+    /**
+     * {@link #pack} with the packing done by {@code fill} into the segment it is given (the threads
+     * of a pool, a share of the columns each, where {@link #pack} packs on the calling thread).
+     */
+    MemorySegment pack(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb, Consumer<MemorySegment> fill) {
         Held h = holding(transB, k, n, b, bBf16, ldb);
         if (h == null) return null;
-        long first = b.address();
-        return h.packs.computeIfAbsent(new PackKey(first, transB, k, n, ldb), key -> {
+        return h.packs.computeIfAbsent(new PackKey(b.address(), transB, k, n, ldb), key -> {
             MemorySegment bp = h.allocate(bytes.of(k, n));
-            packer.into(transB, k, n, first, ldb, bBf16, bp.address());
+            fill.accept(bp);
             return bp;
         });
     }
