@@ -607,7 +607,7 @@ void distillery_causal_softmax_row(float *s, int n, float scale, int s_width, ui
  * of 32); the probabilities are packed as the softmax makes them instead of by a pass over att.
  * Returns 0, or 1 when the packing buffer could not be had (nothing written).
  */
-int distillery_bf16_attention_forward(int t, int hs, float scale, const float *q, const float *k, const float *v, int ld,
+PACK int distillery_bf16_attention_forward(int t, int hs, float scale, const float *q, const float *k, const float *v, int ld,
                                       float *att, void *out, int ldo, int out_bf16) {
     if (t <= 0 || hs <= 0) return 0;
     const int tp = round_up(t, 32), hp = round_up(hs, 32);
@@ -631,10 +631,14 @@ int distillery_bf16_attention_forward(int t, int hs, float scale, const float *q
         float *yb = out_bf16 ? y : (float *) out + (size_t) i0 * ldo;
         const int ldy = out_bf16 ? hp : ldo;
         causal_blocks(CAUSAL_K_TO, 32, t, hs, tp, pp, vp, 1.f, 0.f, yb, ldy, i0, i1);
-        if (out_bf16) {
+        if (out_bf16) {   /* VCVTNEPS2BF16 rounds as to_bf16 does */
             for (int r = 0; r < rows; r++) {
                 uint16_t *o = (uint16_t *) out + (size_t) (i0 + r) * ldo;
-                for (int j = 0; j < hs; j++) o[j] = to_bf16(y[(size_t) r * hp + j]);
+                for (int j = 0; j < hs; j += 16) {
+                    const __mmask16 in = hs - j >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << (hs - j)) - 1u);
+                    const __m256i b = (__m256i) _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(in, y + (size_t) r * hp + j));
+                    _mm512_mask_storeu_epi16(o + j, (__mmask32) in, _mm512_castsi256_si512(b));
+                }
             }
         }
     }
