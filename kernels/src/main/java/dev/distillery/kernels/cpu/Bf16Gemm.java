@@ -80,15 +80,14 @@ final class Bf16Gemm implements Gemm {
     /**
      * {@link #sgemm} over the blocks of {@code claimRows} rows of C this thread claims from the int at
      * {@code nextRow} (shared by the threads of one call, starting at 0), against op(B) packed
-     * already into {@code packed} (by the threads of the call, {@link #packColumns}) or, when that is
-     * null, packed once when held, else once by each thread (docs/KERNELS.md#bf16-gemm).
+     * already into {@code packed} by the threads of the call ({@link #packColumns}), for this call
+     * or held for the step ({@link #heldPack}); docs/KERNELS.md#bf16-gemm.
      */
     void sgemmClaimedRows(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
                           MemorySegment b, boolean bBf16, int ldb, MemorySegment packed, float beta, MemorySegment c, int ldc,
                           MemorySegment bias, MemorySegment nextRow, int claimRows) {
-        if (packed == null) packed = held.pack(transB, k, n, b, bBf16, ldb);
         int status = DistilleryCpu.bf16GemmClaimedRows(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16,
-                packed == null ? 0L : packed.address(), beta, c.address(), ldc, address(bias, n), nextRow.address(), claimRows);
+                packed.address(), beta, c.address(), ldc, address(bias, n), nextRow.address(), claimRows);
         requirePacked(status, m, n, k);
     }
 

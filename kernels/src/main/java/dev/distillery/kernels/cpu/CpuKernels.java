@@ -425,9 +425,9 @@ public final class CpuKernels implements Kernels {
      * held (packed once for the step, at its first call: the LM head's weight) or packed for this
      * call, in either case by all the threads, a share of its columns each; then the rows of C
      * claimed against it, {@link #gemmClaimRows} at a time (a vCPU that runs behind takes fewer),
-     * each claim packing its rows of op(A). A shorter C splits its columns in fixed shares, each thread packing all
-     * of op(A). An operand stored as bf16 has 2-byte elements. A bias (n floats, or null) stands
-     * in for C as beta's operand ({@link Bf16Gemm#sgemm}).
+     * each claim packing its rows of op(A). A shorter C splits its columns in fixed shares, each
+     * thread packing all of op(A). An operand stored as bf16 has 2-byte elements. A bias (n floats,
+     * or null) stands in for C as beta's operand ({@link Bf16Gemm#sgemm}).
      */
     private void gemmBf16(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
                           MemorySegment a, boolean aBf16, int lda, MemorySegment b, boolean bBf16, int ldb,
@@ -458,7 +458,7 @@ public final class CpuKernels implements Kernels {
                 Bf16Gemm.packColumns(transB, k, n, 32 * j0, Math.min(n, 32 * j1), b, bBf16, ldb, packed));
     }
 
-    /** The rows of C claimed by the threads ({@link #gemmClaimRows} at a time) against op(B) packed, or held, or packed by each. */
+    /** The rows of C claimed by the threads ({@link #gemmClaimRows} at a time) against op(B) packed already (held or for this call). */
     private void claimedRows(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
                              MemorySegment a, boolean aBf16, int lda, MemorySegment b, boolean bBf16, int ldb, MemorySegment packed,
                              float beta, MemorySegment c, int ldc, MemorySegment bias) {
