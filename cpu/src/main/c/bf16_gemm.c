@@ -652,15 +652,18 @@ static volatile float peak_sink;
  * twin of FmaPeakBenchmark): PEAK_CHAINS independent chains of VDPBF16PS on 16 fp32 lanes, in
  * registers, no memory traffic, iterations steps each. Returns the floating-point operations done
  * (a step of a chain: 16 lanes x 2 products x 2); the sums go to a sink, so no step is dead.
+ * 24 chains: the ceiling needs more of them in flight than the instruction's latency times its
+ * issue rate; on Zen 5 twelve fell short of it (docs/PERFORMANCE.md), and 24 accumulators and
+ * the two operands still fit the 32 registers.
  */
-#define PEAK_CHAINS 12
+#define PEAK_CHAINS 24
 PACK long distillery_bf16_dot_peak(long iterations) {
     const __m512bh x = (__m512bh) _mm512_set1_epi32(0x3f803f80), y = (__m512bh) _mm512_set1_epi32(0x3a833a83);
     __m512 acc[PEAK_CHAINS];
-#pragma GCC unroll 12
+#pragma GCC unroll 24
     for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm512_set1_ps((float) i);
     for (long it = 0; it < iterations; it++) {
-#pragma GCC unroll 12
+#pragma GCC unroll 24
         for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm512_dpbf16_ps(acc[i], x, y);
     }
     __m512 sum = acc[0];

@@ -17,7 +17,7 @@ import org.openjdk.jmh.annotations.Warmup;
 import dev.distillery.bindings.DistilleryCpu;
 
 /**
- * The ceiling of the bf16 GEMM's AVX512-BF16 path, as {@link FmaPeakBenchmark} is of fp32: twelve
+ * The ceiling of the bf16 GEMM's AVX512-BF16 path, as {@link FmaPeakBenchmark} is of fp32: 24
  * independent chains of VDPBF16PS (32 products into 16 fp32 lanes each) in registers, in C
  * ({@code distillery_bf16_dot_peak}; the Vector API has no bf16 dot product). Reported as
  * floating-point operations per second (a product and its sum count 2); run with {@code -t 1} and
@@ -33,7 +33,7 @@ import dev.distillery.bindings.DistilleryCpu;
 @Measurement(iterations = 5, time = 2)
 public class Bf16DotPeakBenchmark {
 
-    private static final int ITERATIONS = 1 << 20, CHAINS = 12;
+    private static final int ITERATIONS = 1 << 20, CHAINS = 24;   // distillery_bf16_dot_peak's PEAK_CHAINS
 
     @Setup
     public void setUp() {

@@ -1,5 +1,6 @@
 package dev.distillery.bench;
 
+import java.lang.foreign.Arena;
 import java.util.Comparator;
 import java.util.Locale;
 import java.util.Map;
@@ -7,6 +8,7 @@ import java.util.Map;
 import dev.distillery.kernels.Backends;
 import dev.distillery.kernels.Kernels;
 import dev.distillery.kernels.Precision;
+import dev.distillery.kernels.distill.TeacherTargets;
 import dev.distillery.runtime.Rng;
 import dev.distillery.runtime.nn.Gpt2;
 import dev.distillery.runtime.nn.TrainingSession;
@@ -19,7 +21,10 @@ import dev.distillery.runtime.optim.LearningRateSchedule;
  *
  * <pre>java --add-modules=jdk.incubator.vector --enable-native-access=ALL-UNNAMED -XX:-UseProfiledLoopPredicate \
  *     -cp bench/target/benchmarks.jar dev.distillery.bench.StepProfile B 2 [steps] [gemm] [warm-up steps] [fp32|bf16] [cpu|cuda|cuda-host-only] \
- *     [keep|recompute]</pre>
+ *     [keep|recompute] [ce|distill]</pre>
+ *
+ * {@code distill} profiles {@link TrainingStepBenchmark}'s distillation step (a dense bf16 teacher,
+ * forward KL, T = 2, alpha 0.5) instead of the hard-label step.
  *
  * On cuda each kernel's time is its GPU work (see {@link TimedKernels}); cuda-host-only times the
  * host's share alone ({@link HostOnlyCudaBackend}).
@@ -42,6 +47,11 @@ public final class StepProfile {
             System.err.println("StepProfile: the 8th argument is keep or recompute (attention's probabilities), got " + attention);
             System.exit(2);
         }
+        String loss = args.length > 8 ? args[8] : "ce";
+        if (!loss.equals("ce") && !loss.equals("distill")) {
+            System.err.println("StepProfile: the 9th argument is ce or distill (the step's loss), got " + loss);
+            System.exit(2);
+        }
         Kernels inner;
         try {
             inner = HostOnlyCudaBackend.openKernels(device, threads, gemm, precision);
@@ -51,7 +61,8 @@ public final class StepProfile {
             return;
         }
         try (TimedKernels kernels = new TimedKernels(inner);
-             Gpt2 model = new Gpt2(c.model, kernels)) {
+             Gpt2 model = new Gpt2(c.model, kernels);
+             Arena arena = Arena.ofShared()) {
             model.initialize(1);
             int t = c.model.contextLength();
             try (TrainingSession s = new TrainingSession(model, kernels, AdamW.Config.defaults(),
@@ -61,13 +72,15 @@ public final class StepProfile {
                 int[] windows = new int[c.batch * (t + 1)];
                 for (int i = 0; i < windows.length; i++) windows[i] = rng.nextInt(c.model.vocabSize());
                 s.inputs().setWindows(windows);
-                for (int i = 0; i < warmup; i++) s.step();
+                TeacherTargets teacher = loss.equals("distill") ? TrainingStepBenchmark.denseTeacher(kernels, arena, c, rng) : null;
+                Runnable step = teacher == null ? s::step : () -> TrainingStepBenchmark.distillStep(s, teacher);
+                for (int i = 0; i < warmup; i++) step.run();
                 kernels.reset();
                 long t0 = System.nanoTime();
-                for (int i = 0; i < steps; i++) s.step();
+                for (int i = 0; i < steps; i++) step.run();
                 double stepMs = (System.nanoTime() - t0) / 1e6 / steps;
-                System.out.printf(Locale.ROOT, "config %s, %s, %d steps: %.1f ms/step, %.0f tokens/s%n",
-                        c, kernels.describe(), steps, stepMs, c.tokensPerStep() / stepMs * 1000);
+                System.out.printf(Locale.ROOT, "config %s%s, %s, %d steps: %.1f ms/step, %.0f tokens/s%n",
+                        c, teacher == null ? "" : " (distillation)", kernels.describe(), steps, stepMs, c.tokensPerStep() / stepMs * 1000);
                 System.out.printf(Locale.ROOT, "%-22s %10s %8s %8s%n", "kernel", "ms/step", "share", "calls");
                 double accounted = 0;
                 for (Map.Entry<String, TimedKernels.Timing> e : kernels.timings().entrySet().stream()

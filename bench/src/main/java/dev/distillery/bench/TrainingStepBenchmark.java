@@ -92,7 +92,6 @@ public class TrainingStepBenchmark {
     private TrainingSession session;
     private Arena arena;
     private TeacherTargets teacher;
-    private int chunkRows;
 
     @Setup(Level.Trial)
     public void setUp() {
@@ -113,13 +112,7 @@ public class TrainingStepBenchmark {
         session.inputs().setWindows(windows);
         if (loss.equals("distill")) {
             arena = Arena.ofShared();
-            int n = c.batch * t, v = c.model.vocabSize();
-            // staging memory, as the trainer's prefetch slots: page-locked on CUDA, so the teacher's
-            // copy to the device overlaps the forward pass (from pageable memory it would not)
-            MemorySegment logits = kernels.allocateStaging(arena, 2L * n * v);
-            for (long i = 0; i < (long) n * v; i++) DType.BF16.write(logits, i, (float) (4 * rng.nextGaussian()));
-            teacher = new TeacherTargets.Dense(logits, DType.BF16, v);
-            chunkRows = ChunkedLinearDistillLoss.defaultChunkRows(v);
+            teacher = denseTeacher(kernels, arena, c, rng);
         } else if (!loss.equals("ce")) {
             throw new IllegalArgumentException("loss=" + loss + ": ce or distill");
         }
@@ -127,8 +120,23 @@ public class TrainingStepBenchmark {
 
     @Benchmark
     public double step() {
-        if (teacher == null) return session.step().loss();
+        return teacher == null ? session.step().loss() : distillStep(session, teacher);
+    }
+
+    /** The distillation step's teacher: dense bf16 logits, N(0, 4²), over the config's batch · ctx rows. */
+    static TeacherTargets denseTeacher(Kernels kernels, Arena arena, StudentConfigs c, Rng rng) {
+        int n = c.batch * c.model.contextLength(), v = c.model.vocabSize();
+        // staging memory, as the trainer's prefetch slots: page-locked on CUDA, so the teacher's
+        // copy to the device overlaps the forward pass (from pageable memory it would not)
+        MemorySegment logits = kernels.allocateStaging(arena, 2L * n * v);
+        for (long i = 0; i < (long) n * v; i++) DType.BF16.write(logits, i, (float) (4 * rng.nextGaussian()));
+        return new TeacherTargets.Dense(logits, DType.BF16, v);
+    }
+
+    /** One distillation step against {@code teacher}: forward KL, T = 2, alpha = 0.5, T² on, the default chunk rows. */
+    static double distillStep(TrainingSession session, TeacherTargets teacher) {
         session.beginStep();
+        int chunkRows = ChunkedLinearDistillLoss.defaultChunkRows(teacher.vocab());
         double l = session.backwardDistill(teacher, DistillOptions.of(2f, 0.5f), DifferentiableOps.Reduction.MEAN, chunkRows, 1f).total();
         return session.finishStep(l).loss();
     }

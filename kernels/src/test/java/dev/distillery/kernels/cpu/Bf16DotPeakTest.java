@@ -16,7 +16,7 @@ class Bf16DotPeakTest {
             assertThrows(IllegalStateException.class, () -> DistilleryCpu.bf16DotPeak(1));
             return;
         }
-        assertEquals(1_000L * 12 * 16 * 2 * 2, DistilleryCpu.bf16DotPeak(1_000));
+        assertEquals(1_000L * 24 * 16 * 2 * 2, DistilleryCpu.bf16DotPeak(1_000));
         assertEquals(0L, DistilleryCpu.bf16DotPeak(0));
     }
 }
