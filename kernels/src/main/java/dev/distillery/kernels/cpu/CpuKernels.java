@@ -488,13 +488,19 @@ public final class CpuKernels implements Kernels {
     private final ThreadLocal<MemorySegment> sharedPacks = ThreadLocal.withInitial(() -> MemorySegment.NULL);
 
     /**
-     * Rows of C a thread claims at a time in the bf16 GEMM's row split: about a quarter of a
-     * thread's share, a multiple of 32, at least 256 (each claim walks all of packed op(B) once:
-     * 24 MB for the LM head's input gradient) and at most a share, so that every thread has rows.
+     * Rows of C a thread claims at a time in the bf16 GEMM's row split, a multiple of 32: about a
+     * quarter of a thread's share, at least 256 rows (each claim walks all of packed op(B) once: 24
+     * MB for the LM head's input gradient) and at most a share, then made smaller where the claims
+     * that gives are not a multiple of the threads, so that threads running alike end together: 5
+     * claims of 256 over two threads (the q/k/v weight gradient's 1,152 rows) left one thread 640
+     * rows to the other's 512. Never larger: a claim past 256 rows of a deep op(A) (k past one panel)
+     * no longer fits its panel of packed rows beside a band of op(B) in L2.
      */
     static int gemmClaimRows(int m, int threads) {
         int quarter = (m + 4 * threads - 1) / (4 * threads), share = (m + threads - 1) / threads;
-        return Math.min(Math.max(256, (quarter + 31) / 32 * 32), (share + 31) / 32 * 32);
+        int claim = Math.min(Math.max(256, (quarter + 31) / 32 * 32), (share + 31) / 32 * 32);
+        int claims = ((m + claim - 1) / claim + threads - 1) / threads * threads;
+        return ((m + claims - 1) / claims + 31) / 32 * 32;
     }
 
     @Override

@@ -182,6 +182,22 @@ class CpuKernelsConformanceTest {
     }
 
     /**
+     * The bf16 GEMM's row claims come in a multiple of the threads, so that threads running alike
+     * end a call together, each of at most a quarter of a thread's share or 256 rows, whichever is
+     * more: the rows of the products of configs A and B and of wide vocabularies, on 2 and 4 threads.
+     */
+    @ParameterizedTest
+    @CsvSource({"256", "384", "768", "1024", "1152", "1536", "2048", "3072", "4096", "32000", "50257", "128256"})
+    void bf16GemmClaimsRowsEvenlyOverTheThreads(int m) {
+        for (int threads : new int[]{2, 4}) {
+            int claim = CpuKernels.gemmClaimRows(m, threads), claims = (m + claim - 1) / claim, share = (m + threads - 1) / threads;
+            assertEquals(0, claim % 32, m + " rows on " + threads + " threads: claims of " + claim);
+            assertEquals(0, claims % threads, m + " rows on " + threads + " threads: " + claims + " claims of " + claim);
+            assertTrue(claim <= Math.max(256, (share / 4 + 31) / 32 * 32), m + " rows on " + threads + " threads: claims of " + claim);
+        }
+    }
+
+    /**
      * On the AVX512-BF16 path a product of one row (a decode step of one sequence, formed 128
      * columns at a time) gives the bits of that row in a product of 32: k over two panels, 300
      * columns (two wide blocks and a tail), beta 1 and alpha not 1, B held or not, one thread or
