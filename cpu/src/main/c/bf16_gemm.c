@@ -504,17 +504,29 @@ int distillery_bf16_gemm_packed_b(int kind, int trans_a, int m, int n, int k, fl
 }
 
 /*
+ * Rows the next claim takes when `remaining` rows of C are left: claim rows, or with guided > 0
+ * (the call's threads) a share of what is left, 1 / (2 guided), between 32 and claim: the last
+ * claims shrink, so threads that run unlike still end close together. A multiple of 32 either way.
+ */
+static inline int claim_size(int remaining, int claim, int guided) {
+    if (guided <= 0) return claim;
+    const int share = round_up((remaining + 2 * guided - 1) / (2 * guided), 32);
+    return share < claim ? share : claim;
+}
+
+/*
  * distillery_bf16_gemm over the row blocks of C that the calling thread claims from *next_row, a
- * counter the threads of one call share (starting at 0): claim_rows rows at a time (a multiple of
- * 32, so every 32 x 32 block is formed whole, as on one thread), until m is reached. op(B) is
- * bp when it was packed already (held), else packed once by each thread into its own buffer. A
- * thread that falls behind (a busy or descheduled vCPU) claims fewer blocks instead of holding up
- * the call. Returns 0, or 1 when the packing buffer could not be allocated.
+ * counter the threads of one call share (starting at 0): claim_rows rows at a time, or with
+ * guided > 0 fewer as the rows run out (claim_size), a multiple of 32 either way, so every 32 x 32
+ * block is formed whole, as on one thread, until m is reached. op(B) is bp when it was packed
+ * already (held), else packed once by each thread into its own buffer. A thread that falls behind
+ * (a busy or descheduled vCPU) claims fewer blocks instead of holding up the call. Returns 0, or 1
+ * when the packing buffer could not be allocated.
  */
 int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m, int n, int k, float alpha,
                                       const void *a, int lda, int a_bf16, const void *b, int ldb, int b_bf16,
                                       const uint16_t *bp, float beta, float *c, int ldc, const float *bias, int *next_row,
-                                      int claim_rows) {
+                                      int claim_rows, int guided) {
     if (m <= 0 || n <= 0) return 0;
     const int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32), claim = round_up(claim_rows > 0 ? claim_rows : 1, 32);
     const size_t a_elements = (size_t) claim * kp;
@@ -531,9 +543,12 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m,
        part would walk all of op(B) once a panel */
     const int block = kp <= KC && (size_t) kp * 2 * 32 <= A_BLOCK_BYTES ? (int) (A_BLOCK_BYTES / ((size_t) kp * 2)) / 32 * 32 : claim;
     for (;;) {
-        const int r0 = __atomic_fetch_add(next_row, claim, __ATOMIC_RELAXED);
-        if (r0 >= m) return 0;
-        const int rows = m - r0 < claim ? m - r0 : claim;
+        int r0 = __atomic_load_n(next_row, __ATOMIC_RELAXED), size;
+        do {
+            if (r0 >= m) return 0;
+            size = claim_size(m - r0, claim, guided);
+        } while (!__atomic_compare_exchange_n(next_row, &r0, r0 + size, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+        const int rows = m - r0 < size ? m - r0 : size;
         for (int b0 = 0; b0 < rows; b0 += block) {
             const int br = rows - b0 < block ? rows - b0 : block, mp = round_up(br, 32), i0 = r0 + b0;
             pack_a(trans_a, br, k, at(a, trans_a ? (size_t) i0 : (size_t) i0 * lda, a_bf16), lda, a_bf16, ap, mp, kp, block < claim);

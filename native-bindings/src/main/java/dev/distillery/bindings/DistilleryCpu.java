@@ -128,7 +128,7 @@ public final class DistilleryCpu {
                         bf16Packed = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_packed_b"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, i, p, f, p, i, p));
                         claimedRows = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_claimed_rows"),
-                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, p, f, p, i, p, p, i));
+                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, p, f, p, i, p, p, i, i));
                         causal = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_causal"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i));
                         attentionForward = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_attention_forward"),
@@ -274,15 +274,16 @@ public final class DistilleryCpu {
     /**
      * {@code distillery_bf16_gemm_claimed_rows}: {@link #bf16Gemm} over the blocks of
      * {@code claimRows} rows (rounded up to 32) that the calling thread claims from the int at
-     * {@code nextRow}, which every thread of the call shares and which starts at 0; op(B) from
-     * {@code bp} when it is packed already ({@link #bf16PackB}), else packed by this thread (bp 0).
+     * {@code nextRow}, which every thread of the call shares and which starts at 0, or with
+     * {@code guided} (the call's threads) above 0 blocks that shrink to 32 rows as the rows run out;
+     * op(B) from {@code bp} when it is packed already ({@link #bf16PackB}), else packed by this thread (bp 0).
      */
     public static int bf16GemmClaimedRows(int kind, boolean transA, boolean transB, int m, int n, int k, float alpha,
                                           long a, int lda, boolean aBf16, long b, int ldb, boolean bBf16, long bp,
-                                          float beta, long c, int ldc, long bias, long nextRow, int claimRows) {
+                                          float beta, long c, int ldc, long bias, long nextRow, int claimRows, int guided) {
         try {
             return (int) BF16_GEMM_CLAIMED_ROWS.invokeExact(kind, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0,
-                    b, ldb, bBf16 ? 1 : 0, bp, beta, c, ldc, bias, nextRow, claimRows);
+                    b, ldb, bBf16 ? 1 : 0, bp, beta, c, ldc, bias, nextRow, claimRows, guided);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm_claimed_rows failed", e);
         }

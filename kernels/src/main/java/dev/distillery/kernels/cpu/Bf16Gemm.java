@@ -79,15 +79,16 @@ final class Bf16Gemm implements Gemm {
 
     /**
      * {@link #sgemm} over the blocks of {@code claimRows} rows of C this thread claims from the int at
-     * {@code nextRow} (shared by the threads of one call, starting at 0), against op(B) packed
-     * already into {@code packed} by the threads of the call ({@link #packColumns}), for this call
-     * or held for the step ({@link #heldPack}); docs/KERNELS.md#bf16-gemm.
+     * {@code nextRow} (shared by the threads of one call, starting at 0), or with {@code guided}
+     * (the call's threads) above 0 blocks that shrink to 32 rows as the rows run out, against op(B)
+     * packed already into {@code packed} by the threads of the call ({@link #packColumns}), for this
+     * call or held for the step ({@link #heldPack}); docs/KERNELS.md#bf16-gemm.
      */
     void sgemmClaimedRows(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
                           MemorySegment b, boolean bBf16, int ldb, MemorySegment packed, float beta, MemorySegment c, int ldc,
-                          MemorySegment bias, MemorySegment nextRow, int claimRows) {
+                          MemorySegment bias, MemorySegment nextRow, int claimRows, int guided) {
         int status = DistilleryCpu.bf16GemmClaimedRows(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16,
-                packed.address(), beta, c.address(), ldc, address(bias, n), nextRow.address(), claimRows);
+                packed.address(), beta, c.address(), ldc, address(bias, n), nextRow.address(), claimRows, guided);
         requirePacked(status, m, n, k);
     }
 

@@ -458,16 +458,31 @@ public final class CpuKernels implements Kernels {
                 Bf16Gemm.packColumns(transB, k, n, 32 * j0, Math.min(n, 32 * j1), b, bBf16, ldb, packed));
     }
 
-    /** The rows of C claimed by the threads ({@link #gemmClaimRows} at a time) against op(B) packed already (held or for this call). */
+    /**
+     * The rows of C claimed by the threads ({@link #gemmClaimRows} at a time) against op(B) packed
+     * already (held or for this call); where packed op(B) is at most {@link #GUIDED_B_BYTES}, the
+     * claims shrink to 32 rows as the rows run out, so that a thread that ran ahead takes the last
+     * ones instead of waiting a whole claim for the other. A large op(B) (the LM head's weight)
+     * keeps whole claims: each claim walks all of it once.
+     */
     private void claimedRows(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
                              MemorySegment a, boolean aBf16, int lda, MemorySegment b, boolean bBf16, int ldb, MemorySegment packed,
                              float beta, MemorySegment c, int ldc, MemorySegment bias) {
         int claim = gemmClaimRows(m, pool.threads());
+        int guided = Bf16Gemm.packedBytes(k, n) <= GUIDED_B_BYTES ? pool.threads() : 0;
         MemorySegment nextRow = gemmRowCounters.asSlice(64L * Math.floorMod(gemmCalls.getAndIncrement(), GEMM_COUNTERS), 4);
         nextRow.set(ValueLayout.JAVA_INT, 0, 0);
         pool.forEachChunk(Math.min(pool.threads(), (m + claim - 1) / claim), 1, (chunk, s0, s1) ->
-                bf16.sgemmClaimedRows(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, packed, beta, c, ldc, bias, nextRow, claim));
+                bf16.sgemmClaimedRows(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, packed, beta, c, ldc, bias, nextRow,
+                        claim, guided));
     }
+
+    /**
+     * The largest packed op(B) whose GEMM claims rows in shrinking blocks: a claim of 32 rows walks it
+     * once, from L2 or L3 at these sizes (the blocks' weights, 1.2 MB at most at config B; the
+     * chunk's hidden states for the LM head's weight gradient, 192 KB).
+     */
+    private static final long GUIDED_B_BYTES = 2L << 20;
 
     /**
      * The calling thread's buffer for one bf16 GEMM's op(B), packed by all the threads: one a
