@@ -518,25 +518,18 @@ static inline int claim_size(int remaining, int claim, int guided) {
  * distillery_bf16_gemm over the row blocks of C that the calling thread claims from *next_row, a
  * counter the threads of one call share (starting at 0): claim_rows rows at a time, or with
  * guided > 0 fewer as the rows run out (claim_size), a multiple of 32 either way, so every 32 x 32
- * block is formed whole, as on one thread, until m is reached. op(B) is bp when it was packed
- * already (held), else packed once by each thread into its own buffer. A thread that falls behind
+ * block is formed whole, as on one thread, until m is reached, against op(B) packed already into
+ * bp (held, or by the call's threads: distillery_bf16_pack_b). A thread that falls behind
  * (a busy or descheduled vCPU) claims fewer blocks instead of holding up the call. Returns 0, or 1
  * when the packing buffer could not be allocated.
  */
-int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                                      const void *a, int lda, int a_bf16, const void *b, int ldb, int b_bf16,
+int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
                                       const uint16_t *bp, float beta, float *c, int ldc, const float *bias, int *next_row,
                                       int claim_rows, int guided) {
     if (m <= 0 || n <= 0) return 0;
     const int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32), claim = round_up(claim_rows > 0 ? claim_rows : 1, 32);
-    const size_t a_elements = (size_t) claim * kp;
-    uint16_t *ap = (uint16_t *) packing_buffer(0, (a_elements + (bp == NULL ? (size_t) kp * np : 0)) * 2);
+    uint16_t *ap = (uint16_t *) packing_buffer(0, (size_t) claim * kp * 2);
     if (ap == NULL) return 1;
-    if (bp == NULL) {
-        uint16_t *own = ap + a_elements;
-        pack_b(trans_b, k, n, b, ldb, b_bf16, own, kp, np, 0);
-        bp = own;
-    }
     /* an op(A) of one panel (k <= KC: a weight gradient's k, the tokens or a chunk's rows) is packed
        and used A_BLOCK_BYTES at a time (32 rows or more), so its packed rows stay in L2 between the
        pack and the products instead of going out to memory and back; a deeper one whole, since each

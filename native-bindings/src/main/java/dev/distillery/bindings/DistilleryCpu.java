@@ -128,7 +128,7 @@ public final class DistilleryCpu {
                         bf16Packed = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_packed_b"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, i, p, f, p, i, p));
                         claimedRows = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_claimed_rows"),
-                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, i, i, p, f, p, i, p, p, i, i));
+                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, i, p, f, p, i, p, p, i, i));
                         causal = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_causal"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i));
                         attentionForward = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_attention_forward"),
@@ -276,14 +276,13 @@ public final class DistilleryCpu {
      * {@code claimRows} rows (rounded up to 32) that the calling thread claims from the int at
      * {@code nextRow}, which every thread of the call shares and which starts at 0, or with
      * {@code guided} (the call's threads) above 0 blocks that shrink to 32 rows as the rows run out;
-     * op(B) from {@code bp} when it is packed already ({@link #bf16PackB}), else packed by this thread (bp 0).
+     * op(B) packed already into {@code bp} ({@link #bf16PackB}).
      */
-    public static int bf16GemmClaimedRows(int kind, boolean transA, boolean transB, int m, int n, int k, float alpha,
-                                          long a, int lda, boolean aBf16, long b, int ldb, boolean bBf16, long bp,
-                                          float beta, long c, int ldc, long bias, long nextRow, int claimRows, int guided) {
+    public static int bf16GemmClaimedRows(int kind, boolean transA, int m, int n, int k, float alpha, long a, int lda, boolean aBf16,
+                                          long bp, float beta, long c, int ldc, long bias, long nextRow, int claimRows, int guided) {
         try {
-            return (int) BF16_GEMM_CLAIMED_ROWS.invokeExact(kind, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0,
-                    b, ldb, bBf16 ? 1 : 0, bp, beta, c, ldc, bias, nextRow, claimRows, guided);
+            return (int) BF16_GEMM_CLAIMED_ROWS.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0,
+                    bp, beta, c, ldc, bias, nextRow, claimRows, guided);
         } catch (Throwable e) {
             throw new IllegalStateException("distillery_bf16_gemm_claimed_rows failed", e);
         }

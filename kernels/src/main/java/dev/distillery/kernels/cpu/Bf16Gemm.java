@@ -84,10 +84,10 @@ final class Bf16Gemm implements Gemm {
      * packed already into {@code packed} by the threads of the call ({@link #packColumns}), for this
      * call or held for the step ({@link #heldPack}); docs/KERNELS.md#bf16-gemm.
      */
-    void sgemmClaimedRows(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
-                          MemorySegment b, boolean bBf16, int ldb, MemorySegment packed, float beta, MemorySegment c, int ldc,
+    void sgemmClaimedRows(boolean transA, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
+                          MemorySegment packed, float beta, MemorySegment c, int ldc,
                           MemorySegment bias, MemorySegment nextRow, int claimRows, int guided) {
-        int status = DistilleryCpu.bf16GemmClaimedRows(kind, transA, transB, m, n, k, alpha, a.address(), lda, aBf16, b.address(), ldb, bBf16,
+        int status = DistilleryCpu.bf16GemmClaimedRows(kind, transA, m, n, k, alpha, a.address(), lda, aBf16,
                 packed.address(), beta, c.address(), ldc, address(bias, n), nextRow.address(), claimRows, guided);
         requirePacked(status, m, n, k);
     }

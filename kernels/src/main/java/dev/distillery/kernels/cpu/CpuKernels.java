@@ -437,12 +437,12 @@ public final class CpuKernels implements Kernels {
             bf16.sgemm(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc, bias);
         } else if (m > 32 && bf16.holds(transB, k, n, b, bBf16, ldb)) {
             MemorySegment packed = bf16.heldPack(transB, k, n, b, bBf16, ldb, into -> packColumns(transB, k, n, b, bBf16, ldb, into));
-            claimedRows(bf16, transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, packed, beta, c, ldc, bias);
+            claimedRows(bf16, transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias);
         } else if (m >= 32 * pool.threads()) {
             // op(B) packed once, each thread its share of the columns, then the rows claimed against it
             MemorySegment packed = sharedPack(Bf16Gemm.packedBytes(k, n));
             packColumns(transB, k, n, b, bBf16, ldb, packed);
-            claimedRows(bf16, transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, packed, beta, c, ldc, bias);
+            claimedRows(bf16, transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias);
         } else {
             pool.forEachChunk((n + 31) / 32, 1, (chunk, j0, j1) -> {
                 int c0 = 32 * j0, c1 = Math.min(n, 32 * j1);
@@ -465,16 +465,14 @@ public final class CpuKernels implements Kernels {
      * ones instead of waiting a whole claim for the other. A large op(B) (the LM head's weight)
      * keeps whole claims: each claim walks all of it once.
      */
-    private void claimedRows(Bf16Gemm bf16, boolean transA, boolean transB, int m, int n, int k, float alpha,
-                             MemorySegment a, boolean aBf16, int lda, MemorySegment b, boolean bBf16, int ldb, MemorySegment packed,
-                             float beta, MemorySegment c, int ldc, MemorySegment bias) {
+    private void claimedRows(Bf16Gemm bf16, boolean transA, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
+                             MemorySegment packed, float beta, MemorySegment c, int ldc, MemorySegment bias) {
         int claim = gemmClaimRows(m, pool.threads());
         int guided = Bf16Gemm.packedBytes(k, n) <= GUIDED_B_BYTES ? pool.threads() : 0;
         MemorySegment nextRow = gemmRowCounters.asSlice(64L * Math.floorMod(gemmCalls.getAndIncrement(), GEMM_COUNTERS), 4);
         nextRow.set(ValueLayout.JAVA_INT, 0, 0);
         pool.forEachChunk(Math.min(pool.threads(), (m + claim - 1) / claim), 1, (chunk, s0, s1) ->
-                bf16.sgemmClaimedRows(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, packed, beta, c, ldc, bias, nextRow,
-                        claim, guided));
+                bf16.sgemmClaimedRows(transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias, nextRow, claim, guided));
     }
 
     /**
