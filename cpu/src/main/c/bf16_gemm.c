@@ -338,7 +338,7 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
  * band otherwise waits on memory for every block's first lines (a decode step's LM head, 32 rows,
  * is a quarter first strips).
  */
-PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, const uint16_t *bp, int i0, int j0, int p0, int p1,
+PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, size_t as, const uint16_t *bp, int i0, int j0, int p0, int p1,
                                    float alpha, float beta, float *c, int ldc, const float *bias, const uint16_t *next) {
     const size_t b_block = (size_t) kp * 16;
     const uint32_t *b0 = (const uint32_t *) (bp + (size_t) (j0 / 16) * b_block), *b1 = b0 + b_block / 2;
@@ -352,7 +352,7 @@ PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, con
     __m512 s[8][2];
 #pragma GCC unroll 8
     for (int r = 0; r < 8; r++) s[r][0] = s[r][1] = _mm512_setzero_ps();
-    const uint32_t *a = (const uint32_t *) (ap + (size_t) i0 * kp);
+    const uint32_t *a = (const uint32_t *) (ap + (size_t) i0 * as);
     for (int p = p0; p < p1; p++) {
         __m512bh v0 = (__m512bh) _mm512_loadu_si512(b0 + (size_t) p * 16);
         __m512bh v1 = (__m512bh) _mm512_loadu_si512(b1 + (size_t) p * 16);
@@ -360,7 +360,7 @@ PACK static inline void block_8x32(int m, int n, int kp, const uint16_t *ap, con
         _mm_prefetch((const char *) (n1 + (size_t) p * 16), _MM_HINT_T1);
 #pragma GCC unroll 8
         for (int r = 0; r < 8; r++) {
-            __m512bh x = (__m512bh) _mm512_set1_epi32((int) a[(size_t) r * kp / 2 + p]);
+            __m512bh x = (__m512bh) _mm512_set1_epi32((int) a[(size_t) r * as / 2 + p]);
             s[r][0] = _mm512_dpbf16_ps(s[r][0], x, v0);
             s[r][1] = _mm512_dpbf16_ps(s[r][1], x, v1);
         }
@@ -414,7 +414,7 @@ PACK static void row_128(int kp, const uint16_t *ap, const uint16_t *bp, int j0,
 }
 
 /* C (m, n) from packed op(A) and op(B) with dot products, 8 x 32 blocks, in bands of op(B) (above). */
-PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
+PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_t *ap, size_t as, const uint16_t *bp,
                              float alpha, float beta, float *c, int ldc, const float *bias) {
     (void) mp;
     if (m == 1) {   /* one row: 128 columns a block while they last, then block_8x32's 32 */
@@ -423,7 +423,7 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
             const float panel_beta = kc == 0 ? beta : 1.f;
             int j0 = 0;
             for (; j0 + 128 <= n; j0 += 128) row_128(kp, ap, bp, j0, kc / 2, kend / 2, alpha, panel_beta, c, kc == 0 ? bias : NULL);
-            for (; j0 < n; j0 += 32) block_8x32(1, n, kp, ap, bp, 0, j0, kc / 2, kend / 2, alpha, panel_beta, c, ldc, kc == 0 ? bias : NULL, NULL);
+            for (; j0 < n; j0 += 32) block_8x32(1, n, kp, ap, as, bp, 0, j0, kc / 2, kend / 2, alpha, panel_beta, c, ldc, kc == 0 ? bias : NULL, NULL);
         }
         return;
     }
@@ -437,32 +437,49 @@ PACK static void gemm_avx512(int m, int n, int mp, int np, int kp, const uint16_
             const int in_band = t - first * blocks_i;
             const int i0 = 8 * (in_band / width), j0 = 32 * (first + in_band % width);
             const uint16_t *next = i0 == 0 && j0 + 32 < 32 * (first + width) ? bp + (size_t) (j0 / 16 + 2) * kp * 16 : NULL;
-            block_8x32(m, n, kp, ap, bp, i0, j0, kc / 2, kend / 2, alpha, panel_beta, c, ldc, kc == 0 ? bias : NULL, next);
+            block_8x32(m, n, kp, ap, as, bp, i0, j0, kc / 2, kend / 2, alpha, panel_beta, c, ldc, kc == 0 ? bias : NULL, next);
         }
     }
 }
 
 /*
- * C (m, n) from packed op(A) and op(B) on the tiles or with dot products, as kind says; with a bias
- * (n floats, or NULL) the first panel adds beta times it where it would add beta times C.
+ * C (m, n) from op(A) (rows `as` elements apart: kp where packed) and packed op(B) on the tiles or
+ * with dot products, as kind says; with a bias (n floats, or NULL) the first panel adds beta times
+ * it where it would add beta times C. The tiles read op(A) packed only (a_in_place).
  */
-static void multiply(int kind, int m, int n, int mp, int np, int kp, const uint16_t *ap, const uint16_t *bp,
+static void multiply(int kind, int m, int n, int mp, int np, int kp, const uint16_t *ap, size_t as, const uint16_t *bp,
                      float alpha, float beta, float *c, int ldc, const float *bias) {
     if (kind == BF16_AMX) {
         gemm_amx(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc, bias);
     } else {
-        gemm_avx512(m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc, bias);
+        gemm_avx512(m, n, mp, np, kp, ap, as, bp, alpha, beta, c, ldc, bias);
     }
 }
 
-/* op(A) packed into the calling thread's buffer, then the tiles or dot products against Bp. */
+/*
+ * Whether the dot products read op(A) where it lies instead of packed: stored as bf16 and not
+ * transposed, its pack is a copy of its rows, Kp apart. That holds where k is a whole number of
+ * 32s (no zero pairs to pad each row with: the products read pairs up to Kp), its rows whole
+ * pairs apart and 4-byte aligned, and its rows a whole number of the 8 a block reads (no padding
+ * rows: an activation kept in bf16, the fused loss's bf16 gradient). The tiles keep the pack,
+ * whose 16-row loads read padding rows. Same bits: the products read the values the pack copies.
+ */
+static int a_in_place(int kind, int trans_a, int m, int k, const void *a, int lda, int a_bf16) {
+    return kind == BF16_AVX512 && !trans_a && a_bf16 && k % 32 == 0 && lda % 2 == 0 && ((uintptr_t) a & 3) == 0 && m % 8 == 0;
+}
+
+/* op(A) packed into the calling thread's buffer (or read where it lies: a_in_place), then the tiles or dot products against Bp. */
 static int gemm_packed(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
                        const uint16_t *bp, float beta, float *c, int ldc, const float *bias) {
     int mp = round_up(m, 32), np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32);
+    if (a_in_place(kind, trans_a, m, k, a, lda, a_bf16)) {
+        multiply(kind, m, n, mp, np, kp, (const uint16_t *) a, (size_t) lda, bp, alpha, beta, c, ldc, bias);
+        return 0;
+    }
     uint16_t *ap = (uint16_t *) packing_buffer(0, (size_t) mp * kp * 2);
     if (ap == NULL) return 1;
     pack_a(trans_a, m, k, a, lda, a_bf16, ap, mp, kp, 0);
-    multiply(kind, m, n, mp, np, kp, ap, bp, alpha, beta, c, ldc, bias);
+    multiply(kind, m, n, mp, np, kp, ap, kp, bp, alpha, beta, c, ldc, bias);
     return 0;
 }
 
@@ -528,8 +545,9 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int m, int n, int k
                                       int claim_rows, int guided) {
     if (m <= 0 || n <= 0) return 0;
     const int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32), claim = round_up(claim_rows > 0 ? claim_rows : 1, 32);
-    uint16_t *ap = (uint16_t *) packing_buffer(0, (size_t) claim * kp * 2);
-    if (ap == NULL) return 1;
+    const int in_place = a_in_place(kind, trans_a, m, k, a, lda, a_bf16);   /* claims are whole 32s of rows, so m's 8s stay whole */
+    uint16_t *ap = in_place ? NULL : (uint16_t *) packing_buffer(0, (size_t) claim * kp * 2);
+    if (!in_place && ap == NULL) return 1;
     /* an op(A) of one panel (k <= KC: a weight gradient's k, the tokens or a chunk's rows) is packed
        and used A_BLOCK_BYTES at a time (32 rows or more), so its packed rows stay in L2 between the
        pack and the products instead of going out to memory and back; a deeper one whole, since each
@@ -542,11 +560,56 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int m, int n, int k
             size = claim_size(m - r0, claim, guided);
         } while (!__atomic_compare_exchange_n(next_row, &r0, r0 + size, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
         const int rows = m - r0 < size ? m - r0 : size;
+        if (in_place) {
+            multiply(kind, rows, n, round_up(rows, 32), np, kp, (const uint16_t *) a + (size_t) r0 * lda, (size_t) lda, bp, alpha, beta,
+                     c + (size_t) r0 * ldc, ldc, bias);
+            continue;
+        }
         for (int b0 = 0; b0 < rows; b0 += block) {
             const int br = rows - b0 < block ? rows - b0 : block, mp = round_up(br, 32), i0 = r0 + b0;
             pack_a(trans_a, br, k, at(a, trans_a ? (size_t) i0 : (size_t) i0 * lda, a_bf16), lda, a_bf16, ap, mp, kp, block < claim);
-            multiply(kind, br, n, mp, np, kp, ap, bp, alpha, beta, c + (size_t) i0 * ldc, ldc, bias);
+            multiply(kind, br, n, mp, np, kp, ap, kp, bp, alpha, beta, c + (size_t) i0 * ldc, ldc, bias);
         }
+    }
+}
+
+/*
+ * distillery_bf16_gemm with the columns of C claimed instead of its rows, for an op(B) far larger
+ * than op(A) (the LM head's logits: a chunk's 256 hidden states against the held 32,000-column
+ * weight): each thread packs all of op(A) once, then claims claim_cols columns of C at a time from
+ * *next_col (shared by the call's threads, starting at 0), or with guided > 0 a share of what is
+ * left (claim_size), a multiple of 32 either way. op(B) is walked once in all, not once a claim of
+ * rows, and the last claims shrink so threads that run unlike end close together. Each 32 x 32
+ * block of C is formed whole, as on one thread. Returns 0, or 1 when the packing buffer could not
+ * be allocated.
+ */
+int distillery_bf16_gemm_claimed_columns(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
+                                         const uint16_t *bp, float beta, float *c, int ldc, const float *bias, int *next_col,
+                                         int claim_cols, int guided) {
+    if (m <= 0 || n <= 0) return 0;
+    const int mp = round_up(m, 32), kp = round_up(k > 0 ? k : 1, 32), claim = round_up(claim_cols > 0 ? claim_cols : 1, 32);
+    const uint16_t *ap = NULL;
+    size_t as = (size_t) kp;
+    for (;;) {
+        int j0 = __atomic_load_n(next_col, __ATOMIC_RELAXED), size;
+        do {
+            if (j0 >= n) return 0;
+            size = claim_size(n - j0, claim, guided);
+        } while (!__atomic_compare_exchange_n(next_col, &j0, j0 + size, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+        if (ap == NULL) {   /* at the first claim: a thread that claims none packs nothing */
+            if (a_in_place(kind, trans_a, m, k, a, lda, a_bf16)) {
+                ap = (const uint16_t *) a;
+                as = (size_t) lda;
+            } else {
+                uint16_t *packed = (uint16_t *) packing_buffer(0, (size_t) mp * kp * 2);
+                if (packed == NULL) return 1;
+                pack_a(trans_a, m, k, a, lda, a_bf16, packed, mp, kp, 1);
+                ap = packed;
+            }
+        }
+        const int cols = n - j0 < size ? n - j0 : size;
+        multiply(kind, m, cols, mp, round_up(cols, 32), kp, ap, as, bp + (size_t) (j0 / 16) * kp * 16, alpha, beta, c + j0, ldc,
+                 bias != NULL ? bias + j0 : NULL);
     }
 }
 
@@ -578,7 +641,7 @@ static void causal_blocks(int mode, int band, int m, int n, int kp, const uint16
         for (int kc = k0; kc < k1; kc += KC) {
             const int kend = k1 - kc < KC ? k1 : kc + KC;
             for (int j0 = 0; j0 < cols; j0 += 32) {
-                block_8x32(m - i_from, cols, kp, ap, bp, i0 - i_from, j0, kc / 2, kend / 2, alpha, kc == k0 ? beta : 1.f, c, ldc,
+                block_8x32(m - i_from, cols, kp, ap, kp, bp, i0 - i_from, j0, kc / 2, kend / 2, alpha, kc == k0 ? beta : 1.f, c, ldc,
                            NULL, NULL);
             }
         }

@@ -92,6 +92,19 @@ final class Bf16Gemm implements Gemm {
         requirePacked(status, m, n, k);
     }
 
+    /**
+     * {@link #sgemmClaimedRows} with the columns of C claimed from the int at {@code nextCol} instead
+     * of its rows, each thread packing all of op(A) once: for an op(A) much smaller than op(B),
+     * which is then walked once in all instead of once a claim of rows.
+     */
+    void sgemmClaimedColumns(boolean transA, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
+                             MemorySegment packed, float beta, MemorySegment c, int ldc,
+                             MemorySegment bias, MemorySegment nextCol, int claimCols, int guided) {
+        int status = DistilleryCpu.bf16GemmClaimedColumns(kind, transA, m, n, k, alpha, a.address(), lda, aBf16,
+                packed.address(), beta, c.address(), ldc, address(bias, n), nextCol.address(), claimCols, guided);
+        requirePacked(status, m, n, k);
+    }
+
     /** Bytes of op(B) (k, n) packed: what {@link #packColumns} fills over all n columns. */
     static long packedBytes(int k, int n) {
         return DistilleryCpu.bf16PackedBBytes(k, n);

@@ -155,7 +155,7 @@ final class CpuAttention {
         if (gemm instanceof Bf16Gemm native16 && native16.hasCausal()) {
             float scale = (float) (1.0 / Math.sqrt(hs));
             long eo = bf16 ? 2 : 4, headRows = 4L * ((long) (t - 1) * c3 + hs);
-            pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+            pool.forEachClaimed(b * nh, 1, (chunk, start, end) -> {
                 for (int bh = start; bh < end; bh++) {
                     int bb = bh / nh, h = bh % nh;
                     long q = (long) bb * t * c3 + (long) h * hs;
@@ -171,7 +171,7 @@ final class CpuAttention {
         long packFloats = headPackFloats(t, hs), productFloats = bf16 ? (long) t * hs : 0;
         long perChunk = (2 * packFloats + productFloats + (kept ? 0 : bandFloats(t)) + 15) / 16 * 16;
         MemorySegment scratch = perChunk > 0 ? chunkScratch.of(pool.chunks(b * nh, 1), perChunk) : null;
-        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+        pool.forEachClaimed(b * nh, 1, (chunk, start, end) -> {
             long at = chunk * perChunk;
             MemorySegment kPack = packFloats > 0 ? scratch.asSlice(4L * at, 4L * packFloats) : null;
             MemorySegment vPack = packFloats > 0 ? scratch.asSlice(4L * (at + packFloats), 4L * packFloats) : null;
@@ -267,7 +267,7 @@ final class CpuAttention {
         // fp32 under either precision, as the CUDA twin: a bf16 GEMM would round and pack K and V at
         // every token for products of one query row
         Gemm fp32 = fp32Gemm.get();
-        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+        pool.forEachClaimed(b * nh, 1, (chunk, start, end) -> {
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;
                 long qh = (long) bb * nh * hs + (long) h * hs, kv = (long) bb * maxLen * width + (long) (h / group) * hs;
@@ -317,7 +317,7 @@ final class CpuAttention {
         // per chunk, the head's packed Kᵀ (without att), Vᵀ and K, a band of probabilities (without att) and a band of their gradient
         long perChunk = (3 * packFloats + 2 * bandFloats + 15) / 16 * 16;
         MemorySegment scratch = chunkScratch.of(pool.chunks(b * nh, 1), perChunk);
-        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+        pool.forEachClaimed(b * nh, 1, (chunk, start, end) -> {
             long at = chunk * perChunk;
             MemorySegment kTPack = packFloats > 0 ? scratch.asSlice(4L * at, 4L * packFloats) : null;
             MemorySegment vTPack = packFloats > 0 ? scratch.asSlice(4L * (at + packFloats), 4L * packFloats) : null;
@@ -369,7 +369,7 @@ final class CpuAttention {
         // datt is scratch: each chunk's heads share its chunk's (t, t) slice of it, which stays in
         // cache from one head to the next, where a slice a head would be written to lines fetched
         // from memory (docs/PERFORMANCE.md)
-        pool.forEachChunk(b * nh, 1, (chunk, start, end) -> {
+        pool.forEachClaimed(b * nh, 1, (chunk, start, end) -> {
             MemorySegment dattBh = datt.asSlice(4L * chunk * t * t, 4L * t * t);
             for (int bh = start; bh < end; bh++) {
                 int bb = bh / nh, h = bh % nh;

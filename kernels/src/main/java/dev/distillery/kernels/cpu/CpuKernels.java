@@ -67,10 +67,11 @@ public final class CpuKernels implements Kernels {
     private final Arena scratchArena = Arena.ofShared();
     private MemorySegment chunkScratch = MemorySegment.NULL;
     /**
-     * Counters of the next row of C the bf16 GEMM's threads claim, a cache line each, taken in turn
-     * by the calls, so that calls from two threads (or one inside another) never share one.
+     * Counters of the next row (or column) of C the bf16 GEMM's threads claim, a cache line each,
+     * taken in turn by the calls ({@link #claimCounter}), so that calls from two threads (or one
+     * inside another) never share one.
      */
-    private final MemorySegment gemmRowCounters = scratchArena.allocate(64L * GEMM_COUNTERS, 64);
+    private final MemorySegment gemmClaimCounters = scratchArena.allocate(64L * GEMM_COUNTERS, 64);
     private final AtomicInteger gemmCalls = new AtomicInteger();
     private static final int GEMM_COUNTERS = 64;
 
@@ -437,7 +438,11 @@ public final class CpuKernels implements Kernels {
             bf16.sgemm(transA, transB, m, n, k, alpha, a, aBf16, lda, b, bBf16, ldb, beta, c, ldc, bias);
         } else if (m > 32 && bf16.holds(transB, k, n, b, bBf16, ldb)) {
             MemorySegment packed = bf16.heldPack(transB, k, n, b, bBf16, ldb, into -> packColumns(transB, k, n, b, bBf16, ldb, into));
-            claimedRows(bf16, transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias);
+            if (claimsColumns(m, n, k, pool.threads())) {
+                claimedColumns(bf16, transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias);
+            } else {
+                claimedRows(bf16, transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias);
+            }
         } else if (m >= 32 * pool.threads()) {
             // op(B) packed once, each thread its share of the columns, then the rows claimed against it
             MemorySegment packed = sharedPack(Bf16Gemm.packedBytes(k, n));
@@ -452,9 +457,9 @@ public final class CpuKernels implements Kernels {
         }
     }
 
-    /** op(B) (k, n) packed into {@code packed} by the pool's threads, a share of its 32-column blocks each. */
+    /** op(B) (k, n) packed into {@code packed} by the pool's threads, its 32-column blocks claimed as they come free. */
     private void packColumns(boolean transB, int k, int n, MemorySegment b, boolean bBf16, int ldb, MemorySegment packed) {
-        pool.forEachChunk((n + 31) / 32, 1, (chunk, j0, j1) ->
+        pool.forEachClaimed((n + 31) / 32, 1, (slot, j0, j1) ->
                 Bf16Gemm.packColumns(transB, k, n, 32 * j0, Math.min(n, 32 * j1), b, bBf16, ldb, packed));
     }
 
@@ -469,10 +474,44 @@ public final class CpuKernels implements Kernels {
                              MemorySegment packed, float beta, MemorySegment c, int ldc, MemorySegment bias) {
         int claim = gemmClaimRows(m, pool.threads());
         int guided = Bf16Gemm.packedBytes(k, n) <= GUIDED_B_BYTES ? pool.threads() : 0;
-        MemorySegment nextRow = gemmRowCounters.asSlice(64L * Math.floorMod(gemmCalls.getAndIncrement(), GEMM_COUNTERS), 4);
-        nextRow.set(ValueLayout.JAVA_INT, 0, 0);
+        MemorySegment nextRow = claimCounter();
         pool.forEachChunk(Math.min(pool.threads(), (m + claim - 1) / claim), 1, (chunk, s0, s1) ->
                 bf16.sgemmClaimedRows(transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias, nextRow, claim, guided));
+    }
+
+    /** The next of the GEMM's claim counters, set to 0. */
+    private MemorySegment claimCounter() {
+        MemorySegment counter = gemmClaimCounters.asSlice(64L * Math.floorMod(gemmCalls.getAndIncrement(), GEMM_COUNTERS), 4);
+        counter.set(ValueLayout.JAVA_INT, 0, 0);
+        return counter;
+    }
+
+    /**
+     * Whether a GEMM against a held op(B) claims columns of C ({@link #claimedColumns}) rather than
+     * rows: where packed op(A) fits in half of L2 ({@link #COLUMN_CLAIM_A_BYTES}), so every thread can
+     * pack all of it and keep it there, and C has columns for several claims a thread. The LM head's
+     * logits (a chunk's 256 hidden states, 192 KB packed, against 32,000 columns) do; its input
+     * gradient (k = 32,000) does not.
+     */
+    static boolean claimsColumns(int m, int n, int k, int threads) {
+        return 2L * ((m + 31) / 32 * 32) * ((k + 31) / 32 * 32) <= COLUMN_CLAIM_A_BYTES && n >= 32 * 4 * threads;
+    }
+
+    /** The largest packed op(A) of a GEMM that claims columns: half of a 1 MB L2. */
+    private static final long COLUMN_CLAIM_A_BYTES = 512L << 10;
+
+    /**
+     * The columns of C claimed by the threads against op(B) held for the step, shrinking to 32 as
+     * they run out, each thread packing all of op(A) at its first claim: op(B) is walked once in
+     * all, where claims of rows walk all of it once a claim, and a thread that ran ahead takes the
+     * last columns instead of waiting for the other (docs/KERNELS.md#bf16-gemm).
+     */
+    private void claimedColumns(Bf16Gemm bf16, boolean transA, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16,
+                                int lda, MemorySegment packed, float beta, MemorySegment c, int ldc, MemorySegment bias) {
+        int threads = pool.threads(), claim = (n + threads - 1) / threads;
+        MemorySegment nextCol = claimCounter();
+        pool.forEachChunk(threads, 1, (chunk, s0, s1) ->
+                bf16.sgemmClaimedColumns(transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias, nextCol, claim, threads));
     }
 
     /**
@@ -540,7 +579,7 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void broadcastRows(MemorySegment out, MemorySegment row, int n, int c) {
-        pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
+        pool.forEachClaimed(n, grainRows(c), (slot, start, end) -> {
             for (int r = start; r < end; r++) {
                 MemorySegment.copy(row, 0, out, (long) r * c * 4, (long) c * 4);
             }
@@ -568,7 +607,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void embeddingForward(MemorySegment out, MemorySegment tokens, MemorySegment hostTokens, MemorySegment wte, MemorySegment wpe,
                                  int b, int t, int c, int vocab) {
-        pool.forEachChunk(b * t, grainRows(c), (chunk, start, end) -> {
+        pool.forEachClaimed(b * t, grainRows(c), (slot, start, end) -> {
             for (int row = start; row < end; row++) {
                 int token = tokens.getAtIndex(I32, row);
                 if (token < 0 || token >= vocab) {
@@ -615,7 +654,7 @@ public final class CpuKernels implements Kernels {
     public void layerNormForward(MemorySegment out, DType outType, MemorySegment mean, MemorySegment rstd,
                                  MemorySegment inp, MemorySegment weight, MemorySegment bias, int n, int c) {
         boolean bf16 = writesBf16(outType, "layernorm");
-        pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
+        pool.forEachClaimed(n, grainRows(c), (slot, start, end) -> {
             for (int r = start; r < end; r++) {
                 long o = (long) r * c;
                 float mu = VectorOps.sum(inp, o, c) / c;
@@ -704,7 +743,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void rmsNormForward(MemorySegment out, DType outType, MemorySegment rstd, MemorySegment inp, MemorySegment weight, int n, int c, float eps) {
         boolean bf16 = writesBf16(outType, "RMSNorm");
-        pool.forEachChunk(n, grainRows(c), (chunk, start, end) -> {
+        pool.forEachClaimed(n, grainRows(c), (slot, start, end) -> {
             for (int r = start; r < end; r++) {
                 long o = (long) r * c;
                 float ss = 0f;
@@ -1197,7 +1236,7 @@ public final class CpuKernels implements Kernels {
     /**
      * Every span of the block in one pass over the pool: the spans cut into pieces of at most
      * ELEMENTWISE_GRAIN elements (as {@link #adamW} cuts each span, so the same bits), the pieces
-     * shared out among the threads, rather than a parallel call per tensor (dozens a step, most of
+     * claimed by the threads as they come free, rather than a parallel call per tensor (dozens a step, most of
      * them small). The gradients are scaled as they are read (the bits of {@link #scale} first)
      * and left as they were.
      */
@@ -1208,7 +1247,7 @@ public final class CpuKernels implements Kernels {
         float c1 = (float) (1.0 / (1.0 - Math.pow(beta1, step)));
         float c2 = (float) (1.0 / (1.0 - Math.pow(beta2, step)));
         long[] pieces = adamWPieces(spans);
-        pool.forEachChunk(pieces.length / 3, 1, (chunk, first, last) -> {
+        pool.forEachClaimed(pieces.length / 3, 1, (slot, first, last) -> {
             for (int q = 3 * first; q < 3 * last; q += 3) {
                 adamW(params, grads, m, v, pieces[q], pieces[q + 1], gradScale, lr, beta1, beta2, eps, spans.weightDecay((int) pieces[q + 2]),
                         c1, c2);
@@ -1299,10 +1338,10 @@ public final class CpuKernels implements Kernels {
         return Math.toIntExact((n + ELEMENTWISE_GRAIN - 1) / ELEMENTWISE_GRAIN);
     }
 
-    /** Splits [0, n) into blocks of ELEMENTWISE_GRAIN and the blocks over the pool. */
+    /** Splits [0, n) into blocks of ELEMENTWISE_GRAIN, claimed by the pool's threads as they come free. */
     private void elementwise(long n, RangeBody body) {
         if (n <= 0) return;
-        pool.forEachChunk(blockCount(n), 1, (chunk, start, end) ->
+        pool.forEachClaimed(blockCount(n), 1, (slot, start, end) ->
                 body.run((long) start * ELEMENTWISE_GRAIN, Math.min(n, (long) end * ELEMENTWISE_GRAIN)));
     }
 

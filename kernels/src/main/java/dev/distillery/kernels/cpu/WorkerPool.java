@@ -110,6 +110,32 @@ public final class WorkerPool implements AutoCloseable {
         if (t != null) throw new IllegalStateException("worker failed", t);
     }
 
+    /**
+     * Runs [0, n) over as many threads as {@link #forEachChunk} would, in ranges that each thread
+     * claims as it comes free, each a share of the rows left (1 / (2 · threads), at least
+     * minPerClaim): a thread that runs behind (a busy vCPU) takes fewer rows instead of holding up
+     * the call. The body's {@code chunk} is the claiming thread's slot, below {@code chunks(n,
+     * minPerClaim)}, for scratch of its own. Which rows go to which thread, and in how many ranges,
+     * is not fixed, so only a body whose rows are independent of each other (no partial sums kept
+     * per chunk) may run here.
+     */
+    public void forEachClaimed(int n, int minPerClaim, ChunkBody body) {
+        int chunks = chunks(n, minPerClaim), least = Math.max(1, minPerClaim);
+        if (chunks == 1) {
+            body.run(0, 0, n);
+            return;
+        }
+        AtomicInteger next = new AtomicInteger();
+        forEachChunk(chunks, 1, (slot, s, e) -> {
+            while (true) {
+                int start = next.get();
+                if (start >= n) return;
+                int size = Math.max(least, (n - start + 2 * chunks - 1) / (2 * chunks));
+                if (next.compareAndSet(start, Math.min(n, start + size))) body.run(slot, start, Math.min(n, start + size));
+            }
+        });
+    }
+
     /** Start row of chunk i when n rows are split into the given number of chunks. */
     static int start(int n, int chunks, int i) {
         return (int) ((long) n * i / chunks);

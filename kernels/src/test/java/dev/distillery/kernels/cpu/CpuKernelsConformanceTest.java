@@ -149,7 +149,8 @@ class CpuKernelsConformanceTest {
     /**
      * The bf16 GEMM's threads split C along the 32 × 32 blocks its tiles form, so two threads give
      * one thread's bits, split by rows (op(B) packed by both threads, a share of its columns each,
-     * or held) or by columns (fewer rows than 32 a thread): k past one panel
+     * or held), by columns (fewer rows than 32 a thread), or by claimed columns (op(B) held and
+     * op(A) small: the cases of 40 and 150 rows, each thread packing all of op(A)): k past one panel
      * (1,024), where a block that is whole adds to C in its tiles and a partial one adds its sums
      * to C afterwards, sizes whose halves are not multiples of 32, rows enough for the threads to
      * claim several blocks of them each (the last one short), and claims of an op(A) of one panel
@@ -158,9 +159,11 @@ class CpuKernelsConformanceTest {
     @ParameterizedTest
     @CsvSource({"200, 70, 1100, false, false", "70, 200, 1100, false, false", "100, 250, 1100, false, true", "100, 250, 1100, false, false",
                 "70, 200, 1100, false, true", "1100, 70, 1100, false, false", "1100, 70, 300, false, true",
-                "2200, 40, 500, true, false", "2200, 40, 500, false, false", "1100, 70, 900, true, false", "40, 300, 1100, false, true", "40, 300, 1100, true, false"})
+                "2200, 40, 500, true, false", "2200, 40, 500, false, false", "1100, 70, 900, true, false", "40, 300, 1100, false, true", "40, 300, 1100, true, false",
+                "150, 1000, 1100, false, true", "150, 1000, 300, true, false", "40, 300, 1100, false, false"})
     void bf16GemmGivesTheSameBitsOnOneThreadAndOnTwo(int m, int n, int k, boolean transA, boolean transB) {
         assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
+        if (m == 40 || m == 150) assertTrue(CpuKernels.claimsColumns(m, n, k, 2), "held, this GEMM claims columns");
         if (m > 1000) assertTrue((m + CpuKernels.gemmClaimRows(m, 2) - 1) / CpuKernels.gemmClaimRows(m, 2) > 2, "several claims a thread");
         Random random = new Random(m * 31L + n);
         try (CpuKernels one = new CpuKernels(1, "auto", Precision.BF16); CpuKernels two = new CpuKernels(2, "auto", Precision.BF16);
@@ -467,10 +470,14 @@ class CpuKernelsConformanceTest {
      * An operand stored as bf16 (as a norm writes an activation under bf16) gives the bits of the
      * same values rounded by the GEMM: A, B or both stored so, in all four transposes, on both
      * machine paths, on one thread and split over two (a bf16 slice starts 2 bytes an element in),
-     * with leading dimensions wider than the matrix, at sizes off every block edge.
+     * with leading dimensions wider than the matrix, at sizes off every block edge. The last three
+     * have k a whole number of 32s, rows a whole number of 8s and an even leading dimension, so
+     * on the AVX512-BF16 path a bf16 op(A) not transposed is read where it lies, not packed: by one
+     * call, by claimed rows (200 rows on two threads) and past one panel (k = 1,088).
      */
     @ParameterizedTest
-    @CsvSource({"auto, 37, 53, 29", "auto, 200, 70, 1100", "auto, 70, 200, 45", "avx512, 33, 65, 31", "avx512, 96, 130, 300"})
+    @CsvSource({"auto, 37, 53, 29", "auto, 200, 70, 1100", "auto, 70, 200, 45", "avx512, 33, 65, 31", "avx512, 96, 130, 300",
+                "avx512, 40, 600, 384", "avx512, 200, 300, 384", "avx512, 256, 130, 1088"})
     void bf16GemmOnOperandsStoredAsBf16GivesTheBitsOfRoundingThem(String path, int m, int n, int k) {
         assumeTrue(Bf16Gemm.unavailableReason() == null, () -> "skipped: no bf16 GEMM here: " + Bf16Gemm.unavailableReason());
         Random random = new Random(m * 131L + n * 7L + k);
@@ -478,7 +485,7 @@ class CpuKernelsConformanceTest {
             try (CpuKernels kernels = bf16Kernels(path, threads); Arena arena = Arena.ofConfined()) {
                 for (boolean transA : new boolean[]{false, true}) {
                     for (boolean transB : new boolean[]{false, true}) {
-                        int lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 5;
+                        int lda = (transA ? m : k) + (k % 32 == 0 ? 2 : 3), ldb = (transB ? k : n) + 5;
                         int rowsA = transA ? k : m, rowsB = transB ? n : k;
                         float[] av = gaussians(random, rowsA * lda), bv = gaussians(random, rowsB * ldb);
                         MemorySegment a = arena.allocateFrom(ValueLayout.JAVA_FLOAT, av), b = arena.allocateFrom(ValueLayout.JAVA_FLOAT, bv);

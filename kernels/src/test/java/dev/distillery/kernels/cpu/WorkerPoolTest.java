@@ -5,6 +5,9 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
 import java.util.concurrent.atomic.AtomicIntegerArray;
 
 import org.junit.jupiter.api.Test;
@@ -37,6 +40,46 @@ class WorkerPoolTest {
                 }
                 if (call % 200 == 0) Thread.sleep(2);   // past the watch: the workers park
             }
+        }
+    }
+
+    /**
+     * Claimed ranges cover [0, n) once each, at least minPerClaim rows apiece but the last, and a
+     * worker kept busy by a slow first range leaves the rest to the others: the claims follow the
+     * threads that are free, where chunks would give each thread its fixed share.
+     */
+    @Test
+    @Timeout(60)
+    void claimedRangesCoverEveryRowOnceAndGoToTheThreadsThatAreFree() {
+        try (WorkerPool pool = new WorkerPool(3)) {
+            for (int call = 0; call < 2_000; call++) {
+                int n = 1 + call % 211, least = 1 + call % 5;
+                AtomicIntegerArray visits = new AtomicIntegerArray(n);
+                List<int[]> ranges = Collections.synchronizedList(new ArrayList<>());
+                int slots = pool.chunks(n, least);
+                pool.forEachClaimed(n, least, (slot, start, end) -> {
+                    assertTrue(0 <= slot && slot < slots, "slot " + slot + " of " + slots);
+                    ranges.add(new int[]{start, end});
+                    for (int i = start; i < end; i++) visits.incrementAndGet(i);
+                });
+                for (int i = 0; i < n; i++) assertEquals(1, visits.get(i), "call " + call + ", row " + i);
+                for (int[] r : ranges) assertTrue(r[1] - r[0] >= least || r[1] == n, "call " + call + ": range " + r[0] + ".." + r[1]);
+            }
+            int n = 300;
+            AtomicIntegerArray stalledRows = new AtomicIntegerArray(1);
+            ThreadLocal<Boolean> stalled = ThreadLocal.withInitial(() -> false);
+            pool.forEachClaimed(n, 1, (slot, start, end) -> {
+                if (start == 0) {
+                    stalled.set(true);
+                    try {
+                        Thread.sleep(300);   // the first range's thread stalls, as a descheduled vCPU does
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                    }
+                }
+                if (stalled.get()) stalledRows.addAndGet(0, end - start);
+            });
+            assertEquals(n / 6, stalledRows.get(0), "the stalled thread takes its first range alone, a share of 1 / (2 · 3)");
         }
     }
 
