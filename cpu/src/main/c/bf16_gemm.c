@@ -532,6 +532,20 @@ static inline int claim_size(int remaining, int claim, int guided) {
 }
 
 /*
+ * The next claim of the `total` rows (or columns) counted by *next, shared by a call's threads:
+ * its first in *first and its length in the return value (claim_size, cut at total), 0 when none are left.
+ */
+static inline int claim_next(int *next, int total, int claim, int guided, int *first) {
+    int start = __atomic_load_n(next, __ATOMIC_RELAXED), size;
+    do {
+        if (start >= total) return 0;
+        size = claim_size(total - start, claim, guided);
+    } while (!__atomic_compare_exchange_n(next, &start, start + size, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    *first = start;
+    return total - start < size ? total - start : size;
+}
+
+/*
  * distillery_bf16_gemm over the row blocks of C that the calling thread claims from *next_row, a
  * counter the threads of one call share (starting at 0): claim_rows rows at a time, or with
  * guided > 0 fewer as the rows run out (claim_size), a multiple of 32 either way, so every 32 x 32
@@ -553,13 +567,7 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int m, int n, int k
        pack and the products instead of going out to memory and back; a deeper one whole, since each
        part would walk all of op(B) once a panel */
     const int block = kp <= KC && (size_t) kp * 2 * 32 <= A_BLOCK_BYTES ? (int) (A_BLOCK_BYTES / ((size_t) kp * 2)) / 32 * 32 : claim;
-    for (;;) {
-        int r0 = __atomic_load_n(next_row, __ATOMIC_RELAXED), size;
-        do {
-            if (r0 >= m) return 0;
-            size = claim_size(m - r0, claim, guided);
-        } while (!__atomic_compare_exchange_n(next_row, &r0, r0 + size, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
-        const int rows = m - r0 < size ? m - r0 : size;
+    for (int r0, rows; (rows = claim_next(next_row, m, claim, guided, &r0)) > 0;) {
         if (in_place) {
             multiply(kind, rows, n, round_up(rows, 32), np, kp, (const uint16_t *) a + (size_t) r0 * lda, (size_t) lda, bp, alpha, beta,
                      c + (size_t) r0 * ldc, ldc, bias);
@@ -571,12 +579,13 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int m, int n, int k
             multiply(kind, br, n, mp, np, kp, ap, kp, bp, alpha, beta, c + (size_t) i0 * ldc, ldc, bias);
         }
     }
+    return 0;
 }
 
 /*
  * distillery_bf16_gemm with the columns of C claimed instead of its rows, for an op(B) far larger
  * than op(A) (the LM head's logits: a chunk's 256 hidden states against the held 32,000-column
- * weight): each thread packs all of op(A) once, then claims claim_cols columns of C at a time from
+ * weight): each thread packs all of op(A) once (or reads it where it lies: a_in_place), then claims claim_cols columns of C at a time from
  * *next_col (shared by the call's threads, starting at 0), or with guided > 0 a share of what is
  * left (claim_size), a multiple of 32 either way. op(B) is walked once in all, not once a claim of
  * rows, and the last claims shrink so threads that run unlike end close together. Each 32 x 32
@@ -590,12 +599,7 @@ int distillery_bf16_gemm_claimed_columns(int kind, int trans_a, int m, int n, in
     const int mp = round_up(m, 32), kp = round_up(k > 0 ? k : 1, 32), claim = round_up(claim_cols > 0 ? claim_cols : 1, 32);
     const uint16_t *ap = NULL;
     size_t as = (size_t) kp;
-    for (;;) {
-        int j0 = __atomic_load_n(next_col, __ATOMIC_RELAXED), size;
-        do {
-            if (j0 >= n) return 0;
-            size = claim_size(n - j0, claim, guided);
-        } while (!__atomic_compare_exchange_n(next_col, &j0, j0 + size, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    for (int j0, cols; (cols = claim_next(next_col, n, claim, guided, &j0)) > 0;) {
         if (ap == NULL) {   /* at the first claim: a thread that claims none packs nothing */
             if (a_in_place(kind, trans_a, m, k, a, lda, a_bf16)) {
                 ap = (const uint16_t *) a;
@@ -607,10 +611,10 @@ int distillery_bf16_gemm_claimed_columns(int kind, int trans_a, int m, int n, in
                 ap = packed;
             }
         }
-        const int cols = n - j0 < size ? n - j0 : size;
         multiply(kind, m, cols, mp, round_up(cols, 32), kp, ap, as, bp + (size_t) (j0 / 16) * kp * 16, alpha, beta, c + j0, ldc,
                  bias != NULL ? bias + j0 : NULL);
     }
+    return 0;
 }
 
 /*
