@@ -17,8 +17,8 @@
  * The packing buffers are per thread and grow as needed, so a training step allocates nothing
  * once its shapes have been seen. A B operand that stays the same over several calls (the chunked
  * LM head's weight) can be packed once by the caller (distillery_bf16_pack_b) and passed packed
- * (distillery_bf16_gemm_packed_b, distillery_bf16_gemm_claimed_rows). Threads split one call by
- * claiming row blocks of C from a shared counter (distillery_bf16_gemm_claimed_rows) or by taking
+ * (distillery_bf16_gemm_packed_b, distillery_bf16_gemm_claimed). Threads split one call by
+ * claiming row (or column) blocks of C from a shared counter (distillery_bf16_gemm_claimed) or by taking
  * fixed column ranges (distillery_bf16_gemm on a slice of B and C). distillery_bf16_gemm_causal
  * forms one attention head's product in causal bands of rows, operands packed once.
  *
@@ -324,7 +324,7 @@ AMX static void gemm_amx(int m, int n, int mp, int np, int kp, const uint16_t *a
  * was reread from L3 for every row strip, which two cores sharing L3 could not feed.
  */
 #define BAND_BYTES (512 * 1024)
-/* Packed op(A) rows a claim packs and multiplies at a time when it is shallow (distillery_bf16_gemm_claimed_rows). */
+/* Packed op(A) rows a claim packs and multiplies at a time when it is shallow (claimed_rows). */
 #define A_BLOCK_BYTES (256 * 1024)
 
 /*
@@ -554,9 +554,8 @@ static inline int claim_next(int *next, int total, int claim, int guided, int *f
  * (a busy or descheduled vCPU) claims fewer blocks instead of holding up the call. Returns 0, or 1
  * when the packing buffer could not be allocated.
  */
-int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
-                                      const uint16_t *bp, float beta, float *c, int ldc, const float *bias, int *next_row,
-                                      int claim_rows, int guided) {
+static int claimed_rows(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
+                        const uint16_t *bp, float beta, float *c, int ldc, const float *bias, int *next_row, int claim_rows, int guided) {
     if (m <= 0 || n <= 0) return 0;
     const int np = round_up(n, 32), kp = round_up(k > 0 ? k : 1, 32), claim = round_up(claim_rows > 0 ? claim_rows : 1, 32);
     const int in_place = a_in_place(kind, trans_a, m, k, a, lda, a_bf16);   /* claims are whole 32s of rows, so m's 8s stay whole */
@@ -583,7 +582,7 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int m, int n, int k
 }
 
 /*
- * distillery_bf16_gemm with the columns of C claimed instead of its rows, for an op(B) far larger
+ * claimed_rows with the columns of C claimed instead of its rows, for an op(B) far larger
  * than op(A) (the LM head's logits: a chunk's 256 hidden states against the held 32,000-column
  * weight): each thread packs all of op(A) once (or reads it where it lies: a_in_place), then claims claim_cols columns of C at a time from
  * *next_col (shared by the call's threads, starting at 0), or with guided > 0 a share of what is
@@ -592,9 +591,8 @@ int distillery_bf16_gemm_claimed_rows(int kind, int trans_a, int m, int n, int k
  * block of C is formed whole, as on one thread. Returns 0, or 1 when the packing buffer could not
  * be allocated.
  */
-int distillery_bf16_gemm_claimed_columns(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
-                                         const uint16_t *bp, float beta, float *c, int ldc, const float *bias, int *next_col,
-                                         int claim_cols, int guided) {
+static int claimed_columns(int kind, int trans_a, int m, int n, int k, float alpha, const void *a, int lda, int a_bf16,
+                           const uint16_t *bp, float beta, float *c, int ldc, const float *bias, int *next_col, int claim_cols, int guided) {
     if (m <= 0 || n <= 0) return 0;
     const int mp = round_up(m, 32), kp = round_up(k > 0 ? k : 1, 32), claim = round_up(claim_cols > 0 ? claim_cols : 1, 32);
     const uint16_t *ap = NULL;
@@ -615,6 +613,18 @@ int distillery_bf16_gemm_claimed_columns(int kind, int trans_a, int m, int n, in
                  bias != NULL ? bias + j0 : NULL);
     }
     return 0;
+}
+
+/*
+ * distillery_bf16_gemm over the blocks of C the calling thread claims from *next (shared by the
+ * call's threads, starting at 0): columns where by_columns (claimed_columns), else rows
+ * (claimed_rows), claim at a time or shrinking with guided > 0; op(B) packed already into bp.
+ */
+int distillery_bf16_gemm_claimed(int kind, int by_columns, int trans_a, int m, int n, int k, float alpha, const void *a, int lda,
+                                 int a_bf16, const uint16_t *bp, float beta, float *c, int ldc, const float *bias, int *next, int claim,
+                                 int guided) {
+    return by_columns ? claimed_columns(kind, trans_a, m, n, k, alpha, a, lda, a_bf16, bp, beta, c, ldc, bias, next, claim, guided)
+                      : claimed_rows(kind, trans_a, m, n, k, alpha, a, lda, a_bf16, bp, beta, c, ldc, bias, next, claim, guided);
 }
 
 /*

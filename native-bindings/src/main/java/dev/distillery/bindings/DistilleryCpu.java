@@ -43,14 +43,14 @@ public final class DistilleryCpu {
     public static final int ROW_OK = 0, ROW_NOT_FINITE = 1, ROW_TEACHER_NAN = 2, ROW_TEACHER_MAX = 3;
 
     private static final MethodHandle DENSE_FORWARD_KL_ROW, DENSE_REVERSE_KL_ROW, DENSE_JSD_ROW, STUDENT_PASS, SQUARED_GRADIENT, BF16_GEMM, BF16_PACKED_B_BYTES,
-            BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED_ROWS, BF16_GEMM_CLAIMED_COLUMNS, BF16_GEMM_CAUSAL, BF16_ATTENTION_FORWARD, BF16_DOT_PEAK,
+            BF16_PACK_B, BF16_GEMM_PACKED_B, BF16_GEMM_CLAIMED, BF16_GEMM_CAUSAL, BF16_ATTENTION_FORWARD, BF16_DOT_PEAK,
             F32_PACKED_B_BYTES, F32_PACK_B, F32_GEMM_PACKED_B, F32_GEMM, SAMPLE_EXPS, SAMPLE_BLOCK_SUMS;
     private static final String STATUS;
     private static final int BF16_KIND, F32_KIND, ROWS_KIND;
 
     static {
         MethodHandle row = null, reverseRow = null, jsdRow = null, student = null, squared = null, bf16 = null, packedBytes = null, packB = null, bf16Packed = null,
-                claimedRows = null, claimedColumns = null, causal = null, attentionForward = null, dotPeak = null, f32PackedBytes = null, f32PackB = null, f32Packed = null, f32 = null,
+                claimed = null, causal = null, attentionForward = null, dotPeak = null, f32PackedBytes = null, f32PackB = null, f32Packed = null, f32 = null,
                 sampleExps = null, sampleBlockSums = null;
         int bf16Kind = BF16_NONE, f32Kind = F32_NONE, rowsKind = ROWS_NONE;
         String status;
@@ -127,10 +127,8 @@ public final class DistilleryCpu {
                                 FunctionDescriptor.ofVoid(i, i, i, p, i, i, p));
                         bf16Packed = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_packed_b"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, i, p, f, p, i, p));
-                        claimedRows = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_claimed_rows"),
-                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, i, p, f, p, i, p, p, i, i));
-                        claimedColumns = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_claimed_columns"),
-                                FunctionDescriptor.of(i, i, i, i, i, i, f, p, i, i, p, f, p, i, p, p, i, i));
+                        claimed = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_claimed"),
+                                FunctionDescriptor.of(i, i, i, i, i, i, i, f, p, i, i, p, f, p, i, p, p, i, i));
                         causal = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_gemm_causal"),
                                 FunctionDescriptor.of(i, i, i, i, i, i, i, i, f, p, i, i, p, i, i, f, p, i));
                         attentionForward = linker.downcallHandle(lookup.findOrThrow("distillery_bf16_attention_forward"),
@@ -155,8 +153,7 @@ public final class DistilleryCpu {
         BF16_PACKED_B_BYTES = packedBytes;
         BF16_PACK_B = packB;
         BF16_GEMM_PACKED_B = bf16Packed;
-        BF16_GEMM_CLAIMED_ROWS = claimedRows;
-        BF16_GEMM_CLAIMED_COLUMNS = claimedColumns;
+        BF16_GEMM_CLAIMED = claimed;
         BF16_GEMM_CAUSAL = causal;
         BF16_ATTENTION_FORWARD = attentionForward;
         BF16_DOT_PEAK = dotPeak;
@@ -275,33 +272,19 @@ public final class DistilleryCpu {
     }
 
     /**
-     * {@code distillery_bf16_gemm_claimed_rows}: {@link #bf16Gemm} over the blocks of
-     * {@code claimRows} rows (rounded up to 32) that the calling thread claims from the int at
-     * {@code nextRow}, which every thread of the call shares and which starts at 0, or with
-     * {@code guided} (the call's threads) above 0 blocks that shrink to 32 rows as the rows run out;
-     * op(B) packed already into {@code bp} ({@link #bf16PackB}).
+     * {@code distillery_bf16_gemm_claimed}: {@link #bf16Gemm} over the blocks of {@code claim} rows of C
+     * (or columns, where {@code byColumns}: each thread then packs all of op(A) once), rounded up to
+     * 32, that the calling thread claims from the int at {@code next}, which every thread of the
+     * call shares and which starts at 0, or with {@code guided} (the call's threads) above 0 blocks
+     * that shrink to 32 as they run out; op(B) packed already into {@code bp} ({@link #bf16PackB}).
      */
-    public static int bf16GemmClaimedRows(int kind, boolean transA, int m, int n, int k, float alpha, long a, int lda, boolean aBf16,
-                                          long bp, float beta, long c, int ldc, long bias, long nextRow, int claimRows, int guided) {
+    public static int bf16GemmClaimed(int kind, boolean byColumns, boolean transA, int m, int n, int k, float alpha, long a, int lda,
+                                      boolean aBf16, long bp, float beta, long c, int ldc, long bias, long next, int claim, int guided) {
         try {
-            return (int) BF16_GEMM_CLAIMED_ROWS.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0,
-                    bp, beta, c, ldc, bias, nextRow, claimRows, guided);
+            return (int) BF16_GEMM_CLAIMED.invokeExact(kind, byColumns ? 1 : 0, transA ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0,
+                    bp, beta, c, ldc, bias, next, claim, guided);
         } catch (Throwable e) {
-            throw new IllegalStateException("distillery_bf16_gemm_claimed_rows failed", e);
-        }
-    }
-
-    /**
-     * {@code distillery_bf16_gemm_claimed_columns}: {@link #bf16GemmClaimedRows} with columns of C
-     * claimed from the int at {@code nextCol} instead of rows, each thread packing all of op(A) once.
-     */
-    public static int bf16GemmClaimedColumns(int kind, boolean transA, int m, int n, int k, float alpha, long a, int lda, boolean aBf16,
-                                             long bp, float beta, long c, int ldc, long bias, long nextCol, int claimCols, int guided) {
-        try {
-            return (int) BF16_GEMM_CLAIMED_COLUMNS.invokeExact(kind, transA ? 1 : 0, m, n, k, alpha, a, lda, aBf16 ? 1 : 0,
-                    bp, beta, c, ldc, bias, nextCol, claimCols, guided);
-        } catch (Throwable e) {
-            throw new IllegalStateException("distillery_bf16_gemm_claimed_columns failed", e);
+            throw new IllegalStateException("distillery_bf16_gemm_claimed failed", e);
         }
     }
 

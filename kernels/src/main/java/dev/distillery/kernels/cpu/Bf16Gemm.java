@@ -78,30 +78,19 @@ final class Bf16Gemm implements Gemm {
     }
 
     /**
-     * {@link #sgemm} over the blocks of {@code claimRows} rows of C this thread claims from the int at
-     * {@code nextRow} (shared by the threads of one call, starting at 0), or with {@code guided}
-     * (the call's threads) above 0 blocks that shrink to 32 rows as the rows run out, against op(B)
-     * packed already into {@code packed} by the threads of the call ({@link #packColumns}), for this
-     * call or held for the step ({@link #heldPack}); docs/KERNELS.md#bf16-gemm.
+     * {@link #sgemm} over the blocks of {@code claim} rows of C this thread claims from the int at
+     * {@code next} (shared by the threads of one call, starting at 0), or of columns where
+     * {@code byColumns} (each thread then packing all of op(A) once: for an op(A) much smaller than
+     * op(B), which is then walked once in all instead of once a claim of rows), or with
+     * {@code guided} (the call's threads) above 0 blocks that shrink to 32 as they run out, against
+     * op(B) packed already into {@code packed} by the threads of the call ({@link #packColumns}),
+     * for this call or held for the step ({@link #heldPack}); docs/KERNELS.md#bf16-gemm.
      */
-    void sgemmClaimedRows(boolean transA, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
-                          MemorySegment packed, float beta, MemorySegment c, int ldc,
-                          MemorySegment bias, MemorySegment nextRow, int claimRows, int guided) {
-        int status = DistilleryCpu.bf16GemmClaimedRows(kind, transA, m, n, k, alpha, a.address(), lda, aBf16,
-                packed.address(), beta, c.address(), ldc, address(bias, n), nextRow.address(), claimRows, guided);
-        requirePacked(status, m, n, k);
-    }
-
-    /**
-     * {@link #sgemmClaimedRows} with the columns of C claimed from the int at {@code nextCol} instead
-     * of its rows, each thread packing all of op(A) once: for an op(A) much smaller than op(B),
-     * which is then walked once in all instead of once a claim of rows.
-     */
-    void sgemmClaimedColumns(boolean transA, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
-                             MemorySegment packed, float beta, MemorySegment c, int ldc,
-                             MemorySegment bias, MemorySegment nextCol, int claimCols, int guided) {
-        int status = DistilleryCpu.bf16GemmClaimedColumns(kind, transA, m, n, k, alpha, a.address(), lda, aBf16,
-                packed.address(), beta, c.address(), ldc, address(bias, n), nextCol.address(), claimCols, guided);
+    void sgemmClaimed(boolean byColumns, boolean transA, int m, int n, int k, float alpha, MemorySegment a, boolean aBf16, int lda,
+                      MemorySegment packed, float beta, MemorySegment c, int ldc, MemorySegment bias, MemorySegment next, int claim,
+                      int guided) {
+        int status = DistilleryCpu.bf16GemmClaimed(kind, byColumns, transA, m, n, k, alpha, a.address(), lda, aBf16,
+                packed.address(), beta, c.address(), ldc, address(bias, n), next.address(), claim, guided);
         requirePacked(status, m, n, k);
     }
 

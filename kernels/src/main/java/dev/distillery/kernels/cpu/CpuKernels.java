@@ -476,7 +476,7 @@ public final class CpuKernels implements Kernels {
         int guided = Bf16Gemm.packedBytes(k, n) <= GUIDED_B_BYTES ? pool.threads() : 0;
         MemorySegment nextRow = claimCounter();
         pool.forEachChunk(Math.min(pool.threads(), (m + claim - 1) / claim), 1, (chunk, s0, s1) ->
-                bf16.sgemmClaimedRows(transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias, nextRow, claim, guided));
+                bf16.sgemmClaimed(false, transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias, nextRow, claim, guided));
     }
 
     /** The next of the GEMM's claim counters, set to 0. */
@@ -511,7 +511,7 @@ public final class CpuKernels implements Kernels {
         int threads = pool.threads(), claim = (n + threads - 1) / threads;
         MemorySegment nextCol = claimCounter();
         pool.forEachChunk(threads, 1, (chunk, s0, s1) ->
-                bf16.sgemmClaimedColumns(transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias, nextCol, claim, threads));
+                bf16.sgemmClaimed(true, transA, m, n, k, alpha, a, aBf16, lda, packed, beta, c, ldc, bias, nextCol, claim, threads));
     }
 
     /**

@@ -130,8 +130,8 @@ public final class WorkerPool implements AutoCloseable {
             while (true) {
                 int start = next.get();
                 if (start >= n) return;
-                int size = Math.max(least, (n - start + 2 * chunks - 1) / (2 * chunks));
-                if (next.compareAndSet(start, Math.min(n, start + size))) body.run(slot, start, Math.min(n, start + size));
+                int end = Math.min(n, start + Math.max(least, (n - start + 2 * chunks - 1) / (2 * chunks)));
+                if (next.compareAndSet(start, end)) body.run(slot, start, end);
             }
         });
     }
